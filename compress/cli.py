@@ -1,0 +1,123 @@
+"""`python -m compress`: a thin command line over the library functions.
+
+Exit status 0 on success, 2 with one line on stderr for a bad invocation or bad input
+(`InputError`), 1 for anything else. Set COMPRESS_DEBUG=1 to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+import numpy as np
+
+from .errors import InputError
+
+# Subcommands register here: name -> (add_arguments(parser), run(args) -> int | None, help).
+COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
+
+
+def command(name: str, help: str):
+    def register(add_arguments):
+        def wrap(run):
+            COMMANDS[name] = (add_arguments, run, help)
+            return run
+
+        return wrap
+
+    return register
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage too)
+        raise InputError(f"{self.prog}: {message}")
+
+
+def save_npy(path: str, array: np.ndarray) -> None:
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _golden_args(p):
+    p.add_argument("--model", required=True, help="qnet .npz")
+    p.add_argument("--inputs", required=True, help="int16[batch, in_0] .npy")
+    p.add_argument("--out", required=True, help="where to write int16[batch, out] .npy")
+    p.add_argument("--acc-bits", type=int, default=32, help="accumulator width (default 32)")
+    p.add_argument("--index-bits", type=int, default=4, help="codebook index bits (default 4)")
+
+
+@command("golden", "run the PyTorch golden model on a batch of inputs")(_golden_args)
+def _golden(args):
+    from .golden import golden
+    from .qnet import load_inputs, load_qnet
+
+    qnet = load_qnet(args.model, index_bits=args.index_bits)
+    x = load_inputs(args.inputs, qnet.in_features)
+    save_npy(args.out, golden(qnet, x, acc_bits=args.acc_bits))
+
+
+def _export_args(p):
+    p.add_argument("--model", required=True, help="qnet .npz")
+    p.add_argument("--pes", type=int, required=True, help="number of processing elements (>= 1)")
+    p.add_argument("--out", required=True, help="output directory for the ROM images")
+    p.add_argument("--index-bits", type=int, default=4, help="codebook index bits (default 4)")
+    p.add_argument("--rel-bits", type=int, default=4, help="relative row index bits (default 4)")
+
+
+@command("export-rom", "write the EIE ROM images the engine is built from")(_export_args)
+def _export_rom(args):
+    from .qnet import load_qnet
+    from .rom import export_rom
+
+    qnet = load_qnet(args.model, index_bits=args.index_bits)
+    m = export_rom(
+        qnet, args.out, pes=args.pes, index_bits=args.index_bits, rel_bits=args.rel_bits
+    )
+    t = m["totals"]
+    print(
+        f"wrote {args.out}: {m['num_layers']} layers, {args.pes} PEs, "
+        f"{sum(t['entries'])} entries ({sum(t['fillers'])} fillers), "
+        f"{len(m['files'])} files"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Importing the modules that register more commands.
+    from . import commands  # noqa: F401
+
+    parser = _Parser(prog="python -m compress", description="Deep Compression tooling")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (add_arguments, _run, help) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help, description=help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        rc = COMMANDS[args.cmd][1](args)
+        return int(rc or 0)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line unless debugging
+        if os.environ.get("COMPRESS_DEBUG"):
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

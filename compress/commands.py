@@ -1,0 +1,1 @@
+"""Further subcommands of `python -m compress` register themselves here (see cli.command)."""

@@ -1,0 +1,385 @@
+"""ROM images for the EIE engine: the sparse format, its writer, reader and decoder.
+
+Layout (documented in docs/rom-format.md):
+
+* Rows are interleaved over N PEs: PE k holds rows r with r % N == k, as local rows r // N.
+* Per PE, all layers are concatenated in one compressed-sparse-column array of entries.
+  An entry is ``v | (z << index_bits)``: v is the codebook index (0 = filler), z the number
+  of this PE's zero rows before the entry in its column. A gap longer than
+  2**rel_bits - 1 gets filler entries (v = 0, z = 2**rel_bits - 1).
+* Per PE, a column-pointer array: for layer i, in_i + 1 pointers (absolute offsets into that
+  PE's entry array), so column j of layer i is entries[ptr[b + j] : ptr[b + j + 1]] with b the
+  layer's pointer base.
+* Per PE, the biases of its rows, layer after layer (int32).
+* One codebook file: layer i's codebook at offset i * 2**index_bits, padded with zeros.
+* manifest.json: format version, every parameter, per-layer bases and counts, and the sha256,
+  size, word width and depth of every file. Each array is written as $readmemh hex (one word a
+  line) and raw little-endian binary.
+
+This module is the ROM image format: `hw` reads images through `read_rom` and nothing else of
+`compress`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_dir
+from .errors import InputError
+from .qnet import DEFAULT_INDEX_BITS, Layer, QNet
+
+ROM_FORMAT = "eie-rom"
+ROM_VERSION = 1
+DEFAULT_REL_BITS = 4
+
+
+# ---------------------------------------------------------------------------------------------
+# The sparse format of one PE's slice of one layer
+
+
+def encode_csc(matrix: np.ndarray, *, rel_bits: int = DEFAULT_REL_BITS):
+    """Encode a [rows, cols] matrix of codebook indices column by column.
+
+    Returns (v, z, ptr): entry indices, zero counts (with fillers where a gap exceeds
+    2**rel_bits - 1) and cols + 1 column pointers starting at 0.
+    """
+    matrix = np.asarray(matrix)
+    rows, cols = matrix.shape
+    zmax = (1 << rel_bits) - 1
+    c, r = np.nonzero(matrix.T)  # column-major order: by column, then row
+    vals = matrix[r, c]
+    first = np.ones(len(c), dtype=bool)
+    first[1:] = c[1:] != c[:-1]
+    prev = np.empty(len(r), dtype=np.int64)
+    prev[first] = -1
+    prev[~first] = r[:-1][~first[1:]]
+    gap = r - prev - 1
+    fill = gap // (zmax + 1)
+    n = len(r) + int(fill.sum())
+    pos = np.arange(len(r)) + np.cumsum(fill)
+    v = np.zeros(n, dtype=np.uint8)
+    z = np.full(n, zmax, dtype=np.uint8 if rel_bits <= 8 else np.uint16)
+    v[pos] = vals
+    z[pos] = gap - fill * (zmax + 1)
+    per_col = np.bincount(c, weights=1 + fill, minlength=cols).astype(np.int64)
+    ptr = np.zeros(cols + 1, dtype=np.int64)
+    np.cumsum(per_col, out=ptr[1:])
+    return v, z, ptr
+
+
+def decode_csc(v: np.ndarray, z: np.ndarray, ptr: np.ndarray, rows: int) -> np.ndarray:
+    """Rebuild the [rows, cols] index matrix from (v, z, ptr); ValueError if it does not fit."""
+    v = np.asarray(v)
+    z = np.asarray(z).astype(np.int64)
+    ptr = np.asarray(ptr).astype(np.int64)
+    cols = len(ptr) - 1
+    if cols < 0 or ptr[0] != 0 or np.any(np.diff(ptr) < 0) or ptr[-1] != len(v):
+        raise ValueError("column pointers are not a non-decreasing 0..len(entries) sequence")
+    out = np.zeros((rows, cols), dtype=np.uint8)
+    if len(v) == 0:
+        return out
+    col = np.repeat(np.arange(cols), np.diff(ptr))
+    steps = np.cumsum(z + 1)
+    start = np.concatenate(([0], steps))[ptr[:-1]]  # running sum at each column's start
+    row = steps - 1 - np.repeat(start, np.diff(ptr))
+    if row.max() >= rows:
+        raise ValueError(f"an entry addresses row {int(row.max())} of only {rows}")
+    real = v != 0
+    out[row[real], col[real]] = v[real]
+    return out
+
+
+def pe_rows(out_features: int, pes: int, pe: int) -> int:
+    """Rows of a layer that PE `pe` holds under row interleaving."""
+    return len(range(pe, out_features, pes))
+
+
+# ---------------------------------------------------------------------------------------------
+# The image of a whole network
+
+
+@dataclass
+class RomLayer:
+    in_features: int
+    out_features: int
+    shift: int
+    relu: bool
+    codebook_size: int
+    rows: list[int]  # per PE: rows held
+    entries: list[int]  # per PE: entries incl. fillers
+    nonzeros: list[int]  # per PE: real entries
+    fillers: list[int]  # per PE: filler entries
+    entries_base: list[int]  # per PE: offset of this layer in the PE's entry array
+    ptr_base: list[int]  # per PE: offset of this layer's in+1 pointers
+    bias_base: list[int]  # per PE: offset of this layer's biases
+
+
+@dataclass
+class RomImage:
+    pes: int
+    index_bits: int
+    rel_bits: int
+    input_frac: int
+    layers: list[RomLayer]
+    entries: list[np.ndarray] = field(repr=False)  # per PE: uint32 entry words
+    ptr: list[np.ndarray] = field(repr=False)  # per PE: int64 absolute pointers
+    bias: list[np.ndarray] = field(repr=False)  # per PE: int32
+    codebook: np.ndarray = field(repr=False)  # int16[L * 2**index_bits]
+
+    @property
+    def entry_bits(self) -> int:
+        return self.index_bits + self.rel_bits
+
+    @property
+    def ptr_bits(self) -> int:
+        return max(1, max(len(e) for e in self.entries).bit_length())
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def v(self, pe: int) -> np.ndarray:
+        return (self.entries[pe] & ((1 << self.index_bits) - 1)).astype(np.uint8)
+
+    def z(self, pe: int) -> np.ndarray:
+        return (self.entries[pe] >> self.index_bits).astype(np.uint16)
+
+    def layer_codebook(self, i: int) -> np.ndarray:
+        k = 1 << self.index_bits
+        return self.codebook[i * k : i * k + self.layers[i].codebook_size]
+
+
+def build_rom(
+    qnet: QNet, *, pes: int, index_bits: int = DEFAULT_INDEX_BITS, rel_bits: int = DEFAULT_REL_BITS
+) -> RomImage:
+    """Encode a qnet into ROM images for `pes` processing elements."""
+    if not isinstance(pes, int) or pes < 1:
+        raise InputError(f"--pes must be an integer >= 1, not {pes!r}")
+    if not 1 <= rel_bits <= 12:
+        raise InputError(f"--rel-bits must be 1..12, not {rel_bits!r}")
+    qnet.validate(index_bits=index_bits)
+    k = 1 << index_bits
+    entries = [[] for _ in range(pes)]
+    ptrs = [[] for _ in range(pes)]
+    biases = [[] for _ in range(pes)]
+    ent_len = [0] * pes
+    ptr_len = [0] * pes
+    bias_len = [0] * pes
+    layers = []
+    codebook = np.zeros(k * qnet.num_layers, dtype=np.int16)
+    for i, layer in enumerate(qnet.layers):
+        codebook[i * k : i * k + len(layer.codebook)] = layer.codebook
+        rl = RomLayer(
+            in_features=layer.in_features,
+            out_features=layer.out_features,
+            shift=int(layer.shift),
+            relu=bool(layer.relu),
+            codebook_size=len(layer.codebook),
+            rows=[], entries=[], nonzeros=[], fillers=[],
+            entries_base=[], ptr_base=[], bias_base=[],
+        )
+        for pe in range(pes):
+            sub = layer.index[pe::pes, :]
+            v, z, ptr = encode_csc(sub, rel_bits=rel_bits)
+            rl.rows.append(sub.shape[0])
+            rl.entries.append(len(v))
+            rl.nonzeros.append(int(np.count_nonzero(v)))
+            rl.fillers.append(int(len(v) - np.count_nonzero(v)))
+            rl.entries_base.append(ent_len[pe])
+            rl.ptr_base.append(ptr_len[pe])
+            rl.bias_base.append(bias_len[pe])
+            entries[pe].append(v.astype(np.uint32) | (z.astype(np.uint32) << index_bits))
+            ptrs[pe].append(ptr + ent_len[pe])
+            biases[pe].append(layer.bias[pe::pes].astype(np.int32))
+            ent_len[pe] += len(v)
+            ptr_len[pe] += len(ptr)
+            bias_len[pe] += sub.shape[0]
+        layers.append(rl)
+    cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)  # noqa: E731
+    return RomImage(
+        pes=pes,
+        index_bits=index_bits,
+        rel_bits=rel_bits,
+        input_frac=int(qnet.input_frac),
+        layers=layers,
+        entries=[cat(e, np.uint32) for e in entries],
+        ptr=[cat(p, np.int64) for p in ptrs],
+        bias=[cat(b, np.int32) for b in biases],
+        codebook=codebook,
+    )
+
+
+def decode_rom(rom: RomImage) -> QNet:
+    """Rebuild the qnet (index matrices, codebooks, biases, shifts, ReLU) from ROM images."""
+    layers = []
+    for i, rl in enumerate(rom.layers):
+        index = np.zeros((rl.out_features, rl.in_features), dtype=np.uint8)
+        bias = np.zeros(rl.out_features, dtype=np.int32)
+        for pe in range(rom.pes):
+            pb, eb, bb = rl.ptr_base[pe], rl.entries_base[pe], rl.bias_base[pe]
+            ptr = rom.ptr[pe][pb : pb + rl.in_features + 1] - eb
+            words = rom.entries[pe][eb : eb + rl.entries[pe]]
+            v = words & ((1 << rom.index_bits) - 1)
+            z = words >> rom.index_bits
+            try:
+                index[pe :: rom.pes, :] = decode_csc(v, z, ptr, rl.rows[pe])
+            except ValueError as e:
+                raise InputError(f"ROM layer l{i} PE {pe}: {e}") from None
+            bias[pe :: rom.pes] = rom.bias[pe][bb : bb + rl.rows[pe]]
+        layers.append(
+            Layer(
+                codebook=rom.layer_codebook(i).copy(),
+                index=index,
+                bias=bias,
+                shift=rl.shift,
+                relu=rl.relu,
+            )
+        )
+    return QNet(layers=layers, input_frac=rom.input_frac)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _to_words(a: np.ndarray, width: int) -> np.ndarray:
+    """Two's complement words of `width` bits as unsigned int64."""
+    return np.asarray(a).astype(np.int64) & ((1 << width) - 1)
+
+
+def _hex_text(words: np.ndarray, width: int) -> bytes:
+    digits = (width + 3) // 4
+    return "".join(f"{int(w):0{digits}x}\n" for w in words).encode()
+
+
+def _bin_bytes(words: np.ndarray, width: int) -> bytes:
+    nbytes = (width + 7) // 8
+    dt = {1: "<u1", 2: "<u2", 3: "<u4", 4: "<u4"}.get(nbytes, "<u8")
+    if nbytes == 3:  # pack 24-bit words tightly
+        return np.asarray(words, dtype="<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    return np.asarray(words, dtype=dt).tobytes()
+
+
+def _from_bin(data: bytes, width: int, depth: int, signed: bool) -> np.ndarray:
+    nbytes = (width + 7) // 8
+    if len(data) != nbytes * depth:
+        raise InputError(f"binary image holds {len(data)} bytes, expected {nbytes * depth}")
+    if nbytes == 3:
+        b = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3)
+        w = b[:, 0].astype(np.int64) | (b[:, 1].astype(np.int64) << 8) | (b[:, 2].astype(np.int64) << 16)
+    else:
+        dt = {1: "<u1", 2: "<u2", 4: "<u4"}.get(nbytes, "<u8")
+        w = np.frombuffer(data, dtype=dt).astype(np.int64)
+    if signed:
+        w = np.where(w >= (1 << (width - 1)), w - (1 << width), w)
+    return w
+
+
+def _arrays(rom: RomImage) -> dict[str, tuple[np.ndarray, int, bool]]:
+    """name -> (values, width, signed) of every memory image."""
+    arrays = {"codebook": (rom.codebook, 16, True)}
+    for pe in range(rom.pes):
+        arrays[f"pe{pe}.entries"] = (rom.entries[pe], rom.entry_bits, False)
+        arrays[f"pe{pe}.ptr"] = (rom.ptr[pe], rom.ptr_bits, False)
+        arrays[f"pe{pe}.bias"] = (rom.bias[pe], 32, True)
+    return arrays
+
+
+def write_rom(rom: RomImage, out_dir: str | Path) -> dict:
+    """Write every image as .hex and .bin plus manifest.json, atomically; return the manifest."""
+    files = {}
+    memories = {}
+    with atomic_dir(out_dir) as tmp:
+        for name, (values, width, signed) in _arrays(rom).items():
+            words = _to_words(values, width)
+            for ext, data in (("hex", _hex_text(words, width)), ("bin", _bin_bytes(words, width))):
+                (tmp / f"{name}.{ext}").write_bytes(data)
+                files[f"{name}.{ext}"] = {
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "bytes": len(data),
+                }
+            memories[name] = {"width": width, "depth": int(len(values)), "signed": signed}
+        manifest = {
+            "format": ROM_FORMAT,
+            "version": ROM_VERSION,
+            "pes": rom.pes,
+            "index_bits": rom.index_bits,
+            "rel_bits": rom.rel_bits,
+            "entry_bits": rom.entry_bits,
+            "ptr_bits": rom.ptr_bits,
+            "input_frac": rom.input_frac,
+            "num_layers": rom.num_layers,
+            "entry_layout": "v | (z << index_bits)",
+            "layers": [asdict(rl) for rl in rom.layers],
+            "totals": {
+                "entries": [int(len(e)) for e in rom.entries],
+                "nonzeros": [sum(rl.nonzeros[pe] for rl in rom.layers) for pe in range(rom.pes)],
+                "fillers": [sum(rl.fillers[pe] for rl in rom.layers) for pe in range(rom.pes)],
+            },
+            "memories": memories,
+            "files": dict(sorted(files.items())),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def read_rom(rom_dir: str | Path) -> RomImage:
+    """Read and verify ROM images (manifest version, every file's size and sha256)."""
+    rom_dir = Path(rom_dir)
+    mpath = rom_dir / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{mpath}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{mpath}: not valid JSON ({e})") from None
+    if manifest.get("format") != ROM_FORMAT or manifest.get("version") != ROM_VERSION:
+        raise InputError(
+            f"{mpath}: not an {ROM_FORMAT} v{ROM_VERSION} manifest "
+            f"(format {manifest.get('format')!r}, version {manifest.get('version')!r})"
+        )
+    data = {}
+    for fname, info in manifest["files"].items():
+        path = rom_dir / fname
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"{path}: missing ROM image") from None
+        if hashlib.sha256(blob).hexdigest() != info["sha256"]:
+            raise InputError(f"{path}: sha256 mismatch, the ROM image is corrupted")
+        data[fname] = blob
+    arrays = {}
+    for name, mem in manifest["memories"].items():
+        try:
+            arrays[name] = _from_bin(data[f"{name}.bin"], mem["width"], mem["depth"], mem["signed"])
+        except KeyError:
+            raise InputError(f"{rom_dir}: manifest lists memory {name} without {name}.bin") from None
+    pes = manifest["pes"]
+    return RomImage(
+        pes=pes,
+        index_bits=manifest["index_bits"],
+        rel_bits=manifest["rel_bits"],
+        input_frac=manifest["input_frac"],
+        layers=[RomLayer(**rl) for rl in manifest["layers"]],
+        entries=[arrays[f"pe{pe}.entries"].astype(np.uint32) for pe in range(pes)],
+        ptr=[arrays[f"pe{pe}.ptr"] for pe in range(pes)],
+        bias=[arrays[f"pe{pe}.bias"].astype(np.int32) for pe in range(pes)],
+        codebook=arrays["codebook"].astype(np.int16),
+    )
+
+
+def export_rom(
+    qnet: QNet,
+    out_dir: str | Path,
+    *,
+    pes: int,
+    index_bits: int = DEFAULT_INDEX_BITS,
+    rel_bits: int = DEFAULT_REL_BITS,
+) -> dict:
+    """Encode a qnet and write its ROM images to `out_dir`; return the manifest."""
+    return write_rom(build_rom(qnet, pes=pes, index_bits=index_bits, rel_bits=rel_bits), out_dir)
