@@ -228,6 +228,8 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: is a directory, expected an .npz file") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise InputError(f"{path}: not a valid .npz file (not a zip archive)")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
