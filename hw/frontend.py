@@ -1,0 +1,97 @@
+"""Activation front end: leading non-zero detection over groups of N activations.
+
+The source activations of a layer live in the PEs' activation buffers, column c in PE c % N at
+word c // N, so one read of every PE's buffer at word g returns the N consecutive columns
+g*N .. g*N+N-1 (a "group"). The front end keeps the current group in registers with a mask of
+its non-zero columns (`sparse=True`; every column below in_features when dense), emits the
+lowest set column per cycle as (value, col) and clears it. The next group is prefetched: the
+read address presented in a cycle is the group that will be loaded next, so a group is loaded
+in the same cycle the previous one runs out and groups follow each other with no bubble; an
+all-zero group costs one cycle. Emission is a stream: valid never waits on ready, and ready
+(from the PEs' credit check) is the only stall.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+
+def bcast_layout(col_bits: int) -> data.StructLayout:
+    return data.StructLayout({"value": signed(16), "col": col_bits})
+
+
+class FrontEnd(wiring.Component):
+    """start: pulse with in_features/groups stable for the whole layer; done: pulse at the end."""
+
+    def __init__(self, *, pes: int, col_bits: int, group_bits: int, sparse: bool = True):
+        if not isinstance(pes, int) or not 1 <= pes <= 64:
+            raise ValueError(f"pes must be an integer 1..64, not {pes!r}")
+        self.pes = pes
+        self.sparse = sparse
+        self.col_bits = col_bits
+        super().__init__({
+            "start": In(1),
+            "in_features": In(col_bits + 1),
+            "groups": In(group_bits + 1),
+            "rd_addr": Out(group_bits + 1),
+            "rd_data": In(data.ArrayLayout(signed(16), pes)),
+            "o": Out(stream.Signature(bcast_layout(col_bits + 1))),
+            "busy": Out(1),
+            "done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.pes
+        cur_vals = Signal(data.ArrayLayout(signed(16), n))
+        cur_mask = Signal(n)
+        cur_base = Signal(self.col_bits + 1 + n.bit_length())  # column of element 0
+        nxt_base = Signal.like(cur_base)  # column of element 0 of the group on rd_data
+        grp = Signal.like(self.groups)  # index of the group on rd_data (the next to load)
+
+        # lowest set bit of the current mask
+        sel = Signal(range(max(n, 2)))
+        for k in reversed(range(n)):
+            with m.If(cur_mask[k]):
+                m.d.comb += sel.eq(k)
+        low = Signal(n)
+        m.d.comb += low.eq(cur_mask & (~cur_mask + 1))
+
+        m.d.comb += [
+            self.o.valid.eq(self.busy & (cur_mask != 0)),
+            self.o.payload.value.eq(cur_vals[sel]),
+            self.o.payload.col.eq(cur_base + sel),
+        ]
+        take = self.o.valid & self.o.ready
+        rem = Signal(n)
+        m.d.comb += rem.eq(Mux(take, cur_mask & ~low, cur_mask))
+
+        nxt_mask = Signal(n)
+        for k in range(n):
+            nz = (self.rd_data[k] != 0) if self.sparse else 1
+            m.d.comb += nxt_mask[k].eq(nz & (nxt_base + k < self.in_features))
+
+        m.d.comb += self.rd_addr.eq(grp)
+        with m.If(self.start & ~self.busy):
+            # present group 0 now; it is loaded in the next cycle (cur_mask is empty)
+            m.d.sync += [self.busy.eq(1), grp.eq(0), nxt_base.eq(0), cur_mask.eq(0)]
+            m.d.comb += self.rd_addr.eq(0)
+        with m.Elif(self.busy):
+            with m.If(rem == 0):
+                with m.If(grp < self.groups):
+                    m.d.sync += [
+                        cur_vals.eq(self.rd_data),
+                        cur_mask.eq(nxt_mask),
+                        cur_base.eq(nxt_base),
+                        nxt_base.eq(nxt_base + n),
+                        grp.eq(grp + 1),
+                    ]
+                    m.d.comb += self.rd_addr.eq(grp + 1)
+                with m.Else():
+                    m.d.sync += [self.busy.eq(0), cur_mask.eq(0)]
+                    m.d.comb += self.done.eq(1)
+            with m.Else():
+                m.d.sync += cur_mask.eq(rem)
+        return m

@@ -1,0 +1,75 @@
+"""The one place where the engine's memories are made.
+
+Every memory of the engine (per-PE entries, even/odd pointer banks, biases, codebook,
+accumulators, activation buffers) is described by a `MemorySpec` (name, width, depth, init,
+port needs) and built by a `MemoryFactory`. The default factory uses
+`amaranth.lib.memory.Memory` with the ROM image as init and synchronous read ports of 1-cycle
+latency (non-transparent: the engine forwards its own writes, so a single-port or
+non-transparent primitive behaves the same). A board top can pass its own factory that puts
+the large ROMs in iCE40 SPRAM and the rest in EBR, keyed on `spec.name` / `spec.kind`.
+
+Port contract (what the engine drives and expects):
+
+* read ports: `addr` (unsigned), `en` (1 = sample `addr` at this clock edge; 0 = hold `data`),
+  `data` valid in the cycle after the edge that sampled `addr`;
+* write ports: `addr`, `data`, `en` (write at the clock edge).
+
+`kind` is ``"rom"`` (init only, never written: entries, pointers, bias, codebook) or ``"ram"``
+(written by the engine: accumulators, activation buffers). A ``"ram"`` with one read and one
+write port is read and written in the same cycle (at different addresses, except where the
+engine forwards), so it needs a simple dual-port primitive (EBR), not a single-port SPRAM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from amaranth.hdl import Module, unsigned
+from amaranth.lib.memory import Memory
+
+__all__ = ["MemorySpec", "MemoryPorts", "MemoryFactory"]
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    name: str  # e.g. "pe3.entries", unique within an engine
+    kind: str  # "rom" or "ram"
+    width: int  # bits per word
+    depth: int  # words (>= 1)
+    init: tuple[int, ...] = field(default=(), repr=False)  # unsigned words, len <= depth
+    read_ports: int = 1
+    write_ports: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("rom", "ram"):
+            raise ValueError(f"memory {self.name}: kind must be 'rom' or 'ram', not {self.kind!r}")
+        if self.width < 1 or self.depth < 1:
+            raise ValueError(f"memory {self.name}: width and depth must be >= 1, "
+                             f"not {self.width!r} x {self.depth!r}")
+        if len(self.init) > self.depth:
+            raise ValueError(f"memory {self.name}: {len(self.init)} init words > depth {self.depth}")
+
+    @property
+    def bits(self) -> int:
+        return self.width * self.depth
+
+    @property
+    def addr_width(self) -> int:
+        return max(1, (self.depth - 1).bit_length())
+
+
+@dataclass
+class MemoryPorts:
+    read: list  # objects with .addr, .en, .data
+    write: list  # objects with .addr, .en, .data
+
+
+class MemoryFactory:
+    """Default: `amaranth.lib.memory.Memory`, one per spec, added to the module under its name."""
+
+    def __call__(self, m: Module, spec: MemorySpec) -> MemoryPorts:
+        mem = Memory(shape=unsigned(spec.width), depth=spec.depth, init=list(spec.init))
+        m.submodules[spec.name.replace(".", "_")] = mem
+        read = [mem.read_port(domain="sync") for _ in range(spec.read_ports)]
+        write = [mem.write_port() for _ in range(spec.write_ports)]
+        return MemoryPorts(read=read, write=write)

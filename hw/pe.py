@@ -1,0 +1,265 @@
+"""One processing element (PE) of the EIE engine.
+
+Pipeline (stage prefixes as in the signal names):
+
+    bc  --(credit)-->  p_  pointer read: p = ptr_base + col; even bank at (p+1)>>1, odd bank at
+                           p>>1 give ptr[p] and ptr[p+1] in one cycle. Columns with no entry in
+                           this PE are dropped here and never take a queue slot or a cycle.
+                  -->  queue (value, start, end), depth `queue_depth`, registers
+                  -->  s_  sequencer: one entry address per cycle, start..end-1; the next column is
+                           popped in the cycle the current one issues its last entry (no bubble)
+                  -->  e_  entry (v, z): row = (first ? 0 : row + 1) + z (running sum of z);
+                           fillers and pruned weights (v == 0) stop here in the sparse engine;
+                           codebook read at layer * 2**index_bits + v, accumulator read at row
+                  -->  m_  weight x activation (16 x 16 -> 32 bit); the accumulator value read is
+                           bypassed from w_ or x_ when they hold the same row (read-modify-write
+                           hazard of back-to-back hits on one row); zero weights stop here
+                  -->  w_  acc + product, wrapped to acc_bits, written back
+                  -->  x_  the word written last cycle (for the bypass: reads are not transparent)
+
+Credit: the front end may broadcast only while level + p_valid < queue_depth, so the column in
+the pointer stage always finds a free slot: `bc.ready` never depends on `bc.valid`.
+
+Drain (between layers, driven by the engine): read acc[row] and bias[bias_base + row] one row per
+cycle; a cycle later `y` is the row's output (rounding shift, int16 saturation, ReLU of CONTRACT
+section 3, computed on acc_bits + 1 bits so the rounding add does not wrap again) and acc[row] is
+preloaded with the bias of the next layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .frontend import bcast_layout
+from .memory import MemoryFactory, MemorySpec
+from .queue import ActQueue
+
+
+@dataclass
+class PEImage:
+    """What one PE is built from (sparse or dense image of the same network)."""
+
+    pe: int
+    index_bits: int
+    rel_bits: int
+    entries: np.ndarray  # uint32 words v | z << index_bits, all layers
+    ptr: np.ndarray  # absolute pointers, all layers (in_i + 1 each)
+    bias: np.ndarray  # int32, all layers
+    codebook: np.ndarray  # int16[L * 2**index_bits]
+    ptr_base: list[int]  # per layer
+    rows: list[int]  # per layer
+    bias_base: list[int]  # per layer
+    shift: list[int]  # per layer
+    relu: list[bool]  # per layer
+
+
+def post_process(acc, shift: int, relu: bool):
+    """CONTRACT section 3 on a signed accumulator value: an int16 expression (exact widths)."""
+    if shift > 0:
+        y = (acc + (1 << (shift - 1))) >> shift  # Amaranth widens: the add never wraps
+    else:
+        y = acc
+    y = Mux(y > 32767, 32767, Mux(y < -32768, -32768, y))
+    if relu:
+        y = Mux(y < 0, 0, y)
+    return y[:16].as_signed()
+
+
+def _bits(n: int) -> int:
+    return max(1, int(n).bit_length())
+
+
+class PE(wiring.Component):
+    def __init__(self, img: PEImage, *, col_bits: int, row_bits: int, queue_depth: int = 8,
+                 acc_bits: int = 32, sparse: bool = True, memories: MemoryFactory | None = None):
+        self.img = img
+        self.queue_depth = queue_depth
+        self.acc_bits = acc_bits
+        self.sparse = sparse
+        self.memories = memories or MemoryFactory()
+        self.num_layers = len(img.rows)
+        self.row_bits = row_bits
+        self.ptr_bits = _bits(max(len(img.entries), 1))
+        L = self.num_layers
+        k = 1 << img.index_bits
+        pe = img.pe
+        n_ptr = len(img.ptr)
+        ptr_words = [int(x) for x in img.ptr]
+        even = ptr_words[0::2] or [0]
+        odd = ptr_words[1::2] or [0]
+        self.specs = [
+            MemorySpec(f"pe{pe}.entries", "rom", img.index_bits + img.rel_bits,
+                       max(1, len(img.entries)), tuple(int(x) for x in img.entries)),
+            MemorySpec(f"pe{pe}.ptr_even", "rom", self.ptr_bits, max(1, (n_ptr + 1) // 2),
+                       tuple(even)),
+            MemorySpec(f"pe{pe}.ptr_odd", "rom", self.ptr_bits, max(1, n_ptr // 2), tuple(odd)),
+            MemorySpec(f"pe{pe}.bias", "rom", 32, max(1, len(img.bias)),
+                       tuple(int(x) & 0xFFFFFFFF for x in img.bias)),
+            MemorySpec(f"pe{pe}.codebook", "rom", 16, max(1, L * k),
+                       tuple(int(x) & 0xFFFF for x in img.codebook)),
+            MemorySpec(f"pe{pe}.acc", "ram", acc_bits, max(1, max(img.rows)), (),
+                       read_ports=1, write_ports=1),
+        ]
+        super().__init__({
+            "layer": In(range(max(L, 2))),
+            "bc": In(stream.Signature(bcast_layout(col_bits + 1))),
+            "idle": Out(1),
+            "drain_valid": In(1),
+            "drain_row": In(row_bits),
+            "bias_layer": In(range(L + 1)),  # L: no preload
+            "y": Out(signed(16)),
+            "y_valid": Out(1),
+            "y_row": Out(row_bits),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        img = self.img
+        L = self.num_layers
+        ib = img.index_bits
+        kk = 1 << ib
+        pb = self.ptr_bits
+        ports = {s.name.split(".", 1)[1]: self.memories(m, s) for s in self.specs}
+        ent = ports["entries"].read[0]
+        pev = ports["ptr_even"].read[0]
+        pod = ports["ptr_odd"].read[0]
+        bias = ports["bias"].read[0]
+        cb = ports["codebook"].read[0]
+        acc_r = ports["acc"].read[0]
+        acc_w = ports["acc"].write[0]
+
+        def table(values, shape):
+            return Array(Const(int(v), shape) for v in (list(values) + [0] * 2)[:max(L, 2)])
+
+        ptr_base = table(img.ptr_base, unsigned(_bits(len(img.ptr) + 1)))
+        rows_t = Array(Const(int(v), unsigned(self.row_bits + 1))
+                       for v in list(img.rows) + [0, 0])  # index L (and L+1): no rows
+        bias_base = Array(Const(int(v), unsigned(_bits(len(img.bias) + 1)))
+                          for v in list(img.bias_base) + [0, 0])
+
+        # ---- p_: pointer read ------------------------------------------------------------
+        depth = self.queue_depth
+        m.submodules.queue = queue = ActQueue(
+            data.StructLayout({"value": signed(16), "start": pb, "end": pb}), depth=depth)
+        p_valid = Signal()
+        p_odd = Signal()
+        p_value = Signal(signed(16))
+        m.d.comb += self.bc.ready.eq(queue.level + p_valid < depth)
+        p_addr = Signal(_bits(len(img.ptr) + 1) + 1)
+        m.d.comb += [
+            p_addr.eq(ptr_base[self.layer] + self.bc.payload.col),
+            pev.addr.eq((p_addr + 1) >> 1),
+            pod.addr.eq(p_addr >> 1),
+        ]
+        bc_take = self.bc.valid & self.bc.ready
+        m.d.sync += [p_valid.eq(bc_take), p_odd.eq(p_addr[0]), p_value.eq(self.bc.payload.value)]
+        p_start = Mux(p_odd, pod.data, pev.data)
+        p_end = Mux(p_odd, pev.data, pod.data)
+        m.d.comb += [
+            queue.i.valid.eq(p_valid & (p_start != p_end)),
+            queue.i.payload.value.eq(p_value),
+            queue.i.payload.start.eq(p_start),
+            queue.i.payload.end.eq(p_end),
+        ]
+
+        # ---- s_: sequencer ---------------------------------------------------------------
+        s_valid = Signal()
+        s_value = Signal(signed(16))
+        s_addr = Signal(pb)
+        s_end = Signal(pb)
+        s_first = Signal()
+        s_last = Signal()
+        m.d.comb += [s_last.eq(s_valid & (s_addr + 1 == s_end)), ent.addr.eq(s_addr)]
+        m.d.comb += queue.o.ready.eq(~s_valid | s_last)
+        with m.If(queue.o.valid & queue.o.ready):
+            m.d.sync += [s_valid.eq(1), s_first.eq(1), s_value.eq(queue.o.payload.value),
+                         s_addr.eq(queue.o.payload.start), s_end.eq(queue.o.payload.end)]
+        with m.Elif(s_last):
+            m.d.sync += s_valid.eq(0)
+        with m.Elif(s_valid):
+            m.d.sync += [s_addr.eq(s_addr + 1), s_first.eq(0)]
+
+        # ---- e_: entry decode, codebook and accumulator reads -------------------------------
+        e_valid = Signal()
+        e_first = Signal()
+        e_value = Signal(signed(16))
+        m.d.sync += [e_valid.eq(s_valid), e_first.eq(s_first), e_value.eq(s_value)]
+        e_v = ent.data[:ib]
+        e_z = ent.data[ib:]
+        e_row = Signal(self.row_bits + img.rel_bits + 1)
+        row_reg = Signal.like(e_row)
+        m.d.comb += e_row.eq(Mux(e_first, 0, row_reg + 1) + e_z)
+        with m.If(e_valid):
+            m.d.sync += row_reg.eq(e_row)
+        e_hit = e_valid & ((e_v != 0) if self.sparse else 1)
+        m.d.comb += [
+            cb.addr.eq(self.layer * kk + e_v),
+            acc_r.addr.eq(e_row),
+        ]
+
+        # ---- m_: multiply, bypass -------------------------------------------------------------
+        ab = self.acc_bits
+        m_valid = Signal()
+        m_row = Signal(self.row_bits)
+        m_value = Signal(signed(16))
+        m.d.sync += [m_valid.eq(e_hit), m_row.eq(e_row), m_value.eq(e_value)]
+        w_valid = Signal()
+        w_row = Signal(self.row_bits)
+        w_acc = Signal(signed(ab))
+        w_prod = Signal(signed(32))
+        w_new = Signal(signed(ab))
+        x_valid = Signal()
+        x_row = Signal(self.row_bits)
+        x_val = Signal(signed(ab))
+        m_weight = cb.data.as_signed()
+        m_acc = Signal(signed(ab))
+        with m.If(w_valid & (w_row == m_row)):
+            m.d.comb += m_acc.eq(w_new)
+        with m.Elif(x_valid & (x_row == m_row)):
+            m.d.comb += m_acc.eq(x_val)
+        with m.Else():
+            m.d.comb += m_acc.eq(acc_r.data.as_signed())
+        m_hit = m_valid & ((m_weight != 0) if self.sparse else 1)
+        m.d.sync += [w_valid.eq(m_hit), w_row.eq(m_row), w_acc.eq(m_acc),
+                     w_prod.eq(m_weight * m_value)]
+
+        # ---- w_: accumulate and write back; x_: last write for the bypass -------------------
+        m.d.comb += w_new.eq(w_acc + w_prod)  # truncated to acc_bits: the wrap
+        m.d.sync += [x_valid.eq(w_valid), x_row.eq(w_row), x_val.eq(w_new)]
+
+        # ---- drain: output stage and bias preload ---------------------------------------------
+        d_valid = Signal()
+        d_row = Signal(self.row_bits)
+        d_layer = Signal.like(self.layer)
+        d_bias_layer = Signal.like(self.bias_layer)
+        m.d.comb += bias.addr.eq(bias_base[self.bias_layer] + self.drain_row)
+        with m.If(self.drain_valid):
+            m.d.comb += acc_r.addr.eq(self.drain_row)
+        m.d.sync += [d_valid.eq(self.drain_valid), d_row.eq(self.drain_row),
+                     d_layer.eq(self.layer), d_bias_layer.eq(self.bias_layer)]
+        acc_val = acc_r.data.as_signed()
+        with m.Switch(d_layer):
+            for i in range(L):
+                with m.Case(i):
+                    m.d.comb += self.y.eq(post_process(acc_val, img.shift[i], img.relu[i]))
+        m.d.comb += [
+            self.y_valid.eq(d_valid & (d_row < rows_t[d_layer])),
+            self.y_row.eq(d_row),
+        ]
+        with m.If(d_valid):
+            m.d.comb += [
+                acc_w.addr.eq(d_row),
+                acc_w.data.eq(bias.data.as_signed()),  # sign-extended or wrapped to acc_bits
+                acc_w.en.eq(d_row < rows_t[d_bias_layer]),
+            ]
+        with m.Else():
+            m.d.comb += [acc_w.addr.eq(w_row), acc_w.data.eq(w_new), acc_w.en.eq(w_valid)]
+
+        m.d.comb += self.idle.eq(
+            (queue.level == 0) & ~p_valid & ~s_valid & ~e_valid & ~m_valid & ~w_valid & ~d_valid)
+        return m

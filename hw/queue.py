@@ -1,0 +1,58 @@
+"""Per-PE activation queue: a small FIFO in registers (EIE found depth 8 enough).
+
+Registers, not a memory: the queue is written and read every cycle, its head feeds the
+sparse-matrix sequencer combinationally, and at depth <= 64 a register file is cheaper than a
+block RAM. `level` is exported because the front end's credit check needs it (see `hw.pe`).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+
+class ActQueue(wiring.Component):
+    def __init__(self, shape, *, depth: int):
+        if not isinstance(depth, int) or not 1 <= depth <= 64:
+            raise ValueError(f"queue depth must be an integer 1..64, not {depth!r}")
+        self._shape = shape
+        self.depth = depth
+        super().__init__({
+            "i": In(stream.Signature(shape)),
+            "o": Out(stream.Signature(shape)),
+            "level": Out(range(depth + 1)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.depth
+        store = Array(Signal(self._shape, name=f"q{k}") for k in range(d))
+        rd = Signal(range(d))
+        wr = Signal(range(d))
+        push = Signal()
+        pop = Signal()
+        m.d.comb += [
+            self.i.ready.eq(self.level != d),
+            self.o.valid.eq(self.level != 0),
+            self.o.payload.eq(store[rd]),
+            push.eq(self.i.valid & self.i.ready),
+            pop.eq(self.o.valid & self.o.ready),
+        ]
+        with m.If(push):
+            m.d.sync += store[wr].eq(self.i.payload)
+            m.d.sync += wr.eq(Mux_wrap(wr, d))
+        with m.If(pop):
+            m.d.sync += rd.eq(Mux_wrap(rd, d))
+        with m.If(push & ~pop):
+            m.d.sync += self.level.eq(self.level + 1)
+        with m.Elif(pop & ~push):
+            m.d.sync += self.level.eq(self.level - 1)
+        return m
+
+
+def Mux_wrap(ptr, depth):  # noqa: N802 - reads like the Mux it is
+    """ptr + 1 modulo depth."""
+    from amaranth.hdl import Mux
+
+    return Mux(ptr == depth - 1, 0, ptr + 1)
