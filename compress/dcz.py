@@ -1,0 +1,585 @@
+"""The compressed model file (.dcz): a qnet stored as small as we honestly can.
+
+Its size in bytes is the compressed size the project reports (CONTRACT section 6).
+
+File layout (all integers in sections are bit-packed, MSB first; see `compress.huffman`)::
+
+    magic    4 bytes  b"\\x89DCZ"
+    version  1 byte   DCZ_VERSION
+    section* tag (1 byte: b"H" header, b"L" layer), payload length (LEB128 varint),
+             payload, crc32 of tag + length + payload (4 bytes, little endian)
+    crc32 of every byte before it (4 bytes, little endian)
+
+The header section holds input_frac and the number of layers; then one layer section per layer,
+in order. A layer section (Exp-Golomb "eg" integers, "sint" = zigzag + eg)::
+
+    eg out, eg in, eg shift, 1 bit relu, 1 bit scan (0: row-major index[out, in],
+    1: column-major, i.e. input by input as the engine's CSC), eg K (codebook size)
+    ints codebook[1:]            (see _write_ints: min, common trailing zeros, fixed width)
+    ints bias
+    eg nnz                       non-zero (kept) weights
+    Huffman table + stream       the nnz codebook indices minus one (alphabet K-1)
+    eg M                         gap alphabet: symbols 0..M-1 are "this many zeros, then the
+                                 next non-zero", symbol M is a filler: M zeros, keep going
+    eg fillers                   number of filler symbols
+    Huffman table + stream       the nnz + fillers gap symbols, in scan order
+
+The positions are the gaps between consecutive non-zeros of the whole matrix in scan order
+(a gap runs on across the end of a column, so no column lengths are needed); zeros after the
+last non-zero are implied by the shape. The encoder chooses the scan order and M per layer by
+computing the exact size of every candidate and keeping the smallest. A Huffman table is
+stored as its code lengths (see `compress.huffman.write_table`).
+
+Integrity: every section has a crc32, the whole file a crc32; the decoder also checks every
+count and range, so a truncated or corrupted file is refused with `InputError` naming the
+problem (bad magic, unsupported version, truncated section, checksum mismatch in a section,
+trailing bytes ...). `unpack(pack(q))` gives back exactly `q` (`QNet.equals`).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import write_bytes_atomic
+from .errors import InputError
+from .huffman import (
+    BitReader,
+    BitWriter,
+    HuffmanCode,
+    read_table,
+    symbol_counts,
+    table_bits,
+    write_table,
+)
+from .qnet import Layer, QNet
+
+MAGIC = b"\x89DCZ"
+DCZ_VERSION = 1
+DENSE_FLOAT32_BYTES_LENET_300_100 = 1_066_440  # CONTRACT section 6
+_TAG_HEADER = b"H"
+_TAG_LAYER = b"L"
+_MAX_DIM = 1 << 28
+_MAX_FIXED_INDEX_BITS = 16
+
+
+# ---------------------------------------------------------------------------------------------
+# Compact integer arrays
+
+
+def _write_ints(w: BitWriter, a: np.ndarray) -> None:
+    """min (sint), common trailing zero bits of a - min (eg), width (eg), then fixed fields."""
+    a = np.asarray(a, dtype=np.int64)
+    if a.size == 0:
+        return
+    mn = int(a.min())
+    d = (a - mn).astype(np.uint64)
+    nz = d[d != 0]
+    tz = int(_trailing_zeros(np.bitwise_or.reduce(nz))) if nz.size else 0
+    d >>= np.uint64(tz)
+    width = int(d.max()).bit_length()
+    w.write_sint(mn)
+    w.write_eg(tz)
+    w.write_eg(width)
+    if width <= 32:
+        w.write_fields(d, width)
+    else:  # not reachable for int16/int32 data, kept for completeness
+        for v in d.tolist():
+            w.write(int(v), width)
+
+
+def _ints_bits(a: np.ndarray) -> int:
+    w = BitWriter()
+    _write_ints(w, a)
+    return w.nbits
+
+
+def _trailing_zeros(v) -> int:
+    v = int(v)
+    return (v & -v).bit_length() - 1
+
+
+def _read_ints(r: BitReader, n: int, lo: int, hi: int, what: str) -> np.ndarray:
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    mn = r.read_sint()
+    tz = r.read_eg(limit=63)
+    width = r.read_eg(limit=40)
+    if width <= 32:
+        d = r.read_fields(n, width)
+    else:
+        d = np.array([r.read(width) for _ in range(n)], dtype=np.int64)
+    if d.size and tz + max(int(d.max()).bit_length(), 1) > 40:
+        raise InputError(f"{r.what}: corrupt {what} (values out of range)")
+    a = mn + (d << tz)
+    if a.size and (int(a.min()) < lo or int(a.max()) > hi):
+        raise InputError(f"{r.what}: corrupt {what} (values outside {lo}..{hi})")
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# Positions: gaps between non-zeros with fillers
+
+
+def _gap_symbols(gaps: np.ndarray, m: int) -> np.ndarray:
+    """Gap g -> g // m filler symbols (m) then g % m."""
+    q = gaps // m
+    n_sym = q + 1
+    ends = np.cumsum(n_sym) - 1
+    syms = np.full(int(n_sym.sum()), m, dtype=np.int64)
+    syms[ends] = gaps % m
+    return syms
+
+
+def _gap_cost(gaps: np.ndarray, m: int) -> tuple[int, HuffmanCode, np.ndarray]:
+    counts = np.bincount(gaps % m, minlength=m).astype(np.int64)
+    counts = np.append(counts, int((gaps // m).sum()))
+    code = HuffmanCode.from_counts(counts)
+    return code.bits(counts) + table_bits(code.lengths), code, counts
+
+
+def _best_gap_alphabet(gaps: np.ndarray) -> int:
+    """The M (number of literal gap symbols) giving the fewest bits for table + stream."""
+    if gaps.size == 0:
+        return 1
+    top = int(gaps.max()) + 1
+    cand = set(range(1, min(top, 64) + 1))
+    cand |= {int(round(x)) for x in np.geomspace(1, top, 48)}
+    best = min(sorted(cand), key=lambda m: _gap_cost(gaps, m)[0])
+    # Refine around the best coarse candidate.
+    lo, hi = max(1, int(best * 0.85)), min(top, int(best * 1.15) + 1)
+    return min(range(lo, hi + 1), key=lambda m: (_gap_cost(gaps, m)[0], m))
+
+
+def _scan(index: np.ndarray, col_major: bool) -> np.ndarray:
+    return (index.T if col_major else index).reshape(-1)
+
+
+def _gaps(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    nz = np.flatnonzero(flat)
+    gaps = np.diff(nz, prepend=-1) - 1
+    return nz, gaps
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+
+
+def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
+    """The layer section payload and the sizes of its parts (in bits)."""
+    best = None
+    for col_major in (True, False):
+        flat = _scan(layer.index, col_major)
+        nz, gaps = _gaps(flat)
+        m = _best_gap_alphabet(gaps)
+        cost = _gap_cost(gaps, m)[0]
+        if best is None or cost < best[0]:
+            best = (cost, col_major, flat, nz, gaps, m)
+    _, col_major, flat, nz, gaps, m = best
+
+    out_f, in_f = layer.index.shape
+    k = int(layer.codebook.shape[0])
+    w = BitWriter()
+    sizes = {}
+    mark = 0
+
+    def part(name):
+        nonlocal mark
+        sizes[name] = w.nbits - mark
+        mark = w.nbits
+
+    w.write_eg(out_f)
+    w.write_eg(in_f)
+    w.write_eg(int(layer.shift))
+    w.write(int(bool(layer.relu)), 1)
+    w.write(int(col_major), 1)
+    w.write_eg(k)
+    part("shape")
+    _write_ints(w, layer.codebook[1:])
+    part("codebook")
+    _write_ints(w, layer.bias)
+    part("bias")
+    w.write_eg(nz.shape[0])
+    wsym = flat[nz].astype(np.int64) - 1
+    wcode = HuffmanCode.from_symbols(wsym, max(k - 1, 0))
+    write_table(w, wcode)
+    part("weight_table")
+    w.write_symbols(wsym, wcode)
+    part("weight_stream")
+    gsym = _gap_symbols(gaps, m)
+    gcode = HuffmanCode.from_symbols(gsym, m + 1)
+    w.write_eg(m)
+    w.write_eg(int(np.count_nonzero(gsym == m)))
+    write_table(w, gcode)
+    part("index_table")
+    w.write_symbols(gsym, gcode)
+    part("index_stream")
+    w.align()
+    part("padding")
+    info = {
+        "scan": "column" if col_major else "row",
+        "gap_alphabet": m,
+        "nnz": int(nz.shape[0]),
+        "fillers": int(np.count_nonzero(gsym == m)),
+        "bits": sizes,
+        "gaps": gaps,
+    }
+    return w.getvalue(), info
+
+
+def _decode_layer(payload: bytes, i: int) -> Layer:
+    what = f"section layer {i}"
+    r = BitReader(payload, what)
+    out_f = r.read_eg(limit=_MAX_DIM)
+    in_f = r.read_eg(limit=_MAX_DIM)
+    if out_f < 1 or in_f < 1 or out_f * in_f > 1 << 34:
+        raise InputError(f"{what}: corrupt shape [{out_f}, {in_f}]")
+    shift = r.read_eg(limit=62)
+    relu = bool(r.read(1))
+    col_major = bool(r.read(1))
+    k = r.read_eg(limit=256)
+    if k < 1:
+        raise InputError(f"{what}: corrupt codebook size {k}")
+    codebook = np.zeros(k, dtype=np.int16)
+    codebook[1:] = _read_ints(r, k - 1, -32768, 32767, "codebook")
+    bias = _read_ints(r, out_f, -(1 << 31), (1 << 31) - 1, "bias").astype(np.int32)
+    nnz = r.read_eg(limit=out_f * in_f)
+    if nnz and k < 2:
+        raise InputError(f"{what}: non-zero weights but a codebook of size {k}")
+    wcode = read_table(r, max_alphabet=255)
+    if wcode.alphabet != max(k - 1, 0):
+        raise InputError(f"{what}: weight code table has {wcode.alphabet} symbols, expected {k - 1}")
+    wsym = r.read_symbols(nnz, wcode)
+    m = r.read_eg(limit=out_f * in_f + 1)
+    if m < 1:
+        raise InputError(f"{what}: corrupt gap alphabet size {m}")
+    fillers = r.read_eg(limit=out_f * in_f)
+    gcode = read_table(r, max_alphabet=m + 1)
+    if gcode.alphabet != m + 1:
+        raise InputError(f"{what}: gap code table has {gcode.alphabet} symbols, expected {m + 1}")
+    gsym = r.read_symbols(nnz + fillers, gcode)
+    is_fill = gsym == m
+    if int(np.count_nonzero(is_fill)) != fillers:
+        raise InputError(f"{what}: corrupt index stream (filler count does not match)")
+    if nnz and is_fill[-1]:
+        raise InputError(f"{what}: corrupt index stream (ends with a filler)")
+    if len(r.bits) - r.pos >= 8 or r.bits[r.pos :].any():
+        raise InputError(f"{what}: corrupt (unexpected bits after the index stream)")
+    step = np.where(is_fill, m, gsym + 1)
+    pos = np.cumsum(step)[~is_fill] - 1
+    if nnz and int(pos[-1]) >= out_f * in_f:
+        raise InputError(f"{what}: corrupt index stream (position beyond the matrix)")
+    flat = np.zeros(out_f * in_f, dtype=np.uint8)
+    flat[pos] = (wsym + 1).astype(np.uint8)
+    index = flat.reshape(in_f, out_f).T.copy() if col_major else flat.reshape(out_f, in_f)
+    return Layer(codebook=codebook, index=index, bias=bias, shift=int(shift), relu=relu)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections and file
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _section(tag: bytes, payload: bytes) -> bytes:
+    head = tag + _varint(len(payload))
+    return head + payload + struct.pack("<I", zlib.crc32(head + payload))
+
+
+def _header_payload(qnet: QNet) -> bytes:
+    w = BitWriter()
+    w.write_sint(int(qnet.input_frac))
+    w.write_eg(qnet.num_layers)
+    w.align()
+    return w.getvalue()
+
+
+def _check_qnet(qnet: QNet) -> None:
+    if not isinstance(qnet, QNet):
+        raise InputError(f"pack: expected a QNet, not {type(qnet).__name__}")
+    qnet.validate(index_bits=8)
+
+
+def pack(qnet: QNet) -> bytes:
+    """The .dcz bytes of a qnet (deterministic: same qnet -> same bytes)."""
+    return _pack(qnet)[0]
+
+
+def _pack(qnet: QNet) -> tuple[bytes, list[dict]]:
+    _check_qnet(qnet)
+    out = [MAGIC, bytes([DCZ_VERSION]), _section(_TAG_HEADER, _header_payload(qnet))]
+    infos = []
+    for layer in qnet.layers:
+        payload, info = _encode_layer(layer)
+        sec = _section(_TAG_LAYER, payload)
+        info["section_bytes"] = len(sec)
+        infos.append(info)
+        out.append(sec)
+    body = b"".join(out)
+    return body + struct.pack("<I", zlib.crc32(body)), infos
+
+
+def _sections(data: bytes) -> tuple[list[tuple[bytes, bytes, int]], int]:
+    """Check magic, version and every section's framing and crc; return [(tag, payload, size)]."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InputError("dcz: expected bytes")
+    data = bytes(data)
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise InputError("dcz: bad magic (not a .dcz file)")
+    if len(data) < 5:
+        raise InputError("dcz: truncated (file ends before the version byte)")
+    if data[4] != DCZ_VERSION:
+        raise InputError(f"dcz: unsupported version {data[4]} (this reader supports {DCZ_VERSION})")
+    pos = 5
+    sections = []
+    num_layers = None
+    while True:
+        name = _section_name(len(sections))
+        if num_layers is not None and len(sections) == num_layers + 1:
+            break
+        if pos >= len(data):
+            raise InputError(f"dcz: truncated (file ends before {name})")
+        tag = data[pos : pos + 1]
+        expected = _TAG_HEADER if not sections else _TAG_LAYER
+        length, p = 0, pos + 1
+        for shift in range(0, 64, 7):
+            if p >= len(data):
+                raise InputError(f"dcz: truncated {name} (in its length)")
+            b = data[p]
+            p += 1
+            length |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+        else:
+            raise InputError(f"dcz: corrupt {name} (bad length)")
+        end = p + length + 4
+        if end > len(data):
+            raise InputError(
+                f"dcz: truncated {name} (needs {end - pos} bytes, {len(data) - pos} left)"
+            )
+        (crc,) = struct.unpack("<I", data[end - 4 : end])
+        if zlib.crc32(data[pos : end - 4]) != crc:
+            raise InputError(f"dcz: checksum mismatch in {name}")
+        if tag != expected:
+            raise InputError(f"dcz: corrupt {name} (tag {tag!r}, expected {expected!r})")
+        payload = data[p : end - 4]
+        sections.append((tag, payload, end - pos))
+        pos = end
+        if num_layers is None:
+            num_layers = _read_header(payload)[1]
+    if len(data) < pos + 4:
+        raise InputError("dcz: truncated (file ends before the whole-file checksum)")
+    if len(data) > pos + 4:
+        raise InputError(f"dcz: {len(data) - pos - 4} unexpected bytes after the file checksum")
+    (crc,) = struct.unpack("<I", data[pos:])
+    if zlib.crc32(data[:pos]) != crc:
+        raise InputError("dcz: whole-file checksum mismatch")
+    return sections, len(data)
+
+
+def _section_name(i: int) -> str:
+    return "section header" if i == 0 else f"section layer {i - 1}"
+
+
+def _read_header(payload: bytes) -> tuple[int, int]:
+    r = BitReader(payload, "section header")
+    input_frac = r.read_sint()
+    num_layers = r.read_eg(limit=1 << 16)
+    if num_layers < 1:
+        raise InputError("section header: corrupt (num_layers must be >= 1)")
+    if not -(1 << 62) <= input_frac < 1 << 62:
+        raise InputError("section header: corrupt input_frac")
+    return input_frac, num_layers
+
+
+def unpack(data: bytes) -> QNet:
+    """The qnet a .dcz holds (exactly the one packed); InputError saying what is wrong."""
+    sections, _ = _sections(data)
+    input_frac, _ = _read_header(sections[0][1])
+    layers = [_decode_layer(payload, i) for i, (_, payload, _) in enumerate(sections[1:])]
+    qnet = QNet(layers=layers, input_frac=input_frac)
+    try:
+        qnet.validate(index_bits=8)
+    except InputError as e:
+        raise InputError(f"dcz: decoded network is invalid ({e})") from None
+    return qnet
+
+
+def write_dcz(qnet: QNet, path: str | Path) -> int:
+    """Write the .dcz atomically; return its size in bytes."""
+    data = pack(qnet)
+    write_bytes_atomic(path, data)
+    return len(data)
+
+
+def read_dcz(path: str | Path) -> QNet:
+    return unpack(_read_file(path))
+
+
+def _read_file(path: str | Path) -> bytes:
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected a .dcz file") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def info(data: bytes) -> dict:
+    """Sections, their sizes and the ratios of a .dcz (verifies every checksum)."""
+    sections, size = _sections(data)
+    input_frac, num_layers = _read_header(sections[0][1])
+    qnet = unpack(data)
+    n_params = sum(ly.index.size + ly.bias.size for ly in qnet.layers)
+    return {
+        "version": DCZ_VERSION,
+        "bytes": size,
+        "input_frac": input_frac,
+        "num_layers": num_layers,
+        "sections": [
+            {"name": _section_name(i).removeprefix("section "), "bytes": s}
+            for i, (_, _, s) in enumerate(sections)
+        ],
+        "overhead_bytes": 5 + 4,  # magic, version, file crc
+        "layers": [
+            {"shape": list(ly.index.shape), "nnz": int(np.count_nonzero(ly.index)),
+             "codebook": int(ly.codebook.shape[0])}
+            for ly in qnet.layers
+        ],
+        "params": n_params,
+        "float32_bytes": 4 * n_params,
+        "ratio": 4 * n_params / size,
+        "sha256": qnet.checksum(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's per-layer table (Han et al. 2016, Tables 2-5), from the real streams
+
+
+def _fixed_index_bits(gaps: np.ndarray) -> tuple[int, int]:
+    """Best fixed relative-index width w (fillers every 2**w - 1 zeros): (w, entries)."""
+    best = None
+    for wbits in range(1, _MAX_FIXED_INDEX_BITS + 1):
+        m = (1 << wbits) - 1
+        entries = int(gaps.shape[0] + (gaps // m).sum())
+        if best is None or wbits * entries < best[0] * best[1]:
+            best = (wbits, entries)
+    return best
+
+
+def layer_sizes(qnet: QNet) -> list[dict]:
+    """Per layer and in total: weights, kept %, weight bits P+Q and P+Q+H, index bits P+Q and
+    P+Q+H (per non-zero), compression rate P+Q and P+Q+H (% of 32-bit dense weights).
+
+    P+Q (pruning + quantization, fixed width): each non-zero costs ceil(log2(K-1)) weight bits
+    and the best fixed relative-index width w; gaps longer than 2**w - 1 add filler entries
+    that cost both. P+Q+H are the Huffman streams actually written in the .dcz (per non-zero:
+    stream bits only; the rate adds the code tables and the int16 codebook). The total row adds
+    the biases, headers and checksums too: the .dcz file size against 32-bit floats.
+    """
+    data, infos = _pack(qnet)
+    rows = []
+    tot = {"weights": 0, "nnz": 0, "pq_bits": 0, "pqh_bits": 0, "wh": 0, "ih": 0, "wf": 0, "if": 0, "iff": 0}
+    for i, (layer, inf) in enumerate(zip(qnet.layers, infos)):
+        weights = int(layer.index.size)
+        nnz = inf["nnz"]
+        k = int(layer.codebook.shape[0])
+        wbits = max(1, math.ceil(math.log2(k - 1))) if k > 2 else 1
+        ibits, entries = _fixed_index_bits(inf["gaps"])
+        b = inf["bits"]
+        cb_bits = 16 * k
+        pq = entries * (wbits + ibits) + cb_bits
+        pqh = (
+            b["weight_table"] + b["weight_stream"] + b["index_table"] + b["index_stream"]
+            + b["codebook"]
+        )
+        per = max(nnz, 1)
+        rows.append(
+            {
+                "layer": f"l{i}",
+                "weights": weights,
+                "kept_pct": 100.0 * nnz / weights,
+                "weight_bits_pq": wbits,
+                "weight_bits_pqh": b["weight_stream"] / per,
+                "index_bits_pq": ibits,
+                "index_bits_pq_incl_fillers": ibits * entries / per,
+                "index_bits_pqh": b["index_stream"] / per,
+                "rate_pq_pct": 100.0 * pq / (32 * weights),
+                "rate_pqh_pct": 100.0 * pqh / (32 * weights),
+                "scan": inf["scan"],
+                "gap_alphabet": inf["gap_alphabet"],
+                "fillers_pq": entries - nnz,
+                "fillers_pqh": inf["fillers"],
+                "section_bytes": inf["section_bytes"],
+                "bias_bits": b["bias"],
+            }
+        )
+        tot["weights"] += weights
+        tot["nnz"] += nnz
+        tot["pq_bits"] += pq
+        tot["pqh_bits"] += pqh
+        tot["wh"] += b["weight_stream"]
+        tot["ih"] += b["index_stream"]
+        tot["wf"] += wbits * nnz
+        tot["if"] += ibits * nnz
+        tot["iff"] += ibits * entries
+    params = tot["weights"] + sum(int(ly.bias.size) for ly in qnet.layers)
+    per = max(tot["nnz"], 1)
+    rows.append(
+        {
+            "layer": "total",
+            "weights": tot["weights"],
+            "kept_pct": 100.0 * tot["nnz"] / tot["weights"],
+            "weight_bits_pq": tot["wf"] / per,
+            "weight_bits_pqh": tot["wh"] / per,
+            "index_bits_pq": tot["if"] / per,
+            "index_bits_pq_incl_fillers": tot["iff"] / per,
+            "index_bits_pqh": tot["ih"] / per,
+            "rate_pq_pct": 100.0 * tot["pq_bits"] / (32 * tot["weights"]),
+            "rate_pqh_pct": 100.0 * tot["pqh_bits"] / (32 * tot["weights"]),
+            "dcz_bytes": len(data),
+            "float32_bytes": 4 * params,
+            "ratio": 4 * params / len(data),
+        }
+    )
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The layer_sizes rows as a plain-text table like the paper's."""
+    head = (
+        f"{'layer':<6} {'weights':>10} {'kept':>7} {'w P+Q':>6} {'w P+Q+H':>8} "
+        f"{'i P+Q':>6} {'i P+Q+H':>8} {'rate P+Q':>9} {'rate P+Q+H':>11}"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"{r['layer']:<6} {r['weights']:>10,} {r['kept_pct']:>6.2f}% "
+            f"{r['weight_bits_pq']:>6.2f} {r['weight_bits_pqh']:>8.2f} "
+            f"{r['index_bits_pq']:>6.2f} {r['index_bits_pqh']:>8.2f} "
+            f"{r['rate_pq_pct']:>8.2f}% {r['rate_pqh_pct']:>10.2f}%"
+        )
+    t = rows[-1]
+    lines.append(
+        f".dcz: {t['dcz_bytes']:,} bytes; float32 weights and biases {t['float32_bytes']:,} bytes; "
+        f"{t['ratio']:.1f}x"
+    )
+    return "\n".join(lines)
