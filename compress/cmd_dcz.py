@@ -1,0 +1,67 @@
+"""`python -m compress pack | unpack | info`: the .dcz model file on the command line."""
+
+from __future__ import annotations
+
+import json
+
+from .cli import command
+
+
+def _pack_args(p):
+    p.add_argument("qnet", help="qnet .npz to compress")
+    p.add_argument("--out", required=True, help="where to write the .dcz")
+    p.add_argument("--index-bits", type=int, default=8, help="largest codebook index bits (default 8)")
+    p.add_argument("--table", action="store_true", help="print the paper's per-layer table")
+
+
+@command("pack", "compress a qnet into a .dcz model file")(_pack_args)
+def _pack(args):
+    from .dcz import format_table, layer_sizes, write_dcz
+    from .qnet import load_qnet
+
+    qnet = load_qnet(args.qnet, index_bits=args.index_bits)
+    size = write_dcz(qnet, args.out)
+    params = sum(ly.index.size + ly.bias.size for ly in qnet.layers)
+    print(f"wrote {args.out}: {size:,} bytes, {4 * params / size:.1f}x smaller than float32")
+    if args.table:
+        print(format_table(layer_sizes(qnet)))
+
+
+def _unpack_args(p):
+    p.add_argument("dcz", help=".dcz model file")
+    p.add_argument("--out", required=True, help="where to write the qnet .npz")
+
+
+@command("unpack", "decode a .dcz back to the exact qnet it was made from")(_unpack_args)
+def _unpack(args):
+    from .dcz import read_dcz
+    from .qnet import save_qnet
+
+    qnet = read_dcz(args.dcz)
+    save_qnet(qnet, args.out)
+    print(f"wrote {args.out}: {qnet.num_layers} layers, sha256 {qnet.checksum()[:16]}")
+
+
+def _info_args(p):
+    p.add_argument("dcz", help=".dcz model file")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
+@command("info", "show the sections, sizes and compression ratio of a .dcz")(_info_args)
+def _info(args):
+    from .dcz import _read_file, info
+
+    d = info(_read_file(args.dcz))
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return
+    print(f"{args.dcz}: .dcz version {d['version']}, {d['bytes']:,} bytes, "
+          f"{d['num_layers']} layers, input_frac {d['input_frac']}")
+    for s in d["sections"]:
+        print(f"  {s['name']:<10} {s['bytes']:>9,} bytes")
+    print(f"  framing    {d['overhead_bytes']:>9,} bytes (magic, version, file crc32)")
+    for i, ly in enumerate(d["layers"]):
+        print(f"  l{i}: {ly['shape'][0]}x{ly['shape'][1]}, {ly['nnz']:,} non-zero, "
+              f"codebook {ly['codebook']}")
+    print(f"  float32 size {d['float32_bytes']:,} bytes -> ratio {d['ratio']:.1f}x")
+    print(f"  qnet sha256 {d['sha256']}")
