@@ -1,1 +1,2 @@
 """Further subcommands of `python -m compress` register themselves here (see cli.command)."""
+from . import cmd_dcz  # noqa: F401
