@@ -1,0 +1,190 @@
+"""compress.dcz: exact round trips, size accounting, every corruption refused, the CLI."""
+
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from compress.cli import main
+from compress.dcz import (
+    DCZ_VERSION,
+    MAGIC,
+    format_table,
+    info,
+    layer_sizes,
+    pack,
+    read_dcz,
+    unpack,
+    write_dcz,
+)
+from compress.errors import InputError
+from compress.qnet import Layer, QNet, load_qnet, save_qnet
+from compress.synthetic import random_qnet
+
+CASES = [
+    dict(sizes=(784, 300, 100, 10), density=[0.08, 0.09, 0.26]),
+    dict(sizes=(64, 32, 10), density=1.0, seed=1),
+    dict(sizes=(50, 40), density=0.0, seed=2),
+    dict(sizes=(30, 20, 5), density=0.3, codebook_size=2, seed=3),
+    dict(sizes=(30, 20), density=0.5, codebook_size=1, seed=4),
+    dict(sizes=(1, 1), density=1.0, seed=5),
+    dict(sizes=(1000, 3), density=0.002, seed=6, index_bits=8, codebook_size=256),
+    dict(sizes=(17, 9, 4), density=0.6, index_bits=2, seed=7, bias_scale=0, shift=0),
+    dict(sizes=(40, 30), density=0.1, seed=8, bias_scale=2**31 - 1, weight_scale=32767),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_roundtrip_exact(case):
+    q = random_qnet(**CASES[case])
+    data = pack(q)
+    assert data[:4] == MAGIC and data[4] == DCZ_VERSION
+    back = unpack(data)
+    assert back.equals(q)
+    assert back.checksum() == q.checksum()
+    assert pack(back) == data  # deterministic
+
+
+def test_structured_sparsity_and_extreme_values():
+    rng = np.random.default_rng(9)
+    index = np.zeros((30, 200), dtype=np.uint8)
+    index[:, 80:120] = rng.integers(0, 16, size=(30, 40))  # whole empty columns
+    index[-1, -1] = 15  # a non-zero at the very end
+    cb = np.array([0, -32768, 32767] + list(range(1, 14)), dtype=np.int16)
+    bias = np.array([-(2**31), 2**31 - 1] + [0] * 28, dtype=np.int32)
+    q = QNet([Layer(cb, index, bias, shift=62, relu=True)], input_frac=-3)
+    assert unpack(pack(q)).equals(q)
+
+
+def test_smaller_than_float32_and_table():
+    q = random_qnet((784, 300, 100, 10), density=[0.08, 0.09, 0.26], seed=0)
+    data = pack(q)
+    rows = layer_sizes(q)
+    total = rows[-1]
+    assert total["dcz_bytes"] == len(data)
+    assert total["float32_bytes"] == 1_066_440
+    assert total["ratio"] == pytest.approx(1_066_440 / len(data))
+    for r, layer in zip(rows, q.layers):
+        nnz = np.count_nonzero(layer.index)
+        assert r["weights"] == layer.index.size
+        assert r["kept_pct"] == pytest.approx(100 * nnz / layer.index.size)
+        # Random positions at density p cannot beat the entropy H(p)/p bits per non-zero.
+        p = nnz / layer.index.size
+        h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p)) / p
+        assert h <= r["index_bits_pqh"] <= h + 0.35
+        assert r["weight_bits_pqh"] <= 4.0 + 1e-9
+    assert "x" in format_table(rows)
+    d = info(data)
+    assert d["bytes"] == len(data) and sum(s["bytes"] for s in d["sections"]) + 9 == len(data)
+
+
+def corrupt_cases():
+    q = random_qnet((20, 12, 6), density=0.4, seed=11)
+    return q, pack(q)
+
+
+def test_every_truncation_refused():
+    q, data = corrupt_cases()
+    for n in range(len(data)):
+        with pytest.raises(InputError, match="truncated|bad magic"):
+            unpack(data[:n])
+
+
+def test_every_byte_flip_refused():
+    _, data = corrupt_cases()
+    seen = set()
+    for i in range(len(data)):
+        for flip in (0x01, 0x80, 0xFF):
+            bad = bytearray(data)
+            bad[i] ^= flip
+            with pytest.raises(InputError) as e:
+                unpack(bytes(bad))
+            seen.add(str(e.value).split("(")[0].strip())
+    assert any("checksum mismatch in section header" in s for s in seen)
+    assert any("checksum mismatch in section layer 1" in s for s in seen)
+    assert any("whole-file checksum mismatch" in s for s in seen)
+
+
+def test_section_content_checked_beyond_crc():
+    # A payload with a valid crc but nonsense content (re-sealed) is still refused.
+    _, data = corrupt_cases()
+    body = bytearray(data[:-4])
+    start = 5 + 1 + 1 + body[6] + 4  # after the header section
+    assert body[start : start + 1] == b"L"
+    bad = bytearray(body)
+    tag_len = 2 if bad[start + 1] < 0x80 else 3
+    bad[start + tag_len] ^= 0xFF  # first payload byte: the shape
+    sec_len = bad[start + 1] if tag_len == 2 else (bad[start + 1] & 0x7F) | (bad[start + 2] << 7)
+    end = start + tag_len + sec_len
+    bad[end : end + 4] = struct.pack("<I", zlib.crc32(bytes(bad[start:end])))
+    bad = bytes(bad) + struct.pack("<I", zlib.crc32(bytes(bad)))
+    with pytest.raises(InputError, match="section layer 0"):
+        unpack(bad)
+
+
+def test_magic_version_and_trailing():
+    _, data = corrupt_cases()
+    with pytest.raises(InputError, match="bad magic"):
+        unpack(b"PK\x03\x04" + data[4:])
+    with pytest.raises(InputError, match="bad magic"):
+        unpack(b"")
+    with pytest.raises(InputError, match="unsupported version 2"):
+        unpack(data[:4] + bytes([2]) + data[5:])
+    with pytest.raises(InputError, match="unexpected bytes"):
+        unpack(data + b"\x00")
+
+
+def test_files_and_cli(tmp_path, capsys):
+    q = random_qnet((60, 20, 10), density=0.2, seed=12)
+    qpath, dpath, back = tmp_path / "q.npz", tmp_path / "m.dcz", tmp_path / "back.npz"
+    save_qnet(q, qpath)
+    assert main(["pack", str(qpath), "--out", str(dpath), "--table"]) == 0
+    assert "total" in capsys.readouterr().out
+    assert read_dcz(dpath).equals(q)
+    assert main(["unpack", str(dpath), "--out", str(back)]) == 0
+    assert load_qnet(back).equals(q)
+    assert back.read_bytes() == qpath.read_bytes()
+    assert main(["info", str(dpath)]) == 0
+    assert "ratio" in capsys.readouterr().out
+    assert main(["info", str(dpath), "--json"]) == 0
+
+    data = dpath.read_bytes()
+    cases = {
+        "trunc.dcz": (data[: len(data) // 2], "truncated section layer 0"),
+        "flip.dcz": (data[:-1] + bytes([data[-1] ^ 1]), "whole-file checksum mismatch"),
+        "magic.dcz": (b"XXXX" + data[4:], "bad magic"),
+        "ver.dcz": (data[:4] + b"\x07" + data[5:], "unsupported version 7"),
+    }
+    for name, (content, msg) in cases.items():
+        p = tmp_path / name
+        p.write_bytes(content)
+        out = tmp_path / f"{name}.npz"
+        capsys.readouterr()
+        assert main(["unpack", str(p), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1
+        assert not out.exists()
+        assert main(["info", str(p)]) == 2
+    capsys.readouterr()
+    assert main(["unpack", str(tmp_path / "missing.dcz"), "--out", str(back)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    # A pack that fails leaves no output behind.
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    assert main(["pack", str(bad), "--out", str(tmp_path / "no.dcz")]) == 2
+    assert not (tmp_path / "no.dcz").exists()
+    assert write_dcz(q, tmp_path / "w.dcz") == len(pack(q))
+
+
+def test_cli_subprocess_exit_status(tmp_path):
+    p = tmp_path / "x.dcz"
+    p.write_bytes(MAGIC + b"\x01H")
+    r = subprocess.run(
+        [sys.executable, "-m", "compress", "unpack", str(p), "--out", str(tmp_path / "o.npz")],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: dcz: truncated") and r.stderr.count("\n") == 1
