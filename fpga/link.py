@@ -1,0 +1,337 @@
+"""The board side of the framed UART protocol (fpga/protocol.py, docs/fpga.md).
+
+`Link` sits between the UART byte streams and the engine's activation streams. It is one FSM
+that receives a request, acts on it and sends the reply, so it needs no buffer for a whole
+input vector: the INFER payload goes into the engine word by word as it arrives, and only the
+output vector (out_{L-1} words, a small memory) is buffered, because the reply header and the
+CRC verdict must come before it.
+
+Robustness, so a partial or corrupt frame never locks the design up:
+
+* bytes outside a frame are dropped until a SYNC byte;
+* an unknown command or a length that does not match it gets an ERROR reply at once;
+* every gap between two bytes of a frame is timed: after `timeout` clock cycles the frame is
+  abandoned; if an INFER payload was under way the missing words are fed to the engine as zeros
+  so the engine finishes its inference and is drained, then the ERROR reply goes out;
+* an INFER with a bad CRC is likewise run to completion and drained, and answered with ERROR.
+
+Bytes that arrive while a request is being answered are dropped: the host waits for each reply.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import protocol as P
+
+
+def _crc8_bit_sources() -> list[list[int]]:
+    """For each bit of the next CRC, the bits of (crc ^ byte) that XOR into it (CRC is linear)."""
+    cols = [P.crc8(b"\x00", 1 << i) ^ P.crc8(b"\x00", 0) for i in range(8)]
+    return [[i for i in range(8) if (cols[i] >> j) & 1] for j in range(8)]
+
+
+_CRC8_SOURCES = _crc8_bit_sources()
+
+
+def crc8_step(crc, byte):
+    """Amaranth expression: CRC-8 (poly 0x07, MSB first) of `crc` after one more byte."""
+    x = crc ^ byte
+    bits = []
+    for srcs in _CRC8_SOURCES:
+        v = x[srcs[0]]
+        for i in srcs[1:]:
+            v = v ^ x[i]
+        bits.append(v)
+    return Cat(*bits)
+
+
+class Link(wiring.Component):
+    """Request/reply protocol engine; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        in_features: int,
+        out_features: int,
+        num_layers: int,
+        pes: int,
+        clock_hz: int,
+        timeout: int,
+    ):
+        for name, v, lo in (
+            ("in_features", in_features, 1),
+            ("out_features", out_features, 1),
+            ("num_layers", num_layers, 1),
+            ("pes", pes, 1),
+            ("timeout", timeout, 2),
+        ):
+            if not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, not {v!r}")
+        if 2 * in_features > P.MAX_PAYLOAD:
+            raise ValueError(f"in_features {in_features} does not fit one frame")
+        if out_features > 0xFFFF or num_layers > 255 or pes > 255:
+            raise ValueError("out_features, num_layers or pes too large for the PING reply")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.num_layers = num_layers
+        self.pes = pes
+        self.clock_hz = int(clock_hz)
+        self.timeout = timeout
+        super().__init__(
+            {
+                "rx": In(stream.Signature(8)),
+                "tx": Out(stream.Signature(8)),
+                "act_out": Out(stream.Signature(signed(16))),  # to the engine's i_act
+                "act_in": In(stream.Signature(signed(16))),  # from the engine's o_act
+                "cycles": In(32),
+                "layer_cycles": In(data.ArrayLayout(32, num_layers)),
+                "busy": In(1),
+                "loaded": In(1, init=1),
+                # status for the LEDs
+                "digit": Out(range(max(out_features, 2))),  # argmax of the last good inference
+                "inferences": Out(32),
+                "errors": Out(32),
+                "active": Out(1),  # a frame is being received or answered
+                "error_flag": Out(1),  # the last reply was an error
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        n_in, n_out, n_l = self.in_features, self.out_features, self.num_layers
+
+        # Output buffer (small: becomes one EBR or logic).
+        m.submodules.obuf = obuf = memory.Memory(shape=16, depth=n_out, init=[])
+        ow = obuf.write_port()
+        orp = obuf.read_port()
+
+        # Reply body after the buffered outputs: a byte shift register, LSB byte first.
+        ping_bytes = bytes([P.VERSION, self.pes, n_l]) + n_in.to_bytes(2, "little")
+        ping_bytes += n_out.to_bytes(2, "little") + (self.clock_hz & 0xFFFFFFFF).to_bytes(4, "little")
+        sreg_bytes = max(12 + 4 * n_l, len(ping_bytes) + 1)
+        sreg = Signal(8 * sreg_bytes)
+
+        cmd = Signal(8)
+        length = Signal(16)
+        crc = Signal(8, init=0xFF)
+        err = Signal(8)  # error code of the reply, 0 = none
+        words_left = Signal(range(n_in + 1))
+        lo_byte = Signal(8)
+        have_lo = Signal()
+        timer = Signal(range(self.timeout + 1))
+        out_idx = Signal(range(n_out + 1))
+        best = Signal(signed(16))
+        best_idx = Signal.like(self.digit)
+
+        # Reply side.
+        r_cmd = Signal(8)
+        r_len = Signal(16)
+        r_k = Signal(16)  # byte index within the current reply part
+        r_byte = Signal(8)
+        r_obytes = Signal(16)  # bytes taken from the output buffer first
+        r_crc = Signal(8)
+
+        lc_flat = Cat(*[self.layer_cycles[i] for i in range(n_l)])
+
+        rx_byte = self.rx.payload
+        rx_take = Signal()  # a byte is transferred from rx this cycle
+        m.d.comb += rx_take.eq(self.rx.valid & self.rx.ready)
+
+        # Inter-byte timeout while inside a frame.
+        in_frame = Signal()
+        timed_out = Signal()
+        m.d.comb += timed_out.eq(timer == self.timeout)
+        with m.If(~in_frame | rx_take):
+            m.d.sync += timer.eq(0)
+        with m.Elif(~timed_out):
+            m.d.sync += timer.eq(timer + 1)
+
+        m.d.comb += [ow.data.eq(self.act_in.payload), ow.addr.eq(out_idx)]
+        m.d.comb += orp.addr.eq(r_k >> 1)
+
+        def start_reply(code):
+            """Enter the reply with error code `code` (0 = the normal reply to `cmd`)."""
+            m.d.sync += err.eq(code)
+            m.next = "REPLY"
+
+        # Bytes are taken (and dropped unless a state uses them) everywhere but in the high byte
+        # of an INFER word, which waits for the engine.
+        rx_hold = Signal()
+        m.d.comb += self.rx.ready.eq(~rx_hold)
+
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                m.d.sync += [crc.eq(0xFF), have_lo.eq(0)]
+                with m.If(rx_take & (rx_byte == P.SYNC_REQ)):
+                    m.next = "CMD"
+
+            with m.State("CMD"):
+                m.d.comb += in_frame.eq(1)
+                with m.If(rx_take):
+                    m.d.sync += [cmd.eq(rx_byte), crc.eq(crc8_step(crc, rx_byte))]
+                    m.next = "LEN0"
+                with m.Elif(timed_out):
+                    start_reply(P.ERR_TIMEOUT)
+
+            with m.State("LEN0"):
+                m.d.comb += in_frame.eq(1)
+                with m.If(rx_take):
+                    m.d.sync += [length[:8].eq(rx_byte), crc.eq(crc8_step(crc, rx_byte))]
+                    m.next = "LEN1"
+                with m.Elif(timed_out):
+                    start_reply(P.ERR_TIMEOUT)
+
+            with m.State("LEN1"):
+                m.d.comb += in_frame.eq(1)
+                full = Cat(length[:8], rx_byte)
+                with m.If(rx_take):
+                    m.d.sync += [length[8:].eq(rx_byte), crc.eq(crc8_step(crc, rx_byte))]
+                    m.d.sync += words_left.eq(n_in)
+                    with m.Switch(cmd):
+                        with m.Case(P.CMD_PING, P.CMD_COUNT):
+                            with m.If(full == 0):
+                                m.next = "CRC"
+                            with m.Else():
+                                start_reply(P.ERR_LENGTH)
+                        with m.Case(P.CMD_INFER):
+                            with m.If(full == 2 * n_in):
+                                m.next = "PAYLOAD"
+                            with m.Else():
+                                start_reply(P.ERR_LENGTH)
+                        with m.Default():
+                            start_reply(P.ERR_COMMAND)
+                with m.Elif(timed_out):
+                    start_reply(P.ERR_TIMEOUT)
+
+            with m.State("PAYLOAD"):
+                # INFER input words straight into the engine, low byte first.
+                m.d.comb += in_frame.eq(1)
+                m.d.comb += [self.act_out.payload.eq(Cat(lo_byte, rx_byte))]
+                with m.If(~have_lo):
+                    with m.If(rx_take):
+                        m.d.sync += [lo_byte.eq(rx_byte), have_lo.eq(1)]
+                        m.d.sync += crc.eq(crc8_step(crc, rx_byte))
+                with m.Else():
+                    # High byte: pass it on only when the engine takes the word.
+                    m.d.comb += [self.act_out.valid.eq(self.rx.valid)]
+                    m.d.comb += rx_hold.eq(~self.act_out.ready)
+                    with m.If(rx_take):
+                        m.d.sync += [have_lo.eq(0), crc.eq(crc8_step(crc, rx_byte))]
+                        m.d.sync += words_left.eq(words_left - 1)
+                        with m.If(words_left == 1):
+                            m.next = "CRC"
+                with m.If(timed_out & ~rx_take):
+                    m.d.sync += err.eq(P.ERR_TIMEOUT)
+                    m.next = "PAD"
+
+            with m.State("PAD"):
+                # Abandoned INFER: complete the engine's input with zeros.
+                m.d.comb += [self.act_out.valid.eq(1), self.act_out.payload.eq(0)]
+                with m.If(self.act_out.ready):
+                    m.d.sync += words_left.eq(words_left - 1)
+                    with m.If(words_left == 1):
+                        m.d.sync += [out_idx.eq(0), best_idx.eq(0)]
+                        m.next = "DRAIN"
+
+            with m.State("CRC"):
+                m.d.comb += in_frame.eq(1)
+                ok = Signal()
+                m.d.comb += ok.eq(rx_byte == crc)
+                with m.If(rx_take):
+                    with m.If(cmd == P.CMD_INFER):
+                        m.d.sync += [err.eq(Mux(ok, 0, P.ERR_CRC)), out_idx.eq(0), best_idx.eq(0)]
+                        m.next = "DRAIN"
+                    with m.Else():
+                        start_reply(Mux(ok, 0, P.ERR_CRC))
+                with m.Elif(timed_out):
+                    with m.If(cmd == P.CMD_INFER):
+                        m.d.sync += [err.eq(P.ERR_TIMEOUT), out_idx.eq(0), best_idx.eq(0)]
+                        m.next = "DRAIN"
+                    with m.Else():
+                        start_reply(P.ERR_TIMEOUT)
+
+            with m.State("DRAIN"):
+                # Collect the engine's outputs; keep the first maximum for the LEDs.
+                m.d.comb += [self.act_in.ready.eq(1), ow.en.eq(self.act_in.valid)]
+                with m.If(self.act_in.valid):
+                    m.d.sync += out_idx.eq(out_idx + 1)
+                    with m.If((out_idx == 0) | (self.act_in.payload > best)):
+                        m.d.sync += [best.eq(self.act_in.payload), best_idx.eq(out_idx)]
+                    with m.If(out_idx == n_out - 1):
+                        m.next = "SETTLE"
+
+            with m.State("SETTLE"):
+                # The engine updates its cycle counters as it finishes: wait until it is idle.
+                with m.If(~self.busy):
+                    with m.If(err == 0):
+                        m.d.sync += self.digit.eq(best_idx)
+                    m.next = "REPLY"
+
+            with m.State("REPLY"):
+                # Choose the reply: command, payload length, what the shift register holds.
+                m.d.sync += [r_k.eq(0), r_crc.eq(0xFF)]
+                with m.If(err != 0):
+                    m.d.sync += [r_cmd.eq(P.CMD_ERROR), r_len.eq(1), r_obytes.eq(0)]
+                    m.d.sync += sreg.eq(err)
+                    m.d.sync += [self.errors.eq(self.errors + 1), self.error_flag.eq(1)]
+                with m.Else():
+                    m.d.sync += [r_cmd.eq(cmd), self.error_flag.eq(0)]
+                    with m.Switch(cmd):
+                        with m.Case(P.CMD_PING):
+                            m.d.sync += [r_len.eq(len(ping_bytes) + 1), r_obytes.eq(0)]
+                            m.d.sync += sreg.eq(
+                                Cat(Const(int.from_bytes(ping_bytes, "little"), 8 * len(ping_bytes)),
+                                    self.loaded)
+                            )
+                        with m.Case(P.CMD_COUNT):
+                            m.d.sync += [r_len.eq(12 + 4 * n_l), r_obytes.eq(0)]
+                            m.d.sync += sreg.eq(
+                                Cat(self.inferences, self.errors, self.cycles, lc_flat)
+                            )
+                        with m.Default():  # INFER
+                            m.d.sync += [r_len.eq(2 * n_out + 4 + 4 * n_l), r_obytes.eq(2 * n_out)]
+                            m.d.sync += sreg.eq(Cat(self.cycles, lc_flat))
+                            m.d.sync += self.inferences.eq(self.inferences + 1)
+                m.next = "T_SYNC"
+
+            def send(value, nxt, *, add_crc=True):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
+                with m.If(self.tx.ready):
+                    if add_crc:
+                        m.d.sync += r_crc.eq(crc8_step(r_crc, value))
+                    m.next = nxt
+
+            with m.State("T_SYNC"):
+                send(P.SYNC_REP, "T_CMD", add_crc=False)
+            with m.State("T_CMD"):
+                send(r_cmd, "T_LEN0")
+            with m.State("T_LEN0"):
+                send(r_len[:8], "T_LEN1")
+            with m.State("T_LEN1"):
+                send(r_len[8:], "T_FETCH")
+
+            with m.State("T_FETCH"):
+                # One cycle for the output buffer's synchronous read at address r_k >> 1.
+                with m.If(r_k == r_len):
+                    m.next = "T_CRC"
+                with m.Else():
+                    m.next = "T_LOAD"
+            with m.State("T_LOAD"):
+                with m.If(r_k < r_obytes):
+                    m.d.sync += r_byte.eq(Mux(r_k[0], orp.data[8:], orp.data[:8]))
+                with m.Else():
+                    m.d.sync += [r_byte.eq(sreg[:8]), sreg.eq(sreg >> 8)]
+                m.next = "T_BODY"
+            with m.State("T_BODY"):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(r_byte)]
+                with m.If(self.tx.ready):
+                    m.d.sync += [r_crc.eq(crc8_step(r_crc, r_byte)), r_k.eq(r_k + 1)]
+                    m.next = "T_FETCH"
+            with m.State("T_CRC"):
+                send(r_crc, "IDLE", add_crc=False)
+
+        m.d.comb += self.active.eq(~fsm.ongoing("IDLE"))
+        return m

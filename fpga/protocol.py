@@ -1,0 +1,231 @@
+"""The framed UART protocol between a host and the board: a pure-Python codec.
+
+Shared by the gateware (constants), the host runner and the tests. Documented in docs/fpga.md.
+
+Every frame, in both directions::
+
+    SYNC  CMD  LEN_LO LEN_HI  PAYLOAD[LEN]  CRC
+
+* SYNC is 0xA5 for a request (host -> board) and 0x5A for a reply (board -> host).
+* LEN is the payload length in bytes, little-endian.
+* CRC is CRC-8 (polynomial 0x07, initial value 0xFF, no reflection) over CMD, LEN and PAYLOAD.
+* All multi-byte numbers are little-endian; activations are int16, counters uint32.
+
+Requests and their replies (the reply carries the request's command byte):
+
+=========  ====================================  =================================================
+command    request payload                        reply payload
+=========  ====================================  =================================================
+PING 0x01  none                                   version u8, pes u8, layers u8, in u16, out u16,
+                                                  clock_hz u32, flags u8 (bit 0: weights loaded)
+INFER 0x02 in_0 x int16                           out x int16, cycles u32, layer_cycles L x u32
+COUNT 0x03 none                                   inferences u32, errors u32, cycles u32,
+                                                  layer_cycles L x u32 (of the last inference)
+=========  ====================================  =================================================
+
+A malformed request gets an ERROR reply (command 0xEE, one byte payload: the error code) and the
+board goes back to hunting for SYNC: bytes outside a frame are dropped silently. A frame that
+stops arriving for `timeout` clock cycles between two bytes is abandoned with ERR_TIMEOUT, so a
+partial frame never locks the design up. An INFER whose CRC turns out wrong after its payload has
+already been streamed into the engine still runs to completion inside the board, but its result is
+dropped and the reply is ERR_CRC.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+VERSION = 1
+SYNC_REQ = 0xA5
+SYNC_REP = 0x5A
+
+CMD_PING = 0x01
+CMD_INFER = 0x02
+CMD_COUNT = 0x03
+CMD_ERROR = 0xEE
+
+ERR_CRC = 1
+ERR_COMMAND = 2
+ERR_LENGTH = 3
+ERR_TIMEOUT = 4
+
+ERROR_NAMES = {
+    ERR_CRC: "checksum mismatch",
+    ERR_COMMAND: "unknown command",
+    ERR_LENGTH: "wrong payload length",
+    ERR_TIMEOUT: "frame timed out",
+}
+
+MAX_PAYLOAD = 0xFFFF
+
+
+def _crc8_table() -> list[int]:
+    table = []
+    for b in range(256):
+        c = b
+        for _ in range(8):
+            c = ((c << 1) ^ 0x07) & 0xFF if c & 0x80 else (c << 1) & 0xFF
+        table.append(c)
+    return table
+
+
+_CRC8 = _crc8_table()
+
+
+def crc8(data: bytes, crc: int = 0xFF) -> int:
+    """CRC-8, polynomial x^8 + x^2 + x + 1, initial value 0xFF, MSB first."""
+    for b in data:
+        crc = _CRC8[crc ^ b]
+    return crc
+
+
+def encode_frame(cmd: int, payload: bytes = b"", *, sync: int = SYNC_REQ) -> bytes:
+    """One frame: sync, command, length, payload, CRC."""
+    if not 0 <= cmd <= 0xFF:
+        raise ValueError(f"command must be a byte, not {cmd!r}")
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    body = bytes([cmd]) + struct.pack("<H", len(payload)) + bytes(payload)
+    return bytes([sync]) + body + bytes([crc8(body)])
+
+
+class ProtocolError(Exception):
+    """The board replied with an error frame, or a reply did not decode."""
+
+
+@dataclass
+class Frame:
+    cmd: int
+    payload: bytes
+
+
+class FrameDecoder:
+    """Incremental frame parser: feed bytes, collect complete frames with a good CRC.
+
+    Bytes before a SYNC are skipped; a frame with a bad CRC is skipped and parsing resumes one
+    byte after its SYNC, so a stray SYNC inside garbage never hides a good frame behind it.
+    """
+
+    def __init__(self, *, sync: int = SYNC_REP):
+        self.sync = sync
+        self.buf = bytearray()
+        self.skipped = 0  # bytes dropped while hunting for frames
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self.buf += data
+        frames = []
+        while True:
+            start = self.buf.find(bytes([self.sync]))
+            if start < 0:
+                self.skipped += len(self.buf)
+                self.buf.clear()
+                return frames
+            if start:
+                self.skipped += start
+                del self.buf[:start]
+            if len(self.buf) < 4:
+                return frames
+            (n,) = struct.unpack_from("<H", self.buf, 2)
+            if len(self.buf) < 5 + n:
+                return frames
+            body = bytes(self.buf[1 : 4 + n])
+            if crc8(body) == self.buf[4 + n]:
+                frames.append(Frame(cmd=body[0], payload=body[3:]))
+                del self.buf[: 5 + n]
+            else:
+                self.skipped += 1
+                del self.buf[:1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests and replies
+
+
+def ping_request() -> bytes:
+    return encode_frame(CMD_PING)
+
+
+def count_request() -> bytes:
+    return encode_frame(CMD_COUNT)
+
+
+def infer_request(x: np.ndarray) -> bytes:
+    """An INFER frame for one int16 input vector."""
+    x = np.asarray(x)
+    if x.ndim != 1 or not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"an input vector must be a 1-D integer array, not {x.dtype}{x.shape}")
+    if x.min(initial=0) < -32768 or x.max(initial=0) > 32767:
+        raise ValueError("input vector values do not fit int16")
+    return encode_frame(CMD_INFER, x.astype("<i2").tobytes())
+
+
+@dataclass
+class Info:
+    version: int
+    pes: int
+    num_layers: int
+    in_features: int
+    out_features: int
+    clock_hz: int
+    loaded: bool
+
+
+@dataclass
+class Result:
+    y: np.ndarray  # int16[out]
+    cycles: int
+    layer_cycles: list[int]
+
+
+@dataclass
+class Counters:
+    inferences: int
+    errors: int
+    cycles: int
+    layer_cycles: list[int]
+
+
+def _check(frame: Frame, cmd: int) -> bytes:
+    if frame.cmd == CMD_ERROR:
+        code = frame.payload[0] if frame.payload else -1
+        raise ProtocolError(f"board error {code}: {ERROR_NAMES.get(code, 'unknown error')}")
+    if frame.cmd != cmd:
+        raise ProtocolError(f"expected a reply to command {cmd:#04x}, got {frame.cmd:#04x}")
+    return frame.payload
+
+
+def decode_ping(frame: Frame) -> Info:
+    p = _check(frame, CMD_PING)
+    if len(p) != 12:
+        raise ProtocolError(f"PING reply of {len(p)} bytes, expected 12")
+    version, pes, layers, n_in, n_out, clk, flags = struct.unpack("<BBBHHIB", p)
+    return Info(version, pes, layers, n_in, n_out, clk, bool(flags & 1))
+
+
+def decode_infer(frame: Frame, *, out_features: int, num_layers: int) -> Result:
+    p = _check(frame, CMD_INFER)
+    want = 2 * out_features + 4 + 4 * num_layers
+    if len(p) != want:
+        raise ProtocolError(f"INFER reply of {len(p)} bytes, expected {want}")
+    y = np.frombuffer(p[: 2 * out_features], dtype="<i2").astype(np.int16)
+    c = struct.unpack_from(f"<{1 + num_layers}I", p, 2 * out_features)
+    return Result(y=y, cycles=c[0], layer_cycles=list(c[1:]))
+
+
+def decode_count(frame: Frame, *, num_layers: int) -> Counters:
+    p = _check(frame, CMD_COUNT)
+    want = 12 + 4 * num_layers
+    if len(p) != want:
+        raise ProtocolError(f"COUNT reply of {len(p)} bytes, expected {want}")
+    c = struct.unpack(f"<{3 + num_layers}I", p)
+    return Counters(inferences=c[0], errors=c[1], cycles=c[2], layer_cycles=list(c[3:]))
+
+
+def decode_error(frame: Frame) -> int:
+    """The error code of an ERROR reply (ProtocolError for anything else)."""
+    if frame.cmd != CMD_ERROR or len(frame.payload) != 1:
+        raise ProtocolError(f"expected an error reply, got command {frame.cmd:#04x}")
+    return frame.payload[0]

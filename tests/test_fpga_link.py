@@ -1,0 +1,207 @@
+"""The protocol engine (fpga/link.py) against the host codec (fpga/protocol.py).
+
+Amaranth simulator, byte streams on the UART side, and on the engine side a behavioural model
+in the bench (outputs a known function of the inputs, sets the cycle counters), so every reply
+can be checked exactly. Frames here are short: in_features = 5.
+"""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from fpga import protocol as P
+from fpga.link import Link
+
+N_IN, N_OUT, N_L, TIMEOUT = 5, 3, 2, 60
+
+
+def model(x):
+    """The bench's stand-in network: y_k = wrap16(sum(x) * (k + 1) - k)."""
+    s = int(np.sum(x.astype(np.int64)))
+    return np.array([((s * (k + 1) - k + 32768) % 65536) - 32768 for k in range(N_OUT)], np.int16)
+
+
+def run_link(script, *, seed=0):
+    """Run `script(host)`; host.send(bytes), host.replies(n) -> frames; returns engine log."""
+    dut = Link(in_features=N_IN, out_features=N_OUT, num_layers=N_L, pes=8,
+               clock_hz=12_000_000, timeout=TIMEOUT)
+    rng = random.Random(seed)
+    tx_bytes = bytearray()
+    engine_runs = []
+
+    async def engine(ctx):
+        count = 0
+        while True:
+            x = []
+            ctx.set(dut.act_out.ready, 1)
+            while len(x) < N_IN:
+                _, _, valid, ready, payload = await ctx.tick().sample(
+                    dut.act_out.valid, dut.act_out.ready, dut.act_out.payload)
+                if valid and ready:
+                    x.append(payload)
+                # back-pressure now and then
+                ctx.set(dut.act_out.ready, rng.random() < 0.7)
+            ctx.set(dut.act_out.ready, 0)
+            ctx.set(dut.busy, 1)
+            await ctx.tick().repeat(7)
+            count += 1
+            y = model(np.array(x, np.int16))
+            engine_runs.append(list(x))
+            for v in y:
+                ctx.set(dut.act_in.valid, 1)
+                ctx.set(dut.act_in.payload, int(v))
+                await ctx.tick().until(dut.act_in.ready)
+            ctx.set(dut.act_in.valid, 0)
+            ctx.set(dut.cycles, 1000 + count)
+            for i in range(N_L):
+                ctx.set(dut.layer_cycles[i], 100 * (i + 1) + count)
+            await ctx.tick().repeat(2)
+            ctx.set(dut.busy, 0)
+
+    async def uart_tx(ctx):
+        while True:
+            ctx.set(dut.tx.ready, 0)
+            for _ in range(rng.randrange(1, 4)):
+                await ctx.tick()
+            ctx.set(dut.tx.ready, 1)
+            _, _, valid, payload = await ctx.tick().sample(dut.tx.valid, dut.tx.payload)
+            if valid:
+                tx_bytes.append(payload)
+
+    class Host:
+        def __init__(self, ctx):
+            self.ctx = ctx
+            self.dec = P.FrameDecoder()
+
+        async def send(self, data, gap=0):
+            for b in data:
+                self.ctx.set(dut.rx.valid, 1)
+                self.ctx.set(dut.rx.payload, b)
+                await self.ctx.tick().until(dut.rx.ready)
+                self.ctx.set(dut.rx.valid, 0)
+                if gap:
+                    await self.ctx.tick().repeat(gap)
+
+        async def quiet(self, cycles=400):
+            await self.ctx.tick().repeat(cycles)
+
+        async def replies(self, n, limit=5000):
+            frames = []
+            for _ in range(limit):
+                frames += self.dec.feed(bytes(tx_bytes))
+                tx_bytes.clear()
+                if len(frames) >= n:
+                    return frames
+                await self.ctx.tick()
+            raise AssertionError(f"got {len(frames)} of {n} replies")
+
+    async def host(ctx):
+        await script(Host(ctx))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(engine, background=True)
+    sim.add_testbench(uart_tx, background=True)
+    sim.add_testbench(host)
+    sim.run()
+    return engine_runs, dut
+
+
+def infer_ok(frame, x):
+    r = P.decode_infer(frame, out_features=N_OUT, num_layers=N_L)
+    np.testing.assert_array_equal(r.y, model(np.asarray(x, np.int16)))
+    assert r.layer_cycles[0] - 100 == r.cycles - 1000
+    return r
+
+
+def test_ping_infer_count():
+    xs = [np.array([1, -2, 300, 32767, -32768], np.int16), np.array([7, 7, 7, 7, 7], np.int16)]
+
+    async def script(h):
+        await h.send(P.ping_request())
+        (f,) = await h.replies(1)
+        info = P.decode_ping(f)
+        assert (info.version, info.pes, info.num_layers) == (P.VERSION, 8, N_L)
+        assert (info.in_features, info.out_features, info.clock_hz) == (N_IN, N_OUT, 12_000_000)
+        assert info.loaded
+        for i, x in enumerate(xs):
+            await h.send(P.infer_request(x))
+            (f,) = await h.replies(1)
+            assert infer_ok(f, x).cycles == 1001 + i
+        await h.send(P.count_request())
+        (f,) = await h.replies(1)
+        c = P.decode_count(f, num_layers=N_L)
+        assert (c.inferences, c.errors, c.cycles, c.layer_cycles) == (2, 0, 1002, [102, 202])
+
+    runs, _ = run_link(script)
+    assert runs == [list(x) for x in xs]
+
+
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        (P.encode_frame(0x42), P.ERR_COMMAND),
+        (P.encode_frame(P.CMD_PING, b"\x00"), P.ERR_LENGTH),
+        (P.encode_frame(P.CMD_INFER, bytes(2 * N_IN + 2)), P.ERR_LENGTH),
+        (P.encode_frame(P.CMD_PING)[:-1] + b"\x00", P.ERR_CRC),
+        (P.encode_frame(P.CMD_PING)[:3], P.ERR_TIMEOUT),  # stops inside the length
+        (P.infer_request(np.arange(N_IN))[:-1] + b"\x13", P.ERR_CRC),
+        (P.infer_request(np.arange(N_IN))[:7], P.ERR_TIMEOUT),  # stops inside the payload
+        (P.infer_request(np.arange(N_IN))[:-1], P.ERR_TIMEOUT),  # the CRC never comes
+    ],
+)
+def test_malformed_then_good(frame, code):
+    x = np.array([5, -1, 2, 9, 1000], np.int16)
+
+    async def script(h):
+        await h.send(frame)
+        (f,) = await h.replies(1)
+        assert P.decode_error(f) == code
+        await h.quiet()
+        await h.send(P.infer_request(x))
+        (f,) = await h.replies(1)
+        infer_ok(f, x)
+        await h.send(P.count_request())
+        (f,) = await h.replies(1)
+        c = P.decode_count(f, num_layers=N_L)
+        assert (c.inferences, c.errors) == (1, 1)
+
+    run_link(script)
+
+
+def test_garbage_then_good():
+    """Random bytes (with SYNC bytes among them), then a good frame: the right answer."""
+    rng = np.random.default_rng(5)
+    garbage = rng.integers(0, 256, 200, dtype=np.uint8)
+    garbage[::17] = P.SYNC_REQ
+    x = np.array([3, 1, 4, 1, 5], np.int16)
+
+    async def script(h):
+        await h.send(bytes(garbage))
+        await h.quiet(3 * TIMEOUT + 2000)  # every false frame ends by error or timeout
+        await h.send(P.infer_request(x))
+        frames = await h.replies(1, limit=20000)
+        while frames[-1].cmd == P.CMD_ERROR:
+            frames += await h.replies(1, limit=20000)
+        infer_ok(frames[-1], x)
+
+    run_link(script)
+
+
+def test_codec():
+    f = P.encode_frame(P.CMD_INFER, b"\x01\x02")
+    assert f[:4] == bytes([P.SYNC_REQ, P.CMD_INFER, 2, 0]) and P.crc8(f[1:-1]) == f[-1]
+    assert P.crc8(b"123456789", 0x00) == 0xF4  # CRC-8/SMBUS check value
+    d = P.FrameDecoder(sync=P.SYNC_REQ)
+    noise = bytes([P.SYNC_REQ, 0x09, 0xFF, 0x00])  # a false SYNC with a long bogus length
+    frames = d.feed(noise + f[:3]) + d.feed(f[3:] + P.ping_request())
+    # the bogus frame needs 255 more bytes; the decoder resyncs only on a CRC failure
+    assert frames == []
+    frames = d.feed(bytes(300))
+    assert [fr.cmd for fr in frames] == [P.CMD_INFER, P.CMD_PING]
+    with pytest.raises(P.ProtocolError, match="checksum"):
+        P.decode_infer(P.Frame(P.CMD_ERROR, bytes([P.ERR_CRC])), out_features=1, num_layers=1)
+    with pytest.raises(ValueError, match="int16"):
+        P.infer_request(np.array([40000]))

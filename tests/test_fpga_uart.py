@@ -1,0 +1,123 @@
+"""UART rx/tx in the Amaranth simulator: bytes at the pins against bytes on the streams."""
+
+import random
+
+import pytest
+from amaranth.hdl import Module
+from amaranth.sim import Simulator
+
+from fpga.simuart import recv_byte, send_byte
+from fpga.uart import UARTRx, UARTTx, baud_divisor
+
+
+def test_baud_divisor():
+    assert baud_divisor(12e6, 115200) == 104
+    assert baud_divisor(36e6, 1_000_000) == 36
+    with pytest.raises(ValueError, match="too slow"):
+        baud_divisor(1e6, 500_000)
+    with pytest.raises(ValueError, match="off at"):
+        baud_divisor(12e6, 2_500_000)  # 4.8 cycles a bit
+    with pytest.raises(ValueError, match="not 3"):
+        UARTRx(divisor=3)
+
+
+@pytest.mark.parametrize("divisor", [4, 7, 16])
+def test_rx(divisor):
+    dut = UARTRx(divisor=divisor)
+    rng = random.Random(divisor)
+    data = [rng.randrange(256) for _ in range(24)] + [0x00, 0xFF, 0xA5]
+    got, errors = [], []
+
+    async def drive(ctx):
+        ctx.set(dut.rx, 1)
+        await ctx.tick().repeat(5)
+        for i, b in enumerate(data):
+            # Back to back, or with a gap as from a real host.
+            await send_byte(ctx, dut.rx, b, divisor)
+            if i % 3:
+                await ctx.tick().repeat(i % 3)
+        # A glitch shorter than half a bit is not a start bit.
+        ctx.set(dut.rx, 0)
+        await ctx.tick()
+        ctx.set(dut.rx, 1)
+        await ctx.tick().repeat(3 * divisor)
+        # A byte with a low stop bit is a framing error and is dropped.
+        await send_byte(ctx, dut.rx, 0x55, divisor, stop_ok=False)
+        await ctx.tick().repeat(2 * divisor)
+        await send_byte(ctx, dut.rx, 0x3C, divisor)
+        await ctx.tick().repeat(2 * divisor)
+
+    async def collect(ctx):
+        ctx.set(dut.o.ready, 1)
+        async for _clk, _rst, valid, payload, ferr in ctx.tick().sample(
+            dut.o.valid, dut.o.payload, dut.frame_error
+        ):
+            if valid:
+                got.append(payload)
+            if ferr:
+                errors.append(len(got))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(drive)
+    sim.add_testbench(collect, background=True)
+    sim.run()
+    assert got == data + [0x3C]
+    assert errors == [len(data)]
+
+
+@pytest.mark.parametrize("divisor", [4, 9])
+def test_tx(divisor):
+    dut = UARTTx(divisor=divisor)
+    data = bytes(random.Random(divisor).randrange(256) for _ in range(20)) + b"\x00\xff"
+    got = []
+
+    async def feed(ctx):
+        for b in data:
+            ctx.set(dut.i.valid, 1)
+            ctx.set(dut.i.payload, b)
+            await ctx.tick().until(dut.i.ready)
+        ctx.set(dut.i.valid, 0)
+
+    async def watch(ctx):
+        while len(got) < len(data):
+            b = await recv_byte(ctx, dut.tx, divisor, timeout=20 * divisor)
+            assert b is not None, "transmitter went quiet"
+            got.append(b)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(feed, background=True)
+    sim.add_testbench(watch)
+    sim.run()
+    assert bytes(got) == data
+
+
+def test_loopback():
+    """tx pin wired to rx pin: what goes in comes out."""
+    m = Module()
+    m.submodules.tx = tx = UARTTx(divisor=5)
+    m.submodules.rx = rx = UARTRx(divisor=5)
+    m.d.comb += rx.rx.eq(tx.tx)
+    data = bytes(range(0, 256, 7))
+    got = []
+
+    async def feed(ctx):
+        for b in data:
+            ctx.set(tx.i.valid, 1)
+            ctx.set(tx.i.payload, b)
+            await ctx.tick().until(tx.i.ready)
+        ctx.set(tx.i.valid, 0)
+
+    async def collect(ctx):
+        ctx.set(rx.o.ready, 1)
+        while len(got) < len(data):
+            await ctx.tick().until(rx.o.valid)
+            got.append(ctx.get(rx.o.payload))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(feed, background=True)
+    sim.add_testbench(collect)
+    sim.run()
+    assert bytes(got) == data
