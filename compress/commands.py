@@ -1,2 +1,3 @@
 """Further subcommands of `python -m compress` register themselves here (see cli.command)."""
 from . import cmd_dcz  # noqa: F401
+from . import cmd_pipeline  # noqa: F401

@@ -1,0 +1,317 @@
+"""`python -m compress train | prune | quantize | pipeline | report`: the training-side stages.
+
+Every stage runs alone (checkpoint in, checkpoint out) or all together (`pipeline`), from a
+recipe, a config file (JSON or TOML, the same nesting as `PipelineConfig`) and flags; a
+``--set section.key=value`` flag overrides any setting (value parsed as JSON, else a string).
+All of them run under ``torchrun`` too (DDP; only rank 0 writes files).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .cli import command
+from .errors import InputError
+
+
+def _parse_sets(items: list[str] | None) -> dict:
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InputError(f"--set {item!r}: expected section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        d = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise InputError(f"--set {item!r}: {p} is not a section")
+        d[parts[-1]] = value
+    return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _common(p, *, arch=True):
+    if arch:
+        p.add_argument("--arch", default=None, help="lenet-300-100 (default) or lenet-5")
+    p.add_argument("--data", default=None, help="MNIST IDX directory (default: $MNIST_DIR)")
+    p.add_argument("--config", default=None, help="JSON or TOML config file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a setting, e.g. prune.levels.fc1=0.05 (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="seed of every random choice")
+    p.add_argument("--val-size", type=int, default=None,
+                   help="hold out this many training images as a validation split")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="cap every training stage at this many steps (smoke runs)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default 1: fastest on a shared 2-core machine)")
+
+
+def _config(args, arch_default="lenet-300-100"):
+    from .pipeline import make_config, read_config_file, set_threads
+    from .train import setup_distributed
+
+    setup_distributed()
+    over: dict = read_config_file(args.config) if args.config else {}
+    over = _merge(over, _parse_sets(args.set))
+    for key, val in (("data", args.data), ("seed", args.seed), ("val_size", args.val_size),
+                     ("threads", args.threads)):
+        if val is not None:
+            over[key] = val
+    if getattr(args, "arch", None):
+        over["arch"] = args.arch
+    if args.no_progress:
+        over["progress"] = False
+    cfg = make_config(over.pop("arch", arch_default), over)
+    set_threads(cfg)
+    if args.max_steps is not None:
+        for t in (cfg.train, cfg.prune.retrain, cfg.prune.final_retrain, cfg.quantize.finetune):
+            if t is not None:
+                t.max_steps = args.max_steps
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _train_args(p):
+    _common(p)
+    p.add_argument("--epochs", type=float, default=None, help="training epochs")
+    p.add_argument("--out", required=True, help="dense checkpoint to write (.npz)")
+
+
+@command("train", "train a dense baseline on MNIST")(_train_args)
+def _train(args):
+    from .pipeline import load_data, stage_train
+    from .train import is_main, save_checkpoint
+
+    cfg = _config(args)
+    if args.epochs is not None:
+        cfg.train.epochs = args.epochs
+    data = load_data(cfg)
+    model, _ = stage_train(cfg, data)
+    if is_main():
+        save_checkpoint(args.out, cfg.arch, model, stage="dense")
+        print(f"wrote {args.out}")
+
+
+def _prune_args(p):
+    _common(p, arch=False)
+    p.add_argument("--checkpoint", required=True, help="dense (or pruned) checkpoint")
+    p.add_argument("--method", choices=["std", "percentile"], default=None)
+    p.add_argument("--schedule", choices=["iterative", "gradual", "oneshot"], default=None)
+    p.add_argument("--level", type=float, default=None,
+                   help="final density (percentile) or quality (std) of every layer not in --levels")
+    p.add_argument("--levels", default=None, help="per layer, e.g. fc1=0.05,fc2=0.065,fc3=0.26")
+    p.add_argument("--steps", type=int, default=None, help="iterative prune/retrain rounds")
+    p.add_argument("--out", required=True, help="pruned checkpoint to write (.npz)")
+
+
+def _levels(text: str) -> dict[str, float]:
+    out = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise InputError(f"--levels: expected layer=value, got {part!r}")
+        k, v = part.split("=", 1)
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            raise InputError(f"--levels: {v!r} is not a number") from None
+    return out
+
+
+@command("prune", "magnitude pruning with retraining (masks held)")(_prune_args)
+def _prune(args):
+    from .pipeline import load_data, stage_prune
+    from .train import is_main, load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(args.checkpoint)
+    cfg = _config(args, ck.arch)
+    if ck.arch != cfg.arch:
+        cfg = _config(args, ck.arch)
+    p = cfg.prune
+    if args.method:
+        p.method = args.method
+        if args.level is None and not args.levels and args.method == "std":
+            raise InputError("--method std needs --level (quality) or --levels")
+        if args.method == "std":
+            p.levels = {}
+    if args.schedule:
+        p.schedule = args.schedule
+    if args.level is not None:
+        p.level = args.level
+        p.levels = {}
+    if args.levels:
+        p.levels = _levels(args.levels)
+    if args.steps is not None:
+        p.steps = args.steps
+    model = ck.model()
+    masks, _ = stage_prune(model, cfg, load_data(cfg), masks=ck.masks or None)
+    if is_main():
+        save_checkpoint(args.out, ck.arch, model, stage="pruned", masks=masks)
+        print(f"wrote {args.out}")
+
+
+def _quantize_args(p):
+    _common(p, arch=False)
+    p.add_argument("--checkpoint", required=True, help="pruned checkpoint")
+    p.add_argument("--bits", type=int, default=None, help="index bits of every layer (default 4)")
+    p.add_argument("--init", choices=["linear", "density", "random"], default=None)
+    p.add_argument("--finetune-epochs", type=float, default=None)
+    p.add_argument("--out", required=True, help="quantized checkpoint to write (.npz)")
+    p.add_argument("--qnet", default=None, help="also write the fixed-point qnet (FC networks)")
+    p.add_argument("--dcz", default=None, help="also write the .dcz (FC networks)")
+
+
+@command("quantize", "trained quantization (k-means + centroid fine-tuning), fixed point")(
+    _quantize_args)
+def _quantize(args):
+    from .pipeline import load_data, stage_fixedpoint, stage_quantize
+    from .qnet import save_qnet
+    from .train import is_main, load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(args.checkpoint)
+    cfg = _config(args, ck.arch)
+    q = cfg.quantize
+    if args.bits is not None:
+        q.bits = args.bits
+        q.layer_bits = {}
+    if args.init:
+        q.init = args.init
+    if args.finetune_epochs is not None:
+        q.finetune.epochs = args.finetune_epochs
+    model = ck.model()
+    masks = ck.masks or None
+    data = load_data(cfg)
+    codebooks, indices, _ = stage_quantize(model, masks, cfg, data)
+    if not is_main():
+        return
+    save_checkpoint(args.out, ck.arch, model, stage="quantized", masks=masks,
+                    codebooks=codebooks, indices=indices)
+    print(f"wrote {args.out}")
+    if args.qnet or args.dcz:
+        qnet, *_ = stage_fixedpoint(model, codebooks, indices, cfg, data)
+        if args.qnet:
+            save_qnet(qnet, args.qnet, index_bits=8)
+            print(f"wrote {args.qnet}")
+        if args.dcz:
+            from .dcz import write_dcz
+
+            write_dcz(qnet, args.dcz)
+            print(f"wrote {args.dcz}: {Path(args.dcz).stat().st_size:,} bytes")
+
+
+def _pipeline_args(p):
+    _common(p)
+    p.add_argument("--baseline", default=None, help="start from this dense checkpoint")
+    p.add_argument("--out", default=None, help="output directory (default build/compress)")
+    p.add_argument("--stages", default="train,prune,quantize,fixedpoint",
+                   help="comma-separated subset of train,prune,quantize,fixedpoint")
+    p.add_argument("--ship", default=None, metavar="DIR",
+                   help="also install the result as the embedded default in DIR "
+                        "(<arch>.dcz, <arch>.qnet.npz unpacked from it, mnist-test-100.npz)")
+
+
+@command("pipeline", "run every stage: train, prune, quantize, fixed point, .dcz, report")(
+    _pipeline_args)
+def _pipeline(args):
+    from .pipeline import run_pipeline
+    from .train import is_main
+
+    cfg = _config(args)
+    if args.baseline:
+        cfg.baseline = args.baseline
+    if args.out:
+        cfg.out = args.out
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    bad = [s for s in stages if s not in ("train", "prune", "quantize", "fixedpoint")]
+    if bad:
+        raise InputError(f"--stages: unknown stage {bad[0]!r}")
+    summary = run_pipeline(cfg, stages=stages)
+    if args.ship and is_main():
+        ship(cfg, Path(args.ship))
+    return 0 if summary else 1
+
+
+def ship(cfg, dest: Path) -> None:
+    """Install out/model.dcz as the embedded default; the qnet is what unpacking gives."""
+    from . import dcz
+    from .atomic import write_bytes_atomic
+    from .data import load_split, write_sample
+    from .qnet import save_qnet
+
+    src = Path(cfg.out) / "model.dcz"
+    if not src.exists():
+        raise InputError(f"{src}: no .dcz to ship (the network must be fully connected)")
+    data = src.read_bytes()
+    qnet = dcz.unpack(data)
+    qnet.validate(index_bits=4)  # the engine's 4-bit codebook indices
+    dest.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(dest / f"{cfg.arch}.dcz", data)
+    save_qnet(qnet, dest / f"{cfg.arch}.qnet.npz")
+    write_sample(dest / "mnist-test-100.npz", load_split("test", cfg.data))
+    print(f"shipped {dest / (cfg.arch + '.dcz')} ({len(data):,} bytes), "
+          f"{dest / (cfg.arch + '.qnet.npz')}, {dest / 'mnist-test-100.npz'}")
+    shutil.copy  # noqa: B018 (kept import used by type checkers)
+
+
+def _report_args(p):
+    p.add_argument("--model", required=True, help=".dcz file or qnet .npz")
+    p.add_argument("--data", default=None, help="MNIST directory: also print the integer error")
+    p.add_argument("--dense", default=None, help="dense checkpoint (for --png)")
+    p.add_argument("--pruned", default=None, help="pruned checkpoint (for --png)")
+    p.add_argument("--quantized", default=None, help="quantized checkpoint (for --png)")
+    p.add_argument("--png", default=None, help="write the weight-distribution figure here")
+
+
+@command("report", "per-layer size table (real streams), .dcz size, weight histograms")(
+    _report_args)
+def _report(args):
+    from . import dcz
+    from .data import load_split
+    from .fixedpoint import integer_error
+    from .qnet import load_qnet
+    from .report import format_table, plot_weights
+
+    path = Path(args.model)
+    if path.suffix == ".dcz":
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise InputError(f"{path}: cannot read ({e.strerror})") from None
+        qnet, size = dcz.unpack(raw), len(raw)
+    else:
+        qnet, size = load_qnet(path, index_bits=8), len(dcz.pack(load_qnet(path, index_bits=8)))
+    unc = 4 * sum(l.index.size + l.bias.size for l in qnet.layers)
+    print(format_table(dcz.layer_sizes(qnet), dcz_bytes=size, uncompressed_bytes=unc))
+    if args.data:
+        test = load_split("test", args.data)
+        print(f"integer (golden) test error: "
+              f"{integer_error(qnet, test.images, test.labels):.2f}%")
+    if args.png:
+        from .models import compressible_layers
+        from .train import load_checkpoint
+
+        if not (args.dense and args.pruned and args.quantized):
+            raise InputError("--png needs --dense, --pruned and --quantized checkpoints")
+        d, p, q = (load_checkpoint(x) for x in (args.dense, args.pruned, args.quantized))
+
+        def weights(ck):
+            m = ck.model()
+            return {n: mod.weight.detach().numpy() for n, mod in compressible_layers(m).items()}
+
+        plot_weights(weights(d), weights(p), q.codebooks, q.indices, args.png, title=q.arch)
+        print(f"wrote {args.png}")

@@ -1,0 +1,173 @@
+"""Fixed point: turn a weight-shared fully connected network into a qnet (CONTRACT sections 2-3).
+
+The integer network the engine runs: the input is ``x = (pixel * 2**input_frac + 127) // 255``
+(`golden.mnist_to_input`), a fixed-point value with ``input_frac`` fractional bits. Layer i has
+an input with f_i fractional bits and an int16 codebook with w_i fractional bits, so its
+accumulator has f_i + w_i; the int32 bias is the float bias at that scale, and the right shift
+``f_i + w_i - f_{i+1}`` (rounding, CONTRACT section 3) brings the output to f_{i+1} bits.
+
+Calibration on training data chooses, per layer:
+
+* w_i: the most fractional bits such that the largest centroid still fits int16;
+* f_{i+1}: the most fractional bits such that the largest activation seen (times
+  2**-headroom) fits int16 (the last layer's logits too), never more than f_i + w_i;
+* and then w_i is lowered while the largest accumulator seen (with a safety factor) does not
+  fit ``acc_bits`` two's complement.
+
+`to_qnet` returns the qnet plus a calibration record (the frac bits, shifts, the largest
+activations and accumulators) for the report.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InputError
+from .golden import golden, mnist_to_input, predict, run_layers
+from .models import LeNet300100
+from .qnet import Layer, QNet
+
+
+@dataclass
+class FixedPointConfig:
+    input_frac: int = 8
+    acc_bits: int = 32
+    headroom_bits: int = 0  # extra integer bits of activation headroom beyond the max seen
+    acc_margin: float = 2.0  # the largest accumulator seen times this must fit acc_bits
+    calib_images: int = 10000
+
+
+@dataclass
+class Calibration:
+    weight_frac: list[int] = field(default_factory=list)
+    act_frac: list[int] = field(default_factory=list)  # input frac of each layer, then output
+    shifts: list[int] = field(default_factory=list)
+    max_act: list[float] = field(default_factory=list)
+    max_acc_log2: list[float] = field(default_factory=list)
+
+
+def fc_chain(model: nn.Module) -> list[tuple[nn.Linear, bool]]:
+    """The (Linear, relu) layers of a fully connected network the engine can run."""
+    if isinstance(model, LeNet300100):
+        return [(model.fc1, True), (model.fc2, True), (model.fc3, False)]
+    if isinstance(model, nn.Sequential):
+        chain: list[tuple[nn.Linear, bool]] = []
+        for m in model:
+            if isinstance(m, nn.Linear):
+                chain.append((m, False))
+            elif isinstance(m, nn.ReLU) and chain and not chain[-1][1]:
+                chain[-1] = (chain[-1][0], True)
+            elif isinstance(m, nn.Flatten):
+                continue
+            else:
+                raise InputError(f"fixed point: the engine runs Linear/ReLU chains, "
+                                 f"not {type(m).__name__}")
+        if chain:
+            return chain
+    raise InputError(f"fixed point: {type(model).__name__} is not a fully connected "
+                     "Linear/ReLU chain (LeNet-300-100 or an nn.Sequential)")
+
+
+def _frac_for(max_abs: float, limit: int = 32767) -> int:
+    """Most fractional bits f with max_abs * 2**f <= limit."""
+    if max_abs <= 0:
+        return 15
+    return int(math.floor(math.log2(limit / max_abs)))
+
+
+def to_qnet(model: nn.Module, codebooks: dict[str, np.ndarray], indices: dict[str, np.ndarray],
+            calib_pixels: np.ndarray, cfg: FixedPointConfig | None = None
+            ) -> tuple[QNet, Calibration]:
+    """Fixed-point qnet from shared weights (codebook[0] = 0) and float biases, calibrated."""
+    cfg = cfg or FixedPointConfig()
+    chain = fc_chain(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    pixels = np.asarray(calib_pixels)[: cfg.calib_images]
+    x_int = mnist_to_input(pixels, cfg.input_frac)
+    a = torch.from_numpy(x_int.astype(np.float64)) / (1 << cfg.input_frac)
+    cal = Calibration(act_frac=[cfg.input_frac])
+    layers: list[Layer] = []
+    a_int = torch.from_numpy(x_int.astype(np.int64))
+    for li, (lin, relu) in enumerate(chain):
+        name = names[id(lin)]
+        if name not in codebooks:
+            raise InputError(f"fixed point: no codebook for layer {name}")
+        cb = np.asarray(codebooks[name], dtype=np.float64)
+        idx = np.asarray(indices[name])
+        if cb[0] != 0:
+            raise InputError(f"fixed point: codebook of {name} must start with the zero")
+        bias = (lin.bias.detach().cpu().double().numpy() if lin.bias is not None
+                else np.zeros(lin.out_features))
+        f_in = cal.act_frac[-1]
+        w_frac = min(_frac_for(float(np.abs(cb).max())), 24)
+        # Float output of the shared-weight layer on the calibration set.
+        w = torch.from_numpy(cb[idx.astype(np.int64)])
+        y = a @ w.T + torch.from_numpy(bias)
+        if relu:
+            y = y.clamp(min=0)
+        max_act = float(y.abs().max()) * 2.0 ** cfg.headroom_bits
+        while True:
+            f_out = min(_frac_for(max_act), f_in + w_frac)
+            cb_int = np.clip(np.round(cb * 2.0 ** w_frac), -32768, 32767).astype(np.int16)
+            b_int64 = np.round(bias * 2.0 ** (f_in + w_frac))
+            acc = a_int @ torch.from_numpy(cb_int.astype(np.int64)[idx.astype(np.int64)]).T \
+                + torch.from_numpy(b_int64.astype(np.int64))
+            max_acc = max(float(acc.abs().max()), float(np.abs(b_int64).max(initial=0)), 1.0)
+            fits = max_acc * cfg.acc_margin < 2.0 ** (cfg.acc_bits - 1) and \
+                np.abs(b_int64).max(initial=0) < 2**31
+            if fits or w_frac <= 0:
+                break
+            w_frac -= 1
+        if not fits:
+            raise InputError(f"fixed point: layer {name} does not fit {cfg.acc_bits}-bit "
+                             "accumulators")
+        shift = f_in + w_frac - f_out
+        layer = Layer(codebook=cb_int, index=idx.astype(np.uint8),
+                      bias=b_int64.astype(np.int32), shift=int(shift), relu=bool(relu))
+        layers.append(layer)
+        cal.weight_frac.append(int(w_frac))
+        cal.act_frac.append(int(f_out))
+        cal.shifts.append(int(shift))
+        cal.max_act.append(float(y.abs().max()))
+        cal.max_acc_log2.append(math.log2(max_acc))
+        # Continue with the integer activations the engine will see (exact golden arithmetic).
+        from .golden import layer_accumulators, layer_output
+
+        a_int = layer_output(layer, layer_accumulators(layer, a_int, acc_bits=cfg.acc_bits))
+        a = y
+    qnet = QNet(layers=layers, input_frac=cfg.input_frac)
+    qnet.validate(index_bits=8)
+    return qnet, cal
+
+
+def integer_error(qnet: QNet, pixels: np.ndarray, labels: np.ndarray, *,
+                  acc_bits: int = 32, batch: int = 2000) -> float:
+    """Error in percent of the integer golden model on MNIST pixels."""
+    wrong = 0
+    for i in range(0, len(pixels), batch):
+        x = mnist_to_input(pixels[i : i + batch], qnet.input_frac)
+        wrong += int(np.sum(predict(golden(qnet, x, acc_bits=acc_bits)) != labels[i : i + batch]))
+    return 100.0 * wrong / max(len(pixels), 1)
+
+
+def max_accumulator_log2(qnet: QNet, pixels: np.ndarray, *, batch: int = 2000) -> float:
+    """log2 of the largest |accumulator| over the images (int64, before wrapping)."""
+    from .golden import layer_accumulators, layer_output
+
+    best = 0.0
+    for i in range(0, len(pixels), batch):
+        a = torch.from_numpy(mnist_to_input(pixels[i : i + batch], qnet.input_frac).astype(np.int64))
+        for layer in qnet.layers:
+            acc = layer_accumulators(layer, a, acc_bits=64)
+            best = max(best, float(acc.abs().max()))
+            a = layer_output(layer, acc)
+    return math.log2(max(best, 1.0))
+
+
+__all__ = ["FixedPointConfig", "Calibration", "fc_chain", "to_qnet", "integer_error",
+           "max_accumulator_log2", "run_layers"]

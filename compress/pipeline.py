@@ -1,0 +1,410 @@
+"""The Deep Compression pipeline: train -> prune -> trained quantization -> fixed point -> .dcz.
+
+Each stage is a function a user can call on any `nn.Module` made of Linear and Conv2d layers;
+`run_pipeline` chains them from a `PipelineConfig` (built from a recipe, a JSON/TOML config
+file and command-line overrides) and writes every intermediate result to the output directory:
+
+    dense.npz  pruned.npz  quantized.npz        checkpoints (versioned, checksummed .npz)
+    model.qnet.npz  model.dcz                   fully connected networks only (the engine's)
+    report.txt  weights.png  summary.json       the per-layer table, histograms, all figures
+
+Errors are measured on the validation split (when `val_size` > 0, recipes are chosen on it)
+and on the 10k test set: float (after pruning), shared-weight float ("fake-quantized": the
+codebook values in float) and integer (the golden model on the qnet) side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path
+from .data import Split, load_split, train_val_split
+from .errors import InputError
+from .fixedpoint import FixedPointConfig, fc_chain, integer_error, max_accumulator_log2, to_qnet
+from .models import build, compressible_layers, UNCOMPRESSED_PARAMS
+from .prune import PruneConfig, density_table, format_density, prune
+from .quantize import QuantConfig, quantize
+from .train import (TrainConfig, error_rate, is_main, load_checkpoint, save_checkpoint,
+                    seed_everything, train_dense)
+
+
+@dataclass
+class PipelineConfig:
+    arch: str = "lenet-300-100"
+    data: str | None = None
+    out: str = "build/compress"
+    seed: int = 0
+    val_size: int = 0  # hold out this many training images to choose recipes on
+    baseline: str | None = None  # start from this dense checkpoint instead of training
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    quantize: QuantConfig = field(default_factory=QuantConfig)
+    fixedpoint: FixedPointConfig = field(default_factory=FixedPointConfig)
+    progress: bool = True
+    # CPU threads for torch. 1 by default: on a shared 2-core machine two OpenMP threads
+    # competing with other work ran training 13x slower than one thread (measured).
+    threads: int = 1
+
+
+# Recipes: the defaults per architecture (chosen on a 50k/10k validation split, see the notes).
+RECIPES: dict[str, dict] = {
+    "lenet-300-100": {
+        "train": {"epochs": 20, "lr": 1e-3, "label_smoothing": 0.1},
+        "prune": {"method": "percentile", "schedule": "iterative", "steps": 10,
+                  "levels": {"fc1": 0.052, "fc2": 0.065, "fc3": 0.26},
+                  "retrain": {"epochs": 3, "lr": 5e-4, "label_smoothing": 0.1},
+                  "final_retrain": {"epochs": 6, "lr": 5e-4, "label_smoothing": 0.1}},
+        "quantize": {"bits": 4, "init": "linear",
+                     "finetune": {"epochs": 5, "lr": 1e-4, "label_smoothing": 0.1}},
+        "fixedpoint": {"input_frac": 8, "acc_bits": 32},
+    },
+    "lenet-5": {
+        "train": {"epochs": 15, "lr": 1e-3, "label_smoothing": 0.1},
+        "prune": {"method": "percentile", "schedule": "iterative", "steps": 6,
+                  "levels": {"conv1": 0.66, "conv2": 0.12, "fc1": 0.06, "fc2": 0.15},
+                  "retrain": {"epochs": 2, "lr": 5e-4, "label_smoothing": 0.1},
+                  "final_retrain": {"epochs": 4, "lr": 5e-4, "label_smoothing": 0.1}},
+        "quantize": {"bits": 4, "layer_bits": {"conv1": 8, "conv2": 8}, "init": "linear",
+                     "finetune": {"epochs": 3, "lr": 1e-4, "label_smoothing": 0.1}},
+        "fixedpoint": {"input_frac": 8, "acc_bits": 32},
+    },
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("levels", "layer_bits"):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _build(cls, d: dict, where: str):
+    if d is None:
+        return None
+    if not isinstance(d, dict):
+        raise InputError(f"config {where}: expected a table, got {d!r}")
+    names = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for k, v in d.items():
+        if k not in names:
+            raise InputError(f"config {where}.{k}: unknown setting "
+                             f"(known: {', '.join(sorted(names))})")
+        sub = {"train": TrainConfig, "prune": PruneConfig, "quantize": QuantConfig,
+               "fixedpoint": FixedPointConfig, "retrain": TrainConfig,
+               "final_retrain": TrainConfig, "finetune": TrainConfig}.get(k)
+        kwargs[k] = _build(sub, v, f"{where}.{k}") if sub is not None and v is not None else v
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise InputError(f"config {where}: {e}") from None
+
+
+def read_config_file(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise InputError(f"{p}: cannot read config ({e.strerror})") from None
+    try:
+        return tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{p}: bad config file ({e})") from None
+
+
+def make_config(arch: str = "lenet-300-100", overrides: dict | None = None) -> PipelineConfig:
+    """The recipe for `arch` with `overrides` (nested dicts, as in a config file) applied."""
+    overrides = dict(overrides or {})
+    arch = overrides.pop("arch", arch)
+    if arch not in RECIPES:
+        raise InputError(f"unknown model {arch!r} (choose from {', '.join(RECIPES)})")
+    d = _merge(RECIPES[arch], overrides)
+    d["arch"] = arch
+    cfg = _build(PipelineConfig, d, "")
+    # One seed drives every stage; each stage derives its own from it.
+    cfg.train.seed = cfg.seed
+    cfg.prune.retrain.seed = cfg.seed + 1000
+    if cfg.prune.final_retrain is not None:
+        cfg.prune.final_retrain.seed = cfg.seed + 2000
+    cfg.quantize.seed = cfg.seed
+    cfg.quantize.finetune.seed = cfg.seed + 3000
+    for t in (cfg.train, cfg.prune.retrain, cfg.prune.final_retrain, cfg.quantize.finetune):
+        if t is not None:
+            t.progress = cfg.progress
+    return cfg
+
+
+def set_threads(cfg: PipelineConfig) -> None:
+    if cfg.threads < 1:
+        raise InputError(f"threads must be >= 1, not {cfg.threads}")
+    if not torch.cuda.is_available():
+        torch.set_num_threads(cfg.threads)
+
+
+def config_dict(cfg) -> dict:
+    return asdict(cfg) if is_dataclass(cfg) else dict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class Data:
+    train: Split
+    val: Split | None
+    test: Split
+
+
+def load_data(cfg: PipelineConfig) -> Data:
+    train = load_split("train", cfg.data)
+    test = load_split("test", cfg.data)
+    val = None
+    if cfg.val_size:
+        train, val = train_val_split(train, cfg.val_size, seed=cfg.seed)
+    return Data(train, val, test)
+
+
+def errors(model, data: Data) -> dict:
+    out = {"test": error_rate(model, data.test)}
+    if data.val is not None:
+        out["val"] = error_rate(model, data.val)
+    return out
+
+
+def _fmt(e: dict) -> str:
+    return ", ".join(f"{k} {v:.2f}%" for k, v in e.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+def stage_train(cfg: PipelineConfig, data: Data, log=print):
+    seed_everything(cfg.seed)
+    model = build(cfg.arch)
+    t = time.time()
+    train_dense(model, data.train, cfg.train)
+    e = errors(model, data)
+    log(f"dense {cfg.arch}: {_fmt(e)} ({time.time() - t:.0f} s)")
+    return model, e
+
+
+def stage_prune(model, cfg: PipelineConfig, data: Data, masks=None, log=print):
+    t = time.time()
+    masks = prune(model, data.train, cfg.prune, masks=masks, log=log)
+    e = errors(model, data)
+    log(format_density(density_table(masks)))
+    log(f"pruned: {_fmt(e)} ({time.time() - t:.0f} s)")
+    return masks, e
+
+
+def stage_quantize(model, masks, cfg: PipelineConfig, data: Data, log=print):
+    t = time.time()
+    codebooks, indices = quantize(model, masks, data.train, cfg.quantize)
+    e = errors(model, data)
+    log(f"quantized (shared weights, float): {_fmt(e)} ({time.time() - t:.0f} s)")
+    return codebooks, indices, e
+
+
+def stage_fixedpoint(model, codebooks, indices, cfg: PipelineConfig, data: Data, log=print):
+    t = time.time()
+    qnet, cal = to_qnet(model, codebooks, indices, data.train.images, cfg.fixedpoint)
+    e = {"test": integer_error(qnet, data.test.images, data.test.labels,
+                               acc_bits=cfg.fixedpoint.acc_bits)}
+    if data.val is not None:
+        e["val"] = integer_error(qnet, data.val.images, data.val.labels,
+                                 acc_bits=cfg.fixedpoint.acc_bits)
+    acc = max(max_accumulator_log2(qnet, data.test.images),
+              max_accumulator_log2(qnet, data.train.images))
+    log(f"integer (golden, {cfg.fixedpoint.acc_bits}-bit acc): {_fmt(e)}; weight frac "
+        f"{cal.weight_frac}, activation frac {cal.act_frac}, shifts {cal.shifts}, "
+        f"largest accumulator 2^{acc:.1f} ({time.time() - t:.0f} s)")
+    return qnet, cal, e, acc
+
+
+def masks_from_state(model) -> dict[str, torch.Tensor]:
+    return {n: m.weight.detach() != 0 for n, m in compressible_layers(model).items()}
+
+
+def run_pipeline(cfg: PipelineConfig, *, stages=("train", "prune", "quantize", "fixedpoint"),
+                 log=print) -> dict:
+    """Run the stages in order, writing each result to cfg.out; returns the summary."""
+    set_threads(cfg)
+    out = Path(cfg.out)
+    data = load_data(cfg)
+    main = is_main()
+    summary: dict = {"arch": cfg.arch, "config": config_dict(cfg), "errors": {}, "seconds": {}}
+    t0 = time.time()
+    model = masks = codebooks = indices = None
+    if cfg.baseline:
+        ck = load_checkpoint(cfg.baseline)
+        if ck.arch != cfg.arch:
+            raise InputError(f"{cfg.baseline}: checkpoint is {ck.arch}, config says {cfg.arch}")
+        model = ck.model()
+        masks = ck.masks or None
+        summary["errors"]["dense"] = errors(model, data)
+        log(f"baseline {cfg.baseline} ({ck.stage}): {_fmt(summary['errors']['dense'])}")
+    if "train" in stages and not cfg.baseline:
+        t = time.time()
+        model, summary["errors"]["dense"] = stage_train(cfg, data, log=log)
+        summary["seconds"]["train"] = time.time() - t
+        if main:
+            save_checkpoint(out / "dense.npz", cfg.arch, model, stage="dense")
+    if model is None:
+        raise InputError("no model: run the train stage or give a baseline checkpoint")
+    dense_weights = {n: m.weight.detach().cpu().numpy().copy()
+                     for n, m in compressible_layers(model).items()}
+    t_compress = time.time()
+    if "prune" in stages:
+        t = time.time()
+        masks, summary["errors"]["pruned"] = stage_prune(model, cfg, data, masks=masks, log=log)
+        summary["seconds"]["prune"] = time.time() - t
+        summary["density"] = density_table(masks)
+        if main:
+            save_checkpoint(out / "pruned.npz", cfg.arch, model, stage="pruned", masks=masks)
+    pruned_weights = {n: m.weight.detach().cpu().numpy().copy()
+                      for n, m in compressible_layers(model).items()}
+    if "quantize" in stages:
+        t = time.time()
+        if masks is None:
+            masks = masks_from_state(model)
+        codebooks, indices, summary["errors"]["quantized"] = stage_quantize(
+            model, masks, cfg, data, log=log)
+        summary["seconds"]["quantize"] = time.time() - t
+        if main:
+            save_checkpoint(out / "quantized.npz", cfg.arch, model, stage="quantized",
+                            masks=masks, codebooks=codebooks, indices=indices)
+    if "fixedpoint" in stages and codebooks is not None and main:
+        try:
+            fc_chain(model)
+            fc = True
+        except InputError:
+            fc = False
+            log(f"{cfg.arch} has layers the engine does not run: no qnet/.dcz written; "
+                "the size below is computed from the codebooks and streams")
+        if fc:
+            t = time.time()
+            qnet, cal, summary["errors"]["integer"], summary["max_acc_log2"] = stage_fixedpoint(
+                model, codebooks, indices, cfg, data, log=log)
+            summary["calibration"] = asdict(cal)
+            summary["seconds"]["fixedpoint"] = time.time() - t
+            from .qnet import save_qnet
+
+            save_qnet(qnet, out / "model.qnet.npz", index_bits=8)
+            summary.update(write_dcz_and_report(qnet, out, log=log))
+        else:
+            summary.update(size_without_qnet(model, codebooks, indices, cfg, log=log))
+    summary["seconds"]["compress"] = time.time() - t_compress
+    summary["seconds"]["total"] = time.time() - t0
+    if main:
+        if codebooks is not None:
+            from .report import plot_weights
+
+            plot_weights(dense_weights, pruned_weights, codebooks, indices, out / "weights.png",
+                         title=cfg.arch)
+        with atomic_path(out / "summary.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2, default=_json_default))
+        log(f"pipeline done in {summary['seconds']['total']:.0f} s "
+            f"(compression stages {summary['seconds']['compress']:.0f} s); wrote {out}")
+    return summary
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def write_dcz_and_report(qnet, out: Path, log=print) -> dict:
+    """Pack the qnet into model.dcz, check the round trip, write report.txt; return figures."""
+    from . import dcz
+    from .report import format_table
+
+    data = dcz.pack(qnet)
+    back = dcz.unpack(data)
+    if not back.equals(qnet):
+        raise RuntimeError("the .dcz does not unpack to the qnet it was packed from")
+    dcz.write_dcz(qnet, out / "model.dcz")
+    size = (out / "model.dcz").stat().st_size
+    rows = dcz.layer_sizes(qnet)
+    ratio = UNCOMPRESSED_PARAMS["lenet-300-100"] * 4 / size if _is_lenet300(qnet) else None
+    text = format_table(rows, dcz_bytes=size, uncompressed_bytes=_uncompressed_bytes(qnet))
+    with atomic_path(out / "report.txt") as tmp:
+        tmp.write_text(text + "\n")
+    log(text)
+    return {"dcz_bytes": size, "ratio": ratio or _uncompressed_bytes(qnet) / size,
+            "layer_sizes": rows}
+
+
+def _is_lenet300(qnet) -> bool:
+    return [l.index.shape for l in qnet.layers] == [(300, 784), (100, 300), (10, 100)]
+
+
+def _uncompressed_bytes(qnet) -> int:
+    """float32 weights and biases of the network the qnet came from."""
+    return 4 * sum(l.index.size + l.bias.size for l in qnet.layers)
+
+
+def size_without_qnet(model, codebooks, indices, cfg: PipelineConfig, log=print) -> dict:
+    """Sizes for networks with conv layers, which a qnet (fully connected only) cannot hold.
+
+    Each layer is flattened to [out, fan_in] (int16 codebook at its own fractional bits, int32
+    bias) and coded alone by `dcz.layer_sizes`; the total is the sum of the layers' .dcz
+    sections plus one file's magic, header and checksum: the size a .dcz holding all the
+    layers would have if the format took conv layers.
+    """
+    from . import dcz
+    from .qnet import Layer, QNet
+
+    rows, sections, overhead = [], 0, None
+    for name, m in compressible_layers(model).items():
+        idx = indices[name].reshape(indices[name].shape[0], -1)
+        cb = codebooks[name].astype(np.float64)
+        frac = int(math.floor(math.log2(32767 / max(float(np.abs(cb).max()), 1e-12))))
+        bias = m.bias.detach().cpu().double().numpy() if m.bias is not None else \
+            np.zeros(idx.shape[0])
+        layer = Layer(codebook=np.round(cb * 2.0 ** frac).astype(np.int16),
+                      index=idx.astype(np.uint8),
+                      bias=np.clip(np.round(bias * 2.0 ** (frac + cfg.fixedpoint.input_frac)),
+                                   -2**31, 2**31 - 1).astype(np.int32),
+                      shift=0, relu=False)
+        r = dcz.layer_sizes(QNet(layers=[layer], input_frac=cfg.fixedpoint.input_frac))
+        row = dict(r[0], layer=name)
+        rows.append(row)
+        sections += row["section_bytes"]
+        overhead = r[-1]["dcz_bytes"] - row["section_bytes"]
+    total_w = sum(r["weights"] for r in rows)
+    nnz = sum(r["weights"] * r["kept_pct"] / 100 for r in rows)
+    size = sections + (overhead or 0)
+    params = UNCOMPRESSED_PARAMS.get(cfg.arch, sum(p.numel() for p in model.parameters()))
+    text = [f"{'layer':<6} {'weights':>10} {'kept':>7} {'w P+Q+H':>8} {'i P+Q+H':>8} "
+            f"{'rate P+Q+H':>11} {'bytes':>8}"]
+    for r in rows:
+        text.append(f"{r['layer']:<6} {r['weights']:>10,} {r['kept_pct']:>6.2f}% "
+                    f"{r['weight_bits_pqh']:>8.2f} {r['index_bits_pqh']:>8.2f} "
+                    f"{r['rate_pqh_pct']:>10.2f}% {r['section_bytes']:>8,}")
+    text.append(f"total  {total_w:>10,} {100 * nnz / total_w:>6.2f}%; coded size {size:,} bytes "
+                f"(sum of per-layer .dcz sections + header; the .dcz format holds fully "
+                f"connected layers only); float32 {4 * params:,} bytes; "
+                f"{4 * params / size:.1f}x")
+    text = "\n".join(text)
+    with atomic_path(Path(cfg.out) / "report.txt") as tmp:
+        tmp.write_text(text + "\n")
+    log(text)
+    return {"layer_sizes": rows, "coded_bytes": size, "ratio": 4 * params / size}

@@ -1,0 +1,248 @@
+"""Magnitude pruning: per-layer thresholds, masks held while retraining, iterative and gradual.
+
+A mask is a bool tensor per compressible layer (Linear / Conv2d weight; biases are kept). A
+weight once pruned stays pruned: every new mask is a subset of the old one, and after each
+optimizer step the weights are multiplied by their masks, so retraining never revives them.
+
+Thresholds (`PruneMethod`, built by `make_threshold`):
+
+* ``std``: the paper's rule, |w| > quality x std(w) over the layer's current weights;
+* ``percentile``: keep exactly the top ``density`` fraction of the layer by magnitude.
+
+Schedules:
+
+* iterative (`prune_iterative`): prune -> retrain with the mask held, for a list of steps; the
+  per-step densities follow the polynomial ramp d_s = d + (1 - d) (1 - s/n)^3 (or the std
+  quality ramps linearly to its final value);
+* gradual (`prune_gradual`, Zhu & Gupta 2017): one training run in which the masks are
+  recomputed every ``frequency`` steps along the same cubic ramp, then held to the end.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Split
+from .errors import InputError
+from .models import compressible_layers
+from .train import TrainConfig, fit, world
+
+
+class PruneMethod(str, enum.Enum):
+    STD = "std"
+    PERCENTILE = "percentile"
+
+
+class Schedule(str, enum.Enum):
+    ITERATIVE = "iterative"
+    GRADUAL = "gradual"
+    ONESHOT = "oneshot"
+
+
+Threshold = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def _std_mask(w: torch.Tensor, mask: torch.Tensor, quality: float) -> torch.Tensor:
+    alive = w[mask]
+    if alive.numel() < 2:
+        return mask.clone()
+    return mask & (w.abs() > quality * alive.std())
+
+
+def _percentile_mask(w: torch.Tensor, mask: torch.Tensor, density: float) -> torch.Tensor:
+    keep = int(round(density * w.numel()))
+    keep = min(keep, int(mask.sum()))
+    if keep >= int(mask.sum()):
+        return mask.clone()
+    mag = torch.where(mask, w.abs(), torch.full_like(w, -1.0)).reshape(-1)
+    # Stable ordering: ties at the threshold are broken by position, so masks are reproducible.
+    order = torch.from_numpy(np.argsort(-mag.detach().cpu().numpy(), kind="stable"))
+    new = torch.zeros(w.numel(), dtype=torch.bool)
+    new[order[:keep]] = True
+    return new.reshape(w.shape).to(mask.device) & mask
+
+
+_THRESHOLDS: dict[PruneMethod, Threshold] = {
+    PruneMethod.STD: _std_mask,
+    PruneMethod.PERCENTILE: _percentile_mask,
+}
+
+
+def make_threshold(method: str | PruneMethod) -> Threshold:
+    """f(weight, mask, level) -> new mask (a subset of mask); level = quality or density."""
+    try:
+        return _THRESHOLDS[PruneMethod(method)]
+    except ValueError:
+        names = ", ".join(m.value for m in PruneMethod)
+        raise InputError(f"pruning method must be one of {names}, not {method!r}") from None
+
+
+@dataclass
+class PruneConfig:
+    method: str = "percentile"
+    schedule: str = "iterative"
+    # Final density (percentile) or quality (std) per layer; `level` for layers not named.
+    level: float = 0.06
+    levels: dict[str, float] = field(default_factory=dict)
+    steps: int = 8  # iterative: prune/retrain rounds
+    retrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0))
+    final_retrain: TrainConfig | None = None  # extra retraining after the last round
+    frequency: int = 100  # gradual: steps between mask updates
+    ramp_fraction: float = 0.7  # gradual: share of the run over which density ramps
+
+    def validate(self, layer_names) -> "PruneConfig":
+        make_threshold(self.method)
+        if self.schedule not in {s.value for s in Schedule}:
+            names = ", ".join(s.value for s in Schedule)
+            raise InputError(f"pruning schedule must be one of {names}, not {self.schedule!r}")
+        unknown = sorted(set(self.levels) - set(layer_names))
+        if unknown:
+            raise InputError(f"pruning level for unknown layer {unknown[0]!r} "
+                             f"(layers: {', '.join(layer_names)})")
+        for name in layer_names:
+            lv = self.level_for(name)
+            if self.method == "percentile" and not 0 < lv <= 1:
+                raise InputError(f"density for {name} must be in (0, 1], not {lv}")
+            if self.method == "std" and lv < 0:
+                raise InputError(f"quality for {name} must be >= 0, not {lv}")
+        if self.steps < 1 or self.frequency < 1 or not 0 < self.ramp_fraction <= 1:
+            raise InputError("pruning steps and frequency must be >= 1, ramp_fraction in (0, 1]")
+        return self
+
+    def level_for(self, name: str) -> float:
+        return float(self.levels.get(name, self.level))
+
+
+def full_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: torch.ones_like(m.weight, dtype=torch.bool)
+            for n, m in compressible_layers(model).items()}
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    layers = compressible_layers(model)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            layers[name].weight.mul_(mask.to(layers[name].weight.device))
+
+
+def ramp(final: float, s: int, n: int, *, start: float = 1.0) -> float:
+    """Cubic (polynomial) ramp from `start` at s = 0 to `final` at s = n."""
+    t = min(max(s / n, 0.0), 1.0)
+    return final + (start - final) * (1.0 - t) ** 3
+
+
+def step_level(cfg: PruneConfig, name: str, s: int, n: int) -> float:
+    final = cfg.level_for(name)
+    if cfg.method == "std":
+        return final * min(s / n, 1.0)  # quality grows linearly to its final value
+    return ramp(final, s, n)
+
+
+def update_masks(model, masks, cfg: PruneConfig, s: int, n: int) -> dict[str, torch.Tensor]:
+    thr = make_threshold(cfg.method)
+    layers = compressible_layers(model)
+    out = {}
+    for name, mask in masks.items():
+        w = layers[name].weight.detach()
+        out[name] = thr(w, mask.to(w.device), step_level(cfg, name, s, n))
+    _sync_masks(out)
+    apply_masks(model, out)
+    return out
+
+
+def _sync_masks(masks):
+    # Ranks hold identical weights under DDP; broadcasting rank 0's masks guards ties anyway.
+    rank, size = world()
+    if size > 1:
+        import torch.distributed as dist
+
+        for k in masks:
+            t = masks[k].to(torch.uint8)
+            dist.broadcast(t, 0)
+            masks[k] = t.bool()
+
+
+def prune_iterative(model: nn.Module, data: Split, cfg: PruneConfig, *,
+                    masks: dict[str, torch.Tensor] | None = None,
+                    log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
+    """Prune -> retrain (mask held) for cfg.steps rounds; returns the final masks."""
+    layers = compressible_layers(model)
+    cfg.validate(list(layers))
+    masks = full_masks(model) if masks is None else masks
+    n = 1 if cfg.schedule == Schedule.ONESHOT.value else cfg.steps
+    for s in range(1, n + 1):
+        masks = update_masks(model, masks, cfg, s, n)
+        rt = TrainConfig(**{**cfg.retrain.__dict__, "seed": cfg.retrain.seed + s})
+        fit(model, data, rt, after_step=lambda _step: apply_masks(model, masks),
+            desc=f"prune {s}/{n}")
+        log(f"prune round {s}/{n}: density {100 * overall_density(masks):.2f}%")
+    if cfg.final_retrain is not None:
+        fit(model, data, cfg.final_retrain, after_step=lambda _step: apply_masks(model, masks),
+            desc="retrain")
+    return masks
+
+
+def prune_gradual(model: nn.Module, data: Split, cfg: PruneConfig, *,
+                  masks: dict[str, torch.Tensor] | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
+    """One training run; masks recomputed every cfg.frequency steps along the cubic ramp."""
+    layers = compressible_layers(model)
+    cfg.validate(list(layers))
+    state = {"masks": full_masks(model) if masks is None else masks}
+    rt = cfg.retrain
+    # The number of steps `fit` will take, to place the ramp inside the run.
+    rank, size = world()
+    batches = max(1, (len(data) // size) // rt.batch_size)
+    total = max(1, int(np.ceil(rt.epochs * batches)))
+    if rt.max_steps is not None:
+        total = min(total, rt.max_steps)
+    n_updates = max(1, int(cfg.ramp_fraction * total) // cfg.frequency)
+
+    def after(step):
+        if step % cfg.frequency == 0 and step // cfg.frequency < n_updates:
+            state["masks"] = update_masks(model, state["masks"], cfg,
+                                          step // cfg.frequency + 1, n_updates)
+        apply_masks(model, state["masks"])
+
+    fit(model, data, rt, after_step=after, desc="gradual prune")
+    # Guarantee the final level even if the run was cut short.
+    state["masks"] = update_masks(model, state["masks"], cfg, n_updates, n_updates)
+    log(f"gradual pruning: density {100 * overall_density(state['masks']):.2f}%")
+    return state["masks"]
+
+
+def prune(model, data, cfg: PruneConfig, *, masks=None, log=print):
+    """Run the configured schedule."""
+    if cfg.schedule == Schedule.GRADUAL.value:
+        return prune_gradual(model, data, cfg, masks=masks, log=log)
+    return prune_iterative(model, data, cfg, masks=masks, log=log)
+
+
+def overall_density(masks: dict[str, torch.Tensor]) -> float:
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    return kept / max(total, 1)
+
+
+def density_table(masks: dict[str, torch.Tensor]) -> list[dict]:
+    """Per-layer weights and % kept, plus a total row."""
+    rows = [{"layer": k, "weights": m.numel(), "kept": int(m.sum()),
+             "kept_pct": 100.0 * int(m.sum()) / m.numel()} for k, m in masks.items()]
+    total = sum(r["weights"] for r in rows)
+    kept = sum(r["kept"] for r in rows)
+    rows.append({"layer": "total", "weights": total, "kept": kept,
+                 "kept_pct": 100.0 * kept / max(total, 1)})
+    return rows
+
+
+def format_density(rows: list[dict]) -> str:
+    lines = [f"{'layer':<10} {'weights':>9} {'kept':>8} {'kept %':>7}"]
+    for r in rows:
+        lines.append(f"{r['layer']:<10} {r['weights']:>9} {r['kept']:>8} {r['kept_pct']:>6.2f}%")
+    return "\n".join(lines)

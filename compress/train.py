@@ -1,0 +1,299 @@
+"""Training and retraining: one seeded loop for the dense baseline, pruning and centroid tuning.
+
+The whole MNIST split sits in memory as one float tensor; an epoch is a seeded permutation cut
+into batches, so the same seed gives the same weights. Progress is shown with tqdm on rank 0.
+CUDA is used when present. Under ``torchrun`` (WORLD_SIZE > 1) the process group is set up
+with NCCL on GPUs and gloo on CPUs, the model is wrapped in DistributedDataParallel and every
+rank trains on its own shard of each epoch's permutation; gradients are averaged by DDP, so the
+ranks keep identical weights (and identical pruning masks).
+
+Checkpoints are ``.npz`` files (no pickle) with a format version, the architecture, every
+parameter and buffer, optional masks and codebooks, and a sha256 over all of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .atomic import atomic_path
+from .data import Split, to_float
+from .errors import InputError
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 20.0
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    optimizer: str = "adam"  # adam | sgd
+    momentum: float = 0.9
+    schedule: str = "cosine"  # cosine | constant
+    max_steps: int | None = None  # stop early (smoke runs)
+    seed: int = 0
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
+            raise InputError(f"bad training settings: {asdict(self)}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise InputError(f"optimizer must be adam or sgd, not {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise InputError(f"schedule must be cosine or constant, not {self.schedule!r}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and torchrun
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        rank = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def setup_distributed() -> tuple[int, int]:
+    """Join the torchrun process group if there is one; return (rank, world_size)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def fit(
+    model: nn.Module,
+    data: Split,
+    cfg: TrainConfig,
+    *,
+    params: list[torch.nn.Parameter] | None = None,
+    after_step: Callable[[int], None] | None = None,
+    before_step: Callable[[int], None] | None = None,
+    desc: str = "train",
+) -> dict:
+    """Train `model` on `data` with cross-entropy; `after_step(step)` runs after each update.
+
+    `params` restricts what the optimizer updates (default: every parameter that requires a
+    gradient). Returns {"steps", "loss"} (mean loss of the last epoch on this rank).
+    """
+    cfg.validate()
+    from tqdm import tqdm
+
+    dev = device()
+    model.to(dev)
+    rank, size = world()
+    net = model
+    if size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay)
+    x_all = to_float(data.images).to(dev)
+    y_all = torch.from_numpy(data.labels.astype(np.int64)).to(dev)
+    n = (len(data) // size) * size
+    per_rank = n // size
+    batches = max(1, per_rank // cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * batches))
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+        )
+    else:
+        sched = None
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    net.train()
+    step, losses = 0, []
+    bar = tqdm(total=total, desc=desc, disable=not (cfg.progress and rank == 0), leave=False,
+               dynamic_ncols=True)
+    while step < total:
+        perm = torch.randperm(len(data), generator=gen)[:n][rank::size].to(dev)
+        losses = []
+        for b in range(batches):
+            if step >= total:
+                break
+            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            if before_step is not None:
+                before_step(step)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(x_all[idx]), y_all[idx])
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            if after_step is not None:
+                with torch.no_grad():
+                    after_step(step)
+            step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    bar.close()
+    return {"steps": step, "loss": float(np.mean(losses)) if losses else float("nan")}
+
+
+@torch.no_grad()
+def logits(model: nn.Module, images: np.ndarray, *, batch: int = 2000) -> torch.Tensor:
+    dev = device()
+    model.to(dev).eval()
+    out = []
+    for i in range(0, len(images), batch):
+        out.append(model(to_float(images[i : i + batch]).to(dev)).cpu())
+    model.train()
+    return torch.cat(out) if out else torch.empty(0, 10)
+
+
+def error_rate(model: nn.Module, data: Split) -> float:
+    """Top-1 error in percent on a split."""
+    pred = logits(model, data.images).argmax(1).numpy()
+    return float(100.0 * np.mean(pred != data.labels))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: versioned, checksummed .npz (no pickle)
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(k for k in arrays if k != "sha256"):
+        a = np.asarray(arrays[key])
+        h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    arch: str,
+    model: nn.Module,
+    *,
+    stage: str,
+    masks: dict[str, torch.Tensor] | None = None,
+    codebooks: dict[str, np.ndarray] | None = None,
+    indices: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write the model (and masks / codebooks / indices) atomically and deterministically."""
+    arrays: dict[str, np.ndarray] = {
+        "version": np.array(CHECKPOINT_VERSION, dtype=np.int64),
+        "arch": np.array(arch),
+        "stage": np.array(stage),
+    }
+    for k, v in model.state_dict().items():
+        arrays[f"param.{k}"] = v.detach().cpu().numpy()
+    for k, v in (masks or {}).items():
+        arrays[f"mask.{k}"] = v.detach().cpu().numpy().astype(bool)
+    for k, v in (codebooks or {}).items():
+        arrays[f"codebook.{k}"] = np.asarray(v, dtype=np.float32)
+    for k, v in (indices or {}).items():
+        arrays[f"index.{k}"] = np.asarray(v, dtype=np.uint8)
+    arrays["sha256"] = np.array(_digest(arrays))
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for key, a in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.asarray(a), allow_pickle=False)
+                zf.writestr(zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                            buf.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
+
+
+@dataclass
+class Checkpoint:
+    arch: str
+    stage: str
+    state: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
+    codebooks: dict[str, np.ndarray]
+    indices: dict[str, np.ndarray]
+
+    def model(self) -> nn.Module:
+        from .models import build
+
+        m = build(self.arch)
+        try:
+            m.load_state_dict(self.state)
+        except RuntimeError as e:
+            raise InputError(f"checkpoint does not fit {self.arch}: {str(e).splitlines()[0]}") \
+                from None
+        return m
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    from .qnet import read_npz
+
+    p = Path(path)
+    arrays = read_npz(p)
+    for key in ("version", "arch", "stage", "sha256"):
+        if key not in arrays:
+            raise InputError(f"{p}: {key}: missing key (not a compress checkpoint)")
+    if int(arrays["version"]) != CHECKPOINT_VERSION:
+        raise InputError(f"{p}: version: unsupported checkpoint version {int(arrays['version'])}")
+    if str(arrays["sha256"]) != _digest(arrays):
+        raise InputError(f"{p}: sha256: checksum mismatch, the checkpoint is corrupted")
+
+    def group(prefix):
+        return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+    return Checkpoint(
+        arch=str(arrays["arch"]),
+        stage=str(arrays["stage"]),
+        state={k: torch.from_numpy(np.array(v)) for k, v in group("param.").items()},
+        masks={k: torch.from_numpy(np.array(v)) for k, v in group("mask.").items()},
+        codebooks=group("codebook."),
+        indices=group("index."),
+    )
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def train_dense(model: nn.Module, data: Split, cfg: TrainConfig) -> dict:
+    """Dense baseline training."""
+    seed_everything(cfg.seed)
+    return fit(model, data, cfg, desc="train")

@@ -1,0 +1,63 @@
+"""Fixed point: calibrated qnet agrees with the shared-weight float network."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compress.data import Split, to_float
+from compress.errors import InputError
+from compress.fixedpoint import FixedPointConfig, fc_chain, max_accumulator_log2, to_qnet
+from compress.golden import golden, mnist_to_input, predict
+from compress.models import LeNet5, LeNet300100
+from compress.quantize import QuantConfig, quantize
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_qnet_matches_float_shared_weights():
+    torch.manual_seed(0)
+    model = LeNet300100()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (300, 28, 28)).astype(np.uint8)
+    images[images < 128] = 0
+    cbs, idx = quantize(model, None, None, QuantConfig(bits=4))
+    qnet, cal = to_qnet(model, cbs, idx, images, FixedPointConfig(input_frac=8))
+    qnet.validate(index_bits=4)
+    assert qnet.input_frac == 8 and [l.relu for l in qnet.layers] == [True, True, False]
+    assert all(s >= 0 for s in cal.shifts)
+    assert all(np.array_equal(l.index, idx[n]) for l, n in zip(qnet.layers, ["fc1", "fc2", "fc3"]))
+    # Integer logits track the float logits of the shared-weight network.
+    y_int = golden(qnet, mnist_to_input(images, 8)).astype(np.float64) / 2.0 ** cal.act_frac[-1]
+    with torch.no_grad():
+        x = torch.from_numpy(mnist_to_input(images, 8).astype(np.float32) / 256).reshape(-1, 1, 28, 28)
+        y_float = model(x).numpy()
+    assert np.max(np.abs(y_int - y_float)) < 0.02 * np.abs(y_float).max()
+    assert np.mean(predict(y_int) == y_float.argmax(1)) > 0.97
+    assert max_accumulator_log2(qnet, images) < 31
+
+
+def test_small_accumulators_lower_the_codebook_bits():
+    torch.manual_seed(1)
+    model = LeNet300100()
+    images = np.random.default_rng(1).integers(0, 256, (100, 28, 28)).astype(np.uint8)
+    cbs, idx = quantize(model, None, None, QuantConfig(bits=4))
+    _, wide = to_qnet(model, cbs, idx, images, FixedPointConfig(acc_bits=32))
+    qnet, narrow = to_qnet(model, cbs, idx, images, FixedPointConfig(acc_bits=24))
+    assert narrow.weight_frac[0] < wide.weight_frac[0]
+    assert max_accumulator_log2(qnet, images) < 23
+
+
+def test_conv_networks_are_refused():
+    with pytest.raises(InputError, match="fully connected"):
+        fc_chain(LeNet5())
+    with pytest.raises(InputError, match="Conv2d"):
+        fc_chain(nn.Sequential(nn.Conv2d(1, 2, 3)))
+    chain = fc_chain(nn.Sequential(nn.Flatten(), nn.Linear(784, 8), nn.ReLU(), nn.Linear(8, 10)))
+    assert [r for _, r in chain] == [True, False]
