@@ -18,16 +18,19 @@ in order. A layer section (Exp-Golomb "eg" integers, "sint" = zigzag + eg)::
     ints codebook[1:]            (see _write_ints: min, common trailing zeros, fixed width)
     ints bias
     eg nnz                       non-zero (kept) weights
-    Huffman table + stream       the nnz codebook indices minus one (alphabet K-1)
     eg M                         gap alphabet: symbols 0..M-1 are "this many zeros, then the
                                  next non-zero", symbol M is a filler: M zeros, keep going
     eg fillers                   number of filler symbols
-    Huffman table + stream       the nnz + fillers gap symbols, in scan order
+    code lengths + stream        Huffman code of the nnz + fillers gap symbols, in scan order
+    eg context map               how the weight tables are chosen (WEIGHT_CONTEXTS)
+    per context: 1 bit used, code lengths if used (alphabet K-1)
+    stream                       the nnz codebook indices minus one, each coded with the
+                                 Huffman table of its context
 
 The positions are the gaps between consecutive non-zeros of the whole matrix in scan order
 (a gap runs on across the end of a column, so no column lengths are needed); zeros after the
-last non-zero are implied by the shape. The encoder chooses the scan order and M per layer by
-computing the exact size of every candidate and keeping the smallest. A Huffman table is
+last non-zero are implied by the shape. The encoder chooses the scan order, M and the weight
+context map per layer by computing the exact size of every candidate and keeping the smallest. A Huffman table is
 stored as its code lengths (see `compress.huffman.write_table`).
 
 Integrity: every section has a crc32, the whole file a crc32; the decoder also checks every
@@ -51,10 +54,11 @@ from .huffman import (
     BitReader,
     BitWriter,
     HuffmanCode,
-    read_table,
-    symbol_counts,
+    _eg_bits,
+    lengths_bits,
+    read_lengths,
     table_bits,
-    write_table,
+    write_lengths,
 )
 from .qnet import Layer, QNet
 
@@ -169,6 +173,47 @@ def _gaps(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # Layers
 
 
+# Weight contexts: the table coding a weight index is chosen by ctx_map[adjacent][previous],
+# "adjacent" = the previous position in scan order is a non-zero too (gap 0), "previous" = the
+# previous non-zero's index minus one (the alphabet size K-1 before the first). Neighbouring
+# inputs of a trained layer (pixels of a receptive field) have similar weights, so a context
+# on the previous weight pays; the encoder keeps whichever map gives the smallest layer.
+WEIGHT_CONTEXTS = ("none", "adjacent", "previous", "previous-if-adjacent", "previous-and-adjacent")
+
+
+def _ctx_map(scheme: int, k1: int) -> np.ndarray:
+    prev = np.arange(k1 + 1)
+    m = np.zeros((2, k1 + 1), dtype=np.int64)
+    if scheme == 1:
+        m[1] = 1
+    elif scheme == 2:
+        m[:] = prev
+    elif scheme == 3:
+        m[0], m[1] = k1, prev
+    elif scheme == 4:
+        m[0], m[1] = k1 + 1 + prev, prev
+    return m
+
+
+def _weight_plan(wsym: np.ndarray, adj: np.ndarray, k1: int, schemes=range(5)):
+    """(bits, scheme, contexts, codes) of the cheapest weight coding (tables + stream)."""
+    prev = np.concatenate(([k1], wsym[:-1])) if wsym.size else wsym
+    best = None
+    for scheme in schemes:
+        cmap = _ctx_map(scheme, k1)
+        n_ctx = int(cmap.max()) + 1
+        ctx = cmap[adj.astype(np.int64), prev] if wsym.size else wsym
+        counts = np.bincount(ctx * k1 + wsym, minlength=n_ctx * k1).reshape(n_ctx, k1)
+        codes = [HuffmanCode.from_counts(c) for c in counts]
+        bits = _eg_bits(scheme) + sum(
+            1 + (lengths_bits(c.lengths) if cnt.any() else 0) + c.bits(cnt)
+            for c, cnt in zip(codes, counts)
+        )
+        if best is None or bits < best[0]:
+            best = (bits, scheme, ctx, codes)
+    return best
+
+
 def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
     """The layer section payload and the sizes of its parts (in bits)."""
     best = None
@@ -183,6 +228,7 @@ def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
 
     out_f, in_f = layer.index.shape
     k = int(layer.codebook.shape[0])
+    k1 = max(k - 1, 0)
     w = BitWriter()
     sizes = {}
     mark = 0
@@ -204,25 +250,31 @@ def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
     _write_ints(w, layer.bias)
     part("bias")
     w.write_eg(nz.shape[0])
-    wsym = flat[nz].astype(np.int64) - 1
-    wcode = HuffmanCode.from_symbols(wsym, max(k - 1, 0))
-    write_table(w, wcode)
-    part("weight_table")
-    w.write_symbols(wsym, wcode)
-    part("weight_stream")
     gsym = _gap_symbols(gaps, m)
     gcode = HuffmanCode.from_symbols(gsym, m + 1)
     w.write_eg(m)
     w.write_eg(int(np.count_nonzero(gsym == m)))
-    write_table(w, gcode)
+    write_lengths(w, gcode.lengths)
     part("index_table")
     w.write_symbols(gsym, gcode)
     part("index_stream")
+    wsym = flat[nz].astype(np.int64) - 1
+    _, scheme, ctx, codes = _weight_plan(wsym, gaps == 0, k1)
+    w.write_eg(scheme)
+    for c in codes:
+        used = bool(c.num_used)
+        w.write(int(used), 1)
+        if used:
+            write_lengths(w, c.lengths)
+    part("weight_table")
+    w.write_symbols_ctx(wsym, ctx, codes)
+    part("weight_stream")
     w.align()
     part("padding")
     info = {
         "scan": "column" if col_major else "row",
         "gap_alphabet": m,
+        "weight_context": WEIGHT_CONTEXTS[scheme],
         "nnz": int(nz.shape[0]),
         "fillers": int(np.count_nonzero(gsym == m)),
         "bits": sizes,
@@ -244,35 +296,40 @@ def _decode_layer(payload: bytes, i: int) -> Layer:
     k = r.read_eg(limit=256)
     if k < 1:
         raise InputError(f"{what}: corrupt codebook size {k}")
+    k1 = k - 1
     codebook = np.zeros(k, dtype=np.int16)
-    codebook[1:] = _read_ints(r, k - 1, -32768, 32767, "codebook")
+    codebook[1:] = _read_ints(r, k1, -32768, 32767, "codebook")
     bias = _read_ints(r, out_f, -(1 << 31), (1 << 31) - 1, "bias").astype(np.int32)
     nnz = r.read_eg(limit=out_f * in_f)
     if nnz and k < 2:
         raise InputError(f"{what}: non-zero weights but a codebook of size {k}")
-    wcode = read_table(r, max_alphabet=255)
-    if wcode.alphabet != max(k - 1, 0):
-        raise InputError(f"{what}: weight code table has {wcode.alphabet} symbols, expected {k - 1}")
-    wsym = r.read_symbols(nnz, wcode)
     m = r.read_eg(limit=out_f * in_f + 1)
     if m < 1:
         raise InputError(f"{what}: corrupt gap alphabet size {m}")
     fillers = r.read_eg(limit=out_f * in_f)
-    gcode = read_table(r, max_alphabet=m + 1)
-    if gcode.alphabet != m + 1:
-        raise InputError(f"{what}: gap code table has {gcode.alphabet} symbols, expected {m + 1}")
+    gcode = read_lengths(r, m + 1)
     gsym = r.read_symbols(nnz + fillers, gcode)
     is_fill = gsym == m
     if int(np.count_nonzero(is_fill)) != fillers:
         raise InputError(f"{what}: corrupt index stream (filler count does not match)")
     if nnz and is_fill[-1]:
         raise InputError(f"{what}: corrupt index stream (ends with a filler)")
-    if len(r.bits) - r.pos >= 8 or r.bits[r.pos :].any():
-        raise InputError(f"{what}: corrupt (unexpected bits after the index stream)")
     step = np.where(is_fill, m, gsym + 1)
     pos = np.cumsum(step)[~is_fill] - 1
     if nnz and int(pos[-1]) >= out_f * in_f:
         raise InputError(f"{what}: corrupt index stream (position beyond the matrix)")
+    adj = np.diff(pos, prepend=-1) == 1
+    scheme = r.read_eg(limit=len(WEIGHT_CONTEXTS) - 1)
+    cmap = _ctx_map(scheme, k1)
+    codes = []
+    for _ in range(int(cmap.max()) + 1):
+        codes.append(read_lengths(r, k1) if r.read(1) else HuffmanCode(np.zeros(k1, np.uint8)))
+    if scheme == 0:
+        wsym = r.read_symbols(nnz, codes[0])
+    else:
+        wsym = r.read_symbols_ctx(nnz, codes, adj.astype(np.int64), cmap)
+    if len(r.bits) - r.pos >= 8 or r.bits[r.pos :].any():
+        raise InputError(f"{what}: corrupt (unexpected bits after the weight stream)")
     flat = np.zeros(out_f * in_f, dtype=np.uint8)
     flat[pos] = (wsym + 1).astype(np.uint8)
     index = flat.reshape(in_f, out_f).T.copy() if col_major else flat.reshape(out_f, in_f)

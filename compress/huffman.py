@@ -120,6 +120,12 @@ class HuffmanCode:
             prev = ln
         return codes
 
+    def stream_lengths(self) -> np.ndarray:
+        """Bits each symbol takes in a stream: the code lengths, or all 0 for a one-symbol code."""
+        if self.num_used <= 1:
+            return np.zeros(self.alphabet, dtype=np.int64)
+        return self.lengths.astype(np.int64)
+
     def bits(self, counts) -> int:
         """Bits the stream of symbols with these counts takes (0 for a one-symbol code)."""
         if self.num_used <= 1:
@@ -249,8 +255,30 @@ class BitWriter:
         counts = symbol_counts(s, code.alphabet)
         if s.size and np.any(code.lengths[counts > 0] == 0):
             raise InputError("Huffman: a symbol to encode has no code in the table")
-        self._parts.append(("huff", s, code))
+        self._parts.append(("lut", s, code.codes(), code.stream_lengths()))
         self.nbits += code.bits(counts)
+
+    def write_symbols_ctx(self, symbols, contexts, codes: list[HuffmanCode]) -> None:
+        """Each symbol coded with the table of its context (codes[contexts[i]])."""
+        s = np.asarray(symbols, dtype=np.int64).reshape(-1)
+        c = np.asarray(contexts, dtype=np.int64).reshape(-1)
+        a = max((code.alphabet for code in codes), default=0)
+        cl = np.zeros((len(codes), a), dtype=np.uint64)
+        ll = np.zeros((len(codes), a), dtype=np.int64)
+        for i, code in enumerate(codes):
+            cl[i, : code.alphabet] = code.codes()
+            ll[i, : code.alphabet] = code.stream_lengths()
+        flat = c * a + s
+        if s.size:
+            present = np.zeros(len(codes) * a, dtype=bool)
+            present[flat] = True
+            has_code = np.concatenate([
+                np.pad(code.lengths > 0, (0, a - code.alphabet)) for code in codes
+            ])
+            if np.any(present & ~has_code):
+                raise InputError("Huffman: a symbol to encode has no code in its context's table")
+        self._parts.append(("lut", flat, cl.reshape(-1), ll.reshape(-1)))
+        self.nbits += int(ll.reshape(-1)[flat].sum())
 
     def align(self) -> None:
         self.write(0, -self.nbits % 8)
@@ -259,11 +287,9 @@ class BitWriter:
         words = np.zeros(self.nbits // 64 + 2, dtype=np.uint64)
         off = 0
         for part in self._parts:
-            if part[0] is not None and isinstance(part[0], str):
-                _, s, code = part
-                if code.num_used <= 1:
-                    continue
-                codes, lengths = code.codes(), code.lengths.astype(np.int64)
+            if isinstance(part[0], str):
+                _, s, codes, lengths = part
+                lengths = lengths.astype(np.int64)
                 for a in range(0, s.shape[0], _CHUNK):
                     c = s[a : a + _CHUNK]
                     off = _pack_into(words, off, codes[c], lengths[c])
@@ -330,6 +356,103 @@ class BitReader:
         out, self.pos = code.decode(self.bits, n, offset=self.pos)
         return out
 
+    def read_symbols_ctx(self, n: int, codes: list[HuffmanCode], side, ctx_map) -> np.ndarray:
+        """Decode n symbols whose table is codes[ctx_map[side[i]][previous symbol]] (the
+        previous symbol of the first is the alphabet size): a sequential table-driven loop."""
+        out, self.pos = _decode_ctx(self.bits, self.pos, n, codes, side, ctx_map, self.what)
+        return out
+
+
+_LUT_BITS = 12
+_WIN = 32
+
+
+def _windows(bits: bitarray, start: int, stop: int) -> list[int]:
+    """For each bit position p in [start, stop): the 32 bits from p on (zero padded) as an int."""
+    seg = bits[start:stop]
+    seg.extend(bitarray(40, endian="big"))  # zero padding
+    b = np.frombuffer(seg.tobytes(), dtype=np.uint8).astype(np.uint64)
+    n = stop - start
+    words = (b[:-4] << 32) | (b[1:-3] << 24) | (b[2:-2] << 16) | (b[3:-1] << 8) | b[4:]
+    p = np.arange(n, dtype=np.int64)
+    w = (words[p >> 3] << (p & 7).astype(np.uint64)) >> np.uint64(8)
+    return (w & np.uint64(0xFFFFFFFF)).tolist()
+
+
+class _Table:
+    """Lookup for one canonical code: a 2**L-entry table for codes up to L bits, a canonical
+    (first code per length) search beyond."""
+
+    def __init__(self, code: HuffmanCode):
+        ln = code.lengths.astype(np.int64)
+        self.single = int(np.flatnonzero(ln)[0]) if code.num_used == 1 else None
+        self.empty = code.num_used == 0
+        if self.single is not None or self.empty:
+            return
+        codes = code.codes()
+        self.maxlen = int(ln.max())
+        self.lut_bits = min(self.maxlen, _LUT_BITS)
+        lut_sym = np.full(1 << self.lut_bits, -1, dtype=np.int64)
+        lut_len = np.zeros(1 << self.lut_bits, dtype=np.int64)
+        for sym in np.flatnonzero((ln > 0) & (ln <= self.lut_bits)).tolist():
+            k = self.lut_bits - int(ln[sym])
+            lo = int(codes[sym]) << k
+            lut_sym[lo : lo + (1 << k)] = sym
+            lut_len[lo : lo + (1 << k)] = ln[sym]
+        self.lut_sym, self.lut_len = lut_sym.tolist(), lut_len.tolist()
+        order = np.lexsort((np.arange(ln.shape[0]), ln))
+        order = order[ln[order] > 0]
+        self.sorted_syms = order.tolist()
+        self.first, self.count, self.offset = {}, {}, {}
+        for i, sym in enumerate(self.sorted_syms):
+            L = int(ln[sym])
+            if L not in self.first:
+                self.first[L], self.count[L], self.offset[L] = int(codes[sym]), 0, i
+            self.count[L] += 1
+
+    def slow(self, w: int) -> tuple[int, int]:
+        for L in range(1, self.maxlen + 1):
+            if L in self.first:
+                v = w >> (_WIN - L)
+                if 0 <= v - self.first[L] < self.count[L]:
+                    return self.sorted_syms[self.offset[L] + v - self.first[L]], L
+        return -1, 0
+
+
+def _decode_ctx(bits, pos, n, codes, side, ctx_map, what):
+    tables = [_Table(c) for c in codes]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), pos
+    maxlen = max((t.maxlen for t in tables if t.single is None and not t.empty), default=0)
+    stop = min(len(bits), pos + n * maxlen)
+    win = _windows(bits, pos, stop)
+    side = np.asarray(side, dtype=np.int64).tolist()
+    cmap = [list(map(int, row)) for row in np.asarray(ctx_map)]
+    prev = max(c.alphabet for c in codes) if codes else 0
+    out = [0] * n
+    p = 0
+    for i in range(n):
+        t = tables[cmap[side[i]][prev]]
+        if t.single is not None:
+            sym = t.single
+        else:
+            if t.empty or p >= len(win):
+                raise InputError(f"{what}: corrupt or truncated context-coded stream")
+            w = win[p]
+            sym = t.lut_sym[w >> (_WIN - t.lut_bits)]
+            if sym >= 0:
+                p += t.lut_len[w >> (_WIN - t.lut_bits)]
+            else:
+                sym, L = t.slow(w)
+                if sym < 0:
+                    raise InputError(f"{what}: corrupt context-coded stream")
+                p += L
+        out[i] = sym
+        prev = sym
+    if pos + p > len(bits):
+        raise InputError(f"{what}: truncated context-coded stream")
+    return np.array(out, dtype=np.int64), pos + p
+
 
 def zigzag(v: int) -> int:
     return 2 * v if v >= 0 else -2 * v - 1
@@ -344,9 +467,14 @@ def unzigzag(u: int) -> int:
 
 
 def write_table(w: BitWriter, code: HuffmanCode) -> None:
-    """Alphabet size, first code length, then zigzag deltas of the lengths (Exp-Golomb)."""
-    ln = code.lengths.astype(np.int64)
-    w.write_eg(ln.shape[0])
+    """Alphabet size (Exp-Golomb), then the code lengths (`write_lengths`)."""
+    w.write_eg(code.alphabet)
+    write_lengths(w, code.lengths)
+
+
+def write_lengths(w: BitWriter, lengths) -> None:
+    """First code length, then zigzag deltas to the previous length, all Exp-Golomb."""
+    ln = np.asarray(lengths, dtype=np.int64)
     if ln.shape[0] == 0:
         return
     w.write_eg(int(ln[0]))
@@ -356,16 +484,19 @@ def write_table(w: BitWriter, code: HuffmanCode) -> None:
     w._fields(zz, 2 * nb - 1)  # nb - 1 leading zeros, then zz in nb bits
 
 
-def table_bits(lengths: np.ndarray) -> int:
-    """Bits `write_table` takes for these lengths (for choosing between schemes)."""
+def lengths_bits(lengths) -> int:
+    """Bits `write_lengths` takes."""
     ln = np.asarray(lengths, dtype=np.int64)
-    total = _eg_bits(ln.shape[0])
     if ln.shape[0] == 0:
-        return total
-    total += _eg_bits(int(ln[0]))
+        return 0
     d = np.diff(ln)
     zz = np.where(d >= 0, 2 * d, -2 * d - 1) + 1
-    return total + int((2 * (np.floor(np.log2(zz)).astype(np.int64)) + 1).sum())
+    return _eg_bits(int(ln[0])) + int((2 * np.floor(np.log2(zz)).astype(np.int64) + 1).sum())
+
+
+def table_bits(lengths: np.ndarray) -> int:
+    """Bits `write_table` takes for these lengths (for choosing between schemes)."""
+    return _eg_bits(len(lengths)) + lengths_bits(lengths)
 
 
 def _eg_bits(v: int) -> int:
@@ -373,7 +504,11 @@ def _eg_bits(v: int) -> int:
 
 
 def read_table(r: BitReader, *, max_alphabet: int = 1 << 24) -> HuffmanCode:
-    a = r.read_eg(limit=max_alphabet)
+    return read_lengths(r, r.read_eg(limit=max_alphabet))
+
+
+def read_lengths(r: BitReader, a: int) -> HuffmanCode:
+    """The code of `a` symbols `write_lengths` wrote; InputError unless it is a valid code."""
     if a == 0:
         return HuffmanCode(np.zeros(0, dtype=np.uint8))
     ln = np.empty(a, dtype=np.int64)
@@ -389,6 +524,8 @@ def read_table(r: BitReader, *, max_alphabet: int = 1 << 24) -> HuffmanCode:
         kraft = int(np.sum(np.left_shift(1, MAX_CODE_LEN - used)))
         if kraft != 1 << MAX_CODE_LEN:
             raise InputError(f"{r.what}: corrupt Huffman table (not a complete prefix code)")
+    if used.size == 1 and used[0] != 1:
+        raise InputError(f"{r.what}: corrupt Huffman table (one symbol of length {used[0]})")
     return HuffmanCode(lengths)
 
 

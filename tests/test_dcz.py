@@ -188,3 +188,33 @@ def test_cli_subprocess_exit_status(tmp_path):
     )
     assert r.returncode == 2
     assert r.stderr.startswith("error: dcz: truncated") and r.stderr.count("\n") == 1
+
+
+def smooth_qnet(seed=13):
+    """Neighbouring weights alike (as in trained receptive fields): the context coder pays."""
+    rng = np.random.default_rng(seed)
+    walk = np.cumsum(rng.integers(-1, 2, size=(40, 300)), axis=1)
+    index = (np.mod(walk, 15) + 1).astype(np.uint8)
+    index[rng.random(index.shape) < 0.7] = 0
+    cb = np.concatenate(([0], np.arange(-7, 8) * 100)).astype(np.int16)
+    bias = rng.integers(-5000, 5000, size=40).astype(np.int32)
+    return QNet([Layer(cb, index, bias, shift=9, relu=False)], input_frac=8)
+
+
+def test_context_coded_weights_roundtrip_and_corruption():
+    from compress.dcz import _pack
+
+    q = smooth_qnet()
+    data, infos = _pack(q)
+    assert infos[0]["weight_context"] != "none"
+    assert unpack(data).equals(q)
+    plain = sum(infos[0]["bits"][k] for k in ("weight_table", "weight_stream"))
+    assert plain < 4 * infos[0]["nnz"]
+    for n in range(0, len(data), 7):
+        with pytest.raises(InputError):
+            unpack(data[:n])
+    for i in range(0, len(data), 5):
+        bad = bytearray(data)
+        bad[i] ^= 0x10
+        with pytest.raises(InputError):
+            unpack(bytes(bad))
