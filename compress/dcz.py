@@ -216,19 +216,21 @@ def _weight_plan(wsym: np.ndarray, adj: np.ndarray, k1: int, schemes=range(5)):
 
 def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
     """The layer section payload and the sizes of its parts (in bits)."""
+    k = int(layer.codebook.shape[0])
+    k1 = max(k - 1, 0)
     best = None
-    for col_major in (True, False):
+    for col_major in (True, False):  # the scan order with the fewest bits for gaps + weights
         flat = _scan(layer.index, col_major)
         nz, gaps = _gaps(flat)
         m = _best_gap_alphabet(gaps)
-        cost = _gap_cost(gaps, m)[0]
+        wsym = flat[nz].astype(np.int64) - 1
+        plan = _weight_plan(wsym, gaps == 0, k1)
+        cost = _gap_cost(gaps, m)[0] + plan[0]
         if best is None or cost < best[0]:
-            best = (cost, col_major, flat, nz, gaps, m)
-    _, col_major, flat, nz, gaps, m = best
+            best = (cost, col_major, nz, gaps, m, wsym, plan)
+    _, col_major, nz, gaps, m, wsym, (_, scheme, ctx, codes) = best
 
     out_f, in_f = layer.index.shape
-    k = int(layer.codebook.shape[0])
-    k1 = max(k - 1, 0)
     w = BitWriter()
     sizes = {}
     mark = 0
@@ -258,8 +260,6 @@ def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
     part("index_table")
     w.write_symbols(gsym, gcode)
     part("index_stream")
-    wsym = flat[nz].astype(np.int64) - 1
-    _, scheme, ctx, codes = _weight_plan(wsym, gaps == 0, k1)
     w.write_eg(scheme)
     for c in codes:
         used = bool(c.num_used)
