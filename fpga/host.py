@@ -1,0 +1,203 @@
+"""The host runner: MNIST digits to the board over the UART protocol, answers checked.
+
+`Board` speaks the protocol (fpga/protocol.py) over any transport with `write(bytes)` and
+`read(max_bytes, timeout) -> bytes`: `SerialTransport` (pyserial, a real iCEBreaker) or
+`SocketTransport` (the simulated board of fpga/bench.py). `run_digits` streams digits, compares
+every answer with the golden model and the label, and gathers the on-chip cycle counters.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compress.errors import InputError
+
+from . import protocol as P
+
+
+class SerialTransport:
+    def __init__(self, port: str, baud: int):
+        import serial  # pyserial
+
+        try:
+            self.ser = serial.Serial(port, baudrate=baud, timeout=0.05)
+        except (serial.SerialException, OSError) as e:
+            raise InputError(f"cannot open serial port {port}: {e}") from None
+
+    def write(self, data: bytes) -> None:
+        self.ser.write(data)
+        self.ser.flush()
+
+    def read(self, n: int, timeout: float) -> bytes:
+        self.ser.timeout = timeout
+        return self.ser.read(max(1, min(n, self.ser.in_waiting or 1)))
+
+    def close(self):
+        self.ser.close()
+
+
+class SocketTransport:
+    def __init__(self, sock):
+        self.sock = sock
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self, n: int, timeout: float) -> bytes:
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(n)
+        except TimeoutError:
+            return b""
+
+    def close(self):
+        self.sock.close()
+
+
+class Board:
+    """Request/reply over a transport; `timeout` is seconds of silence before giving up."""
+
+    def __init__(self, transport, *, timeout: float = 5.0):
+        self.t = transport
+        self.timeout = timeout
+        self.dec = P.FrameDecoder()
+        self.pending: list[P.Frame] = []
+        self.info: P.Info | None = None
+
+    def _reply(self) -> P.Frame:
+        deadline = time.monotonic() + self.timeout
+        while not self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no reply from the board within {self.timeout:g} s")
+            data = self.t.read(4096, min(left, 0.2))
+            if data:
+                self.pending += self.dec.feed(data)
+                deadline = time.monotonic() + self.timeout
+        return self.pending.pop(0)
+
+    def request(self, frame: bytes) -> P.Frame:
+        self.t.write(frame)
+        return self._reply()
+
+    def drain(self, quiet: float = 0.3) -> list[P.Frame]:
+        """Collect whatever arrives until `quiet` seconds pass with nothing (after garbage)."""
+        while True:
+            data = self.t.read(4096, quiet)
+            if not data:
+                break
+            self.pending += self.dec.feed(data)
+        frames, self.pending = self.pending, []
+        return frames
+
+    def ping(self) -> P.Info:
+        self.info = P.decode_ping(self.request(P.ping_request()))
+        return self.info
+
+    def infer(self, x: np.ndarray) -> P.Result:
+        info = self.info or self.ping()
+        return P.decode_infer(self.request(P.infer_request(x)), out_features=info.out_features,
+                              num_layers=info.num_layers)
+
+    def counters(self) -> P.Counters:
+        info = self.info or self.ping()
+        return P.decode_count(self.request(P.count_request()), num_layers=info.num_layers)
+
+
+@dataclass
+class RunStats:
+    n: int = 0
+    correct: int = 0  # prediction == label
+    agree: int = 0  # prediction == golden prediction
+    exact: int = 0  # output vector == golden output vector, bit for bit
+    cycles: list[int] = field(default_factory=list)
+    layer_cycles: list[list[int]] = field(default_factory=list)
+    outputs: list[np.ndarray] = field(default_factory=list)
+
+
+def run_digits(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
+               progress: bool = True) -> RunStats:
+    from compress.golden import golden, predict
+
+    info = board.ping()
+    if info.in_features != qnet.in_features or info.out_features != qnet.out_features:
+        raise InputError(f"the board runs a {info.in_features} -> {info.out_features} network, "
+                         f"the model is {qnet.in_features} -> {qnet.out_features}")
+    want = golden(qnet, x)
+    stats = RunStats()
+    it = range(len(x))
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="digits", unit="digit")
+    for i in it:
+        r = board.infer(x[i])
+        stats.n += 1
+        stats.outputs.append(r.y)
+        stats.exact += bool(np.array_equal(r.y, want[i]))
+        p = int(predict(r.y[None])[0])
+        stats.agree += p == int(predict(want[i][None])[0])
+        if labels is not None:
+            stats.correct += p == int(labels[i])
+        stats.cycles.append(r.cycles)
+        stats.layer_cycles.append(r.layer_cycles)
+    return stats
+
+
+def summary(stats: RunStats, info: P.Info, *, has_labels: bool) -> str:
+    c = np.array(stats.cycles, dtype=np.float64)
+    lc = np.array(stats.layer_cycles, dtype=np.float64)
+    lines = [f"digits: {stats.n}"]
+    if has_labels:
+        lines.append(f"accuracy: {stats.correct}/{stats.n} = {stats.correct / stats.n:.2%}")
+    lines += [
+        f"agreement with golden: {stats.agree}/{stats.n} predictions, "
+        f"{stats.exact}/{stats.n} output vectors bit-exact",
+        f"on-chip cycles per inference: mean {c.mean():.0f}, min {c.min():.0f}, max {c.max():.0f}"
+        f" (per layer mean: {', '.join(f'{v:.0f}' for v in lc.mean(axis=0))})",
+        f"at {info.clock_hz / 1e6:g} MHz: {info.clock_hz / c.mean():.0f} inferences/s on chip "
+        f"({c.mean() / info.clock_hz * 1e3:.3f} ms each, UART transfer not counted)",
+    ]
+    return "\n".join(lines)
+
+
+def run_cli(args) -> int:
+    from compress.data import load_split
+    from compress.golden import mnist_to_input
+
+    from .cli import load_model
+
+    if bool(args.port) == bool(args.sim):
+        raise InputError("give exactly one of --port PORT or --sim")
+    if args.count < 1:
+        raise InputError(f"--count must be >= 1, not {args.count!r}")
+    qnet, name = load_model(args.model)
+    if qnet.in_features != 784:
+        raise InputError(f"the model takes {qnet.in_features} inputs, MNIST digits have 784")
+    test = load_split("test", args.data)
+    n = min(args.count, len(test.labels))
+    x = mnist_to_input(test.images[:n], qnet.input_frac)
+    labels = np.asarray(test.labels[:n])
+    print(f"model: {name}")
+    if args.sim:
+        from compress.rom import build_rom
+
+        from .bench import simulated_board
+
+        with simulated_board(build_rom(qnet, pes=args.pes)) as transport:
+            board = Board(transport, timeout=args.timeout)
+            stats = run_digits(board, qnet, x, labels)
+            info = board.info
+    else:
+        transport = SerialTransport(args.port, args.baud)
+        try:
+            board = Board(transport, timeout=args.timeout)
+            stats = run_digits(board, qnet, x, labels)
+            info = board.info
+        finally:
+            transport.close()
+    print(summary(stats, info, has_labels=True))
+    return 0 if stats.agree == stats.n else 1

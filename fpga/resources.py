@@ -1,0 +1,66 @@
+"""The engine's memories against the iCE40UP5K budget (docs/fpga.md, "Resource analysis").
+
+`analyse(rom)` takes every memory the engine would create (`Engine.memory_specs`: name, kind,
+width, depth, ports) and counts the EBR blocks each needs in its cheapest EBR shape
+(256x16, 512x8, 1024x4, 2048x2), which is what yosys' memory_libmap picks for a memory of one
+read and one write port. SPRAM cannot hold these memories as the engine makes them: SPRAM has no
+initial contents (the ROMs would have to be written after configuration) and one port, while the
+engine reads every ROM of every PE in the same cycle.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+UP5K = {"lc": 5280, "ebr": 30, "ebr_bits": 4096, "spram": 4, "spram_bits": 16384 * 16, "dsp": 8}
+EBR_SHAPES = ((16, 256), (8, 512), (4, 1024), (2, 2048))
+
+
+def ebr_blocks(width: int, depth: int) -> int:
+    """EBR blocks for one width x depth memory with one read port (the cheapest shape)."""
+    return min(-(-width // w) * -(-depth // d) for w, d in EBR_SHAPES)
+
+
+def analyse(rom) -> dict:
+    from hw.engine import Engine
+
+    eng = Engine(rom)
+    groups = defaultdict(lambda: {"count": 0, "bits": 0, "ebr": 0, "depths": []})
+    for s in eng.memory_specs:
+        g = groups[s.name.split(".", 1)[1]]
+        g["count"] += 1
+        g["bits"] += s.bits
+        g["ebr"] += ebr_blocks(s.width, s.depth)
+        g["depths"].append(s.depth)
+        g["kind"] = s.kind
+        g["width"] = s.width
+    for g in groups.values():
+        lo, hi = min(g["depths"]), max(g["depths"])
+        g["shape"] = f"{g['width']} x {lo}" + (f"..{hi}" if hi != lo else "")
+    total_bits = sum(g["bits"] for g in groups.values())
+    total_ebr = sum(g["ebr"] for g in groups.values())
+    return {
+        "pes": rom.pes,
+        "groups": dict(groups),
+        "total_bits": total_bits,
+        "total_ebr": total_ebr,
+        "ebr_available": UP5K["ebr"],
+        "ebr_bits_available": UP5K["ebr"] * UP5K["ebr_bits"],
+        "spram_bits_available": UP5K["spram"] * UP5K["spram_bits"],
+    }
+
+
+def format_analysis(a: dict) -> str:
+    lines = [f"{'memory':<10} {'kind':<4} {'n':>3} {'width x depth':<16} {'kbit':>7} {'EBR':>5}"]
+    for name, g in a["groups"].items():
+        lines.append(f"{name:<10} {g['kind']:<4} {g['count']:>3} {g['shape']:<16} "
+                     f"{g['bits'] / 1024:>7.1f} {g['ebr']:>5}")
+    lines.append(f"{'total':<10} {'':<4} {'':>3} {'':<16} {a['total_bits'] / 1024:>7.1f} "
+                 f"{a['total_ebr']:>5}")
+    lines.append(f"iCE40UP5K: {a['ebr_available']} EBR ({a['ebr_bits_available'] // 1024} kbit), "
+                 f"4 SPRAM ({a['spram_bits_available'] // 1024} kbit, no initial contents, "
+                 f"single port)")
+    fits = a["total_ebr"] <= a["ebr_available"]
+    lines.append(f"{a['pes']} PEs: {'fits' if fits else 'does NOT fit'} in EBR "
+                 f"({a['total_ebr']} of {a['ebr_available']} blocks)")
+    return "\n".join(lines)

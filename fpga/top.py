@@ -1,0 +1,173 @@
+"""Board tops: the engine behind a UART, with a PLL and LEDs on iCE40 boards.
+
+`BoardCore` is everything that is not board-specific: UART rx/tx on two pins, the protocol link
+(fpga/link.py) and the EIE engine (hw/engine.py), plus two status outputs for LEDs. It is what
+the cocotb and gate-level benches simulate, driven only through `rx` and `tx`.
+
+`BoardTop` puts a `BoardCore` on a platform: on an iCE40 platform the sync clock comes from an
+SB_PLL40_PAD on the 12 MHz pin (power-on reset held while the PLL locks and for the EBR start-up
+time), anywhere else (simulation) from the platform's default clock; the UART goes on the board's
+`uart` resource. LEDs: the main green LED lights while a frame is handled, the red one when the
+last reply was an error; the four green LEDs of the iCEBreaker's break-off PMOD show the last
+predicted digit in binary (led_g 1 = bit 0).
+"""
+
+
+from dataclasses import dataclass
+
+from amaranth.hdl import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Signal
+from amaranth.lib import io, wiring
+from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.wiring import In, Out
+
+from hw.engine import Engine
+from hw.memory import MemoryFactory
+
+from .link import Link
+from .uart import UARTRx, UARTTx, baud_divisor
+
+
+@dataclass(frozen=True)
+class PllConfig:
+    divr: int
+    divf: int
+    divq: int
+    filter_range: int
+    fout: float
+
+
+def pll_config(fin: float, fout: float) -> PllConfig:
+    """The SB_PLL40 settings whose output is closest to `fout` (icepll's search, SIMPLE mode).
+
+    Constraints (iCE40 sysCLOCK PLL guide): PFD fin/(DIVR+1) in 10..133 MHz, VCO
+    PFD*(DIVF+1) in 533..1066 MHz, fout = VCO / 2**DIVQ with DIVQ 1..6, fout 16..275 MHz.
+    """
+    best = None
+    for divr in range(16):
+        pfd = fin / (divr + 1)
+        if not 10e6 <= pfd <= 133e6:
+            continue
+        for divf in range(128):
+            vco = pfd * (divf + 1)
+            if not 533e6 <= vco <= 1066e6:
+                continue
+            for divq in range(1, 7):
+                f = vco / (1 << divq)
+                if not 16e6 <= f <= 275e6:
+                    continue
+                if best is None or abs(f - fout) < abs(best.fout - fout):
+                    fr = next(i for i, lim in enumerate((17e6, 26e6, 44e6, 66e6, 101e6), 1)
+                              if pfd < lim) if pfd < 101e6 else 6
+                    best = PllConfig(divr, divf, divq, fr, f)
+    if best is None:
+        raise ValueError(f"no PLL setting makes {fout / 1e6:g} MHz from {fin / 1e6:g} MHz")
+    return best
+
+
+class BoardCore(wiring.Component):
+    """UART pins <-> protocol link <-> engine. See the module docstring."""
+
+    rx: In(1, init=1)
+    tx: Out(1, init=1)
+    digit: Out(4)
+    status: Out(2)  # bit 0: a frame is being handled; bit 1: the last reply was an error
+
+    def __init__(self, rom, *, clock_hz: float, baud: int = 115200, divisor: int | None = None,
+                 timeout_s: float = 0.05, timeout_cycles: int | None = None, queue_depth=8,
+                 acc_bits=32, memories: MemoryFactory | None = None):
+        self.clock_hz = int(round(clock_hz))
+        self.divisor = divisor if divisor is not None else baud_divisor(clock_hz, baud)
+        self.timeout = timeout_cycles if timeout_cycles is not None else int(timeout_s * clock_hz)
+        self.engine = Engine(rom, queue_depth=queue_depth, acc_bits=acc_bits, memories=memories)
+        self.link = Link(in_features=self.engine.in_features,
+                         out_features=self.engine.out_features,
+                         num_layers=self.engine.num_layers, pes=self.engine.pes,
+                         clock_hz=self.clock_hz, timeout=self.timeout)
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.urx = urx = UARTRx(divisor=self.divisor)
+        m.submodules.utx = utx = UARTTx(divisor=self.divisor)
+        m.submodules.link = link = self.link
+        m.submodules.engine = eng = self.engine
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
+        wiring.connect(m, urx.o, link.rx)
+        wiring.connect(m, link.tx, utx.i)
+        wiring.connect(m, link.act_out, eng.i_act)
+        wiring.connect(m, eng.o_act, link.act_in)
+        m.d.comb += [
+            link.cycles.eq(eng.cycles),
+            link.layer_cycles.eq(eng.layer_cycles),
+            link.busy.eq(eng.busy),
+            link.loaded.eq(1),  # every memory is initialised from the bitstream
+            self.digit.eq(link.digit),
+            self.status.eq(link.active | (link.error_flag << 1)),
+        ]
+        return m
+
+
+def _is_ice40(platform) -> bool:
+    try:
+        from amaranth.vendor import SiliconBluePlatform
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(platform, SiliconBluePlatform)
+
+
+class BoardTop(Elaboratable):
+    """A `BoardCore` on a board: clock (PLL on iCE40), reset, UART pins and LEDs."""
+
+    def __init__(self, rom, *, clock_hz: float, baud: int = 115200, **core_kw):
+        self.fin = 12e6
+        self.pll = pll_config(self.fin, clock_hz)
+        self.clock_hz = self.pll.fout
+        self.core = BoardCore(rom, clock_hz=self.clock_hz, baud=baud, **core_kw)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        if _is_ice40(platform):
+            self._ice40_clock(m, platform)
+        uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
+        m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
+        m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
+        m.d.comb += [core.rx.eq(rx_buf.i), tx_buf.o.eq(core.tx)]
+        m.d.comb += [platform.request("led_g", 0).o.eq(core.status[0]),
+                     platform.request("led_r", 0).o.eq(core.status[1])]
+        if hasattr(platform, "break_off_pmod"):
+            platform.add_resources(platform.break_off_pmod)
+            for bit in range(4):
+                m.d.comb += platform.request("led_g", bit + 1).o.eq(core.digit[bit])
+        return m
+
+    def _ice40_clock(self, m, platform):
+        clk_io = platform.request("clk12", dir="-")
+        pll_clk = Signal()
+        locked = Signal()
+        p = self.pll
+        m.submodules.pll = Instance(
+            "SB_PLL40_PAD",
+            p_FEEDBACK_PATH="SIMPLE",
+            p_DIVR=p.divr, p_DIVF=p.divf, p_DIVQ=p.divq, p_FILTER_RANGE=p.filter_range,
+            i_PACKAGEPIN=clk_io.io,
+            i_RESETB=Const(1), i_BYPASS=Const(0),
+            o_PLLOUTGLOBAL=pll_clk, o_LOCK=locked,
+        )
+        m.domains.sync = ClockDomain("sync")
+        m.d.comb += ClockSignal("sync").eq(pll_clk)
+        # Reset until the PLL is locked, then 15 us more (EBRs read as zero for ~3 us after
+        # configuration; the same margin as amaranth's own iCE40 reset).
+        m.domains.por = ClockDomain("por", reset_less=True)
+        m.d.comb += ClockSignal("por").eq(pll_clk)
+        delay = int(15e-6 * self.clock_hz)
+        timer = Signal(range(delay + 1))
+        ready = Signal()
+        with m.If(~locked):
+            m.d.por += [timer.eq(0), ready.eq(0)]
+        with m.Elif(timer == delay):
+            m.d.por += ready.eq(1)
+        with m.Else():
+            m.d.por += timer.eq(timer + 1)
+        m.submodules.reset_sync = ResetSynchronizer(~ready, domain="sync")
+        platform.add_clock_constraint(pll_clk, self.clock_hz)

@@ -1,0 +1,95 @@
+"""The board core in cocotb + Icarus, driven only through its UART pins (bytes in, bytes out).
+
+RTL and gate-level (yosys synth_ice40 netlist with the iCE40 cell models), every answer compared
+bit for bit with the golden model. The host side is fpga/host.py's `Board`, as with a real board.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+from compress.golden import golden
+from compress.rom import build_rom
+from compress.synthetic import random_inputs, random_qnet
+from fpga import protocol as P
+from fpga.bench import build_board, simulated_board
+from fpga.host import Board, run_digits
+
+from .conftest import long_tests
+
+# A small network with the LeNet shape of things (hidden ReLU layer, 10 outputs), 4 PEs.
+QNET = random_qnet((40, 24, 10), density=[0.3, 0.5], seed=1)
+ROM = build_rom(QNET, pes=4)
+
+
+def check(board, x):
+    want = golden(QNET, x)
+    for i in range(len(x)):
+        r = board.infer(x[i])
+        np.testing.assert_array_equal(r.y, want[i])
+        assert r.cycles > sum(r.layer_cycles) > 0
+
+
+@pytest.mark.parametrize("gate_level", [False, True], ids=["rtl", "gate"])
+def test_board_vectors(gate_level):
+    x = random_inputs(3 if not gate_level else 2, 40, seed=2, density=0.5)
+    x[0, :5] = [-32768, 32767, -1, 0, 1]  # extremes as input words
+    with simulated_board(ROM, gate_level=gate_level) as t:
+        board = Board(t, timeout=60)
+        info = board.ping()
+        assert (info.version, info.pes, info.num_layers) == (P.VERSION, 4, 2)
+        assert (info.in_features, info.out_features) == (40, 10)
+        check(board, x)
+        c = board.counters()
+        assert (c.inferences, c.errors) == (len(x), 0)
+
+
+def test_board_garbage_then_good():
+    """Garbage (with SYNC bytes in it), a truncated frame, a bad CRC: then the right answer."""
+    rng = np.random.default_rng(7)
+    garbage = rng.integers(0, 256, 120, dtype=np.uint8)
+    garbage[::13] = P.SYNC_REQ
+    x = random_inputs(2, 40, seed=3, density=0.5)
+    bad_crc = bytearray(P.infer_request(x[0]))
+    bad_crc[-1] ^= 0x5A
+    with simulated_board(ROM) as t:
+        board = Board(t, timeout=60)
+        board.ping()
+        t.write(bytes(garbage))
+        time.sleep(1.0)
+        errs = board.drain(quiet=3.0)
+        assert all(f.cmd == P.CMD_ERROR for f in errs)
+        t.write(P.infer_request(x[0])[:50])  # stops in the payload: the board times out
+        (f,) = board.drain(quiet=3.0)
+        assert P.decode_error(f) == P.ERR_TIMEOUT
+        assert P.decode_error(board.request(bytes(bad_crc))) == P.ERR_CRC
+        check(board, x)
+        c = board.counters()
+        assert c.inferences == len(x) and c.errors == len(errs) + 2
+
+
+def test_run_digits_sim():
+    """The host runner's loop against the simulated board: agreement and cycle counters."""
+    x = random_inputs(2, 40, seed=4, density=0.5)
+    labels = np.array([0, 1])
+    with simulated_board(ROM) as t:
+        stats = run_digits(Board(t, timeout=60), QNET, x, labels, progress=False)
+    assert stats.n == 2 and stats.exact == 2 and stats.agree == 2
+    assert len(stats.cycles) == 2 and all(len(lc) == 2 for lc in stats.layer_cycles)
+
+
+@pytest.mark.skipif(not long_tests(), reason="LONG=1: LeNet-300-100 digits through the board")
+@pytest.mark.parametrize("gate_level", [False, True], ids=["rtl", "gate"])
+def test_board_lenet_digits(gate_level, mnist_dir):
+    from compress.data import load_split
+    from compress.golden import mnist_to_input
+
+    from fpga.cli import load_model
+
+    qnet, _ = load_model(None)
+    test = load_split("test", mnist_dir)
+    x = mnist_to_input(test.images[:2], qnet.input_frac)
+    with simulated_board(build_rom(qnet, pes=8), gate_level=gate_level) as t:
+        stats = run_digits(Board(t, timeout=600), qnet, x, test.labels[:2], progress=False)
+    assert stats.exact == 2
