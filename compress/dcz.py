@@ -178,6 +178,9 @@ def _gaps(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # previous non-zero's index minus one (the alphabet size K-1 before the first). Neighbouring
 # inputs of a trained layer (pixels of a receptive field) have similar weights, so a context
 # on the previous weight pays; the encoder keeps whichever map gives the smallest layer.
+# Context-coded streams decode in a Python loop (~1 us a symbol): above this many non-zeros a
+# layer uses one table, which bitarray decodes in C.
+MAX_CONTEXT_NNZ = 1 << 23
 WEIGHT_CONTEXTS = ("none", "adjacent", "previous", "previous-if-adjacent", "previous-and-adjacent")
 
 
@@ -214,21 +217,31 @@ def _weight_plan(wsym: np.ndarray, adj: np.ndarray, k1: int, schemes=range(5)):
     return best
 
 
+def _scan_cost(index: np.ndarray, col_major: bool, k1: int, schemes) -> int:
+    flat = _scan(index, col_major)
+    nz, gaps = _gaps(flat)
+    wsym = flat[nz].astype(np.int64) - 1
+    del flat, nz
+    return _gap_cost(gaps, _best_gap_alphabet(gaps))[0] + _weight_plan(wsym, gaps == 0, k1, schemes)[0]
+
+
 def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
     """The layer section payload and the sizes of its parts (in bits)."""
     k = int(layer.codebook.shape[0])
     k1 = max(k - 1, 0)
-    best = None
+    schemes = range(len(WEIGHT_CONTEXTS)) if layer.index.size and np.count_nonzero(
+        layer.index
+    ) <= MAX_CONTEXT_NNZ else (0,)
+    costs = {}
     for col_major in (True, False):  # the scan order with the fewest bits for gaps + weights
-        flat = _scan(layer.index, col_major)
-        nz, gaps = _gaps(flat)
-        m = _best_gap_alphabet(gaps)
-        wsym = flat[nz].astype(np.int64) - 1
-        plan = _weight_plan(wsym, gaps == 0, k1)
-        cost = _gap_cost(gaps, m)[0] + plan[0]
-        if best is None or cost < best[0]:
-            best = (cost, col_major, nz, gaps, m, wsym, plan)
-    _, col_major, nz, gaps, m, wsym, (_, scheme, ctx, codes) = best
+        costs[col_major] = _scan_cost(layer.index, col_major, k1, schemes)
+    col_major = min(costs, key=lambda c: (costs[c], not c))
+    flat = _scan(layer.index, col_major)
+    nz, gaps = _gaps(flat)
+    m = _best_gap_alphabet(gaps)
+    wsym = flat[nz].astype(np.int64) - 1
+    del flat
+    _, scheme, ctx, codes = _weight_plan(wsym, gaps == 0, k1, schemes)
 
     out_f, in_f = layer.index.shape
     w = BitWriter()
