@@ -1,0 +1,205 @@
+"""Build the engine's Verilog for a ROM image and run it in cocotb + Icarus.
+
+One build directory per parameter set: build/tb/<key>/ with key = sha256 of the ROM manifest
+(which holds the sha256 of every ROM image file), the engine parameters and the source of the
+`hw` package, so parallel pytest-xdist workers never collide and unchanged builds are reused.
+A build is made under an exclusive file lock; each simulation run gets its own directory
+(build/tb/<key>/runs/<n>/) for inputs, outputs and results.xml. Waveforms only with WAVES=1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import InputError
+from compress.rom import RomImage, read_rom, write_rom
+
+REPO = Path(__file__).resolve().parents[1]
+HW_DIR = REPO / "hw"
+TOPLEVEL = "engine"
+
+
+def build_root() -> Path:
+    return Path(os.environ.get("TB_BUILD_DIR") or REPO / "build" / "tb")
+
+
+def waves_enabled() -> bool:
+    return os.environ.get("WAVES", "") not in ("", "0")
+
+
+def _hw_source_hash() -> str:
+    h = hashlib.sha256()
+    for p in sorted(HW_DIR.glob("*.py")) + [Path(__file__)]:  # the engine and its build
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+_DUMMY = re.compile(r"reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ ) = 0;")
+
+
+def icarus_fixup(text: str) -> str:
+    """Make Icarus evaluate every `always @*` block at time zero.
+
+    Yosys guards each combinational block with a dummy reg declared ``= 0`` so that its X -> 0
+    change wakes the blocks at time zero; Icarus (-g2012) applies declaration initialisers
+    before any process waits, so a block whose inputs never change (an FSM output while the
+    FSM stays in its first state) would stay X. Assigning the dummy after #0 restores the event.
+    """
+    text, n = _DUMMY.subn(r"reg \1; initial #0 \1 = 1'b0;", text)
+    return text
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    queue_depth: int = 8
+    acc_bits: int = 32
+    sparse: bool = True
+    max_width: int | None = None
+
+
+@dataclass
+class Build:
+    dir: Path
+    rom: RomImage
+    params: EngineParams
+    waves: bool
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build(rom: RomImage, params: EngineParams = EngineParams(), *, waves: bool | None = None
+          ) -> Build:
+    """Export the ROM, generate the Verilog and compile it with Icarus (cached by key)."""
+    from amaranth.back import verilog
+    from cocotb_tools.runner import get_runner
+
+    from hw.engine import Engine, EngineConfigError
+
+    waves = waves_enabled() if waves is None else waves
+    root = build_root()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp_rom = Path(tempfile.mkdtemp(prefix=".rom-", dir=root))
+    try:
+        manifest = write_rom(rom, tmp_rom / "rom")
+        key_src = json.dumps({
+            "files": manifest["files"],
+            "layers": manifest["layers"],
+            "params": [params.queue_depth, params.acc_bits, params.sparse, params.max_width],
+            "waves": waves,
+            "hw": _hw_source_hash(),
+        }, sort_keys=True)
+        key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
+        d = root / key
+        with _locked(root / f"{key}.lock"):
+            if not (d / "rom" / "manifest.json").exists():
+                d.mkdir(parents=True, exist_ok=True)
+                if (d / "rom").exists():
+                    shutil.rmtree(d / "rom")
+                os.replace(tmp_rom / "rom", d / "rom")
+            rom2 = read_rom(d / "rom")  # what the hardware is built from, checksums verified
+            vfile = d / "engine.v"
+            stamp = d / "sim_build" / ".built"
+            if not stamp.exists():
+                try:
+                    top = Engine(rom2, queue_depth=params.queue_depth, acc_bits=params.acc_bits,
+                                 sparse=params.sparse, max_width=params.max_width)
+                except EngineConfigError as e:
+                    raise InputError(str(e)) from None
+                text = icarus_fixup(verilog.convert(top, name=TOPLEVEL, emit_src=False))
+                tmpv = d / ".engine.v.tmp"
+                tmpv.write_text(text)
+                os.replace(tmpv, vfile)
+                runner = get_runner("icarus")
+                runner.build(
+                    verilog_sources=[vfile], hdl_toplevel=TOPLEVEL, build_dir=d / "sim_build",
+                    timescale=("1ns", "1ps"), waves=waves, always=True,
+                    log_file=d / "build.log",
+                )
+                stamp.write_text(key + "\n")
+    finally:
+        shutil.rmtree(tmp_rom, ignore_errors=True)
+    return Build(dir=d, rom=rom2, params=params, waves=waves)
+
+
+@dataclass
+class SimResult:
+    outputs: np.ndarray  # int16[batch, out]
+    cycles: np.ndarray  # int64[batch]
+    layer_cycles: np.ndarray  # int64[batch, layers]
+
+
+def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float = 0.0,
+             seed: int = 0, reset_mid: bool = False, max_cycles: int | None = None
+             ) -> SimResult:
+    """Run a batch of int16 input vectors through the built engine in cocotb."""
+    from cocotb_tools.runner import get_results, get_runner
+
+    x = np.ascontiguousarray(x, dtype=np.int16)
+    runs = b.dir / "runs"
+    runs.mkdir(exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
+    try:
+        np.save(run_dir / "inputs.npy", x, allow_pickle=False)
+        env = {
+            "TB_IO": str(run_dir),
+            "TB_OUT_FEATURES": str(b.rom.layers[-1].out_features),
+            "TB_LAYERS": str(b.rom.num_layers),
+            "TB_STALL_IN": repr(float(stall_in)),
+            "TB_STALL_OUT": repr(float(stall_out)),
+            "TB_SEED": str(int(seed)),
+            "TB_RESET": "1" if reset_mid else "0",
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+        }
+        if max_cycles:
+            env["TB_MAX_CYCLES"] = str(int(max_cycles))
+        runner = get_runner("icarus")
+        results = run_dir / "results.xml"
+        try:
+            runner.test(
+                test_module="tb.cocotb_engine", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
+                build_dir=b.dir / "sim_build", test_dir=run_dir, extra_env=env,
+                results_xml=str(results), waves=b.waves, seed=seed,
+                log_file=run_dir / "sim.log",
+            )
+        except SystemExit as e:
+            raise RuntimeError(f"simulation failed (exit {e.code}); see {run_dir / 'sim.log'}"
+                               ) from None
+        _tests, failed = get_results(results)
+        if failed or not (run_dir / "outputs.npy").exists():
+            log = (run_dir / "sim.log").read_text(errors="replace")[-3000:] \
+                if (run_dir / "sim.log").exists() else ""
+            raise RuntimeError(f"cocotb bench failed in {run_dir}:\n{log}")
+        res = SimResult(
+            outputs=np.load(run_dir / "outputs.npy", allow_pickle=False),
+            cycles=np.load(run_dir / "cycles.npy", allow_pickle=False),
+            layer_cycles=np.load(run_dir / "layer_cycles.npy", allow_pickle=False),
+        )
+    except BaseException:
+        if not b.waves:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if not b.waves:  # keep the run directory only when it holds a waveform
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return res
