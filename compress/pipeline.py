@@ -29,6 +29,7 @@ import torch
 from .atomic import atomic_path
 from .data import Split, load_split, train_val_split
 from .errors import InputError
+from .golden import mnist_to_input
 from .fixedpoint import FixedPointConfig, fc_chain, integer_error, max_accumulator_log2, to_qnet
 from .models import build, compressible_layers, UNCOMPRESSED_PARAMS
 from .prune import PruneConfig, density_table, format_density, prune
@@ -226,12 +227,42 @@ def stage_fixedpoint(model, codebooks, indices, cfg: PipelineConfig, data: Data,
     if data.val is not None:
         e["val"] = integer_error(qnet, data.val.images, data.val.labels,
                                  acc_bits=cfg.fixedpoint.acc_bits)
+    if cfg.fixedpoint.verify_golden:
+        from .golden import golden, predict
+
+        x = mnist_to_input(data.test.images, qnet.input_frac)
+        pred = predict(golden(qnet, x, acc_bits=cfg.fixedpoint.acc_bits))
+        e_golden = 100.0 * float(np.mean(pred != data.test.labels))
+        if e_golden != e["test"]:
+            raise RuntimeError(f"golden model error {e_golden} != fast integer path {e['test']}")
+        log(f"golden.golden on the 10k test set: {e_golden:.2f}% error (same as the fast path)")
     acc = max(max_accumulator_log2(qnet, data.test.images),
-              max_accumulator_log2(qnet, data.train.images))
+              max_accumulator_log2(qnet, data.train.images[: cfg.fixedpoint.calib_images]))
     log(f"integer (golden, {cfg.fixedpoint.acc_bits}-bit acc): {_fmt(e)}; weight frac "
         f"{cal.weight_frac}, activation frac {cal.act_frac}, shifts {cal.shifts}, "
         f"largest accumulator 2^{acc:.1f} ({time.time() - t:.0f} s)")
     return qnet, cal, e, acc
+
+
+def validate_config(cfg: PipelineConfig) -> None:
+    """Check every stage's settings before any work is done (nothing written on bad input)."""
+    names = list(compressible_layers(build(cfg.arch)))
+    for t in (cfg.train, cfg.prune.retrain, cfg.prune.final_retrain, cfg.quantize.finetune):
+        if t is not None:
+            t.validate()
+    cfg.prune.validate(names)
+    from .kmeans import make_init
+
+    make_init(cfg.quantize.init)
+    for n in names:
+        cfg.quantize.bits_for(n)
+    unknown = sorted(set(cfg.quantize.layer_bits) - set(names))
+    if unknown:
+        raise InputError(f"quantize.layer_bits: unknown layer {unknown[0]!r}")
+    if not 0 <= cfg.fixedpoint.input_frac <= 15:
+        raise InputError(f"fixedpoint.input_frac must be 0..15, not {cfg.fixedpoint.input_frac}")
+    if not 8 <= cfg.fixedpoint.acc_bits <= 64:
+        raise InputError(f"fixedpoint.acc_bits must be 8..64, not {cfg.fixedpoint.acc_bits}")
 
 
 def masks_from_state(model) -> dict[str, torch.Tensor]:
@@ -243,6 +274,7 @@ def run_pipeline(cfg: PipelineConfig, *, stages=("train", "prune", "quantize", "
     """Run the stages in order, writing each result to cfg.out; returns the summary."""
     set_threads(cfg)
     out = Path(cfg.out)
+    validate_config(cfg)
     data = load_data(cfg)
     main = is_main()
     summary: dict = {"arch": cfg.arch, "config": config_dict(cfg), "errors": {}, "seconds": {}}

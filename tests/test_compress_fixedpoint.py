@@ -7,7 +7,10 @@ from torch import nn
 
 from compress.data import Split, to_float
 from compress.errors import InputError
-from compress.fixedpoint import FixedPointConfig, fc_chain, max_accumulator_log2, to_qnet
+from compress.fixedpoint import (FixedPointConfig, fc_chain, max_accumulator_log2, run_integer,
+                                 to_qnet)
+from compress.golden import run_layers
+from compress.synthetic import random_inputs, random_qnet
 from compress.golden import golden, mnist_to_input, predict
 from compress.models import LeNet5, LeNet300100
 from compress.quantize import QuantConfig, quantize
@@ -61,3 +64,24 @@ def test_conv_networks_are_refused():
         fc_chain(nn.Sequential(nn.Conv2d(1, 2, 3)))
     chain = fc_chain(nn.Sequential(nn.Flatten(), nn.Linear(784, 8), nn.ReLU(), nn.Linear(8, 10)))
     assert [r for _, r in chain] == [True, False]
+
+
+@pytest.mark.parametrize("acc_bits", [32, 20])
+def test_fast_integer_path_is_the_golden_model(acc_bits):
+    torch.manual_seed(3)
+    model = LeNet300100()
+    images = np.random.default_rng(3).integers(0, 256, (64, 28, 28)).astype(np.uint8)
+    cbs, idx = quantize(model, None, None, QuantConfig(bits=4))
+    qnet, _ = to_qnet(model, cbs, idx, images)
+    x = mnist_to_input(images, qnet.input_frac)
+    assert np.array_equal(run_integer(qnet, x, acc_bits=acc_bits)[0],
+                          run_layers(qnet, x, acc_bits=acc_bits)[-1])
+
+
+def test_fast_integer_path_on_random_qnets():
+    for seed in range(4):
+        q = random_qnet([50, 40, 30, 10], seed=seed)
+        x = random_inputs(16, 50, seed=seed, density=0.7, scale=32767)
+        for acc_bits in (32, 16):
+            assert np.array_equal(run_integer(q, x, acc_bits=acc_bits)[0],
+                                  run_layers(q, x, acc_bits=acc_bits)[-1])
