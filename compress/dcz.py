@@ -139,24 +139,33 @@ def _gap_symbols(gaps: np.ndarray, m: int) -> np.ndarray:
     return syms
 
 
-def _gap_cost(gaps: np.ndarray, m: int) -> tuple[int, HuffmanCode, np.ndarray]:
-    counts = np.bincount(gaps % m, minlength=m).astype(np.int64)
-    counts = np.append(counts, int((gaps // m).sum()))
+def _gap_cost(gaps: np.ndarray, m: int, hist: np.ndarray | None = None) -> tuple[int, HuffmanCode]:
+    """Bits of the gap table and stream for literal alphabet m (from the gap histogram)."""
+    if hist is None:
+        hist = np.bincount(gaps)
+    g = np.arange(hist.shape[0])
+    counts = np.bincount(g % m, weights=hist, minlength=m).astype(np.int64)
+    counts = np.append(counts, int(np.dot(hist, g // m)))
     code = HuffmanCode.from_counts(counts)
-    return code.bits(counts) + table_bits(code.lengths), code, counts
+    return code.bits(counts) + lengths_bits(code.lengths), code
 
 
 def _best_gap_alphabet(gaps: np.ndarray) -> int:
     """The M (number of literal gap symbols) giving the fewest bits for table + stream."""
     if gaps.size == 0:
         return 1
-    top = int(gaps.max()) + 1
+    hist = np.bincount(gaps)
+    top = hist.shape[0]  # M = max gap + 1 needs no fillers; larger M never pays
+
+    def cost(m):
+        return (_gap_cost(gaps, m, hist)[0], m)
+
     cand = set(range(1, min(top, 64) + 1))
     cand |= {int(round(x)) for x in np.geomspace(1, top, 48)}
-    best = min(sorted(cand), key=lambda m: _gap_cost(gaps, m)[0])
+    best = min(cost(m) for m in cand)[1]
     # Refine around the best coarse candidate.
     lo, hi = max(1, int(best * 0.85)), min(top, int(best * 1.15) + 1)
-    return min(range(lo, hi + 1), key=lambda m: (_gap_cost(gaps, m)[0], m))
+    return min(cost(m) for m in range(lo, hi + 1, max(1, (hi - lo) // 64)))[1]
 
 
 def _scan(index: np.ndarray, col_major: bool) -> np.ndarray:

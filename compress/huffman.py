@@ -367,18 +367,6 @@ _LUT_BITS = 12
 _WIN = 32
 
 
-def _windows(bits: bitarray, start: int, stop: int) -> list[int]:
-    """For each bit position p in [start, stop): the 32 bits from p on (zero padded) as an int."""
-    seg = bits[start:stop]
-    seg.extend(bitarray(40, endian="big"))  # zero padding
-    b = np.frombuffer(seg.tobytes(), dtype=np.uint8).astype(np.uint64)
-    n = stop - start
-    words = (b[:-4] << 32) | (b[1:-3] << 24) | (b[2:-2] << 16) | (b[3:-1] << 8) | b[4:]
-    p = np.arange(n, dtype=np.int64)
-    w = (words[p >> 3] << (p & 7).astype(np.uint64)) >> np.uint64(8)
-    return (w & np.uint64(0xFFFFFFFF)).tolist()
-
-
 class _Table:
     """Lookup for one canonical code: a 2**L-entry table for codes up to L bits, a canonical
     (first code per length) search beyond."""
@@ -392,6 +380,7 @@ class _Table:
         codes = code.codes()
         self.maxlen = int(ln.max())
         self.lut_bits = min(self.maxlen, _LUT_BITS)
+        self.lut_shift = _WIN - self.lut_bits
         lut_sym = np.full(1 << self.lut_bits, -1, dtype=np.int64)
         lut_len = np.zeros(1 << self.lut_bits, dtype=np.int64)
         for sym in np.flatnonzero((ln > 0) & (ln <= self.lut_bits)).tolist():
@@ -423,25 +412,29 @@ def _decode_ctx(bits, pos, n, codes, side, ctx_map, what):
     tables = [_Table(c) for c in codes]
     if n == 0:
         return np.zeros(0, dtype=np.int64), pos
-    maxlen = max((t.maxlen for t in tables if t.single is None and not t.empty), default=0)
-    stop = min(len(bits), pos + n * maxlen)
-    win = _windows(bits, pos, stop)
+    # The 32 bits from bit q on are int.from_bytes(buf[q >> 3 : (q >> 3) + 5]) >> (8 - (q & 7)).
+    buf = bits[pos:].tobytes() + bytes(5)
+    nbits = len(bits) - pos
     side = np.asarray(side, dtype=np.int64).tolist()
     cmap = [list(map(int, row)) for row in np.asarray(ctx_map)]
     prev = max(c.alphabet for c in codes) if codes else 0
     out = [0] * n
     p = 0
+    from_bytes = int.from_bytes
+    mask = 0xFFFFFFFF
     for i in range(n):
         t = tables[cmap[side[i]][prev]]
         if t.single is not None:
             sym = t.single
         else:
-            if t.empty or p >= len(win):
+            if t.empty or p >= nbits:
                 raise InputError(f"{what}: corrupt or truncated context-coded stream")
-            w = win[p]
-            sym = t.lut_sym[w >> (_WIN - t.lut_bits)]
+            q = p >> 3
+            w = (from_bytes(buf[q : q + 5], "big") >> (8 - (p & 7))) & mask
+            j = w >> t.lut_shift
+            sym = t.lut_sym[j]
             if sym >= 0:
-                p += t.lut_len[w >> (_WIN - t.lut_bits)]
+                p += t.lut_len[j]
             else:
                 sym, L = t.slow(w)
                 if sym < 0:
