@@ -21,7 +21,7 @@ PES ?= 8
 BOARD ?= icebreaker
 JOBS ?= 2
 
-.PHONY: setup sim test test-long bitstream bench clean iverilog
+.PHONY: setup sim test test-long bitstream bench clean iverilog models compress-full
 
 setup: $(STAMP)
 
@@ -56,6 +56,19 @@ bitstream: setup
 bench: setup iverilog
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench
+
+# The shipped default model (compress/models/): LeNet-300-100 trained, pruned, quantized and
+# packed from scratch on $(MNIST_DIR) with seed 0; the qnet is what unpacking the .dcz gives.
+models: setup
+	$(PY) -m compress pipeline --arch lenet-300-100 --data $(MNIST_DIR) --seed 0 \
+	  --out build/models/lenet-300-100 --ship compress/models
+
+# The full runs whose figures the issue notes report (summary.json, report.txt, weights.png).
+compress-full: setup
+	$(PY) -m compress pipeline --arch lenet-300-100 --data $(MNIST_DIR) --seed 0 \
+	  --out build/compress-full/lenet-300-100
+	$(PY) -m compress pipeline --arch lenet-5 --data $(MNIST_DIR) --seed 0 \
+	  --out build/compress-full/lenet-5
 
 clean:
 	rm -rf build sim_build .pytest_cache .hypothesis
