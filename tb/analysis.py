@@ -1,0 +1,93 @@
+"""Figures of a run: useful MACs, MAC utilisation and where the lost cycles go, per layer.
+
+Useful MACs of a layer for one input = pairs (non-zero weight, non-zero activation), counted
+from the golden model's layer inputs. Utilisation = useful MACs / (PEs x compute cycles), with
+compute cycles the engine's own `layer_cycles`. The lost cycles of a layer are split using
+the ROM image (what each PE must do for this input) and the engine's fixed costs:
+
+* imbalance: the busiest PE's useful MACs above the mean (rows interleaved over PEs);
+* fillers:   entries of the busiest PE that are not useful MACs (filler entries, a codebook
+             value 0), i.e. max PE work - max PE useful MACs;
+* output:    the drain (output stage and next bias preload, one row per cycle) and the start;
+* other:     the rest: pipeline fill and drain of the PE pipeline, front-end cycles on
+             all-zero groups, pointer reads of columns a PE has no entry in, queue stalls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compress.golden import run_layers
+from compress.qnet import QNet
+from compress.rom import RomImage
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def layer_inputs(qnet: QNet, x: np.ndarray, acc_bits: int = 32) -> list[np.ndarray]:
+    outs = run_layers(qnet, x, acc_bits=acc_bits)
+    return [np.asarray(x)] + outs[:-1]
+
+
+def work(qnet: QNet, rom: RomImage, x: np.ndarray, acc_bits: int = 32) -> dict:
+    """Per layer, per input, per PE: useful MACs and entries processed (incl. fillers)."""
+    n = rom.pes
+    useful, entries = [], []
+    for i, (layer, a) in enumerate(zip(qnet.layers, layer_inputs(qnet, x, acc_bits))):
+        nzw = layer.weights() != 0  # [out, in]
+        act = (np.asarray(a) != 0).astype(np.int64)  # [batch, in]
+        rl = rom.layers[i]
+        u = np.zeros((len(act), n), dtype=np.int64)
+        e = np.zeros((len(act), n), dtype=np.int64)
+        for k in range(n):
+            u[:, k] = act @ nzw[k::n].sum(axis=0)
+            pb = rl.ptr_base[k]
+            per_col = np.diff(rom.ptr[k][pb : pb + rl.in_features + 1])
+            e[:, k] = act @ per_col
+        useful.append(u)
+        entries.append(e)
+    return {"useful": useful, "entries": entries}
+
+
+def breakdown(qnet: QNet, rom: RomImage, x: np.ndarray, layer_cycles: np.ndarray,
+              acc_bits: int = 32) -> list[dict]:
+    """Per layer, averaged over the inputs: cycles, ideal and the lost-cycle split."""
+    n = rom.pes
+    w = work(qnet, rom, x, acc_bits)
+    rows = []
+    L = rom.num_layers
+    for i in range(L):
+        u, e = w["useful"][i], w["entries"][i]
+        lc = np.asarray(layer_cycles)[:, i].astype(np.float64)
+        useful = u.sum(axis=1).astype(np.float64)
+        ideal = useful / n
+        max_u = u.max(axis=1)
+        max_e = e.max(axis=1)
+        out_i = rom.layers[i].out_features
+        nxt = rom.layers[i + 1].out_features if i + 1 < L else 0
+        output = max(_ceil_div(out_i, n), _ceil_div(nxt, n)) + 2  # drain rows + flush + start
+        rows.append({
+            "layer": i,
+            "cycles": float(lc.mean()),
+            "useful_macs": float(useful.mean()),
+            "ideal": float(ideal.mean()),
+            "utilisation": float(useful.sum() / (n * lc.sum())) if lc.sum() else 0.0,
+            "imbalance": float((max_u - ideal).mean()),
+            "fillers": float((max_e - max_u).mean()),
+            "output": float(output),
+            "other": float((lc - max_e - output).mean()),
+        })
+    return rows
+
+
+def utilisation(qnet: QNet, rom: RomImage, x: np.ndarray, layer_cycles: np.ndarray,
+                acc_bits: int = 32) -> tuple[float, float]:
+    """(overall MAC utilisation, ideal = 1 / (1 + imbalance share)) over all layers and inputs."""
+    w = work(qnet, rom, x, acc_bits)
+    useful = sum(int(u.sum()) for u in w["useful"])
+    busiest = sum(int(u.max(axis=1).sum()) for u in w["useful"])
+    total = int(np.asarray(layer_cycles).sum())
+    n = rom.pes
+    return (useful / (n * total) if total else 0.0, useful / (n * busiest) if busiest else 0.0)

@@ -1,0 +1,357 @@
+"""`python -m tb`: run networks on the RTL engine in cocotb simulation.
+
+    python -m tb run   --model Q --inputs X.npy --out Y.npy [--pes N] [--stats S.json]
+    python -m tb sim   [--model Q] [--inputs X.npy] [--pes N]       (what `make sim` runs)
+    python -m tb sweep [--model Q] [--pes N]         utilisation vs queue depth and rel_bits
+
+Exit status 0 on success, 2 with one line on stderr for a bad invocation or bad input
+(including a network that does not fit the hardware parameters, refused before simulation),
+1 for anything else (TB_DEBUG=1 shows the traceback). Outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "compress" / "models" / "lenet-300-100.qnet.npz"
+LENET = (784, 300, 100, 10)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _hw_args(p, *, pes_default=8):
+    p.add_argument("--pes", type=int, default=pes_default, help="processing elements 1..16")
+    p.add_argument("--queue-depth", type=int, default=8, help="activation queue depth (8)")
+    p.add_argument("--acc-bits", type=int, default=32, help="accumulator width (32)")
+    p.add_argument("--index-bits", type=int, default=4, help="codebook index bits (4)")
+    p.add_argument("--rel-bits", type=int, default=4, help="relative row index bits (4)")
+    p.add_argument("--max-width", type=int, default=4096,
+                   help="activation buffer limit: widest layer the engine accepts (4096)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m tb", description="the EIE engine in cocotb simulation")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    p = sub.add_parser("run", help="run a qnet on the RTL engine, write its outputs")
+    p.add_argument("--model", required=True, help="qnet .npz")
+    p.add_argument("--inputs", required=True, help="int16[batch, in_0] .npy")
+    p.add_argument("--out", required=True, help="int16[batch, out] .npy the hardware produced")
+    p.add_argument("--stats", help="JSON with the cycle counts")
+    p.add_argument("--dense", action="store_true", help="the dense baseline engine")
+    _hw_args(p)
+    p = sub.add_parser("sim", help="the embedded default (or a given network) on the engine")
+    p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
+    p.add_argument("--inputs", help="int16[batch, in_0] .npy (default: the sample digits)")
+    p.add_argument("--labels", help="uint8[batch] .npy labels for --inputs (optional)")
+    p.add_argument("--count", type=int, default=None,
+                   help="inputs to run (default: 40 of the sample; all of --inputs)")
+    p.add_argument("--dense-count", type=int, default=1,
+                   help="inputs for the dense baseline (its cycle count does not depend on data)")
+    _hw_args(p)
+    p = sub.add_parser("sweep", help="utilisation vs queue depth and rel_bits, dense speedup")
+    p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
+    p.add_argument("--inputs", help="int16[batch, in_0] .npy (default: the sample digits)")
+    p.add_argument("--count", type=int, default=10, help="inputs per configuration (10)")
+    p.add_argument("--depths", default="1,2,4,8,16", help="queue depths (1,2,4,8,16)")
+    p.add_argument("--rel-bits-list", default="4,5,6,8", help="rel_bits values (4,5,6,8)")
+    p.add_argument("--out", help="write the figures as JSON")
+    _hw_args(p)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _load(model, inputs, index_bits, labels_path=None):
+    """(qnet, x, labels or None, description lines)."""
+    from compress.golden import mnist_to_input
+    from compress.qnet import load_inputs, load_qnet
+    from compress.synthetic import random_inputs, random_qnet
+
+    notes = []
+    if model:
+        qnet = load_qnet(model, index_bits=index_bits)
+        notes.append(f"model: {model}")
+    elif DEFAULT_MODEL.exists():
+        qnet = load_qnet(DEFAULT_MODEL, index_bits=index_bits)
+        notes.append(f"model: {DEFAULT_MODEL.relative_to(REPO)} (the shipped LeNet-300-100)")
+    else:
+        qnet = random_qnet(LENET, seed=0, density=[0.08, 0.09, 0.26], shift=[11, 11, 10])
+        notes.append(f"model: SYNTHETIC LeNet-300-100-shaped qnet (random_qnet seed 0, density "
+                     f"8/9/26%): {DEFAULT_MODEL.relative_to(REPO)} does not exist yet")
+    labels = None
+    if inputs:
+        x = load_inputs(inputs, qnet.in_features)
+        notes.append(f"inputs: {inputs}")
+        if labels_path:
+            labels = np.load(labels_path, allow_pickle=False).astype(np.int64)
+            if labels.shape != (len(x),):
+                raise InputError(f"{labels_path}: expected {len(x)} labels, got {labels.shape}")
+    else:
+        from compress import data
+
+        if qnet.in_features != 784:
+            raise InputError(f"the sample digits have 784 pixels but the model takes "
+                             f"{qnet.in_features} inputs: pass --inputs")
+        try:
+            sample = data.load_sample()
+            x = mnist_to_input(sample.images, qnet.input_frac)
+            labels = sample.labels.astype(np.int64)
+            notes.append(f"inputs: the {len(x)} sample digits ({data.SAMPLE_PATH.name})")
+        except InputError:
+            try:
+                test = data.load_split("test")
+                x = mnist_to_input(test.images[:100], qnet.input_frac)
+                labels = test.labels[:100].astype(np.int64)
+                notes.append("inputs: first 100 MNIST test digits from $MNIST_DIR (the shipped "
+                             "sample digits do not exist yet)")
+            except InputError:
+                x = random_inputs(100, 784, seed=1, density=0.19)
+                notes.append("inputs: SYNTHETIC MNIST-like vectors (19% non-zero): no sample "
+                             "digits and no $MNIST_DIR")
+    return qnet, x, labels, notes
+
+
+def _rom(qnet, args, rel_bits=None):
+    from compress.rom import build_rom
+    from hw.engine import EngineConfigError, check_fits
+
+    rom = build_rom(qnet, pes=args.pes, index_bits=args.index_bits,
+                    rel_bits=args.rel_bits if rel_bits is None else rel_bits)
+    try:
+        check_fits(rom, acc_bits=args.acc_bits, max_width=args.max_width)
+    except EngineConfigError as e:
+        raise InputError(str(e)) from None
+    return rom
+
+
+def _params(args, *, sparse=True, queue_depth=None):
+    from tb.sim import EngineParams
+
+    if not 1 <= args.queue_depth <= 64:
+        raise InputError(f"--queue-depth must be 1..64, not {args.queue_depth!r}")
+    return EngineParams(queue_depth=args.queue_depth if queue_depth is None else queue_depth,
+                        acc_bits=args.acc_bits, sparse=sparse, max_width=args.max_width)
+
+
+def _shards(x, k):
+    idx = np.array_split(np.arange(len(x)), k)
+    return [i for i in idx if len(i)]
+
+
+def _simulate_parallel(b, x, jobs=2):
+    """Simulate x in up to `jobs` simulator processes at once; results in input order."""
+    from tb.sim import SimResult, simulate
+
+    parts = _shards(x, jobs)
+    with ThreadPoolExecutor(max_workers=jobs) as ex:
+        res = list(ex.map(lambda i: simulate(b, x[i]), parts))
+    return SimResult(
+        outputs=np.concatenate([r.outputs for r in res]),
+        cycles=np.concatenate([r.cycles for r in res]),
+        layer_cycles=np.concatenate([r.layer_cycles for r in res]),
+    )
+
+
+def cmd_run(args):
+    from compress.atomic import atomic_path
+    from compress.cli import save_npy
+    from compress.qnet import load_inputs, load_qnet
+    from tb.sim import build
+
+    qnet = load_qnet(args.model, index_bits=args.index_bits)
+    x = load_inputs(args.inputs, qnet.in_features)
+    rom = _rom(qnet, args)
+    b = build(rom, _params(args, sparse=not args.dense))
+    r = _simulate_parallel(b, x, jobs=int(os.environ.get("TB_JOBS", "2")))
+    if args.stats:
+        stats = {
+            "pes": args.pes,
+            "cycles": [int(c) for c in r.cycles],
+            "layer_cycles": [[int(c) for c in row] for row in r.layer_cycles],
+            "engine": "dense" if args.dense else "sparse",
+            "queue_depth": args.queue_depth, "acc_bits": args.acc_bits,
+            "index_bits": args.index_bits, "rel_bits": args.rel_bits,
+        }
+        with atomic_path(args.stats) as tmp:
+            tmp.write_text(json.dumps(stats, indent=1) + "\n")
+    save_npy(args.out, r.outputs)
+    print(f"wrote {args.out}: {len(x)} inputs, {args.pes} PEs, "
+          f"mean {r.cycles.mean():.0f} cycles per inference")
+
+
+def cmd_sim(args):
+    from compress.golden import golden, predict
+    from tb.analysis import breakdown, utilisation
+    from tb.sim import build
+
+    t0 = time.time()
+    qnet, x, labels, notes = _load(args.model, args.inputs, args.index_bits, args.labels)
+    count = args.count if args.count is not None else (len(x) if args.inputs else 40)
+    if count < 1:
+        raise InputError(f"--count must be >= 1, not {count}")
+    x = x[:count]
+    labels = labels[:count] if labels is not None else None
+    rom = _rom(qnet, args)
+    p_sparse, p_dense = _params(args), _params(args, sparse=False)
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        fb_s = ex.submit(build, rom, p_sparse)
+        fb_d = ex.submit(build, rom, p_dense)
+        b_s, b_d = fb_s.result(), fb_d.result()
+    t_build = time.time() - t0
+    nd = max(1, min(args.dense_count, len(x)))
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        # the dense run is one long job: give it a core of its own
+        f_d = ex.submit(lambda: _simulate_parallel(b_d, x[:nd], jobs=1))
+        r = _simulate_parallel(b_s, x, jobs=1) if len(x) < 4 else None
+        if r is None:
+            halves = _shards(x, 2)
+            from tb.sim import simulate
+
+            f_a = ex.submit(simulate, b_s, x[halves[0]])
+            ra = f_a.result()
+            rb = simulate(b_s, x[halves[1]])
+            from tb.sim import SimResult
+
+            r = SimResult(np.concatenate([ra.outputs, rb.outputs]),
+                          np.concatenate([ra.cycles, rb.cycles]),
+                          np.concatenate([ra.layer_cycles, rb.layer_cycles]))
+        rd = f_d.result()
+    g = golden(qnet, x, acc_bits=args.acc_bits)
+    gd = g[:nd]
+    exact = np.all(r.outputs == g, axis=1)
+    pred = predict(r.outputs)
+    gpred = predict(g)
+    L = qnet.num_layers
+
+    print("EIE engine in cocotb + Icarus: "
+          f"{args.pes} PEs, queue depth {args.queue_depth}, index_bits {args.index_bits}, "
+          f"rel_bits {args.rel_bits}, acc_bits {args.acc_bits}")
+    for line in notes:
+        print("  " + line)
+    print()
+    print("digit  label  predicted  golden  cycles")
+    for i in range(len(x)):
+        lab = str(int(labels[i])) if labels is not None else "-"
+        mark = "" if exact[i] else "   MISMATCH"
+        print(f"{i:5d}  {lab:>5}  {int(pred[i]):9d}  {int(gpred[i]):6d}  {int(r.cycles[i]):6d}{mark}")
+    print()
+    print(f"bit-exact: {int(exact.sum())}/{len(x)} against the golden model "
+          f"(dense baseline: {int(np.all(rd.outputs == gd, axis=1).sum())}/{nd} bit-exact)")
+    if labels is not None:
+        acc = float((pred == labels).mean())
+        print(f"accuracy on the sample: {int((pred == labels).sum())}/{len(x)} = {100 * acc:.1f}%"
+              + ("  (synthetic network: labels are not meaningful)" if "SYNTHETIC model" in
+                 " ".join(notes).replace("model: SYNTHETIC", "SYNTHETIC model") else ""))
+    comp = r.layer_cycles.sum(axis=1)
+    comp_d = rd.layer_cycles.sum(axis=1)
+    print(f"cycles per inference: mean {r.cycles.mean():.1f} (min {r.cycles.min()}, "
+          f"max {r.cycles.max()}), of which compute {comp.mean():.1f}; "
+          f"the rest is {qnet.in_features} cycles of input and {qnet.out_features} of output")
+    print("cycles per layer (mean): " + ", ".join(
+        f"l{i} {r.layer_cycles[:, i].mean():.1f}" for i in range(L)))
+    print(f"dense baseline engine: {rd.cycles.mean():.0f} cycles per inference, "
+          f"{comp_d.mean():.0f} compute; speedup of sparsity {comp_d.mean() / comp.mean():.2f}x "
+          f"on compute cycles, {rd.cycles.mean() / r.cycles.mean():.2f}x per inference")
+    util, ideal = utilisation(qnet, rom, x, r.layer_cycles, args.acc_bits)
+    print(f"MAC utilisation: {100 * util:.1f}% of {args.pes} PEs x compute cycles "
+          f"(ideal {100 * ideal:.1f}%: the load imbalance of row interleaving alone)")
+    print()
+    print("where the cycles go, per layer (mean per inference):")
+    print("layer  cycles  useful-MACs  ideal  util   imbalance  fillers  output  other")
+    for row in breakdown(qnet, rom, x, r.layer_cycles, args.acc_bits):
+        print(f"l{row['layer']:<4d} {row['cycles']:7.1f}  {row['useful_macs']:11.1f} "
+              f"{row['ideal']:6.1f}  {100 * row['utilisation']:5.1f}%  {row['imbalance']:9.1f}"
+              f"  {row['fillers']:7.1f}  {row['output']:6.1f}  {row['other']:5.1f}")
+    print()
+    print(f"wall time {time.time() - t0:.1f} s (builds {t_build:.1f} s)")
+    return 0 if exact.all() and np.all(rd.outputs == gd) else 1
+
+
+def cmd_sweep(args):
+    from compress.atomic import atomic_path
+    from tb.analysis import utilisation
+    from tb.sim import build
+
+    t0 = time.time()
+    qnet, x, _labels, notes = _load(args.model, args.inputs, args.index_bits)
+    x = x[: args.count]
+    depths = [int(v) for v in args.depths.split(",")]
+    rels = [int(v) for v in args.rel_bits_list.split(",")]
+    configs = [("depth", d, args.rel_bits, True) for d in depths]
+    configs += [("rel_bits", args.queue_depth, rb, True) for rb in rels if rb != args.rel_bits]
+    configs += [("dense", args.queue_depth, args.rel_bits, False)]
+    roms = {rb: _rom(qnet, args, rel_bits=rb) for rb in {c[2] for c in configs}}
+
+    def one(cfg):
+        _kind, depth, rb, sparse = cfg
+        b = build(roms[rb], _params(args, sparse=sparse, queue_depth=depth))
+        from tb.sim import simulate
+
+        r = simulate(b, x if sparse else x[:1])
+        return r
+
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        results = list(ex.map(one, configs))
+    dense_comp = results[-1].layer_cycles.sum(axis=1).mean()
+    print(f"sweep: {args.pes} PEs, {len(x)} inputs; " + "; ".join(notes))
+    print("variant           rel_bits depth  entries(fillers)  compute-cycles  utilisation  "
+          "ideal  speedup-vs-dense")
+    rows = []
+    for cfg, r in zip(configs, results):
+        kind, depth, rb, sparse = cfg
+        rom = roms[rb]
+        comp = r.layer_cycles.sum(axis=1).mean()
+        util, ideal = utilisation(qnet, rom, x[: len(r.cycles)], r.layer_cycles, args.acc_bits)
+        ents = sum(len(e) for e in rom.entries)
+        fill = sum(sum(rl.fillers) for rl in rom.layers)
+        row = {"variant": kind, "rel_bits": rb, "queue_depth": depth, "sparse": sparse,
+               "entries": ents, "fillers": fill, "compute_cycles": float(comp),
+               "cycles": float(r.cycles.mean()), "utilisation": util, "ideal": ideal,
+               "speedup_vs_dense": float(dense_comp / comp)}
+        rows.append(row)
+        print(f"{kind:16s}  {rb:8d} {depth:5d}  {ents:8d}({fill:6d})  {comp:14.1f}  "
+              f"{100 * util:10.1f}%  {100 * ideal:5.1f}%  {dense_comp / comp:8.2f}x")
+    print(f"wall time {time.time() - t0:.1f} s")
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps({"pes": args.pes, "inputs": len(x), "rows": rows},
+                                      indent=1) + "\n")
+
+
+COMMANDS = {"run": cmd_run, "sim": cmd_sim, "sweep": cmd_sweep}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if not 1 <= args.pes <= 16:
+            raise InputError(f"--pes must be 1..16, not {args.pes!r}")
+        return int(COMMANDS[args.cmd](args) or 0)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001
+        if os.environ.get("TB_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
+        return 1
