@@ -64,8 +64,19 @@ def _common(p):
 def cmd_build(args):
     from .build import BuildError, board_platform, build, table
 
+    from .resources import analyse, format_analysis
+
     board_platform(args.board)  # unknown board: one line, exit 2, before any work
     rom, _qnet, name = _rom(args)
+    a = analyse(rom)
+    if a["total_ebr"] > a["ebr_available"] and not args.force:
+        # The engine's memories alone exceed the device: a 10-minute build would end in the
+        # placer's "design uses N RAM cells" error. Say so at once, with the figures.
+        print(f"model: {name}\n{format_analysis(a)}", file=sys.stderr)
+        print(f"error: {rom.pes} PEs of this network need {a['total_ebr']} EBR blocks, the "
+              f"iCE40UP5K has {a['ebr_available']}: not built (see docs/fpga.md, --force to try "
+              f"anyway)", file=sys.stderr)
+        return 1
     try:
         report = build(rom, board=args.board, clock_mhz=args.clock_mhz, baud=args.baud,
                        build_root=args.build_dir, seed=args.seed, model_name=name)
@@ -102,6 +113,8 @@ def build_parser():
     b.add_argument("--clock-mhz", type=float, default=36.0, help="PLL clock target (default 36)")
     b.add_argument("--build-dir", default="build", help="build root (default build/)")
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    b.add_argument("--force", action="store_true",
+                   help="run the tools even when the memories cannot fit the device")
     _common(b)
     b.set_defaults(run=cmd_build)
 

@@ -1,0 +1,70 @@
+"""`python -m fpga`: bad invocations (exit 2, one line), the resource analysis, PLL settings."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from compress.rom import build_rom
+from compress.synthetic import random_qnet
+from fpga.build import parse_report
+from fpga.resources import analyse, ebr_blocks
+from fpga.top import pll_config
+
+from .conftest import REPO
+
+
+def fpga_cli(*args):
+    return subprocess.run([sys.executable, "-m", "fpga", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["build", "--board", "nexys"], ["unknown board 'nexys'", "icebreaker"]),
+    (["run"], ["--port", "--sim"]),
+    (["run", "--port", "/dev/null", "--sim"], ["exactly one"]),
+    (["resources", "--model", "synthetic:12"], ["synthetic:IN-HIDDEN"]),
+    (["resources", "--model", "/nonexistent.npz"], ["nonexistent"]),
+    (["frobnicate"], ["invalid choice"]),
+])
+def test_bad_invocations(args, words):
+    r = fpga_cli(*args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(w in lines[0] for w in words), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_resources_lenet():
+    r = fpga_cli("resources", "--model", "synthetic", "--pes", "8")
+    assert r.returncode == 0, r.stderr
+    assert "8 PEs: does NOT fit in EBR" in r.stdout
+
+
+def test_analysis_counts():
+    assert [ebr_blocks(16, 256), ebr_blocks(8, 2607), ebr_blocks(32, 38), ebr_blocks(12, 594)] \
+        == [1, 6, 2, 3]
+    a = analyse(build_rom(random_qnet((20, 8, 4), density=0.5), pes=2))
+    assert set(a["groups"]) == {"entries", "ptr_even", "ptr_odd", "bias", "codebook", "acc", "act"}
+    assert all(g["count"] == 2 for g in a["groups"].values())
+    assert a["total_ebr"] == sum(g["ebr"] for g in a["groups"].values())
+
+
+@pytest.mark.parametrize("mhz", [24, 30, 36, 42, 48])
+def test_pll(mhz):
+    p = pll_config(12e6, mhz * 1e6)
+    vco = 12e6 / (p.divr + 1) * (p.divf + 1)
+    assert 533e6 <= vco <= 1066e6 and abs(p.fout - mhz * 1e6) < 0.3e6
+    assert p.fout == vco / 2 ** p.divq
+
+
+def test_parse_report():
+    npr = {"utilization": {"ICESTORM_LC": {"used": 3000, "available": 5280},
+                           "ICESTORM_RAM": {"used": 17, "available": 30},
+                           "ICESTORM_DSP": {"used": 1, "available": 8}},
+           "fmax": {"clk": {"achieved": 26.55, "constraint": 36.0}}}
+    f = parse_report(json.loads(json.dumps(npr)), clock_hz=36e6)
+    assert (f["lc_used"], f["lc_total"], f["ebr_used"], f["dsp_used"], f["spram_used"]) == \
+        (3000, 5280, 17, 1, 0)
+    assert (f["clock_mhz"], f["fmax_mhz"]) == (36.0, 26.55)
