@@ -21,7 +21,7 @@ PES ?= 8
 BOARD ?= icebreaker
 JOBS ?= 2
 
-.PHONY: setup sim test test-long bitstream bench clean iverilog models compress-full
+.PHONY: setup sim test test-long bitstream bench bench-scale clean iverilog models compress-full
 
 setup: $(STAMP)
 
@@ -56,6 +56,10 @@ bitstream: setup
 bench: setup iverilog
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench
+
+# Not a test: k-means, Huffman and .dcz export of a VGG-16 fc6-sized layer (102.8M weights).
+bench-scale: setup
+	$(PY) -m compress.bench_scale
 
 # The shipped default model (compress/models/): LeNet-300-100 trained, pruned, quantized and
 # packed from scratch on $(MNIST_DIR) with seed 0; the qnet is what unpacking the .dcz gives.
