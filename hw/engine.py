@@ -107,9 +107,14 @@ def check_fits(rom: RomImage, *, acc_bits: int = 32, max_width: int | None = Non
 class Engine(wiring.Component):
     def __init__(self, rom: RomImage, *, queue_depth=8, acc_bits=32, sparse=True,
                  memories: "MemoryFactory | None" = None, max_width: int | None = None):
-        if not isinstance(queue_depth, int) or not 1 <= queue_depth <= 64:
-            raise EngineConfigError(f"queue_depth must be an integer 1..64, not {queue_depth!r}")
-        check_fits(rom, acc_bits=acc_bits, max_width=max_width)
+        try:
+            if not isinstance(queue_depth, int) or not 1 <= queue_depth <= 64:
+                raise EngineConfigError(
+                    f"queue_depth must be an integer 1..64, not {queue_depth!r}")
+            check_fits(rom, acc_bits=acc_bits, max_width=max_width)
+        except EngineConfigError:
+            self._MustUse__silence = True  # refused: not an unused elaboratable
+            raise
         self.rom = rom
         self.queue_depth = queue_depth
         self.acc_bits = acc_bits

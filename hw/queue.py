@@ -15,6 +15,7 @@ from amaranth.lib.wiring import In, Out
 class ActQueue(wiring.Component):
     def __init__(self, shape, *, depth: int):
         if not isinstance(depth, int) or not 1 <= depth <= 64:
+            self._MustUse__silence = True  # refused: not an unused elaboratable
             raise ValueError(f"queue depth must be an integer 1..64, not {depth!r}")
         self._shape = shape
         self.depth = depth
