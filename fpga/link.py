@@ -108,11 +108,15 @@ class Link(wiring.Component):
         ow = obuf.write_port()
         orp = obuf.read_port()
 
-        # Reply body after the buffered outputs: a byte shift register, LSB byte first.
+        # Reply body after the buffered outputs: 32-bit words chosen by a small mux and sent
+        # LSB byte first through one 32-bit shift register (cheaper than a register per byte).
         ping_bytes = bytes([P.VERSION, self.pes, n_l]) + n_in.to_bytes(2, "little")
         ping_bytes += n_out.to_bytes(2, "little") + (self.clock_hz & 0xFFFFFFFF).to_bytes(4, "little")
-        sreg_bytes = max(12 + 4 * n_l, len(ping_bytes) + 1)
-        sreg = Signal(8 * sreg_bytes)
+        assert len(ping_bytes) == 11
+        ping_words = [int.from_bytes(ping_bytes[i:i + 4], "little") for i in (0, 4, 8)]
+        K_ERROR, K_PING, K_COUNT, K_INFER = range(4)
+        r_kind = Signal(2)
+        wreg = Signal(32)
 
         cmd = Signal(8)
         length = Signal(16)
@@ -128,13 +132,33 @@ class Link(wiring.Component):
 
         # Reply side.
         r_cmd = Signal(8)
-        r_len = Signal(16)
-        r_k = Signal(16)  # byte index within the current reply part
+        max_reply = max(2 * n_out + 4 + 4 * n_l, 12 + 4 * n_l, 12)
+        r_len = Signal(range(max_reply + 1))
+        r_k = Signal(range(max_reply + 1))  # byte index within the reply payload
         r_byte = Signal(8)
-        r_obytes = Signal(16)  # bytes taken from the output buffer first
+        r_obytes = Signal(range(2 * n_out + 1))  # bytes taken from the output buffer first
         r_crc = Signal(8)
 
-        lc_flat = Cat(*[self.layer_cycles[i] for i in range(n_l)])
+        # The word of the reply tail at byte r_k (tail = after the buffered outputs).
+        tail_k = Signal(range(max_reply + 1))
+        word = Signal(32)
+        m.d.comb += tail_k.eq(r_k - r_obytes)
+        widx = tail_k[2:]
+        lc = [self.layer_cycles[i] for i in range(n_l)]
+        tails = {
+            K_ERROR: [err],
+            K_PING: [Const(ping_words[0], 32), Const(ping_words[1], 32),
+                     Cat(Const(ping_words[2], 24), self.loaded)],
+            K_COUNT: [self.inferences, self.errors, self.cycles, *lc],
+            K_INFER: [self.cycles, *lc],
+        }
+        with m.Switch(r_kind):
+            for kind, words in tails.items():
+                with m.Case(kind):
+                    with m.Switch(widx):
+                        for i, w in enumerate(words):
+                            with m.Case(i):
+                                m.d.comb += word.eq(w)
 
         rx_byte = self.rx.payload
         rx_take = Signal()  # a byte is transferred from rx this cycle
@@ -275,25 +299,20 @@ class Link(wiring.Component):
                 m.d.sync += [r_k.eq(0), r_crc.eq(0xFF)]
                 with m.If(err != 0):
                     m.d.sync += [r_cmd.eq(P.CMD_ERROR), r_len.eq(1), r_obytes.eq(0)]
-                    m.d.sync += sreg.eq(err)
+                    m.d.sync += r_kind.eq(K_ERROR)
                     m.d.sync += [self.errors.eq(self.errors + 1), self.error_flag.eq(1)]
                 with m.Else():
                     m.d.sync += [r_cmd.eq(cmd), self.error_flag.eq(0)]
                     with m.Switch(cmd):
                         with m.Case(P.CMD_PING):
                             m.d.sync += [r_len.eq(len(ping_bytes) + 1), r_obytes.eq(0)]
-                            m.d.sync += sreg.eq(
-                                Cat(Const(int.from_bytes(ping_bytes, "little"), 8 * len(ping_bytes)),
-                                    self.loaded)
-                            )
+                            m.d.sync += r_kind.eq(K_PING)
                         with m.Case(P.CMD_COUNT):
                             m.d.sync += [r_len.eq(12 + 4 * n_l), r_obytes.eq(0)]
-                            m.d.sync += sreg.eq(
-                                Cat(self.inferences, self.errors, self.cycles, lc_flat)
-                            )
+                            m.d.sync += r_kind.eq(K_COUNT)
                         with m.Default():  # INFER
                             m.d.sync += [r_len.eq(2 * n_out + 4 + 4 * n_l), r_obytes.eq(2 * n_out)]
-                            m.d.sync += sreg.eq(Cat(self.cycles, lc_flat))
+                            m.d.sync += r_kind.eq(K_INFER)
                             m.d.sync += self.inferences.eq(self.inferences + 1)
                 m.next = "T_SYNC"
 
@@ -309,9 +328,9 @@ class Link(wiring.Component):
             with m.State("T_CMD"):
                 send(r_cmd, "T_LEN0")
             with m.State("T_LEN0"):
-                send(r_len[:8], "T_LEN1")
+                send(r_len & 0xFF, "T_LEN1")
             with m.State("T_LEN1"):
-                send(r_len[8:], "T_FETCH")
+                send(r_len >> 8, "T_FETCH")
 
             with m.State("T_FETCH"):
                 # One cycle for the output buffer's synchronous read at address r_k >> 1.
@@ -322,8 +341,10 @@ class Link(wiring.Component):
             with m.State("T_LOAD"):
                 with m.If(r_k < r_obytes):
                     m.d.sync += r_byte.eq(Mux(r_k[0], orp.data[8:], orp.data[:8]))
+                with m.Elif(tail_k[:2] == 0):
+                    m.d.sync += [r_byte.eq(word[:8]), wreg.eq(word >> 8)]
                 with m.Else():
-                    m.d.sync += [r_byte.eq(sreg[:8]), sreg.eq(sreg >> 8)]
+                    m.d.sync += [r_byte.eq(wreg[:8]), wreg.eq(wreg >> 8)]
                 m.next = "T_BODY"
             with m.State("T_BODY"):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(r_byte)]
