@@ -55,13 +55,14 @@ def _info(args):
     if args.json:
         print(json.dumps(d, indent=2))
         return
-    print(f"{args.dcz}: .dcz version {d['version']}, {d['bytes']:,} bytes, "
+    print(f"{args.dcz}: .dcz version {d['version']} ({d['kind']}), {d['bytes']:,} bytes, "
           f"{d['num_layers']} layers, input_frac {d['input_frac']}")
     for s in d["sections"]:
         print(f"  {s['name']:<10} {s['bytes']:>9,} bytes")
     print(f"  framing    {d['overhead_bytes']:>9,} bytes (magic, version, file crc32)")
     for i, ly in enumerate(d["layers"]):
-        print(f"  l{i}: {ly['shape'][0]}x{ly['shape'][1]}, {ly['nnz']:,} non-zero, "
+        print(f"  l{i}: {'x'.join(map(str, ly['shape']))}, {ly['nnz']:,} non-zero, "
               f"codebook {ly['codebook']}")
     print(f"  float32 size {d['float32_bytes']:,} bytes -> ratio {d['ratio']:.1f}x")
-    print(f"  qnet sha256 {d['sha256']}")
+    if "sha256" in d:
+        print(f"  qnet sha256 {d['sha256']}")

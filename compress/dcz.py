@@ -10,8 +10,11 @@ File layout (all integers in sections are bit-packed, MSB first; see `compress.h
              payload, crc32 of tag + length + payload (4 bytes, little endian)
     crc32 of every byte before it (4 bytes, little endian)
 
-The header section holds input_frac and the number of layers; then one layer section per layer,
-in order. A layer section (Exp-Golomb "eg" integers, "sint" = zigzag + eg)::
+The header section holds input_frac (sint), the number of layers (eg) and one bit: 0 for a
+qnet (a chain of fully connected layers, `pack` / `unpack`), 1 for a layer set (`pack_layers` /
+`unpack_layers`: independent layers such as conv layers stored as [out, in*kh*kw] matrices),
+followed for a layer set by each layer's original weight shape (eg ndim, eg dims). Then one
+layer section per layer, in order. A layer section (Exp-Golomb "eg" integers, "sint" = zigzag + eg)::
 
     eg out, eg in, eg shift, 1 bit relu, 1 bit scan (0: row-major index[out, in],
     1: column-major, i.e. input by input as the engine's CSC), eg K (codebook size)
@@ -44,6 +47,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +64,7 @@ from .huffman import (
     table_bits,
     write_lengths,
 )
-from .qnet import Layer, QNet
+from .qnet import Layer, QNet, validate_layers
 
 MAGIC = b"\x89DCZ"
 DCZ_VERSION = 1
@@ -379,10 +383,35 @@ def _section(tag: bytes, payload: bytes) -> bytes:
     return head + payload + struct.pack("<I", zlib.crc32(head + payload))
 
 
-def _header_payload(qnet: QNet) -> bytes:
+@dataclass(eq=False)
+class LayerSet:
+    """Layers stored independently (not a chain): e.g. LeNet-5's conv layers as their
+    [out, in * kh * kw] matrices beside its fully connected layers. `shapes` are the original
+    weight shapes (first dimension = out, the product of the others = in)."""
+
+    layers: list[Layer]
+    shapes: list[tuple[int, ...]]
+    input_frac: int = 8
+
+    def equals(self, other: "LayerSet") -> bool:
+        return (
+            self.input_frac == other.input_frac
+            and [tuple(x) for x in self.shapes] == [tuple(x) for x in other.shapes]
+            and len(self.layers) == len(other.layers)
+            and all(a.equals(b) for a, b in zip(self.layers, other.layers))
+        )
+
+
+def _header_payload(layers: list[Layer], input_frac: int, shapes) -> bytes:
     w = BitWriter()
-    w.write_sint(int(qnet.input_frac))
-    w.write_eg(qnet.num_layers)
+    w.write_sint(int(input_frac))
+    w.write_eg(len(layers))
+    w.write(int(shapes is not None), 1)
+    if shapes is not None:
+        for shape in shapes:
+            w.write_eg(len(shape))
+            for d in shape:
+                w.write_eg(int(d))
     w.align()
     return w.getvalue()
 
@@ -393,16 +422,56 @@ def _check_qnet(qnet: QNet) -> None:
     qnet.validate(index_bits=8)
 
 
+def _check_shapes(layers: list[Layer], shapes) -> list[tuple[int, ...]]:
+    if shapes is None:
+        shapes = [tuple(ly.index.shape) for ly in layers]
+    if len(shapes) != len(layers):
+        raise InputError(f"pack: {len(shapes)} shapes for {len(layers)} layers")
+    out = []
+    for i, (ly, shape) in enumerate(zip(layers, shapes)):
+        shape = tuple(int(d) for d in shape)
+        if len(shape) < 2 or min(shape) < 1 or shape[0] != ly.out_features or (
+            math.prod(shape[1:]) != ly.in_features
+        ):
+            raise InputError(
+                f"l{i}: shape {list(shape)} does not fit its [out, in] = "
+                f"{list(ly.index.shape)} matrix"
+            )
+        out.append(shape)
+    return out
+
+
 def pack(qnet: QNet) -> bytes:
     """The .dcz bytes of a qnet (deterministic: same qnet -> same bytes)."""
-    return _pack(qnet)[0]
-
-
-def _pack(qnet: QNet) -> tuple[bytes, list[dict]]:
     _check_qnet(qnet)
-    out = [MAGIC, bytes([DCZ_VERSION]), _section(_TAG_HEADER, _header_payload(qnet))]
+    return _pack(qnet.layers, qnet.input_frac, None)[0]
+
+
+def pack_layers(layers: list[Layer], *, shapes=None, input_frac: int = 8) -> bytes:
+    """The .dcz bytes of independent layers (a LayerSet), e.g. conv layers as 2-D matrices."""
+    ls = _as_layer_set(layers, shapes, input_frac)
+    return _pack(ls.layers, ls.input_frac, ls.shapes)[0]
+
+
+def _as_layer_set(layers, shapes, input_frac) -> LayerSet:
+    layers = list(layers)
+    if not layers:
+        raise InputError("pack: no layers")
+    for i, ly in enumerate(layers):
+        if not isinstance(ly, Layer):
+            raise InputError(f"l{i}: expected a Layer, not {type(ly).__name__}")
+        try:
+            validate_layers([ly], index_bits=8)
+        except InputError as e:
+            raise InputError(str(e).replace("l0", f"l{i}", 1)) from None
+    return LayerSet(layers, _check_shapes(layers, shapes), int(input_frac))
+
+
+def _pack(layers: list[Layer], input_frac: int, shapes) -> tuple[bytes, list[dict]]:
+    header = _section(_TAG_HEADER, _header_payload(layers, input_frac, shapes))
+    out = [MAGIC, bytes([DCZ_VERSION]), header]
     infos = []
-    for layer in qnet.layers:
+    for layer in layers:
         payload, info = _encode_layer(layer)
         sec = _section(_TAG_LAYER, payload)
         info["section_bytes"] = len(sec)
@@ -474,7 +543,8 @@ def _section_name(i: int) -> str:
     return "section header" if i == 0 else f"section layer {i - 1}"
 
 
-def _read_header(payload: bytes) -> tuple[int, int]:
+def _read_header(payload: bytes) -> tuple[int, int, list | None]:
+    """(input_frac, num_layers, shapes or None for a qnet)."""
     r = BitReader(payload, "section header")
     input_frac = r.read_sint()
     num_layers = r.read_eg(limit=1 << 16)
@@ -482,20 +552,44 @@ def _read_header(payload: bytes) -> tuple[int, int]:
         raise InputError("section header: corrupt (num_layers must be >= 1)")
     if not -(1 << 62) <= input_frac < 1 << 62:
         raise InputError("section header: corrupt input_frac")
-    return input_frac, num_layers
+    shapes = None
+    if r.read(1):
+        shapes = []
+        for _ in range(num_layers):
+            nd = r.read_eg(limit=8)
+            shapes.append(tuple(r.read_eg(limit=_MAX_DIM) for _ in range(nd)))
+    if len(r.bits) - r.pos >= 8 or r.bits[r.pos :].any():
+        raise InputError("section header: corrupt (unexpected bits at the end)")
+    return input_frac, num_layers, shapes
+
+
+def _decode_all(data: bytes):
+    sections, size = _sections(data)
+    input_frac, _, shapes = _read_header(sections[0][1])
+    layers = [_decode_layer(payload, i) for i, (_, payload, _) in enumerate(sections[1:])]
+    return sections, size, input_frac, shapes, layers
 
 
 def unpack(data: bytes) -> QNet:
     """The qnet a .dcz holds (exactly the one packed); InputError saying what is wrong."""
-    sections, _ = _sections(data)
-    input_frac, _ = _read_header(sections[0][1])
-    layers = [_decode_layer(payload, i) for i, (_, payload, _) in enumerate(sections[1:])]
+    _, _, input_frac, shapes, layers = _decode_all(data)
+    if shapes is not None:
+        raise InputError("dcz: holds a layer set (e.g. conv layers), not a qnet: use unpack_layers")
     qnet = QNet(layers=layers, input_frac=input_frac)
     try:
         qnet.validate(index_bits=8)
     except InputError as e:
         raise InputError(f"dcz: decoded network is invalid ({e})") from None
     return qnet
+
+
+def unpack_layers(data: bytes) -> LayerSet:
+    """The layers of any .dcz (a qnet's too), with their original weight shapes."""
+    _, _, input_frac, shapes, layers = _decode_all(data)
+    try:
+        return _as_layer_set(layers, shapes, input_frac)
+    except InputError as e:
+        raise InputError(f"dcz: decoded layers are invalid ({e})") from None
 
 
 def write_dcz(qnet: QNet, path: str | Path) -> int:
@@ -522,31 +616,32 @@ def _read_file(path: str | Path) -> bytes:
 
 
 def info(data: bytes) -> dict:
-    """Sections, their sizes and the ratios of a .dcz (verifies every checksum)."""
-    sections, size = _sections(data)
-    input_frac, num_layers = _read_header(sections[0][1])
-    qnet = unpack(data)
-    n_params = sum(ly.index.size + ly.bias.size for ly in qnet.layers)
-    return {
+    """Sections, their sizes and the ratios of a .dcz (verifies every checksum, decodes all)."""
+    sections, size, input_frac, shapes, layers = _decode_all(data)
+    n_params = sum(ly.index.size + ly.bias.size for ly in layers)
+    d = {
         "version": DCZ_VERSION,
+        "kind": "qnet" if shapes is None else "layer set",
         "bytes": size,
         "input_frac": input_frac,
-        "num_layers": num_layers,
+        "num_layers": len(layers),
         "sections": [
             {"name": _section_name(i).removeprefix("section "), "bytes": s}
             for i, (_, _, s) in enumerate(sections)
         ],
         "overhead_bytes": 5 + 4,  # magic, version, file crc
         "layers": [
-            {"shape": list(ly.index.shape), "nnz": int(np.count_nonzero(ly.index)),
-             "codebook": int(ly.codebook.shape[0])}
-            for ly in qnet.layers
+            {"shape": list(shapes[i]) if shapes else list(ly.index.shape),
+             "nnz": int(np.count_nonzero(ly.index)), "codebook": int(ly.codebook.shape[0])}
+            for i, ly in enumerate(layers)
         ],
         "params": n_params,
         "float32_bytes": 4 * n_params,
         "ratio": 4 * n_params / size,
-        "sha256": qnet.checksum(),
     }
+    if shapes is None:
+        d["sha256"] = unpack(data).checksum()
+    return d
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,7 +659,7 @@ def _fixed_index_bits(gaps: np.ndarray) -> tuple[int, int]:
     return best
 
 
-def layer_sizes(qnet: QNet) -> list[dict]:
+def layer_sizes(qnet: QNet | LayerSet) -> list[dict]:
     """Per layer and in total: weights, kept %, weight bits P+Q and P+Q+H, index bits P+Q and
     P+Q+H (per non-zero), compression rate P+Q and P+Q+H (% of 32-bit dense weights).
 
@@ -574,7 +669,12 @@ def layer_sizes(qnet: QNet) -> list[dict]:
     stream bits only; the rate adds the code tables and the int16 codebook). The total row adds
     the biases, headers and checksums too: the .dcz file size against 32-bit floats.
     """
-    data, infos = _pack(qnet)
+    if isinstance(qnet, LayerSet):
+        ls = _as_layer_set(qnet.layers, qnet.shapes, qnet.input_frac)
+        data, infos = _pack(ls.layers, ls.input_frac, ls.shapes)
+    else:
+        _check_qnet(qnet)
+        data, infos = _pack(qnet.layers, qnet.input_frac, None)
     rows = []
     tot = {"weights": 0, "nnz": 0, "pq_bits": 0, "pqh_bits": 0, "wh": 0, "ih": 0, "wf": 0, "if": 0, "iff": 0}
     for i, (layer, inf) in enumerate(zip(qnet.layers, infos)):
@@ -605,6 +705,8 @@ def layer_sizes(qnet: QNet) -> list[dict]:
                 "rate_pqh_pct": 100.0 * pqh / (32 * weights),
                 "scan": inf["scan"],
                 "gap_alphabet": inf["gap_alphabet"],
+                "weight_context": inf["weight_context"],
+                "weight_coded_bits": b["weight_table"] + b["weight_stream"],
                 "fillers_pq": entries - nnz,
                 "fillers_pqh": inf["fillers"],
                 "section_bytes": inf["section_bytes"],

@@ -202,14 +202,13 @@ def smooth_qnet(seed=13):
 
 
 def test_context_coded_weights_roundtrip_and_corruption():
-    from compress.dcz import _pack
-
     q = smooth_qnet()
-    data, infos = _pack(q)
-    assert infos[0]["weight_context"] != "none"
+    data = pack(q)
+    row = layer_sizes(q)[0]
+    assert row["weight_context"] != "none"
     assert unpack(data).equals(q)
-    plain = sum(infos[0]["bits"][k] for k in ("weight_table", "weight_stream"))
-    assert plain < 4 * infos[0]["nnz"]
+    nnz = np.count_nonzero(q.layers[0].index)
+    assert row["weight_coded_bits"] < 3 * nnz  # a single table needs ~3.9 bits here
     for n in range(0, len(data), 7):
         with pytest.raises(InputError):
             unpack(data[:n])
@@ -218,3 +217,30 @@ def test_context_coded_weights_roundtrip_and_corruption():
         bad[i] ^= 0x10
         with pytest.raises(InputError):
             unpack(bytes(bad))
+
+
+def test_layer_set_for_conv_layers(tmp_path, capsys):
+    from compress.dcz import LayerSet, pack_layers, unpack_layers
+
+    q = random_qnet((25, 20, 50, 10), density=[0.6, 0.2, 0.3], seed=14)
+    # LeNet-5-like: conv1 [20, 1, 5, 5] and a fully connected layer, not a chain.
+    layers = [q.layers[0], q.layers[2]]
+    shapes = [(20, 1, 5, 5), (10, 50)]
+    data = pack_layers(layers, shapes=shapes, input_frac=6)
+    back = unpack_layers(data)
+    assert back.equals(LayerSet(layers, shapes, 6))
+    with pytest.raises(InputError, match="layer set"):
+        unpack(data)
+    rows = layer_sizes(back)
+    assert rows[-1]["dcz_bytes"] == len(data)
+    assert unpack_layers(pack(q)).equals(LayerSet(q.layers, [ly.index.shape for ly in q.layers], 8))
+    p = tmp_path / "conv.dcz"
+    p.write_bytes(data)
+    assert main(["info", str(p)]) == 0
+    assert "20x1x5x5" in capsys.readouterr().out
+    assert main(["unpack", str(p), "--out", str(tmp_path / "x.npz")]) == 2
+    with pytest.raises(InputError, match="does not fit"):
+        pack_layers(layers, shapes=[(20, 2, 5, 5), (10, 50)])
+    for n in range(0, len(data), 3):
+        with pytest.raises(InputError):
+            unpack_layers(data[:n])
