@@ -7,6 +7,8 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compress.cli import main
 from compress.dcz import (
@@ -244,3 +246,17 @@ def test_layer_set_for_conv_layers(tmp_path, capsys):
     for n in range(0, len(data), 3):
         with pytest.raises(InputError):
             unpack_layers(data[:n])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(1, 40), min_size=2, max_size=4),
+    st.floats(0.0, 1.0),
+    st.integers(1, 8),
+    st.integers(0, 2**31),
+)
+def test_roundtrip_property(sizes, density, index_bits, seed):
+    q = random_qnet(sizes, density=density, index_bits=index_bits, seed=seed)
+    data = pack(q)
+    assert unpack(data).equals(q)
+    assert info(data)["bytes"] == len(data)
