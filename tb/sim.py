@@ -132,7 +132,7 @@ def build(rom: RomImage, params: EngineParams = EngineParams(), *, waves: bool |
                 os.replace(tmpv, vfile)
                 runner = get_runner("icarus")
                 runner.build(
-                    verilog_sources=[vfile], hdl_toplevel=TOPLEVEL, build_dir=d / "sim_build",
+                    sources=[vfile], hdl_toplevel=TOPLEVEL, build_dir=d / "sim_build",
                     timescale=("1ns", "1ps"), waves=waves, always=True,
                     log_file=d / "build.log",
                 )
