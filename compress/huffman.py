@@ -186,27 +186,30 @@ def _to_bitarray(data) -> bitarray:
     return b
 
 
-def _pack_into(words: np.ndarray, offset: int, values: np.ndarray, lengths: np.ndarray) -> int:
+def _pack_into(
+    words: np.ndarray, offset: int, values: np.ndarray, lengths: np.ndarray, *, trusted=False
+) -> int:
     """OR fields (values < 2**lengths, lengths <= 32) MSB first into uint64 words at bit
-    `offset`; return the offset after them."""
+    `offset`; return the offset after them. `trusted`: the values are known to fit (codes)."""
     n = values.shape[0]
     if n == 0:
         return offset
-    ln = lengths.astype(np.int64)
-    end = np.cumsum(ln)
+    end = np.cumsum(lengths, dtype=np.int64)
     end += offset
-    pos = end - ln
-    v = values.astype(np.uint64) & ((np.uint64(1) << ln.astype(np.uint64)) - np.uint64(1))
+    pos = end - lengths
+    v = values.astype(np.uint64, copy=False)
+    if not trusted:
+        v = v & ((np.uint64(1) << lengths.astype(np.uint64)) - np.uint64(1))
     w = pos >> 6
-    shift = 64 - (pos & 63) - ln  # where the field's lowest bit lands; < 0: it spills over
-    left = np.clip(shift, 0, 63).astype(np.uint64)
-    right = np.clip(-shift, 0, 63).astype(np.uint64)
-    part = np.where(shift >= 0, v << left, v >> right)
+    shift = (64 - (pos & 63)) - lengths  # where the field's lowest bit lands; < 0: spills over
+    del pos
+    # shift >= 0: v << shift; shift < 0: the high part v >> -shift here, the rest spills.
+    part = (v << np.maximum(shift, 0).view(np.uint64)) >> np.maximum(-shift, 0).view(np.uint64)
     starts = np.flatnonzero(np.concatenate(([True], w[1:] != w[:-1])))
     words[w[starts]] |= np.bitwise_or.reduceat(part, starts)
     sp = np.flatnonzero(shift < 0)
     if sp.size:
-        words[w[sp] + 1] |= v[sp] << (64 + shift[sp]).astype(np.uint64)
+        words[w[sp] + 1] |= v[sp] << (64 + shift[sp]).view(np.uint64)
     return int(end[-1])
 
 
@@ -292,7 +295,7 @@ class BitWriter:
                 lengths = lengths.astype(np.int64)
                 for a in range(0, s.shape[0], _CHUNK):
                     c = s[a : a + _CHUNK]
-                    off = _pack_into(words, off, codes[c], lengths[c])
+                    off = _pack_into(words, off, codes[c], lengths[c], trusted=True)
             else:
                 v, ln = part
                 off = _pack_into(words, off, v, ln)
