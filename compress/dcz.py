@@ -18,6 +18,9 @@ layer section per layer, in order. A layer section (Exp-Golomb "eg" integers, "s
 
     eg out, eg in, eg shift, 1 bit relu, 1 bit scan (0: row-major index[out, in],
     1: column-major, i.e. input by input as the engine's CSC), eg K (codebook size)
+    1 bit masked; if set, a row mask and a column mask of the live lines (see _write_mask):
+                                 all-zero rows and columns (dead neurons, MNIST's border
+                                 pixels) are cut out and the rest is coded as one matrix
     ints codebook[1:]            (see _write_ints: min, common trailing zeros, fixed width)
     ints bias
     eg nnz                       non-zero (kept) weights
@@ -32,8 +35,8 @@ layer section per layer, in order. A layer section (Exp-Golomb "eg" integers, "s
 
 The positions are the gaps between consecutive non-zeros of the whole matrix in scan order
 (a gap runs on across the end of a column, so no column lengths are needed); zeros after the
-last non-zero are implied by the shape. The encoder chooses the scan order, M and the weight
-context map per layer by computing the exact size of every candidate and keeping the smallest. A Huffman table is
+last non-zero are implied by the shape. The encoder chooses the masks, the scan order, M and the
+weight context map per layer by computing the exact size of every candidate and keeping the smallest. A Huffman table is
 stored as its code lengths (see `compress.huffman.write_table`).
 
 Integrity: every section has a crc32, the whole file a crc32; the decoder also checks every
@@ -172,6 +175,52 @@ def _best_gap_alphabet(gaps: np.ndarray) -> int:
     return min(cost(m) for m in range(lo, hi + 1, max(1, (hi - lo) // 64)))[1]
 
 
+def _runs(mask: np.ndarray) -> np.ndarray:
+    change = np.flatnonzero(mask[1:] != mask[:-1]) + 1
+    return np.diff(np.concatenate(([0], change, [mask.shape[0]])))
+
+
+def _mask_bits(mask: np.ndarray) -> int:
+    w = BitWriter()
+    _write_mask(w, mask)
+    return w.nbits
+
+
+def _write_mask(w: BitWriter, mask: np.ndarray) -> None:
+    """1 bit all-live; else 1 bit method: 0 raw bits, 1 first bit + run lengths (eg r-1)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.all():
+        w.write(1, 1)
+        return
+    w.write(0, 1)
+    runs = _runs(mask)
+    run_bits = 1 + int((2 * np.floor(np.log2(runs)).astype(np.int64) + 1).sum())
+    if mask.shape[0] <= run_bits:
+        w.write(0, 1)
+        w.write_fields(mask.astype(np.uint64), 1)
+    else:
+        w.write(1, 1)
+        w.write(int(mask[0]), 1)
+        for r in runs.tolist():
+            w.write_eg(r - 1)
+
+
+def _read_mask(r: BitReader, n: int) -> np.ndarray:
+    if r.read(1):
+        return np.ones(n, dtype=bool)
+    if not r.read(1):
+        return r.read_fields(n, 1).astype(bool)
+    value = bool(r.read(1))
+    out = np.empty(n, dtype=bool)
+    i = 0
+    while i < n:
+        run = r.read_eg(limit=n - i - 1) + 1
+        out[i : i + run] = value
+        value = not value
+        i += run
+    return out
+
+
 def _scan(index: np.ndarray, col_major: bool) -> np.ndarray:
     return (index.T if col_major else index).reshape(-1)
 
@@ -245,15 +294,24 @@ def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
     schemes = range(len(WEIGHT_CONTEXTS)) if layer.index.size and np.count_nonzero(
         layer.index
     ) <= MAX_CONTEXT_NNZ else (0,)
+    index = layer.index
+    row_live, col_live = index.any(axis=1), index.any(axis=0)
+    masked_options = [False] if row_live.all() and col_live.all() else [False, True]
     costs = {}
-    for col_major in (True, False):  # the scan order with the fewest bits for gaps + weights
-        costs[col_major] = _scan_cost(layer.index, col_major, k1, schemes)
-    col_major = min(costs, key=lambda c: (costs[c], not c))
-    flat = _scan(layer.index, col_major)
+    for masked in masked_options:
+        # Dead lines (all-zero rows or columns, e.g. MNIST's border pixels) are cut out and
+        # given as masks when that is smaller; then the scan order with the fewest bits.
+        sub = index[np.ix_(row_live, col_live)] if masked else index
+        extra = _mask_bits(row_live) + _mask_bits(col_live) if masked else 0
+        for col_major in (True, False):
+            costs[masked, col_major] = _scan_cost(sub, col_major, k1, schemes) + extra
+    masked, col_major = min(costs, key=lambda c: (costs[c], c[0], not c[1]))
+    sub = index[np.ix_(row_live, col_live)] if masked else index
+    flat = _scan(sub, col_major)
     nz, gaps = _gaps(flat)
     m = _best_gap_alphabet(gaps)
     wsym = flat[nz].astype(np.int64) - 1
-    del flat
+    del flat, sub
     _, scheme, ctx, codes = _weight_plan(wsym, gaps == 0, k1, schemes)
 
     out_f, in_f = layer.index.shape
@@ -272,6 +330,10 @@ def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
     w.write(int(bool(layer.relu)), 1)
     w.write(int(col_major), 1)
     w.write_eg(k)
+    w.write(int(masked), 1)
+    if masked:
+        _write_mask(w, row_live)
+        _write_mask(w, col_live)
     part("shape")
     _write_ints(w, layer.codebook[1:])
     part("codebook")
@@ -322,17 +384,23 @@ def _decode_layer(payload: bytes, i: int) -> Layer:
     k = r.read_eg(limit=256)
     if k < 1:
         raise InputError(f"{what}: corrupt codebook size {k}")
+    masked = bool(r.read(1))
+    if masked:
+        row_live, col_live = _read_mask(r, out_f), _read_mask(r, in_f)
+    else:
+        row_live, col_live = np.ones(out_f, dtype=bool), np.ones(in_f, dtype=bool)
+    n_r, n_c = int(row_live.sum()), int(col_live.sum())
     k1 = k - 1
     codebook = np.zeros(k, dtype=np.int16)
     codebook[1:] = _read_ints(r, k1, -32768, 32767, "codebook")
     bias = _read_ints(r, out_f, -(1 << 31), (1 << 31) - 1, "bias").astype(np.int32)
-    nnz = r.read_eg(limit=out_f * in_f)
+    nnz = r.read_eg(limit=n_r * n_c)
     if nnz and k < 2:
         raise InputError(f"{what}: non-zero weights but a codebook of size {k}")
-    m = r.read_eg(limit=out_f * in_f + 1)
+    m = r.read_eg(limit=n_r * n_c + 1)
     if m < 1:
         raise InputError(f"{what}: corrupt gap alphabet size {m}")
-    fillers = r.read_eg(limit=out_f * in_f)
+    fillers = r.read_eg(limit=n_r * n_c)
     gcode = read_lengths(r, m + 1)
     gsym = r.read_symbols(nnz + fillers, gcode)
     is_fill = gsym == m
@@ -342,7 +410,7 @@ def _decode_layer(payload: bytes, i: int) -> Layer:
         raise InputError(f"{what}: corrupt index stream (ends with a filler)")
     step = np.where(is_fill, m, gsym + 1)
     pos = np.cumsum(step)[~is_fill] - 1
-    if nnz and int(pos[-1]) >= out_f * in_f:
+    if nnz and int(pos[-1]) >= n_r * n_c:
         raise InputError(f"{what}: corrupt index stream (position beyond the matrix)")
     adj = np.diff(pos, prepend=-1) == 1
     scheme = r.read_eg(limit=len(WEIGHT_CONTEXTS) - 1)
@@ -356,9 +424,18 @@ def _decode_layer(payload: bytes, i: int) -> Layer:
         wsym = r.read_symbols_ctx(nnz, codes, adj.astype(np.int64), cmap)
     if len(r.bits) - r.pos >= 8 or r.bits[r.pos :].any():
         raise InputError(f"{what}: corrupt (unexpected bits after the weight stream)")
-    flat = np.zeros(out_f * in_f, dtype=np.uint8)
+    flat = np.zeros(n_r * n_c, dtype=np.uint8)
     flat[pos] = (wsym + 1).astype(np.uint8)
-    index = flat.reshape(in_f, out_f).T.copy() if col_major else flat.reshape(out_f, in_f)
+    sub = flat.reshape(n_c, n_r).T if col_major else flat.reshape(n_r, n_c)
+    if n_r == out_f and n_c == in_f:
+        index = np.ascontiguousarray(sub)
+    else:
+        index = np.zeros((out_f, in_f), dtype=np.uint8)
+        index[np.ix_(row_live, col_live)] = sub
+    if masked and (
+        not index.any(axis=1)[row_live].all() or not index.any(axis=0)[col_live].all()
+    ):
+        raise InputError(f"{what}: corrupt (a line marked live holds no non-zero)")
     return Layer(codebook=codebook, index=index, bias=bias, shift=int(shift), relu=relu)
 
 
