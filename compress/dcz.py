@@ -138,6 +138,8 @@ def _read_ints(r: BitReader, n: int, lo: int, hi: int, what: str) -> np.ndarray:
 
 def _gap_symbols(gaps: np.ndarray, m: int) -> np.ndarray:
     """Gap g -> g // m filler symbols (m) then g % m."""
+    if gaps.size == 0 or int(gaps.max()) < m:
+        return gaps  # no fillers: the gaps are the symbols
     q = gaps // m
     n_sym = q + 1
     ends = np.cumsum(n_sym) - 1
@@ -227,7 +229,8 @@ def _scan(index: np.ndarray, col_major: bool) -> np.ndarray:
 
 def _gaps(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     nz = np.flatnonzero(flat)
-    gaps = np.diff(nz, prepend=-1) - 1
+    gaps = np.diff(nz, prepend=-1)
+    gaps -= 1
     return nz, gaps
 
 
@@ -260,15 +263,22 @@ def _ctx_map(scheme: int, k1: int) -> np.ndarray:
     return m
 
 
-def _weight_plan(wsym: np.ndarray, adj: np.ndarray, k1: int, schemes=range(5)):
-    """(bits, scheme, contexts, codes) of the cheapest weight coding (tables + stream)."""
-    prev = np.concatenate(([k1], wsym[:-1])) if wsym.size else wsym
+def _weight_plan(wsym: np.ndarray, gaps: np.ndarray, k1: int, schemes=range(5)):
+    """(bits, scheme, contexts or None for one table, codes) of the cheapest weight coding."""
+    prev = adj = None
     best = None
     for scheme in schemes:
-        cmap = _ctx_map(scheme, k1)
-        n_ctx = int(cmap.max()) + 1
-        ctx = cmap[adj.astype(np.int64), prev] if wsym.size else wsym
-        counts = np.bincount(ctx * k1 + wsym, minlength=n_ctx * k1).reshape(n_ctx, k1)
+        if scheme == 0:
+            ctx = None
+            counts = np.bincount(wsym, minlength=k1)[None, :k1] if k1 else np.zeros((1, 0), int)
+        else:
+            if prev is None:
+                prev = np.concatenate(([k1], wsym[:-1])) if wsym.size else wsym
+                adj = (gaps == 0).astype(np.int64)
+            cmap = _ctx_map(scheme, k1)
+            n_ctx = int(cmap.max()) + 1
+            ctx = cmap[adj, prev] if wsym.size else wsym
+            counts = np.bincount(ctx * k1 + wsym, minlength=n_ctx * k1).reshape(n_ctx, k1)
         codes = [HuffmanCode.from_counts(c) for c in counts]
         bits = _eg_bits(scheme) + sum(
             1 + (lengths_bits(c.lengths) if cnt.any() else 0) + c.bits(cnt)
@@ -282,9 +292,10 @@ def _weight_plan(wsym: np.ndarray, adj: np.ndarray, k1: int, schemes=range(5)):
 def _scan_cost(index: np.ndarray, col_major: bool, k1: int, schemes) -> int:
     flat = _scan(index, col_major)
     nz, gaps = _gaps(flat)
-    wsym = flat[nz].astype(np.int64) - 1
+    wsym = flat[nz].astype(np.int64)
+    wsym -= 1
     del flat, nz
-    return _gap_cost(gaps, _best_gap_alphabet(gaps))[0] + _weight_plan(wsym, gaps == 0, k1, schemes)[0]
+    return _gap_cost(gaps, _best_gap_alphabet(gaps))[0] + _weight_plan(wsym, gaps, k1, schemes)[0]
 
 
 def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
@@ -310,9 +321,11 @@ def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
     flat = _scan(sub, col_major)
     nz, gaps = _gaps(flat)
     m = _best_gap_alphabet(gaps)
-    wsym = flat[nz].astype(np.int64) - 1
-    del flat, sub
-    _, scheme, ctx, codes = _weight_plan(wsym, gaps == 0, k1, schemes)
+    wsym = flat[nz].astype(np.int64)
+    wsym -= 1
+    nnz = int(nz.shape[0])
+    del flat, sub, nz
+    _, scheme, ctx, codes = _weight_plan(wsym, gaps, k1, schemes)
 
     out_f, in_f = layer.index.shape
     w = BitWriter()
@@ -339,11 +352,12 @@ def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
     part("codebook")
     _write_ints(w, layer.bias)
     part("bias")
-    w.write_eg(nz.shape[0])
+    w.write_eg(nnz)
     gsym = _gap_symbols(gaps, m)
     gcode = HuffmanCode.from_symbols(gsym, m + 1)
     w.write_eg(m)
-    w.write_eg(int(np.count_nonzero(gsym == m)))
+    n_fill = int(gsym.shape[0] - nnz)
+    w.write_eg(n_fill)
     write_lengths(w, gcode.lengths)
     part("index_table")
     w.write_symbols(gsym, gcode)
@@ -355,7 +369,10 @@ def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
         if used:
             write_lengths(w, c.lengths)
     part("weight_table")
-    w.write_symbols_ctx(wsym, ctx, codes)
+    if ctx is None:
+        w.write_symbols(wsym, codes[0])
+    else:
+        w.write_symbols_ctx(wsym, ctx, codes)
     part("weight_stream")
     w.align()
     part("padding")
@@ -363,8 +380,8 @@ def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
         "scan": "column" if col_major else "row",
         "gap_alphabet": m,
         "weight_context": WEIGHT_CONTEXTS[scheme],
-        "nnz": int(nz.shape[0]),
-        "fillers": int(np.count_nonzero(gsym == m)),
+        "nnz": nnz,
+        "fillers": n_fill,
         "bits": sizes,
         "gaps": gaps,
     }
