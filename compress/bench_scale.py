@@ -95,7 +95,9 @@ def timed(label: str, fn, repeat: int = 1):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m compress.bench_scale", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m compress.bench_scale", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--density", type=float, default=0.04, help="fraction of weights kept (0.04)")
     p.add_argument("--dense", action="store_true", help="do not prune: all 102.8M weights")
     p.add_argument("--k", type=int, default=32, help="codebook size incl. the zero (16 or 32)")

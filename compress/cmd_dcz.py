@@ -10,7 +10,9 @@ from .cli import command
 def _pack_args(p):
     p.add_argument("qnet", help="qnet .npz to compress")
     p.add_argument("--out", required=True, help="where to write the .dcz")
-    p.add_argument("--index-bits", type=int, default=8, help="largest codebook index bits (default 8)")
+    p.add_argument(
+        "--index-bits", type=int, default=8, help="largest codebook index bits (default 8)"
+    )
     p.add_argument("--table", action="store_true", help="print the paper's per-layer table")
 
 

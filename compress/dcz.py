@@ -14,7 +14,7 @@ The header section holds input_frac (sint), the number of layers (eg) and one bi
 qnet (a chain of fully connected layers, `pack` / `unpack`), 1 for a layer set (`pack_layers` /
 `unpack_layers`: independent layers such as conv layers stored as [out, in*kh*kw] matrices),
 followed for a layer set by each layer's original weight shape (eg ndim, eg dims). Then one
-layer section per layer, in order. A layer section (Exp-Golomb "eg" integers, "sint" = zigzag + eg)::
+layer section per layer, in order. A layer section ("eg" = Exp-Golomb, "sint" = zigzag + eg)::
 
     eg out, eg in, eg shift, 1 bit relu, 1 bit scan (0: row-major index[out, in],
     1: column-major, i.e. input by input as the engine's CSC), eg K (codebook size)
@@ -36,8 +36,8 @@ layer section per layer, in order. A layer section (Exp-Golomb "eg" integers, "s
 The positions are the gaps between consecutive non-zeros of the whole matrix in scan order
 (a gap runs on across the end of a column, so no column lengths are needed); zeros after the
 last non-zero are implied by the shape. The encoder chooses the masks, the scan order, M and the
-weight context map per layer by computing the exact size of every candidate and keeping the smallest. A Huffman table is
-stored as its code lengths (see `compress.huffman.write_table`).
+weight context map per layer by computing the exact size of every candidate and keeping the
+smallest. A Huffman table is stored as its code lengths (see `compress.huffman.write_lengths`).
 
 Integrity: every section has a crc32, the whole file a crc32; the decoder also checks every
 count and range, so a truncated or corrupted file is refused with `InputError` naming the
@@ -770,7 +770,7 @@ def layer_sizes(qnet: QNet | LayerSet) -> list[dict]:
         _check_qnet(qnet)
         data, infos = _pack(qnet.layers, qnet.input_frac, None)
     rows = []
-    tot = {"weights": 0, "nnz": 0, "pq_bits": 0, "pqh_bits": 0, "wh": 0, "ih": 0, "wf": 0, "if": 0, "iff": 0}
+    tot = dict.fromkeys(("weights", "nnz", "pq_bits", "pqh_bits", "wh", "ih", "wf", "if", "iff"), 0)
     for i, (layer, inf) in enumerate(zip(qnet.layers, infos)):
         weights = int(layer.index.size)
         nnz = inf["nnz"]

@@ -46,7 +46,8 @@ def code_lengths(counts, *, max_len: int = MAX_CODE_LEN) -> np.ndarray:
     if counts.ndim != 1 or (counts.size and counts.min() < 0):
         raise InputError("Huffman: counts must be a 1-D array of non-negative integers")
     if max_len < 1 or (max_len < 64 and (1 << max_len) < np.count_nonzero(counts)):
-        raise InputError(f"Huffman: max_len {max_len} cannot code {np.count_nonzero(counts)} symbols")
+        n = np.count_nonzero(counts)
+        raise InputError(f"Huffman: max_len {max_len} cannot code {n} symbols")
     lengths = np.zeros(counts.shape[0], dtype=np.uint8)
     used = np.flatnonzero(counts)
     if used.size == 0:
