@@ -21,7 +21,8 @@ layer section per layer, in order. A layer section ("eg" = Exp-Golomb, "sint" = 
     1 bit masked; if set, a row mask and a column mask of the live lines (see _write_mask):
                                  all-zero rows and columns (dead neurons, MNIST's border
                                  pixels) are cut out and the rest is coded as one matrix
-    ints codebook[1:]            (see _write_ints: min, common trailing zeros, fixed width)
+    ints codebook[1:]            (see _write_ints: min, common trailing zeros, then fixed
+                                 width or Rice, whichever is smaller)
     ints bias
     eg nnz                       non-zero (kept) weights
     eg M                         gap alphabet: symbols 0..M-1 are "this many zeros, then the
@@ -83,7 +84,10 @@ _MAX_FIXED_INDEX_BITS = 16
 
 
 def _write_ints(w: BitWriter, a: np.ndarray) -> None:
-    """min (sint), common trailing zero bits of a - min (eg), width (eg), then fixed fields."""
+    """Integers (codebook, biases) as d = (a - min) >> tz, tz their common trailing zero bits:
+    sint min, eg tz, then 1 bit method and either 0: eg width, fixed-width fields; or
+    1 (Rice, for bell-shaped values): eg median m, eg k, each zigzag(d - m) as unary quotient
+    (q zeros, a one) and k low bits. The encoder writes whichever is smaller."""
     a = np.asarray(a, dtype=np.int64)
     if a.size == 0:
         return
@@ -91,22 +95,44 @@ def _write_ints(w: BitWriter, a: np.ndarray) -> None:
     d = (a - mn).astype(np.uint64)
     nz = d[d != 0]
     tz = int(_trailing_zeros(np.bitwise_or.reduce(nz))) if nz.size else 0
-    d >>= np.uint64(tz)
-    width = int(d.max()).bit_length()
+    d = (d >> np.uint64(tz)).astype(np.int64)
     w.write_sint(mn)
     w.write_eg(tz)
-    w.write_eg(width)
-    if width <= 32:
-        w.write_fields(d, width)
-    else:  # not reachable for int16/int32 data, kept for completeness
-        for v in d.tolist():
-            w.write(int(v), width)
+    width = int(d.max()).bit_length()
+    fixed = _eg_bits(width) + width * d.size
+    rice = _rice_plan(d)
+    if rice is None or fixed <= rice[0]:
+        w.write(0, 1)
+        w.write_eg(width)
+        if width <= 32:
+            w.write_fields(d, width)
+        else:  # not reachable for int16/int32 data, kept for completeness
+            for v in d.tolist():
+                w.write(int(v), width)
+        return
+    _, med, k, z = rice
+    w.write(1, 1)
+    w.write_eg(med)
+    w.write_eg(k)
+    q = z >> k
+    # One field per value: q zeros, a one, then the k low bits (q + 1 + k <= 32 by _rice_plan).
+    w._fields((np.uint64(1) << np.uint64(k)) | (z & ((1 << k) - 1)).astype(np.uint64), q + 1 + k)
 
 
-def _ints_bits(a: np.ndarray) -> int:
-    w = BitWriter()
-    _write_ints(w, a)
-    return w.nbits
+def _rice_plan(d: np.ndarray):
+    """(bits, median, k, zigzag values) of the cheapest Rice code, or None if none fits."""
+    med = int(np.median(d))
+    e = d - med
+    z = np.where(e >= 0, 2 * e, -2 * e - 1)
+    best = None
+    for k in range(0, 32):
+        q = z >> k
+        if int(q.max()) + 1 + k > 32:
+            continue
+        bits = _eg_bits(med) + _eg_bits(k) + int((q + 1 + k).sum())
+        if best is None or bits < best[0]:
+            best = (bits, med, k, z)
+    return best
 
 
 def _trailing_zeros(v) -> int:
@@ -119,11 +145,28 @@ def _read_ints(r: BitReader, n: int, lo: int, hi: int, what: str) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     mn = r.read_sint()
     tz = r.read_eg(limit=63)
-    width = r.read_eg(limit=40)
-    if width <= 32:
-        d = r.read_fields(n, width)
+    if not r.read(1):
+        width = r.read_eg(limit=40)
+        if width <= 32:
+            d = r.read_fields(n, width)
+        else:
+            d = np.array([r.read(width) for _ in range(n)], dtype=np.int64)
     else:
-        d = np.array([r.read(width) for _ in range(n)], dtype=np.int64)
+        med = r.read_eg(limit=1 << 40)
+        k = r.read_eg(limit=31)
+        z = np.empty(n, dtype=np.int64)
+        for i in range(n):
+            start = r.pos
+            try:
+                one = r.bits.index(1, start, min(len(r.bits), start + 32))
+            except ValueError:
+                raise InputError(f"{r.what}: corrupt or truncated {what} (Rice code)") from None
+            r.pos = one + 1
+            z[i] = ((one - start) << k) | r.read(k)
+        e = np.where(z & 1 == 0, z >> 1, -((z + 1) >> 1))
+        d = e + med
+        if d.size and int(d.min()) < 0:
+            raise InputError(f"{r.what}: corrupt {what} (Rice values below the minimum)")
     if d.size and tz + max(int(d.max()).bit_length(), 1) > 40:
         raise InputError(f"{r.what}: corrupt {what} (values out of range)")
     a = mn + (d << tz)

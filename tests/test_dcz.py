@@ -260,3 +260,18 @@ def test_roundtrip_property(sizes, density, index_bits, seed):
     data = pack(q)
     assert unpack(data).equals(q)
     assert info(data)["bytes"] == len(data)
+
+
+def test_bell_shaped_biases_use_rice_and_roundtrip():
+    rng = np.random.default_rng(15)
+    q = random_qnet((50, 400, 10), density=0.1, seed=15)
+    bias = np.round(rng.standard_normal(400) * 1e6).astype(np.int32)
+    bias[7] = 2**31 - 1  # one outlier: the Rice plan must still fit or fall back
+    layers = [Layer(q.layers[0].codebook, q.layers[0].index, bias, 3, True), q.layers[1]]
+    for b in (bias, np.round(rng.standard_normal(400) * 1e6).astype(np.int32) * 8):
+        layers[0] = Layer(q.layers[0].codebook, q.layers[0].index, b.astype(np.int32), 3, True)
+        qq = QNet(layers, input_frac=8)
+        assert unpack(pack(qq)).equals(qq)
+    row = layer_sizes(qq)[0]
+    width = int(int(b.max()) - int(b.min())).bit_length() - 3  # the * 8 gives 3 trailing zeros
+    assert row["bias_bits"] < width * 400  # Rice beats the fixed width on a bell shape
