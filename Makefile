@@ -51,7 +51,7 @@ test-long: setup iverilog
 	LONG=1 $(PY) -m pytest -n $(JOBS) -q tests
 
 bitstream: setup
-	$(PY) -m fpga build --board $(BOARD) --pes $(PES) $(if $(MODEL),--model $(MODEL))
+	$(PY) -m fpga build --board $(BOARD) $(if $(filter command line environment,$(origin PES)),--pes $(PES)) $(if $(MODEL),--model $(MODEL))
 
 bench: setup iverilog
 	$(PY) -m pip install -q -e '.[test,bench]'

@@ -85,7 +85,7 @@ def _yosys_gate_level(rtl: Path, out: Path, log: Path) -> None:
 
 
 def build_board(rom, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
-                timeout_cycles: int = SIM_TIMEOUT) -> BoardBuild:
+                timeout_cycles: int = SIM_TIMEOUT, spram: bool = False) -> BoardBuild:
     """Generate (and for gate level, synthesise) the board core and compile it with Icarus."""
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
@@ -103,7 +103,7 @@ def build_board(rom, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
         shutil.rmtree(tmp, ignore_errors=True)
     key = hashlib.sha256(json.dumps({
         "files": manifest["files"], "layers": manifest["layers"], "gate": gate_level,
-        "divisor": divisor, "timeout": timeout_cycles, "src": _source_hash(),
+        "divisor": divisor, "timeout": timeout_cycles, "spram": spram, "src": _source_hash(),
     }, sort_keys=True).encode()).hexdigest()[:20]
     d = root / key
     with _locked(root / f"{key}.lock"):
@@ -111,7 +111,7 @@ def build_board(rom, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
         if not stamp.exists():
             d.mkdir(parents=True, exist_ok=True)
             core = BoardCore(rom, clock_hz=SIM_CLOCK_HZ, divisor=divisor,
-                             timeout_cycles=timeout_cycles)
+                             timeout_cycles=timeout_cycles, spram=spram)
             rtl = d / "board.v"
             text = icarus_fixup(verilog.convert(core, name=TOPLEVEL, emit_src=False))
             rtl.write_text(text)
@@ -131,13 +131,13 @@ def build_board(rom, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
 
 @contextlib.contextmanager
 def simulated_board(rom=None, *, build: BoardBuild | None = None, gate_level: bool = False,
-                    accept_timeout: float = 120.0):
+                    spram: bool = False, accept_timeout: float = 120.0):
     """Yield a transport to the board core running in cocotb; stops the simulation on exit."""
     from cocotb_tools.runner import get_runner
 
     from .host import SocketTransport
 
-    b = build or build_board(rom, gate_level=gate_level)
+    b = build or build_board(rom, gate_level=gate_level, spram=spram)
     runs = b.dir / "runs"
     runs.mkdir(exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))

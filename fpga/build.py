@@ -87,14 +87,14 @@ def _why(log: Path) -> str:
 
 def build(rom, *, board: str = "icebreaker", clock_mhz: float = DEFAULT_CLOCK_MHZ,
           baud: int = 115200, build_root: str | Path = "build", seed: int = 1,
-          model_name: str = "", log=print) -> dict:
+          model_name: str = "", spram: bool = True, log=print) -> dict:
     """Build the bitstream; returns the report dict (also written to build/<board>/report.json)."""
     from .top import BoardTop
 
     platform = board_platform(board)
     out = Path(build_root) / board
     out.mkdir(parents=True, exist_ok=True)
-    top = BoardTop(rom, clock_hz=clock_mhz * 1e6, baud=baud)
+    top = BoardTop(rom, clock_hz=clock_mhz * 1e6, baud=baud, spram=spram)
     name = "top"
     env = {**os.environ, **_tool_env()}
     t0 = time.monotonic()
@@ -129,6 +129,7 @@ def build(rom, *, board: str = "icebreaker", clock_mhz: float = DEFAULT_CLOCK_MH
         "pes": rom.pes,
         "model": model_name,
         "baud": baud,
+        "spram_roms": [lp.spec.name for lp in top.core.memories.loads] if spram else [],
         "build_seconds": round(secs, 1),
         "bitstream": f"{name}.bin",
         "timing_met": fig["fmax_mhz"] is not None and fig["fmax_mhz"] >= fig["clock_mhz"],

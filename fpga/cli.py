@@ -54,10 +54,11 @@ def _rom(args):
     return build_rom(qnet, pes=args.pes), qnet, name
 
 
-def _common(p):
+def _common(p, pes=True):
     p.add_argument("--model", help=f"qnet .npz (default: the shipped {SHIPPED_MODEL.name}, "
                    f"'{SYNTHETIC}' for a random LeNet-300-100, 'synthetic:784-32-10' for other sizes)")
-    p.add_argument("--pes", type=int, default=8, help="processing elements (default 8)")
+    if pes:
+        p.add_argument("--pes", type=int, default=8, help="processing elements (default 8)")
     p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
 
 
@@ -67,19 +68,32 @@ def cmd_build(args):
     from .resources import analyse, format_analysis
 
     board_platform(args.board)  # unknown board: one line, exit 2, before any work
-    rom, _qnet, name = _rom(args)
-    a = analyse(rom)
-    if a["total_ebr"] > a["ebr_available"] and not args.force:
+    if args.pes == "auto":
+        # The most PEs (8, 4, 2, 1) whose memories fit; the link's output buffer takes one EBR.
+        for pes in (8, 4, 2, 1):
+            args.pes = pes
+            rom, _qnet, name = _rom(args)
+            a = analyse(rom, spram=not args.no_spram)
+            if a["total_ebr"] + 1 <= a["ebr_available"]:
+                break
+            print(f"{pes} PEs: the memories need {a['total_ebr']} + 1 EBR of "
+                  f"{a['ebr_available']}, trying fewer")
+    else:
+        args.pes = int(args.pes)
+        rom, _qnet, name = _rom(args)
+        a = analyse(rom, spram=not args.no_spram)
+    if a["total_ebr"] + 1 > a["ebr_available"] and not args.force:
         # The engine's memories alone exceed the device: a 10-minute build would end in the
         # placer's "design uses N RAM cells" error. Say so at once, with the figures.
         print(f"model: {name}\n{format_analysis(a)}", file=sys.stderr)
-        print(f"error: {rom.pes} PEs of this network need {a['total_ebr']} EBR blocks, the "
+        print(f"error: {rom.pes} PEs of this network need {a['total_ebr'] + 1} EBR blocks, the "
               f"iCE40UP5K has {a['ebr_available']}: not built (see docs/fpga.md, --force to try "
               f"anyway)", file=sys.stderr)
         return 1
     try:
         report = build(rom, board=args.board, clock_mhz=args.clock_mhz, baud=args.baud,
-                       build_root=args.build_dir, seed=args.seed, model_name=name)
+                       build_root=args.build_dir, seed=args.seed, model_name=name,
+                       spram=not args.no_spram)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -93,7 +107,7 @@ def cmd_resources(args):
 
     rom, _qnet, name = _rom(args)
     print(f"model: {name}")
-    print(format_analysis(analyse(rom)))
+    print(format_analysis(analyse(rom, spram=args.spram)))
     return 0
 
 
@@ -110,16 +124,22 @@ def build_parser():
 
     b = sub.add_parser("build", help="build the bitstream and print resources and timing")
     b.add_argument("--board", default="icebreaker", help="board (default icebreaker)")
+    b.add_argument("--pes", default="auto",
+                   help="processing elements, or 'auto': the most of 8, 4, 2, 1 that fit "
+                        "(default auto)")
     b.add_argument("--clock-mhz", type=float, default=36.0, help="PLL clock target (default 36)")
     b.add_argument("--build-dir", default="build", help="build root (default build/)")
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    b.add_argument("--no-spram", action="store_true",
+                   help="every memory in EBR/logic with its initial contents (no weight load)")
     b.add_argument("--force", action="store_true",
                    help="run the tools even when the memories cannot fit the device")
-    _common(b)
+    _common(b, pes=False)
     b.set_defaults(run=cmd_build)
 
     r = sub.add_parser("resources", help="the engine's memories against the iCE40UP5K budget")
     _common(r)
+    r.add_argument("--spram", action="store_true", help="with the largest ROMs in SPRAM")
     r.set_defaults(run=cmd_resources)
 
     h = sub.add_parser("run", help="stream MNIST digits to a board and check them")
@@ -129,6 +149,8 @@ def build_parser():
     h.add_argument("--count", type=int, default=100, help="digits to send (default 100)")
     h.add_argument("--data", help="MNIST IDX directory (default $MNIST_DIR)")
     h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
+    h.add_argument("--no-spram", action="store_true",
+                   help="--sim: every memory initialised (no SPRAM, no weight load)")
     _common(h)
     h.set_defaults(run=cmd_run)
     return parser

@@ -102,6 +102,30 @@ class Board:
         return P.decode_infer(self.request(P.infer_request(x)), out_features=info.out_features,
                               num_layers=info.num_layers)
 
+    def load(self, rom, *, progress: bool = False, retries: int = 3) -> int:
+        """Write the SPRAM-resident ROMs of `rom` (the board's plan) and COMMIT; returns words."""
+        from .top import spram_plan_for
+
+        plan = spram_plan_for(rom)
+        frames = [f for i, spec in enumerate(plan)
+                  for f in P.load_requests(i, [int(v) & 0xFFFF for v in spec.init])]
+        it = frames
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(frames, desc="loading weights", unit="frame")
+        for f in it:
+            for attempt in range(retries):
+                reply = self.request(f)
+                if reply.cmd != P.CMD_ERROR:
+                    break
+                if attempt == retries - 1:
+                    P.decode_empty(reply, P.CMD_LOAD)  # raises with the board's error
+            P.decode_empty(reply, P.CMD_LOAD)
+        P.decode_empty(self.request(P.commit_request()), P.CMD_COMMIT)
+        self.info = None
+        return sum(len(s.init) for s in plan)
+
     def counters(self) -> P.Counters:
         info = self.info or self.ping()
         return P.decode_count(self.request(P.count_request()), num_layers=info.num_layers)
@@ -119,10 +143,16 @@ class RunStats:
 
 
 def run_digits(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
-               progress: bool = True) -> RunStats:
+               progress: bool = True, rom=None) -> RunStats:
+    """Stream x through the board; if it reports its weights not loaded, load `rom` first."""
     from compress.golden import golden, predict
 
     info = board.ping()
+    if not info.loaded:
+        if rom is None:
+            raise InputError("the board's weights are not loaded and no ROM image was given")
+        board.load(rom, progress=progress)
+        info = board.ping()
     if info.in_features != qnet.in_features or info.out_features != qnet.out_features:
         raise InputError(f"the board runs a {info.in_features} -> {info.out_features} network, "
                          f"the model is {qnet.in_features} -> {qnet.out_features}")
@@ -192,15 +222,19 @@ def run_cli(args) -> int:
 
         from .bench import simulated_board
 
-        with simulated_board(build_rom(qnet, pes=args.pes)) as transport:
+        rom = build_rom(qnet, pes=args.pes)
+        with simulated_board(rom, spram=not args.no_spram) as transport:
             board = Board(transport, timeout=args.timeout)
-            stats = run_digits(board, qnet, x, labels)
+            stats = run_digits(board, qnet, x, labels, rom=rom)
             info = board.info
     else:
+        from compress.rom import build_rom
+
+        rom = build_rom(qnet, pes=args.pes)
         transport = SerialTransport(args.port, args.baud)
         try:
             board = Board(transport, timeout=args.timeout)
-            stats = run_digits(board, qnet, x, labels)
+            stats = run_digits(board, qnet, x, labels, rom=rom)
             info = board.info
         finally:
             transport.close()

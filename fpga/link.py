@@ -60,6 +60,7 @@ class Link(wiring.Component):
         pes: int,
         clock_hz: int,
         timeout: int,
+        loads: int = 0,
     ):
         for name, v, lo in (
             ("in_features", in_features, 1),
@@ -80,6 +81,9 @@ class Link(wiring.Component):
         self.pes = pes
         self.clock_hz = int(clock_hz)
         self.timeout = timeout
+        if not isinstance(loads, int) or not 0 <= loads <= 255:
+            raise ValueError(f"loads must be 0..255 loadable memories, not {loads!r}")
+        self.loads = loads
         super().__init__(
             {
                 "rx": In(stream.Signature(8)),
@@ -89,7 +93,11 @@ class Link(wiring.Component):
                 "cycles": In(32),
                 "layer_cycles": In(data.ArrayLayout(32, num_layers)),
                 "busy": In(1),
-                "loaded": In(1, init=1),
+                # LOAD frames write SPRAM memories through this port (loads > 0)
+                "load_mem": Out(8),
+                "load_addr": Out(14),
+                "load_data": Out(16),
+                "load_we": Out(1),
                 # status for the LEDs
                 "digit": Out(range(max(out_features, 2))),  # argmax of the last good inference
                 "inferences": Out(32),
@@ -125,6 +133,11 @@ class Link(wiring.Component):
         words_left = Signal(range(n_in + 1))
         lo_byte = Signal(8)
         have_lo = Signal()
+        remaining = Signal(16)  # LOAD payload bytes still to come
+        l_idx = Signal(2)  # LOAD payload: 0 mem, 1 addr lo, 2 addr hi, 3 words
+        l_addr = Signal(14)
+        loaded = Signal(init=0 if self.loads else 1)
+        m.d.sync += self.load_we.eq(0)
         timer = Signal(range(self.timeout + 1))
         out_idx = Signal(range(n_out + 1))
         best = Signal(signed(16))
@@ -148,7 +161,7 @@ class Link(wiring.Component):
         tails = {
             K_ERROR: [err],
             K_PING: [Const(ping_words[0], 32), Const(ping_words[1], 32),
-                     Cat(Const(ping_words[2], 24), self.loaded)],
+                     Cat(Const(ping_words[2], 24), loaded)],
             K_COUNT: [self.inferences, self.errors, self.cycles, *lc],
             K_INFER: [self.cycles, *lc],
         }
@@ -221,10 +234,25 @@ class Link(wiring.Component):
                             with m.Else():
                                 start_reply(P.ERR_LENGTH)
                         with m.Case(P.CMD_INFER):
-                            with m.If(full == 2 * n_in):
-                                m.next = "PAYLOAD"
-                            with m.Else():
+                            with m.If(full != 2 * n_in):
                                 start_reply(P.ERR_LENGTH)
+                            with m.Elif(~loaded):
+                                start_reply(P.ERR_NOT_LOADED)
+                            with m.Else():
+                                m.next = "PAYLOAD"
+                        if self.loads:
+                            with m.Case(P.CMD_LOAD):
+                                with m.If(full[0] & (full >= 5)
+                                          & (full <= 3 + 2 * P.MAX_LOAD_WORDS)):
+                                    m.d.sync += [remaining.eq(full), l_idx.eq(0)]
+                                    m.next = "LOAD"
+                                with m.Else():
+                                    start_reply(P.ERR_LENGTH)
+                            with m.Case(P.CMD_COMMIT):
+                                with m.If(full == 0):
+                                    m.next = "CRC"
+                                with m.Else():
+                                    start_reply(P.ERR_LENGTH)
                         with m.Default():
                             start_reply(P.ERR_COMMAND)
                 with m.Elif(timed_out):
@@ -251,6 +279,33 @@ class Link(wiring.Component):
                     m.d.sync += err.eq(P.ERR_TIMEOUT)
                     m.next = "PAD"
 
+            if self.loads:
+                with m.State("LOAD"):
+                    # mem, address, then words written one by one as their high byte arrives.
+                    m.d.comb += in_frame.eq(1)
+                    with m.If(rx_take):
+                        m.d.sync += [crc.eq(crc8_step(crc, rx_byte)), remaining.eq(remaining - 1)]
+                        with m.Switch(l_idx):
+                            with m.Case(0):
+                                m.d.sync += [self.load_mem.eq(rx_byte), loaded.eq(0),
+                                             l_idx.eq(1)]
+                            with m.Case(1):
+                                m.d.sync += [l_addr[:8].eq(rx_byte), l_idx.eq(2)]
+                            with m.Case(2):
+                                m.d.sync += [l_addr[8:].eq(rx_byte), l_idx.eq(3), have_lo.eq(0)]
+                            with m.Default():
+                                with m.If(~have_lo):
+                                    m.d.sync += [lo_byte.eq(rx_byte), have_lo.eq(1)]
+                                with m.Else():
+                                    m.d.sync += [self.load_addr.eq(l_addr),
+                                                 self.load_data.eq(Cat(lo_byte, rx_byte)),
+                                                 self.load_we.eq(self.load_mem < self.loads),
+                                                 l_addr.eq(l_addr + 1), have_lo.eq(0)]
+                        with m.If(remaining == 1):
+                            m.next = "CRC"
+                    with m.Elif(timed_out):
+                        start_reply(P.ERR_TIMEOUT)
+
             with m.State("PAD"):
                 # Abandoned INFER: complete the engine's input with zeros.
                 m.d.comb += [self.act_out.valid.eq(1), self.act_out.payload.eq(0)]
@@ -268,8 +323,14 @@ class Link(wiring.Component):
                     with m.If(cmd == P.CMD_INFER):
                         m.d.sync += [err.eq(Mux(ok, 0, P.ERR_CRC)), out_idx.eq(0), best_idx.eq(0)]
                         m.next = "DRAIN"
+                    with m.Elif(~ok):
+                        start_reply(P.ERR_CRC)
+                    with m.Elif((cmd == P.CMD_LOAD) & (self.load_mem >= self.loads)):
+                        start_reply(P.ERR_ADDRESS)
                     with m.Else():
-                        start_reply(Mux(ok, 0, P.ERR_CRC))
+                        with m.If(cmd == P.CMD_COMMIT):
+                            m.d.sync += loaded.eq(1)
+                        start_reply(0)
                 with m.Elif(timed_out):
                     with m.If(cmd == P.CMD_INFER):
                         m.d.sync += [err.eq(P.ERR_TIMEOUT), out_idx.eq(0), best_idx.eq(0)]
@@ -310,6 +371,8 @@ class Link(wiring.Component):
                         with m.Case(P.CMD_COUNT):
                             m.d.sync += [r_len.eq(12 + 4 * n_l), r_obytes.eq(0)]
                             m.d.sync += r_kind.eq(K_COUNT)
+                        with m.Case(P.CMD_LOAD, P.CMD_COMMIT):
+                            m.d.sync += [r_len.eq(0), r_obytes.eq(0), r_kind.eq(K_ERROR)]
                         with m.Default():  # INFER
                             m.d.sync += [r_len.eq(2 * n_out + 4 + 4 * n_l), r_obytes.eq(2 * n_out)]
                             m.d.sync += r_kind.eq(K_INFER)

@@ -21,7 +21,13 @@ PING 0x01  none                                   version u8, pes u8, layers u8,
 INFER 0x02 in_0 x int16                           out x int16, cycles u32, layer_cycles L x u32
 COUNT 0x03 none                                   inferences u32, errors u32, cycles u32,
                                                   layer_cycles L x u32 (of the last inference)
+LOAD 0x04  mem u8, addr u16, 1..256 x u16 words   none (the words are written at addr, addr+1 ..)
+COMMIT 05  none                                   none (marks the weights loaded)
 =========  ====================================  =================================================
+
+LOAD and COMMIT exist on boards whose weights live in SPRAM (no initial contents): such a board
+answers INFER with ERR_NOT_LOADED until the host has written every SPRAM memory and sent COMMIT;
+any LOAD clears the loaded flag again.
 
 A malformed request gets an ERROR reply (command 0xEE, one byte payload: the error code) and the
 board goes back to hunting for SYNC: bytes outside a frame are dropped silently. A frame that
@@ -45,21 +51,28 @@ SYNC_REP = 0x5A
 CMD_PING = 0x01
 CMD_INFER = 0x02
 CMD_COUNT = 0x03
+CMD_LOAD = 0x04
+CMD_COMMIT = 0x05
 CMD_ERROR = 0xEE
 
 ERR_CRC = 1
 ERR_COMMAND = 2
 ERR_LENGTH = 3
 ERR_TIMEOUT = 4
+ERR_NOT_LOADED = 5
+ERR_ADDRESS = 6
 
 ERROR_NAMES = {
     ERR_CRC: "checksum mismatch",
     ERR_COMMAND: "unknown command",
     ERR_LENGTH: "wrong payload length",
     ERR_TIMEOUT: "frame timed out",
+    ERR_NOT_LOADED: "weights not loaded (LOAD ... COMMIT first)",
+    ERR_ADDRESS: "no such memory",
 }
 
 MAX_PAYLOAD = 0xFFFF
+MAX_LOAD_WORDS = 256
 
 
 def _crc8_table() -> list[int]:
@@ -150,6 +163,29 @@ def ping_request() -> bytes:
 
 def count_request() -> bytes:
     return encode_frame(CMD_COUNT)
+
+
+def load_requests(mem: int, words) -> list[bytes]:
+    """LOAD frames writing `words` (unsigned 16-bit) from address 0 of SPRAM memory `mem`."""
+    words = [int(w) for w in words]
+    if any(not 0 <= w <= 0xFFFF for w in words):
+        raise ValueError("LOAD words must be unsigned 16-bit")
+    frames = []
+    for a in range(0, len(words), MAX_LOAD_WORDS):
+        chunk = words[a : a + MAX_LOAD_WORDS]
+        payload = struct.pack("<BH", mem, a) + struct.pack(f"<{len(chunk)}H", *chunk)
+        frames.append(encode_frame(CMD_LOAD, payload))
+    return frames
+
+
+def commit_request() -> bytes:
+    return encode_frame(CMD_COMMIT)
+
+
+def decode_empty(frame: Frame, cmd: int) -> None:
+    p = _check(frame, cmd)
+    if p:
+        raise ProtocolError(f"expected an empty reply to {cmd:#04x}, got {len(p)} bytes")
 
 
 def infer_request(x: np.ndarray) -> bytes:

@@ -21,19 +21,26 @@ def ebr_blocks(width: int, depth: int) -> int:
     return min(-(-width // w) * -(-depth // d) for w, d in EBR_SHAPES)
 
 
-def analyse(rom) -> dict:
+def analyse(rom, *, spram: bool = False) -> dict:
+    """Memories by kind, EBR blocks each needs; with `spram`, the SPRAM plan's ROMs need none."""
     from hw.engine import Engine
+
+    from .memories import spram_plan
 
     eng = Engine(rom)
     # Only the memory specs are wanted: never elaborated, so silence Amaranth's unused warning.
     for obj in (eng, *eng.pe_blocks):
         obj._MustUse__silence = True
-    groups = defaultdict(lambda: {"count": 0, "bits": 0, "ebr": 0, "depths": []})
+    in_spram = {s.name for s in spram_plan(eng.memory_specs)} if spram else set()
+    groups = defaultdict(lambda: {"count": 0, "bits": 0, "ebr": 0, "spram": 0, "depths": []})
     for s in eng.memory_specs:
         g = groups[s.name.split(".", 1)[1]]
         g["count"] += 1
         g["bits"] += s.bits
-        g["ebr"] += ebr_blocks(s.width, s.depth)
+        if s.name in in_spram:
+            g["spram"] += 1
+        else:
+            g["ebr"] += ebr_blocks(s.width, s.depth)
         g["depths"].append(s.depth)
         g["kind"] = s.kind
         g["width"] = s.width
@@ -47,6 +54,8 @@ def analyse(rom) -> dict:
         "groups": dict(groups),
         "total_bits": total_bits,
         "total_ebr": total_ebr,
+        "spram_used": len(in_spram),
+        "spram_names": sorted(in_spram),
         "ebr_available": UP5K["ebr"],
         "ebr_bits_available": UP5K["ebr"] * UP5K["ebr_bits"],
         "spram_bits_available": UP5K["spram"] * UP5K["spram_bits"],
@@ -54,16 +63,18 @@ def analyse(rom) -> dict:
 
 
 def format_analysis(a: dict) -> str:
-    lines = [f"{'memory':<10} {'kind':<4} {'n':>3} {'width x depth':<16} {'kbit':>7} {'EBR':>5}"]
+    lines = [f"{'memory':<10} {'kind':<4} {'n':>3} {'width x depth':<16} {'kbit':>7} {'EBR':>5}"
+             f" {'SPRAM':>5}"]
     for name, g in a["groups"].items():
         lines.append(f"{name:<10} {g['kind']:<4} {g['count']:>3} {g['shape']:<16} "
-                     f"{g['bits'] / 1024:>7.1f} {g['ebr']:>5}")
+                     f"{g['bits'] / 1024:>7.1f} {g['ebr']:>5} {g['spram']:>5}")
     lines.append(f"{'total':<10} {'':<4} {'':>3} {'':<16} {a['total_bits'] / 1024:>7.1f} "
-                 f"{a['total_ebr']:>5}")
+                 f"{a['total_ebr']:>5} {a['spram_used']:>5}")
     lines.append(f"iCE40UP5K: {a['ebr_available']} EBR ({a['ebr_bits_available'] // 1024} kbit), "
                  f"4 SPRAM ({a['spram_bits_available'] // 1024} kbit, no initial contents, "
                  f"single port)")
     fits = a["total_ebr"] <= a["ebr_available"]
     lines.append(f"{a['pes']} PEs: {'fits' if fits else 'does NOT fit'} in EBR "
-                 f"({a['total_ebr']} of {a['ebr_available']} blocks)")
+                 f"({a['total_ebr']} of {a['ebr_available']} blocks"
+                 + (f", {a['spram_used']} ROMs in SPRAM" if a["spram_used"] else "") + ")")
     return "\n".join(lines)

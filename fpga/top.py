@@ -21,7 +21,8 @@ from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from hw.engine import Engine
-from hw.memory import MemoryFactory
+
+from .memories import ICE40Memories, spram_plan
 
 from .link import Link
 from .uart import UARTRx, UARTTx, baud_divisor
@@ -64,6 +65,14 @@ def pll_config(fin: float, fout: float) -> PllConfig:
     return best
 
 
+def spram_plan_for(rom, **engine_kw):
+    """The engine memories of `rom` that go to SPRAM (fpga/memories.py), in load-id order."""
+    eng = Engine(rom, **engine_kw)
+    for obj in (eng, *eng.pe_blocks):  # only the specs are wanted: never elaborated
+        obj._MustUse__silence = True
+    return spram_plan(eng.memory_specs)
+
+
 class BoardCore(wiring.Component):
     """UART pins <-> protocol link <-> engine. See the module docstring."""
 
@@ -74,15 +83,21 @@ class BoardCore(wiring.Component):
 
     def __init__(self, rom, *, clock_hz: float, baud: int = 115200, divisor: int | None = None,
                  timeout_s: float = 0.05, timeout_cycles: int | None = None, queue_depth=8,
-                 acc_bits=32, memories: MemoryFactory | None = None):
+                 acc_bits=32, spram: bool = False):
         self.clock_hz = int(round(clock_hz))
         self.divisor = divisor if divisor is not None else baud_divisor(clock_hz, baud)
         self.timeout = timeout_cycles if timeout_cycles is not None else int(timeout_s * clock_hz)
-        self.engine = Engine(rom, queue_depth=queue_depth, acc_bits=acc_bits, memories=memories)
+        # spram=True: the largest ROMs go to SPRAM (fpga/memories.py) and are loaded over the
+        # UART; `memories.primitive` is set by the board top on an iCE40 platform.
+        self.memories = ICE40Memories(spram_plan_for(rom, queue_depth=queue_depth,
+                                                     acc_bits=acc_bits)) if spram else None
+        self.engine = Engine(rom, queue_depth=queue_depth, acc_bits=acc_bits,
+                             memories=self.memories)
         self.link = Link(in_features=self.engine.in_features,
                          out_features=self.engine.out_features,
                          num_layers=self.engine.num_layers, pes=self.engine.pes,
-                         clock_hz=self.clock_hz, timeout=self.timeout)
+                         clock_hz=self.clock_hz, timeout=self.timeout,
+                         loads=len(self.memories.loads) if spram else 0)
         super().__init__()
 
     def elaborate(self, platform):
@@ -100,10 +115,13 @@ class BoardCore(wiring.Component):
             link.cycles.eq(eng.cycles),
             link.layer_cycles.eq(eng.layer_cycles),
             link.busy.eq(eng.busy),
-            link.loaded.eq(1),  # every memory is initialised from the bitstream
             self.digit.eq(link.digit),
             self.status.eq(link.active | (link.error_flag << 1)),
         ]
+        if self.memories is not None:
+            for i, lp in enumerate(self.memories.loads):
+                m.d.comb += [lp.addr.eq(link.load_addr), lp.data.eq(link.load_data),
+                             lp.we.eq(link.load_we & (link.load_mem == i))]
         return m
 
 
@@ -129,6 +147,8 @@ class BoardTop(Elaboratable):
         m.submodules.core = core = self.core
         if _is_ice40(platform):
             self._ice40_clock(m, platform)
+            if core.memories is not None:
+                core.memories.primitive = True  # SB_SPRAM256KA; elaborated after this
         uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)

@@ -83,6 +83,19 @@ def test_run_digits_sim():
     assert len(stats.cycles) == 2 and all(len(lc) == 2 for lc in stats.layer_cycles)
 
 
+def test_board_spram_load():
+    """SPRAM ROMs start empty: INFER refused, then the host loads them and gets exact answers."""
+    x = random_inputs(2, 40, seed=5, density=0.5)
+    with simulated_board(ROM, spram=True) as t:
+        board = Board(t, timeout=60)
+        assert not board.ping().loaded
+        assert P.decode_error(board.request(P.infer_request(x[0]))) == P.ERR_NOT_LOADED
+        board.drain(quiet=3.0)  # the rest of that INFER frame is dropped or times out
+        assert board.load(ROM) > 0
+        assert board.ping().loaded
+        check(board, x)
+
+
 @pytest.mark.skipif(not long_tests(), reason="LONG=1: gate level, more vectors, 4 PEs")
 def test_board_gate_level_long():
     x = random_inputs(6, QNET.in_features, seed=9, density=0.5)
@@ -101,6 +114,8 @@ def test_board_lenet_digits(gate_level, mnist_dir):
     qnet, _ = load_model(None)
     test = load_split("test", mnist_dir)
     x = mnist_to_input(test.images[:2], qnet.input_frac)
-    with simulated_board(build_rom(qnet, pes=8), gate_level=gate_level) as t:
-        stats = run_digits(Board(t, timeout=600), qnet, x, test.labels[:2], progress=False)
+    rom = build_rom(qnet, pes=8)
+    with simulated_board(rom, gate_level=gate_level, spram=True) as t:
+        stats = run_digits(Board(t, timeout=600), qnet, x, test.labels[:2], progress=False,
+                           rom=rom)
     assert stats.exact == 2

@@ -45,10 +45,13 @@ def test_resources_lenet():
 def test_analysis_counts():
     assert [ebr_blocks(16, 256), ebr_blocks(8, 2607), ebr_blocks(32, 38), ebr_blocks(12, 594)] \
         == [1, 6, 2, 3]
-    a = analyse(build_rom(random_qnet((20, 8, 4), density=0.5), pes=2))
-    assert set(a["groups"]) == {"entries", "ptr_even", "ptr_odd", "bias", "codebook", "acc", "act"}
-    assert all(g["count"] == 2 for g in a["groups"].values())
+    rom = build_rom(random_qnet((20, 8, 4), density=0.5), pes=2)
+    a = analyse(rom)
+    assert {"entries", "bias", "codebook"} <= set(a["groups"])  # one group per kind of memory
+    assert all(g["count"] == 2 for g in a["groups"].values())  # one memory of each per PE
     assert a["total_ebr"] == sum(g["ebr"] for g in a["groups"].values())
+    b = analyse(rom, spram=True)
+    assert b["spram_used"] == 4 and b["total_ebr"] < a["total_ebr"]
 
 
 @pytest.mark.parametrize("mhz", [24, 30, 36, 42, 48])

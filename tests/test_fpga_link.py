@@ -23,10 +23,13 @@ def model(x):
     return np.array([((s * (k + 1) - k + 32768) % 65536) - 32768 for k in range(N_OUT)], np.int16)
 
 
-def run_link(script, *, seed=0):
-    """Run `script(host)`; host.send(bytes), host.replies(n) -> frames; returns engine log."""
+def run_link(script, *, seed=0, loads=0, writes=None):
+    """Run `script(host)`; host.send(bytes), host.replies(n) -> frames; returns engine log.
+
+    With `loads`, every load-port write is appended to `writes` as (mem, addr, data).
+    """
     dut = Link(in_features=N_IN, out_features=N_OUT, num_layers=N_L, pes=8,
-               clock_hz=12_000_000, timeout=TIMEOUT)
+               clock_hz=12_000_000, timeout=TIMEOUT, loads=loads)
     rng = random.Random(seed)
     tx_bytes = bytearray()
     engine_runs = []
@@ -100,9 +103,17 @@ def run_link(script, *, seed=0):
     async def host(ctx):
         await script(Host(ctx))
 
+    async def load_port(ctx):
+        async for _clk, _rst, we, mem, addr, data in ctx.tick().sample(
+                dut.load_we, dut.load_mem, dut.load_addr, dut.load_data):
+            if we:
+                writes.append((mem, addr, data))
+
     sim = Simulator(dut)
     sim.add_clock(1e-6)
     sim.add_testbench(engine, background=True)
+    if writes is not None:
+        sim.add_testbench(load_port, background=True)
     sim.add_testbench(uart_tx, background=True)
     sim.add_testbench(host)
     sim.run()
@@ -205,3 +216,42 @@ def test_codec():
         P.decode_infer(P.Frame(P.CMD_ERROR, bytes([P.ERR_CRC])), out_features=1, num_layers=1)
     with pytest.raises(ValueError, match="int16"):
         P.infer_request(np.array([40000]))
+
+
+def test_load_commit():
+    """SPRAM boards: INFER refused until LOAD ... COMMIT; words land at mem/addr in order."""
+    words0 = list(range(1000, 1300))  # two frames (256 + 44 words)
+    words1 = [0xFFFF, 0, 0x1234]
+    x = np.array([1, 2, 3, 4, 5], np.int16)
+    writes = []
+
+    async def script(h):
+        await h.send(P.ping_request())
+        assert not P.decode_ping((await h.replies(1))[0]).loaded
+        await h.send(P.infer_request(x))
+        assert P.decode_error((await h.replies(1))[0]) == P.ERR_NOT_LOADED
+        await h.quiet(3 * TIMEOUT)
+        for f in P.load_requests(0, words0) + P.load_requests(1, words1):
+            await h.send(f)
+            P.decode_empty((await h.replies(1))[0], P.CMD_LOAD)
+        bad_mem = P.load_requests(2, [7])[0]
+        await h.send(bad_mem)
+        assert P.decode_error((await h.replies(1))[0]) == P.ERR_ADDRESS
+        await h.send(P.encode_frame(P.CMD_LOAD, bytes(4)))  # no whole word
+        assert P.decode_error((await h.replies(1))[0]) == P.ERR_LENGTH
+        await h.quiet(3 * TIMEOUT)
+        await h.send(P.commit_request())
+        P.decode_empty((await h.replies(1))[0], P.CMD_COMMIT)
+        await h.send(P.ping_request())
+        assert P.decode_ping((await h.replies(1))[0]).loaded
+        await h.send(P.infer_request(x))
+        infer_ok((await h.replies(1))[0], x)
+        await h.send(P.load_requests(1, [5])[0])  # any LOAD clears the flag
+        await h.replies(1)
+        await h.send(P.ping_request())
+        assert not P.decode_ping((await h.replies(1))[0]).loaded
+
+    run_link(script, loads=2, writes=writes)
+    want = [(0, a, w) for a, w in enumerate(words0)] + [(1, a, w) for a, w in enumerate(words1)]
+    want += [(1, 0, 5)]
+    assert writes == want  # the bad-mem frame wrote nothing

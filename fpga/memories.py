@@ -1,0 +1,108 @@
+"""An iCE40 `MemoryFactory`: the largest engine ROMs in SPRAM, loaded over the UART.
+
+SPRAM (SB_SPRAM256KA, 16K x 16) has no initial contents and one port. A ROM placed there is
+written after configuration through a load port (`LoadPort`: addr, data, we), which the board
+core drives from the protocol's LOAD frames; while `we` is high the port's address is the load
+address, otherwise the engine's read address. The engine only reads while it computes and the
+link only loads while the engine is idle, so the one port is never wanted twice.
+
+`spram_plan(specs)` picks up to four ROMs for SPRAM: the largest by bits among those with one
+read port, width <= 16 and depth <= 16K. Everything else goes through the default factory
+(Amaranth `Memory` with init -> EBR or logic).
+
+`primitive=True` (only on an iCE40 platform) instantiates SB_SPRAM256KA; otherwise (simulation)
+the same single-port behaviour is an Amaranth `Memory` without init, so the simulated board also
+starts empty and needs the load, exactly as the chip does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import ClockSignal, Instance, Module, Mux, Signal
+from amaranth.lib.memory import Memory
+
+from hw.memory import MemoryFactory, MemoryPorts, MemorySpec
+
+SPRAM_COUNT = 4
+SPRAM_DEPTH = 16384
+SPRAM_WIDTH = 16
+
+
+def spram_ok(spec: MemorySpec) -> bool:
+    return (spec.kind == "rom" and spec.read_ports == 1 and spec.write_ports == 0
+            and spec.width <= SPRAM_WIDTH and spec.depth <= SPRAM_DEPTH)
+
+
+def spram_plan(specs, *, count: int = SPRAM_COUNT) -> list[MemorySpec]:
+    """The ROMs to put in SPRAM, in load-id order (largest first, ties by name)."""
+    cands = sorted((s for s in specs if spram_ok(s)), key=lambda s: (-s.bits, s.name))
+    return cands[:count]
+
+
+@dataclass
+class _ReadPort:
+    addr: Signal
+    en: Signal
+    data: Signal
+
+
+@dataclass
+class LoadPort:
+    spec: MemorySpec
+    addr: Signal
+    data: Signal
+    we: Signal
+
+
+class ICE40Memories(MemoryFactory):
+    def __init__(self, spram: list[MemorySpec], *, primitive: bool = False):
+        if len(spram) > SPRAM_COUNT:
+            raise ValueError(f"at most {SPRAM_COUNT} SPRAM memories, not {len(spram)}")
+        for s in spram:
+            if not spram_ok(s):
+                raise ValueError(f"memory {s.name} ({s.width} x {s.depth}, {s.kind}) cannot be "
+                                 f"an SPRAM ROM")
+        self.primitive = primitive
+        self.loads = [
+            LoadPort(spec=s, addr=Signal(14, name=f"load{i}_addr"),
+                     data=Signal(16, name=f"load{i}_data"), we=Signal(name=f"load{i}_we"))
+            for i, s in enumerate(spram)
+        ]
+        self._by_name = {lp.spec.name: lp for lp in self.loads}
+
+    def __call__(self, m: Module, spec: MemorySpec) -> MemoryPorts:
+        lp = self._by_name.get(spec.name)
+        if lp is None:
+            return super().__call__(m, spec)
+        if lp.spec != spec:
+            raise ValueError(f"memory {spec.name} differs from the one planned for SPRAM")
+        rp = _ReadPort(addr=Signal(spec.addr_width, name=f"{spec.name}_raddr".replace(".", "_")),
+                       en=Signal(init=1, name=f"{spec.name}_ren".replace(".", "_")),
+                       data=Signal(spec.width, name=f"{spec.name}_rdata".replace(".", "_")))
+        addr = Signal(14, name=f"{spec.name}_addr".replace(".", "_"))
+        dout = Signal(16, name=f"{spec.name}_dout".replace(".", "_"))
+        m.d.comb += addr.eq(Mux(lp.we, lp.addr, rp.addr))
+        key = spec.name.replace(".", "_")
+        if self.primitive:
+            m.submodules[key] = Instance(
+                "SB_SPRAM256KA",
+                i_ADDRESS=addr, i_DATAIN=lp.data, i_MASKWREN=0b1111, i_WREN=lp.we,
+                i_CHIPSELECT=lp.we | rp.en, i_CLOCK=ClockSignal("sync"),
+                i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
+                o_DATAOUT=dout,
+            )
+        else:
+            mem = Memory(shape=16, depth=spec.depth, init=[])
+            m.submodules[key] = mem
+            r = mem.read_port(domain="sync")
+            w = mem.write_port()
+            m.d.comb += [r.addr.eq(addr), r.en.eq(rp.en & ~lp.we), dout.eq(r.data),
+                         w.addr.eq(addr), w.data.eq(lp.data), w.en.eq(lp.we)]
+        m.d.comb += rp.data.eq(dout[: spec.width])
+        return MemoryPorts(read=[rp], write=[])
+
+
+def load_words(spec: MemorySpec) -> list[int]:
+    """The words a host writes into an SPRAM ROM (its init, as unsigned 16-bit words)."""
+    return [int(v) & 0xFFFF for v in spec.init]
