@@ -7,8 +7,8 @@ The layer is synthetic and seeded: Laplace weights with log-normal per-row and p
 scales (so rows and columns differ in density after pruning, as in a trained layer), pruned by
 global magnitude to `--density` (fc6 keeps 4% in Deep Compression, Table 4), then quantized
 with `kmeans_1d` (k - 1 shared values plus the pruned zero). Each stage prints its wall time
-(median of `--repeat` runs where cheap) and the process's peak resident memory during it
-(sampled every 20 ms); the lifetime peak is printed at the end.
+and CPU time (median of `--repeat` runs where cheap) and the process's peak resident memory
+during it (sampled every 20 ms); the lifetime peak is printed at the end.
 """
 
 from __future__ import annotations
@@ -80,16 +80,19 @@ def _rss() -> int:
 
 
 def timed(label: str, fn, repeat: int = 1):
-    """Run fn `repeat` times; print the median wall time and the peak resident memory."""
-    times, result = [], None
+    """Run fn `repeat` times; print the median wall and CPU time and the peak resident memory.
+
+    The CPU time (this process, all threads) is the steadier figure on a shared machine."""
+    times, cpus, result = [], [], None
     with _PeakRSS() as mem:
         for _ in range(repeat):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             result = fn()
             times.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - c)
     runs = f" (median of {repeat})" if repeat > 1 else ""
-    print(f"  {label:<46} {statistics.median(times):7.2f} s{runs:<15} "
-          f"peak RSS {mem.peak / 2**30:5.2f} GiB")
+    print(f"  {label:<46} {statistics.median(times):7.2f} s wall, "
+          f"{statistics.median(cpus):7.2f} s CPU{runs:<15} peak RSS {mem.peak / 2**30:5.2f} GiB")
     sys.stdout.flush()
     return result
 
@@ -183,7 +186,8 @@ def run(args) -> int:
         back = timed("unpack the .dcz (verify checksums, decode)", lambda: unpack(data))
         print(f"    exact round trip: {back.equals(qnet)}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"  peak resident memory of the process: {peak:.2f} GiB")
+    print(f"  peak resident memory of the process: {peak:.2f} GiB; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0
 
 

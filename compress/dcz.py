@@ -65,14 +65,12 @@ from .huffman import (
     _eg_bits,
     lengths_bits,
     read_lengths,
-    table_bits,
     write_lengths,
 )
 from .qnet import Layer, QNet, validate_layers
 
 MAGIC = b"\x89DCZ"
 DCZ_VERSION = 1
-DENSE_FLOAT32_BYTES_LENET_300_100 = 1_066_440  # CONTRACT section 6
 _TAG_HEADER = b"H"
 _TAG_LAYER = b"L"
 _MAX_DIM = 1 << 28
