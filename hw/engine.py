@@ -24,7 +24,7 @@ weight, zeros included, as an entry with z = 0) and a front end that broadcasts 
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Array, Const, Module, Signal, signed, unsigned
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -177,11 +177,12 @@ class Engine(wiring.Component):
         in_t = Array(Const(rl.in_features, unsigned(self.col_bits + 1)) for rl in rom.layers)
         grp_t = Array(Const(_ceil_div(rl.in_features, n), unsigned(self.row_bits + 1))
                       for rl in rom.layers)
+        outs = [rl.out_features for rl in rom.layers] + [0, 0]
+        # drain of layer i: its rows out, the rows of layer i + 2 preloaded (same bank)
         drain_t = Array(
-            Const(max(_ceil_div(rom.layers[i].out_features, n),
-                      _ceil_div(rom.layers[i + 1].out_features, n) if i + 1 < L else 0),
-                  unsigned(self.row_bits + 1))
+            Const(max(_ceil_div(outs[i], n), _ceil_div(outs[i + 2], n)), unsigned(self.row_bits + 1))
             for i in range(L))
+        pre_rows = [max(1, _ceil_div(outs[b], n)) for b in range(2)]
         m.d.comb += [fe.in_features.eq(in_t[layer]), fe.groups.eq(grp_t[layer])]
 
         # broadcast with credit: every PE must have room
@@ -204,8 +205,6 @@ class Engine(wiring.Component):
             idle = idle & pe.idle
         m.d.comb += all_idle.eq(idle)
 
-        bank = Signal()  # source bank of the current layer
-
         def act_addr(bank_bit, word):
             return bank_bit * aw + word
 
@@ -219,6 +218,10 @@ class Engine(wiring.Component):
         word = Signal(range(max(aw, 2) + 1))  # word within the PE
         o_valid = Signal()
         o_sel = Signal.like(sel)
+        # the drain runs beside the FSM: layer d_layer's rows out, overlapping layer d_layer + 1
+        d_active = Signal()
+        d_layer = Signal.like(layer)
+        d_cnt = Signal(self.row_bits + 2)
 
         with m.If(run):
             m.d.sync += cyc.eq(cyc + 1)
@@ -229,20 +232,29 @@ class Engine(wiring.Component):
             with m.Else():
                 m.d.sync += sel.eq(sel + 1)
 
-        for k in range(n):  # default: the front end reads the source bank
-            m.d.comb += [act_r[k].en.eq(1), act_r[k].addr.eq(act_addr(bank, fe.rd_addr))]
+        for k in range(n):  # default: the front end reads the source bank (layer % 2)
+            m.d.comb += [act_r[k].en.eq(1), act_r[k].addr.eq(act_addr(layer[0], fe.rd_addr))]
+        # groups of the source bank written so far by the drain of the previous layer
+        big = (1 << len(fe.avail)) - 1
+        with m.If(d_active):
+            m.d.comb += fe.avail.eq(Mux(d_cnt > 0, d_cnt - 1, 0))
+        with m.Else():
+            m.d.comb += fe.avail.eq(big)
+
+        def count_layer():
+            m.d.sync += lc[layer].eq(lc[layer] + 1)
 
         with m.FSM(name="seq"):
-            with m.State("PRELOAD"):
-                # layer 0 biases into the accumulators, one row of every PE per cycle
-                rows0 = _ceil_div(rom.layers[0].out_features, n)
-                for pe in pes:
-                    m.d.comb += [pe.drain_valid.eq(cnt < rows0), pe.drain_row.eq(cnt),
-                                 pe.bias_layer.eq(0)]
-                m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt == rows0):  # the last write lands this cycle
-                    m.d.sync += [cnt.eq(0), sel.eq(0), word.eq(0)]
-                    m.next = "LOAD"
+            for b in range(2):
+                with m.State(f"PRELOAD{b}"):
+                    # after reset / between inferences: bank b gets the biases of layer b
+                    for pe in pes:
+                        m.d.comb += [pe.preload_valid.eq(cnt < pre_rows[b]), pe.drain_row.eq(cnt),
+                                     pe.drain_layer.eq(b), pe.preload_layer.eq(b)]
+                    m.d.sync += cnt.eq(cnt + 1)
+                    with m.If(cnt == pre_rows[b]):  # the last write lands this cycle
+                        m.d.sync += [cnt.eq(0), sel.eq(0), word.eq(0)]
+                        m.next = "PRELOAD1" if b == 0 else "LOAD"
             with m.State("LOAD"):
                 m.d.comb += self.i_act.ready.eq(1)
                 for k in range(n):
@@ -256,40 +268,33 @@ class Engine(wiring.Component):
                     m.d.sync += cnt.eq(cnt + 1)
                     next_word()
                     with m.If(cnt == in0 - 1):
-                        m.d.sync += [layer.eq(0), bank.eq(0), cnt.eq(0), fe_done.eq(0)]
+                        m.d.sync += [layer.eq(0), cnt.eq(0), fe_done.eq(0)]
                         m.next = "START"
             with m.State("START"):
                 m.d.comb += fe.start.eq(1)
-                m.d.sync += lc[layer].eq(lc[layer] + 1)
+                count_layer()
                 m.next = "COMPUTE"
             with m.State("COMPUTE"):
-                m.d.sync += lc[layer].eq(lc[layer] + 1)
+                count_layer()
                 with m.If(fe.done):
                     m.d.sync += fe_done.eq(1)
-                with m.If(fe_done & all_idle):
-                    m.d.sync += [cnt.eq(0), fe_done.eq(0)]
-                    m.next = "DRAIN"
-            with m.State("DRAIN"):
-                m.d.sync += lc[layer].eq(lc[layer] + 1)
-                rows = drain_t[layer]
-                for k, pe in enumerate(pes):
-                    m.d.comb += [pe.drain_valid.eq(cnt < rows), pe.drain_row.eq(cnt),
-                                 pe.bias_layer.eq(layer + 1),
-                                 act_w[k].addr.eq(act_addr(~bank, pe.y_row)),
-                                 act_w[k].data.eq(pe.y), act_w[k].en.eq(pe.y_valid)]
-                m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt == rows):  # last row's output and preload land this cycle
-                    m.d.sync += [cnt.eq(0), bank.eq(~bank)]
+                with m.If(fe_done & all_idle & ~d_active):
+                    # layer done: drain it while the next layer computes in the other bank
+                    m.d.sync += [fe_done.eq(0), d_active.eq(1), d_layer.eq(layer), d_cnt.eq(0)]
                     with m.If(layer == L - 1):
-                        m.d.sync += [sel.eq(0), word.eq(0), o_valid.eq(0)]
-                        m.next = "OUTPUT"
+                        m.next = "LASTDRAIN"
                     with m.Else():
                         m.d.sync += layer.eq(layer + 1)
                         m.next = "START"
+            with m.State("LASTDRAIN"):
+                count_layer()
+                with m.If(~d_active):
+                    m.d.sync += [sel.eq(0), word.eq(0), o_valid.eq(0), cnt.eq(0)]
+                    m.next = "OUTPUT"
             with m.State("OUTPUT"):
                 fetch = ~o_valid | self.o_act.ready
                 for k in range(n):
-                    m.d.comb += [act_r[k].en.eq(fetch), act_r[k].addr.eq(act_addr(bank, word))]
+                    m.d.comb += [act_r[k].en.eq(fetch), act_r[k].addr.eq(act_addr(L % 2, word))]
                 with m.If(fetch):
                     with m.If(cnt < outL):
                         m.d.sync += [o_valid.eq(1), o_sel.eq(sel), cnt.eq(cnt + 1)]
@@ -305,6 +310,18 @@ class Engine(wiring.Component):
                 with m.If(o_valid & self.o_act.ready & (cnt == outL)):
                     m.d.sync += [run.eq(0), self.busy.eq(0), self.cycles.eq(cyc + 1),
                                  self.layer_cycles.eq(lc), cnt.eq(0), o_valid.eq(0)]
-                    m.next = "PRELOAD"
+                    m.next = "PRELOAD0"
 
+        # the drain: one row of every PE per cycle into the destination bank of d_layer
+        with m.If(d_active):
+            rows = drain_t[d_layer]
+            for k, pe in enumerate(pes):
+                m.d.comb += [pe.drain_valid.eq(d_cnt < rows), pe.preload_valid.eq(d_cnt < rows),
+                             pe.drain_row.eq(d_cnt), pe.drain_layer.eq(d_layer),
+                             pe.preload_layer.eq(d_layer + 2),
+                             act_w[k].addr.eq(act_addr(~d_layer[0], pe.y_row)),
+                             act_w[k].data.eq(pe.y), act_w[k].en.eq(pe.y_valid)]
+            m.d.sync += d_cnt.eq(d_cnt + 1)
+            with m.If(d_cnt == rows):  # the last row's output and preload land this cycle
+                m.d.sync += d_active.eq(0)
         return m

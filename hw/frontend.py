@@ -35,6 +35,9 @@ class FrontEnd(wiring.Component):
             "start": In(1),
             "in_features": In(col_bits + 1),
             "groups": In(group_bits + 1),
+            # groups readable now: group g may be read once g < avail (the drain of the previous
+            # layer writes them one per cycle while this layer already runs)
+            "avail": In(group_bits + 2),
             "rd_addr": Out(group_bits + 1),
             "rd_data": In(data.ArrayLayout(signed(16), pes)),
             "o": Out(stream.Signature(bcast_layout(col_bits + 1))),
@@ -50,6 +53,7 @@ class FrontEnd(wiring.Component):
         cur_base = Signal(self.col_bits + 1 + n.bit_length())  # column of element 0
         nxt_base = Signal.like(cur_base)  # column of element 0 of the group on rd_data
         grp = Signal.like(self.groups)  # index of the group on rd_data (the next to load)
+        ok = Signal()  # rd_data holds group grp, read when it was available
 
         # lowest set bit of the current mask
         sel = Signal(range(max(n, 2)))
@@ -74,13 +78,16 @@ class FrontEnd(wiring.Component):
             m.d.comb += nxt_mask[k].eq(nz & (nxt_base + k < self.in_features))
 
         m.d.comb += self.rd_addr.eq(grp)
+        m.d.sync += ok.eq(self.rd_addr < self.avail)
         with m.If(self.start & ~self.busy):
             # present group 0 now; it is loaded in the next cycle (cur_mask is empty)
             m.d.sync += [self.busy.eq(1), grp.eq(0), nxt_base.eq(0), cur_mask.eq(0)]
             m.d.comb += self.rd_addr.eq(0)
         with m.Elif(self.busy):
             with m.If(rem == 0):
-                with m.If(grp < self.groups):
+                with m.If((grp < self.groups) & ~ok):
+                    m.d.sync += cur_mask.eq(0)  # wait for the drain to write group grp
+                with m.Elif(grp < self.groups):
                     m.d.sync += [
                         cur_vals.eq(self.rd_data),
                         cur_mask.eq(nxt_mask),

@@ -20,10 +20,12 @@ Pipeline (stage prefixes as in the signal names):
 Credit: the front end may broadcast only while level + p_valid < queue_depth, so the column in
 the pointer stage always finds a free slot: `bc.ready` never depends on `bc.valid`.
 
-Drain (between layers, driven by the engine): read acc[row] and bias[bias_base + row] one row per
-cycle; a cycle later `y` is the row's output (rounding shift, int16 saturation, ReLU of CONTRACT
-section 3, computed on acc_bits + 1 bits so the rounding add does not wrap again) and acc[row] is
-preloaded with the bias of the next layer.
+Accumulators: two banks; layer i accumulates into bank i % 2, preloaded with its biases. The
+drain of layer i (driven by the engine, one row per cycle, overlapping the compute of layer i+1
+in the other bank) reads acc[row]; a cycle later `y` is the row's output (rounding shift, int16
+saturation, ReLU of CONTRACT section 3; the rounding add is exact, never wrapped again) and the
+row is preloaded with the bias of layer i+2, which uses the same bank. After reset the engine
+preloads bank 0 and bank 1 with the biases of layers 0 and 1.
 """
 
 from __future__ import annotations
@@ -102,16 +104,23 @@ class PE(wiring.Component):
                        tuple(int(x) & 0xFFFFFFFF for x in img.bias)),
             MemorySpec(f"pe{pe}.codebook", "rom", 16, max(1, L * k),
                        tuple(int(x) & 0xFFFF for x in img.codebook)),
-            MemorySpec(f"pe{pe}.acc", "ram", acc_bits, max(1, max(img.rows)), (),
-                       read_ports=1, write_ports=1),
+            # two accumulator banks: layer i accumulates into bank i % 2 while the previous
+            # layer is drained from (and cleared in) the other bank
+            *(MemorySpec(f"pe{pe}.acc{b}", "ram", acc_bits, max(1, max(img.rows)), (),
+                         read_ports=1, write_ports=1) for b in range(2)),
         ]
         super().__init__({
             "layer": In(range(max(L, 2))),
             "bc": In(stream.Signature(bcast_layout(col_bits + 1))),
             "idle": Out(1),
+            # drain: read row drain_row of layer drain_layer from bank drain_layer % 2, output it
             "drain_valid": In(1),
             "drain_row": In(row_bits),
-            "bias_layer": In(range(L + 1)),  # L: no preload
+            "drain_layer": In(range(max(L, 2))),
+            # preload: a cycle later write bias[preload_layer][drain_row] (0 past its rows) into
+            # the same row of bank drain_layer % 2 (the engine uses preload_layer = layer + 2)
+            "preload_valid": In(1),
+            "preload_layer": In(range(L + 2)),
             "y": Out(signed(16)),
             "y_valid": Out(1),
             "y_row": Out(row_bits),
@@ -130,17 +139,24 @@ class PE(wiring.Component):
         pod = ports["ptr_odd"].read[0]
         bias = ports["bias"].read[0]
         cb = ports["codebook"].read[0]
-        acc_r = ports["acc"].read[0]
-        acc_w = ports["acc"].write[0]
+        banks = [ports["acc0"], ports["acc1"]]
 
         def table(values, shape):
             return Array(Const(int(v), shape) for v in (list(values) + [0] * 2)[:max(L, 2)])
 
         ptr_base = table(img.ptr_base, unsigned(_bits(len(img.ptr) + 1)))
         rows_t = Array(Const(int(v), unsigned(self.row_bits + 1))
-                       for v in list(img.rows) + [0, 0])  # index L (and L+1): no rows
+                       for v in list(img.rows) + [0, 0, 0])  # layers L, L+1: no rows
         bias_base = Array(Const(int(v), unsigned(_bits(len(img.bias) + 1)))
-                          for v in list(img.bias_base) + [0, 0])
+                          for v in list(img.bias_base) + [0, 0, 0])
+        c_bank = self.layer[0]  # compute bank
+        d_bank = self.drain_layer[0]  # drain bank (the other one while both are active)
+        # compute-side accumulator port view (muxed onto the bank of the current layer)
+        acc_r_addr = Signal(self.row_bits)
+        acc_r_data = Signal(self.acc_bits)
+        acc_w_addr = Signal(self.row_bits)
+        acc_w_data = Signal(self.acc_bits)
+        acc_w_en = Signal()
 
         # ---- p_: pointer read ------------------------------------------------------------
         depth = self.queue_depth
@@ -199,7 +215,7 @@ class PE(wiring.Component):
         e_hit = e_valid & ((e_v != 0) if self.sparse else 1)
         m.d.comb += [
             cb.addr.eq(self.layer * kk + e_v),
-            acc_r.addr.eq(e_row),
+            acc_r_addr.eq(e_row),
         ]
 
         # ---- m_: multiply, bypass -------------------------------------------------------------
@@ -223,7 +239,7 @@ class PE(wiring.Component):
         with m.Elif(x_valid & (x_row == m_row)):
             m.d.comb += m_acc.eq(x_val)
         with m.Else():
-            m.d.comb += m_acc.eq(acc_r.data.as_signed())
+            m.d.comb += m_acc.eq(acc_r_data.as_signed())
         m_hit = m_valid & ((m_weight != 0) if self.sparse else 1)
         m.d.sync += [w_valid.eq(m_hit), w_row.eq(m_row), w_acc.eq(m_acc),
                      w_prod.eq(m_weight * m_value)]
@@ -232,34 +248,46 @@ class PE(wiring.Component):
         m.d.comb += w_new.eq(w_acc + w_prod)  # truncated to acc_bits: the wrap
         m.d.sync += [x_valid.eq(w_valid), x_row.eq(w_row), x_val.eq(w_new)]
 
-        # ---- drain: output stage and bias preload ---------------------------------------------
+        m.d.comb += [acc_w_addr.eq(w_row), acc_w_data.eq(w_new), acc_w_en.eq(w_valid)]
+
+        # ---- drain: output stage; preload of the drained row for layer + 2 --------------------
         d_valid = Signal()
+        d_pre = Signal()
         d_row = Signal(self.row_bits)
-        d_layer = Signal.like(self.layer)
-        d_bias_layer = Signal.like(self.bias_layer)
-        m.d.comb += bias.addr.eq(bias_base[self.bias_layer] + self.drain_row)
-        with m.If(self.drain_valid):
-            m.d.comb += acc_r.addr.eq(self.drain_row)
-        m.d.sync += [d_valid.eq(self.drain_valid), d_row.eq(self.drain_row),
-                     d_layer.eq(self.layer), d_bias_layer.eq(self.bias_layer)]
-        acc_val = acc_r.data.as_signed()
+        d_layer = Signal.like(self.drain_layer)
+        d_pl_layer = Signal.like(self.preload_layer)
+        d_bank_r = Signal()
+        m.d.comb += bias.addr.eq(bias_base[self.preload_layer] + self.drain_row)
+        m.d.sync += [d_valid.eq(self.drain_valid), d_pre.eq(self.preload_valid),
+                     d_row.eq(self.drain_row), d_layer.eq(self.drain_layer),
+                     d_pl_layer.eq(self.preload_layer), d_bank_r.eq(d_bank)]
+        d_acc = Signal(signed(self.acc_bits))
+        m.d.comb += d_acc.eq(Mux(d_bank_r, banks[1].read[0].data, banks[0].read[0].data))
         with m.Switch(d_layer):
             for i in range(L):
                 with m.Case(i):
-                    m.d.comb += self.y.eq(post_process(acc_val, img.shift[i], img.relu[i]))
+                    m.d.comb += self.y.eq(post_process(d_acc, img.shift[i], img.relu[i]))
         m.d.comb += [
             self.y_valid.eq(d_valid & (d_row < rows_t[d_layer])),
             self.y_row.eq(d_row),
         ]
-        with m.If(d_valid):
-            m.d.comb += [
-                acc_w.addr.eq(d_row),
-                acc_w.data.eq(bias.data.as_signed()),  # sign-extended or wrapped to acc_bits
-                acc_w.en.eq(d_row < rows_t[d_bias_layer]),
-            ]
-        with m.Else():
-            m.d.comb += [acc_w.addr.eq(w_row), acc_w.data.eq(w_new), acc_w.en.eq(w_valid)]
+        d_bias = Signal(self.acc_bits)
+        d_pl_en = Signal()  # only rows the preloaded layer has (the bank may be shallower)
+        m.d.comb += [d_bias.eq(bias.data.as_signed()), d_pl_en.eq(d_row < rows_t[d_pl_layer])]
+
+        # ---- bank muxing: the engine never computes into the bank being drained ---------------
+        for b, bank in enumerate(banks):
+            rp, wp = bank.read[0], bank.write[0]
+            with m.If(self.drain_valid & (d_bank == b)):
+                m.d.comb += rp.addr.eq(self.drain_row)
+            with m.Else():
+                m.d.comb += rp.addr.eq(acc_r_addr)
+            with m.If(d_pre & (d_bank_r == b)):
+                m.d.comb += [wp.addr.eq(d_row), wp.data.eq(d_bias), wp.en.eq(d_pl_en)]
+            with m.Elif(c_bank == b):
+                m.d.comb += [wp.addr.eq(acc_w_addr), wp.data.eq(acc_w_data), wp.en.eq(acc_w_en)]
+        m.d.comb += acc_r_data.eq(Mux(c_bank, banks[1].read[0].data, banks[0].read[0].data))
 
         m.d.comb += self.idle.eq(
-            (queue.level == 0) & ~p_valid & ~s_valid & ~e_valid & ~m_valid & ~w_valid & ~d_valid)
+            (queue.level == 0) & ~p_valid & ~s_valid & ~e_valid & ~m_valid & ~w_valid)
         return m

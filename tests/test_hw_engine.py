@@ -84,7 +84,7 @@ def test_every_memory_goes_through_the_factory():
     names = sorted(s.name for s in fac.seen)
     assert names == sorted(s.name for s in eng.memory_specs)
     for k in range(3):
-        for what in ("entries", "ptr_even", "ptr_odd", "bias", "codebook", "acc", "act"):
+        for what in ("entries", "ptr_even", "ptr_odd", "bias", "codebook", "acc0", "acc1", "act"):
             assert f"pe{k}.{what}" in names
     roms = [s for s in fac.seen if s.kind == "rom"]
     assert all(s.write_ports == 0 and s.read_ports == 1 for s in roms)
