@@ -67,8 +67,9 @@ def test_queue_rejects_bad_depth():
 class _FrontEndHarness(wiring.Component):
     """The front end reading N per-PE activation memories (1-cycle read latency)."""
 
-    def __init__(self, acts: np.ndarray, pes: int, sparse: bool):
+    def __init__(self, acts: np.ndarray, pes: int, sparse: bool, avail=None):
         self.acts = acts
+        self.avail = avail
         self.pes = pes
         self.words = -(-len(acts) // pes)
         col_bits = max(1, len(acts).bit_length())
@@ -87,7 +88,8 @@ class _FrontEndHarness(wiring.Component):
             m.submodules[f"mem{k}"] = mem
             rp = mem.read_port()
             m.d.comb += [rp.addr.eq(fe.rd_addr), fe.rd_data[k].eq(rp.data)]
-        m.d.comb += [fe.in_features.eq(len(self.acts)), fe.groups.eq(self.words)]
+        m.d.comb += [fe.in_features.eq(len(self.acts)), fe.groups.eq(self.words),
+                     fe.avail.eq(self.avail if self.avail is not None else self.words)]
         return m
 
 
@@ -95,14 +97,20 @@ class _FrontEndHarness(wiring.Component):
     (1, 17, 0.5, True, 0.0), (3, 20, 0.3, True, 0.5), (4, 33, 0.0, True, 0.0),
     (8, 40, 1.0, True, 0.3), (5, 23, 0.4, False, 0.2), (16, 9, 0.6, True, 0.0),
 ])
-def test_front_end_broadcasts_non_zeros_in_order(pes, width, density, sparse, stall):
+@pytest.mark.parametrize("gated", [False, True])
+def test_front_end_broadcasts_non_zeros_in_order(pes, width, density, sparse, stall, gated):
+    avail = None
     rng = np.random.default_rng(pes * 100 + width)
     acts = np.where(rng.random(width) < density, rng.integers(-3000, 3000, width), 0)
-    h = _FrontEndHarness(acts, pes, sparse)
+    h = _FrontEndHarness(acts, pes, sparse, avail=avail)
     fe = h.fe
     want = [(int(v), c) for c, v in enumerate(acts) if v != 0 or not sparse]
     got = []
     prng = random.Random(width)
+
+    if gated:  # groups become readable one at a time, as the drain writes them
+        avail = Signal(16)
+        h.avail = avail
 
     async def bench(ctx):
         ctx.set(fe.start, 1)
@@ -111,6 +119,10 @@ def test_front_end_broadcasts_non_zeros_in_order(pes, width, density, sparse, st
         for cycle in range(2000):
             rdy = stall == 0 or prng.random() >= stall
             ctx.set(fe.o.ready, rdy)
+            if gated:
+                ctx.set(avail, cycle // 3)  # one group every third cycle
+                if cycle // 3 < h.words:  # a group not yet written must not be broadcast
+                    assert all(c < (cycle // 3) * pes for _, c in got)
             _, _, vld, val, col, done = await ctx.tick().sample(
                 fe.o.valid, fe.o.payload.value, fe.o.payload.col, fe.done)
             if vld and rdy:
@@ -118,7 +130,7 @@ def test_front_end_broadcasts_non_zeros_in_order(pes, width, density, sparse, st
             if done:
                 break
         # ideal rate when never stalled: one word per cycle plus one per all-zero group
-        if stall == 0:
+        if stall == 0 and not gated:
             groups = -(-width // pes)
             assert cycle <= len(want) + groups + 2
 
