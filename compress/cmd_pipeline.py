@@ -9,7 +9,6 @@ All of them run under ``torchrun`` too (DDP; only rank 0 writes files).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from .cli import command
@@ -265,7 +264,6 @@ def ship(cfg, dest: Path) -> None:
     write_sample(dest / "mnist-test-100.npz", load_split("test", cfg.data))
     print(f"shipped {dest / (cfg.arch + '.dcz')} ({len(data):,} bytes), "
           f"{dest / (cfg.arch + '.qnet.npz')}, {dest / 'mnist-test-100.npz'}")
-    shutil.copy  # noqa: B018 (kept import used by type checkers)
 
 
 def _report_args(p):

@@ -7,6 +7,7 @@ import pytest
 
 from compress.cli import main
 from compress.dcz import read_dcz
+from compress.pipeline import RECIPES
 from compress.qnet import load_qnet
 from compress.train import load_checkpoint
 
@@ -31,8 +32,9 @@ def test_pipeline_smoke(tmp_path, mnist_dir, capsys):
     assert set(s["errors"]) == {"dense", "pruned", "quantized", "integer"}
     assert s["errors"]["integer"]["test"] < 30  # 300 steps in all: learning, not converged
     assert s["max_acc_log2"] < 31
+    lv = RECIPES["lenet-300-100"]["prune"]["levels"]
     assert s["density"][-1]["kept_pct"] == pytest.approx(
-        100 * (0.052 * 235200 + 0.065 * 30000 + 0.26 * 1000) / 266200, abs=0.01)
+        100 * (lv["fc1"] * 235200 + lv["fc2"] * 30000 + lv["fc3"] * 1000) / 266200, abs=0.01)
     assert "ratio" in (out / "report.txt").read_text()
     text = capsys.readouterr().out
     assert "integer (golden" in text and "shipped" in text
