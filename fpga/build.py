@@ -85,21 +85,12 @@ def _why(log: Path) -> str:
     return "\n".join(keep[-8:]) or "\n".join(lines[-8:])
 
 
-def build(rom, *, board: str = "icebreaker", clock_mhz: float = DEFAULT_CLOCK_MHZ,
-          baud: int = 115200, build_root: str | Path = "build", seed: int = 1,
-          model_name: str = "", spram: bool = True, log=print) -> dict:
-    """Build the bitstream; returns the report dict (also written to build/<board>/report.json)."""
-    from .top import BoardTop
-
-    platform = board_platform(board)
-    out = Path(build_root) / board
-    out.mkdir(parents=True, exist_ok=True)
-    top = BoardTop(rom, clock_hz=clock_mhz * 1e6, baud=baud, spram=spram)
-    name = "top"
+def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[dict, float]:
+    """One run of yosys -> nextpnr -> icepack in `out`; (nextpnr report, seconds)."""
     env = {**os.environ, **_tool_env()}
+    for stale in (f"{name}.bin", f"{name}.report.json", "report.json"):
+        (out / stale).unlink(missing_ok=True)  # nothing old may look like this run's output
     t0 = time.monotonic()
-    log(f"building {board}: {rom.pes} PEs, PLL {top.clock_hz / 1e6:g} MHz, {baud} baud, "
-        f"in {out}/ ...")
     old_env = dict(os.environ)
     os.environ.update(env)
     try:
@@ -112,16 +103,58 @@ def build(rom, *, board: str = "icebreaker", clock_mhz: float = DEFAULT_CLOCK_MH
         os.environ.clear()
         os.environ.update(old_env)
     plan.extract(out)
-    script = "build_top.sh"
-    res = subprocess.run(["sh", script], cwd=out, env=env, capture_output=True, text=True)
+    res = subprocess.run(["sh", f"build_{name}.sh"], cwd=out, env=env, capture_output=True,
+                         text=True)
     secs = time.monotonic() - t0
     if res.returncode != 0:
+        (out / f"{name}.bin").unlink(missing_ok=True)
         why = _why(out / f"{name}.tim") if (out / f"{name}.json").exists() else _why(
             out / f"{name}.rpt")
-        raise BuildError(f"the {board} build failed after {secs:.0f} s:\n{why}\n"
+        raise BuildError(f"the build failed after {secs:.0f} s:\n{why}\n"
                          f"{res.stderr.strip()[-2000:]}")
-    npr = json.loads((out / f"{name}.report.json").read_text())
-    fig = parse_report(npr, clock_hz=top.clock_hz)
+    return json.loads((out / f"{name}.report.json").read_text()), secs
+
+
+def build(rom, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_CLOCK_MHZ,
+          baud: int = 115200, build_root: str | Path = "build", seed: int = 1,
+          model_name: str = "", spram: bool = True, retry: bool = True, log=print) -> dict:
+    """Build the bitstream; returns the report dict (also written to build/<board>/report.json).
+
+    With `retry`, a build whose fmax falls short of the clock is built once more with the PLL at
+    the fastest setting at or below that fmax, so the bitstream meets timing when it can.
+    """
+    from .top import BoardTop, pll_config
+
+    platform = board_platform(board)
+    out = Path(build_root) / board
+    out.mkdir(parents=True, exist_ok=True)
+    target = (clock_mhz or DEFAULT_CLOCK_MHZ) * 1e6
+    attempts = []
+    total = 0.0
+    while True:
+        top = BoardTop(rom, clock_hz=target, baud=baud, spram=spram)
+        log(f"building {board}: {rom.pes} PEs, PLL {top.clock_hz / 1e6:g} MHz, {baud} baud, "
+            f"in {out}/ ...")
+        npr, secs = _flow(platform, top, out, seed=seed)
+        total += secs
+        fig = parse_report(npr, clock_hz=top.clock_hz)
+        met = fig["fmax_mhz"] is not None and fig["fmax_mhz"] >= fig["clock_mhz"]
+        attempts.append({"clock_mhz": fig["clock_mhz"], "fmax_mhz": fig["fmax_mhz"],
+                         "seconds": round(secs, 1)})
+        if met or not retry or len(attempts) > 1 or not fig["fmax_mhz"]:
+            break
+        # The fastest PLL output not above the fmax found (PLL steps are 0.1-1 MHz apart here).
+        lower = 0.97 * fig["fmax_mhz"] * 1e6  # a margin: nextpnr varies run to run
+        while True:
+            p = pll_config(12e6, lower)
+            if p.fout <= fig["fmax_mhz"] * 1e6:
+                break
+            lower -= 0.25e6
+        if p.fout < 16e6:
+            break
+        log(f"fmax {fig['fmax_mhz']} MHz < {fig['clock_mhz']:g} MHz: rebuilding at "
+            f"{p.fout / 1e6:g} MHz")
+        target = p.fout
     report = {
         "board": board,
         "device": platform.device,
@@ -130,9 +163,10 @@ def build(rom, *, board: str = "icebreaker", clock_mhz: float = DEFAULT_CLOCK_MH
         "model": model_name,
         "baud": baud,
         "spram_roms": [lp.spec.name for lp in top.core.memories.loads] if spram else [],
-        "build_seconds": round(secs, 1),
-        "bitstream": f"{name}.bin",
-        "timing_met": fig["fmax_mhz"] is not None and fig["fmax_mhz"] >= fig["clock_mhz"],
+        "build_seconds": round(total, 1),
+        "attempts": attempts,
+        "bitstream": "top.bin",
+        "timing_met": met,
         **fig,
     }
     write_bytes_atomic(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())

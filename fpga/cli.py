@@ -93,7 +93,7 @@ def cmd_build(args):
     try:
         report = build(rom, board=args.board, clock_mhz=args.clock_mhz, baud=args.baud,
                        build_root=args.build_dir, seed=args.seed, model_name=name,
-                       spram=not args.no_spram)
+                       spram=not args.no_spram, retry=not args.no_retry)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -130,6 +130,9 @@ def build_parser():
     b.add_argument("--clock-mhz", type=float, default=36.0, help="PLL clock target (default 36)")
     b.add_argument("--build-dir", default="build", help="build root (default build/)")
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    b.add_argument("--no-retry", action="store_true",
+                   help="keep the first clock even when timing is not met (default: rebuild once "
+                        "at the fastest PLL clock under the fmax found)")
     b.add_argument("--no-spram", action="store_true",
                    help="every memory in EBR/logic with its initial contents (no weight load)")
     b.add_argument("--force", action="store_true",
