@@ -8,9 +8,11 @@ the ROM image (what each PE must do for this input) and the engine's fixed costs
 * imbalance: the busiest PE's useful MACs above the mean (rows interleaved over PEs);
 * fillers:   entries of the busiest PE that are not useful MACs (filler entries, a codebook
              value 0), i.e. max PE work - max PE useful MACs;
-* output:    the drain (output stage and next bias preload, one row per cycle) and the start;
-* other:     the rest: pipeline fill and drain of the PE pipeline, front-end cycles on
-             all-zero groups, pointer reads of columns a PE has no entry in, queue stalls.
+* output:    the drain of the last layer (output stage, one row per cycle) and its start; the
+             drain of every other layer overlaps the compute of the next one;
+* other:     the rest: start and fill of the PE pipeline, front-end cycles on all-zero groups
+             and waiting for the previous layer's drain, the front end's rate of one
+             activation per cycle, queue stalls.
 """
 
 from __future__ import annotations
@@ -66,8 +68,7 @@ def breakdown(qnet: QNet, rom: RomImage, x: np.ndarray, layer_cycles: np.ndarray
         max_u = u.max(axis=1)
         max_e = e.max(axis=1)
         out_i = rom.layers[i].out_features
-        nxt = rom.layers[i + 1].out_features if i + 1 < L else 0
-        output = max(_ceil_div(out_i, n), _ceil_div(nxt, n)) + 2  # drain rows + flush + start
+        output = _ceil_div(out_i, n) + 2 if i == L - 1 else 0  # drain rows + flush + start
         rows.append({
             "layer": i,
             "cycles": float(lc.mean()),
