@@ -21,7 +21,7 @@ PES ?= 8
 BOARD ?= icebreaker
 JOBS ?= 2
 
-.PHONY: setup sim test test-long bitstream bench bench-scale clean iverilog models compress-full
+.PHONY: setup sim sim-sweep test test-long bitstream bench bench-scale clean iverilog models compress-full
 
 setup: $(STAMP)
 
@@ -42,7 +42,11 @@ iverilog:
 	  else echo "make: Icarus Verilog is missing: install it (Debian: apt-get install iverilog)"; exit 1; fi; }
 
 sim: setup iverilog
-	$(PY) -m tb sim $(if $(MODEL),--model $(MODEL)) $(if $(INPUTS),--inputs $(INPUTS)) --pes $(PES)
+	$(PY) -m tb sim $(if $(MODEL),--model $(MODEL)) $(if $(INPUTS),--inputs $(INPUTS)) --pes $(PES) $(if $(COUNT),--count $(COUNT))
+
+# MAC utilisation vs queue depth 1..16 and rel_bits 4..8, and the dense speedup (a few minutes).
+sim-sweep: setup iverilog
+	$(PY) -m tb sweep $(if $(MODEL),--model $(MODEL)) $(if $(INPUTS),--inputs $(INPUTS)) --pes $(PES) --out build/sim-sweep.json
 
 test: setup iverilog
 	$(PY) -m pytest -n $(JOBS) -q tests
