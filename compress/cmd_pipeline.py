@@ -280,7 +280,8 @@ def _report_args(p):
 def _report(args):
     from . import dcz
     from .data import load_split
-    from .fixedpoint import integer_error
+    import numpy as np
+
     from .qnet import load_qnet
     from .report import format_table, plot_weights
 
@@ -297,8 +298,11 @@ def _report(args):
     print(format_table(dcz.layer_sizes(qnet), dcz_bytes=size, uncompressed_bytes=unc))
     if args.data:
         test = load_split("test", args.data)
-        print(f"integer (golden) test error: "
-              f"{integer_error(qnet, test.images, test.labels):.2f}%")
+        from .golden import golden, mnist_to_input, predict
+
+        y = golden(qnet, mnist_to_input(test.images, qnet.input_frac))
+        print(f"integer test error (golden.golden, 32-bit accumulators, {len(test)} images): "
+              f"{100.0 * float(np.mean(predict(y) != test.labels)):.2f}%")
     if args.png:
         from .models import compressible_layers
         from .train import load_checkpoint

@@ -349,6 +349,12 @@ def run_pipeline(cfg: PipelineConfig, *, stages=("train", "prune", "quantize", "
     summary["cpu_seconds"] = {"compress": time.process_time() - cpu_compress,
                               "total": time.process_time() - cpu0}
     summary["seconds"]["total"] = time.time() - t0
+    if main and summary["errors"]:
+        names = {"dense": "float dense", "pruned": "float pruned",
+                 "quantized": "fake-quantized (shared weights, float)",
+                 "integer": "integer (golden model)"}
+        log("test error side by side: " + "; ".join(
+            f"{names[k]} {v['test']:.2f}%" for k, v in summary["errors"].items()))
     if main:
         if codebooks is not None:
             from .report import plot_weights

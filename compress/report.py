@@ -24,7 +24,8 @@ def format_table(rows: list[dict], *, dcz_bytes: int | None = None,
     from .dcz import format_table as dcz_table
 
     text = dcz_table(rows)
-    if dcz_bytes is not None and uncompressed_bytes is not None:
+    if dcz_bytes is not None and uncompressed_bytes is not None and \
+            rows and rows[-1].get("dcz_bytes") != dcz_bytes:
         text += (f"\nfile on disk: {dcz_bytes:,} bytes; uncompressed float32 "
                  f"{uncompressed_bytes:,} bytes; ratio {uncompressed_bytes / dcz_bytes:.1f}x")
     return text

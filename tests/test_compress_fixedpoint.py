@@ -85,3 +85,30 @@ def test_fast_integer_path_on_random_qnets():
         for acc_bits in (32, 16):
             assert np.array_equal(run_integer(q, x, acc_bits=acc_bits)[0],
                                   run_layers(q, x, acc_bits=acc_bits)[-1])
+
+
+def test_user_modules_through_every_stage():
+    """Any nn.Module of Linear/Conv2d layers prunes and quantizes; a Linear/ReLU chain -> qnet."""
+    from compress.data import Split
+    from compress.prune import PruneConfig, prune
+    from compress.train import TrainConfig
+
+    rng = np.random.default_rng(5)
+    data = Split(rng.integers(0, 256, (128, 28, 28)).astype(np.uint8),
+                 rng.integers(0, 10, 128).astype(np.uint8))
+    quick = TrainConfig(max_steps=5, batch_size=32, progress=False)
+    torch.manual_seed(5)
+    conv = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 24 * 24, 10))
+    masks = prune(conv, data, PruneConfig(schedule="oneshot", level=0.3, retrain=quick),
+                  log=lambda s: None)
+    cbs, idx = quantize(conv, masks, data, QuantConfig(bits=3, finetune=quick))
+    assert set(cbs) == {"0", "3"} and idx["0"].shape == (4, 1, 5, 5)
+    assert np.all(idx["0"][~masks["0"].numpy()] == 0)
+
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    masks = prune(mlp, data, PruneConfig(schedule="oneshot", level=0.2, retrain=quick),
+                  log=lambda s: None)
+    cbs, idx = quantize(mlp, masks, data, QuantConfig(finetune=quick))
+    qnet, _ = to_qnet(mlp, cbs, idx, data.images)
+    assert [l.relu for l in qnet.layers] == [True, False] and qnet.in_features == 784
+    assert golden(qnet, mnist_to_input(data.images, 8)).shape == (128, 10)
