@@ -275,3 +275,59 @@ def test_bell_shaped_biases_use_rice_and_roundtrip():
     row = layer_sizes(qq)[0]
     width = int(int(b.max()) - int(b.min())).bit_length() - 3  # the * 8 gives 3 trailing zeros
     assert row["bias_bits"] < width * 400  # Rice beats the fixed width on a bell shape
+
+
+def _sections_of(data):
+    pos, out = 5, []
+    while pos < len(data) - 4:
+        tag, p, length, sh = data[pos : pos + 1], pos + 1, 0, 0
+        while True:
+            b = data[p]
+            p += 1
+            length |= (b & 0x7F) << sh
+            sh += 7
+            if not b & 0x80:
+                break
+        out.append((tag, data[p : p + length]))
+        pos = p + length + 4
+    return out
+
+
+def _seal(sections):
+    from compress.dcz import _section
+
+    body = MAGIC + bytes([DCZ_VERSION]) + b"".join(_section(t, p) for t, p in sections)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize("which", range(3))
+def test_resealed_corruption_never_crashes(which):
+    """Payload damage behind valid checksums (a crafted file) gives InputError or a valid
+    network, never another exception."""
+    q = [
+        random_qnet((30, 20, 5), density=0.3, seed=1),
+        smooth_qnet(),
+        random_qnet((50, 40), density=0.05, seed=2, bias_scale=2**20, index_bits=8),
+    ][which]
+    data = pack(q)
+    secs = _sections_of(data)
+    assert _seal(secs) == data
+    rng = np.random.default_rng(which)
+    for _ in range(150):
+        s = list(secs)
+        i = int(rng.integers(0, len(s)))
+        payload = bytearray(s[i][1])
+        j = int(rng.integers(0, len(payload)))
+        mode = int(rng.integers(0, 3))
+        if mode == 0:
+            payload[j] ^= int(rng.integers(1, 256))
+        elif mode == 1:
+            del payload[j:]
+        else:
+            payload[j : j + 4] = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
+        s[i] = (s[i][0], bytes(payload))
+        try:
+            back = unpack(_seal(s))
+        except InputError:
+            continue
+        back.validate(index_bits=8)
