@@ -148,7 +148,8 @@ class _Sorted:
     """Lloyd statistics from sorted values: segment counts and sums via a prefix sum."""
 
     def __init__(self, x: np.ndarray):
-        self.xs = np.sort(x.astype(np.float64, copy=True)) if x.dtype != np.float64 else np.sort(x)
+        self.xs = x.astype(np.float64, copy=True)  # a copy sorted in place: no third array
+        self.xs.sort()
         self.cs = np.empty(self.xs.shape[0] + 1, dtype=np.float64)
         self.cs[0] = 0.0
         np.cumsum(self.xs, out=self.cs[1:])
