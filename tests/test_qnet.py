@@ -170,3 +170,12 @@ def test_cli_process_exit_status(tmp_path):
     assert ok.returncode == 0, ok.stderr
     y = np.load(tmp_path / "y.npy")
     assert y.dtype == np.int16 and y.shape == (4, 3)
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    import os
+
+    save_qnet(_small(), tmp_path / "q.npz")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "q.npz").stat().st_mode & 0o777 == 0o666 & ~mask
