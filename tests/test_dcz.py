@@ -331,3 +331,19 @@ def test_resealed_corruption_never_crashes(which):
         except InputError:
             continue
         back.validate(index_bits=8)
+
+
+def test_shipped_model_is_what_the_encoder_writes():
+    """The embedded default (CONTRACT section 6) decodes exactly, and packing its qnet again
+    gives the same bytes: the shipped size is the current encoder's size."""
+    from pathlib import Path
+
+    models = Path(__file__).resolve().parents[1] / "compress" / "models"
+    dcz_path, qnet_path = models / "lenet-300-100.dcz", models / "lenet-300-100.qnet.npz"
+    if not dcz_path.exists():
+        pytest.skip("no shipped model yet")
+    q = load_qnet(qnet_path, index_bits=8)
+    data = dcz_path.read_bytes()
+    assert read_dcz(dcz_path).equals(q)
+    assert pack(q) == data
+    assert layer_sizes(q)[-1]["ratio"] == pytest.approx(1_066_440 / len(data))
