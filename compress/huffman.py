@@ -11,7 +11,9 @@
   numpy: the fields of one word are contiguous (positions only grow), so an OR-`reduceat`
   merges them and the one field that straddles each word boundary spills into the next word.
   No Python loop runs per symbol; 100M symbols are packed in chunks of a few million.
-* Decoding uses bitarray's C canonical decoder (`canonical_decode`).
+* Decoding uses bitarray's C canonical decoder (`canonical_decode`). Context-coded streams
+  (`write_symbols_ctx`: the table of each symbol chosen by the previous symbol and a side
+  value, as the .dcz weight streams use) decode in a table-driven Python loop (~1 us/symbol).
 * A one-symbol alphabet costs no bits at all: the decoder is told how many symbols to produce.
 
 `BitWriter` / `BitReader` are the small bit-level container the .dcz sections are built with.
@@ -218,7 +220,7 @@ class BitWriter:
     """Collects fields and symbol streams; packs everything in one vectorised pass."""
 
     def __init__(self):
-        self._parts: list = []  # (values, lengths) or ("huff", symbols, code)
+        self._parts: list = []  # (values, lengths) or ("lut", indices, codes, lengths)
         self.nbits = 0
 
     def write(self, value: int, nbits: int) -> None:
