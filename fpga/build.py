@@ -117,7 +117,8 @@ def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[di
 
 def build(rom, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_CLOCK_MHZ,
           baud: int = 115200, build_root: str | Path = "build", seed: int = 1,
-          model_name: str = "", spram: bool = True, retry: bool = True, log=print) -> dict:
+          model_name: str = "", spram: bool = True, retry: bool = True, queue_depth: int = 4,
+          log=print) -> dict:
     """Build the bitstream; returns the report dict (also written to build/<board>/report.json).
 
     With `retry`, a build whose fmax falls short of the clock is built once more with the PLL at
@@ -132,9 +133,9 @@ def build(rom, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
     attempts = []
     total = 0.0
     while True:
-        top = BoardTop(rom, clock_hz=target, baud=baud, spram=spram)
-        log(f"building {board}: {rom.pes} PEs, PLL {top.clock_hz / 1e6:g} MHz, {baud} baud, "
-            f"in {out}/ ...")
+        top = BoardTop(rom, clock_hz=target, baud=baud, spram=spram, queue_depth=queue_depth)
+        log(f"building {board}: {rom.pes} PEs (queue depth {queue_depth}), PLL "
+            f"{top.clock_hz / 1e6:g} MHz, {baud} baud, in {out}/ ...")
         npr, secs = _flow(platform, top, out, seed=seed)
         total += secs
         fig = parse_report(npr, clock_hz=top.clock_hz)
@@ -160,6 +161,7 @@ def build(rom, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
         "device": platform.device,
         "package": platform.package,
         "pes": rom.pes,
+        "queue_depth": queue_depth,
         "model": model_name,
         "baud": baud,
         "spram_roms": [lp.spec.name for lp in top.core.memories.loads] if spram else [],

@@ -56,7 +56,8 @@ def _rom(args):
 
 def _common(p, pes=True):
     p.add_argument("--model", help=f"qnet .npz (default: the shipped {SHIPPED_MODEL.name}, "
-                   f"'{SYNTHETIC}' for a random LeNet-300-100, 'synthetic:784-32-10' for other sizes)")
+                   f"'{SYNTHETIC}' for a random LeNet-300-100, 'synthetic:784-32-10' for other "
+                   f"sizes)")
     if pes:
         p.add_argument("--pes", type=int, default=8, help="processing elements (default 8)")
     p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
@@ -93,7 +94,8 @@ def cmd_build(args):
     try:
         report = build(rom, board=args.board, clock_mhz=args.clock_mhz, baud=args.baud,
                        build_root=args.build_dir, seed=args.seed, model_name=name,
-                       spram=not args.no_spram, retry=not args.no_retry)
+                       spram=not args.no_spram, retry=not args.no_retry,
+                       queue_depth=args.queue_depth)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -130,6 +132,9 @@ def build_parser():
     b.add_argument("--clock-mhz", type=float, default=36.0, help="PLL clock target (default 36)")
     b.add_argument("--build-dir", default="build", help="build root (default build/)")
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    b.add_argument("--queue-depth", type=int, default=4,
+                   help="per-PE activation queue depth (default 4: the queues are flip-flops, "
+                        "and 8 of them do not leave room for 2 PEs on the UP5K)")
     b.add_argument("--no-retry", action="store_true",
                    help="keep the first clock even when timing is not met (default: rebuild once "
                         "at the fastest PLL clock under the fmax found)")

@@ -119,7 +119,8 @@ class Link(wiring.Component):
         # Reply body after the buffered outputs: 32-bit words chosen by a small mux and sent
         # LSB byte first through one 32-bit shift register (cheaper than a register per byte).
         ping_bytes = bytes([P.VERSION, self.pes, n_l]) + n_in.to_bytes(2, "little")
-        ping_bytes += n_out.to_bytes(2, "little") + (self.clock_hz & 0xFFFFFFFF).to_bytes(4, "little")
+        ping_bytes += n_out.to_bytes(2, "little")
+        ping_bytes += (self.clock_hz & 0xFFFFFFFF).to_bytes(4, "little")
         assert len(ping_bytes) == 11
         ping_words = [int.from_bytes(ping_bytes[i:i + 4], "little") for i in (0, 4, 8)]
         K_ERROR, K_PING, K_COUNT, K_INFER = range(4)

@@ -2,7 +2,9 @@
 
 `BoardCore` is everything that is not board-specific: UART rx/tx on two pins, the protocol link
 (fpga/link.py) and the EIE engine (hw/engine.py), plus two status outputs for LEDs. It is what
-the cocotb and gate-level benches simulate, driven only through `rx` and `tx`.
+the cocotb and gate-level benches simulate, driven only through `rx` and `tx`. With
+`spram=True` the engine's four largest ROMs live in SPRAM (fpga/memories.py) and are written
+through the protocol's LOAD frames after configuration.
 
 `BoardTop` puts a `BoardCore` on a platform: on an iCE40 platform the sync clock comes from an
 SB_PLL40_PAD on the 12 MHz pin (power-on reset held while the PLL locks and for the EBR start-up
