@@ -1,6 +1,7 @@
 """`python -m fpga`: bad invocations (exit 2, one line), the resource analysis, PLL settings."""
 
 import json
+import tty
 import subprocess
 import sys
 
@@ -71,3 +72,39 @@ def test_parse_report():
     assert (f["lc_used"], f["lc_total"], f["ebr_used"], f["dsp_used"], f["spram_used"]) == \
         (3000, 5280, 17, 1, 0)
     assert (f["clock_mhz"], f["fmax_mhz"]) == (36.0, 26.55)
+
+
+def test_serial_transport_pty():
+    """The pyserial path of the host runner, against a pty answering PING like a board."""
+    import os
+    import pty
+    import struct
+    import threading
+
+    from fpga import protocol as P
+    from fpga.host import Board, SerialTransport
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    payload = struct.pack("<BBBHHIB", P.VERSION, 2, 3, 784, 10, 25_500_000, 1)
+
+    def board_side():
+        dec = P.FrameDecoder(sync=P.SYNC_REQ)
+        while True:
+            for f in dec.feed(os.read(master, 64)):
+                assert f.cmd == P.CMD_PING
+                os.write(master, b"\x00\x13" + P.encode_frame(P.CMD_PING, payload,
+                                                              sync=P.SYNC_REP))
+                return
+
+    th = threading.Thread(target=board_side, daemon=True)
+    th.start()
+    t = SerialTransport(os.ttyname(slave), 115200)
+    try:
+        info = Board(t, timeout=5).ping()
+    finally:
+        t.close()
+        os.close(master)
+        os.close(slave)
+    assert (info.pes, info.num_layers, info.in_features, info.clock_hz, info.loaded) == \
+        (2, 3, 784, 25_500_000, True)
