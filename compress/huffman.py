@@ -216,6 +216,31 @@ def _pack_into(
     return int(end[-1])
 
 
+def _pack_lut(words, off: int, s: np.ndarray, codes: np.ndarray, lengths: np.ndarray) -> int:
+    """Pack codes[s] (lengths[s] bits each). Long streams over a small alphabet with codes of
+    at most 16 bits go two symbols at a time through a table of pair codes (half the fields)."""
+    a = codes.shape[0]
+    n = s.shape[0]
+    if n >= 1 << 16 and a <= 1024 and (lengths.max(initial=0) <= 16):
+        pair_codes = (codes[:, None] << lengths[None, :].astype(np.uint64)) | codes[None, :]
+        pair_lengths = lengths[:, None] + lengths[None, :]
+        pair_codes, pair_lengths = pair_codes.reshape(-1), pair_lengths.reshape(-1)
+        even = n - n % 2
+        step = _CHUNK * 2
+        for b in range(0, even, step):
+            c = s[b : min(b + step, even)]
+            p = c[0::2] * a
+            p += c[1::2]
+            off = _pack_into(words, off, pair_codes[p], pair_lengths[p], trusted=True)
+        if n % 2:
+            off = _pack_into(words, off, codes[s[-1:]], lengths[s[-1:]], trusted=True)
+        return off
+    for b in range(0, n, _CHUNK):
+        c = s[b : b + _CHUNK]
+        off = _pack_into(words, off, codes[c], lengths[c], trusted=True)
+    return off
+
+
 class BitWriter:
     """Collects fields and symbol streams; packs everything in one vectorised pass."""
 
@@ -295,10 +320,7 @@ class BitWriter:
         for part in self._parts:
             if isinstance(part[0], str):
                 _, s, codes, lengths = part
-                lengths = lengths.astype(np.int64)
-                for a in range(0, s.shape[0], _CHUNK):
-                    c = s[a : a + _CHUNK]
-                    off = _pack_into(words, off, codes[c], lengths[c], trusted=True)
+                off = _pack_lut(words, off, s, codes, lengths.astype(np.int64))
             else:
                 v, ln = part
                 off = _pack_into(words, off, v, ln)
