@@ -172,3 +172,28 @@ def test_many_symbols_vectorised():
     out, end = code.decode(data, len(s))
     assert end == nbits
     np.testing.assert_array_equal(out, s)
+
+
+@pytest.mark.parametrize("n", [(1 << 16) + 1, 300_000])
+def test_pair_packing_path(n):
+    """Long streams over small alphabets are packed two symbols at a time; odd lengths and a
+    misaligned start must come out the same as symbol by symbol."""
+    rng = np.random.default_rng(n)
+    s = np.minimum(rng.geometric(0.3, size=n) - 1, 19)
+    code = HuffmanCode.from_symbols(s, 20)
+    assert code.lengths.max() <= 16
+    w = BitWriter()
+    w.write(0b10110, 5)
+    w.write_symbols(s, code)
+    w.write(1, 1)
+    data = w.getvalue()
+    head = s[:2000]
+    ref = "10110" + "".join(
+        format(int(c), f"0{int(ln)}b") for c, ln in zip(code.codes()[head], code.lengths[head])
+    )
+    bits = "".join(format(b, "08b") for b in data[: len(ref) // 8 + 1])
+    assert bits[: len(ref)] == ref
+    r = BitReader(data)
+    assert r.read(5) == 0b10110
+    np.testing.assert_array_equal(r.read_symbols(n, code), s)
+    assert r.read(1) == 1
