@@ -180,7 +180,8 @@ class Engine(wiring.Component):
         outs = [rl.out_features for rl in rom.layers] + [0, 0]
         # drain of layer i: its rows out, the rows of layer i + 2 preloaded (same bank)
         drain_t = Array(
-            Const(max(_ceil_div(outs[i], n), _ceil_div(outs[i + 2], n)), unsigned(self.row_bits + 1))
+            Const(max(_ceil_div(outs[i], n), _ceil_div(outs[i + 2], n)),
+                  unsigned(self.row_bits + 1))
             for i in range(L))
         pre_rows = [max(1, _ceil_div(outs[b], n)) for b in range(2)]
         m.d.comb += [fe.in_features.eq(in_t[layer]), fe.groups.eq(grp_t[layer])]

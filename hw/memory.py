@@ -47,7 +47,8 @@ class MemorySpec:
             raise ValueError(f"memory {self.name}: width and depth must be >= 1, "
                              f"not {self.width!r} x {self.depth!r}")
         if len(self.init) > self.depth:
-            raise ValueError(f"memory {self.name}: {len(self.init)} init words > depth {self.depth}")
+            raise ValueError(
+                f"memory {self.name}: {len(self.init)} init words > depth {self.depth}")
 
     @property
     def bits(self) -> int:

@@ -242,7 +242,8 @@ def cmd_sim(args):
     for i in range(len(x)):
         lab = str(int(labels[i])) if labels is not None else "-"
         mark = "" if exact[i] else "   MISMATCH"
-        print(f"{i:5d}  {lab:>5}  {int(pred[i]):9d}  {int(gpred[i]):6d}  {int(r.cycles[i]):6d}{mark}")
+        print(f"{i:5d}  {lab:>5}  {int(pred[i]):9d}  {int(gpred[i]):6d}  "
+              f"{int(r.cycles[i]):6d}{mark}")
     print()
     print(f"bit-exact: {int(exact.sum())}/{len(x)} against the golden model "
           f"(dense baseline: {int(np.all(rd.outputs == gd, axis=1).sum())}/{nd} bit-exact)")
@@ -253,7 +254,8 @@ def cmd_sim(args):
               f"on the engine" + ("  (synthetic network: labels are not meaningful)"
                                   if synthetic else ""))
         if full_labels is not None and len(full_labels) > len(x):
-            ga = float((predict(golden(qnet, full_x, acc_bits=args.acc_bits)) == full_labels).mean())
+            full_pred = predict(golden(qnet, full_x, acc_bits=args.acc_bits))
+            ga = float((full_pred == full_labels).mean())
             print(f"  (golden model on all {len(full_labels)} sample digits: {100 * ga:.1f}%; "
                   f"--count {len(full_labels)} runs them all on the engine)")
     comp = r.layer_cycles.sum(axis=1)
