@@ -132,7 +132,9 @@ def test_board_lenet_digits(gate_level, mnist_dir):
     test = load_split("test", mnist_dir)
     x = mnist_to_input(test.images[:2], qnet.input_frac)
     rom = build_rom(qnet, pes=8)
-    with simulated_board(rom, gate_level=gate_level, spram=True) as t:
+    # Memories initialised (no SPRAM): a LOAD of LeNet's SPRAM ROMs is ~10^6 simulated UART
+    # cycles; the load path is covered by test_board_spram_load.
+    with simulated_board(rom, gate_level=gate_level) as t:
         stats = run_digits(Board(t, timeout=600), qnet, x, test.labels[:2], progress=False,
                            rom=rom)
     assert stats.exact == 2
