@@ -1,0 +1,1 @@
+"""`make bench`: regenerate docs/RESULTS.md and its plots from scratch on this machine."""

@@ -1,0 +1,236 @@
+"""The sections of the results page. Each measures, then returns a `Section`.
+
+Every figure on the page is written here from a measurement of the same run; nothing is typed
+by hand. Times are medians of several runs where a single run would be noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .util import REPO, Section, md_table, median_time, timed_command
+
+PAPER = {
+    "lenet-300-100": {"error": 1.58, "ratio": 40, "baseline_error": 1.64},
+    "lenet-5": {"error": 0.74, "ratio": 39, "baseline_error": 0.80},
+}
+PY = sys.executable
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Compression
+
+
+def compression(work: Path, data_dir: str, plots: Path) -> Section:
+    from compress.dcz import format_table, layer_sizes, read_dcz
+
+    rows, per_layer, data = [], [], {}
+    for arch in ("lenet-300-100", "lenet-5"):
+        out = work / arch
+        dt, _ = timed_command([PY, "-m", "compress", "pipeline", "--arch", arch, "--data",
+                               data_dir, "--seed", "0", "--no-progress", "--out", str(out)])
+        s = json.loads((out / "summary.json").read_text())
+        err = s["errors"]
+        final = err.get("integer", err.get("quantized"))["test"]
+        dcz = out / "model.dcz"
+        entry = {"summary": s, "wall_s": dt}
+        ratio_pqh = ratio_pq = ratio_p = None
+        if dcz.exists():
+            sizes = layer_sizes(read_dcz(dcz))
+            tot = sizes[-1]
+            ratio_pqh = tot["ratio"]
+            ratio_pq = 100.0 / tot["rate_pq_pct"]
+            # pruning alone: float32 values plus the same fixed-width relative indices
+            ratio_p = 32.0 / (tot["kept_pct"] / 100 * (32 + tot["index_bits_pq_incl_fillers"]))
+            per_layer.append(f"**{arch}** (`{dcz.stat().st_size:,}` bytes .dcz)\n\n```\n"
+                             f"{format_table(sizes)}\n```")
+            entry["sizes"] = sizes
+            entry["dcz_bytes"] = dcz.stat().st_size
+        data[arch] = entry
+        p = PAPER[arch]
+        f = lambda v: f"{v:.1f}x" if v else "n/a"  # noqa: E731
+        rows.append([arch, f"{err['dense']['test']:.2f}%", f"{err['pruned']['test']:.2f}%",
+                     f"{err['quantized']['test']:.2f}%",
+                     f"{err['integer']['test']:.2f}%" if "integer" in err else "n/a (conv)",
+                     f(ratio_p), f(ratio_pq), f(ratio_pqh),
+                     f"{p['baseline_error']:.2f}% -> {p['error']:.2f}% at {p['ratio']}x",
+                     f"{dt:.0f} s"])
+        data[arch]["final_error"] = final
+        png = out / "weights.png"
+        if png.exists():
+            target = plots / f"weights-{arch}.png"
+            target.write_bytes(png.read_bytes())
+    md = md_table(
+        ["network", "dense error", "pruned", "pruned + quantized (float)", "integer (golden)",
+         "size ratio: pruning", "+ quantization", "+ Huffman (.dcz file)", "paper (Deep Compression)",
+         "pipeline wall time"], rows)
+    md += ("\n\nErrors on the full 10k MNIST test set; recipes were chosen on a validation split of "
+           "the training set. The `.dcz` ratio is 4 x (weights + biases) bytes over the size of the "
+           "file on disk; 'pruning' and '+ quantization' are computed from the same streams at fixed "
+           "width (float32 values or 4-bit indices, plus fixed-width relative indices with fillers). "
+           "Command: `python -m compress pipeline --arch ARCH --data $MNIST_DIR --seed 0`.\n\n"
+           "Per layer, in the paper's columns (bits per non-zero weight; rate = % of 32-bit dense):\n\n"
+           + "\n\n".join(per_layer)
+           + "\n\n![weights](results/weights-lenet-300-100.png)")
+    return Section("1. Compression", md, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Engine cycles
+
+
+def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
+           depths=(1, 2, 4, 8, 16)) -> Section:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from compress.rom import build_rom
+    from tb.analysis import breakdown, utilisation
+    from tb.cli import _load
+    from tb.sim import EngineParams, build, simulate
+
+    qnet, x, _labels, notes = _load(None, None, 4)
+    x = x[:count]
+    rows, data, sim_rate = [], {"pes": {}, "depth": {}}, []
+    for pes in pes_list:
+        rom = build_rom(qnet, pes=pes)
+        t0 = time.perf_counter()
+        r = simulate(build(rom, EngineParams()), x)
+        dt = time.perf_counter() - t0
+        sim_rate.append(float(r.cycles.sum()) / dt)
+        d = simulate(build(rom, EngineParams(sparse=False)), x[:1])
+        br = breakdown(qnet, rom, x, r.layer_cycles)
+        util, ideal = utilisation(qnet, rom, x, r.layer_cycles)
+        dense = d.layer_cycles[0]
+        data["pes"][pes] = {"layers": br, "utilisation": util, "ideal": ideal,
+                            "dense_layer_cycles": dense.tolist(),
+                            "cycles": float(r.cycles.mean())}
+        for b in br:
+            rows.append([pes, f"l{b['layer']}", f"{b['cycles']:.0f}", f"{b['ideal']:.0f}",
+                         f"{100 * b['ideal'] / b['cycles']:.0f}%" if b["cycles"] else "-",
+                         f"{dense[b['layer']]}", f"{dense[b['layer']] / b['cycles']:.1f}x"])
+        rows.append([pes, "**all**", f"{r.layer_cycles.sum(axis=1).mean():.0f}",
+                     f"{sum(b['ideal'] for b in br):.0f}", f"{100 * util:.0f}%",
+                     f"{dense.sum()}", f"**{dense.sum() / r.layer_cycles.sum(axis=1).mean():.1f}x**"])
+    rom8 = build_rom(qnet, pes=8)
+    for depth in depths:
+        r = simulate(build(rom8, EngineParams(queue_depth=depth)), x)
+        util, ideal = utilisation(qnet, rom8, x, r.layer_cycles)
+        data["depth"][depth] = {"utilisation": util, "ideal": ideal,
+                                "compute_cycles": float(r.layer_cycles.sum(axis=1).mean())}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(depths, [100 * data["depth"][d]["utilisation"] for d in depths], "o-",
+            label="MAC utilisation (measured)")
+    ax.plot(depths, [100 * data["depth"][d]["ideal"] for d in depths], "--",
+            label="ideal (load imbalance only)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(depths), [str(d) for d in depths])
+    ax.set_xlabel("activation queue depth")
+    ax.set_ylabel("% of PE-cycles doing a useful MAC")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"LeNet-300-100, 8 PEs, {len(x)} MNIST digits")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(plots / "queue-depth.png", dpi=120)
+    plt.close(fig)
+    md = md_table(["PEs", "layer", "cycles (mean)", "ideal = useful MACs / PEs", "of ideal",
+                   "dense engine", "speedup"], rows)
+    md += ("\n\n" + "; ".join(notes) + f"; {len(x)} digits, queue depth 8, 4-bit relative "
+           "indices. Cycles are the engine's own per-layer counters read in cocotb (Icarus); "
+           "the dense engine is the same PEs and datapath with zero skipping off.\n\n"
+           + md_table(["queue depth", "MAC utilisation", "ideal"],
+                      [[d, f"{100 * data['depth'][d]['utilisation']:.1f}%",
+                        f"{100 * data['depth'][d]['ideal']:.1f}%"] for d in depths])
+           + "\n\n![queue depth](results/queue-depth.png)")
+    data["sim_cycles_per_second"] = float(np.median(sim_rate))
+    return Section("2. Engine cycles", md, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. FPGA and the CPU beside it
+
+
+def fpga(cycles_8pe: float | None) -> Section:
+    import torch
+
+    from compress.models import build as build_model
+
+    dt, log = timed_command([PY, "-m", "fpga", "build", "--board", "icebreaker"])
+    rep = json.loads((REPO / "build" / "icebreaker" / "report.json").read_text())
+    torch.manual_seed(0)
+    model = build_model("lenet-300-100").eval()
+    xb = torch.rand(1, 1, 28, 28)
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        t1, _ = median_time(lambda: model(xb), repeat=2000, warmup=200)
+    ips = rep["clock_mhz"] * 1e6 / cycles_8pe if cycles_8pe else None
+    rows = [[k, rep.get(k)] for k in ("board", "device", "pes", "clock_mhz", "fmax_mhz", "lc_used",
+                                       "lc_total", "dsp_used", "ebr_used", "spram_used")]
+    rows.append(["build wall time", f"{dt:.0f} s"])
+    if ips:
+        rows.append(["inferences / s at the clock (8-PE cycles from section 2)", f"{ips:,.0f}"])
+    rows.append(["PyTorch dense float LeNet-300-100, batch 1, 1 thread, this CPU",
+                 f"{1e6 * t1:.1f} us ({1 / t1:,.0f} inferences / s, median of 2000)"])
+    md = md_table(["figure", "value"], rows)
+    md += ("\n\nFrom nextpnr's own report (`make bitstream BOARD=icebreaker`, "
+           "`build/icebreaker/report.json`).")
+    return Section("3. FPGA (iCEBreaker, iCE40UP5K)", md,
+                   {"report": rep, "build_s": dt, "cpu_batch1_s": t1, "inferences_per_s": ips})
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Tooling at scale
+
+
+def tooling(*, sample: int = 200_000, k: int = 32) -> Section:
+    from sklearn.cluster import KMeans
+
+    from compress.bench_scale import make_layer
+    from compress.kmeans import kmeans_1d
+
+    dt, log = timed_command([PY, "-m", "compress.bench_scale", "--k", str(k)])
+    w = make_layer(0, 0.04)
+    nz = w[w != 0]
+    del w
+    rng = np.random.default_rng(0)
+    s = rng.choice(nz, size=min(sample, nz.size), replace=False)
+    t_sk, _ = median_time(lambda: KMeans(n_clusters=k - 1, n_init=1, random_state=0)
+                          .fit(s.reshape(-1, 1)), repeat=3, warmup=0)
+    t_ours, _ = median_time(lambda: kmeans_1d(s, k - 1, init="linear"), repeat=5)
+    ratio = t_sk / t_ours
+    md = ("`python -m compress.bench_scale --k %d` (a VGG-16 fc6-sized layer, 25088 x 4096 = "
+          "102.8M weights, pruned to 4%%), as printed:\n\n```\n%s\n```\n\n" % (k, log.strip()))
+    md += md_table(["k-means on the same %s-point sample of its weights" % f"{s.size:,}",
+                    "time (median)"],
+                   [["scikit-learn KMeans (n_init=1)", f"{t_sk:.3f} s"],
+                    ["ours (`compress.kmeans.kmeans_1d`)", f"{t_ours:.4f} s"],
+                    ["ratio", f"**{ratio:.0f}x**"]])
+    return Section("4. Tooling: a 103M-weight layer", md,
+                   {"bench_scale_log": log, "sklearn_s": t_sk, "ours_s": t_ours, "ratio": ratio})
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Simulation speed and the wall time of the make targets
+
+
+def simulation(sim_rate: float | None) -> Section:
+    env = {"MNIST_DIR": os.environ.get("MNIST_DIR", "")}
+    t_sim, _ = timed_command(["make", "sim"], env=env)
+    t_test, out = timed_command(["make", "test"], env=env)
+    summary = [ln for ln in out.splitlines() if " passed" in ln][-1:]
+    rows = [["`make sim` (warm .venv)", f"{t_sim:.0f} s"],
+            ["`make test` (warm .venv)", f"{t_test:.0f} s ({summary[0].strip() if summary else ''})"]]
+    if sim_rate:
+        rows.insert(0, ["cocotb + Icarus on the engine (8 PEs and others, section 2)",
+                        f"{sim_rate:,.0f} cycles / s"])
+    return Section("5. Simulation", md_table(["figure", "value"], rows),
+                   {"make_sim_s": t_sim, "make_test_s": t_test, "sim_cycles_per_s": sim_rate})
