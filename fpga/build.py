@@ -133,6 +133,7 @@ def build(rom, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
     attempts = []
     total = 0.0
     while True:
+        platform = board_platform(board)  # a platform object takes one design only
         top = BoardTop(rom, clock_hz=target, baud=baud, spram=spram, queue_depth=queue_depth)
         log(f"building {board}: {rom.pes} PEs (queue depth {queue_depth}), PLL "
             f"{top.clock_hz / 1e6:g} MHz, {baud} baud, in {out}/ ...")
