@@ -799,8 +799,8 @@ def layer_sizes(qnet: QNet | LayerSet) -> list[dict]:
     P+Q+H (per non-zero), compression rate P+Q and P+Q+H (% of 32-bit dense weights).
 
     P+Q (pruning + quantization, fixed width): each non-zero costs ceil(log2(K-1)) weight bits
-    and the best fixed relative-index width w; gaps longer than 2**w - 1 add filler entries
-    that cost both. P+Q+H are the Huffman streams actually written in the .dcz (per non-zero:
+    and the best fixed relative-index width w (`index_width_pq`); gaps longer than 2**w - 1 add
+    filler entries that cost both, and `index_bits_pq` counts them (w * entries / non-zeros). P+Q+H are the Huffman streams actually written in the .dcz (per non-zero:
     stream bits only; the rate adds the code tables and the int16 codebook). The total row adds
     the biases, headers and checksums too: the .dcz file size against 32-bit floats.
     """
@@ -833,8 +833,8 @@ def layer_sizes(qnet: QNet | LayerSet) -> list[dict]:
                 "kept_pct": 100.0 * nnz / weights,
                 "weight_bits_pq": wbits,
                 "weight_bits_pqh": b["weight_stream"] / per,
-                "index_bits_pq": ibits,
-                "index_bits_pq_incl_fillers": ibits * entries / per,
+                "index_bits_pq": ibits * entries / per,  # incl. fillers, per non-zero
+                "index_width_pq": ibits,
                 "index_bits_pqh": b["index_stream"] / per,
                 "rate_pq_pct": 100.0 * pq / (32 * weights),
                 "rate_pqh_pct": 100.0 * pqh / (32 * weights),
@@ -866,8 +866,8 @@ def layer_sizes(qnet: QNet | LayerSet) -> list[dict]:
             "kept_pct": 100.0 * tot["nnz"] / tot["weights"],
             "weight_bits_pq": tot["wf"] / per,
             "weight_bits_pqh": tot["wh"] / per,
-            "index_bits_pq": tot["if"] / per,
-            "index_bits_pq_incl_fillers": tot["iff"] / per,
+            "index_bits_pq": tot["iff"] / per,
+            "index_width_pq": tot["if"] / per,
             "index_bits_pqh": tot["ih"] / per,
             "rate_pq_pct": 100.0 * tot["pq_bits"] / (32 * tot["weights"]),
             "rate_pqh_pct": 100.0 * tot["pqh_bits"] / (32 * tot["weights"]),
