@@ -434,7 +434,7 @@ def _decode_layer(payload: bytes, i: int) -> Layer:
     r = BitReader(payload, what)
     out_f = r.read_eg(limit=_MAX_DIM)
     in_f = r.read_eg(limit=_MAX_DIM)
-    if out_f < 1 or in_f < 1 or out_f * in_f > 1 << 34:
+    if out_f < 1 or in_f < 1 or out_f * in_f > 1 << 32:
         raise InputError(f"{what}: corrupt shape [{out_f}, {in_f}]")
     shift = r.read_eg(limit=62)
     relu = bool(r.read(1))

@@ -532,6 +532,8 @@ def read_lengths(r: BitReader, a: int) -> HuffmanCode:
     """The code of `a` symbols `write_lengths` wrote; InputError unless it is a valid code."""
     if a == 0:
         return HuffmanCode(np.zeros(0, dtype=np.uint8))
+    if a > len(r.bits) - r.pos:  # every length takes at least one bit
+        raise InputError(f"{r.what}: truncated Huffman table ({a} code lengths)")
     ln = np.empty(a, dtype=np.int64)
     ln[0] = r.read_eg(limit=MAX_CODE_LEN)
     for i in range(1, a):
