@@ -152,6 +152,8 @@ def _read_ints(r: BitReader, n: int, lo: int, hi: int, what: str) -> np.ndarray:
     else:
         med = r.read_eg(limit=1 << 40)
         k = r.read_eg(limit=31)
+        if n * (k + 1) > len(r.bits) - r.pos:
+            raise InputError(f"{r.what}: truncated {what} (Rice codes)")
         z = np.empty(n, dtype=np.int64)
         for i in range(n):
             start = r.pos
