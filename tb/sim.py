@@ -4,7 +4,9 @@ One build directory per parameter set: build/tb/<key>/ with key = sha256 of the 
 (which holds the sha256 of every ROM image file), the engine parameters and the source of the
 `hw` package, so parallel pytest-xdist workers never collide and unchanged builds are reused.
 A build is made under an exclusive file lock; each simulation run gets its own directory
-(build/tb/<key>/runs/<n>/) for inputs, outputs and results.xml. Waveforms only with WAVES=1.
+(build/tb/<key>/runs/<n>/) for inputs, outputs and results.xml, removed after a good run and
+kept after a failed one. Waveforms only with WAVES=1 (Icarus writes build/tb/<key>/sim_build/
+engine.fst).
 """
 
 from __future__ import annotations
@@ -159,47 +161,43 @@ def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float
     runs = b.dir / "runs"
     runs.mkdir(exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
+    # a failed run raises and leaves run_dir for inspection (inputs, sim.log, results.xml)
+    np.save(run_dir / "inputs.npy", x, allow_pickle=False)
+    env = {
+        "TB_IO": str(run_dir),
+        "TB_OUT_FEATURES": str(b.rom.layers[-1].out_features),
+        "TB_LAYERS": str(b.rom.num_layers),
+        "TB_STALL_IN": repr(float(stall_in)),
+        "TB_STALL_OUT": repr(float(stall_out)),
+        "TB_SEED": str(int(seed)),
+        "TB_RESET": "1" if reset_mid else "0",
+        "PYTHONPATH": os.pathsep.join(
+            [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+    }
+    if max_cycles:
+        env["TB_MAX_CYCLES"] = str(int(max_cycles))
+    runner = get_runner("icarus")
+    results = run_dir / "results.xml"
     try:
-        np.save(run_dir / "inputs.npy", x, allow_pickle=False)
-        env = {
-            "TB_IO": str(run_dir),
-            "TB_OUT_FEATURES": str(b.rom.layers[-1].out_features),
-            "TB_LAYERS": str(b.rom.num_layers),
-            "TB_STALL_IN": repr(float(stall_in)),
-            "TB_STALL_OUT": repr(float(stall_out)),
-            "TB_SEED": str(int(seed)),
-            "TB_RESET": "1" if reset_mid else "0",
-            "PYTHONPATH": os.pathsep.join(
-                [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
-        }
-        if max_cycles:
-            env["TB_MAX_CYCLES"] = str(int(max_cycles))
-        runner = get_runner("icarus")
-        results = run_dir / "results.xml"
-        try:
-            runner.test(
-                test_module="tb.cocotb_engine", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
-                build_dir=b.dir / "sim_build", test_dir=run_dir, extra_env=env,
-                results_xml=str(results), waves=b.waves, seed=seed,
-                log_file=run_dir / "sim.log",
-            )
-        except SystemExit as e:
-            raise RuntimeError(f"simulation failed (exit {e.code}); see {run_dir / 'sim.log'}"
-                               ) from None
-        _tests, failed = get_results(results)
-        if failed or not (run_dir / "outputs.npy").exists():
-            log = (run_dir / "sim.log").read_text(errors="replace")[-3000:] \
-                if (run_dir / "sim.log").exists() else ""
-            raise RuntimeError(f"cocotb bench failed in {run_dir}:\n{log}")
-        res = SimResult(
-            outputs=np.load(run_dir / "outputs.npy", allow_pickle=False),
-            cycles=np.load(run_dir / "cycles.npy", allow_pickle=False),
-            layer_cycles=np.load(run_dir / "layer_cycles.npy", allow_pickle=False),
+        runner.test(
+            test_module="tb.cocotb_engine", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
+            build_dir=b.dir / "sim_build", test_dir=run_dir, extra_env=env,
+            results_xml=str(results), waves=b.waves, seed=seed,
+            log_file=run_dir / "sim.log",
         )
-    except BaseException:
-        if not b.waves:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    if not b.waves:  # keep the run directory only when it holds a waveform
+    except SystemExit as e:
+        raise RuntimeError(f"simulation failed (exit {e.code}); see {run_dir / 'sim.log'}"
+                           ) from None
+    _tests, failed = get_results(results)
+    if failed or not (run_dir / "outputs.npy").exists():
+        log = (run_dir / "sim.log").read_text(errors="replace")[-3000:] \
+            if (run_dir / "sim.log").exists() else ""
+        raise RuntimeError(f"cocotb bench failed in {run_dir}:\n{log}")
+    res = SimResult(
+        outputs=np.load(run_dir / "outputs.npy", allow_pickle=False),
+        cycles=np.load(run_dir / "cycles.npy", allow_pickle=False),
+        layer_cycles=np.load(run_dir / "layer_cycles.npy", allow_pickle=False),
+    )
+    if not b.waves:  # after a good run, keep it only when waveforms were asked for
         shutil.rmtree(run_dir, ignore_errors=True)
     return res
