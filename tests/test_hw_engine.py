@@ -112,3 +112,13 @@ def test_refuses_what_does_not_fit():
         Engine(rom, queue_depth=0)
     with pytest.raises(EngineConfigError, match="pes must be 1..16"):
         check_fits(build_rom(qnet, pes=17))
+
+
+@pytest.mark.parametrize("index_bits,rel_bits", [(2, 4), (5, 3), (8, 7)])
+def test_engine_other_index_and_rel_bits(index_bits, rel_bits):
+    qnet = random_qnet((25, 14, 6), seed=index_bits, density=0.3, index_bits=index_bits,
+                       shift=[8, 4])
+    x = _inputs(4, 25, seed=index_bits)
+    rom = build_rom(qnet, pes=3, index_bits=index_bits, rel_bits=rel_bits)
+    y, _, _ = run_engine(Engine(rom), x)
+    np.testing.assert_array_equal(y, golden(qnet, x))
