@@ -200,15 +200,16 @@ def summary(stats: RunStats, info: P.Info, *, has_labels: bool) -> str:
 
 
 def run_cli(args) -> int:
+    if bool(args.port) == bool(args.sim):
+        raise InputError("give exactly one of --port PORT or --sim")
+    if args.count < 1:
+        raise InputError(f"--count must be >= 1, not {args.count!r}")
+
     from compress.data import load_split
     from compress.golden import mnist_to_input
 
     from .cli import load_model
 
-    if bool(args.port) == bool(args.sim):
-        raise InputError("give exactly one of --port PORT or --sim")
-    if args.count < 1:
-        raise InputError(f"--count must be >= 1, not {args.count!r}")
     qnet, name = load_model(args.model)
     if qnet.in_features != 784:
         raise InputError(f"the model takes {qnet.in_features} inputs, MNIST digits have 784")
