@@ -24,6 +24,9 @@ from compress.errors import InputError
 # board name -> (module, platform class); all iCE40UP5K boards with a 12 MHz clock and a UART.
 BOARDS = {
     "icebreaker": ("amaranth_boards.icebreaker", "ICEBreakerPlatform"),
+    # iCESugar (UP5K): the same 12 MHz pin 35, a UART and red/green LEDs; elaborated in the
+    # tests, never built or run on a board here.
+    "icesugar": ("amaranth_boards.icesugar", "ICESugarPlatform"),
 }
 
 DEFAULT_CLOCK_MHZ = 36.0

@@ -155,12 +155,14 @@ class BoardTop(Elaboratable):
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
         m.d.comb += [core.rx.eq(rx_buf.i), tx_buf.o.eq(core.tx)]
-        m.d.comb += [platform.request("led_g", 0).o.eq(core.status[0]),
-                     platform.request("led_r", 0).o.eq(core.status[1])]
+        leds = [("led_g", 0, core.status[0]), ("led_r", 0, core.status[1])]
         if hasattr(platform, "break_off_pmod"):
             platform.add_resources(platform.break_off_pmod)
-            for bit in range(4):
-                m.d.comb += platform.request("led_g", bit + 1).o.eq(core.digit[bit])
+            leds += [("led_g", bit + 1, core.digit[bit]) for bit in range(4)]
+        for name, number, value in leds:
+            buf = io.Buffer("o", platform.request(name, number, dir="-"))
+            m.submodules[f"{name}_{number}"] = buf
+            m.d.comb += buf.o.eq(value)
         return m
 
     def _ice40_clock(self, m, platform):

@@ -136,3 +136,23 @@ def test_build_retry_logic(tmp_path, monkeypatch):
     for key in ("board", "device", "clock_mhz", "fmax_mhz", "lc_used", "lc_total", "dsp_used",
                 "ebr_used", "spram_used", "pes"):
         assert key in on_disk
+
+
+@pytest.mark.parametrize("board", ["icebreaker", "icesugar"])
+def test_board_tops_elaborate(board, tmp_path):
+    """Every supported board's top elaborates into a build plan (no tools run): pins exist."""
+    from fpga.build import board_platform
+    from fpga.top import BoardTop
+
+    rom = build_rom(random_qnet((20, 8, 4), density=0.5), pes=2)
+    top = BoardTop(rom, clock_hz=24e6, spram=True, queue_depth=4)
+    plan = board_platform(board).prepare(top, name="top", synth_opts="-dsp -spram")
+    plan.extract(tmp_path)
+    il = (tmp_path / "top.il").read_text()
+    assert "SB_PLL40_PAD" in il and "SB_SPRAM256KA" in il
+    pcf = (tmp_path / "top.pcf").read_text()
+    for line in ("set_io uart_0__rx__io ", "set_io uart_0__tx__io ", "set_io clk12_0__io 35",
+                 "set_frequency pll_clk 24.0"):
+        assert line in pcf, line
+    if board == "icebreaker":  # FTDI channel B on pins 6/9; digit LEDs on the break-off PMOD
+        assert "set_io uart_0__rx__io 6\n" in pcf and "set_io led_g_4__io 21" in pcf
