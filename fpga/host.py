@@ -231,10 +231,11 @@ def run_cli(args) -> int:
     else:
         from compress.rom import build_rom
 
-        rom = build_rom(qnet, pes=args.pes)
         transport = SerialTransport(args.port, args.baud)
         try:
             board = Board(transport, timeout=args.timeout)
+            # The ROM image for the weight load is cut for the board's own PE count.
+            rom = build_rom(qnet, pes=board.ping().pes)
             stats = run_digits(board, qnet, x, labels, rom=rom)
             info = board.info
         finally:
