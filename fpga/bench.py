@@ -112,6 +112,10 @@ def build_board(rom, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
             d.mkdir(parents=True, exist_ok=True)
             core = BoardCore(rom, clock_hz=SIM_CLOCK_HZ, divisor=divisor,
                              timeout_cycles=timeout_cycles, spram=spram)
+            if spram and gate_level:
+                # The netlist simulates with cells_sim.v, which models SB_SPRAM256KA: use the
+                # primitive itself, as on the chip.
+                core.memories.primitive = True
             rtl = d / "board.v"
             text = icarus_fixup(verilog.convert(core, name=TOPLEVEL, emit_src=False))
             rtl.write_text(text)

@@ -36,14 +36,18 @@ def check(board, x, qnet=QNET):
 
 @pytest.mark.parametrize("gate_level", [False, True], ids=["rtl", "gate"])
 def test_board_vectors(gate_level):
+    """Gate level is the netlist as the bitstream has it: SB_SPRAM256KA cells, loaded first."""
     qnet, rom = (QNET_GL, ROM_GL) if gate_level else (QNET, ROM)
     x = random_inputs(2 if gate_level else 3, qnet.in_features, seed=2, density=0.5)
     x[0, :5] = [-32768, 32767, -1, 0, 1]  # extremes as input words
-    with simulated_board(rom, gate_level=gate_level) as t:
+    with simulated_board(rom, gate_level=gate_level, spram=gate_level) as t:
         board = Board(t, timeout=120)
         info = board.ping()
         assert (info.version, info.pes, info.num_layers) == (P.VERSION, rom.pes, 2)
         assert (info.in_features, info.out_features) == (qnet.in_features, 10)
+        assert info.loaded is not gate_level
+        if gate_level:
+            assert board.load(rom) > 0 and board.ping().loaded
         check(board, x, qnet)
         c = board.counters()
         assert (c.inferences, c.errors) == (len(x), 0)
