@@ -113,7 +113,7 @@ def _prune_args(p):
     p.add_argument("--method", choices=["std", "percentile"], default=None)
     p.add_argument("--schedule", choices=["iterative", "gradual", "oneshot"], default=None)
     p.add_argument("--level", type=float, default=None,
-                   help="final density (percentile) or quality (std) of every layer not in --levels")
+                   help="final density (percentile) or quality (std) of layers not in --levels")
     p.add_argument("--levels", default=None, help="per layer, e.g. fc1=0.05,fc2=0.065,fc3=0.26")
     p.add_argument("--steps", type=int, default=None, help="iterative prune/retrain rounds")
     p.add_argument("--out", required=True, help="pruned checkpoint to write (.npz)")

@@ -192,9 +192,11 @@ def load_sample(path: str | os.PathLike | None = None) -> Split:
         raise InputError(f"{p}: version: unsupported sample version (expected {SAMPLE_VERSION})")
     images, labels = arrays["images"], arrays["labels"]
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise InputError(f"{p}: images: expected uint8[n, 28, 28], got {images.dtype}{list(images.shape)}")
+        raise InputError(f"{p}: images: expected uint8[n, 28, 28], "
+                         f"got {images.dtype}{list(images.shape)}")
     if labels.dtype != np.uint8 or labels.shape != (images.shape[0],):
-        raise InputError(f"{p}: labels: expected uint8[{images.shape[0]}], got {labels.dtype}{list(labels.shape)}")
+        raise InputError(f"{p}: labels: expected uint8[{images.shape[0]}], "
+                         f"got {labels.dtype}{list(labels.shape)}")
     if str(arrays["sha256"]) != _sample_checksum(images, labels):
         raise InputError(f"{p}: sha256: checksum mismatch, the sample file is corrupted")
     return Split(images, labels)

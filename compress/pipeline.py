@@ -91,7 +91,8 @@ RECIPES: dict[str, dict] = {
 def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("levels", "layer_bits"):
+        nested = isinstance(v, dict) and isinstance(out.get(k), dict)
+        if nested and k not in ("levels", "layer_bits"):
             out[k] = _merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)

@@ -89,7 +89,8 @@ class SharedWeights(nn.Module):
         self.centroids = nn.ParameterDict()
         for name in self.names:
             key = name.replace(".", "__")
-            self.centroids[key] = nn.Parameter(torch.tensor(codebooks[name][1:], dtype=torch.float32))
+            self.centroids[key] = nn.Parameter(
+                torch.tensor(codebooks[name][1:], dtype=torch.float32))
             self.register_buffer(f"index__{key}", torch.from_numpy(indices[name].astype(np.int64)))
         layers = compressible_layers(model)
         for name, m in layers.items():
@@ -102,8 +103,10 @@ class SharedWeights(nn.Module):
         return torch.cat([c.new_zeros(1), c])
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return {f"{name}.weight": self.codebook(name)[getattr(self, f"index__{name.replace('.', '__')}")]
-                for name in self.names}
+        return {f"{name}.weight": self.codebook(name)[self._index(name)] for name in self.names}
+
+    def _index(self, name: str) -> torch.Tensor:
+        return getattr(self, f"index__{name.replace('.', '__')}")
 
     def forward(self, x):
         params = dict(self.model.named_parameters())

@@ -34,7 +34,7 @@ def format_table(rows: list[dict], *, dcz_bytes: int | None = None,
 def plot_weights(dense: dict[str, np.ndarray], pruned: dict[str, np.ndarray],
                  codebooks: dict[str, np.ndarray], indices: dict[str, np.ndarray],
                  path: str | Path, *, title: str = "", bins: int = 200) -> None:
-    """PNG: per layer, histograms before / after pruning and the shared values after quantization."""
+    """PNG per layer: histograms before / after pruning, shared values after quantization."""
     import matplotlib
 
     matplotlib.use("Agg")

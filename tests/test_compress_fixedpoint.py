@@ -39,7 +39,8 @@ def test_qnet_matches_float_shared_weights():
     # Integer logits track the float logits of the shared-weight network.
     y_int = golden(qnet, mnist_to_input(images, 8)).astype(np.float64) / 2.0 ** cal.act_frac[-1]
     with torch.no_grad():
-        x = torch.from_numpy(mnist_to_input(images, 8).astype(np.float32) / 256).reshape(-1, 1, 28, 28)
+        x = torch.from_numpy(mnist_to_input(images, 8).astype(np.float32) / 256)
+        x = x.reshape(-1, 1, 28, 28)
         y_float = model(x).numpy()
     assert np.max(np.abs(y_int - y_float)) < 0.02 * np.abs(y_float).max()
     assert np.mean(predict(y_int) == y_float.argmax(1)) > 0.97

@@ -1,4 +1,4 @@
-"""The shipped embedded default: compress/models/lenet-300-100.{dcz,qnet.npz} and the sample digits."""
+"""The shipped default: compress/models/lenet-300-100.{dcz,qnet.npz} and the sample digits."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Smoke runs of the whole pipeline and of each stage alone through the CLI (a few hundred steps)."""
+"""Smoke runs of the whole pipeline and of each stage alone via the CLI (a few hundred steps)."""
 
 import json
 
