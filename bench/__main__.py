@@ -32,30 +32,49 @@ def main(argv=None) -> int:
     plots = out / "results"
     plots.mkdir(parents=True, exist_ok=True)
     work = REPO / "build" / "bench"
-    t0 = time.time()
-    done = {}
-    if "compression" in only:
-        done["compression"] = sections.compression(work, args.data, plots)
-    if "engine" in only:
-        done["engine"] = sections.engine(plots)
-    cycles8 = done["engine"].data["pes"][8]["cycles"] if "engine" in done else None
-    if "fpga" in only:
-        done["fpga"] = sections.fpga(cycles8)
-    if "tooling" in only:
-        done["tooling"] = sections.tooling()
-    if "simulation" in only:
-        rate = done["engine"].data["sim_cycles_per_second"] if "engine" in done else None
-        done["simulation"] = sections.simulation(rate)
+    frags = work / "sections"
+    frags.mkdir(parents=True, exist_ok=True)
     m = machine()
-    head = (f"# Results\n\nWritten by `make bench` on {datetime.date.today()} in "
-            f"{(time.time() - t0) / 60:.0f} minutes; every figure below is measured in that run. "
-            f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {m['os']}; Python "
-            f"{m['python']}, torch {m['torch']}, numpy {m['numpy']}.\n")
-    body = "\n\n".join(f"## {s.title}\n\n{s.markdown}" for s in done.values())
+
+    def measure(name, fn):
+        t = time.time()
+        sec = fn()
+        with atomic_path(frags / f"{name}.json") as tmp:
+            tmp.write_text(json.dumps({"title": sec.title, "markdown": sec.markdown,
+                                       "data": sec.data, "minutes": (time.time() - t) / 60,
+                                       "date": str(datetime.date.today()), "machine": m},
+                                      indent=1, default=float) + "\n")
+
+    def data(name):
+        f = frags / f"{name}.json"
+        return json.loads(f.read_text())["data"] if f.exists() else None
+
+    if "compression" in only:
+        measure("compression", lambda: sections.compression(work, args.data, plots))
+    if "engine" in only:
+        measure("engine", lambda: sections.engine(plots))
+    eng = data("engine")
+    if "fpga" in only:
+        measure("fpga", lambda: sections.fpga(eng["pes"]["8"]["cycles"] if eng else None))
+    if "tooling" in only:
+        measure("tooling", sections.tooling)
+    if "simulation" in only:
+        measure("simulation", lambda: sections.simulation(
+            eng["sim_cycles_per_second"] if eng else None))
+    # The page is made of the latest measurement of every section (`make bench` runs them all).
+    done = {n: json.loads((frags / f"{n}.json").read_text()) for n in ORDER
+            if (frags / f"{n}.json").exists()}
+    total = sum(d["minutes"] for d in done.values())
+    head = (f"# Results\n\nWritten by `make bench` (`python -m bench`); every figure below was "
+            f"measured by it, {total:.0f} minutes of measurement in all, on {m['cpu']}, "
+            f"{m['cores']} cores, {m['memory_gb']} GB, {m['os']}; Python {m['python']}, torch "
+            f"{m['torch']}, numpy {m['numpy']}. Each section says its date.\n")
+    body = "\n\n".join(f"## {d['title']}\n\n{d['markdown']}\n\n*Measured {d['date']} in "
+                         f"{d['minutes']:.1f} minutes.*" for d in done.values())
     with atomic_path(out / "RESULTS.md") as tmp:
         tmp.write_text(head + "\n" + body + "\n")
     with atomic_path(plots / "results.json") as tmp:
-        tmp.write_text(json.dumps({"machine": m, **{k: s.data for k, s in done.items()}},
+        tmp.write_text(json.dumps({"machine": m, **{k: d["data"] for k, d in done.items()}},
                                   indent=1, default=float) + "\n")
     print(f"wrote {out / 'RESULTS.md'}")
     return 0
