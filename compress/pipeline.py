@@ -332,8 +332,8 @@ def run_pipeline(cfg: PipelineConfig, *, stages=("train", "prune", "quantize", "
             fc = True
         except InputError:
             fc = False
-            log(f"{cfg.arch} has layers the engine does not run: no qnet/.dcz written; "
-                "the size below is computed from the codebooks and streams")
+            log(f"{cfg.arch} has layers the engine does not run: no qnet written; the .dcz "
+                "holds every layer as a 2-D matrix with its original shape")
         if fc:
             t = time.time()
             qnet, cal, summary["errors"]["integer"], summary["max_acc_log2"] = stage_fixedpoint(
@@ -412,49 +412,43 @@ def _uncompressed_bytes(qnet) -> int:
 
 
 def size_without_qnet(model, codebooks, indices, cfg: PipelineConfig, log=print) -> dict:
-    """Sizes for networks with conv layers, which a qnet (fully connected only) cannot hold.
+    """The .dcz of a network with conv layers, which a qnet (fully connected only) cannot hold.
 
     Each layer is flattened to [out, fan_in] (int16 codebook at its own fractional bits, int32
-    bias) and coded alone by `dcz.layer_sizes`; the total is the sum of the layers' .dcz
-    sections plus one file's magic, header and checksum: the size a .dcz holding all the
-    layers would have if the format took conv layers.
+    bias) and all are packed together as a `dcz.LayerSet` with their original weight shapes:
+    `model.dcz` in the output directory, whose size on disk is the compressed size.
     """
     from . import dcz
-    from .qnet import Layer, QNet
+    from .atomic import write_bytes_atomic
+    from .qnet import Layer
 
-    rows, sections, overhead = [], 0, None
+    layers, shapes, names = [], [], []
     for name, m in compressible_layers(model).items():
         idx = indices[name].reshape(indices[name].shape[0], -1)
         cb = codebooks[name].astype(np.float64)
         frac = int(math.floor(math.log2(32767 / max(float(np.abs(cb).max()), 1e-12))))
         bias = m.bias.detach().cpu().double().numpy() if m.bias is not None else \
             np.zeros(idx.shape[0])
-        layer = Layer(codebook=np.round(cb * 2.0 ** frac).astype(np.int16),
-                      index=idx.astype(np.uint8),
-                      bias=np.clip(np.round(bias * 2.0 ** (frac + cfg.fixedpoint.input_frac)),
-                                   -2**31, 2**31 - 1).astype(np.int32),
-                      shift=0, relu=False)
-        r = dcz.layer_sizes(QNet(layers=[layer], input_frac=cfg.fixedpoint.input_frac))
-        row = dict(r[0], layer=name)
-        rows.append(row)
-        sections += row["section_bytes"]
-        overhead = r[-1]["dcz_bytes"] - row["section_bytes"]
-    total_w = sum(r["weights"] for r in rows)
-    nnz = sum(r["weights"] * r["kept_pct"] / 100 for r in rows)
-    size = sections + (overhead or 0)
+        layers.append(Layer(codebook=np.round(cb * 2.0 ** frac).astype(np.int16),
+                            index=idx.astype(np.uint8),
+                            bias=np.clip(np.round(bias * 2.0 ** (frac + cfg.fixedpoint.input_frac)),
+                                         -2**31, 2**31 - 1).astype(np.int32),
+                            shift=0, relu=False))
+        shapes.append(tuple(int(d) for d in m.weight.shape))
+        names.append(name)
+    data = dcz.pack_layers(layers, shapes=shapes, input_frac=cfg.fixedpoint.input_frac)
+    write_bytes_atomic(Path(cfg.out) / "model.dcz", data)
+    rows = dcz.layer_sizes(dcz.LayerSet(layers=layers, shapes=shapes,
+                                        input_frac=cfg.fixedpoint.input_frac))
+    for r, name in zip(rows, names):
+        r["layer"] = name
+    size = len(data)
     params = UNCOMPRESSED_PARAMS.get(cfg.arch, sum(p.numel() for p in model.parameters()))
-    text = [f"{'layer':<6} {'weights':>10} {'kept':>7} {'w P+Q+H':>8} {'i P+Q+H':>8} "
-            f"{'rate P+Q+H':>11} {'bytes':>8}"]
-    for r in rows:
-        text.append(f"{r['layer']:<6} {r['weights']:>10,} {r['kept_pct']:>6.2f}% "
-                    f"{r['weight_bits_pqh']:>8.2f} {r['index_bits_pqh']:>8.2f} "
-                    f"{r['rate_pqh_pct']:>10.2f}% {r['section_bytes']:>8,}")
-    text.append(f"total  {total_w:>10,} {100 * nnz / total_w:>6.2f}%; coded size {size:,} bytes "
-                f"(sum of per-layer .dcz sections + header; the .dcz format holds fully "
-                f"connected layers only); float32 {4 * params:,} bytes; "
-                f"{4 * params / size:.1f}x")
+    text = dcz.format_table(rows).splitlines()[:-1]
+    text.append(f"model.dcz: {size:,} bytes (conv layers as [out, in*kh*kw] matrices); "
+                f"float32 weights and biases {4 * params:,} bytes; ratio {4 * params / size:.1f}x")
     text = "\n".join(text)
     with atomic_path(Path(cfg.out) / "report.txt") as tmp:
         tmp.write_text(text + "\n")
     log(text)
-    return {"layer_sizes": rows, "coded_bytes": size, "ratio": 4 * params / size}
+    return {"layer_sizes": rows, "dcz_bytes": size, "ratio": 4 * params / size}

@@ -85,3 +85,18 @@ def test_bad_input_exit_2(tmp_path, monkeypatch, mnist_dir, capsys, argv, msg):
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob("build/compress/*.npz"))
+
+
+def test_lenet5_writes_a_real_dcz(tmp_path, mnist_dir):
+    """Conv networks get a .dcz too (a LayerSet with the original shapes); its size is the figure."""
+    from compress.dcz import unpack_layers
+
+    out = tmp_path / "l5"
+    assert main(["pipeline", "--arch", "lenet-5", "--data", str(mnist_dir), "--out", str(out),
+                 "--max-steps", "20", "--val-size", "1000", "--no-progress", "--seed", "3",
+                 "--set", "prune.steps=1"]) == 0
+    data = (out / "model.dcz").read_bytes()
+    s = json.loads((out / "summary.json").read_text())
+    assert s["dcz_bytes"] == len(data)
+    assert s["ratio"] == pytest.approx(4 * 431080 / len(data))
+    assert unpack_layers(data).shapes == [(20, 1, 5, 5), (50, 20, 5, 5), (500, 800), (10, 500)]
