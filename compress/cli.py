@@ -7,13 +7,12 @@ Exit status 0 on success, 2 with one line on stderr for a bad invocation or bad 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Callable
 
 import numpy as np
 
-from .errors import InputError
+from .errors import OneLineParser as _Parser
+from .errors import run_main
 
 # Subcommands register here: name -> (add_arguments(parser), run(args) -> int | None, help).
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
@@ -28,11 +27,6 @@ def command(name: str, help: str):
         return wrap
 
     return register
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (argparse prints usage too)
-        raise InputError(f"{self.prog}: {message}")
 
 
 def save_npy(path: str, array: np.ndarray) -> None:
@@ -105,19 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        rc = COMMANDS[args.cmd][1](args)
-        return int(rc or 0)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - one line unless debugging
-        if os.environ.get("COMPRESS_DEBUG"):
-            raise
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    def body():
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.cmd][1](args)
+
+    return run_main(body, debug_env="COMPRESS_DEBUG")

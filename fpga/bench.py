@@ -24,6 +24,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from compress.atomic import file_lock
 from compress.rom import write_rom
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,19 +58,6 @@ class BoardBuild:
     dir: Path
     gate_level: bool
     divisor: int
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _yosys_gate_level(rtl: Path, out: Path, log: Path) -> None:
@@ -106,7 +94,7 @@ def build_board(rom, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
         "divisor": divisor, "timeout": timeout_cycles, "spram": spram, "src": _source_hash(),
     }, sort_keys=True).encode()).hexdigest()[:20]
     d = root / key
-    with _locked(root / f"{key}.lock"):
+    with file_lock(root / f"{key}.lock"):
         stamp = d / "sim_build" / ".built"
         if not stamp.exists():
             d.mkdir(parents=True, exist_ok=True)

@@ -7,21 +7,14 @@ shows tracebacks.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
-from compress.errors import InputError
+from compress.errors import InputError, OneLineParser as _Parser, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = REPO / "compress" / "models" / "lenet-300-100.qnet.npz"
 SYNTHETIC = "synthetic"  # --model value: random_qnet((784, 300, 100, 10), density 6/8/26 %)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise InputError(f"{self.prog}: {message}")
 
 
 def load_model(spec: str | None):
@@ -168,17 +161,8 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    try:
+    def body():
         args = build_parser().parse_args(argv)
-        return int(args.run(args) or 0)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001
-        if os.environ.get("FPGA_DEBUG"):
-            raise
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        return args.run(args)
+
+    return run_main(body, debug_env="FPGA_DEBUG")

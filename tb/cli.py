@@ -14,23 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from compress.errors import InputError
+from compress.errors import InputError, OneLineParser as _Parser, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "compress" / "models" / "lenet-300-100.qnet.npz"
 LENET = (784, 300, 100, 10)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise InputError(f"{self.prog}: {message}")
 
 
 def _hw_args(p, *, pes_default=8):
@@ -339,20 +333,10 @@ COMMANDS = {"run": cmd_run, "sim": cmd_sim, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def body():
         args = build_parser().parse_args(argv)
         if not 1 <= args.pes <= 16:
             raise InputError(f"--pes must be 1..16, not {args.pes!r}")
-        return int(COMMANDS[args.cmd](args) or 0)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001
-        if os.environ.get("TB_DEBUG"):
-            raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
-        return 1
+        return COMMANDS[args.cmd](args)
+
+    return run_main(body, debug_env="TB_DEBUG")

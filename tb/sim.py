@@ -11,8 +11,6 @@ engine.fst).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -24,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.atomic import file_lock
 from compress.errors import InputError
 from compress.rom import RomImage, read_rom, write_rom
 
@@ -79,17 +78,6 @@ class Build:
     waves: bool
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def build(rom: RomImage, params: EngineParams = EngineParams(), *, waves: bool | None = None
           ) -> Build:
     """Export the ROM, generate the Verilog and compile it with Icarus (cached by key)."""
@@ -113,7 +101,7 @@ def build(rom: RomImage, params: EngineParams = EngineParams(), *, waves: bool |
         }, sort_keys=True)
         key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
         d = root / key
-        with _locked(root / f"{key}.lock"):
+        with file_lock(root / f"{key}.lock"):
             if not (d / "rom" / "manifest.json").exists():
                 d.mkdir(parents=True, exist_ok=True)
                 if (d / "rom").exists():
