@@ -18,3 +18,28 @@ def mnist_dir() -> Path:
 def long_tests() -> bool:
     """`make test-long` sets LONG=1 for the longer sweeps."""
     return os.environ.get("LONG", "") not in ("", "0")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Training tests run one torch thread: pytest-xdist already uses both cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def striped_digits(n: int = 256, seed: int = 0):
+    """A learnable stand-in for MNIST: random 28x28 images with a label-dependent bright stripe."""
+    import numpy as np
+
+    from compress.data import Split
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
+    for c in range(10):
+        images[labels == c, c * 2 : c * 2 + 3, :] = 255
+    return Split(images, labels)

@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch import nn
 
-from compress.data import Split, to_float
 from compress.errors import InputError
 from compress.fixedpoint import (FixedPointConfig, fc_chain, max_accumulator_log2, run_integer,
                                  to_qnet)
@@ -14,14 +13,6 @@ from compress.synthetic import random_inputs, random_qnet
 from compress.golden import golden, mnist_to_input, predict
 from compress.models import LeNet5, LeNet300100
 from compress.quantize import QuantConfig, quantize
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_qnet_matches_float_shared_weights():

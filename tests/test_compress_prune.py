@@ -1,34 +1,15 @@
 """Pruning: thresholds, masks held through retraining, iterative and gradual schedules."""
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from compress.data import Split
+from tests.conftest import striped_digits
 from compress.errors import InputError
 from compress.models import LeNet300100, compressible_layers
 from compress.prune import (PruneConfig, density_table, full_masks, make_threshold, prune,
                             ramp)
 from compress.train import TrainConfig
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _data(n=512, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
-    # A learnable signal: brighten a label-dependent stripe.
-    for c in range(10):
-        images[labels == c, c * 2 : c * 2 + 3, :] = 255
-    return Split(images, labels)
 
 
 def test_percentile_keeps_exact_fraction_of_largest():
@@ -71,7 +52,7 @@ def test_ramp_is_cubic_and_ends_at_target():
 def test_masks_hold_through_retraining(schedule):
     torch.manual_seed(0)
     model = LeNet300100()
-    data = _data()
+    data = striped_digits(512)
     levels = {"fc1": 0.05, "fc2": 0.1, "fc3": 0.3}
     seen = []
 
@@ -96,7 +77,7 @@ def test_retraining_changes_surviving_weights_only():
     before = {n: m.weight.detach().clone() for n, m in compressible_layers(model).items()}
     cfg = PruneConfig(schedule="oneshot", level=0.2,
                       retrain=TrainConfig(epochs=1, batch_size=64, lr=1e-2, progress=False))
-    masks = prune(model, _data(), cfg, masks=full_masks(model), log=lambda s: None)
+    masks = prune(model, striped_digits(512), cfg, masks=full_masks(model), log=lambda s: None)
     for n, m in compressible_layers(model).items():
         assert torch.all(m.weight[~masks[n]] == 0)
         assert not torch.equal(m.weight[masks[n]], before[n][masks[n]])

@@ -5,28 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from compress.data import Split, to_float
+from tests.conftest import striped_digits
+from compress.data import to_float
 from compress.models import LeNet300100, compressible_layers
 from compress.prune import PruneConfig, prune
 from compress.quantize import QuantConfig, SharedWeights, cluster, cluster_layer, quantize
 from compress.train import TrainConfig
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _data(n=256, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
-    for c in range(10):
-        images[labels == c, c * 2 : c * 2 + 3, :] = 255
-    return Split(images, labels)
 
 
 @pytest.mark.parametrize("init", ["linear", "density", "random"])
@@ -53,7 +37,7 @@ def test_fewer_survivors_than_centroids():
 def test_centroid_gradient_is_sum_of_weight_gradients():
     torch.manual_seed(0)
     model = LeNet300100()
-    data = _data(64)
+    data = striped_digits(64)
     cbs, idx = cluster(model, None, QuantConfig(bits=3))
     wrapped = SharedWeights(model, cbs, idx)
     x, y = to_float(data.images), torch.from_numpy(data.labels.astype(np.int64))
@@ -75,7 +59,7 @@ def test_centroid_gradient_is_sum_of_weight_gradients():
 def test_sgd_step_moves_centroids_by_summed_gradient():
     torch.manual_seed(1)
     model = LeNet300100()
-    data = _data(128)
+    data = striped_digits(128)
     cbs, idx = cluster(model, None, QuantConfig(bits=2))
     wrapped = SharedWeights(model, cbs, idx, train_bias=False)
     x, y = to_float(data.images), torch.from_numpy(data.labels.astype(np.int64))
@@ -93,7 +77,7 @@ def test_sgd_step_moves_centroids_by_summed_gradient():
 def test_pruned_weights_stay_zero_after_quantization_and_finetuning():
     torch.manual_seed(2)
     model = LeNet300100()
-    data = _data()
+    data = striped_digits()
     masks = prune(model, data, PruneConfig(schedule="oneshot", level=0.1,
                                             retrain=TrainConfig(max_steps=10, progress=False)),
                   log=lambda s: None)
