@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         measure("engine", lambda: sections.engine(plots))
     eng = data("engine")
     if "fpga" in only:
-        measure("fpga", lambda: sections.fpga(eng["pes"]["8"]["cycles"] if eng else None))
+        measure("fpga", lambda: sections.fpga(eng["pes"] if eng else None))
     if "tooling" in only:
         measure("tooling", sections.tooling)
     if "simulation" in only:
