@@ -1,0 +1,233 @@
+"""The lockstep image: the EIE format laid out so that every PE reads the same address.
+
+The board engine (`hw.lockstep.LockstepEngine`) runs all N PEs on the same column at the same
+time, so one address serves every PE and a 16-bit single-port SPRAM word can hold the entries of
+two PEs. Layout:
+
+* Rows are placed as in the EIE ROM (`compress.rom`): physical row p of a layer lives in PE
+  p % N as local row p // N. A hidden layer's rows may be permuted first (`balance=True`): physical
+  row p is logical row perm[p]; the next layer's columns are permuted the same way, so the
+  network computed is the same. The last layer is never permuted (outputs come out in order) and
+  neither are the inputs.
+* Per PE and column the entries are the EIE (v, z) entries of `compress.rom.encode_csc`
+  (v = codebook index, 0 = filler; z = zero rows before it; fillers where a gap exceeds
+  2**rel_bits - 1). Column c gets L(c) = max over PEs of its entry count "slots"; a PE with fewer
+  entries is padded with (v = 0, z = 0) at the end of the column (padding never reaches an
+  accumulator, its row is never used). A column with no entry in any PE has L(c) = 0.
+* `slots[s, k]` is PE k's entry in slot s, `v | z << index_bits`; layers and columns are
+  concatenated, `col_ptr[g]` is the first slot of global column g (layer i's column c is
+  g = col_base[i] + c) and `col_ptr[-1]` the number of slots.
+* Biases: every PE holds rows_per_pe[i] = ceil(out_i / N) rows of layer i (absent rows have
+  bias 0), at bias_base[i] = sum of the previous layers' rows_per_pe: the same offsets in every
+  PE, so one address serves them all.
+
+`build_lockstep` makes the image from a qnet, `decode_lockstep` rebuilds the exact qnet, and
+`lockstep_cycles` counts the slot cycles an input costs (what the engine spends computing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .qnet import DEFAULT_INDEX_BITS, Layer, QNet
+from .rom import DEFAULT_REL_BITS, decode_csc, encode_csc
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True, eq=False)
+class LockstepLayer:
+    in_features: int
+    out_features: int
+    shift: int
+    relu: bool
+    codebook: np.ndarray  # int16[2**index_bits], zero padded
+    codebook_size: int
+    col_base: int  # first global column
+    rows_per_pe: int  # ceil(out / N)
+    bias_base: int  # first bias word (same in every PE)
+    perm: np.ndarray  # int64[out]: physical row p holds logical row perm[p]
+
+
+@dataclass(frozen=True, eq=False)
+class LockstepImage:
+    pes: int
+    index_bits: int
+    rel_bits: int
+    layers: list[LockstepLayer]
+    slots: np.ndarray  # uint32[S, pes]
+    col_ptr: np.ndarray  # int64[sum(in) + 1]
+    bias: np.ndarray  # int64[pes, sum(rows_per_pe)]
+    input_frac: int = 8
+
+    @property
+    def entry_bits(self) -> int:
+        return self.index_bits + self.rel_bits
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def num_slots(self) -> int:
+        return int(self.col_ptr[-1])
+
+    @property
+    def in_features(self) -> int:
+        return self.layers[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.layers[-1].out_features
+
+    def lanes(self) -> list[np.ndarray]:
+        """The slot words of each lane memory: PEs 2j (low bits) and 2j+1 (high bits)."""
+        e = self.entry_bits
+        out = []
+        for j in range(0, self.pes, 2):
+            w = self.slots[:, j].astype(np.uint64)
+            if j + 1 < self.pes:
+                w = w | (self.slots[:, j + 1].astype(np.uint64) << np.uint64(e))
+            out.append(w)
+        return out
+
+
+def balance_rows(nnz_per_row: np.ndarray, pes: int) -> np.ndarray:
+    """A row permutation that evens out the work per PE (deterministic).
+
+    Longest-processing-time greedy: rows by decreasing work (ties: lower row first) go to the
+    PE with the least work so far among those with a free place (PE k has
+    len(range(k, out, pes)) places). Inside a PE the rows keep their logical order.
+    Returns perm with physical row p = logical row perm[p].
+    """
+    w = np.asarray(nnz_per_row, dtype=np.int64)
+    out = len(w)
+    cap = np.array([len(range(k, out, pes)) for k in range(pes)], dtype=np.int64)
+    load = np.zeros(pes, dtype=np.int64)
+    used = np.zeros(pes, dtype=np.int64)
+    owner = np.empty(out, dtype=np.int64)
+    for r in np.argsort(-w, kind="stable"):
+        free = np.flatnonzero(used < cap)
+        k = free[np.argmin(load[free])]
+        owner[r] = k
+        load[k] += w[r]
+        used[k] += 1
+    perm = np.empty(out, dtype=np.int64)
+    for k in range(pes):
+        perm[k::pes] = np.flatnonzero(owner == k)
+    return perm
+
+
+def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS,
+                   rel_bits: int = DEFAULT_REL_BITS, balance: bool = True) -> LockstepImage:
+    if not isinstance(pes, int) or pes < 1:
+        raise InputError(f"pes must be a positive integer, not {pes!r}")
+    if not 1 <= rel_bits <= 12:
+        raise InputError(f"rel_bits must be 1..12, not {rel_bits!r}")
+    qnet.validate(index_bits=index_bits)
+    K = 1 << index_bits
+    L = qnet.num_layers
+    perms = []
+    for i, layer in enumerate(qnet.layers):
+        if balance and i < L - 1:
+            perms.append(balance_rows(np.count_nonzero(layer.index, axis=1), pes))
+        else:
+            perms.append(np.arange(layer.out_features, dtype=np.int64))
+
+    slot_blocks, ptrs, layers, biases = [], [], [], []
+    col_base = bias_base = slot_base = 0
+    for i, layer in enumerate(qnet.layers):
+        idx = layer.index[perms[i]]
+        if i > 0:
+            idx = idx[:, perms[i - 1]]
+        cols = layer.in_features
+        per_pe = [encode_csc(idx[k::pes], rel_bits=rel_bits) for k in range(pes)]
+        counts = np.stack([np.diff(p) for (_, _, p) in per_pe])  # [pes, cols]
+        lc = counts.max(axis=0)
+        start = np.zeros(cols + 1, dtype=np.int64)
+        np.cumsum(lc, out=start[1:])
+        block = np.zeros((int(start[-1]), pes), dtype=np.uint32)
+        for k, (v, z, p) in enumerate(per_pe):
+            col = np.repeat(np.arange(cols), np.diff(p))
+            pos = start[col] + np.arange(len(v)) - p[col]
+            block[pos, k] = v.astype(np.uint32) | (z.astype(np.uint32) << index_bits)
+        slot_blocks.append(block)
+        ptrs.append(slot_base + start[:-1])
+        rows = _ceil_div(layer.out_features, pes)
+        b = np.zeros(rows * pes, dtype=np.int64)
+        b[: layer.out_features] = layer.bias[perms[i]]
+        biases.append(b.reshape(rows, pes).T)  # [pes, rows]: PE k row j = physical k + pes*j
+        cb = np.zeros(K, dtype=np.int16)
+        cb[: len(layer.codebook)] = layer.codebook
+        layers.append(LockstepLayer(
+            in_features=cols, out_features=layer.out_features, shift=layer.shift,
+            relu=layer.relu, codebook=cb, codebook_size=len(layer.codebook),
+            col_base=col_base, rows_per_pe=rows, bias_base=bias_base, perm=perms[i]))
+        col_base += cols
+        bias_base += rows
+        slot_base += int(start[-1])
+    col_ptr = np.concatenate(ptrs + [np.array([slot_base], dtype=np.int64)])
+    return LockstepImage(pes=pes, index_bits=index_bits, rel_bits=rel_bits, layers=layers,
+                         slots=np.concatenate(slot_blocks), col_ptr=col_ptr,
+                         bias=np.concatenate(biases, axis=1), input_frac=qnet.input_frac)
+
+
+def decode_lockstep(img: LockstepImage) -> QNet:
+    """The logical qnet the image computes (undoes placement, padding and permutations)."""
+    n = img.pes
+    mask = (1 << img.index_bits) - 1
+    layers = []
+    for i, ll in enumerate(img.layers):
+        cols = ll.in_features
+        g0 = ll.col_base
+        lo, hi = int(img.col_ptr[g0]), int(img.col_ptr[g0 + cols])
+        idx = np.zeros((ll.out_features, cols), dtype=np.uint8)
+        for k in range(n):
+            rows_k = len(range(k, ll.out_features, n))
+            ent = img.slots[lo:hi, k].astype(np.int64)
+            v, z = ent & mask, ent >> img.index_bits
+            # drop the padding after each column's last real entry: keep entries up to the last v != 0
+            keep = np.zeros(len(ent), dtype=bool)
+            ptr = [0]
+            for c in range(cols):
+                a, b = int(img.col_ptr[g0 + c]) - lo, int(img.col_ptr[g0 + c + 1]) - lo
+                nz = np.flatnonzero(v[a:b])
+                end = a + (int(nz[-1]) + 1 if len(nz) else 0)
+                keep[a:end] = True
+                ptr.append(ptr[-1] + end - a)
+            sub = decode_csc(v[keep], z[keep], np.array(ptr), rows_k)
+            idx[k::n] = sub
+        # undo the permutations: rows by this layer's, columns by the previous layer's
+        logical = np.empty_like(idx)
+        logical[ll.perm] = idx
+        if i > 0:
+            prev = img.layers[i - 1].perm
+            tmp = np.empty_like(logical)
+            tmp[:, prev] = logical
+            logical = tmp
+        bias_phys = img.bias[:, ll.bias_base: ll.bias_base + ll.rows_per_pe].T.reshape(-1)
+        bias = np.empty(ll.out_features, dtype=np.int32)
+        bias[ll.perm] = bias_phys[: ll.out_features]
+        layers.append(Layer(codebook=ll.codebook[: ll.codebook_size].copy(), index=logical,
+                            bias=bias, shift=ll.shift, relu=ll.relu))
+    return QNet(layers=layers, input_frac=img.input_frac)
+
+
+def lockstep_cycles(img: LockstepImage, acts: list[np.ndarray]) -> np.ndarray:
+    """Slot cycles per layer for a batch: sum of L(c) over the non-zero input columns.
+
+    acts[i] is layer i's input int16[batch, in_i] in logical column order (the golden model's
+    layer inputs); returns int64[batch, layers].
+    """
+    out = []
+    for i, ll in enumerate(img.layers):
+        g0 = ll.col_base
+        lc = np.diff(img.col_ptr[g0: g0 + ll.in_features + 1])
+        phys = acts[i] if i == 0 else acts[i][:, img.layers[i - 1].perm]
+        out.append((phys != 0).astype(np.int64) @ lc)
+    return np.stack(out, axis=1)

@@ -1,0 +1,442 @@
+"""The lockstep engine: N PEs on one column at a time, so every memory has one address.
+
+This is the engine the iCE40UP5K board uses for 8 PEs (see docs/engine.md, "Lockstep engine").
+The queue-based EIE engine (`hw.engine`) lets every PE run on its own, which needs a memory port
+per PE for entries, pointers, biases, codebook, accumulators and activations: 131 block RAMs and
+~8,200 logic cells for 8 PEs, against 30 and 5,280 on the UP5K. Here:
+
+* All PEs work on the same column at the same time. The image (`compress.lockstep`) gives every
+  column L(c) = max over PEs of its entry count "slots" and pads the others, so one slot address
+  serves every PE: the entries of PEs 2j and 2j+1 share the 16-bit words of `lane{j}` (on the
+  board: the four SPRAMs). Padding, fillers and pruned weights (v = 0) never reach an
+  accumulator; they cost their slot cycle, which is the price of lockstep.
+* One pointer pair per column (`colptr_even`, `colptr_odd`: ptr[g] and ptr[g + 1] in one cycle),
+  shared by all PEs; empty columns (L = 0) are dropped at the pointer stage.
+* Zero activations are skipped by the EIE front end (`hw.frontend.FrontEnd`, groups of N
+  columns read from the PEs' activation RAMs, one non-zero broadcast per cycle).
+* Per PE one accumulator RAM (`pe{k}.acc`: rows 0..R-1 accumulate, the biases of every layer
+  after them) and one activation RAM (`pe{k}.act`, one bank: a layer's outputs overwrite its
+  inputs, the drain runs after the layer's compute has finished). Codebooks are constants in
+  logic.
+
+Per inference: LOAD (in_0 words from `i_act`) -> per layer PRELOAD (biases copied into the
+accumulator rows through the MAC pipeline, product forced to 0; layer 0's before LOAD) ->
+COMPUTE (front end -> pointer stage -> queue -> slot sequencer -> PEs) -> DRAIN (output stage
+of every PE in parallel, one row per cycle, into the activation RAMs) -> OUTPUT (out_{L-1} words
+to `o_act` in row order, valid/ready).
+
+Pipeline per slot (stage prefixes as in the signal names):
+
+    s_  sequencer: slot address start..end-1 to every lane RAM, first-of-column flag
+    e_  entry (v, z) of each PE from its lane: row = (first ? 0 : row + 1) + z; weight =
+        codebook[layer][v] (logic); accumulator read at row
+    m_  product weight x activation (16 x 16 -> 32 bits, the DSP); acc + product wrapped to
+        acc_bits, written back when v != 0; the read is bypassed from the last write (x_) when
+        it is the same row (the read-modify-write hazard of back-to-back hits on one row)
+
+Ports and counters are those of `hw.engine.Engine` (`i_act`, `o_act`, `cycles`,
+`layer_cycles`, `busy`); `layer_cycles[i]` counts layer i's PRELOAD (not layer 0's), COMPUTE
+and DRAIN cycles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from compress.lockstep import LockstepImage
+
+from .engine import MAX_PES, EngineConfigError
+from .frontend import FrontEnd
+from .memory import MemoryFactory, MemorySpec
+from .queue import ActQueue
+
+
+def _bits(n: int) -> int:
+    """Bits of an unsigned counter that holds 0..n."""
+    return max(1, int(n).bit_length())
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def output_stage(acc, shift: int, acc_bits: int):
+    """CONTRACT section 3 pieces for one layer: (q17, r, fits).
+
+    floor((acc + 2**(s-1)) / 2**s) == (acc >> s) + acc[s-1], so no wide add is needed: q17 is
+    acc >> s cut to 17 bits, r the rounding bit, and fits says acc >> s really fits in 17 bits
+    (otherwise the result saturates by the sign of acc).
+    """
+    def bit(i):
+        return acc[min(i, acc_bits - 1)]
+
+    q17 = Cat(*(bit(shift + t) for t in range(17)))
+    r = bit(shift - 1) if shift > 0 else Const(0, 1)
+    top = [bit(i) for i in range(shift + 16, acc_bits)]
+    if top:
+        t = Cat(*top)
+        fits = (t == 0) | (t == (1 << len(top)) - 1)
+    else:
+        fits = Const(1, 1)
+    return q17, r, fits
+
+
+class LockstepEngine(wiring.Component):
+    def __init__(self, img: LockstepImage, *, acc_bits: int = 32, queue_depth: int = 2,
+                 memories: MemoryFactory | None = None, max_width: int | None = None):
+        try:
+            if not 1 <= img.pes <= MAX_PES:
+                raise EngineConfigError(f"pes must be 1..{MAX_PES}, not {img.pes!r}")
+            if not 17 <= acc_bits <= 64:
+                raise EngineConfigError(f"acc_bits must be 17..64, not {acc_bits!r}")
+            if not isinstance(queue_depth, int) or not 1 <= queue_depth <= 64:
+                raise EngineConfigError(
+                    f"queue_depth must be an integer 1..64, not {queue_depth!r}")
+            k = 1 << img.index_bits
+            for i, ll in enumerate(img.layers):
+                if ll.codebook_size > k:
+                    raise EngineConfigError(
+                        f"l{i}: {ll.codebook_size} codebook entries exceed 2**index_bits = {k}")
+                if max_width is not None:
+                    for what, w in (("inputs", ll.in_features), ("outputs", ll.out_features)):
+                        if w > max_width:
+                            raise EngineConfigError(
+                                f"l{i}: {w} {what} exceed the activation buffers of "
+                                f"{max_width} words")
+        except EngineConfigError:
+            self._MustUse__silence = True  # refused: not an unused elaboratable
+            raise
+        self.img = img
+        self.acc_bits = acc_bits
+        self.queue_depth = queue_depth
+        self.memories = memories or MemoryFactory()
+        n = self.pes = img.pes
+        self.num_layers = L = img.num_layers
+        self.in_features = img.in_features
+        self.out_features = img.out_features
+        widths = [img.in_features] + [ll.out_features for ll in img.layers]
+        self.max_width = max(widths)
+        self.act_words = max(_ceil_div(w, n) for w in widths)
+        self.max_rows = max(ll.rows_per_pe for ll in img.layers)
+        self.col_bits = _bits(self.max_width)
+        self.row_bits = _bits(self.act_words)
+        self.ptr_bits = _bits(img.num_slots)
+
+        e = img.entry_bits
+        S = max(1, img.num_slots)
+        self.lane_specs = []
+        for j, words in enumerate(img.lanes()):
+            width = e * min(2, n - 2 * j)
+            init = tuple(int(w) for w in words) or (0,)
+            self.lane_specs.append(MemorySpec(f"lane{j}", "rom", width, S, init))
+        ptr = [int(p) for p in img.col_ptr]
+        self.ptr_specs = [
+            MemorySpec("colptr_even", "rom", self.ptr_bits, max(1, len(ptr[0::2])),
+                       tuple(ptr[0::2])),
+            MemorySpec("colptr_odd", "rom", self.ptr_bits, max(1, len(ptr[1::2])),
+                       tuple(ptr[1::2]) or (0,)),
+        ]
+        mask = (1 << acc_bits) - 1
+        R = self.max_rows
+        self.acc_specs = [
+            MemorySpec(f"pe{k}.acc", "ram", acc_bits, R + img.bias.shape[1],
+                       tuple([0] * R + [int(b) & mask for b in img.bias[k]]),
+                       read_ports=1, write_ports=1)
+            for k in range(n)
+        ]
+        self.act_specs = [
+            MemorySpec(f"pe{k}.act", "ram", 16, self.act_words, (), read_ports=1, write_ports=1)
+            for k in range(n)
+        ]
+        super().__init__({
+            "i_act": In(stream.Signature(signed(16))),
+            "o_act": Out(stream.Signature(signed(16))),
+            "cycles": Out(32),
+            "layer_cycles": Out(data.ArrayLayout(32, L)),
+            "busy": Out(1),
+        })
+
+    @property
+    def memory_specs(self) -> list[MemorySpec]:
+        return self.lane_specs + self.ptr_specs + self.acc_specs + self.act_specs
+
+    def elaborate(self, platform):
+        m = Module()
+        img = self.img
+        n = self.pes
+        L = self.num_layers
+        A = self.acc_bits
+        R = self.max_rows
+        ib = img.index_bits
+        e_bits = img.entry_bits
+        pb = self.ptr_bits
+        in0 = self.in_features
+        outL = self.out_features
+
+        lanes = [self.memories(m, s).read[0] for s in self.lane_specs]
+        pev, pod = (self.memories(m, s).read[0] for s in self.ptr_specs)
+        accs = [self.memories(m, s) for s in self.acc_specs]
+        acc_r = [a.read[0] for a in accs]
+        acc_w = [a.write[0] for a in accs]
+        acts = [self.memories(m, s) for s in self.act_specs]
+        act_r = [a.read[0] for a in acts]
+        act_w = [a.write[0] for a in acts]
+
+        layer = Signal(range(max(L, 2)))
+
+        def table(values, width):
+            vals = [int(v) for v in values]
+            return Array(Const(v, unsigned(width)) for v in vals + [0] * (max(L, 2) - len(vals)))
+
+        in_t = table([ll.in_features for ll in img.layers], self.col_bits)
+        grp_t = table([_ceil_div(ll.in_features, n) for ll in img.layers], self.row_bits + 1)
+        rows_t = table([ll.rows_per_pe for ll in img.layers], self.row_bits + 1)
+        col_base_t = table([ll.col_base for ll in img.layers], _bits(len(img.col_ptr)))
+        bias_t = table([R + ll.bias_base for ll in img.layers], _bits(R + img.bias.shape[1]))
+
+        # ---- front end: non-zero activations of the layer, one per cycle ------------------
+        m.submodules.fe = fe = FrontEnd(pes=n, col_bits=self.col_bits,
+                                        group_bits=self.row_bits, sparse=True)
+        m.d.comb += [fe.in_features.eq(in_t[layer]), fe.groups.eq(grp_t[layer]),
+                     fe.avail.eq((1 << len(fe.avail)) - 1)]
+        for k in range(n):
+            m.d.comb += fe.rd_data[k].eq(act_r[k].data.as_signed())
+
+        # ---- pointer stage: ptr[g], ptr[g + 1] of global column g; empty columns dropped ----
+        depth = self.queue_depth
+        m.submodules.queue = queue = ActQueue(
+            data.StructLayout({"value": signed(16), "start": pb, "end": pb}), depth=depth)
+        p_valid = Signal()
+        p_odd = Signal()
+        p_value = Signal(signed(16))
+        # credit: the column in the pointer stage always finds a queue slot
+        m.d.comb += fe.o.ready.eq(queue.level + p_valid < depth)
+        p_g = Signal(_bits(len(img.col_ptr)) + 1)
+        m.d.comb += [p_g.eq(col_base_t[layer] + fe.o.payload.col),
+                     pev.addr.eq((p_g + 1) >> 1), pod.addr.eq(p_g >> 1)]
+        m.d.sync += [p_valid.eq(fe.o.valid & fe.o.ready), p_odd.eq(p_g[0]),
+                     p_value.eq(fe.o.payload.value)]
+        p_start = Mux(p_odd, pod.data, pev.data)
+        p_end = Mux(p_odd, pev.data, pod.data)
+        m.d.comb += [queue.i.valid.eq(p_valid & (p_start != p_end)),
+                     queue.i.payload.value.eq(p_value),
+                     queue.i.payload.start.eq(p_start), queue.i.payload.end.eq(p_end)]
+
+        # ---- s_: slot sequencer, one slot per cycle, next column popped on the last slot ----
+        s_valid = Signal()
+        s_first = Signal()
+        s_value = Signal(signed(16))
+        s_addr = Signal(pb)
+        s_end = Signal(pb)
+        s_last = Signal()
+        m.d.comb += s_last.eq(s_valid & (s_addr + 1 == s_end))
+        m.d.comb += queue.o.ready.eq(~s_valid | s_last)
+        with m.If(queue.o.valid & queue.o.ready):
+            m.d.sync += [s_valid.eq(1), s_first.eq(1), s_value.eq(queue.o.payload.value),
+                         s_addr.eq(queue.o.payload.start), s_end.eq(queue.o.payload.end)]
+        with m.Elif(s_last):
+            m.d.sync += s_valid.eq(0)
+        with m.Elif(s_valid):
+            m.d.sync += [s_addr.eq(s_addr + 1), s_first.eq(0)]
+        for lp in lanes:
+            m.d.comb += [lp.addr.eq(s_addr), lp.en.eq(1)]
+
+        # ---- shared control of the e_ and m_ stages ----------------------------------------
+        e_valid = Signal()  # a slot's entries are on the lane outputs
+        e_first = Signal()
+        e_value = Signal(signed(16))
+        m.d.sync += [e_valid.eq(s_valid), e_first.eq(s_first), e_value.eq(s_value)]
+        pre_valid = Signal()  # PRELOAD: copy bias row pre_row into accumulator row pre_row
+        pre_row = Signal(self.row_bits + 1)
+        drn_valid = Signal()  # DRAIN: read accumulator row drn_row
+        drn_row = Signal(self.row_bits + 1)
+        m_value = Signal(signed(16))
+        m.d.sync += m_value.eq(e_value)
+        y_valid = Signal()  # the drained row's outputs are on y, to be written at y_row
+        y_row = Signal.like(drn_row)
+        m.d.sync += [y_valid.eq(drn_valid), y_row.eq(drn_row)]
+        m_any = Signal()  # some PE has a write in the m_ stage (for the idle check)
+
+        # codebook: weight = codebook[layer][v] as logic (constants of the network)
+        K = 1 << ib
+        cb_consts = Array(Const(int(ll.codebook[v]), signed(16))
+                          for ll in img.layers for v in range(K))
+        lsel = Array(Const(i * K, unsigned(_bits(L * K))) for i in range(L))
+
+        # the output stage's per-layer pieces are selected by the layer register
+        ys = [Signal(signed(16), name=f"y{k}") for k in range(n)]
+        row_w = _bits(R + (1 << img.rel_bits))
+        m_hits = []
+        for k in range(n):
+            lane = lanes[k // 2].data
+            ent = lane[(k % 2) * e_bits: (k % 2 + 1) * e_bits]
+            e_v = Signal(ib, name=f"e_v{k}")
+            m.d.comb += e_v.eq(Mux(e_valid, ent[:ib], 0))  # v = 0 outside COMPUTE: weight 0
+            e_z = ent[ib:]
+            e_row = Signal(row_w, name=f"e_row{k}")
+            row_reg = Signal(row_w, name=f"row{k}")
+            m.d.comb += e_row.eq(Mux(e_first, 0, row_reg + 1) + e_z)
+            with m.If(e_valid):
+                m.d.sync += row_reg.eq(e_row)
+            e_hit = e_valid & (e_v != 0)
+            # accumulator read: compute row, bias row (PRELOAD) or drained row (DRAIN)
+            with m.If(drn_valid):
+                m.d.comb += acc_r[k].addr.eq(drn_row)
+            with m.Elif(pre_valid):
+                m.d.comb += acc_r[k].addr.eq(bias_t[layer] + pre_row)
+            with m.Else():
+                m.d.comb += acc_r[k].addr.eq(e_row)
+            m.d.comb += acc_r[k].en.eq(1)
+
+            m_hit = Signal(name=f"m_hit{k}")
+            m_row = Signal(row_w, name=f"m_row{k}")
+            m_w = Signal(signed(16), name=f"m_w{k}")
+            m.d.sync += [m_hit.eq(e_hit | pre_valid), m_row.eq(Mux(pre_valid, pre_row, e_row)),
+                         m_w.eq(cb_consts[lsel[layer] + e_v])]
+            m_hits.append(m_hit)
+            x_valid = Signal(name=f"x_valid{k}")
+            x_row = Signal(row_w, name=f"x_row{k}")
+            x_val = Signal(signed(A), name=f"x_val{k}")
+            m_acc = Signal(signed(A), name=f"m_acc{k}")
+            m.d.comb += m_acc.eq(Mux(x_valid & (x_row == m_row), x_val, acc_r[k].data.as_signed()))
+            m_new = Signal(signed(A), name=f"m_new{k}")
+            m.d.comb += m_new.eq(m_acc + m_w * m_value)  # truncated to acc_bits: the wrap
+            m.d.comb += [acc_w[k].addr.eq(m_row), acc_w[k].data.eq(m_new), acc_w[k].en.eq(m_hit)]
+            m.d.sync += [x_valid.eq(m_hit), x_row.eq(m_row), x_val.eq(m_new)]
+
+            # output stage on the drained accumulator word
+            acc = acc_r[k].data.as_signed()
+            q17 = Signal(signed(17), name=f"q{k}")
+            rnd = Signal(name=f"rnd{k}")
+            fits = Signal(name=f"fits{k}")
+            with m.Switch(layer):
+                for i, ll in enumerate(img.layers):
+                    with m.Case(i):
+                        q, r, f = output_stage(acc, ll.shift, A)
+                        m.d.comb += [q17.eq(q), rnd.eq(r), fits.eq(f)]
+            y18 = Signal(signed(18), name=f"y18_{k}")
+            m.d.comb += y18.eq(q17 + rnd)
+            neg = Mux(fits, y18[17], acc[-1])
+            inrange = fits & ((y18[15:18] == 0) | (y18[15:18] == 0b111))
+            relu_t = Array(Const(int(ll.relu), 1) for ll in img.layers + [img.layers[-1]])
+            with m.If(relu_t[layer] & neg):
+                m.d.comb += ys[k].eq(0)
+            with m.Elif(inrange):
+                m.d.comb += ys[k].eq(y18[:16])
+            with m.Elif(neg):
+                m.d.comb += ys[k].eq(-32768)
+            with m.Else():
+                m.d.comb += ys[k].eq(32767)
+        m.d.comb += m_any.eq(Cat(*m_hits).any())
+
+        # ---- sequencing --------------------------------------------------------------------
+        run = Signal()
+        cyc = Signal(32)
+        lc = Signal(data.ArrayLayout(32, L))
+        cnt = Signal(range(max(in0, outL, R, 2) + 2))
+        sel = Signal(range(max(n, 2)))
+        word = Signal(range(max(self.act_words, 2) + 1))
+        o_valid = Signal()
+        o_sel = Signal.like(sel)
+        fe_done = Signal()
+        with m.If(run):
+            m.d.sync += cyc.eq(cyc + 1)
+
+        def count_layer():
+            m.d.sync += lc[layer].eq(lc[layer] + 1)
+
+        def next_word():
+            with m.If(sel == n - 1):
+                m.d.sync += [sel.eq(0), word.eq(word + 1)]
+            with m.Else():
+                m.d.sync += sel.eq(sel + 1)
+
+        for k in range(n):  # default: the front end reads the activations
+            m.d.comb += [act_r[k].addr.eq(fe.rd_addr), act_r[k].en.eq(1)]
+        idle = (~fe.busy & (queue.level == 0) & ~p_valid & ~s_valid & ~e_valid & ~m_any)
+
+        def preload(then):
+            # rows 0..rows-1 of the layer; each copy is written the cycle after its read
+            m.d.comb += [pre_valid.eq(cnt < rows_t[layer]), pre_row.eq(cnt)]
+            m.d.sync += cnt.eq(cnt + 1)
+            with m.If(cnt == rows_t[layer]):
+                m.d.sync += cnt.eq(0)
+                m.next = then
+
+        with m.FSM(name="seq"):
+            with m.State("PRE0"):
+                m.d.comb += [pre_valid.eq(cnt < rows_t[0]), pre_row.eq(cnt)]
+                m.d.sync += [cnt.eq(cnt + 1), layer.eq(0)]
+                with m.If(cnt == rows_t[0]):
+                    m.d.sync += [cnt.eq(0), sel.eq(0), word.eq(0)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.comb += self.i_act.ready.eq(1)
+                for k in range(n):
+                    m.d.comb += [act_w[k].addr.eq(word), act_w[k].data.eq(self.i_act.payload),
+                                 act_w[k].en.eq(self.i_act.valid & (sel == k))]
+                with m.If(self.i_act.valid):
+                    with m.If(cnt == 0):
+                        m.d.sync += [run.eq(1), cyc.eq(1), self.busy.eq(1)]
+                        for i in range(L):
+                            m.d.sync += lc[i].eq(0)
+                    m.d.sync += cnt.eq(cnt + 1)
+                    next_word()
+                    with m.If(cnt == in0 - 1):
+                        m.d.sync += cnt.eq(0)
+                        m.next = "START"
+            with m.State("PRELOAD"):
+                count_layer()
+                preload("START")
+            with m.State("START"):
+                count_layer()
+                m.d.comb += fe.start.eq(1)
+                m.d.sync += fe_done.eq(0)
+                m.next = "COMPUTE"
+            with m.State("COMPUTE"):
+                count_layer()
+                with m.If(idle):
+                    m.d.sync += cnt.eq(0)
+                    m.next = "DRAIN"
+            with m.State("DRAIN"):
+                count_layer()
+                m.d.comb += [drn_valid.eq(cnt < rows_t[layer]), drn_row.eq(cnt)]
+                m.d.sync += cnt.eq(cnt + 1)
+                with m.If(cnt == rows_t[layer]):  # the last row is written this cycle
+                    m.d.sync += cnt.eq(0)
+                    with m.If(layer == L - 1):
+                        m.d.sync += [sel.eq(0), word.eq(0), o_valid.eq(0)]
+                        m.next = "OUTPUT"
+                    with m.Else():
+                        m.d.sync += layer.eq(layer + 1)
+                        m.next = "PRELOAD"
+            with m.State("OUTPUT"):
+                fetch = ~o_valid | self.o_act.ready
+                for k in range(n):
+                    m.d.comb += [act_r[k].en.eq(fetch), act_r[k].addr.eq(word)]
+                with m.If(fetch):
+                    with m.If(cnt < outL):
+                        m.d.sync += [o_valid.eq(1), o_sel.eq(sel), cnt.eq(cnt + 1)]
+                        next_word()
+                    with m.Else():
+                        m.d.sync += o_valid.eq(0)
+                m.d.comb += self.o_act.valid.eq(o_valid)
+                with m.Switch(o_sel):
+                    for k in range(n):
+                        with m.Case(k):
+                            m.d.comb += self.o_act.payload.eq(act_r[k].data.as_signed())
+                with m.If(o_valid & self.o_act.ready & (cnt == outL)):
+                    m.d.sync += [run.eq(0), self.busy.eq(0), self.cycles.eq(cyc + 1),
+                                 self.layer_cycles.eq(lc), cnt.eq(0), o_valid.eq(0),
+                                 layer.eq(0)]
+                    m.next = "PRE0"
+
+        # drain writes: PE k's row j is column k + N*j of the next layer: its own RAM, word j
+        with m.If(y_valid):
+            for k in range(n):
+                m.d.comb += [act_w[k].addr.eq(y_row), act_w[k].data.eq(ys[k]),
+                             act_w[k].en.eq(1)]
+        return m

@@ -1,0 +1,121 @@
+"""The lockstep engine (hw/lockstep.py) and its image (compress/lockstep.py).
+
+Image: exact round trip, padding, slot counts, balance. Engine: the Amaranth simulator against
+the golden model over the corners (fillers, empty columns, rows fewer than PEs, wrap,
+saturation, shift 0 and 62, stalls); the cocotb bench on the Verilog is tests/test_tb_engine.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compress.golden import golden, run_layers
+from compress.lockstep import (balance_rows, build_lockstep, decode_lockstep,
+                               lockstep_cycles)
+from compress.rom import encode_csc
+from compress.synthetic import random_inputs, random_qnet
+from hw.engine import EngineConfigError
+from hw.lockstep import LockstepEngine
+from tb.pysim import run_engine
+
+
+def _inputs(n, width, seed):
+    """A mix of densities from 0 to 1, the first vector all zero."""
+    rng = np.random.default_rng(seed)
+    xs = [np.zeros((1, width), np.int16)]
+    for d in rng.uniform(0, 1, n - 1):
+        xs.append(random_inputs(1, width, seed=int(rng.integers(1 << 30)), density=float(d)))
+    return np.concatenate(xs)
+
+
+@pytest.mark.parametrize("pes", [1, 2, 3, 8, 16])
+@pytest.mark.parametrize("balance", [False, True])
+def test_image_round_trip(pes, balance):
+    qnet = random_qnet((40, 37, 21, 5), seed=pes, density=[0.05, 0.4, 1.0], shift=[3, 0, 9])
+    img = build_lockstep(qnet, pes, balance=balance)
+    assert decode_lockstep(img).equals(qnet)
+    assert img.slots.shape == (img.num_slots, pes)
+    # every column has exactly max-over-PEs slots of its per-PE entry count
+    for i, ll in enumerate(img.layers):
+        lc = np.diff(img.col_ptr[ll.col_base: ll.col_base + ll.in_features + 1])
+        assert lc.min() >= 0
+    assert np.all(np.diff(img.col_ptr) >= 0) and img.col_ptr[-1] == img.num_slots
+    if not balance:
+        assert all(np.array_equal(ll.perm, np.arange(ll.out_features)) for ll in img.layers)
+    assert np.array_equal(img.layers[-1].perm, np.arange(img.layers[-1].out_features))
+
+
+def test_image_slots_are_the_per_column_maximum():
+    qnet = random_qnet((30, 50), seed=3, density=0.2)
+    img = build_lockstep(qnet, 4, balance=False)
+    idx = qnet.layers[0].index
+    counts = np.stack([np.diff(encode_csc(idx[k::4], rel_bits=4)[2]) for k in range(4)])
+    assert np.array_equal(np.diff(img.col_ptr), counts.max(axis=0))
+    # padding is (v = 0, z = 0) after the PE's own entries
+    s = img.slots
+    for c in range(30):
+        a, b = img.col_ptr[c], img.col_ptr[c + 1]
+        for k in range(4):
+            assert np.all(s[a + counts[k, c]: b, k] == 0)
+
+
+def test_balance_rows_evens_out_work():
+    w = np.array([50, 49, 48, 47, 1, 1, 1, 1])  # interleaving over 2 PEs: 148 vs 50
+    perm = balance_rows(w, 2)
+    assert sorted(perm.tolist()) == list(range(8))
+    loads = [w[perm[k::2]].sum() for k in range(2)]
+    assert max(loads) - min(loads) <= 2
+    assert np.array_equal(balance_rows(w, 2), perm)  # deterministic
+
+
+def test_cycle_model_counts_active_columns():
+    qnet = random_qnet((20, 9, 4), seed=1, density=0.5)
+    img = build_lockstep(qnet, 3)
+    x = _inputs(4, 20, seed=1)
+    acts = [x] + run_layers(qnet, x)[:-1]
+    cyc = lockstep_cycles(img, acts)
+    assert cyc.shape == (4, 2) and cyc[0, 0] == 0  # all-zero input: no work in layer 0
+
+
+CASES = [
+    # id, sizes, pes, density, qnet kwargs, engine kwargs, stall
+    ("1pe-1layer", (9, 5), 1, 0.5, {}, {}, 0.0),
+    ("3pe-2layers-stalls", (20, 13, 7), 3, 0.3, {"shift": 8}, {}, 0.4),
+    ("4pe-gaps-fillers", (12, 70, 6), 4, 0.04, {"shift": [9, 0]}, {}, 0.0),
+    ("16pe-rows-fewer-than-pes", (30, 9, 17, 4), 16, 0.4, {"shift": [8, 0, 40]},
+     {"queue_depth": 1}, 0.0),
+    ("8pe-dense-weights", (15, 11, 6), 8, 1.0, {"shift": 6}, {}, 0.2),
+    ("5pe-wrap-saturation", (18, 10, 10, 7, 5), 5, 0.6,
+     {"weight_scale": 32767, "bias_scale": 1 << 30, "shift": [0, 3, 62, 0]},
+     {"acc_bits": 20}, 0.0),
+    ("2pe-acc40", (18, 10, 5), 2, 0.6,
+     {"weight_scale": 32767, "bias_scale": 1 << 30, "shift": [20, 1]}, {"acc_bits": 40}, 0.0),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_lockstep_engine_bit_exact(case):
+    _id, sizes, pes, density, qkw, ekw, stall = case
+    qnet = random_qnet(sizes, seed=pes, density=density, **qkw)
+    x = _inputs(6, sizes[0], seed=pes)
+    acc_bits = ekw.get("acc_bits", 32)
+    img = build_lockstep(qnet, pes)
+    y, cycles, lcs = run_engine(LockstepEngine(img, **ekw), x, stall_in=stall,
+                                stall_out=stall, seed=pes)
+    np.testing.assert_array_equal(y, golden(qnet, x, acc_bits=acc_bits))
+    assert np.all(cycles > lcs.sum(axis=1)) and np.all(lcs > 0)
+    # compute never beats the slot count of the active columns
+    acts = [x] + run_layers(qnet, x, acc_bits=acc_bits)[:-1]
+    assert np.all(lcs >= lockstep_cycles(img, acts))
+
+
+def test_lockstep_refuses_what_does_not_fit():
+    qnet = random_qnet((8, 6, 3), seed=0)
+    img = build_lockstep(qnet, 2)
+    with pytest.raises(EngineConfigError, match="acc_bits"):
+        LockstepEngine(img, acc_bits=16)
+    with pytest.raises(EngineConfigError, match=r"l0: 8 inputs exceed"):
+        LockstepEngine(img, max_width=7)
+    with pytest.raises(EngineConfigError, match="queue_depth"):
+        LockstepEngine(img, queue_depth=0)
