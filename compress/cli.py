@@ -64,6 +64,9 @@ def _export_args(p):
     p.add_argument("--out", required=True, help="output directory for the ROM images")
     p.add_argument("--index-bits", type=int, default=4, help="codebook index bits (default 4)")
     p.add_argument("--rel-bits", type=int, default=4, help="relative row index bits (default 4)")
+    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
+                   help="permute the rows of hidden layers to even out the PEs' work (default "
+                        "on); --no-balance: plain interleaving, row r in PE r %% N")
 
 
 @command("export-rom", "write the EIE ROM images the engine is built from")(_export_args)
@@ -72,14 +75,14 @@ def _export_rom(args):
     from .rom import export_rom
 
     qnet = load_qnet(args.model, index_bits=args.index_bits)
-    m = export_rom(
-        qnet, args.out, pes=args.pes, index_bits=args.index_bits, rel_bits=args.rel_bits
-    )
+    m = export_rom(qnet, args.out, pes=args.pes, index_bits=args.index_bits,
+                   rel_bits=args.rel_bits, balance=args.balance)
     t = m["totals"]
     print(
         f"wrote {args.out}: {m['num_layers']} layers, {args.pes} PEs, "
         f"{sum(t['entries'])} entries ({sum(t['fillers'])} fillers), "
-        f"{len(m['files'])} files"
+        f"busiest PE {max(t['entries'])} entries, "
+        f"rows {'balanced' if args.balance else 'interleaved'}, {len(m['files'])} files"
     )
 
 

@@ -28,7 +28,7 @@ from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from compress.rom import RomImage, decode_rom
+from compress.rom import RomImage, physical_qnet
 
 from .frontend import FrontEnd
 from .memory import MemoryFactory, MemorySpec
@@ -62,7 +62,7 @@ def pe_images(rom: RomImage, *, sparse: bool = True) -> list[PEImage]:
                     shift=shifts, relu=relus)
             for k in range(n)
         ]
-    qnet = decode_rom(rom)
+    qnet = physical_qnet(rom)  # rows as placed (a balanced ROM permutes them)
     imgs = []
     for k in range(n):
         ents, ptrs, ptr_base = [], [], []

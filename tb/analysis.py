@@ -5,7 +5,8 @@ from the golden model's layer inputs. Utilisation = useful MACs / (PEs x compute
 compute cycles the engine's own `layer_cycles`. The lost cycles of a layer are split using
 the ROM image (what each PE must do for this input) and the engine's fixed costs:
 
-* imbalance: the busiest PE's useful MACs above the mean (rows interleaved over PEs);
+* imbalance: the busiest PE's useful MACs above the mean (rows placed over PEs as in the ROM:
+             interleaved, or permuted by a balanced ROM);
 * fillers:   entries of the busiest PE that are not useful MACs (filler entries, a codebook
              value 0), i.e. max PE work - max PE useful MACs;
 * output:    the drain of the last layer (output stage, one row per cycle) and its start; the
@@ -34,20 +35,28 @@ def layer_inputs(qnet: QNet, x: np.ndarray, acc_bits: int = 32) -> list[np.ndarr
 
 
 def work(qnet: QNet, rom: RomImage, x: np.ndarray, acc_bits: int = 32) -> dict:
-    """Per layer, per input, per PE: useful MACs and entries processed (incl. fillers)."""
+    """Per layer, per input, per PE: useful MACs and entries processed (incl. fillers).
+
+    Useful MACs come from the logical network (the golden model's layer inputs); a balanced ROM
+    only moves them between PEs: PE k holds the logical rows perm_i[k::N] and reads the logical
+    columns perm_{i-1} in the order of its pointer array.
+    """
     n = rom.pes
     useful, entries = [], []
     for i, (layer, a) in enumerate(zip(qnet.layers, layer_inputs(qnet, x, acc_bits))):
-        nzw = layer.weights() != 0  # [out, in]
-        act = (np.asarray(a) != 0).astype(np.int64)  # [batch, in]
+        nzw = layer.weights() != 0  # [out, in], logical
+        act = (np.asarray(a) != 0).astype(np.int64)  # [batch, in], logical columns
+        rows = np.asarray(rom.perm[i])
+        cols = np.asarray(rom.perm[i - 1]) if i else np.arange(layer.in_features)
+        act_phys = act[:, cols]  # physical column p is logical column cols[p]
         rl = rom.layers[i]
         u = np.zeros((len(act), n), dtype=np.int64)
         e = np.zeros((len(act), n), dtype=np.int64)
         for k in range(n):
-            u[:, k] = act @ nzw[k::n].sum(axis=0)
+            u[:, k] = act @ nzw[rows[k::n]].sum(axis=0)
             pb = rl.ptr_base[k]
             per_col = np.diff(rom.ptr[k][pb : pb + rl.in_features + 1])
-            e[:, k] = act @ per_col
+            e[:, k] = act_phys @ per_col
         useful.append(u)
         entries.append(e)
     return {"useful": useful, "entries": entries}
@@ -85,7 +94,9 @@ def breakdown(qnet: QNet, rom: RomImage, x: np.ndarray, layer_cycles: np.ndarray
 
 def utilisation(qnet: QNet, rom: RomImage, x: np.ndarray, layer_cycles: np.ndarray,
                 acc_bits: int = 32) -> tuple[float, float]:
-    """(overall MAC utilisation, ideal = 1 / (1 + imbalance share)) over all layers and inputs."""
+    """(overall MAC utilisation, ideal) over all layers and inputs; the ideal is useful MACs over
+    N x the busiest PE's useful MACs per layer and input (the load imbalance of the ROM's own
+    row placement alone)."""
     w = work(qnet, rom, x, acc_bits)
     useful = sum(int(u.sum()) for u in w["useful"])
     busiest = sum(int(u.max(axis=1).sum()) for u in w["useful"])

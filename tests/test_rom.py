@@ -101,7 +101,7 @@ def test_rom_files_round_trip(tmp_path_factory, q, pes):
 def test_files_hex_bin_manifest(tmp_path):
     q = random_qnet((50, 20, 6), seed=1, density=0.1)
     m = export_rom(q, tmp_path / "rom", pes=3)
-    assert m["version"] == 1 and m["pes"] == 3 and m["entry_bits"] == 8
+    assert m["version"] == 2 and m["pes"] == 3 and m["entry_bits"] == 8
     on_disk = json.loads((tmp_path / "rom" / "manifest.json").read_text())
     assert on_disk == m
     names = {p.name for p in (tmp_path / "rom").iterdir()}
