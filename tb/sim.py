@@ -41,7 +41,8 @@ def waves_enabled() -> bool:
 
 def _hw_source_hash() -> str:
     h = hashlib.sha256()
-    for p in sorted(HW_DIR.glob("*.py")) + [Path(__file__)]:  # the engine and its build
+    # the engines, the lockstep image they may be built from, and this build
+    for p in sorted(HW_DIR.glob("*.py")) + [REPO / "compress" / "lockstep.py", Path(__file__)]:
         h.update(p.name.encode())
         h.update(p.read_bytes())
     return h.hexdigest()
@@ -62,12 +63,39 @@ def icarus_fixup(text: str) -> str:
     return text
 
 
+ENGINES = ("eie", "lockstep")
+
+
 @dataclass(frozen=True)
 class EngineParams:
+    """engine: "eie" (hw.engine, per-PE queues) or "lockstep" (hw.lockstep, the board's)."""
+
     queue_depth: int = 8
     acc_bits: int = 32
     sparse: bool = True
     max_width: int | None = None
+    engine: str = "eie"
+
+
+def make_engine(rom: RomImage, params: EngineParams):
+    """The engine `params` asks for, built from a (checksum-verified) ROM image."""
+    from hw.engine import Engine
+
+    if params.engine == "eie":
+        return Engine(rom, queue_depth=params.queue_depth, acc_bits=params.acc_bits,
+                      sparse=params.sparse, max_width=params.max_width)
+    if params.engine == "lockstep":
+        from compress.lockstep import build_lockstep
+        from compress.rom import decode_rom
+        from hw.lockstep import LockstepEngine
+
+        if not params.sparse:
+            raise InputError("the lockstep engine has no dense baseline (use engine eie)")
+        img = build_lockstep(decode_rom(rom), rom.pes, index_bits=rom.index_bits,
+                             rel_bits=rom.rel_bits)
+        return LockstepEngine(img, acc_bits=params.acc_bits, queue_depth=params.queue_depth,
+                              max_width=params.max_width)
+    raise InputError(f"engine must be one of {', '.join(ENGINES)}, not {params.engine!r}")
 
 
 @dataclass
@@ -84,7 +112,7 @@ def build(rom: RomImage, params: EngineParams = EngineParams(), *, waves: bool |
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
 
-    from hw.engine import Engine, EngineConfigError
+    from hw.engine import EngineConfigError
 
     waves = waves_enabled() if waves is None else waves
     root = build_root()
@@ -95,7 +123,8 @@ def build(rom: RomImage, params: EngineParams = EngineParams(), *, waves: bool |
         key_src = json.dumps({
             "files": manifest["files"],
             "layers": manifest["layers"],
-            "params": [params.queue_depth, params.acc_bits, params.sparse, params.max_width],
+            "params": [params.queue_depth, params.acc_bits, params.sparse, params.max_width,
+                       params.engine],
             "waves": waves,
             "hw": _hw_source_hash(),
         }, sort_keys=True)
@@ -112,8 +141,7 @@ def build(rom: RomImage, params: EngineParams = EngineParams(), *, waves: bool |
             stamp = d / "sim_build" / ".built"
             if not stamp.exists():
                 try:
-                    top = Engine(rom2, queue_depth=params.queue_depth, acc_bits=params.acc_bits,
-                                 sparse=params.sparse, max_width=params.max_width)
+                    top = make_engine(rom2, params)
                 except EngineConfigError as e:
                     raise InputError(str(e)) from None
                 text = icarus_fixup(verilog.convert(top, name=TOPLEVEL, emit_src=False))

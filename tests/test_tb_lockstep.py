@@ -1,0 +1,68 @@
+"""The lockstep engine's generated Verilog in cocotb + Icarus, bit-exact against the golden model.
+
+Same bench as tests/test_tb_engine.py (tb.sim with EngineParams(engine="lockstep")): PEs 1..16,
+1 to 3 layers, weight densities 0.03 to 1, gaps of 16 and more (fillers), rows fewer than PEs,
+accumulator wrap and saturation, random stalls on both streams, a reset in the middle of an
+inference, and the shipped LeNet-300-100 with the board's 8 PEs on real digits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress.golden import golden, mnist_to_input, run_layers
+from compress.lockstep import build_lockstep, lockstep_cycles
+from compress.qnet import load_qnet
+from compress.rom import build_rom
+from compress.synthetic import random_qnet
+from tb.sim import EngineParams, build, simulate
+from tests.test_tb_engine import _inputs
+
+MODELS = Path(__file__).resolve().parents[1] / "compress" / "models"
+
+# id, sizes, pes, weight density, qnet kwargs, rom kwargs, engine params, run kwargs, vectors
+CASES = [
+    ("1pe-stalls", (24, 10), 1, 0.5, {"shift": 6}, {}, {},
+     {"stall_in": 0.3, "stall_out": 0.3}, 30),
+    ("2pe-gaps-16-and-more", (16, 90, 8), 2, 0.03, {"shift": [9, 2]}, {}, {}, {}, 40),
+    ("3pe-dense-weights-3layers-reset-mid", (20, 14, 9, 6), 3, 1.0, {"shift": [10, 10, 4]},
+     {}, {"queue_depth": 1}, {"reset_mid": True, "stall_out": 0.3}, 30),
+    ("8pe-rows-fewer-than-pes-saturate", (40, 6, 3), 8, 0.6,
+     {"weight_scale": 32767, "shift": [0, 0]}, {}, {"queue_depth": 2}, {}, 30),
+    ("16pe-acc-wrap-rel2", (48, 33, 20), 16, 0.3,
+     {"weight_scale": 32767, "bias_scale": 1 << 30, "shift": [3, 62]}, {"rel_bits": 2},
+     {"acc_bits": 20}, {"stall_in": 0.1, "stall_out": 0.1}, 30),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_lockstep_bit_exact_cocotb(case):
+    _id, sizes, pes, density, qkw, rkw, pkw, runkw, n = case
+    seed = pes + len(sizes)
+    qnet = random_qnet(sizes, seed=seed, density=density, **qkw)
+    x = _inputs(n, sizes[0], seed)
+    params = EngineParams(engine="lockstep", **pkw)
+    b = build(build_rom(qnet, pes=pes, **rkw), params)
+    r = simulate(b, x, seed=seed, **runkw)
+    want = golden(qnet, x, acc_bits=params.acc_bits)
+    bad = np.flatnonzero(np.any(r.outputs != want, axis=1))
+    assert len(bad) == 0, f"{len(bad)}/{n} vectors differ, first {bad[:5]}"
+    assert np.all(r.cycles >= r.layer_cycles.sum(axis=1) + sizes[0] + sizes[-1] - 1)
+
+
+def test_lockstep_shipped_model_8_pes():
+    """The board's configuration: LeNet-300-100, 8 PEs, real digits; cycles vs the slot model."""
+    qnet = load_qnet(MODELS / "lenet-300-100.qnet.npz")
+    d = np.load(MODELS / "mnist-test-100.npz", allow_pickle=False)
+    x = mnist_to_input(d["images"][:4], qnet.input_frac)
+    rom = build_rom(qnet, pes=8)
+    r = simulate(build(rom, EngineParams(engine="lockstep", queue_depth=2)), x)
+    np.testing.assert_array_equal(r.outputs, golden(qnet, x))
+    img = build_lockstep(qnet, 8)
+    slots = lockstep_cycles(img, [x] + run_layers(qnet, x)[:-1])
+    # every layer costs its slots plus a bounded overhead (preload, pipeline, drain)
+    over = r.layer_cycles - slots
+    assert np.all(over >= 0) and np.all(over <= 2 * 38 + 40), over
