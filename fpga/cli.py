@@ -40,17 +40,25 @@ def load_model(spec: str | None):
     return load_qnet(path), str(path)
 
 
-def _rom(args):
-    from compress.rom import build_rom
+def _image(args):
+    """(ROM image for args.engine and args.pes, qnet, model name)."""
+    from .engines import build_image
 
     qnet, name = load_model(args.model)
-    return build_rom(qnet, pes=args.pes), qnet, name
+    if not 1 <= args.pes <= 16:
+        raise InputError(f"--pes must be 1..16, not {args.pes}")
+    return build_image(qnet, args.engine, args.pes), qnet, name
 
 
 def _common(p, pes=True):
+    from .engines import DEFAULT_KIND, KINDS
+
     p.add_argument("--model", help=f"qnet .npz (default: the shipped {SHIPPED_MODEL.name}, "
                    f"'{SYNTHETIC}' for a random LeNet-300-100, 'synthetic:784-32-10' for other "
                    f"sizes)")
+    p.add_argument("--engine", choices=KINDS, default=DEFAULT_KIND,
+                   help="lockstep: all PEs on one column, the engine that fits 8 PEs; eie: the "
+                        "queue-based engine, every PE its own memories (default lockstep)")
     if pes:
         p.add_argument("--pes", type=int, default=8, help="processing elements (default 8)")
     p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
@@ -62,30 +70,36 @@ def cmd_build(args):
     from .resources import analyse, format_analysis
 
     board_platform(args.board)  # unknown board: one line, exit 2, before any work
+    if args.pes is None:  # the lockstep engine fits 8 PEs; the EIE engine takes what fits
+        args.pes = "8" if args.engine == "lockstep" else "auto"
+    engine_kw = {"queue_depth": args.queue_depth}
     if args.pes == "auto":
-        # The most PEs (8, 4, 2, 1) whose memories fit; the link's output buffer takes one EBR.
+        # The most PEs (8, 4, 2, 1) whose memories fit (the link and UART use no EBR).
         for pes in (8, 4, 2, 1):
             args.pes = pes
-            rom, _qnet, name = _rom(args)
-            a = analyse(rom, spram=not args.no_spram)
-            if a["total_ebr"] + 1 <= a["ebr_available"]:
+            img, _qnet, name = _image(args)
+            a = analyse(img, spram=not args.no_spram, **engine_kw)
+            if a["total_ebr"] <= a["ebr_available"]:
                 break
-            print(f"{pes} PEs: the memories need {a['total_ebr']} + 1 EBR of "
+            print(f"{pes} PEs: the memories need {a['total_ebr']} EBR of "
                   f"{a['ebr_available']}, trying fewer")
     else:
-        args.pes = int(args.pes)
-        rom, _qnet, name = _rom(args)
-        a = analyse(rom, spram=not args.no_spram)
-    if a["total_ebr"] + 1 > a["ebr_available"] and not args.force:
+        try:
+            args.pes = int(args.pes)
+        except ValueError:
+            raise InputError(f"--pes must be a number or 'auto', not {args.pes!r}") from None
+        img, _qnet, name = _image(args)
+        a = analyse(img, spram=not args.no_spram, **engine_kw)
+    if a["total_ebr"] > a["ebr_available"] and not args.force:
         # The engine's memories alone exceed the device: a 10-minute build would end in the
         # placer's "design uses N RAM cells" error. Say so at once, with the figures.
         print(f"model: {name}\n{format_analysis(a)}", file=sys.stderr)
-        print(f"error: {rom.pes} PEs of this network need {a['total_ebr'] + 1} EBR blocks, the "
+        print(f"error: {img.pes} PEs of this network need {a['total_ebr']} EBR blocks, the "
               f"iCE40UP5K has {a['ebr_available']}: not built (see docs/fpga.md, --force to try "
               f"anyway)", file=sys.stderr)
         return 1
     try:
-        report = build(rom, board=args.board, clock_mhz=args.clock_mhz, baud=args.baud,
+        report = build(img, board=args.board, clock_mhz=args.clock_mhz, baud=args.baud,
                        build_root=args.build_dir, seed=args.seed, model_name=name,
                        spram=not args.no_spram, retry=not args.no_retry,
                        queue_depth=args.queue_depth)
@@ -100,9 +114,9 @@ def cmd_build(args):
 def cmd_resources(args):
     from .resources import analyse, format_analysis
 
-    rom, _qnet, name = _rom(args)
+    img, _qnet, name = _image(args)
     print(f"model: {name}")
-    print(format_analysis(analyse(rom, spram=args.spram)))
+    print(format_analysis(analyse(img, spram=args.spram)))
     return 0
 
 
@@ -119,9 +133,9 @@ def build_parser():
 
     b = sub.add_parser("build", help="build the bitstream and print resources and timing")
     b.add_argument("--board", default="icebreaker", help="board (default icebreaker)")
-    b.add_argument("--pes", default="auto",
+    b.add_argument("--pes", default=None,
                    help="processing elements, or 'auto': the most of 8, 4, 2, 1 that fit "
-                        "(default auto)")
+                        "(default 8 for the lockstep engine, auto for eie)")
     b.add_argument("--clock-mhz", type=float, default=24.0,
                    help="PLL clock target (default 24: every engine build so far reaches 25-29 "
                         "MHz, so one run meets it; 36 is the goal, and a miss is rebuilt once "
@@ -129,8 +143,8 @@ def build_parser():
     b.add_argument("--build-dir", default="build", help="build root (default build/)")
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     b.add_argument("--queue-depth", type=int, default=4,
-                   help="per-PE activation queue depth (default 4: the queues are flip-flops, "
-                        "and 8 of them do not leave room for 2 PEs on the UP5K)")
+                   help="eie engine: per-PE activation queue depth (default 4: the queues are "
+                        "flip-flops, and 8 of them do not leave room for 2 PEs on the UP5K)")
     b.add_argument("--no-retry", action="store_true",
                    help="keep the first clock even when timing is not met (default: rebuild once "
                         "at the fastest PLL clock under the fmax found)")

@@ -102,11 +102,11 @@ class Board:
         return P.decode_infer(self.request(P.infer_request(x)), out_features=info.out_features,
                               num_layers=info.num_layers)
 
-    def load(self, rom, *, progress: bool = False, retries: int = 3) -> int:
-        """Write the SPRAM-resident ROMs of `rom` (the board's plan) and COMMIT; returns words."""
+    def load(self, img, *, progress: bool = False, retries: int = 3) -> int:
+        """Write the SPRAM-resident ROMs of `img` (the board's plan) and COMMIT; returns words."""
         from .top import spram_plan_for
 
-        plan = spram_plan_for(rom)
+        plan = spram_plan_for(img)
         frames = [f for i, spec in enumerate(plan)
                   for f in P.load_requests(i, [int(v) & 0xFFFF for v in spec.init])]
         it = frames
@@ -144,13 +144,21 @@ class RunStats:
 
 def run_digits(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
                progress: bool = True, rom=None) -> RunStats:
-    """Stream x through the board; if it reports its weights not loaded, load `rom` first."""
+    """Stream x through the board; if it reports its weights not loaded, load `rom` first.
+
+    `rom` is the ROM image (a RomImage or a LockstepImage) the board's weights are cut from.
+    """
     from compress.golden import golden, predict
+
+    from .engines import kind_of
 
     info = board.ping()
     if not info.loaded:
         if rom is None:
             raise InputError("the board's weights are not loaded and no ROM image was given")
+        if (kind_of(rom), rom.pes) != (info.engine, info.pes):
+            raise InputError(f"the board runs the {info.engine} engine with {info.pes} PEs, the "
+                             f"ROM image is for the {kind_of(rom)} engine with {rom.pes}")
         board.load(rom, progress=progress)
         info = board.ping()
     if info.in_features != qnet.in_features or info.out_features != qnet.out_features:
@@ -218,24 +226,24 @@ def run_cli(args) -> int:
     x = mnist_to_input(test.images[:n], qnet.input_frac)
     labels = np.asarray(test.labels[:n])
     print(f"model: {name}")
-    if args.sim:
-        from compress.rom import build_rom
+    from .engines import build_image
 
+    if args.sim:
         from .bench import simulated_board
 
-        rom = build_rom(qnet, pes=args.pes)
+        rom = build_image(qnet, args.engine, args.pes)
+        print(f"simulated board: {args.engine} engine, {args.pes} PEs")
         with simulated_board(rom, spram=not args.no_spram) as transport:
             board = Board(transport, timeout=args.timeout)
             stats = run_digits(board, qnet, x, labels, rom=rom)
             info = board.info
     else:
-        from compress.rom import build_rom
-
         transport = SerialTransport(args.port, args.baud)
         try:
             board = Board(transport, timeout=args.timeout)
-            # The ROM image for the weight load is cut for the board's own PE count.
-            rom = build_rom(qnet, pes=board.ping().pes)
+            # The ROM image for the weight load is cut for the board's own engine and PE count.
+            info = board.ping()
+            rom = build_image(qnet, info.engine, info.pes)
             stats = run_digits(board, qnet, x, labels, rom=rom)
             info = board.info
         finally:

@@ -1,10 +1,11 @@
 """The board side of the framed UART protocol (fpga/protocol.py, docs/fpga.md).
 
 `Link` sits between the UART byte streams and the engine's activation streams. It is one FSM
-that receives a request, acts on it and sends the reply, so it needs no buffer for a whole
-input vector: the INFER payload goes into the engine word by word as it arrives, and only the
-output vector (out_{L-1} words, a small memory) is buffered, because the reply header and the
-CRC verdict must come before it.
+that receives a request, acts on it and sends the reply, so it needs no memory at all: the
+INFER payload goes into the engine word by word as it arrives, and the engine's output words go
+straight into the reply as it is sent (the engine's `o_act` waits on `ready`). The CRC verdict
+is known before the first output word, so the reply header can go first: a good INFER is
+answered with its outputs streamed, a bad one has its outputs drained and dropped, then ERROR.
 
 Robustness, so a partial or corrupt frame never locks the design up:
 
@@ -20,8 +21,8 @@ Bytes that arrive while a request is being answered are dropped: the host waits 
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import protocol as P
@@ -61,6 +62,7 @@ class Link(wiring.Component):
         clock_hz: int,
         timeout: int,
         loads: int = 0,
+        lockstep: bool = False,
     ):
         for name, v, lo in (
             ("in_features", in_features, 1),
@@ -84,6 +86,7 @@ class Link(wiring.Component):
         if not isinstance(loads, int) or not 0 <= loads <= 255:
             raise ValueError(f"loads must be 0..255 loadable memories, not {loads!r}")
         self.loads = loads
+        self.lockstep = bool(lockstep)  # PING flags bit 1: which image the host must load
         super().__init__(
             {
                 "rx": In(stream.Signature(8)),
@@ -111,22 +114,6 @@ class Link(wiring.Component):
         m = Module()
         n_in, n_out, n_l = self.in_features, self.out_features, self.num_layers
 
-        # Output buffer (small: becomes one EBR or logic).
-        m.submodules.obuf = obuf = memory.Memory(shape=16, depth=n_out, init=[])
-        ow = obuf.write_port()
-        orp = obuf.read_port()
-
-        # Reply body after the buffered outputs: 32-bit words chosen by a small mux and sent
-        # LSB byte first through one 32-bit shift register (cheaper than a register per byte).
-        ping_bytes = bytes([P.VERSION, self.pes, n_l]) + n_in.to_bytes(2, "little")
-        ping_bytes += n_out.to_bytes(2, "little")
-        ping_bytes += (self.clock_hz & 0xFFFFFFFF).to_bytes(4, "little")
-        assert len(ping_bytes) == 11
-        ping_words = [int.from_bytes(ping_bytes[i:i + 4], "little") for i in (0, 4, 8)]
-        K_ERROR, K_PING, K_COUNT, K_INFER = range(4)
-        r_kind = Signal(2)
-        wreg = Signal(32)
-
         cmd = Signal(8)
         length = Signal(16)
         crc = Signal(8, init=0xFF)
@@ -134,45 +121,45 @@ class Link(wiring.Component):
         words_left = Signal(range(n_in + 1))
         lo_byte = Signal(8)
         have_lo = Signal()
-        remaining = Signal(16)  # LOAD payload bytes still to come
+        max_load = 3 + 2 * P.MAX_LOAD_WORDS
+        remaining = Signal(range(max_load + 1))  # LOAD payload bytes still to come
         l_idx = Signal(2)  # LOAD payload: 0 mem, 1 addr lo, 2 addr hi, 3 words
         l_addr = Signal(14)
         loaded = Signal(init=0 if self.loads else 1)
         m.d.sync += self.load_we.eq(0)
         timer = Signal(range(self.timeout + 1))
-        out_idx = Signal(range(n_out + 1))
         best = Signal(signed(16))
         best_idx = Signal.like(self.digit)
 
-        # Reply side.
+        # The reply payload: the engine's output words (INFER only, streamed from act_in), then
+        # 32-bit words from one table, sent LSB first through a 24-bit shift register. Each
+        # reply starts at its own place in the table: INFER's words are the tail of COUNT's.
+        ping_bytes = bytes([P.VERSION, self.pes, n_l]) + n_in.to_bytes(2, "little")
+        ping_bytes += n_out.to_bytes(2, "little")
+        ping_bytes += (self.clock_hz & 0xFFFFFFFF).to_bytes(4, "little")
+        assert len(ping_bytes) == 11
+        ping_words = [int.from_bytes(ping_bytes[i:i + 4], "little") for i in (0, 4, 8)]
+        flags = Cat(loaded, Const(int(self.lockstep), 1))
+        table = [err,
+                 Const(ping_words[0], 32), Const(ping_words[1], 32),
+                 Cat(Const(ping_words[2], 24), flags),
+                 self.inferences, self.errors, self.cycles,
+                 *[self.layer_cycles[i] for i in range(n_l)]]
+        W_ERROR, W_PING, W_COUNT, W_INFER = 0, 1, 4, 6
+        words = Array(Signal(32, name=f"tail{i}") for i in range(len(table)))
+        for w, v in zip(words, table):
+            m.d.comb += w.eq(v)
+
         r_cmd = Signal(8)
         max_reply = max(2 * n_out + 4 + 4 * n_l, 12 + 4 * n_l, 12)
         r_len = Signal(range(max_reply + 1))
-        r_k = Signal(range(max_reply + 1))  # byte index within the reply payload
+        r_k = Signal(range(max(max_reply, n_out) + 1))  # payload byte; output word (DISCARD)
+        r_w = Signal(range(len(table)))  # the table word sent next
+        r_b = Signal(2)  # byte within the table word
+        o_left = Signal(range(n_out + 1))  # output words still to come from the engine
         r_byte = Signal(8)
-        r_obytes = Signal(range(2 * n_out + 1))  # bytes taken from the output buffer first
+        wreg = Signal(24)
         r_crc = Signal(8)
-
-        # The word of the reply tail at byte r_k (tail = after the buffered outputs).
-        tail_k = Signal(range(max_reply + 1))
-        word = Signal(32)
-        m.d.comb += tail_k.eq(r_k - r_obytes)
-        widx = tail_k[2:]
-        lc = [self.layer_cycles[i] for i in range(n_l)]
-        tails = {
-            K_ERROR: [err],
-            K_PING: [Const(ping_words[0], 32), Const(ping_words[1], 32),
-                     Cat(Const(ping_words[2], 24), loaded)],
-            K_COUNT: [self.inferences, self.errors, self.cycles, *lc],
-            K_INFER: [self.cycles, *lc],
-        }
-        with m.Switch(r_kind):
-            for kind, words in tails.items():
-                with m.Case(kind):
-                    with m.Switch(widx):
-                        for i, w in enumerate(words):
-                            with m.Case(i):
-                                m.d.comb += word.eq(w)
 
         rx_byte = self.rx.payload
         rx_take = Signal()  # a byte is transferred from rx this cycle
@@ -187,13 +174,15 @@ class Link(wiring.Component):
         with m.Elif(~timed_out):
             m.d.sync += timer.eq(timer + 1)
 
-        m.d.comb += [ow.data.eq(self.act_in.payload), ow.addr.eq(out_idx)]
-        m.d.comb += orp.addr.eq(r_k >> 1)
-
         def start_reply(code):
             """Enter the reply with error code `code` (0 = the normal reply to `cmd`)."""
             m.d.sync += err.eq(code)
             m.next = "REPLY"
+
+        def discard(code):
+            """An INFER that will not be answered: drop the engine's outputs, then ERROR."""
+            m.d.sync += [err.eq(code), r_k.eq(0)]
+            m.next = "DISCARD"
 
         # Bytes are taken (and dropped unless a state uses them) everywhere but in the high byte
         # of an INFER word, which waits for the engine.
@@ -243,8 +232,7 @@ class Link(wiring.Component):
                                 m.next = "PAYLOAD"
                         if self.loads:
                             with m.Case(P.CMD_LOAD):
-                                with m.If(full[0] & (full >= 5)
-                                          & (full <= 3 + 2 * P.MAX_LOAD_WORDS)):
+                                with m.If(full[0] & (full >= 5) & (full <= max_load)):
                                     m.d.sync += [remaining.eq(full), l_idx.eq(0)]
                                     m.next = "LOAD"
                                 with m.Else():
@@ -313,17 +301,15 @@ class Link(wiring.Component):
                 with m.If(self.act_out.ready):
                     m.d.sync += words_left.eq(words_left - 1)
                     with m.If(words_left == 1):
-                        m.d.sync += [out_idx.eq(0), best_idx.eq(0)]
-                        m.next = "DRAIN"
+                        discard(P.ERR_TIMEOUT)
 
             with m.State("CRC"):
                 m.d.comb += in_frame.eq(1)
                 ok = Signal()
                 m.d.comb += ok.eq(rx_byte == crc)
                 with m.If(rx_take):
-                    with m.If(cmd == P.CMD_INFER):
-                        m.d.sync += [err.eq(Mux(ok, 0, P.ERR_CRC)), out_idx.eq(0), best_idx.eq(0)]
-                        m.next = "DRAIN"
+                    with m.If((cmd == P.CMD_INFER) & ~ok):
+                        discard(P.ERR_CRC)
                     with m.Elif(~ok):
                         start_reply(P.ERR_CRC)
                     with m.Elif((cmd == P.CMD_LOAD) & (self.load_mem >= self.loads)):
@@ -331,60 +317,50 @@ class Link(wiring.Component):
                     with m.Else():
                         with m.If(cmd == P.CMD_COMMIT):
                             m.d.sync += loaded.eq(1)
-                        start_reply(0)
+                        start_reply(0)  # a good INFER: its outputs stream into the reply
                 with m.Elif(timed_out):
                     with m.If(cmd == P.CMD_INFER):
-                        m.d.sync += [err.eq(P.ERR_TIMEOUT), out_idx.eq(0), best_idx.eq(0)]
-                        m.next = "DRAIN"
+                        discard(P.ERR_TIMEOUT)
                     with m.Else():
                         start_reply(P.ERR_TIMEOUT)
 
-            with m.State("DRAIN"):
-                # Collect the engine's outputs; keep the first maximum for the LEDs.
-                m.d.comb += [self.act_in.ready.eq(1), ow.en.eq(self.act_in.valid)]
+            with m.State("DISCARD"):
+                # The engine's outputs of an INFER answered with ERROR: taken and dropped.
+                m.d.comb += self.act_in.ready.eq(1)
                 with m.If(self.act_in.valid):
-                    m.d.sync += out_idx.eq(out_idx + 1)
-                    with m.If((out_idx == 0) | (self.act_in.payload > best)):
-                        m.d.sync += [best.eq(self.act_in.payload), best_idx.eq(out_idx)]
-                    with m.If(out_idx == n_out - 1):
-                        m.next = "SETTLE"
-
-            with m.State("SETTLE"):
-                # The engine updates its cycle counters as it finishes: wait until it is idle.
-                with m.If(~self.busy):
-                    with m.If(err == 0):
-                        m.d.sync += self.digit.eq(best_idx)
-                    m.next = "REPLY"
+                    m.d.sync += r_k.eq(r_k + 1)
+                    with m.If(r_k == n_out - 1):
+                        m.next = "REPLY"
 
             with m.State("REPLY"):
-                # Choose the reply: command, payload length, what the shift register holds.
-                m.d.sync += [r_k.eq(0), r_crc.eq(0xFF)]
+                # Choose the reply: command, payload length, where in the table it starts.
+                m.d.sync += [r_k.eq(0), r_b.eq(0), r_crc.eq(0xFF), o_left.eq(0)]
                 with m.If(err != 0):
-                    m.d.sync += [r_cmd.eq(P.CMD_ERROR), r_len.eq(1), r_obytes.eq(0)]
-                    m.d.sync += r_kind.eq(K_ERROR)
+                    m.d.sync += [r_cmd.eq(P.CMD_ERROR), r_len.eq(1), r_w.eq(W_ERROR)]
                     m.d.sync += [self.errors.eq(self.errors + 1), self.error_flag.eq(1)]
                 with m.Else():
                     m.d.sync += [r_cmd.eq(cmd), self.error_flag.eq(0)]
                     with m.Switch(cmd):
                         with m.Case(P.CMD_PING):
-                            m.d.sync += [r_len.eq(len(ping_bytes) + 1), r_obytes.eq(0)]
-                            m.d.sync += r_kind.eq(K_PING)
+                            m.d.sync += [r_len.eq(len(ping_bytes) + 1), r_w.eq(W_PING)]
                         with m.Case(P.CMD_COUNT):
-                            m.d.sync += [r_len.eq(12 + 4 * n_l), r_obytes.eq(0)]
-                            m.d.sync += r_kind.eq(K_COUNT)
+                            m.d.sync += [r_len.eq(12 + 4 * n_l), r_w.eq(W_COUNT)]
                         with m.Case(P.CMD_LOAD, P.CMD_COMMIT):
-                            m.d.sync += [r_len.eq(0), r_obytes.eq(0), r_kind.eq(K_ERROR)]
+                            m.d.sync += r_len.eq(0)
                         with m.Default():  # INFER
-                            m.d.sync += [r_len.eq(2 * n_out + 4 + 4 * n_l), r_obytes.eq(2 * n_out)]
-                            m.d.sync += r_kind.eq(K_INFER)
+                            m.d.sync += [r_len.eq(2 * n_out + 4 + 4 * n_l), r_w.eq(W_INFER),
+                                         o_left.eq(n_out)]
                             m.d.sync += self.inferences.eq(self.inferences + 1)
                 m.next = "T_SYNC"
+
+            # One CRC step for every byte sent (the states only choose the byte).
+            tx_crc = crc8_step(r_crc, self.tx.payload)
 
             def send(value, nxt, *, add_crc=True):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
                 with m.If(self.tx.ready):
                     if add_crc:
-                        m.d.sync += r_crc.eq(crc8_step(r_crc, value))
+                        m.d.sync += r_crc.eq(tx_crc)
                     m.next = nxt
 
             with m.State("T_SYNC"):
@@ -394,27 +370,43 @@ class Link(wiring.Component):
             with m.State("T_LEN0"):
                 send(r_len & 0xFF, "T_LEN1")
             with m.State("T_LEN1"):
-                send(r_len >> 8, "T_FETCH")
+                send(r_len >> 8, "T_LOAD")
 
-            with m.State("T_FETCH"):
-                # One cycle for the output buffer's synchronous read at address r_k >> 1.
+            with m.State("T_LOAD"):
+                # The next payload byte into r_byte: the low byte of an output word as the
+                # engine delivers it (the high byte waits in wreg), or a byte of a table word.
+                # The table words of an INFER (its cycle counters) wait until the engine is idle.
+                is_out = o_left != 0
+                out_idx = r_k[1:]
                 with m.If(r_k == r_len):
                     m.next = "T_CRC"
-                with m.Else():
-                    m.next = "T_LOAD"
-            with m.State("T_LOAD"):
-                with m.If(r_k < r_obytes):
-                    m.d.sync += r_byte.eq(Mux(r_k[0], orp.data[8:], orp.data[:8]))
-                with m.Elif(tail_k[:2] == 0):
-                    m.d.sync += [r_byte.eq(word[:8]), wreg.eq(word >> 8)]
-                with m.Else():
-                    m.d.sync += [r_byte.eq(wreg[:8]), wreg.eq(wreg >> 8)]
-                m.next = "T_BODY"
+                with m.Elif(is_out & ~r_k[0]):
+                    m.d.comb += self.act_in.ready.eq(1)
+                    with m.If(self.act_in.valid):
+                        y = self.act_in.payload
+                        m.d.sync += [r_byte.eq(y[:8]), wreg.eq(y[8:])]
+                        newbest = (out_idx == 0) | (y > best)
+                        with m.If(newbest):
+                            m.d.sync += [best.eq(y), best_idx.eq(out_idx)]
+                        with m.If(out_idx == n_out - 1):  # the argmax shows on the LEDs
+                            m.d.sync += self.digit.eq(Mux(newbest, out_idx, best_idx))
+                        m.next = "T_BODY"
+                with m.Elif(is_out):
+                    m.d.sync += [r_byte.eq(wreg[:8]), o_left.eq(o_left - 1)]
+                    m.next = "T_BODY"
+                with m.Elif(~self.busy):
+                    m.d.sync += r_b.eq(r_b + 1)
+                    with m.If(r_b == 0):
+                        m.d.sync += [r_byte.eq(words[r_w][:8]), wreg.eq(words[r_w][8:]),
+                                     r_w.eq(r_w + 1)]
+                    with m.Else():
+                        m.d.sync += [r_byte.eq(wreg[:8]), wreg.eq(wreg >> 8)]
+                    m.next = "T_BODY"
             with m.State("T_BODY"):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(r_byte)]
                 with m.If(self.tx.ready):
-                    m.d.sync += [r_crc.eq(crc8_step(r_crc, r_byte)), r_k.eq(r_k + 1)]
-                    m.next = "T_FETCH"
+                    m.d.sync += [r_crc.eq(tx_crc), r_k.eq(r_k + 1)]
+                    m.next = "T_LOAD"
             with m.State("T_CRC"):
                 send(r_crc, "IDLE", add_crc=False)
 

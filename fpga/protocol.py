@@ -17,7 +17,8 @@ Requests and their replies (the reply carries the request's command byte):
 command    request payload                        reply payload
 =========  ====================================  =================================================
 PING 0x01  none                                   version u8, pes u8, layers u8, in u16, out u16,
-                                                  clock_hz u32, flags u8 (bit 0: weights loaded)
+                                                  clock_hz u32, flags u8 (bit 0: weights loaded,
+                                                  bit 1: lockstep engine, else the EIE engine)
 INFER 0x02 in_0 x int16                           out x int16, cycles u32, layer_cycles L x u32
 COUNT 0x03 none                                   inferences u32, errors u32, cycles u32,
                                                   layer_cycles L x u32 (of the last inference)
@@ -34,7 +35,8 @@ board goes back to hunting for SYNC: bytes outside a frame are dropped silently.
 stops arriving for `timeout` clock cycles between two bytes is abandoned with ERR_TIMEOUT, so a
 partial frame never locks the design up. An INFER whose CRC turns out wrong after its payload has
 already been streamed into the engine still runs to completion inside the board, but its result is
-dropped and the reply is ERR_CRC.
+dropped and the reply is ERR_CRC. The outputs of a good INFER go from the engine straight into the
+reply as it is sent (no output buffer on the board), so its `cycles` include that transfer.
 """
 
 from __future__ import annotations
@@ -207,6 +209,7 @@ class Info:
     out_features: int
     clock_hz: int
     loaded: bool
+    engine: str = "eie"  # "lockstep" or "eie": which ROM image the board's weights are cut for
 
 
 @dataclass
@@ -238,7 +241,8 @@ def decode_ping(frame: Frame) -> Info:
     if len(p) != 12:
         raise ProtocolError(f"PING reply of {len(p)} bytes, expected 12")
     version, pes, layers, n_in, n_out, clk, flags = struct.unpack("<BBBHHIB", p)
-    return Info(version, pes, layers, n_in, n_out, clk, bool(flags & 1))
+    return Info(version, pes, layers, n_in, n_out, clk, bool(flags & 1),
+                "lockstep" if flags & 2 else "eie")
 
 
 def decode_infer(frame: Frame, *, out_features: int, num_layers: int) -> Result:

@@ -1,15 +1,17 @@
 """The engine's memories against the iCE40UP5K budget (docs/fpga.md, "Resource analysis").
 
-`analyse(rom)` takes every memory the engine would create (`Engine.memory_specs`: name, kind,
-width, depth, ports) and counts the EBR blocks each needs in its cheapest EBR shape
-(256x16, 512x8, 1024x4, 2048x2), which is what yosys' memory_libmap picks for a memory of one
-read and one write port. SPRAM cannot hold these memories as the engine makes them: SPRAM has no
-initial contents (the ROMs would have to be written after configuration) and one port, while the
-engine reads every ROM of every PE in the same cycle.
+`analyse(img)` takes every memory the engine of the ROM image would create (`memory_specs`:
+name, kind, width, depth, ports; fpga/engines.py picks the lockstep or the EIE engine from the
+image) and counts the EBR blocks each needs in its cheapest EBR shape (256x16, 512x8, 1024x4,
+2048x2), which is what yosys' memory_libmap picks for a memory of one read and one write port.
+With `spram`, the four ROMs of `fpga.memories.spram_plan` (written over the UART after
+configuration) need no EBR. The link and UART use no memory (fpga/link.py streams the outputs),
+so the engine's blocks are the board's.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 UP5K = {"lc": 5280, "ebr": 30, "ebr_bits": 4096, "spram": 4, "spram_bits": 16384 * 16, "dsp": 8}
@@ -21,20 +23,21 @@ def ebr_blocks(width: int, depth: int) -> int:
     return min(-(-width // w) * -(-depth // d) for w, d in EBR_SHAPES)
 
 
-def analyse(rom, *, spram: bool = False) -> dict:
-    """Memories by kind, EBR blocks each needs; with `spram`, the SPRAM plan's ROMs need none."""
-    from hw.engine import Engine
+def group_of(name: str) -> str:
+    """The kind of memory: "pe3.acc" -> "acc" (one per PE), "lane2" -> "lane", "colptr"."""
+    return name.split(".", 1)[1] if "." in name else re.sub(r"\d+$", "", name)
 
+
+def analyse(img, *, spram: bool = False, **engine_kw) -> dict:
+    """Memories by kind, EBR blocks each needs; with `spram`, the SPRAM plan's ROMs need none."""
+    from .engines import kind_of, memory_specs
     from .memories import spram_plan
 
-    eng = Engine(rom)
-    # Only the memory specs are wanted: never elaborated, so silence Amaranth's unused warning.
-    for obj in (eng, *eng.pe_blocks):
-        obj._MustUse__silence = True
-    in_spram = {s.name for s in spram_plan(eng.memory_specs)} if spram else set()
+    specs = memory_specs(img, **engine_kw)
+    in_spram = {s.name for s in spram_plan(specs)} if spram else set()
     groups = defaultdict(lambda: {"count": 0, "bits": 0, "ebr": 0, "spram": 0, "depths": []})
-    for s in eng.memory_specs:
-        g = groups[s.name.split(".", 1)[1]]
+    for s in specs:
+        g = groups[group_of(s.name)]
         g["count"] += 1
         g["bits"] += s.bits
         if s.name in in_spram:
@@ -50,7 +53,8 @@ def analyse(rom, *, spram: bool = False) -> dict:
     total_bits = sum(g["bits"] for g in groups.values())
     total_ebr = sum(g["ebr"] for g in groups.values())
     return {
-        "pes": rom.pes,
+        "engine": kind_of(img),
+        "pes": img.pes,
         "groups": dict(groups),
         "total_bits": total_bits,
         "total_ebr": total_ebr,
@@ -74,7 +78,7 @@ def format_analysis(a: dict) -> str:
                  f"4 SPRAM ({a['spram_bits_available'] // 1024} kbit, no initial contents, "
                  f"single port)")
     fits = a["total_ebr"] <= a["ebr_available"]
-    lines.append(f"{a['pes']} PEs: {'fits' if fits else 'does NOT fit'} in EBR "
-                 f"({a['total_ebr']} of {a['ebr_available']} blocks"
+    lines.append(f"{a['engine']} engine, {a['pes']} PEs: {'fits' if fits else 'does NOT fit'} "
+                 f"in EBR ({a['total_ebr']} of {a['ebr_available']} blocks"
                  + (f", {a['spram_used']} ROMs in SPRAM" if a["spram_used"] else "") + ")")
     return "\n".join(lines)

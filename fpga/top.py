@@ -1,7 +1,8 @@
 """Board tops: the engine behind a UART, with a PLL and LEDs on iCE40 boards.
 
 `BoardCore` is everything that is not board-specific: UART rx/tx on two pins, the protocol link
-(fpga/link.py) and the EIE engine (hw/engine.py), plus two status outputs for LEDs. It is what
+(fpga/link.py) and the engine the ROM image is for (fpga/engines.py: the lockstep engine
+hw/lockstep.py, or the queue-based EIE engine hw/engine.py), plus two status outputs for LEDs. It is what
 the cocotb and gate-level benches simulate, driven only through `rx` and `tx`. With
 `spram=True` the engine's four largest ROMs live in SPRAM (fpga/memories.py) and are written
 through the protocol's LOAD frames after configuration.
@@ -22,8 +23,7 @@ from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
-from hw.engine import Engine
-
+from .engines import kind_of, make_engine, memory_specs
 from .memories import ICE40Memories, spram_plan
 
 from .link import Link
@@ -67,12 +67,9 @@ def pll_config(fin: float, fout: float) -> PllConfig:
     return best
 
 
-def spram_plan_for(rom, **engine_kw):
-    """The engine memories of `rom` that go to SPRAM (fpga/memories.py), in load-id order."""
-    eng = Engine(rom, **engine_kw)
-    for obj in (eng, *eng.pe_blocks):  # only the specs are wanted: never elaborated
-        obj._MustUse__silence = True
-    return spram_plan(eng.memory_specs)
+def spram_plan_for(img, **engine_kw):
+    """The engine memories of `img` that go to SPRAM (fpga/memories.py), in load-id order."""
+    return spram_plan(memory_specs(img, **engine_kw))
 
 
 class BoardCore(wiring.Component):
@@ -83,7 +80,7 @@ class BoardCore(wiring.Component):
     digit: Out(4)
     status: Out(2)  # bit 0: a frame is being handled; bit 1: the last reply was an error
 
-    def __init__(self, rom, *, clock_hz: float, baud: int = 115200, divisor: int | None = None,
+    def __init__(self, img, *, clock_hz: float, baud: int = 115200, divisor: int | None = None,
                  timeout_s: float = 0.05, timeout_cycles: int | None = None, queue_depth=8,
                  acc_bits=32, spram: bool = False):
         self.clock_hz = int(round(clock_hz))
@@ -91,15 +88,17 @@ class BoardCore(wiring.Component):
         self.timeout = timeout_cycles if timeout_cycles is not None else int(timeout_s * clock_hz)
         # spram=True: the largest ROMs go to SPRAM (fpga/memories.py) and are loaded over the
         # UART; `memories.primitive` is set by the board top on an iCE40 platform.
-        self.memories = ICE40Memories(spram_plan_for(rom, queue_depth=queue_depth,
-                                                     acc_bits=acc_bits)) if spram else None
-        self.engine = Engine(rom, queue_depth=queue_depth, acc_bits=acc_bits,
-                             memories=self.memories)
+        # queue_depth only matters to the EIE engine.
+        self.kind = kind_of(img)
+        engine_kw = {"queue_depth": queue_depth, "acc_bits": acc_bits}
+        self.memories = ICE40Memories(spram_plan_for(img, **engine_kw)) if spram else None
+        self.engine = make_engine(img, memories=self.memories, **engine_kw)
         self.link = Link(in_features=self.engine.in_features,
                          out_features=self.engine.out_features,
                          num_layers=self.engine.num_layers, pes=self.engine.pes,
                          clock_hz=self.clock_hz, timeout=self.timeout,
-                         loads=len(self.memories.loads) if spram else 0)
+                         loads=len(self.memories.loads) if spram else 0,
+                         lockstep=self.kind == "lockstep")
         super().__init__()
 
     def elaborate(self, platform):
@@ -138,11 +137,11 @@ def _is_ice40(platform) -> bool:
 class BoardTop(Elaboratable):
     """A `BoardCore` on a board: clock (PLL on iCE40), reset, UART pins and LEDs."""
 
-    def __init__(self, rom, *, clock_hz: float, baud: int = 115200, **core_kw):
+    def __init__(self, img, *, clock_hz: float, baud: int = 115200, **core_kw):
         self.fin = 12e6
         self.pll = pll_config(self.fin, clock_hz)
         self.clock_hz = self.pll.fout
-        self.core = BoardCore(rom, clock_hz=self.clock_hz, baud=baud, **core_kw)
+        self.core = BoardCore(img, clock_hz=self.clock_hz, baud=baud, **core_kw)
 
     def elaborate(self, platform):
         m = Module()

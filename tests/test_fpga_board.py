@@ -2,6 +2,7 @@
 
 RTL and gate-level (yosys synth_ice40 netlist with the iCE40 cell models), every answer compared
 bit for bit with the golden model. The host side is fpga/host.py's `Board`, as with a real board.
+Both engines: the lockstep engine (the board's default) and the queue-based EIE engine.
 """
 
 import time
@@ -9,11 +10,13 @@ import time
 import numpy as np
 import pytest
 
+from compress.errors import InputError
 from compress.golden import golden
+from compress.lockstep import build_lockstep
 from compress.rom import build_rom
 from compress.synthetic import random_inputs, random_qnet
 from fpga import protocol as P
-from fpga.bench import build_board, simulated_board
+from fpga.bench import simulated_board
 from fpga.host import Board, run_digits
 
 from .conftest import long_tests
@@ -21,9 +24,12 @@ from .conftest import long_tests
 # A small network with the LeNet shape of things (hidden ReLU layer, 10 outputs), 4 PEs.
 QNET = random_qnet((40, 24, 10), density=[0.3, 0.5], seed=1)
 ROM = build_rom(QNET, pes=4)
+LS = build_lockstep(QNET, 4)
+IMAGES = {"lockstep": LS, "eie": ROM}
 # Gate level simulates every LUT: a still smaller input (the UART time dominates), 2 PEs.
 QNET_GL = random_qnet((12, 16, 10), density=[0.5, 0.5], seed=2)
 ROM_GL = build_rom(QNET_GL, pes=2)
+LS_GL = build_lockstep(QNET_GL, 2)
 
 
 def check(board, x, qnet=QNET):
@@ -34,16 +40,22 @@ def check(board, x, qnet=QNET):
         assert r.cycles > sum(r.layer_cycles) > 0
 
 
-@pytest.mark.parametrize("gate_level", [False, True], ids=["rtl", "gate"])
-def test_board_vectors(gate_level):
+@pytest.mark.parametrize("engine, gate_level", [("lockstep", False), ("eie", False),
+                                                ("lockstep", True), ("eie", True)],
+                         ids=["rtl-lockstep", "rtl-eie", "gate-lockstep", "gate-eie"])
+def test_board_vectors(engine, gate_level):
     """Gate level is the netlist as the bitstream has it: SB_SPRAM256KA cells, loaded first."""
-    qnet, rom = (QNET_GL, ROM_GL) if gate_level else (QNET, ROM)
+    if gate_level:
+        qnet, rom = QNET_GL, (LS_GL if engine == "lockstep" else ROM_GL)
+    else:
+        qnet, rom = QNET, IMAGES[engine]
     x = random_inputs(2 if gate_level else 3, qnet.in_features, seed=2, density=0.5)
     x[0, :5] = [-32768, 32767, -1, 0, 1]  # extremes as input words
     with simulated_board(rom, gate_level=gate_level, spram=gate_level) as t:
         board = Board(t, timeout=120)
         info = board.ping()
         assert (info.version, info.pes, info.num_layers) == (P.VERSION, rom.pes, 2)
+        assert info.engine == engine
         assert (info.in_features, info.out_features) == (qnet.in_features, 10)
         assert info.loaded is not gate_level
         if gate_level:
@@ -74,14 +86,17 @@ def resync(board, tries=20):
 
 
 def test_board_garbage_then_good():
-    """Garbage (with SYNC bytes in it), a truncated frame, a bad CRC: then the right answer."""
+    """Garbage (with SYNC bytes in it), a truncated frame, a bad CRC: then the right answer.
+
+    The lockstep board (the default); the link is the same for both engines.
+    """
     rng = np.random.default_rng(7)
     garbage = rng.integers(0, 256, 120, dtype=np.uint8)
     garbage[::13] = P.SYNC_REQ
     x = random_inputs(2, 40, seed=3, density=0.5)
     bad_crc = bytearray(P.infer_request(x[0]))
     bad_crc[-1] ^= 0x5A
-    with simulated_board(ROM) as t:
+    with simulated_board(LS) as t:
         board = Board(t, timeout=20)
         board.ping()
         t.write(bytes(garbage))
@@ -98,47 +113,54 @@ def test_run_digits_sim():
     """The host runner's loop against the simulated board: agreement and cycle counters."""
     x = random_inputs(2, 40, seed=4, density=0.5)
     labels = np.array([0, 1])
-    with simulated_board(ROM) as t:
+    with simulated_board(LS) as t:
         stats = run_digits(Board(t, timeout=60), QNET, x, labels, progress=False)
     assert stats.n == 2 and stats.exact == 2 and stats.agree == 2
     assert len(stats.cycles) == 2 and all(len(lc) == 2 for lc in stats.layer_cycles)
 
 
-def test_board_spram_load():
+@pytest.mark.parametrize("engine", ["lockstep", "eie"])
+def test_board_spram_load(engine):
     """SPRAM ROMs start empty: INFER refused, then the host loads them and gets exact answers."""
     x = random_inputs(2, 40, seed=5, density=0.5)
-    with simulated_board(ROM, spram=True) as t:
+    img = IMAGES[engine]
+    with simulated_board(img, spram=True) as t:
         board = Board(t, timeout=60)
         assert not board.ping().loaded
         assert P.decode_error(board.request(P.infer_request(x[0]))) == P.ERR_NOT_LOADED
         resync(board)  # the rest of that INFER frame is dropped (or starts a false frame)
-        assert board.load(ROM) > 0
+        with pytest.raises(InputError, match="engine"):  # a ROM image for the other engine
+            run_digits(board, QNET, x, None, progress=False, rom=IMAGES[
+                "eie" if engine == "lockstep" else "lockstep"])
+        assert board.load(img) > 0
         assert board.ping().loaded
         check(board, x)
 
 
 @pytest.mark.skipif(not long_tests(), reason="LONG=1: gate level, more vectors, 4 PEs")
-def test_board_gate_level_long():
+@pytest.mark.parametrize("engine", ["lockstep", "eie"])
+def test_board_gate_level_long(engine):
     x = random_inputs(6, QNET.in_features, seed=9, density=0.5)
-    with simulated_board(ROM, gate_level=True) as t:
+    with simulated_board(IMAGES[engine], gate_level=True) as t:
         check(Board(t, timeout=300), x)
 
 
 @pytest.mark.skipif(not long_tests(), reason="LONG=1: LeNet-300-100 digits through the board")
-@pytest.mark.parametrize("gate_level", [False], ids=["rtl"])
-def test_board_lenet_digits(gate_level, mnist_dir):
+@pytest.mark.parametrize("engine", ["lockstep", "eie"])
+def test_board_lenet_digits(engine, mnist_dir):
     from compress.data import load_split
     from compress.golden import mnist_to_input
 
     from fpga.cli import load_model
+    from fpga.engines import build_image
 
     qnet, _ = load_model(None)
     test = load_split("test", mnist_dir)
     x = mnist_to_input(test.images[:2], qnet.input_frac)
-    rom = build_rom(qnet, pes=8)
+    rom = build_image(qnet, engine, 8)
     # Memories initialised (no SPRAM): a LOAD of LeNet's SPRAM ROMs is ~10^6 simulated UART
     # cycles; the load path is covered by test_board_spram_load.
-    with simulated_board(rom, gate_level=gate_level) as t:
+    with simulated_board(rom) as t:
         stats = run_digits(Board(t, timeout=600), qnet, x, test.labels[:2], progress=False,
                            rom=rom)
     assert stats.exact == 2
