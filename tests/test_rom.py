@@ -1,5 +1,6 @@
 """The EIE sparse format and ROM images: the paper's example, property-based round trips, files."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -10,7 +11,9 @@ from hypothesis import strategies as st
 from compress.cli import main
 from compress.errors import InputError
 from compress.qnet import Layer, QNet, save_qnet
-from compress.rom import build_rom, decode_csc, decode_rom, encode_csc, export_rom, read_rom
+from compress.golden import golden
+from compress.rom import (balance_rows, build_rom, decode_csc, decode_rom, encode_csc, export_rom,
+                          physical_qnet, read_rom)
 from compress.synthetic import random_qnet
 
 
@@ -79,35 +82,131 @@ def qnets(draw):
     return random_qnet(sizes, seed=draw(st.integers(0, 10**6)), density=density)
 
 
-@given(q=qnets(), pes=st.integers(1, 16), rel_bits=st.sampled_from([4, 5, 8]))
+@given(q=qnets(), pes=st.integers(1, 16), rel_bits=st.sampled_from([4, 5, 8]),
+       balance=st.booleans())
 @settings(max_examples=120, deadline=None)
-def test_rom_round_trip(q, pes, rel_bits):
-    """Any N >= 1 (rows fewer than PEs gives all-zero PEs), any shape and density."""
-    rom = build_rom(q, pes=pes, rel_bits=rel_bits)
+def test_rom_round_trip(q, pes, rel_bits, balance):
+    """Any N >= 1 (rows fewer than PEs gives all-zero PEs), any shape and density, rows balanced
+    or interleaved: decode_rom gives back the logical qnet exactly."""
+    rom = build_rom(q, pes=pes, rel_bits=rel_bits, balance=balance)
     assert decode_rom(rom).equals(q)
+    phys = physical_qnet(rom)
     for i, rl in enumerate(rom.layers):
-        assert sum(rl.rows) == q.layers[i].out_features
+        out = q.layers[i].out_features
+        perm = rom.perm[i]
+        assert sorted(perm.tolist()) == list(range(out))  # a permutation of 0..out-1
+        if not balance or i == q.num_layers - 1:
+            assert perm.tolist() == list(range(out))  # interleaving; outputs in logical order
+        cols = rom.perm[i - 1] if i else np.arange(q.layers[i].in_features)
+        assert np.array_equal(phys.layers[i].index, q.layers[i].index[perm][:, cols])
+        assert np.array_equal(phys.layers[i].bias, q.layers[i].bias[perm])
+        assert sum(rl.rows) == out
         assert sum(rl.nonzeros) == np.count_nonzero(q.layers[i].index)
 
 
-@given(q=qnets(), pes=st.integers(1, 16))
+@given(q=qnets(), pes=st.integers(1, 16), balance=st.booleans())
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_rom_files_round_trip(tmp_path_factory, q, pes):
+def test_rom_files_round_trip(tmp_path_factory, q, pes, balance):
     d = tmp_path_factory.mktemp("rom")
-    export_rom(q, d / "rom", pes=pes)
-    assert decode_rom(read_rom(d / "rom")).equals(q)
+    export_rom(q, d / "rom", pes=pes, balance=balance)
+    rom = read_rom(d / "rom")
+    assert rom.balanced == balance
+    assert decode_rom(rom).equals(q)
+
+
+def test_placed_network_computes_the_same_outputs():
+    """The physical network (rows permuted, next layer's columns likewise) is the same function:
+    its outputs are the logical network's, bit for bit (the last layer is never permuted)."""
+    q = random_qnet((60, 45, 30, 7), seed=11, density=0.2, shift=[7, 6, 5])
+    x = np.random.default_rng(0).integers(-3000, 3000, (16, 60)).astype(np.int16)
+    rom = build_rom(q, pes=4)
+    assert any(not np.array_equal(p, np.arange(len(p))) for p in rom.perm)  # really permuted
+    np.testing.assert_array_equal(golden(physical_qnet(rom), x), golden(q, x))
+
+
+def test_balance_evens_out_a_skewed_matrix():
+    """Every 4th row dense: interleaving gives one PE all of them, the balanced ROM spreads them."""
+    rng = np.random.default_rng(3)
+    index = np.where(rng.random((40, 50)) < 0.05, 1, 0).astype(np.uint8)
+    index[::4] = rng.integers(1, 4, (10, 50))
+    q = QNet(layers=[Layer(np.array([0, 5, -7, 9], np.int16), index, np.zeros(40, np.int32), 4,
+                           True),
+                     Layer(np.array([0, 1], np.int16), np.ones((3, 40), np.uint8),
+                           np.zeros(3, np.int32), 0, False)])
+    plain = build_rom(q, pes=4, balance=False)
+    bal = build_rom(q, pes=4)
+    assert max(plain.layers[0].entries) >= 500  # PE 0 holds the 10 dense rows
+    assert max(bal.layers[0].entries) < 0.6 * max(plain.layers[0].entries)
+    assert max(bal.layers[0].nonzeros) - min(bal.layers[0].nonzeros) <= 50  # within ~one row
+    assert bal.layers[0].rows == plain.layers[0].rows  # same slots per PE
+    assert decode_rom(bal).equals(q)
+
+
+def test_balance_rows_is_deterministic_and_keeps_the_slots():
+    index = np.random.default_rng(5).integers(0, 2, (37, 20)).astype(np.uint8)
+    p1, p2 = balance_rows(index, 5), balance_rows(index.copy(), 5)
+    assert np.array_equal(p1, p2)
+    assert sorted(p1.tolist()) == list(range(37))
+    one = balance_rows(index, 1)  # one PE: only the order inside it, by decreasing work
+    w = np.count_nonzero(index, axis=1)
+    assert np.all(np.diff(w[one]) <= 0)
+
+
+def _retamper(rom_dir, fn):
+    """Rewrite perm.bin through `fn` and fix its sha256 in the manifest (a consistent forgery)."""
+    mpath = rom_dir / "manifest.json"
+    m = json.loads(mpath.read_text())
+    dt = "<u1" if m["perm"]["width"] <= 8 else "<u2"
+    f = rom_dir / "perm.bin"
+    words = np.frombuffer(f.read_bytes(), dtype=dt).copy()
+    f.write_bytes(fn(words).astype(dt).tobytes())
+    m["files"]["perm.bin"]["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    mpath.write_text(json.dumps(m))
+
+
+def test_tampered_permutation_refused(tmp_path):
+    q = random_qnet((30, 20, 12, 5), seed=4, density=0.3)
+    export_rom(q, tmp_path / "a", pes=3)
+    export_rom(q, tmp_path / "b", pes=3)
+    export_rom(q, tmp_path / "c", pes=3)
+    f = tmp_path / "a" / "perm.bin"
+    data = bytearray(f.read_bytes())
+    data[0] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="sha256 mismatch"):
+        read_rom(tmp_path / "a")
+
+    def dup(w):
+        w[1] = w[0]  # layer 0 loses a row
+        return w
+
+    with pytest.raises(InputError, match="l0: the row permutation is not a permutation") as e:
+        _retamper(tmp_path / "b", dup)
+        read_rom(tmp_path / "b")
+    assert "\n" not in str(e.value)
+
+    def swap_last(w):
+        w[-2], w[-1] = w[-1], w[-2]  # the last layer's outputs would come out of order
+        return w
+
+    with pytest.raises(InputError, match="l2: the last layer's row permutation must be"):
+        _retamper(tmp_path / "c", swap_last)
+        read_rom(tmp_path / "c")
 
 
 def test_files_hex_bin_manifest(tmp_path):
     q = random_qnet((50, 20, 6), seed=1, density=0.1)
     m = export_rom(q, tmp_path / "rom", pes=3)
     assert m["version"] == 2 and m["pes"] == 3 and m["entry_bits"] == 8
+    assert m["perm"] == {"width": 5, "depth": 26, "balanced": True}
+    assert [rl["perm_base"] for rl in m["layers"]] == [0, 20]
     on_disk = json.loads((tmp_path / "rom" / "manifest.json").read_text())
     assert on_disk == m
     names = {p.name for p in (tmp_path / "rom").iterdir()}
     for pe in range(3):
         for kind in ("entries", "ptr", "bias"):
             assert {f"pe{pe}.{kind}.hex", f"pe{pe}.{kind}.bin"} <= names
+    assert {"perm.hex", "perm.bin"} <= names and "perm" not in m["memories"]
     # $readmemh text matches the binary image word for word
     rom = read_rom(tmp_path / "rom")
     hex_words = [int(w, 16) for w in (tmp_path / "rom" / "pe1.entries.hex").read_text().split()]
@@ -153,5 +252,11 @@ def test_export_rom_cli(tmp_path, capsys):
                  "--out", str(tmp_path / "rom"), "--rel-bits", "5"]) == 0
     assert "5 PEs" in capsys.readouterr().out
     rom = read_rom(tmp_path / "rom")
-    assert rom.pes == 5 and rom.rel_bits == 5
+    assert rom.pes == 5 and rom.rel_bits == 5 and rom.balanced
     assert decode_rom(rom).equals(q)
+    assert main(["export-rom", "--model", str(tmp_path / "q.npz"), "--pes", "5",
+                 "--out", str(tmp_path / "plain"), "--no-balance"]) == 0
+    assert "rows interleaved" in capsys.readouterr().out
+    plain = read_rom(tmp_path / "plain")
+    assert not plain.balanced and all(np.array_equal(p, np.arange(len(p))) for p in plain.perm)
+    assert decode_rom(plain).equals(q)
