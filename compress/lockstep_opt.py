@@ -1,0 +1,292 @@
+"""Row placement for the lockstep engine: fewer slot cycles per column.
+
+In the lockstep image (`compress.lockstep`) every column c of a layer costs
+L(c) = max over the N PEs of the PE's entry count in c (non-zeros plus the fillers that
+`compress.rom.encode_csc` inserts where a PE's gap of zero rows exceeds 2**rel_bits - 1), in
+ROM slots and in cycles whenever the column's activation is non-zero. Physical row p lives in PE
+p % N as local row p // N, and a hidden layer's rows can be permuted freely. Balancing the total
+work per PE (`compress.lockstep.balance_rows`, LPT) leaves the per-column maxima far above
+ceil(entries_c / N): what the slots pay for is the worst PE of each column, not the totals.
+
+`optimise_rows` searches the placement directly on sum_c w_c * L(c):
+
+* State: the logical row at every physical place. Per PE and column the entry count `len`,
+  and per local place q the change d[q, c] in {0, 1} that flipping the bit at q would make
+  (removing a non-zero either frees its entry or turns it into a filler when the gap it
+  closed was long; inserting one is the mirror image), from the nearest non-zeros above and
+  below. So a swap of the rows at two places is evaluated exactly, fillers included.
+* Moves: swap two rows of different PEs (each takes the other's local place), or two rows of
+  one PE (its order decides the fillers). For a pair of PEs every (a, b) swap is evaluated at
+  once with numpy over [rows_i, rows_j, columns]; the best one is applied if it lowers the
+  objective, or keeps it and lowers the weighted number of PEs that sit at their column's
+  maximum (a plateau move that makes the next decrease possible; it cannot cycle).
+* When no move improves, a few random swaps (numpy Generator seeded by `seed`) perturb the
+  placement and the descent goes on from there (iterated local search); the best placement seen
+  is kept. The work is bounded by a count of evaluated (swap, column) elements derived from
+  `budget_s` at a fixed nominal rate, never by the clock, so the result depends only on the
+  arguments.
+* The result is checked at the end with `encode_csc` (the exact objective) against the LPT
+  start and that start with every PE's rows by decreasing work; the best of them is returned,
+  so the search is never worse than LPT.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+from .lockstep import balance_rows
+from .rom import DEFAULT_REL_BITS, encode_csc
+
+# Nominal work rate for `budget_s`: (swap, column) elements evaluated per second on one core.
+# A fixed constant, so the amount of search (and the result) never depends on the machine.
+NOMINAL_RATE = 4.0e7
+# Perturbation strength of the iterated local search: random swaps per kick.
+KICK_SWAPS = 3
+# Weights are scaled to integers for the search (exact, order-independent sums).
+WEIGHT_SCALE = 1 << 12
+
+
+def exact_lengths(index: np.ndarray, perm: np.ndarray, pes: int, *,
+                  rel_bits: int = DEFAULT_REL_BITS) -> np.ndarray:
+    """Entries per PE and column ([pes, cols]) of the placement perm, as the image builder makes them."""
+    idx = np.asarray(index)[np.asarray(perm)]
+    return np.stack([np.diff(encode_csc(idx[k::pes], rel_bits=rel_bits)[2]) for k in range(pes)])
+
+
+def slot_cost(index: np.ndarray, perm: np.ndarray, pes: int, *, rel_bits: int = DEFAULT_REL_BITS,
+              col_weight: np.ndarray | None = None) -> float:
+    """sum_c col_weight[c] * L(c) for the placement perm (the number of slots when unweighted)."""
+    lc = exact_lengths(index, perm, pes, rel_bits=rel_bits).max(axis=0)
+    if col_weight is None:
+        return float(lc.sum())
+    return float(np.dot(np.asarray(col_weight, dtype=np.float64), lc))
+
+
+class _PE:
+    """One PE's local rows (bits [R, C]) with the entry counts and flip costs of every place."""
+
+    def __init__(self, bits: np.ndarray, span: int, dtype):
+        self.bits = bits  # bool [R, C]
+        self.span = span  # 2**rel_bits: a gap of g zero rows costs g // span fillers
+        self.dtype = dtype
+        self.refresh()
+
+    def refresh(self):
+        x = self.bits
+        R, C = x.shape
+        big = 1 << 30
+        r = np.arange(R)[:, None]
+        last = np.maximum.accumulate(np.where(x, r, -1), axis=0)
+        first = np.minimum.accumulate(np.where(x, r, big)[::-1], axis=0)[::-1]
+        prev1 = np.empty((R, C), dtype=np.int64)  # last non-zero strictly above q, -1 if none
+        next1 = np.empty((R, C), dtype=np.int64)  # first non-zero strictly below q, big if none
+        if R:
+            prev1[0] = -1
+            prev1[1:] = last[:-1]
+            next1[-1] = big
+            next1[:-1] = first[1:]
+        has_next = next1 < big
+        s = self.span
+        g_left = (r - prev1 - 1) // s
+        g_right = np.where(has_next, (next1 - r - 1) // s, 0)
+        g_merged = np.where(has_next, (next1 - prev1 - 1) // s, 0)
+        fillers = np.where(x, g_left, 0).sum(axis=0)
+        self.prev1, self.next1, self.has_next = prev1, next1, has_next
+        self.len = (x.sum(axis=0) + fillers).astype(self.dtype)  # [C]
+        # entries gained by a non-zero at q (lost by removing it): 1, or 0 when it splits
+        # (closes) a gap that then needs one filler fewer (more)
+        self.d = (1 + g_left + g_right - g_merged).astype(self.dtype)  # [R, C], 0 or 1
+        self.e0 = self.len[None, :] - np.where(x, self.d, 0).astype(self.dtype)  # bit q cleared
+
+    def swap_delta(self) -> np.ndarray:
+        """Change of the entry count [R, R, C] when the rows at places qa and qb are swapped."""
+        x = self.bits
+        R = x.shape[0]
+        s = self.span
+        diff = x[:, None, :] != x[None, :, :]
+        q = np.arange(R)
+        lo = np.minimum(q[:, None], q[None, :])[:, :, None]
+        hi = np.maximum(q[:, None], q[None, :])[:, :, None]
+        # src: where the non-zero leaves, dst: where it lands (only where the bits differ)
+        src = np.where(x[:, None, :], q[:, None, None], q[None, :, None])
+        dst = np.where(x[:, None, :], q[None, :, None], q[:, None, None])
+        cols = np.arange(x.shape[1])[None, None, :]
+        between = self.next1[lo, cols] < hi
+        # a non-zero strictly between: the removal and the insertion touch separate gaps
+        sep = self.d[dst, cols].astype(np.int64) - self.d[src, cols]
+        # none between: the non-zero moves inside the gap (P, Nx)
+        p = self.prev1[lo, cols]
+        nx = self.next1[hi, cols]
+        hn = self.has_next[hi, cols]
+        inside = ((dst - p - 1) // s - (src - p - 1) // s
+                  + np.where(hn, (nx - dst - 1) // s - (nx - src - 1) // s, 0))
+        return np.where(diff, np.where(between, sep, inside), 0).astype(self.dtype)
+
+
+def _validate(index, pes, rel_bits, col_weight):
+    index = np.asarray(index)
+    if index.ndim != 2:
+        raise InputError(f"index must be a 2-D [out, in] array, not shape {index.shape}")
+    if not isinstance(pes, (int, np.integer)) or isinstance(pes, bool) or pes < 1:
+        raise InputError(f"pes must be a positive integer, not {pes!r}")
+    if not isinstance(rel_bits, (int, np.integer)) or not 1 <= rel_bits <= 12:
+        raise InputError(f"rel_bits must be 1..12, not {rel_bits!r}")
+    cols = index.shape[1]
+    if col_weight is None:
+        return index, np.ones(cols, dtype=np.float64)
+    w = np.asarray(col_weight, dtype=np.float64)
+    if w.shape != (cols,):
+        raise InputError(f"col_weight must have shape ({cols},), not {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise InputError("col_weight must be finite and non-negative")
+    return index, w
+
+
+def _sorted_within(perm: np.ndarray, work: np.ndarray, pes: int) -> np.ndarray:
+    """perm with every PE's rows by decreasing work (ties: physical order): fewer fillers."""
+    out = perm.copy()
+    for k in range(pes):
+        rows = perm[k::pes]
+        out[k::pes] = rows[np.argsort(-work[rows], kind="stable")]
+    return out
+
+
+def optimise_rows(index: np.ndarray, pes: int, *, rel_bits: int = DEFAULT_REL_BITS, seed: int = 0,
+                  col_weight: np.ndarray | None = None, budget_s: float = 2.0) -> np.ndarray:
+    """A row permutation (physical row p = logical row perm[p]) with few lockstep slots.
+
+    Minimises sum_c col_weight[c] * max_k entries_k(c) (uniform weights by default: the slot
+    count; pass activation frequencies to minimise expected cycles). `budget_s` is nominal
+    seconds of search at NOMINAL_RATE (about real seconds on one core), converted to a fixed
+    work count: the result depends only on the arguments. Never worse than
+    `compress.lockstep.balance_rows` on the exact objective.
+    """
+    index, w = _validate(index, pes, rel_bits, col_weight)
+    if not np.isfinite(budget_s) or budget_s < 0:
+        raise InputError(f"budget_s must be a non-negative number, not {budget_s!r}")
+    out, cols = index.shape
+    nz = index != 0
+    work = nz.sum(axis=1)
+    start = balance_rows(work, pes)
+    candidates = [start, _sorted_within(start, work, pes)]
+
+    # the search runs on the columns that have a non-zero (the others cost 0 anyhow)
+    live = np.flatnonzero(nz.any(axis=0) & (w > 0))
+    if out > 1 and len(live):
+        wmax = w[live].max()
+        wi = np.maximum(1, np.rint(w[live] / wmax * WEIGHT_SCALE)).astype(np.int64)
+        if np.all(w[live] == wmax):
+            wi = np.ones(len(live), dtype=np.int64)
+        units = int(budget_s * NOMINAL_RATE)
+        candidates.append(_search(nz[:, live], candidates[1], pes, 1 << rel_bits, wi, units,
+                                  np.random.default_rng(seed)))
+
+    costs = [slot_cost(index, p, pes, rel_bits=rel_bits, col_weight=w) for p in candidates]
+    return candidates[int(np.argmin(costs))].astype(np.int64)  # first best: LPT on ties
+
+
+def _search(nz: np.ndarray, perm0: np.ndarray, pes: int, span: int, w: np.ndarray, units: int,
+            rng: np.random.Generator) -> np.ndarray:
+    out, C = nz.shape
+    dtype = np.int16 if out + out // span + 2 < (1 << 14) else np.int32
+    perm = perm0.copy()
+    places = [perm[k::pes].copy() for k in range(pes)]  # logical row at each local place
+    pe = [_PE(nz[places[k]], span, dtype) for k in range(pes)]
+    lens = np.stack([p.len for p in pe]).astype(np.int64)  # [pes, C]
+
+    def objective():
+        m = lens.max(axis=0)
+        return int(m @ w), int(((lens == m[None]).sum(axis=0)) @ w)
+
+    def apply(k):
+        pe[k].bits = nz[places[k]]
+        pe[k].refresh()
+        lens[k] = pe[k].len
+
+    def excluding(ks):
+        mask = np.ones(pes, dtype=bool)
+        mask[list(ks)] = False
+        if not mask.any():
+            return np.zeros(C, dtype=np.int64), np.zeros(C, dtype=np.int64)
+        other = lens[mask]
+        mex = other.max(axis=0)
+        return mex, (other == mex[None]).sum(axis=0)
+
+    def choose(new_lens, mex, cntex, cur):
+        """Best swap from the candidate entry counts (a tuple of [..., C] arrays)."""
+        new_m = mex
+        for a in new_lens:
+            new_m = np.maximum(new_m, a)
+        cnt = np.where(new_m == mex, cntex, 0)
+        for a in new_lens:
+            cnt = cnt + (a == new_m)
+        shape = new_m.shape[:-1]
+        prim = new_m.reshape(-1, C).astype(np.int64) @ w
+        sec = cnt.reshape(-1, C).astype(np.int64) @ w
+        # lexicographic: objective first, then the PEs at the maximum
+        key = (prim - cur[0]) * (int(w.sum()) * pes + 1) + (sec - cur[1])
+        best = int(np.argmin(key))
+        if key[best] >= 0:
+            return None
+        return np.unravel_index(best, shape), (int(prim[best]), int(sec[best]))
+
+    best_obj, best_perm = objective()[0], perm.copy()
+    pairs = [(i, j) for i in range(pes) for j in range(i, pes)]
+    spent = 0
+    while spent < units:
+        improved = False
+        for i, j in pairs:
+            ri, rj = len(places[i]), len(places[j])
+            if ri == 0 or rj == 0 or (i == j and ri < 2):
+                continue
+            cur = objective()
+            if i == j:
+                mex, cntex = excluding([i])
+                cand = (pe[i].len[None, None, :] + pe[i].swap_delta(),)
+            else:
+                mex, cntex = excluding([i, j])
+                a, b = pe[i], pe[j]
+                # place qa of PE i gets row b's bits and place qb of PE j gets row a's bits
+                li = a.e0[:, None, :] + b.bits[None, :, :] * a.d[:, None, :]
+                lj = b.e0[None, :, :] + a.bits[:, None, :] * b.d[None, :, :]
+                cand = (li, lj)
+            spent += ri * rj * C
+            res = choose(cand, mex, cntex, cur)
+            if res is None:
+                continue
+            (qa, qb), _ = res
+            places[i][qa], places[j][qb] = places[j][qb], places[i][qa]
+            apply(i)
+            if j != i:
+                apply(j)
+            improved = True
+            obj = objective()[0]
+            if obj < best_obj:
+                best_obj = obj
+                best_perm = _to_perm(places, pes, out)
+            if spent >= units:
+                break
+        if not improved and spent < units:
+            if pes < 2:
+                break  # one PE: no kick moves rows between PEs; the order is at a local optimum
+            if objective()[0] > best_obj:  # restart the kick from the best placement seen
+                for k in range(pes):
+                    places[k] = best_perm[k::pes].copy()
+                    apply(k)
+            for _ in range(KICK_SWAPS):
+                i, j = rng.choice(pes, size=2, replace=False)
+                if len(places[i]) and len(places[j]):
+                    qa = int(rng.integers(len(places[i])))
+                    qb = int(rng.integers(len(places[j])))
+                    places[i][qa], places[j][qb] = places[j][qb], places[i][qa]
+                    apply(int(i))
+                    apply(int(j))
+    return best_perm
+
+
+def _to_perm(places: list[np.ndarray], pes: int, out: int) -> np.ndarray:
+    perm = np.empty(out, dtype=np.int64)
+    for k in range(pes):
+        perm[k::pes] = places[k]
+    return perm
