@@ -2,23 +2,27 @@
 
 Pipeline (stage prefixes as in the signal names):
 
-    bc  --(credit)-->  p_  pointer read: p = ptr_base + col; even bank at (p+1)>>1, odd bank at
-                           p>>1 give ptr[p] and ptr[p+1] in one cycle. Columns with no entry in
-                           this PE are dropped here and never take a queue slot or a cycle.
-                  -->  queue (value, start, end), depth `queue_depth`, registers
+    bc  --(credit)-->  p_  pointer read (`PointerRead`, hw/pointer.py): p = ptr_base + col;
+                           even bank at (p+1)>>1, odd bank at p>>1 give ptr[p] and ptr[p+1] in
+                           one cycle. Columns with no entry in this PE are dropped here and never
+                           take a queue slot or a cycle.
+                  -->  queue (value, start, end), depth `queue_depth`, registers (`ActQueue`)
                   -->  s_  sequencer: one entry address per cycle, start..end-1; the next column is
                            popped in the cycle the current one issues its last entry (no bubble)
                   -->  e_  entry (v, z): row = (first ? 0 : row + 1) + z (running sum of z);
                            fillers and pruned weights (v == 0) stop here in the sparse engine;
-                           codebook read at layer * 2**index_bits + v, accumulator read at row
-                  -->  m_  weight x activation (16 x 16 -> 32 bit); the accumulator value read is
-                           bypassed from w_ or x_ when they hold the same row (read-modify-write
-                           hazard of back-to-back hits on one row); zero weights stop here
+                           codebook read at layer * 2**index_bits + v (`CodebookDecoder`,
+                           hw/codebook.py), accumulator read at row
+                  -->  m_  weight x activation (16 x 16 -> 32 bit); the accumulator value read
+                           is bypassed from w_ or x_ when they hold the same row
+                           (read-modify-write hazard of back-to-back hits on one row); zero
+                           weights stop here. m_, w_ and x_ are the `Mac` (hw/mac.py)
                   -->  w_  acc + product, wrapped to acc_bits, written back
                   -->  x_  the word written last cycle (for the bypass: reads are not transparent)
 
-Credit: the front end may broadcast only while level + p_valid < queue_depth, so the column in
-the pointer stage always finds a free slot: `bc.ready` never depends on `bc.valid`.
+Credit: the front end may broadcast only while level + p_valid < queue_depth (p_valid is
+`PointerRead.busy`), so the column in the pointer stage always finds a free slot: `bc.ready`
+never depends on `bc.valid`.
 
 Accumulators: two banks; layer i accumulates into bank i % 2, preloaded with its biases. The
 drain of layer i (driven by the engine, one row per cycle, overlapping the compute of layer i+1
@@ -34,11 +38,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .codebook import CodebookDecoder
 from .frontend import bcast_layout
+from .mac import Mac
 from .memory import MemoryFactory, MemorySpec
+from .pointer import PointerRead, column_layout
 from .queue import ActQueue
 
 
@@ -131,7 +138,6 @@ class PE(wiring.Component):
         img = self.img
         L = self.num_layers
         ib = img.index_bits
-        kk = 1 << ib
         pb = self.ptr_bits
         ports = {s.name.split(".", 1)[1]: self.memories(m, s) for s in self.specs}
         ent = ports["entries"].read[0]
@@ -158,29 +164,21 @@ class PE(wiring.Component):
         acc_w_data = Signal(self.acc_bits)
         acc_w_en = Signal()
 
-        # ---- p_: pointer read ------------------------------------------------------------
+        # ---- p_: pointer read (hw/pointer.py) -------------------------------------------
         depth = self.queue_depth
-        m.submodules.queue = queue = ActQueue(
-            data.StructLayout({"value": signed(16), "start": pb, "end": pb}), depth=depth)
-        p_valid = Signal()
-        p_odd = Signal()
-        p_value = Signal(signed(16))
-        m.d.comb += self.bc.ready.eq(queue.level + p_valid < depth)
-        p_addr = Signal(_bits(len(img.ptr) + 1) + 1)
+        m.submodules.queue = queue = ActQueue(column_layout(pb), depth=depth)
+        m.submodules.pointer = pr = PointerRead(
+            col_bits=len(self.bc.payload.col), base_bits=_bits(len(img.ptr) + 1), ptr_bits=pb,
+            even_addr_bits=len(pev.addr), odd_addr_bits=len(pod.addr))
+        wiring.connect(m, wiring.flipped(self.bc), pr.i)
         m.d.comb += [
-            p_addr.eq(ptr_base[self.layer] + self.bc.payload.col),
-            pev.addr.eq((p_addr + 1) >> 1),
-            pod.addr.eq(p_addr >> 1),
-        ]
-        bc_take = self.bc.valid & self.bc.ready
-        m.d.sync += [p_valid.eq(bc_take), p_odd.eq(p_addr[0]), p_value.eq(self.bc.payload.value)]
-        p_start = Mux(p_odd, pod.data, pev.data)
-        p_end = Mux(p_odd, pev.data, pod.data)
-        m.d.comb += [
-            queue.i.valid.eq(p_valid & (p_start != p_end)),
-            queue.i.payload.value.eq(p_value),
-            queue.i.payload.start.eq(p_start),
-            queue.i.payload.end.eq(p_end),
+            pr.base.eq(ptr_base[self.layer]),
+            # credit: the column in the pointer stage always finds a free queue slot
+            pr.credit.eq(queue.level + pr.busy < depth),
+            pev.addr.eq(pr.even.addr), pr.even.data.eq(pev.data),
+            pod.addr.eq(pr.odd.addr), pr.odd.data.eq(pod.data),
+            queue.i.valid.eq(pr.o.valid),
+            queue.i.payload.eq(pr.o.payload),
         ]
 
         # ---- s_: sequencer ---------------------------------------------------------------
@@ -200,7 +198,7 @@ class PE(wiring.Component):
         with m.Elif(s_valid):
             m.d.sync += [s_addr.eq(s_addr + 1), s_first.eq(0)]
 
-        # ---- e_: entry decode, codebook and accumulator reads -------------------------------
+        # ---- e_: entry decode; codebook (hw/codebook.py) and accumulator reads ---------------
         e_valid = Signal()
         e_first = Signal()
         e_value = Signal(signed(16))
@@ -213,42 +211,25 @@ class PE(wiring.Component):
         with m.If(e_valid):
             m.d.sync += row_reg.eq(e_row)
         e_hit = e_valid & ((e_v != 0) if self.sparse else 1)
+        m.submodules.codebook = dec = CodebookDecoder(index_bits=ib, layers=L,
+                                                      addr_bits=len(cb.addr))
+        m.d.comb += [dec.layer.eq(self.layer), dec.v.eq(e_v),
+                     cb.addr.eq(dec.mem.addr), dec.mem.data.eq(cb.data)]
+
+        # ---- m_, w_, x_: zero-skipping MAC with its bypass (hw/mac.py) ------------------------
+        m.submodules.mac = mac = Mac(row_bits=self.row_bits, acc_bits=self.acc_bits,
+                                     sparse=self.sparse)
         m.d.comb += [
-            cb.addr.eq(self.layer * kk + e_v),
-            acc_r_addr.eq(e_row),
+            mac.i.valid.eq(e_hit),
+            mac.i.payload.row.eq(e_row),  # the row is the accumulator address: truncated
+            mac.i.payload.value.eq(e_value),
+            mac.weight.eq(dec.weight),
+            acc_r_addr.eq(mac.acc_rd.addr),
+            mac.acc_rd.data.eq(acc_r_data),
+            acc_w_addr.eq(mac.acc_wr.addr),
+            acc_w_data.eq(mac.acc_wr.data),
+            acc_w_en.eq(mac.acc_wr.en),
         ]
-
-        # ---- m_: multiply, bypass -------------------------------------------------------------
-        ab = self.acc_bits
-        m_valid = Signal()
-        m_row = Signal(self.row_bits)
-        m_value = Signal(signed(16))
-        m.d.sync += [m_valid.eq(e_hit), m_row.eq(e_row), m_value.eq(e_value)]
-        w_valid = Signal()
-        w_row = Signal(self.row_bits)
-        w_acc = Signal(signed(ab))
-        w_prod = Signal(signed(32))
-        w_new = Signal(signed(ab))
-        x_valid = Signal()
-        x_row = Signal(self.row_bits)
-        x_val = Signal(signed(ab))
-        m_weight = cb.data.as_signed()
-        m_acc = Signal(signed(ab))
-        with m.If(w_valid & (w_row == m_row)):
-            m.d.comb += m_acc.eq(w_new)
-        with m.Elif(x_valid & (x_row == m_row)):
-            m.d.comb += m_acc.eq(x_val)
-        with m.Else():
-            m.d.comb += m_acc.eq(acc_r_data.as_signed())
-        m_hit = m_valid & ((m_weight != 0) if self.sparse else 1)
-        m.d.sync += [w_valid.eq(m_hit), w_row.eq(m_row), w_acc.eq(m_acc),
-                     w_prod.eq(m_weight * m_value)]
-
-        # ---- w_: accumulate and write back; x_: last write for the bypass -------------------
-        m.d.comb += w_new.eq(w_acc + w_prod)  # truncated to acc_bits: the wrap
-        m.d.sync += [x_valid.eq(w_valid), x_row.eq(w_row), x_val.eq(w_new)]
-
-        m.d.comb += [acc_w_addr.eq(w_row), acc_w_data.eq(w_new), acc_w_en.eq(w_valid)]
 
         # ---- drain: output stage; preload of the drained row for layer + 2 --------------------
         d_valid = Signal()
@@ -289,5 +270,5 @@ class PE(wiring.Component):
         m.d.comb += acc_r_data.eq(Mux(c_bank, banks[1].read[0].data, banks[0].read[0].data))
 
         m.d.comb += self.idle.eq(
-            (queue.level == 0) & ~p_valid & ~s_valid & ~e_valid & ~m_valid & ~w_valid)
+            (queue.level == 0) & ~pr.busy & ~s_valid & ~e_valid & ~mac.busy)
         return m

@@ -1,0 +1,77 @@
+"""Pointer read (`p_` stage of a PE): the start and end of a column in one cycle.
+
+A layer's column pointers are ptr[base .. base + in_features] (in_features + 1 words, absolute
+entry addresses). Column `col` spans entries ptr[p] .. ptr[p+1]-1 with p = base + col. The
+pointers are split over two banks, ptr[2k] in the even bank and ptr[2k+1] in the odd bank at
+word k, so ptr[p] and ptr[p+1] are always in different banks: the even bank is read at
+(p+1) >> 1 and the odd bank at p >> 1, and a cycle later (start, end) is (odd, even) for odd p
+and (even, odd) for even p. A column with start == end (no entry in this PE) is dropped here:
+it never takes a queue slot or a sequencer cycle.
+
+Flow control is by credit, not back-pressure: `i.ready` is the `credit` input (the consumer has
+room for one more column beyond the one in this stage, see `busy`), so a column taken here is
+always taken by the consumer a cycle later and `o` is `always_ready`. `i.ready` never depends on
+`i.valid`.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .frontend import bcast_layout
+
+
+def column_layout(ptr_bits: int) -> data.StructLayout:
+    """A column as queued for the sequencer: its activation and its entry range."""
+    return data.StructLayout({"value": signed(16), "start": ptr_bits, "end": ptr_bits})
+
+
+class PointerRead(wiring.Component):
+    """(value, col) in; a cycle later (value, start, end) out for columns with entries.
+
+    `even`/`odd` are read ports of the two pointer banks (1-cycle synchronous read, as
+    `hw.memory` makes them); `base` is the first pointer of the current layer.
+    """
+
+    def __init__(self, *, col_bits: int, base_bits: int, ptr_bits: int, even_addr_bits: int,
+                 odd_addr_bits: int):
+        for name, v in (("col_bits", col_bits), ("base_bits", base_bits),
+                        ("ptr_bits", ptr_bits), ("even_addr_bits", even_addr_bits),
+                        ("odd_addr_bits", odd_addr_bits)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, not {v!r}")
+        self.base_bits = base_bits
+        super().__init__({
+            "base": In(base_bits),
+            "i": In(stream.Signature(bcast_layout(col_bits))),
+            "credit": In(1),
+            "even": In(memory.ReadPort.Signature(addr_width=even_addr_bits, shape=ptr_bits)),
+            "odd": In(memory.ReadPort.Signature(addr_width=odd_addr_bits, shape=ptr_bits)),
+            "o": Out(stream.Signature(column_layout(ptr_bits), always_ready=True)),
+            "busy": Out(1),  # a column is in this stage (the consumer's credit counts it)
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p_odd = Signal()
+        p_value = Signal(signed(16))
+        p_addr = Signal(self.base_bits + 1)
+        m.d.comb += [
+            self.i.ready.eq(self.credit),
+            p_addr.eq(self.base + self.i.payload.col),
+            self.even.addr.eq((p_addr + 1) >> 1),
+            self.odd.addr.eq(p_addr >> 1),
+        ]
+        m.d.sync += [self.busy.eq(self.i.valid & self.i.ready), p_odd.eq(p_addr[0]),
+                     p_value.eq(self.i.payload.value)]
+        p_start = Mux(p_odd, self.odd.data, self.even.data)
+        p_end = Mux(p_odd, self.even.data, self.odd.data)
+        m.d.comb += [
+            self.o.valid.eq(self.busy & (p_start != p_end)),
+            self.o.payload.value.eq(p_value),
+            self.o.payload.start.eq(p_start),
+            self.o.payload.end.eq(p_end),
+        ]
+        return m
