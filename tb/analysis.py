@@ -9,11 +9,17 @@ the ROM image (what each PE must do for this input) and the engine's fixed costs
              interleaved, or permuted by a balanced ROM);
 * fillers:   entries of the busiest PE that are not useful MACs (filler entries, a codebook
              value 0), i.e. max PE work - max PE useful MACs;
+* front end: what the front end's rate needs beyond the busiest PE's work: it broadcasts one
+             non-zero activation per cycle and spends one cycle on an all-zero group of N
+             columns, so a layer takes at least that many cycles (the small last layer, 100
+             inputs for 10 rows, is bound by it);
 * output:    the drain of the last layer (output stage, one row per cycle) and its start; the
              drain of every other layer overlaps the compute of the next one;
-* other:     the rest: start and fill of the PE pipeline, front-end cycles on all-zero groups
-             and waiting for the previous layer's drain, the front end's rate of one
-             activation per cycle, queue stalls.
+* other:     the rest: start and fill of the PE pipeline, waiting for the previous layer's
+             drain, queue stalls (a PE with a run of heavy columns fills its queue and holds
+             the broadcast for all the others).
+
+So cycles = ideal + imbalance + fillers + front end + output + other, per layer.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ def work(qnet: QNet, rom: RomImage, x: np.ndarray, acc_bits: int = 32) -> dict:
     columns perm_{i-1} in the order of its pointer array.
     """
     n = rom.pes
-    useful, entries = [], []
+    useful, entries, frontend = [], [], []
     for i, (layer, a) in enumerate(zip(qnet.layers, layer_inputs(qnet, x, acc_bits))):
         nzw = layer.weights() != 0  # [out, in], logical
         act = (np.asarray(a) != 0).astype(np.int64)  # [batch, in], logical columns
@@ -59,7 +65,11 @@ def work(qnet: QNet, rom: RomImage, x: np.ndarray, acc_bits: int = 32) -> dict:
             e[:, k] = act_phys @ per_col
         useful.append(u)
         entries.append(e)
-    return {"useful": useful, "entries": entries}
+        # front end: groups of N physical columns, one cycle per non-zero, one per empty group
+        pad = (-act_phys.shape[1]) % n
+        nzg = np.pad(act_phys, ((0, 0), (0, pad))).reshape(len(act), -1, n).sum(axis=2)
+        frontend.append(np.maximum(nzg, 1).sum(axis=1))
+    return {"useful": useful, "entries": entries, "frontend": frontend}
 
 
 def breakdown(qnet: QNet, rom: RomImage, x: np.ndarray, layer_cycles: np.ndarray,
@@ -76,6 +86,7 @@ def breakdown(qnet: QNet, rom: RomImage, x: np.ndarray, layer_cycles: np.ndarray
         ideal = useful / n
         max_u = u.max(axis=1)
         max_e = e.max(axis=1)
+        fe = w["frontend"][i]
         out_i = rom.layers[i].out_features
         output = _ceil_div(out_i, n) + 2 if i == L - 1 else 0  # drain rows + flush + start
         rows.append({
@@ -86,8 +97,9 @@ def breakdown(qnet: QNet, rom: RomImage, x: np.ndarray, layer_cycles: np.ndarray
             "utilisation": float(useful.sum() / (n * lc.sum())) if lc.sum() else 0.0,
             "imbalance": float((max_u - ideal).mean()),
             "fillers": float((max_e - max_u).mean()),
+            "frontend": float(np.maximum(fe - max_e, 0).mean()),
             "output": float(output),
-            "other": float((lc - max_e - output).mean()),
+            "other": float((lc - np.maximum(max_e, fe) - output).mean()),
         })
     return rows
 

@@ -33,6 +33,9 @@ def _hw_args(p, *, pes_default=8):
     p.add_argument("--acc-bits", type=int, default=32, help="accumulator width (32)")
     p.add_argument("--index-bits", type=int, default=4, help="codebook index bits (4)")
     p.add_argument("--rel-bits", type=int, default=4, help="relative row index bits (4)")
+    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
+                   help="balanced row placement in the ROM (default); --no-balance: rows "
+                        "interleaved")
     p.add_argument("--max-width", type=int, default=4096,
                    help="activation buffer limit: widest layer the engine accepts (4096)")
 
@@ -121,12 +124,13 @@ def _load(model, inputs, index_bits, labels_path=None):
     return qnet, x, labels, notes
 
 
-def _rom(qnet, args, rel_bits=None):
+def _rom(qnet, args, rel_bits=None, balance=None):
     from compress.rom import build_rom
     from hw.engine import EngineConfigError, check_fits
 
     rom = build_rom(qnet, pes=args.pes, index_bits=args.index_bits,
-                    rel_bits=args.rel_bits if rel_bits is None else rel_bits)
+                    rel_bits=args.rel_bits if rel_bits is None else rel_bits,
+                    balance=args.balance if balance is None else balance)
     try:
         check_fits(rom, acc_bits=args.acc_bits, max_width=args.max_width)
     except EngineConfigError as e:
@@ -181,6 +185,7 @@ def cmd_run(args):
             "engine": "dense" if args.dense else "sparse",
             "queue_depth": args.queue_depth, "acc_bits": args.acc_bits,
             "index_bits": args.index_bits, "rel_bits": args.rel_bits,
+            "balanced": args.balance,
         }
         with atomic_path(args.stats) as tmp:
             tmp.write_text(json.dumps(stats, indent=1) + "\n")
@@ -228,7 +233,8 @@ def cmd_sim(args):
 
     print("EIE engine in cocotb + Icarus: "
           f"{args.pes} PEs, queue depth {args.queue_depth}, index_bits {args.index_bits}, "
-          f"rel_bits {args.rel_bits}, acc_bits {args.acc_bits}")
+          f"rel_bits {args.rel_bits}, acc_bits {args.acc_bits}, rows "
+          f"{'balanced' if args.balance else 'interleaved'}")
     for line in notes:
         print("  " + line)
     print()
@@ -263,15 +269,17 @@ def cmd_sim(args):
           f"{comp_d.mean():.0f} compute; speedup of sparsity {comp_d.mean() / comp.mean():.2f}x "
           f"on compute cycles, {rd.cycles.mean() / r.cycles.mean():.2f}x per inference")
     util, ideal = utilisation(qnet, rom, x, r.layer_cycles, args.acc_bits)
+    place = "balanced" if rom.balanced else "interleaved"
     print(f"MAC utilisation: {100 * util:.1f}% of {args.pes} PEs x compute cycles "
-          f"(ideal {100 * ideal:.1f}%: the load imbalance of row interleaving alone)")
+          f"(ideal {100 * ideal:.1f}%: the load imbalance of the ROM's {place} rows alone)")
     print()
-    print("where the cycles go, per layer (mean per inference):")
-    print("layer  cycles  useful-MACs  ideal  util   imbalance  fillers  output  other")
+    print("where the cycles go, per layer (mean per inference; cycles = ideal + the rest):")
+    print("layer  cycles  useful-MACs  ideal  util   imbalance  fillers  front-end  output  other")
     for row in breakdown(qnet, rom, x, r.layer_cycles, args.acc_bits):
         print(f"l{row['layer']:<4d} {row['cycles']:7.1f}  {row['useful_macs']:11.1f} "
               f"{row['ideal']:6.1f}  {100 * row['utilisation']:5.1f}%  {row['imbalance']:9.1f}"
-              f"  {row['fillers']:7.1f}  {row['output']:6.1f}  {row['other']:5.1f}")
+              f"  {row['fillers']:7.1f}  {row['frontend']:9.1f}  {row['output']:6.1f}"
+              f"  {row['other']:5.1f}")
     print()
     print(f"wall time {time.time() - t0:.1f} s (builds {t_build:.1f} s, simulation {t_sim:.1f} s; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
@@ -288,14 +296,20 @@ def cmd_sweep(args):
     x = x[: args.count]
     depths = [int(v) for v in args.depths.split(",")]
     rels = [int(v) for v in args.rel_bits_list.split(",")]
-    configs = [("depth", d, args.rel_bits, True) for d in depths]
-    configs += [("rel_bits", args.queue_depth, rb, True) for rb in rels if rb != args.rel_bits]
-    configs += [("dense", args.queue_depth, args.rel_bits, False)]
-    roms = {rb: _rom(qnet, args, rel_bits=rb) for rb in {c[2] for c in configs}}
+    # (variant, queue depth, rel_bits, sparse, balanced rows)
+    bal = args.balance
+    configs = [("depth", d, args.rel_bits, True, bal) for d in depths]
+    configs += [("rel_bits", args.queue_depth, rb, True, bal) for rb in rels
+                if rb != args.rel_bits]
+    configs += [("no-balance" if bal else "balance", args.queue_depth, args.rel_bits, True,
+                 not bal)]
+    configs += [("dense", args.queue_depth, args.rel_bits, False, bal)]
+    roms = {(rb, b): _rom(qnet, args, rel_bits=rb, balance=b)
+            for rb, b in {(c[2], c[4]) for c in configs}}
 
     def one(cfg):
-        _kind, depth, rb, sparse = cfg
-        b = build(roms[rb], _params(args, sparse=sparse, queue_depth=depth))
+        _kind, depth, rb, sparse, b_ = cfg
+        b = build(roms[rb, b_], _params(args, sparse=sparse, queue_depth=depth))
         from tb.sim import simulate
 
         r = simulate(b, x if sparse else x[:1])
@@ -305,22 +319,23 @@ def cmd_sweep(args):
         results = list(ex.map(one, configs))
     dense_comp = results[-1].layer_cycles.sum(axis=1).mean()
     print(f"sweep: {args.pes} PEs, {len(x)} inputs; " + "; ".join(notes))
-    print("variant           rel_bits depth  entries(fillers)  compute-cycles  utilisation  "
-          "ideal  speedup-vs-dense")
+    print("variant           rel_bits depth  rows         entries(fillers)  compute-cycles  "
+          "utilisation  ideal  speedup-vs-dense")
     rows = []
     for cfg, r in zip(configs, results):
-        kind, depth, rb, sparse = cfg
-        rom = roms[rb]
+        kind, depth, rb, sparse, b_ = cfg
+        rom = roms[rb, b_]
         comp = r.layer_cycles.sum(axis=1).mean()
         util, ideal = utilisation(qnet, rom, x[: len(r.cycles)], r.layer_cycles, args.acc_bits)
         ents = sum(len(e) for e in rom.entries)
         fill = sum(sum(rl.fillers) for rl in rom.layers)
         row = {"variant": kind, "rel_bits": rb, "queue_depth": depth, "sparse": sparse,
-               "entries": ents, "fillers": fill, "compute_cycles": float(comp),
+               "balanced": b_, "entries": ents, "fillers": fill, "compute_cycles": float(comp),
                "cycles": float(r.cycles.mean()), "utilisation": util, "ideal": ideal,
                "speedup_vs_dense": float(dense_comp / comp)}
         rows.append(row)
-        print(f"{kind:16s}  {rb:8d} {depth:5d}  {ents:8d}({fill:6d})  {comp:14.1f}  "
+        place = "balanced" if b_ else "interleaved"
+        print(f"{kind:16s}  {rb:8d} {depth:5d}  {place:11s}  {ents:8d}({fill:6d})  {comp:14.1f}  "
               f"{100 * util:10.1f}%  {100 * ideal:5.1f}%  {dense_comp / comp:8.2f}x")
     print(f"wall time {time.time() - t0:.1f} s")
     if args.out:

@@ -2,7 +2,8 @@
 
 Each case is one cached build (build/tb/<key>/) and one simulator run over a batch of random
 vectors (densities from 0 to 1, an all-zero vector first), so `make test` covers hundreds of
-vectors in a few builds. `make test-long` (LONG=1) adds a wider random sweep.
+vectors in a few builds. ROMs are balanced (hidden rows permuted, the default of `build_rom`)
+except in the `no-balance` case (plain interleaving). `make test-long` (LONG=1) adds a wider random sweep.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def _inputs(n, width, seed):
 CASES = [
     ("1pe-1layer-stalls", (24, 10), 1, 0.5, {"shift": 6}, {}, {},
      {"stall_in": 0.3, "stall_out": 0.3}, 40),
-    ("2pe-gaps-16-and-more", (16, 90, 8), 2, 0.03, {"shift": [9, 2]}, {}, {}, {}, 60),
+    ("2pe-gaps-16-and-more-no-balance", (16, 90, 8), 2, 0.03, {"shift": [9, 2]},
+     {"balance": False}, {}, {}, 60),
     ("3pe-dense-weights-3layers", (20, 14, 9, 6), 3, 1.0, {"shift": [10, 10, 4]}, {}, {},
      {"stall_out": 0.5}, 40),
     ("4pe-4layers-reset-mid", (30, 17, 12, 9, 5), 4, 0.35, {"shift": [9, 8, 7, 0]}, {}, {},
@@ -59,6 +61,19 @@ def _check(sizes, pes, density, qkw, rkw, pkw, runkw, n, seed):
     assert np.all(r.layer_cycles > 0)
     assert np.all(r.cycles >= r.layer_cycles.sum(axis=1) + sizes[0] + sizes[-1] - 1)
     return qnet, x, r
+
+
+def test_cases_run_permuted_roms():
+    """The cases above run balanced ROMs whose hidden rows are really permuted (equal rows, as
+    with dense weights, may keep their places), and one plain interleaved ROM."""
+    permuted = plain = 0
+    for _id, sizes, pes, density, qkw, rkw, *_ in CASES:
+        rom = build_rom(random_qnet(sizes, seed=pes + len(sizes), density=density, **qkw),
+                        pes=pes, **rkw)
+        moved = any(not np.array_equal(p, np.arange(len(p))) for p in rom.perm)
+        permuted += moved and rom.balanced
+        plain += not rom.balanced and not moved
+    assert permuted >= 4 and plain == 1
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
