@@ -80,7 +80,7 @@ def compression(work: Path, data_dir: str, plots: Path) -> Section:
 
 
 def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
-           depths=(1, 2, 4, 8, 16)) -> Section:
+           depths=(1, 2, 4, 8, 16), rel_bits_list=(4, 5, 6)) -> Section:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,12 +94,22 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
     qnet, x, _labels, notes = _load(None, None, 4)
     x = x[:count]
     rows, data, sim_rate = [], {"pes": {}, "depth": {}}, []
+    runs = {}
+
+    def run(pes, *, depth=8, rel_bits=4, balance=True):
+        """(rom, result) of the sparse engine over x; each configuration simulated once."""
+        key = (pes, depth, rel_bits, balance)
+        if key not in runs:
+            rom = build_rom(qnet, pes=pes, rel_bits=rel_bits, balance=balance)
+            b = build(rom, EngineParams(queue_depth=depth))
+            t0 = time.perf_counter()
+            r = simulate(b, x)
+            sim_rate.append(float(r.cycles.sum()) / (time.perf_counter() - t0))
+            runs[key] = (rom, r)
+        return runs[key]
+
     for pes in pes_list:
-        rom = build_rom(qnet, pes=pes)
-        t0 = time.perf_counter()
-        r = simulate(build(rom, EngineParams()), x)
-        dt = time.perf_counter() - t0
-        sim_rate.append(float(r.cycles.sum()) / dt)
+        rom, r = run(pes)
         d = simulate(build(rom, EngineParams(sparse=False)), x[:1])
         br = breakdown(qnet, rom, x, r.layer_cycles)
         util, ideal = utilisation(qnet, rom, x, r.layer_cycles)
@@ -114,12 +124,23 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
         rows.append([pes, "**all**", f"{r.layer_cycles.sum(axis=1).mean():.0f}",
                      f"{sum(b['ideal'] for b in br):.0f}", f"{100 * util:.0f}%",
                      f"{dense.sum()}", f"**{dense.sum() / r.layer_cycles.sum(axis=1).mean():.1f}x**"])
-    rom8 = build_rom(qnet, pes=8)
     for depth in depths:
-        r = simulate(build(rom8, EngineParams(queue_depth=depth)), x)
+        rom8, r = run(8, depth=depth)
         util, ideal = utilisation(qnet, rom8, x, r.layer_cycles)
         data["depth"][depth] = {"utilisation": util, "ideal": ideal,
                                 "compute_cycles": float(r.layer_cycles.sum(axis=1).mean())}
+    # 8 PEs, queue depth 8: row placement (balanced ROM vs plain interleaving) and rel_bits
+    data["variants"] = []
+    for balance, rb in [(False, 4)] + [(True, rb) for rb in rel_bits_list]:
+        rom, r = run(8, rel_bits=rb, balance=balance)
+        util, ideal = utilisation(qnet, rom, x, r.layer_cycles)
+        data["variants"].append({
+            "balanced": balance, "rel_bits": rb, "utilisation": util, "ideal": ideal,
+            "entries": int(sum(len(e) for e in rom.entries)),
+            "fillers": int(sum(sum(rl.fillers) for rl in rom.layers)),
+            "busiest_pe_entries": int(max(len(e) for e in rom.entries)),
+            "compute_cycles": float(r.layer_cycles.sum(axis=1).mean()),
+            "layers": breakdown(qnet, rom, x, r.layer_cycles)})
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(depths, [100 * data["depth"][d]["utilisation"] for d in depths], "o-",
             label="MAC utilisation (measured)")
@@ -138,9 +159,33 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
     plt.close(fig)
     md = md_table(["PEs", "layer", "cycles (mean)", "ideal = useful MACs / PEs", "of ideal",
                    "dense engine", "speedup"], rows)
+    br8 = data["pes"][8]["layers"] if 8 in data["pes"] else []
+    lost = [[f"l{b['layer']}", f"{b['cycles']:.1f}", f"{b['ideal']:.1f}",
+             f"{100 * b['utilisation']:.1f}%", f"{b['imbalance']:.1f}", f"{b['fillers']:.1f}",
+             f"{b['frontend']:.1f}", f"{b['output']:.1f}", f"{b['other']:.1f}"] for b in br8]
+    var = [["balanced" if v["balanced"] else "interleaved (`--no-balance`)", v["rel_bits"],
+            f"{v['entries']:,} ({v['fillers']:,})", f"{v['busiest_pe_entries']:,}",
+            f"{v['compute_cycles']:.1f}",
+            ", ".join(f"{b['cycles']:.0f}" for b in v["layers"]),
+            f"**{100 * v['utilisation']:.1f}%**", f"{100 * v['ideal']:.1f}%"]
+           for v in data["variants"]]
     md += ("\n\n" + "; ".join(notes) + f"; {len(x)} digits, queue depth 8, 4-bit relative "
-           "indices. Cycles are the engine's own per-layer counters read in cocotb (Icarus); "
-           "the dense engine is the same PEs and datapath with zero skipping off.\n\n"
+           "indices, balanced row placement (the ROM default). Cycles are the engine's own "
+           "per-layer counters read in cocotb (Icarus); the dense engine is the same PEs and "
+           "datapath with zero skipping off.\n\n"
+           "Where the cycles go with 8 PEs (mean per inference; cycles = ideal + imbalance + "
+           "fillers + front end + output + other, `tb/analysis.py`): imbalance = the busiest "
+           "PE's useful MACs above the mean; fillers = its filler entries; front end = what the "
+           "front end's one activation per cycle needs beyond that PE; output = the last "
+           "layer's drain; other = pipeline fill, waiting for the previous layer's drain and "
+           "queue stalls.\n\n"
+           + md_table(["layer", "cycles", "ideal", "utilisation", "imbalance", "fillers",
+                       "front end", "output", "other"], lost)
+           + "\n\nRow placement and relative-index bits (8 PEs, queue depth 8; `python -m "
+           "compress export-rom --balance/--no-balance --rel-bits R`):\n\n"
+           + md_table(["rows", "rel_bits", "entries (fillers)", "busiest PE entries",
+                       "compute cycles", "per layer", "MAC utilisation", "ideal"], var)
+           + "\n\nQueue depth (8 PEs, balanced, rel_bits 4):\n\n"
            + md_table(["queue depth", "MAC utilisation", "ideal"],
                       [[d, f"{100 * data['depth'][d]['utilisation']:.1f}%",
                         f"{100 * data['depth'][d]['ideal']:.1f}%"] for d in depths])
