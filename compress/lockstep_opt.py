@@ -10,6 +10,10 @@ ceil(entries_c / N): what the slots pay for is the worst PE of each column, not 
 
 `optimise_rows` searches the placement directly on sum_c w_c * L(c):
 
+* Start: `greedy_rows`, rows by decreasing work each to the PE where they raise the fewest
+  column maxima (on the shipped LeNet-300-100 with 8 PEs already 2,651 slots for layer 0
+  against 3,249 for LPT), every PE's rows by decreasing work (dense rows first: a column's
+  first entries sit near the top, fewer gaps need fillers).
 * State: the logical row at every physical place. Per PE and column the entry count `len`,
   and per local place q the change d[q, c] in {0, 1} that flipping the bit at q would make
   (removing a non-zero either frees its entry or turns it into a filler when the gap it
@@ -25,9 +29,9 @@ ceil(entries_c / N): what the slots pay for is the worst PE of each column, not 
   is kept. The work is bounded by a count of evaluated (swap, column) elements derived from
   `budget_s` at a fixed nominal rate, never by the clock, so the result depends only on the
   arguments.
-* The result is checked at the end with `encode_csc` (the exact objective) against the LPT
-  start and that start with every PE's rows by decreasing work; the best of them is returned,
-  so the search is never worse than LPT.
+* The result is checked at the end with `encode_csc` (the exact objective) against LPT
+  (`balance_rows`), LPT with every PE's rows by decreasing work and the greedy start; the best
+  of them is returned (LPT on ties), so the result is never worse than LPT.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from .rom import DEFAULT_REL_BITS, encode_csc
 
 # Nominal work rate for `budget_s`: (swap, column) elements evaluated per second on one core.
 # A fixed constant, so the amount of search (and the result) never depends on the machine.
-NOMINAL_RATE = 4.0e7
+NOMINAL_RATE = 5.0e7
 # Perturbation strength of the iterated local search: random swaps per kick.
 KICK_SWAPS = 3
 # Weights are scaled to integers for the search (exact, order-independent sums).
@@ -154,6 +158,39 @@ def _sorted_within(perm: np.ndarray, work: np.ndarray, pes: int) -> np.ndarray:
     return out
 
 
+def greedy_rows(nz: np.ndarray, pes: int, w: np.ndarray) -> np.ndarray:
+    """A placement built for the per-column maxima (non-zeros only), deterministic.
+
+    Rows by decreasing non-zeros (ties: lower row first) each go to the PE with a free place
+    where they raise the fewest (weighted) column maxima, i.e. overlap the columns where that
+    PE already holds the maximum the least; then the fewest shared columns, the least work and
+    the lowest PE. Inside a PE the rows keep their logical order.
+    """
+    out, cols = nz.shape
+    x = nz.astype(np.int64)
+    work = x.sum(axis=1)
+    cap = np.array([len(range(k, out, pes)) for k in range(pes)], dtype=np.int64)
+    cnt = np.zeros((pes, cols), dtype=np.int64)
+    top = np.zeros(cols, dtype=np.int64)
+    used = np.zeros(pes, dtype=np.int64)
+    load = np.zeros(pes, dtype=np.int64)
+    owner = np.empty(out, dtype=np.int64)
+    for r in np.argsort(-work, kind="stable"):
+        free = np.flatnonzero(used < cap)
+        raise_max = ((cnt[free] == top[None]) * x[r]) @ w
+        overlap = cnt[free] @ x[r]
+        k = free[np.lexsort((free, load[free], overlap, raise_max))[0]]
+        owner[r] = k
+        cnt[k] += x[r]
+        np.maximum(top, cnt[k], out=top)
+        used[k] += 1
+        load[k] += work[r]
+    perm = np.empty(out, dtype=np.int64)
+    for k in range(pes):
+        perm[k::pes] = np.flatnonzero(owner == k)
+    return perm
+
+
 def optimise_rows(index: np.ndarray, pes: int, *, rel_bits: int = DEFAULT_REL_BITS, seed: int = 0,
                   col_weight: np.ndarray | None = None, budget_s: float = 2.0) -> np.ndarray:
     """A row permutation (physical row p = logical row perm[p]) with few lockstep slots.
@@ -181,7 +218,9 @@ def optimise_rows(index: np.ndarray, pes: int, *, rel_bits: int = DEFAULT_REL_BI
         if np.all(w[live] == wmax):
             wi = np.ones(len(live), dtype=np.int64)
         units = int(budget_s * NOMINAL_RATE)
-        candidates.append(_search(nz[:, live], candidates[1], pes, rel_bits, wi, units,
+        greedy = _sorted_within(greedy_rows(nz[:, live], pes, wi), work, pes)
+        candidates.append(greedy)
+        candidates.append(_search(nz[:, live], greedy, pes, rel_bits, wi, units,
                                   np.random.default_rng(seed)))
 
     costs = [slot_cost(index, p, pes, rel_bits=rel_bits, col_weight=w) for p in candidates]
