@@ -86,8 +86,12 @@ def output_stage(acc, shift: int, acc_bits: int):
 
 class LockstepEngine(wiring.Component):
     def __init__(self, img: LockstepImage, *, acc_bits: int = 32, queue_depth: int = 2,
-                 memories: MemoryFactory | None = None, max_width: int | None = None):
+                 drain_share: int = 1, memories: MemoryFactory | None = None,
+                 max_width: int | None = None):
         try:
+            if drain_share not in (1, 2, 4, 8, 16):
+                raise EngineConfigError(
+                    f"drain_share must be 1, 2, 4, 8 or 16, not {drain_share!r}")
             if not 1 <= img.pes <= MAX_PES:
                 raise EngineConfigError(f"pes must be 1..{MAX_PES}, not {img.pes!r}")
             if not 17 <= acc_bits <= 64:
@@ -112,6 +116,7 @@ class LockstepEngine(wiring.Component):
         self.img = img
         self.acc_bits = acc_bits
         self.queue_depth = queue_depth
+        self.drain_share = drain_share  # PEs per output stage: fewer stages, longer drain
         self.memories = memories or MemoryFactory()
         n = self.pes = img.pes
         self.num_layers = L = img.num_layers
@@ -255,9 +260,12 @@ class LockstepEngine(wiring.Component):
         drn_row = Signal(self.row_bits + 1)
         m_value = Signal(signed(16))
         m.d.sync += m_value.eq(e_value)
-        y_valid = Signal()  # the drained row's outputs are on y, to be written at y_row
+        drn_t = Signal(range(max(self.drain_share, 2)))  # member of the output stage's group
+        y_valid = Signal()  # member y_t's output is on y, to be written at word y_row
         y_row = Signal.like(drn_row)
-        m.d.sync += [y_valid.eq(drn_valid), y_row.eq(drn_row)]
+        y_t = Signal.like(drn_t)
+        y_en = [Signal(name=f"y_en{k}") for k in range(n)]
+        m.d.sync += [y_valid.eq(drn_valid), y_row.eq(drn_row), y_t.eq(drn_t)]
         m_any = Signal()  # some PE has a write in the m_ stage (for the idle check)
 
         # codebook: weight = codebook[layer][v] as logic (constants of the network)
@@ -289,7 +297,8 @@ class LockstepEngine(wiring.Component):
                 m.d.comb += acc_r[k].addr.eq(bias_t[layer] + pre_row)
             with m.Else():
                 m.d.comb += acc_r[k].addr.eq(e_row)
-            m.d.comb += acc_r[k].en.eq(1)
+            # DRAIN reads a row once; the read port holds it while the group's members go out
+            m.d.comb += acc_r[k].en.eq(~drn_valid | (drn_t == 0))
 
             m_hit = Signal(name=f"m_hit{k}")
             m_row = Signal(row_w, name=f"m_row{k}")
@@ -307,36 +316,50 @@ class LockstepEngine(wiring.Component):
             m.d.comb += [acc_w[k].addr.eq(m_row), acc_w[k].data.eq(m_new), acc_w[k].en.eq(m_hit)]
             m.d.sync += [x_valid.eq(m_hit), x_row.eq(m_row), x_val.eq(m_new)]
 
-            # output stage on the drained accumulator word
-            acc = acc_r[k].data.as_signed()
-            q17 = Signal(signed(17), name=f"q{k}")
-            rnd = Signal(name=f"rnd{k}")
-            fits = Signal(name=f"fits{k}")
+        m.d.comb += m_any.eq(Cat(*m_hits).any())
+
+        # ---- output stages: one per `drain_share` PEs, member y_t of the group this cycle ----
+        share = self.drain_share
+        relu_t = Array(Const(int(ll.relu), 1) for ll in img.layers + [img.layers[-1]])
+        for g in range(_ceil_div(n, share)):
+            members = list(range(g * share, min(n, (g + 1) * share)))
+            acc = Signal(signed(A), name=f"o_acc{g}")
+            with m.Switch(y_t):
+                for t, k in enumerate(members):
+                    with m.Case(t):
+                        m.d.comb += acc.eq(acc_r[k].data.as_signed())
+            q17 = Signal(signed(17), name=f"q{g}")
+            rnd = Signal(name=f"rnd{g}")
+            fits = Signal(name=f"fits{g}")
             with m.Switch(layer):
                 for i, ll in enumerate(img.layers):
                     with m.Case(i):
                         q, r, f = output_stage(acc, ll.shift, A)
                         m.d.comb += [q17.eq(q), rnd.eq(r), fits.eq(f)]
-            y18 = Signal(signed(18), name=f"y18_{k}")
+            y18 = Signal(signed(18), name=f"y18_{g}")
             m.d.comb += y18.eq(q17 + rnd)
             neg = Mux(fits, y18[17], acc[-1])
             inrange = fits & ((y18[15:18] == 0) | (y18[15:18] == 0b111))
-            relu_t = Array(Const(int(ll.relu), 1) for ll in img.layers + [img.layers[-1]])
+            y = Signal(signed(16), name=f"y{g}")
             with m.If(relu_t[layer] & neg):
-                m.d.comb += ys[k].eq(0)
+                m.d.comb += y.eq(0)
             with m.Elif(inrange):
-                m.d.comb += ys[k].eq(y18[:16])
+                m.d.comb += y.eq(y18[:16])
             with m.Elif(neg):
-                m.d.comb += ys[k].eq(-32768)
+                m.d.comb += y.eq(-32768)
             with m.Else():
-                m.d.comb += ys[k].eq(32767)
-        m.d.comb += m_any.eq(Cat(*m_hits).any())
+                m.d.comb += y.eq(32767)
+            for t, k in enumerate(members):
+                m.d.comb += ys[k].eq(y)
+                m.d.comb += y_en[k].eq(y_valid & (y_t == t))
 
         # ---- sequencing --------------------------------------------------------------------
         run = Signal()
-        cyc = Signal(32)
-        lc = Signal(data.ArrayLayout(32, L))
-        cnt = Signal(range(max(in0, outL, R, 2) + 2))
+        # the counters count in place (no second copy): they hold the last inference from its
+        # last output word until the first input word of the next
+        cyc = self.cycles
+        lc = self.layer_cycles
+        cnt = Signal(range(max(in0, outL, R * self.drain_share, 2) + 2))
         sel = Signal(range(max(n, 2)))
         word = Signal(range(max(self.act_words, 2) + 1))
         o_valid = Signal()
@@ -403,9 +426,13 @@ class LockstepEngine(wiring.Component):
                     m.next = "DRAIN"
             with m.State("DRAIN"):
                 count_layer()
-                m.d.comb += [drn_valid.eq(cnt < rows_t[layer]), drn_row.eq(cnt)]
+                # cnt = row * share + member; the last member of the last row is written when
+                # cnt == rows * share
+                sh = (self.drain_share - 1).bit_length()
+                m.d.comb += [drn_valid.eq((cnt >> sh) < rows_t[layer]), drn_row.eq(cnt >> sh),
+                             drn_t.eq(cnt[:sh] if sh else 0)]
                 m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt == rows_t[layer]):  # the last row is written this cycle
+                with m.If(cnt == rows_t[layer] << sh):
                     m.d.sync += cnt.eq(0)
                     with m.If(layer == L - 1):
                         m.d.sync += [sel.eq(0), word.eq(0), o_valid.eq(0)]
@@ -429,8 +456,7 @@ class LockstepEngine(wiring.Component):
                         with m.Case(k):
                             m.d.comb += self.o_act.payload.eq(act_r[k].data.as_signed())
                 with m.If(o_valid & self.o_act.ready & (cnt == outL)):
-                    m.d.sync += [run.eq(0), self.busy.eq(0), self.cycles.eq(cyc + 1),
-                                 self.layer_cycles.eq(lc), cnt.eq(0), o_valid.eq(0),
+                    m.d.sync += [run.eq(0), self.busy.eq(0), cnt.eq(0), o_valid.eq(0),
                                  layer.eq(0)]
                     m.next = "PRE0"
 
@@ -438,5 +464,5 @@ class LockstepEngine(wiring.Component):
         with m.If(y_valid):
             for k in range(n):
                 m.d.comb += [act_w[k].addr.eq(y_row), act_w[k].data.eq(ys[k]),
-                             act_w[k].en.eq(1)]
+                             act_w[k].en.eq(y_en[k])]
         return m

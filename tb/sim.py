@@ -75,6 +75,7 @@ class EngineParams:
     sparse: bool = True
     max_width: int | None = None
     engine: str = "eie"
+    drain_share: int = 1  # lockstep only: PEs per output stage
 
 
 def make_engine(rom: RomImage, params: EngineParams):
@@ -94,7 +95,7 @@ def make_engine(rom: RomImage, params: EngineParams):
         img = build_lockstep(decode_rom(rom), rom.pes, index_bits=rom.index_bits,
                              rel_bits=rom.rel_bits)
         return LockstepEngine(img, acc_bits=params.acc_bits, queue_depth=params.queue_depth,
-                              max_width=params.max_width)
+                              drain_share=params.drain_share, max_width=params.max_width)
     raise InputError(f"engine must be one of {', '.join(ENGINES)}, not {params.engine!r}")
 
 
@@ -124,7 +125,7 @@ def build(rom: RomImage, params: EngineParams = EngineParams(), *, waves: bool |
             "files": manifest["files"],
             "layers": manifest["layers"],
             "params": [params.queue_depth, params.acc_bits, params.sparse, params.max_width,
-                       params.engine],
+                       params.engine, params.drain_share],
             "waves": waves,
             "hw": _hw_source_hash(),
         }, sort_keys=True)

@@ -84,8 +84,9 @@ CASES = [
     ("3pe-2layers-stalls", (20, 13, 7), 3, 0.3, {"shift": 8}, {}, 0.4),
     ("4pe-gaps-fillers", (12, 70, 6), 4, 0.04, {"shift": [9, 0]}, {}, 0.0),
     ("16pe-rows-fewer-than-pes", (30, 9, 17, 4), 16, 0.4, {"shift": [8, 0, 40]},
-     {"queue_depth": 1}, 0.0),
-    ("8pe-dense-weights", (15, 11, 6), 8, 1.0, {"shift": 6}, {}, 0.2),
+     {"queue_depth": 1, "drain_share": 4}, 0.0),
+    ("8pe-dense-weights-share8", (15, 11, 6), 8, 1.0, {"shift": 6}, {"drain_share": 8}, 0.2),
+    ("3pe-share2-uneven-groups", (14, 11, 5), 3, 0.5, {"shift": 7}, {"drain_share": 2}, 0.1),
     ("5pe-wrap-saturation", (18, 10, 10, 7, 5), 5, 0.6,
      {"weight_scale": 32767, "bias_scale": 1 << 30, "shift": [0, 3, 62, 0]},
      {"acc_bits": 20}, 0.0),
@@ -119,3 +120,5 @@ def test_lockstep_refuses_what_does_not_fit():
         LockstepEngine(img, max_width=7)
     with pytest.raises(EngineConfigError, match="queue_depth"):
         LockstepEngine(img, queue_depth=0)
+    with pytest.raises(EngineConfigError, match="drain_share"):
+        LockstepEngine(img, drain_share=3)
