@@ -8,12 +8,12 @@ MAC), those memories made by `hw.memory.MemoryFactory` as in the PE but writable
 bench, so one build serves many random pointer arrays, codebooks and accumulator contents.
 
 Builds are cached like the engine's (`tb.sim`): build/tb-blocks/<key>/ with key = sha256 of
-the block, its parameters and the source of `hw/` and this file, made under a file lock (pytest
--xdist workers), the Verilog from `verilog.convert(top, name="top", emit_src=False)` with
-`tb.sim.icarus_fixup`. Each run gets its own directory (runs/<n>/) holding params.json,
-data.npz (stimuli and expected values computed by the caller, e.g. from the golden model) and
-the bench's summary.json (what it checked); it is removed after a good run and kept after a
-failed one. Waveforms only with WAVES=1.
+the block, its parameters and the source of the blocks and of this file, made under a file
+lock (pytest-xdist workers): top.v from `verilog.convert(top, name="top", emit_src=False)` with
+`tb.sim.icarus_fixup`, and layouts.json (the fields of its struct ports). Each run gets its
+own directory (runs/<n>/) holding params.json, data.json (stimuli and expected values computed
+by the caller, e.g. from the golden model) and the bench's summary.json (what it checked); it
+is removed after a good run and kept after a failed one. Waveforms only with WAVES=1.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Shape, Signal, signed
 from amaranth.lib import stream, wiring
+from amaranth.lib.data import StructLayout
 from amaranth.lib.wiring import In, Out
 
 from compress.atomic import file_lock
@@ -274,11 +275,16 @@ HARNESSES = {
 
 # ---- build and run ---------------------------------------------------------------------------
 
+# what a block build is made from (not hw/engine.py: a change there rebuilds no block)
+_SOURCES = ("hw/codebook.py", "hw/frontend.py", "hw/mac.py", "hw/memory.py", "hw/pe.py",
+            "hw/pointer.py", "hw/queue.py", "tb/blocks.py")
+
+
 def _source_hash() -> str:
     h = hashlib.sha256()
-    for p in sorted((REPO / "hw").glob("*.py")) + [Path(__file__)]:
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
+    for name in _SOURCES:
+        h.update(name.encode())
+        h.update((REPO / name).read_bytes())
     return h.hexdigest()
 
 
@@ -288,6 +294,18 @@ class BlockBuild:
     params: dict
     dir: Path
     waves: bool
+    layouts: dict  # Verilog port name -> [[field, offset, width, signed], ...] of struct ports
+
+
+def port_layouts(top: wiring.Component) -> dict:
+    """The field layout of every struct-typed port, so the bench packs and unpacks the words
+    without importing Amaranth (which is slow in the simulator's embedded Python)."""
+    out = {}
+    for path, member in top.signature.members.flatten():
+        if member.is_port and isinstance(member.shape, StructLayout):
+            out["__".join(path)] = [[name, f.offset, f.width, Shape.cast(f.shape).signed]
+                                    for name, f in member.shape]
+    return out
 
 
 def build_block(block: str, params: dict, *, waves: bool | None = None) -> BlockBuild:
@@ -309,6 +327,7 @@ def build_block(block: str, params: dict, *, waves: bool | None = None) -> Block
         if not stamp.exists():
             d.mkdir(parents=True, exist_ok=True)
             top = HARNESSES[block](params)
+            (d / "layouts.json").write_text(json.dumps(port_layouts(top)))
             text = icarus_fixup(verilog.convert(top, name=TOPLEVEL, emit_src=False))
             tmpv = d / ".top.v.tmp"
             tmpv.write_text(text)
@@ -317,7 +336,8 @@ def build_block(block: str, params: dict, *, waves: bool | None = None) -> Block
                 sources=[d / "top.v"], hdl_toplevel=TOPLEVEL, build_dir=d / "sim_build",
                 timescale=("1ns", "1ps"), waves=waves, always=True, log_file=d / "build.log")
             stamp.write_text(key + "\n")
-    return BlockBuild(block=block, params=params, dir=d, waves=waves)
+    layouts = json.loads((d / "layouts.json").read_text())
+    return BlockBuild(block=block, params=params, dir=d, waves=waves, layouts=layouts)
 
 
 def _failure(run_dir: Path) -> str:
@@ -334,15 +354,17 @@ def run_block(b: BlockBuild, *, seed: int, data: dict[str, np.ndarray] | None = 
               **options) -> dict:
     """Run the block's bench (`<block>_bench` in tb/cocotb_blocks.py); returns its summary.
 
-    `options` (JSON-able) reach the bench beside the build parameters in params.json."""
+    `options` (JSON-able) reach the bench beside the build parameters and the port layouts in
+    params.json; `data` (integer arrays) as lists in data.json."""
     from cocotb_tools.runner import get_results, get_runner
 
     runs = b.dir / "runs"
     runs.mkdir(exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
     (run_dir / "params.json").write_text(json.dumps(
-        {"block": b.block, "params": b.params, "seed": seed, **options}))
-    np.savez(run_dir / "data.npz", **(data or {}))
+        {"block": b.block, "params": b.params, "layouts": b.layouts, "seed": seed, **options}))
+    (run_dir / "data.json").write_text(json.dumps(
+        {k: np.asarray(v).tolist() for k, v in (data or {}).items()}))
     env = {
         "TB_IO": str(run_dir),
         "PYTHONPATH": os.pathsep.join(

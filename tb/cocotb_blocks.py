@@ -2,8 +2,10 @@
 
 Each `<block>_bench` drives the harness of `tb.blocks` (Verilog top "top") against a Python
 reference model and writes summary.json (what it checked) into TB_IO, beside params.json (the
-build parameters, the seed and the run options) and data.npz (stimuli and expected values the
-caller computed, e.g. from the golden model).
+build parameters, the field layouts of the struct ports, the seed and the run options) and
+data.json (stimuli and expected values the caller computed, e.g. from the golden model).
+Standard library only: numpy and Amaranth take seconds to import in the simulator's embedded
+Python, more than most benches run.
 
 Timing convention: inputs are set just after the falling clock edge, then the bench waits for
 ReadOnly and samples the outputs: what it sees is what the next rising edge acts on, so a
@@ -20,24 +22,18 @@ from collections import Counter, deque
 from pathlib import Path
 
 import cocotb
-import numpy as np
-from amaranth.hdl import Shape
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, Timer
-
-from hw.frontend import bcast_layout
-from hw.mac import hit_layout
-from hw.pointer import column_layout
-
-
-def _bits(n: int) -> int:
-    return max(1, int(n).bit_length())
 
 
 def _setup():
     io = Path(os.environ["TB_IO"])
     p = json.loads((io / "params.json").read_text())
     return io, p, p["params"], random.Random(p["seed"])
+
+
+def _data(io: Path) -> dict:
+    return json.loads((io / "data.json").read_text())
 
 
 def _finish(io: Path, summary: dict) -> None:
@@ -55,18 +51,19 @@ async def _start(dut):
 
 
 def _pack(layout, **fields) -> int:
+    """A struct port word from its fields; layout as in params.json (`tb.blocks.port_layouts`)."""
     word = 0
-    for name, f in layout:
-        word |= (int(fields[name]) & ((1 << f.width) - 1)) << f.offset
+    for name, offset, width, _signed in layout:
+        word |= (int(fields[name]) & ((1 << width) - 1)) << offset
     return word
 
 
-def _unpack(layout, word: int) -> dict[str, int]:
+def _unpack(layout, word) -> dict[str, int]:
     out = {}
-    for name, f in layout:
-        v = (int(word) >> f.offset) & ((1 << f.width) - 1)
-        if Shape.cast(f.shape).signed and v >> (f.width - 1):
-            v -= 1 << f.width
+    for name, offset, width, is_signed in layout:
+        v = (int(word) >> offset) & ((1 << width) - 1)
+        if is_signed and v >> (width - 1):
+            v -= 1 << width
         out[name] = v
     return out
 
@@ -136,7 +133,7 @@ async def frontend_bench(dut):
     (value, col) of the non-zeros (every column when dense) in column order."""
     io, opt, p, rng = _setup()
     pes, words, sparse = p["pes"], p["words"], p["sparse"]
-    lay = bcast_layout(_bits(pes * words) + 1)
+    lay = opt["layouts"]["o__payload"]
     dut.start.value = dut.wr_en.value = dut.o__ready.value = 0
     await _start(dut)
     st = Counter()
@@ -236,8 +233,8 @@ async def pointer_bench(dut):
     valid and credit; a cycle after each taken column: (value, ptr[p], ptr[p+1]) out, or
     nothing when the column has no entry."""
     io, opt, p, rng = _setup()
-    words, ptr_bits, col_bits = p["words"], p["ptr_bits"], p["col_bits"]
-    in_lay, out_lay = bcast_layout(col_bits), column_layout(ptr_bits)
+    words, ptr_bits = p["words"], p["ptr_bits"]
+    in_lay, out_lay = opt["layouts"]["i__payload"], opt["layouts"]["o_payload"]
     dut.i__valid.value = dut.credit.value = dut.wr_en.value = 0
     await _start(dut)
     st = Counter()
@@ -344,7 +341,7 @@ async def mac_bench(dut):
     with `sparse`, zero weights must not write (count of accumulator writes)."""
     io, opt, p, rng = _setup()
     rows, acc_bits, sparse = p["rows"], p["acc_bits"], p["sparse"]
-    lay = hit_layout(_bits(rows - 1))
+    lay = opt["layouts"]["i_payload"]
     mask = (1 << acc_bits) - 1
     dut.host_rd.value = dut.host_we.value = dut.i_valid.value = 0
     await _start(dut)
@@ -402,12 +399,12 @@ async def pe_bench(dut):
     """One PE over two layers per vector, as the engine runs it: banks preloaded with the
     biases, layer 0's non-zero columns broadcast (random gaps, credit respected), then layer 1's
     broadcast while layer 0 is drained (and its bank preloaded again), then layer 1 drained.
-    data.npz: in0, in1 (each layer's input), want0, want1 (this PE's rows of each output)."""
+    data.json: in0, in1 (each layer's input), want0, want1 (this PE's rows of each output)."""
     io, opt, p, rng = _setup()
-    d = np.load(io / "data.npz")
+    d = _data(io)
     sparse, stall = p["sparse"], opt["stall"]
     rows = [len(d["want0"][0]), len(d["want1"][0])]
-    lay = bcast_layout(p["col_bits"] + 1)
+    lay = opt["layouts"]["bc__payload"]
     dut.bc__valid.value = dut.drain_valid.value = dut.preload_valid.value = 0
     dut.layer.value = dut.drain_layer.value = dut.preload_layer.value = dut.drain_row.value = 0
     await _start(dut)
@@ -478,10 +475,10 @@ async def pe_bench(dut):
 
 @cocotb.test()
 async def output_bench(dut):
-    """Combinational: every accumulator value of data.npz `acc` through every shift, without
+    """Combinational: every accumulator value of data.json `acc` through every shift, without
     and with ReLU, against `want` [value, shift, relu] from the golden model."""
     io, opt, p, rng = _setup()
-    d = np.load(io / "data.npz")
+    d = _data(io)
     acc, want = d["acc"], d["want"]
     mask = (1 << p["acc_bits"]) - 1
     st = Counter()
@@ -491,7 +488,7 @@ async def output_bench(dut):
         for k in range(len(p["shifts"])):
             for relu, name in ((0, f"y{k}"), (1, f"y{k}_relu")):
                 got = getattr(dut, name).value.to_signed()
-                assert got == int(want[i, k, relu]), (int(a), p["shifts"][k], relu, got)
+                assert got == want[i][k][relu], (a, p["shifts"][k], relu, got)
                 st["checks"] += 1
         st["values"] += 1
     _finish(io, dict(st))
