@@ -207,7 +207,8 @@ def check_perms(perms: list[np.ndarray], outs: list[int]) -> None:
     for i, (p, out) in enumerate(zip(perms, outs)):
         p = np.asarray(p)
         if p.shape != (out,) or not np.array_equal(np.sort(p), np.arange(out)):
-            raise ValueError(f"layer l{i}: the row permutation is not a permutation of 0..{out - 1}")
+            raise ValueError(f"layer l{i}: the row permutation is not a permutation of "
+                             f"0..{out - 1}")
         if i == len(outs) - 1 and not np.array_equal(p, np.arange(out)):
             raise ValueError(f"layer l{i}: the last layer's row permutation must be the identity "
                              "(outputs come out in logical order)")

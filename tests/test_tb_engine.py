@@ -3,7 +3,8 @@
 Each case is one cached build (build/tb/<key>/) and one simulator run over a batch of random
 vectors (densities from 0 to 1, an all-zero vector first), so `make test` covers hundreds of
 vectors in a few builds. ROMs are balanced (hidden rows permuted, the default of `build_rom`)
-except in the `no-balance` case (plain interleaving). `make test-long` (LONG=1) adds a wider random sweep.
+except in the `no-balance` case (plain interleaving). `make test-long` (LONG=1) adds a wider
+random sweep.
 """
 
 from __future__ import annotations
