@@ -169,3 +169,20 @@ def test_output_stage_matches_contract(acc_bits):
     sim = Simulator(m)
     sim.add_testbench(bench)
     sim.run()
+
+
+def test_pe_stage_components_refuse_bad_parameters():
+    from hw.codebook import CodebookDecoder
+    from hw.mac import Mac
+    from hw.pointer import PointerRead
+
+    with pytest.raises(ValueError, match="acc_bits must be an integer 17..64, not 16"):
+        Mac(row_bits=4, acc_bits=16)
+    with pytest.raises(ValueError, match="row_bits must be a positive integer, not 0"):
+        Mac(row_bits=0)
+    with pytest.raises(ValueError, match="index_bits must be an integer 1..16, not 0"):
+        CodebookDecoder(index_bits=0, layers=2, addr_bits=4)
+    with pytest.raises(ValueError, match="layers must be a positive integer, not 0"):
+        CodebookDecoder(index_bits=4, layers=0, addr_bits=4)
+    with pytest.raises(ValueError, match="ptr_bits must be a positive integer, not 0"):
+        PointerRead(col_bits=4, base_bits=4, ptr_bits=0, even_addr_bits=2, odd_addr_bits=2)
