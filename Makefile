@@ -54,8 +54,9 @@ test: setup iverilog
 test-long: setup iverilog
 	LONG=1 $(PY) -m pytest -n $(JOBS) -q tests
 
+# The lockstep engine with 8 PEs by default (ENGINE=eie: the queue engine, as many PEs as fit).
 bitstream: setup
-	$(PY) -m fpga build --board $(BOARD) $(if $(filter command line environment,$(origin PES)),--pes $(PES)) $(if $(MODEL),--model $(MODEL))
+	$(PY) -m fpga build --board $(BOARD) $(if $(ENGINE),--engine $(ENGINE)) $(if $(filter command line environment,$(origin PES)),--pes $(PES)) $(if $(MODEL),--model $(MODEL))
 
 bench: setup iverilog
 	$(PY) -m pip install -q -e '.[test,bench]'
