@@ -126,7 +126,9 @@ class Link(wiring.Component):
         l_idx = Signal(2)  # LOAD payload: 0 mem, 1 addr lo, 2 addr hi, 3 words
         l_addr = Signal(14)
         loaded = Signal(init=0 if self.loads else 1)
-        m.d.sync += self.load_we.eq(0)
+        # The load port is driven straight from the frame (no copy registers): the word is
+        # written in the cycle its high byte is taken.
+        m.d.comb += [self.load_addr.eq(l_addr), self.load_data.eq(Cat(lo_byte, self.rx.payload))]
         timer = Signal(range(self.timeout + 1))
         best = Signal(signed(16))
         best_idx = Signal.like(self.digit)
@@ -286,10 +288,8 @@ class Link(wiring.Component):
                                 with m.If(~have_lo):
                                     m.d.sync += [lo_byte.eq(rx_byte), have_lo.eq(1)]
                                 with m.Else():
-                                    m.d.sync += [self.load_addr.eq(l_addr),
-                                                 self.load_data.eq(Cat(lo_byte, rx_byte)),
-                                                 self.load_we.eq(self.load_mem < self.loads),
-                                                 l_addr.eq(l_addr + 1), have_lo.eq(0)]
+                                    m.d.comb += self.load_we.eq(self.load_mem < self.loads)
+                                    m.d.sync += [l_addr.eq(l_addr + 1), have_lo.eq(0)]
                         with m.If(remaining == 1):
                             m.next = "CRC"
                     with m.Elif(timed_out):
