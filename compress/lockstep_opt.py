@@ -45,6 +45,8 @@ from .rom import DEFAULT_REL_BITS, encode_csc
 # Nominal work rate for `budget_s`: (swap, column) elements evaluated per second on one core.
 # A fixed constant, so the amount of search (and the result) never depends on the machine.
 NOMINAL_RATE = 5.0e7
+# Work units charged per pair visit on top of the evaluated elements (numpy call overhead).
+VISIT_UNITS = 5000
 # Perturbation strength of the iterated local search: random swaps per kick.
 KICK_SWAPS = 3
 # Weights are scaled to integers for the search (exact, order-independent sums).
@@ -53,7 +55,7 @@ WEIGHT_SCALE = 1 << 12
 
 def exact_lengths(index: np.ndarray, perm: np.ndarray, pes: int, *,
                   rel_bits: int = DEFAULT_REL_BITS) -> np.ndarray:
-    """Entries per PE and column ([pes, cols]) of the placement perm, as the image builder makes them."""
+    """Entries per PE and column [pes, cols] of the placement perm, as build_lockstep has them."""
     idx = np.asarray(index)[np.asarray(perm)]
     return np.stack([np.diff(encode_csc(idx[k::pes], rel_bits=rel_bits)[2]) for k in range(pes)])
 
@@ -294,11 +296,15 @@ def _search(nz: np.ndarray, perm0: np.ndarray, pes: int, rel_bits: int, w: np.nd
         for t in rng.permutation(len(pairs)):
             i, j = pairs[t]
             ri, rj = len(places[i]), len(places[j])
+            # a visit costs its numpy call overhead too: small layers end in about budget_s,
+            # and the loop ends even when nothing can be evaluated
+            spent += VISIT_UNITS
             if ri == 0 or rj == 0 or (i == j and ri < 2):
                 continue
             if i == j:
                 mex, cntex = excluding([i])
                 cols = np.flatnonzero(lens[i] + 1 >= mex)
+                spent += ri * ri * len(cols)
                 if not len(cols):
                     continue
                 a = pe[i]
@@ -308,14 +314,16 @@ def _search(nz: np.ndarray, perm0: np.ndarray, pes: int, rel_bits: int, w: np.nd
             else:
                 mex, cntex = excluding([i, j])
                 cols = np.flatnonzero(np.maximum(lens[i], lens[j]) + 1 >= mex)
+                spent += ri * rj * len(cols)
                 if not len(cols):
                     continue
                 a, b = pe[i], pe[j]
                 # place qa of PE i gets row b's bits and place qb of PE j gets row a's bits
-                li = a.e0[:, cols][:, None, :] + b.bits[:, cols][None, :, :] * a.d[:, cols][:, None, :]
-                lj = b.e0[:, cols][None, :, :] + a.bits[:, cols][:, None, :] * b.d[:, cols][None, :, :]
+                ae0, ad, ab = a.e0[:, cols], a.d[:, cols], a.bits[:, cols]
+                be0, bd, bb = b.e0[:, cols], b.d[:, cols], b.bits[:, cols]
+                li = ae0[:, None, :] + bb[None, :, :] * ad[:, None, :]
+                lj = be0[None, :, :] + ab[:, None, :] * bd[None, :, :]
                 res = best_swap((li, lj), cols, mex, cntex)
-            spent += ri * rj * len(cols)
             if res is not None:
                 qa, qb = int(res[0]), int(res[1])
                 places[i][qa], places[j][qb] = places[j][qb], places[i][qa]
