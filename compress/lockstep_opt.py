@@ -47,6 +47,8 @@ from .rom import DEFAULT_REL_BITS, encode_csc
 NOMINAL_RATE = 5.0e7
 # Work units charged per pair visit on top of the evaluated elements (numpy call overhead).
 VISIT_UNITS = 5000
+# Largest candidate array ([rows, rows, columns] elements) evaluated at once.
+CHUNK = 1 << 21
 # Perturbation strength of the iterated local search: random swaps per kick.
 KICK_SWAPS = 3
 # Weights are scaled to integers for the search (exact, order-independent sums).
@@ -66,7 +68,7 @@ def slot_cost(index: np.ndarray, perm: np.ndarray, pes: int, *, rel_bits: int = 
     lc = exact_lengths(index, perm, pes, rel_bits=rel_bits).max(axis=0)
     if col_weight is None:
         return float(lc.sum())
-    return float(np.dot(np.asarray(col_weight, dtype=np.float64), lc))
+    return float((np.asarray(col_weight, dtype=np.float64) * lc).sum())  # no BLAS: same everywhere
 
 
 class _PE:
@@ -104,27 +106,28 @@ class _PE:
         self.d = (1 + g_left + g_right - g_merged).astype(self.dtype)  # [R, C], 0 or 1
         self.e0 = (self.len[None, :] - np.where(x, self.d, 0)).astype(self.dtype)  # q cleared
 
-    def swap_delta(self, cols: np.ndarray) -> np.ndarray:
-        """Change of the entry counts [R, R, len(cols)] when the rows at places qa < qb swap.
+    def swap_delta(self, cols: np.ndarray, a0: int = 0, a1: int | None = None) -> np.ndarray:
+        """Change of the entry counts [a1 - a0, R, len(cols)] when the rows at places qa < qb swap.
 
-        Only the upper triangle (qa < qb) is meaningful. Where the two rows differ, a non-zero
-        moves from src to dst: with a non-zero strictly between them the removal and the
-        insertion touch separate gaps (d[dst] - d[src]); otherwise it moves inside one gap
-        from the non-zero above qa (P) to the one below qb (Nx).
+        qa runs over a0..a1-1 and qb over all places; only qa < qb is meaningful. Where the two
+        rows differ, a non-zero moves from src to dst: with a non-zero strictly between them the
+        removal and the insertion touch separate gaps (d[dst] - d[src]); otherwise it moves
+        inside one gap from the non-zero above qa (P) to the one below qb (Nx).
         """
         # arithmetic instead of np.where: several times faster on these [R, R, C] int16 arrays
         x = self.bits[:, cols].astype(self.dtype)
+        a1 = x.shape[0] if a1 is None else a1
         d = self.d[:, cols]
         n1 = self.next1[:, cols]
         sh = self.shift
-        q = np.arange(x.shape[0], dtype=self.dtype)
-        qa, qb = q[:, None, None], q[None, :, None]
-        xa, xb = x[:, None, :], x[None, :, :]
-        between = n1[:, None, :] < qb
-        sep = (d[None, :, :] - d[:, None, :]) * (2 * xa - 1)
+        qa = np.arange(a0, a1, dtype=self.dtype)[:, None, None]
+        qb = np.arange(x.shape[0], dtype=self.dtype)[None, :, None]
+        xa, xb = x[a0:a1, None, :], x[None, :, :]
+        between = n1[a0:a1, None, :] < qb
+        sep = (d[None, :, :] - d[a0:a1, None, :]) * (2 * xa - 1)
         src = qb + xa * (qa - qb)
         dst = qa + xa * (qb - qa)
-        p = self.prev1[:, cols][:, None, :]
+        p = self.prev1[a0:a1, cols][:, None, :]
         nx = n1[None, :, :]
         inside = ((dst - p - 1) >> sh) - ((src - p - 1) >> sh)
         inside += self.has_next[:, cols][None, :, :] * (((nx - dst - 1) >> sh)
@@ -258,7 +261,9 @@ def _search(nz: np.ndarray, perm0: np.ndarray, pes: int, rel_bits: int, w: np.nd
         return mex, (other == mex[None]).sum(axis=0)
 
     def best_swap(new_lens, cols, mex, cntex, valid=None):
-        """(qa, qb) of the best swap, or None; new_lens: the pair's counts [Ra, Rb, len(cols)].
+        """(key, (qa, qb)) of the best swap (improving when key < 0).
+
+        new_lens: the pair's candidate counts [Ra, Rb, len(cols)].
 
         Lexicographic: the objective, then the weight of the columns' PEs at the maximum.
         A swap changes a PE's count by at most 1, so columns where the pair stays 2 below the
@@ -286,7 +291,7 @@ def _search(nz: np.ndarray, perm0: np.ndarray, pes: int, rel_bits: int, w: np.nd
         if valid is not None:
             key = np.where(valid.reshape(-1), key, np.iinfo(np.int64).max)
         b = int(np.argmin(key))
-        return np.unravel_index(b, shape) if key[b] < 0 else None
+        return int(key[b]), np.unravel_index(b, shape)
 
     best_obj, best_perm = objective(), _to_perm(places, pes, out)
     pairs = [(i, j) for i in range(pes) for j in range(i, pes)]
@@ -304,28 +309,32 @@ def _search(nz: np.ndarray, perm0: np.ndarray, pes: int, rel_bits: int, w: np.nd
             if i == j:
                 mex, cntex = excluding([i])
                 cols = np.flatnonzero(lens[i] + 1 >= mex)
-                spent += ri * ri * len(cols)
-                if not len(cols):
-                    continue
-                a = pe[i]
-                cand = ((a.len[cols][None, None, :] + a.swap_delta(cols)),)
-                upper = np.triu(np.ones((ri, ri), dtype=bool), 1)
-                res = best_swap(cand, cols, mex, cntex, upper)
             else:
                 mex, cntex = excluding([i, j])
                 cols = np.flatnonzero(np.maximum(lens[i], lens[j]) + 1 >= mex)
-                spent += ri * rj * len(cols)
-                if not len(cols):
-                    continue
-                a, b = pe[i], pe[j]
-                # place qa of PE i gets row b's bits and place qb of PE j gets row a's bits
-                ae0, ad, ab = a.e0[:, cols], a.d[:, cols], a.bits[:, cols]
-                be0, bd, bb = b.e0[:, cols], b.d[:, cols], b.bits[:, cols]
-                li = ae0[:, None, :] + bb[None, :, :] * ad[:, None, :]
-                lj = be0[None, :, :] + ab[:, None, :] * bd[None, :, :]
-                res = best_swap((li, lj), cols, mex, cntex)
+            spent += ri * rj * len(cols)
+            if not len(cols):
+                continue
+            a, b = pe[i], pe[j]
+            ae0, ad, ab = a.e0[:, cols], a.d[:, cols], a.bits[:, cols]
+            be0, bd, bb = b.e0[:, cols], b.d[:, cols], b.bits[:, cols]
+            res = None
+            step = max(1, CHUNK // (rj * len(cols)))  # bounded memory on wide layers
+            for a0 in range(0, ri, step):
+                a1 = min(ri, a0 + step)
+                if i == j:
+                    cand = (a.len[cols][None, None, :] + a.swap_delta(cols, a0, a1),)
+                    upper = np.arange(a0, a1)[:, None] < np.arange(rj)[None, :]
+                    got = best_swap(cand, cols, mex, cntex, upper)
+                else:
+                    # place qa of PE i gets row b's bits and place qb of PE j gets row a's bits
+                    li = ae0[a0:a1, None, :] + bb[None, :, :] * ad[a0:a1, None, :]
+                    lj = be0[None, :, :] + ab[a0:a1, None, :] * bd[None, :, :]
+                    got = best_swap((li, lj), cols, mex, cntex)
+                if got[0] < 0 and (res is None or got[0] < res[0]):
+                    res = (got[0], (a0 + int(got[1][0]), int(got[1][1])))
             if res is not None:
-                qa, qb = int(res[0]), int(res[1])
+                qa, qb = res[1]
                 places[i][qa], places[j][qb] = places[j][qb], places[i][qa]
                 apply(i)
                 if j != i:

@@ -80,6 +80,16 @@ def test_deterministic_and_bounded_by_work_not_time():
     assert slot_cost(idx, a, 4) <= slot_cost(idx, optimise_rows(idx, 4, budget_s=0), 4)
 
 
+def test_chunked_evaluation_gives_the_same_result(monkeypatch):
+    """Wide layers are evaluated in row chunks (bounded memory): the search is unchanged."""
+    import compress.lockstep_opt as opt
+
+    idx = _random_index(90, 60, 0.2, seed=2)
+    whole = optimise_rows(idx, 4, budget_s=0.2)
+    monkeypatch.setattr(opt, "CHUNK", 500)
+    assert np.array_equal(optimise_rows(idx, 4, budget_s=0.2), whole)
+
+
 def test_improves_random_layers_and_weighted_objective():
     idx = _random_index(96, 120, 0.12, seed=11)
     lpt = slot_cost(idx, _lpt(idx, 8), 8)
