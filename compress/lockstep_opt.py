@@ -21,9 +21,12 @@ ceil(entries_c / N): what the slots pay for is the worst PE of each column, not 
   below. So a swap of the rows at two places is evaluated exactly, fillers included.
 * Moves: swap two rows of different PEs (each takes the other's local place), or two rows of
   one PE (its order decides the fillers). For a pair of PEs every (a, b) swap is evaluated at
-  once with numpy over [rows_i, rows_j, columns]; the best one is applied if it lowers the
-  objective, or keeps it and lowers the weighted number of PEs that sit at their column's
-  maximum (a plateau move that makes the next decrease possible; it cannot cycle).
+  once with numpy over [rows_i, rows_j, columns] (only the columns where the pair comes within
+  one entry of the other PEs' maximum: a swap moves a PE's count by at most 1); the best one
+  is applied if it lowers the objective, or keeps it and lowers the weighted number of PEs
+  that sit at their column's maximum (a plateau move that makes the next decrease possible;
+  it cannot cycle). The pairs are visited in a seeded random order, a pair that improved up
+  to PAIR_REPEAT times in a row.
 * When no move improves, a few random swaps (numpy Generator seeded by `seed`) perturb the
   placement and the descent goes on from there (iterated local search); the best placement seen
   is kept. The work is bounded by a count of evaluated (swap, column) elements derived from
@@ -32,6 +35,12 @@ ceil(entries_c / N): what the slots pay for is the worst PE of each column, not 
 * The result is checked at the end with `encode_csc` (the exact objective) against LPT
   (`balance_rows`), LPT with every PE's rows by decreasing work and the greedy start; the best
   of them is returned (LPT on ties), so the result is never worse than LPT.
+
+Shipped LeNet-300-100, 8 PEs, default budget (~1-2.5 s CPU per hidden layer on the shared
+2-core box): slots l0 3,249 -> 2,549, l1 692 -> 499 (the bound sum_c ceil(nnz_c / 8) is
+1,998 and 397); slot cycles on the first 20 sample digits 1,361.7 -> 1,089.7 per digit, MAC
+utilisation 55% -> 68%. Weighting the columns by activation frequencies from MNIST training
+digits did not do better on those digits (1,097.4): the uniform slot count is the default.
 """
 
 from __future__ import annotations
@@ -49,6 +58,8 @@ NOMINAL_RATE = 5.0e7
 VISIT_UNITS = 5000
 # Largest candidate array ([rows, rows, columns] elements) evaluated at once.
 CHUNK = 1 << 21
+# Visits in a row to a pair of PEs while they improve.
+PAIR_REPEAT = 3
 # Perturbation strength of the iterated local search: random swaps per kick.
 KICK_SWAPS = 3
 # Weights are scaled to integers for the search (exact, order-independent sums).
@@ -296,53 +307,63 @@ def _search(nz: np.ndarray, perm0: np.ndarray, pes: int, rel_bits: int, w: np.nd
     best_obj, best_perm = objective(), _to_perm(places, pes, out)
     pairs = [(i, j) for i in range(pes) for j in range(i, pes)]
     spent = 0
+
+    def visit(i: int, j: int) -> bool:
+        """Apply the best swap between PEs i and j (within PE i when i == j) if it improves."""
+        nonlocal spent, best_obj, best_perm
+        ri, rj = len(places[i]), len(places[j])
+        # a visit costs its numpy call overhead too: small layers end in about budget_s,
+        # and the loop ends even when nothing can be evaluated
+        spent += VISIT_UNITS
+        if ri == 0 or rj == 0 or (i == j and ri < 2):
+            return False
+        if i == j:
+            mex, cntex = excluding([i])
+            cols = np.flatnonzero(lens[i] + 1 >= mex)
+        else:
+            mex, cntex = excluding([i, j])
+            cols = np.flatnonzero(np.maximum(lens[i], lens[j]) + 1 >= mex)
+        spent += ri * rj * len(cols)
+        if not len(cols):
+            return False
+        a, b = pe[i], pe[j]
+        ae0, ad, ab = a.e0[:, cols], a.d[:, cols], a.bits[:, cols]
+        be0, bd, bb = b.e0[:, cols], b.d[:, cols], b.bits[:, cols]
+        res = None
+        step = max(1, CHUNK // (rj * len(cols)))  # bounded memory on wide layers
+        for a0 in range(0, ri, step):
+            a1 = min(ri, a0 + step)
+            if i == j:
+                cand = (a.len[cols][None, None, :] + a.swap_delta(cols, a0, a1),)
+                upper = np.arange(a0, a1)[:, None] < np.arange(rj)[None, :]
+                got = best_swap(cand, cols, mex, cntex, upper)
+            else:
+                # place qa of PE i gets row b's bits and place qb of PE j gets row a's bits
+                li = ae0[a0:a1, None, :] + bb[None, :, :] * ad[a0:a1, None, :]
+                lj = be0[None, :, :] + ab[a0:a1, None, :] * bd[None, :, :]
+                got = best_swap((li, lj), cols, mex, cntex)
+            if got[0] < 0 and (res is None or got[0] < res[0]):
+                res = (got[0], (a0 + int(got[1][0]), int(got[1][1])))
+        if res is None:
+            return False
+        qa, qb = res[1]
+        places[i][qa], places[j][qb] = places[j][qb], places[i][qa]
+        apply(i)
+        if j != i:
+            apply(j)
+        obj = objective()
+        if obj < best_obj:
+            best_obj, best_perm = obj, _to_perm(places, pes, out)
+        return True
+
     while spent < units:
         improved = False
         for t in rng.permutation(len(pairs)):
-            i, j = pairs[t]
-            ri, rj = len(places[i]), len(places[j])
-            # a visit costs its numpy call overhead too: small layers end in about budget_s,
-            # and the loop ends even when nothing can be evaluated
-            spent += VISIT_UNITS
-            if ri == 0 or rj == 0 or (i == j and ri < 2):
-                continue
-            if i == j:
-                mex, cntex = excluding([i])
-                cols = np.flatnonzero(lens[i] + 1 >= mex)
-            else:
-                mex, cntex = excluding([i, j])
-                cols = np.flatnonzero(np.maximum(lens[i], lens[j]) + 1 >= mex)
-            spent += ri * rj * len(cols)
-            if not len(cols):
-                continue
-            a, b = pe[i], pe[j]
-            ae0, ad, ab = a.e0[:, cols], a.d[:, cols], a.bits[:, cols]
-            be0, bd, bb = b.e0[:, cols], b.d[:, cols], b.bits[:, cols]
-            res = None
-            step = max(1, CHUNK // (rj * len(cols)))  # bounded memory on wide layers
-            for a0 in range(0, ri, step):
-                a1 = min(ri, a0 + step)
-                if i == j:
-                    cand = (a.len[cols][None, None, :] + a.swap_delta(cols, a0, a1),)
-                    upper = np.arange(a0, a1)[:, None] < np.arange(rj)[None, :]
-                    got = best_swap(cand, cols, mex, cntex, upper)
-                else:
-                    # place qa of PE i gets row b's bits and place qb of PE j gets row a's bits
-                    li = ae0[a0:a1, None, :] + bb[None, :, :] * ad[a0:a1, None, :]
-                    lj = be0[None, :, :] + ab[a0:a1, None, :] * bd[None, :, :]
-                    got = best_swap((li, lj), cols, mex, cntex)
-                if got[0] < 0 and (res is None or got[0] < res[0]):
-                    res = (got[0], (a0 + int(got[1][0]), int(got[1][1])))
-            if res is not None:
-                qa, qb = res[1]
-                places[i][qa], places[j][qb] = places[j][qb], places[i][qa]
-                apply(i)
-                if j != i:
-                    apply(j)
+            # a pair that just improved often has more to give: stay on it a few times
+            for _ in range(PAIR_REPEAT):
+                if spent >= units or not visit(*pairs[t]):
+                    break
                 improved = True
-                obj = objective()
-                if obj < best_obj:
-                    best_obj, best_perm = obj, _to_perm(places, pes, out)
             if spent >= units:
                 break
         if not improved and spent < units:
