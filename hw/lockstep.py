@@ -31,8 +31,11 @@ Pipeline per slot (stage prefixes as in the signal names):
     e_  entry (v, z) of each PE from its lane: row = (first ? 0 : row + 1) + z; weight =
         codebook[layer][v] (logic); accumulator read at row
     m_  product weight x activation (16 x 16 -> 32 bits, the DSP); acc + product wrapped to
-        acc_bits, written back when v != 0; the read is bypassed from the last write (x_) when
-        it is the same row (the read-modify-write hazard of back-to-back hits on one row)
+        acc_bits, written back when v != 0. When a PE's e_ slot hits the row its m_ slot
+        writes in the same cycle (the read would miss that write; rows rise inside a column,
+        so only across a column boundary), s_ and e_ hold for one cycle and m_ gets a bubble:
+        a one-cycle stall instead of a 32-bit bypass register and multiplexer per PE (about
+        75 logic cells each on the iCE40)
 
 Ports and counters are those of `hw.engine.Engine` (`i_act`, `o_act`, `cycles`,
 `layer_cycles`, `busy`); `layer_cycles[i]` counts layer i's PRELOAD (not layer 0's), COMPUTE
@@ -237,9 +240,16 @@ class LockstepEngine(wiring.Component):
         s_addr = Signal(pb)
         s_end = Signal(pb)
         s_last = Signal()
+        # stall: some PE's e_ slot reads the accumulator row its m_ slot writes in this cycle
+        # (the read would miss that write: back-to-back hits on one row, which happen only
+        # across a column boundary). The s_ and e_ stages hold for one cycle, the lanes hold
+        # their data (en = 0), the m_ stage gets a bubble, and the read is repeated.
+        stall = Signal()
         m.d.comb += s_last.eq(s_valid & (s_addr + 1 == s_end))
-        m.d.comb += queue.o.ready.eq(~s_valid | s_last)
-        with m.If(queue.o.valid & queue.o.ready):
+        m.d.comb += queue.o.ready.eq((~s_valid | s_last) & ~stall)
+        with m.If(stall):
+            pass
+        with m.Elif(queue.o.valid & queue.o.ready):
             m.d.sync += [s_valid.eq(1), s_first.eq(1), s_value.eq(queue.o.payload.value),
                          s_addr.eq(queue.o.payload.start), s_end.eq(queue.o.payload.end)]
         with m.Elif(s_last):
@@ -247,13 +257,14 @@ class LockstepEngine(wiring.Component):
         with m.Elif(s_valid):
             m.d.sync += [s_addr.eq(s_addr + 1), s_first.eq(0)]
         for lp in lanes:
-            m.d.comb += [lp.addr.eq(s_addr), lp.en.eq(1)]
+            m.d.comb += [lp.addr.eq(s_addr), lp.en.eq(~stall)]
 
         # ---- shared control of the e_ and m_ stages ----------------------------------------
         e_valid = Signal()  # a slot's entries are on the lane outputs
         e_first = Signal()
         e_value = Signal(signed(16))
-        m.d.sync += [e_valid.eq(s_valid), e_first.eq(s_first), e_value.eq(s_value)]
+        with m.If(~stall):
+            m.d.sync += [e_valid.eq(s_valid), e_first.eq(s_first), e_value.eq(s_value)]
         pre_valid = Signal()  # PRELOAD: copy bias row pre_row into accumulator row pre_row
         pre_row = Signal(self.row_bits + 1)
         drn_valid = Signal()  # DRAIN: read accumulator row drn_row
@@ -268,16 +279,23 @@ class LockstepEngine(wiring.Component):
         m.d.sync += [y_valid.eq(drn_valid), y_row.eq(drn_row), y_t.eq(drn_t)]
         m_any = Signal()  # some PE has a write in the m_ stage (for the idle check)
 
-        # codebook: weight = codebook[layer][v] as logic (constants of the network)
+        # codebook: weight = codebook[layer][v] as logic (constants of the network), indexed by
+        # Cat(v, layer) (no adder in front of the table: about 10 fewer LUTs per PE)
         K = 1 << ib
-        cb_consts = Array(Const(int(ll.codebook[v]), signed(16))
-                          for ll in img.layers for v in range(K))
-        lsel = Array(Const(i * K, unsigned(_bits(L * K))) for i in range(L))
+        cb_vals = [int(ll.codebook[v]) for ll in img.layers for v in range(K)]
+        cb_consts = Array(Const(c, signed(16))
+                          for c in cb_vals + [0] * (K * (1 << len(layer)) - len(cb_vals)))
+        # the accumulator address of PRELOAD and DRAIN is the same in every PE
+        ctl_valid = Signal()
+        ctl_addr = Signal(_bits(R + img.bias.shape[1]))
+        m.d.comb += [ctl_valid.eq(drn_valid | pre_valid),
+                     ctl_addr.eq(Mux(drn_valid, drn_row, bias_t[layer] + pre_row))]
 
         # the output stage's per-layer pieces are selected by the layer register
         ys = [Signal(signed(16), name=f"y{k}") for k in range(n)]
         row_w = _bits(R + (1 << img.rel_bits))
         m_hits = []
+        hazards = []
         for k in range(n):
             lane = lanes[k // 2].data
             ent = lane[(k % 2) * e_bits: (k % 2 + 1) * e_bits]
@@ -287,36 +305,27 @@ class LockstepEngine(wiring.Component):
             e_row = Signal(row_w, name=f"e_row{k}")
             row_reg = Signal(row_w, name=f"row{k}")
             m.d.comb += e_row.eq(Mux(e_first, 0, row_reg + 1) + e_z)
-            with m.If(e_valid):
+            with m.If(e_valid & ~stall):
                 m.d.sync += row_reg.eq(e_row)
             e_hit = e_valid & (e_v != 0)
             # accumulator read: compute row, bias row (PRELOAD) or drained row (DRAIN)
-            with m.If(drn_valid):
-                m.d.comb += acc_r[k].addr.eq(drn_row)
-            with m.Elif(pre_valid):
-                m.d.comb += acc_r[k].addr.eq(bias_t[layer] + pre_row)
-            with m.Else():
-                m.d.comb += acc_r[k].addr.eq(e_row)
+            m.d.comb += acc_r[k].addr.eq(Mux(ctl_valid, ctl_addr, e_row))
             # DRAIN reads a row once; the read port holds it while the group's members go out
             m.d.comb += acc_r[k].en.eq(~drn_valid | (drn_t == 0))
 
             m_hit = Signal(name=f"m_hit{k}")
             m_row = Signal(row_w, name=f"m_row{k}")
             m_w = Signal(signed(16), name=f"m_w{k}")
-            m.d.sync += [m_hit.eq(e_hit | pre_valid), m_row.eq(Mux(pre_valid, pre_row, e_row)),
-                         m_w.eq(cb_consts[lsel[layer] + e_v])]
+            m.d.sync += [m_hit.eq((e_hit & ~stall) | pre_valid),
+                         m_row.eq(Mux(pre_valid, pre_row, e_row)),
+                         m_w.eq(cb_consts[Cat(e_v, layer)])]
             m_hits.append(m_hit)
-            x_valid = Signal(name=f"x_valid{k}")
-            x_row = Signal(row_w, name=f"x_row{k}")
-            x_val = Signal(signed(A), name=f"x_val{k}")
-            m_acc = Signal(signed(A), name=f"m_acc{k}")
-            m.d.comb += m_acc.eq(Mux(x_valid & (x_row == m_row), x_val, acc_r[k].data.as_signed()))
+            hazards.append(e_hit & m_hit & (e_row == m_row))
             m_new = Signal(signed(A), name=f"m_new{k}")
-            m.d.comb += m_new.eq(m_acc + m_w * m_value)  # truncated to acc_bits: the wrap
+            m.d.comb += m_new.eq(acc_r[k].data.as_signed() + m_w * m_value)  # wraps at acc_bits
             m.d.comb += [acc_w[k].addr.eq(m_row), acc_w[k].data.eq(m_new), acc_w[k].en.eq(m_hit)]
-            m.d.sync += [x_valid.eq(m_hit), x_row.eq(m_row), x_val.eq(m_new)]
 
-        m.d.comb += m_any.eq(Cat(*m_hits).any())
+        m.d.comb += [m_any.eq(Cat(*m_hits).any()), stall.eq(Cat(*hazards).any())]
 
         # ---- output stages: one per `drain_share` PEs, member y_t of the group this cycle ----
         share = self.drain_share
