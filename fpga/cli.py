@@ -166,7 +166,9 @@ def build_parser():
                    help="instead of a port: the board top in cocotb simulation")
     h.add_argument("--count", type=int, default=100, help="digits to send (default 100)")
     h.add_argument("--data", help="MNIST IDX directory (default $MNIST_DIR)")
-    h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
+    h.add_argument("--timeout", type=float, default=None,
+                   help="seconds of silence before a reply is given up (default 5 with --port, "
+                        "600 with --sim: a simulated INFER frame takes minutes under load)")
     h.add_argument("--no-spram", action="store_true",
                    help="--sim: every memory initialised (no SPRAM, no weight load)")
     _common(h)

@@ -212,6 +212,10 @@ def run_cli(args) -> int:
         raise InputError("give exactly one of --port PORT or --sim")
     if args.count < 1:
         raise InputError(f"--count must be >= 1, not {args.count!r}")
+    if args.timeout is None:
+        args.timeout = 600.0 if args.sim else 5.0
+    if args.timeout <= 0:
+        raise InputError(f"--timeout must be positive, not {args.timeout!r}")
 
     from compress.data import load_split
     from compress.golden import mnist_to_input

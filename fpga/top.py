@@ -23,7 +23,7 @@ from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
-from .engines import kind_of, make_engine, memory_specs
+from .engines import BOARD_DRAIN_SHARE, kind_of, make_engine, memory_specs
 from .memories import ICE40Memories, spram_plan
 
 from .link import Link
@@ -82,22 +82,27 @@ class BoardCore(wiring.Component):
 
     def __init__(self, img, *, clock_hz: float, baud: int = 115200, divisor: int | None = None,
                  timeout_s: float = 0.05, timeout_cycles: int | None = None, queue_depth=8,
-                 acc_bits=32, spram: bool = False):
+                 acc_bits=32, spram: bool = False, drain_share: int = BOARD_DRAIN_SHARE):
         self.clock_hz = int(round(clock_hz))
         self.divisor = divisor if divisor is not None else baud_divisor(clock_hz, baud)
         self.timeout = timeout_cycles if timeout_cycles is not None else int(timeout_s * clock_hz)
         # spram=True: the largest ROMs go to SPRAM (fpga/memories.py) and are loaded over the
         # UART; `memories.primitive` is set by the board top on an iCE40 platform.
-        # queue_depth only matters to the EIE engine.
+        # queue_depth only matters to the EIE engine, drain_share to the lockstep engine.
         self.kind = kind_of(img)
-        engine_kw = {"queue_depth": queue_depth, "acc_bits": acc_bits}
-        self.memories = ICE40Memories(spram_plan_for(img, **engine_kw)) if spram else None
+        engine_kw = {"queue_depth": queue_depth, "acc_bits": acc_bits,
+                     "drain_share": drain_share}
+        # The lockstep engine never uses a read of the address written in the same cycle: its
+        # RAMs need no read-before-write logic around the EBRs (fpga/memories.py).
+        self.spram = spram
+        self.memories = ICE40Memories(spram_plan_for(img, **engine_kw) if spram else [],
+                                      no_rw_check=self.kind == "lockstep")
         self.engine = make_engine(img, memories=self.memories, **engine_kw)
         self.link = Link(in_features=self.engine.in_features,
                          out_features=self.engine.out_features,
                          num_layers=self.engine.num_layers, pes=self.engine.pes,
                          clock_hz=self.clock_hz, timeout=self.timeout,
-                         loads=len(self.memories.loads) if spram else 0,
+                         loads=len(self.memories.loads),
                          lockstep=self.kind == "lockstep")
         super().__init__()
 
