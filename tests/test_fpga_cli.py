@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from compress.lockstep import build_lockstep
 from compress.rom import build_rom
 from compress.synthetic import random_qnet
 from fpga.build import parse_report
@@ -28,6 +29,8 @@ def fpga_cli(*args):
     (["resources", "--model", "synthetic:12"], ["synthetic:IN-HIDDEN"]),
     (["resources", "--model", "/nonexistent.npz"], ["nonexistent"]),
     (["frobnicate"], ["invalid choice"]),
+    (["build", "--engine", "queue"], ["invalid choice", "lockstep"]),
+    (["resources", "--pes", "0"], ["--pes must be 1..16"]),
 ])
 def test_bad_invocations(args, words):
     r = fpga_cli(*args)
@@ -38,9 +41,13 @@ def test_bad_invocations(args, words):
 
 
 def test_resources_lenet():
-    r = fpga_cli("resources", "--model", "synthetic", "--pes", "8")
+    r = fpga_cli("resources", "--model", "synthetic", "--pes", "8", "--engine", "eie")
     assert r.returncode == 0, r.stderr
-    assert "8 PEs: does NOT fit in EBR" in r.stdout
+    assert "eie engine, 8 PEs: does NOT fit in EBR" in r.stdout
+    # the lockstep engine (default): lanes in the 4 SPRAMs, 16 + 8 + 6 EBR
+    r = fpga_cli("resources", "--model", "synthetic", "--pes", "8", "--spram")
+    assert r.returncode == 0, r.stderr
+    assert "lockstep engine, 8 PEs: fits in EBR (30 of 30 blocks, 4 ROMs in SPRAM)" in r.stdout
 
 
 def test_analysis_counts():
@@ -53,6 +60,11 @@ def test_analysis_counts():
     assert a["total_ebr"] == sum(g["ebr"] for g in a["groups"].values())
     b = analyse(rom, spram=True)
     assert b["spram_used"] == 4 and b["total_ebr"] < a["total_ebr"]
+    ls = build_lockstep(random_qnet((20, 8, 4), density=0.5), 4)
+    c = analyse(ls, spram=True)
+    assert c["engine"] == "lockstep"
+    assert set(c["groups"]) == {"lane", "colptr_even", "colptr_odd", "acc", "act"}
+    assert c["groups"]["lane"]["spram"] == 2 and c["groups"]["acc"]["count"] == 4
 
 
 @pytest.mark.parametrize("mhz", [24, 30, 36, 42, 48])
@@ -138,18 +150,22 @@ def test_build_retry_logic(tmp_path, monkeypatch):
         assert key in on_disk
 
 
-@pytest.mark.parametrize("board", ["icebreaker", "icesugar"])
-def test_board_tops_elaborate(board, tmp_path):
+@pytest.mark.parametrize("board, engine", [("icebreaker", "lockstep"), ("icebreaker", "eie"),
+                                           ("icesugar", "lockstep")])
+def test_board_tops_elaborate(board, engine, tmp_path):
     """Every supported board's top elaborates into a build plan (no tools run): pins exist."""
     from fpga.build import board_platform
+    from fpga.engines import build_image
     from fpga.top import BoardTop
 
-    rom = build_rom(random_qnet((20, 8, 4), density=0.5), pes=2)
-    top = BoardTop(rom, clock_hz=24e6, spram=True, queue_depth=4)
+    img = build_image(random_qnet((20, 8, 4), density=0.5), engine, 2)
+    top = BoardTop(img, clock_hz=24e6, spram=True, queue_depth=4)
     plan = board_platform(board).prepare(top, name="top", synth_opts="-dsp -spram")
     plan.extract(tmp_path)
     il = (tmp_path / "top.il").read_text()
     assert "SB_PLL40_PAD" in il and "SB_SPRAM256KA" in il
+    # the lockstep engine's RAMs carry no_rw_check (no read-before-write logic, memories.py)
+    assert ("no_rw_check" in il) == (engine == "lockstep")
     pcf = (tmp_path / "top.pcf").read_text()
     for line in ("set_io uart_0__rx__io ", "set_io uart_0__tx__io ", "set_io clk12_0__io 35",
                  "set_frequency pll_clk 24.0"):
