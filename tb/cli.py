@@ -2,7 +2,7 @@
 
     python -m tb run   --model Q --inputs X.npy --out Y.npy [--pes N] [--stats S.json]
     python -m tb sim   [--model Q] [--inputs X.npy] [--pes N]       (what `make sim` runs)
-    python -m tb sweep [--model Q] [--pes N]         utilisation vs queue depth and rel_bits
+    python -m tb sweep [--model Q] [--pes N]         utilisation vs queue depth, rel_bits, placement
 
 Exit status 0 on success, 2 with one line on stderr for a bad invocation or bad input
 (including a network that does not fit the hardware parameters, refused before simulation),
@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-count", type=int, default=1,
                    help="inputs for the dense baseline (its cycle count does not depend on data)")
     _hw_args(p)
-    p = sub.add_parser("sweep", help="utilisation vs queue depth and rel_bits, dense speedup")
+    p = sub.add_parser("sweep", help="utilisation vs queue depth, rel_bits and row placement, "
+                       "dense speedup")
     p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
     p.add_argument("--inputs", help="int16[batch, in_0] .npy (default: the sample digits)")
     p.add_argument("--count", type=int, default=10, help="inputs per configuration (10)")
