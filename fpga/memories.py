@@ -85,12 +85,7 @@ class ICE40Memories(MemoryFactory):
     def __call__(self, m: Module, spec: MemorySpec) -> MemoryPorts:
         lp = self._by_name.get(spec.name)
         if lp is None and self.no_rw_check and spec.kind == "ram":
-            mem = Memory(shape=unsigned(spec.width), depth=spec.depth, init=list(spec.init),
-                         attrs={"no_rw_check": 1})
-            m.submodules[spec.name.replace(".", "_")] = mem
-            return MemoryPorts(read=[mem.read_port(domain="sync")
-                                     for _ in range(spec.read_ports)],
-                               write=[mem.write_port() for _ in range(spec.write_ports)])
+            return self._no_rw_check_ram(m, spec)
         if lp is None:
             return super().__call__(m, spec)
         if lp.spec != spec:
@@ -119,6 +114,33 @@ class ICE40Memories(MemoryFactory):
                          w.addr.eq(addr), w.data.eq(lp.data), w.en.eq(lp.we)]
         m.d.comb += rp.data.eq(dout[: spec.width])
         return MemoryPorts(read=[rp], write=[])
+
+
+    @staticmethod
+    def _no_rw_check_ram(m: Module, spec: MemorySpec) -> MemoryPorts:
+        """A RAM whose read-during-write result is never used (see the module docstring).
+
+        The read ports are asynchronous reads into a register with enable: the same behaviour
+        as a synchronous read port (read before write), but it leaves yosys' memory_dff to fold
+        the register into the port, which is where `no_rw_check` lets it drop the collision
+        logic (a synchronous port from Amaranth arrives with read-before-write already fixed).
+        """
+        key = spec.name.replace(".", "_")
+        mem = Memory(shape=unsigned(spec.width), depth=spec.depth, init=list(spec.init),
+                     attrs={"no_rw_check": 1})
+        m.submodules[key] = mem
+        reads = []
+        for i in range(spec.read_ports):
+            rp = mem.read_port(domain="comb")
+            # reset_less: an EBR output has no reset, a reset would be emulated in logic
+            port = _ReadPort(addr=Signal(spec.addr_width, name=f"{key}_r{i}_addr"),
+                             en=Signal(init=1, name=f"{key}_r{i}_en"),
+                             data=Signal(spec.width, name=f"{key}_r{i}_data", reset_less=True))
+            m.d.comb += rp.addr.eq(port.addr)
+            with m.If(port.en):
+                m.d.sync += port.data.eq(rp.data)
+            reads.append(port)
+        return MemoryPorts(read=reads, write=[mem.write_port() for _ in range(spec.write_ports)])
 
 
 def load_words(spec: MemorySpec) -> list[int]:
