@@ -5,9 +5,10 @@ time, so one address serves every PE and a 16-bit single-port SPRAM word can hol
 two PEs. Layout:
 
 * Rows are placed as in the EIE ROM (`compress.rom`): physical row p of a layer lives in PE
-  p % N as local row p // N. A hidden layer's rows may be permuted first (`balance=True`): physical
-  row p is logical row perm[p]; the next layer's columns are permuted the same way, so the
-  network computed is the same. The last layer is never permuted (outputs come out in order) and
+  p % N as local row p // N. A hidden layer's rows are permuted first (`placement`, by default
+  the slot-minimising search of `compress.lockstep_opt`): physical row p is logical row
+  perm[p]; the next layer's columns are permuted the same way, so the network computed is the
+  same. The last layer is never permuted (outputs come out in order) and
   neither are the inputs.
 * Per PE and column the entries are the EIE (v, z) entries of `compress.rom.encode_csc`
   (v = codebook index, 0 = filler; z = zero rows before it; fillers where a gap exceeds
@@ -123,21 +124,50 @@ def balance_rows(nnz_per_row: np.ndarray, pes: int) -> np.ndarray:
     return perm
 
 
+PLACEMENTS = ("search", "lpt", "interleave")
+
+
 def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS,
-                   rel_bits: int = DEFAULT_REL_BITS, balance: bool = True) -> LockstepImage:
+                   rel_bits: int = DEFAULT_REL_BITS, placement: str = "search",
+                   perms: list[np.ndarray] | None = None, seed: int = 0) -> LockstepImage:
+    """The lockstep image of a qnet for `pes` PEs.
+
+    placement of the hidden layers' rows: "search" (`compress.lockstep_opt.optimise_rows`,
+    fewest slots; deterministic for a seed), "lpt" (`balance_rows`, even work per PE) or
+    "interleave" (no permutation); or `perms`, one permutation per hidden layer, given.
+    """
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"pes must be a positive integer, not {pes!r}")
     if not 1 <= rel_bits <= 12:
         raise InputError(f"rel_bits must be 1..12, not {rel_bits!r}")
+    if placement not in PLACEMENTS:
+        raise InputError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
     qnet.validate(index_bits=index_bits)
     K = 1 << index_bits
     L = qnet.num_layers
-    perms = []
-    for i, layer in enumerate(qnet.layers):
-        if balance and i < L - 1:
-            perms.append(balance_rows(np.count_nonzero(layer.index, axis=1), pes))
-        else:
-            perms.append(np.arange(layer.out_features, dtype=np.int64))
+    if perms is not None:
+        perms = [np.asarray(p, dtype=np.int64) for p in perms]
+        if len(perms) != L - 1 or any(
+                not np.array_equal(np.sort(p), np.arange(layer.out_features))
+                for p, layer in zip(perms, qnet.layers)):
+            raise InputError(f"perms must be {L - 1} permutations of the hidden layers' rows")
+        perms = perms + [np.arange(qnet.layers[-1].out_features, dtype=np.int64)]
+    else:
+        perms = []
+        for i, layer in enumerate(qnet.layers):
+            if i == L - 1 or placement == "interleave":
+                perms.append(np.arange(layer.out_features, dtype=np.int64))
+            elif placement == "lpt":
+                perms.append(balance_rows(np.count_nonzero(layer.index, axis=1), pes))
+            else:
+                from .lockstep_opt import optimise_rows  # imports this module
+
+                # search effort ~ sqrt(layer size): 2 nominal seconds for LeNet-300-100's l0
+                # (784 x 300), less where a small layer has converged long before
+                size = layer.out_features * layer.in_features
+                budget = 2.0 * min(1.0, (size / (784 * 300)) ** 0.5)
+                perms.append(optimise_rows(layer.index, pes, rel_bits=rel_bits, seed=seed,
+                                           budget_s=budget))
 
     slot_blocks, ptrs, layers, biases = [], [], [], []
     col_base = bias_base = slot_base = 0

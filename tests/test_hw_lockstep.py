@@ -30,10 +30,10 @@ def _inputs(n, width, seed):
 
 
 @pytest.mark.parametrize("pes", [1, 2, 3, 8, 16])
-@pytest.mark.parametrize("balance", [False, True])
-def test_image_round_trip(pes, balance):
+@pytest.mark.parametrize("placement", ["interleave", "lpt", "search"])
+def test_image_round_trip(pes, placement):
     qnet = random_qnet((40, 37, 21, 5), seed=pes, density=[0.05, 0.4, 1.0], shift=[3, 0, 9])
-    img = build_lockstep(qnet, pes, balance=balance)
+    img = build_lockstep(qnet, pes, placement=placement)
     assert decode_lockstep(img).equals(qnet)
     assert img.slots.shape == (img.num_slots, pes)
     # every column has exactly max-over-PEs slots of its per-PE entry count
@@ -41,14 +41,14 @@ def test_image_round_trip(pes, balance):
         lc = np.diff(img.col_ptr[ll.col_base: ll.col_base + ll.in_features + 1])
         assert lc.min() >= 0
     assert np.all(np.diff(img.col_ptr) >= 0) and img.col_ptr[-1] == img.num_slots
-    if not balance:
+    if placement == "interleave":
         assert all(np.array_equal(ll.perm, np.arange(ll.out_features)) for ll in img.layers)
     assert np.array_equal(img.layers[-1].perm, np.arange(img.layers[-1].out_features))
 
 
 def test_image_slots_are_the_per_column_maximum():
     qnet = random_qnet((30, 50), seed=3, density=0.2)
-    img = build_lockstep(qnet, 4, balance=False)
+    img = build_lockstep(qnet, 4, placement="interleave")
     idx = qnet.layers[0].index
     counts = np.stack([np.diff(encode_csc(idx[k::4], rel_bits=4)[2]) for k in range(4)])
     assert np.array_equal(np.diff(img.col_ptr), counts.max(axis=0))
@@ -67,6 +67,19 @@ def test_balance_rows_evens_out_work():
     loads = [w[perm[k::2]].sum() for k in range(2)]
     assert max(loads) - min(loads) <= 2
     assert np.array_equal(balance_rows(w, 2), perm)  # deterministic
+
+
+def test_image_refuses_bad_placement():
+    from compress.errors import InputError
+
+    qnet = random_qnet((8, 6, 3), seed=0)
+    with pytest.raises(InputError, match="placement"):
+        build_lockstep(qnet, 2, placement="random")
+    with pytest.raises(InputError, match="permutations"):
+        build_lockstep(qnet, 2, perms=[np.zeros(6, dtype=np.int64)])
+    perm = np.arange(6)[::-1]
+    img = build_lockstep(qnet, 2, perms=[perm])
+    assert np.array_equal(img.layers[0].perm, perm) and decode_lockstep(img).equals(qnet)
 
 
 def test_cycle_model_counts_active_columns():
