@@ -277,6 +277,14 @@ class LockstepEngine(wiring.Component):
         y_t = Signal.like(drn_t)
         y_en = [Signal(name=f"y_en{k}") for k in range(n)]
         m.d.sync += [y_valid.eq(drn_valid), y_row.eq(drn_row), y_t.eq(drn_t)]
+        # the output stage is pipelined (d2_: the member's accumulator word registered, d3_:
+        # its output registered), so the accumulator read, the output stage and the activation
+        # write are three short paths, not one (the board's critical path: 46 ns)
+        d2_valid, d3_valid = Signal(), Signal()
+        d2_row, d3_row = Signal.like(drn_row), Signal.like(drn_row)
+        d2_t, d3_t = Signal.like(drn_t), Signal.like(drn_t)
+        m.d.sync += [d2_valid.eq(y_valid), d2_row.eq(y_row), d2_t.eq(y_t),
+                     d3_valid.eq(d2_valid), d3_row.eq(d2_row), d3_t.eq(d2_t)]
         m_any = Signal()  # some PE has a write in the m_ stage (for the idle check)
 
         # codebook: weight = codebook[layer][v] as logic (constants of the network), indexed by
@@ -332,11 +340,13 @@ class LockstepEngine(wiring.Component):
         relu_t = Array(Const(int(ll.relu), 1) for ll in img.layers + [img.layers[-1]])
         for g in range(_ceil_div(n, share)):
             members = list(range(g * share, min(n, (g + 1) * share)))
-            acc = Signal(signed(A), name=f"o_acc{g}")
+            acc_sel = Signal(signed(A), name=f"o_sel{g}")
             with m.Switch(y_t):
                 for t, k in enumerate(members):
                     with m.Case(t):
-                        m.d.comb += acc.eq(acc_r[k].data.as_signed())
+                        m.d.comb += acc_sel.eq(acc_r[k].data.as_signed())
+            acc = Signal(signed(A), name=f"o_acc{g}")
+            m.d.sync += acc.eq(acc_sel)
             q17 = Signal(signed(17), name=f"q{g}")
             rnd = Signal(name=f"rnd{g}")
             fits = Signal(name=f"fits{g}")
@@ -358,9 +368,11 @@ class LockstepEngine(wiring.Component):
                 m.d.comb += y.eq(-32768)
             with m.Else():
                 m.d.comb += y.eq(32767)
+            y_reg = Signal(signed(16), name=f"y_reg{g}")
+            m.d.sync += y_reg.eq(y)
             for t, k in enumerate(members):
-                m.d.comb += ys[k].eq(y)
-                m.d.comb += y_en[k].eq(y_valid & (y_t == t))
+                m.d.comb += ys[k].eq(y_reg)
+                m.d.comb += y_en[k].eq(d3_valid & (d3_t == t))
 
         # ---- sequencing --------------------------------------------------------------------
         run = Signal()
@@ -368,7 +380,7 @@ class LockstepEngine(wiring.Component):
         # last output word until the first input word of the next
         cyc = self.cycles
         lc = self.layer_cycles
-        cnt = Signal(range(max(in0, outL, R * self.drain_share, 2) + 2))
+        cnt = Signal(range(max(in0, outL, R * self.drain_share + 2, 2) + 2))
         sel = Signal(range(max(n, 2)))
         word = Signal(range(max(self.act_words, 2) + 1))
         o_valid = Signal()
@@ -436,12 +448,12 @@ class LockstepEngine(wiring.Component):
             with m.State("DRAIN"):
                 count_layer()
                 # cnt = row * share + member; the last member of the last row is written when
-                # cnt == rows * share
+                # cnt == rows * share + 2 (two cycles of output-stage pipeline)
                 sh = (self.drain_share - 1).bit_length()
                 m.d.comb += [drn_valid.eq((cnt >> sh) < rows_t[layer]), drn_row.eq(cnt >> sh),
                              drn_t.eq(cnt[:sh] if sh else 0)]
                 m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt == rows_t[layer] << sh):
+                with m.If(cnt == (rows_t[layer] << sh) + 2):
                     m.d.sync += cnt.eq(0)
                     with m.If(layer == L - 1):
                         m.d.sync += [sel.eq(0), word.eq(0), o_valid.eq(0)]
@@ -470,8 +482,8 @@ class LockstepEngine(wiring.Component):
                     m.next = "PRE0"
 
         # drain writes: PE k's row j is column k + N*j of the next layer: its own RAM, word j
-        with m.If(y_valid):
+        with m.If(d3_valid):
             for k in range(n):
-                m.d.comb += [act_w[k].addr.eq(y_row), act_w[k].data.eq(ys[k]),
+                m.d.comb += [act_w[k].addr.eq(d3_row), act_w[k].data.eq(ys[k]),
                              act_w[k].en.eq(y_en[k])]
         return m
