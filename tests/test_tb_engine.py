@@ -113,3 +113,21 @@ def test_engine_random_sweep_long(seed):
     runkw = {"stall_in": float(rng.choice([0, 0.3])), "stall_out": float(rng.choice([0, 0.5])),
              "reset_mid": bool(rng.random() < 0.3)}
     _check(sizes, pes, density, qkw, rkw, pkw, runkw, 60, seed)
+
+
+@pytest.mark.skipif(not long_tests(), reason="LeNet-300-100 on 8 PEs: make test-long")
+def test_lenet_utilisation_8_pes_long():
+    """The issue's target: MAC utilisation >= 80% with 8 PEs on the shipped LeNet-300-100 over
+    sample digits, bit-exact; plain interleaving is measurably worse."""
+    from tb.analysis import utilisation
+    from tb.cli import _load
+
+    qnet, x, _labels, _notes = _load(None, None, 4)
+    x = x[:10]
+    util = {}
+    for balance in (True, False):
+        rom = build_rom(qnet, pes=8, balance=balance)
+        r = simulate(build(rom, EngineParams()), x)
+        np.testing.assert_array_equal(r.outputs, golden(qnet, x))
+        util[balance] = utilisation(qnet, rom, x, r.layer_cycles)[0]
+    assert util[True] >= 0.80 and util[True] > util[False] + 0.05, util
