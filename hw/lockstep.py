@@ -328,7 +328,12 @@ class LockstepEngine(wiring.Component):
                          m_row.eq(Mux(pre_valid, pre_row, e_row)),
                          m_w.eq(cb_consts[Cat(e_v, layer)])]
             m_hits.append(m_hit)
-            hazards.append(e_hit & m_hit & (e_row == m_row))
+            # The hazard e_hit & m_hit & (e_row == m_row), without the row adder on the path
+            # to the stall (the board's critical path: lane data -> adder -> compare -> stall
+            # -> SPRAM chip select): m_row is row_reg when m_hit during COMPUTE, and inside a
+            # column a hit's row is above its predecessor's, so only the first slot of a
+            # column, whose row is its z, can hit the row being written.
+            hazards.append(e_valid & e_first & (ent[:ib] != 0) & m_hit & (row_reg == e_z))
             m_new = Signal(signed(A), name=f"m_new{k}")
             m.d.comb += m_new.eq(acc_r[k].data.as_signed() + m_w * m_value)  # wraps at acc_bits
             m.d.comb += [acc_w[k].addr.eq(m_row), acc_w[k].data.eq(m_new), acc_w[k].en.eq(m_hit)]
