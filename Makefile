@@ -41,8 +41,9 @@ iverilog:
 	      || { echo "make: apt-get install iverilog failed"; exit 1; }; \
 	  else echo "make: Icarus Verilog is missing: install it (Debian: apt-get install iverilog)"; exit 1; fi; }
 
+# ENGINE=lockstep runs the board's engine (docs/lockstep.md) instead of the EIE engine.
 sim: setup iverilog
-	$(PY) -m tb sim $(if $(MODEL),--model $(MODEL)) $(if $(INPUTS),--inputs $(INPUTS)) --pes $(PES) $(if $(COUNT),--count $(COUNT))
+	$(PY) -m tb sim $(if $(MODEL),--model $(MODEL)) $(if $(INPUTS),--inputs $(INPUTS)) --pes $(PES) $(if $(COUNT),--count $(COUNT)) $(if $(ENGINE),--engine $(ENGINE))
 
 # MAC utilisation vs queue depth 1..16 and rel_bits 4..8, and the dense speedup (a few minutes).
 sim-sweep: setup iverilog

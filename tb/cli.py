@@ -36,6 +36,11 @@ def _hw_args(p, *, pes_default=8):
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
                    help="balanced row placement in the ROM (default); --no-balance: rows "
                         "interleaved")
+    p.add_argument("--engine", choices=("eie", "lockstep"), default="eie",
+                   help="eie: per-PE queues (default); lockstep: the board's engine "
+                        "(docs/lockstep.md)")
+    p.add_argument("--drain-share", type=int, default=1,
+                   help="lockstep: PEs per output stage, 1/2/4/8/16 (1)")
     p.add_argument("--max-width", type=int, default=4096,
                    help="activation buffer limit: widest layer the engine accepts (4096)")
 
@@ -144,8 +149,13 @@ def _params(args, *, sparse=True, queue_depth=None):
 
     if not 1 <= args.queue_depth <= 64:
         raise InputError(f"--queue-depth must be 1..64, not {args.queue_depth!r}")
+    engine = getattr(args, "engine", "eie") if sparse else "eie"  # dense baseline: EIE's
+    if engine == "lockstep" and args.drain_share not in (1, 2, 4, 8, 16):
+        raise InputError(f"--drain-share must be 1, 2, 4, 8 or 16, not {args.drain_share!r}")
     return EngineParams(queue_depth=args.queue_depth if queue_depth is None else queue_depth,
-                        acc_bits=args.acc_bits, sparse=sparse, max_width=args.max_width)
+                        acc_bits=args.acc_bits, sparse=sparse, max_width=args.max_width,
+                        engine=engine,
+                        drain_share=args.drain_share if engine == "lockstep" else 1)
 
 
 def _shards(x, k):
@@ -176,6 +186,8 @@ def cmd_run(args):
     qnet = load_qnet(args.model, index_bits=args.index_bits)
     x = load_inputs(args.inputs, qnet.in_features)
     rom = _rom(qnet, args)
+    if args.dense and args.engine == "lockstep":
+        raise InputError("--dense is the EIE engine's baseline: not with --engine lockstep")
     b = build(rom, _params(args, sparse=not args.dense))
     r = _simulate_parallel(b, x, jobs=int(os.environ.get("TB_JOBS", "2")))
     if args.stats:
@@ -184,6 +196,7 @@ def cmd_run(args):
             "cycles": [int(c) for c in r.cycles],
             "layer_cycles": [[int(c) for c in row] for row in r.layer_cycles],
             "engine": "dense" if args.dense else "sparse",
+            "design": args.engine,
             "queue_depth": args.queue_depth, "acc_bits": args.acc_bits,
             "index_bits": args.index_bits, "rel_bits": args.rel_bits,
             "balanced": args.balance,
@@ -232,7 +245,9 @@ def cmd_sim(args):
     gpred = predict(g)
     L = qnet.num_layers
 
-    print("EIE engine in cocotb + Icarus: "
+    name = "EIE engine" if args.engine == "eie" else \
+        f"lockstep engine (drain_share {args.drain_share})"
+    print(f"{name} in cocotb + Icarus: "
           f"{args.pes} PEs, queue depth {args.queue_depth}, index_bits {args.index_bits}, "
           f"rel_bits {args.rel_bits}, acc_bits {args.acc_bits}, rows "
           f"{'balanced' if args.balance else 'interleaved'}")
@@ -270,6 +285,23 @@ def cmd_sim(args):
           f"{comp_d.mean():.0f} compute; speedup of sparsity {comp_d.mean() / comp.mean():.2f}x "
           f"on compute cycles, {rd.cycles.mean() / r.cycles.mean():.2f}x per inference")
     util, ideal = utilisation(qnet, rom, x, r.layer_cycles, args.acc_bits)
+    if args.engine == "lockstep":
+        from compress.golden import run_layers
+        from compress.lockstep import build_lockstep, lockstep_cycles
+
+        img = build_lockstep(qnet, args.pes, index_bits=args.index_bits, rel_bits=args.rel_bits)
+        slots = lockstep_cycles(img, [x] + run_layers(qnet, x, acc_bits=args.acc_bits)[:-1])
+        print(f"MAC utilisation: {100 * util:.1f}% of {args.pes} PEs x compute cycles; the slot "
+              f"cycles alone (max over PEs per column) allow "
+              f"{100 * util * comp.mean() / slots.sum(axis=1).mean():.1f}%")
+        print("per layer (mean): " + ", ".join(
+            f"l{i} {r.layer_cycles[:, i].mean():.1f} cycles = {slots[:, i].mean():.1f} slot "
+            f"+ {r.layer_cycles[:, i].mean() - slots[:, i].mean():.1f} preload/pipeline/drain"
+            for i in range(L)))
+        print()
+        print(f"wall time {time.time() - t0:.1f} s (builds {t_build:.1f} s, simulation "
+              f"{t_sim:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+        return 0 if exact.all() and np.all(rd.outputs == gd) else 1
     place = "balanced" if rom.balanced else "interleaved"
     print(f"MAC utilisation: {100 * util:.1f}% of {args.pes} PEs x compute cycles "
           f"(ideal {100 * ideal:.1f}%: the load imbalance of the ROM's {place} rows alone)")
