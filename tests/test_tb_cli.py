@@ -45,7 +45,18 @@ def test_run_writes_outputs_and_stats(small):
     assert not [f for f in d.iterdir() if f.name.startswith(".")]  # no temporaries left
 
 
+def test_run_lockstep_engine(small):
+    qnet, x, d = small
+    p = _tb("run", "--model", d / "q.npz", "--inputs", d / "x.npy", "--out", d / "y.npy",
+            "--pes", 4, "--engine", "lockstep", "--drain-share", 2, "--stats", d / "s.json")
+    assert p.returncode == 0, p.stderr
+    np.testing.assert_array_equal(np.load(d / "y.npy", allow_pickle=False), golden(qnet, x))
+    assert json.loads((d / "s.json").read_text())["design"] == "lockstep"
+
+
 @pytest.mark.parametrize("extra,expect", [
+    (["--engine", "lockstep", "--drain-share", "3"], "--drain-share must be 1, 2, 4, 8 or 16"),
+    (["--engine", "lockstep", "--dense"], "--dense is the EIE engine's baseline"),
     (["--max-width", "16"], "l0: 20 inputs exceed the activation buffers of 16 words"),
     (["--index-bits", "2"], "l0.codebook: 16 entries exceed 2**index_bits = 4"),
     (["--pes", "17"], "--pes must be 1..16"),
