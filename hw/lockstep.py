@@ -32,10 +32,10 @@ Pipeline per slot (stage prefixes as in the signal names):
         codebook[layer][v] (logic); accumulator read at row
     m_  product weight x activation (16 x 16 -> 32 bits, the DSP); acc + product wrapped to
         acc_bits, written back when v != 0. When a PE's e_ slot hits the row its m_ slot
-        writes in the same cycle (the read would miss that write; rows rise inside a column,
-        so only across a column boundary), s_ and e_ hold for one cycle and m_ gets a bubble:
-        a one-cycle stall instead of a 32-bit bypass register and multiplexer per PE (about
-        75 logic cells each on the iCE40)
+        writes in the same cycle (the read misses that write; rows rise inside a column, so
+        only across a column boundary), the next cycle is a hold: nothing moves, nothing is
+        written, the m_ slot's row is read again. One cycle per such hit instead of a 32-bit
+        bypass register and multiplexer per PE (about 75 logic cells each on the iCE40)
 
 Ports and counters are those of `hw.engine.Engine` (`i_act`, `o_act`, `cycles`,
 `layer_cycles`, `busy`); `layer_cycles[i]` counts layer i's PRELOAD (not layer 0's), COMPUTE
@@ -240,14 +240,19 @@ class LockstepEngine(wiring.Component):
         s_addr = Signal(pb)
         s_end = Signal(pb)
         s_last = Signal()
-        # stall: some PE's e_ slot reads the accumulator row its m_ slot writes in this cycle
-        # (the read would miss that write: back-to-back hits on one row, which happen only
-        # across a column boundary). The s_ and e_ stages hold for one cycle, the lanes hold
-        # their data (en = 0), the m_ stage gets a bubble, and the read is repeated.
-        stall = Signal()
+        # hold: in the last cycle some PE's e_ slot read the accumulator row its m_ slot wrote
+        # at the same clock edge (the read missed that write: back-to-back hits on one row,
+        # which happen only across a column boundary). That slot is now in m_ with a stale
+        # word: for one cycle nothing moves and nothing is written, its row is read again, and
+        # the next cycle it goes on with the right word. `hold` is a register (the hazard is
+        # found the cycle before), so what it stops (every slot register, the queue, the four
+        # SPRAMs' chip selects) is driven from a flip-flop, not from the lane data.
+        hz = Signal()  # the hazard, this cycle
+        hold = Signal()
+        m.d.sync += hold.eq(hz & ~hold)
         m.d.comb += s_last.eq(s_valid & (s_addr + 1 == s_end))
-        m.d.comb += queue.o.ready.eq((~s_valid | s_last) & ~stall)
-        with m.If(stall):
+        m.d.comb += queue.o.ready.eq((~s_valid | s_last) & ~hold)
+        with m.If(hold):
             pass
         with m.Elif(queue.o.valid & queue.o.ready):
             m.d.sync += [s_valid.eq(1), s_first.eq(1), s_value.eq(queue.o.payload.value),
@@ -257,20 +262,21 @@ class LockstepEngine(wiring.Component):
         with m.Elif(s_valid):
             m.d.sync += [s_addr.eq(s_addr + 1), s_first.eq(0)]
         for lp in lanes:
-            m.d.comb += [lp.addr.eq(s_addr), lp.en.eq(~stall)]
+            m.d.comb += [lp.addr.eq(s_addr), lp.en.eq(~hold)]
 
         # ---- shared control of the e_ and m_ stages ----------------------------------------
         e_valid = Signal()  # a slot's entries are on the lane outputs
         e_first = Signal()
         e_value = Signal(signed(16))
-        with m.If(~stall):
+        with m.If(~hold):
             m.d.sync += [e_valid.eq(s_valid), e_first.eq(s_first), e_value.eq(s_value)]
         pre_valid = Signal()  # PRELOAD: copy bias row pre_row into accumulator row pre_row
         pre_row = Signal(self.row_bits + 1)
         drn_valid = Signal()  # DRAIN: read accumulator row drn_row
         drn_row = Signal(self.row_bits + 1)
         m_value = Signal(signed(16))
-        m.d.sync += m_value.eq(e_value)
+        with m.If(~hold):
+            m.d.sync += m_value.eq(e_value)
         drn_t = Signal(range(max(self.drain_share, 2)))  # member of the output stage's group
         y_valid = Signal()  # member y_t's output is on y, to be written at word y_row
         y_row = Signal.like(drn_row)
@@ -313,32 +319,34 @@ class LockstepEngine(wiring.Component):
             e_row = Signal(row_w, name=f"e_row{k}")
             row_reg = Signal(row_w, name=f"row{k}")
             m.d.comb += e_row.eq(Mux(e_first, 0, row_reg + 1) + e_z)
-            with m.If(e_valid & ~stall):
+            with m.If(e_valid & ~hold):
                 m.d.sync += row_reg.eq(e_row)
             e_hit = e_valid & (e_v != 0)
-            # accumulator read: compute row, bias row (PRELOAD) or drained row (DRAIN)
-            m.d.comb += acc_r[k].addr.eq(Mux(ctl_valid, ctl_addr, e_row))
-            # DRAIN reads a row once; the read port holds it while the group's members go out
-            m.d.comb += acc_r[k].en.eq(~drn_valid | (drn_t == 0))
-
             m_hit = Signal(name=f"m_hit{k}")
             m_row = Signal(row_w, name=f"m_row{k}")
             m_w = Signal(signed(16), name=f"m_w{k}")
-            m.d.sync += [m_hit.eq((e_hit & ~stall) | pre_valid),
-                         m_row.eq(Mux(pre_valid, pre_row, e_row)),
-                         m_w.eq(cb_consts[Cat(e_v, layer)])]
+            # accumulator read: compute row (the m_ slot's again during a hold), bias row
+            # (PRELOAD) or drained row (DRAIN)
+            m.d.comb += acc_r[k].addr.eq(Mux(ctl_valid, ctl_addr, Mux(hold, m_row, e_row)))
+            # DRAIN reads a row once; the read port holds it while the group's members go out
+            m.d.comb += acc_r[k].en.eq(~drn_valid | (drn_t == 0))
+
+            with m.If(~hold):
+                m.d.sync += [m_hit.eq(e_hit | pre_valid),
+                             m_row.eq(Mux(pre_valid, pre_row, e_row)),
+                             m_w.eq(cb_consts[Cat(e_v, layer)])]
             m_hits.append(m_hit)
-            # The hazard e_hit & m_hit & (e_row == m_row), without the row adder on the path
-            # to the stall (the board's critical path: lane data -> adder -> compare -> stall
-            # -> SPRAM chip select): m_row is row_reg when m_hit during COMPUTE, and inside a
-            # column a hit's row is above its predecessor's, so only the first slot of a
-            # column, whose row is its z, can hit the row being written.
+            # The hazard e_hit & m_hit & (e_row == m_row), without the row adder: m_row is
+            # row_reg when m_hit during COMPUTE, and inside a column a hit's row is above its
+            # predecessor's, so only the first slot of a column, whose row is its z, can hit
+            # the row being written. Not during a hold (nothing is written then).
             hazards.append(e_valid & e_first & (ent[:ib] != 0) & m_hit & (row_reg == e_z))
             m_new = Signal(signed(A), name=f"m_new{k}")
             m.d.comb += m_new.eq(acc_r[k].data.as_signed() + m_w * m_value)  # wraps at acc_bits
-            m.d.comb += [acc_w[k].addr.eq(m_row), acc_w[k].data.eq(m_new), acc_w[k].en.eq(m_hit)]
+            m.d.comb += [acc_w[k].addr.eq(m_row), acc_w[k].data.eq(m_new),
+                         acc_w[k].en.eq(m_hit & ~hold)]
 
-        m.d.comb += [m_any.eq(Cat(*m_hits).any()), stall.eq(Cat(*hazards).any())]
+        m.d.comb += [m_any.eq(Cat(*m_hits).any()), hz.eq(Cat(*hazards).any())]
 
         # ---- output stages: one per `drain_share` PEs, member y_t of the group this cycle ----
         share = self.drain_share
