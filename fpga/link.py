@@ -385,11 +385,6 @@ class Link(wiring.Component):
                     with m.If(self.act_in.valid):
                         y = self.act_in.payload
                         m.d.sync += [r_byte.eq(y[:8]), wreg.eq(y[8:])]
-                        newbest = (out_idx == 0) | (y > best)
-                        with m.If(newbest):
-                            m.d.sync += [best.eq(y), best_idx.eq(out_idx)]
-                        with m.If(out_idx == n_out - 1):  # the argmax shows on the LEDs
-                            m.d.sync += self.digit.eq(Mux(newbest, out_idx, best_idx))
                         m.next = "T_BODY"
                 with m.Elif(is_out):
                     m.d.sync += [r_byte.eq(wreg[:8]), o_left.eq(o_left - 1)]
@@ -407,6 +402,15 @@ class Link(wiring.Component):
                 with m.If(self.tx.ready):
                     m.d.sync += [r_crc.eq(tx_crc), r_k.eq(r_k + 1)]
                     m.next = "T_LOAD"
+                    # The argmax for the LEDs, from the output word just registered (not from
+                    # the engine's output multiplexer: that path limited the board's clock).
+                    with m.If((o_left != 0) & ~r_k[0]):
+                        y = Cat(r_byte, wreg[:8]).as_signed()
+                        newbest = (r_k[1:] == 0) | (y > best)
+                        with m.If(newbest):
+                            m.d.sync += [best.eq(y), best_idx.eq(r_k[1:])]
+                        with m.If(r_k[1:] == n_out - 1):
+                            m.d.sync += self.digit.eq(Mux(newbest, r_k[1:], best_idx))
             with m.State("T_CRC"):
                 send(r_crc, "IDLE", add_crc=False)
 

@@ -76,6 +76,7 @@ def run_link(script, *, seed=0, loads=0, writes=None):
     class Host:
         def __init__(self, ctx):
             self.ctx = ctx
+            self.dut = dut
             self.dec = P.FrameDecoder()
 
         async def send(self, data, gap=0):
@@ -128,7 +129,8 @@ def infer_ok(frame, x):
 
 
 def test_ping_infer_count():
-    xs = [np.array([1, -2, 300, 32767, -32768], np.int16), np.array([7, 7, 7, 7, 7], np.int16)]
+    xs = [np.array([1, -2, 300, 32767, -32768], np.int16), np.array([7, 7, 7, 7, 7], np.int16),
+          np.array([-1, -1, -1, -1, -1], np.int16)]  # the last: output 0 is the largest
 
     async def script(h):
         await h.send(P.ping_request())
@@ -141,10 +143,12 @@ def test_ping_infer_count():
             await h.send(P.infer_request(x))
             (f,) = await h.replies(1)
             assert infer_ok(f, x).cycles == 1001 + i
+            # the LEDs: the first maximum of the outputs
+            assert h.ctx.get(h.dut.digit) == int(np.argmax(model(x)))
         await h.send(P.count_request())
         (f,) = await h.replies(1)
         c = P.decode_count(f, num_layers=N_L)
-        assert (c.inferences, c.errors, c.cycles, c.layer_cycles) == (2, 0, 1002, [102, 202])
+        assert (c.inferences, c.errors, c.cycles, c.layer_cycles) == (3, 0, 1003, [103, 203])
 
     runs, _ = run_link(script)
     assert runs == [list(x) for x in xs]
