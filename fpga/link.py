@@ -377,7 +377,6 @@ class Link(wiring.Component):
                 # engine delivers it (the high byte waits in wreg), or a byte of a table word.
                 # The table words of an INFER (its cycle counters) wait until the engine is idle.
                 is_out = o_left != 0
-                out_idx = r_k[1:]
                 with m.If(r_k == r_len):
                     m.next = "T_CRC"
                 with m.Elif(is_out & ~r_k[0]):

@@ -1,6 +1,6 @@
 """The lockstep engine: N PEs on one column at a time, so every memory has one address.
 
-This is the engine the iCE40UP5K board uses for 8 PEs (see docs/engine.md, "Lockstep engine").
+This is the engine the iCE40UP5K board uses for 8 PEs (see docs/lockstep.md).
 The queue-based EIE engine (`hw.engine`) lets every PE run on its own, which needs a memory port
 per PE for entries, pointers, biases, codebook, accumulators and activations: 131 block RAMs and
 ~8,200 logic cells for 8 PEs, against 30 and 5,280 on the UP5K. Here:
@@ -21,8 +21,8 @@ per PE for entries, pointers, biases, codebook, accumulators and activations: 13
 
 Per inference: LOAD (in_0 words from `i_act`) -> per layer PRELOAD (biases copied into the
 accumulator rows through the MAC pipeline, product forced to 0; layer 0's before LOAD) ->
-COMPUTE (front end -> pointer stage -> queue -> slot sequencer -> PEs) -> DRAIN (output stage
-of every PE in parallel, one row per cycle, into the activation RAMs) -> OUTPUT (out_{L-1} words
+COMPUTE (front end -> pointer stage -> queue -> slot sequencer -> PEs) -> DRAIN (one output
+stage per `drain_share` PEs, pipelined, into the activation RAMs) -> OUTPUT (out_{L-1} words
 to `o_act` in row order, valid/ready).
 
 Pipeline per slot (stage prefixes as in the signal names):
@@ -44,7 +44,6 @@ and DRAIN cycles.
 
 from __future__ import annotations
 
-import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out

@@ -5,7 +5,6 @@ bit for bit with the golden model. The host side is fpga/host.py's `Board`, as w
 Both engines: the lockstep engine (the board's default) and the queue-based EIE engine.
 """
 
-import time
 
 import numpy as np
 import pytest
