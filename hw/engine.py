@@ -86,8 +86,12 @@ def pe_images(rom: RomImage, *, sparse: bool = True) -> list[PEImage]:
     return imgs
 
 
-def check_fits(rom: RomImage, *, acc_bits: int = 32, max_width: int | None = None) -> None:
-    """Raise EngineConfigError naming the layer and the limit if the network does not fit."""
+def check_fits(rom, *, acc_bits: int = 32, max_width: int | None = None) -> None:
+    """Raise EngineConfigError naming the layer and the limit if the network does not fit.
+
+    rom: a `compress.rom.RomImage` or a `compress.lockstep.LockstepImage` (pes, index_bits,
+    layers with codebook_size, in_features, out_features).
+    """
     if not 1 <= rom.pes <= MAX_PES:
         raise EngineConfigError(f"pes must be 1..{MAX_PES}, not {rom.pes!r}")
     if not 17 <= acc_bits <= 64:
@@ -102,6 +106,17 @@ def check_fits(rom: RomImage, *, acc_bits: int = 32, max_width: int | None = Non
                 if w > max_width:
                     raise EngineConfigError(
                         f"l{i}: {w} {what} exceed the activation buffers of {max_width} words")
+
+
+def engine_ports(num_layers: int) -> dict:
+    """The ports every engine has (this one and `hw.lockstep.LockstepEngine`)."""
+    return {
+        "i_act": In(stream.Signature(signed(16))),
+        "o_act": Out(stream.Signature(signed(16))),
+        "cycles": Out(32),
+        "layer_cycles": Out(data.ArrayLayout(32, num_layers)),
+        "busy": Out(1),
+    }
 
 
 class Engine(wiring.Component):
@@ -141,13 +156,7 @@ class Engine(wiring.Component):
                        write_ports=1)
             for k in range(n)
         ]
-        super().__init__({
-            "i_act": In(stream.Signature(signed(16))),
-            "o_act": Out(stream.Signature(signed(16))),
-            "cycles": Out(32),
-            "layer_cycles": Out(data.ArrayLayout(32, L)),
-            "busy": Out(1),
-        })
+        super().__init__(engine_ports(L))
 
     @property
     def memory_specs(self) -> list[MemorySpec]:

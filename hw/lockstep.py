@@ -45,12 +45,11 @@ and DRAIN cycles.
 from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, wiring
 
 from compress.lockstep import LockstepImage
 
-from .engine import MAX_PES, EngineConfigError
+from .engine import EngineConfigError, check_fits, engine_ports
 from .frontend import FrontEnd
 from .memory import MemoryFactory, MemorySpec
 from .queue import ActQueue
@@ -94,24 +93,10 @@ class LockstepEngine(wiring.Component):
             if drain_share not in (1, 2, 4, 8, 16):
                 raise EngineConfigError(
                     f"drain_share must be 1, 2, 4, 8 or 16, not {drain_share!r}")
-            if not 1 <= img.pes <= MAX_PES:
-                raise EngineConfigError(f"pes must be 1..{MAX_PES}, not {img.pes!r}")
-            if not 17 <= acc_bits <= 64:
-                raise EngineConfigError(f"acc_bits must be 17..64, not {acc_bits!r}")
             if not isinstance(queue_depth, int) or not 1 <= queue_depth <= 64:
                 raise EngineConfigError(
                     f"queue_depth must be an integer 1..64, not {queue_depth!r}")
-            k = 1 << img.index_bits
-            for i, ll in enumerate(img.layers):
-                if ll.codebook_size > k:
-                    raise EngineConfigError(
-                        f"l{i}: {ll.codebook_size} codebook entries exceed 2**index_bits = {k}")
-                if max_width is not None:
-                    for what, w in (("inputs", ll.in_features), ("outputs", ll.out_features)):
-                        if w > max_width:
-                            raise EngineConfigError(
-                                f"l{i}: {w} {what} exceed the activation buffers of "
-                                f"{max_width} words")
+            check_fits(img, acc_bits=acc_bits, max_width=max_width)  # same limits as the EIE's
         except EngineConfigError:
             self._MustUse__silence = True  # refused: not an unused elaboratable
             raise
@@ -158,13 +143,7 @@ class LockstepEngine(wiring.Component):
             MemorySpec(f"pe{k}.act", "ram", 16, self.act_words, (), read_ports=1, write_ports=1)
             for k in range(n)
         ]
-        super().__init__({
-            "i_act": In(stream.Signature(signed(16))),
-            "o_act": Out(stream.Signature(signed(16))),
-            "cycles": Out(32),
-            "layer_cycles": Out(data.ArrayLayout(32, L)),
-            "busy": Out(1),
-        })
+        super().__init__(engine_ports(L))
 
     @property
     def memory_specs(self) -> list[MemorySpec]:

@@ -14,19 +14,11 @@ from compress.golden import golden, run_layers
 from compress.lockstep import (balance_rows, build_lockstep, decode_lockstep,
                                lockstep_cycles)
 from compress.rom import encode_csc
-from compress.synthetic import random_inputs, random_qnet
+from compress.synthetic import random_qnet
 from hw.engine import EngineConfigError
 from hw.lockstep import LockstepEngine
 from tb.pysim import run_engine
-
-
-def _inputs(n, width, seed):
-    """A mix of densities from 0 to 1, the first vector all zero."""
-    rng = np.random.default_rng(seed)
-    xs = [np.zeros((1, width), np.int16)]
-    for d in rng.uniform(0, 1, n - 1):
-        xs.append(random_inputs(1, width, seed=int(rng.integers(1 << 30)), density=float(d)))
-    return np.concatenate(xs)
+from tests.test_hw_engine import _inputs
 
 
 @pytest.mark.parametrize("pes", [1, 2, 3, 8, 16])
