@@ -163,3 +163,26 @@ def test_board_lenet_digits(engine, mnist_dir):
         stats = run_digits(Board(t, timeout=600), qnet, x, test.labels[:2], progress=False,
                            rom=rom)
     assert stats.exact == 2
+
+
+@pytest.mark.skipif(not long_tests(), reason="LONG=1: LeNet-300-100 digits through the netlist")
+def test_board_gate_level_lenet_digits(mnist_dir):
+    """The board core as synthesised (synth_ice40 -dsp -spram -> write_verilog, iCE40 cell
+    models): the shipped LeNet-300-100 on the 8-PE lockstep engine, 2 MNIST digits through the
+    UART pins, bit-exact. The lane ROMs are initialised memories here (EBR cells in the netlist)
+    instead of the chip's loaded SPRAMs: a LOAD of them is ~10^6 gate-level cycles; the SPRAM
+    load path is covered at gate level by test_board_vectors[gate-*]. About 8 minutes."""
+    from compress.data import load_split
+    from compress.golden import mnist_to_input
+
+    from fpga.cli import load_model
+    from fpga.engines import build_image
+
+    qnet, _ = load_model(None)
+    test = load_split("test", mnist_dir)
+    x = mnist_to_input(test.images[:2], qnet.input_frac)
+    rom = build_image(qnet, "lockstep", 8)
+    with simulated_board(rom, gate_level=True) as t:
+        stats = run_digits(Board(t, timeout=3600), qnet, x, test.labels[:2], progress=False,
+                           rom=rom)
+    assert stats.exact == 2
