@@ -121,7 +121,7 @@ def cmd_resources(args):
 
 
 def cmd_run(args):
-    from .host import run_cli
+    from .runner import run_cli
 
     return run_cli(args)
 

@@ -16,7 +16,8 @@ from compress.rom import build_rom
 from compress.synthetic import random_inputs, random_qnet
 from fpga import protocol as P
 from fpga.bench import simulated_board
-from fpga.host import Board, run_digits
+from fpga.host import Board
+from fpga.runner import run_digits
 
 from .conftest import long_tests
 
