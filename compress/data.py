@@ -40,6 +40,20 @@ class Split:
         return int(self.labels.shape[0])
 
 
+@dataclass(frozen=True)
+class Tensors:
+    """Any other data: float inputs in the model's own units and shape, integer labels.
+
+    The training loop takes a `Split` (MNIST pixels, scaled by `to_float`) or this (used as is).
+    """
+
+    x: "torch.Tensor"  # noqa: F821 - float32 [n, ...]
+    labels: np.ndarray  # int64[n]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
 def data_dir(path: str | os.PathLike | None = None) -> Path:
     """The MNIST directory: `path` if given, else $MNIST_DIR; InputError if neither is usable."""
     if path is None:
@@ -136,8 +150,15 @@ def train_val_split(train: Split, val_size: int, *, seed: int = 0) -> tuple[Spli
     return Split(train.images[t], train.labels[t]), Split(train.images[v], train.labels[v])
 
 
+def model_inputs(data) -> "torch.Tensor":  # noqa: F821
+    """The float tensor a model takes for a split: MNIST pixels / 255, or `Tensors.x` as is."""
+    if isinstance(data, Tensors):
+        return data.x
+    return to_float(data.images)
+
+
 def to_float(images: np.ndarray):
-    """uint8 pixels -> float32 torch tensor [n, 1, 28, 28] of pixel / 255 (zeros stay zero)."""
+    """MNIST only: uint8 pixels -> float32 torch tensor [n, 1, 28, 28] of pixel / 255 (zeros stay zero)."""
     import torch
 
     return torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)

@@ -56,22 +56,10 @@ def fc_chain(model: nn.Module) -> list[tuple[nn.Linear, bool]]:
     """The (Linear, relu) layers of a fully connected network the engine can run."""
     if isinstance(model, LeNet300100):
         return [(model.fc1, True), (model.fc2, True), (model.fc3, False)]
-    if isinstance(model, nn.Sequential):
-        chain: list[tuple[nn.Linear, bool]] = []
-        for m in model:
-            if isinstance(m, nn.Linear):
-                chain.append((m, False))
-            elif isinstance(m, nn.ReLU) and chain and not chain[-1][1]:
-                chain[-1] = (chain[-1][0], True)
-            elif isinstance(m, nn.Flatten):
-                continue
-            else:
-                raise InputError(f"fixed point: the engine runs Linear/ReLU chains, "
-                                 f"not {type(m).__name__}")
-        if chain:
-            return chain
-    raise InputError(f"fixed point: {type(model).__name__} is not a fully connected "
-                     "Linear/ReLU chain (LeNet-300-100 or an nn.Sequential)")
+    # Any other module (nn.Sequential, a user's class): trace its forward (refused with one line unless a chain).
+    from .trace import linear_chain
+
+    return [(layer.linear, layer.relu) for layer in linear_chain(model)]
 
 
 def _frac_for(max_abs: float, limit: int = 32767) -> int:
@@ -82,14 +70,26 @@ def _frac_for(max_abs: float, limit: int = 32767) -> int:
 
 
 def to_qnet(model: nn.Module, codebooks: dict[str, np.ndarray], indices: dict[str, np.ndarray],
-            calib_pixels: np.ndarray, cfg: FixedPointConfig | None = None
-            ) -> tuple[QNet, Calibration]:
-    """Fixed-point qnet from shared weights (codebook[0] = 0) and float biases, calibrated."""
+            calib_pixels: np.ndarray | None, cfg: FixedPointConfig | None = None, *,
+            calib_inputs: np.ndarray | None = None) -> tuple[QNet, Calibration]:
+    """Fixed-point qnet from shared weights (codebook[0] = 0) and float biases, calibrated.
+
+    Calibration data: MNIST `calib_pixels` (0..255, mapped with `mnist_to_input`), or any
+    network's `calib_inputs`, already the engine's int16 inputs [n, in_0] at cfg.input_frac
+    fractional bits (`compress.encode_inputs`).
+    """
     cfg = cfg or FixedPointConfig()
     chain = fc_chain(model)
     names = {id(m): n for n, m in model.named_modules()}
-    pixels = np.asarray(calib_pixels)[: cfg.calib_images]
-    x_int = mnist_to_input(pixels, cfg.input_frac)
+    if calib_inputs is not None:
+        x_int = np.asarray(calib_inputs)[: cfg.calib_images]
+        if x_int.dtype != np.int16 or x_int.ndim != 2 or \
+                x_int.shape[1] != chain[0][0].in_features:
+            raise InputError(f"fixed point: calibration inputs must be int16[n, "
+                             f"{chain[0][0].in_features}], got {x_int.dtype}{list(x_int.shape)}")
+    else:
+        pixels = np.asarray(calib_pixels)[: cfg.calib_images]
+        x_int = mnist_to_input(pixels, cfg.input_frac)
     a = torch.from_numpy(x_int.astype(np.float64)) / (1 << cfg.input_frac)
     cal = Calibration(act_frac=[cfg.input_frac])
     layers: list[Layer] = []

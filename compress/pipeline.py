@@ -411,15 +411,12 @@ def _uncompressed_bytes(qnet) -> int:
     return 4 * sum(l.index.size + l.bias.size for l in qnet.layers)
 
 
-def size_without_qnet(model, codebooks, indices, cfg: PipelineConfig, log=print) -> dict:
-    """The .dcz of a network with conv layers, which a qnet (fully connected only) cannot hold.
+def matrix_layers(model, codebooks, indices, input_frac: int):
+    """Every compressible layer as an integer [out, fan_in] matrix layer for `dcz.pack_layers`.
 
-    Each layer is flattened to [out, fan_in] (int16 codebook at its own fractional bits, int32
-    bias) and all are packed together as a `dcz.LayerSet` with their original weight shapes:
-    `model.dcz` in the output directory, whose size on disk is the compressed size.
+    For networks the engine cannot run (conv layers): int16 codebook at its own fractional
+    bits, int32 bias at that plus `input_frac`; returns (layers, weight shapes, names).
     """
-    from . import dcz
-    from .atomic import write_bytes_atomic
     from .qnet import Layer
 
     layers, shapes, names = [], [], []
@@ -431,11 +428,25 @@ def size_without_qnet(model, codebooks, indices, cfg: PipelineConfig, log=print)
             np.zeros(idx.shape[0])
         layers.append(Layer(codebook=np.round(cb * 2.0 ** frac).astype(np.int16),
                             index=idx.astype(np.uint8),
-                            bias=np.clip(np.round(bias * 2.0 ** (frac + cfg.fixedpoint.input_frac)),
+                            bias=np.clip(np.round(bias * 2.0 ** (frac + input_frac)),
                                          -2**31, 2**31 - 1).astype(np.int32),
                             shift=0, relu=False))
         shapes.append(tuple(int(d) for d in m.weight.shape))
         names.append(name)
+    return layers, shapes, names
+
+
+def size_without_qnet(model, codebooks, indices, cfg: PipelineConfig, log=print) -> dict:
+    """The .dcz of a network with conv layers, which a qnet (fully connected only) cannot hold.
+
+    Each layer is flattened to [out, fan_in] (int16 codebook at its own fractional bits, int32
+    bias) and all are packed together as a `dcz.LayerSet` with their original weight shapes:
+    `model.dcz` in the output directory, whose size on disk is the compressed size.
+    """
+    from . import dcz
+    from .atomic import write_bytes_atomic
+
+    layers, shapes, names = matrix_layers(model, codebooks, indices, cfg.fixedpoint.input_frac)
     data = dcz.pack_layers(layers, shapes=shapes, input_frac=cfg.fixedpoint.input_frac)
     write_bytes_atomic(Path(cfg.out) / "model.dcz", data)
     rows = dcz.layer_sizes(dcz.LayerSet(layers=layers, shapes=shapes,

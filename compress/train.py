@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path
-from .data import Split, to_float
+from .data import Split, Tensors, model_inputs, to_float
 from .errors import InputError
 
 CHECKPOINT_VERSION = 1
@@ -130,7 +130,7 @@ def fit(
     else:
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                               weight_decay=cfg.weight_decay)
-    x_all = to_float(data.images).to(dev)
+    x_all = model_inputs(data).to(dev)
     y_all = torch.from_numpy(data.labels.astype(np.int64)).to(dev)
     n = (len(data) // size) * size
     per_rank = n // size
@@ -178,19 +178,23 @@ def fit(
 
 
 @torch.no_grad()
-def logits(model: nn.Module, images: np.ndarray, *, batch: int = 2000) -> torch.Tensor:
+def logits(model: nn.Module, images, *, batch: int = 2000) -> torch.Tensor:
+    """Model outputs for MNIST pixels (uint8 array) or for a float tensor of model inputs."""
     dev = device()
     model.to(dev).eval()
     out = []
     for i in range(0, len(images), batch):
-        out.append(model(to_float(images[i : i + batch]).to(dev)).cpu())
+        x = images[i : i + batch]
+        x = x if isinstance(x, torch.Tensor) else to_float(x)
+        out.append(model(x.to(dev)).cpu())
     model.train()
     return torch.cat(out) if out else torch.empty(0, 10)
 
 
-def error_rate(model: nn.Module, data: Split) -> float:
+def error_rate(model: nn.Module, data: Split | Tensors) -> float:
     """Top-1 error in percent on a split."""
-    pred = logits(model, data.images).argmax(1).numpy()
+    x = data.x if isinstance(data, Tensors) else data.images
+    pred = logits(model, x).argmax(1).numpy()
     return float(100.0 * np.mean(pred != data.labels))
 
 
