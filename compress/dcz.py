@@ -44,6 +44,16 @@ Integrity: every section has a crc32, the whole file a crc32; the decoder also c
 count and range, so a truncated or corrupted file is refused with `InputError` naming the
 problem (bad magic, unsupported version, truncated section, checksum mismatch in a section,
 trailing bytes ...). `unpack(pack(q))` gives back exactly `q` (`QNet.equals`).
+
+Bounds: the checksums only catch accidents, a crafted file carries valid ones. So every count
+the decoder reads is checked against `compress.limits` and against the bits left before
+anything of that size is allocated: layers, dimensions and total weights (max_layers, max_dim,
+max_weights); the weights a file may declare for its size (dcz_free_weights +
+dcz_weights_per_byte per byte: zeros and one-symbol codes cost no bits, so a few bytes could
+otherwise declare gigabytes); code table sizes (max_code_table); a symbol count of a code with
+two or more symbols is at most the bits left (each costs one bit or more); fillers stand for M
+zeros each and must fit the matrix; context coding is refused above MAX_CONTEXT_NNZ non-zeros
+as the encoder never uses it there.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import limits
 from .atomic import write_bytes_atomic
 from .errors import InputError
 from .huffman import (
@@ -145,6 +156,8 @@ def _read_ints(r: BitReader, n: int, lo: int, hi: int, what: str) -> np.ndarray:
     tz = r.read_eg(limit=63)
     if not r.read(1):
         width = r.read_eg(limit=40)
+        if n * width > len(r.bits) - r.pos:
+            raise InputError(f"{r.what}: truncated {what} ({n} values of {width} bits)")
         if width <= 32:
             d = r.read_fields(n, width)
         else:
@@ -431,13 +444,40 @@ def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
     return w.getvalue(), info
 
 
-def _decode_layer(payload: bytes, i: int) -> Layer:
+class _Budget:
+    """The weights a file may still declare: max_weights in all, and dcz_free_weights +
+    dcz_weights_per_byte per byte of the file (see the module docstring)."""
+
+    def __init__(self, nbytes: int):
+        lim = limits.get()
+        self.total = 0
+        self.nbytes = nbytes
+        self.max_weights = lim.max_weights
+        self.ratio_cap = lim.dcz_free_weights + lim.dcz_weights_per_byte * nbytes
+
+    def take(self, weights: int, what: str) -> None:
+        self.total += weights
+        limits.check("max_weights", self.total, f"{what}: total weights")
+        if self.total > self.ratio_cap:
+            lim = limits.get()
+            raise InputError(
+                f"{what}: declares {self.total:,} weights in a file of {self.nbytes:,} bytes, "
+                f"more than dcz_free_weights + dcz_weights_per_byte x bytes = "
+                f"{lim.dcz_free_weights:,} + {lim.dcz_weights_per_byte:,} x {self.nbytes:,} "
+                f"(a decompression bomb, or an almost empty network: "
+                f"{limits.how_to_raise('dcz_weights_per_byte')})"
+            )
+
+
+def _decode_layer(payload: bytes, i: int, budget: "_Budget | None" = None) -> Layer:
     what = f"section layer {i}"
     r = BitReader(payload, what)
     out_f = r.read_eg(limit=_MAX_DIM)
     in_f = r.read_eg(limit=_MAX_DIM)
     if out_f < 1 or in_f < 1 or out_f * in_f > 1 << 32:
         raise InputError(f"{what}: corrupt shape [{out_f}, {in_f}]")
+    limits.check("max_dim", max(out_f, in_f), f"{what}: layer dimension")
+    (budget or _Budget(len(payload))).take(out_f * in_f, f"{what} ([{out_f}, {in_f}])")
     shift = r.read_eg(limit=62)
     relu = bool(r.read(1))
     col_major = bool(r.read(1))
@@ -460,20 +500,38 @@ def _decode_layer(payload: bytes, i: int) -> Layer:
     m = r.read_eg(limit=n_r * n_c + 1)
     if m < 1:
         raise InputError(f"{what}: corrupt gap alphabet size {m}")
+    limits.check("max_code_table", m + 1, f"{what}: gap code table")
     fillers = r.read_eg(limit=n_r * n_c)
+    # Each filler stands for m zeros and each non-zero takes a position: all within the matrix.
+    if fillers and (not nnz or fillers * m + nnz > n_r * n_c):
+        raise InputError(f"{what}: corrupt index stream ({fillers} fillers of {m} zeros "
+                         f"for {nnz} non-zeros in {n_r * n_c} positions)")
     gcode = read_lengths(r, m + 1)
+    if gcode.num_used == 1:  # a one-symbol code costs no bits: check what it implies first
+        s = int(np.flatnonzero(gcode.lengths)[0])
+        if nnz and (s == m or fillers or nnz * (s + 1) > n_r * n_c):
+            raise InputError(f"{what}: corrupt index stream (one-symbol code {s} cannot place "
+                             f"{nnz} non-zeros and {fillers} fillers)")
     gsym = r.read_symbols(nnz + fillers, gcode)
     is_fill = gsym == m
     if int(np.count_nonzero(is_fill)) != fillers:
         raise InputError(f"{what}: corrupt index stream (filler count does not match)")
     if nnz and is_fill[-1]:
         raise InputError(f"{what}: corrupt index stream (ends with a filler)")
-    step = np.where(is_fill, m, gsym + 1)
-    pos = np.cumsum(step)[~is_fill] - 1
+    # Positions: cumulative steps (m for a filler, gap + 1 otherwise), computed in place.
+    gsym += 1
+    if fillers:
+        gsym[is_fill] = m
+    np.cumsum(gsym, out=gsym)
+    pos = gsym[~is_fill] if fillers else gsym
+    del is_fill
+    pos -= 1
     if nnz and int(pos[-1]) >= n_r * n_c:
         raise InputError(f"{what}: corrupt index stream (position beyond the matrix)")
-    adj = np.diff(pos, prepend=-1) == 1
     scheme = r.read_eg(limit=len(WEIGHT_CONTEXTS) - 1)
+    if scheme and nnz > MAX_CONTEXT_NNZ:
+        raise InputError(f"{what}: corrupt (context-coded weights for {nnz:,} non-zeros, "
+                         f"the format allows it up to {MAX_CONTEXT_NNZ:,})")
     cmap = _ctx_map(scheme, k1)
     codes = []
     for _ in range(int(cmap.max()) + 1):
@@ -481,11 +539,15 @@ def _decode_layer(payload: bytes, i: int) -> Layer:
     if scheme == 0:
         wsym = r.read_symbols(nnz, codes[0])
     else:
-        wsym = r.read_symbols_ctx(nnz, codes, adj.astype(np.int64), cmap)
+        adj = np.diff(pos, prepend=-1) == 1
+        wsym = r.read_symbols_ctx(nnz, codes, adj, cmap)
+        del adj
     if len(r.bits) - r.pos >= 8 or r.bits[r.pos :].any():
         raise InputError(f"{what}: corrupt (unexpected bits after the weight stream)")
     flat = np.zeros(n_r * n_c, dtype=np.uint8)
-    flat[pos] = (wsym + 1).astype(np.uint8)
+    wsym += 1
+    flat[pos] = wsym
+    del pos, wsym
     sub = flat.reshape(n_c, n_r).T if col_major else flat.reshape(n_r, n_c)
     if n_r == out_f and n_c == in_f:
         index = np.ascontiguousarray(sub)
@@ -687,6 +749,7 @@ def _read_header(payload: bytes) -> tuple[int, int, list | None]:
     num_layers = r.read_eg(limit=1 << 16)
     if num_layers < 1:
         raise InputError("section header: corrupt (num_layers must be >= 1)")
+    limits.check("max_layers", num_layers, "section header: num_layers")
     if not -(1 << 62) <= input_frac < 1 << 62:
         raise InputError("section header: corrupt input_frac")
     shapes = None
@@ -703,7 +766,8 @@ def _read_header(payload: bytes) -> tuple[int, int, list | None]:
 def _decode_all(data: bytes):
     sections, size = _sections(data)
     input_frac, _, shapes = _read_header(sections[0][1])
-    layers = [_decode_layer(payload, i) for i, (_, payload, _) in enumerate(sections[1:])]
+    budget = _Budget(size)
+    layers = [_decode_layer(payload, i, budget) for i, (_, payload, _) in enumerate(sections[1:])]
     return sections, size, input_frac, shapes, layers
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from bitarray import bitarray
 from bitarray.util import canonical_decode
 
+from . import limits
 from .errors import InputError
 
 MAX_CODE_LEN = 24  # well below bitarray's decoder limit and our 32-bit packing fields
@@ -155,6 +156,9 @@ class HuffmanCode:
             raise InputError("Huffman: symbols to decode but the code table is empty")
         if used == 1:
             return np.full(n, int(np.flatnonzero(self.lengths)[0]), dtype=np.int64), offset
+        if n > len(bits) - offset:  # every symbol of a code of two or more takes a bit or more
+            raise InputError(f"Huffman stream is truncated ({n} symbols in {len(bits) - offset} "
+                             "bits)")
         lengths = self.lengths.astype(np.int64)
         maxlen = int(lengths.max())
         count = np.bincount(lengths, minlength=maxlen + 1).tolist()
@@ -437,7 +441,8 @@ class _Table:
 
 
 def _decode_ctx(bits, pos, n, codes, side, ctx_map, what):
-    tables = [_Table(c) for c in codes]
+    # Tables are built when first used: a crafted file may list many it never uses.
+    tables = [None] * len(codes)
     if n == 0:
         return np.zeros(0, dtype=np.int64), pos
     # The 32 bits from bit q on are int.from_bytes(buf[q >> 3 : (q >> 3) + 5]) >> (8 - (q & 7)).
@@ -451,7 +456,10 @@ def _decode_ctx(bits, pos, n, codes, side, ctx_map, what):
     from_bytes = int.from_bytes
     mask = 0xFFFFFFFF
     for i in range(n):
-        t = tables[cmap[side[i]][prev]]
+        c = cmap[side[i]][prev]
+        t = tables[c]
+        if t is None:
+            t = tables[c] = _Table(codes[c])
         if t.single is not None:
             sym = t.single
         else:
@@ -532,6 +540,7 @@ def read_lengths(r: BitReader, a: int) -> HuffmanCode:
     """The code of `a` symbols `write_lengths` wrote; InputError unless it is a valid code."""
     if a == 0:
         return HuffmanCode(np.zeros(0, dtype=np.uint8))
+    limits.check("max_code_table", a, f"{r.what}: Huffman table")
     if a > len(r.bits) - r.pos:  # every length takes at least one bit
         raise InputError(f"{r.what}: truncated Huffman table ({a} code lengths)")
     ln = np.empty(a, dtype=np.int64)

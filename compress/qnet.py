@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import lzma
+import math
+import os
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import limits
 from .atomic import atomic_path
 from .errors import InputError
 
@@ -185,27 +191,25 @@ def qnet_from_arrays(arrays: dict[str, np.ndarray], *, index_bits: int = DEFAULT
     num_layers = _scalar_int(arrays, "num_layers")
     if num_layers < 1:
         raise InputError(f"num_layers: must be >= 1, not {num_layers}")
+    limits.check("max_layers", num_layers, "num_layers")
     input_frac = _scalar_int(arrays, "input_frac")
-    expected = {"version", "num_layers", "input_frac"}
-    layers = []
-    for i in range(num_layers):
-        names = {f: f"l{i}.{f}" for f in ("codebook", "index", "bias", "shift", "relu")}
-        for name in names.values():
-            if name not in arrays:
-                raise InputError(f"{name}: missing key")
-        expected |= set(names.values())
-        layers.append(
-            Layer(
-                codebook=arrays[names["codebook"]],
-                index=arrays[names["index"]],
-                bias=arrays[names["bias"]],
-                shift=_scalar_int(arrays, names["shift"]),
-                relu=_scalar_bool(arrays, names["relu"]),
-            )
-        )
+    expected = _qnet_keys(num_layers)
+    for key in expected:
+        if key not in arrays:
+            raise InputError(f"{key}: missing key")
     extra = sorted(k for k in arrays if k not in expected and not k.startswith("meta."))
     if extra:
         raise InputError(f"{extra[0]}: unexpected key (num_layers is {num_layers})")
+    layers = [
+        Layer(
+            codebook=arrays[f"l{i}.codebook"],
+            index=arrays[f"l{i}.index"],
+            bias=arrays[f"l{i}.bias"],
+            shift=_scalar_int(arrays, f"l{i}.shift"),
+            relu=_scalar_bool(arrays, f"l{i}.relu"),
+        )
+        for i in range(num_layers)
+    ]
     validate_layers(layers, index_bits=index_bits)
     meta = {k: v for k, v in arrays.items() if k.startswith("meta.")}
     if "meta.sha256" in meta:
@@ -217,29 +221,297 @@ def qnet_from_arrays(arrays: dict[str, np.ndarray], *, index_bits: int = DEFAULT
     return QNet(layers=layers, input_frac=input_frac, meta=meta)
 
 
-def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Read every array of an .npz without unpickling anything; InputError on an unreadable file."""
+_LAYER_KEYS = ("codebook", "index", "bias", "shift", "relu")
+
+
+def _qnet_keys(num_layers: int) -> list[str]:
+    """The keys of a qnet of num_layers layers, in the order they are checked."""
+    return ["version", "num_layers", "input_frac"] + [
+        f"l{i}.{f}" for i in range(num_layers) for f in _LAYER_KEYS
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checked .npy / .npz readers: every size a file declares is checked before it is allocated.
+
+
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError,
+               KeyError, RuntimeError, NotImplementedError, zlib.error, lzma.LZMAError,
+               struct.error, SyntaxError, TypeError, UnicodeDecodeError, OverflowError)
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype
+    header_bytes: int  # magic + header: the array data follow
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self.dtype.itemsize
+
+    def describe(self) -> str:
+        return f"{self.dtype}{list(self.shape)}"
+
+
+def _npy_header(f, name: str) -> NpyHeader:
+    """Parse a .npy header from the file object `f` (at its start); nothing else is read.
+
+    InputError for a bad magic or header, an unsupported version, or an object dtype.
+    """
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise InputError(f"{name}: unsupported .npy format version {version}")
+    except InputError:
+        raise
+    except _ZIP_ERRORS as e:
+        raise InputError(f"{name}: not a valid .npy array ({_first_line(e)})") from None
+    if dtype.hasobject:
+        raise InputError(f"{name}: object arrays are refused (they would need unpickling)")
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise InputError(f"{name}: corrupt .npy header (shape {shape})")
+    return NpyHeader(tuple(shape), bool(fortran), dtype, f.tell())
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _check_array_size(h: NpyHeader, name: str) -> None:
+    # The element count too: a zero-size dtype must not smuggle in a 2**60-element shape.
+    limits.check("max_array_bytes", max(h.nbytes, h.count),
+                 f"{name}: declared {h.describe()}, bytes")
+
+
+def _read_data(f, h: NpyHeader, name: str) -> np.ndarray:
+    """The array data after the header: one allocation of the declared (checked) size."""
+    a = np.empty(h.shape, dtype=h.dtype, order="F" if h.fortran else "C")
+    if h.nbytes:
+        view = memoryview(a.reshape(-1, order="A").view(np.uint8))
+        got = 0
+        try:
+            while got < h.nbytes:
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        except _ZIP_ERRORS as e:
+            raise InputError(f"{name}: cannot read the array data ({_first_line(e)})") from None
+        if got != h.nbytes:
+            raise InputError(f"{name}: truncated array data ({got} of {h.nbytes} bytes)")
+    return a
+
+
+class _Zip:
+    """An .npz opened for checked reading: members listed, nothing decompressed yet."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            fh = open(path, "rb")
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise InputError(f"{path}: is a directory, expected an .npz file") from None
+        except OSError as e:
+            raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+        try:
+            if not zipfile.is_zipfile(fh):
+                raise InputError(f"{path}: not a valid .npz file (not a zip archive)")
+            fh.seek(0)
+            self.zf = zipfile.ZipFile(fh)
+        except InputError:
+            fh.close()
+            raise
+        except _ZIP_ERRORS as e:
+            fh.close()
+            raise InputError(f"{path}: not a valid .npz file ({_first_line(e)})") from None
+        self.fh = fh
+        infos = self.zf.infolist()
+        limits.check("max_members", len(infos), f"{path}: zip members")
+        self.members: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            if not info.filename.endswith(".npy") or info.is_dir():
+                self.close()
+                raise InputError(f"{path}: zip member {info.filename!r} is not a .npy array")
+            key = info.filename[: -len(".npy")]
+            if key in self.members:
+                self.close()
+                raise InputError(f"{path}: zip member {info.filename!r} appears twice")
+            self.members[key] = info
+        self.total = 0
+
+    def close(self):
+        self.zf.close()
+        self.fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def header(self, key: str) -> tuple[NpyHeader, zipfile.ZipInfo]:
+        """The member's .npy header (only the first bytes are decompressed), checked against
+        the member's declared size and the limits."""
+        info = self.members[key]
+        name = f"{self.path}: {key}"
+        limits.check("max_member_bytes", info.file_size, f"{name}: declared uncompressed size")
+        try:
+            with self.zf.open(info) as f:
+                h = _npy_header(f, name)
+        except InputError:
+            raise
+        except _ZIP_ERRORS as e:
+            raise InputError(f"{name}: cannot read ({_first_line(e)})") from None
+        if h.header_bytes + h.nbytes != info.file_size:
+            raise InputError(f"{name}: declares {h.describe()} ({h.nbytes:,} bytes) but the zip "
+                             f"member holds {info.file_size - h.header_bytes:,} bytes of data")
+        return h, info
+
+    def read(self, key: str, h: NpyHeader | None = None) -> np.ndarray:
+        info = self.members[key]
+        name = f"{self.path}: {key}"
+        if h is None:
+            h, info = self.header(key)
+        _check_array_size(h, name)
+        self.total += info.file_size
+        limits.check("max_npz_bytes", self.total, f"{self.path}: declared uncompressed size "
+                     "of the members read")
+        try:
+            with self.zf.open(info) as f:
+                _npy_header(f, name)
+                return _read_data(f, h, name)
+        except InputError:
+            raise
+        except _ZIP_ERRORS as e:
+            raise InputError(f"{name}: cannot read ({_first_line(e)})") from None
+
+
+def read_npz(path: str | Path, keys=None) -> dict[str, np.ndarray]:
+    """Read the arrays of an .npz without unpickling anything (all of them, or those whose key
+    `keys(key)` accepts); every member is checked by name (a .npy), declared uncompressed size
+    and .npy header against `compress.limits` before it is decompressed. InputError on a bad
+    file."""
+    with _Zip(Path(path)) as z:
+        return {k: z.read(k) for k in z.members if keys is None or keys(k)}
+
+
+def read_npy(path: str | Path, *, name: str | None = None, check=None) -> np.ndarray:
+    """Read one .npy array file, checked like an .npz member: the header is parsed and the
+    declared shape, dtype (no objects) and size are checked against `compress.limits` and the
+    file's size before the data are read; `check(header)` may refuse more (e.g. a shape).
+    InputError on a bad file."""
     path = Path(path)
+    name = name or str(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":
+                raise InputError(f"{name}: expected a single .npy array, not an archive")
+            f.seek(0)
+            h = _npy_header(f, name)
+            _check_array_size(h, name)
+            if check is not None:
+                check(h)
+            size = os.fstat(f.fileno()).st_size
+            if size != h.header_bytes + h.nbytes:
+                raise InputError(f"{name}: declares {h.describe()} ({h.nbytes:,} bytes) but the "
+                                 f"file holds {size - h.header_bytes:,} bytes of data")
+            return _read_data(f, h, name)
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+        raise InputError(f"{name}: no such file") from None
     except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, expected an .npz file") from None
+        raise InputError(f"{name}: is a directory, expected a .npy file") from None
     except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from None
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise InputError(f"{path}: not a valid .npz file (not a zip archive)")
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-        raise InputError(f"{path}: not a valid .npz file ({type(e).__name__}: {e})") from None
+        raise InputError(f"{name}: cannot read ({e.strerror or e})") from None
+
+
+def check_batch(h: NpyHeader, name: str) -> None:
+    """An input batch or labels file: at most max_batch rows (before the data are read)."""
+    if h.shape:
+        limits.check("max_batch", h.shape[0], f"{name}: declared {h.describe()}, rows")
+
+
+def _read_qnet_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The qnet's arrays, each member checked before it is read: only the keys a qnet has
+    are read, in order; scalars must be scalars and an index fits max_dim and max_weights
+    before its data are decompressed; meta.* members other than a small meta.sha256 are
+    never read."""
+    lim = limits.get()
+    with _Zip(path) as z:
+        arrays: dict[str, np.ndarray] = {}
+        headers: dict[str, NpyHeader] = {}
+
+        def head(key):
+            if key not in headers:
+                if key not in z.members:
+                    raise InputError(f"{key}: missing key")
+                headers[key] = z.header(key)[0]
+            return headers[key]
+
+        def scalar(key):
+            h = head(key)
+            if h.shape != ():
+                kind = "a bool" if key.endswith(".relu") else "an integer"
+                raise InputError(f"{key}: expected {kind} scalar, got {h.describe()}")
+            arrays[key] = z.read(key, h)
+
+        for key in ("version", "num_layers", "input_frac"):
+            scalar(key)
+        version = _scalar_int(arrays, "version")
+        if version != QNET_VERSION:
+            raise InputError(f"version: unsupported qnet version {version} "
+                             f"(expected {QNET_VERSION})")
+        num_layers = _scalar_int(arrays, "num_layers")
+        if num_layers < 1:
+            raise InputError(f"num_layers: must be >= 1, not {num_layers}")
+        limits.check("max_layers", num_layers, "num_layers")
+        expected = set(_qnet_keys(num_layers))
+        extra = sorted(k for k in z.members if k not in expected and not k.startswith("meta."))
+        if extra:
+            raise InputError(f"{extra[0]}: unexpected key (num_layers is {num_layers})")
+        for key in _qnet_keys(num_layers):
+            head(key)  # every key present, every header readable, before any layer data
+        total = 0
+        for i in range(num_layers):
+            h = headers[f"l{i}.index"]
+            if len(h.shape) == 2:
+                limits.check("max_dim", max(h.shape), f"l{i}.index: declared shape "
+                             f"{list(h.shape)}, dimension")
+                total += h.count
+                limits.check("max_weights", total, f"l{i}.index: total weights")
+            for f in ("codebook", "bias"):
+                hv = headers[f"l{i}.{f}"]
+                if hv.count > lim.max_dim:
+                    raise InputError(f"l{i}.{f}: declared {hv.describe()}: more entries than "
+                                     f"a layer can have (max_dim={lim.max_dim:,})")
+        for key in _qnet_keys(num_layers)[3:]:
+            if key.endswith((".shift", ".relu")):
+                scalar(key)
+            else:
+                arrays[key] = z.read(key, headers[key])
+        if "meta.sha256" in z.members:
+            info = z.members["meta.sha256"]
+            # Only a small checksum is read; other meta.* members are ignored, unread.
+            if info.file_size <= lim.max_meta_bytes:
+                arrays["meta.sha256"] = z.read("meta.sha256")
+    return arrays
 
 
 def load_qnet(path: str | Path, *, index_bits: int = DEFAULT_INDEX_BITS) -> QNet:
     """Load and validate a qnet file; raise InputError (naming the key or layer) on bad input."""
-    return qnet_from_arrays(read_npz(path), index_bits=index_bits)
+    return qnet_from_arrays(_read_qnet_arrays(Path(path)), index_bits=index_bits)
 
 
 def save_qnet(qnet: QNet, path: str | Path, *, index_bits: int = 8) -> None:
@@ -262,17 +534,12 @@ def _write_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_inputs(path: str | Path, in_features: int) -> np.ndarray:
-    """Load an input batch X.npy as int16[batch, in_features]; InputError when it does not fit."""
-    path = Path(path)
-    try:
-        x = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"{path}: not a valid .npy file ({e})") from None
-    if not isinstance(x, np.ndarray):
-        raise InputError(f"{path}: expected a single .npy array, not an archive")
-    return check_inputs(x, in_features, name=str(path))
+    """Load an input batch X.npy as int16[batch, in_features]; InputError when it does not fit.
+
+    The file goes through `read_npy`: its declared size is checked before it is read."""
+    name = str(path)
+    x = read_npy(path, check=lambda h: check_batch(h, name))
+    return check_inputs(x, in_features, name=name)
 
 
 def check_inputs(x: np.ndarray, in_features: int, *, name: str = "inputs") -> np.ndarray:
