@@ -93,6 +93,24 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "", what: str | None =
         raise
 
 
+def check_dir_output(path: str | os.PathLike, *, force: bool = False,
+                     what: str | None = None) -> None:
+    """InputError unless `path` may receive a directory output: it does not exist, or is an
+    empty directory, or is a directory and `force` is set. Call it before the work starts."""
+    path = Path(path)
+    label = _label(path, what)
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise InputError(f"{label}: exists and is not a directory")
+        try:
+            nonempty = any(os.scandir(path))
+        except OSError as e:
+            raise InputError(f"{label}: cannot read ({e.strerror or e})") from None
+        if nonempty and not force:
+            raise InputError(f"{label}: directory exists and is not empty (--force replaces "
+                             "the files this command writes, and nothing else)")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, *, force: bool = False, what: str | None = None,
                keep=()):
@@ -106,16 +124,7 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False, what: str | None
     """
     path = Path(path)
     label = _label(path, what)
-    if path.exists() or path.is_symlink():
-        if not path.is_dir():
-            raise InputError(f"{label}: exists and is not a directory")
-        try:
-            nonempty = any(os.scandir(path))
-        except OSError as e:
-            raise InputError(f"{label}: cannot read ({e.strerror or e})") from None
-        if nonempty and not force:
-            raise InputError(f"{label}: directory exists and is not empty (--force replaces "
-                             "the files this command writes, and nothing else)")
+    check_dir_output(path, force=force, what=what)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

@@ -29,10 +29,10 @@ def command(name: str, help: str):
     return register
 
 
-def save_npy(path: str, array: np.ndarray) -> None:
+def save_npy(path: str, array: np.ndarray, *, what: str | None = "--out") -> None:
     from .atomic import atomic_path
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, what=what) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array, allow_pickle=False)
 
@@ -50,9 +50,11 @@ def _golden_args(p):
 
 @command("golden", "run the PyTorch golden model on a batch of inputs")(_golden_args)
 def _golden(args):
+    from .atomic import refuse_same_path
     from .golden import golden
     from .qnet import load_inputs, load_qnet
 
+    refuse_same_path(args.out, args.model, args.inputs)
     qnet = load_qnet(args.model, index_bits=args.index_bits)
     x = load_inputs(args.inputs, qnet.in_features)
     save_npy(args.out, golden(qnet, x, acc_bits=args.acc_bits))
@@ -61,7 +63,11 @@ def _golden(args):
 def _export_args(p):
     p.add_argument("--model", required=True, help="qnet .npz")
     p.add_argument("--pes", type=int, required=True, help="number of processing elements (>= 1)")
-    p.add_argument("--out", required=True, help="output directory for the ROM images")
+    p.add_argument("--out", required=True, help="output directory for the ROM images (a new "
+                   "or empty directory; see --force)")
+    p.add_argument("--force", action="store_true",
+                   help="write into an existing non-empty --out: the files this command writes "
+                        "are replaced, nothing else is touched")
     p.add_argument("--index-bits", type=int, default=4, help="codebook index bits (default 4)")
     p.add_argument("--rel-bits", type=int, default=4, help="relative row index bits (default 4)")
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
@@ -71,12 +77,16 @@ def _export_args(p):
 
 @command("export-rom", "write the EIE ROM images the engine is built from")(_export_args)
 def _export_rom(args):
+    from .atomic import check_dir_output, refuse_same_path
     from .qnet import load_qnet
     from .rom import export_rom
 
+    refuse_same_path(args.out, args.model)
+    check_dir_output(args.out, force=args.force, what="--out")  # before any work
     qnet = load_qnet(args.model, index_bits=args.index_bits)
     m = export_rom(qnet, args.out, pes=args.pes, index_bits=args.index_bits,
-                   rel_bits=args.rel_bits, balance=args.balance)
+                   rel_bits=args.rel_bits, balance=args.balance, force=args.force,
+                   keep=[args.model], what="--out")
     t = m["totals"]
     print(
         f"wrote {args.out}: {m['num_layers']} layers, {args.pes} PEs, "

@@ -18,11 +18,13 @@ def _pack_args(p):
 
 @command("pack", "compress a qnet into a .dcz model file")(_pack_args)
 def _pack(args):
+    from .atomic import refuse_same_path
     from .dcz import format_table, layer_sizes, write_dcz
     from .qnet import load_qnet
 
+    refuse_same_path(args.out, args.qnet)
     qnet = load_qnet(args.qnet, index_bits=args.index_bits)
-    size = write_dcz(qnet, args.out)
+    size = write_dcz(qnet, args.out, what="--out")
     params = sum(ly.index.size + ly.bias.size for ly in qnet.layers)
     print(f"wrote {args.out}: {size:,} bytes, {4 * params / size:.1f}x smaller than float32")
     if args.table:
@@ -36,11 +38,13 @@ def _unpack_args(p):
 
 @command("unpack", "decode a .dcz back to the exact qnet it was made from")(_unpack_args)
 def _unpack(args):
+    from .atomic import refuse_same_path
     from .dcz import read_dcz
     from .qnet import save_qnet
 
+    refuse_same_path(args.out, args.dcz)
     qnet = read_dcz(args.dcz)
-    save_qnet(qnet, args.out)
+    save_qnet(qnet, args.out, what="--out")
     print(f"wrote {args.out}: {qnet.num_layers} layers, sha256 {qnet.checksum()[:16]}")
 
 

@@ -667,6 +667,7 @@ def _as_layer_set(layers, shapes, input_frac) -> LayerSet:
 
 
 def _pack(layers: list[Layer], input_frac: int, shapes) -> tuple[bytes, list[dict]]:
+    limits.check("max_layers", len(layers), "pack: layers")
     header = _section(_TAG_HEADER, _header_payload(layers, input_frac, shapes))
     out = [MAGIC, bytes([DCZ_VERSION]), header]
     infos = []
@@ -677,7 +678,13 @@ def _pack(layers: list[Layer], input_frac: int, shapes) -> tuple[bytes, list[dic
         infos.append(info)
         out.append(sec)
     body = b"".join(out)
-    return body + struct.pack("<I", zlib.crc32(body)), infos
+    data = body + struct.pack("<I", zlib.crc32(body))
+    # Never write a file the reader refuses under the same limits (an almost empty network
+    # is too small a file for its declared size): say so now, naming the limit to raise.
+    budget = _Budget(len(data))
+    for i, layer in enumerate(layers):
+        budget.take(int(layer.index.size), f"pack: l{i}")
+    return data, infos
 
 
 def _sections(data: bytes) -> tuple[list[tuple[bytes, bytes, int]], int]:
@@ -793,10 +800,10 @@ def unpack_layers(data: bytes) -> LayerSet:
         raise InputError(f"dcz: decoded layers are invalid ({e})") from None
 
 
-def write_dcz(qnet: QNet, path: str | Path) -> int:
+def write_dcz(qnet: QNet, path: str | Path, *, what: str | None = None) -> int:
     """Write the .dcz atomically; return its size in bytes."""
     data = pack(qnet)
-    write_bytes_atomic(path, data)
+    write_bytes_atomic(path, data, what=what)
     return len(data)
 
 

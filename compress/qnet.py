@@ -514,12 +514,13 @@ def load_qnet(path: str | Path, *, index_bits: int = DEFAULT_INDEX_BITS) -> QNet
     return qnet_from_arrays(_read_qnet_arrays(Path(path)), index_bits=index_bits)
 
 
-def save_qnet(qnet: QNet, path: str | Path, *, index_bits: int = 8) -> None:
+def save_qnet(qnet: QNet, path: str | Path, *, index_bits: int = 8,
+              what: str | None = None) -> None:
     """Validate and write a qnet with its checksum, atomically. Same network -> same bytes."""
     qnet.validate(index_bits=index_bits)
     arrays = qnet.to_arrays()
     arrays["meta.sha256"] = np.array(_checksum(arrays))
-    with atomic_path(path) as tmp:
+    with atomic_path(path, what=what) as tmp:
         _write_npz_deterministic(tmp, arrays)
 
 

@@ -438,15 +438,19 @@ def _arrays(rom: RomImage) -> dict[str, tuple[np.ndarray, int, bool]]:
     return arrays
 
 
-def write_rom(rom: RomImage, out_dir: str | Path) -> dict:
-    """Write every image as .hex and .bin plus manifest.json, atomically; return the manifest."""
+def write_rom(rom: RomImage, out_dir: str | Path, *, force: bool = False, keep=(),
+              what: str | None = None) -> dict:
+    """Write every image as .hex and .bin plus manifest.json, atomically; return the manifest.
+
+    An existing non-empty `out_dir` is refused unless `force`; then only these files are
+    replaced (see `compress.atomic.atomic_dir`; `keep`: inputs that must survive)."""
     files = {}
     memories = {}
     perm = np.concatenate([np.asarray(p, dtype=np.int64) for p in rom.perm])
     # The permutation is not an engine memory (the hardware never reads it): it has its own
     # manifest entry, and its files are checksummed like the others.
     images = {**_arrays(rom), "perm": (perm, rom.perm_bits, False)}
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, force=force, keep=keep, what=what) as tmp:
         for name, (values, width, signed) in images.items():
             words = _to_words(values, width)
             for ext, data in (("hex", _hex_text(words, width)), ("bin", _bin_bytes(words, width))):
@@ -547,7 +551,10 @@ def export_rom(
     index_bits: int = DEFAULT_INDEX_BITS,
     rel_bits: int = DEFAULT_REL_BITS,
     balance: bool = True,
+    force: bool = False,
+    keep=(),
+    what: str | None = None,
 ) -> dict:
     """Encode a qnet and write its ROM images to `out_dir`; return the manifest."""
     rom = build_rom(qnet, pes=pes, index_bits=index_bits, rel_bits=rel_bits, balance=balance)
-    return write_rom(rom, out_dir)
+    return write_rom(rom, out_dir, force=force, keep=keep, what=what)
