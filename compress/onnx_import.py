@@ -28,13 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import limits
 from .errors import InputError
-
-# Elements in one tensor and in all of them together: VGG-16 (138M parameters) fits.
-try:  # the project-wide limits, when present
-    from .limits import MAX_WEIGHTS as MAX_ELEMENTS  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the tree
-    MAX_ELEMENTS = 1 << 28
 
 SUPPORTED = "Gemm, MatMul, Add, Relu, Flatten, Reshape, Conv, MaxPool, Identity"
 
@@ -81,8 +76,8 @@ class _Graph:
             self.fail(f"{where}: negative dimension in {dims}")
         n = math.prod(dims)
         if n > self.max_elements or self.total + n > self.max_elements:
-            self.fail(f"{where}: {n:,} elements ({self.total + n:,} in all) exceed the limit of "
-                      f"{self.max_elements:,}")
+            self.fail(f"{where}: {n:,} elements ({self.total + n:,} in all) exceed the limit "
+                      f"max_weights={self.max_elements:,} ({limits.how_to_raise('max_weights')})")
         self.total += n
         dt = t.data_type
         if dt in _FLOAT_TYPES:
@@ -182,7 +177,7 @@ def _read_model(path: Path, max_elements: int):
     # Weights are at most 8 bytes an element; the rest of a model is small.
     if size > 8 * max_elements + (64 << 20) or size >= 2**31:
         raise InputError(f"{path}: {size:,} bytes is larger than any model within the limit "
-                         f"of {max_elements:,} weights")
+                         f"max_weights={max_elements:,} ({limits.how_to_raise('max_weights')})")
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -195,13 +190,16 @@ def _read_model(path: Path, max_elements: int):
     return model
 
 
-def load_onnx(path: str | os.PathLike, *, max_elements: int = MAX_ELEMENTS) -> nn.Sequential:
+def load_onnx(path: str | os.PathLike, *, max_elements: int | None = None) -> nn.Sequential:
     """The network in an ONNX file as an `nn.Sequential` of Linear/ReLU/Flatten (Conv2d/MaxPool2d).
 
     `model.input_shape` is the input's shape without the batch axis. InputError (one line,
-    naming the node and op) for anything that is not such a chain.
+    naming the node and op) for anything that is not such a chain. `max_elements` bounds the
+    elements of all tensors together (default: the limit max_weights of `compress.limits`).
     """
     path = Path(path)
+    if max_elements is None:
+        max_elements = limits.get().max_weights
     model = _read_model(path, max_elements)
     graph = model.graph
     g = _Graph(path, max_elements)
@@ -252,7 +250,7 @@ def _input_shape(g: _Graph, inp) -> tuple[int, ...]:
         shape.append(int(d.dim_value))
     if math.prod(shape) > g.max_elements:
         g.fail(f"graph input {inp.name!r}: {math.prod(shape):,} values per example exceed the "
-               f"limit of {g.max_elements:,}")
+               f"limit max_weights={g.max_elements:,}")
     return tuple(shape)
 
 
