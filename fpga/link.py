@@ -6,26 +6,48 @@ INFER payload goes into the engine word by word as it arrives, and the engine's 
 straight into the reply as it is sent (the engine's `o_act` waits on `ready`). The CRC verdict
 is known before the first output word, so the reply header can go first: a good INFER is
 answered with its outputs streamed, a bad one has its outputs drained and dropped, then ERROR.
+The FSM's states are built in two pieces: the frame receiver (`_receiver`) and the reply
+sender (`_sender`).
 
-Robustness, so a partial or corrupt frame never locks the design up:
+A bad frame cannot turn the link:
 
 * bytes outside a frame are dropped until a SYNC byte;
-* an unknown command or a length that does not match it gets an ERROR reply at once;
+* a frame refused from its header (unknown command, a length that does not match it, INFER
+  before the weights are loaded, a LOAD to a memory or address range that does not exist or out
+  of order) is discarded to its declared end: exactly LEN payload bytes and the CRC byte are
+  dropped, or fewer if the line goes quiet for `timeout` cycles first. Only then the ERROR
+  reply goes out. Payload bytes are never parsed as requests, and a refused request has no
+  effect at all (no engine run, no write, no flag changed);
 * every gap between two bytes of a frame is timed: after `timeout` clock cycles the frame is
   abandoned; if an INFER payload was under way the missing words are fed to the engine as zeros
   so the engine finishes its inference and is drained, then the ERROR reply goes out;
-* an INFER with a bad CRC is likewise run to completion and drained, and answered with ERROR.
+* an INFER with a bad CRC is likewise run to completion and drained, and answered with ERROR;
+* bytes that arrive while a request is being answered are dropped, and then the link waits for
+  a quiet line (`timeout` cycles without a byte) before it hunts for SYNC again, so the tail of
+  a frame cut by the reply is never read as a request.
 
-Bytes that arrive while a request is being answered are dropped: the host waits for each reply.
+LOAD is a staged commit (there is no room for a frame buffer): its header (memory, address, word
+count) is checked before the first word is written, and the words are then written as they
+arrive, before the CRC is known. So that a bad LOAD can never be used, the link keeps a load
+cursor: a LOAD must start where the last good LOAD ended (memory by memory in load-id order,
+addresses ascending, each memory to its full depth), or at memory 0 address 0 to start over.
+Any accepted LOAD clears the loaded flag; only a LOAD whose CRC checks moves the cursor; and
+COMMIT is refused until the cursor has passed the end of the last memory. The words of a LOAD
+refused for its CRC or a timeout lie at or after the cursor, where the next good LOAD must
+write again before any COMMIT.
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import protocol as P
+
+LOAD_ADDR_BITS = 14  # SPRAM: 16K words
 
 
 def _crc8_bit_sources() -> list[list[int]]:
@@ -50,7 +72,11 @@ def crc8_step(crc, byte):
 
 
 class Link(wiring.Component):
-    """Request/reply protocol engine; see the module docstring."""
+    """Request/reply protocol engine; see the module docstring.
+
+    `loads` is the number of loadable (SPRAM) memories, or the list of their depths in words
+    (load-id order); a bare number means every memory is a whole SPRAM (16K words).
+    """
 
     def __init__(
         self,
@@ -61,7 +87,7 @@ class Link(wiring.Component):
         pes: int,
         clock_hz: int,
         timeout: int,
-        loads: int = 0,
+        loads=0,
         lockstep: bool = False,
     ):
         for name, v, lo in (
@@ -83,9 +109,15 @@ class Link(wiring.Component):
         self.pes = pes
         self.clock_hz = int(clock_hz)
         self.timeout = timeout
-        if not isinstance(loads, int) or not 0 <= loads <= 255:
-            raise ValueError(f"loads must be 0..255 loadable memories, not {loads!r}")
-        self.loads = loads
+        if isinstance(loads, int):
+            if not 0 <= loads <= 255:
+                raise ValueError(f"loads must be 0..255 loadable memories, not {loads!r}")
+            loads = [1 << LOAD_ADDR_BITS] * loads
+        depths = [int(d) for d in loads]
+        if len(depths) > 255 or any(not 1 <= d <= 1 << LOAD_ADDR_BITS for d in depths):
+            raise ValueError(f"load depths must be 1..{1 << LOAD_ADDR_BITS} words, not {depths}")
+        self.load_depths = depths
+        self.loads = len(depths)
         self.lockstep = bool(lockstep)  # PING flags bit 1: which image the host must load
         super().__init__(
             {
@@ -98,7 +130,7 @@ class Link(wiring.Component):
                 "busy": In(1),
                 # LOAD frames write SPRAM memories through this port (loads > 0)
                 "load_mem": Out(8),
-                "load_addr": Out(14),
+                "load_addr": Out(LOAD_ADDR_BITS),
                 "load_data": Out(16),
                 "load_we": Out(1),
                 # status for the LEDs
@@ -112,37 +144,269 @@ class Link(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        n_in, n_out, n_l = self.in_features, self.out_features, self.num_layers
+        s = SimpleNamespace()
+        s.cmd = Signal(8)
+        s.err = Signal(8)  # error code of the reply, 0 = none
+        s.loaded = Signal(init=0 if self.loads else 1)
+        s.rx_take = Signal()  # a byte is transferred from rx this cycle
+        s.rx_hold = Signal()  # rx not ready this cycle
+        s.in_frame = Signal()  # the inter-byte timer runs
+        s.timed_out = Signal()
+        s.dropped = Signal()  # a byte came in while answering (cleared in GAP)
+        m.d.comb += [s.rx_take.eq(self.rx.valid & self.rx.ready), self.rx.ready.eq(~s.rx_hold)]
 
-        cmd = Signal(8)
-        length = Signal(16)
+        # Inter-byte timer: runs inside a frame (and while waiting for a quiet line).
+        timer = Signal(range(self.timeout + 1))
+        m.d.comb += s.timed_out.eq(timer == self.timeout)
+        with m.If(~s.in_frame | s.rx_take):
+            m.d.sync += timer.eq(0)
+        with m.Elif(~s.timed_out):
+            m.d.sync += timer.eq(timer + 1)
+
+        with m.FSM() as fsm:
+            self._receiver(m, s)
+            self._sender(m, s)
+        m.d.comb += self.active.eq(~fsm.ongoing("IDLE"))
+        return m
+
+    # -- the frame receiver ------------------------------------------------------------------
+
+    def _receiver(self, m, s):
+        """IDLE .. CRC: hunt, header, payload (INFER, LOAD), discard of refused frames."""
+        n_in, loads = self.in_features, self.loads
+        rx_byte, rx_take, timed_out = self.rx.payload, s.rx_take, s.timed_out
+        cmd, err = s.cmd, s.err
         crc = Signal(8, init=0xFF)
-        err = Signal(8)  # error code of the reply, 0 = none
+        left = Signal(16)  # payload bytes still to come (LEN, counted down)
         words_left = Signal(range(n_in + 1))
         lo_byte = Signal(8)
         have_lo = Signal()
-        max_load = 3 + 2 * P.MAX_LOAD_WORDS
-        remaining = Signal(range(max_load + 1))  # LOAD payload bytes still to come
-        l_idx = Signal(2)  # LOAD payload: 0 mem, 1 addr lo, 2 addr hi, 3 words
-        l_addr = Signal(14)
-        loaded = Signal(init=0 if self.loads else 1)
-        # The load port is driven straight from the frame (no copy registers): the word is
-        # written in the cycle its high byte is taken.
-        m.d.comb += [self.load_addr.eq(l_addr), self.load_data.eq(Cat(lo_byte, self.rx.payload))]
-        timer = Signal(range(self.timeout + 1))
+        s.words_left = words_left
+
+        def refuse(code):
+            """A refused frame: drop the rest of what it declared (`left` + CRC), then ERROR."""
+            m.d.sync += err.eq(code)
+            m.next = "SKIP"
+
+        def reply(code):
+            m.d.sync += err.eq(code)
+            m.next = "REPLY"
+
+        def discard(code):
+            """An INFER that will not be answered: drop the engine's outputs, then ERROR."""
+            m.d.sync += err.eq(code)
+            m.next = "DISCARD"
+
+        def crc_in():
+            m.d.sync += crc.eq(crc8_step(crc, rx_byte))
+
+        if loads:
+            l_idx = Signal(2)  # LOAD payload: 0 mem, 1 addr lo, 2 addr hi, 3 words
+            l_addr = Signal(LOAD_ADDR_BITS)
+            l_big = Signal()  # the address does not fit LOAD_ADDR_BITS
+            l_last = Signal()  # the LOAD ends at its memory's last word
+            cur_mem = Signal(range(loads + 1))  # the load cursor (module docstring)
+            cur_addr = Signal(LOAD_ADDR_BITS)
+            # The load port is driven straight from the frame (no copy registers): the word is
+            # written in the cycle its high byte is taken.
+            m.d.comb += [self.load_addr.eq(l_addr), self.load_data.eq(Cat(lo_byte, rx_byte))]
+            # Depth of the addressed memory (0 past the last: never fits).
+            k = max(1, (loads - 1).bit_length())
+            depth = Array(Const(d, LOAD_ADDR_BITS + 1)
+                          for d in self.load_depths + [0] * ((1 << k) - loads))[self.load_mem[:k]]
+            end = Signal(LOAD_ADDR_BITS + 1)  # address after the frame's last word
+            m.d.comb += end.eq(l_addr + left[1:])  # in LCHK, left = 2 x words
+
+        with m.State("IDLE"):
+            m.d.sync += [crc.eq(0xFF), have_lo.eq(0), cmd.eq(0), err.eq(0)]
+            with m.If(rx_take & (rx_byte == P.SYNC_REQ)):
+                m.next = "CMD"
+
+        with m.State("CMD"):
+            m.d.comb += s.in_frame.eq(1)
+            with m.If(rx_take):
+                m.d.sync += cmd.eq(rx_byte)
+                crc_in()
+                m.next = "LEN0"
+            with m.Elif(timed_out):
+                reply(P.ERR_TIMEOUT)
+
+        with m.State("LEN0"):
+            m.d.comb += s.in_frame.eq(1)
+            with m.If(rx_take):
+                m.d.sync += left[:8].eq(rx_byte)
+                crc_in()
+                m.next = "LEN1"
+            with m.Elif(timed_out):
+                reply(P.ERR_TIMEOUT)
+
+        with m.State("LEN1"):
+            m.d.comb += s.in_frame.eq(1)
+            full = Cat(left[:8], rx_byte)
+            with m.If(rx_take):
+                m.d.sync += left[8:].eq(rx_byte)
+                crc_in()
+                m.d.sync += words_left.eq(n_in)
+                with m.Switch(cmd):
+                    with m.Case(P.CMD_PING, P.CMD_COUNT, *((P.CMD_COMMIT,) if loads else ())):
+                        with m.If(full == 0):
+                            m.next = "CRC"
+                        with m.Else():
+                            refuse(P.ERR_LENGTH)
+                    with m.Case(P.CMD_INFER):
+                        with m.If(full != 2 * n_in):
+                            refuse(P.ERR_LENGTH)
+                        with m.Elif(~s.loaded):
+                            refuse(P.ERR_NOT_LOADED)
+                        with m.Else():
+                            m.next = "PAYLOAD"
+                    if loads:
+                        with m.Case(P.CMD_LOAD):
+                            max_load = 3 + 2 * P.MAX_LOAD_WORDS
+                            with m.If(full[0] & (full >= 5) & (full <= max_load)):
+                                m.d.sync += l_idx.eq(0)
+                                m.next = "LOAD"
+                            with m.Else():
+                                refuse(P.ERR_LENGTH)
+                    with m.Default():
+                        refuse(P.ERR_COMMAND)
+            with m.Elif(timed_out):
+                reply(P.ERR_TIMEOUT)
+
+        with m.State("SKIP"):
+            # A refused frame: its remaining payload bytes, then its CRC byte, are dropped.
+            m.d.comb += s.in_frame.eq(1)
+            with m.If(rx_take):
+                m.d.sync += left.eq(left - 1)
+                with m.If(left == 0):
+                    m.next = "REPLY"
+            with m.Elif(timed_out):
+                m.next = "REPLY"
+
+        with m.State("PAYLOAD"):
+            # INFER input words straight into the engine, low byte first.
+            m.d.comb += s.in_frame.eq(1)
+            m.d.comb += [self.act_out.payload.eq(Cat(lo_byte, rx_byte))]
+            with m.If(~have_lo):
+                with m.If(rx_take):
+                    m.d.sync += [lo_byte.eq(rx_byte), have_lo.eq(1)]
+                    crc_in()
+            with m.Else():
+                # High byte: pass it on only when the engine takes the word.
+                m.d.comb += [self.act_out.valid.eq(self.rx.valid)]
+                m.d.comb += s.rx_hold.eq(~self.act_out.ready)
+                with m.If(rx_take):
+                    m.d.sync += have_lo.eq(0)
+                    crc_in()
+                    m.d.sync += words_left.eq(words_left - 1)
+                    with m.If(words_left == 1):
+                        m.next = "CRC"
+            with m.If(timed_out & ~rx_take):
+                m.d.sync += err.eq(P.ERR_TIMEOUT)
+                m.next = "PAD"
+
+        if loads:
+            with m.State("LOAD"):
+                # mem, address (then LCHK), then words written one by one as their high byte
+                # arrives.
+                m.d.comb += s.in_frame.eq(1)
+                with m.If(rx_take):
+                    crc_in()
+                    m.d.sync += left.eq(left - 1)
+                    with m.Switch(l_idx):
+                        with m.Case(0):
+                            m.d.sync += [self.load_mem.eq(rx_byte), l_idx.eq(1)]
+                        with m.Case(1):
+                            m.d.sync += [l_addr[:8].eq(rx_byte), l_idx.eq(2)]
+                        with m.Case(2):
+                            m.d.sync += [l_addr[8:].eq(rx_byte), l_idx.eq(3), have_lo.eq(0),
+                                         l_big.eq(rx_byte[LOAD_ADDR_BITS - 8:] != 0)]
+                            m.next = "LCHK"
+                        with m.Default():
+                            with m.If(~have_lo):
+                                m.d.sync += [lo_byte.eq(rx_byte), have_lo.eq(1)]
+                            with m.Else():
+                                m.d.comb += self.load_we.eq(1)
+                                m.d.sync += [l_addr.eq(l_addr + 1), have_lo.eq(0)]
+                            with m.If(left == 1):
+                                m.next = "CRC"
+                with m.Elif(timed_out):
+                    reply(P.ERR_TIMEOUT)
+
+            with m.State("LCHK"):
+                # The LOAD header, checked before any word is written (one cycle, no byte
+                # taken): an existing memory, the words inside it, at the cursor or at 0/0.
+                m.d.comb += [s.in_frame.eq(1), s.rx_hold.eq(1)]
+                restart = (self.load_mem == 0) & (l_addr == 0)
+                at_cursor = (self.load_mem == cur_mem) & (l_addr == cur_addr)
+                with m.If((self.load_mem < loads) & ~l_big & (restart | at_cursor)
+                          & (end <= depth)):
+                    m.d.sync += [s.loaded.eq(0), cur_mem.eq(self.load_mem),
+                                 cur_addr.eq(l_addr), l_last.eq(end == depth)]
+                    m.next = "LOAD"
+                with m.Else():
+                    refuse(P.ERR_ADDRESS)
+
+        with m.State("CRC"):
+            m.d.comb += s.in_frame.eq(1)
+            ok = Signal()
+            m.d.comb += ok.eq(rx_byte == crc)
+            with m.If(rx_take):
+                with m.If((cmd == P.CMD_INFER) & ~ok):
+                    discard(P.ERR_CRC)
+                with m.Elif(~ok):
+                    reply(P.ERR_CRC)
+                if loads:
+                    with m.Elif(cmd == P.CMD_LOAD):
+                        # A good LOAD moves the cursor past its words.
+                        with m.If(l_last):
+                            m.d.sync += [cur_mem.eq(cur_mem + 1), cur_addr.eq(0)]
+                        with m.Else():
+                            m.d.sync += cur_addr.eq(l_addr)
+                        reply(0)
+                    with m.Elif((cmd == P.CMD_COMMIT) & (cur_mem != loads)):
+                        reply(P.ERR_NOT_LOADED)
+                    with m.Elif(cmd == P.CMD_COMMIT):
+                        m.d.sync += s.loaded.eq(1)
+                        reply(0)
+                with m.Else():
+                    reply(0)  # a good INFER: its outputs stream into the reply
+            with m.Elif(timed_out):
+                with m.If(cmd == P.CMD_INFER):
+                    discard(P.ERR_TIMEOUT)
+                with m.Else():
+                    reply(P.ERR_TIMEOUT)
+
+        with m.State("GAP"):
+            # Bytes came in while a reply went out: wait for a quiet line before hunting.
+            m.d.comb += s.in_frame.eq(1)
+            m.d.sync += s.dropped.eq(0)
+            with m.If(timed_out):
+                m.next = "IDLE"
+
+    # -- the reply sender --------------------------------------------------------------------
+
+    def _sender(self, m, s):
+        """PAD, DISCARD (an INFER's leftovers), REPLY, T_*: the reply, byte by byte."""
+        n_out, n_l = self.out_features, self.num_layers
+        cmd, err, words_left = s.cmd, s.err, s.words_left
         best = Signal(signed(16))
         best_idx = Signal.like(self.digit)
+        dropped = s.dropped
+
+        def answering():
+            m.d.sync += dropped.eq(dropped | s.rx_take)
 
         # The reply payload: the engine's output words (INFER only, streamed from act_in), then
         # 32-bit words from one table, sent LSB first through a 24-bit shift register. Each
         # reply starts at its own place in the table: INFER's words are the tail of COUNT's.
-        ping_bytes = bytes([P.VERSION, self.pes, n_l]) + n_in.to_bytes(2, "little")
+        ping_bytes = bytes([P.VERSION, self.pes, n_l]) + self.in_features.to_bytes(2, "little")
         ping_bytes += n_out.to_bytes(2, "little")
         ping_bytes += (self.clock_hz & 0xFFFFFFFF).to_bytes(4, "little")
         assert len(ping_bytes) == 11
         ping_words = [int.from_bytes(ping_bytes[i:i + 4], "little") for i in (0, 4, 8)]
-        flags = Cat(loaded, Const(int(self.lockstep), 1))
-        table = [err,
+        flags = Cat(s.loaded, Const(int(self.lockstep), 1))
+        table = [Cat(err, cmd),  # ERROR: the code and the command it refuses
                  Const(ping_words[0], 32), Const(ping_words[1], 32),
                  Cat(Const(ping_words[2], 24), flags),
                  self.inferences, self.errors, self.cycles,
@@ -163,255 +427,113 @@ class Link(wiring.Component):
         wreg = Signal(24)
         r_crc = Signal(8)
 
-        rx_byte = self.rx.payload
-        rx_take = Signal()  # a byte is transferred from rx this cycle
-        m.d.comb += rx_take.eq(self.rx.valid & self.rx.ready)
+        with m.State("PAD"):
+            # Abandoned INFER: complete the engine's input with zeros.
+            answering()
+            m.d.comb += [self.act_out.valid.eq(1), self.act_out.payload.eq(0)]
+            with m.If(self.act_out.ready):
+                m.d.sync += words_left.eq(words_left - 1)
+                with m.If(words_left == 1):
+                    m.next = "DISCARD"
 
-        # Inter-byte timeout while inside a frame.
-        in_frame = Signal()
-        timed_out = Signal()
-        m.d.comb += timed_out.eq(timer == self.timeout)
-        with m.If(~in_frame | rx_take):
-            m.d.sync += timer.eq(0)
-        with m.Elif(~timed_out):
-            m.d.sync += timer.eq(timer + 1)
+        with m.State("DISCARD"):
+            # The engine's outputs of an INFER answered with ERROR: taken and dropped.
+            answering()
+            m.d.comb += self.act_in.ready.eq(1)
+            with m.If(self.act_in.valid):
+                m.d.sync += r_k.eq(r_k + 1)
+                with m.If(r_k == n_out - 1):
+                    m.next = "REPLY"
 
-        def start_reply(code):
-            """Enter the reply with error code `code` (0 = the normal reply to `cmd`)."""
-            m.d.sync += err.eq(code)
-            m.next = "REPLY"
+        with m.State("REPLY"):
+            # Choose the reply: command, payload length, where in the table it starts.
+            answering()
+            m.d.sync += [r_k.eq(0), r_b.eq(0), r_crc.eq(0xFF), o_left.eq(0)]
+            with m.If(err != 0):
+                m.d.sync += [r_cmd.eq(P.CMD_ERROR), r_len.eq(2), r_w.eq(W_ERROR)]
+                m.d.sync += [self.errors.eq(self.errors + 1), self.error_flag.eq(1)]
+            with m.Else():
+                m.d.sync += [r_cmd.eq(cmd), self.error_flag.eq(0)]
+                with m.Switch(cmd):
+                    with m.Case(P.CMD_PING):
+                        m.d.sync += [r_len.eq(len(ping_bytes) + 1), r_w.eq(W_PING)]
+                    with m.Case(P.CMD_COUNT):
+                        m.d.sync += [r_len.eq(12 + 4 * n_l), r_w.eq(W_COUNT)]
+                    with m.Case(P.CMD_LOAD, P.CMD_COMMIT):
+                        m.d.sync += r_len.eq(0)
+                    with m.Default():  # INFER
+                        m.d.sync += [r_len.eq(2 * n_out + 4 + 4 * n_l), r_w.eq(W_INFER),
+                                     o_left.eq(n_out)]
+                        m.d.sync += self.inferences.eq(self.inferences + 1)
+            m.next = "T_SYNC"
 
-        def discard(code):
-            """An INFER that will not be answered: drop the engine's outputs, then ERROR."""
-            m.d.sync += [err.eq(code), r_k.eq(0)]
-            m.next = "DISCARD"
+        # One CRC step for every byte sent (the states only choose the byte).
+        tx_crc = crc8_step(r_crc, self.tx.payload)
 
-        # Bytes are taken (and dropped unless a state uses them) everywhere but in the high byte
-        # of an INFER word, which waits for the engine.
-        rx_hold = Signal()
-        m.d.comb += self.rx.ready.eq(~rx_hold)
+        def send(value, nxt, *, add_crc=True):
+            answering()
+            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
+            with m.If(self.tx.ready):
+                if add_crc:
+                    m.d.sync += r_crc.eq(tx_crc)
+                m.next = nxt
 
-        with m.FSM() as fsm:
-            with m.State("IDLE"):
-                m.d.sync += [crc.eq(0xFF), have_lo.eq(0)]
-                with m.If(rx_take & (rx_byte == P.SYNC_REQ)):
-                    m.next = "CMD"
+        with m.State("T_SYNC"):
+            send(P.SYNC_REP, "T_CMD", add_crc=False)
+        with m.State("T_CMD"):
+            send(r_cmd, "T_LEN0")
+        with m.State("T_LEN0"):
+            send(r_len & 0xFF, "T_LEN1")
+        with m.State("T_LEN1"):
+            send(r_len >> 8, "T_LOAD")
 
-            with m.State("CMD"):
-                m.d.comb += in_frame.eq(1)
-                with m.If(rx_take):
-                    m.d.sync += [cmd.eq(rx_byte), crc.eq(crc8_step(crc, rx_byte))]
-                    m.next = "LEN0"
-                with m.Elif(timed_out):
-                    start_reply(P.ERR_TIMEOUT)
-
-            with m.State("LEN0"):
-                m.d.comb += in_frame.eq(1)
-                with m.If(rx_take):
-                    m.d.sync += [length[:8].eq(rx_byte), crc.eq(crc8_step(crc, rx_byte))]
-                    m.next = "LEN1"
-                with m.Elif(timed_out):
-                    start_reply(P.ERR_TIMEOUT)
-
-            with m.State("LEN1"):
-                m.d.comb += in_frame.eq(1)
-                full = Cat(length[:8], rx_byte)
-                with m.If(rx_take):
-                    m.d.sync += [length[8:].eq(rx_byte), crc.eq(crc8_step(crc, rx_byte))]
-                    m.d.sync += words_left.eq(n_in)
-                    with m.Switch(cmd):
-                        with m.Case(P.CMD_PING, P.CMD_COUNT):
-                            with m.If(full == 0):
-                                m.next = "CRC"
-                            with m.Else():
-                                start_reply(P.ERR_LENGTH)
-                        with m.Case(P.CMD_INFER):
-                            with m.If(full != 2 * n_in):
-                                start_reply(P.ERR_LENGTH)
-                            with m.Elif(~loaded):
-                                start_reply(P.ERR_NOT_LOADED)
-                            with m.Else():
-                                m.next = "PAYLOAD"
-                        if self.loads:
-                            with m.Case(P.CMD_LOAD):
-                                with m.If(full[0] & (full >= 5) & (full <= max_load)):
-                                    m.d.sync += [remaining.eq(full), l_idx.eq(0)]
-                                    m.next = "LOAD"
-                                with m.Else():
-                                    start_reply(P.ERR_LENGTH)
-                            with m.Case(P.CMD_COMMIT):
-                                with m.If(full == 0):
-                                    m.next = "CRC"
-                                with m.Else():
-                                    start_reply(P.ERR_LENGTH)
-                        with m.Default():
-                            start_reply(P.ERR_COMMAND)
-                with m.Elif(timed_out):
-                    start_reply(P.ERR_TIMEOUT)
-
-            with m.State("PAYLOAD"):
-                # INFER input words straight into the engine, low byte first.
-                m.d.comb += in_frame.eq(1)
-                m.d.comb += [self.act_out.payload.eq(Cat(lo_byte, rx_byte))]
-                with m.If(~have_lo):
-                    with m.If(rx_take):
-                        m.d.sync += [lo_byte.eq(rx_byte), have_lo.eq(1)]
-                        m.d.sync += crc.eq(crc8_step(crc, rx_byte))
-                with m.Else():
-                    # High byte: pass it on only when the engine takes the word.
-                    m.d.comb += [self.act_out.valid.eq(self.rx.valid)]
-                    m.d.comb += rx_hold.eq(~self.act_out.ready)
-                    with m.If(rx_take):
-                        m.d.sync += [have_lo.eq(0), crc.eq(crc8_step(crc, rx_byte))]
-                        m.d.sync += words_left.eq(words_left - 1)
-                        with m.If(words_left == 1):
-                            m.next = "CRC"
-                with m.If(timed_out & ~rx_take):
-                    m.d.sync += err.eq(P.ERR_TIMEOUT)
-                    m.next = "PAD"
-
-            if self.loads:
-                with m.State("LOAD"):
-                    # mem, address, then words written one by one as their high byte arrives.
-                    m.d.comb += in_frame.eq(1)
-                    with m.If(rx_take):
-                        m.d.sync += [crc.eq(crc8_step(crc, rx_byte)), remaining.eq(remaining - 1)]
-                        with m.Switch(l_idx):
-                            with m.Case(0):
-                                m.d.sync += [self.load_mem.eq(rx_byte), loaded.eq(0),
-                                             l_idx.eq(1)]
-                            with m.Case(1):
-                                m.d.sync += [l_addr[:8].eq(rx_byte), l_idx.eq(2)]
-                            with m.Case(2):
-                                m.d.sync += [l_addr[8:].eq(rx_byte), l_idx.eq(3), have_lo.eq(0)]
-                            with m.Default():
-                                with m.If(~have_lo):
-                                    m.d.sync += [lo_byte.eq(rx_byte), have_lo.eq(1)]
-                                with m.Else():
-                                    m.d.comb += self.load_we.eq(self.load_mem < self.loads)
-                                    m.d.sync += [l_addr.eq(l_addr + 1), have_lo.eq(0)]
-                        with m.If(remaining == 1):
-                            m.next = "CRC"
-                    with m.Elif(timed_out):
-                        start_reply(P.ERR_TIMEOUT)
-
-            with m.State("PAD"):
-                # Abandoned INFER: complete the engine's input with zeros.
-                m.d.comb += [self.act_out.valid.eq(1), self.act_out.payload.eq(0)]
-                with m.If(self.act_out.ready):
-                    m.d.sync += words_left.eq(words_left - 1)
-                    with m.If(words_left == 1):
-                        discard(P.ERR_TIMEOUT)
-
-            with m.State("CRC"):
-                m.d.comb += in_frame.eq(1)
-                ok = Signal()
-                m.d.comb += ok.eq(rx_byte == crc)
-                with m.If(rx_take):
-                    with m.If((cmd == P.CMD_INFER) & ~ok):
-                        discard(P.ERR_CRC)
-                    with m.Elif(~ok):
-                        start_reply(P.ERR_CRC)
-                    with m.Elif((cmd == P.CMD_LOAD) & (self.load_mem >= self.loads)):
-                        start_reply(P.ERR_ADDRESS)
-                    with m.Else():
-                        with m.If(cmd == P.CMD_COMMIT):
-                            m.d.sync += loaded.eq(1)
-                        start_reply(0)  # a good INFER: its outputs stream into the reply
-                with m.Elif(timed_out):
-                    with m.If(cmd == P.CMD_INFER):
-                        discard(P.ERR_TIMEOUT)
-                    with m.Else():
-                        start_reply(P.ERR_TIMEOUT)
-
-            with m.State("DISCARD"):
-                # The engine's outputs of an INFER answered with ERROR: taken and dropped.
+        with m.State("T_LOAD"):
+            # The next payload byte into r_byte: the low byte of an output word as the
+            # engine delivers it (the high byte waits in wreg), or a byte of a table word.
+            # The table words of an INFER (its cycle counters) wait until the engine is idle.
+            answering()
+            is_out = o_left != 0
+            with m.If(r_k == r_len):
+                m.next = "T_CRC"
+            with m.Elif(is_out & ~r_k[0]):
                 m.d.comb += self.act_in.ready.eq(1)
                 with m.If(self.act_in.valid):
-                    m.d.sync += r_k.eq(r_k + 1)
-                    with m.If(r_k == n_out - 1):
-                        m.next = "REPLY"
-
-            with m.State("REPLY"):
-                # Choose the reply: command, payload length, where in the table it starts.
-                m.d.sync += [r_k.eq(0), r_b.eq(0), r_crc.eq(0xFF), o_left.eq(0)]
-                with m.If(err != 0):
-                    m.d.sync += [r_cmd.eq(P.CMD_ERROR), r_len.eq(1), r_w.eq(W_ERROR)]
-                    m.d.sync += [self.errors.eq(self.errors + 1), self.error_flag.eq(1)]
+                    y = self.act_in.payload
+                    m.d.sync += [r_byte.eq(y[:8]), wreg.eq(y[8:])]
+                    m.next = "T_BODY"
+            with m.Elif(is_out):
+                m.d.sync += [r_byte.eq(wreg[:8]), o_left.eq(o_left - 1)]
+                m.next = "T_BODY"
+            with m.Elif(~self.busy):
+                m.d.sync += r_b.eq(r_b + 1)
+                with m.If(r_b == 0):
+                    m.d.sync += [r_byte.eq(words[r_w][:8]), wreg.eq(words[r_w][8:]),
+                                 r_w.eq(r_w + 1)]
                 with m.Else():
-                    m.d.sync += [r_cmd.eq(cmd), self.error_flag.eq(0)]
-                    with m.Switch(cmd):
-                        with m.Case(P.CMD_PING):
-                            m.d.sync += [r_len.eq(len(ping_bytes) + 1), r_w.eq(W_PING)]
-                        with m.Case(P.CMD_COUNT):
-                            m.d.sync += [r_len.eq(12 + 4 * n_l), r_w.eq(W_COUNT)]
-                        with m.Case(P.CMD_LOAD, P.CMD_COMMIT):
-                            m.d.sync += r_len.eq(0)
-                        with m.Default():  # INFER
-                            m.d.sync += [r_len.eq(2 * n_out + 4 + 4 * n_l), r_w.eq(W_INFER),
-                                         o_left.eq(n_out)]
-                            m.d.sync += self.inferences.eq(self.inferences + 1)
-                m.next = "T_SYNC"
-
-            # One CRC step for every byte sent (the states only choose the byte).
-            tx_crc = crc8_step(r_crc, self.tx.payload)
-
-            def send(value, nxt, *, add_crc=True):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
-                with m.If(self.tx.ready):
-                    if add_crc:
-                        m.d.sync += r_crc.eq(tx_crc)
-                    m.next = nxt
-
-            with m.State("T_SYNC"):
-                send(P.SYNC_REP, "T_CMD", add_crc=False)
-            with m.State("T_CMD"):
-                send(r_cmd, "T_LEN0")
-            with m.State("T_LEN0"):
-                send(r_len & 0xFF, "T_LEN1")
-            with m.State("T_LEN1"):
-                send(r_len >> 8, "T_LOAD")
-
-            with m.State("T_LOAD"):
-                # The next payload byte into r_byte: the low byte of an output word as the
-                # engine delivers it (the high byte waits in wreg), or a byte of a table word.
-                # The table words of an INFER (its cycle counters) wait until the engine is idle.
-                is_out = o_left != 0
-                with m.If(r_k == r_len):
-                    m.next = "T_CRC"
-                with m.Elif(is_out & ~r_k[0]):
-                    m.d.comb += self.act_in.ready.eq(1)
-                    with m.If(self.act_in.valid):
-                        y = self.act_in.payload
-                        m.d.sync += [r_byte.eq(y[:8]), wreg.eq(y[8:])]
-                        m.next = "T_BODY"
-                with m.Elif(is_out):
-                    m.d.sync += [r_byte.eq(wreg[:8]), o_left.eq(o_left - 1)]
-                    m.next = "T_BODY"
-                with m.Elif(~self.busy):
-                    m.d.sync += r_b.eq(r_b + 1)
-                    with m.If(r_b == 0):
-                        m.d.sync += [r_byte.eq(words[r_w][:8]), wreg.eq(words[r_w][8:]),
-                                     r_w.eq(r_w + 1)]
-                    with m.Else():
-                        m.d.sync += [r_byte.eq(wreg[:8]), wreg.eq(wreg >> 8)]
-                    m.next = "T_BODY"
-            with m.State("T_BODY"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(r_byte)]
-                with m.If(self.tx.ready):
-                    m.d.sync += [r_crc.eq(tx_crc), r_k.eq(r_k + 1)]
-                    m.next = "T_LOAD"
-                    # The argmax for the LEDs, from the output word just registered (not from
-                    # the engine's output multiplexer: that path limited the board's clock).
-                    with m.If((o_left != 0) & ~r_k[0]):
-                        y = Cat(r_byte, wreg[:8]).as_signed()
-                        newbest = (r_k[1:] == 0) | (y > best)
-                        with m.If(newbest):
-                            m.d.sync += [best.eq(y), best_idx.eq(r_k[1:])]
-                        with m.If(r_k[1:] == n_out - 1):
-                            m.d.sync += self.digit.eq(Mux(newbest, r_k[1:], best_idx))
-            with m.State("T_CRC"):
-                send(r_crc, "IDLE", add_crc=False)
-
-        m.d.comb += self.active.eq(~fsm.ongoing("IDLE"))
-        return m
+                    m.d.sync += [r_byte.eq(wreg[:8]), wreg.eq(wreg >> 8)]
+                m.next = "T_BODY"
+        with m.State("T_BODY"):
+            answering()
+            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(r_byte)]
+            with m.If(self.tx.ready):
+                m.d.sync += [r_crc.eq(tx_crc), r_k.eq(r_k + 1)]
+                m.next = "T_LOAD"
+                # The argmax for the LEDs, from the output word just registered (not from
+                # the engine's output multiplexer: that path limited the board's clock).
+                with m.If((o_left != 0) & ~r_k[0]):
+                    y = Cat(r_byte, wreg[:8]).as_signed()
+                    newbest = (r_k[1:] == 0) | (y > best)
+                    with m.If(newbest):
+                        m.d.sync += [best.eq(y), best_idx.eq(r_k[1:])]
+                    with m.If(r_k[1:] == n_out - 1):
+                        m.d.sync += self.digit.eq(Mux(newbest, r_k[1:], best_idx))
+        with m.State("T_CRC"):
+            answering()
+            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(r_crc)]
+            with m.If(self.tx.ready):
+                m.d.sync += r_k.eq(0)  # DISCARD counts output words from 0
+                # Bytes came in during the reply: the tail of some frame; wait for quiet.
+                with m.If(dropped | s.rx_take):
+                    m.next = "GAP"
+                with m.Else():
+                    m.next = "IDLE"

@@ -27,16 +27,24 @@ COMMIT 05  none                                   none (marks the weights loaded
 =========  ====================================  =================================================
 
 LOAD and COMMIT exist on boards whose weights live in SPRAM (no initial contents): such a board
-answers INFER with ERR_NOT_LOADED until the host has written every SPRAM memory and sent COMMIT;
-any LOAD clears the loaded flag again.
+answers INFER with ERR_NOT_LOADED until the host has written every SPRAM memory and sent COMMIT.
+LOADs go in order: memory by memory in load-id order, each from address 0 to its full depth
+(a LOAD must start where the last good one ended, or at memory 0 address 0 to start over),
+otherwise ERR_ADDRESS; COMMIT before the last word of the last memory is ERR_NOT_LOADED; any
+accepted LOAD clears the loaded flag.
 
-A malformed request gets an ERROR reply (command 0xEE, one byte payload: the error code) and the
-board goes back to hunting for SYNC: bytes outside a frame are dropped silently. A frame that
-stops arriving for `timeout` clock cycles between two bytes is abandoned with ERR_TIMEOUT, so a
-partial frame never locks the design up. An INFER whose CRC turns out wrong after its payload has
-already been streamed into the engine still runs to completion inside the board, but its result is
-dropped and the reply is ERR_CRC. The outputs of a good INFER go from the engine straight into the
-reply as it is sent (no output buffer on the board), so its `cycles` include that transfer.
+A malformed request gets an ERROR reply (command 0xEE, payload: the error code and the command
+byte of the refused frame, 0 if it was cut before its command). A frame refused from its header
+is first discarded to its declared end (LEN payload bytes and the CRC), or until the line goes
+quiet, so payload bytes are never read as requests; a refused request has no effect. Bytes
+outside a frame are dropped silently. A frame that stops arriving for `timeout` clock cycles
+between two bytes is abandoned with ERR_TIMEOUT, so a partial frame never locks the design up.
+An INFER whose CRC turns out wrong after its payload has already been streamed into the engine
+still runs to completion inside the board, but its result is dropped and the reply is ERR_CRC.
+The outputs of a good INFER go from the engine straight into the reply as it is sent (no output
+buffer on the board), so its `cycles` include that transfer.
+
+The table of what the board refuses is in docs/fpga.md ("What the link refuses").
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-VERSION = 1
+VERSION = 2  # 2: ERROR replies carry the refused command; ordered LOADs
 SYNC_REQ = 0xA5
 SYNC_REP = 0x5A
 
@@ -56,6 +64,7 @@ CMD_COUNT = 0x03
 CMD_LOAD = 0x04
 CMD_COMMIT = 0x05
 CMD_ERROR = 0xEE
+REQUESTS = (CMD_PING, CMD_INFER, CMD_COUNT, CMD_LOAD, CMD_COMMIT)
 
 ERR_CRC = 1
 ERR_COMMAND = 2
@@ -69,8 +78,8 @@ ERROR_NAMES = {
     ERR_COMMAND: "unknown command",
     ERR_LENGTH: "wrong payload length",
     ERR_TIMEOUT: "frame timed out",
-    ERR_NOT_LOADED: "weights not loaded (LOAD ... COMMIT first)",
-    ERR_ADDRESS: "no such memory",
+    ERR_NOT_LOADED: "weights not loaded (LOAD every memory in order, then COMMIT)",
+    ERR_ADDRESS: "no such memory, address out of range, or LOAD out of order",
 }
 
 MAX_PAYLOAD = 0xFFFF
@@ -154,6 +163,19 @@ class FrameDecoder:
                 self.skipped += 1
                 del self.buf[:1]
 
+    def resync(self) -> list[Frame]:
+        """The line went quiet inside a frame: drop its SYNC, look for frames in the rest.
+
+        A false SYNC in noise whose bogus length runs past the end of what came would
+        otherwise hide every frame behind it until that many more bytes arrive.
+        """
+        frames: list[Frame] = []
+        while self.buf and not frames:
+            self.skipped += 1
+            del self.buf[:1]
+            frames = self.feed(b"")
+        return frames
+
 
 # ---------------------------------------------------------------------------------------------
 # Requests and replies
@@ -167,9 +189,17 @@ def count_request() -> bytes:
     return encode_frame(CMD_COUNT)
 
 
-def load_requests(mem: int, words) -> list[bytes]:
-    """LOAD frames writing `words` (unsigned 16-bit) from address 0 of SPRAM memory `mem`."""
+def load_requests(mem: int, words, depth: int | None = None) -> list[bytes]:
+    """LOAD frames writing `words` (unsigned 16-bit) from address 0 of SPRAM memory `mem`.
+
+    With `depth`, the words are padded with zeros to the memory's depth: the board counts a
+    memory loaded only when every word of it was written.
+    """
     words = [int(w) for w in words]
+    if depth is not None:
+        if len(words) > depth:
+            raise ValueError(f"{len(words)} words do not fit a memory of {depth}")
+        words += [0] * (depth - len(words))
     if any(not 0 <= w <= 0xFFFF for w in words):
         raise ValueError("LOAD words must be unsigned 16-bit")
     frames = []
@@ -227,6 +257,24 @@ class Counters:
     layer_cycles: list[int]
 
 
+def request_cmd(frame: bytes) -> int:
+    """The command byte of an encoded request frame."""
+    return frame[1]
+
+
+def error_cmd(frame: Frame) -> int:
+    """The command an ERROR reply refuses (0: the frame was cut before its command)."""
+    return frame.payload[1] if len(frame.payload) > 1 else 0
+
+
+def answers(frame: Frame, cmd: int) -> bool:
+    """Whether reply `frame` can be the answer to a request with command `cmd`."""
+    if frame.cmd == CMD_ERROR:
+        # 0: cut before its command; an unknown command: this request's, corrupted on the way
+        return error_cmd(frame) in (cmd, 0) or error_cmd(frame) not in REQUESTS
+    return frame.cmd == cmd
+
+
 def _check(frame: Frame, cmd: int) -> bytes:
     if frame.cmd == CMD_ERROR:
         code = frame.payload[0] if frame.payload else -1
@@ -266,6 +314,6 @@ def decode_count(frame: Frame, *, num_layers: int) -> Counters:
 
 def decode_error(frame: Frame) -> int:
     """The error code of an ERROR reply (ProtocolError for anything else)."""
-    if frame.cmd != CMD_ERROR or len(frame.payload) != 1:
+    if frame.cmd != CMD_ERROR or len(frame.payload) != 2:
         raise ProtocolError(f"expected an error reply, got command {frame.cmd:#04x}")
     return frame.payload[0]

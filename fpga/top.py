@@ -102,7 +102,7 @@ class BoardCore(wiring.Component):
                          out_features=self.engine.out_features,
                          num_layers=self.engine.num_layers, pes=self.engine.pes,
                          clock_hz=self.clock_hz, timeout=self.timeout,
-                         loads=len(self.memories.loads),
+                         loads=[lp.spec.depth for lp in self.memories.loads],
                          lockstep=self.kind == "lockstep")
         super().__init__()
 

@@ -6,6 +6,7 @@ can be checked exactly. Frames here are short: in_features = 5.
 """
 
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -234,7 +235,6 @@ def test_load_commit():
         assert not P.decode_ping((await h.replies(1))[0]).loaded
         await h.send(P.infer_request(x))
         assert P.decode_error((await h.replies(1))[0]) == P.ERR_NOT_LOADED
-        await h.quiet(3 * TIMEOUT)
         for f in P.load_requests(0, words0) + P.load_requests(1, words1):
             await h.send(f)
             P.decode_empty((await h.replies(1))[0], P.CMD_LOAD)
@@ -243,19 +243,147 @@ def test_load_commit():
         assert P.decode_error((await h.replies(1))[0]) == P.ERR_ADDRESS
         await h.send(P.encode_frame(P.CMD_LOAD, bytes(4)))  # no whole word
         assert P.decode_error((await h.replies(1))[0]) == P.ERR_LENGTH
-        await h.quiet(3 * TIMEOUT)
         await h.send(P.commit_request())
         P.decode_empty((await h.replies(1))[0], P.CMD_COMMIT)
         await h.send(P.ping_request())
         assert P.decode_ping((await h.replies(1))[0]).loaded
         await h.send(P.infer_request(x))
         infer_ok((await h.replies(1))[0], x)
-        await h.send(P.load_requests(1, [5])[0])  # any LOAD clears the flag
-        await h.replies(1)
+        await h.send(P.load_requests(0, [5])[0])  # a new load (memory 0, address 0)
+        P.decode_empty((await h.replies(1))[0], P.CMD_LOAD)
+        await h.send(P.ping_request())
+        assert not P.decode_ping((await h.replies(1))[0]).loaded  # ... clears the flag
+
+    run_link(script, loads=[len(words0), len(words1)], writes=writes)
+    want = [(0, a, w) for a, w in enumerate(words0)] + [(1, a, w) for a, w in enumerate(words1)]
+    want += [(0, 0, 5)]
+    assert writes == want  # the bad-mem frame wrote nothing
+
+
+def load_frame(mem, addr, words):
+    return P.encode_frame(P.CMD_LOAD, struct.pack(f"<BH{len(words)}H", mem, addr, *words))
+
+
+async def all_replies(h, cycles=600):
+    """Every reply frame that comes out within `cycles` (the board must be quiet after)."""
+    await h.quiet(cycles)
+    return await h.replies(0)
+
+
+@pytest.mark.parametrize("loaded", [False, True])
+def test_commit_in_refused_payload(loaded):
+    """A COMMIT frame inside the payload of refused frames: never run, one ERROR per frame."""
+    depths = [4]
+    commit = P.commit_request()
+    refused = [
+        (P.encode_frame(P.CMD_INFER, commit + bytes(2 * N_IN)), P.ERR_LENGTH),
+        (P.encode_frame(0x42, commit * 3), P.ERR_COMMAND),
+        (P.encode_frame(P.CMD_PING, commit), P.ERR_LENGTH),
+        (load_frame(1, 0, list(np.frombuffer(commit + b"\0", "<u2"))), P.ERR_ADDRESS),
+        (load_frame(0, 2, [1, 2, 3]), P.ERR_ADDRESS),  # past the memory's end
+    ]
+    if not loaded:
+        # not loaded yet: a well-formed INFER is refused whole, its payload a COMMIT
+        refused.append((P.encode_frame(P.CMD_INFER, (commit * 2)[:2 * N_IN]), P.ERR_NOT_LOADED))
+    writes = []
+
+    async def script(h):
+        if loaded:
+            await h.send(load_frame(0, 0, [9, 8, 7, 6]))
+            await h.replies(1)
+        for frame, code in refused:
+            await h.send(frame, gap=20)  # bytes as slow as the reply's, as on the UART
+            frames = await all_replies(h)
+            assert [P.decode_error(f) for f in frames] == [code]
+            assert P.error_cmd(frames[0]) == frame[1]
         await h.send(P.ping_request())
         assert not P.decode_ping((await h.replies(1))[0]).loaded
 
-    run_link(script, loads=2, writes=writes)
-    want = [(0, a, w) for a, w in enumerate(words0)] + [(1, a, w) for a, w in enumerate(words1)]
-    want += [(1, 0, 5)]
-    assert writes == want  # the bad-mem frame wrote nothing
+    run_link(script, loads=depths, writes=writes)
+    assert writes == ([(0, a, v) for a, v in enumerate([9, 8, 7, 6])] if loaded else [])
+
+
+def test_sync_in_refused_payload():
+    """SYNC bytes and whole PING frames in a refused frame's payload give no extra replies."""
+    ping = P.ping_request()
+    frame = P.encode_frame(P.CMD_INFER, ping * 4)  # wrong length, 4 PINGs inside
+
+    async def script(h):
+        await h.send(frame, gap=20)  # bytes as slow as the reply's, as on the UART
+        frames = await all_replies(h)
+        assert [P.decode_error(f) for f in frames] == [P.ERR_LENGTH]
+        await h.send(ping)  # at once: the board is hunting again
+        assert P.decode_ping((await all_replies(h))[0]).version == P.VERSION
+
+    run_link(script)
+
+
+def test_refused_length_then_quiet():
+    """A refused frame that declares more than comes: discarded until the line goes quiet."""
+    frame = P.encode_frame(0x42, bytes(600))[:40]  # declares 600 bytes, 40 come
+
+    async def script(h):
+        await h.send(frame)
+        (f,) = await h.replies(1, limit=3 * TIMEOUT + 200)
+        assert P.decode_error(f) == P.ERR_COMMAND
+        await h.send(P.ping_request())
+        P.decode_ping((await h.replies(1))[0])
+
+    run_link(script)
+
+
+def test_bytes_during_reply_dropped():
+    """Bytes sent while a reply goes out are dropped, and so is the rest until a quiet line."""
+    async def script(h):
+        # PING, then 200 bytes with no pause (the reply goes out meanwhile) and a PING last
+        await h.send(P.ping_request() + bytes(200) + P.ping_request())
+        frames = await all_replies(h)
+        assert [f.cmd for f in frames] == [P.CMD_PING]
+        await h.send(P.ping_request())
+        assert [f.cmd for f in await all_replies(h)] == [P.CMD_PING]
+
+    run_link(script)
+
+
+def test_load_checked_before_write():
+    """LOAD: range and order refused before any write; a bad CRC leaves it unloaded."""
+    writes = []
+    good = [load_frame(0, 0, [1, 2, 3]), load_frame(0, 3, [4]), load_frame(1, 0, [5, 6])]
+    bad_crc = bytearray(good[1])
+    bad_crc[-2] ^= 0xFF  # the word, so the CRC fails
+    x = np.array([1, 2, 3, 4, 5], np.int16)
+
+    async def script(h):
+        async def expect(frame, code):
+            await h.send(frame)
+            (f,) = await all_replies(h)
+            if code:
+                assert P.decode_error(f) == code
+            else:
+                P.decode_empty(f, frame[1])
+
+        await expect(load_frame(0, 0xC000, [1]), P.ERR_ADDRESS)  # address past 14 bits
+        await expect(load_frame(0, 3, [1, 2]), P.ERR_ADDRESS)  # past the end (depth 4)
+        await expect(load_frame(2, 0, [1]), P.ERR_ADDRESS)  # no such memory
+        await expect(load_frame(0, 1, [1]), P.ERR_ADDRESS)  # not at the cursor
+        await expect(good[0], 0)
+        await expect(load_frame(1, 0, [1]), P.ERR_ADDRESS)  # memory 0 not finished
+        await expect(bytes(bad_crc), P.ERR_CRC)
+        await expect(P.commit_request(), P.ERR_NOT_LOADED)  # the bad LOAD must be sent again
+        await expect(good[1], 0)
+        await expect(P.commit_request(), P.ERR_NOT_LOADED)  # memory 1 not loaded
+        await expect(good[2], 0)
+        await expect(P.commit_request(), 0)
+        await h.send(P.infer_request(x))
+        infer_ok((await h.replies(1))[0], x)
+        # a new load that fails its CRC: not loaded until it is all done again
+        bad0 = bytearray(good[0])
+        bad0[-1] ^= 1
+        await expect(bytes(bad0), P.ERR_CRC)
+        await expect(P.commit_request(), P.ERR_NOT_LOADED)
+        await expect(P.infer_request(x), P.ERR_NOT_LOADED)
+
+    run_link(script, loads=[4, 2], writes=writes)
+    # only accepted LOADs wrote; the bad-CRC ones wrote where a good LOAD must write again
+    assert writes == [(0, 0, 1), (0, 1, 2), (0, 2, 3), (0, 3, 4 ^ 0xFF00), (0, 3, 4),
+                      (1, 0, 5), (1, 1, 6), (0, 0, 1), (0, 1, 2), (0, 2, 3)]
