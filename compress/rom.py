@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import limits
 from .atomic import atomic_dir
 from .errors import InputError
 from .qnet import DEFAULT_INDEX_BITS, Layer, QNet
@@ -491,16 +492,76 @@ def read_rom(rom_dir: str | Path) -> RomImage:
     rom_dir = Path(rom_dir)
     mpath = rom_dir / "manifest.json"
     try:
+        limits.check("max_config_bytes", mpath.stat().st_size, f"{mpath}: size")
         manifest = json.loads(mpath.read_text())
     except FileNotFoundError:
         raise InputError(f"{mpath}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{mpath}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{mpath}: malformed manifest (not a JSON object)")
     if manifest.get("format") != ROM_FORMAT or manifest.get("version") != ROM_VERSION:
         raise InputError(
             f"{mpath}: not an {ROM_FORMAT} v{ROM_VERSION} manifest "
             f"(format {manifest.get('format')!r}, version {manifest.get('version')!r})"
         )
+    try:
+        return _read_rom_checked(rom_dir, mpath, manifest)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise InputError(f"{mpath}: malformed manifest ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{mpath}: malformed manifest ({e})") from None
+
+
+def _int_field(d: dict, key: str, where: str, lo: int, hi: int) -> int:
+    v = d.get(key) if isinstance(d, dict) else None
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise InputError(f"{where}: {key} must be an integer in {lo}..{hi}, not {v!r}")
+    return v
+
+
+def _check_rom_sizes(rom_dir: Path, mpath: Path, manifest: dict) -> None:
+    """Every size the manifest declares, checked against the limits and the files on disk
+    before any image is read or decoded."""
+    pes = _int_field(manifest, "pes", str(mpath), 1, 1 << 62)
+    limits.check("max_pes", pes, f"{mpath}: pes")
+    for key in ("files", "memories"):
+        if not isinstance(manifest.get(key), dict):
+            raise InputError(f"{mpath}: malformed manifest ({key} is not an object)")
+    if not isinstance(manifest.get("layers"), list):
+        raise InputError(f"{mpath}: malformed manifest (layers is not a list)")
+    limits.check("max_layers", len(manifest["layers"]), f"{mpath}: layers")
+    files = manifest["files"]
+    if len(files) > 6 * pes + 16:  # hex and bin of 3 memories per PE, codebook, perm
+        raise InputError(f"{mpath}: lists {len(files)} files, more than {pes} PEs have")
+    for fname, info in files.items():
+        if Path(fname).name != fname or fname.startswith("."):
+            raise InputError(f"{mpath}: file name {fname!r} is not a plain name in {rom_dir}")
+        declared = _int_field(info, "bytes", f"{mpath}: {fname}", 0, 1 << 62)
+        limits.check("max_array_bytes", declared, f"{mpath}: {fname}: declared bytes")
+        try:
+            actual = (rom_dir / fname).stat().st_size
+        except FileNotFoundError:
+            continue  # reported as a missing image below
+        if actual != declared:
+            raise InputError(f"{rom_dir / fname}: holds {actual:,} bytes, the manifest "
+                             f"declares {declared:,}")
+    pm = manifest.get("perm")
+    mems = dict(manifest["memories"])
+    if isinstance(pm, dict):
+        mems["perm"] = pm
+    for name, mem in mems.items():
+        where = f"{mpath}: memory {name}"
+        width = _int_field(mem, "width", where, 1, 64)
+        depth = _int_field(mem, "depth", where, 0, 1 << 62)
+        limits.check("max_array_bytes", depth * ((width + 7) // 8), f"{where}: declared bytes")
+        limits.check("max_weights", depth, f"{where}: declared depth")
+
+
+def _read_rom_checked(rom_dir: Path, mpath: Path, manifest: dict) -> RomImage:
+    _check_rom_sizes(rom_dir, mpath, manifest)
     data = {}
     for fname, info in manifest["files"].items():
         path = rom_dir / fname
