@@ -68,6 +68,7 @@ class Options:
     max_bits: int = 4  # the engine's default index width is 4; up to 8
     densities: dict | None = None  # fixed per-layer densities (skips the sensitivity choice)
     attempts: int = 3  # pruning attempts, each denser than the last, until max_drop is met
+    layer_drop: float = 4.0  # first attempt's per-layer sensitivity budget, times max_drop
     val_fraction: float = 0.1  # held out of train when val is None
     acc_bits: int = 32  # the engine's accumulator width
     calib_examples: int = 10000  # training examples used for fixed-point calibration
@@ -82,6 +83,8 @@ class Options:
                              f"got {self.min_bits}..{self.max_bits}")
         if self.epochs is not None and not self.epochs > 0:
             raise InputError(f"epochs must be > 0, not {self.epochs!r}")
+        if not self.layer_drop >= 0:
+            raise InputError(f"layer_drop must be >= 0, not {self.layer_drop!r}")
         if self.prune_rounds < 1 or self.attempts < 1 or self.batch_size < 1:
             raise InputError("prune_rounds, attempts and batch_size must be >= 1")
         if not 0 < self.val_fraction < 1:
@@ -474,7 +477,9 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
     attempts: list[dict] = []
     best = None
     for a in range(opts.attempts):
-        budget = 2.0 * max_drop / 2**a  # per-layer drop allowed by the sensitivity curves
+        # The per-layer drop allowed on the sensitivity curves (pruned alone, no retraining):
+        # retraining recovers most of it, so start generous and halve on each back-off.
+        budget = opts.layer_drop * max_drop / 2**a
         dens = dict(opts.densities) if opts.densities else choose_densities(sens, budget)
         if opts.densities and a:
             dens = {k: min(1.0, v * 1.5**a) for k, v in dens.items()}
@@ -588,6 +593,9 @@ def _fmt_map(d: dict, fmt: str) -> str:
 
 def _check_shapes(model, chain, x, labels: dict) -> int:
     """Run the model on two examples; check the output is [n, classes] and labels fit."""
+    if chain is not None and _numel(x.shape[1:]) != chain[0].linear.in_features:
+        raise InputError(f"train x: {_numel(x.shape[1:])} values per example, the first "
+                         f"layer {chain[0].name} takes {chain[0].linear.in_features}")
     try:
         with torch.no_grad():
             out = model(x[:2])
@@ -599,9 +607,6 @@ def _check_shapes(model, chain, x, labels: dict) -> int:
         raise InputError(f"model: output must be [batch, classes], got "
                          f"{list(out.shape) if isinstance(out, torch.Tensor) else type(out)}")
     classes = int(out.shape[1])
-    if chain is not None and _numel(x.shape[1:]) != chain[0].linear.in_features:
-        raise InputError(f"train x: {_numel(x.shape[1:])} values per example, the first "
-                         f"layer {chain[0].name} takes {chain[0].linear.in_features}")
     for name, y in labels.items():
         if y.size and int(y.max()) >= classes:
             raise InputError(f"{name} y: label {int(y.max())} but the model has {classes} "

@@ -116,7 +116,7 @@ def to_qnet(model: nn.Module, codebooks: dict[str, np.ndarray], indices: dict[st
             f_out = min(_frac_for(max_act), f_in + w_frac)
             cb_int = np.clip(np.round(cb * 2.0 ** w_frac), -32768, 32767).astype(np.int16)
             b_int64 = np.round(bias * 2.0 ** (f_in + w_frac))
-            acc = a_int @ torch.from_numpy(cb_int.astype(np.int64)[idx.astype(np.int64)]).T \
+            acc = _int_matmul(a_int, cb_int.astype(np.int64)[idx.astype(np.int64)]) \
                 + torch.from_numpy(b_int64.astype(np.int64))
             max_acc = max(float(acc.abs().max()), float(np.abs(b_int64).max(initial=0)), 1.0)
             fits = max_acc * cfg.acc_margin < 2.0 ** (cfg.acc_bits - 1) and \
@@ -137,13 +137,23 @@ def to_qnet(model: nn.Module, codebooks: dict[str, np.ndarray], indices: dict[st
         cal.max_act.append(float(y.abs().max()))
         cal.max_acc_log2.append(math.log2(max_acc))
         # Continue with the integer activations the engine will see (exact golden arithmetic).
-        from .golden import layer_accumulators, layer_output
+        from .golden import layer_output, wrap
 
-        a_int = layer_output(layer, layer_accumulators(layer, a_int, acc_bits=cfg.acc_bits))
+        acc = _int_matmul(a_int, layer.weights()) + torch.from_numpy(layer.bias.astype(np.int64))
+        a_int = layer_output(layer, wrap(acc, cfg.acc_bits))
         a = y
     qnet = QNet(layers=layers, input_frac=cfg.input_frac)
     qnet.validate(index_bits=8)
     return qnet, cal
+
+
+def _int_matmul(a: torch.Tensor, w: np.ndarray) -> torch.Tensor:
+    """a @ w.T for int64 a [n, in] and w [out, in]: float64 BLAS when every sum is an integer
+    below 2**53 (then exactly the int64 result, many times faster), int64 otherwise."""
+    bound = int(a.abs().max()) * int(np.abs(w).max(initial=0)) * w.shape[1] if a.numel() else 0
+    if bound < 2**53:
+        return (a.double() @ torch.from_numpy(w.astype(np.float64)).T).to(torch.int64)
+    return a @ torch.from_numpy(w).T
 
 
 def _exact_in_float64(layer: Layer, a_max: int) -> bool:
