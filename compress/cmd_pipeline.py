@@ -45,7 +45,8 @@ def _merge(a: dict, b: dict) -> dict:
 def _common(p, *, arch=True):
     if arch:
         p.add_argument("--arch", default=None, help="lenet-300-100 (default) or lenet-5")
-    p.add_argument("--data", default=None, help="MNIST IDX directory (default: $MNIST_DIR)")
+    p.add_argument("--data", default=None, help="MNIST IDX directory (default: $MNIST_DIR); "
+                                               "with pipeline --model, the data set .npz")
     p.add_argument("--config", default=None, help="JSON or TOML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting, e.g. prune.levels.fc1=0.05 (repeatable)")
@@ -215,6 +216,21 @@ def _quantize(args):
 
 def _pipeline_args(p):
     _common(p)
+    p.add_argument("--model", default=None,
+                   help="your own trained network as an ONNX file (instead of --arch); --data "
+                        "is then an .npz with x_train, y_train, x_test, y_test (optionally "
+                        "x_val, y_val)")
+    p.add_argument("--max-drop", type=float, default=None,
+                   help="with --model: validation accuracy (percentage points) compression may "
+                        "lose against the dense model (default 0.5)")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="with --model: retraining epochs per pruning round (default: one epoch, "
+                        "150..1000 steps)")
+    p.add_argument("--prune-rounds", type=int, default=None,
+                   help="with --model: iterative prune/retrain rounds (default 4)")
+    p.add_argument("--attempts", type=int, default=None,
+                   help="with --model: tries, each denser than the last, to meet --max-drop "
+                        "(default 3)")
     p.add_argument("--baseline", default=None, help="start from this dense checkpoint")
     p.add_argument("--out", default=None, help="output directory (default build/compress)")
     p.add_argument("--stages", default="train,prune,quantize,fixedpoint",
@@ -230,6 +246,12 @@ def _pipeline(args):
     from .pipeline import run_pipeline
     from .train import is_main
 
+    if args.model is not None:
+        return _pipeline_model(args)
+    for flag, value in (("--max-drop", args.max_drop), ("--epochs", args.epochs),
+                        ("--prune-rounds", args.prune_rounds), ("--attempts", args.attempts)):
+        if value is not None:
+            raise InputError(f"{flag} goes with --model (the recipes take --config/--set)")
     cfg = _config(args)
     if args.baseline:
         cfg.baseline = args.baseline
@@ -243,6 +265,68 @@ def _pipeline(args):
     if args.ship and is_main():
         ship(cfg, Path(args.ship))
     return 0 if summary else 1
+
+
+def _pipeline_model(args) -> int:
+    """`pipeline --model M.onnx --data D.npz`: compress_model on the user's network and data."""
+    from .api import compress_model
+    from .atomic import refuse_same_path
+    from .cmd_user import load_dataset, load_model
+    from .sensitivity import write_sensitivity
+
+    if args.arch is not None:
+        raise InputError("--arch and --model exclude each other (--arch: the LeNet recipes on "
+                         "MNIST; --model: your own ONNX network)")
+    for flag, value in (("--baseline", args.baseline), ("--ship", args.ship),
+                        ("--config", args.config), ("--set", args.set),
+                        ("--val-size", args.val_size)):
+        if value is not None:
+            raise InputError(f"{flag} goes with --arch, not --model")
+    if args.stages != "train,prune,quantize,fixedpoint":
+        raise InputError("--stages goes with --arch, not --model")
+    if args.data is None:
+        raise InputError("--model needs --data D.npz (x_train, y_train, x_test, y_test)")
+    if args.out is None:
+        raise InputError("--model needs --out DIR")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory")
+    for name in ("model.dcz", "model.qnet.npz", "report.txt", "summary.json",
+                 "sensitivity.json", "sensitivity.txt", "sensitivity.png"):
+        refuse_same_path(out / name, args.model, args.data)
+    if args.max_steps is not None and args.max_steps < 1:
+        raise InputError(f"--max-steps must be >= 1, not {args.max_steps}")
+    model = load_model(args.model)
+    data = load_dataset(args.data, model.input_shape)
+    opts: dict = {"test": data["test"], "progress": not args.no_progress}
+    for key, value in (("epochs", args.epochs), ("prune_rounds", args.prune_rounds),
+                       ("attempts", args.attempts), ("threads", args.threads)):
+        if value is not None:
+            opts[key] = value
+    if args.max_steps is not None:  # a cap on the steps of every retraining round
+        opts["round_steps"] = (min(150, args.max_steps), args.max_steps)
+    result = compress_model(model, train=data["train"], val=data["val"],
+                            seed=0 if args.seed is None else args.seed,
+                            max_drop=0.5 if args.max_drop is None else args.max_drop, **opts)
+    result.save(out)
+    if result.sensitivity is not None:
+        write_sensitivity(result.sensitivity, out)
+    s = result.summary
+    acc = s["accuracy"]
+    final = "integer" if "integer" in acc else "quantized"
+    met = "met" if s["met_max_drop"] else "NOT met"
+    print(f"{args.model}: .dcz {s['dcz_bytes']:,} bytes, {s['ratio']:.1f}x smaller than float32 "
+          f"({s['uncompressed_bytes']:,} bytes); max_drop {s['max_drop']} {met} "
+          f"(validation drop {s['drop']:.2f} points)")
+    print("test accuracy: dense {:.2f}%, {} {:.2f}%".format(
+        acc["dense"]["test"], final, acc[final]["test"]))
+    print("density " + ", ".join(f"{k} {v:.3f}" for k, v in s["density"].items()) +
+          "; index bits " + ", ".join(f"{k} {v}" for k, v in s["index_bits"].items()))
+    written = ["model.dcz"] + (["model.qnet.npz"] if result.qnet is not None else []) + \
+        ["report.txt", "summary.json", "sensitivity.json", "sensitivity.txt", "sensitivity.png"]
+    print(f"wrote {out}/: {', '.join(written)}" +
+          ("" if result.qnet is not None else " (conv layers: .dcz only, no qnet)"))
+    return 0
 
 
 def ship(cfg, dest: Path) -> None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,7 @@ class _Graph:
         self.consts: dict[str, np.ndarray] = {}
         self.shapes: dict[str, list] = {}  # shape values: lists of ints and _BATCH
         self.layers: list[nn.Module] = []
+        self.names: list[str] = []
         self.cur = ""  # the data value the chain has reached
         self.cur_shape: tuple[int, ...] = ()
         self.batch_value: int | None = None  # a fixed batch size in the input's dims
@@ -118,12 +121,30 @@ class _Graph:
         if len(node.output) != 1 and any(node.output[1:]):
             self.fail(f"{_where(node)}: only one output is supported")
 
-    def advance(self, node, layer: nn.Module | None, shape: tuple[int, ...]) -> None:
+    def advance(self, node, layer: nn.Module | None, shape: tuple[int, ...],
+                weight: str = "") -> None:
         if layer is not None:
             self.layers.append(layer)
+            self.names.append(self.layer_name(layer, weight))
         self.cur = node.output[0]
         self.cur_shape = shape
         self.bias_for = ""
+
+    def layer_name(self, layer: nn.Module, weight: str) -> str:
+        """The exporter's name for a layer with weights ("fc1.weight" -> "fc1"), else kind + index.
+
+        torch.onnx.export names initializers after the modules' parameters, so the tables of
+        the compressed network use the names of the user's own modules.
+        """
+        base = weight[:-len(".weight")] if weight.endswith(".weight") else ""
+        name = base.replace(".", "_")
+        if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", name) or name in self.names:
+            kind = {nn.Linear: "linear", nn.Conv2d: "conv", nn.ReLU: "relu",
+                    nn.Flatten: "flatten", nn.MaxPool2d: "pool"}[type(layer)]
+            name = f"{kind}{len(self.layers) - 1}"
+            while name in self.names:
+                name += "_"
+        return name
 
     def linear(self, node, w: np.ndarray, b: np.ndarray | None) -> None:
         """w: [out, in] float; b: [out] or None."""
@@ -139,7 +160,7 @@ class _Graph:
             lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
             lin.bias.copy_(torch.from_numpy(
                 np.zeros(out_f, np.float32) if b is None else b.astype(np.float32)))
-        self.advance(node, lin, (out_f,))
+        self.advance(node, lin, (out_f,), node.input[1])
         self.bias_for = self.cur
 
 
@@ -229,7 +250,7 @@ def load_onnx(path: str | os.PathLike, *, max_elements: int | None = None) -> nn
         g.fail(f"graph output {out!r} is not the end of the chain of layers ({g.cur!r})")
     if not any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in g.layers):
         g.fail("the graph has no Gemm, MatMul or Conv layer")
-    seq = nn.Sequential(*g.layers).eval()
+    seq = nn.Sequential(OrderedDict(zip(g.names, g.layers))).eval()
     seq.input_shape = input_shape
     return seq
 
@@ -457,7 +478,7 @@ def _conv(g: _Graph, node):
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(w))
         conv.bias.copy_(torch.from_numpy(np.zeros(out_c, np.float32) if b is None else b))
-    g.advance(node, conv, (out_c, *hw))
+    g.advance(node, conv, (out_c, *hw), node.input[1])
 
 
 def _maxpool(g: _Graph, node):

@@ -75,6 +75,10 @@ def test_round_trip(tmp_path, name, dynamic):
     assert kinds <= {nn.Linear, nn.ReLU, nn.Flatten, nn.Conv2d, nn.MaxPool2d}
     if name != "conv":
         assert nn.Conv2d not in kinds
+    # Layers keep the names of the user's modules (from the exporter's initializer names).
+    want = {n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    got = {n for n, m in imported.named_children() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    assert got == (want if name != "matmul" else {"linear1"})
 
 
 def _graph_model(nodes, inits, in_shape=(None, 4), out="y", opset=17, inputs=None):
