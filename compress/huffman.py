@@ -450,7 +450,7 @@ def _decode_ctx(bits, pos, n, codes, side, ctx_map, what):
     nbits = len(bits) - pos
     side = np.asarray(side, dtype=np.int64).tolist()
     cmap = [list(map(int, row)) for row in np.asarray(ctx_map)]
-    prev = max(c.alphabet for c in codes) if codes else 0
+    prev = alphabet = max(c.alphabet for c in codes) if codes else 0
     out = [0] * n
     p = 0
     from_bytes = int.from_bytes
@@ -480,7 +480,8 @@ def _decode_ctx(bits, pos, n, codes, side, ctx_map, what):
         prev = sym
     if pos + p > len(bits):
         raise InputError(f"{what}: truncated context-coded stream")
-    return np.array(out, dtype=np.int64), pos + p
+    # Symbols of alphabets up to 256 (the .dcz weight tables) fit a byte: 1/8 of the memory.
+    return np.array(out, dtype=np.uint8 if alphabet <= 256 else np.int64), pos + p
 
 
 def zigzag(v: int) -> int:
