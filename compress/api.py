@@ -558,7 +558,8 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
         "seed": seed,
         "max_drop": max_drop,
         "device": str(dev),
-        "input_frac": input_frac,
+        "input_frac": qnet.input_frac if qnet is not None else input_frac,
+        "input_max_abs": float(x_tr.abs().max()),
         "accuracy": accuracy,
         "drop": best["drop"],
         "met_max_drop": best["met"],
@@ -669,11 +670,23 @@ def _attempt(work, dense_state, layers, dens, a, seed, opts, train_set, splits, 
     qnet = None
     if chain is not None:
         t = time.time()
-        cal_in = _encode(x_cal.reshape(len(x_cal), -1).double().numpy(), input_frac)
-        qnet, cal = to_qnet(m, cbs, idx, None,
-                            FixedPointConfig(input_frac=input_frac, acc_bits=opts.acc_bits,
-                                             calib_images=len(cal_in)),
-                            calib_inputs=cal_in)
+        x_flat = x_cal.reshape(len(x_cal), -1).double().numpy()
+        frac = input_frac
+        while True:
+            try:
+                qnet, cal = to_qnet(m, cbs, idx, None,
+                                    FixedPointConfig(input_frac=frac, acc_bits=opts.acc_bits,
+                                                     calib_images=len(x_flat)),
+                                    calib_inputs=_encode(x_flat, frac))
+                break
+            except InputError as e:
+                # A wide layer's sums overflow the accumulator even with integer weights:
+                # give up input precision before giving up.
+                if "does not fit" not in str(e) or frac == 0:
+                    raise
+                frac -= 1
+        if frac != input_frac:
+            rec["input_frac_lowered"] = f"{input_frac} -> {frac} to fit {opts.acc_bits}-bit sums"
         acc["integer"] = {k: _int_accuracy(qnet, xx, yy, opts.acc_bits)
                           for k, (xx, yy) in splits.items()}
         rec["calibration"] = asdict(cal)

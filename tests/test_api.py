@@ -189,6 +189,8 @@ def test_bad_model_data_fit_and_options_are_refused():
 # ---------------------------------------------------------------------------------------------
 # End to end on a tiny network
 
+FAST = {"progress": False, "prune_rounds": 2, "round_steps": (40, 100)}  # short retraining
+
 
 def blobs(n: int, seed: int, dim: int = 12):
     """Three Gaussian blobs in `dim`-D, inputs roughly in -10..16 (not MNIST units)."""
@@ -215,7 +217,7 @@ def trained_tiny():
     m = TinyMLP()
     opt = torch.optim.Adam(m.parameters(), 1e-2)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    for _ in range(300):
+    for _ in range(150):
         opt.zero_grad()
         nn.functional.cross_entropy(m(xt), yt).backward()
         opt.step()
@@ -288,8 +290,7 @@ def test_same_seed_same_bytes_and_dataloader_input(tiny, tmp_path):
 
 def test_val_held_out_when_not_given():
     model = trained_tiny()
-    result = compress.compress_model(model, train=blobs(400, 0), seed=1, progress=False,
-                                     max_bits=3, densities={"hidden": 0.5, "out": 0.8},
+    result = compress.compress_model(model, train=blobs(400, 0), seed=1, **FAST, max_bits=3, densities={"hidden": 0.5, "out": 0.8},
                                      attempts=1)
     s = result.summary
     assert s["examples"] == {"train": 360, "val": 40}
@@ -313,11 +314,11 @@ def test_conv_network_compresses_to_dcz_only(tmp_path):
     torch.manual_seed(0)
     m = TinyConv()
     opt = torch.optim.Adam(m.parameters(), 1e-2)
-    for _ in range(100):
+    for _ in range(60):
         opt.zero_grad()
         nn.functional.cross_entropy(m(torch.from_numpy(x)), torch.from_numpy(y)).backward()
         opt.step()
-    result = compress.compress_model(m, train=(x, y), seed=0, progress=False, attempts=1)
+    result = compress.compress_model(m, train=(x, y), seed=0, **FAST, attempts=1)
     assert result.qnet is None and not result.summary["engine"]
     assert "integer" not in result.summary["accuracy"]
     ls = dcz.unpack_layers(result.dcz)
