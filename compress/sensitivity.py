@@ -242,7 +242,7 @@ def format_sensitivity(sens: Sensitivity) -> str:
     names = list(sens.acc)
     w = max([5] + [len(n) for n in names])
     head = f"{'layer':<{w}}" + "".join(f"{d:>7.3g}" for d in sens.densities)
-    lines = [f"validation accuracy (%) with one layer pruned to a density "
+    lines = [f"accuracy (%) with one layer alone pruned to each density, no retraining "
              f"(dense model {sens.dense_acc:.2f}%)", head]
     for n in names:
         lines.append(f"{n:<{w}}" + "".join(f"{a:>7.2f}" for a in sens.acc[n]))
@@ -264,7 +264,7 @@ def plot_sensitivity(sens: Sensitivity, path: str | Path, *, title: str = "") ->
     ax.set_xscale("log")
     ax.invert_xaxis()  # dense on the left, sparser to the right, as in the paper
     ax.set_xlabel("density (fraction of weights kept)")
-    ax.set_ylabel("validation error (%)")
+    ax.set_ylabel("error (%)")
     ax.set_title(title or "pruning sensitivity (one layer at a time, no retraining)",
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
