@@ -66,7 +66,9 @@ class Options:
     label_smoothing: float = 0.0
     min_bits: int = 2  # index bits tried per layer
     max_bits: int = 4  # the engine's default index width is 4; up to 8
-    densities: dict | None = None  # fixed per-layer densities (skips the sensitivity choice)
+    # Fixed per-layer densities {name: fraction kept} instead of the sensitivity choice
+    # (layers not named stay dense); a back-off multiplies them by 1.5 per attempt.
+    densities: dict | None = None
     attempts: int = 3  # pruning attempts, each denser than the last, until max_drop is met
     layer_drop: float = 4.0  # first attempt's per-layer sensitivity budget, times max_drop
     val_fraction: float = 0.1  # held out of train when val is None
@@ -537,8 +539,7 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
                                                  else 0) for mod in layers.values())
     accuracy.update(best["accuracy"])
     if best["met"]:
-        chosen = (f"attempt {len(attempts) if attempts[-1] is best else attempts.index(best) + 1}"
-                  f" of {opts.attempts}: densities from the sensitivity curves at "
+        chosen = (f"attempt {best['attempt']} of {opts.attempts}: densities from the sensitivity curves at "
                   f"{best['per_layer_budget']:.3g} points per layer; the "
                   f"{'integer' if qnet is not None else 'weight-shared'} validation accuracy "
                   f"dropped {best['drop']:.2f} points <= max_drop {max_drop}")

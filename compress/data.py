@@ -158,7 +158,7 @@ def model_inputs(data) -> "torch.Tensor":  # noqa: F821
 
 
 def to_float(images: np.ndarray):
-    """MNIST only: uint8 pixels -> float32 torch tensor [n, 1, 28, 28] of pixel / 255 (zeros stay zero)."""
+    """MNIST only: uint8 pixels -> float32 tensor [n, 1, 28, 28] of pixel / 255 (0 stays 0)."""
     import torch
 
     return torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)

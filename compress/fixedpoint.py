@@ -1,10 +1,13 @@
-"""Fixed point: turn a weight-shared fully connected network into a qnet (CONTRACT sections 2-3).
+"""Fixed point: turn a weight-shared fully connected network into a qnet (docs/formats.md,
+the qnet file and the numerics).
 
-The integer network the engine runs: the input is ``x = (pixel * 2**input_frac + 127) // 255``
-(`golden.mnist_to_input`), a fixed-point value with ``input_frac`` fractional bits. Layer i has
+The integer network the engine runs: the input is a fixed-point value with ``input_frac``
+fractional bits: for MNIST ``x = (pixel * 2**input_frac + 127) // 255``
+(`golden.mnist_to_input`), for any other data ``clamp(floor(x * 2**input_frac + 0.5))``
+(`compress.encode_inputs`, calibration inputs passed as `calib_inputs`). Layer i has
 an input with f_i fractional bits and an int16 codebook with w_i fractional bits, so its
 accumulator has f_i + w_i; the int32 bias is the float bias at that scale, and the right shift
-``f_i + w_i - f_{i+1}`` (rounding, CONTRACT section 3) brings the output to f_{i+1} bits.
+``f_i + w_i - f_{i+1}`` (rounding, as in the numerics) brings the output to f_{i+1} bits.
 
 Calibration on training data chooses, per layer:
 
@@ -56,7 +59,8 @@ def fc_chain(model: nn.Module) -> list[tuple[nn.Linear, bool]]:
     """The (Linear, relu) layers of a fully connected network the engine can run."""
     if isinstance(model, LeNet300100):
         return [(model.fc1, True), (model.fc2, True), (model.fc3, False)]
-    # Any other module (nn.Sequential, a user's class): trace its forward (refused with one line unless a chain).
+    # Any other module (nn.Sequential, a user's class): trace its forward; anything but a
+    # Linear/ReLU chain is refused with one line naming the op.
     from .trace import linear_chain
 
     return [(layer.linear, layer.relu) for layer in linear_chain(model)]

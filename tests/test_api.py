@@ -1,4 +1,4 @@
-"""compress.compress_model / encode_inputs: tracing, input calibration, a tiny network end to end."""
+"""compress_model / encode_inputs: tracing, input calibration, a tiny network end to end."""
 
 from __future__ import annotations
 
@@ -202,17 +202,24 @@ def blobs(n: int, seed: int, dim: int = 12):
 
 
 class TinyMLP(nn.Module):
+    """A user's class taking [n, 3, 4] "images": flatten, 12-16-3."""
+
     def __init__(self):
         super().__init__()
         self.hidden = nn.Linear(12, 16)
         self.out = nn.Linear(16, 3)
 
     def forward(self, x):
-        return self.out(torch.relu(self.hidden(x)))
+        return self.out(torch.relu(self.hidden(torch.flatten(x, 1))))
+
+
+def image_blobs(n: int, seed: int):
+    x, y = blobs(n, seed)
+    return x.reshape(n, 3, 4), y
 
 
 def trained_tiny():
-    x, y = blobs(400, 0)
+    x, y = image_blobs(400, 0)
     torch.manual_seed(0)
     m = TinyMLP()
     opt = torch.optim.Adam(m.parameters(), 1e-2)
@@ -228,7 +235,7 @@ def trained_tiny():
 def tiny():
     model = trained_tiny()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train, val, test = blobs(400, 0), blobs(200, 1), blobs(300, 2)
+    train, val, test = image_blobs(400, 0), image_blobs(200, 1), image_blobs(300, 2)
     result = compress.compress_model(model, train=train, val=val, seed=0, test=test,
                                      progress=False)
     for k, v in model.state_dict().items():
@@ -290,7 +297,8 @@ def test_same_seed_same_bytes_and_dataloader_input(tiny, tmp_path):
 
 def test_val_held_out_when_not_given():
     model = trained_tiny()
-    result = compress.compress_model(model, train=blobs(400, 0), seed=1, **FAST, max_bits=3, densities={"hidden": 0.5, "out": 0.8},
+    result = compress.compress_model(model, train=image_blobs(400, 0), seed=1, **FAST,
+                                     max_bits=3, densities={"hidden": 0.5, "out": 0.8},
                                      attempts=1)
     s = result.summary
     assert s["examples"] == {"train": 360, "val": 40}
