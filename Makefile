@@ -41,9 +41,10 @@ iverilog:
 	      || { echo "make: apt-get install iverilog failed"; exit 1; }; \
 	  else echo "make: Icarus Verilog is missing: install it (Debian: apt-get install iverilog)"; exit 1; fi; }
 
-# ENGINE=lockstep runs the board's engine (docs/lockstep.md) instead of the EIE engine.
+# ENGINE=lockstep runs the board's engine (docs/lockstep.md) instead of the EIE engine. Your own
+# network: MODEL=Q.qnet.npz INPUTS=XI.npy (int16 engine inputs) [LABELS=Y.npy] [COUNT=N].
 sim: setup iverilog
-	$(PY) -m tb sim $(if $(MODEL),--model $(MODEL)) $(if $(INPUTS),--inputs $(INPUTS)) --pes $(PES) $(if $(COUNT),--count $(COUNT)) $(if $(ENGINE),--engine $(ENGINE))
+	$(PY) -m tb sim $(if $(MODEL),--model $(MODEL)) $(if $(INPUTS),--inputs $(INPUTS)) $(if $(LABELS),--labels $(LABELS)) --pes $(PES) $(if $(COUNT),--count $(COUNT)) $(if $(ENGINE),--engine $(ENGINE))
 
 # MAC utilisation vs queue depth 1..16 and rel_bits 4..8, and the dense speedup (a few minutes).
 sim-sweep: setup iverilog

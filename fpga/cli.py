@@ -1,4 +1,4 @@
-"""`python -m fpga`: build a bitstream, run digits on a board (or the simulated board).
+"""`python -m fpga`: build a bitstream, run inputs on a board (or the simulated board).
 
 Exit status 0 on success, 2 with one line on stderr for a bad invocation or bad input
 (`InputError`), 1 for anything else (a failed build prints the tool's reasons). FPGA_DEBUG=1
@@ -127,6 +127,8 @@ def cmd_run(args):
 
 
 def build_parser():
+    from .build import DEFAULT_CLOCK_MHZ
+
     parser = _Parser(prog="python -m fpga", description="iCE40 board tops, bitstreams, host runner")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -136,10 +138,10 @@ def build_parser():
     b.add_argument("--pes", default=None,
                    help="processing elements, or 'auto': the most of 8, 4, 2, 1 that fit "
                         "(default 8 for the lockstep engine, auto for eie)")
-    b.add_argument("--clock-mhz", type=float, default=27.0,
-                   help="PLL clock target (default 27: the 8-PE lockstep board reaches 28-30 MHz, "
-                        "so one run meets it; 24 is the acceptance figure, 36 the goal; a miss "
-                        "is rebuilt once under the fmax found)")
+    b.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_MHZ,
+                   help=f"PLL clock target (default {DEFAULT_CLOCK_MHZ:g}: the 8-PE lockstep board "
+                        f"reaches 28-30 MHz, so one run meets it; 24 is the acceptance figure, 36 "
+                        f"the goal; a miss is rebuilt once under the fmax found)")
     b.add_argument("--build-dir", default="build", help="build root (default build/)")
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     b.add_argument("--queue-depth", type=int, default=4,
@@ -160,12 +162,22 @@ def build_parser():
     r.add_argument("--spram", action="store_true", help="with the largest ROMs in SPRAM")
     r.set_defaults(run=cmd_resources)
 
-    h = sub.add_parser("run", help="stream MNIST digits to a board and check them")
+    h = sub.add_parser("run", help="stream inputs to a board (or the simulated board) and check "
+                       "them against the golden model")
     h.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB1")
     h.add_argument("--sim", action="store_true",
                    help="instead of a port: the board top in cocotb simulation")
-    h.add_argument("--count", type=int, default=100, help="digits to send (default 100)")
-    h.add_argument("--data", help="MNIST IDX directory (default $MNIST_DIR)")
+    h.add_argument("--inputs", help="int16 [batch, in_0] .npy engine inputs (e.g. from python -m "
+                   "compress encode-inputs); default: MNIST test digits, for a 784-input model")
+    h.add_argument("--labels", help="integer [batch] .npy class labels of --inputs (optional)")
+    h.add_argument("--count", type=int, default=None,
+                   help="inputs to send (default: all of --inputs, or 100 MNIST digits)")
+    h.add_argument("--data", help="MNIST IDX directory without --inputs (default $MNIST_DIR)")
+    h.add_argument("--out", help="write the board's outputs, int16 [batch, out] .npy")
+    h.add_argument("--clock-mhz", type=float, default=None,
+                   help=f"clock for the throughput figure (default: the board's, from PING; "
+                        f"with --sim the fpga build default, {DEFAULT_CLOCK_MHZ:g} MHz, not the "
+                        f"simulation's 100 MHz bench clock)")
     h.add_argument("--timeout", type=float, default=None,
                    help="seconds of silence before a reply is given up (default 5 with --port, "
                         "600 with --sim: a simulated INFER frame takes minutes under load)")

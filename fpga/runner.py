@@ -1,7 +1,10 @@
 """`python -m fpga run`: inputs streamed to the board (or the simulated board), answers checked.
 
-`run_inputs` streams engine inputs through a `Board` (fpga/host.py), compares every answer with
-the golden model and the label, and gathers the on-chip cycle counters.
+`run_inputs` streams engine inputs (int16 [batch, in_0], any network the board runs) through a
+`Board` (fpga/host.py), compares every answer with the golden model and the label, and gathers
+the on-chip cycle counters. `summary` reports throughput at the clock the bitstream runs at: the
+clock a real board reports in PING, or for the simulated board (whose bench clock is 100 MHz)
+the board's PLL clock that `fpga build` uses by default; cycle counts do not depend on it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class RunStats:
 
 
 def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
-               progress: bool = True, rom=None) -> RunStats:
+               progress: bool = True, rom=None, noun: str = "input") -> RunStats:
     """Stream x through the board; if it reports its weights not loaded, load `rom` first.
 
     `rom` is the ROM image (a RomImage or a LockstepImage) the board's weights are cut from.
@@ -55,7 +58,7 @@ def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc="digits", unit="digit")
+        it = tqdm(it, desc=f"{noun}s", unit=noun)
     for i in it:
         r = board.infer(x[i])
         stats.n += 1
@@ -70,10 +73,13 @@ def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
     return stats
 
 
-def summary(stats: RunStats, info: P.Info, *, has_labels: bool) -> str:
+def summary(stats: RunStats, info: P.Info, *, has_labels: bool, clock_hz: float | None = None,
+            clock_note: str = "the board's clock, from PING", noun: str = "input") -> str:
+    """The run's figures; throughput at `clock_hz` (default: the clock PING reported)."""
+    clock_hz = float(clock_hz or info.clock_hz)
     c = np.array(stats.cycles, dtype=np.float64)
-    lc = np.array(stats.layer_cycles, dtype=np.float64)
-    lines = [f"digits: {stats.n}"]
+    lc = np.array(stats.layer_cycles, dtype=np.float64).reshape(len(c), -1)
+    lines = [f"{noun}s: {stats.n}"]
     if has_labels:
         lines.append(f"accuracy: {stats.correct}/{stats.n} = {stats.correct / stats.n:.2%}")
     comp = lc.sum(axis=1)
@@ -85,47 +91,80 @@ def summary(stats: RunStats, info: P.Info, *, has_labels: bool) -> str:
         f"engine compute cycles per inference (sum of layer_cycles): mean {comp.mean():.0f}, "
         f"min {comp.min():.0f}, max {comp.max():.0f} (per layer: "
         f"{', '.join(f'{v:.0f}' for v in lc.mean(axis=0))})",
-        f"at {info.clock_hz / 1e6:g} MHz: {info.clock_hz / comp.mean():.0f} inferences/s of engine "
-        f"compute ({comp.mean() / info.clock_hz * 1e6:.1f} us each; the UART transfer is not "
-        f"counted)",
+        f"throughput at {clock_hz / 1e6:g} MHz ({clock_note}): "
+        f"{clock_hz / comp.mean():.0f} inferences/s of engine compute "
+        f"({comp.mean() / clock_hz * 1e6:.1f} us each; the UART transfer is not counted)",
     ]
     return "\n".join(lines)
+
+
+def _inputs(args, qnet):
+    """(x int16[n, in_0], labels int64[n] or None, noun, description) for `fpga run`."""
+    from compress.qnet import load_inputs
+
+    if args.inputs:
+        from tb.cli import load_labels
+
+        x = load_inputs(args.inputs, qnet.in_features)
+        labels = load_labels(args.labels, len(x)) if args.labels else None
+        n = min(args.count, len(x)) if args.count is not None else len(x)
+        return (x[:n], None if labels is None else labels[:n], "input",
+                f"inputs: {args.inputs}" + (f", labels: {args.labels}" if args.labels else ""))
+    if args.labels:
+        raise InputError("--labels needs --inputs (MNIST digits come with their labels)")
+    if qnet.in_features != 784:
+        raise InputError(f"the model takes {qnet.in_features} inputs, not 784 (an MNIST digit): "
+                         f"pass your inputs with --inputs XI.npy (int16 [batch, "
+                         f"{qnet.in_features}], e.g. from python -m compress encode-inputs)")
+    from compress.data import load_split
+    from compress.golden import mnist_to_input
+
+    test = load_split("test", args.data)
+    n = min(args.count if args.count is not None else 100, len(test.labels))
+    return (mnist_to_input(test.images[:n], qnet.input_frac), np.asarray(test.labels[:n]),
+            "digit", f"inputs: the first {n} MNIST test digits")
 
 
 def run_cli(args) -> int:
     if bool(args.port) == bool(args.sim):
         raise InputError("give exactly one of --port PORT or --sim")
-    if args.count < 1:
+    if args.count is not None and args.count < 1:
         raise InputError(f"--count must be >= 1, not {args.count!r}")
     if args.timeout is None:
         args.timeout = 600.0 if args.sim else 5.0
     if args.timeout <= 0:
         raise InputError(f"--timeout must be positive, not {args.timeout!r}")
+    if args.clock_mhz is not None and not 0 < args.clock_mhz <= 1000:
+        raise InputError(f"--clock-mhz must be in (0, 1000], not {args.clock_mhz!r}")
+    if args.out:
+        from compress.atomic import refuse_same_path
 
-    from compress.data import load_split
-    from compress.golden import mnist_to_input
+        refuse_same_path(args.out, args.model, args.inputs, args.labels)
 
+    from .build import DEFAULT_CLOCK_MHZ
     from .cli import load_model
-
-    qnet, name = load_model(args.model)
-    if qnet.in_features != 784:
-        raise InputError(f"the model takes {qnet.in_features} inputs, MNIST digits have 784")
-    test = load_split("test", args.data)
-    n = min(args.count, len(test.labels))
-    x = mnist_to_input(test.images[:n], qnet.input_frac)
-    labels = np.asarray(test.labels[:n])
-    print(f"model: {name}")
     from .engines import build_image
 
+    qnet, name = load_model(args.model)
+    x, labels, noun, what = _inputs(args, qnet)
+    print(f"model: {name}")
+    print(what)
     if args.sim:
         from .bench import simulated_board
 
+        if not 1 <= args.pes <= 16:
+            raise InputError(f"--pes must be 1..16, not {args.pes}")
         rom = build_image(qnet, args.engine, args.pes)
         print(f"simulated board: {args.engine} engine, {args.pes} PEs")
         with simulated_board(rom, spram=not args.no_spram) as transport:
             board = Board(transport, timeout=args.timeout)
-            stats = run_inputs(board, qnet, x, labels, rom=rom)
+            stats = run_inputs(board, qnet, x, labels, rom=rom, noun=noun)
             info = board.info
+        # The bench clocks the simulation at 100 MHz; the bitstream runs at the PLL clock.
+        mhz = args.clock_mhz or DEFAULT_CLOCK_MHZ
+        clock_note = ("the board clock given by --clock-mhz" if args.clock_mhz else
+                      "the board's PLL clock, the fpga build default") + \
+            "; cycle counts do not depend on the clock"
     else:
         transport = SerialTransport(args.port, args.baud)
         try:
@@ -133,12 +172,21 @@ def run_cli(args) -> int:
             # The ROM image for the weight load is cut for the board's own engine and PE count.
             info = board.ping()
             rom = build_image(qnet, info.engine, info.pes)
-            stats = run_inputs(board, qnet, x, labels, rom=rom)
+            stats = run_inputs(board, qnet, x, labels, rom=rom, noun=noun)
             info = board.info
         finally:
             transport.close()
-    print(summary(stats, info, has_labels=True))
-    return 0 if stats.agree == stats.n else 1
+        mhz = args.clock_mhz or info.clock_hz / 1e6
+        clock_note = ("given by --clock-mhz" if args.clock_mhz else
+                      "the board's clock, as it reports in PING")
+    print(summary(stats, info, has_labels=labels is not None, clock_hz=mhz * 1e6,
+                  clock_note=clock_note, noun=noun))
+    if args.out:
+        from compress.cli import save_npy
+
+        save_npy(args.out, np.stack(stats.outputs).astype(np.int16))
+        print(f"wrote {args.out}: the board's outputs, int16 [{stats.n}, {qnet.out_features}]")
+    return 0 if stats.exact == stats.n else 1
 
 
 run_digits = run_inputs  # the earlier name

@@ -69,7 +69,9 @@ class MemoryFactory:
     """Default: `amaranth.lib.memory.Memory`, one per spec, added to the module under its name."""
 
     def __call__(self, m: Module, spec: MemorySpec) -> MemoryPorts:
-        mem = Memory(shape=unsigned(spec.width), depth=spec.depth, init=list(spec.init))
+        # A depth-1 Memory has 0-bit addresses; the engine drives `spec.addr_width` (>= 1) bits,
+        # so a one-word memory (a PE with one row, a one-column layer) gets a second, unused word.
+        mem = Memory(shape=unsigned(spec.width), depth=max(2, spec.depth), init=list(spec.init))
         m.submodules[spec.name.replace(".", "_")] = mem
         read = [mem.read_port(domain="sync") for _ in range(spec.read_ports)]
         write = [mem.write_port() for _ in range(spec.write_ports)]

@@ -1,7 +1,7 @@
 """`python -m tb`: run networks on the RTL engine in cocotb simulation.
 
     python -m tb run   --model Q --inputs X.npy --out Y.npy [--pes N] [--stats S.json]
-    python -m tb sim   [--model Q] [--inputs X.npy] [--pes N]       (what `make sim` runs)
+    python -m tb sim   [--model Q] [--inputs X.npy [--labels Y.npy]] [--pes N]  (`make sim`)
     python -m tb sweep [--model Q] [--pes N]         utilisation vs queue depth, rel_bits, placement
 
 Exit status 0 on success, 2 with one line on stderr for a bad invocation or bad input
@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     _hw_args(p)
     p = sub.add_parser("sim", help="the embedded default (or a given network) on the engine")
     p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
-    p.add_argument("--inputs", help="int16[batch, in_0] .npy (default: the sample digits)")
-    p.add_argument("--labels", help="uint8[batch] .npy labels for --inputs (optional)")
+    p.add_argument("--inputs", help="int16[batch, in_0] .npy (default: the sample MNIST digits)")
+    p.add_argument("--labels", help="integer [batch] .npy class labels for --inputs (optional)")
     p.add_argument("--count", type=int, default=None,
                    help="inputs to run (default: the first 20 sample digits; all of --inputs)")
     p.add_argument("--dense-count", type=int, default=1,
@@ -80,8 +79,30 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
+def load_labels(path, n: int, *, what: str = "--labels") -> np.ndarray:
+    """Integer class labels [n] from an .npy file, as int64; InputError (one line) when the file
+    is not a readable .npy, not integers, or not one label per input. The header is checked
+    before the data are read."""
+    from compress.qnet import check_batch, read_npy
+
+    name = f"{what} {path}"
+
+    def check(h):
+        check_batch(h, name)
+        if h.dtype.kind not in "iu":
+            raise InputError(f"{name}: expected integer class labels, got dtype {h.dtype}")
+        if h.shape != (n,):
+            raise InputError(f"{name}: expected {n} labels (one per input, shape [{n}]), got "
+                             f"shape {list(h.shape)}")
+
+    y = read_npy(path, name=name, check=check)
+    if n and int(y.min()) < 0:
+        raise InputError(f"{name}: negative class label {int(y.min())}")
+    return y.astype(np.int64)
+
+
 def _load(model, inputs, index_bits, labels_path=None):
-    """(qnet, x, labels or None, description lines)."""
+    """(qnet, x, labels or None, description lines, mnist: the inputs are MNIST digits)."""
     from compress.golden import mnist_to_input
     from compress.qnet import load_inputs, load_qnet
     from compress.synthetic import random_inputs, random_qnet
@@ -98,13 +119,15 @@ def _load(model, inputs, index_bits, labels_path=None):
         notes.append(f"model: SYNTHETIC LeNet-300-100-shaped qnet (random_qnet seed 0, density "
                      f"8/9/26%): {DEFAULT_MODEL.relative_to(REPO)} does not exist yet")
     labels = None
+    mnist = False
+    if labels_path and not inputs:
+        raise InputError("--labels needs --inputs (the sample digits come with their labels)")
     if inputs:
         x = load_inputs(inputs, qnet.in_features)
         notes.append(f"inputs: {inputs}")
         if labels_path:
-            labels = np.load(labels_path, allow_pickle=False).astype(np.int64)
-            if labels.shape != (len(x),):
-                raise InputError(f"{labels_path}: expected {len(x)} labels, got {labels.shape}")
+            labels = load_labels(labels_path, len(x))
+            notes.append(f"labels: {labels_path}")
     else:
         from compress import data
 
@@ -115,19 +138,21 @@ def _load(model, inputs, index_bits, labels_path=None):
             sample = data.load_sample()
             x = mnist_to_input(sample.images, qnet.input_frac)
             labels = sample.labels.astype(np.int64)
+            mnist = True
             notes.append(f"inputs: the {len(x)} sample digits ({data.SAMPLE_PATH.name})")
         except InputError:
             try:
                 test = data.load_split("test")
                 x = mnist_to_input(test.images[:100], qnet.input_frac)
                 labels = test.labels[:100].astype(np.int64)
+                mnist = True
                 notes.append("inputs: first 100 MNIST test digits from $MNIST_DIR (the shipped "
                              "sample digits do not exist yet)")
             except InputError:
                 x = random_inputs(100, 784, seed=1, density=0.19)
                 notes.append("inputs: SYNTHETIC MNIST-like vectors (19% non-zero): no sample "
                              "digits and no $MNIST_DIR")
-    return qnet, x, labels, notes
+    return qnet, x, labels, notes, mnist
 
 
 def _rom(qnet, args, rel_bits=None, balance=None):
@@ -165,10 +190,10 @@ def _shards(x, k):
 
 def _simulate_parallel(b, x, jobs=2):
     """Simulate x in up to `jobs` simulator processes at once; results in input order."""
-    from tb.sim import SimResult, simulate
+    from tb.sim import SimResult, sim_pool, simulate
 
     parts = _shards(x, jobs)
-    with ThreadPoolExecutor(max_workers=jobs) as ex:
+    with sim_pool(jobs) as ex:
         res = list(ex.map(lambda i: simulate(b, x[i]), parts))
     return SimResult(
         outputs=np.concatenate([r.outputs for r in res]),
@@ -178,18 +203,25 @@ def _simulate_parallel(b, x, jobs=2):
 
 
 def cmd_run(args):
-    from compress.atomic import atomic_path
+    from compress.atomic import atomic_path, refuse_same_path
     from compress.cli import save_npy
     from compress.qnet import load_inputs, load_qnet
     from tb.sim import build
 
+    refuse_same_path(args.out, args.model, args.inputs)
+    refuse_same_path(args.stats, args.model, args.inputs, what="--stats")
+    if args.stats and Path(args.stats).resolve() == Path(args.out).resolve():
+        raise InputError(f"--out and --stats are the same file: {args.out}")
+    jobs = os.environ.get("TB_JOBS", "2")
+    if not jobs.isdigit() or not 1 <= int(jobs) <= 64:
+        raise InputError(f"TB_JOBS must be a number 1..64, not {jobs!r}")
     qnet = load_qnet(args.model, index_bits=args.index_bits)
     x = load_inputs(args.inputs, qnet.in_features)
     rom = _rom(qnet, args)
     if args.dense and args.engine == "lockstep":
         raise InputError("--dense is the EIE engine's baseline: not with --engine lockstep")
     b = build(rom, _params(args, sparse=not args.dense))
-    r = _simulate_parallel(b, x, jobs=int(os.environ.get("TB_JOBS", "2")))
+    r = _simulate_parallel(b, x, jobs=int(jobs))
     if args.stats:
         stats = {
             "pes": args.pes,
@@ -201,29 +233,36 @@ def cmd_run(args):
             "index_bits": args.index_bits, "rel_bits": args.rel_bits,
             "balanced": args.balance,
         }
-        with atomic_path(args.stats) as tmp:
+        with atomic_path(args.stats, what="--stats") as tmp:
             tmp.write_text(json.dumps(stats, indent=1) + "\n")
     save_npy(args.out, r.outputs)
     print(f"wrote {args.out}: {len(x)} inputs, {args.pes} PEs, "
           f"mean {r.cycles.mean():.0f} cycles per inference")
 
 
+def _cycles(n: int) -> str:
+    return f"{n} cycle" + ("" if n == 1 else "s")
+
+
 def cmd_sim(args):
     from compress.golden import golden, predict
     from tb.analysis import breakdown, utilisation
-    from tb.sim import build
+    from tb.sim import build, sim_pool
 
     t0 = time.time()
-    qnet, x, labels, notes = _load(args.model, args.inputs, args.index_bits, args.labels)
+    qnet, x, labels, notes, mnist = _load(args.model, args.inputs, args.index_bits, args.labels)
+    noun = "digit" if mnist else "input"
     count = args.count if args.count is not None else (len(x) if args.inputs else 20)
     if count < 1:
         raise InputError(f"--count must be >= 1, not {count}")
+    if args.dense_count < 1:
+        raise InputError(f"--dense-count must be >= 1, not {args.dense_count}")
     full_x, full_labels = x, labels
     x = x[:count]
     labels = labels[:count] if labels is not None else None
     rom = _rom(qnet, args)
     p_sparse, p_dense = _params(args), _params(args, sparse=False)
-    with ThreadPoolExecutor(max_workers=2) as ex:
+    with sim_pool(2) as ex:
         fb_s = ex.submit(build, rom, p_sparse)
         fb_d = ex.submit(build, rom, p_dense)
         b_s, b_d = fb_s.result(), fb_d.result()
@@ -231,7 +270,7 @@ def cmd_sim(args):
     nd = max(1, min(args.dense_count, len(x)))
     from tb.sim import simulate
 
-    with ThreadPoolExecutor(max_workers=1) as ex:
+    with sim_pool(1) as ex:
         # two simulators at once, one per core: the dense baseline (one long run) and the
         # sparse engine over all the inputs
         f_d = ex.submit(simulate, b_d, x[:nd])
@@ -254,11 +293,11 @@ def cmd_sim(args):
     for line in notes:
         print("  " + line)
     print()
-    print("digit  label  predicted  golden  cycles")
+    print(f"{noun}  label  predicted  golden  cycles")
     for i in range(len(x)):
         lab = str(int(labels[i])) if labels is not None else "-"
         mark = "" if exact[i] else "   MISMATCH"
-        print(f"{i:5d}  {lab:>5}  {int(pred[i]):9d}  {int(gpred[i]):6d}  "
+        print(f"{i:{len(noun)}d}  {lab:>5}  {int(pred[i]):9d}  {int(gpred[i]):6d}  "
               f"{int(r.cycles[i]):6d}{mark}")
     print()
     print(f"bit-exact: {int(exact.sum())}/{len(x)} against the golden model "
@@ -266,19 +305,21 @@ def cmd_sim(args):
     if labels is not None:
         acc = float((pred == labels).mean())
         synthetic = any(n.startswith("model: SYNTHETIC") for n in notes)
-        print(f"accuracy on the sample: {int((pred == labels).sum())}/{len(x)} = {100 * acc:.1f}% "
+        where = "the sample" if mnist else "these inputs"
+        print(f"accuracy on {where}: {int((pred == labels).sum())}/{len(x)} = {100 * acc:.1f}% "
               f"on the engine" + ("  (synthetic network: labels are not meaningful)"
                                   if synthetic else ""))
         if full_labels is not None and len(full_labels) > len(x):
             full_pred = predict(golden(qnet, full_x, acc_bits=args.acc_bits))
             ga = float((full_pred == full_labels).mean())
-            print(f"  (golden model on all {len(full_labels)} sample digits: {100 * ga:.1f}%; "
+            what = "sample digits" if mnist else "inputs"
+            print(f"  (golden model on all {len(full_labels)} {what}: {100 * ga:.1f}%; "
                   f"--count {len(full_labels)} runs them all on the engine)")
     comp = r.layer_cycles.sum(axis=1)
     comp_d = rd.layer_cycles.sum(axis=1)
     print(f"cycles per inference: mean {r.cycles.mean():.1f} (min {r.cycles.min()}, "
           f"max {r.cycles.max()}), of which compute {comp.mean():.1f}; "
-          f"the rest is {qnet.in_features} cycles of input and {qnet.out_features} of output")
+          f"the rest is {_cycles(qnet.in_features)} of input and {qnet.out_features} of output")
     print("cycles per layer (mean): " + ", ".join(
         f"l{i} {r.layer_cycles[:, i].mean():.1f}" for i in range(L)))
     print(f"dense baseline engine: {rd.cycles.mean():.0f} cycles per inference, "
@@ -320,12 +361,15 @@ def cmd_sim(args):
 
 
 def cmd_sweep(args):
-    from compress.atomic import atomic_path
+    from compress.atomic import atomic_path, refuse_same_path
     from tb.analysis import utilisation
-    from tb.sim import build
+    from tb.sim import build, sim_pool
 
+    refuse_same_path(args.out, args.model, args.inputs)
     t0 = time.time()
-    qnet, x, _labels, notes = _load(args.model, args.inputs, args.index_bits)
+    qnet, x, _labels, notes, _mnist = _load(args.model, args.inputs, args.index_bits)
+    if args.count < 1:
+        raise InputError(f"--count must be >= 1, not {args.count}")
     x = x[: args.count]
     depths = [int(v) for v in args.depths.split(",")]
     rels = [int(v) for v in args.rel_bits_list.split(",")]
@@ -348,7 +392,7 @@ def cmd_sweep(args):
         r = simulate(b, x if sparse else x[:1])
         return r
 
-    with ThreadPoolExecutor(max_workers=2) as ex:
+    with sim_pool(2) as ex:
         results = list(ex.map(one, configs))
     dense_comp = results[-1].layer_cycles.sum(axis=1).mean()
     print(f"sweep: {args.pes} PEs, {len(x)} inputs; " + "; ".join(notes))

@@ -7,16 +7,28 @@ A build is made under an exclusive file lock; each simulation run gets its own d
 (build/tb/<key>/runs/<n>/) for inputs, outputs and results.xml, removed after a good run and
 kept after a failed one. Waveforms only with WAVES=1 (Icarus writes build/tb/<key>/sim_build/
 engine.fst).
+
+Simulators (and iverilog) run in their own process group, started by `icarus_runner()`: an
+interrupted caller (SIGINT, SIGTERM, an exception) ends the whole group, and an interrupted run
+removes its run directory. `stop_simulators()` ends every simulator this process started (also
+at interpreter exit); `sim_pool(n)` is a thread pool that calls it when its block fails, before
+waiting for its workers.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
+import subprocess
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +78,101 @@ def icarus_fixup(text: str) -> str:
 ENGINES = ("eie", "lockstep")
 
 
+# ---------------------------------------------------------------------------------------------
+# Simulator processes: each in its own process group, ended with its caller.
+
+class SimulationStopped(RuntimeError):
+    """A simulator was ended by `stop_simulators` (its caller is being interrupted)."""
+
+
+_procs: dict[int, subprocess.Popen] = {}  # pid (= process group id) -> simulator
+_procs_lock = threading.Lock()
+_stopping = threading.Event()  # set while `stop_simulators` runs: no new simulator starts
+
+
+def _end_group(p: subprocess.Popen, grace: float = 1.0) -> None:
+    """SIGTERM the process group of `p`, SIGKILL it after `grace` seconds, reap `p`."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, sig)
+        try:
+            p.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # the leader is gone; anything it left in its group goes too
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(p.pid, signal.SIGKILL)
+
+
+def run_in_group(cmd, *, cwd, env, stdout=None) -> int:
+    """Run `cmd` in a new process group; end the group if the wait is interrupted."""
+    with _procs_lock:
+        if _stopping.is_set():
+            raise SimulationStopped("simulation stopped")
+        p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout,
+                             stderr=None if stdout is None else subprocess.STDOUT,
+                             start_new_session=True)
+        _procs[p.pid] = p
+    try:
+        rc = p.wait()
+    except BaseException:
+        _end_group(p)
+        raise
+    finally:
+        with _procs_lock:
+            _procs.pop(p.pid, None)
+    if _stopping.is_set():
+        raise SimulationStopped("simulation stopped")
+    return rc
+
+
+def stop_simulators() -> None:
+    """End every simulator process group this process started (threads' ones included)."""
+    with _procs_lock:
+        _stopping.set()
+        procs = list(_procs.values())
+    for p in procs:
+        _end_group(p)
+
+
+atexit.register(stop_simulators)
+
+
+@contextlib.contextmanager
+def sim_pool(workers: int):
+    """A thread pool for simulations; a failing block (KeyboardInterrupt included) ends the
+    running simulators before the pool waits for its threads, so it never waits them out."""
+    ex = ThreadPoolExecutor(max_workers=workers)
+    failed = False
+    try:
+        yield ex
+    except BaseException:
+        failed = True
+        stop_simulators()
+        raise
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+        if failed:
+            _stopping.clear()  # the pool's threads are done: later simulations may start
+
+
+def icarus_runner():
+    """cocotb's Icarus runner, its commands run by `run_in_group`."""
+    from cocotb_tools.runner import Icarus
+
+    class _GroupIcarus(Icarus):
+        def _execute_cmds(self, cmds, cwd, stdout=None):
+            for cmd in cmds:
+                self.log.info("Running command %s in directory %s", " ".join(map(str, cmd)),
+                              cwd)
+                rc = run_in_group(cmd, cwd=cwd, env=self.env, stdout=stdout)
+                if rc != 0:
+                    raise RuntimeError(f"Command failed with return code: {rc}")
+
+    return _GroupIcarus()
+
+
 @dataclass(frozen=True)
 class EngineParams:
     """engine: "eie" (hw.engine, per-PE queues) or "lockstep" (hw.lockstep, the board's)."""
@@ -111,7 +218,6 @@ def build(rom: RomImage, params: EngineParams = EngineParams(), *, waves: bool |
           ) -> Build:
     """Export the ROM, generate the Verilog and compile it with Icarus (cached by key)."""
     from amaranth.back import verilog
-    from cocotb_tools.runner import get_runner
 
     from hw.engine import EngineConfigError
 
@@ -149,7 +255,7 @@ def build(rom: RomImage, params: EngineParams = EngineParams(), *, waves: bool |
                 tmpv = d / ".engine.v.tmp"
                 tmpv.write_text(text)
                 os.replace(tmpv, vfile)
-                runner = get_runner("icarus")
+                runner = icarus_runner()
                 runner.build(
                     sources=[vfile], hdl_toplevel=TOPLEVEL, build_dir=d / "sim_build",
                     timescale=("1ns", "1ps"), waves=waves, always=True,
@@ -172,7 +278,7 @@ def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float
              seed: int = 0, reset_mid: bool = False, max_cycles: int | None = None
              ) -> SimResult:
     """Run a batch of int16 input vectors through the built engine in cocotb."""
-    from cocotb_tools.runner import get_results, get_runner
+    from cocotb_tools.runner import get_results
 
     x = np.ascontiguousarray(x, dtype=np.int16)
     runs = b.dir / "runs"
@@ -193,7 +299,7 @@ def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float
     }
     if max_cycles:
         env["TB_MAX_CYCLES"] = str(int(max_cycles))
-    runner = get_runner("icarus")
+    runner = icarus_runner()
     results = run_dir / "results.xml"
     try:
         runner.test(
@@ -205,6 +311,10 @@ def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float
     except SystemExit as e:
         raise RuntimeError(f"simulation failed (exit {e.code}); see {run_dir / 'sim.log'}"
                            ) from None
+    except (KeyboardInterrupt, SimulationStopped):
+        # interrupted, not failed: nothing to inspect, leave nothing behind
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     _tests, failed = get_results(results)
     if failed or not (run_dir / "outputs.npy").exists():
         log = (run_dir / "sim.log").read_text(errors="replace")[-3000:] \
