@@ -24,6 +24,14 @@ The steps, all on the validation split:
 6. if the integer accuracy dropped by more than `max_drop` points against the dense model, the
    attempt is repeated from the dense weights with half the per-layer budget (denser layers,
    more index bits), a bounded number of times; the summary says what was tried and chosen.
+
+`CompressResult.summary` (also summary.json): ``accuracy`` {dense, pruned, quantized, integer}
+-> {val, test} in %, ``drop`` (dense - integer on val, points), ``met_max_drop``, ``density``
+and ``index_bits`` per layer, ``input_frac``, ``input_max_abs``, ``dcz_bytes``,
+``uncompressed_bytes`` (float32 weights and biases), ``ratio`` (their quotient), ``chosen``
+(one sentence), ``attempts`` (each try's densities, bits, accuracies), ``sensitivity`` (the
+curves), ``seconds`` per stage, ``notes`` (warnings), and the model, shape, examples, seed,
+max_drop and device. A network with conv layers has no integer accuracy (``engine`` false).
 """
 
 from __future__ import annotations
