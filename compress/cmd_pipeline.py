@@ -9,6 +9,8 @@ All of them run under ``torchrun`` too (DDP; only rank 0 writes files).
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 from pathlib import Path
 
 from .cli import command
@@ -305,9 +307,14 @@ def _pipeline_model(args) -> int:
             opts[key] = value
     if args.max_steps is not None:  # a cap on the steps of every retraining round
         opts["round_steps"] = (min(150, args.max_steps), args.max_steps)
-    result = compress_model(model, train=data["train"], val=data["val"],
-                            seed=0 if args.seed is None else args.seed,
-                            max_drop=0.5 if args.max_drop is None else args.max_drop, **opts)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = compress_model(model, train=data["train"], val=data["val"],
+                                seed=0 if args.seed is None else args.seed,
+                                max_drop=0.5 if args.max_drop is None else args.max_drop,
+                                **opts)
+    for w in caught:  # one line each, not the source line Python's formatter adds
+        print(f"warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
     result.save(out)
     if result.sensitivity is not None:
         write_sensitivity(result.sensitivity, out)

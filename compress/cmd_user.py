@@ -126,8 +126,9 @@ def _encode_inputs(args):
     x = read_npy(args.inputs)
     if x.dtype.kind not in "iuf":
         raise InputError(f"{args.inputs}: expected numbers, got dtype {x.dtype}")
-    if x.ndim < 1 or len(x) == 0:
-        raise InputError(f"{args.inputs}: expected [batch, ...], got shape {list(x.shape)}")
+    if x.ndim < 2 or len(x) == 0:
+        raise InputError(f"{args.inputs}: expected [batch, ...] (one row per example), got "
+                         f"shape {list(x.shape)}")
     width = math.prod(x.shape[1:])
     if width != qnet.in_features:
         raise InputError(f"{args.inputs}: {width} values per example ({list(x.shape[1:])}), the "

@@ -272,3 +272,27 @@ def test_pipeline_model_end_to_end(files, pipeline_run, tmp_path, capsys):
     assert main(["encode-inputs", "--model", str(out / "model.dcz"), "--inputs",
                  str(files / "x.npy"), "--out", str(xi2)]) == 0
     assert xi.read_bytes() == xi2.read_bytes()
+
+
+def test_pipeline_model_conv_compresses_without_a_qnet(files, tmp_path, capsys):
+    """Conv/MaxPool networks compress to a .dcz; the engine (qnet) is for Linear/ReLU chains."""
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(48, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(conv.eval(), torch.zeros(1, 1, 8, 8), str(tmp_path / "conv.onnx"),
+                          dynamo=False)
+    out = tmp_path / "out"
+    # The data are [n, 8, 8]; the network takes [n, 1, 8, 8]: same values per example.
+    assert main(["pipeline", "--model", str(tmp_path / "conv.onnx"), "--data",
+                 str(files / "tiny.npz"), "--out", str(out), "--max-steps", "5",
+                 "--prune-rounds", "1", "--attempts", "1", "--max-drop", "100",
+                 "--no-progress"]) == 0
+    cap = capsys.readouterr()
+    assert "no qnet" in cap.out
+    assert all(line.startswith("warning: ") for line in cap.err.splitlines())
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.dcz", "report.txt", "sensitivity.json", "sensitivity.png", "sensitivity.txt",
+        "summary.json"]
+    assert json.loads((out / "summary.json").read_text())["engine"] is False
