@@ -18,6 +18,8 @@ from compress.golden import golden, predict
 from compress.qnet import Layer, QNet, load_qnet
 from compress.trace import linear_chain
 
+from .conftest import long_tests
+
 
 # ---------------------------------------------------------------------------------------------
 # Tracing
@@ -334,3 +336,47 @@ def test_conv_network_compresses_to_dcz_only(tmp_path):
     result.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.dcz", "report.txt",
                                                           "summary.json"]
+
+
+@pytest.mark.skipif(not long_tests(), reason="LeNet-300-100-sized run on MNIST: LONG=1")
+def test_lenet_300_100_sized_user_model_on_mnist(mnist_dir, monkeypatch):
+    """A user's 784-300-100-10 class on MNIST pixels / 255: the targets of the issue."""
+    import time
+
+    from compress.data import load_split
+
+    monkeypatch.setenv("MNIST_DIR", str(mnist_dir))
+    tr, te = load_split("train"), load_split("test")
+    x, y = tr.images.astype(np.float32) / 255, tr.labels.astype(np.int64)
+
+    class MyMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100),
+                                     nn.ReLU())
+            self.out = nn.Linear(100, 10)
+
+        def forward(self, x):
+            return self.out(self.net(torch.flatten(x, 1)))
+
+    torch.manual_seed(0)
+    m = MyMLP()
+    opt = torch.optim.Adam(m.parameters(), 1e-3, weight_decay=1e-4)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        perm = torch.randperm(len(xt), generator=g)
+        for i in range(0, len(xt), 128):
+            idx = perm[i:i + 128]
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(xt[idx]), yt[idx]).backward()
+            opt.step()
+    t = time.time()
+    result = compress.compress_model(m, train=(x, y), seed=0, progress=False,
+                                     test=(te.images.astype(np.float32) / 255,
+                                           te.labels.astype(np.int64)))
+    wall = time.time() - t
+    s = result.summary
+    assert wall < 600, wall
+    assert s["accuracy"]["integer"]["test"] >= s["accuracy"]["dense"]["test"] - 1.0
+    assert s["met_max_drop"] and s["ratio"] > 30
