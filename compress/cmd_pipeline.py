@@ -4,6 +4,10 @@ Every stage runs alone (checkpoint in, checkpoint out) or all together (`pipelin
 recipe, a config file (JSON or TOML, the same nesting as `PipelineConfig`) and flags; a
 ``--set section.key=value`` flag overrides any setting (value parsed as JSON, else a string).
 All of them run under ``torchrun`` too (DDP; only rank 0 writes files).
+
+`pipeline --model M.onnx --data D.npz --out DIR` is the same path for your own network:
+the ONNX file is parsed (`compress.onnx_import`), the data set read (`compress.cmd_user`)
+and `compress.compress_model` chooses the per-layer densities under ``--max-drop``.
 """
 
 from __future__ import annotations
@@ -242,7 +246,8 @@ def _pipeline_args(p):
                         "(<arch>.dcz, <arch>.qnet.npz unpacked from it, mnist-test-100.npz)")
 
 
-@command("pipeline", "run every stage: train, prune, quantize, fixed point, .dcz, report")(
+@command("pipeline", "run every stage: train, prune, quantize, fixed point, .dcz, report "
+                     "(--arch: the LeNet recipes on MNIST; --model: your ONNX network)")(
     _pipeline_args)
 def _pipeline(args):
     from .pipeline import run_pipeline
@@ -300,9 +305,11 @@ def _pipeline_model(args) -> int:
         raise InputError(f"--max-steps must be >= 1, not {args.max_steps}")
     model = load_model(args.model)
     data = load_dataset(args.data, model.input_shape)
-    opts: dict = {"test": data["test"], "progress": not args.no_progress}
+    # One CPU thread unless asked, as for the recipes (fastest on a shared 2-core machine).
+    opts: dict = {"test": data["test"], "progress": not args.no_progress,
+                  "threads": 1 if args.threads is None else args.threads}
     for key, value in (("epochs", args.epochs), ("prune_rounds", args.prune_rounds),
-                       ("attempts", args.attempts), ("threads", args.threads)):
+                       ("attempts", args.attempts)):
         if value is not None:
             opts[key] = value
     if args.max_steps is not None:  # a cap on the steps of every retraining round
