@@ -400,8 +400,14 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
     opts = _options(options)
     if not isinstance(model, nn.Module):
         raise InputError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    if not (isinstance(max_drop, (int, float)) and max_drop >= 0 and math.isfinite(max_drop)):
+    try:
+        ok = not isinstance(max_drop, (bool, str)) and math.isfinite(float(max_drop)) and \
+            float(max_drop) >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
         raise InputError(f"max_drop must be >= 0 percentage points, not {max_drop!r}")
+    max_drop = float(max_drop)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise InputError(f"seed must be an integer, not {seed!r}")
     seed = int(seed)

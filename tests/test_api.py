@@ -186,6 +186,9 @@ def test_bad_model_data_fit_and_options_are_refused():
         compress.compress_model(model, train=(x, y), epoch=3)
     with pytest.raises(InputError, match="max_bits"):
         compress.compress_model(model, train=(x, y), max_bits=9)
+    for bad in (-1, float("nan"), "0.5"):
+        with pytest.raises(InputError, match="max_drop must be >= 0"):
+            compress.compress_model(model, train=(x, y), max_drop=bad)
 
 
 # ---------------------------------------------------------------------------------------------
