@@ -249,9 +249,17 @@ def build(rom: RomImage, params: EngineParams = EngineParams(), *, waves: bool |
             if not stamp.exists():
                 try:
                     top = make_engine(rom2, params)
-                except EngineConfigError as e:
-                    raise InputError(str(e)) from None
-                text = icarus_fixup(verilog.convert(top, name=TOPLEVEL, emit_src=False))
+                    text = icarus_fixup(verilog.convert(top, name=TOPLEVEL, emit_src=False))
+                except BaseException as e:
+                    # What a failed elaboration made is garbage, not a forgotten component:
+                    # no screen of UnusedElaboratable warnings after the one-line error (as
+                    # Amaranth itself does for an exception that ends the interpreter).
+                    from amaranth._unused import MustUse
+
+                    MustUse._MustUse__silence = True
+                    if isinstance(e, EngineConfigError):
+                        raise InputError(str(e)) from None
+                    raise
                 tmpv = d / ".engine.v.tmp"
                 tmpv.write_text(text)
                 os.replace(tmpv, vfile)
