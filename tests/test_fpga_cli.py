@@ -5,6 +5,7 @@ import tty
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from compress.lockstep import build_lockstep
@@ -31,6 +32,8 @@ def fpga_cli(*args):
     (["frobnicate"], ["invalid choice"]),
     (["build", "--engine", "queue"], ["invalid choice", "lockstep"]),
     (["resources", "--pes", "0"], ["--pes must be 1..16"]),
+    (["run", "--sim", "--model", "synthetic:64-16-10"], ["takes 64 inputs", "--inputs"]),
+    (["run", "--sim", "--model", "synthetic:12-8-3", "--labels", "y.npy"], ["needs --inputs"]),
 ])
 def test_bad_invocations(args, words):
     r = fpga_cli(*args)
@@ -172,3 +175,78 @@ def test_board_tops_elaborate(board, engine, tmp_path):
         assert line in pcf, line
     if board == "icebreaker":  # FTDI channel B on pins 6/9; digit LEDs on the break-off PMOD
         assert "set_io uart_0__rx__io 6\n" in pcf and "set_io led_g_4__io 21" in pcf
+
+
+@pytest.fixture
+def user_net(tmp_path):
+    """A 12-20-8-3 network, 3 inputs and labels (the last one wrong), as a user brings them."""
+    from compress.golden import golden
+    from compress.qnet import save_qnet
+
+    qnet = random_qnet((12, 20, 8, 3), seed=2, density=0.5, shift=[6, 5, 4])
+    save_qnet(qnet, tmp_path / "q.npz")
+    x = np.random.default_rng(3).integers(-200, 300, (3, 12)).astype(np.int16)
+    np.save(tmp_path / "x.npy", x)
+    labels = golden(qnet, x).argmax(axis=1)
+    labels[2] = (labels[2] + 1) % 3
+    np.save(tmp_path / "y.npy", labels)
+    return qnet, x, tmp_path
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--labels", "{d}/bad.npy"], ["--labels", "expected 3 labels"]),
+    (["--labels", "{d}/missing.npy"], ["--labels", "no such file"]),
+    (["--out", "{d}/x.npy"], ["--out", "same file"]),
+    (["--out", "{d}/q.npz"], ["--out", "same file"]),
+    (["--count", "0"], ["--count must be >= 1"]),
+    (["--clock-mhz", "0"], ["--clock-mhz"]),
+])
+def test_run_refusals(user_net, extra, words, capsys):
+    """fpga run --inputs: bad labels, an output equal to an input: exit 2, one line, before the
+    board (real or simulated) is touched; the inputs are left as they were."""
+    from fpga.cli import main
+
+    _qnet, _x, d = user_net
+    np.save(d / "bad.npy", np.zeros(4, np.int64))
+    before = (d / "x.npy").read_bytes()
+    status = main(["run", "--sim", "--model", str(d / "q.npz"), "--inputs", str(d / "x.npy"),
+                   *[e.format(d=d) for e in extra]])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and all(w in lines[0] for w in words), lines
+    assert (d / "x.npy").read_bytes() == before
+
+
+def test_summary_throughput_at_the_board_clock():
+    """Throughput is cycles at the clock the bitstream runs at, and says which clock."""
+    from fpga import protocol as P
+    from fpga.runner import RunStats, summary
+
+    st = RunStats(n=2, correct=1, agree=2, exact=2, cycles=[900, 1100],
+                  layer_cycles=[[200, 70], [260, 70]])
+    info = P.Info(version=1, pes=8, num_layers=2, in_features=12, out_features=3,
+                  clock_hz=100_000_000, loaded=True, engine="lockstep")
+    text = summary(st, info, has_labels=True, clock_hz=27e6, clock_note="the PLL clock")
+    assert "inputs: 2" in text and "digit" not in text and "accuracy: 1/2" in text
+    assert f"throughput at 27 MHz (the PLL clock): {27e6 / 300:.0f} inferences/s" in text
+    assert "at 100 MHz" not in text
+    text = summary(st, info, has_labels=False)  # a real board: the clock it reports
+    assert f"throughput at 100 MHz (the board's clock, from PING): {1e8 / 300:.0f}" in text
+    assert "accuracy" not in text
+
+
+def test_run_sim_user_network(user_net, capsys):
+    """fpga run --sim --inputs --labels --out on a 12-20-8-3 network: bit-exact outputs written,
+    accuracy from the labels, throughput at the board's default clock, generic wording."""
+    from compress.golden import golden
+    from fpga.build import DEFAULT_CLOCK_MHZ
+    from fpga.cli import main
+
+    qnet, x, d = user_net
+    status = main(["run", "--sim", "--model", str(d / "q.npz"), "--inputs", str(d / "x.npy"),
+                   "--labels", str(d / "y.npy"), "--out", str(d / "out.npy"), "--pes", "4"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    np.testing.assert_array_equal(np.load(d / "out.npy"), golden(qnet, x))
+    assert "inputs: 3" in out and "digit" not in out
+    assert "accuracy: 2/3" in out and "3/3 output vectors bit-exact" in out
+    assert f"throughput at {DEFAULT_CLOCK_MHZ:g} MHz (the board's PLL clock" in out

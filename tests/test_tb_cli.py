@@ -81,3 +81,59 @@ def test_run_refuses_bad_inputs(small, tmp_path):
     p = _tb("run", "--model", d / "missing.npz", "--inputs", d / "x.npy", "--out", d / "y.npy")
     assert p.returncode == 2 and "missing.npz" in p.stderr, p.stderr
     assert not (d / "y.npy").exists()
+
+
+def test_run_refuses_output_equal_to_an_input(small):
+    _qnet, _x, d = small
+    before = (d / "x.npy").read_bytes()
+    for extra, expect in ((["--out", d / "x.npy"], "--out"),
+                          (["--out", d / "y.npy", "--stats", d / "q.npz"], "--stats"),
+                          (["--out", d / "y.npy", "--stats", d / "y.npy"], "same file")):
+        p = _tb("run", "--model", d / "q.npz", "--inputs", d / "x.npy", *extra)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and expect in lines[0], p.stderr
+    assert (d / "x.npy").read_bytes() == before and not (d / "y.npy").exists()
+
+
+@pytest.mark.parametrize("labels, expect", [
+    (np.zeros((1, 12), np.int64), "expected 12 labels"),
+    (np.zeros(11, np.int64), "expected 12 labels"),
+    (np.zeros(12, np.float32), "expected integer class labels"),
+    (np.full(12, -1), "negative class label"),
+    (b"not an npy file", "not a valid .npy"),
+    (None, "no such file"),
+])
+def test_sim_refuses_bad_labels(small, labels, expect, capsys):
+    """A bad --labels file: exit 2 and one line naming it, before anything is built."""
+    from tb.cli import main
+
+    _qnet, _x, d = small
+    path = d / "labels.npy"
+    if isinstance(labels, bytes):
+        path.write_bytes(labels)
+    elif labels is not None:
+        np.save(path, labels)
+    status = main(["sim", "--model", str(d / "q.npz"), "--inputs", str(d / "x.npy"),
+                   "--labels", str(path)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, lines
+    assert "--labels" in lines[0] and expect in lines[0], lines
+
+
+def test_sim_user_network_with_labels(tmp_path):
+    """tb sim (make sim MODEL= INPUTS= LABELS=) on a 12-20-8-3 network: generic wording."""
+    qnet = random_qnet((12, 20, 8, 3), seed=2, density=0.5, shift=[6, 5, 4])
+    save_qnet(qnet, tmp_path / "q.npz")
+    x = random_inputs(4, 12, seed=3, density=0.7)
+    np.save(tmp_path / "x.npy", x)
+    labels = golden(qnet, x).argmax(axis=1)
+    labels[0] = (labels[0] + 1) % 3  # one wrong label: 3/4
+    np.save(tmp_path / "y.npy", labels)
+    p = _tb("sim", "--model", tmp_path / "q.npz", "--inputs", tmp_path / "x.npy",
+            "--labels", tmp_path / "y.npy", "--pes", 4, "--count", 3)
+    assert p.returncode == 0, p.stderr
+    assert "input  label  predicted  golden  cycles" in p.stdout
+    assert "digit" not in p.stdout and "sample" not in p.stdout
+    assert "bit-exact: 3/3" in p.stdout
+    assert "accuracy on these inputs: 2/3" in p.stdout
+    assert "golden model on all 4 inputs: 75.0%" in p.stdout
