@@ -239,9 +239,9 @@ def run(pieces, seed):
             if len(tx) >= n and (n or _ >= 2 * TIMEOUT):
                 break
             await ctx.tick()
-        got = bytes(tx)
+        got, want = bytes(tx), want or b""
         tx.clear()
-        assert got == (want or b""), f"{what}: link sent {got.hex()}, expected {(want or b'').hex()}"
+        assert got == want, f"{what}: link sent {got.hex()}, expected {want.hex()}"
 
     async def host(ctx):
         for i, (data, quiet) in enumerate(pieces):
