@@ -121,8 +121,11 @@ def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
 @contextlib.contextmanager
 def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bool = False,
                     spram: bool = False, accept_timeout: float = 120.0):
-    """Yield a transport to the board core running in cocotb; stops the simulation on exit."""
-    from cocotb_tools.runner import get_runner
+    """Yield a transport to the board core running in cocotb; stops the simulation on exit.
+
+    The simulator runs in its own process group (`tb.sim.icarus_runner`), ended with this
+    process; an interrupted run (SIGINT, SIGTERM) leaves no run directory."""
+    from tb.sim import icarus_runner
 
     from .host import SocketTransport
 
@@ -141,10 +144,11 @@ def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bo
             [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
     }
     failure = []
+    interrupted = False
 
     def run():
         try:
-            get_runner("icarus").test(
+            icarus_runner().test(
                 test_module="fpga.cocotb_board", hdl_toplevel=TOPLEVEL,
                 hdl_toplevel_lang="verilog", build_dir=b.dir / "sim_build", test_dir=run_dir,
                 extra_env=env, results_xml=str(run_dir / "results.xml"),
@@ -164,11 +168,16 @@ def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bo
                                ) from None
         transport = SocketTransport(conn)
         yield transport
+    except (KeyboardInterrupt, GeneratorExit):
+        interrupted = True
+        raise
     finally:
         if conn is not None:
             conn.close()
         server.close()
         th.join(timeout=60)
+        if interrupted:  # nothing to inspect: leave nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
     if failure:
         raise RuntimeError(f"the board simulation failed: {failure[0]!r}; see {run_dir}/sim.log")
     shutil.rmtree(run_dir, ignore_errors=True)
