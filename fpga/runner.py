@@ -138,8 +138,10 @@ def run_cli(args) -> int:
         raise InputError(f"--clock-mhz must be in (0, 1000], not {args.clock_mhz!r}")
     if args.out:
         from compress.atomic import refuse_same_path
+        from tb.cli import check_output
 
         refuse_same_path(args.out, args.model, args.inputs, args.labels)
+        check_output(args.out)
 
     from .build import DEFAULT_CLOCK_MHZ
     from .cli import load_model

@@ -101,6 +101,22 @@ def load_labels(path, n: int, *, what: str = "--labels") -> np.ndarray:
     return y.astype(np.int64)
 
 
+def check_output(path, what: str = "--out") -> None:
+    """Refuse, before a long simulation, an output that could not be written at the end: a
+    directory, or a file in a directory that exists and is not writable (a missing directory
+    is made when the output is written)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{what} {path}: is a directory, expected a file name")
+    parent = next((d for d in [p.parent, *p.parent.parents] if d.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise InputError(f"{what} {path}: cannot write ({parent} is not a directory)")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path}: cannot write ({parent}: permission denied)")
+
+
 def _load(model, inputs, index_bits, labels_path=None):
     """(qnet, x, labels or None, description lines, mnist: the inputs are MNIST digits)."""
     from compress.golden import mnist_to_input
@@ -212,6 +228,8 @@ def cmd_run(args):
     refuse_same_path(args.stats, args.model, args.inputs, what="--stats")
     if args.stats and Path(args.stats).resolve() == Path(args.out).resolve():
         raise InputError(f"--out and --stats are the same file: {args.out}")
+    check_output(args.out)
+    check_output(args.stats, "--stats")
     jobs = os.environ.get("TB_JOBS", "2")
     if not jobs.isdigit() or not 1 <= int(jobs) <= 64:
         raise InputError(f"TB_JOBS must be a number 1..64, not {jobs!r}")

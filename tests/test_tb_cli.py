@@ -84,11 +84,14 @@ def test_run_refuses_bad_inputs(small, tmp_path):
 
 
 def test_run_refuses_output_equal_to_an_input(small):
+    """An output equal to an input, or one that cannot be written: exit 2 before simulating."""
     _qnet, _x, d = small
     before = (d / "x.npy").read_bytes()
     for extra, expect in ((["--out", d / "x.npy"], "--out"),
                           (["--out", d / "y.npy", "--stats", d / "q.npz"], "--stats"),
-                          (["--out", d / "y.npy", "--stats", d / "y.npy"], "same file")):
+                          (["--out", d / "y.npy", "--stats", d / "y.npy"], "same file"),
+                          (["--out", d], "is a directory"),
+                          (["--out", d / "x.npy" / "y.npy"], "is not a directory")):
         p = _tb("run", "--model", d / "q.npz", "--inputs", d / "x.npy", *extra)
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1 and expect in lines[0], p.stderr
