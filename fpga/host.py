@@ -125,8 +125,12 @@ class Board:
         return frames
 
     def ping(self) -> P.Info:
-        self.info = P.decode_ping(self.request(P.ping_request()))
-        return self.info
+        info = P.decode_ping(self.request(P.ping_request()))
+        if info.version != P.VERSION:
+            raise P.ProtocolError(f"the board speaks protocol version {info.version}, this host "
+                                  f"{P.VERSION}: build the bitstream from this version")
+        self.info = info
+        return info
 
     def infer(self, x: np.ndarray) -> P.Result:
         info = self.info or self.ping()

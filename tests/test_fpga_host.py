@@ -145,6 +145,14 @@ def test_error_for_corrupted_command_is_the_answer():
         board(fake).ping()
 
 
+def test_other_protocol_version_refused():
+    def v1(f, a):
+        return reply(P.CMD_PING, struct.pack("<BBBHHIB", 1, 8, N_L, N_IN, N_OUT, 12_000_000, 1))
+
+    with pytest.raises(P.ProtocolError, match="version 1"):
+        board(FakeBoard(hooks={0: v1})).ping()
+
+
 def test_endless_wrong_replies_give_up():
     fake = FakeBoard(hooks={0: lambda f, a: reply(P.CMD_COUNT, bytes(16)) * 100})
     with pytest.raises(P.ProtocolError, match="do not answer"):
