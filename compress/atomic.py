@@ -61,7 +61,9 @@ def _prepare_parent(path: Path, what: str | None) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise InputError(f"{_label(path, what)}: cannot write ({path.parent} is not a directory)") from None
+        raise InputError(
+            f"{_label(path, what)}: cannot write ({path.parent} is not a directory)"
+        ) from None
     except OSError as e:
         raise InputError(f"{_label(path, what)}: cannot write ({e.strerror or e})") from None
 
