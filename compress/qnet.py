@@ -313,6 +313,9 @@ def _read_data(f, h: NpyHeader, name: str) -> np.ndarray:
     return a
 
 
+_MAX_DEFLATE_RATIO = 1032
+
+
 class _Zip:
     """An .npz opened for checked reading: members listed, nothing decompressed yet."""
 
@@ -345,6 +348,16 @@ class _Zip:
             if not info.filename.endswith(".npy") or info.is_dir():
                 self.close()
                 raise InputError(f"{path}: zip member {info.filename!r} is not a .npy array")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                self.close()
+                raise InputError(f"{path}: zip member {info.filename!r} uses compression "
+                                 f"method {info.compress_type} (NumPy writes stored or deflated)")
+            # Deflate expands at most ~1032:1; a member declaring more is lying about its size.
+            if info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024:
+                self.close()
+                raise InputError(f"{path}: zip member {info.filename!r} declares "
+                                 f"{info.file_size:,} bytes from {info.compress_size:,} "
+                                 "compressed: more than deflate can expand")
             key = info.filename[: -len(".npy")]
             if key in self.members:
                 self.close()

@@ -357,6 +357,23 @@ def test_qnet_ignored_meta_member_is_not_decompressed(tmp_path):
     assert back.equals(q) and "meta.junk" not in back.meta
 
 
+def test_zip_compression_methods_and_ratios(tmp_path):
+    q = random_qnet((6, 4), seed=2)
+    members = _qnet_members(q)
+    p = _zip(tmp_path / "bz.npz", members, compression=zipfile.ZIP_BZIP2)
+    with pytest.raises(InputError, match="compression method 12"):
+        load_qnet(p)
+    p = _zip(tmp_path / "d.npz", members, compression=zipfile.ZIP_DEFLATED)
+    assert load_qnet(p).equals(q)  # np.savez_compressed files load
+    # A member declaring more than deflate can expand to: refused before decompressing.
+    from .test_fuzz_readers import _patch_declared_size
+
+    data = _patch_declared_size(p.read_bytes(), "l0.index.npy", 1 << 30)
+    p.write_bytes(data)
+    with pytest.raises(InputError, match="more than deflate can expand"):
+        _bounded(lambda: load_qnet(p), mb=2)
+
+
 def test_member_sizes_checked_against_limits(tmp_path):
     q = random_qnet((60, 40), seed=2)
     save_qnet(q, tmp_path / "q.npz")
