@@ -87,7 +87,8 @@ class SimulationStopped(RuntimeError):
 
 _procs: dict[int, subprocess.Popen] = {}  # pid (= process group id) -> simulator
 _procs_lock = threading.Lock()
-_stopping = threading.Event()  # set while `stop_simulators` runs: no new simulator starts
+# set by `stop_simulators`: no new simulator starts (until `sim_pool` clears it)
+_stopping = threading.Event()
 
 
 def _end_group(p: subprocess.Popen, grace: float = 1.0) -> None:
