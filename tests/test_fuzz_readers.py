@@ -364,7 +364,8 @@ def _qnet_file(mutations) -> bytes:
             members[("meta.x" if value % 3 == 0 else key if value % 3 == 1 else f"l9.{key}")
                     + ("" if value % 3 == 1 else ".npy")] = members.pop(name)
         elif op == "add":
-            members[f"l{value % 5}.index.npy"] = _npy(np.zeros(shape, np.uint8), shape=shape)
+            # The header declares `shape`; the data are a few bytes (never the declared size).
+            members[f"l{value % 5}.index.npy"] = _npy(np.zeros(value % 50, np.uint8), shape=shape)
         elif op == "extra_bytes":
             members[name] = members.get(name, b"") + b"\x00" * (1 + value % 64)
         elif op == "truncate" and names:
