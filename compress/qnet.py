@@ -1,4 +1,4 @@
-"""The quantized network file ("qnet"): a NumPy .npz of integer layers (CONTRACT section 2).
+"""The quantized network file ("qnet"): a NumPy .npz of integer layers (docs/formats.md section 2).
 
 The interchange between the compression tooling, the golden model and the hardware. The loader
 parses and validates every key, dtype, shape and range, and raises `InputError` naming the key
@@ -123,7 +123,7 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
 
 
 def validate_layers(layers: list[Layer], *, index_bits: int = DEFAULT_INDEX_BITS) -> None:
-    """Check the ranges CONTRACT section 4 names; raise InputError naming the layer and key."""
+    """Check the ranges of docs/formats.md section 2; raise InputError naming the layer, key."""
     if not 1 <= index_bits <= 8:
         raise InputError(f"index_bits must be 1..8 (uint8 indices), not {index_bits!r}")
     if len(layers) < 1:

@@ -2,7 +2,7 @@
 
 `build(...)` elaborates `BoardTop` for a board, runs Amaranth's IceStorm flow in
 build/<board>/ with `synth_ice40 -dsp -spram` and `nextpnr-ice40 --report`, and writes
-build/<board>/report.json (CONTRACT section 5) from nextpnr's own report: utilisation of logic
+build/<board>/report.json (docs/formats.md section 5) from nextpnr's own report: utilisation of logic
 cells, DSPs, EBR and SPRAM, the clock the design runs at (the PLL output) and the fmax nextpnr
 found for it.
 """
@@ -56,7 +56,7 @@ def _tool_env() -> dict:
 
 
 def parse_report(report: dict, *, clock_hz: float) -> dict:
-    """The CONTRACT section 5 figures out of nextpnr's --report JSON."""
+    """The docs/formats.md section 5 figures out of nextpnr's --report JSON."""
     util = report.get("utilization", {})
 
     def used(cell):

@@ -65,7 +65,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def output_stage(acc, shift: int, acc_bits: int):
-    """CONTRACT section 3 pieces for one layer: (q17, r, fits).
+    """docs/formats.md section 3 pieces for one layer: (q17, r, fits).
 
     floor((acc + 2**(s-1)) / 2**s) == (acc >> s) + acc[s-1], so no wide add is needed: q17 is
     acc >> s cut to 17 bits, r the rounding bit, and fits says acc >> s really fits in 17 bits

@@ -9,7 +9,7 @@ the weight arrives a cycle later (`weight`, from the codebook decoder):
         (same row, two hits before): the read-modify-write hazard of back-to-back hits on one
         row, as the read does not see a write of the same or the previous cycle. With
         `sparse`, a zero weight stops here and never reaches the accumulator.
-    w_  acc + product, truncated to acc_bits (the wrap of CONTRACT section 3), written back
+    w_  acc + product, truncated to acc_bits (the wrap of docs/formats.md section 3), written back
     x_  the word written last cycle, kept for the bypass
 
 So one hit per cycle with no stall, whatever the row sequence.

@@ -27,7 +27,7 @@ never depends on `bc.valid`.
 Accumulators: two banks; layer i accumulates into bank i % 2, preloaded with its biases. The
 drain of layer i (driven by the engine, one row per cycle, overlapping the compute of layer i+1
 in the other bank) reads acc[row]; a cycle later `y` is the row's output (rounding shift, int16
-saturation, ReLU of CONTRACT section 3; the rounding add is exact, never wrapped again) and the
+saturation, ReLU of docs/formats.md section 3; the rounding add is exact, never wrapped again) and the
 row is preloaded with the bias of layer i+2, which uses the same bank. After reset the engine
 preloads bank 0 and bank 1 with the biases of layers 0 and 1.
 """
@@ -68,7 +68,7 @@ class PEImage:
 
 
 def post_process(acc, shift: int, relu: bool):
-    """CONTRACT section 3 on a signed accumulator value: an int16 expression (exact widths)."""
+    """docs/formats.md section 3 on a signed accumulator value: an int16 expression (exact widths)."""
     if shift > 0:
         y = (acc + (1 << (shift - 1))) >> shift  # Amaranth widens: the add never wraps
     else:

@@ -334,7 +334,7 @@ def test_resealed_corruption_never_crashes(which):
 
 
 def test_shipped_model_is_what_the_encoder_writes():
-    """The embedded default (CONTRACT section 6) decodes exactly, and packing its qnet again
+    """The embedded default (docs/formats.md section 6) decodes exactly, and packing its qnet again
     gives the same bytes: the shipped size is the current encoder's size."""
     from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""The golden model against an independent float64 numpy evaluation of CONTRACT section 3."""
+"""The golden model against an independent float64 numpy evaluation of docs/formats.md section 3."""
 
 import numpy as np
 import pytest

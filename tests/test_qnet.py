@@ -1,5 +1,6 @@
-"""The qnet file: writer/loader round trip, and every bad-input case of CONTRACT section 4 on
-both `golden` and `export-rom` (exit 2, one line on stderr, nothing written)."""
+"""The qnet file: writer/loader round trip, and every bad-input case of docs/formats.md
+section 2 and docs/limits.md on both `golden` and `export-rom` (exit 2, one line on stderr,
+nothing written)."""
 
 import subprocess
 import sys
