@@ -66,7 +66,7 @@ bench: setup iverilog
 
 # Not a test: k-means, Huffman and .dcz export of a VGG-16 fc6-sized layer (102.8M weights).
 bench-scale: setup
-	$(PY) -m compress.bench_scale
+	$(PY) -m bench.scale
 
 # The shipped default model (compress/models/): LeNet-300-100 trained, pruned, quantized and
 # packed from scratch on $(MNIST_DIR) with seed 0; the qnet is what unpacking the .dcz gives.

@@ -86,7 +86,7 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from compress.rom import build_rom
+    from images.eie import build_rom
     from tb.analysis import breakdown, utilisation
     from tb.cli import _load
     from tb.sim import EngineParams, build, simulate
@@ -250,12 +250,12 @@ def fpga(engine_pes: dict | None) -> Section:
 def tooling(*, sample: int = 200_000, k: int = 32) -> Section:
     from sklearn.cluster import KMeans
 
-    from compress.bench_scale import make_layer
+    from bench.scale import make_layer
     from compress.kmeans import kmeans_1d
 
     logs = {}
     for variant, extra in (("pruned to 4%", []), ("dense, every weight clustered", ["--dense"])):
-        _, logs[variant] = timed_command([PY, "-m", "compress.bench_scale", "--k", str(k), *extra])
+        _, logs[variant] = timed_command([PY, "-m", "bench.scale", "--k", str(k), *extra])
     w = make_layer(0, 0.04)
     nz = w[w != 0]
     del w
@@ -266,7 +266,7 @@ def tooling(*, sample: int = 200_000, k: int = 32) -> Section:
     t_ours, _ = median_time(lambda: kmeans_1d(s, k - 1, init="linear"), repeat=5)
     ratio = t_sk / t_ours
     md = "".join(
-        f"`python -m compress.bench_scale --k {k}{' --dense' if 'dense' in v else ''}` (a VGG-16 "
+        f"`python -m bench.scale --k {k}{' --dense' if 'dense' in v else ''}` (a VGG-16 "
         f"fc6-sized layer, 25088 x 4096 = 102.8M weights, {v}), as printed:\n\n```\n"
         f"{log.strip()}\n```\n\n" for v, log in logs.items())
     md += md_table(["k-means on the same %s-point sample of its weights" % f"{s.size:,}",

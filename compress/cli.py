@@ -79,7 +79,7 @@ def _export_args(p):
 def _export_rom(args):
     from .atomic import check_dir_output, refuse_same_path
     from .qnet import load_qnet
-    from .rom import export_rom
+    from images.eie import export_rom
 
     refuse_same_path(args.out, args.model)
     check_dir_output(args.out, force=args.force, what="--out")  # before any work

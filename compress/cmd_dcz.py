@@ -55,9 +55,9 @@ def _info_args(p):
 
 @command("info", "show the sections, sizes and compression ratio of a .dcz")(_info_args)
 def _info(args):
-    from .dcz import _read_file, info
+    from .dcz import read_file, info
 
-    d = info(_read_file(args.dcz))
+    d = info(read_file(args.dcz))
     if args.json:
         print(json.dumps(d, indent=2))
         return

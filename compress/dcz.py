@@ -192,7 +192,7 @@ def _read_ints(r: BitReader, n: int, lo: int, hi: int, what: str) -> np.ndarray:
 # Positions: gaps between non-zeros with fillers
 
 
-def _gap_symbols(gaps: np.ndarray, m: int) -> np.ndarray:
+def gap_symbols(gaps: np.ndarray, m: int) -> np.ndarray:
     """Gap g -> g // m filler symbols (m) then g % m."""
     if gaps.size == 0 or int(gaps.max()) < m:
         return gaps  # no fillers: the gaps are the symbols
@@ -215,7 +215,7 @@ def _gap_cost(gaps: np.ndarray, m: int, hist: np.ndarray | None = None) -> tuple
     return code.bits(counts) + lengths_bits(code.lengths), code
 
 
-def _best_gap_alphabet(gaps: np.ndarray) -> int:
+def best_gap_alphabet(gaps: np.ndarray) -> int:
     """The M (number of literal gap symbols) giving the fewest bits for table + stream."""
     if gaps.size == 0:
         return 1
@@ -351,7 +351,7 @@ def _scan_cost(index: np.ndarray, col_major: bool, k1: int, schemes) -> int:
     wsym = flat[nz].astype(np.int64)
     wsym -= 1
     del flat, nz
-    return _gap_cost(gaps, _best_gap_alphabet(gaps))[0] + _weight_plan(wsym, gaps, k1, schemes)[0]
+    return _gap_cost(gaps, best_gap_alphabet(gaps))[0] + _weight_plan(wsym, gaps, k1, schemes)[0]
 
 
 def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
@@ -376,7 +376,7 @@ def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
     sub = index[np.ix_(row_live, col_live)] if masked else index
     flat = _scan(sub, col_major)
     nz, gaps = _gaps(flat)
-    m = _best_gap_alphabet(gaps)
+    m = best_gap_alphabet(gaps)
     wsym = flat[nz].astype(np.int64)
     wsym -= 1
     nnz = int(nz.shape[0])
@@ -409,7 +409,7 @@ def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
     _write_ints(w, layer.bias)
     part("bias")
     w.write_eg(nnz)
-    gsym = _gap_symbols(gaps, m)
+    gsym = gap_symbols(gaps, m)
     gcode = HuffmanCode.from_symbols(gsym, m + 1)
     w.write_eg(m)
     n_fill = int(gsym.shape[0] - nnz)
@@ -808,10 +808,10 @@ def write_dcz(qnet: QNet, path: str | Path, *, what: str | None = None) -> int:
 
 
 def read_dcz(path: str | Path) -> QNet:
-    return unpack(_read_file(path))
+    return unpack(read_file(path))
 
 
-def _read_file(path: str | Path) -> bytes:
+def read_file(path: str | Path) -> bytes:
     path = Path(path)
     try:
         return path.read_bytes()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from compress.atomic import file_lock
 
-from .engines import image_digest, kind_of
+from images import image_digest, kind_of
 
 REPO = Path(__file__).resolve().parents[1]
 TOPLEVEL = "board"

@@ -129,7 +129,7 @@ def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
     With `retry`, a build whose fmax falls short of the clock is built once more with the PLL at
     the fastest setting at or below that fmax, so the bitstream meets timing when it can.
     """
-    from .engines import kind_of
+    from images import kind_of
     from .top import BoardTop, pll_config
 
     kind = kind_of(img)

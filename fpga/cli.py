@@ -42,7 +42,7 @@ def load_model(spec: str | None):
 
 def _image(args):
     """(ROM image for args.engine and args.pes, qnet, model name)."""
-    from .engines import build_image
+    from images import build_image
 
     qnet, name = load_model(args.model)
     if not 1 <= args.pes <= 16:
@@ -51,12 +51,12 @@ def _image(args):
 
 
 def _common(p, pes=True):
-    from .engines import DEFAULT_KIND, KINDS
+    from images import DEFAULT_ENGINE, ENGINES
 
     p.add_argument("--model", help=f"qnet .npz (default: the shipped {SHIPPED_MODEL.name}, "
                    f"'{SYNTHETIC}' for a random LeNet-300-100, 'synthetic:784-32-10' for other "
                    f"sizes)")
-    p.add_argument("--engine", choices=KINDS, default=DEFAULT_KIND,
+    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                    help="lockstep: all PEs on one column, the engine that fits 8 PEs; eie: the "
                         "queue-based engine, every PE its own memories (default lockstep)")
     if pes:

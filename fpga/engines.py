@@ -1,57 +1,21 @@
 """Which engine the board runs: the lockstep engine (default) or the queue-based EIE engine.
 
-* ``lockstep``: `hw.lockstep.LockstepEngine` on a `compress.lockstep.LockstepImage`
-  (`build_lockstep(qnet, pes)`): all PEs on the same column, the entries of PE pairs in shared
+* ``lockstep``: `hw.lockstep.LockstepEngine` on a `images.lockstep.LockstepImage`
+  (`images.build_image(qnet, "lockstep", pes)`): all PEs on the same column, the entries of PE pairs in shared
   16-bit lane memories read at one address (the four SPRAMs), one shared column-pointer ROM.
   The engine that fits 8 PEs on the iCE40UP5K (docs/fpga.md, section 1).
-* ``eie``: `hw.engine.Engine` on a `compress.rom.RomImage` (`build_rom(qnet, pes=...)`): every
+* ``eie``: `hw.engine.Engine` on a `images.eie.RomImage` (`images.build_image(qnet, "eie", pes)`): every
   PE with its own queue, entries and pointer banks. 2 PEs fit the UP5K.
 
-The image decides the engine (`kind_of`), so everything downstream of the image (board core,
+The image decides the engine (`images.kind_of`), so everything downstream of the image (board core,
 resources, SPRAM plan, weight load, simulation cache) takes just the image.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import fields, is_dataclass
-
-import numpy as np
 from amaranth.hdl import Elaboratable
 
-from compress.errors import InputError
-
-KINDS = ("lockstep", "eie")
-DEFAULT_KIND = "lockstep"
-
-
-def check_kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise InputError(f"unknown engine {kind!r}: the engines are {', '.join(KINDS)}")
-    return kind
-
-
-def build_image(qnet, kind: str, pes: int):
-    """The ROM image of `qnet` for `pes` PEs of engine `kind`."""
-    check_kind(kind)
-    if kind == "eie":
-        from compress.rom import build_rom
-
-        return build_rom(qnet, pes=pes)
-    from compress.lockstep import build_lockstep
-
-    return build_lockstep(qnet, pes)
-
-
-def kind_of(img) -> str:
-    from compress.rom import RomImage
-
-    if isinstance(img, RomImage):
-        return "eie"
-    if type(img).__name__ == "LockstepImage":  # compress.lockstep, imported only when used
-        return "lockstep"
-    raise TypeError(f"not a ROM image of a known engine: {type(img).__name__}")
-
+from images import kind_of
 
 # PEs per output stage of the lockstep engine on the board: one stage per 4 PEs costs
 # 3 x rows more DRAIN cycles per layer (~160 per LeNet inference) and saves 6 of 8 stages.
@@ -98,34 +62,3 @@ def memory_specs(img, **engine_kw):
     eng = make_engine(img, **engine_kw)
     silence(eng)
     return eng.memory_specs
-
-
-def image_digest(img) -> str:
-    """A deterministic hash of a ROM image (dataclasses of ints, lists and numpy arrays)."""
-    h = hashlib.sha256(type(img).__name__.encode())
-
-    def feed(v):
-        if is_dataclass(v) and not isinstance(v, type):
-            h.update(b"D" + type(v).__name__.encode())
-            for f in fields(v):
-                h.update(f.name.encode())
-                feed(getattr(v, f.name))
-        elif isinstance(v, np.ndarray):
-            h.update(f"A{v.dtype.str}{v.shape}".encode())
-            h.update(np.ascontiguousarray(v).tobytes())
-        elif isinstance(v, (list, tuple)):
-            h.update(f"L{len(v)}".encode())
-            for x in v:
-                feed(x)
-        elif isinstance(v, dict):
-            h.update(f"M{len(v)}".encode())
-            for k in sorted(v):
-                feed(k)
-                feed(v[k])
-        elif isinstance(v, (bool, int, float, str, np.integer, np.floating)) or v is None:
-            h.update(f"S{type(v).__name__}:{v!r}".encode())
-        else:
-            raise TypeError(f"cannot hash a {type(v).__name__} in a ROM image")
-
-    feed(img)
-    return h.hexdigest()

@@ -30,7 +30,9 @@ def group_of(name: str) -> str:
 
 def analyse(img, *, spram: bool = False, **engine_kw) -> dict:
     """Memories by kind, EBR blocks each needs; with `spram`, the SPRAM plan's ROMs need none."""
-    from .engines import kind_of, memory_specs
+    from images import kind_of
+
+    from .engines import memory_specs
     from .memories import spram_plan
 
     specs = memory_specs(img, **engine_kw)

@@ -38,7 +38,7 @@ def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
     """
     from compress.golden import golden, predict
 
-    from .engines import kind_of
+    from images import kind_of
 
     info = board.ping()
     if not info.loaded:
@@ -145,7 +145,7 @@ def run_cli(args) -> int:
 
     from .build import DEFAULT_CLOCK_MHZ
     from .cli import load_model
-    from .engines import build_image
+    from images import build_image
 
     qnet, name = load_model(args.model)
     x, labels, noun, what = _inputs(args, qnet)

@@ -23,7 +23,9 @@ from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
-from .engines import BOARD_DRAIN_SHARE, kind_of, make_engine, memory_specs
+from images import kind_of
+
+from .engines import BOARD_DRAIN_SHARE, make_engine, memory_specs
 from .memories import ICE40Memories, spram_plan
 
 from .link import Link

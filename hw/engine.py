@@ -28,7 +28,7 @@ from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from compress.rom import RomImage, physical_qnet
+from images.eie import RomImage, physical_qnet
 
 from .frontend import FrontEnd
 from .memory import MemoryFactory, MemorySpec
@@ -89,7 +89,7 @@ def pe_images(rom: RomImage, *, sparse: bool = True) -> list[PEImage]:
 def check_fits(rom, *, acc_bits: int = 32, max_width: int | None = None) -> None:
     """Raise EngineConfigError naming the layer and the limit if the network does not fit.
 
-    rom: a `compress.rom.RomImage` or a `compress.lockstep.LockstepImage` (pes, index_bits,
+    rom: a `images.eie.RomImage` or a `images.lockstep.LockstepImage` (pes, index_bits,
     layers with codebook_size, in_features, out_features).
     """
     if not 1 <= rom.pes <= MAX_PES:

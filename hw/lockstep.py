@@ -5,7 +5,7 @@ The queue-based EIE engine (`hw.engine`) lets every PE run on its own, which nee
 per PE for entries, pointers, biases, codebook, accumulators and activations: 131 block RAMs and
 ~8,200 logic cells for 8 PEs, against 30 and 5,280 on the UP5K. Here:
 
-* All PEs work on the same column at the same time. The image (`compress.lockstep`) gives every
+* All PEs work on the same column at the same time. The image (`images.lockstep`) gives every
   column L(c) = max over PEs of its entry count "slots" and pads the others, so one slot address
   serves every PE: the entries of PEs 2j and 2j+1 share the 16-bit words of `lane{j}` (on the
   board: the four SPRAMs). Padding, fillers and pruned weights (v = 0) never reach an
@@ -47,7 +47,7 @@ from __future__ import annotations
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 
-from compress.lockstep import LockstepImage
+from images.lockstep import LockstepImage
 
 from .engine import EngineConfigError, check_fits, engine_ports
 from .frontend import FrontEnd

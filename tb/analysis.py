@@ -28,7 +28,7 @@ import numpy as np
 
 from compress.golden import run_layers
 from compress.qnet import QNet
-from compress.rom import RomImage
+from images.eie import RomImage
 
 
 def _ceil_div(a: int, b: int) -> int:

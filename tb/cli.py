@@ -172,7 +172,7 @@ def _load(model, inputs, index_bits, labels_path=None):
 
 
 def _rom(qnet, args, rel_bits=None, balance=None):
-    from compress.rom import build_rom
+    from images.eie import build_rom
     from hw.engine import EngineConfigError, check_fits
 
     rom = build_rom(qnet, pes=args.pes, index_bits=args.index_bits,
@@ -346,7 +346,7 @@ def cmd_sim(args):
     util, ideal = utilisation(qnet, rom, x, r.layer_cycles, args.acc_bits)
     if args.engine == "lockstep":
         from compress.golden import run_layers
-        from compress.lockstep import build_lockstep, lockstep_cycles
+        from images.lockstep import build_lockstep, lockstep_cycles
 
         img = build_lockstep(qnet, args.pes, index_bits=args.index_bits, rel_bits=args.rel_bits)
         slots = lockstep_cycles(img, [x] + run_layers(qnet, x, acc_bits=args.acc_bits)[:-1])

@@ -36,10 +36,9 @@ import numpy as np
 
 from compress.atomic import file_lock
 from compress.errors import InputError
-from compress.rom import RomImage, read_rom, write_rom
+from images.eie import RomImage, read_rom, write_rom
 
 REPO = Path(__file__).resolve().parents[1]
-HW_DIR = REPO / "hw"
 TOPLEVEL = "engine"
 
 
@@ -51,11 +50,17 @@ def waves_enabled() -> bool:
     return os.environ.get("WAVES", "") not in ("", "0")
 
 
-def _hw_source_hash() -> str:
+# What generates the Verilog: the engines (hw), the images they are built from (images: the
+# formats and the placement search) and this build. Every .py under these, at any depth.
+SOURCE_DIRS = (REPO / "hw", REPO / "images")
+
+
+def source_hash(dirs=SOURCE_DIRS, extra=(Path(__file__),)) -> str:
+    """sha256 over the path and bytes of every source file that generates the Verilog."""
     h = hashlib.sha256()
-    # the engines, the lockstep image they may be built from, and this build
-    for p in sorted(HW_DIR.glob("*.py")) + [REPO / "compress" / "lockstep.py", Path(__file__)]:
-        h.update(p.name.encode())
+    files = sorted(f for d in dirs for f in Path(d).rglob("*.py")) + [Path(p) for p in extra]
+    for p in files:
+        h.update(str(p.relative_to(REPO) if p.is_relative_to(REPO) else p).encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 
@@ -194,8 +199,8 @@ def make_engine(rom: RomImage, params: EngineParams):
         return Engine(rom, queue_depth=params.queue_depth, acc_bits=params.acc_bits,
                       sparse=params.sparse, max_width=params.max_width)
     if params.engine == "lockstep":
-        from compress.lockstep import build_lockstep
-        from compress.rom import decode_rom
+        from images.lockstep import build_lockstep
+        from images.eie import decode_rom
         from hw.lockstep import LockstepEngine
 
         if not params.sparse:
@@ -234,7 +239,7 @@ def build(rom: RomImage, params: EngineParams = EngineParams(), *, waves: bool |
             "params": [params.queue_depth, params.acc_bits, params.sparse, params.max_width,
                        params.engine, params.drain_share],
             "waves": waves,
-            "hw": _hw_source_hash(),
+            "src": source_hash(),
         }, sort_keys=True)
         key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
         d = root / key

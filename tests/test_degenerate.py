@@ -16,9 +16,9 @@ import pytest
 from amaranth.hdl import Fragment, Module
 
 from compress.golden import golden
-from compress.lockstep import build_lockstep
+from images.lockstep import build_lockstep
 from compress.qnet import save_qnet
-from compress.rom import build_rom
+from images.eie import build_rom
 from compress.synthetic import random_inputs, random_qnet
 from hw.engine import Engine
 from hw.lockstep import LockstepEngine

@@ -11,8 +11,8 @@ import pytest
 
 from compress.errors import InputError
 from compress.golden import golden
-from compress.lockstep import build_lockstep
-from compress.rom import build_rom
+from images.lockstep import build_lockstep
+from images.eie import build_rom
 from compress.synthetic import random_inputs, random_qnet
 from fpga import protocol as P
 from fpga.bench import simulated_board
@@ -152,7 +152,7 @@ def test_board_lenet_digits(engine, mnist_dir):
     from compress.golden import mnist_to_input
 
     from fpga.cli import load_model
-    from fpga.engines import build_image
+    from images import build_image
 
     qnet, _ = load_model(None)
     test = load_split("test", mnist_dir)
@@ -177,7 +177,7 @@ def test_board_gate_level_lenet_digits(mnist_dir):
     from compress.golden import mnist_to_input
 
     from fpga.cli import load_model
-    from fpga.engines import build_image
+    from images import build_image
 
     qnet, _ = load_model(None)
     test = load_split("test", mnist_dir)

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from compress.lockstep import build_lockstep
-from compress.rom import build_rom
+from images.lockstep import build_lockstep
+from images.eie import build_rom
 from compress.synthetic import random_qnet
 from fpga.build import parse_report
 from fpga.resources import analyse, ebr_blocks
@@ -158,7 +158,7 @@ def test_build_retry_logic(tmp_path, monkeypatch):
 def test_board_tops_elaborate(board, engine, tmp_path):
     """Every supported board's top elaborates into a build plan (no tools run): pins exist."""
     from fpga.build import board_platform
-    from fpga.engines import build_image
+    from images import build_image
     from fpga.top import BoardTop
 
     img = build_image(random_qnet((20, 8, 4), density=0.5), engine, 2)

@@ -24,7 +24,7 @@ from compress.dcz import (DCZ_VERSION, MAGIC, _ctx_map, _header_payload, _sectio
 from compress.errors import InputError
 from compress.huffman import BitWriter, write_lengths
 from compress.qnet import load_inputs, load_qnet, read_npy, read_npz, save_qnet
-from compress.rom import export_rom, read_rom
+from images.eie import export_rom, read_rom
 from compress.synthetic import random_inputs, random_qnet
 
 from .conftest import REPO

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from compress.golden import golden
-from compress.rom import build_rom
+from images.eie import build_rom
 from compress.synthetic import random_inputs, random_qnet
 from hw.engine import Engine, EngineConfigError, check_fits
 from hw.memory import MemoryFactory

@@ -1,4 +1,4 @@
-"""The lockstep engine (hw/lockstep.py) and its image (compress/lockstep.py).
+"""The lockstep engine (hw/lockstep.py) and its image (images/lockstep.py).
 
 Image: exact round trip, padding, slot counts, balance. Engine: the Amaranth simulator against
 the golden model over the corners (fillers, empty columns, rows fewer than PEs, wrap,
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from compress.golden import golden, run_layers
-from compress.lockstep import (balance_rows, build_lockstep, decode_lockstep,
+from images.placement import place_longest_first
+from images.lockstep import (build_lockstep, decode_lockstep,
                                lockstep_cycles)
-from compress.rom import encode_csc
+from images.eie import encode_csc
 from compress.synthetic import random_qnet
 from hw.engine import EngineConfigError
 from hw.lockstep import LockstepEngine
@@ -52,13 +53,13 @@ def test_image_slots_are_the_per_column_maximum():
             assert np.all(s[a + counts[k, c]: b, k] == 0)
 
 
-def test_balance_rows_evens_out_work():
+def test_place_longest_first_evens_out_work():
     w = np.array([50, 49, 48, 47, 1, 1, 1, 1])  # interleaving over 2 PEs: 148 vs 50
-    perm = balance_rows(w, 2)
+    perm = place_longest_first(w, 2)
     assert sorted(perm.tolist()) == list(range(8))
     loads = [w[perm[k::2]].sum() for k in range(2)]
     assert max(loads) - min(loads) <= 2
-    assert np.array_equal(balance_rows(w, 2), perm)  # deterministic
+    assert np.array_equal(place_longest_first(w, 2), perm)  # deterministic
 
 
 def test_image_refuses_bad_placement():

@@ -10,7 +10,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from compress.golden import run_layers
-from compress.rom import build_rom
+from images.eie import build_rom
 from compress.synthetic import random_inputs, random_qnet
 from hw.engine import pe_images
 from hw.pe import PE

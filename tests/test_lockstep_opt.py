@@ -1,4 +1,4 @@
-"""Row placement for the lockstep slots (compress/lockstep_opt.py).
+"""Row placement for the lockstep slots (images/placement.py).
 
 The incremental entry counts against encode_csc, permutation validity and determinism, never
 worse than LPT, clearly better on the shipped LeNet-300-100, and the image built with the
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from compress.errors import InputError
-from compress.lockstep import balance_rows, build_lockstep, decode_lockstep
-from compress.lockstep_opt import _PE, exact_lengths, optimise_rows, slot_cost
+from images.lockstep import build_lockstep, decode_lockstep
+from images.placement import _PE, exact_lengths, place_longest_first, place_search, slot_cost
 from compress.qnet import load_qnet
-from compress.rom import encode_csc
+from images.eie import encode_csc
 from compress.synthetic import random_qnet
 
 MODEL = Path(__file__).resolve().parents[1] / "compress" / "models" / "lenet-300-100.qnet.npz"
@@ -31,7 +31,7 @@ def _random_index(out, cols, density, seed):
 
 
 def _lpt(index, pes):
-    return balance_rows(np.count_nonzero(index, axis=1), pes)
+    return place_longest_first(np.count_nonzero(index, axis=1), pes)
 
 
 @pytest.mark.parametrize("rel_bits", [1, 2, 4])
@@ -66,47 +66,47 @@ def test_incremental_counts_match_encode_csc(rel_bits):
 def test_valid_permutation_never_worse_than_lpt(out, cols, pes):
     for seed in range(2):
         idx = _random_index(out, cols, 0.15, seed)
-        perm = optimise_rows(idx, pes, seed=seed, budget_s=0.2)
+        perm = place_search(idx, pes, seed=seed, budget_s=0.2)
         assert perm.dtype == np.int64 and sorted(perm.tolist()) == list(range(out))
         assert slot_cost(idx, perm, pes) <= slot_cost(idx, _lpt(idx, pes), pes)
 
 
 def test_deterministic_and_bounded_by_work_not_time():
     idx = _random_index(60, 70, 0.2, seed=5)
-    a = optimise_rows(idx, 4, seed=3, budget_s=0.2)
-    assert np.array_equal(a, optimise_rows(idx, 4, seed=3, budget_s=0.2))
+    a = place_search(idx, 4, seed=3, budget_s=0.2)
+    assert np.array_equal(a, place_search(idx, 4, seed=3, budget_s=0.2))
     # the work budget only ever adds candidates that must beat the kept ones
-    assert slot_cost(idx, a, 4) <= slot_cost(idx, optimise_rows(idx, 4, budget_s=0), 4)
+    assert slot_cost(idx, a, 4) <= slot_cost(idx, place_search(idx, 4, budget_s=0), 4)
 
 
 def test_chunked_evaluation_gives_the_same_result(monkeypatch):
     """Wide layers are evaluated in row chunks (bounded memory): the search is unchanged."""
-    import compress.lockstep_opt as opt
+    import images.placement as opt
 
     idx = _random_index(90, 60, 0.2, seed=2)
-    whole = optimise_rows(idx, 4, budget_s=0.2)
+    whole = place_search(idx, 4, budget_s=0.2)
     monkeypatch.setattr(opt, "CHUNK", 500)
-    assert np.array_equal(optimise_rows(idx, 4, budget_s=0.2), whole)
+    assert np.array_equal(place_search(idx, 4, budget_s=0.2), whole)
 
 
 def test_improves_random_layers_and_weighted_objective():
     idx = _random_index(96, 120, 0.12, seed=11)
     lpt = slot_cost(idx, _lpt(idx, 8), 8)
-    assert slot_cost(idx, optimise_rows(idx, 8, budget_s=0.3), 8) < 0.95 * lpt
+    assert slot_cost(idx, place_search(idx, 8, budget_s=0.3), 8) < 0.95 * lpt
     # column weights (e.g. activation frequencies): the weighted cost is what is minimised;
     # zero-weight columns are free
     w = np.random.default_rng(1).uniform(0, 1, 120)
     w[::7] = 0
-    perm = optimise_rows(idx, 8, col_weight=w, budget_s=0.3)
+    perm = place_search(idx, 8, col_weight=w, budget_s=0.3)
     assert (slot_cost(idx, perm, 8, col_weight=w)
             < 0.95 * slot_cost(idx, _lpt(idx, 8), 8, col_weight=w))
 
 
 def test_all_zero_and_degenerate_layers():
     idx = np.zeros((10, 6), np.uint8)
-    assert sorted(optimise_rows(idx, 3).tolist()) == list(range(10))
+    assert sorted(place_search(idx, 3).tolist()) == list(range(10))
     idx = _random_index(3, 8, 0.5, seed=1)  # fewer rows than PEs: nothing to place better
-    perm = optimise_rows(idx, 8)
+    perm = place_search(idx, 8)
     assert slot_cost(idx, perm, 8) == slot_cost(idx, _lpt(idx, 8), 8)
 
 
@@ -120,7 +120,7 @@ def test_all_zero_and_degenerate_layers():
 ])
 def test_bad_input(kwargs, match):
     with pytest.raises(InputError, match=match):
-        optimise_rows(**kwargs)
+        place_search(**kwargs)
 
 
 def _build_with(qnet, pes, perms, monkeypatch):
@@ -134,7 +134,7 @@ def _build_with(qnet, pes, perms, monkeypatch):
 @pytest.mark.parametrize("pes", [1, 3, 8])
 def test_image_round_trip_with_optimised_rows(pes, monkeypatch):
     qnet = random_qnet((40, 37, 21, 5), seed=pes, density=[0.2, 0.4, 1.0], shift=[3, 0, 9])
-    perms = [optimise_rows(layer.index, pes, budget_s=0.2) for layer in qnet.layers[:-1]]
+    perms = [place_search(layer.index, pes, budget_s=0.2) for layer in qnet.layers[:-1]]
     img = _build_with(qnet, pes, perms, monkeypatch)
     assert decode_lockstep(img).equals(qnet)
     want = sum(exact_lengths(layer.index, p, pes).max(axis=0).sum()
@@ -145,7 +145,7 @@ def test_image_round_trip_with_optimised_rows(pes, monkeypatch):
 def test_shipped_lenet_clearly_better(monkeypatch):
     """LeNet-300-100, 8 PEs: LPT 3,249 + 692 slots in the hidden layers, optimised 2,549 + 499."""
     qnet = load_qnet(MODEL)
-    perms = [optimise_rows(layer.index, 8) for layer in qnet.layers[:-1]]
+    perms = [place_search(layer.index, 8) for layer in qnet.layers[:-1]]
     for layer, perm in zip(qnet.layers, perms):
         lpt = slot_cost(layer.index, _lpt(layer.index, 8), 8)
         assert slot_cost(layer.index, perm, 8) <= 0.85 * lpt

@@ -12,7 +12,8 @@ from compress.cli import main
 from compress.errors import InputError
 from compress.qnet import Layer, QNet, save_qnet
 from compress.golden import golden
-from compress.rom import (balance_rows, build_rom, decode_csc, decode_rom, encode_csc, export_rom,
+from images.placement import place_balanced
+from images.eie import (build_rom, decode_csc, decode_rom, encode_csc, export_rom,
                           physical_qnet, read_rom)
 from compress.synthetic import random_qnet
 
@@ -142,12 +143,12 @@ def test_balance_evens_out_a_skewed_matrix():
     assert decode_rom(bal).equals(q)
 
 
-def test_balance_rows_is_deterministic_and_keeps_the_slots():
+def test_place_balanced_is_deterministic_and_keeps_the_slots():
     index = np.random.default_rng(5).integers(0, 2, (37, 20)).astype(np.uint8)
-    p1, p2 = balance_rows(index, 5), balance_rows(index.copy(), 5)
+    p1, p2 = place_balanced(index, 5), place_balanced(index.copy(), 5)
     assert np.array_equal(p1, p2)
     assert sorted(p1.tolist()) == list(range(37))
-    one = balance_rows(index, 1)  # one PE: only the order inside it, by decreasing work
+    one = place_balanced(index, 1)  # one PE: only the order inside it, by decreasing work
     w = np.count_nonzero(index, axis=1)
     assert np.all(np.diff(w[one]) <= 0)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from compress.golden import golden
-from compress.rom import build_rom
+from images.eie import build_rom
 from compress.synthetic import random_inputs, random_qnet
 from tb.sim import EngineParams, build, simulate
 from tests.conftest import long_tests

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from compress.golden import golden, mnist_to_input, run_layers
-from compress.lockstep import build_lockstep, lockstep_cycles
+from images.lockstep import build_lockstep, lockstep_cycles
 from compress.qnet import load_qnet
-from compress.rom import build_rom
+from images.eie import build_rom
 from compress.synthetic import random_qnet
 from tb.sim import EngineParams, build, simulate
 from tests.test_tb_engine import _inputs

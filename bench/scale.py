@@ -1,7 +1,7 @@
 """Scale benchmark (not a test): 1-D k-means, Huffman coding and .dcz export of a VGG-16
 fc6-sized layer (25088 inputs x 4096 outputs = 102,760,448 weights) on this machine.
 
-    python -m compress.bench_scale [--density 0.04 | --dense] [--k 32] [--repeat 3]
+    python -m bench.scale [--density 0.04 | --dense] [--k 32] [--repeat 3]
 
 The layer is synthetic and seeded: Laplace weights with log-normal per-row and per-column
 scales (so rows and columns differ in density after pruning, as in a trained layer), pruned by
@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from .errors import InputError
+from compress.errors import InputError
 
 ROWS, COLS = 4096, 25088  # fc6: out x in
 
@@ -99,7 +99,7 @@ def timed(label: str, fn, repeat: int = 1):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m compress.bench_scale", description=__doc__.split("\n")[0]
+        prog="python -m bench.scale", description=__doc__.split("\n")[0]
     )
     p.add_argument("--density", type=float, default=0.04, help="fraction of weights kept (0.04)")
     p.add_argument("--dense", action="store_true", help="do not prune: all 102.8M weights")
@@ -120,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
-    from .dcz import _best_gap_alphabet, _gap_symbols, pack, unpack, write_dcz
-    from .huffman import HuffmanCode
-    from .kmeans import kmeans_1d
-    from .qnet import Layer, QNet
+    from compress.dcz import best_gap_alphabet, gap_symbols, pack, unpack, write_dcz
+    from compress.huffman import HuffmanCode
+    from compress.kmeans import kmeans_1d
+    from compress.qnet import Layer, QNet
 
     if not 2 <= args.k <= 256:
         raise InputError(f"--k must be 2..256, not {args.k}")
@@ -173,8 +173,8 @@ def run(args) -> int:
 
     def huff_gaps():
         gaps = np.diff(nz, prepend=-1) - 1
-        m = _best_gap_alphabet(gaps)
-        sym = _gap_symbols(gaps, m)
+        m = best_gap_alphabet(gaps)
+        sym = gap_symbols(gaps, m)
         code = HuffmanCode.from_symbols(sym, m + 1)
         return code.encode(sym)
 

@@ -4,13 +4,13 @@ The board engine (`hw.lockstep.LockstepEngine`) runs all N PEs on the same colum
 time, so one address serves every PE and a 16-bit single-port SPRAM word can hold the entries of
 two PEs. Layout:
 
-* Rows are placed as in the EIE ROM (`compress.rom`): physical row p of a layer lives in PE
+* Rows are placed as in the EIE ROM (`images.eie`): physical row p of a layer lives in PE
   p % N as local row p // N. A hidden layer's rows are permuted first (`placement`, by default
-  the slot-minimising search of `compress.lockstep_opt`): physical row p is logical row
+  the slot-minimising search of `images.placement.place_search`): physical row p is logical row
   perm[p]; the next layer's columns are permuted the same way, so the network computed is the
   same. The last layer is never permuted (outputs come out in order) and
   neither are the inputs.
-* Per PE and column the entries are the EIE (v, z) entries of `compress.rom.encode_csc`
+* Per PE and column the entries are the EIE (v, z) entries of `images.csc.encode_csc`
   (v = codebook index, 0 = filler; z = zero rows before it; fillers where a gap exceeds
   2**rel_bits - 1). Column c gets L(c) = max over PEs of its entry count "slots"; a PE with fewer
   entries is padded with (v = 0, z = 0) at the end of the column (padding never reaches an
@@ -32,9 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
-from .qnet import DEFAULT_INDEX_BITS, Layer, QNet
-from .rom import DEFAULT_REL_BITS, decode_csc, encode_csc
+from compress.errors import InputError
+from compress.qnet import DEFAULT_INDEX_BITS, Layer, QNet
+
+from .csc import DEFAULT_REL_BITS, decode_csc, encode_csc
+from .placement import place_longest_first, place_search
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -98,32 +100,6 @@ class LockstepImage:
         return out
 
 
-def balance_rows(nnz_per_row: np.ndarray, pes: int) -> np.ndarray:
-    """A row permutation that evens out the work per PE (deterministic).
-
-    Longest-processing-time greedy: rows by decreasing work (ties: lower row first) go to the
-    PE with the least work so far among those with a free place (PE k has
-    len(range(k, out, pes)) places). Inside a PE the rows keep their logical order.
-    Returns perm with physical row p = logical row perm[p].
-    """
-    w = np.asarray(nnz_per_row, dtype=np.int64)
-    out = len(w)
-    cap = np.array([len(range(k, out, pes)) for k in range(pes)], dtype=np.int64)
-    load = np.zeros(pes, dtype=np.int64)
-    used = np.zeros(pes, dtype=np.int64)
-    owner = np.empty(out, dtype=np.int64)
-    for r in np.argsort(-w, kind="stable"):
-        free = np.flatnonzero(used < cap)
-        k = free[np.argmin(load[free])]
-        owner[r] = k
-        load[k] += w[r]
-        used[k] += 1
-    perm = np.empty(out, dtype=np.int64)
-    for k in range(pes):
-        perm[k::pes] = np.flatnonzero(owner == k)
-    return perm
-
-
 PLACEMENTS = ("search", "lpt", "interleave")
 
 
@@ -132,8 +108,8 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
                    perms: list[np.ndarray] | None = None, seed: int = 0) -> LockstepImage:
     """The lockstep image of a qnet for `pes` PEs.
 
-    placement of the hidden layers' rows: "search" (`compress.lockstep_opt.optimise_rows`,
-    fewest slots; deterministic for a seed), "lpt" (`balance_rows`, even work per PE) or
+    placement of the hidden layers' rows: "search" (`images.placement.place_search`,
+    fewest slots; deterministic for a seed), "lpt" (`place_longest_first`, even work per PE) or
     "interleave" (no permutation); or `perms`, one permutation per hidden layer, given.
     """
     if not isinstance(pes, int) or pes < 1:
@@ -158,15 +134,13 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
             if i == L - 1 or placement == "interleave":
                 perms.append(np.arange(layer.out_features, dtype=np.int64))
             elif placement == "lpt":
-                perms.append(balance_rows(np.count_nonzero(layer.index, axis=1), pes))
+                perms.append(place_longest_first(np.count_nonzero(layer.index, axis=1), pes))
             else:
-                from .lockstep_opt import optimise_rows  # imports this module
-
                 # search effort ~ sqrt(layer size): 2 nominal seconds for LeNet-300-100's l0
                 # (784 x 300), less where a small layer has converged long before
                 size = layer.out_features * layer.in_features
                 budget = 2.0 * min(1.0, (size / (784 * 300)) ** 0.5)
-                perms.append(optimise_rows(layer.index, pes, rel_bits=rel_bits, seed=seed,
+                perms.append(place_search(layer.index, pes, rel_bits=rel_bits, seed=seed,
                                            budget_s=budget))
 
     slot_blocks, ptrs, layers, biases = [], [], [], []

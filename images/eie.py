@@ -4,7 +4,7 @@ Layout (documented in docs/rom-format.md):
 
 * Rows are placed over N PEs: PE k holds the physical rows p with p % N == k, as local rows
   p // N. Physical row p of layer i is logical row perm_i[p]: a permutation chosen to even out
-  the work of the PEs (`balance_rows`; the identity with balance off and for the last layer).
+  the work of the PEs (`images.placement.place_balanced`; the identity with balance off and for the last layer).
   Layer i+1's columns are permuted by the same perm_i, so the engine, which writes physical row
   p where the next layer reads physical column p, computes exactly the logical network.
 * Per PE, all layers are concatenated in one compressed-sparse-column array of entries.
@@ -21,8 +21,8 @@ Layout (documented in docs/rom-format.md):
   size, word width and depth of every file. Each array is written as $readmemh hex (one word a
   line) and raw little-endian binary.
 
-This module is the ROM image format: `hw` reads images through `read_rom` and nothing else of
-`compress`.
+This module is the ROM image format: the EIE engine (`hw.engine`) is built from a `RomImage`
+(made by `build_rom` or read back and verified by `read_rom`) and its `physical_qnet`.
 """
 
 from __future__ import annotations
@@ -34,147 +34,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import limits
-from .atomic import atomic_dir
-from .errors import InputError
-from .qnet import DEFAULT_INDEX_BITS, Layer, QNet
+from compress import limits
+from compress.atomic import atomic_dir
+from compress.errors import InputError
+from compress.qnet import DEFAULT_INDEX_BITS, Layer, QNet
+
+from .csc import DEFAULT_REL_BITS, decode_csc, encode_csc, pe_rows  # noqa: F401 (re-exported)
+from .placement import place_balanced
 
 ROM_FORMAT = "eie-rom"
 ROM_VERSION = 2  # 2: row permutations (perm file, perm_base)
-DEFAULT_REL_BITS = 4
-
-
-# ---------------------------------------------------------------------------------------------
-# The sparse format of one PE's slice of one layer
-
-
-def encode_csc(matrix: np.ndarray, *, rel_bits: int = DEFAULT_REL_BITS):
-    """Encode a [rows, cols] matrix of codebook indices column by column.
-
-    Returns (v, z, ptr): entry indices, zero counts (with fillers where a gap exceeds
-    2**rel_bits - 1) and cols + 1 column pointers starting at 0.
-    """
-    matrix = np.asarray(matrix)
-    rows, cols = matrix.shape
-    zmax = (1 << rel_bits) - 1
-    c, r = np.nonzero(matrix.T)  # column-major order: by column, then row
-    vals = matrix[r, c]
-    first = np.ones(len(c), dtype=bool)
-    first[1:] = c[1:] != c[:-1]
-    prev = np.empty(len(r), dtype=np.int64)
-    prev[first] = -1
-    prev[~first] = r[:-1][~first[1:]]
-    gap = r - prev - 1
-    fill = gap // (zmax + 1)
-    n = len(r) + int(fill.sum())
-    pos = np.arange(len(r)) + np.cumsum(fill)
-    v = np.zeros(n, dtype=np.uint8)
-    z = np.full(n, zmax, dtype=np.uint8 if rel_bits <= 8 else np.uint16)
-    v[pos] = vals
-    z[pos] = gap - fill * (zmax + 1)
-    per_col = np.bincount(c, weights=1 + fill, minlength=cols).astype(np.int64)
-    ptr = np.zeros(cols + 1, dtype=np.int64)
-    np.cumsum(per_col, out=ptr[1:])
-    return v, z, ptr
-
-
-def decode_csc(v: np.ndarray, z: np.ndarray, ptr: np.ndarray, rows: int) -> np.ndarray:
-    """Rebuild the [rows, cols] index matrix from (v, z, ptr); ValueError if it does not fit."""
-    v = np.asarray(v)
-    z = np.asarray(z).astype(np.int64)
-    ptr = np.asarray(ptr).astype(np.int64)
-    cols = len(ptr) - 1
-    if cols < 0 or ptr[0] != 0 or np.any(np.diff(ptr) < 0) or ptr[-1] != len(v):
-        raise ValueError("column pointers are not a non-decreasing 0..len(entries) sequence")
-    out = np.zeros((rows, cols), dtype=np.uint8)
-    if len(v) == 0:
-        return out
-    col = np.repeat(np.arange(cols), np.diff(ptr))
-    steps = np.cumsum(z + 1)
-    start = np.concatenate(([0], steps))[ptr[:-1]]  # running sum at each column's start
-    row = steps - 1 - np.repeat(start, np.diff(ptr))
-    if row.max() >= rows:
-        raise ValueError(f"an entry addresses row {int(row.max())} of only {rows}")
-    real = v != 0
-    out[row[real], col[real]] = v[real]
-    return out
-
-
-def pe_rows(out_features: int, pes: int, pe: int) -> int:
-    """Rows of a layer that PE `pe` holds (physical rows pe, pe + N, ...)."""
-    return len(range(pe, out_features, pes))
-
-
-# ---------------------------------------------------------------------------------------------
-# Balanced placement of rows over PEs
-
-
-def balance_rows(index: np.ndarray, pes: int) -> np.ndarray:
-    """A row permutation that evens out the PEs' work; physical row p = logical row perm[p].
-
-    Static, from the weights alone (no data). Work of a row = its non-zero weights. Rows by
-    decreasing work (ties: lower row first) each go to a PE with a free place (PE k has exactly
-    len(range(k, out, pes)) places, the slots of physical rows k, k + N, ...) whose load stays
-    within ceil(total / N); among those, the PE whose rows so far share the fewest columns with
-    this row (then the least loaded, then the lowest). Spreading each column's entries over the
-    PEs matters as much as the totals: the front end broadcasts column after column and every
-    PE's queue holds only `queue_depth` of them, so a PE with a run of heavy columns stalls all
-    the others (the shipped LeNet-300-100, 8 PEs, measured: l0 712 cycles per digit, 755
-    balancing the totals alone, 830 interleaved). Then pairwise swaps between the busiest PE and another lower the maximum
-    while they can. Inside a PE the rows go by decreasing work (ties: logical order): a column's
-    first entries then sit near its top, so fewer gaps exceed 2**rel_bits - 1 and need filler
-    entries (3x fewer than logical order on LeNet-300-100 at rel_bits 4). Deterministic.
-    """
-    nz = np.asarray(index) != 0  # bool: one byte a weight, as the index matrix itself
-    w = nz.sum(axis=1, dtype=np.int64)
-    out = len(w)
-    cap = np.array([pe_rows(out, pes, k) for k in range(pes)], dtype=np.int64)
-    load = np.zeros(pes, dtype=np.int64)
-    used = np.zeros(pes, dtype=np.int64)
-    per_col = np.zeros((pes, nz.shape[1]), dtype=np.int64)  # entries of each PE per column
-    owner = np.empty(out, dtype=np.int64)
-    limit = -(-int(w.sum()) // pes)
-    for r in np.argsort(-w, kind="stable"):
-        free = np.flatnonzero(used < cap)
-        fits = free[load[free] + w[r] <= limit]
-        if len(fits):
-            overlap = per_col[fits] @ nz[r]
-            k = fits[np.lexsort((fits, load[fits], overlap))[0]]
-        else:  # nothing fits under the even share: the least loaded
-            k = free[np.argmin(load[free])]
-        owner[r] = k
-        load[k] += w[r]
-        used[k] += 1
-        per_col[k] += nz[r]
-    for _ in range(4 * out):  # swap improvement; each accepted swap lowers sum(load**2)
-        k = int(np.argmax(load))
-        mine = np.flatnonzero(owner == k)
-        best = None
-        for j in np.argsort(load, kind="stable"):
-            gap = load[k] - load[j]
-            if j == k or gap <= 1:
-                continue
-            theirs = np.flatnonzero(owner == j)
-            d = w[mine][:, None] - w[theirs][None, :]  # work moved from k to j
-            ok = (d > 0) & (d < gap)
-            if not ok.any():
-                continue
-            # the swap that brings the pair closest to even
-            cost = np.where(ok, np.abs(gap - 2 * d), np.iinfo(np.int64).max)
-            a, b = np.unravel_index(int(np.argmin(cost)), cost.shape)
-            best = (int(mine[a]), int(theirs[b]), int(j), int(d[a, b]))
-            break
-        if best is None:
-            break
-        ra, rb, j, dd = best
-        owner[ra], owner[rb] = j, k
-        load[k] -= dd
-        load[j] += dd
-    perm = np.empty(out, dtype=np.int64)
-    for k in range(pes):
-        rows = np.flatnonzero(owner == k)
-        perm[k::pes] = rows[np.argsort(-w[rows], kind="stable")]
-    return perm
 
 
 def _permute(qnet: QNet, perms: list[np.ndarray]) -> QNet:
@@ -248,7 +117,7 @@ class RomImage:
     bias: list[np.ndarray] = field(repr=False)  # per PE: int32
     codebook: np.ndarray = field(repr=False)  # int16[L * 2**index_bits]
     perm: list[np.ndarray] = field(repr=False)  # per layer: physical row p = logical perm[p]
-    balanced: bool = True  # perm chosen by balance_rows (else the identity)
+    balanced: bool = True  # perm chosen by place_balanced (else the identity)
 
     @property
     def perm_bits(self) -> int:
@@ -287,7 +156,7 @@ def build_rom(
 ) -> RomImage:
     """Encode a qnet into ROM images for `pes` processing elements.
 
-    balance=True permutes the rows of every layer but the last (`balance_rows`); False keeps
+    balance=True permutes the rows of every layer but the last (`place_balanced`); False keeps
     plain interleaving (physical row = logical row).
     """
     if not isinstance(pes, int) or pes < 1:
@@ -296,7 +165,7 @@ def build_rom(
         raise InputError(f"--rel-bits must be 1..12, not {rel_bits!r}")
     qnet.validate(index_bits=index_bits)
     L = qnet.num_layers
-    perms = [balance_rows(layer.index, pes) if balance and i < L - 1
+    perms = [place_balanced(layer.index, pes) if balance and i < L - 1
              else np.arange(layer.out_features, dtype=np.int64)
              for i, layer in enumerate(qnet.layers)]
     qnet = _permute(qnet, perms)  # from here on: the physical network

@@ -1,16 +1,29 @@
-"""Row placement for the lockstep engine: fewer slot cycles per column.
+"""Row placement: which PE holds which row of a layer, for both engines.
 
-In the lockstep image (`compress.lockstep`) every column c of a layer costs
+Physical row p of a layer lives in PE p % N as local row p // N; a hidden layer's rows can be
+permuted freely (the next layer's columns follow). Three placements, each returning perm with
+physical row p = logical row perm[p], deterministic:
+
+* `place_balanced` (the EIE image, `images.eie`): even work per PE and each column's entries
+  spread over the PEs, then pairwise swaps; rows inside a PE by decreasing work.
+* `place_longest_first` (the lockstep image's "lpt"): longest-processing-time greedy on the
+  work per row alone.
+* `place_search` (the lockstep image's default): a seeded search for the fewest lockstep slots,
+  described below.
+
+The lockstep search: fewer slot cycles per column.
+
+In the lockstep image (`images.lockstep`) every column c of a layer costs
 L(c) = max over the N PEs of the PE's entry count in c (non-zeros plus the fillers that
-`compress.rom.encode_csc` inserts where a PE's gap of zero rows exceeds 2**rel_bits - 1), in
+`images.csc.encode_csc` inserts where a PE's gap of zero rows exceeds 2**rel_bits - 1), in
 ROM slots and in cycles whenever the column's activation is non-zero. Physical row p lives in PE
 p % N as local row p // N, and a hidden layer's rows can be permuted freely. Balancing the total
-work per PE (`compress.lockstep.balance_rows`, LPT) leaves the per-column maxima far above
+work per PE (`place_longest_first`, LPT) leaves the per-column maxima far above
 ceil(entries_c / N): what the slots pay for is the worst PE of each column, not the totals.
 
-`optimise_rows` searches the placement directly on sum_c w_c * L(c):
+`place_search` searches the placement directly on sum_c w_c * L(c):
 
-* Start: `greedy_rows`, rows by decreasing work each to the PE where they raise the fewest
+* Start: `place_greedy`, rows by decreasing work each to the PE where they raise the fewest
   column maxima (on the shipped LeNet-300-100 with 8 PEs already 2,651 slots for layer 0
   against 3,249 for LPT), every PE's rows by decreasing work (dense rows first: a column's
   first entries sit near the top, fewer gaps need fillers).
@@ -33,7 +46,7 @@ ceil(entries_c / N): what the slots pay for is the worst PE of each column, not 
   `budget_s` at a fixed nominal rate, never by the clock, so the result depends only on the
   arguments.
 * The result is checked at the end with `encode_csc` (the exact objective) against LPT
-  (`balance_rows`), LPT with every PE's rows by decreasing work and the greedy start; the best
+  (`place_longest_first`), LPT with every PE's rows by decreasing work and the greedy start; the best
   of them is returned (LPT on ties), so the result is never worse than LPT.
 
 Shipped LeNet-300-100, 8 PEs, default budget (~1-2.5 s CPU per hidden layer on the shared
@@ -47,9 +60,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .lockstep import balance_rows
-from .rom import DEFAULT_REL_BITS, encode_csc
+from compress.errors import InputError
+
+from .csc import DEFAULT_REL_BITS, encode_csc, pe_rows
 
 # Nominal work rate for `budget_s`: (swap, column) elements evaluated per second on one core.
 # A fixed constant, so the amount of search (and the result) never depends on the machine.
@@ -64,6 +77,100 @@ PAIR_REPEAT = 3
 KICK_SWAPS = 3
 # Weights are scaled to integers for the search (exact, order-independent sums).
 WEIGHT_SCALE = 1 << 12
+
+
+def place_balanced(index: np.ndarray, pes: int) -> np.ndarray:
+    """A row permutation that evens out the PEs' work; physical row p = logical row perm[p].
+
+    Static, from the weights alone (no data). Work of a row = its non-zero weights. Rows by
+    decreasing work (ties: lower row first) each go to a PE with a free place (PE k has exactly
+    len(range(k, out, pes)) places, the slots of physical rows k, k + N, ...) whose load stays
+    within ceil(total / N); among those, the PE whose rows so far share the fewest columns with
+    this row (then the least loaded, then the lowest). Spreading each column's entries over the
+    PEs matters as much as the totals: the front end broadcasts column after column and every
+    PE's queue holds only `queue_depth` of them, so a PE with a run of heavy columns stalls all
+    the others (the shipped LeNet-300-100, 8 PEs, measured: l0 712 cycles per digit, 755
+    balancing the totals alone, 830 interleaved). Then pairwise swaps between the busiest PE and another lower the maximum
+    while they can. Inside a PE the rows go by decreasing work (ties: logical order): a column's
+    first entries then sit near its top, so fewer gaps exceed 2**rel_bits - 1 and need filler
+    entries (3x fewer than logical order on LeNet-300-100 at rel_bits 4). Deterministic.
+    """
+    nz = np.asarray(index) != 0  # bool: one byte a weight, as the index matrix itself
+    w = nz.sum(axis=1, dtype=np.int64)
+    out = len(w)
+    cap = np.array([pe_rows(out, pes, k) for k in range(pes)], dtype=np.int64)
+    load = np.zeros(pes, dtype=np.int64)
+    used = np.zeros(pes, dtype=np.int64)
+    per_col = np.zeros((pes, nz.shape[1]), dtype=np.int64)  # entries of each PE per column
+    owner = np.empty(out, dtype=np.int64)
+    limit = -(-int(w.sum()) // pes)
+    for r in np.argsort(-w, kind="stable"):
+        free = np.flatnonzero(used < cap)
+        fits = free[load[free] + w[r] <= limit]
+        if len(fits):
+            overlap = per_col[fits] @ nz[r]
+            k = fits[np.lexsort((fits, load[fits], overlap))[0]]
+        else:  # nothing fits under the even share: the least loaded
+            k = free[np.argmin(load[free])]
+        owner[r] = k
+        load[k] += w[r]
+        used[k] += 1
+        per_col[k] += nz[r]
+    for _ in range(4 * out):  # swap improvement; each accepted swap lowers sum(load**2)
+        k = int(np.argmax(load))
+        mine = np.flatnonzero(owner == k)
+        best = None
+        for j in np.argsort(load, kind="stable"):
+            gap = load[k] - load[j]
+            if j == k or gap <= 1:
+                continue
+            theirs = np.flatnonzero(owner == j)
+            d = w[mine][:, None] - w[theirs][None, :]  # work moved from k to j
+            ok = (d > 0) & (d < gap)
+            if not ok.any():
+                continue
+            # the swap that brings the pair closest to even
+            cost = np.where(ok, np.abs(gap - 2 * d), np.iinfo(np.int64).max)
+            a, b = np.unravel_index(int(np.argmin(cost)), cost.shape)
+            best = (int(mine[a]), int(theirs[b]), int(j), int(d[a, b]))
+            break
+        if best is None:
+            break
+        ra, rb, j, dd = best
+        owner[ra], owner[rb] = j, k
+        load[k] -= dd
+        load[j] += dd
+    perm = np.empty(out, dtype=np.int64)
+    for k in range(pes):
+        rows = np.flatnonzero(owner == k)
+        perm[k::pes] = rows[np.argsort(-w[rows], kind="stable")]
+    return perm
+
+
+def place_longest_first(nnz_per_row: np.ndarray, pes: int) -> np.ndarray:
+    """A row permutation that evens out the work per PE (deterministic).
+
+    Longest-processing-time greedy: rows by decreasing work (ties: lower row first) go to the
+    PE with the least work so far among those with a free place (PE k has
+    len(range(k, out, pes)) places). Inside a PE the rows keep their logical order.
+    Returns perm with physical row p = logical row perm[p].
+    """
+    w = np.asarray(nnz_per_row, dtype=np.int64)
+    out = len(w)
+    cap = np.array([len(range(k, out, pes)) for k in range(pes)], dtype=np.int64)
+    load = np.zeros(pes, dtype=np.int64)
+    used = np.zeros(pes, dtype=np.int64)
+    owner = np.empty(out, dtype=np.int64)
+    for r in np.argsort(-w, kind="stable"):
+        free = np.flatnonzero(used < cap)
+        k = free[np.argmin(load[free])]
+        owner[r] = k
+        load[k] += w[r]
+        used[k] += 1
+    perm = np.empty(out, dtype=np.int64)
+    for k in range(pes):
+        perm[k::pes] = np.flatnonzero(owner == k)
+    return perm
 
 
 def exact_lengths(index: np.ndarray, perm: np.ndarray, pes: int, *,
@@ -174,7 +281,7 @@ def _sorted_within(perm: np.ndarray, work: np.ndarray, pes: int) -> np.ndarray:
     return out
 
 
-def greedy_rows(nz: np.ndarray, pes: int, w: np.ndarray) -> np.ndarray:
+def place_greedy(nz: np.ndarray, pes: int, w: np.ndarray) -> np.ndarray:
     """A placement built for the per-column maxima (non-zeros only), deterministic.
 
     Rows by decreasing non-zeros (ties: lower row first) each go to the PE with a free place
@@ -207,7 +314,7 @@ def greedy_rows(nz: np.ndarray, pes: int, w: np.ndarray) -> np.ndarray:
     return perm
 
 
-def optimise_rows(index: np.ndarray, pes: int, *, rel_bits: int = DEFAULT_REL_BITS, seed: int = 0,
+def place_search(index: np.ndarray, pes: int, *, rel_bits: int = DEFAULT_REL_BITS, seed: int = 0,
                   col_weight: np.ndarray | None = None, budget_s: float = 2.0) -> np.ndarray:
     """A row permutation (physical row p = logical row perm[p]) with few lockstep slots.
 
@@ -215,7 +322,7 @@ def optimise_rows(index: np.ndarray, pes: int, *, rel_bits: int = DEFAULT_REL_BI
     count; pass activation frequencies to minimise expected cycles). `budget_s` is nominal
     seconds of search at NOMINAL_RATE (about real seconds on one core), converted to a fixed
     work count: the result depends only on the arguments. Never worse than
-    `compress.lockstep.balance_rows` on the exact objective.
+    `place_longest_first` on the exact objective.
     """
     index, w = _validate(index, pes, rel_bits, col_weight)
     if not np.isfinite(budget_s) or budget_s < 0:
@@ -223,7 +330,7 @@ def optimise_rows(index: np.ndarray, pes: int, *, rel_bits: int = DEFAULT_REL_BI
     out, cols = index.shape
     nz = index != 0
     work = nz.sum(axis=1)
-    start = balance_rows(work, pes)
+    start = place_longest_first(work, pes)
     candidates = [start, _sorted_within(start, work, pes)]
 
     # the search runs on the columns that have a non-zero (the others cost 0 anyhow)
@@ -234,7 +341,7 @@ def optimise_rows(index: np.ndarray, pes: int, *, rel_bits: int = DEFAULT_REL_BI
         if np.all(w[live] == wmax):
             wi = np.ones(len(live), dtype=np.int64)
         units = int(budget_s * NOMINAL_RATE)
-        greedy = _sorted_within(greedy_rows(nz[:, live], pes, wi), work, pes)
+        greedy = _sorted_within(place_greedy(nz[:, live], pes, wi), work, pes)
         candidates.append(greedy)
         candidates.append(_search(nz[:, live], greedy, pes, rel_bits, wi, units,
                                   np.random.default_rng(seed)))
