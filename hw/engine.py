@@ -24,26 +24,20 @@ weight, zeros included, as an entry with z = 0) and a front end that broadcasts 
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from types import SimpleNamespace
+
+from amaranth.hdl import Array, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, wiring
 
 from images.eie import RomImage, physical_qnet
 
+from .blocks import (MAX_PES, ActIO, EngineConfigError, EngineSignature, ceil_div, check_fits,
+                     check_queue_depth)
 from .frontend import FrontEnd
 from .memory import MemoryFactory, MemorySpec
 from .pe import PE, PEImage
 
-MAX_PES = 16
-
-
-class EngineConfigError(ValueError):
-    """The network does not fit the engine's parameters; the message names layer and limit."""
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
+__all__ = ["Engine", "EngineConfigError", "MAX_PES", "check_fits", "pe_images"]
 
 def pe_images(rom: RomImage, *, sparse: bool = True) -> list[PEImage]:
     """Per-PE images: the ROM's own (sparse), or every weight as an entry (dense baseline)."""
@@ -86,46 +80,26 @@ def pe_images(rom: RomImage, *, sparse: bool = True) -> list[PEImage]:
     return imgs
 
 
-def check_fits(rom, *, acc_bits: int = 32, max_width: int | None = None) -> None:
-    """Raise EngineConfigError naming the layer and the limit if the network does not fit.
-
-    rom: a `images.eie.RomImage` or a `images.lockstep.LockstepImage` (pes, index_bits,
-    layers with codebook_size, in_features, out_features).
-    """
-    if not 1 <= rom.pes <= MAX_PES:
-        raise EngineConfigError(f"pes must be 1..{MAX_PES}, not {rom.pes!r}")
-    if not 17 <= acc_bits <= 64:
-        raise EngineConfigError(f"acc_bits must be 17..64, not {acc_bits!r}")
-    k = 1 << rom.index_bits
-    for i, rl in enumerate(rom.layers):
-        if rl.codebook_size > k:
-            raise EngineConfigError(
-                f"l{i}: {rl.codebook_size} codebook entries exceed 2**index_bits = {k}")
-        if max_width is not None:
-            for what, w in (("inputs", rl.in_features), ("outputs", rl.out_features)):
-                if w > max_width:
-                    raise EngineConfigError(
-                        f"l{i}: {w} {what} exceed the activation buffers of {max_width} words")
-
-
-def engine_ports(num_layers: int) -> dict:
-    """The ports every engine has (this one and `hw.lockstep.LockstepEngine`)."""
-    return {
-        "i_act": In(stream.Signature(signed(16))),
-        "o_act": Out(stream.Signature(signed(16))),
-        "cycles": Out(32),
-        "layer_cycles": Out(data.ArrayLayout(32, num_layers)),
-        "busy": Out(1),
-    }
-
-
 class Engine(wiring.Component):
+    """The EIE engine of a `RomImage`.
+
+    Ports (`hw.blocks.EngineSignature`): `i_act` (in: input words, valid/ready), `o_act` (out:
+    output words), `cycles`, `layer_cycles` (copied to the ports at the last output word: they
+    hold the last inference while the next one runs), `busy`.
+
+    Parameters: rom, the EIE image (N = rom.pes PEs); queue_depth, columns per PE queue
+    (1..64); acc_bits, accumulator width (17..64); sparse, False for the dense baseline (every
+    weight an entry, every column broadcast); memories, the `MemoryFactory` that makes every
+    memory (`memory_specs`); max_width, the largest layer width the activation buffers must
+    hold, checked up front.
+    """
+
+    image_type = RomImage
+
     def __init__(self, rom: RomImage, *, queue_depth=8, acc_bits=32, sparse=True,
                  memories: "MemoryFactory | None" = None, max_width: int | None = None):
         try:
-            if not isinstance(queue_depth, int) or not 1 <= queue_depth <= 64:
-                raise EngineConfigError(
-                    f"queue_depth must be an integer 1..64, not {queue_depth!r}")
+            check_queue_depth(queue_depth)
             check_fits(rom, acc_bits=acc_bits, max_width=max_width)
         except EngineConfigError:
             self._MustUse__silence = True  # refused: not an unused elaboratable
@@ -142,7 +116,7 @@ class Engine(wiring.Component):
         self.out_features = rom.layers[-1].out_features
         widths = [rom.layers[0].in_features] + [rl.out_features for rl in rom.layers]
         self.max_width = max(widths)
-        self.act_words = max(_ceil_div(w, n) for w in widths)  # per PE per bank
+        self.act_words = max(ceil_div(w, n) for w in widths)  # per PE per bank
         self.col_bits = max(1, self.max_width.bit_length())
         self.row_bits = max(1, self.act_words.bit_length())
         self.images = pe_images(rom, sparse=sparse)
@@ -156,7 +130,7 @@ class Engine(wiring.Component):
                        write_ports=1)
             for k in range(n)
         ]
-        super().__init__(engine_ports(L))
+        super().__init__(EngineSignature(L))
 
     @property
     def memory_specs(self) -> list[MemorySpec]:
@@ -165,38 +139,31 @@ class Engine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        rom = self.rom
-        n = self.pes
-        L = self.num_layers
-        aw = self.act_words
-        in0 = self.in_features
-        outL = self.out_features
-
-        pes = self.pe_blocks
-        for k, pe in enumerate(pes):
+        c = SimpleNamespace()  # what the stages share
+        for k, pe in enumerate(self.pe_blocks):
             m.submodules[f"pe{k}"] = pe
         acts = [self.memories(m, s) for s in self.act_specs]
-        act_r = [a.read[0] for a in acts]
-        act_w = [a.write[0] for a in acts]
+        c.act_r = [a.read[0] for a in acts]
+        c.act_w = [a.write[0] for a in acts]
+        self._front_end(m, c)
+        self._sequencer(m, c)
+        self._drain(m, c)
+        return m
 
-        m.submodules.fe = fe = FrontEnd(pes=n, col_bits=self.col_bits,
-                                        group_bits=self.row_bits, sparse=self.sparse)
+    def _act_addr(self, bank_bit, word):
+        return bank_bit * self.act_words + word
 
-        layer = Signal(range(max(L, 2)))
+    def _front_end(self, m, c):
+        """Front end and its broadcast to every PE, with credit: every PE must have room."""
+        rom, n, pes = self.rom, self.pes, self.pe_blocks
+        m.submodules.fe = c.fe = fe = FrontEnd(pes=n, col_bits=self.col_bits,
+                                                group_bits=self.row_bits, sparse=self.sparse)
+        c.layer = layer = Signal(range(max(self.num_layers, 2)), name="layer")
         in_t = Array(Const(rl.in_features, unsigned(self.col_bits + 1)) for rl in rom.layers)
-        grp_t = Array(Const(_ceil_div(rl.in_features, n), unsigned(self.row_bits + 1))
+        grp_t = Array(Const(ceil_div(rl.in_features, n), unsigned(self.row_bits + 1))
                       for rl in rom.layers)
-        outs = [rl.out_features for rl in rom.layers] + [0, 0]
-        # drain of layer i: its rows out, the rows of layer i + 2 preloaded (same bank)
-        drain_t = Array(
-            Const(max(_ceil_div(outs[i], n), _ceil_div(outs[i + 2], n)),
-                  unsigned(self.row_bits + 1))
-            for i in range(L))
-        pre_rows = [max(1, _ceil_div(outs[b], n)) for b in range(2)]
         m.d.comb += [fe.in_features.eq(in_t[layer]), fe.groups.eq(grp_t[layer])]
-
-        # broadcast with credit: every PE must have room
-        all_ready = Signal()
+        all_ready = Signal(name="all_ready")
         r = pes[0].bc.ready
         for pe in pes[1:]:
             r = r & pe.bc.ready
@@ -207,52 +174,46 @@ class Engine(wiring.Component):
                 pe.layer.eq(layer),
                 pe.bc.valid.eq(fe.o.valid & all_ready),
                 pe.bc.payload.eq(fe.o.payload),
-                fe.rd_data[k].eq(act_r[k].data.as_signed()),
+                fe.rd_data[k].eq(c.act_r[k].data.as_signed()),
             ]
-        all_idle = Signal()
+        c.all_idle = Signal(name="all_idle")
         idle = pes[0].idle
         for pe in pes[1:]:
             idle = idle & pe.idle
-        m.d.comb += all_idle.eq(idle)
-
-        def act_addr(bank_bit, word):
-            return bank_bit * aw + word
-
-        # counters
-        run = Signal()  # between the first input word and the last output word
-        cyc = Signal(32)
-        lc = Signal(data.ArrayLayout(32, L))
-        fe_done = Signal()
-        cnt = Signal(range(max(in0, outL, aw, 2) + 2))  # words / rows
-        sel = Signal(range(max(n, 2)))  # PE of the current word
-        word = Signal(range(max(aw, 2) + 1))  # word within the PE
-        o_valid = Signal()
-        o_sel = Signal.like(sel)
-        # the drain runs beside the FSM: layer d_layer's rows out, overlapping layer d_layer + 1
-        d_active = Signal()
-        d_layer = Signal.like(layer)
-        d_cnt = Signal(self.row_bits + 2)
-
-        with m.If(run):
-            m.d.sync += cyc.eq(cyc + 1)
-
-        def next_word():
-            with m.If(sel == n - 1):
-                m.d.sync += [sel.eq(0), word.eq(word + 1)]
-            with m.Else():
-                m.d.sync += sel.eq(sel + 1)
-
+        m.d.comb += c.all_idle.eq(idle)
+        # the drain runs beside the FSM: layer d_layer's rows out, overlapping d_layer + 1
+        c.d_active = Signal(name="d_active")
+        c.d_layer = Signal.like(layer, name="d_layer")
+        c.d_cnt = Signal(self.row_bits + 2, name="d_cnt")
         for k in range(n):  # default: the front end reads the source bank (layer % 2)
-            m.d.comb += [act_r[k].en.eq(1), act_r[k].addr.eq(act_addr(layer[0], fe.rd_addr))]
+            m.d.comb += [c.act_r[k].en.eq(1),
+                         c.act_r[k].addr.eq(self._act_addr(layer[0], fe.rd_addr))]
         # groups of the source bank written so far by the drain of the previous layer
         big = (1 << len(fe.avail)) - 1
-        with m.If(d_active):
-            m.d.comb += fe.avail.eq(Mux(d_cnt > 0, d_cnt - 1, 0))
+        with m.If(c.d_active):
+            m.d.comb += fe.avail.eq(Mux(c.d_cnt > 0, c.d_cnt - 1, 0))
         with m.Else():
             m.d.comb += fe.avail.eq(big)
 
-        def count_layer():
-            m.d.sync += lc[layer].eq(lc[layer] + 1)
+    def _sequencer(self, m, c):
+        """PRELOAD0 -> PRELOAD1 -> LOAD -> (START -> COMPUTE) per layer -> LASTDRAIN -> OUTPUT."""
+        n, L, layer, fe, pes = self.pes, self.num_layers, c.layer, c.fe, self.pe_blocks
+        outs = [rl.out_features for rl in self.rom.layers] + [0, 0]
+        pre_rows = [max(1, ceil_div(outs[b], n)) for b in range(2)]
+        cyc = Signal(32, name="cyc")
+        lc = Signal(data.ArrayLayout(32, L), name="lc")
+        io = ActIO(m, self, act_r=c.act_r, act_w=c.act_w, cyc=cyc, lc=lc,
+                   cnt_limit=self.act_words)
+        cnt, sel, word = io.cnt, io.sel, io.word
+        fe_done = Signal(name="fe_done")
+
+        def loaded():
+            m.d.sync += [layer.eq(0), cnt.eq(0), fe_done.eq(0)]
+            m.next = "START"
+
+        def delivered():
+            m.d.sync += [self.cycles.eq(cyc + 1), self.layer_cycles.eq(lc)]
+            m.next = "PRELOAD0"
 
         with m.FSM(name="seq"):
             for b in range(2):
@@ -266,72 +227,50 @@ class Engine(wiring.Component):
                         m.d.sync += [cnt.eq(0), sel.eq(0), word.eq(0)]
                         m.next = "PRELOAD1" if b == 0 else "LOAD"
             with m.State("LOAD"):
-                m.d.comb += self.i_act.ready.eq(1)
-                for k in range(n):
-                    m.d.comb += [act_w[k].addr.eq(act_addr(0, word)), act_w[k].data.eq(
-                        self.i_act.payload), act_w[k].en.eq(self.i_act.valid & (sel == k))]
-                with m.If(self.i_act.valid):
-                    with m.If(cnt == 0):
-                        m.d.sync += [run.eq(1), cyc.eq(1), self.busy.eq(1)]
-                        for i in range(L):
-                            m.d.sync += lc[i].eq(0)
-                    m.d.sync += cnt.eq(cnt + 1)
-                    next_word()
-                    with m.If(cnt == in0 - 1):
-                        m.d.sync += [layer.eq(0), cnt.eq(0), fe_done.eq(0)]
-                        m.next = "START"
+                io.load(lambda w: self._act_addr(0, w), loaded)
             with m.State("START"):
                 m.d.comb += fe.start.eq(1)
-                count_layer()
+                io.count_layer(layer)
                 m.next = "COMPUTE"
             with m.State("COMPUTE"):
-                count_layer()
+                io.count_layer(layer)
                 with m.If(fe.done):
                     m.d.sync += fe_done.eq(1)
-                with m.If(fe_done & all_idle & ~d_active):
+                with m.If(fe_done & c.all_idle & ~c.d_active):
                     # layer done: drain it while the next layer computes in the other bank
-                    m.d.sync += [fe_done.eq(0), d_active.eq(1), d_layer.eq(layer), d_cnt.eq(0)]
+                    m.d.sync += [fe_done.eq(0), c.d_active.eq(1), c.d_layer.eq(layer),
+                                 c.d_cnt.eq(0)]
                     with m.If(layer == L - 1):
                         m.next = "LASTDRAIN"
                     with m.Else():
                         m.d.sync += layer.eq(layer + 1)
                         m.next = "START"
             with m.State("LASTDRAIN"):
-                count_layer()
-                with m.If(~d_active):
-                    m.d.sync += [sel.eq(0), word.eq(0), o_valid.eq(0), cnt.eq(0)]
+                io.count_layer(layer)
+                with m.If(~c.d_active):
+                    m.d.sync += [sel.eq(0), word.eq(0), io.o_valid.eq(0), cnt.eq(0)]
                     m.next = "OUTPUT"
             with m.State("OUTPUT"):
-                fetch = ~o_valid | self.o_act.ready
-                for k in range(n):
-                    m.d.comb += [act_r[k].en.eq(fetch), act_r[k].addr.eq(act_addr(L % 2, word))]
-                with m.If(fetch):
-                    with m.If(cnt < outL):
-                        m.d.sync += [o_valid.eq(1), o_sel.eq(sel), cnt.eq(cnt + 1)]
-                        next_word()
-                    with m.Else():
-                        m.d.sync += o_valid.eq(0)
-                m.d.comb += [self.o_act.valid.eq(o_valid)]
-                with m.Switch(o_sel):
-                    for k in range(n):
-                        with m.Case(k):
-                            m.d.comb += self.o_act.payload.eq(act_r[k].data.as_signed())
-                # the last word is delivered when cnt == outL and it is taken
-                with m.If(o_valid & self.o_act.ready & (cnt == outL)):
-                    m.d.sync += [run.eq(0), self.busy.eq(0), self.cycles.eq(cyc + 1),
-                                 self.layer_cycles.eq(lc), cnt.eq(0), o_valid.eq(0)]
-                    m.next = "PRELOAD0"
+                io.output(lambda w: self._act_addr(L % 2, w), delivered)
 
-        # the drain: one row of every PE per cycle into the destination bank of d_layer
-        with m.If(d_active):
+    def _drain(self, m, c):
+        """One row of every PE per cycle into the destination bank of d_layer."""
+        n, L = self.pes, self.num_layers
+        outs = [rl.out_features for rl in self.rom.layers] + [0, 0]
+        # drain of layer i: its rows out, the rows of layer i + 2 preloaded (same bank)
+        drain_t = Array(
+            Const(max(ceil_div(outs[i], n), ceil_div(outs[i + 2], n)),
+                  unsigned(self.row_bits + 1))
+            for i in range(L))
+        d_cnt, d_layer = c.d_cnt, c.d_layer
+        with m.If(c.d_active):
             rows = drain_t[d_layer]
-            for k, pe in enumerate(pes):
+            for k, pe in enumerate(self.pe_blocks):
                 m.d.comb += [pe.drain_valid.eq(d_cnt < rows), pe.preload_valid.eq(d_cnt < rows),
                              pe.drain_row.eq(d_cnt), pe.drain_layer.eq(d_layer),
                              pe.preload_layer.eq(d_layer + 2),
-                             act_w[k].addr.eq(act_addr(~d_layer[0], pe.y_row)),
-                             act_w[k].data.eq(pe.y), act_w[k].en.eq(pe.y_valid)]
+                             c.act_w[k].addr.eq(self._act_addr(~d_layer[0], pe.y_row)),
+                             c.act_w[k].data.eq(pe.y), c.act_w[k].en.eq(pe.y_valid)]
             m.d.sync += d_cnt.eq(d_cnt + 1)
             with m.If(d_cnt == rows):  # the last row's output and preload land this cycle
-                m.d.sync += d_active.eq(0)
-        return m
+                m.d.sync += c.d_active.eq(0)

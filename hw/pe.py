@@ -27,8 +27,8 @@ never depends on `bc.valid`.
 Accumulators: two banks; layer i accumulates into bank i % 2, preloaded with its biases. The
 drain of layer i (driven by the engine, one row per cycle, overlapping the compute of layer i+1
 in the other bank) reads acc[row]; a cycle later `y` is the row's output (rounding shift, int16
-saturation, ReLU of docs/formats.md section 3; the rounding add is exact, never wrapped again) and the
-row is preloaded with the bias of layer i+2, which uses the same bank. After reset the engine
+saturation, ReLU of docs/formats.md section 3: `hw.blocks.post_process`) and the row is
+preloaded with the bias of layer i+2, which uses the same bank. After reset the engine
 preloads bank 0 and bank 1 with the biases of layers 0 and 1.
 """
 
@@ -41,6 +41,7 @@ from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .blocks import bits, post_process, slot_sequencer
 from .codebook import CodebookDecoder
 from .frontend import bcast_layout
 from .mac import Mac
@@ -67,22 +68,6 @@ class PEImage:
     relu: list[bool]  # per layer
 
 
-def post_process(acc, shift: int, relu: bool):
-    """docs/formats.md section 3 on a signed accumulator value: an int16 expression (exact widths)."""
-    if shift > 0:
-        y = (acc + (1 << (shift - 1))) >> shift  # Amaranth widens: the add never wraps
-    else:
-        y = acc
-    y = Mux(y > 32767, 32767, Mux(y < -32768, -32768, y))
-    if relu:
-        y = Mux(y < 0, 0, y)
-    return y[:16].as_signed()
-
-
-def _bits(n: int) -> int:
-    return max(1, int(n).bit_length())
-
-
 class PE(wiring.Component):
     def __init__(self, img: PEImage, *, col_bits: int, row_bits: int, queue_depth: int = 8,
                  acc_bits: int = 32, sparse: bool = True, memories: MemoryFactory | None = None):
@@ -93,7 +78,7 @@ class PE(wiring.Component):
         self.memories = memories or MemoryFactory()
         self.num_layers = len(img.rows)
         self.row_bits = row_bits
-        self.ptr_bits = _bits(max(len(img.entries), 1))
+        self.ptr_bits = bits(max(len(img.entries), 1))
         L = self.num_layers
         k = 1 << img.index_bits
         pe = img.pe
@@ -150,10 +135,10 @@ class PE(wiring.Component):
         def table(values, shape):
             return Array(Const(int(v), shape) for v in (list(values) + [0] * 2)[:max(L, 2)])
 
-        ptr_base = table(img.ptr_base, unsigned(_bits(len(img.ptr) + 1)))
+        ptr_base = table(img.ptr_base, unsigned(bits(len(img.ptr) + 1)))
         rows_t = Array(Const(int(v), unsigned(self.row_bits + 1))
                        for v in list(img.rows) + [0, 0, 0])  # layers L, L+1: no rows
-        bias_base = Array(Const(int(v), unsigned(_bits(len(img.bias) + 1)))
+        bias_base = Array(Const(int(v), unsigned(bits(len(img.bias) + 1)))
                           for v in list(img.bias_base) + [0, 0, 0])
         c_bank = self.layer[0]  # compute bank
         d_bank = self.drain_layer[0]  # drain bank (the other one while both are active)
@@ -168,7 +153,7 @@ class PE(wiring.Component):
         depth = self.queue_depth
         m.submodules.queue = queue = ActQueue(column_layout(pb), depth=depth)
         m.submodules.pointer = pr = PointerRead(
-            col_bits=len(self.bc.payload.col), base_bits=_bits(len(img.ptr) + 1), ptr_bits=pb,
+            col_bits=len(self.bc.payload.col), base_bits=bits(len(img.ptr) + 1), ptr_bits=pb,
             even_addr_bits=len(pev.addr), odd_addr_bits=len(pod.addr))
         wiring.connect(m, wiring.flipped(self.bc), pr.i)
         m.d.comb += [
@@ -181,28 +166,15 @@ class PE(wiring.Component):
             queue.i.payload.eq(pr.o.payload),
         ]
 
-        # ---- s_: sequencer ---------------------------------------------------------------
-        s_valid = Signal()
-        s_value = Signal(signed(16))
-        s_addr = Signal(pb)
-        s_end = Signal(pb)
-        s_first = Signal()
-        s_last = Signal()
-        m.d.comb += [s_last.eq(s_valid & (s_addr + 1 == s_end)), ent.addr.eq(s_addr)]
-        m.d.comb += queue.o.ready.eq(~s_valid | s_last)
-        with m.If(queue.o.valid & queue.o.ready):
-            m.d.sync += [s_valid.eq(1), s_first.eq(1), s_value.eq(queue.o.payload.value),
-                         s_addr.eq(queue.o.payload.start), s_end.eq(queue.o.payload.end)]
-        with m.Elif(s_last):
-            m.d.sync += s_valid.eq(0)
-        with m.Elif(s_valid):
-            m.d.sync += [s_addr.eq(s_addr + 1), s_first.eq(0)]
+        # ---- s_: sequencer (hw/blocks.py) ----------------------------------------------------
+        s = slot_sequencer(m, queue, pb)
+        m.d.comb += ent.addr.eq(s.addr)
 
         # ---- e_: entry decode; codebook (hw/codebook.py) and accumulator reads ---------------
         e_valid = Signal()
         e_first = Signal()
         e_value = Signal(signed(16))
-        m.d.sync += [e_valid.eq(s_valid), e_first.eq(s_first), e_value.eq(s_value)]
+        m.d.sync += [e_valid.eq(s.valid), e_first.eq(s.first), e_value.eq(s.value)]
         e_v = ent.data[:ib]
         e_z = ent.data[ib:]
         e_row = Signal(self.row_bits + img.rel_bits + 1)
@@ -270,5 +242,5 @@ class PE(wiring.Component):
         m.d.comb += acc_r_data.eq(Mux(c_bank, banks[1].read[0].data, banks[0].read[0].data))
 
         m.d.comb += self.idle.eq(
-            (queue.level == 0) & ~pr.busy & ~s_valid & ~e_valid & ~mac.busy)
+            (queue.level == 0) & ~pr.busy & ~s.valid & ~e_valid & ~mac.busy)
         return m

@@ -33,11 +33,12 @@ from amaranth.lib.data import StructLayout
 from amaranth.lib.wiring import In, Out
 
 from compress.atomic import file_lock
+from hw.blocks import post_process
 from hw.codebook import CodebookDecoder
 from hw.frontend import FrontEnd, bcast_layout
 from hw.mac import Mac, hit_layout
 from hw.memory import MemoryFactory, MemorySpec
-from hw.pe import PE, PEImage, post_process
+from hw.pe import PE, PEImage
 from hw.pointer import PointerRead, column_layout
 from hw.queue import ActQueue
 from tb.sim import REPO, icarus_fixup, waves_enabled
@@ -212,7 +213,7 @@ class MacHarness(wiring.Component):
 
 
 class OutputStageHarness(wiring.Component):
-    """`hw.pe.post_process` for every shift in `shifts`, without and with ReLU (combinational):
+    """`hw.blocks.post_process` for every shift in `shifts`, without and with ReLU (combinational):
     y{k} and y{k}_relu for shift shifts[k]."""
 
     def __init__(self, *, acc_bits: int, shifts: list[int]):

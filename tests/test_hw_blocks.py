@@ -16,7 +16,7 @@ from amaranth.sim import Simulator
 from compress.golden import layer_output, wrap
 from compress.qnet import Layer
 from hw.frontend import FrontEnd
-from hw.pe import post_process
+from hw.blocks import post_process
 from hw.queue import ActQueue
 
 
