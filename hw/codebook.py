@@ -15,6 +15,13 @@ from amaranth.lib.wiring import In, Out
 
 
 class CodebookDecoder(wiring.Component):
+    """Codebook index -> weight, through the codebook memory (module docstring).
+
+    Ports: `layer`, `v` (in: the layer and index of a hit), `mem` (the codebook memory's read
+    port, driven from here), `weight` (out: the weight of the previous cycle's (layer, v)).
+    Parameters: index_bits (1..16), layers (how many codebooks), addr_bits (memory address).
+    """
+
     def __init__(self, *, index_bits: int, layers: int, addr_bits: int):
         if not isinstance(index_bits, int) or not 1 <= index_bits <= 16:
             self._MustUse__silence = True  # refused: not an unused elaboratable

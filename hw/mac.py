@@ -27,6 +27,15 @@ def hit_layout(row_bits: int) -> data.StructLayout:
 
 
 class Mac(wiring.Component):
+    """The `m_`, `w_`, `x_` stages of a PE (module docstring).
+
+    Ports: `i` (in: (row, value) hits, one per cycle, no back-pressure), `weight` (in: the
+    weight of the previous cycle's hit), `acc_rd`/`acc_wr` (the accumulator memory's read and
+    write port, driven from here), `busy` (out: a hit not yet written).
+    Parameters: row_bits (accumulator address width), acc_bits (17..64), sparse (drop zero
+    weights).
+    """
+
     def __init__(self, *, row_bits: int, acc_bits: int = 32, sparse: bool = True):
         if not isinstance(row_bits, int) or row_bits < 1:
             self._MustUse__silence = True  # refused: not an unused elaboratable

@@ -35,6 +35,7 @@ preloads bank 0 and bank 1 with the biases of layers 0 and 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
@@ -69,6 +70,18 @@ class PEImage:
 
 
 class PE(wiring.Component):
+    """One PE of the EIE engine, built from its `PEImage`.
+
+    Ports: `layer` (in: the layer being computed), `bc` (in: broadcast (value, col) stream of
+    the front end; `ready` is the credit check), `idle` (out: nothing in flight), the drain
+    (`drain_valid`, `drain_row`, `drain_layer`) and preload (`preload_valid`,
+    `preload_layer`) controls from the engine, and the output row `y`, `y_valid`, `y_row`.
+
+    Parameters: img; col_bits, row_bits (column and local-row widths of the engine);
+    queue_depth (column queue, 1..64); acc_bits; sparse (False: the dense baseline, no zero
+    skipping); memories (the engine's `MemoryFactory`; `specs` lists what it makes).
+    """
+
     def __init__(self, img: PEImage, *, col_bits: int, row_bits: int, queue_depth: int = 8,
                  acc_bits: int = 32, sparse: bool = True, memories: MemoryFactory | None = None):
         self.img = img
@@ -120,41 +133,40 @@ class PE(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        img = self.img
-        L = self.num_layers
-        ib = img.index_bits
-        pb = self.ptr_bits
+        c = SimpleNamespace()  # what the stages share
         ports = {s.name.split(".", 1)[1]: self.memories(m, s) for s in self.specs}
-        ent = ports["entries"].read[0]
-        pev = ports["ptr_even"].read[0]
-        pod = ports["ptr_odd"].read[0]
-        bias = ports["bias"].read[0]
-        cb = ports["codebook"].read[0]
-        banks = [ports["acc0"], ports["acc1"]]
-
-        def table(values, shape):
-            return Array(Const(int(v), shape) for v in (list(values) + [0] * 2)[:max(L, 2)])
-
-        ptr_base = table(img.ptr_base, unsigned(bits(len(img.ptr) + 1)))
-        rows_t = Array(Const(int(v), unsigned(self.row_bits + 1))
-                       for v in list(img.rows) + [0, 0, 0])  # layers L, L+1: no rows
-        bias_base = Array(Const(int(v), unsigned(bits(len(img.bias) + 1)))
-                          for v in list(img.bias_base) + [0, 0, 0])
-        c_bank = self.layer[0]  # compute bank
-        d_bank = self.drain_layer[0]  # drain bank (the other one while both are active)
+        c.ent = ports["entries"].read[0]
+        c.banks = [ports["acc0"], ports["acc1"]]
         # compute-side accumulator port view (muxed onto the bank of the current layer)
-        acc_r_addr = Signal(self.row_bits)
-        acc_r_data = Signal(self.acc_bits)
-        acc_w_addr = Signal(self.row_bits)
-        acc_w_data = Signal(self.acc_bits)
-        acc_w_en = Signal()
+        c.acc_r_addr = Signal(self.row_bits, name="acc_r_addr")
+        c.acc_r_data = Signal(self.acc_bits, name="acc_r_data")
+        c.acc_w_addr = Signal(self.row_bits, name="acc_w_addr")
+        c.acc_w_data = Signal(self.acc_bits, name="acc_w_data")
+        c.acc_w_en = Signal(name="acc_w_en")
+        c.rows_t = Array(Const(int(v), unsigned(self.row_bits + 1))
+                         for v in list(self.img.rows) + [0, 0, 0])  # layers L, L+1: no rows
+        self._pointer_stage(m, c, ports["ptr_even"].read[0], ports["ptr_odd"].read[0])
+        # ---- s_: sequencer (hw/blocks.py) ----------------------------------------------------
+        c.s = slot_sequencer(m, c.queue, self.ptr_bits)
+        m.d.comb += c.ent.addr.eq(c.s.addr)
+        self._entry_and_mac(m, c, ports["codebook"].read[0])
+        self._drain(m, c, ports["bias"].read[0])
+        self._banks(m, c)
+        m.d.comb += self.idle.eq(
+            (c.queue.level == 0) & ~c.pr.busy & ~c.s.valid & ~c.e_valid & ~c.mac.busy)
+        return m
 
-        # ---- p_: pointer read (hw/pointer.py) -------------------------------------------
+    def _pointer_stage(self, m, c, pev, pod):
+        """p_: pointer read (hw/pointer.py) into the column queue."""
+        img, L = self.img, self.num_layers
+        ptr_base = Array(Const(int(v), unsigned(bits(len(img.ptr) + 1)))
+                         for v in (list(img.ptr_base) + [0] * 2)[:max(L, 2)])
         depth = self.queue_depth
-        m.submodules.queue = queue = ActQueue(column_layout(pb), depth=depth)
-        m.submodules.pointer = pr = PointerRead(
-            col_bits=len(self.bc.payload.col), base_bits=bits(len(img.ptr) + 1), ptr_bits=pb,
-            even_addr_bits=len(pev.addr), odd_addr_bits=len(pod.addr))
+        m.submodules.queue = c.queue = queue = ActQueue(column_layout(self.ptr_bits),
+                                                        depth=depth)
+        m.submodules.pointer = c.pr = pr = PointerRead(
+            col_bits=len(self.bc.payload.col), base_bits=bits(len(img.ptr) + 1),
+            ptr_bits=self.ptr_bits, even_addr_bits=len(pev.addr), odd_addr_bits=len(pod.addr))
         wiring.connect(m, wiring.flipped(self.bc), pr.i)
         m.d.comb += [
             pr.base.eq(ptr_base[self.layer]),
@@ -166,56 +178,57 @@ class PE(wiring.Component):
             queue.i.payload.eq(pr.o.payload),
         ]
 
-        # ---- s_: sequencer (hw/blocks.py) ----------------------------------------------------
-        s = slot_sequencer(m, queue, pb)
-        m.d.comb += ent.addr.eq(s.addr)
-
-        # ---- e_: entry decode; codebook (hw/codebook.py) and accumulator reads ---------------
-        e_valid = Signal()
-        e_first = Signal()
-        e_value = Signal(signed(16))
+    def _entry_and_mac(self, m, c, cb):
+        """e_: entry decode, codebook (hw/codebook.py); m_, w_, x_: the MAC (hw/mac.py)."""
+        img, ib, ent, s = self.img, self.img.index_bits, c.ent, c.s
+        c.e_valid = e_valid = Signal(name="e_valid")
+        e_first = Signal(name="e_first")
+        e_value = Signal(signed(16), name="e_value")
         m.d.sync += [e_valid.eq(s.valid), e_first.eq(s.first), e_value.eq(s.value)]
         e_v = ent.data[:ib]
         e_z = ent.data[ib:]
-        e_row = Signal(self.row_bits + img.rel_bits + 1)
-        row_reg = Signal.like(e_row)
+        e_row = Signal(self.row_bits + img.rel_bits + 1, name="e_row")
+        row_reg = Signal.like(e_row, name="row_reg")
         m.d.comb += e_row.eq(Mux(e_first, 0, row_reg + 1) + e_z)
         with m.If(e_valid):
             m.d.sync += row_reg.eq(e_row)
         e_hit = e_valid & ((e_v != 0) if self.sparse else 1)
-        m.submodules.codebook = dec = CodebookDecoder(index_bits=ib, layers=L,
+        m.submodules.codebook = dec = CodebookDecoder(index_bits=ib, layers=self.num_layers,
                                                       addr_bits=len(cb.addr))
         m.d.comb += [dec.layer.eq(self.layer), dec.v.eq(e_v),
                      cb.addr.eq(dec.mem.addr), dec.mem.data.eq(cb.data)]
-
-        # ---- m_, w_, x_: zero-skipping MAC with its bypass (hw/mac.py) ------------------------
-        m.submodules.mac = mac = Mac(row_bits=self.row_bits, acc_bits=self.acc_bits,
-                                     sparse=self.sparse)
+        # zero-skipping MAC with its bypass
+        m.submodules.mac = c.mac = mac = Mac(row_bits=self.row_bits, acc_bits=self.acc_bits,
+                                             sparse=self.sparse)
         m.d.comb += [
             mac.i.valid.eq(e_hit),
             mac.i.payload.row.eq(e_row),  # the row is the accumulator address: truncated
             mac.i.payload.value.eq(e_value),
             mac.weight.eq(dec.weight),
-            acc_r_addr.eq(mac.acc_rd.addr),
-            mac.acc_rd.data.eq(acc_r_data),
-            acc_w_addr.eq(mac.acc_wr.addr),
-            acc_w_data.eq(mac.acc_wr.data),
-            acc_w_en.eq(mac.acc_wr.en),
+            c.acc_r_addr.eq(mac.acc_rd.addr),
+            mac.acc_rd.data.eq(c.acc_r_data),
+            c.acc_w_addr.eq(mac.acc_wr.addr),
+            c.acc_w_data.eq(mac.acc_wr.data),
+            c.acc_w_en.eq(mac.acc_wr.en),
         ]
 
-        # ---- drain: output stage; preload of the drained row for layer + 2 --------------------
-        d_valid = Signal()
-        d_pre = Signal()
-        d_row = Signal(self.row_bits)
-        d_layer = Signal.like(self.drain_layer)
-        d_pl_layer = Signal.like(self.preload_layer)
-        d_bank_r = Signal()
+    def _drain(self, m, c, bias):
+        """Output stage (hw/blocks.py `post_process`); preload of the drained row, layer + 2."""
+        img, L, rows_t, banks = self.img, self.num_layers, c.rows_t, c.banks
+        bias_base = Array(Const(int(v), unsigned(bits(len(img.bias) + 1)))
+                          for v in list(img.bias_base) + [0, 0, 0])
+        d_valid = Signal(name="d_valid")
+        c.d_pre = d_pre = Signal(name="d_pre")
+        c.d_row = d_row = Signal(self.row_bits, name="d_row")
+        d_layer = Signal.like(self.drain_layer, name="d_layer")
+        d_pl_layer = Signal.like(self.preload_layer, name="d_pl_layer")
+        c.d_bank_r = Signal(name="d_bank_r")
         m.d.comb += bias.addr.eq(bias_base[self.preload_layer] + self.drain_row)
         m.d.sync += [d_valid.eq(self.drain_valid), d_pre.eq(self.preload_valid),
                      d_row.eq(self.drain_row), d_layer.eq(self.drain_layer),
-                     d_pl_layer.eq(self.preload_layer), d_bank_r.eq(d_bank)]
-        d_acc = Signal(signed(self.acc_bits))
-        m.d.comb += d_acc.eq(Mux(d_bank_r, banks[1].read[0].data, banks[0].read[0].data))
+                     d_pl_layer.eq(self.preload_layer), c.d_bank_r.eq(self.drain_layer[0])]
+        d_acc = Signal(signed(self.acc_bits), name="d_acc")
+        m.d.comb += d_acc.eq(Mux(c.d_bank_r, banks[1].read[0].data, banks[0].read[0].data))
         with m.Switch(d_layer):
             for i in range(L):
                 with m.Case(i):
@@ -224,23 +237,26 @@ class PE(wiring.Component):
             self.y_valid.eq(d_valid & (d_row < rows_t[d_layer])),
             self.y_row.eq(d_row),
         ]
-        d_bias = Signal(self.acc_bits)
-        d_pl_en = Signal()  # only rows the preloaded layer has (the bank may be shallower)
-        m.d.comb += [d_bias.eq(bias.data.as_signed()), d_pl_en.eq(d_row < rows_t[d_pl_layer])]
+        c.d_bias = Signal(self.acc_bits, name="d_bias")
+        # only rows the preloaded layer has (the bank may be shallower)
+        c.d_pl_en = Signal(name="d_pl_en")
+        m.d.comb += [c.d_bias.eq(bias.data.as_signed()),
+                     c.d_pl_en.eq(d_row < rows_t[d_pl_layer])]
 
-        # ---- bank muxing: the engine never computes into the bank being drained ---------------
+    def _banks(self, m, c):
+        """Bank muxing: the engine never computes into the bank being drained."""
+        c_bank = self.layer[0]  # compute bank
+        d_bank = self.drain_layer[0]  # drain bank (the other one while both are active)
+        banks = c.banks
         for b, bank in enumerate(banks):
             rp, wp = bank.read[0], bank.write[0]
             with m.If(self.drain_valid & (d_bank == b)):
                 m.d.comb += rp.addr.eq(self.drain_row)
             with m.Else():
-                m.d.comb += rp.addr.eq(acc_r_addr)
-            with m.If(d_pre & (d_bank_r == b)):
-                m.d.comb += [wp.addr.eq(d_row), wp.data.eq(d_bias), wp.en.eq(d_pl_en)]
+                m.d.comb += rp.addr.eq(c.acc_r_addr)
+            with m.If(c.d_pre & (c.d_bank_r == b)):
+                m.d.comb += [wp.addr.eq(c.d_row), wp.data.eq(c.d_bias), wp.en.eq(c.d_pl_en)]
             with m.Elif(c_bank == b):
-                m.d.comb += [wp.addr.eq(acc_w_addr), wp.data.eq(acc_w_data), wp.en.eq(acc_w_en)]
-        m.d.comb += acc_r_data.eq(Mux(c_bank, banks[1].read[0].data, banks[0].read[0].data))
-
-        m.d.comb += self.idle.eq(
-            (queue.level == 0) & ~pr.busy & ~s.valid & ~e_valid & ~mac.busy)
-        return m
+                m.d.comb += [wp.addr.eq(c.acc_w_addr), wp.data.eq(c.acc_w_data),
+                             wp.en.eq(c.acc_w_en)]
+        m.d.comb += c.acc_r_data.eq(Mux(c_bank, banks[1].read[0].data, banks[0].read[0].data))

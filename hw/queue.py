@@ -13,6 +13,13 @@ from amaranth.lib.wiring import In, Out
 
 
 class ActQueue(wiring.Component):
+    """A FIFO of `depth` entries of `shape` in registers.
+
+    Ports: `i` (in: stream, ready while not full), `o` (out: stream, the head), `level` (out:
+    entries held, for the credit checks of the PE and the lockstep engine).
+    Parameters: shape (the payload), depth (1..64).
+    """
+
     def __init__(self, shape, *, depth: int):
         if not isinstance(depth, int) or not 1 <= depth <= 64:
             self._MustUse__silence = True  # refused: not an unused elaboratable
