@@ -40,6 +40,14 @@ def _check_divisor(divisor):
 
 
 class UARTRx(wiring.Component):
+    """The 8N1 receiver.
+
+    Ports: `rx` (in: the serial line, idle high; synchronised here), `o` (out: received bytes,
+    valid/ready), `frame_error` (out: one-cycle pulse, a byte with a low stop bit was dropped),
+    `overrun` (out: one-cycle pulse, a byte not yet taken on `o` was replaced).
+    Parameters: divisor, clock cycles per bit (an integer >= 4, see `baud_divisor`).
+    """
+
     rx: In(1, init=1)
     o: Out(stream.Signature(8))
     frame_error: Out(1)
@@ -107,6 +115,13 @@ class UARTRx(wiring.Component):
 
 
 class UARTTx(wiring.Component):
+    """The 8N1 transmitter.
+
+    Ports: `i` (in: bytes to send, taken while the line is idle), `tx` (out: the serial line,
+    idle high).
+    Parameters: divisor, clock cycles per bit (an integer >= 4, see `baud_divisor`).
+    """
+
     i: In(stream.Signature(8))
     tx: Out(1, init=1)
 
