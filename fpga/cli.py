@@ -72,13 +72,12 @@ def cmd_build(args):
     board_platform(args.board)  # unknown board: one line, exit 2, before any work
     if args.pes is None:  # the lockstep engine fits 8 PEs; the EIE engine takes what fits
         args.pes = "8" if args.engine == "lockstep" else "auto"
-    engine_kw = {"queue_depth": args.queue_depth}
     if args.pes == "auto":
         # The most PEs (8, 4, 2, 1) whose memories fit (the link and UART use no EBR).
         for pes in (8, 4, 2, 1):
             args.pes = pes
             img, _qnet, name = _image(args)
-            a = analyse(img, spram=not args.no_spram, **engine_kw)
+            a = analyse(img, spram=not args.no_spram)
             if a["total_ebr"] <= a["ebr_available"]:
                 break
             print(f"{pes} PEs: the memories need {a['total_ebr']} EBR of "
@@ -89,7 +88,7 @@ def cmd_build(args):
         except ValueError:
             raise InputError(f"--pes must be a number or 'auto', not {args.pes!r}") from None
         img, _qnet, name = _image(args)
-        a = analyse(img, spram=not args.no_spram, **engine_kw)
+        a = analyse(img, spram=not args.no_spram)
     if a["total_ebr"] > a["ebr_available"] and not args.force:
         # The engine's memories alone exceed the device: a 10-minute build would end in the
         # placer's "design uses N RAM cells" error. Say so at once, with the figures.

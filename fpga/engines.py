@@ -8,57 +8,42 @@
   PE with its own queue, entries and pointer banks. 2 PEs fit the UP5K.
 
 The image decides the engine (`images.kind_of`), so everything downstream of the image (board core,
-resources, SPRAM plan, weight load, simulation cache) takes just the image.
+resources, SPRAM plan, weight load, simulation cache) takes just the image; the memories come
+from the image too (`images.memmap.memory_specs`), without making an engine.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Elaboratable
-
-from images import kind_of
+from images import EngineParams, kind_of
 
 # PEs per output stage of the lockstep engine on the board: one stage per 4 PEs costs
 # 3 x rows more DRAIN cycles per layer (~160 per LeNet inference) and saves 6 of 8 stages.
 BOARD_DRAIN_SHARE = 4
 
 
-def make_engine(img, *, memories=None, acc_bits: int = 32, queue_depth: int = 8,
-                drain_share: int = BOARD_DRAIN_SHARE):
-    """The engine component for `img`.
+def board_params(img, *, queue_depth: int = 8, acc_bits: int = 32,
+                 drain_share: int = BOARD_DRAIN_SHARE) -> EngineParams:
+    """The board's engine parameters for `img`.
 
     `queue_depth` only applies to the EIE engine (the lockstep engine keeps its own short
-    column queue), `drain_share` only to the lockstep engine.
+    column queue of 2), `drain_share` only to the lockstep engine (rounded down to a power of
+    two <= pes).
     """
+    if kind_of(img) == "eie":
+        return EngineParams(queue_depth=queue_depth, acc_bits=acc_bits)
+    share = 1 << (min(drain_share, img.pes).bit_length() - 1)
+    return EngineParams(queue_depth=2, acc_bits=acc_bits, drain_share=share)
+
+
+def board_engine(img, params: EngineParams, *, memories=None):
+    """The engine component for `img` with `params` (`board_params`) and a memory factory."""
     if kind_of(img) == "eie":
         from hw.engine import Engine
 
-        return Engine(img, queue_depth=queue_depth, acc_bits=acc_bits, memories=memories)
+        return Engine(img, queue_depth=params.queue_depth, acc_bits=params.acc_bits,
+                      sparse=params.sparse, max_width=params.max_width, memories=memories)
     from hw.lockstep import LockstepEngine
 
-    share = 1 << (min(drain_share, img.pes).bit_length() - 1)  # a power of two, <= pes
-    return LockstepEngine(img, acc_bits=acc_bits, memories=memories, drain_share=share)
-
-
-def silence(obj, _seen=None) -> None:
-    """Mark an engine (and the sub-blocks it made in __init__) as deliberately not elaborated.
-
-    Used when only `memory_specs` are wanted: Amaranth would otherwise warn about unused
-    elaboratables at exit.
-    """
-    seen = _seen if _seen is not None else set()
-    if id(obj) in seen:
-        return
-    seen.add(id(obj))
-    if isinstance(obj, Elaboratable):
-        obj._MustUse__silence = True
-        for v in vars(obj).values():
-            for item in (v if isinstance(v, (list, tuple)) else [v]):
-                if isinstance(item, Elaboratable):
-                    silence(item, seen)
-
-
-def memory_specs(img, **engine_kw):
-    """Every memory the engine of `img` would create (the engine is never elaborated)."""
-    eng = make_engine(img, **engine_kw)
-    silence(eng)
-    return eng.memory_specs
+    return LockstepEngine(img, acc_bits=params.acc_bits, queue_depth=params.queue_depth,
+                          drain_share=params.drain_share, max_width=params.max_width,
+                          memories=memories)

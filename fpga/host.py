@@ -146,8 +146,7 @@ class Board:
         (a resent frame that had landed is out of order) or a refused COMMIT starts the whole
         load over (memory 0, address 0), at most `retries` times.
         """
-        from .memories import load_words
-        from .top import spram_plan_for
+        from .memories import load_words, spram_plan_for
 
         plan = spram_plan_for(img)
         frames = [f for i, spec in enumerate(plan)

@@ -6,7 +6,8 @@ core drives from the protocol's LOAD frames; while `we` is high the port's addre
 address, otherwise the engine's read address. The engine only reads while it computes and the
 link only loads while the engine is idle, so the one port is never wanted twice.
 
-`spram_plan(specs)` picks up to four ROMs for SPRAM: the largest by bits among those with one
+`spram_plan(specs)` picks up to four ROMs for SPRAM (`spram_plan_for(img)`: from the image's
+memory map, `images.memmap`, no engine made): the largest by bits among those with one
 read port, width <= 16 and depth <= 16K. Everything else goes through the default factory
 (Amaranth `Memory` with init -> EBR or logic).
 
@@ -47,6 +48,14 @@ def spram_plan(specs, *, count: int = SPRAM_COUNT) -> list[MemorySpec]:
     """The ROMs to put in SPRAM, in load-id order (largest first, ties by name)."""
     cands = sorted((s for s in specs if spram_ok(s)), key=lambda s: (-s.bits, s.name))
     return cands[:count]
+
+
+def spram_plan_for(img) -> list[MemorySpec]:
+    """The engine memories of `img` that go to SPRAM, in load-id order: read from the image's
+    memory map (ROMs only, which no engine parameter changes), no engine is made."""
+    from images.memmap import memory_specs
+
+    return spram_plan(memory_specs(img))
 
 
 @dataclass

@@ -1,8 +1,7 @@
 """The engine's memories against the iCE40UP5K budget (docs/fpga.md, "Resource analysis").
 
-`analyse(img)` takes every memory the engine of the ROM image would create (`memory_specs`:
-name, kind, width, depth, ports; fpga/engines.py picks the lockstep or the EIE engine from the
-image) and counts the EBR blocks each needs in its cheapest EBR shape (256x16, 512x8, 1024x4,
+`analyse(img)` takes every memory the engine of the image creates (`images.memmap.memory_specs`:
+name, kind, width, depth, ports, read from the image of either engine, no engine made) and counts the EBR blocks each needs in its cheapest EBR shape (256x16, 512x8, 1024x4,
 2048x2), which is what yosys' memory_libmap picks for a memory of one read and one write port.
 With `spram`, the four ROMs of `fpga.memories.spram_plan` (written over the UART after
 configuration) need no EBR. The link and UART use no memory (fpga/link.py streams the outputs),
@@ -28,14 +27,14 @@ def group_of(name: str) -> str:
     return name.split(".", 1)[1] if "." in name else re.sub(r"\d+$", "", name)
 
 
-def analyse(img, *, spram: bool = False, **engine_kw) -> dict:
+def analyse(img, *, spram: bool = False, acc_bits: int = 32) -> dict:
     """Memories by kind, EBR blocks each needs; with `spram`, the SPRAM plan's ROMs need none."""
     from images import kind_of
+    from images.memmap import memory_specs
 
-    from .engines import memory_specs
     from .memories import spram_plan
 
-    specs = memory_specs(img, **engine_kw)
+    specs = memory_specs(img, acc_bits=acc_bits)
     in_spram = {s.name for s in spram_plan(specs)} if spram else set()
     groups = defaultdict(lambda: {"count": 0, "bits": 0, "ebr": 0, "spram": 0, "depths": []})
     for s in specs:

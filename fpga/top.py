@@ -25,8 +25,8 @@ from amaranth.lib.wiring import In, Out
 
 from images import kind_of
 
-from .engines import BOARD_DRAIN_SHARE, make_engine, memory_specs
-from .memories import ICE40Memories, spram_plan
+from .engines import BOARD_DRAIN_SHARE, board_engine, board_params
+from .memories import ICE40Memories, spram_plan_for
 
 from .link import Link
 from .uart import UARTRx, UARTTx, baud_divisor
@@ -69,11 +69,6 @@ def pll_config(fin: float, fout: float) -> PllConfig:
     return best
 
 
-def spram_plan_for(img, **engine_kw):
-    """The engine memories of `img` that go to SPRAM (fpga/memories.py), in load-id order."""
-    return spram_plan(memory_specs(img, **engine_kw))
-
-
 class BoardCore(wiring.Component):
     """UART pins <-> protocol link <-> engine. See the module docstring."""
 
@@ -92,14 +87,14 @@ class BoardCore(wiring.Component):
         # UART; `memories.primitive` is set by the board top on an iCE40 platform.
         # queue_depth only matters to the EIE engine, drain_share to the lockstep engine.
         self.kind = kind_of(img)
-        engine_kw = {"queue_depth": queue_depth, "acc_bits": acc_bits,
-                     "drain_share": drain_share}
+        params = board_params(img, queue_depth=queue_depth, acc_bits=acc_bits,
+                              drain_share=drain_share)
         # The lockstep engine never uses a read of the address written in the same cycle: its
         # RAMs need no read-before-write logic around the EBRs (fpga/memories.py).
         self.spram = spram
-        self.memories = ICE40Memories(spram_plan_for(img, **engine_kw) if spram else [],
+        self.memories = ICE40Memories(spram_plan_for(img) if spram else [],
                                       no_rw_check=self.kind == "lockstep")
-        self.engine = make_engine(img, memories=self.memories, **engine_kw)
+        self.engine = board_engine(img, params, memories=self.memories)
         self.link = Link(in_features=self.engine.in_features,
                          out_features=self.engine.out_features,
                          num_layers=self.engine.num_layers, pes=self.engine.pes,

@@ -22,41 +22,14 @@ engine forwards), so it needs a simple dual-port primitive (EBR), not a single-p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from amaranth.hdl import Module, unsigned
 from amaranth.lib.memory import Memory
 
+from images.memmap import MemorySpec  # the memory map is computed from the image alone
+
 __all__ = ["MemorySpec", "MemoryPorts", "MemoryFactory"]
-
-
-@dataclass(frozen=True)
-class MemorySpec:
-    name: str  # e.g. "pe3.entries", unique within an engine
-    kind: str  # "rom" or "ram"
-    width: int  # bits per word
-    depth: int  # words (>= 1)
-    init: tuple[int, ...] = field(default=(), repr=False)  # unsigned words, len <= depth
-    read_ports: int = 1
-    write_ports: int = 0
-
-    def __post_init__(self):
-        if self.kind not in ("rom", "ram"):
-            raise ValueError(f"memory {self.name}: kind must be 'rom' or 'ram', not {self.kind!r}")
-        if self.width < 1 or self.depth < 1:
-            raise ValueError(f"memory {self.name}: width and depth must be >= 1, "
-                             f"not {self.width!r} x {self.depth!r}")
-        if len(self.init) > self.depth:
-            raise ValueError(
-                f"memory {self.name}: {len(self.init)} init words > depth {self.depth}")
-
-    @property
-    def bits(self) -> int:
-        return self.width * self.depth
-
-    @property
-    def addr_width(self) -> int:
-        return max(1, (self.depth - 1).bit_length())
 
 
 @dataclass

@@ -6,8 +6,9 @@
 * `images.lockstep`: the lockstep engine's image (docs/lockstep.md).
 
 `build_image(qnet, engine, pes, **params)` makes the image of either engine and `kind_of`
-names the engine of an image; `image_digest(image, **params)` is a hash of everything that
-determines the engine's Verilog (the image and the engine parameters).
+names the engine of an image; `EngineParams` are the engine's parameters and
+`image_digest(image, **params)` is a hash of everything that determines the engine's Verilog
+(the image and the engine parameters).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from compress.errors import InputError
 
 from .eie import RomImage, build_rom
 from .lockstep import LockstepImage, build_lockstep
+from .params import EngineParams
 
 __all__ = ["ENGINES", "DEFAULT_ENGINE", "build_image", "check_engine", "image_digest", "kind_of",
-           "RomImage", "LockstepImage"]
+           "RomImage", "LockstepImage", "EngineParams"]
 
 # The engines an image can be built for: "lockstep" (hw.lockstep, the board's default) and
 # "eie" (hw.engine, per-PE queues).

@@ -172,21 +172,39 @@ def _load(model, inputs, index_bits, labels_path=None):
 
 
 def _rom(qnet, args, rel_bits=None, balance=None):
-    from images.eie import build_rom
+    """The EIE engine's image (also the dense baseline's and the analysis' for either engine)."""
+    from images import build_image
+
+    rom = build_image(qnet, "eie", args.pes, index_bits=args.index_bits,
+                      rel_bits=args.rel_bits if rel_bits is None else rel_bits,
+                      balance=args.balance if balance is None else balance)
+    return _fits(rom, args)
+
+
+def _image(qnet, args, rom):
+    """The image of args.engine: `rom` itself for the EIE engine, else built from the qnet
+    (same PEs, index_bits and rel_bits as `rom`)."""
+    if args.engine == "eie":
+        return rom
+    from images import build_image
+
+    img = build_image(qnet, args.engine, rom.pes, index_bits=rom.index_bits,
+                      rel_bits=rom.rel_bits)
+    return _fits(img, args)
+
+
+def _fits(img, args):
     from hw.engine import EngineConfigError, check_fits
 
-    rom = build_rom(qnet, pes=args.pes, index_bits=args.index_bits,
-                    rel_bits=args.rel_bits if rel_bits is None else rel_bits,
-                    balance=args.balance if balance is None else balance)
     try:
-        check_fits(rom, acc_bits=args.acc_bits, max_width=args.max_width)
+        check_fits(img, acc_bits=args.acc_bits, max_width=args.max_width)
     except EngineConfigError as e:
         raise InputError(str(e)) from None
-    return rom
+    return img
 
 
 def _params(args, *, sparse=True, queue_depth=None):
-    from tb.sim import EngineParams
+    from images import EngineParams
 
     if not 1 <= args.queue_depth <= 64:
         raise InputError(f"--queue-depth must be 1..64, not {args.queue_depth!r}")
@@ -195,7 +213,6 @@ def _params(args, *, sparse=True, queue_depth=None):
         raise InputError(f"--drain-share must be 1, 2, 4, 8 or 16, not {args.drain_share!r}")
     return EngineParams(queue_depth=args.queue_depth if queue_depth is None else queue_depth,
                         acc_bits=args.acc_bits, sparse=sparse, max_width=args.max_width,
-                        engine=engine,
                         drain_share=args.drain_share if engine == "lockstep" else 1)
 
 
@@ -238,7 +255,7 @@ def cmd_run(args):
     rom = _rom(qnet, args)
     if args.dense and args.engine == "lockstep":
         raise InputError("--dense is the EIE engine's baseline: not with --engine lockstep")
-    b = build(rom, _params(args, sparse=not args.dense))
+    b = build(_image(qnet, args, rom), _params(args, sparse=not args.dense))
     r = _simulate_parallel(b, x, jobs=int(jobs))
     if args.stats:
         stats = {
@@ -279,9 +296,10 @@ def cmd_sim(args):
     x = x[:count]
     labels = labels[:count] if labels is not None else None
     rom = _rom(qnet, args)
+    img = _image(qnet, args, rom)
     p_sparse, p_dense = _params(args), _params(args, sparse=False)
     with sim_pool(2) as ex:
-        fb_s = ex.submit(build, rom, p_sparse)
+        fb_s = ex.submit(build, img, p_sparse)
         fb_d = ex.submit(build, rom, p_dense)
         b_s, b_d = fb_s.result(), fb_d.result()
     t_build = time.time() - t0
@@ -346,9 +364,8 @@ def cmd_sim(args):
     util, ideal = utilisation(qnet, rom, x, r.layer_cycles, args.acc_bits)
     if args.engine == "lockstep":
         from compress.golden import run_layers
-        from images.lockstep import build_lockstep, lockstep_cycles
+        from images.lockstep import lockstep_cycles
 
-        img = build_lockstep(qnet, args.pes, index_bits=args.index_bits, rel_bits=args.rel_bits)
         slots = lockstep_cycles(img, [x] + run_layers(qnet, x, acc_bits=args.acc_bits)[:-1])
         print(f"MAC utilisation: {100 * util:.1f}% of {args.pes} PEs x compute cycles; the slot "
               f"cycles alone (max over PEs per column) allow "
@@ -404,7 +421,8 @@ def cmd_sweep(args):
 
     def one(cfg):
         _kind, depth, rb, sparse, b_ = cfg
-        b = build(roms[rb, b_], _params(args, sparse=sparse, queue_depth=depth))
+        img = _image(qnet, args, roms[rb, b_]) if sparse else roms[rb, b_]
+        b = build(img, _params(args, sparse=sparse, queue_depth=depth))
         from tb.sim import simulate
 
         r = simulate(b, x if sparse else x[:1])

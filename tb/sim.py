@@ -1,8 +1,9 @@
-"""Build the engine's Verilog for a ROM image and run it in cocotb + Icarus.
+"""Build the engine's Verilog for an image and run it in cocotb + Icarus.
 
-One build directory per parameter set: build/tb/<key>/ with key = sha256 of the ROM manifest
-(which holds the sha256 of every ROM image file), the engine parameters and the source of the
-`hw` package, so parallel pytest-xdist workers never collide and unchanged builds are reused.
+One build directory per parameter set: build/tb/<key>/ with key = sha256 of the image and the
+engine parameters (`images.image_digest`) and of every source that generates the Verilog
+(`source_hash`: hw/, images/ and this file), so parallel pytest-xdist workers never collide,
+unchanged builds are reused and an edited engine, image format or placement is rebuilt.
 A build is made under an exclusive file lock; each simulation run gets its own directory
 (build/tb/<key>/runs/<n>/) for inputs, outputs and results.xml, removed after a good run and
 kept after a failed one. Waveforms only with WAVES=1 (Icarus writes build/tb/<key>/sim_build/
@@ -36,7 +37,7 @@ import numpy as np
 
 from compress.atomic import file_lock
 from compress.errors import InputError
-from images.eie import RomImage, read_rom, write_rom
+from images import EngineParams, image_digest, kind_of
 
 REPO = Path(__file__).resolve().parents[1]
 TOPLEVEL = "engine"
@@ -55,12 +56,12 @@ def waves_enabled() -> bool:
 SOURCE_DIRS = (REPO / "hw", REPO / "images")
 
 
-def source_hash(dirs=SOURCE_DIRS, extra=(Path(__file__),)) -> str:
+def source_hash() -> str:
     """sha256 over the path and bytes of every source file that generates the Verilog."""
     h = hashlib.sha256()
-    files = sorted(f for d in dirs for f in Path(d).rglob("*.py")) + [Path(p) for p in extra]
+    files = sorted(f for d in SOURCE_DIRS for f in Path(d).rglob("*.py")) + [Path(__file__)]
     for p in files:
-        h.update(str(p.relative_to(REPO) if p.is_relative_to(REPO) else p).encode())
+        h.update(str(p.relative_to(REPO) if p.is_relative_to(REPO) else p.name).encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 
@@ -78,9 +79,6 @@ def icarus_fixup(text: str) -> str:
     """
     text, n = _DUMMY.subn(r"reg \1; initial #0 \1 = 1'b0;", text)
     return text
-
-
-ENGINES = ("eie", "lockstep")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,50 +177,38 @@ def icarus_runner():
     return _GroupIcarus()
 
 
-@dataclass(frozen=True)
-class EngineParams:
-    """engine: "eie" (hw.engine, per-PE queues) or "lockstep" (hw.lockstep, the board's)."""
+def engine_for(image, params: EngineParams):
+    """The engine component of `image` (its kind decides which) with `params`."""
+    if kind_of(image) == "eie":
+        from hw.engine import Engine
 
-    queue_depth: int = 8
-    acc_bits: int = 32
-    sparse: bool = True
-    max_width: int | None = None
-    engine: str = "eie"
-    drain_share: int = 1  # lockstep only: PEs per output stage
-
-
-def make_engine(rom: RomImage, params: EngineParams):
-    """The engine `params` asks for, built from a (checksum-verified) ROM image."""
-    from hw.engine import Engine
-
-    if params.engine == "eie":
-        return Engine(rom, queue_depth=params.queue_depth, acc_bits=params.acc_bits,
+        return Engine(image, queue_depth=params.queue_depth, acc_bits=params.acc_bits,
                       sparse=params.sparse, max_width=params.max_width)
-    if params.engine == "lockstep":
-        from images.lockstep import build_lockstep
-        from images.eie import decode_rom
-        from hw.lockstep import LockstepEngine
+    from hw.lockstep import LockstepEngine
 
-        if not params.sparse:
-            raise InputError("the lockstep engine has no dense baseline (use engine eie)")
-        img = build_lockstep(decode_rom(rom), rom.pes, index_bits=rom.index_bits,
-                             rel_bits=rom.rel_bits)
-        return LockstepEngine(img, acc_bits=params.acc_bits, queue_depth=params.queue_depth,
-                              drain_share=params.drain_share, max_width=params.max_width)
-    raise InputError(f"engine must be one of {', '.join(ENGINES)}, not {params.engine!r}")
+    if not params.sparse:
+        raise InputError("the lockstep engine has no dense baseline (use engine eie)")
+    return LockstepEngine(image, acc_bits=params.acc_bits, queue_depth=params.queue_depth,
+                          drain_share=params.drain_share, max_width=params.max_width)
+
+
+def build_key(image, params: EngineParams, waves: bool) -> str:
+    """The build directory's name: image, parameters, waveforms and the Verilog's sources."""
+    key_src = json.dumps({"image": image_digest(image, **params.as_dict()), "waves": waves,
+                          "src": source_hash()}, sort_keys=True)
+    return hashlib.sha256(key_src.encode()).hexdigest()[:20]
 
 
 @dataclass
 class Build:
     dir: Path
-    rom: RomImage
+    image: object  # images.eie.RomImage or images.lockstep.LockstepImage
     params: EngineParams
     waves: bool
 
 
-def build(rom: RomImage, params: EngineParams = EngineParams(), *, waves: bool | None = None
-          ) -> Build:
-    """Export the ROM, generate the Verilog and compile it with Icarus (cached by key)."""
+def build(image, params: EngineParams = EngineParams(), *, waves: bool | None = None) -> Build:
+    """Generate the engine's Verilog for `image` and compile it with Icarus (cached by key)."""
     from amaranth.back import verilog
 
     from hw.engine import EngineConfigError
@@ -230,55 +216,37 @@ def build(rom: RomImage, params: EngineParams = EngineParams(), *, waves: bool |
     waves = waves_enabled() if waves is None else waves
     root = build_root()
     root.mkdir(parents=True, exist_ok=True)
-    tmp_rom = Path(tempfile.mkdtemp(prefix=".rom-", dir=root))
-    try:
-        manifest = write_rom(rom, tmp_rom / "rom")
-        key_src = json.dumps({
-            "files": manifest["files"],
-            "layers": manifest["layers"],
-            "params": [params.queue_depth, params.acc_bits, params.sparse, params.max_width,
-                       params.engine, params.drain_share],
-            "waves": waves,
-            "src": source_hash(),
-        }, sort_keys=True)
-        key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
-        d = root / key
-        with file_lock(root / f"{key}.lock"):
-            if not (d / "rom" / "manifest.json").exists():
-                d.mkdir(parents=True, exist_ok=True)
-                if (d / "rom").exists():
-                    shutil.rmtree(d / "rom")
-                os.replace(tmp_rom / "rom", d / "rom")
-            rom2 = read_rom(d / "rom")  # what the hardware is built from, checksums verified
-            vfile = d / "engine.v"
-            stamp = d / "sim_build" / ".built"
-            if not stamp.exists():
-                try:
-                    top = make_engine(rom2, params)
-                    text = icarus_fixup(verilog.convert(top, name=TOPLEVEL, emit_src=False))
-                except BaseException as e:
-                    # What a failed elaboration made is garbage, not a forgotten component:
-                    # no screen of UnusedElaboratable warnings after the one-line error (as
-                    # Amaranth itself does for an exception that ends the interpreter).
-                    from amaranth._unused import MustUse
+    key = build_key(image, params, waves)
+    d = root / key
+    with file_lock(root / f"{key}.lock"):
+        vfile = d / "engine.v"
+        stamp = d / "sim_build" / ".built"
+        if not stamp.exists():
+            d.mkdir(parents=True, exist_ok=True)
+            try:
+                top = engine_for(image, params)
+                text = icarus_fixup(verilog.convert(top, name=TOPLEVEL, emit_src=False))
+            except BaseException as e:
+                # What a failed elaboration made is garbage, not a forgotten component:
+                # no screen of UnusedElaboratable warnings after the one-line error (as
+                # Amaranth itself does for an exception that ends the interpreter).
+                from amaranth._unused import MustUse
 
-                    MustUse._MustUse__silence = True
-                    if isinstance(e, EngineConfigError):
-                        raise InputError(str(e)) from None
-                    raise
-                tmpv = d / ".engine.v.tmp"
-                tmpv.write_text(text)
-                os.replace(tmpv, vfile)
-                runner = icarus_runner()
-                runner.build(
-                    sources=[vfile], hdl_toplevel=TOPLEVEL, build_dir=d / "sim_build",
-                    timescale=("1ns", "1ps"), waves=waves, always=True,
-                    log_file=d / "build.log",
-                )
-                stamp.write_text(key + "\n")
-    finally:
-        shutil.rmtree(tmp_rom, ignore_errors=True)
-    return Build(dir=d, rom=rom2, params=params, waves=waves)
+                MustUse._MustUse__silence = True
+                if isinstance(e, EngineConfigError):
+                    raise InputError(str(e)) from None
+                raise
+            tmpv = d / ".engine.v.tmp"
+            tmpv.write_text(text)
+            os.replace(tmpv, vfile)
+            runner = icarus_runner()
+            runner.build(
+                sources=[vfile], hdl_toplevel=TOPLEVEL, build_dir=d / "sim_build",
+                timescale=("1ns", "1ps"), waves=waves, always=True,
+                log_file=d / "build.log",
+            )
+            stamp.write_text(key + "\n")
+    return Build(dir=d, image=image, params=params, waves=waves)
 
 
 @dataclass
@@ -302,8 +270,8 @@ def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float
     np.save(run_dir / "inputs.npy", x, allow_pickle=False)
     env = {
         "TB_IO": str(run_dir),
-        "TB_OUT_FEATURES": str(b.rom.layers[-1].out_features),
-        "TB_LAYERS": str(b.rom.num_layers),
+        "TB_OUT_FEATURES": str(b.image.layers[-1].out_features),
+        "TB_LAYERS": str(b.image.num_layers),
         "TB_STALL_IN": repr(float(stall_in)),
         "TB_STALL_OUT": repr(float(stall_out)),
         "TB_SEED": str(int(seed)),

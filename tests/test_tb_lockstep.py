@@ -1,6 +1,6 @@
 """The lockstep engine's generated Verilog in cocotb + Icarus, bit-exact against the golden model.
 
-Same bench as tests/test_tb_engine.py (tb.sim with EngineParams(engine="lockstep")): PEs 1..16,
+Same bench as tests/test_tb_engine.py (tb.sim with a lockstep image): PEs 1..16,
 1 to 3 layers, weight densities 0.03 to 1, gaps of 16 and more (fillers), rows fewer than PEs,
 accumulator wrap and saturation, random stalls on both streams, a reset in the middle of an
 inference, and the shipped LeNet-300-100 with the board's 8 PEs on real digits.
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from compress.golden import golden, mnist_to_input, run_layers
-from images.lockstep import build_lockstep, lockstep_cycles
 from compress.qnet import load_qnet
-from images.eie import build_rom
 from compress.synthetic import random_qnet
+from images import build_image
+from images.lockstep import build_lockstep, lockstep_cycles
 from tb.sim import EngineParams, build, simulate
 from tests.test_tb_engine import _inputs
 
@@ -44,8 +44,8 @@ def test_lockstep_bit_exact_cocotb(case):
     seed = pes + len(sizes)
     qnet = random_qnet(sizes, seed=seed, density=density, **qkw)
     x = _inputs(n, sizes[0], seed)
-    params = EngineParams(engine="lockstep", **pkw)
-    b = build(build_rom(qnet, pes=pes, **rkw), params)
+    params = EngineParams(**pkw)
+    b = build(build_image(qnet, "lockstep", pes, **rkw), params)
     r = simulate(b, x, seed=seed, **runkw)
     want = golden(qnet, x, acc_bits=params.acc_bits)
     bad = np.flatnonzero(np.any(r.outputs != want, axis=1))
@@ -58,10 +58,9 @@ def test_lockstep_shipped_model_8_pes():
     qnet = load_qnet(MODELS / "lenet-300-100.qnet.npz")
     d = np.load(MODELS / "mnist-test-100.npz", allow_pickle=False)
     x = mnist_to_input(d["images"][:4], qnet.input_frac)
-    rom = build_rom(qnet, pes=8)
-    r = simulate(build(rom, EngineParams(engine="lockstep", queue_depth=2, drain_share=4)), x)
-    np.testing.assert_array_equal(r.outputs, golden(qnet, x))
     img = build_lockstep(qnet, 8)
+    r = simulate(build(img, EngineParams(queue_depth=2, drain_share=4)), x)
+    np.testing.assert_array_equal(r.outputs, golden(qnet, x))
     slots = lockstep_cycles(img, [x] + run_layers(qnet, x)[:-1])
     # every layer costs its slots plus a bounded overhead (preload, pipeline, drain)
     over = r.layer_cycles - slots
