@@ -88,10 +88,10 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
 
     from images.eie import build_rom
     from tb.analysis import breakdown, utilisation
-    from tb.cli import _load
+    from tb.cli import load_model_and_inputs
     from tb.sim import EngineParams, build, simulate
 
-    qnet, x, _labels, notes = _load(None, None, 4)
+    qnet, x, _labels, notes, _mnist = load_model_and_inputs(None, None, 4)
     x = x[:count]
     rows, data, sim_rate = [], {"pes": {}, "depth": {}}, []
     runs = {}

@@ -179,3 +179,28 @@ def file_lock(path: str | os.PathLike):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def save_npy(path, array, *, what: str | None = "--out") -> None:
+    """Write `array` as an .npy file atomically (no pickles)."""
+    import numpy as np
+
+    with atomic_path(path, what=what) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+
+
+def check_output(path, what: str = "--out") -> None:
+    """Refuse, before a long simulation, an output that could not be written at the end: a
+    directory, or a file in a directory that exists and is not writable (a missing directory
+    is made when the output is written)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{what} {path}: is a directory, expected a file name")
+    parent = next((d for d in [p.parent, *p.parent.parents] if d.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise InputError(f"{what} {path}: cannot write ({parent} is not a directory)")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path}: cannot write ({parent}: permission denied)")

@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .shipped import SAMPLE_DIGITS
 
 ENV_VAR = "MNIST_DIR"
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-SAMPLE_PATH = Path(__file__).resolve().parent / "models" / "mnist-test-100.npz"
+SAMPLE_PATH = SAMPLE_DIGITS  # compress/models/mnist-test-100.npz
 SAMPLE_VERSION = 1
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 

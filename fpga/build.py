@@ -41,7 +41,7 @@ def board_platform(board: str):
     return getattr(importlib.import_module(mod), cls)()
 
 
-def _tool_env() -> dict:
+def tool_env() -> dict:
     """Point Amaranth at the YoWASP tools in this environment unless the caller already did."""
     env = {}
     bindir = Path(sys.executable).parent
@@ -92,7 +92,7 @@ def _why(log: Path) -> str:
 
 def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[dict, float]:
     """One run of yosys -> nextpnr -> icepack in `out`; (nextpnr report, seconds)."""
-    env = {**os.environ, **_tool_env()}
+    env = {**os.environ, **tool_env()}
     for stale in (f"{name}.bin", f"{name}.report.json", "report.json"):
         (out / stale).unlink(missing_ok=True)  # nothing old may look like this run's output
     t0 = time.monotonic()

@@ -11,37 +11,13 @@ import sys
 from pathlib import Path
 
 from compress.errors import InputError, OneLineParser as _Parser, run_main
+from compress.shipped import SHIPPED_QNET, SYNTHETIC
 
-REPO = Path(__file__).resolve().parents[1]
-SHIPPED_MODEL = REPO / "compress" / "models" / "lenet-300-100.qnet.npz"
-SYNTHETIC = "synthetic"  # --model value: random_qnet((784, 300, 100, 10), density 6/8/26 %)
-
-
-def load_model(spec: str | None):
-    """(qnet, name): a qnet file, the shipped LeNet-300-100, or the synthetic stand-in."""
-    from compress.qnet import load_qnet
-    from compress.synthetic import random_qnet
-
-    if spec == SYNTHETIC or (spec is None and not SHIPPED_MODEL.exists()):
-        return (random_qnet((784, 300, 100, 10), density=[0.06, 0.08, 0.26], seed=0),
-                "synthetic LeNet-300-100 (random_qnet seed 0, density 6/8/26 %)")
-    if spec and spec.startswith(SYNTHETIC + ":"):
-        try:
-            sizes = [int(v) for v in spec.split(":", 1)[1].split("-")]
-        except ValueError:
-            sizes = []
-        if len(sizes) < 2 or min(sizes) < 1:
-            raise InputError(f"--model {spec!r}: expected synthetic:IN-HIDDEN-...-OUT")
-        dens = [0.08] * (len(sizes) - 2) + [0.26]
-        return (random_qnet(tuple(sizes), density=dens, seed=0),
-                f"synthetic {'-'.join(map(str, sizes))} (random_qnet seed 0, density 8 %, "
-                f"last layer 26 %)")
-    path = Path(spec) if spec else SHIPPED_MODEL
-    return load_qnet(path), str(path)
 
 
 def _image(args):
     """(ROM image for args.engine and args.pes, qnet, model name)."""
+    from compress.shipped import load_model
     from images import build_image
 
     qnet, name = load_model(args.model)
@@ -53,7 +29,7 @@ def _image(args):
 def _common(p, pes=True):
     from images import DEFAULT_ENGINE, ENGINES
 
-    p.add_argument("--model", help=f"qnet .npz (default: the shipped {SHIPPED_MODEL.name}, "
+    p.add_argument("--model", help=f"qnet .npz (default: the shipped {SHIPPED_QNET.name}, "
                    f"'{SYNTHETIC}' for a random LeNet-300-100, 'synthetic:784-32-10' for other "
                    f"sizes)")
     p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,

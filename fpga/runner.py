@@ -103,7 +103,7 @@ def _inputs(args, qnet):
     from compress.qnet import load_inputs
 
     if args.inputs:
-        from tb.cli import load_labels
+        from compress.qnet import load_labels
 
         x = load_inputs(args.inputs, qnet.in_features)
         labels = load_labels(args.labels, len(x)) if args.labels else None
@@ -137,15 +137,15 @@ def run_cli(args) -> int:
     if args.clock_mhz is not None and not 0 < args.clock_mhz <= 1000:
         raise InputError(f"--clock-mhz must be in (0, 1000], not {args.clock_mhz!r}")
     if args.out:
-        from compress.atomic import refuse_same_path
-        from tb.cli import check_output
+        from compress.atomic import check_output, refuse_same_path
 
         refuse_same_path(args.out, args.model, args.inputs, args.labels)
         check_output(args.out)
 
-    from .build import DEFAULT_CLOCK_MHZ
-    from .cli import load_model
+    from compress.shipped import load_model
     from images import build_image
+
+    from .build import DEFAULT_CLOCK_MHZ
 
     qnet, name = load_model(args.model)
     x, labels, noun, what = _inputs(args, qnet)
@@ -184,7 +184,7 @@ def run_cli(args) -> int:
     print(summary(stats, info, has_labels=labels is not None, clock_hz=mhz * 1e6,
                   clock_note=clock_note, noun=noun))
     if args.out:
-        from compress.cli import save_npy
+        from compress.atomic import save_npy
 
         save_npy(args.out, np.stack(stats.outputs).astype(np.int16))
         print(f"wrote {args.out}: the board's outputs, int16 [{stats.n}, {qnet.out_features}]")

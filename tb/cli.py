@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.atomic import check_output
 from compress.errors import InputError, OneLineParser as _Parser, run_main
+from compress.qnet import load_labels
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "compress" / "models" / "lenet-300-100.qnet.npz"
-LENET = (784, 300, 100, 10)
 
 
 def _hw_args(p, *, pes_default=8):
@@ -79,61 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_labels(path, n: int, *, what: str = "--labels") -> np.ndarray:
-    """Integer class labels [n] from an .npy file, as int64; InputError (one line) when the file
-    is not a readable .npy, not integers, or not one label per input. The header is checked
-    before the data are read."""
-    from compress.qnet import check_batch, read_npy
+def load_model_and_inputs(model, inputs, index_bits, labels_path=None):
+    """(qnet, x, labels or None, description lines, mnist: the inputs are MNIST digits).
 
-    name = f"{what} {path}"
-
-    def check(h):
-        check_batch(h, name)
-        if h.dtype.kind not in "iu":
-            raise InputError(f"{name}: expected integer class labels, got dtype {h.dtype}")
-        if h.shape != (n,):
-            raise InputError(f"{name}: expected {n} labels (one per input, shape [{n}]), got "
-                             f"shape {list(h.shape)}")
-
-    y = read_npy(path, name=name, check=check)
-    if n and int(y.min()) < 0:
-        raise InputError(f"{name}: negative class label {int(y.min())}")
-    return y.astype(np.int64)
-
-
-def check_output(path, what: str = "--out") -> None:
-    """Refuse, before a long simulation, an output that could not be written at the end: a
-    directory, or a file in a directory that exists and is not writable (a missing directory
-    is made when the output is written)."""
-    if path is None:
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise InputError(f"{what} {path}: is a directory, expected a file name")
-    parent = next((d for d in [p.parent, *p.parent.parents] if d.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise InputError(f"{what} {path}: cannot write ({parent} is not a directory)")
-    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{what} {path}: cannot write ({parent}: permission denied)")
-
-
-def _load(model, inputs, index_bits, labels_path=None):
-    """(qnet, x, labels or None, description lines, mnist: the inputs are MNIST digits)."""
+    The model as `compress.shipped.load_model` reads it (None: the shipped LeNet-300-100);
+    the inputs from `inputs`, else the shipped sample digits (else $MNIST_DIR's, else
+    synthetic vectors)."""
     from compress.golden import mnist_to_input
-    from compress.qnet import load_inputs, load_qnet
-    from compress.synthetic import random_inputs, random_qnet
+    from compress.qnet import load_inputs
+    from compress.shipped import load_model
+    from compress.synthetic import random_inputs
 
-    notes = []
-    if model:
-        qnet = load_qnet(model, index_bits=index_bits)
-        notes.append(f"model: {model}")
-    elif DEFAULT_MODEL.exists():
-        qnet = load_qnet(DEFAULT_MODEL, index_bits=index_bits)
-        notes.append(f"model: {DEFAULT_MODEL.relative_to(REPO)} (the shipped LeNet-300-100)")
-    else:
-        qnet = random_qnet(LENET, seed=0, density=[0.08, 0.09, 0.26], shift=[11, 11, 10])
-        notes.append(f"model: SYNTHETIC LeNet-300-100-shaped qnet (random_qnet seed 0, density "
-                     f"8/9/26%): {DEFAULT_MODEL.relative_to(REPO)} does not exist yet")
+    qnet, name = load_model(model, index_bits=index_bits)
+    notes = [f"model: {name}" if model or not name.startswith("synthetic")
+             else f"model: SYNTHETIC {name}"]
     labels = None
     mnist = False
     if labels_path and not inputs:
@@ -237,7 +195,7 @@ def _simulate_parallel(b, x, jobs=2):
 
 def cmd_run(args):
     from compress.atomic import atomic_path, refuse_same_path
-    from compress.cli import save_npy
+    from compress.atomic import save_npy
     from compress.qnet import load_inputs, load_qnet
     from tb.sim import build
 
@@ -285,7 +243,7 @@ def cmd_sim(args):
     from tb.sim import build, sim_pool
 
     t0 = time.time()
-    qnet, x, labels, notes, mnist = _load(args.model, args.inputs, args.index_bits, args.labels)
+    qnet, x, labels, notes, mnist = load_model_and_inputs(args.model, args.inputs, args.index_bits, args.labels)
     noun = "digit" if mnist else "input"
     count = args.count if args.count is not None else (len(x) if args.inputs else 20)
     if count < 1:
@@ -402,7 +360,7 @@ def cmd_sweep(args):
 
     refuse_same_path(args.out, args.model, args.inputs)
     t0 = time.time()
-    qnet, x, _labels, notes, _mnist = _load(args.model, args.inputs, args.index_bits)
+    qnet, x, _labels, notes, _mnist = load_model_and_inputs(args.model, args.inputs, args.index_bits)
     if args.count < 1:
         raise InputError(f"--count must be >= 1, not {args.count}")
     x = x[: args.count]

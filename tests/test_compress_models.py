@@ -1,6 +1,5 @@
 """The shipped default: compress/models/lenet-300-100.{dcz,qnet.npz} and the sample digits."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,10 +8,9 @@ from compress import dcz
 from compress.data import load_sample
 from compress.golden import golden, mnist_to_input, predict, run_layers
 from compress.qnet import load_qnet
+from compress.shipped import SHIPPED_DCZ, SHIPPED_QNET
 
-MODELS = Path(__file__).resolve().parents[1] / "compress" / "models"
-DCZ = MODELS / "lenet-300-100.dcz"
-QNET = MODELS / "lenet-300-100.qnet.npz"
+DCZ, QNET = SHIPPED_DCZ, SHIPPED_QNET
 
 pytestmark = pytest.mark.skipif(not DCZ.exists(), reason="the default model is not shipped yet")
 

@@ -25,7 +25,7 @@ def test_pipeline_smoke(tmp_path, mnist_dir, capsys):
         assert (out / f).stat().st_size > 0, f
     qnet = load_qnet(out / "model.qnet.npz")  # 4-bit indices: runs on the engine
     assert read_dcz(out / "model.dcz").equals(qnet)
-    shipped = load_qnet(tmp_path / "ship" / "lenet-300-100.qnet.npz")
+    shipped = load_qnet(tmp_path / "ship" / SHIPPED_QNET.name)
     assert shipped.equals(qnet)
     assert (tmp_path / "ship" / "mnist-test-100.npz").exists()
     s = json.loads((out / "summary.json").read_text())

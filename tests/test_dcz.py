@@ -336,10 +336,8 @@ def test_resealed_corruption_never_crashes(which):
 def test_shipped_model_is_what_the_encoder_writes():
     """The embedded default (docs/formats.md section 6) decodes exactly, and packing its qnet again
     gives the same bytes: the shipped size is the current encoder's size."""
-    from pathlib import Path
+    from compress.shipped import SHIPPED_DCZ as dcz_path, SHIPPED_QNET as qnet_path
 
-    models = Path(__file__).resolve().parents[1] / "compress" / "models"
-    dcz_path, qnet_path = models / "lenet-300-100.dcz", models / "lenet-300-100.qnet.npz"
     if not dcz_path.exists():
         pytest.skip("no shipped model yet")
     q = load_qnet(qnet_path, index_bits=8)

@@ -151,7 +151,7 @@ def test_board_lenet_digits(engine, mnist_dir):
     from compress.data import load_split
     from compress.golden import mnist_to_input
 
-    from fpga.cli import load_model
+    from compress.shipped import load_model
     from images import build_image
 
     qnet, _ = load_model(None)
@@ -176,7 +176,7 @@ def test_board_gate_level_lenet_digits(mnist_dir):
     from compress.data import load_split
     from compress.golden import mnist_to_input
 
-    from fpga.cli import load_model
+    from compress.shipped import load_model
     from images import build_image
 
     qnet, _ = load_model(None)

@@ -7,7 +7,6 @@ optimised rows still decodes to the qnet.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +15,11 @@ from compress.errors import InputError
 from images.lockstep import build_lockstep, decode_lockstep
 from images.placement import _PE, exact_lengths, place_longest_first, place_search, slot_cost
 from compress.qnet import load_qnet
+from compress.shipped import SHIPPED_QNET
 from images.eie import encode_csc
 from compress.synthetic import random_qnet
 
-MODEL = Path(__file__).resolve().parents[1] / "compress" / "models" / "lenet-300-100.qnet.npz"
+MODEL = SHIPPED_QNET
 
 
 def _random_index(out, cols, density, seed):

@@ -267,9 +267,9 @@ def test_shipped_lenet_balanced_over_8_pes():
     """The shipped LeNet-300-100 at 8 PEs: the busiest PE within 1% of the mean in the hidden
     layers (plain interleaving: 15% and 29% above), fewer fillers, and the same network."""
     from compress.qnet import load_qnet
-    from tb.cli import DEFAULT_MODEL
+    from compress.shipped import SHIPPED_QNET
 
-    q = load_qnet(DEFAULT_MODEL)
+    q = load_qnet(SHIPPED_QNET)
     bal, plain = build_rom(q, pes=8), build_rom(q, pes=8, balance=False)
     for i in (0, 1):
         mean = sum(bal.layers[i].entries) / 8

@@ -120,9 +120,9 @@ def test_lenet_utilisation_8_pes_long():
     """The issue's target: MAC utilisation >= 80% with 8 PEs on the shipped LeNet-300-100 over
     sample digits, bit-exact; plain interleaving is measurably worse."""
     from tb.analysis import utilisation
-    from tb.cli import _load
+    from tb.cli import load_model_and_inputs
 
-    qnet, x, _labels, _notes = _load(None, None, 4)
+    qnet, x, _labels, _notes, _mnist = load_model_and_inputs(None, None, 4)
     x = x[:10]
     util = {}
     for balance in (True, False):

@@ -8,20 +8,19 @@ inference, and the shipped LeNet-300-100 with the board's 8 PEs on real digits.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from compress.golden import golden, mnist_to_input, run_layers
 from compress.qnet import load_qnet
+from compress.shipped import SAMPLE_DIGITS, SHIPPED_QNET
 from compress.synthetic import random_qnet
 from images import build_image
 from images.lockstep import build_lockstep, lockstep_cycles
 from tb.sim import EngineParams, build, simulate
 from tests.test_tb_engine import _inputs
 
-MODELS = Path(__file__).resolve().parents[1] / "compress" / "models"
 
 # id, sizes, pes, weight density, qnet kwargs, rom kwargs, engine params, run kwargs, vectors
 CASES = [
@@ -55,8 +54,8 @@ def test_lockstep_bit_exact_cocotb(case):
 
 def test_lockstep_shipped_model_8_pes():
     """The board's configuration: LeNet-300-100, 8 PEs, real digits; cycles vs the slot model."""
-    qnet = load_qnet(MODELS / "lenet-300-100.qnet.npz")
-    d = np.load(MODELS / "mnist-test-100.npz", allow_pickle=False)
+    qnet = load_qnet(SHIPPED_QNET)
+    d = np.load(SAMPLE_DIGITS, allow_pickle=False)
     x = mnist_to_input(d["images"][:4], qnet.input_frac)
     img = build_lockstep(qnet, 8)
     r = simulate(build(img, EngineParams(queue_depth=2, drain_share=4)), x)

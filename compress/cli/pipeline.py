@@ -6,7 +6,7 @@ recipe, a config file (JSON or TOML, the same nesting as `PipelineConfig`) and f
 All of them run under ``torchrun`` too (DDP; only rank 0 writes files).
 
 `pipeline --model M.onnx --data D.npz --out DIR` is the same path for your own network:
-the ONNX file is parsed (`compress.onnx_import`), the data set read (`compress.cmd_user`)
+the ONNX file is parsed (`compress.onnx_import`), the data set read (`compress.cli.user`)
 and `compress.compress_model` chooses the per-layer densities under ``--max-drop``.
 """
 
@@ -17,8 +17,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from .cli import command
-from .errors import InputError
+from .registry import command
+from ..errors import InputError
 
 
 def _parse_sets(items: list[str] | None) -> dict:
@@ -67,8 +67,8 @@ def _common(p, *, arch=True):
 
 
 def _config(args, arch_default="lenet-300-100"):
-    from .pipeline import make_config, read_config_file, set_threads
-    from .train import setup_distributed
+    from ..pipeline import make_config, read_config_file, set_threads
+    from ..train import setup_distributed
 
     setup_distributed()
     over: dict = read_config_file(args.config) if args.config else {}
@@ -101,8 +101,8 @@ def _train_args(p):
 
 @command("train", "train a dense baseline on MNIST")(_train_args)
 def _train(args):
-    from .pipeline import load_data, stage_train
-    from .train import is_main, save_checkpoint
+    from ..pipeline import load_data, stage_train
+    from ..train import is_main, save_checkpoint
 
     cfg = _config(args)
     if args.epochs is not None:
@@ -141,8 +141,8 @@ def _levels(text: str) -> dict[str, float]:
 
 @command("prune", "magnitude pruning with retraining (masks held)")(_prune_args)
 def _prune(args):
-    from .pipeline import load_data, stage_prune
-    from .train import is_main, load_checkpoint, save_checkpoint
+    from ..pipeline import load_data, stage_prune
+    from ..train import is_main, load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(args.checkpoint)
     cfg = _config(args, ck.arch)
@@ -185,9 +185,9 @@ def _quantize_args(p):
 @command("quantize", "trained quantization (k-means + centroid fine-tuning), fixed point")(
     _quantize_args)
 def _quantize(args):
-    from .pipeline import load_data, stage_fixedpoint, stage_quantize
-    from .qnet import save_qnet
-    from .train import is_main, load_checkpoint, save_checkpoint
+    from ..pipeline import load_data, stage_fixedpoint, stage_quantize
+    from ..qnet import save_qnet
+    from ..train import is_main, load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(args.checkpoint)
     cfg = _config(args, ck.arch)
@@ -214,7 +214,7 @@ def _quantize(args):
             save_qnet(qnet, args.qnet, index_bits=8)
             print(f"wrote {args.qnet}")
         if args.dcz:
-            from .dcz import write_dcz
+            from ..dcz import write_dcz
 
             write_dcz(qnet, args.dcz)
             print(f"wrote {args.dcz}: {Path(args.dcz).stat().st_size:,} bytes")
@@ -250,8 +250,8 @@ def _pipeline_args(p):
                      "(--arch: the LeNet recipes on MNIST; --model: your ONNX network)")(
     _pipeline_args)
 def _pipeline(args):
-    from .pipeline import run_pipeline
-    from .train import is_main
+    from ..pipeline import run_pipeline
+    from ..train import is_main
 
     if args.model is not None:
         return _pipeline_model(args)
@@ -276,10 +276,10 @@ def _pipeline(args):
 
 def _pipeline_model(args) -> int:
     """`pipeline --model M.onnx --data D.npz`: compress_model on the user's network and data."""
-    from .api import compress_model
-    from .atomic import refuse_same_path
-    from .cmd_user import load_dataset, load_model
-    from .sensitivity import write_sensitivity
+    from ..api import compress_model
+    from ..atomic import refuse_same_path
+    from .user import load_dataset, load_model
+    from ..sensitivity import write_sensitivity
 
     if args.arch is not None:
         raise InputError("--arch and --model exclude each other (--arch: the LeNet recipes on "
@@ -345,10 +345,10 @@ def _pipeline_model(args) -> int:
 
 def ship(cfg, dest: Path) -> None:
     """Install out/model.dcz as the embedded default; the qnet is what unpacking gives."""
-    from . import dcz
-    from .atomic import write_bytes_atomic
-    from .data import load_split, write_sample
-    from .qnet import save_qnet
+    from .. import dcz
+    from ..atomic import write_bytes_atomic
+    from ..data import load_split, write_sample
+    from ..qnet import save_qnet
 
     src = Path(cfg.out) / "model.dcz"
     if not src.exists():
@@ -376,12 +376,12 @@ def _report_args(p):
 @command("report", "per-layer size table (real streams), .dcz size, weight histograms")(
     _report_args)
 def _report(args):
-    from . import dcz
-    from .data import load_split
+    from .. import dcz
+    from ..data import load_split
     import numpy as np
 
-    from .qnet import load_qnet
-    from .report import format_table, plot_weights
+    from ..qnet import load_qnet
+    from ..report import format_table, plot_weights
 
     path = Path(args.model)
     if path.suffix == ".dcz":
@@ -396,14 +396,14 @@ def _report(args):
     print(format_table(dcz.layer_sizes(qnet), dcz_bytes=size, uncompressed_bytes=unc))
     if args.data:
         test = load_split("test", args.data)
-        from .golden import golden, mnist_to_input, predict
+        from ..golden import golden, mnist_to_input, predict
 
         y = golden(qnet, mnist_to_input(test.images, qnet.input_frac))
         print(f"integer test error (golden.golden, 32-bit accumulators, {len(test)} images): "
               f"{100.0 * float(np.mean(predict(y) != test.labels)):.2f}%")
     if args.png:
-        from .models import compressible_layers
-        from .train import load_checkpoint
+        from ..models import compressible_layers
+        from ..train import load_checkpoint
 
         if not (args.dense and args.pruned and args.quantized):
             raise InputError("--png needs --dense, --pruned and --quantized checkpoints")

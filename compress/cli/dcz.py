@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .cli import command
+from .registry import command
 
 
 def _pack_args(p):
@@ -18,9 +18,9 @@ def _pack_args(p):
 
 @command("pack", "compress a qnet into a .dcz model file")(_pack_args)
 def _pack(args):
-    from .atomic import refuse_same_path
-    from .dcz import format_table, layer_sizes, write_dcz
-    from .qnet import load_qnet
+    from ..atomic import refuse_same_path
+    from ..dcz import format_table, layer_sizes, write_dcz
+    from ..qnet import load_qnet
 
     refuse_same_path(args.out, args.qnet)
     qnet = load_qnet(args.qnet, index_bits=args.index_bits)
@@ -38,9 +38,9 @@ def _unpack_args(p):
 
 @command("unpack", "decode a .dcz back to the exact qnet it was made from")(_unpack_args)
 def _unpack(args):
-    from .atomic import refuse_same_path
-    from .dcz import read_dcz
-    from .qnet import save_qnet
+    from ..atomic import refuse_same_path
+    from ..dcz import read_dcz
+    from ..qnet import save_qnet
 
     refuse_same_path(args.out, args.dcz)
     qnet = read_dcz(args.dcz)
@@ -55,7 +55,7 @@ def _info_args(p):
 
 @command("info", "show the sections, sizes and compression ratio of a .dcz")(_info_args)
 def _info(args):
-    from .dcz import read_file, info
+    from ..dcz import read_file, info
 
     d = info(read_file(args.dcz))
     if args.json:

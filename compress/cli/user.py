@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import command
-from .errors import InputError
+from .registry import command
+from ..errors import InputError
 
 DATA_KEYS = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL_KEYS = ("x_val", "y_val")
@@ -25,7 +25,7 @@ def load_dataset(path, input_shape: tuple[int, ...] | None = None) -> dict:
     Inputs of another shape with the same number of values per example as `input_shape` are
     reshaped to it (e.g. flat rows for a model that takes 8x8 images).
     """
-    from .qnet import read_npz
+    from ..qnet import read_npz
 
     path = Path(path)
     arrays = read_npz(path)
@@ -81,7 +81,7 @@ def load_dataset(path, input_shape: tuple[int, ...] | None = None) -> dict:
 
 def load_model(path):
     """A network from an ONNX file (the only format `--model` takes for a float network)."""
-    from .onnx_import import load_onnx
+    from ..onnx_import import load_onnx
 
     path = Path(path)
     if path.suffix.lower() != ".onnx":
@@ -94,10 +94,10 @@ def load_engine_net(path):
     """A qnet .npz or a .dcz: the integer network the engine runs."""
     path = Path(path)
     if path.suffix.lower() == ".dcz":
-        from .dcz import read_dcz
+        from ..dcz import read_dcz
 
         return read_dcz(path)
-    from .qnet import load_qnet
+    from ..qnet import load_qnet
 
     return load_qnet(path, index_bits=8)
 
@@ -116,10 +116,10 @@ def _encode_args(p):
 @command("encode-inputs", "float inputs -> the engine's int16 inputs (the qnet's input_frac)")(
     _encode_args)
 def _encode_inputs(args):
-    from .api import encode_inputs
-    from .atomic import refuse_same_path
-    from .cli import save_npy
-    from .qnet import read_npy
+    from ..api import encode_inputs
+    from ..atomic import refuse_same_path
+    from ..atomic import save_npy
+    from ..qnet import read_npy
 
     refuse_same_path(args.out, args.inputs, args.model)
     qnet = load_engine_net(args.model)
@@ -176,9 +176,9 @@ def _densities(text):
 def _sensitivity(args):
     import torch
 
-    from .atomic import refuse_same_path
-    from .models import compressible_layers
-    from .sensitivity import format_sensitivity, layer_sensitivity, write_sensitivity
+    from ..atomic import refuse_same_path
+    from ..models import compressible_layers
+    from ..sensitivity import format_sensitivity, layer_sensitivity, write_sensitivity
 
     if (args.model is None) == (args.arch is None):
         raise InputError("give --model M.onnx --data D.npz, or --arch A --checkpoint C")
@@ -202,8 +202,8 @@ def _sensitivity(args):
         x, y = data[split]
         what = f"{split} split of {args.data}, {len(y)} examples"
     else:
-        from .data import load_split, to_float, train_val_split
-        from .train import load_checkpoint
+        from ..data import load_split, to_float, train_val_split
+        from ..train import load_checkpoint
 
         if args.checkpoint is None:
             raise InputError("--arch needs --checkpoint (a dense checkpoint .npz)")
@@ -219,7 +219,7 @@ def _sensitivity(args):
             split_ = load_split("test", args.data)
             what = f"MNIST test set, {len(split_)} images"
         x, y = to_float(split_.images), split_.labels.astype(np.int64)
-    from .train import device
+    from ..train import device
 
     model = model.float().to(device()).eval()
     with torch.no_grad():

@@ -1,41 +1,11 @@
-"""`python -m compress`: a thin command line over the library functions.
-
-Exit status 0 on success, 2 with one line on stderr for a bad invocation or bad input
-(`InputError`), 1 for anything else. Set COMPRESS_DEBUG=1 to see tracebacks.
-"""
+"""`python -m compress golden | export-rom`: the golden model and the EIE ROM images."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
-import numpy as np
-
-from .errors import OneLineParser as _Parser
-from .errors import run_main
-
-# Subcommands register here: name -> (add_arguments(parser), run(args) -> int | None, help).
-COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
-
-
-def command(name: str, help: str):
-    def register(add_arguments):
-        def wrap(run):
-            COMMANDS[name] = (add_arguments, run, help)
-            return run
-
-        return wrap
-
-    return register
-
-
-def save_npy(path: str, array: np.ndarray, *, what: str | None = "--out") -> None:
-    from .atomic import atomic_path
-
-    with atomic_path(path, what=what) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-
+from ..atomic import save_npy
+from .registry import command
 
 # ---------------------------------------------------------------------------------------------
 
@@ -50,9 +20,9 @@ def _golden_args(p):
 
 @command("golden", "run the PyTorch golden model on a batch of inputs")(_golden_args)
 def _golden(args):
-    from .atomic import refuse_same_path
-    from .golden import golden
-    from .qnet import load_inputs, load_qnet
+    from ..atomic import refuse_same_path
+    from ..golden import golden
+    from ..qnet import load_inputs, load_qnet
 
     refuse_same_path(args.out, args.model, args.inputs)
     qnet = load_qnet(args.model, index_bits=args.index_bits)
@@ -77,8 +47,8 @@ def _export_args(p):
 
 @command("export-rom", "write the EIE ROM images the engine is built from")(_export_args)
 def _export_rom(args):
-    from .atomic import check_dir_output, refuse_same_path
-    from .qnet import load_qnet
+    from ..atomic import check_dir_output, refuse_same_path
+    from ..qnet import load_qnet
     from images.eie import export_rom
 
     refuse_same_path(args.out, args.model)
@@ -94,26 +64,3 @@ def _export_rom(args):
         f"busiest PE {max(t['entries'])} entries, "
         f"rows {'balanced' if args.balance else 'interleaved'}, {len(m['files'])} files"
     )
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    # Importing the modules that register more commands.
-    from . import commands  # noqa: F401
-
-    parser = _Parser(prog="python -m compress", description="Deep Compression tooling")
-    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    for name, (add_arguments, _run, help) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help, description=help))
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    def body():
-        args = build_parser().parse_args(argv)
-        return COMMANDS[args.cmd][1](args)
-
-    return run_main(body, debug_env="COMPRESS_DEBUG")

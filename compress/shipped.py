@@ -1,0 +1,60 @@
+"""The shipped files (compress/models/) and the one model loader of the tools (tb, fpga).
+
+compress/models/ holds the default network, LeNet-300-100 trained, pruned, quantized and packed
+from scratch (`make models`): its .dcz and the qnet that unpacking it gives, and 100 MNIST test
+digits. Here, not in `compress.models` (the PyTorch architectures), so that a path costs no
+torch import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import InputError
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "models"
+SHIPPED_QNET = SHIPPED_DIR / "lenet-300-100.qnet.npz"
+SHIPPED_DCZ = SHIPPED_DIR / "lenet-300-100.dcz"
+SAMPLE_DIGITS = SHIPPED_DIR / "mnist-test-100.npz"
+
+LENET = (784, 300, 100, 10)
+SYNTHETIC = "synthetic"  # a model spec: the synthetic stand-in; "synthetic:784-32-10": other sizes
+
+
+def load_model(spec: str | Path | None = None, *, index_bits: int = 4):
+    """(qnet, description) for a model spec.
+
+    None: the shipped LeNet-300-100, or the synthetic stand-in while that file does not exist;
+    "synthetic": a random LeNet-300-100-shaped qnet (random_qnet seed 0, density 6/8/26 %);
+    "synthetic:IN-HIDDEN-...-OUT": other sizes (density 8 %, the last layer 26 %);
+    anything else: a qnet .npz file.
+    """
+    from .qnet import load_qnet
+    from .synthetic import random_qnet
+
+    spec = None if spec is None else str(spec)
+    if spec == SYNTHETIC or (spec is None and not SHIPPED_QNET.exists()):
+        why = "" if spec else f": {_short(SHIPPED_QNET)} does not exist yet"
+        return (random_qnet(LENET, density=[0.06, 0.08, 0.26], seed=0),
+                f"synthetic LeNet-300-100 (random_qnet seed 0, density 6/8/26 %){why}")
+    if spec and spec.startswith(SYNTHETIC + ":"):
+        try:
+            sizes = [int(v) for v in spec.split(":", 1)[1].split("-")]
+        except ValueError:
+            sizes = []
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise InputError(f"--model {spec!r}: expected synthetic:IN-HIDDEN-...-OUT")
+        dens = [0.08] * (len(sizes) - 2) + [0.26]
+        return (random_qnet(tuple(sizes), density=dens, seed=0),
+                f"synthetic {'-'.join(map(str, sizes))} (random_qnet seed 0, density 8 %, "
+                f"last layer 26 %)")
+    if spec is None:
+        return (load_qnet(SHIPPED_QNET, index_bits=index_bits),
+                f"{_short(SHIPPED_QNET)} (the shipped LeNet-300-100)")
+    return load_qnet(spec, index_bits=index_bits), spec
+
+
+def _short(path: Path) -> str:
+    """The path relative to the repository when it is inside it (as the tools print it)."""
+    root = SHIPPED_DIR.parents[1]
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
