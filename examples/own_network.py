@@ -78,8 +78,10 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def run(cmd: list[str]) -> None:
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run([sys.executable, *cmd], check=True, cwd=REPO)
+    print("$ python", " ".join(cmd), flush=True)
+    r = subprocess.run([sys.executable, *cmd], cwd=REPO)
+    if r.returncode != 0:
+        sys.exit(f"example: FAILED: python {' '.join(cmd[:3])} exited with status {r.returncode}")
 
 
 def main(argv=None) -> int:
@@ -88,6 +90,10 @@ def main(argv=None) -> int:
     ap.add_argument("--count", type=int, default=40, help="test inputs through the RTL engine")
     ap.add_argument("--board-count", type=int, default=4,
                     help="test inputs through the simulated board (0: skip the board)")
+    ap.add_argument("--board-preloaded", action="store_true",
+                    help="simulate the board with its memories initialised instead of loading "
+                         "the weights over the UART (about 40 s less; the load is what a real "
+                         "board does)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
@@ -135,7 +141,8 @@ def main(argv=None) -> int:
     # 6. The whole board (UART, link, engine) in simulation, inputs streamed by the host.
     if args.board_count:
         run(["-m", "fpga", "run", "--sim", "--model", qnet, "--inputs", str(out / "xi.npy"),
-             "--labels", str(out / "y.npy"), "--count", str(args.board_count)])
+             "--labels", str(out / "y.npy"), "--count", str(args.board_count),
+             *(["--no-spram"] if args.board_preloaded else [])])
 
     full = compress.encode_inputs(x_test, result.qnet)
     from compress.golden import golden as golden_model, predict
