@@ -1,11 +1,12 @@
 """Which engine the board runs: the lockstep engine (default) or the queue-based EIE engine.
 
 * ``lockstep``: `hw.lockstep.LockstepEngine` on a `images.lockstep.LockstepImage`
-  (`images.build_image(qnet, "lockstep", pes)`): all PEs on the same column, the entries of PE pairs in shared
-  16-bit lane memories read at one address (the four SPRAMs), one shared column-pointer ROM.
+  (`images.build_image(qnet, "lockstep", pes)`): all PEs on the same column, the entries of PE
+  pairs in shared 16-bit lane memories read at one address (the four SPRAMs), one shared
+  column-pointer ROM.
   The engine that fits 8 PEs on the iCE40UP5K (docs/fpga.md, section 1).
-* ``eie``: `hw.engine.Engine` on a `images.eie.RomImage` (`images.build_image(qnet, "eie", pes)`): every
-  PE with its own queue, entries and pointer banks. 2 PEs fit the UP5K.
+* ``eie``: `hw.eie.Engine` on a `images.eie.RomImage` (`images.build_image(qnet, "eie", pes)`):
+  every PE with its own queue, entries and pointer banks. 2 PEs fit the UP5K.
 
 The image decides the engine (`images.kind_of`), so everything downstream of the image (board core,
 resources, SPRAM plan, weight load, simulation cache) takes just the image; the memories come
@@ -37,13 +38,6 @@ def board_params(img, *, queue_depth: int = 8, acc_bits: int = 32,
 
 def board_engine(img, params: EngineParams, *, memories=None):
     """The engine component for `img` with `params` (`board_params`) and a memory factory."""
-    if kind_of(img) == "eie":
-        from hw.engine import Engine
+    from hw import make_engine
 
-        return Engine(img, queue_depth=params.queue_depth, acc_bits=params.acc_bits,
-                      sparse=params.sparse, max_width=params.max_width, memories=memories)
-    from hw.lockstep import LockstepEngine
-
-    return LockstepEngine(img, acc_bits=params.acc_bits, queue_depth=params.queue_depth,
-                          drain_share=params.drain_share, max_width=params.max_width,
-                          memories=memories)
+    return make_engine(img, memories=memories, **params.as_dict())

@@ -2,8 +2,8 @@
 
 `BoardCore` is everything that is not board-specific: UART rx/tx on two pins, the protocol link
 (fpga/link.py) and the engine the ROM image is for (fpga/engines.py: the lockstep engine
-hw/lockstep.py, or the queue-based EIE engine hw/engine.py), plus two status outputs for LEDs. It is what
-the cocotb and gate-level benches simulate, driven only through `rx` and `tx`. With
+hw/lockstep.py, or the queue-based EIE engine hw/eie/), plus two status outputs for LEDs. It is
+what the cocotb and gate-level benches simulate, driven only through `rx` and `tx`. With
 `spram=True` the engine's four largest ROMs live in SPRAM (fpga/memories.py) and are written
 through the protocol's LOAD frames after configuration.
 

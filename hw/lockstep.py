@@ -1,7 +1,7 @@
 """The lockstep engine: N PEs on one column at a time, so every memory has one address.
 
 This is the engine the iCE40UP5K board uses for 8 PEs (see docs/lockstep.md).
-The queue-based EIE engine (`hw.engine`) lets every PE run on its own, which needs a memory port
+The queue-based EIE engine (`hw.eie`) lets every PE run on its own, which needs a memory port
 per PE for entries, pointers, biases, codebook, accumulators and activations: 131 block RAMs and
 ~8,200 logic cells for 8 PEs, against 30 and 5,280 on the UP5K. Here:
 

@@ -2,7 +2,7 @@
 
 Registers, not a memory: the queue is written and read every cycle, its head feeds the
 sparse-matrix sequencer combinationally, and at depth <= 64 a register file is cheaper than a
-block RAM. `level` is exported because the front end's credit check needs it (see `hw.pe`).
+block RAM. `level` is exported because the front end's credit check needs it (see `hw.eie.pe`).
 """
 
 from __future__ import annotations

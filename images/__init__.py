@@ -28,7 +28,7 @@ __all__ = ["ENGINES", "DEFAULT_ENGINE", "build_image", "check_engine", "image_di
            "RomImage", "LockstepImage", "EngineParams"]
 
 # The engines an image can be built for: "lockstep" (hw.lockstep, the board's default) and
-# "eie" (hw.engine, per-PE queues).
+# "eie" (hw.eie, per-PE queues).
 ENGINES = ("lockstep", "eie")
 DEFAULT_ENGINE = "lockstep"
 

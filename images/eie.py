@@ -21,7 +21,7 @@ Layout (documented in docs/rom-format.md):
   size, word width and depth of every file. Each array is written as $readmemh hex (one word a
   line) and raw little-endian binary.
 
-This module is the ROM image format: the EIE engine (`hw.engine`) is built from a `RomImage`
+This module is the ROM image format: the EIE engine (`hw.eie`) is built from a `RomImage`
 (made by `build_rom` or read back and verified by `read_rom`) and its `physical_qnet`.
 """
 

@@ -61,7 +61,7 @@ def _act_words(image) -> int:
 
 
 def _eie_specs(rom, acc_bits: int) -> list[MemorySpec]:
-    """hw.engine.Engine (sparse): per PE entries, pointer banks, biases, codebook, two
+    """hw.eie.Engine (sparse): per PE entries, pointer banks, biases, codebook, two
     accumulator banks; then per PE its activation buffer (two banks of act_words)."""
     L = rom.num_layers
     k = 1 << rom.index_bits

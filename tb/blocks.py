@@ -34,12 +34,12 @@ from amaranth.lib.wiring import In, Out
 
 from compress.atomic import file_lock
 from hw.blocks import post_process
-from hw.codebook import CodebookDecoder
+from hw.eie.codebook import CodebookDecoder
+from hw.eie.mac import Mac, hit_layout
+from hw.eie.pe import PE, PEImage
+from hw.eie.pointer import PointerRead, column_layout
 from hw.frontend import FrontEnd, bcast_layout
-from hw.mac import Mac, hit_layout
 from hw.memory import MemoryFactory, MemorySpec
-from hw.pe import PE, PEImage
-from hw.pointer import PointerRead, column_layout
 from hw.queue import ActQueue
 from tb.sim import REPO, icarus_fixup, waves_enabled
 
@@ -276,9 +276,9 @@ HARNESSES = {
 
 # ---- build and run ---------------------------------------------------------------------------
 
-# what a block build is made from (not hw/engine.py: a change there rebuilds no block)
-_SOURCES = ("hw/codebook.py", "hw/frontend.py", "hw/mac.py", "hw/memory.py", "hw/pe.py",
-            "hw/pointer.py", "hw/queue.py", "tb/blocks.py")
+# what a block build is made from (not the engines: a change there rebuilds no block)
+_SOURCES = ("hw/blocks.py", "hw/eie/codebook.py", "hw/eie/mac.py", "hw/eie/pe.py",
+            "hw/eie/pointer.py", "hw/frontend.py", "hw/memory.py", "hw/queue.py", "tb/blocks.py")
 
 
 def _source_hash() -> str:

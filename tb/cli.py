@@ -152,7 +152,7 @@ def _image(qnet, args, rom):
 
 
 def _fits(img, args):
-    from hw.engine import EngineConfigError, check_fits
+    from hw import EngineConfigError, check_fits
 
     try:
         check_fits(img, acc_bits=args.acc_bits, max_width=args.max_width)

@@ -7,7 +7,7 @@ import random
 import numpy as np
 from amaranth.sim import Simulator
 
-from hw.engine import Engine
+from hw.eie import Engine
 
 
 def run_engine(engine: Engine, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float = 0.0,

@@ -178,18 +178,12 @@ def icarus_runner():
 
 
 def engine_for(image, params: EngineParams):
-    """The engine component of `image` (its kind decides which) with `params`."""
-    if kind_of(image) == "eie":
-        from hw.engine import Engine
+    """The engine component of `image` (its type decides which: `hw.make_engine`)."""
+    from hw import make_engine
 
-        return Engine(image, queue_depth=params.queue_depth, acc_bits=params.acc_bits,
-                      sparse=params.sparse, max_width=params.max_width)
-    from hw.lockstep import LockstepEngine
-
-    if not params.sparse:
+    if kind_of(image) == "lockstep" and not params.sparse:
         raise InputError("the lockstep engine has no dense baseline (use engine eie)")
-    return LockstepEngine(image, acc_bits=params.acc_bits, queue_depth=params.queue_depth,
-                          drain_share=params.drain_share, max_width=params.max_width)
+    return make_engine(image, **params.as_dict())
 
 
 def build_key(image, params: EngineParams, waves: bool) -> str:
@@ -211,7 +205,7 @@ def build(image, params: EngineParams = EngineParams(), *, waves: bool | None = 
     """Generate the engine's Verilog for `image` and compile it with Icarus (cached by key)."""
     from amaranth.back import verilog
 
-    from hw.engine import EngineConfigError
+    from hw import EngineConfigError
 
     waves = waves_enabled() if waves is None else waves
     root = build_root()

@@ -20,7 +20,7 @@ from images.lockstep import build_lockstep
 from compress.qnet import save_qnet
 from images.eie import build_rom
 from compress.synthetic import random_inputs, random_qnet
-from hw.engine import Engine
+from hw.eie import Engine
 from hw.lockstep import LockstepEngine
 from hw.memory import MemoryFactory, MemorySpec
 from tb.pysim import run_engine

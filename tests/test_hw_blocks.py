@@ -172,9 +172,9 @@ def test_output_stage_matches_contract(acc_bits):
 
 
 def test_pe_stage_components_refuse_bad_parameters():
-    from hw.codebook import CodebookDecoder
-    from hw.mac import Mac
-    from hw.pointer import PointerRead
+    from hw.eie.codebook import CodebookDecoder
+    from hw.eie.mac import Mac
+    from hw.eie.pointer import PointerRead
 
     with pytest.raises(ValueError, match="acc_bits must be an integer 17..64, not 16"):
         Mac(row_bits=4, acc_bits=16)

@@ -12,7 +12,8 @@ import pytest
 from compress.golden import golden
 from images.eie import build_rom
 from compress.synthetic import random_inputs, random_qnet
-from hw.engine import Engine, EngineConfigError, check_fits
+from hw import EngineConfigError, check_fits
+from hw.eie import Engine
 from hw.memory import MemoryFactory
 from tb.pysim import run_engine
 

@@ -16,7 +16,7 @@ from images.lockstep import (build_lockstep, decode_lockstep,
                                lockstep_cycles)
 from images.eie import encode_csc
 from compress.synthetic import random_qnet
-from hw.engine import EngineConfigError
+from hw import EngineConfigError
 from hw.lockstep import LockstepEngine
 from tb.pysim import run_engine
 from tests.test_hw_engine import _inputs

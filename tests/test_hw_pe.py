@@ -12,8 +12,8 @@ from amaranth.sim import Simulator
 from compress.golden import run_layers
 from images.eie import build_rom
 from compress.synthetic import random_inputs, random_qnet
-from hw.engine import pe_images
-from hw.pe import PE
+from hw.eie import pe_images
+from hw.eie.pe import PE
 
 
 @pytest.mark.parametrize("rows,pes,pe,density,rel_bits,depth,sparse,stall", [

@@ -16,7 +16,7 @@ from compress.golden import layer_output, run_layers, wrap
 from compress.qnet import Layer
 from images.eie import build_rom, physical_qnet
 from compress.synthetic import random_inputs, random_qnet
-from hw.engine import pe_images
+from hw.eie import pe_images
 from tb.blocks import build_block, pe_params, run_block
 
 

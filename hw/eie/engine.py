@@ -2,7 +2,7 @@
 
 Architecture (after EIE, Han et al. ISCA 2016; see docs/engine.md):
 
-* N PEs (`hw.pe.PE`), rows interleaved: PE k holds rows r with r % N == k as local rows r // N,
+* N PEs (`hw.eie.pe.PE`), rows interleaved: PE k holds rows r with r % N == k as local rows r // N,
   with its own entries, even/odd pointer banks, biases, codebook copy and accumulators.
 * Activations live in per-PE buffers, column c of a layer's input in PE c % N at word c // N,
   two banks that swap every layer (source/destination), so a whole network runs with no host
@@ -31,13 +31,14 @@ from amaranth.lib import data, wiring
 
 from images.eie import RomImage, physical_qnet
 
-from .blocks import (MAX_PES, ActIO, EngineConfigError, EngineSignature, ceil_div, check_fits,
-                     check_queue_depth)
-from .frontend import FrontEnd
-from .memory import MemoryFactory, MemorySpec
+from ..blocks import (ActIO, EngineConfigError, EngineSignature, ceil_div,
+                      check_fits, check_queue_depth)
+from ..frontend import FrontEnd
+from ..memory import MemoryFactory, MemorySpec
 from .pe import PE, PEImage
 
-__all__ = ["Engine", "EngineConfigError", "MAX_PES", "check_fits", "pe_images"]
+__all__ = ["Engine", "pe_images"]
+
 
 def pe_images(rom: RomImage, *, sparse: bool = True) -> list[PEImage]:
     """Per-PE images: the ROM's own (sparse), or every weight as an entry (dense baseline)."""

@@ -20,7 +20,7 @@ from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .frontend import bcast_layout
+from ..frontend import bcast_layout
 
 
 def column_layout(ptr_bits: int) -> data.StructLayout:

@@ -2,7 +2,7 @@
 
 Pipeline (stage prefixes as in the signal names):
 
-    bc  --(credit)-->  p_  pointer read (`PointerRead`, hw/pointer.py): p = ptr_base + col;
+    bc  --(credit)-->  p_  pointer read (`PointerRead`, hw/eie/pointer.py): p = ptr_base + col;
                            even bank at (p+1)>>1, odd bank at p>>1 give ptr[p] and ptr[p+1] in
                            one cycle. Columns with no entry in this PE are dropped here and never
                            take a queue slot or a cycle.
@@ -12,11 +12,11 @@ Pipeline (stage prefixes as in the signal names):
                   -->  e_  entry (v, z): row = (first ? 0 : row + 1) + z (running sum of z);
                            fillers and pruned weights (v == 0) stop here in the sparse engine;
                            codebook read at layer * 2**index_bits + v (`CodebookDecoder`,
-                           hw/codebook.py), accumulator read at row
+                           hw/eie/codebook.py), accumulator read at row
                   -->  m_  weight x activation (16 x 16 -> 32 bit); the accumulator value read
                            is bypassed from w_ or x_ when they hold the same row
                            (read-modify-write hazard of back-to-back hits on one row); zero
-                           weights stop here. m_, w_ and x_ are the `Mac` (hw/mac.py)
+                           weights stop here. m_, w_ and x_ are the `Mac` (hw/eie/mac.py)
                   -->  w_  acc + product, wrapped to acc_bits, written back
                   -->  x_  the word written last cycle (for the bypass: reads are not transparent)
 
@@ -42,13 +42,13 @@ from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .blocks import bits, post_process, slot_sequencer
+from ..blocks import bits, post_process, slot_sequencer
+from ..frontend import bcast_layout
+from ..memory import MemoryFactory, MemorySpec
+from ..queue import ActQueue
 from .codebook import CodebookDecoder
-from .frontend import bcast_layout
 from .mac import Mac
-from .memory import MemoryFactory, MemorySpec
 from .pointer import PointerRead, column_layout
-from .queue import ActQueue
 
 
 @dataclass
@@ -157,7 +157,7 @@ class PE(wiring.Component):
         return m
 
     def _pointer_stage(self, m, c, pev, pod):
-        """p_: pointer read (hw/pointer.py) into the column queue."""
+        """p_: pointer read (hw/eie/pointer.py) into the column queue."""
         img, L = self.img, self.num_layers
         ptr_base = Array(Const(int(v), unsigned(bits(len(img.ptr) + 1)))
                          for v in (list(img.ptr_base) + [0] * 2)[:max(L, 2)])
@@ -179,7 +179,7 @@ class PE(wiring.Component):
         ]
 
     def _entry_and_mac(self, m, c, cb):
-        """e_: entry decode, codebook (hw/codebook.py); m_, w_, x_: the MAC (hw/mac.py)."""
+        """e_: entry decode, codebook (hw/eie/codebook.py); m_, w_, x_: the MAC (hw/eie/mac.py)."""
         img, ib, ent, s = self.img, self.img.index_bits, c.ent, c.s
         c.e_valid = e_valid = Signal(name="e_valid")
         e_first = Signal(name="e_first")

@@ -1,0 +1,11 @@
+"""The EIE engine (after Han et al., ISCA 2016): every PE with its own column queue.
+
+`engine.Engine` (the engine of an `images.eie.RomImage`, N PEs and the front end),
+`pe.PE` (one PE: pointer read, queue, slot sequencer, entry decode, MAC, drain), and the PE's
+own stages `pointer.PointerRead`, `codebook.CodebookDecoder`, `mac.Mac`. What it shares with
+the lockstep engine is in `hw.blocks`, `hw.frontend`, `hw.queue` and `hw.memory`.
+"""
+
+from .engine import Engine, pe_images
+
+__all__ = ["Engine", "pe_images"]

@@ -1,0 +1,81 @@
+"""hw.make_engine picks the engine by the image's type; hw.blocks' output rule and signature."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, Signal, signed
+from amaranth.sim import Simulator
+
+from compress.synthetic import random_qnet
+from hw import EngineConfigError, EngineSignature, engine_class, make_engine
+from hw.blocks import post_process
+from hw.eie import Engine
+from hw.lockstep import LockstepEngine
+from images.eie import build_rom
+from images.lockstep import build_lockstep
+
+
+@pytest.fixture(scope="module")
+def qnet():
+    return random_qnet((12, 8, 5), seed=3, density=0.5)
+
+
+def test_factory_picks_engine_by_image_type(qnet):
+    rom = build_rom(qnet, pes=2)
+    ls = build_lockstep(qnet, 2)
+    eie = make_engine(rom, queue_depth=4, drain_share=2)  # drain_share: lockstep only, unused
+    lock = make_engine(ls, queue_depth=3, drain_share=2, sparse=True)
+    assert type(eie) is Engine and eie.queue_depth == 4
+    assert type(lock) is LockstepEngine and (lock.queue_depth, lock.drain_share) == (3, 2)
+    assert engine_class(rom) is Engine and engine_class(ls) is LockstepEngine
+    # both engines have the one signature
+    assert eie.signature == lock.signature == EngineSignature(2)
+    for e in [eie, lock, *eie.pe_blocks]:  # made, not elaborated: no warning at exit
+        e._MustUse__silence = True
+
+
+def test_factory_refuses(qnet):
+    with pytest.raises(TypeError, match="not an image of a known engine"):
+        make_engine(object())
+    with pytest.raises(TypeError, match="unknown engine parameters: depth"):
+        make_engine(build_rom(qnet, pes=2), depth=4)
+    with pytest.raises(EngineConfigError, match="dense baseline"):
+        make_engine(build_lockstep(qnet, 2), sparse=False)
+    with pytest.raises(EngineConfigError, match="queue_depth must be an integer 1..64, not 0"):
+        make_engine(build_lockstep(qnet, 2), queue_depth=0)
+
+
+def _rule(acc: np.ndarray, shift: int, relu: bool) -> np.ndarray:
+    """docs/formats.md section 3 in numpy: round half up, saturate to int16, ReLU."""
+    y = (acc + (1 << (shift - 1))) >> shift if shift else acc
+    y = np.clip(y, -32768, 32767)
+    return np.maximum(y, 0) if relu else y
+
+
+@pytest.mark.parametrize("acc_bits,shift", [(17, 0), (24, 3), (32, 12), (32, 20)])
+def test_post_process_matches_rule(acc_bits, shift):
+    """The one Amaranth output rule (round_shift + saturate) on edge and random values."""
+    lo, hi = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
+    rng = np.random.default_rng(acc_bits + shift)
+    edges = [lo, lo + 1, -1, 0, 1, hi - 1, hi, (32767 << shift), (32768 << shift) - 1,
+             -(32768 << shift), -(32768 << shift) - 1, (1 << shift) >> 1]
+    vals = np.array([v for v in edges if lo <= v <= hi]
+                    + list(rng.integers(lo, hi + 1, 40)), dtype=np.int64)
+    m = Module()
+    acc = Signal(signed(acc_bits))
+    y, y_relu = Signal(signed(16)), Signal(signed(16))
+    m.d.comb += [y.eq(post_process(acc, shift, False)), y_relu.eq(post_process(acc, shift, True))]
+    got, got_relu = [], []
+
+    async def bench(ctx):
+        for v in vals:
+            ctx.set(acc, int(v))
+            got.append(ctx.get(y))
+            got_relu.append(ctx.get(y_relu))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == _rule(vals, shift, False).tolist()
+    assert got_relu == _rule(vals, shift, True).tolist()
