@@ -74,6 +74,16 @@ class LoadPort:
 
 
 class ICE40Memories(MemoryFactory):
+    """The board's memory factory: the memories named in `spram` as SPRAM ROMs, the rest EBR.
+
+    Not a component: the engine calls it for each `MemorySpec`. Parameters: spram, the specs
+    to put in SPRAM (at most four, see `spram_plan`), each with a `LoadPort` in `loads` through
+    which the link writes it after configuration; primitive, instantiate `SB_SPRAM256KA` (set
+    by the board top on an iCE40 platform; otherwise a behavioural model); no_rw_check, RAMs
+    without read-before-write logic (the lockstep engine never reads a word written in the same
+    cycle).
+    """
+
     def __init__(self, spram: list[MemorySpec], *, primitive: bool = False,
                  no_rw_check: bool = False):
         if len(spram) > SPRAM_COUNT:

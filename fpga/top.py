@@ -70,7 +70,17 @@ def pll_config(fin: float, fout: float) -> PllConfig:
 
 
 class BoardCore(wiring.Component):
-    """UART pins <-> protocol link <-> engine. See the module docstring."""
+    """UART pins <-> protocol link <-> engine. See the module docstring.
+
+    Ports: `rx` (in: UART line from the host, idle high), `tx` (out: UART line to the host),
+    `digit` (out: the predicted digit of the last inference, for LEDs), `status` (out: bit 0 a
+    frame is being handled, bit 1 the last reply was an error).
+
+    Parameters: img, the ROM image (its type decides the engine); clock_hz, the sync clock;
+    baud or divisor (clock cycles per bit); timeout_s or timeout_cycles, the receiver's
+    inter-byte timeout; queue_depth (EIE engine only), acc_bits, drain_share (lockstep engine
+    only: PEs per output stage); spram, the largest ROMs in SPRAM, written by LOAD frames.
+    """
 
     rx: In(1, init=1)
     tx: Out(1, init=1)
@@ -137,7 +147,12 @@ def _is_ice40(platform) -> bool:
 
 
 class BoardTop(Elaboratable):
-    """A `BoardCore` on a board: clock (PLL on iCE40), reset, UART pins and LEDs."""
+    """A `BoardCore` on a board: clock (PLL on iCE40), reset, UART pins and LEDs.
+
+    No ports of its own (an `Elaboratable`: it requests the platform's `uart` and LED
+    resources). Parameters: img, clock_hz (the PLL's nearest achievable clock is used:
+    `clock_hz` attribute), baud, and every other `BoardCore` parameter (core_kw).
+    """
 
     def __init__(self, img, *, clock_hz: float, baud: int = 115200, **core_kw):
         self.fin = 12e6
