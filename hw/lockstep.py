@@ -50,6 +50,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, wiring
 
 from images.lockstep import LockstepImage
+from images.memmap import memory_specs as image_memory_specs
 
 from .blocks import (ActIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
                      check_queue_depth, round_shift, saturate, slot_sequencer)
@@ -106,32 +107,16 @@ class LockstepEngine(wiring.Component):
         super().__init__(EngineSignature(L))
 
     def _make_specs(self):
-        img, n, e = self.img, self.pes, self.img.entry_bits
-        S = max(1, img.num_slots)
-        self.lane_specs = []
-        for j, words in enumerate(img.lanes()):
-            width = e * min(2, n - 2 * j)
-            init = tuple(int(w) for w in words) or (0,)
-            self.lane_specs.append(MemorySpec(f"lane{j}", "rom", width, S, init))
-        ptr = [int(p) for p in img.col_ptr]
-        self.ptr_specs = [
-            MemorySpec("colptr_even", "rom", self.ptr_bits, max(1, len(ptr[0::2])),
-                       tuple(ptr[0::2])),
-            MemorySpec("colptr_odd", "rom", self.ptr_bits, max(1, len(ptr[1::2])),
-                       tuple(ptr[1::2]) or (0,)),
-        ]
-        mask = (1 << self.acc_bits) - 1
-        R = self.max_rows
-        self.acc_specs = [
-            MemorySpec(f"pe{k}.acc", "ram", self.acc_bits, R + img.bias.shape[1],
-                       tuple([0] * R + [int(b) & mask for b in img.bias[k]]),
-                       read_ports=1, write_ports=1)
-            for k in range(n)
-        ]
-        self.act_specs = [
-            MemorySpec(f"pe{k}.act", "ram", 16, self.act_words, (), read_ports=1, write_ports=1)
-            for k in range(n)
-        ]
+        # the memory map is the image's (images.memmap), so the host and the board's SPRAM
+        # plan read the same one without making an engine
+        specs = image_memory_specs(self.img, acc_bits=self.acc_bits)
+        self.lane_specs = [s for s in specs if s.name.startswith("lane")]
+        self.ptr_specs = [s for s in specs if s.name.startswith("colptr_")]
+        self.acc_specs = [s for s in specs if s.name.endswith(".acc")]
+        self.act_specs = [s for s in specs if s.name.endswith(".act")]
+        assert len(specs) == sum(map(len, (self.lane_specs, self.ptr_specs, self.acc_specs,
+                                           self.act_specs)))
+        assert [s.name for s in self.ptr_specs] == ["colptr_even", "colptr_odd"]
 
     @property
     def memory_specs(self) -> list[MemorySpec]:
