@@ -7,6 +7,7 @@ import pytest
 
 from compress.cli import main
 from compress.dcz import read_dcz
+from compress.shipped import SHIPPED_QNET
 from compress.pipeline import RECIPES
 from compress.qnet import load_qnet
 from compress.train import load_checkpoint
