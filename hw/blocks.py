@@ -17,6 +17,7 @@ way and turn an accumulator into an int16 output by the same rule. These pieces 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Const, Mux, Signal, signed
@@ -59,6 +60,17 @@ def check_fits(img, *, acc_bits: int = 32, max_width: int | None = None) -> None
                 if w > max_width:
                     raise EngineConfigError(
                         f"l{i}: {w} {what} exceed the activation buffers of {max_width} words")
+
+
+@contextmanager
+def refusing(component):
+    """Around a component's parameter checks: a component refused with EngineConfigError is
+    not reported by Amaranth as an elaboratable made and never used."""
+    try:
+        yield
+    except EngineConfigError:
+        component._MustUse__silence = True
+        raise
 
 
 def check_queue_depth(queue_depth) -> None:

@@ -53,7 +53,7 @@ from images.lockstep import LockstepImage
 from images.memmap import memory_specs as image_memory_specs
 
 from .blocks import (ActIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
-                     check_queue_depth, round_shift, saturate, slot_sequencer)
+                     check_queue_depth, refusing, round_shift, saturate, slot_sequencer)
 from .frontend import FrontEnd
 from .memory import MemoryFactory, MemorySpec
 from .queue import ActQueue
@@ -78,15 +78,12 @@ class LockstepEngine(wiring.Component):
     def __init__(self, img: LockstepImage, *, acc_bits: int = 32, queue_depth: int = 2,
                  drain_share: int = 1, memories: MemoryFactory | None = None,
                  max_width: int | None = None):
-        try:
+        with refusing(self):
             if drain_share not in (1, 2, 4, 8, 16):
                 raise EngineConfigError(
                     f"drain_share must be 1, 2, 4, 8 or 16, not {drain_share!r}")
             check_queue_depth(queue_depth)
             check_fits(img, acc_bits=acc_bits, max_width=max_width)  # same limits as the EIE's
-        except EngineConfigError:
-            self._MustUse__silence = True  # refused: not an unused elaboratable
-            raise
         self.img = img
         self.acc_bits = acc_bits
         self.queue_depth = queue_depth

@@ -31,8 +31,8 @@ from amaranth.lib import data, wiring
 
 from images.eie import RomImage, physical_qnet
 
-from ..blocks import (ActIO, EngineConfigError, EngineSignature, ceil_div,
-                      check_fits, check_queue_depth)
+from ..blocks import (ActIO, EngineSignature, ceil_div, check_fits, check_queue_depth,
+                      refusing)
 from ..frontend import FrontEnd
 from ..memory import MemoryFactory, MemorySpec
 from .pe import PE, PEImage
@@ -99,12 +99,9 @@ class Engine(wiring.Component):
 
     def __init__(self, rom: RomImage, *, queue_depth=8, acc_bits=32, sparse=True,
                  memories: "MemoryFactory | None" = None, max_width: int | None = None):
-        try:
+        with refusing(self):
             check_queue_depth(queue_depth)
             check_fits(rom, acc_bits=acc_bits, max_width=max_width)
-        except EngineConfigError:
-            self._MustUse__silence = True  # refused: not an unused elaboratable
-            raise
         self.rom = rom
         self.queue_depth = queue_depth
         self.acc_bits = acc_bits
