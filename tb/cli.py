@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="int16[batch, out] .npy the hardware produced")
     p.add_argument("--stats", help="JSON with the cycle counts")
     p.add_argument("--dense", action="store_true", help="the dense baseline engine")
+    p.add_argument("--count", type=int, default=None,
+                   help="run only the first N inputs (default: all; the simulator takes about "
+                        "half a second per input for a small network)")
     _hw_args(p)
     p = sub.add_parser("sim", help="the embedded default (or a given network) on the engine")
     p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
@@ -210,10 +213,15 @@ def cmd_run(args):
         raise InputError(f"TB_JOBS must be a number 1..64, not {jobs!r}")
     qnet = load_qnet(args.model, index_bits=args.index_bits)
     x = load_inputs(args.inputs, qnet.in_features)
+    if args.count is not None:
+        if args.count < 1:
+            raise InputError(f"--count must be >= 1, not {args.count}")
+        x = x[: args.count]
     rom = _rom(qnet, args)
     if args.dense and args.engine == "lockstep":
         raise InputError("--dense is the EIE engine's baseline: not with --engine lockstep")
     b = build(_image(qnet, args, rom), _params(args, sparse=not args.dense))
+    print(f"simulating {len(x)} inputs on the RTL engine ({args.pes} PEs)", flush=True)
     r = _simulate_parallel(b, x, jobs=int(jobs))
     if args.stats:
         stats = {

@@ -27,7 +27,9 @@ def _golden(args):
     refuse_same_path(args.out, args.model, args.inputs)
     qnet = load_qnet(args.model, index_bits=args.index_bits)
     x = load_inputs(args.inputs, qnet.in_features)
-    save_npy(args.out, golden(qnet, x, acc_bits=args.acc_bits))
+    y = golden(qnet, x, acc_bits=args.acc_bits)
+    save_npy(args.out, y)
+    print(f"wrote {args.out}: int16{list(y.shape)}, {len(x)} inputs through the golden model")
 
 
 def _export_args(p):

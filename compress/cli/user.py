@@ -8,6 +8,7 @@ and shape (any numeric dtype, [n, ...]), labels integer class indices [n].
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,11 +136,18 @@ def _encode_inputs(args):
                          f"network takes {qnet.in_features}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise InputError(f"{args.inputs}: NaN or infinite value")
+    if x.dtype == np.int16 and qnet.input_frac > 0:
+        print(f"warning: {args.inputs} is already int16: encode-inputs takes the float inputs "
+              "in the model's own units (engine inputs go straight to golden / tb run)",
+              file=sys.stderr)
     xi = encode_inputs(x, qnet)
     save_npy(args.out, xi)
     sat = int(np.count_nonzero((xi == 32767) | (xi == -32768)))
-    print(f"wrote {args.out}: int16{list(xi.shape)}, input_frac {qnet.input_frac}"
-          + (f"; {sat} values saturated at the int16 range" if sat else ""))
+    if sat:
+        print(f"warning: {sat} of {xi.size} values saturated at the int16 range (inputs larger "
+              f"than the training inputs the qnet's input_frac {qnet.input_frac} was calibrated "
+              "on)", file=sys.stderr)
+    print(f"wrote {args.out}: int16{list(xi.shape)}, input_frac {qnet.input_frac}")
 
 
 def _sens_args(p):
