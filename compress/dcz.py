@@ -954,14 +954,15 @@ def layer_sizes(qnet: QNet | LayerSet) -> list[dict]:
 
 def format_table(rows: list[dict]) -> str:
     """The layer_sizes rows as a plain-text table like the paper's."""
+    w = max([6] + [len(str(r["layer"])) for r in rows])  # a user's long layer names fit
     head = (
-        f"{'layer':<6} {'weights':>10} {'kept':>7} {'w P+Q':>6} {'w P+Q+H':>8} "
+        f"{'layer':<{w}} {'weights':>10} {'kept':>7} {'w P+Q':>6} {'w P+Q+H':>8} "
         f"{'i P+Q':>6} {'i P+Q+H':>8} {'rate P+Q':>9} {'rate P+Q+H':>11}"
     )
     lines = [head]
     for r in rows:
         lines.append(
-            f"{r['layer']:<6} {r['weights']:>10,} {r['kept_pct']:>6.2f}% "
+            f"{r['layer']:<{w}} {r['weights']:>10,} {r['kept_pct']:>6.2f}% "
             f"{r['weight_bits_pq']:>6.2f} {r['weight_bits_pqh']:>8.2f} "
             f"{r['index_bits_pq']:>6.2f} {r['index_bits_pqh']:>8.2f} "
             f"{r['rate_pq_pct']:>8.2f}% {r['rate_pqh_pct']:>10.2f}%"
