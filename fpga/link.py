@@ -6,8 +6,8 @@ INFER payload goes into the engine word by word as it arrives, and the engine's 
 straight into the reply as it is sent (the engine's `o_act` waits on `ready`). The CRC verdict
 is known before the first output word, so the reply header can go first: a good INFER is
 answered with its outputs streamed, a bad one has its outputs drained and dropped, then ERROR.
-The FSM's states are built in two pieces: the frame receiver (`_receiver`) and the reply
-sender (`_sender`).
+The FSM's states are built in two pieces, each a few stages: the frame receiver (`_receiver`,
+`_rx_*`) and the reply sender (`_sender`, `_tx_*`).
 
 A bad frame cannot turn the link:
 
@@ -74,8 +74,20 @@ def crc8_step(crc, byte):
 class Link(wiring.Component):
     """Request/reply protocol engine; see the module docstring.
 
-    `loads` is the number of loadable (SPRAM) memories, or the list of their depths in words
-    (load-id order); a bare number means every memory is a whole SPRAM (16K words).
+    Ports: `rx` (in: request bytes from the UART), `tx` (out: reply bytes to the UART),
+    `act_out` (out: input words to the engine's `i_act`), `act_in` (in: output words from the
+    engine's `o_act`), `cycles`, `layer_cycles`, `busy` (in: the engine's counters, sent in
+    COUNT and INFER replies, and its busy flag); `load_mem`, `load_addr`, `load_data`,
+    `load_we` (out: LOAD frames' writes into the SPRAM memories, used when loads > 0);
+    `digit`, `inferences`, `errors`, `active`, `error_flag` (out: status for the LEDs: the
+    argmax of the last good inference, two counters, a frame is being handled, the last reply
+    was an error).
+
+    Parameters: in_features, out_features, num_layers, pes (the engine's shape, also sent in
+    the PING reply); clock_hz (sent in PING); timeout, the inter-byte timeout in clock cycles;
+    lockstep, which image the host must load (PING flags bit 1); `loads`, the number of
+    loadable (SPRAM) memories, or the list of their depths in words (load-id order); a bare
+    number means every memory is a whole SPRAM (16K words).
     """
 
     def __init__(
@@ -170,18 +182,30 @@ class Link(wiring.Component):
         return m
 
     # -- the frame receiver ------------------------------------------------------------------
+    # IDLE .. CRC: hunt, header, payload (INFER, LOAD), discard of refused frames. Each stage
+    # adds its states to the FSM in order (the order fixes the state encoding).
 
     def _receiver(self, m, s):
-        """IDLE .. CRC: hunt, header, payload (INFER, LOAD), discard of refused frames."""
-        n_in, loads = self.in_features, self.loads
-        rx_byte, rx_take, timed_out = self.rx.payload, s.rx_take, s.timed_out
-        cmd, err = s.cmd, s.err
+        """The receiver's states, stage by stage (signals in `s`, shared with the sender)."""
+        self._rx_signals(m, s)
+        if self.loads:
+            self._rx_load_port(m, s)
+        self._rx_header(m, s)
+        self._rx_length(m, s)
+        self._rx_skip_payload(m, s)
+        if self.loads:
+            self._rx_load(m, s)
+        self._rx_crc(m, s)
+
+    def _rx_signals(self, m, s):
+        """The receiver's registers, and its ways out of a state (into `s`)."""
+        rx_byte, err = self.rx.payload, s.err
         crc = Signal(8, init=0xFF)
         left = Signal(16)  # payload bytes still to come (LEN, counted down)
-        words_left = Signal(range(n_in + 1))
+        words_left = Signal(range(self.in_features + 1))
         lo_byte = Signal(8)
         have_lo = Signal()
-        s.words_left = words_left
+        s.crc, s.left, s.words_left, s.lo_byte, s.have_lo = crc, left, words_left, lo_byte, have_lo
 
         def refuse(code):
             """A refused frame: drop the rest of what it declared (`left` + CRC), then ERROR."""
@@ -200,54 +224,68 @@ class Link(wiring.Component):
         def crc_in():
             m.d.sync += crc.eq(crc8_step(crc, rx_byte))
 
-        if loads:
-            l_idx = Signal(2)  # LOAD payload: 0 mem, 1 addr lo, 2 addr hi, 3 words
-            l_addr = Signal(LOAD_ADDR_BITS)
-            l_big = Signal()  # the address does not fit LOAD_ADDR_BITS
-            l_last = Signal()  # the LOAD ends at its memory's last word
-            cur_mem = Signal(range(loads + 1))  # the load cursor (module docstring)
-            cur_addr = Signal(LOAD_ADDR_BITS)
-            # The load port is driven straight from the frame (no copy registers): the word is
-            # written in the cycle its high byte is taken.
-            m.d.comb += [self.load_addr.eq(l_addr), self.load_data.eq(Cat(lo_byte, rx_byte))]
-            # Depth of the addressed memory (0 past the last: never fits).
-            k = max(1, (loads - 1).bit_length())
-            depth = Array(Const(d, LOAD_ADDR_BITS + 1)
-                          for d in self.load_depths + [0] * ((1 << k) - loads))[self.load_mem[:k]]
-            end = Signal(LOAD_ADDR_BITS + 1)  # address after the frame's last word
-            m.d.comb += end.eq(l_addr + left[1:])  # in LCHK, left = 2 x words
+        s.refuse, s.reply, s.discard, s.crc_in = refuse, reply, discard, crc_in
 
+    def _rx_load_port(self, m, s):
+        """LOAD's registers, the load cursor and the load port (loads > 0)."""
+        loads = self.loads
+        l_idx = Signal(2)  # LOAD payload: 0 mem, 1 addr lo, 2 addr hi, 3 words
+        l_addr = Signal(LOAD_ADDR_BITS)
+        l_big = Signal()  # the address does not fit LOAD_ADDR_BITS
+        l_last = Signal()  # the LOAD ends at its memory's last word
+        cur_mem = Signal(range(loads + 1))  # the load cursor (module docstring)
+        cur_addr = Signal(LOAD_ADDR_BITS)
+        s.l_idx, s.l_addr, s.l_big, s.l_last = l_idx, l_addr, l_big, l_last
+        s.cur_mem, s.cur_addr = cur_mem, cur_addr
+        # The load port is driven straight from the frame (no copy registers): the word is
+        # written in the cycle its high byte is taken.
+        m.d.comb += [self.load_addr.eq(l_addr), self.load_data.eq(Cat(s.lo_byte, self.rx.payload))]
+        # Depth of the addressed memory (0 past the last: never fits).
+        k = max(1, (loads - 1).bit_length())
+        s.depth = Array(Const(d, LOAD_ADDR_BITS + 1)
+                        for d in self.load_depths + [0] * ((1 << k) - loads))[self.load_mem[:k]]
+        end = Signal(LOAD_ADDR_BITS + 1)  # address after the frame's last word
+        m.d.comb += end.eq(l_addr + s.left[1:])  # in LCHK, left = 2 x words
+        s.end = end
+
+    def _rx_header(self, m, s):
+        """IDLE (hunt for SYNC), CMD and the low byte of LEN."""
+        rx_byte, rx_take, timed_out = self.rx.payload, s.rx_take, s.timed_out
         with m.State("IDLE"):
-            m.d.sync += [crc.eq(0xFF), have_lo.eq(0), cmd.eq(0), err.eq(0)]
+            m.d.sync += [s.crc.eq(0xFF), s.have_lo.eq(0), s.cmd.eq(0), s.err.eq(0)]
             with m.If(rx_take & (rx_byte == P.SYNC_REQ)):
                 m.next = "CMD"
 
         with m.State("CMD"):
             m.d.comb += s.in_frame.eq(1)
             with m.If(rx_take):
-                m.d.sync += cmd.eq(rx_byte)
-                crc_in()
+                m.d.sync += s.cmd.eq(rx_byte)
+                s.crc_in()
                 m.next = "LEN0"
             with m.Elif(timed_out):
-                reply(P.ERR_TIMEOUT)
+                s.reply(P.ERR_TIMEOUT)
 
         with m.State("LEN0"):
             m.d.comb += s.in_frame.eq(1)
             with m.If(rx_take):
-                m.d.sync += left[:8].eq(rx_byte)
-                crc_in()
+                m.d.sync += s.left[:8].eq(rx_byte)
+                s.crc_in()
                 m.next = "LEN1"
             with m.Elif(timed_out):
-                reply(P.ERR_TIMEOUT)
+                s.reply(P.ERR_TIMEOUT)
 
+    def _rx_length(self, m, s):
+        """LEN1: the whole header is in; the command and its length decide the next stage."""
+        n_in, loads = self.in_features, self.loads
+        rx_byte, left, refuse = self.rx.payload, s.left, s.refuse
         with m.State("LEN1"):
             m.d.comb += s.in_frame.eq(1)
             full = Cat(left[:8], rx_byte)
-            with m.If(rx_take):
+            with m.If(s.rx_take):
                 m.d.sync += left[8:].eq(rx_byte)
-                crc_in()
-                m.d.sync += words_left.eq(n_in)
-                with m.Switch(cmd):
+                s.crc_in()
+                m.d.sync += s.words_left.eq(n_in)
+                with m.Switch(s.cmd):
                     with m.Case(P.CMD_PING, P.CMD_COUNT, *((P.CMD_COMMIT,) if loads else ())):
                         with m.If(full == 0):
                             m.next = "CRC"
@@ -264,15 +302,19 @@ class Link(wiring.Component):
                         with m.Case(P.CMD_LOAD):
                             max_load = 3 + 2 * P.MAX_LOAD_WORDS
                             with m.If(full[0] & (full >= 5) & (full <= max_load)):
-                                m.d.sync += l_idx.eq(0)
+                                m.d.sync += s.l_idx.eq(0)
                                 m.next = "LOAD"
                             with m.Else():
                                 refuse(P.ERR_LENGTH)
                     with m.Default():
                         refuse(P.ERR_COMMAND)
-            with m.Elif(timed_out):
-                reply(P.ERR_TIMEOUT)
+            with m.Elif(s.timed_out):
+                s.reply(P.ERR_TIMEOUT)
 
+    def _rx_skip_payload(self, m, s):
+        """SKIP (a refused frame's rest) and PAYLOAD (INFER's words into the engine)."""
+        rx_byte, rx_take, timed_out = self.rx.payload, s.rx_take, s.timed_out
+        left, lo_byte, have_lo, words_left = s.left, s.lo_byte, s.have_lo, s.words_left
         with m.State("SKIP"):
             # A refused frame: its remaining payload bytes, then its CRC byte, are dropped.
             m.d.comb += s.in_frame.eq(1)
@@ -290,68 +332,74 @@ class Link(wiring.Component):
             with m.If(~have_lo):
                 with m.If(rx_take):
                     m.d.sync += [lo_byte.eq(rx_byte), have_lo.eq(1)]
-                    crc_in()
+                    s.crc_in()
             with m.Else():
                 # High byte: pass it on only when the engine takes the word.
                 m.d.comb += [self.act_out.valid.eq(self.rx.valid)]
                 m.d.comb += s.rx_hold.eq(~self.act_out.ready)
                 with m.If(rx_take):
                     m.d.sync += have_lo.eq(0)
-                    crc_in()
+                    s.crc_in()
                     m.d.sync += words_left.eq(words_left - 1)
                     with m.If(words_left == 1):
                         m.next = "CRC"
             with m.If(timed_out & ~rx_take):
-                m.d.sync += err.eq(P.ERR_TIMEOUT)
+                m.d.sync += s.err.eq(P.ERR_TIMEOUT)
                 m.next = "PAD"
 
-        if loads:
-            with m.State("LOAD"):
-                # mem, address (then LCHK), then words written one by one as their high byte
-                # arrives.
-                m.d.comb += s.in_frame.eq(1)
-                with m.If(rx_take):
-                    crc_in()
-                    m.d.sync += left.eq(left - 1)
-                    with m.Switch(l_idx):
-                        with m.Case(0):
-                            m.d.sync += [self.load_mem.eq(rx_byte), l_idx.eq(1)]
-                        with m.Case(1):
-                            m.d.sync += [l_addr[:8].eq(rx_byte), l_idx.eq(2)]
-                        with m.Case(2):
-                            m.d.sync += [l_addr[8:].eq(rx_byte), l_idx.eq(3), have_lo.eq(0),
-                                         l_big.eq(rx_byte[LOAD_ADDR_BITS - 8:] != 0)]
-                            m.next = "LCHK"
-                        with m.Default():
-                            with m.If(~have_lo):
-                                m.d.sync += [lo_byte.eq(rx_byte), have_lo.eq(1)]
-                            with m.Else():
-                                m.d.comb += self.load_we.eq(1)
-                                m.d.sync += [l_addr.eq(l_addr + 1), have_lo.eq(0)]
-                            with m.If(left == 1):
-                                m.next = "CRC"
-                with m.Elif(timed_out):
-                    reply(P.ERR_TIMEOUT)
+    def _rx_load(self, m, s):
+        """LOAD (header bytes, then words written as they arrive) and LCHK (header checks)."""
+        rx_byte, left, lo_byte, have_lo = self.rx.payload, s.left, s.lo_byte, s.have_lo
+        l_idx, l_addr = s.l_idx, s.l_addr
+        with m.State("LOAD"):
+            # mem, address (then LCHK), then words written one by one as their high byte
+            # arrives.
+            m.d.comb += s.in_frame.eq(1)
+            with m.If(s.rx_take):
+                s.crc_in()
+                m.d.sync += left.eq(left - 1)
+                with m.Switch(l_idx):
+                    with m.Case(0):
+                        m.d.sync += [self.load_mem.eq(rx_byte), l_idx.eq(1)]
+                    with m.Case(1):
+                        m.d.sync += [l_addr[:8].eq(rx_byte), l_idx.eq(2)]
+                    with m.Case(2):
+                        m.d.sync += [l_addr[8:].eq(rx_byte), l_idx.eq(3), have_lo.eq(0),
+                                     s.l_big.eq(rx_byte[LOAD_ADDR_BITS - 8:] != 0)]
+                        m.next = "LCHK"
+                    with m.Default():
+                        with m.If(~have_lo):
+                            m.d.sync += [lo_byte.eq(rx_byte), have_lo.eq(1)]
+                        with m.Else():
+                            m.d.comb += self.load_we.eq(1)
+                            m.d.sync += [l_addr.eq(l_addr + 1), have_lo.eq(0)]
+                        with m.If(left == 1):
+                            m.next = "CRC"
+            with m.Elif(s.timed_out):
+                s.reply(P.ERR_TIMEOUT)
 
-            with m.State("LCHK"):
-                # The LOAD header, checked before any word is written (one cycle, no byte
-                # taken): an existing memory, the words inside it, at the cursor or at 0/0.
-                m.d.comb += [s.in_frame.eq(1), s.rx_hold.eq(1)]
-                restart = (self.load_mem == 0) & (l_addr == 0)
-                at_cursor = (self.load_mem == cur_mem) & (l_addr == cur_addr)
-                with m.If((self.load_mem < loads) & ~l_big & (restart | at_cursor)
-                          & (end <= depth)):
-                    m.d.sync += [s.loaded.eq(0), cur_mem.eq(self.load_mem),
-                                 cur_addr.eq(l_addr), l_last.eq(end == depth)]
-                    m.next = "LOAD"
-                with m.Else():
-                    refuse(P.ERR_ADDRESS)
+        with m.State("LCHK"):
+            # The LOAD header, checked before any word is written (one cycle, no byte
+            # taken): an existing memory, the words inside it, at the cursor or at 0/0.
+            m.d.comb += [s.in_frame.eq(1), s.rx_hold.eq(1)]
+            restart = (self.load_mem == 0) & (l_addr == 0)
+            at_cursor = (self.load_mem == s.cur_mem) & (l_addr == s.cur_addr)
+            with m.If((self.load_mem < self.loads) & ~s.l_big & (restart | at_cursor)
+                      & (s.end <= s.depth)):
+                m.d.sync += [s.loaded.eq(0), s.cur_mem.eq(self.load_mem),
+                             s.cur_addr.eq(l_addr), s.l_last.eq(s.end == s.depth)]
+                m.next = "LOAD"
+            with m.Else():
+                s.refuse(P.ERR_ADDRESS)
 
+    def _rx_crc(self, m, s):
+        """CRC (the verdict: which reply, and LOAD's cursor / COMMIT's flag) and GAP."""
+        loads, cmd, reply, discard = self.loads, s.cmd, s.reply, s.discard
         with m.State("CRC"):
             m.d.comb += s.in_frame.eq(1)
             ok = Signal()
-            m.d.comb += ok.eq(rx_byte == crc)
-            with m.If(rx_take):
+            m.d.comb += ok.eq(self.rx.payload == s.crc)
+            with m.If(s.rx_take):
                 with m.If((cmd == P.CMD_INFER) & ~ok):
                     discard(P.ERR_CRC)
                 with m.Elif(~ok):
@@ -359,19 +407,19 @@ class Link(wiring.Component):
                 if loads:
                     with m.Elif(cmd == P.CMD_LOAD):
                         # A good LOAD moves the cursor past its words.
-                        with m.If(l_last):
-                            m.d.sync += [cur_mem.eq(cur_mem + 1), cur_addr.eq(0)]
+                        with m.If(s.l_last):
+                            m.d.sync += [s.cur_mem.eq(s.cur_mem + 1), s.cur_addr.eq(0)]
                         with m.Else():
-                            m.d.sync += cur_addr.eq(l_addr)
+                            m.d.sync += s.cur_addr.eq(s.l_addr)
                         reply(0)
-                    with m.Elif((cmd == P.CMD_COMMIT) & (cur_mem != loads)):
+                    with m.Elif((cmd == P.CMD_COMMIT) & (s.cur_mem != loads)):
                         reply(P.ERR_NOT_LOADED)
                     with m.Elif(cmd == P.CMD_COMMIT):
                         m.d.sync += s.loaded.eq(1)
                         reply(0)
                 with m.Else():
                     reply(0)  # a good INFER: its outputs stream into the reply
-            with m.Elif(timed_out):
+            with m.Elif(s.timed_out):
                 with m.If(cmd == P.CMD_INFER):
                     discard(P.ERR_TIMEOUT)
                 with m.Else():
@@ -381,22 +429,32 @@ class Link(wiring.Component):
             # Bytes came in while a reply went out: wait for a quiet line before hunting.
             m.d.comb += s.in_frame.eq(1)
             m.d.sync += s.dropped.eq(0)
-            with m.If(timed_out):
+            with m.If(s.timed_out):
                 m.next = "IDLE"
 
     # -- the reply sender --------------------------------------------------------------------
+    # PAD, DISCARD (an INFER's leftovers), REPLY, T_*: the reply, byte by byte.
 
     def _sender(self, m, s):
-        """PAD, DISCARD (an INFER's leftovers), REPLY, T_*: the reply, byte by byte."""
+        """The sender's states, stage by stage (signals in `s`, shared with the receiver)."""
+        self._tx_signals(m, s)
+        self._tx_drain(m, s)
+        self._tx_choose(m, s)
+        self._tx_header(m, s)
+        self._tx_payload(m, s)
+        self._tx_crc(m, s)
+
+    def _tx_signals(self, m, s):
+        """The reply's table of 32-bit words and the sender's registers (into `s`)."""
         n_out, n_l = self.out_features, self.num_layers
-        cmd, err, words_left = s.cmd, s.err, s.words_left
-        best = Signal(signed(16))
-        best_idx = Signal.like(self.digit)
+        s.best = Signal(signed(16), name="best")
+        s.best_idx = Signal.like(self.digit, name="best_idx")
         dropped = s.dropped
 
         def answering():
             m.d.sync += dropped.eq(dropped | s.rx_take)
 
+        s.answering = answering
         # The reply payload: the engine's output words (INFER only, streamed from act_in), then
         # 32-bit words from one table, sent LSB first through a 24-bit shift register. Each
         # reply starts at its own place in the table: INFER's words are the tail of COUNT's.
@@ -404,17 +462,18 @@ class Link(wiring.Component):
         ping_bytes += n_out.to_bytes(2, "little")
         ping_bytes += (self.clock_hz & 0xFFFFFFFF).to_bytes(4, "little")
         assert len(ping_bytes) == 11
+        s.ping_len = len(ping_bytes)
         ping_words = [int.from_bytes(ping_bytes[i:i + 4], "little") for i in (0, 4, 8)]
         flags = Cat(s.loaded, Const(int(self.lockstep), 1))
-        table = [Cat(err, cmd),  # ERROR: the code and the command it refuses
+        table = [Cat(s.err, s.cmd),  # ERROR: the code and the command it refuses
                  Const(ping_words[0], 32), Const(ping_words[1], 32),
                  Cat(Const(ping_words[2], 24), flags),
                  self.inferences, self.errors, self.cycles,
                  *[self.layer_cycles[i] for i in range(n_l)]]
-        W_ERROR, W_PING, W_COUNT, W_INFER = 0, 1, 4, 6
         words = Array(Signal(32, name=f"tail{i}") for i in range(len(table)))
         for w, v in zip(words, table):
             m.d.comb += w.eq(v)
+        s.words = words
 
         r_cmd = Signal(8)
         max_reply = max(2 * n_out + 4 + 4 * n_l, 12 + 4 * n_l, 12)
@@ -426,10 +485,17 @@ class Link(wiring.Component):
         r_byte = Signal(8)
         wreg = Signal(24)
         r_crc = Signal(8)
+        s.r_cmd, s.r_len, s.r_k, s.r_w, s.r_b = r_cmd, r_len, r_k, r_w, r_b
+        s.o_left, s.r_byte, s.wreg, s.r_crc = o_left, r_byte, wreg, r_crc
+        # One CRC step for every byte sent (the states only choose the byte).
+        s.tx_crc = crc8_step(r_crc, self.tx.payload)
 
+    def _tx_drain(self, m, s):
+        """PAD and DISCARD: an INFER answered with ERROR still runs through the engine."""
+        words_left, r_k = s.words_left, s.r_k
         with m.State("PAD"):
             # Abandoned INFER: complete the engine's input with zeros.
-            answering()
+            s.answering()
             m.d.comb += [self.act_out.valid.eq(1), self.act_out.payload.eq(0)]
             with m.If(self.act_out.ready):
                 m.d.sync += words_left.eq(words_left - 1)
@@ -438,62 +504,69 @@ class Link(wiring.Component):
 
         with m.State("DISCARD"):
             # The engine's outputs of an INFER answered with ERROR: taken and dropped.
-            answering()
+            s.answering()
             m.d.comb += self.act_in.ready.eq(1)
             with m.If(self.act_in.valid):
                 m.d.sync += r_k.eq(r_k + 1)
-                with m.If(r_k == n_out - 1):
+                with m.If(r_k == self.out_features - 1):
                     m.next = "REPLY"
 
+    def _tx_choose(self, m, s):
+        """REPLY: choose the reply's command, payload length and where in the table it starts."""
+        n_out, n_l, cmd, err = self.out_features, self.num_layers, s.cmd, s.err
+        W_ERROR, W_PING, W_COUNT, W_INFER = 0, 1, 4, 6
         with m.State("REPLY"):
-            # Choose the reply: command, payload length, where in the table it starts.
-            answering()
-            m.d.sync += [r_k.eq(0), r_b.eq(0), r_crc.eq(0xFF), o_left.eq(0)]
+            s.answering()
+            m.d.sync += [s.r_k.eq(0), s.r_b.eq(0), s.r_crc.eq(0xFF), s.o_left.eq(0)]
             with m.If(err != 0):
-                m.d.sync += [r_cmd.eq(P.CMD_ERROR), r_len.eq(2), r_w.eq(W_ERROR)]
+                m.d.sync += [s.r_cmd.eq(P.CMD_ERROR), s.r_len.eq(2), s.r_w.eq(W_ERROR)]
                 m.d.sync += [self.errors.eq(self.errors + 1), self.error_flag.eq(1)]
             with m.Else():
-                m.d.sync += [r_cmd.eq(cmd), self.error_flag.eq(0)]
+                m.d.sync += [s.r_cmd.eq(cmd), self.error_flag.eq(0)]
                 with m.Switch(cmd):
                     with m.Case(P.CMD_PING):
-                        m.d.sync += [r_len.eq(len(ping_bytes) + 1), r_w.eq(W_PING)]
+                        m.d.sync += [s.r_len.eq(s.ping_len + 1), s.r_w.eq(W_PING)]
                     with m.Case(P.CMD_COUNT):
-                        m.d.sync += [r_len.eq(12 + 4 * n_l), r_w.eq(W_COUNT)]
+                        m.d.sync += [s.r_len.eq(12 + 4 * n_l), s.r_w.eq(W_COUNT)]
                     with m.Case(P.CMD_LOAD, P.CMD_COMMIT):
-                        m.d.sync += r_len.eq(0)
+                        m.d.sync += s.r_len.eq(0)
                     with m.Default():  # INFER
-                        m.d.sync += [r_len.eq(2 * n_out + 4 + 4 * n_l), r_w.eq(W_INFER),
-                                     o_left.eq(n_out)]
+                        m.d.sync += [s.r_len.eq(2 * n_out + 4 + 4 * n_l), s.r_w.eq(W_INFER),
+                                     s.o_left.eq(n_out)]
                         m.d.sync += self.inferences.eq(self.inferences + 1)
             m.next = "T_SYNC"
 
-        # One CRC step for every byte sent (the states only choose the byte).
-        tx_crc = crc8_step(r_crc, self.tx.payload)
+    def _tx_header(self, m, s):
+        """T_SYNC .. T_LEN1: the reply's header bytes."""
 
         def send(value, nxt, *, add_crc=True):
-            answering()
+            s.answering()
             m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
             with m.If(self.tx.ready):
                 if add_crc:
-                    m.d.sync += r_crc.eq(tx_crc)
+                    m.d.sync += s.r_crc.eq(s.tx_crc)
                 m.next = nxt
 
         with m.State("T_SYNC"):
             send(P.SYNC_REP, "T_CMD", add_crc=False)
         with m.State("T_CMD"):
-            send(r_cmd, "T_LEN0")
+            send(s.r_cmd, "T_LEN0")
         with m.State("T_LEN0"):
-            send(r_len & 0xFF, "T_LEN1")
+            send(s.r_len & 0xFF, "T_LEN1")
         with m.State("T_LEN1"):
-            send(r_len >> 8, "T_LOAD")
+            send(s.r_len >> 8, "T_LOAD")
 
+    def _tx_payload(self, m, s):
+        """T_LOAD / T_BODY: the payload, one byte per pair (output words, then table words)."""
+        r_k, r_b, r_w, o_left, r_byte, wreg = s.r_k, s.r_b, s.r_w, s.o_left, s.r_byte, s.wreg
+        words, best, best_idx = s.words, s.best, s.best_idx
         with m.State("T_LOAD"):
             # The next payload byte into r_byte: the low byte of an output word as the
             # engine delivers it (the high byte waits in wreg), or a byte of a table word.
             # The table words of an INFER (its cycle counters) wait until the engine is idle.
-            answering()
+            s.answering()
             is_out = o_left != 0
-            with m.If(r_k == r_len):
+            with m.If(r_k == s.r_len):
                 m.next = "T_CRC"
             with m.Elif(is_out & ~r_k[0]):
                 m.d.comb += self.act_in.ready.eq(1)
@@ -513,10 +586,10 @@ class Link(wiring.Component):
                     m.d.sync += [r_byte.eq(wreg[:8]), wreg.eq(wreg >> 8)]
                 m.next = "T_BODY"
         with m.State("T_BODY"):
-            answering()
+            s.answering()
             m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(r_byte)]
             with m.If(self.tx.ready):
-                m.d.sync += [r_crc.eq(tx_crc), r_k.eq(r_k + 1)]
+                m.d.sync += [s.r_crc.eq(s.tx_crc), r_k.eq(r_k + 1)]
                 m.next = "T_LOAD"
                 # The argmax for the LEDs, from the output word just registered (not from
                 # the engine's output multiplexer: that path limited the board's clock).
@@ -525,15 +598,18 @@ class Link(wiring.Component):
                     newbest = (r_k[1:] == 0) | (y > best)
                     with m.If(newbest):
                         m.d.sync += [best.eq(y), best_idx.eq(r_k[1:])]
-                    with m.If(r_k[1:] == n_out - 1):
+                    with m.If(r_k[1:] == self.out_features - 1):
                         m.d.sync += self.digit.eq(Mux(newbest, r_k[1:], best_idx))
+
+    def _tx_crc(self, m, s):
+        """T_CRC: the reply's last byte; then IDLE, or GAP if bytes came in meanwhile."""
         with m.State("T_CRC"):
-            answering()
-            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(r_crc)]
+            s.answering()
+            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(s.r_crc)]
             with m.If(self.tx.ready):
-                m.d.sync += r_k.eq(0)  # DISCARD counts output words from 0
+                m.d.sync += s.r_k.eq(0)  # DISCARD counts output words from 0
                 # Bytes came in during the reply: the tail of some frame; wait for quiet.
-                with m.If(dropped | s.rx_take):
+                with m.If(s.dropped | s.rx_take):
                     m.next = "GAP"
                 with m.Else():
                     m.next = "IDLE"
