@@ -392,12 +392,92 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
     densities, attempts, progress, log, threads, ...). Bad input raises `InputError` with one
     line naming it. The user's model is not modified.
     """
-    from .data import Tensors
-    from .models import compressible_layers
-    from .trace import has_conv, linear_chain, run_chain
+    from .sensitivity import layer_sensitivity
     from .train import device
 
     opts = _options(options)
+    max_drop, seed = _check_args(model, max_drop, seed)
+    if opts.threads is not None and not torch.cuda.is_available():
+        torch.set_num_threads(opts.threads)
+    log = opts.log or (_stderr_log if opts.progress else (lambda s: None))
+    t_start = time.time()
+    seconds: dict[str, float] = {}
+    notes: list[str] = []
+
+    work, chain, layers = _network(model)
+    d = _data(work, chain, train, val, opts, seed, notes)
+
+    # Input scaling.
+    input_frac, warn = calibrate_input_frac(d.x_tr)
+    for w in warn:
+        warnings.warn(w, stacklevel=2)
+    notes += warn
+
+    dev = device()
+    work.to(dev)
+    accuracy = {"dense": {k: _accuracy(work, xx, yy) for k, (xx, yy) in d.splits.items()}}
+    log(f"dense: val accuracy {accuracy['dense']['val']:.2f}%" +
+        (f", test {accuracy['dense']['test']:.2f}%" if d.test else "") +
+        f"; input_frac {input_frac}")
+
+    t = time.time()
+    sens = layer_sensitivity(work, layers, d.x_val, d.y_val, progress=opts.progress)
+    seconds["sensitivity"] = time.time() - t
+
+    best, attempts = _search(work, chain, layers, sens, d, opts, seed, max_drop, input_frac,
+                             accuracy["dense"]["val"], seconds, log)
+
+    # The chosen attempt's files.
+    t = time.time()
+    qnet, m = best.pop("qnet"), best.pop("model")
+    cbs, idx = best.pop("codebooks"), best.pop("indices")
+    for other in attempts:
+        for k in ("qnet", "model", "codebooks", "indices"):
+            other.pop(k, None)
+    data, rows = _pack(qnet, chain, m, cbs, idx, input_frac)
+    seconds["dcz"] = time.time() - t
+    seconds["total"] = time.time() - t_start
+    uncompressed = 4 * sum(mod.weight.numel() + (mod.bias.numel() if mod.bias is not None
+                                                 else 0) for mod in layers.values())
+    accuracy.update(best["accuracy"])
+    chosen = _chosen(best, attempts, opts, max_drop, qnet is not None)
+    summary = {
+        "model": type(model).__name__,
+        "engine": qnet is not None,
+        "layers": list(layers),
+        "shape": ([chain[0].linear.in_features] + [c.linear.out_features for c in chain]
+                  if chain is not None else None),
+        "classes": d.n_out,
+        "examples": {"train": int(len(d.y_tr)), "val": int(len(d.y_val)),
+                     **({"test": int(len(d.test[1]))} if d.test else {})},
+        "seed": seed,
+        "max_drop": max_drop,
+        "device": str(dev),
+        "input_frac": qnet.input_frac if qnet is not None else input_frac,
+        "input_max_abs": float(d.x_tr.abs().max()),
+        "accuracy": accuracy,
+        "drop": best["drop"],
+        "met_max_drop": best["met"],
+        "density": best["density"],
+        "index_bits": best["index_bits"],
+        "dcz_bytes": len(data),
+        "uncompressed_bytes": uncompressed,
+        "ratio": uncompressed / len(data),
+        "chosen": chosen,
+        "attempts": attempts,
+        "sensitivity": sens.to_dict(),
+        "notes": notes,
+        "seconds": seconds,
+    }
+    if qnet is not None:
+        summary["calibration"] = best.get("calibration")
+    report = _report(summary, rows, len(data), uncompressed)
+    log(f"done in {seconds['total']:.0f} s: {len(data):,} bytes, {summary['ratio']:.1f}x")
+    return CompressResult(qnet=qnet, dcz=data, summary=summary, report=report, model=m,
+                          sensitivity=sens)
+
+
+def _check_args(model, max_drop, seed) -> tuple[float, int]:
     if not isinstance(model, nn.Module):
         raise InputError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     try:
@@ -407,18 +487,16 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
         ok = False
     if not ok:
         raise InputError(f"max_drop must be >= 0 percentage points, not {max_drop!r}")
-    max_drop = float(max_drop)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise InputError(f"seed must be an integer, not {seed!r}")
-    seed = int(seed)
-    if opts.threads is not None and not torch.cuda.is_available():
-        torch.set_num_threads(opts.threads)
-    log = opts.log or (_stderr_log if opts.progress else (lambda s: None))
-    t_start = time.time()
-    seconds: dict[str, float] = {}
-    notes: list[str] = []
+    return float(max_drop), int(seed)
 
-    # The network: the engine's Linear/ReLU chain, or (with conv layers) .dcz only.
+
+def _network(model: nn.Module):
+    """(a float CPU copy of the model, its Linear/ReLU chain or None (conv: .dcz only), layers)."""
+    from .models import compressible_layers
+    from .trace import has_conv, linear_chain
+
     work = copy.deepcopy(model).float().cpu().eval()
     try:
         chain = linear_chain(work)
@@ -426,9 +504,24 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
         if not has_conv(work):
             raise
         chain = None
-    layers = compressible_layers(work)
+    return work, chain, compressible_layers(work)
 
-    # The data.
+
+@dataclass
+class _Data:
+    x_tr: torch.Tensor
+    y_tr: np.ndarray
+    x_val: torch.Tensor
+    y_val: np.ndarray
+    test: tuple | None
+    splits: dict
+    n_out: int
+
+
+def _data(work, chain, train, val, opts, seed: int, notes: list[str]) -> _Data:
+    """The splits as tensors, checked against the network (and the traced chain against it)."""
+    from .trace import run_chain
+
     x_tr, y_tr = materialise(train, "train", max_values=opts.max_values)
     if val is None:
         (x_tr, y_tr), (x_val, y_val) = _split(x_tr, y_tr, opts.val_fraction, seed)
@@ -452,44 +545,25 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
                                                          atol=1e-5 * float(ref.abs().max() + 1)):
             raise InputError("model: the traced Linear/ReLU chain does not reproduce the "
                              "model's output on the training inputs")
-
-    # Input scaling.
-    input_frac, warn = calibrate_input_frac(x_tr)
-    for w in warn:
-        warnings.warn(w, stacklevel=2)
-    notes += warn
-
-    dev = device()
-    work.to(dev)
     splits = {"val": (x_val, y_val), **({"test": test} if test else {})}
+    return _Data(x_tr, y_tr, x_val, y_val, test, splits, n_out)
 
-    def accs(m) -> dict:
-        return {k: _accuracy(m, xx, yy) for k, (xx, yy) in splits.items()}
 
-    accuracy = {"dense": accs(work)}
-    dense_val = accuracy["dense"]["val"]
-    log(f"dense: val accuracy {dense_val:.2f}%" +
-        (f", test {accuracy['dense']['test']:.2f}%" if test else "") +
-        f"; input_frac {input_frac}")
+def _search(work, chain, layers, sens, d: _Data, opts, seed, max_drop, input_frac, dense_val,
+            seconds, log) -> tuple[dict, list[dict]]:
+    """Attempts from the dense weights, each denser than the last, until max_drop is met."""
+    from .data import Tensors
+    from .sensitivity import choose_densities
 
-    # Sensitivity.
-    t = time.time()
-    from .sensitivity import choose_densities, layer_sensitivity
-
-    sens = layer_sensitivity(work, layers, x_val, y_val, progress=opts.progress)
-    seconds["sensitivity"] = time.time() - t
     dense_state = copy.deepcopy(work.state_dict())
-
     # Training settings scaled to the data: one epoch per pruning round, clamped in steps.
-    n = len(y_tr)
-    batches = max(1, n // opts.batch_size)
+    batches = max(1, len(d.y_tr) // opts.batch_size)
     lo, hi = opts.round_steps
     round_epochs = opts.epochs if opts.epochs is not None else \
         min(max(batches, lo), hi) / batches
-    train_set = Tensors(x_tr, y_tr)
-    x_cal = x_tr[: opts.calib_examples]
+    train_set = Tensors(d.x_tr, d.y_tr)
+    x_cal = d.x_tr[: opts.calib_examples]
     L = len(layers)
-
     attempts: list[dict] = []
     best = None
     for a in range(opts.attempts):
@@ -503,7 +577,7 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
         if bad:
             raise InputError(f"densities: unknown layer {bad[0]!r} (layers: {', '.join(layers)})")
         dens = {k: float(dens.get(k, 1.0)) for k in layers}
-        attempt = _attempt(work, dense_state, layers, dens, a, seed, opts, train_set, splits,
+        attempt = _attempt(work, dense_state, layers, dens, a, seed, opts, train_set, d.splits,
                            round_epochs, x_cal, input_frac, chain, max_drop / (2 * L) / 2**a,
                            seconds, log)
         attempt["per_layer_budget"] = budget
@@ -520,15 +594,11 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
             best = attempt
         if attempt["met"]:
             break
+    return best, attempts
 
-    # The chosen attempt's files.
-    t = time.time()
-    qnet = best.pop("qnet")
-    m = best.pop("model")
-    cbs, idx = best.pop("codebooks"), best.pop("indices")
-    for other in attempts:
-        for k in ("qnet", "model", "codebooks", "indices"):
-            other.pop(k, None)
+
+def _pack(qnet, chain, m, cbs, idx, input_frac: int) -> tuple[bytes, list[dict]]:
+    """The .dcz bytes (checked to unpack to the qnet) and its per-layer size rows."""
     from . import dcz as dczmod
 
     if qnet is not None:
@@ -536,8 +606,7 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
         if not dczmod.unpack(data).equals(qnet):
             raise RuntimeError("the .dcz does not unpack to the qnet it was packed from")
         rows = dczmod.layer_sizes(qnet)
-        for r, name in zip(rows, [c.name for c in chain]):
-            r["layer"] = name
+        names = [c.name for c in chain]
     else:
         from .pipeline import matrix_layers
 
@@ -545,56 +614,22 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
         data = dczmod.pack_layers(mats, shapes=shapes, input_frac=input_frac)
         rows = dczmod.layer_sizes(dczmod.LayerSet(layers=mats, shapes=shapes,
                                                   input_frac=input_frac))
-        for r, name in zip(rows, names):
-            r["layer"] = name
-    seconds["dcz"] = time.time() - t
-    seconds["total"] = time.time() - t_start
-    uncompressed = 4 * sum(mod.weight.numel() + (mod.bias.numel() if mod.bias is not None
-                                                 else 0) for mod in layers.values())
-    accuracy.update(best["accuracy"])
+    for r, name in zip(rows, names):
+        r["layer"] = name
+    return data, rows
+
+
+def _chosen(best: dict, attempts: list[dict], opts, max_drop: float, engine: bool) -> str:
+    """One sentence on what was chosen and why (a warning when max_drop was not met)."""
     if best["met"]:
-        chosen = (f"attempt {best['attempt']} of {opts.attempts}: densities from the sensitivity curves at "
-                  f"{best['per_layer_budget']:.3g} points per layer; the "
-                  f"{'integer' if qnet is not None else 'weight-shared'} validation accuracy "
-                  f"dropped {best['drop']:.2f} points <= max_drop {max_drop}")
-    else:
-        chosen = (f"max_drop {max_drop} not met after {len(attempts)} attempts; kept the "
-                  f"attempt with the smallest drop ({best['drop']:.2f} points)")
-        warnings.warn(f"compress_model: {chosen}", stacklevel=2)
-    summary = {
-        "model": type(model).__name__,
-        "engine": qnet is not None,
-        "layers": list(layers),
-        "shape": ([chain[0].linear.in_features] + [c.linear.out_features for c in chain]
-                  if chain is not None else None),
-        "classes": n_out,
-        "examples": {"train": int(n), "val": int(len(y_val)),
-                     **({"test": int(len(test[1]))} if test else {})},
-        "seed": seed,
-        "max_drop": max_drop,
-        "device": str(dev),
-        "input_frac": qnet.input_frac if qnet is not None else input_frac,
-        "input_max_abs": float(x_tr.abs().max()),
-        "accuracy": accuracy,
-        "drop": best["drop"],
-        "met_max_drop": best["met"],
-        "density": best["density"],
-        "index_bits": best["index_bits"],
-        "dcz_bytes": len(data),
-        "uncompressed_bytes": uncompressed,
-        "ratio": uncompressed / len(data),
-        "chosen": chosen,
-        "attempts": attempts,
-        "sensitivity": sens.to_dict(),
-        "notes": notes,
-        "seconds": seconds,
-    }
-    if qnet is not None:
-        summary["calibration"] = best.get("calibration")
-    report = _report(summary, rows, len(data), uncompressed)
-    log(f"done in {seconds['total']:.0f} s: {len(data):,} bytes, {summary['ratio']:.1f}x")
-    return CompressResult(qnet=qnet, dcz=data, summary=summary, report=report, model=m,
-                          sensitivity=sens)
+        return (f"attempt {best['attempt']} of {opts.attempts}: densities from the sensitivity "
+                f"curves at {best['per_layer_budget']:.3g} points per layer; the "
+                f"{'integer' if engine else 'weight-shared'} validation accuracy "
+                f"dropped {best['drop']:.2f} points <= max_drop {max_drop}")
+    chosen = (f"max_drop {max_drop} not met after {len(attempts)} attempts; kept the "
+              f"attempt with the smallest drop ({best['drop']:.2f} points)")
+    warnings.warn(f"compress_model: {chosen}", stacklevel=3)
+    return chosen
 
 
 def _stderr_log(s: str) -> None:
