@@ -191,7 +191,8 @@ def layer_sensitivity(model: nn.Module, layers: dict[str, nn.Module], x_val, y_v
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(layers), desc="sensitivity", unit="layer", leave=False)
+            bar = tqdm(total=len(layers), desc="sensitivity", unit="layer", leave=False,
+                       disable=None)  # None: no bar when stderr is not a terminal
         widen = True
         for name, mod in layers.items():
             w = getattr(mod, "weight", None)

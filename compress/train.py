@@ -148,7 +148,9 @@ def fit(
     gen = torch.Generator().manual_seed(cfg.seed)
     net.train()
     step, losses = 0, []
-    bar = tqdm(total=total, desc=desc, disable=not (cfg.progress and rank == 0), leave=False,
+    # disable=None: no bar when stderr is not a terminal (a log file gets no \r lines).
+    bar = tqdm(total=total, desc=desc, disable=None if cfg.progress and rank == 0 else True,
+               leave=False,
                dynamic_ncols=True)
     while step < total:
         perm = torch.randperm(len(data), generator=gen)[:n][rank::size].to(dev)

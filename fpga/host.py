@@ -166,7 +166,7 @@ class Board:
         if progress:
             from tqdm import tqdm
 
-            it = tqdm(frames, desc="loading weights", unit="frame")
+            it = tqdm(frames, desc="loading weights", unit="frame", disable=None)  # not into logs
         again = (P.ERR_CRC, P.ERR_LENGTH, P.ERR_TIMEOUT)  # the frame was damaged on the way
         for f in it:
             for attempt in range(retries):

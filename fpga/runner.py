@@ -58,7 +58,7 @@ def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc=f"{noun}s", unit=noun)
+        it = tqdm(it, desc=f"{noun}s", unit=noun, disable=None)  # no bar into a log file
     for i in it:
         r = board.infer(x[i])
         stats.n += 1
