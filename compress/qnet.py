@@ -331,6 +331,10 @@ class _Zip:
             raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
         try:
             if not zipfile.is_zipfile(fh):
+                fh.seek(0)
+                if fh.read(4) == b"\x89DCZ":  # dcz.MAGIC: say what to do with it
+                    raise InputError(f"{path}: is a .dcz model file, not a qnet .npz (python -m "
+                                     "compress unpack M.dcz --out Q.npz gives the qnet)")
                 raise InputError(f"{path}: not a valid .npz file (not a zip archive)")
             fh.seek(0)
             self.zf = zipfile.ZipFile(fh)

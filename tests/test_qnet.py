@@ -180,3 +180,15 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "q.npz").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_dcz_given_as_qnet_says_to_unpack(tmp_path):
+    from compress.dcz import MAGIC
+    from compress.errors import InputError
+    from compress.qnet import load_qnet
+
+    assert MAGIC == b"\x89DCZ"  # the loader recognises the .dcz by these bytes
+    p = tmp_path / "m.dcz"
+    p.write_bytes((REPO / "compress" / "models" / "lenet-300-100.dcz").read_bytes())
+    with pytest.raises(InputError, match="unpack"):
+        load_qnet(p)
