@@ -6,6 +6,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,16 @@ from . import sections
 from .util import REPO, machine
 
 ORDER = ("compression", "engine", "fpga", "tooling", "simulation")
+
+
+def _sections_of(page: Path) -> dict[int, str]:
+    """The numbered `## N. ...` sections of an existing results page, by number."""
+    if not page.exists():
+        return {}
+    found: dict[int, str] = {}
+    for chunk in re.split(r"(?m)^(?=## \d+\. )", page.read_text())[1:]:
+        found[int(chunk[3:chunk.index(".")])] = chunk.rstrip("\n")
+    return found
 
 
 def main(argv=None) -> int:
@@ -61,20 +72,34 @@ def main(argv=None) -> int:
     if "simulation" in only:
         measure("simulation", lambda: sections.simulation(
             eng["sim_cycles_per_second"] if eng else None))
-    # The page is made of the latest measurement of every section (`make bench` runs them all).
+    # The page is made of the latest measurement of every section (`make bench` runs them all);
+    # a section with no measurement in build/ (a fresh clone, `--only`) keeps its text from the
+    # page as committed, so measuring one section never drops the others.
     done = {n: json.loads((frags / f"{n}.json").read_text()) for n in ORDER
             if (frags / f"{n}.json").exists()}
+    kept = _sections_of(out / "RESULTS.md")
     total = sum(d["minutes"] for d in done.values())
     head = (f"# Results\n\nWritten by `make bench` (`python -m bench`); every figure below was "
-            f"measured by it, {total:.0f} minutes of measurement in all, on {m['cpu']}, "
+            f"measured by it on {m['cpu']}, "
             f"{m['cores']} cores, {m['memory_gb']} GB, {m['os']}; Python {m['python']}, torch "
-            f"{m['torch']}, numpy {m['numpy']}. Each section says its date.\n")
-    body = "\n\n".join(f"## {d['title']}\n\n{d['markdown']}\n\n*Measured {d['date']} in "
-                         f"{d['minutes']:.1f} minutes.*" for d in done.values())
+            f"{m['torch']}, numpy {m['numpy']}. Each section says its date and how long it took "
+            f"({total:.0f} minutes for the sections measured in this run).\n")
+    parts = []
+    for i, n in enumerate(ORDER, 1):
+        if n in done:
+            d = done[n]
+            parts.append(f"## {d['title']}\n\n{d['markdown']}\n\n*Measured {d['date']} in "
+                         f"{d['minutes']:.1f} minutes.*")
+        elif i in kept:
+            parts.append(kept[i])
+    body = "\n\n".join(parts)
     with atomic_path(out / "RESULTS.md") as tmp:
         tmp.write_text(head + "\n" + body + "\n")
-    with atomic_path(plots / "results.json") as tmp:
-        tmp.write_text(json.dumps({"machine": m, **{k: d["data"] for k, d in done.items()}},
+    old = plots / "results.json"
+    figures = json.loads(old.read_text()) if old.exists() else {}
+    figures.update({"machine": m, **{k: d["data"] for k, d in done.items()}})
+    with atomic_path(old) as tmp:
+        tmp.write_text(json.dumps(figures,
                                   indent=1, default=float) + "\n")
     print(f"wrote {out / 'RESULTS.md'}")
     return 0
