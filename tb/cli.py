@@ -3,6 +3,8 @@
     python -m tb run   --model Q --inputs X.npy --out Y.npy [--pes N] [--stats S.json]
     python -m tb sim   [--model Q] [--inputs X.npy [--labels Y.npy]] [--pes N]  (`make sim`)
     python -m tb sweep [--model Q] [--pes N]         utilisation vs queue depth, rel_bits, placement
+    python -m tb verify-mnist [ARGS...]              every MNIST test digit through the RTL
+                                                     (tb/verify.py; `python -m tb verify-mnist -h`)
 
 Exit status 0 on success, 2 with one line on stderr for a bad invocation or bad input
 (including a network that does not fit the hardware parameters, refused before simulation),
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -75,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rel-bits-list", default="4,5,6,8", help="rel_bits values (4,5,6,8)")
     p.add_argument("--out", help="write the figures as JSON")
     _hw_args(p)
+    # dispatched in main() before parsing (tb/verify.py has its own parser); listed for --help
+    sub.add_parser("verify-mnist", add_help=False,
+                   help="every MNIST test digit through the RTL engine, bit-exact "
+                        "(`python -m tb verify-mnist -h`)")
     return parser
 
 
@@ -427,6 +434,21 @@ COMMANDS = {"run": cmd_run, "sim": cmd_sim, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["verify-mnist"]:
+        # imported only here: tb.verify brings its own parser and its own exit statuses
+        try:
+            import importlib
+
+            verify = importlib.import_module("tb.verify")
+        except ModuleNotFoundError as e:
+            if e.name != "tb.verify":
+                raise
+            print("error: verify-mnist is not part of this checkout (no tb/verify.py)",
+                  file=sys.stderr)
+            return 2
+        return verify.main(argv[1:])
+
     def body():
         args = build_parser().parse_args(argv)
         if not 1 <= args.pes <= 16:

@@ -140,3 +140,18 @@ def test_sim_user_network_with_labels(tmp_path):
     assert "bit-exact: 3/3" in p.stdout
     assert "accuracy on these inputs: 2/3" in p.stdout
     assert "golden model on all 4 inputs: 75.0%" in p.stdout
+
+
+def test_verify_mnist_dispatches_every_argument(monkeypatch):
+    """`tb verify-mnist ...` hands everything after the word to tb.verify.main, unparsed."""
+    import types
+
+    from tb.cli import main
+
+    seen = []
+    fake = types.ModuleType("tb.verify")
+    fake.main = lambda argv: seen.append(argv) or 7
+    monkeypatch.setitem(sys.modules, "tb.verify", fake)
+    argv = ["verify-mnist", "--data", "d", "--pes", "8", "--engine", "eie", "-h", "--sim", "x"]
+    assert main(argv) == 7
+    assert seen == [argv[1:]]
