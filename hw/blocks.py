@@ -11,7 +11,9 @@ way and turn an accumulator into an int16 output by the same rule. These pieces 
   section 3). `compress.golden` keeps the numpy/torch form of the same rule: it is the
   reference the benches check this one against, so the two stay apart on purpose.
 * `ActIO`: the LOAD and OUTPUT states (word/PE stepping, valid/ready) and the counters
-  `cycles` / `layer_cycles`.
+  `cycles` / `layer_cycles` (the EIE engine: one input at a time).
+* `BankedIO`: two input banks, a loader beside the engine's FSM, OUTPUT and the latched
+  counters (the lockstep engine: the next input loads while the current one computes).
 * `slot_sequencer`: one entry address per cycle over a queued column's range start..end-1.
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, Const, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -243,6 +245,143 @@ class ActIO:
         # the last word is delivered when cnt == out_n and it is taken
         with m.If(self.o_valid & eng.o_act.ready & (cnt == out_n)):
             m.d.sync += [self.run.eq(0), eng.busy.eq(0), cnt.eq(0), self.o_valid.eq(0)]
+            last()
+
+
+class BankedIO:
+    """Two input banks: the next input loads while the current one computes (lockstep engine).
+
+    Built into the engine's module `m`. Every PE's activation RAM holds two banks, bank b at
+    word b << `bank_bits` (`images.memmap.lockstep_act_depth`). A loader that runs beside the
+    engine's FSM takes `i_act` words into bank `lb` whenever that bank is free (`full[lb]` low)
+    and the RAMs' write ports are not taken by the engine (`wfree`, which the engine drives
+    one cycle ahead); the last word marks the bank full and moves to the other bank. The
+    engine computes in bank `cb` (`cb_full` says it may start), reads its outputs from it
+    (`output`) and frees it with the last output word.
+
+    Counters, latched at the last output word of inference k and valid from the next cycle
+    until the last output word of inference k + 1:
+
+    * `cycles`: from the later of k's first input word accepted and the cycle after k - 1's last
+      output word, to k's last output word, inclusive. One at a time (the next input sent
+      after the last output) that is first input word -> last output word; back to back it is
+      the interval between two results, so a stream's cycles add up to its length.
+    * `layer_cycles[i]`: the engine's own count of layer i (narrow counters of `lc_bits`,
+      reset when inference k starts computing).
+    * `busy`: from a first input word until the last output word of the last inference in
+      flight.
+
+    act_r/act_w: each PE's activation read/write port; bank_bits: word bits of a bank;
+    lc_bits: width of the per-layer counters (enough for the engine's longest layer);
+    cnt_limit: the largest count the engine's own states need from `cnt`.
+    """
+
+    def __init__(self, m, eng, *, act_r, act_w, bank_bits: int, lc_bits: int, cnt_limit: int):
+        self.m = m
+        self.eng = eng
+        self.act_r = act_r
+        self.act_w = act_w
+        self.bank_bits = bank_bits
+        n, L = eng.pes, eng.num_layers
+        self.cnt = Signal(range(max(eng.out_features, cnt_limit, 2) + 2), name="io_cnt")
+        self.sel = Signal(range(max(n, 2)), name="io_sel")  # PE of the output word
+        self.word = Signal(range(max(eng.act_words, 2) + 1), name="io_word")
+        self.o_valid = Signal(name="io_o_valid")
+        self.o_sel = Signal.like(self.sel, name="io_o_sel")
+        self.cb = Signal(name="cb")  # the bank the engine computes in
+        self.lb = Signal(name="lb")  # the bank the loader fills
+        self.full = Signal(2, name="full")
+        self.cb_full = Signal(name="cb_full")
+        m.d.comb += self.cb_full.eq(self.full.bit_select(self.cb, 1))
+        self.wfree = Signal(name="wfree")  # the RAMs' write ports are the loader's this cycle
+        self.run = Signal(name="run")
+        self.cyc = Signal(32, name="cyc")
+        self.lcn = [Signal(lc_bits, name=f"lcn{i}") for i in range(L)]
+        m.d.comb += eng.busy.eq(self.run)
+        with m.If(self.run):
+            m.d.sync += self.cyc.eq(self.cyc + 1)
+        self._loader()
+
+    def addr(self, bank, word):
+        return Cat(word[: self.bank_bits], bank)
+
+    def _loader(self) -> None:
+        m, eng, n = self.m, self.eng, self.eng.pes
+        lcnt = Signal(range(max(eng.in_features, 2)), name="l_cnt")
+        lsel = Signal(range(max(n, 2)), name="l_sel")
+        lword = Signal.like(self.word, name="l_word")
+        m.d.comb += eng.i_act.ready.eq(~self.full.bit_select(self.lb, 1) & self.wfree)
+        take = eng.i_act.valid & eng.i_act.ready
+        for k in range(n):  # default use of the write ports (the engine's drain overrides)
+            m.d.comb += [self.act_w[k].addr.eq(self.addr(self.lb, lword)),
+                         self.act_w[k].data.eq(eng.i_act.payload),
+                         self.act_w[k].en.eq(take & (lsel == k))]
+        self.first = first = Signal(name="l_first")  # the first word of an input, this cycle
+        m.d.comb += first.eq(take & (lcnt == 0))
+        self.loading = lcnt != 0
+        with m.If(first & ~self.run):
+            m.d.sync += [self.run.eq(1), self.cyc.eq(1)]
+        with m.If(take):
+            m.d.sync += lcnt.eq(lcnt + 1)
+            with m.If(lsel == n - 1):
+                m.d.sync += [lsel.eq(0), lword.eq(lword + 1)]
+            with m.Else():
+                m.d.sync += lsel.eq(lsel + 1)
+            with m.If(lcnt == eng.in_features - 1):
+                m.d.sync += [lcnt.eq(0), lsel.eq(0), lword.eq(0), self.lb.eq(~self.lb)]
+                with m.If(self.lb):
+                    m.d.sync += self.full[1].eq(1)
+                with m.Else():
+                    m.d.sync += self.full[0].eq(1)
+
+    def start(self) -> None:
+        """In the cycle the engine starts computing bank `cb` (its layer counters restart)."""
+        self.m.d.sync += [c.eq(0) for c in self.lcn]
+
+    def count_layer(self, layer) -> None:
+        lcn = Array(self.lcn)
+        self.m.d.sync += lcn[layer].eq(lcn[layer] + 1)
+
+    def output(self, last) -> None:
+        """The body of the OUTPUT state: row `cnt` of bank `cb` from PE `sel` to `o_act`.
+
+        Reads run a word ahead of `o_act` (the RAMs' read latency); `last()` runs in the cycle
+        the last output word is taken: bank `cb` is freed, the counters latched.
+        """
+        m, eng, cnt = self.m, self.eng, self.cnt
+        n, out_n = eng.pes, eng.out_features
+        fetch = ~self.o_valid | eng.o_act.ready
+        for k in range(n):
+            m.d.comb += [self.act_r[k].en.eq(fetch),
+                         self.act_r[k].addr.eq(self.addr(self.cb, self.word))]
+        with m.If(fetch):
+            with m.If(cnt < out_n):
+                m.d.sync += [self.o_valid.eq(1), self.o_sel.eq(self.sel), cnt.eq(cnt + 1)]
+                with m.If(self.sel == n - 1):
+                    m.d.sync += [self.sel.eq(0), self.word.eq(self.word + 1)]
+                with m.Else():
+                    m.d.sync += self.sel.eq(self.sel + 1)
+            with m.Else():
+                m.d.sync += self.o_valid.eq(0)
+        m.d.comb += eng.o_act.valid.eq(self.o_valid)
+        with m.Switch(self.o_sel):
+            for k in range(n):
+                with m.Case(k):
+                    m.d.comb += eng.o_act.payload.eq(self.act_r[k].data.as_signed())
+        with m.If(self.o_valid & eng.o_act.ready & (cnt == out_n)):
+            m.d.sync += [cnt.eq(0), self.o_valid.eq(0), self.sel.eq(0), self.word.eq(0),
+                         self.cb.eq(~self.cb), eng.cycles.eq(self.cyc + 1)]
+            m.d.sync += [eng.layer_cycles[i].eq(c) for i, c in enumerate(self.lcn)]
+            with m.If(self.cb):
+                m.d.sync += self.full[1].eq(0)
+            with m.Else():
+                m.d.sync += self.full[0].eq(0)
+            # another input already (partly) in: its count starts with the next cycle
+            other = self.full.bit_select(~self.cb, 1)
+            with m.If(other | self.loading | self.first):
+                m.d.sync += self.cyc.eq(0)
+            with m.Else():
+                m.d.sync += self.run.eq(0)
             last()
 
 

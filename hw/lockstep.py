@@ -50,9 +50,10 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, wiring
 
 from images.lockstep import LockstepImage
+from images.memmap import lockstep_act_bank_bits
 from images.memmap import memory_specs as image_memory_specs
 
-from .blocks import (ActIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
+from .blocks import (BankedIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
                      check_queue_depth, refusing, round_shift, saturate, slot_sequencer)
 from .frontend import FrontEnd
 from .memory import MemoryFactory, MemorySpec
@@ -124,6 +125,7 @@ class LockstepEngine(wiring.Component):
         c = SimpleNamespace()  # what the stages share
         self._memories(m, c)
         self._tables(c)
+        self._io(m, c)
         self._front_end(m, c)
         self._pointer_stage(m, c)
         self._slot_stage(m, c)
@@ -132,10 +134,11 @@ class LockstepEngine(wiring.Component):
         self._output_stages(m, c)
         self._sequencer(m, c)
         # drain writes: PE k's row j is column k + N*j of the next layer: its own RAM, word j
+        # of the bank being computed (the loader has the write ports the other cycles)
         with m.If(c.d3_valid):
             for k in range(self.pes):
-                m.d.comb += [c.act_w[k].addr.eq(c.d3_row), c.act_w[k].data.eq(c.ys[k]),
-                             c.act_w[k].en.eq(c.y_en[k])]
+                m.d.comb += [c.act_w[k].addr.eq(c.io.addr(c.io.cb, c.d3_row)),
+                             c.act_w[k].data.eq(c.ys[k]), c.act_w[k].en.eq(c.y_en[k])]
         return m
 
     def _memories(self, m, c):
@@ -161,6 +164,23 @@ class LockstepEngine(wiring.Component):
         c.rows_t = table([ll.rows_per_pe for ll in img.layers], self.row_bits + 1)
         c.col_base_t = table([ll.col_base for ll in img.layers], bits(len(img.col_ptr)))
         c.bias_t = table([R + ll.bias_base for ll in img.layers], bits(R + img.bias.shape[1]))
+
+    def _layer_cycle_bits(self) -> int:
+        # the most cycles a layer can take: PRELOAD, every non-zero column once through the
+        # front end and the pointer stage, every slot twice (a hold), DRAIN, pipeline
+        img, share = self.img, self.drain_share
+        most = 0
+        for ll in img.layers:
+            slots = int(img.col_ptr[ll.col_base + ll.in_features] - img.col_ptr[ll.col_base])
+            most = max(most, 2 * (ll.in_features + slots) + ll.rows_per_pe * (share + 2) + 64)
+        return bits(most)
+
+    def _io(self, m, c):
+        """Two input banks and the loader (`hw.blocks.BankedIO`); latched counters."""
+        c.io = BankedIO(m, self, act_r=c.act_r, act_w=c.act_w,
+                        bank_bits=lockstep_act_bank_bits(self.img),
+                        lc_bits=self._layer_cycle_bits(),
+                        cnt_limit=(self.max_rows << self.drain_share.bit_length()) + 4)
 
     def _front_end(self, m, c):
         """Non-zero activations of the layer, one per cycle."""
@@ -216,11 +236,15 @@ class LockstepEngine(wiring.Component):
         e_value = Signal(signed(16), name="e_value")
         with m.If(~hold):
             m.d.sync += [c.e_valid.eq(s.valid), c.e_first.eq(s.first), e_value.eq(s.value)]
-        # PRELOAD: copy bias row pre_row into accumulator row pre_row
+        # PRELOAD: copy bias row pre_row into accumulator row pre_row. These and the DRAIN
+        # controls are registers the FSM sets a cycle ahead: the accumulator read address is
+        # then a multiplexer from flip-flops, not the layer table and a compare (the board's
+        # critical path at 28 MHz)
         c.pre_valid = Signal(name="pre_valid")
         c.pre_row = Signal(self.row_bits + 1, name="pre_row")
         c.drn_valid = Signal(name="drn_valid")  # DRAIN: read accumulator row drn_row
         c.drn_row = drn_row = Signal(self.row_bits + 1, name="drn_row")
+        m.d.sync += [c.pre_valid.eq(0), c.drn_valid.eq(0)]  # unless the FSM sets them
         c.m_value = Signal(signed(16), name="m_value")
         with m.If(~hold):
             m.d.sync += c.m_value.eq(e_value)
@@ -240,11 +264,12 @@ class LockstepEngine(wiring.Component):
         d2_t, c.d3_t = Signal.like(drn_t, name="d2_t"), Signal.like(drn_t, name="d3_t")
         m.d.sync += [d2_valid.eq(y_valid), d2_row.eq(y_row), d2_t.eq(y_t),
                      c.d3_valid.eq(d2_valid), c.d3_row.eq(d2_row), c.d3_t.eq(d2_t)]
-        # the accumulator address of PRELOAD and DRAIN is the same in every PE
+        # the write port is the loader's unless the drain writes the next cycle
+        m.d.sync += c.io.wfree.eq(~d2_valid)
+        # the accumulator address of PRELOAD and DRAIN is the same in every PE (registers)
         c.ctl_valid = Signal(name="ctl_valid")
         c.ctl_addr = Signal(bits(self.max_rows + self.img.bias.shape[1]), name="ctl_addr")
-        m.d.comb += [c.ctl_valid.eq(c.drn_valid | c.pre_valid),
-                     c.ctl_addr.eq(Mux(c.drn_valid, drn_row, c.bias_t[c.layer] + c.pre_row))]
+        m.d.sync += c.ctl_valid.eq(0)
 
     def _pes(self, m, c):
         """Per PE: e_ entry decode and accumulator read, m_ multiply-accumulate and write."""
@@ -328,42 +353,40 @@ class LockstepEngine(wiring.Component):
                 m.d.comb += c.y_en[k].eq(c.d3_valid & (c.d3_t == t))
 
     def _sequencer(self, m, c):
-        """The states PRE0 -> LOAD -> (PRELOAD ->) START -> COMPUTE -> DRAIN ... -> OUTPUT."""
+        """The states PRE0 -> (wait for a full bank) START -> COMPUTE -> DRAIN (-> PRELOAD ->
+        START ...) -> OUTPUT -> PRE0; the loader fills the other bank meanwhile."""
         n, L, layer, rows_t = self.pes, self.num_layers, c.layer, c.rows_t
-        # the counters count in place (no second copy): they hold the last inference from its
-        # last output word until the first input word of the next
-        io = ActIO(m, self, act_r=c.act_r, act_w=c.act_w, cyc=self.cycles,
-                   lc=self.layer_cycles, cnt_limit=self.max_rows * self.drain_share + 2)
+        io = c.io
         cnt = io.cnt
-        for k in range(n):  # default: the front end reads the activations
-            m.d.comb += [c.act_r[k].addr.eq(c.fe.rd_addr), c.act_r[k].en.eq(1)]
+        for k in range(n):  # default: the front end reads the activations of bank cb
+            m.d.comb += [c.act_r[k].addr.eq(io.addr(io.cb, c.fe.rd_addr)), c.act_r[k].en.eq(1)]
         s = c.s
         idle = (~c.fe.busy & (c.queue.level == 0) & ~c.p_valid & ~s.valid & ~c.e_valid & ~c.m_any)
 
-        def to_start():
-            m.d.sync += cnt.eq(0)
-            m.next = "START"
-
-        def to_pre0():
-            m.d.sync += layer.eq(0)
-            m.next = "PRE0"
+        def preload(last_state):
+            # bias row cnt -> accumulator row cnt, controls registered (read a cycle later,
+            # written two cycles later: the writes end during START, before any compute read)
+            rows = rows_t[layer]
+            with m.If(cnt < rows):
+                m.d.sync += [c.pre_valid.eq(1), c.pre_row.eq(cnt), c.ctl_valid.eq(1),
+                             c.ctl_addr.eq(c.bias_t[layer] + cnt)]
+            return cnt == rows
 
         with m.FSM(name="seq"):
             with m.State("PRE0"):
-                m.d.comb += [c.pre_valid.eq(cnt < rows_t[0]), c.pre_row.eq(cnt)]
-                m.d.sync += [cnt.eq(cnt + 1), layer.eq(0)]
-                with m.If(cnt == rows_t[0]):
-                    m.d.sync += [cnt.eq(0), io.sel.eq(0), io.word.eq(0)]
-                    m.next = "LOAD"
-            with m.State("LOAD"):
-                io.load(lambda word: word, to_start)
+                # layer 0's biases while the input loads (not counted); then wait for it
+                with m.If(preload("PRE0")):
+                    with m.If(io.cb_full):
+                        io.start()
+                        m.next = "START"
+                with m.Else():
+                    m.d.sync += cnt.eq(cnt + 1)
             with m.State("PRELOAD"):
                 io.count_layer(layer)
-                # rows 0..rows-1 of the layer; each copy is written the cycle after its read
-                m.d.comb += [c.pre_valid.eq(cnt < rows_t[layer]), c.pre_row.eq(cnt)]
-                m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt == rows_t[layer]):
-                    to_start()
+                with m.If(preload("PRELOAD")):
+                    m.next = "START"
+                with m.Else():
+                    m.d.sync += cnt.eq(cnt + 1)
             with m.State("START"):
                 io.count_layer(layer)
                 m.d.comb += c.fe.start.eq(1)
@@ -377,17 +400,23 @@ class LockstepEngine(wiring.Component):
                 io.count_layer(layer)
                 self._drain_state(m, c, io)
             with m.State("OUTPUT"):
-                io.output(lambda word: word, to_pre0)
+                def delivered():
+                    m.d.sync += [cnt.eq(0), layer.eq(0)]
+                    m.next = "PRE0"
+
+                io.output(delivered)
 
     def _drain_state(self, m, c, io):
         cnt, layer, rows_t = io.cnt, c.layer, c.rows_t
-        # cnt = row * share + member; the last member of the last row is written when
-        # cnt == rows * share + 2 (two cycles of output-stage pipeline)
+        # cnt = row * share + member, the controls registered; the last member of the last
+        # row is written when cnt == rows * share + 3 (one cycle of registered control, two of
+        # output-stage pipeline)
         sh = (self.drain_share - 1).bit_length()
-        m.d.comb += [c.drn_valid.eq((cnt >> sh) < rows_t[layer]), c.drn_row.eq(cnt >> sh),
-                     c.drn_t.eq(cnt[:sh] if sh else 0)]
+        with m.If((cnt >> sh) < rows_t[layer]):
+            m.d.sync += [c.drn_valid.eq(1), c.drn_row.eq(cnt >> sh), c.ctl_valid.eq(1),
+                         c.ctl_addr.eq(cnt >> sh), c.drn_t.eq(cnt[:sh] if sh else 0)]
         m.d.sync += cnt.eq(cnt + 1)
-        with m.If(cnt == (rows_t[layer] << sh) + 2):
+        with m.If(cnt == (rows_t[layer] << sh) + 3):
             m.d.sync += cnt.eq(0)
             with m.If(layer == self.num_layers - 1):
                 m.d.sync += [io.sel.eq(0), io.word.eq(0), io.o_valid.eq(0)]

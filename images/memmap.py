@@ -93,7 +93,8 @@ def _eie_specs(rom, acc_bits: int) -> list[MemorySpec]:
 
 def _lockstep_specs(img, acc_bits: int) -> list[MemorySpec]:
     """hw.lockstep.LockstepEngine: the lane ROMs (the slot words of PE pairs), the column
-    pointer banks, per PE an accumulator RAM (rows, then the biases) and an activation RAM."""
+    pointer banks, per PE an accumulator RAM (rows, then the biases) and an activation RAM
+    with two input banks."""
     n = img.pes
     e = img.entry_bits
     slots = max(1, img.num_slots)
@@ -113,10 +114,21 @@ def _lockstep_specs(img, acc_bits: int) -> list[MemorySpec]:
     specs += [MemorySpec(f"pe{k}.acc", "ram", acc_bits, rows + bias.shape[1],
                          tuple([0] * rows + [int(b) & mask for b in bias[k]]),
                          read_ports=1, write_ports=1) for k in range(n)]
-    aw = _act_words(img)
-    specs += [MemorySpec(f"pe{k}.act", "ram", 16, aw, (), read_ports=1, write_ports=1)
-              for k in range(n)]
+    specs += [MemorySpec(f"pe{k}.act", "ram", 16, lockstep_act_depth(img), (), read_ports=1,
+                         write_ports=1) for k in range(n)]
     return specs
+
+
+def lockstep_act_bank_bits(img) -> int:
+    """Word-address bits of one input bank of the lockstep engine's activation RAMs: bank b
+    starts at b << bits, so the bank is an address bit, not an adder."""
+    return _bits(_act_words(img) - 1)
+
+
+def lockstep_act_depth(img) -> int:
+    """Two banks (the next input loads while the current one computes): bank 1 at
+    1 << lockstep_act_bank_bits, act_words deep."""
+    return (1 << lockstep_act_bank_bits(img)) + _act_words(img)
 
 
 def memory_specs(image, *, acc_bits: int = 32) -> list[MemorySpec]:

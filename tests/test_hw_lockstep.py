@@ -128,3 +128,101 @@ def test_lockstep_refuses_what_does_not_fit():
         LockstepEngine(img, queue_depth=0)
     with pytest.raises(EngineConfigError, match="drain_share"):
         LockstepEngine(img, drain_share=3)
+
+
+def _run_back_to_back(engine, x, *, stall_in=0.0, stall_out=0.0, seed=0, max_cycles=200_000):
+    """Inputs pushed as soon as i_act is ready, outputs taken concurrently (two testbenches).
+
+    Returns outputs, the latched counters read after each inference's last output word, the
+    cycle of every input's first word accepted and of every last output word, and the cycles
+    from the first input word to the last output word of the stream (inclusive)."""
+    import random
+
+    from amaranth.sim import Simulator
+
+    rng_in, rng_out = random.Random(seed), random.Random(seed + 1)
+    n_out, L = engine.out_features, engine.num_layers
+    ys = np.zeros((len(x), n_out), np.int16)
+    cycles = np.zeros(len(x), np.int64)
+    lcs = np.zeros((len(x), L), np.int64)
+    first_in, last_out = [], []
+    clock = [0, 0]  # ticks seen by the driver, by the monitor (both tick once per step)
+
+    async def driver(ctx):
+        for vec in x:
+            for i, w in enumerate(int(v) for v in vec):
+                while True:
+                    present = stall_in == 0 or rng_in.random() >= stall_in
+                    ctx.set(engine.i_act.valid, int(present))
+                    ctx.set(engine.i_act.payload, w)
+                    _, _, rdy = await ctx.tick().sample(engine.i_act.ready)
+                    clock[0] += 1
+                    if present and rdy:
+                        if i == 0:
+                            first_in.append(clock[0])
+                        break
+                    assert clock[0] < max_cycles, "input not taken"
+        ctx.set(engine.i_act.valid, 0)
+
+    async def monitor(ctx):
+        for n in range(len(x)):
+            got = []
+            while len(got) < n_out:
+                ready = int(stall_out == 0 or rng_out.random() >= stall_out)
+                ctx.set(engine.o_act.ready, ready)
+                _, _, vld, pl = await ctx.tick().sample(engine.o_act.valid, engine.o_act.payload)
+                clock[1] += 1
+                if ready and vld:
+                    got.append(pl)
+                assert clock[1] < max_cycles, f"vector {n}: no result"
+            last_out.append(clock[1])
+            ctx.set(engine.o_act.ready, 0)
+            await ctx.tick()  # the counters are latched with the last word
+            clock[1] += 1
+            ys[n] = got
+            cycles[n] = ctx.get(engine.cycles)
+            lcs[n] = [ctx.get(engine.layer_cycles[i]) for i in range(L)]
+        await ctx.tick()
+        assert not ctx.get(engine.busy)
+
+    sim = Simulator(engine)
+    sim.add_clock(1e-8)
+    sim.add_testbench(driver)
+    sim.add_testbench(monitor)
+    sim.run()
+    return ys, cycles, lcs, np.array(first_in), np.array(last_out)
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.3])
+def test_lockstep_inputs_back_to_back(stall):
+    """The next input loads while the current one computes: bit-exact, the counters of each
+    inference latched (equal to a one-at-a-time run's layer counts), the stream's cycles add
+    up, and with free-flowing streams an inference costs less than its input load + compute."""
+    qnet = random_qnet((40, 23, 9, 5), seed=7, density=0.3, shift=[7, 5, 3])
+    x = _inputs(6, 40, seed=7)
+    img = build_lockstep(qnet, 4)
+    eng_kw = {"drain_share": 2}
+    y1, cyc1, lc1 = run_engine(LockstepEngine(img, **eng_kw), x)
+    y, cyc, lcs, first_in, last_out = _run_back_to_back(
+        LockstepEngine(img, **eng_kw), x, stall_in=stall, stall_out=stall, seed=3)
+    np.testing.assert_array_equal(y, golden(qnet, x))
+    np.testing.assert_array_equal(y1, y)
+    np.testing.assert_array_equal(lcs, lc1)  # per inference, latched
+    # inference k + 1's input starts before k's last output word: the loads overlap
+    assert np.all(first_in[1:] < last_out[:-1])
+    # cycles: k's first input word (or k - 1's last output + 1) -> k's last output word
+    assert cyc[0] == last_out[0] - first_in[0] + 1
+    np.testing.assert_array_equal(cyc[1:], np.diff(last_out))
+    if stall == 0.0:
+        # back to back an inference costs its compute, not compute + the input's 40 words
+        assert np.all(cyc[1:] < cyc1[1:]) and cyc[1:].sum() < (cyc1[1:] - 40 + 50).sum()
+
+
+def test_lockstep_one_at_a_time_counters_hold():
+    """One input at a time: cycles = first input word -> last output word, busy low after."""
+    qnet = random_qnet((12, 8, 3), seed=2, density=0.5)
+    x = _inputs(3, 12, seed=2)
+    y, cyc, lcs = run_engine(LockstepEngine(build_lockstep(qnet, 2)), x)
+    np.testing.assert_array_equal(y, golden(qnet, x))
+    # at least the 12 input words, the compute and the 3 outputs
+    assert np.all(cyc >= 12 + lcs.sum(axis=1) + 3 - 1)
