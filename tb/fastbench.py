@@ -1,0 +1,322 @@
+"""The engine in a Verilator testbench with no Python in the loop (docs/verification.md).
+
+The engine's Verilog comes from the same path as the cocotb bench's (`tb.sim.engine_for`,
+Amaranth's `verilog.convert`); every memory's initial contents are then taken out of it: each
+`initial` block that fills a memory word by word becomes a `$readmemh` of `<mems>/<memory>.hex`,
+`<mems>` given at run time (`+mems=DIR`). What is left (the "template", engine.sv) is the logic
+alone, so networks that differ only in their memories' contents run on one binary. The bench
+(tb/verilog/engine_tb.sv) streams the input vectors in from a hex file and writes outputs and the
+engine's cycle counters per vector to a text file; `verilator --binary --timing` builds both into
+one executable.
+
+Builds are cached under build/fastbench/ (or $FASTBENCH_BUILD_DIR):
+
+* `bin/<t>/`: one binary per template, t = sha256 of engine.sv, the bench and the build flags;
+  made under a file lock (parallel test workers), with `meta.json` (the top's sizes and every
+  memory: name, width, depth). The C++ objects are deleted once the binary is linked.
+* `keys/<k>.json`: image digest + engine parameters + the sources that make the Verilog
+  (`tb.sim.build_key`) -> t, so an unchanged image is not converted again.
+
+`build(image, params)` gives a `FastBuild`; `write_mems(fb, image, params, dir)` writes the
+image's memories for it (from `images.memmap.memory_specs`: no Verilog needed, each checked
+against the binary's width and depth); `run(fb, mems_dir, x)` runs vectors. `shape_key` names
+what must be equal for two images to share a binary without converting the second one (the
+random-network tests use it; `template_of` gives the exact answer by conversion).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compress.atomic import file_lock
+from compress.errors import InputError
+from images import EngineParams, kind_of
+from images.memmap import memory_specs
+
+from . import verilator as vl
+from .sim import REPO, build_key, engine_for, run_in_group
+
+TB_SOURCE = Path(__file__).resolve().parent / "verilog" / "engine_tb.sv"
+TOP = "engine_tb"
+# `--timing` for the bench's delays; the engine's Verilog has no timescale of its own
+FLAGS = ("--binary", "--timing", "--timescale", "1ns/1ps", "-O3", "--x-assign", "fast",
+         "--x-initial", "fast", "--top-module", TOP, *vl.BUILD_ARGS,
+         "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE", "-Wno-UNOPTFLAT")
+
+
+def build_root() -> Path:
+    return Path(os.environ.get("FASTBENCH_BUILD_DIR") or REPO / "build" / "fastbench")
+
+
+# ---- the template: the engine's Verilog without its memories' contents ------------------------
+
+_DECL = re.compile(r"^\s*reg \[(\d+):0\] (\w+) \[(\d+):0\];$", re.M)
+_INIT = re.compile(r"^  initial begin\n((?:    \w+\[\d+\] = \d+'[hdb][0-9a-fA-FxXzZ_]+;\n)+)  end\n",
+                   re.M)
+_WORD = re.compile(r"(\w+)\[(\d+)\] = (\d+)'([hdb])([0-9a-fA-F_]+);")
+_BASE = {"h": 16, "d": 10, "b": 2}
+
+
+def _load_block(name: str, depth: int) -> str:
+    return (f"  initial begin : {name}__load\n"
+            f"    string d;\n"
+            f"    if (!$value$plusargs(\"mems=%s\", d)) d = \".\";\n"
+            f"    $readmemh({{d, \"/{name}.hex\"}}, {name}, 0, {depth - 1});\n"
+            f"  end\n")
+
+
+def split_memories(text: str) -> tuple[str, dict[str, dict]]:
+    """(template, memories): every memory's init block replaced by a `$readmemh` and the words
+    it held: {name: {"width", "depth", "words": [int, ...] (depth of them)}}."""
+    decls = {name: (int(msb) + 1, int(hi) + 1) for msb, name, hi in _DECL.findall(text)}
+    mems: dict[str, dict] = {}
+
+    def repl(mt):
+        words = _WORD.findall(mt.group(1))
+        name = words[0][0]
+        if any(w[0] != name for w in words) or name not in decls or name in mems:
+            raise RuntimeError(f"unexpected memory initialisation in the Verilog ({name})")
+        width, depth = decls[name]
+        vals = [0] * depth
+        for _n, idx, _w, base, digits in words:
+            vals[int(idx)] = int(digits.replace("_", ""), _BASE[base])
+        mems[name] = {"width": width, "depth": depth, "words": vals}
+        return _load_block(name, depth)
+
+    template = _INIT.sub(repl, text)
+    missing = set(decls) - set(mems)
+    if missing:  # a memory the bench could not fill: its contents would be baked in
+        raise RuntimeError(f"memories without an init block: {', '.join(sorted(missing))}")
+    return template, mems
+
+
+def template_of(image, params: EngineParams = EngineParams()) -> tuple[str, dict]:
+    """The engine's Verilog for `image` split by `split_memories` (one Amaranth conversion)."""
+    from amaranth.back import verilog
+
+    from hw import EngineConfigError
+
+    try:
+        top = engine_for(image, params)
+        text = verilog.convert(top, name="engine", emit_src=False)
+    except BaseException as e:
+        from amaranth._unused import MustUse
+
+        MustUse._MustUse__silence = True  # a refused engine is not an unused one
+        if isinstance(e, EngineConfigError):
+            raise InputError(str(e)) from None
+        raise
+    return split_memories(text)
+
+
+def spec_words(image, params: EngineParams = EngineParams()) -> dict[str, tuple[int, int, list]]:
+    """{verilog memory name: (width, spec depth, init words)} from the image's memory map."""
+    out = {}
+    for s in memory_specs(image, acc_bits=params.acc_bits):
+        out[s.name.replace(".", "_")] = (s.width, s.depth, list(s.init))
+    return out
+
+
+# ---- builds ----------------------------------------------------------------------------------
+
+@dataclass
+class FastBuild:
+    dir: Path
+    binary: Path
+    in_features: int
+    out_features: int
+    layers: int
+    mems: dict  # name -> {"width", "depth"}
+    build_seconds: float  # 0 when the cached binary was used
+
+
+def _bench_hash() -> str:
+    h = hashlib.sha256(TB_SOURCE.read_bytes())
+    h.update(Path(__file__).read_bytes())
+    h.update(json.dumps([vl.VERSION, FLAGS]).encode())
+    return h.hexdigest()
+
+
+def _shape(image):
+    return image.layers[0].in_features, image.layers[-1].out_features, image.num_layers
+
+
+def _compile(template: str, image, log=None) -> FastBuild:
+    """The binary of `template` (cached by its hash)."""
+    n_in, n_out, n_layers = _shape(image)
+    t = hashlib.sha256((template + _bench_hash() + f"{n_in},{n_out},{n_layers}").encode())
+    d = build_root() / "bin" / t.hexdigest()[:20]
+    meta_path = d / "meta.json"
+    t0 = time.monotonic()
+    with file_lock(d.parent / f"{d.name}.lock"):
+        if not meta_path.exists():
+            env = vl.env()
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+            (d / "engine.sv").write_text(template)
+            obj = d / "obj"
+            cmd = [str(vl.require() / "verilator"), *FLAGS, f"-GIN={n_in}", f"-GOUT={n_out}",
+                   f"-GLAYERS={n_layers}", "--Mdir", str(obj), "-o", "Vtb",
+                   "--build-jobs", str(int(os.environ.get("FASTBENCH_JOBS", "1"))),
+                   str(TB_SOURCE), str(d / "engine.sv")]
+            with open(d / "build.log", "w") as f:
+                rc = run_in_group(cmd, cwd=d, env=env, stdout=f)
+            if rc != 0 or not (obj / "Vtb").exists():
+                tail = (d / "build.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"verilator build failed (exit {rc}) in {d}:\n{tail}")
+            os.replace(obj / "Vtb", d / "Vtb")
+            shutil.rmtree(obj, ignore_errors=True)  # ~100 MB of objects and headers
+            mems = {k: {"width": v["width"], "depth": v["depth"]}
+                    for k, v in split_memories_decls(template).items()}
+            tmp = d / ".meta.json.tmp"
+            tmp.write_text(json.dumps({"in": n_in, "out": n_out, "layers": n_layers,
+                                       "mems": mems}, indent=1, sort_keys=True))
+            os.replace(tmp, meta_path)
+            seconds = time.monotonic() - t0
+        else:
+            seconds = 0.0
+    meta = json.loads(meta_path.read_text())
+    return FastBuild(dir=d, binary=d / "Vtb", in_features=meta["in"], out_features=meta["out"],
+                     layers=meta["layers"], mems=meta["mems"], build_seconds=seconds)
+
+
+_LOAD = re.compile(r"\$readmemh\(\{d, \"/(\w+)\.hex\"\}, \w+, 0, (\d+)\);")
+
+
+def split_memories_decls(template: str) -> dict[str, dict]:
+    """The memories a template loads: {name: {"width", "depth"}}."""
+    decls = {name: int(msb) + 1 for msb, name, _hi in _DECL.findall(template)}
+    return {name: {"width": decls[name], "depth": int(last) + 1}
+            for name, last in _LOAD.findall(template)}
+
+
+def build(image, params: EngineParams = EngineParams(), *, key: str | None = None
+          ) -> FastBuild:
+    """The bench binary for `image` (cached): `key` names the template in the key index
+    (default: `tb.sim.build_key`, the image digest, parameters and sources)."""
+    vl.require()
+    key = key or build_key(image, params, False)
+    key = hashlib.sha256((key + _bench_hash()).encode()).hexdigest()[:20]  # and this bench
+    kfile = build_root() / "keys" / f"{key}.json"
+    if kfile.exists():
+        t = json.loads(kfile.read_text())["bin"]
+        d = build_root() / "bin" / t
+        if (d / "meta.json").exists() and (d / "Vtb").exists():
+            meta = json.loads((d / "meta.json").read_text())
+            return FastBuild(dir=d, binary=d / "Vtb", in_features=meta["in"],
+                             out_features=meta["out"], layers=meta["layers"],
+                             mems=meta["mems"], build_seconds=0.0)
+    t0 = time.monotonic()
+    template, _mems = template_of(image, params)
+    fb = _compile(template, image)
+    if fb.build_seconds:
+        fb.build_seconds = time.monotonic() - t0
+    kfile.parent.mkdir(parents=True, exist_ok=True)
+    tmp = kfile.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"bin": fb.dir.name}))
+    os.replace(tmp, kfile)
+    return fb
+
+
+def write_mems(fb: FastBuild, image, params: EngineParams, d: Path) -> None:
+    """The image's memory contents as `<name>.hex` files in `d`, for the binary `fb`."""
+    words = spec_words(image, params)
+    if set(words) != set(fb.mems):
+        raise RuntimeError("the image's memories are not the binary's: "
+                           f"{sorted(set(words) ^ set(fb.mems))[:4]}")
+    d.mkdir(parents=True, exist_ok=True)
+    for name, (width, depth, init) in words.items():
+        m = fb.mems[name]
+        # Amaranth gives a one-word memory a second word (hw/memory.py)
+        if width != m["width"] or max(2, depth) != m["depth"]:
+            raise RuntimeError(f"memory {name}: {width} x {depth} is not the binary's "
+                               f"{m['width']} x {m['depth']}")
+        vals = np.zeros(m["depth"], dtype=object)
+        vals[:len(init)] = init
+        digits = -(-width // 4)
+        (d / f"{name}.hex").write_text("".join(f"{int(v):0{digits}x}\n" for v in vals))
+
+
+# ---- runs ------------------------------------------------------------------------------------
+
+@dataclass
+class FastResult:
+    outputs: np.ndarray  # int16[batch, out]
+    cycles: np.ndarray  # int64[batch]
+    layer_cycles: np.ndarray  # int64[batch, layers]
+    seconds: float  # wall time of the simulator process
+
+
+def write_inputs(x: np.ndarray, path: Path) -> None:
+    """int16 vectors as hex words, one a line (what the bench's `$fscanf("%h")` reads)."""
+    u = np.ascontiguousarray(x, dtype=np.int16).view(np.uint16).reshape(-1)
+    table = np.array([f"{i:04x}\n" for i in range(1 << 16)], dtype=object)
+    path.write_text("".join(table[u]))
+
+
+def read_outputs(path: Path, n: int, layers: int, out: int) -> tuple:
+    text = path.read_text().split()
+    a = np.array(text, dtype=np.int64).reshape(n, 1 + layers + out) if n else \
+        np.zeros((0, 1 + layers + out), np.int64)
+    return a[:, 1 + layers:].astype(np.int16), a[:, 0], a[:, 1:1 + layers]
+
+
+def run(fb: FastBuild, mems: Path, x: np.ndarray, *, stall_in: float = 0.0,
+        stall_out: float = 0.0, seed: int = 0, reset_mid: bool = False,
+        max_cycles: int | None = None, workdir: Path | None = None) -> FastResult:
+    """Run int16 vectors x[batch, in] through the binary with the memories in `mems`."""
+    x = np.ascontiguousarray(x, dtype=np.int16)
+    if x.ndim != 2 or x.shape[1] != fb.in_features:
+        raise InputError(f"inputs must be [batch, {fb.in_features}], not {list(x.shape)}")
+    own = workdir is None
+    wd = Path(tempfile.mkdtemp(prefix="run-", dir=_runs())) if own else Path(workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    try:
+        write_inputs(x, wd / "inputs.hex")
+        cmd = [str(fb.binary), f"+inputs={wd / 'inputs.hex'}", f"+out={wd / 'outputs.txt'}",
+               f"+n={len(x)}", f"+mems={Path(mems).resolve()}",
+               f"+stall_in={round(stall_in * 1000)}", f"+stall_out={round(stall_out * 1000)}",
+               f"+seed={int(seed) & 0x7FFFFFFF}", f"+reset_mid={int(bool(reset_mid))}"]
+        if max_cycles:
+            cmd.append(f"+max_cycles={int(max_cycles)}")
+        t0 = time.monotonic()
+        with open(wd / "sim.log", "w") as f:
+            rc = run_in_group(cmd, cwd=wd, env=dict(os.environ), stdout=f)
+        seconds = time.monotonic() - t0
+        if rc != 0 or not (wd / "outputs.txt").exists():
+            log = (wd / "sim.log").read_text(errors="replace")[-2000:]
+            own = False  # keep it for inspection
+            raise RuntimeError(f"bench failed (exit {rc}) in {wd}:\n{log}")
+        y, cycles, lc = read_outputs(wd / "outputs.txt", len(x), fb.layers, fb.out_features)
+        if len(y) != len(x):
+            own = False
+            raise RuntimeError(f"bench wrote {len(y)} of {len(x)} vectors in {wd}")
+        return FastResult(outputs=y, cycles=cycles, layer_cycles=lc, seconds=seconds)
+    finally:
+        if own:
+            shutil.rmtree(wd, ignore_errors=True)
+
+
+def _runs() -> Path:
+    d = build_root() / "runs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def simulate(image, x: np.ndarray, params: EngineParams = EngineParams(), **kw) -> FastResult:
+    """Build (cached) and run: the image's memories written to a temporary directory."""
+    fb = build(image, params)
+    with tempfile.TemporaryDirectory(prefix="mems-", dir=_runs()) as td:
+        write_mems(fb, image, params, Path(td))
+        return run(fb, Path(td), x, **kw)
