@@ -68,6 +68,7 @@ import numpy as np
 
 from . import limits
 from .atomic import write_bytes_atomic
+from .entropy import INT_CONTEXTS, Decoder, Encoder, kt_bits
 from .errors import InputError
 from .huffman import (
     BitReader,
@@ -81,9 +82,11 @@ from .huffman import (
 from .qnet import Layer, QNet, validate_layers
 
 MAGIC = b"\x89DCZ"
-DCZ_VERSION = 1
+DCZ_VERSION = 2  # written by default; version 1 files are read too
+READ_VERSIONS = (1, 2)
 _TAG_HEADER = b"H"
-_TAG_LAYER = b"L"
+_TAG_LAYER = b"L"  # Huffman-coded layer (versions 1 and 2)
+_TAG_AC = b"A"  # arithmetic-coded layer (version 2)
 _MAX_DIM = 1 << 28
 _MAX_FIXED_INDEX_BITS = 16
 
@@ -562,6 +565,362 @@ def _decode_layer(payload: bytes, i: int, budget: "_Budget | None" = None) -> La
 
 
 # ---------------------------------------------------------------------------------------------
+# Version 2: arithmetic-coded layers (section tag "A"; see compress/entropy.py for the coder)
+
+# An arithmetic-coded layer decodes one decision at a time in Python (~1.5 us each), so it is
+# only used, and only accepted, where that stays fast and where the file's size bounds the work:
+# at most AC_MAX_POSITIONS live positions, and at most AC_FREE_POSITIONS +
+# AC_POSITIONS_PER_BYTE per byte of the section. Larger or sparser layers use Huffman ("L").
+AC_MAX_POSITIONS = 1 << 22
+AC_FREE_POSITIONS = 1 << 16
+AC_POSITIONS_PER_BYTE = 256
+WEIGHT_MODELS = ("none", "left", "left-and-up")
+_DENSITY_BUCKETS = 9  # d = min(bit length of floor(256 * density estimate), 8)
+_N_POS_CTX = _DENSITY_BUCKETS * 4
+
+
+def _ac_allowed(live_positions: int, payload_bytes: int) -> bool:
+    return live_positions <= min(
+        AC_MAX_POSITIONS, AC_FREE_POSITIONS + AC_POSITIONS_PER_BYTE * payload_bytes
+    )
+
+
+def _neighbours(n_pos: int, period: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per position j of a line: the position of its left and up neighbour, or n_pos (a slot
+    that always reads 0) where there is none. Left is j - 1 unless j starts a line of the
+    period; up is j - period (period 0: no up)."""
+    j = np.arange(n_pos)
+    left = np.where((j >= 1) & ((j % period != 0) if period else True), j - 1, n_pos)
+    up = np.where((j >= period) & (period > 0), j - period, n_pos)
+    return left, up
+
+
+def _wbucket(v: np.ndarray, k1: int) -> np.ndarray:
+    """0 for a zero weight, else 1..3 by where its index falls in 1..K-1."""
+    return np.where(v == 0, 0, 1 + ((v - 1) * 3) // max(k1, 1))
+
+
+def _density_bucket(cnt: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    t = ((2 * cnt + 1) << 8) // (2 * lines + 2)
+    return sum((t >= (1 << b)).astype(np.int64) for b in range(_DENSITY_BUCKETS - 1))
+
+
+def _ac_neighbour_values(m: np.ndarray, period: int) -> tuple[np.ndarray, np.ndarray]:
+    """The index values of every position's left and up neighbour ([lines, positions])."""
+    n_l, n_p = m.shape
+    left, up = _neighbours(n_p, period)
+    padded = np.concatenate([m, np.zeros((n_l, 1), m.dtype)], axis=1).astype(np.int64)
+    return padded[:, left], padded[:, up]
+
+
+def _ac_density(nzm: np.ndarray) -> np.ndarray:
+    """Density bucket of each position of the live lines nzm (0/1, dead lines removed)."""
+    cnt = np.cumsum(nzm, axis=0, dtype=np.int64) - nzm
+    return _density_bucket(cnt, np.arange(nzm.shape[0], dtype=np.int64)[:, None])
+
+
+def _ac_pos_contexts(m: np.ndarray, live_p: np.ndarray, period: int):
+    """Position contexts of the live lines m ([lines, positions], dead lines removed), the
+    0/1 matrix of non-zeros at the live positions, and every position's neighbour values."""
+    lv, uv = _ac_neighbour_values(m, period)
+    nzm = (m != 0).astype(np.int64)
+    ctx = _ac_density(nzm) * 4 + (lv != 0) * 2 + (uv != 0)
+    return ctx[:, live_p], nzm[:, live_p], lv, uv
+
+
+def _tree_decisions(sym: np.ndarray, ctx: np.ndarray, nb: int) -> tuple[np.ndarray, np.ndarray]:
+    """(contexts, bits) of coding sym in nb bits, MSB first, node by node (ctx * 2**nb + node)."""
+    ctxs, bits = [], []
+    node = np.ones_like(sym)
+    for i in range(nb - 1, -1, -1):
+        b = (sym >> i) & 1
+        ctxs.append(ctx * (1 << nb) + node)
+        bits.append(b)
+        node = node * 2 + b
+    if not ctxs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(ctxs), np.concatenate(bits)
+
+
+def _weight_ctx(model: int, lv: np.ndarray, uv: np.ndarray, k1: int) -> np.ndarray:
+    if model == 0:
+        return np.zeros_like(lv)
+    if model == 1:
+        return _wbucket(lv, k1)
+    return _wbucket(lv, k1) * 4 + _wbucket(uv, k1)
+
+
+def _periods(n_pos: int) -> list[int]:
+    """Candidate periods: none, and the divisors of the line length up to 64 (an image row
+    of a flattened input, a kernel row of a conv layer's [out, in * kh * kw] matrix)."""
+    return [0] + [p for p in range(2, min(64, n_pos // 2) + 1) if n_pos % p == 0]
+
+
+def _ac_plan(layer: Layer) -> tuple[dict, float] | None:
+    """The cheapest arithmetic-coding choice for a layer (by `kt_bits` estimates), or None if
+    the layer is too large for one."""
+    index = layer.index
+    k = int(layer.codebook.shape[0])
+    k1 = k - 1
+    if k < 2 or not index.any():
+        if k >= 2 and index.size > AC_MAX_POSITIONS:
+            return None
+        return {"col_major": False, "masked": False, "period": 0, "wmodel": 0}, 0.0
+    row_live, col_live = index.any(axis=1), index.any(axis=0)
+    nb = (k - 2).bit_length()
+    best = None
+    for col_major in (False, True):
+        m = index.T if col_major else index
+        live_l, live_p = (col_live, row_live) if col_major else (row_live, col_live)
+        options = []
+        for masked in ([False, True] if not (row_live.all() and col_live.all()) else [False]):
+            ll = live_l if masked else np.ones_like(live_l)
+            lp = live_p if masked else np.ones_like(live_p)
+            if int(ll.sum()) * int(lp.sum()) > AC_MAX_POSITIONS:
+                continue
+            extra = _mask_bits(row_live) + _mask_bits(col_live) if masked else 0
+            nzm = (m[ll] != 0).astype(np.int64)
+            options.append((masked, ll, lp, extra, _ac_density(nzm)[:, lp] * 4, nzm[:, lp]))
+        if not options:
+            continue
+        nz = m != 0
+        sym = m[nz].astype(np.int64) - 1
+        for period in _periods(m.shape[1]):
+            lv, uv = _ac_neighbour_values(m, period)
+            wcost = min(
+                (kt_bits(*_tree_decisions(sym, _weight_ctx(wm, lv[nz], uv[nz], k1), nb)), wm)
+                for wm in range(3 if period else 2)
+            )
+            nbr = (lv != 0) * 2 + (uv != 0)
+            for masked, ll, lp, extra, dens, bits in options:
+                pos_bits = kt_bits(dens + nbr[ll][:, lp], bits, _N_POS_CTX)
+                cost = pos_bits + wcost[0] + extra
+                if best is None or cost < best[1] - 1e-9:
+                    best = ({"col_major": col_major, "masked": masked, "period": period,
+                             "wmodel": wcost[1]}, cost)
+    return best
+
+
+def _ac_encode(layer: Layer, choice: dict) -> tuple[bytes, dict]:
+    """The "A" section payload for a choice, and the bits of its parts."""
+    index = layer.index
+    out_f, in_f = index.shape
+    k = int(layer.codebook.shape[0])
+    k1 = k - 1
+    col_major, masked, period, wmodel = (choice[x] for x in ("col_major", "masked", "period",
+                                                                 "wmodel"))
+    row_live, col_live = index.any(axis=1), index.any(axis=0)
+    w = BitWriter()
+    w.write_eg(out_f)
+    w.write_eg(in_f)
+    w.write_eg(int(layer.shift))
+    w.write(int(bool(layer.relu)), 1)
+    w.write(int(col_major), 1)
+    w.write_eg(k)
+    w.write(int(masked), 1)
+    if masked:
+        _write_mask(w, row_live)
+        _write_mask(w, col_live)
+    w.write_eg(period)
+    w.write_eg(wmodel)
+    w.align()
+    head = w.getvalue()
+
+    enc = Encoder()
+    _ac_put_codebook(enc, layer.codebook)
+    if k >= 2:
+        m = index.T if col_major else index
+        live_l, live_p = (col_live, row_live) if col_major else (row_live, col_live)
+        if not masked:
+            live_l, live_p = np.ones_like(live_l), np.ones_like(live_p)
+        _ac_put_matrix(enc, m, live_l, live_p, period, wmodel, k1)
+    _ac_put_bias(enc, layer.bias, row_live)
+    body = enc.finish()
+    parts = {"header": 8 * len(head), **{p: c for p, c in enc.cost.items()}}
+    # The coder's own overhead (termination) goes to the positions, the largest part.
+    parts["positions"] = parts.get("positions", 0.0) + 8 * len(body) - sum(enc.cost.values())
+    return head + body, parts
+
+
+def _ac_put_codebook(enc: Encoder, codebook: np.ndarray) -> None:
+    enc.part = "codebook"
+    first, delta = enc.grow(INT_CONTEXTS), enc.grow(INT_CONTEXTS)
+    cb = codebook.astype(np.int64).tolist()
+    for i in range(1, len(cb)):
+        enc.put_sint(cb[i] - (cb[i - 1] if i > 1 else 0), first if i == 1 else delta)
+
+
+def _ac_get_codebook(dec: Decoder, k: int, what: str) -> np.ndarray:
+    first, delta = dec.grow(INT_CONTEXTS), dec.grow(INT_CONTEXTS)
+    cb = [0] * k
+    for i in range(1, k):
+        cb[i] = dec.get_sint(first if i == 1 else delta) + (cb[i - 1] if i > 1 else 0)
+        if not -32768 <= cb[i] <= 32767:
+            raise InputError(f"{what}: corrupt codebook (value {cb[i]} outside int16)")
+    return np.array(cb, dtype=np.int16)
+
+
+def _ac_put_bias(enc: Encoder, bias: np.ndarray, row_live: np.ndarray) -> None:
+    """Common trailing zero bits tz, then each bias >> tz (zigzag) in one of two integer
+    models: neurons with weights, and neurons without (whose bias is often 0)."""
+    enc.part = "bias"
+    b = bias.astype(np.int64)
+    nz = b[b != 0]
+    tz = _trailing_zeros(np.bitwise_or.reduce(nz)) if nz.size else 0
+    tzm, live, dead = enc.grow(INT_CONTEXTS), enc.grow(INT_CONTEXTS), enc.grow(INT_CONTEXTS)
+    enc.put_int(tz, tzm)
+    for v, lv in zip((b >> tz).tolist(), row_live.tolist()):
+        enc.put_sint(v, live if lv else dead)
+
+
+def _ac_get_bias(dec: Decoder, row_live: np.ndarray, what: str) -> np.ndarray:
+    tzm, live, dead = dec.grow(INT_CONTEXTS), dec.grow(INT_CONTEXTS), dec.grow(INT_CONTEXTS)
+    tz = dec.get_int(tzm)
+    if tz > 31:
+        raise InputError(f"{what}: corrupt bias (trailing zeros {tz})")
+    out = [0] * row_live.shape[0]
+    lo, hi = -(1 << 31), (1 << 31) - 1
+    for i, lv in enumerate(row_live.tolist()):
+        v = dec.get_sint(live if lv else dead) << tz
+        if not lo <= v <= hi:
+            raise InputError(f"{what}: corrupt bias (value {v} outside int32)")
+        out[i] = v
+    return np.array(out, dtype=np.int32)
+
+
+def _ac_put_matrix(enc, m, live_l, live_p, period, wmodel, k1) -> None:
+    """Positions and weights, interleaved in scan order (see the module docstring)."""
+    n_p = m.shape[1]
+    nb = (k1 - 1).bit_length()
+    pbase = enc.grow(_N_POS_CTX)
+    wbase = enc.grow((16 if wmodel == 2 else 4) << nb)
+    left, up = _neighbours(n_p, period)
+    sub = m[live_l]
+    ctx, bits, lv, uv = _ac_pos_contexts(sub, live_p, period)
+    nzm = sub != 0
+    wc = _weight_ctx(wmodel, lv, uv, k1)
+    # Decisions in order: per live position its bit, and after a 1 the weight's tree bits.
+    jj = np.flatnonzero(live_p)
+    vals = sub[:, jj].astype(np.int64).reshape(-1)
+    pctx = (ctx + pbase).reshape(-1).tolist()
+    wctx = (wc[:, jj] * (1 << nb) + wbase).reshape(-1).tolist()
+    bit, wpart = enc.bit, "indices"
+    for v, pc, wcx in zip(vals.tolist(), pctx, wctx):
+        enc.part = "positions"
+        bit(1 if v else 0, pc)
+        if v and nb:
+            enc.part = wpart
+            s = v - 1
+            node = 1
+            for i in range(nb - 1, -1, -1):
+                b = (s >> i) & 1
+                bit(b, wcx + node)
+                node = 2 * node + b
+
+
+def _ac_get_matrix(dec, n_l, n_p, live_l, live_p, period, wmodel, k1, what) -> np.ndarray:
+    nb = (k1 - 1).bit_length()
+    pbase = dec.grow(_N_POS_CTX)
+    wbase = dec.grow((16 if wmodel == 2 else 4) << nb)
+    left, up = (a.tolist() for a in _neighbours(n_p, period))
+    out = np.zeros((n_l, n_p), dtype=np.uint8)
+    cnt = [0] * n_p
+    bucket = [0] + [1 + ((v - 1) * 3) // max(k1, 1) for v in range(1, k1 + 1)]
+    jj = np.flatnonzero(live_p).tolist()
+    bit = dec.bit
+    lines = 0
+    for li in np.flatnonzero(live_l).tolist():
+        cur = [0] * (n_p + 1)
+        denom = 2 * lines + 2
+        for j in jj:
+            lv, uv = cur[left[j]], cur[up[j]]
+            d = (((2 * cnt[j] + 1) << 8) // denom).bit_length()
+            if d > 8:
+                d = 8
+            if bit(pbase + d * 4 + (2 if lv else 0) + (1 if uv else 0)):
+                cnt[j] += 1
+                s = 0
+                if nb:
+                    if wmodel == 0:
+                        wc = 0
+                    elif wmodel == 1:
+                        wc = bucket[lv]
+                    else:
+                        wc = bucket[lv] * 4 + bucket[uv]
+                    base = wbase + (wc << nb)
+                    node = 1
+                    for _ in range(nb):
+                        node = 2 * node + bit(base + node)
+                    s = node - (1 << nb)
+                    if s >= k1:
+                        raise InputError(f"{what}: corrupt weight index {s + 1} (codebook "
+                                         f"of {k1 + 1})")
+                cur[j] = s + 1
+        lines += 1
+        out[li] = cur[:n_p]
+    return out
+
+
+def _ac_decode_layer(payload: bytes, i: int, budget: "_Budget | None" = None,
+                     want_choice: bool = False):
+    what = f"section layer {i}"
+    r = BitReader(payload, what)
+    out_f = r.read_eg(limit=_MAX_DIM)
+    in_f = r.read_eg(limit=_MAX_DIM)
+    if out_f < 1 or in_f < 1 or out_f * in_f > 1 << 32:
+        raise InputError(f"{what}: corrupt shape [{out_f}, {in_f}]")
+    limits.check("max_dim", max(out_f, in_f), f"{what}: layer dimension")
+    (budget or _Budget(len(payload))).take(out_f * in_f, f"{what} ([{out_f}, {in_f}])")
+    shift = r.read_eg(limit=62)
+    relu = bool(r.read(1))
+    col_major = bool(r.read(1))
+    k = r.read_eg(limit=256)
+    if k < 1:
+        raise InputError(f"{what}: corrupt codebook size {k}")
+    masked = bool(r.read(1))
+    if masked:
+        if k < 2:
+            raise InputError(f"{what}: corrupt (line masks for a codebook of size {k})")
+        row_live, col_live = _read_mask(r, out_f), _read_mask(r, in_f)
+    else:
+        row_live, col_live = np.ones(out_f, dtype=bool), np.ones(in_f, dtype=bool)
+    n_l, n_p = (in_f, out_f) if col_major else (out_f, in_f)
+    live_l, live_p = (col_live, row_live) if col_major else (row_live, col_live)
+    period = r.read_eg(limit=n_p)
+    wmodel = r.read_eg(limit=len(WEIGHT_MODELS) - 1)
+    pad_end = (r.pos + 7) // 8 * 8
+    if pad_end > len(r.bits):
+        raise InputError(f"{what}: truncated (ends in its header)")
+    if r.bits[r.pos : pad_end].any():
+        raise InputError(f"{what}: corrupt (padding bits after the header)")
+    r.pos = pad_end
+    body = payload[r.pos // 8 :]
+    live = int(live_l.sum()) * int(live_p.sum()) if k >= 2 else 0
+    if not _ac_allowed(live, len(payload)):
+        raise InputError(f"{what}: corrupt (an arithmetic-coded layer of {live:,} positions in "
+                         f"{len(payload):,} bytes; the format allows at most "
+                         f"{AC_FREE_POSITIONS:,} + {AC_POSITIONS_PER_BYTE} per byte, "
+                         f"and {AC_MAX_POSITIONS:,})")
+    dec = Decoder(body, 0, what)
+    codebook = _ac_get_codebook(dec, k, what)
+    if k >= 2:
+        m = _ac_get_matrix(dec, n_l, n_p, live_l, live_p, period, wmodel, k - 1, what)
+        index = np.ascontiguousarray(m.T) if col_major else m
+    else:
+        index = np.zeros((out_f, in_f), dtype=np.uint8)
+    if masked and (
+        not index.any(axis=1)[row_live].all() or not index.any(axis=0)[col_live].all()
+    ):
+        raise InputError(f"{what}: corrupt (a line marked live holds no non-zero)")
+    bias = _ac_get_bias(dec, index.any(axis=1), what)
+    layer = Layer(codebook=codebook, index=index, bias=bias, shift=int(shift), relu=relu)
+    if want_choice:
+        return layer, {"col_major": col_major, "masked": masked, "period": period,
+                       "wmodel": wmodel}
+    return layer
+
+
+# ---------------------------------------------------------------------------------------------
 # Sections and file
 
 
@@ -640,16 +999,18 @@ def _check_shapes(layers: list[Layer], shapes) -> list[tuple[int, ...]]:
     return out
 
 
-def pack(qnet: QNet) -> bytes:
-    """The .dcz bytes of a qnet (deterministic: same qnet -> same bytes)."""
+def pack(qnet: QNet, *, version: int = DCZ_VERSION) -> bytes:
+    """The .dcz bytes of a qnet (deterministic: same qnet -> same bytes). version=1 writes
+    the old format (Huffman only) for readers that predate version 2."""
     _check_qnet(qnet)
-    return _pack(qnet.layers, qnet.input_frac, None)[0]
+    return _pack(qnet.layers, qnet.input_frac, None, version)[0]
 
 
-def pack_layers(layers: list[Layer], *, shapes=None, input_frac: int = 8) -> bytes:
+def pack_layers(layers: list[Layer], *, shapes=None, input_frac: int = 8,
+                version: int = DCZ_VERSION) -> bytes:
     """The .dcz bytes of independent layers (a LayerSet), e.g. conv layers as 2-D matrices."""
     ls = _as_layer_set(layers, shapes, input_frac)
-    return _pack(ls.layers, ls.input_frac, ls.shapes)[0]
+    return _pack(ls.layers, ls.input_frac, ls.shapes, version)[0]
 
 
 def _as_layer_set(layers, shapes, input_frac) -> LayerSet:
@@ -666,14 +1027,71 @@ def _as_layer_set(layers, shapes, input_frac) -> LayerSet:
     return LayerSet(layers, _check_shapes(layers, shapes), int(input_frac))
 
 
-def _pack(layers: list[Layer], input_frac: int, shapes) -> tuple[bytes, list[dict]]:
+def _huffman_parts(bits: dict) -> dict:
+    return {
+        "header": bits["shape"] + bits["padding"],
+        "codebook": bits["codebook"],
+        "bias": bits["bias"],
+        "positions": bits["index_table"] + bits["index_stream"],
+        "indices": bits["weight_table"] + bits["weight_stream"],
+    }
+
+
+def _encode_layer_v2(layer: Layer) -> tuple[bytes, bytes, dict]:
+    """(tag, payload, info) of the smaller of the Huffman and the arithmetic coding."""
+    payload, info = _encode_layer(layer)
+    info["coding"] = "huffman"
+    info["parts"] = _huffman_parts(info["bits"])
+    plan = _ac_plan(layer)
+    if plan is None:
+        return _TAG_LAYER, payload, info
+    ac, parts = _ac_encode(layer, plan[0])
+    live = _ac_live_positions(layer, plan[0])
+    if len(ac) >= len(payload) or not _ac_allowed(live, len(ac)):
+        return _TAG_LAYER, payload, info
+    col_major = plan[0]["col_major"]
+    nnz = int(np.count_nonzero(layer.index))
+    info = {
+        "coding": "arithmetic",
+        "scan": "column" if col_major else "row",
+        "gap_alphabet": None,
+        "period": plan[0]["period"],
+        "weight_context": WEIGHT_MODELS[plan[0]["wmodel"]],
+        "nnz": nnz,
+        "fillers": 0,
+        "parts": parts,
+        "bits": {"shape": parts["header"], "codebook": parts["codebook"], "bias": parts["bias"],
+                 "index_table": 0, "index_stream": parts.get("positions", 0.0),
+                 "weight_table": 0, "weight_stream": parts.get("indices", 0.0), "padding": 0},
+        "gaps": _gaps(_scan(layer.index, col_major))[1],
+    }
+    return _TAG_AC, ac, info
+
+
+def _ac_live_positions(layer: Layer, choice: dict) -> int:
+    if layer.codebook.shape[0] < 2:
+        return 0
+    if not choice["masked"]:
+        return int(layer.index.size)
+    return int(layer.index.any(axis=1).sum()) * int(layer.index.any(axis=0).sum())
+
+
+def _pack(layers: list[Layer], input_frac: int, shapes,
+          version: int = DCZ_VERSION) -> tuple[bytes, list[dict]]:
+    if version not in READ_VERSIONS:
+        raise InputError(f"pack: unknown .dcz version {version} (known: 1, 2)")
     limits.check("max_layers", len(layers), "pack: layers")
     header = _section(_TAG_HEADER, _header_payload(layers, input_frac, shapes))
-    out = [MAGIC, bytes([DCZ_VERSION]), header]
+    out = [MAGIC, bytes([version]), header]
     infos = []
     for layer in layers:
-        payload, info = _encode_layer(layer)
-        sec = _section(_TAG_LAYER, payload)
+        if version == 1:
+            tag, (payload, info) = _TAG_LAYER, _encode_layer(layer)
+            info["coding"] = "huffman"
+            info["parts"] = _huffman_parts(info["bits"])
+        else:
+            tag, payload, info = _encode_layer_v2(layer)
+        sec = _section(tag, payload)
         info["section_bytes"] = len(sec)
         infos.append(info)
         out.append(sec)
@@ -696,8 +1114,10 @@ def _sections(data: bytes) -> tuple[list[tuple[bytes, bytes, int]], int]:
         raise InputError("dcz: bad magic (not a .dcz file)")
     if len(data) < 5:
         raise InputError("dcz: truncated (file ends before the version byte)")
-    if data[4] != DCZ_VERSION:
-        raise InputError(f"dcz: unsupported version {data[4]} (this reader supports {DCZ_VERSION})")
+    version = data[4]
+    if version not in READ_VERSIONS:
+        raise InputError(f"dcz: unsupported version {version} (this reader supports "
+                         f"{', '.join(map(str, READ_VERSIONS))})")
     pos = 5
     sections = []
     num_layers = None
@@ -708,7 +1128,8 @@ def _sections(data: bytes) -> tuple[list[tuple[bytes, bytes, int]], int]:
         if pos >= len(data):
             raise InputError(f"dcz: truncated (file ends before {name})")
         tag = data[pos : pos + 1]
-        expected = _TAG_HEADER if not sections else _TAG_LAYER
+        expected = (_TAG_HEADER,) if not sections else (
+            (_TAG_LAYER, _TAG_AC) if version >= 2 else (_TAG_LAYER,))
         length, p = 0, pos + 1
         for shift in range(0, 64, 7):
             if p >= len(data):
@@ -728,8 +1149,9 @@ def _sections(data: bytes) -> tuple[list[tuple[bytes, bytes, int]], int]:
         (crc,) = struct.unpack("<I", data[end - 4 : end])
         if zlib.crc32(data[pos : end - 4]) != crc:
             raise InputError(f"dcz: checksum mismatch in {name}")
-        if tag != expected:
-            raise InputError(f"dcz: corrupt {name} (tag {tag!r}, expected {expected!r})")
+        if tag not in expected:
+            raise InputError(f"dcz: corrupt {name} (tag {tag!r}, expected "
+                             f"{' or '.join(map(repr, expected))})")
         payload = data[p : end - 4]
         sections.append((tag, payload, end - pos))
         pos = end
@@ -774,7 +1196,10 @@ def _decode_all(data: bytes):
     sections, size = _sections(data)
     input_frac, _, shapes = _read_header(sections[0][1])
     budget = _Budget(size)
-    layers = [_decode_layer(payload, i, budget) for i, (_, payload, _) in enumerate(sections[1:])]
+    layers = [
+        (_ac_decode_layer if tag == _TAG_AC else _decode_layer)(payload, i, budget)
+        for i, (tag, payload, _) in enumerate(sections[1:])
+    ]
     return sections, size, input_frac, shapes, layers
 
 
@@ -828,7 +1253,7 @@ def info(data: bytes) -> dict:
     sections, size, input_frac, shapes, layers = _decode_all(data)
     n_params = sum(ly.index.size + ly.bias.size for ly in layers)
     d = {
-        "version": DCZ_VERSION,
+        "version": data[4],
         "kind": "qnet" if shapes is None else "layer set",
         "bytes": size,
         "input_frac": input_frac,
@@ -840,8 +1265,10 @@ def info(data: bytes) -> dict:
         "overhead_bytes": 5 + 4,  # magic, version, file crc
         "layers": [
             {"shape": list(shapes[i]) if shapes else list(ly.index.shape),
-             "nnz": int(np.count_nonzero(ly.index)), "codebook": int(ly.codebook.shape[0])}
-            for i, ly in enumerate(layers)
+             "nnz": int(np.count_nonzero(ly.index)), "codebook": int(ly.codebook.shape[0]),
+             "coding": "arithmetic" if tag == _TAG_AC else "huffman",
+             **_layer_parts(tag, payload, ly, i)}
+            for i, (ly, (tag, payload, _)) in enumerate(zip(layers, sections[1:]))
         ],
         "params": n_params,
         "float32_bytes": 4 * n_params,
@@ -850,6 +1277,21 @@ def info(data: bytes) -> dict:
     if shapes is None:
         d["sha256"] = unpack(data).checksum()
     return d
+
+
+def _layer_parts(tag: bytes, payload: bytes, layer: Layer, i: int) -> dict:
+    """{"parts": bytes of the header, codebook, bias, positions and indices} of a layer section,
+    found by coding the decoded layer again the same way (the coders are deterministic). A file
+    from another encoder (same format, other choices) gets no split."""
+    if tag == _TAG_AC:
+        _, choice = _ac_decode_layer(payload, i, want_choice=True)
+        again, parts = _ac_encode(layer, choice)
+    else:
+        again, inf = _encode_layer(layer)
+        parts = _huffman_parts(inf["bits"])
+    if again != payload:
+        return {}
+    return {"parts": {k: round(v / 8, 1) for k, v in parts.items()}}
 
 
 # ---------------------------------------------------------------------------------------------
