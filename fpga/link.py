@@ -1,30 +1,35 @@
 """The board side of the framed UART protocol (fpga/protocol.py, docs/fpga.md).
 
-`Link` sits between the UART byte streams and the engine's activation streams. It is one FSM
-that receives a request, acts on it and sends the reply, so it needs no memory at all: the
-INFER payload goes into the engine word by word as it arrives, and the engine's output words go
-straight into the reply as it is sent (the engine's `o_act` waits on `ready`). The CRC verdict
-is known before the first output word, so the reply header can go first: a good INFER is
-answered with its outputs streamed, a bad one has its outputs drained and dropped, then ERROR.
-The FSM's states are built in two pieces, each a few stages: the frame receiver (`_receiver`,
-`_rx_*`) and the reply sender (`_sender`, `_tx_*`).
+`Link` sits between the UART byte streams and the engine's activation streams. It has two
+FSMs that run at the same time, so the host can stream requests without waiting for replies:
+
+* the frame receiver (`_receiver`, `_rx_*`) reads requests, feeds INFER and PACKED inputs into
+  the engine word by word as they arrive (PACKED frames are expanded into the dense stream,
+  zeros included), writes LOAD words, and at the end of each frame pushes a *job* (which reply,
+  its error code, a PACKED tag) into a small queue;
+* the reply sender (`_sender`, `_tx_*`) takes the jobs in order and sends their replies; an
+  INFER's outputs go from the engine's `o_act` straight into the reply (no output buffer).
+
+The queue holds `window` jobs, the number of requests the host may have in flight (PING
+reports it): the receiver never has to wait for the sender while the host keeps that limit.
+The words into the engine pass one register (`w_`), so nothing combinational runs from the
+engine's `i_act.ready` to the UART; the load port is registered too.
 
 A bad frame cannot turn the link:
 
 * bytes outside a frame are dropped until a SYNC byte;
 * a frame refused from its header (unknown command, a length that does not match it, INFER
-  before the weights are loaded, a LOAD to a memory or address range that does not exist or out
-  of order) is discarded to its declared end: exactly LEN payload bytes and the CRC byte are
-  dropped, or fewer if the line goes quiet for `timeout` cycles first. Only then the ERROR
-  reply goes out. Payload bytes are never parsed as requests, and a refused request has no
-  effect at all (no engine run, no write, no flag changed);
-* every gap between two bytes of a frame is timed: after `timeout` clock cycles the frame is
-  abandoned; if an INFER payload was under way the missing words are fed to the engine as zeros
-  so the engine finishes its inference and is drained, then the ERROR reply goes out;
-* an INFER with a bad CRC is likewise run to completion and drained, and answered with ERROR;
-* bytes that arrive while a request is being answered are dropped, and then the link waits for
-  a quiet line (`timeout` cycles without a byte) before it hunts for SYNC again, so the tail of
-  a frame cut by the reply is never read as a request.
+  before the weights are loaded, an unknown PACKED format, a LOAD to a memory or address range
+  that does not exist or out of order) is discarded to its declared end: exactly LEN payload
+  bytes and the CRC byte are dropped, or fewer if the line goes quiet for `timeout` cycles
+  first. Only then is the ERROR reply queued. Payload bytes are never parsed as requests, and
+  a refused request has no effect at all (no engine run, no write, no flag changed);
+* every gap between two bytes of a frame is timed (the timer stops while a byte waits to be
+  taken): after `timeout` clock cycles the frame is abandoned; if an input was under way the
+  missing words are fed to the engine as zeros so the engine finishes its inference, and the
+  sender drains its outputs before the ERROR reply;
+* an INFER with a bad CRC, or a PACKED frame whose length does not match its contents, is
+  likewise run to completion and drained, and answered with ERROR.
 
 LOAD is a staged commit (there is no room for a frame buffer): its header (memory, address, word
 count) is checked before the first word is written, and the words are then written as they
@@ -48,6 +53,7 @@ from amaranth.lib.wiring import In, Out
 from . import protocol as P
 
 LOAD_ADDR_BITS = 14  # SPRAM: 16K words
+MAX_WINDOW = 8  # PING carries window - 1 in 3 bits
 
 
 def _crc8_bit_sources() -> list[list[int]]:
@@ -71,23 +77,34 @@ def crc8_step(crc, byte):
     return Cat(*bits)
 
 
+# A job: what the sender must answer for one received frame.
+JOB = data.StructLayout({
+    "run": 1,  # the engine ran this frame's inputs: its outputs must be taken
+    "err": 3,  # error code of the reply, 0 = none
+    "packed": 1,  # a PACKED request: `field` is its tag
+    "loaded": 1,  # the loaded flag when the frame ended (PING's reply)
+    "field": 8,  # the command byte, or the PACKED tag
+})
+
+
 class Link(wiring.Component):
     """Request/reply protocol engine; see the module docstring.
 
     Ports: `rx` (in: request bytes from the UART), `tx` (out: reply bytes to the UART),
     `act_out` (out: input words to the engine's `i_act`), `act_in` (in: output words from the
-    engine's `o_act`), `cycles`, `layer_cycles`, `busy` (in: the engine's counters, sent in
-    COUNT and INFER replies, and its busy flag); `load_mem`, `load_addr`, `load_data`,
-    `load_we` (out: LOAD frames' writes into the SPRAM memories, used when loads > 0);
-    `digit`, `inferences`, `errors`, `active`, `error_flag` (out: status for the LEDs: the
-    argmax of the last good inference, two counters, a frame is being handled, the last reply
-    was an error).
+    engine's `o_act`), `cycles`, `layer_cycles` (in: the engine's counters of the inference
+    whose last output word was taken, sent in COUNT and INFER replies); `load_mem`,
+    `load_addr`, `load_data`, `load_we` (out, registered: LOAD frames' writes into the SPRAM
+    memories, used when loads > 0); `digit`, `inferences`, `errors`, `active`, `error_flag`
+    (out: status for the LEDs: the argmax of the last good inference, two counters, a frame is
+    being handled, the last reply was an error).
 
     Parameters: in_features, out_features, num_layers, pes (the engine's shape, also sent in
     the PING reply); clock_hz (sent in PING); timeout, the inter-byte timeout in clock cycles;
     lockstep, which image the host must load (PING flags bit 1); `loads`, the number of
     loadable (SPRAM) memories, or the list of their depths in words (load-id order); a bare
-    number means every memory is a whole SPRAM (16K words).
+    number means every memory is a whole SPRAM (16K words); window, the requests the host may
+    have in flight (1..8, sent in PING): 1 for an engine that takes no input while it computes.
     """
 
     def __init__(
@@ -101,6 +118,7 @@ class Link(wiring.Component):
         timeout: int,
         loads=0,
         lockstep: bool = False,
+        window: int = 1,
     ):
         for name, v, lo in (
             ("in_features", in_features, 1),
@@ -108,9 +126,12 @@ class Link(wiring.Component):
             ("num_layers", num_layers, 1),
             ("pes", pes, 1),
             ("timeout", timeout, 2),
+            ("window", window, 1),
         ):
             if not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, not {v!r}")
+        if window > MAX_WINDOW:
+            raise ValueError(f"window must be 1..{MAX_WINDOW}, not {window!r}")
         if 2 * in_features > P.MAX_PAYLOAD:
             raise ValueError(f"in_features {in_features} does not fit one frame")
         if out_features > 0xFFFF or num_layers > 255 or pes > 255:
@@ -121,6 +142,7 @@ class Link(wiring.Component):
         self.pes = pes
         self.clock_hz = int(clock_hz)
         self.timeout = timeout
+        self.window = window
         if isinstance(loads, int):
             if not 0 <= loads <= 255:
                 raise ValueError(f"loads must be 0..255 loadable memories, not {loads!r}")
@@ -139,7 +161,6 @@ class Link(wiring.Component):
                 "act_in": In(stream.Signature(signed(16))),  # from the engine's o_act
                 "cycles": In(32),
                 "layer_cycles": In(data.ArrayLayout(32, num_layers)),
-                "busy": In(1),
                 # LOAD frames write SPRAM memories through this port (loads > 0)
                 "load_mem": Out(8),
                 "load_addr": Out(LOAD_ADDR_BITS),
@@ -157,108 +178,159 @@ class Link(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         s = SimpleNamespace()
-        s.cmd = Signal(8)
-        s.err = Signal(8)  # error code of the reply, 0 = none
         s.loaded = Signal(init=0 if self.loads else 1)
-        s.rx_take = Signal()  # a byte is transferred from rx this cycle
-        s.rx_hold = Signal()  # rx not ready this cycle
-        s.in_frame = Signal()  # the inter-byte timer runs
-        s.timed_out = Signal()
-        s.dropped = Signal()  # a byte came in while answering (cleared in GAP)
-        m.d.comb += [s.rx_take.eq(self.rx.valid & self.rx.ready), self.rx.ready.eq(~s.rx_hold)]
-
-        # Inter-byte timer: runs inside a frame (and while waiting for a quiet line).
-        timer = Signal(range(self.timeout + 1))
-        m.d.comb += s.timed_out.eq(timer == self.timeout)
-        with m.If(~s.in_frame | s.rx_take):
-            m.d.sync += timer.eq(0)
-        with m.Elif(~s.timed_out):
-            m.d.sync += timer.eq(timer + 1)
-
-        with m.FSM() as fsm:
-            self._receiver(m, s)
-            self._sender(m, s)
-        m.d.comb += self.active.eq(~fsm.ongoing("IDLE"))
-        return m
-
-    # -- the frame receiver ------------------------------------------------------------------
-    # IDLE .. CRC: hunt, header, payload (INFER, LOAD), discard of refused frames. Each stage
-    # adds its states to the FSM in order (the order fixes the state encoding).
-
-    def _receiver(self, m, s):
-        """The receiver's states, stage by stage (signals in `s`, shared with the sender)."""
+        self._jobs(m, s)
         self._rx_signals(m, s)
+        self._rx_words(m, s)
         if self.loads:
             self._rx_load_port(m, s)
+        self._tx_signals(m, s)
+        with m.FSM(name="rx_fsm") as rx_fsm:
+            self._receiver(m, s)
+        with m.FSM(name="tx_fsm") as tx_fsm:
+            self._sender(m, s)
+        m.d.comb += self.active.eq(~rx_fsm.ongoing("IDLE") | ~tx_fsm.ongoing("REPLY"))
+        return m
+
+    def _jobs(self, m, s):
+        """The job queue between receiver and sender: `window` entries, the head at 0."""
+        n = self.window
+        q = [Signal(JOB, name=f"job{i}") for i in range(n)]
+        level = Signal(range(n + 1))
+        s.push, s.pop = Signal(), Signal()
+        s.new = Signal(JOB)
+        s.full = Signal()
+        s.head, s.have_job = q[0], Signal()
+        m.d.comb += [s.full.eq(level == n), s.have_job.eq(level != 0)]
+        for i in range(n):
+            # A pop shifts every entry down; a push writes the first free entry after that.
+            with m.If(s.pop):
+                with m.If(s.push & (level == i + 1)):
+                    m.d.sync += q[i].eq(s.new)
+                if i + 1 < n:
+                    with m.Elif(level > i + 1):
+                        m.d.sync += q[i].eq(q[i + 1])
+            with m.Elif(s.push & (level == i)):
+                m.d.sync += q[i].eq(s.new)
+        m.d.sync += level.eq(level + s.push - s.pop)
+
+    # -- the frame receiver ------------------------------------------------------------------
+    # IDLE .. CRC: hunt, header, payload (INFER / PACKED inputs, LOAD), discard of refused
+    # frames, the job push. Each stage adds its states to the FSM in order.
+
+    def _receiver(self, m, s):
+        """The receiver's states, stage by stage (signals in `s`)."""
         self._rx_header(m, s)
         self._rx_length(m, s)
-        self._rx_skip_payload(m, s)
+        self._rx_skip(m, s)
+        self._rx_packed(m, s)
+        self._rx_inputs(m, s)
         if self.loads:
             self._rx_load(m, s)
         self._rx_crc(m, s)
 
     def _rx_signals(self, m, s):
-        """The receiver's registers, and its ways out of a state (into `s`)."""
-        rx_byte, err = self.rx.payload, s.err
-        crc = Signal(8, init=0xFF)
-        left = Signal(16)  # payload bytes still to come (LEN, counted down)
-        words_left = Signal(range(self.in_features + 1))
-        lo_byte = Signal(8)
-        have_lo = Signal()
-        s.crc, s.left, s.words_left, s.lo_byte, s.have_lo = crc, left, words_left, lo_byte, have_lo
+        """The receiver's registers, the inter-byte timer and its ways out of a state."""
+        rx_byte = self.rx.payload
+        s.cmd = Signal(8)
+        s.err = Signal(3)  # error code of the reply, 0 = none
+        s.run = Signal()  # this frame's inputs went into the engine
+        s.tag = Signal(8)
+        s.crc = Signal(8, init=0xFF)
+        s.left = Signal(16)  # payload bytes still to come (LEN, counted down)
+        s.lo_byte = Signal(8)
+        s.have_lo = Signal()
+        s.has_mask = Signal()  # PACKED format: groups with a mask byte
+        s.wide = Signal()  # int16 values (else one byte + base)
+        s.base = Signal(16)
+        s.mask = Signal(8)  # the current group's mask, shifted as its inputs go
+        s.m_need = Signal()  # the next payload byte is a group's mask
+        s.rx_take = Signal()  # a byte is transferred from rx this cycle
+        s.rx_want = Signal()  # the state takes a byte this cycle if one is there
+        s.in_frame = Signal()  # the inter-byte timer runs
+        s.timed_out = Signal()
+        m.d.comb += [s.rx_take.eq(self.rx.valid & s.rx_want), self.rx.ready.eq(s.rx_want)]
+
+        # Inter-byte timer: runs inside a frame while no byte is waiting.
+        timer = Signal(range(self.timeout + 1))
+        m.d.comb += s.timed_out.eq(timer == self.timeout)
+        with m.If(~s.in_frame | self.rx.valid):
+            m.d.sync += timer.eq(0)
+        with m.Elif(~s.timed_out):
+            m.d.sync += timer.eq(timer + 1)
 
         def refuse(code):
             """A refused frame: drop the rest of what it declared (`left` + CRC), then ERROR."""
-            m.d.sync += err.eq(code)
+            m.d.sync += s.err.eq(code)
             m.next = "SKIP"
 
         def reply(code):
-            m.d.sync += err.eq(code)
-            m.next = "REPLY"
-
-        def discard(code):
-            """An INFER that will not be answered: drop the engine's outputs, then ERROR."""
-            m.d.sync += err.eq(code)
-            m.next = "DISCARD"
+            m.d.sync += s.err.eq(code)
+            m.next = "PUSH"
 
         def crc_in():
-            m.d.sync += crc.eq(crc8_step(crc, rx_byte))
+            m.d.sync += s.crc.eq(crc8_step(s.crc, rx_byte))
 
-        s.refuse, s.reply, s.discard, s.crc_in = refuse, reply, discard, crc_in
+        def take():
+            """Take a payload byte (if one is there): CRC and the count of bytes left."""
+            m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
+            with m.If(s.rx_take):
+                crc_in()
+                m.d.sync += s.left.eq(s.left - 1)
+
+        s.refuse, s.reply, s.crc_in, s.take = refuse, reply, crc_in, take
+
+    def _rx_words(self, m, s):
+        """The input word register in front of the engine's `i_act`, and the input counter."""
+        s.w_valid = Signal()
+        s.w_data = Signal(16)
+        s.idx = Signal(range(self.in_features + 1))  # input words produced so far
+        s.w_free = ~s.w_valid
+        m.d.comb += [self.act_out.valid.eq(s.w_valid), self.act_out.payload.eq(s.w_data)]
+        with m.If(self.act_out.ready):
+            m.d.sync += s.w_valid.eq(0)
+
+        def produce(value):
+            """The next input word (only while `w_free`)."""
+            m.d.sync += [s.w_data.eq(value), s.w_valid.eq(1), s.idx.eq(s.idx + 1)]
+
+        s.produce = produce
 
     def _rx_load_port(self, m, s):
-        """LOAD's registers, the load cursor and the load port (loads > 0)."""
+        """LOAD's registers, the load cursor and the (registered) load port (loads > 0)."""
         loads = self.loads
-        l_idx = Signal(2)  # LOAD payload: 0 mem, 1 addr lo, 2 addr hi, 3 words
-        l_addr = Signal(LOAD_ADDR_BITS)
-        l_big = Signal()  # the address does not fit LOAD_ADDR_BITS
-        l_last = Signal()  # the LOAD ends at its memory's last word
-        cur_mem = Signal(range(loads + 1))  # the load cursor (module docstring)
-        cur_addr = Signal(LOAD_ADDR_BITS)
-        s.l_idx, s.l_addr, s.l_big, s.l_last = l_idx, l_addr, l_big, l_last
-        s.cur_mem, s.cur_addr = cur_mem, cur_addr
-        # The load port is driven straight from the frame (no copy registers): the word is
-        # written in the cycle its high byte is taken.
-        m.d.comb += [self.load_addr.eq(l_addr), self.load_data.eq(Cat(s.lo_byte, self.rx.payload))]
+        s.l_idx = Signal(2)  # LOAD payload: 0 mem, 1 addr lo, 2 addr hi, 3 words
+        s.l_big = Signal()  # the address does not fit LOAD_ADDR_BITS
+        s.l_last = Signal()  # the LOAD ends at its memory's last word
+        s.l_hi = Signal(8)
+        s.cur_mem = Signal(range(loads + 1))  # the load cursor (module docstring)
+        s.cur_addr = Signal(LOAD_ADDR_BITS)
+        # The word is written the cycle after its high byte came, from registers only; the
+        # address moves on after the write.
+        m.d.comb += self.load_data.eq(Cat(s.lo_byte, s.l_hi))
+        m.d.sync += self.load_we.eq(0)
+        with m.If(self.load_we):
+            m.d.sync += self.load_addr.eq(self.load_addr + 1)
         # Depth of the addressed memory (0 past the last: never fits).
         k = max(1, (loads - 1).bit_length())
         s.depth = Array(Const(d, LOAD_ADDR_BITS + 1)
                         for d in self.load_depths + [0] * ((1 << k) - loads))[self.load_mem[:k]]
-        end = Signal(LOAD_ADDR_BITS + 1)  # address after the frame's last word
-        m.d.comb += end.eq(l_addr + s.left[1:])  # in LCHK, left = 2 x words
-        s.end = end
+        s.end = Signal(LOAD_ADDR_BITS + 1)  # address after the frame's last word
+        m.d.comb += s.end.eq(self.load_addr + s.left[1:])  # in LCHK, left = 2 x words
 
     def _rx_header(self, m, s):
         """IDLE (hunt for SYNC), CMD and the low byte of LEN."""
-        rx_byte, rx_take, timed_out = self.rx.payload, s.rx_take, s.timed_out
+        rx_byte, timed_out = self.rx.payload, s.timed_out
         with m.State("IDLE"):
-            m.d.sync += [s.crc.eq(0xFF), s.have_lo.eq(0), s.cmd.eq(0), s.err.eq(0)]
-            with m.If(rx_take & (rx_byte == P.SYNC_REQ)):
+            m.d.comb += s.rx_want.eq(1)
+            m.d.sync += [s.crc.eq(0xFF), s.cmd.eq(0), s.err.eq(0), s.run.eq(0),
+                         s.have_lo.eq(0), s.idx.eq(0), s.m_need.eq(1)]
+            with m.If(s.rx_take & (rx_byte == P.SYNC_REQ)):
                 m.next = "CMD"
 
         with m.State("CMD"):
-            m.d.comb += s.in_frame.eq(1)
-            with m.If(rx_take):
+            m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
+            with m.If(s.rx_take):
                 m.d.sync += s.cmd.eq(rx_byte)
                 s.crc_in()
                 m.next = "LEN0"
@@ -266,8 +338,8 @@ class Link(wiring.Component):
                 s.reply(P.ERR_TIMEOUT)
 
         with m.State("LEN0"):
-            m.d.comb += s.in_frame.eq(1)
-            with m.If(rx_take):
+            m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
+            with m.If(s.rx_take):
                 m.d.sync += s.left[:8].eq(rx_byte)
                 s.crc_in()
                 m.next = "LEN1"
@@ -279,12 +351,11 @@ class Link(wiring.Component):
         n_in, loads = self.in_features, self.loads
         rx_byte, left, refuse = self.rx.payload, s.left, s.refuse
         with m.State("LEN1"):
-            m.d.comb += s.in_frame.eq(1)
+            m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             full = Cat(left[:8], rx_byte)
             with m.If(s.rx_take):
                 m.d.sync += left[8:].eq(rx_byte)
                 s.crc_in()
-                m.d.sync += s.words_left.eq(n_in)
                 with m.Switch(s.cmd):
                     with m.Case(P.CMD_PING, P.CMD_COUNT, *((P.CMD_COMMIT,) if loads else ())):
                         with m.If(full == 0):
@@ -297,7 +368,16 @@ class Link(wiring.Component):
                         with m.Elif(~s.loaded):
                             refuse(P.ERR_NOT_LOADED)
                         with m.Else():
-                            m.next = "PAYLOAD"
+                            # dense int16: every input has a value, no mask
+                            m.d.sync += [s.has_mask.eq(0), s.wide.eq(1), s.run.eq(1)]
+                            m.next = "INPUTS"
+                    with m.Case(P.CMD_PACKED):
+                        with m.If(full < 2):
+                            refuse(P.ERR_LENGTH)
+                        with m.Elif(~s.loaded):
+                            refuse(P.ERR_NOT_LOADED)
+                        with m.Else():
+                            m.next = "P_TAG"
                     if loads:
                         with m.Case(P.CMD_LOAD):
                             max_load = 3 + 2 * P.MAX_LOAD_WORDS
@@ -311,50 +391,133 @@ class Link(wiring.Component):
             with m.Elif(s.timed_out):
                 s.reply(P.ERR_TIMEOUT)
 
-    def _rx_skip_payload(self, m, s):
-        """SKIP (a refused frame's rest) and PAYLOAD (INFER's words into the engine)."""
-        rx_byte, rx_take, timed_out = self.rx.payload, s.rx_take, s.timed_out
-        left, lo_byte, have_lo, words_left = s.left, s.lo_byte, s.have_lo, s.words_left
+    def _rx_skip(self, m, s):
+        """SKIP (the rest of a refused frame), PAD (an abandoned input completed with zeros)
+        and PUSH (the frame's job into the queue)."""
         with m.State("SKIP"):
             # A refused frame: its remaining payload bytes, then its CRC byte, are dropped.
-            m.d.comb += s.in_frame.eq(1)
-            with m.If(rx_take):
-                m.d.sync += left.eq(left - 1)
-                with m.If(left == 0):
-                    m.next = "REPLY"
-            with m.Elif(timed_out):
-                m.next = "REPLY"
+            m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
+            with m.If(s.rx_take):
+                m.d.sync += s.left.eq(s.left - 1)
+                with m.If(s.left == 0):
+                    m.next = "PUSH"
+            with m.Elif(s.timed_out):
+                m.next = "PUSH"
 
-        with m.State("PAYLOAD"):
-            # INFER input words straight into the engine, low byte first.
-            m.d.comb += s.in_frame.eq(1)
-            m.d.comb += [self.act_out.payload.eq(Cat(lo_byte, rx_byte))]
-            with m.If(~have_lo):
-                with m.If(rx_take):
-                    m.d.sync += [lo_byte.eq(rx_byte), have_lo.eq(1)]
-                    s.crc_in()
+        with m.State("PAD"):
+            # The engine must get all its inputs to finish (its outputs are then dropped).
+            with m.If(s.idx == self.in_features):
+                with m.If(s.err == P.ERR_TIMEOUT):
+                    m.next = "PUSH"  # the line is quiet already
+                with m.Else():
+                    m.next = "SKIP"  # a length error: the rest of the frame, then its CRC
+            with m.Elif(s.w_free):
+                s.produce(0)
+
+        with m.State("PUSH"):
+            m.d.comb += [s.new.run.eq(s.run), s.new.err.eq(s.err), s.new.loaded.eq(s.loaded),
+                         s.new.packed.eq(s.cmd == P.CMD_PACKED),
+                         s.new.field.eq(Mux(s.cmd == P.CMD_PACKED, s.tag, s.cmd))]
+            with m.If(~s.full):
+                m.d.comb += s.push.eq(1)
+                m.next = "IDLE"
+
+    def _rx_packed(self, m, s):
+        """P_TAG, P_FMT, P_BASE0/1: a PACKED frame's header, before its inputs."""
+        rx_byte = self.rx.payload
+
+        def payload_byte(then):
+            """Take the next payload byte; none left (the CRC comes): a length error."""
+            with m.If(s.left == 0):
+                s.refuse(P.ERR_LENGTH)  # SKIP drops the CRC byte
             with m.Else():
-                # High byte: pass it on only when the engine takes the word.
-                m.d.comb += [self.act_out.valid.eq(self.rx.valid)]
-                m.d.comb += s.rx_hold.eq(~self.act_out.ready)
-                with m.If(rx_take):
-                    m.d.sync += have_lo.eq(0)
-                    s.crc_in()
-                    m.d.sync += words_left.eq(words_left - 1)
-                    with m.If(words_left == 1):
-                        m.next = "CRC"
-            with m.If(timed_out & ~rx_take):
+                s.take()
+                with m.If(s.rx_take):
+                    then()
+                with m.Elif(s.timed_out):
+                    s.reply(P.ERR_TIMEOUT)
+
+        with m.State("P_TAG"):
+            def tag():
+                m.d.sync += s.tag.eq(rx_byte)
+                m.next = "P_FMT"
+            payload_byte(tag)
+
+        with m.State("P_FMT"):
+            def fmt():
+                m.d.sync += [s.has_mask.eq(rx_byte[0]), s.wide.eq(rx_byte[1])]
+                with m.If(rx_byte[2:] != 0):
+                    s.refuse(P.ERR_FORMAT)
+                with m.Elif(rx_byte[1]):
+                    m.d.sync += s.run.eq(1)
+                    m.next = "INPUTS"
+                with m.Else():
+                    m.next = "P_BASE0"
+            payload_byte(fmt)
+
+        with m.State("P_BASE0"):
+            def base0():
+                m.d.sync += s.base[:8].eq(rx_byte)
+                m.next = "P_BASE1"
+            payload_byte(base0)
+
+        with m.State("P_BASE1"):
+            def base1():
+                m.d.sync += [s.base[8:].eq(rx_byte), s.run.eq(1)]
+                m.next = "INPUTS"
+            payload_byte(base1)
+
+    def _rx_inputs(self, m, s):
+        """INPUTS: the engine's input words from the payload (mask bytes, values, zeros)."""
+        n_in, rx_byte = self.in_features, self.rx.payload
+        mask, m_need = s.mask, s.m_need
+        with m.State("INPUTS"):
+            with m.If(s.idx == n_in):
+                with m.If(s.left == 0):
+                    m.d.comb += s.in_frame.eq(1)
+                    m.next = "CRC"
+                with m.Else():
+                    s.refuse(P.ERR_LENGTH)  # more payload than inputs: drop it, then ERROR
+            with m.Elif(s.has_mask & (s.idx[:3] == 0) & m_need):
+                with m.If(s.left == 0):
+                    m.d.sync += s.err.eq(P.ERR_LENGTH)
+                    m.next = "PAD"
+                with m.Else():
+                    s.take()
+                    with m.If(s.rx_take):
+                        m.d.sync += [mask.eq(rx_byte), m_need.eq(0)]
+            with m.Elif(s.has_mask & ~mask[0]):
+                with m.If(s.w_free):  # a zero input: no byte
+                    s.produce(0)
+                    m.d.sync += [mask.eq(mask >> 1), m_need.eq(s.idx[:3] == 7)]
+            with m.Elif(s.left == 0):
+                m.d.sync += s.err.eq(P.ERR_LENGTH)
+                m.next = "PAD"
+            with m.Elif(s.wide & ~s.have_lo):
+                s.take()
+                with m.If(s.rx_take):
+                    m.d.sync += [s.lo_byte.eq(rx_byte), s.have_lo.eq(1)]
+            with m.Elif(s.w_free):
+                # A value: int16 (its high byte) or one byte + base.
+                s.take()
+                with m.If(s.rx_take):
+                    s.produce(Mux(s.wide, Cat(s.lo_byte, rx_byte), rx_byte + s.base))
+                    m.d.sync += [s.have_lo.eq(0), mask.eq(mask >> 1),
+                                 m_need.eq(s.idx[:3] == 7)]
+            with m.Else():
+                m.d.comb += s.in_frame.eq(1)  # a byte may be waiting: the timer holds then
+            with m.If(~s.rx_take & s.timed_out & (s.idx != n_in)):
                 m.d.sync += s.err.eq(P.ERR_TIMEOUT)
                 m.next = "PAD"
 
     def _rx_load(self, m, s):
         """LOAD (header bytes, then words written as they arrive) and LCHK (header checks)."""
         rx_byte, left, lo_byte, have_lo = self.rx.payload, s.left, s.lo_byte, s.have_lo
-        l_idx, l_addr = s.l_idx, s.l_addr
+        l_idx, addr = s.l_idx, self.load_addr
         with m.State("LOAD"):
             # mem, address (then LCHK), then words written one by one as their high byte
             # arrives.
-            m.d.comb += s.in_frame.eq(1)
+            m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             with m.If(s.rx_take):
                 s.crc_in()
                 m.d.sync += left.eq(left - 1)
@@ -362,17 +525,16 @@ class Link(wiring.Component):
                     with m.Case(0):
                         m.d.sync += [self.load_mem.eq(rx_byte), l_idx.eq(1)]
                     with m.Case(1):
-                        m.d.sync += [l_addr[:8].eq(rx_byte), l_idx.eq(2)]
+                        m.d.sync += [addr[:8].eq(rx_byte), l_idx.eq(2)]
                     with m.Case(2):
-                        m.d.sync += [l_addr[8:].eq(rx_byte), l_idx.eq(3), have_lo.eq(0),
+                        m.d.sync += [addr[8:].eq(rx_byte), l_idx.eq(3), have_lo.eq(0),
                                      s.l_big.eq(rx_byte[LOAD_ADDR_BITS - 8:] != 0)]
                         m.next = "LCHK"
                     with m.Default():
                         with m.If(~have_lo):
                             m.d.sync += [lo_byte.eq(rx_byte), have_lo.eq(1)]
                         with m.Else():
-                            m.d.comb += self.load_we.eq(1)
-                            m.d.sync += [l_addr.eq(l_addr + 1), have_lo.eq(0)]
+                            m.d.sync += [s.l_hi.eq(rx_byte), self.load_we.eq(1), have_lo.eq(0)]
                         with m.If(left == 1):
                             m.next = "CRC"
             with m.Elif(s.timed_out):
@@ -381,36 +543,35 @@ class Link(wiring.Component):
         with m.State("LCHK"):
             # The LOAD header, checked before any word is written (one cycle, no byte
             # taken): an existing memory, the words inside it, at the cursor or at 0/0.
-            m.d.comb += [s.in_frame.eq(1), s.rx_hold.eq(1)]
-            restart = (self.load_mem == 0) & (l_addr == 0)
-            at_cursor = (self.load_mem == s.cur_mem) & (l_addr == s.cur_addr)
+            m.d.comb += s.in_frame.eq(1)
+            restart = (self.load_mem == 0) & (addr == 0)
+            at_cursor = (self.load_mem == s.cur_mem) & (addr == s.cur_addr)
             with m.If((self.load_mem < self.loads) & ~s.l_big & (restart | at_cursor)
                       & (s.end <= s.depth)):
                 m.d.sync += [s.loaded.eq(0), s.cur_mem.eq(self.load_mem),
-                             s.cur_addr.eq(l_addr), s.l_last.eq(s.end == s.depth)]
+                             s.cur_addr.eq(addr), s.l_last.eq(s.end == s.depth)]
                 m.next = "LOAD"
             with m.Else():
                 s.refuse(P.ERR_ADDRESS)
 
     def _rx_crc(self, m, s):
-        """CRC (the verdict: which reply, and LOAD's cursor / COMMIT's flag) and GAP."""
-        loads, cmd, reply, discard = self.loads, s.cmd, s.reply, s.discard
+        """CRC: the verdict (which reply, and LOAD's cursor / COMMIT's flag)."""
+        loads, cmd, reply = self.loads, s.cmd, s.reply
         with m.State("CRC"):
-            m.d.comb += s.in_frame.eq(1)
+            m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             ok = Signal()
             m.d.comb += ok.eq(self.rx.payload == s.crc)
             with m.If(s.rx_take):
-                with m.If((cmd == P.CMD_INFER) & ~ok):
-                    discard(P.ERR_CRC)
-                with m.Elif(~ok):
-                    reply(P.ERR_CRC)
+                with m.If(~ok):
+                    reply(P.ERR_CRC)  # an INFER's inputs went in: the sender drains it
                 if loads:
                     with m.Elif(cmd == P.CMD_LOAD):
-                        # A good LOAD moves the cursor past its words.
+                        # A good LOAD moves the cursor past its words (the last write may
+                        # be this cycle's).
                         with m.If(s.l_last):
                             m.d.sync += [s.cur_mem.eq(s.cur_mem + 1), s.cur_addr.eq(0)]
                         with m.Else():
-                            m.d.sync += s.cur_addr.eq(s.l_addr)
+                            m.d.sync += s.cur_addr.eq(self.load_addr + self.load_we)
                         reply(0)
                     with m.Elif((cmd == P.CMD_COMMIT) & (s.cur_mem != loads)):
                         reply(P.ERR_NOT_LOADED)
@@ -418,27 +579,16 @@ class Link(wiring.Component):
                         m.d.sync += s.loaded.eq(1)
                         reply(0)
                 with m.Else():
-                    reply(0)  # a good INFER: its outputs stream into the reply
+                    reply(0)
             with m.Elif(s.timed_out):
-                with m.If(cmd == P.CMD_INFER):
-                    discard(P.ERR_TIMEOUT)
-                with m.Else():
-                    reply(P.ERR_TIMEOUT)
-
-        with m.State("GAP"):
-            # Bytes came in while a reply went out: wait for a quiet line before hunting.
-            m.d.comb += s.in_frame.eq(1)
-            m.d.sync += s.dropped.eq(0)
-            with m.If(s.timed_out):
-                m.next = "IDLE"
+                reply(P.ERR_TIMEOUT)
 
     # -- the reply sender --------------------------------------------------------------------
-    # PAD, DISCARD (an INFER's leftovers), REPLY, T_*: the reply, byte by byte.
+    # REPLY (wait for a job), DISCARD (a failed inference's outputs), T_*: the reply, byte by
+    # byte; the job leaves the queue after the reply's last byte.
 
     def _sender(self, m, s):
-        """The sender's states, stage by stage (signals in `s`, shared with the receiver)."""
-        self._tx_signals(m, s)
-        self._tx_drain(m, s)
+        """The sender's states, stage by stage (signals in `s`, the job at the queue's head)."""
         self._tx_choose(m, s)
         self._tx_header(m, s)
         self._tx_payload(m, s)
@@ -449,23 +599,20 @@ class Link(wiring.Component):
         n_out, n_l = self.out_features, self.num_layers
         s.best = Signal(signed(16), name="best")
         s.best_idx = Signal.like(self.digit, name="best_idx")
-        dropped = s.dropped
-
-        def answering():
-            m.d.sync += dropped.eq(dropped | s.rx_take)
-
-        s.answering = answering
-        # The reply payload: the engine's output words (INFER only, streamed from act_in), then
-        # 32-bit words from one table, sent LSB first through a 24-bit shift register. Each
-        # reply starts at its own place in the table: INFER's words are the tail of COUNT's.
+        job = s.head
+        s.job_cmd = Mux(job.packed, P.CMD_PACKED, job.field)
+        # The reply payload: a PACKED reply's tag, the engine's output words (INFER, PACKED:
+        # streamed from act_in), then 32-bit words from one table, sent LSB first through a
+        # 24-bit shift register. Each reply starts at its own place in the table: INFER's
+        # words are the tail of COUNT's.
         ping_bytes = bytes([P.VERSION, self.pes, n_l]) + self.in_features.to_bytes(2, "little")
         ping_bytes += n_out.to_bytes(2, "little")
         ping_bytes += (self.clock_hz & 0xFFFFFFFF).to_bytes(4, "little")
         assert len(ping_bytes) == 11
         s.ping_len = len(ping_bytes)
         ping_words = [int.from_bytes(ping_bytes[i:i + 4], "little") for i in (0, 4, 8)]
-        flags = Cat(s.loaded, Const(int(self.lockstep), 1))
-        table = [Cat(s.err, s.cmd),  # ERROR: the code and the command it refuses
+        flags = Cat(job.loaded, Const(int(self.lockstep), 1), Const(self.window - 1, 3))
+        table = [Cat(job.err, Const(0, 5), s.job_cmd),  # ERROR: the code, the command refused
                  Const(ping_words[0], 32), Const(ping_words[1], 32),
                  Cat(Const(ping_words[2], 24), flags),
                  self.inferences, self.errors, self.cycles,
@@ -475,72 +622,67 @@ class Link(wiring.Component):
             m.d.comb += w.eq(v)
         s.words = words
 
-        r_cmd = Signal(8)
-        max_reply = max(2 * n_out + 4 + 4 * n_l, 12 + 4 * n_l, 12)
-        r_len = Signal(range(max_reply + 1))
-        r_k = Signal(range(max(max_reply, n_out) + 1))  # payload byte; output word (DISCARD)
-        r_w = Signal(range(len(table)))  # the table word sent next
-        r_b = Signal(2)  # byte within the table word
-        o_left = Signal(range(n_out + 1))  # output words still to come from the engine
-        r_byte = Signal(8)
-        wreg = Signal(24)
-        r_crc = Signal(8)
-        s.r_cmd, s.r_len, s.r_k, s.r_w, s.r_b = r_cmd, r_len, r_k, r_w, r_b
-        s.o_left, s.r_byte, s.wreg, s.r_crc = o_left, r_byte, wreg, r_crc
+        s.r_cmd = Signal(8)
+        max_reply = max(1 + 2 * n_out + 4 + 4 * n_l, 12 + 4 * n_l, 12)
+        s.r_len = Signal(range(max_reply + 1))
+        s.r_k = Signal(range(max_reply + 1))  # payload bytes sent
+        s.r_w = Signal(range(len(table)))  # the table word sent next
+        s.r_b = Signal(2)  # byte within the table word
+        s.r_tag = Signal()  # the tag byte comes next
+        s.o_idx = Signal(range(n_out + 1))  # output words taken (n_out: none to come)
+        s.o_hi = Signal()  # the output word's high byte comes next
+        s.r_byte = Signal(8)
+        s.wreg = Signal(24)
+        s.r_crc = Signal(8)
         # One CRC step for every byte sent (the states only choose the byte).
-        s.tx_crc = crc8_step(r_crc, self.tx.payload)
-
-    def _tx_drain(self, m, s):
-        """PAD and DISCARD: an INFER answered with ERROR still runs through the engine."""
-        words_left, r_k = s.words_left, s.r_k
-        with m.State("PAD"):
-            # Abandoned INFER: complete the engine's input with zeros.
-            s.answering()
-            m.d.comb += [self.act_out.valid.eq(1), self.act_out.payload.eq(0)]
-            with m.If(self.act_out.ready):
-                m.d.sync += words_left.eq(words_left - 1)
-                with m.If(words_left == 1):
-                    m.next = "DISCARD"
-
-        with m.State("DISCARD"):
-            # The engine's outputs of an INFER answered with ERROR: taken and dropped.
-            s.answering()
-            m.d.comb += self.act_in.ready.eq(1)
-            with m.If(self.act_in.valid):
-                m.d.sync += r_k.eq(r_k + 1)
-                with m.If(r_k == self.out_features - 1):
-                    m.next = "REPLY"
+        s.tx_crc = crc8_step(s.r_crc, self.tx.payload)
 
     def _tx_choose(self, m, s):
-        """REPLY: choose the reply's command, payload length and where in the table it starts."""
-        n_out, n_l, cmd, err = self.out_features, self.num_layers, s.cmd, s.err
+        """REPLY: wait for a job; its reply's command, payload length, where in the table it
+        starts; DISCARD: the outputs of an inference answered with ERROR, taken and dropped."""
+        n_out, n_l, job = self.out_features, self.num_layers, s.head
         W_ERROR, W_PING, W_COUNT, W_INFER = 0, 1, 4, 6
+        infer_len = 2 * n_out + 4 + 4 * n_l
         with m.State("REPLY"):
-            s.answering()
-            m.d.sync += [s.r_k.eq(0), s.r_b.eq(0), s.r_crc.eq(0xFF), s.o_left.eq(0)]
-            with m.If(err != 0):
+            m.d.sync += [s.r_k.eq(0), s.r_b.eq(0), s.r_crc.eq(0xFF), s.o_idx.eq(n_out),
+                         s.o_hi.eq(0), s.r_tag.eq(0)]
+            with m.If(s.have_job & (job.err != 0)):
                 m.d.sync += [s.r_cmd.eq(P.CMD_ERROR), s.r_len.eq(2), s.r_w.eq(W_ERROR)]
                 m.d.sync += [self.errors.eq(self.errors + 1), self.error_flag.eq(1)]
-            with m.Else():
-                m.d.sync += [s.r_cmd.eq(cmd), self.error_flag.eq(0)]
-                with m.Switch(cmd):
-                    with m.Case(P.CMD_PING):
-                        m.d.sync += [s.r_len.eq(s.ping_len + 1), s.r_w.eq(W_PING)]
-                    with m.Case(P.CMD_COUNT):
-                        m.d.sync += [s.r_len.eq(12 + 4 * n_l), s.r_w.eq(W_COUNT)]
-                    with m.Case(P.CMD_LOAD, P.CMD_COMMIT):
-                        m.d.sync += s.r_len.eq(0)
-                    with m.Default():  # INFER
-                        m.d.sync += [s.r_len.eq(2 * n_out + 4 + 4 * n_l), s.r_w.eq(W_INFER),
-                                     s.o_left.eq(n_out)]
-                        m.d.sync += self.inferences.eq(self.inferences + 1)
-            m.next = "T_SYNC"
+                with m.If(job.run):
+                    m.d.sync += s.o_idx.eq(0)
+                    m.next = "DISCARD"
+                with m.Else():
+                    m.next = "T_SYNC"
+            with m.Elif(s.have_job):
+                m.d.sync += [s.r_cmd.eq(s.job_cmd), self.error_flag.eq(0)]
+                with m.If(job.packed):
+                    m.d.sync += [s.r_len.eq(1 + infer_len), s.r_w.eq(W_INFER), s.o_idx.eq(0),
+                                 s.r_tag.eq(1), self.inferences.eq(self.inferences + 1)]
+                with m.Else():
+                    with m.Switch(job.field):
+                        with m.Case(P.CMD_PING):
+                            m.d.sync += [s.r_len.eq(s.ping_len + 1), s.r_w.eq(W_PING)]
+                        with m.Case(P.CMD_COUNT):
+                            m.d.sync += [s.r_len.eq(12 + 4 * n_l), s.r_w.eq(W_COUNT)]
+                        with m.Case(P.CMD_INFER):
+                            m.d.sync += [s.r_len.eq(infer_len), s.r_w.eq(W_INFER),
+                                         s.o_idx.eq(0), self.inferences.eq(self.inferences + 1)]
+                        with m.Default():  # LOAD, COMMIT
+                            m.d.sync += s.r_len.eq(0)
+                m.next = "T_SYNC"
+
+        with m.State("DISCARD"):
+            m.d.comb += self.act_in.ready.eq(1)
+            with m.If(self.act_in.valid):
+                m.d.sync += s.o_idx.eq(s.o_idx + 1)
+                with m.If(s.o_idx == n_out - 1):
+                    m.next = "T_SYNC"
 
     def _tx_header(self, m, s):
         """T_SYNC .. T_LEN1: the reply's header bytes."""
 
         def send(value, nxt, *, add_crc=True):
-            s.answering()
             m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
             with m.If(self.tx.ready):
                 if add_crc:
@@ -557,27 +699,29 @@ class Link(wiring.Component):
             send(s.r_len >> 8, "T_LOAD")
 
     def _tx_payload(self, m, s):
-        """T_LOAD / T_BODY: the payload, one byte per pair (output words, then table words)."""
-        r_k, r_b, r_w, o_left, r_byte, wreg = s.r_k, s.r_b, s.r_w, s.o_left, s.r_byte, s.wreg
-        words, best, best_idx = s.words, s.best, s.best_idx
+        """T_LOAD / T_BODY: the payload, one byte per pair (tag, outputs, table words)."""
+        r_k, r_b, r_w, o_idx, r_byte, wreg = s.r_k, s.r_b, s.r_w, s.o_idx, s.r_byte, s.wreg
+        words, best, best_idx, n_out = s.words, s.best, s.best_idx, self.out_features
+        is_out = o_idx != n_out
         with m.State("T_LOAD"):
-            # The next payload byte into r_byte: the low byte of an output word as the
-            # engine delivers it (the high byte waits in wreg), or a byte of a table word.
-            # The table words of an INFER (its cycle counters) wait until the engine is idle.
-            s.answering()
-            is_out = o_left != 0
+            # The next payload byte into r_byte: the tag, the low byte of an output word as
+            # the engine delivers it (the high byte waits in wreg), or a byte of a table word
+            # (the engine's counters hold the inference whose last output word was taken).
             with m.If(r_k == s.r_len):
                 m.next = "T_CRC"
-            with m.Elif(is_out & ~r_k[0]):
+            with m.Elif(s.r_tag):
+                m.d.sync += [r_byte.eq(s.head.field), s.r_tag.eq(0)]
+                m.next = "T_BODY"
+            with m.Elif(is_out & ~s.o_hi):
                 m.d.comb += self.act_in.ready.eq(1)
                 with m.If(self.act_in.valid):
                     y = self.act_in.payload
-                    m.d.sync += [r_byte.eq(y[:8]), wreg.eq(y[8:])]
+                    m.d.sync += [r_byte.eq(y[:8]), wreg.eq(y[8:]), s.o_hi.eq(1)]
                     m.next = "T_BODY"
             with m.Elif(is_out):
-                m.d.sync += [r_byte.eq(wreg[:8]), o_left.eq(o_left - 1)]
+                m.d.sync += [r_byte.eq(wreg[:8]), s.o_hi.eq(0), o_idx.eq(o_idx + 1)]
                 m.next = "T_BODY"
-            with m.Elif(~self.busy):
+            with m.Else():
                 m.d.sync += r_b.eq(r_b + 1)
                 with m.If(r_b == 0):
                     m.d.sync += [r_byte.eq(words[r_w][:8]), wreg.eq(words[r_w][8:]),
@@ -586,30 +730,24 @@ class Link(wiring.Component):
                     m.d.sync += [r_byte.eq(wreg[:8]), wreg.eq(wreg >> 8)]
                 m.next = "T_BODY"
         with m.State("T_BODY"):
-            s.answering()
             m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(r_byte)]
             with m.If(self.tx.ready):
                 m.d.sync += [s.r_crc.eq(s.tx_crc), r_k.eq(r_k + 1)]
                 m.next = "T_LOAD"
                 # The argmax for the LEDs, from the output word just registered (not from
                 # the engine's output multiplexer: that path limited the board's clock).
-                with m.If((o_left != 0) & ~r_k[0]):
+                with m.If(is_out & s.o_hi):
                     y = Cat(r_byte, wreg[:8]).as_signed()
-                    newbest = (r_k[1:] == 0) | (y > best)
+                    newbest = (o_idx == 0) | (y > best)
                     with m.If(newbest):
-                        m.d.sync += [best.eq(y), best_idx.eq(r_k[1:])]
-                    with m.If(r_k[1:] == self.out_features - 1):
-                        m.d.sync += self.digit.eq(Mux(newbest, r_k[1:], best_idx))
+                        m.d.sync += [best.eq(y), best_idx.eq(o_idx)]
+                    with m.If(o_idx == n_out - 1):
+                        m.d.sync += self.digit.eq(Mux(newbest, o_idx, best_idx))
 
     def _tx_crc(self, m, s):
-        """T_CRC: the reply's last byte; then IDLE, or GAP if bytes came in meanwhile."""
+        """T_CRC: the reply's last byte; the job leaves the queue."""
         with m.State("T_CRC"):
-            s.answering()
             m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(s.r_crc)]
             with m.If(self.tx.ready):
-                m.d.sync += s.r_k.eq(0)  # DISCARD counts output words from 0
-                # Bytes came in during the reply: the tail of some frame; wait for quiet.
-                with m.If(s.dropped | s.rx_take):
-                    m.next = "GAP"
-                with m.Else():
-                    m.next = "IDLE"
+                m.d.comb += s.pop.eq(1)
+                m.next = "REPLY"

@@ -18,8 +18,11 @@ command    request payload                        reply payload
 =========  ====================================  =================================================
 PING 0x01  none                                   version u8, pes u8, layers u8, in u16, out u16,
                                                   clock_hz u32, flags u8 (bit 0: weights loaded,
-                                                  bit 1: lockstep engine, else the EIE engine)
+                                                  bit 1: lockstep engine, else the EIE engine,
+                                                  bits 2-4: window - 1)
 INFER 0x02 in_0 x int16                           out x int16, cycles u32, layer_cycles L x u32
+PACKED 06  tag u8, format u8, [base i16], groups  tag u8, out x int16, cycles u32,
+                                                  layer_cycles L x u32
 COUNT 0x03 none                                   inferences u32, errors u32, cycles u32,
                                                   layer_cycles L x u32 (of the last inference)
 LOAD 0x04  mem u8, addr u16, 1..256 x u16 words   none (the words are written at addr, addr+1 ..)
@@ -44,6 +47,17 @@ still runs to completion inside the board, but its result is dropped and the rep
 The outputs of a good INFER go from the engine straight into the reply as it is sent (no output
 buffer on the board), so its `cycles` include that transfer.
 
+PACKED carries only what an input needs (`pack_inputs`): with FMT_MASK the inputs go in groups
+of 8, each a mask byte (bit i: input 8g + i is non-zero) followed by the values of its set bits;
+without it every input has a value. Values are int16 with FMT_WIDE, else one byte each, the
+input being byte + base (base int16, sent after the format byte, wrapping at 16 bits). The board
+expands the frame into the engine's dense input stream (zeros included) as it arrives.
+
+The board receives the next request while it answers the previous ones; replies go out in
+the order of the requests. The host may have up to `window` requests (PING flags) whose reply
+has not come yet; the board holds that many replies to send and never drops a byte of a
+request while the host keeps that limit.
+
 The table of what the board refuses is in docs/fpga.md ("What the link refuses").
 """
 
@@ -54,7 +68,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-VERSION = 2  # 2: ERROR replies carry the refused command; ordered LOADs
+VERSION = 3  # 3: PACKED inputs, requests streamed (window in PING); 2: ERROR names the command
 SYNC_REQ = 0xA5
 SYNC_REP = 0x5A
 
@@ -63,8 +77,13 @@ CMD_INFER = 0x02
 CMD_COUNT = 0x03
 CMD_LOAD = 0x04
 CMD_COMMIT = 0x05
+CMD_PACKED = 0x06
 CMD_ERROR = 0xEE
-REQUESTS = (CMD_PING, CMD_INFER, CMD_COUNT, CMD_LOAD, CMD_COMMIT)
+REQUESTS = (CMD_PING, CMD_INFER, CMD_COUNT, CMD_LOAD, CMD_COMMIT, CMD_PACKED)
+
+FMT_MASK = 0x01  # PACKED: groups of 8 inputs, a mask byte each, values of the non-zero only
+FMT_WIDE = 0x02  # PACKED: int16 values (else one byte each, the input = byte + base)
+FMT_BITS = FMT_MASK | FMT_WIDE
 
 ERR_CRC = 1
 ERR_COMMAND = 2
@@ -72,6 +91,7 @@ ERR_LENGTH = 3
 ERR_TIMEOUT = 4
 ERR_NOT_LOADED = 5
 ERR_ADDRESS = 6
+ERR_FORMAT = 7
 
 ERROR_NAMES = {
     ERR_CRC: "checksum mismatch",
@@ -80,6 +100,7 @@ ERROR_NAMES = {
     ERR_TIMEOUT: "frame timed out",
     ERR_NOT_LOADED: "weights not loaded (LOAD every memory in order, then COMMIT)",
     ERR_ADDRESS: "no such memory, address out of range, or LOAD out of order",
+    ERR_FORMAT: "unknown PACKED format",
 }
 
 MAX_PAYLOAD = 0xFFFF
@@ -230,6 +251,105 @@ def infer_request(x: np.ndarray) -> bytes:
     return encode_frame(CMD_INFER, x.astype("<i2").tobytes())
 
 
+def _pack_body(x: np.ndarray, fmt: int, base: int) -> bytes:
+    """The PACKED body (after tag and format) of int64 vector `x` in format `fmt`."""
+    head = b"" if fmt & FMT_WIDE else struct.pack("<h", base)
+    vals = x[x != 0] if fmt & FMT_MASK else x
+    if fmt & FMT_WIDE:
+        vb = vals.astype("<i2").tobytes()
+        width = 2
+    else:
+        vb = ((vals - base) & 0xFF).astype(np.uint8).tobytes()
+        width = 1
+    if not fmt & FMT_MASK:
+        return head + vb
+    n = len(x)
+    nz = np.zeros(-(-n // 8) * 8, bool)
+    nz[:n] = x != 0
+    masks = np.packbits(nz.reshape(-1, 8), axis=1, bitorder="little")[:, 0]
+    counts = nz.reshape(-1, 8).sum(axis=1)
+    out = bytearray(head)
+    k = 0
+    for m, c in zip(masks.tolist(), counts.tolist()):
+        out.append(m)
+        out += vb[k * width:(k + c) * width]
+        k += c
+    return bytes(out)
+
+
+def pack_inputs(x) -> tuple[int, bytes]:
+    """(format, body) of the smallest PACKED encoding of one int16 input vector.
+
+    One-byte values need every value the format sends (the non-zero ones with a mask, all
+    without) inside base .. base + 255; otherwise the values are int16.
+    """
+    x = np.asarray(x)
+    if x.ndim != 1 or not np.issubdtype(x.dtype, np.integer) or not len(x):
+        raise ValueError(f"an input vector must be a 1-D integer array, not {x.dtype}{x.shape}")
+    if x.min() < -32768 or x.max() > 32767:
+        raise ValueError("input vector values do not fit int16")
+    x = x.astype(np.int64)
+    best = None
+    for fmt in (FMT_MASK, 0, FMT_MASK | FMT_WIDE, FMT_WIDE):
+        vals = x[x != 0] if fmt & FMT_MASK else x
+        base = int(vals.min()) if len(vals) else 0
+        if not fmt & FMT_WIDE and len(vals) and int(vals.max()) - base > 255:
+            continue
+        body = _pack_body(x, fmt, base)
+        if best is None or len(body) < len(best[1]):
+            best = (fmt, body)
+    return best
+
+
+def packed_request(x, tag: int = 0) -> bytes:
+    """A PACKED INFER frame for one int16 input vector, in its smallest format."""
+    if not 0 <= tag <= 0xFF:
+        raise ValueError(f"tag must be a byte, not {tag!r}")
+    fmt, body = pack_inputs(x)
+    return encode_frame(CMD_PACKED, bytes([tag, fmt]) + body)
+
+
+def unpack_inputs(payload: bytes, n_in: int) -> tuple[list[int], int]:
+    """The board's reading of a PACKED payload: (the n_in engine inputs, error code or 0).
+
+    What the link does byte by byte (docs/fpga.md section 2): on ERR_LENGTH the inputs read so
+    far are completed with zeros (the engine still runs); on ERR_FORMAT or a payload too short
+    for its header, no input is read ([]).
+    """
+    if len(payload) < 2 or payload[1] & ~FMT_BITS & 0xFF:
+        return [], ERR_LENGTH if len(payload) < 2 else ERR_FORMAT
+    fmt, pos = payload[1], 2
+    wide, has_mask = fmt & FMT_WIDE, fmt & FMT_MASK
+    base = 0
+    if not wide:
+        if len(payload) < 4:
+            return [], ERR_LENGTH
+        (base,) = struct.unpack_from("<h", payload, 2)
+        pos = 4
+    words: list[int] = []
+    mask = 0
+    while len(words) < n_in:
+        if has_mask and len(words) % 8 == 0:
+            if pos >= len(payload):
+                break
+            mask, pos = payload[pos], pos + 1
+        if has_mask and not mask >> (len(words) % 8) & 1:
+            words.append(0)
+            continue
+        if pos + (2 if wide else 1) > len(payload):
+            break
+        if wide:
+            (v,) = struct.unpack_from("<h", payload, pos)
+            pos += 2
+        else:
+            v = ((payload[pos] + base + 32768) & 0xFFFF) - 32768
+            pos += 1
+        words.append(v)
+    if len(words) < n_in or pos != len(payload):
+        return words + [0] * (n_in - len(words)), ERR_LENGTH
+    return words, 0
+
+
 @dataclass
 class Info:
     version: int
@@ -240,6 +360,7 @@ class Info:
     clock_hz: int
     loaded: bool
     engine: str = "eie"  # "lockstep" or "eie": which ROM image the board's weights are cut for
+    window: int = 1  # requests the host may have in flight (replies not yet received)
 
 
 @dataclass
@@ -247,6 +368,7 @@ class Result:
     y: np.ndarray  # int16[out]
     cycles: int
     layer_cycles: list[int]
+    tag: int | None = None  # PACKED replies: the request's tag
 
 
 @dataclass
@@ -290,7 +412,7 @@ def decode_ping(frame: Frame) -> Info:
         raise ProtocolError(f"PING reply of {len(p)} bytes, expected 12")
     version, pes, layers, n_in, n_out, clk, flags = struct.unpack("<BBBHHIB", p)
     return Info(version, pes, layers, n_in, n_out, clk, bool(flags & 1),
-                "lockstep" if flags & 2 else "eie")
+                "lockstep" if flags & 2 else "eie", ((flags >> 2) & 7) + 1)
 
 
 def decode_infer(frame: Frame, *, out_features: int, num_layers: int) -> Result:
@@ -301,6 +423,17 @@ def decode_infer(frame: Frame, *, out_features: int, num_layers: int) -> Result:
     y = np.frombuffer(p[: 2 * out_features], dtype="<i2").astype(np.int16)
     c = struct.unpack_from(f"<{1 + num_layers}I", p, 2 * out_features)
     return Result(y=y, cycles=c[0], layer_cycles=list(c[1:]))
+
+
+def decode_packed(frame: Frame, *, out_features: int, num_layers: int) -> Result:
+    """The reply to a PACKED request: its tag, then what an INFER reply carries."""
+    p = _check(frame, CMD_PACKED)
+    if len(p) != 1 + 2 * out_features + 4 + 4 * num_layers:
+        raise ProtocolError(f"PACKED reply of {len(p)} bytes, expected "
+                            f"{1 + 2 * out_features + 4 + 4 * num_layers}")
+    r = decode_infer(Frame(CMD_INFER, p[1:]), out_features=out_features, num_layers=num_layers)
+    r.tag = p[0]
+    return r
 
 
 def decode_count(frame: Frame, *, num_layers: int) -> Counters:

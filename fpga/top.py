@@ -69,6 +69,21 @@ def pll_config(fin: float, fout: float) -> PllConfig:
     return best
 
 
+STREAM_WINDOW = 4  # requests in flight when the engine takes inputs while it computes
+
+
+def default_window(engine) -> int:
+    """How many requests the host may stream to a board with this engine.
+
+    An engine that takes the next input while it computes (`overlap` true: a second input
+    bank) lets the host keep STREAM_WINDOW requests in flight; the link then never waits on
+    the engine for longer than it can hold a byte. Without it the engine takes no input for
+    its whole compute and output (about 30 byte times at 3 Mbaud), so the host sends one
+    request at a time (window 1).
+    """
+    return STREAM_WINDOW if getattr(engine, "overlap", False) else 1
+
+
 class BoardCore(wiring.Component):
     """UART pins <-> protocol link <-> engine. See the module docstring.
 
@@ -79,7 +94,8 @@ class BoardCore(wiring.Component):
     Parameters: img, the ROM image (its type decides the engine); clock_hz, the sync clock;
     baud or divisor (clock cycles per bit); timeout_s or timeout_cycles, the receiver's
     inter-byte timeout; queue_depth (EIE engine only), acc_bits, drain_share (lockstep engine
-    only: PEs per output stage); spram, the largest ROMs in SPRAM, written by LOAD frames.
+    only: PEs per output stage); spram, the largest ROMs in SPRAM, written by LOAD frames;
+    window, the requests the host may stream (default: `default_window(engine)`).
     """
 
     rx: In(1, init=1)
@@ -89,7 +105,8 @@ class BoardCore(wiring.Component):
 
     def __init__(self, img, *, clock_hz: float, baud: int = 115200, divisor: int | None = None,
                  timeout_s: float = 0.05, timeout_cycles: int | None = None, queue_depth=8,
-                 acc_bits=32, spram: bool = False, drain_share: int = BOARD_DRAIN_SHARE):
+                 acc_bits=32, spram: bool = False, drain_share: int = BOARD_DRAIN_SHARE,
+                 window: int | None = None):
         self.clock_hz = int(round(clock_hz))
         self.divisor = divisor if divisor is not None else baud_divisor(clock_hz, baud)
         self.timeout = timeout_cycles if timeout_cycles is not None else int(timeout_s * clock_hz)
@@ -110,7 +127,8 @@ class BoardCore(wiring.Component):
                          num_layers=self.engine.num_layers, pes=self.engine.pes,
                          clock_hz=self.clock_hz, timeout=self.timeout,
                          loads=[lp.spec.depth for lp in self.memories.loads],
-                         lockstep=self.kind == "lockstep")
+                         lockstep=self.kind == "lockstep",
+                         window=window or default_window(self.engine))
         super().__init__()
 
     def elaborate(self, platform):
@@ -127,7 +145,6 @@ class BoardCore(wiring.Component):
         m.d.comb += [
             link.cycles.eq(eng.cycles),
             link.layer_cycles.eq(eng.layer_cycles),
-            link.busy.eq(eng.busy),
             self.digit.eq(link.digit),
             self.status.eq(link.active | (link.error_flag << 1)),
         ]
