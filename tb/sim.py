@@ -324,8 +324,8 @@ class SimResult:
 
 
 def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float = 0.0,
-             seed: int = 0, reset_mid: bool = False, max_cycles: int | None = None
-             ) -> SimResult:
+             seed: int = 0, reset_mid: bool = False, max_cycles: int | None = None,
+             back_to_back: bool = False) -> SimResult:
     """Run a batch of int16 input vectors through the built engine in cocotb, under the
     simulator `b` was built for."""
     from cocotb_tools.runner import get_results
@@ -344,6 +344,9 @@ def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float
         "TB_STALL_OUT": repr(float(stall_out)),
         "TB_SEED": str(int(seed)),
         "TB_RESET": "1" if reset_mid else "0",
+        # inputs back to back (an engine that loads the next input while computing: the
+        # lockstep engine); cycles are then the intervals between results
+        "TB_BACK_TO_BACK": "1" if back_to_back else "0",
         "PYTHONPATH": os.pathsep.join(
             [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
     }
