@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,9 +187,7 @@ def _compile(template: str, image, log=None) -> FastBuild:
             seconds = time.monotonic() - t0
         else:
             seconds = 0.0
-    meta = json.loads(meta_path.read_text())
-    return FastBuild(dir=d, binary=d / "Vtb", in_features=meta["in"], out_features=meta["out"],
-                     layers=meta["layers"], mems=meta["mems"], build_seconds=seconds)
+    return _load(d, seconds)
 
 
 _LOAD = re.compile(r"\$readmemh\(\{d, \"/(\w+)\.hex\"\}, \w+, 0, (\d+)\);")
@@ -201,31 +200,53 @@ def split_memories_decls(template: str) -> dict[str, dict]:
             for name, last in _LOAD.findall(template)}
 
 
+def _key_file(image, params: EngineParams, key: str | None) -> Path:
+    key = key or build_key(image, params, False)
+    key = hashlib.sha256((key + _bench_hash()).encode()).hexdigest()[:20]  # and this bench
+    return build_root() / "keys" / f"{key}.json"
+
+
+def _load(d: Path, build_seconds: float = 0.0) -> FastBuild:
+    meta = json.loads((d / "meta.json").read_text())
+    return FastBuild(dir=d, binary=d / "Vtb", in_features=meta["in"], out_features=meta["out"],
+                     layers=meta["layers"], mems=meta["mems"], build_seconds=build_seconds)
+
+
+def lookup(image, params: EngineParams = EngineParams(), *, key: str | None = None
+           ) -> FastBuild | None:
+    """The cached binary for `image` and `params` (or for `key`), or None."""
+    kfile = _key_file(image, params, key)
+    if not kfile.exists():
+        return None
+    d = build_root() / "bin" / json.loads(kfile.read_text())["bin"]
+    if not ((d / "meta.json").exists() and (d / "Vtb").exists()):
+        return None
+    return _load(d)
+
+
+def remember(image, params: EngineParams, fb: FastBuild, *, key: str | None = None) -> None:
+    """Index `fb` under the key of `image` and `params` (or `key`)."""
+    kfile = _key_file(image, params, key)
+    kfile.parent.mkdir(parents=True, exist_ok=True)
+    tmp = kfile.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps({"bin": fb.dir.name}))
+    os.replace(tmp, kfile)
+
+
 def build(image, params: EngineParams = EngineParams(), *, key: str | None = None
           ) -> FastBuild:
     """The bench binary for `image` (cached): `key` names the template in the key index
     (default: `tb.sim.build_key`, the image digest, parameters and sources)."""
     vl.require()
-    key = key or build_key(image, params, False)
-    key = hashlib.sha256((key + _bench_hash()).encode()).hexdigest()[:20]  # and this bench
-    kfile = build_root() / "keys" / f"{key}.json"
-    if kfile.exists():
-        t = json.loads(kfile.read_text())["bin"]
-        d = build_root() / "bin" / t
-        if (d / "meta.json").exists() and (d / "Vtb").exists():
-            meta = json.loads((d / "meta.json").read_text())
-            return FastBuild(dir=d, binary=d / "Vtb", in_features=meta["in"],
-                             out_features=meta["out"], layers=meta["layers"],
-                             mems=meta["mems"], build_seconds=0.0)
+    hit = lookup(image, params, key=key)
+    if hit is not None:
+        return hit
     t0 = time.monotonic()
     template, _mems = template_of(image, params)
     fb = _compile(template, image)
     if fb.build_seconds:
         fb.build_seconds = time.monotonic() - t0
-    kfile.parent.mkdir(parents=True, exist_ok=True)
-    tmp = kfile.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"bin": fb.dir.name}))
-    os.replace(tmp, kfile)
+    remember(image, params, fb, key=key)
     return fb
 
 
@@ -256,6 +277,7 @@ class FastResult:
     cycles: np.ndarray  # int64[batch]
     layer_cycles: np.ndarray  # int64[batch, layers]
     seconds: float  # wall time of the simulator process
+    sim_cycles: int  # clock cycles the bench simulated (resets and gaps included)
 
 
 def write_inputs(x: np.ndarray, path: Path) -> None:
@@ -302,7 +324,10 @@ def run(fb: FastBuild, mems: Path, x: np.ndarray, *, stall_in: float = 0.0,
         if len(y) != len(x):
             own = False
             raise RuntimeError(f"bench wrote {len(y)} of {len(x)} vectors in {wd}")
-        return FastResult(outputs=y, cycles=cycles, layer_cycles=lc, seconds=seconds)
+        m = re.search(r"engine_tb: \d+ vectors, (\d+) clock cycles",
+                      (wd / "sim.log").read_text(errors="replace"))
+        return FastResult(outputs=y, cycles=cycles, layer_cycles=lc, seconds=seconds,
+                          sim_cycles=int(m.group(1)) if m else 0)
     finally:
         if own:
             shutil.rmtree(wd, ignore_errors=True)

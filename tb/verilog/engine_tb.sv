@@ -133,6 +133,7 @@ module engine_tb #(parameter int IN = 1, parameter int OUT = 1, parameter int LA
     end
     $fclose(fout);
     $fclose(fin);
+    $display("engine_tb: %0d vectors, %0d clock cycles simulated", n, $time / 10);
     $finish;
   end
 endmodule

@@ -1,0 +1,246 @@
+"""`python -m tb verify-mnist` (`make verify-mnist`): every MNIST test digit through the RTL.
+
+    python -m tb verify-mnist --data DIR [--pes 8] [--engine eie|lockstep] [--model Q]
+                              [--count N] [--out DIR] [--jobs J]
+
+The 10,000 test digits (IDX files in DIR, or $MNIST_DIR) become int16 input vectors by the
+input rule x = (pixel * 2**input_frac + 127) // 255 and run through each engine's RTL (default:
+both) in the Verilator testbench of `tb.fastbench` (no Python in the loop). Every output word is
+compared with the golden model (`compress.golden`). Printed per engine: `bit-exact: N/M`, the
+accuracy the hardware measured, the cycles per digit (min / mean / p50 / p99 / max; a PNG
+histogram in --out, default build/verify-mnist/cycles-<engine>.png), the build and simulation
+wall times and the simulated cycles per second. --out also gets summary.json.
+
+The engines build and simulate side by side, one thread each, at most --jobs simulator and
+compiler processes at once (default 2); one engine splits its digits over the jobs. Builds are
+cached (`tb.fastbench`): a second run only simulates.
+
+Exit status: 0 when every output of every engine is bit-exact, 1 on any difference (the first
+differing digits are named) or failure, 2 with one line on stderr for bad input (a missing data
+directory, a bad model, a network the engine cannot take).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import InputError, OneLineParser, run_main
+
+from .sim import REPO
+
+ENGINES = ("eie", "lockstep")
+DEFAULT_OUT = REPO / "build" / "verify-mnist"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m tb verify-mnist",
+                      description="every MNIST test digit through the RTL engine, bit-exact "
+                                  "against the golden model")
+    p.add_argument("--data", help="directory of the MNIST IDX files (default: $MNIST_DIR)")
+    p.add_argument("--pes", type=int, default=8, help="processing elements 1..16 (8)")
+    p.add_argument("--engine", choices=ENGINES, help="one engine (default: both)")
+    p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
+    p.add_argument("--count", type=int, help="only the first N test digits (default: all)")
+    p.add_argument("--out", default=str(DEFAULT_OUT),
+                   help="directory for the histograms and summary.json (build/verify-mnist)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="simulator processes at once (default: $TB_JOBS, else 2)")
+    return p
+
+
+def _inputs(args):
+    """(qnet, model name, x int16[n, 784], labels int64[n])."""
+    from compress import data
+    from compress.golden import mnist_to_input
+    from compress.shipped import load_model
+
+    if not 1 <= args.pes <= 16:
+        raise InputError(f"--pes must be 1..16, not {args.pes!r}")
+    if args.count is not None and args.count < 1:
+        raise InputError(f"--count must be >= 1, not {args.count}")
+    if args.jobs is None:
+        jobs = os.environ.get("TB_JOBS", "2")
+        if not jobs.isdigit():
+            raise InputError(f"TB_JOBS must be a number 1..64, not {jobs!r}")
+        args.jobs = int(jobs)
+    if not 1 <= args.jobs <= 64:
+        raise InputError(f"--jobs must be 1..64, not {args.jobs!r}")
+    qnet, name = load_model(args.model)
+    if qnet.in_features != 784:
+        raise InputError(f"the model takes {qnet.in_features} inputs, an MNIST digit has 784")
+    test = data.load_split("test", args.data)
+    n = len(test) if args.count is None else min(args.count, len(test))
+    x = mnist_to_input(test.images[:n], qnet.input_frac)
+    return qnet, name, x, test.labels[:n].astype(np.int64)
+
+
+def _image(qnet, engine, pes):
+    from hw import EngineConfigError, check_fits
+    from images import build_image
+
+    img = build_image(qnet, engine, pes)
+    try:
+        check_fits(img)
+    except EngineConfigError as e:
+        raise InputError(str(e)) from None
+    return img
+
+
+_convert_lock = threading.Lock()  # Amaranth's conversion: one at a time in this process
+
+
+def _run_engine(engine, img, x, shards, workdir: Path):
+    """Build (cached) and simulate `x` in `shards` processes; (FastResult parts, build s)."""
+    from images import EngineParams
+
+    from . import fastbench
+    from .sim import sim_pool
+
+    params = EngineParams()
+    t0 = time.monotonic()
+    with _convert_lock:
+        # the key lookup and the conversion; the compiler runs outside the lock below
+        key_hit = fastbench.lookup(img, params)
+        template = None if key_hit else fastbench.template_of(img, params)[0]
+    fb = key_hit or fastbench._compile(template, img)
+    if template is not None:
+        fastbench.remember(img, params, fb)
+    build_s = time.monotonic() - t0 if template is not None else 0.0
+    mems = workdir / f"mems-{engine}"
+    fastbench.write_mems(fb, img, params, mems)
+    parts = [p for p in np.array_split(np.arange(len(x)), shards) if len(p)]
+    with sim_pool(len(parts)) as ex:
+        res = list(ex.map(lambda ip: fastbench.run(fb, mems, x[ip[1]],
+                                                   workdir=workdir / f"{engine}-{ip[0]}"),
+                          enumerate(parts)))
+    return res, build_s, fb
+
+
+def _stats(c: np.ndarray) -> dict:
+    return {"min": int(c.min()), "mean": float(c.mean()), "p50": float(np.percentile(c, 50)),
+            "p99": float(np.percentile(c, 99)), "max": int(c.max())}
+
+
+def _histogram(cycles: np.ndarray, engine: str, pes: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from compress.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(cycles, bins=60, color="#4472c4")
+    ax.set_xlabel("cycles per digit (first input word -> last output word)")
+    ax.set_ylabel("digits")
+    ax.set_title(f"{engine} engine, {pes} PEs: {len(cycles)} MNIST test digits")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _body(argv):
+    from compress.golden import golden, predict
+
+    from . import verilator as vl
+
+    args = build_parser().parse_args(argv)
+    vl.require()
+    t_start = time.monotonic()
+    qnet, name, x, labels = _inputs(args)
+    engines = [args.engine] if args.engine else list(ENGINES)
+    imgs = {e: _image(qnet, e, args.pes) for e in engines}
+    want = golden(qnet, x)
+    gold_acc = float((predict(want) == labels).mean())
+    out_dir = Path(args.out)
+    print(f"verify-mnist: {len(x)} MNIST test digits, model {name}, {args.pes} PEs, "
+          f"engines {', '.join(engines)} (Verilator testbench)", flush=True)
+
+    shards = max(1, args.jobs // len(engines))
+    results, errors = {}, {}
+    build_root_runs = Path(os.environ.get("FASTBENCH_BUILD_DIR") or REPO / "build" / "fastbench")
+    build_root_runs.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="verify-", dir=build_root_runs) as td:
+        def work(e):
+            try:
+                results[e] = _run_engine(e, imgs[e], x, shards, Path(td))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                errors[e] = exc
+
+        threads = [threading.Thread(target=work, args=(e,), daemon=True) for e in engines]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except BaseException:
+            from .sim import stop_simulators
+
+            stop_simulators()
+            raise
+        for e in engines:
+            if e in errors:
+                raise errors[e]
+
+    ok = True
+    summary = {"digits": len(x), "model": name, "pes": args.pes, "golden_accuracy": gold_acc,
+               "engines": {}}
+    for e in engines:
+        parts, build_s, fb = results[e]
+        y = np.concatenate([p.outputs for p in parts])
+        cycles = np.concatenate([p.cycles for p in parts])
+        sim_s = max(p.seconds for p in parts)
+        sim_cycles = sum(p.sim_cycles for p in parts)
+        cps = sim_cycles / sum(p.seconds for p in parts)
+        bad = np.flatnonzero(np.any(y != want, axis=1))
+        exact = len(x) - len(bad)
+        acc = float((predict(y) == labels).mean())
+        st = _stats(cycles)
+        png = out_dir / f"cycles-{e}.png"
+        _histogram(cycles, e, args.pes, png)
+        print(f"{e}:")
+        print(f"  bit-exact: {exact}/{len(x)}")
+        if len(bad):
+            ok = False
+            print(f"  DIFFERENT: digits {', '.join(map(str, bad[:10].tolist()))}"
+                  f"{' ...' if len(bad) > 10 else ''}")
+        print(f"  accuracy (hardware): {100 * acc:.2f}%   golden model: {100 * gold_acc:.2f}%")
+        print(f"  cycles per digit: min {st['min']}  mean {st['mean']:.1f}  p50 {st['p50']:.0f}"
+              f"  p99 {st['p99']:.0f}  max {st['max']}   histogram: {png}")
+        print(f"  wall time: build {build_s:.1f} s{' (cached)' if build_s == 0 else ''}, "
+              f"simulation {sim_s:.1f} s ({len(parts)} process{'es' if len(parts) > 1 else ''}"
+              f", {cps / 1e6:.2f} M simulated cycles/s per process)")
+        summary["engines"][e] = {
+            "bit_exact": exact, "different": bad[:100].tolist(), "accuracy": acc,
+            "cycles": st, "build_seconds": build_s, "sim_seconds": sim_s,
+            "sim_processes": len(parts), "sim_cycles": sim_cycles,
+            "cycles_per_second": cps, "histogram": str(png), "binary": str(fb.binary)}
+    wall = time.monotonic() - t_start
+    summary["wall_seconds"] = wall
+    from compress.atomic import atomic_path
+
+    with atomic_path(out_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"wall time: {wall:.1f} s in all; {'every output bit-exact' if ok else 'DIFFERENCES'}")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_main(lambda: _body(argv), debug_env="TB_DEBUG")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
