@@ -27,7 +27,8 @@ from fpga.link import Link
 
 from .conftest import long_tests
 
-N_IN, N_OUT, N_L, TIMEOUT = 3, 2, 2, 24
+N_IN, N_OUT, N_L, TIMEOUT = 11, 2, 2, 24  # 11 inputs: a whole mask group and a part
+WINDOW = 2
 DEPTHS = [4, 3]
 REPLY_CYCLES = 400  # a reply must be out within this many cycles of its cause
 
@@ -43,7 +44,11 @@ def rep(cmd, payload=b""):
 
 
 class LinkModel:
-    """The link's receiver, byte by byte (docs/fpga.md, "What the link refuses")."""
+    """The link's receiver, byte by byte (docs/fpga.md, "What the link refuses").
+
+    `byte(b)` and `gap()` return the reply the frame they end must get (None if none): the
+    link sends the replies in that order, whatever else arrives meanwhile.
+    """
 
     def __init__(self):
         self.state = "IDLE"
@@ -58,13 +63,18 @@ class LinkModel:
 
     # what the link sends
     def _error(self, code):
+        if self.ran:
+            self._run()
         self.errors += 1
         self.state = "IDLE"
         return rep(P.CMD_ERROR, bytes([code, self.cmd]))
 
-    def _run(self, x):
+    def _run(self):
+        """The frame's inputs (completed with zeros) went into the engine."""
+        x = self.words + [0] * (N_IN - len(self.words))
         self.runs += 1
         self.engine_inputs.append(list(x))
+        self.ran = False
         return engine_out(x)
 
     def _counters(self):
@@ -76,26 +86,67 @@ class LinkModel:
         self.state = "IDLE"
         if self.cmd == P.CMD_PING:
             return rep(P.CMD_PING, struct.pack("<BBBHHIB", P.VERSION, 8, N_L, N_IN, N_OUT,
-                                               12_000_000, int(self.loaded)))
+                                               12_000_000,
+                                               int(self.loaded) | (WINDOW - 1) << 2))
         if self.cmd == P.CMD_COUNT:
             return rep(P.CMD_COUNT, struct.pack("<2I", self.inferences, self.errors)
                        + self._counters())
-        if self.cmd == P.CMD_INFER:
-            y = self._run(self.words)
+        if self.cmd in (P.CMD_INFER, P.CMD_PACKED):
+            y = self._run()
             self.inferences += 1
-            return rep(P.CMD_INFER, struct.pack(f"<{N_OUT}h", *y) + self._counters())
+            tag = bytes([self.tag]) if self.cmd == P.CMD_PACKED else b""
+            return rep(self.cmd, tag + struct.pack(f"<{N_OUT}h", *y) + self._counters())
         return rep(self.cmd)  # LOAD, COMMIT
 
     def _refuse(self, code, left):
         self.state, self.err, self.left = "SKIP", code, left
         return None
 
+    def _inputs(self, fmt, base=0):
+        self.state, self.ran = "INPUTS", True
+        self.mask_on, self.wide, self.base = bool(fmt & P.FMT_MASK), bool(fmt & P.FMT_WIDE), base
+        self.mneed, self.mask = True, 0
+        return self._advance()
+
+    def _advance(self):
+        """What the link does without a byte: zero inputs of a mask, the end of the inputs."""
+        while len(self.words) < N_IN:
+            i = len(self.words) % 8
+            if self.mask_on and i == 0 and self.mneed:
+                break
+            if self.mask_on and not self.mask >> i & 1:
+                self.words.append(0)
+                self.mneed = i == 7
+                continue
+            break
+        if len(self.words) == N_IN:
+            if self.left:
+                return self._refuse(P.ERR_LENGTH, self.left)
+            self.state = "CRC"
+        elif self.left == 0:
+            return self._refuse(P.ERR_LENGTH, 0)  # the inputs padded, then its CRC dropped
+        return None
+
+    def _input_byte(self, b):
+        i = len(self.words) % 8
+        if self.mask_on and i == 0 and self.mneed:
+            self.mask, self.mneed = b, False
+        elif self.wide and self.have is None:
+            self.have = b
+        else:
+            v = struct.unpack("<h", bytes([self.have, b]))[0] if self.wide else \
+                ((b + self.base + 32768) & 0xFFFF) - 32768
+            self.words.append(v)
+            self.have = None
+            self.mneed = i == 7
+        return self._advance()
+
     def byte(self, b):
         """One byte taken by the link; the reply frame it must then send, or None."""
         st_ = self.state
         if st_ == "IDLE":
             if b == P.SYNC_REQ:
-                self.state, self.crc, self.cmd = "CMD", 0xFF, 0
+                self.state, self.crc, self.cmd, self.ran = "CMD", 0xFF, 0, False
             return None
         if st_ == "SKIP":
             if self.left == 0:
@@ -105,8 +156,6 @@ class LinkModel:
         if st_ == "CRC":
             ok = b == self.crc
             if not ok:
-                if self.cmd == P.CMD_INFER:
-                    self._run(self.words)
                 return self._error(P.ERR_CRC)
             if self.cmd == P.CMD_LOAD:
                 self.cursor = (self.mem + 1, 0) if self.last else (self.mem, self.addr)
@@ -122,7 +171,7 @@ class LinkModel:
             self.lo, self.state = b, "LEN1"
         elif st_ == "LEN1":
             n = self.lo | b << 8
-            self.words, self.have = [], None
+            self.words, self.have, self.left = [], None, n
             if self.cmd in (P.CMD_PING, P.CMD_COUNT, P.CMD_COMMIT):
                 if n:
                     return self._refuse(P.ERR_LENGTH, n)
@@ -132,21 +181,35 @@ class LinkModel:
                     return self._refuse(P.ERR_LENGTH, n)
                 if not self.loaded:
                     return self._refuse(P.ERR_NOT_LOADED, n)
-                self.state = "INFER"
+                return self._inputs(P.FMT_WIDE)
+            elif self.cmd == P.CMD_PACKED:
+                if n < 2:
+                    return self._refuse(P.ERR_LENGTH, n)
+                if not self.loaded:
+                    return self._refuse(P.ERR_NOT_LOADED, n)
+                self.state, self.head = "PACKED", []
             elif self.cmd == P.CMD_LOAD:
                 if not (n & 1 and 5 <= n <= 3 + 2 * P.MAX_LOAD_WORDS):
                     return self._refuse(P.ERR_LENGTH, n)
-                self.state, self.left, self.head = "LOAD", n, []
+                self.state, self.head = "LOAD", []
             else:
                 return self._refuse(P.ERR_COMMAND, n)
-        elif st_ == "INFER":
-            if self.have is None:
-                self.have = b
-            else:
-                self.words.append(struct.unpack("<h", bytes([self.have, b]))[0])
-                self.have = None
-                if len(self.words) == N_IN:
-                    self.state = "CRC"
+        elif st_ == "PACKED":
+            self.left -= 1
+            self.head.append(b)
+            if len(self.head) == 1:
+                self.tag = b
+            elif len(self.head) == 2 and b & ~P.FMT_BITS:
+                return self._refuse(P.ERR_FORMAT, self.left)
+            elif len(self.head) == 2 and b & P.FMT_WIDE:
+                return self._inputs(b)
+            elif len(self.head) == 4:
+                return self._inputs(self.head[1], struct.unpack("<h", bytes(self.head[2:]))[0])
+            if self.left == 0:
+                return self._refuse(P.ERR_LENGTH, 0)
+        elif st_ == "INPUTS":
+            self.left -= 1
+            return self._input_byte(b)
         elif st_ == "LOAD":
             self.left -= 1
             if len(self.head) < 3:
@@ -182,18 +245,20 @@ class LinkModel:
             return None
         if st_ == "SKIP":
             return self._error(self.err)
-        if st_ == "INFER" or (st_ == "CRC" and self.cmd == P.CMD_INFER):
-            self._run(self.words + [0] * (N_IN - len(self.words)))
         return self._error(P.ERR_TIMEOUT)
 
 
 def run(pieces, seed):
-    """Feed the pieces (bytes, quiet_after) to the link; check every reply and write."""
+    """Feed the pieces (bytes, quiet_after) to the link; check every reply and write.
+
+    The host does not wait for replies while it sends a piece (the replies come out as the
+    link receives the next frames); after a quiet line every reply due must be out."""
     dut = Link(in_features=N_IN, out_features=N_OUT, num_layers=N_L, pes=8,
-               clock_hz=12_000_000, timeout=TIMEOUT, loads=DEPTHS)
+               clock_hz=12_000_000, timeout=TIMEOUT, loads=DEPTHS, window=WINDOW)
     rng = random.Random(seed)
     model = LinkModel()
     tx, writes, runs = bytearray(), [], []
+    due = []  # the replies the model says are due, in order
 
     async def engine(ctx):
         count = 0
@@ -207,7 +272,6 @@ def run(pieces, seed):
                     x.append(payload)
                 ctx.set(dut.act_out.ready, rng.random() < 0.8)
             ctx.set(dut.act_out.ready, 0)
-            ctx.set(dut.busy, 1)
             await ctx.tick().repeat(3)
             count += 1
             runs.append(x)
@@ -216,11 +280,10 @@ def run(pieces, seed):
                 ctx.set(dut.act_in.payload, v)
                 await ctx.tick().until(dut.act_in.ready)
             ctx.set(dut.act_in.valid, 0)
+            # the counters of an inference change when its last output word is taken
             ctx.set(dut.cycles, 1000 + count)
             for i in range(N_L):
                 ctx.set(dut.layer_cycles[i], 100 * (i + 1) + count)
-            await ctx.tick()
-            ctx.set(dut.busy, 0)
 
     async def monitor(ctx):
         ctx.set(dut.tx.ready, 1)
@@ -232,42 +295,43 @@ def run(pieces, seed):
             if we:
                 writes.append((mem, addr, data))
 
-    async def expect(ctx, want, what):
-        """Exactly `want` (a frame, or nothing) comes out within REPLY_CYCLES."""
-        n = len(want) if want else 0
-        for _ in range(REPLY_CYCLES):
-            if len(tx) >= n and (n or _ >= 2 * TIMEOUT):
+    async def expect(ctx, what):
+        """Every reply due comes out, exactly, within REPLY_CYCLES each; then nothing more."""
+        want = b"".join(due)
+        for i in range(REPLY_CYCLES * (len(due) + 1)):
+            if len(tx) >= len(want) and i >= 2 * TIMEOUT:
                 break
             await ctx.tick()
-        got, want = bytes(tx), want or b""
+        got = bytes(tx)
         tx.clear()
+        due.clear()
         assert got == want, f"{what}: link sent {got.hex()}, expected {want.hex()}"
+
+    async def send(ctx, data):
+        for b in data:
+            ctx.set(dut.rx.valid, 1)
+            ctx.set(dut.rx.payload, b)
+            await ctx.tick().until(dut.rx.ready)
+            ctx.set(dut.rx.valid, 0)
+            if (want := model.byte(b)) is not None:
+                due.append(want)
 
     async def host(ctx):
         for i, (data, quiet) in enumerate(pieces):
-            for j, b in enumerate(data):
-                ctx.set(dut.rx.valid, 1)
-                ctx.set(dut.rx.payload, b)
-                await ctx.tick().until(dut.rx.ready)
-                ctx.set(dut.rx.valid, 0)
-                want = model.byte(b)
-                if want is not None:
-                    await expect(ctx, want, f"piece {i} byte {j}")
+            await send(ctx, data)
             if quiet:
                 await ctx.tick().repeat(TIMEOUT + 4)
-                await expect(ctx, model.gap(), f"quiet after piece {i}")
+                if (want := model.gap()) is not None:
+                    due.append(want)
+                await expect(ctx, f"quiet after piece {i}")
                 # liveness: a good PING is answered after any quiet line
-                ping = P.ping_request()
-                for b in ping:
-                    ctx.set(dut.rx.valid, 1)
-                    ctx.set(dut.rx.payload, b)
-                    await ctx.tick().until(dut.rx.ready)
-                    ctx.set(dut.rx.valid, 0)
-                    want = model.byte(b)
-                assert want is not None and want[1] == P.CMD_PING
-                await expect(ctx, want, f"PING after piece {i}")
+                await send(ctx, P.ping_request())
+                assert due and due[-1][1] == P.CMD_PING
+                await expect(ctx, f"PING after piece {i}")
         await ctx.tick().repeat(TIMEOUT + 4)
-        await expect(ctx, model.gap(), "end")
+        if (want := model.gap()) is not None:
+            due.append(want)
+        await expect(ctx, "end")
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -298,7 +362,15 @@ good_frame = st.one_of(
               st.lists(st.integers(-32768, 32767), min_size=N_IN, max_size=N_IN)),
     st.builds(load_frame, st.integers(0, 2), st.sampled_from([0, 1, 2, 3, 0xC000]),
               st.lists(words16, min_size=1, max_size=4)),
+    st.builds(lambda x, tag: P.packed_request(np.array(x), tag),
+              st.lists(st.sampled_from([0, 0, 0, 1, 2, 256, -7, 1000, -32768, 32767]),
+                       min_size=N_IN, max_size=N_IN), st.integers(0, 255)),
 )
+# PACKED frames of any content: a format, then bytes that may or may not fit it
+raw_packed = st.builds(lambda tag, fmt, body: P.encode_frame(P.CMD_PACKED,
+                                                             bytes([tag, fmt]) + body),
+                       st.integers(0, 255), st.sampled_from([0, 1, 2, 3, 4, 0x81]),
+                       st.binary(max_size=26))
 # refused frames whose payload holds whole COMMIT and PING frames
 carrier = st.builds(
     lambda cmd, inner, extra: P.encode_frame(cmd, inner + bytes(extra)),
@@ -333,7 +405,8 @@ TRICKY_LOADS = [load_frame(0, 2, [9, 9, 9]), load_frame(1, 0, [9, 9, 9, 9]),
 session = st.builds(lambda k, commit, then: b"".join(GOOD_LOADS[:k]) + COMMIT * commit + then,
                     st.integers(0, 3), st.booleans(),
                     st.one_of(st.sampled_from(TRICKY_LOADS), good_frame, damaged(), carrier))
-piece = st.tuples(st.one_of(good_frame, session, carrier, garbage, damaged()), st.booleans())
+piece = st.tuples(st.one_of(good_frame, session, carrier, garbage, damaged(), raw_packed),
+                  st.booleans())
 stream = st.lists(piece, min_size=1, max_size=8)
 
 EXAMPLES = 300 if long_tests() else 12
@@ -352,10 +425,33 @@ def test_model_load_sequence():
     """The fuzzing's reference itself: a full load commits; COMMIT bytes in payloads do not."""
     pieces = [(P.encode_frame(P.CMD_INFER, COMMIT + bytes(1)), False)]
     pieces += [(f, False) for f in GOOD_LOADS] + [(COMMIT, True)]
-    pieces += [(P.infer_request(np.array([1, 2, 3])), False), (P.count_request(), True)]
+    x = np.arange(1, N_IN + 1)
+    pieces += [(P.infer_request(x), False), (P.count_request(), True)]
     m = run(pieces, 1)
     assert m.loaded and m.inferences == 1 and m.errors == 1
+    assert m.engine_inputs == [list(x)]
     assert [w[2] for w in m.writes] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_packed_corner_cases():
+    """PACKED frames streamed back to back: every format, lengths one byte off, bad formats."""
+    xs = [np.zeros(N_IN, int), np.arange(1, N_IN + 1), np.array([0, 256] * 5 + [1]),
+          np.array([-32768, 0, 32767] + [0] * 8), np.full(N_IN, -3)]
+    good = [P.packed_request(x, t) for t, x in enumerate(xs)]
+    dense_narrow = P.encode_frame(P.CMD_PACKED, bytes([9, 0]) + struct.pack("<h", -5)
+                                  + bytes(range(N_IN)))
+    short = bytearray(P.encode_frame(P.CMD_PACKED, bytes([1, 3, 0xFF]) + bytes(11)))
+    pieces = [(b"".join(GOOD_LOADS) + COMMIT, True), (b"".join(good) + dense_narrow, True)]
+    for f in good + [dense_narrow]:
+        body = f[4:-1]
+        pieces += [(P.encode_frame(P.CMD_PACKED, body[:-1]), False),  # one byte short
+                   (P.encode_frame(P.CMD_PACKED, body + b"\x00"), False)]  # one byte long
+    pieces += [(P.encode_frame(P.CMD_PACKED, bytes([1, 4]) + bytes(20)), False),
+               (bytes(short[:9]), True), (P.count_request(), True)]
+    m = run(pieces, 3)
+    assert m.engine_inputs[:len(xs) + 1] == [list(x) for x in xs] + [
+        [v - 5 for v in range(N_IN)]]
+    assert m.inferences == len(xs) + 1 and m.errors == 2 * (len(good) + 1) + 2
 
 
 def test_every_cursor_case():
