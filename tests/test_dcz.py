@@ -343,5 +343,9 @@ def test_shipped_model_is_what_the_encoder_writes():
     q = load_qnet(qnet_path, index_bits=8)
     data = dcz_path.read_bytes()
     assert read_dcz(dcz_path).equals(q)
-    assert pack(q) == data
-    assert layer_sizes(q)[-1]["ratio"] == pytest.approx(1_066_440 / len(data))
+    # A file of an older version is exactly what the encoder writes in that version.
+    assert pack(q, version=data[4]) == data
+    if data[4] == DCZ_VERSION:
+        assert layer_sizes(q)[-1]["ratio"] == pytest.approx(1_066_440 / len(data))
+    else:
+        assert len(pack(q)) < len(data)  # the current version is smaller
