@@ -44,6 +44,29 @@ class FixedPointConfig:
     acc_margin: float = 2.0  # the largest accumulator seen times this must fit acc_bits
     calib_images: int = 10000
     verify_golden: bool = True  # re-run the test set through golden.golden itself (int64)
+    # Bias granularity: each layer's int32 bias rounded to a multiple of 2**k. "auto": per
+    # layer the largest k whose integer error on the validation split (else the calibration
+    # images) stays within bias_tolerance points of exact biases; or a list of k per layer.
+    # Trailing zero bits cost nothing in the .dcz, so coarse biases make the file smaller.
+    bias_round: str | list[int] = "exact"
+    bias_tolerance: float = 0.0  # percentage points of integer error ("auto")
+
+    def validate(self, n_layers: int | None = None) -> "FixedPointConfig":
+        br = self.bias_round
+        if isinstance(br, str):
+            if br not in ("exact", "auto"):
+                raise InputError(f"fixedpoint.bias_round must be exact, auto or a list of bits "
+                                 f"per layer, not {br!r}")
+        elif not isinstance(br, (list, tuple)) or not all(
+                isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= 31 for k in br):
+            raise InputError(f"fixedpoint.bias_round: a list of bits per layer (0..31), "
+                             f"not {br!r}")
+        elif n_layers is not None and len(br) != n_layers:
+            raise InputError(f"fixedpoint.bias_round: {len(br)} entries for {n_layers} layers")
+        if not self.bias_tolerance >= 0:
+            raise InputError(f"fixedpoint.bias_tolerance must be >= 0, not "
+                             f"{self.bias_tolerance!r}")
+        return self
 
 
 @dataclass
@@ -53,6 +76,7 @@ class Calibration:
     shifts: list[int] = field(default_factory=list)
     max_act: list[float] = field(default_factory=list)
     max_acc_log2: list[float] = field(default_factory=list)
+    bias_round: list[int] = field(default_factory=list)  # biases are multiples of 2**k
 
 
 def fc_chain(model: nn.Module) -> list[tuple[nn.Linear, bool]]:
@@ -215,5 +239,89 @@ def max_accumulator_log2(qnet: QNet, pixels: np.ndarray, *, batch: int = 5000) -
     return best
 
 
+def round_bias(bias: np.ndarray, k: int) -> np.ndarray:
+    """int32 biases rounded to the nearest multiple of 2**k (halves up), kept in int32."""
+    if k <= 0:
+        return np.asarray(bias, dtype=np.int32).copy()
+    b = np.asarray(bias, dtype=np.int64)
+    r = ((b + (1 << (k - 1))) >> k) << k
+    # A bias near the int32 limit may round past it: the largest multiple inside instead.
+    top = ((2**31 - 1) >> k) << k
+    return np.clip(r, -top, top).astype(np.int32)
+
+
+def _with_bias(layer: Layer, bias: np.ndarray) -> Layer:
+    return Layer(codebook=layer.codebook, index=layer.index, bias=bias, shift=layer.shift,
+                 relu=layer.relu)
+
+
+class _Tail:
+    """Wrong predictions of the layers from i on, for int64 activations entering layer i.
+
+    The weights are converted once (float64 when every sum is exact, see `run_integer`), as
+    the same tail runs for every candidate rounding.
+    """
+
+    def __init__(self, layers: list[Layer], labels: np.ndarray, acc_bits: int):
+        self.layers, self.labels, self.acc_bits = layers, labels, acc_bits
+        self.w = [torch.from_numpy(ly.weights().astype(np.float64))
+                  if _exact_in_float64(ly, 32768) else None for ly in layers]
+
+    def errors(self, a: torch.Tensor, start: int) -> int:
+        from .golden import layer_accumulators, layer_output, wrap
+
+        for i in range(start, len(self.layers)):
+            ly = self.layers[i]
+            if self.w[i] is not None:
+                acc = (a.double() @ self.w[i].T).to(torch.int64) + \
+                    torch.from_numpy(ly.bias.astype(np.int64))
+                a = layer_output(ly, wrap(acc, self.acc_bits))
+            else:
+                a = layer_output(ly, layer_accumulators(ly, a, acc_bits=self.acc_bits))
+        return int(np.sum(predict(a.numpy()) != self.labels))
+
+
+def bias_bits_fixed(qnet: QNet, ks: list[int]) -> QNet:
+    """The qnet with layer i's bias rounded to a multiple of 2**ks[i]."""
+    if len(ks) != qnet.num_layers:
+        raise InputError(f"bias rounding: {len(ks)} entries for {qnet.num_layers} layers")
+    return QNet(layers=[_with_bias(ly, round_bias(ly.bias, k)) for ly, k in zip(qnet.layers, ks)],
+                input_frac=qnet.input_frac, meta=dict(qnet.meta))
+
+
+def choose_bias_rounding(qnet: QNet, x: np.ndarray, labels: np.ndarray, *,
+                         tolerance: float = 0.0, acc_bits: int = 32) -> tuple[QNet, list[int]]:
+    """Per layer, in order, the coarsest bias granularity 2**k the data allows.
+
+    `x`: the engine's int16 inputs, `labels` their classes (a validation split). k grows from
+    0 while the integer error stays within `tolerance` percentage points of the error with
+    exact biases, and stops at the first k over it (a lucky coarse k past a failing one is not
+    taken). Earlier layers keep their chosen rounding while later ones are tried. Returns the
+    rounded qnet and the k per layer.
+    """
+    from .golden import layer_output, wrap
+
+    labels = np.asarray(labels)
+    a = torch.from_numpy(np.asarray(x, dtype=np.int64))
+    layers, ks = list(qnet.layers), []
+    tail = _Tail(layers, labels, acc_bits)
+    allowed = tail.errors(a, 0) + tolerance / 100.0 * len(labels) + 1e-9
+    for i, layer in enumerate(layers):
+        pre = _int_matmul(a, layer.weights())  # the accumulators without the bias
+        top = int(np.abs(layer.bias.astype(np.int64)).max(initial=0)).bit_length() + 1
+        best = 0
+        for k in range(1, min(top, 31) + 1):
+            b = torch.from_numpy(round_bias(layer.bias, k).astype(np.int64))
+            if tail.errors(layer_output(layer, wrap(pre + b, acc_bits)), i + 1) > allowed:
+                break
+            best = k
+        layers[i] = _with_bias(layer, round_bias(layer.bias, best))
+        ks.append(best)
+        b = torch.from_numpy(layers[i].bias.astype(np.int64))
+        a = layer_output(layers[i], wrap(pre + b, acc_bits))
+    return QNet(layers=layers, input_frac=qnet.input_frac, meta=dict(qnet.meta)), ks
+
+
 __all__ = ["FixedPointConfig", "Calibration", "fc_chain", "to_qnet", "integer_error",
-           "max_accumulator_log2", "run_integer", "run_layers"]
+           "max_accumulator_log2", "run_integer", "run_layers", "round_bias",
+           "choose_bias_rounding", "bias_bits_fixed"]

@@ -95,12 +95,17 @@ class PruneConfig:
     final_retrain: TrainConfig | None = None  # extra retraining after the last round
     frequency: int = 100  # gradual: steps between mask updates
     ramp_fraction: float = 0.7  # gradual: share of the run over which density ramps
+    # Percentile: every layer's final density times this (the recipe's one knob for sweeping
+    # size against error; 1.0 = the densities as written).
+    scale: float = 1.0
 
     def validate(self, layer_names) -> "PruneConfig":
         make_threshold(self.method)
         if self.schedule not in {s.value for s in Schedule}:
             names = ", ".join(s.value for s in Schedule)
             raise InputError(f"pruning schedule must be one of {names}, not {self.schedule!r}")
+        if not 0 < self.scale <= 100:
+            raise InputError(f"pruning scale must be in (0, 100], not {self.scale}")
         unknown = sorted(set(self.levels) - set(layer_names))
         if unknown:
             raise InputError(f"pruning level for unknown layer {unknown[0]!r} "
@@ -116,7 +121,10 @@ class PruneConfig:
         return self
 
     def level_for(self, name: str) -> float:
-        return float(self.levels.get(name, self.level))
+        lv = float(self.levels.get(name, self.level))
+        if self.method == PruneMethod.PERCENTILE.value and self.scale != 1.0:
+            return min(1.0, lv * self.scale)
+        return lv
 
 
 def full_masks(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,185 @@
+"""Error against file size for both LeNets: our sweep beside Deep Compression, DNS and SWS.
+
+Each point of ours is one pipeline run (its directory holds summary.json): the recipe with one
+knob changed, ``prune.scale`` (every layer's density times the scale), all from the same
+trained dense baseline and validation split. The size is the .dcz file on disk; the error is
+the integer golden model's (LeNet-300-100) or the float model holding exactly the .dcz's
+values (LeNet-5, which the engine does not run), on the 10k test set. The validation error of
+each point is in the table: the recipe is the smallest file whose validation error stays within
+the budget (``--max-drop`` points over the dense model's validation error); the test error
+only reports.
+
+    python -m bench.frontier sweep --arch lenet-300-100 --data $MNIST_DIR \\
+        --baseline build/frontier/dense-lenet-300-100-s0.npz --scales 0.55,0.7,0.85,1.0 \\
+        --out build/frontier/lenet-300-100
+    python -m bench.frontier plot build/frontier/lenet-300-100 build/frontier/lenet-5 \\
+        --png docs/images/frontier.png
+
+`plot` writes the PNG (matplotlib Agg) and prints a markdown table of every point and the
+published ones. The published ratios are against float32 weights and biases, as ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+FLOAT_BYTES = {"lenet-300-100": 1_066_440, "lenet-5": 1_724_320}
+
+# ratio, test error (%): Han et al. ICLR 2016; Guo et al. NIPS 2016; Ullrich et al. ICLR 2017.
+PUBLISHED = {
+    "lenet-300-100": [("Deep Compression", 40, 1.58), ("DNS", 56, 1.99),
+                      ("Soft Weight-Sharing", 64, 1.94)],
+    "lenet-5": [("Deep Compression", 39, 0.74), ("DNS", 108, 0.91),
+                ("Soft Weight-Sharing", 162, 0.97)],
+}
+# The error budget of the targets: the paper's dense error.
+BUDGET = {"lenet-300-100": 1.64, "lenet-5": 0.80}
+
+
+def read_point(run: Path) -> dict | None:
+    """One run directory -> {arch, bytes, ratio, test, val, val_dense, scale, seed, ...}."""
+    p = run / "summary.json"
+    if not p.exists():
+        return None
+    s = json.loads(p.read_text())
+    errs = s.get("errors", {})
+    final = "integer" if "integer" in errs else "stored" if "stored" in errs else "quantized"
+    if final not in errs or "dcz_bytes" not in s:
+        return None
+    cfg = s.get("config", {})
+    return {"run": str(run), "arch": s["arch"], "bytes": int(s["dcz_bytes"]),
+            "ratio": FLOAT_BYTES.get(s["arch"], 0) / int(s["dcz_bytes"]) or s.get("ratio"),
+            "test": errs[final]["test"], "val": errs[final].get("val"),
+            "val_dense": errs.get("dense", {}).get("val"), "kind": final,
+            "scale": cfg.get("prune", {}).get("scale", 1.0), "seed": cfg.get("seed"),
+            "nonzeros": (s.get("density") or [{}])[-1].get("kept"),
+            "seconds": s.get("seconds", {}).get("compress")}
+
+
+def collect(dirs: list[str]) -> list[dict]:
+    """Points from run directories, or from directories of run directories."""
+    out = []
+    for d in map(Path, dirs):
+        for run in ([d] if (d / "summary.json").exists() else sorted(d.iterdir())):
+            if run.is_dir() and (pt := read_point(run)) is not None:
+                out.append(pt)
+    return out
+
+
+def choose(points: list[dict], max_drop: float) -> dict | None:
+    """The smallest file whose validation error is within max_drop of the dense model's."""
+    ok = [p for p in points if p["val"] is not None and p["val_dense"] is not None
+          and p["val"] - p["val_dense"] <= max_drop + 1e-9]
+    return min(ok, key=lambda p: p["bytes"]) if ok else None
+
+
+def table(points: list[dict], max_drop: float) -> str:
+    lines = ["| network | point | .dcz bytes | ratio | validation error (dense) | test error |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for arch in FLOAT_BYTES:
+        pts = sorted((p for p in points if p["arch"] == arch), key=lambda p: -p["bytes"])
+        best = choose(pts, max_drop)
+        for p in pts:
+            mark = " (chosen)" if p is best else ""
+            val = (f"{p['val']:.2f}% ({p['val_dense']:.2f}%)" if p["val"] is not None
+                   and p["val_dense"] is not None else "n/a")
+            lines.append(f"| {arch} | scale {p['scale']:g}, seed {p['seed']}{mark} | "
+                         f"{p['bytes']:,} | {p['ratio']:.1f}x | {val} | {p['test']:.2f}% |")
+        for name, ratio, err in PUBLISHED[arch]:
+            lines.append(f"| {arch} | {name} (published) | {FLOAT_BYTES[arch] / ratio:,.0f} | "
+                         f"{ratio}x | n/a | {err:.2f}% |")
+    return "\n".join(lines)
+
+
+def plot(points: list[dict], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from compress.atomic import atomic_path
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    markers = {"Deep Compression": "s", "DNS": "^", "Soft Weight-Sharing": "D"}
+    for ax, arch in zip(axes, FLOAT_BYTES):
+        pts = sorted((p for p in points if p["arch"] == arch), key=lambda p: p["bytes"])
+        seeds = sorted({p["seed"] for p in pts}, key=lambda s: (s is None, s))
+        for seed in seeds:
+            ps = [p for p in pts if p["seed"] == seed]
+            ax.plot([p["bytes"] / 1000 for p in ps], [p["test"] for p in ps], "o-",
+                    markersize=4, label=f"ours (seed {seed})")
+        for name, ratio, err in PUBLISHED[arch]:
+            ax.plot(FLOAT_BYTES[arch] / ratio / 1000, err, markers[name], markersize=7,
+                    label=name)
+        ax.axhline(BUDGET[arch], color="gray", linestyle="--", linewidth=0.8,
+                   label=f"budget {BUDGET[arch]}%")
+        for r in (40, 70, 100) if arch == "lenet-300-100" else (40, 70, 100, 150):
+            ax.axvline(FLOAT_BYTES[arch] / r / 1000, color="lightgray", linewidth=0.6)
+            ax.text(FLOAT_BYTES[arch] / r / 1000, ax.get_ylim()[1], f"{r}x", fontsize=7,
+                    ha="center", va="bottom", color="gray")
+        ax.set_xscale("log")
+        ax.set_xlabel("compressed file (kB)")
+        ax.set_ylabel("test error (%)" + (" (integer)" if arch == "lenet-300-100" else ""))
+        ax.set_title(arch, fontsize=10, pad=14)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def sweep(args) -> int:
+    """One pipeline run per scale, from the same baseline, sequentially (one core each)."""
+    for scale in (float(x) for x in args.scales.split(",")):
+        out = Path(args.out) / f"s{args.seed}-x{scale:g}"
+        cmd = [sys.executable, "-m", "compress", "pipeline", "--arch", args.arch,
+               "--data", args.data, "--seed", str(args.seed), "--val-size", str(args.val_size),
+               "--baseline", args.baseline, "--stages", "prune,quantize,fixedpoint",
+               "--set", f"prune.scale={scale}", "--out", str(out), "--no-progress"]
+        print(" ".join(cmd), flush=True)
+        if subprocess.call(cmd) != 0:
+            return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.frontier", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sweep", help="run the pipeline at several prune.scale values")
+    s.add_argument("--arch", required=True, choices=list(FLOAT_BYTES))
+    s.add_argument("--data", required=True)
+    s.add_argument("--baseline", required=True, help="dense checkpoint (same seed and split)")
+    s.add_argument("--scales", default="0.55,0.7,0.85,1.0")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--val-size", type=int, default=10000)
+    s.add_argument("--out", required=True)
+    q = sub.add_parser("plot", help="PNG and markdown table from run directories")
+    q.add_argument("runs", nargs="+", help="run directories (or directories of them)")
+    q.add_argument("--png", default="docs/images/frontier.png")
+    q.add_argument("--max-drop", type=float, default=0.2,
+                   help="validation budget of the choice, points over the dense model")
+    q.add_argument("--json", default=None, help="also write the points here")
+    args = p.parse_args(argv)
+    if args.cmd == "sweep":
+        return sweep(args)
+    points = collect(args.runs)
+    if not points:
+        print(f"error: no summary.json with a .dcz size under {', '.join(args.runs)}",
+              file=sys.stderr)
+        return 2
+    plot(points, Path(args.png))
+    print(table(points, args.max_drop))
+    print(f"wrote {args.png}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(points, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

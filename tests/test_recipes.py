@@ -1,0 +1,196 @@
+"""Recipe logic: bias rounding chosen on validation, the density scale knob, the recipes' shape,
+and the frontier table's choice. All on tiny synthetic networks (well under a second each)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bench import frontier
+from compress.data import Split
+from compress.errors import InputError
+from compress.fixedpoint import (FixedPointConfig, bias_bits_fixed, choose_bias_rounding,
+                                 round_bias, run_integer)
+from compress.golden import golden, predict
+from compress.pipeline import (Data, RECIPES, make_config, matrix_layers, round_matrix_biases,
+                               validate_config)
+from compress.prune import PruneConfig
+from compress.qnet import Layer, QNet
+
+
+def test_round_bias_nearest_multiple():
+    b = np.array([0, 1, 2, 3, 5, 6, -1, -2, -3, -5, 1000, 2**31 - 1, -2**31], dtype=np.int32)
+    r = round_bias(b, 2)
+    assert r.dtype == np.int32
+    assert np.all(r % 4 == 0)
+    # Nearest multiple of 4, halves up: 2 -> 4, -2 -> 0; the int32 extremes stay inside.
+    assert list(r[:11]) == [0, 0, 4, 4, 4, 8, 0, 0, -4, -4, 1000]
+    assert r[11] == 2**31 - 4 and r[12] == -2**31 + 4
+    assert np.array_equal(round_bias(b, 0), b)
+    assert np.all(np.abs(round_bias(b, 3)[:11].astype(np.int64) - b[:11]) <= 4)
+
+
+def _tiny_qnet(seed=0):
+    """A 2-layer integer net and inputs on which its biases matter."""
+    rng = np.random.default_rng(seed)
+    cb1 = np.array([0, -300, -100, 100, 300], dtype=np.int16)
+    cb2 = np.array([0, -200, 200], dtype=np.int16)
+    l1 = Layer(codebook=cb1, index=rng.integers(0, 5, (12, 20)).astype(np.uint8),
+               bias=rng.integers(-40000, 40000, 12).astype(np.int32), shift=8, relu=True)
+    l2 = Layer(codebook=cb2, index=rng.integers(0, 3, (4, 12)).astype(np.uint8),
+               bias=rng.integers(-30000, 30000, 4).astype(np.int32), shift=6, relu=False)
+    q = QNet(layers=[l1, l2], input_frac=8)
+    x = rng.integers(0, 256, (400, 20)).astype(np.int16)
+    labels = predict(golden(q, x))  # the exact-bias net is right on every input
+    return q, x, labels
+
+
+def _wrong(q, x, labels):
+    return int(np.sum(predict(run_integer(q, x)[0]) != labels))
+
+
+def test_choose_bias_rounding_keeps_the_budget():
+    q, x, labels = _tiny_qnet()
+    r0, ks0 = choose_bias_rounding(q, x, labels, tolerance=0.0)
+    assert _wrong(r0, x, labels) == 0
+    for ly, k in zip(r0.layers, ks0):
+        assert np.all(ly.bias.astype(np.int64) % (1 << k) == 0)
+    # A larger budget never gives finer biases, and the budget holds.
+    r1, ks1 = choose_bias_rounding(q, x, labels, tolerance=5.0)
+    assert all(a >= b for a, b in zip(ks1, ks0))
+    assert _wrong(r1, x, labels) <= 0.05 * len(x)
+    # Everything else is untouched.
+    for a, b in zip(q.layers, r1.layers):
+        assert np.array_equal(a.index, b.index) and np.array_equal(a.codebook, b.codebook)
+        assert a.shift == b.shift and a.relu == b.relu
+    # A budget of every input: the coarsest k, every bias rounds to zero.
+    r2, ks2 = choose_bias_rounding(q, x, labels, tolerance=100.0)
+    assert all(np.all(ly.bias == 0) for ly in r2.layers)
+    # Deterministic.
+    assert choose_bias_rounding(q, x, labels, tolerance=0.0)[1] == ks0
+
+
+def test_choose_bias_rounding_stops_at_first_failure():
+    # Layer 2 has no weights: its bias is the output. k = 1 turns [3, 5, 0, 6] into
+    # [4, 6, 0, 6] (class 1, wrong); k = 2 into [4, 4, 0, 8] (class 3, right by luck).
+    q, x, labels = _tiny_qnet(1)
+    l2 = q.layers[1]
+    out2 = Layer(codebook=l2.codebook, index=np.zeros_like(l2.index),
+                 bias=np.array([3, 5, 0, 6], dtype=np.int32), shift=0, relu=False)
+    q = QNet(layers=[q.layers[0], out2], input_frac=8)
+    labels = predict(golden(q, x))
+    assert np.all(labels == 3)
+    _, ks = choose_bias_rounding(q, x, labels, tolerance=0.0)
+    assert ks[1] == 0
+
+
+def test_bias_bits_fixed():
+    q, _, _ = _tiny_qnet()
+    r = bias_bits_fixed(q, [4, 0])
+    assert np.all(r.layers[0].bias % 16 == 0)
+    assert np.array_equal(r.layers[1].bias, q.layers[1].bias)
+    with pytest.raises(InputError):
+        bias_bits_fixed(q, [1])
+
+
+@pytest.mark.parametrize("value, ok", [("exact", True), ("auto", True), ([0, 3, 9], True),
+                                       ("coarse", False), ([0, 40, 1], False),
+                                       ([0, -1, 2], False), ([0, 1], False), (3, False)])
+def test_bias_round_setting(value, ok):
+    over = {"fixedpoint": {"bias_round": value}}
+    if ok:
+        cfg = make_config("lenet-300-100", over)
+        validate_config(cfg)
+        cfg.fixedpoint.validate(3)
+    else:
+        with pytest.raises(InputError, match="bias_round"):
+            cfg = make_config("lenet-300-100", over)
+            validate_config(cfg)
+            cfg.fixedpoint.validate(3)
+    with pytest.raises(InputError, match="bias_tolerance"):
+        FixedPointConfig(bias_tolerance=-1).validate()
+
+
+def test_prune_scale():
+    c = PruneConfig(levels={"fc1": 0.06, "fc3": 0.8}, level=0.1, scale=0.5)
+    assert c.level_for("fc1") == pytest.approx(0.03)
+    assert c.level_for("fc2") == pytest.approx(0.05)
+    c.scale = 2.0
+    assert c.level_for("fc3") == 1.0  # never above dense
+    assert PruneConfig(method="std", level=1.5, scale=0.5).level_for("fc1") == 1.5
+    for bad in (0.0, -1.0):
+        with pytest.raises(InputError, match="scale"):
+            PruneConfig(scale=bad).validate(["fc1"])
+    cfg = make_config("lenet-300-100", {"prune": {"scale": 0.7}})
+    assert cfg.prune.level_for("fc1") == pytest.approx(
+        0.7 * RECIPES["lenet-300-100"]["prune"]["levels"]["fc1"])
+
+
+def test_recipes_validate_and_choose_on_validation():
+    for arch in RECIPES:
+        cfg = make_config(arch)
+        validate_config(cfg)
+        # Biases are rounded as the validation split allows, and there is one by default.
+        assert cfg.fixedpoint.bias_round == "auto"
+        assert cfg.val_size > 0
+    # The engine runs LeNet-300-100: 4-bit codebook indices at most.
+    cfg = make_config("lenet-300-100")
+    assert all(cfg.quantize.bits_for(n) <= 4 for n in ("fc1", "fc2", "fc3"))
+
+
+def test_round_matrix_biases_conv_path():
+    """LeNet-5's .dcz path: biases rounded on the validation split, the model holds them."""
+    torch.manual_seed(0)
+    from compress.models import build, compressible_layers
+    from compress.quantize import QuantConfig, cluster
+
+    model = build("lenet-5")
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (64, 28, 28)).astype(np.uint8)
+    with torch.no_grad():
+        x = torch.from_numpy(imgs.astype(np.float32) / 255).reshape(64, 1, 28, 28)
+        labels = model(x).argmax(1).numpy().astype(np.uint8)
+    split = Split(imgs, labels)
+    data = Data(train=split, val=split, test=split)
+    cbs, idx = cluster(model, None, QuantConfig(bits=4))
+    cfg = make_config("lenet-5", {"fixedpoint": {"bias_round": "auto", "bias_tolerance": 100.0}})
+    layers, shapes, names = matrix_layers(model, cbs, idx, 8)
+    from compress.pipeline import _matrix_frac
+
+    fracs = [_matrix_frac(cbs[n].astype(np.float64)) for n in names]
+    ks = round_matrix_biases(model, layers, shapes, names, fracs, cfg, data, log=lambda s: None)
+    assert len(ks) == 4 and all(np.all(ly.bias == 0) for ly in layers)
+    for m in compressible_layers(model).values():
+        assert torch.all(m.bias == 0)
+    # Fixed k per layer: applied as given, the model holds the stored values.
+    layers, shapes, names = matrix_layers(model, cbs, idx, 8)
+    cfg.fixedpoint.bias_round = [3, 3, 3, 3]
+    assert round_matrix_biases(model, layers, shapes, names, fracs, cfg, data) == [3] * 4
+    assert all(np.all(ly.bias % 8 == 0) for ly in layers)
+
+
+def test_frontier_choice_and_table(tmp_path):
+    def run(name, scale, nbytes, val, test):
+        d = tmp_path / name
+        d.mkdir()
+        d.joinpath("summary.json").write_text(json.dumps({
+            "arch": "lenet-300-100", "dcz_bytes": nbytes, "config": {"seed": 0, "prune":
+                                                                    {"scale": scale}},
+            "errors": {"dense": {"val": 1.6, "test": 1.4},
+                       "integer": {"val": val, "test": test}}}))
+
+    run("a", 1.0, 16000, 1.65, 1.45)
+    run("b", 0.7, 13000, 1.75, 1.50)
+    run("c", 0.5, 11000, 1.95, 1.70)
+    (tmp_path / "empty").mkdir()
+    pts = frontier.collect([str(tmp_path)])
+    assert len(pts) == 3
+    assert frontier.choose(pts, 0.2)["bytes"] == 13000  # c is over the validation budget
+    assert frontier.choose(pts, 0.01) is None
+    text = frontier.table(pts, 0.2)
+    assert "| lenet-300-100 | scale 0.7, seed 0 (chosen) | 13,000 | 82.0x |" in text
+    assert "Soft Weight-Sharing (published)" in text
+    png = tmp_path / "f.png"
+    assert frontier.main(["plot", str(tmp_path), "--png", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
