@@ -572,7 +572,7 @@ def _decode_layer(payload: bytes, i: int, budget: "_Budget | None" = None) -> La
 # at most AC_MAX_POSITIONS live positions, and at most AC_FREE_POSITIONS +
 # AC_POSITIONS_PER_BYTE per byte of the section. Larger or sparser layers use Huffman ("L").
 AC_MAX_POSITIONS = 1 << 22
-AC_FREE_POSITIONS = 1 << 16
+AC_FREE_POSITIONS = 1 << 14
 AC_POSITIONS_PER_BYTE = 256
 WEIGHT_MODELS = ("none", "left", "left-and-up")
 _DENSITY_BUCKETS = 9  # d = min(bit length of floor(256 * density estimate), 8)
@@ -736,7 +736,8 @@ def _ac_encode(layer: Layer, choice: dict) -> tuple[bytes, dict]:
         _ac_put_matrix(enc, m, live_l, live_p, period, wmodel, k1)
     _ac_put_bias(enc, layer.bias, row_live)
     body = enc.finish()
-    parts = {"header": 8 * len(head), **{p: c for p, c in enc.cost.items()}}
+    parts = {"header": 8 * len(head), "codebook": 0.0, "positions": 0.0, "indices": 0.0,
+             "bias": 0.0, **enc.cost}
     # The coder's own overhead (termination) goes to the positions, the largest part.
     parts["positions"] = parts.get("positions", 0.0) + 8 * len(body) - sum(enc.cost.values())
     return head + body, parts
@@ -1043,7 +1044,10 @@ def _encode_layer_v2(layer: Layer) -> tuple[bytes, bytes, dict]:
     info["coding"] = "huffman"
     info["parts"] = _huffman_parts(info["bits"])
     plan = _ac_plan(layer)
-    if plan is None:
+    # The estimate leaves out the codebook and biases (a few percent of a layer at most):
+    # clearly worse than Huffman, the layer is not coded a second time (it takes ~3 us a
+    # position in Python).
+    if plan is None or plan[1] > 1.05 * 8 * len(payload) + 64:
         return _TAG_LAYER, payload, info
     ac, parts = _ac_encode(layer, plan[0])
     live = _ac_live_positions(layer, plan[0])
@@ -1061,8 +1065,8 @@ def _encode_layer_v2(layer: Layer) -> tuple[bytes, bytes, dict]:
         "fillers": 0,
         "parts": parts,
         "bits": {"shape": parts["header"], "codebook": parts["codebook"], "bias": parts["bias"],
-                 "index_table": 0, "index_stream": parts.get("positions", 0.0),
-                 "weight_table": 0, "weight_stream": parts.get("indices", 0.0), "padding": 0},
+                 "index_table": 0, "index_stream": parts["positions"],
+                 "weight_table": 0, "weight_stream": parts["indices"], "padding": 0},
         "gaps": _gaps(_scan(layer.index, col_major))[1],
     }
     return _TAG_AC, ac, info

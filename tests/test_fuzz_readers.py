@@ -135,6 +135,8 @@ def _tokenize(data: bytes):
             recs.clear()
             if i == 0:
                 dcz._read_header(payload)
+            elif tag == dcz._TAG_AC:  # the arithmetic-coded body is one raw token
+                dcz._ac_decode_layer(payload, i - 1)
             else:
                 dcz._decode_layer(payload, i - 1)
             out.append((tag, recs[0].finish()))
@@ -163,8 +165,8 @@ def _encode(tokens) -> bytes:
     return w.getvalue()
 
 
-def _seal(sections) -> bytes:
-    body = dcz.MAGIC + bytes([dcz.DCZ_VERSION])
+def _seal(sections, version: int = dcz.DCZ_VERSION) -> bytes:
+    body = dcz.MAGIC + bytes([version])
     body += b"".join(dcz._section(tag, _encode(tokens)) for tag, tokens in sections)
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -188,8 +190,33 @@ def _uniform():
                                shift=0, relu=False)], input_frac=0)
 
 
+def _image_like():
+    """A layer whose rows are smooth 8x8 "receptive fields": arithmetic-coded with neighbour
+    contexts (period 8), masks, and a dead neuron with a zero bias."""
+    rng = np.random.default_rng(17)
+    y, x = np.mgrid[0:8, 0:8]
+    rows = []
+    for r in range(10):
+        cy, cx = rng.uniform(2, 6, size=2)
+        field = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 6.0).reshape(-1)
+        idx = np.clip((field * 15).round(), 0, 15).astype(np.uint8)
+        idx[rng.random(64) < 0.3] = 0
+        rows.append(idx)
+    index = np.stack(rows)
+    index[4] = 0
+    index[:, :8] = 0  # a dead image row: dead columns
+    cb = np.concatenate(([0], np.arange(1, 16) * 97)).astype(np.int16)
+    bias = rng.integers(-(2**20), 2**20, size=10).astype(np.int32) << 3
+    bias[4] = 0
+    return dcz.QNet([dcz.Layer(cb, index, bias, shift=9, relu=True)], input_frac=8)
+
+
 BASES = [
     dcz.pack(_uniform()),
+    dcz.pack(_image_like()),
+    dcz.pack(_smooth(), version=1),  # version 1 files are still read
+    dcz.pack(_uniform(), version=1),
+    dcz.pack(random_qnet((30, 40, 4), density=0.5, seed=5)),
     dcz.pack(random_qnet((20, 12, 5), density=0.3, seed=1)),
     dcz.pack(_smooth()),  # context-coded weights, masks
     dcz.pack(random_qnet((60, 8), density=0.05, seed=2, bias_scale=2**20, index_bits=8)),
@@ -197,12 +224,19 @@ BASES = [
     dcz.pack_layers([random_qnet((24, 6), density=0.4, seed=4).layers[0]], shapes=[(6, 4, 2, 3)]),
 ]
 TOKENS = [_tokenize(b) for b in BASES]
+VERSIONS = [b[4] for b in BASES]
 
 
 def test_tokenizer_round_trips():
-    for data, secs in zip(BASES, TOKENS):
-        assert _seal(secs) == data
+    for data, secs, version in zip(BASES, TOKENS, VERSIONS):
+        assert _seal(secs, version) == data
         assert any(tok[0] == "eg" for _, toks in secs[1:] for tok in toks)
+
+
+def test_bases_cover_both_codings_and_versions():
+    tags = {tag for secs in TOKENS for tag, _ in secs[1:]}
+    assert {dcz._TAG_LAYER, dcz._TAG_AC} <= tags
+    assert set(VERSIONS) == {1, 2}
 
 
 _VALUES = st.one_of(
@@ -275,7 +309,7 @@ def _mutate(secs, mutations):
 @FUZZ
 @given(base=st.integers(0, len(BASES) - 1), mutations=st.lists(_MUTATION, min_size=1, max_size=3))
 def test_dcz_structural_mutations(base, mutations):
-    data = _seal(_mutate(TOKENS[base], mutations))
+    data = _seal(_mutate(TOKENS[base], mutations), VERSIONS[base])
     status, value = _bounded_call(lambda: dcz.unpack_layers(data))
     if status == "ok":
         for layer in value.layers:
