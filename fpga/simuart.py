@@ -16,9 +16,23 @@ async def send_byte(ctx, pin, byte: int, divisor: int, *, stop_ok: bool = True):
     ctx.set(pin, 1)
 
 
-async def send_bytes(ctx, pin, data: bytes, divisor: int, *, gap: int = 0):
+async def send_bytes(ctx, pin, data: bytes, divisor: int, *, gap: int = 0,
+                     bit_cycles: float | None = None):
+    """Bytes one after the other; with `bit_cycles`, a sender whose bit lasts that many clocks
+    (a baud rate off the receiver's: the edges fall on the nearest clock, no error builds up)."""
+    if bit_cycles is None:
+        for b in data:
+            await send_byte(ctx, pin, b, divisor)
+            if gap:
+                await ctx.tick().repeat(gap)
+        return
+    t = 0.0
     for b in data:
-        await send_byte(ctx, pin, b, divisor)
+        for bit in [0] + [(b >> i) & 1 for i in range(8)] + [1]:
+            ctx.set(pin, bit)
+            n = round(t + bit_cycles) - round(t)
+            t += bit_cycles
+            await ctx.tick().repeat(n)
         if gap:
             await ctx.tick().repeat(gap)
 

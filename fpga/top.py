@@ -29,7 +29,7 @@ from .engines import BOARD_DRAIN_SHARE, board_engine, board_params
 from .memories import ICE40Memories, spram_plan_for
 
 from .link import Link
-from .uart import UARTRx, UARTTx, baud_divisor
+from .uart import DEFAULT_BAUD, UARTRx, UARTTx, baud_divisor
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,8 @@ class BoardCore(wiring.Component):
     digit: Out(4)
     status: Out(2)  # bit 0: a frame is being handled; bit 1: the last reply was an error
 
-    def __init__(self, img, *, clock_hz: float, baud: int = 115200, divisor: int | None = None,
-                 timeout_s: float = 0.05, timeout_cycles: int | None = None, queue_depth=8,
+    def __init__(self, img, *, clock_hz: float, baud: int = DEFAULT_BAUD,
+                 divisor: int | None = None, timeout_s: float = 0.05, timeout_cycles: int | None = None, queue_depth=8,
                  acc_bits=32, spram: bool = False, drain_share: int = BOARD_DRAIN_SHARE,
                  window: int | None = None):
         self.clock_hz = int(round(clock_hz))
@@ -171,7 +171,7 @@ class BoardTop(Elaboratable):
     `clock_hz` attribute), baud, and every other `BoardCore` parameter (core_kw).
     """
 
-    def __init__(self, img, *, clock_hz: float, baud: int = 115200, **core_kw):
+    def __init__(self, img, *, clock_hz: float, baud: int = DEFAULT_BAUD, **core_kw):
         self.fin = 12e6
         self.pll = pll_config(self.fin, clock_hz)
         self.clock_hz = self.pll.fout

@@ -10,8 +10,12 @@ never waits on ready, the payload holds until the transfer).
 The transmitter takes a byte from `i` when idle and shifts out start, 8 data bits LSB first and
 one stop bit.
 
-`divisor` is clock cycles per bit (clk_hz // baud, rounded): at least 4 so the majority
-samples fit in a bit.
+`divisor` is clock cycles per bit (clk_hz / baud, rounded): at least 4 so the majority
+samples fit in a bit (the simulated board uses 4 for speed). A board's baud rate must come
+within 2% of the line's and give at least 8 clocks a bit (`baud_divisor`): the three samples
+then sit within one clock of the bit's middle, and the receiver takes a sender up to 2% fast
+or slow over a whole byte (10 bits: 20% of a bit of drift, against about 35% of margin).
+Any multiple of 3 MHz gives 3 Mbaud exactly (9 at 27 MHz, 12 at 36 MHz).
 """
 
 
@@ -21,16 +25,24 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
 
+DEFAULT_BAUD = 3_000_000  # the iCEBreaker's FT2232H runs 3 Mbaud reliably
+MIN_DIVISOR = 8  # clock cycles per bit a board's baud rate must give
+MAX_BAUD_ERROR = 0.02
+
+
 def baud_divisor(clk_hz: float, baud: int) -> int:
-    """Clock cycles per bit; ValueError if the clock cannot make this baud rate within 2%."""
-    if baud <= 0:
-        raise ValueError(f"baud rate must be positive, not {baud!r}")
+    """Clock cycles per bit; ValueError (one line) if the clock cannot make this baud rate:
+    fewer than MIN_DIVISOR cycles a bit, or more than 2% off."""
+    if not isinstance(baud, int) or baud <= 0:
+        raise ValueError(f"baud rate must be a positive integer, not {baud!r}")
     div = round(clk_hz / baud)
-    if div < 4:
-        raise ValueError(f"a {clk_hz / 1e6:g} MHz clock is too slow for {baud} baud")
+    if div < MIN_DIVISOR:
+        raise ValueError(f"{baud} baud needs at least {MIN_DIVISOR} clock cycles a bit: a "
+                         f"{clk_hz / 1e6:g} MHz clock gives {clk_hz / baud:.1f}")
     err = abs(clk_hz / div - baud) / baud
-    if err > 0.02:
-        raise ValueError(f"{baud} baud is {err:.1%} off at {clk_hz / 1e6:g} MHz (divisor {div})")
+    if err > MAX_BAUD_ERROR:
+        raise ValueError(f"{baud} baud is {err:.1%} off at {clk_hz / 1e6:g} MHz (divisor {div}, "
+                         f"{clk_hz / div:.0f} baud); the limit is 2%")
     return div
 
 
