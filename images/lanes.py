@@ -1,0 +1,293 @@
+"""A cycle model of "lanes": the lockstep engine split into independent lanes of PEs.
+
+The lockstep engine (`hw.lockstep`, docs/lockstep.md) gives every column L(c) = max over all N
+PEs of the PE's entry count, because one slot address serves every memory. The four SPRAMs
+could take four different addresses per cycle, so four lanes of two PEs (the two PEs of a lane
+still share a 16-bit word and an address), each with its own column queue fed by the front
+end's broadcast, would pay per column only max over the lane's two PEs and balance the lanes
+over many columns. What stops that on the iCE40UP5K is where each lane finds where its column
+starts and ends. This module measures the options (docs/lanes.md has the reasoning and the
+figures):
+
+* `pe_counts`: per layer, the entry count [N, cols] of every PE and column (fillers included,
+  as `images.csc.encode_csc` makes them), for a row placement;
+* `lane_costs(counts, option)`: the cycles every lane spends on every column under one way of
+  storing its pointers (`OPTIONS`);
+* `simulate_layer`: one layer of a batch, column by column in the front end's order, vectorised
+  over the batch: the front end broadcasts one non-zero column per cycle (an all-zero group of
+  N columns costs a cycle), stalls while any lane's queue (depth `depth`) is full; a lane
+  starts a column when its previous one is done and the column has come through the pointer
+  stage; then the pipeline tail, the drain (rows x drain_share + 3) and the next layer's
+  PRELOAD, as the lockstep engine spends them. The accumulator hold on back-to-back row hits is
+  not modelled (on the shipped network with option "lockstep" the model gives 1,237.8 cycles
+  per digit on the first 10 sample digits, the engine 1,235.6);
+* `model`: every layer of a qnet for a batch of layer inputs -> cycles and useful MACs;
+* `pointer_ebr(option, ...)`: the EBR blocks of the option's column pointers.
+
+Nothing here is an engine: no option reached the 75 % MAC utilisation the lanes engine was
+meant for (docs/lanes.md), so none was built. `python -m images.lanes` prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from compress.errors import InputError
+
+from .csc import DEFAULT_REL_BITS, encode_csc
+
+# option -> what it stores and where (docs/lanes.md section 2)
+OPTIONS = {
+    "lockstep": "one address for all 8 PEs: today's engine (L(c) = max over 8 PEs)",
+    "exact": "4 lanes of 2 PEs, shared start + exact per-lane lengths (12 + 4 x 6 bits/column)",
+    "esc3": "4 lanes, start/end banks + a 3-bit length per lane, 7 = the whole L(c)",
+    "esc1": "4 lanes, start/end banks + 1 bit per lane: empty or the whole L(c)",
+    "zerostop": "4 lanes, start/end banks + 1 bit per lane: whole L(c), or read up to the "
+                "all-zero (padding) word",
+    "desc": "4 lanes, a length word before every lane column in its SPRAM",
+    "marks3": "4 lanes, rel_bits 3 and an end mark bit in every lane word",
+    "2x4": "2 lanes of 4 PEs, shared start + exact per-lane lengths",
+    "pe8": "8 independent PEs (per-PE pointers, the EIE schedule): the reference",
+}
+LANES = 4
+EBR_SHAPES = ((16, 256), (8, 512), (4, 1024), (2, 2048))
+
+
+def _bits(n: int) -> int:
+    return max(1, int(n).bit_length())
+
+
+def ebr_blocks(width: int, depth: int) -> int:
+    """EBR blocks of one width x depth memory in its cheapest shape (as fpga.resources)."""
+    return min(-(-width // w) * -(-depth // d) for w, d in EBR_SHAPES)
+
+
+def lane_of(pes: int) -> np.ndarray:
+    """Lane of every PE: PEs k and k + N/2 share lane k (a lane's word: PE k low, k + N/2 high).
+
+    So a lane's rows are the rows a 4-way placement gives one group, split 2 ways inside.
+    """
+    return np.arange(pes) % (pes // 2)
+
+
+def pe_counts(layers, perms, pes: int, *, rel_bits: int = DEFAULT_REL_BITS) -> list[np.ndarray]:
+    """Per layer, entries [pes, cols] of every PE and physical column for the placement perms.
+
+    layers: the qnet's layers (each with .index [out, in]); perms[i]: physical row p of layer i
+    is logical row perms[i][p] (layer i + 1's columns follow perms[i]); PE k holds rows k::pes.
+    """
+    out = []
+    for i, layer in enumerate(layers):
+        idx = np.asarray(layer.index)[np.asarray(perms[i])]
+        if i > 0:
+            idx = idx[:, np.asarray(perms[i - 1])]
+        out.append(np.stack([np.diff(encode_csc(idx[k::pes], rel_bits=rel_bits)[2])
+                             for k in range(pes)]))
+    return out
+
+
+def _lane_max(counts: np.ndarray, lanes: int) -> np.ndarray:
+    n = counts.shape[0]
+    group = np.arange(n) % lanes
+    return np.stack([counts[group == j].max(axis=0) for j in range(lanes)])
+
+
+def lane_costs(counts: np.ndarray, option: str, *, counts_rel3: np.ndarray | None = None
+               ) -> np.ndarray:
+    """Cycles [lanes, cols] every lane spends on every column (when its activation is non-zero).
+
+    counts: [N, cols] entries per PE; counts_rel3: the same with rel_bits 3 ("marks3").
+    """
+    if option not in OPTIONS:
+        raise InputError(f"unknown option {option!r}: the options are {', '.join(OPTIONS)}")
+    n = counts.shape[0]
+    if n % 2 or n < 2:
+        raise InputError(f"lanes of PE pairs need an even number of PEs, not {n}")
+    full = counts.max(axis=0)  # L(c)
+    pair = _lane_max(counts, n // 2 if n // 2 < LANES else LANES)
+    if option == "lockstep":
+        return full[None, :]
+    if option == "exact":
+        return pair
+    if option == "2x4":
+        return _lane_max(counts, 2)
+    if option == "pe8":
+        return counts
+    if option.startswith("esc"):
+        lim = (1 << int(option[3:])) - 2  # the top code means "the whole column"
+        return np.where(pair <= lim, pair, full)
+    if option == "zerostop":
+        # the word after the lane's last is padding in both PEs (all zero) unless the lane is
+        # the column's longest: reading it is the stop, one cycle
+        return np.where(pair >= full - 1, full, pair + 1)
+    if option == "desc":
+        return (pair + 1) * (full > 0)
+    if option == "marks3":
+        if counts_rel3 is None:
+            raise InputError("option marks3 needs the rel_bits 3 counts")
+        p3 = _lane_max(counts_rel3, pair.shape[0])
+        return np.maximum(p3, 1) * (counts_rel3.max(axis=0) > 0)  # an empty lane reads a word
+    raise AssertionError(option)
+
+
+def simulate_layer(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 2, rows: int = 1,
+                   drain_share: int = 1, preload: bool = True) -> np.ndarray:
+    """Cycles of one layer for every input of a batch.
+
+    cost: [lanes, cols] (`lane_costs`); nz: bool [batch, cols], the non-zero input columns in
+    physical order. The front end takes groups of `pes` columns, one non-zero column per cycle
+    and one cycle per all-zero group; it stalls while a lane that needs the column has `depth`
+    columns queued. A column reaches a lane's sequencer 2 cycles after it leaves the front end
+    (pointer stage, queue) and leaves the queue in its last slot cycle; lanes skip columns
+    that cost them 0. Then 3 cycles of pipeline and idle check, the drain (rows x drain_share
+    + 3), PRELOAD (rows, unless the layer's biases came in before the input) and START.
+    """
+    if depth < 1:
+        raise InputError(f"queue depth must be >= 1, not {depth!r}")
+    batch, cols = nz.shape
+    lanes = cost.shape[0]
+    never = np.iinfo(np.int64).min // 4
+    t = np.full(batch, -1, dtype=np.int64)  # the front end's last emission
+    done = np.zeros((batch, lanes), dtype=np.int64)  # each lane's next free cycle
+    ring = np.full((batch, lanes, depth), never, dtype=np.int64)  # pop cycles of queued columns
+    for g0 in range(0, cols, pes):
+        t = np.where(nz[:, g0:g0 + pes].any(axis=1), t, t + 1)
+        for c in range(g0, min(cols, g0 + pes)):
+            m = nz[:, c]
+            if not m.any():
+                continue
+            u = cost[:, c]
+            used = u > 0
+            credit = ring[:, used, 0].max(axis=1) + 1 if used.any() else np.full(batch, never)
+            tn = np.maximum(t + 1, credit)
+            start = np.maximum(done, tn[:, None] + 2)
+            fin = start + u[None, :]
+            upd = m[:, None] & used[None, :]
+            done = np.where(upd, fin, done)
+            shifted = np.concatenate([ring[:, :, 1:], (fin - 1)[:, :, None]], axis=2)
+            ring = np.where(upd[:, :, None], shifted, ring)
+            t = np.where(m, tn, t)
+    end = np.maximum(done.max(axis=1), t + 2) + 3
+    return end + rows * drain_share + 3 + (rows if preload else 0) + 1
+
+
+def useful_macs(layers, acts: list[np.ndarray]) -> np.ndarray:
+    """Useful MACs [batch, layers]: pairs (non-zero weight, non-zero activation)."""
+    return np.stack([(np.asarray(a) != 0).astype(np.int64)
+                     @ (np.asarray(layer.index) != 0).sum(axis=0)
+                     for layer, a in zip(layers, acts)], axis=1)
+
+
+def model(layers, perms, acts: list[np.ndarray], option: str, *, pes: int = 8, depth: int = 2,
+          drain_share: int = 1, rel_bits: int = DEFAULT_REL_BITS) -> np.ndarray:
+    """Cycles [batch, layers] of `option` for layer inputs acts (logical column order)."""
+    counts = pe_counts(layers, perms, pes, rel_bits=rel_bits)
+    c3 = pe_counts(layers, perms, pes, rel_bits=3) if option == "marks3" else [None] * len(layers)
+    out = []
+    for i, layer in enumerate(layers):
+        a = np.asarray(acts[i])
+        phys = a if i == 0 else a[:, np.asarray(perms[i - 1])]
+        cost = lane_costs(counts[i], option, counts_rel3=c3[i])
+        rows = -(-layer.index.shape[0] // pes)
+        out.append(simulate_layer(cost, phys != 0, pes=pes, depth=depth, rows=rows,
+                                  drain_share=drain_share, preload=i > 0))
+    return np.stack(out, axis=1)
+
+
+def pointer_memories(option: str, counts: list[np.ndarray], slots: int, *,
+                     entries_per_pe: list[int] | None = None) -> list[tuple[int, int]]:
+    """The (width, depth) memories the option's column pointers need in EBR.
+
+    counts: every layer's [N, cols] entries (for the length widths); slots: the padded slot
+    count (the start pointer's range); entries_per_pe: for "pe8", each PE's entry count.
+    """
+    cols = sum(c.shape[1] for c in counts)
+    n = counts[0].shape[0]
+    pb = _bits(slots)
+    even, odd = (cols + 2) // 2, (cols + 1) // 2  # cols + 1 pointers in two banks
+    pair_max = max(int(_lane_max(c, LANES).max()) for c in counts)
+    lb = _bits(pair_max)
+    if option == "lockstep":
+        return [(pb, even), (pb, odd)]
+    if option in ("esc1", "zerostop"):
+        return [(pb + LANES, even), (pb + LANES, odd)]
+    if option == "esc3":
+        return [(pb + 3 * LANES, even), (pb + 3 * LANES, odd)]
+    if option == "exact":
+        return [(pb, cols), (LANES * lb, cols)]
+    if option == "2x4":
+        lb4 = _bits(max(int(_lane_max(c, 2).max()) for c in counts))
+        return [(pb, cols), (2 * lb4, cols)]
+    if option == "desc":
+        return [(pb, cols)]
+    if option == "marks3":
+        return [(pb + LANES, cols)]  # start + "one word" flag per lane
+    if option == "pe8":
+        sizes = entries_per_pe or [int(sum(c[k].sum() for c in counts)) for k in range(n)]
+        return [m for e in sizes for m in ((_bits(e), even), (_bits(e), odd))]
+    raise InputError(f"unknown option {option!r}")
+
+
+def pointer_ebr(option: str, counts: list[np.ndarray], slots: int) -> int:
+    return sum(ebr_blocks(w, d) for w, d in pointer_memories(option, counts, slots))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m images.lanes: the options' cycles, MAC utilisation and pointer EBR."""
+    from compress.errors import run_main
+
+    p = argparse.ArgumentParser(prog="python -m images.lanes", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="qnet .npz, 'synthetic' (default: shipped)")
+    p.add_argument("--count", type=int, default=100, help="MNIST digits (default 100)")
+    p.add_argument("--data", default=None, help="MNIST directory (default: the 100 sample digits)")
+    p.add_argument("--options", default=",".join(OPTIONS), help="comma-separated options")
+    p.add_argument("--depth", type=int, default=2, help="queue depth per lane (default 2)")
+    p.add_argument("--drain-share", type=int, default=1, help="PEs per output stage (default 1)")
+    p.add_argument("--placement", default="search", choices=("search", "lpt", "interleave"))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    def body():
+        from compress.data import load_sample, load_split
+        from compress.golden import mnist_to_input, run_layers
+        from compress.shipped import load_model
+
+        from .lockstep import build_lockstep
+
+        opts = [o for o in args.options.split(",") if o]
+        for o in opts:
+            if o not in OPTIONS:
+                raise InputError(f"--options: unknown option {o!r}: the options are "
+                                 f"{', '.join(OPTIONS)}")
+        if args.count < 1:
+            raise InputError(f"--count must be >= 1, not {args.count}")
+        qnet, desc = load_model(args.model)
+        if qnet.in_features != 784:
+            raise InputError(f"{desc}: the model takes {qnet.in_features} inputs, MNIST 784")
+        split = load_split("test", args.data) if args.data else load_sample()
+        x = mnist_to_input(split.images[: args.count], qnet.input_frac)
+        acts = [x] + run_layers(qnet, x)[:-1]
+        img = build_lockstep(qnet, 8, placement=args.placement, seed=args.seed)
+        perms = [ll.perm for ll in img.layers]
+        counts = pe_counts(qnet.layers, perms, 8)
+        useful = useful_macs(qnet.layers, acts)
+        print(f"{desc}: {len(x)} digits, 8 PEs, queue depth {args.depth}, drain_share "
+              f"{args.drain_share}, placement {args.placement}")
+        print(f"{'option':9s} {'cycles':>8s}  {'per layer':22s} {'MAC util':>8s} {'ptr EBR':>7s}")
+        for o in opts:
+            cyc = model(qnet.layers, perms, acts, o, depth=args.depth,
+                        drain_share=args.drain_share)
+            util = useful.sum() / (8 * cyc.sum())
+            per = " ".join(f"{v:.1f}" for v in cyc.mean(axis=0))
+            print(f"{o:9s} {cyc.sum(axis=1).mean():8.1f}  {per:22s} {100 * util:7.1f}% "
+                  f"{pointer_ebr(o, counts, img.num_slots):7d}")
+        return 0
+
+    return run_main(body, debug_env="LANES_DEBUG")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
