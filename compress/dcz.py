@@ -736,8 +736,9 @@ def _ac_encode(layer: Layer, choice: dict) -> tuple[bytes, dict]:
         _ac_put_matrix(enc, m, live_l, live_p, period, wmodel, k1)
     _ac_put_bias(enc, layer.bias, row_live)
     body = enc.finish()
-    parts = {"header": 8 * len(head), "codebook": 0.0, "positions": 0.0, "indices": 0.0,
-             "bias": 0.0, **enc.cost}
+    parts = {"header": 8 * len(head), "codebook": 0.0, "bias": 0.0, "positions": 0.0,
+             "indices": 0.0}
+    parts.update(enc.cost)
     # The coder's own overhead (termination) goes to the positions, the largest part.
     parts["positions"] = parts.get("positions", 0.0) + 8 * len(body) - sum(enc.cost.values())
     return head + body, parts

@@ -349,3 +349,144 @@ def test_shipped_model_is_what_the_encoder_writes():
         assert layer_sizes(q)[-1]["ratio"] == pytest.approx(1_066_440 / len(data))
     else:
         assert len(pack(q)) < len(data)  # the current version is smaller
+
+
+# ---------------------------------------------------------------------------------------------
+# Version 2: arithmetic-coded layers
+
+
+def _ac_corner_layers():
+    rng = np.random.default_rng(21)
+    out = []
+    for k, shape, density in [
+        (2, (1, 1), 1.0),  # 1x1, one-bit indices (no index decisions at all)
+        (3, (5, 7), 0.5),
+        (16, (12, 30), 0.3),
+        (33, (9, 64), 0.6),  # 6-bit indices, a 32-symbol alphabet plus one
+        (256, (20, 16), 0.9),  # 8-bit indices
+        (16, (8, 8), 0.0),  # an empty layer
+        (1, (4, 6), 0.0),  # codebook of one: no positions coded
+    ]:
+        cb = np.zeros(k, dtype=np.int16)
+        cb[1:] = rng.integers(-32768, 32768, size=k - 1)
+        index = np.where(rng.random(shape) < density, rng.integers(1, max(k, 2), size=shape),
+                         0).astype(np.uint8)
+        if k == 1:
+            index[:] = 0
+        bias = rng.integers(-(2**31), 2**31, size=shape[0], dtype=np.int64).astype(np.int32)
+        out.append(Layer(cb, index, bias, shift=int(rng.integers(0, 63)), relu=bool(k % 2)))
+    # All-zero rows and columns (dead neurons and inputs, zero biases there), a lone non-zero
+    # at the very end: long gaps, masks.
+    index = np.zeros((40, 50), np.uint8)
+    index[3:9, 10:20] = rng.integers(0, 16, size=(6, 10))
+    index[-1, -1] = 7
+    bias = np.where(index.any(axis=1), rng.integers(-99, 99, size=40) * 64, 0).astype(np.int32)
+    cb = np.concatenate(([0], np.arange(1, 16) * 1000)).astype(np.int16)
+    out.append(Layer(cb, index, bias, shift=5, relu=True))
+    return out
+
+
+def test_arithmetic_layers_roundtrip_every_choice():
+    """Every coding choice the format allows decodes back exactly, whatever the encoder picks."""
+    from compress.dcz import _TAG_AC, _ac_decode_layer, _ac_encode, _periods
+
+    for i, ly in enumerate(_ac_corner_layers()):
+        for col_major in (False, True):
+            n_p = ly.index.shape[0] if col_major else ly.index.shape[1]
+            for masked in ((False, True) if ly.codebook.shape[0] > 1 else (False,)):
+                for period in _periods(n_p)[:3]:
+                    for wmodel in range(3):
+                        choice = dict(col_major=col_major, masked=masked, period=period,
+                                      wmodel=wmodel)
+                        payload, parts = _ac_encode(ly, choice)
+                        back, got = _ac_decode_layer(payload, i, want_choice=True)
+                        assert back.equals(ly), (i, choice)
+                        assert got == choice
+                        assert sum(parts.values()) == pytest.approx(8 * len(payload), abs=1e-6)
+        # And through the file, where the encoder chooses (and may prefer Huffman).
+        q = QNet([ly], input_frac=3)
+        assert unpack(pack(q)).equals(q)
+    assert _TAG_AC == b"A"
+
+
+def test_version_1_still_written_and_read_and_never_smaller():
+    for case in (1, 3, 6, 7):
+        q = random_qnet(**CASES[case])
+        v1, v2 = pack(q, version=1), pack(q)
+        assert v1[4] == 1 and v2[4] == 2
+        assert unpack(v1).equals(q) and unpack(v2).equals(q)
+        assert info(v1)["version"] == 1
+        assert len(v2) <= len(v1)  # each layer keeps the smaller of its two codings
+    with pytest.raises(InputError, match="unknown .dcz version 3"):
+        pack(q, version=3)
+
+
+def image_like_qnet(seed=22):
+    """Rows are smooth 10x10 receptive fields with an empty border: what LeNet-300-100's
+    first layer looks like, where the neighbour contexts (period 10) pay."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:10, 0:10]
+    rows = []
+    for _ in range(60):
+        cy, cx, s = *rng.uniform(3, 7, size=2), rng.uniform(2, 6)
+        f = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / s) * rng.choice([-1, 1])
+        idx = np.clip(np.round(f * 7) + 8, 1, 15).astype(np.uint8)
+        idx[(rng.random((10, 10)) < 0.6) | (np.abs(f) < 0.2)] = 0
+        idx[0], idx[:, 0] = 0, 0
+        rows.append(idx.reshape(-1))
+    index = np.stack(rows)
+    index[[5, 17]] = 0
+    cb = np.concatenate(([0], np.arange(-7, 8) * 300 + 10)).astype(np.int16)
+    bias = np.where(index.any(axis=1), rng.integers(-2**20, 2**20, size=60), 0).astype(np.int32)
+    return QNet([Layer(cb, index, bias, shift=9, relu=True)], input_frac=8)
+
+
+def test_image_like_layer_is_arithmetic_coded_with_neighbour_contexts(capsys, tmp_path):
+    q = image_like_qnet()
+    data = pack(q)
+    v1 = pack(q, version=1)
+    assert unpack(data).equals(q)
+    assert len(data) < 0.97 * len(v1)
+    d = info(data)
+    ly = d["layers"][0]
+    assert ly["coding"] == "arithmetic"
+    parts = ly["parts"]
+    assert set(parts) == {"header", "codebook", "bias", "positions", "indices"}
+    assert sum(parts.values()) == pytest.approx(len(_sections_of(data)[1][1]), abs=0.01)
+    rows = layer_sizes(q)
+    assert rows[0]["weight_context"] == "left-and-up"
+    assert rows[-1]["dcz_bytes"] == len(data)
+    p = tmp_path / "img.dcz"
+    p.write_bytes(data)
+    assert main(["info", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "arithmetic coded" in out and "positions" in out and "bias" in out
+    for n in range(0, len(data), 11):
+        with pytest.raises(InputError):
+            unpack(data[:n])
+
+
+def test_arithmetic_layer_work_is_bounded_by_its_size():
+    """A crafted "A" section declaring far more positions than its bytes can code is refused
+    before decoding (the coder's work would otherwise not be bounded by the file)."""
+    from compress import limits
+    from compress.dcz import _TAG_AC, _header_payload
+    from compress.huffman import BitWriter
+
+    w = BitWriter()
+    for v in (1000, 1000, 0):
+        w.write_eg(v)
+    w.write(0, 1)  # relu
+    w.write(0, 1)  # row-major
+    w.write_eg(2)  # K
+    w.write(0, 1)  # no masks
+    w.write_eg(0)
+    w.write_eg(0)
+    w.align()
+    layer = Layer(np.array([0, 1], np.int16), np.zeros((1000, 1000), np.uint8),
+                  np.zeros(1000, np.int32), 0, False)
+    payload = w.getvalue() + b"\x00" * 40
+    data = _seal([(b"H", _header_payload([layer], 8, None)), (_TAG_AC, payload)])
+    with limits.override(dcz_weights_per_byte=10**6):
+        with pytest.raises(InputError, match="arithmetic-coded layer of 1,000,000 positions"):
+            unpack(data)

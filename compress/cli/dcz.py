@@ -68,7 +68,10 @@ def _info(args):
     print(f"  framing    {d['overhead_bytes']:>9,} bytes (magic, version, file crc32)")
     for i, ly in enumerate(d["layers"]):
         print(f"  l{i}: {'x'.join(map(str, ly['shape']))}, {ly['nnz']:,} non-zero, "
-              f"codebook {ly['codebook']}")
+              f"codebook {ly['codebook']}, {ly['coding']} coded")
+        if "parts" in ly:  # bytes of each stream (fractions: arithmetic coding shares bytes)
+            print("      " + ", ".join(f"{k} {v:,.1f}" for k, v in ly["parts"].items())
+                  + " bytes")
     print(f"  float32 size {d['float32_bytes']:,} bytes -> ratio {d['ratio']:.1f}x")
     if "sha256" in d:
         print(f"  qnet sha256 {d['sha256']}")
