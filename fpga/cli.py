@@ -37,7 +37,22 @@ def _common(p, pes=True):
                         "queue-based engine, every PE its own memories (default lockstep)")
     if pes:
         p.add_argument("--pes", type=int, default=8, help="processing elements (default 8)")
-    p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
+    from .uart import DEFAULT_BAUD
+
+    p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+                   help=f"UART baud rate (default {DEFAULT_BAUD:,}; the board's clock must give "
+                        f"it within 2%% with at least 8 clocks a bit)")
+
+
+def check_baud(clock_mhz: float, baud: int) -> int:
+    """The UART divisor at the PLL clock nearest `clock_mhz`; InputError for a bad baud."""
+    from .top import pll_config
+    from .uart import baud_divisor
+
+    try:
+        return baud_divisor(pll_config(12e6, clock_mhz * 1e6).fout, baud)
+    except ValueError as e:
+        raise InputError(f"--baud: {e}") from None
 
 
 def cmd_build(args):
@@ -46,6 +61,7 @@ def cmd_build(args):
     from .resources import analyse, format_analysis
 
     board_platform(args.board)  # unknown board: one line, exit 2, before any work
+    check_baud(args.clock_mhz, args.baud)  # before any work too
     if args.pes is None:  # the lockstep engine fits 8 PEs; the EIE engine takes what fits
         args.pes = "8" if args.engine == "lockstep" else "auto"
     if args.pes == "auto":

@@ -4,11 +4,17 @@
 `read(max_bytes, timeout) -> bytes`: `SerialTransport` (pyserial, a real iCEBreaker) or
 `SocketTransport` (the simulated board of fpga/bench.py). fpga/runner.py streams inputs through
 a `Board` and checks the answers.
+
+Inputs and weights are streamed: up to the board's `window` (PING) requests are in flight, the
+next one written as soon as a reply comes, so the line from the host never waits for a round
+trip. PACKED requests carry a tag that their reply echoes, so a lost or refused request is
+found and sent again without taking another request's reply for its own.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 
@@ -26,9 +32,13 @@ class SerialTransport:
         except (serial.SerialException, OSError) as e:
             raise InputError(f"cannot open serial port {port}: {e}") from None
 
+        try:  # the FTDI's latency timer to 1 ms: replies come back without a 16 ms wait
+            self.ser.set_low_latency_mode(True)
+        except (AttributeError, NotImplementedError, ValueError, OSError):
+            pass
+
     def write(self, data: bytes) -> None:
-        self.ser.write(data)
-        self.ser.flush()
+        self.ser.write(data)  # no flush: the next request may follow while this one goes out
 
     def read(self, n: int, timeout: float) -> bytes:
         self.ser.timeout = timeout
@@ -76,6 +86,7 @@ class Board:
         self.pending: list[P.Frame] = []
         self.info: P.Info | None = None
         self.stale = 0
+        self._tag = 0  # the next PACKED request's tag
 
     def _reply(self) -> P.Frame:
         deadline = time.monotonic() + self.timeout
@@ -133,9 +144,73 @@ class Board:
         return info
 
     def infer(self, x: np.ndarray) -> P.Result:
+        """One input through the board (a PACKED request)."""
+        return self.infer_many(np.asarray(x)[None])[0]
+
+    def infer_dense(self, x: np.ndarray) -> P.Result:
+        """One input as a dense INFER request (int16 words, no tag)."""
         info = self.info or self.ping()
         return P.decode_infer(self.request(P.infer_request(x)), out_features=info.out_features,
                               num_layers=info.num_layers)
+
+    def infer_many(self, xs, *, window: int | None = None, retries: int = 3,
+                   progress=None) -> list[P.Result]:
+        """Stream every input vector of `xs` as PACKED requests; the results in input order.
+
+        Up to `window` requests (at most the board's) are in flight. A reply names its
+        request by tag; the requests before it whose replies never came, one answered with
+        ERROR, and all of them after a silence of `timeout`, are sent again (at most `retries`
+        times each). `progress(k)` is called with the number of results as they come.
+        """
+        info = self.info or self.ping()
+        w = max(1, min(window or info.window, info.window))
+        results: list[P.Result | None] = [None] * len(xs)
+        todo = deque(range(len(xs)))
+        flight: deque[tuple[int, int]] = deque()  # (tag, index), in the order sent
+        tries = [0] * len(xs)
+        done = 0
+
+        def again(i, why):
+            tries[i] += 1
+            if tries[i] > retries:
+                raise P.ProtocolError(f"input {i}: no good reply after {retries} resends ({why})")
+            todo.appendleft(i)
+
+        self._flush()
+        while todo or flight:
+            while todo and len(flight) < w:
+                i = todo.popleft()
+                tag, self._tag = self._tag, (self._tag + 1) & 0xFF
+                self.t.write(P.packed_request(xs[i], tag))
+                flight.append((tag, i))
+            try:
+                reply = self._reply()
+            except TimeoutError:
+                for _, i in reversed(flight):  # nothing came: all of them again
+                    again(i, "timed out")
+                flight.clear()
+                self._flush()
+                continue
+            if reply.cmd == P.CMD_PACKED:
+                r = P.decode_packed(reply, out_features=info.out_features,
+                                    num_layers=info.num_layers)
+                pos = next((k for k, (t, _) in enumerate(flight) if t == r.tag), None)
+                if pos is None:
+                    self.stale += 1
+                    continue
+                for _ in range(pos):  # replies in order: theirs were lost on the way
+                    again(flight.popleft()[1], "reply lost")
+                results[flight.popleft()[1]] = r
+                done += 1
+                if progress:
+                    progress(done)
+            elif flight and P.answers(reply, P.CMD_PACKED):
+                # the oldest request in flight was refused (or its reply lost as well)
+                code = reply.payload[0] if reply.payload else -1
+                again(flight.popleft()[1], P.ERROR_NAMES.get(code, f"error {code}"))
+            else:
+                self.stale += 1
+        return results
 
     def load(self, img, *, progress: bool = False, retries: int = 3) -> int:
         """Write the SPRAM-resident ROMs of `img` (the board's plan) and COMMIT; returns words.
@@ -162,23 +237,59 @@ class Board:
         return sum(s.depth for s in plan)
 
     def _load_once(self, frames, *, progress: bool, retries: int) -> None:
-        it = frames
+        """The LOAD frames streamed (a window in flight), then COMMIT.
+
+        The board takes LOADs in order: when one is refused for damage on the way (CRC,
+        length, timeout) or its reply does not come, the frames after it are refused as out
+        of order; their replies are collected and the stream goes on from the damaged one.
+        Any other refusal raises (the caller starts the load over)."""
+        bar = None
         if progress:
             from tqdm import tqdm
 
-            it = tqdm(frames, desc="loading weights", unit="frame", disable=None)  # not into logs
+            bar = tqdm(total=len(frames), desc="loading weights", unit="frame", disable=None)
+        info = self.info or self.ping()
+        w = info.window
         again = (P.ERR_CRC, P.ERR_LENGTH, P.ERR_TIMEOUT)  # the frame was damaged on the way
-        for f in it:
-            for attempt in range(retries):
+        sent = acked = failures = 0
+        self._flush()
+        try:
+            while acked < len(frames):
+                while sent < len(frames) and sent - acked < w:
+                    self.t.write(frames[sent])
+                    sent += 1
                 try:
-                    reply = self.request(f)
-                except TimeoutError:  # the frame or its reply was lost: send it again
-                    if attempt == retries - 1:
-                        raise
+                    reply = self._reply()
+                except TimeoutError:
+                    reply = None
+                if reply is not None and not P.answers(reply, P.CMD_LOAD):
+                    self.stale += 1
                     continue
-                if reply.cmd != P.CMD_ERROR or P.decode_error(reply) not in again:
-                    break
-            P.decode_empty(reply, P.CMD_LOAD)  # raises with the board's error
+                if reply is not None and reply.cmd == P.CMD_LOAD:
+                    P.decode_empty(reply, P.CMD_LOAD)
+                    acked += 1
+                    failures = 0
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                if reply is not None and P.decode_error(reply) not in again:
+                    P.decode_empty(reply, P.CMD_LOAD)  # raises with the board's error
+                failures += 1
+                if failures > retries and reply is None:
+                    raise TimeoutError(f"no reply to LOAD frame {acked}, {failures} times")
+                if failures > retries:
+                    raise P.ProtocolError(f"LOAD frame {acked} refused {failures} times")
+                # the frames after the damaged one were refused: their replies, then resend
+                for _ in range(sent - acked - 1 if reply is not None else 0):
+                    try:
+                        self._reply()
+                    except TimeoutError:
+                        break
+                self._flush()
+                sent = acked
+        finally:
+            if bar is not None:
+                bar.close()
         P.decode_empty(self.request(P.commit_request()), P.CMD_COMMIT)
 
     def counters(self) -> P.Counters:

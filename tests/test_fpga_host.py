@@ -31,8 +31,10 @@ class FakeBoard:
     """A transport whose far end is a model of the board; `hooks[i](frame, answer)` -> bytes
     replaces the bytes sent back for the i-th request (default: the answer)."""
 
-    def __init__(self, depths=(), hooks=None, corrupt=()):
+    def __init__(self, depths=(), hooks=None, corrupt=(), window=1):
         self.depths = list(depths)
+        self.window = window
+        self.burst = self.max_burst = 0  # requests written between two reads
         self.hooks = hooks or {}
         self.corrupt = set(corrupt)  # requests that arrive damaged: ERR_CRC, no effect
         self.dec = P.FrameDecoder(sync=P.SYNC_REQ)
@@ -50,11 +52,14 @@ class FakeBoard:
             hook = self.hooks.get(self.n)
             self.n += 1
             self.out += hook(f, ans) if hook else ans
+            self.burst += 1
+            self.max_burst = max(self.max_burst, self.burst)
 
     def read(self, n, timeout):
         if not self.out:
             time.sleep(min(timeout, 0.005))
             return b""
+        self.burst = 0
         data = bytes(self.out[:n])
         del self.out[:n]
         return data
@@ -62,7 +67,7 @@ class FakeBoard:
     # the board
     def answer(self, f):
         if f.cmd == P.CMD_PING:
-            flags = int(self.loaded)
+            flags = int(self.loaded) | (self.window - 1) << 2
             return reply(P.CMD_PING, struct.pack("<BBBHHIB", P.VERSION, 8, N_L, N_IN, N_OUT,
                                                   12_000_000, flags))
         if f.cmd == P.CMD_INFER:
@@ -72,6 +77,15 @@ class FakeBoard:
             self.inferences += 1
             y = np.array([x.sum() + k for k in range(N_OUT)], "<i2")
             return reply(P.CMD_INFER, y.tobytes() + struct.pack("<2I", 100, 90))
+        if f.cmd == P.CMD_PACKED:
+            if not self.loaded:
+                return error(P.ERR_NOT_LOADED, f.cmd)
+            x, err = P.unpack_inputs(f.payload, N_IN)
+            if err:
+                return error(err, f.cmd)
+            self.inferences += 1
+            y = np.array([sum(x) + k for k in range(N_OUT)], "<i2")
+            return reply(P.CMD_PACKED, f.payload[:1] + y.tobytes() + struct.pack("<2I", 100, 90))
         if f.cmd == P.CMD_LOAD:
             mem, addr = struct.unpack_from("<BH", f.payload)
             words = np.frombuffer(f.payload[3:], "<u2")
@@ -107,7 +121,7 @@ def test_extra_replies_do_not_shift():
     assert b.ping().in_features == N_IN
     for i in range(4):
         x = np.array([i, 2, 3])
-        r = b.infer(x)
+        r = b.infer_dense(x)
         np.testing.assert_array_equal(r.y, [x.sum(), x.sum() + 1])
     assert b.stale == 5
     assert fake.inferences == 4
@@ -125,17 +139,20 @@ def test_noise_and_garbled_replies():
     fake = FakeBoard(hooks={1: garbled, 2: garbled})
     b = board(fake)
     b.ping()
-    np.testing.assert_array_equal(b.infer(np.array([1, 1, 1])).y, [3, 4])
-    np.testing.assert_array_equal(b.infer(np.array([5, 1, 1])).y, [7, 8])
+    np.testing.assert_array_equal(b.infer_dense(np.array([1, 1, 1])).y, [3, 4])
+    np.testing.assert_array_equal(b.infer_dense(np.array([5, 1, 1])).y, [7, 8])
 
 
 def test_lost_reply_times_out_then_recovers():
-    fake = FakeBoard(hooks={1: lambda f, a: b""})
+    fake = FakeBoard(hooks={1: lambda f, a: b"", 3: lambda f, a: b""})
     b = board(fake)
     b.ping()
     with pytest.raises(TimeoutError):
-        b.infer(np.array([1, 2, 3]))
+        b.infer_dense(np.array([1, 2, 3]))
+    np.testing.assert_array_equal(b.infer_dense(np.array([1, 2, 3])).y, [6, 7])
+    # a PACKED request whose reply is lost is sent again after the silence
     np.testing.assert_array_equal(b.infer(np.array([1, 2, 3])).y, [6, 7])
+    assert fake.n == 5
 
 
 def test_error_for_corrupted_command_is_the_answer():
@@ -188,3 +205,57 @@ def test_load_retries_and_restarts(plan):
     # PING; LOAD a[0:256]; LOAD a[256:300] damaged, sent again: lands, its reply lost; sent
     # again: out of order (ERR_ADDRESS); the load over: 2 + 1 LOADs, COMMIT; PING
     assert fake.n == 1 + 1 + 3 + 3 + 1 + 1
+
+
+def want(x):
+    return [int(np.sum(x)) + k for k in range(N_OUT)]
+
+
+XS = np.array([[i, 0, -i] if i % 3 else [i, 256, 1] for i in range(40)])
+
+
+def test_infer_many_streams_in_order():
+    """A window of 4 PACKED requests in flight; the results in input order."""
+    fake = FakeBoard(window=4)
+    b = board(fake)
+    assert b.ping().window == 4
+    rs = b.infer_many(XS)
+    assert [list(r.y) for r in rs] == [want(x) for x in XS]
+    assert fake.max_burst == 4 and fake.n == 1 + len(XS)
+    assert b.infer(XS[5]).y.tolist() == want(XS[5])
+
+
+def test_infer_many_lost_and_refused_sent_again():
+    """A lost reply, a request that arrives damaged and a stray reply: each input still gets
+    its own result; the lost and refused ones are sent again."""
+    stray = reply(P.CMD_PACKED, bytes([200]) + bytes(2 * N_OUT + 8))  # a tag not in flight
+    fake = FakeBoard(window=3, hooks={5: lambda f, a: b"", 9: lambda f, a: stray + a},
+                     corrupt={12})
+    b = board(fake)
+    b.ping()
+    rs = b.infer_many(XS[:20])
+    assert [list(r.y) for r in rs] == [want(x) for x in XS[:20]]
+    assert fake.n == 1 + 20 + 2 and b.stale >= 1
+
+
+def test_infer_many_gives_up():
+    """A board that refuses every PACKED request: ProtocolError naming the error."""
+    fake = FakeBoard(depths=[4], window=2)  # not loaded: every INFER refused
+    b = board(fake)
+    b.ping()
+    with pytest.raises(P.ProtocolError, match="weights not loaded"):
+        b.infer_many(XS[:3], retries=2)
+
+
+def test_load_streamed_goes_back(plan):
+    """LOADs streamed 4 at a time; a damaged one makes the board refuse the frames behind it
+    (out of order): the host collects those replies and goes on from the damaged frame."""
+    depths = [s.depth for s in plan]
+    fake = FakeBoard(depths=depths, window=4, corrupt={2})
+    b = board(fake)
+    b.ping()
+    b.load(object())
+    assert b.ping().loaded and fake.mem == [list(range(1, 301)), [7, 8, 9, 0, 0]]
+    # PING; LOADs 0, 1 (damaged), 2 in flight (refused, out of order); 1, 2 again; COMMIT; PING
+    assert fake.n == 1 + 3 + 2 + 1 + 1
+    assert fake.max_burst == 3
