@@ -33,6 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 TOPLEVEL = "board"
 SIM_DIVISOR = 4  # clock cycles per UART bit in simulation (the fastest the receiver takes)
 SIM_TIMEOUT = 64 * 10 * SIM_DIVISOR  # a frame is abandoned after 64 silent byte times
+
+
+def sim_timeout(divisor: int) -> int:
+    """The simulated board's inter-byte timeout: 64 silent byte times."""
+    return 64 * 10 * divisor
 SIM_CLOCK_HZ = 100_000_000  # the bench clock (10 ns); reported by PING
 
 
@@ -75,7 +80,7 @@ def _yosys_gate_level(rtl: Path, out: Path, log: Path) -> None:
 
 
 def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
-                timeout_cycles: int = SIM_TIMEOUT, spram: bool = False) -> BoardBuild:
+                timeout_cycles: int | None = None, spram: bool = False) -> BoardBuild:
     """Generate (and for gate level, synthesise) the board core and compile it with Icarus."""
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
@@ -84,6 +89,8 @@ def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
 
     from .top import BoardCore
 
+    if timeout_cycles is None:
+        timeout_cycles = sim_timeout(divisor)
     root = build_root()
     root.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(json.dumps({
@@ -120,16 +127,20 @@ def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
 
 @contextlib.contextmanager
 def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bool = False,
-                    spram: bool = False, accept_timeout: float = 120.0):
+                    spram: bool = False, accept_timeout: float = 120.0,
+                    divisor: int = SIM_DIVISOR):
     """Yield a transport to the board core running in cocotb; stops the simulation on exit.
 
+    `divisor` is the UART's clock cycles per bit (the bench's clock cycles are the board's).
+    After the simulation the transport's `times` hold the cycle each host byte started on rx
+    (`rx_start`) and each board byte ended on tx (`tx_end`), in order.
     The simulator runs in its own process group (`tb.sim.icarus_runner`), ended with this
     process; an interrupted run (SIGINT, SIGTERM) leaves no run directory."""
     from tb.sim import icarus_runner
 
     from .host import SocketTransport
 
-    b = build or build_board(img, gate_level=gate_level, spram=spram)
+    b = build or build_board(img, gate_level=gate_level, spram=spram, divisor=divisor)
     runs = b.dir / "runs"
     runs.mkdir(exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
@@ -140,6 +151,7 @@ def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bo
     env = {
         "BOARD_PORT": str(server.getsockname()[1]),
         "BOARD_DIVISOR": str(b.divisor),
+        "BOARD_TIMES": str(run_dir / "times.json"),
         "PYTHONPATH": os.pathsep.join(
             [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
     }
@@ -160,6 +172,7 @@ def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bo
     th = threading.Thread(target=run, daemon=True)
     th.start()
     conn = None
+    transport = None
     try:
         try:
             conn, _ = server.accept()
@@ -167,6 +180,7 @@ def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bo
             raise RuntimeError(f"the simulated board did not start; see {run_dir}/sim.log"
                                ) from None
         transport = SocketTransport(conn)
+        transport.times = None
         yield transport
     except (KeyboardInterrupt, GeneratorExit):
         interrupted = True
@@ -180,4 +194,7 @@ def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bo
             shutil.rmtree(run_dir, ignore_errors=True)
     if failure:
         raise RuntimeError(f"the board simulation failed: {failure[0]!r}; see {run_dir}/sim.log")
+    times = run_dir / "times.json"
+    if transport is not None and times.exists():
+        transport.times = json.loads(times.read_text())
     shutil.rmtree(run_dir, ignore_errors=True)

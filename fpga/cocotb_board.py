@@ -8,19 +8,29 @@ bit; the bench ends when the host closes the connection (or after BOARD_MAX_NS o
 
 Nothing inside the design is touched: only clk, rst, rx and tx (the RTL and the gate-level
 netlist have the same four pins).
+
+With BOARD_TIMES set, the bench writes there (JSON) the clock cycle at which every byte from
+the host started on `rx` and every byte from the board ended on `tx`: the host measures the
+end-to-end rate of the simulated board in its own clock cycles from them.
 """
 
+import json
 import os
 import socket
 
 import cocotb
 from cocotb.clock import Clock
+from cocotb.simtime import get_sim_time
 from cocotb.triggers import ClockCycles, FallingEdge, Timer
 
 PERIOD_NS = 10
 
 
-async def _tx_monitor(dut, sock, bit_ns):
+def _cycle() -> int:
+    return int(get_sim_time("ns")) // PERIOD_NS
+
+
+async def _tx_monitor(dut, sock, bit_ns, ends):
     while True:
         await FallingEdge(dut.tx)
         await Timer(bit_ns // 2, unit="ns")
@@ -33,6 +43,7 @@ async def _tx_monitor(dut, sock, bit_ns):
         await Timer(bit_ns, unit="ns")
         if int(dut.tx.value) != 1:
             raise AssertionError("the board sent a frame with a low stop bit")
+        ends.append(_cycle())
         sock.sendall(bytes([value]))
 
 
@@ -57,7 +68,8 @@ async def uart_bridge(dut):
     await ClockCycles(dut.clk, 4)
     dut.rst.value = 0
     await ClockCycles(dut.clk, 4)
-    mon = cocotb.start_soon(_tx_monitor(dut, sock, bit_ns))
+    starts, ends = [], []
+    mon = cocotb.start_soon(_tx_monitor(dut, sock, bit_ns, ends))
     elapsed = 0
     try:
         while elapsed < max_ns:
@@ -69,6 +81,7 @@ async def uart_bridge(dut):
                 break  # the host hung up
             if data:
                 for b in data:
+                    starts.append(_cycle())
                     await _send_byte(dut, b, bit_ns)
                     elapsed += 10 * bit_ns
             else:
@@ -78,3 +91,6 @@ async def uart_bridge(dut):
     finally:
         mon.cancel()
         sock.close()
+        if os.environ.get("BOARD_TIMES"):
+            with open(os.environ["BOARD_TIMES"], "w") as f:
+                json.dump({"rx_start": starts, "tx_end": ends}, f)

@@ -87,6 +87,12 @@ class Board:
         self.info: P.Info | None = None
         self.stale = 0
         self._tag = 0  # the next PACKED request's tag
+        self.bytes_out = 0  # bytes written to the board
+        self.bytes_in = 0  # bytes read from it
+
+    def _write(self, frame: bytes) -> None:
+        self.t.write(frame)
+        self.bytes_out += len(frame)
 
     def _reply(self) -> P.Frame:
         deadline = time.monotonic() + self.timeout
@@ -98,6 +104,7 @@ class Board:
                     break
                 raise TimeoutError(f"no reply from the board within {self.timeout:g} s")
             data = self.t.read(4096, min(left, 0.2))
+            self.bytes_in += len(data)
             if data:
                 self.pending += self.dec.feed(data)
                 deadline = time.monotonic() + self.timeout
@@ -108,6 +115,7 @@ class Board:
         n = len(self.pending)
         self.pending.clear()
         while data := self.t.read(4096, 0.0):
+            self.bytes_in += len(data)
             n += len(self.dec.feed(data))
         self.dec = P.FrameDecoder()
         self.stale += n
@@ -116,7 +124,7 @@ class Board:
         """Send one request frame; its reply (an ERROR reply included)."""
         cmd = P.request_cmd(frame)
         self._flush()
-        self.t.write(frame)
+        self._write(frame)
         for _ in range(MAX_STALE_REPLIES):
             reply = self._reply()
             if P.answers(reply, cmd):
@@ -129,6 +137,7 @@ class Board:
         """Collect whatever arrives until `quiet` seconds pass with nothing (after garbage)."""
         while True:
             data = self.t.read(4096, quiet)
+            self.bytes_in += len(data)
             if not data:
                 break
             self.pending += self.dec.feed(data)
@@ -181,7 +190,7 @@ class Board:
             while todo and len(flight) < w:
                 i = todo.popleft()
                 tag, self._tag = self._tag, (self._tag + 1) & 0xFF
-                self.t.write(P.packed_request(xs[i], tag))
+                self._write(P.packed_request(xs[i], tag))
                 flight.append((tag, i))
             try:
                 reply = self._reply()
@@ -256,7 +265,7 @@ class Board:
         try:
             while acked < len(frames):
                 while sent < len(frames) and sent - acked < w:
-                    self.t.write(frames[sent])
+                    self._write(frames[sent])
                     sent += 1
                 try:
                     reply = self._reply()

@@ -9,6 +9,7 @@ the board's PLL clock that `fpga build` uses by default; cycle counts do not dep
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,28 @@ class RunStats:
     cycles: list[int] = field(default_factory=list)
     layer_cycles: list[list[int]] = field(default_factory=list)
     outputs: list[np.ndarray] = field(default_factory=list)
+    seconds: float = 0.0  # wall clock of the stream (first request written -> last reply read)
+    request_bytes: int = 0  # PACKED frames of the stream, one each (no resends)
+    reply_bytes: int = 0  # their replies
+    stream_bytes: tuple[int, int, int, int] = (0, 0, 0, 0)  # Board byte counts before, after
+
+
+def line_rate(stats: RunStats, baud: int) -> float:
+    """Inferences/s the UART allows, from frame bytes and baud: requests and replies travel on
+    separate wires at once, so the longer of the two per inference (10 bits a byte)."""
+    per = max(stats.request_bytes, stats.reply_bytes) / max(stats.n, 1)
+    return baud / (10 * per)
+
+
+def sim_rate(stats: RunStats, times: dict, clock_hz: float) -> float | None:
+    """Inferences/s end to end on the simulated board, in its own clock cycles: from the first
+    stream byte starting on rx to the last reply byte ending on tx (`simulated_board` times)."""
+    out0, out1, in0, in1 = stats.stream_bytes
+    try:
+        span = times["tx_end"][in1 - 1] - times["rx_start"][out0]
+    except (IndexError, KeyError, TypeError):
+        return None
+    return stats.n * clock_hz / span if span > 0 else None
 
 
 def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
@@ -54,14 +77,25 @@ def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
                          f"the model is {qnet.in_features} -> {qnet.out_features}")
     want = golden(qnet, x)
     stats = RunStats()
-    it = range(len(x))
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc=f"{noun}s", unit=noun, disable=None)  # no bar into a log file
-    for i in it:
-        r = board.infer(x[i])
+        bar = tqdm(total=len(x), desc=f"{noun}s", unit=noun, disable=None)  # not into a log
+    out0, in0 = board.bytes_out, board.bytes_in
+    t0 = time.monotonic()
+    try:
+        results = board.infer_many(x, progress=bar and (lambda k: bar.update(1)))
+    finally:
+        if bar is not None:
+            bar.close()
+    stats.seconds = time.monotonic() - t0
+    stats.stream_bytes = (out0, board.bytes_out, in0, board.bytes_in)
+    reply_len = 5 + 1 + 2 * info.out_features + 4 + 4 * info.num_layers
+    for i, r in enumerate(results):
         stats.n += 1
+        stats.request_bytes += len(P.packed_request(x[i]))
+        stats.reply_bytes += reply_len
         stats.outputs.append(r.y)
         stats.exact += bool(np.array_equal(r.y, want[i]))
         p = int(predict(r.y[None])[0])
@@ -74,8 +108,11 @@ def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
 
 
 def summary(stats: RunStats, info: P.Info, *, has_labels: bool, clock_hz: float | None = None,
-            clock_note: str = "the board's clock, from PING", noun: str = "input") -> str:
-    """The run's figures; throughput at `clock_hz` (default: the clock PING reported)."""
+            clock_note: str = "the board's clock, from PING", noun: str = "input",
+            baud: int | None = None, end_to_end: float | None = None,
+            end_to_end_note: str = "") -> str:
+    """The run's figures; throughput at `clock_hz` (default: the clock PING reported); with
+    `baud`, what the frames allow on the UART, and `end_to_end` as measured."""
     clock_hz = float(clock_hz or info.clock_hz)
     c = np.array(stats.cycles, dtype=np.float64)
     lc = np.array(stats.layer_cycles, dtype=np.float64).reshape(len(c), -1)
@@ -95,6 +132,14 @@ def summary(stats: RunStats, info: P.Info, *, has_labels: bool, clock_hz: float 
         f"{clock_hz / comp.mean():.0f} inferences/s of engine compute "
         f"({comp.mean() / clock_hz * 1e6:.1f} us each; the UART transfer is not counted)",
     ]
+    if baud and stats.request_bytes:
+        lines.append(
+            f"UART at {baud:,} baud: {stats.request_bytes / stats.n:.1f} request bytes (PACKED) "
+            f"and {stats.reply_bytes / stats.n:.0f} reply bytes per {noun}: "
+            f"{line_rate(stats, baud):.0f} {noun}s/s computed from frame bytes and baud")
+    if end_to_end:
+        lines.append(f"end to end: {end_to_end:.0f} {noun}s/s ({end_to_end_note}; "
+                     f"window of {info.window} requests in flight)")
     return "\n".join(lines)
 
 
@@ -153,17 +198,27 @@ def run_cli(args) -> int:
     print(what)
     if args.sim:
         from .bench import simulated_board
+        from .uart import baud_divisor
 
         if not 1 <= args.pes <= 16:
             raise InputError(f"--pes must be 1..16, not {args.pes}")
+        # The bench clocks the simulation at 100 MHz, but counts in the board's cycles: the
+        # UART runs at the divisor the bitstream has at the PLL clock.
+        mhz = args.clock_mhz or DEFAULT_CLOCK_MHZ
+        try:
+            divisor = baud_divisor(mhz * 1e6, args.baud)
+        except ValueError as e:
+            raise InputError(f"--baud: {e}") from None
         rom = build_image(qnet, args.engine, args.pes)
-        print(f"simulated board: {args.engine} engine, {args.pes} PEs")
-        with simulated_board(rom, spram=not args.no_spram) as transport:
+        print(f"simulated board: {args.engine} engine, {args.pes} PEs, UART at {divisor} clocks "
+              f"a bit ({args.baud:,} baud at {mhz:g} MHz)")
+        with simulated_board(rom, spram=not args.no_spram, divisor=divisor) as transport:
             board = Board(transport, timeout=args.timeout)
             stats = run_inputs(board, qnet, x, labels, rom=rom, noun=noun)
             info = board.info
-        # The bench clocks the simulation at 100 MHz; the bitstream runs at the PLL clock.
-        mhz = args.clock_mhz or DEFAULT_CLOCK_MHZ
+        e2e = sim_rate(stats, transport.times, mhz * 1e6)
+        e2e_note = (f"simulated board at {mhz:g} MHz, first request byte on rx to last reply "
+                    f"byte on tx, in its clock cycles")
         clock_note = ("the board clock given by --clock-mhz" if args.clock_mhz else
                       "the board's PLL clock, the fpga build default") + \
             "; cycle counts do not depend on the clock"
@@ -179,10 +234,13 @@ def run_cli(args) -> int:
         finally:
             transport.close()
         mhz = args.clock_mhz or info.clock_hz / 1e6
+        e2e = stats.n / stats.seconds if stats.seconds > 0 else None
+        e2e_note = "wall clock, first request written to last reply read"
         clock_note = ("given by --clock-mhz" if args.clock_mhz else
                       "the board's clock, as it reports in PING")
     print(summary(stats, info, has_labels=labels is not None, clock_hz=mhz * 1e6,
-                  clock_note=clock_note, noun=noun))
+                  clock_note=clock_note, noun=noun, baud=args.baud, end_to_end=e2e,
+                  end_to_end_note=e2e_note))
     if args.out:
         from compress.atomic import save_npy
 
