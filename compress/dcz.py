@@ -68,7 +68,7 @@ import numpy as np
 
 from . import limits
 from .atomic import write_bytes_atomic
-from .entropy import INT_CONTEXTS, Decoder, Encoder, kt_bits
+from .entropy import INT_CONTEXTS, PROB_BITS, Decoder, Encoder, kt_bits
 from .errors import InputError
 from .huffman import (
     BitReader,
@@ -733,14 +733,17 @@ def _ac_encode(layer: Layer, choice: dict) -> tuple[bytes, dict]:
         live_l, live_p = (col_live, row_live) if col_major else (row_live, col_live)
         if not masked:
             live_l, live_p = np.ones_like(live_l), np.ones_like(live_p)
-        _ac_put_matrix(enc, m, live_l, live_p, period, wmodel, k1)
+        est = _ac_put_matrix(enc, m, live_l, live_p, period, wmodel, k1)
+    else:
+        est = {}
     _ac_put_bias(enc, layer.bias, row_live)
     body = enc.finish()
     parts = {"header": 8 * len(head), "codebook": 0.0, "bias": 0.0, "positions": 0.0,
              "indices": 0.0}
     parts.update(enc.cost)
-    # The coder's own overhead (termination) goes to the positions, the largest part.
-    parts["positions"] = parts.get("positions", 0.0) + 8 * len(body) - sum(enc.cost.values())
+    parts.update(est)
+    # The coder's own overhead (termination, rounding) goes to the positions, the largest part.
+    parts["positions"] += 8 * len(body) - sum(v for k, v in parts.items() if k != "header")
     return head + body, parts
 
 
@@ -790,37 +793,40 @@ def _ac_get_bias(dec: Decoder, row_live: np.ndarray, what: str) -> np.ndarray:
     return np.array(out, dtype=np.int32)
 
 
-def _ac_put_matrix(enc, m, live_l, live_p, period, wmodel, k1) -> None:
-    """Positions and weights, interleaved in scan order (see the module docstring)."""
-    n_p = m.shape[1]
+def _ac_put_matrix(enc, m, live_l, live_p, period, wmodel, k1) -> dict:
+    """Positions and weights, interleaved in scan order (see the module docstring); returns
+    the estimated bits of each (`kt_bits`, for `info`)."""
     nb = (k1 - 1).bit_length()
     pbase = enc.grow(_N_POS_CTX)
     wbase = enc.grow((16 if wmodel == 2 else 4) << nb)
-    left, up = _neighbours(n_p, period)
     sub = m[live_l]
     ctx, bits, lv, uv = _ac_pos_contexts(sub, live_p, period)
-    nzm = sub != 0
-    wc = _weight_ctx(wmodel, lv, uv, k1)
-    # Decisions in order: per live position its bit, and after a 1 the weight's tree bits.
     jj = np.flatnonzero(live_p)
     vals = sub[:, jj].astype(np.int64).reshape(-1)
-    pctx = (ctx + pbase).reshape(-1).tolist()
-    wctx = (wc[:, jj] * (1 << nb) + wbase).reshape(-1).tolist()
-    bit, wpart = enc.bit, "indices"
-    for v, pc, wcx in zip(vals.tolist(), pctx, wctx):
-        enc.part = "positions"
-        bit(1 if v else 0, pc)
-        if v and nb:
-            enc.part = wpart
-            s = v - 1
-            node = 1
-            for i in range(nb - 1, -1, -1):
-                b = (s >> i) & 1
-                bit(b, wcx + node)
-                node = 2 * node + b
+    wc = _weight_ctx(wmodel, lv[:, jj], uv[:, jj], k1).reshape(-1)
+    # Decisions in order: per live position its bit, and after a 1 the weight's nb tree bits.
+    nzv = vals != 0
+    sym = vals[nzv] - 1
+    tctx, tbits = _tree_decisions(sym, wc[nzv], nb)  # grouped by tree level
+    per = 1 + nb * nzv.astype(np.int64)
+    start = np.cumsum(per) - per
+    n = int(per.sum())
+    all_ctx = np.empty(n, dtype=np.int64)
+    all_bits = np.empty(n, dtype=np.int64)
+    all_ctx[start] = ctx.reshape(-1) + pbase
+    all_bits[start] = nzv
+    first = start[nzv] + 1
+    n_w = sym.shape[0]
+    for level in range(nb):
+        all_ctx[first + level] = tctx[level * n_w : (level + 1) * n_w] + wbase
+        all_bits[first + level] = tbits[level * n_w : (level + 1) * n_w]
+    enc.bits(all_bits.tolist(), all_ctx.tolist())
+    return {"positions": kt_bits(ctx, bits), "indices": kt_bits(tctx, tbits)}
 
 
 def _ac_get_matrix(dec, n_l, n_p, live_l, live_p, period, wmodel, k1, what) -> np.ndarray:
+    """Inverse of `_ac_put_matrix`: the decoder's loop with the coder inlined (this is where
+    a .dcz spends its decoding time, ~1 us a decision)."""
     nb = (k1 - 1).bit_length()
     pbase = dec.grow(_N_POS_CTX)
     wbase = dec.grow((16 if wmodel == 2 else 4) << nb)
@@ -829,20 +835,46 @@ def _ac_get_matrix(dec, n_l, n_p, live_l, live_p, period, wmodel, k1, what) -> n
     cnt = [0] * n_p
     bucket = [0] + [1 + ((v - 1) * 3) // max(k1, 1) for v in range(1, k1 + 1)]
     jj = np.flatnonzero(live_p).tolist()
-    bit = dec.bit
+    n0s, n1s = dec.n0, dec.n1
+    code, rng, pos, data = dec.code, dec.range, dec.pos, dec.data
+    size = len(data)
+    PB, PMAX, TOP = PROB_BITS, (1 << PROB_BITS) - 1, 1 << 24
     lines = 0
+    top = 1 << nb
     for li in np.flatnonzero(live_l).tolist():
         cur = [0] * (n_p + 1)
         denom = 2 * lines + 2
         for j in jj:
             lv, uv = cur[left[j]], cur[up[j]]
             d = (((2 * cnt[j] + 1) << 8) // denom).bit_length()
-            if d > 8:
-                d = 8
-            if bit(pbase + d * 4 + (2 if lv else 0) + (1 if uv else 0)):
-                cnt[j] += 1
-                s = 0
-                if nb:
+            c = pbase + (32 if d > 8 else d * 4) + (2 if lv else 0) + (1 if uv else 0)
+            # One decision, inlined: node = 1 is the position bit, then the weight's tree bits.
+            node = 0
+            while True:
+                n0, n1 = n0s[c], n1s[c]
+                p0 = ((2 * n0 + 1) << PB) // (2 * (n0 + n1) + 2)
+                p0 = 1 if p0 < 1 else (PMAX if p0 > PMAX else p0)
+                bound = (rng >> PB) * p0
+                if code < bound:
+                    rng = bound
+                    n0s[c] = n0 + 1
+                    b = 0
+                else:
+                    code -= bound
+                    rng -= bound
+                    n1s[c] = n1 + 1
+                    b = 1
+                while rng < TOP:
+                    rng <<= 8
+                    code = (code << 8) | (data[pos] if pos < size else 0)
+                    pos += 1
+                if node == 0:  # the position bit
+                    if not b:
+                        break
+                    cnt[j] += 1
+                    if not nb:
+                        node = top
+                        break
                     if wmodel == 0:
                         wc = 0
                     elif wmodel == 1:
@@ -851,15 +883,20 @@ def _ac_get_matrix(dec, n_l, n_p, live_l, live_p, period, wmodel, k1, what) -> n
                         wc = bucket[lv] * 4 + bucket[uv]
                     base = wbase + (wc << nb)
                     node = 1
-                    for _ in range(nb):
-                        node = 2 * node + bit(base + node)
-                    s = node - (1 << nb)
-                    if s >= k1:
-                        raise InputError(f"{what}: corrupt weight index {s + 1} (codebook "
-                                         f"of {k1 + 1})")
+                else:
+                    node = 2 * node + b
+                    if node >= top:
+                        break
+                c = base + node
+            if node:
+                s = node - top
+                if s >= k1:
+                    raise InputError(f"{what}: corrupt weight index {s + 1} (codebook "
+                                     f"of {k1 + 1})")
                 cur[j] = s + 1
         lines += 1
         out[li] = cur[:n_p]
+    dec.code, dec.range, dec.pos = code, rng, pos
     return out
 
 

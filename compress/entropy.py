@@ -122,6 +122,36 @@ class Encoder:
         else:
             self.n0[ctx] = n0 + 1
 
+    def bits(self, bits, ctxs) -> None:
+        """Code a sequence of decisions (bits[i] in context ctxs[i]) in one tight loop; the
+        same as calling `bit` for each, without the per-part accounting."""
+        low, rng, cache, pending, out = self.low, self.range, self.cache, self.pending, self.out
+        n0s, n1s = self.n0, self.n1
+        for b, c in zip(bits, ctxs):
+            n0, n1 = n0s[c], n1s[c]
+            p0 = ((2 * n0 + 1) << PROB_BITS) // (2 * (n0 + n1) + 2)
+            p0 = 1 if p0 < 1 else (_PMAX if p0 > _PMAX else p0)
+            bound = (rng >> PROB_BITS) * p0
+            if b:
+                low += bound
+                rng -= bound
+                n1s[c] = n1 + 1
+            else:
+                rng = bound
+                n0s[c] = n0 + 1
+            while rng < _TOP:
+                rng <<= 8
+                if low < 0xFF000000 or low > _MASK32:  # shift(), inlined
+                    carry = low >> 32
+                    out.append((cache + carry) & 0xFF)
+                    for _ in range(pending - 1):
+                        out.append((0xFF + carry) & 0xFF)
+                    pending = 0
+                    cache = (low >> 24) & 0xFF
+                pending += 1
+                low = (low & 0x00FFFFFF) << 8
+        self.low, self.range, self.cache, self.pending = low, rng, cache, pending
+
     def direct(self, value: int, nbits: int) -> None:
         """nbits of value, most significant first, each at probability one half."""
         for i in range(nbits - 1, -1, -1):
