@@ -2,6 +2,16 @@
 
 Its size in bytes is the compressed size the project reports (docs/formats.md section 6).
 
+Version 2 (written by default; version 1 files are read, and `pack(q, version=1)` writes
+them) adds a second kind of layer section, tag b"A": the layer coded with an adaptive binary
+arithmetic coder (`compress.entropy`) whose decisions use contexts: each position's
+non-zero-or-not given its column's density so far and its left and up neighbours (a period
+P gives "up" for image-like inputs), each weight index given its neighbours' indices, the
+codebook as differences, the biases by whether their neuron has weights. The encoder codes
+every layer both ways and keeps the smaller section. The exact layout of "A" sections is in
+docs/dcz-format.md and at `_ac_encode`; what follows describes the Huffman section ("L"),
+unchanged since version 1.
+
 File layout (all integers in sections are bit-packed, MSB first; see `compress.huffman`)::
 
     magic    4 bytes  b"\\x89DCZ"
