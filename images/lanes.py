@@ -50,8 +50,12 @@ OPTIONS = {
     "desc": "4 lanes, a length word before every lane column in its SPRAM",
     "marks3": "4 lanes, rel_bits 3 and an end mark bit in every lane word",
     "2x4": "2 lanes of 4 PEs, shared start + exact per-lane lengths",
+    "merged": "4 lanes at one address (today's pointers), each lane's 2 MACs share its rows "
+              "(two accumulator copies, summed at the drain): max over lanes of ceil(n / 2)",
+    "merged_exact": "as merged, lanes independent with exact lengths: ceil(n / 2) per lane",
     "pe8": "8 independent PEs (per-PE pointers, the EIE schedule): the reference",
 }
+MERGED = ("merged", "merged_exact")
 LANES = 4
 EBR_SHAPES = ((16, 256), (8, 512), (4, 1024), (2, 2048))
 
@@ -103,6 +107,8 @@ def lane_costs(counts: np.ndarray, option: str, *, counts_rel3: np.ndarray | Non
     """
     if option not in OPTIONS:
         raise InputError(f"unknown option {option!r}: the options are {', '.join(OPTIONS)}")
+    if option in MERGED:
+        raise InputError(f"option {option!r} counts a lane's rows together: use `model`")
     n = counts.shape[0]
     if n % 2 or n < 2:
         raise InputError(f"lanes of PE pairs need an even number of PEs, not {n}")
@@ -183,7 +189,26 @@ def useful_macs(layers, acts: list[np.ndarray]) -> np.ndarray:
 
 def model(layers, perms, acts: list[np.ndarray], option: str, *, pes: int = 8, depth: int = 2,
           drain_share: int = 1, rel_bits: int = DEFAULT_REL_BITS) -> np.ndarray:
-    """Cycles [batch, layers] of `option` for layer inputs acts (logical column order)."""
+    """Cycles [batch, layers] of `option` for layer inputs acts (logical column order).
+
+    The "merged" options count a lane's entries over its rows (PEs k and k + N/2 together,
+    physical rows p with p % (N/2) = lane) and drain a lane's rows through one output stage per
+    lane (drain_share / 2 lanes per stage when drain_share > 2).
+    """
+    if option in MERGED:
+        if option not in OPTIONS or pes % 2:
+            raise InputError(f"option {option!r} needs an even number of PEs, not {pes}")
+        counts = pe_counts(layers, perms, pes // 2, rel_bits=rel_bits)
+        out = []
+        for i, layer in enumerate(layers):
+            a = np.asarray(acts[i])
+            phys = a if i == 0 else a[:, np.asarray(perms[i - 1])]
+            words = (counts[i] + 1) // 2  # two entries of the lane per cycle
+            cost = words.max(axis=0)[None, :] if option == "merged" else words
+            rows = -(-layer.index.shape[0] // (pes // 2))
+            out.append(simulate_layer(cost, phys != 0, pes=pes, depth=depth, rows=rows,
+                                      drain_share=max(1, drain_share // 2), preload=i > 0))
+        return np.stack(out, axis=1)
     counts = pe_counts(layers, perms, pes, rel_bits=rel_bits)
     c3 = pe_counts(layers, perms, pes, rel_bits=3) if option == "marks3" else [None] * len(layers)
     out = []
@@ -225,6 +250,12 @@ def pointer_memories(option: str, counts: list[np.ndarray], slots: int, *,
         return [(pb, cols)]
     if option == "marks3":
         return [(pb + LANES, cols)]  # start + "one word" flag per lane
+    if option == "merged":
+        return [(pb, even), (pb, odd)]
+    if option == "merged_exact":
+        # the two PEs' counts bound the lane's own (its merged rows need no more fillers)
+        lbm = _bits(max(int(((c[:LANES] + c[LANES:2 * LANES] + 1) // 2).max()) for c in counts))
+        return [(pb, cols), (LANES * lbm, cols)]
     if option == "pe8":
         sizes = entries_per_pe or [int(sum(c[k].sum() for c in counts)) for k in range(n)]
         return [m for e in sizes for m in ((_bits(e), even), (_bits(e), odd))]
@@ -247,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth", type=int, default=2, help="queue depth per lane (default 2)")
     p.add_argument("--drain-share", type=int, default=1, help="PEs per output stage (default 1)")
     p.add_argument("--placement", default="search", choices=("search", "lpt", "interleave"))
+    p.add_argument("--placement-pes", type=int, default=8, choices=(8, 4),
+                   help="rows placed for 8 PEs (lockstep) or for 4 lanes (default 8)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -271,18 +304,23 @@ def main(argv: list[str] | None = None) -> int:
         x = mnist_to_input(split.images[: args.count], qnet.input_frac)
         acts = [x] + run_layers(qnet, x)[:-1]
         img = build_lockstep(qnet, 8, placement=args.placement, seed=args.seed)
+        if args.placement_pes != 8:
+            perms = [ll.perm for ll in build_lockstep(qnet, args.placement_pes,
+                                                      placement=args.placement,
+                                                      seed=args.seed).layers]
+            img = build_lockstep(qnet, 8, perms=perms[:-1])
         perms = [ll.perm for ll in img.layers]
         counts = pe_counts(qnet.layers, perms, 8)
         useful = useful_macs(qnet.layers, acts)
         print(f"{desc}: {len(x)} digits, 8 PEs, queue depth {args.depth}, drain_share "
-              f"{args.drain_share}, placement {args.placement}")
-        print(f"{'option':9s} {'cycles':>8s}  {'per layer':22s} {'MAC util':>8s} {'ptr EBR':>7s}")
+              f"{args.drain_share}, placement {args.placement} for {args.placement_pes}")
+        print(f"{'option':12s} {'cycles':>8s}  {'per layer':22s} {'MAC util':>8s} {'ptr EBR':>7s}")
         for o in opts:
             cyc = model(qnet.layers, perms, acts, o, depth=args.depth,
                         drain_share=args.drain_share)
             util = useful.sum() / (8 * cyc.sum())
             per = " ".join(f"{v:.1f}" for v in cyc.mean(axis=0))
-            print(f"{o:9s} {cyc.sum(axis=1).mean():8.1f}  {per:22s} {100 * util:7.1f}% "
+            print(f"{o:12s} {cyc.sum(axis=1).mean():8.1f}  {per:22s} {100 * util:7.1f}% "
                   f"{pointer_ebr(o, counts, img.num_slots):7d}")
         return 0
 

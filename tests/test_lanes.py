@@ -154,3 +154,24 @@ def test_command_prints_every_option(capsys):
                  "--placement", "lpt"]) == 0
     out = capsys.readouterr().out
     assert "lockstep" in out and "exact" in out and "%" in out
+
+
+def test_merged_lane_issues_two_of_its_entries_per_cycle():
+    """One column, 4 weights all in PE 0's rows 0, 8, 16, 24: lockstep pays 4 slots; a merged
+    lane (rows p % 4 == 0: its local rows 0, 2, 4, 6) pays 2, and drains 8 rows, not 4."""
+    from compress.qnet import Layer
+
+    index = np.zeros((32, 8), dtype=np.uint8)
+    index[[0, 8, 16, 24], 0] = 1
+    layer = Layer(codebook=np.array([0, 5], dtype=np.int16), index=index,
+                  bias=np.zeros(32, dtype=np.int32), shift=0, relu=False)
+    x = np.zeros((1, 8), dtype=np.int16)
+    x[0, 0] = 3
+    perms = [np.arange(32)]
+    lock = model([layer], perms, [x], "lockstep")[0, 0]
+    merged = model([layer], perms, [x], "merged")[0, 0]
+    # lockstep: 4 slots + drain 4 rows; merged: 2 cycles + drain 8 rows
+    assert lock - merged == (4 + 4) - (2 + 8)
+    assert model([layer], perms, [x], "merged_exact")[0, 0] == merged
+    with pytest.raises(InputError, match="use `model`"):
+        lane_costs(np.zeros((8, 8), dtype=np.int64), "merged")
