@@ -49,6 +49,7 @@ from . import verilator as vl
 from .sim import REPO, build_key, engine_for, run_in_group
 
 TB_SOURCE = Path(__file__).resolve().parent / "verilog" / "engine_tb.sv"
+CPU_TIME = TB_SOURCE.with_name("cpu_time.cpp")  # the bench's CPU clock (DPI)
 TOP = "engine_tb"
 # `--timing` for the bench's delays; the engine's Verilog has no timescale of its own
 FLAGS = ("--binary", "--timing", "--timescale", "1ns/1ps", "-O3", "--x-assign", "fast",
@@ -143,7 +144,7 @@ class FastBuild:
 
 
 def _bench_hash() -> str:
-    h = hashlib.sha256(TB_SOURCE.read_bytes())
+    h = hashlib.sha256(TB_SOURCE.read_bytes() + CPU_TIME.read_bytes())
     h.update(Path(__file__).read_bytes())
     h.update(json.dumps([vl.VERSION, FLAGS]).encode())
     return h.hexdigest()
@@ -170,7 +171,7 @@ def _compile(template: str, image, log=None) -> FastBuild:
             cmd = [str(vl.require() / "verilator"), *FLAGS, f"-GIN={n_in}", f"-GOUT={n_out}",
                    f"-GLAYERS={n_layers}", "--Mdir", str(obj), "-o", "Vtb",
                    "--build-jobs", str(int(os.environ.get("FASTBENCH_JOBS", "1"))),
-                   str(TB_SOURCE), str(d / "engine.sv")]
+                   str(TB_SOURCE), str(d / "engine.sv"), str(CPU_TIME)]
             with open(d / "build.log", "w") as f:
                 rc = run_in_group(cmd, cwd=d, env=env, stdout=f)
             if rc != 0 or not (obj / "Vtb").exists():
@@ -278,6 +279,7 @@ class FastResult:
     layer_cycles: np.ndarray  # int64[batch, layers]
     seconds: float  # wall time of the simulator process
     sim_cycles: int  # clock cycles the bench simulated (resets and gaps included)
+    cpu_seconds: float  # CPU time of the simulator process
 
 
 def write_inputs(x: np.ndarray, path: Path) -> None:
@@ -324,10 +326,11 @@ def run(fb: FastBuild, mems: Path, x: np.ndarray, *, stall_in: float = 0.0,
         if len(y) != len(x):
             own = False
             raise RuntimeError(f"bench wrote {len(y)} of {len(x)} vectors in {wd}")
-        m = re.search(r"engine_tb: \d+ vectors, (\d+) clock cycles",
+        m = re.search(r"engine_tb: \d+ vectors, (\d+) clock cycles simulated, ([\d.]+) CPU",
                       (wd / "sim.log").read_text(errors="replace"))
         return FastResult(outputs=y, cycles=cycles, layer_cycles=lc, seconds=seconds,
-                          sim_cycles=int(m.group(1)) if m else 0)
+                          sim_cycles=int(m.group(1)) if m else 0,
+                          cpu_seconds=float(m.group(2)) if m else seconds)
     finally:
         if own:
             shutil.rmtree(wd, ignore_errors=True)

@@ -31,6 +31,8 @@ module engine_tb #(parameter int IN = 1, parameter int OUT = 1, parameter int LA
 
   always #5 clk = ~clk;
 
+  import "DPI-C" function real tb_cpu_seconds();  // cpu_time.cpp
+
   // xorshift32: the stall decisions (deterministic for a seed, the same in every simulator)
   int unsigned rng = 32'h9e3779b9;
   function automatic bit draw(int unsigned permille);
@@ -133,7 +135,8 @@ module engine_tb #(parameter int IN = 1, parameter int OUT = 1, parameter int LA
     end
     $fclose(fout);
     $fclose(fin);
-    $display("engine_tb: %0d vectors, %0d clock cycles simulated", n, $time / 10);
+    $display("engine_tb: %0d vectors, %0d clock cycles simulated, %f CPU seconds", n,
+             $time / 10, tb_cpu_seconds());
     $finish;
   end
 endmodule
