@@ -188,10 +188,13 @@ class Board:
         self._flush()
         while todo or flight:
             while todo and len(flight) < w:
-                i = todo.popleft()
-                tag, self._tag = self._tag, (self._tag + 1) & 0xFF
-                self._write(P.packed_request(xs[i], tag))
-                flight.append((tag, i))
+                tag = self._tag
+                frame = P.packed_request(xs[todo[0]], tag)
+                if flight and not P.streamable(len(frame), info.out_features, info.num_layers):
+                    break  # a short frame waits for an empty window (P.streamable)
+                self._tag = (tag + 1) & 0xFF
+                self._write(frame)
+                flight.append((tag, todo.popleft()))
             try:
                 reply = self._reply()
             except TimeoutError:

@@ -309,6 +309,23 @@ def packed_request(x, tag: int = 0) -> bytes:
     return encode_frame(CMD_PACKED, bytes([tag, fmt]) + body)
 
 
+def packed_reply_len(out_features: int, num_layers: int) -> int:
+    """Bytes of the reply to a PACKED request (the whole frame)."""
+    return 5 + 1 + 2 * out_features + 4 + 4 * num_layers
+
+
+def streamable(frame_len: int, out_features: int, num_layers: int) -> bool:
+    """Whether an input frame may be sent while other requests are in flight.
+
+    The board takes the next input while it computes the current one, but it must have
+    delivered an inference's outputs before the input after the next can go in; a frame that
+    lasts on the line at least twice its reply leaves the engine that time (compute plus
+    outputs sent). A shorter frame (a nearly empty input of a small network) is sent when no
+    reply is outstanding, so no byte ever waits on the engine longer than the UART holds it.
+    """
+    return frame_len >= 2 * packed_reply_len(out_features, num_layers)
+
+
 def unpack_inputs(payload: bytes, n_in: int) -> tuple[list[int], int]:
     """The board's reading of a PACKED payload: (the n_in engine inputs, error code or 0).
 
