@@ -80,7 +80,9 @@ def compression(work: Path, data_dir: str, plots: Path) -> Section:
 
 
 def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
-           depths=(1, 2, 4, 8, 16), rel_bits_list=(4, 5, 6)) -> Section:
+           depths=(1, 2, 4, 8, 16), rel_bits_list=(4, 5, 6), sim: str | None = None) -> Section:
+    """The engine's cycle counters over `count` sample digits; `sim` the simulator ("icarus"
+    or "verilator"; None: $TB_SIM, else Icarus: many short builds favour Icarus)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,8 +91,10 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
     from images.eie import build_rom
     from tb.analysis import breakdown, utilisation
     from tb.cli import load_model_and_inputs
-    from tb.sim import EngineParams, build, simulate
+    from tb.cli import SIM_NAMES
+    from tb.sim import EngineParams, build, check_sim, default_sim, simulate
 
+    sim = default_sim() if sim is None else check_sim(sim)
     qnet, x, _labels, notes, _mnist = load_model_and_inputs(None, None, 4)
     x = x[:count]
     rows, data, sim_rate = [], {"pes": {}, "depth": {}}, []
@@ -101,7 +105,7 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
         key = (pes, depth, rel_bits, balance)
         if key not in runs:
             rom = build_rom(qnet, pes=pes, rel_bits=rel_bits, balance=balance)
-            b = build(rom, EngineParams(queue_depth=depth))
+            b = build(rom, EngineParams(queue_depth=depth), sim=sim)
             t0 = time.perf_counter()
             r = simulate(b, x)
             sim_rate.append(float(r.cycles.sum()) / (time.perf_counter() - t0))
@@ -110,7 +114,7 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
 
     for pes in pes_list:
         rom, r = run(pes)
-        d = simulate(build(rom, EngineParams(sparse=False)), x[:1])
+        d = simulate(build(rom, EngineParams(sparse=False), sim=sim), x[:1])
         br = breakdown(qnet, rom, x, r.layer_cycles)
         util, ideal = utilisation(qnet, rom, x, r.layer_cycles)
         dense = d.layer_cycles[0]
@@ -171,8 +175,8 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
            for v in data["variants"]]
     md += ("\n\n" + "; ".join(notes) + f"; {len(x)} digits, queue depth 8, 4-bit relative "
            "indices, balanced row placement (the ROM default). Cycles are the engine's own "
-           "per-layer counters read in cocotb (Icarus); the dense engine is the same PEs and "
-           "datapath with zero skipping off.\n\n"
+           f"per-layer counters read in cocotb ({SIM_NAMES[sim]}); the dense engine is the "
+           "same PEs and datapath with zero skipping off.\n\n"
            "Where the cycles go with 8 PEs (mean per inference; cycles = ideal + imbalance + "
            "fillers + front end + output + other, `tb/analysis.py`): imbalance = the busiest "
            "PE's useful MACs above the mean; fillers = its filler entries; front end = what the "
@@ -191,6 +195,7 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
                         f"{100 * data['depth'][d]['ideal']:.1f}%"] for d in depths])
            + "\n\n![queue depth](results/queue-depth.png)")
     data["sim_cycles_per_second"] = float(np.median(sim_rate))
+    data["simulator"] = sim
     return Section("2. Engine cycles", md, data)
 
 
@@ -282,20 +287,47 @@ def tooling(*, sample: int = 200_000, k: int = 32) -> Section:
 # 5. Simulation speed and the wall time of the make targets
 
 
+def simulator_speed(work: Path, *, count: int = 50) -> tuple[list[list[str]], dict]:
+    """Rows of simulated engine cycles per second, each simulator on each engine, measured one
+    after the other in one run of `python -m tb speed` (also checked bit-exact and equal)."""
+    from tb.cli import SIM_NAMES
+
+    out = work / "speed.json"
+    _, log = timed_command([PY, "-m", "tb", "speed", "--count", str(count), "--out", str(out)])
+    sp = json.loads(out.read_text())
+    rows = []
+    for r in sp["rows"]:
+        rows.append([f"cocotb + {SIM_NAMES[r['simulator']]}, {r['engine']} engine "
+                     f"({sp['pes']} PEs, {r['inputs']} digits; build {r['build_s']:.0f} s"
+                     f"{', cached' if r['cached'] else ''})",
+                     f"{r['cycles_per_s']:,.0f} cycles / s per run, "
+                     f"{r['cycles_per_s_after_startup']:,.0f} after start-up"])
+    sp["log"] = log
+    return rows, sp
+
+
 def simulation(sim_rate: float | None) -> Section:
+    from tb.sim import default_sim
+
     env = {"MNIST_DIR": os.environ.get("MNIST_DIR", "")}
     load = os.getloadavg()[0]
+    speed_rows, speed = simulator_speed(REPO / "build" / "bench")
     t_sim, _ = timed_command(["make", "sim"], env=env)
     t_test, out = timed_command(["make", "test"], env=env)
     summary = [ln for ln in out.splitlines() if " passed" in ln][-1:]
     rows = [["`make sim` (warm .venv)", f"{t_sim:.0f} s"],
             ["`make test` (warm .venv)", f"{t_test:.0f} s ({summary[0].strip() if summary else ''})"]]
     if sim_rate:
-        rows.insert(0, ["cocotb + Icarus on the engine (8 PEs and others, section 2)",
+        name = {"icarus": "Icarus", "verilator": "Verilator"}[default_sim()]
+        rows.insert(0, [f"cocotb + {name} on the engine (8 PEs and others, section 2)",
                         f"{sim_rate:,.0f} cycles / s"])
-    md = md_table(["figure", "value"], rows)
+    md = md_table(["figure", "value"], speed_rows + rows)
+    md += ("\n\nCycles per second: the shipped LeNet-300-100 on sample digits, each simulator "
+           "in turn on the same Verilog and inputs, `python -m tb speed` (which also checks that "
+           "both give the golden outputs and the same cycle counts); 'after start-up' leaves out "
+           "the fixed cost of a run (simulator and Python start-up), measured with one digit.")
     md += (f"\n\nLoad average {load:.1f} when the timing started, {os.getloadavg()[0]:.1f} at the "
            f"end, on {os.cpu_count()} CPUs: wall times are inflated by whatever else ran.")
     return Section("5. Simulation", md,
                    {"make_sim_s": t_sim, "make_test_s": t_test, "sim_cycles_per_s": sim_rate,
-                    "load_average_start": load})
+                    "simulator_speed": speed, "load_average_start": load})
