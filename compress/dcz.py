@@ -666,48 +666,69 @@ def _periods(n_pos: int) -> list[int]:
     return [0] + [p for p in range(2, min(64, n_pos // 2) + 1) if n_pos % p == 0]
 
 
+_PLAN_SAMPLE = 1 << 18  # positions: a larger layer is planned on a sample of its lines
+
+
 def _ac_plan(layer: Layer) -> tuple[dict, float] | None:
-    """The cheapest arithmetic-coding choice for a layer (by `kt_bits` estimates), or None if
-    the layer is too large for one."""
+    """The cheapest arithmetic-coding choice for a layer and its estimated bits (positions,
+    indices and masks, by `kt_bits`), or None if the layer is too large for one. A layer of
+    more than _PLAN_SAMPLE positions is planned on every step-th line (the choice only needs
+    relative costs), then the choice is priced in full."""
     index = layer.index
     k = int(layer.codebook.shape[0])
-    k1 = k - 1
     if k < 2 or not index.any():
         if k >= 2 and index.size > AC_MAX_POSITIONS:
             return None
         return {"col_major": False, "masked": False, "period": 0, "wmodel": 0}, 0.0
     row_live, col_live = index.any(axis=1), index.any(axis=0)
-    nb = (k - 2).bit_length()
+    step = -(-index.size // _PLAN_SAMPLE)
     best = None
     for col_major in (False, True):
-        m = index.T if col_major else index
-        live_l, live_p = (col_live, row_live) if col_major else (row_live, col_live)
-        options = []
-        for masked in ([False, True] if not (row_live.all() and col_live.all()) else [False]):
-            ll = live_l if masked else np.ones_like(live_l)
-            lp = live_p if masked else np.ones_like(live_p)
-            if int(ll.sum()) * int(lp.sum()) > AC_MAX_POSITIONS:
-                continue
-            extra = _mask_bits(row_live) + _mask_bits(col_live) if masked else 0
-            nzm = (m[ll] != 0).astype(np.int64)
-            options.append((masked, ll, lp, extra, _ac_density(nzm)[:, lp] * 4, nzm[:, lp]))
-        if not options:
+        got = _ac_search(index, k, row_live, col_live, col_major, step)
+        if got is not None and (best is None or got[1] < best[1] - 1e-9):
+            best = got
+    if best is not None and step > 1:
+        best = _ac_search(index, k, row_live, col_live, best[0]["col_major"], 1, only=best[0])
+    return best
+
+
+def _ac_search(index, k, row_live, col_live, col_major, step, only=None):
+    """Best (choice, bits) for one scan order, on every step-th line; `only`: price one."""
+    k1 = k - 1
+    nb = (k - 2).bit_length()
+    m = index.T if col_major else index
+    live_l, live_p = (col_live, row_live) if col_major else (row_live, col_live)
+    all_live = bool(row_live.all() and col_live.all())
+    options = []
+    for masked in (False,) if all_live else (False, True):
+        if only is not None and masked != only["masked"]:
             continue
-        nz = m != 0
-        sym = m[nz].astype(np.int64) - 1
-        for period in _periods(m.shape[1]):
-            lv, uv = _ac_neighbour_values(m, period)
+        ll = live_l if masked else np.ones_like(live_l)
+        lp = live_p if masked else np.ones_like(live_p)
+        if int(ll.sum()) * int(lp.sum()) > AC_MAX_POSITIONS:
+            continue
+        extra = (_mask_bits(row_live) + _mask_bits(col_live)) / step if masked else 0
+        sub = m[ll][::step]
+        nzm = (sub != 0).astype(np.int64)
+        options.append((masked, sub, lp, extra, _ac_density(nzm)[:, lp] * 4, nzm[:, lp]))
+    best = None
+    periods = _periods(m.shape[1]) if only is None else [only["period"]]
+    for period in periods:
+        for masked, sub, lp, extra, dens, bits in options:
+            # Weights are priced on the same lines (their cost does not depend on masks).
+            lv, uv = _ac_neighbour_values(sub, period)
+            nz = sub != 0
+            sym = sub[nz].astype(np.int64) - 1
+            models = range(3 if period else 2) if only is None else [only["wmodel"]]
             wcost = min(
                 (kt_bits(*_tree_decisions(sym, _weight_ctx(wm, lv[nz], uv[nz], k1), nb)), wm)
-                for wm in range(3 if period else 2)
+                for wm in models
             )
-            nbr = (lv != 0) * 2 + (uv != 0)
-            for masked, ll, lp, extra, dens, bits in options:
-                pos_bits = kt_bits(dens + nbr[ll][:, lp], bits, _N_POS_CTX)
-                cost = pos_bits + wcost[0] + extra
-                if best is None or cost < best[1] - 1e-9:
-                    best = ({"col_major": col_major, "masked": masked, "period": period,
-                             "wmodel": wcost[1]}, cost)
+            nbr = (lv[:, lp] != 0) * 2 + (uv[:, lp] != 0)
+            cost = kt_bits(dens + nbr, bits, _N_POS_CTX) + wcost[0] + extra
+            if best is None or cost < best[1] - 1e-9:
+                best = ({"col_major": col_major, "masked": masked, "period": period,
+                         "wmodel": wcost[1]}, cost)
     return best
 
 
@@ -1091,15 +1112,16 @@ def _encode_layer_v2(layer: Layer) -> tuple[bytes, bytes, dict]:
     payload, info = _encode_layer(layer)
     info["coding"] = "huffman"
     info["parts"] = _huffman_parts(info["bits"])
+    # Arithmetic decoding is ~10x slower than Huffman's: it must save 2% of the section.
+    # The estimate leaves out the codebook and biases (the arithmetic coding of those is
+    # rarely more than 10% smaller): a layer that cannot win is not coded a second time.
     plan = _ac_plan(layer)
-    # The estimate leaves out the codebook and biases (a few percent of a layer at most):
-    # clearly worse than Huffman, the layer is not coded a second time (it takes ~3 us a
-    # position in Python).
-    if plan is None or plan[1] > 1.05 * 8 * len(payload) + 64:
+    side = info["bits"]["codebook"] + info["bits"]["bias"]
+    if plan is None or plan[1] + 0.9 * side > 0.98 * 8 * len(payload):
         return _TAG_LAYER, payload, info
     ac, parts = _ac_encode(layer, plan[0])
     live = _ac_live_positions(layer, plan[0])
-    if len(ac) >= len(payload) or not _ac_allowed(live, len(ac)):
+    if len(ac) >= 0.98 * len(payload) or not _ac_allowed(live, len(ac)):
         return _TAG_LAYER, payload, info
     col_major = plan[0]["col_major"]
     nnz = int(np.count_nonzero(layer.index))
