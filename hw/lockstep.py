@@ -19,9 +19,10 @@ per PE for entries, pointers, biases, codebook, accumulators and activations: 13
   inputs, the drain runs after the layer's compute has finished). Codebooks are constants in
   logic.
 
-Per inference: LOAD (in_0 words from `i_act`) -> per layer PRELOAD (biases copied into the
-accumulator rows through the MAC pipeline, product forced to 0; layer 0's before LOAD) ->
-COMPUTE (front end -> pointer stage -> queue -> slot sequencer -> PEs) -> DRAIN (one output
+Per inference: LOAD (in_0 words from `i_act` into the free one of two input banks, beside
+the rest: input k + 1 loads while inference k computes) -> per layer PRELOAD (biases copied
+into the accumulator rows through the MAC pipeline, product forced to 0; layer 0's right after
+the previous inference's output) -> COMPUTE (front end -> pointer stage -> queue -> slot sequencer -> PEs) -> DRAIN (one output
 stage per `drain_share` PEs, pipelined, into the activation RAMs) -> OUTPUT (out_{L-1} words
 to `o_act` in row order, valid/ready).
 
@@ -63,9 +64,10 @@ from .queue import ActQueue
 class LockstepEngine(wiring.Component):
     """The lockstep engine of a `LockstepImage`.
 
-    Ports (`hw.blocks.EngineSignature`): `i_act` (in: input words, valid/ready), `o_act` (out:
-    output words), `cycles`, `layer_cycles` (counted in place: they hold the last inference
-    until the next one starts), `busy`.
+    Ports (`hw.blocks.EngineSignature`): `i_act` (in: input words, valid/ready; the next input
+    loads while the current one computes), `o_act` (out: output words), `cycles`,
+    `layer_cycles` (latched with an inference's last output word, valid until the next one's:
+    `hw.blocks.BankedIO`), `busy`.
 
     Parameters: img, the lockstep image (N = img.pes PEs); acc_bits, accumulator width
     (17..64); queue_depth, columns queued between the pointer stage and the slot sequencer
