@@ -1299,9 +1299,10 @@ def unpack_layers(data: bytes) -> LayerSet:
         raise InputError(f"dcz: decoded layers are invalid ({e})") from None
 
 
-def write_dcz(qnet: QNet, path: str | Path, *, what: str | None = None) -> int:
+def write_dcz(qnet: QNet, path: str | Path, *, what: str | None = None,
+              version: int = DCZ_VERSION) -> int:
     """Write the .dcz atomically; return its size in bytes."""
-    data = pack(qnet)
+    data = pack(qnet, version=version)
     write_bytes_atomic(path, data, what=what)
     return len(data)
 

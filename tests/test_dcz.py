@@ -145,6 +145,9 @@ def test_files_and_cli(tmp_path, capsys):
     save_qnet(q, qpath)
     assert main(["pack", str(qpath), "--out", str(dpath), "--table"]) == 0
     assert "total" in capsys.readouterr().out
+    assert main(["pack", str(qpath), "--out", str(tmp_path / "v1.dcz"), "--dcz-version", "1"]) == 0
+    assert (tmp_path / "v1.dcz").read_bytes() == pack(q, version=1)
+    assert read_dcz(tmp_path / "v1.dcz").equals(q)
     assert read_dcz(dpath).equals(q)
     assert main(["unpack", str(dpath), "--out", str(back)]) == 0
     assert load_qnet(back).equals(q)

@@ -14,6 +14,8 @@ def _pack_args(p):
         "--index-bits", type=int, default=8, help="largest codebook index bits (default 8)"
     )
     p.add_argument("--table", action="store_true", help="print the paper's per-layer table")
+    p.add_argument("--dcz-version", type=int, choices=(1, 2), default=2,
+                   help="file format version (default 2; 1: Huffman only, for old readers)")
 
 
 @command("pack", "compress a qnet into a .dcz model file")(_pack_args)
@@ -24,7 +26,7 @@ def _pack(args):
 
     refuse_same_path(args.out, args.qnet)
     qnet = load_qnet(args.qnet, index_bits=args.index_bits)
-    size = write_dcz(qnet, args.out, what="--out")
+    size = write_dcz(qnet, args.out, what="--out", version=args.dcz_version)
     params = sum(ly.index.size + ly.bias.size for ly in qnet.layers)
     print(f"wrote {args.out}: {size:,} bytes, {4 * params / size:.1f}x smaller than float32")
     if args.table:
