@@ -268,15 +268,22 @@ class Link(wiring.Component):
             m.d.sync += s.err.eq(code)
             m.next = "PUSH"
 
+        # One CRC step and one decrement of `left`, shared by every state (yosys would build
+        # one per use otherwise).
+        crc_next = Signal(8)
+        left_dec = Signal(16)
+        m.d.comb += [crc_next.eq(crc8_step(s.crc, rx_byte)), left_dec.eq(s.left - 1)]
+        s.left_dec = left_dec
+
         def crc_in():
-            m.d.sync += s.crc.eq(crc8_step(s.crc, rx_byte))
+            m.d.sync += s.crc.eq(crc_next)
 
         def take():
             """Take a payload byte (if one is there): CRC and the count of bytes left."""
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             with m.If(s.rx_take):
                 crc_in()
-                m.d.sync += s.left.eq(s.left - 1)
+                m.d.sync += s.left.eq(left_dec)
 
         s.refuse, s.reply, s.crc_in, s.take = refuse, reply, crc_in, take
 
@@ -398,7 +405,7 @@ class Link(wiring.Component):
             # A refused frame: its remaining payload bytes, then its CRC byte, are dropped.
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             with m.If(s.rx_take):
-                m.d.sync += s.left.eq(s.left - 1)
+                m.d.sync += s.left.eq(s.left_dec)
                 with m.If(s.left == 0):
                     m.next = "PUSH"
             with m.Elif(s.timed_out):
@@ -520,7 +527,7 @@ class Link(wiring.Component):
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             with m.If(s.rx_take):
                 s.crc_in()
-                m.d.sync += left.eq(left - 1)
+                m.d.sync += left.eq(s.left_dec)
                 with m.Switch(l_idx):
                     with m.Case(0):
                         m.d.sync += [self.load_mem.eq(rx_byte), l_idx.eq(1)]

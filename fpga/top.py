@@ -75,13 +75,16 @@ STREAM_WINDOW = 4  # requests in flight when the engine takes inputs while it co
 def default_window(engine) -> int:
     """How many requests the host may stream to a board with this engine.
 
-    An engine that takes the next input while it computes (`overlap` true: a second input
-    bank) lets the host keep STREAM_WINDOW requests in flight; the link then never waits on
-    the engine for longer than it can hold a byte. Without it the engine takes no input for
-    its whole compute and output (about 30 byte times at 3 Mbaud), so the host sends one
-    request at a time (window 1).
+    An engine that takes the next input while it computes (`overlap`; the lockstep engine has
+    two input banks, `hw.blocks.BankedIO`) lets the host keep STREAM_WINDOW requests in
+    flight; the link then never waits on the engine for longer than it can hold a byte. Without
+    it the engine takes no input for its whole compute and output (about 30 byte times at
+    3 Mbaud), so the host sends one request at a time (window 1).
     """
-    return STREAM_WINDOW if getattr(engine, "overlap", False) else 1
+    from hw.lockstep import LockstepEngine
+
+    overlap = getattr(engine, "overlap", isinstance(engine, LockstepEngine))
+    return STREAM_WINDOW if overlap else 1
 
 
 class BoardCore(wiring.Component):
