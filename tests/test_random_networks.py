@@ -114,3 +114,23 @@ def test_inputs_have_the_corners():
     x = randomnets.inputs(SHAPES["eie-3pe-3layers"], 0, 40)
     assert not x[0].any() and x.min() < 0 and np.abs(x).max() > 20000
     assert x.dtype == np.int16 and x.shape == (40, 20)
+
+
+def test_same_cycles_as_the_cocotb_bench(tmp_path):
+    """The Verilator testbench and the cocotb bench (Icarus) on one network, no stalls: the same
+    outputs and the same cycle counters, vector for vector."""
+    from images import EngineParams
+    from tb import sim
+
+    sh = SHAPES["eie-4pe-4layers-reset-mid"]
+    q = randomnets.network(sh, 1)
+    img = randomnets.padded_image(sh, q)
+    x = randomnets.inputs(sh, 1, 8)
+    fb = randomnets.binary_for(sh, img)
+    fastbench.write_mems(fb, img, sh.params, tmp_path / "mems")
+    r = fastbench.run(fb, tmp_path / "mems", x)
+    c = sim.simulate(sim.build(img, EngineParams(), sim="icarus"), x)
+    np.testing.assert_array_equal(r.outputs, c.outputs)
+    np.testing.assert_array_equal(r.cycles, c.cycles)
+    np.testing.assert_array_equal(r.layer_cycles, c.layer_cycles)
+    assert r.sim_cycles > r.cycles.sum() and r.cpu_seconds > 0
