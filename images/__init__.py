@@ -4,6 +4,7 @@
 * `images.placement`: which PE holds which row (balanced, longest-first, slot search).
 * `images.eie`: the EIE engine's ROM image, its files and manifest (docs/rom-format.md).
 * `images.lockstep`: the lockstep engine's image (docs/lockstep.md).
+* `images.lanes`: a cycle model of lanes of PE pairs (docs/lanes.md: measured, not built).
 
 `build_image(qnet, engine, pes, **params)` makes the image of either engine and `kind_of`
 names the engine of an image; `EngineParams` are the engine's parameters and
