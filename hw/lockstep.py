@@ -204,7 +204,11 @@ class LockstepEngine(wiring.Component):
         # credit: the column in the pointer stage always finds a queue slot
         m.d.comb += fe.o.ready.eq(queue.level + p_valid < depth)
         p_g = Signal(bits(len(self.img.col_ptr)) + 1, name="p_g")
-        m.d.comb += [p_g.eq(c.col_base_t[c.layer] + fe.o.payload.col),
+        # the layer's first global column, a register (the layer changes at least two cycles
+        # before its front end starts): the table is not on the path to the pointer RAMs
+        col_base = Signal.like(c.col_base_t[0], name="col_base")
+        m.d.sync += col_base.eq(c.col_base_t[c.layer])
+        m.d.comb += [p_g.eq(col_base + fe.o.payload.col),
                      c.pev.addr.eq((p_g + 1) >> 1), c.pod.addr.eq(p_g >> 1)]
         m.d.sync += [p_valid.eq(fe.o.valid & fe.o.ready), p_odd.eq(p_g[0]),
                      p_value.eq(fe.o.payload.value)]
@@ -294,10 +298,11 @@ class LockstepEngine(wiring.Component):
             m.d.comb += e_v.eq(Mux(c.e_valid, ent[:ib], 0))  # v = 0 outside COMPUTE: weight 0
             e_z = ent[ib:]
             e_row = Signal(row_w, name=f"e_row{k}")
-            row_reg = Signal(row_w, name=f"row{k}")
-            m.d.comb += e_row.eq(Mux(c.e_first, 0, row_reg + 1) + e_z)
+            # the previous slot's row + 1, registered: one adder after the lane data, not two
+            row_next = Signal(row_w, name=f"row_next{k}")
+            m.d.comb += e_row.eq(Mux(c.e_first, 0, row_next) + e_z)
             with m.If(c.e_valid & ~hold):
-                m.d.sync += row_reg.eq(e_row)
+                m.d.sync += row_next.eq(e_row + 1)
             e_hit = c.e_valid & (e_v != 0)
             m_hit = Signal(name=f"m_hit{k}")
             m_row = Signal(row_w, name=f"m_row{k}")
@@ -312,11 +317,11 @@ class LockstepEngine(wiring.Component):
                              m_row.eq(Mux(c.pre_valid, c.pre_row, e_row)),
                              m_w.eq(cb_consts[Cat(e_v, layer)])]
             m_hits.append(m_hit)
-            # The hazard e_hit & m_hit & (e_row == m_row), without the row adder: m_row is
-            # row_reg when m_hit during COMPUTE, and inside a column a hit's row is above its
-            # predecessor's, so only the first slot of a column, whose row is its z, can hit
-            # the row being written. Not during a hold (nothing is written then).
-            hazards.append(c.e_valid & c.e_first & (ent[:ib] != 0) & m_hit & (row_reg == e_z))
+            # The hazard e_hit & m_hit & (e_row == m_row), without the row adder: inside a
+            # column a hit's row is above its predecessor's, so only the first slot of a
+            # column, whose row is its z, can hit the row being written. Not during a hold
+            # (nothing is written then).
+            hazards.append(c.e_valid & c.e_first & (ent[:ib] != 0) & m_hit & (m_row == e_z))
             m_new = Signal(signed(A), name=f"m_new{k}")
             m.d.comb += m_new.eq(acc_r.data.as_signed() + m_w * c.m_value)  # wraps at acc_bits
             m.d.comb += [acc_w.addr.eq(m_row), acc_w.data.eq(m_new), acc_w.en.eq(m_hit & ~hold)]
