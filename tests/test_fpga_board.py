@@ -15,7 +15,7 @@ from images.lockstep import build_lockstep
 from images.eie import build_rom
 from compress.synthetic import random_inputs, random_qnet
 from fpga import protocol as P
-from fpga.bench import simulated_board
+from fpga.bench import SIM_DIVISOR, simulated_board
 from fpga.host import Board
 from fpga.runner import run_digits
 
@@ -117,6 +117,32 @@ def test_run_digits_sim():
         stats = run_digits(Board(t, timeout=60), QNET, x, labels, progress=False)
     assert stats.n == 2 and stats.exact == 2 and stats.agree == 2
     assert len(stats.cycles) == 2 and all(len(lc) == 2 for lc in stats.layer_cycles)
+
+
+@pytest.mark.parametrize("engine, window", [("lockstep", 4), ("eie", 1)])
+def test_board_stream(engine, window):
+    """Inputs streamed through the UART pins, the board's window of requests in flight (the
+    lockstep engine takes the next input while it computes; the EIE engine one at a time):
+    every answer bit-exact and in order, nothing refused, the line from the host kept busy."""
+    x = np.random.default_rng(11).integers(-3000, 3000, (6, QNET.in_features)).astype(np.int16)
+    frames = [P.packed_request(v) for v in x]
+    assert all(P.streamable(len(f), 10, 2) for f in frames)  # int16 values: long frames
+    with simulated_board(IMAGES[engine]) as t:
+        board = Board(t, timeout=60)
+        assert board.ping().window == window
+        out0 = board.bytes_out
+        rs = board.infer_many(x)
+        want = golden(QNET, x)
+        for r, w in zip(rs, want):
+            np.testing.assert_array_equal(r.y, w)
+        c = board.counters()
+        assert (c.inferences, c.errors) == (len(x), 0)
+    starts = t.times["rx_start"][out0:out0 + sum(map(len, frames))]
+    busy = len(starts) * 10 * SIM_DIVISOR / (starts[-1] - starts[0])
+    if window > 1:
+        assert busy > 0.9  # back to back, bar a few idle polls of the bench
+    else:
+        assert busy < 0.9  # request, compute, reply, one after the other
 
 
 @pytest.mark.parametrize("engine", ["lockstep", "eie"])
