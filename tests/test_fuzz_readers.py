@@ -33,15 +33,16 @@ from .conftest import long_tests
 
 EXAMPLES = 2000 if long_tests() else 120
 MAX_MB = 48  # tracemalloc peak per mutant (a few hundred bytes may declare ~0.4M weights)
-MAX_SECONDS = 2.0  # per mutant, with tracemalloc's overhead
-FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=5), derandomize=True,
+MAX_SECONDS = 2.0  # CPU seconds per mutant, with tracemalloc's overhead (CPU time: a loaded
+# machine must not fail the bound, only more work would)
+FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=30), derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 def _bounded_call(fn):
     """fn() -> ("ok", value) or ("refused", message); any other exception fails the test."""
     tracemalloc.start()
-    t = time.perf_counter()
+    t = time.process_time()
     try:
         return "ok", fn()
     except InputError as e:
@@ -52,7 +53,7 @@ def _bounded_call(fn):
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < MAX_MB * 2**20, f"peak {peak / 2**20:.1f} MB"
-        assert time.perf_counter() - t < MAX_SECONDS
+        assert time.process_time() - t < MAX_SECONDS
 
 
 # ---------------------------------------------------------------------------------------------
