@@ -134,3 +134,18 @@ def test_same_cycles_as_the_cocotb_bench(tmp_path):
     np.testing.assert_array_equal(r.cycles, c.cycles)
     np.testing.assert_array_equal(r.layer_cycles, c.layer_cycles)
     assert r.sim_cycles > r.cycles.sum() and r.cpu_seconds > 0
+
+
+@pytest.mark.parametrize("name", ["eie-3pe-1-1-1", "ls-2pe-gaps-interleave"])
+def test_memory_files_hold_the_verilogs_words(name):
+    """The words written from the image's memory map are the ones Amaranth's Verilog holds,
+    memory for memory (one-word memories get their second, unused word)."""
+    sh = SHAPES[name]
+    img = randomnets.padded_image(sh, randomnets.network(sh, 2))
+    _template, mems = fastbench.template_of(img, sh.params)
+    words = fastbench.spec_words(img, sh.params)
+    assert set(mems) == set(words)
+    for k, (width, depth, init) in words.items():
+        m = mems[k]
+        assert (m["width"], m["depth"]) == (width, max(2, depth)), k
+        assert m["words"] == list(init) + [0] * (m["depth"] - len(init)), k
