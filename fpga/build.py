@@ -78,6 +78,16 @@ def parse_report(report: dict, *, clock_hz: float) -> dict:
     }
 
 
+def _baud_ok(clock_hz: float, baud: int) -> bool:
+    from .uart import baud_divisor
+
+    try:
+        baud_divisor(clock_hz, baud)
+    except ValueError:
+        return False
+    return True
+
+
 class BuildError(RuntimeError):
     """A tool failed; the message carries the lines of its log that say why."""
 
@@ -121,7 +131,7 @@ def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[di
 
 
 def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_CLOCK_MHZ,
-          baud: int = 115200, build_root: str | Path = "build", seed: int = 1,
+          baud: int = 3_000_000, build_root: str | Path = "build", seed: int = 1,
           model_name: str = "", spram: bool = True, retry: bool = True, queue_depth: int = 4,
           log=print) -> dict:
     """Build the bitstream; returns the report dict (also written to build/<board>/report.json).
@@ -157,7 +167,8 @@ def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
         lower = 0.97 * fig["fmax_mhz"] * 1e6  # a margin: nextpnr varies run to run
         while True:
             p = pll_config(12e6, lower)
-            if p.fout <= fig["fmax_mhz"] * 1e6:
+            # ... at which the UART's divisor still makes the baud rate (fpga.uart)
+            if p.fout <= fig["fmax_mhz"] * 1e6 and (_baud_ok(p.fout, baud) or lower < 16e6):
                 break
             lower -= 0.25e6
         if p.fout < 16e6:
