@@ -33,6 +33,8 @@ class RunStats:
     request_bytes: int = 0  # PACKED frames of the stream, one each (no resends)
     reply_bytes: int = 0  # their replies
     stream_bytes: tuple[int, int, int, int] = (0, 0, 0, 0)  # Board byte counts before, after
+    load_bytes: tuple[int, int, int, int] | None = None  # the same for the weight load
+    load_seconds: float = 0.0  # wall clock of the weight load
 
 
 def line_rate(stats: RunStats, baud: int) -> float:
@@ -42,15 +44,23 @@ def line_rate(stats: RunStats, baud: int) -> float:
     return baud / (10 * per)
 
 
-def sim_rate(stats: RunStats, times: dict, clock_hz: float) -> float | None:
-    """Inferences/s end to end on the simulated board, in its own clock cycles: from the first
-    stream byte starting on rx to the last reply byte ending on tx (`simulated_board` times)."""
-    out0, out1, in0, in1 = stats.stream_bytes
+def sim_span(counts, times: dict, clock_hz: float) -> float | None:
+    """Seconds at `clock_hz` on the simulated board from the first byte written (Board byte
+    counts `counts` = out0, out1, in0, in1) starting on rx to the last byte read ending on tx
+    (`simulated_board`'s `times`, in the board's clock cycles)."""
+    out0, _out1, _in0, in1 = counts
     try:
         span = times["tx_end"][in1 - 1] - times["rx_start"][out0]
     except (IndexError, KeyError, TypeError):
         return None
-    return stats.n * clock_hz / span if span > 0 else None
+    return span / clock_hz if span > 0 else None
+
+
+def sim_rate(stats: RunStats, times: dict, clock_hz: float) -> float | None:
+    """Inferences/s end to end on the simulated board, in its own clock cycles: from the first
+    stream byte starting on rx to the last reply byte ending on tx (`simulated_board` times)."""
+    t = sim_span(stats.stream_bytes, times, clock_hz)
+    return stats.n / t if t else None
 
 
 def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
@@ -70,13 +80,19 @@ def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
         if (kind_of(rom), rom.pes) != (info.engine, info.pes):
             raise InputError(f"the board runs the {info.engine} engine with {info.pes} PEs, the "
                              f"ROM image is for the {kind_of(rom)} engine with {rom.pes}")
+        counts = (board.bytes_out, board.bytes_in)
+        t0 = time.monotonic()
         board.load(rom, progress=progress)
+        load_seconds = time.monotonic() - t0
+        load_bytes = (counts[0], board.bytes_out, counts[1], board.bytes_in)
         info = board.ping()
+    else:
+        load_seconds, load_bytes = 0.0, None
     if info.in_features != qnet.in_features or info.out_features != qnet.out_features:
         raise InputError(f"the board runs a {info.in_features} -> {info.out_features} network, "
                          f"the model is {qnet.in_features} -> {qnet.out_features}")
     want = golden(qnet, x)
-    stats = RunStats()
+    stats = RunStats(load_bytes=load_bytes, load_seconds=load_seconds)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -217,6 +233,7 @@ def run_cli(args) -> int:
             stats = run_inputs(board, qnet, x, labels, rom=rom, noun=noun)
             info = board.info
         e2e = sim_rate(stats, transport.times, mhz * 1e6)
+        load_s = stats.load_bytes and sim_span(stats.load_bytes, transport.times, mhz * 1e6)
         e2e_note = (f"simulated board at {mhz:g} MHz, first request byte on rx to last reply "
                     f"byte on tx, in its clock cycles")
         clock_note = ("the board clock given by --clock-mhz" if args.clock_mhz else
@@ -236,8 +253,15 @@ def run_cli(args) -> int:
         mhz = args.clock_mhz or info.clock_hz / 1e6
         e2e = stats.n / stats.seconds if stats.seconds > 0 else None
         e2e_note = "wall clock, first request written to last reply read"
+        load_s = stats.load_seconds
         clock_note = ("given by --clock-mhz" if args.clock_mhz else
                       "the board's clock, as it reports in PING")
+    if stats.load_bytes:
+        sent = stats.load_bytes[1] - stats.load_bytes[0]
+        how = "simulated board, in its clock cycles" if args.sim else "wall clock"
+        took = f"{load_s * 1e3:.0f} ms measured ({how}), " if load_s else ""
+        print(f"weights loaded: {sent:,} bytes of LOAD and COMMIT frames, {took}"
+              f"{sent * 10 / args.baud * 1e3:.0f} ms from bytes and baud")
     print(summary(stats, info, has_labels=labels is not None, clock_hz=mhz * 1e6,
                   clock_note=clock_note, noun=noun, baud=args.baud, end_to_end=e2e,
                   end_to_end_note=e2e_note))

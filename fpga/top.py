@@ -107,8 +107,9 @@ class BoardCore(wiring.Component):
     status: Out(2)  # bit 0: a frame is being handled; bit 1: the last reply was an error
 
     def __init__(self, img, *, clock_hz: float, baud: int = DEFAULT_BAUD,
-                 divisor: int | None = None, timeout_s: float = 0.05, timeout_cycles: int | None = None, queue_depth=8,
-                 acc_bits=32, spram: bool = False, drain_share: int = BOARD_DRAIN_SHARE,
+                 divisor: int | None = None, timeout_s: float = 0.05,
+                 timeout_cycles: int | None = None, queue_depth=8, acc_bits=32,
+                 spram: bool = False, drain_share: int = BOARD_DRAIN_SHARE,
                  window: int | None = None):
         self.clock_hz = int(round(clock_hz))
         self.divisor = divisor if divisor is not None else baud_divisor(clock_hz, baud)
