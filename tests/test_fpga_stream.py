@@ -13,10 +13,8 @@ lost and replies come in order; without it, 1 request at a time is safe and 4 lo
 """
 
 import random
-import struct
 
 import numpy as np
-import pytest
 from amaranth.sim import Simulator
 
 from fpga import protocol as P
