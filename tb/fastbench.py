@@ -26,6 +26,7 @@ random-network tests use it; `template_of` gives the exact answer by conversion)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -143,7 +144,9 @@ class FastBuild:
     build_seconds: float  # 0 when the cached binary was used
 
 
+@functools.cache
 def _bench_hash() -> str:
+    """The bench's sources and flags, hashed once per process (what this process runs)."""
     h = hashlib.sha256(TB_SOURCE.read_bytes() + CPU_TIME.read_bytes())
     h.update(Path(__file__).read_bytes())
     h.update(json.dumps([vl.VERSION, FLAGS]).encode())
@@ -154,8 +157,8 @@ def _shape(image):
     return image.layers[0].in_features, image.layers[-1].out_features, image.num_layers
 
 
-def _compile(template: str, image, log=None) -> FastBuild:
-    """The binary of `template` (cached by its hash)."""
+def compile_template(template: str, image, *, jobs: int = 1) -> FastBuild:
+    """The binary of `template` (cached by its hash); `jobs` compiler processes."""
     n_in, n_out, n_layers = _shape(image)
     t = hashlib.sha256((template + _bench_hash() + f"{n_in},{n_out},{n_layers}").encode())
     d = build_root() / "bin" / t.hexdigest()[:20]
@@ -170,7 +173,7 @@ def _compile(template: str, image, log=None) -> FastBuild:
             obj = d / "obj"
             cmd = [str(vl.require() / "verilator"), *FLAGS, f"-GIN={n_in}", f"-GOUT={n_out}",
                    f"-GLAYERS={n_layers}", "--Mdir", str(obj), "-o", "Vtb",
-                   "--build-jobs", str(int(os.environ.get("FASTBENCH_JOBS", "1"))),
+                   "--build-jobs", str(max(1, int(jobs))),
                    str(TB_SOURCE), str(d / "engine.sv"), str(CPU_TIME)]
             with open(d / "build.log", "w") as f:
                 rc = run_in_group(cmd, cwd=d, env=env, stdout=f)
@@ -244,7 +247,7 @@ def build(image, params: EngineParams = EngineParams(), *, key: str | None = Non
         return hit
     t0 = time.monotonic()
     template, _mems = template_of(image, params)
-    fb = _compile(template, image)
+    fb = compile_template(template, image)
     if fb.build_seconds:
         fb.build_seconds = time.monotonic() - t0
     remember(image, params, fb, key=key)

@@ -26,6 +26,7 @@ inference.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
@@ -37,7 +38,11 @@ from compress.qnet import Layer, QNet
 from images import EngineParams, build_image, kind_of
 
 from . import fastbench
-from .sim import source_hash
+from .sim import source_hash as _source_hash
+
+# The engine sources as this process loaded them: hashed once, so that files edited during a
+# long run do not key the loaded code's Verilog under their new hash.
+source_hash = functools.cache(_source_hash)
 
 
 @dataclass(frozen=True)
