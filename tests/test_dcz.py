@@ -303,7 +303,7 @@ def _seal(sections):
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-@pytest.mark.parametrize("which", range(3))
+@pytest.mark.parametrize("which", range(4))
 def test_resealed_corruption_never_crashes(which):
     """Payload damage behind valid checksums (a crafted file) gives InputError or a valid
     network, never another exception."""
@@ -311,6 +311,7 @@ def test_resealed_corruption_never_crashes(which):
         random_qnet((30, 20, 5), density=0.3, seed=1),
         smooth_qnet(),
         random_qnet((50, 40), density=0.05, seed=2, bias_scale=2**20, index_bits=8),
+        image_like_qnet(),  # an arithmetic-coded section
     ][which]
     data = pack(q)
     secs = _sections_of(data)
