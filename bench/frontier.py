@@ -117,11 +117,14 @@ def plot(points: list[dict], png: Path) -> None:
                     label=name)
         ax.axhline(BUDGET[arch], color="gray", linestyle="--", linewidth=0.8,
                    label=f"budget {BUDGET[arch]}%")
-        for r in (40, 70, 100) if arch == "lenet-300-100" else (40, 70, 100, 150):
-            ax.axvline(FLOAT_BYTES[arch] / r / 1000, color="lightgray", linewidth=0.6)
-            ax.text(FLOAT_BYTES[arch] / r / 1000, ax.get_ylim()[1], f"{r}x", fontsize=7,
-                    ha="center", va="bottom", color="gray")
-        ax.set_xscale("log")
+        lo = min([FLOAT_BYTES[arch] / 170 / 1000] + [p["bytes"] / 1000 for p in pts])
+        ax.set_xlim(0.9 * lo, 1.08 * FLOAT_BYTES[arch] / 38 / 1000)
+        for r in (40, 50, 70, 100, 150):
+            x = FLOAT_BYTES[arch] / r / 1000
+            if ax.get_xlim()[0] < x:
+                ax.axvline(x, color="lightgray", linewidth=0.6, zorder=0)
+                ax.text(x, ax.get_ylim()[1], f"{r}x", fontsize=7, ha="center", va="bottom",
+                        color="gray")
         ax.set_xlabel("compressed file (kB)")
         ax.set_ylabel("test error (%)" + (" (integer)" if arch == "lenet-300-100" else ""))
         ax.set_title(arch, fontsize=10, pad=14)

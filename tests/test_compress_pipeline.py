@@ -8,7 +8,7 @@ import pytest
 from compress.cli import main
 from compress.dcz import read_dcz
 from compress.shipped import SHIPPED_QNET
-from compress.pipeline import RECIPES
+from compress.pipeline import RECIPES, make_config
 from compress.qnet import load_qnet
 from compress.train import load_checkpoint
 
@@ -33,9 +33,10 @@ def test_pipeline_smoke(tmp_path, mnist_dir, capsys):
     assert set(s["errors"]) == {"dense", "pruned", "quantized", "integer"}
     assert s["errors"]["integer"]["test"] < 30  # 300 steps in all: learning, not converged
     assert s["max_acc_log2"] < 31
-    lv = RECIPES["lenet-300-100"]["prune"]["levels"]
+    lv = make_config("lenet-300-100").prune.level_for  # the recipe's levels times its scale
+    assert RECIPES["lenet-300-100"]["prune"]["levels"]["fc1"] * 0.7 == pytest.approx(lv("fc1"))
     assert s["density"][-1]["kept_pct"] == pytest.approx(
-        100 * (lv["fc1"] * 235200 + lv["fc2"] * 30000 + lv["fc3"] * 1000) / 266200, abs=0.01)
+        100 * (lv("fc1") * 235200 + lv("fc2") * 30000 + lv("fc3") * 1000) / 266200, abs=0.01)
     # The table states the size of the file actually on disk.
     assert f"{(out / 'model.dcz').stat().st_size:,} bytes" in (out / "report.txt").read_text()
     text = capsys.readouterr().out
