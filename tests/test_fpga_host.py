@@ -214,20 +214,26 @@ def want(x):
 XS = np.array([[i, 0, -i] if i % 3 else [i, 256, 1] for i in range(40)])
 
 
-def test_infer_many_streams_in_order():
-    """A window of 4 PACKED requests in flight; the results in input order."""
+def test_infer_many_streams_in_order(monkeypatch):
+    """A window of 4 PACKED requests in flight; the results in input order. Frames shorter
+    than twice their reply (these: 3 inputs) go one at a time unless told they may stream."""
     fake = FakeBoard(window=4)
     b = board(fake)
     assert b.ping().window == 4
     rs = b.infer_many(XS)
     assert [list(r.y) for r in rs] == [want(x) for x in XS]
-    assert fake.max_burst == 4 and fake.n == 1 + len(XS)
+    assert fake.max_burst == 1 and fake.n == 1 + len(XS)
+    monkeypatch.setattr(P, "streamable", lambda *a: True)
+    rs = b.infer_many(XS)
+    assert [list(r.y) for r in rs] == [want(x) for x in XS]
+    assert fake.max_burst == 4 and fake.n == 1 + 2 * len(XS)
     assert b.infer(XS[5]).y.tolist() == want(XS[5])
 
 
-def test_infer_many_lost_and_refused_sent_again():
+def test_infer_many_lost_and_refused_sent_again(monkeypatch):
     """A lost reply, a request that arrives damaged and a stray reply: each input still gets
     its own result; the lost and refused ones are sent again."""
+    monkeypatch.setattr(P, "streamable", lambda *a: True)
     stray = reply(P.CMD_PACKED, bytes([200]) + bytes(2 * N_OUT + 8))  # a tag not in flight
     fake = FakeBoard(window=3, hooks={5: lambda f, a: b"", 9: lambda f, a: stray + a},
                      corrupt={12})
