@@ -32,6 +32,7 @@ import inspect
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -56,6 +57,10 @@ REPO = Path(__file__).resolve().parents[1]
 TOPLEVEL = "gate"
 SIMS = ("verilator", "icarus")
 PERIOD_NS = 10  # the bench's clock
+# C++ optimisation of the Verilator build, not its default -Os: for LeNet's netlist -O0 builds
+# in 52 s CPU and runs 20 digits in 7 s, -O1 in 90 s and 4 s; -Os took twice -O0's build wall
+# time at the same load (docs/gate-level.md). The build is most of a 20-digit run.
+VERILATOR_OPT = "-O0"
 # The netlist's top-level ports: all the bench touches (Verilator makes only these visible).
 PORTS = ("clk", "rst", "i_act__valid", "i_act__ready", "i_act__payload", "o_act__valid",
          "o_act__ready", "o_act__payload", "cycles", "layer_cycles", "busy", "load_mem",
@@ -154,6 +159,13 @@ def source_hash() -> str:
     return h.hexdigest()
 
 
+def _children_cpu() -> float:
+    """CPU seconds of every finished child process so far (the tools, the simulator): a
+    figure that, unlike wall time, does not depend on what else the machine runs."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def cells_sim() -> Path:
     from .bench import yosys_share
 
@@ -166,8 +178,10 @@ class GateBuild:
     sim: str
     sim_dir: Path  # the simulator's build
     img: object
-    synth_s: float = 0.0  # 0 when the netlist came from the cache
-    build_s: float = 0.0  # 0 when the simulator's build came from the cache
+    synth_s: float = 0.0  # wall; 0 when the netlist came from the cache
+    build_s: float = 0.0  # wall; 0 when the simulator's build came from the cache
+    synth_cpu_s: float = 0.0
+    build_cpu_s: float = 0.0
     cells: dict = field(default_factory=dict)  # yosys stat: cell type -> count
 
 
@@ -250,15 +264,17 @@ def build(img, *, sim: str = "verilator", queue_depth: int = 8, acc_bits: int = 
     root.mkdir(parents=True, exist_ok=True)
     key = _key(img, params)
     d = root / key
-    synth_s = build_s = 0.0
+    synth_s = build_s = synth_cpu = build_cpu = 0.0
     with file_lock(root / f"{key}.lock"):
         if not (d / "gate_gl.v").exists():
             d.mkdir(parents=True, exist_ok=True)
+            c0 = _children_cpu()
             synth_s = synthesize(img, d, params)
-        sim_dir = d / f"sim_{sim}"
+            synth_cpu = _children_cpu() - c0
+        sim_dir = d / (f"sim_verilator{VERILATOR_OPT}" if sim == "verilator" else f"sim_{sim}")
         stamp = sim_dir / ".built"
         if not stamp.exists():
-            t0 = time.monotonic()
+            t0, c0 = time.monotonic(), _children_cpu()
             args = ["-DNO_ICE40_DEFAULT_ASSIGNMENTS"]
             sources = [d / "gate_gl.v", cells_sim()]
             if sim == "verilator":
@@ -266,7 +282,7 @@ def build(img, *, sim: str = "verilator", queue_depth: int = 8, acc_bits: int = 
 
                 from tb.verilator import BUILD_ARGS
 
-                args = [*BUILD_ARGS, *args]
+                args = [*BUILD_ARGS, "-CFLAGS", VERILATOR_OPT, *args]
                 vlt = d / "gate.vlt"
                 vlt.write_text("`verilator_config\n" + "".join(
                     f'public_flat_rw -module "{TOPLEVEL}" -var "{p}"\n' for p in PORTS))
@@ -275,10 +291,11 @@ def build(img, *, sim: str = "verilator", queue_depth: int = 8, acc_bits: int = 
                 sources=sources, hdl_toplevel=TOPLEVEL,
                 build_dir=sim_dir, timescale=("1ns", "1ps"), always=True,
                 log_file=d / f"build_{sim}.log", build_args=args)
-            build_s = time.monotonic() - t0
+            build_s, build_cpu = time.monotonic() - t0, _children_cpu() - c0
             stamp.write_text(key + "\n")
     return GateBuild(dir=d, sim=sim, sim_dir=sim_dir, img=img, synth_s=synth_s,
-                     build_s=build_s, cells=_cells(d))
+                     build_s=build_s, synth_cpu_s=synth_cpu, build_cpu_s=build_cpu,
+                     cells=_cells(d))
 
 
 # ---- a run -----------------------------------------------------------------------------------
@@ -292,10 +309,15 @@ class GateResult:
     sim_cycles: int  # clock cycles simulated (reset, load, every vector)
     load_cycles: int
     wall_s: float  # the simulator process, start to end
+    cpu_s: float  # its CPU time (user + system)
 
     @property
     def cycles_per_s(self) -> float:
         return self.sim_cycles / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def cycles_per_cpu_s(self) -> float:
+        return self.sim_cycles / self.cpu_s if self.cpu_s else 0.0
 
 
 def run(b: GateBuild, x: np.ndarray, *, max_cycles: int = 1_000_000) -> GateResult:
@@ -321,7 +343,7 @@ def run(b: GateBuild, x: np.ndarray, *, max_cycles: int = 1_000_000) -> GateResu
             [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
     }
     results = run_dir / "results.xml"
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), _children_cpu()
     try:
         _runner(b.sim).test(
             test_module="fpga.cocotb_gate", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
@@ -333,7 +355,7 @@ def run(b: GateBuild, x: np.ndarray, *, max_cycles: int = 1_000_000) -> GateResu
     except (KeyboardInterrupt, SimulationStopped):
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    wall = time.monotonic() - t0
+    wall, cpu = time.monotonic() - t0, _children_cpu() - c0
     _tests, failed = get_results(results)
     if failed or not (run_dir / "outputs.npy").exists():
         log = (run_dir / "sim.log").read_text(errors="replace")[-3000:] \
@@ -345,7 +367,7 @@ def run(b: GateBuild, x: np.ndarray, *, max_cycles: int = 1_000_000) -> GateResu
         cycles=np.load(run_dir / "cycles.npy", allow_pickle=False),
         layer_cycles=np.load(run_dir / "layer_cycles.npy", allow_pickle=False),
         sim_cycles=int(stats["sim_cycles"]), load_cycles=int(stats["load_cycles"]),
-        wall_s=wall)
+        wall_s=wall, cpu_s=cpu)
     shutil.rmtree(run_dir, ignore_errors=True)
     return res
 
@@ -367,7 +389,6 @@ def main(argv=None) -> int:
     from compress.errors import OneLineParser, run_main
 
     def body():
-        from compress.golden import golden
         from compress.shipped import load_model
         from images import ENGINES, build_image
 
@@ -394,16 +415,20 @@ def main(argv=None) -> int:
         img = build_image(qnet, a.engine, a.pes)
         print(f"{name}: {a.engine} engine, {a.pes} PEs, {a.count} digits, {a.sim}", flush=True)
         b = build(img, sim=a.sim)
-        print(f"netlist: {_cell_summary(b.cells)}; synthesis {b.synth_s:.0f} s, "
-              f"{a.sim} build {b.build_s:.0f} s (0: cached)", flush=True)
+        print(f"netlist: {_cell_summary(b.cells)}", flush=True)
+        print(f"synthesis {b.synth_s:.0f} s ({b.synth_cpu_s:.0f} s CPU), {a.sim} build "
+              f"{b.build_s:.0f} s ({b.build_cpu_s:.0f} s CPU); 0: cached", flush=True)
         r = run(b, x)
+        from compress.golden import golden  # torch: only once there is something to check
+
         want = golden(qnet, x)
         exact = int((r.outputs == want).all(axis=1).sum())
         correct = int((r.outputs.argmax(axis=1) == labels).sum())
         print(f"bit-exact: {exact}/{len(x)}; correct: {correct}/{len(x)}; engine cycles per "
               f"digit {r.cycles.mean():,.0f} ({r.cycles.min():,}-{r.cycles.max():,})")
         print(f"simulated {r.sim_cycles:,} cycles ({r.load_cycles:,} loading) in "
-              f"{r.wall_s:.1f} s: {r.cycles_per_s:,.0f} cycles/s")
+              f"{r.wall_s:.1f} s, {r.cpu_s:.1f} s CPU: {r.cycles_per_s:,.0f} cycles/s, "
+              f"{r.cycles_per_cpu_s:,.0f} per CPU second")
         return 0 if exact == len(x) else 1
 
     return run_main(body, debug_env="FPGA_DEBUG")
