@@ -53,6 +53,18 @@ def test_gate_small_network_spram():
     assert r.sim_cycles > r.load_cycles + r.cycles.sum()
 
 
+@pytest.mark.skipif(not long_tests(), reason="LONG=1: the EIE engine's netlist as well")
+def test_gate_small_network_eie():
+    """The queue-based engine through the same path: its four largest ROMs in SPRAM."""
+    from images.eie import build_rom
+
+    img = build_rom(QNET, pes=2)
+    b = gate.build(img, sim="icarus")
+    assert b.cells.get("SB_SPRAM256KA") == len(spram_plan_for(img)) == 4
+    x = random_inputs(3, QNET.in_features, seed=3, density=0.5)
+    np.testing.assert_array_equal(gate.run(b, x).outputs, golden(QNET, x))
+
+
 def test_gate_cli_bad_count():
     res = subprocess.run([sys.executable, "-m", "fpga.gate", "--count", "0", "--data", "/none"],
                          cwd=REPO, capture_output=True, text=True)
