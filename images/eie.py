@@ -165,7 +165,7 @@ def build_rom(
         raise InputError(f"--rel-bits must be 1..12, not {rel_bits!r}")
     qnet.validate(index_bits=index_bits)
     L = qnet.num_layers
-    perms = [place_balanced(layer.index, pes) if balance and i < L - 1
+    perms = [place_balanced(layer.index, pes, rel_bits=rel_bits) if balance and i < L - 1
              else np.arange(layer.out_features, dtype=np.int64)
              for i, layer in enumerate(qnet.layers)]
     qnet = _permute(qnet, perms)  # from here on: the physical network

@@ -69,3 +69,65 @@ def test_build_key_follows_every_verilog_source(tmp_path, monkeypatch):
         assert S.build_key(img, EngineParams(), False) != key, rel
         f.write_text(text)
     assert S.build_key(img, EngineParams(), False) == key
+
+
+def _encoded_fillers(bits, rel_bits):
+    from images.csc import encode_csc
+
+    v, _, _ = encode_csc(np.asarray(bits, dtype=np.uint8), rel_bits=rel_bits)
+    return len(v) - int(np.count_nonzero(bits))
+
+
+@pytest.mark.parametrize("rows, cols, density, rel_bits, seed",
+                         [(38, 200, 0.06, 4, 0), (40, 60, 0.1, 3, 1), (25, 80, 0.04, 2, 2)])
+def test_order_for_fillers_lowers_the_encoded_fillers(rows, cols, density, rel_bits, seed):
+    """Sparse PE rows whose gaps exceed 2**rel_bits - 1: the order found is a permutation,
+    the same on every call, and encode_csc then needs clearly fewer fillers."""
+    from images.placement import _fillers, order_for_fillers
+
+    bits = np.random.default_rng(seed).random((rows, cols)) < density
+    before = _encoded_fillers(bits, rel_bits)
+    assert _fillers(bits, rel_bits) == before  # the fast count is encode_csc's
+    assert before > 0
+    order = order_for_fillers(bits, rel_bits)
+    assert sorted(order.tolist()) == list(range(rows))
+    assert np.array_equal(order, order_for_fillers(bits.copy(), rel_bits))
+    after = _encoded_fillers(bits[order], rel_bits)
+    assert _fillers(bits[order], rel_bits) == after
+    assert after < 0.8 * before
+
+
+def test_order_for_fillers_keeps_an_order_without_fillers():
+    from images.placement import order_for_fillers
+
+    bits = np.random.default_rng(3).random((20, 30)) < 0.5
+    assert _encoded_fillers(bits, 4) == 0
+    assert np.array_equal(order_for_fillers(bits, 4), np.arange(20))
+    assert np.array_equal(order_for_fillers(np.zeros((0, 5), bool), 4), np.zeros(0, int))
+
+
+def test_balanced_eie_image_has_fewer_fillers_and_the_same_network():
+    """The EIE image orders each PE's rows for fewer fillers (rel_bits 4 and 3) without changing
+    what it computes: decode_rom gives the logical network back, the PEs' non-zeros are those
+    of the balanced placement without the order search, and the golden model of the physical
+    network agrees with the logical one."""
+    from compress.golden import run_layers
+    from images.eie import decode_rom, physical_qnet
+    from images.placement import place_balanced
+
+    q = random_qnet((120, 90, 30, 10), density=[0.05, 0.08, 0.3], seed=4)
+    for rel_bits in (4, 3):
+        new = build_image(q, "eie", 4, rel_bits=rel_bits)
+        old_perm = [place_balanced(layer.index, 4, rel_bits=rel_bits, filler_order=False)
+                    for layer in q.layers[:-1]]
+        for i, p in enumerate(old_perm):  # the same rows in every PE, another order inside
+            for k in range(4):
+                assert sorted(new.perm[i][k::4].tolist()) == sorted(p[k::4].tolist())
+        old_fill = sum(
+            _encoded_fillers(q.layers[i].index[p[k::4]] != 0, rel_bits)
+            for i, p in enumerate(old_perm) for k in range(4))
+        new_fill = sum(sum(rl.fillers) for rl in new.layers)
+        assert new_fill < old_fill
+        assert decode_rom(new).equals(q)
+        x = np.random.default_rng(5).integers(-200, 3000, (6, 120)).astype(np.int16)
+        assert np.array_equal(run_layers(physical_qnet(new), x)[-1], run_layers(q, x)[-1])
