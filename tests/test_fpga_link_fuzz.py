@@ -1,15 +1,17 @@
 """Fuzzing the link (fpga/link.py) in the Amaranth simulator against a reference model.
 
 Hypothesis builds byte streams of garbage (SYNC bytes in it), good frames (PING, COUNT, INFER,
-LOAD in and out of order, COMMIT), refused frames that carry COMMIT and PING frames in their
-payload, and good frames with a byte changed or cut short, with or without a quiet line
-(longer than the link's timeout) after each piece. `LinkModel` says, byte by byte, what the
-link must do: the exact reply frame it must send and when, every load-port write, every engine
-run. The bench feeds the bytes and, whenever the model expects a reply, waits a bounded number
-of cycles for exactly that frame before sending more. So the test asserts that the link never
-locks up (every expected reply comes in time, a PING after every quiet line is answered), never
-runs a request it refused (no write, no engine run, no flag changed that the model does not
-make: a COMMIT inside a payload never commits) and answers every good frame right.
+PACKED in every format, LOAD in and out of order, COMMIT), PACKED frames of any content, refused
+frames that carry COMMIT and PING frames in their payload, and good frames with a byte changed
+or cut short, with or without a quiet line (longer than the link's timeout) after each piece.
+`LinkModel` says, byte by byte, what the link must do: the exact reply frame each frame must
+get, in order, every load-port write, every engine run. The bench sends the bytes back to back
+without waiting for replies (they queue up in the link, a window of 2, while the next frames
+arrive) and after every quiet line checks that every reply due came out, exactly. So the test
+asserts that the link never locks up (every reply comes in bounded time, a PING after every
+quiet line is answered), never runs a request it refused (no write, no engine run, no flag
+changed that the model does not make: a COMMIT inside a payload never commits) and answers
+every good frame right.
 
 The normal run takes a few examples (a few seconds); LONG=1 runs many more.
 """
