@@ -2,7 +2,8 @@
 
 Amaranth simulator, byte streams on the UART side, and on the engine side a behavioural model
 in the bench (outputs a known function of the inputs, sets the cycle counters), so every reply
-can be checked exactly. Frames here are short: in_features = 5.
+can be checked exactly. Frames here are short: in_features = 5. Every PACKED format is expanded
+by the link into the engine's words (`test_packed_formats`).
 """
 
 import random
@@ -383,3 +384,33 @@ def test_load_checked_before_write():
     # only accepted LOADs wrote; the bad-CRC ones wrote where a good LOAD must write again
     assert writes == [(0, 0, 1), (0, 1, 2), (0, 2, 3), (0, 3, 4 ^ 0xFF00), (0, 3, 4),
                       (1, 0, 5), (1, 1, 6), (0, 0, 1), (0, 1, 2), (0, 2, 3)]
+
+
+# one vector for each PACKED format (N_IN = 5), as pack_inputs chooses it
+FORMATS = [
+    (np.array([0, 1, 0, 256, 0]), P.FMT_MASK),  # sparse, values in 1..256: one byte + base 1
+    (np.array([3, 1, 7, 256, 9]), 0),  # every input non-zero, in one byte's range
+    (np.array([0, -32768, 0, 0, 32767]), P.FMT_MASK | P.FMT_WIDE),  # sparse, int16
+    (np.array([-30000, 5, -1, 30000, 2]), P.FMT_WIDE),  # dense int16
+    (np.zeros(5, int), P.FMT_MASK | P.FMT_WIDE),  # all zero: one mask byte, no base
+]
+
+
+def test_packed_formats():
+    """pack_inputs picks the smallest format; the link expands each into the engine's words."""
+    for x, fmt in FORMATS:
+        f, body = P.pack_inputs(x)
+        assert f == fmt, (x, f)
+        assert P.unpack_inputs(bytes([0, f]) + body, len(x)) == (list(x), 0)
+
+    async def script(h):
+        for tag, (x, _) in enumerate(FORMATS):
+            await h.send(P.packed_request(x, 100 + tag))
+        frames = await h.replies(len(FORMATS), limit=20000)
+        for tag, ((x, _), f) in enumerate(zip(FORMATS, frames)):
+            r = P.decode_packed(f, out_features=N_OUT, num_layers=N_L)
+            assert r.tag == 100 + tag
+            np.testing.assert_array_equal(r.y, model(x.astype(np.int16)))
+
+    runs, _ = run_link(script)
+    assert runs == [list(x) for x, _ in FORMATS]
