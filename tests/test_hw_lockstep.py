@@ -226,3 +226,20 @@ def test_lockstep_one_at_a_time_counters_hold():
     np.testing.assert_array_equal(y, golden(qnet, x))
     # at least the 12 input words, the compute and the 3 outputs
     assert np.all(cyc >= 12 + lcs.sum(axis=1) + 3 - 1)
+
+
+def test_lockstep_output_back_pressure_while_next_loads():
+    """o_act held back (ready 1 cycle in 10) while the next inputs arrive at full speed: input
+    k + 1 fills the free bank, input k + 2 waits for k's bank (freed by k's last output word),
+    results stay bit-exact and the counters per inference."""
+    qnet = random_qnet((24, 13, 6), seed=5, density=0.5, shift=[6, 4])
+    x = _inputs(5, 24, seed=5)
+    img = build_lockstep(qnet, 2)
+    _, _, lc1 = run_engine(LockstepEngine(img), x)
+    y, cyc, lcs, first_in, last_out = _run_back_to_back(LockstepEngine(img), x, stall_out=0.9,
+                                                       seed=9)
+    np.testing.assert_array_equal(y, golden(qnet, x))
+    np.testing.assert_array_equal(lcs, lc1)
+    assert np.all(first_in[1:] < last_out[:-1])  # k + 1 loads during k
+    assert np.all(first_in[2:] > last_out[:-2])  # k + 2 waits for k's bank
+    np.testing.assert_array_equal(cyc[1:], np.diff(last_out))
