@@ -131,3 +131,21 @@ def test_balanced_eie_image_has_fewer_fillers_and_the_same_network():
         assert decode_rom(new).equals(q)
         x = np.random.default_rng(5).integers(-200, 3000, (6, 120)).astype(np.int16)
         assert np.array_equal(run_layers(physical_qnet(new), x)[-1], run_layers(q, x)[-1])
+
+
+def test_model_cycles_shape_queue_depth_and_empty_input():
+    """The cycle model: one row of per-layer cycles per input; an all-zero input costs layer 0
+    one cycle per group of N columns plus the fixed 8; a deeper queue is never slower, and
+    depth 1 is slower than 8 on a dense enough network."""
+    from images.eie import model_cycles
+
+    q = random_qnet((50, 24, 6), density=[0.3, 0.4], seed=7)
+    rom = build_image(q, "eie", 4)
+    x = np.random.default_rng(8).integers(0, 2000, (5, 50)).astype(np.int16)
+    x[0] = 0
+    c = {d: model_cycles(rom, x, queue_depth=d) for d in (1, 2, 8, 16)}
+    assert c[8].shape == (5, 2) and c[8].dtype.kind == "i"
+    assert c[8][0, 0] == -(-50 // 4) + 8
+    for a, b in ((1, 2), (2, 8), (8, 16)):
+        assert np.all(c[b] <= c[a])
+    assert c[1].sum() > c[8].sum()
