@@ -155,3 +155,28 @@ def test_verify_mnist_dispatches_every_argument(monkeypatch):
     argv = ["verify-mnist", "--data", "d", "--pes", "8", "--engine", "eie", "-h", "--sim", "x"]
     assert main(argv) == 7
     assert seen == [argv[1:]]
+
+
+def test_speed_reports_each_engine_and_checks_them(small, capsys):
+    """`tb speed` (Icarus only here: the Verilator side is tests/test_tb_verilator.py's): a row
+    per engine and simulator with its cycles/s, every run bit-exact."""
+    _qnet, _x, d = small
+    p = _tb("speed", "--model", d / "q.npz", "--inputs", d / "x.npy", "--count", 3,
+            "--pes", 2, "--sims", "icarus", "--out", d / "speed.json")
+    assert p.returncode == 0, p.stderr
+    s = json.loads((d / "speed.json").read_text())
+    assert [(r["engine"], r["simulator"]) for r in s["rows"]] == [("eie", "icarus"),
+                                                                  ("lockstep", "icarus")]
+    for r in s["rows"]:
+        assert r["bit_exact"] == r["inputs"] == 3 and r["same_as_first"]
+        assert r["cycles"] > 0 and r["cycles_per_s"] == pytest.approx(r["cycles"] / r["run_s"])
+    assert "eie       icarus" in p.stdout
+    from tb.cli import main
+
+    for bad, expect in ((["--sims", "icarus,icarus"], "--sims must be distinct names"),
+                        (["--sims", "ghdl"], "not 'ghdl'"), (["--engines", "tpu"], "--engines"),
+                        (["--count", "1"], "--count must be >= 2")):
+        assert main(["speed", "--model", str(d / "q.npz"), "--inputs", str(d / "x.npy"),
+                     *bad]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and expect in lines[0], (bad, lines)
