@@ -70,10 +70,11 @@ def collect(dirs: list[str]) -> list[dict]:
     return out
 
 
-def choose(points: list[dict], max_drop: float) -> dict | None:
-    """The smallest file whose validation error is within max_drop of the dense model's."""
+def choose(points: list[dict], max_drop: float, seed: int = 0) -> dict | None:
+    """Of the sweep's points (one seed), the smallest file whose validation error is within
+    max_drop of the dense model's."""
     ok = [p for p in points if p["val"] is not None and p["val_dense"] is not None
-          and p["val"] - p["val_dense"] <= max_drop + 1e-9]
+          and p["seed"] == seed and p["val"] - p["val_dense"] <= max_drop + 1e-9]
     return min(ok, key=lambda p: p["bytes"]) if ok else None
 
 
@@ -84,7 +85,9 @@ def table(points: list[dict], max_drop: float) -> str:
         pts = sorted((p for p in points if p["arch"] == arch), key=lambda p: -p["bytes"])
         best = choose(pts, max_drop)
         for p in pts:
-            mark = " (chosen)" if p is best else ""
+            mark = " (chosen)" if p is best else \
+                " (same recipe)" if best is not None and p["seed"] != best["seed"] and \
+                p["scale"] == best["scale"] else ""
             val = (f"{p['val']:.2f}% ({p['val_dense']:.2f}%)" if p["val"] is not None
                    and p["val_dense"] is not None else "n/a")
             lines.append(f"| {arch} | scale {p['scale']:g}, seed {p['seed']}{mark} | "
@@ -104,7 +107,8 @@ def plot(points: list[dict], png: Path) -> None:
     from compress.atomic import atomic_path
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    markers = {"Deep Compression": "s", "DNS": "^", "Soft Weight-Sharing": "D"}
+    markers = {"Deep Compression": ("s", "tab:red"), "DNS": ("^", "tab:purple"),
+               "Soft Weight-Sharing": ("D", "tab:brown")}
     for ax, arch in zip(axes, FLOAT_BYTES):
         pts = sorted((p for p in points if p["arch"] == arch), key=lambda p: p["bytes"])
         seeds = sorted({p["seed"] for p in pts}, key=lambda s: (s is None, s))
@@ -113,8 +117,8 @@ def plot(points: list[dict], png: Path) -> None:
             ax.plot([p["bytes"] / 1000 for p in ps], [p["test"] for p in ps], "o-",
                     markersize=4, label=f"ours (seed {seed})")
         for name, ratio, err in PUBLISHED[arch]:
-            ax.plot(FLOAT_BYTES[arch] / ratio / 1000, err, markers[name], markersize=7,
-                    label=name)
+            ax.plot(FLOAT_BYTES[arch] / ratio / 1000, err, markers[name][0], markersize=7,
+                    color=markers[name][1], label=f"{name} ({ratio}x)")
         ax.axhline(BUDGET[arch], color="gray", linestyle="--", linewidth=0.8,
                    label=f"budget {BUDGET[arch]}%")
         lo = min([FLOAT_BYTES[arch] / 170 / 1000] + [p["bytes"] / 1000 for p in pts])
@@ -126,7 +130,8 @@ def plot(points: list[dict], png: Path) -> None:
                 ax.text(x, ax.get_ylim()[1], f"{r}x", fontsize=7, ha="center", va="bottom",
                         color="gray")
         ax.set_xlabel("compressed file (kB)")
-        ax.set_ylabel("test error (%)" + (" (integer)" if arch == "lenet-300-100" else ""))
+        ax.set_ylabel("test error (%), " + ("integer golden model" if arch == "lenet-300-100"
+                                            else "the file's values in float"))
         ax.set_title(arch, fontsize=10, pad=14)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
