@@ -19,9 +19,10 @@ Builds are cached under build/fastbench/ (or $FASTBENCH_BUILD_DIR):
 
 `build(image, params)` gives a `FastBuild`; `write_mems(fb, image, params, dir)` writes the
 image's memories for it (from `images.memmap.memory_specs`: no Verilog needed, each checked
-against the binary's width and depth); `run(fb, mems_dir, x)` runs vectors. `shape_key` names
-what must be equal for two images to share a binary without converting the second one (the
-random-network tests use it; `template_of` gives the exact answer by conversion).
+against the binary's width and depth); `run(fb, mems_dir, x)` runs vectors. `build(..., key=K)`
+indexes a binary under a key of the caller's: `tb.randomnets.shape_key` names what must be equal
+for two images to share a binary without converting the second one (`template_of` gives the
+exact answer by conversion).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -43,7 +43,7 @@ import numpy as np
 
 from compress.atomic import file_lock
 from compress.errors import InputError
-from images import EngineParams, kind_of
+from images import EngineParams
 from images.memmap import memory_specs
 
 from . import verilator as vl
@@ -65,8 +65,8 @@ def build_root() -> Path:
 # ---- the template: the engine's Verilog without its memories' contents ------------------------
 
 _DECL = re.compile(r"^\s*reg \[(\d+):0\] (\w+) \[(\d+):0\];$", re.M)
-_INIT = re.compile(r"^  initial begin\n((?:    \w+\[\d+\] = \d+'[hdb][0-9a-fA-FxXzZ_]+;\n)+)  end\n",
-                   re.M)
+_INIT = re.compile(
+    r"^  initial begin\n((?:    \w+\[\d+\] = \d+'[hdb][0-9a-fA-FxXzZ_]+;\n)+)  end\n", re.M)
 _WORD = re.compile(r"(\w+)\[(\d+)\] = (\d+)'([hdb])([0-9a-fA-F_]+);")
 _BASE = {"h": 16, "d": 10, "b": 2}
 
