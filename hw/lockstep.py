@@ -201,8 +201,18 @@ class LockstepEngine(wiring.Component):
         c.p_valid = p_valid = Signal(name="p_valid")
         p_odd = Signal(name="p_odd")
         p_value = Signal(signed(16), name="p_value")
-        # credit: the column in the pointer stage always finds a queue slot
-        m.d.comb += fe.o.ready.eq(queue.level + p_valid < depth)
+        # credit: the column in the pointer stage always finds a queue slot, i.e. ready while
+        # queue.level + p_valid < depth. Kept as a count of free places and a ready flip-flop
+        # set a cycle ahead: the front end's take -> next group -> activation read address was
+        # the engine's critical path (31 ns) with the compare in front of it
+        credits = Signal(range(depth + 1), init=depth, name="credits")
+        ready = Signal(init=1, name="fe_ready")
+        take = fe.o.valid & ready
+        pop = queue.o.valid & queue.o.ready
+        drop = Signal(name="p_drop")  # an empty column leaves the pointer stage
+        nxt = Signal.like(credits, name="credits_next")
+        m.d.comb += [fe.o.ready.eq(ready), nxt.eq(credits + pop + drop - take)]
+        m.d.sync += [credits.eq(nxt), ready.eq(nxt != 0)]
         p_g = Signal(bits(len(self.img.col_ptr)) + 1, name="p_g")
         # the layer's first global column, a register (the layer changes at least two cycles
         # before its front end starts): the table is not on the path to the pointer RAMs
@@ -214,7 +224,8 @@ class LockstepEngine(wiring.Component):
                      p_value.eq(fe.o.payload.value)]
         p_start = Mux(p_odd, c.pod.data, c.pev.data)
         p_end = Mux(p_odd, c.pev.data, c.pod.data)
-        m.d.comb += [queue.i.valid.eq(p_valid & (p_start != p_end)),
+        m.d.comb += [drop.eq(p_valid & (p_start == p_end)),
+                     queue.i.valid.eq(p_valid & (p_start != p_end)),
                      queue.i.payload.value.eq(p_value),
                      queue.i.payload.start.eq(p_start), queue.i.payload.end.eq(p_end)]
 
