@@ -482,9 +482,10 @@ class _Budget:
             )
 
 
-def _decode_layer(payload: bytes, i: int, budget: "_Budget | None" = None) -> Layer:
-    what = f"section layer {i}"
-    r = BitReader(payload, what)
+def _read_layer_head(r: "BitReader", what: str, payload: bytes, budget: "_Budget | None"):
+    """The fields every layer section starts with, checked (shape against the limits and the
+    file's weight budget before anything is allocated): out, in, shift, relu, column-major,
+    codebook size, masked."""
     out_f = r.read_eg(limit=_MAX_DIM)
     in_f = r.read_eg(limit=_MAX_DIM)
     if out_f < 1 or in_f < 1 or out_f * in_f > 1 << 32:
@@ -497,7 +498,13 @@ def _decode_layer(payload: bytes, i: int, budget: "_Budget | None" = None) -> La
     k = r.read_eg(limit=256)
     if k < 1:
         raise InputError(f"{what}: corrupt codebook size {k}")
-    masked = bool(r.read(1))
+    return out_f, in_f, shift, relu, col_major, k, bool(r.read(1))
+
+
+def _decode_layer(payload: bytes, i: int, budget: "_Budget | None" = None) -> Layer:
+    what = f"section layer {i}"
+    r = BitReader(payload, what)
+    out_f, in_f, shift, relu, col_major, k, masked = _read_layer_head(r, what, payload, budget)
     if masked:
         row_live, col_live = _read_mask(r, out_f), _read_mask(r, in_f)
     else:
@@ -935,19 +942,7 @@ def _ac_decode_layer(payload: bytes, i: int, budget: "_Budget | None" = None,
                      want_choice: bool = False):
     what = f"section layer {i}"
     r = BitReader(payload, what)
-    out_f = r.read_eg(limit=_MAX_DIM)
-    in_f = r.read_eg(limit=_MAX_DIM)
-    if out_f < 1 or in_f < 1 or out_f * in_f > 1 << 32:
-        raise InputError(f"{what}: corrupt shape [{out_f}, {in_f}]")
-    limits.check("max_dim", max(out_f, in_f), f"{what}: layer dimension")
-    (budget or _Budget(len(payload))).take(out_f * in_f, f"{what} ([{out_f}, {in_f}])")
-    shift = r.read_eg(limit=62)
-    relu = bool(r.read(1))
-    col_major = bool(r.read(1))
-    k = r.read_eg(limit=256)
-    if k < 1:
-        raise InputError(f"{what}: corrupt codebook size {k}")
-    masked = bool(r.read(1))
+    out_f, in_f, shift, relu, col_major, k, masked = _read_layer_head(r, what, payload, budget)
     if masked:
         if k < 2:
             raise InputError(f"{what}: corrupt (line masks for a codebook of size {k})")
