@@ -79,8 +79,8 @@ def main(argv=None) -> int:
             if (frags / f"{n}.json").exists()}
     kept = _sections_of(out / "RESULTS.md")
     total = sum(d["minutes"] for d in done.values())
-    head = (f"# Results\n\nWritten by `make bench` (`python -m bench`); every figure below was "
-            f"measured by it on {m['cpu']}, "
+    head = (f"# Results\n\nWritten by `make bench` (`python -m bench`; a section it did not "
+            f"measure keeps its text, which names the commands that measured it) on {m['cpu']}, "
             f"{m['cores']} cores, {m['memory_gb']} GB, {m['os']}; Python {m['python']}, torch "
             f"{m['torch']}, numpy {m['numpy']}. Each section says its date and how long it took "
             f"({total:.0f} minutes for the sections measured in this run).\n")
