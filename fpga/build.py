@@ -30,10 +30,11 @@ BOARDS = {
 }
 
 # The board's PLL clock when `fpga build` is not told otherwise: the 8-PE lockstep board with
-# the streaming link routes at 30.4 MHz at a 30 MHz target (31-32 MHz at a 36 MHz target), so
-# one run meets 30. A multiple of 3 MHz: 3 Mbaud is an exact divisor (10). `fpga run --sim`
-# reports throughput at this clock.
-DEFAULT_CLOCK_MHZ = 30.0
+# the streaming link routes at 29.4-30.4 MHz depending on the shipped model and the placement
+# seed (30 MHz was met with the previous model, missed by 1 % with the current one at seeds 1
+# and 2), so 27 MHz is met in one run with room to spare. A multiple of 3 MHz: 3 Mbaud is an
+# exact divisor (9). `fpga run --sim` reports throughput at this clock.
+DEFAULT_CLOCK_MHZ = 27.0
 
 
 def board_platform(board: str):
