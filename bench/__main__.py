@@ -83,7 +83,7 @@ def main(argv=None) -> int:
             f"measure keeps its text, which names the commands that measured it) on {m['cpu']}, "
             f"{m['cores']} cores, {m['memory_gb']} GB, {m['os']}; Python {m['python']}, torch "
             f"{m['torch']}, numpy {m['numpy']}. Each section says its date and how long it took "
-            f"({total:.0f} minutes for the sections measured in this run).\n")
+            f"({total:.0f} minutes for the sections measured here since build/ was made).\n")
     parts = []
     for i, n in enumerate(ORDER, 1):
         if n in done:
