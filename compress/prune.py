@@ -31,7 +31,7 @@ from torch import nn
 from .data import Split
 from .errors import InputError
 from .models import compressible_layers
-from .train import TrainConfig, fit, world
+from .train import TrainConfig, fit, teacher_logits, world
 
 
 class PruneMethod(str, enum.Enum):
@@ -176,32 +176,42 @@ def _sync_masks(masks):
             masks[k] = t.bool()
 
 
+def _teacher(model, data, cfg: PruneConfig, teacher):
+    """Distillation's teacher logits: as given, else the model before pruning (if needed)."""
+    wants = any(t is not None and t.distill > 0 for t in (cfg.retrain, cfg.final_retrain))
+    return teacher_logits(model, data) if wants and teacher is None else teacher
+
+
 def prune_iterative(model: nn.Module, data: Split, cfg: PruneConfig, *,
                     masks: dict[str, torch.Tensor] | None = None,
-                    log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
+                    log: Callable[[str], None] = print,
+                    teacher: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Prune -> retrain (mask held) for cfg.steps rounds; returns the final masks."""
     layers = compressible_layers(model)
     cfg.validate(list(layers))
+    teacher = _teacher(model, data, cfg, teacher)
     masks = full_masks(model) if masks is None else masks
     n = 1 if cfg.schedule == Schedule.ONESHOT.value else cfg.steps
     for s in range(1, n + 1):
         masks = update_masks(model, masks, cfg, s, n)
         rt = TrainConfig(**{**cfg.retrain.__dict__, "seed": cfg.retrain.seed + s})
         fit(model, data, rt, after_step=lambda _step: apply_masks(model, masks),
-            desc=f"prune {s}/{n}")
+            desc=f"prune {s}/{n}", teacher=teacher)
         log(f"prune round {s}/{n}: density {100 * overall_density(masks):.2f}%")
     if cfg.final_retrain is not None:
         fit(model, data, cfg.final_retrain, after_step=lambda _step: apply_masks(model, masks),
-            desc="retrain")
+            desc="retrain", teacher=teacher)
     return masks
 
 
 def prune_gradual(model: nn.Module, data: Split, cfg: PruneConfig, *,
                   masks: dict[str, torch.Tensor] | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
+                  log: Callable[[str], None] = print,
+                  teacher: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One training run; masks recomputed every cfg.frequency steps along the cubic ramp."""
     layers = compressible_layers(model)
     cfg.validate(list(layers))
+    teacher = _teacher(model, data, cfg, teacher)
     state = {"masks": full_masks(model) if masks is None else masks}
     rt = cfg.retrain
     # The number of steps `fit` will take, to place the ramp inside the run.
@@ -218,18 +228,19 @@ def prune_gradual(model: nn.Module, data: Split, cfg: PruneConfig, *,
                                           step // cfg.frequency + 1, n_updates)
         apply_masks(model, state["masks"])
 
-    fit(model, data, rt, after_step=after, desc="gradual prune")
+    fit(model, data, rt, after_step=after, desc="gradual prune", teacher=teacher)
     # Guarantee the final level even if the run was cut short.
     state["masks"] = update_masks(model, state["masks"], cfg, n_updates, n_updates)
     log(f"gradual pruning: density {100 * overall_density(state['masks']):.2f}%")
     return state["masks"]
 
 
-def prune(model, data, cfg: PruneConfig, *, masks=None, log=print):
-    """Run the configured schedule."""
+def prune(model, data, cfg: PruneConfig, *, masks=None, log=print, teacher=None):
+    """Run the configured schedule. `teacher`: logits to distill from (retraining with
+    distill > 0); default: the model's own before pruning."""
     if cfg.schedule == Schedule.GRADUAL.value:
-        return prune_gradual(model, data, cfg, masks=masks, log=log)
-    return prune_iterative(model, data, cfg, masks=masks, log=log)
+        return prune_gradual(model, data, cfg, masks=masks, log=log, teacher=teacher)
+    return prune_iterative(model, data, cfg, masks=masks, log=log, teacher=teacher)
 
 
 def overall_density(masks: dict[str, torch.Tensor]) -> float:

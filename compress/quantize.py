@@ -23,7 +23,7 @@ from .data import Split
 from .errors import InputError
 from .kmeans import kmeans_1d
 from .models import compressible_layers
-from .train import TrainConfig, fit
+from .train import TrainConfig, fit, teacher_logits
 
 
 @dataclass
@@ -129,12 +129,21 @@ class SharedWeights(nn.Module):
         return cbs, idx
 
 
-def finetune(model: nn.Module, codebooks, indices, data: Split, cfg: QuantConfig):
-    """Fine-tune the centroids (assignments fixed); returns the new (codebooks, indices)."""
+def finetune(model: nn.Module, codebooks, indices, data: Split, cfg: QuantConfig,
+             teacher: torch.Tensor | None = None):
+    """Fine-tune the centroids (assignments fixed); returns the new (codebooks, indices).
+
+    With cfg.finetune.distill > 0 the loss distills from `teacher` (logits for every training
+    example), by default the model's own before weight sharing.
+    """
+    run = cfg.finetune.epochs > 0 and (cfg.finetune.max_steps is None or
+                                       cfg.finetune.max_steps > 0)
+    if run and cfg.finetune.distill > 0 and teacher is None:
+        teacher = teacher_logits(model, data)
     wrapped = SharedWeights(model, codebooks, indices, train_bias=cfg.train_bias)
-    if cfg.finetune.epochs > 0 and (cfg.finetune.max_steps is None or cfg.finetune.max_steps > 0):
+    if run:
         params = [p for p in wrapped.parameters() if p.requires_grad]
-        fit(wrapped, data, cfg.finetune, params=params, desc="centroids")
+        fit(wrapped, data, cfg.finetune, params=params, desc="centroids", teacher=teacher)
     out = wrapped.export()
     for m in compressible_layers(model).values():
         m.weight.requires_grad_(True)
@@ -143,8 +152,10 @@ def finetune(model: nn.Module, codebooks, indices, data: Split, cfg: QuantConfig
     return out
 
 
-def quantize(model: nn.Module, masks, data: Split | None, cfg: QuantConfig):
-    """k-means per layer, then (if data is given) centroid fine-tuning. Model weights updated."""
+def quantize(model: nn.Module, masks, data: Split | None, cfg: QuantConfig,
+             teacher: torch.Tensor | None = None):
+    """k-means per layer, then (if data is given) centroid fine-tuning. Model weights updated.
+    `teacher`: logits to distill from when the fine-tuning has distill > 0."""
     codebooks, indices = cluster(model, masks, cfg)
     if data is None:
         wrapped = SharedWeights(model, codebooks, indices, train_bias=False)
@@ -154,4 +165,4 @@ def quantize(model: nn.Module, masks, data: Split | None, cfg: QuantConfig):
             if m.bias is not None:
                 m.bias.requires_grad_(True)
         return out
-    return finetune(model, codebooks, indices, data, cfg)
+    return finetune(model, codebooks, indices, data, cfg, teacher=teacher)

@@ -46,10 +46,19 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (smoke runs)
     seed: int = 0
     progress: bool = True
+    # Knowledge distillation (Hinton et al. 2015): the loss is (1 - distill) x cross-entropy on
+    # the labels + distill x T^2 x KL(teacher || student) of the logits softened by T =
+    # temperature. The teacher is the model before compression (`teacher_logits`). 0 = off.
+    distill: float = 0.0
+    temperature: float = 4.0
 
     def validate(self) -> "TrainConfig":
         if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
             raise InputError(f"bad training settings: {asdict(self)}")
+        if not 0.0 <= self.distill <= 1.0:
+            raise InputError(f"distill must be in [0, 1], not {self.distill}")
+        if not self.temperature > 0:
+            raise InputError(f"temperature must be > 0, not {self.temperature}")
         if self.optimizer not in ("adam", "sgd"):
             raise InputError(f"optimizer must be adam or sgd, not {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
@@ -106,13 +115,22 @@ def fit(
     after_step: Callable[[int], None] | None = None,
     before_step: Callable[[int], None] | None = None,
     desc: str = "train",
+    teacher: torch.Tensor | None = None,
 ) -> dict:
     """Train `model` on `data` with cross-entropy; `after_step(step)` runs after each update.
 
     `params` restricts what the optimizer updates (default: every parameter that requires a
-    gradient). Returns {"steps", "loss"} (mean loss of the last epoch on this rank).
+    gradient). `teacher`: the teacher's logits for every example of `data`, in order (needed
+    when cfg.distill > 0, ignored otherwise). Returns {"steps", "loss"} (mean loss of the last
+    epoch on this rank).
     """
     cfg.validate()
+    if cfg.distill > 0:
+        if teacher is None:
+            raise InputError("distill > 0 needs the teacher's logits")
+        if teacher.ndim != 2 or teacher.shape[0] != len(data):
+            raise InputError(f"teacher logits {list(teacher.shape)} do not match the "
+                             f"{len(data)} training examples")
     from tqdm import tqdm
 
     dev = device()
@@ -145,6 +163,9 @@ def fit(
     else:
         sched = None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    # Soft targets once for the whole split (the teacher is fixed and there is no augmentation).
+    soft = (torch.softmax(teacher.float() / cfg.temperature, 1).to(dev)
+            if cfg.distill > 0 else None)
     gen = torch.Generator().manual_seed(cfg.seed)
     net.train()
     step, losses = 0, []
@@ -162,7 +183,13 @@ def fit(
             if before_step is not None:
                 before_step(step)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x_all[idx]), y_all[idx])
+            out = net(x_all[idx])
+            loss = loss_fn(out, y_all[idx])
+            if soft is not None:
+                t = cfg.temperature
+                kd = nn.functional.kl_div(torch.log_softmax(out / t, 1), soft[idx],
+                                          reduction="batchmean") * (t * t)
+                loss = (1.0 - cfg.distill) * loss + cfg.distill * kd
             loss.backward()
             opt.step()
             if sched is not None:
@@ -191,6 +218,11 @@ def logits(model: nn.Module, images, *, batch: int = 2000) -> torch.Tensor:
         out.append(model(x.to(dev)).cpu())
     model.train()
     return torch.cat(out) if out else torch.empty(0, 10)
+
+
+def teacher_logits(model: nn.Module, data: Split | Tensors) -> torch.Tensor:
+    """The logits `fit` distills from: `model` on every example of `data`, in order."""
+    return logits(model, model_inputs(data))
 
 
 def error_rate(model: nn.Module, data: Split | Tensors) -> float:

@@ -194,3 +194,129 @@ def test_frontier_choice_and_table(tmp_path):
     png = tmp_path / "f.png"
     assert frontier.main(["plot", str(tmp_path), "--png", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------------------------
+# Knowledge distillation (off by default; the LeNet-5 recipe turns it on)
+
+
+def _tiny_split(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    return Split(rng.integers(0, 256, (n, 28, 28)).astype(np.uint8),
+                 rng.integers(0, 10, n).astype(np.uint8))
+
+
+def _tiny_model(seed=0):
+    from compress.models import build
+
+    torch.manual_seed(seed)
+    return build("lenet-300-100")
+
+
+def _state(m):
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def test_distill_off_by_default_is_plain_cross_entropy():
+    from compress.train import TrainConfig, fit, teacher_logits
+
+    torch.set_num_threads(1)
+    d = _tiny_split()
+    assert TrainConfig().distill == 0.0
+    a, b = _tiny_model(), _tiny_model()
+    # A teacher given with distill = 0 is ignored: bit-identical weights and loss.
+    other = teacher_logits(_tiny_model(1), d)
+    ra = fit(a, d, TrainConfig(epochs=2, batch_size=32, progress=False))
+    rb = fit(b, d, TrainConfig(epochs=2, batch_size=32, progress=False), teacher=other)
+    assert ra == rb
+    sa, sb = _state(a), _state(b)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # Every recipe but LeNet-5's leaves it off in every training stage.
+    cfg = make_config("lenet-300-100")
+    for t in (cfg.train, cfg.prune.retrain, cfg.prune.final_retrain, cfg.quantize.finetune):
+        assert t.distill == 0.0
+    cfg = make_config("lenet-5")
+    assert cfg.train.distill == 0.0  # the dense model is the teacher, trained without one
+    for t in (cfg.prune.retrain, cfg.prune.final_retrain, cfg.quantize.finetune):
+        assert 0.0 < t.distill <= 1.0 and t.temperature > 0
+
+
+def test_distill_changes_the_loss_towards_the_teacher():
+    from compress.train import TrainConfig, fit, teacher_logits
+
+    torch.set_num_threads(1)
+    d = _tiny_split()
+    teacher_model = _tiny_model(1)
+    t = teacher_logits(teacher_model, d)
+    assert t.shape == (len(d), 10)
+
+    def kl_to_teacher(m):
+        from compress.train import logits
+
+        s = logits(m, d.images)
+        return float(torch.nn.functional.kl_div(torch.log_softmax(s, 1), torch.softmax(t, 1),
+                                                reduction="batchmean"))
+
+    plain, dist = _tiny_model(), _tiny_model()
+    before = kl_to_teacher(plain)
+    cfg = dict(epochs=6, batch_size=32, lr=3e-3, progress=False, temperature=2.0)
+    fit(plain, d, TrainConfig(**cfg))
+    # distill = 1: soft targets only, so the student moves towards the teacher, not the labels.
+    fit(dist, d, TrainConfig(**cfg, distill=1.0), teacher=t)
+    sp, sd = _state(plain), _state(dist)
+    assert any(not torch.equal(sp[k], sd[k]) for k in sp)
+    assert kl_to_teacher(dist) < 0.5 * before
+    assert kl_to_teacher(dist) < kl_to_teacher(plain)
+    # Deterministic: the same seed and teacher give the same weights.
+    again = _tiny_model()
+    fit(again, d, TrainConfig(**cfg, distill=1.0), teacher=t)
+    sa = _state(again)
+    assert all(torch.equal(sa[k], sd[k]) for k in sa)
+
+
+def test_distill_settings_are_checked():
+    from compress.train import TrainConfig, fit
+
+    d = _tiny_split(32)
+    for bad in ({"distill": -0.1}, {"distill": 1.5}, {"temperature": 0.0}):
+        with pytest.raises(InputError):
+            TrainConfig(**bad).validate()
+    with pytest.raises(InputError, match="teacher"):
+        fit(_tiny_model(), d, TrainConfig(epochs=1, progress=False, distill=0.5))
+    with pytest.raises(InputError, match="teacher"):
+        fit(_tiny_model(), d, TrainConfig(epochs=1, progress=False, distill=0.5),
+            teacher=torch.zeros(5, 10))
+    with pytest.raises(InputError, match="distill"):
+        validate_config(make_config("lenet-5", {"prune": {"retrain": {"distill": 2}}}))
+
+
+def test_prune_and_quantize_distill_from_the_model_before_by_default():
+    """Without an explicit teacher, pruning and centroid tuning distill from the model they
+    were given (its logits before any change); passing those logits gives the same result."""
+    from compress.prune import PruneConfig, prune
+    from compress.quantize import QuantConfig, quantize
+    from compress.train import TrainConfig, teacher_logits
+
+    torch.set_num_threads(1)
+    d = _tiny_split()
+    rt = TrainConfig(epochs=1, batch_size=32, progress=False, distill=0.7)
+    pc = PruneConfig(levels={"fc1": 0.3, "fc2": 0.3, "fc3": 0.5}, steps=2, retrain=rt)
+    a, b = _tiny_model(), _tiny_model()
+    t = teacher_logits(b, d)
+    ma = prune(a, d, pc, log=lambda s: None)
+    mb = prune(b, d, pc, log=lambda s: None, teacher=t)
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    sa, sb = _state(a), _state(b)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    qc = QuantConfig(bits=3, finetune=TrainConfig(epochs=1, batch_size=32, lr=1e-3,
+                                                  progress=False, distill=0.7))
+    ta = teacher_logits(a, d)
+    ca, _ = quantize(a, ma, d, qc)
+    cb, _ = quantize(b, mb, d, qc, teacher=ta)
+    assert all(np.array_equal(ca[k], cb[k]) for k in ca)
+    # ... and differs from tuning without distillation.
+    c = _tiny_model()
+    mc = prune(c, d, pc, log=lambda s: None)
+    qc.finetune.distill = 0.0
+    cc, _ = quantize(c, mc, d, qc)
+    assert any(not np.array_equal(ca[k], cc[k]) for k in ca)
