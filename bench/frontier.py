@@ -14,6 +14,12 @@ only reports.
         --out build/frontier/lenet-300-100
     python -m bench.frontier plot build/frontier/lenet-300-100 build/frontier/lenet-5 \\
         --png docs/images/frontier.png
+    python -m bench.frontier ship build/frontier/lenet-5 --out compress/models \\
+        --seeds build/frontier/lenet-5-seeds
+
+`ship` applies the same rule to the LeNet-5 sweep and copies the chosen point's .dcz to
+compress/models/lenet-5.dcz with lenet-5.json beside it: its float, fake-quantized and stored
+errors on validation and test, the recipe, every sweep point, and the other seeds' runs.
 
 `plot` writes the PNG (matplotlib Agg) and prints a markdown table of every point and the
 published ones. The published ratios are against float32 weights and biases, as ours.
@@ -54,7 +60,8 @@ def read_point(run: Path) -> dict | None:
     return {"run": str(run), "arch": s["arch"], "bytes": int(s["dcz_bytes"]),
             "ratio": FLOAT_BYTES.get(s["arch"], 0) / int(s["dcz_bytes"]) or s.get("ratio"),
             "test": errs[final]["test"], "val": errs[final].get("val"),
-            "val_dense": errs.get("dense", {}).get("val"), "kind": final,
+            "val_dense": errs.get("dense", {}).get("val"),
+            "test_dense": errs.get("dense", {}).get("test"), "kind": final,
             "scale": cfg.get("prune", {}).get("scale", 1.0), "seed": cfg.get("seed"),
             "nonzeros": (s.get("density") or [{}])[-1].get("kept"),
             "seconds": s.get("seconds", {}).get("compress")}
@@ -155,6 +162,97 @@ def sweep(args) -> int:
     return 0
 
 
+_ERROR_WHAT = {
+    "dense": "float, dense",
+    "pruned": "float, pruned (before weight sharing)",
+    "quantized": "fake-quantized: shared weights in float, after centroid fine-tuning",
+    "stored": "the .dcz's own values in float: int16 codebooks, biases rounded as chosen on "
+              "validation",
+}
+
+
+def _recipe(cfg: dict) -> dict:
+    """The settings of a run that make the recipe (not paths, seeds or progress bars)."""
+    drop = {"seed", "progress", "max_steps"}
+
+    def clean(d):
+        return {k: clean(v) if isinstance(v, dict) else v for k, v in d.items()
+                if k not in drop}
+
+    return {k: clean(cfg[k]) if isinstance(cfg[k], dict) else cfg[k]
+            for k in ("val_size", "train", "prune", "quantize", "fixedpoint") if k in cfg}
+
+
+def ship_record(run: Path, points: list[dict], seeds: list[dict], max_drop: float) -> dict:
+    """lenet-5.json for the chosen run directory (its summary.json and model.dcz)."""
+    import hashlib
+
+    from compress import dcz
+
+    s = json.loads((run / "summary.json").read_text())
+    blob = (run / "model.dcz").read_bytes()
+    cfg = s["config"]
+    errs = {k: {"what": _ERROR_WHAT[k], **{split: round(v, 2) for split, v in e.items()}}
+            for k, e in s["errors"].items() if k in _ERROR_WHAT}
+    bits = {n: cfg["quantize"]["layer_bits"].get(n, cfg["quantize"]["bits"])
+            for n in (r["layer"] for r in s["density"][:-1])}
+    scale = cfg["prune"]["scale"]
+    scales = ", ".join(f"{p['scale']:g}" for p in sorted(points, key=lambda p: p["scale"]))
+
+    def brief(p):
+        return {"scale": p["scale"], "seed": p["seed"], "dcz_bytes": p["bytes"],
+                "ratio": round(p["ratio"], 2), "val": round(p["val"], 2),
+                "val_dense": p["val_dense"], "test": round(p["test"], 2),
+                "test_dense": p.get("test_dense"),
+                "compress_seconds": round(p["seconds"]) if p.get("seconds") else None}
+
+    return {
+        "arch": s["arch"], "file": "lenet-5.dcz", "dcz_bytes": len(blob),
+        "dcz_sha256": hashlib.sha256(blob).hexdigest(), "format_version": blob[4] if
+        blob[:4] == dcz.MAGIC else None,
+        "float32_bytes": FLOAT_BYTES[s["arch"]],
+        "ratio": round(FLOAT_BYTES[s["arch"]] / len(blob), 2),
+        "errors_percent": errs,
+        "error_sets": f"test: the 10k MNIST test set; val: {cfg['val_size'] // 1000}k images "
+                      f"held out of the training set (seed {cfg['seed']}), on which the recipe "
+                      "was chosen",
+        "density": s["density"], "bias_round_bits": s.get("bias_round"), "index_bits": bits,
+        "seed": cfg["seed"], "recipe": _recipe(cfg),
+        "command": f"python -m compress pipeline --arch {s['arch']} --data $MNIST_DIR --seed "
+                   f"{cfg['seed']} --set prune.scale={scale:g} (the recipe with this scale); "
+                   "this file came from the seed's dense checkpoint with --baseline and "
+                   "--stages prune,quantize,fixedpoint",
+        "note": f"Chosen on the validation split: of the sweep's points (prune.scale "
+                f"{scales} from the same dense checkpoint) the smallest file within {max_drop:g} points "
+                "of the dense validation error; the test error only reports.",
+        "sweep": [brief(p) for p in sorted(points, key=lambda p: p["scale"])],
+        "other_seeds": [brief(p) for p in sorted(seeds, key=lambda p: p["seed"])],
+    }
+
+
+def ship(args) -> int:
+    from compress.atomic import atomic_path
+
+    points = [p for p in collect(args.runs) if p["arch"] == "lenet-5"]
+    best = choose(points, args.max_drop, seed=args.seed)
+    if best is None:
+        print(f"error: no lenet-5 point of seed {args.seed} within {args.max_drop} points of "
+              "the dense validation error", file=sys.stderr)
+        return 2
+    seeds = [p for p in collect(args.seeds) if p["arch"] == "lenet-5"] if args.seeds else []
+    sweep_pts = [p for p in points if p["seed"] == args.seed]
+    rec = ship_record(Path(best["run"]), sweep_pts, seeds, args.max_drop)
+    out = Path(args.out)
+    with atomic_path(out / "lenet-5.dcz") as tmp:
+        tmp.write_bytes((Path(best["run"]) / "model.dcz").read_bytes())
+    with atomic_path(out / "lenet-5.json") as tmp:
+        tmp.write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"chose {best['run']} (scale {best['scale']:g}): {rec['dcz_bytes']:,} bytes, "
+          f"{rec['ratio']}x, test {best['test']:.2f}%, val {best['val']:.2f}%; wrote "
+          f"{out / 'lenet-5.dcz'} and {out / 'lenet-5.json'}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.frontier", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,9 +271,18 @@ def main(argv=None) -> int:
     q.add_argument("--max-drop", type=float, default=0.2,
                    help="validation budget of the choice, points over the dense model")
     q.add_argument("--json", default=None, help="also write the points here")
+    r = sub.add_parser("ship", help="copy the chosen LeNet-5 point to compress/models")
+    r.add_argument("runs", nargs="+", help="the sweep's run directories (or their parent)")
+    r.add_argument("--out", default="compress/models")
+    r.add_argument("--seed", type=int, default=0, help="the sweep's seed")
+    r.add_argument("--seeds", nargs="*", default=None,
+                   help="run directories of the chosen recipe at other seeds (recorded)")
+    r.add_argument("--max-drop", type=float, default=0.2)
     args = p.parse_args(argv)
     if args.cmd == "sweep":
         return sweep(args)
+    if args.cmd == "ship":
+        return ship(args)
     points = collect(args.runs)
     if not points:
         print(f"error: no summary.json with a .dcz size under {', '.join(args.runs)}",

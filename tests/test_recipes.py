@@ -320,3 +320,52 @@ def test_prune_and_quantize_distill_from_the_model_before_by_default():
     qc.finetune.distill = 0.0
     cc, _ = quantize(c, mc, d, qc)
     assert any(not np.array_equal(ca[k], cc[k]) for k in ca)
+
+
+def test_frontier_ship_applies_the_rule_and_records_the_point(tmp_path):
+    """`bench.frontier ship`: the smallest LeNet-5 file within the validation budget is copied
+    to the models directory with its record (errors on val and test, the recipe, the sweep)."""
+    from compress.dcz import MAGIC
+    from compress.pipeline import config_dict
+
+    cfg = config_dict(make_config("lenet-5"))
+    density = [{"layer": n, "weights": 10, "kept": 5, "kept_pct": 50.0}
+               for n in ("conv1", "conv2", "fc1", "fc2")]
+    density.append({"layer": "total", "weights": 40, "kept": 20, "kept_pct": 50.0})
+
+    def run(name, scale, seed, nbytes, val, test):
+        d = tmp_path / ("seeds" if seed else "sweep") / name
+        d.mkdir(parents=True)
+        c = dict(cfg, seed=seed, prune=dict(cfg["prune"], scale=scale))
+        d.joinpath("summary.json").write_text(json.dumps({
+            "arch": "lenet-5", "dcz_bytes": nbytes, "config": c, "density": density,
+            "bias_round": [1, 2, 3, 4], "seconds": {"compress": 600.4},
+            "errors": {"dense": {"val": 0.7, "test": 0.6}, "pruned": {"val": 0.8, "test": 0.7},
+                       "quantized": {"val": 0.8, "test": 0.7},
+                       "stored": {"val": val, "test": test}}}))
+        d.joinpath("model.dcz").write_bytes(MAGIC + bytes([2]) + bytes([seed]) * (nbytes - 5))
+
+    run("a", 1.25, 0, 16000, 0.75, 0.70)
+    run("b", 1.0, 0, 13000, 0.85, 0.79)
+    run("c", 0.75, 0, 10000, 0.95, 0.85)  # over the budget: 0.25 points over the dense
+    run("d", 1.0, 1, 13100, 0.80, 0.75)
+    out = tmp_path / "models"
+    out.mkdir()
+    assert frontier.main(["ship", str(tmp_path / "sweep"), "--out", str(out),
+                          "--seeds", str(tmp_path / "seeds")]) == 0
+    blob = (out / "lenet-5.dcz").read_bytes()
+    assert blob == (tmp_path / "sweep" / "b" / "model.dcz").read_bytes()
+    rec = json.loads((out / "lenet-5.json").read_text())
+    assert rec["dcz_bytes"] == 13000 and rec["ratio"] == pytest.approx(1_724_320 / 13000, abs=0.01)
+    assert rec["format_version"] == 2
+    assert rec["errors_percent"]["stored"]["val"] == 0.85
+    assert rec["errors_percent"]["stored"]["test"] == 0.79
+    assert rec["recipe"]["prune"]["scale"] == 1.0
+    assert rec["recipe"]["prune"]["final_retrain"]["distill"] > 0
+    assert [p["scale"] for p in rec["sweep"]] == [0.75, 1.0, 1.25]
+    assert [p["seed"] for p in rec["other_seeds"]] == [1]
+    # Nothing within the budget: exit 2 and nothing written.
+    (out / "lenet-5.json").unlink()
+    assert frontier.main(["ship", str(tmp_path / "sweep"), "--out", str(out),
+                          "--max-drop", "0.01"]) == 2
+    assert not (out / "lenet-5.json").exists()
