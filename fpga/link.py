@@ -547,16 +547,25 @@ class Link(wiring.Component):
             with m.Elif(s.timed_out):
                 s.reply(P.ERR_TIMEOUT)
 
+        # The LOAD header, checked before any word is written (three cycles, no byte taken):
+        # an existing memory, the words inside it, at the cursor or at 0/0. Each step acts
+        # on the registers of the one before (the compares once limited the board's clock).
+        c_ok, c_end, c_depth, c_go = Signal(), Signal.like(s.end), Signal.like(s.end), Signal()
         with m.State("LCHK"):
-            # The LOAD header, checked before any word is written (one cycle, no byte
-            # taken): an existing memory, the words inside it, at the cursor or at 0/0.
             m.d.comb += s.in_frame.eq(1)
             restart = (self.load_mem == 0) & (addr == 0)
             at_cursor = (self.load_mem == s.cur_mem) & (addr == s.cur_addr)
-            with m.If((self.load_mem < self.loads) & ~s.l_big & (restart | at_cursor)
-                      & (s.end <= s.depth)):
-                m.d.sync += [s.loaded.eq(0), s.cur_mem.eq(self.load_mem),
-                             s.cur_addr.eq(addr), s.l_last.eq(s.end == s.depth)]
+            m.d.sync += [c_ok.eq((self.load_mem < self.loads) & ~s.l_big & (restart | at_cursor)),
+                         c_end.eq(s.end), c_depth.eq(s.depth)]
+            m.next = "LCHK_CMP"
+        with m.State("LCHK_CMP"):
+            m.d.comb += s.in_frame.eq(1)
+            m.d.sync += [c_go.eq(c_ok & (c_end <= c_depth)), s.l_last.eq(c_end == c_depth)]
+            m.next = "LCHK_GO"
+        with m.State("LCHK_GO"):
+            m.d.comb += s.in_frame.eq(1)
+            with m.If(c_go):
+                m.d.sync += [s.loaded.eq(0), s.cur_mem.eq(self.load_mem), s.cur_addr.eq(addr)]
                 m.next = "LOAD"
             with m.Else():
                 s.refuse(P.ERR_ADDRESS)
@@ -643,6 +652,20 @@ class Link(wiring.Component):
         s.r_crc = Signal(8)
         # One CRC step for every byte sent (the states only choose the byte).
         s.tx_crc = crc8_step(s.r_crc, self.tx.payload)
+        # The argmax for the LEDs, the cycle after T_LOAD took an output word (`am_go`), from
+        # registers only: r_byte, wreg and o_idx hold the word then (they change only in
+        # T_LOAD, a cycle later at the earliest). No FSM state or UART handshake feeds the
+        # compare's enable (that path limited the board's clock twice).
+        s.am_go = am_go = Signal()
+        best, best_idx, o_idx = s.best, s.best_idx, s.o_idx
+        m.d.sync += am_go.eq(0)  # T_LOAD sets it (a later assignment wins)
+        with m.If(am_go):
+            y = Cat(s.r_byte, s.wreg[:8]).as_signed()
+            newbest = (o_idx == 0) | (y > best)
+            with m.If(newbest):
+                m.d.sync += [best.eq(y), best_idx.eq(o_idx)]
+            with m.If(o_idx == n_out - 1):
+                m.d.sync += self.digit.eq(Mux(newbest, o_idx, best_idx))
 
     def _tx_choose(self, m, s):
         """REPLY: wait for a job; its reply's command, payload length, where in the table it
@@ -708,8 +731,9 @@ class Link(wiring.Component):
     def _tx_payload(self, m, s):
         """T_LOAD / T_BODY: the payload, one byte per pair (tag, outputs, table words)."""
         r_k, r_b, r_w, o_idx, r_byte, wreg = s.r_k, s.r_b, s.r_w, s.o_idx, s.r_byte, s.wreg
-        words, best, best_idx, n_out = s.words, s.best, s.best_idx, self.out_features
+        words, n_out = s.words, self.out_features
         is_out = o_idx != n_out
+        am_go = s.am_go
         with m.State("T_LOAD"):
             # The next payload byte into r_byte: the tag, the low byte of an output word as
             # the engine delivers it (the high byte waits in wreg), or a byte of a table word
@@ -723,7 +747,7 @@ class Link(wiring.Component):
                 m.d.comb += self.act_in.ready.eq(1)
                 with m.If(self.act_in.valid):
                     y = self.act_in.payload
-                    m.d.sync += [r_byte.eq(y[:8]), wreg.eq(y[8:]), s.o_hi.eq(1)]
+                    m.d.sync += [r_byte.eq(y[:8]), wreg.eq(y[8:]), s.o_hi.eq(1), am_go.eq(1)]
                     m.next = "T_BODY"
             with m.Elif(is_out):
                 m.d.sync += [r_byte.eq(wreg[:8]), s.o_hi.eq(0), o_idx.eq(o_idx + 1)]
@@ -741,15 +765,6 @@ class Link(wiring.Component):
             with m.If(self.tx.ready):
                 m.d.sync += [s.r_crc.eq(s.tx_crc), r_k.eq(r_k + 1)]
                 m.next = "T_LOAD"
-                # The argmax for the LEDs, from the output word just registered (not from
-                # the engine's output multiplexer: that path limited the board's clock).
-                with m.If(is_out & s.o_hi):
-                    y = Cat(r_byte, wreg[:8]).as_signed()
-                    newbest = (o_idx == 0) | (y > best)
-                    with m.If(newbest):
-                        m.d.sync += [best.eq(y), best_idx.eq(o_idx)]
-                    with m.If(o_idx == n_out - 1):
-                        m.d.sync += self.digit.eq(Mux(newbest, o_idx, best_idx))
 
     def _tx_crc(self, m, s):
         """T_CRC: the reply's last byte; the job leaves the queue."""
