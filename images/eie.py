@@ -262,6 +262,17 @@ def physical_qnet(rom: RomImage) -> QNet:
 
 
 
+def default_issue_width(pes: int) -> int:
+    """Columns the EIE engine's front end sends per cycle by default: 2 from 4 PEs up.
+
+    With many PEs a PE has about one entry per non-zero column or fewer, so one column a cycle
+    bounds the small layers (LeNet-300-100 with 8 PEs: l1 and l2); two need a second read port
+    on each pointer bank (`images.memmap`). With 1-3 PEs the PEs' work is the bound and the
+    port is not worth its memory (the board's EIE engine has 2 PEs).
+    """
+    return 2 if pes >= 4 else 1
+
+
 def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8,
                  acc_bits: int = 32) -> np.ndarray:
     """Compute cycles [batch, layers] of the EIE engine on int16 inputs x[batch, in_0], by a

@@ -63,8 +63,11 @@ def _act_words(image) -> int:
 def _eie_specs(rom, acc_bits: int) -> list[MemorySpec]:
     """hw.eie.Engine (sparse): per PE entries, pointer banks, biases, codebook, two
     accumulator banks; then per PE its activation buffer (two banks of act_words)."""
+    from .eie import default_issue_width
+
     L = rom.num_layers
     k = 1 << rom.index_bits
+    ptr_ports = default_issue_width(rom.pes)  # one per column the front end sends a cycle
     specs = []
     for pe in range(rom.pes):
         entries, ptr, bias = rom.entries[pe], rom.ptr[pe], rom.bias[pe]
@@ -75,9 +78,9 @@ def _eie_specs(rom, acc_bits: int) -> list[MemorySpec]:
             MemorySpec(f"pe{pe}.entries", "rom", rom.index_bits + rom.rel_bits,
                        max(1, len(entries)), tuple(int(x) for x in entries)),
             MemorySpec(f"pe{pe}.ptr_even", "rom", ptr_bits, max(1, (len(words) + 1) // 2),
-                       tuple(words[0::2] or [0])),
+                       tuple(words[0::2] or [0]), read_ports=ptr_ports),
             MemorySpec(f"pe{pe}.ptr_odd", "rom", ptr_bits, max(1, len(words) // 2),
-                       tuple(words[1::2] or [0])),
+                       tuple(words[1::2] or [0]), read_ports=ptr_ports),
             MemorySpec(f"pe{pe}.bias", "rom", 32, max(1, len(bias)),
                        tuple(int(x) & 0xFFFFFFFF for x in bias)),
             MemorySpec(f"pe{pe}.codebook", "rom", 16, max(1, L * k),

@@ -29,11 +29,12 @@ from types import SimpleNamespace
 from amaranth.hdl import Array, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 
-from images.eie import RomImage, physical_qnet
+from images.eie import RomImage, default_issue_width, physical_qnet
 
-from ..blocks import (ActIO, EngineSignature, ceil_div, check_fits, check_queue_depth,
-                      refusing)
+from ..blocks import (ActIO, EngineConfigError, EngineSignature, ceil_div, check_fits,
+                      check_queue_depth, refusing)
 from ..frontend import FrontEnd
+from .frontend import WideFrontEnd
 from ..memory import MemoryFactory, MemorySpec
 from .pe import PE, PEImage
 
@@ -98,10 +99,16 @@ class Engine(wiring.Component):
     image_type = RomImage
 
     def __init__(self, rom: RomImage, *, queue_depth=8, acc_bits=32, sparse=True,
-                 memories: "MemoryFactory | None" = None, max_width: int | None = None):
+                 memories: "MemoryFactory | None" = None, max_width: int | None = None,
+                 issue_width: int | None = None):
         with refusing(self):
             check_queue_depth(queue_depth)
             check_fits(rom, acc_bits=acc_bits, max_width=max_width)
+            if issue_width is None:
+                issue_width = default_issue_width(rom.pes)
+            if issue_width not in (1, 2):
+                raise EngineConfigError(f"issue width must be 1 or 2, not {issue_width!r}")
+        self.issue_width = issue_width
         self.rom = rom
         self.queue_depth = queue_depth
         self.acc_bits = acc_bits
@@ -120,7 +127,8 @@ class Engine(wiring.Component):
         self.images = pe_images(rom, sparse=sparse)
         self.pe_blocks = [
             PE(img, col_bits=self.col_bits, row_bits=self.row_bits, queue_depth=queue_depth,
-               acc_bits=acc_bits, sparse=sparse, memories=self.memories)
+               acc_bits=acc_bits, sparse=sparse, memories=self.memories,
+               issue_width=issue_width)
             for img in self.images
         ]
         self.act_specs = [
@@ -154,24 +162,36 @@ class Engine(wiring.Component):
     def _front_end(self, m, c):
         """Front end and its broadcast to every PE, with credit: every PE must have room."""
         rom, n, pes = self.rom, self.pes, self.pe_blocks
-        m.submodules.fe = c.fe = fe = FrontEnd(pes=n, col_bits=self.col_bits,
-                                                group_bits=self.row_bits, sparse=self.sparse)
+        fe_cls = FrontEnd if self.issue_width == 1 else WideFrontEnd
+        m.submodules.fe = c.fe = fe = fe_cls(pes=n, col_bits=self.col_bits,
+                                              group_bits=self.row_bits, sparse=self.sparse)
         c.layer = layer = Signal(range(max(self.num_layers, 2)), name="layer")
         in_t = Array(Const(rl.in_features, unsigned(self.col_bits + 1)) for rl in rom.layers)
         grp_t = Array(Const(ceil_div(rl.in_features, n), unsigned(self.row_bits + 1))
                       for rl in rom.layers)
         m.d.comb += [fe.in_features.eq(in_t[layer]), fe.groups.eq(grp_t[layer])]
-        all_ready = Signal(name="all_ready")
-        r = pes[0].bc.ready
-        for pe in pes[1:]:
-            r = r & pe.bc.ready
-        m.d.comb += all_ready.eq(r)
-        m.d.comb += fe.o.ready.eq(all_ready)
+        if self.issue_width == 1:
+            all_ready = Signal(name="all_ready")
+            r = pes[0].bc.ready
+            for pe in pes[1:]:
+                r = r & pe.bc.ready
+            m.d.comb += all_ready.eq(r)
+            m.d.comb += fe.o.ready.eq(all_ready)
+            for pe in pes:
+                m.d.comb += [pe.bc.valid.eq(fe.o.valid & all_ready),
+                             pe.bc.payload.eq(fe.o.payload)]
+        else:
+            # the room of the fullest PE: columns go to every PE, each takes what it needs
+            room = Signal(range(3), name="room")
+            one = two = 1
+            for pe in pes:
+                one, two = one & (pe.room >= 1), two & (pe.room >= 2)
+            m.d.comb += [room.eq(Mux(two, 2, Mux(one, 1, 0))), fe.room.eq(room)]
+            for pe in pes:
+                m.d.comb += [pe.bcw.eq(fe.o), pe.bcw_valid.eq(fe.o_valid)]
         for k, pe in enumerate(pes):
             m.d.comb += [
                 pe.layer.eq(layer),
-                pe.bc.valid.eq(fe.o.valid & all_ready),
-                pe.bc.payload.eq(fe.o.payload),
                 fe.rd_data[k].eq(c.act_r[k].data.as_signed()),
             ]
         c.all_idle = Signal(name="all_idle")

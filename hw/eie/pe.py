@@ -39,7 +39,7 @@ from types import SimpleNamespace
 
 import numpy as np
 from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..blocks import bits, post_process, slot_sequencer
@@ -49,6 +49,7 @@ from ..queue import ActQueue
 from .codebook import CodebookDecoder
 from .mac import Mac
 from .pointer import PointerRead, column_layout
+from .widequeue import PairQueue
 
 
 @dataclass
@@ -83,7 +84,12 @@ class PE(wiring.Component):
     """
 
     def __init__(self, img: PEImage, *, col_bits: int, row_bits: int, queue_depth: int = 8,
-                 acc_bits: int = 32, sparse: bool = True, memories: MemoryFactory | None = None):
+                 acc_bits: int = 32, sparse: bool = True, memories: MemoryFactory | None = None,
+                 issue_width: int = 1):
+        if issue_width not in (1, 2):
+            self._MustUse__silence = True  # refused: not an unused elaboratable
+            raise ValueError(f"issue_width must be 1 or 2, not {issue_width!r}")
+        self.issue_width = issue_width
         self.img = img
         self.queue_depth = queue_depth
         self.acc_bits = acc_bits
@@ -102,9 +108,11 @@ class PE(wiring.Component):
         self.specs = [
             MemorySpec(f"pe{pe}.entries", "rom", img.index_bits + img.rel_bits,
                        max(1, len(img.entries)), tuple(int(x) for x in img.entries)),
+            # one read port per column looked up a cycle
             MemorySpec(f"pe{pe}.ptr_even", "rom", self.ptr_bits, max(1, (n_ptr + 1) // 2),
-                       tuple(even)),
-            MemorySpec(f"pe{pe}.ptr_odd", "rom", self.ptr_bits, max(1, n_ptr // 2), tuple(odd)),
+                       tuple(even), read_ports=issue_width),
+            MemorySpec(f"pe{pe}.ptr_odd", "rom", self.ptr_bits, max(1, n_ptr // 2), tuple(odd),
+                       read_ports=issue_width),
             MemorySpec(f"pe{pe}.bias", "rom", 32, max(1, len(img.bias)),
                        tuple(int(x) & 0xFFFFFFFF for x in img.bias)),
             MemorySpec(f"pe{pe}.codebook", "rom", 16, max(1, L * k),
@@ -114,9 +122,14 @@ class PE(wiring.Component):
             *(MemorySpec(f"pe{pe}.acc{b}", "ram", acc_bits, max(1, max(img.rows)), (),
                          read_ports=1, write_ports=1) for b in range(2)),
         ]
+        if issue_width == 1:
+            bcast = {"bc": In(stream.Signature(bcast_layout(col_bits + 1)))}
+        else:  # up to two columns a cycle, sent only within `room` (no back-pressure)
+            bcast = {"bcw": In(data.ArrayLayout(bcast_layout(col_bits + 1), 2)),
+                     "bcw_valid": In(2), "room": Out(range(3))}
         super().__init__({
             "layer": In(range(max(L, 2))),
-            "bc": In(stream.Signature(bcast_layout(col_bits + 1))),
+            **bcast,
             "idle": Out(1),
             # drain: read row drain_row of layer drain_layer from bank drain_layer % 2, output it
             "drain_valid": In(1),
@@ -145,7 +158,10 @@ class PE(wiring.Component):
         c.acc_w_en = Signal(name="acc_w_en")
         c.rows_t = Array(Const(int(v), unsigned(self.row_bits + 1))
                          for v in list(self.img.rows) + [0, 0, 0])  # layers L, L+1: no rows
-        self._pointer_stage(m, c, ports["ptr_even"].read[0], ports["ptr_odd"].read[0])
+        if self.issue_width == 1:
+            self._pointer_stage(m, c, ports["ptr_even"].read[0], ports["ptr_odd"].read[0])
+        else:
+            self._pointer_stage2(m, c, ports["ptr_even"].read, ports["ptr_odd"].read)
         # ---- s_: sequencer (hw/blocks.py) ----------------------------------------------------
         c.s = slot_sequencer(m, c.queue, self.ptr_bits)
         m.d.comb += c.ent.addr.eq(c.s.addr)
@@ -153,8 +169,43 @@ class PE(wiring.Component):
         self._drain(m, c, ports["bias"].read[0])
         self._banks(m, c)
         m.d.comb += self.idle.eq(
-            (c.queue.level == 0) & ~c.pr.busy & ~c.s.valid & ~c.e_valid & ~c.mac.busy)
+            (c.queue.level == 0) & ~c.pr_busy & ~c.s.valid & ~c.e_valid & ~c.mac.busy)
         return m
+
+    def _pointer_stage2(self, m, c, pevs, pods):
+        """p_ at issue width 2: two `PointerRead`s, one per broadcast lane, each on its own
+        read port of the two pointer banks, into a queue written with up to two columns."""
+        img, L = self.img, self.num_layers
+        ptr_base = Array(Const(int(v), unsigned(bits(len(img.ptr) + 1)))
+                         for v in (list(img.ptr_base) + [0] * 2)[:max(L, 2)])
+        depth = self.queue_depth
+        m.submodules.queue = c.queue = queue = PairQueue(column_layout(self.ptr_bits),
+                                                         depth=depth)
+        prs = []
+        for j in range(2):
+            pev, pod = pevs[j], pods[j]
+            pr = PointerRead(
+                col_bits=len(self.bcw[j].col), base_bits=bits(len(img.ptr) + 1),
+                ptr_bits=self.ptr_bits, even_addr_bits=len(pev.addr),
+                odd_addr_bits=len(pod.addr))
+            m.submodules[f"pointer{j}"] = pr
+            m.d.comb += [
+                pr.i.valid.eq(self.bcw_valid[j]),
+                pr.i.payload.eq(self.bcw[j]),
+                pr.base.eq(ptr_base[self.layer]),
+                pr.credit.eq(1),  # `room` below is the credit, checked by the front end
+                pev.addr.eq(pr.even.addr), pr.even.data.eq(pev.data),
+                pod.addr.eq(pr.odd.addr), pr.odd.data.eq(pod.data),
+                queue.i[j].eq(pr.o.payload),
+                queue.i_valid[j].eq(pr.o.valid),
+            ]
+            prs.append(pr)
+        c.pr_busy = prs[0].busy | prs[1].busy
+        # free slots once the columns in the pointer stage are queued: every one sent now
+        # finds its slot a cycle later whatever the sequencer does
+        free = Signal(range(-2, depth + 1), name="free")
+        m.d.comb += free.eq(depth - queue.level - prs[0].busy - prs[1].busy)
+        m.d.comb += self.room.eq(Mux(free >= 2, 2, Mux(free >= 1, 1, 0)))
 
     def _pointer_stage(self, m, c, pev, pod):
         """p_: pointer read (hw/eie/pointer.py) into the column queue."""
@@ -168,6 +219,7 @@ class PE(wiring.Component):
             col_bits=len(self.bc.payload.col), base_bits=bits(len(img.ptr) + 1),
             ptr_bits=self.ptr_bits, even_addr_bits=len(pev.addr), odd_addr_bits=len(pod.addr))
         wiring.connect(m, wiring.flipped(self.bc), pr.i)
+        c.pr_busy = pr.busy
         m.d.comb += [
             pr.base.eq(ptr_base[self.layer]),
             # credit: the column in the pointer stage always finds a free queue slot
