@@ -238,6 +238,7 @@ class Link(wiring.Component):
         s.tag = Signal(8)
         s.crc = Signal(8, init=0xFF)
         s.left = Signal(16)  # payload bytes still to come (LEN, counted down)
+        s.left0 = Signal()  # left == 0, kept beside it (a flip-flop, not a 16-bit compare)
         s.lo_byte = Signal(8)
         s.have_lo = Signal()
         s.has_mask = Signal()  # PACKED format: groups with a mask byte
@@ -253,11 +254,12 @@ class Link(wiring.Component):
 
         # Inter-byte timer: runs inside a frame while no byte is waiting.
         timer = Signal(range(self.timeout + 1))
-        m.d.comb += s.timed_out.eq(timer == self.timeout)
+        # timed_out is a flip-flop (timer == timeout), set as the timer gets there: every
+        # state's way out reads it, so no wide compare sits in front of the FSM.
         with m.If(~s.in_frame | self.rx.valid):
-            m.d.sync += timer.eq(0)
+            m.d.sync += [timer.eq(0), s.timed_out.eq(0)]
         with m.Elif(~s.timed_out):
-            m.d.sync += timer.eq(timer + 1)
+            m.d.sync += [timer.eq(timer + 1), s.timed_out.eq(timer == self.timeout - 1)]
 
         def refuse(code):
             """A refused frame: drop the rest of what it declared (`left` + CRC), then ERROR."""
@@ -273,7 +275,11 @@ class Link(wiring.Component):
         crc_next = Signal(8)
         left_dec = Signal(16)
         m.d.comb += [crc_next.eq(crc8_step(s.crc, rx_byte)), left_dec.eq(s.left - 1)]
-        s.left_dec = left_dec
+
+        def count_down():
+            """One payload byte fewer to come."""
+            m.d.sync += [s.left.eq(left_dec), s.left0.eq(s.left == 1)]
+        s.count_down = count_down
 
         def crc_in():
             m.d.sync += s.crc.eq(crc_next)
@@ -283,7 +289,7 @@ class Link(wiring.Component):
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             with m.If(s.rx_take):
                 crc_in()
-                m.d.sync += s.left.eq(left_dec)
+                count_down()
 
         s.refuse, s.reply, s.crc_in, s.take = refuse, reply, crc_in, take
 
@@ -292,6 +298,7 @@ class Link(wiring.Component):
         s.w_valid = Signal()
         s.w_data = Signal(16)
         s.idx = Signal(range(self.in_features + 1))  # input words produced so far
+        s.idx_end = Signal()  # idx == in_features (a flip-flop beside idx)
         s.w_free = ~s.w_valid
         m.d.comb += [self.act_out.valid.eq(s.w_valid), self.act_out.payload.eq(s.w_data)]
         with m.If(self.act_out.ready):
@@ -299,7 +306,8 @@ class Link(wiring.Component):
 
         def produce(value):
             """The next input word (only while `w_free`)."""
-            m.d.sync += [s.w_data.eq(value), s.w_valid.eq(1), s.idx.eq(s.idx + 1)]
+            m.d.sync += [s.w_data.eq(value), s.w_valid.eq(1), s.idx.eq(s.idx + 1),
+                         s.idx_end.eq(s.idx == self.in_features - 1)]
 
         s.produce = produce
 
@@ -331,7 +339,8 @@ class Link(wiring.Component):
         with m.State("IDLE"):
             m.d.comb += s.rx_want.eq(1)
             m.d.sync += [s.crc.eq(0xFF), s.cmd.eq(0), s.err.eq(0), s.run.eq(0),
-                         s.have_lo.eq(0), s.idx.eq(0), s.m_need.eq(1)]
+                         s.have_lo.eq(0), s.idx.eq(0), s.idx_end.eq(0),
+                         s.m_need.eq(1)]
             with m.If(s.rx_take & (rx_byte == P.SYNC_REQ)):
                 m.next = "CMD"
 
@@ -361,7 +370,7 @@ class Link(wiring.Component):
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             full = Cat(left[:8], rx_byte)
             with m.If(s.rx_take):
-                m.d.sync += left[8:].eq(rx_byte)
+                m.d.sync += [left[8:].eq(rx_byte), s.left0.eq(full == 0)]
                 s.crc_in()
                 with m.Switch(s.cmd):
                     with m.Case(P.CMD_PING, P.CMD_COUNT, *((P.CMD_COMMIT,) if loads else ())):
@@ -405,15 +414,15 @@ class Link(wiring.Component):
             # A refused frame: its remaining payload bytes, then its CRC byte, are dropped.
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             with m.If(s.rx_take):
-                m.d.sync += s.left.eq(s.left_dec)
-                with m.If(s.left == 0):
+                s.count_down()
+                with m.If(s.left0):
                     m.next = "PUSH"
             with m.Elif(s.timed_out):
                 m.next = "PUSH"
 
         with m.State("PAD"):
             # The engine must get all its inputs to finish (its outputs are then dropped).
-            with m.If(s.idx == self.in_features):
+            with m.If(s.idx_end):
                 with m.If(s.err == P.ERR_TIMEOUT):
                     m.next = "PUSH"  # the line is quiet already
                 with m.Else():
@@ -435,7 +444,7 @@ class Link(wiring.Component):
 
         def payload_byte(then):
             """Take the next payload byte; none left (the CRC comes): a length error."""
-            with m.If(s.left == 0):
+            with m.If(s.left0):
                 s.refuse(P.ERR_LENGTH)  # SKIP drops the CRC byte
             with m.Else():
                 s.take()
@@ -476,17 +485,17 @@ class Link(wiring.Component):
 
     def _rx_inputs(self, m, s):
         """INPUTS: the engine's input words from the payload (mask bytes, values, zeros)."""
-        n_in, rx_byte = self.in_features, self.rx.payload
+        rx_byte = self.rx.payload
         mask, m_need = s.mask, s.m_need
         with m.State("INPUTS"):
-            with m.If(s.idx == n_in):
-                with m.If(s.left == 0):
+            with m.If(s.idx_end):
+                with m.If(s.left0):
                     m.d.comb += s.in_frame.eq(1)
                     m.next = "CRC"
                 with m.Else():
                     s.refuse(P.ERR_LENGTH)  # more payload than inputs: drop it, then ERROR
             with m.Elif(s.has_mask & (s.idx[:3] == 0) & m_need):
-                with m.If(s.left == 0):
+                with m.If(s.left0):
                     m.d.sync += s.err.eq(P.ERR_LENGTH)
                     m.next = "PAD"
                 with m.Else():
@@ -497,7 +506,7 @@ class Link(wiring.Component):
                 with m.If(s.w_free):  # a zero input: no byte
                     s.produce(0)
                     m.d.sync += [mask.eq(mask >> 1), m_need.eq(s.idx[:3] == 7)]
-            with m.Elif(s.left == 0):
+            with m.Elif(s.left0):
                 m.d.sync += s.err.eq(P.ERR_LENGTH)
                 m.next = "PAD"
             with m.Elif(s.wide & ~s.have_lo):
@@ -513,7 +522,7 @@ class Link(wiring.Component):
                                  m_need.eq(s.idx[:3] == 7)]
             with m.Else():
                 m.d.comb += s.in_frame.eq(1)  # a byte may be waiting: the timer holds then
-            with m.If(~s.rx_take & s.timed_out & (s.idx != n_in)):
+            with m.If(~s.rx_take & s.timed_out & ~s.idx_end):
                 m.d.sync += s.err.eq(P.ERR_TIMEOUT)
                 m.next = "PAD"
 
@@ -527,7 +536,7 @@ class Link(wiring.Component):
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             with m.If(s.rx_take):
                 s.crc_in()
-                m.d.sync += left.eq(s.left_dec)
+                s.count_down()
                 with m.Switch(l_idx):
                     with m.Case(0):
                         m.d.sync += [self.load_mem.eq(rx_byte), l_idx.eq(1)]
@@ -636,29 +645,35 @@ class Link(wiring.Component):
         words = Array(Signal(32, name=f"tail{i}") for i in range(len(table)))
         for w, v in zip(words, table):
             m.d.comb += w.eq(v)
-        s.words = words
+        # The word at r_w, registered: the table's multiplexer is off the path into r_byte.
+        # r_w moves once per 4 bytes sent and the words hold still while a reply's table part
+        # is sent (the counters change when the sender takes an output word), so the register
+        # has caught up whenever it is read.
+        s.r_w = Signal(range(len(table)))  # the table word sent next
+        s.t_word = Signal(32)
+        m.d.sync += s.t_word.eq(words[s.r_w])
 
         s.r_cmd = Signal(8)
         max_reply = max(1 + 2 * n_out + 4 + 4 * n_l, 12 + 4 * n_l, 12)
         s.r_len = Signal(range(max_reply + 1))
         s.r_k = Signal(range(max_reply + 1))  # payload bytes sent
-        s.r_w = Signal(range(len(table)))  # the table word sent next
         s.r_b = Signal(2)  # byte within the table word
         s.r_tag = Signal()  # the tag byte comes next
         s.o_idx = Signal(range(n_out + 1))  # output words taken (n_out: none to come)
         s.o_hi = Signal()  # the output word's high byte comes next
-        s.r_byte = Signal(8)
+        s.r_byte = Signal(8)  # the byte on tx (every state that sends loads it a state ahead)
         s.wreg = Signal(24)
         s.r_crc = Signal(8)
-        # One CRC step for every byte sent (the states only choose the byte).
-        s.tx_crc = crc8_step(s.r_crc, self.tx.payload)
-        # The argmax for the LEDs, the cycle after T_LOAD took an output word (`am_go`), from
+        # The byte sent is always r_byte, so the CRC step reads registers only.
+        m.d.comb += self.tx.payload.eq(s.r_byte)
+        s.tx_crc = crc8_step(s.r_crc, s.r_byte)
+        # The argmax for the LEDs, the cycle after T_OUT took an output word (`am_go`), from
         # registers only: r_byte, wreg and o_idx hold the word then (they change only in
         # T_LOAD, a cycle later at the earliest). No FSM state or UART handshake feeds the
         # compare's enable (that path limited the board's clock twice).
         s.am_go = am_go = Signal()
         best, best_idx, o_idx = s.best, s.best_idx, s.o_idx
-        m.d.sync += am_go.eq(0)  # T_LOAD sets it (a later assignment wins)
+        m.d.sync += am_go.eq(0)  # T_OUT sets it (a later assignment wins)
         with m.If(am_go):
             y = Cat(s.r_byte, s.wreg[:8]).as_signed()
             newbest = (o_idx == 0) | (y > best)
@@ -675,7 +690,7 @@ class Link(wiring.Component):
         infer_len = 2 * n_out + 4 + 4 * n_l
         with m.State("REPLY"):
             m.d.sync += [s.r_k.eq(0), s.r_b.eq(0), s.r_crc.eq(0xFF), s.o_idx.eq(n_out),
-                         s.o_hi.eq(0), s.r_tag.eq(0)]
+                         s.o_hi.eq(0), s.r_tag.eq(0), s.r_byte.eq(P.SYNC_REP)]
             with m.If(s.have_job & (job.err != 0)):
                 m.d.sync += [s.r_cmd.eq(P.CMD_ERROR), s.r_len.eq(2), s.r_w.eq(W_ERROR)]
                 m.d.sync += [self.errors.eq(self.errors + 1), self.error_flag.eq(1)]
@@ -712,26 +727,29 @@ class Link(wiring.Component):
     def _tx_header(self, m, s):
         """T_SYNC .. T_LEN1: the reply's header bytes."""
 
-        def send(value, nxt, *, add_crc=True):
-            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
+        def send(following, nxt, *, add_crc=True):
+            """Send r_byte; `following` (the next state's byte) into it once taken."""
+            m.d.comb += self.tx.valid.eq(1)
             with m.If(self.tx.ready):
                 if add_crc:
                     m.d.sync += s.r_crc.eq(s.tx_crc)
+                if following is not None:
+                    m.d.sync += s.r_byte.eq(following)
                 m.next = nxt
 
-        with m.State("T_SYNC"):
-            send(P.SYNC_REP, "T_CMD", add_crc=False)
+        with m.State("T_SYNC"):  # r_byte = SYNC_REP (from REPLY)
+            send(s.r_cmd, "T_CMD", add_crc=False)
         with m.State("T_CMD"):
-            send(s.r_cmd, "T_LEN0")
+            send(s.r_len & 0xFF, "T_LEN0")
         with m.State("T_LEN0"):
-            send(s.r_len & 0xFF, "T_LEN1")
+            send(s.r_len >> 8, "T_LEN1")
         with m.State("T_LEN1"):
-            send(s.r_len >> 8, "T_LOAD")
+            send(None, "T_LOAD")  # T_LOAD chooses the next byte
 
     def _tx_payload(self, m, s):
         """T_LOAD / T_BODY: the payload, one byte per pair (tag, outputs, table words)."""
         r_k, r_b, r_w, o_idx, r_byte, wreg = s.r_k, s.r_b, s.r_w, s.o_idx, s.r_byte, s.wreg
-        words, n_out = s.words, self.out_features
+        t_word, n_out = s.t_word, self.out_features
         is_out = o_idx != n_out
         am_go = s.am_go
         with m.State("T_LOAD"):
@@ -739,29 +757,32 @@ class Link(wiring.Component):
             # the engine delivers it (the high byte waits in wreg), or a byte of a table word
             # (the engine's counters hold the inference whose last output word was taken).
             with m.If(r_k == s.r_len):
+                m.d.sync += r_byte.eq(s.r_crc)  # final: the last byte's step was taken
                 m.next = "T_CRC"
             with m.Elif(s.r_tag):
                 m.d.sync += [r_byte.eq(s.head.field), s.r_tag.eq(0)]
                 m.next = "T_BODY"
             with m.Elif(is_out & ~s.o_hi):
-                m.d.comb += self.act_in.ready.eq(1)
-                with m.If(self.act_in.valid):
-                    y = self.act_in.payload
-                    m.d.sync += [r_byte.eq(y[:8]), wreg.eq(y[8:]), s.o_hi.eq(1), am_go.eq(1)]
-                    m.next = "T_BODY"
+                m.next = "T_OUT"
             with m.Elif(is_out):
                 m.d.sync += [r_byte.eq(wreg[:8]), s.o_hi.eq(0), o_idx.eq(o_idx + 1)]
                 m.next = "T_BODY"
             with m.Else():
                 m.d.sync += r_b.eq(r_b + 1)
                 with m.If(r_b == 0):
-                    m.d.sync += [r_byte.eq(words[r_w][:8]), wreg.eq(words[r_w][8:]),
-                                 r_w.eq(r_w + 1)]
+                    m.d.sync += [r_byte.eq(t_word[:8]), wreg.eq(t_word[8:]), r_w.eq(r_w + 1)]
                 with m.Else():
                     m.d.sync += [r_byte.eq(wreg[:8]), wreg.eq(wreg >> 8)]
                 m.next = "T_BODY"
+        with m.State("T_OUT"):
+            # An output word from the engine: ready comes from the state alone.
+            m.d.comb += self.act_in.ready.eq(1)
+            with m.If(self.act_in.valid):
+                y = self.act_in.payload
+                m.d.sync += [r_byte.eq(y[:8]), wreg.eq(y[8:]), s.o_hi.eq(1), am_go.eq(1)]
+                m.next = "T_BODY"
         with m.State("T_BODY"):
-            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(r_byte)]
+            m.d.comb += self.tx.valid.eq(1)
             with m.If(self.tx.ready):
                 m.d.sync += [s.r_crc.eq(s.tx_crc), r_k.eq(r_k + 1)]
                 m.next = "T_LOAD"
@@ -769,7 +790,7 @@ class Link(wiring.Component):
     def _tx_crc(self, m, s):
         """T_CRC: the reply's last byte; the job leaves the queue."""
         with m.State("T_CRC"):
-            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(s.r_crc)]
+            m.d.comb += self.tx.valid.eq(1)  # r_byte = the CRC (from T_LOAD)
             with m.If(self.tx.ready):
                 m.d.comb += s.pop.eq(1)
                 m.next = "REPLY"
