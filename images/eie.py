@@ -273,20 +273,25 @@ def default_issue_width(pes: int) -> int:
     return 2 if pes >= 4 else 1
 
 
-def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8,
-                 acc_bits: int = 32) -> np.ndarray:
+def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits: int = 32,
+                 issue_width: int | None = None) -> np.ndarray:
     """Compute cycles [batch, layers] of the EIE engine on int16 inputs x[batch, in_0], by a
     cycle model (no Verilog): every PE spends its entries (fillers included) on each non-zero
-    column, the front end broadcasts one non-zero column per cycle (an all-zero group of N
-    columns costs one) and stalls while a PE that needs the column has `queue_depth` queued
-    (`images.lanes.simulate_layer`, one lane per PE), plus 7 fixed cycles a layer (pipeline,
-    idle check, START) and the last layer's 6 of output drain. On the shipped LeNet-300-100
-    and two other LeNet-300-100-shaped networks, 100 sample digits, it is within 0.2 points of
-    the Verilog's MAC utilisation (docs/engine.md); per layer within 1 cycle but l2 (~1%)."""
+    column and the front end stalls while a PE that needs the column has `queue_depth` queued,
+    plus 7 fixed cycles a layer (pipeline, idle check, START) and the last layer's 6 of output
+    drain. At issue width 1 the front end broadcasts one non-zero column per cycle and an
+    all-zero group of N columns costs one (`images.lanes.simulate_layer`, one lane per PE); at
+    width 2 (`simulate_wide`) two a cycle, across group boundaries. issue_width None: the
+    engine's default for the image's PEs (`default_issue_width`). docs/engine.md gives its
+    agreement with the Verilog (within 0.2 points of MAC utilisation on three LeNet-300-100-shaped
+    networks)."""
     from compress.golden import run_layers as golden_layers
 
     from .lanes import simulate_layer
 
+    width = default_issue_width(rom.pes) if issue_width is None else issue_width
+    if width not in (1, 2):
+        raise InputError(f"issue width must be 1 or 2, not {issue_width!r}")
     qnet = physical_qnet(rom)
     x = np.asarray(x)
     acts = [x] + golden_layers(qnet, x, acc_bits=acc_bits)[:-1]  # physical column order
@@ -294,10 +299,60 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8,
     for i, rl in enumerate(rom.layers):
         cost = np.stack([np.diff(rom.ptr[k][rl.ptr_base[k]:rl.ptr_base[k] + rl.in_features + 1])
                          for k in range(rom.pes)])
-        c = simulate_layer(cost, np.asarray(acts[i]) != 0, pes=rom.pes, depth=queue_depth,
-                           rows=0, drain_share=0, preload=False)
+        nz = np.asarray(acts[i]) != 0
+        if width == 1:
+            c = simulate_layer(cost, nz, pes=rom.pes, depth=queue_depth, rows=0,
+                               drain_share=0, preload=False)
+        else:
+            c = simulate_wide(cost, nz, pes=rom.pes, depth=queue_depth)
         out.append(c + (6 if i == rom.num_layers - 1 else 0))
     return np.stack(out, axis=1)
+
+
+def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8) -> np.ndarray:
+    """Cycles of one layer for every input of a batch with the two-wide front end
+    (`hw.eie.frontend.WideFrontEnd`), in the time base of `images.lanes.simulate_layer`.
+
+    cost: [PEs, cols] entries per PE and column; nz: bool [batch, cols]. Group j (N columns) is
+    loaded in cycle L_j = max(the cycle group j-1 sent its last column, L_{j-1} + 1) (one read
+    a cycle); its columns go from L_j on, at most two a cycle shared with the group before, each
+    once every PE that needs it has a free queue slot. A column reaches a PE's sequencer two
+    cycles after it is sent and leaves the queue in its last slot cycle; PEs skip columns with
+    no entry. The front end is done in cycle L_groups; then as `simulate_layer` (3 cycles of
+    pipeline and idle check, START).
+    """
+    if depth < 1:
+        raise InputError(f"queue depth must be >= 1, not {depth!r}")
+    batch, cols = nz.shape
+    lanes = cost.shape[0]
+    never = np.iinfo(np.int64).min // 4
+    t = np.full(batch, never, dtype=np.int64)  # the last cycle a column was sent in
+    slot = np.zeros(batch, dtype=np.int64)  # columns sent in cycle t
+    load = np.full(batch, -1, dtype=np.int64)  # L_j of the current group
+    done = np.zeros((batch, lanes), dtype=np.int64)  # each PE's next free cycle
+    ring = np.full((batch, lanes, depth), never, dtype=np.int64)  # pop cycles of queued columns
+    for g0 in range(0, cols, pes):
+        last = np.full(batch, never, dtype=np.int64)  # this group's last column sent
+        for c in range(g0, min(cols, g0 + pes)):
+            m = nz[:, c]
+            if not m.any():
+                continue
+            u = cost[:, c]
+            used = u > 0
+            credit = ring[:, used, 0].max(axis=1) + 1 if used.any() else np.full(batch, never)
+            tn = np.maximum(np.maximum(load, np.where(slot >= 2, t + 1, t)), credit)
+            slot = np.where(m, np.where(tn == t, slot + 1, 1), slot)
+            start = np.maximum(done, tn[:, None] + 2)
+            fin = start + u[None, :]
+            upd = m[:, None] & used[None, :]
+            done = np.where(upd, fin, done)
+            shifted = np.concatenate([ring[:, :, 1:], (fin - 1)[:, :, None]], axis=2)
+            ring = np.where(upd[:, :, None], shifted, ring)
+            t = np.where(m, tn, t)
+            last = np.where(m, tn, last)
+        load = np.maximum(last, load + 1)
+    end = np.maximum(done.max(axis=1), load + 2) + 3
+    return end + 3 + 1
 
 
 # ---------------------------------------------------------------------------------------------
