@@ -91,6 +91,43 @@ def _baud_ok(clock_hz: float, baud: int) -> bool:
     return True
 
 
+def exact_baud_clock(limit_hz: float, baud: int):
+    """The fastest PLL setting at or below `limit_hz` that is a whole number of bit times
+    (divisor >= 8, no baud error at all), or None: e.g. 27, 30, 33, 36 MHz for 3 Mbaud."""
+    from .top import pll_config
+    from .uart import MIN_DIVISOR
+
+    for div in range(int(limit_hz // baud), MIN_DIVISOR - 1, -1):
+        f = div * baud
+        if f < 16e6:  # the PLL's lowest output
+            return None
+        p = pll_config(12e6, f)
+        if abs(p.fout - f) < 1.0:
+            return p
+    return None
+
+
+def retry_clock(fmax_hz: float, baud: int):
+    """The PLL setting a missed build is rebuilt at, or None (nothing at or above 16 MHz).
+
+    3 % under the fmax found (nextpnr's fmax moves run to run), preferring a clock at which
+    the baud rate is an exact divisor; else the fastest PLL output there whose divisor is
+    within the baud rule (fpga.uart.baud_divisor)."""
+    from .top import pll_config
+
+    limit = 0.97 * fmax_hz
+    p = exact_baud_clock(limit, baud)
+    if p is not None:
+        return p
+    lower = limit  # PLL steps are 0.1-1 MHz apart here
+    while lower >= 16e6:
+        p = pll_config(12e6, lower)
+        if p.fout <= fmax_hz and p.fout >= 16e6 and _baud_ok(p.fout, baud):
+            return p
+        lower -= 0.25e6
+    return None
+
+
 class BuildError(RuntimeError):
     """A tool failed; the message carries the lines of its log that say why."""
 
@@ -166,15 +203,8 @@ def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
                          "seconds": round(secs, 1)})
         if met or not retry or len(attempts) > 1 or not fig["fmax_mhz"]:
             break
-        # The fastest PLL output not above the fmax found (PLL steps are 0.1-1 MHz apart here).
-        lower = 0.97 * fig["fmax_mhz"] * 1e6  # a margin: nextpnr varies run to run
-        while True:
-            p = pll_config(12e6, lower)
-            # ... at which the UART's divisor still makes the baud rate (fpga.uart)
-            if p.fout <= fig["fmax_mhz"] * 1e6 and (_baud_ok(p.fout, baud) or lower < 16e6):
-                break
-            lower -= 0.25e6
-        if p.fout < 16e6:
+        p = retry_clock(fig["fmax_mhz"] * 1e6, baud)
+        if p is None:
             break
         log(f"fmax {fig['fmax_mhz']} MHz < {fig['clock_mhz']:g} MHz: rebuilding at "
             f"{p.fout / 1e6:g} MHz")

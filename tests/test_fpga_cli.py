@@ -152,6 +152,23 @@ def test_build_retry_logic(tmp_path, monkeypatch):
         assert key in on_disk
 
 
+def test_retry_prefers_exact_baud_divisor():
+    """The retry clock: 3 % under the fmax, a whole number of bit times when the PLL makes one."""
+    from fpga.build import exact_baud_clock, retry_clock
+    from fpga.uart import baud_divisor
+
+    for fmax, want in ((29.6, 27.0), (30.5, 27.0), (31.2, 30.0), (34.5, 33.0), (37.5, 36.0),
+                       (25.91, 24.0)):
+        p = retry_clock(fmax * 1e6, 3_000_000)
+        assert p.fout == want * 1e6, (fmax, p.fout)
+        assert p.fout / baud_divisor(p.fout, 3_000_000) == 3_000_000
+    assert retry_clock(20e6, 3_000_000) is None  # under 8 clocks a bit at any clock left
+    # no exact divisor the PLL can make at 115,200 baud: the fastest clock within the rule
+    p = retry_clock(29.6e6, 115_200)
+    assert exact_baud_clock(0.97 * 29.6e6, 115_200) is None
+    assert 16e6 <= p.fout <= 29.6e6 and baud_divisor(p.fout, 115_200) >= 8
+
+
 @pytest.mark.parametrize("board, engine", [("icebreaker", "lockstep"), ("icebreaker", "eie"),
                                            ("icesugar", "lockstep")])
 def test_board_tops_elaborate(board, engine, tmp_path):
