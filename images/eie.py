@@ -316,8 +316,9 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8)
     cost: [PEs, cols] entries per PE and column; nz: bool [batch, cols]. Group j (N columns) is
     loaded in cycle L_j = max(the cycle group j-1 sent its last column, L_{j-1} + 1) (one read
     a cycle); its columns go from L_j on, at most two a cycle shared with the group before, each
-    once every PE that needs it has a free queue slot. A column reaches a PE's sequencer two
-    cycles after it is sent and leaves the queue in its last slot cycle; PEs skip columns with
+    once every PE has a free queue slot (the engine's credit: a column a PE has no entry for
+    holds a slot while in its pointer stage). A column reaches a PE's sequencer two cycles
+    after it is sent and leaves the queue when the sequencer takes it; PEs skip columns with
     no entry. The front end is done in cycle L_groups; then as `simulate_layer` (3 cycles of
     pipeline and idle check, START).
     """
@@ -339,15 +340,19 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8)
                 continue
             u = cost[:, c]
             used = u > 0
-            credit = ring[:, used, 0].max(axis=1) + 1 if used.any() else np.full(batch, never)
+            # every PE must have room, also one the column has no entry for (it holds a slot
+            # while in the pointer stage): the oldest of its last `depth` columns has left
+            credit = ring[:, :, 0].max(axis=1) + 1
             tn = np.maximum(np.maximum(load, np.where(slot >= 2, t + 1, t)), credit)
             slot = np.where(m, np.where(tn == t, slot + 1, 1), slot)
             start = np.maximum(done, tn[:, None] + 2)
             fin = start + u[None, :]
             upd = m[:, None] & used[None, :]
             done = np.where(upd, fin, done)
-            shifted = np.concatenate([ring[:, :, 1:], (fin - 1)[:, :, None]], axis=2)
-            ring = np.where(upd[:, :, None], shifted, ring)
+            # a queued column leaves when the sequencer takes it; an empty one after p_
+            leave = np.where(used[None, :], start - 1, tn[:, None])
+            shifted = np.concatenate([ring[:, :, 1:], leave[:, :, None]], axis=2)
+            ring = np.where(m[:, None, None], shifted, ring)
             t = np.where(m, tn, t)
             last = np.where(m, tn, last)
         load = np.maximum(last, load + 1)

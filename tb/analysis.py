@@ -9,10 +9,11 @@ the ROM image (what each PE must do for this input) and the engine's fixed costs
              interleaved, or permuted by a balanced ROM);
 * fillers:   entries of the busiest PE that are not useful MACs (filler entries, a codebook
              value 0), i.e. max PE work - max PE useful MACs;
-* front end: what the front end's rate needs beyond the busiest PE's work: it broadcasts one
-             non-zero activation per cycle and spends one cycle on an all-zero group of N
-             columns, so a layer takes at least that many cycles (the small last layer, 100
-             inputs for 10 rows, is bound by it);
+* front end: what the front end's rate needs beyond the busiest PE's work (`frontend_cycles`):
+             at issue width 1 it broadcasts one non-zero activation per cycle and spends one
+             cycle on an all-zero group of N columns; at width 2 two a cycle, across group
+             boundaries, one group read a cycle; so a layer takes at least that many cycles
+             (with one column a cycle, LeNet-300-100's l1 and l2 on 8 PEs were bound by it);
 * output:    the drain of the last layer (output stage, one row per cycle) and its start; the
              drain of every other layer overlaps the compute of the next one;
 * other:     the rest: start and fill of the PE pipeline, waiting for the previous layer's
@@ -28,7 +29,7 @@ import numpy as np
 
 from compress.golden import run_layers
 from compress.qnet import QNet
-from images.eie import RomImage
+from images.eie import RomImage, default_issue_width
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -40,7 +41,40 @@ def layer_inputs(qnet: QNet, x: np.ndarray, acc_bits: int = 32) -> list[np.ndarr
     return [np.asarray(x)] + outs[:-1]
 
 
-def work(qnet: QNet, rom: RomImage, x: np.ndarray, acc_bits: int = 32) -> dict:
+def frontend_cycles(nz: np.ndarray, pes: int, width: int = 1) -> np.ndarray:
+    """Cycles [batch] the front end needs for a layer with nothing holding it: nz is bool
+    [batch, cols] in physical column order. Width 1: one per non-zero column and one per
+    all-zero group of `pes` columns. Width 2 (`hw.eie.frontend.WideFrontEnd`): group j is
+    loaded in L_j = max(the cycle group j-1 sent its last column, L_{j-1} + 1), its columns
+    go two a cycle from L_j on (sharing a cycle with the group before), and the front end is
+    done in L_groups, L_0 = 0."""
+    nz = np.asarray(nz, dtype=bool)
+    batch, cols = nz.shape
+    pad = (-cols) % pes
+    counts = np.pad(nz, ((0, 0), (0, pad))).reshape(batch, -1, pes).sum(axis=2)
+    if width == 1:
+        return np.maximum(counts, 1).sum(axis=1)
+    never = -(1 << 40)
+    t = np.full(batch, never)
+    slot = np.zeros(batch, dtype=np.int64)  # columns sent in cycle t
+    load = np.zeros(batch, dtype=np.int64)
+    for k in counts.T:
+        # the first column: in cycle t if a slot is left there and the group is loaded
+        first = np.maximum(load, np.where(slot >= 2, t + 1, t))
+        share = (first == t).astype(np.int64)  # it took t's second slot
+        rest = np.maximum(k - 1, 0)
+        last = np.where(share == 1, t + (rest + 1) // 2, first + rest // 2)
+        slot_end = np.where(share == 1, np.where(rest % 2 == 1, 1, 2),
+                            np.where(rest % 2 == 1, 2, 1))
+        has = k > 0
+        t = np.where(has, last, t)
+        slot = np.where(has, slot_end, slot)
+        load = np.maximum(np.where(has, last, never), load + 1)
+    return load
+
+
+def work(qnet: QNet, rom: RomImage, x: np.ndarray, acc_bits: int = 32,
+         issue_width: int | None = None) -> dict:
     """Per layer, per input, per PE: useful MACs and entries processed (incl. fillers).
 
     Useful MACs come from the logical network (the golden model's layer inputs); a balanced ROM
@@ -48,6 +82,7 @@ def work(qnet: QNet, rom: RomImage, x: np.ndarray, acc_bits: int = 32) -> dict:
     columns perm_{i-1} in the order of its pointer array.
     """
     n = rom.pes
+    width = default_issue_width(n) if issue_width is None else issue_width
     useful, entries, frontend = [], [], []
     for i, (layer, a) in enumerate(zip(qnet.layers, layer_inputs(qnet, x, acc_bits))):
         nzw = layer.weights() != 0  # [out, in], logical
@@ -65,18 +100,16 @@ def work(qnet: QNet, rom: RomImage, x: np.ndarray, acc_bits: int = 32) -> dict:
             e[:, k] = act_phys @ per_col
         useful.append(u)
         entries.append(e)
-        # front end: groups of N physical columns, one cycle per non-zero, one per empty group
-        pad = (-act_phys.shape[1]) % n
-        nzg = np.pad(act_phys, ((0, 0), (0, pad))).reshape(len(act), -1, n).sum(axis=2)
-        frontend.append(np.maximum(nzg, 1).sum(axis=1))
+        frontend.append(frontend_cycles(act_phys != 0, n, width))
     return {"useful": useful, "entries": entries, "frontend": frontend}
 
 
 def breakdown(qnet: QNet, rom: RomImage, x: np.ndarray, layer_cycles: np.ndarray,
-              acc_bits: int = 32) -> list[dict]:
-    """Per layer, averaged over the inputs: cycles, ideal and the lost-cycle split."""
+              acc_bits: int = 32, issue_width: int | None = None) -> list[dict]:
+    """Per layer, averaged over the inputs: cycles, ideal and the lost-cycle split
+    (issue_width: the engine's, None for its default)."""
     n = rom.pes
-    w = work(qnet, rom, x, acc_bits)
+    w = work(qnet, rom, x, acc_bits, issue_width)
     rows = []
     L = rom.num_layers
     for i in range(L):
