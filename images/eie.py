@@ -278,7 +278,7 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
     """Compute cycles [batch, layers] of the EIE engine on int16 inputs x[batch, in_0], by a
     cycle model (no Verilog): every PE spends its entries (fillers included) on each non-zero
     column and the front end stalls while a PE that needs the column has `queue_depth` queued,
-    plus 7 fixed cycles a layer (pipeline, idle check, START) and the last layer's 6 of output
+    plus 6 fixed cycles a layer (pipeline, idle check, START) and the last layer's 6 of output
     drain. At issue width 1 the front end broadcasts one non-zero column per cycle and an
     all-zero group of N columns costs one (`images.lanes.simulate_layer`, one lane per PE); at
     width 2 (`simulate_wide`) two a cycle, across group boundaries. issue_width None: the
@@ -305,7 +305,8 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
                                drain_share=0, preload=False)
         else:
             c = simulate_wide(cost, nz, pes=rom.pes, depth=queue_depth)
-        out.append(c + (6 if i == rom.num_layers - 1 else 0))
+        # - 1: a PE is idle while its last hit is written (`hw.eie.mac.Mac.pending`)
+        out.append(c - 1 + (6 if i == rom.num_layers - 1 else 0))
     return np.stack(out, axis=1)
 
 

@@ -31,7 +31,8 @@ class Mac(wiring.Component):
 
     Ports: `i` (in: (row, value) hits, one per cycle, no back-pressure), `weight` (in: the
     weight of the previous cycle's hit), `acc_rd`/`acc_wr` (the accumulator memory's read and
-    write port, driven from here), `busy` (out: a hit not yet written).
+    write port, driven from here), `busy` (out: a hit not yet written), `pending` (out: a hit
+    in `m_`, whose write is a cycle away).
     Parameters: row_bits (accumulator address width), acc_bits (17..64), sparse (drop zero
     weights).
     """
@@ -53,6 +54,9 @@ class Mac(wiring.Component):
             "acc_rd": In(memory.ReadPort.Signature(addr_width=row_bits, shape=acc_bits)),
             "acc_wr": In(memory.WritePort.Signature(addr_width=row_bits, shape=acc_bits)),
             "busy": Out(1),  # a hit is in m_ or w_ (not yet written)
+            # a hit in m_: its write is still to come (one in w_ is written this cycle, so a
+            # layer may end with it: the next reads of this memory come a cycle later)
+            "pending": Out(1),
         })
 
     def elaborate(self, platform):
@@ -93,5 +97,6 @@ class Mac(wiring.Component):
             self.acc_wr.data.eq(w_new),
             self.acc_wr.en.eq(w_valid),
             self.busy.eq(m_valid | w_valid),
+            self.pending.eq(m_valid),
         ]
         return m

@@ -168,8 +168,10 @@ class PE(wiring.Component):
         self._entry_and_mac(m, c, ports["codebook"].read[0])
         self._drain(m, c, ports["bias"].read[0])
         self._banks(m, c)
+        # idle while the last hit is written: the accumulator is next read (drain) or written
+        # (other bank) a cycle later
         m.d.comb += self.idle.eq(
-            (c.queue.level == 0) & ~c.pr_busy & ~c.s.valid & ~c.e_valid & ~c.mac.busy)
+            (c.queue.level == 0) & ~c.pr_busy & ~c.s.valid & ~c.e_valid & ~c.mac.pending)
         return m
 
     def _pointer_stage2(self, m, c, pevs, pods):
