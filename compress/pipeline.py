@@ -85,21 +85,22 @@ RECIPES: dict[str, dict] = {
         "val_size": 10000,
         "train": {"epochs": 15, "lr": 1e-3, "weight_decay": 1e-4, "label_smoothing": 0.1},
         # fc1 (800 -> 500) holds 93% of the weights and most of them are redundant (DNS keeps
-        # 0.7%): it goes far sparser than the paper's 8%; conv1 is tiny and sensitive.
-        # Retraining and centroid tuning distill from the dense model (soft targets at T = 4,
-        # weight 0.7), which pulls the compressed net back towards the function it had.
+        # 0.7%): it goes far sparser than the paper's 8%; conv1 is tiny and sensitive. The
+        # sweep (scale 1.0, 1.25, 1.5) had all within the validation budget: 1.0, the smallest.
+        # Distilling from the dense model (`distill` 0.7, T = 4, final retrain 4 epochs, centroid
+        # tuning 3) lost on validation: 0.85% against 0.78% for the file's values at scale 1.0,
+        # 1.04% (over the budget) at 0.75. A teacher trained with label smoothing has flat soft
+        # targets (Mueller et al. 2019), which may be why. Off.
         "prune": {"method": "percentile", "schedule": "iterative", "steps": 4,
                   "levels": {"conv1": 0.5, "conv2": 0.08, "fc1": 0.02, "fc2": 0.1},
                   "scale": 1.0,
                   "retrain": {"epochs": 1.5, "lr": 1e-3, "weight_decay": 1e-4,
-                              "label_smoothing": 0.1, "distill": 0.7, "temperature": 4.0},
-                  "final_retrain": {"epochs": 4, "lr": 1e-3, "weight_decay": 1e-4,
-                                    "label_smoothing": 0.1, "distill": 0.7,
-                                    "temperature": 4.0}},
+                              "label_smoothing": 0.1},
+                  "final_retrain": {"epochs": 3, "lr": 1e-3, "weight_decay": 1e-4,
+                                    "label_smoothing": 0.1}},
         # Conv layers keep 5-bit codebooks (the paper: they lose accuracy below 4 bits).
         "quantize": {"bits": 4, "layer_bits": {"conv1": 5, "conv2": 5}, "init": "linear",
-                     "finetune": {"epochs": 3, "lr": 1e-4, "label_smoothing": 0.1,
-                                  "distill": 0.7, "temperature": 4.0}},
+                     "finetune": {"epochs": 2, "lr": 1e-4, "label_smoothing": 0.1}},
         "fixedpoint": {"input_frac": 8, "acc_bits": 32, "bias_round": "auto"},
     },
 }
