@@ -305,6 +305,8 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
                                drain_share=0, preload=False)
         else:
             c = simulate_wide(cost, nz, pes=rom.pes, depth=queue_depth)
+            if i:  # the first groups come forwarded from the previous layer's drain
+                c = c - 2
         # - 1: a PE is idle while its last hit is written (`hw.eie.mac.Mac.pending`)
         out.append(c - 1 + (6 if i == rom.num_layers - 1 else 0))
     return np.stack(out, axis=1)

@@ -189,20 +189,27 @@ class Engine(wiring.Component):
             m.d.comb += [room.eq(Mux(two, 2, Mux(one, 1, 0))), fe.room.eq(room)]
             for pe in pes:
                 m.d.comb += [pe.bcw.eq(fe.o), pe.bcw_valid.eq(fe.o_valid)]
+        # the drain runs beside the FSM: layer d_layer's rows out, overlapping d_layer + 1
+        c.d_active = Signal(name="d_active")
+        c.d_layer = Signal.like(layer, name="d_layer")
+        c.d_cnt = Signal(self.row_bits + 2, name="d_cnt")
+        fwd_r = Signal(name="fwd_r")
+        if self.issue_width == 2:
+            # the group the front end reads is the row the drain presents now: next cycle take
+            # it from the output stage (y of every PE) instead of the buffer written a cycle late
+            fwd = Signal(name="fwd")
+            m.d.comb += [fwd.eq(c.d_active & (c.d_cnt == fe.rd_addr)), fe.fwd.eq(fwd)]
+            m.d.sync += fwd_r.eq(fwd)
         for k, pe in enumerate(pes):
             m.d.comb += [
                 pe.layer.eq(layer),
-                fe.rd_data[k].eq(c.act_r[k].data.as_signed()),
+                fe.rd_data[k].eq(Mux(fwd_r, pe.y, c.act_r[k].data.as_signed())),
             ]
         c.all_idle = Signal(name="all_idle")
         idle = pes[0].idle
         for pe in pes[1:]:
             idle = idle & pe.idle
         m.d.comb += c.all_idle.eq(idle)
-        # the drain runs beside the FSM: layer d_layer's rows out, overlapping d_layer + 1
-        c.d_active = Signal(name="d_active")
-        c.d_layer = Signal.like(layer, name="d_layer")
-        c.d_cnt = Signal(self.row_bits + 2, name="d_cnt")
         for k in range(n):  # default: the front end reads the source bank (layer % 2)
             m.d.comb += [c.act_r[k].en.eq(1),
                          c.act_r[k].addr.eq(self._act_addr(layer[0], fe.rd_addr))]

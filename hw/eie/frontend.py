@@ -8,6 +8,10 @@ non-zero left pairs with the first non-zero of the next group, and a group is lo
 sent columns cleared) in the cycle the current one runs out. The read port gives one group a
 cycle, so a run of k all-zero groups still costs about k cycles.
 
+At a layer's start the groups come from the previous layer's drain, one a cycle; `fwd` says
+the group being read arrives on `rd_data` straight from the drain's output stage (the engine
+muxes it in), so the front end need not wait the two cycles of the write and the read.
+
 Flow control is by credit: `room` (0, 1 or 2) is how many columns every PE can take this cycle
 (`hw.eie.pe.PE.room`); `o_valid[j]` says column j of `o` is sent in this cycle (lane 1 only
 with lane 0). Nothing waits on the PEs: what is sent is taken.
@@ -40,8 +44,9 @@ class WideFrontEnd(wiring.Component):
     """start: pulse with in_features/groups stable for the whole layer; done: pulse at the end.
 
     Ports as `hw.frontend.FrontEnd` (start, in_features, groups, avail, rd_addr, rd_data, busy,
-    done) but the output: `o` (WIDTH (value, col) lanes), `o_valid` (lanes sent this cycle)
-    and the credit input `room` (0..WIDTH columns every PE can take).
+    done) but the output: `o` (WIDTH (value, col) lanes), `o_valid` (lanes sent this cycle),
+    the credit input `room` (0..WIDTH columns every PE can take) and `fwd` (the group read now
+    comes forwarded from the drain next cycle: readable whatever `avail` says).
     """
 
     def __init__(self, *, pes: int, col_bits: int, group_bits: int, sparse: bool = True):
@@ -59,6 +64,9 @@ class WideFrontEnd(wiring.Component):
             "rd_addr": Out(group_bits + 1),
             "rd_data": In(data.ArrayLayout(signed(16), pes)),
             "room": In(range(WIDTH + 1)),
+            # the word of group rd_addr comes on rd_data next cycle from the previous layer's
+            # output stage (forwarded), whether or not it is written yet
+            "fwd": In(1),
             "o": Out(data.ArrayLayout(bcast_layout(col_bits + 1), WIDTH)),
             "o_valid": Out(WIDTH),
             "busy": Out(1),
@@ -141,7 +149,7 @@ class WideFrontEnd(wiring.Component):
                                             Mux(c_any0, nxt_mask & ~n_low, nxt_mask & ~n_two)))]
 
         m.d.comb += self.rd_addr.eq(grp)
-        m.d.sync += ok.eq(self.rd_addr < self.avail)
+        m.d.sync += ok.eq((self.rd_addr < self.avail) | self.fwd)
         with m.If(self.start & ~self.busy):
             # present group 0 now; it is on rd_data in the next cycle (cur_mask is empty)
             m.d.sync += [self.busy.eq(1), grp.eq(0), nxt_base.eq(0), cur_mask.eq(0)]
