@@ -13,7 +13,11 @@ FSMs that run at the same time, so the host can stream requests without waiting 
 The queue holds `window` jobs, the number of requests the host may have in flight (PING
 reports it): the receiver never has to wait for the sender while the host keeps that limit.
 The words into the engine pass one register (`w_`), so nothing combinational runs from the
-engine's `i_act.ready` to the UART; the load port is registered too.
+engine's `i_act.ready` to the UART; the load port is registered too. For the board's clock the
+rest is kept shallow as well: the sender's byte, its CRC input and the reply table's word
+are registers, the engine's `o_act.ready` comes from the sender's state alone, the LED argmax
+runs a cycle after the output word is taken, the LOAD header check takes three registered
+steps, and the receiver's `left == 0`, `idx == in_features` and timeout tests are flip-flops.
 
 A bad frame cannot turn the link:
 
