@@ -320,9 +320,9 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8)
     loaded in cycle L_j = max(the cycle group j-1 sent its last column, L_{j-1} + 1) (one read
     a cycle); its columns go from L_j on, at most two a cycle shared with the group before, each
     once every PE has a free queue slot (the engine's credit: a column a PE has no entry for
-    holds a slot while in its pointer stage). A column reaches a PE's sequencer two cycles
-    after it is sent and leaves the queue when the sequencer takes it; PEs skip columns with
-    no entry. The front end is done in cycle L_groups; then as `simulate_layer` (3 cycles of
+    holds a slot while in its pointer stage). A column reaches a PE's sequencer a cycle after
+    it is sent when the PE has nothing queued (the queue's bypass), else when the sequencer
+    takes it from the queue; PEs skip columns with no entry. The front end is done in cycle L_groups; then as `simulate_layer` (3 cycles of
     pipeline and idle check, START).
     """
     if depth < 1:
@@ -348,7 +348,8 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8)
             credit = ring[:, :, 0].max(axis=1) + 1
             tn = np.maximum(np.maximum(load, np.where(slot >= 2, t + 1, t)), credit)
             slot = np.where(m, np.where(tn == t, slot + 1, 1), slot)
-            start = np.maximum(done, tn[:, None] + 2)
+            # into an empty queue a column goes straight on to the sequencer (its bypass)
+            start = np.maximum(done, tn[:, None] + 1)
             fin = start + u[None, :]
             upd = m[:, None] & used[None, :]
             done = np.where(upd, fin, done)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -163,7 +163,7 @@ class PE(wiring.Component):
         else:
             self._pointer_stage2(m, c, ports["ptr_even"].read, ports["ptr_odd"].read)
         # ---- s_: sequencer (hw/blocks.py) ----------------------------------------------------
-        c.s = slot_sequencer(m, c.queue, self.ptr_bits)
+        c.s = slot_sequencer(m, c.seq_src, self.ptr_bits)
         m.d.comb += c.ent.addr.eq(c.s.addr)
         self._entry_and_mac(m, c, ports["codebook"].read[0])
         self._drain(m, c, ports["bias"].read[0])
@@ -199,10 +199,27 @@ class PE(wiring.Component):
                 pev.addr.eq(pr.even.addr), pr.even.data.eq(pev.data),
                 pod.addr.eq(pr.odd.addr), pr.odd.data.eq(pod.data),
                 queue.i[j].eq(pr.o.payload),
-                queue.i_valid[j].eq(pr.o.valid),
             ]
             prs.append(pr)
         c.pr_busy = prs[0].busy | prs[1].busy
+        # bypass: into an empty queue, the first column out of p_ goes straight to the
+        # sequencer when it can take it (a cycle earlier); the other one is queued
+        src = SimpleNamespace(o=SimpleNamespace(
+            valid=Signal(name="src_valid"), ready=Signal(name="src_ready"),
+            payload=Signal(column_layout(self.ptr_bits), name="src_payload")))
+        c.seq_src = src
+        empty = queue.level == 0
+        lane0 = prs[0].o.valid
+        by = Signal(2, name="bypass")  # the lane that goes to the sequencer directly
+        m.d.comb += by.eq(Mux(empty & src.o.ready, Mux(lane0, 0b01, prs[1].o.valid << 1), 0))
+        with m.If(empty):
+            m.d.comb += [src.o.valid.eq(lane0 | prs[1].o.valid),
+                         src.o.payload.eq(Mux(lane0, prs[0].o.payload, prs[1].o.payload)),
+                         queue.o.ready.eq(0)]
+        with m.Else():
+            m.d.comb += [src.o.valid.eq(queue.o.valid), src.o.payload.eq(queue.o.payload),
+                         queue.o.ready.eq(src.o.ready)]
+        m.d.comb += queue.i_valid.eq(Cat(prs[0].o.valid, prs[1].o.valid) & ~by)
         # free slots once the columns in the pointer stage are queued: every one sent now
         # finds its slot a cycle later whatever the sequencer does
         free = Signal(range(-2, depth + 1), name="free")
@@ -222,6 +239,7 @@ class PE(wiring.Component):
             ptr_bits=self.ptr_bits, even_addr_bits=len(pev.addr), odd_addr_bits=len(pod.addr))
         wiring.connect(m, wiring.flipped(self.bc), pr.i)
         c.pr_busy = pr.busy
+        c.seq_src = queue
         m.d.comb += [
             pr.base.eq(ptr_base[self.layer]),
             # credit: the column in the pointer stage always finds a free queue slot
