@@ -73,3 +73,68 @@ def test_pe_layer_matches_golden(rows, pes, pe, density, rel_bits, depth, sparse
     sim.add_testbench(bench)
     sim.run()
     np.testing.assert_array_equal(np.array(got, dtype=np.int16), want)
+
+
+@pytest.mark.parametrize("rows,pes,pe,density,depth,stall", [
+    (1, 1, 0, 0.9, 8, 0.0),     # every entry on row 0: bypass of the accumulator every cycle
+    (40, 3, 2, 0.3, 1, 0.5),    # depth 1: room never 2, one column a cycle
+    (30, 4, 1, 0.2, 3, 0.3),    # room 1 often: pairs split; empty columns on either lane
+    (6, 8, 5, 0.5, 2, 0.0),     # about one entry per column: the queue bypass most cycles
+])
+def test_pe_issue_width_2_matches_golden(rows, pes, pe, density, depth, stall):
+    """Two columns a cycle on `bcw`, as many as `room` allows (random gaps), against the
+    golden model's rows of that PE."""
+    qnet = random_qnet((24, rows), seed=rows + 5, density=density, shift=6, relu_last=False)
+    x = random_inputs(1, 24, seed=rows + 2, density=0.7)[0]
+    want = run_layers(qnet, x[None])[0][0][pe::pes]
+    rom = build_rom(qnet, pes=pes)
+    img = pe_images(rom)[pe]
+    nrows = img.rows[0]
+    dut = PE(img, col_bits=5, row_bits=max(1, nrows.bit_length()), queue_depth=depth,
+             issue_width=2)
+    cols = [(int(v), c) for c, v in enumerate(x) if v != 0]
+    rng = random.Random(rows)
+    got = []
+    seen = {"pairs": 0}
+
+    async def bench(ctx):
+        ctx.set(dut.layer, 0)
+        for r in range(nrows + 1):
+            ctx.set(dut.preload_valid, r < nrows)
+            ctx.set(dut.drain_layer, 0)
+            ctx.set(dut.preload_layer, 0)
+            ctx.set(dut.drain_row, min(r, nrows - 1))
+            await ctx.tick()
+        ctx.set(dut.preload_valid, 0)
+        i = 0
+        for _ in range(5000):
+            if i == len(cols):
+                break
+            room = ctx.get(dut.room)
+            k = 0 if stall and rng.random() < stall else min(room, 2, len(cols) - i)
+            assert room <= depth
+            for j in range(2):
+                v, c = cols[i + j] if j < k else (0, 0)
+                ctx.set(dut.bcw[j].value, v)
+                ctx.set(dut.bcw[j].col, c)
+            ctx.set(dut.bcw_valid, (1 << k) - 1)
+            seen["pairs"] += k == 2
+            i += k
+            await ctx.tick()
+        ctx.set(dut.bcw_valid, 0)
+        await ctx.tick().until(dut.idle)
+        for r in range(nrows + 1):
+            ctx.set(dut.drain_valid, r < nrows)
+            ctx.set(dut.drain_row, min(r, nrows - 1))
+            _, _, yv, y = await ctx.tick().sample(dut.y_valid, dut.y)
+            if r > 0:
+                assert yv
+                got.append(y)
+        ctx.set(dut.drain_valid, 0)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    np.testing.assert_array_equal(np.array(got, dtype=np.int16), want)
+    assert seen["pairs"] > 0 or depth == 1
