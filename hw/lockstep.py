@@ -166,6 +166,18 @@ class LockstepEngine(wiring.Component):
         c.rows_t = table([ll.rows_per_pe for ll in img.layers], self.row_bits + 1)
         c.col_base_t = table([ll.col_base for ll in img.layers], bits(len(img.col_ptr)))
         c.bias_t = table([R + ll.bias_base for ll in img.layers], bits(R + img.bias.shape[1]))
+        # the DRAIN count (cnt = row * share + member, controls set a cycle ahead; member j's
+        # word is taken from the accumulator read port when cnt == j + 2 and written to the
+        # activation RAM when cnt == j + 4) at which the drain ends. Into PRELOAD: with the
+        # last member's controls (cnt == rows * share - 1; the count starts at 1, the first
+        # controls come from COMPUTE's last cycle), so PRELOAD's first read comes right after
+        # the last drained word; the output stages finish the last rows meanwhile. Into
+        # OUTPUT, which reads the activation RAMs: after the last write
+        share = self.drain_share
+        ends = [max(ll.rows_per_pe * share - 1, 1) for ll in img.layers[:-1]]
+        ends.append(img.layers[-1].rows_per_pe * share + 3)
+        c.drain_end_t = table(ends, bits(max(ends)))
+        c.o_layer = Signal(range(max(L, 2)), name="o_layer")
 
     def _layer_cycle_bits(self) -> int:
         # the most cycles a layer can take: PRELOAD, every non-zero column once through the
@@ -196,8 +208,26 @@ class LockstepEngine(wiring.Component):
     def _pointer_stage(self, m, c):
         """ptr[g], ptr[g + 1] of global column g into the queue; empty columns dropped."""
         pb, depth, fe = self.ptr_bits, self.queue_depth, c.fe
-        m.submodules.queue = c.queue = queue = ActQueue(
-            data.StructLayout({"value": signed(16), "start": pb, "end": pb}), depth=depth)
+        layout = data.StructLayout({"value": signed(16), "start": pb, "end": pb})
+        m.submodules.queue = fifo = ActQueue(layout, depth=depth)
+        # the queue falls through when empty: a column goes from the pointer stage straight
+        # into the slot sequencer if that takes it in the same cycle. So a credit comes back
+        # two cycles after the front end spent it, not three, and the two credits of depth 2
+        # keep up with columns of one slot (the front end's one column per cycle); behind a
+        # long column the queue holds `depth` as before
+        queue = c.queue = SimpleNamespace(
+            i=SimpleNamespace(valid=Signal(name="q_in_valid"), payload=Signal(layout, name="q_in")),
+            o=SimpleNamespace(valid=Signal(name="q_out_valid"), ready=Signal(name="q_out_ready"),
+                              payload=Signal(layout, name="q_out")),
+            level=fifo.level)
+        through = fifo.level == 0  # a register compare, off the pointer RAMs' path
+        m.d.comb += [
+            queue.o.valid.eq(fifo.o.valid | queue.i.valid),
+            queue.o.payload.eq(Mux(through, queue.i.payload, fifo.o.payload)),
+            fifo.o.ready.eq(queue.o.ready),
+            fifo.i.valid.eq(queue.i.valid & ~(through & queue.o.ready)),
+            fifo.i.payload.eq(queue.i.payload),
+        ]
         c.p_valid = p_valid = Signal(name="p_valid")
         p_odd = Signal(name="p_odd")
         p_value = Signal(signed(16), name="p_value")
@@ -268,7 +298,7 @@ class LockstepEngine(wiring.Component):
         # member of the output stage's group
         c.drn_t = drn_t = Signal(range(max(self.drain_share, 2)), name="drn_t")
         # member y_t's output is on y, to be written at word y_row
-        y_valid = Signal(name="y_valid")
+        c.y_valid = y_valid = Signal(name="y_valid")
         y_row = Signal.like(drn_row, name="y_row")
         c.y_t = y_t = Signal.like(drn_t, name="y_t")
         c.y_en = [Signal(name=f"y_en{k}") for k in range(self.pes)]
@@ -276,7 +306,8 @@ class LockstepEngine(wiring.Component):
         # the output stage is pipelined (d2_: the member's accumulator word registered, d3_:
         # its output registered), so the accumulator read, the output stage and the activation
         # write are three short paths, not one (the board's critical path: 46 ns)
-        d2_valid, c.d3_valid = Signal(name="d2_valid"), Signal(name="d3_valid")
+        c.d2_valid = d2_valid = Signal(name="d2_valid")
+        c.d3_valid = Signal(name="d3_valid")
         d2_row, c.d3_row = Signal.like(drn_row, name="d2_row"), Signal.like(drn_row, name="d3_row")
         d2_t, c.d3_t = Signal.like(drn_t, name="d2_t"), Signal.like(drn_t, name="d3_t")
         m.d.sync += [d2_valid.eq(y_valid), d2_row.eq(y_row), d2_t.eq(y_t),
@@ -341,7 +372,10 @@ class LockstepEngine(wiring.Component):
 
     def _output_stages(self, m, c):
         """One output stage per `drain_share` PEs, member y_t of the group this cycle."""
-        img, n, A, share, layer = self.img, self.pes, self.acc_bits, self.drain_share, c.layer
+        img, n, A, share = self.img, self.pes, self.acc_bits, self.drain_share
+        # the layer being drained: kept while the last rows go through the output stages,
+        # so the next layer's PRELOAD (which changes `layer`) can start under them
+        layer = c.o_layer
         c.ys = [Signal(signed(16), name=f"y{k}") for k in range(n)]
         relu_t = Array(Const(int(ll.relu), 1) for ll in img.layers + [img.layers[-1]])
         for g in range(ceil_div(n, share)):
@@ -371,70 +405,100 @@ class LockstepEngine(wiring.Component):
                 m.d.comb += c.y_en[k].eq(c.d3_valid & (c.d3_t == t))
 
     def _sequencer(self, m, c):
-        """The states PRE0 -> (wait for a full bank) START -> COMPUTE -> DRAIN (-> PRELOAD ->
-        START ...) -> OUTPUT -> PRE0; the loader fills the other bank meanwhile."""
+        """The states PRE0 -> (wait for a full bank) COMPUTE -> DRAIN (-> PRELOAD -> COMPUTE
+        ...) -> OUTPUT -> PRE0; the loader fills the other bank meanwhile, and layer 0's
+        biases of the next inference go in during OUTPUT."""
         n, L, layer, rows_t = self.pes, self.num_layers, c.layer, c.rows_t
         io = c.io
         cnt = io.cnt
         for k in range(n):  # default: the front end reads the activations of bank cb
             m.d.comb += [c.act_r[k].addr.eq(io.addr(io.cb, c.fe.rd_addr)), c.act_r[k].en.eq(1)]
         s = c.s
-        idle = (~c.fe.busy & (c.queue.level == 0) & ~c.p_valid & ~s.valid & ~c.e_valid & ~c.m_any)
+        # nothing left before the m_ stage and no hold (in a hold the m_ slot writes in the
+        # next cycle): the last write (if any) is at this clock edge, so the drain's first
+        # accumulator read may come in the next cycle
+        last_writes = (~c.fe.busy & (c.queue.level == 0) & ~c.p_valid & ~s.valid & ~c.e_valid
+                       & ~c.hold)
+        # the drain's activation writes are still in the output stages
+        out_busy = c.drn_valid | c.y_valid | c.d2_valid | c.d3_valid
 
-        def preload(last_state):
-            # bias row cnt -> accumulator row cnt, controls registered (read a cycle later,
-            # written two cycles later: the writes end during START, before any compute read)
+        def preload_ctl(row, bias_addr):
+            # bias row -> accumulator row, controls registered (read a cycle later, written
+            # two cycles later: the writes end before the layer's first compute read)
+            m.d.sync += [c.pre_valid.eq(1), c.pre_row.eq(row), c.ctl_valid.eq(1),
+                         c.ctl_addr.eq(bias_addr)]
+
+        def preload():
             rows = rows_t[layer]
             with m.If(cnt < rows):
-                m.d.sync += [c.pre_valid.eq(1), c.pre_row.eq(cnt), c.ctl_valid.eq(1),
-                             c.ctl_addr.eq(c.bias_t[layer] + cnt)]
+                preload_ctl(cnt, c.bias_t[layer] + cnt)
             return cnt == rows
 
-        with m.FSM(name="seq"):
+        # layer 0's biases for the next inference, counted by pcnt: during OUTPUT (the
+        # accumulators are free then) and PRE0
+        rows0 = self.img.layers[0].rows_per_pe
+        pcnt = Signal(range(rows0 + 1), name="pre0_cnt")
+
+        def preload0():
+            with m.If(pcnt != rows0):
+                preload_ctl(pcnt, self.max_rows + self.img.layers[0].bias_base + pcnt)
+                m.d.sync += pcnt.eq(pcnt + 1)
+            return pcnt == rows0
+
+        def start_layer():
+            # the front end starts with the last PRELOAD cycle (its first accumulator read is
+            # five cycles later, after the last bias write)
+            m.d.comb += c.fe.start.eq(1)
+            m.next = "COMPUTE"
+
+        with m.FSM(name="seq") as c.fsm:
             with m.State("PRE0"):
-                # layer 0's biases while the input loads (not counted); then wait for it
-                with m.If(preload("PRE0")):
-                    with m.If(io.cb_full):
-                        io.start()
-                        m.next = "START"
-                with m.Else():
-                    m.d.sync += cnt.eq(cnt + 1)
+                # waits for a full bank (and the rest of layer 0's biases)
+                with m.If(preload0() & io.cb_full):
+                    io.start()
+                    m.d.sync += pcnt.eq(0)
+                    start_layer()
             with m.State("PRELOAD"):
                 io.count_layer(layer)
-                with m.If(preload("PRELOAD")):
-                    m.next = "START"
-                with m.Else():
+                # the front end may only read the layer's inputs once the drain wrote them
+                with m.If(preload() & ~out_busy):
+                    start_layer()
+                with m.Elif(cnt != rows_t[layer]):
                     m.d.sync += cnt.eq(cnt + 1)
-            with m.State("START"):
-                io.count_layer(layer)
-                m.d.comb += c.fe.start.eq(1)
-                m.next = "COMPUTE"
             with m.State("COMPUTE"):
                 io.count_layer(layer)
-                with m.If(idle):
-                    m.d.sync += cnt.eq(0)
+                with m.If(last_writes):
+                    self._drain_ctl(m, c, 0)
+                    m.d.sync += cnt.eq(1)
                     m.next = "DRAIN"
             with m.State("DRAIN"):
                 io.count_layer(layer)
                 self._drain_state(m, c, io)
             with m.State("OUTPUT"):
+                preload0()
+
                 def delivered():
                     m.d.sync += [cnt.eq(0), layer.eq(0)]
                     m.next = "PRE0"
 
                 io.output(delivered)
 
-    def _drain_state(self, m, c, io):
-        cnt, layer, rows_t = io.cnt, c.layer, c.rows_t
-        # cnt = row * share + member, the controls registered; the last member of the last
-        # row is written when cnt == rows * share + 3 (one cycle of registered control, two of
-        # output-stage pipeline)
+    def _drain_ctl(self, m, c, cnt):
+        # cnt = row * share + member, the controls registered (read in the next cycle);
+        # o_layer: the layer the output stages apply, set with the controls
         sh = (self.drain_share - 1).bit_length()
-        with m.If((cnt >> sh) < rows_t[layer]):
-            m.d.sync += [c.drn_valid.eq(1), c.drn_row.eq(cnt >> sh), c.ctl_valid.eq(1),
-                         c.ctl_addr.eq(cnt >> sh), c.drn_t.eq(cnt[:sh] if sh else 0)]
+        cnt = Const(cnt, len(c.io.cnt)) if isinstance(cnt, int) else cnt
+        row = cnt >> sh if sh else cnt
+        with m.If(row < c.rows_t[c.layer]):
+            m.d.sync += [c.drn_valid.eq(1), c.drn_row.eq(row), c.ctl_valid.eq(1),
+                         c.ctl_addr.eq(row), c.drn_t.eq(cnt[:sh] if sh else 0),
+                         c.o_layer.eq(c.layer)]
+
+    def _drain_state(self, m, c, io):
+        cnt, layer = io.cnt, c.layer
+        self._drain_ctl(m, c, cnt)
         m.d.sync += cnt.eq(cnt + 1)
-        with m.If(cnt == (rows_t[layer] << sh) + 3):
+        with m.If(cnt == c.drain_end_t[layer]):
             m.d.sync += cnt.eq(0)
             with m.If(layer == self.num_layers - 1):
                 m.d.sync += [io.sel.eq(0), io.word.eq(0), io.o_valid.eq(0)]
