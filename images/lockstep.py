@@ -14,7 +14,11 @@ two PEs. Layout:
   (v = codebook index, 0 = filler; z = zero rows before it; fillers where a gap exceeds
   2**rel_bits - 1). Column c gets L(c) = max over PEs of its entry count "slots"; a PE with fewer
   entries is padded with (v = 0, z = 0) at the end of the column (padding never reaches an
-  accumulator, its row is never used). A column with no entry in any PE has L(c) = 0.
+  accumulator, its row is never used); where it has two or more padding slots and its first
+  entry is a weight on a row >= 1, one of them goes first instead (a (0, 0) entry there is a
+  filler of zero rows; the first slot then cannot hit the row the previous column writes, which
+  would cost the engine a hold cycle, `_lead_pad`). A column with no entry in any PE has
+  L(c) = 0.
 * `slots[s, k]` is PE k's entry in slot s, `v | z << index_bits`; layers and columns are
   concatenated, `col_ptr[g]` is the first slot of global column g (layer i's column c is
   g = col_base[i] + c) and `col_ptr[-1]` the number of slots.
@@ -103,6 +107,23 @@ class LockstepImage:
 PLACEMENTS = ("search", "lpt", "interleave")
 
 
+def _lead_pad(v, z, p, lc) -> np.ndarray:
+    """Columns [cols] (bool) where a PE's entries start one slot late, after a (0, 0) entry.
+
+    The engine holds for a cycle when a column's first slot hits, in some PE, the row that
+    the previous column's last slot writes (the accumulator read misses that write). A PE
+    whose first slot is padding cannot hit, so where a PE has two or more padding slots in a
+    column (its last slot stays padding: no new hit on the next column) and its first entry
+    is a weight on a row >= 1 (so 1 + (z - 1) reaches it after the (0, 0) entry, which acts
+    as a filler of zero rows), one padding slot moves to the front.
+    """
+    cnt = np.diff(p)
+    first = np.minimum(p[:-1], max(len(v) - 1, 0))
+    if len(v) == 0:
+        return np.zeros(len(cnt), dtype=bool)
+    return (cnt >= 1) & (cnt + 2 <= lc) & (v[first] != 0) & (z[first] >= 1)
+
+
 def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS,
                    rel_bits: int = DEFAULT_REL_BITS, placement: str = "search",
                    perms: list[np.ndarray] | None = None, seed: int = 0) -> LockstepImage:
@@ -157,8 +178,12 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
         np.cumsum(lc, out=start[1:])
         block = np.zeros((int(start[-1]), pes), dtype=np.uint32)
         for k, (v, z, p) in enumerate(per_pe):
-            col = np.repeat(np.arange(cols), np.diff(p))
-            pos = start[col] + np.arange(len(v)) - p[col]
+            cnt = np.diff(p)
+            col = np.repeat(np.arange(cols), cnt)
+            z = z.astype(np.int64)
+            lead = _lead_pad(v, z, p, lc)
+            z[p[:-1][lead]] -= 1  # its row is now 1 + z after the leading (0, 0)
+            pos = start[col] + np.arange(len(v)) - p[col] + lead[col]
             block[pos, k] = v.astype(np.uint32) | (z.astype(np.uint32) << index_bits)
         slot_blocks.append(block)
         ptrs.append(slot_base + start[:-1])

@@ -45,12 +45,26 @@ def test_image_slots_are_the_per_column_maximum():
     idx = qnet.layers[0].index
     counts = np.stack([np.diff(encode_csc(idx[k::4], rel_bits=4)[2]) for k in range(4)])
     assert np.array_equal(np.diff(img.col_ptr), counts.max(axis=0))
-    # padding is (v = 0, z = 0) after the PE's own entries
+    # padding is (v = 0, z = 0) after the PE's own entries, or one (0, 0) before them where
+    # the PE has two or more padding slots and its first entry is a weight on a row >= 1 (the
+    # first entry's z one less)
     s = img.slots
+    leads = 0
     for c in range(30):
         a, b = img.col_ptr[c], img.col_ptr[c + 1]
         for k in range(4):
-            assert np.all(s[a + counts[k, c]: b, k] == 0)
+            v, z, p = encode_csc(idx[k::4], rel_bits=4)
+            want = (v[p[c]: p[c + 1]].astype(np.int64) | (z[p[c]: p[c + 1]].astype(np.int64) << 4))
+            n = counts[k, c]
+            lead = n >= 1 and n + 2 <= b - a and v[p[c]] != 0 and z[p[c]] >= 1
+            if lead:
+                want = want.copy()
+                want[0] -= 1 << 4
+                leads += 1
+            got = s[a: b, k].astype(np.int64)
+            assert np.array_equal(got[int(lead): int(lead) + n], want), (c, k)
+            assert np.all(got[:int(lead)] == 0) and np.all(got[int(lead) + n:] == 0)
+    assert leads > 0
 
 
 def test_place_longest_first_evens_out_work():
