@@ -209,33 +209,19 @@ class LockstepEngine(wiring.Component):
         """ptr[g], ptr[g + 1] of global column g into the queue; empty columns dropped."""
         pb, depth, fe = self.ptr_bits, self.queue_depth, c.fe
         layout = data.StructLayout({"value": signed(16), "start": pb, "end": pb})
-        m.submodules.queue = fifo = ActQueue(layout, depth=depth)
-        # the queue falls through when empty: a column goes from the pointer stage straight
-        # into the slot sequencer if that takes it in the same cycle. So a credit comes back
-        # two cycles after the front end spent it, not three, and the two credits of depth 2
-        # keep up with columns of one slot (the front end's one column per cycle); behind a
-        # long column the queue holds `depth` as before
-        queue = c.queue = SimpleNamespace(
-            i=SimpleNamespace(valid=Signal(name="q_in_valid"), payload=Signal(layout, name="q_in")),
-            o=SimpleNamespace(valid=Signal(name="q_out_valid"), ready=Signal(name="q_out_ready"),
-                              payload=Signal(layout, name="q_out")),
-            level=fifo.level)
-        through = fifo.level == 0  # a register compare, off the pointer RAMs' path
-        m.d.comb += [
-            queue.o.valid.eq(fifo.o.valid | queue.i.valid),
-            queue.o.payload.eq(Mux(through, queue.i.payload, fifo.o.payload)),
-            fifo.o.ready.eq(queue.o.ready),
-            fifo.i.valid.eq(queue.i.valid & ~(through & queue.o.ready)),
-            fifo.i.payload.eq(queue.i.payload),
-        ]
+        m.submodules.queue = c.queue = queue = ActQueue(layout, depth=depth)
         c.p_valid = p_valid = Signal(name="p_valid")
         p_odd = Signal(name="p_odd")
         p_value = Signal(signed(16), name="p_value")
-        # credit: the column in the pointer stage always finds a queue slot, i.e. ready while
-        # queue.level + p_valid < depth. Kept as a count of free places and a ready flip-flop
-        # set a cycle ahead: the front end's take -> next group -> activation read address was
-        # the engine's critical path (31 ns) with the compare in front of it
-        credits = Signal(range(depth + 1), init=depth, name="credits")
+        # credit: the pointer stage is a place too: a column waits there (the pointer RAMs'
+        # read enables low hold its pointers) while the queue is full, so the front end may
+        # take while queue.level + p_valid < depth + 1. A credit comes back when the slot
+        # sequencer pops, three cycles after the front end spent it, so the depth + 1 credits
+        # of depth 2 keep up with columns of one slot (one per cycle), where depth credits
+        # gave two columns in three cycles. Kept as a count of free places and a ready
+        # flip-flop set a cycle ahead: the front end's take -> next group -> activation read
+        # address was the engine's critical path (31 ns) with the compare in front of it
+        credits = Signal(range(depth + 2), init=depth + 1, name="credits")
         ready = Signal(init=1, name="fe_ready")
         take = fe.o.valid & ready
         pop = queue.o.valid & queue.o.ready
@@ -250,10 +236,13 @@ class LockstepEngine(wiring.Component):
         m.d.sync += col_base.eq(c.col_base_t[c.layer])
         m.d.comb += [p_g.eq(col_base + fe.o.payload.col),
                      c.pev.addr.eq((p_g + 1) >> 1), c.pod.addr.eq(p_g >> 1)]
-        m.d.sync += [p_valid.eq(fe.o.valid & fe.o.ready), p_odd.eq(p_g[0]),
-                     p_value.eq(fe.o.payload.value)]
         p_start = Mux(p_odd, c.pod.data, c.pev.data)
         p_end = Mux(p_odd, c.pev.data, c.pod.data)
+        p_wait = Signal(name="p_wait")  # a column in the pointer stage, the queue full
+        m.d.comb += [p_wait.eq(p_valid & (p_start != p_end) & ~queue.i.ready),
+                     c.pev.en.eq(~p_wait), c.pod.en.eq(~p_wait)]
+        with m.If(~p_wait):  # (no take while it waits: no credit left)
+            m.d.sync += [p_valid.eq(take), p_odd.eq(p_g[0]), p_value.eq(fe.o.payload.value)]
         m.d.comb += [drop.eq(p_valid & (p_start == p_end)),
                      queue.i.valid.eq(p_valid & (p_start != p_end)),
                      queue.i.payload.value.eq(p_value),
