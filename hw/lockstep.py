@@ -411,49 +411,39 @@ class LockstepEngine(wiring.Component):
         # the drain's activation writes are still in the output stages
         out_busy = c.drn_valid | c.y_valid | c.d2_valid | c.d3_valid
 
-        def preload_ctl(row, bias_addr):
-            # bias row -> accumulator row, controls registered (read a cycle later, written
-            # two cycles later: the writes end before the layer's first compute read)
-            m.d.sync += [c.pre_valid.eq(1), c.pre_row.eq(row), c.ctl_valid.eq(1),
-                         c.ctl_addr.eq(bias_addr)]
+        # PRELOAD: bias row pcnt -> accumulator row pcnt, controls registered (read a cycle
+        # later, written two cycles later: the writes end before the layer's first compute
+        # read). Layer 0's for the next inference go in during OUTPUT (the accumulators are
+        # free then) and PRE0
+        pcnt = Signal(range(self.max_rows + 1), name="pre_cnt")
 
-        def preload():
-            rows = rows_t[layer]
-            with m.If(cnt < rows):
-                preload_ctl(cnt, c.bias_t[layer] + cnt)
-            return cnt == rows
+        def preload(rows, bias_base):
+            with m.If(pcnt != rows):
+                m.d.sync += [c.pre_valid.eq(1), c.pre_row.eq(pcnt), c.ctl_valid.eq(1),
+                             c.ctl_addr.eq(bias_base + pcnt), pcnt.eq(pcnt + 1)]
+            return pcnt == rows
 
-        # layer 0's biases for the next inference, counted by pcnt: during OUTPUT (the
-        # accumulators are free then) and PRE0
         rows0 = self.img.layers[0].rows_per_pe
-        pcnt = Signal(range(rows0 + 1), name="pre0_cnt")
-
-        def preload0():
-            with m.If(pcnt != rows0):
-                preload_ctl(pcnt, self.max_rows + self.img.layers[0].bias_base + pcnt)
-                m.d.sync += pcnt.eq(pcnt + 1)
-            return pcnt == rows0
+        bias0 = self.max_rows + self.img.layers[0].bias_base
 
         def start_layer():
             # the front end starts with the last PRELOAD cycle (its first accumulator read is
             # five cycles later, after the last bias write)
             m.d.comb += c.fe.start.eq(1)
+            m.d.sync += pcnt.eq(0)
             m.next = "COMPUTE"
 
         with m.FSM(name="seq") as c.fsm:
             with m.State("PRE0"):
                 # waits for a full bank (and the rest of layer 0's biases)
-                with m.If(preload0() & io.cb_full):
+                with m.If(preload(rows0, bias0) & io.cb_full):
                     io.start()
-                    m.d.sync += pcnt.eq(0)
                     start_layer()
             with m.State("PRELOAD"):
                 io.count_layer(layer)
                 # the front end may only read the layer's inputs once the drain wrote them
-                with m.If(preload() & ~out_busy):
+                with m.If(preload(rows_t[layer], c.bias_t[layer]) & ~out_busy):
                     start_layer()
-                with m.Elif(cnt != rows_t[layer]):
-                    m.d.sync += cnt.eq(cnt + 1)
             with m.State("COMPUTE"):
                 io.count_layer(layer)
                 with m.If(last_writes):
@@ -464,7 +454,7 @@ class LockstepEngine(wiring.Component):
                 io.count_layer(layer)
                 self._drain_state(m, c, io)
             with m.State("OUTPUT"):
-                preload0()
+                preload(rows0, bias0)
 
                 def delivered():
                     m.d.sync += [cnt.eq(0), layer.eq(0)]
