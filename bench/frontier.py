@@ -183,7 +183,12 @@ def _recipe(cfg: dict) -> dict:
             for k in ("val_size", "train", "prune", "quantize", "fixedpoint") if k in cfg}
 
 
-def ship_record(run: Path, points: list[dict], seeds: list[dict], max_drop: float) -> dict:
+def _r2(v):
+    return None if v is None else round(v, 2)
+
+
+def ship_record(run: Path, points: list[dict], seeds: list[dict], max_drop: float,
+                note: str = "") -> dict:
     """lenet-5.json for the chosen run directory (its summary.json and model.dcz)."""
     import hashlib
 
@@ -202,8 +207,8 @@ def ship_record(run: Path, points: list[dict], seeds: list[dict], max_drop: floa
     def brief(p):
         return {"scale": p["scale"], "seed": p["seed"], "dcz_bytes": p["bytes"],
                 "ratio": round(p["ratio"], 2), "val": round(p["val"], 2),
-                "val_dense": p["val_dense"], "test": round(p["test"], 2),
-                "test_dense": p.get("test_dense"),
+                "val_dense": _r2(p["val_dense"]), "test": round(p["test"], 2),
+                "test_dense": _r2(p.get("test_dense")),
                 "compress_seconds": round(p["seconds"]) if p.get("seconds") else None}
 
     return {
@@ -216,7 +221,8 @@ def ship_record(run: Path, points: list[dict], seeds: list[dict], max_drop: floa
         "error_sets": f"test: the 10k MNIST test set; val: {cfg['val_size'] // 1000}k images "
                       f"held out of the training set (seed {cfg['seed']}), on which the recipe "
                       "was chosen",
-        "density": s["density"], "bias_round_bits": s.get("bias_round"), "index_bits": bits,
+        "density": [dict(r, kept_pct=round(r["kept_pct"], 2)) for r in s["density"]],
+        "bias_round_bits": s.get("bias_round"), "index_bits": bits,
         "seed": cfg["seed"], "recipe": _recipe(cfg),
         "command": f"python -m compress pipeline --arch {s['arch']} --data $MNIST_DIR --seed "
                    f"{cfg['seed']} --set prune.scale={scale:g} (the recipe with this scale); "
@@ -224,7 +230,8 @@ def ship_record(run: Path, points: list[dict], seeds: list[dict], max_drop: floa
                    "--stages prune,quantize,fixedpoint",
         "note": f"Chosen on the validation split: of the sweep's points (prune.scale "
                 f"{scales} from the same dense checkpoint) the smallest file within {max_drop:g} points "
-                "of the dense validation error; the test error only reports.",
+                "of the dense validation error; the test error only reports." +
+                (f" {note}" if note else ""),
         "sweep": [brief(p) for p in sorted(points, key=lambda p: p["scale"])],
         "other_seeds": [brief(p) for p in sorted(seeds, key=lambda p: p["seed"])],
     }
@@ -241,7 +248,7 @@ def ship(args) -> int:
         return 2
     seeds = [p for p in collect(args.seeds) if p["arch"] == "lenet-5"] if args.seeds else []
     sweep_pts = [p for p in points if p["seed"] == args.seed]
-    rec = ship_record(Path(best["run"]), sweep_pts, seeds, args.max_drop)
+    rec = ship_record(Path(best["run"]), sweep_pts, seeds, args.max_drop, note=args.note)
     out = Path(args.out)
     with atomic_path(out / "lenet-5.dcz") as tmp:
         tmp.write_bytes((Path(best["run"]) / "model.dcz").read_bytes())
@@ -278,6 +285,7 @@ def main(argv=None) -> int:
     r.add_argument("--seeds", nargs="*", default=None,
                    help="run directories of the chosen recipe at other seeds (recorded)")
     r.add_argument("--max-drop", type=float, default=0.2)
+    r.add_argument("--note", default="", help="appended to the record's note")
     args = p.parse_args(argv)
     if args.cmd == "sweep":
         return sweep(args)
