@@ -66,6 +66,30 @@ def test_lockstep_shipped_model_8_pes():
     assert np.all(over >= 0) and np.all(over <= 38 + 4 * 38 + 40), over
 
 
+def test_lockstep_shipped_model_back_to_back_board_params():
+    """The board's parameters, inputs back to back: bit-exact, and the interval between results
+    is the compute plus layer 0's start and the output words (the drain starts with the last
+    write, PRELOAD with the last drained word, layer 0's biases go in during OUTPUT, and a
+    column of one slot a cycle comes through the pointer stage): 1,272 cycles before that."""
+    qnet = load_qnet(SHIPPED_QNET)
+    d = np.load(SAMPLE_DIGITS, allow_pickle=False)
+    x = mnist_to_input(d["images"][:4], qnet.input_frac)
+    img = build_lockstep(qnet, 8)
+    r = simulate(build(img, EngineParams(queue_depth=2, drain_share=4)), x, back_to_back=True)
+    np.testing.assert_array_equal(r.outputs, golden(qnet, x))
+    gap = r.cycles[1:] - r.layer_cycles[1:].sum(axis=1)
+    # the output words, the rest of layer 0's biases (38 rows, 12 of them during OUTPUT) and
+    # the uncounted first cycle of layer 0: 39 (56.6 before the overlaps). Digit 3 waits 31
+    # more for its input: digit 2 computes in 899 cycles, in which the loader finds fewer than
+    # 784 cycles without a drain write
+    assert np.all(gap >= 10) and np.all(gap <= 80) and np.median(gap) <= 40, gap
+    slots = lockstep_cycles(img, [x] + run_layers(qnet, x)[:-1])
+    over = r.layer_cycles - slots
+    # per layer: DRAIN (rows x 4), PRELOAD (rows, not layer 0's), holds and bubbles
+    assert np.all(over[:, 0] <= 38 * 4 + 45) and np.all(over[:, 1] <= 13 * 5 + 60), over
+    assert np.all(over[:, 2] <= 2 * 5 + 40), over
+
+
 @pytest.mark.parametrize("stall", [0.0, 0.4])
 def test_lockstep_back_to_back_cocotb(stall):
     """Inputs back to back through the Verilog: bit-exact, the latched layer counts equal a
