@@ -172,11 +172,19 @@ class LockstepEngine(wiring.Component):
         # last member's controls (cnt == rows * share - 1; the count starts at 1, the first
         # controls come from COMPUTE's last cycle), so PRELOAD's first read comes right after
         # the last drained word; the output stages finish the last rows meanwhile. Into
-        # OUTPUT, which reads the activation RAMs: after the last write
+        # OUTPUT, which reads the activation RAMs a word a cycle in order (word w, of PE
+        # w % N, at the earliest in cycle end + 1 + w): once every word is written before it
+        # is read, and the last controls are out
         share = self.drain_share
         ends = [max(ll.rows_per_pe * share - 1, 1) for ll in img.layers[:-1]]
-        ends.append(img.layers[-1].rows_per_pe * share + 3)
+        last = img.layers[-1]
+        ends.append(max([last.rows_per_pe * share - 1, 1]
+                        + [(w // n) * share + (w % n) % share + 4 - w
+                           for w in range(last.out_features)]))
         c.drain_end_t = table(ends, bits(max(ends)))
+        # the PRELOAD count at which the layer's front end may start: its first accumulator
+        # read comes at least six cycles later, so three before the last bias row's controls
+        c.early_t = table([max(ll.rows_per_pe - 3, 0) for ll in img.layers], self.row_bits + 1)
         c.o_layer = Signal(range(max(L, 2)), name="o_layer")
 
     def _layer_cycle_bits(self) -> int:
@@ -403,11 +411,15 @@ class LockstepEngine(wiring.Component):
         for k in range(n):  # default: the front end reads the activations of bank cb
             m.d.comb += [c.act_r[k].addr.eq(io.addr(io.cb, c.fe.rd_addr)), c.act_r[k].en.eq(1)]
         s = c.s
+        c.pcnt = Signal(range(self.max_rows + 1), name="pre_cnt")
         # nothing left before the m_ stage and no hold (in a hold the m_ slot writes in the
         # next cycle): the last write (if any) is at this clock edge, so the drain's first
         # accumulator read may come in the next cycle
         last_writes = (~c.fe.busy & (c.queue.level == 0) & ~c.p_valid & ~s.valid & ~c.e_valid
                        & ~c.hold)
+        # ... and the layer's PRELOAD, which goes on under the front end's start, is done
+        # (its last bias write is in the m_ stage at the latest)
+        last_writes &= (c.pcnt == rows_t[layer]) & ~c.pre_valid
         # the drain's activation writes are still in the output stages
         out_busy = c.drn_valid | c.y_valid | c.d2_valid | c.d3_valid
 
@@ -415,37 +427,40 @@ class LockstepEngine(wiring.Component):
         # later, written two cycles later: the writes end before the layer's first compute
         # read). Layer 0's for the next inference go in during OUTPUT (the accumulators are
         # free then) and PRE0
-        pcnt = Signal(range(self.max_rows + 1), name="pre_cnt")
+        pcnt = c.pcnt
 
         def preload(rows, bias_base):
             with m.If(pcnt != rows):
                 m.d.sync += [c.pre_valid.eq(1), c.pre_row.eq(pcnt), c.ctl_valid.eq(1),
                              c.ctl_addr.eq(bias_base + pcnt), pcnt.eq(pcnt + 1)]
-            return pcnt == rows
 
         rows0 = self.img.layers[0].rows_per_pe
         bias0 = self.max_rows + self.img.layers[0].bias_base
 
         def start_layer():
-            # the front end starts with the last PRELOAD cycle (its first accumulator read is
-            # five cycles later, after the last bias write)
+            # the front end starts three cycles before the last bias row's controls (the
+            # PRELOAD goes on in COMPUTE): from the start, a slot reads the accumulators six
+            # cycles later at the earliest (group loaded, take, pointer stage, queue, s_, e_),
+            # after the last bias write
             m.d.comb += c.fe.start.eq(1)
-            m.d.sync += pcnt.eq(0)
             m.next = "COMPUTE"
 
         with m.FSM(name="seq") as c.fsm:
             with m.State("PRE0"):
-                # waits for a full bank (and the rest of layer 0's biases)
-                with m.If(preload(rows0, bias0) & io.cb_full):
+                # waits for a full bank (and most of layer 0's biases)
+                preload(rows0, bias0)
+                with m.If((pcnt >= max(rows0 - 3, 0)) & io.cb_full):
                     io.start()
                     start_layer()
             with m.State("PRELOAD"):
                 io.count_layer(layer)
+                preload(rows_t[layer], c.bias_t[layer])
                 # the front end may only read the layer's inputs once the drain wrote them
-                with m.If(preload(rows_t[layer], c.bias_t[layer]) & ~out_busy):
+                with m.If((pcnt >= c.early_t[layer]) & ~out_busy):
                     start_layer()
             with m.State("COMPUTE"):
                 io.count_layer(layer)
+                preload(rows_t[layer], c.bias_t[layer])  # the last rows' controls
                 with m.If(last_writes):
                     self._drain_ctl(m, c, 0)
                     m.d.sync += cnt.eq(1)
@@ -478,7 +493,7 @@ class LockstepEngine(wiring.Component):
         self._drain_ctl(m, c, cnt)
         m.d.sync += cnt.eq(cnt + 1)
         with m.If(cnt == c.drain_end_t[layer]):
-            m.d.sync += cnt.eq(0)
+            m.d.sync += [cnt.eq(0), c.pcnt.eq(0)]  # the next PRELOAD (or layer 0's in OUTPUT)
             with m.If(layer == self.num_layers - 1):
                 m.d.sync += [io.sel.eq(0), io.word.eq(0), io.o_valid.eq(0)]
                 m.next = "OUTPUT"
