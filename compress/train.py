@@ -51,12 +51,22 @@ class TrainConfig:
     # temperature. The teacher is the model before compression (`teacher_logits`). 0 = off.
     distill: float = 0.0
     temperature: float = 4.0
+    # Translation augmentation: each training image moves by a random whole number of pixels in
+    # [-shift, shift] along x and y (vacated pixels are 0, the background). Image inputs only
+    # ([n, c, h, w], or flat [n, 784] read as 28 x 28). Its draws use their own generator, so
+    # 0 (off) leaves the batch order and the weights exactly as before.
+    shift: int = 0
 
     def validate(self) -> "TrainConfig":
         if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
             raise InputError(f"bad training settings: {asdict(self)}")
         if not 0.0 <= self.distill <= 1.0:
             raise InputError(f"distill must be in [0, 1], not {self.distill}")
+        if not isinstance(self.shift, int) or isinstance(self.shift, bool) or self.shift < 0:
+            raise InputError(f"shift must be a whole number of pixels >= 0, not {self.shift!r}")
+        if self.shift > 0 and self.distill > 0:
+            # The soft targets are computed once on unshifted images.
+            raise InputError("shift and distill cannot be combined")
         if not self.temperature > 0:
             raise InputError(f"temperature must be > 0, not {self.temperature}")
         if self.optimizer not in ("adam", "sgd"):
@@ -100,6 +110,41 @@ def world() -> tuple[int, int]:
 
 def is_main() -> bool:
     return world()[0] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation
+
+
+def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Move image i of `x` ([n, c, h, w]) down by dy[i] and right by dx[i] pixels, zero fill.
+
+    Shifts may be negative (up / left). One pad and two gathers for the whole batch.
+    """
+    n, c, h, w = x.shape
+    s = int(max(dy.abs().max().item(), dx.abs().max().item())) if n else 0
+    if s == 0:
+        return x
+    xp = nn.functional.pad(x, (s, s, s, s))
+    # out[i, :, r, q] = x[i, :, r - dy[i], q - dx[i]] = xp[i, :, r + s - dy[i], q + s - dx[i]]
+    rows = torch.arange(h, device=x.device)[None, :] + s - dy.to(x.device)[:, None]  # [n, h]
+    cols = torch.arange(w, device=x.device)[None, :] + s - dx.to(x.device)[:, None]  # [n, w]
+    xp = xp.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * s))
+    return xp.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+def random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """`translate` by offsets drawn uniformly from [-shift, shift] (y then x) with `gen`."""
+    if shift <= 0:
+        return x
+    shape = x.shape
+    if x.ndim == 2 and shape[1] == 28 * 28:
+        x = x.reshape(-1, 1, 28, 28)
+    elif x.ndim != 4:
+        raise InputError(f"shift needs image inputs [n, c, h, w] (or [n, 784]), "
+                         f"not {list(shape)}")
+    d = torch.randint(-shift, shift + 1, (2, x.shape[0]), generator=gen)
+    return translate(x, d[0], d[1]).reshape(shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,6 +212,8 @@ def fit(
     soft = (torch.softmax(teacher.float() / cfg.temperature, 1).to(dev)
             if cfg.distill > 0 else None)
     gen = torch.Generator().manual_seed(cfg.seed)
+    # A separate stream for the shifts (one per rank), so shift 0 draws nothing extra.
+    shift_gen = torch.Generator().manual_seed(cfg.seed * 1009 + 7 + rank) if cfg.shift else None
     net.train()
     step, losses = 0, []
     # disable=None: no bar when stderr is not a terminal (a log file gets no \r lines).
@@ -183,7 +230,10 @@ def fit(
             if before_step is not None:
                 before_step(step)
             opt.zero_grad(set_to_none=True)
-            out = net(x_all[idx])
+            xb = x_all[idx]
+            if shift_gen is not None:
+                xb = random_shift(xb, cfg.shift, shift_gen)
+            out = net(xb)
             loss = loss_fn(out, y_all[idx])
             if soft is not None:
                 t = cfg.temperature

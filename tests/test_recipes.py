@@ -372,3 +372,79 @@ def test_frontier_ship_applies_the_rule_and_records_the_point(tmp_path):
     assert frontier.main(["ship", str(tmp_path / "sweep"), "--out", str(out),
                           "--max-drop", "0.01"]) == 2
     assert not (out / "lenet-5.json").exists()
+
+
+def test_translate_moves_a_hand_made_image():
+    from compress.train import translate
+
+    x = torch.arange(1, 17, dtype=torch.float32).reshape(1, 1, 4, 4)
+    x = torch.cat([x, 10 * x])  # two images, two different shifts in one call
+    out = translate(x, torch.tensor([1, -2]), torch.tensor([-1, 0]))
+    # Image 0: one row down, one column left; the top row and right column fill with 0.
+    assert out[0, 0].tolist() == [[0, 0, 0, 0], [2, 3, 4, 0], [6, 7, 8, 0], [10, 11, 12, 0]]
+    # Image 1: two rows up, no sideways move.
+    assert out[1, 0].tolist() == [[90, 100, 110, 120], [130, 140, 150, 160],
+                                  [0, 0, 0, 0], [0, 0, 0, 0]]
+    # No move is the identity; a move by the full height leaves nothing.
+    assert torch.equal(translate(x, torch.tensor([0, 0]), torch.tensor([0, 0])), x)
+    assert not translate(x, torch.tensor([4, 0]), torch.tensor([0, 5])).any()
+
+
+def test_random_shift_is_seeded_bounded_and_takes_flat_inputs():
+    from compress.train import random_shift, translate
+
+    # One lit pixel per image in the middle: where it lands shows the draw.
+    x = torch.zeros(200, 1, 28, 28)
+    x[:, 0, 14, 14] = 1.0
+    a = random_shift(x, 2, torch.Generator().manual_seed(5))
+    b = random_shift(x, 2, torch.Generator().manual_seed(5))
+    c = random_shift(x, 2, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    pos = a.flatten(1).argmax(1)
+    dy, dx = pos // 28 - 14, pos % 28 - 14
+    assert a.flatten(1).sum(1).eq(1).all()  # moved, not lost
+    assert dy.abs().max() == 2 and dx.abs().max() == 2  # every offset in [-2, 2] is drawn
+    assert len(set(zip(dy.tolist(), dx.tolist()))) == 25
+    # Flat [n, 784] inputs are read as 28 x 28 images, with the same draw.
+    flat = random_shift(x.reshape(200, 784), 2, torch.Generator().manual_seed(5))
+    assert flat.shape == (200, 784) and torch.equal(flat.reshape(a.shape), a)
+    assert torch.equal(translate(x, dy, dx), a)
+    assert random_shift(x, 0, torch.Generator()) is x
+    with pytest.raises(InputError, match="image inputs"):
+        random_shift(torch.zeros(4, 10), 1, torch.Generator())
+
+
+def test_shift_off_is_the_old_loop_and_on_is_deterministic(monkeypatch):
+    from compress import train as tr
+
+    torch.set_num_threads(1)
+    d = _tiny_split()
+    cfg = dict(epochs=2, batch_size=32, progress=False)
+    ref = _tiny_model()
+    r_ref = tr.fit(ref, d, tr.TrainConfig(**cfg))
+    on1, on2 = _tiny_model(), _tiny_model()
+    r1 = tr.fit(on1, d, tr.TrainConfig(**cfg, shift=2))
+    r2 = tr.fit(on2, d, tr.TrainConfig(**cfg, shift=2))
+    assert r1 == r2 and r1["steps"] == r_ref["steps"]
+    s1, s2, sr = _state(on1), _state(on2), _state(ref)
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert any(not torch.equal(s1[k], sr[k]) for k in s1)
+    # Off (the default): no augmentation call and no extra random draw, so the weights are
+    # exactly those of the loop without the option (same batch order, same updates).
+    assert tr.TrainConfig().shift == 0
+
+    def boom(*a, **k):
+        raise AssertionError("random_shift called with shift 0")
+
+    monkeypatch.setattr(tr, "random_shift", boom)
+    off = _tiny_model()
+    assert tr.fit(off, d, tr.TrainConfig(**cfg, shift=0)) == r_ref
+    so = _state(off)
+    assert all(torch.equal(so[k], sr[k]) for k in so)
+    # LeNet-300-100 keeps it off in every stage; settings are checked.
+    c = make_config("lenet-300-100")
+    for t in (c.train, c.prune.retrain, c.prune.final_retrain, c.quantize.finetune):
+        assert t.shift == 0
+    for bad in ({"shift": -1}, {"shift": 1.5}, {"shift": True}, {"shift": 1, "distill": 0.5}):
+        with pytest.raises(InputError, match="shift"):
+            tr.TrainConfig(**bad).validate()
