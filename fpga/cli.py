@@ -131,8 +131,9 @@ def build_parser():
                         "(default 8 for the lockstep engine, auto for eie)")
     b.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_MHZ,
                    help=f"PLL clock target (default {DEFAULT_CLOCK_MHZ:g}: the 8-PE lockstep board "
-                        f"routes at 29.4-30.4 MHz, so one run meets it; 36 is the goal; a miss is rebuilt "
-                        f"once under the fmax found, at a clock that still makes the baud rate)")
+                        f"routes at 30.1-30.6 MHz there; 36 is the goal; a miss is rebuilt once "
+                        f"3%% under the fmax found, at a clock where the baud divisor is exact if "
+                        f"one is there, else within 2%%)")
     b.add_argument("--build-dir", default="build", help="build root (default build/)")
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     b.add_argument("--queue-depth", type=int, default=4,

@@ -152,6 +152,23 @@ def test_build_retry_logic(tmp_path, monkeypatch):
         assert key in on_disk
 
 
+def test_flow_passes_nextpnr_options(tmp_path, monkeypatch):
+    """The build script runs nextpnr with the seed and the router's timing-driven rip-up."""
+    import subprocess
+    import fpga.build as B
+    from fpga.top import BoardTop
+    from images import build_image
+
+    monkeypatch.setattr(B.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "no tools here"))
+    img = build_image(random_qnet((20, 8, 4), density=0.5), "lockstep", 2)
+    top = BoardTop(img, clock_hz=30e6, spram=True)
+    with pytest.raises(B.BuildError):
+        B._flow(B.board_platform("icebreaker"), top, tmp_path, seed=7)
+    script = (tmp_path / "build_top.sh").read_text()
+    assert "--seed 7 --tmg-ripup" in script and "--timing-allow-fail" in script
+
+
 def test_retry_prefers_exact_baud_divisor():
     """The retry clock: 3 % under the fmax, a whole number of bit times when the PLL makes one."""
     from fpga.build import exact_baud_clock, retry_clock
