@@ -280,6 +280,10 @@ class LockstepEngine(wiring.Component):
         e_value = Signal(signed(16), name="e_value")
         with m.If(~hold):
             m.d.sync += [c.e_valid.eq(s.valid), c.e_first.eq(s.first), e_value.eq(s.value)]
+            # the activation is 0 outside a slot, so the product is 0 whatever the lane data
+            # (PRELOAD's weight): a synchronous reset, not a gate on every PE's entry
+            with m.If(~s.valid):
+                m.d.sync += e_value.eq(0)
         # PRELOAD: copy bias row pre_row into accumulator row pre_row. These and the DRAIN
         # controls are registers the FSM sets a cycle ahead: the accumulator read address is
         # then a multiplexer from flip-flops, not the layer table and a compare (the board's
@@ -319,7 +323,7 @@ class LockstepEngine(wiring.Component):
     def _pes(self, m, c):
         """Per PE: e_ entry decode and accumulator read, m_ multiply-accumulate and write."""
         img, A, ib, e_bits = self.img, self.acc_bits, self.img.index_bits, self.img.entry_bits
-        hold, layer = c.hold, c.layer
+        hold, layer, s = c.hold, c.layer, c.s
         # codebook: weight = codebook[layer][v] as logic (constants of the network), indexed by
         # Cat(v, layer) (no adder in front of the table: about 10 fewer LUTs per PE)
         K = 1 << ib
@@ -333,15 +337,19 @@ class LockstepEngine(wiring.Component):
             acc_r, acc_w = c.acc_r[k], c.acc_w[k]
             lane = c.lanes[k // 2].data
             ent = lane[(k % 2) * e_bits: (k % 2 + 1) * e_bits]
-            e_v = Signal(ib, name=f"e_v{k}")
-            m.d.comb += e_v.eq(Mux(c.e_valid, ent[:ib], 0))  # v = 0 outside COMPUTE: weight 0
+            e_v = ent[:ib]  # any value outside a slot: the activation is 0 there
             e_z = ent[ib:]
             e_row = Signal(row_w, name=f"e_row{k}")
-            # the previous slot's row + 1, registered: one adder after the lane data, not two
+            # the previous slot's row + 1, registered (one adder after the lane data, not
+            # two), or 0 when the next slot is a column's first (a synchronous reset: no gate
+            # after the register; a column's slots follow each other without a gap)
             row_next = Signal(row_w, name=f"row_next{k}")
-            m.d.comb += e_row.eq(Mux(c.e_first, 0, row_next) + e_z)
-            with m.If(c.e_valid & ~hold):
-                m.d.sync += row_next.eq(e_row + 1)
+            m.d.comb += e_row.eq(row_next + e_z)
+            with m.If(~hold):
+                with m.If(s.first):
+                    m.d.sync += row_next.eq(0)
+                with m.Else():
+                    m.d.sync += row_next.eq(e_row + 1)
             e_hit = c.e_valid & (e_v != 0)
             m_hit = Signal(name=f"m_hit{k}")
             m_row = Signal(row_w, name=f"m_row{k}")
