@@ -21,10 +21,15 @@ per PE for entries, pointers, biases, codebook, accumulators and activations: 13
 
 Per inference: LOAD (in_0 words from `i_act` into the free one of two input banks, beside
 the rest: input k + 1 loads while inference k computes) -> per layer PRELOAD (biases copied
-into the accumulator rows through the MAC pipeline, product forced to 0; layer 0's right after
-the previous inference's output) -> COMPUTE (front end -> pointer stage -> queue -> slot sequencer -> PEs) -> DRAIN (one output
-stage per `drain_share` PEs, pipelined, into the activation RAMs) -> OUTPUT (out_{L-1} words
-to `o_act` in row order, valid/ready).
+into the accumulator rows through the MAC pipeline, product 0; layer 0's during the previous
+inference's OUTPUT and after it) -> COMPUTE (front end -> pointer stage -> queue -> slot
+sequencer -> PEs) -> DRAIN (one output stage per `drain_share` PEs, pipelined, into the
+activation RAMs) -> OUTPUT (out_{L-1} words to `o_act` in row order, valid/ready). The phases
+overlap where the accumulator's one read port allows (docs/lockstep.md, "Phases"): the drain
+reads its first row in the cycle after the layer's last write, the next PRELOAD reads its first
+bias right after the last drained word (the output stages finish meanwhile, with the drained
+layer's rule), the front end starts three cycles before PRELOAD's last bias row, OUTPUT as
+soon as its first words are written.
 
 Pipeline per slot (stage prefixes as in the signal names):
 
@@ -412,7 +417,8 @@ class LockstepEngine(wiring.Component):
     def _sequencer(self, m, c):
         """The states PRE0 -> (wait for a full bank) COMPUTE -> DRAIN (-> PRELOAD -> COMPUTE
         ...) -> OUTPUT -> PRE0; the loader fills the other bank meanwhile, and layer 0's
-        biases of the next inference go in during OUTPUT."""
+        biases of the next inference go in during OUTPUT. No START state: the front end
+        starts in PRE0's or PRELOAD's last cycle."""
         n, L, layer, rows_t = self.pes, self.num_layers, c.layer, c.rows_t
         io = c.io
         cnt = io.cnt
