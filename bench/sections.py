@@ -174,13 +174,15 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
             f"**{100 * v['utilisation']:.1f}%**", f"{100 * v['ideal']:.1f}%"]
            for v in data["variants"]]
     md += ("\n\n" + "; ".join(notes) + f"; {len(x)} digits, queue depth 8, 4-bit relative "
-           "indices, balanced row placement (the ROM default). Cycles are the engine's own "
+           "indices, balanced row placement (the ROM default), the front end's default issue "
+           "width (2 from 4 PEs). Cycles are the engine's own "
            f"per-layer counters read in cocotb ({SIM_NAMES[sim]}); the dense engine is the "
            "same PEs and datapath with zero skipping off.\n\n"
            "Where the cycles go with 8 PEs (mean per inference; cycles = ideal + imbalance + "
            "fillers + front end + output + other, `tb/analysis.py`): imbalance = the busiest "
            "PE's useful MACs above the mean; fillers = its filler entries; front end = what the "
-           "front end's one activation per cycle needs beyond that PE; output = the last "
+           "front end's issue rate (two non-zero activations a cycle from 4 PEs up, one below: "
+           "docs/engine.md) needs beyond that PE; output = the last "
            "layer's drain; other = pipeline fill, waiting for the previous layer's drain and "
            "queue stalls.\n\n"
            + md_table(["layer", "cycles", "ideal", "utilisation", "imbalance", "fillers",
