@@ -53,6 +53,10 @@ class FrontEnd(wiring.Component):
         cur_base = Signal(self.col_bits + 1 + n.bit_length())  # column of element 0
         nxt_base = Signal.like(cur_base)  # column of element 0 of the group on rd_data
         grp = Signal.like(self.groups)  # index of the group on rd_data (the next to load)
+        # grp + 1 and grp < groups kept in flip-flops beside grp: the read address chosen in a
+        # cycle is then a multiplexer of two registers, with no adder or compare in front of it
+        grp_p1 = Signal.like(self.groups, init=1)
+        in_range = Signal()  # grp < groups
         ok = Signal()  # rd_data holds group grp, read when it was available
 
         # lowest set bit of the current mask
@@ -63,42 +67,66 @@ class FrontEnd(wiring.Component):
         low = Signal(n)
         m.d.comb += low.eq(cur_mask & (~cur_mask + 1))
 
+        # "the group runs out this cycle" straight from the mask's flip-flops (empty, or one
+        # column left and it is taken), not through take -> cur_mask & ~low -> rem == 0: this
+        # decides the activation RAMs' read address, the engine's longest path
+        empty = Signal()
+        single = Signal()
+        m.d.comb += [empty.eq(cur_mask == 0), single.eq(_exactly_one(cur_mask))]
+
         m.d.comb += [
-            self.o.valid.eq(self.busy & (cur_mask != 0)),
+            self.o.valid.eq(self.busy & ~empty),
             self.o.payload.value.eq(cur_vals[sel]),
             self.o.payload.col.eq(cur_base + sel),
         ]
-        take = self.o.valid & self.o.ready
-        rem = Signal(n)
-        m.d.comb += rem.eq(Mux(take, cur_mask & ~low, cur_mask))
+        out = Signal()  # the current group runs out this cycle (rem == 0)
+        m.d.comb += out.eq(empty | (single & self.o.ready))
+        adv = Signal()  # load the group on rd_data now, present the one after it
+        m.d.comb += adv.eq(self.busy & out & in_range & ok)
 
         nxt_mask = Signal(n)
         for k in range(n):
             nz = (self.rd_data[k] != 0) if self.sparse else 1
             m.d.comb += nxt_mask[k].eq(nz & (nxt_base + k < self.in_features))
 
-        m.d.comb += self.rd_addr.eq(grp)
-        m.d.sync += ok.eq(self.rd_addr < self.avail)
+        # grp is 0 whenever the front end is idle, so the address presented at start is group 0
+        m.d.comb += self.rd_addr.eq(Mux(adv, grp_p1, grp))
+        m.d.sync += ok.eq(Mux(adv, grp_p1 < self.avail, grp < self.avail))
         with m.If(self.start & ~self.busy):
             # present group 0 now; it is loaded in the next cycle (cur_mask is empty)
-            m.d.sync += [self.busy.eq(1), grp.eq(0), nxt_base.eq(0), cur_mask.eq(0)]
-            m.d.comb += self.rd_addr.eq(0)
+            m.d.sync += [self.busy.eq(1), grp.eq(0), grp_p1.eq(1), nxt_base.eq(0),
+                         cur_mask.eq(0), in_range.eq(self.groups != 0)]
         with m.Elif(self.busy):
-            with m.If(rem == 0):
-                with m.If((grp < self.groups) & ~ok):
+            with m.If(out):
+                with m.If(in_range & ~ok):
                     m.d.sync += cur_mask.eq(0)  # wait for the drain to write group grp
-                with m.Elif(grp < self.groups):
+                with m.Elif(in_range):
                     m.d.sync += [
                         cur_vals.eq(self.rd_data),
                         cur_mask.eq(nxt_mask),
                         cur_base.eq(nxt_base),
                         nxt_base.eq(nxt_base + n),
-                        grp.eq(grp + 1),
+                        grp.eq(grp_p1),
+                        grp_p1.eq(grp_p1 + 1),
+                        in_range.eq(grp_p1 < self.groups),
                     ]
-                    m.d.comb += self.rd_addr.eq(grp + 1)
                 with m.Else():
-                    m.d.sync += [self.busy.eq(0), cur_mask.eq(0)]
+                    m.d.sync += [self.busy.eq(0), cur_mask.eq(0), grp.eq(0), grp_p1.eq(1)]
                     m.d.comb += self.done.eq(1)
             with m.Else():
-                m.d.sync += cur_mask.eq(rem)
+                m.d.sync += cur_mask.eq(Mux(self.o.ready, cur_mask & ~low, cur_mask))
         return m
+
+
+def _exactly_one(bits):
+    """1 when exactly one bit of `bits` is set: a tree of (none set, one set) pairs."""
+    pairs = [(~bits[k], bits[k]) for k in range(len(bits))]
+    while len(pairs) > 1:
+        nxt = []
+        for i in range(0, len(pairs) - 1, 2):
+            (z0, o0), (z1, o1) = pairs[i], pairs[i + 1]
+            nxt.append((z0 & z1, (o0 & z1) | (z0 & o1)))
+        if len(pairs) % 2:
+            nxt.append(pairs[-1])
+        pairs = nxt
+    return pairs[0][1]
