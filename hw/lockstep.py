@@ -368,6 +368,11 @@ class LockstepEngine(wiring.Component):
                 m.d.sync += [m_hit.eq(e_hit | c.pre_valid),
                              m_row.eq(Mux(c.pre_valid, c.pre_row, e_row)),
                              m_w.eq(cb_consts[Cat(e_v, layer)])]
+                # and the weight 0 outside a slot (a synchronous reset, as the activation's):
+                # the lane word there may be one never loaded, and a simulation's unknown
+                # weight times 0 is unknown, not 0 (the gate-level bench)
+                with m.If(~c.e_valid):
+                    m.d.sync += m_w.eq(0)
             m_hits.append(m_hit)
             # The hazard e_hit & m_hit & (e_row == m_row), without the row adder: inside a
             # column a hit's row is above its predecessor's, so only the first slot of a
