@@ -70,6 +70,7 @@ class _FrontEndHarness(wiring.Component):
     def __init__(self, acts: np.ndarray, pes: int, sparse: bool, avail=None):
         self.acts = acts
         self.avail = avail
+        self.in_features = self.groups = None  # a Signal each to drive them from a bench
         self.pes = pes
         self.words = -(-len(acts) // pes)
         col_bits = max(1, len(acts).bit_length())
@@ -88,7 +89,9 @@ class _FrontEndHarness(wiring.Component):
             m.submodules[f"mem{k}"] = mem
             rp = mem.read_port()
             m.d.comb += [rp.addr.eq(fe.rd_addr), fe.rd_data[k].eq(rp.data)]
-        m.d.comb += [fe.in_features.eq(len(self.acts)), fe.groups.eq(self.words),
+        nf = len(self.acts) if self.in_features is None else self.in_features
+        m.d.comb += [fe.in_features.eq(nf),
+                     fe.groups.eq(self.words if self.groups is None else self.groups),
                      fe.avail.eq(self.avail if self.avail is not None else self.words)]
         return m
 
@@ -137,6 +140,94 @@ def test_front_end_broadcasts_non_zeros_in_order(pes, width, density, sparse, st
     _sim(h, bench)
     assert got == want
 
+
+class _FrontEndModel:
+    """The front end cycle by cycle, in Python: what each cycle presents and emits."""
+
+    def __init__(self, acts, pes, sparse):
+        self.acts, self.n, self.sparse = [int(v) for v in acts], pes, sparse
+        self.busy, self.grp, self.ok, self.mask, self.base, self.nxt_base = False, 0, False, 0, 0, 0
+        self.vals = [0] * pes
+        self.rd = [0] * pes  # the words read at the address of the last cycle
+
+    def step(self, start, ready, avail, in_features, groups):
+        """One clock: (valid, value, col, done, rd_addr); value/col only when valid, the
+        address only while busy or starting (idle, nothing reads it)."""
+        n, mask, shown = self.n, self.mask, self.busy or start
+        low = (mask & -mask).bit_length() - 1
+        valid = self.busy and mask != 0
+        out = (valid, self.vals[low] if valid else 0, self.base + low if valid else 0)
+        rem = mask & ~(1 << low) if valid and ready else mask
+        addr, done = self.grp, False
+        nxt = dict(mask=rem)
+        if start and not self.busy:
+            addr = 0
+            nxt = dict(busy=True, grp=0, nxt_base=0, mask=0)
+        elif self.busy and rem == 0:
+            if self.grp < groups and not self.ok:
+                nxt = dict(mask=0)
+            elif self.grp < groups:
+                bits = sum(1 << k for k in range(n) if (self.rd[k] != 0 or not self.sparse)
+                           and self.nxt_base + k < in_features)
+                addr = self.grp + 1
+                nxt = dict(vals=list(self.rd), mask=bits, base=self.nxt_base,
+                           nxt_base=self.nxt_base + n, grp=self.grp + 1)
+            else:
+                done = True
+                nxt = dict(busy=False, mask=0)
+        self.ok = addr < avail
+        for k, v in nxt.items():
+            setattr(self, k, v)
+        self.rd = [self.acts[addr * n + k] if addr * n + k < len(self.acts) else 0
+                   for k in range(n)]
+        return out + (done, addr if shown else None)
+
+
+@pytest.mark.parametrize("pes,width,sparse", [(1, 13, True), (3, 20, True), (8, 40, True),
+                                              (8, 29, False), (5, 23, True)])
+def test_front_end_matches_cycle_model(pes, width, sparse):
+    """Every cycle as the model (emission, done, the read address), with stalls, groups
+    gated by avail, and layers of different sizes back to back: the read address is chosen
+    from flip-flops (a timing fix) and must not move a cycle."""
+    rng = np.random.default_rng(pes * 31 + width)
+    acts = np.where(rng.random(width) < 0.45, rng.integers(-3000, 3000, width), 0)
+    words = -(-width // pes)
+    h = _FrontEndHarness(acts, pes, sparse)
+    nf, ng, av = Signal(16), Signal(16), Signal(16)
+    h.in_features, h.groups, h.avail = nf, ng, av
+    fe, model = h.fe, _FrontEndModel(acts, pes, sparse)
+    prng = random.Random(width)
+    seen = {"cycles": 0, "emitted": 0, "layers": 0}
+
+    async def bench(ctx):
+        for _ in range(4):
+            features = prng.randint(0, width)
+            groups = -(-features // pes)
+            ctx.set(nf, features)
+            ctx.set(ng, groups)
+            for cycle in range(40 * words + 20):
+                start = cycle == prng.randint(0, 2) or prng.random() < 0.1
+                ready = prng.random() < 0.7
+                avail = prng.choice([0xFFFF, cycle // 2, cycle // 3])
+                ctx.set(fe.start, start)
+                ctx.set(fe.o.ready, ready)
+                ctx.set(av, avail)
+                _, _, *got = await ctx.tick().sample(fe.o.valid, fe.o.payload.value,
+                                                      fe.o.payload.col, fe.done, fe.rd_addr)
+                want = model.step(start, ready, avail, features, groups)
+                if not got[0]:
+                    got[1] = got[2] = 0
+                if want[4] is None:
+                    got[4] = None
+                assert tuple(got) == want, (cycle, got, want)
+                seen["cycles"] += 1
+                seen["emitted"] += bool(got[0] and ready)
+                if got[3]:
+                    seen["layers"] += 1
+                    break
+
+    _sim(h, bench)
+    assert seen["layers"] == 4 and seen["emitted"] > 0
 
 @pytest.mark.parametrize("acc_bits", [17, 24, 32, 40])
 def test_output_stage_matches_contract(acc_bits):
