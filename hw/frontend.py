@@ -9,6 +9,13 @@ read address presented in a cycle is the group that will be loaded next, so a gr
 in the same cycle the previous one runs out and groups follow each other with no bubble; an
 all-zero group costs one cycle. Emission is a stream: valid never waits on ready, and ready
 (from the PEs' credit check) is the only stall.
+
+Timing: the read address goes to every PE's activation RAM, across the chip, so it is chosen
+from flip-flops with little logic: "the group runs out this cycle" is (mask empty) or (one
+column left and ready), both read off the mask's flip-flops, and the address is `grp` or a
+registered `grp + 1` (with `grp < groups` registered too). That was the 8-PE board's critical
+path through take -> mask update -> compare -> adder (10 LUT levels); it is now 4 and the
+behaviour is the same cycle for cycle.
 """
 
 from __future__ import annotations
