@@ -29,13 +29,12 @@ BOARDS = {
     "icesugar": ("amaranth_boards.icesugar", "ICESugarPlatform"),
 }
 
-# The board's PLL clock when `fpga build` is not told otherwise. The 8-PE lockstep board's
-# critical path is the lockstep engine's front end, 32.7-34.7 ns routed depending on the engine
-# revision and the placement: with engine 58e5e03 30 MHz was met at seeds 1 and 2 (30.06,
-# 30.62 MHz, NEXTPNR_OPTS), with 7becafb it was missed at seed 1 (28.79 MHz). So 27 MHz, met
-# in one run by every build so far; 3 Mbaud is an exact divisor there (9), as at 30 (10).
-# `fpga run --sim` reports throughput at this clock.
-DEFAULT_CLOCK_MHZ = 27.0
+# The board's PLL clock when `fpga build` is not told otherwise. With the front end's read
+# address from flip-flops (hw/frontend.py) the 8-PE lockstep board's critical path is the
+# pointer stage, 31.4-32.9 ns routed: 30 MHz met at seeds 1 and 2 on every engine revision
+# since (30.38-31.84 MHz, NEXTPNR_OPTS), 33 MHz missed (30.55 / 30.79). 3 Mbaud is an exact
+# divisor at 30 MHz (10). `fpga run --sim` reports throughput at this clock.
+DEFAULT_CLOCK_MHZ = 30.0
 
 
 # nextpnr's timing-driven rip-up in the router: on the 8-PE lockstep board at 30 MHz it

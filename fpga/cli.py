@@ -131,7 +131,7 @@ def build_parser():
                         "(default 8 for the lockstep engine, auto for eie)")
     b.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_MHZ,
                    help=f"PLL clock target (default {DEFAULT_CLOCK_MHZ:g}: the 8-PE lockstep board "
-                        f"routes at 28.8-30.6 MHz, so one run meets it; 36 is the goal; a miss is "
+                        f"routes at 30.4-31.8 MHz, so one run meets it; 36 is the goal; a miss is "
                         f"rebuilt once "
                         f"3%% under the fmax found, at a clock where the baud divisor is exact if "
                         f"one is there, else within 2%%)")
