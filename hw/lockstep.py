@@ -222,7 +222,8 @@ class LockstepEngine(wiring.Component):
         """ptr[g], ptr[g + 1] of global column g into the queue; empty columns dropped."""
         pb, depth, fe = self.ptr_bits, self.queue_depth, c.fe
         layout = data.StructLayout({"value": signed(16), "start": pb, "end": pb})
-        m.submodules.queue = c.queue = queue = ActQueue(layout, depth=depth)
+        m.submodules.queue = c.queue = queue = ActQueue(layout, depth=depth,
+                                                            write_ahead=True)
         c.p_valid = p_valid = Signal(name="p_valid")
         p_odd = Signal(name="p_odd")
         p_value = Signal(signed(16), name="p_value")
@@ -252,10 +253,18 @@ class LockstepEngine(wiring.Component):
         p_start = Mux(p_odd, c.pod.data, c.pev.data)
         p_end = Mux(p_odd, c.pev.data, c.pod.data)
         p_wait = Signal(name="p_wait")  # a column in the pointer stage, the queue full
-        m.d.comb += [p_wait.eq(p_valid & (p_start != p_end) & ~queue.i.ready),
-                     c.pev.en.eq(~p_wait), c.pod.en.eq(~p_wait)]
-        with m.If(~p_wait):  # (no take while it waits: no credit left)
-            m.d.sync += [p_valid.eq(take), p_odd.eq(p_g[0]), p_value.eq(fe.o.payload.value)]
+        # the enables leave the compare out: with the queue full and a column here there is
+        # no credit, so no take; an empty column is dropped all the same (p_valid <= 0 below)
+        # and the pointers and p_odd/p_value it holds are never read (p_valid low). Only
+        # p_valid's next value needs `p_start != p_end` (the 33 MHz critical path was
+        # RAM data -> compare -> these enables)
+        p_full = Signal(name="p_full")  # a column here, the queue full
+        m.d.comb += [p_full.eq(p_valid & ~queue.i.ready),
+                     p_wait.eq(p_full & (p_start != p_end)),
+                     c.pev.en.eq(~p_full), c.pod.en.eq(~p_full)]
+        m.d.sync += p_valid.eq(take | p_wait)  # (no take while it waits: no credit left)
+        with m.If(~p_full):
+            m.d.sync += [p_odd.eq(p_g[0]), p_value.eq(fe.o.payload.value)]
         m.d.comb += [drop.eq(p_valid & (p_start == p_end)),
                      queue.i.valid.eq(p_valid & (p_start != p_end)),
                      queue.i.payload.value.eq(p_value),
