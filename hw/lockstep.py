@@ -440,6 +440,10 @@ class LockstepEngine(wiring.Component):
             m.d.comb += [c.act_r[k].addr.eq(io.addr(io.cb, c.fe.rd_addr)), c.act_r[k].en.eq(1)]
         s = c.s
         c.pcnt = Signal(range(self.max_rows + 1), name="pre_cnt")
+        # pcnt >= early_t[layer] kept in a flip-flop beside pcnt, set wherever pcnt or layer
+        # changes: the compare (layer -> table -> carry chain) was in front of the front end's
+        # start and its mask enables, the 33 MHz critical path
+        c.pre_go = Signal(name="pre_go")
         # nothing left before the m_ stage and no hold (in a hold the m_ slot writes in the
         # next cycle): the last write (if any) is at this clock edge, so the drain's first
         # accumulator read may come in the next cycle
@@ -460,7 +464,8 @@ class LockstepEngine(wiring.Component):
         def preload(rows, bias_base):
             with m.If(pcnt != rows):
                 m.d.sync += [c.pre_valid.eq(1), c.pre_row.eq(pcnt), c.ctl_valid.eq(1),
-                             c.ctl_addr.eq(bias_base + pcnt), pcnt.eq(pcnt + 1)]
+                             c.ctl_addr.eq(bias_base + pcnt), pcnt.eq(pcnt + 1),
+                             c.pre_go.eq(pcnt + 1 >= c.early_t[layer])]
 
         rows0 = self.img.layers[0].rows_per_pe
         bias0 = self.max_rows + self.img.layers[0].bias_base
@@ -484,7 +489,7 @@ class LockstepEngine(wiring.Component):
                 io.count_layer(layer)
                 preload(rows_t[layer], c.bias_t[layer])
                 # the front end may only read the layer's inputs once the drain wrote them
-                with m.If((pcnt >= c.early_t[layer]) & ~out_busy):
+                with m.If(c.pre_go & ~out_busy):
                     start_layer()
             with m.State("COMPUTE"):
                 io.count_layer(layer)
@@ -526,5 +531,5 @@ class LockstepEngine(wiring.Component):
                 m.d.sync += [io.sel.eq(0), io.word.eq(0), io.o_valid.eq(0)]
                 m.next = "OUTPUT"
             with m.Else():
-                m.d.sync += layer.eq(layer + 1)
+                m.d.sync += [layer.eq(layer + 1), c.pre_go.eq(c.early_t[layer + 1] == 0)]
                 m.next = "PRELOAD"
