@@ -212,7 +212,8 @@ class LockstepEngine(wiring.Component):
     def _front_end(self, m, c):
         """Non-zero activations of the layer, one per cycle."""
         m.submodules.fe = c.fe = fe = FrontEnd(pes=self.pes, col_bits=self.col_bits,
-                                                group_bits=self.row_bits, sparse=True)
+                                                group_bits=self.row_bits, sparse=True,
+                                                gcol_bits=bits(len(self.img.col_ptr)))
         m.d.comb += [fe.in_features.eq(c.in_t[c.layer]), fe.groups.eq(c.grp_t[c.layer]),
                      fe.avail.eq((1 << len(fe.avail)) - 1)]
         for k in range(self.pes):
@@ -222,7 +223,8 @@ class LockstepEngine(wiring.Component):
         """ptr[g], ptr[g + 1] of global column g into the queue; empty columns dropped."""
         pb, depth, fe = self.ptr_bits, self.queue_depth, c.fe
         layout = data.StructLayout({"value": signed(16), "start": pb, "end": pb})
-        m.submodules.queue = c.queue = queue = ActQueue(layout, depth=depth)
+        m.submodules.queue = c.queue = queue = ActQueue(layout, depth=depth,
+                                                            write_ahead=True)
         c.p_valid = p_valid = Signal(name="p_valid")
         p_odd = Signal(name="p_odd")
         p_value = Signal(signed(16), name="p_value")
@@ -247,15 +249,23 @@ class LockstepEngine(wiring.Component):
         # before its front end starts): the table is not on the path to the pointer RAMs
         col_base = Signal.like(c.col_base_t[0], name="col_base")
         m.d.sync += col_base.eq(c.col_base_t[c.layer])
-        m.d.comb += [p_g.eq(col_base + fe.o.payload.col),
-                     c.pev.addr.eq((p_g + 1) >> 1), c.pod.addr.eq(p_g >> 1)]
+        m.d.comb += [fe.col_offset.eq(col_base), p_g.eq(fe.gcol),
+                     c.pev.addr.eq(fe.gcol1 >> 1), c.pod.addr.eq(p_g >> 1)]
         p_start = Mux(p_odd, c.pod.data, c.pev.data)
         p_end = Mux(p_odd, c.pev.data, c.pod.data)
         p_wait = Signal(name="p_wait")  # a column in the pointer stage, the queue full
-        m.d.comb += [p_wait.eq(p_valid & (p_start != p_end) & ~queue.i.ready),
-                     c.pev.en.eq(~p_wait), c.pod.en.eq(~p_wait)]
-        with m.If(~p_wait):  # (no take while it waits: no credit left)
-            m.d.sync += [p_valid.eq(take), p_odd.eq(p_g[0]), p_value.eq(fe.o.payload.value)]
+        # the enables leave the compare out: with the queue full and a column here there is
+        # no credit, so no take; an empty column is dropped all the same (p_valid <= 0 below)
+        # and the pointers and p_odd/p_value it holds are never read (p_valid low). Only
+        # p_valid's next value needs `p_start != p_end` (the 33 MHz critical path was
+        # RAM data -> compare -> these enables)
+        p_full = Signal(name="p_full")  # a column here, the queue full
+        m.d.comb += [p_full.eq(p_valid & ~queue.i.ready),
+                     p_wait.eq(p_full & (p_start != p_end)),
+                     c.pev.en.eq(~p_full), c.pod.en.eq(~p_full)]
+        m.d.sync += p_valid.eq(take | p_wait)  # (no take while it waits: no credit left)
+        with m.If(~p_full):
+            m.d.sync += [p_odd.eq(p_g[0]), p_value.eq(fe.o.payload.value)]
         m.d.comb += [drop.eq(p_valid & (p_start == p_end)),
                      queue.i.valid.eq(p_valid & (p_start != p_end)),
                      queue.i.payload.value.eq(p_value),
@@ -431,6 +441,10 @@ class LockstepEngine(wiring.Component):
             m.d.comb += [c.act_r[k].addr.eq(io.addr(io.cb, c.fe.rd_addr)), c.act_r[k].en.eq(1)]
         s = c.s
         c.pcnt = Signal(range(self.max_rows + 1), name="pre_cnt")
+        # pcnt >= early_t[layer] kept in a flip-flop beside pcnt, set wherever pcnt or layer
+        # changes: the compare (layer -> table -> carry chain) was in front of the front end's
+        # start and its mask enables, the 33 MHz critical path
+        c.pre_go = Signal(name="pre_go")
         # nothing left before the m_ stage and no hold (in a hold the m_ slot writes in the
         # next cycle): the last write (if any) is at this clock edge, so the drain's first
         # accumulator read may come in the next cycle
@@ -451,7 +465,8 @@ class LockstepEngine(wiring.Component):
         def preload(rows, bias_base):
             with m.If(pcnt != rows):
                 m.d.sync += [c.pre_valid.eq(1), c.pre_row.eq(pcnt), c.ctl_valid.eq(1),
-                             c.ctl_addr.eq(bias_base + pcnt), pcnt.eq(pcnt + 1)]
+                             c.ctl_addr.eq(bias_base + pcnt), pcnt.eq(pcnt + 1),
+                             c.pre_go.eq(pcnt + 1 >= c.early_t[layer])]
 
         rows0 = self.img.layers[0].rows_per_pe
         bias0 = self.max_rows + self.img.layers[0].bias_base
@@ -475,7 +490,7 @@ class LockstepEngine(wiring.Component):
                 io.count_layer(layer)
                 preload(rows_t[layer], c.bias_t[layer])
                 # the front end may only read the layer's inputs once the drain wrote them
-                with m.If((pcnt >= c.early_t[layer]) & ~out_busy):
+                with m.If(c.pre_go & ~out_busy):
                     start_layer()
             with m.State("COMPUTE"):
                 io.count_layer(layer)
@@ -517,5 +532,5 @@ class LockstepEngine(wiring.Component):
                 m.d.sync += [io.sel.eq(0), io.word.eq(0), io.o_valid.eq(0)]
                 m.next = "OUTPUT"
             with m.Else():
-                m.d.sync += layer.eq(layer + 1)
+                m.d.sync += [layer.eq(layer + 1), c.pre_go.eq(c.early_t[layer + 1] == 0)]
                 m.next = "PRELOAD"

@@ -17,15 +17,18 @@ class ActQueue(wiring.Component):
 
     Ports: `i` (in: stream, ready while not full), `o` (out: stream, the head), `level` (out:
     entries held, for the credit checks of the PE and the lockstep engine).
-    Parameters: shape (the payload), depth (1..64).
+    Parameters: shape (the payload), depth (1..64), write_ahead (write the free entry at `wr`
+    whenever there is room, not only on a push: `i.valid` then drives only `wr` and `level`,
+    not the entries' write enables; the entry is not yet held, so the FIFO behaves the same).
     """
 
-    def __init__(self, shape, *, depth: int):
+    def __init__(self, shape, *, depth: int, write_ahead: bool = False):
         if not isinstance(depth, int) or not 1 <= depth <= 64:
             self._MustUse__silence = True  # refused: not an unused elaboratable
             raise ValueError(f"queue depth must be an integer 1..64, not {depth!r}")
         self._shape = shape
         self.depth = depth
+        self.write_ahead = write_ahead
         super().__init__({
             "i": In(stream.Signature(shape)),
             "o": Out(stream.Signature(shape)),
@@ -47,8 +50,9 @@ class ActQueue(wiring.Component):
             push.eq(self.i.valid & self.i.ready),
             pop.eq(self.o.valid & self.o.ready),
         ]
-        with m.If(push):
+        with m.If(self.i.ready if self.write_ahead else push):
             m.d.sync += store[wr].eq(self.i.payload)
+        with m.If(push):
             m.d.sync += wr.eq(Mux_wrap(wr, d))
         with m.If(pop):
             m.d.sync += rd.eq(Mux_wrap(rd, d))
