@@ -32,13 +32,11 @@ def bcast_layout(col_bits: int) -> data.StructLayout:
 class FrontEnd(wiring.Component):
     """start: pulse with in_features/groups stable for the whole layer; done: pulse at the end."""
 
-    def __init__(self, *, pes: int, col_bits: int, group_bits: int, sparse: bool = True,
-                 gcol_bits: int = 0):
+    def __init__(self, *, pes: int, col_bits: int, group_bits: int, sparse: bool = True):
         if not isinstance(pes, int) or not 1 <= pes <= 64:
             raise ValueError(f"pes must be an integer 1..64, not {pes!r}")
         self.pes = pes
         self.sparse = sparse
-        self.gcol_bits = gcol_bits
         self.col_bits = col_bits
         super().__init__({
             "start": In(1),
@@ -52,12 +50,6 @@ class FrontEnd(wiring.Component):
             "o": Out(stream.Signature(bcast_layout(col_bits + 1))),
             "busy": Out(1),
             "done": Out(1),
-            # with gcol_bits: the emitted column plus `col_offset` (held for the layer), and
-            # that plus 1, each from a register set when the group loads and the 3-bit lowest
-            # set position: one short adder after the mask, where col_offset + col was two
-            # carry chains in series in front of the lockstep engine's pointer RAM addresses
-            **({"col_offset": In(gcol_bits), "gcol": Out(gcol_bits + 1),
-                "gcol1": Out(gcol_bits + 1)} if gcol_bits else {}),
         })
 
     def elaborate(self, platform):
@@ -89,10 +81,6 @@ class FrontEnd(wiring.Component):
         single = Signal()
         m.d.comb += [empty.eq(cur_mask == 0), single.eq(_exactly_one(cur_mask))]
 
-        if self.gcol_bits:
-            gbase = Signal(self.gcol_bits + 1)  # col_offset + cur_base
-            gbase1 = Signal(self.gcol_bits + 1)  # ... + 1
-            m.d.comb += [self.gcol.eq(gbase + sel), self.gcol1.eq(gbase1 + sel)]
         m.d.comb += [
             self.o.valid.eq(self.busy & ~empty),
             self.o.payload.value.eq(cur_vals[sel]),
@@ -125,8 +113,6 @@ class FrontEnd(wiring.Component):
                         cur_mask.eq(nxt_mask),
                         cur_base.eq(nxt_base),
                         nxt_base.eq(nxt_base + n),
-                        *([gbase.eq(self.col_offset + nxt_base),
-                           gbase1.eq(self.col_offset + nxt_base + 1)] if self.gcol_bits else []),
                         grp.eq(grp_p1),
                         grp_p1.eq(grp_p1 + 1),
                         in_range.eq(grp_p1 < self.groups),

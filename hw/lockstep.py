@@ -212,8 +212,7 @@ class LockstepEngine(wiring.Component):
     def _front_end(self, m, c):
         """Non-zero activations of the layer, one per cycle."""
         m.submodules.fe = c.fe = fe = FrontEnd(pes=self.pes, col_bits=self.col_bits,
-                                                group_bits=self.row_bits, sparse=True,
-                                                gcol_bits=bits(len(self.img.col_ptr)))
+                                                group_bits=self.row_bits, sparse=True)
         m.d.comb += [fe.in_features.eq(c.in_t[c.layer]), fe.groups.eq(c.grp_t[c.layer]),
                      fe.avail.eq((1 << len(fe.avail)) - 1)]
         for k in range(self.pes):
@@ -249,8 +248,8 @@ class LockstepEngine(wiring.Component):
         # before its front end starts): the table is not on the path to the pointer RAMs
         col_base = Signal.like(c.col_base_t[0], name="col_base")
         m.d.sync += col_base.eq(c.col_base_t[c.layer])
-        m.d.comb += [fe.col_offset.eq(col_base), p_g.eq(fe.gcol),
-                     c.pev.addr.eq(fe.gcol1 >> 1), c.pod.addr.eq(p_g >> 1)]
+        m.d.comb += [p_g.eq(col_base + fe.o.payload.col),
+                     c.pev.addr.eq((p_g + 1) >> 1), c.pod.addr.eq(p_g >> 1)]
         p_start = Mux(p_odd, c.pod.data, c.pev.data)
         p_end = Mux(p_odd, c.pev.data, c.pod.data)
         p_wait = Signal(name="p_wait")  # a column in the pointer stage, the queue full
