@@ -30,11 +30,12 @@ BOARDS = {
 }
 
 # The board's PLL clock when `fpga build` is not told otherwise. With the front end's read
-# address from flip-flops (hw/frontend.py) the 8-PE lockstep board's critical path is the
-# pointer stage, 31.4-32.9 ns routed: 30 MHz met at seeds 1 and 2 on every engine revision
-# since (30.38-31.84 MHz, NEXTPNR_OPTS), 33 MHz missed (30.55 / 30.79). 3 Mbaud is an exact
-# divisor at 30 MHz (10). `fpga run --sim` reports throughput at this clock.
-DEFAULT_CLOCK_MHZ = 30.0
+# address from flip-flops (hw/frontend.py), the pointer stage's enables without the column-empty
+# compare and PRELOAD's start test in a flip-flop (hw/lockstep.py), the 8-PE lockstep board
+# meets 33 MHz at seeds 1 and 2 (33.88 / 34.06 MHz, NEXTPNR_OPTS); 36 MHz is missed by about
+# 4 ns (docs/fpga.md section 0). 3 Mbaud is an exact divisor at 33 MHz (11). `fpga run --sim`
+# reports throughput at this clock.
+DEFAULT_CLOCK_MHZ = 33.0
 
 
 # nextpnr's timing-driven rip-up in the router: on the 8-PE lockstep board at 30 MHz it
