@@ -36,9 +36,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "docs"), help="where RESULTS.md goes")
     args = p.parse_args(argv)
     only = args.only.split(",")
-    if "compression" in only and not args.data:
+    if {"compression", "fpga"} & set(only) and not args.data:
         print("error: --data (or MNIST_DIR) must name the MNIST IDX directory", file=sys.stderr)
         return 2
+    if args.data:  # the sections' own commands (`fpga run --sim`) read it from there
+        os.environ["MNIST_DIR"] = args.data
     out = Path(args.out)
     plots = out / "results"
     plots.mkdir(parents=True, exist_ok=True)
