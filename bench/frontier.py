@@ -63,6 +63,8 @@ def read_point(run: Path) -> dict | None:
             "val_dense": errs.get("dense", {}).get("val"),
             "test_dense": errs.get("dense", {}).get("test"), "kind": final,
             "scale": cfg.get("prune", {}).get("scale", 1.0), "seed": cfg.get("seed"),
+            # the recipe: "shift" when the retraining ran with random shifts (train.shift)
+            "recipe": "shift" if cfg.get("prune", {}).get("retrain", {}).get("shift") else "base",
             "nonzeros": (s.get("density") or [{}])[-1].get("kept"),
             "seconds": s.get("seconds", {}).get("compress")}
 
@@ -71,33 +73,52 @@ def collect(dirs: list[str]) -> list[dict]:
     """Points from run directories, or from directories of run directories."""
     out = []
     for d in map(Path, dirs):
+        if not d.is_dir():  # a missing directory holds no points (the caller says so)
+            continue
         for run in ([d] if (d / "summary.json").exists() else sorted(d.iterdir())):
             if run.is_dir() and (pt := read_point(run)) is not None:
                 out.append(pt)
     return out
 
 
-def choose(points: list[dict], max_drop: float, seed: int = 0) -> dict | None:
+def choose(points: list[dict], max_drop: float, seed: int = 0,
+           max_val: float | None = None) -> dict | None:
     """Of the sweep's points (one seed), the smallest file whose validation error is within
-    max_drop of the dense model's."""
-    ok = [p for p in points if p["val"] is not None and p["val_dense"] is not None
-          and p["seed"] == seed and p["val"] - p["val_dense"] <= max_drop + 1e-9]
+    max_drop of the dense model's. With max_val (the budget rule), the smallest file whose
+    validation error is at most max_val, over every recipe's points; if none is, the point
+    with the lowest validation error (then the smaller file)."""
+    mine = [p for p in points if p["val"] is not None and p["seed"] == seed]
+    if max_val is not None:
+        ok = [p for p in mine if p["val"] <= max_val + 1e-9]
+        if ok:
+            return min(ok, key=lambda p: p["bytes"])
+        return min(mine, key=lambda p: (p["val"], p["bytes"])) if mine else None
+    ok = [p for p in mine if p["val_dense"] is not None
+          and p["val"] - p["val_dense"] <= max_drop + 1e-9]
     return min(ok, key=lambda p: p["bytes"]) if ok else None
 
 
-def table(points: list[dict], max_drop: float) -> str:
+def rule_text(max_drop: float, max_val: float | None) -> str:
+    if max_val is not None:
+        return (f"the smallest file (over every recipe swept) whose validation error is at most "
+                f"{max_val:g}%, or, if none is, the lowest validation error")
+    return f"the smallest file within {max_drop:g} points of the dense validation error"
+
+
+def table(points: list[dict], max_drop: float, max_val_l5: float | None = None) -> str:
     lines = ["| network | point | .dcz bytes | ratio | validation error (dense) | test error |",
              "| --- | --- | --- | --- | --- | --- |"]
     for arch in FLOAT_BYTES:
         pts = sorted((p for p in points if p["arch"] == arch), key=lambda p: -p["bytes"])
-        best = choose(pts, max_drop)
+        best = choose(pts, max_drop, max_val=max_val_l5 if arch == "lenet-5" else None)
         for p in pts:
             mark = " (chosen)" if p is best else \
                 " (same recipe)" if best is not None and p["seed"] != best["seed"] and \
                 p["scale"] == best["scale"] else ""
             val = (f"{p['val']:.2f}% ({p['val_dense']:.2f}%)" if p["val"] is not None
                    and p["val_dense"] is not None else "n/a")
-            lines.append(f"| {arch} | scale {p['scale']:g}, seed {p['seed']}{mark} | "
+            tag = ", shift recipe" if p.get("recipe") == "shift" else ""
+            lines.append(f"| {arch} | scale {p['scale']:g}, seed {p['seed']}{tag}{mark} | "
                          f"{p['bytes']:,} | {p['ratio']:.1f}x | {val} | {p['test']:.2f}% |")
         for name, ratio, err in PUBLISHED[arch]:
             lines.append(f"| {arch} | {name} (published) | {FLOAT_BYTES[arch] / ratio:,.0f} | "
@@ -188,7 +209,7 @@ def _r2(v):
 
 
 def ship_record(run: Path, points: list[dict], seeds: list[dict], max_drop: float,
-                note: str = "") -> dict:
+                note: str = "", max_val: float | None = None) -> dict:
     """lenet-5.json for the chosen run directory (its summary.json and model.dcz)."""
     import hashlib
 
@@ -229,8 +250,7 @@ def ship_record(run: Path, points: list[dict], seeds: list[dict], max_drop: floa
                    "this file came from the seed's dense checkpoint with --baseline and "
                    "--stages prune,quantize,fixedpoint",
         "note": f"Chosen on the validation split: of the sweep's points (prune.scale "
-                f"{scales} from the same dense checkpoint) the smallest file within {max_drop:g} points "
-                "of the dense validation error; the test error only reports." +
+                f"{scales}) {rule_text(max_drop, max_val)}; the test error only reports." +
                 (f" {note}" if note else ""),
         "sweep": [brief(p) for p in sorted(points, key=lambda p: p["scale"])],
         "other_seeds": [brief(p) for p in sorted(seeds, key=lambda p: p["seed"])],
@@ -241,14 +261,15 @@ def ship(args) -> int:
     from compress.atomic import atomic_path
 
     points = [p for p in collect(args.runs) if p["arch"] == "lenet-5"]
-    best = choose(points, args.max_drop, seed=args.seed)
+    best = choose(points, args.max_drop, seed=args.seed, max_val=args.max_val)
     if best is None:
-        print(f"error: no lenet-5 point of seed {args.seed} within {args.max_drop} points of "
-              "the dense validation error", file=sys.stderr)
+        print(f"error: no lenet-5 point of seed {args.seed} meets the rule: "
+              f"{rule_text(args.max_drop, args.max_val)}", file=sys.stderr)
         return 2
     seeds = [p for p in collect(args.seeds) if p["arch"] == "lenet-5"] if args.seeds else []
     sweep_pts = [p for p in points if p["seed"] == args.seed]
-    rec = ship_record(Path(best["run"]), sweep_pts, seeds, args.max_drop, note=args.note)
+    rec = ship_record(Path(best["run"]), sweep_pts, seeds, args.max_drop, note=args.note,
+                      max_val=args.max_val)
     out = Path(args.out)
     with atomic_path(out / "lenet-5.dcz") as tmp:
         tmp.write_bytes((Path(best["run"]) / "model.dcz").read_bytes())
@@ -257,6 +278,24 @@ def ship(args) -> int:
     print(f"chose {best['run']} (scale {best['scale']:g}): {rec['dcz_bytes']:,} bytes, "
           f"{rec['ratio']}x, test {best['test']:.2f}%, val {best['val']:.2f}%; wrote "
           f"{out / 'lenet-5.dcz'} and {out / 'lenet-5.json'}")
+    return 0
+
+
+def choose_cmd(args) -> int:
+    """The rule's choice at every seed of the runs, with the points it chose from."""
+    points = [p for p in collect(args.runs) if p["arch"] == args.arch]
+    if not points:
+        print(f"error: no {args.arch} run under {', '.join(args.runs)}", file=sys.stderr)
+        return 2
+    print(f"rule: {rule_text(args.max_drop, args.max_val)}")
+    for seed in sorted({p["seed"] for p in points}):
+        best = choose(points, args.max_drop, seed=seed, max_val=args.max_val)
+        for p in sorted((q for q in points if q["seed"] == seed),
+                        key=lambda q: (q.get("recipe", ""), q["scale"])):
+            mark = "  <- chosen" if p is best else ""
+            print(f"seed {seed}  {p.get('recipe', 'base'):5}  scale {p['scale']:<5g} "
+                  f"{p['bytes']:>7,} B  {p['ratio']:6.1f}x  val {p['val']:.2f}%  "
+                  f"test {p['test']:.2f}%{mark}")
     return 0
 
 
@@ -277,6 +316,8 @@ def main(argv=None) -> int:
     q.add_argument("--png", default="docs/images/frontier.png")
     q.add_argument("--max-drop", type=float, default=0.2,
                    help="validation budget of the choice, points over the dense model")
+    q.add_argument("--max-val", type=float, default=None,
+                   help="LeNet-5's budget rule: the smallest file with validation error <= this")
     q.add_argument("--json", default=None, help="also write the points here")
     r = sub.add_parser("ship", help="copy the chosen LeNet-5 point to compress/models")
     r.add_argument("runs", nargs="+", help="the sweep's run directories (or their parent)")
@@ -285,19 +326,28 @@ def main(argv=None) -> int:
     r.add_argument("--seeds", nargs="*", default=None,
                    help="run directories of the chosen recipe at other seeds (recorded)")
     r.add_argument("--max-drop", type=float, default=0.2)
+    r.add_argument("--max-val", type=float, default=None,
+                   help="the budget rule: the smallest file with validation error <= this (%%)")
     r.add_argument("--note", default="", help="appended to the record's note")
+    c = sub.add_parser("choose", help="print the point a rule chooses at each seed")
+    c.add_argument("runs", nargs="+", help="run directories (or directories of them)")
+    c.add_argument("--arch", default="lenet-5", choices=list(FLOAT_BYTES))
+    c.add_argument("--max-drop", type=float, default=0.2)
+    c.add_argument("--max-val", type=float, default=None)
     args = p.parse_args(argv)
     if args.cmd == "sweep":
         return sweep(args)
     if args.cmd == "ship":
         return ship(args)
+    if args.cmd == "choose":
+        return choose_cmd(args)
     points = collect(args.runs)
     if not points:
         print(f"error: no summary.json with a .dcz size under {', '.join(args.runs)}",
               file=sys.stderr)
         return 2
     plot(points, Path(args.png))
-    print(table(points, args.max_drop))
+    print(table(points, args.max_drop, args.max_val))
     print(f"wrote {args.png}")
     if args.json:
         Path(args.json).write_text(json.dumps(points, indent=1) + "\n")

@@ -196,6 +196,34 @@ def test_frontier_choice_and_table(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_frontier_budget_rule(tmp_path, capsys):
+    """--max-val: the smallest file at or under the validation budget over both recipes; with
+    none under it, the lowest validation error."""
+    def run(name, scale, nbytes, val, shift):
+        d = tmp_path / name
+        d.mkdir()
+        d.joinpath("summary.json").write_text(json.dumps({
+            "arch": "lenet-5", "dcz_bytes": nbytes,
+            "config": {"seed": 3, "prune": {"scale": scale, "retrain": {"shift": shift}}},
+            "errors": {"dense": {"val": 0.6, "test": 0.5},
+                       "stored": {"val": val, "test": 0.7}}}))
+
+    run("base1", 1.0, 13000, 0.78, 0)
+    run("base125", 1.25, 16000, 0.69, 0)
+    run("shift125", 1.25, 15500, 0.70, 2)
+    run("shift15", 1.5, 19000, 0.60, 2)
+    pts = frontier.collect([str(tmp_path)])
+    assert {p["recipe"] for p in pts} == {"base", "shift"}
+    best = frontier.choose(pts, 0.2, seed=3, max_val=0.70)
+    assert (best["bytes"], best["recipe"]) == (15500, "shift")  # 0.70 is within the budget
+    assert frontier.choose(pts, 0.2, seed=3, max_val=0.5)["bytes"] == 19000  # none: lowest val
+    assert frontier.choose(pts, 0.2, seed=0, max_val=0.7) is None  # no point of that seed
+    assert frontier.main(["choose", str(tmp_path), "--max-val", "0.7"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 3  shift  scale 1.25" in out and out.count("<- chosen") == 1
+    assert frontier.main(["choose", str(tmp_path / "nothing-here"), "--max-val", "0.7"]) == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # Knowledge distillation (off by default; the LeNet-5 recipe turns it on)
 
