@@ -114,7 +114,7 @@ def table(points: list[dict], max_drop: float, max_val_l5: float | None = None) 
         for p in pts:
             mark = " (chosen)" if p is best else \
                 " (same recipe)" if best is not None and p["seed"] != best["seed"] and \
-                p["scale"] == best["scale"] else ""
+                p["scale"] == best["scale"] and p.get("recipe") == best.get("recipe") else ""
             val = (f"{p['val']:.2f}% ({p['val_dense']:.2f}%)" if p["val"] is not None
                    and p["val_dense"] is not None else "n/a")
             tag = ", shift recipe" if p.get("recipe") == "shift" else ""
