@@ -126,7 +126,7 @@ def table(points: list[dict], max_drop: float, max_val_l5: float | None = None) 
     return "\n".join(lines)
 
 
-def plot(points: list[dict], png: Path) -> None:
+def plot(points: list[dict], png: Path, chosen: list[dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,15 +140,28 @@ def plot(points: list[dict], png: Path) -> None:
     for ax, arch in zip(axes, FLOAT_BYTES):
         pts = sorted((p for p in points if p["arch"] == arch), key=lambda p: p["bytes"])
         seeds = sorted({p["seed"] for p in pts}, key=lambda s: (s is None, s))
-        for seed in seeds:
-            ps = [p for p in pts if p["seed"] == seed]
-            ax.plot([p["bytes"] / 1000 for p in ps], [p["test"] for p in ps], "o-",
-                    markersize=4, label=f"ours (seed {seed})")
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, seed in enumerate(seeds):
+            # one line per seed and recipe: the shift recipe dashed, with square markers
+            for recipe, style in (("base", "o-"), ("shift", "s--")):
+                ps = [p for p in pts if p["seed"] == seed and p.get("recipe", "base") == recipe]
+                if ps:
+                    ax.plot([p["bytes"] / 1000 for p in ps], [p["test"] for p in ps], style,
+                            markersize=4, color=colours[i % len(colours)],
+                            label=f"ours (seed {seed}" + (", shifts)" if recipe == "shift"
+                                                          else ")"))
+        mine = [p for p in chosen or [] if p["arch"] == arch]
+        if mine:
+            ax.plot([p["bytes"] / 1000 for p in mine], [p["test"] for p in mine], "o",
+                    markersize=11, markerfacecolor="none", markeredgecolor="black",
+                    label="chosen on validation (a seed's sweep)")
         for name, ratio, err in PUBLISHED[arch]:
             ax.plot(FLOAT_BYTES[arch] / ratio / 1000, err, markers[name][0], markersize=7,
                     color=markers[name][1], label=f"{name} ({ratio}x)")
         ax.axhline(BUDGET[arch], color="gray", linestyle="--", linewidth=0.8,
                    label=f"budget {BUDGET[arch]}%")
+        y0, y1 = ax.get_ylim()  # room above the points for the legend
+        ax.set_ylim(y0, y1 + 0.8 * (y1 - y0))
         lo = min([FLOAT_BYTES[arch] / 170 / 1000] + [p["bytes"] / 1000 for p in pts])
         ax.set_xlim(0.9 * lo, 1.08 * FLOAT_BYTES[arch] / 38 / 1000)
         for r in (40, 50, 70, 100, 150):
@@ -162,7 +175,7 @@ def plot(points: list[dict], png: Path) -> None:
                                             else "the file's values in float"))
         ax.set_title(arch, fontsize=10, pad=14)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6.5, loc="upper right", ncol=2 if len(seeds) > 3 else 1)
     fig.tight_layout()
     with atomic_path(png, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
@@ -223,10 +236,15 @@ def ship_record(run: Path, points: list[dict], seeds: list[dict], max_drop: floa
     bits = {n: cfg["quantize"]["layer_bits"].get(n, cfg["quantize"]["bits"])
             for n in (r["layer"] for r in s["density"][:-1])}
     scale = cfg["prune"]["scale"]
+    recipe = _recipe(cfg)
+    if cfg.get("baseline"):  # the run's own train settings did not make its dense model
+        recipe["train"] = (f"the dense checkpoint {Path(cfg['baseline']).name} (its training "
+                           "settings are not stored in it: see the note)")
     scales = ", ".join(f"{p['scale']:g}" for p in sorted(points, key=lambda p: p["scale"]))
 
     def brief(p):
-        return {"scale": p["scale"], "seed": p["seed"], "dcz_bytes": p["bytes"],
+        return {"recipe": p.get("recipe"), "scale": p["scale"], "seed": p["seed"],
+                "dcz_bytes": p["bytes"],
                 "ratio": round(p["ratio"], 2), "val": round(p["val"], 2),
                 "val_dense": _r2(p["val_dense"]), "test": round(p["test"], 2),
                 "test_dense": _r2(p.get("test_dense")),
@@ -244,7 +262,7 @@ def ship_record(run: Path, points: list[dict], seeds: list[dict], max_drop: floa
                       "was chosen",
         "density": [dict(r, kept_pct=round(r["kept_pct"], 2)) for r in s["density"]],
         "bias_round_bits": s.get("bias_round"), "index_bits": bits,
-        "seed": cfg["seed"], "recipe": _recipe(cfg),
+        "seed": cfg["seed"], "recipe": recipe,
         "command": f"python -m compress pipeline --arch {s['arch']} --data $MNIST_DIR --seed "
                    f"{cfg['seed']} --set prune.scale={scale:g} (the recipe with this scale); "
                    "this file came from the seed's dense checkpoint with --baseline and "
@@ -346,7 +364,14 @@ def main(argv=None) -> int:
         print(f"error: no summary.json with a .dcz size under {', '.join(args.runs)}",
               file=sys.stderr)
         return 2
-    plot(points, Path(args.png))
+    # the rule's choice at each seed that has a sweep (three points or more); a seed with one
+    # or two points holds the chosen recipe run again, not a choice
+    chosen = [c for arch in FLOAT_BYTES for seed in sorted({p["seed"] for p in points
+                                                             if p["arch"] == arch})
+              if sum(p["arch"] == arch and p["seed"] == seed for p in points) >= 3
+              if (c := choose([p for p in points if p["arch"] == arch], args.max_drop,
+                              seed=seed, max_val=args.max_val if arch == "lenet-5" else None))]
+    plot(points, Path(args.png), chosen)
     print(table(points, args.max_drop, args.max_val))
     print(f"wrote {args.png}")
     if args.json:
