@@ -33,7 +33,7 @@ BOARDS = {
 # address from flip-flops (hw/frontend.py), the pointer stage's enables without the column-empty
 # compare and PRELOAD's start test in a flip-flop (hw/lockstep.py), the 8-PE lockstep board
 # meets 33 MHz at seeds 1, 2 and 3 (33.88 / 34.06 / 33.59 MHz, NEXTPNR_OPTS); 36 MHz misses by
-# about 4 ns (docs/fpga.md section 0). 3 Mbaud is an exact divisor at 33 MHz (11). `fpga run --sim`
+# 2.3-2.4 ns (docs/fpga.md section 0). 3 Mbaud is an exact divisor at 33 MHz (11). `fpga run --sim`
 # reports throughput at this clock.
 DEFAULT_CLOCK_MHZ = 33.0
 
