@@ -146,23 +146,73 @@ class RomImage:
         return self.codebook[i * k : i * k + self.layers[i].codebook_size]
 
 
+REL_BITS_AUTO = "auto"
+
+
+def parse_rel_bits(value) -> int | str:
+    """A --rel-bits value: "auto" or an integer 1..12 (InputError otherwise)."""
+    if value == REL_BITS_AUTO:
+        return value
+    try:
+        rb = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"--rel-bits must be 'auto' or an integer 1..12, not {value!r}") from None
+    if not 1 <= rb <= 12 or str(value).strip() not in (str(rb), f"+{rb}"):
+        raise InputError(f"--rel-bits must be 'auto' or an integer 1..12, not {value!r}")
+    return rb
+
+
+def entries_bits(rom: "RomImage") -> int:
+    """Bits of all PEs' entry memories: (index_bits + rel_bits) x entries, fillers included."""
+    return rom.entry_bits * sum(len(e) for e in rom.entries)
+
+
+def choose_rel_bits(qnet: QNet, *, pes: int, index_bits: int = DEFAULT_INDEX_BITS,
+                    balance: bool = True) -> RomImage:
+    """The ROM whose entry memories are smallest over rel_bits (ties: fewer bits an entry).
+
+    One more relative-index bit widens every entry by a bit but halves the reach a gap needs
+    before a filler entry: a network with few non-zeros per PE and column (uniform random
+    sparsity) needs 5 bits, a trained LeNet 4 (docs/rom-format.md). The size is unimodal in
+    rel_bits in practice, so the search walks up from 4 while the size falls, else down.
+    Fillers also cost the engine a cycle each, so the smallest memory is the faster one too.
+    """
+    def build(rb):
+        return build_rom(qnet, pes=pes, index_bits=index_bits, rel_bits=rb, balance=balance)
+
+    best = build(DEFAULT_REL_BITS)
+    for step in (1, -1):
+        rb, moved = DEFAULT_REL_BITS + step, False
+        # past zero fillers a wider entry only adds bits
+        while 1 <= rb <= 12 and not (step > 0 and sum(sum(l.fillers) for l in best.layers) == 0):
+            cand = build(rb)
+            if entries_bits(cand) >= entries_bits(best):
+                break
+            best, moved, rb = cand, True, rb + step
+        if moved:
+            break
+    return best
+
+
 def build_rom(
     qnet: QNet,
     *,
     pes: int,
     index_bits: int = DEFAULT_INDEX_BITS,
-    rel_bits: int = DEFAULT_REL_BITS,
+    rel_bits: int | str = REL_BITS_AUTO,
     balance: bool = True,
 ) -> RomImage:
     """Encode a qnet into ROM images for `pes` processing elements.
 
-    balance=True permutes the rows of every layer but the last (`place_balanced`); False keeps
-    plain interleaving (physical row = logical row).
+    rel_bits: the relative row index width, 1..12, or "auto" (the default): the width with the
+    smallest entry memories (`choose_rel_bits`). balance=True permutes the rows of every layer
+    but the last (`place_balanced`); False keeps plain interleaving (physical row = logical row).
     """
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"--pes must be an integer >= 1, not {pes!r}")
-    if not 1 <= rel_bits <= 12:
-        raise InputError(f"--rel-bits must be 1..12, not {rel_bits!r}")
+    rel_bits = parse_rel_bits(rel_bits)
+    if rel_bits == REL_BITS_AUTO:
+        return choose_rel_bits(qnet, pes=pes, index_bits=index_bits, balance=balance)
     qnet.validate(index_bits=index_bits)
     L = qnet.num_layers
     perms = [place_balanced(layer.index, pes, rel_bits=rel_bits) if balance and i < L - 1
@@ -582,7 +632,7 @@ def export_rom(
     *,
     pes: int,
     index_bits: int = DEFAULT_INDEX_BITS,
-    rel_bits: int = DEFAULT_REL_BITS,
+    rel_bits: int | str = REL_BITS_AUTO,
     balance: bool = True,
     force: bool = False,
     keep=(),

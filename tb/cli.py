@@ -38,7 +38,9 @@ def _hw_args(p, *, pes_default=8, engine=True):
     p.add_argument("--queue-depth", type=int, default=8, help="activation queue depth (8)")
     p.add_argument("--acc-bits", type=int, default=32, help="accumulator width (32)")
     p.add_argument("--index-bits", type=int, default=4, help="codebook index bits (4)")
-    p.add_argument("--rel-bits", type=int, default=4, help="relative row index bits (4)")
+    p.add_argument("--rel-bits", default="auto",
+                   help="relative row index bits 1..12, or auto (default: the EIE image's "
+                        "smallest entry memories; 4 for the lockstep engine)")
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
                    help="balanced row placement in the ROM (default); --no-balance: rows "
                         "interleaved")
@@ -168,15 +170,19 @@ def _rom(qnet, args, rel_bits=None, balance=None):
     return _fits(rom, args)
 
 
-def _image(qnet, args, rom):
+def _image(qnet, args, rom, rel_bits=None):
     """The image of args.engine: `rom` itself for the EIE engine, else built from the qnet
-    (same PEs, index_bits and rel_bits as `rom`)."""
+    (same PEs and index_bits as `rom`; rel_bits: the given one, else --rel-bits, where auto is
+    the lockstep default, 4)."""
     if args.engine == "eie":
         return rom
     from images import build_image
+    from images.eie import REL_BITS_AUTO, parse_rel_bits
+    from images.lockstep import DEFAULT_REL_BITS
 
+    rb = parse_rel_bits(args.rel_bits if rel_bits is None else rel_bits)
     img = build_image(qnet, args.engine, rom.pes, index_bits=rom.index_bits,
-                      rel_bits=rom.rel_bits)
+                      rel_bits=DEFAULT_REL_BITS if rb == REL_BITS_AUTO else rb)
     return _fits(img, args)
 
 
@@ -261,7 +267,8 @@ def cmd_run(args):
     rom = _rom(qnet, args)
     if args.dense and args.engine == "lockstep":
         raise InputError("--dense is the EIE engine's baseline: not with --engine lockstep")
-    b = build(_image(qnet, args, rom), _params(args, sparse=not args.dense), sim=args.sim)
+    img = _image(qnet, args, rom)
+    b = build(img, _params(args, sparse=not args.dense), sim=args.sim)
     print(f"simulating {len(x)} inputs on the RTL engine ({args.pes} PEs, "
           f"{SIM_NAMES[b.sim]})", flush=True)
     r = _simulate_parallel(b, x, jobs=int(jobs))
@@ -274,7 +281,7 @@ def cmd_run(args):
             "design": args.engine,
             "simulator": b.sim,
             "queue_depth": args.queue_depth, "acc_bits": args.acc_bits,
-            "index_bits": args.index_bits, "rel_bits": args.rel_bits,
+            "index_bits": args.index_bits, "rel_bits": img.rel_bits,
             "balanced": args.balance,
         }
         with atomic_path(args.stats, what="--stats") as tmp:
@@ -335,7 +342,7 @@ def cmd_sim(args):
         f"lockstep engine (drain_share {args.drain_share})"
     print(f"{name} in cocotb + {SIM_NAMES[b_s.sim]}: "
           f"{args.pes} PEs, queue depth {args.queue_depth}, index_bits {args.index_bits}, "
-          f"rel_bits {args.rel_bits}, acc_bits {args.acc_bits}, rows "
+          f"rel_bits {img.rel_bits}, acc_bits {args.acc_bits}, rows "
           f"{'balanced' if args.balance else 'interleaved'}")
     for line in notes:
         print("  " + line)
@@ -420,21 +427,28 @@ def cmd_sweep(args):
         raise InputError(f"--count must be >= 1, not {args.count}")
     x = x[: args.count]
     depths = [int(v) for v in args.depths.split(",")]
-    rels = [int(v) for v in args.rel_bits_list.split(",")]
+    from images.eie import parse_rel_bits
+
+    rels = [parse_rel_bits(v) for v in args.rel_bits_list.split(",")]
+    if "auto" in rels:
+        raise InputError("--rel-bits-list takes integers 1..12 (--rel-bits may be auto)")
+    rb0 = parse_rel_bits(args.rel_bits)  # the base of the sweep, resolved for the engine
+    if rb0 == "auto":
+        from images.lockstep import DEFAULT_REL_BITS
+
+        rb0 = _rom(qnet, args).rel_bits if args.engine == "eie" else DEFAULT_REL_BITS
     # (variant, queue depth, rel_bits, sparse, balanced rows)
     bal = args.balance
-    configs = [("depth", d, args.rel_bits, True, bal) for d in depths]
-    configs += [("rel_bits", args.queue_depth, rb, True, bal) for rb in rels
-                if rb != args.rel_bits]
-    configs += [("no-balance" if bal else "balance", args.queue_depth, args.rel_bits, True,
-                 not bal)]
-    configs += [("dense", args.queue_depth, args.rel_bits, False, bal)]
+    configs = [("depth", d, rb0, True, bal) for d in depths]
+    configs += [("rel_bits", args.queue_depth, rb, True, bal) for rb in rels if rb != rb0]
+    configs += [("no-balance" if bal else "balance", args.queue_depth, rb0, True, not bal)]
+    configs += [("dense", args.queue_depth, rb0, False, bal)]
     roms = {(rb, b): _rom(qnet, args, rel_bits=rb, balance=b)
             for rb, b in {(c[2], c[4]) for c in configs}}
 
     def one(cfg):
         _kind, depth, rb, sparse, b_ = cfg
-        img = _image(qnet, args, roms[rb, b_]) if sparse else roms[rb, b_]
+        img = _image(qnet, args, roms[rb, b_], rel_bits=rb) if sparse else roms[rb, b_]
         b = build(img, _params(args, sparse=sparse, queue_depth=depth), sim=args.sim)
         from tb.sim import simulate
 

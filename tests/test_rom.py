@@ -13,8 +13,8 @@ from compress.errors import InputError
 from compress.qnet import Layer, QNet, save_qnet
 from compress.golden import golden
 from images.placement import place_balanced
-from images.eie import (build_rom, decode_csc, decode_rom, encode_csc, export_rom,
-                          physical_qnet, read_rom)
+from images.eie import (build_rom, choose_rel_bits, decode_csc, decode_rom, encode_csc,
+                        entries_bits, export_rom, parse_rel_bits, physical_qnet, read_rom)
 from compress.synthetic import random_qnet
 
 
@@ -197,7 +197,7 @@ def test_tampered_permutation_refused(tmp_path):
 
 def test_files_hex_bin_manifest(tmp_path):
     q = random_qnet((50, 20, 6), seed=1, density=0.1)
-    m = export_rom(q, tmp_path / "rom", pes=3)
+    m = export_rom(q, tmp_path / "rom", pes=3, rel_bits=4)
     assert m["version"] == 2 and m["pes"] == 3 and m["entry_bits"] == 8
     assert m["perm"] == {"width": 5, "depth": 26, "balanced": True}
     assert [rl["perm_base"] for rl in m["layers"]] == [0, 20]
@@ -215,7 +215,7 @@ def test_files_hex_bin_manifest(tmp_path):
     bias_words = [int(w, 16) for w in (tmp_path / "rom" / "pe2.bias.hex").read_text().split()]
     assert bias_words == (rom.bias[2].astype(np.int64) & 0xFFFFFFFF).tolist()
     # same command -> same bytes
-    export_rom(q, tmp_path / "rom2", pes=3)
+    export_rom(q, tmp_path / "rom2", pes=3, rel_bits=4)
     for name in names:
         assert (tmp_path / "rom" / name).read_bytes() == (tmp_path / "rom2" / name).read_bytes()
 
@@ -271,7 +271,7 @@ def test_shipped_lenet_balanced_over_8_pes():
     from compress.shipped import SHIPPED_QNET
 
     q = load_qnet(SHIPPED_QNET)
-    bal, plain = build_rom(q, pes=8), build_rom(q, pes=8, balance=False)
+    bal, plain = build_rom(q, pes=8, rel_bits=4), build_rom(q, pes=8, rel_bits=4, balance=False)
     for i in (0, 1):
         mean = sum(bal.layers[i].entries) / 8
         assert max(bal.layers[i].entries) <= 1.02 * mean
@@ -279,3 +279,57 @@ def test_shipped_lenet_balanced_over_8_pes():
     assert sum(map(sum, (rl.fillers for rl in bal.layers))) < sum(
         map(sum, (rl.fillers for rl in plain.layers))) / 2
     assert decode_rom(bal).equals(q)
+
+
+@pytest.mark.parametrize("sizes,density,pes", [
+    ((784, 300, 100, 10), 0.06, 8),   # uniform random sparsity: long gaps, wider wins
+    ((200, 120, 10), 0.5, 4),         # dense: short gaps, narrower wins
+    ((60, 45, 30, 7), 0.2, 3),
+    ((1, 1), 1.0, 1),                 # a 1x1 network
+    ((40, 3), 0.3, 8),                # fewer rows than PEs
+])
+def test_auto_rel_bits_is_the_smallest_entry_memory(sizes, density, pes):
+    """auto (the default) gives the image with the fewest entry bits of every width 1..12 (the
+    narrower on a tie), and it is exactly the image of that width."""
+    q = random_qnet(sizes, seed=3, density=density)
+    auto = build_rom(q, pes=pes)
+    sizes_by_width = {rb: entries_bits(build_rom(q, pes=pes, rel_bits=rb)) for rb in range(1, 13)}
+    best = min(sizes_by_width.values())
+    assert auto.rel_bits == min(rb for rb, b in sizes_by_width.items() if b == best)
+    fixed = build_rom(q, pes=pes, rel_bits=auto.rel_bits)
+    assert all(np.array_equal(a, b) for a, b in zip(auto.entries, fixed.entries))
+    assert decode_rom(auto).equals(q)
+    assert choose_rel_bits(q, pes=pes).rel_bits == auto.rel_bits
+
+
+def test_auto_rel_bits_on_the_shipped_and_synthetic_networks():
+    """The trained LeNet keeps EIE's 4 bits; uniform random sparsity takes 5 (docs/rom-format.md)."""
+    from compress.shipped import load_model
+
+    q, _ = load_model(None, index_bits=4)
+    assert build_rom(q, pes=8).rel_bits == 4
+    s, _ = load_model("synthetic", index_bits=4)
+    rom = build_rom(s, pes=8)
+    assert rom.rel_bits == 5
+    assert entries_bits(rom) < entries_bits(build_rom(s, pes=8, rel_bits=4))
+
+
+@pytest.mark.parametrize("bad", ["x", "0", "13", "4.5", "", True, None, "auto "])
+def test_rel_bits_values_refused(bad):
+    with pytest.raises(InputError, match="--rel-bits"):
+        parse_rel_bits(bad)
+
+
+def test_export_rom_cli_rel_bits(tmp_path, capsys):
+    q = random_qnet((300, 40, 4), seed=5, density=0.05)
+    save_qnet(q, tmp_path / "q.npz")
+    assert main(["export-rom", "--model", str(tmp_path / "q.npz"), "--pes", "4",
+                 "--out", str(tmp_path / "rom")]) == 0
+    rom = read_rom(tmp_path / "rom")
+    assert f"rel_bits {rom.rel_bits}," in capsys.readouterr().out
+    assert rom.rel_bits == build_rom(q, pes=4).rel_bits
+    assert main(["export-rom", "--model", str(tmp_path / "q.npz"), "--pes", "4",
+                 "--out", str(tmp_path / "bad"), "--rel-bits", "13"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--rel-bits" in err
+    assert not (tmp_path / "bad").exists()

@@ -41,7 +41,9 @@ def _export_args(p):
                    help="write into an existing non-empty --out: the files this command writes "
                         "are replaced, nothing else is touched")
     p.add_argument("--index-bits", type=int, default=4, help="codebook index bits (default 4)")
-    p.add_argument("--rel-bits", type=int, default=4, help="relative row index bits (default 4)")
+    p.add_argument("--rel-bits", default="auto",
+                   help="relative row index bits 1..12, or auto (default): the width that makes "
+                        "the entry memories smallest")
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
                    help="permute the rows of hidden layers to even out the PEs' work (default "
                         "on); --no-balance: plain interleaving, row r in PE r %% N")
@@ -62,7 +64,7 @@ def _export_rom(args):
     t = m["totals"]
     print(
         f"wrote {args.out}: {m['num_layers']} layers, {args.pes} PEs, "
-        f"{sum(t['entries'])} entries ({sum(t['fillers'])} fillers), "
+        f"{sum(t['entries'])} entries ({sum(t['fillers'])} fillers), rel_bits {m['rel_bits']}, "
         f"busiest PE {max(t['entries'])} entries, "
         f"rows {'balanced' if args.balance else 'interleaved'}, {len(m['files'])} files"
     )
