@@ -186,7 +186,9 @@ def choose_rel_bits(qnet: QNet, *, pes: int, index_bits: int = DEFAULT_INDEX_BIT
         # past zero fillers a wider entry only adds bits
         while 1 <= rb <= 12 and not (step > 0 and sum(sum(l.fillers) for l in best.layers) == 0):
             cand = build(rb)
-            if entries_bits(cand) >= entries_bits(best):
+            # ties go to the narrower width: stop on a tie upwards, go on through one downwards
+            if (entries_bits(cand) >= entries_bits(best) if step > 0
+                    else entries_bits(cand) > entries_bits(best)):
                 break
             best, moved, rb = cand, True, rb + step
         if moved:
