@@ -309,13 +309,15 @@ def test_auto_rel_bits_walk_finds_the_global_minimum():
         for density in (0.02, 0.05, 0.1, 0.3, 0.7):
             for pes in (1, 3, 8):
                 q = random_qnet((90, 40, 6), seed=seed, density=density)
-                size = {rb: entries_bits(build_rom(q, pes=pes, rel_bits=rb)) for rb in range(1, 13)}
+                size = {rb: entries_bits(build_rom(q, pes=pes, rel_bits=rb))
+                        for rb in range(1, 13)}
                 want = min(rb for rb, b in size.items() if b == min(size.values()))
                 assert build_rom(q, pes=pes).rel_bits == want, (seed, density, pes, size)
 
 
 def test_auto_rel_bits_on_the_shipped_and_synthetic_networks():
-    """The trained LeNet keeps EIE's 4 bits; uniform random sparsity takes 5 (docs/rom-format.md)."""
+    """The trained LeNet keeps EIE's 4 bits; uniform random sparsity takes 5
+    (docs/rom-format.md)."""
     from compress.shipped import load_model
 
     q, _ = load_model(None, index_bits=4)
