@@ -19,13 +19,16 @@ figures):
   starts a column when its previous one is done and the column has come through the pointer
   stage; then the pipeline tail, the drain (rows x drain_share + 3) and the next layer's
   PRELOAD, as the lockstep engine spends them. The accumulator hold on back-to-back row hits is
-  not modelled (on the shipped network with option "lockstep" the model gives 1,237.8 cycles
-  per digit on the first 10 sample digits, the engine 1,235.6);
+  not modelled (on the shipped network with option "lockstep" and depth 2 the model gives
+  1,044.2 cycles per digit on the 20 sample digits, the engine 995.4: its pointer stage writes
+  the queue ahead, so depth 2 there sits between the model's 2 and 3);
 * `model`: every layer of a qnet for a batch of layer inputs -> cycles and useful MACs;
+* `work_bound`: the ceiling of an option whatever its queues, front end and drains: per layer
+  and input, the busiest lane's cycles over the non-zero columns, nothing else;
 * `pointer_ebr(option, ...)`: the EBR blocks of the option's column pointers.
 
-Nothing here is an engine: no option reached the 75 % MAC utilisation the lanes engine was
-meant for (docs/lanes.md), so none was built. `python -m images.lanes` prints the table.
+Nothing here is an engine: no option that fits the UP5K's 30 EBR has a ceiling (`work_bound`)
+of the 75 % MAC utilisation the lanes engine was meant for (docs/lanes.md), so none was built. `python -m images.lanes` prints the table.
 """
 
 from __future__ import annotations
@@ -222,6 +225,31 @@ def model(layers, perms, acts: list[np.ndarray], option: str, *, pes: int = 8, d
     return np.stack(out, axis=1)
 
 
+def work_bound(layers, perms, acts: list[np.ndarray], option: str, *, pes: int = 8,
+               rel_bits: int = DEFAULT_REL_BITS) -> np.ndarray:
+    """Cycles [batch, layers] no engine of `option` can go under: the busiest lane's work.
+
+    Per layer and input: max over lanes of the sum of its costs over the non-zero columns, as
+    if queues were infinite, the front end free and drains and PRELOAD overlapped. Useful MACs
+    over pes x this is the option's MAC utilisation ceiling.
+    """
+    if option in MERGED:
+        counts = pe_counts(layers, perms, pes // 2, rel_bits=rel_bits)
+        words = [(k + 1) // 2 for k in counts]
+        costs = [w.max(axis=0)[None, :] if option == "merged" else w for w in words]
+    else:
+        counts = pe_counts(layers, perms, pes, rel_bits=rel_bits)
+        c3 = (pe_counts(layers, perms, pes, rel_bits=3) if option == "marks3"
+              else [None] * len(layers))
+        costs = [lane_costs(k, option, counts_rel3=k3) for k, k3 in zip(counts, c3)]
+    out = []
+    for i, cost in enumerate(costs):
+        a = np.asarray(acts[i])
+        phys = a if i == 0 else a[:, np.asarray(perms[i - 1])]
+        out.append(((phys != 0).astype(np.int64) @ cost.T).max(axis=1))
+    return np.stack(out, axis=1)
+
+
 def pointer_memories(option: str, counts: list[np.ndarray], slots: int, *,
                      entries_per_pe: list[int] | None = None) -> list[tuple[int, int]]:
     """The (width, depth) memories the option's column pointers need in EBR.
@@ -281,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--placement-pes", type=int, default=8, choices=(8, 4),
                    help="rows placed for 8 PEs (lockstep) or for 4 lanes (default 8)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bound", action="store_true",
+                   help="also print each option's ceiling (`work_bound`: the busiest lane's "
+                        "work alone)")
     args = p.parse_args(argv)
 
     def body():
@@ -314,14 +345,19 @@ def main(argv: list[str] | None = None) -> int:
         useful = useful_macs(qnet.layers, acts)
         print(f"{desc}: {len(x)} digits, 8 PEs, queue depth {args.depth}, drain_share "
               f"{args.drain_share}, placement {args.placement} for {args.placement_pes}")
-        print(f"{'option':12s} {'cycles':>8s}  {'per layer':22s} {'MAC util':>8s} {'ptr EBR':>7s}")
+        print(f"{'option':12s} {'cycles':>8s}  {'per layer':22s} {'MAC util':>8s} {'ptr EBR':>7s}"
+              + (f" {'ceiling':>8s}" if args.bound else ""))
         for o in opts:
             cyc = model(qnet.layers, perms, acts, o, depth=args.depth,
                         drain_share=args.drain_share)
             util = useful.sum() / (8 * cyc.sum())
             per = " ".join(f"{v:.1f}" for v in cyc.mean(axis=0))
+            ceil = ""
+            if args.bound:
+                bound = work_bound(qnet.layers, perms, acts, o)
+                ceil = f" {100 * useful.sum() / (8 * bound.sum()):7.1f}%"
             print(f"{o:12s} {cyc.sum(axis=1).mean():8.1f}  {per:22s} {100 * util:7.1f}% "
-                  f"{pointer_ebr(o, counts, img.num_slots):7d}")
+                  f"{pointer_ebr(o, counts, img.num_slots):7d}{ceil}")
         return 0
 
     return run_main(body, debug_env="LANES_DEBUG")

@@ -11,7 +11,8 @@ from compress.errors import InputError
 from compress.golden import run_layers
 from compress.synthetic import random_qnet
 from images.lanes import (OPTIONS, ebr_blocks, lane_costs, lane_of, main, model, pe_counts,
-                          pointer_ebr, pointer_memories, simulate_layer, useful_macs)
+                          pointer_ebr, pointer_memories, simulate_layer, useful_macs,
+                          work_bound)
 from images.lockstep import build_lockstep
 from images.memmap import memory_specs
 
@@ -154,6 +155,11 @@ def test_command_prints_every_option(capsys):
                  "--placement", "lpt"]) == 0
     out = capsys.readouterr().out
     assert "lockstep" in out and "exact" in out and "%" in out
+    assert "ceiling" not in out
+    assert main(["--model", "synthetic", "--count", "3", "--options", "pe8",
+                 "--placement", "lpt", "--bound"]) == 0
+    row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pe8")][0]
+    assert row.count("%") == 2  # MAC utilisation and its ceiling
 
 
 def test_merged_lane_issues_two_of_its_entries_per_cycle():
@@ -175,3 +181,29 @@ def test_merged_lane_issues_two_of_its_entries_per_cycle():
     assert model([layer], perms, [x], "merged_exact")[0, 0] == merged
     with pytest.raises(InputError, match="use `model`"):
         lane_costs(np.zeros((8, 8), dtype=np.int64), "merged")
+
+
+def test_work_bound_is_the_busiest_lane_and_under_every_model_run():
+    """The ceiling: per layer and input, the busiest lane's work over the non-zero columns;
+    the modelled engine (any queue depth) never beats it, and pe8's is the busiest PE's work."""
+    q = random_qnet((64, 48, 24, 10), seed=4, density=[0.15, 0.2, 0.5], shift=[6, 6, 6])
+    img = build_lockstep(q, 8, placement="lpt")
+    perms = [ll.perm for ll in img.layers]
+    rng = np.random.default_rng(11)
+    x = np.where(rng.random((5, 64)) < 0.4, rng.integers(1, 200, (5, 64)), 0).astype(np.int16)
+    acts = [x] + run_layers(q, x)[:-1]
+    counts = pe_counts(q.layers, perms, 8)
+    pe8 = work_bound(q.layers, perms, acts, "pe8")
+    for i, k in enumerate(counts):
+        phys = acts[i] if i == 0 else acts[i][:, np.asarray(perms[i - 1])]
+        want = np.array([max(int(k[p][phys[b] != 0].sum()) for p in range(8))
+                         for b in range(len(x))])
+        assert np.array_equal(pe8[:, i], want)
+    for opt in OPTIONS:
+        bound = work_bound(q.layers, perms, acts, opt)
+        assert bound.shape == (len(x), 3) and np.all(bound >= pe8 // 2)
+        for depth in (1, 64):
+            assert np.all(bound < model(q.layers, perms, acts, opt, depth=depth)), opt
+    # lockstep's ceiling is its slot cycles: one slot per PE-max entry of every non-zero column
+    lock = work_bound(q.layers, perms, acts, "lockstep")
+    assert np.all(lock >= pe8) and np.all(work_bound(q.layers, perms, acts, "exact") <= lock)
