@@ -24,6 +24,7 @@ The table of limits and what each reader refuses is in docs/limits.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class Limits:
 
 
 DEFAULTS = Limits()
+MAX_VALUE_BITS = 64  # a limit past 2**64 means "none"; larger numbers only cost time
 NAMES = tuple(f.name for f in dataclasses.fields(Limits))
 _overrides: dict[str, int] = {}
 _env_cache: tuple[str, dict[str, int]] | None = None
@@ -70,7 +72,11 @@ def _parse_value(name: str, text: str, source: str) -> int:
     m = re.fullmatch(r"(\d+)\s*\*\*\s*(\d+)", t)
     try:
         if m:
-            v = int(m[1]) ** int(m[2])
+            base, exp = int(m[1]), int(m[2])
+            # bound the work before computing: 2**99999999999 would take minutes and GBs
+            if base > 1 and exp * math.log2(base) > MAX_VALUE_BITS:
+                raise InputError(f"{source}: {name}={text!r} is over 2**{MAX_VALUE_BITS}")
+            v = base ** exp
         elif re.fullmatch(r"[0-9]+", t):
             v = int(t)
         else:
@@ -78,6 +84,10 @@ def _parse_value(name: str, text: str, source: str) -> int:
             if not f.is_integer():
                 raise ValueError
             v = int(f)
+        if v > 1 << MAX_VALUE_BITS:
+            raise InputError(f"{source}: {name}={text!r} is over 2**{MAX_VALUE_BITS}")
+    except InputError:
+        raise
     except (ValueError, OverflowError):
         raise InputError(f"{source}: {name}={text!r} is not a whole number") from None
     if v < 1:

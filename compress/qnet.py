@@ -15,6 +15,8 @@ import lzma
 import math
 import os
 import struct
+import tokenize
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -237,7 +239,8 @@ def _qnet_keys(num_layers: int) -> list[str]:
 
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError,
                KeyError, RuntimeError, NotImplementedError, zlib.error, lzma.LZMAError,
-               struct.error, SyntaxError, TypeError, UnicodeDecodeError, OverflowError)
+               struct.error, SyntaxError, TypeError, UnicodeDecodeError, OverflowError,
+               tokenize.TokenError, MemoryError, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -265,13 +268,17 @@ def _npy_header(f, name: str) -> NpyHeader:
     InputError for a bad magic or header, an unsupported version, or an object dtype.
     """
     try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise InputError(f"{name}: unsupported .npy format version {version}")
+        # numpy re-tokenizes a header written by Python 2 (`(3L, 4L)`) and warns that it did:
+        # such a file is read, quietly; a header that cannot be tokenized is refused below
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise InputError(f"{name}: unsupported .npy format version {version}")
     except InputError:
         raise
     except _ZIP_ERRORS as e:
@@ -579,10 +586,12 @@ def check_inputs(x: np.ndarray, in_features: int, *, name: str = "inputs") -> np
     return x.astype(np.int16)
 
 
-def load_labels(path, n: int, *, what: str = "--labels") -> np.ndarray:
+def load_labels(path, n: int, *, what: str = "--labels", classes: int | None = None
+                ) -> np.ndarray:
     """Integer class labels [n] from an .npy file, as int64; InputError (one line) when the file
-    is not a readable .npy, not integers, or not one label per input. The header is checked
-    before the data are read."""
+    is not a readable .npy, not integers, not one label per input, or (with `classes`, the
+    model's outputs) a label the model cannot answer. The header is checked before the data
+    are read."""
     name = f"{what} {path}"
 
     def check(h):
@@ -596,4 +605,7 @@ def load_labels(path, n: int, *, what: str = "--labels") -> np.ndarray:
     y = read_npy(path, name=name, check=check)
     if n and int(y.min()) < 0:
         raise InputError(f"{name}: negative class label {int(y.min())}")
+    if n and classes is not None and int(y.max()) >= classes:
+        raise InputError(f"{name}: label {int(y.max())} but the model has {classes} outputs "
+                         f"(labels 0..{classes - 1})")
     return y.astype(np.int64)

@@ -168,7 +168,19 @@ def fit(
     gradient). `teacher`: the teacher's logits for every example of `data`, in order (needed
     when cfg.distill > 0, ignored otherwise). Returns {"steps", "loss"} (mean loss of the last
     epoch on this rank).
+
+    Whatever in the model draws from torch's global generator while training (a user's
+    `Dropout`) draws from one seeded by cfg.seed, and the caller's global state is restored
+    afterwards: the same seed gives the same weights.
     """
+    rank = world()[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed * 7919 + 13 + rank)
+        return _fit(model, data, cfg, params=params, after_step=after_step,
+                    before_step=before_step, desc=desc, teacher=teacher)
+
+
+def _fit(model, data, cfg, *, params, after_step, before_step, desc, teacher) -> dict:
     cfg.validate()
     if cfg.distill > 0:
         if teacher is None:

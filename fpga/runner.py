@@ -167,7 +167,8 @@ def _inputs(args, qnet):
         from compress.qnet import load_labels
 
         x = load_inputs(args.inputs, qnet.in_features)
-        labels = load_labels(args.labels, len(x)) if args.labels else None
+        labels = (load_labels(args.labels, len(x), classes=qnet.out_features)
+                  if args.labels else None)
         n = min(args.count, len(x)) if args.count is not None else len(x)
         return (x[:n], None if labels is None else labels[:n], "input",
                 f"inputs: {args.inputs}" + (f", labels: {args.labels}" if args.labels else ""))

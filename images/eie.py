@@ -212,6 +212,7 @@ def build_rom(
     """
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"--pes must be an integer >= 1, not {pes!r}")
+    limits.check("max_pes", pes, "--pes")  # what read_rom takes back
     rel_bits = parse_rel_bits(rel_bits)
     if rel_bits == REL_BITS_AUTO:
         return choose_rel_bits(qnet, pes=pes, index_bits=index_bits, balance=balance)
@@ -507,7 +508,11 @@ def write_rom(rom: RomImage, out_dir: str | Path, *, force: bool = False, keep=(
             "perm": {"width": rom.perm_bits, "depth": int(len(perm)), "balanced": rom.balanced},
             "files": dict(sorted(files.items())),
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        text = json.dumps(manifest, indent=1) + "\n"
+        # read_rom refuses a manifest over max_config_bytes: never write one it would refuse
+        limits.check("max_config_bytes", len(text.encode()),
+                     f"{out_dir}: the manifest for {rom.pes} PEs would be too large, bytes")
+        (tmp / "manifest.json").write_text(text)
     return manifest
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from compress import limits
 from compress.errors import InputError
 from compress.qnet import DEFAULT_INDEX_BITS, Layer, QNet
 
@@ -135,6 +136,7 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
     """
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"pes must be a positive integer, not {pes!r}")
+    limits.check("max_pes", pes, "pes")
     if not 1 <= rel_bits <= 12:
         raise InputError(f"rel_bits must be 1..12, not {rel_bits!r}")
     if placement not in PLACEMENTS:

@@ -131,7 +131,7 @@ def load_model_and_inputs(model, inputs, index_bits, labels_path=None):
         x = load_inputs(inputs, qnet.in_features)
         notes.append(f"inputs: {inputs}")
         if labels_path:
-            labels = load_labels(labels_path, len(x))
+            labels = load_labels(labels_path, len(x), classes=qnet.out_features)
             notes.append(f"labels: {labels_path}")
     else:
         from compress import data

@@ -300,6 +300,24 @@ def test_same_seed_same_bytes_and_dataloader_input(tiny, tmp_path):
         assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest(), f
 
 
+def test_dropout_trains_from_the_seed_not_torch_global_state():
+    """A user's Dropout is active while compress_model retrains: it draws from a generator
+    seeded by `seed` (two runs gave different files before), and the caller's global torch
+    state is left as it was."""
+    torch.manual_seed(5)
+    model = Custom()
+    train, val = blobs(300, 0), blobs(100, 1)
+    outs = []
+    for glob in (1, 2):
+        torch.manual_seed(glob)
+        state = torch.random.get_rng_state()
+        r = compress.compress_model(model, train=train, val=val, seed=3, **FAST, max_bits=3,
+                                    densities={"fc1": 0.5, "fc2": 0.8}, attempts=1)
+        assert torch.equal(torch.random.get_rng_state(), state)
+        outs.append(r.dcz)
+    assert outs[0] == outs[1]
+
+
 def test_val_held_out_when_not_given():
     model = trained_tiny()
     result = compress.compress_model(model, train=image_blobs(400, 0), seed=1, **FAST,

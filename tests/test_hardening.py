@@ -405,6 +405,22 @@ def test_input_npy_checked_before_reading(tmp_path, qfile, capsys):
     x.write_bytes(_header_only((4,), "|O"))
     with pytest.raises(InputError, match="object arrays"):
         read_npy(x)
+    # a header that cannot be tokenized (numpy raised tokenize.TokenError, exit 1)
+    x.write_bytes(_npy_bytes(random_inputs(3, 12)).replace(b"'fortran_order'",
+                                                            b"#fortran_order'"))
+    with pytest.raises(InputError, match="not a valid .npy array"):
+        read_npy(x)
+    rc, err = _run(["golden", "--model", qfile, "--inputs", x, "--out", tmp_path / "y.npy"],
+                   capsys)
+    assert rc == 2 and _one_line(err) and str(x) in err, err
+    # a header written by Python 2 (`3L`) is read, without numpy's warning on stderr
+    good = random_inputs(3, 12)
+    raw = _npy_bytes(good)
+    x.write_bytes(raw.replace(b"(3, 12)", b"(3L, 12L)", 1)[:-2 * good.size]
+                  .replace(b"  \n", b"\n", 1) + good.tobytes())
+    rc, err = _run(["golden", "--model", qfile, "--inputs", x, "--out", tmp_path / "y.npy"],
+                   capsys)
+    assert rc == 0 and err == "", err
     x.write_bytes(_npy_bytes(random_inputs(3, 12))[:-2])
     with pytest.raises(InputError, match="holds"):
         read_npy(x)
@@ -440,16 +456,70 @@ def test_rom_manifest_sizes_checked(tmp_path):
     assert read_rom(tmp_path / "rom").pes == 2
 
 
+def test_export_rom_refuses_what_read_rom_would_refuse(tmp_path, capsys):
+    q = random_qnet((20, 8), seed=1)
+    with limits.override(max_pes=16):
+        with pytest.raises(InputError, match="max_pes"):
+            _bounded(lambda: export_rom(q, tmp_path / "a", pes=100_000), mb=4)
+    # a manifest over max_config_bytes: nothing is written (it took 8 s and 24,580 files
+    # at 4,096 PEs, then read_rom refused the image)
+    with limits.override(max_config_bytes=4096):
+        with pytest.raises(InputError, match="manifest for 64 PEs would be too large"):
+            export_rom(q, tmp_path / "b", pes=64)
+    assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
+    qf = tmp_path / "q.npz"
+    save_qnet(q, qf)
+    rc, err = _run(["export-rom", "--model", qf, "--pes", "100000", "--out", tmp_path / "c"],
+                   capsys)
+    assert rc == 2 and _one_line(err) and "max_pes" in err and not (tmp_path / "c").exists()
+
+
+def test_labels_outside_the_models_classes_refused(tmp_path, capsys):
+    from compress.qnet import load_labels
+
+    y = tmp_path / "y.npy"
+    np.save(y, np.array([0, 2, 5]))
+    assert load_labels(y, 3).tolist() == [0, 2, 5]
+    assert load_labels(y, 3, classes=6).tolist() == [0, 2, 5]
+    with pytest.raises(InputError, match="label 5 but the model has 3 outputs"):
+        load_labels(y, 3, classes=3)
+    from tb.cli import main as tb_main
+
+    q = random_qnet((6, 4, 3), seed=2)
+    qf, x = tmp_path / "q.npz", tmp_path / "x.npy"
+    save_qnet(q, qf)
+    np.save(x, random_inputs(3, 6))
+    assert tb_main(["sim", "--model", str(qf), "--inputs", str(x), "--labels", str(y),
+                    "--pes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert _one_line(err) and "label 5 but the model has 3 outputs" in err, err
+    from fpga.cli import main as fpga_main
+
+    assert fpga_main(["run", "--sim", "--model", str(qf), "--inputs", str(x), "--labels",
+                      str(y), "--pes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert _one_line(err) and "label 5 but the model has 3 outputs" in err, err
+
+
 def test_limits_spec_parsing(monkeypatch):
     assert limits.parse("max_weights=1e9, max_dim=2**21") == {"max_weights": 10**9,
                                                               "max_dim": 1 << 21}
     for bad, words in (("max_weights", "name=value"), ("nope=3", "unknown limit"),
-                       ("max_dim=1.5", "whole number"), ("max_dim=0", ">= 1")):
+                       ("max_dim=1.5", "whole number"), ("max_dim=0", ">= 1"),
+                       ("max_dim=1e9999", "whole number"), ("max_dim=2**65", "over 2\\*\\*64"),
+                       ("max_dim=1" + "0" * 30, "over 2\\*\\*64")):
         with pytest.raises(InputError, match=words):
             limits.parse(bad)
     monkeypatch.setenv("DEEPCOMP_LIMITS", "bogus=1")
     rc = main(["unpack", "x.dcz", "--out", "y.npz"])
     assert rc == 2
+    # a huge power is refused before it is computed (it took minutes and GBs)
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match="over 2"):
+        limits.parse("max_weights=2**99999999999")
+    assert time.perf_counter() - t0 < 0.5
+    assert limits.parse("max_weights=2**64, max_dim=1**99999999999") == {
+        "max_weights": 1 << 64, "max_dim": 1}
     monkeypatch.delenv("DEEPCOMP_LIMITS")
     with limits.override(max_dim=5) as lim:
         assert lim.max_dim == 5 and limits.get().max_dim == 5
