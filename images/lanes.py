@@ -28,7 +28,8 @@ figures):
 * `pointer_ebr(option, ...)`: the EBR blocks of the option's column pointers.
 
 Nothing here is an engine: no option that fits the UP5K's 30 EBR has a ceiling (`work_bound`)
-of the 75 % MAC utilisation the lanes engine was meant for (docs/lanes.md), so none was built. `python -m images.lanes` prints the table.
+of the 75 % MAC utilisation the lanes engine was meant for (docs/lanes.md), so none was
+built. `python -m images.lanes` prints the table.
 """
 
 from __future__ import annotations
