@@ -35,9 +35,21 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=",".join(ORDER), help="comma-separated sections")
     p.add_argument("--out", default=str(REPO / "docs"), help="where RESULTS.md goes")
     args = p.parse_args(argv)
-    only = args.only.split(",")
+    only = [s for s in args.only.split(",") if s]
+    bad = [s for s in only if s not in ORDER] or ([] if only else [args.only])
+    if bad:
+        print(f"error: --only: unknown section {bad[0]!r} (the sections: {', '.join(ORDER)})",
+              file=sys.stderr)
+        return 2
     if {"compression", "fpga"} & set(only) and not args.data:
         print("error: --data (or MNIST_DIR) must name the MNIST IDX directory", file=sys.stderr)
+        return 2
+    if args.data and not Path(args.data).is_dir():
+        print(f"error: --data {args.data}: MNIST directory does not exist", file=sys.stderr)
+        return 2
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"error: --out {args.out}: not a directory (RESULTS.md and results/ go in it)",
+              file=sys.stderr)
         return 2
     if args.data:  # the sections' own commands (`fpga run --sim`) read it from there
         os.environ["MNIST_DIR"] = args.data

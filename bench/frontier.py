@@ -184,7 +184,15 @@ def plot(points: list[dict], png: Path, chosen: list[dict] | None = None) -> Non
 
 def sweep(args) -> int:
     """One pipeline run per scale, from the same baseline, sequentially (one core each)."""
-    for scale in (float(x) for x in args.scales.split(",")):
+    try:
+        scales = [float(x) for x in args.scales.split(",")]
+    except ValueError:
+        scales = []
+    if not scales or not all(0 < x <= 10 for x in scales):
+        print(f"error: --scales: expected comma-separated numbers in (0, 10], not "
+              f"{args.scales!r}", file=sys.stderr)
+        return 2
+    for scale in scales:
         out = Path(args.out) / f"s{args.seed}-x{scale:g}"
         cmd = [sys.executable, "-m", "compress", "pipeline", "--arch", args.arch,
                "--data", args.data, "--seed", str(args.seed), "--val-size", str(args.val_size),

@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                    "values is the 2**20-bin histogram)")
     p.add_argument("--out", help="also write the .dcz here")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        print(f"error: --repeat must be >= 1, not {args.repeat}", file=sys.stderr)
+        return 2
     try:
         return run(args)
     except InputError as e:

@@ -47,6 +47,12 @@ def refuse_same_path(out, *inputs, what: str = "--out") -> None:
     if out is None:
         return
     out = Path(out)
+    # The shipped models are the default input of most commands even when no --model is given
+    from .shipped import SHIPPED_DIR
+
+    if out.exists() and out.resolve().parent == SHIPPED_DIR:
+        raise InputError(f"{_label(out, what)} is a shipped model file ({out.name}): "
+                         "choose another output")
     for inp in inputs:
         if inp is None:
             continue

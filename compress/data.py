@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import limits
 from .errors import InputError
 from .shipped import SAMPLE_DIGITS
 
@@ -87,35 +91,42 @@ def _checksums(d: Path) -> dict[str, str]:
 
 
 def read_idx(path: str | os.PathLike, *, expected_sha256: str | None = None) -> np.ndarray:
-    """Read one IDX file (gzipped or raw) into a NumPy array; InputError on a malformed file."""
+    """Read one IDX file (gzipped or raw) into a NumPy array; InputError on a malformed file.
+
+    The header is read first and its declared size checked against the limits; then exactly
+    that many bytes are decompressed, so a gzip bomb costs no more than its declared size."""
     path = Path(path)
     try:
+        limits.check("max_array_bytes", path.stat().st_size, f"{path}: file size")
         raw = path.read_bytes()
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
     if expected_sha256 is not None and hashlib.sha256(raw).hexdigest() != expected_sha256:
         raise InputError(f"{path}: sha256 does not match SHA256SUMS (corrupted file)")
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise InputError(f"{path}: bad gzip stream ({e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise InputError(f"{path}: not an IDX file (bad magic number)")
-    code, ndim = raw[2], raw[3]
-    if code not in _IDX_DTYPES or ndim < 1:
-        raise InputError(f"{path}: unsupported IDX type 0x{code:02x} / {ndim} dimensions")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise InputError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[code])
-    need = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != need:
-        raise InputError(
-            f"{path}: IDX payload is {len(raw) - header} bytes, shape {list(shape)} needs {need}"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(
+    gz = raw[:2] == b"\x1f\x8b"
+    stream = gzip.GzipFile(fileobj=io.BytesIO(raw)) if gz else io.BytesIO(raw)
+    try:
+        magic = stream.read(4)
+        if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+            raise InputError(f"{path}: not an IDX file (bad magic number)")
+        code, ndim = magic[2], magic[3]
+        if code not in _IDX_DTYPES or ndim < 1:
+            raise InputError(f"{path}: unsupported IDX type 0x{code:02x} / {ndim} dimensions")
+        dims = stream.read(4 * ndim)
+        if len(dims) < 4 * ndim:
+            raise InputError(f"{path}: truncated IDX header")
+        shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+        dtype = np.dtype(_IDX_DTYPES[code])
+        need = math.prod(shape) * dtype.itemsize  # Python ints: no wrap past 2**64
+        limits.check("max_array_bytes", need, f"{path}: IDX shape {list(shape)}, bytes")
+        data = stream.read(need)
+        extra = len(stream.read(1))
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(f"{path}: bad gzip stream ({e})") from None
+    if len(data) != need or extra:
+        got = f"more than {need}" if extra else f"{len(data)}"
+        raise InputError(f"{path}: IDX payload is {got} bytes, shape {list(shape)} needs {need}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(
         dtype.newbyteorder("="), copy=True
     )
 
@@ -137,6 +148,8 @@ def load_split(split: str, path: str | os.PathLike | None = None) -> Split:
         raise InputError(f"{d}: {split} labels must be uint8[n], got {list(labels.shape)}")
     if images.shape[0] != labels.shape[0]:
         raise InputError(f"{d}: {images.shape[0]} {split} images but {labels.shape[0]} labels")
+    if images.shape[0] == 0:
+        raise InputError(f"{d}: the {split} split holds no images")
     if labels.size and int(labels.max()) > 9:
         raise InputError(f"{d}: {split} label {int(labels.max())} outside 0..9")
     return Split(images, labels)

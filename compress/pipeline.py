@@ -160,6 +160,8 @@ def read_config_file(path: str | Path) -> dict:
         return tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{p}: bad config file ({e})") from None
+    except RecursionError:
+        raise InputError(f"{p}: bad config file (nested too deeply)") from None
 
 
 def make_config(arch: str = "lenet-300-100", overrides: dict | None = None) -> PipelineConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import limits
 from .errors import InputError
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "models"
@@ -44,6 +45,11 @@ def load_model(spec: str | Path | None = None, *, index_bits: int = 4):
             sizes = []
         if len(sizes) < 2 or min(sizes) < 1:
             raise InputError(f"--model {spec!r}: expected synthetic:IN-HIDDEN-...-OUT")
+        # the limits a qnet file is held to, before anything is allocated
+        limits.check("max_layers", len(sizes) - 1, f"--model {spec!r}: layers")
+        limits.check("max_dim", max(sizes), f"--model {spec!r}: a layer dimension")
+        limits.check("max_weights", sum(a * b for a, b in zip(sizes, sizes[1:])),
+                     f"--model {spec!r}: weights")
         dens = [0.08] * (len(sizes) - 2) + [0.26]
         return (random_qnet(tuple(sizes), density=dens, seed=0),
                 f"synthetic {'-'.join(map(str, sizes))} (random_qnet seed 0, density 8 %, "

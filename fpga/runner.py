@@ -194,8 +194,8 @@ def run_cli(args) -> int:
         raise InputError(f"--count must be >= 1, not {args.count!r}")
     if args.timeout is None:
         args.timeout = 600.0 if args.sim else 5.0
-    if args.timeout <= 0:
-        raise InputError(f"--timeout must be positive, not {args.timeout!r}")
+    if not args.timeout > 0 or args.timeout == float("inf"):  # nan and inf too
+        raise InputError(f"--timeout must be a positive number of seconds, not {args.timeout!r}")
     if args.clock_mhz is not None and not 0 < args.clock_mhz <= 1000:
         raise InputError(f"--clock-mhz must be in (0, 1000], not {args.clock_mhz!r}")
     if args.out:

@@ -527,6 +527,8 @@ def read_rom(rom_dir: str | Path) -> RomImage:
         raise InputError(f"{mpath}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{mpath}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise InputError(f"{mpath}: not valid JSON (nested too deeply)") from None
     if not isinstance(manifest, dict):
         raise InputError(f"{mpath}: malformed manifest (not a JSON object)")
     if manifest.get("format") != ROM_FORMAT or manifest.get("version") != ROM_VERSION:

@@ -413,12 +413,25 @@ def cmd_sim(args):
     return 0 if exact.all() and np.all(rd.outputs == gd) else 1
 
 
+def _int_list(text: str, what: str) -> list[int]:
+    """"1,2,4" -> [1, 2, 4]; InputError (one line) for anything else."""
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if not vals:
+        raise InputError(f"{what}: expected comma-separated integers, not {text!r}")
+    return vals
+
+
 def cmd_sweep(args):
     from compress.atomic import atomic_path, refuse_same_path
     from tb.analysis import utilisation
     from tb.sim import build, sim_pool
 
     refuse_same_path(args.out, args.model, args.inputs)
+    check_output(args.out)  # before the sweep, not after it
+    depths = _int_list(args.depths, "--depths")
     _sim(args)
     t0 = time.time()
     qnet, x, _labels, notes, _mnist = load_model_and_inputs(args.model, args.inputs,
@@ -426,7 +439,6 @@ def cmd_sweep(args):
     if args.count < 1:
         raise InputError(f"--count must be >= 1, not {args.count}")
     x = x[: args.count]
-    depths = [int(v) for v in args.depths.split(",")]
     from images.eie import parse_rel_bits
 
     rels = [parse_rel_bits(v) for v in args.rel_bits_list.split(",")]

@@ -9,7 +9,8 @@ both) in the Verilator testbench of `tb.fastbench` (no Python in the loop). Ever
 compared with the golden model (`compress.golden`). Printed per engine: `bit-exact: N/M`, the
 accuracy the hardware measured, the cycles per digit (min / mean / p50 / p99 / max; a PNG
 histogram in --out, default build/verify-mnist/cycles-<engine>.png), the build and simulation
-wall times and the simulated cycles per second. --out also gets summary.json.
+wall times and the simulated cycles per second. --out also gets summary.json; nothing else
+in --out is touched, and an --out that cannot take these files is refused before the run.
 
 The engines build and simulate side by side, one thread each, at most --jobs simulator and
 compiler processes at once (default 2); one engine splits its digits over the jobs. Builds are
@@ -155,13 +156,18 @@ def _body(argv):
 
     args = build_parser().parse_args(argv)
     t_start = time.monotonic()
-    qnet, name, x, labels = _inputs(args)
     engines = [args.engine] if args.engine else list(ENGINES)
+    # the outputs (only these files in --out are replaced), checked before the long run
+    from compress.atomic import check_output
+
+    out_dir = Path(args.out)
+    for f in ["summary.json", *(f"cycles-{e}.png" for e in engines)]:
+        check_output(out_dir / f, what="--out")
+    qnet, name, x, labels = _inputs(args)
     imgs = {e: _image(qnet, e, args.pes) for e in engines}
     vl.require()
     want = golden(qnet, x)
     gold_acc = float((predict(want) == labels).mean())
-    out_dir = Path(args.out)
     print(f"verify-mnist: {len(x)} MNIST test digits, model {name}, {args.pes} PEs, "
           f"engines {', '.join(engines)} (Verilator testbench)", flush=True)
 

@@ -36,6 +36,37 @@ def test_read_idx_refuses_bad_files(tmp_path, raw, what):
         read_idx(tmp_path / "bad")
 
 
+def test_read_idx_gzip_bomb_and_wrapping_shape_refused_cheaply(tmp_path):
+    import tracemalloc
+
+    from compress import limits
+
+    # 10 images declared, 400 MB of zeros behind them: only the declared size is inflated
+    bomb = gzip.compress(_idx((10, 28, 28), bytes(400 << 20)), compresslevel=1)
+    (tmp_path / "bomb.gz").write_bytes(bomb)
+    tracemalloc.start()
+    with pytest.raises(InputError, match="IDX payload is more than 7840 bytes"):
+        read_idx(tmp_path / "bomb.gz")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20, peak
+    # four dimensions of 65,536: 2**64 elements (numpy's product wrapped to 0)
+    (tmp_path / "wrap").write_bytes(_idx((65536,) * 4, b""))
+    with pytest.raises(InputError, match="max_array_bytes"):
+        read_idx(tmp_path / "wrap")
+    with limits.override(max_array_bytes=100):
+        (tmp_path / "big").write_bytes(_idx((200,), bytes(200)))
+        with pytest.raises(InputError, match="max_array_bytes"):
+            read_idx(tmp_path / "big")
+
+
+def test_empty_split_refused(tmp_path):
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(_idx((0, 28, 28), b""))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx((0,), b""))
+    with pytest.raises(InputError, match="holds no images"):
+        load_split("test", tmp_path)
+
+
 def test_checksum_mismatch_refused(tmp_path):
     a = _idx((1,), b"\x01")
     (tmp_path / "f").write_bytes(a)

@@ -614,3 +614,45 @@ def test_sigterm_during_a_real_unpack(tmp_path, big_dcz):
         assert p.returncode == 143 and err == "error: terminated\n", (p.returncode, err)
         assert not out.exists()
     assert not _temps(tmp_path, "q.npz")
+
+
+# ---------------------------------------------------------------------------------------------
+# From a hostile probe of tb, fpga and bench: refused up front, exit 2, one line
+
+
+def test_tb_fpga_bench_bad_arguments_refused_up_front(tmp_path, capsys):
+    import hashlib
+
+    from bench.__main__ import main as bench_main
+    from compress.shipped import SHIPPED_QNET
+    from fpga.cli import main as fpga_main
+    from tb.cli import main as tb_main
+
+    shipped = hashlib.sha256(SHIPPED_QNET.read_bytes()).hexdigest()
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000)
+    cases = [
+        # an output over the default model (no --model given): it overwrote the shipped qnet
+        (tb_main, ["sweep", "--out", str(SHIPPED_QNET), "--count", "1"], "shipped model file"),
+        (tb_main, ["sweep", "--out", str(tmp_path), "--count", "1"], "is a directory"),
+        (tb_main, ["sweep", "--depths", "abc", "--count", "1"], "--depths"),
+        (tb_main, ["verify-mnist", "--out", str(afile), "--count", "1"], "not a directory"),
+        (tb_main, ["sim", "--model", "synthetic:784-2000000-10"], "max_dim"),
+        (tb_main, ["sim", "--model", "synthetic:20000-20000-10"], "max_weights"),
+        (fpga_main, ["run", "--sim", "--count", "1", "--timeout", "nan"], "--timeout"),
+        (main, ["pipeline", "--config", str(deep), "--out", str(tmp_path / "p")],
+         "nested too deeply"),
+        (bench_main, ["--only", "bogus", "--out", str(tmp_path / "b")], "unknown section"),
+        (bench_main, ["--only", "tooling", "--out", str(afile)], "not a directory"),
+    ]
+    for fn, argv, words in cases:
+        t0 = time.perf_counter()
+        assert fn(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert _one_line(err) and words in err, (argv, err)
+        assert time.perf_counter() - t0 < 20, argv
+    assert hashlib.sha256(SHIPPED_QNET.read_bytes()).hexdigest() == shipped
+    assert afile.read_text() == "mine" and not (tmp_path / "b").exists()
+    assert not (tmp_path / "p").exists()
