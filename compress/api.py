@@ -266,14 +266,15 @@ def calibrate_input_frac(x, *, what: str = "train") -> tuple[int, list[str]]:
 
 
 COLLAPSED_CODES = 3  # a feature with this few distinct engine codes or fewer has collapsed
+COARSE_CODES = 16  # fewer than this, and a quarter of its own values or fewer: coarse
 
 
 def _collapsed_note(x, input_frac: int) -> str | None:
-    """A warning when input features collapse to COLLAPSED_CODES or fewer distinct int16 codes
-    at the one input_frac every feature shares (while the floats have more values): a
-    feature much smaller than the largest input loses its detail. One input_frac is what the
-    engine's inputs are (encode_inputs), so no per-feature scale can be folded in behind the
-    user's back: standardising the inputs before training is the cure."""
+    """A warning when input features lose their detail at the one input_frac every feature
+    shares: collapsed to COLLAPSED_CODES or fewer distinct int16 codes, or coarse (fewer than
+    COARSE_CODES, and at most a quarter of the feature's own distinct values). One input_frac
+    is what the engine's inputs are (encode_inputs), so no per-feature scale can be folded in
+    behind the user's back: standardising the inputs before training is the cure."""
     a = (x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor)
          else np.asarray(x, dtype=np.float64))
     a = a.reshape(len(a), -1)
@@ -286,16 +287,24 @@ def _collapsed_note(x, input_frac: int) -> str | None:
 
     codes = distinct(_encode(a, input_frac).astype(np.int64))
     values = distinct(a)
-    lost = (codes <= COLLAPSED_CODES) & (values > codes)
-    n = int(lost.sum())
-    if not n:
+    collapsed = int(((codes <= COLLAPSED_CODES) & (values > codes)).sum())
+    coarse = int(((codes > COLLAPSED_CODES) & (codes < COARSE_CODES)
+                  & (values >= 4 * codes)).sum())
+    if not collapsed and not coarse:
         return None
+    what = []
+    if collapsed:
+        what.append(f"{collapsed} of {a.shape[1]} features take {COLLAPSED_CODES} or fewer "
+                    "distinct engine values")
+    if coarse:
+        what.append(f"{coarse} {'more ' if collapsed else f'of {a.shape[1]} features '}take "
+                    f"fewer than {COARSE_CODES} (a quarter of their own or fewer)")
     peak = float(np.abs(a).max())
-    return (f"inputs: {n} of {a.shape[1]} features take {COLLAPSED_CODES} or fewer distinct "
-            f"engine values at input_frac {input_frac} (one scale for every feature, set by "
-            f"the largest input, {peak:.4g}): they reach the network coarsely; standardise the "
-            "inputs (per feature: subtract the training mean, divide by the training standard "
-            "deviation, the same for every split) and train on those")
+    return (f"inputs: {' and '.join(what)} at input_frac {input_frac} (one scale for every "
+            f"feature, set by the largest input, {peak:.4g}): they reach the network "
+            "coarsely; standardise the inputs (per feature: subtract the training mean, "
+            "divide by the training standard deviation, the same for every split) and train "
+            "on those")
 
 
 def encode_inputs(x, qnet) -> np.ndarray:

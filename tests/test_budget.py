@@ -143,12 +143,16 @@ def test_collapsed_inputs_are_counted_and_standardising_is_advised():
     codes. The warning counts them; standardised inputs give none."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 10)).astype(np.float32)
-    x[:, 0] *= 4000  # the largest input sets input_frac (2)
+    x[:, 0] *= 4000  # the largest input sets input_frac (1: steps of 0.5)
     x[:, 1:4] *= 0.1  # three small features: a code or two
-    frac, _ = api.calibrate_input_frac(x)
+    x[:, 5:] *= 30  # five with plenty of codes
+    frac, _ = api.calibrate_input_frac(x)  # feature 4 (unit scale): about a dozen codes
     note = api._collapsed_note(x, frac)
-    assert note.startswith("inputs: 3 of 10 features take 3 or fewer distinct engine values")
+    assert note.startswith("inputs: 3 of 10 features take 3 or fewer distinct engine values "
+                           "and 1 more take fewer than 16"), note
     assert f"input_frac {frac}" in note and "standardise" in note
+    x[:, 1:4] *= 3000  # only the coarse one left
+    assert api._collapsed_note(x, frac).startswith("inputs: 1 of 10 features take fewer than")
     z = (x - x.mean(0)) / x.std(0)
     assert api._collapsed_note(z, api.calibrate_input_frac(z)[0]) is None
     binary = (rng.random((100, 5)) < 0.5).astype(np.float32)  # two values: nothing is lost
