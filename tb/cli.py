@@ -34,6 +34,8 @@ SIM_NAMES = {"icarus": "Icarus", "verilator": "Verilator"}
 # tb sim's dense baseline makes every weight an entry: past this many weights (LeNet-300-100
 # has 266,200) its Verilog and simulator build take minutes, so it is left out unless asked.
 DENSE_BASELINE_MAX_WEIGHTS = 400_000
+# and runs only this many inputs of such a network unless --count asks for more
+BIG_NETWORK_COUNT = 5
 
 
 def _hw_args(p, *, pes_default=8, engine=True):
@@ -79,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", help="int16[batch, in_0] .npy (default: the sample MNIST digits)")
     p.add_argument("--labels", help="integer [batch] .npy class labels for --inputs (optional)")
     p.add_argument("--count", type=int, default=None,
-                   help="inputs to run (default: the first 20 sample digits; all of --inputs)")
+                   help="inputs to run (default: the first 20 sample digits; all of --inputs; "
+                        f"at most {BIG_NETWORK_COUNT} for a network of more than "
+                        f"{DENSE_BASELINE_MAX_WEIGHTS:,} weights)")
     p.add_argument("--dense-count", type=int, default=None,
                    help="inputs for the dense baseline (its cycle count does not depend on "
                         "data); 0: no dense baseline (default 1, or 0 for a network of more "
@@ -322,12 +326,20 @@ def cmd_sim(args):
     qnet, x, labels, notes, mnist = load_model_and_inputs(args.model, args.inputs,
                                                           args.index_bits, args.labels)
     noun = "digit" if mnist else "input"
-    count = args.count if args.count is not None else (len(x) if args.inputs else 20)
+    weights = sum(layer.index.size for layer in qnet.layers)
+    big = weights > DENSE_BASELINE_MAX_WEIGHTS
+    if args.count is not None:
+        count = args.count
+    else:  # all of --inputs, else 20 sample digits; a large network: the first few
+        count = len(x) if args.inputs else 20
+        if big and count > BIG_NETWORK_COUNT:
+            count = BIG_NETWORK_COUNT
+            notes.append(f"the first {count} {noun}s only: {weights:,} weights take seconds "
+                         "an input in simulation (--count N for more)")
     if count < 1:
         raise InputError(f"--count must be >= 1, not {count}")
-    weights = sum(layer.index.size for layer in qnet.layers)
     if args.dense_count is None:
-        args.dense_count = 1 if weights <= DENSE_BASELINE_MAX_WEIGHTS else 0
+        args.dense_count = 0 if big else 1
         if not args.dense_count:
             notes.append(f"dense baseline left out: {weights:,} weights would each be a ROM "
                          "word (--dense-count 1 runs it)")
