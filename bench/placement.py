@@ -13,7 +13,6 @@ relative index width search) and for the lockstep engine at 8 PEs (the slot sear
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np

@@ -21,12 +21,19 @@ The steps, all on the validation split:
    (`compress.quantize`);
 5. fixed point (`compress.fixedpoint.to_qnet`, calibrated on the encoded training inputs) and
    the integer accuracy by the golden numerics;
-6. if the integer accuracy dropped by more than `max_drop` points against the dense model, the
-   attempt is repeated from the dense weights with half the per-layer budget (denser layers,
-   more index bits), a bounded number of times; the summary says what was tried and chosen.
+6. steps 2-5 are made for each rung of a fixed ladder of per-layer budgets up to `max_drop`
+   (`LADDER`, `_rungs`: densest first, at most `attempts`), each from the dense weights and
+   seeded by its rung, and the smallest file whose integer accuracy dropped by no more than
+   `max_drop` points against the dense model is kept (`_pick`): a looser budget never keeps
+   a larger file than a tighter one that was met. The summary says what was tried and chosen.
+
+Warnings (also in ``notes``): one validation example worth more than half of `max_drop`
+(`_resolution_note`), input features that keep few distinct codes at the one input_frac
+(`_collapsed_note`: standardise them), inputs beyond int16, a `max_drop` not met.
 
 `CompressResult.summary` (also summary.json): ``accuracy`` {dense, pruned, quantized, integer}
--> {val, test} in %, ``drop`` (dense - integer on val, points), ``met_max_drop``, ``density``
+-> {val, test} in %, ``drop`` (dense - integer on val, points, never below 0; each attempt's
+``raw_drop`` keeps the sign), ``met_max_drop``, ``density``
 and ``index_bits`` per layer, ``input_frac``, ``input_max_abs``, ``dcz_bytes``,
 ``uncompressed_bytes`` (float32 weights and biases), ``ratio`` (their quotient), ``chosen``
 (one sentence), ``attempts`` (each try's densities, bits, accuracies), ``sensitivity`` (the
