@@ -319,9 +319,6 @@ def _pipeline_model(args) -> int:
             opts[key] = value
     if args.max_steps is not None:  # a cap on the steps of every retraining round
         opts["round_steps"] = (min(150, args.max_steps), args.max_steps)
-    if data["val"] is None:
-        print(f"note: {args.data} has no x_val/y_val: a validation split is held out of x_train "
-              "(10 %, seeded by --seed); max_drop is judged on it", file=sys.stderr)
     with warnings.catch_warnings():
         # each warning once, as one line, when it happens (not after an hour of training)
         warnings.simplefilter("default")
@@ -330,6 +327,10 @@ def _pipeline_model(args) -> int:
                                 seed=0 if args.seed is None else args.seed,
                                 max_drop=0.5 if args.max_drop is None else args.max_drop,
                                 **opts)
+    if data["val"] is None and args.no_progress:  # else the stage lines said it at the start
+        print(f"note: {args.data} has no x_val/y_val: {result.summary['examples']['val']} "
+              "examples of x_train were held out for validation (seeded by --seed); max_drop "
+              "was judged on them", file=sys.stderr)
     result.save(out)
     if result.sensitivity is not None:
         write_sensitivity(result.sensitivity, out)
