@@ -56,6 +56,8 @@ def test_compress_model_progress_reaches_a_log_file(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(
         "import warnings\n"
+        "import torch\n"
+        "torch.set_num_threads(1)\n"
         "from tests.test_api import trained_tiny, image_blobs, FAST\n"
         "import compress\n"
         "warnings.simplefilter('ignore')\n"
@@ -65,7 +67,7 @@ def test_compress_model_progress_reaches_a_log_file(tmp_path):
     with open(log, "w") as f:
         r = subprocess.run([sys.executable, str(script)], cwd=REPO, stderr=f,
                            stdout=subprocess.DEVNULL, timeout=600,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0
     text = log.read_text()
     assert "\r" not in text
