@@ -353,7 +353,7 @@ def ship(cfg, dest: Path) -> None:
     src = Path(cfg.out) / "model.dcz"
     if not src.exists():
         raise InputError(f"{src}: no .dcz to ship (the network must be fully connected)")
-    data = src.read_bytes()
+    data = dcz.read_file(src)
     qnet = dcz.unpack(data)
     qnet.validate(index_bits=4)  # the engine's 4-bit codebook indices
     dest.mkdir(parents=True, exist_ok=True)
@@ -385,10 +385,7 @@ def _report(args):
 
     path = Path(args.model)
     if path.suffix == ".dcz":
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise InputError(f"{path}: cannot read ({e.strerror})") from None
+        raw = dcz.read_file(path)
         qnet, size = dcz.unpack(raw), len(raw)
     else:
         qnet, size = load_qnet(path, index_bits=8), len(dcz.pack(load_qnet(path, index_bits=8)))
