@@ -274,6 +274,11 @@ def _pipeline(args):
     return 0 if summary else 1
 
 
+def _one_line_warning(message, *_args, **_kwargs) -> None:
+    """warnings.showwarning for the CLI: one line on stderr, not the source line Python adds."""
+    print(f"warning: {str(message).splitlines()[0]}", file=sys.stderr, flush=True)
+
+
 def _pipeline_model(args) -> int:
     """`pipeline --model M.onnx --data D.npz`: compress_model on the user's network and data."""
     from ..api import compress_model
@@ -314,14 +319,17 @@ def _pipeline_model(args) -> int:
             opts[key] = value
     if args.max_steps is not None:  # a cap on the steps of every retraining round
         opts["round_steps"] = (min(150, args.max_steps), args.max_steps)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    if data["val"] is None:
+        print(f"note: {args.data} has no x_val/y_val: a validation split is held out of x_train "
+              "(10 %, seeded by --seed); max_drop is judged on it", file=sys.stderr)
+    with warnings.catch_warnings():
+        # each warning once, as one line, when it happens (not after an hour of training)
+        warnings.simplefilter("default")
+        warnings.showwarning = _one_line_warning
         result = compress_model(model, train=data["train"], val=data["val"],
                                 seed=0 if args.seed is None else args.seed,
                                 max_drop=0.5 if args.max_drop is None else args.max_drop,
                                 **opts)
-    for w in caught:  # one line each, not the source line Python's formatter adds
-        print(f"warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
     result.save(out)
     if result.sensitivity is not None:
         write_sensitivity(result.sensitivity, out)
@@ -331,7 +339,8 @@ def _pipeline_model(args) -> int:
     met = "met" if s["met_max_drop"] else "NOT met"
     print(f"{args.model}: .dcz {s['dcz_bytes']:,} bytes, {s['ratio']:.1f}x smaller than float32 "
           f"({s['uncompressed_bytes']:,} bytes); max_drop {s['max_drop']} {met} "
-          f"(validation drop {s['drop']:.2f} points)")
+          f"(validation drop {s['drop']:.2f} points on {s['examples']['val']} examples, "
+          f"{100 / s['examples']['val']:.2f} points each)")
     print("test accuracy: dense {:.2f}%, {} {:.2f}%".format(
         acc["dense"]["test"], final, acc[final]["test"]))
     print("density " + ", ".join(f"{k} {v:.3f}" for k, v in s["density"].items()) +
