@@ -3,29 +3,35 @@
 The board's engine (the lockstep engine, docs/lockstep.md) runs all N PEs on one column at a
 time; physical row p of a layer lives in PE p % N as local row p // N, and a column costs as
 many cycles as its busiest PE has entries there (weights, plus a filler entry wherever a PE's
-gap of zero rows reaches 2**rel_bits). Unstructured magnitude pruning leaves that maximum far
-above the mean: on the shipped LeNet-300-100 the slots are 1.3x the non-zeros / N even after
-the row placement search. The pattern here removes the imbalance at the source
-(load-balance-aware pruning, ESE, Han et al. FPGA 2017; bank-balanced sparsity, Cao et al.
-FPGA 2019), with the rows placed in their logical order (row p in PE p % N):
+gap of zero rows reaches 2**rel_bits), plus a hold cycle whenever a column's first entry in
+some PE is on the row that PE's previous entry (the last of the previous column) writes.
+Unstructured magnitude pruning leaves the busiest PE far above the mean: on the shipped
+LeNet-300-100 the slots are 1.3x the non-zeros / N even after the row placement search. The
+pattern here removes the imbalance at the source (load-balance-aware pruning, ESE, Han et al.
+FPGA 2017; bank-balanced sparsity, Cao et al. FPGA 2019), with the rows placed in their
+logical order (row p in PE p % N, what the image then keeps):
 
-* Column c of a layer keeps m_c weights in every PE (a PE with fewer than m_c rows, as in a
-  10-row last layer on 8 PEs, keeps all of its rows that the choice below takes), so the
-  column costs exactly m_c slots in every PE: no imbalance, whatever the input.
-* With `bound_gaps` (the default) a PE's kept rows in a column leave no gap of 2**rel_bits or
-  more zero rows, counted from the PE's first row: the image needs no filler entries. (A
-  filler is taken only where a block has no weight left to close a gap with.)
+* Balanced: column c of a layer keeps m_c weights in every PE's rows, so it costs m_c slots
+  in every PE and ceil(nnz_c / N) in all, the fewest any placement can give. (A PE whose rows
+  cannot give m_c, as in a 10-row last layer on 8 PEs, keeps what they give, and a column only
+  takes a count its weights need: more than N (m_c - 1) of them.)
+* `bound_gaps`: a PE's kept rows in a column leave no gap of 2**rel_bits or more zero rows,
+  counted from its first row: no filler entries.
+* `split_ends`: where every PE has two rows or more, a PE's first kept row in a column lies
+  below a split row and its last at or above it, so no column's first entry can be the row a
+  previous column's last entry writes: no hold, whatever the input (a PE then keeps 0 or >= 2
+  weights in a column).
 * Which weights, and how many per column: magnitude. For every (column, PE) block and every
-  count t, the largest sum of |w| over t of its rows whose gaps are bounded (a dynamic program
-  over the block's rows; without the bound, its t largest); a column's step from m - 1 to m
-  adds that much magnitude for that many weights, and the steps are taken by decreasing
-  magnitude per weight (each column's steps in order) until the layer holds its density's
-  count. With N = 1 and no bound this is plain magnitude pruning.
+  count t, the largest sum of |w| over t of its rows that keep the rules above (a dynamic
+  program over the block's rows; with no rule to keep, its t largest); a column's step from
+  one count to the next adds that much magnitude for one slot (two from none with split ends),
+  and the steps are taken by decreasing magnitude per slot (each column's steps in order)
+  until the layer holds its count. With N = 1 and no rules this is magnitude pruning.
 
 `lockstep_mask` is the pattern for one layer; `compress.prune` applies it in every pruning step
-(`PruneConfig.pattern`), so the retraining, quantization and coding after it are the same as
-for unstructured pruning. The count kept is the unstructured threshold's count at each step,
-so the densities are the same.
+(`PruneConfig.pattern`), with the same count the unstructured threshold keeps (so the densities
+are the same), and in a chain of Linear layers it drops the incoming weights of units the next
+layer no longer reads. Retraining, quantization and coding after it are unchanged.
 """
 
 from __future__ import annotations
@@ -57,6 +63,14 @@ def board_pattern(board: str) -> dict:
     return dict(BOARDS[board])
 
 
+def prune_settings(board: str | None) -> dict:
+    """`PruneConfig` fields that prune in a board's pattern ({} for None: unstructured)."""
+    if board is None:
+        return {}
+    b = board_pattern(board)
+    return {"pattern": b["pattern"], "pattern_pes": b["pes"], "pattern_rel_bits": b["rel_bits"]}
+
+
 def check_pattern(pattern: str, pes: int, rel_bits: int) -> None:
     if pattern not in PATTERNS:
         raise InputError(f"pruning pattern must be one of {', '.join(PATTERNS)}, "
@@ -86,10 +100,11 @@ def _unblocks(b: np.ndarray, pes: int, out: int) -> np.ndarray:
 class _Blocks:
     """The dynamic program over a set of blocks: best value and weights for every count t.
 
-    val [B, R]: |w| of a live weight, -eps for a dead row (usable as a filler only), -inf for a
-    row the PE does not have. A solution of t picks has its first pick at a row < W and each
-    next pick at most W rows after the previous one (W = 2**rel_bits, so no gap reaches W zero
-    rows). For t > tdp the t largest values are taken without the bound.
+    val [B, R]: |w| of a live weight, -inf for a pruned row or one the PE does not have. A
+    solution of t picks has its first pick at a row < W (and < split) and each next pick at
+    most W rows after the previous one (W = 2**rel_bits, so no gap reaches W zero rows); with
+    a split its last pick is at a row >= split. For t > tdp the t largest values are taken
+    without these rules (work bound for wide blocks).
     """
 
     def __init__(self, val: np.ndarray, live: np.ndarray, window: int, tdp: int,
@@ -183,9 +198,7 @@ def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
         return alive.copy()
     if keep <= 0:
         return np.zeros_like(alive)
-    eps = 1e-12 * max(float(w[alive].max(initial=0.0)), 1e-300)
-    val = np.where(alive, w, -eps)
-    val = _blocks(val, pes, -np.inf)
+    val = _blocks(np.where(alive, w, -np.inf), pes, -np.inf)
     live = _blocks(alive, pes, False)
     R = val.shape[1]
     have = np.array([len(range(k, out, pes)) for k in range(pes)]).repeat(cols)  # rows of PE
@@ -203,14 +216,17 @@ def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
     solved = [_Blocks(val[a:b], live[a:b], window, tdp, split) for a, b in chunks]
     best = np.concatenate([s.best for s in solved])  # [B, R + 1]
     count = np.concatenate([s.count for s in solved])
-    # a PE with fewer rows than t keeps what its rows give (capped, not infeasible)
-    t_all = np.minimum(np.arange(R + 1)[None, :], have[:, None])
+    # a block that cannot give t weights (too few rows, or live rows too far apart for the
+    # bound) keeps its most: the column still costs t slots, its other PEs fill them
+    feasible = np.isfinite(best)
+    cap = R - np.argmax(feasible[:, ::-1], axis=1)
+    t_all = np.minimum(np.arange(R + 1)[None, :], cap[:, None])
     best = np.take_along_axis(best, t_all, axis=1)
     count = np.take_along_axis(count, t_all, axis=1)
     colv = best.reshape(pes, cols, R + 1).sum(axis=0)  # [cols, R + 1]
     coln = count.reshape(pes, cols, R + 1).sum(axis=0)
     # a column's steps go from one feasible count to the next (with split ends, a PE cannot
-    # hold one weight: 0 -> 2); a step's key is its magnitude per weight, lowered to the
+    # hold one weight: 0 -> 2); a step's key is the magnitude it adds per slot, lowered to the
     # previous step's key where it is higher, so that the steps are taken in order
     key = np.full((cols, R + 1), -np.inf)
     dn = np.zeros((cols, R + 1), dtype=np.int64)
@@ -218,10 +234,11 @@ def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
     run = np.full(cols, np.inf)
     ar = np.arange(cols)
     for t in range(1, R + 1):
-        ok = np.isfinite(colv[:, t])
+        # feasible, and at the bound: more than pes * (t - 1) weights need t slots anyhow
+        ok = np.isfinite(colv[:, t]) & (coln[:, t] > pes * (t - 1))
         d_n = coln[:, t] - coln[ar, prev]
         with np.errstate(invalid="ignore"):
-            g = np.where(d_n > 0, (colv[:, t] - colv[ar, prev]) / np.maximum(d_n, 1), -np.inf)
+            g = np.where(d_n > 0, (colv[:, t] - colv[ar, prev]) / (t - prev), -np.inf)
         run = np.where(ok, np.minimum(run, g), run)
         key[:, t] = np.where(ok, run, -np.inf)
         dn[:, t] = np.where(ok, d_n, 0)
@@ -234,6 +251,6 @@ def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
         n -= 1  # the nearer count: a step adds a weight in every PE (two with split ends)
     m = np.zeros(cols, dtype=np.int64)
     np.maximum.at(m, c_idx[order[:n]], t_idx[order[:n]])  # the count each column reached
-    tb = np.minimum(np.tile(m, pes), have)
+    tb = np.minimum(np.tile(m, pes), cap)
     picks = np.concatenate([s.picks(tb[a:b]) for s, (a, b) in zip(solved, chunks)])
     return _unblocks(picks & live, pes, out)

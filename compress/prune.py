@@ -181,15 +181,53 @@ def update_masks(model, masks, cfg: PruneConfig, s: int, n: int) -> dict[str, to
     for name, mask in masks.items():
         w = layers[name].weight.detach()
         out[name] = thr(w, mask.to(w.device), step_level(cfg, name, s, n))
-        if cfg.patterns.get(name, cfg.pattern) != UNSTRUCTURED and w.ndim == 2:
-            # as many weights as the threshold keeps, in the pattern
-            pat = lockstep_mask(w.cpu().numpy(), mask.cpu().numpy(), int(out[name].sum()),
-                                pes=cfg.pattern_pes, rel_bits=cfg.pattern_rel_bits,
-                                bound_gaps=cfg.pattern_bound_gaps,
-                                split_ends=cfg.pattern_split_ends)
-            out[name] = torch.from_numpy(pat).to(w.device)
+    out = _apply_patterns(model, layers, masks, out, cfg)
     _sync_masks(out)
     apply_masks(model, out)
+    return out
+
+
+def _chain_names(model, layers) -> list[str] | None:
+    """The compressible layers' names in forward order when the model is a chain of Linear
+    layers (the engine's networks), else None."""
+    from .fixedpoint import fc_chain
+
+    try:
+        chain = fc_chain(model)
+    except InputError:
+        return None
+    names = {id(m): k for k, m in layers.items()}
+    order = [names.get(id(lin)) for lin, _relu in chain]
+    return order if None not in order and sorted(order) == sorted(layers) else None
+
+
+def _apply_patterns(model, layers, old, new, cfg: PruneConfig) -> dict[str, torch.Tensor]:
+    """The threshold's masks `new` recut in each layer's pattern, as many weights each.
+
+    In a chain of Linear layers the last layer goes first: a hidden unit that no weight of
+    the next layer reads any more is dead, and its incoming weights are not kept (they would
+    cost bytes and cycles for nothing; with a coarse pattern units die that magnitude alone
+    would have kept alive), so the layer's count goes to live units.
+    """
+    patterned = [k for k in new if cfg.patterns.get(k, cfg.pattern) != UNSTRUCTURED
+                 and layers[k].weight.ndim == 2]
+    if not patterned:
+        return new
+    chain = _chain_names(model, layers)
+    order = list(reversed(chain)) if chain else list(new)
+    out = dict(new)
+    for name in order:
+        if name not in patterned:
+            continue
+        w = layers[name].weight.detach()
+        alive = old[name].cpu().numpy()
+        if chain and name != chain[-1]:
+            nxt = chain[chain.index(name) + 1]
+            alive = alive & out[nxt].cpu().numpy().any(axis=0)[:, None]
+        pat = lockstep_mask(w.cpu().numpy(), alive, int(new[name].sum()),
+                            pes=cfg.pattern_pes, rel_bits=cfg.pattern_rel_bits,
+                            bound_gaps=cfg.pattern_bound_gaps, split_ends=cfg.pattern_split_ends)
+        out[name] = torch.from_numpy(pat).to(w.device)
     return out
 
 

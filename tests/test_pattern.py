@@ -91,7 +91,7 @@ def test_the_dynamic_program_equals_enumeration(seed):
     rng = np.random.default_rng(seed)
     R, window = 9, int(rng.integers(1, 4))
     live = rng.random((5, R)) < 0.7
-    val = np.where(live, rng.random((5, R)), -1e-12)
+    val = np.where(live, rng.random((5, R)), -np.inf)
     val[:, R - 1 - seed % 3:] = np.where(rng.random((5, 1 + seed % 3)) < 0.3, -np.inf,
                                          val[:, R - 1 - seed % 3:])
     b = _Blocks(val, live, window, R)
