@@ -52,6 +52,8 @@ BOARDS = {"icebreaker": {"pattern": LOCKSTEP, "pes": 8, "rel_bits": 4}}
 # The dynamic program's work per pruning step (block x row x window x count elements) above
 # which larger counts take a block's largest weights without the gap bound.
 DP_WORK = 1 << 28
+# split_ends="auto": the largest share of a layer's kept magnitude that split ends may cost.
+SPLIT_COST = 0.01
 # Rows of blocks evaluated at once (bounds the memory of the traceback pointers).
 CHUNK = 1 << 22
 
@@ -174,7 +176,7 @@ def _split(rows: int, window: int) -> int:
 
 
 def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
-                  bound_gaps: bool = True, split_ends: bool = True,
+                  bound_gaps: bool = True, split_ends: bool | str = "auto",
                   split: int | None = None) -> np.ndarray:
     """The balanced mask of one [out, in] layer: a subset of `alive` with about `keep` weights.
 
@@ -184,8 +186,18 @@ def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
     PE's first kept row in a column lies below `split` (default: half its rows, at most
     2**rel_bits) and its last one at or above it. The count is the one nearest `keep` that
     whole steps give (a step adds a weight in every PE, two from none with split ends).
+    `split_ends="auto"`: split ends where they keep at least 1 - SPLIT_COST of the magnitude
+    the layer keeps without them (a layer with many rows per PE, where a column's entries in a
+    PE rarely number one; elsewhere the holds are cheaper than the weights a split moves).
     Deterministic: ties go to the lower row, column and count.
     """
+    if split_ends == "auto" and split is None:
+        a = lockstep_mask(weight, alive, keep, pes=pes, rel_bits=rel_bits, bound_gaps=bound_gaps,
+                          split_ends=True)
+        b = lockstep_mask(weight, alive, keep, pes=pes, rel_bits=rel_bits, bound_gaps=bound_gaps,
+                          split_ends=False)
+        w = np.abs(np.asarray(weight, dtype=np.float64))
+        return a if w[a].sum() >= (1 - SPLIT_COST) * w[b].sum() else b
     w = np.abs(np.asarray(weight, dtype=np.float64))
     alive = np.asarray(alive, dtype=bool)
     if w.ndim != 2 or alive.shape != w.shape:

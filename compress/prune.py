@@ -107,18 +107,22 @@ class PruneConfig:
     # The sparsity pattern (`compress.pattern`): "unstructured", or "lockstep" for the board's
     # engine with pattern_pes PEs and pattern_rel_bits-bit relative row indices (row p in PE
     # p % pattern_pes; pattern_bound_gaps: no PE's gap needs a filler entry; pattern_split_ends:
-    # no accumulator hazard between columns); `patterns` per layer, `pattern` for the others.
+    # no accumulator hazard between columns, True, False or "auto" where it costs little
+    # magnitude); `patterns` per layer, `pattern` for the others.
     pattern: str = "unstructured"
     patterns: dict[str, str] = field(default_factory=dict)
     pattern_pes: int = 8
     pattern_rel_bits: int = 4
     pattern_bound_gaps: bool = True
-    pattern_split_ends: bool = True
+    pattern_split_ends: bool | str = "auto"
 
     def validate(self, layer_names) -> "PruneConfig":
         make_threshold(self.method)
         for pat in [self.pattern, *self.patterns.values()]:
             check_pattern(pat, self.pattern_pes, self.pattern_rel_bits)
+        if self.pattern_split_ends not in (True, False, "auto"):
+            raise InputError(f"pattern_split_ends must be true, false or \"auto\", not "
+                             f"{self.pattern_split_ends!r}")
         if self.schedule not in {s.value for s in Schedule}:
             names = ", ".join(s.value for s in Schedule)
             raise InputError(f"pruning schedule must be one of {names}, not {self.schedule!r}")
