@@ -85,6 +85,9 @@ class Options:
     # Fixed per-layer densities {name: fraction kept} instead of the sensitivity choice
     # (layers not named stay dense); a back-off multiplies them by 1.5 per attempt.
     densities: dict | None = None
+    # Prune for a board's engine (`compress.pattern.BOARDS`, e.g. "icebreaker"): every layer's
+    # columns even over its PEs, no fillers, no accumulator hazards. None: unstructured.
+    for_board: str | None = None
     attempts: int = 3  # pruning attempts, each denser than the last, until max_drop is met
     layer_drop: float = 4.0  # first attempt's per-layer sensitivity budget, times max_drop
     val_fraction: float = 0.1  # held out of train when val is None
@@ -111,6 +114,10 @@ class Options:
             raise InputError(f"acc_bits must be 8..64, not {self.acc_bits!r}")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads must be >= 1, not {self.threads!r}")
+        if self.for_board is not None:
+            from .pattern import board_pattern
+
+            board_pattern(self.for_board)
         return self
 
 
@@ -816,6 +823,7 @@ def _attempt(work, dense_state, layers, dens, a, seed, opts, train_set, splits, 
     """Prune to `dens`, choose index bits, quantize, fixed point; return the attempt's record."""
     from .fixedpoint import FixedPointConfig, to_qnet
     from .models import compressible_layers
+    from .pattern import prune_settings
     from .prune import PruneConfig, density_table, prune
     from .quantize import QuantConfig, quantize
     from .train import TrainConfig
@@ -834,7 +842,8 @@ def _attempt(work, dense_state, layers, dens, a, seed, opts, train_set, splits, 
     t = time.time()
     pcfg = PruneConfig(method="percentile", schedule="iterative", levels=dens,
                        steps=opts.prune_rounds, retrain=tc(round_epochs, opts.lr, s0 + 1000),
-                       final_retrain=tc(2 * round_epochs, opts.lr, s0 + 2000))
+                       final_retrain=tc(2 * round_epochs, opts.lr, s0 + 2000),
+                       **prune_settings(opts.for_board))
     if all(d >= 1.0 for d in dens.values()):
         masks = {n: torch.ones_like(l.weight, dtype=torch.bool) for n, l in mlayers.items()}
     else:

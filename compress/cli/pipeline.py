@@ -237,6 +237,9 @@ def _pipeline_args(p):
     p.add_argument("--attempts", type=int, default=None,
                    help="with --model: tries, each denser than the last, to meet --max-drop "
                         "(default 3)")
+    p.add_argument("--for-board", default=None, metavar="BOARD",
+                   help="prune in the pattern of BOARD's engine (icebreaker: every column even "
+                        "over the lockstep engine's 8 PEs; default: unstructured)")
     p.add_argument("--baseline", default=None, help="start from this dense checkpoint")
     p.add_argument("--out", default=None, help="output directory (default build/compress)")
     p.add_argument("--stages", default="train,prune,quantize,fixedpoint",
@@ -260,6 +263,11 @@ def _pipeline(args):
         if value is not None:
             raise InputError(f"{flag} goes with --model (the recipes take --config/--set)")
     cfg = _config(args)
+    if args.for_board is not None:
+        from ..pattern import prune_settings
+
+        for k, v in prune_settings(args.for_board).items():
+            setattr(cfg.prune, k, v)
     if args.baseline:
         cfg.baseline = args.baseline
     if args.out:
@@ -314,7 +322,7 @@ def _pipeline_model(args) -> int:
     opts: dict = {"test": data["test"], "progress": not args.no_progress,
                   "threads": 1 if args.threads is None else args.threads}
     for key, value in (("epochs", args.epochs), ("prune_rounds", args.prune_rounds),
-                       ("attempts", args.attempts)):
+                       ("attempts", args.attempts), ("for_board", args.for_board)):
         if value is not None:
             opts[key] = value
     if args.max_steps is not None:  # a cap on the steps of every retraining round
@@ -363,7 +371,7 @@ def ship(cfg, dest: Path) -> None:
     src = Path(cfg.out) / "model.dcz"
     if not src.exists():
         raise InputError(f"{src}: no .dcz to ship (the network must be fully connected)")
-    data = src.read_bytes()
+    data = dcz.read_file(src)
     qnet = dcz.unpack(data)
     qnet.validate(index_bits=4)  # the engine's 4-bit codebook indices
     dest.mkdir(parents=True, exist_ok=True)
@@ -395,10 +403,7 @@ def _report(args):
 
     path = Path(args.model)
     if path.suffix == ".dcz":
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise InputError(f"{path}: cannot read ({e.strerror})") from None
+        raw = dcz.read_file(path)
         qnet, size = dcz.unpack(raw), len(raw)
     else:
         qnet, size = load_qnet(path, index_bits=8), len(dcz.pack(load_qnet(path, index_bits=8)))
