@@ -180,6 +180,22 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, what: str | None
         tmp.write_bytes(data)
 
 
+def check_build_dir(path: str | os.PathLike, env: str) -> Path:
+    """The build directory `path`, made if missing; InputError naming `env`, the environment
+    variable that moves it, when it cannot be written (a read-only checkout, no permission)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"build directory {path} is not writable ({e.strerror or e}): set "
+                         f"{env} to a writable directory, e.g. {env}=/tmp/deepcomp-build"
+                         ) from None
+    return path
+
+
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike):
     """Hold an exclusive lock on `path` (created if missing), e.g. around a shared build directory."""
