@@ -117,7 +117,7 @@ def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
         nested = isinstance(v, dict) and isinstance(out.get(k), dict)
-        if nested and k not in ("levels", "layer_bits"):
+        if nested and k not in ("levels", "layer_bits", "patterns"):
             out[k] = _merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
