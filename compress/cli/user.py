@@ -130,16 +130,11 @@ def read_inputs_array(spec: str, key: str | None = None) -> tuple[np.ndarray, st
         path, key = spec.rsplit(":", 1)
         if not key:
             raise InputError(f"--inputs {spec}: no array name after ':'")
+    from ..infile import open_input
+
     p = Path(path)
-    try:
-        with open(p, "rb") as f:
-            is_zip = f.read(4) == b"PK\x03\x04"
-    except FileNotFoundError:
-        raise InputError(f"--inputs {path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"--inputs {path}: is a directory") from None
-    except OSError as e:
-        raise InputError(f"--inputs {path}: cannot read ({e.strerror or e})") from None
+    with open_input(p, expected="an .npy or .npz file", name=f"--inputs {path}") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
     if not is_zip:
         if key is not None:
             raise InputError(f"--inputs {path}: an .npy holds one array; --key / :{key} is for "
