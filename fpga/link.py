@@ -105,7 +105,8 @@ class Link(wiring.Component):
 
     Parameters: in_features, out_features, num_layers, pes (the engine's shape, also sent in
     the PING reply); clock_hz (sent in PING); timeout, the inter-byte timeout in clock cycles;
-    lockstep, which image the host must load (PING flags bit 1); `loads`, the number of
+    engine_id, the engine's protocol id (`images.engines`; PING flags bit 1 and bits 5-7: which
+    image the host must load); `loads`, the number of
     loadable (SPRAM) memories, or the list of their depths in words (load-id order); a bare
     number means every memory is a whole SPRAM (16K words); window, the requests the host may
     have in flight (1..8, sent in PING): 1 for an engine that takes no input while it computes.
@@ -121,7 +122,7 @@ class Link(wiring.Component):
         clock_hz: int,
         timeout: int,
         loads=0,
-        lockstep: bool = False,
+        engine_id: int = 0,
         window: int = 1,
     ):
         for name, v, lo in (
@@ -136,6 +137,8 @@ class Link(wiring.Component):
                 raise ValueError(f"{name} must be an integer >= {lo}, not {v!r}")
         if window > MAX_WINDOW:
             raise ValueError(f"window must be 1..{MAX_WINDOW}, not {window!r}")
+        if not isinstance(engine_id, int) or not 0 <= engine_id <= P.MAX_ENGINE_ID:
+            raise ValueError(f"engine_id must be 0..{P.MAX_ENGINE_ID}, not {engine_id!r}")
         if 2 * in_features > P.MAX_PAYLOAD:
             raise ValueError(f"in_features {in_features} does not fit one frame")
         if out_features > 0xFFFF or num_layers > 255 or pes > 255:
@@ -156,7 +159,7 @@ class Link(wiring.Component):
             raise ValueError(f"load depths must be 1..{1 << LOAD_ADDR_BITS} words, not {depths}")
         self.load_depths = depths
         self.loads = len(depths)
-        self.lockstep = bool(lockstep)  # PING flags bit 1: which image the host must load
+        self.engine_id = engine_id  # PING flags: which image the host must load
         super().__init__(
             {
                 "rx": In(stream.Signature(8)),
@@ -640,7 +643,9 @@ class Link(wiring.Component):
         assert len(ping_bytes) == 11
         s.ping_len = len(ping_bytes)
         ping_words = [int.from_bytes(ping_bytes[i:i + 4], "little") for i in (0, 4, 8)]
-        flags = Cat(job.loaded, Const(int(self.lockstep), 1), Const(self.window - 1, 3))
+        # the engine id's low bit in bit 1, its high bits (if any) in bits 5-7
+        high = [Const(self.engine_id >> 1, 3)] if self.engine_id >> 1 else []
+        flags = Cat(job.loaded, Const(self.engine_id & 1, 1), Const(self.window - 1, 3), *high)
         table = [Cat(job.err, Const(0, 5), s.job_cmd),  # ERROR: the code, the command refused
                  Const(ping_words[0], 32), Const(ping_words[1], 32),
                  Cat(Const(ping_words[2], 24), flags),

@@ -7,7 +7,7 @@ address, otherwise the engine's read address. The engine only reads while it com
 link only loads while the engine is idle, so the one port is never wanted twice.
 
 `spram_plan(specs)` picks up to four ROMs for SPRAM (`spram_plan_for(img)`: from the image's
-memory map, `images.memmap`, no engine made): the largest by bits among those with one
+memory map, `images.memory_specs`, no engine made): the largest by bits among those with one
 read port, width <= 16 and depth <= 16K. Everything else goes through the default factory
 (Amaranth `Memory` with init -> EBR or logic).
 
@@ -33,6 +33,7 @@ from amaranth.hdl import ClockSignal, Instance, Module, Mux, Signal, unsigned
 from amaranth.lib.memory import Memory
 
 from hw.memory import MemoryFactory, MemoryPorts, MemorySpec
+from images import memory_specs
 
 SPRAM_COUNT = 4
 SPRAM_DEPTH = 16384
@@ -53,8 +54,6 @@ def spram_plan(specs, *, count: int = SPRAM_COUNT) -> list[MemorySpec]:
 def spram_plan_for(img) -> list[MemorySpec]:
     """The engine memories of `img` that go to SPRAM, in load-id order: read from the image's
     memory map (ROMs only, which no engine parameter changes), no engine is made."""
-    from images.memmap import memory_specs
-
     return spram_plan(memory_specs(img))
 
 

@@ -1,6 +1,6 @@
 """The engine's memories against the iCE40UP5K budget (docs/fpga.md, "Resource analysis").
 
-`analyse(img)` takes every memory the engine of the image creates (`images.memmap.memory_specs`:
+`analyse(img)` takes every memory the engine of the image creates (`images.memory_specs`:
 name, kind, width, depth, ports, read from the image of either engine, no engine made) and counts the EBR blocks each needs in its cheapest EBR shape (256x16, 512x8, 1024x4,
 2048x2), which is what yosys' memory_libmap picks for a memory of one read and one write port.
 With `spram`, the four ROMs of `fpga.memories.spram_plan` (written over the UART after
@@ -29,12 +29,11 @@ def group_of(name: str) -> str:
 
 def analyse(img, *, spram: bool = False, acc_bits: int = 32) -> dict:
     """Memories by kind, EBR blocks each needs; with `spram`, the SPRAM plan's ROMs need none."""
-    from images import kind_of
-    from images.memmap import memory_specs
+    from images import engine_of, memory_specs
 
     from .memories import spram_plan
 
-    specs = memory_specs(img, acc_bits=acc_bits)
+    specs = memory_specs(img, engine_of(img).params(acc_bits=acc_bits))
     in_spram = {s.name for s in spram_plan(specs)} if spram else set()
     groups = defaultdict(lambda: {"count": 0, "bits": 0, "ebr": 0, "spram": 0, "depths": []})
     for s in specs:
@@ -54,7 +53,7 @@ def analyse(img, *, spram: bool = False, acc_bits: int = 32) -> dict:
     total_bits = sum(g["bits"] for g in groups.values())
     total_ebr = sum(g["ebr"] for g in groups.values())
     return {
-        "engine": kind_of(img),
+        "engine": engine_of(img).name,
         "pes": img.pes,
         "groups": dict(groups),
         "total_bits": total_bits,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compress.errors import InputError
+from images import build_image, check_pes, engine_of
 
 from . import protocol as P
 from .host import Board, SerialTransport
@@ -67,19 +68,18 @@ def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
                progress: bool = True, rom=None, noun: str = "input") -> RunStats:
     """Stream x through the board; if it reports its weights not loaded, load `rom` first.
 
-    `rom` is the ROM image (a RomImage or a LockstepImage) the board's weights are cut from.
+    `rom` is the image (of a registered engine) the board's weights are cut from.
     """
     from compress.golden import golden, predict
-
-    from images import kind_of
 
     info = board.ping()
     if not info.loaded:
         if rom is None:
             raise InputError("the board's weights are not loaded and no ROM image was given")
-        if (kind_of(rom), rom.pes) != (info.engine, info.pes):
+        engine = engine_of(rom).name
+        if (engine, rom.pes) != (info.engine, info.pes):
             raise InputError(f"the board runs the {info.engine} engine with {info.pes} PEs, the "
-                             f"ROM image is for the {kind_of(rom)} engine with {rom.pes}")
+                             f"ROM image is for the {engine} engine with {rom.pes}")
         counts = (board.bytes_out, board.bytes_in)
         t0 = time.monotonic()
         board.load(rom, progress=progress)
@@ -205,7 +205,6 @@ def run_cli(args) -> int:
         check_output(args.out)
 
     from compress.shipped import load_model
-    from images import build_image
 
     from .build import DEFAULT_CLOCK_MHZ
 
@@ -217,8 +216,7 @@ def run_cli(args) -> int:
         from .bench import simulated_board
         from .uart import baud_divisor
 
-        if not 1 <= args.pes <= 16:
-            raise InputError(f"--pes must be 1..16, not {args.pes}")
+        check_pes(args.pes)
         # The bench clocks the simulation at 100 MHz, but counts in the board's cycles: the
         # UART runs at the divisor the bitstream has at the PLL clock.
         mhz = args.clock_mhz or DEFAULT_CLOCK_MHZ

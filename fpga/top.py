@@ -1,8 +1,9 @@
 """Board tops: the engine behind a UART, with a PLL and LEDs on iCE40 boards.
 
 `BoardCore` is everything that is not board-specific: UART rx/tx on two pins, the protocol link
-(fpga/link.py) and the engine the ROM image is for (fpga/engines.py: the lockstep engine
-hw/lockstep.py, or the queue-based EIE engine hw/eie/), plus two status outputs for LEDs. It is
+(fpga/link.py) and the engine the image is for (the registry's, `images.engines`: the lockstep
+engine hw/lockstep.py, or the queue-based EIE engine hw/eie/), with the parameters it has on the
+board (`fpga.boards.engine_params`), plus two status outputs for LEDs. It is
 what the cocotb and gate-level benches simulate, driven only through `rx` and `tx`. With
 `spram=True` the engine's four largest ROMs live in SPRAM (fpga/memories.py) and are written
 through the protocol's LOAD frames after configuration.
@@ -23,12 +24,13 @@ from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
-from images import kind_of
+from hw import make_engine
+from images import engine_of
+from images.params import EngineParams
 
-from .engines import BOARD_DRAIN_SHARE, board_engine, board_params
-from .memories import ICE40Memories, spram_plan_for
-
+from .boards import DEFAULT_BOARD, engine_params, get_board
 from .link import Link
+from .memories import ICE40Memories, spram_plan_for
 from .uart import DEFAULT_BAUD, UARTRx, UARTTx, baud_divisor
 
 
@@ -72,19 +74,16 @@ def pll_config(fin: float, fout: float) -> PllConfig:
 STREAM_WINDOW = 4  # requests in flight when the engine takes inputs while it computes
 
 
-def default_window(engine) -> int:
-    """How many requests the host may stream to a board with this engine.
+def default_window(img) -> int:
+    """How many requests the host may stream to a board with the engine of `img`.
 
-    An engine that takes the next input while it computes (`overlap`; the lockstep engine has
-    two input banks, `hw.blocks.BankedIO`) lets the host keep STREAM_WINDOW requests in
-    flight; the link then never waits on the engine for longer than it can hold a byte. Without
-    it the engine takes no input for its whole compute and output (about 30 byte times at
-    3 Mbaud), so the host sends one request at a time (window 1).
+    An engine that takes the next input while it computes (`overlap` in its record; the
+    lockstep engine has two input banks, `hw.blocks.BankedIO`) lets the host keep STREAM_WINDOW
+    requests in flight; the link then never waits on the engine for longer than it can hold a
+    byte. Without it the engine takes no input for its whole compute and output (about 30 byte
+    times at 3 Mbaud), so the host sends one request at a time (window 1).
     """
-    from hw.lockstep import LockstepEngine
-
-    overlap = getattr(engine, "overlap", isinstance(engine, LockstepEngine))
-    return STREAM_WINDOW if overlap else 1
+    return STREAM_WINDOW if engine_of(img).overlap else 1
 
 
 class BoardCore(wiring.Component):
@@ -94,11 +93,11 @@ class BoardCore(wiring.Component):
     `digit` (out: the predicted digit of the last inference, for LEDs), `status` (out: bit 0 a
     frame is being handled, bit 1 the last reply was an error).
 
-    Parameters: img, the ROM image (its type decides the engine); clock_hz, the sync clock;
+    Parameters: img, the image (its type decides the engine); clock_hz, the sync clock;
     baud or divisor (clock cycles per bit); timeout_s or timeout_cycles, the receiver's
-    inter-byte timeout; queue_depth (EIE engine only), acc_bits, drain_share (lockstep engine
-    only: PEs per output stage); spram, the largest ROMs in SPRAM, written by LOAD frames;
-    window, the requests the host may stream (default: `default_window(engine)`).
+    inter-byte timeout; params, the engine's parameters (default: the board's,
+    `fpga.boards.engine_params`); spram, the largest ROMs in SPRAM, written by LOAD frames;
+    window, the requests the host may stream (default: `default_window(img)`).
     """
 
     rx: In(1, init=1)
@@ -108,31 +107,28 @@ class BoardCore(wiring.Component):
 
     def __init__(self, img, *, clock_hz: float, baud: int = DEFAULT_BAUD,
                  divisor: int | None = None, timeout_s: float = 0.05,
-                 timeout_cycles: int | None = None, queue_depth=8, acc_bits=32,
-                 spram: bool = False, drain_share: int = BOARD_DRAIN_SHARE,
-                 window: int | None = None):
+                 timeout_cycles: int | None = None, params: EngineParams | None = None,
+                 spram: bool = False, window: int | None = None):
         self.clock_hz = int(round(clock_hz))
         self.divisor = divisor if divisor is not None else baud_divisor(clock_hz, baud)
         self.timeout = timeout_cycles if timeout_cycles is not None else int(timeout_s * clock_hz)
+        rec = engine_of(img)
+        self.params = engine_params(img) if params is None else params
         # spram=True: the largest ROMs go to SPRAM (fpga/memories.py) and are loaded over the
-        # UART; `memories.primitive` is set by the board top on an iCE40 platform.
-        # queue_depth only matters to the EIE engine, drain_share to the lockstep engine.
-        self.kind = kind_of(img)
-        params = board_params(img, queue_depth=queue_depth, acc_bits=acc_bits,
-                              drain_share=drain_share)
-        # The lockstep engine never uses a read of the address written in the same cycle: its
-        # RAMs need no read-before-write logic around the EBRs (fpga/memories.py).
+        # UART; `memories.primitive` is set by the board top on an iCE40 platform. An engine
+        # that never uses a read of the address written in the same cycle (`no_rw_check`)
+        # needs no read-before-write logic around the EBRs (fpga/memories.py).
         self.spram = spram
         self.memories = ICE40Memories(spram_plan_for(img) if spram else [],
-                                      no_rw_check=self.kind == "lockstep")
-        self.engine = board_engine(img, params, memories=self.memories)
+                                      no_rw_check=rec.no_rw_check)
+        self.engine = make_engine(img, self.params, memories=self.memories)
         self.link = Link(in_features=self.engine.in_features,
                          out_features=self.engine.out_features,
                          num_layers=self.engine.num_layers, pes=self.engine.pes,
                          clock_hz=self.clock_hz, timeout=self.timeout,
                          loads=[lp.spec.depth for lp in self.memories.loads],
-                         lockstep=self.kind == "lockstep",
-                         window=window or default_window(self.engine))
+                         engine_id=rec.protocol_id,
+                         window=window or default_window(img))
         super().__init__()
 
     def elaborate(self, platform):
@@ -170,16 +166,22 @@ def _is_ice40(platform) -> bool:
 class BoardTop(Elaboratable):
     """A `BoardCore` on a board: clock (PLL on iCE40), reset, UART pins and LEDs.
 
-    No ports of its own (an `Elaboratable`: it requests the platform's `uart` and LED
-    resources). Parameters: img, clock_hz (the PLL's nearest achievable clock is used:
-    `clock_hz` attribute), baud, and every other `BoardCore` parameter (core_kw).
+    No ports of its own (an `Elaboratable`: it requests the platform's UART, clock and LED
+    resources). Parameters: img, board (its record names the clock pin, its frequency and the
+    UART), clock_hz (the PLL's nearest achievable clock is used: `clock_hz` attribute), baud,
+    params (default: the board's, `fpga.boards.engine_params`), and every other `BoardCore`
+    parameter (core_kw).
     """
 
-    def __init__(self, img, *, clock_hz: float, baud: int = DEFAULT_BAUD, **core_kw):
-        self.fin = 12e6
+    def __init__(self, img, *, clock_hz: float, baud: int = DEFAULT_BAUD,
+                 board: str = DEFAULT_BOARD, params: EngineParams | None = None, **core_kw):
+        self.board = get_board(board)
+        self.fin = self.board.clock_hz
         self.pll = pll_config(self.fin, clock_hz)
         self.clock_hz = self.pll.fout
-        self.core = BoardCore(img, clock_hz=self.clock_hz, baud=baud, **core_kw)
+        self.core = BoardCore(img, clock_hz=self.clock_hz, baud=baud,
+                              params=engine_params(img, board) if params is None else params,
+                              **core_kw)
 
     def elaborate(self, platform):
         m = Module()
@@ -188,7 +190,7 @@ class BoardTop(Elaboratable):
             self._ice40_clock(m, platform)
             if core.memories is not None:
                 core.memories.primitive = True  # SB_SPRAM256KA; elaborated after this
-        uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
+        uart = platform.request(self.board.uart, 0, dir={"rx": "-", "tx": "-"})
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
         m.d.comb += [core.rx.eq(rx_buf.i), tx_buf.o.eq(core.tx)]
@@ -203,7 +205,7 @@ class BoardTop(Elaboratable):
         return m
 
     def _ice40_clock(self, m, platform):
-        clk_io = platform.request("clk12", dir="-")
+        clk_io = platform.request(self.board.clock, dir="-")
         pll_clk = Signal()
         locked = Signal()
         p = self.pll

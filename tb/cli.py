@@ -28,33 +28,46 @@ import numpy as np
 from compress.atomic import check_output
 from compress.errors import InputError, OneLineParser as _Parser, run_main
 from compress.qnet import load_labels
+from images import MAX_PES, SIM_ENGINE, build_image, check_pes, get, names, registered
+from images.cli import add_image_args
+from images.eie import REL_BITS_AUTO, parse_rel_bits
+from images.engines import dense_baseline
+from images.lockstep import DRAIN_SHARES
 
 SIMULATORS = ("icarus", "verilator")  # tb.sim's (not imported here: it pulls in Amaranth)
 SIM_NAMES = {"icarus": "Icarus", "verilator": "Verilator"}
 
 
 def _hw_args(p, *, pes_default=8, engine=True):
-    p.add_argument("--pes", type=int, default=pes_default, help="processing elements 1..16")
-    p.add_argument("--queue-depth", type=int, default=8, help="activation queue depth (8)")
-    p.add_argument("--acc-bits", type=int, default=32, help="accumulator width (32)")
-    p.add_argument("--index-bits", type=int, default=4, help="codebook index bits (4)")
-    p.add_argument("--rel-bits", default="auto",
-                   help="relative row index bits 1..12, or auto (default: the EIE image's "
-                        "smallest entry memories; 4 for the lockstep engine)")
-    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
-                   help="balanced row placement in the ROM (default); --no-balance: rows "
-                        "interleaved")
+    p.add_argument("--pes", type=int, default=pes_default,
+                   help=f"processing elements 1..{MAX_PES}")
+    p.add_argument("--queue-depth", type=int, default=None,
+                   help="activation queue depth (default: the engine's, 8)")
+    p.add_argument("--acc-bits", type=int, default=None,
+                   help="accumulator width (default: the engine's, 32)")
+    add_image_args(p, rel_bits_help="relative row index bits 1..12, or auto (default: the EIE "
+                                    "image's smallest entry memories; 4 for the lockstep "
+                                    "engine)")
     if engine:
-        p.add_argument("--engine", choices=("eie", "lockstep"), default="eie",
-                       help="eie: per-PE queues (default); lockstep: the board's engine "
-                            "(docs/lockstep.md)")
+        p.add_argument("--engine", choices=names(), default=SIM_ENGINE,
+                       help="; ".join(f"{e.name}: {e.summary}" for e in registered())
+                       + f" (default {SIM_ENGINE})")
         p.add_argument("--sim", choices=SIMULATORS, default=None,
                        help="simulator: icarus (default, or $TB_SIM) or verilator (a 30-70 s "
                             "build, then several times faster; docs/simulators.md)")
-    p.add_argument("--drain-share", type=int, default=1,
-                   help="lockstep: PEs per output stage, 1/2/4/8/16 (1)")
+    p.add_argument("--drain-share", type=int, default=None,
+                   help="lockstep: PEs per output stage, 1/2/4/8/16 (default: the engine's, 1)")
     p.add_argument("--max-width", type=int, default=4096,
                    help="activation buffer limit: widest layer the engine accepts (4096)")
+
+
+def _engine_defaults(args, engine: str | None = None) -> None:
+    """The engine parameters not given on the command line: the engine's for the RTL benches
+    (`images.engines`, "sim")."""
+    d = get(engine or getattr(args, "engine", SIM_ENGINE)).defaults_for().params.as_dict()
+    for name in ("queue_depth", "acc_bits", "drain_share"):
+        if getattr(args, name) is None:
+            setattr(args, name, d.get(name, 1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
     p.add_argument("--inputs", help="int16[batch, in_0] .npy (default: the sample digits)")
     p.add_argument("--count", type=int, default=50, help="inputs per run (50)")
-    p.add_argument("--engines", default="eie,lockstep", help="engines (eie,lockstep)")
+    p.add_argument("--engines", default=",".join(names()),
+                   help=f"engines ({','.join(names())})")
     p.add_argument("--sims", default=",".join(SIMULATORS),
                    help="simulators, in this order (icarus,verilator)")
     p.add_argument("--out", help="write the figures as JSON")
@@ -161,28 +175,22 @@ def load_model_and_inputs(model, inputs, index_bits, labels_path=None):
 
 
 def _rom(qnet, args, rel_bits=None, balance=None):
-    """The EIE engine's image (also the dense baseline's and the analysis' for either engine)."""
-    from images import build_image
-
-    rom = build_image(qnet, "eie", args.pes, index_bits=args.index_bits,
+    """The dense baseline engine's image (the EIE engine's: also the analysis' for every
+    engine)."""
+    rom = build_image(qnet, dense_baseline().name, args.pes, index_bits=args.index_bits,
                       rel_bits=args.rel_bits if rel_bits is None else rel_bits,
                       balance=args.balance if balance is None else balance)
     return _fits(rom, args)
 
 
 def _image(qnet, args, rom, rel_bits=None):
-    """The image of args.engine: `rom` itself for the EIE engine, else built from the qnet
-    (same PEs and index_bits as `rom`; rel_bits: the given one, else --rel-bits, where auto is
-    the lockstep default, 4)."""
-    if args.engine == "eie":
+    """The image of args.engine: `rom` itself when it is one, else built from the qnet (same
+    PEs and index_bits as `rom`; rel_bits: the given one, else --rel-bits, where auto is the
+    engine's own choice)."""
+    if isinstance(rom, get(args.engine).image_type):
         return rom
-    from images import build_image
-    from images.eie import REL_BITS_AUTO, parse_rel_bits
-    from images.lockstep import DEFAULT_REL_BITS
-
-    rb = parse_rel_bits(args.rel_bits if rel_bits is None else rel_bits)
     img = build_image(qnet, args.engine, rom.pes, index_bits=rom.index_bits,
-                      rel_bits=DEFAULT_REL_BITS if rb == REL_BITS_AUTO else rb)
+                      rel_bits=args.rel_bits if rel_bits is None else rel_bits)
     return _fits(img, args)
 
 
@@ -197,16 +205,15 @@ def _fits(img, args):
 
 
 def _params(args, *, sparse=True, queue_depth=None):
-    from images import EngineParams
-
+    """The parameters of args.engine (sparse), or of the dense baseline engine (sparse=False)."""
     if not 1 <= args.queue_depth <= 64:
         raise InputError(f"--queue-depth must be 1..64, not {args.queue_depth!r}")
-    engine = getattr(args, "engine", "eie") if sparse else "eie"  # dense baseline: EIE's
-    if engine == "lockstep" and args.drain_share not in (1, 2, 4, 8, 16):
+    rec = get(args.engine) if sparse else dense_baseline()
+    if "drain_share" in rec.params.names() and args.drain_share not in DRAIN_SHARES:
         raise InputError(f"--drain-share must be 1, 2, 4, 8 or 16, not {args.drain_share!r}")
-    return EngineParams(queue_depth=args.queue_depth if queue_depth is None else queue_depth,
-                        acc_bits=args.acc_bits, sparse=sparse, max_width=args.max_width,
-                        drain_share=args.drain_share if engine == "lockstep" else 1)
+    return rec.params_for(queue_depth=args.queue_depth if queue_depth is None else queue_depth,
+                          acc_bits=args.acc_bits, sparse=sparse, max_width=args.max_width,
+                          drain_share=args.drain_share)
 
 
 def _sim(args) -> str:
@@ -265,10 +272,13 @@ def cmd_run(args):
             raise InputError(f"--count must be >= 1, not {args.count}")
         x = x[: args.count]
     rom = _rom(qnet, args)
-    if args.dense and args.engine == "lockstep":
-        raise InputError("--dense is the EIE engine's baseline: not with --engine lockstep")
+    if args.dense and not get(args.engine).has_dense:
+        base = dense_baseline()
+        raise InputError(f"--dense is the {base.title(base.params())}'s baseline: not with "
+                         f"--engine {args.engine}")
     img = _image(qnet, args, rom)
-    b = build(img, _params(args, sparse=not args.dense), sim=args.sim)
+    params = _params(args, sparse=not args.dense)
+    b = build(img, params, sim=args.sim)
     print(f"simulating {len(x)} inputs on the RTL engine ({args.pes} PEs, "
           f"{SIM_NAMES[b.sim]})", flush=True)
     r = _simulate_parallel(b, x, jobs=int(jobs))
@@ -280,7 +290,7 @@ def cmd_run(args):
             "engine": "dense" if args.dense else "sparse",
             "design": args.engine,
             "simulator": b.sim,
-            "queue_depth": args.queue_depth, "acc_bits": args.acc_bits,
+            "queue_depth": params.queue_depth, "acc_bits": args.acc_bits,
             "index_bits": args.index_bits, "rel_bits": img.rel_bits,
             "balanced": args.balance,
         }
@@ -297,7 +307,7 @@ def _cycles(n: int) -> str:
 
 def cmd_sim(args):
     from compress.golden import golden, predict
-    from tb.analysis import breakdown, utilisation
+    from tb.analysis import report
     from tb.sim import build, sim_pool
 
     _sim(args)
@@ -338,10 +348,8 @@ def cmd_sim(args):
     gpred = predict(g)
     L = qnet.num_layers
 
-    name = "EIE engine" if args.engine == "eie" else \
-        f"lockstep engine (drain_share {args.drain_share})"
-    print(f"{name} in cocotb + {SIM_NAMES[b_s.sim]}: "
-          f"{args.pes} PEs, queue depth {args.queue_depth}, index_bits {args.index_bits}, "
+    print(f"{get(args.engine).title(p_sparse)} in cocotb + {SIM_NAMES[b_s.sim]}: "
+          f"{args.pes} PEs, queue depth {p_sparse.queue_depth}, index_bits {args.index_bits}, "
           f"rel_bits {img.rel_bits}, acc_bits {args.acc_bits}, rows "
           f"{'balanced' if args.balance else 'interleaved'}")
     for line in notes:
@@ -379,34 +387,8 @@ def cmd_sim(args):
     print(f"dense baseline engine: {rd.cycles.mean():.0f} cycles per inference, "
           f"{comp_d.mean():.0f} compute; speedup of sparsity {comp_d.mean() / comp.mean():.2f}x "
           f"on compute cycles, {rd.cycles.mean() / r.cycles.mean():.2f}x per inference")
-    util, ideal = utilisation(qnet, rom, x, r.layer_cycles, args.acc_bits)
-    if args.engine == "lockstep":
-        from compress.golden import run_layers
-        from images.lockstep import lockstep_cycles
-
-        slots = lockstep_cycles(img, [x] + run_layers(qnet, x, acc_bits=args.acc_bits)[:-1])
-        print(f"MAC utilisation: {100 * util:.1f}% of {args.pes} PEs x compute cycles; the slot "
-              f"cycles alone (max over PEs per column) allow "
-              f"{100 * util * comp.mean() / slots.sum(axis=1).mean():.1f}%")
-        print("per layer (mean): " + ", ".join(
-            f"l{i} {r.layer_cycles[:, i].mean():.1f} cycles = {slots[:, i].mean():.1f} slot "
-            f"+ {r.layer_cycles[:, i].mean() - slots[:, i].mean():.1f} preload/pipeline/drain"
-            for i in range(L)))
-        print()
-        print(f"wall time {time.time() - t0:.1f} s (builds {t_build:.1f} s, simulation "
-              f"{t_sim:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-        return 0 if exact.all() and np.all(rd.outputs == gd) else 1
-    place = "balanced" if rom.balanced else "interleaved"
-    print(f"MAC utilisation: {100 * util:.1f}% of {args.pes} PEs x compute cycles "
-          f"(ideal {100 * ideal:.1f}%: the load imbalance of the ROM's {place} rows alone)")
-    print()
-    print("where the cycles go, per layer (mean per inference; cycles = ideal + the rest):")
-    print("layer  cycles  useful-MACs  ideal  util   imbalance  fillers  front-end  output  other")
-    for row in breakdown(qnet, rom, x, r.layer_cycles, args.acc_bits):
-        print(f"l{row['layer']:<4d} {row['cycles']:7.1f}  {row['useful_macs']:11.1f} "
-              f"{row['ideal']:6.1f}  {100 * row['utilisation']:5.1f}%  {row['imbalance']:9.1f}"
-              f"  {row['fillers']:7.1f}  {row['frontend']:9.1f}  {row['output']:6.1f}"
-              f"  {row['other']:5.1f}")
+    for line in report(qnet, rom, img, x, r.layer_cycles, args.acc_bits):
+        print(line)
     print()
     print(f"wall time {time.time() - t0:.1f} s (builds {t_build:.1f} s, simulation {t_sim:.1f} s; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
@@ -439,16 +421,12 @@ def cmd_sweep(args):
     if args.count < 1:
         raise InputError(f"--count must be >= 1, not {args.count}")
     x = x[: args.count]
-    from images.eie import parse_rel_bits
-
     rels = [parse_rel_bits(v) for v in args.rel_bits_list.split(",")]
-    if "auto" in rels:
+    if REL_BITS_AUTO in rels:
         raise InputError("--rel-bits-list takes integers 1..12 (--rel-bits may be auto)")
     rb0 = parse_rel_bits(args.rel_bits)  # the base of the sweep, resolved for the engine
-    if rb0 == "auto":
-        from images.lockstep import DEFAULT_REL_BITS
-
-        rb0 = _rom(qnet, args).rel_bits if args.engine == "eie" else DEFAULT_REL_BITS
+    if rb0 == REL_BITS_AUTO:
+        rb0 = _image(qnet, args, _rom(qnet, args)).rel_bits
     # (variant, queue depth, rel_bits, sparse, balanced rows)
     bal = args.balance
     configs = [("depth", d, rb0, True, bal) for d in depths]
@@ -517,7 +495,7 @@ def cmd_speed(args):
     refuse_same_path(args.out, args.model, args.inputs)
     check_output(args.out)
     sims = _list(args.sims, SIMULATORS, "--sims")
-    engines = _list(args.engines, ("eie", "lockstep"), "--engines")
+    engines = _list(args.engines, names(), "--engines")
     if "verilator" in sims:
         from tb.verilator import require
 
@@ -612,8 +590,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         args = build_parser().parse_args(argv)
-        if not 1 <= args.pes <= 16:
-            raise InputError(f"--pes must be 1..16, not {args.pes!r}")
+        check_pes(args.pes)
+        _engine_defaults(args)
         return COMMANDS[args.cmd](args)
 
     return run_main(body, debug_env="TB_DEBUG")

@@ -1,12 +1,12 @@
 """`python -m tb verify-mnist` (`make verify-mnist`): every MNIST test digit through the RTL.
 
-    python -m tb verify-mnist --data DIR [--pes 8] [--engine eie|lockstep] [--model Q]
+    python -m tb verify-mnist --data DIR [--pes 8] [--engine NAME] [--model Q]
                               [--count N] [--out DIR] [--jobs J]
 
 The 10,000 test digits (IDX files in DIR, or $MNIST_DIR) become int16 input vectors by the
 input rule x = (pixel * 2**input_frac + 127) // 255 and run through each engine's RTL (default:
-both) in the Verilator testbench of `tb.fastbench` (no Python in the loop). Every output word is
-compared with the golden model (`compress.golden`). Printed per engine: `bit-exact: N/M`, the
+every engine of the registry, `images.engines`) in the Verilator testbench of `tb.fastbench` (no
+Python in the loop). Every output word is compared with the golden model (`compress.golden`). Printed per engine: `bit-exact: N/M`, the
 accuracy the hardware measured, the cycles per digit (min / mean / p50 / p99 / max; a PNG
 histogram in --out, default build/verify-mnist/cycles-<engine>.png), the build and simulation
 wall times and the simulated cycles per second. --out also gets summary.json; nothing else
@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import InputError, OneLineParser, run_main
+from images import MAX_PES, check_pes, names
 
 from .sim import REPO
 
-ENGINES = ("eie", "lockstep")
 DEFAULT_OUT = REPO / "build" / "verify-mnist"
 
 
@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                       description="every MNIST test digit through the RTL engine, bit-exact "
                                   "against the golden model")
     p.add_argument("--data", help="directory of the MNIST IDX files (default: $MNIST_DIR)")
-    p.add_argument("--pes", type=int, default=8, help="processing elements 1..16 (8)")
-    p.add_argument("--engine", choices=ENGINES, help="one engine (default: both)")
+    p.add_argument("--pes", type=int, default=8, help=f"processing elements 1..{MAX_PES} (8)")
+    p.add_argument("--engine", choices=names(), help="one engine (default: every one)")
     p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
     p.add_argument("--count", type=int, help="only the first N test digits (default: all)")
     p.add_argument("--out", default=str(DEFAULT_OUT),
@@ -63,8 +63,7 @@ def _inputs(args):
     from compress.golden import mnist_to_input
     from compress.shipped import load_model
 
-    if not 1 <= args.pes <= 16:
-        raise InputError(f"--pes must be 1..16, not {args.pes!r}")
+    check_pes(args.pes)
     if args.count is not None and args.count < 1:
         raise InputError(f"--count must be >= 1, not {args.count}")
     if args.jobs is None:
@@ -100,12 +99,10 @@ _convert_lock = threading.Lock()  # Amaranth's conversion: one at a time in this
 
 def _run_engine(engine, img, x, shards, workdir: Path):
     """Build (cached) and simulate `x` in `shards` processes; (FastResult parts, build s)."""
-    from images import EngineParams
-
     from . import fastbench
-    from .sim import sim_pool
+    from .sim import default_params, sim_pool
 
-    params = EngineParams()
+    params = default_params(img)
     t0 = time.monotonic()
     with _convert_lock:
         # the key lookup and the conversion; the compiler runs outside the lock below
@@ -156,7 +153,7 @@ def _body(argv):
 
     args = build_parser().parse_args(argv)
     t_start = time.monotonic()
-    engines = [args.engine] if args.engine else list(ENGINES)
+    engines = [args.engine] if args.engine else list(names())
     # the outputs (only these files in --out are replaced), checked before the long run
     from compress.atomic import check_output
 

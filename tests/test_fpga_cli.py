@@ -10,12 +10,13 @@ import pytest
 
 from compress.synthetic import random_qnet
 from images.eie import build_rom
+from images import get
 from images.lockstep import build_lockstep
 from fpga.build import parse_report
 from fpga.resources import analyse, ebr_blocks
 from fpga.top import pll_config
 
-from .conftest import REPO, never_elaborated
+from .conftest import REPO, elaborate
 
 
 
@@ -134,7 +135,7 @@ def test_build_retry_logic(tmp_path, monkeypatch):
 
     def fake_flow(platform, top, out, *, seed, name="top"):
         calls.append((id(platform), top.clock_hz))
-        never_elaborated(top)  # never elaborated here: no "unused elaboratable" warnings
+        elaborate(top, platform)  # the design the flow would build (no tools run)
         fmax = 25.91 if len(calls) == 1 else 26.3
         return ({"utilization": {"ICESTORM_LC": {"used": 4810, "available": 5280}},
                  "fmax": {"clk": {"achieved": fmax, "constraint": top.clock_hz / 1e6}}}, 1.0)
@@ -195,13 +196,13 @@ def test_board_tops_elaborate(board, engine, tmp_path):
     from fpga.top import BoardTop
 
     img = build_image(random_qnet((20, 8, 4), density=0.5), engine, 2)
-    top = BoardTop(img, clock_hz=24e6, spram=True, queue_depth=4)
+    top = BoardTop(img, clock_hz=24e6, spram=True, board=board)
     plan = board_platform(board).prepare(top, name="top", synth_opts="-dsp -spram")
     plan.extract(tmp_path)
     il = (tmp_path / "top.il").read_text()
     assert "SB_PLL40_PAD" in il and "SB_SPRAM256KA" in il
     # the lockstep engine's RAMs carry no_rw_check (no read-before-write logic, memories.py)
-    assert ("no_rw_check" in il) == (engine == "lockstep")
+    assert ("no_rw_check" in il) == get(engine).no_rw_check
     pcf = (tmp_path / "top.pcf").read_text()
     for line in ("set_io uart_0__rx__io ", "set_io uart_0__tx__io ", "set_io clk12_0__io 35",
                  "set_frequency pll_clk 24.0"):
