@@ -39,8 +39,6 @@ cycle (lane 1 only with lane 0). Nothing waits on the PEs: what is sent is taken
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -79,23 +77,22 @@ class _GroupReader(wiring.Component):
         })
 
     def _groups(self):
-        """The current group (its values, mask of columns to send and first column) and the
-        prefetched one's first column and index."""
+        """(cur_vals, cur_mask, cur_base, nxt_base, grp): the current group's values, mask of
+        columns to send and first column; the first column and index of the group on rd_data
+        (the prefetched one)."""
         n = self.pes
-        g = SimpleNamespace()
-        g.cur_vals = Signal(data.ArrayLayout(signed(16), n), name="cur_vals")
-        g.cur_mask = Signal(n, name="cur_mask")
-        g.cur_base = Signal(self.col_bits + 1 + n.bit_length(), name="cur_base")  # element 0
-        g.nxt_base = Signal.like(g.cur_base, name="nxt_base")  # element 0 of the one on rd_data
-        g.grp = Signal.like(self.groups, name="grp")  # index of the group on rd_data
-        return g
+        cur_vals = Signal(data.ArrayLayout(signed(16), n), name="cur_vals")
+        cur_mask = Signal(n, name="cur_mask")
+        cur_base = Signal(self.col_bits + 1 + n.bit_length(), name="cur_base")
+        return (cur_vals, cur_mask, cur_base, Signal.like(cur_base, name="nxt_base"),
+                Signal.like(self.groups, name="grp"))
 
-    def _next_mask(self, m, g):
+    def _next_mask(self, m, nxt_base):
         """The columns to send of the group on rd_data: non-zero (or all, dense), in range."""
         nxt_mask = Signal(self.pes, name="nxt_mask")
         for k in range(self.pes):
             nz = (self.rd_data[k] != 0) if self.sparse else 1
-            m.d.comb += nxt_mask[k].eq(nz & (g.nxt_base + k < self.in_features))
+            m.d.comb += nxt_mask[k].eq(nz & (nxt_base + k < self.in_features))
         return nxt_mask
 
 
@@ -112,9 +109,7 @@ class FrontEnd(_GroupReader):
     def elaborate(self, platform):
         m = Module()
         n = self.pes
-        g = self._groups()
-        cur_vals, cur_mask, cur_base, nxt_base, grp = (g.cur_vals, g.cur_mask, g.cur_base,
-                                                      g.nxt_base, g.grp)
+        cur_vals, cur_mask, cur_base, nxt_base, grp = self._groups()
         # grp + 1 and grp < groups kept in flip-flops beside grp: the read address chosen in a
         # cycle is then a multiplexer of two registers, with no adder or compare in front of it
         grp_p1 = Signal.like(self.groups, init=1)
@@ -146,7 +141,7 @@ class FrontEnd(_GroupReader):
         adv = Signal()  # load the group on rd_data now, present the one after it
         m.d.comb += adv.eq(self.busy & out & in_range & ok)
 
-        nxt_mask = self._next_mask(m, g)
+        nxt_mask = self._next_mask(m, nxt_base)
 
         # grp is 0 whenever the front end is idle, so the address presented at start is group 0
         m.d.comb += self.rd_addr.eq(Mux(adv, grp_p1, grp))
@@ -199,14 +194,12 @@ class WideFrontEnd(_GroupReader):
     def elaborate(self, platform):
         m = Module()
         n = self.pes
-        g = self._groups()
-        cur_vals, cur_mask, cur_base, nxt_base, grp = (g.cur_vals, g.cur_mask, g.cur_base,
-                                                      g.nxt_base, g.grp)
+        cur_vals, cur_mask, cur_base, nxt_base, grp = self._groups()
         ok = Signal()  # rd_data holds group grp, read when it was available
         more = Signal()  # group grp exists and is on rd_data now
         m.d.comb += more.eq(self.busy & ok & (grp < self.groups))
 
-        nxt_mask = self._next_mask(m, g)
+        nxt_mask = self._next_mask(m, nxt_base)
 
         # lane 0 is the lowest remaining column of the current group, else the prefetched
         # group's lowest; lane 1 the next one in that order: the two lowest of each group

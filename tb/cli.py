@@ -61,6 +61,11 @@ def _hw_args(p, *, pes_default=8, engine=True):
                    help="activation buffer limit: widest layer the engine accepts (4096)")
 
 
+def _model_args(p, inputs: str):
+    p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
+    p.add_argument("--inputs", help=f"int16[batch, in_0] .npy (default: {inputs})")
+
+
 def _engine_defaults(args, engine: str | None = None) -> None:
     """The engine parameters not given on the command line: the engine's for the RTL benches
     (`images.engines`, "sim")."""
@@ -85,8 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "half a second per input for a small network)")
     _hw_args(p)
     p = sub.add_parser("sim", help="the embedded default (or a given network) on the engine")
-    p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
-    p.add_argument("--inputs", help="int16[batch, in_0] .npy (default: the sample MNIST digits)")
+    _model_args(p, "the sample MNIST digits")
     p.add_argument("--labels", help="integer [batch] .npy class labels for --inputs (optional)")
     p.add_argument("--count", type=int, default=None,
                    help="inputs to run (default: the first 20 sample digits; all of --inputs)")
@@ -95,8 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     _hw_args(p)
     p = sub.add_parser("sweep", help="utilisation vs queue depth, rel_bits and row placement, "
                        "dense speedup")
-    p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
-    p.add_argument("--inputs", help="int16[batch, in_0] .npy (default: the sample digits)")
+    _model_args(p, "the sample digits")
     p.add_argument("--count", type=int, default=10, help="inputs per configuration (10)")
     p.add_argument("--depths", default="1,2,4,8,16", help="queue depths (1,2,4,8,16)")
     p.add_argument("--rel-bits-list", default="4,5,6,8", help="rel_bits values (4,5,6,8)")
@@ -104,8 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _hw_args(p)
     p = sub.add_parser("speed", help="simulated engine cycles per second of each simulator, "
                        "side by side on the same network and inputs")
-    p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
-    p.add_argument("--inputs", help="int16[batch, in_0] .npy (default: the sample digits)")
+    _model_args(p, "the sample digits")
     p.add_argument("--count", type=int, default=50, help="inputs per run (50)")
     p.add_argument("--engines", default=",".join(names()),
                    help=f"engines ({','.join(names())})")

@@ -15,7 +15,7 @@ from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
 from compress.golden import golden
-from compress.synthetic import random_inputs, random_qnet
+from compress.synthetic import random_qnet
 from hw import EngineConfigError
 from hw.eie import Engine
 from hw.frontend import WideFrontEnd
@@ -25,6 +25,7 @@ from images.eie import build_rom, default_issue_width, model_cycles, pe_images
 from tb.pysim import run_engine
 
 from .conftest import elaborate
+from .test_hw_engine import _inputs
 
 
 def _sim(dut, bench):
@@ -211,14 +212,6 @@ def test_pair_queue_against_a_deque(depth):
 
     _sim(q, bench)
     assert seen["full"] and seen["empty"] and (seen["two"] or depth == 1)
-
-
-def _inputs(n, width, seed):
-    rng = np.random.default_rng(seed)
-    xs = [np.zeros((1, width), np.int16)]
-    for d in rng.uniform(0, 1, n - 1):
-        xs.append(random_inputs(1, width, seed=int(rng.integers(1 << 30)), density=float(d)))
-    return np.concatenate(xs)
 
 
 CASES = [

@@ -138,12 +138,16 @@ class PE(wiring.Component):
             (c.queue.level == 0) & ~c.pr_busy & ~c.s.valid & ~c.e_valid & ~c.mac.pending)
         return m
 
+    def _ptr_base_table(self):
+        """Each layer's first pointer, a table indexed by the layer (two rows at least)."""
+        img, L = self.img, self.num_layers
+        return Array(Const(int(v), unsigned(bits(len(img.ptr) + 1)))
+                     for v in (list(img.ptr_base) + [0] * 2)[:max(L, 2)])
+
     def _pointer_stage2(self, m, c, pevs, pods):
         """p_ at issue width 2: two `PointerRead`s, one per broadcast lane, each on its own
         read port of the two pointer banks, into a queue written with up to two columns."""
-        img, L = self.img, self.num_layers
-        ptr_base = Array(Const(int(v), unsigned(bits(len(img.ptr) + 1)))
-                         for v in (list(img.ptr_base) + [0] * 2)[:max(L, 2)])
+        img, ptr_base = self.img, self._ptr_base_table()
         depth = self.queue_depth
         m.submodules.queue = c.queue = queue = PairQueue(column_layout(self.ptr_bits),
                                                          depth=depth)
@@ -192,9 +196,7 @@ class PE(wiring.Component):
 
     def _pointer_stage(self, m, c, pev, pod):
         """p_: pointer read (hw/eie/pointer.py) into the column queue."""
-        img, L = self.img, self.num_layers
-        ptr_base = Array(Const(int(v), unsigned(bits(len(img.ptr) + 1)))
-                         for v in (list(img.ptr_base) + [0] * 2)[:max(L, 2)])
+        img, ptr_base = self.img, self._ptr_base_table()
         depth = self.queue_depth
         m.submodules.queue = c.queue = queue = ActQueue(column_layout(self.ptr_bits),
                                                         depth=depth)
