@@ -187,11 +187,17 @@ def choose_rel_bits(qnet: QNet, *, pes: int, index_bits: int = DEFAULT_INDEX_BIT
     def build(rb):
         return build_rom(qnet, pes=pes, index_bits=index_bits, rel_bits=rb, balance=balance)
 
+    # every width needs at least one entry per non-zero: a width whose entries alone are not
+    # smaller than the best memory so far cannot win, so it is not built (a build places and
+    # orders the rows: seconds on a large network)
+    nonzeros = sum(int(np.count_nonzero(layer.index)) for layer in qnet.layers)
     best = build(DEFAULT_REL_BITS)
     for step in (1, -1):
         rb, moved = DEFAULT_REL_BITS + step, False
         # past zero fillers a wider entry only adds bits
         while 1 <= rb <= 12 and not (step > 0 and sum(sum(l.fillers) for l in best.layers) == 0):
+            if step > 0 and nonzeros * (index_bits + rb) >= entries_bits(best):
+                break  # as the comparison below would, without the build
             cand = build(rb)
             # ties go to the narrower width: stop on a tie upwards, go on through one downwards
             if (entries_bits(cand) >= entries_bits(best) if step > 0
@@ -542,6 +548,40 @@ def memory_map(rom: RomImage, params: EieParams = EieParams()) -> list[MemorySpe
     aw = act_words(rom)
     return specs + [MemorySpec(f"pe{k}.act", "ram", 16, 2 * aw, (), read_ports=1, write_ports=1)
                     for k in range(rom.pes)]
+
+
+def memory_bound(nonzeros: list[np.ndarray], shape: list[int], pes: int, *,
+                 acc_bits: int = 32, index_bits: int = DEFAULT_INDEX_BITS,
+                 rel_bits: int = DEFAULT_REL_BITS) -> list[MemorySpec]:
+    """The memories of the engine for a network of layer sizes `shape` (in_0, out_0, ...)
+    whose layer i has nonzeros[i][c] non-zero weights in column c, every depth the row
+    placement decides at its least: every PE's entries at an even share of the non-zeros (the
+    balanced placement's aim; fillers only add), the rest exact; `index_bits + rel_bits` bits
+    an entry."""
+    L = len(nonzeros)
+    e = index_bits + rel_bits
+    outs = shape[1:]
+    total = sum(int(np.sum(c)) for c in nonzeros)
+    ports = default_issue_width(pes)
+    specs = []
+    for k in range(pes):
+        ent = max(1, total // pes + (k < total % pes))
+        words = sum(i + 1 for i in shape[:-1])
+        rows = [len(range(k, o, pes)) for o in outs]
+        specs += [
+            MemorySpec(f"pe{k}.entries", "rom", e, ent),
+            MemorySpec(f"pe{k}.ptr_even", "rom", bits(ent), max(1, (words + 1) // 2),
+                       read_ports=ports),
+            MemorySpec(f"pe{k}.ptr_odd", "rom", bits(ent), max(1, words // 2),
+                       read_ports=ports),
+            MemorySpec(f"pe{k}.bias", "rom", 32, max(1, sum(rows))),
+            MemorySpec(f"pe{k}.codebook", "rom", 16, max(1, L << index_bits)),
+            *(MemorySpec(f"pe{k}.acc{b}", "ram", acc_bits, max(1, max(rows)), read_ports=1,
+                         write_ports=1) for b in range(2)),
+        ]
+    words = max(ceil_div(w, pes) for w in shape)
+    return specs + [MemorySpec(f"pe{k}.act", "ram", 16, 2 * words, read_ports=1, write_ports=1)
+                    for k in range(pes)]
 
 
 def cycle_model(rom: RomImage, x: np.ndarray, params: EieParams = EieParams()) -> np.ndarray:

@@ -7,6 +7,9 @@ An `Engine` record holds everything the rest of the house needs to know about an
 * `image_type`, `build`: the image the engine is built from and its builder
   (`build(qnet, pes, *, index_bits=4, rel_bits="auto", balance=True)`);
 * `memory_map`: `memory_map(image, params)`, every memory the engine makes, in its order;
+  `memory_bound(nonzeros, shape, pes, ...)`, the same at its least from the non-zero counts
+  alone (before any row placement: a network that cannot fit is told at once), and `unplaced`,
+  the image options of a quick placement without search;
 * `component`: where its Amaranth component is, "module:Class" (imported by `hw.make_engine`
   only when an engine is made, so this registry stays numpy only); the class takes the image,
   the fields of `params` as keywords and `memories`, and has a classmethod `check(image,
@@ -72,6 +75,8 @@ class Engine:
     cycle_model: Callable
     logic_of: Callable[..., dict]
     padded: Callable
+    memory_bound: Callable[..., list[MemorySpec]] | None = None
+    unplaced: Mapping[str, object] = field(default_factory=dict)
     layer_kinds: tuple[str, ...] = ("fc",)
     overlap: bool = False
     no_rw_check: bool = False
@@ -199,6 +204,7 @@ EIE = register(Engine(
               # the queues are flip-flops: at depth 8 two PEs do not fit the UP5K
               "ice40": Defaults(eie.EieParams(queue_depth=4), pes=None)},
     cycle_model=eie.cycle_model, logic_of=eie.logic_of, padded=eie.padded,
+    memory_bound=eie.memory_bound, unplaced={"rel_bits": 4, "balance": False},
     title=lambda p: "EIE engine"))
 
 LOCKSTEP = register(Engine(
@@ -212,5 +218,5 @@ LOCKSTEP = register(Engine(
               # results back to back) and only ~11 LCs since the drain's rework
               "ice40": Defaults(lockstep.LockstepParams(queue_depth=2, drain_share=2), pes=8)},
     cycle_model=lanes.lockstep_cycle_model, logic_of=lockstep.logic_of, padded=lockstep.padded,
-    overlap=True, no_rw_check=True, codebook_in_logic=True,
+    memory_bound=lockstep.memory_bound, unplaced={"placement": "interleave"}, overlap=True, no_rw_check=True, codebook_in_logic=True,
     title=lambda p: f"lockstep engine (drain_share {p.drain_share})"))

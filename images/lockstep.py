@@ -336,6 +336,32 @@ def act_depth(img) -> int:
     return (1 << act_bank_bits(img)) + act_words(img)
 
 
+def memory_bound(nonzeros: list[np.ndarray], shape: list[int], pes: int, *,
+                 acc_bits: int = 32, index_bits: int = DEFAULT_INDEX_BITS,
+                 rel_bits: int = DEFAULT_REL_BITS) -> list[MemorySpec]:
+    """The memories of the engine for a network of layer sizes `shape` (in_0, out_0, ...)
+    whose layer i has nonzeros[i][c] non-zero weights in column c, every depth the row
+    placement decides at its least: a lane ROM word per slot, and a column takes at least
+    ceil(non-zeros / PEs) slots (fillers and the spread over PEs only add); the column
+    pointers, accumulators (rows and biases) and activations do not depend on the placement."""
+    e = index_bits + rel_bits
+    outs = shape[1:]
+    slots = max(1, sum(int(np.sum(-(-np.asarray(c, dtype=np.int64) // pes)))
+                       for c in nonzeros))
+    specs = [MemorySpec(f"lane{j}", "rom", e * min(2, pes - 2 * j), slots)
+             for j in range(ceil_div(pes, 2))]
+    ptrs = sum(shape[:-1]) + 1
+    specs += [MemorySpec("colptr_even", "rom", bits(slots), ceil_div(ptrs, 2)),
+              MemorySpec("colptr_odd", "rom", bits(slots), max(1, ptrs // 2))]
+    rows = [ceil_div(o, pes) for o in outs]
+    specs += [MemorySpec(f"pe{k}.acc", "ram", acc_bits, max(rows) + sum(rows),
+                         read_ports=1, write_ports=1) for k in range(pes)]
+    words = max(ceil_div(w, pes) for w in shape)
+    specs += [MemorySpec(f"pe{k}.act", "ram", 16, (1 << bits(words - 1)) + words,
+                         read_ports=1, write_ports=1) for k in range(pes)]
+    return specs
+
+
 def logic_of(img: LockstepImage) -> dict:
     """Everything of `img` that is logic in the engine's Verilog rather than memory contents
     (the codebooks are constants in logic): two images with equal `logic_of` make the same
