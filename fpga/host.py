@@ -224,8 +224,10 @@ class Board:
                 self.stale += 1
         return results
 
-    def load(self, img, *, progress: bool = False, retries: int = 3) -> int:
-        """Write the SPRAM-resident ROMs of `img` (the board's plan) and COMMIT; returns words.
+    def load(self, img, *, progress: bool = False, retries: int = 3,
+             board: str | None = None) -> int:
+        """Write the SPRAM-resident ROMs of `img` (the load plan of `board`'s family; None: the
+        default board's) and COMMIT; returns words.
 
         The board takes LOADs in order only and counts a memory loaded when all its words are
         written, so every memory is sent to its full depth. A frame refused for its CRC, its
@@ -233,11 +235,12 @@ class Board:
         (a resent frame that had landed is out of order) or a refused COMMIT starts the whole
         load over (memory 0, address 0), at most `retries` times.
         """
-        from .memories import load_words, spram_plan_for
+        from .boards import DEFAULT_BOARD, family_of  # Amaranth: only when loading
 
-        plan = spram_plan_for(img)
+        fam = family_of(board or DEFAULT_BOARD)
+        plan = fam.load_plan_for(img)
         frames = [f for i, spec in enumerate(plan)
-                  for f in P.load_requests(i, load_words(spec), depth=spec.depth)]
+                  for f in P.load_requests(i, fam.load_words(spec), depth=spec.depth)]
         for attempt in range(retries):
             try:
                 self._load_once(frames, progress=progress, retries=retries)

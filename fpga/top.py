@@ -1,27 +1,25 @@
-"""Board tops: the engine behind a UART, with a PLL and LEDs on iCE40 boards.
+"""Board tops: the engine behind a UART, with the board's PLL and LEDs.
 
 `BoardCore` is everything that is not board-specific: UART rx/tx on two pins, the protocol link
 (fpga/link.py) and the engine the image is for (the registry's, `images.engines`: the lockstep
 engine hw/lockstep.py, or the queue-based EIE engine hw/eie/), with the parameters it has on the
 board (`fpga.boards.engine_params`), plus two status outputs for LEDs. It is
 what the cocotb and gate-level benches simulate, driven only through `rx` and `tx`. With
-`spram=True` the engine's four largest ROMs live in SPRAM (fpga/memories.py) and are written
-through the protocol's LOAD frames after configuration.
+`spram=True` the engine's four largest ROMs live in SPRAM (the family's, fpga/ice40.py) and are
+written through the protocol's LOAD frames after configuration.
 
-`BoardTop` puts a `BoardCore` on a platform: on an iCE40 platform the sync clock comes from an
-SB_PLL40_PAD on the 12 MHz pin (power-on reset held while the PLL locks and for the EBR start-up
-time), anywhere else (simulation) from the platform's default clock; the UART goes on the board's
-`uart` resource. LEDs: the main green LED lights while a frame is handled, the red one when the
+`BoardTop` puts a `BoardCore` on a board's platform: on a platform of the board's family the
+sync clock comes from the family's PLL on the board's clock pin (`clock_domain`: for iCE40 an
+SB_PLL40_PAD on the 12 MHz pin, the power-on reset held while the PLL locks and for the EBR
+start-up time), anywhere else (simulation) from the platform's default clock; the UART goes on
+the board's UART resource. The memories are the family's (`Memories`). LEDs: the main green LED lights while a frame is handled, the red one when the
 last reply was an error; the four green LEDs of the iCEBreaker's break-off PMOD show the last
 predicted digit in binary (led_g 1 = bit 0).
 """
 
 
-from dataclasses import dataclass
-
-from amaranth.hdl import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Signal
+from amaranth.hdl import Elaboratable, Module
 from amaranth.lib import io, wiring
-from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from hw import make_engine
@@ -30,45 +28,7 @@ from images.params import EngineParams
 
 from .boards import DEFAULT_BOARD, engine_params, get_board
 from .link import Link
-from .memories import ICE40Memories, spram_plan_for
 from .uart import DEFAULT_BAUD, UARTRx, UARTTx, baud_divisor
-
-
-@dataclass(frozen=True)
-class PllConfig:
-    divr: int
-    divf: int
-    divq: int
-    filter_range: int
-    fout: float
-
-
-def pll_config(fin: float, fout: float) -> PllConfig:
-    """The SB_PLL40 settings whose output is closest to `fout` (icepll's search, SIMPLE mode).
-
-    Constraints (iCE40 sysCLOCK PLL guide): PFD fin/(DIVR+1) in 10..133 MHz, VCO
-    PFD*(DIVF+1) in 533..1066 MHz, fout = VCO / 2**DIVQ with DIVQ 1..6, fout 16..275 MHz.
-    """
-    best = None
-    for divr in range(16):
-        pfd = fin / (divr + 1)
-        if not 10e6 <= pfd <= 133e6:
-            continue
-        for divf in range(128):
-            vco = pfd * (divf + 1)
-            if not 533e6 <= vco <= 1066e6:
-                continue
-            for divq in range(1, 7):
-                f = vco / (1 << divq)
-                if not 16e6 <= f <= 275e6:
-                    continue
-                if best is None or abs(f - fout) < abs(best.fout - fout):
-                    fr = next(i for i, lim in enumerate((17e6, 26e6, 44e6, 66e6, 101e6), 1)
-                              if pfd < lim) if pfd < 101e6 else 6
-                    best = PllConfig(divr, divf, divq, fr, f)
-    if best is None:
-        raise ValueError(f"no PLL setting makes {fout / 1e6:g} MHz from {fin / 1e6:g} MHz")
-    return best
 
 
 STREAM_WINDOW = 4  # requests in flight when the engine takes inputs while it computes
@@ -95,9 +55,10 @@ class BoardCore(wiring.Component):
 
     Parameters: img, the image (its type decides the engine); clock_hz, the sync clock;
     baud or divisor (clock cycles per bit); timeout_s or timeout_cycles, the receiver's
-    inter-byte timeout; params, the engine's parameters (default: the board's,
-    `fpga.boards.engine_params`); spram, the largest ROMs in SPRAM, written by LOAD frames;
-    window, the requests the host may stream (default: `default_window(img)`).
+    inter-byte timeout; board, whose family makes the memories; params, the engine's
+    parameters (default: the board's, `fpga.boards.engine_params`); spram, the largest ROMs in
+    the family's loadable memories (SPRAM), written by LOAD frames; window, the requests the
+    host may stream (default: `default_window(img)`).
     """
 
     rx: In(1, init=1)
@@ -107,27 +68,29 @@ class BoardCore(wiring.Component):
 
     def __init__(self, img, *, clock_hz: float, baud: int = DEFAULT_BAUD,
                  divisor: int | None = None, timeout_s: float = 0.05,
-                 timeout_cycles: int | None = None, params: EngineParams | None = None,
-                 spram: bool = False, window: int | None = None):
+                 timeout_cycles: int | None = None, board: str = DEFAULT_BOARD,
+                 params: EngineParams | None = None, spram: bool = False,
+                 window: int | None = None):
         self.clock_hz = int(round(clock_hz))
         self.divisor = divisor if divisor is not None else baud_divisor(clock_hz, baud)
         self.timeout = timeout_cycles if timeout_cycles is not None else int(timeout_s * clock_hz)
         rec = engine_of(img)
-        self.params = engine_params(img) if params is None else params
-        # spram=True: the largest ROMs go to SPRAM (fpga/memories.py) and are loaded over the
-        # UART; `memories.primitive` is set by the board top on an iCE40 platform. An engine
-        # that never uses a read of the address written in the same cycle (`no_rw_check`)
-        # needs no read-before-write logic around the EBRs (fpga/memories.py).
+        fam = get_board(board).fam
+        self.params = engine_params(img, board) if params is None else params
+        # spram=True: the largest ROMs go to SPRAM (the family's `load_plan`) and are loaded
+        # over the UART; `memories.primitive` is set by the board top on a platform of the
+        # family. An engine that never uses a read of the address written in the same cycle
+        # (`no_rw_check`) needs no read-before-write logic around the block RAMs.
         self.spram = spram
-        self.memories = ICE40Memories(spram_plan_for(img) if spram else [],
-                                      no_rw_check=rec.no_rw_check)
+        self.memories = fam.Memories(fam.load_plan_for(img) if spram else [],
+                                     no_rw_check=rec.no_rw_check)
         self.engine = make_engine(img, self.params, memories=self.memories)
         self.link = Link(in_features=self.engine.in_features,
                          out_features=self.engine.out_features,
                          num_layers=self.engine.num_layers, pes=self.engine.pes,
                          clock_hz=self.clock_hz, timeout=self.timeout,
                          loads=[lp.spec.depth for lp in self.memories.loads],
-                         engine_id=rec.protocol_id,
+                         load_addr_bits=fam.LOAD_ADDR_BITS, engine_id=rec.protocol_id,
                          window=window or default_window(img))
         super().__init__()
 
@@ -155,14 +118,6 @@ class BoardCore(wiring.Component):
         return m
 
 
-def _is_ice40(platform) -> bool:
-    try:
-        from amaranth.vendor import SiliconBluePlatform
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(platform, SiliconBluePlatform)
-
-
 class BoardTop(Elaboratable):
     """A `BoardCore` on a board: clock (PLL on iCE40), reset, UART pins and LEDs.
 
@@ -177,19 +132,19 @@ class BoardTop(Elaboratable):
                  board: str = DEFAULT_BOARD, params: EngineParams | None = None, **core_kw):
         self.board = get_board(board)
         self.fin = self.board.clock_hz
-        self.pll = pll_config(self.fin, clock_hz)
+        self.pll = self.board.fam.pll_config(self.fin, clock_hz)
         self.clock_hz = self.pll.fout
-        self.core = BoardCore(img, clock_hz=self.clock_hz, baud=baud,
+        self.core = BoardCore(img, clock_hz=self.clock_hz, baud=baud, board=board,
                               params=engine_params(img, board) if params is None else params,
                               **core_kw)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.core = core = self.core
-        if _is_ice40(platform):
-            self._ice40_clock(m, platform)
-            if core.memories is not None:
-                core.memories.primitive = True  # SB_SPRAM256KA; elaborated after this
+        fam = self.board.fam
+        if fam.is_platform(platform):
+            fam.clock_domain(m, platform, self.board, self.pll, self.clock_hz)
+            core.memories.primitive = True  # the family's primitives; elaborated after this
         uart = platform.request(self.board.uart, 0, dir={"rx": "-", "tx": "-"})
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
@@ -203,34 +158,3 @@ class BoardTop(Elaboratable):
             m.submodules[f"{name}_{number}"] = buf
             m.d.comb += buf.o.eq(value)
         return m
-
-    def _ice40_clock(self, m, platform):
-        clk_io = platform.request(self.board.clock, dir="-")
-        pll_clk = Signal()
-        locked = Signal()
-        p = self.pll
-        m.submodules.pll = Instance(
-            "SB_PLL40_PAD",
-            p_FEEDBACK_PATH="SIMPLE",
-            p_DIVR=p.divr, p_DIVF=p.divf, p_DIVQ=p.divq, p_FILTER_RANGE=p.filter_range,
-            i_PACKAGEPIN=clk_io.io,
-            i_RESETB=Const(1), i_BYPASS=Const(0),
-            o_PLLOUTGLOBAL=pll_clk, o_LOCK=locked,
-        )
-        m.domains.sync = ClockDomain("sync")
-        m.d.comb += ClockSignal("sync").eq(pll_clk)
-        # Reset until the PLL is locked, then 15 us more (EBRs read as zero for ~3 us after
-        # configuration; the same margin as amaranth's own iCE40 reset).
-        m.domains.por = ClockDomain("por", reset_less=True)
-        m.d.comb += ClockSignal("por").eq(pll_clk)
-        delay = int(15e-6 * self.clock_hz)
-        timer = Signal(range(delay + 1))
-        ready = Signal()
-        with m.If(~locked):
-            m.d.por += [timer.eq(0), ready.eq(0)]
-        with m.Elif(timer == delay):
-            m.d.por += ready.eq(1)
-        with m.Else():
-            m.d.por += timer.eq(timer + 1)
-        m.submodules.reset_sync = ResetSynchronizer(~ready, domain="sync")
-        platform.add_clock_constraint(pll_clk, self.clock_hz)

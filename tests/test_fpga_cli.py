@@ -12,9 +12,10 @@ from compress.synthetic import random_qnet
 from images.eie import build_rom
 from images import get
 from images.lockstep import build_lockstep
-from fpga.build import parse_report
-from fpga.resources import analyse, ebr_blocks
-from fpga.top import pll_config
+from fpga.ice40 import parse_report
+from fpga.ice40 import ebr_blocks
+from fpga.resources import analyse
+from fpga.ice40 import pll_config
 
 from .conftest import REPO, elaborate
 
@@ -64,7 +65,7 @@ def test_resources_counts_what_yosys_maps():
     """synthetic:64-32-10 on the 8-PE lockstep board: yosys' memory_libmap put its two column
     pointer ROMs (7 x 49 bits) in logic and used 24 EBR (measured, docs/fpga.md); the
     resources used to predict 26. Small ROMs go to logic, small RAMs too, big ones to EBR."""
-    from fpga.resources import yosys_ebr
+    from fpga.ice40 import block_rams as yosys_ebr
     from images.memmap import MemorySpec
 
     r = fpga_cli("resources", "--model", "synthetic:64-32-10")

@@ -11,7 +11,8 @@ import pytest
 from compress.golden import golden
 from compress.synthetic import random_inputs, random_qnet
 from fpga import gate
-from fpga.memories import load_words, spram_plan_for
+from fpga.ice40 import load_plan_for as spram_plan_for
+from fpga.ice40 import load_words
 from images.lockstep import build_lockstep
 
 from .conftest import REPO, long_tests

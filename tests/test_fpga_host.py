@@ -180,7 +180,7 @@ def test_endless_wrong_replies_give_up():
 def plan(monkeypatch):
     specs = [MemorySpec("a", "rom", 16, 300, init=tuple(range(1, 301))),
              MemorySpec("b", "rom", 8, 5, init=(7, 8, 9))]  # shorter than its depth
-    monkeypatch.setattr("fpga.memories.spram_plan_for", lambda img: specs)
+    monkeypatch.setattr("fpga.ice40.load_plan_for", lambda img: specs)
     return specs
 
 
