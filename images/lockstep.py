@@ -9,7 +9,8 @@ two PEs. Layout:
   the slot-minimising search of `images.placement.place_search`): physical row p is logical row
   perm[p]; the next layer's columns are permuted the same way, so the network computed is the
   same. The last layer is never permuted (outputs come out in order) and
-  neither are the inputs.
+  neither are the inputs. A layer whose logical order already gives every column the fewest
+  slots possible (`images.placement.at_bound`: a network pruned for this engine) keeps it.
 * Per PE and column the entries are the EIE (v, z) entries of `images.csc.encode_csc`
   (v = codebook index, 0 = filler; z = zero rows before it; fillers where a gap exceeds
   2**rel_bits - 1). Column c gets L(c) = max over PEs of its entry count "slots"; a PE with fewer
@@ -44,7 +45,7 @@ from .csc import DEFAULT_REL_BITS, decode_csc, encode_csc
 from .layers import LAYER_KINDS, layer_kind
 from .memmap import MemorySpec, bits, ceil_div
 from .params import EngineParams
-from .placement import place_longest_first, place_search
+from .placement import at_bound, place_longest_first, place_search
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,6 +143,7 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
     if placement not in PLACEMENTS:
         raise InputError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
     qnet.validate(index_bits=index_bits)
+
     K = 1 << index_bits
     L = qnet.num_layers
     if perms is not None:
@@ -159,6 +161,10 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
             elif placement == "lpt":
                 matrix = layer_kind(layer).matrix(layer)
                 perms.append(place_longest_first(np.count_nonzero(matrix, axis=1), pes))
+            elif at_bound(layer_kind(layer).matrix(layer), pes, rel_bits=rel_bits):
+                # already optimal in logical order (a network pruned for this engine,
+                # compress.pattern): keep it, no search can do better
+                perms.append(np.arange(layer.out_features, dtype=np.int64))
             else:
                 # search effort ~ sqrt(layer size): 2 nominal seconds for LeNet-300-100's l0
                 # (784 x 300), less where a small layer has converged long before
