@@ -30,7 +30,7 @@ def _image(args):
 def _fit_first(args, qnet, name) -> dict:
     """The memories at their least, before any placement (fpga.resources.fit_bound): a network
     that cannot fit is refused at once (exit 2) with what binds and what would fit."""
-    from .resources import fit_bound, fit_message, fits, format_analysis, what_fits
+    from .flow.resources import fit_bound, fit_message, fits, format_analysis, what_fits
 
     board = getattr(args, "board", DEFAULT_BOARD)
     b = fit_bound(qnet, args.engine, args.pes, spram=not args.no_spram, board=board)
@@ -44,7 +44,7 @@ def _fit_first(args, qnet, name) -> dict:
 
 def _refuse(args, qnet, a, *, force_hint: bool):
     """InputError naming what binds and what would fit (the analysis `a` of the image)."""
-    from .resources import binding, fit_message, what_fits
+    from .flow.resources import binding, fit_message, what_fits
 
     with step("finding what would fit"):
         advice = what_fits(qnet, args.engine, args.pes, spram=not args.no_spram,
@@ -64,7 +64,7 @@ def _common(p, pes=True):
                    + f" (default: the board's, {default} on the {DEFAULT_BOARD})")
     if pes:
         p.add_argument("--pes", type=int, default=8, help="processing elements (default 8)")
-    from .uart import DEFAULT_BAUD
+    from .gateware.uart import DEFAULT_BAUD
 
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
                    help=f"UART baud rate (default {DEFAULT_BAUD:,}; the board's clock must give "
@@ -75,7 +75,7 @@ def check_clock(clock_mhz: float, board: str = DEFAULT_BOARD) -> None:
     """InputError unless the board's PLL can make `clock_mhz` (fpga.build.pll_range_mhz)."""
     import math
 
-    from .build import pll_range_mhz
+    from .flow.build import pll_range_mhz
 
     lo, hi = pll_range_mhz(board)
     fin = get_board(board).clock_hz / 1e6
@@ -87,7 +87,7 @@ def check_clock(clock_mhz: float, board: str = DEFAULT_BOARD) -> None:
 def check_baud(clock_mhz: float, baud: int, board: str = DEFAULT_BOARD) -> int:
     """The UART divisor at the PLL clock nearest `clock_mhz` on `board`; InputError for a bad
     baud."""
-    from .uart import baud_divisor
+    from .gateware.uart import baud_divisor
 
     b = get_board(board)
     try:
@@ -97,8 +97,8 @@ def check_baud(clock_mhz: float, baud: int, board: str = DEFAULT_BOARD) -> int:
 
 
 def cmd_build(args):
-    from .build import BuildError, build, table
-    from .resources import analyse, fit_bound, fits, format_analysis
+    from .flow.build import BuildError, build, table
+    from .flow.resources import analyse, fit_bound, fits, format_analysis
 
     board = get_board(args.board)  # unknown board: one line, exit 2, before any work
     check_clock(args.clock_mhz, board.name)
@@ -162,7 +162,7 @@ def cmd_resources(args):
     """The engine's memories against the default board's device with the board build's
     settings (the SPRAM plan
     unless --no-spram): exit 0 when they fit, 2 with what binds and what would fit when not."""
-    from .resources import analyse, fits, format_analysis
+    from .flow.resources import analyse, fits, format_analysis
 
     args.engine = args.engine or BOARDS[DEFAULT_BOARD].engine
     qnet, name = load_model(args.model)
@@ -178,14 +178,14 @@ def cmd_resources(args):
 
 
 def cmd_run(args):
-    from .runner import run_cli
+    from .host.runner import run_cli
 
     args.engine = args.engine or BOARDS[DEFAULT_BOARD].engine
     return run_cli(args)
 
 
 def build_parser():
-    from .build import DEFAULT_CLOCK_MHZ, clock_help
+    from .flow.build import DEFAULT_CLOCK_MHZ, clock_help
 
     parser = _Parser(prog="python -m fpga", description="iCE40 board tops, bitstreams, host runner")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)

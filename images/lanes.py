@@ -67,7 +67,7 @@ EBR_SHAPES = ((16, 256), (8, 512), (4, 1024), (2, 2048))
 
 
 def ebr_blocks(width: int, depth: int) -> int:
-    """EBR blocks of one width x depth memory in its cheapest shape (as fpga.resources)."""
+    """EBR blocks of one width x depth memory in its cheapest shape (as fpga.flow.resources)."""
     return min(-(-width // w) * -(-depth // d) for w, d in EBR_SHAPES)
 
 

@@ -103,8 +103,8 @@ def test_the_board_takes_a_new_engine(stand_in):
     """The board core makes the registry's component with the board's memories; the protocol
     names the engine by its id; the resource count reads its memory map."""
     from fpga import protocol as P
-    from fpga.resources import analyse
-    from fpga.top import BoardCore
+    from fpga.flow.resources import analyse
+    from fpga.gateware.top import BoardCore
 
     img = build_image(QNET, "standin", 1)
     core = BoardCore(img, clock_hz=100e6, divisor=4, timeout_cycles=2560)

@@ -15,9 +15,9 @@ from images.lockstep import build_lockstep
 from images.eie import build_rom
 from compress.synthetic import random_inputs, random_qnet
 from fpga import protocol as P
-from fpga.bench import SIM_DIVISOR, simulated_board
-from fpga.host import Board
-from fpga.runner import run_digits
+from fpga.flow.bench import SIM_DIVISOR, simulated_board
+from fpga.host.client import Board
+from fpga.host.runner import run_digits
 
 from .conftest import long_tests
 

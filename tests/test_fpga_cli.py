@@ -12,10 +12,10 @@ from compress.synthetic import random_qnet
 from images.eie import build_rom
 from images import get
 from images.lockstep import build_lockstep
-from fpga.ice40 import parse_report
-from fpga.ice40 import ebr_blocks
-from fpga.resources import analyse
-from fpga.ice40 import pll_config
+from fpga.boards.ice40 import parse_report
+from fpga.boards.ice40 import ebr_blocks
+from fpga.flow.resources import analyse
+from fpga.boards.ice40 import pll_config
 
 from .conftest import REPO, elaborate
 
@@ -65,7 +65,7 @@ def test_resources_counts_what_yosys_maps():
     """synthetic:64-32-10 on the 8-PE lockstep board: yosys' memory_libmap put its two column
     pointer ROMs (7 x 49 bits) in logic and used 24 EBR (measured, docs/fpga.md); the
     resources used to predict 26. Small ROMs go to logic, small RAMs too, big ones to EBR."""
-    from fpga.ice40 import block_rams as yosys_ebr
+    from fpga.boards.ice40 import block_rams as yosys_ebr
     from images.memmap import MemorySpec
 
     r = fpga_cli("resources", "--model", "synthetic:64-32-10")
@@ -112,7 +112,7 @@ def test_a_network_whose_placed_lanes_are_too_deep_gets_the_density_that_fits(tm
 
 
 def test_build_help_clock_range_comes_from_the_code():
-    from fpga.build import DEFAULT_CLOCK_FMAX_MHZ, DEFAULT_CLOCK_MHZ, pll_range_mhz
+    from fpga.flow.build import DEFAULT_CLOCK_FMAX_MHZ, DEFAULT_CLOCK_MHZ, pll_range_mhz
 
     r = fpga_cli("build", "--help")
     text = " ".join(r.stdout.split())
@@ -168,7 +168,7 @@ def test_serial_transport_pty():
     import threading
 
     from fpga import protocol as P
-    from fpga.host import Board, SerialTransport
+    from fpga.host.client import Board, SerialTransport
 
     master, slave = pty.openpty()
     tty.setraw(slave)
@@ -198,7 +198,7 @@ def test_serial_transport_pty():
 
 def test_build_retry_logic(tmp_path, monkeypatch):
     """A missed clock is rebuilt once under the fmax found, on a fresh platform; report.json."""
-    import fpga.build as B
+    import fpga.flow.build as B
 
     calls = []
 
@@ -225,8 +225,8 @@ def test_build_retry_logic(tmp_path, monkeypatch):
 def test_flow_passes_nextpnr_options(tmp_path, monkeypatch):
     """The build script runs nextpnr with the seed and the router's timing-driven rip-up."""
     import subprocess
-    import fpga.build as B
-    from fpga.top import BoardTop
+    import fpga.flow.build as B
+    from fpga.gateware.top import BoardTop
     from images import build_image
 
     monkeypatch.setattr(B.subprocess, "run",
@@ -241,8 +241,8 @@ def test_flow_passes_nextpnr_options(tmp_path, monkeypatch):
 
 def test_retry_prefers_exact_baud_divisor():
     """The retry clock: 3 % under the fmax, a whole number of bit times when the PLL makes one."""
-    from fpga.build import exact_baud_clock, retry_clock
-    from fpga.uart import baud_divisor
+    from fpga.flow.build import exact_baud_clock, retry_clock
+    from fpga.gateware.uart import baud_divisor
 
     for fmax, want in ((29.6, 27.0), (30.5, 27.0), (31.2, 30.0), (34.5, 33.0), (37.5, 36.0),
                        (25.91, 24.0)):
@@ -260,9 +260,9 @@ def test_retry_prefers_exact_baud_divisor():
                                            ("icesugar", "lockstep")])
 def test_board_tops_elaborate(board, engine, tmp_path):
     """Every supported board's top elaborates into a build plan (no tools run): pins exist."""
-    from fpga.build import board_platform
+    from fpga.flow.build import board_platform
     from images import build_image
-    from fpga.top import BoardTop
+    from fpga.gateware.top import BoardTop
 
     img = build_image(random_qnet((20, 8, 4), density=0.5), engine, 2)
     top = BoardTop(img, clock_hz=24e6, spram=True, board=board)
@@ -322,7 +322,7 @@ def test_run_refusals(user_net, extra, words, capsys):
 def test_summary_throughput_at_the_board_clock():
     """Throughput is cycles at the clock the bitstream runs at, and says which clock."""
     from fpga import protocol as P
-    from fpga.runner import RunStats, summary
+    from fpga.host.runner import RunStats, summary
 
     st = RunStats(n=2, correct=1, agree=2, exact=2, cycles=[900, 1100],
                   layer_cycles=[[200, 70], [260, 70]])
@@ -341,7 +341,7 @@ def test_run_sim_user_network(user_net, capsys):
     """fpga run --sim --inputs --labels --out on a 12-20-8-3 network: bit-exact outputs written,
     accuracy from the labels, throughput at the board's default clock, generic wording."""
     from compress.golden import golden
-    from fpga.build import DEFAULT_CLOCK_MHZ
+    from fpga.flow.build import DEFAULT_CLOCK_MHZ
     from fpga.cli import main
 
     qnet, x, d = user_net

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fpga import protocol as P
-from fpga.host import Board
+from fpga.host.client import Board
 from images.memmap import MemorySpec
 
 N_IN, N_OUT, N_L = 3, 2, 1
@@ -180,7 +180,7 @@ def test_endless_wrong_replies_give_up():
 def plan(monkeypatch):
     specs = [MemorySpec("a", "rom", 16, 300, init=tuple(range(1, 301))),
              MemorySpec("b", "rom", 8, 5, init=(7, 8, 9))]  # shorter than its depth
-    monkeypatch.setattr("fpga.ice40.load_plan_for", lambda img: specs)
+    monkeypatch.setattr("fpga.boards.ice40.load_plan_for", lambda img: specs)
     return specs
 
 

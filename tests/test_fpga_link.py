@@ -14,7 +14,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from fpga import protocol as P
-from fpga.link import Link
+from fpga.gateware.link import Link
 
 N_IN, N_OUT, N_L, TIMEOUT = 5, 3, 2, 60
 

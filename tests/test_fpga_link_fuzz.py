@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from fpga import protocol as P
-from fpga.link import Link
+from fpga.gateware.link import Link
 
 from .conftest import long_tests
 

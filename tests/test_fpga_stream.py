@@ -18,8 +18,8 @@ import numpy as np
 from amaranth.sim import Simulator
 
 from fpga import protocol as P
-from fpga.link import Link
-from fpga.top import STREAM_WINDOW
+from fpga.gateware.link import Link
+from fpga.gateware.top import STREAM_WINDOW
 
 N_IN, N_OUT, N_L, TIMEOUT = 32, 3, 2, 400
 BYTE = 40  # cycles a byte on the line (divisor 4)

@@ -24,7 +24,7 @@ import numpy as np
 
 from images import MAX_PES, build_image, engine_of, get, memory_specs
 
-from .boards import DEFAULT_BOARD, get_board
+from ..boards import DEFAULT_BOARD, get_board
 
 PE_CHOICES = tuple(1 << i for i in range(MAX_PES.bit_length()) if 1 << i <= MAX_PES)
 

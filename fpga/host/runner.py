@@ -17,8 +17,8 @@ import numpy as np
 from compress.errors import InputError
 from images import build_image, check_pes, engine_of
 
-from . import protocol as P
-from .host import Board, SerialTransport
+from .. import protocol as P
+from .client import Board, SerialTransport
 
 
 @dataclass
@@ -206,15 +206,15 @@ def run_cli(args) -> int:
 
     from compress.shipped import load_model
 
-    from .build import DEFAULT_CLOCK_MHZ
+    from ..flow.build import DEFAULT_CLOCK_MHZ
 
     qnet, name = load_model(args.model)
     x, labels, noun, what = _inputs(args, qnet)
     print(f"model: {name}")
     print(what)
     if args.sim:
-        from .bench import simulated_board
-        from .uart import baud_divisor
+        from ..flow.bench import simulated_board
+        from ..gateware.uart import baud_divisor
 
         check_pes(args.pes)
         # The bench clocks the simulation at 100 MHz, but counts in the board's cycles: the
@@ -226,7 +226,7 @@ def run_cli(args) -> int:
             raise InputError(f"--baud: {e}") from None
         from compress.progress import step
 
-        from .resources import check_board_fit
+        from ..flow.resources import check_board_fit
 
         # the simulated board is the board: a network the UP5K cannot hold is refused at once
         check_board_fit(qnet, args.engine, args.pes, spram=not args.no_spram)

@@ -21,7 +21,7 @@ import numpy as np
 from compress.errors import InputError
 from images.engines import MAX_PES
 
-from . import protocol as P
+from .. import protocol as P
 
 
 class SerialTransport:
@@ -318,7 +318,7 @@ class Board:
         (a resent frame that had landed is out of order) or a refused COMMIT starts the whole
         load over (memory 0, address 0), at most `retries` times.
         """
-        from .boards import DEFAULT_BOARD, family_of  # Amaranth: only when loading
+        from ..boards import DEFAULT_BOARD, family_of  # Amaranth: only when loading
 
         fam = family_of(board or DEFAULT_BOARD)
         plan = fam.load_plan_for(img)

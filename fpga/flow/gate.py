@@ -53,9 +53,9 @@ from hw import make_engine
 from images import engine_of, image_digest
 from images.params import EngineParams
 
-from .boards import DEFAULT_BOARD, engine_params, family_of
+from ..boards import DEFAULT_BOARD, engine_params, family_of
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOPLEVEL = "gate"
 SIMS = ("verilator", "icarus")
 PERIOD_NS = 10  # the bench's clock
@@ -68,7 +68,7 @@ PORTS = ("clk", "rst", "i_act__valid", "i_act__ready", "i_act__payload", "o_act_
          "o_act__ready", "o_act__payload", "cycles", "layer_cycles", "busy", "load_mem",
          "load_addr", "load_data", "load_we", "commit", "loaded")
 # What generates the netlist: the engines, the images, the boards and their families.
-SOURCES = ("hw", "images", "fpga/boards.py", "fpga/ice40.py", "fpga/link.py")
+SOURCES = ("hw", "images", "fpga/boards", "fpga/gateware/link.py")
 FAMILY = family_of(DEFAULT_BOARD)  # the board whose engine and memories are simulated
 
 
@@ -338,7 +338,7 @@ def run(b: GateBuild, x: np.ndarray, *, max_cycles: int = 1_000_000) -> GateResu
     t0, c0 = time.monotonic(), _children_cpu()
     try:
         _runner(b.sim).test(
-            test_module="fpga.cocotb_gate", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
+            test_module="fpga.flow.cocotb_gate", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
             build_dir=b.sim_dir, test_dir=run_dir, extra_env=env, results_xml=str(results),
             log_file=run_dir / "sim.log")
     except SystemExit as e:
@@ -384,7 +384,7 @@ def main(argv=None) -> int:
         from compress.shipped import load_model
         from images import MAX_PES, build_image, check_pes, names
 
-        from .boards import BOARDS, DEFAULT_BOARD
+        from ..boards import BOARDS, DEFAULT_BOARD
 
         p = OneLineParser(prog="python -m fpga.gate", description=(
             "MNIST test digits through the board's engine and memories as synthesised "

@@ -30,9 +30,9 @@ from compress.atomic import file_lock
 
 from images import engine_of, image_digest
 
-from .boards import DEFAULT_BOARD, family_of
+from ..boards import DEFAULT_BOARD, family_of
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOPLEVEL = "board"
 SIM_DIVISOR = 4  # clock cycles per UART bit in simulation (the fastest the receiver takes)
 SIM_TIMEOUT = 64 * 10 * SIM_DIVISOR  # a frame is abandoned after 64 silent byte times
@@ -85,7 +85,7 @@ def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
 
     from tb.sim import icarus_fixup
 
-    from .top import BoardCore
+    from ..gateware.top import BoardCore
 
     if timeout_cycles is None:
         timeout_cycles = sim_timeout(divisor)
@@ -138,7 +138,7 @@ def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bo
     process; an interrupted run (SIGINT, SIGTERM) leaves no run directory."""
     from tb.sim import icarus_runner
 
-    from .host import SocketTransport
+    from ..host.client import SocketTransport
 
     b = build or build_board(img, gate_level=gate_level, spram=spram, divisor=divisor)
     runs = b.dir / "runs"
@@ -161,7 +161,7 @@ def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bo
     def run():
         try:
             icarus_runner().test(
-                test_module="fpga.cocotb_board", hdl_toplevel=TOPLEVEL,
+                test_module="fpga.flow.cocotb_board", hdl_toplevel=TOPLEVEL,
                 hdl_toplevel_lang="verilog", build_dir=b.dir / "sim_build", test_dir=run_dir,
                 extra_env=env, results_xml=str(run_dir / "results.xml"),
                 log_file=run_dir / "sim.log",

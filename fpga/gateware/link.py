@@ -54,7 +54,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from . import protocol as P
+from .. import protocol as P
 
 # the words a loadable memory holds at most: 2**14 unless the board says otherwise (BoardCore
 # passes its family's `LOAD_ADDR_BITS`; a LOAD frame's address is 16 bits)

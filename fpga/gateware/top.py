@@ -26,7 +26,7 @@ from hw import make_engine
 from images import engine_of
 from images.params import EngineParams
 
-from .boards import DEFAULT_BOARD, engine_params, get_board
+from ..boards import DEFAULT_BOARD, engine_params, get_board
 from .link import Link
 from .uart import DEFAULT_BAUD, UARTRx, UARTTx, baud_divisor
 
