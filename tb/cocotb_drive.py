@@ -1,5 +1,5 @@
 """The one way the cocotb benches drive an engine's streams (tb/cocotb_engine.py, the engine;
-fpga/cocotb_gate.py, the board's engine as synthesised): import-light (cocotb only), never run
+fpga/flow/cocotb_gate.py, the board's engine as synthesised): import-light (cocotb only), never run
 by pytest.
 
 Both streams are driven on the falling clock edge, when every signal is stable: a coroutine

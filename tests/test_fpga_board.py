@@ -1,7 +1,7 @@
 """The board core in cocotb + Icarus, driven only through its UART pins (bytes in, bytes out).
 
 RTL and gate-level (yosys synth_ice40 netlist with the iCE40 cell models), every answer compared
-bit for bit with the golden model. The host side is fpga/host.py's `Board`, as with a real board.
+bit for bit with the golden model. The host side is fpga/host/client.py's `Board`, as with a real board.
 Both engines: the lockstep engine (the board's default) and the queue-based EIE engine.
 """
 

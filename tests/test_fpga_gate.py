@@ -1,4 +1,4 @@
-"""The gate level on the chip's memory map (fpga/gate.py): the board's engine and memories as
+"""The gate level on the chip's memory map (fpga/flow/gate.py): the board's engine and memories as
 `synth_ice40 -dsp -spram` makes them, the SPRAMs (SB_SPRAM256KA cells, empty at start) written
 through the load port, bit-exact against the golden model."""
 

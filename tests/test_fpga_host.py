@@ -1,6 +1,6 @@
 """The host's protocol client (fpga.host.Board) against a fake board that misbehaves.
 
-The fake transport answers requests like the board's link (fpga/link.py): PING, INFER, COUNT,
+The fake transport answers requests like the board's link (fpga/gateware/link.py): PING, INFER, COUNT,
 LOAD in order with the load cursor, COMMIT. Hooks inject what a noisy line or a confused board
 can produce: extra replies, replies to other commands, noise, garbled or lost replies. The host
 must give each request its own reply and never fall one reply behind.

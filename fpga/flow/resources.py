@@ -6,7 +6,7 @@ engine made) and counts the block RAMs the board's family gives each (iCE40: `bl
 cost rule of yosys' `memory_libmap`, which also leaves a small memory to logic when that is
 cheaper), against the device's budget (the board record's). With `spram`, the ROMs of the
 family's `load_plan` (SPRAM, written over the UART after configuration) need no EBR. The link
-and UART use no memory (fpga/link.py streams the outputs), so the engine's blocks are the
+and UART use no memory (fpga/gateware/link.py streams the outputs), so the engine's blocks are the
 board's.
 
 `fit_bound(qnet, engine, pes)` is the check made before any placement: the same memories with

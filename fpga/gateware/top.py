@@ -1,11 +1,11 @@
 """Board tops: the engine behind a UART, with the board's PLL and LEDs.
 
 `BoardCore` is everything that is not board-specific: UART rx/tx on two pins, the protocol link
-(fpga/link.py) and the engine the image is for (the registry's, `images.engines`: the lockstep
+(fpga/gateware/link.py) and the engine the image is for (the registry's, `images.engines`: the lockstep
 engine hw/lockstep.py, or the queue-based EIE engine hw/eie/), with the parameters it has on the
 board (`fpga.boards.engine_params`), plus two status outputs for LEDs. It is
 what the cocotb and gate-level benches simulate, driven only through `rx` and `tx`. With
-`spram=True` the engine's four largest ROMs live in SPRAM (the family's, fpga/ice40.py) and are
+`spram=True` the engine's four largest ROMs live in SPRAM (the family's, fpga/boards/ice40.py) and are
 written through the protocol's LOAD frames after configuration.
 
 `BoardTop` puts a `BoardCore` on a board's platform: on a platform of the board's family the

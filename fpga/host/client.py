@@ -2,7 +2,7 @@
 
 `Board` speaks the protocol (fpga/protocol.py) over any transport with `write(bytes)` and
 `read(max_bytes, timeout) -> bytes`: `SerialTransport` (pyserial, a real iCEBreaker) or
-`SocketTransport` (the simulated board of fpga/bench.py). fpga/runner.py streams inputs through
+`SocketTransport` (the simulated board of fpga/flow/bench.py). fpga/host/runner.py streams inputs through
 a `Board` and checks the answers.
 
 Inputs and weights are streamed: up to the board's `window` (PING) requests are in flight, the

@@ -1,7 +1,7 @@
 """`python -m fpga run`: inputs streamed to the board (or the simulated board), answers checked.
 
 `run_inputs` streams engine inputs (int16 [batch, in_0], any network the board runs) through a
-`Board` (fpga/host.py), compares every answer with the golden model and the label, and gathers
+`Board` (fpga/host/client.py), compares every answer with the golden model and the label, and gathers
 the on-chip cycle counters. `summary` reports throughput at the clock the bitstream runs at: the
 clock a real board reports in PING, or for the simulated board (whose bench clock is 100 MHz)
 the board's PLL clock that `fpga build` uses by default; cycle counts do not depend on it.
