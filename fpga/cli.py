@@ -8,6 +8,7 @@ shows tracebacks.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -17,6 +18,11 @@ from compress.shipped import SHIPPED_QNET, SYNTHETIC, load_model
 from images import build_image, check_pes, get, names, registered
 
 from .boards import BOARDS, DEFAULT_BOARD, engine_params, get_board
+from .flow.build import DEFAULT_CLOCK_MHZ, BuildError, build, clock_help, pll_range_mhz, table
+from .flow.resources import (analyse, binding, fit_bound, fit_message, fits, format_analysis,
+                             what_fits)
+from .gateware.uart import DEFAULT_BAUD, baud_divisor
+from .host.runner import run_cli
 
 
 def _image(args):
@@ -30,8 +36,6 @@ def _image(args):
 def _fit_first(args, qnet, name) -> dict:
     """The memories at their least, before any placement (fpga.resources.fit_bound): a network
     that cannot fit is refused at once (exit 2) with what binds and what would fit."""
-    from .flow.resources import fit_bound, fit_message, fits, format_analysis, what_fits
-
     board = getattr(args, "board", DEFAULT_BOARD)
     b = fit_bound(qnet, args.engine, args.pes, spram=not args.no_spram, board=board)
     if not fits(b):
@@ -44,8 +48,6 @@ def _fit_first(args, qnet, name) -> dict:
 
 def _refuse(args, qnet, a, *, force_hint: bool):
     """InputError naming what binds and what would fit (the analysis `a` of the image)."""
-    from .flow.resources import binding, fit_message, what_fits
-
     with step("finding what would fit"):
         advice = what_fits(qnet, args.engine, args.pes, spram=not args.no_spram,
                            board=getattr(args, "board", DEFAULT_BOARD))
@@ -64,8 +66,6 @@ def _common(p, pes=True):
                    + f" (default: the board's, {default} on the {DEFAULT_BOARD})")
     if pes:
         p.add_argument("--pes", type=int, default=8, help="processing elements (default 8)")
-    from .gateware.uart import DEFAULT_BAUD
-
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
                    help=f"UART baud rate (default {DEFAULT_BAUD:,}; the board's clock must give "
                         f"it within 2%% with at least 8 clocks a bit)")
@@ -73,10 +73,6 @@ def _common(p, pes=True):
 
 def check_clock(clock_mhz: float, board: str = DEFAULT_BOARD) -> None:
     """InputError unless the board's PLL can make `clock_mhz` (fpga.build.pll_range_mhz)."""
-    import math
-
-    from .flow.build import pll_range_mhz
-
     lo, hi = pll_range_mhz(board)
     fin = get_board(board).clock_hz / 1e6
     if not (math.isfinite(clock_mhz) and lo <= clock_mhz <= hi):
@@ -87,8 +83,6 @@ def check_clock(clock_mhz: float, board: str = DEFAULT_BOARD) -> None:
 def check_baud(clock_mhz: float, baud: int, board: str = DEFAULT_BOARD) -> int:
     """The UART divisor at the PLL clock nearest `clock_mhz` on `board`; InputError for a bad
     baud."""
-    from .gateware.uart import baud_divisor
-
     b = get_board(board)
     try:
         return baud_divisor(b.fam.pll_config(b.clock_hz, clock_mhz * 1e6).fout, baud)
@@ -97,9 +91,6 @@ def check_baud(clock_mhz: float, baud: int, board: str = DEFAULT_BOARD) -> int:
 
 
 def cmd_build(args):
-    from .flow.build import BuildError, build, table
-    from .flow.resources import analyse, fit_bound, fits, format_analysis
-
     board = get_board(args.board)  # unknown board: one line, exit 2, before any work
     check_clock(args.clock_mhz, board.name)
     check_baud(args.clock_mhz, args.baud, board.name)  # before any work too
@@ -162,8 +153,6 @@ def cmd_resources(args):
     """The engine's memories against the default board's device with the board build's
     settings (the SPRAM plan
     unless --no-spram): exit 0 when they fit, 2 with what binds and what would fit when not."""
-    from .flow.resources import analyse, fits, format_analysis
-
     args.engine = args.engine or BOARDS[DEFAULT_BOARD].engine
     qnet, name = load_model(args.model)
     check_pes(args.pes)
@@ -178,15 +167,11 @@ def cmd_resources(args):
 
 
 def cmd_run(args):
-    from .host.runner import run_cli
-
     args.engine = args.engine or BOARDS[DEFAULT_BOARD].engine
     return run_cli(args)
 
 
 def build_parser():
-    from .flow.build import DEFAULT_CLOCK_MHZ, clock_help
-
     parser = _Parser(prog="python -m fpga", description="iCE40 board tops, bitstreams, host runner")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
     sub.required = True

@@ -25,17 +25,22 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.atomic import check_output
+from compress import data
+from compress.atomic import atomic_path, check_output, refuse_same_path, save_npy
 from compress.errors import InputError, OneLineParser as _Parser, run_main
 from compress.progress import step
-from compress.qnet import load_labels
+from compress.qnet import load_inputs, load_labels, load_qnet
+from compress.shipped import load_model
+from compress.synthetic import random_inputs
 from images import MAX_PES, SIM_ENGINE, build_image, check_pes, get, names, registered
 from images.cli import add_image_args
 from images.eie import REL_BITS_AUTO, parse_rel_bits
 from images.engines import dense_baseline
 from images.lockstep import DRAIN_SHARES
 
-SIMULATORS = ("icarus", "verilator")  # tb.sim's (not imported here: it pulls in Amaranth)
+from . import sim as tbsim  # build and simulate through the module (tests stand in for them)
+from .sim import SIMULATORS, SimResult, build_key, build_root, default_sim, sim_pool, waves_enabled
+from .verilator import require
 SIM_NAMES = {"icarus": "Icarus", "verilator": "Verilator"}
 # tb sim's dense baseline makes every weight an entry: past this many weights (LeNet-300-100
 # has 266,200) its Verilog and simulator build take minutes, so it is left out unless asked.
@@ -142,9 +147,6 @@ def load_model_and_inputs(model, inputs, index_bits, labels_path=None):
     the inputs from `inputs`, else the shipped sample digits (else $MNIST_DIR's, else
     synthetic vectors)."""
     from compress.golden import mnist_to_input
-    from compress.qnet import load_inputs
-    from compress.shipped import load_model
-    from compress.synthetic import random_inputs
 
     qnet, name = load_model(model, index_bits=index_bits)
     notes = [f"model: {name}" if model or not name.startswith("synthetic")
@@ -160,8 +162,6 @@ def load_model_and_inputs(model, inputs, index_bits, labels_path=None):
             labels = load_labels(labels_path, len(x), classes=qnet.out_features)
             notes.append(f"labels: {labels_path}")
     else:
-        from compress import data
-
         if qnet.in_features != 784:
             raise InputError(f"the sample digits have 784 pixels but the model takes "
                              f"{qnet.in_features} inputs: pass --inputs")
@@ -244,12 +244,8 @@ def _params(args, *, sparse=True, queue_depth=None):
 def _sim(args) -> str:
     """The simulator of this command (--sim, else $TB_SIM, else Icarus), checked up front: a
     bad $TB_SIM or a missing Verilator is one line before any work."""
-    from tb.sim import default_sim
-
     sim = args.sim or default_sim()
     if sim == "verilator":
-        from tb.verilator import require
-
         require()
     args.sim = sim
     return sim
@@ -262,11 +258,9 @@ def _shards(x, k):
 
 def _simulate_parallel(b, x, jobs=2):
     """Simulate x in up to `jobs` simulator processes at once; results in input order."""
-    from tb.sim import SimResult, sim_pool, simulate
-
     parts = _shards(x, jobs)
     with sim_pool(jobs) as ex:
-        res = list(ex.map(lambda i: simulate(b, x[i]), parts))
+        res = list(ex.map(lambda i: tbsim.simulate(b, x[i]), parts))
     return SimResult(
         outputs=np.concatenate([r.outputs for r in res]),
         cycles=np.concatenate([r.cycles for r in res]),
@@ -275,11 +269,6 @@ def _simulate_parallel(b, x, jobs=2):
 
 
 def cmd_run(args):
-    from compress.atomic import atomic_path, refuse_same_path
-    from compress.atomic import save_npy
-    from compress.qnet import load_inputs, load_qnet
-    from tb.sim import build
-
     refuse_same_path(args.out, args.model, args.inputs)
     refuse_same_path(args.stats, args.model, args.inputs, what="--stats")
     if args.stats and Path(args.stats).resolve() == Path(args.out).resolve():
@@ -304,7 +293,7 @@ def cmd_run(args):
     img = _image(qnet, args, rom)
     params = _params(args, sparse=not args.dense)
     with step(f"building the engine's Verilog for {SIM_NAMES[args.sim]}"):
-        b = build(img, params, sim=args.sim)
+        b = tbsim.build(img, params, sim=args.sim)
     print(f"simulating {len(x)} inputs on the RTL engine ({args.pes} PEs, "
           f"{SIM_NAMES[b.sim]})", flush=True)
     with step(f"simulating {len(x)} inputs"):
@@ -335,7 +324,6 @@ def _cycles(n: int) -> str:
 def cmd_sim(args):
     from compress.golden import golden, predict
     from tb.analysis import report
-    from tb.sim import build, sim_pool
 
     _sim(args)
     t0 = time.time()
@@ -368,19 +356,17 @@ def cmd_sim(args):
     img = _image(qnet, args, rom)
     p_sparse, p_dense = _params(args), _params(args, sparse=False)
     with step(f"building the engines' Verilog for {SIM_NAMES[args.sim]}"), sim_pool(2) as ex:
-        fb_s = ex.submit(build, img, p_sparse, sim=args.sim)
-        fb_d = ex.submit(build, rom, p_dense, sim=args.sim) if args.dense_count else None
+        fb_s = ex.submit(tbsim.build, img, p_sparse, sim=args.sim)
+        fb_d = ex.submit(tbsim.build, rom, p_dense, sim=args.sim) if args.dense_count else None
         b_s = fb_s.result()
         b_d = fb_d.result() if fb_d else None
     t_build = time.time() - t0
     nd = max(1, min(args.dense_count, len(x))) if b_d else 0
-    from tb.sim import simulate
-
     with step(f"simulating {len(x)} inputs"), sim_pool(1) as ex:
         # two simulators at once, one per core: the dense baseline (one long run) and the
         # sparse engine over all the inputs
-        f_d = ex.submit(simulate, b_d, x[:nd]) if b_d else None
-        r = simulate(b_s, x)
+        f_d = ex.submit(tbsim.simulate, b_d, x[:nd]) if b_d else None
+        r = tbsim.simulate(b_s, x)
         rd = f_d.result() if f_d else None
     t_sim = time.time() - t0 - t_build
     g = golden(qnet, x, acc_bits=args.acc_bits)
@@ -453,9 +439,7 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def cmd_sweep(args):
-    from compress.atomic import atomic_path, refuse_same_path
-    from tb.analysis import utilisation
-    from tb.sim import build, sim_pool
+    from tb.analysis import utilisation  # torch: the golden model
 
     refuse_same_path(args.out, args.model, args.inputs)
     check_output(args.out)  # before the sweep, not after it
@@ -485,10 +469,8 @@ def cmd_sweep(args):
     def one(cfg):
         _kind, depth, rb, sparse, b_ = cfg
         img = _image(qnet, args, roms[rb, b_], rel_bits=rb) if sparse else roms[rb, b_]
-        b = build(img, _params(args, sparse=sparse, queue_depth=depth), sim=args.sim)
-        from tb.sim import simulate
-
-        r = simulate(b, x if sparse else x[:1])
+        b = tbsim.build(img, _params(args, sparse=sparse, queue_depth=depth), sim=args.sim)
+        r = tbsim.simulate(b, x if sparse else x[:1])
         return r
 
     with sim_pool(2) as ex:
@@ -534,17 +516,13 @@ def cmd_speed(args):
     """Simulated engine cycles per second of each simulator, measured one after the other on
     the same network, inputs and parameters; every run checked against the golden model and
     the simulators against each other (outputs, cycles and per-layer cycles)."""
-    from compress.atomic import atomic_path, refuse_same_path
-    from compress.golden import golden
-    from tb.sim import build, build_key, build_root, simulate, waves_enabled
+    from compress.golden import golden  # torch
 
     refuse_same_path(args.out, args.model, args.inputs)
     check_output(args.out)
     sims = _list(args.sims, SIMULATORS, "--sims")
     engines = _list(args.engines, names(), "--engines")
     if "verilator" in sims:
-        from tb.verilator import require
-
         require()
     if args.count < 2:
         raise InputError(f"--count must be >= 2, not {args.count}")
@@ -568,14 +546,14 @@ def cmd_speed(args):
                      / ".built")
             cached = stamp.exists()
             t = time.perf_counter()
-            b = build(img, params, sim=sim)
+            b = tbsim.build(img, params, sim=sim)
             t_build = time.perf_counter() - t
             # one input alone: the fixed cost of a run (simulator and Python start-up, reset)
             t = time.perf_counter()
-            r1 = simulate(b, x[:1])
+            r1 = tbsim.simulate(b, x[:1])
             t_one = time.perf_counter() - t
             t = time.perf_counter()
-            r = simulate(b, x)
+            r = tbsim.simulate(b, x)
             t_run = time.perf_counter() - t
             cycles = int(r.cycles.sum())
             extra = cycles - int(r1.cycles.sum())

@@ -26,11 +26,16 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from amaranth.back import verilog
+
 from compress.atomic import file_lock
 
 from images import engine_of, image_digest
+from tb.sim import icarus_fixup, icarus_runner
 
 from ..boards import DEFAULT_BOARD, family_of
+from ..gateware.top import BoardCore
+from ..host.client import SocketTransport
 
 REPO = Path(__file__).resolve().parents[2]
 TOPLEVEL = "board"
@@ -80,12 +85,7 @@ def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
                 board: str = DEFAULT_BOARD) -> BoardBuild:
     """Generate (and for gate level, synthesise) the core of `board` (its engine parameters
     and its family's memories) and compile it with Icarus."""
-    from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
-
-    from tb.sim import icarus_fixup
-
-    from ..gateware.top import BoardCore
 
     if timeout_cycles is None:
         timeout_cycles = sim_timeout(divisor)
@@ -136,10 +136,6 @@ def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bo
     (`rx_start`) and each board byte ended on tx (`tx_end`), in order.
     The simulator runs in its own process group (`tb.sim.icarus_runner`), ended with this
     process; an interrupted run (SIGINT, SIGTERM) leaves no run directory."""
-    from tb.sim import icarus_runner
-
-    from ..host.client import SocketTransport
-
     b = build or build_board(img, gate_level=gate_level, spram=spram, divisor=divisor)
     runs = b.dir / "runs"
     runs.mkdir(exist_ok=True)

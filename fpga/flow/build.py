@@ -21,7 +21,9 @@ from compress.atomic import write_bytes_atomic
 from images import engine_of
 from images.params import EngineParams
 
-from ..boards import DEFAULT_BOARD, get_board
+from ..boards import DEFAULT_BOARD, engine_params, get_board
+from ..gateware.top import BoardTop
+from ..gateware.uart import MIN_DIVISOR, baud_divisor
 
 # The board's PLL clock when `fpga build` is not told otherwise. With the front end's read
 # address from flip-flops (hw/frontend.py), the pointer stage's enables without the column-empty
@@ -58,8 +60,6 @@ def board_platform(board: str):
 
 
 def _baud_ok(clock_hz: float, baud: int) -> bool:
-    from ..gateware.uart import baud_divisor
-
     try:
         baud_divisor(clock_hz, baud)
     except ValueError:
@@ -70,8 +70,6 @@ def _baud_ok(clock_hz: float, baud: int) -> bool:
 def exact_baud_clock(limit_hz: float, baud: int, board: str = DEFAULT_BOARD):
     """The fastest PLL setting at or below `limit_hz` that is a whole number of bit times
     (divisor >= 8, no baud error at all), or None: e.g. 27, 30, 33, 36 MHz for 3 Mbaud."""
-    from ..gateware.uart import MIN_DIVISOR
-
     b = get_board(board)
     lowest = b.fam.pll_range(b.clock_hz)[0]
     for div in range(int(limit_hz // baud), MIN_DIVISOR - 1, -1):
@@ -158,9 +156,6 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = DEFAULT_
     `retry`, a build whose fmax falls short of the clock is built once more with the PLL at the
     fastest setting at or below that fmax, so the bitstream meets timing when it can.
     """
-    from ..boards import engine_params
-    from ..gateware.top import BoardTop
-
     rec = engine_of(img)
     params = engine_params(img, board) if params is None else params
     what = f"{img.pes} PEs" + (f" (queue depth {params.queue_depth})"

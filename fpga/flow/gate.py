@@ -21,8 +21,8 @@ it; each simulator's build sits beside it. `run(b, x)` loads the SPRAMs through 
 input vectors through `i_act` and collects `o_act`, the cycle counters and the simulator's
 speed.
 
-    python -m fpga.flow.gate --count 20                 # shipped LeNet-300-100, 8-PE lockstep, Verilator
-    python -m fpga.flow.gate --count 2 --sim icarus     # the same netlist in Icarus
+    python -m fpga.flow.gate --count 20             # shipped LeNet-300-100, 8 PEs, Verilator
+    python -m fpga.flow.gate --count 2 --sim icarus # the same netlist in Icarus
 
 Why Verilator is the default: docs/gate-level.md (figures measured side by side).
 """
@@ -37,23 +37,28 @@ import re
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from amaranth.back import rtlil
 from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from compress.atomic import file_lock
-from compress.errors import InputError
+from compress.data import load_split
+from compress.errors import InputError, OneLineParser, run_main
+from compress.shipped import load_model
 from hw import make_engine
-from images import engine_of, image_digest
+from images import MAX_PES, build_image, check_pes, engine_of, image_digest, names
 from images.params import EngineParams
+from tb.sim import SimulationStopped, run_in_group
 
-from ..boards import DEFAULT_BOARD, engine_params, family_of
+from ..boards import BOARDS, DEFAULT_BOARD, engine_params, family_of
 
 REPO = Path(__file__).resolve().parents[2]
 TOPLEVEL = "gate"
@@ -191,8 +196,6 @@ def _yosys() -> str:
 
 def synthesize(img, d: Path, params: EngineParams) -> float:
     """RTLIL of `GateCore` -> the family's synthesis -> d/gate_gl.v; returns the seconds."""
-    from amaranth.back import rtlil
-
     core = GateCore(img, params=params)
     (d / "gate.il").write_text(rtlil.convert(core, name=TOPLEVEL, emit_src=False))
     script = (f"read_rtlil gate.il; {FAMILY.GATE_SYNTH} -top {TOPLEVEL}; "
@@ -219,8 +222,6 @@ def _cells(d: Path) -> dict:
 def _runner(sim: str):
     """cocotb's runner for `sim`, its commands in their own process group (tb.sim)."""
     from cocotb_tools.runner import Icarus, Verilator
-
-    from tb.sim import run_in_group
 
     base = {"icarus": Icarus, "verilator": Verilator}[sim]
 
@@ -316,8 +317,6 @@ def run(b: GateBuild, x: np.ndarray, *, max_cycles: int = 1_000_000) -> GateResu
     """Load the SPRAMs through the load port, commit, run the int16 vectors `x`."""
     from cocotb_tools.runner import get_results
 
-    from tb.sim import SimulationStopped
-
     _sim_env(b.sim)
     x = np.ascontiguousarray(x, dtype=np.int16)
     img = b.img
@@ -368,7 +367,6 @@ def run(b: GateBuild, x: np.ndarray, *, max_cycles: int = 1_000_000) -> GateResu
 
 
 def _digits(qnet, count: int, data_dir):
-    from compress.data import load_split
     from compress.golden import mnist_to_input
 
     test = load_split("test", data_dir)
@@ -378,14 +376,7 @@ def _digits(qnet, count: int, data_dir):
 
 
 def main(argv=None) -> int:
-    from compress.errors import OneLineParser, run_main
-
     def body():
-        from compress.shipped import load_model
-        from images import MAX_PES, build_image, check_pes, names
-
-        from ..boards import BOARDS, DEFAULT_BOARD
-
         p = OneLineParser(prog="python -m fpga.flow.gate", description=(
             "MNIST test digits through the board's engine and memories as synthesised "
             f"({FAMILY.GATE_SYNTH} netlist, SPRAMs loaded through the load port), "
@@ -440,6 +431,4 @@ def _cell_summary(cells: dict) -> str:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

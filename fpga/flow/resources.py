@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 
+from compress import limits
+from compress.errors import InputError
+from compress.qnet import Layer, QNet
 from images import MAX_PES, build_image, engine_of, get, memory_specs
 
 from ..boards import DEFAULT_BOARD, get_board
@@ -62,8 +66,6 @@ def _tally(specs, *, spram: bool, board: str = DEFAULT_BOARD) -> dict:
     if spram:
         # the ROMs the plan would take if SPRAM were deep enough: the largest of those that
         # fit its width and ports
-        from dataclasses import replace
-
         shallow = [replace(s, depth=min(s.depth, fam.LOADABLE_WORDS), init=()) for s in specs]
         wanted = {s.name for s in fam.load_plan(shallow, count=fam.LOADS)}
         too_deep = [s for s in specs if s.name in wanted and not fam.loadable(s)
@@ -152,8 +154,6 @@ def binding(a: dict) -> dict | None:
 def _thin(qnet, keep: float, seed: int = 0):
     """The network with each non-zero kept with probability `keep` (the same draw for every
     `keep`, so a smaller keep removes a superset)."""
-    from compress.qnet import Layer, QNet
-
     rng = np.random.default_rng(seed)
     layers = []
     for layer in qnet.layers:
@@ -181,8 +181,6 @@ def what_fits(qnet, engine: str, pes: int, *, spram: bool = True, quick: bool = 
     by bisection on images placed without search (`_quick`: about what the real placement
     needs, or a little more); quick=False: on `fit_bound` (an upper limit, no image built).
     """
-    from compress import limits
-
     pe_ok = [n for n in PE_CHOICES
              if n <= limits.get().max_pes
              and fits(fit_bound(qnet, engine, n, spram=spram, board=board))]
@@ -276,8 +274,6 @@ def check_board_fit(qnet, engine: str, pes: int, *, spram: bool = True, img=None
     """The analysis of `img` (or, without it, `fit_bound`: before any placement); InputError
     with `fit_message` when the memories do not fit the UP5K. For commands that need the
     board's network to fit (the simulated board) and print no table."""
-    from compress.errors import InputError
-
     if img is None:
         a = fit_bound(qnet, engine, pes, spram=spram)
         quick = False

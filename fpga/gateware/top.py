@@ -1,22 +1,22 @@
 """Board tops: the engine behind a UART, with the board's PLL and LEDs.
 
 `BoardCore` is everything that is not board-specific: UART rx/tx on two pins, the protocol link
-(fpga/gateware/link.py) and the engine the image is for (the registry's, `images.engines`: the lockstep
-engine hw/lockstep.py, or the queue-based EIE engine hw/eie/), with the parameters it has on the
-board (`fpga.boards.engine_params`), plus two status outputs for LEDs. It is
-what the cocotb and gate-level benches simulate, driven only through `rx` and `tx`. With
-`spram=True` the engine's four largest ROMs live in SPRAM (the family's, fpga/boards/ice40.py) and are
+(fpga/gateware/link.py) and the engine the image is for (the registry's, `images.engines`: the
+lockstep engine hw/lockstep.py, or the queue-based EIE engine hw/eie/), with the parameters it
+has on the board (`fpga.boards.engine_params`), plus two status outputs for LEDs. It is what the
+cocotb and gate-level benches simulate, driven only through `rx` and `tx`. With `spram=True`
+the engine's four largest ROMs live in SPRAM (the family's, fpga/boards/ice40.py) and are
 written through the protocol's LOAD frames after configuration.
 
 `BoardTop` puts a `BoardCore` on a board's platform: on a platform of the board's family the
 sync clock comes from the family's PLL on the board's clock pin (`clock_domain`: for iCE40 an
 SB_PLL40_PAD on the 12 MHz pin, the power-on reset held while the PLL locks and for the EBR
 start-up time), anywhere else (simulation) from the platform's default clock; the UART goes on
-the board's UART resource. The memories are the family's (`Memories`). LEDs: the main green LED lights while a frame is handled, the red one when the
-last reply was an error; the four green LEDs of the iCEBreaker's break-off PMOD show the last
-predicted digit in binary (led_g 1 = bit 0).
+the board's UART resource. The memories are the family's (`Memories`). LEDs: the main green LED
+lights while a frame is handled, the red one when the last reply was an error; the four green
+LEDs of the iCEBreaker's break-off PMOD show the last predicted digit in binary (led_g 1 =
+bit 0).
 """
-
 
 from amaranth.hdl import Elaboratable, Module
 from amaranth.lib import io, wiring

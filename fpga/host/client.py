@@ -2,8 +2,8 @@
 
 `Board` speaks the protocol (fpga/protocol.py) over any transport with `write(bytes)` and
 `read(max_bytes, timeout) -> bytes`: `SerialTransport` (pyserial, a real iCEBreaker) or
-`SocketTransport` (the simulated board of fpga/flow/bench.py). fpga/host/runner.py streams inputs through
-a `Board` and checks the answers.
+`SocketTransport` (the simulated board of fpga/flow/bench.py). fpga/host/runner.py streams
+inputs through a `Board` and checks the answers.
 
 Inputs and weights are streamed: up to the board's `window` (PING) requests are in flight, the
 next one written as soon as a reply comes, so the line from the host never waits for a round
