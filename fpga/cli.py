@@ -34,7 +34,7 @@ def _image(args):
 
 
 def _fit_first(args, qnet, name) -> dict:
-    """The memories at their least, before any placement (fpga.resources.fit_bound): a network
+    """The memories at their least, before any placement (fpga.flow.resources.fit_bound): a network
     that cannot fit is refused at once (exit 2) with what binds and what would fit."""
     board = getattr(args, "board", DEFAULT_BOARD)
     b = fit_bound(qnet, args.engine, args.pes, spram=not args.no_spram, board=board)
@@ -72,7 +72,7 @@ def _common(p, pes=True):
 
 
 def check_clock(clock_mhz: float, board: str = DEFAULT_BOARD) -> None:
-    """InputError unless the board's PLL can make `clock_mhz` (fpga.build.pll_range_mhz)."""
+    """InputError unless the board's PLL can make `clock_mhz` (fpga.flow.build.pll_range_mhz)."""
     lo, hi = pll_range_mhz(board)
     fin = get_board(board).clock_hz / 1e6
     if not (math.isfinite(clock_mhz) and lo <= clock_mhz <= hi):

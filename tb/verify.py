@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from compress import data
-from compress.atomic import atomic_path, check_output
+from compress.atomic import atomic_path, check_build_dir, check_output
 from compress.errors import InputError, OneLineParser, run_main
 from compress.shipped import load_model
 from images import MAX_PES, build_image, check_pes, names
@@ -164,7 +164,7 @@ def _body(argv):
     shards = max(1, args.jobs // len(engines))
     results, errors = {}, {}
     build_root_runs = Path(os.environ.get("FASTBENCH_BUILD_DIR") or REPO / "build" / "fastbench")
-    build_root_runs.mkdir(parents=True, exist_ok=True)
+    check_build_dir(build_root_runs, "FASTBENCH_BUILD_DIR")
     with tempfile.TemporaryDirectory(prefix="verify-", dir=build_root_runs) as td:
         def work(e):
             try:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from compress.atomic import file_lock
+from compress.atomic import check_build_dir, file_lock
 
 from images import engine_of, image_digest
 from tb.sim import icarus_fixup, icarus_runner
@@ -89,8 +89,7 @@ def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
 
     if timeout_cycles is None:
         timeout_cycles = sim_timeout(divisor)
-    root = build_root()
-    root.mkdir(parents=True, exist_ok=True)
+    root = check_build_dir(build_root(), "FPGA_BUILD_DIR")
     key = hashlib.sha256(json.dumps({
         "image": image_digest(img), "engine": engine_of(img).name, "gate": gate_level,
         "divisor": divisor, "timeout": timeout_cycles, "spram": spram, "board": board,

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from compress.atomic import write_bytes_atomic
+from compress.progress import step
 from images import engine_of
 from images.params import EngineParams
 
@@ -171,7 +172,8 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = DEFAULT_
         top = BoardTop(img, clock_hz=target, baud=baud, board=board, spram=spram, params=params)
         log(f"building {board}: {rec.name} engine, {what}, PLL "
             f"{top.clock_hz / 1e6:g} MHz, {baud} baud, in {out}/ ...")
-        npr, secs = _flow(platform, top, out, seed=seed)
+        with step(f"yosys, nextpnr-ice40 and icepack for {board}"):
+            npr, secs = _flow(platform, top, out, seed=seed)
         total += secs
         fig = top.board.fam.parse_report(npr, clock_hz=top.clock_hz)
         met = fig["fmax_mhz"] is not None and fig["fmax_mhz"] >= fig["clock_mhz"]

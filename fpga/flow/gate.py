@@ -49,7 +49,7 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from compress.atomic import file_lock
+from compress.atomic import check_build_dir, file_lock
 from compress.data import load_split
 from compress.errors import InputError, OneLineParser, run_main
 from compress.shipped import load_model
@@ -254,7 +254,7 @@ def build(img, *, sim: str = "verilator", params: EngineParams | None = None) ->
     _sim_env(sim)
     params = engine_params(img) if params is None else params
     root = build_root()
-    root.mkdir(parents=True, exist_ok=True)
+    check_build_dir(root, "FPGA_BUILD_DIR")
     key = _key(img, params)
     d = root / key
     synth_s = build_s = synth_cpu = build_cpu = 0.0
