@@ -280,23 +280,30 @@ class _Runner:
         self.w = []
         for ly in qnet.layers:
             w = torch.from_numpy(ly.weights())
-            self.w.append(w.double() if not ly.is_conv and _exact_in_float64(ly, 32768) else w)
+            self.w.append(w.double() if _exact_in_float64(ly, 32768) else w)
         self.step = G.batch_size(qnet, self.shapes)
 
     def sums(self, i: int, a: torch.Tensor) -> torch.Tensor:
-        """Layer i's exact products without its bias (int64), for int64 inputs a."""
-        w = self.w[i]
-        if w.dtype == torch.float64:
+        """Layer i's exact products without its bias (int64), for int64 inputs a (float64
+        im2col and BLAS for a conv layer whose sums are exact in float64, like fc)."""
+        w, ly = self.w[i], self.layers[i]
+        if w.dtype != torch.float64:
+            return G.layer_sums(ly, a, self.shapes[i][0], w)
+        if not ly.is_conv:
             return (a.double() @ w.T).to(torch.int64)
-        return G.layer_sums(self.layers[i], a, self.shapes[i][0], w)
+        a = a.double().reshape(len(a), *self.shapes[i][0])
+        return G.conv_sums(a, w, ly.kernel, ly.stride, ly.padding).to(torch.int64)
 
     def accumulators(self, i: int, a: torch.Tensor, bias=None) -> torch.Tensor:
         """bias + products of layer i, before wrapping."""
         return G.add_bias(self.layers[i], self.sums(i, a), bias)
 
-    def finish(self, i: int, acc: torch.Tensor) -> torch.Tensor:
-        """Wrap, shift, saturation, ReLU, pooling: layer i's output [n, values], int64."""
-        return G.layer_finish(self.layers[i], G.wrap(acc, self.acc_bits))
+    def finish(self, i: int, acc: torch.Tensor, peak: float | None = None) -> torch.Tensor:
+        """Wrap, shift, saturation, ReLU, pooling: layer i's output [n, values], int64.
+        `peak`, the largest |acc| if known: below 2**(acc_bits-1) nothing wraps."""
+        if peak is None or peak >= 2.0 ** (self.acc_bits - 1):
+            acc = G.wrap(acc, self.acc_bits)
+        return G.layer_finish(self.layers[i], acc)
 
     def run(self, a: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, float]:
         """Layers start.. on int64 inputs a; (output, the largest |accumulator| before any
@@ -304,9 +311,9 @@ class _Runner:
         best = 1.0
         for i in range(start, len(self.layers)):
             acc = self.accumulators(i, a)
-            if acc.numel():
-                best = max(best, float(acc.abs().max()))
-            a = self.finish(i, acc)
+            peak = float(acc.abs().max()) if acc.numel() else 0.0
+            best = max(best, peak)
+            a = self.finish(i, acc, peak)
         return a, best
 
 
@@ -329,12 +336,23 @@ def run_integer(qnet: QNet, x: np.ndarray, *, acc_bits: int = 32) -> tuple[np.nd
 def integer_error(qnet: QNet, pixels: np.ndarray, labels: np.ndarray, *,
                   acc_bits: int = 32, batch: int = 5000) -> float:
     """Error in percent of the integer network (golden-model bits) on MNIST pixels."""
-    wrong = 0
+    return integer_error_and_acc(qnet, pixels, labels, acc_bits=acc_bits, batch=batch)[0]
+
+
+def integer_error_and_acc(qnet: QNet, pixels: np.ndarray, labels: np.ndarray, *,
+                          acc_bits: int = 32, batch: int = 5000) -> tuple[float, float]:
+    """(error in percent, log2 of the largest |accumulator| before wrapping) of the integer
+    network on MNIST pixels. When the largest is below 2**(acc_bits-1) nothing wrapped, so it
+    is also what `max_accumulator_log2` (64-bit accumulators) finds; else that is measured."""
+    wrong, best = 0, 0.0
     for i in range(0, len(pixels), batch):
         x = mnist_to_input(pixels[i : i + batch], qnet.input_frac)
-        y, _ = run_integer(qnet, x, acc_bits=acc_bits)
+        y, peak = run_integer(qnet, x, acc_bits=acc_bits)
         wrong += int(np.sum(predict(y) != labels[i : i + batch]))
-    return 100.0 * wrong / max(len(pixels), 1)
+        best = max(best, peak)
+    if best >= acc_bits - 1:
+        best = max_accumulator_log2(qnet, pixels, batch=batch)
+    return 100.0 * wrong / max(len(pixels), 1), best
 
 
 def max_accumulator_log2(qnet: QNet, pixels: np.ndarray, *, batch: int = 5000) -> float:
@@ -424,6 +442,6 @@ def choose_bias_rounding(qnet: QNet, x: np.ndarray, labels: np.ndarray, *,
 
 
 __all__ = ["FixedPointConfig", "Calibration", "fc_chain", "model_chain", "to_qnet",
-           "integer_error",
+           "integer_error", "integer_error_and_acc",
            "max_accumulator_log2", "run_integer", "run_layers", "round_bias",
            "choose_bias_rounding", "bias_bits_fixed"]

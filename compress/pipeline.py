@@ -31,7 +31,7 @@ from .data import Split, load_split, train_val_split
 from .errors import InputError
 from .golden import mnist_to_input
 from .fixedpoint import (FixedPointConfig, bias_bits_fixed, choose_bias_rounding, integer_error,
-                         max_accumulator_log2, to_qnet)
+                         integer_error_and_acc, max_accumulator_log2, to_qnet)
 from .models import build, compressible_layers, UNCOMPRESSED_PARAMS
 from .prune import PruneConfig, density_table, format_density, prune
 from .quantize import QuantConfig, quantize
@@ -264,8 +264,9 @@ def stage_fixedpoint(model, codebooks, indices, cfg: PipelineConfig, data: Data,
     qnet, cal = to_qnet(model, codebooks, indices, data.train.images, cfg.fixedpoint)
     qnet, bias_k = round_biases(qnet, cfg.fixedpoint, data, log=log)
     cal.bias_round = bias_k
-    e = {"test": integer_error(qnet, data.test.images, data.test.labels,
-                               acc_bits=cfg.fixedpoint.acc_bits)}
+    e_test, acc = integer_error_and_acc(qnet, data.test.images, data.test.labels,
+                                        acc_bits=cfg.fixedpoint.acc_bits)
+    e = {"test": e_test}
     if data.val is not None:
         e["val"] = integer_error(qnet, data.val.images, data.val.labels,
                                  acc_bits=cfg.fixedpoint.acc_bits)
@@ -279,8 +280,7 @@ def stage_fixedpoint(model, codebooks, indices, cfg: PipelineConfig, data: Data,
         if round(e_golden * len(pred) / 100) != round(e["test"] * len(pred) / 100):
             raise RuntimeError(f"golden model error {e_golden} != fast integer path {e['test']}")
         log(f"golden.golden on the 10k test set: {e_golden:.2f}% error (same as the fast path)")
-    acc = max(max_accumulator_log2(qnet, data.test.images),
-              max_accumulator_log2(qnet, data.train.images[: cfg.fixedpoint.calib_images]))
+    acc = max(acc, max_accumulator_log2(qnet, data.train.images[: cfg.fixedpoint.calib_images]))
     log(f"integer (golden, {cfg.fixedpoint.acc_bits}-bit acc): {_fmt(e)}; weight frac "
         f"{cal.weight_frac}, activation frac {cal.act_frac}, shifts {cal.shifts}, "
         f"largest accumulator 2^{acc:.1f} ({time.time() - t:.0f} s)")
