@@ -59,7 +59,9 @@ class Chain:
     layers: list[ChainLayer]
     softmax: str | None = None  # node of a final Softmax/LogSoftmax (dropped)
     softmax_module: str | None = None  # its module's qualified name, if it is a module
+    softmax_log: bool = False  # a LogSoftmax
     passed: list[str] = field(default_factory=list)  # Dropout / Identity nodes
+    input_shape: tuple[int, ...] | None = None  # one example entering the first layer
 
     def __iter__(self):
         return iter(self.layers)
@@ -251,6 +253,11 @@ def _walk(model: nn.Module, *, fc_only: bool) -> Chain:
             chain.softmax = node.name
             if node.op == "call_module":
                 chain.softmax_module = str(node.target)
+                chain.softmax_log = isinstance(modules[node.target], nn.LogSoftmax)
+            else:
+                chain.softmax_log = node.target in (torch.log_softmax,
+                                                    torch.nn.functional.log_softmax,
+                                                    "log_softmax")
         elif kind == "noop":
             chain.passed.append(node.name)
         data = node
@@ -456,8 +463,7 @@ def fold_batchnorm(model: nn.Module, chain: Chain) -> Chain:
             m.bias.copy_(b.to(m.bias.dtype))
         _set_module(model, c.bn, nn.Identity())
         out.append(replace(c, bn=None))
-    return Chain(layers=out, softmax=chain.softmax, softmax_module=chain.softmax_module,
-                 passed=list(chain.passed))
+    return replace(chain, layers=out, passed=list(chain.passed))
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
