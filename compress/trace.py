@@ -171,6 +171,9 @@ def _walk(model: nn.Module, *, fc_only: bool) -> Chain:
                                  f"is not {what}")
             continue
         if kind is None:
+            if sum(_depends_on(a, on_path) for a in node.all_input_nodes) > 1:
+                raise InputError(f"model: op '{_op_name(node)}' at node '{node.name}' combines "
+                                 "two tensors (a residual add?); the engine runs a single chain")
             if node.op == "call_module":
                 m = modules.get(node.target)
                 why = " (average pooling is not supported: only max pooling)" if isinstance(
