@@ -71,8 +71,9 @@ test-long: setup iverilog verilator
 	LONG=1 $(PY) -m pytest -n $(JOBS) -q tests
 
 # The lockstep engine with 8 PEs by default (ENGINE=eie: the queue engine, as many PEs as fit).
+# BUILD_DIR=DIR builds into DIR/$(BOARD)/ (default build/$(BOARD)/).
 bitstream: setup
-	$(PY) -m fpga build --board $(BOARD) $(if $(ENGINE),--engine $(ENGINE)) $(if $(filter command line environment,$(origin PES)),--pes $(PES)) $(if $(MODEL),--model $(MODEL))
+	$(PY) -m fpga build --board $(BOARD) $(if $(ENGINE),--engine $(ENGINE)) $(if $(filter command line environment,$(origin PES)),--pes $(PES)) $(if $(MODEL),--model $(MODEL)) $(if $(BUILD_DIR),--build-dir $(BUILD_DIR))
 
 bench: setup iverilog
 	$(PY) -m pip install -q -e '.[test,bench]'

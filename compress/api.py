@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import limits
 from .errors import InputError
 
 MAX_INDEX_BITS = 8
@@ -132,7 +133,23 @@ def _as_x(x, what: str) -> torch.Tensor:
     a = np.asarray(x)
     if a.dtype.kind not in "biuf":
         raise InputError(f"{what} x: expected a numeric array, got dtype {a.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    if a.dtype.kind != "f" or np.isfinite(a).all():  # NaN and inf: named with their example
+        check_values(a, f"{what} x")  # before float32 could overflow to inf
+    with np.errstate(over="ignore"):  # 1e300 beside a NaN: inf, refused with the NaN
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def check_values(a: np.ndarray, what: str) -> None:
+    """InputError unless every value of the numeric array `a` is finite and within
+    +-limits.MAX_ABS_VALUE (checked in its own dtype, so nothing overflows or warns)."""
+    if not a.size or a.dtype.kind == "b":
+        return
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise InputError(f"{what}: NaN or infinite value")
+    peak = max(abs(float(a.min())), abs(float(a.max())))
+    if peak > limits.MAX_ABS_VALUE:
+        raise InputError(f"{what}: values reach |{peak:.4g}|, beyond the +-2**31 the fixed "
+                         "point and float32 training can hold: scale them down")
 
 
 def _as_y(y, what: str) -> np.ndarray:
@@ -211,6 +228,9 @@ def materialise(data, what: str, *, max_values: int = DEFAULT_MAX_VALUES
     bad = ~torch.isfinite(x.reshape(len(x), -1)).all(1)
     if bool(bad.any()):
         raise InputError(f"{what} x: NaN or infinite value in example {int(bad.nonzero()[0])}")
+    if x.numel() and float(x.abs().max()) > limits.MAX_ABS_VALUE:
+        raise InputError(f"{what} x: values beyond the +-2**31 the fixed point and float32 "
+                         "training can hold: scale them down")
     return x.contiguous(), y
 
 
@@ -565,6 +585,12 @@ def _data(work, chain, train, val, opts, seed: int, notes: list[str],
         test = materialise(opts.test, "test", max_values=opts.max_values)
     n_out = _check_shapes(work, chain, x_tr, {"train": y_tr, "val": y_val,
                                              **({"test": test[1]} if test else {})})
+    from .train import logits
+
+    if not bool(torch.isfinite(logits(work, x_tr)).all()):  # once, before any training
+        raise InputError("model: its outputs on train x are not finite (float32 overflows): "
+                         "scale the weights or the inputs down")
+    work.eval()
     for name, (xx, _) in {"val": (x_val, y_val), **({"test": test} if test else {})}.items():
         if tuple(xx.shape[1:]) != tuple(x_tr.shape[1:]):
             raise InputError(f"{name} x: examples of shape {list(xx.shape[1:])}, train has "

@@ -64,9 +64,19 @@ class Limits:
     max_config_bytes: int = 1 << 20  # 1 MiB
     # ROM images.
     max_pes: int = 1 << 12  # processing elements in a ROM image
+    # ONNX import (a user's float network, trained further on the CPU).
+    max_onnx_nodes: int = 1 << 12  # nodes of the graph (the protobuf may hold at most 16
+    # messages and 64 other entries per node: the parse costs ~80x the bytes of tiny messages)
+    max_rank: int = 16  # axes of a tensor, or entries of a shape value, in an ONNX graph
+    max_activations: int = 1 << 20  # values one example makes in all the layers together
+    max_ops: int = 1 << 31  # multiply-adds and pooling comparisons of one example
 
 
 DEFAULTS = Limits()
+# Weights, biases and data values the tools train on: finite and at most this large in magnitude
+# (the engine's values are int16 with 32-bit accumulators; float32 training of larger values
+# overflows within a layer or two).
+MAX_ABS_VALUE = float(1 << 31)
 MAX_VALUE_BITS = 64  # a limit past 2**64 means "none"; larger numbers only cost time
 NAMES = tuple(f.name for f in dataclasses.fields(Limits))
 _overrides: dict[str, int] = {}

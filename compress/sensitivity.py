@@ -184,6 +184,9 @@ def layer_sensitivity(model: nn.Module, layers: dict[str, nn.Module], x_val, y_v
         raise InputError(f"batch must be >= 1, not {batch!r}")
     was_training = model.training
     model.eval()
+    from .train import eval_batch
+
+    batch = eval_batch(model, x, batch)  # fewer examples a batch for large feature maps
     bar = None
     try:
         dense = _accuracy(model, x, y, batch)

@@ -268,12 +268,39 @@ def _fit(model, data, cfg, *, params, after_step, before_step, desc, teacher) ->
     return {"steps": step, "loss": float(np.mean(losses)) if losses else float("nan")}
 
 
+EVAL_VALUES = 1 << 26  # activations one evaluation batch may make (256 MiB of float32)
+
+
+@torch.no_grad()
+def eval_batch(model: nn.Module, x: torch.Tensor, batch: int) -> int:
+    """`batch`, or fewer examples when one example of `x` makes so many activations (every
+    module's output, measured on x[:1]) that a batch would make more than EVAL_VALUES: a
+    network with large feature maps must not take gigabytes to evaluate."""
+    seen = [0]
+
+    def count(mod, inputs, out):
+        if isinstance(out, torch.Tensor):
+            seen[0] += out.numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not any(m.children())]
+    try:
+        model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(1, min(batch, EVAL_VALUES // max(seen[0], 1)))
+
+
 @torch.no_grad()
 def logits(model: nn.Module, images, *, batch: int = 2000) -> torch.Tensor:
     """Model outputs for MNIST pixels (uint8 array) or for a float tensor of model inputs."""
     dev = device()
     model.to(dev).eval()
     out = []
+    if len(images):
+        x0 = images[:1]
+        x0 = x0 if isinstance(x0, torch.Tensor) else to_float(x0)
+        batch = eval_batch(model, x0.to(dev), batch)
     for i in range(0, len(images), batch):
         x = images[i : i + batch]
         x = x if isinstance(x, torch.Tensor) else to_float(x)

@@ -36,6 +36,26 @@ BOARDS = {
 # 2.3-2.4 ns (docs/fpga.md section 0). 3 Mbaud is an exact divisor at 33 MHz (11). `fpga run --sim`
 # reports throughput at this clock.
 DEFAULT_CLOCK_MHZ = 33.0
+# nextpnr's fmax for that board at DEFAULT_CLOCK_MHZ, seeds 1-3 (the comment above): what
+# `fpga build --help` quotes.
+DEFAULT_CLOCK_FMAX_MHZ = (33.59, 34.06)
+
+
+def pll_range_mhz() -> tuple[float, float]:
+    """The lowest and highest clocks the board's PLL makes from its 12 MHz input (MHz)."""
+    from .top import pll_config
+
+    return pll_config(12e6, 0.0).fout / 1e6, pll_config(12e6, 1e12).fout / 1e6
+
+
+def clock_help() -> str:
+    """`--clock-mhz`'s help, from the constants and the PLL model (no figure typed twice)."""
+    lo, hi = pll_range_mhz()
+    f0, f1 = DEFAULT_CLOCK_FMAX_MHZ
+    return (f"PLL clock target, {lo:g}..{hi:g} MHz (default {DEFAULT_CLOCK_MHZ:g}: the 8-PE "
+            f"lockstep board routes at {f0:g}-{f1:g} MHz, so one run meets it; a miss is "
+            f"rebuilt once 3%% under the fmax found, at a clock where the baud divisor is exact "
+            f"if one is there, else within 2%%)")
 
 
 # nextpnr's timing-driven rip-up in the router: on the 8-PE lockstep board at 30 MHz it

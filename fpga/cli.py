@@ -7,6 +7,7 @@ shows tracebacks.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -17,13 +18,41 @@ from compress.shipped import SHIPPED_QNET, SYNTHETIC
 
 def _image(args):
     """(ROM image for args.engine and args.pes, qnet, model name)."""
+    from compress.progress import step
     from compress.shipped import load_model
     from images import build_image
 
     qnet, name = load_model(args.model)
     if not 1 <= args.pes <= 16:
         raise InputError(f"--pes must be 1..16, not {args.pes}")
-    return build_image(qnet, args.engine, args.pes), qnet, name
+    with step(f"placing the rows of {name} over {args.pes} PEs ({args.engine} engine)"):
+        return build_image(qnet, args.engine, args.pes), qnet, name
+
+
+def _fit_first(args, qnet, name) -> dict:
+    """The memories at their least, before any placement (fpga.resources.fit_bound): a network
+    that cannot fit is refused at once (exit 2) with what binds and what would fit."""
+    from .resources import fit_bound, fit_message, fits, format_analysis, what_fits
+
+    b = fit_bound(qnet, args.engine, args.pes, spram=not args.no_spram)
+    if not fits(b):
+        print(f"model: {name}\n{format_analysis(b)}")
+        raise InputError(fit_message(qnet, b, what_fits(qnet, args.engine, args.pes,
+                                                        spram=not args.no_spram, quick=False)))
+    return b
+
+
+def _refuse(args, qnet, a, *, force_hint: bool):
+    """InputError naming what binds and what would fit (the analysis `a` of the image)."""
+    from .resources import binding, fit_message, what_fits
+
+    from compress.progress import step
+
+    with step("finding what would fit"):
+        advice = what_fits(qnet, args.engine, args.pes, spram=not args.no_spram)
+    hint = (" (--force runs the tools anyway)"
+            if force_hint and binding(a)["unit"] == "blocks" else "")
+    raise InputError(fit_message(qnet, a, advice) + hint)
 
 
 def _common(p, pes=True):
@@ -44,6 +73,18 @@ def _common(p, pes=True):
                         f"it within 2%% with at least 8 clocks a bit)")
 
 
+def check_clock(clock_mhz: float) -> None:
+    """InputError unless the PLL can make `clock_mhz` (fpga.build.pll_range_mhz)."""
+    import math
+
+    from .build import pll_range_mhz
+
+    lo, hi = pll_range_mhz()
+    if not (math.isfinite(clock_mhz) and lo <= clock_mhz <= hi):
+        raise InputError(f"--clock-mhz must be {lo:g}..{hi:g} (the PLL's range from 12 MHz), "
+                         f"not {clock_mhz:g}")
+
+
 def check_baud(clock_mhz: float, baud: int) -> int:
     """The UART divisor at the PLL clock nearest `clock_mhz`; InputError for a bad baud."""
     from .top import pll_config
@@ -56,21 +97,34 @@ def check_baud(clock_mhz: float, baud: int) -> int:
 
 
 def cmd_build(args):
-    from .build import BuildError, board_platform, build, table
+    from compress.shipped import load_model
 
-    from .resources import analyse, format_analysis
+    from .build import BuildError, board_platform, build, table
+    from .resources import analyse, fit_bound, fits, format_analysis
 
     board_platform(args.board)  # unknown board: one line, exit 2, before any work
+    check_clock(args.clock_mhz)
     check_baud(args.clock_mhz, args.baud)  # before any work too
     if args.pes is None:  # the lockstep engine fits 8 PEs; the EIE engine takes what fits
         args.pes = "8" if args.engine == "lockstep" else "auto"
+    spram = not args.no_spram
+    qnet, name = load_model(args.model)
+    img = a = None
     if args.pes == "auto":
-        # The most PEs (8, 4, 2, 1) whose memories fit (the link and UART use no EBR).
+        # The most PEs (8, 4, 2, 1) whose memories fit (the link and UART use no EBR): first
+        # the bound from the non-zero counts, then the placed image.
         for pes in (8, 4, 2, 1):
             args.pes = pes
+            b = fit_bound(qnet, args.engine, pes, spram=spram)
+            if not fits(b) and pes > 1:
+                print(f"{pes} PEs: the memories need at least {b['total_ebr']} EBR of "
+                      f"{b['ebr_available']}, trying fewer")
+                continue
+            if not fits(b):
+                break  # 1 PE: refused below with the bound's figures
             img, _qnet, name = _image(args)
-            a = analyse(img, spram=not args.no_spram)
-            if a["total_ebr"] <= a["ebr_available"]:
+            a = analyse(img, spram=spram)
+            if fits(a):
                 break
             print(f"{pes} PEs: the memories need {a['total_ebr']} EBR of "
                   f"{a['ebr_available']}, trying fewer")
@@ -79,20 +133,22 @@ def cmd_build(args):
             args.pes = int(args.pes)
         except ValueError:
             raise InputError(f"--pes must be a number or 'auto', not {args.pes!r}") from None
+        if not 1 <= args.pes <= 16:
+            raise InputError(f"--pes must be 1..16, not {args.pes}")
+    if not args.force:
+        _fit_first(args, qnet, name)  # seconds before any placement, before any tool
+    if img is None or img.pes != args.pes:
         img, _qnet, name = _image(args)
-        a = analyse(img, spram=not args.no_spram)
-    if a["total_ebr"] > a["ebr_available"] and not args.force:
+        a = analyse(img, spram=spram)
+    if not fits(a) and not args.force:
         # The engine's memories alone exceed the device: a 10-minute build would end in the
         # placer's "design uses N RAM cells" error. Say so at once, with the figures.
-        print(f"model: {name}\n{format_analysis(a)}", file=sys.stderr)
-        print(f"error: {img.pes} PEs of this network need {a['total_ebr']} EBR blocks, the "
-              f"iCE40UP5K has {a['ebr_available']}: not built (see docs/fpga.md, --force to try "
-              f"anyway)", file=sys.stderr)
-        return 1
+        print(f"model: {name}\n{format_analysis(a)}")
+        _refuse(args, qnet, a, force_hint=True)
     try:
         report = build(img, board=args.board, clock_mhz=args.clock_mhz, baud=args.baud,
                        build_root=args.build_dir, seed=args.seed, model_name=name,
-                       spram=not args.no_spram, retry=not args.no_retry,
+                       spram=spram, retry=not args.no_retry,
                        queue_depth=args.queue_depth)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -103,11 +159,22 @@ def cmd_build(args):
 
 
 def cmd_resources(args):
-    from .resources import analyse, format_analysis
+    """The engine's memories against the UP5K with the board build's settings (the SPRAM plan
+    unless --no-spram): exit 0 when they fit, 2 with what binds and what would fit when not."""
+    from compress.shipped import load_model
 
+    from .resources import analyse, fits, format_analysis
+
+    qnet, name = load_model(args.model)
+    if not 1 <= args.pes <= 16:
+        raise InputError(f"--pes must be 1..16, not {args.pes}")
+    _fit_first(args, qnet, name)
     img, _qnet, name = _image(args)
+    a = analyse(img, spram=not args.no_spram)
     print(f"model: {name}")
-    print(format_analysis(analyse(img, spram=args.spram)))
+    print(format_analysis(a))
+    if not fits(a):
+        _refuse(args, qnet, a, force_hint=False)
     return 0
 
 
@@ -118,7 +185,7 @@ def cmd_run(args):
 
 
 def build_parser():
-    from .build import DEFAULT_CLOCK_MHZ
+    from .build import DEFAULT_CLOCK_MHZ, clock_help
 
     parser = _Parser(prog="python -m fpga", description="iCE40 board tops, bitstreams, host runner")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
@@ -129,12 +196,7 @@ def build_parser():
     b.add_argument("--pes", default=None,
                    help="processing elements, or 'auto': the most of 8, 4, 2, 1 that fit "
                         "(default 8 for the lockstep engine, auto for eie)")
-    b.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_MHZ,
-                   help=f"PLL clock target (default {DEFAULT_CLOCK_MHZ:g}: the 8-PE lockstep board "
-                        f"routes at 30.4-31.8 MHz, so one run meets it; 36 is the goal; a miss is "
-                        f"rebuilt once "
-                        f"3%% under the fmax found, at a clock where the baud divisor is exact if "
-                        f"one is there, else within 2%%)")
+    b.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_MHZ, help=clock_help())
     b.add_argument("--build-dir", default="build", help="build root (default build/)")
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     b.add_argument("--queue-depth", type=int, default=4,
@@ -152,7 +214,10 @@ def build_parser():
 
     r = sub.add_parser("resources", help="the engine's memories against the iCE40UP5K budget")
     _common(r)
-    r.add_argument("--spram", action="store_true", help="with the largest ROMs in SPRAM")
+    r.add_argument("--no-spram", action="store_true",
+                   help="every memory in EBR/logic, as fpga build --no-spram (default: the "
+                        "build's plan, the four largest ROMs in SPRAM)")
+    r.add_argument("--spram", action="store_true", help=argparse.SUPPRESS)  # the default now
     r.set_defaults(run=cmd_resources)
 
     h = sub.add_parser("run", help="stream inputs to a board (or the simulated board) and check "

@@ -180,11 +180,17 @@ def choose_rel_bits(qnet: QNet, *, pes: int, index_bits: int = DEFAULT_INDEX_BIT
     def build(rb):
         return build_rom(qnet, pes=pes, index_bits=index_bits, rel_bits=rb, balance=balance)
 
+    # every width needs at least one entry per non-zero: a width whose entries alone are not
+    # smaller than the best memory so far cannot win, so it is not built (a build places and
+    # orders the rows: seconds on a large network)
+    nonzeros = sum(int(np.count_nonzero(layer.index)) for layer in qnet.layers)
     best = build(DEFAULT_REL_BITS)
     for step in (1, -1):
         rb, moved = DEFAULT_REL_BITS + step, False
         # past zero fillers a wider entry only adds bits
         while 1 <= rb <= 12 and not (step > 0 and sum(sum(l.fillers) for l in best.layers) == 0):
+            if step > 0 and nonzeros * (index_bits + rb) >= entries_bits(best):
+                break  # as the comparison below would, without the build
             cand = build(rb)
             # ties go to the narrower width: stop on a tie upwards, go on through one downwards
             if (entries_bits(cand) >= entries_bits(best) if step > 0

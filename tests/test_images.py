@@ -149,3 +149,33 @@ def test_model_cycles_shape_queue_depth_and_empty_input():
     for a, b in ((1, 2), (2, 8), (8, 16)):
         assert np.all(c[b] <= c[a])
     assert c[1].sum() > c[8].sum()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_swap_totals_are_the_column_sums_of_swap_delta(seed):
+    """The sparse evaluation of every swap inside a PE (what order_for_fillers uses) gives
+    exactly the dense one's column sums, for every pair qa < qb: random shapes, densities from
+    empty to dense, reaches 2..16 (trailing gaps, rows without non-zeros, a single row)."""
+    from images.placement import _PE
+
+    rng = np.random.default_rng(seed)
+    for _ in range(25):
+        rows, cols = int(rng.integers(1, 45)), int(rng.integers(1, 40))
+        bits = rng.random((rows, cols)) < rng.choice([0.0, 0.03, 0.1, 0.3, 0.8])
+        pe = _PE(bits, int(rng.integers(1, 5)), np.int16)
+        dense = pe.swap_delta(np.arange(cols)).sum(axis=-1, dtype=np.int64)
+        upper = np.arange(rows)[:, None] < np.arange(rows)[None, :]
+        assert np.array_equal(np.where(upper, pe.swap_totals(), 0), np.where(upper, dense, 0))
+
+
+def test_eie_image_of_a_large_sparse_network_takes_seconds():
+    """784-512-512-10 at 4 % (42k non-zeros, 8 PEs): the balanced placement with its filler
+    order and the relative index width search took 23 s of CPU when every swap was evaluated
+    over all columns; about 1.3 s now (docs/engine.md, the placement's cost against size)."""
+    import time
+
+    q = random_qnet((784, 512, 512, 10), density=[0.04, 0.04, 0.26], seed=1)
+    t = time.process_time()
+    img = build_image(q, "eie", 8)
+    assert time.process_time() - t < 8.0
+    assert img.rel_bits == 5

@@ -63,8 +63,9 @@ def load_dataset(path, input_shape: tuple[int, ...] | None = None) -> dict:
             raise InputError(f"{path}: x_{split} has no examples")
         if y.min() < 0:
             raise InputError(f"{path}: y_{split}: negative label {int(y.min())}")
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            raise InputError(f"{path}: x_{split}: NaN or infinite value")
+        from ..api import check_values
+
+        check_values(x, f"{path}: x_{split}")  # finite, within range, before float32
         if shape is None:
             shape = x.shape[1:]
         elif x.shape[1:] != shape:
