@@ -41,10 +41,10 @@ class Limits:
     max_weights: int = 1 << 28  # total weights (sum of out * in over the layers): 268M
     max_dim: int = 1 << 20  # any one layer dimension (out, in) or input width: 1M
     max_layers: int = 1024  # layers in a network
-    # Conv networks (qnet version 2): the values of one example's map entering or leaving a
-    # layer (padded input, output before pooling), and the multiply-accumulates of one example
-    # through the whole network. VGG-16 on 224x224: 3.3M values, 15.5G MACs.
-    max_activations: int = 1 << 24  # 16.7M
+    # Conv networks (qnet version 2, .dcz version 3): the values of one example's map entering
+    # or leaving a layer (padded input, output before pooling), and the multiply-accumulates of
+    # one example through the whole network. VGG-16 on 224x224: 3.3M values, 15.5G MACs.
+    max_map: int = 1 << 24  # 16.7M
     max_macs: int = 1 << 36  # 68.7G
     max_code_table: int = 1 << 20  # symbols in one Huffman code table of a .dcz
     # .dcz ratio bound: a file may declare at most dcz_free_weights plus this many weights per

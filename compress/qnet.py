@@ -271,7 +271,7 @@ def chain_shapes(layers: list[Layer], input_shape: tuple[int, ...] | None
                  ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """(input shape, output shape) of each layer for one example, checking that the shapes
     chain (docs/formats.md section 9), that every derived size is at least 1 and that the maps
-    and the work per example stay within `compress.limits` (max_activations, max_macs).
+    and the work per example stay within `compress.limits` (max_map, max_macs).
     InputError naming the layer and key otherwise."""
     if input_shape is None:
         if layers and layers[0].is_conv:
@@ -281,7 +281,7 @@ def chain_shapes(layers: list[Layer], input_shape: tuple[int, ...] | None
     shape = tuple(int(d) for d in input_shape)
     if len(shape) not in (1, 3) or min(shape) < 1:
         raise InputError(f"input_shape: {list(shape)}: expected [in_0] or [C, H, W], each >= 1")
-    limits.check("max_activations", math.prod(shape), f"input_shape: {list(shape)}, values")
+    limits.check("max_map", math.prod(shape), f"input_shape: {list(shape)}, values")
     out: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     macs = 0
     for i, layer in enumerate(layers):
@@ -310,14 +310,14 @@ def chain_shapes(layers: list[Layer], input_shape: tuple[int, ...] | None
                 raise InputError(f"{k}.index: {layer.in_features} columns but in_ch * kh * kw "
                                  f"= {c} * {kh} * {kw} = {c * kh * kw}")
             hp, wp = h + 2 * ph, w + 2 * pw
-            limits.check("max_activations", c * hp * wp, f"{k}: padded input {c}x{hp}x{wp}, "
+            limits.check("max_map", c * hp * wp, f"{k}: padded input {c}x{hp}x{wp}, "
                          "values")
             if hp < kh or wp < kw:
                 raise InputError(f"{k}.kernel: {kh}x{kw} does not fit the padded input "
                                  f"{hp}x{wp} (output size < 1)")
             ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
             oc = layer.out_features
-            limits.check("max_activations", oc * ho * wo, f"{k}: output map {oc}x{ho}x{wo}, "
+            limits.check("max_map", oc * ho * wo, f"{k}: output map {oc}x{ho}x{wo}, "
                          "values")
             if ho // qh < 1 or wo // qw < 1:
                 raise InputError(f"{k}.pool: window {qh}x{qw} is larger than the {ho}x{wo} "
