@@ -159,15 +159,13 @@ class QNet:
         return self
 
     def require_fc(self, what: str = "the engine") -> "QNet":
-        """InputError unless every layer is fully connected (what the engines run today)."""
+        """InputError unless every layer is fully connected (what the engines run today; an
+        input_shape of [C, H, W] is the same flat input to them)."""
         for i, ly in enumerate(self.layers):
             if ly.kind != "fc":
                 raise InputError(f"l{i}: conv layers are not supported by {what} yet "
                                  f"(a version 2 qnet with convolution layers runs in the "
                                  f"golden model only)")
-        if self.input_shape is not None and len(self.input_shape) != 1:
-            raise InputError(f"input_shape: {list(self.input_shape)}: {what} takes flat "
-                             f"inputs only (version 1 qnets)")
         return self
 
     def to_arrays(self) -> dict[str, np.ndarray]:
