@@ -210,6 +210,8 @@ _ERROR_WHAT = {
     "quantized": "fake-quantized: shared weights in float, after centroid fine-tuning",
     "stored": "the .dcz's own values in float: int16 codebooks, biases rounded as chosen on "
               "validation",
+    "integer": "the integer network (the qnet the .dcz unpacks to) by the golden model, "
+               "32-bit accumulators",
 }
 
 
@@ -297,13 +299,36 @@ def ship(args) -> int:
     rec = ship_record(Path(best["run"]), sweep_pts, seeds, args.max_drop, note=args.note,
                       max_val=args.max_val)
     out = Path(args.out)
+    old = out / "lenet-5.json"
+    if args.keep_record and old.exists():
+        # the run is the recipe again (make models): the choice's evidence stays as recorded
+        kept = json.loads(old.read_text())
+        rec.update({k: kept[k] for k in ("note", "sweep", "other_seeds") if k in kept})
+    blob = (Path(best["run"]) / "model.dcz").read_bytes()
+    written = [out / "lenet-5.dcz"]
+    qnet = None
+    if blob[4:5] == bytes([3]):  # an integer network (qnet version 2): ship it too
+        from compress import dcz
+        from compress.qnet import load_qnet, save_qnet
+
+        qnet = dcz.unpack(blob)
+        run_q = Path(best["run"]) / "model.qnet.npz"
+        if run_q.exists() and not load_qnet(run_q, index_bits=8).equals(qnet):
+            print(f"error: {run_q} is not what {best['run']}/model.dcz unpacks to",
+                  file=sys.stderr)
+            return 1
+        qnet.validate(index_bits=4)  # the engines' 4-bit codebook indices
+        written.append(out / "lenet-5.qnet.npz")
     with atomic_path(out / "lenet-5.dcz") as tmp:
-        tmp.write_bytes((Path(best["run"]) / "model.dcz").read_bytes())
+        tmp.write_bytes(blob)
+    if qnet is not None:
+        save_qnet(qnet, out / "lenet-5.qnet.npz")
+    written.append(out / "lenet-5.json")
     with atomic_path(out / "lenet-5.json") as tmp:
         tmp.write_text(json.dumps(rec, indent=1) + "\n")
     print(f"chose {best['run']} (scale {best['scale']:g}): {rec['dcz_bytes']:,} bytes, "
           f"{rec['ratio']}x, test {best['test']:.2f}%, val {best['val']:.2f}%; wrote "
-          f"{out / 'lenet-5.dcz'} and {out / 'lenet-5.json'}")
+          f"{', '.join(map(str, written))}")
     return 0
 
 
@@ -355,6 +380,9 @@ def main(argv=None) -> int:
     r.add_argument("--max-val", type=float, default=None,
                    help="the budget rule: the smallest file with validation error <= this (%%)")
     r.add_argument("--note", default="", help="appended to the record's note")
+    r.add_argument("--keep-record", action="store_true",
+                   help="keep the note, sweep and other seeds of the existing lenet-5.json in "
+                        "--out (the runs given are the chosen recipe again, e.g. make models)")
     c = sub.add_parser("choose", help="print the point a rule chooses at each seed")
     c.add_argument("runs", nargs="+", help="run directories (or directories of them)")
     c.add_argument("--arch", default="lenet-5", choices=list(FLOAT_BYTES))

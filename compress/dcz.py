@@ -1470,7 +1470,9 @@ def layer_sizes(qnet: QNet | LayerSet) -> list[dict]:
         data, infos = _pack(ls.layers, ls.input_frac, ls.shapes)
     else:
         _check_qnet(qnet)
-        data, infos = _pack(qnet.layers, qnet.input_frac, None)
+        version = _qnet_version(qnet, None)  # the file `pack` writes, geometry included
+        data, infos = _pack(qnet.layers, qnet.input_frac, None, version,
+                            qnet.input_shape if version >= GEOMETRY_VERSION else None)
     rows = []
     tot = dict.fromkeys(("weights", "nnz", "pq_bits", "pqh_bits", "wh", "ih", "wf", "if", "iff"), 0)
     for i, (layer, inf) in enumerate(zip(qnet.layers, infos)):

@@ -129,7 +129,12 @@ def test_pipeline_model_onnx_cnn_to_a_version_2_qnet(tmp_path, capsys):
     assert [(ly.kind, ly.relu, ly.pool) for ly in q.layers] == [
         ("conv", True, (2, 2)), ("fc", True, (1, 1)), ("fc", False, (1, 1))]
     s = json.loads((out / "summary.json").read_text())
-    assert "integer" in s["accuracy"]
+    assert "integer" in s["accuracy"] and (out / "sensitivity.json").is_file()
+    assert main(["sensitivity", "--model", str(onnx_path), "--data", str(tmp_path / "d.npz"),
+                 "--out", str(tmp_path / "sens"), "--no-progress", "--densities",
+                 "1,0.5,0.2"]) == 0
+    sens = json.loads((tmp_path / "sens" / "sensitivity.json").read_text())
+    assert len(json.dumps(sens)) > 0 and "conv" in json.dumps(sens)
     # encode-inputs and golden take the version 2 qnet
     np.save(tmp_path / "xt.npy", x[240:])
     assert main(["encode-inputs", "--model", str(out / "model.qnet.npz"), "--inputs",
