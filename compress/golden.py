@@ -1,4 +1,4 @@
-"""The PyTorch golden model: integer-exact evaluation of a qnet (docs/formats.md sections 3, 9).
+"""The PyTorch golden model: integer-exact evaluation of a qnet (docs/formats.md sections 3, 7).
 
 Everything is int64 on the CPU: products and sums are exact (|sum| < in * 2**30 fits easily),
 then the accumulator is wrapped to `acc_bits` two's complement, rounded by the shift

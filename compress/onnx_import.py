@@ -14,7 +14,7 @@ plus the constant and shape arithmetic exporters put in front of a Reshape
 (Constant, Shape, Gather, Unsqueeze, Concat), as torch writes for `x.view(x.size(0), -1)` with
 a dynamic batch axis. Any other op is refused with one line naming the node and the op.
 `compress.compress_model` then takes the chain as it takes a PyTorch module (docs/formats.md
-section 9): it folds each BatchNorm into the Conv/Gemm before it, drops the final Softmax and
+section 7): it folds each BatchNorm into the Conv/Gemm before it, drops the final Softmax and
 refuses, naming the layer, what the integer network cannot hold (dilation, a pooling window
 other than its stride, a BatchNorm after a ReLU ...).
 

@@ -105,8 +105,11 @@ RECIPES: dict[str, dict] = {
                               "label_smoothing": 0.1, "shift": 2},
                   "final_retrain": {"epochs": 3, "lr": 1e-3, "weight_decay": 1e-4,
                                     "label_smoothing": 0.1, "shift": 2}},
-        # Conv layers keep 5-bit codebooks (the paper: they lose accuracy below 4 bits).
-        "quantize": {"bits": 4, "layer_bits": {"conv1": 5, "conv2": 5}, "init": "linear",
+        # 4-bit codebooks in every layer: the engines' codebooks hold 16 entries, and the
+        # shipped qnet must run on them. The conv layers had 5 bits while LeNet-5 was a .dcz
+        # only; at scale 1.25, seed 0, 4 bits cost nothing on validation (0.81% against 0.80%
+        # fake-quantized) and save 238 bytes.
+        "quantize": {"bits": 4, "init": "linear",
                      "finetune": {"epochs": 2, "lr": 1e-4, "label_smoothing": 0.1, "shift": 2}},
         "fixedpoint": {"input_frac": 8, "acc_bits": 32, "bias_round": "auto"},
     },

@@ -1,5 +1,5 @@
 """The quantized network file ("qnet"): a NumPy .npz of integer layers (docs/formats.md
-sections 2 and 9).
+sections 2 and 7).
 
 The interchange between the compression tooling, the golden model and the hardware. Version 1
 holds a chain of fully connected layers; version 2 adds convolution layers (`kind` "conv", with
@@ -47,7 +47,7 @@ _MAX_KIND_CHARS = 8  # a kind string longer than this is refused before it is re
 @dataclass(frozen=True, eq=False)
 class Layer:
     """One layer: y = post(bias + codebook[index] @ a) for "fc"; for "conv" the same weights
-    slide over the input map (docs/formats.md section 9) and a max pooling may follow.
+    slide over the input map (docs/formats.md section 7) and a max pooling may follow.
 
     `index` is [out, in] for fc and [out_ch, in_ch * kh * kw] for conv (PyTorch's
     ``weight.reshape(out_ch, -1)``); the geometry fields mean something for conv layers only.
@@ -208,7 +208,7 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
 
 def validate_layers(layers: list[Layer], *, index_bits: int = DEFAULT_INDEX_BITS,
                     input_shape: tuple[int, ...] | None = None) -> None:
-    """Check the ranges of docs/formats.md sections 2 and 9; raise InputError naming the layer
+    """Check the ranges of docs/formats.md sections 2 and 7; raise InputError naming the layer
     and key. `input_shape` None: the first layer's inputs, flat."""
     if not 1 <= index_bits <= 8:
         raise InputError(f"index_bits must be 1..8 (uint8 indices), not {index_bits!r}")
@@ -268,7 +268,7 @@ def _check_geometry(layer: Layer, k: str) -> None:
 def chain_shapes(layers: list[Layer], input_shape: tuple[int, ...] | None
                  ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """(input shape, output shape) of each layer for one example, checking that the shapes
-    chain (docs/formats.md section 9), that every derived size is at least 1 and that the maps
+    chain (docs/formats.md section 7), that every derived size is at least 1 and that the maps
     and the work per example stay within `compress.limits` (max_map, max_macs).
     InputError naming the layer and key otherwise."""
     if input_shape is None:

@@ -1,7 +1,7 @@
 """Find the layer chain inside a user's `nn.Module` with `torch.fx`; fold its BatchNorms.
 
 The engine's networks are chains: fully connected layers, or convolution layers then fully
-connected ones (docs/formats.md section 9). A user's model is any module class whose forward
+connected ones (docs/formats.md section 7). A user's model is any module class whose forward
 is such a chain: `nn.Sequential`, a custom class, or a class holding Sequentials.
 `network_chain` traces the forward with `torch.fx.symbolic_trace` and walks the graph: the data
 must flow through one path from the input to the output, and every node on it must be one of

@@ -1,4 +1,4 @@
-"""The golden model's conv layers (docs/formats.md section 9) against two references written
+"""The golden model's conv layers (docs/formats.md section 7) against two references written
 independently of compress.golden: a literal loop over every output element (Python integers,
 small shapes), and a shift-and-add numpy evaluation (one kernel offset at a time, no im2col)
 fast enough for LeNet-5 on MNIST. Random shapes, then the corners: saturation, accumulator

@@ -1,4 +1,4 @@
-"""ONNX CNNs (docs/formats.md section 9): BatchNormalization, Dropout, Softmax and LogSoftmax
+"""ONNX CNNs (docs/formats.md section 7): BatchNormalization, Dropout, Softmax and LogSoftmax
 import, and a CNN with BatchNorm goes through the pipeline to a version 2 qnet; what the
 integer network cannot hold is refused with one line naming the node or layer."""
 
