@@ -404,39 +404,57 @@ def choose_bias_rounding(qnet: QNet, x: np.ndarray, labels: np.ndarray, *,
     x = np.asarray(x)
     # the inputs of the layer being rounded, per block (int16: the layers' outputs are int16)
     blocks = [x[b0:b0 + run.step] for b0 in range(0, len(x), run.step)]
-    starts = list(range(0, len(x), run.step))
+    labs = [labels[b0:b0 + run.step] for b0 in range(0, len(x), run.step)]
 
-    def wrong(i, pre, bias) -> int:
-        """Wrong predictions with layer i's bias `bias` (later layers as they are)."""
-        total = 0
-        for j, blk in enumerate(blocks):
-            s = pre[j] if pre is not None else run.sums(i, torch.from_numpy(
-                blk.astype(np.int64)))
-            y, _ = run.run(run.finish(i, G.add_bias(layers[i], s, bias)), i + 1)
-            lab = labels[starts[j]:starts[j] + len(blk)]
-            total += int(np.sum(predict(y.numpy()) != lab))
-        return total
+    def bad_after(i, y, lab) -> np.ndarray:
+        """Which examples the layers after i get wrong, from layer i's outputs y."""
+        out, _ = run.run(torch.from_numpy(y.astype(np.int64)), i + 1)
+        return predict(out.numpy()) != lab
 
+    allowed = None
     with torch.no_grad():
-        allowed = wrong(0, None, None) + tolerance / 100.0 * len(labels) + 1e-9
         for i, layer in enumerate(layers):
             pre_size = len(x) * (math.prod(run.shapes[i][1]) * math.prod(layer.pool)
                                  if layer.is_conv else layer.out_features)
             pre = [run.sums(i, torch.from_numpy(b.astype(np.int64))) for b in blocks] \
                 if pre_size <= _CACHE_VALUES else None
+
+            def out(j, bias=None) -> np.ndarray:
+                s = pre[j] if pre is not None else \
+                    run.sums(i, torch.from_numpy(blocks[j].astype(np.int64)))
+                return run.finish(i, G.add_bias(layers[i], s, bias)).numpy().astype(np.int16)
+
+            # The reference: layer i with its exact bias. A candidate rounding changes the
+            # outputs of some examples only (a bias step under the layer's shift often changes
+            # nothing); the others keep the reference's predictions, so only the changed ones
+            # run through the later layers: the same count, much less work.
+            ref = [out(j) for j in range(len(blocks))]
+            ref_bad = [bad_after(i, r, lab) for r, lab in zip(ref, labs)]
+            if allowed is None:  # every bias exact
+                allowed = sum(int(b.sum()) for b in ref_bad) + \
+                    tolerance / 100.0 * len(labels) + 1e-9
+
+            def wrong(bias) -> int:
+                total = 0
+                for j in range(len(blocks)):
+                    y = out(j, bias)
+                    changed = (y != ref[j]).any(axis=1)
+                    bad = ref_bad[j].copy()
+                    if changed.any():
+                        bad[changed] = bad_after(i, y[changed], labs[j][changed])
+                    total += int(bad.sum())
+                return total
+
             top = int(np.abs(layer.bias.astype(np.int64)).max(initial=0)).bit_length() + 1
             best = 0
             for k in range(1, min(top, 31) + 1):
-                if wrong(i, pre, round_bias(layer.bias, k)) > allowed:
+                if wrong(round_bias(layer.bias, k)) > allowed:
                     break
                 best = k
             layers[i] = layer.with_bias(round_bias(layer.bias, best))
             run.layers[i] = layers[i]
             ks.append(best)
-            blocks = [run.finish(i, G.add_bias(layers[i], pre[j] if pre is not None else
-                                               run.sums(i, torch.from_numpy(b.astype(np.int64)))
-                                               )).numpy().astype(np.int16)
-                      for j, b in enumerate(blocks)]
+            blocks = [out(j) for j in range(len(blocks))]
     return QNet(layers=layers, input_frac=qnet.input_frac, meta=dict(qnet.meta),
                 input_shape=qnet.input_shape), ks
 
