@@ -3,8 +3,8 @@
 Each point of ours is one pipeline run (its directory holds summary.json): the recipe with one
 knob changed, ``prune.scale`` (every layer's density times the scale), all from the same
 trained dense baseline and validation split. The size is the .dcz file on disk; the error is
-the integer golden model's (LeNet-300-100) or the float model holding exactly the .dcz's
-values (LeNet-5, which the engine does not run), on the 10k test set. The validation error of
+the integer golden model's on the 10k test set (runs from before LeNet-5 had a qnet: the float
+model holding exactly the .dcz's values). The validation error of
 each point is in the table: the recipe is the smallest file whose validation error stays within
 the budget (``--max-drop`` points over the dense model's validation error); the test error
 only reports.
@@ -18,8 +18,9 @@ only reports.
         --seeds build/frontier/lenet-5-seeds
 
 `ship` applies the same rule to the LeNet-5 sweep and copies the chosen point's .dcz to
-compress/models/lenet-5.dcz with lenet-5.json beside it: its float, fake-quantized and stored
-errors on validation and test, the recipe, every sweep point, and the other seeds' runs.
+compress/models/lenet-5.dcz with lenet-5.qnet.npz (what the .dcz unpacks to) and lenet-5.json
+beside it: its float, fake-quantized and integer errors on validation and test, the recipe,
+every sweep point, and the other seeds' runs (`--keep-record`: those of the existing record).
 
 `plot` writes the PNG (matplotlib Agg) and prints a markdown table of every point and the
 published ones. The published ratios are against float32 weights and biases, as ours.
@@ -171,8 +172,9 @@ def plot(points: list[dict], png: Path, chosen: list[dict] | None = None) -> Non
                 ax.text(x, ax.get_ylim()[1], f"{r}x", fontsize=7, ha="center", va="bottom",
                         color="gray")
         ax.set_xlabel("compressed file (kB)")
-        ax.set_ylabel("test error (%), " + ("integer golden model" if arch == "lenet-300-100"
-                                            else "the file's values in float"))
+        kinds = {p["kind"] for p in pts}
+        ax.set_ylabel("test error (%), " + ("integer golden model" if kinds <= {"integer"}
+                                            else "integer, or the file's values in float"))
         ax.set_title(arch, fontsize=10, pad=14)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6.5, loc="upper right", ncol=2 if len(seeds) > 3 else 1)

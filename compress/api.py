@@ -4,9 +4,12 @@
     result.save(DIR)    # model.dcz, model.qnet.npz, report.txt, summary.json
     xi = compress.encode_inputs(x, result.qnet)
 
-`model` is a trained `nn.Module` whose forward is a Linear/ReLU chain (found by tracing it,
-`compress.trace`); a network with Conv2d layers compresses to a .dcz only (`result.qnet` is
-None). `x` is in the model's own input units and shape, `y` integer class labels.
+`model` is a trained `nn.Module` whose forward is a chain of Linear/ReLU layers, or of Conv2d
+layers (with max pooling) then Linear ones, BatchNorms after them, Dropout and a final
+Softmax allowed (found by tracing it, `compress.trace`; docs/formats.md section 7). The
+BatchNorms are folded and the Softmax dropped in a working copy before anything else; a CNN
+gives a version 2 qnet. `x` is in the model's own input units and shape, `y` integer class
+labels.
 
 The steps, all on the validation split:
 
@@ -31,7 +34,8 @@ and ``index_bits`` per layer, ``input_frac``, ``input_max_abs``, ``dcz_bytes``,
 ``uncompressed_bytes`` (float32 weights and biases), ``ratio`` (their quotient), ``chosen``
 (one sentence), ``attempts`` (each try's densities, bits, accuracies), ``sensitivity`` (the
 curves), ``seconds`` per stage, ``notes`` (warnings), and the model, shape, examples, seed,
-max_drop and device. A network with conv layers has no integer accuracy (``engine`` false).
+max_drop and device; ``input_shape`` and ``kinds`` (fc/conv per layer) of the qnet, and
+``engine``: whether the RTL engines run it today (fully connected layers only).
 """
 
 from __future__ import annotations
