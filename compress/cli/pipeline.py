@@ -336,10 +336,11 @@ def _pipeline_model(args) -> int:
         acc["dense"]["test"], final, acc[final]["test"]))
     print("density " + ", ".join(f"{k} {v:.3f}" for k, v in s["density"].items()) +
           "; index bits " + ", ".join(f"{k} {v}" for k, v in s["index_bits"].items()))
-    written = ["model.dcz"] + (["model.qnet.npz"] if result.qnet is not None else []) + \
-        ["report.txt", "summary.json", "sensitivity.json", "sensitivity.txt", "sensitivity.png"]
+    written = ["model.dcz", "model.qnet.npz", "report.txt", "summary.json", "sensitivity.json",
+               "sensitivity.txt", "sensitivity.png"]
     print(f"wrote {out}/: {', '.join(written)}" +
-          ("" if result.qnet is not None else " (conv layers: .dcz only, no qnet)"))
+          (" (a version 2 qnet: conv layers, which the golden model runs; the RTL engine and "
+           "the board do not yet)" if result.qnet.has_conv else ""))
     return 0
 
 
@@ -352,7 +353,7 @@ def ship(cfg, dest: Path) -> None:
 
     src = Path(cfg.out) / "model.dcz"
     if not src.exists():
-        raise InputError(f"{src}: no .dcz to ship (the network must be fully connected)")
+        raise InputError(f"{src}: no .dcz to ship (run the fixedpoint stage first)")
     data = src.read_bytes()
     qnet = dcz.unpack(data)
     qnet.validate(index_bits=4)  # the engine's 4-bit codebook indices
