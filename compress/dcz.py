@@ -1378,15 +1378,12 @@ def read_dcz(path: str | Path) -> QNet:
 
 
 def read_file(path: str | Path) -> bytes:
-    path = Path(path)
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, expected a .dcz file") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    """A .dcz file's bytes (a regular file, at most 4 bytes a weight of max_weights + 64 MiB:
+    no layer of a file within the limits codes a weight in more)."""
+    from .infile import read_input
+
+    return read_input(path, max_bytes=4 * limits.get().max_weights + (64 << 20),
+                      limit="max_weights", expected="a .dcz file")
 
 
 def info(data: bytes) -> dict:

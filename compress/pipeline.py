@@ -122,7 +122,7 @@ def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
         nested = isinstance(v, dict) and isinstance(out.get(k), dict)
-        if nested and k not in ("levels", "layer_bits"):
+        if nested and k not in ("levels", "layer_bits", "patterns"):
             out[k] = _merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
@@ -153,14 +153,10 @@ def _build(cls, d: dict, where: str):
 def read_config_file(path: str | Path) -> dict:
     from . import limits
 
+    from .infile import read_text
+
     p = Path(path)
-    try:
-        limits.check("max_config_bytes", p.stat().st_size, f"{p}: size")
-        text = p.read_text()
-    except OSError as e:
-        raise InputError(f"{p}: cannot read config ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{p}: bad config file (not UTF-8 text)") from None
+    text = read_text(p, limit="max_config_bytes", expected="a config file")
     try:
         return tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:

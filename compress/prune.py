@@ -9,6 +9,11 @@ Thresholds (`PruneMethod`, built by `make_threshold`):
 * ``std``: the paper's rule, |w| > quality x std(w) over the layer's current weights;
 * ``percentile``: keep exactly the top ``density`` fraction of the layer by magnitude.
 
+Patterns (`PruneConfig.pattern`): ``unstructured`` keeps what the threshold keeps; ``lockstep``
+(`compress.pattern`, the board's engine) keeps as many weights in every fully connected layer,
+chosen so that each column has the same count in every PE's rows (conv layers stay
+unstructured).
+
 Schedules:
 
 * iterative (`prune_iterative`): prune -> retrain with the mask held, for a list of steps; the
@@ -31,6 +36,7 @@ from torch import nn
 from .data import Split
 from .errors import InputError
 from .models import compressible_layers
+from .pattern import UNSTRUCTURED, check_pattern, lockstep_mask
 from .train import TrainConfig, fit, teacher_logits, world
 
 
@@ -98,9 +104,25 @@ class PruneConfig:
     # Percentile: every layer's final density times this (the recipe's one knob for sweeping
     # size against error; 1.0 = the densities as written).
     scale: float = 1.0
+    # The sparsity pattern (`compress.pattern`): "unstructured", or "lockstep" for the board's
+    # engine with pattern_pes PEs and pattern_rel_bits-bit relative row indices (row p in PE
+    # p % pattern_pes; pattern_bound_gaps: no PE's gap needs a filler entry; pattern_split_ends:
+    # no accumulator hazard between columns, True, False or "auto" where it costs little
+    # magnitude); `patterns` per layer, `pattern` for the others.
+    pattern: str = "unstructured"
+    patterns: dict[str, str] = field(default_factory=dict)
+    pattern_pes: int = 8
+    pattern_rel_bits: int = 4
+    pattern_bound_gaps: bool = True
+    pattern_split_ends: bool | str = "auto"
 
     def validate(self, layer_names) -> "PruneConfig":
         make_threshold(self.method)
+        for pat in [self.pattern, *self.patterns.values()]:
+            check_pattern(pat, self.pattern_pes, self.pattern_rel_bits)
+        if self.pattern_split_ends not in (True, False, "auto"):
+            raise InputError(f"pattern_split_ends must be true, false or \"auto\", not "
+                             f"{self.pattern_split_ends!r}")
         if self.schedule not in {s.value for s in Schedule}:
             names = ", ".join(s.value for s in Schedule)
             raise InputError(f"pruning schedule must be one of {names}, not {self.schedule!r}")
@@ -109,6 +131,10 @@ class PruneConfig:
         unknown = sorted(set(self.levels) - set(layer_names))
         if unknown:
             raise InputError(f"pruning level for unknown layer {unknown[0]!r} "
+                             f"(layers: {', '.join(layer_names)})")
+        unknown = sorted(set(self.patterns) - set(layer_names))
+        if unknown:
+            raise InputError(f"pruning pattern for unknown layer {unknown[0]!r} "
                              f"(layers: {', '.join(layer_names)})")
         for name in layer_names:
             lv = self.level_for(name)
@@ -159,8 +185,53 @@ def update_masks(model, masks, cfg: PruneConfig, s: int, n: int) -> dict[str, to
     for name, mask in masks.items():
         w = layers[name].weight.detach()
         out[name] = thr(w, mask.to(w.device), step_level(cfg, name, s, n))
+    out = _apply_patterns(model, layers, masks, out, cfg)
     _sync_masks(out)
     apply_masks(model, out)
+    return out
+
+
+def _chain_names(model, layers) -> list[str] | None:
+    """The compressible layers' names in forward order when the model is a chain of Linear
+    layers (the engine's networks), else None."""
+    from .fixedpoint import fc_chain
+
+    try:
+        chain = fc_chain(model)
+    except InputError:
+        return None
+    names = {id(m): k for k, m in layers.items()}
+    order = [names.get(id(lin)) for lin, _relu in chain]
+    return order if None not in order and sorted(order) == sorted(layers) else None
+
+
+def _apply_patterns(model, layers, old, new, cfg: PruneConfig) -> dict[str, torch.Tensor]:
+    """The threshold's masks `new` recut in each layer's pattern, as many weights each.
+
+    In a chain of Linear layers the last layer goes first: a hidden unit that no weight of
+    the next layer reads any more is dead, and its incoming weights are not kept (they would
+    cost bytes and cycles for nothing; with a coarse pattern units die that magnitude alone
+    would have kept alive), so the layer's count goes to live units.
+    """
+    patterned = [k for k in new if cfg.patterns.get(k, cfg.pattern) != UNSTRUCTURED
+                 and layers[k].weight.ndim == 2]
+    if not patterned:
+        return new
+    chain = _chain_names(model, layers)
+    order = list(reversed(chain)) if chain else list(new)
+    out = dict(new)
+    for name in order:
+        if name not in patterned:
+            continue
+        w = layers[name].weight.detach()
+        alive = old[name].cpu().numpy()
+        if chain and name != chain[-1]:
+            nxt = chain[chain.index(name) + 1]
+            alive = alive & out[nxt].cpu().numpy().any(axis=0)[:, None]
+        pat = lockstep_mask(w.cpu().numpy(), alive, int(new[name].sum()),
+                            pes=cfg.pattern_pes, rel_bits=cfg.pattern_rel_bits,
+                            bound_gaps=cfg.pattern_bound_gaps, split_ends=cfg.pattern_split_ends)
+        out[name] = torch.from_numpy(pat).to(w.device)
     return out
 
 

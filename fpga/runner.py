@@ -226,7 +226,15 @@ def run_cli(args) -> int:
             divisor = baud_divisor(mhz * 1e6, args.baud)
         except ValueError as e:
             raise InputError(f"--baud: {e}") from None
-        rom = build_image(qnet, args.engine, args.pes)
+        from compress.progress import step
+
+        from .resources import check_board_fit
+
+        # the simulated board is the board: a network the UP5K cannot hold is refused at once
+        check_board_fit(qnet, args.engine, args.pes, spram=not args.no_spram)
+        with step(f"placing the rows over {args.pes} PEs ({args.engine} engine)"):
+            rom = build_image(qnet, args.engine, args.pes)
+        check_board_fit(qnet, args.engine, args.pes, spram=not args.no_spram, img=rom)
         print(f"simulated board: {args.engine} engine, {args.pes} PEs, UART at {divisor} clocks "
               f"a bit ({args.baud:,} baud at {mhz:g} MHz)")
         with simulated_board(rom, spram=not args.no_spram, divisor=divisor) as transport:

@@ -9,7 +9,8 @@ two PEs. Layout:
   the slot-minimising search of `images.placement.place_search`): physical row p is logical row
   perm[p]; the next layer's columns are permuted the same way, so the network computed is the
   same. The last layer is never permuted (outputs come out in order) and
-  neither are the inputs.
+  neither are the inputs. A layer whose logical order already gives every column the fewest
+  slots possible (`images.balance.at_bound`: a network pruned for this engine) keeps it.
 * Per PE and column the entries are the EIE (v, z) entries of `images.csc.encode_csc`
   (v = codebook index, 0 = filler; z = zero rows before it; fillers where a gap exceeds
   2**rel_bits - 1). Column c gets L(c) = max over PEs of its entry count "slots"; a PE with fewer
@@ -143,6 +144,8 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
     if placement not in PLACEMENTS:
         raise InputError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
     qnet.validate(index_bits=index_bits)
+    from .balance import at_bound  # here: `python -m images.balance` imports this module
+
     K = 1 << index_bits
     L = qnet.num_layers
     if perms is not None:
@@ -159,6 +162,10 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
                 perms.append(np.arange(layer.out_features, dtype=np.int64))
             elif placement == "lpt":
                 perms.append(place_longest_first(np.count_nonzero(layer.index, axis=1), pes))
+            elif at_bound(layer.index, pes, rel_bits=rel_bits):
+                # already optimal in logical order (a network pruned for this engine,
+                # compress.pattern): keep it, no search can do better
+                perms.append(np.arange(layer.out_features, dtype=np.int64))
             else:
                 # search effort ~ sqrt(layer size): 2 nominal seconds for LeNet-300-100's l0
                 # (784 x 300), less where a small layer has converged long before

@@ -237,6 +237,9 @@ def _pipeline_args(p):
     p.add_argument("--attempts", type=int, default=None,
                    help="with --model: tries, each denser than the last, to meet --max-drop "
                         "(default 3)")
+    p.add_argument("--for-board", default=None, metavar="BOARD",
+                   help="prune in the pattern of BOARD's engine (icebreaker: every column even "
+                        "over the lockstep engine's 8 PEs; default: unstructured)")
     p.add_argument("--baseline", default=None, help="start from this dense checkpoint")
     p.add_argument("--out", default=None, help="output directory (default build/compress)")
     p.add_argument("--stages", default="train,prune,quantize,fixedpoint",
@@ -260,6 +263,11 @@ def _pipeline(args):
         if value is not None:
             raise InputError(f"{flag} goes with --model (the recipes take --config/--set)")
     cfg = _config(args)
+    if args.for_board is not None:
+        from ..pattern import prune_settings
+
+        for k, v in prune_settings(args.for_board).items():
+            setattr(cfg.prune, k, v)
     if args.baseline:
         cfg.baseline = args.baseline
     if args.out:
@@ -272,6 +280,11 @@ def _pipeline(args):
     if args.ship and is_main():
         ship(cfg, Path(args.ship))
     return 0 if summary else 1
+
+
+def _one_line_warning(message, *_args, **_kwargs) -> None:
+    """warnings.showwarning for the CLI: one line on stderr, not the source line Python adds."""
+    print(f"warning: {str(message).splitlines()[0]}", file=sys.stderr, flush=True)
 
 
 def _pipeline_model(args) -> int:
@@ -304,24 +317,30 @@ def _pipeline_model(args) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise InputError(f"--max-steps must be >= 1, not {args.max_steps}")
     model = load_model(args.model)
+    from ..trace import network_chain
+
+    network_chain(model)  # a layer the integer network cannot hold: one line, before anything
     data = load_dataset(args.data, model.input_shape)
     # One CPU thread unless asked, as for the recipes (fastest on a shared 2-core machine).
     opts: dict = {"test": data["test"], "progress": not args.no_progress,
                   "threads": 1 if args.threads is None else args.threads}
     for key, value in (("epochs", args.epochs), ("prune_rounds", args.prune_rounds),
-                       ("attempts", args.attempts)):
+                       ("attempts", args.attempts), ("for_board", args.for_board)):
         if value is not None:
             opts[key] = value
     if args.max_steps is not None:  # a cap on the steps of every retraining round
         opts["round_steps"] = (min(150, args.max_steps), args.max_steps)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    if data["val"] is None:
+        print(f"note: {args.data} has no x_val/y_val: a validation split is held out of x_train "
+              "(10 %, seeded by --seed); max_drop is judged on it", file=sys.stderr)
+    with warnings.catch_warnings():
+        # each warning once, as one line, when it happens (not after an hour of training)
+        warnings.simplefilter("default")
+        warnings.showwarning = _one_line_warning
         result = compress_model(model, train=data["train"], val=data["val"],
                                 seed=0 if args.seed is None else args.seed,
                                 max_drop=0.5 if args.max_drop is None else args.max_drop,
                                 **opts)
-    for w in caught:  # one line each, not the source line Python's formatter adds
-        print(f"warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
     result.save(out)
     if result.sensitivity is not None:
         write_sensitivity(result.sensitivity, out)
@@ -331,7 +350,8 @@ def _pipeline_model(args) -> int:
     met = "met" if s["met_max_drop"] else "NOT met"
     print(f"{args.model}: .dcz {s['dcz_bytes']:,} bytes, {s['ratio']:.1f}x smaller than float32 "
           f"({s['uncompressed_bytes']:,} bytes); max_drop {s['max_drop']} {met} "
-          f"(validation drop {s['drop']:.2f} points)")
+          f"(validation drop {s['drop']:.2f} points on {s['examples']['val']} examples, "
+          f"{100 / s['examples']['val']:.2f} points each)")
     print("test accuracy: dense {:.2f}%, {} {:.2f}%".format(
         acc["dense"]["test"], final, acc[final]["test"]))
     print("density " + ", ".join(f"{k} {v:.3f}" for k, v in s["density"].items()) +
@@ -354,7 +374,7 @@ def ship(cfg, dest: Path) -> None:
     src = Path(cfg.out) / "model.dcz"
     if not src.exists():
         raise InputError(f"{src}: no .dcz to ship (run the fixedpoint stage first)")
-    data = src.read_bytes()
+    data = dcz.read_file(src)
     qnet = dcz.unpack(data)
     qnet.validate(index_bits=4)  # the engine's 4-bit codebook indices
     dest.mkdir(parents=True, exist_ok=True)
@@ -386,10 +406,7 @@ def _report(args):
 
     path = Path(args.model)
     if path.suffix == ".dcz":
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise InputError(f"{path}: cannot read ({e.strerror})") from None
+        raw = dcz.read_file(path)
         qnet, size = dcz.unpack(raw), len(raw)
     else:
         qnet, size = load_qnet(path, index_bits=8), len(dcz.pack(load_qnet(path, index_bits=8)))

@@ -111,8 +111,49 @@ def _encode_args(p):
     p.add_argument("--model", required=True, help="the network: qnet .npz or .dcz (its "
                                                   "input_frac sets the scaling)")
     p.add_argument("--inputs", required=True,
-                   help="float inputs .npy [batch, ...] in the model's own units and shape")
+                   help="float inputs [batch, ...] in the model's own units and shape: an .npy, "
+                        "or an array of an .npz as D.npz:KEY (e.g. the data set's "
+                        "D.npz:x_test) or with --key")
+    p.add_argument("--key", default=None,
+                   help="the array of an .npz --inputs to encode (e.g. x_test)")
     p.add_argument("--out", required=True, help="where to write the int16 [batch, in_0] .npy")
+
+
+def read_inputs_array(spec: str, key: str | None = None) -> tuple[np.ndarray, str, str]:
+    """(array, its file, a name for messages) from an .npy, or from an .npz with `key` or as
+    "FILE.npz:KEY" (the file's own name wins when such a file exists). An .npz without a key is
+    refused with the names of its arrays."""
+    from ..qnet import read_npy, read_npz
+
+    path = spec
+    if key is None and ":" in spec and not Path(spec).exists():
+        path, key = spec.rsplit(":", 1)
+        if not key:
+            raise InputError(f"--inputs {spec}: no array name after ':'")
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+    except FileNotFoundError:
+        raise InputError(f"--inputs {path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"--inputs {path}: is a directory") from None
+    except OSError as e:
+        raise InputError(f"--inputs {path}: cannot read ({e.strerror or e})") from None
+    if not is_zip:
+        if key is not None:
+            raise InputError(f"--inputs {path}: an .npy holds one array; --key / :{key} is for "
+                             "an .npz")
+        return read_npy(p, name=path), path, path
+    names: list[str] = []
+    got = read_npz(p, keys=lambda k: names.append(k) or k == key)
+    if key is None:
+        raise InputError(f"--inputs {path} is an .npz: name the array to encode, "
+                         f"{path}:KEY or --key KEY (it holds {', '.join(names) or 'nothing'})")
+    if key not in got:
+        raise InputError(f"--inputs {path}: no array {key!r} (it holds "
+                         f"{', '.join(names) or 'nothing'})")
+    return got[key], path, f"{path}:{key}"
 
 
 @command("encode-inputs", "float inputs -> the engine's int16 inputs (the qnet's input_frac)")(
@@ -121,11 +162,11 @@ def _encode_inputs(args):
     from ..api import encode_inputs
     from ..atomic import refuse_same_path
     from ..atomic import save_npy
-    from ..qnet import read_npy
 
-    refuse_same_path(args.out, args.inputs, args.model)
+    x, path, name = read_inputs_array(args.inputs, args.key)
+    refuse_same_path(args.out, path, args.model)
     qnet = load_engine_net(args.model)
-    x = read_npy(args.inputs)
+    args.inputs = name
     if x.dtype.kind not in "iuf":
         raise InputError(f"{args.inputs}: expected numbers, got dtype {x.dtype}")
     if x.ndim < 2 or len(x) == 0:

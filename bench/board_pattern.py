@@ -1,0 +1,227 @@
+"""The board's pruning pattern against unstructured pruning: accuracy, size and lockstep cycles.
+
+    python -m bench.board_pattern lenet DIR... [--data MNIST_DIR] [--count 1000]
+        one row per pipeline output directory (summary.json, model.qnet.npz, model.dcz), e.g.
+        `python -m compress pipeline --arch lenet-300-100 --seed S [--for-board icebreaker]`
+    python -m bench.board_pattern user --out DIR [--seeds 0,1,2]
+        a user's MLP on data that is not MNIST (seeded synthetic sensor features, 6 classes),
+        trained here, compressed by `compress.compress_model` at the same densities with and
+        without `for_board="icebreaker"`; writes DIR/<pattern>-s<seed>/ and DIR/table.md
+
+Cycles are those of the lockstep engine with 8 PEs at rel_bits 4 and the board's
+`drain_share` 2: the slot cycles (`images.lockstep.lockstep_cycles`), the accumulator hazards
+(`images.balance.holds`) and the engine's cycle model (`images.lanes`, option "lockstep",
+queue depth 2, which is about 5 % pessimistic on the shipped network; docs/lanes.md); MAC
+utilisation = useful MACs / (8 x cycles). The RTL figures come from `python -m tb sim`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .util import md_table
+
+PES = 8
+REL_BITS = 4
+DRAIN_SHARE = 2
+
+
+def engine_figures(qnet, x: np.ndarray) -> dict:
+    """Per-input means of the lockstep figures of `qnet` on int16 inputs x."""
+    from compress.golden import run_layers
+    from images.balance import holds, layer_slots
+    from images.lanes import model, useful_macs
+    from images.lockstep import build_lockstep, lockstep_cycles
+
+    img = build_lockstep(qnet, PES, rel_bits=REL_BITS)
+    acts = [x] + run_layers(qnet, x)[:-1]
+    perms = [ll.perm for ll in img.layers]
+    slots = lockstep_cycles(img, acts)
+    hz = holds(img, acts)
+    useful = useful_macs(qnet.layers, acts)
+    cyc = model(qnet.layers, perms, acts, "lockstep", pes=PES, depth=2,
+                drain_share=DRAIN_SHARE, rel_bits=REL_BITS)
+    per_layer = []
+    for i, (layer, ll) in enumerate(zip(qnet.layers, img.layers)):
+        idx = layer.index if i == 0 else layer.index[:, img.layers[i - 1].perm]
+        per_layer.append(layer_slots(idx, PES, perm=ll.perm, rel_bits=REL_BITS))
+    return {
+        "layers": per_layer,
+        "slot_cycles": float(slots.sum(axis=1).mean()),
+        "hazards": float(hz.sum(axis=1).mean()),
+        "useful_macs": float(useful.sum(axis=1).mean()),
+        "model_cycles": float(cyc.sum(axis=1).mean()),
+        "slot_util": float(useful.sum() / (PES * slots.sum())),
+        "model_util": float(useful.sum() / (PES * cyc.sum())),
+        "identity": all(np.array_equal(ll.perm, np.arange(len(ll.perm))) for ll in img.layers),
+    }
+
+
+def _row(name, err, size, ratio, f) -> list:
+    lay = f["layers"]
+    return [name, err, f"{size:,}", f"{ratio:.1f}x",
+            " / ".join(f"{s['slots']}" for s in lay), " / ".join(f"{s['bound']}" for s in lay),
+            str(sum(s["fillers"] for s in lay)), f"{f['slot_cycles']:.1f}",
+            f"{f['hazards']:.1f}", f"{f['model_cycles']:.1f}", f"{100 * f['model_util']:.1f}%"]
+
+
+HEAD = ["network", "test error", ".dcz bytes", "ratio", "slots per layer",
+        "bound", "fillers", "slot cycles / input", "hazards / input",
+        "modelled cycles (depth 2, share 2)", "modelled MAC util."]
+
+
+def cmd_lenet(args) -> int:
+    from compress.data import load_split
+    from compress.golden import mnist_to_input
+    from compress.qnet import load_qnet
+
+    split = load_split("test", args.data)
+    rows, data = [], {}
+    for d in args.dirs:
+        d = Path(d)
+        s = json.loads((d / "summary.json").read_text())
+        q = load_qnet(d / "model.qnet.npz")
+        x = mnist_to_input(split.images[: args.count], q.input_frac)
+        f = engine_figures(q, x)
+        e = s["errors"]["integer"]
+        rows.append(_row(str(d), f"{e['test']:.2f}% (val {e['val']:.2f}%)", s["dcz_bytes"],
+                         s["ratio"], f))
+        data[str(d)] = {"errors": s["errors"], "dcz_bytes": s["dcz_bytes"], **f}
+    print(md_table(HEAD, rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=1) + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's MLP on data that is not MNIST
+
+
+FEATURES, CLASSES = 96, 6
+
+
+def user_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n examples of 96 sensor features (in their own units, 0..10) and a class 0..5.
+
+    Each class is a mixture of three prototypes over correlated features; the label is
+    nearest-prototype plus 3 % label noise. Seed 1234 fixes the prototypes; `seed` the draw.
+    """
+    proto_rng = np.random.default_rng(1234)
+    protos = proto_rng.normal(0, 1, (CLASSES * 3, FEATURES))
+    mix = proto_rng.normal(0, 1, (FEATURES, FEATURES)) / np.sqrt(FEATURES)
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, CLASSES, n)
+    which = y * 3 + rng.integers(0, 3, n)
+    z = protos[which] + rng.normal(0, 1.1, (n, FEATURES))
+    x = np.tanh(z @ mix) * 5 + 5  # correlated, bounded: readings 0..10
+    flip = rng.random(n) < 0.03
+    y = np.where(flip, rng.integers(0, CLASSES, n), y)
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def user_model():
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(FEATURES, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+                         nn.Linear(128, CLASSES))
+
+
+def _train(model, x, y, *, epochs: int, seed: int) -> None:
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt), generator=g)
+        for i in range(0, len(xt), 128):
+            b = perm[i: i + 128]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xt[b]), yt[b]).backward()
+            opt.step()
+
+
+def cmd_user(args) -> int:
+    import torch
+
+    import compress
+    from compress.models import compressible_layers
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    torch.set_num_threads(1)
+    x_tr, y_tr = user_data(30000, 1)
+    x_va, y_va = user_data(5000, 2)
+    x_te, y_te = user_data(5000, 3)
+    rows, data = [], {}
+    densities = None
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = user_model()
+        _train(model, x_tr, y_tr, epochs=args.epochs, seed=seed)
+        with torch.no_grad():
+            dense = 100 * float((model(torch.from_numpy(x_te)).argmax(1).numpy() == y_te).mean())
+        print(f"seed {seed}: dense test accuracy {dense:.2f}%", flush=True)
+        if densities is None:
+            # the densities: compress_model's own choice for seed 0's model, unstructured;
+            # then every run uses them, so the two patterns prune to the same densities
+            r = compress.compress_model(model, train=(x_tr, y_tr), val=(x_va, y_va),
+                                        test=(x_te, y_te), seed=seed, max_drop=args.max_drop,
+                                        progress=False)
+            densities = {k: round(v, 4) for k, v in r.summary["density"].items()}
+            names = list(compressible_layers(model))
+            print(f"densities (compress_model's choice, seed {seed}): {densities}", flush=True)
+            assert list(densities) == names
+        for board in (None, "icebreaker"):
+            name = f"{board or 'unstructured'}-s{seed}"
+            r = compress.compress_model(model, train=(x_tr, y_tr), val=(x_va, y_va),
+                                        test=(x_te, y_te), seed=seed, max_drop=args.max_drop,
+                                        densities=densities, attempts=1, for_board=board,
+                                        progress=False)
+            r.save(out / name)
+            xi = compress.encode_inputs(x_te, r.qnet)
+            np.save(out / name / "xi.npy", xi)
+            np.save(out / name / "y.npy", y_te)
+            f = engine_figures(r.qnet, xi[: args.count])
+            s = r.summary
+            err = 100 - s["accuracy"]["integer"]["test"]
+            rows.append(_row(name, f"{err:.2f}% (dense {100 - dense:.2f}%)", s["dcz_bytes"],
+                             s["ratio"], f))
+            data[name] = {"dense_test_acc": dense, "accuracy": s["accuracy"],
+                          "density": s["density"], "dcz_bytes": s["dcz_bytes"], **f}
+            print(md_table(HEAD, rows[-1:]), flush=True)
+    md = md_table(HEAD, rows)
+    (out / "table.md").write_text(md + "\n")
+    (out / "figures.json").write_text(json.dumps(data, indent=1, default=float) + "\n")
+    print(md)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.board_pattern",
+                                description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("lenet", help="figures of LeNet-300-100 pipeline outputs")
+    a.add_argument("dirs", nargs="+")
+    a.add_argument("--data", required=True, help="MNIST directory")
+    a.add_argument("--count", type=int, default=1000, help="MNIST test digits (1000)")
+    a.add_argument("--json", default=None, help="also write the figures here")
+    u = sub.add_parser("user", help="a user's MLP on synthetic sensor data, both patterns")
+    u.add_argument("--out", required=True)
+    u.add_argument("--seeds", default="0,1,2")
+    u.add_argument("--epochs", type=int, default=20)
+    u.add_argument("--max-drop", type=float, default=0.5)
+    u.add_argument("--count", type=int, default=1000, help="test inputs for the cycles")
+    args = p.parse_args(argv)
+    return cmd_lenet(args) if args.cmd == "lenet" else cmd_user(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
