@@ -141,6 +141,8 @@ class QNet:
     @property
     def out_features(self) -> int:
         """Values of the last layer's output, flattened."""
+        if not self.layers[-1].is_conv:
+            return self.layers[-1].out_features
         return math.prod(self.layer_shapes()[-1][1])
 
     def layer_shapes(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
