@@ -330,9 +330,10 @@ def test_encode_inputs_takes_an_array_of_an_npz(files, qnet_path, tmp_path, caps
 
 
 def test_pipeline_says_when_it_holds_out_a_validation_split(files, tmp_path, capsys):
-    """A data set without x_val/y_val: the pipeline says on stderr, before the work, that it
-    holds a tenth of x_train out, and the report names the examples; the result line gives
-    the drop with the split's resolution and never below zero."""
+    """A data set without x_val/y_val: the pipeline says on stderr that it held a tenth of
+    x_train out (at the start in the stage lines, or at the end with --no-progress), and the
+    report names the examples; the result line gives the drop with the split's resolution and
+    never below zero."""
     d = np.load(files / "tiny.npz")
     data = tmp_path / "noval.npz"
     np.savez(data, **{k: d[k] for k in ("x_train", "y_train", "x_test", "y_test")})
@@ -343,7 +344,7 @@ def test_pipeline_says_when_it_holds_out_a_validation_split(files, tmp_path, cap
                      "--out", str(out), "--max-steps", "5", "--prune-rounds", "1",
                      "--attempts", "1", "--max-drop", "50", "--no-progress"]) == 0
     cap = capsys.readouterr()
-    assert "has no x_val/y_val: a validation split is held out of x_train" in cap.err
+    assert "has no x_val/y_val: 40 examples of x_train were held out" in cap.err
     assert "40 examples held out of train" in (out / "report.txt").read_text()
     line = next(ln for ln in cap.out.splitlines() if "validation drop" in ln)
     assert "on 40 examples, 2.50 points each" in line and "drop -" not in line

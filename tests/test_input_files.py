@@ -117,6 +117,8 @@ def test_every_reader_refuses_devices_fifos_and_directories(tmp_path, goods):
         "config": ("c.json", ["pipeline", "--arch", "lenet-300-100", "--config", "{}",
                               "--out", out / "p"]),
         "checkpoint": ("c.npz", ["prune", "--checkpoint", "{}", "--out", out / "c.npz"]),
+        "encode-inputs": ("x.npz", ["encode-inputs", "--model", goods / "q.npz", "--inputs",
+                                    "{}", "--out", out / "xi.npy"]),
         "manifest": ("manifest.json", ["read_rom", "{dir}"]),
         "idx": ("t10k-images-idx3-ubyte.gz", ["read_idx", "{}"]),
     }

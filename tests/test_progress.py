@@ -34,19 +34,28 @@ def test_the_mark_comes_from_the_environment(monkeypatch):
         assert progress.after_s() == progress.AFTER_S
 
 
-def test_a_bar_in_a_log_writes_whole_lines():
-    """Not a terminal: tqdm's carriage-return redraws become lines, the first and the last
-    at least, at most one every LOG_EVERY_S seconds in between."""
-    out = io.StringIO()  # isatty() is False, as for a file
-    bar = progress.bar(total=1000, desc="training", unit="step", file=out)
-    for _ in range(1000):
-        bar.update(1)
-    bar.close()
-    text = out.getvalue()
+def test_a_bar_in_a_log_writes_whole_lines(monkeypatch):
+    """Not a terminal: tqdm's carriage-return redraws become lines: none for a bar done within
+    the mark (a quick failure stays one line), else the first, one at most every LOG_EVERY_S
+    seconds, and the last state when it closes."""
+    def run(n, pause):
+        out = io.StringIO()  # isatty() is False, as for a file
+        bar = progress.bar(total=n, desc="training", unit="step", file=out)
+        for _ in range(n):
+            time.sleep(pause)
+            bar.update(1)
+        bar.close()
+        return out.getvalue()
+
+    monkeypatch.setenv(progress.ENV, "10")
+    assert run(5, 0.0) == ""  # done within 10 s: nothing
+    monkeypatch.setenv(progress.ENV, "0")
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.5)
+    text = run(12, 0.15)
     assert "\r" not in text
     lines = text.splitlines()
-    assert lines[0].startswith("training:   0%") and lines[-1].startswith("training: 100%")
-    assert len(lines) <= 3
+    assert lines[-1].startswith("training: 100%") and len(lines) >= 2
+    assert len(lines) <= 6  # 1.8 s: a line every 0.5 s at most, and the last
     assert progress.bar(total=3, enabled=False).disable
 
 
@@ -56,6 +65,8 @@ def test_compress_model_progress_reaches_a_log_file(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(
         "import warnings\n"
+        "import torch\n"
+        "torch.set_num_threads(1)\n"
         "from tests.test_api import trained_tiny, image_blobs, FAST\n"
         "import compress\n"
         "warnings.simplefilter('ignore')\n"
@@ -65,7 +76,8 @@ def test_compress_model_progress_reaches_a_log_file(tmp_path):
     with open(log, "w") as f:
         r = subprocess.run([sys.executable, str(script)], cwd=REPO, stderr=f,
                            stdout=subprocess.DEVNULL, timeout=600,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+                                progress.ENV: "0"})
     assert r.returncode == 0
     text = log.read_text()
     assert "\r" not in text

@@ -241,7 +241,11 @@ def _pipeline_args(p):
                    help="prune in the pattern of BOARD's engine (icebreaker: every column even "
                         "over the lockstep engine's 8 PEs; default: unstructured)")
     p.add_argument("--baseline", default=None, help="start from this dense checkpoint")
-    p.add_argument("--out", default=None, help="output directory (default build/compress)")
+    p.add_argument("--out", default=None, help="output directory (default build/compress; with "
+                                              "--model: a new or empty directory, see --force)")
+    p.add_argument("--force", action="store_true",
+                   help="with --model: write into an existing non-empty --out; the files this "
+                        "command writes are replaced, nothing else is touched")
     p.add_argument("--stages", default="train,prune,quantize,fixedpoint",
                    help="comma-separated subset of train,prune,quantize,fixedpoint")
     p.add_argument("--ship", default=None, metavar="DIR",
@@ -259,7 +263,8 @@ def _pipeline(args):
     if args.model is not None:
         return _pipeline_model(args)
     for flag, value in (("--max-drop", args.max_drop), ("--epochs", args.epochs),
-                        ("--prune-rounds", args.prune_rounds), ("--attempts", args.attempts)):
+                        ("--prune-rounds", args.prune_rounds), ("--attempts", args.attempts),
+                        ("--force", args.force or None)):
         if value is not None:
             raise InputError(f"{flag} goes with --model (the recipes take --config/--set)")
     cfg = _config(args)
@@ -290,7 +295,7 @@ def _one_line_warning(message, *_args, **_kwargs) -> None:
 def _pipeline_model(args) -> int:
     """`pipeline --model M.onnx --data D.npz`: compress_model on the user's network and data."""
     from ..api import compress_model
-    from ..atomic import refuse_same_path
+    from ..atomic import atomic_dir, check_dir_output
     from .user import load_dataset, load_model
     from ..sensitivity import write_sensitivity
 
@@ -309,11 +314,10 @@ def _pipeline_model(args) -> int:
     if args.out is None:
         raise InputError("--model needs --out DIR")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a directory")
-    for name in ("model.dcz", "model.qnet.npz", "report.txt", "summary.json",
-                 "sensitivity.json", "sensitivity.txt", "sensitivity.png"):
-        refuse_same_path(out / name, args.model, args.data)
+    # export-rom's rule, before the run: a new or empty DIR, or --force (then only this
+    # command's files are replaced); no output may be a directory in the way or an input.
+    check_dir_output(out, force=args.force, what="--out", names=PIPELINE_OUTPUTS,
+                     keep=(args.model, args.data))
     if args.max_steps is not None and args.max_steps < 1:
         raise InputError(f"--max-steps must be >= 1, not {args.max_steps}")
     model = load_model(args.model)
@@ -330,9 +334,6 @@ def _pipeline_model(args) -> int:
             opts[key] = value
     if args.max_steps is not None:  # a cap on the steps of every retraining round
         opts["round_steps"] = (min(150, args.max_steps), args.max_steps)
-    if data["val"] is None:
-        print(f"note: {args.data} has no x_val/y_val: a validation split is held out of x_train "
-              "(10 %, seeded by --seed); max_drop is judged on it", file=sys.stderr)
     with warnings.catch_warnings():
         # each warning once, as one line, when it happens (not after an hour of training)
         warnings.simplefilter("default")
@@ -341,9 +342,14 @@ def _pipeline_model(args) -> int:
                                 seed=0 if args.seed is None else args.seed,
                                 max_drop=0.5 if args.max_drop is None else args.max_drop,
                                 **opts)
-    result.save(out)
-    if result.sensitivity is not None:
-        write_sensitivity(result.sensitivity, out)
+    if data["val"] is None and args.no_progress:  # else the stage lines said it at the start
+        print(f"note: {args.data} has no x_val/y_val: {result.summary['examples']['val']} "
+              "examples of x_train were held out for validation (seeded by --seed); max_drop "
+              "was judged on them", file=sys.stderr)
+    with atomic_dir(out, force=args.force, what="--out", keep=(args.model, args.data)) as tmp:
+        result.save(tmp)
+        if result.sensitivity is not None:
+            write_sensitivity(result.sensitivity, tmp)
     s = result.summary
     acc = s["accuracy"]
     final = "integer" if "integer" in acc else "quantized"
@@ -362,6 +368,10 @@ def _pipeline_model(args) -> int:
           (" (a version 2 qnet: conv layers, which the golden model runs; the RTL engine and "
            "the board do not yet)" if result.qnet.has_conv else ""))
     return 0
+
+
+PIPELINE_OUTPUTS = ("model.dcz", "model.qnet.npz", "report.txt", "summary.json",
+                    "sensitivity.json", "sensitivity.txt", "sensitivity.png")
 
 
 def ship(cfg, dest: Path) -> None:
