@@ -44,7 +44,7 @@ def _export_args(p):
 def _export_rom(args):
     refuse_same_path(args.out, args.model)
     check_dir_output(args.out, force=args.force, what="--out")  # before any work
-    qnet = load_qnet(args.model, index_bits=args.index_bits)
+    qnet = load_qnet(args.model, index_bits=args.index_bits).require_fc("the engines' ROMs")
     with step(f"placing the rows over {args.pes} PEs and writing {args.out}"):
         m = export_rom(qnet, args.out, pes=args.pes, index_bits=args.index_bits,
                        rel_bits=args.rel_bits, balance=args.balance, force=args.force,

@@ -224,6 +224,7 @@ def build_rom(
     smallest entry memories (`choose_rel_bits`). balance=True permutes the rows of every layer
     but the last (`place_balanced`); False keeps plain interleaving (physical row = logical row).
     """
+    qnet.require_fc("the EIE engine")
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"--pes must be an integer >= 1, not {pes!r}")
     limits.check("max_pes", pes, "--pes")  # what read_rom takes back

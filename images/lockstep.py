@@ -135,6 +135,7 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
     fewest slots; deterministic for a seed), "lpt" (`place_longest_first`, even work per PE) or
     "interleave" (no permutation); or `perms`, one permutation per hidden layer, given.
     """
+    qnet.require_fc("the lockstep engine")
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"pes must be a positive integer, not {pes!r}")
     limits.check("max_pes", pes, "pes")
