@@ -25,7 +25,7 @@ from images import build_image, check_pes, engine_of
 
 from .. import protocol as P
 from ..flow.bench import simulated_board
-from ..flow.build import DEFAULT_CLOCK_MHZ
+from ..flow.build import default_clock_mhz
 from ..flow.resources import check_board_fit
 from ..gateware.uart import baud_divisor
 from .client import Board, SerialTransport
@@ -215,21 +215,22 @@ def run_cli(args) -> int:
     if args.sim:
         check_pes(args.pes)
         # The bench clocks the simulation at 100 MHz, but counts in the board's cycles: the
-        # UART runs at the divisor the bitstream has at the PLL clock.
-        mhz = args.clock_mhz or DEFAULT_CLOCK_MHZ
+        # UART runs at the divisor the bitstream has at the board's PLL clock.
+        mhz = args.clock_mhz or default_clock_mhz(args.board)
         try:
             divisor = baud_divisor(mhz * 1e6, args.baud)
         except ValueError as e:
             raise InputError(f"--baud: {e}") from None
         # the simulated board is the board: a network the UP5K cannot hold (with the build's
         # SPRAM plan; --no-spram only preloads the simulation) is refused at once
-        check_board_fit(qnet, args.engine, args.pes)
+        check_board_fit(qnet, args.engine, args.pes, board=args.board)
         with step(f"placing the rows over {args.pes} PEs ({args.engine} engine)"):
             rom = build_image(qnet, args.engine, args.pes)
-        check_board_fit(qnet, args.engine, args.pes, img=rom)
-        print(f"simulated board: {args.engine} engine, {args.pes} PEs, UART at {divisor} clocks "
-              f"a bit ({args.baud:,} baud at {mhz:g} MHz)")
-        with simulated_board(rom, spram=not args.no_spram, divisor=divisor) as transport:
+        check_board_fit(qnet, args.engine, args.pes, img=rom, board=args.board)
+        print(f"simulated board: {args.board}, {args.engine} engine, {args.pes} PEs, UART at "
+              f"{divisor} clocks a bit ({args.baud:,} baud at {mhz:g} MHz)")
+        with simulated_board(rom, spram=not args.no_spram, divisor=divisor,
+                             board=args.board) as transport:
             board = Board(transport, timeout=args.timeout)
             stats = run_inputs(board, qnet, x, labels, rom=rom, noun=noun)
             info = board.info
