@@ -35,7 +35,7 @@ def fpga_cli(*args):
     (["resources", "--model", "/nonexistent.npz"], ["nonexistent"]),
     (["frobnicate"], ["invalid choice"]),
     (["build", "--engine", "queue"], ["invalid choice", "lockstep"]),
-    (["resources", "--pes", "0"], ["--pes must be 1..16"]),
+    (["resources", "--pes", "0"], ["--pes must be 1..64"]),
     (["run", "--sim", "--model", "synthetic:64-16-10"], ["takes 64 inputs", "--inputs"]),
     (["run", "--sim", "--model", "synthetic:12-8-3", "--labels", "y.npy"], ["needs --inputs"]),
 ])
