@@ -12,8 +12,7 @@ from pathlib import Path
 
 from . import limits
 from .errors import InputError
-
-SHIPPED_DIR = Path(__file__).resolve().parent / "models"
+from .paths import SHIPPED_DIR
 SHIPPED_QNET = SHIPPED_DIR / "lenet-300-100.qnet.npz"
 SHIPPED_DCZ = SHIPPED_DIR / "lenet-300-100.dcz"
 SAMPLE_DIGITS = SHIPPED_DIR / "mnist-test-100.npz"

@@ -224,6 +224,6 @@ def data_npz(path, x_value, dtype=np.float32, shape=(4,), n=40, classes=3):
         x = (rng.normal(size=(k, *shape)) if x_value is None else
              np.full((k, *shape), x_value, dtype=np.float64)).astype(dtype)
         return x, rng.integers(0, classes, k)
-    (xtr, ytr), (xte, yte) = split(n), split(n // 2)
-    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    (xtr, ytr), (xv, yv), (xte, yte) = split(n), split(n // 2), split(n // 2)
+    np.savez(path, x_train=xtr, y_train=ytr, x_val=xv, y_val=yv, x_test=xte, y_test=yte)
     return path
