@@ -36,7 +36,7 @@ from torch import nn
 from .data import Split
 from .errors import InputError
 from .models import compressible_layers
-from .pattern import UNSTRUCTURED, check_pattern, lockstep_mask
+from .pattern import HAZARD_WINDOW, UNSTRUCTURED, check_pattern, lockstep_mask
 from .train import TrainConfig, fit, teacher_logits, world
 
 
@@ -108,18 +108,23 @@ class PruneConfig:
     # engine with pattern_pes PEs and pattern_rel_bits-bit relative row indices (row p in PE
     # p % pattern_pes; pattern_bound_gaps: no PE's gap needs a filler entry; pattern_split_ends:
     # no accumulator hazard between columns, True, False or "auto" where it costs little
-    # magnitude); `patterns` per layer, `pattern` for the others.
+    # magnitude; elsewhere pattern_hazard_window spaces the reuse of a PE's row); `patterns`
+    # per layer, `pattern` for the others.
     pattern: str = "unstructured"
     patterns: dict[str, str] = field(default_factory=dict)
     pattern_pes: int = 8
     pattern_rel_bits: int = 4
     pattern_bound_gaps: bool = True
     pattern_split_ends: bool | str = "auto"
+    pattern_hazard_window: int = HAZARD_WINDOW
 
     def validate(self, layer_names) -> "PruneConfig":
         make_threshold(self.method)
         for pat in [self.pattern, *self.patterns.values()]:
             check_pattern(pat, self.pattern_pes, self.pattern_rel_bits)
+        if not isinstance(self.pattern_hazard_window, int) or self.pattern_hazard_window < 0:
+            raise InputError(f"pattern_hazard_window must be an integer >= 0, not "
+                             f"{self.pattern_hazard_window!r}")
         if self.pattern_split_ends not in (True, False, "auto"):
             raise InputError(f"pattern_split_ends must be true, false or \"auto\", not "
                              f"{self.pattern_split_ends!r}")
@@ -230,7 +235,8 @@ def _apply_patterns(model, layers, old, new, cfg: PruneConfig) -> dict[str, torc
             alive = alive & out[nxt].cpu().numpy().any(axis=0)[:, None]
         pat = lockstep_mask(w.cpu().numpy(), alive, int(new[name].sum()),
                             pes=cfg.pattern_pes, rel_bits=cfg.pattern_rel_bits,
-                            bound_gaps=cfg.pattern_bound_gaps, split_ends=cfg.pattern_split_ends)
+                            bound_gaps=cfg.pattern_bound_gaps, split_ends=cfg.pattern_split_ends,
+                            hazard_window=cfg.pattern_hazard_window)
         out[name] = torch.from_numpy(pat).to(w.device)
     return out
 
