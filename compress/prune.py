@@ -117,6 +117,9 @@ class PruneConfig:
     pattern_bound_gaps: bool = True
     pattern_split_ends: bool | str = "auto"
     pattern_hazard_window: int = HAZARD_WINDOW
+    # in a chain of Linear layers, drop the incoming weights of units the next layer no
+    # longer reads (their count goes to live units)
+    pattern_drop_dead: bool = False
 
     def validate(self, layer_names) -> "PruneConfig":
         make_threshold(self.method)
@@ -230,7 +233,7 @@ def _apply_patterns(model, layers, old, new, cfg: PruneConfig) -> dict[str, torc
             continue
         w = layers[name].weight.detach()
         alive = old[name].cpu().numpy()
-        if chain and name != chain[-1]:
+        if cfg.pattern_drop_dead and chain and name != chain[-1]:
             nxt = chain[chain.index(name) + 1]
             alive = alive & out[nxt].cpu().numpy().any(axis=0)[:, None]
         pat = lockstep_mask(w.cpu().numpy(), alive, int(new[name].sum()),
