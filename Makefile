@@ -22,7 +22,7 @@ PES ?= 8
 BOARD ?= icebreaker
 JOBS ?= 2
 
-.PHONY: setup sim sim-sweep test test-long bitstream bench bench-scale clean iverilog models compress-full verilator verify-mnist
+.PHONY: setup sim sim-sweep test test-long bitstream bench bench-scale clean iverilog models models-board compress-full verilator verify-mnist
 
 setup: $(STAMP)
 
@@ -85,9 +85,23 @@ bench-scale: setup
 
 # The shipped default model (compress/models/): LeNet-300-100 trained, pruned, quantized and
 # packed from scratch on $(MNIST_DIR) with seed 0; the qnet is what unpacking the .dcz gives.
+# Then the board's network beside it (models-board).
 models: setup
 	$(PY) -m compress pipeline --arch lenet-300-100 --data $(MNIST_DIR) --seed 0 \
 	  --out build/models/lenet-300-100 --ship compress/models
+	$(MAKE) models-board
+
+# The board's network (compress/models/lenet-300-100-board.*, what `make bitstream` builds for):
+# the same recipe and dense model (seed 0), pruned in the iCEBreaker engine's pattern
+# (docs/board-pattern.md). The dense model is trained first when build/models has none.
+models-board: setup
+	@test -f build/models/lenet-300-100/dense.npz || $(PY) -m compress pipeline \
+	  --arch lenet-300-100 --data $(MNIST_DIR) --seed 0 --stages train \
+	  --out build/models/lenet-300-100
+	$(PY) -m compress pipeline --arch lenet-300-100 --data $(MNIST_DIR) --seed 0 \
+	  --baseline build/models/lenet-300-100/dense.npz --stages prune,quantize,fixedpoint \
+	  --for-board icebreaker --out build/models/lenet-300-100-board \
+	  --ship compress/models --ship-name lenet-300-100-board
 
 # The full runs whose figures the issue notes report (summary.json, report.txt, weights.png).
 compress-full: setup

@@ -119,7 +119,7 @@ class PruneConfig:
     pattern_hazard_window: int = HAZARD_WINDOW
     # in a chain of Linear layers, drop the incoming weights of units the next layer no
     # longer reads (their count goes to live units)
-    pattern_drop_dead: bool = False
+    pattern_drop_dead: bool = True
 
     def validate(self, layer_names) -> "PruneConfig":
         make_threshold(self.method)
@@ -319,8 +319,28 @@ def prune(model, data, cfg: PruneConfig, *, masks=None, log=print, teacher=None)
     """Run the configured schedule. `teacher`: logits to distill from (retraining with
     distill > 0); default: the model's own before pruning."""
     if cfg.schedule == Schedule.GRADUAL.value:
-        return prune_gradual(model, data, cfg, masks=masks, log=log, teacher=teacher)
-    return prune_iterative(model, data, cfg, masks=masks, log=log, teacher=teacher)
+        out = prune_gradual(model, data, cfg, masks=masks, log=log, teacher=teacher)
+    else:
+        out = prune_iterative(model, data, cfg, masks=masks, log=log, teacher=teacher)
+    if cfg.pattern_drop_dead:
+        _silence_unread(model, out)
+    return out
+
+
+@torch.no_grad()
+def _silence_unread(model, masks) -> None:
+    """Bias 0 for a hidden unit of a Linear chain that has no incoming weight left and that
+    no weight of the next layer reads: its output was unused, now it is also 0, so the
+    engine's front end skips it instead of spending a cycle on it. The network's outputs are
+    unchanged."""
+    layers = compressible_layers(model)
+    chain = _chain_names(model, layers)
+    if not chain:
+        return
+    for a, b in zip(chain, chain[1:]):
+        quiet = ~masks[a].any(dim=1) & ~masks[b].any(dim=0)
+        if layers[a].bias is not None:
+            layers[a].bias[quiet.to(layers[a].bias.device)] = 0.0
 
 
 def overall_density(masks: dict[str, torch.Tensor]) -> float:

@@ -10,7 +10,8 @@ two PEs. Layout:
   perm[p]; the next layer's columns are permuted the same way, so the network computed is the
   same. The last layer is never permuted (outputs come out in order) and
   neither are the inputs. A layer whose logical order already gives every column the fewest
-  slots possible (`images.balance.at_bound`: a network pruned for this engine) keeps it.
+  slots possible (`images.balance.at_bound`: a network pruned for this engine) keeps it, and
+  so does one where the search does not find fewer slots than the logical order.
 * Per PE and column the entries are the EIE (v, z) entries of `images.csc.encode_csc`
   (v = codebook index, 0 = filler; z = zero rows before it; fillers where a gap exceeds
   2**rel_bits - 1). Column c gets L(c) = max over PEs of its entry count "slots"; a PE with fewer
@@ -42,7 +43,7 @@ from compress.errors import InputError
 from compress.qnet import DEFAULT_INDEX_BITS, Layer, QNet
 
 from .csc import DEFAULT_REL_BITS, decode_csc, encode_csc
-from .placement import place_longest_first, place_search
+from .placement import place_longest_first, place_search, slot_cost
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -170,8 +171,13 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
                 # (784 x 300), less where a small layer has converged long before
                 size = layer.out_features * layer.in_features
                 budget = 2.0 * min(1.0, (size / (784 * 300)) ** 0.5)
-                perms.append(place_search(layer.index, pes, rel_bits=rel_bits, seed=seed,
-                                           budget_s=budget))
+                perm = place_search(layer.index, pes, rel_bits=rel_bits, seed=seed,
+                                    budget_s=budget)
+                ident = np.arange(layer.out_features, dtype=np.int64)
+                if slot_cost(layer.index, ident, pes, rel_bits=rel_bits) <= slot_cost(
+                        layer.index, perm, pes, rel_bits=rel_bits):
+                    perm = ident  # a network pruned for this engine, a few slots off the bound
+                perms.append(perm)
 
     slot_blocks, ptrs, layers, biases = [], [], [], []
     col_base = bias_base = slot_base = 0

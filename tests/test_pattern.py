@@ -153,8 +153,8 @@ def test_prune_config_applies_the_pattern_every_step():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 40),
                           nn.ReLU(), nn.Linear(40, 10))
-    levels = {"1": 0.05, "3": 0.2, "5": 0.4}
-    cfg = PruneConfig(levels=levels, steps=2, pattern="lockstep",
+    levels = {"1": 0.05, "3": 0.1, "5": 0.2}
+    cfg = PruneConfig(levels=levels, steps=2, pattern="lockstep", pattern_drop_dead=True,
                       retrain=TrainConfig(epochs=1, batch_size=64, lr=1e-2, progress=False))
     masks = prune(model, striped_digits(256), cfg, log=lambda s: None)
     for name, layer in (("1", model[1]), ("3", model[3]), ("5", model[5])):
@@ -166,10 +166,12 @@ def test_prune_config_applies_the_pattern_every_step():
         idx = m.astype(np.uint8)
         assert at_bound(idx, 8, rel_bits=4) and layer_slots(idx, 8)["fillers"] == 0
         assert torch.equal(layer.weight.detach() != 0, masks[name] & (layer.weight != 0))
-    # no unit keeps incoming weights once the next layer no longer reads it
+    # no unit keeps incoming weights once the next layer no longer reads it, and its bias is
+    # 0: its output is 0 (the engine skips it) where it was unused
     for a, b in (("1", "3"), ("3", "5")):
         unread = ~masks[b].any(dim=0)
-        assert not masks[a][unread].any()
+        assert unread.any() and not masks[a][unread].any()
+        assert not model[int(a)].bias[unread].any()
     # unstructured for one layer: the threshold's own mask there
     cfg2 = PruneConfig(levels=levels, steps=1, pattern="lockstep", patterns={"5": "unstructured"},
                        retrain=TrainConfig(epochs=0.1, batch_size=64, lr=1e-2, progress=False))
@@ -178,7 +180,7 @@ def test_prune_config_applies_the_pattern_every_step():
                        nn.ReLU(), nn.Linear(40, 10))
     w5 = m2[5].weight.detach().clone()
     got = prune(m2, striped_digits(64), cfg2, log=lambda s: None)["5"]
-    assert int(got.sum()) == round(0.4 * 400)
+    assert int(got.sum()) == round(0.2 * 400)
     assert w5.abs()[got].min() >= w5.abs()[~got].max()
     with pytest.raises(InputError, match="pattern"):
         PruneConfig(pattern="banked").validate(["1"])
