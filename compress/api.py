@@ -21,12 +21,19 @@ The steps, all on the validation split:
    (`compress.quantize`);
 5. fixed point (`compress.fixedpoint.to_qnet`, calibrated on the encoded training inputs) and
    the integer accuracy by the golden numerics;
-6. if the integer accuracy dropped by more than `max_drop` points against the dense model, the
-   attempt is repeated from the dense weights with half the per-layer budget (denser layers,
-   more index bits), a bounded number of times; the summary says what was tried and chosen.
+6. steps 2-5 are made for each rung of a fixed ladder of per-layer budgets up to `max_drop`
+   (`LADDER`, `_rungs`: densest first, at most `attempts`), each from the dense weights and
+   seeded by its rung, and the smallest file whose integer accuracy dropped by no more than
+   `max_drop` points against the dense model is kept (`_pick`): a looser budget never keeps
+   a larger file than a tighter one that was met. The summary says what was tried and chosen.
+
+Warnings (also in ``notes``): one validation example worth more than half of `max_drop`
+(`_resolution_note`), input features that keep few distinct codes at the one input_frac
+(`_collapsed_note`: standardise them), inputs beyond int16, a `max_drop` not met.
 
 `CompressResult.summary` (also summary.json): ``accuracy`` {dense, pruned, quantized, integer}
--> {val, test} in %, ``drop`` (dense - integer on val, points), ``met_max_drop``, ``density``
+-> {val, test} in %, ``drop`` (dense - integer on val, points, never below 0; each attempt's
+``raw_drop`` keeps the sign), ``met_max_drop``, ``density``
 and ``index_bits`` per layer, ``input_frac``, ``input_max_abs``, ``dcz_bytes``,
 ``uncompressed_bytes`` (float32 weights and biases), ``ratio`` (their quotient), ``chosen``
 (one sentence), ``attempts`` (each try's densities, bits, accuracies), ``sensitivity`` (the
@@ -272,6 +279,48 @@ def calibrate_input_frac(x, *, what: str = "train") -> tuple[int, list[str]]:
     return frac, notes
 
 
+COLLAPSED_CODES = 3  # a feature with this few distinct engine codes or fewer has collapsed
+COARSE_CODES = 16  # fewer than this, and a quarter of its own values or fewer: coarse
+
+
+def _collapsed_note(x, input_frac: int) -> str | None:
+    """A warning when input features lose their detail at the one input_frac every feature
+    shares: collapsed to COLLAPSED_CODES or fewer distinct int16 codes, or coarse (fewer than
+    COARSE_CODES, and at most a quarter of the feature's own distinct values). One input_frac
+    is what the engine's inputs are (encode_inputs), so no per-feature scale can be folded in
+    behind the user's back: standardising the inputs before training is the cure."""
+    a = (x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor)
+         else np.asarray(x, dtype=np.float64))
+    a = a.reshape(len(a), -1)
+    if a.size == 0:
+        return None
+
+    def distinct(v):
+        s = np.sort(v, axis=0)
+        return (np.diff(s, axis=0) != 0).sum(axis=0) + 1
+
+    codes = distinct(_encode(a, input_frac).astype(np.int64))
+    values = distinct(a)
+    collapsed = int(((codes <= COLLAPSED_CODES) & (values > codes)).sum())
+    coarse = int(((codes > COLLAPSED_CODES) & (codes < COARSE_CODES)
+                  & (values >= 4 * codes)).sum())
+    if not collapsed and not coarse:
+        return None
+    what = []
+    if collapsed:
+        what.append(f"{collapsed} of {a.shape[1]} features take {COLLAPSED_CODES} or fewer "
+                    "distinct engine values")
+    if coarse:
+        what.append(f"{coarse} {'more ' if collapsed else f'of {a.shape[1]} features '}take "
+                    f"fewer than {COARSE_CODES} (a quarter of their own or fewer)")
+    peak = float(np.abs(a).max())
+    return (f"inputs: {' and '.join(what)} at input_frac {input_frac} (one scale for every "
+            f"feature, set by the largest input, {peak:.4g}): they reach the network "
+            "coarsely; standardise the inputs (per feature: subtract the training mean, "
+            "divide by the training standard deviation, the same for every split) and train "
+            "on those")
+
+
 def encode_inputs(x, qnet) -> np.ndarray:
     """The engine's int16 inputs [batch, in_0]: each example flattened,
     ``clamp(floor(x * 2**input_frac + 0.5), -32768, 32767)`` with the qnet's input_frac."""
@@ -433,9 +482,14 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
 
     work, chain, layers = _network(model)
     d = _data(work, chain, train, val, opts, seed, notes)
+    if val is None:
+        log(f"validation: {len(d.y_val)} examples held out of train (seed {seed}): pass val= "
+            "to choose them")
 
     # Input scaling.
     input_frac, warn = calibrate_input_frac(d.x_tr)
+    warn += [w for w in (_collapsed_note(d.x_tr[: opts.calib_examples], input_frac),
+                         _resolution_note(len(d.y_val), max_drop)) if w]
     for w in warn:
         warnings.warn(w, stacklevel=2)
     notes += warn
@@ -455,14 +509,11 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
                              accuracy["dense"]["val"], seconds, log)
 
     # The chosen attempt's files.
-    t = time.time()
     qnet, m = best.pop("qnet"), best.pop("model")
-    cbs, idx = best.pop("codebooks"), best.pop("indices")
+    data, rows = best.pop("dcz"), best.pop("dcz_rows")
     for other in attempts:
-        for k in ("qnet", "model", "codebooks", "indices"):
+        for k in ("qnet", "model", "codebooks", "indices", "dcz", "dcz_rows"):
             other.pop(k, None)
-    data, rows = _pack(qnet, chain, m, cbs, idx, input_frac)
-    seconds["dcz"] = time.time() - t
     seconds["total"] = time.time() - t_start
     uncompressed = 4 * sum(mod.weight.numel() + (mod.bias.numel() if mod.bias is not None
                                                  else 0) for mod in layers.values())
@@ -582,9 +633,41 @@ def _data(work, chain, train, val, opts, seed: int, notes: list[str]) -> _Data:
     return _Data(x_tr, y_tr, x_val, y_val, test, splits, n_out)
 
 
+# The budget search's rungs, in points of max_drop, the same for every budget: rung j prunes
+# each layer to the densities its sensitivity curve allows at layer_drop * LADDER[j] points and
+# chooses index bits at LADDER[j] / (2 * layers), with seeds from j. See `_rungs`.
+LADDER = tuple(2.0 ** (2 * j - 3) for j in range(12))  # 1/8, 1/2, 2, 8, 32, ... points
+
+
+def _rungs(max_drop: float, opts) -> list[int]:
+    """The rungs max_drop may try, densest first: those of LADDER up to max_drop (at least the
+    first), at most `attempts`. With fixed `densities`, rung j multiplies them by
+    1.5 ** (attempts - 1 - j): the last rung is the densities given.
+
+    The search trains every one of them and keeps the smallest file among those that met
+    max_drop (`_pick`). A rung's training depends only on the data, the seed and the rung, and
+    a looser budget's rungs are a superset of a tighter one's (the same first rung, the same
+    order, as far or further), so it never keeps a larger file than a tighter budget that was
+    met (nor than an unmet one whose fallback, the smallest drop, is within the looser budget).
+    """
+    if opts.densities:
+        return list(range(opts.attempts))
+    n = sum(1 for m in LADDER if m <= max_drop + 1e-12)
+    return list(range(max(1, min(n, opts.attempts))))
+
+
+def _pick(attempts: list[dict]) -> dict:
+    """The smallest file among the attempts that met max_drop, else the smallest drop (the
+    denser on a tie)."""
+    met = [a for a in attempts if a["met"]]
+    if met:
+        return min(met, key=lambda a: (a["dcz_bytes"], a["rung"]))
+    return min(attempts, key=lambda a: (a["raw_drop"], a["rung"]))
+
+
 def _search(work, chain, layers, sens, d: _Data, opts, seed, max_drop, input_frac, dense_val,
             seconds, log) -> tuple[dict, list[dict]]:
-    """Attempts from the dense weights, each denser than the last, until max_drop is met."""
+    """An attempt from the dense weights on each rung of `_rungs`; the one `_pick` keeps."""
     from .data import Tensors
     from .sensitivity import choose_densities
 
@@ -598,36 +681,70 @@ def _search(work, chain, layers, sens, d: _Data, opts, seed, max_drop, input_fra
     x_cal = d.x_tr[: opts.calib_examples]
     L = len(layers)
     attempts: list[dict] = []
-    best = None
-    for a in range(opts.attempts):
+    rungs = _rungs(max_drop, opts)
+    for n, j in enumerate(rungs):
         # The per-layer drop allowed on the sensitivity curves (pruned alone, no retraining):
-        # retraining recovers most of it, so start generous and halve on each back-off.
-        budget = opts.layer_drop * max_drop / 2**a
-        dens = dict(opts.densities) if opts.densities else choose_densities(sens, budget)
-        if opts.densities and a:
-            dens = {k: min(1.0, v * 1.5**a) for k, v in dens.items()}
+        # retraining recovers most of it.
+        budget = opts.layer_drop * LADDER[j]
+        if opts.densities:
+            dens = {k: min(1.0, v * 1.5 ** (len(rungs) - 1 - j))
+                    for k, v in opts.densities.items()}
+        else:
+            dens = choose_densities(sens, budget)
         bad = sorted(set(dens) - set(layers))
         if bad:
             raise InputError(f"densities: unknown layer {bad[0]!r} (layers: {', '.join(layers)})")
         dens = {k: float(dens.get(k, 1.0)) for k in layers}
-        attempt = _attempt(work, dense_state, layers, dens, a, seed, opts, train_set, d.splits,
-                           round_epochs, x_cal, input_frac, chain, max_drop / (2 * L) / 2**a,
+        log(f"attempt {n + 1} of {len(rungs)}: pruning to densities "
+            f"{_fmt_map(dens, '{:.3f}')} ...")
+        attempt = _attempt(work, dense_state, layers, dens, j, seed, opts, train_set, d.splits,
+                           round_epochs, x_cal, input_frac, chain, LADDER[j] / (2 * L),
                            seconds, log)
-        attempt["per_layer_budget"] = budget
+        attempt["attempt"], attempt["rung"] = n + 1, j
+        attempt["per_layer_budget"] = None if opts.densities else budget
         final_val = attempt["accuracy"]["integer" if chain is not None else "quantized"]["val"]
-        attempt["drop"] = dense_val - final_val
-        attempt["met"] = attempt["drop"] <= max_drop + 1e-9
-        log(f"attempt {a + 1}: densities {_fmt_map(dens, '{:.3f}')}, index bits "
-            f"{_fmt_map(attempt['index_bits'], '{}')}: val {final_val:.2f}% "
-            f"(drop {attempt['drop']:.2f} points, budget {max_drop})")
+        attempt.update(_drop(dense_val, final_val))
+        attempt["met"] = attempt["raw_drop"] <= max_drop + 1e-9
+        t = time.time()
+        attempt["dcz"], attempt["dcz_rows"] = _pack(attempt["qnet"], chain, attempt["model"],
+                                                    attempt["codebooks"], attempt["indices"],
+                                                    input_frac)
+        seconds["dcz"] = seconds.get("dcz", 0.0) + time.time() - t
+        attempt["dcz_bytes"] = len(attempt["dcz"])
+        log(f"attempt {n + 1}: index bits {_fmt_map(attempt['index_bits'], '{}')}: val "
+            f"{final_val:.2f}% ({_drop_words(attempt)}, budget {max_drop}), "
+            f"{attempt['dcz_bytes']:,} bytes")
         attempts.append(attempt)
-        if best is None or attempt["met"] and not best["met"] or \
-                (attempt["met"] == best["met"] and attempt["drop"] < best["drop"] and
-                 not attempt["met"]):
-            best = attempt
-        if attempt["met"]:
-            break
-    return best, attempts
+    return _pick(attempts), attempts
+
+
+def _drop(dense_val: float, final_val: float) -> dict:
+    """{"drop": the validation accuracy lost against the dense model, never below 0;
+    "raw_drop": the same with its sign (negative: the compressed network scored higher)}."""
+    raw = dense_val - final_val
+    return {"drop": max(0.0, raw), "raw_drop": raw}
+
+
+def _drop_words(attempt: dict) -> str:
+    raw = attempt["raw_drop"]
+    return (f"drop {raw:.2f} points" if raw >= 0
+            else f"no drop: {-raw:.2f} points above the dense model")
+
+
+def _resolution_note(n_val: int, max_drop: float) -> str | None:
+    """A warning when one validation example is worth more than half of max_drop: the drop is
+    judged in steps of 100 / n_val points, so such a budget allows at most one example and
+    says little about the accuracy on other data."""
+    step = 100.0 / n_val
+    if max_drop <= 0 or step <= max_drop / 2:
+        return None
+    allowed = int(max_drop / step + 1e-9)
+    need = math.ceil(200.0 / max_drop)
+    return (f"max_drop {max_drop:g} points is judged on {n_val} validation examples, one of "
+            f"which is worth {step:.2f} points: the budget allows {allowed} example"
+            f"{'' if allowed == 1 else 's'}, and the test accuracy can move by several times "
+            f"{step:.2f} points unseen; a validation split of at least {need} examples (or a "
+            f"max_drop of at least {2 * step:.2f}) resolves it")
 
 
 def _pack(qnet, chain, m, cbs, idx, input_frac: int) -> tuple[bytes, list[dict]]:
@@ -655,10 +772,13 @@ def _pack(qnet, chain, m, cbs, idx, input_frac: int) -> tuple[bytes, list[dict]]
 def _chosen(best: dict, attempts: list[dict], opts, max_drop: float, engine: bool) -> str:
     """One sentence on what was chosen and why (a warning when max_drop was not met)."""
     if best["met"]:
-        return (f"attempt {best['attempt']} of {opts.attempts}: densities from the sensitivity "
-                f"curves at {best['per_layer_budget']:.3g} points per layer; the "
-                f"{'integer' if engine else 'weight-shared'} validation accuracy "
-                f"dropped {best['drop']:.2f} points <= max_drop {max_drop}")
+        how = ("the densities given" if best["per_layer_budget"] is None else
+               f"densities from the sensitivity curves at {best['per_layer_budget']:.3g} points "
+               "per layer")
+        return (f"attempt {best['attempt']} of {len(attempts)} made, the smallest file of "
+                f"those within max_drop {max_drop}: {how}; the "
+                f"{'integer' if engine else 'weight-shared'} validation accuracy: "
+                f"{_drop_words(best)}")
     chosen = (f"max_drop {max_drop} not met after {len(attempts)} attempts; kept the "
               f"attempt with the smallest drop ({best['drop']:.2f} points)")
     warnings.warn(f"compress_model: {chosen}", stacklevel=3)

@@ -102,9 +102,12 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "", what: str | None =
 
 
 def check_dir_output(path: str | os.PathLike, *, force: bool = False,
-                     what: str | None = None) -> None:
+                     what: str | None = None, names=(), keep=()) -> None:
     """InputError unless `path` may receive a directory output: it does not exist, or is an
-    empty directory, or is a directory and `force` is set. Call it before the work starts."""
+    empty directory, or is a directory and `force` is set. Call it before the work starts.
+
+    `names` are the files the command will write into it: none may be a directory in the way,
+    nor one of the inputs `keep` (the command would replace its own input)."""
     path = Path(path)
     label = _label(path, what)
     if path.exists() or path.is_symlink():
@@ -117,6 +120,11 @@ def check_dir_output(path: str | os.PathLike, *, force: bool = False,
         if nonempty and not force:
             raise InputError(f"{label}: directory exists and is not empty (--force replaces "
                              "the files this command writes, and nothing else)")
+    for name in names:
+        dest = path / name
+        if dest.is_dir() and not dest.is_symlink():
+            raise InputError(f"{label}: {name} is a directory, cannot replace it")
+        refuse_same_path(dest, *keep, what=what or "output")
 
 
 @contextlib.contextmanager
@@ -170,6 +178,22 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False, what: str | None
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, what: str | None = None) -> None:
     with atomic_path(path, what=what) as tmp:
         tmp.write_bytes(data)
+
+
+def check_build_dir(path: str | os.PathLike, env: str) -> Path:
+    """The build directory `path`, made if missing; InputError naming `env`, the environment
+    variable that moves it, when it cannot be written (a read-only checkout, no permission)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"build directory {path} is not writable ({e.strerror or e}): set "
+                         f"{env} to a writable directory, e.g. {env}=/tmp/deepcomp-build"
+                         ) from None
+    return path
 
 
 @contextlib.contextmanager

@@ -82,8 +82,10 @@ def _checksums(d: Path) -> dict[str, str]:
     sums = d / "SHA256SUMS"
     if not sums.is_file():
         return {}
+    from .infile import read_text
+
     out = {}
-    for line in sums.read_text().splitlines():
+    for line in read_text(sums, limit="max_config_bytes").splitlines():
         parts = line.split()
         if len(parts) == 2:
             out[parts[1].lstrip("*")] = parts[0].lower()
@@ -95,12 +97,10 @@ def read_idx(path: str | os.PathLike, *, expected_sha256: str | None = None) -> 
 
     The header is read first and its declared size checked against the limits; then exactly
     that many bytes are decompressed, so a gzip bomb costs no more than its declared size."""
+    from .infile import read_input
+
     path = Path(path)
-    try:
-        limits.check("max_array_bytes", path.stat().st_size, f"{path}: file size")
-        raw = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    raw = read_input(path, limit="max_array_bytes", expected="an IDX file")
     if expected_sha256 is not None and hashlib.sha256(raw).hexdigest() != expected_sha256:
         raise InputError(f"{path}: sha256 does not match SHA256SUMS (corrupted file)")
     gz = raw[:2] == b"\x1f\x8b"

@@ -187,7 +187,10 @@ class Encoder:
 
 
 class Decoder:
-    """Reads what `Encoder` wrote; bytes past the end read as zero."""
+    """Reads what `Encoder` wrote; bytes past the end read as zero.
+
+    With `cost` set to a dict, `bit` and `direct` add the information content of each decision
+    to cost[part], exactly as `Encoder` does (for `info`: the split of a layer's bytes)."""
 
     def __init__(self, data: bytes, n_contexts: int = 0, what: str = "stream"):
         self.data = bytes(data)
@@ -200,6 +203,8 @@ class Decoder:
             raise InputError(f"{what}: corrupt arithmetic-coded stream")
         self.n0 = [0] * n_contexts
         self.n1 = [0] * n_contexts
+        self.cost: dict[str, float] | None = None
+        self.part = "other"
 
     def grow(self, n_contexts: int) -> int:
         base = len(self.n0)
@@ -227,7 +232,12 @@ class Decoder:
         n0, n1 = self.n0[ctx], self.n1[ctx]
         p0 = ((2 * n0 + 1) << PROB_BITS) // (2 * (n0 + n1) + 2)
         p0 = 1 if p0 < 1 else (_PMAX if p0 > _PMAX else p0)
-        if self._decode(p0):
+        bit = self._decode(p0)
+        if self.cost is not None:
+            self.cost[self.part] = self.cost.get(self.part, 0.0) - math.log2(
+                (p0 if not bit else (1 << PROB_BITS) - p0) / (1 << PROB_BITS)
+            )
+        if bit:
             self.n1[ctx] = n1 + 1
             return 1
         self.n0[ctx] = n0 + 1
@@ -237,6 +247,8 @@ class Decoder:
         v = 0
         for _ in range(nbits):
             v = (v << 1) | self._decode(_HALF)
+        if self.cost is not None:
+            self.cost[self.part] = self.cost.get(self.part, 0.0) + nbits
         return v
 
     def get_int(self, base: int) -> int:
@@ -281,9 +293,12 @@ def kt_bits(ctx: np.ndarray, bits: np.ndarray, n_ctx: int | None = None) -> floa
     n = np.bincount(ctx, minlength=n_ctx)
     n1 = np.bincount(ctx, weights=bits, minlength=n_ctx).astype(np.int64)
     used = n > 0
-    n, n1 = n[used], n1[used]
-    n0 = n - n1
+    return kt_counts(n[used].tolist(), n1[used].tolist())
+
+
+def kt_counts(n: list[int], n1: list[int]) -> float:
+    """`kt_bits` from each used context's totals (n decisions, n1 of them ones), in context
+    order: what a decoder's counts give after the fact."""
     lg = math.lgamma
-    nats = sum(lg(a + 1.0) - lg(b + 0.5) - lg(a - b + 0.5) for a, b in zip(n.tolist(),
-                                                                             n1.tolist()))
+    nats = sum(lg(a + 1.0) - lg(b + 0.5) - lg(a - b + 0.5) for a, b in zip(n, n1))
     return (nats + 2 * lg(0.5) * len(n)) / math.log(2)

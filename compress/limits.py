@@ -79,6 +79,8 @@ _env_cache: tuple[str, dict[str, int]] | None = None
 
 def _parse_value(name: str, text: str, source: str) -> int:
     t = text.strip().replace("_", "")
+    if not t.isascii():  # int() and float() take full-width and other Unicode digits
+        raise InputError(f"{source}: {name}={text!r} is not a whole number (ASCII digits)")
     m = re.fullmatch(r"(\d+)\s*\*\*\s*(\d+)", t)
     try:
         if m:
@@ -117,6 +119,8 @@ def parse(spec: str, *, source: str = ENV) -> dict[str, int]:
             raise InputError(f"{source}: expected name=value, got {item.strip()!r}")
         if name not in NAMES:
             raise InputError(f"{source}: unknown limit {name!r} (known: {', '.join(NAMES)})")
+        if name in out:
+            raise InputError(f"{source}: {name} is given twice")
         out[name] = _parse_value(name, value, source)
     return out
 

@@ -774,6 +774,9 @@ def _window(g: _Graph, node, kernel: tuple[int, int]):
     # Integer arithmetic: floor or ceiling of (size + 2 pad - dilated kernel) / stride, plus 1.
     hw = tuple((g.cur_shape[1 + i] + 2 * pad[i] - dil[i] * (kernel[i] - 1) - 1
                 + (stride[i] - 1 if ceil else 0)) // stride[i] + 1 for i in range(2))
+    if ceil:  # as torch (which runs the network): the last window starts inside the input
+        hw = tuple(n - 1 if (n - 1) * stride[i] >= g.cur_shape[1 + i] + pad[i] else n
+                   for i, n in enumerate(hw))
     if min(hw) < 1:
         g.fail(f"{_where(node)}: the window does not fit the input {list(g.cur_shape)}")
     return stride, pad, dil, hw

@@ -148,14 +148,10 @@ def _build(cls, d: dict, where: str):
 def read_config_file(path: str | Path) -> dict:
     from . import limits
 
+    from .infile import read_text
+
     p = Path(path)
-    try:
-        limits.check("max_config_bytes", p.stat().st_size, f"{p}: size")
-        text = p.read_text()
-    except OSError as e:
-        raise InputError(f"{p}: cannot read config ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{p}: bad config file (not UTF-8 text)") from None
+    text = read_text(p, limit="max_config_bytes", expected="a config file")
     try:
         return tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:

@@ -7,8 +7,9 @@ Two kinds, both on stderr and never on stdout (so outputs and tables stay clean)
   a longer one gets a line when it passes that mark, one every EVERY_S seconds while it runs,
   and one with its time when it ends.
 * `bar(total, desc)`: a tqdm bar. On a terminal the usual redrawn bar; anywhere else (a log,
-  a pipe) tqdm would write carriage returns, so its updates become whole lines instead, at most
-  one every LOG_EVERY_S seconds (tqdm's mininterval) and one when it ends.
+  a pipe) tqdm would write carriage returns, so its updates become whole lines instead: none
+  for a bar done within `after` seconds (tqdm's delay), then one at most every LOG_EVERY_S
+  seconds and one with the last state when it closes.
 
 Set DEEPCOMP_PROGRESS_AFTER=0 to see every step, or a large number for silence.
 """
@@ -73,15 +74,24 @@ def step(what: str, *, file=None, after: float | None = None, every: float = EVE
 
 
 class _Lines:
-    """A file for tqdm that turns its carriage-return redraws into whole lines."""
+    """A file for tqdm that turns its carriage-return redraws into whole lines, at most one
+    every `every` seconds (the first and a forced one, the bar's last, always)."""
 
-    def __init__(self, f):
+    def __init__(self, f, every: float):
         self.f = f
+        self.every = every
+        self.last = None
+        self.force = False
 
     def write(self, s: str) -> None:
         text = s.replace("\r", "").strip()
-        if text:
+        if not text:
+            return
+        now = time.monotonic()
+        if self.force or self.last is None or now - self.last >= self.every:
             _say(text, self.f)
+            self.last = now
+            self.force = False
 
     def flush(self) -> None:
         try:
@@ -92,7 +102,9 @@ class _Lines:
 
 def bar(total=None, desc: str = "", unit: str = "it", *, enabled: bool = True,
         leave: bool = False, file=None):
-    """A tqdm bar on stderr (see the module): redrawn on a terminal, sparse lines elsewhere."""
+    """A tqdm bar on stderr (see the module): redrawn on a terminal; elsewhere nothing for a
+    bar done within `after_s()` seconds, then whole lines, at most one every LOG_EVERY_S
+    seconds, and the last state when it closes."""
     from tqdm import tqdm
 
     out = file if file is not None else sys.stderr
@@ -105,5 +117,12 @@ def bar(total=None, desc: str = "", unit: str = "it", *, enabled: bool = True,
     if tty:
         return tqdm(total=total, desc=desc, unit=unit, file=out, leave=leave,
                     dynamic_ncols=True)
-    return tqdm(total=total, desc=desc, unit=unit, file=_Lines(out), leave=True, ascii=True,
-                ncols=80, mininterval=LOG_EVERY_S, maxinterval=LOG_EVERY_S)
+    lines = _Lines(out, LOG_EVERY_S)
+
+    class _LogBar(tqdm):
+        def close(self):
+            lines.force = True  # the last state, whatever the interval
+            super().close()
+
+    return _LogBar(total=total, desc=desc, unit=unit, file=lines, leave=True, ascii=True,
+                   ncols=80, delay=after_s(), mininterval=1.0)

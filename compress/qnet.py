@@ -27,6 +27,7 @@ import numpy as np
 from . import limits
 from .atomic import atomic_path
 from .errors import InputError
+from .infile import open_input
 
 QNET_VERSION = 1
 DEFAULT_INDEX_BITS = 4
@@ -328,14 +329,7 @@ class _Zip:
 
     def __init__(self, path: Path):
         self.path = path
-        try:
-            fh = open(path, "rb")
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise InputError(f"{path}: is a directory, expected an .npz file") from None
-        except OSError as e:
-            raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+        fh = open_input(path, expected="an .npz file")  # a regular file: zip seeks in it
         try:
             if not zipfile.is_zipfile(fh):
                 fh.seek(0)
@@ -440,7 +434,7 @@ def read_npy(path: str | Path, *, name: str | None = None, check=None) -> np.nda
     path = Path(path)
     name = name or str(path)
     try:
-        with open(path, "rb") as f:
+        with open_input(path, expected="a .npy file", name=name) as f:
             if f.read(4) == b"PK\x03\x04":
                 raise InputError(f"{name}: expected a single .npy array, not an archive")
             f.seek(0)

@@ -192,10 +192,10 @@ def layer_sensitivity(model: nn.Module, layers: dict[str, nn.Module], x_val, y_v
         dense = _accuracy(model, x, y, batch)
         acc: dict[str, list[float]] = {}
         if progress:
-            from tqdm import tqdm
+            from .progress import bar as progress_bar
 
-            bar = tqdm(total=len(layers), desc="sensitivity", unit="layer", leave=False,
-                       disable=None)  # None: no bar when stderr is not a terminal
+            # a redrawn bar on a terminal, sparse lines in a log (compress.progress)
+            bar = progress_bar(total=len(layers), desc="sensitivity", unit="layer")
         widen = True
         for name, mod in layers.items():
             w = getattr(mod, "weight", None)

@@ -188,7 +188,7 @@ def _fit(model, data, cfg, *, params, after_step, before_step, desc, teacher) ->
         if teacher.ndim != 2 or teacher.shape[0] != len(data):
             raise InputError(f"teacher logits {list(teacher.shape)} do not match the "
                              f"{len(data)} training examples")
-    from tqdm import tqdm
+    from .progress import bar as progress_bar
 
     dev = device()
     model.to(dev)
@@ -228,10 +228,8 @@ def _fit(model, data, cfg, *, params, after_step, before_step, desc, teacher) ->
     shift_gen = torch.Generator().manual_seed(cfg.seed * 1009 + 7 + rank) if cfg.shift else None
     net.train()
     step, losses = 0, []
-    # disable=None: no bar when stderr is not a terminal (a log file gets no \r lines).
-    bar = tqdm(total=total, desc=desc, disable=None if cfg.progress and rank == 0 else True,
-               leave=False,
-               dynamic_ncols=True)
+    # a redrawn bar on a terminal, a line every 30 s in a log (compress.progress)
+    bar = progress_bar(total=total, desc=desc, unit="step", enabled=cfg.progress and rank == 0)
     while step < total:
         perm = torch.randperm(len(data), generator=gen)[:n][rank::size].to(dev)
         losses = []
@@ -263,7 +261,8 @@ def _fit(model, data, cfg, *, params, after_step, before_step, desc, teacher) ->
             losses.append(loss.item())
             bar.update(1)
             if step % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+                # no redraw of its own: a log gets the loss with the next timed line
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
     bar.close()
     return {"steps": step, "loss": float(np.mean(losses)) if losses else float("nan")}
 

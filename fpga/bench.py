@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from compress.atomic import file_lock
+from compress.atomic import check_build_dir, file_lock
 
 from images import image_digest, kind_of
 
@@ -91,8 +91,7 @@ def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
 
     if timeout_cycles is None:
         timeout_cycles = sim_timeout(divisor)
-    root = build_root()
-    root.mkdir(parents=True, exist_ok=True)
+    root = check_build_dir(build_root(), "FPGA_BUILD_DIR")
     key = hashlib.sha256(json.dumps({
         "image": image_digest(img), "engine": kind_of(img), "gate": gate_level,
         "divisor": divisor, "timeout": timeout_cycles, "spram": spram, "src": _source_hash(),

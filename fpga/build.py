@@ -207,6 +207,7 @@ def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
     With `retry`, a build whose fmax falls short of the clock is built once more with the PLL at
     the fastest setting at or below that fmax, so the bitstream meets timing when it can.
     """
+    from compress.progress import step
     from images import kind_of
     from .top import BoardTop, pll_config
 
@@ -223,7 +224,8 @@ def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
         top = BoardTop(img, clock_hz=target, baud=baud, spram=spram, queue_depth=queue_depth)
         log(f"building {board}: {kind} engine, {what}, PLL "
             f"{top.clock_hz / 1e6:g} MHz, {baud} baud, in {out}/ ...")
-        npr, secs = _flow(platform, top, out, seed=seed)
+        with step(f"yosys, nextpnr-ice40 and icepack for {board}"):
+            npr, secs = _flow(platform, top, out, seed=seed)
         total += secs
         fig = parse_report(npr, clock_hz=top.clock_hz)
         met = fig["fmax_mhz"] is not None and fig["fmax_mhz"] >= fig["clock_mhz"]

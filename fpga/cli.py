@@ -237,8 +237,9 @@ def build_parser():
                         f"with --sim the fpga build default, {DEFAULT_CLOCK_MHZ:g} MHz, not the "
                         f"simulation's 100 MHz bench clock)")
     h.add_argument("--timeout", type=float, default=None,
-                   help="seconds of silence before a reply is given up (default 5 with --port, "
-                        "600 with --sim: a simulated INFER frame takes minutes under load)")
+                   help="seconds a reply may take before it is given up, however many bytes "
+                        "come meanwhile (default 5 with --port, 600 with --sim: a simulated "
+                        "INFER frame takes minutes under load)")
     h.add_argument("--no-spram", action="store_true",
                    help="--sim: every memory initialised (no SPRAM, no weight load)")
     _common(h)

@@ -45,7 +45,7 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from compress.atomic import file_lock
+from compress.atomic import check_build_dir, file_lock
 from compress.errors import InputError
 from images import image_digest, kind_of
 
@@ -261,7 +261,7 @@ def build(img, *, sim: str = "verilator", queue_depth: int = 8, acc_bits: int = 
     _sim_env(sim)
     params = {"queue_depth": queue_depth, "acc_bits": acc_bits, "drain_share": drain_share}
     root = build_root()
-    root.mkdir(parents=True, exist_ok=True)
+    check_build_dir(root, "FPGA_BUILD_DIR")
     key = _key(img, params)
     d = root / key
     synth_s = build_s = synth_cpu = build_cpu = 0.0

@@ -68,34 +68,88 @@ class SocketTransport:
 
 # A board that keeps sending frames that answer nothing is broken, not slow.
 MAX_STALE_REPLIES = 64
+# Bytes the board may send without one whole frame, in frames of the longest reply it can
+# send (noise on a line costs a few bytes; a board sending nothing but noise is not a board).
+JUNK_FRAMES = 4
+# What a board this host works with reports in PING: `fpga build` makes 1..16 PEs, and a clock
+# below 1 kHz (or 0) cannot be one (the throughput figures divide by it).
+MAX_BOARD_PES = 16
+MIN_CLOCK_HZ = 1000
+
+
+class BoardError(P.ProtocolError):
+    """The board talks nonsense: bytes without frames, frames that answer nothing, an
+    impossible PING. One line; the command exits with status 1."""
 
 
 class Board:
-    """Request/reply over a transport; `timeout` is seconds of silence before giving up.
+    """Request/reply over a transport; `timeout` is the seconds a reply may take, counted from
+    the moment the host starts waiting for it: bytes that arrive meanwhile (noise, frames that
+    answer nothing) never move that deadline.
 
     Each request is matched with its reply: frames that arrived before the request was sent
     are dropped, and so is any reply that cannot answer it (another command, or an ERROR
     about another command: protocol version 2 echoes the refused command). `stale` counts the
-    frames dropped, so a stray extra reply never leaves the host one reply behind.
+    frames dropped, so a stray extra reply never leaves the host one reply behind; more than
+    MAX_STALE_REPLIES of them in a row, or JUNK_FRAMES frames' worth of bytes without a frame,
+    end the run with `BoardError`. The decoder knows the length of every reply (from PING), so
+    a false SYNC in noise costs no more than the byte it is.
     """
 
     def __init__(self, transport, *, timeout: float = 5.0):
         self.t = transport
         self.timeout = timeout
-        self.dec = P.FrameDecoder()
         self.pending: list[P.Frame] = []
         self.info: P.Info | None = None
+        self.dec = self._decoder()
         self.stale = 0
+        self.junk = 0  # bytes read since the last whole frame
         self._tag = 0  # the next PACKED request's tag
         self.bytes_out = 0  # bytes written to the board
         self.bytes_in = 0  # bytes read from it
+
+    def _decoder(self) -> P.FrameDecoder:
+        self.junk = 0
+        return P.FrameDecoder(expect=self._plausible)
+
+    def _reply_lengths(self) -> dict[int, int | None]:
+        """Payload length of every reply (None: any, until PING says the network's shape)."""
+        fixed: dict[int, int | None] = {P.CMD_ERROR: 2, P.CMD_PING: 12, P.CMD_LOAD: 0,
+                                        P.CMD_COMMIT: 0}
+        if self.info is None:
+            return {**fixed, P.CMD_INFER: None, P.CMD_PACKED: None, P.CMD_COUNT: None}
+        o, n_l = self.info.out_features, self.info.num_layers
+        return {**fixed, P.CMD_INFER: 2 * o + 4 + 4 * n_l, P.CMD_PACKED: 1 + 2 * o + 4 + 4 * n_l,
+                P.CMD_COUNT: 12 + 4 * n_l}
+
+    def _plausible(self, cmd: int, n: int) -> bool:
+        lengths = self._reply_lengths()
+        return cmd in lengths and lengths[cmd] in (None, n)
+
+    def _max_junk(self) -> int:
+        longest = max((n if n is not None else P.MAX_PAYLOAD)
+                      for n in self._reply_lengths().values())
+        return JUNK_FRAMES * (5 + longest) + 4096
 
     def _write(self, frame: bytes) -> None:
         self.t.write(frame)
         self.bytes_out += len(frame)
 
-    def _reply(self) -> P.Frame:
-        deadline = time.monotonic() + self.timeout
+    def _take(self, data: bytes) -> None:
+        """Decode what was read; BoardError when the board sends bytes but no frames."""
+        self.bytes_in += len(data)
+        frames = self.dec.feed(data)
+        self.junk = 0 if frames else self.junk + len(data)
+        if self.junk > self._max_junk():
+            raise BoardError(f"the board sent {self.junk:,} bytes without one frame of this "
+                             f"protocol: not a board running this bitstream, or the wrong "
+                             f"port or baud rate")
+        self.pending += frames
+
+    def _reply(self, deadline: float | None = None) -> P.Frame:
+        """The next frame, by `deadline` (time.monotonic(); default: `timeout` from now)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         while not self.pending:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -103,21 +157,29 @@ class Board:
                 if self.pending:
                     break
                 raise TimeoutError(f"no reply from the board within {self.timeout:g} s")
-            data = self.t.read(4096, min(left, 0.2))
-            self.bytes_in += len(data)
-            if data:
-                self.pending += self.dec.feed(data)
-                deadline = time.monotonic() + self.timeout
+            self._take(self.t.read(4096, min(left, 0.2)))
         return self.pending.pop(0)
 
+    def _stale(self, run: int, what: str) -> int:
+        """Count a frame that answers nothing; BoardError after MAX_STALE_REPLIES in a row."""
+        self.stale += 1
+        if run + 1 >= MAX_STALE_REPLIES:
+            raise BoardError(f"{MAX_STALE_REPLIES} replies in a row that do not answer {what}")
+        return run + 1
+
     def _flush(self) -> None:
-        """Drop what arrived unasked (whole frames and a partial one) before a request."""
+        """Drop what arrived unasked (whole frames and a partial one) before a request; a board
+        that does not stop sending is refused."""
         n = len(self.pending)
         self.pending.clear()
+        got, cap = 0, self._max_junk()
         while data := self.t.read(4096, 0.0):
+            got += len(data)
             self.bytes_in += len(data)
             n += len(self.dec.feed(data))
-        self.dec = P.FrameDecoder()
+            if got > cap:
+                raise BoardError(f"the board keeps sending ({got:,} bytes nobody asked for)")
+        self.dec = self._decoder()
         self.stale += n
 
     def request(self, frame: bytes) -> P.Frame:
@@ -125,22 +187,23 @@ class Board:
         cmd = P.request_cmd(frame)
         self._flush()
         self._write(frame)
-        for _ in range(MAX_STALE_REPLIES):
-            reply = self._reply()
+        deadline = time.monotonic() + self.timeout
+        run = 0
+        while True:
+            reply = self._reply(deadline)
             if P.answers(reply, cmd):
                 return reply
-            self.stale += 1
-        raise P.ProtocolError(f"{MAX_STALE_REPLIES} replies that do not answer command "
-                              f"{cmd:#04x}")
+            run = self._stale(run, f"command {cmd:#04x}")
 
     def drain(self, quiet: float = 0.3) -> list[P.Frame]:
-        """Collect whatever arrives until `quiet` seconds pass with nothing (after garbage)."""
-        while True:
-            data = self.t.read(4096, quiet)
-            self.bytes_in += len(data)
+        """Collect whatever arrives until `quiet` seconds pass with nothing (after garbage), for
+        at most `timeout` seconds and JUNK_FRAMES frames' worth of bytes without a frame."""
+        deadline = time.monotonic() + self.timeout
+        while (left := deadline - time.monotonic()) > 0:
+            data = self.t.read(4096, min(quiet, left))
             if not data:
                 break
-            self.pending += self.dec.feed(data)
+            self._take(data)
         frames, self.pending = self.pending, []
         return frames
 
@@ -149,7 +212,17 @@ class Board:
         if info.version != P.VERSION:
             raise P.ProtocolError(f"the board speaks protocol version {info.version}, this host "
                                   f"{P.VERSION}: build the bitstream from this version")
+        # Checked before anything is built for it (a 255-PE image takes minutes).
+        if not 1 <= info.pes <= MAX_BOARD_PES:
+            raise BoardError(f"the board reports {info.pes} PEs; boards this host works with "
+                             f"have 1..{MAX_BOARD_PES}")
+        if info.clock_hz < MIN_CLOCK_HZ:
+            raise BoardError(f"the board reports a clock of {info.clock_hz} Hz")
+        if min(info.num_layers, info.in_features, info.out_features) < 1:
+            raise BoardError(f"the board reports a network of {info.num_layers} layers, "
+                             f"{info.in_features} inputs and {info.out_features} outputs")
         self.info = info
+        self.dec = self._decoder()  # the reply lengths are known now
         return info
 
     def infer(self, x: np.ndarray) -> P.Result:
@@ -186,6 +259,9 @@ class Board:
             todo.appendleft(i)
 
         self._flush()
+        # The next reply is due `timeout` after the host starts waiting for it; frames that
+        # answer nothing in flight neither move that deadline nor go on without end.
+        deadline, run = None, 0
         while todo or flight:
             while todo and len(flight) < w:
                 tag = self._tag
@@ -195,33 +271,38 @@ class Board:
                 self._tag = (tag + 1) & 0xFF
                 self._write(frame)
                 flight.append((tag, todo.popleft()))
+            if deadline is None:
+                deadline = time.monotonic() + self.timeout
             try:
-                reply = self._reply()
+                reply = self._reply(deadline)
             except TimeoutError:
                 for _, i in reversed(flight):  # nothing came: all of them again
                     again(i, "timed out")
                 flight.clear()
                 self._flush()
+                deadline = None
                 continue
             if reply.cmd == P.CMD_PACKED:
                 r = P.decode_packed(reply, out_features=info.out_features,
                                     num_layers=info.num_layers)
                 pos = next((k for k, (t, _) in enumerate(flight) if t == r.tag), None)
                 if pos is None:
-                    self.stale += 1
+                    run = self._stale(run, "a PACKED request in flight")
                     continue
                 for _ in range(pos):  # replies in order: theirs were lost on the way
                     again(flight.popleft()[1], "reply lost")
                 results[flight.popleft()[1]] = r
                 done += 1
+                deadline, run = None, 0
                 if progress:
                     progress(done)
             elif flight and P.answers(reply, P.CMD_PACKED):
                 # the oldest request in flight was refused (or its reply lost as well)
                 code = reply.payload[0] if reply.payload else -1
                 again(flight.popleft()[1], P.ERROR_NAMES.get(code, f"error {code}"))
+                deadline, run = None, 0
             else:
-                self.stale += 1
+                run = self._stale(run, "a PACKED request in flight")
         return results
 
     def load(self, img, *, progress: bool = False, retries: int = 3) -> int:
@@ -264,19 +345,23 @@ class Board:
         w = info.window
         again = (P.ERR_CRC, P.ERR_LENGTH, P.ERR_TIMEOUT)  # the frame was damaged on the way
         sent = acked = failures = 0
+        deadline, run = None, 0  # as in infer_many: stale frames do not move the deadline
         self._flush()
         try:
             while acked < len(frames):
                 while sent < len(frames) and sent - acked < w:
                     self._write(frames[sent])
                     sent += 1
+                if deadline is None:
+                    deadline = time.monotonic() + self.timeout
                 try:
-                    reply = self._reply()
+                    reply = self._reply(deadline)
                 except TimeoutError:
                     reply = None
                 if reply is not None and not P.answers(reply, P.CMD_LOAD):
-                    self.stale += 1
+                    run = self._stale(run, "a LOAD in flight")
                     continue
+                deadline, run = None, 0
                 if reply is not None and reply.cmd == P.CMD_LOAD:
                     P.decode_empty(reply, P.CMD_LOAD)
                     acked += 1

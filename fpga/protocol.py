@@ -152,15 +152,34 @@ class FrameDecoder:
 
     Bytes before a SYNC are skipped; a frame with a bad CRC is skipped and parsing resumes one
     byte after its SYNC, so a stray SYNC inside garbage never hides a good frame behind it.
+
+    `expect(cmd, length) -> bool`, when given, says which headers can start a frame (the host
+    knows every reply's command and length): any other SYNC is skipped at once, without
+    waiting for its payload or checking a CRC over it. The CRC work is bounded too: checking
+    more than `WORK_PER_BYTE` bytes of CRC per byte fed (plus `WORK_FREE`) means the stream is
+    crafted or noise, and raises ProtocolError, so the cost per byte fed stays bounded.
     """
 
-    def __init__(self, *, sync: int = SYNC_REP):
+    WORK_PER_BYTE = 8
+    WORK_FREE = 1 << 17
+
+    def __init__(self, *, sync: int = SYNC_REP, expect=None):
         self.sync = sync
+        self.expect = expect
         self.buf = bytearray()
         self.skipped = 0  # bytes dropped while hunting for frames
+        self.fed = 0  # bytes fed in all
+        self.work = 0  # bytes of CRC checked in all
+
+    def _checked(self, n: int) -> None:
+        self.work += n
+        if self.work > self.WORK_PER_BYTE * self.fed + self.WORK_FREE:
+            raise ProtocolError(f"{self.fed:,} bytes in which every SYNC starts a frame whose "
+                                f"checksum fails: not a board speaking this protocol")
 
     def feed(self, data: bytes) -> list[Frame]:
         self.buf += data
+        self.fed += len(data)
         frames = []
         while True:
             start = self.buf.find(bytes([self.sync]))
@@ -174,9 +193,14 @@ class FrameDecoder:
             if len(self.buf) < 4:
                 return frames
             (n,) = struct.unpack_from("<H", self.buf, 2)
+            if self.expect is not None and not self.expect(self.buf[1], n):
+                self.skipped += 1  # no reply has this header: not a frame
+                del self.buf[:1]
+                continue
             if len(self.buf) < 5 + n:
                 return frames
             body = bytes(self.buf[1 : 4 + n])
+            self._checked(len(body))
             if crc8(body) == self.buf[4 + n]:
                 frames.append(Frame(cmd=body[0], payload=body[3:]))
                 del self.buf[: 5 + n]

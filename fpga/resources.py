@@ -367,3 +367,21 @@ def format_analysis(a: dict) -> str:
                    + (f", {a['spram_used']} ROMs in SPRAM" if a["spram_used"] else "") + ")")
     lines.append(f"{a['engine']} engine, {_pes(a['pes'])}: {verdict}")
     return "\n".join(lines)
+
+
+def check_board_fit(qnet, engine: str, pes: int, *, spram: bool = True, img=None) -> dict:
+    """The analysis of `img` (or, without it, `fit_bound`: before any placement); InputError
+    with `fit_message` when the memories do not fit the UP5K. For commands that need the
+    board's network to fit (the simulated board) and print no table."""
+    from compress.errors import InputError
+
+    if img is None:
+        a = fit_bound(qnet, engine, pes, spram=spram)
+        quick = False
+    else:
+        a = analyse(img, spram=spram)
+        quick = True
+    if not fits(a):
+        raise InputError(fit_message(qnet, a, what_fits(qnet, engine, pes, spram=spram,
+                                                        quick=quick)))
+    return a

@@ -95,9 +95,10 @@ def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
     stats = RunStats(load_bytes=load_bytes, load_seconds=load_seconds)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from compress.progress import bar as progress_bar
 
-        bar = tqdm(total=len(x), desc=f"{noun}s", unit=noun, disable=None)  # not into a log
+        # redrawn on a terminal, a line every 30 s in a log (compress.progress)
+        bar = progress_bar(total=len(x), desc=f"{noun}s", unit=noun)
     out0, in0 = board.bytes_out, board.bytes_in
     t0 = time.monotonic()
     try:
@@ -226,7 +227,16 @@ def run_cli(args) -> int:
             divisor = baud_divisor(mhz * 1e6, args.baud)
         except ValueError as e:
             raise InputError(f"--baud: {e}") from None
-        rom = build_image(qnet, args.engine, args.pes)
+        from compress.progress import step
+
+        from .resources import check_board_fit
+
+        # the simulated board is the board: a network the UP5K cannot hold (with the build's
+        # SPRAM plan; --no-spram only preloads the simulation) is refused at once
+        check_board_fit(qnet, args.engine, args.pes)
+        with step(f"placing the rows over {args.pes} PEs ({args.engine} engine)"):
+            rom = build_image(qnet, args.engine, args.pes)
+        check_board_fit(qnet, args.engine, args.pes, img=rom)
         print(f"simulated board: {args.engine} engine, {args.pes} PEs, UART at {divisor} clocks "
               f"a bit ({args.baud:,} baud at {mhz:g} MHz)")
         with simulated_board(rom, spram=not args.no_spram, divisor=divisor) as transport:

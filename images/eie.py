@@ -37,6 +37,7 @@ import numpy as np
 from compress import limits
 from compress.atomic import atomic_dir
 from compress.errors import InputError
+from compress.infile import read_input, read_text
 from compress.qnet import DEFAULT_INDEX_BITS, Layer, QNet
 
 from .csc import DEFAULT_REL_BITS, decode_csc, encode_csc, pe_rows  # noqa: F401 (re-exported)
@@ -526,12 +527,10 @@ def read_rom(rom_dir: str | Path) -> RomImage:
     """Read and verify ROM images (manifest version, every file's size and sha256)."""
     rom_dir = Path(rom_dir)
     mpath = rom_dir / "manifest.json"
+    text = read_text(mpath, limit="max_config_bytes", expected="a ROM manifest")
     try:
-        limits.check("max_config_bytes", mpath.stat().st_size, f"{mpath}: size")
-        manifest = json.loads(mpath.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{mpath}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as e:
         raise InputError(f"{mpath}: not valid JSON ({e})") from None
     except RecursionError:
         raise InputError(f"{mpath}: not valid JSON (nested too deeply)") from None
@@ -602,10 +601,10 @@ def _read_rom_checked(rom_dir: Path, mpath: Path, manifest: dict) -> RomImage:
     data = {}
     for fname, info in manifest["files"].items():
         path = rom_dir / fname
-        try:
-            blob = path.read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"{path}: missing ROM image") from None
+        if not path.exists():
+            raise InputError(f"{path}: missing ROM image")
+        blob = read_input(path, max_bytes=int(info["bytes"]), limit="max_array_bytes",
+                          expected="a ROM image file")
         if hashlib.sha256(blob).hexdigest() != info["sha256"]:
             raise InputError(f"{path}: sha256 mismatch, the ROM image is corrupted")
         data[fname] = blob

@@ -32,7 +32,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.data import StructLayout
 from amaranth.lib.wiring import In, Out
 
-from compress.atomic import file_lock
+from compress.atomic import check_build_dir, file_lock
 from hw.blocks import post_process
 from hw.eie.codebook import CodebookDecoder
 from hw.eie.mac import Mac, hit_layout
@@ -321,7 +321,7 @@ def build_block(block: str, params: dict, *, waves: bool | None = None) -> Block
                           "src": _source_hash()}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
     root = build_root()
-    root.mkdir(parents=True, exist_ok=True)
+    check_build_dir(root, "TB_BLOCKS_BUILD_DIR")
     d = root / key
     with file_lock(root / f"{key}.lock"):
         stamp = d / "sim_build" / ".built"

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.atomic import file_lock
+from compress.atomic import check_build_dir, file_lock
 from compress.errors import InputError
 from images import EngineParams
 from images.memmap import memory_specs
@@ -161,7 +161,7 @@ def compile_template(template: str, image, *, jobs: int = 1) -> FastBuild:
     """The binary of `template` (cached by its hash); `jobs` compiler processes."""
     n_in, n_out, n_layers = _shape(image)
     t = hashlib.sha256((template + _bench_hash() + f"{n_in},{n_out},{n_layers}").encode())
-    d = build_root() / "bin" / t.hexdigest()[:20]
+    d = check_build_dir(build_root() / "bin", "FASTBENCH_BUILD_DIR") / t.hexdigest()[:20]
     meta_path = d / "meta.json"
     t0 = time.monotonic()
     with file_lock(d.parent / f"{d.name}.lock"):
@@ -340,9 +340,7 @@ def run(fb: FastBuild, mems: Path, x: np.ndarray, *, stall_in: float = 0.0,
 
 
 def _runs() -> Path:
-    d = build_root() / "runs"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return check_build_dir(build_root() / "runs", "FASTBENCH_BUILD_DIR")
 
 
 def simulate(image, x: np.ndarray, params: EngineParams = EngineParams(), **kw) -> FastResult:

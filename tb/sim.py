@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.atomic import file_lock
+from compress.atomic import check_build_dir, file_lock
 from compress.errors import InputError
 from images import EngineParams, image_digest, kind_of
 
@@ -322,12 +322,14 @@ def build(image, params: EngineParams = EngineParams(), *, waves: bool | None = 
     waves = waves_enabled() if waves is None else waves
     runner = runner_for(sim)  # before any work: a missing Verilator is one line
     root = build_root()
-    root.mkdir(parents=True, exist_ok=True)
     key = build_key(image, params, waves, sim)
     d = root / key
+    stamp = d / "sim_build" / ".built"
+    if stamp.exists():  # complete (the stamp is written last): no lock, a read-only tree will do
+        return Build(dir=d, image=image, params=params, waves=waves, sim=sim)
+    check_build_dir(root, "TB_BUILD_DIR")
     with file_lock(root / f"{key}.lock"):
         vfile = d / "engine.v"
-        stamp = d / "sim_build" / ".built"
         if not stamp.exists():
             d.mkdir(parents=True, exist_ok=True)
             try:
@@ -383,8 +385,11 @@ def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float
 
     x = np.ascontiguousarray(x, dtype=np.int16)
     runs = b.dir / "runs"
-    runs.mkdir(exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
+    try:
+        runs.mkdir(exist_ok=True)
+        run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
+    except OSError:  # a cached build in a read-only tree: the run goes to the system's temp dir
+        run_dir = Path(tempfile.mkdtemp(prefix="tb-run-"))
     # a failed run raises and leaves run_dir for inspection (inputs, sim.log, results.xml)
     np.save(run_dir / "inputs.npy", x, allow_pickle=False)
     env = {

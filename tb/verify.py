@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.atomic import check_build_dir
 from compress.errors import InputError, OneLineParser, run_main
 
 from .sim import REPO
@@ -174,7 +175,7 @@ def _body(argv):
     shards = max(1, args.jobs // len(engines))
     results, errors = {}, {}
     build_root_runs = Path(os.environ.get("FASTBENCH_BUILD_DIR") or REPO / "build" / "fastbench")
-    build_root_runs.mkdir(parents=True, exist_ok=True)
+    check_build_dir(build_root_runs, "FASTBENCH_BUILD_DIR")
     with tempfile.TemporaryDirectory(prefix="verify-", dir=build_root_runs) as td:
         def work(e):
             try:

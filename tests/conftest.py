@@ -5,6 +5,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Progress lines for steps past a few seconds (compress.progress) depend on the machine's load:
+# the tests' commands stay quiet unless a test asks for them (tests/test_progress.py).
+os.environ.setdefault("DEEPCOMP_PROGRESS_AFTER", "600")
+
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:

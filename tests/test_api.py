@@ -392,12 +392,12 @@ def test_lenet_300_100_sized_user_model_on_mnist(mnist_dir, monkeypatch):
             opt.zero_grad()
             nn.functional.cross_entropy(m(xt[idx]), yt[idx]).backward()
             opt.step()
-    t = time.time()
+    t = time.process_time()
     result = compress.compress_model(m, train=(x, y), seed=0, progress=False,
                                      test=(te.images.astype(np.float32) / 255,
                                            te.labels.astype(np.int64)))
-    wall = time.time() - t
+    cpu = time.process_time() - t  # CPU time (all threads), never wall time
     s = result.summary
-    assert wall < 600, wall
+    assert cpu < 900, cpu
     assert s["accuracy"]["integer"]["test"] >= s["accuracy"]["dense"]["test"] - 1.0
     assert s["met_max_drop"] and s["ratio"] > 30

@@ -296,3 +296,49 @@ def test_pipeline_model_conv_compresses_without_a_qnet(files, tmp_path, capsys):
         "model.dcz", "report.txt", "sensitivity.json", "sensitivity.png", "sensitivity.txt",
         "summary.json"]
     assert json.loads((out / "summary.json").read_text())["engine"] is False
+
+
+def test_encode_inputs_takes_an_array_of_an_npz(files, qnet_path, tmp_path, capsys):
+    """encode-inputs --inputs D.npz:x_test (or --inputs D.npz --key x_test): the array of the
+    data set .npz that pipeline took, encoded exactly as the same array in an .npy; an .npz
+    without a key, or with one it lacks, is refused naming the arrays it holds."""
+    x = np.load(files / "x.npy")
+    d = tmp_path / "D.npz"
+    np.savez(d, x_train=x[:10], y_train=np.zeros(10, np.int64), x_test=x)
+    outs = []
+    for n, argv in enumerate(([f"{d}:x_test"], [str(d), "--key", "x_test"],
+                              [str(files / "x.npy")])):
+        out = tmp_path / f"xi{n}.npy"
+        assert main(["encode-inputs", "--model", str(qnet_path), "--inputs", *argv,
+                     "--out", str(out)]) == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] == outs[2]
+    capsys.readouterr()
+    refused(capsys, ["encode-inputs", "--model", qnet_path, "--inputs", d, "--out",
+                     tmp_path / "o.npy"], "is an .npz", "x_train, y_train, x_test", root=tmp_path)
+    refused(capsys, ["encode-inputs", "--model", qnet_path, "--inputs", f"{d}:x_val", "--out",
+                     tmp_path / "o.npy"], "no array 'x_val'", root=tmp_path)
+    refused(capsys, ["encode-inputs", "--model", qnet_path, "--inputs", files / "x.npy",
+                     "--key", "x_test", "--out", tmp_path / "o.npy"], "one array",
+            root=tmp_path)
+
+
+def test_pipeline_says_when_it_holds_out_a_validation_split(files, tmp_path, capsys):
+    """A data set without x_val/y_val: the pipeline says on stderr that it held a tenth of
+    x_train out (at the start in the stage lines, or at the end with --no-progress), and the
+    report names the examples; the result line gives the drop with the split's resolution and
+    never below zero."""
+    d = np.load(files / "tiny.npz")
+    data = tmp_path / "noval.npz"
+    np.savez(data, **{k: d[k] for k in ("x_train", "y_train", "x_test", "y_test")})
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["pipeline", "--model", str(files / "tiny.onnx"), "--data", str(data),
+                     "--out", str(out), "--max-steps", "5", "--prune-rounds", "1",
+                     "--attempts", "1", "--max-drop", "50", "--no-progress"]) == 0
+    cap = capsys.readouterr()
+    assert "has no x_val/y_val: 40 examples of x_train were held out" in cap.err
+    assert "40 examples held out of train" in (out / "report.txt").read_text()
+    line = next(ln for ln in cap.out.splitlines() if "validation drop" in ln)
+    assert "on 40 examples, 2.50 points each" in line and "drop -" not in line

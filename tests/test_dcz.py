@@ -489,7 +489,7 @@ def test_arithmetic_layer_work_is_bounded_by_its_size():
     w.align()
     layer = Layer(np.array([0, 1], np.int16), np.zeros((1000, 1000), np.uint8),
                   np.zeros(1000, np.int32), 0, False)
-    payload = w.getvalue() + b"\x00" * 40
+    payload = w.getvalue() + b"\x01" * 40  # (a zero byte at the end is refused as padding)
     data = _seal([(b"H", _header_payload([layer], 8, None)), (_TAG_AC, payload)])
     with limits.override(dcz_weights_per_byte=10**6):
         with pytest.raises(InputError, match="arithmetic-coded layer of 1,000,000 positions"):

@@ -364,3 +364,14 @@ def test_make_bitstream_takes_a_build_dir():
 
     assert dry("BUILD_DIR=build/mynet").endswith("--build-dir build/mynet")
     assert "--build-dir" not in dry()
+
+
+def test_the_simulated_board_refuses_a_network_the_board_cannot_hold(tmp_path):
+    """fpga run --sim is the board: a network too big for the UP5K is refused at once (exit 2,
+    one line with what binds), not simulated for minutes."""
+    np.save(tmp_path / "x.npy", np.zeros((2, 784), np.int16))
+    r = fpga_cli("run", "--sim", "--model", "synthetic:784-1024-1024-10", "--inputs",
+                 str(tmp_path / "x.npy"))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not fit" in lines[0] and "16,384" in lines[0]

@@ -190,15 +190,17 @@ def _dcz(payloads, input_frac=0):
 
 
 def _bounded(fn, *, mb=8, seconds=1.0):
+    """fn() within `mb` of traced memory and `seconds` of CPU time (x4: tracemalloc slows
+    Python; CPU time, never wall time: a loaded machine must not fail the bound)."""
     tracemalloc.start()
-    t = time.perf_counter()
+    t = time.process_time()
     try:
         return fn()
     finally:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < mb * 2**20, f"peak {peak / 2**20:.1f} MB"
-        assert time.perf_counter() - t < seconds * 4  # tracemalloc slows Python ~4x
+        assert time.process_time() - t < seconds * 4
 
 
 def test_dcz_bomb_refused_before_allocating(tmp_path, capsys):
@@ -243,9 +245,9 @@ def test_dcz_worst_case_a_few_hundred_bytes_cost(monkeypatch):
     n = limits.get().dcz_free_weights + limits.get().dcz_weights_per_byte * 300
     data = _dcz([_bomb_layer(512, n // 512, scheme=4)])
     with limits.override(dcz_free_weights=n):  # the file itself is only ~40 bytes
-        t = time.perf_counter()
+        t = time.process_time()
         q = unpack(data)
-        assert time.perf_counter() - t < 1.0
+        assert time.process_time() - t < 1.0  # CPU time, ~0.1 s measured
         assert q.layers[0].index.size == 512 * (n // 512)
         _bounded(lambda: unpack(data), mb=16, seconds=1.0)
 
@@ -514,10 +516,10 @@ def test_limits_spec_parsing(monkeypatch):
     rc = main(["unpack", "x.dcz", "--out", "y.npz"])
     assert rc == 2
     # a huge power is refused before it is computed (it took minutes and GBs)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     with pytest.raises(InputError, match="over 2"):
         limits.parse("max_weights=2**99999999999")
-    assert time.perf_counter() - t0 < 0.5
+    assert time.process_time() - t0 < 0.5
     assert limits.parse("max_weights=2**64, max_dim=1**99999999999") == {
         "max_weights": 1 << 64, "max_dim": 1}
     monkeypatch.delenv("DEEPCOMP_LIMITS")
@@ -543,7 +545,7 @@ def big_dcz(tmp_path_factory):
     return d / "big.dcz"
 
 
-def _wait_for(cond, timeout=30.0):
+def _wait_for(cond, timeout=300.0):  # a guard against a hang (a loaded machine is slow)
     t = time.monotonic()
     while not cond():
         if time.monotonic() - t > timeout:
@@ -648,11 +650,11 @@ def test_tb_fpga_bench_bad_arguments_refused_up_front(tmp_path, capsys):
         (bench_main, ["--only", "tooling", "--out", str(afile)], "not a directory"),
     ]
     for fn, argv, words in cases:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         assert fn(argv) == 2, argv
         err = capsys.readouterr().err
         assert _one_line(err) and words in err, (argv, err)
-        assert time.perf_counter() - t0 < 20, argv
+        assert time.process_time() - t0 < 20, argv  # CPU time: refused before any work
     assert hashlib.sha256(SHIPPED_QNET.read_bytes()).hexdigest() == shipped
     assert afile.read_text() == "mine" and not (tmp_path / "b").exists()
     assert not (tmp_path / "p").exists()

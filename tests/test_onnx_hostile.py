@@ -197,3 +197,23 @@ def test_non_finite_and_extreme_values_refused_before_training(tmp_path, capsys,
     for w in words:
         assert w in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("size,k,s,p", [(7, 2, 2, 1), (5, 3, 2, 1), (8, 3, 2, 1), (6, 3, 3, 0)])
+def test_ceil_mode_window_sizes_are_torchs(tmp_path, size, k, s, p):
+    """The importer's derived sizes are the ones torch computes (a ceil_mode window that would
+    start in the padding is dropped): the network it returns runs on its declared input."""
+    import torch
+    from torch import nn
+
+    from .test_onnx_import import export
+
+    torch.manual_seed(0)
+    conv, pool = nn.Conv2d(1, 2, 1), nn.MaxPool2d(k, s, padding=p, ceil_mode=True)
+    with torch.no_grad():
+        n = pool(conv(torch.zeros(1, 1, size, size))).numel()
+    model = nn.Sequential(conv, pool, nn.Flatten(), nn.Linear(n, 3))
+    imported = load_onnx(export(model, torch.randn(2, 1, size, size), tmp_path / "m.onnx"))
+    x = torch.randn(4, 1, size, size)
+    with torch.no_grad():
+        assert torch.allclose(imported(x), model(x), atol=1e-5)

@@ -180,3 +180,35 @@ def test_speed_reports_each_engine_and_checks_them(small, capsys):
                      *bad]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and expect in lines[0], (bad, lines)
+
+
+@pytest.mark.parametrize("cmd", ["sim", "run"])
+def test_lockstep_commands_do_not_place_an_eie_image(cmd, tmp_path, monkeypatch):
+    """tb sim/run --engine lockstep build only the lockstep image: the EIE engine's placement
+    (which ran for minutes on a 1.9 M-weight network) is never called. The simulator build is
+    stopped by a stand-in once the images exist."""
+    import images.eie
+    import tb.sim
+    from tb.cli import main
+
+    class Built(Exception):
+        pass
+
+    def no_placement(*a, **k):
+        raise AssertionError("the EIE placement ran for the lockstep engine")
+
+    def stop(img, *a, **k):
+        raise Built(type(img).__name__)
+
+    monkeypatch.setattr(images.eie, "place_balanced", no_placement)
+    monkeypatch.setattr(tb.sim, "build", stop)
+    q = random_qnet((30, 16, 5), seed=1, density=0.3)
+    save_qnet(q, tmp_path / "q.npz")
+    np.save(tmp_path / "x.npy", random_inputs(3, 30, seed=2))
+    args = ["--model", tmp_path / "q.npz", "--inputs", tmp_path / "x.npy", "--engine",
+            "lockstep", "--pes", "4"]
+    if cmd == "run":
+        args += ["--out", tmp_path / "y.npy"]
+    monkeypatch.setenv("TB_DEBUG", "1")  # let the stand-in's exception through
+    with pytest.raises(Built, match="LockstepImage"):
+        main([cmd, *map(str, args)])

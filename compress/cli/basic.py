@@ -57,10 +57,13 @@ def _export_rom(args):
 
     refuse_same_path(args.out, args.model)
     check_dir_output(args.out, force=args.force, what="--out")  # before any work
+    from ..progress import step
+
     qnet = load_qnet(args.model, index_bits=args.index_bits)
-    m = export_rom(qnet, args.out, pes=args.pes, index_bits=args.index_bits,
-                   rel_bits=args.rel_bits, balance=args.balance, force=args.force,
-                   keep=[args.model], what="--out")
+    with step(f"placing the rows over {args.pes} PEs and writing {args.out}"):
+        m = export_rom(qnet, args.out, pes=args.pes, index_bits=args.index_bits,
+                       rel_bits=args.rel_bits, balance=args.balance, force=args.force,
+                       keep=[args.model], what="--out")
     t = m["totals"]
     print(
         f"wrote {args.out}: {m['num_layers']} layers, {args.pes} PEs, "

@@ -242,7 +242,11 @@ def _pipeline_args(p):
                    help="prune in the pattern of BOARD's engine (icebreaker: every column even "
                         "over the lockstep engine's 8 PEs; default: unstructured)")
     p.add_argument("--baseline", default=None, help="start from this dense checkpoint")
-    p.add_argument("--out", default=None, help="output directory (default build/compress)")
+    p.add_argument("--out", default=None, help="output directory (default build/compress; with "
+                                              "--model: a new or empty directory, see --force)")
+    p.add_argument("--force", action="store_true",
+                   help="with --model: write into an existing non-empty --out; the files this "
+                        "command writes are replaced, nothing else is touched")
     p.add_argument("--stages", default="train,prune,quantize,fixedpoint",
                    help="comma-separated subset of train,prune,quantize,fixedpoint")
     p.add_argument("--ship", default=None, metavar="DIR",
@@ -263,7 +267,8 @@ def _pipeline(args):
     if args.model is not None:
         return _pipeline_model(args)
     for flag, value in (("--max-drop", args.max_drop), ("--epochs", args.epochs),
-                        ("--prune-rounds", args.prune_rounds), ("--attempts", args.attempts)):
+                        ("--prune-rounds", args.prune_rounds), ("--attempts", args.attempts),
+                        ("--force", args.force or None)):
         if value is not None:
             raise InputError(f"{flag} goes with --model (the recipes take --config/--set)")
     cfg = _config(args)
@@ -289,10 +294,15 @@ def _pipeline(args):
     return 0 if summary else 1
 
 
+def _one_line_warning(message, *_args, **_kwargs) -> None:
+    """warnings.showwarning for the CLI: one line on stderr, not the source line Python adds."""
+    print(f"warning: {str(message).splitlines()[0]}", file=sys.stderr, flush=True)
+
+
 def _pipeline_model(args) -> int:
     """`pipeline --model M.onnx --data D.npz`: compress_model on the user's network and data."""
     from ..api import compress_model
-    from ..atomic import refuse_same_path
+    from ..atomic import atomic_dir, check_dir_output
     from .user import load_dataset, load_model
     from ..sensitivity import write_sensitivity
 
@@ -312,11 +322,10 @@ def _pipeline_model(args) -> int:
     if args.out is None:
         raise InputError("--model needs --out DIR")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a directory")
-    for name in ("model.dcz", "model.qnet.npz", "report.txt", "summary.json",
-                 "sensitivity.json", "sensitivity.txt", "sensitivity.png"):
-        refuse_same_path(out / name, args.model, args.data)
+    # export-rom's rule, before the run: a new or empty DIR, or --force (then only this
+    # command's files are replaced); no output may be a directory in the way or an input.
+    check_dir_output(out, force=args.force, what="--out", names=PIPELINE_OUTPUTS,
+                     keep=(args.model, args.data))
     if args.max_steps is not None and args.max_steps < 1:
         raise InputError(f"--max-steps must be >= 1, not {args.max_steps}")
     model = load_model(args.model)
@@ -330,24 +339,30 @@ def _pipeline_model(args) -> int:
             opts[key] = value
     if args.max_steps is not None:  # a cap on the steps of every retraining round
         opts["round_steps"] = (min(150, args.max_steps), args.max_steps)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        # each warning once, as one line, when it happens (not after an hour of training)
+        warnings.simplefilter("default")
+        warnings.showwarning = _one_line_warning
         result = compress_model(model, train=data["train"], val=data["val"],
                                 seed=0 if args.seed is None else args.seed,
                                 max_drop=0.5 if args.max_drop is None else args.max_drop,
                                 **opts)
-    for w in caught:  # one line each, not the source line Python's formatter adds
-        print(f"warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
-    result.save(out)
-    if result.sensitivity is not None:
-        write_sensitivity(result.sensitivity, out)
+    if data["val"] is None and args.no_progress:  # else the stage lines said it at the start
+        print(f"note: {args.data} has no x_val/y_val: {result.summary['examples']['val']} "
+              "examples of x_train were held out for validation (seeded by --seed); max_drop "
+              "was judged on them", file=sys.stderr)
+    with atomic_dir(out, force=args.force, what="--out", keep=(args.model, args.data)) as tmp:
+        result.save(tmp)
+        if result.sensitivity is not None:
+            write_sensitivity(result.sensitivity, tmp)
     s = result.summary
     acc = s["accuracy"]
     final = "integer" if "integer" in acc else "quantized"
     met = "met" if s["met_max_drop"] else "NOT met"
     print(f"{args.model}: .dcz {s['dcz_bytes']:,} bytes, {s['ratio']:.1f}x smaller than float32 "
           f"({s['uncompressed_bytes']:,} bytes); max_drop {s['max_drop']} {met} "
-          f"(validation drop {s['drop']:.2f} points)")
+          f"(validation drop {s['drop']:.2f} points on {s['examples']['val']} examples, "
+          f"{100 / s['examples']['val']:.2f} points each)")
     print("test accuracy: dense {:.2f}%, {} {:.2f}%".format(
         acc["dense"]["test"], final, acc[final]["test"]))
     print("density " + ", ".join(f"{k} {v:.3f}" for k, v in s["density"].items()) +
@@ -359,6 +374,8 @@ def _pipeline_model(args) -> int:
     return 0
 
 
+PIPELINE_OUTPUTS = ("model.dcz", "model.qnet.npz", "report.txt", "summary.json",
+                    "sensitivity.json", "sensitivity.txt", "sensitivity.png")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -373,7 +390,7 @@ def ship(cfg, dest: Path, name: str | None = None) -> None:
     src = Path(cfg.out) / "model.dcz"
     if not src.exists():
         raise InputError(f"{src}: no .dcz to ship (the network must be fully connected)")
-    data = src.read_bytes()
+    data = dcz.read_file(src)
     qnet = dcz.unpack(data)
     qnet.validate(index_bits=4)  # the engine's 4-bit codebook indices
     dest.mkdir(parents=True, exist_ok=True)
@@ -406,10 +423,7 @@ def _report(args):
 
     path = Path(args.model)
     if path.suffix == ".dcz":
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise InputError(f"{path}: cannot read ({e.strerror})") from None
+        raw = dcz.read_file(path)
         qnet, size = dcz.unpack(raw), len(raw)
     else:
         qnet, size = load_qnet(path, index_bits=8), len(dcz.pack(load_qnet(path, index_bits=8)))

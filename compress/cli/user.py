@@ -111,8 +111,44 @@ def _encode_args(p):
     p.add_argument("--model", required=True, help="the network: qnet .npz or .dcz (its "
                                                   "input_frac sets the scaling)")
     p.add_argument("--inputs", required=True,
-                   help="float inputs .npy [batch, ...] in the model's own units and shape")
+                   help="float inputs [batch, ...] in the model's own units and shape: an .npy, "
+                        "or an array of an .npz as D.npz:KEY (e.g. the data set's "
+                        "D.npz:x_test) or with --key")
+    p.add_argument("--key", default=None,
+                   help="the array of an .npz --inputs to encode (e.g. x_test)")
     p.add_argument("--out", required=True, help="where to write the int16 [batch, in_0] .npy")
+
+
+def read_inputs_array(spec: str, key: str | None = None) -> tuple[np.ndarray, str, str]:
+    """(array, its file, a name for messages) from an .npy, or from an .npz with `key` or as
+    "FILE.npz:KEY" (the file's own name wins when such a file exists). An .npz without a key is
+    refused with the names of its arrays."""
+    from ..qnet import read_npy, read_npz
+
+    path = spec
+    if key is None and ":" in spec and not Path(spec).exists():
+        path, key = spec.rsplit(":", 1)
+        if not key:
+            raise InputError(f"--inputs {spec}: no array name after ':'")
+    from ..infile import open_input
+
+    p = Path(path)
+    with open_input(p, expected="an .npy or .npz file", name=f"--inputs {path}") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    if not is_zip:
+        if key is not None:
+            raise InputError(f"--inputs {path}: an .npy holds one array; --key / :{key} is for "
+                             "an .npz")
+        return read_npy(p, name=path), path, path
+    names: list[str] = []
+    got = read_npz(p, keys=lambda k: names.append(k) or k == key)
+    if key is None:
+        raise InputError(f"--inputs {path} is an .npz: name the array to encode, "
+                         f"{path}:KEY or --key KEY (it holds {', '.join(names) or 'nothing'})")
+    if key not in got:
+        raise InputError(f"--inputs {path}: no array {key!r} (it holds "
+                         f"{', '.join(names) or 'nothing'})")
+    return got[key], path, f"{path}:{key}"
 
 
 @command("encode-inputs", "float inputs -> the engine's int16 inputs (the qnet's input_frac)")(
@@ -121,11 +157,11 @@ def _encode_inputs(args):
     from ..api import encode_inputs
     from ..atomic import refuse_same_path
     from ..atomic import save_npy
-    from ..qnet import read_npy
 
-    refuse_same_path(args.out, args.inputs, args.model)
+    x, path, name = read_inputs_array(args.inputs, args.key)
+    refuse_same_path(args.out, path, args.model)
     qnet = load_engine_net(args.model)
-    x = read_npy(args.inputs)
+    args.inputs = name
     if x.dtype.kind not in "iuf":
         raise InputError(f"{args.inputs}: expected numbers, got dtype {x.dtype}")
     if x.ndim < 2 or len(x) == 0:
@@ -165,7 +201,11 @@ def _sens_args(p):
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split (--arch)")
     p.add_argument("--densities", default=None,
                    help="comma-separated densities to try (default: 17 levels, 1.0 to 0.01)")
-    p.add_argument("--out", required=True, help="directory for sensitivity.json/.txt/.png")
+    p.add_argument("--out", required=True, help="directory for sensitivity.json/.txt/.png (a "
+                                               "new or empty directory; see --force)")
+    p.add_argument("--force", action="store_true",
+                   help="write into an existing non-empty --out: the files this command writes "
+                        "are replaced, nothing else is touched")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: fastest on a shared 2-core machine)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -185,17 +225,17 @@ def _densities(text):
 def _sensitivity(args):
     import torch
 
-    from ..atomic import refuse_same_path
+    from ..atomic import atomic_dir, check_dir_output
     from ..models import compressible_layers
     from ..sensitivity import format_sensitivity, layer_sensitivity, write_sensitivity
 
     if (args.model is None) == (args.arch is None):
         raise InputError("give --model M.onnx --data D.npz, or --arch A --checkpoint C")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a directory")
-    for name in ("json", "txt", "png"):
-        refuse_same_path(out / f"sensitivity.{name}", args.model, args.data, args.checkpoint)
+    inputs = tuple(p for p in (args.model, args.data, args.checkpoint) if p is not None)
+    # export-rom's rule, before the run (see `pipeline --model`)
+    check_dir_output(out, force=args.force, what="--out",
+                     names=[f"sensitivity.{k}" for k in ("json", "txt", "png")], keep=inputs)
     dens = _densities(args.densities)
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, not {args.threads}")
@@ -242,7 +282,8 @@ def _sensitivity(args):
                          f"{int(y.max())}")
     sens = layer_sensitivity(model, compressible_layers(model), x, y, densities=dens,
                              progress=not args.no_progress)
-    paths = write_sensitivity(sens, out)
+    with atomic_dir(out, force=args.force, what="--out", keep=inputs) as tmp:
+        names = {k: p.name for k, p in write_sensitivity(sens, tmp).items()}
     print(f"measured on the {what}")
     print(format_sensitivity(sens))
-    print(f"wrote {paths['json']}, {paths['txt']}, {paths['png']}")
+    print(f"wrote {out / names['json']}, {out / names['txt']}, {out / names['png']}")
