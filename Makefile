@@ -103,9 +103,9 @@ models: setup
 # (docs/board-pattern.md). The dense model is trained first when build/models has none.
 models-board: setup
 	@test -f build/models/lenet-300-100/dense.npz || $(PY) -m compress pipeline \
-	  --arch lenet-300-100 --data $(MNIST_DIR) --seed 0 --stages train \
+	  --arch lenet-300-100 --data $(call q,MNIST_DIR) --seed 0 --stages train \
 	  --out build/models/lenet-300-100
-	$(PY) -m compress pipeline --arch lenet-300-100 --data $(MNIST_DIR) --seed 0 \
+	$(PY) -m compress pipeline --arch lenet-300-100 --data $(call q,MNIST_DIR) --seed 0 \
 	  --baseline build/models/lenet-300-100/dense.npz --stages prune,quantize,fixedpoint \
 	  --for-board icebreaker --out build/models/lenet-300-100-board \
 	  --ship compress/models --ship-name lenet-300-100-board

@@ -200,7 +200,7 @@ def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[di
 
 def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_CLOCK_MHZ,
           baud: int = 3_000_000, build_root: str | Path = "build", seed: int = 1,
-          model_name: str = "", spram: bool = True, retry: bool = True, queue_depth: int = 4,
+          model: dict | None = None, spram: bool = True, retry: bool = True, queue_depth: int = 4,
           log=print) -> dict:
     """Build the bitstream; returns the report dict (also written to build/<board>/report.json).
 
@@ -246,7 +246,10 @@ def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
         "engine": kind,
         "pes": img.pes,
         "queue_depth": queue_depth if kind == "eie" else None,
-        "model": model_name,
+        # the network: its path as named (or the default's, relative to the repository) and
+        # the sha256 of its bytes (compress.shipped.model_record)
+        "model": (model or {}).get("model", ""),
+        "model_sha256": (model or {}).get("model_sha256", ""),
         "baud": baud,
         "spram_roms": [lp.spec.name for lp in top.core.memories.loads] if spram else [],
         "build_seconds": round(total, 1),

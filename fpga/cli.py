@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from compress.errors import InputError, OneLineParser as _Parser, run_main
-from compress.shipped import SHIPPED_QNET, SYNTHETIC
+from compress.shipped import BOARD_QNET, SHIPPED_QNET, SYNTHETIC
 
 
 
@@ -22,7 +22,7 @@ def _image(args):
     from compress.shipped import load_model
     from images import build_image
 
-    qnet, name = load_model(args.model)
+    qnet, name = load_model(args.model, board=True)
     if not 1 <= args.pes <= 16:
         raise InputError(f"--pes must be 1..16, not {args.pes}")
     with step(f"placing the rows of {name} over {args.pes} PEs ({args.engine} engine)"):
@@ -58,7 +58,8 @@ def _refuse(args, qnet, a, *, force_hint: bool):
 def _common(p, pes=True):
     from images import DEFAULT_ENGINE, ENGINES
 
-    p.add_argument("--model", help=f"qnet .npz (default: the shipped {SHIPPED_QNET.name}, "
+    p.add_argument("--model", help=f"qnet .npz (default: the shipped {BOARD_QNET.name}, the "
+                   f"LeNet-300-100 pruned for the board, else {SHIPPED_QNET.name}; "
                    f"'{SYNTHETIC}' for a random LeNet-300-100, 'synthetic:784-32-10' for other "
                    f"sizes)")
     p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
@@ -97,7 +98,7 @@ def check_baud(clock_mhz: float, baud: int) -> int:
 
 
 def cmd_build(args):
-    from compress.shipped import load_model
+    from compress.shipped import load_model, model_record
 
     from .build import BuildError, board_platform, build, table
     from .resources import analyse, fit_bound, fits, format_analysis
@@ -108,7 +109,7 @@ def cmd_build(args):
     if args.pes is None:  # the lockstep engine fits 8 PEs; the EIE engine takes what fits
         args.pes = "8" if args.engine == "lockstep" else "auto"
     spram = not args.no_spram
-    qnet, name = load_model(args.model)
+    qnet, name = load_model(args.model, board=True)
     img = a = None
     if args.pes == "auto":
         # The most PEs (8, 4, 2, 1) whose memories fit (the link and UART use no EBR): first
@@ -147,7 +148,8 @@ def cmd_build(args):
         _refuse(args, qnet, a, force_hint=True)
     try:
         report = build(img, board=args.board, clock_mhz=args.clock_mhz, baud=args.baud,
-                       build_root=args.build_dir, seed=args.seed, model_name=name,
+                       build_root=args.build_dir, seed=args.seed,
+                       model=model_record(args.model, qnet, board=True),
                        spram=spram, retry=not args.no_retry,
                        queue_depth=args.queue_depth)
     except BuildError as e:
@@ -165,7 +167,7 @@ def cmd_resources(args):
 
     from .resources import analyse, fits, format_analysis
 
-    qnet, name = load_model(args.model)
+    qnet, name = load_model(args.model, board=True)
     if not 1 <= args.pes <= 16:
         raise InputError(f"--pes must be 1..16, not {args.pes}")
     _fit_first(args, qnet, name)

@@ -210,7 +210,7 @@ def run_cli(args) -> int:
 
     from .build import DEFAULT_CLOCK_MHZ
 
-    qnet, name = load_model(args.model)
+    qnet, name = load_model(args.model, board=True)  # what the bitstream is built for
     x, labels, noun, what = _inputs(args, qnet)
     print(f"model: {name}")
     print(what)
