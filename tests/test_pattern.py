@@ -274,3 +274,25 @@ def test_hazard_window_spaces_a_pes_row_reuse(window):
     # without the window the same layer reuses a row in the next column
     m0 = lockstep_mask(w, np.ones_like(w, dtype=bool), 1575, split_ends=False, hazard_window=0)
     assert _reuses(m0, 2)
+
+
+def test_for_board_is_checked_before_any_work():
+    import subprocess
+    import sys
+
+    from torch import nn
+
+    import compress
+
+    m = nn.Sequential(nn.Linear(4, 3))
+    x, y = np.zeros((8, 4), np.float32), np.zeros(8, np.int64)
+    with pytest.raises(InputError, match="unknown board 'ulx3s'"):
+        compress.compress_model(m, train=(x, y), for_board="ulx3s")
+    r = subprocess.run([sys.executable, "-m", "compress", "pipeline", "--arch", "lenet-300-100",
+                        "--for-board", "ulx3s", "--out", "build/never"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown board" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "compress", "pipeline", "--arch", "lenet-300-100",
+                        "--ship-name", "x", "--out", "build/never"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--ship-name" in r.stderr
