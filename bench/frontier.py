@@ -3,8 +3,8 @@
 Each point of ours is one pipeline run (its directory holds summary.json): the recipe with one
 knob changed, ``prune.scale`` (every layer's density times the scale), all from the same
 trained dense baseline and validation split. The size is the .dcz file on disk; the error is
-the integer golden model's (LeNet-300-100) or the float model holding exactly the .dcz's
-values (LeNet-5, which the engine does not run), on the 10k test set. The validation error of
+the integer golden model's on the 10k test set (runs from before LeNet-5 had a qnet: the float
+model holding exactly the .dcz's values). The validation error of
 each point is in the table: the recipe is the smallest file whose validation error stays within
 the budget (``--max-drop`` points over the dense model's validation error); the test error
 only reports.
@@ -18,8 +18,9 @@ only reports.
         --seeds build/frontier/lenet-5-seeds
 
 `ship` applies the same rule to the LeNet-5 sweep and copies the chosen point's .dcz to
-compress/models/lenet-5.dcz with lenet-5.json beside it: its float, fake-quantized and stored
-errors on validation and test, the recipe, every sweep point, and the other seeds' runs.
+compress/models/lenet-5.dcz with lenet-5.qnet.npz (what the .dcz unpacks to) and lenet-5.json
+beside it: its float, fake-quantized and integer errors on validation and test, the recipe,
+every sweep point, and the other seeds' runs (`--keep-record`: those of the existing record).
 
 `plot` writes the PNG (matplotlib Agg) and prints a markdown table of every point and the
 published ones. The published ratios are against float32 weights and biases, as ours.
@@ -171,8 +172,9 @@ def plot(points: list[dict], png: Path, chosen: list[dict] | None = None) -> Non
                 ax.text(x, ax.get_ylim()[1], f"{r}x", fontsize=7, ha="center", va="bottom",
                         color="gray")
         ax.set_xlabel("compressed file (kB)")
-        ax.set_ylabel("test error (%), " + ("integer golden model" if arch == "lenet-300-100"
-                                            else "the file's values in float"))
+        kinds = {p["kind"] for p in pts}
+        ax.set_ylabel("test error (%), " + ("integer golden model" if kinds <= {"integer"}
+                                            else "integer, or the file's values in float"))
         ax.set_title(arch, fontsize=10, pad=14)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6.5, loc="upper right", ncol=2 if len(seeds) > 3 else 1)
@@ -210,6 +212,8 @@ _ERROR_WHAT = {
     "quantized": "fake-quantized: shared weights in float, after centroid fine-tuning",
     "stored": "the .dcz's own values in float: int16 codebooks, biases rounded as chosen on "
               "validation",
+    "integer": "the integer network (the qnet the .dcz unpacks to) by the golden model, "
+               "32-bit accumulators",
 }
 
 
@@ -297,13 +301,36 @@ def ship(args) -> int:
     rec = ship_record(Path(best["run"]), sweep_pts, seeds, args.max_drop, note=args.note,
                       max_val=args.max_val)
     out = Path(args.out)
+    old = out / "lenet-5.json"
+    if args.keep_record and old.exists():
+        # the run is the recipe again (make models): the choice's evidence stays as recorded
+        kept = json.loads(old.read_text())
+        rec.update({k: kept[k] for k in ("note", "sweep", "other_seeds") if k in kept})
+    blob = (Path(best["run"]) / "model.dcz").read_bytes()
+    written = [out / "lenet-5.dcz"]
+    qnet = None
+    if blob[4:5] == bytes([3]):  # an integer network (qnet version 2): ship it too
+        from compress import dcz
+        from compress.qnet import load_qnet, save_qnet
+
+        qnet = dcz.unpack(blob)
+        run_q = Path(best["run"]) / "model.qnet.npz"
+        if run_q.exists() and not load_qnet(run_q, index_bits=8).equals(qnet):
+            print(f"error: {run_q} is not what {best['run']}/model.dcz unpacks to",
+                  file=sys.stderr)
+            return 1
+        qnet.validate(index_bits=4)  # the engines' 4-bit codebook indices
+        written.append(out / "lenet-5.qnet.npz")
     with atomic_path(out / "lenet-5.dcz") as tmp:
-        tmp.write_bytes((Path(best["run"]) / "model.dcz").read_bytes())
+        tmp.write_bytes(blob)
+    if qnet is not None:
+        save_qnet(qnet, out / "lenet-5.qnet.npz")
+    written.append(out / "lenet-5.json")
     with atomic_path(out / "lenet-5.json") as tmp:
         tmp.write_text(json.dumps(rec, indent=1) + "\n")
     print(f"chose {best['run']} (scale {best['scale']:g}): {rec['dcz_bytes']:,} bytes, "
           f"{rec['ratio']}x, test {best['test']:.2f}%, val {best['val']:.2f}%; wrote "
-          f"{out / 'lenet-5.dcz'} and {out / 'lenet-5.json'}")
+          f"{', '.join(map(str, written))}")
     return 0
 
 
@@ -355,6 +382,9 @@ def main(argv=None) -> int:
     r.add_argument("--max-val", type=float, default=None,
                    help="the budget rule: the smallest file with validation error <= this (%%)")
     r.add_argument("--note", default="", help="appended to the record's note")
+    r.add_argument("--keep-record", action="store_true",
+                   help="keep the note, sweep and other seeds of the existing lenet-5.json in "
+                        "--out (the runs given are the chosen recipe again, e.g. make models)")
     c = sub.add_parser("choose", help="print the point a rule chooses at each seed")
     c.add_argument("runs", nargs="+", help="run directories (or directories of them)")
     c.add_argument("--arch", default="lenet-5", choices=list(FLOAT_BYTES))

@@ -8,7 +8,7 @@ last), seed 0, for each H, and the 784-1024-1024-10 MLP at 4.2 % (the 72x networ
 docs/fpga.md). For each: the weights, the non-zeros, the CPU seconds (`time.process_time`, one
 core) of `images.build_image` for the EIE engine at 8 PEs (balanced rows, filler order and the
 relative index width search) and for the lockstep engine at 8 PEs (the slot search), and of
-`fpga.resources.fit_bound`. Prints a table and writes a PNG of time against non-zeros.
+`fpga.flow.resources.fit_bound`. Prints a table and writes a PNG of time against non-zeros.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def cpu(fn):
 
 
 def measure(sizes: list[int]) -> list[dict]:
-    from fpga.resources import fit_bound
+    from fpga.flow.resources import fit_bound
     from images import build_image
 
     rows = []

@@ -88,11 +88,11 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from images.eie import build_rom
+    from images.eie import EieParams, build_rom
     from tb.analysis import breakdown, utilisation
     from tb.cli import load_model_and_inputs
     from tb.cli import SIM_NAMES
-    from tb.sim import EngineParams, build, check_sim, default_sim, simulate
+    from tb.sim import build, check_sim, default_sim, simulate
 
     sim = default_sim() if sim is None else check_sim(sim)
     qnet, x, _labels, notes, _mnist = load_model_and_inputs(None, None, 4)
@@ -105,7 +105,7 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
         key = (pes, depth, rel_bits, balance)
         if key not in runs:
             rom = build_rom(qnet, pes=pes, rel_bits=rel_bits, balance=balance)
-            b = build(rom, EngineParams(queue_depth=depth), sim=sim)
+            b = build(rom, EieParams(queue_depth=depth), sim=sim)
             t0 = time.perf_counter()
             r = simulate(b, x)
             sim_rate.append(float(r.cycles.sum()) / (time.perf_counter() - t0))
@@ -114,7 +114,7 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
 
     for pes in pes_list:
         rom, r = run(pes)
-        d = simulate(build(rom, EngineParams(sparse=False), sim=sim), x[:1])
+        d = simulate(build(rom, EieParams(sparse=False), sim=sim), x[:1])
         br = breakdown(qnet, rom, x, r.layer_cycles)
         util, ideal = utilisation(qnet, rom, x, r.layer_cycles)
         dense = d.layer_cycles[0]
@@ -224,12 +224,15 @@ def fpga(engine_pes: dict | None) -> Section:
     # per second end to end (frames streamed) and computes them from frame bytes and baud.
     # Back to back: the engine alone with the board's parameters, the next input pushed as soon
     # as the engine takes it (its second input bank), interval cycles between results.
+    from images import get
+
     run_log = None
     uart = end_to_end = b2b = None
-    if rep.get("engine", "eie") == "lockstep":
+    engine = get(rep["engine"])
+    if engine.overlap:  # an engine that streams: simulated on the board, and back to back
         model = _board_model(rep)
         _, run_log = timed_command([PY, "-m", "fpga", "run", "--sim", "--no-spram", "--count",
-                                    "20", "--engine", "lockstep", "--pes", str(rep["pes"]),
+                                    "20", "--engine", engine.name, "--pes", str(rep["pes"]),
                                     "--model", model,
                                     "--clock-mhz", f"{rep['clock_mhz']:g}",
                                     "--baud", str(rep.get("baud", 3_000_000))])
@@ -240,7 +243,7 @@ def fpga(engine_pes: dict | None) -> Section:
                 uart = float(ln.rsplit(": ", 1)[1].split()[0])
             elif ln.startswith("end to end:"):
                 end_to_end = float(ln.split(":")[1].split()[0])
-        b2b = _back_to_back_cycles(rep["pes"], 20, model)
+        b2b = _back_to_back_cycles(engine.name, rep["pes"], 20, model)
     else:
         eng = (engine_pes or {}).get(str(rep["pes"]))
         cycles = eng["cycles"] if eng else None
@@ -284,19 +287,19 @@ def _board_model(rep: dict) -> str:
     return str(Path(m) if Path(m).is_absolute() else REPO / m)
 
 
-def _back_to_back_cycles(pes: int, count: int, model: str) -> float:
+def _back_to_back_cycles(engine: str, pes: int, count: int, model: str) -> float:
     """Mean cycles between results of the board's engine fed back to back (after the first)."""
     from compress.golden import golden, mnist_to_input
     from compress.shipped import SAMPLE_DIGITS, load_model
-    from fpga.engines import board_params
+    from fpga.boards import engine_params
     from images import build_image
     from tb.sim import build, simulate
 
     qnet, _ = load_model(model)
     d = np.load(SAMPLE_DIGITS, allow_pickle=False)
     x = mnist_to_input(d["images"][:count], qnet.input_frac)
-    img = build_image(qnet, "lockstep", pes)
-    r = simulate(build(img, board_params(img)), x, back_to_back=True)
+    img = build_image(qnet, engine, pes)
+    r = simulate(build(img, engine_params(img)), x, back_to_back=True)
     if not np.array_equal(r.outputs, golden(qnet, x)):
         raise RuntimeError("the board's engine fed back to back is not bit-exact")
     return float(r.cycles[1:].mean())

@@ -4,9 +4,12 @@
     result.save(DIR)    # model.dcz, model.qnet.npz, report.txt, summary.json
     xi = compress.encode_inputs(x, result.qnet)
 
-`model` is a trained `nn.Module` whose forward is a Linear/ReLU chain (found by tracing it,
-`compress.trace`); a network with Conv2d layers compresses to a .dcz only (`result.qnet` is
-None). `x` is in the model's own input units and shape, `y` integer class labels.
+`model` is a trained `nn.Module` whose forward is a chain of Linear/ReLU layers, or of Conv2d
+layers (with max pooling) then Linear ones, BatchNorms after them, Dropout and a final
+Softmax allowed (found by tracing it, `compress.trace`; docs/formats.md section 7). The
+BatchNorms are folded and the Softmax dropped in a working copy before anything else; a CNN
+gives a version 2 qnet. `x` is in the model's own input units and shape, `y` integer class
+labels.
 
 The steps, all on the validation split:
 
@@ -38,7 +41,8 @@ and ``index_bits`` per layer, ``input_frac``, ``input_max_abs``, ``dcz_bytes``,
 ``uncompressed_bytes`` (float32 weights and biases), ``ratio`` (their quotient), ``chosen``
 (one sentence), ``attempts`` (each try's densities, bits, accuracies), ``sensitivity`` (the
 curves), ``seconds`` per stage, ``notes`` (warnings), and the model, shape, examples, seed,
-max_drop and device. A network with conv layers has no integer accuracy (``engine`` false).
+max_drop and device; ``input_shape`` and ``kinds`` (fc/conv per layer) of the qnet, and
+``engine``: whether the RTL engines run it today (fully connected layers only).
 """
 
 from __future__ import annotations
@@ -481,7 +485,10 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
     notes: list[str] = []
 
     work, chain, layers = _network(model)
-    d = _data(work, chain, train, val, opts, seed, notes)
+    if opts.for_board is not None and chain.has_conv:
+        raise InputError(f"for_board={opts.for_board!r}: conv layers are not supported by the "
+                         "engine yet (the board's pruning pattern is for fully connected layers)")
+    d = _data(work, chain, train, val, opts, seed, notes, model)
     if val is None:
         log(f"validation: {len(d.y_val)} examples held out of train (seed {seed}): pass val= "
             "to choose them")
@@ -518,20 +525,21 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
     uncompressed = 4 * sum(mod.weight.numel() + (mod.bias.numel() if mod.bias is not None
                                                  else 0) for mod in layers.values())
     accuracy.update(best["accuracy"])
-    chosen = _chosen(best, attempts, opts, max_drop, qnet is not None)
+    chosen = _chosen(best, attempts, opts, max_drop, True)
     summary = {
         "model": type(model).__name__,
-        "engine": qnet is not None,
+        "engine": not qnet.has_conv,  # the engines (RTL, board) run it today
         "layers": list(layers),
-        "shape": ([chain[0].linear.in_features] + [c.linear.out_features for c in chain]
-                  if chain is not None else None),
+        "shape": [qnet.in_features] + [int(np.prod(o)) for _, o in qnet.layer_shapes()],
+        "input_shape": list(qnet.input_shape),
+        "kinds": [ly.kind for ly in qnet.layers],
         "classes": d.n_out,
         "examples": {"train": int(len(d.y_tr)), "val": int(len(d.y_val)),
                      **({"test": int(len(d.test[1]))} if d.test else {})},
         "seed": seed,
         "max_drop": max_drop,
         "device": str(dev),
-        "input_frac": qnet.input_frac if qnet is not None else input_frac,
+        "input_frac": qnet.input_frac,
         "input_max_abs": float(d.x_tr.abs().max()),
         "accuracy": accuracy,
         "drop": best["drop"],
@@ -547,8 +555,7 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
         "notes": notes,
         "seconds": seconds,
     }
-    if qnet is not None:
-        summary["calibration"] = best.get("calibration")
+    summary["calibration"] = best.get("calibration")
     report = _report(summary, rows, len(data), uncompressed)
     log(f"done in {seconds['total']:.0f} s: {len(data):,} bytes, {summary['ratio']:.1f}x")
     return CompressResult(qnet=qnet, dcz=data, summary=summary, report=report, model=m,
@@ -571,18 +578,50 @@ def _check_args(model, max_drop, seed) -> tuple[float, int]:
 
 
 def _network(model: nn.Module):
-    """(a float CPU copy of the model, its Linear/ReLU chain or None (conv: .dcz only), layers)."""
+    """(a float CPU copy of the model ready to compress, its layer chain, its layers).
+
+    The copy has every BatchNorm folded into the Linear/Conv2d before it and a final
+    Softmax/LogSoftmax dropped (`compress.trace`), so pruning and retraining see the network
+    the engine will run; anything the engine cannot run is refused here, before any work."""
     from .models import compressible_layers
-    from .trace import has_conv, linear_chain
+    from .trace import drop_softmax, fold_batchnorm, network_chain
 
     work = copy.deepcopy(model).float().cpu().eval()
-    try:
-        chain = linear_chain(work)
-    except InputError:
-        if not has_conv(work):
-            raise
-        chain = None
+    chain = network_chain(work)
+    chain = fold_batchnorm(work, chain)
+    work = drop_softmax(work, chain)
     return work, chain, compressible_layers(work)
+
+
+def _check_chain(model: nn.Module, work: nn.Module, chain, x: torch.Tensor) -> None:
+    """The chain's own forward (folded BatchNorms, the Softmax put back) must reproduce the
+    user's model in float on a few training inputs; sets the chain's input shape (measured on
+    `work`, the copy the chain's modules belong to)."""
+    from .trace import input_shape, run_chain
+
+    chain.input_shape = input_shape(chain, work, x)
+    ref_model = copy.deepcopy(model).float().cpu().eval()
+    n = min(16, len(x))
+    with torch.no_grad():
+        ref = ref_model(x[:n])
+        got = run_chain(chain, x[:n], chain.input_shape)
+        if chain.softmax is not None:
+            got = torch.log_softmax(got, 1) if chain.softmax_log else torch.softmax(got, 1)
+    if not isinstance(ref, torch.Tensor):
+        return  # _check_shapes says what is wrong with the output
+    ref = ref.reshape(n, -1)
+    what = "BatchNorm-folded " if any(c.bn for c in chain) or chain.softmax else ""
+    if ref.shape != got.shape or not torch.allclose(ref, got, rtol=1e-4,
+                                                     atol=1e-5 * float(ref.abs().max() + 1)):
+        raise InputError(f"model: the traced {what}layer chain does not reproduce the model's "
+                         "output on the training inputs")
+
+
+def _chain_for(m: nn.Module, chain):
+    """The chain with its layers taken from `m`, a copy of the model it was traced on."""
+    from dataclasses import replace
+
+    return replace(chain, layers=[replace(c, module=m.get_submodule(c.name)) for c in chain])
 
 
 @dataclass
@@ -596,10 +635,10 @@ class _Data:
     n_out: int
 
 
-def _data(work, chain, train, val, opts, seed: int, notes: list[str]) -> _Data:
-    """The splits as tensors, checked against the network (and the traced chain against it)."""
-    from .trace import run_chain
-
+def _data(work, chain, train, val, opts, seed: int, notes: list[str],
+          user_model: nn.Module) -> _Data:
+    """The splits as tensors, checked against the network (and the traced chain against the
+    user's model)."""
     x_tr, y_tr = materialise(train, "train", max_values=opts.max_values)
     if val is None:
         (x_tr, y_tr), (x_val, y_val) = _split(x_tr, y_tr, opts.val_fraction, seed)
@@ -621,14 +660,7 @@ def _data(work, chain, train, val, opts, seed: int, notes: list[str]) -> _Data:
         if tuple(xx.shape[1:]) != tuple(x_tr.shape[1:]):
             raise InputError(f"{name} x: examples of shape {list(xx.shape[1:])}, train has "
                              f"{list(x_tr.shape[1:])}")
-    if chain is not None:
-        with torch.no_grad():
-            ref = work(x_tr[:16]).reshape(min(16, len(x_tr)), -1)
-            got = run_chain(chain, x_tr[:16])
-        if ref.shape != got.shape or not torch.allclose(ref, got, rtol=1e-4,
-                                                         atol=1e-5 * float(ref.abs().max() + 1)):
-            raise InputError("model: the traced Linear/ReLU chain does not reproduce the "
-                             "model's output on the training inputs")
+    _check_chain(user_model, work, chain, x_tr)
     splits = {"val": (x_val, y_val), **({"test": test} if test else {})}
     return _Data(x_tr, y_tr, x_val, y_val, test, splits, n_out)
 
@@ -702,13 +734,11 @@ def _search(work, chain, layers, sens, d: _Data, opts, seed, max_drop, input_fra
                            seconds, log)
         attempt["attempt"], attempt["rung"] = n + 1, j
         attempt["per_layer_budget"] = None if opts.densities else budget
-        final_val = attempt["accuracy"]["integer" if chain is not None else "quantized"]["val"]
+        final_val = attempt["accuracy"]["integer"]["val"]
         attempt.update(_drop(dense_val, final_val))
         attempt["met"] = attempt["raw_drop"] <= max_drop + 1e-9
         t = time.time()
-        attempt["dcz"], attempt["dcz_rows"] = _pack(attempt["qnet"], chain, attempt["model"],
-                                                    attempt["codebooks"], attempt["indices"],
-                                                    input_frac)
+        attempt["dcz"], attempt["dcz_rows"] = _pack(attempt["qnet"], chain)
         seconds["dcz"] = seconds.get("dcz", 0.0) + time.time() - t
         attempt["dcz_bytes"] = len(attempt["dcz"])
         log(f"attempt {n + 1}: index bits {_fmt_map(attempt['index_bits'], '{}')}: val "
@@ -747,25 +777,16 @@ def _resolution_note(n_val: int, max_drop: float) -> str | None:
             f"max_drop of at least {2 * step:.2f}) resolves it")
 
 
-def _pack(qnet, chain, m, cbs, idx, input_frac: int) -> tuple[bytes, list[dict]]:
+def _pack(qnet, chain) -> tuple[bytes, list[dict]]:
     """The .dcz bytes (checked to unpack to the qnet) and its per-layer size rows."""
     from . import dcz as dczmod
 
-    if qnet is not None:
-        data = dczmod.pack(qnet)
-        if not dczmod.unpack(data).equals(qnet):
-            raise RuntimeError("the .dcz does not unpack to the qnet it was packed from")
-        rows = dczmod.layer_sizes(qnet)
-        names = [c.name for c in chain]
-    else:
-        from .pipeline import matrix_layers
-
-        mats, shapes, names = matrix_layers(m, cbs, idx, input_frac)
-        data = dczmod.pack_layers(mats, shapes=shapes, input_frac=input_frac)
-        rows = dczmod.layer_sizes(dczmod.LayerSet(layers=mats, shapes=shapes,
-                                                  input_frac=input_frac))
-    for r, name in zip(rows, names):
-        r["layer"] = name
+    data = dczmod.pack(qnet)
+    if not dczmod.unpack(data).equals(qnet):
+        raise RuntimeError("the .dcz does not unpack to the qnet it was packed from")
+    rows = dczmod.layer_sizes(qnet)
+    for r, c in zip(rows, chain):
+        r["layer"] = c.name
     return data, rows
 
 
@@ -797,7 +818,7 @@ def _fmt_map(d: dict, fmt: str) -> str:
 
 def _check_shapes(model, chain, x, labels: dict) -> int:
     """Run the model on two examples; check the output is [n, classes] and labels fit."""
-    if chain is not None and _numel(x.shape[1:]) != chain[0].linear.in_features:
+    if chain[0].kind == "fc" and _numel(x.shape[1:]) != chain[0].linear.in_features:
         raise InputError(f"train x: {_numel(x.shape[1:])} values per example, the first "
                          f"layer {chain[0].name} takes {chain[0].linear.in_features}")
     try:
@@ -872,30 +893,29 @@ def _attempt(work, dense_state, layers, dens, a, seed, opts, train_set, splits, 
     seconds["quantize"] = seconds.get("quantize", 0.0) + time.time() - t
     acc["quantized"] = {k: _accuracy(m, xx, yy) for k, (xx, yy) in splits.items()}
     rec["index_bits"] = bits
-    qnet = None
-    if chain is not None:
-        t = time.time()
-        x_flat = x_cal.reshape(len(x_cal), -1).double().numpy()
-        frac = input_frac
-        while True:
-            try:
-                qnet, cal = to_qnet(m, cbs, idx, None,
-                                    FixedPointConfig(input_frac=frac, acc_bits=opts.acc_bits,
-                                                     calib_images=len(x_flat)),
-                                    calib_inputs=_encode(x_flat, frac))
-                break
-            except InputError as e:
-                # A wide layer's sums overflow the accumulator even with integer weights:
-                # give up input precision before giving up.
-                if "does not fit" not in str(e) or frac == 0:
-                    raise
-                frac -= 1
-        if frac != input_frac:
-            rec["input_frac_lowered"] = f"{input_frac} -> {frac} to fit {opts.acc_bits}-bit sums"
-        acc["integer"] = {k: _int_accuracy(qnet, xx, yy, opts.acc_bits)
-                          for k, (xx, yy) in splits.items()}
-        rec["calibration"] = asdict(cal)
-        seconds["fixedpoint"] = seconds.get("fixedpoint", 0.0) + time.time() - t
+    t = time.time()
+    x_flat = x_cal.reshape(len(x_cal), -1).double().numpy()
+    frac = input_frac
+    while True:
+        try:
+            qnet, cal = to_qnet(m, cbs, idx, None,
+                                FixedPointConfig(input_frac=frac, acc_bits=opts.acc_bits,
+                                                 calib_images=len(x_flat)),
+                                calib_inputs=_encode(x_flat, frac),
+                                chain=_chain_for(m, chain), input_shape=chain.input_shape)
+            break
+        except InputError as e:
+            # A wide layer's sums overflow the accumulator even with integer weights:
+            # give up input precision before giving up.
+            if "does not fit" not in str(e) or frac == 0:
+                raise
+            frac -= 1
+    if frac != input_frac:
+        rec["input_frac_lowered"] = f"{input_frac} -> {frac} to fit {opts.acc_bits}-bit sums"
+    acc["integer"] = {k: _int_accuracy(qnet, xx, yy, opts.acc_bits)
+                      for k, (xx, yy) in splits.items()}
+    rec["calibration"] = asdict(cal)
+    seconds["fixedpoint"] = seconds.get("fixedpoint", 0.0) + time.time() - t
     rec["accuracy"] = acc
     rec.update(qnet=qnet, model=m, codebooks=cbs, indices=idx)
     return rec
@@ -907,7 +927,8 @@ def _report(s: dict, rows: list[dict], size: int, uncompressed: int) -> str:
     stages = [k for k in ("dense", "pruned", "quantized", "integer") if k in s["accuracy"]]
     lines = [f"compress_model: {s['model']} "
              + (f"({'-'.join(map(str, s['shape']))} Linear/ReLU chain)" if s["engine"]
-                else "(conv layers: .dcz only, no qnet)"),
+                else f"(CNN on {'x'.join(map(str, s['input_shape']))} inputs: "
+                     f"{', '.join(s['kinds'])})"),
              f"seed {s['seed']}, max_drop {s['max_drop']} points, input_frac {s['input_frac']}, "
              f"{s['examples']['train']} train / {s['examples']['val']} val examples",
              "accuracy (%):  " + "  ".join(

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import InputError
+from .paths import SHIPPED_DIR
 
 
 def _umask() -> int:
@@ -48,8 +49,6 @@ def refuse_same_path(out, *inputs, what: str = "--out") -> None:
         return
     out = Path(out)
     # The shipped models are the default input of most commands even when no --model is given
-    from .shipped import SHIPPED_DIR
-
     if out.exists() and out.resolve().parent == SHIPPED_DIR:
         raise InputError(f"{_label(out, what)} is a shipped model file ({out.name}): "
                          "choose another output")

@@ -68,6 +68,7 @@ as the encoder never uses it there.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 import zlib
@@ -92,8 +93,9 @@ from .huffman import (
 from .qnet import Layer, QNet, validate_layers
 
 MAGIC = b"\x89DCZ"
-DCZ_VERSION = 2  # written by default; version 1 files are read too
-READ_VERSIONS = (1, 2)
+DCZ_VERSION = 2  # written by default for fully connected qnets; versions 1 and 3 are read too
+GEOMETRY_VERSION = 3  # written for a qnet that needs its conv geometry or [C, H, W] input
+READ_VERSIONS = (1, 2, 3)
 _TAG_HEADER = b"H"
 _TAG_LAYER = b"L"  # Huffman-coded layer (versions 1 and 2)
 _TAG_AC = b"A"  # arithmetic-coded layer (version 2)
@@ -1082,7 +1084,9 @@ class LayerSet:
         )
 
 
-def _header_payload(layers: list[Layer], input_frac: int, shapes) -> bytes:
+def _header_payload(layers: list[Layer], input_frac: int, shapes,
+                    input_shape: tuple[int, ...] | None = None) -> bytes:
+    """The header section; with `input_shape` (version 3 qnets) also the network's geometry."""
     w = BitWriter()
     w.write_sint(int(input_frac))
     w.write_eg(len(layers))
@@ -1092,8 +1096,64 @@ def _header_payload(layers: list[Layer], input_frac: int, shapes) -> bytes:
             w.write_eg(len(shape))
             for d in shape:
                 w.write_eg(int(d))
+    elif input_shape is not None:
+        _write_geometry(w, layers, input_shape)
     w.align()
     return w.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Version 3: a qnet's conv geometry in the header (docs/dcz-format.md)
+
+
+def _write_geometry(w: BitWriter, layers: list[Layer], input_shape: tuple[int, ...]) -> None:
+    """eg ndim of input_shape (1 or 3), eg each size; per layer 1 bit conv, and for a conv
+    layer eg kh, kw, sh, sw, ph, pw, qh, qw."""
+    w.write_eg(len(input_shape))
+    for d in input_shape:
+        w.write_eg(int(d))
+    for ly in layers:
+        w.write(int(ly.is_conv), 1)
+        if ly.is_conv:
+            for pair in (ly.kernel, ly.stride, ly.padding, ly.pool):
+                for v in pair:
+                    w.write_eg(int(v))
+
+
+def _read_geometry(r: BitReader, num_layers: int) -> tuple[tuple[int, ...], list[dict | None]]:
+    """(input_shape, per layer None for fc or its conv fields); sizes bounded as they are read
+    (the decoded qnet is validated against the limits after its layers)."""
+    nd = r.read_eg(limit=3)
+    if nd not in (1, 3):
+        raise InputError(f"section header: corrupt input shape ({nd} dimensions)")
+    input_shape = tuple(r.read_eg(limit=_MAX_DIM) for _ in range(nd))
+    geo: list[dict | None] = []
+    for _ in range(num_layers):
+        if not r.read(1):
+            geo.append(None)
+            continue
+        v = [r.read_eg(limit=_MAX_DIM) for _ in range(8)]
+        geo.append({"kind": "conv", "kernel": (v[0], v[1]), "stride": (v[2], v[3]),
+                    "padding": (v[4], v[5]), "pool": (v[6], v[7])})
+    return input_shape, geo
+
+
+def _with_geometry(layers: list[Layer], geo: list[dict | None]) -> list[Layer]:
+    return [ly if g is None else dataclasses.replace(ly, **g) for ly, g in zip(layers, geo)]
+
+
+def _qnet_version(qnet: QNet, version: int | None) -> int:
+    """The .dcz version to write: the one asked for, else 3 when the qnet has conv layers or a
+    [C, H, W] input (version 2 of the qnet) and 2 otherwise."""
+    need = GEOMETRY_VERSION if qnet.version >= 2 else 1
+    if version is None:
+        return max(need, DCZ_VERSION)
+    if version not in READ_VERSIONS:
+        raise InputError(f"pack: unknown .dcz version {version} (known: 1, 2, 3)")
+    if version < need:
+        raise InputError(f"pack: a qnet with conv layers or a [C, H, W] input needs .dcz "
+                         f"version {need}, not {version}")
+    return version
 
 
 def _check_qnet(qnet: QNet) -> None:
@@ -1121,11 +1181,14 @@ def _check_shapes(layers: list[Layer], shapes) -> list[tuple[int, ...]]:
     return out
 
 
-def pack(qnet: QNet, *, version: int = DCZ_VERSION) -> bytes:
-    """The .dcz bytes of a qnet (deterministic: same qnet -> same bytes). version=1 writes
-    the old format (Huffman only) for readers that predate version 2."""
+def pack(qnet: QNet, *, version: int | None = None) -> bytes:
+    """The .dcz bytes of a qnet (deterministic: same qnet -> same bytes). By default version 2,
+    or 3 for a qnet with conv layers (its geometry in the header); version=1 writes the old
+    format (Huffman only) for readers that predate version 2."""
     _check_qnet(qnet)
-    return _pack(qnet.layers, qnet.input_frac, None, version)[0]
+    version = _qnet_version(qnet, version)
+    return _pack(qnet.layers, qnet.input_frac, None, version,
+                 qnet.input_shape if version >= GEOMETRY_VERSION else None)[0]
 
 
 def pack_layers(layers: list[Layer], *, shapes=None, input_frac: int = 8,
@@ -1202,12 +1265,12 @@ def _ac_live_positions(layer: Layer, choice: dict) -> int:
     return int(layer.index.any(axis=1).sum()) * int(layer.index.any(axis=0).sum())
 
 
-def _pack(layers: list[Layer], input_frac: int, shapes,
-          version: int = DCZ_VERSION) -> tuple[bytes, list[dict]]:
+def _pack(layers: list[Layer], input_frac: int, shapes, version: int = DCZ_VERSION,
+          input_shape: tuple[int, ...] | None = None) -> tuple[bytes, list[dict]]:
     if version not in READ_VERSIONS:
-        raise InputError(f"pack: unknown .dcz version {version} (known: 1, 2)")
+        raise InputError(f"pack: unknown .dcz version {version} (known: 1, 2, 3)")
     limits.check("max_layers", len(layers), "pack: layers")
-    header = _section(_TAG_HEADER, _header_payload(layers, input_frac, shapes))
+    header = _section(_TAG_HEADER, _header_payload(layers, input_frac, shapes, input_shape))
     out = [MAGIC, bytes([version]), header]
     infos = []
     for layer in layers:
@@ -1282,7 +1345,7 @@ def _sections(data: bytes) -> tuple[list[tuple[bytes, bytes, int]], int]:
         sections.append((tag, payload, end - pos))
         pos = end
         if num_layers is None:
-            num_layers = _read_header(payload)[1]
+            num_layers = _read_header(payload, version)[1]
     if len(data) < pos + 4:
         raise InputError("dcz: truncated (file ends before the whole-file checksum)")
     if len(data) > pos + 4:
@@ -1297,8 +1360,9 @@ def _section_name(i: int) -> str:
     return "section header" if i == 0 else f"section layer {i - 1}"
 
 
-def _read_header(payload: bytes) -> tuple[int, int, list | None]:
-    """(input_frac, num_layers, shapes or None for a qnet)."""
+def _read_header(payload: bytes, version: int = DCZ_VERSION) -> tuple:
+    """(input_frac, num_layers, shapes or None for a qnet, (input_shape, per-layer geometry)
+    or None: a version 3 qnet's geometry)."""
     r = BitReader(payload, "section header")
     input_frac = r.read_sint()
     num_layers = r.read_eg(limit=1 << 16)
@@ -1307,22 +1371,24 @@ def _read_header(payload: bytes) -> tuple[int, int, list | None]:
     limits.check("max_layers", num_layers, "section header: num_layers")
     if not -(1 << 62) <= input_frac < 1 << 62:
         raise InputError("section header: corrupt input_frac")
-    shapes = None
+    shapes = geometry = None
     if r.read(1):
         shapes = []
         for _ in range(num_layers):
             nd = r.read_eg(limit=8)
             shapes.append(tuple(r.read_eg(limit=_MAX_DIM) for _ in range(nd)))
+    elif version >= GEOMETRY_VERSION:
+        geometry = _read_geometry(r, num_layers)
     if len(r.bits) - r.pos >= 8 or r.bits[r.pos :].any():
         raise InputError("section header: corrupt (unexpected bits at the end)")
-    return input_frac, num_layers, shapes
+    return input_frac, num_layers, shapes, geometry
 
 
 def _decode_all(data: bytes, parts: list | None = None):
     """Sections, size, input_frac, shapes and layers of a .dcz; with `parts` (a list), each
     layer's part sizes in bits are appended to it as it is decoded."""
     sections, size = _sections(data)
-    input_frac, _, shapes = _read_header(sections[0][1])
+    input_frac, _, shapes, geometry = _read_header(sections[0][1], data[4])
     budget = _Budget(size)
     layers = []
     for i, (tag, payload, _) in enumerate(sections[1:]):
@@ -1334,15 +1400,19 @@ def _decode_all(data: bytes, parts: list | None = None):
             p = None if p is None else _huffman_parts(p)
         if parts is not None:
             parts.append(p)
-    return sections, size, input_frac, shapes, layers
+    return sections, size, input_frac, shapes, geometry, layers
 
 
 def unpack(data: bytes) -> QNet:
     """The qnet a .dcz holds (exactly the one packed); InputError saying what is wrong."""
-    _, _, input_frac, shapes, layers = _decode_all(data)
+    _, _, input_frac, shapes, geometry, layers = _decode_all(data)
     if shapes is not None:
         raise InputError("dcz: holds a layer set (e.g. conv layers), not a qnet: use unpack_layers")
-    qnet = QNet(layers=layers, input_frac=input_frac)
+    input_shape = None
+    if geometry is not None:
+        input_shape, geo = geometry
+        layers = _with_geometry(layers, geo)
+    qnet = QNet(layers=layers, input_frac=input_frac, input_shape=input_shape)
     try:
         qnet.validate(index_bits=8)
     except InputError as e:
@@ -1351,8 +1421,9 @@ def unpack(data: bytes) -> QNet:
 
 
 def unpack_layers(data: bytes) -> LayerSet:
-    """The layers of any .dcz (a qnet's too), with their original weight shapes."""
-    _, _, input_frac, shapes, layers = _decode_all(data)
+    """The layers of any .dcz (a qnet's too), with their 2-D [out, in] shapes when the file
+    names none (a qnet's conv layers are their [out_ch, in_ch * kh * kw] matrices)."""
+    _, _, input_frac, shapes, _, layers = _decode_all(data)
     try:
         return _as_layer_set(layers, shapes, input_frac)
     except InputError as e:
@@ -1360,7 +1431,7 @@ def unpack_layers(data: bytes) -> LayerSet:
 
 
 def write_dcz(qnet: QNet, path: str | Path, *, what: str | None = None,
-              version: int = DCZ_VERSION) -> int:
+              version: int | None = None) -> int:
     """Write the .dcz atomically; return its size in bytes."""
     data = pack(qnet, version=version)
     write_bytes_atomic(path, data, what=what)
@@ -1387,8 +1458,9 @@ def info(data: bytes) -> dict:
     and indices is read off its streams while they are decoded, so `info` costs no more than
     `unpack` (it used to code every layer again, up to 4x the CPU and 10x the memory)."""
     parts: list = []
-    sections, size, input_frac, shapes, layers = _decode_all(data, parts)
+    sections, size, input_frac, shapes, geometry, layers = _decode_all(data, parts)
     n_params = sum(ly.index.size + ly.bias.size for ly in layers)
+    geo = geometry[1] if geometry is not None else [None] * len(layers)
     d = {
         "version": data[4],
         "kind": "qnet" if shapes is None else "layer set",
@@ -1404,6 +1476,8 @@ def info(data: bytes) -> dict:
             {"shape": list(shapes[i]) if shapes else list(ly.index.shape),
              "nnz": int(np.count_nonzero(ly.index)), "codebook": int(ly.codebook.shape[0]),
              "coding": "arithmetic" if tag == _TAG_AC else "huffman",
+             **({"kind": "conv", **{k: list(v) for k, v in geo[i].items() if k != "kind"}}
+                if geo[i] is not None else {}),
              "parts": {k: round(v / 8, 1) for k, v in p.items()}}
             for i, (ly, (tag, _, _), p) in enumerate(zip(layers, sections[1:], parts))
         ],
@@ -1411,8 +1485,15 @@ def info(data: bytes) -> dict:
         "float32_bytes": 4 * n_params,
         "ratio": 4 * n_params / size,
     }
+    if geometry is not None:
+        d["input_shape"] = list(geometry[0])
     if shapes is None:
-        qnet = QNet(layers=layers, input_frac=input_frac)  # what unpack gives, checked alike
+        input_shape = None
+        if geometry is not None:
+            input_shape = geometry[0]
+            layers = _with_geometry(layers, geometry[1])
+        # what unpack gives, checked alike
+        qnet = QNet(layers=layers, input_frac=input_frac, input_shape=input_shape)
         try:
             qnet.validate(index_bits=8)
         except InputError as e:
@@ -1451,7 +1532,9 @@ def layer_sizes(qnet: QNet | LayerSet) -> list[dict]:
         data, infos = _pack(ls.layers, ls.input_frac, ls.shapes)
     else:
         _check_qnet(qnet)
-        data, infos = _pack(qnet.layers, qnet.input_frac, None)
+        version = _qnet_version(qnet, None)  # the file `pack` writes, geometry included
+        data, infos = _pack(qnet.layers, qnet.input_frac, None, version,
+                            qnet.input_shape if version >= GEOMETRY_VERSION else None)
     rows = []
     tot = dict.fromkeys(("weights", "nnz", "pq_bits", "pqh_bits", "wh", "ih", "wf", "if", "iff"), 0)
     for i, (layer, inf) in enumerate(zip(qnet.layers, infos)):

@@ -17,6 +17,11 @@ Calibration on training data chooses, per layer:
 * and then w_i is lowered while the largest accumulator seen (with a safety factor) does not
   fit ``acc_bits`` two's complement.
 
+A conv layer is converted the same way, per layer: its input map has f_i fractional bits, its
+codebook w_i, its bias is at f_i + w_i and its shift brings the output to f_{i+1}; the largest
+activation is taken before the pooling (the values the shift and the saturation see). The
+calibration runs in blocks of examples, so a conv network's maps never all sit in memory.
+
 `to_qnet` returns the qnet plus a calibration record (the frac bits, shifts, the largest
 activations and accumulators) for the report.
 """
@@ -30,10 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import golden as G
 from .errors import InputError
-from .golden import golden, mnist_to_input, predict, run_layers
-from .models import LeNet300100
+from .golden import mnist_to_input, predict, run_layers
+from .models import LeNet5, LeNet300100
 from .qnet import Layer, QNet
+from .trace import Chain, ChainLayer, conv_padding
 
 
 @dataclass
@@ -90,6 +97,24 @@ def fc_chain(model: nn.Module) -> list[tuple[nn.Linear, bool]]:
     return [(layer.linear, layer.relu) for layer in linear_chain(model)]
 
 
+def model_chain(model: nn.Module) -> tuple[Chain, tuple[int, ...] | None]:
+    """(the layer chain, one example's input shape or None if only data can tell) of a network:
+    the LeNets by their definition, any other module by tracing it (`trace.network_chain`)."""
+    if isinstance(model, LeNet300100):
+        return Chain([ChainLayer("fc1", model.fc1, True), ChainLayer("fc2", model.fc2, True),
+                      ChainLayer("fc3", model.fc3, False)]), (784,)
+    if isinstance(model, LeNet5):
+        # Caffe's LeNet-5: no ReLU after the convolutions (compress/models.py)
+        return Chain([ChainLayer("conv1", model.conv1, False, (2, 2)),
+                      ChainLayer("conv2", model.conv2, False, (2, 2)),
+                      ChainLayer("fc1", model.fc1, True), ChainLayer("fc2", model.fc2, False)]), \
+            (1, 28, 28)
+    from .trace import network_chain
+
+    chain = network_chain(model)
+    return chain, ((chain[0].module.in_features,) if chain[0].kind == "fc" else None)
+
+
 def _frac_for(max_abs: float, limit: int = 32767) -> int:
     """Most fractional bits f with max_abs * 2**f <= limit."""
     if max_abs <= 0:
@@ -97,56 +122,113 @@ def _frac_for(max_abs: float, limit: int = 32767) -> int:
     return int(math.floor(math.log2(limit / max_abs)))
 
 
+def _geometry(c: ChainLayer) -> dict:
+    """A chain layer's kind and conv geometry, as the qnet's Layer fields."""
+    if c.kind != "conv":
+        return {"kind": "fc"}
+    m = c.module
+    return {"kind": "conv", "kernel": tuple(int(k) for k in m.kernel_size),
+            "stride": tuple(int(v) for v in m.stride), "padding": conv_padding(m),
+            "pool": tuple(int(v) for v in c.pool)}
+
+
+def _float_block(c: ChainLayer, w: torch.Tensor, b: torch.Tensor, a: torch.Tensor,
+                 in_shape: tuple[int, ...]) -> torch.Tensor:
+    """The float64 output of one chain layer with weights w (its weight's shape) on a block
+    a [n, values]: before pooling, after the ReLU."""
+    if c.kind == "conv":
+        m = c.module
+        y = torch.nn.functional.conv2d(a.reshape(len(a), *in_shape), w, b, stride=m.stride,
+                                       padding=conv_padding(m))
+    else:
+        y = a @ w.T + b
+    return y.clamp(min=0) if c.relu else y
+
+
+def _pool_flat(c: ChainLayer, y: torch.Tensor) -> torch.Tensor:
+    if c.kind == "conv" and tuple(c.pool) != (1, 1):
+        y = torch.nn.functional.max_pool2d(y, c.pool)
+    return y.reshape(len(y), -1)
+
+
 def to_qnet(model: nn.Module, codebooks: dict[str, np.ndarray], indices: dict[str, np.ndarray],
             calib_pixels: np.ndarray | None, cfg: FixedPointConfig | None = None, *,
-            calib_inputs: np.ndarray | None = None) -> tuple[QNet, Calibration]:
+            calib_inputs: np.ndarray | None = None, chain: Chain | None = None,
+            input_shape: tuple[int, ...] | None = None) -> tuple[QNet, Calibration]:
     """Fixed-point qnet from shared weights (codebook[0] = 0) and float biases, calibrated.
 
     Calibration data: MNIST `calib_pixels` (0..255, mapped with `mnist_to_input`), or any
     network's `calib_inputs`, already the engine's int16 inputs [n, in_0] at cfg.input_frac
-    fractional bits (`compress.encode_inputs`).
+    fractional bits (`compress.encode_inputs`). `chain` and `input_shape` (one example, [C, H,
+    W] for a conv network) default to what `model_chain` finds.
     """
     cfg = cfg or FixedPointConfig()
-    chain = fc_chain(model)
-    names = {id(m): n for n, m in model.named_modules()}
+    found, shape0 = (chain, None) if chain is not None else model_chain(model)
+    chain = found
+    input_shape = tuple(input_shape or shape0 or ())
+    if not input_shape:
+        raise InputError("fixed point: the input shape of a conv network is needed "
+                         "(input_shape=(C, H, W))")
+    width = math.prod(input_shape)
     if calib_inputs is not None:
         x_int = np.asarray(calib_inputs)[: cfg.calib_images]
-        if x_int.dtype != np.int16 or x_int.ndim != 2 or \
-                x_int.shape[1] != chain[0][0].in_features:
-            raise InputError(f"fixed point: calibration inputs must be int16[n, "
-                             f"{chain[0][0].in_features}], got {x_int.dtype}{list(x_int.shape)}")
+        if x_int.dtype != np.int16 or x_int.ndim != 2 or x_int.shape[1] != width:
+            raise InputError(f"fixed point: calibration inputs must be int16[n, {width}], got "
+                             f"{x_int.dtype}{list(x_int.shape)}")
     else:
         pixels = np.asarray(calib_pixels)[: cfg.calib_images]
         x_int = mnist_to_input(pixels, cfg.input_frac)
-    a = torch.from_numpy(x_int.astype(np.float64)) / (1 << cfg.input_frac)
+    n = len(x_int)
     cal = Calibration(act_frac=[cfg.input_frac])
     layers: list[Layer] = []
-    a_int = torch.from_numpy(x_int.astype(np.int64))
-    for li, (lin, relu) in enumerate(chain):
-        name = names[id(lin)]
+    a_int = x_int  # int16 [n, values]: the integer network's input to the layer
+    a_flt = x_int.astype(np.float32) / np.float32(1 << cfg.input_frac)  # the float network's
+    shape = input_shape
+    for c in chain:
+        name = c.name
         if name not in codebooks:
             raise InputError(f"fixed point: no codebook for layer {name}")
         cb = np.asarray(codebooks[name], dtype=np.float64)
-        idx = np.asarray(indices[name])
+        idx = np.asarray(indices[name]).reshape(len(indices[name]), -1)
         if cb[0] != 0:
             raise InputError(f"fixed point: codebook of {name} must start with the zero")
-        bias = (lin.bias.detach().cpu().double().numpy() if lin.bias is not None
-                else np.zeros(lin.out_features))
+        m = c.module
+        n_out = idx.shape[0]
+        bias = (m.bias.detach().cpu().double().numpy() if m.bias is not None
+                else np.zeros(n_out))
+        geo = _geometry(c)
         f_in = cal.act_frac[-1]
         w_frac = min(_frac_for(float(np.abs(cb).max())), 24)
-        # Float output of the shared-weight layer on the calibration set.
-        w = torch.from_numpy(cb[idx.astype(np.int64)])
-        y = a @ w.T + torch.from_numpy(bias)
-        if relu:
-            y = y.clamp(min=0)
-        max_act = float(y.abs().max()) * 2.0 ** cfg.headroom_bits
+        # The float output of the shared-weight layer on the calibration set, in blocks.
+        w = torch.from_numpy(cb[idx.astype(np.int64)].reshape(m.weight.shape))
+        b = torch.from_numpy(bias)
+        proto = Layer(codebook=np.zeros(1, np.int16), index=idx.astype(np.uint8),
+                      bias=np.zeros(n_out, np.int32), shift=0, relu=c.relu, **geo)
+        step = _block(proto, shape)
+        peak, nxt = 0.0, []
+        with torch.no_grad():
+            for b0 in range(0, n, step):
+                y = _float_block(c, w, b, torch.from_numpy(a_flt[b0:b0 + step]).double(), shape)
+                peak = max(peak, float(y.abs().max()) if y.numel() else 0.0)
+                nxt.append(_pool_flat(c, y).float().numpy())
+        max_act = peak * 2.0 ** cfg.headroom_bits
         while True:
             f_out = min(_frac_for(max_act), f_in + w_frac)
             cb_int = np.clip(np.round(cb * 2.0 ** w_frac), -32768, 32767).astype(np.int16)
             b_int64 = np.round(bias * 2.0 ** (f_in + w_frac))
-            acc = _int_matmul(a_int, cb_int.astype(np.int64)[idx.astype(np.int64)]) \
-                + torch.from_numpy(b_int64.astype(np.int64))
-            max_acc = max(float(acc.abs().max()), float(np.abs(b_int64).max(initial=0)), 1.0)
+            layer = Layer(codebook=cb_int, index=idx.astype(np.uint8),
+                          bias=np.clip(b_int64, -2**31, 2**31 - 1).astype(np.int32),
+                          shift=int(f_in + w_frac - f_out), relu=bool(c.relu), **geo)
+            # The integer layer on the engine's own inputs: largest accumulator, and the
+            # outputs the next layer sees (exact golden arithmetic).
+            run = _Runner(QNet([layer], input_frac=0, input_shape=shape), cfg.acc_bits)
+            max_acc, out_int = 1.0, []
+            for b0 in range(0, n, step):
+                acc = run.accumulators(0, torch.from_numpy(a_int[b0:b0 + step].astype(np.int64)))
+                if acc.numel():
+                    max_acc = max(max_acc, float(acc.abs().max()))
+                out_int.append(run.finish(0, acc).numpy().astype(np.int16))
+            max_acc = max(max_acc, float(np.abs(b_int64).max(initial=0)))
             fits = max_acc * cfg.acc_margin < 2.0 ** (cfg.acc_bits - 1) and \
                 np.abs(b_int64).max(initial=0) < 2**31
             if fits or w_frac <= 0:
@@ -155,33 +237,28 @@ def to_qnet(model: nn.Module, codebooks: dict[str, np.ndarray], indices: dict[st
         if not fits:
             raise InputError(f"fixed point: layer {name} does not fit {cfg.acc_bits}-bit "
                              "accumulators")
-        shift = f_in + w_frac - f_out
-        layer = Layer(codebook=cb_int, index=idx.astype(np.uint8),
-                      bias=b_int64.astype(np.int32), shift=int(shift), relu=bool(relu))
         layers.append(layer)
         cal.weight_frac.append(int(w_frac))
         cal.act_frac.append(int(f_out))
-        cal.shifts.append(int(shift))
-        cal.max_act.append(float(y.abs().max()))
+        cal.shifts.append(int(layer.shift))
+        cal.max_act.append(peak)
         cal.max_acc_log2.append(math.log2(max_acc))
-        # Continue with the integer activations the engine will see (exact golden arithmetic).
-        from .golden import layer_output, wrap
-
-        acc = _int_matmul(a_int, layer.weights()) + torch.from_numpy(layer.bias.astype(np.int64))
-        a_int = layer_output(layer, wrap(acc, cfg.acc_bits))
-        a = y
-    qnet = QNet(layers=layers, input_frac=cfg.input_frac)
+        a_int = np.concatenate(out_int) if out_int else np.zeros((0, 0), np.int16)
+        a_flt = np.concatenate(nxt) if nxt else np.zeros((0, 0), np.float32)
+        shape = run.shapes[0][1]
+    qnet = QNet(layers=layers, input_frac=cfg.input_frac, input_shape=input_shape)
     qnet.validate(index_bits=8)
     return qnet, cal
 
 
-def _int_matmul(a: torch.Tensor, w: np.ndarray) -> torch.Tensor:
-    """a @ w.T for int64 a [n, in] and w [out, in]: float64 BLAS when every sum is an integer
-    below 2**53 (then exactly the int64 result, many times faster), int64 otherwise."""
-    bound = int(a.abs().max()) * int(np.abs(w).max(initial=0)) * w.shape[1] if a.numel() else 0
-    if bound < 2**53:
-        return (a.double() @ torch.from_numpy(w.astype(np.float64)).T).to(torch.int64)
-    return a @ torch.from_numpy(w).T
+def _block(layer: Layer, in_shape: tuple[int, ...]) -> int:
+    """Examples per block for one layer (its maps and im2col stay within golden's block)."""
+    q = QNet([layer], input_frac=0, input_shape=in_shape)
+    per = max(math.prod(in_shape), math.prod(q.layer_shapes()[0][1]) * math.prod(layer.pool))
+    if layer.is_conv:
+        ho_wo = math.prod(q.layer_shapes()[0][1][1:]) * math.prod(layer.pool)
+        per = max(per, ho_wo * layer.in_features)
+    return max(1, G.IM2COL_BLOCK // per)
 
 
 def _exact_in_float64(layer: Layer, a_max: int) -> bool:
@@ -191,43 +268,91 @@ def _exact_in_float64(layer: Layer, a_max: int) -> bool:
     return bound < 2**53
 
 
+class _Runner:
+    """The golden model's arithmetic for a qnet, fast: an fc layer's products by float64 BLAS
+    when every partial sum is an integer below 2**53 (then exactly the int64 result, many times
+    faster), int64 otherwise and for conv layers (`golden.layer_sums`); the wrap, shift,
+    saturation, ReLU and pooling are golden's own functions. Blocks of `step` examples."""
+
+    def __init__(self, qnet: QNet, acc_bits: int):
+        self.layers, self.acc_bits = list(qnet.layers), acc_bits  # a copy: biases may change
+        self.shapes = qnet.layer_shapes()
+        self.w = []
+        for ly in qnet.layers:
+            w = torch.from_numpy(ly.weights())
+            self.w.append(w.double() if _exact_in_float64(ly, 32768) else w)
+        self.step = G.batch_size(qnet, self.shapes)
+
+    def sums(self, i: int, a: torch.Tensor) -> torch.Tensor:
+        """Layer i's exact products without its bias (int64), for int64 inputs a (float64
+        im2col and BLAS for a conv layer whose sums are exact in float64, like fc)."""
+        w, ly = self.w[i], self.layers[i]
+        if w.dtype != torch.float64:
+            return G.layer_sums(ly, a, self.shapes[i][0], w)
+        if not ly.is_conv:
+            return (a.double() @ w.T).to(torch.int64)
+        a = a.double().reshape(len(a), *self.shapes[i][0])
+        return G.conv_sums(a, w, ly.kernel, ly.stride, ly.padding).to(torch.int64)
+
+    def accumulators(self, i: int, a: torch.Tensor, bias=None) -> torch.Tensor:
+        """bias + products of layer i, before wrapping."""
+        return G.add_bias(self.layers[i], self.sums(i, a), bias)
+
+    def finish(self, i: int, acc: torch.Tensor, peak: float | None = None) -> torch.Tensor:
+        """Wrap, shift, saturation, ReLU, pooling: layer i's output [n, values], int64.
+        `peak`, the largest |acc| if known: below 2**(acc_bits-1) nothing wraps."""
+        if peak is None or peak >= 2.0 ** (self.acc_bits - 1):
+            acc = G.wrap(acc, self.acc_bits)
+        return G.layer_finish(self.layers[i], acc)
+
+    def run(self, a: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, float]:
+        """Layers start.. on int64 inputs a; (output, the largest |accumulator| before any
+        wrap)."""
+        best = 1.0
+        for i in range(start, len(self.layers)):
+            acc = self.accumulators(i, a)
+            peak = float(acc.abs().max()) if acc.numel() else 0.0
+            best = max(best, peak)
+            a = self.finish(i, acc, peak)
+        return a, best
+
+
 def run_integer(qnet: QNet, x: np.ndarray, *, acc_bits: int = 32) -> tuple[np.ndarray, float]:
-    """The golden model's output bits, with the matrix products done by float64 BLAS.
-
-    Products are < 2**30 and a layer's sums stay far below 2**53, so the float64 sums are the
-    exact integers (checked per layer; the int64 golden path is used otherwise); wrap, shift,
-    saturation and ReLU are `golden.layer_output` itself. Returns (output, log2 of the largest
-    |accumulator| before wrapping). tests/test_compress_fixedpoint.py checks it against
-    `golden.run_layers` bit for bit.
-    """
-    from .golden import layer_accumulators, layer_output, wrap
-
-    a = torch.from_numpy(np.asarray(x, dtype=np.int64))
-    best = 1.0
-    for layer in qnet.layers:
-        if _exact_in_float64(layer, 32768):
-            w = torch.from_numpy(layer.weights().astype(np.float64))
-            acc = (a.double() @ w.T).to(torch.int64) + \
-                torch.from_numpy(layer.bias.astype(np.int64))
-            best = max(best, float(acc.abs().max()))
-            acc = wrap(acc, acc_bits)
-        else:
-            full = layer_accumulators(layer, a, acc_bits=64)
-            best = max(best, float(full.abs().max()))
-            acc = wrap(full, acc_bits)
-        a = layer_output(layer, acc)
-    return a.numpy().astype(np.int16), math.log2(best)
+    """The golden model's output bits, the fc products by float64 BLAS where that is exact
+    (`_Runner`). Returns (output, log2 of the largest |accumulator| before wrapping).
+    tests/test_compress_fixedpoint.py checks it against `golden.run_layers` bit for bit."""
+    run = _Runner(qnet, acc_bits)
+    x = np.asarray(x)
+    outs, best = [], 1.0
+    with torch.no_grad():
+        for b0 in range(0, len(x), run.step):
+            y, m = run.run(torch.from_numpy(x[b0:b0 + run.step].astype(np.int64)))
+            outs.append(y.numpy().astype(np.int16))
+            best = max(best, m)
+    out = np.concatenate(outs) if outs else np.zeros((0, qnet.out_features), np.int16)
+    return out, math.log2(best)
 
 
 def integer_error(qnet: QNet, pixels: np.ndarray, labels: np.ndarray, *,
                   acc_bits: int = 32, batch: int = 5000) -> float:
     """Error in percent of the integer network (golden-model bits) on MNIST pixels."""
-    wrong = 0
+    return integer_error_and_acc(qnet, pixels, labels, acc_bits=acc_bits, batch=batch)[0]
+
+
+def integer_error_and_acc(qnet: QNet, pixels: np.ndarray, labels: np.ndarray, *,
+                          acc_bits: int = 32, batch: int = 5000) -> tuple[float, float]:
+    """(error in percent, log2 of the largest |accumulator| before wrapping) of the integer
+    network on MNIST pixels. When the largest is below 2**(acc_bits-1) nothing wrapped, so it
+    is also what `max_accumulator_log2` (64-bit accumulators) finds; else that is measured."""
+    wrong, best = 0, 0.0
     for i in range(0, len(pixels), batch):
         x = mnist_to_input(pixels[i : i + batch], qnet.input_frac)
-        y, _ = run_integer(qnet, x, acc_bits=acc_bits)
+        y, peak = run_integer(qnet, x, acc_bits=acc_bits)
         wrong += int(np.sum(predict(y) != labels[i : i + batch]))
-    return 100.0 * wrong / max(len(pixels), 1)
+        best = max(best, peak)
+    if best >= acc_bits - 1:
+        best = max_accumulator_log2(qnet, pixels, batch=batch)
+    return 100.0 * wrong / max(len(pixels), 1), best
 
 
 def max_accumulator_log2(qnet: QNet, pixels: np.ndarray, *, batch: int = 5000) -> float:
@@ -250,43 +375,17 @@ def round_bias(bias: np.ndarray, k: int) -> np.ndarray:
     return np.clip(r, -top, top).astype(np.int32)
 
 
-def _with_bias(layer: Layer, bias: np.ndarray) -> Layer:
-    return Layer(codebook=layer.codebook, index=layer.index, bias=bias, shift=layer.shift,
-                 relu=layer.relu)
-
-
-class _Tail:
-    """Wrong predictions of the layers from i on, for int64 activations entering layer i.
-
-    The weights are converted once (float64 when every sum is exact, see `run_integer`), as
-    the same tail runs for every candidate rounding.
-    """
-
-    def __init__(self, layers: list[Layer], labels: np.ndarray, acc_bits: int):
-        self.layers, self.labels, self.acc_bits = layers, labels, acc_bits
-        self.w = [torch.from_numpy(ly.weights().astype(np.float64))
-                  if _exact_in_float64(ly, 32768) else None for ly in layers]
-
-    def errors(self, a: torch.Tensor, start: int) -> int:
-        from .golden import layer_accumulators, layer_output, wrap
-
-        for i in range(start, len(self.layers)):
-            ly = self.layers[i]
-            if self.w[i] is not None:
-                acc = (a.double() @ self.w[i].T).to(torch.int64) + \
-                    torch.from_numpy(ly.bias.astype(np.int64))
-                a = layer_output(ly, wrap(acc, self.acc_bits))
-            else:
-                a = layer_output(ly, layer_accumulators(ly, a, acc_bits=self.acc_bits))
-        return int(np.sum(predict(a.numpy()) != self.labels))
-
-
 def bias_bits_fixed(qnet: QNet, ks: list[int]) -> QNet:
     """The qnet with layer i's bias rounded to a multiple of 2**ks[i]."""
     if len(ks) != qnet.num_layers:
         raise InputError(f"bias rounding: {len(ks)} entries for {qnet.num_layers} layers")
-    return QNet(layers=[_with_bias(ly, round_bias(ly.bias, k)) for ly, k in zip(qnet.layers, ks)],
-                input_frac=qnet.input_frac, meta=dict(qnet.meta))
+    return QNet(layers=[ly.with_bias(round_bias(ly.bias, k)) for ly, k in zip(qnet.layers, ks)],
+                input_frac=qnet.input_frac, meta=dict(qnet.meta), input_shape=qnet.input_shape)
+
+
+# Pre-bias sums of a layer over the whole split are kept between the candidate roundings when
+# they take at most this many int64 values (256 MiB); else they are computed again each time.
+_CACHE_VALUES = 1 << 25
 
 
 def choose_bias_rounding(qnet: QNet, x: np.ndarray, labels: np.ndarray, *,
@@ -297,31 +396,70 @@ def choose_bias_rounding(qnet: QNet, x: np.ndarray, labels: np.ndarray, *,
     0 while the integer error stays within `tolerance` percentage points of the error with
     exact biases, and stops at the first k over it (a lucky coarse k past a failing one is not
     taken). Earlier layers keep their chosen rounding while later ones are tried. Returns the
-    rounded qnet and the k per layer.
+    rounded qnet and the k per layer. The split runs in blocks (conv maps stay bounded).
     """
-    from .golden import layer_output, wrap
-
     labels = np.asarray(labels)
-    a = torch.from_numpy(np.asarray(x, dtype=np.int64))
     layers, ks = list(qnet.layers), []
-    tail = _Tail(layers, labels, acc_bits)
-    allowed = tail.errors(a, 0) + tolerance / 100.0 * len(labels) + 1e-9
-    for i, layer in enumerate(layers):
-        pre = _int_matmul(a, layer.weights())  # the accumulators without the bias
-        top = int(np.abs(layer.bias.astype(np.int64)).max(initial=0)).bit_length() + 1
-        best = 0
-        for k in range(1, min(top, 31) + 1):
-            b = torch.from_numpy(round_bias(layer.bias, k).astype(np.int64))
-            if tail.errors(layer_output(layer, wrap(pre + b, acc_bits)), i + 1) > allowed:
-                break
-            best = k
-        layers[i] = _with_bias(layer, round_bias(layer.bias, best))
-        ks.append(best)
-        b = torch.from_numpy(layers[i].bias.astype(np.int64))
-        a = layer_output(layers[i], wrap(pre + b, acc_bits))
-    return QNet(layers=layers, input_frac=qnet.input_frac, meta=dict(qnet.meta)), ks
+    run = _Runner(qnet, acc_bits)
+    x = np.asarray(x)
+    # the inputs of the layer being rounded, per block (int16: the layers' outputs are int16)
+    blocks = [x[b0:b0 + run.step] for b0 in range(0, len(x), run.step)]
+    labs = [labels[b0:b0 + run.step] for b0 in range(0, len(x), run.step)]
+
+    def bad_after(i, y, lab) -> np.ndarray:
+        """Which examples the layers after i get wrong, from layer i's outputs y."""
+        out, _ = run.run(torch.from_numpy(y.astype(np.int64)), i + 1)
+        return predict(out.numpy()) != lab
+
+    allowed = None
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            pre_size = len(x) * (math.prod(run.shapes[i][1]) * math.prod(layer.pool)
+                                 if layer.is_conv else layer.out_features)
+            pre = [run.sums(i, torch.from_numpy(b.astype(np.int64))) for b in blocks] \
+                if pre_size <= _CACHE_VALUES else None
+
+            def out(j, bias=None) -> np.ndarray:
+                s = pre[j] if pre is not None else \
+                    run.sums(i, torch.from_numpy(blocks[j].astype(np.int64)))
+                return run.finish(i, G.add_bias(layers[i], s, bias)).numpy().astype(np.int16)
+
+            # The reference: layer i with its exact bias. A candidate rounding changes the
+            # outputs of some examples only (a bias step under the layer's shift often changes
+            # nothing); the others keep the reference's predictions, so only the changed ones
+            # run through the later layers: the same count, much less work.
+            ref = [out(j) for j in range(len(blocks))]
+            ref_bad = [bad_after(i, r, lab) for r, lab in zip(ref, labs)]
+            if allowed is None:  # every bias exact
+                allowed = sum(int(b.sum()) for b in ref_bad) + \
+                    tolerance / 100.0 * len(labels) + 1e-9
+
+            def wrong(bias) -> int:
+                total = 0
+                for j in range(len(blocks)):
+                    y = out(j, bias)
+                    changed = (y != ref[j]).any(axis=1)
+                    bad = ref_bad[j].copy()
+                    if changed.any():
+                        bad[changed] = bad_after(i, y[changed], labs[j][changed])
+                    total += int(bad.sum())
+                return total
+
+            top = int(np.abs(layer.bias.astype(np.int64)).max(initial=0)).bit_length() + 1
+            best = 0
+            for k in range(1, min(top, 31) + 1):
+                if wrong(round_bias(layer.bias, k)) > allowed:
+                    break
+                best = k
+            layers[i] = layer.with_bias(round_bias(layer.bias, best))
+            run.layers[i] = layers[i]
+            ks.append(best)
+            blocks = [out(j) for j in range(len(blocks))]
+    return QNet(layers=layers, input_frac=qnet.input_frac, meta=dict(qnet.meta),
+                input_shape=qnet.input_shape), ks
 
 
-__all__ = ["FixedPointConfig", "Calibration", "fc_chain", "to_qnet", "integer_error",
+__all__ = ["FixedPointConfig", "Calibration", "fc_chain", "model_chain", "to_qnet",
+           "integer_error", "integer_error_and_acc",
            "max_accumulator_log2", "run_integer", "run_layers", "round_bias",
            "choose_bias_rounding", "bias_bits_fixed"]

@@ -3,7 +3,8 @@
 Files are untrusted: each reader checks what a file *declares* (shapes, counts, code tables,
 zip member sizes) against these limits before it allocates anything, and refuses with
 `InputError` (exit status 2) naming the limit and how to raise it. The defaults take a
-VGG-16-sized model (138M parameters, fc6 alone 4096 x 25088 = 102.8M weights).
+VGG-16-sized model (138M parameters, fc6 alone 4096 x 25088 = 102.8M weights; 3.3M values in
+its largest map, 15.5G multiply-accumulates per 224x224 image).
 
 Raise a limit for one run with the environment variable ``DEEPCOMP_LIMITS``, a comma-separated
 list of ``name=value`` (``value`` an integer, ``1e9`` or ``2**30`` style)::
@@ -40,6 +41,11 @@ class Limits:
     max_weights: int = 1 << 28  # total weights (sum of out * in over the layers): 268M
     max_dim: int = 1 << 20  # any one layer dimension (out, in) or input width: 1M
     max_layers: int = 1024  # layers in a network
+    # Conv networks (qnet version 2, .dcz version 3): the values of one example's map entering
+    # or leaving a layer (padded input, output before pooling), and the multiply-accumulates of
+    # one example through the whole network. VGG-16 on 224x224: 3.3M values, 15.5G MACs.
+    max_map: int = 1 << 24  # 16.7M
+    max_macs: int = 1 << 36  # 68.7G
     max_code_table: int = 1 << 20  # symbols in one Huffman code table of a .dcz
     # .dcz ratio bound: a file may declare at most dcz_free_weights plus this many weights per
     # byte it holds (a real pruned layer costs bits per non-zero and per run of zeros; 1024 a

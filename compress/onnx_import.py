@@ -7,12 +7,16 @@ files are refused. The graph must be one chain from its single input to its sing
     MatMul by a constant matrix, optionally then Add of a constant bias -> Linear
     Relu -> ReLU;  Flatten (axis 1) and Reshape to [batch, -1] -> Flatten
     Conv (2-D, group 1, symmetric pads) -> Conv2d;  MaxPool (2-D) -> MaxPool2d
-    Identity -> nothing
+    BatchNormalization (inference) -> BatchNorm1d/2d;  Softmax, LogSoftmax (the last op, over
+    the classes) -> Softmax/LogSoftmax;  Identity, Dropout (inference) -> nothing
 
 plus the constant and shape arithmetic exporters put in front of a Reshape
 (Constant, Shape, Gather, Unsqueeze, Concat), as torch writes for `x.view(x.size(0), -1)` with
 a dynamic batch axis. Any other op is refused with one line naming the node and the op.
-Conv/MaxPool networks compress to a .dcz but have no qnet (the engine runs Linear/ReLU chains).
+`compress.compress_model` then takes the chain as it takes a PyTorch module (docs/formats.md
+section 7): it folds each BatchNorm into the Conv/Gemm before it, drops the final Softmax and
+refuses, naming the layer, what the integer network cannot hold (dilation, a pooling window
+other than its stride, a BatchNorm after a ReLU ...).
 
 Every tensor's declared size is checked against a limit before anything is converted or
 allocated. The input shape without the batch axis is recorded as `model.input_shape`.
@@ -45,7 +49,8 @@ from . import limits
 from .errors import InputError
 from .infile import read_input
 
-SUPPORTED = "Gemm, MatMul, Add, Relu, Flatten, Reshape, Conv, MaxPool, Identity"
+SUPPORTED = ("Gemm, MatMul, Add, Relu, Flatten, Reshape, Conv, MaxPool, BatchNormalization, "
+             "Dropout, Softmax, LogSoftmax, Identity")
 
 _FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # TensorProto data types
 _INT_TYPES = {6: np.int32, 7: np.int64}
@@ -82,6 +87,7 @@ class _Graph:
         self.bias_for = ""  # value a following Add of a constant may add a bias to
         self.activations = 0  # values one example makes, the input's and every layer's
         self.ops = 0  # multiply-adds and comparisons of one example
+        self.softmax = ""  # the Softmax/LogSoftmax node, once there is one: nothing may follow
 
     def fail(self, msg: str):
         raise InputError(f"{self.path}: {msg}")
@@ -139,6 +145,10 @@ class _Graph:
     # -- the chain -----------------------------------------------------------------------
 
     def data_input(self, node, n_consts: tuple[int, ...] = ()) -> None:
+        if self.softmax and node.input and node.input[0] == self.cur and \
+                node.op_type != "Identity":
+            self.fail(f"{_where(node)}: follows the {self.softmax}; a Softmax is only dropped "
+                      f"as the last op")
         if not node.input or node.input[0] != self.cur:
             got = _short(node.input[0]) if node.input else "nothing"
             self.fail(f"{_where(node)}: takes {got}, not the previous layer's output "
@@ -191,7 +201,9 @@ class _Graph:
         name = base.replace(".", "_")
         if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", name) or name in self.names:
             kind = {nn.Linear: "linear", nn.Conv2d: "conv", nn.ReLU: "relu",
-                    nn.Flatten: "flatten", nn.MaxPool2d: "pool"}.get(type(layer), "layer")
+                    nn.Flatten: "flatten", nn.MaxPool2d: "pool", nn.BatchNorm1d: "bn",
+                    nn.BatchNorm2d: "bn", nn.Softmax: "softmax",
+                    nn.LogSoftmax: "logsoftmax"}.get(type(layer), "layer")
             name = f"{kind}{len(self.layers) - 1}"
             while name in self.names:
                 name += "_"
@@ -827,6 +839,57 @@ def _maxpool(g: _Graph, node):
     g.advance(node, pool, (g.cur_shape[0], *hw))
 
 
+def _batchnorm(g: _Graph, node):
+    """BatchNormalization in inference mode -> BatchNorm1d ([C]) / BatchNorm2d ([C, H, W]) with
+    its running statistics (compress_model folds it into the layer before it)."""
+    g.data_input(node, (1, 2, 3, 4))
+    if _attr_int(g, node, "training_mode", 0) != 0:
+        g.fail(f"{_where(node)}: training_mode=1; export the model in eval mode")
+    eps = _attr_float(g, node, "epsilon", 1e-5)
+    if len(node.input) != 5:
+        g.fail(f"{_where(node)}: expected the inputs X, scale, B, mean and var")
+    shape = g.cur_shape
+    if len(shape) not in (1, 3):
+        g.fail(f"{_where(node)}: input of shape {list(shape)} per example; only [C] or "
+               f"[C, H, W]")
+    c = shape[0]
+    vals = [_vector(g, node, g.const(node, i, what), c, what)
+            for i, what in enumerate(("scale", "B", "mean", "var"), 1)]
+    if not all(bool(np.isfinite(v).all()) for v in vals):
+        g.fail(f"{_where(node)}: scale, B, mean or var holds NaN or infinite values")
+    if not eps >= 0 or not bool(np.all(vals[3] + eps > 0)):
+        g.fail(f"{_where(node)}: var + epsilon must be > 0")
+    bn = (nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d)(c, eps=eps)
+    with torch.no_grad():
+        for p, v in zip((bn.weight, bn.bias, bn.running_mean, bn.running_var), vals):
+            p.copy_(torch.from_numpy(v))
+    g.advance(node, bn.eval(), shape, node.input[1])
+
+
+def _dropout(g: _Graph, node):
+    """Dropout at inference is the identity (a mask output is refused: nothing may use it)."""
+    g.data_input(node, (1, 2))
+    if len(node.input) > 2 and node.input[2]:
+        mode = g.const(node, 2, "training_mode")
+        if mode.size != 1 or bool(mode.reshape(-1)[0]):
+            g.fail(f"{_where(node)}: training_mode must be a constant false")
+    g.advance(node, None, g.cur_shape)
+
+
+def _softmax(g: _Graph, node):
+    """Softmax/LogSoftmax over the classes of a [batch, classes] output: the last op."""
+    g.data_input(node)
+    if len(g.cur_shape) != 1:
+        g.fail(f"{_where(node)}: over an input of shape {list(g.cur_shape)} per example; only "
+               f"over the classes of a flat output")
+    axis = _attr_int(g, node, "axis", -1)
+    if axis not in (1, -1):
+        g.fail(f"{_where(node)}: axis {axis}; only over the classes (axis 1 or -1)")
+    layer = nn.LogSoftmax(dim=1) if node.op_type == "LogSoftmax" else nn.Softmax(dim=1)
+    g.advance(node, layer, g.cur_shape)
+    g.softmax = _where(node)
+
+
 _HANDLERS = {
     "Constant": _constant,
     "Identity": _identity,
@@ -842,4 +905,8 @@ _HANDLERS = {
     "Reshape": _reshape,
     "Conv": _conv,
     "MaxPool": _maxpool,
+    "BatchNormalization": _batchnorm,
+    "Dropout": _dropout,
+    "Softmax": _softmax,
+    "LogSoftmax": _softmax,
 }

@@ -46,7 +46,7 @@ PATTERNS = (UNSTRUCTURED, LOCKSTEP)
 
 # The boards a network can be pruned for, and what their engine needs. The iCEBreaker's
 # lockstep engine: 8 PEs, 8-bit entries (4-bit codebook index, 4-bit relative row), two
-# entries in a 16-bit SPRAM word (fpga.engines builds it; a test checks that they agree).
+# entries in a 16-bit SPRAM word (fpga.boards builds it; a test checks that they agree).
 BOARDS = {"icebreaker": {"pattern": LOCKSTEP, "pes": 8, "rel_bits": 4}}
 
 # The dynamic program's work per pruning step (block x row x window x count elements) above

@@ -1,14 +1,21 @@
-"""The quantized network file ("qnet"): a NumPy .npz of integer layers (docs/formats.md section 2).
+"""The quantized network file ("qnet"): a NumPy .npz of integer layers (docs/formats.md
+sections 2 and 7).
 
-The interchange between the compression tooling, the golden model and the hardware. The loader
-parses and validates every key, dtype, shape and range, and raises `InputError` naming the key
-or layer at fault; nothing is unpickled. Keys starting with ``meta.`` are ours and optional:
-``meta.sha256`` is a checksum of the network written by `save_qnet` and verified on load when
-present (a user's hand-made qnet need not carry it).
+The interchange between the compression tooling, the golden model and the hardware. Version 1
+holds a chain of fully connected layers; version 2 adds convolution layers (`kind` "conv", with
+kernel, stride, padding and a fused max pooling) and the shape of one example (`input_shape`,
+[in_0] or [C, H, W]). A writer uses version 1 whenever it can hold the network (every layer
+fully connected, a flat input), so version 1 files keep their bytes.
+
+The loader parses and validates every key, dtype, shape and range, and raises `InputError`
+naming the key or layer at fault; nothing is unpickled. Keys starting with ``meta.`` are ours
+and optional: ``meta.sha256`` is a checksum of the network written by `save_qnet` and verified
+on load when present (a user's hand-made qnet need not carry it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import lzma
@@ -29,32 +36,56 @@ from .atomic import atomic_path
 from .errors import InputError
 from .infile import open_input
 
-QNET_VERSION = 1
+QNET_VERSION = 2  # the newest version; `QNet.version` is the one a network is written in
+READ_VERSIONS = (1, 2)
 DEFAULT_INDEX_BITS = 4
 MAX_SHIFT = 62  # int64 golden arithmetic; wider shifts are meaningless for 16-bit outputs
+KINDS = ("fc", "conv")
+GEOMETRY = ("kernel", "stride", "padding", "pool")  # the conv-only keys of a layer
+_MAX_KIND_CHARS = 8  # a kind string longer than this is refused before it is read
 
 
 @dataclass(frozen=True, eq=False)
 class Layer:
-    """One fully connected layer: y = post(bias + codebook[index] @ a)."""
+    """One layer: y = post(bias + codebook[index] @ a) for "fc"; for "conv" the same weights
+    slide over the input map (docs/formats.md section 7) and a max pooling may follow.
+
+    `index` is [out, in] for fc and [out_ch, in_ch * kh * kw] for conv (PyTorch's
+    ``weight.reshape(out_ch, -1)``); the geometry fields mean something for conv layers only.
+    """
 
     codebook: np.ndarray  # int16[K], codebook[0] == 0
     index: np.ndarray  # uint8[out, in], 0 = pruned
     bias: np.ndarray  # int32[out]
     shift: int
     relu: bool
+    kind: str = "fc"
+    kernel: tuple[int, int] = (1, 1)  # [kh, kw]
+    stride: tuple[int, int] = (1, 1)  # [sh, sw]
+    padding: tuple[int, int] = (0, 0)  # [ph, pw] zeros on each side
+    pool: tuple[int, int] = (1, 1)  # max-pool window [qh, qw] (stride = window); (1, 1): none
 
     @property
     def in_features(self) -> int:
+        """Columns of the index: the fan-in of one output (in_ch * kh * kw for conv)."""
         return int(self.index.shape[1])
 
     @property
     def out_features(self) -> int:
+        """Rows of the index: outputs (fc) or output channels (conv)."""
         return int(self.index.shape[0])
+
+    @property
+    def is_conv(self) -> bool:
+        return self.kind == "conv"
 
     def weights(self) -> np.ndarray:
         """The integer weight matrix codebook[index], int64[out, in]."""
         return self.codebook.astype(np.int64)[self.index]
+
+    def with_bias(self, bias: np.ndarray) -> "Layer":
+        """The same layer with another bias (geometry and all else kept)."""
+        return dataclasses.replace(self, bias=bias)
 
     def equals(self, other: "Layer") -> bool:
         return (
@@ -63,7 +94,13 @@ class Layer:
             and np.array_equal(self.bias, other.bias)
             and self.shift == other.shift
             and self.relu == other.relu
+            and self.kind == other.kind
+            and (not self.is_conv or _geometry(self) == _geometry(other))
         )
+
+
+def _geometry(layer: Layer) -> tuple:
+    return tuple(tuple(int(v) for v in getattr(layer, g)) for g in GEOMETRY)
 
 
 @dataclass(eq=False)
@@ -71,43 +108,90 @@ class QNet:
     layers: list[Layer]
     input_frac: int = 8
     meta: dict[str, np.ndarray] = field(default_factory=dict)
+    # One example's shape: (in_0,) or (C, H, W). None: the first layer's inputs, flat.
+    input_shape: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.input_shape is None and self.layers and self.layers[0].kind == "fc":
+            self.input_shape = (self.layers[0].in_features,)
+        elif self.input_shape is not None:
+            self.input_shape = tuple(int(d) for d in self.input_shape)
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
     @property
+    def version(self) -> int:
+        """1 when every layer is fully connected and the input is flat, else 2."""
+        flat = self.input_shape is not None and len(self.input_shape) == 1
+        return 1 if flat and all(ly.kind == "fc" for ly in self.layers) else 2
+
+    @property
+    def has_conv(self) -> bool:
+        return any(ly.is_conv for ly in self.layers)
+
+    @property
     def in_features(self) -> int:
-        return self.layers[0].in_features
+        """Values of one example: prod(input_shape), the width of the engine's input rows."""
+        if self.input_shape is None:
+            return self.layers[0].in_features
+        return math.prod(self.input_shape)
 
     @property
     def out_features(self) -> int:
-        return self.layers[-1].out_features
+        """Values of the last layer's output, flattened."""
+        if not self.layers[-1].is_conv:
+            return self.layers[-1].out_features
+        return math.prod(self.layer_shapes()[-1][1])
+
+    def layer_shapes(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """(input shape, output shape) of each layer, one example: (n,) or (C, H, W)."""
+        return chain_shapes(self.layers, self.input_shape)
 
     def equals(self, other: "QNet") -> bool:
         return (
             self.input_frac == other.input_frac
             and self.num_layers == other.num_layers
+            and self.input_shape == other.input_shape
             and all(a.equals(b) for a, b in zip(self.layers, other.layers))
         )
 
     def validate(self, *, index_bits: int = DEFAULT_INDEX_BITS) -> "QNet":
-        validate_layers(self.layers, index_bits=index_bits)
+        validate_layers(self.layers, index_bits=index_bits, input_shape=self.input_shape)
+        return self
+
+    def require_fc(self, what: str = "the engine") -> "QNet":
+        """InputError unless every layer is fully connected (what the engines run today; an
+        input_shape of [C, H, W] is the same flat input to them)."""
+        for i, ly in enumerate(self.layers):
+            if ly.kind != "fc":
+                raise InputError(f"l{i}: conv layers are not supported by {what} yet "
+                                 f"(a version 2 qnet with convolution layers runs in the "
+                                 f"golden model only)")
         return self
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The qnet's keys and values exactly as stored (without checksum)."""
+        """The qnet's keys and values exactly as stored (without checksum), in `version`."""
+        v = self.version
         arrays: dict[str, np.ndarray] = {
-            "version": np.array(QNET_VERSION, dtype=np.int64),
+            "version": np.array(v, dtype=np.int64),
             "num_layers": np.array(self.num_layers, dtype=np.int64),
             "input_frac": np.array(self.input_frac, dtype=np.int64),
         }
+        if v >= 2:
+            arrays["input_shape"] = np.array(self.input_shape, dtype=np.int64)
         for i, layer in enumerate(self.layers):
             arrays[f"l{i}.codebook"] = np.ascontiguousarray(layer.codebook, dtype=np.int16)
             arrays[f"l{i}.index"] = np.ascontiguousarray(layer.index, dtype=np.uint8)
             arrays[f"l{i}.bias"] = np.ascontiguousarray(layer.bias, dtype=np.int32)
             arrays[f"l{i}.shift"] = np.array(layer.shift, dtype=np.int64)
             arrays[f"l{i}.relu"] = np.array(bool(layer.relu))
+            if v >= 2:
+                arrays[f"l{i}.kind"] = np.array(layer.kind)
+                if layer.is_conv:
+                    for g in GEOMETRY:
+                        arrays[f"l{i}.{g}"] = np.array(getattr(layer, g), dtype=np.int64)
         return arrays
 
     def checksum(self) -> str:
@@ -125,8 +209,10 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def validate_layers(layers: list[Layer], *, index_bits: int = DEFAULT_INDEX_BITS) -> None:
-    """Check the ranges of docs/formats.md section 2; raise InputError naming the layer, key."""
+def validate_layers(layers: list[Layer], *, index_bits: int = DEFAULT_INDEX_BITS,
+                    input_shape: tuple[int, ...] | None = None) -> None:
+    """Check the ranges of docs/formats.md sections 2 and 7; raise InputError naming the layer
+    and key. `input_shape` None: the first layer's inputs, flat."""
     if not 1 <= index_bits <= 8:
         raise InputError(f"index_bits must be 1..8 (uint8 indices), not {index_bits!r}")
     if len(layers) < 1:
@@ -162,11 +248,88 @@ def validate_layers(layers: list[Layer], *, index_bits: int = DEFAULT_INDEX_BITS
             raise InputError(f"{k}.shift: must be an integer >= 0, not {layer.shift!r}")
         if layer.shift > MAX_SHIFT:
             raise InputError(f"{k}.shift: {layer.shift} exceeds the largest shift {MAX_SHIFT}")
-        if i > 0 and layers[i - 1].out_features != layer.in_features:
-            raise InputError(
-                f"{k}.index: {layer.in_features} inputs but l{i - 1} has "
-                f"{layers[i - 1].out_features} outputs"
-            )
+        _check_geometry(layer, k)
+    chain_shapes(layers, input_shape)
+
+
+def _check_geometry(layer: Layer, k: str) -> None:
+    """A layer's kind and, for conv, its kernel, stride, padding and pool pairs."""
+    if layer.kind not in KINDS:
+        raise InputError(f"{k}.kind: must be 'fc' or 'conv', not {layer.kind!r}")
+    if not layer.is_conv:
+        return
+    for g, lo in (("kernel", 1), ("stride", 1), ("padding", 0), ("pool", 1)):
+        v = getattr(layer, g)
+        if not isinstance(v, (tuple, list)) or len(v) != 2 or not all(
+                isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v):
+            raise InputError(f"{k}.{g}: expected two integers, not {v!r}")
+        if min(int(x) for x in v) < lo:
+            raise InputError(f"{k}.{g}: {[int(x) for x in v]}: each must be >= {lo}")
+        limits.check("max_dim", max(int(x) for x in v), f"{k}.{g}: {[int(x) for x in v]}, value")
+
+
+def chain_shapes(layers: list[Layer], input_shape: tuple[int, ...] | None
+                 ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(input shape, output shape) of each layer for one example, checking that the shapes
+    chain (docs/formats.md section 7), that every derived size is at least 1 and that the maps
+    and the work per example stay within `compress.limits` (max_map, max_macs).
+    InputError naming the layer and key otherwise."""
+    if input_shape is None:
+        if layers and layers[0].is_conv:
+            raise InputError("input_shape: missing (l0 is a conv layer: the input must be "
+                             "[C, H, W])")
+        input_shape = (layers[0].in_features,) if layers else (1,)
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise InputError(f"input_shape: {list(shape)}: expected [in_0] or [C, H, W], each >= 1")
+    limits.check("max_map", math.prod(shape), f"input_shape: {list(shape)}, values")
+    out: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    macs = 0
+    for i, layer in enumerate(layers):
+        k = f"l{i}"
+        if not layer.is_conv:
+            need = math.prod(shape)
+            if layer.in_features != need:
+                if i == 0:
+                    src = f"input_shape {list(shape)} has {need} values"
+                elif len(shape) == 1:
+                    src = f"l{i - 1} has {need} outputs"
+                else:
+                    src = f"l{i - 1} gives {'x'.join(map(str, shape))} = {need} values"
+                raise InputError(f"{k}.index: {layer.in_features} inputs but {src}")
+            macs += layer.out_features * need
+            new = (layer.out_features,)
+        else:
+            if len(shape) != 3:
+                src = "input_shape" if i == 0 else f"l{i - 1} (fully connected)"
+                raise InputError(f"{k}.kind: a conv layer takes a [C, H, W] map, but {src} "
+                                 f"gives {list(shape)}")
+            c, h, w = shape
+            (kh, kw), (sh, sw), (ph, pw), (qh, qw) = (
+                tuple(int(v) for v in getattr(layer, g)) for g in GEOMETRY)
+            if layer.in_features != c * kh * kw:
+                raise InputError(f"{k}.index: {layer.in_features} columns but in_ch * kh * kw "
+                                 f"= {c} * {kh} * {kw} = {c * kh * kw}")
+            hp, wp = h + 2 * ph, w + 2 * pw
+            limits.check("max_map", c * hp * wp, f"{k}: padded input {c}x{hp}x{wp}, "
+                         "values")
+            if hp < kh or wp < kw:
+                raise InputError(f"{k}.kernel: {kh}x{kw} does not fit the padded input "
+                                 f"{hp}x{wp} (output size < 1)")
+            ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+            oc = layer.out_features
+            limits.check("max_map", oc * ho * wo, f"{k}: output map {oc}x{ho}x{wo}, "
+                         "values")
+            if ho // qh < 1 or wo // qw < 1:
+                raise InputError(f"{k}.pool: window {qh}x{qw} is larger than the {ho}x{wo} "
+                                 f"map (output size < 1)")
+            macs += oc * layer.in_features * ho * wo
+            new = (oc, ho // qh, wo // qw)
+        limits.check("max_macs", macs, f"{k}: multiply-accumulates per example (layers "
+                     f"l0..{k})")
+        out.append((shape, new))
+        shape = new
+    return out
 
 
 def _scalar_int(arrays, key: str) -> int:
@@ -188,21 +351,20 @@ def qnet_from_arrays(arrays: dict[str, np.ndarray], *, index_bits: int = DEFAULT
     for key in ("version", "num_layers", "input_frac"):
         if key not in arrays:
             raise InputError(f"{key}: missing key")
-    version = _scalar_int(arrays, "version")
-    if version != QNET_VERSION:
-        raise InputError(f"version: unsupported qnet version {version} (expected {QNET_VERSION})")
+    version = _check_version(_scalar_int(arrays, "version"))
     num_layers = _scalar_int(arrays, "num_layers")
     if num_layers < 1:
         raise InputError(f"num_layers: must be >= 1, not {num_layers}")
     limits.check("max_layers", num_layers, "num_layers")
     input_frac = _scalar_int(arrays, "input_frac")
-    expected = _qnet_keys(num_layers)
+    kinds = _read_kinds(arrays, version, num_layers)
+    expected = _qnet_keys(num_layers, version, kinds)
     for key in expected:
         if key not in arrays:
             raise InputError(f"{key}: missing key")
     extra = sorted(k for k in arrays if k not in expected and not k.startswith("meta."))
     if extra:
-        raise InputError(f"{extra[0]}: unexpected key (num_layers is {num_layers})")
+        raise InputError(_unexpected(extra[0], num_layers, kinds))
     layers = [
         Layer(
             codebook=arrays[f"l{i}.codebook"],
@@ -210,10 +372,12 @@ def qnet_from_arrays(arrays: dict[str, np.ndarray], *, index_bits: int = DEFAULT
             bias=arrays[f"l{i}.bias"],
             shift=_scalar_int(arrays, f"l{i}.shift"),
             relu=_scalar_bool(arrays, f"l{i}.relu"),
+            **_geometry_from_arrays(arrays, i, kinds[i]),
         )
         for i in range(num_layers)
     ]
-    validate_layers(layers, index_bits=index_bits)
+    input_shape = _input_shape_value(arrays["input_shape"]) if version >= 2 else None
+    validate_layers(layers, index_bits=index_bits, input_shape=input_shape)
     meta = {k: v for k, v in arrays.items() if k.startswith("meta.")}
     if "meta.sha256" in meta:
         stored = meta["meta.sha256"]
@@ -221,17 +385,102 @@ def qnet_from_arrays(arrays: dict[str, np.ndarray], *, index_bits: int = DEFAULT
             raise InputError("meta.sha256: expected a string scalar")
         if str(stored) != _checksum(arrays):
             raise InputError("meta.sha256: checksum mismatch, the qnet is corrupted")
-    return QNet(layers=layers, input_frac=input_frac, meta=meta)
+    return QNet(layers=layers, input_frac=input_frac, meta=meta, input_shape=input_shape)
 
 
 _LAYER_KEYS = ("codebook", "index", "bias", "shift", "relu")
 
 
-def _qnet_keys(num_layers: int) -> list[str]:
+def _qnet_keys(num_layers: int, version: int = 1, kinds: list[str] | None = None) -> list[str]:
     """The keys of a qnet of num_layers layers, in the order they are checked."""
-    return ["version", "num_layers", "input_frac"] + [
-        f"l{i}.{f}" for i in range(num_layers) for f in _LAYER_KEYS
-    ]
+    head = ["version", "num_layers", "input_frac"] + (["input_shape"] if version >= 2 else [])
+    keys = []
+    for i in range(num_layers):
+        keys += [f"l{i}.{f}" for f in _LAYER_KEYS]
+        if version >= 2:
+            keys.append(f"l{i}.kind")
+            if kinds is not None and kinds[i] == "conv":
+                keys += [f"l{i}.{g}" for g in GEOMETRY]
+    return head + keys
+
+
+# ---------------------------------------------------------------------------------------------
+# Version 2 keys: the input shape, each layer's kind and a conv layer's geometry
+
+
+def _check_version(version: int) -> int:
+    if version not in READ_VERSIONS:
+        raise InputError(f"version: unsupported qnet version {version} (this reader takes "
+                         f"{' and '.join(map(str, READ_VERSIONS))})")
+    return version
+
+
+def _unexpected(key: str, num_layers: int, kinds: list[str]) -> str:
+    layer, _, name = key.partition(".")
+    if name in GEOMETRY and layer[1:].isdigit() and int(layer[1:]) < num_layers:
+        return f"{key}: unexpected key ({layer} is a fully connected layer; {name} is for " \
+               "conv layers)"
+    if key in ("input_shape",) or name == "kind":
+        return f"{key}: unexpected key (a version 1 qnet has none; version 2 adds it)"
+    return f"{key}: unexpected key (num_layers is {num_layers})"
+
+
+def _kind_value(a: np.ndarray, key: str) -> str:
+    if a.shape != () or a.dtype.kind != "U":
+        raise InputError(f"{key}: expected a string scalar 'fc' or 'conv', got "
+                         f"{a.dtype}{list(a.shape)}")
+    v = str(a)
+    if v not in KINDS:
+        raise InputError(f"{key}: must be 'fc' or 'conv', not {v[:_MAX_KIND_CHARS]!r}")
+    return v
+
+
+def _read_kinds(arrays, version: int, num_layers: int) -> list[str]:
+    if version < 2:
+        return ["fc"] * num_layers
+    kinds = []
+    for i in range(num_layers):
+        key = f"l{i}.kind"
+        if key not in arrays:
+            raise InputError(f"{key}: missing key")
+        kinds.append(_kind_value(arrays[key], key))
+    return kinds
+
+
+def _pair_value(a: np.ndarray, key: str) -> tuple[int, int]:
+    if a.shape != (2,) or a.dtype.kind not in "iu":
+        raise InputError(f"{key}: expected int64[2], got {a.dtype}{list(a.shape)}")
+    return int(a[0]), int(a[1])
+
+
+def _geometry_from_arrays(arrays, i: int, kind: str) -> dict:
+    if kind != "conv":
+        return {"kind": kind}
+    return {"kind": kind, **{g: _pair_value(arrays[f"l{i}.{g}"], f"l{i}.{g}") for g in GEOMETRY}}
+
+
+def _input_shape_value(a: np.ndarray) -> tuple[int, ...]:
+    if a.ndim != 1 or a.shape[0] not in (1, 3) or a.dtype.kind not in "iu":
+        raise InputError(f"input_shape: expected int64[1] ([in_0]) or int64[3] ([C, H, W]), got "
+                         f"{a.dtype}{list(a.shape)}")
+    shape = tuple(int(v) for v in a)
+    if min(shape) < 1:
+        raise InputError(f"input_shape: {list(shape)}: every size must be >= 1")
+    return shape
+
+
+def _check_v2_header(h: "NpyHeader", key: str) -> None:
+    """A version 2 key's .npy header, before its data are read (they are all tiny)."""
+    if key.endswith(".kind"):
+        if h.shape != () or h.dtype.kind != "U" or h.dtype.itemsize > 4 * _MAX_KIND_CHARS:
+            raise InputError(f"{key}: expected a string scalar 'fc' or 'conv', got "
+                             f"{h.describe()}")
+    elif key == "input_shape":
+        if len(h.shape) != 1 or h.shape[0] not in (1, 3) or h.dtype.kind not in "iu":
+            raise InputError(f"input_shape: expected int64[1] ([in_0]) or int64[3] "
+                             f"([C, H, W]), got {h.describe()}")
+    elif h.shape != (2,) or h.dtype.kind not in "iu":
+        raise InputError(f"{key}: expected int64[2], got {h.describe()}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,19 +736,23 @@ def _read_qnet_arrays(path: Path) -> dict[str, np.ndarray]:
 
         for key in ("version", "num_layers", "input_frac"):
             scalar(key)
-        version = _scalar_int(arrays, "version")
-        if version != QNET_VERSION:
-            raise InputError(f"version: unsupported qnet version {version} "
-                             f"(expected {QNET_VERSION})")
+        version = _check_version(_scalar_int(arrays, "version"))
         num_layers = _scalar_int(arrays, "num_layers")
         if num_layers < 1:
             raise InputError(f"num_layers: must be >= 1, not {num_layers}")
         limits.check("max_layers", num_layers, "num_layers")
-        expected = set(_qnet_keys(num_layers))
+        kinds = ["fc"] * num_layers
+        if version >= 2:  # the shape and the kinds decide which other keys a layer has
+            for key in ["input_shape"] + [f"l{i}.kind" for i in range(num_layers)]:
+                _check_v2_header(head(key), key)
+                arrays[key] = z.read(key, headers[key])
+            kinds = _read_kinds(arrays, version, num_layers)
+        keys = _qnet_keys(num_layers, version, kinds)
+        expected = set(keys)
         extra = sorted(k for k in z.members if k not in expected and not k.startswith("meta."))
         if extra:
-            raise InputError(f"{extra[0]}: unexpected key (num_layers is {num_layers})")
-        for key in _qnet_keys(num_layers):
+            raise InputError(_unexpected(extra[0], num_layers, kinds))
+        for key in keys:
             head(key)  # every key present, every header readable, before any layer data
         total = 0
         for i in range(num_layers):
@@ -514,10 +767,14 @@ def _read_qnet_arrays(path: Path) -> dict[str, np.ndarray]:
                 if hv.count > lim.max_dim:
                     raise InputError(f"l{i}.{f}: declared {hv.describe()}: more entries than "
                                      f"a layer can have (max_dim={lim.max_dim:,})")
-        for key in _qnet_keys(num_layers)[3:]:
+        for key in keys[3:]:
+            if key in arrays:
+                continue
             if key.endswith((".shift", ".relu")):
                 scalar(key)
             else:
+                if key.rpartition(".")[2] in GEOMETRY:
+                    _check_v2_header(headers[key], key)
                 arrays[key] = z.read(key, headers[key])
         if "meta.sha256" in z.members:
             info = z.members["meta.sha256"]

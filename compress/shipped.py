@@ -13,8 +13,7 @@ from pathlib import Path
 
 from . import limits
 from .errors import InputError
-
-SHIPPED_DIR = Path(__file__).resolve().parent / "models"
+from .paths import SHIPPED_DIR
 SHIPPED_QNET = SHIPPED_DIR / "lenet-300-100.qnet.npz"
 SHIPPED_DCZ = SHIPPED_DIR / "lenet-300-100.dcz"
 SAMPLE_DIGITS = SHIPPED_DIR / "mnist-test-100.npz"
@@ -35,7 +34,8 @@ def load_model(spec: str | Path | None = None, *, index_bits: int = 4, board: bo
     not exist;
     "synthetic": a random LeNet-300-100-shaped qnet (random_qnet seed 0, density 6/8/26 %);
     "synthetic:IN-HIDDEN-...-OUT": other sizes (density 8 %, the last layer 26 %);
-    anything else: a qnet .npz file.
+    anything else: a qnet .npz file (version 2 with conv layers: InputError, the engines do
+    not run them yet).
     """
     from .qnet import load_qnet
     from .synthetic import random_qnet
@@ -67,7 +67,8 @@ def load_model(spec: str | Path | None = None, *, index_bits: int = 4, board: bo
     if spec is None:
         return (load_qnet(SHIPPED_QNET, index_bits=index_bits),
                 f"{_short(SHIPPED_QNET)} (the shipped LeNet-300-100)")
-    return load_qnet(spec, index_bits=index_bits), spec
+    # The engines, the board and their images run fully connected layers only, so far.
+    return load_qnet(spec, index_bits=index_bits).require_fc(), spec
 
 
 def model_record(spec: str | Path | None, qnet, *, board: bool = False) -> dict:

@@ -8,115 +8,115 @@ shows tracebacks.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from compress.errors import InputError, OneLineParser as _Parser, run_main
-from compress.shipped import BOARD_QNET, SHIPPED_QNET, SYNTHETIC
+from compress.progress import step
+from compress.shipped import BOARD_QNET, SHIPPED_QNET, SYNTHETIC, load_model, model_record
+from images import build_image, check_pes, get, names, registered
 
+from .boards import BOARDS, DEFAULT_BOARD, engine_params, get_board
+from .flow.build import DEFAULT_CLOCK_MHZ, BuildError, build, clock_help, pll_range_mhz, table
+from .flow.resources import (analyse, binding, fit_bound, fit_message, fits, format_analysis,
+                             what_fits)
+from .gateware.uart import DEFAULT_BAUD, baud_divisor
+from .host.runner import run_cli
+
+
+def _for_board(args) -> bool:
+    """With no --model: the network pruned for this board's engine (compress.pattern.BOARDS)
+    where one is shipped, the default LeNet-300-100 elsewhere."""
+    from compress.pattern import BOARDS as PRUNED_FOR
+
+    return (getattr(args, "board", None) or DEFAULT_BOARD) in PRUNED_FOR
 
 
 def _image(args):
-    """(ROM image for args.engine and args.pes, qnet, model name)."""
-    from compress.progress import step
-    from compress.shipped import load_model
-    from images import build_image
-
-    qnet, name = load_model(args.model, board=True)
-    if not 1 <= args.pes <= 16:
-        raise InputError(f"--pes must be 1..16, not {args.pes}")
+    """(image for args.engine and args.pes, qnet, model name)."""
+    qnet, name = load_model(args.model, board=_for_board(args))
+    check_pes(args.pes)
     with step(f"placing the rows of {name} over {args.pes} PEs ({args.engine} engine)"):
         return build_image(qnet, args.engine, args.pes), qnet, name
 
 
 def _fit_first(args, qnet, name) -> dict:
-    """The memories at their least, before any placement (fpga.resources.fit_bound): a network
+    """The memories at their least, before any placement (fpga.flow.resources.fit_bound): a network
     that cannot fit is refused at once (exit 2) with what binds and what would fit."""
-    from .resources import fit_bound, fit_message, fits, format_analysis, what_fits
-
-    b = fit_bound(qnet, args.engine, args.pes, spram=not args.no_spram)
+    board = getattr(args, "board", DEFAULT_BOARD)
+    b = fit_bound(qnet, args.engine, args.pes, spram=not args.no_spram, board=board)
     if not fits(b):
         print(f"model: {name}\n{format_analysis(b)}")
         raise InputError(fit_message(qnet, b, what_fits(qnet, args.engine, args.pes,
-                                                        spram=not args.no_spram, quick=False)))
+                                                        spram=not args.no_spram, quick=False,
+                                                        board=board)))
     return b
 
 
 def _refuse(args, qnet, a, *, force_hint: bool):
     """InputError naming what binds and what would fit (the analysis `a` of the image)."""
-    from .resources import binding, fit_message, what_fits
-
-    from compress.progress import step
-
     with step("finding what would fit"):
-        advice = what_fits(qnet, args.engine, args.pes, spram=not args.no_spram)
+        advice = what_fits(qnet, args.engine, args.pes, spram=not args.no_spram,
+                           board=getattr(args, "board", DEFAULT_BOARD))
     hint = (" (--force runs the tools anyway)"
             if force_hint and binding(a)["unit"] == "blocks" else "")
     raise InputError(fit_message(qnet, a, advice) + hint)
 
 
 def _common(p, pes=True):
-    from images import DEFAULT_ENGINE, ENGINES
-
+    default = BOARDS[DEFAULT_BOARD].engine
     p.add_argument("--model", help=f"qnet .npz (default: the shipped {BOARD_QNET.name}, the "
-                   f"LeNet-300-100 pruned for the board, else {SHIPPED_QNET.name}; "
+                   f"LeNet-300-100 pruned for the {DEFAULT_BOARD}'s engine, else "
+                   f"{SHIPPED_QNET.name}; "
                    f"'{SYNTHETIC}' for a random LeNet-300-100, 'synthetic:784-32-10' for other "
                    f"sizes)")
-    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
-                   help="lockstep: all PEs on one column, the engine that fits 8 PEs; eie: the "
-                        "queue-based engine, every PE its own memories (default lockstep)")
+    p.add_argument("--engine", choices=names(), default=None,
+                   help="; ".join(f"{e.name}: {e.summary}" for e in registered())
+                   + f" (default: the board's, {default} on the {DEFAULT_BOARD})")
     if pes:
         p.add_argument("--pes", type=int, default=8, help="processing elements (default 8)")
-    from .uart import DEFAULT_BAUD
-
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
                    help=f"UART baud rate (default {DEFAULT_BAUD:,}; the board's clock must give "
                         f"it within 2%% with at least 8 clocks a bit)")
 
 
-def check_clock(clock_mhz: float) -> None:
-    """InputError unless the PLL can make `clock_mhz` (fpga.build.pll_range_mhz)."""
-    import math
-
-    from .build import pll_range_mhz
-
-    lo, hi = pll_range_mhz()
+def check_clock(clock_mhz: float, board: str = DEFAULT_BOARD) -> None:
+    """InputError unless the board's PLL can make `clock_mhz` (fpga.flow.build.pll_range_mhz)."""
+    lo, hi = pll_range_mhz(board)
+    fin = get_board(board).clock_hz / 1e6
     if not (math.isfinite(clock_mhz) and lo <= clock_mhz <= hi):
-        raise InputError(f"--clock-mhz must be {lo:g}..{hi:g} (the PLL's range from 12 MHz), "
-                         f"not {clock_mhz:g}")
+        raise InputError(f"--clock-mhz must be {lo:g}..{hi:g} (the PLL's range from {fin:g} "
+                         f"MHz), not {clock_mhz:g}")
 
 
-def check_baud(clock_mhz: float, baud: int) -> int:
-    """The UART divisor at the PLL clock nearest `clock_mhz`; InputError for a bad baud."""
-    from .top import pll_config
-    from .uart import baud_divisor
-
+def check_baud(clock_mhz: float, baud: int, board: str = DEFAULT_BOARD) -> int:
+    """The UART divisor at the PLL clock nearest `clock_mhz` on `board`; InputError for a bad
+    baud."""
+    b = get_board(board)
     try:
-        return baud_divisor(pll_config(12e6, clock_mhz * 1e6).fout, baud)
+        return baud_divisor(b.fam.pll_config(b.clock_hz, clock_mhz * 1e6).fout, baud)
     except ValueError as e:
         raise InputError(f"--baud: {e}") from None
 
 
 def cmd_build(args):
-    from compress.shipped import load_model, model_record
-
-    from .build import BuildError, board_platform, build, table
-    from .resources import analyse, fit_bound, fits, format_analysis
-
-    board_platform(args.board)  # unknown board: one line, exit 2, before any work
-    check_clock(args.clock_mhz)
-    check_baud(args.clock_mhz, args.baud)  # before any work too
-    if args.pes is None:  # the lockstep engine fits 8 PEs; the EIE engine takes what fits
-        args.pes = "8" if args.engine == "lockstep" else "auto"
+    board = get_board(args.board)  # unknown board: one line, exit 2, before any work
+    check_clock(args.clock_mhz, board.name)
+    check_baud(args.clock_mhz, args.baud, board.name)  # before any work too
+    args.engine = args.engine or board.engine
+    if args.pes is None:  # the engine's PEs on this board (None: as many as fit)
+        pes = get(args.engine).defaults_for(board.name, board.family).pes
+        args.pes = "auto" if pes is None else str(pes)
     spram = not args.no_spram
-    qnet, name = load_model(args.model, board=True)
+    qnet, name = load_model(args.model, board=_for_board(args))
     img = a = None
     if args.pes == "auto":
         # The most PEs (8, 4, 2, 1) whose memories fit (the link and UART use no EBR): first
         # the bound from the non-zero counts, then the placed image.
         for pes in (8, 4, 2, 1):
             args.pes = pes
-            b = fit_bound(qnet, args.engine, pes, spram=spram)
+            b = fit_bound(qnet, args.engine, pes, spram=spram, board=board.name)
             if not fits(b) and pes > 1:
                 print(f"{pes} PEs: the memories need at least {b['total_ebr']} EBR of "
                       f"{b['ebr_available']}, trying fewer")
@@ -124,7 +124,7 @@ def cmd_build(args):
             if not fits(b):
                 break  # 1 PE: refused below with the bound's figures
             img, _qnet, name = _image(args)
-            a = analyse(img, spram=spram)
+            a = analyse(img, spram=spram, board=board.name)
             if fits(a):
                 break
             print(f"{pes} PEs: the memories need {a['total_ebr']} EBR of "
@@ -134,42 +134,39 @@ def cmd_build(args):
             args.pes = int(args.pes)
         except ValueError:
             raise InputError(f"--pes must be a number or 'auto', not {args.pes!r}") from None
-        if not 1 <= args.pes <= 16:
-            raise InputError(f"--pes must be 1..16, not {args.pes}")
+        check_pes(args.pes)
     if not args.force:
         _fit_first(args, qnet, name)  # seconds before any placement, before any tool
     if img is None or img.pes != args.pes:
         img, _qnet, name = _image(args)
-        a = analyse(img, spram=spram)
+        a = analyse(img, spram=spram, board=board.name)
     if not fits(a) and not args.force:
         # The engine's memories alone exceed the device: a 10-minute build would end in the
         # placer's "design uses N RAM cells" error. Say so at once, with the figures.
         print(f"model: {name}\n{format_analysis(a)}")
         _refuse(args, qnet, a, force_hint=True)
+    values = {} if args.queue_depth is None else {"queue_depth": args.queue_depth}
     try:
         report = build(img, board=args.board, clock_mhz=args.clock_mhz, baud=args.baud,
                        build_root=args.build_dir, seed=args.seed,
-                       model=model_record(args.model, qnet, board=True),
+                       model=model_record(args.model, qnet, board=_for_board(args)),
                        spram=spram, retry=not args.no_retry,
-                       queue_depth=args.queue_depth)
+                       params=engine_params(img, args.board, **values))
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(table(report))
-    print(f"wrote {Path(args.build_dir) / args.board}/top.bin and report.json")
+    print(f"wrote {Path(args.build_dir) / args.board}/{report['bitstream']} and report.json")
     return 0
 
 
 def cmd_resources(args):
-    """The engine's memories against the UP5K with the board build's settings (the SPRAM plan
+    """The engine's memories against the default board's device with the board build's
+    settings (the SPRAM plan
     unless --no-spram): exit 0 when they fit, 2 with what binds and what would fit when not."""
-    from compress.shipped import load_model
-
-    from .resources import analyse, fits, format_analysis
-
-    qnet, name = load_model(args.model, board=True)
-    if not 1 <= args.pes <= 16:
-        raise InputError(f"--pes must be 1..16, not {args.pes}")
+    args.engine = args.engine or BOARDS[DEFAULT_BOARD].engine
+    qnet, name = load_model(args.model, board=_for_board(args))
+    check_pes(args.pes)
     _fit_first(args, qnet, name)
     img, _qnet, name = _image(args)
     a = analyse(img, spram=not args.no_spram)
@@ -181,28 +178,26 @@ def cmd_resources(args):
 
 
 def cmd_run(args):
-    from .runner import run_cli
-
+    args.engine = args.engine or BOARDS[DEFAULT_BOARD].engine
     return run_cli(args)
 
 
 def build_parser():
-    from .build import DEFAULT_CLOCK_MHZ, clock_help
-
     parser = _Parser(prog="python -m fpga", description="iCE40 board tops, bitstreams, host runner")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     b = sub.add_parser("build", help="build the bitstream and print resources and timing")
-    b.add_argument("--board", default="icebreaker", help="board (default icebreaker)")
+    b.add_argument("--board", default=DEFAULT_BOARD,
+                   help=f"board: {', '.join(BOARDS)} (default {DEFAULT_BOARD})")
     b.add_argument("--pes", default=None,
                    help="processing elements, or 'auto': the most of 8, 4, 2, 1 that fit "
                         "(default 8 for the lockstep engine, auto for eie)")
     b.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_MHZ, help=clock_help())
     b.add_argument("--build-dir", default="build", help="build root (default build/)")
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
-    b.add_argument("--queue-depth", type=int, default=4,
-                   help="eie engine: per-PE activation queue depth (default 4: the queues are "
+    b.add_argument("--queue-depth", type=int, default=None,
+                   help="the engine's queue depth (default: the board's; eie 4: the queues are "
                         "flip-flops, and 8 of them do not leave room for 2 PEs on the UP5K)")
     b.add_argument("--no-retry", action="store_true",
                    help="keep the first clock even when timing is not met (default: rebuild once "
@@ -214,7 +209,8 @@ def build_parser():
     _common(b, pes=False)
     b.set_defaults(run=cmd_build)
 
-    r = sub.add_parser("resources", help="the engine's memories against the iCE40UP5K budget")
+    r = sub.add_parser("resources", help="the engine's memories against the board's budget "
+                       f"(the {DEFAULT_BOARD}'s)")
     _common(r)
     r.add_argument("--no-spram", action="store_true",
                    help="every memory in EBR/logic, as fpga build --no-spram (default: the "

@@ -18,8 +18,8 @@ command    request payload                        reply payload
 =========  ====================================  =================================================
 PING 0x01  none                                   version u8, pes u8, layers u8, in u16, out u16,
                                                   clock_hz u32, flags u8 (bit 0: weights loaded,
-                                                  bit 1: lockstep engine, else the EIE engine,
-                                                  bits 2-4: window - 1)
+                                                  bit 1: the engine id's low bit, bits 2-4:
+                                                  window - 1, bits 5-7: its high bits)
 INFER 0x02 in_0 x int16                           out x int16, cycles u32, layer_cycles L x u32
 PACKED 06  tag u8, format u8, [base i16], groups  tag u8, out x int16, cycles u32,
                                                   layer_cycles L x u32
@@ -58,6 +58,10 @@ the order of the requests. The host may have up to `window` requests (PING flags
 has not come yet; the board holds that many replies to send and never drops a byte of a
 request while the host keeps that limit.
 
+The engine id says which engine the board runs, so which image its weights are cut for: the
+engine's `protocol_id` in the registry (`images.engines`: 0 the EIE engine, 1 the lockstep
+engine).
+
 The table of what the board refuses is in docs/fpga.md ("What the link refuses").
 """
 
@@ -67,6 +71,8 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
+
+from images.engines import by_protocol_id
 
 VERSION = 3  # 3: PACKED inputs, requests streamed (window in PING); 2: ERROR names the command
 SYNC_REQ = 0xA5
@@ -103,6 +109,7 @@ ERROR_NAMES = {
     ERR_FORMAT: "unknown PACKED format",
 }
 
+MAX_ENGINE_ID = 15  # 4 bits of the PING flags
 MAX_PAYLOAD = 0xFFFF
 MAX_LOAD_WORDS = 256
 
@@ -400,7 +407,7 @@ class Info:
     out_features: int
     clock_hz: int
     loaded: bool
-    engine: str = "eie"  # "lockstep" or "eie": which ROM image the board's weights are cut for
+    engine: str = "eie"  # the engine the board runs: which image its weights are cut for
     window: int = 1  # requests the host may have in flight (replies not yet received)
 
 
@@ -452,8 +459,14 @@ def decode_ping(frame: Frame) -> Info:
     if len(p) != 12:
         raise ProtocolError(f"PING reply of {len(p)} bytes, expected 12")
     version, pes, layers, n_in, n_out, clk, flags = struct.unpack("<BBBHHIB", p)
-    return Info(version, pes, layers, n_in, n_out, clk, bool(flags & 1),
-                "lockstep" if flags & 2 else "eie", ((flags >> 2) & 7) + 1)
+    engine_id = (flags >> 1) & 1 | (flags >> 5) << 1
+    try:
+        engine = by_protocol_id(engine_id).name
+    except KeyError:
+        raise ProtocolError(f"PING reply names engine {engine_id}, which this host does not "
+                            f"know") from None
+    return Info(version, pes, layers, n_in, n_out, clk, bool(flags & 1), engine,
+                ((flags >> 2) & 7) + 1)
 
 
 def decode_infer(frame: Frame, *, out_features: int, num_layers: int) -> Result:

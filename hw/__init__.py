@@ -1,47 +1,51 @@
-"""The engines in Amaranth, and `make_engine`, which picks one by the type of its image.
+"""The engines in Amaranth, and `make_engine`, which makes the engine of an image.
 
 * `hw.eie`: the EIE engine (a package: the engine, its PE and the PE's stages).
 * `hw.lockstep`: the lockstep engine, the board's (one module: its PEs are lanes of one
   datapath, not blocks of their own).
-* What both share: `hw.blocks` (the engine signature, limits, the output rule, LOAD/OUTPUT
-  and counters, the slot sequencer), `hw.frontend` (zero-skipping front end), `hw.queue`
-  (register FIFO), `hw.memory` (the one place memories are made).
+* What the engines share: `hw.blocks` (the engine signature, limits, the output rule, LOAD/OUTPUT
+  and counters, the slot sequencer), `hw.frontend` (the zero-skipping front ends), `hw.queue`
+  (the register FIFOs), `hw.memory` (the one place memories are made).
+
+Which component an image gets is the engine registry's answer (`images.engines`: the record's
+`component`), with that engine's own parameter dataclass. The component checks its image and
+parameters in a classmethod `check` before anything is made, so a refused engine leaves nothing
+behind (no component that is never elaborated).
 """
 
 from __future__ import annotations
 
-from .blocks import MAX_PES, EngineConfigError, EngineSignature, check_fits
+import importlib
+
+from images.engines import MAX_PES, engine_of
+from images.params import EngineParams
+
+from .blocks import EngineConfigError, EngineSignature, check_fits
 
 __all__ = ["MAX_PES", "EngineConfigError", "EngineSignature", "check_fits", "engine_class",
            "make_engine"]
 
 
 def engine_class(image) -> type:
-    """The engine class for `image`: each engine names its image type (`image_type`)."""
-    from .eie import Engine
-    from .lockstep import LockstepEngine
-
-    for cls in (Engine, LockstepEngine):
-        if isinstance(image, cls.image_type):
-            return cls
-    raise TypeError(f"not an image of a known engine: {type(image).__name__}")
+    """The component class of the engine `image` is for (the registry's `component`)."""
+    component = engine_of(image).component
+    if isinstance(component, type):
+        return component
+    module, _, name = component.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def make_engine(image, **params):
-    """The engine of `image` (`RomImage` -> EIE, `LockstepImage` -> lockstep) with `params`.
+def make_engine(image, params: EngineParams | None = None, *, memories=None):
+    """The engine of `image` with `params` (its engine's parameter dataclass; None: the
+    dataclass' defaults) and `memories` (a `hw.memory.MemoryFactory`; None: the default).
 
-    params: the engine parameters (queue_depth, acc_bits, sparse, max_width, drain_share) and
-    `memories`. Each engine takes the ones it has; a parameter the other engine alone has is
-    not used, except a dense baseline (sparse=False), which only the EIE engine has.
+    EngineConfigError, before anything is made, for what the engine cannot build.
     """
-    import inspect
-
+    rec = engine_of(image)
+    params = rec.params() if params is None else params
+    if type(params) is not rec.params:
+        raise TypeError(f"the {rec.name} engine takes {rec.params.__name__}, "
+                        f"not {type(params).__name__}")
     cls = engine_class(image)
-    names = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = set(params) - {"queue_depth", "acc_bits", "sparse", "max_width", "drain_share",
-                             "memories"}
-    if unknown:
-        raise TypeError(f"unknown engine parameters: {', '.join(sorted(unknown))}")
-    if "sparse" not in names and params.get("sparse", True) is not True:
-        raise EngineConfigError(f"the {cls.__name__} has no dense baseline (sparse=False)")
-    return cls(image, **{k: v for k, v in params.items() if k in names})
+    cls.check(image, **params.as_dict())
+    return cls(image, memories=memories, **params.as_dict())

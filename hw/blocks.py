@@ -6,54 +6,53 @@ vector on `i_act` and give the output vector on `o_act` in that order, count cyc
 way and turn an accumulator into an int16 output by the same rule. These pieces live here once:
 
 * `EngineSignature`: the ports of every engine.
-* `MAX_PES`, `EngineConfigError`, `check_fits`, `check_queue_depth`: the limits.
+* `EngineConfigError`, `check_fits`, `check_queue_depth`: the limits (the PE limit is the
+  registry's, `images.engines.MAX_PES`, as are `bits` and `ceil_div`, `images.memmap`'s).
 * `round_shift`, `saturate`, `post_process`: the output rule in Amaranth (docs/formats.md
   section 3). `compress.golden` keeps the numpy/torch form of the same rule: it is the
   reference the benches check this one against, so the two stay apart on purpose.
 * `ActIO`: the LOAD and OUTPUT states (word/PE stepping, valid/ready) and the counters
   `cycles` / `layer_cycles` (the EIE engine: one input at a time).
 * `BankedIO`: two input banks, a loader beside the engine's FSM, OUTPUT and the latched
-  counters (the lockstep engine: the next input loads while the current one computes).
+  counters (the lockstep engine: the next input loads while the current one computes). Both
+  send their outputs the same way (`_StreamOut`).
 * `slot_sequencer`: one entry address per cycle over a queued column's range start..end-1.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 from amaranth.hdl import Array, Cat, Const, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-MAX_PES = 16
+from images.engines import MAX_PES, engine_of
+from images.memmap import bits, ceil_div  # noqa: F401 (the engines' integer helpers)
+
+from .queue import MAX_DEPTH
 
 
 class EngineConfigError(ValueError):
     """The network does not fit the engine's parameters; the message names layer and limit."""
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def bits(n: int) -> int:
-    """Bits of an unsigned counter that holds 0..n."""
-    return max(1, int(n).bit_length())
-
-
 def check_fits(img, *, acc_bits: int = 32, max_width: int | None = None) -> None:
     """Raise EngineConfigError naming the layer and the limit if the network does not fit.
 
-    img: an EIE image (`RomImage`) or a lockstep image (`LockstepImage`): pes, index_bits,
-    layers with codebook_size, in_features, out_features.
+    img: an image of a registered engine (`images.engines`): pes, index_bits, layers with
+    kind, codebook_size, in_features, out_features.
     """
     if not 1 <= img.pes <= MAX_PES:
         raise EngineConfigError(f"pes must be 1..{MAX_PES}, not {img.pes!r}")
     if not 17 <= acc_bits <= 64:
         raise EngineConfigError(f"acc_bits must be 17..64, not {acc_bits!r}")
+    rec = engine_of(img)
     k = 1 << img.index_bits
     for i, rl in enumerate(img.layers):
+        if rl.kind not in rec.layer_kinds:
+            raise EngineConfigError(f"l{i}: the {rec.name} engine runs "
+                                    f"{', '.join(rec.layer_kinds)} layers, not {rl.kind!r}")
         if rl.codebook_size > k:
             raise EngineConfigError(
                 f"l{i}: {rl.codebook_size} codebook entries exceed 2**index_bits = {k}")
@@ -64,20 +63,10 @@ def check_fits(img, *, acc_bits: int = 32, max_width: int | None = None) -> None
                         f"l{i}: {w} {what} exceed the activation buffers of {max_width} words")
 
 
-@contextmanager
-def refusing(component):
-    """Around a component's parameter checks: a component refused with EngineConfigError is
-    not reported by Amaranth as an elaboratable made and never used."""
-    try:
-        yield
-    except EngineConfigError:
-        component._MustUse__silence = True
-        raise
-
-
 def check_queue_depth(queue_depth) -> None:
-    if not isinstance(queue_depth, int) or not 1 <= queue_depth <= 64:
-        raise EngineConfigError(f"queue_depth must be an integer 1..64, not {queue_depth!r}")
+    if not isinstance(queue_depth, int) or not 1 <= queue_depth <= MAX_DEPTH:
+        raise EngineConfigError(
+            f"queue_depth must be an integer 1..{MAX_DEPTH}, not {queue_depth!r}")
 
 
 class EngineSignature(wiring.Signature):
@@ -160,7 +149,42 @@ def post_process(acc, shift: int, relu: bool):
 # ---- input/output of the activation RAMs and the counters -------------------------------------
 
 
-class ActIO:
+class _StreamOut:
+    """What `ActIO` and `BankedIO` share: the PE and word of the current row (`sel`, `word`,
+    stepped by `next_word`) and the body of the OUTPUT state (`_send`). Built into the engine's
+    module `m`; `act_r` are the PEs' activation read ports, `cnt` counts output words."""
+
+    def next_word(self) -> None:
+        m = self.m
+        with m.If(self.sel == self.eng.pes - 1):
+            m.d.sync += [self.sel.eq(0), self.word.eq(self.word + 1)]
+        with m.Else():
+            m.d.sync += self.sel.eq(self.sel + 1)
+
+    def _send(self, addr):
+        """Row `cnt` from PE `sel` at `addr()` to `o_act`; reads run a word ahead of `o_act`
+        (the RAMs' read latency). Returns "the last output word is taken this cycle"."""
+        m, eng, cnt = self.m, self.eng, self.cnt
+        n, out_n = eng.pes, eng.out_features
+        fetch = ~self.o_valid | eng.o_act.ready
+        for k in range(n):
+            m.d.comb += [self.act_r[k].en.eq(fetch), self.act_r[k].addr.eq(addr())]
+        with m.If(fetch):
+            with m.If(cnt < out_n):
+                m.d.sync += [self.o_valid.eq(1), self.o_sel.eq(self.sel), cnt.eq(cnt + 1)]
+                self.next_word()
+            with m.Else():
+                m.d.sync += self.o_valid.eq(0)
+        m.d.comb += eng.o_act.valid.eq(self.o_valid)
+        with m.Switch(self.o_sel):
+            for k in range(n):
+                with m.Case(k):
+                    m.d.comb += eng.o_act.payload.eq(self.act_r[k].data.as_signed())
+        # the last word is delivered when cnt == out_n and it is taken
+        return self.o_valid & eng.o_act.ready & (cnt == out_n)
+
+
+class ActIO(_StreamOut):
     """LOAD, OUTPUT and the counters of an engine, built into its module `m`.
 
     eng: the engine (its `i_act`, `o_act`, `busy`, `pes`, `act_words`, `in_features`,
@@ -192,13 +216,6 @@ class ActIO:
     def count_layer(self, layer) -> None:
         self.m.d.sync += self.lc[layer].eq(self.lc[layer] + 1)
 
-    def next_word(self) -> None:
-        m = self.m
-        with m.If(self.sel == self.eng.pes - 1):
-            m.d.sync += [self.sel.eq(0), self.word.eq(self.word + 1)]
-        with m.Else():
-            m.d.sync += self.sel.eq(self.sel + 1)
-
     def load(self, addr, last) -> None:
         """The body of the LOAD state: word `cnt` of `i_act` into PE `sel` at `addr(word)`.
 
@@ -223,36 +240,20 @@ class ActIO:
     def output(self, addr, last) -> None:
         """The body of the OUTPUT state: row `cnt` from PE `sel` at `addr(word)` to `o_act`.
 
-        Reads run a word ahead of `o_act` (the RAMs' read latency); `last()` runs in the cycle
-        the last output word is taken, after `run`, `busy`, `cnt` and `o_valid` are cleared.
+        `last()` runs in the cycle the last output word is taken, after `run`, `busy`, `cnt`
+        and `o_valid` are cleared.
         """
-        m, eng, cnt = self.m, self.eng, self.cnt
-        n, out_n = eng.pes, eng.out_features
-        fetch = ~self.o_valid | eng.o_act.ready
-        for k in range(n):
-            m.d.comb += [self.act_r[k].en.eq(fetch), self.act_r[k].addr.eq(addr(self.word))]
-        with m.If(fetch):
-            with m.If(cnt < out_n):
-                m.d.sync += [self.o_valid.eq(1), self.o_sel.eq(self.sel), cnt.eq(cnt + 1)]
-                self.next_word()
-            with m.Else():
-                m.d.sync += self.o_valid.eq(0)
-        m.d.comb += eng.o_act.valid.eq(self.o_valid)
-        with m.Switch(self.o_sel):
-            for k in range(n):
-                with m.Case(k):
-                    m.d.comb += eng.o_act.payload.eq(self.act_r[k].data.as_signed())
-        # the last word is delivered when cnt == out_n and it is taken
-        with m.If(self.o_valid & eng.o_act.ready & (cnt == out_n)):
-            m.d.sync += [self.run.eq(0), eng.busy.eq(0), cnt.eq(0), self.o_valid.eq(0)]
+        m, eng = self.m, self.eng
+        with m.If(self._send(lambda: addr(self.word))):
+            m.d.sync += [self.run.eq(0), eng.busy.eq(0), self.cnt.eq(0), self.o_valid.eq(0)]
             last()
 
 
-class BankedIO:
+class BankedIO(_StreamOut):
     """Two input banks: the next input loads while the current one computes (lockstep engine).
 
     Built into the engine's module `m`. Every PE's activation RAM holds two banks, bank b at
-    word b << `bank_bits` (`images.memmap.lockstep_act_depth`). A loader that runs beside the
+    word b << `bank_bits` (`images.lockstep.act_depth`). A loader that runs beside the
     engine's FSM takes `i_act` words into bank `lb` whenever that bank is free (`full[lb]` low)
     and the RAMs' write ports are not taken by the engine (`wfree`, which the engine drives
     one cycle ahead); the last word marks the bank full and moves to the other bank. The
@@ -345,30 +346,11 @@ class BankedIO:
     def output(self, last) -> None:
         """The body of the OUTPUT state: row `cnt` of bank `cb` from PE `sel` to `o_act`.
 
-        Reads run a word ahead of `o_act` (the RAMs' read latency); `last()` runs in the cycle
-        the last output word is taken: bank `cb` is freed, the counters latched.
+        `last()` runs in the cycle the last output word is taken: bank `cb` is freed, the
+        counters latched.
         """
         m, eng, cnt = self.m, self.eng, self.cnt
-        n, out_n = eng.pes, eng.out_features
-        fetch = ~self.o_valid | eng.o_act.ready
-        for k in range(n):
-            m.d.comb += [self.act_r[k].en.eq(fetch),
-                         self.act_r[k].addr.eq(self.addr(self.cb, self.word))]
-        with m.If(fetch):
-            with m.If(cnt < out_n):
-                m.d.sync += [self.o_valid.eq(1), self.o_sel.eq(self.sel), cnt.eq(cnt + 1)]
-                with m.If(self.sel == n - 1):
-                    m.d.sync += [self.sel.eq(0), self.word.eq(self.word + 1)]
-                with m.Else():
-                    m.d.sync += self.sel.eq(self.sel + 1)
-            with m.Else():
-                m.d.sync += self.o_valid.eq(0)
-        m.d.comb += eng.o_act.valid.eq(self.o_valid)
-        with m.Switch(self.o_sel):
-            for k in range(n):
-                with m.Case(k):
-                    m.d.comb += eng.o_act.payload.eq(self.act_r[k].data.as_signed())
-        with m.If(self.o_valid & eng.o_act.ready & (cnt == out_n)):
+        with m.If(self._send(lambda: self.addr(self.cb, self.word))):
             m.d.sync += [cnt.eq(0), self.o_valid.eq(0), self.sel.eq(0), self.word.eq(0),
                          self.cb.eq(~self.cb), eng.cycles.eq(self.cyc + 1)]
             m.d.sync += [eng.layer_cycles[i].eq(c) for i, c in enumerate(self.lcn)]

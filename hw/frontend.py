@@ -1,21 +1,40 @@
-"""Activation front end: leading non-zero detection over groups of N activations.
+"""The front ends: the layer's non-zero activations, read group by group from the PEs' buffers.
 
 The source activations of a layer live in the PEs' activation buffers, column c in PE c % N at
 word c // N, so one read of every PE's buffer at word g returns the N consecutive columns
-g*N .. g*N+N-1 (a "group"). The front end keeps the current group in registers with a mask of
-its non-zero columns (`sparse=True`; every column below in_features when dense), emits the
-lowest set column per cycle as (value, col) and clears it. The next group is prefetched: the
-read address presented in a cycle is the group that will be loaded next, so a group is loaded
-in the same cycle the previous one runs out and groups follow each other with no bubble; an
-all-zero group costs one cycle. Emission is a stream: valid never waits on ready, and ready
-(from the PEs' credit check) is the only stall.
+g*N .. g*N+N-1 (a "group"). A front end keeps the current group in registers with a mask of
+its non-zero columns (`sparse=True`; every column below in_features when dense) and sends the
+lowest set columns as (value, col), clearing them. The next group is prefetched: its word is on
+`rd_data` while the current one is being sent, so groups follow each other with no bubble.
+Both front ends share these ports (`start`, `in_features`, `groups`, `avail`, `rd_addr`,
+`rd_data`, `busy`, `done`) and differ in how many columns they send a cycle:
 
-Timing: the read address goes to every PE's activation RAM, across the chip, so it is chosen
-from flip-flops with little logic: "the group runs out this cycle" is (mask empty) or (one
-column left and ready), both read off the mask's flip-flops, and the address is `grp` or a
+* `FrontEnd`: one column a cycle, a stream `o`; ready (from the PEs' credit check) is the only
+  stall; an all-zero group costs one cycle. The lockstep engine's, and the EIE engine's at
+  issue width 1.
+* `WideFrontEnd`: up to two columns a cycle (the EIE engine's at issue width 2), below.
+
+Both read the activations of a fully connected layer (kind "fc"): a layer reads its whole
+input vector. `front_end(kind, width)` is what an engine asks for the front end of a layer's
+kind (`FRONT_ENDS`), where the front end of another kind (a convolution's patches) plugs in.
+
+Timing of `FrontEnd`: the read address goes to every PE's activation RAM, across the chip, so it
+is chosen from flip-flops with little logic: "the group runs out this cycle" is (mask empty) or
+(one column left and ready), both read off the mask's flip-flops, and the address is `grp` or a
 registered `grp + 1` (with `grp < groups` registered too). That was the 8-PE board's critical
 path through take -> mask update -> compare -> adder (10 LUT levels); it is now 4 and the
 behaviour is the same cycle for cycle.
+
+`WideFrontEnd`: each cycle it sends the two lowest non-zero columns of the current group's
+remaining mask followed by the prefetched group's mask: a group with one non-zero left pairs
+with the first non-zero of the next group, and a group is loaded (its sent columns cleared) in
+the cycle the current one runs out. The read port gives one group a cycle, so a run of k all-zero
+groups still costs about k cycles. At a layer's start the groups come from the previous layer's
+drain, one a cycle; `fwd` says the group being read arrives on `rd_data` straight from the
+drain's output stage (the engine muxes it in), so the front end need not wait the two cycles of
+the write and the read. Flow control is by credit: `room` (0, 1 or 2) is how many columns every
+PE can take this cycle (`hw.eie.pe.PE.room`); `o_valid[j]` says column j of `o` is sent in this
+cycle (lane 1 only with lane 0). Nothing waits on the PEs: what is sent is taken.
 """
 
 from __future__ import annotations
@@ -24,17 +43,22 @@ from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from images.engines import MAX_PES
+
+WIDTH = 2  # columns the wide front end sends per cycle
+
 
 def bcast_layout(col_bits: int) -> data.StructLayout:
     return data.StructLayout({"value": signed(16), "col": col_bits})
 
 
-class FrontEnd(wiring.Component):
-    """start: pulse with in_features/groups stable for the whole layer; done: pulse at the end."""
+class _GroupReader(wiring.Component):
+    """What both front ends are: the ports that read a layer's groups (module docstring) and
+    `outputs`, the members that send its columns (each front end's own)."""
 
-    def __init__(self, *, pes: int, col_bits: int, group_bits: int, sparse: bool = True):
-        if not isinstance(pes, int) or not 1 <= pes <= 64:
-            raise ValueError(f"pes must be an integer 1..64, not {pes!r}")
+    def __init__(self, *, pes: int, col_bits: int, group_bits: int, sparse: bool, outputs: dict):
+        if not isinstance(pes, int) or not 1 <= pes <= MAX_PES:
+            raise ValueError(f"pes must be an integer 1..{MAX_PES}, not {pes!r}")
         self.pes = pes
         self.sparse = sparse
         self.col_bits = col_bits
@@ -47,19 +71,45 @@ class FrontEnd(wiring.Component):
             "avail": In(group_bits + 2),
             "rd_addr": Out(group_bits + 1),
             "rd_data": In(data.ArrayLayout(signed(16), pes)),
-            "o": Out(stream.Signature(bcast_layout(col_bits + 1))),
+            **outputs,
             "busy": Out(1),
             "done": Out(1),
         })
 
+    def _groups(self):
+        """(cur_vals, cur_mask, cur_base, nxt_base, grp): the current group's values, mask of
+        columns to send and first column; the first column and index of the group on rd_data
+        (the prefetched one)."""
+        n = self.pes
+        cur_vals = Signal(data.ArrayLayout(signed(16), n), name="cur_vals")
+        cur_mask = Signal(n, name="cur_mask")
+        cur_base = Signal(self.col_bits + 1 + n.bit_length(), name="cur_base")
+        return (cur_vals, cur_mask, cur_base, Signal.like(cur_base, name="nxt_base"),
+                Signal.like(self.groups, name="grp"))
+
+    def _next_mask(self, m, nxt_base):
+        """The columns to send of the group on rd_data: non-zero (or all, dense), in range."""
+        nxt_mask = Signal(self.pes, name="nxt_mask")
+        for k in range(self.pes):
+            nz = (self.rd_data[k] != 0) if self.sparse else 1
+            m.d.comb += nxt_mask[k].eq(nz & (nxt_base + k < self.in_features))
+        return nxt_mask
+
+
+class FrontEnd(_GroupReader):
+    """One column a cycle: `o` is a stream of (value, col).
+
+    start: pulse with in_features/groups stable for the whole layer; done: pulse at the end.
+    """
+
+    def __init__(self, *, pes: int, col_bits: int, group_bits: int, sparse: bool = True):
+        super().__init__(pes=pes, col_bits=col_bits, group_bits=group_bits, sparse=sparse,
+                         outputs={"o": Out(stream.Signature(bcast_layout(col_bits + 1)))})
+
     def elaborate(self, platform):
         m = Module()
         n = self.pes
-        cur_vals = Signal(data.ArrayLayout(signed(16), n))
-        cur_mask = Signal(n)
-        cur_base = Signal(self.col_bits + 1 + n.bit_length())  # column of element 0
-        nxt_base = Signal.like(cur_base)  # column of element 0 of the group on rd_data
-        grp = Signal.like(self.groups)  # index of the group on rd_data (the next to load)
+        cur_vals, cur_mask, cur_base, nxt_base, grp = self._groups()
         # grp + 1 and grp < groups kept in flip-flops beside grp: the read address chosen in a
         # cycle is then a multiplexer of two registers, with no adder or compare in front of it
         grp_p1 = Signal.like(self.groups, init=1)
@@ -91,10 +141,7 @@ class FrontEnd(wiring.Component):
         adv = Signal()  # load the group on rd_data now, present the one after it
         m.d.comb += adv.eq(self.busy & out & in_range & ok)
 
-        nxt_mask = Signal(n)
-        for k in range(n):
-            nz = (self.rd_data[k] != 0) if self.sparse else 1
-            m.d.comb += nxt_mask[k].eq(nz & (nxt_base + k < self.in_features))
+        nxt_mask = self._next_mask(m, nxt_base)
 
         # grp is 0 whenever the front end is idle, so the address presented at start is group 0
         m.d.comb += self.rd_addr.eq(Mux(adv, grp_p1, grp))
@@ -123,6 +170,141 @@ class FrontEnd(wiring.Component):
             with m.Else():
                 m.d.sync += cur_mask.eq(Mux(self.o.ready, cur_mask & ~low, cur_mask))
         return m
+
+
+class WideFrontEnd(_GroupReader):
+    """Up to two columns a cycle: `o` (WIDTH (value, col) lanes), `o_valid` (lanes sent this
+    cycle), the credit input `room` (0..WIDTH columns every PE can take) and `fwd` (the group
+    read now comes forwarded from the drain next cycle: readable whatever `avail` says).
+
+    start: pulse with in_features/groups stable for the whole layer; done: pulse at the end.
+    """
+
+    def __init__(self, *, pes: int, col_bits: int, group_bits: int, sparse: bool = True):
+        super().__init__(pes=pes, col_bits=col_bits, group_bits=group_bits, sparse=sparse,
+                         outputs={
+                             "room": In(range(WIDTH + 1)),
+                             # the word of group rd_addr comes on rd_data next cycle from the
+                             # previous layer's output stage (forwarded), written or not
+                             "fwd": In(1),
+                             "o": Out(data.ArrayLayout(bcast_layout(col_bits + 1), WIDTH)),
+                             "o_valid": Out(WIDTH),
+                         })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.pes
+        cur_vals, cur_mask, cur_base, nxt_base, grp = self._groups()
+        ok = Signal()  # rd_data holds group grp, read when it was available
+        more = Signal()  # group grp exists and is on rd_data now
+        m.d.comb += more.eq(self.busy & ok & (grp < self.groups))
+
+        nxt_mask = self._next_mask(m, nxt_base)
+
+        # lane 0 is the lowest remaining column of the current group, else the prefetched
+        # group's lowest; lane 1 the next one in that order: the two lowest of each group
+        cur = Signal(n)
+        nxt = Signal(n)
+        m.d.comb += [cur.eq(Mux(self.busy, cur_mask, 0)), nxt.eq(Mux(more, nxt_mask, 0))]
+        c_low = Signal(n)
+        n_low = Signal(n)
+        m.d.comb += [c_low.eq(cur & (~cur + 1)), n_low.eq(nxt & (~nxt + 1))]
+        c_rest = Signal(n)
+        n_rest = Signal(n)
+        m.d.comb += [c_rest.eq(cur & ~c_low), n_rest.eq(nxt & ~n_low)]
+        c_two = Signal(n)  # the two lowest columns of each
+        n_two = Signal(n)
+        m.d.comb += [c_two.eq(c_low | (c_rest & (~c_rest + 1))),
+                     n_two.eq(n_low | (n_rest & (~n_rest + 1)))]
+        c_any0, c_i0 = _lowest(m, cur, n, "c0")
+        c_any1, c_i1 = _lowest(m, c_rest, n, "c1")
+        n_any0, n_i0 = _lowest(m, nxt, n, "n0")
+        n_any1, n_i1 = _lowest(m, n_rest, n, "n1")
+        c_val = [Signal(signed(16), name=f"c_val{j}") for j in range(2)]
+        n_val = [Signal(signed(16), name=f"n_val{j}") for j in range(2)]
+        for j, (ci, ni) in enumerate(((c_i0, n_i0), (c_i1, n_i1))):
+            m.d.comb += [c_val[j].eq(cur_vals[ci]), n_val[j].eq(self.rd_data[ni])]
+        c_col = [cur_base + c_i0, cur_base + c_i1]
+        n_col = [nxt_base + n_i0, nxt_base + n_i1]
+        # lane sources: 0 from cur (or nxt when cur is empty); 1 from cur's second, nxt's first
+        # (cur has one) or nxt's second (cur is empty)
+        with m.If(c_any0):
+            m.d.comb += [self.o[0].value.eq(c_val[0]), self.o[0].col.eq(c_col[0])]
+        with m.Else():
+            m.d.comb += [self.o[0].value.eq(n_val[0]), self.o[0].col.eq(n_col[0])]
+        with m.If(c_any1):
+            m.d.comb += [self.o[1].value.eq(c_val[1]), self.o[1].col.eq(c_col[1])]
+        with m.Elif(c_any0):
+            m.d.comb += [self.o[1].value.eq(n_val[0]), self.o[1].col.eq(n_col[0])]
+        with m.Else():
+            m.d.comb += [self.o[1].value.eq(n_val[1]), self.o[1].col.eq(n_col[1])]
+        have = Signal(range(3))  # columns that could go now (capped at 2)
+        m.d.comb += have.eq(Mux(c_any1, 2, Mux(c_any0, Mux(n_any0, 2, 1),
+                                             Mux(n_any1, 2, Mux(n_any0, 1, 0)))))
+        m.d.comb += [self.o_valid[0].eq((have >= 1) & (self.room >= 1)),
+                     self.o_valid[1].eq((have >= 2) & (self.room >= 2))]
+        sent = Signal(range(3))
+        m.d.comb += sent.eq(self.o_valid[0] + self.o_valid[1])
+        # what is left: cur loses its lowest `sent` columns, nxt what cur could not give
+        rem_cur = Signal(n)
+        rem_nxt = Signal(n)
+        with m.Switch(sent):
+            with m.Case(0):
+                m.d.comb += [rem_cur.eq(cur), rem_nxt.eq(nxt_mask)]
+            with m.Case(1):
+                m.d.comb += [rem_cur.eq(cur & ~c_low),
+                             rem_nxt.eq(Mux(c_any0, nxt_mask, nxt_mask & ~n_low))]
+            with m.Case(2):
+                m.d.comb += [rem_cur.eq(cur & ~c_two),
+                             rem_nxt.eq(Mux(c_any1, nxt_mask,
+                                            Mux(c_any0, nxt_mask & ~n_low, nxt_mask & ~n_two)))]
+
+        m.d.comb += self.rd_addr.eq(grp)
+        m.d.sync += ok.eq((self.rd_addr < self.avail) | self.fwd)
+        with m.If(self.start & ~self.busy):
+            # present group 0 now; it is on rd_data in the next cycle (cur_mask is empty)
+            m.d.sync += [self.busy.eq(1), grp.eq(0), nxt_base.eq(0), cur_mask.eq(0)]
+            m.d.comb += self.rd_addr.eq(0)
+        with m.Elif(self.busy):
+            with m.If(rem_cur == 0):
+                with m.If(more):
+                    # load the prefetched group without what was sent from it this cycle
+                    m.d.sync += [
+                        cur_vals.eq(self.rd_data),
+                        cur_mask.eq(rem_nxt),
+                        cur_base.eq(nxt_base),
+                        nxt_base.eq(nxt_base + n),
+                        grp.eq(grp + 1),
+                    ]
+                    m.d.comb += self.rd_addr.eq(grp + 1)
+                with m.Elif(grp < self.groups):
+                    m.d.sync += cur_mask.eq(0)  # wait for the drain to write group grp
+                with m.Else():
+                    m.d.sync += [self.busy.eq(0), cur_mask.eq(0)]
+                    m.d.comb += self.done.eq(1)
+            with m.Else():
+                m.d.sync += cur_mask.eq(rem_cur)
+        return m
+
+
+
+# layer kind -> the front ends that send its activations, one and two columns a cycle
+FRONT_ENDS = {"fc": (FrontEnd, WideFrontEnd)}
+
+
+def front_end(kind: str, width: int = 1) -> type:
+    """The front end class for layers of `kind` (`images.layers`), `width` columns a cycle."""
+    return FRONT_ENDS[kind][width - 1]
+
+
+def _lowest(m, bits, n, name):
+    """(any, index) of the lowest set bit of the n-bit signal `bits`, combinational."""
+    idx = Signal(range(max(n, 2)), name=f"{name}_idx")
+    for k in reversed(range(n)):
+        with m.If(bits[k]):
+            m.d.comb += idx.eq(k)
+    return bits != 0, idx
+
 
 
 def _exactly_one(bits):

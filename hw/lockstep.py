@@ -55,13 +55,12 @@ from types import SimpleNamespace
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 
-from images.lockstep import LockstepImage
-from images.memmap import lockstep_act_bank_bits
-from images.memmap import memory_specs as image_memory_specs
+from images.lockstep import (DRAIN_SHARES, LockstepImage, LockstepParams, act_bank_bits,
+                             memory_map)
 
 from .blocks import (BankedIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
-                     check_queue_depth, refusing, round_shift, saturate, slot_sequencer)
-from .frontend import FrontEnd
+                     check_queue_depth, round_shift, saturate, slot_sequencer)
+from .frontend import front_end
 from .memory import MemoryFactory, MemorySpec
 from .queue import ActQueue
 
@@ -83,15 +82,24 @@ class LockstepEngine(wiring.Component):
 
     image_type = LockstepImage
 
+    @classmethod
+    def check(cls, img: LockstepImage, *, acc_bits: int = 32, queue_depth: int = 2,
+              drain_share: int = 1, max_width: int | None = None) -> None:
+        """EngineConfigError naming what does not fit, before anything is made."""
+        if not isinstance(img, LockstepImage):
+            raise TypeError(f"the lockstep engine is built from a LockstepImage, not "
+                            f"{type(img).__name__}")
+        if drain_share not in DRAIN_SHARES:
+            raise EngineConfigError(
+                f"drain_share must be 1, 2, 4, 8 or 16, not {drain_share!r}")
+        check_queue_depth(queue_depth)
+        check_fits(img, acc_bits=acc_bits, max_width=max_width)  # same limits as the EIE's
+
     def __init__(self, img: LockstepImage, *, acc_bits: int = 32, queue_depth: int = 2,
                  drain_share: int = 1, memories: MemoryFactory | None = None,
                  max_width: int | None = None):
-        with refusing(self):
-            if drain_share not in (1, 2, 4, 8, 16):
-                raise EngineConfigError(
-                    f"drain_share must be 1, 2, 4, 8 or 16, not {drain_share!r}")
-            check_queue_depth(queue_depth)
-            check_fits(img, acc_bits=acc_bits, max_width=max_width)  # same limits as the EIE's
+        self.check(img, acc_bits=acc_bits, queue_depth=queue_depth, drain_share=drain_share,
+                   max_width=max_width)
         self.img = img
         self.acc_bits = acc_bits
         self.queue_depth = queue_depth
@@ -112,9 +120,9 @@ class LockstepEngine(wiring.Component):
         super().__init__(EngineSignature(L))
 
     def _make_specs(self):
-        # the memory map is the image's (images.memmap), so the host and the board's SPRAM
-        # plan read the same one without making an engine
-        specs = image_memory_specs(self.img, acc_bits=self.acc_bits)
+        # the memory map is the image's (images.lockstep.memory_map), so the host and the
+        # board's SPRAM plan read the same one without making an engine
+        specs = memory_map(self.img, LockstepParams(acc_bits=self.acc_bits))
         self.lane_specs = [s for s in specs if s.name.startswith("lane")]
         self.ptr_specs = [s for s in specs if s.name.startswith("colptr_")]
         self.acc_specs = [s for s in specs if s.name.endswith(".acc")]
@@ -205,14 +213,16 @@ class LockstepEngine(wiring.Component):
     def _io(self, m, c):
         """Two input banks and the loader (`hw.blocks.BankedIO`); latched counters."""
         c.io = BankedIO(m, self, act_r=c.act_r, act_w=c.act_w,
-                        bank_bits=lockstep_act_bank_bits(self.img),
+                        bank_bits=act_bank_bits(self.img),
                         lc_bits=self._layer_cycle_bits(),
                         cnt_limit=(self.max_rows << self.drain_share.bit_length()) + 4)
 
     def _front_end(self, m, c):
         """Non-zero activations of the layer, one per cycle."""
-        m.submodules.fe = c.fe = fe = FrontEnd(pes=self.pes, col_bits=self.col_bits,
-                                                group_bits=self.row_bits, sparse=True)
+        # every layer is of a kind the engine runs (check_fits): fc, whose front end this is
+        fe_cls = front_end(self.img.layers[0].kind)
+        m.submodules.fe = c.fe = fe = fe_cls(pes=self.pes, col_bits=self.col_bits,
+                                             group_bits=self.row_bits, sparse=True)
         m.d.comb += [fe.in_features.eq(c.in_t[c.layer]), fe.groups.eq(c.grp_t[c.layer]),
                      fe.avail.eq((1 << len(fe.avail)) - 1)]
         for k in range(self.pes):
@@ -433,7 +443,7 @@ class LockstepEngine(wiring.Component):
         ...) -> OUTPUT -> PRE0; the loader fills the other bank meanwhile, and layer 0's
         biases of the next inference go in during OUTPUT. No START state: the front end
         starts in PRE0's or PRELOAD's last cycle."""
-        n, L, layer, rows_t = self.pes, self.num_layers, c.layer, c.rows_t
+        n, layer, rows_t = self.pes, c.layer, c.rows_t
         io = c.io
         cnt = io.cnt
         for k in range(n):  # default: the front end reads the activations of bank cb

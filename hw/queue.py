@@ -1,46 +1,70 @@
-"""Per-PE activation queue: a small FIFO in registers (EIE found depth 8 enough).
+"""The engines' FIFOs: one family of small register FIFOs (EIE found depth 8 enough).
 
-Registers, not a memory: the queue is written and read every cycle, its head feeds the
-sparse-matrix sequencer combinationally, and at depth <= 64 a register file is cheaper than a
-block RAM. `level` is exported because the front end's credit check needs it (see `hw.eie.pe`).
+Registers, not a memory: a queue is written and read every cycle, its head feeds a sequencer
+combinationally, and at depth <= 64 a register file is cheaper than a block RAM. Every member
+has the same read side: `o`, a stream whose payload is the head (valid while `level` != 0), and
+`level`, the entries held, which the writers' credit checks read. They differ in how they are
+written:
+
+* `ActQueue`: one write lane `i`, a stream with back-pressure (ready while not full); the
+  lockstep engine's column queue and the one-wide EIE PE's.
+* `PairQueue`: two write lanes `i[0]`, `i[1]`, streams without back-pressure (the writer sends
+  only what `level` leaves room for); lane 0 goes first. The two-wide EIE PE's column queue.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Signal
+from amaranth.hdl import Array, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+MAX_DEPTH = 64
 
-class ActQueue(wiring.Component):
-    """A FIFO of `depth` entries of `shape` in registers.
 
-    Ports: `i` (in: stream, ready while not full), `o` (out: stream, the head), `level` (out:
-    entries held, for the credit checks of the PE and the lockstep engine).
+def _next(ptr, depth):
+    """ptr + 1 modulo depth."""
+    return Mux(ptr == depth - 1, 0, ptr + 1)
+
+
+class RegisterFIFO(wiring.Component):
+    """What every queue of the family has: `depth` entries of `shape` in registers, the read
+    stream `o` and `level`; `writes` are the members of the write side (a subclass's)."""
+
+    def __init__(self, shape, *, depth: int, writes: dict):
+        if not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
+            raise ValueError(f"queue depth must be an integer 1..{MAX_DEPTH}, not {depth!r}")
+        self._shape = shape
+        self.depth = depth
+        super().__init__({
+            **writes,
+            "o": Out(stream.Signature(shape)),
+            "level": Out(range(depth + 1)),
+        })
+
+    def _storage(self):
+        """The entries and the read and write pointers."""
+        d = self.depth
+        store = Array(Signal(self._shape, name=f"q{k}") for k in range(d))
+        return store, Signal(range(d), name="rd"), Signal(range(d), name="wr")
+
+
+class ActQueue(RegisterFIFO):
+    """A FIFO of `depth` entries of `shape` written through one stream `i` (ready while not
+    full).
+
     Parameters: shape (the payload), depth (1..64), write_ahead (write the free entry at `wr`
     whenever there is room, not only on a push: `i.valid` then drives only `wr` and `level`,
     not the entries' write enables; the entry is not yet held, so the FIFO behaves the same).
     """
 
     def __init__(self, shape, *, depth: int, write_ahead: bool = False):
-        if not isinstance(depth, int) or not 1 <= depth <= 64:
-            self._MustUse__silence = True  # refused: not an unused elaboratable
-            raise ValueError(f"queue depth must be an integer 1..64, not {depth!r}")
-        self._shape = shape
-        self.depth = depth
         self.write_ahead = write_ahead
-        super().__init__({
-            "i": In(stream.Signature(shape)),
-            "o": Out(stream.Signature(shape)),
-            "level": Out(range(depth + 1)),
-        })
+        super().__init__(shape, depth=depth, writes={"i": In(stream.Signature(shape))})
 
     def elaborate(self, platform):
         m = Module()
         d = self.depth
-        store = Array(Signal(self._shape, name=f"q{k}") for k in range(d))
-        rd = Signal(range(d))
-        wr = Signal(range(d))
+        store, rd, wr = self._storage()
         push = Signal()
         pop = Signal()
         m.d.comb += [
@@ -53,9 +77,9 @@ class ActQueue(wiring.Component):
         with m.If(self.i.ready if self.write_ahead else push):
             m.d.sync += store[wr].eq(self.i.payload)
         with m.If(push):
-            m.d.sync += wr.eq(Mux_wrap(wr, d))
+            m.d.sync += wr.eq(_next(wr, d))
         with m.If(pop):
-            m.d.sync += rd.eq(Mux_wrap(rd, d))
+            m.d.sync += rd.eq(_next(rd, d))
         with m.If(push & ~pop):
             m.d.sync += self.level.eq(self.level + 1)
         with m.Elif(pop & ~push):
@@ -63,8 +87,42 @@ class ActQueue(wiring.Component):
         return m
 
 
-def Mux_wrap(ptr, depth):  # noqa: N802 - reads like the Mux it is
-    """ptr + 1 modulo depth."""
-    from amaranth.hdl import Mux
+class PairQueue(RegisterFIFO):
+    """A FIFO of `depth` entries of `shape`, up to two writes and one read a cycle.
 
-    return Mux(ptr == depth - 1, 0, ptr + 1)
+    `i[0]`, `i[1]`: the write lanes, streams without back-pressure (the writer guarantees the
+    room, by credit on `level`); lane 0 goes first, lane 1 after it, either may be empty.
+    Parameters: shape (the payload), depth (1..64).
+    """
+
+    def __init__(self, shape, *, depth: int):
+        lane = stream.Signature(shape, always_ready=True)
+        super().__init__(shape, depth=depth, writes={"i": In(lane).array(2)})
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.depth
+        store, rd, wr = self._storage()
+        wr1 = Signal(range(d))
+        m.d.comb += wr1.eq(_next(wr, d))
+        pop = Signal()
+        pushes = Signal(range(3))
+        v0, v1 = self.i[0].valid, self.i[1].valid
+        m.d.comb += [
+            self.o.valid.eq(self.level != 0),
+            self.o.payload.eq(store[rd]),
+            pop.eq(self.o.valid & self.o.ready),
+            pushes.eq(v0 + v1),
+        ]
+        with m.If(v0):
+            m.d.sync += store[wr].eq(self.i[0].payload)
+            with m.If(v1):
+                m.d.sync += [store[wr1].eq(self.i[1].payload), wr.eq(_next(wr1, d))]
+            with m.Else():
+                m.d.sync += wr.eq(wr1)
+        with m.Elif(v1):
+            m.d.sync += [store[wr].eq(self.i[1].payload), wr.eq(wr1)]
+        with m.If(pop):
+            m.d.sync += rd.eq(_next(rd, d))
+        m.d.sync += self.level.eq(self.level + pushes - pop)
+        return m

@@ -1,14 +1,19 @@
 """The engine images: what compress hands to hw (numpy only, no torch, no Amaranth).
 
-* `images.csc`: the sparse column format (encode/decode) both images are made of.
+* `images.engines`: the engine registry, one record per engine (what it is called, its image,
+  memory map, component, parameters, defaults per board, cycle model) and the PE limit.
+* `images.csc`: the sparse column format (encode/decode) every image is made of.
+* `images.layers`: layer kinds, what a qnet layer of each kind gives an image.
 * `images.placement`: which PE holds which row (balanced, longest-first, slot search).
-* `images.eie`: the EIE engine's ROM image, its files and manifest (docs/rom-format.md).
-* `images.lockstep`: the lockstep engine's image (docs/lockstep.md).
+* `images.eie`: the EIE engine's ROM image, its files and manifest (docs/rom-format.md), its
+  parameters and memory map.
+* `images.lockstep`: the lockstep engine's image (docs/lockstep.md), parameters, memory map.
+* `images.memmap`: `MemorySpec`, how a memory of an engine is described.
 * `images.lanes`: a cycle model of lanes of PE pairs (docs/lanes.md: measured, not built).
 
-`build_image(qnet, engine, pes, **params)` makes the image of either engine and `kind_of`
-names the engine of an image; `EngineParams` are the engine's parameters and
-`image_digest(image, **params)` is a hash of everything that determines the engine's Verilog
+`build_image(qnet, engine, pes, **options)` makes the image of an engine, `engine_of(image)`
+names the engine of an image, `memory_specs(image, params)` lists its engine's memories and
+`image_digest(image, params)` is a hash of everything that determines the engine's Verilog
 (the image and the engine parameters).
 """
 
@@ -19,52 +24,19 @@ from dataclasses import fields, is_dataclass
 
 import numpy as np
 
-from compress.errors import InputError
-
-from .eie import RomImage, build_rom
-from .lockstep import LockstepImage, build_lockstep
+from .engines import (MAX_PES, SIM_ENGINE, Engine, build_image, check_pes, engine_of, get,
+                      memory_specs, names, registered)
 from .params import EngineParams
 
-__all__ = ["ENGINES", "DEFAULT_ENGINE", "build_image", "check_engine", "image_digest", "kind_of",
-           "RomImage", "LockstepImage", "EngineParams"]
-
-# The engines an image can be built for: "lockstep" (hw.lockstep, the board's default) and
-# "eie" (hw.eie, per-PE queues).
-ENGINES = ("lockstep", "eie")
-DEFAULT_ENGINE = "lockstep"
+__all__ = ["MAX_PES", "SIM_ENGINE", "Engine", "EngineParams", "build_image", "check_pes",
+           "engine_of", "get", "image_digest", "memory_specs", "names", "registered"]
 
 
-def check_engine(engine: str) -> str:
-    if engine not in ENGINES:
-        raise InputError(f"unknown engine {engine!r}: the engines are {', '.join(ENGINES)}")
-    return engine
-
-
-def build_image(qnet, engine: str, pes: int, **params):
-    """The image of `qnet` for `pes` PEs of `engine`.
-
-    params go to `build_rom` (eie: index_bits, rel_bits, balance) or `build_lockstep`
-    (lockstep: index_bits, rel_bits, placement, perms, seed).
-    """
-    if check_engine(engine) == "eie":
-        return build_rom(qnet, pes=pes, **params)
-    return build_lockstep(qnet, pes, **params)
-
-
-def kind_of(image) -> str:
-    """The engine an image is for: "eie" or "lockstep"."""
-    if isinstance(image, RomImage):
-        return "eie"
-    if isinstance(image, LockstepImage):
-        return "lockstep"
-    raise TypeError(f"not an image of a known engine: {type(image).__name__}")
-
-
-def image_digest(image, **params) -> str:
+def image_digest(image, params: EngineParams | None = None) -> str:
     """sha256 (hex) of an image and engine parameters: equal digests, equal Verilog.
 
     The image is hashed field by field (dataclasses of ints, lists and numpy arrays, with their
-    dtypes and shapes); `params` (engine parameters such as queue_depth, acc_bits) by name.
+    dtypes and shapes); `params` (the engine's parameter dataclass) likewise.
     """
     h = hashlib.sha256(type(image).__name__.encode())
 
@@ -92,6 +64,6 @@ def image_digest(image, **params) -> str:
             raise TypeError(f"cannot hash a {type(v).__name__} in an image")
 
     feed(image)
-    if params:
-        feed(dict(params))
+    if params is not None:
+        feed(params)
     return h.hexdigest()

@@ -17,29 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .csc import DEFAULT_REL_BITS, encode_csc
-
-
-def layer_slots(index: np.ndarray, pes: int, *, perm: np.ndarray | None = None,
-                rel_bits: int = DEFAULT_REL_BITS) -> dict:
-    """{nnz, entries, fillers, slots, bound} of one [out, in] layer with rows placed by perm
-    (physical row p = logical row perm[p]; default: logical order)."""
-    idx = np.asarray(index)
-    if perm is not None:
-        idx = idx[np.asarray(perm)]
-    counts = np.stack([np.diff(encode_csc(idx[k::pes], rel_bits=rel_bits)[2])
-                       for k in range(pes)])  # [pes, cols]
-    nnz_c = np.count_nonzero(idx, axis=0)
-    nnz = int(nnz_c.sum())
-    return {"nnz": nnz, "entries": int(counts.sum()), "fillers": int(counts.sum()) - nnz,
-            "slots": int(counts.max(axis=0).sum()), "bound": int((-(-nnz_c // pes)).sum())}
-
-
-def at_bound(index: np.ndarray, pes: int, *, rel_bits: int = DEFAULT_REL_BITS) -> bool:
-    """True when rows in logical order give every column ceil(nnz_c / pes) slots (no
-    placement does better)."""
-    s = layer_slots(index, pes, rel_bits=rel_bits)
-    return s["slots"] == s["bound"]
+from .csc import DEFAULT_REL_BITS
+from .placement import at_bound, layer_slots  # noqa: F401 (their home: the placement's)
 
 
 def _column_ends(img):

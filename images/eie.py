@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +38,13 @@ from compress import limits
 from compress.atomic import atomic_dir
 from compress.errors import InputError
 from compress.infile import read_input, read_text
-from compress.qnet import DEFAULT_INDEX_BITS, Layer, QNet
+from compress.qnet import DEFAULT_INDEX_BITS, QNet
 
 from .csc import DEFAULT_REL_BITS, decode_csc, encode_csc, pe_rows  # noqa: F401 (re-exported)
+from .lanes import simulate_layer
+from .layers import LAYER_KINDS, layer_kind
+from .memmap import MemorySpec, bits, ceil_div
+from .params import EngineParams
 from .placement import place_balanced
 
 ROM_FORMAT = "eie-rom"
@@ -52,8 +56,9 @@ def _permute(qnet: QNet, perms: list[np.ndarray]) -> QNet:
     layers = []
     for i, layer in enumerate(qnet.layers):
         cols = perms[i - 1] if i else np.arange(layer.in_features)
-        layers.append(Layer(codebook=layer.codebook, index=layer.index[perms[i]][:, cols],
-                            bias=layer.bias[perms[i]], shift=layer.shift, relu=layer.relu))
+        kind = layer_kind(layer)
+        layers.append(kind.with_matrix(layer, kind.matrix(layer)[perms[i]][:, cols],
+                                       layer.bias[perms[i]]))
     return QNet(layers=layers, input_frac=qnet.input_frac)
 
 
@@ -62,12 +67,13 @@ def _unpermute(phys: QNet, perms: list[np.ndarray]) -> QNet:
     layers = []
     for i, layer in enumerate(phys.layers):
         cols = perms[i - 1] if i else np.arange(layer.in_features)
-        index = np.empty_like(layer.index)
-        index[np.ix_(perms[i], cols)] = layer.index
+        kind = layer_kind(layer)
+        matrix = kind.matrix(layer)
+        index = np.empty_like(matrix)
+        index[np.ix_(perms[i], cols)] = matrix
         bias = np.empty_like(layer.bias)
         bias[perms[i]] = layer.bias
-        layers.append(Layer(codebook=layer.codebook, index=index, bias=bias,
-                            shift=layer.shift, relu=layer.relu))
+        layers.append(kind.with_matrix(layer, index, bias))
     return QNet(layers=layers, input_frac=phys.input_frac)
 
 
@@ -104,6 +110,7 @@ class RomLayer:
     entries_base: list[int]  # per PE: offset of this layer in the PE's entry array
     ptr_base: list[int]  # per PE: offset of this layer's in+1 pointers
     bias_base: list[int]  # per PE: offset of this layer's biases
+    kind: str = "fc"  # the layer's kind (`images.layers`)
 
 
 @dataclass
@@ -217,6 +224,7 @@ def build_rom(
     smallest entry memories (`choose_rel_bits`). balance=True permutes the rows of every layer
     but the last (`place_balanced`); False keeps plain interleaving (physical row = logical row).
     """
+    qnet.require_fc("the EIE engine")
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"--pes must be an integer >= 1, not {pes!r}")
     limits.check("max_pes", pes, "--pes")  # what read_rom takes back
@@ -225,7 +233,8 @@ def build_rom(
         return choose_rel_bits(qnet, pes=pes, index_bits=index_bits, balance=balance)
     qnet.validate(index_bits=index_bits)
     L = qnet.num_layers
-    perms = [place_balanced(layer.index, pes, rel_bits=rel_bits) if balance and i < L - 1
+    perms = [place_balanced(layer_kind(layer).matrix(layer), pes, rel_bits=rel_bits)
+             if balance and i < L - 1
              else np.arange(layer.out_features, dtype=np.int64)
              for i, layer in enumerate(qnet.layers)]
     qnet = _permute(qnet, perms)  # from here on: the physical network
@@ -241,6 +250,8 @@ def build_rom(
     codebook = np.zeros(k * qnet.num_layers, dtype=np.int16)
     for i, layer in enumerate(qnet.layers):
         codebook[i * k : i * k + len(layer.codebook)] = layer.codebook
+        kind = layer_kind(layer)
+        matrix = kind.matrix(layer)
         rl = RomLayer(
             in_features=layer.in_features,
             out_features=layer.out_features,
@@ -250,9 +261,10 @@ def build_rom(
             perm_base=perm_base[i],
             rows=[], entries=[], nonzeros=[], fillers=[],
             entries_base=[], ptr_base=[], bias_base=[],
+            kind=kind.name,
         )
         for pe in range(pes):
-            sub = layer.index[pe::pes, :]
+            sub = matrix[pe::pes, :]
             v, z, ptr = encode_csc(sub, rel_bits=rel_bits)
             rl.rows.append(sub.shape[0])
             rl.entries.append(len(v))
@@ -309,15 +321,9 @@ def physical_qnet(rom: RomImage) -> QNet:
             except ValueError as e:
                 raise InputError(f"ROM layer l{i} PE {pe}: {e}") from None
             bias[pe :: rom.pes] = rom.bias[pe][bb : bb + rl.rows[pe]]
-        layers.append(
-            Layer(
-                codebook=rom.layer_codebook(i).copy(),
-                index=index,
-                bias=bias,
-                shift=rl.shift,
-                relu=rl.relu,
-            )
-        )
+        layers.append(LAYER_KINDS[rl.kind].make(codebook=rom.layer_codebook(i).copy(),
+                                                index=index, bias=bias, shift=rl.shift,
+                                                relu=rl.relu))
     return QNet(layers=layers, input_frac=rom.input_frac)
 
 
@@ -345,9 +351,7 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
     engine's default for the image's PEs (`default_issue_width`). docs/engine.md gives its
     agreement with the Verilog (within 0.2 points of MAC utilisation on three LeNet-300-100-shaped
     networks)."""
-    from compress.golden import run_layers as golden_layers
-
-    from .lanes import simulate_layer
+    from compress.golden import run_layers as golden_layers  # torch: only when modelling
 
     width = default_issue_width(rom.pes) if issue_width is None else issue_width
     if width not in (1, 2):
@@ -422,6 +426,192 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8)
         load = np.maximum(last, load + 1)
     end = np.maximum(done.max(axis=1), load + 2) + 3
     return end + 3 + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine: its parameters and its memory map (hw.eie is built from these)
+
+
+@dataclass(frozen=True)
+class EieParams(EngineParams):
+    """The EIE engine's parameters (`hw.eie.Engine` takes them as keywords)."""
+
+    queue_depth: int = 8  # columns queued per PE (1..64)
+    sparse: bool = True  # False: the dense baseline (every weight an entry, every column sent)
+    issue_width: int | None = None  # columns the front end sends a cycle; None: the default
+
+
+@dataclass
+class PEImage:
+    """What one PE is built from (sparse or dense image of the same network)."""
+
+    pe: int
+    index_bits: int
+    rel_bits: int
+    entries: np.ndarray  # uint32 words v | z << index_bits, all layers
+    ptr: np.ndarray  # absolute pointers, all layers (in_i + 1 each)
+    bias: np.ndarray  # int32, all layers
+    codebook: np.ndarray  # int16[L * 2**index_bits]
+    ptr_base: list[int]  # per layer
+    rows: list[int]  # per layer
+    bias_base: list[int]  # per layer
+    shift: list[int]  # per layer
+    relu: list[bool]  # per layer
+
+    @property
+    def ptr_bits(self) -> int:
+        return bits(max(len(self.entries), 1))
+
+
+def pe_images(rom: RomImage, *, sparse: bool = True) -> list[PEImage]:
+    """Per-PE images: the ROM's own (sparse), or every weight as an entry (dense baseline)."""
+    n = rom.pes
+    L = rom.num_layers
+    shifts = [rl.shift for rl in rom.layers]
+    relus = [rl.relu for rl in rom.layers]
+    if sparse:
+        return [
+            PEImage(pe=k, index_bits=rom.index_bits, rel_bits=rom.rel_bits,
+                    entries=rom.entries[k], ptr=rom.ptr[k], bias=rom.bias[k],
+                    codebook=rom.codebook,
+                    ptr_base=[rl.ptr_base[k] for rl in rom.layers],
+                    rows=[rl.rows[k] for rl in rom.layers],
+                    bias_base=[rl.bias_base[k] for rl in rom.layers],
+                    shift=shifts, relu=relus)
+            for k in range(n)
+        ]
+    qnet = physical_qnet(rom)  # rows as placed (a balanced ROM permutes them)
+    imgs = []
+    for k in range(n):
+        ents, ptrs, ptr_base = [], [], []
+        base = pbase = 0
+        for layer in qnet.layers:
+            sub = layer_kind(layer).matrix(layer)[k::n, :]  # [rows, in]
+            rows, cols = sub.shape
+            ents.append(sub.T.reshape(-1).astype(np.uint32))  # column-major, z = 0
+            ptrs.append(base + rows * np.arange(cols + 1, dtype=np.int64))
+            ptr_base.append(pbase)
+            base += rows * cols
+            pbase += cols + 1
+        imgs.append(PEImage(
+            pe=k, index_bits=rom.index_bits, rel_bits=rom.rel_bits,
+            entries=np.concatenate(ents), ptr=np.concatenate(ptrs), bias=rom.bias[k],
+            codebook=rom.codebook, ptr_base=ptr_base,
+            rows=[rl.rows[k] for rl in rom.layers],
+            bias_base=[rl.bias_base[k] for rl in rom.layers],
+            shift=shifts, relu=relus))
+    assert all(len(i.ptr_base) == L for i in imgs)
+    return imgs
+
+
+def issue_width(rom: RomImage, params: EieParams) -> int:
+    """The front end's columns per cycle: the parameter, else the default for the PEs."""
+    return default_issue_width(rom.pes) if params.issue_width is None else params.issue_width
+
+
+def pe_memory_map(img: PEImage, *, acc_bits: int = 32, issue_width: int = 1
+                  ) -> list[MemorySpec]:
+    """The memories of one PE (`hw.eie.pe.PE`): entries, even/odd pointer banks (a read port
+    per column looked up a cycle), biases, its codebook copy and two accumulator banks (layer i
+    accumulates into bank i % 2 while the previous layer is drained from the other)."""
+    L = len(img.rows)
+    k = 1 << img.index_bits
+    pe = img.pe
+    words = [int(x) for x in img.ptr]
+    return [
+        MemorySpec(f"pe{pe}.entries", "rom", img.index_bits + img.rel_bits,
+                   max(1, len(img.entries)), tuple(int(x) for x in img.entries)),
+        MemorySpec(f"pe{pe}.ptr_even", "rom", img.ptr_bits, max(1, (len(words) + 1) // 2),
+                   tuple(words[0::2] or [0]), read_ports=issue_width),
+        MemorySpec(f"pe{pe}.ptr_odd", "rom", img.ptr_bits, max(1, len(words) // 2),
+                   tuple(words[1::2] or [0]), read_ports=issue_width),
+        MemorySpec(f"pe{pe}.bias", "rom", 32, max(1, len(img.bias)),
+                   tuple(int(x) & 0xFFFFFFFF for x in img.bias)),
+        MemorySpec(f"pe{pe}.codebook", "rom", 16, max(1, L * k),
+                   tuple(int(x) & 0xFFFF for x in img.codebook)),
+        *(MemorySpec(f"pe{pe}.acc{b}", "ram", acc_bits, max(1, max(img.rows)), (),
+                     read_ports=1, write_ports=1) for b in range(2)),
+    ]
+
+
+def act_words(rom: RomImage) -> int:
+    """Words per PE of one activation bank: the widest layer input or output over N PEs."""
+    widths = [rom.layers[0].in_features] + [rl.out_features for rl in rom.layers]
+    return max(ceil_div(w, rom.pes) for w in widths)
+
+
+def memory_map(rom: RomImage, params: EieParams = EieParams()) -> list[MemorySpec]:
+    """Every memory of `hw.eie.Engine` for `rom`, in the order it makes them: each PE's
+    (`pe_memory_map`; the dense baseline's from its dense PE images), then each PE's
+    activation buffer, two banks of `act_words` (a layer's input and output)."""
+    width = issue_width(rom, params)
+    specs = [s for img in pe_images(rom, sparse=params.sparse)
+             for s in pe_memory_map(img, acc_bits=params.acc_bits, issue_width=width)]
+    aw = act_words(rom)
+    return specs + [MemorySpec(f"pe{k}.act", "ram", 16, 2 * aw, (), read_ports=1, write_ports=1)
+                    for k in range(rom.pes)]
+
+
+def memory_bound(nonzeros: list[np.ndarray], shape: list[int], pes: int, *,
+                 acc_bits: int = 32, index_bits: int = DEFAULT_INDEX_BITS,
+                 rel_bits: int = DEFAULT_REL_BITS) -> list[MemorySpec]:
+    """The memories of the engine for a network of layer sizes `shape` (in_0, out_0, ...)
+    whose layer i has nonzeros[i][c] non-zero weights in column c, every depth the row
+    placement decides at its least: every PE's entries at an even share of the non-zeros (the
+    balanced placement's aim; fillers only add), the rest exact; `index_bits + rel_bits` bits
+    an entry."""
+    L = len(nonzeros)
+    e = index_bits + rel_bits
+    outs = shape[1:]
+    total = sum(int(np.sum(c)) for c in nonzeros)
+    ports = default_issue_width(pes)
+    specs = []
+    for k in range(pes):
+        ent = max(1, total // pes + (k < total % pes))
+        words = sum(i + 1 for i in shape[:-1])
+        rows = [len(range(k, o, pes)) for o in outs]
+        specs += [
+            MemorySpec(f"pe{k}.entries", "rom", e, ent),
+            MemorySpec(f"pe{k}.ptr_even", "rom", bits(ent), max(1, (words + 1) // 2),
+                       read_ports=ports),
+            MemorySpec(f"pe{k}.ptr_odd", "rom", bits(ent), max(1, words // 2),
+                       read_ports=ports),
+            MemorySpec(f"pe{k}.bias", "rom", 32, max(1, sum(rows))),
+            MemorySpec(f"pe{k}.codebook", "rom", 16, max(1, L << index_bits)),
+            *(MemorySpec(f"pe{k}.acc{b}", "ram", acc_bits, max(1, max(rows)), read_ports=1,
+                         write_ports=1) for b in range(2)),
+        ]
+    words = max(ceil_div(w, pes) for w in shape)
+    return specs + [MemorySpec(f"pe{k}.act", "ram", 16, 2 * words, read_ports=1, write_ports=1)
+                    for k in range(pes)]
+
+
+def cycle_model(rom: RomImage, x: np.ndarray, params: EieParams = EieParams()) -> np.ndarray:
+    """`model_cycles` with the engine's parameters: compute cycles [batch, layers]."""
+    return model_cycles(rom, x, queue_depth=params.queue_depth, acc_bits=params.acc_bits,
+                        issue_width=params.issue_width)
+
+
+def logic_of(rom: RomImage) -> dict:
+    """Everything of `rom` that is logic in the engine's Verilog rather than memory contents:
+    two images with equal `logic_of` (and memories of equal depths) make the same Verilog but
+    for what their memories hold."""
+    return {"layers": [[rl.in_features, rl.out_features, rl.shift, bool(rl.relu), rl.rows,
+                        rl.ptr_base, rl.bias_base, rl.kind] for rl in rom.layers],
+            "mems": [[len(e), len(p), len(b)] for e, p, b in zip(rom.entries, rom.ptr, rom.bias)],
+            "codebook": len(rom.codebook)}
+
+
+def padded(rom: RomImage) -> RomImage:
+    """`rom` with every PE's entries padded to the bound of its shape, sum_i in_i * rows_i
+    (a column never holds more entries than rows, fillers included): words past the last
+    pointer, which are never read, so networks of one shape have memories of one depth."""
+    ents = []
+    for k, e in enumerate(rom.entries):
+        bound = sum(rl.in_features * rl.rows[k] for rl in rom.layers)
+        assert len(e) <= bound or bound == 0, (len(e), bound)
+        ents.append(np.concatenate([e, np.zeros(bound - len(e), e.dtype)]))
+    return replace(rom, entries=ents)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,6 +806,10 @@ def _read_rom_checked(rom_dir: Path, mpath: Path, manifest: dict) -> RomImage:
             raise InputError(f"{rom_dir}: manifest lists memory {name} without {name}.bin") from None
     pes = manifest["pes"]
     layers = [RomLayer(**rl) for rl in manifest["layers"]]
+    for i, rl in enumerate(layers):
+        if rl.kind not in LAYER_KINDS:
+            raise InputError(f"{mpath}: layer l{i} has kind {rl.kind!r}, not one of "
+                             f"{', '.join(LAYER_KINDS)}")
     pm = manifest.get("perm")
     if not isinstance(pm, dict) or "perm.bin" not in data:
         raise InputError(f"{mpath}: no row permutation (perm entry and perm.bin)")

@@ -42,6 +42,8 @@ import numpy as np
 from compress.errors import InputError
 
 from .csc import DEFAULT_REL_BITS, encode_csc
+from .lockstep import build_lockstep, decode_lockstep
+from .memmap import bits
 
 # option -> what it stores and where (docs/lanes.md section 2)
 OPTIONS = {
@@ -64,12 +66,8 @@ LANES = 4
 EBR_SHAPES = ((16, 256), (8, 512), (4, 1024), (2, 2048))
 
 
-def _bits(n: int) -> int:
-    return max(1, int(n).bit_length())
-
-
 def ebr_blocks(width: int, depth: int) -> int:
-    """EBR blocks of one width x depth memory in its cheapest shape (as fpga.resources)."""
+    """EBR blocks of one width x depth memory in its cheapest shape (as fpga.flow.resources)."""
     return min(-(-width // w) * -(-depth // d) for w, d in EBR_SHAPES)
 
 
@@ -103,6 +101,35 @@ def _lane_max(counts: np.ndarray, lanes: int) -> np.ndarray:
     return np.stack([counts[group == j].max(axis=0) for j in range(lanes)])
 
 
+def _escape(width: int):
+    """Option escN: a width-bit length per lane, the top code meaning "the whole column"."""
+    lim = (1 << width) - 2
+    return lambda k, full, pair, p3: np.where(pair <= lim, pair, full)
+
+
+def _marks3(k, full, pair, counts_rel3):
+    if counts_rel3 is None:
+        raise InputError("option marks3 needs the rel_bits 3 counts")
+    p3 = _lane_max(counts_rel3, pair.shape[0])
+    return np.maximum(p3, 1) * (counts_rel3.max(axis=0) > 0)  # an empty lane reads a word
+
+
+# option -> its costs (counts, L(c), the lanes' maxima, the rel_bits 3 counts) -> [lanes, cols]
+_COSTS = {
+    "lockstep": lambda k, full, pair, p3: full[None, :],
+    "exact": lambda k, full, pair, p3: pair,
+    "esc3": _escape(3),
+    "esc1": _escape(1),
+    # the word after the lane's last is padding in both PEs (all zero) unless the lane is the
+    # column's longest: reading it is the stop, one cycle
+    "zerostop": lambda k, full, pair, p3: np.where(pair >= full - 1, full, pair + 1),
+    "desc": lambda k, full, pair, p3: (pair + 1) * (full > 0),
+    "marks3": _marks3,
+    "2x4": lambda k, full, pair, p3: _lane_max(k, 2),
+    "pe8": lambda k, full, pair, p3: k,
+}
+
+
 def lane_costs(counts: np.ndarray, option: str, *, counts_rel3: np.ndarray | None = None
                ) -> np.ndarray:
     """Cycles [lanes, cols] every lane spends on every column (when its activation is non-zero).
@@ -118,29 +145,7 @@ def lane_costs(counts: np.ndarray, option: str, *, counts_rel3: np.ndarray | Non
         raise InputError(f"lanes of PE pairs need an even number of PEs, not {n}")
     full = counts.max(axis=0)  # L(c)
     pair = _lane_max(counts, n // 2 if n // 2 < LANES else LANES)
-    if option == "lockstep":
-        return full[None, :]
-    if option == "exact":
-        return pair
-    if option == "2x4":
-        return _lane_max(counts, 2)
-    if option == "pe8":
-        return counts
-    if option.startswith("esc"):
-        lim = (1 << int(option[3:])) - 2  # the top code means "the whole column"
-        return np.where(pair <= lim, pair, full)
-    if option == "zerostop":
-        # the word after the lane's last is padding in both PEs (all zero) unless the lane is
-        # the column's longest: reading it is the stop, one cycle
-        return np.where(pair >= full - 1, full, pair + 1)
-    if option == "desc":
-        return (pair + 1) * (full > 0)
-    if option == "marks3":
-        if counts_rel3 is None:
-            raise InputError("option marks3 needs the rel_bits 3 counts")
-        p3 = _lane_max(counts_rel3, pair.shape[0])
-        return np.maximum(p3, 1) * (counts_rel3.max(axis=0) > 0)  # an empty lane reads a word
-    raise AssertionError(option)
+    return _COSTS[option](counts, full, pair, counts_rel3)
 
 
 def simulate_layer(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 2, rows: int = 1,
@@ -226,6 +231,22 @@ def model(layers, perms, acts: list[np.ndarray], option: str, *, pes: int = 8, d
     return np.stack(out, axis=1)
 
 
+def lockstep_cycle_model(img, x: np.ndarray, params) -> np.ndarray:
+    """Compute cycles [batch, layers] of the lockstep engine (`images.lockstep`) on int16
+    inputs x[batch, in_0]: `model` with option "lockstep" at the engine's queue depth and
+    drain_share (`params`, `images.lockstep.LockstepParams`). The accumulator hold on
+    back-to-back row hits is not modelled (module docstring: within about 5 % of the engine on
+    the shipped network)."""
+    from compress.golden import run_layers  # torch: only when modelling
+
+    qnet = decode_lockstep(img)
+    x = np.asarray(x)
+    acts = [x] + run_layers(qnet, x, acc_bits=params.acc_bits)[:-1]
+    return model(qnet.layers, [ll.perm for ll in img.layers], acts, "lockstep", pes=img.pes,
+                 depth=params.queue_depth, drain_share=params.drain_share,
+                 rel_bits=img.rel_bits)
+
+
 def work_bound(layers, perms, acts: list[np.ndarray], option: str, *, pes: int = 8,
                rel_bits: int = DEFAULT_REL_BITS) -> np.ndarray:
     """Cycles [batch, layers] no engine of `option` can go under: the busiest lane's work.
@@ -260,35 +281,40 @@ def pointer_memories(option: str, counts: list[np.ndarray], slots: int, *,
     """
     cols = sum(c.shape[1] for c in counts)
     n = counts[0].shape[0]
-    pb = _bits(slots)
+    pb = bits(slots)
     even, odd = (cols + 2) // 2, (cols + 1) // 2  # cols + 1 pointers in two banks
     pair_max = max(int(_lane_max(c, LANES).max()) for c in counts)
-    lb = _bits(pair_max)
-    if option == "lockstep":
-        return [(pb, even), (pb, odd)]
-    if option in ("esc1", "zerostop"):
-        return [(pb + LANES, even), (pb + LANES, odd)]
-    if option == "esc3":
-        return [(pb + 3 * LANES, even), (pb + 3 * LANES, odd)]
-    if option == "exact":
-        return [(pb, cols), (LANES * lb, cols)]
-    if option == "2x4":
-        lb4 = _bits(max(int(_lane_max(c, 2).max()) for c in counts))
+    lb = bits(pair_max)
+
+    def exact2x4():
+        lb4 = bits(max(int(_lane_max(c, 2).max()) for c in counts))
         return [(pb, cols), (2 * lb4, cols)]
-    if option == "desc":
-        return [(pb, cols)]
-    if option == "marks3":
-        return [(pb + LANES, cols)]  # start + "one word" flag per lane
-    if option == "merged":
-        return [(pb, even), (pb, odd)]
-    if option == "merged_exact":
+
+    def merged_exact():
         # the two PEs' counts bound the lane's own (its merged rows need no more fillers)
-        lbm = _bits(max(int(((c[:LANES] + c[LANES:2 * LANES] + 1) // 2).max()) for c in counts))
+        lbm = bits(max(int(((c[:LANES] + c[LANES:2 * LANES] + 1) // 2).max()) for c in counts))
         return [(pb, cols), (LANES * lbm, cols)]
-    if option == "pe8":
+
+    def pe8():
         sizes = entries_per_pe or [int(sum(c[k].sum() for c in counts)) for k in range(n)]
-        return [m for e in sizes for m in ((_bits(e), even), (_bits(e), odd))]
-    raise InputError(f"unknown option {option!r}")
+        return [m for e in sizes for m in ((bits(e), even), (bits(e), odd))]
+
+    memories = {
+        "lockstep": lambda: [(pb, even), (pb, odd)],
+        "esc1": lambda: [(pb + LANES, even), (pb + LANES, odd)],
+        "zerostop": lambda: [(pb + LANES, even), (pb + LANES, odd)],
+        "esc3": lambda: [(pb + 3 * LANES, even), (pb + 3 * LANES, odd)],
+        "exact": lambda: [(pb, cols), (LANES * lb, cols)],
+        "2x4": exact2x4,
+        "desc": lambda: [(pb, cols)],
+        "marks3": lambda: [(pb + LANES, cols)],  # start + "one word" flag per lane
+        "merged": lambda: [(pb, even), (pb, odd)],
+        "merged_exact": merged_exact,
+        "pe8": pe8,
+    }
+    if option not in memories:
+        raise InputError(f"unknown option {option!r}")
+    return memories[option]()
 
 
 def pointer_ebr(option: str, counts: list[np.ndarray], slots: int) -> int:
@@ -319,8 +345,6 @@ def main(argv: list[str] | None = None) -> int:
         from compress.data import load_sample, load_split
         from compress.golden import mnist_to_input, run_layers
         from compress.shipped import load_model
-
-        from .lockstep import build_lockstep
 
         opts = [o for o in args.options.split(",") if o]
         for o in opts:

@@ -10,7 +10,7 @@ two PEs. Layout:
   perm[p]; the next layer's columns are permuted the same way, so the network computed is the
   same. The last layer is never permuted (outputs come out in order) and
   neither are the inputs. A layer whose logical order already gives every column the fewest
-  slots possible (`images.balance.at_bound`: a network pruned for this engine) keeps it, and
+  slots possible (`images.placement.at_bound`: a network pruned for this engine) keeps it, and
   so does one where the search does not find fewer slots than the logical order.
 * Per PE and column the entries are the EIE (v, z) entries of `images.csc.encode_csc`
   (v = codebook index, 0 = filler; z = zero rows before it; fillers where a gap exceeds
@@ -34,20 +34,19 @@ two PEs. Layout:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from compress import limits
 from compress.errors import InputError
-from compress.qnet import DEFAULT_INDEX_BITS, Layer, QNet
+from compress.qnet import DEFAULT_INDEX_BITS, QNet
 
 from .csc import DEFAULT_REL_BITS, decode_csc, encode_csc
-from .placement import place_longest_first, place_search, slot_cost
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+from .layers import LAYER_KINDS, layer_kind
+from .memmap import MemorySpec, bits, ceil_div
+from .params import EngineParams
+from .placement import at_bound, place_longest_first, place_search, slot_cost
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +61,7 @@ class LockstepLayer:
     rows_per_pe: int  # ceil(out / N)
     bias_base: int  # first bias word (same in every PE)
     perm: np.ndarray  # int64[out]: physical row p holds logical row perm[p]
+    kind: str = "fc"  # the layer's kind (`images.layers`)
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,6 +136,7 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
     fewest slots; deterministic for a seed), "lpt" (`place_longest_first`, even work per PE) or
     "interleave" (no permutation); or `perms`, one permutation per hidden layer, given.
     """
+    qnet.require_fc("the lockstep engine")
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"pes must be a positive integer, not {pes!r}")
     limits.check("max_pes", pes, "pes")
@@ -144,7 +145,6 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
     if placement not in PLACEMENTS:
         raise InputError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
     qnet.validate(index_bits=index_bits)
-    from .balance import at_bound  # here: `python -m images.balance` imports this module
 
     K = 1 << index_bits
     L = qnet.num_layers
@@ -161,8 +161,9 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
             if i == L - 1 or placement == "interleave":
                 perms.append(np.arange(layer.out_features, dtype=np.int64))
             elif placement == "lpt":
-                perms.append(place_longest_first(np.count_nonzero(layer.index, axis=1), pes))
-            elif at_bound(layer.index, pes, rel_bits=rel_bits):
+                matrix = layer_kind(layer).matrix(layer)
+                perms.append(place_longest_first(np.count_nonzero(matrix, axis=1), pes))
+            elif at_bound(layer_kind(layer).matrix(layer), pes, rel_bits=rel_bits):
                 # already optimal in logical order (a network pruned for this engine,
                 # compress.pattern): keep it, no search can do better
                 perms.append(np.arange(layer.out_features, dtype=np.int64))
@@ -171,18 +172,19 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
                 # (784 x 300), less where a small layer has converged long before
                 size = layer.out_features * layer.in_features
                 budget = 2.0 * min(1.0, (size / (784 * 300)) ** 0.5)
-                perm = place_search(layer.index, pes, rel_bits=rel_bits, seed=seed,
-                                    budget_s=budget)
+                matrix = layer_kind(layer).matrix(layer)
+                perm = place_search(matrix, pes, rel_bits=rel_bits, seed=seed, budget_s=budget)
                 ident = np.arange(layer.out_features, dtype=np.int64)
-                if slot_cost(layer.index, ident, pes, rel_bits=rel_bits) <= slot_cost(
-                        layer.index, perm, pes, rel_bits=rel_bits):
+                if slot_cost(matrix, ident, pes, rel_bits=rel_bits) <= slot_cost(
+                        matrix, perm, pes, rel_bits=rel_bits):
                     perm = ident  # a network pruned for this engine, a few slots off the bound
                 perms.append(perm)
 
     slot_blocks, ptrs, layers, biases = [], [], [], []
     col_base = bias_base = slot_base = 0
     for i, layer in enumerate(qnet.layers):
-        idx = layer.index[perms[i]]
+        kind = layer_kind(layer)
+        idx = kind.matrix(layer)[perms[i]]
         if i > 0:
             idx = idx[:, perms[i - 1]]
         cols = layer.in_features
@@ -202,7 +204,7 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
             block[pos, k] = v.astype(np.uint32) | (z.astype(np.uint32) << index_bits)
         slot_blocks.append(block)
         ptrs.append(slot_base + start[:-1])
-        rows = _ceil_div(layer.out_features, pes)
+        rows = ceil_div(layer.out_features, pes)
         b = np.zeros(rows * pes, dtype=np.int64)
         b[: layer.out_features] = layer.bias[perms[i]]
         biases.append(b.reshape(rows, pes).T)  # [pes, rows]: PE k row j = physical k + pes*j
@@ -211,7 +213,8 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
         layers.append(LockstepLayer(
             in_features=cols, out_features=layer.out_features, shift=layer.shift,
             relu=layer.relu, codebook=cb, codebook_size=len(layer.codebook),
-            col_base=col_base, rows_per_pe=rows, bias_base=bias_base, perm=perms[i]))
+            col_base=col_base, rows_per_pe=rows, bias_base=bias_base, perm=perms[i],
+            kind=kind.name))
         col_base += cols
         bias_base += rows
         slot_base += int(start[-1])
@@ -257,8 +260,9 @@ def decode_lockstep(img: LockstepImage) -> QNet:
         bias_phys = img.bias[:, ll.bias_base: ll.bias_base + ll.rows_per_pe].T.reshape(-1)
         bias = np.empty(ll.out_features, dtype=np.int32)
         bias[ll.perm] = bias_phys[: ll.out_features]
-        layers.append(Layer(codebook=ll.codebook[: ll.codebook_size].copy(), index=logical,
-                            bias=bias, shift=ll.shift, relu=ll.relu))
+        layers.append(LAYER_KINDS[ll.kind].make(
+            codebook=ll.codebook[: ll.codebook_size].copy(), index=logical, bias=bias,
+            shift=ll.shift, relu=ll.relu))
     return QNet(layers=layers, input_frac=img.input_frac)
 
 
@@ -275,3 +279,120 @@ def lockstep_cycles(img: LockstepImage, acts: list[np.ndarray]) -> np.ndarray:
         phys = acts[i] if i == 0 else acts[i][:, img.layers[i - 1].perm]
         out.append((phys != 0).astype(np.int64) @ lc)
     return np.stack(out, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine: its parameters and its memory map (hw.lockstep is built from these)
+
+
+DRAIN_SHARES = (1, 2, 4, 8, 16)  # PEs per output stage the engine can have
+
+
+@dataclass(frozen=True)
+class LockstepParams(EngineParams):
+    """The lockstep engine's parameters (`hw.lockstep.LockstepEngine` takes them as keywords)."""
+
+    queue_depth: int = 2  # columns queued between the pointer stage and the slot sequencer
+    drain_share: int = 1  # PEs per output stage: 1, 2, 4, 8 or 16 (fewer stages, longer drain)
+
+    def fitted(self, pes: int) -> "LockstepParams":
+        """drain_share rounded down to a power of two <= pes (an output stage for at most the
+        PEs there are)."""
+        return replace(self, drain_share=1 << (min(self.drain_share, pes).bit_length() - 1))
+
+
+def act_words(img: LockstepImage) -> int:
+    """Words per PE of one activation bank: the widest layer input or output over N PEs."""
+    widths = [img.in_features] + [ll.out_features for ll in img.layers]
+    return max(ceil_div(w, img.pes) for w in widths)
+
+
+def memory_map(img: LockstepImage, params: LockstepParams = LockstepParams()
+               ) -> list[MemorySpec]:
+    """Every memory of `hw.lockstep.LockstepEngine` for `img`, in the order it makes them: the
+    lane ROMs (the slot words of PE pairs), the column pointer banks, per PE an accumulator RAM
+    (rows, then the biases) and an activation RAM with two input banks."""
+    n = img.pes
+    e = img.entry_bits
+    slots = max(1, img.num_slots)
+    specs = [MemorySpec(f"lane{j}", "rom", e * min(2, n - 2 * j), slots,
+                        tuple(int(w) for w in words) or (0,))
+             for j, words in enumerate(img.lanes())]
+    ptr_bits = bits(img.num_slots)
+    ptr = [int(p) for p in img.col_ptr]
+    specs += [
+        MemorySpec("colptr_even", "rom", ptr_bits, max(1, len(ptr[0::2])), tuple(ptr[0::2])),
+        MemorySpec("colptr_odd", "rom", ptr_bits, max(1, len(ptr[1::2])),
+                   tuple(ptr[1::2]) or (0,)),
+    ]
+    acc_bits = params.acc_bits
+    mask = (1 << acc_bits) - 1
+    rows = max(layer.rows_per_pe for layer in img.layers)
+    bias = np.asarray(img.bias)
+    specs += [MemorySpec(f"pe{k}.acc", "ram", acc_bits, rows + bias.shape[1],
+                         tuple([0] * rows + [int(b) & mask for b in bias[k]]),
+                         read_ports=1, write_ports=1) for k in range(n)]
+    specs += [MemorySpec(f"pe{k}.act", "ram", 16, act_depth(img), (), read_ports=1,
+                         write_ports=1) for k in range(n)]
+    return specs
+
+
+def act_bank_bits(img) -> int:
+    """Word-address bits of one input bank of the lockstep engine's activation RAMs: bank b
+    starts at b << bits, so the bank is an address bit, not an adder."""
+    return bits(act_words(img) - 1)
+
+
+def act_depth(img) -> int:
+    """Two banks (the next input loads while the current one computes): bank 1 at
+    1 << act_bank_bits, act_words deep."""
+    return (1 << act_bank_bits(img)) + act_words(img)
+
+
+def memory_bound(nonzeros: list[np.ndarray], shape: list[int], pes: int, *,
+                 acc_bits: int = 32, index_bits: int = DEFAULT_INDEX_BITS,
+                 rel_bits: int = DEFAULT_REL_BITS) -> list[MemorySpec]:
+    """The memories of the engine for a network of layer sizes `shape` (in_0, out_0, ...)
+    whose layer i has nonzeros[i][c] non-zero weights in column c, every depth the row
+    placement decides at its least: a lane ROM word per slot, and a column takes at least
+    ceil(non-zeros / PEs) slots (fillers and the spread over PEs only add); the column
+    pointers, accumulators (rows and biases) and activations do not depend on the placement."""
+    e = index_bits + rel_bits
+    outs = shape[1:]
+    slots = max(1, sum(int(np.sum(-(-np.asarray(c, dtype=np.int64) // pes)))
+                       for c in nonzeros))
+    specs = [MemorySpec(f"lane{j}", "rom", e * min(2, pes - 2 * j), slots)
+             for j in range(ceil_div(pes, 2))]
+    ptrs = sum(shape[:-1]) + 1
+    specs += [MemorySpec("colptr_even", "rom", bits(slots), ceil_div(ptrs, 2)),
+              MemorySpec("colptr_odd", "rom", bits(slots), max(1, ptrs // 2))]
+    rows = [ceil_div(o, pes) for o in outs]
+    specs += [MemorySpec(f"pe{k}.acc", "ram", acc_bits, max(rows) + sum(rows),
+                         read_ports=1, write_ports=1) for k in range(pes)]
+    words = max(ceil_div(w, pes) for w in shape)
+    specs += [MemorySpec(f"pe{k}.act", "ram", 16, (1 << bits(words - 1)) + words,
+                         read_ports=1, write_ports=1) for k in range(pes)]
+    return specs
+
+
+def logic_of(img: LockstepImage) -> dict:
+    """Everything of `img` that is logic in the engine's Verilog rather than memory contents
+    (the codebooks are constants in logic): two images with equal `logic_of` make the same
+    Verilog but for what their memories hold."""
+    return {"layers": [[ll.in_features, ll.out_features, ll.shift, bool(ll.relu),
+                        ll.codebook.tolist(), ll.col_base, ll.rows_per_pe, ll.bias_base, ll.kind]
+                       for ll in img.layers],
+            "mems": [int(img.num_slots), len(img.col_ptr), list(img.bias.shape)]}
+
+
+def padded(img: LockstepImage) -> LockstepImage:
+    """`img` with its slots padded to the bound of its shape, sum_i in_i * rows_per_pe_i:
+    (v = 0, z = 0) slots at the end of the last column, which reach no accumulator (they cost
+    cycles when that column is non-zero, nothing else)."""
+    bound = sum(ll.in_features * ll.rows_per_pe for ll in img.layers)
+    s = img.num_slots
+    assert s <= bound, (s, bound)
+    slots = np.concatenate([img.slots, np.zeros((bound - s, img.pes), img.slots.dtype)])
+    col_ptr = img.col_ptr.copy()
+    col_ptr[-1] = bound  # the last column gets the padding slots
+    return replace(img, slots=slots, col_ptr=col_ptr)

@@ -30,10 +30,8 @@ import numpy as np
 from compress.golden import run_layers
 from compress.qnet import QNet
 from images.eie import RomImage, default_issue_width
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+from images.lockstep import LockstepImage, lockstep_cycles
+from images.memmap import ceil_div
 
 
 def layer_inputs(qnet: QNet, x: np.ndarray, acc_bits: int = 32) -> list[np.ndarray]:
@@ -121,7 +119,7 @@ def breakdown(qnet: QNet, rom: RomImage, x: np.ndarray, layer_cycles: np.ndarray
         max_e = e.max(axis=1)
         fe = w["frontend"][i]
         out_i = rom.layers[i].out_features
-        output = _ceil_div(out_i, n) + 2 if i == L - 1 else 0  # drain rows + flush + start
+        output = ceil_div(out_i, n) + 2 if i == L - 1 else 0  # drain rows + flush + start
         rows.append({
             "layer": i,
             "cycles": float(lc.mean()),
@@ -148,3 +146,54 @@ def utilisation(qnet: QNet, rom: RomImage, x: np.ndarray, layer_cycles: np.ndarr
     total = int(np.asarray(layer_cycles).sum())
     n = rom.pes
     return (useful / (n * total) if total else 0.0, useful / (n * busiest) if busiest else 0.0)
+
+
+# ---- what `tb sim` prints after the cycles, per engine ---------------------------------------
+
+
+def _report_any(qnet, rom, img, x, layer_cycles, acc_bits) -> list[str]:
+    util, _ideal = utilisation(qnet, rom, x, layer_cycles, acc_bits)
+    return [f"MAC utilisation: {100 * util:.1f}% of {img.pes} PEs x compute cycles"]
+
+
+def _report_eie(qnet, rom, img, x, layer_cycles, acc_bits) -> list[str]:
+    """Utilisation against its ideal, and where the cycles go (`breakdown`)."""
+    util, ideal = utilisation(qnet, rom, x, layer_cycles, acc_bits)
+    place = "balanced" if rom.balanced else "interleaved"
+    lines = [f"MAC utilisation: {100 * util:.1f}% of {rom.pes} PEs x compute cycles "
+             f"(ideal {100 * ideal:.1f}%: the load imbalance of the ROM's {place} rows alone)",
+             "",
+             "where the cycles go, per layer (mean per inference; cycles = ideal + the rest):",
+             "layer  cycles  useful-MACs  ideal  util   imbalance  fillers  front-end  output  "
+             "other"]
+    for row in breakdown(qnet, rom, x, layer_cycles, acc_bits):
+        lines.append(f"l{row['layer']:<4d} {row['cycles']:7.1f}  {row['useful_macs']:11.1f} "
+                     f"{row['ideal']:6.1f}  {100 * row['utilisation']:5.1f}%  "
+                     f"{row['imbalance']:9.1f}  {row['fillers']:7.1f}  {row['frontend']:9.1f}"
+                     f"  {row['output']:6.1f}  {row['other']:5.1f}")
+    return lines
+
+
+def _report_lockstep(qnet, rom, img, x, layer_cycles, acc_bits) -> list[str]:
+    """Utilisation against what the slot cycles alone allow, per layer."""
+    util, _ideal = utilisation(qnet, rom, x, layer_cycles, acc_bits)
+    lc = np.asarray(layer_cycles)
+    slots = lockstep_cycles(img, layer_inputs(qnet, x, acc_bits))
+    return [f"MAC utilisation: {100 * util:.1f}% of {img.pes} PEs x compute cycles; the slot "
+            f"cycles alone (max over PEs per column) allow "
+            f"{100 * util * lc.sum(axis=1).mean() / slots.sum(axis=1).mean():.1f}%",
+            "per layer (mean): " + ", ".join(
+                f"l{i} {lc[:, i].mean():.1f} cycles = {slots[:, i].mean():.1f} slot "
+                f"+ {lc[:, i].mean() - slots[:, i].mean():.1f} preload/pipeline/drain"
+                for i in range(img.num_layers))]
+
+
+# the image type of an engine -> its report; any other engine gets its MAC utilisation
+REPORTS = {RomImage: _report_eie, LockstepImage: _report_lockstep}
+
+
+def report(qnet: QNet, rom: RomImage, img, x: np.ndarray, layer_cycles: np.ndarray,
+           acc_bits: int = 32) -> list[str]:
+    """The lines `tb sim` prints about a run of the engine of `img` (`rom`: the EIE image of
+    the same network and PEs, whose placement the utilisation's ideal is taken from)."""
+    return REPORTS.get(type(img), _report_any)(qnet, rom, img, x, layer_cycles, acc_bits)

@@ -25,11 +25,22 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.atomic import check_output
+from compress import data
+from compress.atomic import atomic_path, check_output, refuse_same_path, save_npy
 from compress.errors import InputError, OneLineParser as _Parser, run_main
-from compress.qnet import load_labels
+from compress.progress import step
+from compress.qnet import load_inputs, load_labels, load_qnet
+from compress.shipped import load_model
+from compress.synthetic import random_inputs
+from images import MAX_PES, SIM_ENGINE, build_image, check_pes, get, names, registered
+from images.cli import add_image_args
+from images.eie import REL_BITS_AUTO, parse_rel_bits
+from images.engines import dense_baseline
+from images.lockstep import DRAIN_SHARES
 
-SIMULATORS = ("icarus", "verilator")  # tb.sim's (not imported here: it pulls in Amaranth)
+from . import sim as tbsim  # build and simulate through the module (tests stand in for them)
+from .sim import SIMULATORS, SimResult, build_key, build_root, default_sim, sim_pool, waves_enabled
+from .verilator import require
 SIM_NAMES = {"icarus": "Icarus", "verilator": "Verilator"}
 # tb sim's dense baseline makes every weight an entry: past this many weights (LeNet-300-100
 # has 266,200) its Verilog and simulator build take minutes, so it is left out unless asked.
@@ -39,27 +50,40 @@ BIG_NETWORK_COUNT = 5
 
 
 def _hw_args(p, *, pes_default=8, engine=True):
-    p.add_argument("--pes", type=int, default=pes_default, help="processing elements 1..16")
-    p.add_argument("--queue-depth", type=int, default=8, help="activation queue depth (8)")
-    p.add_argument("--acc-bits", type=int, default=32, help="accumulator width (32)")
-    p.add_argument("--index-bits", type=int, default=4, help="codebook index bits (4)")
-    p.add_argument("--rel-bits", default="auto",
-                   help="relative row index bits 1..12, or auto (default: the EIE image's "
-                        "smallest entry memories; 4 for the lockstep engine)")
-    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
-                   help="balanced row placement in the ROM (default); --no-balance: rows "
-                        "interleaved")
+    p.add_argument("--pes", type=int, default=pes_default,
+                   help=f"processing elements 1..{MAX_PES}")
+    p.add_argument("--queue-depth", type=int, default=None,
+                   help="activation queue depth (default: the engine's, 8)")
+    p.add_argument("--acc-bits", type=int, default=None,
+                   help="accumulator width (default: the engine's, 32)")
+    add_image_args(p, rel_bits_help="relative row index bits 1..12, or auto (default: the EIE "
+                                    "image's smallest entry memories; 4 for the lockstep "
+                                    "engine)")
     if engine:
-        p.add_argument("--engine", choices=("eie", "lockstep"), default="eie",
-                       help="eie: per-PE queues (default); lockstep: the board's engine "
-                            "(docs/lockstep.md)")
+        p.add_argument("--engine", choices=names(), default=SIM_ENGINE,
+                       help="; ".join(f"{e.name}: {e.summary}" for e in registered())
+                       + f" (default {SIM_ENGINE})")
         p.add_argument("--sim", choices=SIMULATORS, default=None,
                        help="simulator: icarus (default, or $TB_SIM) or verilator (a 30-70 s "
                             "build, then several times faster; docs/simulators.md)")
-    p.add_argument("--drain-share", type=int, default=1,
-                   help="lockstep: PEs per output stage, 1/2/4/8/16 (1)")
+    p.add_argument("--drain-share", type=int, default=None,
+                   help="lockstep: PEs per output stage, 1/2/4/8/16 (default: the engine's, 1)")
     p.add_argument("--max-width", type=int, default=4096,
                    help="activation buffer limit: widest layer the engine accepts (4096)")
+
+
+def _model_args(p, inputs: str):
+    p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
+    p.add_argument("--inputs", help=f"int16[batch, in_0] .npy (default: {inputs})")
+
+
+def _engine_defaults(args, engine: str | None = None) -> None:
+    """The engine parameters not given on the command line: the engine's for the RTL benches
+    (`images.engines`, "sim")."""
+    d = get(engine or getattr(args, "engine", SIM_ENGINE)).defaults_for().params.as_dict()
+    for name in ("queue_depth", "acc_bits", "drain_share"):
+        if getattr(args, name) is None:
+            setattr(args, name, d.get(name, 1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,8 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "half a second per input for a small network)")
     _hw_args(p)
     p = sub.add_parser("sim", help="the embedded default (or a given network) on the engine")
-    p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
-    p.add_argument("--inputs", help="int16[batch, in_0] .npy (default: the sample MNIST digits)")
+    _model_args(p, "the sample MNIST digits")
     p.add_argument("--labels", help="integer [batch] .npy class labels for --inputs (optional)")
     p.add_argument("--count", type=int, default=None,
                    help="inputs to run (default: the first 20 sample digits; all of --inputs; "
@@ -91,8 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _hw_args(p)
     p = sub.add_parser("sweep", help="utilisation vs queue depth, rel_bits and row placement, "
                        "dense speedup")
-    p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
-    p.add_argument("--inputs", help="int16[batch, in_0] .npy (default: the sample digits)")
+    _model_args(p, "the sample digits")
     p.add_argument("--count", type=int, default=10, help="inputs per configuration (10)")
     p.add_argument("--depths", default="1,2,4,8,16", help="queue depths (1,2,4,8,16)")
     p.add_argument("--rel-bits-list", default="4,5,6,8", help="rel_bits values (4,5,6,8)")
@@ -100,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     _hw_args(p)
     p = sub.add_parser("speed", help="simulated engine cycles per second of each simulator, "
                        "side by side on the same network and inputs")
-    p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
-    p.add_argument("--inputs", help="int16[batch, in_0] .npy (default: the sample digits)")
+    _model_args(p, "the sample digits")
     p.add_argument("--count", type=int, default=50, help="inputs per run (50)")
-    p.add_argument("--engines", default="eie,lockstep", help="engines (eie,lockstep)")
+    p.add_argument("--engines", default=",".join(names()),
+                   help=f"engines ({','.join(names())})")
     p.add_argument("--sims", default=",".join(SIMULATORS),
                    help="simulators, in this order (icarus,verilator)")
     p.add_argument("--out", help="write the figures as JSON")
@@ -125,9 +147,6 @@ def load_model_and_inputs(model, inputs, index_bits, labels_path=None):
     the inputs from `inputs`, else the shipped sample digits (else $MNIST_DIR's, else
     synthetic vectors)."""
     from compress.golden import mnist_to_input
-    from compress.qnet import load_inputs
-    from compress.shipped import load_model
-    from compress.synthetic import random_inputs
 
     qnet, name = load_model(model, index_bits=index_bits)
     notes = [f"model: {name}" if model or not name.startswith("synthetic")
@@ -143,8 +162,6 @@ def load_model_and_inputs(model, inputs, index_bits, labels_path=None):
             labels = load_labels(labels_path, len(x), classes=qnet.out_features)
             notes.append(f"labels: {labels_path}")
     else:
-        from compress import data
-
         if qnet.in_features != 784:
             raise InputError(f"the sample digits have 784 pixels but the model takes "
                              f"{qnet.in_features} inputs: pass --inputs")
@@ -170,33 +187,35 @@ def load_model_and_inputs(model, inputs, index_bits, labels_path=None):
 
 
 def _rom(qnet, args, rel_bits=None, balance=None):
-    """The EIE engine's image (also the dense baseline's and the analysis' for either engine)."""
-    from compress.progress import step
-    from images import build_image
-
+    """The dense baseline engine's image (the EIE engine's: also the analysis' for every
+    engine)."""
     with step(f"EIE image: placing the rows over {args.pes} PEs"):
-        rom = build_image(qnet, "eie", args.pes, index_bits=args.index_bits,
+        rom = build_image(qnet, dense_baseline().name, args.pes, index_bits=args.index_bits,
                           rel_bits=args.rel_bits if rel_bits is None else rel_bits,
                           balance=args.balance if balance is None else balance)
     return _fits(rom, args)
 
 
+def _analysis_rom(qnet, args, engine: str | None = None):
+    """The dense baseline engine's image for `engine` (default args.engine): the engine's own
+    when it is that engine; else one built without placement (its `unplaced` options: the
+    dense engine's cycles and the useful-MAC count do not depend on the placement), made in
+    milliseconds instead of the placement's seconds."""
+    base = dense_baseline()
+    if get(engine or args.engine) is base:
+        return _rom(qnet, args)
+    return _rom(qnet, args, **base.unplaced)
+
+
 def _image(qnet, args, rom, rel_bits=None):
-    """The image of args.engine: `rom` itself for the EIE engine, else built from the qnet
-    (same PEs and index_bits as `rom`; rel_bits: the given one, else --rel-bits, where auto is
-    the lockstep default, 4)."""
-    if args.engine == "eie":
+    """The image of args.engine: `rom` itself when it is one, else built from the qnet (same
+    PEs and index_bits as `rom`; rel_bits: the given one, else --rel-bits, where auto is the
+    engine's own choice)."""
+    if isinstance(rom, get(args.engine).image_type):
         return rom
-    from images import build_image
-    from images.eie import REL_BITS_AUTO, parse_rel_bits
-    from images.lockstep import DEFAULT_REL_BITS
-
-    from compress.progress import step
-
-    rb = parse_rel_bits(args.rel_bits if rel_bits is None else rel_bits)
     with step(f"{args.engine} image: placing the rows over {rom.pes} PEs"):
         img = build_image(qnet, args.engine, rom.pes, index_bits=rom.index_bits,
-                          rel_bits=DEFAULT_REL_BITS if rb == REL_BITS_AUTO else rb)
+                          rel_bits=args.rel_bits if rel_bits is None else rel_bits)
     return _fits(img, args)
 
 
@@ -211,27 +230,22 @@ def _fits(img, args):
 
 
 def _params(args, *, sparse=True, queue_depth=None):
-    from images import EngineParams
-
+    """The parameters of args.engine (sparse), or of the dense baseline engine (sparse=False)."""
     if not 1 <= args.queue_depth <= 64:
         raise InputError(f"--queue-depth must be 1..64, not {args.queue_depth!r}")
-    engine = getattr(args, "engine", "eie") if sparse else "eie"  # dense baseline: EIE's
-    if engine == "lockstep" and args.drain_share not in (1, 2, 4, 8, 16):
+    rec = get(args.engine) if sparse else dense_baseline()
+    if "drain_share" in rec.params.names() and args.drain_share not in DRAIN_SHARES:
         raise InputError(f"--drain-share must be 1, 2, 4, 8 or 16, not {args.drain_share!r}")
-    return EngineParams(queue_depth=args.queue_depth if queue_depth is None else queue_depth,
-                        acc_bits=args.acc_bits, sparse=sparse, max_width=args.max_width,
-                        drain_share=args.drain_share if engine == "lockstep" else 1)
+    return rec.params_for(queue_depth=args.queue_depth if queue_depth is None else queue_depth,
+                          acc_bits=args.acc_bits, sparse=sparse, max_width=args.max_width,
+                          drain_share=args.drain_share)
 
 
 def _sim(args) -> str:
     """The simulator of this command (--sim, else $TB_SIM, else Icarus), checked up front: a
     bad $TB_SIM or a missing Verilator is one line before any work."""
-    from tb.sim import default_sim
-
     sim = args.sim or default_sim()
     if sim == "verilator":
-        from tb.verilator import require
-
         require()
     args.sim = sim
     return sim
@@ -244,11 +258,9 @@ def _shards(x, k):
 
 def _simulate_parallel(b, x, jobs=2):
     """Simulate x in up to `jobs` simulator processes at once; results in input order."""
-    from tb.sim import SimResult, sim_pool, simulate
-
     parts = _shards(x, jobs)
     with sim_pool(jobs) as ex:
-        res = list(ex.map(lambda i: simulate(b, x[i]), parts))
+        res = list(ex.map(lambda i: tbsim.simulate(b, x[i]), parts))
     return SimResult(
         outputs=np.concatenate([r.outputs for r in res]),
         cycles=np.concatenate([r.cycles for r in res]),
@@ -257,11 +269,6 @@ def _simulate_parallel(b, x, jobs=2):
 
 
 def cmd_run(args):
-    from compress.atomic import atomic_path, refuse_same_path
-    from compress.atomic import save_npy
-    from compress.qnet import load_inputs, load_qnet
-    from tb.sim import build
-
     refuse_same_path(args.out, args.model, args.inputs)
     refuse_same_path(args.stats, args.model, args.inputs, what="--stats")
     if args.stats and Path(args.stats).resolve() == Path(args.out).resolve():
@@ -272,23 +279,21 @@ def cmd_run(args):
     jobs = os.environ.get("TB_JOBS", "2")
     if not jobs.isdigit() or not 1 <= int(jobs) <= 64:
         raise InputError(f"TB_JOBS must be a number 1..64, not {jobs!r}")
-    qnet = load_qnet(args.model, index_bits=args.index_bits)
+    qnet = load_qnet(args.model, index_bits=args.index_bits).require_fc()
     x = load_inputs(args.inputs, qnet.in_features)
     if args.count is not None:
         if args.count < 1:
             raise InputError(f"--count must be >= 1, not {args.count}")
         x = x[: args.count]
-    if args.dense and args.engine == "lockstep":
-        raise InputError("--dense is the EIE engine's baseline: not with --engine lockstep")
-    # the lockstep engine takes only the PE count and index width of an EIE image: one
-    # without placement, in milliseconds
-    rom = _rom(qnet, args) if args.engine == "eie" else \
-        _rom(qnet, args, rel_bits=4, balance=False)
+    if args.dense and not get(args.engine).has_dense:
+        base = dense_baseline()
+        raise InputError(f"--dense is the {base.title(base.params())}'s baseline: not with "
+                         f"--engine {args.engine}")
+    rom = _analysis_rom(qnet, args)
     img = _image(qnet, args, rom)
-    from compress.progress import step
-
+    params = _params(args, sparse=not args.dense)
     with step(f"building the engine's Verilog for {SIM_NAMES[args.sim]}"):
-        b = build(img, _params(args, sparse=not args.dense), sim=args.sim)
+        b = tbsim.build(img, params, sim=args.sim)
     print(f"simulating {len(x)} inputs on the RTL engine ({args.pes} PEs, "
           f"{SIM_NAMES[b.sim]})", flush=True)
     with step(f"simulating {len(x)} inputs"):
@@ -301,7 +306,7 @@ def cmd_run(args):
             "engine": "dense" if args.dense else "sparse",
             "design": args.engine,
             "simulator": b.sim,
-            "queue_depth": args.queue_depth, "acc_bits": args.acc_bits,
+            "queue_depth": params.queue_depth, "acc_bits": args.acc_bits,
             "index_bits": args.index_bits, "rel_bits": img.rel_bits,
             "balanced": args.balance,
         }
@@ -318,8 +323,7 @@ def _cycles(n: int) -> str:
 
 def cmd_sim(args):
     from compress.golden import golden, predict
-    from tb.analysis import breakdown, utilisation
-    from tb.sim import build, sim_pool
+    from tb.analysis import report
 
     _sim(args)
     t0 = time.time()
@@ -348,29 +352,21 @@ def cmd_sim(args):
     full_x, full_labels = x, labels
     x = x[:count]
     labels = labels[:count] if labels is not None else None
-    # The lockstep engine needs no EIE image: the dense baseline and the useful-MAC count take
-    # one with interleaved rows (the dense engine's cycles do not depend on the placement),
-    # made in milliseconds instead of the EIE placement's seconds.
-    rom = _rom(qnet, args) if args.engine == "eie" else \
-        _rom(qnet, args, rel_bits=4, balance=False)
+    rom = _analysis_rom(qnet, args)
     img = _image(qnet, args, rom)
     p_sparse, p_dense = _params(args), _params(args, sparse=False)
-    from compress.progress import step
-
     with step(f"building the engines' Verilog for {SIM_NAMES[args.sim]}"), sim_pool(2) as ex:
-        fb_s = ex.submit(build, img, p_sparse, sim=args.sim)
-        fb_d = ex.submit(build, rom, p_dense, sim=args.sim) if args.dense_count else None
+        fb_s = ex.submit(tbsim.build, img, p_sparse, sim=args.sim)
+        fb_d = ex.submit(tbsim.build, rom, p_dense, sim=args.sim) if args.dense_count else None
         b_s = fb_s.result()
         b_d = fb_d.result() if fb_d else None
     t_build = time.time() - t0
     nd = max(1, min(args.dense_count, len(x))) if b_d else 0
-    from tb.sim import simulate
-
     with step(f"simulating {len(x)} inputs"), sim_pool(1) as ex:
         # two simulators at once, one per core: the dense baseline (one long run) and the
         # sparse engine over all the inputs
-        f_d = ex.submit(simulate, b_d, x[:nd]) if b_d else None
-        r = simulate(b_s, x)
+        f_d = ex.submit(tbsim.simulate, b_d, x[:nd]) if b_d else None
+        r = tbsim.simulate(b_s, x)
         rd = f_d.result() if f_d else None
     t_sim = time.time() - t0 - t_build
     g = golden(qnet, x, acc_bits=args.acc_bits)
@@ -380,10 +376,8 @@ def cmd_sim(args):
     gpred = predict(g)
     L = qnet.num_layers
 
-    name = "EIE engine" if args.engine == "eie" else \
-        f"lockstep engine (drain_share {args.drain_share})"
-    print(f"{name} in cocotb + {SIM_NAMES[b_s.sim]}: "
-          f"{args.pes} PEs, queue depth {args.queue_depth}, index_bits {args.index_bits}, "
+    print(f"{get(args.engine).title(p_sparse)} in cocotb + {SIM_NAMES[b_s.sim]}: "
+          f"{args.pes} PEs, queue depth {p_sparse.queue_depth}, index_bits {args.index_bits}, "
           f"rel_bits {img.rel_bits}, acc_bits {args.acc_bits}, rows "
           f"{'balanced' if args.balance else 'interleaved'}")
     for line in notes:
@@ -425,34 +419,8 @@ def cmd_sim(args):
               f"{comp_d.mean():.0f} compute; speedup of sparsity "
               f"{comp_d.mean() / comp.mean():.2f}x on compute cycles, "
               f"{rd.cycles.mean() / r.cycles.mean():.2f}x per inference")
-    util, ideal = utilisation(qnet, rom, x, r.layer_cycles, args.acc_bits)
-    if args.engine == "lockstep":
-        from compress.golden import run_layers
-        from images.lockstep import lockstep_cycles
-
-        slots = lockstep_cycles(img, [x] + run_layers(qnet, x, acc_bits=args.acc_bits)[:-1])
-        print(f"MAC utilisation: {100 * util:.1f}% of {args.pes} PEs x compute cycles; the slot "
-              f"cycles alone (max over PEs per column) allow "
-              f"{100 * util * comp.mean() / slots.sum(axis=1).mean():.1f}%")
-        print("per layer (mean): " + ", ".join(
-            f"l{i} {r.layer_cycles[:, i].mean():.1f} cycles = {slots[:, i].mean():.1f} slot "
-            f"+ {r.layer_cycles[:, i].mean() - slots[:, i].mean():.1f} preload/pipeline/drain"
-            for i in range(L)))
-        print()
-        print(f"wall time {time.time() - t0:.1f} s (builds {t_build:.1f} s, simulation "
-              f"{t_sim:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-        return 0 if exact.all() and dense_ok else 1
-    place = "balanced" if rom.balanced else "interleaved"
-    print(f"MAC utilisation: {100 * util:.1f}% of {args.pes} PEs x compute cycles "
-          f"(ideal {100 * ideal:.1f}%: the load imbalance of the ROM's {place} rows alone)")
-    print()
-    print("where the cycles go, per layer (mean per inference; cycles = ideal + the rest):")
-    print("layer  cycles  useful-MACs  ideal  util   imbalance  fillers  front-end  output  other")
-    for row in breakdown(qnet, rom, x, r.layer_cycles, args.acc_bits):
-        print(f"l{row['layer']:<4d} {row['cycles']:7.1f}  {row['useful_macs']:11.1f} "
-              f"{row['ideal']:6.1f}  {100 * row['utilisation']:5.1f}%  {row['imbalance']:9.1f}"
-              f"  {row['fillers']:7.1f}  {row['frontend']:9.1f}  {row['output']:6.1f}"
-              f"  {row['other']:5.1f}")
+    for line in report(qnet, rom, img, x, r.layer_cycles, args.acc_bits):
+        print(line)
     print()
     print(f"wall time {time.time() - t0:.1f} s (builds {t_build:.1f} s, simulation {t_sim:.1f} s; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
@@ -471,9 +439,7 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def cmd_sweep(args):
-    from compress.atomic import atomic_path, refuse_same_path
-    from tb.analysis import utilisation
-    from tb.sim import build, sim_pool
+    from tb.analysis import utilisation  # torch: the golden model
 
     refuse_same_path(args.out, args.model, args.inputs)
     check_output(args.out)  # before the sweep, not after it
@@ -485,16 +451,12 @@ def cmd_sweep(args):
     if args.count < 1:
         raise InputError(f"--count must be >= 1, not {args.count}")
     x = x[: args.count]
-    from images.eie import parse_rel_bits
-
     rels = [parse_rel_bits(v) for v in args.rel_bits_list.split(",")]
-    if "auto" in rels:
+    if REL_BITS_AUTO in rels:
         raise InputError("--rel-bits-list takes integers 1..12 (--rel-bits may be auto)")
     rb0 = parse_rel_bits(args.rel_bits)  # the base of the sweep, resolved for the engine
-    if rb0 == "auto":
-        from images.lockstep import DEFAULT_REL_BITS
-
-        rb0 = _rom(qnet, args).rel_bits if args.engine == "eie" else DEFAULT_REL_BITS
+    if rb0 == REL_BITS_AUTO:
+        rb0 = _image(qnet, args, _rom(qnet, args)).rel_bits
     # (variant, queue depth, rel_bits, sparse, balanced rows)
     bal = args.balance
     configs = [("depth", d, rb0, True, bal) for d in depths]
@@ -507,10 +469,8 @@ def cmd_sweep(args):
     def one(cfg):
         _kind, depth, rb, sparse, b_ = cfg
         img = _image(qnet, args, roms[rb, b_], rel_bits=rb) if sparse else roms[rb, b_]
-        b = build(img, _params(args, sparse=sparse, queue_depth=depth), sim=args.sim)
-        from tb.sim import simulate
-
-        r = simulate(b, x if sparse else x[:1])
+        b = tbsim.build(img, _params(args, sparse=sparse, queue_depth=depth), sim=args.sim)
+        r = tbsim.simulate(b, x if sparse else x[:1])
         return r
 
     with sim_pool(2) as ex:
@@ -556,17 +516,13 @@ def cmd_speed(args):
     """Simulated engine cycles per second of each simulator, measured one after the other on
     the same network, inputs and parameters; every run checked against the golden model and
     the simulators against each other (outputs, cycles and per-layer cycles)."""
-    from compress.atomic import atomic_path, refuse_same_path
-    from compress.golden import golden
-    from tb.sim import build, build_key, build_root, simulate, waves_enabled
+    from compress.golden import golden  # torch
 
     refuse_same_path(args.out, args.model, args.inputs)
     check_output(args.out)
     sims = _list(args.sims, SIMULATORS, "--sims")
-    engines = _list(args.engines, ("eie", "lockstep"), "--engines")
+    engines = _list(args.engines, names(), "--engines")
     if "verilator" in sims:
-        from tb.verilator import require
-
         require()
     if args.count < 2:
         raise InputError(f"--count must be >= 2, not {args.count}")
@@ -582,9 +538,7 @@ def cmd_speed(args):
           "cycles/s-after-start-up  bit-exact  same-as-first")
     for engine in engines:
         args.engine = engine
-        rom = _rom(qnet, args) if engine == "eie" else _rom(qnet, args, rel_bits=4,
-                                                              balance=False)
-        img = _image(qnet, args, rom)
+        img = _image(qnet, args, _analysis_rom(qnet, args))
         params = _params(args)
         first = None
         for sim in sims:
@@ -592,14 +546,14 @@ def cmd_speed(args):
                      / ".built")
             cached = stamp.exists()
             t = time.perf_counter()
-            b = build(img, params, sim=sim)
+            b = tbsim.build(img, params, sim=sim)
             t_build = time.perf_counter() - t
             # one input alone: the fixed cost of a run (simulator and Python start-up, reset)
             t = time.perf_counter()
-            r1 = simulate(b, x[:1])
+            r1 = tbsim.simulate(b, x[:1])
             t_one = time.perf_counter() - t
             t = time.perf_counter()
-            r = simulate(b, x)
+            r = tbsim.simulate(b, x)
             t_run = time.perf_counter() - t
             cycles = int(r.cycles.sum())
             extra = cycles - int(r1.cycles.sum())
@@ -660,8 +614,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         args = build_parser().parse_args(argv)
-        if not 1 <= args.pes <= 16:
-            raise InputError(f"--pes must be 1..16, not {args.pes!r}")
+        check_pes(args.pes)
+        _engine_defaults(args)
         return COMMANDS[args.cmd](args)
 
     return run_main(body, debug_env="TB_DEBUG")

@@ -6,16 +6,14 @@ the driver holds i_act.valid low / the monitor holds o_act.ready low in a cycle)
 TB_RESET (1: start an inference, reset the engine in its middle, then run the vectors cleanly),
 TB_MAX_CYCLES (per vector, a hang guard), TB_BACK_TO_BACK (1: inputs back to back, below).
 
-One coroutine drives both streams on the falling clock edge, when every signal is stable: it
-samples ready/valid, decides the transfer that the next rising edge makes and sets the next
-word. While the engine computes (nothing to send, no word on o_act) it sleeps until o_act.valid
-rises, so the Python work is a few operations per streamed word, not per compute cycle.
+The streams are driven as every bench drives them (tb/cocotb_drive.py: `send` beside
+`receive`, on the falling clock edge, sleeping while the engine computes), one input at a time.
 
 Back to back (TB_BACK_TO_BACK=1, for an engine that loads the next input while it computes):
-a driver coroutine pushes input k + 1 as soon as i_act is ready, and the monitor takes the
-outputs concurrently, reading each inference's latched counters the cycle after its last output
-word. `cycles` then holds the interval between results (the first one's from its first input
-word), so the stream's length is their sum and sum / N is the cycles per inference.
+`send` pushes input k + 1 as soon as i_act is ready, and `receive` takes the outputs
+concurrently, each inference's latched counters read right after its last output word.
+`cycles` then holds the interval between results (the first one's from its first input word),
+so the stream's length is their sum and sum / N is the cycles per inference.
 """
 
 from __future__ import annotations
@@ -27,7 +25,9 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge, with_timeout
+from cocotb.triggers import ClockCycles, FallingEdge
+
+from tb.cocotb_drive import layer_cycles, receive, send
 
 
 def _env_float(name: str, default: float = 0.0) -> float:
@@ -41,11 +41,6 @@ async def _reset(dut, cycles: int = 2):
     dut.rst.value = 0
 
 
-def _layer_cycles(dut, layers: int) -> list[int]:
-    word = dut.layer_cycles.value.to_unsigned()
-    return [(word >> (32 * i)) & 0xFFFFFFFF for i in range(layers)]
-
-
 @cocotb.test()
 async def engine_vectors(dut):
     io = Path(os.environ["TB_IO"])
@@ -55,6 +50,8 @@ async def engine_vectors(dut):
     stall_in = _env_float("TB_STALL_IN")
     stall_out = _env_float("TB_STALL_OUT")
     rng = random.Random(int(os.environ.get("TB_SEED", "0")))
+    # the driver draws its stalls from its own generator (tb/cocotb_drive.py)
+    rng_in = random.Random(rng.random())
     max_cycles = int(os.environ.get("TB_MAX_CYCLES", "2000000"))
 
     Clock(dut.clk, 10, unit="ns").start()
@@ -65,65 +62,27 @@ async def engine_vectors(dut):
 
     if os.environ.get("TB_RESET", "0") == "1" and len(x):
         # an inference cut short by a reset: all of vector 0 in, a few compute cycles, reset
-        await FallingEdge(dut.clk)
-        for w in x[0]:
-            dut.i_act__valid.value = 1
-            dut.i_act__payload.value = int(w)
-            await FallingEdge(dut.clk)
-            while not dut.i_act__ready.value:
-                await FallingEdge(dut.clk)
-        dut.i_act__valid.value = 0
+        await send(dut, x[0])
         await ClockCycles(dut.clk, 3 + rng.randrange(40))
         await _reset(dut, 3)
 
     if os.environ.get("TB_BACK_TO_BACK", "0") == "1":
         ys, cycles, lcycles = await _back_to_back(dut, x, out_features, layers, stall_in,
-                                                  stall_out, rng, max_cycles)
+                                                  stall_out, rng, rng_in, max_cycles)
         _save(io, ys, cycles, lcycles)
         return
     ys = np.zeros((len(x), out_features), dtype=np.int16)
     cycles = np.zeros(len(x), dtype=np.int64)
     lcycles = np.zeros((len(x), layers), dtype=np.int64)
     for n, vec in enumerate(x):
-        words = [int(w) for w in vec]
-        i = 0  # next input word
-        got = []
-        presenting = False
-        budget = max_cycles
-        await FallingEdge(dut.clk)
-        while len(got) < out_features:
-            budget -= 1
-            if budget < 0:
-                raise AssertionError(f"vector {n}: no result within {max_cycles} cycles")
-            if i >= len(words) and not got and not dut.o_act__valid.value:
-                # all words in (the last one at an earlier edge), computing: sleep until the
-                # first output word appears
-                dut.i_act__valid.value = 0
-                await with_timeout(RisingEdge(dut.o_act__valid), max_cycles * 10, "ns")
-                await FallingEdge(dut.clk)
-            # input side: keep valid once raised until the word is taken
-            if i < len(words):
-                if not presenting and (stall_in == 0 or rng.random() >= stall_in):
-                    presenting = True
-                    dut.i_act__payload.value = words[i]
-                dut.i_act__valid.value = int(presenting)
-                if presenting and dut.i_act__ready.value:
-                    i += 1
-                    presenting = False
-            else:
-                dut.i_act__valid.value = 0
-            # output side
-            ready = int(stall_out == 0 or rng.random() >= stall_out)
-            dut.o_act__ready.value = ready
-            if ready and dut.o_act__valid.value:
-                got.append(dut.o_act__payload.value.to_signed())
-            await FallingEdge(dut.clk)
-        dut.o_act__ready.value = 0
+        driver = cocotb.start_soon(send(dut, vec, stall_in=stall_in, rng=rng_in))
+        ys[n] = await receive(dut, out_features, stall_out=stall_out, rng=rng,
+                              max_cycles=max_cycles, what=f"vector {n}")
+        await driver
         # the counters latch with the last transfer; they are stable one edge later
         await FallingEdge(dut.clk)
-        ys[n] = got
         cycles[n] = dut.cycles.value.to_unsigned()
-        lcycles[n] = _layer_cycles(dut, layers)
+        lcycles[n] = layer_cycles(dut, layers)
         if dut.busy.value:
             raise AssertionError(f"vector {n}: busy after the last output word")
 
@@ -137,55 +96,21 @@ def _save(io: Path, ys, cycles, lcycles) -> None:
         os.replace(tmp, io / f"{name}.npy")
 
 
-async def _drive(dut, x, stall_in: float, rng) -> None:
-    """Every input word as soon as i_act takes it, input after input (falling edges: ready is
-    a function of registers, so its value now is its value at the next rising edge)."""
-    words = [int(w) for vec in x for w in vec]
-    i = 0
-    presenting = False
-    await FallingEdge(dut.clk)
-    while i < len(words):
-        if not presenting and (stall_in == 0 or rng.random() >= stall_in):
-            presenting = True
-            dut.i_act__payload.value = words[i]
-        dut.i_act__valid.value = int(presenting)
-        if presenting and dut.i_act__ready.value:
-            i += 1
-            presenting = False
-        await FallingEdge(dut.clk)
-    dut.i_act__valid.value = 0
-
-
-async def _back_to_back(dut, x, out_features, layers, stall_in, stall_out, rng, max_cycles):
+async def _back_to_back(dut, x, out_features, layers, stall_in, stall_out, rng, rng_in,
+                        max_cycles):
     ys = np.zeros((len(x), out_features), dtype=np.int16)
     cycles = np.zeros(len(x), dtype=np.int64)
     lcycles = np.zeros((len(x), layers), dtype=np.int64)
-    # the driver draws its stalls from its own generator: the monitor's draws do not depend
-    # on how the two coroutines interleave
-    driver = cocotb.start_soon(_drive(dut, x, stall_in, random.Random(rng.random())))
+    # every input word as soon as i_act takes it, input after input
+    driver = cocotb.start_soon(send(dut, x.reshape(-1), stall_in=stall_in, rng=rng_in))
     await FallingEdge(dut.clk)
     for n in range(len(x)):
-        got = []
-        budget = max_cycles
-        while len(got) < out_features:
-            budget -= 1
-            if budget < 0:
-                raise AssertionError(f"vector {n}: no result within {max_cycles} cycles")
-            if not got and not dut.o_act__valid.value:
-                dut.o_act__ready.value = 0
-                await with_timeout(RisingEdge(dut.o_act__valid), max_cycles * 10, "ns")
-                await FallingEdge(dut.clk)
-            ready = int(stall_out == 0 or rng.random() >= stall_out)
-            dut.o_act__ready.value = ready
-            if ready and dut.o_act__valid.value:
-                got.append(dut.o_act__payload.value.to_signed())
-            await FallingEdge(dut.clk)
-        dut.o_act__ready.value = 0
+        ys[n] = await receive(dut, out_features, stall_out=stall_out, rng=rng,
+                              max_cycles=max_cycles, what=f"vector {n}")
         # latched with the last transfer (at the rising edge just passed): stable now, and
         # until the next inference's last output word
-        ys[n] = got
         cycles[n] = dut.cycles.value.to_unsigned()
-        lcycles[n] = _layer_cycles(dut, layers)
+        lcycles[n] = layer_cycles(dut, layers)
     await driver
     await FallingEdge(dut.clk)
     if dut.busy.value:

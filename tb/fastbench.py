@@ -1,8 +1,8 @@
 """The engine in a Verilator testbench with no Python in the loop (docs/verification.md).
 
-The engine's Verilog comes from the same path as the cocotb bench's (`tb.sim.engine_for`,
-Amaranth's `verilog.convert`); every memory's initial contents are then taken out of it: each
-`initial` block that fills a memory word by word becomes a `$readmemh` of `<mems>/<memory>.hex`,
+The engine's Verilog comes from the same path as the cocotb bench's (`tb.sim.engine_verilog`);
+every memory's initial contents are then taken out of it: each `initial` block that fills a
+memory word by word becomes a `$readmemh` of `<mems>/<memory>.hex`,
 `<mems>` given at run time (`+mems=DIR`). What is left (the "template", engine.sv) is the logic
 alone, so networks that differ only in their memories' contents run on one binary. The bench
 (tb/verilog/engine_tb.sv) streams the input vectors in from a hex file and writes outputs and the
@@ -18,7 +18,7 @@ Builds are cached under build/fastbench/ (or $FASTBENCH_BUILD_DIR):
   (`tb.sim.build_key`) -> t, so an unchanged image is not converted again.
 
 `build(image, params)` gives a `FastBuild`; `write_mems(fb, image, params, dir)` writes the
-image's memories for it (from `images.memmap.memory_specs`: no Verilog needed, each checked
+image's memories for it (from `images.memory_specs`: no Verilog needed, each checked
 against the binary's width and depth); `run(fb, mems_dir, x)` runs vectors. `build(..., key=K)`
 indexes a binary under a key of the caller's: `tb.randomnets.shape_key` names what must be equal
 for two images to share a binary without converting the second one (`template_of` gives the
@@ -43,11 +43,10 @@ import numpy as np
 
 from compress.atomic import check_build_dir, file_lock
 from compress.errors import InputError
-from images import EngineParams
-from images.memmap import memory_specs
+from images import EngineParams, memory_specs
 
 from . import verilator as vl
-from .sim import REPO, build_key, engine_for, run_in_group
+from .sim import REPO, build_key, default_params, engine_verilog, run_in_group
 
 TB_SOURCE = Path(__file__).resolve().parent / "verilog" / "engine_tb.sv"
 CPU_TIME = TB_SOURCE.with_name("cpu_time.cpp")  # the bench's CPU clock (DPI)
@@ -104,29 +103,15 @@ def split_memories(text: str) -> tuple[str, dict[str, dict]]:
     return template, mems
 
 
-def template_of(image, params: EngineParams = EngineParams()) -> tuple[str, dict]:
+def template_of(image, params: EngineParams | None = None) -> tuple[str, dict]:
     """The engine's Verilog for `image` split by `split_memories` (one Amaranth conversion)."""
-    from amaranth.back import verilog
-
-    from hw import EngineConfigError
-
-    try:
-        top = engine_for(image, params)
-        text = verilog.convert(top, name="engine", emit_src=False)
-    except BaseException as e:
-        from amaranth._unused import MustUse
-
-        MustUse._MustUse__silence = True  # a refused engine is not an unused one
-        if isinstance(e, EngineConfigError):
-            raise InputError(str(e)) from None
-        raise
-    return split_memories(text)
+    return split_memories(engine_verilog(image, params, name="engine"))
 
 
-def spec_words(image, params: EngineParams = EngineParams()) -> dict[str, tuple[int, int, list]]:
+def spec_words(image, params: EngineParams | None = None) -> dict[str, tuple[int, int, list]]:
     """{verilog memory name: (width, spec depth, init words)} from the image's memory map."""
     out = {}
-    for s in memory_specs(image, acc_bits=params.acc_bits):
+    for s in memory_specs(image, default_params(image) if params is None else params):
         out[s.name.replace(".", "_")] = (s.width, s.depth, list(s.init))
     return out
 
@@ -204,7 +189,8 @@ def split_memories_decls(template: str) -> dict[str, dict]:
             for name, last in _LOAD.findall(template)}
 
 
-def _key_file(image, params: EngineParams, key: str | None) -> Path:
+def _key_file(image, params: EngineParams | None, key: str | None) -> Path:
+    params = default_params(image) if params is None else params
     key = key or build_key(image, params, False)
     key = hashlib.sha256((key + _bench_hash()).encode()).hexdigest()[:20]  # and this bench
     return build_root() / "keys" / f"{key}.json"
@@ -216,7 +202,7 @@ def _load(d: Path, build_seconds: float = 0.0) -> FastBuild:
                      layers=meta["layers"], mems=meta["mems"], build_seconds=build_seconds)
 
 
-def lookup(image, params: EngineParams = EngineParams(), *, key: str | None = None
+def lookup(image, params: EngineParams | None = None, *, key: str | None = None
            ) -> FastBuild | None:
     """The cached binary for `image` and `params` (or for `key`), or None."""
     kfile = _key_file(image, params, key)
@@ -228,7 +214,8 @@ def lookup(image, params: EngineParams = EngineParams(), *, key: str | None = No
     return _load(d)
 
 
-def remember(image, params: EngineParams, fb: FastBuild, *, key: str | None = None) -> None:
+def remember(image, params: EngineParams | None, fb: FastBuild, *, key: str | None = None
+             ) -> None:
     """Index `fb` under the key of `image` and `params` (or `key`)."""
     kfile = _key_file(image, params, key)
     kfile.parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +224,7 @@ def remember(image, params: EngineParams, fb: FastBuild, *, key: str | None = No
     os.replace(tmp, kfile)
 
 
-def build(image, params: EngineParams = EngineParams(), *, key: str | None = None
+def build(image, params: EngineParams | None = None, *, key: str | None = None
           ) -> FastBuild:
     """The bench binary for `image` (cached): `key` names the template in the key index
     (default: `tb.sim.build_key`, the image digest, parameters and sources)."""
@@ -254,7 +241,7 @@ def build(image, params: EngineParams = EngineParams(), *, key: str | None = Non
     return fb
 
 
-def write_mems(fb: FastBuild, image, params: EngineParams, d: Path) -> None:
+def write_mems(fb: FastBuild, image, params: EngineParams | None, d: Path) -> None:
     """The image's memory contents as `<name>.hex` files in `d`, for the binary `fb`."""
     words = spec_words(image, params)
     if set(words) != set(fb.mems):
@@ -343,7 +330,7 @@ def _runs() -> Path:
     return check_build_dir(build_root() / "runs", "FASTBENCH_BUILD_DIR")
 
 
-def simulate(image, x: np.ndarray, params: EngineParams = EngineParams(), **kw) -> FastResult:
+def simulate(image, x: np.ndarray, params: EngineParams | None = None, **kw) -> FastResult:
     """Build (cached) and run: the image's memories written to a temporary directory."""
     fb = build(image, params)
     with tempfile.TemporaryDirectory(prefix="mems-", dir=_runs()) as td:

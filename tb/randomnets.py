@@ -29,13 +29,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from compress.qnet import Layer, QNet
-from images import EngineParams, build_image, kind_of
+from images import EngineParams, build_image, get
+from images.eie import EieParams
+from images.lockstep import LockstepParams
 
 from . import fastbench
 from .sim import source_hash as _source_hash
@@ -48,20 +50,24 @@ source_hash = functools.cache(_source_hash)
 @dataclass(frozen=True)
 class Shape:
     name: str
-    engine: str  # "eie" or "lockstep"
+    engine: str  # a registered engine (images.engines)
     pes: int
     sizes: tuple[int, ...]
     shifts: tuple[int, ...]
     rel_bits: int = 4
-    params: EngineParams = EngineParams()
+    params: EngineParams | None = None  # the engine's parameters (None: its own defaults)
     weight_scale: int = 2000  # codebook values in -scale..scale (+-32767: saturation)
     bias_scale: int = 1 << 16
     relu_last: bool = False
     run: dict = field(default_factory=dict, hash=False)  # fastbench.run keywords
     image: dict = field(default_factory=dict, hash=False)  # build_image keywords
 
+    def __post_init__(self):
+        if self.params is None:
+            object.__setattr__(self, "params", get(self.engine).params())
 
-_LS = EngineParams(queue_depth=2)  # the lockstep engine's own default queue
+
+_LS = LockstepParams()  # the lockstep engine's own default queue (2)
 SHAPES = [
     Shape("eie-1pe-1layer-stalls", "eie", 1, (24, 10), (6,),
           run={"stall_in": 0.3, "stall_out": 0.3}),
@@ -72,10 +78,10 @@ SHAPES = [
           run={"reset_mid": True, "stall_in": 0.2}),
     Shape("eie-8pe-fewer-rows-saturate", "eie", 8, (40, 6, 3), (0, 0), weight_scale=32767),
     Shape("eie-16pe-acc-wrap-rel2", "eie", 16, (48, 33, 20), (3, 62), rel_bits=2,
-          params=EngineParams(acc_bits=20), weight_scale=32767, bias_scale=1 << 30,
+          params=EieParams(acc_bits=20), weight_scale=32767, bias_scale=1 << 30,
           run={"stall_in": 0.1, "stall_out": 0.1}),
     Shape("eie-3pe-depth1-rel3", "eie", 3, (26, 15, 6), (8, 5), rel_bits=3,
-          params=EngineParams(queue_depth=1)),
+          params=EieParams(queue_depth=1)),
     Shape("eie-8pe-1x1", "eie", 8, (1, 1), (4,)),
     Shape("eie-8pe-1x6-6x1", "eie", 8, (1, 6, 1), (4, 3)),
     Shape("eie-3pe-1-1-1", "eie", 3, (1, 1, 1), (2, 0), relu_last=True),
@@ -90,10 +96,10 @@ SHAPES = [
     Shape("ls-8pe-fewer-rows-saturate", "lockstep", 8, (40, 6, 3), (0, 0), params=_LS,
           weight_scale=32767),
     Shape("ls-16pe-acc-wrap-rel2-share4", "lockstep", 16, (48, 33, 20), (3, 62), rel_bits=2,
-          params=EngineParams(acc_bits=20, queue_depth=2, drain_share=4), weight_scale=32767,
+          params=LockstepParams(acc_bits=20, queue_depth=2, drain_share=4), weight_scale=32767,
           bias_scale=1 << 30, run={"stall_in": 0.1, "stall_out": 0.1}),
     Shape("ls-3pe-depth1-rel3", "lockstep", 3, (26, 15, 6), (8, 5), rel_bits=3,
-          params=EngineParams(queue_depth=1)),
+          params=LockstepParams(queue_depth=1)),
     Shape("ls-8pe-1x1", "lockstep", 8, (1, 1), (4,), params=_LS),
     Shape("ls-8pe-1x6-6x1", "lockstep", 8, (1, 6, 1), (4, 3), params=_LS),
     Shape("ls-3pe-1-1-1", "lockstep", 3, (1, 1, 1), (2, 0), params=_LS, relu_last=True),
@@ -120,7 +126,8 @@ def network(shape: Shape, seed: int) -> QNet:
     n = len(shape.sizes) - 1
     for i in range(n):
         n_in, n_out = shape.sizes[i], shape.sizes[i + 1]
-        cb = _codebook(shape_rng if shape.engine == "lockstep" else rng, shape.weight_scale)
+        cb = _codebook(shape_rng if get(shape.engine).codebook_in_logic else rng,
+                       shape.weight_scale)
         density = float(rng.choice([0.0, 0.03, 0.1, 0.3, 0.6, 1.0, rng.random()]))
         mask = rng.random((n_out, n_in)) < density
         if n_in > 1 and rng.random() < 0.5:  # all-zero columns
@@ -148,46 +155,19 @@ def inputs(shape: Shape, seed: int, count: int) -> np.ndarray:
     return x
 
 
-def _bound(in_features, rows) -> int:
-    return int(sum(int(a) * int(r) for a, r in zip(in_features, rows)))
-
-
 def padded_image(shape: Shape, qnet: QNet):
-    """The image of `qnet` for `shape`, its memories padded to the shape's depths."""
+    """The image of `qnet` for `shape`, its memories padded to the shape's depths (the
+    engine's `padded`)."""
     img = build_image(qnet, shape.engine, shape.pes, index_bits=INDEX_BITS,
                       rel_bits=shape.rel_bits, **shape.image)
-    ins = [rl.in_features for rl in img.layers]
-    if kind_of(img) == "eie":
-        ents = []
-        for k, e in enumerate(img.entries):
-            bound = _bound(ins, [rl.rows[k] for rl in img.layers])
-            assert len(e) <= bound or bound == 0, (len(e), bound)
-            ents.append(np.concatenate([e, np.zeros(bound - len(e), e.dtype)]))
-        return replace(img, entries=ents)
-    bound = _bound(ins, [ll.rows_per_pe for ll in img.layers])
-    s = img.num_slots
-    assert s <= bound, (s, bound)
-    slots = np.concatenate([img.slots, np.zeros((bound - s, img.pes), img.slots.dtype)])
-    col_ptr = img.col_ptr.copy()
-    col_ptr[-1] = bound  # the last column gets the padding slots
-    return replace(img, slots=slots, col_ptr=col_ptr)
+    return get(shape.engine).padded(img)
 
 
 def shape_key(shape: Shape, img) -> str:
     """What is logic in the engine of `img`: equal keys, equal Verilog but for memory contents."""
     d = {"shape": [shape.engine, shape.pes, list(shape.sizes), list(shape.shifts),
                    shape.rel_bits, shape.relu_last, shape.params.as_dict()],
-         "src": source_hash()}
-    if kind_of(img) == "eie":
-        d["layers"] = [[rl.in_features, rl.out_features, rl.shift, bool(rl.relu), rl.rows,
-                        rl.ptr_base, rl.bias_base] for rl in img.layers]
-        d["mems"] = [[len(e), len(p), len(b)] for e, p, b in zip(img.entries, img.ptr, img.bias)]
-        d["codebook"] = len(img.codebook)
-    else:
-        d["layers"] = [[ll.in_features, ll.out_features, ll.shift, bool(ll.relu),
-                        ll.codebook.tolist(), ll.col_base, ll.rows_per_pe, ll.bias_base]
-                       for ll in img.layers]
-        d["mems"] = [int(img.num_slots), len(img.col_ptr), list(img.bias.shape)]
+         "src": source_hash(), **get(shape.engine).logic_of(img)}
     return "shape-" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from compress.atomic import check_build_dir, file_lock
 from compress.errors import InputError
-from images import EngineParams, image_digest, kind_of
+from images import EngineParams, engine_of, image_digest
 
 REPO = Path(__file__).resolve().parents[1]
 TOPLEVEL = "engine"
@@ -284,19 +284,34 @@ def runner_for(sim: str):
     return {"icarus": icarus_runner, "verilator": verilator_runner}[check_sim(sim)]()
 
 
-def engine_for(image, params: EngineParams):
-    """The engine component of `image` (its type decides which: `hw.make_engine`)."""
-    from hw import make_engine
+def default_params(image) -> EngineParams:
+    """The parameters the RTL benches give the engine of `image` when not told (the
+    registry's defaults for "sim")."""
+    return engine_of(image).defaults_for().params
 
-    if kind_of(image) == "lockstep" and not params.sparse:
-        raise InputError("the lockstep engine has no dense baseline (use engine eie)")
-    return make_engine(image, **params.as_dict())
+
+def engine_for(image, params: EngineParams | None = None):
+    """The engine component of `image` (the registry's: `hw.make_engine`); a network or
+    parameters the engine cannot take are InputError (one line), before anything is made."""
+    from hw import EngineConfigError, make_engine
+
+    try:
+        return make_engine(image, default_params(image) if params is None else params)
+    except EngineConfigError as e:
+        raise InputError(str(e)) from None
+
+
+def engine_verilog(image, params: EngineParams | None = None, *, name: str = TOPLEVEL) -> str:
+    """The engine's Verilog for `image` (`emit_src=False`: the same bytes every time)."""
+    from amaranth.back import verilog
+
+    return verilog.convert(engine_for(image, params), name=name, emit_src=False)
 
 
 def build_key(image, params: EngineParams, waves: bool, sim: str = "icarus") -> str:
     """The build directory's name: image, parameters, waveforms, simulator and the Verilog's
     sources."""
-    key_src = json.dumps({"image": image_digest(image, **params.as_dict()), "waves": waves,
+    key_src = json.dumps({"image": image_digest(image, params), "waves": waves,
                           "sim": check_sim(sim), "src": source_hash()}, sort_keys=True)
     return hashlib.sha256(key_src.encode()).hexdigest()[:20]
 
@@ -304,20 +319,17 @@ def build_key(image, params: EngineParams, waves: bool, sim: str = "icarus") -> 
 @dataclass
 class Build:
     dir: Path
-    image: object  # images.eie.RomImage or images.lockstep.LockstepImage
+    image: object  # an image of a registered engine (images.engines)
     params: EngineParams
     waves: bool
     sim: str = "icarus"  # the simulator it was compiled for (and that `simulate` runs)
 
 
-def build(image, params: EngineParams = EngineParams(), *, waves: bool | None = None,
+def build(image, params: EngineParams | None = None, *, waves: bool | None = None,
           sim: str | None = None) -> Build:
-    """Generate the engine's Verilog for `image` and compile it for `sim` ("icarus" or
-    "verilator"; None: $TB_SIM, else Icarus), cached by key."""
-    from amaranth.back import verilog
-
-    from hw import EngineConfigError
-
+    """Generate the engine's Verilog for `image` with `params` (None: `default_params`) and
+    compile it for `sim` ("icarus" or "verilator"; None: $TB_SIM, else Icarus), cached by key."""
+    params = default_params(image) if params is None else params
     sim = default_sim() if sim is None else check_sim(sim)
     waves = waves_enabled() if waves is None else waves
     runner = runner_for(sim)  # before any work: a missing Verilator is one line
@@ -332,21 +344,9 @@ def build(image, params: EngineParams = EngineParams(), *, waves: bool | None = 
         vfile = d / "engine.v"
         if not stamp.exists():
             d.mkdir(parents=True, exist_ok=True)
-            try:
-                top = engine_for(image, params)
-                text = verilog.convert(top, name=TOPLEVEL, emit_src=False)
-                if sim == "icarus":  # Verilator evaluates the blocks at time zero itself
-                    text = icarus_fixup(text)
-            except BaseException as e:
-                # What a failed elaboration made is garbage, not a forgotten component:
-                # no screen of UnusedElaboratable warnings after the one-line error (as
-                # Amaranth itself does for an exception that ends the interpreter).
-                from amaranth._unused import MustUse
-
-                MustUse._MustUse__silence = True
-                if isinstance(e, EngineConfigError):
-                    raise InputError(str(e)) from None
-                raise
+            text = engine_verilog(image, params)
+            if sim == "icarus":  # Verilator evaluates the blocks at time zero itself
+                text = icarus_fixup(text)
             tmpv = d / ".engine.v.tmp"
             tmpv.write_text(text)
             os.replace(tmpv, vfile)

@@ -1,15 +1,16 @@
 """`python -m tb verify-mnist` (`make verify-mnist`): every MNIST test digit through the RTL.
 
-    python -m tb verify-mnist --data DIR [--pes 8] [--engine eie|lockstep] [--model Q]
+    python -m tb verify-mnist --data DIR [--pes 8] [--engine NAME] [--model Q]
                               [--count N] [--out DIR] [--jobs J]
 
 The 10,000 test digits (IDX files in DIR, or $MNIST_DIR) become int16 input vectors by the
 input rule x = (pixel * 2**input_frac + 127) // 255 and run through each engine's RTL (default:
-both) in the Verilator testbench of `tb.fastbench` (no Python in the loop). Every output word is
-compared with the golden model (`compress.golden`). Printed per engine: `bit-exact: N/M`, the
-accuracy the hardware measured, the cycles per digit (min / mean / p50 / p99 / max; a PNG
-histogram in --out, default build/verify-mnist/cycles-<engine>.png), the build and simulation
-wall times and the simulated cycles per second. --out also gets summary.json; nothing else
+every engine of the registry, `images.engines`) in the Verilator testbench of `tb.fastbench` (no
+Python in the loop). Every output word is compared with the golden model (`compress.golden`).
+Printed per engine: `bit-exact: N/M`, the accuracy the hardware measured, the cycles per digit
+(min / mean / p50 / p99 / max; a PNG histogram in --out, default
+build/verify-mnist/cycles-<engine>.png), the build and simulation wall times and the simulated
+cycles per second. --out also gets summary.json; nothing else
 in --out is touched, and an --out that cannot take these files is refused before the run.
 
 The engines build and simulate side by side, one thread each, at most --jobs simulator and
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -33,12 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.atomic import check_build_dir
+from compress import data
+from compress.atomic import atomic_path, check_build_dir, check_output
 from compress.errors import InputError, OneLineParser, run_main
+from compress.shipped import load_model
+from images import MAX_PES, build_image, check_pes, names
 
-from .sim import REPO
+from . import fastbench
+from . import verilator as vl
+from .sim import REPO, default_params, sim_pool
 
-ENGINES = ("eie", "lockstep")
 DEFAULT_OUT = REPO / "build" / "verify-mnist"
 
 
@@ -47,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                       description="every MNIST test digit through the RTL engine, bit-exact "
                                   "against the golden model")
     p.add_argument("--data", help="directory of the MNIST IDX files (default: $MNIST_DIR)")
-    p.add_argument("--pes", type=int, default=8, help="processing elements 1..16 (8)")
-    p.add_argument("--engine", choices=ENGINES, help="one engine (default: both)")
+    p.add_argument("--pes", type=int, default=8, help=f"processing elements 1..{MAX_PES} (8)")
+    p.add_argument("--engine", choices=names(), help="one engine (default: every one)")
     p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
     p.add_argument("--count", type=int, help="only the first N test digits (default: all)")
     p.add_argument("--out", default=str(DEFAULT_OUT),
@@ -60,12 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _inputs(args):
     """(qnet, model name, x int16[n, 784], labels int64[n])."""
-    from compress import data
     from compress.golden import mnist_to_input
-    from compress.shipped import load_model
-
-    if not 1 <= args.pes <= 16:
-        raise InputError(f"--pes must be 1..16, not {args.pes!r}")
+    check_pes(args.pes)
     if args.count is not None and args.count < 1:
         raise InputError(f"--count must be >= 1, not {args.count}")
     if args.jobs is None:
@@ -86,8 +88,6 @@ def _inputs(args):
 
 def _image(qnet, engine, pes):
     from hw import EngineConfigError, check_fits
-    from images import build_image
-
     img = build_image(qnet, engine, pes)
     try:
         check_fits(img)
@@ -101,12 +101,7 @@ _convert_lock = threading.Lock()  # Amaranth's conversion: one at a time in this
 
 def _run_engine(engine, img, x, shards, workdir: Path):
     """Build (cached) and simulate `x` in `shards` processes; (FastResult parts, build s)."""
-    from images import EngineParams
-
-    from . import fastbench
-    from .sim import sim_pool
-
-    params = EngineParams()
+    params = default_params(img)
     t0 = time.monotonic()
     with _convert_lock:
         # the key lookup and the conversion; the compiler runs outside the lock below
@@ -137,8 +132,6 @@ def _histogram(cycles: np.ndarray, engine: str, pes: int, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from compress.atomic import atomic_path
-
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(cycles, bins=60, color="#4472c4")
     ax.set_xlabel("cycles per digit (first input word -> last output word)")
@@ -153,14 +146,10 @@ def _histogram(cycles: np.ndarray, engine: str, pes: int, path: Path) -> None:
 def _body(argv):
     from compress.golden import golden, predict
 
-    from . import verilator as vl
-
     args = build_parser().parse_args(argv)
     t_start = time.monotonic()
-    engines = [args.engine] if args.engine else list(ENGINES)
+    engines = [args.engine] if args.engine else list(names())
     # the outputs (only these files in --out are replaced), checked before the long run
-    from compress.atomic import check_output
-
     out_dir = Path(args.out)
     for f in ["summary.json", *(f"cycles-{e}.png" for e in engines)]:
         check_output(out_dir / f, what="--out")
@@ -235,8 +224,6 @@ def _body(argv):
             "cycles_per_second": cps, "histogram": str(png), "binary": str(fb.binary)}
     wall = time.monotonic() - t_start
     summary["wall_seconds"] = wall
-    from compress.atomic import atomic_path
-
     with atomic_path(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"wall time: {wall:.1f} s in all; {'every output bit-exact' if ok else 'DIFFERENCES'}")
@@ -244,8 +231,6 @@ def _body(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_main(lambda: _body(argv), debug_env="TB_DEBUG")
 

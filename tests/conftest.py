@@ -49,17 +49,10 @@ def striped_digits(n: int = 256, seed: int = 0):
     return Split(images, labels)
 
 
-def never_elaborated(obj, seen=None) -> None:
-    """Mark a component (and the sub-blocks it made in __init__) as deliberately never
-    elaborated: Amaranth would otherwise warn about unused elaboratables at exit."""
-    from amaranth.hdl import Elaboratable
+def elaborate(obj, platform=None):
+    """Elaborate `obj` and everything it is made of (returns the fragment): a component made to
+    be inspected is then used, and Amaranth does not report it as made and never used."""
+    from amaranth.hdl import Fragment
 
-    seen = set() if seen is None else seen
-    if id(obj) in seen or not isinstance(obj, Elaboratable):
-        return
-    seen.add(id(obj))
-    obj._MustUse__silence = True
-    for v in vars(obj).values():
-        for item in (v if isinstance(v, (list, tuple)) else [v]):
-            never_elaborated(item, seen)
+    return Fragment.get(obj, platform)
 

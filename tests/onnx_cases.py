@@ -74,6 +74,35 @@ def small_conv() -> bytes:
     return _bytes(_model(nodes, inits, ("n", 1, 6, 6)))
 
 
+def small_cnn_bn() -> bytes:
+    """Conv -> BatchNormalization -> Relu -> MaxPool -> Flatten -> Gemm -> BatchNormalization
+    -> Relu -> Dropout -> Gemm -> LogSoftmax on [n, 1, 6, 6]: the ops a CNN brings."""
+    rng = np.random.default_rng(2)
+
+    def arr(name, *shape, pos=False):
+        a = rng.normal(size=shape).astype(np.float32)
+        return numpy_helper.from_array(np.abs(a) + 0.5 if pos else a, name)
+
+    inits = [arr("cw", 3, 1, 3, 3), arr("cb", 3), arr("s1", 3), arr("b1", 3), arr("m1", 3),
+             arr("v1", 3, pos=True), arr("fw", 4, 12), arr("fb", 4), arr("s2", 4), arr("b2", 4),
+             arr("m2", 4), arr("v2", 4, pos=True), arr("ow", 2, 4)]
+    nodes = [helper.make_node("Conv", ["x", "cw", "cb"], ["c"], name="conv", kernel_shape=[3, 3]),
+             helper.make_node("BatchNormalization", ["c", "s1", "b1", "m1", "v1"], ["n1"],
+                              name="bn1", epsilon=1e-3),
+             helper.make_node("Relu", ["n1"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2],
+                              strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat", axis=1),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["h"], name="fc", transB=1),
+             helper.make_node("BatchNormalization", ["h", "s2", "b2", "m2", "v2"], ["n2"],
+                              name="bn2"),
+             helper.make_node("Relu", ["n2"], ["r2"], name="relu2"),
+             helper.make_node("Dropout", ["r2"], ["d"], name="drop"),
+             helper.make_node("Gemm", ["d", "ow"], ["o"], name="out", transB=1),
+             helper.make_node("LogSoftmax", ["o"], ["y"], name="lsm", axis=1)]
+    return _bytes(_model(nodes, inits, ("n", 1, 6, 6)))
+
+
 # -- item 1: bombs --------------------------------------------------------------------------
 
 
@@ -195,6 +224,6 @@ def data_npz(path, x_value, dtype=np.float32, shape=(4,), n=40, classes=3):
         x = (rng.normal(size=(k, *shape)) if x_value is None else
              np.full((k, *shape), x_value, dtype=np.float64)).astype(dtype)
         return x, rng.integers(0, classes, k)
-    (xtr, ytr), (xte, yte) = split(n), split(n // 2)
-    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    (xtr, ytr), (xv, yv), (xte, yte) = split(n), split(n // 2), split(n // 2)
+    np.savez(path, x_train=xtr, y_train=ytr, x_val=xv, y_val=yv, x_test=xte, y_test=yte)
     return path

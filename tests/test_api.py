@@ -339,7 +339,7 @@ class TinyConv(nn.Module):
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
-def test_conv_network_compresses_to_dcz_only(tmp_path):
+def test_conv_network_compresses_to_a_version_2_qnet(tmp_path):
     x, y = blobs(240, 3, dim=36)
     x = x.reshape(-1, 1, 6, 6)
     torch.manual_seed(0)
@@ -350,13 +350,16 @@ def test_conv_network_compresses_to_dcz_only(tmp_path):
         nn.functional.cross_entropy(m(torch.from_numpy(x)), torch.from_numpy(y)).backward()
         opt.step()
     result = compress.compress_model(m, train=(x, y), seed=0, **FAST, attempts=1)
-    assert result.qnet is None and not result.summary["engine"]
-    assert "integer" not in result.summary["accuracy"]
-    ls = dcz.unpack_layers(result.dcz)
-    assert [tuple(s) for s in ls.shapes] == [(4, 1, 3, 3), (3, 64)]
+    q = result.qnet
+    assert q.version == 2 and q.input_shape == (1, 6, 6) and not result.summary["engine"]
+    assert [ly.kind for ly in q.layers] == ["conv", "fc"] and q.layers[0].relu
+    assert "integer" in result.summary["accuracy"]
+    assert dcz.unpack(result.dcz).equals(q) and result.dcz[4] == 3
+    ls = dcz.unpack_layers(result.dcz)  # the matrices: conv as [out_ch, in_ch * kh * kw]
+    assert [tuple(s) for s in ls.shapes] == [(4, 9), (3, 64)]
     result.save(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.dcz", "report.txt",
-                                                          "summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.dcz", "model.qnet.npz",
+                                                          "report.txt", "summary.json"]
 
 
 @pytest.mark.skipif(not long_tests(), reason="LeNet-300-100-sized run on MNIST: LONG=1")

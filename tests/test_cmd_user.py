@@ -274,8 +274,9 @@ def test_pipeline_model_end_to_end(files, pipeline_run, tmp_path, capsys):
     assert xi.read_bytes() == xi2.read_bytes()
 
 
-def test_pipeline_model_conv_compresses_without_a_qnet(files, tmp_path, capsys):
-    """Conv/MaxPool networks compress to a .dcz; the engine (qnet) is for Linear/ReLU chains."""
+def test_pipeline_model_conv_compresses_to_a_version_2_qnet(files, tmp_path, capsys):
+    """Conv/MaxPool networks compress to a version 2 qnet and its .dcz (the golden model runs
+    it; the engines do not run conv layers yet: summary "engine" is false)."""
     torch.manual_seed(0)
     conv = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                          nn.Linear(48, 4))
@@ -290,12 +291,17 @@ def test_pipeline_model_conv_compresses_without_a_qnet(files, tmp_path, capsys):
                  "--prune-rounds", "1", "--attempts", "1", "--max-drop", "100",
                  "--no-progress"]) == 0
     cap = capsys.readouterr()
-    assert "no qnet" in cap.out
+    assert "no qnet" not in cap.out and "model.qnet.npz" in cap.out
     assert all(line.startswith("warning: ") for line in cap.err.splitlines())
     assert sorted(p.name for p in out.iterdir()) == [
-        "model.dcz", "report.txt", "sensitivity.json", "sensitivity.png", "sensitivity.txt",
-        "summary.json"]
-    assert json.loads((out / "summary.json").read_text())["engine"] is False
+        "model.dcz", "model.qnet.npz", "report.txt", "sensitivity.json", "sensitivity.png",
+        "sensitivity.txt", "summary.json"]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["engine"] is False and s["kinds"] == ["conv", "fc"]
+    from compress.qnet import load_qnet
+
+    q = load_qnet(out / "model.qnet.npz", index_bits=8)
+    assert q.version == 2 and q.input_shape == (1, 8, 8) and q.layers[0].pool == (2, 2)
 
 
 def test_encode_inputs_takes_an_array_of_an_npz(files, qnet_path, tmp_path, capsys):

@@ -32,20 +32,50 @@ def test_sample_digits_run_in_32_bit_accumulators():
     assert np.mean(predict(golden(qnet, x)) == s.labels) >= 0.95
 
 
-def test_shipped_lenet5_dcz_and_its_record():
-    """compress/models/lenet-5.dcz: LeNet-5's layers as matrices; lenet-5.json its figures."""
+def test_shipped_lenet5_is_an_integer_network_with_its_record():
+    """compress/models/lenet-5.{dcz,qnet.npz}: a version 2 qnet (conv layers with pooling), the
+    .dcz unpacking to it exactly, 4-bit codebooks (the engines'); lenet-5.json its figures."""
     import hashlib
     import json
 
+    from .conv_reference import shift_add_reference
+
     path = DCZ.parent / "lenet-5.dcz"
     blob = path.read_bytes()
-    ls = dcz.unpack_layers(blob)
-    assert [tuple(s) for s in ls.shapes] == [(20, 1, 5, 5), (50, 20, 5, 5), (500, 800), (10, 500)]
-    assert [ly.index.shape for ly in ls.layers] == [(20, 25), (50, 500), (500, 800), (10, 500)]
+    q = load_qnet(DCZ.parent / "lenet-5.qnet.npz", index_bits=4)
+    assert blob[4] == 3 and dcz.unpack(blob).equals(q)
+    assert q.version == 2 and q.input_shape == (1, 28, 28) and q.input_frac == 8
+    assert [(ly.kind, ly.kernel, ly.pool, ly.relu) for ly in q.layers] == [
+        ("conv", (5, 5), (2, 2), False), ("conv", (5, 5), (2, 2), False),
+        ("fc", (1, 1), (1, 1), True), ("fc", (1, 1), (1, 1), False)]
+    assert [ly.index.shape for ly in q.layers] == [(20, 25), (50, 500), (500, 800), (10, 500)]
     rec = json.loads((DCZ.parent / "lenet-5.json").read_text())
-    assert rec["dcz_bytes"] == len(blob)
+    assert rec["dcz_bytes"] == len(blob) and rec["format_version"] == 3
     assert rec["dcz_sha256"] == hashlib.sha256(blob).hexdigest()
     assert rec["ratio"] == pytest.approx(1_724_320 / len(blob), abs=0.01)
-    kept = sum(int((ly.index != 0).sum()) for ly in ls.layers)
+    kept = sum(int((ly.index != 0).sum()) for ly in q.layers)
     assert kept == rec["density"][-1]["kept"]
-    assert {"dense", "quantized", "stored"} <= set(rec["errors_percent"])
+    assert {"dense", "quantized", "integer"} <= set(rec["errors_percent"])
+    # the sample digits: the golden model is the independent evaluation of section 7, bit for
+    # bit, with 32-bit accumulators that never wrap
+    s = load_sample()
+    x = mnist_to_input(s.images, q.input_frac)
+    y = golden(q, x)
+    assert np.array_equal(y, shift_add_reference(q, x))
+    assert np.array_equal(y, golden(q, x, acc_bits=64))
+    assert np.mean(predict(y) == s.labels) >= 0.98
+
+
+def test_shipped_lenet5_test_error_is_the_recorded_one(mnist_dir):
+    """The integer error lenet-5.json records is what the golden model gives on the 10,000
+    MNIST test digits."""
+    import json
+
+    from compress.data import load_split
+
+    q = load_qnet(DCZ.parent / "lenet-5.qnet.npz", index_bits=4)
+    test = load_split("test", mnist_dir)
+    y = golden(q, mnist_to_input(test.images, q.input_frac))
+    err = 100.0 * float(np.mean(predict(y) != test.labels))
+    rec = json.loads((DCZ.parent / "lenet-5.json").read_text())
+    assert round(err, 2) == rec["errors_percent"]["integer"]["test"]

@@ -89,16 +89,26 @@ def test_bad_input_exit_2(tmp_path, monkeypatch, mnist_dir, capsys, argv, msg):
     assert not list(tmp_path.glob("build/compress/*.npz"))
 
 
-def test_lenet5_writes_a_real_dcz(tmp_path, mnist_dir):
-    """Conv networks get a .dcz too (a LayerSet with the original shapes); its size is the figure."""
-    from compress.dcz import unpack_layers
+def test_lenet5_writes_a_version_2_qnet_and_its_dcz(tmp_path, mnist_dir):
+    """LeNet-5 is an integer network: a version 2 qnet (conv layers with their pooling), the
+    .dcz it unpacks from (version 3), and its integer error by the golden model."""
+    from compress.dcz import unpack
+    from compress.qnet import load_qnet
 
     out = tmp_path / "l5"
     assert main(["pipeline", "--arch", "lenet-5", "--data", str(mnist_dir), "--out", str(out),
                  "--max-steps", "20", "--val-size", "1000", "--no-progress", "--seed", "3",
-                 "--set", "prune.steps=1"]) == 0
+                 "--set", "prune.steps=1", "--set", "fixedpoint.calib_images=2000"]) == 0
     data = (out / "model.dcz").read_bytes()
     s = json.loads((out / "summary.json").read_text())
-    assert s["dcz_bytes"] == len(data)
+    assert s["dcz_bytes"] == len(data) and data[4] == 3
     assert s["ratio"] == pytest.approx(4 * 431080 / len(data))
-    assert unpack_layers(data).shapes == [(20, 1, 5, 5), (50, 20, 5, 5), (500, 800), (10, 500)]
+    qnet = load_qnet(out / "model.qnet.npz", index_bits=8)
+    assert unpack(data).equals(qnet) and qnet.version == 2
+    assert qnet.input_shape == (1, 28, 28)
+    assert [(ly.kind, ly.relu, ly.pool) for ly in qnet.layers] == [
+        ("conv", False, (2, 2)), ("conv", False, (2, 2)), ("fc", True, (1, 1)),
+        ("fc", False, (1, 1))]
+    assert [ly.index.shape for ly in qnet.layers] == [(20, 25), (50, 500), (500, 800), (10, 500)]
+    assert {"dense", "pruned", "quantized", "integer"} <= set(s["errors"])
+    assert len(s["bias_round"]) == 4

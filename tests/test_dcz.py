@@ -133,8 +133,8 @@ def test_magic_version_and_trailing():
         unpack(b"PK\x03\x04" + data[4:])
     with pytest.raises(InputError, match="bad magic"):
         unpack(b"")
-    with pytest.raises(InputError, match="unsupported version 3"):
-        unpack(data[:4] + bytes([3]) + data[5:])
+    with pytest.raises(InputError, match="unsupported version 4"):
+        unpack(data[:4] + bytes([4]) + data[5:])
     with pytest.raises(InputError, match="unexpected bytes"):
         unpack(data + b"\x00")
 
@@ -421,8 +421,10 @@ def test_version_1_still_written_and_read_and_never_smaller():
         assert unpack(v1).equals(q) and unpack(v2).equals(q)
         assert info(v1)["version"] == 1
         assert len(v2) <= len(v1)  # each layer keeps the smaller of its two codings
-    with pytest.raises(InputError, match="unknown .dcz version 3"):
-        pack(q, version=3)
+    v3 = pack(q, version=3)  # version 3 holds any qnet (its geometry: a flat input here)
+    assert v3[4] == 3 and unpack(v3).equals(q) and len(v3) - len(v2) <= 8
+    with pytest.raises(InputError, match="unknown .dcz version 4"):
+        pack(q, version=4)
 
 
 def image_like_qnet(seed=22):

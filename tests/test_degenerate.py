@@ -16,13 +16,11 @@ import pytest
 from amaranth.hdl import Fragment, Module
 
 from compress.golden import golden
-from images.lockstep import build_lockstep
 from compress.qnet import save_qnet
-from images.eie import build_rom
 from compress.synthetic import random_inputs, random_qnet
-from hw.eie import Engine
-from hw.lockstep import LockstepEngine
+from hw import make_engine
 from hw.memory import MemoryFactory, MemorySpec
+from images import build_image
 from tb.pysim import run_engine
 
 from .conftest import REPO
@@ -37,9 +35,7 @@ CASES = [  # (layer sizes, PEs, density)
 
 
 def _engine(kind, qnet, pes):
-    if kind == "eie":
-        return Engine(build_rom(qnet, pes=pes))
-    return LockstepEngine(build_lockstep(qnet, pes))
+    return make_engine(build_image(qnet, kind, pes))  # the engine's own default parameters
 
 
 @pytest.mark.parametrize("kind", ["eie", "lockstep"])

@@ -1,7 +1,7 @@
 """The board core in cocotb + Icarus, driven only through its UART pins (bytes in, bytes out).
 
 RTL and gate-level (yosys synth_ice40 netlist with the iCE40 cell models), every answer compared
-bit for bit with the golden model. The host side is fpga/host.py's `Board`, as with a real board.
+bit for bit with the golden model. The host side is fpga/host/client.py's `Board`, as with a real board.
 Both engines: the lockstep engine (the board's default) and the queue-based EIE engine.
 """
 
@@ -15,9 +15,9 @@ from images.lockstep import build_lockstep
 from images.eie import build_rom
 from compress.synthetic import random_inputs, random_qnet
 from fpga import protocol as P
-from fpga.bench import SIM_DIVISOR, simulated_board
-from fpga.host import Board
-from fpga.runner import run_digits
+from fpga.flow.bench import SIM_DIVISOR, simulated_board
+from fpga.host.client import Board
+from fpga.host.runner import run_digits
 
 from .conftest import long_tests
 
@@ -30,6 +30,7 @@ IMAGES = {"lockstep": LS, "eie": ROM}
 QNET_GL = random_qnet((12, 16, 10), density=[0.5, 0.5], seed=2)
 ROM_GL = build_rom(QNET_GL, pes=2)
 LS_GL = build_lockstep(QNET_GL, 2)
+IMAGES_GL = {"lockstep": LS_GL, "eie": ROM_GL}
 
 
 def check(board, x, qnet=QNET):
@@ -46,7 +47,7 @@ def check(board, x, qnet=QNET):
 def test_board_vectors(engine, gate_level):
     """Gate level is the netlist as the bitstream has it: SB_SPRAM256KA cells, loaded first."""
     if gate_level:
-        qnet, rom = QNET_GL, (LS_GL if engine == "lockstep" else ROM_GL)
+        qnet, rom = QNET_GL, IMAGES_GL[engine]
     else:
         qnet, rom = QNET, IMAGES[engine]
     x = random_inputs(2 if gate_level else 3, qnet.in_features, seed=2, density=0.5)
@@ -156,8 +157,8 @@ def test_board_spram_load(engine):
         assert P.decode_error(board.request(P.infer_request(x[0]))) == P.ERR_NOT_LOADED
         resync(board)  # the rest of that INFER frame is dropped (or starts a false frame)
         with pytest.raises(InputError, match="engine"):  # a ROM image for the other engine
-            run_digits(board, QNET, x, None, progress=False, rom=IMAGES[
-                "eie" if engine == "lockstep" else "lockstep"])
+            other = next(img for name, img in IMAGES.items() if name != engine)
+            run_digits(board, QNET, x, None, progress=False, rom=other)
         assert board.load(img) > 0
         assert board.ping().loaded
         check(board, x)

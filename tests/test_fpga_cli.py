@@ -1,6 +1,7 @@
 """`python -m fpga`: bad invocations (exit 2, one line), the resource analysis, PLL settings."""
 
 import json
+import shlex
 from pathlib import Path
 import tty
 import subprocess
@@ -11,12 +12,14 @@ import pytest
 
 from compress.synthetic import random_qnet
 from images.eie import build_rom
+from images import get
 from images.lockstep import build_lockstep
-from fpga.build import parse_report
-from fpga.resources import analyse, ebr_blocks
-from fpga.top import pll_config
+from fpga.boards.ice40 import parse_report
+from fpga.boards.ice40 import ebr_blocks
+from fpga.flow.resources import analyse
+from fpga.boards.ice40 import pll_config
 
-from .conftest import REPO, never_elaborated
+from .conftest import REPO, elaborate
 
 
 
@@ -33,7 +36,7 @@ def fpga_cli(*args):
     (["resources", "--model", "/nonexistent.npz"], ["nonexistent"]),
     (["frobnicate"], ["invalid choice"]),
     (["build", "--engine", "queue"], ["invalid choice", "lockstep"]),
-    (["resources", "--pes", "0"], ["--pes must be 1..16"]),
+    (["resources", "--pes", "0"], ["--pes must be 1..64"]),
     (["run", "--sim", "--model", "synthetic:64-16-10"], ["takes 64 inputs", "--inputs"]),
     (["run", "--sim", "--model", "synthetic:12-8-3", "--labels", "y.npy"], ["needs --inputs"]),
 ])
@@ -64,7 +67,7 @@ def test_resources_counts_what_yosys_maps():
     """synthetic:64-32-10 on the 8-PE lockstep board: yosys' memory_libmap put its two column
     pointer ROMs (7 x 49 bits) in logic and used 24 EBR (measured, docs/fpga.md); the
     resources used to predict 26. Small ROMs go to logic, small RAMs too, big ones to EBR."""
-    from fpga.resources import yosys_ebr
+    from fpga.boards.ice40 import block_rams as yosys_ebr
     from images.memmap import MemorySpec
 
     r = fpga_cli("resources", "--model", "synthetic:64-32-10")
@@ -111,7 +114,7 @@ def test_a_network_whose_placed_lanes_are_too_deep_gets_the_density_that_fits(tm
 
 
 def test_build_help_clock_range_comes_from_the_code():
-    from fpga.build import DEFAULT_CLOCK_FMAX_MHZ, DEFAULT_CLOCK_MHZ, pll_range_mhz
+    from fpga.flow.build import DEFAULT_CLOCK_FMAX_MHZ, DEFAULT_CLOCK_MHZ, pll_range_mhz
 
     r = fpga_cli("build", "--help")
     text = " ".join(r.stdout.split())
@@ -167,7 +170,7 @@ def test_serial_transport_pty():
     import threading
 
     from fpga import protocol as P
-    from fpga.host import Board, SerialTransport
+    from fpga.host.client import Board, SerialTransport
 
     master, slave = pty.openpty()
     tty.setraw(slave)
@@ -197,13 +200,13 @@ def test_serial_transport_pty():
 
 def test_build_retry_logic(tmp_path, monkeypatch):
     """A missed clock is rebuilt once under the fmax found, on a fresh platform; report.json."""
-    import fpga.build as B
+    import fpga.flow.build as B
 
     calls = []
 
     def fake_flow(platform, top, out, *, seed, name="top"):
         calls.append((id(platform), top.clock_hz))
-        never_elaborated(top)  # never elaborated here: no "unused elaboratable" warnings
+        elaborate(top, platform)  # the design the flow would build (no tools run)
         fmax = 25.91 if len(calls) == 1 else 26.3
         return ({"utilization": {"ICESTORM_LC": {"used": 4810, "available": 5280}},
                  "fmax": {"clk": {"achieved": fmax, "constraint": top.clock_hz / 1e6}}}, 1.0)
@@ -263,8 +266,8 @@ def test_the_report_names_its_network(tmp_path, monkeypatch):
 def test_flow_passes_nextpnr_options(tmp_path, monkeypatch):
     """The build script runs nextpnr with the seed and the router's timing-driven rip-up."""
     import subprocess
-    import fpga.build as B
-    from fpga.top import BoardTop
+    import fpga.flow.build as B
+    from fpga.gateware.top import BoardTop
     from images import build_image
 
     monkeypatch.setattr(B.subprocess, "run",
@@ -279,8 +282,8 @@ def test_flow_passes_nextpnr_options(tmp_path, monkeypatch):
 
 def test_retry_prefers_exact_baud_divisor():
     """The retry clock: 3 % under the fmax, a whole number of bit times when the PLL makes one."""
-    from fpga.build import exact_baud_clock, retry_clock
-    from fpga.uart import baud_divisor
+    from fpga.flow.build import exact_baud_clock, retry_clock
+    from fpga.gateware.uart import baud_divisor
 
     for fmax, want in ((29.6, 27.0), (30.5, 27.0), (31.2, 30.0), (34.5, 33.0), (37.5, 36.0),
                        (25.91, 24.0)):
@@ -298,18 +301,18 @@ def test_retry_prefers_exact_baud_divisor():
                                            ("icesugar", "lockstep")])
 def test_board_tops_elaborate(board, engine, tmp_path):
     """Every supported board's top elaborates into a build plan (no tools run): pins exist."""
-    from fpga.build import board_platform
+    from fpga.flow.build import board_platform
     from images import build_image
-    from fpga.top import BoardTop
+    from fpga.gateware.top import BoardTop
 
     img = build_image(random_qnet((20, 8, 4), density=0.5), engine, 2)
-    top = BoardTop(img, clock_hz=24e6, spram=True, queue_depth=4)
+    top = BoardTop(img, clock_hz=24e6, spram=True, board=board)
     plan = board_platform(board).prepare(top, name="top", synth_opts="-dsp -spram")
     plan.extract(tmp_path)
     il = (tmp_path / "top.il").read_text()
     assert "SB_PLL40_PAD" in il and "SB_SPRAM256KA" in il
     # the lockstep engine's RAMs carry no_rw_check (no read-before-write logic, memories.py)
-    assert ("no_rw_check" in il) == (engine == "lockstep")
+    assert ("no_rw_check" in il) == get(engine).no_rw_check
     pcf = (tmp_path / "top.pcf").read_text()
     for line in ("set_io uart_0__rx__io ", "set_io uart_0__tx__io ", "set_io clk12_0__io 35",
                  "set_frequency pll_clk 24.0"):
@@ -360,7 +363,7 @@ def test_run_refusals(user_net, extra, words, capsys):
 def test_summary_throughput_at_the_board_clock():
     """Throughput is cycles at the clock the bitstream runs at, and says which clock."""
     from fpga import protocol as P
-    from fpga.runner import RunStats, summary
+    from fpga.host.runner import RunStats, summary
 
     st = RunStats(n=2, correct=1, agree=2, exact=2, cycles=[900, 1100],
                   layer_cycles=[[200, 70], [260, 70]])
@@ -379,7 +382,7 @@ def test_run_sim_user_network(user_net, capsys):
     """fpga run --sim --inputs --labels --out on a 12-20-8-3 network: bit-exact outputs written,
     accuracy from the labels, throughput at the board's default clock, generic wording."""
     from compress.golden import golden
-    from fpga.build import DEFAULT_CLOCK_MHZ
+    from fpga.flow.build import DEFAULT_CLOCK_MHZ
     from fpga.cli import main
 
     qnet, x, d = user_net
@@ -401,8 +404,6 @@ def test_make_bitstream_takes_a_build_dir():
                            text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         return [ln for ln in r.stdout.splitlines() if "-m fpga build" in ln][-1]
-
-    import shlex
 
     assert shlex.split(dry("BUILD_DIR=build/mynet"))[-2:] == ["--build-dir", "build/mynet"]
     assert "--build-dir" not in dry()

@@ -1,4 +1,4 @@
-"""The gate level on the chip's memory map (fpga/gate.py): the board's engine and memories as
+"""The gate level on the chip's memory map (fpga/flow/gate.py): the board's engine and memories as
 `synth_ice40 -dsp -spram` makes them, the SPRAMs (SB_SPRAM256KA cells, empty at start) written
 through the load port, bit-exact against the golden model."""
 
@@ -10,8 +10,9 @@ import pytest
 
 from compress.golden import golden
 from compress.synthetic import random_inputs, random_qnet
-from fpga import gate
-from fpga.memories import load_words, spram_plan_for
+from fpga.flow import gate
+from fpga.boards.ice40 import load_plan_for as spram_plan_for
+from fpga.boards.ice40 import load_words
 from images.lockstep import build_lockstep
 
 from .conftest import REPO, long_tests
@@ -66,7 +67,7 @@ def test_gate_small_network_eie():
 
 
 def test_gate_cli_bad_count():
-    res = subprocess.run([sys.executable, "-m", "fpga.gate", "--count", "0", "--data", "/none"],
+    res = subprocess.run([sys.executable, "-m", "fpga.flow.gate", "--count", "0", "--data", "/none"],
                          cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "--count must be at least 1" in res.stderr

@@ -1,6 +1,6 @@
 """The host's protocol client (fpga.host.Board) against a fake board that misbehaves.
 
-The fake transport answers requests like the board's link (fpga/link.py): PING, INFER, COUNT,
+The fake transport answers requests like the board's link (fpga/gateware/link.py): PING, INFER, COUNT,
 LOAD in order with the load cursor, COMMIT. Hooks inject what a noisy line or a confused board
 can produce: extra replies, replies to other commands, noise, garbled or lost replies. The host
 must give each request its own reply and never fall one reply behind.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fpga import protocol as P
-from fpga.host import Board
+from fpga.host.client import Board
 from images.memmap import MemorySpec
 
 N_IN, N_OUT, N_L = 3, 2, 1
@@ -180,7 +180,7 @@ def test_endless_wrong_replies_give_up():
 def plan(monkeypatch):
     specs = [MemorySpec("a", "rom", 16, 300, init=tuple(range(1, 301))),
              MemorySpec("b", "rom", 8, 5, init=(7, 8, 9))]  # shorter than its depth
-    monkeypatch.setattr("fpga.memories.spram_plan_for", lambda img: specs)
+    monkeypatch.setattr("fpga.boards.ice40.load_plan_for", lambda img: specs)
     return specs
 
 

@@ -1,4 +1,4 @@
-"""The protocol engine (fpga/link.py) against the host codec (fpga/protocol.py).
+"""The protocol engine (fpga/gateware/link.py) against the host codec (fpga/protocol.py).
 
 Amaranth simulator, byte streams on the UART side, and on the engine side a behavioural model
 in the bench (outputs a known function of the inputs, sets the cycle counters), so every reply
@@ -14,7 +14,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from fpga import protocol as P
-from fpga.link import Link
+from fpga.gateware.link import Link
 
 N_IN, N_OUT, N_L, TIMEOUT = 5, 3, 2, 60
 

@@ -1,4 +1,4 @@
-"""Fuzzing the link (fpga/link.py) in the Amaranth simulator against a reference model.
+"""Fuzzing the link (fpga/gateware/link.py) in the Amaranth simulator against a reference model.
 
 Hypothesis builds byte streams of garbage (SYNC bytes in it), good frames (PING, COUNT, INFER,
 PACKED in every format, LOAD in and out of order, COMMIT), PACKED frames of any content, refused
@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from fpga import protocol as P
-from fpga.link import Link
+from fpga.gateware.link import Link
 
 from .conftest import long_tests
 

@@ -28,9 +28,9 @@ import pytest
 
 from compress.qnet import save_qnet
 from compress.synthetic import random_inputs, random_qnet
-from fpga import host as H
+from fpga.host import client as H
 from fpga import protocol as P
-from fpga.host import Board
+from fpga.host.client import Board
 
 BoardError = getattr(H, "BoardError", P.ProtocolError)
 

@@ -1,4 +1,4 @@
-"""Requests streamed back to back through the link (fpga/link.py), the host keeping a window.
+"""Requests streamed back to back through the link (fpga/gateware/link.py), the host keeping a window.
 
 Amaranth simulator. The host side behaves like a UART: a byte arrives every `BYTE` cycles
 whether or not the link is ready, and one that is not taken before the next arrives is lost
@@ -18,8 +18,8 @@ import numpy as np
 from amaranth.sim import Simulator
 
 from fpga import protocol as P
-from fpga.link import Link
-from fpga.top import STREAM_WINDOW
+from fpga.gateware.link import Link
+from fpga.gateware.top import STREAM_WINDOW
 
 N_IN, N_OUT, N_L, TIMEOUT = 32, 3, 2, 400
 BYTE = 40  # cycles a byte on the line (divisor 4)

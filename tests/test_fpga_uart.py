@@ -6,8 +6,8 @@ import pytest
 from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
-from fpga.simuart import recv_byte, send_byte, send_bytes
-from fpga.uart import DEFAULT_BAUD, UARTRx, UARTTx, _check_divisor, baud_divisor
+from fpga.gateware.simuart import recv_byte, send_byte, send_bytes
+from fpga.gateware.uart import DEFAULT_BAUD, UARTRx, UARTTx, _check_divisor, baud_divisor
 
 
 def test_baud_divisor():

@@ -1,7 +1,8 @@
 """Property-based fuzzing of the ONNX importer with structural mutations of the protobuf.
 
-A small valid model (tests/onnx_cases.py: a Gemm/MatMul chain and a Conv/MaxPool network with
-the shape arithmetic in front of a Reshape) is split into its protobuf fields, guided by the
+A small valid model (tests/onnx_cases.py: a Gemm/MatMul chain, a Conv/MaxPool network with
+the shape arithmetic in front of a Reshape, and a CNN with BatchNormalization, Dropout and a
+final LogSoftmax) is split into its protobuf fields, guided by the
 ONNX schema so that messages nest; one or more fields are then changed (a number set to an
 extreme, a name swapped for another value's, a float made NaN, inf or 3e38), dropped, repeated
 (up to 40 times: a shape list doubled, a node copied), reordered, given another wire type, or
@@ -130,7 +131,7 @@ INTERESTING = [0, 1, 2, 3, 4, 7, 16, 17, 70, 999, 1000, 2001, 2**20 + 1, 2**31, 
                2**62, 2**63 - 1, 2**64 - 1, 2**64 - 2]
 FLOATS = [float("nan"), float("inf"), float("-inf"), 3e38, 1e38, -0.0, 1e-45, 2.0**31]
 
-SEEDS = {"chain": C.small_valid(), "conv": C.small_conv()}
+SEEDS = {"chain": C.small_valid(), "conv": C.small_conv(), "cnn_bn": C.small_cnn_bn()}
 TREES = {k: parse(v, onnx.ModelProto.DESCRIPTOR) for k, v in SEEDS.items()}
 
 _MUTATION = st.tuples(

@@ -27,7 +27,7 @@ import compress.dcz as dcz
 from compress.errors import InputError
 from compress.huffman import BitReader, BitWriter
 from compress.qnet import load_qnet, save_qnet
-from compress.synthetic import random_qnet
+from compress.synthetic import random_cnn, random_qnet
 
 from .conftest import long_tests
 
@@ -135,7 +135,7 @@ def _tokenize(data: bytes):
         for i, (tag, payload, _) in enumerate(sections):
             recs.clear()
             if i == 0:
-                dcz._read_header(payload)
+                dcz._read_header(payload, data[4])  # version 3: the conv geometry too
             elif tag == dcz._TAG_AC:  # the arithmetic-coded body is one raw token
                 dcz._ac_decode_layer(payload, i - 1)
             else:
@@ -223,6 +223,10 @@ BASES = [
     dcz.pack(random_qnet((60, 8), density=0.05, seed=2, bias_scale=2**20, index_bits=8)),
     dcz.pack(random_qnet((9, 7, 3), density=1.0, seed=3, codebook_size=1)),
     dcz.pack_layers([random_qnet((24, 6), density=0.4, seed=4).layers[0]], shapes=[(6, 4, 2, 3)]),
+    # version 3: a qnet with conv layers (kernel, stride, padding, pool, input shape in the header)
+    dcz.pack(random_cnn((2, 7, 6), [(3, (3, 2), (1, 2), (1, 0), (2, 1)), (4, 2, 1, 0, 1)], [5],
+                        seed=6, density=0.5)),
+    dcz.pack(random_qnet((20, 12, 5), density=0.3, seed=1), version=3),  # fc, [in_0]
 ]
 TOKENS = [_tokenize(b) for b in BASES]
 VERSIONS = [b[4] for b in BASES]
@@ -237,7 +241,7 @@ def test_tokenizer_round_trips():
 def test_bases_cover_both_codings_and_versions():
     tags = {tag for secs in TOKENS for tag, _ in secs[1:]}
     assert {dcz._TAG_LAYER, dcz._TAG_AC} <= tags
-    assert set(VERSIONS) == {1, 2}
+    assert set(VERSIONS) == {1, 2, 3}
 
 
 _VALUES = st.one_of(
@@ -356,6 +360,9 @@ _QMUT = st.tuples(
 )
 
 QBASE = random_qnet((12, 7, 3), density=0.5, seed=5)
+# version 2: input_shape, every layer's kind, a conv layer's kernel, stride, padding and pool
+QBASE2 = random_cnn((2, 6, 5), [(3, 3, (1, 2), 1, 2)], [4], seed=5, density=0.5)
+QBASES = [QBASE, QBASE2]
 
 
 def _patch_declared_size(data: bytes, name: str, size: int) -> bytes:
@@ -374,8 +381,8 @@ def _patch_declared_size(data: bytes, name: str, size: int) -> bytes:
     return bytes(b)
 
 
-def _qnet_file(mutations) -> bytes:
-    arrays = {k: np.asarray(v) for k, v in QBASE.to_arrays().items()}
+def _qnet_file(mutations, base: int = 0) -> bytes:
+    arrays = {k: np.asarray(v) for k, v in QBASES[base].to_arrays().items()}
     members = {k + ".npy": _npy(v) for k, v in arrays.items()}
     compression = zipfile.ZIP_STORED
     size_patch = None
@@ -425,10 +432,10 @@ def _qnet_file(mutations) -> bytes:
 
 
 @FUZZ
-@given(mutations=st.lists(_QMUT, min_size=1, max_size=3))
-def test_qnet_structural_mutations(tmp_path_factory, mutations):
+@given(base=st.integers(0, len(QBASES) - 1), mutations=st.lists(_QMUT, min_size=1, max_size=3))
+def test_qnet_structural_mutations(tmp_path_factory, base, mutations):
     path = tmp_path_factory.getbasetemp() / "fuzz.npz"
-    path.write_bytes(_qnet_file(mutations))
+    path.write_bytes(_qnet_file(mutations, base))
     status, value = _bounded_call(lambda: load_qnet(path, index_bits=8))
     if status == "ok":
         value.validate(index_bits=8)
@@ -438,6 +445,9 @@ def test_qnet_mutation_builder_is_faithful(tmp_path):
     """With no real change the rebuilt file loads as the original network."""
     (tmp_path / "q.npz").write_bytes(_qnet_file([]))
     assert load_qnet(tmp_path / "q.npz", index_bits=8).equals(QBASE)
+    (tmp_path / "q2.npz").write_bytes(_qnet_file([], 1))
+    assert load_qnet(tmp_path / "q2.npz", index_bits=8).equals(QBASE2)
+    assert QBASE2.version == 2 and "l0.pool" in QBASE2.to_arrays()
     save_qnet(QBASE, tmp_path / "s.npz")
     assert load_qnet(tmp_path / "s.npz").equals(QBASE)
 

@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """Amaranth-simulator unit tests of the engine's blocks: queue, front end, output stage."""
 
 from __future__ import annotations

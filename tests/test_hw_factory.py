@@ -1,4 +1,5 @@
-"""hw.make_engine picks the engine by the image's type; hw.blocks' output rule and signature."""
+"""hw.make_engine picks the engine by the image's type (the registry's component) with that
+engine's own parameters; hw.blocks' output rule and signature."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from hw import EngineConfigError, EngineSignature, engine_class, make_engine
 from hw.blocks import post_process
 from hw.eie import Engine
 from hw.lockstep import LockstepEngine
-from images.eie import build_rom
-from images.lockstep import build_lockstep
+from images import get
+from images.eie import EieParams, build_rom
+from images.lockstep import LockstepParams, build_lockstep
+
+from .conftest import elaborate
 
 
 @pytest.fixture(scope="module")
@@ -24,26 +28,37 @@ def qnet():
 def test_factory_picks_engine_by_image_type(qnet):
     rom = build_rom(qnet, pes=2)
     ls = build_lockstep(qnet, 2)
-    eie = make_engine(rom, queue_depth=4, drain_share=2)  # drain_share: lockstep only, unused
-    lock = make_engine(ls, queue_depth=3, drain_share=2, sparse=True)
+    eie = make_engine(rom, EieParams(queue_depth=4))
+    lock = make_engine(ls, LockstepParams(queue_depth=3, drain_share=2))
     assert type(eie) is Engine and eie.queue_depth == 4
     assert type(lock) is LockstepEngine and (lock.queue_depth, lock.drain_share) == (3, 2)
     assert engine_class(rom) is Engine and engine_class(ls) is LockstepEngine
     # both engines have the one signature
     assert eie.signature == lock.signature == EngineSignature(2)
-    for e in [eie, lock, *eie.pe_blocks]:  # made, not elaborated: no warning at exit
-        e._MustUse__silence = True
+    # a drain share is the lockstep engine's alone, a dense baseline the EIE engine's
+    assert "drain_share" not in EieParams.names() and "sparse" not in LockstepParams.names()
+    # each parameter dataclass is exactly what its component takes as keywords
+    import inspect
+
+    for params, cls in ((EieParams, Engine), (LockstepParams, LockstepEngine)):
+        kw = set(inspect.signature(cls.__init__).parameters) - {"self", "memories"}
+        assert kw - {"rom", "img"} == set(params.names()), cls
+    for e in (eie, lock):
+        elaborate(e)  # made to be inspected
 
 
 def test_factory_refuses(qnet):
     with pytest.raises(TypeError, match="not an image of a known engine"):
         make_engine(object())
-    with pytest.raises(TypeError, match="unknown engine parameters: depth"):
-        make_engine(build_rom(qnet, pes=2), depth=4)
-    with pytest.raises(EngineConfigError, match="dense baseline"):
-        make_engine(build_lockstep(qnet, 2), sparse=False)
+    with pytest.raises(TypeError, match="depth"):
+        EieParams(depth=4)  # no such parameter
+    with pytest.raises(TypeError, match="the eie engine takes EieParams, not LockstepParams"):
+        make_engine(build_rom(qnet, pes=2), LockstepParams())
+    with pytest.raises(TypeError, match="sparse"):
+        LockstepParams(sparse=False)  # the lockstep engine has no dense baseline
+    assert not get("lockstep").has_dense and get("eie").has_dense
     with pytest.raises(EngineConfigError, match="queue_depth must be an integer 1..64, not 0"):
-        make_engine(build_lockstep(qnet, 2), queue_depth=0)
+        make_engine(build_lockstep(qnet, 2), LockstepParams(queue_depth=0))
 
 
 def _rule(acc: np.ndarray, shift: int, relu: bool) -> np.ndarray:

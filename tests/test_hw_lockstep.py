@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The lockstep engine (hw/lockstep.py) and its image (images/lockstep.py).
 
 Image: exact round trip, padding, slot counts, balance. Engine: the Amaranth simulator against

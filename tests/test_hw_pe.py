@@ -10,9 +10,8 @@ import pytest
 from amaranth.sim import Simulator
 
 from compress.golden import run_layers
-from images.eie import build_rom
+from images.eie import build_rom, pe_images
 from compress.synthetic import random_inputs, random_qnet
-from hw.eie import pe_images
 from hw.eie.pe import PE
 
 

@@ -1,6 +1,6 @@
 """The images package: build_image, image_digest, the memory map read from an image (checked
-against the engines' own memories), and the tb build cache key (it follows every source that
-generates the Verilog, the placement search included)."""
+against the memories the engines make when they are elaborated), and the tb build cache key (it
+follows every source that generates the Verilog, the placement search included)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from compress.synthetic import random_qnet
-from images import EngineParams, build_image, image_digest, kind_of
-from images.memmap import memory_specs
+from hw.memory import MemoryFactory
+from images import build_image, engine_of, get, image_digest, memory_specs
 
-from .conftest import never_elaborated
+from .conftest import elaborate
 
 SHAPES = [((20, 8, 4), 2, 0.5), ((40, 6, 3), 8, 0.6), ((24, 10), 1, 0.3), ((30, 17, 9, 5), 3, 0.2)]
 
@@ -20,15 +20,30 @@ SHAPES = [((20, 8, 4), 2, 0.5), ((40, 6, 3), 8, 0.6), ((24, 10), 1, 0.3), ((30, 
 @pytest.mark.parametrize("sizes, pes, density", SHAPES)
 def test_memory_map_is_the_engines(engine, sizes, pes, density):
     """memory_specs(image) lists exactly the memories the engine makes (names, kinds, widths,
-    depths, init words, ports, order), without making one."""
+    depths, init words, ports, order), without making one: the memories an elaborated engine
+    asks its memory factory for are these, in this order."""
     from tb.sim import engine_for
 
+    class Recording(MemoryFactory):
+        def __init__(self):
+            self.made = []
+
+        def __call__(self, m, spec):
+            self.made.append(spec)
+            return super().__call__(m, spec)
+
     img = build_image(random_qnet(sizes, density=density, seed=pes), engine, pes)
-    assert kind_of(img) == engine
+    assert engine_of(img).name == engine
     for acc_bits in (32, 20):
-        eng = engine_for(img, EngineParams(acc_bits=acc_bits, queue_depth=2))
-        never_elaborated(eng)  # made for its memory list only
-        assert memory_specs(img, acc_bits=acc_bits) == eng.memory_specs
+        params = get(engine).params(acc_bits=acc_bits, queue_depth=2)
+        eng = engine_for(img, params)
+        assert memory_specs(img, params) == eng.memory_specs
+        eng.memories = factory = Recording()
+        for pe in getattr(eng, "pe_blocks", []):
+            pe.memories = factory
+        elaborate(eng)
+        by_name = sorted(memory_specs(img, params), key=lambda s: s.name)
+        assert sorted(factory.made, key=lambda s: s.name) == by_name
 
 
 def test_image_digest_follows_image_and_params():
@@ -37,7 +52,8 @@ def test_image_digest_follows_image_and_params():
     assert image_digest(a) == image_digest(build_image(q, "eie", 2))
     assert image_digest(a) != image_digest(build_image(q, "eie", 3))
     assert image_digest(a) != image_digest(build_image(q, "eie", 2, balance=False))
-    assert image_digest(a, queue_depth=4) != image_digest(a, queue_depth=8)
+    eie = get("eie")
+    assert image_digest(a, eie.params(queue_depth=4)) != image_digest(a, eie.params())
     b = build_image(q, "lockstep", 2)
     assert image_digest(b) != image_digest(a)
     with pytest.raises(Exception, match="unknown engine"):
@@ -59,16 +75,17 @@ def test_build_key_follows_every_verilog_source(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "SOURCE_DIRS", (repo / "hw", repo / "images"))
     img = build_image(random_qnet((20, 8, 4), density=0.5, seed=1), "lockstep", 2,
                       placement="lpt")
-    key = S.build_key(img, EngineParams(), False)
-    assert S.build_key(img, EngineParams(), False) == key
-    assert S.build_key(img, EngineParams(queue_depth=2), False) != key
+    params = get("lockstep").params
+    key = S.build_key(img, params(), False)
+    assert S.build_key(img, params(), False) == key
+    assert S.build_key(img, params(queue_depth=3), False) != key
     for rel in ("images/placement.py", "images/lockstep.py", "images/csc.py", "hw/memory.py"):
         f = repo / rel
         text = f.read_text()
         f.write_text(text + "\n# edited\n")
-        assert S.build_key(img, EngineParams(), False) != key, rel
+        assert S.build_key(img, params(), False) != key, rel
         f.write_text(text)
-    assert S.build_key(img, EngineParams(), False) == key
+    assert S.build_key(img, params(), False) == key
 
 
 def _encoded_fillers(bits, rel_bits):

@@ -14,7 +14,7 @@ from images.lanes import (OPTIONS, ebr_blocks, lane_costs, lane_of, main, model,
                           pointer_ebr, pointer_memories, simulate_layer, useful_macs,
                           work_bound)
 from images.lockstep import build_lockstep
-from images.memmap import memory_specs
+from images import memory_specs
 
 
 def _counts(seed=0, pes=8, cols=40, rows=48, density=0.15):

@@ -217,3 +217,18 @@ def test_ceil_mode_window_sizes_are_torchs(tmp_path, size, k, s, p):
     x = torch.randn(4, 1, size, size)
     with torch.no_grad():
         assert torch.allclose(imported(x), model(x), atol=1e-5)
+
+
+def test_evaluation_batches_shrink_with_the_feature_maps():
+    """Sensitivity and accuracy evaluate 4096 examples a batch: a network whose examples each
+    make millions of activations gets fewer a batch (at most EVAL_VALUES values in all)."""
+    import torch
+    from torch import nn
+
+    from compress.train import EVAL_VALUES, eval_batch
+
+    small = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    assert eval_batch(small, torch.zeros(1, 4, 4), 4096) == 4096
+    wide = nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.ReLU())  # 2 x 64 x 256 x 256
+    n = eval_batch(wide, torch.zeros(1, 1, 256, 256), 4096)
+    assert n == EVAL_VALUES // (2 * 64 * 256 * 256) == 8

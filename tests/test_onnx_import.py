@@ -134,10 +134,14 @@ def test_refused_op_names_the_node(tmp_path):
     assert "'squash'" in msg and "Sigmoid" in msg and str(path) in msg
 
 
-def test_refused_softmax_after_a_torch_export(tmp_path):
+def test_softmax_only_as_the_last_op(tmp_path):
     model = nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1))
     path = export(model, torch.randn(2, 4), tmp_path / "sm.onnx")
-    with pytest.raises(InputError, match="Softmax"):
+    seq = load_onnx(path)
+    assert isinstance(seq[-1], nn.Softmax)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1), nn.Linear(3, 2))
+    path = export(model, torch.randn(2, 4), tmp_path / "sm2.onnx")
+    with pytest.raises(InputError, match="follows the .*Softmax.*only dropped as the last op"):
         load_onnx(path)
 
 

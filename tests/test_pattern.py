@@ -132,7 +132,7 @@ def test_bad_settings_refused():
 
 
 def test_the_board_pattern_is_what_the_board_builds():
-    from fpga.engines import board_params
+    from fpga.boards import engine_params as board_params
     from compress.synthetic import random_qnet
     from images import build_image
 

@@ -68,7 +68,7 @@ def _mutations():
         ("missing bias", "l0.bias", drop("l0.bias")),
         ("missing shift", "l0.shift", drop("l0.shift")),
         ("missing relu", "l2.relu", drop("l2.relu")),
-        ("bad version", "version", setv("version", np.array(2))),
+        ("bad version", "version", setv("version", np.array(3))),
         ("codebook dtype", "l1.codebook", lambda a: {**a, "l1.codebook": a["l1.codebook"].astype(np.int32)}),
         ("index dtype", "l0.index", lambda a: {**a, "l0.index": a["l0.index"].astype(np.int16)}),
         ("bias dtype", "l2.bias", lambda a: {**a, "l2.bias": a["l2.bias"].astype(np.int64)}),

@@ -119,7 +119,6 @@ def test_inputs_have_the_corners():
 def test_same_cycles_as_the_cocotb_bench(tmp_path):
     """The Verilator testbench and the cocotb bench (Icarus) on one network, no stalls: the same
     outputs and the same cycle counters, vector for vector."""
-    from images import EngineParams
     from tb import sim
 
     sh = SHAPES["eie-4pe-4layers-reset-mid"]
@@ -129,7 +128,7 @@ def test_same_cycles_as_the_cocotb_bench(tmp_path):
     fb = randomnets.binary_for(sh, img)
     fastbench.write_mems(fb, img, sh.params, tmp_path / "mems")
     r = fastbench.run(fb, tmp_path / "mems", x)
-    c = sim.simulate(sim.build(img, EngineParams(), sim="icarus"), x)
+    c = sim.simulate(sim.build(img, sh.params, sim="icarus"), x)
     np.testing.assert_array_equal(r.outputs, c.outputs)
     np.testing.assert_array_equal(r.cycles, c.cycles)
     np.testing.assert_array_equal(r.layer_cycles, c.layer_cycles)

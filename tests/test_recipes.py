@@ -13,8 +13,7 @@ from compress.errors import InputError
 from compress.fixedpoint import (FixedPointConfig, bias_bits_fixed, choose_bias_rounding,
                                  round_bias, run_integer)
 from compress.golden import golden, predict
-from compress.pipeline import (Data, RECIPES, make_config, matrix_layers, round_matrix_biases,
-                               validate_config)
+from compress.pipeline import RECIPES, make_config, validate_config
 from compress.prune import PruneConfig
 from compress.qnet import Layer, QNet
 
@@ -139,35 +138,42 @@ def test_recipes_validate_and_choose_on_validation():
     assert all(cfg.quantize.bits_for(n) <= 4 for n in ("fc1", "fc2", "fc3"))
 
 
-def test_round_matrix_biases_conv_path():
-    """LeNet-5's .dcz path: biases rounded on the validation split, the model holds them."""
-    torch.manual_seed(0)
-    from compress.models import build, compressible_layers
-    from compress.quantize import QuantConfig, cluster
+@pytest.mark.parametrize("conv", [False, True])
+def test_bias_rounding_is_the_plain_walk(conv):
+    """choose_bias_rounding (blocks, only changed examples re-run) gives exactly what the plain
+    rule gives: per layer the first k whose full golden-model error is over the budget, minus 1."""
+    from compress.fixedpoint import round_bias
+    from compress.synthetic import random_cnn, random_inputs, random_qnet
 
-    model = build("lenet-5")
-    rng = np.random.default_rng(0)
-    imgs = rng.integers(0, 256, (64, 28, 28)).astype(np.uint8)
-    with torch.no_grad():
-        x = torch.from_numpy(imgs.astype(np.float32) / 255).reshape(64, 1, 28, 28)
-        labels = model(x).argmax(1).numpy().astype(np.uint8)
-    split = Split(imgs, labels)
-    data = Data(train=split, val=split, test=split)
-    cbs, idx = cluster(model, None, QuantConfig(bits=4))
-    cfg = make_config("lenet-5", {"fixedpoint": {"bias_round": "auto", "bias_tolerance": 100.0}})
-    layers, shapes, names = matrix_layers(model, cbs, idx, 8)
-    from compress.pipeline import _matrix_frac
+    if conv:
+        q = random_cnn((2, 9, 9), [(5, 3, 1, 1, 2), (6, 3, 1, 0, 1)], [7, 4], seed=3,
+                       density=0.6, weight_scale=300, bias_scale=1 << 17, shift=9)
+    else:
+        q = random_qnet([30, 20, 12, 4], seed=3, density=0.5, bias_scale=1 << 17, shift=9)
+    x = random_inputs(300, q.in_features, seed=4, density=0.8, scale=400)
+    y = predict(golden(q, x))
+    y[::7] = (y[::7] + 1) % 4  # some wrong at the start
+    for tol in (0.0, 1.0):
+        got, ks = choose_bias_rounding(q, x, y, tolerance=tol)
+        layers = list(q.layers)
 
-    fracs = [_matrix_frac(cbs[n].astype(np.float64)) for n in names]
-    ks = round_matrix_biases(model, layers, shapes, names, fracs, cfg, data, log=lambda s: None)
-    assert len(ks) == 4 and all(np.all(ly.bias == 0) for ly in layers)
-    for m in compressible_layers(model).values():
-        assert torch.all(m.bias == 0)
-    # Fixed k per layer: applied as given, the model holds the stored values.
-    layers, shapes, names = matrix_layers(model, cbs, idx, 8)
-    cfg.fixedpoint.bias_round = [3, 3, 3, 3]
-    assert round_matrix_biases(model, layers, shapes, names, fracs, cfg, data) == [3] * 4
-    assert all(np.all(ly.bias % 8 == 0) for ly in layers)
+        def wrong(ls):
+            return int(np.sum(predict(golden(QNet(ls, input_shape=q.input_shape), x)) != y))
+
+        allowed = wrong(layers) + tol / 100 * len(y) + 1e-9
+        want = []
+        for i, ly in enumerate(layers):
+            best = 0
+            top = int(np.abs(ly.bias.astype(np.int64)).max()).bit_length() + 1
+            for k in range(1, min(top, 31) + 1):
+                trial = layers[:i] + [ly.with_bias(round_bias(ly.bias, k))] + layers[i + 1:]
+                if wrong(trial) > allowed:
+                    break
+                best = k
+            layers[i] = ly.with_bias(round_bias(ly.bias, best))
+            want.append(best)
+        assert ks == want
+        assert got.equals(QNet(layers, input_frac=q.input_frac, input_shape=q.input_shape))
 
 
 def test_frontier_choice_and_table(tmp_path):

@@ -14,9 +14,8 @@ import torch
 
 from compress.golden import layer_output, run_layers, wrap
 from compress.qnet import Layer
-from images.eie import build_rom, physical_qnet
+from images.eie import build_rom, pe_images, physical_qnet
 from compress.synthetic import random_inputs, random_qnet
-from hw.eie import pe_images
 from tb.blocks import build_block, pe_params, run_block
 
 

@@ -15,7 +15,8 @@ import pytest
 from compress.golden import golden
 from images.eie import build_rom
 from compress.synthetic import random_inputs, random_qnet
-from tb.sim import EngineParams, build, simulate
+from images.eie import EieParams
+from tb.sim import build, simulate
 from tests.conftest import long_tests
 
 
@@ -53,7 +54,7 @@ CASES = [
 def _check(sizes, pes, density, qkw, rkw, pkw, runkw, n, seed):
     qnet = random_qnet(sizes, seed=seed, density=density, **qkw)
     x = _inputs(n, sizes[0], seed)
-    params = EngineParams(**pkw)
+    params = EieParams(**pkw)
     b = build(build_rom(qnet, pes=pes, **rkw), params)
     r = simulate(b, x, seed=seed, **runkw)
     want = golden(qnet, x, acc_bits=params.acc_bits)
@@ -88,8 +89,8 @@ def test_dense_engine_is_slower_and_sparse_skips_zero_activations():
     qnet = random_qnet(sizes, seed=3, density=0.1, shift=[8, 6])
     x = np.concatenate([np.zeros((1, 32), np.int16), random_inputs(3, 32, seed=4, density=0.3)])
     rom = build_rom(qnet, pes=4)
-    rs = simulate(build(rom, EngineParams()), x)
-    rd = simulate(build(rom, EngineParams(sparse=False)), x)
+    rs = simulate(build(rom, EieParams()), x)
+    rd = simulate(build(rom, EieParams(sparse=False)), x)
     np.testing.assert_array_equal(rs.outputs, golden(qnet, x))
     np.testing.assert_array_equal(rd.outputs, golden(qnet, x))
     assert len(set(rd.layer_cycles[:, 0].tolist())) == 1  # dense: data-independent
@@ -127,7 +128,7 @@ def test_lenet_utilisation_8_pes_long():
     util = {}
     for balance in (True, False):
         rom = build_rom(qnet, pes=8, balance=balance)
-        r = simulate(build(rom, EngineParams()), x)
+        r = simulate(build(rom, EieParams()), x)
         np.testing.assert_array_equal(r.outputs, golden(qnet, x))
         util[balance] = utilisation(qnet, rom, x, r.layer_cycles)[0]
     assert util[True] >= 0.80 and util[True] > util[False] + 0.05, util

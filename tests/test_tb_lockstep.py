@@ -1,6 +1,6 @@
 """The lockstep engine's generated Verilog in cocotb + Icarus, bit-exact against the golden model.
 
-Same bench as tests/test_tb_engine.py (tb.sim with a lockstep image): PEs 1..16,
+Same bench as tests/test_tb_engine.py (tb.sim with a lockstep image): PEs 1..16 (of 1..MAX_PES),
 1 to 3 layers, weight densities 0.03 to 1, gaps of 16 and more (fillers), rows fewer than PEs,
 accumulator wrap and saturation, random stalls on both streams, a reset in the middle of an
 inference, and the shipped LeNet-300-100 with the board's 8 PEs on real digits.
@@ -18,7 +18,9 @@ from compress.shipped import SAMPLE_DIGITS, SHIPPED_QNET
 from compress.synthetic import random_qnet
 from images import build_image
 from images.lockstep import build_lockstep, lockstep_cycles
-from tb.sim import EngineParams, build, simulate
+from images import get
+from images.lockstep import LockstepParams
+from tb.sim import build, simulate
 from tests.test_tb_engine import _inputs
 
 
@@ -43,7 +45,7 @@ def test_lockstep_bit_exact_cocotb(case):
     seed = pes + len(sizes)
     qnet = random_qnet(sizes, seed=seed, density=density, **qkw)
     x = _inputs(n, sizes[0], seed)
-    params = EngineParams(**pkw)
+    params = get("lockstep").params_for(**pkw)  # the RTL benches' defaults (queue 8)
     b = build(build_image(qnet, "lockstep", pes, **rkw), params)
     r = simulate(b, x, seed=seed, **runkw)
     want = golden(qnet, x, acc_bits=params.acc_bits)
@@ -58,7 +60,7 @@ def test_lockstep_shipped_model_8_pes():
     d = np.load(SAMPLE_DIGITS, allow_pickle=False)
     x = mnist_to_input(d["images"][:4], qnet.input_frac)
     img = build_lockstep(qnet, 8)
-    r = simulate(build(img, EngineParams(queue_depth=2, drain_share=4)), x)
+    r = simulate(build(img, LockstepParams(queue_depth=2, drain_share=4)), x)
     np.testing.assert_array_equal(r.outputs, golden(qnet, x))
     slots = lockstep_cycles(img, [x] + run_layers(qnet, x)[:-1])
     # every layer costs its slots plus a bounded overhead (preload, pipeline, drain)
@@ -75,7 +77,7 @@ def test_lockstep_shipped_model_back_to_back_board_params():
     d = np.load(SAMPLE_DIGITS, allow_pickle=False)
     x = mnist_to_input(d["images"][:4], qnet.input_frac)
     img = build_lockstep(qnet, 8)
-    r = simulate(build(img, EngineParams(queue_depth=2, drain_share=4)), x, back_to_back=True)
+    r = simulate(build(img, LockstepParams(queue_depth=2, drain_share=4)), x, back_to_back=True)
     np.testing.assert_array_equal(r.outputs, golden(qnet, x))
     gap = r.cycles[1:] - r.layer_cycles[1:].sum(axis=1)
     # the output words, the rest of layer 0's biases (38 rows, 12 of them during OUTPUT) and
@@ -96,7 +98,7 @@ def test_lockstep_back_to_back_cocotb(stall):
     one-at-a-time run's, and free-flowing, an inference costs less than load + compute."""
     qnet = random_qnet((36, 20, 7), seed=11, density=0.4, shift=[7, 4])
     x = _inputs(8, 36, 11)
-    b = build(build_image(qnet, "lockstep", 4), EngineParams(queue_depth=2, drain_share=2))
+    b = build(build_image(qnet, "lockstep", 4), LockstepParams(queue_depth=2, drain_share=2))
     one = simulate(b, x)
     r = simulate(b, x, back_to_back=True, stall_in=stall, stall_out=stall, seed=5)
     np.testing.assert_array_equal(r.outputs, golden(qnet, x))

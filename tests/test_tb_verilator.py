@@ -22,8 +22,8 @@ import pytest
 from compress.golden import golden
 from compress.qnet import save_qnet
 from compress.synthetic import random_qnet
-from images import build_image
-from tb.sim import EngineParams, build, simulate
+from images import build_image, get
+from tb.sim import build, simulate
 from tests.conftest import long_tests
 from tests.test_tb_engine import _inputs
 
@@ -63,7 +63,7 @@ def test_simulators_agree_bit_and_cycle(engine):
     # indices) in the sparse first layer, a last layer with fewer rows than PEs
     eie = build_image(qnet, "eie", pes, **ikw)
     assert sum(eie.layers[0].fillers) > 0 and SIZES[-1] < pes
-    params = EngineParams(**pkw)
+    params = get(engine).params(**pkw)
     builds = {sim: build(img, params, sim=sim) for sim in ("icarus", "verilator")}
     assert {b.sim for b in builds.values()} == {"icarus", "verilator"}
     assert builds["icarus"].dir != builds["verilator"].dir
@@ -163,7 +163,7 @@ def test_every_case_on_both_simulators_long(case):
     seed = pes + len(sizes)
     qnet = random_qnet(sizes, seed=seed, density=density, **qkw)
     x = _inputs(n, sizes[0], seed)
-    params = EngineParams(**pkw)
+    params = get(engine).params_for(**pkw)  # the RTL benches' defaults, as the cases had them
     img = build_image(qnet, engine, pes, **rkw)
     ri, rv = (simulate(build(img, params, sim=s), x, seed=seed, **runkw)
               for s in ("icarus", "verilator"))

@@ -4,19 +4,25 @@ Exit status 0 on success, 2 with one line on stderr for a bad invocation or bad 
 (`InputError`), 1 for anything else. Set COMPRESS_DEBUG=1 to see tracebacks.
 
 One registry (`registry.COMMANDS`); each module registers its subcommands when imported:
-`basic` (golden, export-rom), `dcz` (pack, unpack, info), `pipeline` (train, prune,
-quantize, pipeline, report, compress), `user` (encode-inputs, sensitivity).
+`basic` (golden), `dcz` (pack, unpack, info), `pipeline` (train, prune, quantize, pipeline,
+report, compress), `user` (encode-inputs, sensitivity). The stages after compress add theirs
+through the `deepcomp_eie.commands` entry points (pyproject.toml; export-rom is images.cli's),
+so compress imports none of them.
 """
 
 from __future__ import annotations
 
 import argparse
+from importlib.metadata import entry_points
 
 from ..atomic import save_npy  # noqa: F401 (was compress.cli.save_npy)
 from ..errors import OneLineParser as _Parser
 from ..errors import run_main
 from . import basic, dcz, pipeline, user  # noqa: F401 (they register their commands)
 from .registry import COMMANDS, command  # noqa: F401
+
+for _plugin in entry_points(group="deepcomp_eie.commands"):
+    _plugin.load()  # registers its commands
 
 
 def build_parser() -> argparse.ArgumentParser:

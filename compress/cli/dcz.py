@@ -14,8 +14,9 @@ def _pack_args(p):
         "--index-bits", type=int, default=8, help="largest codebook index bits (default 8)"
     )
     p.add_argument("--table", action="store_true", help="print the paper's per-layer table")
-    p.add_argument("--dcz-version", type=int, choices=(1, 2), default=2,
-                   help="file format version (default 2; 1: Huffman only, for old readers)")
+    p.add_argument("--dcz-version", type=int, choices=(1, 2, 3), default=None,
+                   help="file format version (default: 2, or 3 for a qnet with conv layers; "
+                        "1: Huffman only, for old readers)")
 
 
 @command("pack", "compress a qnet into a .dcz model file")(_pack_args)
@@ -64,12 +65,16 @@ def _info(args):
         print(json.dumps(d, indent=2))
         return
     print(f"{args.dcz}: .dcz version {d['version']} ({d['kind']}), {d['bytes']:,} bytes, "
-          f"{d['num_layers']} layers, input_frac {d['input_frac']}")
+          f"{d['num_layers']} layers, input_frac {d['input_frac']}"
+          + (f", input {'x'.join(map(str, d['input_shape']))}" if "input_shape" in d else ""))
     for s in d["sections"]:
         print(f"  {s['name']:<10} {s['bytes']:>9,} bytes")
     print(f"  framing    {d['overhead_bytes']:>9,} bytes (magic, version, file crc32)")
     for i, ly in enumerate(d["layers"]):
-        print(f"  l{i}: {'x'.join(map(str, ly['shape']))}, {ly['nnz']:,} non-zero, "
+        conv = (f" conv {ly['kernel'][0]}x{ly['kernel'][1]} stride {ly['stride'][0]}x"
+                f"{ly['stride'][1]} padding {ly['padding'][0]}x{ly['padding'][1]} pool "
+                f"{ly['pool'][0]}x{ly['pool'][1]}," if ly.get("kind") == "conv" else "")
+        print(f"  l{i}: {'x'.join(map(str, ly['shape']))},{conv} {ly['nnz']:,} non-zero, "
               f"codebook {ly['codebook']}, {ly['coding']} coded")
         if "parts" in ly:  # bytes of each stream (fractions: arithmetic coding shares bytes)
             print("      " + ", ".join(f"{k} {v:,.1f}" for k, v in ly["parts"].items())

@@ -329,6 +329,9 @@ def _pipeline_model(args) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise InputError(f"--max-steps must be >= 1, not {args.max_steps}")
     model = load_model(args.model)
+    from ..trace import network_chain
+
+    network_chain(model)  # a layer the integer network cannot hold: one line, before anything
     data = load_dataset(args.data, model.input_shape)
     # One CPU thread unless asked, as for the recipes (fastest on a shared 2-core machine).
     opts: dict = {"test": data["test"], "progress": not args.no_progress,
@@ -367,10 +370,11 @@ def _pipeline_model(args) -> int:
         acc["dense"]["test"], final, acc[final]["test"]))
     print("density " + ", ".join(f"{k} {v:.3f}" for k, v in s["density"].items()) +
           "; index bits " + ", ".join(f"{k} {v}" for k, v in s["index_bits"].items()))
-    written = ["model.dcz"] + (["model.qnet.npz"] if result.qnet is not None else []) + \
-        ["report.txt", "summary.json", "sensitivity.json", "sensitivity.txt", "sensitivity.png"]
+    written = ["model.dcz", "model.qnet.npz", "report.txt", "summary.json", "sensitivity.json",
+               "sensitivity.txt", "sensitivity.png"]
     print(f"wrote {out}/: {', '.join(written)}" +
-          ("" if result.qnet is not None else " (conv layers: .dcz only, no qnet)"))
+          (" (a version 2 qnet: conv layers, which the golden model runs; the RTL engine and "
+           "the board do not yet)" if result.qnet.has_conv else ""))
     return 0
 
 
@@ -389,7 +393,7 @@ def ship(cfg, dest: Path, name: str | None = None) -> None:
 
     src = Path(cfg.out) / "model.dcz"
     if not src.exists():
-        raise InputError(f"{src}: no .dcz to ship (the network must be fully connected)")
+        raise InputError(f"{src}: no .dcz to ship (run the fixedpoint stage first)")
     data = dcz.read_file(src)
     qnet = dcz.unpack(data)
     qnet.validate(index_bits=4)  # the engine's 4-bit codebook indices

@@ -24,10 +24,8 @@ class CodebookDecoder(wiring.Component):
 
     def __init__(self, *, index_bits: int, layers: int, addr_bits: int):
         if not isinstance(index_bits, int) or not 1 <= index_bits <= 16:
-            self._MustUse__silence = True  # refused: not an unused elaboratable
             raise ValueError(f"index_bits must be an integer 1..16, not {index_bits!r}")
         if not isinstance(layers, int) or layers < 1:
-            self._MustUse__silence = True  # refused: not an unused elaboratable
             raise ValueError(f"layers must be a positive integer, not {layers!r}")
         self.index_bits = index_bits
         super().__init__({

@@ -23,63 +23,21 @@ weight, zeros included, as an entry with z = 0) and a front end that broadcasts 
 
 from __future__ import annotations
 
-import numpy as np
 from types import SimpleNamespace
 
 from amaranth.hdl import Array, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 
-from images.eie import RomImage, default_issue_width, physical_qnet
+from images.eie import EieParams, RomImage, memory_map, pe_images
+from images.eie import issue_width as _issue_width
 
 from ..blocks import (ActIO, EngineConfigError, EngineSignature, ceil_div, check_fits,
-                      check_queue_depth, refusing)
-from ..frontend import FrontEnd
-from .frontend import WideFrontEnd
+                      check_queue_depth)
+from ..frontend import front_end
 from ..memory import MemoryFactory, MemorySpec
-from .pe import PE, PEImage
+from .pe import PE
 
-__all__ = ["Engine", "pe_images"]
-
-
-def pe_images(rom: RomImage, *, sparse: bool = True) -> list[PEImage]:
-    """Per-PE images: the ROM's own (sparse), or every weight as an entry (dense baseline)."""
-    n = rom.pes
-    L = rom.num_layers
-    shifts = [rl.shift for rl in rom.layers]
-    relus = [rl.relu for rl in rom.layers]
-    if sparse:
-        return [
-            PEImage(pe=k, index_bits=rom.index_bits, rel_bits=rom.rel_bits,
-                    entries=rom.entries[k], ptr=rom.ptr[k], bias=rom.bias[k],
-                    codebook=rom.codebook,
-                    ptr_base=[rl.ptr_base[k] for rl in rom.layers],
-                    rows=[rl.rows[k] for rl in rom.layers],
-                    bias_base=[rl.bias_base[k] for rl in rom.layers],
-                    shift=shifts, relu=relus)
-            for k in range(n)
-        ]
-    qnet = physical_qnet(rom)  # rows as placed (a balanced ROM permutes them)
-    imgs = []
-    for k in range(n):
-        ents, ptrs, ptr_base = [], [], []
-        base = pbase = 0
-        for layer in qnet.layers:
-            sub = layer.index[k::n, :]  # [rows, in]
-            rows, cols = sub.shape
-            ents.append(sub.T.reshape(-1).astype(np.uint32))  # column-major, z = 0
-            ptrs.append(base + rows * np.arange(cols + 1, dtype=np.int64))
-            ptr_base.append(pbase)
-            base += rows * cols
-            pbase += cols + 1
-        imgs.append(PEImage(
-            pe=k, index_bits=rom.index_bits, rel_bits=rom.rel_bits,
-            entries=np.concatenate(ents), ptr=np.concatenate(ptrs), bias=rom.bias[k],
-            codebook=rom.codebook, ptr_base=ptr_base,
-            rows=[rl.rows[k] for rl in rom.layers],
-            bias_base=[rl.bias_base[k] for rl in rom.layers],
-            shift=shifts, relu=relus))
-    assert all(len(i.ptr_base) == L for i in imgs)
-    return imgs
+__all__ = ["Engine"]
 
 
 class Engine(wiring.Component):
@@ -98,17 +56,26 @@ class Engine(wiring.Component):
 
     image_type = RomImage
 
+    @classmethod
+    def check(cls, rom: RomImage, *, queue_depth=8, acc_bits=32, sparse=True,
+              max_width: int | None = None, issue_width: int | None = None) -> None:
+        """EngineConfigError naming what does not fit, before anything is made."""
+        if not isinstance(rom, RomImage):
+            raise TypeError(f"the EIE engine is built from a RomImage, not "
+                            f"{type(rom).__name__}")
+        check_queue_depth(queue_depth)
+        check_fits(rom, acc_bits=acc_bits, max_width=max_width)
+        if issue_width not in (None, 1, 2):
+            raise EngineConfigError(f"issue width must be 1 or 2, not {issue_width!r}")
+
     def __init__(self, rom: RomImage, *, queue_depth=8, acc_bits=32, sparse=True,
                  memories: "MemoryFactory | None" = None, max_width: int | None = None,
                  issue_width: int | None = None):
-        with refusing(self):
-            check_queue_depth(queue_depth)
-            check_fits(rom, acc_bits=acc_bits, max_width=max_width)
-            if issue_width is None:
-                issue_width = default_issue_width(rom.pes)
-            if issue_width not in (1, 2):
-                raise EngineConfigError(f"issue width must be 1 or 2, not {issue_width!r}")
-        self.issue_width = issue_width
+        self.check(rom, queue_depth=queue_depth, acc_bits=acc_bits, sparse=sparse,
+                   max_width=max_width, issue_width=issue_width)
+        params = EieParams(queue_depth=queue_depth, acc_bits=acc_bits, sparse=sparse,
+                           max_width=max_width, issue_width=issue_width)
+        self.issue_width = _issue_width(rom, params)
         self.rom = rom
         self.queue_depth = queue_depth
         self.acc_bits = acc_bits
@@ -124,24 +91,25 @@ class Engine(wiring.Component):
         self.act_words = max(ceil_div(w, n) for w in widths)  # per PE per bank
         self.col_bits = max(1, self.max_width.bit_length())
         self.row_bits = max(1, self.act_words.bit_length())
+        # the memory map is the image's (images.eie.memory_map), so the host and the board read
+        # the same one without making an engine
+        self._specs = memory_map(rom, params)
         self.images = pe_images(rom, sparse=sparse)
         self.pe_blocks = [
             PE(img, col_bits=self.col_bits, row_bits=self.row_bits, queue_depth=queue_depth,
                acc_bits=acc_bits, sparse=sparse, memories=self.memories,
-               issue_width=issue_width)
+               issue_width=self.issue_width,
+               specs=[s for s in self._specs if s.name.split(".")[0] == f"pe{img.pe}"
+                      and not s.name.endswith(".act")])
             for img in self.images
         ]
-        self.act_specs = [
-            MemorySpec(f"pe{k}.act", "ram", 16, 2 * self.act_words, (), read_ports=1,
-                       write_ports=1)
-            for k in range(n)
-        ]
+        self.act_specs = [s for s in self._specs if s.name.endswith(".act")]
         super().__init__(EngineSignature(L))
 
     @property
     def memory_specs(self) -> list[MemorySpec]:
         """Every memory the engine creates (name, kind, width, depth, init, ports)."""
-        return [s for pe in self.pe_blocks for s in pe.specs] + self.act_specs
+        return list(self._specs)
 
     def elaborate(self, platform):
         m = Module()
@@ -162,7 +130,8 @@ class Engine(wiring.Component):
     def _front_end(self, m, c):
         """Front end and its broadcast to every PE, with credit: every PE must have room."""
         rom, n, pes = self.rom, self.pes, self.pe_blocks
-        fe_cls = FrontEnd if self.issue_width == 1 else WideFrontEnd
+        # every layer is of a kind the engine runs (check_fits): fc, whose front end this is
+        fe_cls = front_end(rom.layers[0].kind, self.issue_width)
         m.submodules.fe = c.fe = fe = fe_cls(pes=n, col_bits=self.col_bits,
                                               group_bits=self.row_bits, sparse=self.sparse)
         c.layer = layer = Signal(range(max(self.num_layers, 2)), name="layer")

@@ -39,10 +39,8 @@ class Mac(wiring.Component):
 
     def __init__(self, *, row_bits: int, acc_bits: int = 32, sparse: bool = True):
         if not isinstance(row_bits, int) or row_bits < 1:
-            self._MustUse__silence = True  # refused: not an unused elaboratable
             raise ValueError(f"row_bits must be a positive integer, not {row_bits!r}")
         if not isinstance(acc_bits, int) or not 17 <= acc_bits <= 64:
-            self._MustUse__silence = True  # refused: not an unused elaboratable
             raise ValueError(f"acc_bits must be an integer 17..64, not {acc_bits!r}")
         self.row_bits = row_bits
         self.acc_bits = acc_bits

@@ -34,40 +34,23 @@ preloads bank 0 and bank 1 with the biases of layers 0 and 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import SimpleNamespace
 
-import numpy as np
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+
+from images.eie import PEImage, pe_memory_map
 
 from ..blocks import bits, post_process, slot_sequencer
 from ..frontend import bcast_layout
 from ..memory import MemoryFactory, MemorySpec
-from ..queue import ActQueue
+from ..queue import ActQueue, PairQueue
 from .codebook import CodebookDecoder
 from .mac import Mac
 from .pointer import PointerRead, column_layout
-from .widequeue import PairQueue
 
-
-@dataclass
-class PEImage:
-    """What one PE is built from (sparse or dense image of the same network)."""
-
-    pe: int
-    index_bits: int
-    rel_bits: int
-    entries: np.ndarray  # uint32 words v | z << index_bits, all layers
-    ptr: np.ndarray  # absolute pointers, all layers (in_i + 1 each)
-    bias: np.ndarray  # int32, all layers
-    codebook: np.ndarray  # int16[L * 2**index_bits]
-    ptr_base: list[int]  # per layer
-    rows: list[int]  # per layer
-    bias_base: list[int]  # per layer
-    shift: list[int]  # per layer
-    relu: list[bool]  # per layer
+__all__ = ["PE", "PEImage"]
 
 
 class PE(wiring.Component):
@@ -80,14 +63,14 @@ class PE(wiring.Component):
 
     Parameters: img; col_bits, row_bits (column and local-row widths of the engine);
     queue_depth (column queue, 1..64); acc_bits; sparse (False: the dense baseline, no zero
-    skipping); memories (the engine's `MemoryFactory`; `specs` lists what it makes).
+    skipping); memories (the engine's `MemoryFactory`); issue_width (columns broadcast a
+    cycle); specs (its memories, default `images.eie.pe_memory_map`).
     """
 
     def __init__(self, img: PEImage, *, col_bits: int, row_bits: int, queue_depth: int = 8,
                  acc_bits: int = 32, sparse: bool = True, memories: MemoryFactory | None = None,
-                 issue_width: int = 1):
+                 issue_width: int = 1, specs: list[MemorySpec] | None = None):
         if issue_width not in (1, 2):
-            self._MustUse__silence = True  # refused: not an unused elaboratable
             raise ValueError(f"issue_width must be 1 or 2, not {issue_width!r}")
         self.issue_width = issue_width
         self.img = img
@@ -97,31 +80,12 @@ class PE(wiring.Component):
         self.memories = memories or MemoryFactory()
         self.num_layers = len(img.rows)
         self.row_bits = row_bits
-        self.ptr_bits = bits(max(len(img.entries), 1))
+        self.ptr_bits = img.ptr_bits
         L = self.num_layers
-        k = 1 << img.index_bits
-        pe = img.pe
-        n_ptr = len(img.ptr)
-        ptr_words = [int(x) for x in img.ptr]
-        even = ptr_words[0::2] or [0]
-        odd = ptr_words[1::2] or [0]
-        self.specs = [
-            MemorySpec(f"pe{pe}.entries", "rom", img.index_bits + img.rel_bits,
-                       max(1, len(img.entries)), tuple(int(x) for x in img.entries)),
-            # one read port per column looked up a cycle
-            MemorySpec(f"pe{pe}.ptr_even", "rom", self.ptr_bits, max(1, (n_ptr + 1) // 2),
-                       tuple(even), read_ports=issue_width),
-            MemorySpec(f"pe{pe}.ptr_odd", "rom", self.ptr_bits, max(1, n_ptr // 2), tuple(odd),
-                       read_ports=issue_width),
-            MemorySpec(f"pe{pe}.bias", "rom", 32, max(1, len(img.bias)),
-                       tuple(int(x) & 0xFFFFFFFF for x in img.bias)),
-            MemorySpec(f"pe{pe}.codebook", "rom", 16, max(1, L * k),
-                       tuple(int(x) & 0xFFFF for x in img.codebook)),
-            # two accumulator banks: layer i accumulates into bank i % 2 while the previous
-            # layer is drained from (and cleared in) the other bank
-            *(MemorySpec(f"pe{pe}.acc{b}", "ram", acc_bits, max(1, max(img.rows)), (),
-                         read_ports=1, write_ports=1) for b in range(2)),
-        ]
+        # the PE's memories (`images.eie.pe_memory_map`; the engine passes its part of the
+        # engine's map)
+        self.specs = specs if specs is not None else pe_memory_map(
+            img, acc_bits=acc_bits, issue_width=issue_width)
         if issue_width == 1:
             bcast = {"bc": In(stream.Signature(bcast_layout(col_bits + 1)))}
         else:  # up to two columns a cycle, sent only within `room` (no back-pressure)
@@ -174,12 +138,16 @@ class PE(wiring.Component):
             (c.queue.level == 0) & ~c.pr_busy & ~c.s.valid & ~c.e_valid & ~c.mac.pending)
         return m
 
+    def _ptr_base_table(self):
+        """Each layer's first pointer, a table indexed by the layer (two rows at least)."""
+        img, L = self.img, self.num_layers
+        return Array(Const(int(v), unsigned(bits(len(img.ptr) + 1)))
+                     for v in (list(img.ptr_base) + [0] * 2)[:max(L, 2)])
+
     def _pointer_stage2(self, m, c, pevs, pods):
         """p_ at issue width 2: two `PointerRead`s, one per broadcast lane, each on its own
         read port of the two pointer banks, into a queue written with up to two columns."""
-        img, L = self.img, self.num_layers
-        ptr_base = Array(Const(int(v), unsigned(bits(len(img.ptr) + 1)))
-                         for v in (list(img.ptr_base) + [0] * 2)[:max(L, 2)])
+        img, ptr_base = self.img, self._ptr_base_table()
         depth = self.queue_depth
         m.submodules.queue = c.queue = queue = PairQueue(column_layout(self.ptr_bits),
                                                          depth=depth)
@@ -198,7 +166,7 @@ class PE(wiring.Component):
                 pr.credit.eq(1),  # `room` below is the credit, checked by the front end
                 pev.addr.eq(pr.even.addr), pr.even.data.eq(pev.data),
                 pod.addr.eq(pr.odd.addr), pr.odd.data.eq(pod.data),
-                queue.i[j].eq(pr.o.payload),
+                queue.i[j].payload.eq(pr.o.payload),
             ]
             prs.append(pr)
         c.pr_busy = prs[0].busy | prs[1].busy
@@ -219,7 +187,7 @@ class PE(wiring.Component):
         with m.Else():
             m.d.comb += [src.o.valid.eq(queue.o.valid), src.o.payload.eq(queue.o.payload),
                          queue.o.ready.eq(src.o.ready)]
-        m.d.comb += queue.i_valid.eq(Cat(prs[0].o.valid, prs[1].o.valid) & ~by)
+        m.d.comb += [queue.i[j].valid.eq(prs[j].o.valid & ~by[j]) for j in range(2)]
         # free slots once the columns in the pointer stage are queued: every one sent now
         # finds its slot a cycle later whatever the sequencer does
         free = Signal(range(-2, depth + 1), name="free")
@@ -228,9 +196,7 @@ class PE(wiring.Component):
 
     def _pointer_stage(self, m, c, pev, pod):
         """p_: pointer read (hw/eie/pointer.py) into the column queue."""
-        img, L = self.img, self.num_layers
-        ptr_base = Array(Const(int(v), unsigned(bits(len(img.ptr) + 1)))
-                         for v in (list(img.ptr_base) + [0] * 2)[:max(L, 2)])
+        img, ptr_base = self.img, self._ptr_base_table()
         depth = self.queue_depth
         m.submodules.queue = c.queue = queue = ActQueue(column_layout(self.ptr_bits),
                                                         depth=depth)

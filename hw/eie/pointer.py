@@ -41,7 +41,6 @@ class PointerRead(wiring.Component):
                         ("ptr_bits", ptr_bits), ("even_addr_bits", even_addr_bits),
                         ("odd_addr_bits", odd_addr_bits)):
             if not isinstance(v, int) or v < 1:
-                self._MustUse__silence = True  # refused: not an unused elaboratable
                 raise ValueError(f"{name} must be a positive integer, not {v!r}")
         self.base_bits = base_bits
         super().__init__({

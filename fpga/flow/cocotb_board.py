@@ -1,4 +1,4 @@
-"""cocotb bench of the board core, driven only through its UART pins (run by fpga/bench.py).
+"""cocotb bench of the board core, driven only through its UART pins (run by fpga/flow/bench.py).
 
 The bench is a byte bridge: it connects to the TCP port in BOARD_PORT on 127.0.0.1, and every
 byte the host writes there is sent on the `rx` pin as an 8N1 frame; every 8N1 frame seen on the

@@ -2,8 +2,8 @@
 
 `Board` speaks the protocol (fpga/protocol.py) over any transport with `write(bytes)` and
 `read(max_bytes, timeout) -> bytes`: `SerialTransport` (pyserial, a real iCEBreaker) or
-`SocketTransport` (the simulated board of fpga/bench.py). fpga/runner.py streams inputs through
-a `Board` and checks the answers.
+`SocketTransport` (the simulated board of fpga/flow/bench.py). fpga/host/runner.py streams
+inputs through a `Board` and checks the answers.
 
 Inputs and weights are streamed: up to the board's `window` (PING) requests are in flight, the
 next one written as soon as a reply comes, so the line from the host never waits for a round
@@ -19,8 +19,9 @@ from collections import deque
 import numpy as np
 
 from compress.errors import InputError
+from images.engines import MAX_PES
 
-from . import protocol as P
+from .. import protocol as P
 
 
 class SerialTransport:
@@ -71,9 +72,10 @@ MAX_STALE_REPLIES = 64
 # Bytes the board may send without one whole frame, in frames of the longest reply it can
 # send (noise on a line costs a few bytes; a board sending nothing but noise is not a board).
 JUNK_FRAMES = 4
-# What a board this host works with reports in PING: `fpga build` makes 1..16 PEs, and a clock
-# below 1 kHz (or 0) cannot be one (the throughput figures divide by it).
-MAX_BOARD_PES = 16
+# What a board this host works with reports in PING: `fpga build` makes 1..MAX_PES PEs (the one
+# PE limit, images.engines), and a clock below 1 kHz (or 0) cannot be one (the throughput
+# figures divide by it).
+MAX_BOARD_PES = MAX_PES
 MIN_CLOCK_HZ = 1000
 
 
@@ -305,8 +307,10 @@ class Board:
                 run = self._stale(run, "a PACKED request in flight")
         return results
 
-    def load(self, img, *, progress: bool = False, retries: int = 3) -> int:
-        """Write the SPRAM-resident ROMs of `img` (the board's plan) and COMMIT; returns words.
+    def load(self, img, *, progress: bool = False, retries: int = 3,
+             board: str | None = None) -> int:
+        """Write the SPRAM-resident ROMs of `img` (the load plan of `board`'s family; None: the
+        default board's) and COMMIT; returns words.
 
         The board takes LOADs in order only and counts a memory loaded when all its words are
         written, so every memory is sent to its full depth. A frame refused for its CRC, its
@@ -314,11 +318,12 @@ class Board:
         (a resent frame that had landed is out of order) or a refused COMMIT starts the whole
         load over (memory 0, address 0), at most `retries` times.
         """
-        from .memories import load_words, spram_plan_for
+        from ..boards import DEFAULT_BOARD, family_of  # Amaranth: only when loading
 
-        plan = spram_plan_for(img)
+        fam = family_of(board or DEFAULT_BOARD)
+        plan = fam.load_plan_for(img)
         frames = [f for i, spec in enumerate(plan)
-                  for f in P.load_requests(i, load_words(spec), depth=spec.depth)]
+                  for f in P.load_requests(i, fam.load_words(spec), depth=spec.depth)]
         for attempt in range(retries):
             try:
                 self._load_once(frames, progress=progress, retries=retries)

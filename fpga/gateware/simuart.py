@@ -1,7 +1,7 @@
 """Helpers for the Amaranth simulator: drive and watch an 8N1 line bit by bit.
 
 Used by the unit tests of the UART and the link; the cocotb board bench has its own
-(fpga/cocotb_board.py).
+(fpga/flow/cocotb_board.py).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """`python -m fpga run`: inputs streamed to the board (or the simulated board), answers checked.
 
 `run_inputs` streams engine inputs (int16 [batch, in_0], any network the board runs) through a
-`Board` (fpga/host.py), compares every answer with the golden model and the label, and gathers
-the on-chip cycle counters. `summary` reports throughput at the clock the bitstream runs at: the
-clock a real board reports in PING, or for the simulated board (whose bench clock is 100 MHz)
-the board's PLL clock that `fpga build` uses by default; cycle counts do not depend on it.
+`Board` (fpga/host/client.py), compares every answer with the golden model and the label, and
+gathers the on-chip cycle counters. `summary` reports throughput at the clock the bitstream
+runs at: the clock a real board reports in PING, or for the simulated board (whose bench clock
+is 100 MHz) the board's PLL clock that `fpga build` uses by default; cycle counts do not depend
+on it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compress.errors import InputError
+from compress.atomic import check_output, refuse_same_path, save_npy
+from compress.data import load_split
+from compress.progress import step
+from compress.qnet import load_inputs, load_labels
+from compress.shipped import load_model
+from images import build_image, check_pes, engine_of
 
-from . import protocol as P
-from .host import Board, SerialTransport
+from .. import protocol as P
+from ..flow.bench import simulated_board
+from ..flow.build import DEFAULT_CLOCK_MHZ
+from ..flow.resources import check_board_fit
+from ..gateware.uart import baud_divisor
+from .client import Board, SerialTransport
 
 
 @dataclass
@@ -67,19 +78,18 @@ def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
                progress: bool = True, rom=None, noun: str = "input") -> RunStats:
     """Stream x through the board; if it reports its weights not loaded, load `rom` first.
 
-    `rom` is the ROM image (a RomImage or a LockstepImage) the board's weights are cut from.
+    `rom` is the image (of a registered engine) the board's weights are cut from.
     """
     from compress.golden import golden, predict
-
-    from images import kind_of
 
     info = board.ping()
     if not info.loaded:
         if rom is None:
             raise InputError("the board's weights are not loaded and no ROM image was given")
-        if (kind_of(rom), rom.pes) != (info.engine, info.pes):
+        engine = engine_of(rom).name
+        if (engine, rom.pes) != (info.engine, info.pes):
             raise InputError(f"the board runs the {info.engine} engine with {info.pes} PEs, the "
-                             f"ROM image is for the {kind_of(rom)} engine with {rom.pes}")
+                             f"ROM image is for the {engine} engine with {rom.pes}")
         counts = (board.bytes_out, board.bytes_in)
         t0 = time.monotonic()
         board.load(rom, progress=progress)
@@ -162,11 +172,7 @@ def summary(stats: RunStats, info: P.Info, *, has_labels: bool, clock_hz: float 
 
 def _inputs(args, qnet):
     """(x int16[n, in_0], labels int64[n] or None, noun, description) for `fpga run`."""
-    from compress.qnet import load_inputs
-
     if args.inputs:
-        from compress.qnet import load_labels
-
         x = load_inputs(args.inputs, qnet.in_features)
         labels = (load_labels(args.labels, len(x), classes=qnet.out_features)
                   if args.labels else None)
@@ -179,7 +185,6 @@ def _inputs(args, qnet):
         raise InputError(f"the model takes {qnet.in_features} inputs, not 784 (an MNIST digit): "
                          f"pass your inputs with --inputs XI.npy (int16 [batch, "
                          f"{qnet.in_features}], e.g. from python -m compress encode-inputs)")
-    from compress.data import load_split
     from compress.golden import mnist_to_input
 
     test = load_split("test", args.data)
@@ -200,26 +205,15 @@ def run_cli(args) -> int:
     if args.clock_mhz is not None and not 0 < args.clock_mhz <= 1000:
         raise InputError(f"--clock-mhz must be in (0, 1000], not {args.clock_mhz!r}")
     if args.out:
-        from compress.atomic import check_output, refuse_same_path
-
         refuse_same_path(args.out, args.model, args.inputs, args.labels)
         check_output(args.out)
-
-    from compress.shipped import load_model
-    from images import build_image
-
-    from .build import DEFAULT_CLOCK_MHZ
 
     qnet, name = load_model(args.model, board=True)  # what the bitstream is built for
     x, labels, noun, what = _inputs(args, qnet)
     print(f"model: {name}")
     print(what)
     if args.sim:
-        from .bench import simulated_board
-        from .uart import baud_divisor
-
-        if not 1 <= args.pes <= 16:
-            raise InputError(f"--pes must be 1..16, not {args.pes}")
+        check_pes(args.pes)
         # The bench clocks the simulation at 100 MHz, but counts in the board's cycles: the
         # UART runs at the divisor the bitstream has at the PLL clock.
         mhz = args.clock_mhz or DEFAULT_CLOCK_MHZ
@@ -227,10 +221,6 @@ def run_cli(args) -> int:
             divisor = baud_divisor(mhz * 1e6, args.baud)
         except ValueError as e:
             raise InputError(f"--baud: {e}") from None
-        from compress.progress import step
-
-        from .resources import check_board_fit
-
         # the simulated board is the board: a network the UP5K cannot hold (with the build's
         # SPRAM plan; --no-spram only preloads the simulation) is refused at once
         check_board_fit(qnet, args.engine, args.pes)
@@ -277,8 +267,6 @@ def run_cli(args) -> int:
                   clock_note=clock_note, noun=noun, baud=args.baud, end_to_end=e2e,
                   end_to_end_note=e2e_note))
     if args.out:
-        from compress.atomic import save_npy
-
         save_npy(args.out, np.stack(stats.outputs).astype(np.int16))
         print(f"wrote {args.out}: the board's outputs, int16 [{stats.n}, {qnet.out_features}]")
     return 0 if stats.exact == stats.n else 1

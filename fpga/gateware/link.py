@@ -54,9 +54,11 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from . import protocol as P
+from .. import protocol as P
 
-LOAD_ADDR_BITS = 14  # SPRAM: 16K words
+# the words a loadable memory holds at most: 2**14 unless the board says otherwise (BoardCore
+# passes its family's `LOAD_ADDR_BITS`; a LOAD frame's address is 16 bits)
+LOAD_ADDR_BITS = 14
 MAX_WINDOW = 8  # PING carries window - 1 in 3 bits
 
 
@@ -105,9 +107,11 @@ class Link(wiring.Component):
 
     Parameters: in_features, out_features, num_layers, pes (the engine's shape, also sent in
     the PING reply); clock_hz (sent in PING); timeout, the inter-byte timeout in clock cycles;
-    lockstep, which image the host must load (PING flags bit 1); `loads`, the number of
-    loadable (SPRAM) memories, or the list of their depths in words (load-id order); a bare
-    number means every memory is a whole SPRAM (16K words); window, the requests the host may
+    engine_id, the engine's protocol id (`images.engines`; PING flags bit 1 and bits 5-7: which
+    image the host must load); `loads`, the number of
+    loadable memories (SPRAM on iCE40), or the list of their depths in words (load-id order); a
+    bare number means every memory is 2**load_addr_bits words; load_addr_bits, the width of the
+    load port's address (the board's family's); window, the requests the host may
     have in flight (1..8, sent in PING): 1 for an engine that takes no input while it computes.
     """
 
@@ -121,7 +125,8 @@ class Link(wiring.Component):
         clock_hz: int,
         timeout: int,
         loads=0,
-        lockstep: bool = False,
+        load_addr_bits: int = LOAD_ADDR_BITS,
+        engine_id: int = 0,
         window: int = 1,
     ):
         for name, v, lo in (
@@ -136,6 +141,11 @@ class Link(wiring.Component):
                 raise ValueError(f"{name} must be an integer >= {lo}, not {v!r}")
         if window > MAX_WINDOW:
             raise ValueError(f"window must be 1..{MAX_WINDOW}, not {window!r}")
+        if not isinstance(load_addr_bits, int) or not 9 <= load_addr_bits <= 16:
+            raise ValueError(f"load_addr_bits must be 9..16, not {load_addr_bits!r}")
+        self.load_addr_bits = abits = load_addr_bits
+        if not isinstance(engine_id, int) or not 0 <= engine_id <= P.MAX_ENGINE_ID:
+            raise ValueError(f"engine_id must be 0..{P.MAX_ENGINE_ID}, not {engine_id!r}")
         if 2 * in_features > P.MAX_PAYLOAD:
             raise ValueError(f"in_features {in_features} does not fit one frame")
         if out_features > 0xFFFF or num_layers > 255 or pes > 255:
@@ -150,13 +160,13 @@ class Link(wiring.Component):
         if isinstance(loads, int):
             if not 0 <= loads <= 255:
                 raise ValueError(f"loads must be 0..255 loadable memories, not {loads!r}")
-            loads = [1 << LOAD_ADDR_BITS] * loads
+            loads = [1 << abits] * loads
         depths = [int(d) for d in loads]
-        if len(depths) > 255 or any(not 1 <= d <= 1 << LOAD_ADDR_BITS for d in depths):
-            raise ValueError(f"load depths must be 1..{1 << LOAD_ADDR_BITS} words, not {depths}")
+        if len(depths) > 255 or any(not 1 <= d <= 1 << abits for d in depths):
+            raise ValueError(f"load depths must be 1..{1 << abits} words, not {depths}")
         self.load_depths = depths
         self.loads = len(depths)
-        self.lockstep = bool(lockstep)  # PING flags bit 1: which image the host must load
+        self.engine_id = engine_id  # PING flags: which image the host must load
         super().__init__(
             {
                 "rx": In(stream.Signature(8)),
@@ -167,7 +177,7 @@ class Link(wiring.Component):
                 "layer_cycles": In(data.ArrayLayout(32, num_layers)),
                 # LOAD frames write SPRAM memories through this port (loads > 0)
                 "load_mem": Out(8),
-                "load_addr": Out(LOAD_ADDR_BITS),
+                "load_addr": Out(abits),
                 "load_data": Out(16),
                 "load_we": Out(1),
                 # status for the LEDs
@@ -319,11 +329,11 @@ class Link(wiring.Component):
         """LOAD's registers, the load cursor and the (registered) load port (loads > 0)."""
         loads = self.loads
         s.l_idx = Signal(2)  # LOAD payload: 0 mem, 1 addr lo, 2 addr hi, 3 words
-        s.l_big = Signal()  # the address does not fit LOAD_ADDR_BITS
+        s.l_big = Signal()  # the address does not fit load_addr_bits
         s.l_last = Signal()  # the LOAD ends at its memory's last word
         s.l_hi = Signal(8)
         s.cur_mem = Signal(range(loads + 1))  # the load cursor (module docstring)
-        s.cur_addr = Signal(LOAD_ADDR_BITS)
+        s.cur_addr = Signal(self.load_addr_bits)
         # The word is written the cycle after its high byte came, from registers only; the
         # address moves on after the write.
         m.d.comb += self.load_data.eq(Cat(s.lo_byte, s.l_hi))
@@ -332,9 +342,9 @@ class Link(wiring.Component):
             m.d.sync += self.load_addr.eq(self.load_addr + 1)
         # Depth of the addressed memory (0 past the last: never fits).
         k = max(1, (loads - 1).bit_length())
-        s.depth = Array(Const(d, LOAD_ADDR_BITS + 1)
+        s.depth = Array(Const(d, self.load_addr_bits + 1)
                         for d in self.load_depths + [0] * ((1 << k) - loads))[self.load_mem[:k]]
-        s.end = Signal(LOAD_ADDR_BITS + 1)  # address after the frame's last word
+        s.end = Signal(self.load_addr_bits + 1)  # address after the frame's last word
         m.d.comb += s.end.eq(self.load_addr + s.left[1:])  # in LCHK, left = 2 x words
 
     def _rx_header(self, m, s):
@@ -548,7 +558,7 @@ class Link(wiring.Component):
                         m.d.sync += [addr[:8].eq(rx_byte), l_idx.eq(2)]
                     with m.Case(2):
                         m.d.sync += [addr[8:].eq(rx_byte), l_idx.eq(3), have_lo.eq(0),
-                                     s.l_big.eq(rx_byte[LOAD_ADDR_BITS - 8:] != 0)]
+                                     s.l_big.eq(rx_byte[self.load_addr_bits - 8:] != 0)]
                         m.next = "LCHK"
                     with m.Default():
                         with m.If(~have_lo):
@@ -640,7 +650,9 @@ class Link(wiring.Component):
         assert len(ping_bytes) == 11
         s.ping_len = len(ping_bytes)
         ping_words = [int.from_bytes(ping_bytes[i:i + 4], "little") for i in (0, 4, 8)]
-        flags = Cat(job.loaded, Const(int(self.lockstep), 1), Const(self.window - 1, 3))
+        # the engine id's low bit in bit 1, its high bits (if any) in bits 5-7
+        high = [Const(self.engine_id >> 1, 3)] if self.engine_id >> 1 else []
+        flags = Cat(job.loaded, Const(self.engine_id & 1, 1), Const(self.window - 1, 3), *high)
         table = [Cat(job.err, Const(0, 5), s.job_cmd),  # ERROR: the code, the command refused
                  Const(ping_words[0], 32), Const(ping_words[1], 32),
                  Cat(Const(ping_words[2], 24), flags),

