@@ -214,7 +214,7 @@ def cmd_rtl(args) -> int:
     from compress.data import load_split
     from compress.golden import golden, mnist_to_input, run_layers
     from compress.shipped import load_model
-    from fpga.engines import board_params
+    from fpga.boards import engine_params as board_params
     from images import build_image
     from images.lanes import useful_macs
     from tb.sim import build, simulate

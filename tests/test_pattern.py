@@ -136,8 +136,14 @@ def test_the_board_pattern_is_what_the_board_builds():
     from compress.synthetic import random_qnet
     from images import build_image
 
+    from fpga.boards import get_board
+    from images import get
+
     b = board_pattern("icebreaker")
     assert b == BOARDS["icebreaker"] and b["pattern"] == "lockstep"
+    board = get_board("icebreaker")  # the board's own engine and PE count
+    assert board.engine == b["pattern"]
+    assert get(board.engine).defaults_for(board.name, board.family).pes == b["pes"]
     img = build_image(random_qnet((64, 16, 10), seed=0), "lockstep", b["pes"])
     assert img.rel_bits == b["rel_bits"] and img.entry_bits * 2 == 16
     assert board_params(img).drain_share >= 1
