@@ -3,8 +3,8 @@
 compress/models/ holds the default network, LeNet-300-100 trained, pruned, quantized and packed
 from scratch (`make models`): its .dcz and the qnet that unpacking it gives, and 100 MNIST test
 digits; beside it the same network pruned in the board's pattern (lenet-300-100-board.*), the
-one the iCEBreaker's bitstream is built for. Here, not in `compress.models` (the PyTorch architectures), so that a path costs no
-torch import.
+one the iCEBreaker's bitstream is built for. Here, not in `compress.models` (the PyTorch
+architectures), so that a path costs no torch import.
 """
 
 from __future__ import annotations
