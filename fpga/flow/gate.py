@@ -392,7 +392,8 @@ def main(argv=None) -> int:
             "MNIST test digits through the board's engine and memories as synthesised "
             "(the board family's synthesis; iCE40's SPRAMs loaded through the load port), "
             "bit-exact against the golden model"))
-        p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
+        p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100, pruned for the board "
+                       "where one is shipped)")
         p.add_argument("--board", default=DEFAULT_BOARD,
                        help=f"{', '.join(BOARDS)} (default {DEFAULT_BOARD}): its engine, "
                             f"parameters, memories, synthesis and cell models")
@@ -414,7 +415,9 @@ def main(argv=None) -> int:
         data_dir = a.data or os.environ.get("MNIST_DIR")
         if not data_dir:
             raise InputError("no MNIST directory: pass --data DIR or set MNIST_DIR")
-        qnet, name = load_model(a.model)
+        from compress.pattern import BOARDS as PRUNED_FOR
+
+        qnet, name = load_model(a.model, board=a.board in PRUNED_FOR)
         x, labels = _digits(qnet, a.count, data_dir)
         img = build_image(qnet, a.engine, a.pes)
         print(f"{name}: {a.board}, {a.engine} engine, {a.pes} PEs, {a.count} digits, {a.sim}",

@@ -208,7 +208,10 @@ def run_cli(args) -> int:
         refuse_same_path(args.out, args.model, args.inputs, args.labels)
         check_output(args.out)
 
-    qnet, name = load_model(args.model)
+    from compress.pattern import BOARDS as PRUNED_FOR
+
+    # what the bitstream is built for: the network pruned for this board where one is shipped
+    qnet, name = load_model(args.model, board=args.board in PRUNED_FOR)
     x, labels, noun, what = _inputs(args, qnet)
     print(f"model: {name}")
     print(what)
