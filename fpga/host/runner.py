@@ -46,6 +46,8 @@ class RunStats:
     stream_bytes: tuple[int, int, int, int] = (0, 0, 0, 0)  # Board byte counts before, after
     load_bytes: tuple[int, int, int, int] | None = None  # the same for the weight load
     load_seconds: float = 0.0  # wall clock of the weight load
+    useful_macs: int = 0  # (non-zero weight, non-zero activation) pairs of the inputs run
+    pes: int = 0  # the engine's PEs (for MAC utilisation)
 
 
 def line_rate(stats: RunStats, baud: int) -> float:
@@ -131,7 +133,25 @@ def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
             stats.correct += p == int(labels[i])
         stats.cycles.append(r.cycles)
         stats.layer_cycles.append(r.layer_cycles)
+    stats.useful_macs = useful_macs(qnet, x[: stats.n])
+    stats.pes = info.pes
     return stats
+
+
+def useful_macs(qnet, x: np.ndarray) -> int:
+    """The MACs a sparse engine must do for inputs x: per layer and input, the pairs (non-zero
+    weight, non-zero activation), activations from the golden model (tb.analysis's count);
+    0 (no utilisation figure) for a network with conv layers."""
+    from tb.analysis import layer_inputs
+
+    if any(layer.is_conv for layer in qnet.layers):
+        return 0
+
+    total = 0
+    for layer, a in zip(qnet.layers, layer_inputs(qnet, x)):
+        per_col = (layer.weights() != 0).sum(axis=0)  # non-zero weights per input column
+        total += int(((np.asarray(a) != 0) @ per_col).sum())
+    return total
 
 
 def summary(stats: RunStats, info: P.Info, *, has_labels: bool, clock_hz: float | None = None,
@@ -155,6 +175,10 @@ def summary(stats: RunStats, info: P.Info, *, has_labels: bool, clock_hz: float 
         f"engine compute cycles per inference (sum of layer_cycles): mean {comp.mean():.0f}, "
         f"min {comp.min():.0f}, max {comp.max():.0f} (per layer: "
         f"{', '.join(f'{v:.0f}' for v in lc.mean(axis=0))})",
+        *([f"MAC utilisation: {100 * stats.useful_macs / (stats.pes * comp.sum()):.1f}% "
+            f"({stats.useful_macs / stats.n:,.0f} useful MACs per {noun}: non-zero weight x "
+            f"non-zero activation, over {stats.pes} PEs x compute cycles)"]
+          if stats.useful_macs and stats.pes and comp.sum() else []),
         f"throughput at {clock_hz / 1e6:g} MHz ({clock_note}): "
         f"{clock_hz / comp.mean():.0f} inferences/s of engine compute "
         f"({comp.mean() / clock_hz * 1e6:.1f} us each; the UART transfer is not counted)",
