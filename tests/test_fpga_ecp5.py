@@ -303,3 +303,35 @@ def _out_width(name):
         return 36
     i = int(name[1:].split("_")[0])
     return SHAPES[i][0]
+
+
+# ---- the real flow (LONG=1: yosys, nextpnr-ecp5 and ecppack on a small network) -----------------
+
+ICEBREAKER_KEYS = ("board", "device", "clock_mhz", "fmax_mhz", "lc_used", "lc_total", "dsp_used",
+                   "ebr_used", "spram_used", "engine", "pes", "queue_depth", "model",
+                   "model_sha256", "baud", "build_seconds", "attempts", "bitstream",
+                   "timing_met", "nextpnr_fmax", "nextpnr_utilization")
+
+
+@pytest.mark.skipif(not __import__("tests.conftest", fromlist=["long_tests"]).long_tests(),
+                    reason="LONG=1: a real ECP5 place and route (minutes)")
+def test_real_ecp5_build(tmp_path):
+    """A 2-PE EIE engine on a small synthetic network through yosys -> nextpnr-ecp5 -> ecppack
+    for the ULX3S 85F: a bitstream, timing met at the board's default clock, and report.json
+    with every field of the iCEBreaker's, the LUT4s, DSPs and DP16KDs from nextpnr's report."""
+    from compress.shipped import load_model
+    from fpga.flow.build import build
+    from images import build_image
+
+    qnet, _ = load_model("synthetic:64-32-10")
+    r = build(build_image(qnet, "eie", 2), board="ulx3s", build_root=tmp_path,
+              log=lambda *a: None)
+    on_disk = json.loads((tmp_path / "ulx3s" / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(r))
+    for key in ICEBREAKER_KEYS:
+        assert key in on_disk, key
+    assert (tmp_path / "ulx3s" / "top.bit").stat().st_size > 100_000
+    assert on_disk["device"] == "LFE5U-85F" and on_disk["lc_total"] == 83640
+    assert 0 < on_disk["lc_used"] < 83640 and on_disk["dsp_used"] == 2
+    assert on_disk["spram_used"] == 0 and on_disk["timing_met"]
+    assert on_disk["fmax_mhz"] >= on_disk["clock_mhz"] == 75.0
