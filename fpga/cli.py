@@ -81,9 +81,10 @@ def _common(p, pes=True):
         p.add_argument("--pes", type=int, default=None,
                        help="processing elements (default: the board's for its engine, 8 on "
                             "the iCEBreaker, 16 for the EIE engine on the ULX3S)")
-    p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
-                   help=f"UART baud rate (default {DEFAULT_BAUD:,}; the board's clock must give "
-                        f"it within 2%% with at least 8 clocks a bit)")
+    p.add_argument("--baud", type=int, default=None,
+                   help=f"UART baud rate (default: the board's, {DEFAULT_BAUD:,} on the "
+                        f"{DEFAULT_BOARD}; the board's clock must give it within 2%% with at "
+                        f"least 8 clocks a bit)")
 
 
 def check_clock(clock_mhz: float, board: str = DEFAULT_BOARD) -> None:
@@ -110,6 +111,7 @@ def cmd_build(args):
     if args.clock_mhz is None:
         args.clock_mhz = default_clock_mhz(board.name)
     check_clock(args.clock_mhz, board.name)
+    args.baud = args.baud or board.baud
     check_baud(args.clock_mhz, args.baud, board.name)  # before any work too
     args.engine = args.engine or board.engine
     if args.pes is None:  # the engine's PEs on this board (None: as many as fit)
@@ -189,6 +191,8 @@ def _board_defaults(args):
     registry says 'as many as fit')."""
     board = get_board(args.board)
     args.engine = args.engine or board.engine
+    if getattr(args, "baud", 0) is None:
+        args.baud = board.baud
     if args.pes is None:
         args.pes = get(args.engine).defaults_for(board.name, board.family).pes or 8
 

@@ -62,6 +62,7 @@ class Board:
     uart: str = "uart"  # the platform's resource of the UART (its rx and tx pins)
     engine: str = "lockstep"  # the engine the board runs when not told
     clock_mhz: float | None = None  # its default PLL clock (None: fpga.flow.build's default)
+    baud: int = 3_000_000  # its default UART rate (the clock must give it, fpga.gateware.uart)
     # LEDs (platform resource, number): a frame is being handled, the last reply was an error;
     # and the last predicted digit in binary, bit 0 first (empty: the iCEBreaker's break-off
     # PMOD when the platform has one)
@@ -79,9 +80,11 @@ class Board:
         return FAMILIES[self.family]
 
 
-# The ULX3S's default clock: 3 Mbaud is an exact divisor of it (25), and the PLL makes it
-# exactly from 25 MHz (x3).
-ULX3S_CLOCK_MHZ = 75.0
+# The ULX3S's default clock and baud rate: the 16-PE EIE engine routes at about 20 MHz (its
+# front end and the broadcast to 16 PEs; docs/fpga.md section 7), so the PLL's 25 x 5 / 7 MHz
+# with 1 Mbaud (18 clocks a bit, 0.8 % fast), which the FT231X makes exactly.
+ULX3S_CLOCK_MHZ = 25 * 5 / 7
+ULX3S_BAUD = 1_000_000
 
 BOARDS = {b.name: b for b in (
     # UART through the FTDI on rx 6 / tx 9, the 12 MHz oscillator on pin 35
@@ -96,6 +99,7 @@ BOARDS = {b.name: b for b in (
     # other sizes carry theirs in the name.
     *(Board(name, f"amaranth_boards.ulx3s:ULX3S_{size}_Platform", "ecp5", f"LFE5U-{size}",
             budget, clock="clk25", clock_hz=25e6, engine="eie", clock_mhz=ULX3S_CLOCK_MHZ,
+            baud=ULX3S_BAUD,
             status_leds=(("led", 0), ("led", 1)),
             digit_leds=tuple(("led", 4 + bit) for bit in range(4)))
       for name, size, budget in (("ulx3s", "85F", ECP5_85F), ("ulx3s-45f", "45F", ECP5_45F),
