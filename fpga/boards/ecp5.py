@@ -187,7 +187,8 @@ def clock_domain(m, platform, board, pll: PllConfig, clock_hz: float) -> None:
 # ---- the tools: yosys -> nextpnr-ecp5 -> ecppack, from PyPI (YoWASP) -------------------------
 
 SYNTH_OPTS = ""  # synth_ecp5 maps multipliers to MULT18X18D and memories to DP16KD by itself
-# router2: the 16-PE engine (about 34k LUT4s) took router1 over 25 minutes for its first pass
+# router2: on the 16-PE engine (about 34k LUT4s) router1 still had 134,800 arcs to route after
+# 8 minutes (docs/fpga.md section 7)
 NEXTPNR_OPTS = "--router router2"
 BITSTREAM = "bit"  # the file the flow writes: <name>.bit (ecppack --compress, the platform's)
 TOOLS = "yosys, nextpnr-ecp5 and ecppack"
