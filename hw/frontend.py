@@ -300,8 +300,7 @@ def front_end(kind: str, width: int = 1) -> type:
 def _lowest(m, bits, n, name):
     """(any, index) of the lowest set bit of the n-bit signal `bits` (index 0 when none),
     combinational: the lowest bit alone (bits & -bits, a carry chain), each index bit the OR of
-    the positions that have it: log depth, not a chain of n priority multiplexers (which was
-    the 16-PE engine's longest path on the ECP5)."""
+    the positions that have it: log depth, not a chain of n priority multiplexers."""
     low = Signal(n, name=f"{name}_low")
     m.d.comb += low.eq(bits & (~bits + 1))
     idx = Signal(range(max(n, 2)), name=f"{name}_idx")
