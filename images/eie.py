@@ -40,6 +40,7 @@ from compress.errors import InputError
 from compress.infile import read_input, read_text
 from compress.qnet import DEFAULT_INDEX_BITS, QNet
 
+from . import conv
 from .csc import DEFAULT_REL_BITS, decode_csc, encode_csc, pe_rows  # noqa: F401 (re-exported)
 from .lanes import simulate_layer
 from .layers import LAYER_KINDS, layer_kind
@@ -51,30 +52,33 @@ ROM_FORMAT = "eie-rom"
 ROM_VERSION = 2  # 2: row permutations (perm file, perm_base)
 
 
-def _permute(qnet: QNet, perms: list[np.ndarray]) -> QNet:
-    """The physical network: layer i's rows by perm_i, its columns by perm_{i-1}."""
-    layers = []
-    for i, layer in enumerate(qnet.layers):
-        cols = perms[i - 1] if i else np.arange(layer.in_features)
-        kind = layer_kind(layer)
-        layers.append(kind.with_matrix(layer, kind.matrix(layer)[perms[i]][:, cols],
-                                       layer.bias[perms[i]]))
-    return QNet(layers=layers, input_frac=qnet.input_frac)
+def _permute(qnet: QNet, perms: list[np.ndarray], pes: int) -> QNet:
+    """The physical network: layer i's rows by perm_i, its columns in physical order
+    (`images.conv.physical_layers`: by perm_{i-1}, and a conv map's channels by PE). Its conv
+    layers keep their geometry but hold physical matrices: the golden model cannot run them."""
+    mats, _cols = conv.physical_layers(qnet, perms, pes)
+    layers = [layer_kind(layer).with_matrix(layer, mats[i], layer.bias[perms[i]])
+              for i, layer in enumerate(qnet.layers)]
+    return QNet(layers=layers, input_frac=qnet.input_frac, input_shape=qnet.input_shape)
 
 
-def _unpermute(phys: QNet, perms: list[np.ndarray]) -> QNet:
-    """Inverse of `_permute`: the logical network from the physical one."""
+def _unpermute(phys: QNet, perms: list[np.ndarray], cols: list[np.ndarray],
+               in_logical: list[int]) -> QNet:
+    """Inverse of `_permute`: the logical network from the physical one (`cols`: the column
+    maps, `in_logical`: the logical column counts)."""
     layers = []
     for i, layer in enumerate(phys.layers):
-        cols = perms[i - 1] if i else np.arange(layer.in_features)
         kind = layer_kind(layer)
-        matrix = kind.matrix(layer)
+        try:
+            matrix = conv.logical_matrix(kind.matrix(layer), cols[i], in_logical[i])
+        except ValueError as e:
+            raise InputError(f"ROM layer l{i}: {e}") from None
         index = np.empty_like(matrix)
-        index[np.ix_(perms[i], cols)] = matrix
+        index[perms[i]] = matrix
         bias = np.empty_like(layer.bias)
         bias[perms[i]] = layer.bias
         layers.append(kind.with_matrix(layer, index, bias))
-    return QNet(layers=layers, input_frac=phys.input_frac)
+    return QNet(layers=layers, input_frac=phys.input_frac, input_shape=phys.input_shape)
 
 
 def check_perms(perms: list[np.ndarray], outs: list[int]) -> None:
@@ -111,6 +115,11 @@ class RomLayer:
     ptr_base: list[int]  # per PE: offset of this layer's in+1 pointers
     bias_base: list[int]  # per PE: offset of this layer's biases
     kind: str = "fc"  # the layer's kind (`images.layers`)
+    geom: tuple = ()  # conv: `images.conv.ConvGeom.as_tuple()` (empty for fc)
+
+    @property
+    def conv(self) -> "conv.ConvGeom | None":
+        return conv.ConvGeom(*self.geom) if self.geom else None
 
 
 @dataclass
@@ -126,6 +135,7 @@ class RomImage:
     codebook: np.ndarray = field(repr=False)  # int16[L * 2**index_bits]
     perm: list[np.ndarray] = field(repr=False)  # per layer: physical row p = logical perm[p]
     balanced: bool = True  # perm chosen by place_balanced (else the identity)
+    input_shape: tuple | None = None  # the qnet's input_shape ((in_0,) or (C, H, W))
 
     @property
     def perm_bits(self) -> int:
@@ -224,10 +234,10 @@ def build_rom(
     smallest entry memories (`choose_rel_bits`). balance=True permutes the rows of every layer
     but the last (`place_balanced`); False keeps plain interleaving (physical row = logical row).
     """
-    qnet.require_fc("the EIE engine")
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"--pes must be an integer >= 1, not {pes!r}")
     limits.check("max_pes", pes, "--pes")  # what read_rom takes back
+    conv.check_pes(qnet, pes)
     rel_bits = parse_rel_bits(rel_bits)
     if rel_bits == REL_BITS_AUTO:
         return choose_rel_bits(qnet, pes=pes, index_bits=index_bits, balance=balance)
@@ -237,7 +247,9 @@ def build_rom(
              if balance and i < L - 1
              else np.arange(layer.out_features, dtype=np.int64)
              for i, layer in enumerate(qnet.layers)]
-    qnet = _permute(qnet, perms)  # from here on: the physical network
+    geoms = conv.network_geometries(qnet)
+    input_shape = tuple(int(v) for v in qnet.input_shape) if qnet.input_shape else None
+    qnet = _permute(qnet, perms, pes)  # from here on: the physical network
     perm_base = np.concatenate(([0], np.cumsum([len(p) for p in perms]))).astype(int).tolist()
     k = 1 << index_bits
     entries = [[] for _ in range(pes)]
@@ -261,7 +273,7 @@ def build_rom(
             perm_base=perm_base[i],
             rows=[], entries=[], nonzeros=[], fillers=[],
             entries_base=[], ptr_base=[], bias_base=[],
-            kind=kind.name,
+            kind=kind.name, geom=geoms[i].as_tuple() if geoms[i] is not None else (),
         )
         for pe in range(pes):
             sub = matrix[pe::pes, :]
@@ -293,20 +305,42 @@ def build_rom(
         codebook=codebook,
         perm=perms,
         balanced=bool(balance),
+        input_shape=input_shape,
     )
+
+
+def rom_geoms(rom) -> list:
+    """Each layer's `images.conv.ConvGeom` (None for fc) of an EIE or lockstep image."""
+    return [conv.ConvGeom(*rl.geom) if rl.geom else None for rl in rom.layers]
+
+
+def column_maps_of(img) -> tuple[list[np.ndarray], list[int]]:
+    """(column maps, logical column counts) of an image's layers (`images.conv`)."""
+    geoms = rom_geoms(img)
+    kinds = [rl.kind for rl in img.layers]
+    logical = conv.logical_in_features(kinds, geoms, img.layers[0].in_features)
+    for i, n in enumerate(logical):
+        if n < 0:
+            logical[i] = img.layers[i - 1].out_features
+    perms = [np.asarray(p) for p in (img.perm if hasattr(img, "perm")
+                                     else [ll.perm for ll in img.layers])]
+    return conv.column_maps(kinds, logical, geoms, perms, img.pes), logical
 
 
 def decode_rom(rom: RomImage) -> QNet:
     """Rebuild the logical qnet (index matrices, codebooks, biases, shifts, ReLU) from ROM images:
     exactly the qnet it was built from."""
-    return _unpermute(physical_qnet(rom), rom.perm)
+    cols, logical = column_maps_of(rom)
+    return _unpermute(physical_qnet(rom), rom.perm, cols, logical)
 
 
 def physical_qnet(rom: RomImage) -> QNet:
     """The network as placed in the ROM: layer i's rows in physical order (physical row p is
     logical row perm_i[p], in PE p % N), its columns permuted by perm_{i-1}. Row r of it lives in
-    PE r % N as local row r // N, as the engine computes it."""
+    PE r % N as local row r // N, as the engine computes it. A conv layer's columns are in
+    physical order (`images.conv`): such a layer is a matrix, not one the golden model runs."""
     layers = []
+    geoms = rom_geoms(rom)
     for i, rl in enumerate(rom.layers):
         index = np.zeros((rl.out_features, rl.in_features), dtype=np.uint8)
         bias = np.zeros(rl.out_features, dtype=np.int32)
@@ -323,8 +357,8 @@ def physical_qnet(rom: RomImage) -> QNet:
             bias[pe :: rom.pes] = rom.bias[pe][bb : bb + rl.rows[pe]]
         layers.append(LAYER_KINDS[rl.kind].make(codebook=rom.layer_codebook(i).copy(),
                                                 index=index, bias=bias, shift=rl.shift,
-                                                relu=rl.relu))
-    return QNet(layers=layers, input_frac=rom.input_frac)
+                                                relu=rl.relu, geom=geoms[i]))
+    return QNet(layers=layers, input_frac=rom.input_frac, input_shape=rom.input_shape)
 
 
 
