@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 from images.conv import walker_constants
 from images.engines import MAX_PES
 
-from .frontend import WIDTH, _exactly_one, _lowest
+from .frontend import FRONT_ENDS, WIDTH, _exactly_one, _lowest
 
 
 def conv_bcast_layout(col_bits: int, sub_bits: int) -> data.StructLayout:
@@ -273,6 +273,17 @@ class _ConvReader(wiring.Component):
     """What both conv front ends are: the walker and the ports (module docstring);
     `outputs`: each sender's own members."""
 
+    absolute = True  # rd_addr is a word of the whole memory (base included)
+
+    @classmethod
+    def make(cls, *, pes, col_bits, addr_bits, geoms, **_context):
+        return cls(geoms=geoms, pes=pes, addr_bits=addr_bits, col_bits=col_bits)
+
+    def wire(self, m, ctx) -> None:
+        """The layer (its tables), the first-pass flag and the source map's first word."""
+        m.d.comb += [self.layer.eq(ctx.layer), self.first.eq(ctx.first),
+                     self.base.eq(ctx.base)]
+
     def __init__(self, *, geoms, pes: int, addr_bits: int, col_bits: int, outputs: dict):
         self.walker = PassWalker(geoms=geoms, pes=pes, addr_bits=addr_bits, col_bits=col_bits)
         self.pes = pes
@@ -455,3 +466,6 @@ class WideConvFrontEnd(_ConvReader):
             m.d.sync += cur_mask.eq(rem_cur)
         self._end(m, wk, v0, rem_cur == 0)
         return m
+
+
+FRONT_ENDS["conv"] = (ConvFrontEnd, WideConvFrontEnd)

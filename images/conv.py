@@ -334,3 +334,46 @@ def physical_layers(qnet, perms, pes: int) -> tuple[list[np.ndarray], list[np.nd
     mats = [physical_matrix(np.asarray(ly.index)[perms[i]], cols[i])
             for i, ly in enumerate(qnet.layers)]
     return mats, cols
+
+
+# ---- what an engine's image needs of its conv layers -----------------------------------------
+
+
+def acc_rows(g: ConvGeom | None, own_rows: int, pes: int) -> int:
+    """Accumulator rows a PE uses for a layer: its own rows (fc), or every PE's
+    ceil(out_ch / N) rows times the sub-position blocks (conv)."""
+    if g is None:
+        return own_rows
+    return channel_groups(g.out_ch, pes) << g.sub_bits
+
+
+def out_map_words(g: ConvGeom | None, out_features: int, pes: int) -> int:
+    """Words per PE of a layer's output: CHAN for conv, FLAT for fc."""
+    if g is None:
+        return ceil_div(out_features, pes)
+    return map_words(g.out_shape, CHAN, pes)
+
+
+def engine_in_features(img) -> int:
+    """The engine's input width: the qnet's input_shape flattened."""
+    shape = getattr(img, "input_shape", None)
+    return int(np.prod(shape)) if shape else img.layers[0].in_features
+
+
+def engine_out_features(img) -> int:
+    """The engine's output width: the last layer's output flattened."""
+    last = img.layers[-1]
+    if last.geom:
+        return int(np.prod(ConvGeom(*last.geom).out_shape))
+    return last.out_features
+
+
+def act_words(img) -> int:
+    """Words per PE of one activation bank: the largest map (the input, every layer's output)
+    in the layout it is kept in."""
+    n = img.pes
+    words = [ceil_div(engine_in_features(img), n)]
+    for ll in img.layers:
+        g = ConvGeom(*ll.geom) if ll.geom else None
+        words.append(out_map_words(g, ll.out_features, n))
+    return max(words)

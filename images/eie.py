@@ -159,6 +159,16 @@ class RomImage:
     def z(self, pe: int) -> np.ndarray:
         return (self.entries[pe] >> self.index_bits).astype(np.uint16)
 
+    @property
+    def in_features(self) -> int:
+        """The engine's input width (the input map flattened)."""
+        return conv.engine_in_features(self)
+
+    @property
+    def out_features(self) -> int:
+        """The engine's output width (the last layer's output flattened)."""
+        return conv.engine_out_features(self)
+
     def layer_codebook(self, i: int) -> np.ndarray:
         k = 1 << self.index_bits
         return self.codebook[i * k : i * k + self.layers[i].codebook_size]
@@ -491,6 +501,12 @@ class PEImage:
     bias_base: list[int]  # per layer
     shift: list[int]  # per layer
     relu: list[bool]  # per layer
+    # per layer: the geometry (`images.conv.ConvGeom.as_tuple()`, empty for fc)
+    geoms: list[tuple] = field(default_factory=list)
+    # per layer: accumulator rows used (`images.conv.acc_rows`) and rows drained (own rows for
+    # fc; every PE's ceil(out_ch / N) for conv, absent channels written as zeros)
+    acc_rows: list[int] = field(default_factory=list)
+    out_rows: list[int] = field(default_factory=list)
 
     @property
     def ptr_bits(self) -> int:
@@ -503,6 +519,14 @@ def pe_images(rom: RomImage, *, sparse: bool = True) -> list[PEImage]:
     L = rom.num_layers
     shifts = [rl.shift for rl in rom.layers]
     relus = [rl.relu for rl in rom.layers]
+    geoms = rom_geoms(rom)
+
+    def conv_rows(k):
+        return dict(geoms=[rl.geom for rl in rom.layers],
+                    acc_rows=[conv.acc_rows(g, rl.rows[k], n) for g, rl in zip(geoms, rom.layers)],
+                    out_rows=[rl.rows[k] if g is None else conv.channel_groups(g.out_ch, n)
+                              for g, rl in zip(geoms, rom.layers)])
+
     if sparse:
         return [
             PEImage(pe=k, index_bits=rom.index_bits, rel_bits=rom.rel_bits,
@@ -511,7 +535,7 @@ def pe_images(rom: RomImage, *, sparse: bool = True) -> list[PEImage]:
                     ptr_base=[rl.ptr_base[k] for rl in rom.layers],
                     rows=[rl.rows[k] for rl in rom.layers],
                     bias_base=[rl.bias_base[k] for rl in rom.layers],
-                    shift=shifts, relu=relus)
+                    shift=shifts, relu=relus, **conv_rows(k))
             for k in range(n)
         ]
     qnet = physical_qnet(rom)  # rows as placed (a balanced ROM permutes them)
@@ -533,7 +557,7 @@ def pe_images(rom: RomImage, *, sparse: bool = True) -> list[PEImage]:
             codebook=rom.codebook, ptr_base=ptr_base,
             rows=[rl.rows[k] for rl in rom.layers],
             bias_base=[rl.bias_base[k] for rl in rom.layers],
-            shift=shifts, relu=relus))
+            shift=shifts, relu=relus, **conv_rows(k)))
     assert all(len(i.ptr_base) == L for i in imgs)
     return imgs
 
@@ -563,15 +587,16 @@ def pe_memory_map(img: PEImage, *, acc_bits: int = 32, issue_width: int = 1
                    tuple(int(x) & 0xFFFFFFFF for x in img.bias)),
         MemorySpec(f"pe{pe}.codebook", "rom", 16, max(1, L * k),
                    tuple(int(x) & 0xFFFF for x in img.codebook)),
-        *(MemorySpec(f"pe{pe}.acc{b}", "ram", acc_bits, max(1, max(img.rows)), (),
+        *(MemorySpec(f"pe{pe}.acc{b}", "ram", acc_bits,
+                     max(1, max(img.acc_rows or img.rows)), (),
                      read_ports=1, write_ports=1) for b in range(2)),
     ]
 
 
 def act_words(rom: RomImage) -> int:
-    """Words per PE of one activation bank: the widest layer input or output over N PEs."""
-    widths = [rom.layers[0].in_features] + [rl.out_features for rl in rom.layers]
-    return max(ceil_div(w, rom.pes) for w in widths)
+    """Words per PE of one activation bank: the largest map (the input, every layer's output)
+    over N PEs, a conv layer's output in the CHAN layout (`images.conv.act_words`)."""
+    return conv.act_words(rom)
 
 
 def memory_map(rom: RomImage, params: EieParams = EieParams()) -> list[MemorySpec]:
