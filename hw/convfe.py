@@ -276,17 +276,19 @@ class _ConvReader(wiring.Component):
     absolute = True  # rd_addr is a word of the whole memory (base included)
 
     @classmethod
-    def make(cls, *, pes, col_bits, addr_bits, geoms, **_context):
-        return cls(geoms=geoms, pes=pes, addr_bits=addr_bits, col_bits=col_bits)
+    def make(cls, *, pes, col_bits, addr_bits, geoms, sparse=True, **_context):
+        return cls(geoms=geoms, pes=pes, addr_bits=addr_bits, col_bits=col_bits, sparse=sparse)
 
     def wire(self, m, ctx) -> None:
         """The layer (its tables), the first-pass flag and the source map's first word."""
         m.d.comb += [self.layer.eq(ctx.layer), self.first.eq(ctx.first),
                      self.base.eq(ctx.base)]
 
-    def __init__(self, *, geoms, pes: int, addr_bits: int, col_bits: int, outputs: dict):
+    def __init__(self, *, geoms, pes: int, addr_bits: int, col_bits: int, outputs: dict,
+                 sparse: bool = True):
         self.walker = PassWalker(geoms=geoms, pes=pes, addr_bits=addr_bits, col_bits=col_bits)
         self.pes = pes
+        self.sparse = sparse  # False: every lane in the window is sent (the dense baseline)
         self.col_bits = col_bits
         self.sub_bits = self.walker.sub_bits
         super().__init__({
@@ -313,7 +315,8 @@ class _ConvReader(wiring.Component):
         v0 = Signal(name="v0")
         nxt_mask = Signal(n, name="nxt_mask")
         for k in range(n):
-            m.d.comb += nxt_mask[k].eq((self.rd_data[k] != 0) & (d0.lo <= k) & (k < d0.hi))
+            nz = (self.rd_data[k] != 0) if self.sparse else 1
+            m.d.comb += nxt_mask[k].eq(nz & (d0.lo <= k) & (k < d0.hi))
         return wk, d0, v0, nxt_mask
 
     def _end(self, m, wk, v0, empty):
@@ -332,10 +335,10 @@ class _ConvReader(wiring.Component):
 class ConvFrontEnd(_ConvReader):
     """One column a cycle: `o`, a stream of (value, col, sub)."""
 
-    def __init__(self, *, geoms, pes: int, addr_bits: int, col_bits: int):
+    def __init__(self, *, geoms, pes: int, addr_bits: int, col_bits: int, sparse: bool = True):
         sub_bits = max(g.sub_bits for g in geoms if g is not None)
         super().__init__(geoms=geoms, pes=pes, addr_bits=addr_bits, col_bits=col_bits,
-                         outputs={"o": Out(stream.Signature(
+                         sparse=sparse, outputs={"o": Out(stream.Signature(
                              conv_bcast_layout(col_bits + 1, sub_bits)))})
 
     def elaborate(self, platform):
@@ -381,10 +384,10 @@ class WideConvFrontEnd(_ConvReader):
     lowest remaining column of the current word, else the next word's lowest; lane 1 the next
     one in that order, as `hw.frontend.WideFrontEnd`."""
 
-    def __init__(self, *, geoms, pes: int, addr_bits: int, col_bits: int):
+    def __init__(self, *, geoms, pes: int, addr_bits: int, col_bits: int, sparse: bool = True):
         sub_bits = max(g.sub_bits for g in geoms if g is not None)
         super().__init__(geoms=geoms, pes=pes, addr_bits=addr_bits, col_bits=col_bits,
-                         outputs={
+                         sparse=sparse, outputs={
                              "room": In(range(WIDTH + 1)),
                              "o": Out(data.ArrayLayout(conv_bcast_layout(col_bits + 1, sub_bits),
                                                        WIDTH)),

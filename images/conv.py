@@ -363,7 +363,7 @@ def engine_in_features(img) -> int:
 def engine_out_features(img) -> int:
     """The engine's output width: the last layer's output flattened."""
     last = img.layers[-1]
-    if last.geom:
+    if getattr(last, "geom", ()):
         return int(np.prod(ConvGeom(*last.geom).out_shape))
     return last.out_features
 
@@ -374,6 +374,6 @@ def act_words(img) -> int:
     n = img.pes
     words = [ceil_div(engine_in_features(img), n)]
     for ll in img.layers:
-        g = ConvGeom(*ll.geom) if ll.geom else None
+        g = ConvGeom(*ll.geom) if getattr(ll, "geom", ()) else None
         words.append(out_map_words(g, ll.out_features, n))
     return max(words)

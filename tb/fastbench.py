@@ -139,7 +139,7 @@ def _bench_hash() -> str:
 
 
 def _shape(image):
-    return image.layers[0].in_features, image.layers[-1].out_features, image.num_layers
+    return image.in_features, image.out_features, image.num_layers
 
 
 def compile_template(template: str, image, *, jobs: int = 1) -> FastBuild:

@@ -394,7 +394,7 @@ def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float
     np.save(run_dir / "inputs.npy", x, allow_pickle=False)
     env = {
         "TB_IO": str(run_dir),
-        "TB_OUT_FEATURES": str(b.image.layers[-1].out_features),
+        "TB_OUT_FEATURES": str(b.image.out_features),
         "TB_LAYERS": str(b.image.num_layers),
         "TB_STALL_IN": repr(float(stall_in)),
         "TB_STALL_OUT": repr(float(stall_out)),
