@@ -46,7 +46,7 @@ from .memmap import MemorySpec
 from .params import EngineParams
 
 # The most PEs any engine and any command line takes: the one PE limit.
-MAX_PES = 16
+MAX_PES = 64
 
 # The engine the RTL benches (tb: `make sim`, `tb run`) run when not told which.
 SIM_ENGINE = "eie"

@@ -113,8 +113,8 @@ def test_refuses_what_does_not_fit():
         Engine(rom, acc_bits=8)
     with pytest.raises(EngineConfigError, match="queue_depth"):
         Engine(rom, queue_depth=0)
-    with pytest.raises(EngineConfigError, match="pes must be 1..16"):
-        check_fits(build_rom(qnet, pes=17))
+    with pytest.raises(EngineConfigError, match="pes must be 1..64"):
+        check_fits(build_rom(qnet, pes=65))
 
 
 @pytest.mark.parametrize("index_bits,rel_bits", [(2, 4), (5, 3), (8, 7)])

@@ -59,7 +59,7 @@ def test_run_lockstep_engine(small):
     (["--engine", "lockstep", "--dense"], "--dense is the EIE engine's baseline"),
     (["--max-width", "16"], "l0: 20 inputs exceed the activation buffers of 16 words"),
     (["--index-bits", "2"], "l0.codebook: 16 entries exceed 2**index_bits = 4"),
-    (["--pes", "17"], "--pes must be 1..16"),
+    (["--pes", "65"], "--pes must be 1..64"),
     (["--acc-bits", "8"], "acc_bits must be 17..64"),
     (["--queue-depth", "0"], "--queue-depth must be 1..64"),
 ])

@@ -1,6 +1,6 @@
 """The lockstep engine's generated Verilog in cocotb + Icarus, bit-exact against the golden model.
 
-Same bench as tests/test_tb_engine.py (tb.sim with a lockstep image): PEs 1..16,
+Same bench as tests/test_tb_engine.py (tb.sim with a lockstep image): PEs 1..16 (of 1..MAX_PES),
 1 to 3 layers, weight densities 0.03 to 1, gaps of 16 and more (fillers), rows fewer than PEs,
 accumulator wrap and saturation, random stalls on both streams, a reset in the middle of an
 inference, and the shipped LeNet-300-100 with the board's 8 PEs on real digits.

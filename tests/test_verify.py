@@ -59,7 +59,7 @@ def test_bad_inputs_exit_2_one_line(capsys, tmp_path, mnist_dir, monkeypatch):
     assert "does not exist" in _bad(capsys, o, "--data", tmp_path / "nowhere")
     assert "not found" in _bad(capsys, o, "--data", tmp_path)  # a directory without the files
     assert "--count" in _bad(capsys, o, "--data", mnist_dir, "--count", "0")
-    assert "--pes" in _bad(capsys, o, "--data", mnist_dir, "--pes", "17")
+    assert "--pes" in _bad(capsys, o, "--data", mnist_dir, "--pes", "65")
     assert "--jobs" in _bad(capsys, o, "--data", mnist_dir, "--jobs", "0")
     assert "invalid choice" in _bad(capsys, o, "--data", mnist_dir, "--engine", "gpu")
     monkeypatch.setenv("TB_JOBS", "many")
