@@ -5,7 +5,8 @@
 
 The 10,000 test digits (IDX files in DIR, or $MNIST_DIR) become int16 input vectors by the
 input rule x = (pixel * 2**input_frac + 127) // 255 and run through each engine's RTL (default:
-every engine of the registry, `images.engines`) in the Verilator testbench of `tb.fastbench` (no
+every engine of the registry, `images.engines`, that runs the network's layer kinds; the others
+are named as left out, and --engine NAME of one that does not run them is refused) in the Verilator testbench of `tb.fastbench` (no
 Python in the loop). Every output word is compared with the golden model (`compress.golden`).
 Printed per engine: `bit-exact: N/M`, the accuracy the hardware measured, the cycles per digit
 (min / mean / p50 / p99 / max; a PNG histogram in --out, default
@@ -39,7 +40,7 @@ from compress import data
 from compress.atomic import atomic_path, check_build_dir, check_output
 from compress.errors import InputError, OneLineParser, run_main
 from compress.shipped import load_model
-from images import MAX_PES, build_image, check_pes, names
+from images import MAX_PES, build_image, check_pes, get, names
 
 from . import fastbench
 from . import verilator as vl
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "against the golden model")
     p.add_argument("--data", help="directory of the MNIST IDX files (default: $MNIST_DIR)")
     p.add_argument("--pes", type=int, default=8, help=f"processing elements 1..{MAX_PES} (8)")
-    p.add_argument("--engine", choices=names(), help="one engine (default: every one)")
+    p.add_argument("--engine", choices=names(),
+                   help="one engine (default: every one that runs the network's layer kinds)")
     p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
     p.add_argument("--count", type=int, help="only the first N test digits (default: all)")
     p.add_argument("--out", default=str(DEFAULT_OUT),
@@ -148,18 +150,28 @@ def _body(argv):
 
     args = build_parser().parse_args(argv)
     t_start = time.monotonic()
+    qnet, name, x, labels = _inputs(args)
     engines = [args.engine] if args.engine else list(names())
+    left_out = []
+    if not args.engine:  # every engine that runs the network's layer kinds (--engine: refused)
+        kinds = {getattr(ly, "kind", "fc") for ly in qnet.layers}
+        left_out = [e for e in engines if not kinds <= set(get(e).layer_kinds)]
+        engines = [e for e in engines if e not in left_out]
+        if not engines:
+            raise InputError(f"no engine runs {', '.join(sorted(kinds))} layers")
     # the outputs (only these files in --out are replaced), checked before the long run
     out_dir = Path(args.out)
     for f in ["summary.json", *(f"cycles-{e}.png" for e in engines)]:
         check_output(out_dir / f, what="--out")
-    qnet, name, x, labels = _inputs(args)
     imgs = {e: _image(qnet, e, args.pes) for e in engines}
     vl.require()
     want = golden(qnet, x)
     gold_acc = float((predict(want) == labels).mean())
     print(f"verify-mnist: {len(x)} MNIST test digits, model {name}, {args.pes} PEs, "
           f"engines {', '.join(engines)} (Verilator testbench)", flush=True)
+    for e in left_out:
+        print(f"{e}: left out, it runs {', '.join(get(e).layer_kinds)} layers only "
+              f"(--engine {e} says which layer it refuses)", flush=True)
 
     shards = max(1, args.jobs // len(engines))
     results, errors = {}, {}
@@ -190,7 +202,7 @@ def _body(argv):
 
     ok = True
     summary = {"digits": len(x), "model": name, "pes": args.pes, "golden_accuracy": gold_acc,
-               "engines": {}}
+               "engines": {}, "left_out": left_out}
     for e in engines:
         parts, build_s, fb = results[e]
         y = np.concatenate([p.outputs for p in parts])
