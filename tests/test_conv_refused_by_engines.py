@@ -32,12 +32,15 @@ def _cases(d):
         ("fpga build", fpga_main, ["build", "--model", q, "--build-dir", str(d / "b")]),
         ("fpga resources", fpga_main, ["resources", "--model", q]),
         ("fpga run", fpga_main, ["run", "--sim", "--model", q, "--inputs", xi]),
+        ("fpga run eie", fpga_main, ["run", "--sim", "--engine", "eie", "--pes", "2", "--model",
+                                     q, "--inputs", xi]),
+        ("fpga resources eie", fpga_main, ["resources", "--engine", "eie", "--model", q]),
         ("export-rom", compress_main, ["export-rom", "--model", q, "--pes", "2", "--out",
                                        str(d / "rom")]),
     ]
 
 
-@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("i", range(8))
 def test_engine_commands_refuse_conv_layers(conv_qnet, capsys, i):
     name, main, argv = _cases(conv_qnet)[i]
     assert main(argv) == 2, name
