@@ -91,3 +91,37 @@ def test_an_all_pruned_channel_comes_out_as_its_bias():
     y, _, _ = run_engine(Engine(build_rom(qnet, pes=2)), x)
     np.testing.assert_array_equal(y, golden(qnet, x))
     assert np.all(y[:, :16] == 7)  # channel 0 of the [2, 4, 4] output map, every position
+
+
+def test_cycle_model_counts_conv_macs_literally():
+    """tb.analysis: a conv layer's useful MACs (non-zero weight x non-zero patch value at every
+    computed position, padding zero) equal a literal loop, and every PE's share sums to it."""
+    from tb.analysis import layer_inputs, useful_macs, work
+
+    qnet = random_cnn((2, 6, 5), [(3, 3, 2, 1, (2, 1)), (4, 2, 1, 1, 1)], [3], seed=5,
+                      density=0.5, shift=9)
+    x = _inputs(3, 60, seed=5)
+    got = useful_macs(qnet, x)
+    shapes = qnet.layer_shapes()
+    for i, (layer, a) in enumerate(zip(qnet.layers, layer_inputs(qnet, x))):
+        if layer.kind != "conv":
+            continue
+        (c, h, w), (_oc, hp, wp) = shapes[i]
+        (kh, kw), (sh, sw), (ph, pw), (qh, qw) = (layer.kernel, layer.stride, layer.padding,
+                                                  layer.pool)
+        nzw = layer.weights() != 0
+        for b in range(len(x)):
+            m = np.asarray(a[b]).reshape(c, h, w)
+            want = 0
+            for oy in range(hp * qh):
+                for ox in range(wp * qw):
+                    for ci in range(c):
+                        for dy in range(kh):
+                            for dx in range(kw):
+                                y, xx = oy * sh - ph + dy, ox * sw - pw + dx
+                                if 0 <= y < h and 0 <= xx < w and m[ci, y, xx]:
+                                    want += int(nzw[:, (ci * kh + dy) * kw + dx].sum())
+            assert got[i][b] == want, (i, b)
+    w = work(qnet, build_rom(qnet, pes=2), x)
+    for i in range(qnet.num_layers):
+        np.testing.assert_array_equal(w["useful"][i].sum(axis=1), got[i])
