@@ -6,11 +6,13 @@
 The 10,000 test digits (IDX files in DIR, or $MNIST_DIR) become int16 input vectors by the
 input rule x = (pixel * 2**input_frac + 127) // 255 and run through each engine's RTL (default:
 every engine of the registry, `images.engines`, that runs the network's layer kinds; the others
-are named as left out, and --engine NAME of one that does not run them is refused) in the Verilator testbench of `tb.fastbench` (no
-Python in the loop). Every output word is compared with the golden model (`compress.golden`).
-Printed per engine: `bit-exact: N/M`, the accuracy the hardware measured, the cycles per digit
-(min / mean / p50 / p99 / max; a PNG histogram in --out, default
-build/verify-mnist/cycles-<engine>.png), the build and simulation wall times and the simulated
+are named as left out, and --engine NAME of one that does not run them is refused) in the
+Verilator testbench of `tb.fastbench` (no Python in the loop). Every output word is compared
+with the golden model (`compress.golden`). Printed per engine: `bit-exact: N/M`, the accuracy
+the hardware measured, the cycles per digit (min / mean / p50 / p99 / max; a PNG histogram in
+--out, default
+build/verify-mnist/cycles-<engine>.png), the mean cycles per layer, the MAC utilisation (useful
+MACs over PEs x compute cycles, per layer, in all, and over the conv layers), the build and simulation wall times and the simulated
 cycles per second. --out also gets summary.json; nothing else
 in --out is touched, and an --out that cannot take these files is refused before the run.
 
@@ -145,6 +147,28 @@ def _histogram(cycles: np.ndarray, engine: str, pes: int, path: Path) -> None:
     plt.close(fig)
 
 
+def _mac_utilisation(qnet, x, layer_cycles, pes: int, chunk: int = 500) -> dict:
+    """Useful MACs (non-zero weight x non-zero activation, a conv layer's at every computed
+    position: `tb.analysis.useful_macs`) over PEs x the layer's cycles, per layer and in all."""
+    from .analysis import useful_macs
+
+    useful = np.zeros(qnet.num_layers, dtype=np.float64)
+    for i in range(0, len(x), chunk):
+        useful += [float(u.sum()) for u in useful_macs(qnet, x[i:i + chunk])]
+    cyc = np.asarray(layer_cycles, dtype=np.float64).sum(axis=0)
+    conv = np.array([getattr(ly, "kind", "fc") == "conv" for ly in qnet.layers])
+
+    def ratio(u, c):
+        return float(u / (pes * c)) if c else 0.0
+
+    out = {"layers": [ratio(u, c) for u, c in zip(useful, cyc)],
+           "all": ratio(useful.sum(), cyc.sum()),
+           "useful_macs_mean": (useful / len(x)).tolist()}
+    if conv.any():
+        out["conv"] = ratio(useful[conv].sum(), cyc[conv].sum())
+    return out
+
+
 def _body(argv):
     from compress.golden import golden, predict
 
@@ -207,6 +231,7 @@ def _body(argv):
         parts, build_s, fb = results[e]
         y = np.concatenate([p.outputs for p in parts])
         cycles = np.concatenate([p.cycles for p in parts])
+        layer_cycles = np.concatenate([p.layer_cycles for p in parts])
         sim_s = max(p.seconds for p in parts)
         sim_cycles = sum(p.sim_cycles for p in parts)
         cpu_s = sum(p.cpu_seconds for p in parts)
@@ -226,12 +251,21 @@ def _body(argv):
         print(f"  accuracy (hardware): {100 * acc:.2f}%   golden model: {100 * gold_acc:.2f}%")
         print(f"  cycles per digit: min {st['min']}  mean {st['mean']:.1f}  p50 {st['p50']:.0f}"
               f"  p99 {st['p99']:.0f}  max {st['max']}   histogram: {png}")
+        per_layer = layer_cycles.mean(axis=0)
+        util = _mac_utilisation(qnet, x, layer_cycles, imgs[e].pes)
+        print("  cycles per layer (mean): " + ", ".join(
+            f"l{i} {c:.1f}" for i, c in enumerate(per_layer)))
+        print(f"  MAC utilisation: {100 * util['all']:.1f}% of {imgs[e].pes} PEs x compute "
+              f"cycles (" + ", ".join(f"l{i} {100 * u:.1f}%" for i, u in
+                                      enumerate(util["layers"])) + ")"
+              + (f"; conv layers {100 * util['conv']:.1f}%" if "conv" in util else ""))
         print(f"  wall time: build {build_s:.1f} s{' (cached)' if build_s == 0 else ''}, "
               f"simulation {sim_s:.1f} s ({len(parts)} process{'es' if len(parts) > 1 else ''}"
               f"; {sim_cycles} cycles in {cpu_s:.1f} CPU s: {cps / 1e6:.2f} M cycles/s)")
         summary["engines"][e] = {
             "bit_exact": exact, "different": bad[:100].tolist(), "accuracy": acc,
-            "cycles": st, "build_seconds": build_s, "sim_seconds": sim_s,
+            "cycles": st, "layer_cycles_mean": per_layer.tolist(),
+            "mac_utilisation": util, "build_seconds": build_s, "sim_seconds": sim_s,
             "sim_processes": len(parts), "sim_cycles": sim_cycles, "sim_cpu_seconds": cpu_s,
             "cycles_per_second": cps, "histogram": str(png), "binary": str(fb.binary)}
     wall = time.monotonic() - t_start
