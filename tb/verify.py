@@ -13,7 +13,8 @@ the hardware measured, the cycles per digit (min / mean / p50 / p99 / max; a PNG
 --out, default build/verify-mnist/cycles-<engine>.png), the mean cycles per layer, the MAC
 utilisation (useful MACs over PEs x compute cycles, per layer, in all, and over the conv
 layers), the build and simulation wall times and the simulated cycles per second. --out also
-gets summary.json; nothing else in --out is touched, and an --out that cannot take these files is refused before the run.
+gets summary.json; nothing else in --out is touched, and an --out that cannot take these files
+is refused before the run.
 
 The engines build and simulate side by side, one thread each, at most --jobs simulator and
 compiler processes at once (default 2); one engine splits its digits over the jobs. Builds are
