@@ -656,7 +656,9 @@ def logic_of(rom: RomImage) -> dict:
     two images with equal `logic_of` (and memories of equal depths) make the same Verilog but
     for what their memories hold."""
     return {"layers": [[rl.in_features, rl.out_features, rl.shift, bool(rl.relu), rl.rows,
-                        rl.ptr_base, rl.bias_base, rl.kind] for rl in rom.layers],
+                        rl.ptr_base, rl.bias_base, rl.kind, list(rl.geom)]
+                       for rl in rom.layers],
+            "input_shape": list(rom.input_shape or ()),
             "mems": [[len(e), len(p), len(b)] for e, p, b in zip(rom.entries, rom.ptr, rom.bias)],
             "codebook": len(rom.codebook)}
 
@@ -754,7 +756,10 @@ def write_rom(rom: RomImage, out_dir: str | Path, *, force: bool = False, keep=(
             "input_frac": rom.input_frac,
             "num_layers": rom.num_layers,
             "entry_layout": "v | (z << index_bits)",
-            "layers": [asdict(rl) for rl in rom.layers],
+            # the ROM files carry fully connected layers only (export-rom refuses conv ones):
+            # no geometry field
+            "layers": [{k: v for k, v in asdict(rl).items() if k != "geom"}
+                       for rl in rom.layers],
             "totals": {
                 "entries": [int(len(e)) for e in rom.entries],
                 "nonzeros": [sum(rl.nonzeros[pe] for rl in rom.layers) for pe in range(rom.pes)],
@@ -864,6 +869,9 @@ def _read_rom_checked(rom_dir: Path, mpath: Path, manifest: dict) -> RomImage:
         except KeyError:
             raise InputError(f"{rom_dir}: manifest lists memory {name} without {name}.bin") from None
     pes = manifest["pes"]
+    if any(isinstance(rl, dict) and "geom" in rl for rl in manifest["layers"]):
+        raise InputError(f"{mpath}: a layer with a conv geometry (ROM files carry fully "
+                         f"connected layers only)")
     layers = [RomLayer(**rl) for rl in manifest["layers"]]
     for i, rl in enumerate(layers):
         if rl.kind not in LAYER_KINDS:
