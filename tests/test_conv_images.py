@@ -81,3 +81,21 @@ def test_lenet5_activation_banks():
     assert conv.act_words(rom) == 3 * 144
     assert [rl.kind for rl in rom.layers] == ["conv", "conv", "fc", "fc"]
     assert [rl.in_features for rl in rom.layers] == [25, 24 * 25, 56 * 16, 500]
+
+
+def test_rom_files_carry_no_conv_geometry(tmp_path):
+    """The ROM files' manifest has no geometry field; one that claims a conv layer is refused."""
+    import json
+
+    from compress.synthetic import random_qnet
+    from images.eie import export_rom, read_rom
+
+    m = export_rom(random_qnet((12, 6, 3), seed=0, density=0.5), tmp_path / "rom", pes=2)
+    assert all("geom" not in rl for rl in m["layers"])
+    path = tmp_path / "rom" / "manifest.json"
+    bad = json.loads(path.read_text())
+    bad["layers"][0]["geom"] = [1, 3, 4, 3, 3, 1, 1, 0, 0, 1, 1, 6, "flat"]
+    path.write_text(json.dumps(bad))
+    with pytest.raises(InputError, match="conv geometry") as e:
+        read_rom(tmp_path / "rom")
+    assert "\n" not in str(e.value)
