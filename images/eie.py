@@ -400,6 +400,10 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
     width = default_issue_width(rom.pes) if issue_width is None else issue_width
     if width not in (1, 2):
         raise InputError(f"issue width must be 1 or 2, not {issue_width!r}")
+    if any(rl.geom for rl in rom.layers):
+        # the walk of a conv layer is not modelled: tb.analysis counts its work, the RTL its
+        # cycles
+        raise InputError("the EIE cycle model covers fully connected layers only, not conv")
     qnet = physical_qnet(rom)
     x = np.asarray(x)
     acts = [x] + golden_layers(qnet, x, acc_bits=acc_bits)[:-1]  # physical column order

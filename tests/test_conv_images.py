@@ -99,3 +99,12 @@ def test_rom_files_carry_no_conv_geometry(tmp_path):
     with pytest.raises(InputError, match="conv geometry") as e:
         read_rom(tmp_path / "rom")
     assert "\n" not in str(e.value)
+
+
+def test_the_eie_cycle_model_refuses_conv_layers():
+    """The fully connected cycle model does not model the walk: it says so, not a number."""
+    from images.eie import model_cycles
+
+    q = random_cnn((1, 5, 5), [(2, 3, 1, 0, 1)], [2], seed=0)
+    with pytest.raises(InputError, match="fully connected layers only"):
+        model_cycles(build_rom(q, pes=2), np.zeros((1, 25), np.int16))
