@@ -207,7 +207,7 @@ EIE = register(Engine(
               "ecp5": Defaults(eie.EieParams(), pes=16)},
     cycle_model=eie.cycle_model, logic_of=eie.logic_of, padded=eie.padded,
     memory_bound=eie.memory_bound, unplaced={"rel_bits": 4, "balance": False},
-    title=lambda p: "EIE engine"))
+    layer_kinds=("fc", "conv"), title=lambda p: "EIE engine"))
 
 LOCKSTEP = register(Engine(
     name="lockstep", protocol_id=1,

@@ -279,7 +279,7 @@ def cmd_run(args):
     jobs = os.environ.get("TB_JOBS", "2")
     if not jobs.isdigit() or not 1 <= int(jobs) <= 64:
         raise InputError(f"TB_JOBS must be a number 1..64, not {jobs!r}")
-    qnet = load_qnet(args.model, index_bits=args.index_bits).require_fc()
+    qnet = load_qnet(args.model, index_bits=args.index_bits)
     x = load_inputs(args.inputs, qnet.in_features)
     if args.count is not None:
         if args.count < 1:

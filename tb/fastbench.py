@@ -44,6 +44,7 @@ import numpy as np
 from compress.atomic import check_build_dir, file_lock
 from compress.errors import InputError
 from images import EngineParams, memory_specs
+from images.conv import engine_in_features, engine_out_features
 
 from . import verilator as vl
 from .sim import REPO, build_key, default_params, engine_verilog, run_in_group
@@ -139,7 +140,7 @@ def _bench_hash() -> str:
 
 
 def _shape(image):
-    return image.layers[0].in_features, image.layers[-1].out_features, image.num_layers
+    return engine_in_features(image), engine_out_features(image), image.num_layers
 
 
 def compile_template(template: str, image, *, jobs: int = 1) -> FastBuild:

@@ -45,6 +45,7 @@ import numpy as np
 from compress.atomic import check_build_dir, file_lock
 from compress.errors import InputError
 from images import EngineParams, engine_of, image_digest
+from images.conv import engine_out_features
 
 REPO = Path(__file__).resolve().parents[1]
 TOPLEVEL = "engine"
@@ -394,7 +395,7 @@ def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float
     np.save(run_dir / "inputs.npy", x, allow_pickle=False)
     env = {
         "TB_IO": str(run_dir),
-        "TB_OUT_FEATURES": str(b.image.layers[-1].out_features),
+        "TB_OUT_FEATURES": str(engine_out_features(b.image)),
         "TB_LAYERS": str(b.image.num_layers),
         "TB_STALL_IN": repr(float(stall_in)),
         "TB_STALL_OUT": repr(float(stall_out)),

@@ -418,6 +418,7 @@ def main(argv=None) -> int:
         from compress.pattern import BOARDS as PRUNED_FOR
 
         qnet, name = load_model(a.model, board=a.board in PRUNED_FOR)
+        qnet.require_fc("the board")
         x, labels = _digits(qnet, a.count, data_dir)
         img = build_image(qnet, a.engine, a.pes)
         print(f"{name}: {a.board}, {a.engine} engine, {a.pes} PEs, {a.count} digits, {a.sim}",

@@ -236,6 +236,7 @@ def run_cli(args) -> int:
 
     # what the bitstream is built for: the network pruned for this board where one is shipped
     qnet, name = load_model(args.model, board=args.board in PRUNED_FOR)
+    qnet.require_fc("the board")  # its link and weight load carry fc layers only
     x, labels, noun, what = _inputs(args, qnet)
     print(f"model: {name}")
     print(what)
