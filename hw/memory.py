@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Module, unsigned
+from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib.memory import Memory
 
 from images.memmap import MemorySpec  # the memory map is computed from the image alone
 
-__all__ = ["MemorySpec", "MemoryPorts", "MemoryFactory"]
+__all__ = ["MemorySpec", "MemoryPorts", "MemoryFactory", "no_rw_check_ram"]
 
 
 @dataclass
@@ -49,3 +49,37 @@ class MemoryFactory:
         read = [mem.read_port(domain="sync") for _ in range(spec.read_ports)]
         write = [mem.write_port() for _ in range(spec.write_ports)]
         return MemoryPorts(read=read, write=write)
+
+
+@dataclass
+class _ReadPort:
+    addr: Signal
+    en: Signal
+    data: Signal
+
+
+def no_rw_check_ram(m: Module, spec: MemorySpec) -> MemoryPorts:
+    """A RAM whose read-during-write result is never used, marked with yosys' `no_rw_check`
+    attribute (a board family's factory uses it for an engine whose record says so).
+
+    The read ports are asynchronous reads into a register with enable: the same behaviour as a
+    synchronous read port (read before write), but it leaves yosys' memory_dff to fold the
+    register into the port, which is where `no_rw_check` lets it drop the collision logic (a
+    synchronous port from Amaranth arrives with read-before-write already fixed).
+    """
+    key = spec.name.replace(".", "_")
+    mem = Memory(shape=unsigned(spec.width), depth=spec.depth, init=list(spec.init),
+                 attrs={"no_rw_check": 1})
+    m.submodules[key] = mem
+    reads = []
+    for i in range(spec.read_ports):
+        rp = mem.read_port(domain="comb")
+        # reset_less: a block RAM's output has no reset, a reset would be emulated in logic
+        port = _ReadPort(addr=Signal(spec.addr_width, name=f"{key}_r{i}_addr"),
+                         en=Signal(init=1, name=f"{key}_r{i}_en"),
+                         data=Signal(spec.width, name=f"{key}_r{i}_data", reset_less=True))
+        m.d.comb += rp.addr.eq(port.addr)
+        with m.If(port.en):
+            m.d.sync += port.data.eq(rp.data)
+        reads.append(port)
+    return MemoryPorts(read=reads, write=[mem.write_port() for _ in range(spec.write_ports)])

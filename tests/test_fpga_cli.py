@@ -378,6 +378,30 @@ def test_summary_throughput_at_the_board_clock():
     assert "accuracy" not in text
 
 
+def test_useful_macs_and_utilisation_line():
+    """useful_macs counts (non-zero weight, non-zero activation) pairs as tb.analysis does
+    (its per-PE count summed), and the summary turns them into MAC utilisation."""
+    from compress.synthetic import random_qnet
+    from fpga import protocol as P
+    from fpga.host.runner import RunStats, summary, useful_macs
+    from images import build_image
+    from tb.analysis import work
+
+    qnet = random_qnet([40, 24, 12, 5], seed=3, density=0.3)
+    x = np.random.default_rng(4).integers(-200, 300, (6, 40)).astype(np.int16)
+    x[x < 0] = 0  # zero activations, as a digit's background
+    want = sum(int(u.sum()) for u in work(qnet, build_image(qnet, "eie", 4), x)["useful"])
+    assert useful_macs(qnet, x) == want > 0
+    st = RunStats(n=2, exact=2, agree=2, cycles=[900, 1100], layer_cycles=[[200, 70], [260, 70]],
+                  useful_macs=1200, pes=4)
+    info = P.Info(version=1, pes=4, num_layers=2, in_features=12, out_features=3,
+                  clock_hz=100_000_000, loaded=True, engine="eie")
+    text = summary(st, info, has_labels=False)
+    assert f"MAC utilisation: {100 * 1200 / (4 * 600):.1f}% (600 useful MACs per input" in text
+    st.useful_macs = 0  # not counted (a conv network): no figure rather than a wrong one
+    assert "MAC utilisation" not in summary(st, info, has_labels=False)
+
+
 def test_run_sim_user_network(user_net, capsys):
     """fpga run --sim --inputs --labels --out on a 12-20-8-3 network: bit-exact outputs written,
     accuracy from the labels, throughput at the board's default clock, generic wording."""

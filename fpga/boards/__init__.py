@@ -21,10 +21,10 @@ from compress.errors import InputError
 from images import engine_of
 from images.params import EngineParams
 
-from . import ice40
+from . import ecp5, ice40
 
 # family name -> its module (memories, PLL, tools, reports, budget: fpga/boards/ice40.py's names)
-FAMILIES: dict[str, ModuleType] = {ice40.NAME: ice40}
+FAMILIES: dict[str, ModuleType] = {ice40.NAME: ice40, ecp5.NAME: ecp5}
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,13 @@ class Budget:
 
 
 UP5K = Budget(lc=5280, ebr=30, ebr_bits=4096, spram=4, spram_bits=16384 * 16, dsp=8)
+# ECP5 (LFE5U, datasheet FPGA-DS-02012 table 1.1; LUT4s as nextpnr-ecp5 reports them): block
+# RAMs are DP16KD of 18 Kbit, multipliers MULT18X18D, no SPRAM. The 12F is the 25F's die with
+# nextpnr's 12k budget.
+ECP5_12F = Budget(lc=12096, ebr=32, ebr_bits=18432, spram=0, spram_bits=0, dsp=28)
+ECP5_25F = Budget(lc=24288, ebr=56, ebr_bits=18432, spram=0, spram_bits=0, dsp=28)
+ECP5_45F = Budget(lc=43848, ebr=108, ebr_bits=18432, spram=0, spram_bits=0, dsp=72)
+ECP5_85F = Budget(lc=83640, ebr=208, ebr_bits=18432, spram=0, spram_bits=0, dsp=156)
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,13 @@ class Board:
     clock_hz: float  # its frequency
     uart: str = "uart"  # the platform's resource of the UART (its rx and tx pins)
     engine: str = "lockstep"  # the engine the board runs when not told
+    clock_mhz: float | None = None  # its default PLL clock (None: fpga.flow.build's default)
+    baud: int = 3_000_000  # its default UART rate (the clock must give it, fpga.gateware.uart)
+    # LEDs (platform resource, number): a frame is being handled, the last reply was an error;
+    # and the last predicted digit in binary, bit 0 first (empty: the iCEBreaker's break-off
+    # PMOD when the platform has one)
+    status_leds: tuple = (("led_g", 0), ("led_r", 0))
+    digit_leds: tuple = ()
 
     def make_platform(self):
         """A new platform object (one takes one design only)."""
@@ -66,6 +80,12 @@ class Board:
         return FAMILIES[self.family]
 
 
+# The ULX3S's default clock and baud rate: the 16-PE EIE engine routes at about 20 MHz (its
+# front end and the broadcast to 16 PEs; docs/fpga.md section 7), so the PLL's 25 x 5 / 7 MHz
+# with 1 Mbaud (18 clocks a bit, 0.8 % fast), which the FT231X makes exactly.
+ULX3S_CLOCK_MHZ = 25 * 5 / 7
+ULX3S_BAUD = 1_000_000
+
 BOARDS = {b.name: b for b in (
     # UART through the FTDI on rx 6 / tx 9, the 12 MHz oscillator on pin 35
     Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", "ice40", "iCE40UP5K",
@@ -74,6 +94,17 @@ BOARDS = {b.name: b for b in (
     # tests, never built or run on a board here.
     Board("icesugar", "amaranth_boards.icesugar:ICESugarPlatform", "ice40", "iCE40UP5K", UP5K,
           clock="clk12", clock_hz=12e6),
+    # ULX3S (ECP5, BG381): the 25 MHz oscillator on G2, the FT231X's UART on M1 (rx) / L4
+    # (tx); the EIE engine, its weights initialised in the bitstream. `ulx3s` is the 85F, the
+    # other sizes carry theirs in the name.
+    *(Board(name, f"amaranth_boards.ulx3s:ULX3S_{size}_Platform", "ecp5", f"LFE5U-{size}",
+            budget, clock="clk25", clock_hz=25e6, engine="eie", clock_mhz=ULX3S_CLOCK_MHZ,
+            baud=ULX3S_BAUD,
+            status_leds=(("led", 0), ("led", 1)),
+            digit_leds=tuple(("led", 4 + bit) for bit in range(4)))
+      for name, size, budget in (("ulx3s", "85F", ECP5_85F), ("ulx3s-45f", "45F", ECP5_45F),
+                                 ("ulx3s-25f", "25F", ECP5_25F),
+                                 ("ulx3s-12f", "12F", ECP5_12F))),
 )}
 DEFAULT_BOARD = "icebreaker"
 

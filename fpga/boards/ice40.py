@@ -48,12 +48,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth.hdl import (ClockDomain, ClockSignal, Const, Instance, Module, Mux, Signal,
-                          unsigned)
+from amaranth.hdl import ClockDomain, ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.memory import Memory
 
-from hw.memory import MemoryFactory, MemoryPorts, MemorySpec
+from hw.memory import MemoryFactory, MemoryPorts, MemorySpec, no_rw_check_ram
 from images import memory_specs
 
 NAME = "ice40"
@@ -130,7 +129,7 @@ class Memories(MemoryFactory):
     def __call__(self, m: Module, spec: MemorySpec) -> MemoryPorts:
         lp = self._by_name.get(spec.name)
         if lp is None and self.no_rw_check and spec.kind == "ram":
-            return self._no_rw_check_ram(m, spec)
+            return no_rw_check_ram(m, spec)
         if lp is None:
             return super().__call__(m, spec)
         if lp.spec != spec:
@@ -159,33 +158,6 @@ class Memories(MemoryFactory):
                          w.addr.eq(addr), w.data.eq(lp.data), w.en.eq(lp.we)]
         m.d.comb += rp.data.eq(dout[: spec.width])
         return MemoryPorts(read=[rp], write=[])
-
-
-    @staticmethod
-    def _no_rw_check_ram(m: Module, spec: MemorySpec) -> MemoryPorts:
-        """A RAM whose read-during-write result is never used (see the module docstring).
-
-        The read ports are asynchronous reads into a register with enable: the same behaviour
-        as a synchronous read port (read before write), but it leaves yosys' memory_dff to fold
-        the register into the port, which is where `no_rw_check` lets it drop the collision
-        logic (a synchronous port from Amaranth arrives with read-before-write already fixed).
-        """
-        key = spec.name.replace(".", "_")
-        mem = Memory(shape=unsigned(spec.width), depth=spec.depth, init=list(spec.init),
-                     attrs={"no_rw_check": 1})
-        m.submodules[key] = mem
-        reads = []
-        for i in range(spec.read_ports):
-            rp = mem.read_port(domain="comb")
-            # reset_less: an EBR output has no reset, a reset would be emulated in logic
-            port = _ReadPort(addr=Signal(spec.addr_width, name=f"{key}_r{i}_addr"),
-                             en=Signal(init=1, name=f"{key}_r{i}_en"),
-                             data=Signal(spec.width, name=f"{key}_r{i}_data", reset_less=True))
-            m.d.comb += rp.addr.eq(port.addr)
-            with m.If(port.en):
-                m.d.sync += port.data.eq(rp.data)
-            reads.append(port)
-        return MemoryPorts(read=reads, write=[mem.write_port() for _ in range(spec.write_ports)])
 
 
 def load_words(spec: MemorySpec) -> list[int]:
@@ -288,6 +260,7 @@ SYNTH_OPTS = "-dsp -spram"  # SB_MAC16 for the multipliers, SB_SPRAM256KA for in
 # cost in build time here (docs/fpga.md section 0).
 NEXTPNR_OPTS = "--tmg-ripup"
 BITSTREAM = "bin"  # the file the flow writes: <name>.bin
+TOOLS = "yosys, nextpnr-ice40 and icepack"
 
 
 # what `fpga build` prints beside logic cells: (label, report key, budget field)

@@ -127,15 +127,17 @@ def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
 @contextlib.contextmanager
 def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bool = False,
                     spram: bool = False, accept_timeout: float = 120.0,
-                    divisor: int = SIM_DIVISOR):
+                    divisor: int = SIM_DIVISOR, board: str = DEFAULT_BOARD):
     """Yield a transport to the board core running in cocotb; stops the simulation on exit.
 
-    `divisor` is the UART's clock cycles per bit (the bench's clock cycles are the board's).
+    `divisor` is the UART's clock cycles per bit (the bench's clock cycles are the board's);
+    `board` the board whose core is simulated (its engine parameters and memories).
     After the simulation the transport's `times` hold the cycle each host byte started on rx
     (`rx_start`) and each board byte ended on tx (`tx_end`), in order.
     The simulator runs in its own process group (`tb.sim.icarus_runner`), ended with this
     process; an interrupted run (SIGINT, SIGTERM) leaves no run directory."""
-    b = build or build_board(img, gate_level=gate_level, spram=spram, divisor=divisor)
+    b = build or build_board(img, gate_level=gate_level, spram=spram, divisor=divisor,
+                             board=board)
     runs = b.dir / "runs"
     runs.mkdir(exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))

