@@ -48,10 +48,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth.hdl import ClockDomain, ClockSignal, Const, Instance, Module, Mux, Signal
-from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth.lib.memory import Memory
 
+from fpga.gateware.clocking import sync_from_pll
 from hw.memory import MemoryFactory, MemoryPorts, MemorySpec, no_rw_check_ram
 from images import memory_specs
 
@@ -235,21 +235,7 @@ def clock_domain(m, platform, board, pll: PllConfig, clock_hz: float) -> None:
         i_RESETB=Const(1), i_BYPASS=Const(0),
         o_PLLOUTGLOBAL=pll_clk, o_LOCK=locked,
     )
-    m.domains.sync = ClockDomain("sync")
-    m.d.comb += ClockSignal("sync").eq(pll_clk)
-    m.domains.por = ClockDomain("por", reset_less=True)
-    m.d.comb += ClockSignal("por").eq(pll_clk)
-    delay = int(15e-6 * clock_hz)
-    timer = Signal(range(delay + 1))
-    ready = Signal()
-    with m.If(~locked):
-        m.d.por += [timer.eq(0), ready.eq(0)]
-    with m.Elif(timer == delay):
-        m.d.por += ready.eq(1)
-    with m.Else():
-        m.d.por += timer.eq(timer + 1)
-    m.submodules.reset_sync = ResetSynchronizer(~ready, domain="sync")
-    platform.add_clock_constraint(pll_clk, clock_hz)
+    sync_from_pll(m, platform, pll_clk, locked, clock_hz)
 
 
 # ---- the tools: yosys -> nextpnr-ice40 -> icepack, from PyPI (YoWASP) ------------------------
