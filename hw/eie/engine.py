@@ -19,6 +19,13 @@ Architecture (after EIE, Han et al. ISCA 2016; see docs/engine.md):
 
 `sparse=False` is the dense baseline: the same PEs and datapath fed with a dense image (every
 weight, zeros included, as an entry with z = 0) and a front end that broadcasts every column.
+
+A loadable engine (`loadable=True`, `images.eie.EieParams`) has memories of given sizes and
+reads every per-network constant (each layer's in_features, groups, drain and preload rows,
+out_features here; each PE's rows, bases, shift and ReLU) from table memories loaded with the
+weights, so its logic depends on its shape alone and every network that fits runs on one
+Verilog. `io_lanes` words move a beat on i_act and o_act (LOAD and OUTPUT take in_0 / lanes and
+out / lanes cycles).
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from types import SimpleNamespace
 from amaranth.hdl import Array, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 
-from images.eie import EieParams, RomImage, memory_map, pe_images
+from images.eie import (EieParams, EieSizes, RomImage, engine_pe_images, engine_table_fields,
+                        image_sizes, memory_map, sizes_of)
+from images.eie import io_lanes as _io_lanes
 from images.eie import issue_width as _issue_width
 
 from ..blocks import (ActIO, EngineConfigError, EngineSignature, ceil_div, check_fits,
@@ -51,14 +60,18 @@ class Engine(wiring.Component):
     (1..64); acc_bits, accumulator width (17..64); sparse, False for the dense baseline (every
     weight an entry, every column broadcast); memories, the `MemoryFactory` that makes every
     memory (`memory_specs`); max_width, the largest layer width the activation buffers must
-    hold, checked up front.
+    hold, checked up front; issue_width (1 or 2 columns a cycle); loadable, sizes (per-layer
+    constants in table memories, memories of `sizes`: module docstring); io_lanes (words a
+    beat on i_act and o_act, a divisor of the PEs; None: one per PE).
     """
 
     image_type = RomImage
 
     @classmethod
     def check(cls, rom: RomImage, *, queue_depth=8, acc_bits=32, sparse=True,
-              max_width: int | None = None, issue_width: int | None = None) -> None:
+              max_width: int | None = None, issue_width: int | None = None,
+              loadable: bool = False, sizes: EieSizes | None = None,
+              io_lanes: int | None = 1) -> None:
         """EngineConfigError naming what does not fit, before anything is made."""
         if not isinstance(rom, RomImage):
             raise TypeError(f"the EIE engine is built from a RomImage, not "
@@ -67,15 +80,32 @@ class Engine(wiring.Component):
         check_fits(rom, acc_bits=acc_bits, max_width=max_width)
         if issue_width not in (None, 1, 2):
             raise EngineConfigError(f"issue width must be 1 or 2, not {issue_width!r}")
+        if io_lanes is not None and (isinstance(io_lanes, bool) or not isinstance(io_lanes, int)
+                                     or io_lanes < 1 or rom.pes % io_lanes):
+            raise EngineConfigError(f"io_lanes must divide the {rom.pes} PEs, not {io_lanes!r}")
+        if sizes is not None:
+            if not loadable:
+                raise EngineConfigError("memory sizes are for a loadable engine (loadable=True)")
+            need = image_sizes(rom, sparse=sparse)
+            for name, v in need.as_dict().items():
+                if v > getattr(sizes, name):
+                    raise EngineConfigError(
+                        f"the network needs {v:,} {name.replace('_', ' ')} a PE, more than the "
+                        f"engine's {getattr(sizes, name):,}")
 
     def __init__(self, rom: RomImage, *, queue_depth=8, acc_bits=32, sparse=True,
                  memories: "MemoryFactory | None" = None, max_width: int | None = None,
-                 issue_width: int | None = None):
+                 issue_width: int | None = None, loadable: bool = False,
+                 sizes: EieSizes | None = None, io_lanes: int | None = 1):
         self.check(rom, queue_depth=queue_depth, acc_bits=acc_bits, sparse=sparse,
-                   max_width=max_width, issue_width=issue_width)
+                   max_width=max_width, issue_width=issue_width, loadable=loadable,
+                   sizes=sizes, io_lanes=io_lanes)
         params = EieParams(queue_depth=queue_depth, acc_bits=acc_bits, sparse=sparse,
-                           max_width=max_width, issue_width=issue_width)
+                           max_width=max_width, issue_width=issue_width, loadable=loadable,
+                           sizes=sizes, io_lanes=io_lanes)
         self.issue_width = _issue_width(rom, params)
+        self.lanes = _io_lanes(rom, params)
+        self.sizes = sizes_of(rom, params)
         self.rom = rom
         self.queue_depth = queue_depth
         self.acc_bits = acc_bits
@@ -86,25 +116,30 @@ class Engine(wiring.Component):
         self.num_layers = L = rom.num_layers
         self.in_features = rom.layers[0].in_features
         self.out_features = rom.layers[-1].out_features
-        widths = [rom.layers[0].in_features] + [rl.out_features for rl in rom.layers]
-        self.max_width = max(widths)
-        self.act_words = max(ceil_div(w, n) for w in widths)  # per PE per bank
+        if self.sizes is None:
+            widths = [rom.layers[0].in_features] + [rl.out_features for rl in rom.layers]
+            self.act_words = max(ceil_div(w, n) for w in widths)  # per PE per bank
+            self.max_width = max(widths)
+        else:  # a loadable engine: what its memories hold, whatever the network
+            self.act_words = self.sizes.act_words
+            self.max_width = n * self.act_words
         self.col_bits = max(1, self.max_width.bit_length())
         self.row_bits = max(1, self.act_words.bit_length())
         # the memory map is the image's (images.eie.memory_map), so the host and the board read
         # the same one without making an engine
         self._specs = memory_map(rom, params)
-        self.images = pe_images(rom, sparse=sparse)
-        self.pe_blocks = [
-            PE(img, col_bits=self.col_bits, row_bits=self.row_bits, queue_depth=queue_depth,
-               acc_bits=acc_bits, sparse=sparse, memories=self.memories,
-               issue_width=self.issue_width,
-               specs=[s for s in self._specs if s.name.split(".")[0] == f"pe{img.pe}"
-                      and not s.name.endswith(".act")])
-            for img in self.images
-        ]
+        self.images = engine_pe_images(rom, params)
         self.act_specs = [s for s in self._specs if s.name.endswith(".act")]
-        super().__init__(EngineSignature(L))
+        self.table_spec = next((s for s in self._specs if s.name == "layers"), None)
+        super().__init__(EngineSignature(L, self.lanes))
+
+    def _make_pe(self, img, memories):
+        """The PE of `img` (its memories made by `memories`)."""
+        return PE(img, col_bits=self.col_bits, row_bits=self.row_bits,
+                  queue_depth=self.queue_depth, acc_bits=self.acc_bits, sparse=self.sparse,
+                  memories=memories, issue_width=self.issue_width, sizes=self.sizes,
+                  specs=[s for s in self._specs if s.name.split(".")[0] == f"pe{img.pe}"
+                         and not s.name.endswith(".act")])
 
     @property
     def memory_specs(self) -> list[MemorySpec]:
@@ -114,15 +149,60 @@ class Engine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = SimpleNamespace()  # what the stages share
-        for k, pe in enumerate(self.pe_blocks):
-            m.submodules[f"pe{k}"] = pe
+        # a PE is a block the factory may make once and repeat (hw.memory.MemoryFactory.block);
+        # the engine uses only its ports
+        self.pe_blocks = [self.memories.block(m, f"pe{img.pe}",
+                                              lambda mem, img=img: self._make_pe(img, mem))
+                          for img in self.images]
         acts = [self.memories(m, s) for s in self.act_specs]
+        self._layer_table(m, c)
         c.act_r = [a.read[0] for a in acts]
         c.act_w = [a.write[0] for a in acts]
         self._front_end(m, c)
         self._sequencer(m, c)
         self._drain(m, c)
         return m
+
+    def _layer_table(self, m, c):
+        """The engine's per-layer constants as functions of a layer index (`c.in_of`,
+        `c.groups_of`, `c.drain_of`, `c.pre_of`) and the input and output words (`c.in_n`,
+        `c.out_n`): constants in the logic, or the words of the table memory of a loadable
+        engine (read ports 0..4 look up layer, the drained layer, 0, 1 and L - 1)."""
+        rom, n, L = self.rom, self.pes, self.num_layers
+        if self.table_spec is None:
+            outs = [rl.out_features for rl in rom.layers] + [0, 0]
+            in_t = Array(Const(rl.in_features, unsigned(self.col_bits + 1)) for rl in rom.layers)
+            grp_t = Array(Const(ceil_div(rl.in_features, n), unsigned(self.row_bits + 1))
+                          for rl in rom.layers)
+            drain_t = Array(
+                Const(max(ceil_div(outs[i], n), ceil_div(outs[i + 2], n)),
+                      unsigned(self.row_bits + 1))
+                for i in range(L))
+            pre = [max(1, ceil_div(outs[b], n)) for b in range(2)]
+            c.in_of, c.groups_of, c.drain_of = (lambda i: in_t[i]), (lambda i: grp_t[i]), \
+                (lambda i: drain_t[i])
+            c.pre_of = lambda b: pre[b]
+            c.in_n, c.out_n = self.in_features, self.out_features
+            return
+        table = self.memories(m, self.table_spec)
+        layout = data.StructLayout(dict(engine_table_fields(self.sizes, n)))
+        views = []
+        for j, rp in enumerate(table.read):
+            v = Signal(layout, name=f"ltbl{j}")
+            m.d.comb += v.as_value().eq(rp.data)
+            views.append((rp, v))
+
+        def look(port, i):
+            rp, v = views[port]
+            m.d.comb += rp.addr.eq(i)
+            return v
+
+        c.in_of = lambda i: look(0, i)["in"]
+        c.groups_of = lambda i: look(0, i).groups
+        c.drain_of = lambda i: look(1, i).drain
+        c.pre_of = lambda b: look(2 + b, b).pre
+        c.in_n = look(2, 0)["in"]
+        c.out_n = look(4, L - 1).out
 
     def _act_addr(self, bank_bit, word):
         return bank_bit * self.act_words + word
@@ -135,10 +215,7 @@ class Engine(wiring.Component):
         m.submodules.fe = c.fe = fe = fe_cls(pes=n, col_bits=self.col_bits,
                                               group_bits=self.row_bits, sparse=self.sparse)
         c.layer = layer = Signal(range(max(self.num_layers, 2)), name="layer")
-        in_t = Array(Const(rl.in_features, unsigned(self.col_bits + 1)) for rl in rom.layers)
-        grp_t = Array(Const(ceil_div(rl.in_features, n), unsigned(self.row_bits + 1))
-                      for rl in rom.layers)
-        m.d.comb += [fe.in_features.eq(in_t[layer]), fe.groups.eq(grp_t[layer])]
+        m.d.comb += [fe.in_features.eq(c.in_of(layer)), fe.groups.eq(c.groups_of(layer))]
         if self.issue_width == 1:
             all_ready = Signal(name="all_ready")
             r = pes[0].bc.ready
@@ -191,13 +268,13 @@ class Engine(wiring.Component):
 
     def _sequencer(self, m, c):
         """PRELOAD0 -> PRELOAD1 -> LOAD -> (START -> COMPUTE) per layer -> LASTDRAIN -> OUTPUT."""
-        n, L, layer, fe, pes = self.pes, self.num_layers, c.layer, c.fe, self.pe_blocks
-        outs = [rl.out_features for rl in self.rom.layers] + [0, 0]
-        pre_rows = [max(1, ceil_div(outs[b], n)) for b in range(2)]
+        L, layer, fe, pes = self.num_layers, c.layer, c.fe, self.pe_blocks
+        pre_rows = [c.pre_of(b) for b in range(2)]
         cyc = Signal(32, name="cyc")
         lc = Signal(data.ArrayLayout(32, L), name="lc")
         io = ActIO(m, self, act_r=c.act_r, act_w=c.act_w, cyc=cyc, lc=lc,
-                   cnt_limit=self.act_words)
+                   cnt_limit=self.act_words, lanes=self.lanes, in_n=c.in_n, out_n=c.out_n,
+                   max_words=self.max_width)
         cnt, sel, word = io.cnt, io.sel, io.word
         fe_done = Signal(name="fe_done")
 
@@ -249,16 +326,10 @@ class Engine(wiring.Component):
 
     def _drain(self, m, c):
         """One row of every PE per cycle into the destination bank of d_layer."""
-        n, L = self.pes, self.num_layers
-        outs = [rl.out_features for rl in self.rom.layers] + [0, 0]
         # drain of layer i: its rows out, the rows of layer i + 2 preloaded (same bank)
-        drain_t = Array(
-            Const(max(ceil_div(outs[i], n), ceil_div(outs[i + 2], n)),
-                  unsigned(self.row_bits + 1))
-            for i in range(L))
         d_cnt, d_layer = c.d_cnt, c.d_layer
         with m.If(c.d_active):
-            rows = drain_t[d_layer]
+            rows = c.drain_of(d_layer)
             for k, pe in enumerate(self.pe_blocks):
                 m.d.comb += [pe.drain_valid.eq(d_cnt < rows), pe.preload_valid.eq(d_cnt < rows),
                              pe.drain_row.eq(d_cnt), pe.drain_layer.eq(d_layer),
