@@ -3,6 +3,10 @@
     python -m bench.board_pattern lenet DIR... [--data MNIST_DIR] [--count 1000]
         one row per pipeline output directory (summary.json, model.qnet.npz, model.dcz), e.g.
         `python -m compress pipeline --arch lenet-300-100 --seed S [--for-board icebreaker]`
+    python -m bench.board_pattern rtl --model Q --data MNIST_DIR [--count 200]
+        the board's engine (lockstep, 8 PEs, drain_share 2, queue depth 2) in RTL with
+        Verilator: one digit at a time and back to back (the next input loading while one
+        computes): bit-exact, compute cycles, MAC utilisation, cycles between results
     python -m bench.board_pattern user --out DIR [--seeds 0,1,2]
         a user's MLP on data that is not MNIST (seeded synthetic sensor features, 6 classes),
         trained here, compressed by `compress.compress_model` at the same densities with and
@@ -204,6 +208,50 @@ def cmd_user(args) -> int:
     return 0
 
 
+def cmd_rtl(args) -> int:
+    """The board's engine in RTL (Verilator) on MNIST test digits, one at a time and back to
+    back: bit-exact, compute cycles, MAC utilisation, cycles between results."""
+    from compress.data import load_split
+    from compress.golden import golden, mnist_to_input, run_layers
+    from compress.shipped import load_model
+    from fpga.boards import engine_params as board_params
+    from images import build_image
+    from images.lanes import useful_macs
+    from tb.sim import build, simulate
+
+    qnet, name = load_model(args.model)
+    split = load_split("test", args.data)
+    x = mnist_to_input(split.images[args.start: args.start + args.count], qnet.input_frac)
+    img = build_image(qnet, "lockstep", PES)
+    params = board_params(img)
+    b = build(img, params, sim="verilator")
+    g = golden(qnet, x)
+    acts = [x] + run_layers(qnet, x)[:-1]
+    useful = useful_macs(qnet.layers, acts).sum()
+    out = {"model": name, "digits": len(x), "drain_share": params.drain_share,
+           "queue_depth": params.queue_depth}
+    for mode in ("one at a time", "back to back"):
+        r = simulate(b, x, back_to_back=mode == "back to back")
+        compute = r.layer_cycles.sum(axis=1)
+        rec = {"bit_exact": int(np.all(r.outputs == g, axis=1).sum()),
+               "compute": float(compute.mean()),
+               "layer_cycles": [float(v) for v in r.layer_cycles.mean(axis=0)],
+               "mac_util": float(useful / (PES * compute.sum())),
+               "cycles": float(r.cycles[1:].mean() if mode == "back to back"
+                               else r.cycles.mean())}
+        out[mode] = rec
+        what = ("cycles between results" if mode == "back to back"
+                else "cycles first input word -> last output word")
+        print(f"{name}, {mode}: bit-exact {rec['bit_exact']}/{len(x)}, compute "
+              f"{rec['compute']:.1f} (" + " / ".join(f"{v:.1f}" for v in rec["layer_cycles"])
+              + f"), MAC utilisation {100 * rec['mac_util']:.1f}%, {what} {rec['cycles']:.1f}"
+              + (f", {args.clock_mhz * 1e6 / rec['cycles']:,.0f} inferences/s at "
+                 f"{args.clock_mhz:g} MHz" if mode == "back to back" else ""), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.board_pattern",
                                 description=__doc__.split("\n")[0])
@@ -219,8 +267,15 @@ def main(argv=None) -> int:
     u.add_argument("--epochs", type=int, default=20)
     u.add_argument("--max-drop", type=float, default=0.5)
     u.add_argument("--count", type=int, default=1000, help="test inputs for the cycles")
+    r = sub.add_parser("rtl", help="the board's engine in RTL on MNIST test digits")
+    r.add_argument("--model", required=True)
+    r.add_argument("--data", required=True, help="MNIST directory")
+    r.add_argument("--count", type=int, default=200)
+    r.add_argument("--start", type=int, default=0, help="first test digit (0)")
+    r.add_argument("--clock-mhz", type=float, default=33.0)
+    r.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    return cmd_lenet(args) if args.cmd == "lenet" else cmd_user(args)
+    return {"lenet": cmd_lenet, "user": cmd_user, "rtl": cmd_rtl}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -230,8 +230,10 @@ def fpga(engine_pes: dict | None) -> Section:
     uart = end_to_end = b2b = None
     engine = get(rep["engine"])
     if engine.overlap:  # an engine that streams: simulated on the board, and back to back
+        model = _board_model(rep)
         _, run_log = timed_command([PY, "-m", "fpga", "run", "--sim", "--no-spram", "--count",
                                     "20", "--engine", engine.name, "--pes", str(rep["pes"]),
+                                    "--model", model,
                                     "--clock-mhz", f"{rep['clock_mhz']:g}",
                                     "--baud", str(rep.get("baud", 3_000_000))])
         line = next(ln for ln in run_log.splitlines() if ln.startswith("engine compute cycles"))
@@ -241,13 +243,13 @@ def fpga(engine_pes: dict | None) -> Section:
                 uart = float(ln.rsplit(": ", 1)[1].split()[0])
             elif ln.startswith("end to end:"):
                 end_to_end = float(ln.split(":")[1].split()[0])
-        b2b = _back_to_back_cycles(engine.name, rep["pes"], 20)
+        b2b = _back_to_back_cycles(engine.name, rep["pes"], 20, model)
     else:
         eng = (engine_pes or {}).get(str(rep["pes"]))
         cycles = eng["cycles"] if eng else None
     ips = rep["clock_mhz"] * 1e6 / cycles if cycles else None
-    rows = [[k, rep.get(k)] for k in ("board", "device", "engine", "pes", "clock_mhz", "fmax_mhz",
-                                       "lc_used", "lc_total", "dsp_used", "ebr_used",
+    rows = [[k, rep.get(k)] for k in ("board", "device", "engine", "pes", "model", "clock_mhz",
+                                       "fmax_mhz", "lc_used", "lc_total", "dsp_used", "ebr_used",
                                        "spram_used")]
     rows.append(["build wall time", f"{dt:.0f} s"])
     if ips:
@@ -277,16 +279,23 @@ def fpga(engine_pes: dict | None) -> Section:
                     "end_to_end_per_s": end_to_end, "board_run": run_log})
 
 
-def _back_to_back_cycles(engine: str, pes: int, count: int) -> float:
+def _board_model(rep: dict) -> str:
+    """The network the bitstream was built for (report.json's "model"), as a --model spec."""
+    m = rep.get("model") or ""
+    if not m or m.startswith("synthetic"):
+        return m or "synthetic"
+    return str(Path(m) if Path(m).is_absolute() else REPO / m)
+
+
+def _back_to_back_cycles(engine: str, pes: int, count: int, model: str) -> float:
     """Mean cycles between results of the board's engine fed back to back (after the first)."""
     from compress.golden import golden, mnist_to_input
-    from compress.qnet import load_qnet
-    from compress.shipped import SAMPLE_DIGITS, SHIPPED_QNET
+    from compress.shipped import SAMPLE_DIGITS, load_model
     from fpga.boards import engine_params
     from images import build_image
     from tb.sim import build, simulate
 
-    qnet = load_qnet(SHIPPED_QNET)
+    qnet, _ = load_model(model)
     d = np.load(SAMPLE_DIGITS, allow_pickle=False)
     x = mnist_to_input(d["images"][:count], qnet.input_frac)
     img = build_image(qnet, engine, pes)

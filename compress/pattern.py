@@ -52,6 +52,9 @@ BOARDS = {"icebreaker": {"pattern": LOCKSTEP, "pes": 8, "rel_bits": 4}}
 # The dynamic program's work per pruning step (block x row x window x count elements) above
 # which larger counts take a block's largest weights without the gap bound.
 DP_WORK = 1 << 28
+# Without split ends: a PE's first row in a column differs from its last rows in this many
+# columns with weights before it, less one (a hold then needs them all without activation).
+HAZARD_WINDOW = 3
 # split_ends="auto": the largest share of a layer's kept magnitude that split ends may cost.
 SPLIT_COST = 0.01
 # Rows of blocks evaluated at once (bounds the memory of the traceback pointers).
@@ -110,7 +113,7 @@ class _Blocks:
     """
 
     def __init__(self, val: np.ndarray, live: np.ndarray, window: int, tdp: int,
-                 split: int = 0):
+                 split: int = 0, first_ok: np.ndarray | None = None):
         self.val, self.live, self.window, self.tdp = val, live, window, tdp
         B, R = val.shape
         self.ptr = []  # ptr[t - 2][b, j]: the previous pick of the best t-pick path ending at j
@@ -121,7 +124,10 @@ class _Blocks:
         rows = np.arange(R)
         # split: the first pick at a row < split, the last at a row >= split
         first_lim = min(window, split) if split else window
-        f = np.where(rows[None, :] < first_lim, val, -np.inf)
+        ok1 = rows[None, :] < first_lim
+        if first_ok is not None:
+            ok1 = ok1 & first_ok
+        f = np.where(ok1, val, -np.inf)
         ends = rows >= split
         cnt = live.astype(np.int64)
         idt = np.int16 if R < (1 << 15) else np.int64
@@ -177,7 +183,7 @@ def _split(rows: int, window: int) -> int:
 
 def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
                   bound_gaps: bool = True, split_ends: bool | str = "auto",
-                  split: int | None = None) -> np.ndarray:
+                  hazard_window: int = HAZARD_WINDOW, split: int | None = None) -> np.ndarray:
     """The balanced mask of one [out, in] layer: a subset of `alive` with about `keep` weights.
 
     Every column keeps the same number of weights in each PE's rows (row p in PE p % pes), as
@@ -195,7 +201,7 @@ def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
         a = lockstep_mask(weight, alive, keep, pes=pes, rel_bits=rel_bits, bound_gaps=bound_gaps,
                           split_ends=True)
         b = lockstep_mask(weight, alive, keep, pes=pes, rel_bits=rel_bits, bound_gaps=bound_gaps,
-                          split_ends=False)
+                          split_ends=False, hazard_window=hazard_window)
         w = np.abs(np.asarray(weight, dtype=np.float64))
         return a if w[a].sum() >= (1 - SPLIT_COST) * w[b].sum() else b
     w = np.abs(np.asarray(weight, dtype=np.float64))
@@ -264,5 +270,45 @@ def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
     m = np.zeros(cols, dtype=np.int64)
     np.maximum.at(m, c_idx[order[:n]], t_idx[order[:n]])  # the count each column reached
     tb = np.minimum(np.tile(m, pes), cap)
-    picks = np.concatenate([s.picks(tb[a:b]) for s, (a, b) in zip(solved, chunks)])
+    # the hazard window where every PE has rows to spare for it (not a 10-row last layer)
+    spread = (not split and hazard_window >= 2 and int(have.min()) >= 2 * hazard_window
+              and val.size * window * int(m.max()) <= DP_WORK)
+    if not spread:
+        picks = np.concatenate([s.picks(tb[a:b]) for s, (a, b) in zip(solved, chunks)])
+    else:
+        picks = _spread_firsts(val, live, window, tb.reshape(pes, cols), m, hazard_window)
     return _unblocks(picks & live, pes, out)
+
+
+def _spread_firsts(val, live, window: int, t: np.ndarray, m: np.ndarray,
+                   hazard_window: int) -> np.ndarray:
+    """The picks of every block, column by column, where a PE's first kept row in a column is
+    never the row its last entry wrote in any of the previous hazard_window - 1 columns that
+    have weights (so a hold needs that many columns without an activation in between).
+
+    t [pes, cols]: each block's count; a block that cannot keep it under the rule keeps its
+    most. val/live: [pes * cols, R] blocks, block (k, c) at k * cols + c.
+    """
+    pes, cols = t.shape
+    R = val.shape[1]
+    out = np.zeros(val.shape, dtype=bool)
+    recent: list[np.ndarray] = []  # last rows [pes] of the latest columns with weights
+    ks = np.arange(pes)
+    for c in np.flatnonzero(m):
+        idx = ks * cols + c
+        forbid = np.zeros((pes, R), dtype=bool)
+        for last in recent:
+            has = last >= 0
+            forbid[ks[has], last[has]] = True
+        tc = t[:, c]
+        blk = _Blocks(val[idx], live[idx], window, int(tc.max()), first_ok=~forbid)
+        ok = np.isfinite(blk.best[:, : int(tc.max()) + 1])
+        ok &= np.arange(ok.shape[1])[None, :] <= tc[:, None]
+        teff = ok.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1)  # the most it can keep
+        p = blk.picks(teff)
+        out[idx] = p
+        # a PE's last slot is its last entry only when it fills the column
+        rows = np.where(p, np.arange(R)[None, :], -1).max(axis=1)
+        recent.append(np.where((teff == m[c]) & (teff > 0), rows, -1))
+        recent = recent[-(hazard_window - 1):]
+    return out

@@ -36,7 +36,7 @@ from torch import nn
 from .data import Split
 from .errors import InputError
 from .models import compressible_layers
-from .pattern import UNSTRUCTURED, check_pattern, lockstep_mask
+from .pattern import HAZARD_WINDOW, UNSTRUCTURED, check_pattern, lockstep_mask
 from .train import TrainConfig, fit, teacher_logits, world
 
 
@@ -108,18 +108,26 @@ class PruneConfig:
     # engine with pattern_pes PEs and pattern_rel_bits-bit relative row indices (row p in PE
     # p % pattern_pes; pattern_bound_gaps: no PE's gap needs a filler entry; pattern_split_ends:
     # no accumulator hazard between columns, True, False or "auto" where it costs little
-    # magnitude); `patterns` per layer, `pattern` for the others.
+    # magnitude; elsewhere pattern_hazard_window spaces the reuse of a PE's row); `patterns`
+    # per layer, `pattern` for the others.
     pattern: str = "unstructured"
     patterns: dict[str, str] = field(default_factory=dict)
     pattern_pes: int = 8
     pattern_rel_bits: int = 4
     pattern_bound_gaps: bool = True
     pattern_split_ends: bool | str = "auto"
+    pattern_hazard_window: int = HAZARD_WINDOW
+    # in a chain of Linear layers, drop the incoming weights of units the next layer no
+    # longer reads (their count goes to live units)
+    pattern_drop_dead: bool = True
 
     def validate(self, layer_names) -> "PruneConfig":
         make_threshold(self.method)
         for pat in [self.pattern, *self.patterns.values()]:
             check_pattern(pat, self.pattern_pes, self.pattern_rel_bits)
+        if not isinstance(self.pattern_hazard_window, int) or self.pattern_hazard_window < 0:
+            raise InputError(f"pattern_hazard_window must be an integer >= 0, not "
+                             f"{self.pattern_hazard_window!r}")
         if self.pattern_split_ends not in (True, False, "auto"):
             raise InputError(f"pattern_split_ends must be true, false or \"auto\", not "
                              f"{self.pattern_split_ends!r}")
@@ -225,12 +233,13 @@ def _apply_patterns(model, layers, old, new, cfg: PruneConfig) -> dict[str, torc
             continue
         w = layers[name].weight.detach()
         alive = old[name].cpu().numpy()
-        if chain and name != chain[-1]:
+        if cfg.pattern_drop_dead and chain and name != chain[-1]:
             nxt = chain[chain.index(name) + 1]
             alive = alive & out[nxt].cpu().numpy().any(axis=0)[:, None]
         pat = lockstep_mask(w.cpu().numpy(), alive, int(new[name].sum()),
                             pes=cfg.pattern_pes, rel_bits=cfg.pattern_rel_bits,
-                            bound_gaps=cfg.pattern_bound_gaps, split_ends=cfg.pattern_split_ends)
+                            bound_gaps=cfg.pattern_bound_gaps, split_ends=cfg.pattern_split_ends,
+                            hazard_window=cfg.pattern_hazard_window)
         out[name] = torch.from_numpy(pat).to(w.device)
     return out
 
@@ -310,8 +319,28 @@ def prune(model, data, cfg: PruneConfig, *, masks=None, log=print, teacher=None)
     """Run the configured schedule. `teacher`: logits to distill from (retraining with
     distill > 0); default: the model's own before pruning."""
     if cfg.schedule == Schedule.GRADUAL.value:
-        return prune_gradual(model, data, cfg, masks=masks, log=log, teacher=teacher)
-    return prune_iterative(model, data, cfg, masks=masks, log=log, teacher=teacher)
+        out = prune_gradual(model, data, cfg, masks=masks, log=log, teacher=teacher)
+    else:
+        out = prune_iterative(model, data, cfg, masks=masks, log=log, teacher=teacher)
+    if cfg.pattern_drop_dead:
+        _silence_unread(model, out)
+    return out
+
+
+@torch.no_grad()
+def _silence_unread(model, masks) -> None:
+    """Bias 0 for a hidden unit of a Linear chain that has no incoming weight left and that
+    no weight of the next layer reads: its output was unused, now it is also 0, so the
+    engine's front end skips it instead of spending a cycle on it. The network's outputs are
+    unchanged."""
+    layers = compressible_layers(model)
+    chain = _chain_names(model, layers)
+    if not chain:
+        return
+    for a, b in zip(chain, chain[1:]):
+        quiet = ~masks[a].any(dim=1) & ~masks[b].any(dim=0)
+        if layers[a].bias is not None:
+            layers[a].bias[quiet.to(layers[a].bias.device)] = 0.0
 
 
 def overall_density(masks: dict[str, torch.Tensor]) -> float:

@@ -2,8 +2,9 @@
 
 compress/models/ holds the default network, LeNet-300-100 trained, pruned, quantized and packed
 from scratch (`make models`): its .dcz and the qnet that unpacking it gives, and 100 MNIST test
-digits. Here, not in `compress.models` (the PyTorch architectures), so that a path costs no
-torch import.
+digits; beside it the same network pruned in the board's pattern (lenet-300-100-board.*), the
+one the iCEBreaker's bitstream is built for. Here, not in `compress.models` (the PyTorch
+architectures), so that a path costs no torch import.
 """
 
 from __future__ import annotations
@@ -16,15 +17,21 @@ from .paths import SHIPPED_DIR
 SHIPPED_QNET = SHIPPED_DIR / "lenet-300-100.qnet.npz"
 SHIPPED_DCZ = SHIPPED_DIR / "lenet-300-100.dcz"
 SAMPLE_DIGITS = SHIPPED_DIR / "mnist-test-100.npz"
+# The same network pruned in the board's pattern (compress.pattern, `--for-board icebreaker`):
+# what the iCEBreaker's bitstream is built for by default.
+BOARD_QNET = SHIPPED_DIR / "lenet-300-100-board.qnet.npz"
+BOARD_DCZ = SHIPPED_DIR / "lenet-300-100-board.dcz"
 
 LENET = (784, 300, 100, 10)
 SYNTHETIC = "synthetic"  # a model spec: the synthetic stand-in; "synthetic:784-32-10": other sizes
 
 
-def load_model(spec: str | Path | None = None, *, index_bits: int = 4):
+def load_model(spec: str | Path | None = None, *, index_bits: int = 4, board: bool = False):
     """(qnet, description) for a model spec.
 
-    None: the shipped LeNet-300-100, or the synthetic stand-in while that file does not exist;
+    None: the shipped LeNet-300-100 (with `board`, the board's network, `BOARD_QNET`, when it
+    is shipped: what the fpga tools default to), or the synthetic stand-in while that file does
+    not exist;
     "synthetic": a random LeNet-300-100-shaped qnet (random_qnet seed 0, density 6/8/26 %);
     "synthetic:IN-HIDDEN-...-OUT": other sizes (density 8 %, the last layer 26 %);
     anything else: a qnet .npz file (version 2 with conv layers: InputError, the engines do
@@ -34,6 +41,9 @@ def load_model(spec: str | Path | None = None, *, index_bits: int = 4):
     from .synthetic import random_qnet
 
     spec = None if spec is None else str(spec)
+    if spec is None and board and BOARD_QNET.exists():
+        return (load_qnet(BOARD_QNET, index_bits=index_bits),
+                f"{_short(BOARD_QNET)} (the shipped LeNet-300-100 pruned for the board)")
     if spec == SYNTHETIC or (spec is None and not SHIPPED_QNET.exists()):
         why = "" if spec else f": {_short(SHIPPED_QNET)} does not exist yet"
         return (random_qnet(LENET, density=[0.06, 0.08, 0.26], seed=0),
@@ -59,6 +69,32 @@ def load_model(spec: str | Path | None = None, *, index_bits: int = 4):
                 f"{_short(SHIPPED_QNET)} (the shipped LeNet-300-100)")
     # The engines, the board and their images run fully connected layers only, so far.
     return load_qnet(spec, index_bits=index_bits).require_fc(), spec
+
+
+def model_record(spec: str | Path | None, qnet, *, board: bool = False) -> dict:
+    """{"model", "model_sha256"}: the network a spec names, as a report records it.
+
+    A file: the path as given, and the sha256 of its bytes; no spec: the default's path
+    relative to the repository (`load_model`'s choice, `board` as there); a synthetic spec:
+    the spec, and the sha256 of the qnet file the tools would write for it (`save_qnet`)."""
+    import hashlib
+    import tempfile
+
+    from .qnet import save_qnet
+
+    spec = None if spec is None else str(spec)
+    if spec is None:
+        path = BOARD_QNET if board and BOARD_QNET.exists() else SHIPPED_QNET
+        if path.exists():
+            return {"model": _short(path),
+                    "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        spec = SYNTHETIC
+    if spec == SYNTHETIC or spec.startswith(SYNTHETIC + ":"):
+        with tempfile.TemporaryDirectory() as d:
+            f = Path(d) / "model.qnet.npz"
+            save_qnet(qnet, f)
+            return {"model": spec, "model_sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+    return {"model": spec, "model_sha256": hashlib.sha256(Path(spec).read_bytes()).hexdigest()}
 
 
 def _short(path: Path) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from compress.errors import InputError, OneLineParser as _Parser, run_main
 from compress.progress import step
-from compress.shipped import SHIPPED_QNET, SYNTHETIC, load_model
+from compress.shipped import BOARD_QNET, SHIPPED_QNET, SYNTHETIC, load_model, model_record
 from images import build_image, check_pes, get, names, registered
 
 from .boards import BOARDS, DEFAULT_BOARD, engine_params, get_board
@@ -25,9 +25,17 @@ from .gateware.uart import DEFAULT_BAUD, baud_divisor
 from .host.runner import run_cli
 
 
+def _for_board(args) -> bool:
+    """With no --model: the network pruned for this board's engine (compress.pattern.BOARDS)
+    where one is shipped, the default LeNet-300-100 elsewhere."""
+    from compress.pattern import BOARDS as PRUNED_FOR
+
+    return (getattr(args, "board", None) or DEFAULT_BOARD) in PRUNED_FOR
+
+
 def _image(args):
     """(image for args.engine and args.pes, qnet, model name)."""
-    qnet, name = load_model(args.model)
+    qnet, name = load_model(args.model, board=_for_board(args))
     check_pes(args.pes)
     with step(f"placing the rows of {name} over {args.pes} PEs ({args.engine} engine)"):
         return build_image(qnet, args.engine, args.pes), qnet, name
@@ -58,7 +66,9 @@ def _refuse(args, qnet, a, *, force_hint: bool):
 
 def _common(p, pes=True):
     default = BOARDS[DEFAULT_BOARD].engine
-    p.add_argument("--model", help=f"qnet .npz (default: the shipped {SHIPPED_QNET.name}, "
+    p.add_argument("--model", help=f"qnet .npz (default: the shipped {BOARD_QNET.name}, the "
+                   f"LeNet-300-100 pruned for the {DEFAULT_BOARD}'s engine, else "
+                   f"{SHIPPED_QNET.name}; "
                    f"'{SYNTHETIC}' for a random LeNet-300-100, 'synthetic:784-32-10' for other "
                    f"sizes)")
     p.add_argument("--engine", choices=names(), default=None,
@@ -99,7 +109,7 @@ def cmd_build(args):
         pes = get(args.engine).defaults_for(board.name, board.family).pes
         args.pes = "auto" if pes is None else str(pes)
     spram = not args.no_spram
-    qnet, name = load_model(args.model)
+    qnet, name = load_model(args.model, board=_for_board(args))
     img = a = None
     if args.pes == "auto":
         # The most PEs (8, 4, 2, 1) whose memories fit (the link and UART use no EBR): first
@@ -138,7 +148,8 @@ def cmd_build(args):
     values = {} if args.queue_depth is None else {"queue_depth": args.queue_depth}
     try:
         report = build(img, board=args.board, clock_mhz=args.clock_mhz, baud=args.baud,
-                       build_root=args.build_dir, seed=args.seed, model_name=name,
+                       build_root=args.build_dir, seed=args.seed,
+                       model=model_record(args.model, qnet, board=_for_board(args)),
                        spram=spram, retry=not args.no_retry,
                        params=engine_params(img, args.board, **values))
     except BuildError as e:
@@ -154,7 +165,7 @@ def cmd_resources(args):
     settings (the SPRAM plan
     unless --no-spram): exit 0 when they fit, 2 with what binds and what would fit when not."""
     args.engine = args.engine or BOARDS[DEFAULT_BOARD].engine
-    qnet, name = load_model(args.model)
+    qnet, name = load_model(args.model, board=_for_board(args))
     check_pes(args.pes)
     _fit_first(args, qnet, name)
     img, _qnet, name = _image(args)

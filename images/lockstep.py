@@ -10,7 +10,8 @@ two PEs. Layout:
   perm[p]; the next layer's columns are permuted the same way, so the network computed is the
   same. The last layer is never permuted (outputs come out in order) and
   neither are the inputs. A layer whose logical order already gives every column the fewest
-  slots possible (`images.placement.at_bound`: a network pruned for this engine) keeps it.
+  slots possible (`images.placement.at_bound`: a network pruned for this engine) keeps it, and
+  so does one where the search does not find fewer slots than the logical order.
 * Per PE and column the entries are the EIE (v, z) entries of `images.csc.encode_csc`
   (v = codebook index, 0 = filler; z = zero rows before it; fillers where a gap exceeds
   2**rel_bits - 1). Column c gets L(c) = max over PEs of its entry count "slots"; a PE with fewer
@@ -45,7 +46,7 @@ from .csc import DEFAULT_REL_BITS, decode_csc, encode_csc
 from .layers import LAYER_KINDS, layer_kind
 from .memmap import MemorySpec, bits, ceil_div
 from .params import EngineParams
-from .placement import at_bound, place_longest_first, place_search
+from .placement import at_bound, place_longest_first, place_search, slot_cost
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,8 +172,13 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
                 # (784 x 300), less where a small layer has converged long before
                 size = layer.out_features * layer.in_features
                 budget = 2.0 * min(1.0, (size / (784 * 300)) ** 0.5)
-                perms.append(place_search(layer_kind(layer).matrix(layer), pes,
-                                          rel_bits=rel_bits, seed=seed, budget_s=budget))
+                matrix = layer_kind(layer).matrix(layer)
+                perm = place_search(matrix, pes, rel_bits=rel_bits, seed=seed, budget_s=budget)
+                ident = np.arange(layer.out_features, dtype=np.int64)
+                if slot_cost(matrix, ident, pes, rel_bits=rel_bits) <= slot_cost(
+                        matrix, perm, pes, rel_bits=rel_bits):
+                    perm = ident  # a network pruned for this engine, a few slots off the bound
+                perms.append(perm)
 
     slot_blocks, ptrs, layers, biases = [], [], [], []
     col_base = bias_base = slot_base = 0

@@ -2,6 +2,7 @@
 
 import json
 import shlex
+from pathlib import Path
 import tty
 import subprocess
 import sys
@@ -219,8 +220,47 @@ def test_build_retry_logic(tmp_path, monkeypatch):
     on_disk = json.loads((tmp_path / "icebreaker" / "report.json").read_text())
     assert [a["clock_mhz"] for a in on_disk["attempts"]] == [36.0, calls[1][1] / 1e6]
     for key in ("board", "device", "clock_mhz", "fmax_mhz", "lc_used", "lc_total", "dsp_used",
-                "ebr_used", "spram_used", "pes"):
+                "ebr_used", "spram_used", "pes", "model", "model_sha256"):
         assert key in on_disk
+
+
+def test_the_report_names_its_network(tmp_path, monkeypatch):
+    """report.json's model and model_sha256: the default's repository path (the board's
+    network when shipped), a file as named, a synthetic spec by the qnet file it would be."""
+    import hashlib
+
+    import fpga.build as B
+    from compress.qnet import save_qnet
+    from compress.shipped import BOARD_QNET, SHIPPED_QNET, load_model, model_record
+
+    def sha(path):
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    q, name = load_model(None, board=True)
+    rec = model_record(None, q, board=True)
+    default = BOARD_QNET if BOARD_QNET.exists() else SHIPPED_QNET
+    assert rec == {"model": str(default.relative_to(REPO)), "model_sha256": sha(default)}
+    assert "board" in name or not BOARD_QNET.exists()
+    plain = model_record(None, load_model(None)[0])
+    assert plain["model"] == "compress/models/lenet-300-100.qnet.npz"
+    f = tmp_path / "mine.qnet.npz"
+    small = random_qnet((20, 8, 4), density=0.5)
+    save_qnet(small, f)
+    assert model_record(str(f), small) == {"model": str(f), "model_sha256": sha(f)}
+    syn = model_record("synthetic:20-8-4", load_model("synthetic:20-8-4")[0])
+    save_qnet(load_model("synthetic:20-8-4")[0], tmp_path / "s.qnet.npz")
+    assert syn == {"model": "synthetic:20-8-4", "model_sha256": sha(tmp_path / "s.qnet.npz")}
+
+    def fake_flow(platform, top, out, *, seed, name="top"):
+        never_elaborated(top)
+        return ({"utilization": {"ICESTORM_LC": {"used": 4000, "available": 5280}},
+                 "fmax": {"clk": {"achieved": 40.0, "constraint": top.clock_hz / 1e6}}}, 1.0)
+
+    monkeypatch.setattr(B, "_flow", fake_flow)
+    B.build(build_rom(small, pes=2), build_root=tmp_path, model=model_record(str(f), small),
+            log=lambda *a: None)
+    on_disk = json.loads((tmp_path / "icebreaker" / "report.json").read_text())
+    assert on_disk["model"] == str(f) and on_disk["model_sha256"] == sha(f)
 
 
 def test_flow_passes_nextpnr_options(tmp_path, monkeypatch):

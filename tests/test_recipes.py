@@ -482,3 +482,36 @@ def test_shift_off_is_the_old_loop_and_on_is_deterministic(monkeypatch):
     for bad in ({"shift": -1}, {"shift": 1.5}, {"shift": True}, {"shift": 1, "distill": 0.5}):
         with pytest.raises(InputError, match="shift"):
             tr.TrainConfig(**bad).validate()
+
+
+def test_frontier_ship_writes_the_integer_network_and_keeps_the_record(tmp_path):
+    """A run whose .dcz is a version 3 qnet ships lenet-5.qnet.npz (what it unpacks to) with
+    the integer error in the record; --keep-record keeps the note and the sweep already there."""
+    from compress import dcz
+    from compress.pipeline import config_dict
+    from compress.qnet import load_qnet, save_qnet
+    from compress.synthetic import random_cnn
+
+    q = random_cnn((1, 28, 28), [(20, 5, 1, 0, 2), (50, 5, 1, 0, 2)], [500, 10], seed=0,
+                   density=0.02)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.dcz").write_bytes(dcz.pack(q))
+    save_qnet(q, run / "model.qnet.npz")
+    density = [{"layer": n, "weights": 10, "kept": 5, "kept_pct": 50.0}
+               for n in ("conv1", "conv2", "fc1", "fc2", "total")]
+    run.joinpath("summary.json").write_text(json.dumps({
+        "arch": "lenet-5", "dcz_bytes": len(dcz.pack(q)), "config": config_dict(make_config(
+            "lenet-5")), "density": density, "bias_round": [1, 2, 3, 4],
+        "errors": {"dense": {"val": 0.5, "test": 0.4}, "quantized": {"val": 0.7, "test": 0.6},
+                   "integer": {"val": 0.72, "test": 0.61}}}))
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "lenet-5.json").write_text(json.dumps({"note": "kept", "sweep": [{"scale": 9}],
+                                                  "other_seeds": []}))
+    assert frontier.main(["ship", str(run), "--out", str(out), "--max-val", "0.70",
+                          "--keep-record"]) == 0
+    assert load_qnet(out / "lenet-5.qnet.npz").equals(q)
+    rec = json.loads((out / "lenet-5.json").read_text())
+    assert rec["format_version"] == 3 and rec["errors_percent"]["integer"]["test"] == 0.61
+    assert rec["note"] == "kept" and rec["sweep"] == [{"scale": 9}]

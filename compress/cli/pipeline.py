@@ -13,6 +13,7 @@ and `compress.compress_model` chooses the per-layer densities under ``--max-drop
 from __future__ import annotations
 
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -251,6 +252,9 @@ def _pipeline_args(p):
     p.add_argument("--ship", default=None, metavar="DIR",
                    help="also install the result as the embedded default in DIR "
                         "(<arch>.dcz, <arch>.qnet.npz unpacked from it, mnist-test-100.npz)")
+    p.add_argument("--ship-name", default=None, metavar="NAME",
+                   help="with --ship: install as NAME.dcz and NAME.qnet.npz (default: the "
+                        "arch, e.g. lenet-300-100-board for the board's network)")
 
 
 @command("pipeline", "run every stage: train, prune, quantize, fixed point, .dcz, report "
@@ -281,9 +285,12 @@ def _pipeline(args):
     bad = [s for s in stages if s not in ("train", "prune", "quantize", "fixedpoint")]
     if bad:
         raise InputError(f"--stages: unknown stage {bad[0]!r}")
+    if args.ship_name is not None and (not args.ship or not _NAME.fullmatch(args.ship_name)):
+        raise InputError(f"--ship-name {args.ship_name!r}: goes with --ship, and is a file "
+                         "name stem (letters, digits, '.', '_', '-')")
     summary = run_pipeline(cfg, stages=stages)
     if args.ship and is_main():
-        ship(cfg, Path(args.ship))
+        ship(cfg, Path(args.ship), name=args.ship_name)
     return 0 if summary else 1
 
 
@@ -303,6 +310,7 @@ def _pipeline_model(args) -> int:
         raise InputError("--arch and --model exclude each other (--arch: the LeNet recipes on "
                          "MNIST; --model: your own ONNX network)")
     for flag, value in (("--baseline", args.baseline), ("--ship", args.ship),
+                        ("--ship-name", args.ship_name),
                         ("--config", args.config), ("--set", args.set),
                         ("--val-size", args.val_size)):
         if value is not None:
@@ -372,10 +380,12 @@ def _pipeline_model(args) -> int:
 
 PIPELINE_OUTPUTS = ("model.dcz", "model.qnet.npz", "report.txt", "summary.json",
                     "sensitivity.json", "sensitivity.txt", "sensitivity.png")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-def ship(cfg, dest: Path) -> None:
-    """Install out/model.dcz as the embedded default; the qnet is what unpacking gives."""
+def ship(cfg, dest: Path, name: str | None = None) -> None:
+    """Install out/model.dcz as the embedded default (or NAME beside it); the qnet is what
+    unpacking gives."""
     from .. import dcz
     from ..atomic import write_bytes_atomic
     from ..data import load_split, write_sample
@@ -388,11 +398,12 @@ def ship(cfg, dest: Path) -> None:
     qnet = dcz.unpack(data)
     qnet.validate(index_bits=4)  # the engine's 4-bit codebook indices
     dest.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(dest / f"{cfg.arch}.dcz", data)
-    save_qnet(qnet, dest / f"{cfg.arch}.qnet.npz")
+    name = name or cfg.arch
+    write_bytes_atomic(dest / f"{name}.dcz", data)
+    save_qnet(qnet, dest / f"{name}.qnet.npz")
     write_sample(dest / "mnist-test-100.npz", load_split("test", cfg.data))
-    print(f"shipped {dest / (cfg.arch + '.dcz')} ({len(data):,} bytes), "
-          f"{dest / (cfg.arch + '.qnet.npz')}, {dest / 'mnist-test-100.npz'}")
+    print(f"shipped {dest / (name + '.dcz')} ({len(data):,} bytes), "
+          f"{dest / (name + '.qnet.npz')}, {dest / 'mnist-test-100.npz'}")
 
 
 def _report_args(p):

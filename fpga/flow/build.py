@@ -149,7 +149,7 @@ def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[di
 
 def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = DEFAULT_CLOCK_MHZ,
           baud: int = 3_000_000, build_root: str | Path = "build", seed: int = 1,
-          model_name: str = "", spram: bool = True, retry: bool = True,
+          model: dict | None = None, spram: bool = True, retry: bool = True,
           params: EngineParams | None = None, log=print) -> dict:
     """Build the bitstream; returns the report dict (also written to build/<board>/report.json).
 
@@ -195,7 +195,10 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = DEFAULT_
         "pes": img.pes,
         "queue_depth": params.queue_depth,
         "params": params.as_dict(),
-        "model": model_name,
+        # the network: its path as named (or the default's, relative to the repository) and
+        # the sha256 of its bytes (compress.shipped.model_record)
+        "model": (model or {}).get("model", ""),
+        "model_sha256": (model or {}).get("model_sha256", ""),
         "baud": baud,
         "spram_roms": [lp.spec.name for lp in top.core.memories.loads] if spram else [],
         "build_seconds": round(total, 1),

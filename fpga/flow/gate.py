@@ -381,7 +381,8 @@ def main(argv=None) -> int:
             "MNIST test digits through the board's engine and memories as synthesised "
             f"({FAMILY.GATE_SYNTH} netlist, SPRAMs loaded through the load port), "
             "bit-exact against the golden model"))
-        p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
+        p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100 pruned "
+                       "for the board)")
         p.add_argument("--engine", choices=names(), default=BOARDS[DEFAULT_BOARD].engine)
         p.add_argument("--pes", type=int, default=8, help=f"1..{MAX_PES} (default 8)")
         p.add_argument("--count", type=int, default=20, help="MNIST test digits (default 20)")
@@ -394,7 +395,7 @@ def main(argv=None) -> int:
         data_dir = a.data or os.environ.get("MNIST_DIR")
         if not data_dir:
             raise InputError("no MNIST directory: pass --data DIR or set MNIST_DIR")
-        qnet, name = load_model(a.model)
+        qnet, name = load_model(a.model, board=True)
         x, labels = _digits(qnet, a.count, data_dir)
         img = build_image(qnet, a.engine, a.pes)
         print(f"{name}: {a.engine} engine, {a.pes} PEs, {a.count} digits, {a.sim}", flush=True)

@@ -208,7 +208,7 @@ def run_cli(args) -> int:
         refuse_same_path(args.out, args.model, args.inputs, args.labels)
         check_output(args.out)
 
-    qnet, name = load_model(args.model)
+    qnet, name = load_model(args.model, board=True)  # what the bitstream is built for
     x, labels, noun, what = _inputs(args, qnet)
     print(f"model: {name}")
     print(what)
