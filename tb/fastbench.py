@@ -116,6 +116,46 @@ def spec_words(image, params: EngineParams | None = None) -> dict[str, tuple[int
     return out
 
 
+def loadable(image, params: EngineParams | None) -> bool:
+    """Whether the engine of `params` reads every per-network constant from its memories (a
+    loadable EIE engine): its Verilog then depends on its shape alone (`shape_key`)."""
+    return bool(getattr(params, "loadable", False))
+
+
+def shape_template(image, params: EngineParams) -> tuple[str, dict]:
+    """(template, memories {name: {"width", "depth"}}) of a loadable engine, converted with the
+    simulators' memory factory (`hw.simmem`): no memory contents are ever in the Verilog, so the
+    conversion takes seconds for any network, and the template is that of every network of the
+    shape."""
+    from amaranth.back import verilog
+
+    from hw import make_engine
+    from hw.simmem import SimMemories
+
+    mems = SimMemories()
+    text = verilog.convert(make_engine(image, params, memories=mems), name="engine",
+                           emit_src=False)
+    return text + mems.verilog_modules(), mems.mems
+
+
+def shape_key(image, params: EngineParams) -> str:
+    """What the Verilog of a loadable engine depends on, without converting it: the engine
+    sources, the parameters, the PEs, layer kinds, index and relative-index bits, every memory's
+    name, kind, width, depth and ports (the memory sizes, so the pointer and address widths),
+    and the first layer's inputs and the last layer's outputs (the bench's vector sizes).
+    tests/test_fastbench_shape.py converts a second network of a key and compares."""
+    from .randomnets import source_hash
+
+    specs = [(s.name, s.kind, s.width, s.depth, s.read_ports, s.write_ports)
+             for s in memory_specs(image, params)]
+    src = json.dumps({"src": source_hash(), "params": repr(params), "pes": image.pes,
+                      "kinds": [getattr(rl, "kind", "fc") for rl in image.layers],
+                      "index_bits": image.index_bits, "rel_bits": image.rel_bits,
+                      "in": image.layers[0].in_features, "out": image.layers[-1].out_features,
+                      "layers": image.num_layers, "mems": specs}, sort_keys=True)
+    return "shape-" + hashlib.sha256(src.encode()).hexdigest()[:20]
+
+
 # ---- builds ----------------------------------------------------------------------------------
 
 @dataclass
@@ -142,8 +182,10 @@ def _shape(image):
     return image.layers[0].in_features, image.layers[-1].out_features, image.num_layers
 
 
-def compile_template(template: str, image, *, jobs: int = 1) -> FastBuild:
-    """The binary of `template` (cached by its hash); `jobs` compiler processes."""
+def compile_template(template: str, image, *, jobs: int = 1, mems: dict | None = None
+                     ) -> FastBuild:
+    """The binary of `template` (cached by its hash); `jobs` compiler processes; `mems` the
+    memories it loads (default: read from its `$readmemh` lines, `split_memories_decls`)."""
     n_in, n_out, n_layers = _shape(image)
     t = hashlib.sha256((template + _bench_hash() + f"{n_in},{n_out},{n_layers}").encode())
     d = check_build_dir(build_root() / "bin", "FASTBENCH_BUILD_DIR") / t.hexdigest()[:20]
@@ -168,7 +210,7 @@ def compile_template(template: str, image, *, jobs: int = 1) -> FastBuild:
             os.replace(obj / "Vtb", d / "Vtb")
             shutil.rmtree(obj, ignore_errors=True)  # ~100 MB of objects and headers
             mems = {k: {"width": v["width"], "depth": v["depth"]}
-                    for k, v in split_memories_decls(template).items()}
+                    for k, v in (mems or split_memories_decls(template)).items()}
             tmp = d / ".meta.json.tmp"
             tmp.write_text(json.dumps({"in": n_in, "out": n_out, "layers": n_layers,
                                        "mems": mems}, indent=1, sort_keys=True))
@@ -227,14 +269,23 @@ def remember(image, params: EngineParams | None, fb: FastBuild, *, key: str | No
 def build(image, params: EngineParams | None = None, *, key: str | None = None
           ) -> FastBuild:
     """The bench binary for `image` (cached): `key` names the template in the key index
-    (default: `tb.sim.build_key`, the image digest, parameters and sources)."""
+    (default: `shape_key` for a loadable engine, converted without contents by
+    `shape_template`, so a second network of its shape is neither converted nor compiled;
+    else `tb.sim.build_key`, the image digest, parameters and sources)."""
     vl.require()
+    shaped = key is None and loadable(image, params)
+    if shaped:
+        key = shape_key(image, params)
     hit = lookup(image, params, key=key)
     if hit is not None:
         return hit
     t0 = time.monotonic()
-    template, _mems = template_of(image, params)
-    fb = compile_template(template, image)
+    if shaped:
+        template, mems = shape_template(image, params)
+        fb = compile_template(template, image, mems=mems)
+    else:
+        template, _mems = template_of(image, params)
+        fb = compile_template(template, image)
     if fb.build_seconds:
         fb.build_seconds = time.monotonic() - t0
     remember(image, params, fb, key=key)
