@@ -118,9 +118,11 @@ def _module(kind: str, nr: int, nw: int) -> str:
             + ",\n    ".join(ports) + ");\n"
             "  reg [WIDTH-1:0] mem [0:DEPTH-1];\n"
             "  initial begin : load\n"
-            "    string d;\n"
+            "    string d, f;\n"
             "    if (!$value$plusargs(\"mems=%s\", d)) d = \".\";\n"
-            "    $readmemh({d, \"/\", NAME, \".hex\"}, mem, 0, DEPTH - 1);\n"
+            # $sformatf, not a concatenation: Icarus 11 cannot concatenate a string variable
+            "    f = $sformatf(\"%0s/%0s.hex\", d, NAME);\n"
+            "    $readmemh(f, mem, 0, DEPTH - 1);\n"
             + "".join(f"    r{j}_data = '0;\n" for j in range(nr) if kind == "r")
             + "  end\n"
             + "".join(body) + "endmodule\n")

@@ -46,7 +46,8 @@ from compress.errors import InputError
 from images import EngineParams, memory_specs
 
 from . import verilator as vl
-from .sim import REPO, build_key, default_params, engine_verilog, run_in_group
+from .sim import (REPO, build_key, default_params, engine_verilog, loadable, run_in_group,
+                  shape_key, shape_template, write_mem_files)
 
 TB_SOURCE = Path(__file__).resolve().parent / "verilog" / "engine_tb.sv"
 CPU_TIME = TB_SOURCE.with_name("cpu_time.cpp")  # the bench's CPU clock (DPI)
@@ -114,46 +115,6 @@ def spec_words(image, params: EngineParams | None = None) -> dict[str, tuple[int
     for s in memory_specs(image, default_params(image) if params is None else params):
         out[s.name.replace(".", "_")] = (s.width, s.depth, list(s.init))
     return out
-
-
-def loadable(image, params: EngineParams | None) -> bool:
-    """Whether the engine of `params` reads every per-network constant from its memories (a
-    loadable EIE engine): its Verilog then depends on its shape alone (`shape_key`)."""
-    return bool(getattr(params, "loadable", False))
-
-
-def shape_template(image, params: EngineParams) -> tuple[str, dict]:
-    """(template, memories {name: {"width", "depth"}}) of a loadable engine, converted with the
-    simulators' memory factory (`hw.simmem`): no memory contents are ever in the Verilog, so the
-    conversion takes seconds for any network, and the template is that of every network of the
-    shape."""
-    from amaranth.back import verilog
-
-    from hw import make_engine
-    from hw.simmem import SimMemories
-
-    mems = SimMemories()
-    text = verilog.convert(make_engine(image, params, memories=mems), name="engine",
-                           emit_src=False)
-    return text + mems.verilog_modules(), mems.mems
-
-
-def shape_key(image, params: EngineParams) -> str:
-    """What the Verilog of a loadable engine depends on, without converting it: the engine
-    sources, the parameters, the PEs, layer kinds, index and relative-index bits, every memory's
-    name, kind, width, depth and ports (the memory sizes, so the pointer and address widths),
-    and the first layer's inputs and the last layer's outputs (the bench's vector sizes).
-    tests/test_fastbench_shape.py converts a second network of a key and compares."""
-    from .randomnets import source_hash
-
-    specs = [(s.name, s.kind, s.width, s.depth, s.read_ports, s.write_ports)
-             for s in memory_specs(image, params)]
-    src = json.dumps({"src": source_hash(), "params": repr(params), "pes": image.pes,
-                      "kinds": [getattr(rl, "kind", "fc") for rl in image.layers],
-                      "index_bits": image.index_bits, "rel_bits": image.rel_bits,
-                      "in": image.layers[0].in_features, "out": image.layers[-1].out_features,
-                      "layers": image.num_layers, "mems": specs}, sort_keys=True)
-    return "shape-" + hashlib.sha256(src.encode()).hexdigest()[:20]
 
 
 # ---- builds ----------------------------------------------------------------------------------
@@ -294,21 +255,7 @@ def build(image, params: EngineParams | None = None, *, key: str | None = None
 
 def write_mems(fb: FastBuild, image, params: EngineParams | None, d: Path) -> None:
     """The image's memory contents as `<name>.hex` files in `d`, for the binary `fb`."""
-    words = spec_words(image, params)
-    if set(words) != set(fb.mems):
-        raise RuntimeError("the image's memories are not the binary's: "
-                           f"{sorted(set(words) ^ set(fb.mems))[:4]}")
-    d.mkdir(parents=True, exist_ok=True)
-    for name, (width, depth, init) in words.items():
-        m = fb.mems[name]
-        # Amaranth gives a one-word memory a second word (hw/memory.py)
-        if width != m["width"] or max(2, depth) != m["depth"]:
-            raise RuntimeError(f"memory {name}: {width} x {depth} is not the binary's "
-                               f"{m['width']} x {m['depth']}")
-        vals = np.zeros(m["depth"], dtype=object)
-        vals[:len(init)] = init
-        digits = -(-width // 4)
-        (d / f"{name}.hex").write_text("".join(f"{int(v):0{digits}x}\n" for v in vals))
+    write_mem_files(image, default_params(image) if params is None else params, d, fb.mems)
 
 
 # ---- runs ------------------------------------------------------------------------------------
