@@ -49,6 +49,11 @@ from .pe import PE
 __all__ = ["Engine"]
 
 
+def _sizes(sizes):
+    """`sizes` as EieSizes (`EieParams.as_dict` gives a dict)."""
+    return EieSizes(**sizes) if isinstance(sizes, dict) else sizes
+
+
 class Engine(wiring.Component):
     """The EIE engine of a `RomImage`.
 
@@ -83,6 +88,7 @@ class Engine(wiring.Component):
         if io_lanes is not None and (isinstance(io_lanes, bool) or not isinstance(io_lanes, int)
                                      or io_lanes < 1 or rom.pes % io_lanes):
             raise EngineConfigError(f"io_lanes must divide the {rom.pes} PEs, not {io_lanes!r}")
+        sizes = _sizes(sizes)
         if sizes is not None:
             if not loadable:
                 raise EngineConfigError("memory sizes are for a loadable engine (loadable=True)")
@@ -97,6 +103,7 @@ class Engine(wiring.Component):
                  memories: "MemoryFactory | None" = None, max_width: int | None = None,
                  issue_width: int | None = None, loadable: bool = False,
                  sizes: EieSizes | None = None, io_lanes: int | None = 1):
+        sizes = _sizes(sizes)
         self.check(rom, queue_depth=queue_depth, acc_bits=acc_bits, sparse=sparse,
                    max_width=max_width, issue_width=issue_width, loadable=loadable,
                    sizes=sizes, io_lanes=io_lanes)
