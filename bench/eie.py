@@ -7,9 +7,11 @@ Each layer (sizes and densities of the EIE paper's benchmark table, `LAYERS`) is
 qnet made deterministically from the seed: weights kept with the layer's weight density at
 random positions, 4-bit codebook indices, input vectors non-zero with its activation density.
 Each (layer, PEs) runs in a child process (so its wall time and peak memory are its own): the
-image (`images.eie.build_rom`, rel-bits auto), a loadable engine (`EieParams(loadable=True)`:
+image (`images.eie.build_rom`, `REL_BITS`), a loadable engine (`EieParams(loadable=True)`:
 its Verilog depends on its shape alone, memories filled at run time by `$readmemh`), the
-Verilator bench of `tb.fastbench` (built once per shape and cached), then the vectors.
+Verilator bench of `tb.fastbench` (built once per shape and cached), then the vectors. By
+default the layers of one PE count share one engine, its memories sized for all of them
+(`shape_sizes`): one Verilog and one compile per PE count, the first layer pays for it.
 
 Per configuration: cycles per input (compute: the engine's layer cycles; total: first input
 word to last output word), MAC utilisation over each (useful MACs = non-zero weight x non-zero
@@ -66,6 +68,9 @@ BY_NAME = {b.name: b for b in LAYERS}
 PES = (8, 16, 64)
 WEIGHT_SCALE = 2000  # codebook values in -2000..2000
 ACT_MAX = 255  # input activations 1..255 where non-zero
+# one relative-index width for every layer, so that the layers share one engine per PE count
+# (uniform random sparsity at these densities and 8-64 PEs leaves gaps a 5-bit index reaches)
+REL_BITS = 5
 
 
 def make_qnet(b: BenchLayer, seed: int = 0):
@@ -100,25 +105,39 @@ def make_inputs(b: BenchLayer, count: int, seed: int = 0) -> np.ndarray:
     return np.where(keep, vals, 0).astype(np.int16)
 
 
-def run_one(b: BenchLayer, pes: int, count: int, seed: int) -> dict:
-    """One configuration, in this process (the child's body)."""
+def shape_sizes(pes: int, names: list[str], seed: int) -> dict:
+    """The memory sizes of one engine of `pes` PEs that takes every layer of `names` (the most
+    each needs, bucketed): one Verilog and one compiled bench for all of them."""
+    from images.eie import EieSizes, bucketed, build_rom, image_sizes
+
+    most: dict = {}
+    for name in names:
+        need = image_sizes(build_rom(make_qnet(BY_NAME[name], seed), pes=pes,
+                                     rel_bits=REL_BITS)).as_dict()
+        most = {k: max(v, most.get(k, 0)) for k, v in need.items()}
+    return bucketed(EieSizes(**most)).as_dict()
+
+
+def run_one(b: BenchLayer, pes: int, count: int, seed: int, sizes: dict | None = None) -> dict:
+    """One configuration, in this process (the child's body); `sizes`: the engine's memory
+    sizes (`shape_sizes`; None: this layer's own)."""
     from compress.golden import golden
-    from images.eie import EieParams, build_rom, cycle_model
+    from images.eie import EieParams, EieSizes, build_rom, cycle_model
     from tb import fastbench
 
     t0 = time.monotonic()
     qnet = make_qnet(b, seed)
     x = make_inputs(b, count, seed)
     t_net = time.monotonic()
-    rom = build_rom(qnet, pes=pes)
+    rom = build_rom(qnet, pes=pes, rel_bits=REL_BITS)
     t_rom = time.monotonic()
-    params = EieParams(loadable=True)
+    params = EieParams(loadable=True, sizes=EieSizes(**sizes) if sizes else None)
     fb = fastbench.build(rom, params)
     t_build = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mems-", dir=fastbench._runs()) as td:
         fastbench.write_mems(fb, rom, params, Path(td))
         t_mems = time.monotonic()
-        r = fastbench.run(fb, Path(td), x, max_cycles=50_000_000)
+        r = fastbench.run(fb, Path(td), x, max_cycles=50_000_000, out_features=b.out_features)
     t_sim = time.monotonic()
     want = golden(qnet, x)
     exact = int(np.sum(np.all(r.outputs == want, axis=1)))
@@ -179,12 +198,21 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(REPO / "build" / "bench-eie"))
     p.add_argument("--markdown", default=None, help="also write the table here")
+    p.add_argument("--own-sizes", action="store_true",
+                   help="each layer on an engine of its own memory sizes (default: one engine "
+                        "per PE count, sized for every layer asked for)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # "layer,pes": one config
+    p.add_argument("--sizes", default=None, help=argparse.SUPPRESS)  # JSON EieSizes
+    p.add_argument("--sizes-of", default=None, help=argparse.SUPPRESS)  # "pes": print sizes
     args = p.parse_args(argv)
     if args.child:
         name, pes = args.child.split(",")
-        res = run_one(BY_NAME[name], int(pes), args.count, args.seed)
+        res = run_one(BY_NAME[name], int(pes), args.count, args.seed,
+                      json.loads(args.sizes) if args.sizes else None)
         print(json.dumps(res))
+        return 0
+    if args.sizes_of:
+        print(json.dumps(shape_sizes(int(args.sizes_of), args.layers.split(","), args.seed)))
         return 0
     names = [s for s in args.layers.split(",") if s]
     bad = [n for n in names if n not in BY_NAME]
@@ -201,10 +229,22 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for pes in pes_list:
+        sizes = None
+        if not args.own_sizes:
+            pr = subprocess.run([sys.executable, "-m", "bench.eie", "--sizes-of", str(pes),
+                                 "--layers", ",".join(names), "--seed", str(args.seed)],
+                                cwd=REPO, capture_output=True, text=True)
+            if pr.returncode != 0:
+                print(f"sizes at {pes} PEs failed:\n{pr.stderr[-2000:]}", file=sys.stderr)
+                return 1
+            sizes = pr.stdout.strip().splitlines()[-1]
+            print(f"{pes} PEs: one engine, memories {sizes}", flush=True)
         for name in names:
             t0 = time.monotonic()
             cmd = [sys.executable, "-m", "bench.eie", "--child", f"{name},{pes}",
                    "--count", str(args.count), "--seed", str(args.seed)]
+            if sizes:
+                cmd += ["--sizes", sizes]
             pr = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
             wall = time.monotonic() - t0
             if pr.returncode != 0:

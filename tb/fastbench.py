@@ -139,15 +139,22 @@ def _bench_hash() -> str:
     return h.hexdigest()
 
 
-def _shape(image):
+def _shape(image, params: EngineParams | None = None):
+    """The bench's IN, OUT and LAYERS: the image's vector sizes, or for a loadable engine
+    (vector sizes given at run time) the most its activation buffers hold."""
+    if loadable(image, params):
+        from images.eie import sizes_of
+
+        most = image.pes * sizes_of(image, params).act_words
+        return most, most, image.num_layers
     return image.layers[0].in_features, image.layers[-1].out_features, image.num_layers
 
 
-def compile_template(template: str, image, *, jobs: int = 1, mems: dict | None = None
-                     ) -> FastBuild:
+def compile_template(template: str, image, *, jobs: int = 1, mems: dict | None = None,
+                     params: EngineParams | None = None) -> FastBuild:
     """The binary of `template` (cached by its hash); `jobs` compiler processes; `mems` the
     memories it loads (default: read from its `$readmemh` lines, `split_memories_decls`)."""
-    n_in, n_out, n_layers = _shape(image)
+    n_in, n_out, n_layers = _shape(image, params)
     t = hashlib.sha256((template + _bench_hash() + f"{n_in},{n_out},{n_layers}").encode())
     d = check_build_dir(build_root() / "bin", "FASTBENCH_BUILD_DIR") / t.hexdigest()[:20]
     meta_path = d / "meta.json"
@@ -243,7 +250,8 @@ def build(image, params: EngineParams | None = None, *, key: str | None = None
     t0 = time.monotonic()
     if shaped:
         template, mems = shape_template(image, params)
-        fb = compile_template(template, image, mems=mems)
+        fb = compile_template(template, image, mems=mems, params=params,
+                              jobs=int(os.environ.get("FASTBENCH_JOBS", "1")))
     else:
         template, _mems = template_of(image, params)
         fb = compile_template(template, image)
@@ -286,10 +294,16 @@ def read_outputs(path: Path, n: int, layers: int, out: int) -> tuple:
 
 def run(fb: FastBuild, mems: Path, x: np.ndarray, *, stall_in: float = 0.0,
         stall_out: float = 0.0, seed: int = 0, reset_mid: bool = False,
-        max_cycles: int | None = None, workdir: Path | None = None) -> FastResult:
-    """Run int16 vectors x[batch, in] through the binary with the memories in `mems`."""
+        max_cycles: int | None = None, workdir: Path | None = None,
+        out_features: int | None = None) -> FastResult:
+    """Run int16 vectors x[batch, in] through the binary with the memories in `mems`;
+    out_features: the words of an output (default: the bench's OUT; a loadable engine's
+    bench takes any vector sizes up to its IN and OUT)."""
     x = np.ascontiguousarray(x, dtype=np.int16)
-    if x.ndim != 2 or x.shape[1] != fb.in_features:
+    n_out = fb.out_features if out_features is None else int(out_features)
+    n_in_ok = x.ndim == 2 and (x.shape[1] == fb.in_features if out_features is None
+                               else 1 <= x.shape[1] <= fb.in_features)
+    if x.ndim != 2 or not n_in_ok or not 1 <= n_out <= fb.out_features:
         raise InputError(f"inputs must be [batch, {fb.in_features}], not {list(x.shape)}")
     own = workdir is None
     wd = Path(tempfile.mkdtemp(prefix="run-", dir=_runs())) if own else Path(workdir)
@@ -299,7 +313,8 @@ def run(fb: FastBuild, mems: Path, x: np.ndarray, *, stall_in: float = 0.0,
         cmd = [str(fb.binary), f"+inputs={wd / 'inputs.hex'}", f"+out={wd / 'outputs.txt'}",
                f"+n={len(x)}", f"+mems={Path(mems).resolve()}",
                f"+stall_in={round(stall_in * 1000)}", f"+stall_out={round(stall_out * 1000)}",
-               f"+seed={int(seed) & 0x7FFFFFFF}", f"+reset_mid={int(bool(reset_mid))}"]
+               f"+seed={int(seed) & 0x7FFFFFFF}", f"+reset_mid={int(bool(reset_mid))}",
+               f"+n_in={x.shape[1]}", f"+n_out={n_out}"]
         if max_cycles:
             cmd.append(f"+max_cycles={int(max_cycles)}")
         t0 = time.monotonic()
@@ -310,7 +325,7 @@ def run(fb: FastBuild, mems: Path, x: np.ndarray, *, stall_in: float = 0.0,
             log = (wd / "sim.log").read_text(errors="replace")[-2000:]
             own = False  # keep it for inspection
             raise RuntimeError(f"bench failed (exit {rc}) in {wd}:\n{log}")
-        y, cycles, lc = read_outputs(wd / "outputs.txt", len(x), fb.layers, fb.out_features)
+        y, cycles, lc = read_outputs(wd / "outputs.txt", len(x), fb.layers, n_out)
         if len(y) != len(x):
             own = False
             raise RuntimeError(f"bench wrote {len(y)} of {len(x)} vectors in {wd}")
@@ -333,4 +348,4 @@ def simulate(image, x: np.ndarray, params: EngineParams | None = None, **kw) -> 
     fb = build(image, params)
     with tempfile.TemporaryDirectory(prefix="mems-", dir=_runs()) as td:
         write_mems(fb, image, params, Path(td))
-        return run(fb, Path(td), x, **kw)
+        return run(fb, Path(td), x, out_features=image.layers[-1].out_features, **kw)

@@ -344,15 +344,15 @@ def _source_hash_once() -> str:
 def shape_key(image, params: EngineParams) -> str:
     """What the Verilog of a loadable engine depends on, without converting it: the engine
     sources, the parameters, the PEs, layer kinds, index and relative-index bits, every memory's
-    name, kind, width, depth and ports (so the memory sizes and address widths), and the first
-    layer's inputs and the last layer's outputs (the benches' vector sizes).
+    name, kind, width, depth and ports (so the memory sizes and address widths). Not the
+    layer sizes: the engine reads them from its table memories, and the benches take the
+    vector sizes at run time.
     tests/test_loadable.py converts a second network of a key and compares."""
     specs = [(s.name, s.kind, s.width, s.depth, s.read_ports, s.write_ports)
              for s in memory_specs(image, params)]
     src = json.dumps({"src": _source_hash_once(), "params": repr(params), "pes": image.pes,
                       "kinds": [getattr(rl, "kind", "fc") for rl in image.layers],
                       "index_bits": image.index_bits, "rel_bits": image.rel_bits,
-                      "in": image.layers[0].in_features, "out": image.layers[-1].out_features,
                       "layers": image.num_layers, "mems": specs}, sort_keys=True)
     return "shape-" + hashlib.sha256(src.encode()).hexdigest()[:20]
 
