@@ -172,6 +172,36 @@ def run_one(b: BenchLayer, pes: int, count: int, seed: int, sizes: dict | None =
     }
 
 
+def rel_bits_trade(names: list[str], pes_list: list[int], count: int, seed: int,
+                   widths=(3, 4, 5, 6)) -> str:
+    """Per layer and PE count, for each relative-index width: the entry memories' bits (what
+    `--rel-bits auto` minimises) and the cycle model's compute cycles per input (what a choice
+    for speed would minimise); a Markdown table. The model is within a few per cent of the RTL
+    (the main table)."""
+    from images.eie import EieParams, build_rom, cycle_model, entries_bits
+
+    head = ("| layer | PEs | " + " | ".join(f"rel {w}: Mbit / cycles" for w in widths)
+            + " | auto (smallest) | fastest | cycles saved |\n| --- | --- | "
+            + " | ".join("---" for _ in widths) + " | --- | --- | --- |\n")
+    rows = []
+    for pes in pes_list:
+        for name in names:
+            b = BY_NAME[name]
+            qnet, x = make_qnet(b, seed), make_inputs(b, count, seed)
+            got = {}
+            for w in widths:
+                rom = build_rom(qnet, pes=pes, rel_bits=w)
+                got[w] = (entries_bits(rom), float(cycle_model(rom, x, EieParams()).sum(1).mean()))
+            small = min(widths, key=lambda w: (got[w][0], w))
+            fast = min(widths, key=lambda w: (got[w][1], got[w][0]))
+            rows.append(f"| {name} | {pes} | "
+                        + " | ".join(f"{got[w][0] / 1e6:.2f} / {got[w][1]:,.0f}" for w in widths)
+                        + f" | {small} | {fast} | "
+                        f"{100 * (1 - got[fast][1] / got[small][1]):.1f}% |")
+            print(rows[-1], flush=True)
+    return head + "\n".join(rows) + "\n"
+
+
 def table(results: list[dict]) -> str:
     head = ("| layer | PEs | rel bits | bit-exact | compute cycles/input | total cycles/input "
             "| util. compute | util. total | model vs RTL | dense cycles | speed-up | build s "
@@ -198,6 +228,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(REPO / "build" / "bench-eie"))
     p.add_argument("--markdown", default=None, help="also write the table here")
+    p.add_argument("--rel-bits-trade", action="store_true",
+                   help="instead: entry memory bits and modelled cycles per relative-index "
+                        "width (no RTL)")
     p.add_argument("--own-sizes", action="store_true",
                    help="each layer on an engine of its own memory sizes (default: one engine "
                         "per PE count, sized for every layer asked for)")
@@ -227,6 +260,12 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.rel_bits_trade:
+        md = rel_bits_trade(names, pes_list, args.count, args.seed)
+        print(md)
+        if args.markdown:
+            Path(args.markdown).write_text(md)
+        return 0
     results = []
     for pes in pes_list:
         sizes = None
