@@ -398,7 +398,6 @@ def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
     del flat, sub, nz
     _, scheme, ctx, codes = _weight_plan(wsym, gaps, k1, schemes)
 
-    out_f, in_f = layer.index.shape
     w = BitWriter()
     sizes = {}
     mark = 0
@@ -408,16 +407,7 @@ def _encode_layer(layer: Layer) -> tuple[bytes, dict]:
         sizes[name] = w.nbits - mark
         mark = w.nbits
 
-    w.write_eg(out_f)
-    w.write_eg(in_f)
-    w.write_eg(int(layer.shift))
-    w.write(int(bool(layer.relu)), 1)
-    w.write(int(col_major), 1)
-    w.write_eg(k)
-    w.write(int(masked), 1)
-    if masked:
-        _write_mask(w, row_live)
-        _write_mask(w, col_live)
+    _write_layer_head(w, layer, col_major, k, masked, row_live, col_live)
     part("shape")
     _write_ints(w, layer.codebook[1:])
     part("codebook")
@@ -482,6 +472,23 @@ class _Budget:
                 f"(a decompression bomb, or an almost empty network: "
                 f"{limits.how_to_raise('dcz_weights_per_byte')})"
             )
+
+
+def _write_layer_head(w: BitWriter, layer: Layer, col_major: bool, k: int, masked: bool,
+                      row_live: np.ndarray, col_live: np.ndarray) -> None:
+    """The fields every layer section starts with (what _read_layer_head reads), then the
+    live-line masks when the layer is masked."""
+    out_f, in_f = layer.index.shape
+    w.write_eg(out_f)
+    w.write_eg(in_f)
+    w.write_eg(int(layer.shift))
+    w.write(int(bool(layer.relu)), 1)
+    w.write(int(col_major), 1)
+    w.write_eg(k)
+    w.write(int(masked), 1)
+    if masked:
+        _write_mask(w, row_live)
+        _write_mask(w, col_live)
 
 
 def _read_layer_head(r: "BitReader", what: str, payload: bytes, budget: "_Budget | None"):
@@ -763,23 +770,13 @@ def _ac_search(index, k, row_live, col_live, col_major, step, only=None):
 def _ac_encode(layer: Layer, choice: dict) -> tuple[bytes, dict]:
     """The "A" section payload for a choice, and the bits of its parts."""
     index = layer.index
-    out_f, in_f = index.shape
     k = int(layer.codebook.shape[0])
     k1 = k - 1
     col_major, masked, period, wmodel = (choice[x] for x in ("col_major", "masked", "period",
                                                                  "wmodel"))
     row_live, col_live = index.any(axis=1), index.any(axis=0)
     w = BitWriter()
-    w.write_eg(out_f)
-    w.write_eg(in_f)
-    w.write_eg(int(layer.shift))
-    w.write(int(bool(layer.relu)), 1)
-    w.write(int(col_major), 1)
-    w.write_eg(k)
-    w.write(int(masked), 1)
-    if masked:
-        _write_mask(w, row_live)
-        _write_mask(w, col_live)
+    _write_layer_head(w, layer, col_major, k, masked, row_live, col_live)
     w.write_eg(period)
     w.write_eg(wmodel)
     w.align()
