@@ -323,9 +323,8 @@ def shape_template(image, params: EngineParams) -> tuple[str, dict]:
     shape. Each memory loads `<dir>/<name>.hex` (`write_mem_files`), dir from `+mems=DIR`."""
     from amaranth.back import verilog
 
-    from hw.simmem import SimMemories
-
     from hw import EngineConfigError, make_engine
+    from hw.simmem import SimMemories
 
     mems = SimMemories()
     try:
