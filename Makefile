@@ -82,7 +82,7 @@ test-long: setup iverilog verilator
 bitstream: setup
 	$(PY) -m fpga build --board $(call q,BOARD) $(if $(value ENGINE),--engine $(call q,ENGINE)) $(if $(filter command line environment,$(origin PES)),--pes $(call q,PES)) $(if $(value MODEL),--model $(call q,MODEL)) $(if $(value BUILD_DIR),--build-dir $(call q,BUILD_DIR))
 
-bench: setup iverilog
+bench: setup iverilog verilator
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench
 

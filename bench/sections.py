@@ -198,7 +198,71 @@ def engine(plots: Path, *, count: int = 20, pes_list=(1, 2, 4, 8, 16),
            + "\n\n![queue depth](results/queue-depth.png)")
     data["sim_cycles_per_second"] = float(np.median(sim_rate))
     data["simulator"] = sim
+    l5_md, data["lenet-5"] = lenet5_engine()
+    md += "\n\n" + l5_md
     return Section("2. Engine cycles", md, data)
+
+
+def lenet5_engine(*, count: int = 20, pes: int = 8, dense_count: int = 1) -> tuple[str, dict]:
+    """The shipped LeNet-5 (conv layers) on the EIE engine: cycles per image per layer, MAC
+    utilisation, the dense engine's cycles and the golden model's CPU time per image. The
+    sparse engine in cocotb + Verilator over `count` sample digits, the dense baseline (every
+    weight an entry, every lane of every window sent: data-independent) in Icarus over
+    `dense_count`."""
+    from compress.golden import golden
+    from images.eie import EieParams, build_rom
+    from tb.analysis import breakdown, utilisation
+    from tb.cli import load_model_and_inputs
+    from tb.sim import build, simulate
+
+    model = REPO / "compress" / "models" / "lenet-5.qnet.npz"
+    qnet, x, _labels, notes, _mnist = load_model_and_inputs(str(model), None, 4)
+    rom = build_rom(qnet, pes=pes)
+    r = simulate(build(rom, EieParams(), sim="verilator"), x[:count])
+    np.testing.assert_array_equal(r.outputs, golden(qnet, x[:count]))
+    br = breakdown(qnet, rom, x[:count], r.layer_cycles)
+    util, ideal = utilisation(qnet, rom, x[:count], r.layer_cycles)
+    dense = None
+    if dense_count:
+        d = simulate(build(rom, EieParams(sparse=False), sim="icarus"), x[:dense_count])
+        np.testing.assert_array_equal(d.outputs, golden(qnet, x[:dense_count]))
+        dense = d.layer_cycles.mean(axis=0)
+    conv = [b for b in br if qnet.layers[b["layer"]].kind == "conv"]
+    conv_util = (sum(b["useful_macs"] for b in conv) / (pes * sum(b["cycles"] for b in conv))
+                 if conv else 0.0)
+    t0 = time.process_time()
+    golden(qnet, x)
+    golden_cpu = (time.process_time() - t0) / len(x)
+    rows = []
+    for b in br:
+        i = b["layer"]
+        rows.append([f"l{i} {qnet.layers[i].kind}", f"{b['cycles']:.0f}",
+                     f"{b['useful_macs']:.0f}", f"{b['ideal']:.0f}",
+                     f"{100 * b['utilisation']:.1f}%",
+                     "-" if dense is None else f"{dense[i]:.0f}",
+                     "-" if dense is None else f"{dense[i] / b['cycles']:.1f}x"])
+    total = float(r.layer_cycles.sum(axis=1).mean())
+    rows.append(["**all**", f"{total:.0f}", f"{sum(b['useful_macs'] for b in br):.0f}",
+                 f"{sum(b['ideal'] for b in br):.0f}", f"**{100 * util:.1f}%**",
+                 "-" if dense is None else f"{dense.sum():.0f}",
+                 "-" if dense is None else f"**{dense.sum() / total:.1f}x**"])
+    cyc = float(r.cycles.mean())
+    data = {"pes": pes, "digits": count, "layers": br, "utilisation": util, "ideal": ideal,
+            "conv_utilisation": conv_util, "cycles": cyc, "compute_cycles": total,
+            "dense_layer_cycles": None if dense is None else dense.tolist(),
+            "golden_cpu_seconds_per_image": golden_cpu,
+            "images_per_second_at_33mhz": 33e6 / cyc}
+    md = (f"**LeNet-5** (the shipped `lenet-5.qnet.npz`: two conv layers with 2x2 max pooling, "
+          f"then fc 800-500-10; docs/conv.md) on the EIE engine, {pes} PEs, {count} sample "
+          f"digits, bit-exact; the dense engine over {dense_count} digit(s):\n\n"
+          + md_table(["layer", "cycles (mean)", "useful MACs", "ideal = useful / PEs",
+                      "MAC utilisation", "dense engine", "speedup"], rows)
+          + f"\n\nMAC utilisation on the conv layers: **{100 * conv_util:.1f}%**; "
+          f"{cyc:.0f} cycles per image in all (input and output words included): "
+          f"{33e6 / cyc:,.0f} images/s at 33 MHz back to back. The golden model "
+          f"(`compress.golden`, numpy) takes {1e3 * golden_cpu:.2f} CPU ms per image "
+          f"(batch of {len(x)}).")
+    return md, data
 
 
 # ---------------------------------------------------------------------------------------------

@@ -528,7 +528,8 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
     chosen = _chosen(best, attempts, opts, max_drop, True)
     summary = {
         "model": type(model).__name__,
-        "engine": not qnet.has_conv,  # the engines (RTL, board) run it today
+        # every engine and the board run it (a CNN runs on the EIE engine only)
+        "engine": not qnet.has_conv,
         "layers": list(layers),
         "shape": [qnet.in_features] + [int(np.prod(o)) for _, o in qnet.layer_shapes()],
         "input_shape": list(qnet.input_shape),

@@ -162,13 +162,13 @@ class QNet:
         return self
 
     def require_fc(self, what: str = "the engine") -> "QNet":
-        """InputError unless every layer is fully connected (what the engines run today; an
-        input_shape of [C, H, W] is the same flat input to them)."""
+        """InputError unless every layer is fully connected (what `what` runs; an input_shape
+        of [C, H, W] is the same flat input to it)."""
         for i, ly in enumerate(self.layers):
             if ly.kind != "fc":
                 raise InputError(f"l{i}: conv layers are not supported by {what} yet "
-                                 f"(a version 2 qnet with convolution layers runs in the "
-                                 f"golden model only)")
+                                 f"(convolution layers run on the EIE engine and in the "
+                                 f"golden model)")
         return self
 
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -34,8 +34,8 @@ def load_model(spec: str | Path | None = None, *, index_bits: int = 4, board: bo
     not exist;
     "synthetic": a random LeNet-300-100-shaped qnet (random_qnet seed 0, density 6/8/26 %);
     "synthetic:IN-HIDDEN-...-OUT": other sizes (density 8 %, the last layer 26 %);
-    anything else: a qnet .npz file (version 2 with conv layers: InputError, the engines do
-    not run them yet).
+    anything else: a qnet .npz file (version 1, or version 2 with conv layers: an engine
+    that does not run a layer's kind refuses it when its image is built).
     """
     from .qnet import load_qnet
     from .synthetic import random_qnet
@@ -67,8 +67,7 @@ def load_model(spec: str | Path | None = None, *, index_bits: int = 4, board: bo
     if spec is None:
         return (load_qnet(SHIPPED_QNET, index_bits=index_bits),
                 f"{_short(SHIPPED_QNET)} (the shipped LeNet-300-100)")
-    # The engines, the board and their images run fully connected layers only, so far.
-    return load_qnet(spec, index_bits=index_bits).require_fc(), spec
+    return load_qnet(spec, index_bits=index_bits), spec
 
 
 def model_record(spec: str | Path | None, qnet, *, board: bool = False) -> dict:

@@ -33,9 +33,16 @@ def _for_board(args) -> bool:
     return (getattr(args, "board", None) or DEFAULT_BOARD) in PRUNED_FOR
 
 
+def _load_model(args):
+    """(qnet, name): the board's link, weight load and tops carry fully connected layers only,
+    whichever engine (a conv qnet: one line, exit 2)."""
+    qnet, name = load_model(args.model, board=_for_board(args))
+    return qnet.require_fc("the board"), name
+
+
 def _image(args):
     """(image for args.engine and args.pes, qnet, model name)."""
-    qnet, name = load_model(args.model, board=_for_board(args))
+    qnet, name = _load_model(args)
     check_pes(args.pes)
     with step(f"placing the rows of {name} over {args.pes} PEs ({args.engine} engine)"):
         return build_image(qnet, args.engine, args.pes), qnet, name
@@ -109,7 +116,7 @@ def cmd_build(args):
         pes = get(args.engine).defaults_for(board.name, board.family).pes
         args.pes = "auto" if pes is None else str(pes)
     spram = not args.no_spram
-    qnet, name = load_model(args.model, board=_for_board(args))
+    qnet, name = _load_model(args)
     img = a = None
     if args.pes == "auto":
         # The most PEs (8, 4, 2, 1) whose memories fit (the link and UART use no EBR): first
@@ -165,7 +172,7 @@ def cmd_resources(args):
     settings (the SPRAM plan
     unless --no-spram): exit 0 when they fit, 2 with what binds and what would fit when not."""
     args.engine = args.engine or BOARDS[DEFAULT_BOARD].engine
-    qnet, name = load_model(args.model, board=_for_board(args))
+    qnet, name = _load_model(args)
     check_pes(args.pes)
     _fit_first(args, qnet, name)
     img, _qnet, name = _image(args)

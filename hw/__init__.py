@@ -20,6 +20,7 @@ import importlib
 from images.engines import MAX_PES, engine_of
 from images.params import EngineParams
 
+from . import convfe  # noqa: F401 (adds the conv layers' front ends to FRONT_ENDS)
 from .blocks import EngineConfigError, EngineSignature, check_fits
 
 __all__ = ["MAX_PES", "EngineConfigError", "EngineSignature", "check_fits", "engine_class",

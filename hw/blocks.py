@@ -27,6 +27,7 @@ from amaranth.hdl import Array, Cat, Const, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from images.conv import FLAT, ConvGeom
 from images.engines import MAX_PES, engine_of
 from images.memmap import bits, ceil_div  # noqa: F401 (the engines' integer helpers)
 
@@ -49,6 +50,7 @@ def check_fits(img, *, acc_bits: int = 32, max_width: int | None = None) -> None
         raise EngineConfigError(f"acc_bits must be 17..64, not {acc_bits!r}")
     rec = engine_of(img)
     k = 1 << img.index_bits
+    geoms = [ConvGeom(*rl.geom) if getattr(rl, "geom", ()) else None for rl in img.layers]
     for i, rl in enumerate(img.layers):
         if rl.kind not in rec.layer_kinds:
             raise EngineConfigError(f"l{i}: the {rec.name} engine runs "
@@ -56,8 +58,20 @@ def check_fits(img, *, acc_bits: int = 32, max_width: int | None = None) -> None
         if rl.codebook_size > k:
             raise EngineConfigError(
                 f"l{i}: {rl.codebook_size} codebook entries exceed 2**index_bits = {k}")
+        g = geoms[i]
+        if g is not None and g.src == FLAT and img.pes & (img.pes - 1):
+            raise EngineConfigError(f"l{i}: a conv layer reading the input map needs a "
+                                    f"power-of-two PE count, not {img.pes}")
         if max_width is not None:
-            for what, w in (("inputs", rl.in_features), ("outputs", rl.out_features)):
+            # the maps the activation buffers hold: a layer's input and output values
+            if g is not None:
+                sizes = (g.c * g.h * g.w, g.out_ch * g.hp * g.wp)
+            elif i and geoms[i - 1] is not None:
+                sizes = (geoms[i - 1].out_ch * geoms[i - 1].hp * geoms[i - 1].wp,
+                         rl.out_features)
+            else:
+                sizes = (rl.in_features, rl.out_features)
+            for what, w in zip(("inputs", "outputs"), sizes):
                 if w > max_width:
                     raise EngineConfigError(
                         f"l{i}: {w} {what} exceed the activation buffers of {max_width} words")
@@ -185,12 +199,43 @@ class _StreamOut:
     lanes = 1
     out_n = None  # the output words (default: the engine's out_features)
 
-    def next_word(self) -> None:
+    out_block = 0  # > 0: outputs in CHAN order, `out_block` words a channel (a conv layer's)
+
+    def next_word(self, out: bool = False) -> None:
+        """The next input word, or output word (`out`): PE by PE then word (FLAT), or for a
+        conv last layer word by word in a channel's block, then PE, then channel group (one
+        word a beat: the engine refuses lanes > 1 with a conv last layer)."""
         m, w = self.m, self.lanes
+        if out and self.out_block:
+            assert w == 1, "CHAN output order is one word a beat"
+            blk = self.out_block
+            with m.If(self._o_s == blk - 1):
+                m.d.sync += self._o_s.eq(0)
+                with m.If(self.sel == self.eng.pes - 1):
+                    m.d.sync += [self.sel.eq(0), self._o_cg.eq(self._o_cg + blk),
+                                 self.word.eq(self._o_cg + blk)]
+                with m.Else():
+                    m.d.sync += [self.sel.eq(self.sel + 1), self.word.eq(self._o_cg)]
+            with m.Else():
+                m.d.sync += [self._o_s.eq(self._o_s + 1), self.word.eq(self.word + 1)]
+            return
         with m.If(self.sel == self.eng.pes - w):
             m.d.sync += [self.sel.eq(0), self.word.eq(self.word + 1)]
         with m.Else():
             m.d.sync += self.sel.eq(self.sel + w)
+
+    def _out_order(self, out_block: int) -> None:
+        """Counters of the CHAN output order (`next_word`), for a conv last layer."""
+        self.out_block = out_block
+        if out_block:
+            self._o_s = Signal(range(max(out_block, 2)), name="o_s")
+            self._o_cg = Signal.like(self.word, name="o_cg")
+
+    def reset_out(self) -> list:
+        """What restarts the output order (with sel and word set to 0)."""
+        if self.out_block:
+            return [self._o_s.eq(0), self._o_cg.eq(0)]
+        return []
 
     def _send(self, addr):
         """Row `cnt` from PE `sel` at `addr()` to `o_act`; reads run a word ahead of `o_act`
@@ -204,7 +249,7 @@ class _StreamOut:
         with m.If(fetch):
             with m.If(cnt < out_n):
                 m.d.sync += [self.o_valid.eq(1), self.o_sel.eq(self.sel), cnt.eq(cnt + w)]
-                self.next_word()
+                self.next_word(out=True)
             with m.Else():
                 m.d.sync += self.o_valid.eq(0)
         m.d.comb += eng.o_act.valid.eq(self.o_valid)
@@ -226,7 +271,9 @@ class ActIO(_StreamOut):
     eng: the engine (its `i_act`, `o_act`, `busy`, `pes`, `act_words`, `in_features`,
     `out_features`); act_r/act_w: the read/write port of every PE's activation RAM; cyc, lc:
     where `cycles` and `layer_cycles` count (the ports themselves, or copies the engine moves
-    to the ports at the end); cnt_limit: the largest count the engine's own states need.
+    to the ports at the end); cnt_limit: the largest count the engine's own states need;
+    out_block: the words of one channel of a conv last layer's output (its outputs are then
+    read in CHAN order, `images.conv`), 0 for fc.
 
     `run` is set from the first input word to the last output word; `cnt` counts words, `sel`
     and `word` are the PE and word of the current column or row.
@@ -238,7 +285,7 @@ class ActIO(_StreamOut):
     """
 
     def __init__(self, m, eng, *, act_r, act_w, cyc, lc, cnt_limit: int, lanes: int = 1,
-                 in_n=None, out_n=None, max_words: int | None = None):
+                 in_n=None, out_n=None, max_words: int | None = None, out_block: int = 0):
         self.m = m
         self.eng = eng
         self.act_r = act_r
@@ -256,6 +303,7 @@ class ActIO(_StreamOut):
         self.word = Signal(range(max(eng.act_words, 2) + 1))  # word within the PE
         self.o_valid = Signal()
         self.o_sel = Signal.like(self.sel)
+        self._out_order(out_block)
         with m.If(self.run):
             m.d.sync += cyc.eq(cyc + 1)
 
@@ -418,17 +466,20 @@ class BankedIO(_StreamOut):
 # ---- slot sequencer ------------------------------------------------------------------------
 
 
-def slot_sequencer(m, queue, addr_bits: int, *, hold=None) -> SimpleNamespace:
+def slot_sequencer(m, queue, addr_bits: int, *, hold=None, sub_bits: int = 0
+                   ) -> SimpleNamespace:
     """s_ stage: one entry address per cycle over the queue head's range start..end-1.
 
     The next column is popped in the cycle the current one issues its last slot (no bubble).
     hold: while set nothing moves (the lockstep engine's hazard stall). Returns the stage's
-    registers valid, first (first slot of its column), value, addr, end and `last`.
+    registers valid, first (first slot of its column), value, addr, end and `last` (and sub,
+    the column's sub-position, with `sub_bits`: conv layers, `images.conv`).
     """
     s = SimpleNamespace(valid=Signal(name="s_valid"), first=Signal(name="s_first"),
                         value=Signal(signed(16), name="s_value"),
                         addr=Signal(addr_bits, name="s_addr"),
-                        end=Signal(addr_bits, name="s_end"), last=Signal(name="s_last"))
+                        end=Signal(addr_bits, name="s_end"), last=Signal(name="s_last"),
+                        sub=Signal(max(1, sub_bits), name="s_sub"))
     m.d.comb += s.last.eq(s.valid & (s.addr + 1 == s.end))
     ready = ~s.valid | s.last
     m.d.comb += queue.o.ready.eq(ready if hold is None else ready & ~hold)
@@ -442,6 +493,8 @@ def slot_sequencer(m, queue, addr_bits: int, *, hold=None) -> SimpleNamespace:
     with first_case:
         m.d.sync += [s.valid.eq(1), s.first.eq(1), s.value.eq(queue.o.payload.value),
                      s.addr.eq(queue.o.payload.start), s.end.eq(queue.o.payload.end)]
+        if sub_bits:
+            m.d.sync += s.sub.eq(queue.o.payload.sub)
     with m.Elif(s.last):
         m.d.sync += s.valid.eq(0)
     with m.Elif(s.valid):

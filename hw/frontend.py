@@ -16,7 +16,12 @@ Both front ends share these ports (`start`, `in_features`, `groups`, `avail`, `r
 
 Both read the activations of a fully connected layer (kind "fc"): a layer reads its whole
 input vector. `front_end(kind, width)` is what an engine asks for the front end of a layer's
-kind (`FRONT_ENDS`), where the front end of another kind (a convolution's patches) plugs in.
+kind (`FRONT_ENDS`); `hw.convfe` adds the conv layers' (a pass's patches). Every front end class
+is made by `make(**context)` from what an engine knows (`pes`, `col_bits`, `group_bits`,
+`addr_bits`, `sparse`, `geoms`), taking the names it needs, and wires its own kind's inputs with
+`wire(m, ctx)` (`ctx`: the engine's `layer`, `first` pass flag, source bank `base`, per-layer
+`in_t` / `grp_t` tables and `avail`); `absolute` says whether its `rd_addr` is a word of the
+whole memory (conv) or a group of the source bank (fc).
 
 Timing of `FrontEnd`: the read address goes to every PE's activation RAM, across the chip, so it
 is chosen from flip-flops with little logic: "the group runs out this cycle" is (mask empty) or
@@ -55,6 +60,17 @@ def bcast_layout(col_bits: int) -> data.StructLayout:
 class _GroupReader(wiring.Component):
     """What both front ends are: the ports that read a layer's groups (module docstring) and
     `outputs`, the members that send its columns (each front end's own)."""
+
+    absolute = False  # rd_addr is a group of the source bank
+
+    @classmethod
+    def make(cls, *, pes, col_bits, group_bits, sparse=True, **_context):
+        return cls(pes=pes, col_bits=col_bits, group_bits=group_bits, sparse=sparse)
+
+    def wire(self, m, ctx) -> None:
+        """The layer's width and groups from the engine's tables, and what is readable."""
+        m.d.comb += [self.in_features.eq(ctx.in_t[ctx.layer]),
+                     self.groups.eq(ctx.grp_t[ctx.layer]), self.avail.eq(ctx.avail)]
 
     def __init__(self, *, pes: int, col_bits: int, group_bits: int, sparse: bool, outputs: dict):
         if not isinstance(pes, int) or not 1 <= pes <= MAX_PES:

@@ -40,6 +40,7 @@ from compress.errors import InputError
 from compress.infile import read_input, read_text
 from compress.qnet import DEFAULT_INDEX_BITS, QNet
 
+from . import conv
 from .csc import DEFAULT_REL_BITS, decode_csc, encode_csc, pe_rows  # noqa: F401 (re-exported)
 from .lanes import simulate_layer
 from .layers import LAYER_KINDS, layer_kind
@@ -51,30 +52,33 @@ ROM_FORMAT = "eie-rom"
 ROM_VERSION = 2  # 2: row permutations (perm file, perm_base)
 
 
-def _permute(qnet: QNet, perms: list[np.ndarray]) -> QNet:
-    """The physical network: layer i's rows by perm_i, its columns by perm_{i-1}."""
-    layers = []
-    for i, layer in enumerate(qnet.layers):
-        cols = perms[i - 1] if i else np.arange(layer.in_features)
-        kind = layer_kind(layer)
-        layers.append(kind.with_matrix(layer, kind.matrix(layer)[perms[i]][:, cols],
-                                       layer.bias[perms[i]]))
-    return QNet(layers=layers, input_frac=qnet.input_frac)
+def _permute(qnet: QNet, perms: list[np.ndarray], pes: int) -> QNet:
+    """The physical network: layer i's rows by perm_i, its columns in physical order
+    (`images.conv.physical_layers`: by perm_{i-1}, and a conv map's channels by PE). Its conv
+    layers keep their geometry but hold physical matrices: the golden model cannot run them."""
+    mats, _cols = conv.physical_layers(qnet, perms, pes)
+    layers = [layer_kind(layer).with_matrix(layer, mats[i], layer.bias[perms[i]])
+              for i, layer in enumerate(qnet.layers)]
+    return QNet(layers=layers, input_frac=qnet.input_frac, input_shape=qnet.input_shape)
 
 
-def _unpermute(phys: QNet, perms: list[np.ndarray]) -> QNet:
-    """Inverse of `_permute`: the logical network from the physical one."""
+def _unpermute(phys: QNet, perms: list[np.ndarray], cols: list[np.ndarray],
+               in_logical: list[int]) -> QNet:
+    """Inverse of `_permute`: the logical network from the physical one (`cols`: the column
+    maps, `in_logical`: the logical column counts)."""
     layers = []
     for i, layer in enumerate(phys.layers):
-        cols = perms[i - 1] if i else np.arange(layer.in_features)
         kind = layer_kind(layer)
-        matrix = kind.matrix(layer)
+        try:
+            matrix = conv.logical_matrix(kind.matrix(layer), cols[i], in_logical[i])
+        except ValueError as e:
+            raise InputError(f"ROM layer l{i}: {e}") from None
         index = np.empty_like(matrix)
-        index[np.ix_(perms[i], cols)] = matrix
+        index[perms[i]] = matrix
         bias = np.empty_like(layer.bias)
         bias[perms[i]] = layer.bias
         layers.append(kind.with_matrix(layer, index, bias))
-    return QNet(layers=layers, input_frac=phys.input_frac)
+    return QNet(layers=layers, input_frac=phys.input_frac, input_shape=phys.input_shape)
 
 
 def check_perms(perms: list[np.ndarray], outs: list[int]) -> None:
@@ -111,6 +115,11 @@ class RomLayer:
     ptr_base: list[int]  # per PE: offset of this layer's in+1 pointers
     bias_base: list[int]  # per PE: offset of this layer's biases
     kind: str = "fc"  # the layer's kind (`images.layers`)
+    geom: tuple = ()  # conv: `images.conv.ConvGeom.as_tuple()` (empty for fc)
+
+    @property
+    def conv(self) -> "conv.ConvGeom | None":
+        return conv.ConvGeom(*self.geom) if self.geom else None
 
 
 @dataclass
@@ -126,6 +135,7 @@ class RomImage:
     codebook: np.ndarray = field(repr=False)  # int16[L * 2**index_bits]
     perm: list[np.ndarray] = field(repr=False)  # per layer: physical row p = logical perm[p]
     balanced: bool = True  # perm chosen by place_balanced (else the identity)
+    input_shape: tuple | None = None  # the qnet's input_shape ((in_0,) or (C, H, W))
 
     @property
     def perm_bits(self) -> int:
@@ -148,6 +158,16 @@ class RomImage:
 
     def z(self, pe: int) -> np.ndarray:
         return (self.entries[pe] >> self.index_bits).astype(np.uint16)
+
+    @property
+    def in_features(self) -> int:
+        """The engine's input width (the input map flattened)."""
+        return conv.engine_in_features(self)
+
+    @property
+    def out_features(self) -> int:
+        """The engine's output width (the last layer's output flattened)."""
+        return conv.engine_out_features(self)
 
     def layer_codebook(self, i: int) -> np.ndarray:
         k = 1 << self.index_bits
@@ -224,10 +244,10 @@ def build_rom(
     smallest entry memories (`choose_rel_bits`). balance=True permutes the rows of every layer
     but the last (`place_balanced`); False keeps plain interleaving (physical row = logical row).
     """
-    qnet.require_fc("the EIE engine")
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"--pes must be an integer >= 1, not {pes!r}")
     limits.check("max_pes", pes, "--pes")  # what read_rom takes back
+    conv.check_pes(qnet, pes)
     rel_bits = parse_rel_bits(rel_bits)
     if rel_bits == REL_BITS_AUTO:
         return choose_rel_bits(qnet, pes=pes, index_bits=index_bits, balance=balance)
@@ -237,7 +257,9 @@ def build_rom(
              if balance and i < L - 1
              else np.arange(layer.out_features, dtype=np.int64)
              for i, layer in enumerate(qnet.layers)]
-    qnet = _permute(qnet, perms)  # from here on: the physical network
+    geoms = conv.network_geometries(qnet)
+    input_shape = tuple(int(v) for v in qnet.input_shape) if qnet.input_shape else None
+    qnet = _permute(qnet, perms, pes)  # from here on: the physical network
     perm_base = np.concatenate(([0], np.cumsum([len(p) for p in perms]))).astype(int).tolist()
     k = 1 << index_bits
     entries = [[] for _ in range(pes)]
@@ -261,7 +283,7 @@ def build_rom(
             perm_base=perm_base[i],
             rows=[], entries=[], nonzeros=[], fillers=[],
             entries_base=[], ptr_base=[], bias_base=[],
-            kind=kind.name,
+            kind=kind.name, geom=geoms[i].as_tuple() if geoms[i] is not None else (),
         )
         for pe in range(pes):
             sub = matrix[pe::pes, :]
@@ -293,20 +315,47 @@ def build_rom(
         codebook=codebook,
         perm=perms,
         balanced=bool(balance),
+        input_shape=input_shape,
     )
+
+
+def rom_geoms(rom) -> list:
+    """Each layer's `images.conv.ConvGeom` (None for fc) of an EIE or lockstep image."""
+    return [conv.ConvGeom(*rl.geom) if rl.geom else None for rl in rom.layers]
+
+
+def has_conv(img) -> bool:
+    """Whether an image has conv layers (a loadable engine refuses them: `sizes_of`)."""
+    return any(getattr(rl, "geom", ()) for rl in img.layers)
+
+
+def column_maps_of(img) -> tuple[list[np.ndarray], list[int]]:
+    """(column maps, logical column counts) of an image's layers (`images.conv`)."""
+    geoms = rom_geoms(img)
+    kinds = [rl.kind for rl in img.layers]
+    logical = conv.logical_in_features(kinds, geoms, img.layers[0].in_features)
+    for i, n in enumerate(logical):
+        if n < 0:
+            logical[i] = img.layers[i - 1].out_features
+    perms = [np.asarray(p) for p in (img.perm if hasattr(img, "perm")
+                                     else [ll.perm for ll in img.layers])]
+    return conv.column_maps(kinds, logical, geoms, perms, img.pes), logical
 
 
 def decode_rom(rom: RomImage) -> QNet:
     """Rebuild the logical qnet (index matrices, codebooks, biases, shifts, ReLU) from ROM images:
     exactly the qnet it was built from."""
-    return _unpermute(physical_qnet(rom), rom.perm)
+    cols, logical = column_maps_of(rom)
+    return _unpermute(physical_qnet(rom), rom.perm, cols, logical)
 
 
 def physical_qnet(rom: RomImage) -> QNet:
     """The network as placed in the ROM: layer i's rows in physical order (physical row p is
     logical row perm_i[p], in PE p % N), its columns permuted by perm_{i-1}. Row r of it lives in
-    PE r % N as local row r // N, as the engine computes it."""
+    PE r % N as local row r // N, as the engine computes it. A conv layer's columns are in
+    physical order (`images.conv`): such a layer is a matrix, not one the golden model runs."""
     layers = []
+    geoms = rom_geoms(rom)
     for i, rl in enumerate(rom.layers):
         index = np.zeros((rl.out_features, rl.in_features), dtype=np.uint8)
         bias = np.zeros(rl.out_features, dtype=np.int32)
@@ -323,8 +372,8 @@ def physical_qnet(rom: RomImage) -> QNet:
             bias[pe :: rom.pes] = rom.bias[pe][bb : bb + rl.rows[pe]]
         layers.append(LAYER_KINDS[rl.kind].make(codebook=rom.layer_codebook(i).copy(),
                                                 index=index, bias=bias, shift=rl.shift,
-                                                relu=rl.relu))
-    return QNet(layers=layers, input_frac=rom.input_frac)
+                                                relu=rl.relu, geom=geoms[i]))
+    return QNet(layers=layers, input_frac=rom.input_frac, input_shape=rom.input_shape)
 
 
 
@@ -356,6 +405,10 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
     width = default_issue_width(rom.pes) if issue_width is None else issue_width
     if width not in (1, 2):
         raise InputError(f"issue width must be 1 or 2, not {issue_width!r}")
+    if any(rl.geom for rl in rom.layers):
+        # the walk of a conv layer is not modelled: tb.analysis counts its work, the RTL its
+        # cycles
+        raise InputError("the EIE cycle model covers fully connected layers only, not conv")
     qnet = physical_qnet(rom)
     x = np.asarray(x)
     acts = [x] + golden_layers(qnet, x, acc_bits=acc_bits)[:-1]  # physical column order
@@ -492,6 +545,12 @@ class PEImage:
     bias_base: list[int]  # per layer
     shift: list[int]  # per layer
     relu: list[bool]  # per layer
+    # per layer: the geometry (`images.conv.ConvGeom.as_tuple()`, empty for fc)
+    geoms: list[tuple] = field(default_factory=list)
+    # per layer: accumulator rows used (`images.conv.acc_rows`) and rows drained (own rows for
+    # fc; every PE's ceil(out_ch / N) for conv, absent channels written as zeros)
+    acc_rows: list[int] = field(default_factory=list)
+    out_rows: list[int] = field(default_factory=list)
 
     @property
     def ptr_bits(self) -> int:
@@ -504,6 +563,14 @@ def pe_images(rom: RomImage, *, sparse: bool = True) -> list[PEImage]:
     L = rom.num_layers
     shifts = [rl.shift for rl in rom.layers]
     relus = [rl.relu for rl in rom.layers]
+    geoms = rom_geoms(rom)
+
+    def conv_rows(k):
+        return dict(geoms=[rl.geom for rl in rom.layers],
+                    acc_rows=[conv.acc_rows(g, rl.rows[k], n) for g, rl in zip(geoms, rom.layers)],
+                    out_rows=[rl.rows[k] if g is None else conv.channel_groups(g.out_ch, n)
+                              for g, rl in zip(geoms, rom.layers)])
+
     if sparse:
         return [
             PEImage(pe=k, index_bits=rom.index_bits, rel_bits=rom.rel_bits,
@@ -512,7 +579,7 @@ def pe_images(rom: RomImage, *, sparse: bool = True) -> list[PEImage]:
                     ptr_base=[rl.ptr_base[k] for rl in rom.layers],
                     rows=[rl.rows[k] for rl in rom.layers],
                     bias_base=[rl.bias_base[k] for rl in rom.layers],
-                    shift=shifts, relu=relus)
+                    shift=shifts, relu=relus, **conv_rows(k))
             for k in range(n)
         ]
     qnet = physical_qnet(rom)  # rows as placed (a balanced ROM permutes them)
@@ -534,7 +601,7 @@ def pe_images(rom: RomImage, *, sparse: bool = True) -> list[PEImage]:
             codebook=rom.codebook, ptr_base=ptr_base,
             rows=[rl.rows[k] for rl in rom.layers],
             bias_base=[rl.bias_base[k] for rl in rom.layers],
-            shift=shifts, relu=relus))
+            shift=shifts, relu=relus, **conv_rows(k)))
     assert all(len(i.ptr_base) == L for i in imgs)
     return imgs
 
@@ -579,6 +646,9 @@ def sizes_of(rom: RomImage, params: EieParams) -> EieSizes | None:
     parameter's, else the image's own, bucketed."""
     if not params.loadable:
         return None
+    if has_conv(rom):
+        raise ValueError("the loadable EIE engine runs fully connected networks only: this one "
+                         "has conv layers")
     return params.sizes or bucketed(image_sizes(rom, sparse=params.sparse))
 
 
@@ -671,7 +741,8 @@ def pe_memory_map(img: PEImage, *, acc_bits: int = 32, issue_width: int = 1,
     k = 1 << img.index_bits
     pe = img.pe
     words = [int(x) for x in img.ptr]
-    rows = sizes.rows if sizes is not None else max(img.rows)
+    # a loadable engine's (fc only) at its sizes; a conv layer's sub-position blocks
+    rows = sizes.rows if sizes is not None else max(img.acc_rows or img.rows)
     specs = [
         MemorySpec(f"pe{pe}.entries", "rom", img.index_bits + img.rel_bits,
                    max(1, len(img.entries)), tuple(int(x) for x in img.entries)),
@@ -692,9 +763,9 @@ def pe_memory_map(img: PEImage, *, acc_bits: int = 32, issue_width: int = 1,
 
 
 def act_words(rom: RomImage) -> int:
-    """Words per PE of one activation bank: the widest layer input or output over N PEs."""
-    widths = [rom.layers[0].in_features] + [rl.out_features for rl in rom.layers]
-    return max(ceil_div(w, rom.pes) for w in widths)
+    """Words per PE of one activation bank: the largest map (the input, every layer's output)
+    over N PEs, a conv layer's output in the CHAN layout (`images.conv.act_words`)."""
+    return conv.act_words(rom)
 
 
 def engine_pe_images(rom: RomImage, params: EieParams) -> list[PEImage]:
@@ -770,7 +841,9 @@ def logic_of(rom: RomImage) -> dict:
     two images with equal `logic_of` (and memories of equal depths) make the same Verilog but
     for what their memories hold."""
     return {"layers": [[rl.in_features, rl.out_features, rl.shift, bool(rl.relu), rl.rows,
-                        rl.ptr_base, rl.bias_base, rl.kind] for rl in rom.layers],
+                        rl.ptr_base, rl.bias_base, rl.kind, list(rl.geom)]
+                       for rl in rom.layers],
+            "input_shape": list(rom.input_shape or ()),
             "mems": [[len(e), len(p), len(b)] for e, p, b in zip(rom.entries, rom.ptr, rom.bias)],
             "codebook": len(rom.codebook)}
 
@@ -868,7 +941,10 @@ def write_rom(rom: RomImage, out_dir: str | Path, *, force: bool = False, keep=(
             "input_frac": rom.input_frac,
             "num_layers": rom.num_layers,
             "entry_layout": "v | (z << index_bits)",
-            "layers": [asdict(rl) for rl in rom.layers],
+            # the ROM files carry fully connected layers only (export-rom refuses conv ones):
+            # no geometry field
+            "layers": [{k: v for k, v in asdict(rl).items() if k != "geom"}
+                       for rl in rom.layers],
             "totals": {
                 "entries": [int(len(e)) for e in rom.entries],
                 "nonzeros": [sum(rl.nonzeros[pe] for rl in rom.layers) for pe in range(rom.pes)],
@@ -978,6 +1054,9 @@ def _read_rom_checked(rom_dir: Path, mpath: Path, manifest: dict) -> RomImage:
         except KeyError:
             raise InputError(f"{rom_dir}: manifest lists memory {name} without {name}.bin") from None
     pes = manifest["pes"]
+    if any(isinstance(rl, dict) and "geom" in rl for rl in manifest["layers"]):
+        raise InputError(f"{mpath}: a layer with a conv geometry (ROM files carry fully "
+                         f"connected layers only)")
     layers = [RomLayer(**rl) for rl in manifest["layers"]]
     for i, rl in enumerate(layers):
         if rl.kind not in LAYER_KINDS:

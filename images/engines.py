@@ -205,7 +205,7 @@ EIE = register(Engine(
               "ice40": Defaults(eie.EieParams(queue_depth=4), pes=None)},
     cycle_model=eie.cycle_model, logic_of=eie.logic_of, padded=eie.padded,
     memory_bound=eie.memory_bound, unplaced={"rel_bits": 4, "balance": False},
-    title=lambda p: "EIE engine"))
+    layer_kinds=("fc", "conv"), title=lambda p: "EIE engine"))
 
 LOCKSTEP = register(Engine(
     name="lockstep", protocol_id=1,

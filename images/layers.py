@@ -5,9 +5,13 @@ layer's `kind`; every layer of a version 1 qnet is fully connected, "fc"): the m
 codebook indices the sparse column format encodes (`images.csc`), one row per output row, and
 how a decoded layer of that kind is made again. A kind is a `LayerKind` in `LAYER_KINDS`; each
 engine lists the kinds it runs (`layer_kinds` of its record in `images.engines`), which
-`check_kinds` enforces before an image is built. A new kind (the convolution of qnet version 2)
-is one more `LayerKind` here, and the engines that run it add it to their `layer_kinds`; the
-builders ask `layer_kind(layer)` and do not branch on kinds.
+`check_kinds` enforces before an image is built. The builders ask `layer_kind(layer)` and do
+not branch on kinds.
+
+* "fc": a fully connected layer, its index [out, in];
+* "conv": a convolution (qnet version 2), its index [out_ch, in_ch * kh * kw] slid over the
+  input map; an image keeps its geometry (`images.conv.ConvGeom`) and the engines walk its
+  output positions (`images.conv`, `hw.convfe`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ class LayerKind:
     name: str
     # layer -> int[rows, cols]: the codebook indices the images encode, a row per output row
     matrix: Callable[[Layer], np.ndarray]
-    # (codebook, index, bias, shift, relu) -> the layer of this kind a decoder rebuilds
+    # (codebook, index, bias, shift, relu, geom) -> the layer of this kind a decoder rebuilds
+    # (geom: the image's `images.conv.ConvGeom` of a conv layer, None for fc)
     make: Callable[..., Layer]
 
     def with_matrix(self, layer: Layer, index: np.ndarray, bias: np.ndarray) -> Layer:
@@ -34,9 +39,20 @@ class LayerKind:
         return replace(layer, index=index, bias=bias)
 
 
-FC = LayerKind("fc", matrix=lambda layer: layer.index, make=Layer)
+def _make_fc(*, codebook, index, bias, shift, relu, geom=None) -> Layer:
+    return Layer(codebook=codebook, index=index, bias=bias, shift=shift, relu=relu)
 
-LAYER_KINDS: dict[str, LayerKind] = {k.name: k for k in (FC,)}
+
+def _make_conv(*, codebook, index, bias, shift, relu, geom) -> Layer:
+    return Layer(codebook=codebook, index=index, bias=bias, shift=shift, relu=relu,
+                 kind="conv", kernel=(geom.kh, geom.kw), stride=(geom.sh, geom.sw),
+                 padding=(geom.ph, geom.pw), pool=(geom.qh, geom.qw))
+
+
+FC = LayerKind("fc", matrix=lambda layer: layer.index, make=_make_fc)
+CONV = LayerKind("conv", matrix=lambda layer: layer.index, make=_make_conv)
+
+LAYER_KINDS: dict[str, LayerKind] = {k.name: k for k in (FC, CONV)}
 
 
 def kind_name(layer) -> str:

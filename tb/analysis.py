@@ -29,7 +29,7 @@ import numpy as np
 
 from compress.golden import run_layers
 from compress.qnet import QNet
-from images.eie import RomImage, default_issue_width
+from images.eie import RomImage, column_maps_of, default_issue_width
 from images.lockstep import LockstepImage, lockstep_cycles
 from images.memmap import ceil_div
 
@@ -37,6 +37,39 @@ from images.memmap import ceil_div
 def layer_inputs(qnet: QNet, x: np.ndarray, acc_bits: int = 32) -> list[np.ndarray]:
     outs = run_layers(qnet, x, acc_bits=acc_bits)
     return [np.asarray(x)] + outs[:-1]
+
+
+def patch_nonzeros(layer, a: np.ndarray, in_shape) -> np.ndarray:
+    """bool [batch, positions, in_ch * kh * kw]: which values of each computed position's patch
+    are non-zero (a conv layer; the positions the engines compute: those inside a whole
+    pooling window), columns in the qnet's (c, dy, dx) order; zero padding is zero."""
+    import torch
+
+    c, h, w = (int(v) for v in in_shape)
+    (kh, kw), (sh, sw), (ph, pw), (qh, qw) = (
+        tuple(int(v) for v in getattr(layer, g)) for g in ("kernel", "stride", "padding", "pool"))
+    t = torch.from_numpy(np.asarray(a) != 0).reshape(len(a), c, h, w).to(torch.uint8)
+    t = torch.nn.functional.pad(t, (pw, pw, ph, ph))
+    cols = t.unfold(2, kh, sh).unfold(3, kw, sw)  # [b, c, ho, wo, kh, kw]
+    ho, wo = cols.shape[2], cols.shape[3]
+    cols = cols[:, :, : (ho // qh) * qh, : (wo // qw) * qw]
+    cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(len(a), -1, c * kh * kw)
+    return cols.numpy().astype(bool)
+
+
+def useful_macs(qnet: QNet, x: np.ndarray, acc_bits: int = 32) -> list[np.ndarray]:
+    """Per layer, int64[batch]: the pairs (non-zero weight, non-zero activation) the engines
+    compute (a conv layer's at every computed position)."""
+    shapes = qnet.layer_shapes()
+    out = []
+    for i, (layer, a) in enumerate(zip(qnet.layers, layer_inputs(qnet, x, acc_bits))):
+        per_col = (layer.weights() != 0).sum(axis=0).astype(np.int64)
+        if layer.kind == "conv":
+            out.append(patch_nonzeros(layer, a, shapes[i][0]).astype(np.int64).sum(axis=1)
+                       @ per_col)
+        else:
+            out.append((np.asarray(a) != 0).astype(np.int64) @ per_col)
+    return out
 
 
 def frontend_cycles(nz: np.ndarray, pes: int, width: int = 1) -> np.ndarray:
@@ -82,13 +115,38 @@ def work(qnet: QNet, rom: RomImage, x: np.ndarray, acc_bits: int = 32,
     n = rom.pes
     width = default_issue_width(n) if issue_width is None else issue_width
     useful, entries, frontend = [], [], []
+    shapes = qnet.layer_shapes()
+    col_maps, _logical = column_maps_of(rom)
     for i, (layer, a) in enumerate(zip(qnet.layers, layer_inputs(qnet, x, acc_bits))):
         nzw = layer.weights() != 0  # [out, in], logical
+        rl = rom.layers[i]
+        if layer.kind == "conv" or (i and qnet.layers[i - 1].kind == "conv"):
+            # per position (conv) or over the CHAN map (fc after conv): counts by logical
+            # column, each PE's entries taken from its physical columns
+            cols = col_maps[i]
+            if layer.kind == "conv":
+                nz = patch_nonzeros(layer, a, shapes[i][0]).astype(np.int64).sum(axis=1)
+            else:
+                nz = (np.asarray(a) != 0).astype(np.int64)
+            rows = np.asarray(rom.perm[i])
+            u = np.zeros((len(nz), n), dtype=np.int64)
+            e = np.zeros((len(nz), n), dtype=np.int64)
+            ok = cols >= 0
+            for k in range(n):
+                u[:, k] = nz @ nzw[rows[k::n]].sum(axis=0)
+                pb = rl.ptr_base[k]
+                per_phys = np.diff(rom.ptr[k][pb: pb + rl.in_features + 1])
+                per_log = np.zeros(layer.in_features, dtype=np.int64)
+                per_log[cols[ok]] = per_phys[ok]
+                e[:, k] = nz @ per_log
+            useful.append(u)
+            entries.append(e)
+            frontend.append(np.zeros(len(nz), dtype=np.int64))  # not modelled for conv
+            continue
         act = (np.asarray(a) != 0).astype(np.int64)  # [batch, in], logical columns
         rows = np.asarray(rom.perm[i])
         cols = np.asarray(rom.perm[i - 1]) if i else np.arange(layer.in_features)
         act_phys = act[:, cols]  # physical column p is logical column cols[p]
-        rl = rom.layers[i]
         u = np.zeros((len(act), n), dtype=np.int64)
         e = np.zeros((len(act), n), dtype=np.int64)
         for k in range(n):

@@ -34,7 +34,7 @@ from compress.shipped import load_model
 from compress.synthetic import random_inputs
 from images import MAX_PES, SIM_ENGINE, build_image, check_pes, get, names, registered
 from images.cli import add_image_args
-from images.eie import REL_BITS_AUTO, parse_rel_bits
+from images.eie import REL_BITS_AUTO, has_conv, parse_rel_bits
 from images.engines import dense_baseline
 from images.lockstep import DRAIN_SHARES
 
@@ -285,7 +285,7 @@ def cmd_run(args):
     jobs = os.environ.get("TB_JOBS", "2")
     if not jobs.isdigit() or not 1 <= int(jobs) <= 64:
         raise InputError(f"TB_JOBS must be a number 1..64, not {jobs!r}")
-    qnet = load_qnet(args.model, index_bits=args.index_bits).require_fc()
+    qnet = load_qnet(args.model, index_bits=args.index_bits)
     x = load_inputs(args.inputs, qnet.in_features)
     if args.count is not None:
         if args.count < 1:
@@ -298,8 +298,9 @@ def cmd_run(args):
     rom = _analysis_rom(qnet, args)
     img = _image(qnet, args, rom)
     # memories filled when the simulation starts: the Verilog and the compiled simulator are
-    # those of the engine's shape, reused by every network of that shape
-    params = _params(args, sparse=not args.dense, loadable=True)
+    # those of the engine's shape, reused by every network of that shape (fully connected
+    # networks: the loadable engine has no conv layers yet, a CNN gets the fixed engine)
+    params = _params(args, sparse=not args.dense, loadable=not has_conv(img))
     with step(f"building the engine's Verilog for {SIM_NAMES[args.sim]}"):
         b = tbsim.build(img, params, sim=args.sim)
     print(f"simulating {len(x)} inputs on the RTL engine ({args.pes} PEs, "

@@ -407,6 +407,7 @@ async def pe_bench(dut):
     lay = opt["layouts"]["bc__payload"]
     dut.bc__valid.value = dut.drain_valid.value = dut.preload_valid.value = 0
     dut.layer.value = dut.drain_layer.value = dut.preload_layer.value = dut.drain_row.value = 0
+    dut.bank.value = dut.drain_bank.value = 0  # a layer's accumulator bank: its parity
     await _start(dut)
     st = Counter()
 
@@ -426,6 +427,7 @@ async def pe_bench(dut):
             dut.drain_valid.value = dut.preload_valid.value = int(on)
             if drain is not None:
                 dut.drain_layer.value = dut.preload_layer.value = drain
+                dut.drain_bank.value = drain % 2
             dut.drain_row.value = min(dr, max(nrows - 1, 0))
             await ReadOnly()
             assert bool(dut.y_valid.value) == prev, t
@@ -448,6 +450,7 @@ async def pe_bench(dut):
                 for r in range(rows[la]):
                     dut.preload_valid.value, dut.drain_row.value = 1, r
                     dut.drain_layer.value = dut.preload_layer.value = la
+                    dut.drain_bank.value = la % 2
                     await FallingEdge(dut.clk)
             dut.preload_valid.value = 0
             await FallingEdge(dut.clk)
@@ -456,6 +459,7 @@ async def pe_bench(dut):
             x = d[f"in{la}"][n]
             cols = [(int(v), c) for c, v in enumerate(x) if v != 0 or not sparse]
             dut.layer.value = la
+            dut.bank.value = la % 2
             got, t = await run(cols, 0 if la == 1 else None)
             if la == 1:
                 ys.append(got)

@@ -44,6 +44,7 @@ import numpy as np
 from compress.atomic import check_build_dir, file_lock
 from compress.errors import InputError
 from images import EngineParams, memory_specs
+from images.conv import engine_in_features, engine_out_features
 
 from . import verilator as vl
 from .sim import (REPO, build_key, default_params, engine_verilog, loadable, run_in_group,
@@ -140,14 +141,14 @@ def _bench_hash() -> str:
 
 
 def _shape(image, params: EngineParams | None = None):
-    """The bench's IN, OUT and LAYERS: the image's vector sizes, or for a loadable engine
-    (vector sizes given at run time) the most its activation buffers hold."""
+    """The bench's IN, OUT and LAYERS: the engine's vector sizes (`images.conv`), or for a
+    loadable engine (vector sizes given at run time) the most its activation buffers hold."""
     if loadable(image, params):
         from images.eie import sizes_of
 
         most = image.pes * sizes_of(image, params).act_words
         return most, most, image.num_layers
-    return image.layers[0].in_features, image.layers[-1].out_features, image.num_layers
+    return engine_in_features(image), engine_out_features(image), image.num_layers
 
 
 def compile_template(template: str, image, *, jobs: int = 1, mems: dict | None = None,

@@ -46,6 +46,8 @@ import numpy as np
 from compress.atomic import check_build_dir, file_lock
 from compress.errors import InputError
 from images import EngineParams, engine_of, image_digest, memory_specs
+from images.conv import engine_out_features
+from images.eie import has_conv
 
 REPO = Path(__file__).resolve().parents[1]
 TOPLEVEL = "engine"
@@ -410,6 +412,9 @@ def build(image, params: EngineParams | None = None, *, waves: bool | None = Non
     runner = runner_for(sim)  # before any work: a missing Verilator is one line
     root = build_root()
     shaped = loadable(image, params)
+    if shaped and has_conv(image):
+        raise InputError("the loadable EIE engine runs fully connected networks only: this one "
+                         "has conv layers")
     if shaped:  # by shape: a second network of the shape is neither converted nor compiled
         key = hashlib.sha256(json.dumps([shape_key(image, params), waves, sim]).encode()
                              ).hexdigest()[:20]
@@ -478,7 +483,7 @@ def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float
     np.save(run_dir / "inputs.npy", x, allow_pickle=False)
     env = {
         "TB_IO": str(run_dir),
-        "TB_OUT_FEATURES": str(b.image.layers[-1].out_features),
+        "TB_OUT_FEATURES": str(engine_out_features(b.image)),
         "TB_LAYERS": str(b.image.num_layers),
         "TB_STALL_IN": repr(float(stall_in)),
         "TB_STALL_OUT": repr(float(stall_out)),

@@ -5,13 +5,16 @@
 
 The 10,000 test digits (IDX files in DIR, or $MNIST_DIR) become int16 input vectors by the
 input rule x = (pixel * 2**input_frac + 127) // 255 and run through each engine's RTL (default:
-every engine of the registry, `images.engines`) in the Verilator testbench of `tb.fastbench` (no
-Python in the loop). Every output word is compared with the golden model (`compress.golden`).
-Printed per engine: `bit-exact: N/M`, the accuracy the hardware measured, the cycles per digit
-(min / mean / p50 / p99 / max; a PNG histogram in --out, default
-build/verify-mnist/cycles-<engine>.png), the build and simulation wall times and the simulated
-cycles per second. --out also gets summary.json; nothing else
-in --out is touched, and an --out that cannot take these files is refused before the run.
+every engine of the registry, `images.engines`, that runs the network's layer kinds; the others
+are named as left out, and --engine NAME of one that does not run them is refused) in the
+Verilator testbench of `tb.fastbench` (no Python in the loop). Every output word is compared
+with the golden model (`compress.golden`). Printed per engine: `bit-exact: N/M`, the accuracy
+the hardware measured, the cycles per digit (min / mean / p50 / p99 / max; a PNG histogram in
+--out, default build/verify-mnist/cycles-<engine>.png), the mean cycles per layer, the MAC
+utilisation (useful MACs over PEs x compute cycles, per layer, in all, and over the conv
+layers), the build and simulation wall times and the simulated cycles per second. --out also
+gets summary.json; nothing else in --out is touched, and an --out that cannot take these files
+is refused before the run.
 
 The engines build and simulate side by side, one thread each, at most --jobs simulator and
 compiler processes at once (default 2); one engine splits its digits over the jobs. Builds are
@@ -39,7 +42,7 @@ from compress import data
 from compress.atomic import atomic_path, check_build_dir, check_output
 from compress.errors import InputError, OneLineParser, run_main
 from compress.shipped import load_model
-from images import MAX_PES, build_image, check_pes, names
+from images import MAX_PES, build_image, check_pes, get, names
 
 from . import fastbench
 from . import verilator as vl
@@ -54,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "against the golden model")
     p.add_argument("--data", help="directory of the MNIST IDX files (default: $MNIST_DIR)")
     p.add_argument("--pes", type=int, default=8, help=f"processing elements 1..{MAX_PES} (8)")
-    p.add_argument("--engine", choices=names(), help="one engine (default: every one)")
+    p.add_argument("--engine", choices=names(),
+                   help="one engine (default: every one that runs the network's layer kinds)")
     p.add_argument("--model", help="qnet .npz (default: the shipped LeNet-300-100)")
     p.add_argument("--count", type=int, help="only the first N test digits (default: all)")
     p.add_argument("--out", default=str(DEFAULT_OUT),
@@ -143,23 +147,55 @@ def _histogram(cycles: np.ndarray, engine: str, pes: int, path: Path) -> None:
     plt.close(fig)
 
 
+def _mac_utilisation(qnet, x, layer_cycles, pes: int, chunk: int = 500) -> dict:
+    """Useful MACs (non-zero weight x non-zero activation, a conv layer's at every computed
+    position: `tb.analysis.useful_macs`) over PEs x the layer's cycles, per layer and in all."""
+    from .analysis import useful_macs
+
+    useful = np.zeros(qnet.num_layers, dtype=np.float64)
+    for i in range(0, len(x), chunk):
+        useful += [float(u.sum()) for u in useful_macs(qnet, x[i:i + chunk])]
+    cyc = np.asarray(layer_cycles, dtype=np.float64).sum(axis=0)
+    conv = np.array([getattr(ly, "kind", "fc") == "conv" for ly in qnet.layers])
+
+    def ratio(u, c):
+        return float(u / (pes * c)) if c else 0.0
+
+    out = {"layers": [ratio(u, c) for u, c in zip(useful, cyc)],
+           "all": ratio(useful.sum(), cyc.sum()),
+           "useful_macs_mean": (useful / len(x)).tolist()}
+    if conv.any():
+        out["conv"] = ratio(useful[conv].sum(), cyc[conv].sum())
+    return out
+
+
 def _body(argv):
     from compress.golden import golden, predict
 
     args = build_parser().parse_args(argv)
     t_start = time.monotonic()
+    qnet, name, x, labels = _inputs(args)
     engines = [args.engine] if args.engine else list(names())
+    left_out = []
+    if not args.engine:  # every engine that runs the network's layer kinds (--engine: refused)
+        kinds = {getattr(ly, "kind", "fc") for ly in qnet.layers}
+        left_out = [e for e in engines if not kinds <= set(get(e).layer_kinds)]
+        engines = [e for e in engines if e not in left_out]
+        if not engines:
+            raise InputError(f"no engine runs {', '.join(sorted(kinds))} layers")
     # the outputs (only these files in --out are replaced), checked before the long run
     out_dir = Path(args.out)
     for f in ["summary.json", *(f"cycles-{e}.png" for e in engines)]:
         check_output(out_dir / f, what="--out")
-    qnet, name, x, labels = _inputs(args)
     imgs = {e: _image(qnet, e, args.pes) for e in engines}
     vl.require()
     want = golden(qnet, x)
     gold_acc = float((predict(want) == labels).mean())
     print(f"verify-mnist: {len(x)} MNIST test digits, model {name}, {args.pes} PEs, "
           f"engines {', '.join(engines)} (Verilator testbench)", flush=True)
+    for e in left_out:
+        print(f"{e}: left out, it runs {', '.join(get(e).layer_kinds)} layers only "
+              f"(--engine {e} says which layer it refuses)", flush=True)
 
     shards = max(1, args.jobs // len(engines))
     results, errors = {}, {}
@@ -190,11 +226,12 @@ def _body(argv):
 
     ok = True
     summary = {"digits": len(x), "model": name, "pes": args.pes, "golden_accuracy": gold_acc,
-               "engines": {}}
+               "engines": {}, "left_out": left_out}
     for e in engines:
         parts, build_s, fb = results[e]
         y = np.concatenate([p.outputs for p in parts])
         cycles = np.concatenate([p.cycles for p in parts])
+        layer_cycles = np.concatenate([p.layer_cycles for p in parts])
         sim_s = max(p.seconds for p in parts)
         sim_cycles = sum(p.sim_cycles for p in parts)
         cpu_s = sum(p.cpu_seconds for p in parts)
@@ -214,12 +251,21 @@ def _body(argv):
         print(f"  accuracy (hardware): {100 * acc:.2f}%   golden model: {100 * gold_acc:.2f}%")
         print(f"  cycles per digit: min {st['min']}  mean {st['mean']:.1f}  p50 {st['p50']:.0f}"
               f"  p99 {st['p99']:.0f}  max {st['max']}   histogram: {png}")
+        per_layer = layer_cycles.mean(axis=0)
+        util = _mac_utilisation(qnet, x, layer_cycles, imgs[e].pes)
+        print("  cycles per layer (mean): " + ", ".join(
+            f"l{i} {c:.1f}" for i, c in enumerate(per_layer)))
+        print(f"  MAC utilisation: {100 * util['all']:.1f}% of {imgs[e].pes} PEs x compute "
+              f"cycles (" + ", ".join(f"l{i} {100 * u:.1f}%" for i, u in
+                                      enumerate(util["layers"])) + ")"
+              + (f"; conv layers {100 * util['conv']:.1f}%" if "conv" in util else ""))
         print(f"  wall time: build {build_s:.1f} s{' (cached)' if build_s == 0 else ''}, "
               f"simulation {sim_s:.1f} s ({len(parts)} process{'es' if len(parts) > 1 else ''}"
               f"; {sim_cycles} cycles in {cpu_s:.1f} CPU s: {cps / 1e6:.2f} M cycles/s)")
         summary["engines"][e] = {
             "bit_exact": exact, "different": bad[:100].tolist(), "accuracy": acc,
-            "cycles": st, "build_seconds": build_s, "sim_seconds": sim_s,
+            "cycles": st, "layer_cycles_mean": per_layer.tolist(),
+            "mac_utilisation": util, "build_seconds": build_s, "sim_seconds": sim_s,
             "sim_processes": len(parts), "sim_cycles": sim_cycles, "sim_cpu_seconds": cpu_s,
             "cycles_per_second": cps, "histogram": str(png), "binary": str(fb.binary)}
     wall = time.monotonic() - t_start

@@ -1,6 +1,7 @@
-"""A version 2 qnet with conv layers runs in the golden model only for now: every command that
-would build an engine or a board image for it refuses it with exit 2 and one line, before any
-work, and writes nothing."""
+"""A version 2 qnet with conv layers runs on the EIE engine (tests/test_tb_conv.py) and in the
+golden model; every command that would build an image for an engine that does not run conv
+layers (the lockstep engine, the board, the ROM export) refuses it with exit 2 and one line,
+before any work, and writes nothing."""
 
 import numpy as np
 import pytest
@@ -25,23 +26,40 @@ def _cases(d):
 
     q, xi = str(d / "cnn.npz"), str(d / "xi.npy")
     return [
-        ("tb run", tb_main, ["run", "--model", q, "--inputs", xi, "--out", str(d / "y.npy")]),
-        ("tb sim", tb_main, ["sim", "--model", q, "--inputs", xi]),
+        ("tb run", tb_main, ["run", "--model", q, "--inputs", xi, "--out", str(d / "y.npy"),
+                             "--engine", "lockstep"]),
+        ("tb sim", tb_main, ["sim", "--model", q, "--inputs", xi, "--engine", "lockstep"]),
         ("fpga build", fpga_main, ["build", "--model", q, "--build-dir", str(d / "b")]),
         ("fpga resources", fpga_main, ["resources", "--model", q]),
         ("fpga run", fpga_main, ["run", "--sim", "--model", q, "--inputs", xi]),
+        ("fpga run eie", fpga_main, ["run", "--sim", "--engine", "eie", "--pes", "2", "--model",
+                                     q, "--inputs", xi]),
+        ("fpga resources eie", fpga_main, ["resources", "--engine", "eie", "--model", q]),
         ("export-rom", compress_main, ["export-rom", "--model", q, "--pes", "2", "--out",
                                        str(d / "rom")]),
     ]
 
 
-@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("i", range(8))
 def test_engine_commands_refuse_conv_layers(conv_qnet, capsys, i):
     name, main, argv = _cases(conv_qnet)[i]
     assert main(argv) == 2, name
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "conv layers are not supported by" in err and "yet" in err, err
+    assert "\n" not in err and "l0:" in err and "conv" in err, err
     assert not any((conv_qnet / n).exists() for n in ("y.npy", "b", "rom"))
+
+
+def test_the_eie_engine_runs_it(conv_qnet, capsys):
+    from compress.golden import golden
+    from compress.qnet import load_qnet
+    from tb.cli import main
+
+    d = conv_qnet
+    x = np.arange(128, dtype=np.int16).reshape(2, 64) * 37 % 301
+    np.save(d / "xr.npy", x)
+    assert main(["run", "--model", str(d / "cnn.npz"), "--inputs", str(d / "xr.npy"),
+                 "--out", str(d / "ye.npy"), "--pes", "2"]) == 0
+    np.testing.assert_array_equal(np.load(d / "ye.npy"), golden(load_qnet(d / "cnn.npz"), x))
 
 
 def test_the_golden_model_runs_it(conv_qnet, capsys):

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from compress.golden import golden
-from compress.synthetic import random_inputs, random_qnet
+from compress.errors import InputError
+from compress.synthetic import random_cnn, random_inputs, random_qnet
 from hw import EngineConfigError
 from hw.eie import Engine
-from images.eie import EieParams, EieSizes, bucket, build_rom, image_sizes
+from images.eie import EieParams, EieSizes, bucket, build_rom, has_conv, image_sizes, sizes_of
 from tb import fastbench
 from tb import sim as tbsim
 from tb.pysim import run_engine
@@ -49,6 +50,24 @@ def test_sizes_checked_and_bucketed():
         Engine(rom, sizes=need)
     assert [bucket(n) for n in (1, 16, 17, 100, 1000, 25088)] == [1, 16, 18, 104, 1024, 26624]
     assert all(bucket(n) >= n and bucket(n) <= n * 9 // 8 + 1 for n in range(1, 5000))
+
+
+def test_loadable_refuses_conv_layers():
+    """The loadable engine runs fully connected networks only: a CNN is refused up front (the
+    engine, the image's sizes, the RTL build) and runs on the fixed engine (tests/test_hw_conv.py
+    and tests/test_tb_conv.py; `tb run` picks the fixed engine for it)."""
+    rom = build_rom(random_cnn((1, 6, 6), [(3, 3, 1, 1, 2)], [4], seed=2, density=0.5, shift=9),
+                    pes=2)
+    assert has_conv(rom) and not has_conv(build_rom(random_qnet((8, 4), seed=1), pes=2))
+    with pytest.raises(EngineConfigError, match="fully connected networks only"):
+        Engine(rom, loadable=True)
+    with pytest.raises(EngineConfigError, match="one word a beat"):
+        Engine(rom, io_lanes=2)
+    with pytest.raises(ValueError, match="fully connected networks only"):
+        sizes_of(rom, EieParams(loadable=True))
+    with pytest.raises(InputError, match="fully connected networks only"):
+        tbsim.build(rom, EieParams(loadable=True))
+    Engine(rom)  # the fixed engine takes it
 
 
 def _pair(pes=4, sizes=(24, 17, 9)):

@@ -396,6 +396,7 @@ def main(argv=None) -> int:
         if not data_dir:
             raise InputError("no MNIST directory: pass --data DIR or set MNIST_DIR")
         qnet, name = load_model(a.model, board=True)
+        qnet.require_fc("the board")
         x, labels = _digits(qnet, a.count, data_dir)
         img = build_image(qnet, a.engine, a.pes)
         print(f"{name}: {a.engine} engine, {a.pes} PEs, {a.count} digits, {a.sim}", flush=True)

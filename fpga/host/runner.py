@@ -209,6 +209,7 @@ def run_cli(args) -> int:
         check_output(args.out)
 
     qnet, name = load_model(args.model, board=True)  # what the bitstream is built for
+    qnet.require_fc("the board")  # its link and weight load carry fc layers only
     x, labels, noun, what = _inputs(args, qnet)
     print(f"model: {name}")
     print(what)

@@ -49,6 +49,7 @@ from amaranth.lib.wiring import In, Out
 from images.eie import EieSizes, PEImage, pe_memory_map, pe_table_fields
 
 from ..blocks import bits, post_process, post_process_var, slot_sequencer
+from ..convfe import conv_bcast_layout
 from ..frontend import bcast_layout
 from ..memory import MemoryFactory, MemorySpec
 from ..queue import ActQueue, PairQueue
@@ -77,7 +78,7 @@ class PE(wiring.Component):
     def __init__(self, img: PEImage, *, col_bits: int, row_bits: int, queue_depth: int = 8,
                  acc_bits: int = 32, sparse: bool = True, memories: MemoryFactory | None = None,
                  issue_width: int = 1, specs: list[MemorySpec] | None = None,
-                 sizes: EieSizes | None = None):
+                 sizes: EieSizes | None = None, sub_bits: int = 0):
         if issue_width not in (1, 2):
             raise ValueError(f"issue_width must be 1 or 2, not {issue_width!r}")
         self.issue_width = issue_width
@@ -90,26 +91,32 @@ class PE(wiring.Component):
         self.row_bits = row_bits
         self.ptr_bits = img.ptr_bits
         self.sizes = sizes
+        self.sub_bits = sub_bits  # > 0 with conv layers: the sub-position of a column
         L = self.num_layers
         # the PE's memories (`images.eie.pe_memory_map`; the engine passes its part of the
         # engine's map)
         self.specs = specs if specs is not None else pe_memory_map(
             img, acc_bits=acc_bits, issue_width=issue_width, sizes=sizes)
+        layout = (conv_bcast_layout(col_bits + 1, sub_bits) if sub_bits
+                  else bcast_layout(col_bits + 1))
         if issue_width == 1:
-            bcast = {"bc": In(stream.Signature(bcast_layout(col_bits + 1)))}
+            bcast = {"bc": In(stream.Signature(layout))}
         else:  # up to two columns a cycle, sent only within `room` (no back-pressure)
-            bcast = {"bcw": In(data.ArrayLayout(bcast_layout(col_bits + 1), 2)),
+            bcast = {"bcw": In(data.ArrayLayout(layout, 2)),
                      "bcw_valid": In(2), "room": Out(range(3))}
         super().__init__({
             "layer": In(range(max(L, 2))),
+            "bank": In(1),  # the accumulator bank computed into (the step's parity)
             **bcast,
             "idle": Out(1),
             # drain: read row drain_row of layer drain_layer from bank drain_layer % 2, output it
             "drain_valid": In(1),
             "drain_row": In(row_bits),
             "drain_layer": In(range(max(L, 2))),
-            # preload: a cycle later write bias[preload_layer][drain_row] (0 past its rows) into
-            # the same row of bank drain_layer % 2 (the engine uses preload_layer = layer + 2)
+            "drain_bank": In(1),  # the bank drained (and preloaded)
+            # preload: a cycle later write bias[preload_layer][row] into the same row of bank
+            # drain_bank (the engine preloads the step two ahead; row: drain_row, or for a conv
+            # layer its output row drain_row >> sub_bits, 0 for a channel it does not have)
             "preload_valid": In(1),
             "preload_layer": In(range(L + 2)),
             "y": Out(signed(16)),
@@ -135,7 +142,7 @@ class PE(wiring.Component):
         else:
             self._pointer_stage2(m, c, ports["ptr_even"].read, ports["ptr_odd"].read)
         # ---- s_: sequencer (hw/blocks.py) ----------------------------------------------------
-        c.s = slot_sequencer(m, c.seq_src, self.ptr_bits)
+        c.s = slot_sequencer(m, c.seq_src, self.ptr_bits, sub_bits=self.sub_bits)
         m.d.comb += c.ent.addr.eq(c.s.addr)
         self._entry_and_mac(m, c, ports["codebook"].read[0])
         self._drain(m, c, ports["bias"].read[0])
@@ -195,7 +202,7 @@ class PE(wiring.Component):
         read port of the two pointer banks, into a queue written with up to two columns."""
         img, base = self.img, c.ptr_base_of(self.layer)
         depth = self.queue_depth
-        m.submodules.queue = c.queue = queue = PairQueue(column_layout(self.ptr_bits),
+        m.submodules.queue = c.queue = queue = PairQueue(column_layout(self.ptr_bits, self.sub_bits),
                                                          depth=depth)
         prs = []
         for j in range(2):
@@ -203,7 +210,7 @@ class PE(wiring.Component):
             pr = PointerRead(
                 col_bits=len(self.bcw[j].col), base_bits=bits(len(img.ptr) + 1),
                 ptr_bits=self.ptr_bits, even_addr_bits=len(pev.addr),
-                odd_addr_bits=len(pod.addr))
+                odd_addr_bits=len(pod.addr), sub_bits=self.sub_bits)
             m.submodules[f"pointer{j}"] = pr
             m.d.comb += [
                 pr.i.valid.eq(self.bcw_valid[j]),
@@ -220,7 +227,7 @@ class PE(wiring.Component):
         # sequencer when it can take it (a cycle earlier); the other one is queued
         src = SimpleNamespace(o=SimpleNamespace(
             valid=Signal(name="src_valid"), ready=Signal(name="src_ready"),
-            payload=Signal(column_layout(self.ptr_bits), name="src_payload")))
+            payload=Signal(column_layout(self.ptr_bits, self.sub_bits), name="src_payload")))
         c.seq_src = src
         empty = queue.level == 0
         lane0 = prs[0].o.valid
@@ -244,11 +251,12 @@ class PE(wiring.Component):
         """p_: pointer read (hw/eie/pointer.py) into the column queue."""
         img = self.img
         depth = self.queue_depth
-        m.submodules.queue = c.queue = queue = ActQueue(column_layout(self.ptr_bits),
+        m.submodules.queue = c.queue = queue = ActQueue(column_layout(self.ptr_bits, self.sub_bits),
                                                         depth=depth)
         m.submodules.pointer = c.pr = pr = PointerRead(
             col_bits=len(self.bc.payload.col), base_bits=bits(len(img.ptr) + 1),
-            ptr_bits=self.ptr_bits, even_addr_bits=len(pev.addr), odd_addr_bits=len(pod.addr))
+            ptr_bits=self.ptr_bits, even_addr_bits=len(pev.addr), odd_addr_bits=len(pod.addr),
+            sub_bits=self.sub_bits)
         wiring.connect(m, wiring.flipped(self.bc), pr.i)
         c.pr_busy = pr.busy
         c.seq_src = queue
@@ -277,6 +285,19 @@ class PE(wiring.Component):
         with m.If(e_valid):
             m.d.sync += row_reg.eq(e_row)
         e_hit = e_valid & ((e_v != 0) if self.sparse else 1)
+        # the accumulator address: the row, and for a conv layer the column's sub-position in
+        # the low bits (row << sub_bits | sub: every sub-position its own block of rows)
+        e_addr = Signal(self.row_bits, name="e_addr")
+        sbs = self._sub_bits_table()
+        if self.sub_bits:
+            e_sub = Signal(self.sub_bits, name="e_sub")
+            m.d.sync += e_sub.eq(s.sub)
+            with m.Switch(sbs[self.layer]):
+                for sb in sorted(set(self._layer_sub_bits())):
+                    with m.Case(sb):
+                        m.d.comb += e_addr.eq((e_row << sb) | (e_sub[:sb] if sb else 0))
+        else:
+            m.d.comb += e_addr.eq(e_row)
         m.submodules.codebook = dec = CodebookDecoder(index_bits=ib, layers=self.num_layers,
                                                       addr_bits=len(cb.addr))
         m.d.comb += [dec.layer.eq(self.layer), dec.v.eq(e_v),
@@ -286,7 +307,7 @@ class PE(wiring.Component):
                                              sparse=self.sparse)
         m.d.comb += [
             mac.i.valid.eq(e_hit),
-            mac.i.payload.row.eq(e_row),  # the row is the accumulator address: truncated
+            mac.i.payload.row.eq(e_addr),  # the accumulator address: truncated
             mac.i.payload.value.eq(e_value),
             mac.weight.eq(dec.weight),
             c.acc_r_addr.eq(mac.acc_rd.addr),
@@ -296,36 +317,106 @@ class PE(wiring.Component):
             c.acc_w_en.eq(mac.acc_wr.en),
         ]
 
+    def _layer_sub_bits(self) -> list[int]:
+        """Each layer's sub-position bits (0 for fc)."""
+        from images.conv import ConvGeom
+
+        return [ConvGeom(*g).sub_bits if g else 0 for g in (self.img.geoms or
+                                                              [()] * self.num_layers)]
+
+    def _sub_bits_table(self):
+        sbs = self._layer_sub_bits() + [0, 0, 0]
+        return Array(Const(v, range(max(sbs) + 1)) for v in sbs)
+
     def _drain(self, m, c, bias):
-        """Output stage (hw/blocks.py `post_process`); preload of the drained row, layer + 2."""
-        banks = c.banks
+        """Output stage (hw/blocks.py `post_process`); preload of the drained row, step + 2.
+
+        A conv layer's rows are drained in address order, row r's sub-positions one after
+        another (r << sub_bits | s): their maximum is kept (the pooling) and the output comes
+        with the last one; its channels this PE does not have are drained too, as zeros (the
+        preload writes 0 there), so every word of the map is written. (Conv layers only in a
+        fixed engine: a loadable one refuses them, so its constants are all fc ones.)"""
+        from images.conv import ConvGeom
+
+        img, L, banks = self.img, self.num_layers, c.banks
+        geoms = [ConvGeom(*g) if g else None for g in (img.geoms or [()] * L)]
+        pool = any(g is not None and g.subs > 1 for g in geoms)
+        conv = any(g is not None for g in geoms)
         d_valid = Signal(name="d_valid")
         c.d_pre = d_pre = Signal(name="d_pre")
         c.d_row = d_row = Signal(self.row_bits, name="d_row")
         d_layer = Signal.like(self.drain_layer, name="d_layer")
         d_pl_layer = Signal.like(self.preload_layer, name="d_pl_layer")
         c.d_bank_r = Signal(name="d_bank_r")
-        m.d.comb += bias.addr.eq(c.bias_base_of(self.preload_layer) + self.drain_row)
+        sbs = self._sub_bits_table()
+        if conv:
+            # the bias of the preloaded layer's row: row >> sub_bits for a conv layer
+            pl_row = Signal(self.row_bits, name="pl_row")
+            with m.Switch(sbs[self.preload_layer]):
+                for sb in sorted(set(self._layer_sub_bits())):
+                    with m.Case(sb):
+                        m.d.comb += pl_row.eq(self.drain_row >> sb)
+            m.d.comb += bias.addr.eq(c.bias_base_of(self.preload_layer) + pl_row)
+        else:
+            m.d.comb += bias.addr.eq(c.bias_base_of(self.preload_layer) + self.drain_row)
         m.d.sync += [d_valid.eq(self.drain_valid), d_pre.eq(self.preload_valid),
                      d_row.eq(self.drain_row), d_layer.eq(self.drain_layer),
-                     d_pl_layer.eq(self.preload_layer), c.d_bank_r.eq(self.drain_layer[0])]
+                     d_pl_layer.eq(self.preload_layer), c.d_bank_r.eq(self.drain_bank)]
         d_acc = Signal(signed(self.acc_bits), name="d_acc")
         m.d.comb += d_acc.eq(Mux(c.d_bank_r, banks[1].read[0].data, banks[0].read[0].data))
-        m.d.comb += self.y.eq(c.out_rule(d_acc, d_layer))
+        out_acc = d_acc
+        y_ok = d_valid & (d_row < c.rows_of(0, d_layer))
+        if conv:
+            out_rows = Array(Const(int(v), unsigned(self.row_bits + 1))
+                             for v in list(img.out_rows) + [0, 0, 0])
+            subs_t = Array(Const(g.subs if g else 1, range(max((g.subs for g in geoms if g),
+                                                               default=1) + 1))
+                           for g in geoms + [None, None])
+            is_conv = Array(Const(int(g is not None), 1) for g in geoms + [None, None])
+            # the drained row's output row and sub-position
+            d_r = Signal(self.row_bits, name="d_r")
+            d_s = Signal(max(1, self.sub_bits), name="d_s")
+            with m.Switch(sbs[d_layer]):
+                for sb in sorted(set(self._layer_sub_bits())):
+                    with m.Case(sb):
+                        m.d.comb += [d_r.eq(d_row >> sb), d_s.eq(d_row[:sb] if sb else 0)]
+            if pool:
+                # the running maximum over a row's sub-positions (the golden model's pooling
+                # of the wrapped accumulators)
+                d_max = Signal(signed(self.acc_bits), name="d_max")
+                out_acc = Signal(signed(self.acc_bits), name="d_pooled")
+                m.d.comb += out_acc.eq(Mux((d_s == 0) | (d_acc > d_max), d_acc, d_max))
+                with m.If(d_valid):
+                    m.d.sync += d_max.eq(out_acc)
+            y_conv = d_valid & (d_s == subs_t[d_layer] - 1) & (d_r < out_rows[d_layer])
+            y_ok = Mux(is_conv[d_layer], y_conv, y_ok)
+        m.d.comb += self.y.eq(c.out_rule(out_acc, d_layer))
         m.d.comb += [
-            self.y_valid.eq(d_valid & (d_row < c.rows_of(0, d_layer))),
+            self.y_valid.eq(y_ok),
             self.y_row.eq(d_row),
         ]
         c.d_bias = Signal(self.acc_bits, name="d_bias")
         # only rows the preloaded layer has (the bank may be shallower)
         c.d_pl_en = Signal(name="d_pl_en")
-        m.d.comb += [c.d_bias.eq(bias.data.as_signed()),
-                     c.d_pl_en.eq(d_row < c.rows_of(1, d_pl_layer))]
+        if conv:
+            # a conv layer's rows of channels this PE does not have get 0 (drained as zeros)
+            pl_r = Signal(self.row_bits, name="pl_r")
+            with m.Switch(sbs[d_pl_layer]):
+                for sb in sorted(set(self._layer_sub_bits())):
+                    with m.Case(sb):
+                        m.d.comb += pl_r.eq(d_row >> sb)
+            own = pl_r < c.rows_of(1, d_pl_layer)
+            m.d.comb += [c.d_bias.eq(Mux(own, bias.data.as_signed(), 0)),
+                         c.d_pl_en.eq(Mux(is_conv[d_pl_layer], pl_r < out_rows[d_pl_layer],
+                                          d_row < c.rows_of(1, d_pl_layer)))]
+        else:
+            m.d.comb += [c.d_bias.eq(bias.data.as_signed()),
+                         c.d_pl_en.eq(d_row < c.rows_of(1, d_pl_layer))]
 
     def _banks(self, m, c):
         """Bank muxing: the engine never computes into the bank being drained."""
-        c_bank = self.layer[0]  # compute bank
-        d_bank = self.drain_layer[0]  # drain bank (the other one while both are active)
+        c_bank = self.bank  # compute bank
+        d_bank = self.drain_bank  # drain bank (the other one while both are active)
         banks = c.banks
         for b, bank in enumerate(banks):
             rp, wp = bank.read[0], bank.write[0]

@@ -20,12 +20,17 @@ from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..convfe import conv_bcast_layout
 from ..frontend import bcast_layout
 
 
-def column_layout(ptr_bits: int) -> data.StructLayout:
-    """A column as queued for the sequencer: its activation and its entry range."""
-    return data.StructLayout({"value": signed(16), "start": ptr_bits, "end": ptr_bits})
+def column_layout(ptr_bits: int, sub_bits: int = 0) -> data.StructLayout:
+    """A column as queued for the sequencer: its activation and its entry range (and, with
+    conv layers, its sub-position: which block of accumulator rows, `images.conv`)."""
+    fields = {"value": signed(16), "start": ptr_bits, "end": ptr_bits}
+    if sub_bits:
+        fields["sub"] = sub_bits
+    return data.StructLayout(fields)
 
 
 class PointerRead(wiring.Component):
@@ -36,20 +41,22 @@ class PointerRead(wiring.Component):
     """
 
     def __init__(self, *, col_bits: int, base_bits: int, ptr_bits: int, even_addr_bits: int,
-                 odd_addr_bits: int):
+                 odd_addr_bits: int, sub_bits: int = 0):
         for name, v in (("col_bits", col_bits), ("base_bits", base_bits),
                         ("ptr_bits", ptr_bits), ("even_addr_bits", even_addr_bits),
                         ("odd_addr_bits", odd_addr_bits)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, not {v!r}")
         self.base_bits = base_bits
+        self.sub_bits = sub_bits
+        layout = conv_bcast_layout(col_bits, sub_bits) if sub_bits else bcast_layout(col_bits)
         super().__init__({
             "base": In(base_bits),
-            "i": In(stream.Signature(bcast_layout(col_bits))),
+            "i": In(stream.Signature(layout)),
             "credit": In(1),
             "even": In(memory.ReadPort.Signature(addr_width=even_addr_bits, shape=ptr_bits)),
             "odd": In(memory.ReadPort.Signature(addr_width=odd_addr_bits, shape=ptr_bits)),
-            "o": Out(stream.Signature(column_layout(ptr_bits), always_ready=True)),
+            "o": Out(stream.Signature(column_layout(ptr_bits, sub_bits), always_ready=True)),
             "busy": Out(1),  # a column is in this stage (the consumer's credit counts it)
         })
 
@@ -66,6 +73,10 @@ class PointerRead(wiring.Component):
         ]
         m.d.sync += [self.busy.eq(self.i.valid & self.i.ready), p_odd.eq(p_addr[0]),
                      p_value.eq(self.i.payload.value)]
+        if self.sub_bits:
+            p_sub = Signal(self.sub_bits)
+            m.d.sync += p_sub.eq(self.i.payload.sub)
+            m.d.comb += self.o.payload.sub.eq(p_sub)
         p_start = Mux(p_odd, self.odd.data, self.even.data)
         p_end = Mux(p_odd, self.even.data, self.odd.data)
         m.d.comb += [
