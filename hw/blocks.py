@@ -83,34 +83,44 @@ def check_queue_depth(queue_depth) -> None:
             f"queue_depth must be an integer 1..{MAX_DEPTH}, not {queue_depth!r}")
 
 
+def io_shape(lanes: int = 1):
+    """The payload of i_act and o_act: an int16 word, or `lanes` of them a beat (lane j is
+    word j of the beat: a vector's words in order, the last beat padded)."""
+    return signed(16) if lanes == 1 else data.ArrayLayout(signed(16), lanes)
+
+
 class EngineSignature(wiring.Signature):
     """The ports of every engine, seen from the engine.
 
-    i_act: input activations, in_0 int16 words in column order (valid/ready).
-    o_act: output activations, out_{L-1} int16 words in row order (valid/ready).
+    i_act: input activations, in_0 int16 words in column order (valid/ready), `lanes` words a
+    beat (`io_shape`).
+    o_act: output activations, out_{L-1} int16 words in row order (valid/ready), likewise.
     cycles: first input word accepted -> last output word delivered, inclusive.
     layer_cycles: per layer, the cycles the engine spent on it (each engine says which).
     busy: between the first input word and the last output word.
     """
 
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int, lanes: int = 1):
         self.num_layers = num_layers
+        self.lanes = lanes
         super().__init__({
-            "i_act": In(stream.Signature(signed(16))),
-            "o_act": Out(stream.Signature(signed(16))),
+            "i_act": In(stream.Signature(io_shape(lanes))),
+            "o_act": Out(stream.Signature(io_shape(lanes))),
             "cycles": Out(32),
             "layer_cycles": Out(data.ArrayLayout(32, num_layers)),
             "busy": Out(1),
         })
 
     def __eq__(self, other):
-        return type(other) is type(self) and other.num_layers == self.num_layers
+        return (type(other) is type(self) and other.num_layers == self.num_layers
+                and other.lanes == self.lanes)
 
     def __hash__(self):
-        return hash((type(self), self.num_layers))
+        return hash((type(self), self.num_layers, self.lanes))
 
     def __repr__(self):
-        return f"EngineSignature({self.num_layers})"
+        return (f"EngineSignature({self.num_layers})" if self.lanes == 1
+                else f"EngineSignature({self.num_layers}, lanes={self.lanes})")
 
 
 # ---- the output rule: acc -> int16 (rounding shift, saturation, ReLU) -------------------------
@@ -160,21 +170,44 @@ def post_process(acc, shift: int, relu: bool):
     return saturate(q17, r, fits, acc[-1], relu)
 
 
+def post_process_var(acc, shift, relu):
+    """The output rule with the shift and ReLU known only at run time (a loadable engine's
+    layer table): `shift` an unsigned value 0..62, `relu` one bit; an int16 expression. The
+    pieces of `round_shift` from an arithmetic shift: acc >> shift cut to 17 bits, the rounding
+    bit acc[shift - 1] (acc's sign past its top bit; none for shift 0), and whether acc >> shift
+    fits 17 bits (its bits from 16 up all equal)."""
+    acc_s = acc.as_signed()
+    shift = shift.as_unsigned()
+    sh = acc_s >> shift
+    top = sh >> 16
+    fits = (top == 0) | (top == -1)
+    r = Mux(shift == 0, 0, (acc_s >> (shift - 1).as_unsigned())[0])
+    return saturate(sh[:17], r, fits, acc_s[-1], relu)
+
+
 # ---- input/output of the activation RAMs and the counters -------------------------------------
 
 
 class _StreamOut:
     """What `ActIO` and `BankedIO` share: the PE and word of the current row (`sel`, `word`,
     stepped by `next_word`) and the body of the OUTPUT state (`_send`). Built into the engine's
-    module `m`; `act_r` are the PEs' activation read ports, `cnt` counts output words."""
+    module `m`; `act_r` are the PEs' activation read ports, `cnt` counts output words.
+
+    With `lanes` words a beat (a divisor of the PEs) a beat is the rows sel .. sel + lanes - 1
+    of word `word`: one read of each of those PEs' RAMs, and `sel` steps by `lanes`."""
+
+    lanes = 1
+    out_n = None  # the output words (default: the engine's out_features)
 
     out_block = 0  # > 0: outputs in CHAN order, `out_block` words a channel (a conv layer's)
 
     def next_word(self, out: bool = False) -> None:
         """The next input word, or output word (`out`): PE by PE then word (FLAT), or for a
-        conv last layer word by word in a channel's block, then PE, then channel group."""
-        m = self.m
+        conv last layer word by word in a channel's block, then PE, then channel group (one
+        word a beat: the engine refuses lanes > 1 with a conv last layer)."""
+        m, w = self.m, self.lanes
         if out and self.out_block:
+            assert w == 1, "CHAN output order is one word a beat"
             blk = self.out_block
             with m.If(self._o_s == blk - 1):
                 m.d.sync += self._o_s.eq(0)
@@ -186,10 +219,10 @@ class _StreamOut:
             with m.Else():
                 m.d.sync += [self._o_s.eq(self._o_s + 1), self.word.eq(self.word + 1)]
             return
-        with m.If(self.sel == self.eng.pes - 1):
+        with m.If(self.sel == self.eng.pes - w):
             m.d.sync += [self.sel.eq(0), self.word.eq(self.word + 1)]
         with m.Else():
-            m.d.sync += self.sel.eq(self.sel + 1)
+            m.d.sync += self.sel.eq(self.sel + w)
 
     def _out_order(self, out_block: int) -> None:
         """Counters of the CHAN output order (`next_word`), for a conv last layer."""
@@ -207,24 +240,29 @@ class _StreamOut:
     def _send(self, addr):
         """Row `cnt` from PE `sel` at `addr()` to `o_act`; reads run a word ahead of `o_act`
         (the RAMs' read latency). Returns "the last output word is taken this cycle"."""
-        m, eng, cnt = self.m, self.eng, self.cnt
-        n, out_n = eng.pes, eng.out_features
+        m, eng, cnt, w = self.m, self.eng, self.cnt, self.lanes
+        n = eng.pes
+        out_n = eng.out_features if self.out_n is None else self.out_n
         fetch = ~self.o_valid | eng.o_act.ready
         for k in range(n):
             m.d.comb += [self.act_r[k].en.eq(fetch), self.act_r[k].addr.eq(addr())]
         with m.If(fetch):
             with m.If(cnt < out_n):
-                m.d.sync += [self.o_valid.eq(1), self.o_sel.eq(self.sel), cnt.eq(cnt + 1)]
+                m.d.sync += [self.o_valid.eq(1), self.o_sel.eq(self.sel), cnt.eq(cnt + w)]
                 self.next_word(out=True)
             with m.Else():
                 m.d.sync += self.o_valid.eq(0)
         m.d.comb += eng.o_act.valid.eq(self.o_valid)
         with m.Switch(self.o_sel):
-            for k in range(n):
+            for k in range(0, n, w):
                 with m.Case(k):
-                    m.d.comb += eng.o_act.payload.eq(self.act_r[k].data.as_signed())
-        # the last word is delivered when cnt == out_n and it is taken
-        return self.o_valid & eng.o_act.ready & (cnt == out_n)
+                    if w == 1:
+                        m.d.comb += eng.o_act.payload.eq(self.act_r[k].data.as_signed())
+                    else:
+                        m.d.comb += [eng.o_act.payload[j].eq(self.act_r[k + j].data.as_signed())
+                                     for j in range(w)]
+        # the last word is delivered when cnt has reached out_n and it is taken
+        return self.o_valid & eng.o_act.ready & (cnt >= out_n)
 
 
 class ActIO(_StreamOut):
@@ -239,18 +277,28 @@ class ActIO(_StreamOut):
 
     `run` is set from the first input word to the last output word; `cnt` counts words, `sel`
     and `word` are the PE and word of the current column or row.
+
+    lanes: words a beat on i_act and o_act (a divisor of the PEs; `EngineSignature`);
+    in_n, out_n: the input and output words, when the engine knows them only at run time (a
+    loadable engine's layer table; default: its in_features and out_features); max_words:
+    the most either can be.
     """
 
-    def __init__(self, m, eng, *, act_r, act_w, cyc, lc, cnt_limit: int, out_block: int = 0):
+    def __init__(self, m, eng, *, act_r, act_w, cyc, lc, cnt_limit: int, lanes: int = 1,
+                 in_n=None, out_n=None, max_words: int | None = None, out_block: int = 0):
         self.m = m
         self.eng = eng
         self.act_r = act_r
         self.act_w = act_w
         self.cyc = cyc
         self.lc = lc
+        self.lanes = lanes
+        self.in_n = eng.in_features if in_n is None else in_n
+        self.out_n = eng.out_features if out_n is None else out_n
         n = eng.pes
+        top = max(eng.in_features, eng.out_features) if max_words is None else max_words
         self.run = Signal()
-        self.cnt = Signal(range(max(eng.in_features, eng.out_features, cnt_limit, 2) + 2))
+        self.cnt = Signal(range(max(top + lanes, cnt_limit, 2) + 2))
         self.sel = Signal(range(max(n, 2)))  # PE of the current word
         self.word = Signal(range(max(eng.act_words, 2) + 1))  # word within the PE
         self.o_valid = Signal()
@@ -267,20 +315,22 @@ class ActIO(_StreamOut):
 
         `last()` runs in the cycle the last input word is taken.
         """
-        m, eng, cnt = self.m, self.eng, self.cnt
+        m, eng, cnt, w = self.m, self.eng, self.cnt, self.lanes
         m.d.comb += eng.i_act.ready.eq(1)
         for k in range(eng.pes):
+            word = eng.i_act.payload if w == 1 else eng.i_act.payload[k % w]
+            mine = (self.sel == k) if w == 1 else (self.sel == k - k % w)
             m.d.comb += [self.act_w[k].addr.eq(addr(self.word)),
-                         self.act_w[k].data.eq(eng.i_act.payload),
-                         self.act_w[k].en.eq(eng.i_act.valid & (self.sel == k))]
+                         self.act_w[k].data.eq(word),
+                         self.act_w[k].en.eq(eng.i_act.valid & mine)]
         with m.If(eng.i_act.valid):
             with m.If(cnt == 0):
                 m.d.sync += [self.run.eq(1), self.cyc.eq(1), eng.busy.eq(1)]
                 for i in range(eng.num_layers):
                     m.d.sync += self.lc[i].eq(0)
-            m.d.sync += cnt.eq(cnt + 1)
+            m.d.sync += cnt.eq(cnt + w)
             self.next_word()
-            with m.If(cnt == eng.in_features - 1):
+            with m.If(cnt + w >= self.in_n):
                 last()
 
     def output(self, addr, last) -> None:

@@ -14,8 +14,10 @@ Port contract (what the engine drives and expects):
   `data` valid in the cycle after the edge that sampled `addr`;
 * write ports: `addr`, `data`, `en` (write at the clock edge).
 
-`kind` is ``"rom"`` (init only, never written: entries, pointers, bias, codebook) or ``"ram"``
-(written by the engine: accumulators, activation buffers). A ``"ram"`` with one read and one
+`kind` is ``"rom"`` (init only, never written: entries, pointers, bias, codebook), ``"ram"``
+(written by the engine: accumulators, activation buffers) or ``"table"`` (a loadable engine's
+per-layer constants: never written, read asynchronously, `data` valid in the same cycle as
+`addr`; no `en`). A ``"ram"`` with one read and one
 write port is read and written in the same cycle (at different addresses, except where the
 engine forwards), so it needs a simple dual-port primitive (EBR), not a single-port SPRAM.
 """
@@ -39,14 +41,26 @@ class MemoryPorts:
 
 
 class MemoryFactory:
-    """Default: `amaranth.lib.memory.Memory`, one per spec, added to the module under its name."""
+    """Default: `amaranth.lib.memory.Memory`, one per spec, added to the module under its name.
+
+    `block(m, name, make)` adds a block an engine repeats (the EIE engine's PEs): the default
+    makes each one (`make(self)`, its memories made by this factory) and adds it as a submodule;
+    a factory for the simulators may make one Verilog module and instantiate it for every copy
+    (`hw.simmem`). The engine uses only the ports of what it gets back.
+    """
+
+    def block(self, m: Module, name: str, make):
+        blk = make(self)
+        m.submodules[name] = blk
+        return blk
 
     def __call__(self, m: Module, spec: MemorySpec) -> MemoryPorts:
         # A depth-1 Memory has 0-bit addresses; the engine drives `spec.addr_width` (>= 1) bits,
         # so a one-word memory (a PE with one row, a one-column layer) gets a second, unused word.
         mem = Memory(shape=unsigned(spec.width), depth=max(2, spec.depth), init=list(spec.init))
         m.submodules[spec.name.replace(".", "_")] = mem
-        read = [mem.read_port(domain="sync") for _ in range(spec.read_ports)]
+        domain = "comb" if spec.kind == "table" else "sync"
+        read = [mem.read_port(domain=domain) for _ in range(spec.read_ports)]
         write = [mem.write_port() for _ in range(spec.write_ports)]
         return MemoryPorts(read=read, write=write)
 

@@ -324,6 +324,11 @@ def rom_geoms(rom) -> list:
     return [conv.ConvGeom(*rl.geom) if rl.geom else None for rl in rom.layers]
 
 
+def has_conv(img) -> bool:
+    """Whether an image has conv layers (a loadable engine refuses them: `sizes_of`)."""
+    return any(getattr(rl, "geom", ()) for rl in img.layers)
+
+
 def column_maps_of(img) -> tuple[list[np.ndarray], list[int]]:
     """(column maps, logical column counts) of an image's layers (`images.conv`)."""
     geoms = rom_geoms(img)
@@ -481,12 +486,47 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8)
 
 
 @dataclass(frozen=True)
+class EieSizes:
+    """The memories of a loadable EIE engine, per PE: what networks it can take.
+
+    entries: entry words (fillers included, all layers); pointers: column pointers (in_i + 1
+    per layer); biases: bias words (the PE's rows of every layer); rows: accumulator rows (the
+    most rows of one layer in a PE); act_words: activation words per bank (the widest layer
+    input or output over N PEs). `image_sizes` gives what an image needs, `bucketed` rounds
+    them up so that similar networks share one engine.
+    """
+
+    entries: int
+    pointers: int
+    biases: int
+    rows: int
+    act_words: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def covers(self, other: "EieSizes") -> bool:
+        return all(getattr(self, f) >= getattr(other, f) for f in self.as_dict())
+
+
+@dataclass(frozen=True)
 class EieParams(EngineParams):
-    """The EIE engine's parameters (`hw.eie.Engine` takes them as keywords)."""
+    """The EIE engine's parameters (`hw.eie.Engine` takes them as keywords).
+
+    loadable: every per-network constant (layer sizes, shifts, ReLUs, bases) in small table
+    memories beside the weights, so the engine's logic depends on its shape alone (PEs, layer
+    count, index and relative-index bits, memory sizes) and one simulator serves every network
+    of that shape; sizes: the memory sizes of a loadable engine (None: the image's own,
+    `bucketed`). io_lanes: int16 words a beat on i_act and o_act, a divisor of the PEs (None:
+    one per PE).
+    """
 
     queue_depth: int = 8  # columns queued per PE (1..64)
     sparse: bool = True  # False: the dense baseline (every weight an entry, every column sent)
     issue_width: int | None = None  # columns the front end sends a cycle; None: the default
+    loadable: bool = False  # per-network constants in memories: logic by shape alone
+    sizes: EieSizes | None = None  # a loadable engine's memory sizes (None: the image's)
+    io_lanes: int | None = 1  # words a beat on i_act/o_act (None: one per PE)
 
 
 @dataclass
@@ -571,16 +611,139 @@ def issue_width(rom: RomImage, params: EieParams) -> int:
     return default_issue_width(rom.pes) if params.issue_width is None else params.issue_width
 
 
-def pe_memory_map(img: PEImage, *, acc_bits: int = 32, issue_width: int = 1
-                  ) -> list[MemorySpec]:
+def io_lanes(rom: RomImage, params: EieParams) -> int:
+    """int16 words a beat on i_act and o_act: the parameter, else one per PE."""
+    return rom.pes if params.io_lanes is None else params.io_lanes
+
+
+def image_sizes(rom: RomImage, *, sparse: bool = True) -> EieSizes:
+    """The memory sizes the image needs (the dense baseline's from its dense PE images)."""
+    imgs = pe_images(rom, sparse=sparse)
+    return EieSizes(entries=max(1, max(len(i.entries) for i in imgs)),
+                    pointers=max(1, max(len(i.ptr) for i in imgs)),
+                    biases=max(1, max(len(i.bias) for i in imgs)),
+                    rows=max(1, max(max(i.rows) for i in imgs)),
+                    act_words=act_words(rom))
+
+
+def bucket(n: int) -> int:
+    """n rounded up to m * 2**k with m in 8..15 (at most 1/8 more; small n exact)."""
+    n = max(1, int(n))
+    if n <= 16:
+        return n
+    step = 1 << (n.bit_length() - 4)
+    return -(-n // step) * step
+
+
+def bucketed(sizes: EieSizes) -> EieSizes:
+    """`sizes` with every field rounded up by `bucket`: networks whose needs differ by a few
+    per cent get the same sizes, so one compiled simulator serves them all."""
+    return EieSizes(**{k: bucket(v) for k, v in sizes.as_dict().items()})
+
+
+def sizes_of(rom: RomImage, params: EieParams) -> EieSizes | None:
+    """The memory sizes of the engine `params` make for `rom`: None unless loadable; the
+    parameter's, else the image's own, bucketed."""
+    if not params.loadable:
+        return None
+    if has_conv(rom):
+        raise ValueError("the loadable EIE engine runs fully connected networks only: this one "
+                         "has conv layers")
+    return params.sizes or bucketed(image_sizes(rom, sparse=params.sparse))
+
+
+def padded_images(rom: RomImage, sizes: EieSizes, *, sparse: bool = True) -> list[PEImage]:
+    """The PE images with their entries, pointers and biases padded with zeros to `sizes`
+    (never read: past the last pointer, past the last layer, past a PE's rows) and every PE's
+    row count raised to sizes.rows for the memory map; ValueError naming what does not fit."""
+    need = image_sizes(rom, sparse=sparse)
+    if not sizes.covers(need):
+        bad = [f"{k} {v:,} > {getattr(sizes, k):,}" for k, v in need.as_dict().items()
+               if v > getattr(sizes, k)]
+        raise ValueError(f"the network needs more than the engine's memories: {', '.join(bad)}")
+
+    def pad(a, n, dtype):
+        return np.concatenate([np.asarray(a, dtype), np.zeros(n - len(a), dtype)])
+
+    return [replace(img, entries=pad(img.entries, sizes.entries, np.uint32),
+                    ptr=pad(img.ptr, sizes.pointers, np.int64),
+                    bias=pad(img.bias, sizes.biases, np.int32))
+            for img in pe_images(rom, sparse=sparse)]
+
+
+# The per-layer constants of a loadable engine, one table word per layer (field, bits): a PE's
+# rows, first pointer and first bias of the layer, its shift and ReLU (`pe_table_fields`), and
+# the engine's in_features, groups (ceil(in / N)), drain rows (max(ceil(out_i / N),
+# ceil(out_{i+2} / N)): the drain of layer i also preloads layer i + 2), preload rows
+# (max(1, ceil(out_i / N))) and out_features (`engine_table_fields`). Index i >= L reads a
+# layer with no rows (0).
+SHIFT_BITS = 6  # shifts 0..62
+
+
+def pe_table_fields(sizes: EieSizes) -> list[tuple[str, int]]:
+    return [("rows", bits(sizes.rows)), ("ptr_base", bits(sizes.pointers)),
+            ("bias_base", bits(sizes.biases)), ("shift", SHIFT_BITS), ("relu", 1)]
+
+
+def engine_table_fields(sizes: EieSizes, pes: int) -> list[tuple[str, int]]:
+    w = bits(pes * sizes.act_words)
+    g = bits(sizes.act_words)
+    return [("in", w), ("groups", g), ("drain", g), ("pre", g), ("out", w)]
+
+
+def _pack(fields: list[tuple[str, int]], rows: list[dict]) -> tuple[int, ...]:
+    """Table words: the fields of each row, the first in the low bits."""
+    out = []
+    for r in rows:
+        word, at = 0, 0
+        for name, width in fields:
+            v = int(r.get(name, 0))
+            if not 0 <= v < (1 << width):
+                raise ValueError(f"table field {name} = {v} does not fit {width} bits")
+            word |= v << at
+            at += width
+        out.append(word)
+    return tuple(out)
+
+
+def pe_table(img: PEImage, sizes: EieSizes) -> MemorySpec:
+    """The PE's table of per-layer constants (L + 2 words: the drain preloads layer i + 2)."""
+    fields = pe_table_fields(sizes)
+    L = len(img.rows)
+    rows = [{"rows": img.rows[i], "ptr_base": img.ptr_base[i], "bias_base": img.bias_base[i],
+             "shift": img.shift[i], "relu": int(img.relu[i])} for i in range(L)] + [{}, {}]
+    return MemorySpec(f"pe{img.pe}.layers", "table", sum(w for _, w in fields), L + 2,
+                      _pack(fields, rows), read_ports=4)
+
+
+def engine_table(rom: RomImage, sizes: EieSizes) -> MemorySpec:
+    """The engine's table of per-layer constants (max(L, 2) words: PRELOAD reads layer 1)."""
+    n, L = rom.pes, rom.num_layers
+    outs = [rl.out_features for rl in rom.layers] + [0, 0]
+    rows = [{"in": rl.in_features, "groups": ceil_div(rl.in_features, n),
+             "drain": max(ceil_div(outs[i], n), ceil_div(outs[i + 2], n)),
+             "pre": max(1, ceil_div(outs[i], n)), "out": rl.out_features}
+            for i, rl in enumerate(rom.layers)]
+    if L < 2:
+        rows.append({"pre": 1})
+    fields = engine_table_fields(sizes, n)
+    return MemorySpec("layers", "table", sum(w for _, w in fields), max(L, 2),
+                      _pack(fields, rows), read_ports=5)
+
+
+def pe_memory_map(img: PEImage, *, acc_bits: int = 32, issue_width: int = 1,
+                  sizes: EieSizes | None = None) -> list[MemorySpec]:
     """The memories of one PE (`hw.eie.pe.PE`): entries, even/odd pointer banks (a read port
     per column looked up a cycle), biases, its codebook copy and two accumulator banks (layer i
-    accumulates into bank i % 2 while the previous layer is drained from the other)."""
+    accumulates into bank i % 2 while the previous layer is drained from the other); with
+    `sizes` (a loadable engine: `img` padded to them) its table of per-layer constants too."""
     L = len(img.rows)
     k = 1 << img.index_bits
     pe = img.pe
     words = [int(x) for x in img.ptr]
-    return [
+    # a loadable engine's (fc only) at its sizes; a conv layer's sub-position blocks
+    rows = sizes.rows if sizes is not None else max(img.acc_rows or img.rows)
+    specs = [
         MemorySpec(f"pe{pe}.entries", "rom", img.index_bits + img.rel_bits,
                    max(1, len(img.entries)), tuple(int(x) for x in img.entries)),
         MemorySpec(f"pe{pe}.ptr_even", "rom", img.ptr_bits, max(1, (len(words) + 1) // 2),
@@ -591,10 +754,12 @@ def pe_memory_map(img: PEImage, *, acc_bits: int = 32, issue_width: int = 1
                    tuple(int(x) & 0xFFFFFFFF for x in img.bias)),
         MemorySpec(f"pe{pe}.codebook", "rom", 16, max(1, L * k),
                    tuple(int(x) & 0xFFFF for x in img.codebook)),
-        *(MemorySpec(f"pe{pe}.acc{b}", "ram", acc_bits,
-                     max(1, max(img.acc_rows or img.rows)), (),
+        *(MemorySpec(f"pe{pe}.acc{b}", "ram", acc_bits, max(1, rows), (),
                      read_ports=1, write_ports=1) for b in range(2)),
     ]
+    if sizes is not None:
+        specs.append(pe_table(img, sizes))
+    return specs
 
 
 def act_words(rom: RomImage) -> int:
@@ -603,16 +768,32 @@ def act_words(rom: RomImage) -> int:
     return conv.act_words(rom)
 
 
+def engine_pe_images(rom: RomImage, params: EieParams) -> list[PEImage]:
+    """The PE images the engine of `params` is built from: the image's (sparse or dense),
+    padded to the engine's sizes when it is loadable."""
+    sizes = sizes_of(rom, params)
+    if sizes is None:
+        return pe_images(rom, sparse=params.sparse)
+    return padded_images(rom, sizes, sparse=params.sparse)
+
+
 def memory_map(rom: RomImage, params: EieParams = EieParams()) -> list[MemorySpec]:
     """Every memory of `hw.eie.Engine` for `rom`, in the order it makes them: each PE's
     (`pe_memory_map`; the dense baseline's from its dense PE images), then each PE's
-    activation buffer, two banks of `act_words` (a layer's input and output)."""
+    activation buffer, two banks of `act_words` (a layer's input and output); a loadable
+    engine's at its sizes (`sizes_of`), with the tables of per-layer constants (each PE's, then
+    the engine's)."""
     width = issue_width(rom, params)
-    specs = [s for img in pe_images(rom, sparse=params.sparse)
-             for s in pe_memory_map(img, acc_bits=params.acc_bits, issue_width=width)]
-    aw = act_words(rom)
-    return specs + [MemorySpec(f"pe{k}.act", "ram", 16, 2 * aw, (), read_ports=1, write_ports=1)
-                    for k in range(rom.pes)]
+    sizes = sizes_of(rom, params)
+    specs = [s for img in engine_pe_images(rom, params)
+             for s in pe_memory_map(img, acc_bits=params.acc_bits, issue_width=width,
+                                    sizes=sizes)]
+    aw = act_words(rom) if sizes is None else sizes.act_words
+    specs += [MemorySpec(f"pe{k}.act", "ram", 16, 2 * aw, (), read_ports=1, write_ports=1)
+              for k in range(rom.pes)]
+    if sizes is not None:
+        specs.append(engine_table(rom, sizes))
+    return specs
 
 
 def memory_bound(nonzeros: list[np.ndarray], shape: list[int], pes: int, *,

@@ -34,7 +34,7 @@ from compress.shipped import load_model
 from compress.synthetic import random_inputs
 from images import MAX_PES, SIM_ENGINE, build_image, check_pes, get, names, registered
 from images.cli import add_image_args
-from images.eie import REL_BITS_AUTO, parse_rel_bits
+from images.eie import REL_BITS_AUTO, has_conv, parse_rel_bits
 from images.engines import dense_baseline
 from images.lockstep import DRAIN_SHARES
 
@@ -42,6 +42,9 @@ from . import sim as tbsim  # build and simulate through the module (tests stand
 from .sim import SIMULATORS, SimResult, build_key, build_root, default_sim, sim_pool, waves_enabled
 from .verilator import require
 SIM_NAMES = {"icarus": "Icarus", "verilator": "Verilator"}
+# the widest layer the simulated engines accept by default (the EIE paper's widest layers:
+# 25,088 inputs, 8,791 outputs)
+MAX_WIDTH = 32768
 # tb sim's dense baseline makes every weight an entry: past this many weights (LeNet-300-100
 # has 266,200) its Verilog and simulator build take minutes, so it is left out unless asked.
 DENSE_BASELINE_MAX_WEIGHTS = 400_000
@@ -68,8 +71,9 @@ def _hw_args(p, *, pes_default=8, engine=True):
                             "build, then several times faster; docs/simulators.md)")
     p.add_argument("--drain-share", type=int, default=None,
                    help="lockstep: PEs per output stage, 1/2/4/8/16 (default: the engine's, 1)")
-    p.add_argument("--max-width", type=int, default=4096,
-                   help="activation buffer limit: widest layer the engine accepts (4096)")
+    p.add_argument("--max-width", type=int, default=MAX_WIDTH,
+                   help=f"activation buffer limit: widest layer the engine accepts "
+                        f"({MAX_WIDTH:,}: VGG-16's fc6 has 25,088 inputs)")
 
 
 def _model_args(p, inputs: str):
@@ -229,8 +233,10 @@ def _fits(img, args):
     return img
 
 
-def _params(args, *, sparse=True, queue_depth=None):
-    """The parameters of args.engine (sparse), or of the dense baseline engine (sparse=False)."""
+def _params(args, *, sparse=True, queue_depth=None, loadable=False):
+    """The parameters of args.engine (sparse), or of the dense baseline engine (sparse=False);
+    loadable: an engine whose memories are filled at run time, built by shape (for an engine
+    that has the choice: the EIE engine)."""
     if not 1 <= args.queue_depth <= 64:
         raise InputError(f"--queue-depth must be 1..64, not {args.queue_depth!r}")
     rec = get(args.engine) if sparse else dense_baseline()
@@ -238,7 +244,7 @@ def _params(args, *, sparse=True, queue_depth=None):
         raise InputError(f"--drain-share must be 1, 2, 4, 8 or 16, not {args.drain_share!r}")
     return rec.params_for(queue_depth=args.queue_depth if queue_depth is None else queue_depth,
                           acc_bits=args.acc_bits, sparse=sparse, max_width=args.max_width,
-                          drain_share=args.drain_share)
+                          drain_share=args.drain_share, loadable=loadable)
 
 
 def _sim(args) -> str:
@@ -291,7 +297,10 @@ def cmd_run(args):
                          f"--engine {args.engine}")
     rom = _analysis_rom(qnet, args)
     img = _image(qnet, args, rom)
-    params = _params(args, sparse=not args.dense)
+    # memories filled when the simulation starts: the Verilog and the compiled simulator are
+    # those of the engine's shape, reused by every network of that shape (fully connected
+    # networks: the loadable engine has no conv layers yet, a CNN gets the fixed engine)
+    params = _params(args, sparse=not args.dense, loadable=not has_conv(img))
     with step(f"building the engine's Verilog for {SIM_NAMES[args.sim]}"):
         b = tbsim.build(img, params, sim=args.sim)
     print(f"simulating {len(x)} inputs on the RTL engine ({args.pes} PEs, "

@@ -47,7 +47,8 @@ from images import EngineParams, memory_specs
 from images.conv import engine_in_features, engine_out_features
 
 from . import verilator as vl
-from .sim import REPO, build_key, default_params, engine_verilog, run_in_group
+from .sim import (REPO, build_key, default_params, engine_verilog, loadable, run_in_group,
+                  shape_key, shape_template, write_mem_files)
 
 TB_SOURCE = Path(__file__).resolve().parent / "verilog" / "engine_tb.sv"
 CPU_TIME = TB_SOURCE.with_name("cpu_time.cpp")  # the bench's CPU clock (DPI)
@@ -139,13 +140,22 @@ def _bench_hash() -> str:
     return h.hexdigest()
 
 
-def _shape(image):
+def _shape(image, params: EngineParams | None = None):
+    """The bench's IN, OUT and LAYERS: the engine's vector sizes (`images.conv`), or for a
+    loadable engine (vector sizes given at run time) the most its activation buffers hold."""
+    if loadable(image, params):
+        from images.eie import sizes_of
+
+        most = image.pes * sizes_of(image, params).act_words
+        return most, most, image.num_layers
     return engine_in_features(image), engine_out_features(image), image.num_layers
 
 
-def compile_template(template: str, image, *, jobs: int = 1) -> FastBuild:
-    """The binary of `template` (cached by its hash); `jobs` compiler processes."""
-    n_in, n_out, n_layers = _shape(image)
+def compile_template(template: str, image, *, jobs: int = 1, mems: dict | None = None,
+                     params: EngineParams | None = None) -> FastBuild:
+    """The binary of `template` (cached by its hash); `jobs` compiler processes; `mems` the
+    memories it loads (default: read from its `$readmemh` lines, `split_memories_decls`)."""
+    n_in, n_out, n_layers = _shape(image, params)
     t = hashlib.sha256((template + _bench_hash() + f"{n_in},{n_out},{n_layers}").encode())
     d = check_build_dir(build_root() / "bin", "FASTBENCH_BUILD_DIR") / t.hexdigest()[:20]
     meta_path = d / "meta.json"
@@ -169,7 +179,7 @@ def compile_template(template: str, image, *, jobs: int = 1) -> FastBuild:
             os.replace(obj / "Vtb", d / "Vtb")
             shutil.rmtree(obj, ignore_errors=True)  # ~100 MB of objects and headers
             mems = {k: {"width": v["width"], "depth": v["depth"]}
-                    for k, v in split_memories_decls(template).items()}
+                    for k, v in (mems or split_memories_decls(template)).items()}
             tmp = d / ".meta.json.tmp"
             tmp.write_text(json.dumps({"in": n_in, "out": n_out, "layers": n_layers,
                                        "mems": mems}, indent=1, sort_keys=True))
@@ -228,14 +238,24 @@ def remember(image, params: EngineParams | None, fb: FastBuild, *, key: str | No
 def build(image, params: EngineParams | None = None, *, key: str | None = None
           ) -> FastBuild:
     """The bench binary for `image` (cached): `key` names the template in the key index
-    (default: `tb.sim.build_key`, the image digest, parameters and sources)."""
+    (default: `shape_key` for a loadable engine, converted without contents by
+    `shape_template`, so a second network of its shape is neither converted nor compiled;
+    else `tb.sim.build_key`, the image digest, parameters and sources)."""
     vl.require()
+    shaped = key is None and loadable(image, params)
+    if shaped:
+        key = shape_key(image, params)
     hit = lookup(image, params, key=key)
     if hit is not None:
         return hit
     t0 = time.monotonic()
-    template, _mems = template_of(image, params)
-    fb = compile_template(template, image)
+    if shaped:
+        template, mems = shape_template(image, params)
+        fb = compile_template(template, image, mems=mems, params=params,
+                              jobs=int(os.environ.get("FASTBENCH_JOBS", "1")))
+    else:
+        template, _mems = template_of(image, params)
+        fb = compile_template(template, image)
     if fb.build_seconds:
         fb.build_seconds = time.monotonic() - t0
     remember(image, params, fb, key=key)
@@ -244,21 +264,7 @@ def build(image, params: EngineParams | None = None, *, key: str | None = None
 
 def write_mems(fb: FastBuild, image, params: EngineParams | None, d: Path) -> None:
     """The image's memory contents as `<name>.hex` files in `d`, for the binary `fb`."""
-    words = spec_words(image, params)
-    if set(words) != set(fb.mems):
-        raise RuntimeError("the image's memories are not the binary's: "
-                           f"{sorted(set(words) ^ set(fb.mems))[:4]}")
-    d.mkdir(parents=True, exist_ok=True)
-    for name, (width, depth, init) in words.items():
-        m = fb.mems[name]
-        # Amaranth gives a one-word memory a second word (hw/memory.py)
-        if width != m["width"] or max(2, depth) != m["depth"]:
-            raise RuntimeError(f"memory {name}: {width} x {depth} is not the binary's "
-                               f"{m['width']} x {m['depth']}")
-        vals = np.zeros(m["depth"], dtype=object)
-        vals[:len(init)] = init
-        digits = -(-width // 4)
-        (d / f"{name}.hex").write_text("".join(f"{int(v):0{digits}x}\n" for v in vals))
+    write_mem_files(image, default_params(image) if params is None else params, d, fb.mems)
 
 
 # ---- runs ------------------------------------------------------------------------------------
@@ -289,10 +295,16 @@ def read_outputs(path: Path, n: int, layers: int, out: int) -> tuple:
 
 def run(fb: FastBuild, mems: Path, x: np.ndarray, *, stall_in: float = 0.0,
         stall_out: float = 0.0, seed: int = 0, reset_mid: bool = False,
-        max_cycles: int | None = None, workdir: Path | None = None) -> FastResult:
-    """Run int16 vectors x[batch, in] through the binary with the memories in `mems`."""
+        max_cycles: int | None = None, workdir: Path | None = None,
+        out_features: int | None = None) -> FastResult:
+    """Run int16 vectors x[batch, in] through the binary with the memories in `mems`;
+    out_features: the words of an output (default: the bench's OUT; a loadable engine's
+    bench takes any vector sizes up to its IN and OUT)."""
     x = np.ascontiguousarray(x, dtype=np.int16)
-    if x.ndim != 2 or x.shape[1] != fb.in_features:
+    n_out = fb.out_features if out_features is None else int(out_features)
+    n_in_ok = x.ndim == 2 and (x.shape[1] == fb.in_features if out_features is None
+                               else 1 <= x.shape[1] <= fb.in_features)
+    if x.ndim != 2 or not n_in_ok or not 1 <= n_out <= fb.out_features:
         raise InputError(f"inputs must be [batch, {fb.in_features}], not {list(x.shape)}")
     own = workdir is None
     wd = Path(tempfile.mkdtemp(prefix="run-", dir=_runs())) if own else Path(workdir)
@@ -302,7 +314,8 @@ def run(fb: FastBuild, mems: Path, x: np.ndarray, *, stall_in: float = 0.0,
         cmd = [str(fb.binary), f"+inputs={wd / 'inputs.hex'}", f"+out={wd / 'outputs.txt'}",
                f"+n={len(x)}", f"+mems={Path(mems).resolve()}",
                f"+stall_in={round(stall_in * 1000)}", f"+stall_out={round(stall_out * 1000)}",
-               f"+seed={int(seed) & 0x7FFFFFFF}", f"+reset_mid={int(bool(reset_mid))}"]
+               f"+seed={int(seed) & 0x7FFFFFFF}", f"+reset_mid={int(bool(reset_mid))}",
+               f"+n_in={x.shape[1]}", f"+n_out={n_out}"]
         if max_cycles:
             cmd.append(f"+max_cycles={int(max_cycles)}")
         t0 = time.monotonic()
@@ -313,7 +326,7 @@ def run(fb: FastBuild, mems: Path, x: np.ndarray, *, stall_in: float = 0.0,
             log = (wd / "sim.log").read_text(errors="replace")[-2000:]
             own = False  # keep it for inspection
             raise RuntimeError(f"bench failed (exit {rc}) in {wd}:\n{log}")
-        y, cycles, lc = read_outputs(wd / "outputs.txt", len(x), fb.layers, fb.out_features)
+        y, cycles, lc = read_outputs(wd / "outputs.txt", len(x), fb.layers, n_out)
         if len(y) != len(x):
             own = False
             raise RuntimeError(f"bench wrote {len(y)} of {len(x)} vectors in {wd}")
@@ -336,4 +349,4 @@ def simulate(image, x: np.ndarray, params: EngineParams | None = None, **kw) -> 
     fb = build(image, params)
     with tempfile.TemporaryDirectory(prefix="mems-", dir=_runs()) as td:
         write_mems(fb, image, params, Path(td))
-        return run(fb, Path(td), x, **kw)
+        return run(fb, Path(td), x, out_features=image.layers[-1].out_features, **kw)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -44,8 +45,9 @@ import numpy as np
 
 from compress.atomic import check_build_dir, file_lock
 from compress.errors import InputError
-from images import EngineParams, engine_of, image_digest
+from images import EngineParams, engine_of, image_digest, memory_specs
 from images.conv import engine_out_features
+from images.eie import has_conv
 
 REPO = Path(__file__).resolve().parents[1]
 TOPLEVEL = "engine"
@@ -309,6 +311,79 @@ def engine_verilog(image, params: EngineParams | None = None, *, name: str = TOP
     return verilog.convert(engine_for(image, params), name=name, emit_src=False)
 
 
+def loadable(image, params: EngineParams | None) -> bool:
+    """Whether the engine of `params` reads every per-network constant from its memories (a
+    loadable EIE engine, `images.eie.EieParams(loadable=True)`): its Verilog then depends on its
+    shape alone (`shape_key`) and its memories are filled when the simulation starts."""
+    return bool(getattr(params, "loadable", False))
+
+
+def shape_template(image, params: EngineParams) -> tuple[str, dict]:
+    """(Verilog, memories {name: {"width", "depth"}}) of a loadable engine, converted with the
+    simulators' memory factory (`hw.simmem`): no memory contents are ever in the Verilog, so the
+    conversion takes seconds for any network, and the Verilog is that of every network of the
+    shape. Each memory loads `<dir>/<name>.hex` (`write_mem_files`), dir from `+mems=DIR`."""
+    from amaranth.back import verilog
+
+    from hw import EngineConfigError, make_engine
+    from hw.simmem import SimMemories
+
+    mems = SimMemories()
+    try:
+        eng = make_engine(image, params, memories=mems)
+    except EngineConfigError as e:
+        raise InputError(str(e)) from None
+    text = verilog.convert(eng, name=TOPLEVEL, emit_src=False)
+    return text + mems.verilog_modules(), mems.mems
+
+
+@functools.cache
+def _source_hash_once() -> str:
+    return source_hash()
+
+
+def shape_key(image, params: EngineParams) -> str:
+    """What the Verilog of a loadable engine depends on, without converting it: the engine
+    sources, the parameters, the PEs, layer kinds, index and relative-index bits, every memory's
+    name, kind, width, depth and ports (so the memory sizes and address widths). Not the
+    layer sizes: the engine reads them from its table memories, and the benches take the
+    vector sizes at run time.
+    tests/test_loadable.py converts a second network of a key and compares."""
+    specs = [(s.name, s.kind, s.width, s.depth, s.read_ports, s.write_ports)
+             for s in memory_specs(image, params)]
+    src = json.dumps({"src": _source_hash_once(), "params": repr(params), "pes": image.pes,
+                      "kinds": [getattr(rl, "kind", "fc") for rl in image.layers],
+                      "index_bits": image.index_bits, "rel_bits": image.rel_bits,
+                      "layers": image.num_layers, "mems": specs}, sort_keys=True)
+    return "shape-" + hashlib.sha256(src.encode()).hexdigest()[:20]
+
+
+def write_mem_files(image, params: EngineParams, d: Path, mems: dict) -> None:
+    """The image's memory contents as `<name>.hex` files in `d` (one hex word a line), each
+    checked against `mems` ({name: {"width", "depth"}}, what the Verilog declares)."""
+    specs = {s.name.replace(".", "_"): s for s in memory_specs(image, params)}
+    if set(specs) != set(mems):
+        raise RuntimeError("the image's memories are not the simulator's: "
+                           f"{sorted(set(specs) ^ set(mems))[:4]}")
+    d.mkdir(parents=True, exist_ok=True)
+    for name, s in specs.items():
+        m = mems[name]
+        # a one-word memory gets a second word (hw/memory.py)
+        if s.width != m["width"] or max(2, s.depth) != m["depth"]:
+            raise RuntimeError(f"memory {name}: {s.width} x {s.depth} is not the simulator's "
+                               f"{m['width']} x {m['depth']}")
+        digits = -(-s.width // 4)
+        if s.width <= 64:
+            vals = np.zeros(m["depth"], dtype=np.uint64)
+            if s.init:
+                vals[:len(s.init)] = np.asarray(s.init, dtype=np.uint64)
+            text = "\n".join(np.char.zfill(np.char.mod("%x", vals), digits).tolist()) + "\n"
+        else:
+            words = list(s.init) + [0] * (m["depth"] - len(s.init))
+            text = "".join(f"{int(v):0{digits}x}\n" for v in words)
+        (d / f"{name}.hex").write_text(text)
+
+
 def build_key(image, params: EngineParams, waves: bool, sim: str = "icarus") -> str:
     """The build directory's name: image, parameters, waveforms, simulator and the Verilog's
     sources."""
@@ -329,13 +404,22 @@ class Build:
 def build(image, params: EngineParams | None = None, *, waves: bool | None = None,
           sim: str | None = None) -> Build:
     """Generate the engine's Verilog for `image` with `params` (None: `default_params`) and
-    compile it for `sim` ("icarus" or "verilator"; None: $TB_SIM, else Icarus), cached by key."""
+    compile it for `sim` ("icarus" or "verilator"; None: $TB_SIM, else Icarus), cached by key
+    (a loadable engine's by `shape_key`: Verilog without contents, memories written per run)."""
     params = default_params(image) if params is None else params
     sim = default_sim() if sim is None else check_sim(sim)
     waves = waves_enabled() if waves is None else waves
     runner = runner_for(sim)  # before any work: a missing Verilator is one line
     root = build_root()
-    key = build_key(image, params, waves, sim)
+    shaped = loadable(image, params)
+    if shaped and has_conv(image):
+        raise InputError("the loadable EIE engine runs fully connected networks only: this one "
+                         "has conv layers")
+    if shaped:  # by shape: a second network of the shape is neither converted nor compiled
+        key = hashlib.sha256(json.dumps([shape_key(image, params), waves, sim]).encode()
+                             ).hexdigest()[:20]
+    else:
+        key = build_key(image, params, waves, sim)
     d = root / key
     stamp = d / "sim_build" / ".built"
     if stamp.exists():  # complete (the stamp is written last): no lock, a read-only tree will do
@@ -345,7 +429,11 @@ def build(image, params: EngineParams | None = None, *, waves: bool | None = Non
         vfile = d / "engine.v"
         if not stamp.exists():
             d.mkdir(parents=True, exist_ok=True)
-            text = engine_verilog(image, params)
+            if shaped:
+                text, mems = shape_template(image, params)
+                (d / "mems.json").write_text(json.dumps(mems, sort_keys=True))
+            else:
+                text = engine_verilog(image, params)
             if sim == "icarus":  # Verilator evaluates the blocks at time zero itself
                 text = icarus_fixup(text)
             tmpv = d / ".engine.v.tmp"
@@ -409,13 +497,18 @@ def simulate(b: Build, x: np.ndarray, *, stall_in: float = 0.0, stall_out: float
     }
     if max_cycles:
         env["TB_MAX_CYCLES"] = str(int(max_cycles))
+    plusargs = []
+    if loadable(b.image, b.params):  # the memories, filled when the simulation starts
+        mems = json.loads((b.dir / "mems.json").read_text())
+        write_mem_files(b.image, b.params, run_dir / "mems", mems)
+        plusargs.append(f"+mems={run_dir / 'mems'}")
     runner = runner_for(b.sim)
     results = run_dir / "results.xml"
     try:
         runner.test(
             test_module="tb.cocotb_engine", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
             build_dir=b.dir / "sim_build", test_dir=run_dir, extra_env=env,
-            results_xml=str(results), waves=b.waves, seed=seed,
+            results_xml=str(results), waves=b.waves, seed=seed, plusargs=plusargs,
             log_file=run_dir / "sim.log",
         )
     except SystemExit as e:

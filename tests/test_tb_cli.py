@@ -212,3 +212,29 @@ def test_lockstep_commands_do_not_place_an_eie_image(cmd, tmp_path, monkeypatch)
     monkeypatch.setenv("TB_DEBUG", "1")  # let the stand-in's exception through
     with pytest.raises(Built, match="LockstepImage"):
         main([cmd, *map(str, args)])
+
+
+@pytest.mark.parametrize("cnn", [False, True])
+def test_run_picks_loadable_engine_for_fc_only(cnn, tmp_path, monkeypatch):
+    """tb run builds the loadable EIE engine for a fully connected network and the fixed one
+    for a CNN (the loadable engine has no conv layers yet). The simulator build is stopped by
+    a stand-in that records the parameters."""
+    import tb.sim
+    from compress.synthetic import random_cnn
+    from tb.cli import main
+
+    class Built(Exception):
+        pass
+
+    def stop(img, params, *a, **k):
+        raise Built(f"loadable={params.loadable}")
+
+    monkeypatch.setattr(tb.sim, "build", stop)
+    q = (random_cnn((1, 6, 6), [(3, 3, 1, 1, 2)], [4], seed=2, density=0.5, shift=9) if cnn
+         else random_qnet((30, 16, 5), seed=1, density=0.3))
+    save_qnet(q, tmp_path / "q.npz")
+    np.save(tmp_path / "x.npy", random_inputs(3, q.in_features, seed=2))
+    monkeypatch.setenv("TB_DEBUG", "1")  # let the stand-in's exception through
+    with pytest.raises(Built, match=f"loadable={not cnn}"):
+        main(["run", *map(str, ["--model", tmp_path / "q.npz", "--inputs", tmp_path / "x.npy",
+                                "--pes", "2", "--out", tmp_path / "y.npy"])])

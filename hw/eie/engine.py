@@ -28,6 +28,14 @@ alternate per step; a fully connected layer is one step), and the step's drain (
 pooled row's sub-positions maximised) writes the output map (CHAN layout) into the other
 activation bank while the next step computes. A layer's first pass waits for the previous
 layer's drain; an fc layer after a conv one reads nothing before that drain is done.
+
+A loadable engine (`loadable=True`, `images.eie.EieParams`) has memories of given sizes and
+reads every per-network constant (each layer's in_features, groups, drain and preload rows,
+out_features here; each PE's rows, bases, shift and ReLU) from table memories loaded with the
+weights, so its logic depends on its shape alone and every network that fits runs on one
+Verilog. It runs fully connected networks only: it refuses an image with conv layers (their
+constants are not in its tables yet). `io_lanes` words move a beat on i_act and o_act (LOAD
+and OUTPUT take in_0 / lanes and out / lanes cycles; one word a beat with conv layers).
 """
 
 from __future__ import annotations
@@ -37,8 +45,11 @@ from types import SimpleNamespace
 from amaranth.hdl import Array, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 
-from images.conv import acc_rows, channel_groups
-from images.eie import EieParams, RomImage, act_words, memory_map, pe_images, rom_geoms
+from images.conv import acc_rows
+from images.eie import (EieParams, EieSizes, RomImage, act_words, engine_pe_images,
+                        engine_table_fields, has_conv, image_sizes, memory_map, rom_geoms,
+                        sizes_of)
+from images.eie import io_lanes as _io_lanes
 from images.eie import issue_width as _issue_width
 
 from ..blocks import (ActIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
@@ -48,6 +59,21 @@ from ..memory import MemoryFactory, MemorySpec
 from .pe import PE
 
 __all__ = ["Engine"]
+
+
+def _sizes(sizes):
+    """`sizes` as EieSizes (`EieParams.as_dict` gives a dict)."""
+    return EieSizes(**sizes) if isinstance(sizes, dict) else sizes
+
+
+class _Lookup:
+    """A per-layer constant read from a loadable engine's table, indexed like an `Array`."""
+
+    def __init__(self, read):
+        self.read = read
+
+    def __getitem__(self, i):
+        return self.read(i)
 
 
 class Engine(wiring.Component):
@@ -61,14 +87,19 @@ class Engine(wiring.Component):
     (1..64); acc_bits, accumulator width (17..64); sparse, False for the dense baseline (every
     weight an entry, every column broadcast); memories, the `MemoryFactory` that makes every
     memory (`memory_specs`); max_width, the largest layer width the activation buffers must
-    hold, checked up front.
+    hold, checked up front; issue_width (1 or 2 columns a cycle); loadable, sizes (per-layer
+    constants in table memories, memories of `sizes`: module docstring; fully connected
+    networks only); io_lanes (words a beat on i_act and o_act, a divisor of the PEs; None: one
+    per PE; 1 with conv layers).
     """
 
     image_type = RomImage
 
     @classmethod
     def check(cls, rom: RomImage, *, queue_depth=8, acc_bits=32, sparse=True,
-              max_width: int | None = None, issue_width: int | None = None) -> None:
+              max_width: int | None = None, issue_width: int | None = None,
+              loadable: bool = False, sizes: EieSizes | None = None,
+              io_lanes: int | None = 1) -> None:
         """EngineConfigError naming what does not fit, before anything is made."""
         if not isinstance(rom, RomImage):
             raise TypeError(f"the EIE engine is built from a RomImage, not "
@@ -77,15 +108,43 @@ class Engine(wiring.Component):
         check_fits(rom, acc_bits=acc_bits, max_width=max_width)
         if issue_width not in (None, 1, 2):
             raise EngineConfigError(f"issue width must be 1 or 2, not {issue_width!r}")
+        if io_lanes is not None and (isinstance(io_lanes, bool) or not isinstance(io_lanes, int)
+                                     or io_lanes < 1 or rom.pes % io_lanes):
+            raise EngineConfigError(f"io_lanes must divide the {rom.pes} PEs, not {io_lanes!r}")
+        conv = has_conv(rom)
+        if conv and loadable:
+            raise EngineConfigError("the loadable EIE engine runs fully connected networks only: "
+                                    "this one has conv layers (use the fixed engine, "
+                                    "loadable=False)")
+        lanes = rom.pes if io_lanes is None else io_lanes
+        if conv and lanes != 1:
+            raise EngineConfigError(f"a network with conv layers moves one word a beat on "
+                                    f"i_act and o_act, not io_lanes={lanes}")
+        sizes = _sizes(sizes)
+        if sizes is not None:
+            if not loadable:
+                raise EngineConfigError("memory sizes are for a loadable engine (loadable=True)")
+            need = image_sizes(rom, sparse=sparse)
+            for name, v in need.as_dict().items():
+                if v > getattr(sizes, name):
+                    raise EngineConfigError(
+                        f"the network needs {v:,} {name.replace('_', ' ')} a PE, more than the "
+                        f"engine's {getattr(sizes, name):,}")
 
     def __init__(self, rom: RomImage, *, queue_depth=8, acc_bits=32, sparse=True,
                  memories: "MemoryFactory | None" = None, max_width: int | None = None,
-                 issue_width: int | None = None):
+                 issue_width: int | None = None, loadable: bool = False,
+                 sizes: EieSizes | None = None, io_lanes: int | None = 1):
+        sizes = _sizes(sizes)
         self.check(rom, queue_depth=queue_depth, acc_bits=acc_bits, sparse=sparse,
-                   max_width=max_width, issue_width=issue_width)
+                   max_width=max_width, issue_width=issue_width, loadable=loadable,
+                   sizes=sizes, io_lanes=io_lanes)
         params = EieParams(queue_depth=queue_depth, acc_bits=acc_bits, sparse=sparse,
-                           max_width=max_width, issue_width=issue_width)
+                           max_width=max_width, issue_width=issue_width, loadable=loadable,
+                           sizes=sizes, io_lanes=io_lanes)
         self.issue_width = _issue_width(rom, params)
+        self.lanes = _io_lanes(rom, params)
+        self.sizes = sizes_of(rom, params)
         self.rom = rom
         self.queue_depth = queue_depth
         self.acc_bits = acc_bits
@@ -100,29 +159,36 @@ class Engine(wiring.Component):
         self.has_conv = any(g is not None for g in self.geoms)
         # the layer kinds in this network, each with its front end (`hw.frontend.FRONT_ENDS`)
         self.kinds = sorted({rl.kind for rl in rom.layers})
-        widths = [rom.layers[0].in_features] + [rl.out_features for rl in rom.layers]
-        self.max_width = max(widths + [rl.in_features for rl in rom.layers])
-        self.act_words = act_words(rom)  # per PE per bank
+        if self.sizes is None:
+            widths = [rom.layers[0].in_features] + [rl.out_features for rl in rom.layers]
+            self.max_width = max(widths + [rl.in_features for rl in rom.layers])
+            self.act_words = act_words(rom)  # per PE per bank
+            # accumulator rows of a step (every PE's most): a conv layer's sub-position blocks
+            self.acc_rows = [max(acc_rows(g, rl.rows[k], n) for k in range(n))
+                             for g, rl in zip(self.geoms, rom.layers)]
+        else:  # a loadable engine (fc only): what its memories hold, whatever the network
+            self.act_words = self.sizes.act_words
+            self.max_width = n * self.act_words
+            self.acc_rows = [self.sizes.rows] * L  # the most (a layer's are in its table)
         self.col_bits = max(1, self.max_width.bit_length())
-        # accumulator rows of a step (every PE's most): a conv layer's sub-position blocks
-        self.acc_rows = [max(acc_rows(g, rl.rows[k], n) for k in range(n))
-                         for g, rl in zip(self.geoms, rom.layers)]
         self.row_bits = max(1, max([self.act_words] + self.acc_rows).bit_length())
         self.sub_bits = max([g.sub_bits for g in self.geoms if g is not None], default=0)
         # the memory map is the image's (images.eie.memory_map), so the host and the board read
         # the same one without making an engine
         self._specs = memory_map(rom, params)
-        self.images = pe_images(rom, sparse=sparse)
-        self.pe_blocks = [
-            PE(img, col_bits=self.col_bits, row_bits=self.row_bits, queue_depth=queue_depth,
-               acc_bits=acc_bits, sparse=sparse, memories=self.memories,
-               issue_width=self.issue_width, sub_bits=self.sub_bits,
-               specs=[s for s in self._specs if s.name.split(".")[0] == f"pe{img.pe}"
-                      and not s.name.endswith(".act")])
-            for img in self.images
-        ]
+        self.images = engine_pe_images(rom, params)
         self.act_specs = [s for s in self._specs if s.name.endswith(".act")]
-        super().__init__(EngineSignature(L))
+        self.table_spec = next((s for s in self._specs if s.name == "layers"), None)
+        super().__init__(EngineSignature(L, self.lanes))
+
+    def _make_pe(self, img, memories):
+        """The PE of `img` (its memories made by `memories`)."""
+        return PE(img, col_bits=self.col_bits, row_bits=self.row_bits,
+                  queue_depth=self.queue_depth, acc_bits=self.acc_bits, sparse=self.sparse,
+                  memories=memories, issue_width=self.issue_width, sizes=self.sizes,
+                  sub_bits=self.sub_bits,
+                  specs=[s for s in self._specs if s.name.split(".")[0] == f"pe{img.pe}"
+                         and not s.name.endswith(".act")])
 
     @property
     def memory_specs(self) -> list[MemorySpec]:
@@ -132,15 +198,49 @@ class Engine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = SimpleNamespace()  # what the stages share
-        for k, pe in enumerate(self.pe_blocks):
-            m.submodules[f"pe{k}"] = pe
+        # a PE is a block the factory may make once and repeat (hw.memory.MemoryFactory.block);
+        # the engine uses only its ports
+        self.pe_blocks = [self.memories.block(m, f"pe{img.pe}",
+                                              lambda mem, img=img: self._make_pe(img, mem))
+                          for img in self.images]
         acts = [self.memories(m, s) for s in self.act_specs]
+        self._layer_table(m, c)
         c.act_r = [a.read[0] for a in acts]
         c.act_w = [a.write[0] for a in acts]
         self._front_end(m, c)
         self._sequencer(m, c)
         self._drain(m, c)
         return m
+
+    def _layer_table(self, m, c):
+        """A loadable engine's per-layer constants, words of its table memory: `c.in_t`,
+        `c.grp_t` (indexed by a layer), `c.drain_of(i)` (drain rows of layer i: its own and
+        layer i + 2's preload), `c.pre_rows` (PRELOAD0/1) and the input and output words
+        `c.in_n`, `c.out_n` (read ports 0..4 look up layer, the drained layer, 0, 1 and L - 1).
+        A fixed engine's are constants in the logic (`_tables`)."""
+        c.loadable = self.table_spec is not None
+        if not c.loadable:
+            return
+        L = self.num_layers
+        table = self.memories(m, self.table_spec)
+        layout = data.StructLayout(dict(engine_table_fields(self.sizes, self.pes)))
+        views = []
+        for j, rp in enumerate(table.read):
+            v = Signal(layout, name=f"ltbl{j}")
+            m.d.comb += v.as_value().eq(rp.data)
+            views.append((rp, v))
+
+        def look(port, i):
+            rp, v = views[port]
+            m.d.comb += rp.addr.eq(i)
+            return v
+
+        c.in_t = _Lookup(lambda i: look(0, i)["in"])
+        c.grp_t = _Lookup(lambda i: look(0, i).groups)
+        c.drain_of = lambda i: look(1, i).drain
+        c.pre_rows = [look(2 + b, b).pre for b in range(2)]
+        c.in_n = look(2, 0)["in"]
+        c.out_n = look(4, L - 1).out
 
     def _act_addr(self, bank_bit, word):
         return bank_bit * self.act_words + word
@@ -161,6 +261,8 @@ class Engine(wiring.Component):
                         max(1, self.sub_bits))
         c.kind_t = table([self.kinds.index(rl.kind) for rl in rom.layers],
                          bits(len(self.kinds)))
+        if c.loadable:  # in_t, grp_t from the table memory (`_layer_table`)
+            return
         c.in_t = Array(Const(rl.in_features, unsigned(self.col_bits + 1)) for rl in rom.layers)
         c.grp_t = Array(Const(ceil_div(rl.in_features, n), unsigned(self.row_bits + 1))
                         for rl in rom.layers)
@@ -318,12 +420,17 @@ class Engine(wiring.Component):
         n, L, layer, pes = self.pes, self.num_layers, c.layer, self.pe_blocks
         # the layer of steps 0 and 1 (bank 0 and bank 1 preloaded before an inference)
         first_layers = [0, 0 if (self.geoms[0] is not None and self.geoms[0].passes > 1) else 1]
-        pre_rows = [max(1, (self.acc_rows + [0, 0])[first_layers[b]]) for b in range(2)]
+        if c.loadable:
+            pre_rows, cnt_limit = c.pre_rows, self.act_words
+            sizes = dict(in_n=c.in_n, out_n=c.out_n, max_words=self.max_width)
+        else:
+            pre_rows = [max(1, (self.acc_rows + [0, 0])[first_layers[b]]) for b in range(2)]
+            cnt_limit, sizes = max(self.act_words, max(pre_rows)), {}
         cyc = Signal(32, name="cyc")
         lc = Signal(data.ArrayLayout(32, L), name="lc")
         last = self.geoms[-1]
         io = ActIO(m, self, act_r=c.act_r, act_w=c.act_w, cyc=cyc, lc=lc,
-                   cnt_limit=max(self.act_words, max(pre_rows)),
+                   cnt_limit=cnt_limit, lanes=self.lanes, **sizes,
                    out_block=last.passes if last is not None else 0)
         cnt, sel, word = io.cnt, io.sel, io.word
         fe_done = Signal(name="fe_done")
@@ -395,8 +502,11 @@ class Engine(wiring.Component):
         l1, p1 = self._step_after(c, layer, p)
         l2 = Mux(p1 + 1 < c.passes_t[l1], l1, l1 + 1)  # the layer of the step after that
         rows = Signal(self.row_bits + 1, name="d_rows_next")
-        r_a, r_b = c.acc_rows_t[layer], c.acc_rows_t[l2]
-        m.d.comb += rows.eq(Mux(r_a > r_b, r_a, r_b))
+        if c.loadable:  # fc only: l2 = layer + 2, the max of the two in the table
+            m.d.comb += rows.eq(c.drain_of(layer))
+        else:
+            r_a, r_b = c.acc_rows_t[layer], c.acc_rows_t[l2]
+            m.d.comb += rows.eq(Mux(r_a > r_b, r_a, r_b))
         m.d.sync += [c.d_active.eq(1), c.d_layer.eq(layer), c.d_bank.eq(c.bank), c.d_cnt.eq(0),
                      c.d_pl.eq(l2), c.d_rows.eq(rows), c.d_word.eq(p), c.d_s.eq(0)]
 

@@ -24,6 +24,12 @@ Credit: the front end may broadcast only while level + p_valid < queue_depth (p_
 `PointerRead.busy`), so the column in the pointer stage always finds a free slot: `bc.ready`
 never depends on `bc.valid`.
 
+Per-layer constants (the PE's rows, first pointer and first bias of each layer, its shift and
+ReLU) are constants in the logic, or, in a loadable engine (`sizes` given), words of the table
+memory `pe{k}.layers` read asynchronously (`images.eie.pe_table_fields`), with the output rule
+for a shift known only at run time (`hw.blocks.post_process_var`): the PE's logic then depends
+on the engine's sizes alone, the same for every PE and every network of that shape.
+
 Accumulators: two banks; layer i accumulates into bank i % 2, preloaded with its biases. The
 drain of layer i (driven by the engine, one row per cycle, overlapping the compute of layer i+1
 in the other bank) reads acc[row]; a cycle later `y` is the row's output (rounding shift, int16
@@ -40,9 +46,9 @@ from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from images.eie import PEImage, pe_memory_map
+from images.eie import EieSizes, PEImage, pe_memory_map, pe_table_fields
 
-from ..blocks import bits, post_process, slot_sequencer
+from ..blocks import bits, post_process, post_process_var, slot_sequencer
 from ..convfe import conv_bcast_layout
 from ..frontend import bcast_layout
 from ..memory import MemoryFactory, MemorySpec
@@ -65,13 +71,14 @@ class PE(wiring.Component):
     Parameters: img; col_bits, row_bits (column and local-row widths of the engine);
     queue_depth (column queue, 1..64); acc_bits; sparse (False: the dense baseline, no zero
     skipping); memories (the engine's `MemoryFactory`); issue_width (columns broadcast a
-    cycle); specs (its memories, default `images.eie.pe_memory_map`).
+    cycle); specs (its memories, default `images.eie.pe_memory_map`); sizes (a loadable
+    engine's memory sizes, `img` padded to them: per-layer constants from the table memory).
     """
 
     def __init__(self, img: PEImage, *, col_bits: int, row_bits: int, queue_depth: int = 8,
                  acc_bits: int = 32, sparse: bool = True, memories: MemoryFactory | None = None,
                  issue_width: int = 1, specs: list[MemorySpec] | None = None,
-                 sub_bits: int = 0):
+                 sizes: EieSizes | None = None, sub_bits: int = 0):
         if issue_width not in (1, 2):
             raise ValueError(f"issue_width must be 1 or 2, not {issue_width!r}")
         self.issue_width = issue_width
@@ -83,12 +90,13 @@ class PE(wiring.Component):
         self.num_layers = len(img.rows)
         self.row_bits = row_bits
         self.ptr_bits = img.ptr_bits
+        self.sizes = sizes
         self.sub_bits = sub_bits  # > 0 with conv layers: the sub-position of a column
         L = self.num_layers
         # the PE's memories (`images.eie.pe_memory_map`; the engine passes its part of the
         # engine's map)
         self.specs = specs if specs is not None else pe_memory_map(
-            img, acc_bits=acc_bits, issue_width=issue_width)
+            img, acc_bits=acc_bits, issue_width=issue_width, sizes=sizes)
         layout = (conv_bcast_layout(col_bits + 1, sub_bits) if sub_bits
                   else bcast_layout(col_bits + 1))
         if issue_width == 1:
@@ -128,8 +136,7 @@ class PE(wiring.Component):
         c.acc_w_addr = Signal(self.row_bits, name="acc_w_addr")
         c.acc_w_data = Signal(self.acc_bits, name="acc_w_data")
         c.acc_w_en = Signal(name="acc_w_en")
-        c.rows_t = Array(Const(int(v), unsigned(self.row_bits + 1))
-                         for v in list(self.img.rows) + [0, 0, 0])  # layers L, L+1: no rows
+        self._layer_constants(m, c, ports.get("layers"))
         if self.issue_width == 1:
             self._pointer_stage(m, c, ports["ptr_even"].read[0], ports["ptr_odd"].read[0])
         else:
@@ -146,16 +153,54 @@ class PE(wiring.Component):
             (c.queue.level == 0) & ~c.pr_busy & ~c.s.valid & ~c.e_valid & ~c.mac.pending)
         return m
 
-    def _ptr_base_table(self):
-        """Each layer's first pointer, a table indexed by the layer (two rows at least)."""
+    def _layer_constants(self, m, c, table):
+        """The per-layer constants as functions of a layer index: `c.rows_of(i)` (the PE's rows
+        of layer i, 0 past the last), `c.ptr_base_of`, `c.bias_base_of`, and
+        `c.out_rule(acc, i)` (the output rule of layer i). Constants in the logic, or a table
+        memory's words (a loadable engine: read ports 0..3 look up drain_layer, the drained
+        row's preload layer, layer and preload_layer)."""
         img, L = self.img, self.num_layers
-        return Array(Const(int(v), unsigned(bits(len(img.ptr) + 1)))
-                     for v in (list(img.ptr_base) + [0] * 2)[:max(L, 2)])
+        if table is None:
+            rows_t = Array(Const(int(v), unsigned(self.row_bits + 1))
+                           for v in list(img.rows) + [0, 0, 0])  # layers L, L+1: no rows
+            ptr_t = Array(Const(int(v), unsigned(bits(len(img.ptr) + 1)))
+                          for v in (list(img.ptr_base) + [0] * 2)[:max(L, 2)])
+            bias_t = Array(Const(int(v), unsigned(bits(len(img.bias) + 1)))
+                           for v in list(img.bias_base) + [0, 0, 0])
+            c.rows_of = lambda port, i: rows_t[i]
+            c.ptr_base_of = lambda i: ptr_t[i]
+            c.bias_base_of = lambda i: bias_t[i]
+
+            def out_rule(acc, i):
+                y = Signal(signed(16), name="y_rule")
+                with m.Switch(i):
+                    for j in range(L):
+                        with m.Case(j):
+                            m.d.comb += y.eq(post_process(acc, img.shift[j], img.relu[j]))
+                return y
+            c.out_rule = out_rule
+            return
+        layout = data.StructLayout(dict(pe_table_fields(self.sizes)))
+        views = []
+        for j, rp in enumerate(table.read):
+            v = Signal(layout, name=f"tbl{j}")
+            m.d.comb += v.as_value().eq(rp.data)
+            views.append((rp, v))
+
+        def look(port, i):
+            rp, v = views[port]
+            m.d.comb += rp.addr.eq(i)
+            return v
+
+        c.rows_of = lambda port, i: look(port, i).rows
+        c.ptr_base_of = lambda i: look(2, i).ptr_base
+        c.bias_base_of = lambda i: look(3, i).bias_base
+        c.out_rule = lambda acc, i: post_process_var(acc, look(0, i).shift, look(0, i).relu)
 
     def _pointer_stage2(self, m, c, pevs, pods):
         """p_ at issue width 2: two `PointerRead`s, one per broadcast lane, each on its own
         read port of the two pointer banks, into a queue written with up to two columns."""
-        img, ptr_base = self.img, self._ptr_base_table()
+        img, base = self.img, c.ptr_base_of(self.layer)
         depth = self.queue_depth
         m.submodules.queue = c.queue = queue = PairQueue(column_layout(self.ptr_bits, self.sub_bits),
                                                          depth=depth)
@@ -170,7 +215,7 @@ class PE(wiring.Component):
             m.d.comb += [
                 pr.i.valid.eq(self.bcw_valid[j]),
                 pr.i.payload.eq(self.bcw[j]),
-                pr.base.eq(ptr_base[self.layer]),
+                pr.base.eq(base),
                 pr.credit.eq(1),  # `room` below is the credit, checked by the front end
                 pev.addr.eq(pr.even.addr), pr.even.data.eq(pev.data),
                 pod.addr.eq(pr.odd.addr), pr.odd.data.eq(pod.data),
@@ -204,7 +249,7 @@ class PE(wiring.Component):
 
     def _pointer_stage(self, m, c, pev, pod):
         """p_: pointer read (hw/eie/pointer.py) into the column queue."""
-        img, ptr_base = self.img, self._ptr_base_table()
+        img = self.img
         depth = self.queue_depth
         m.submodules.queue = c.queue = queue = ActQueue(column_layout(self.ptr_bits, self.sub_bits),
                                                         depth=depth)
@@ -216,7 +261,7 @@ class PE(wiring.Component):
         c.pr_busy = pr.busy
         c.seq_src = queue
         m.d.comb += [
-            pr.base.eq(ptr_base[self.layer]),
+            pr.base.eq(c.ptr_base_of(self.layer)),
             # credit: the column in the pointer stage always finds a free queue slot
             pr.credit.eq(queue.level + pr.busy < depth),
             pev.addr.eq(pr.even.addr), pr.even.data.eq(pev.data),
@@ -289,15 +334,14 @@ class PE(wiring.Component):
         A conv layer's rows are drained in address order, row r's sub-positions one after
         another (r << sub_bits | s): their maximum is kept (the pooling) and the output comes
         with the last one; its channels this PE does not have are drained too, as zeros (the
-        preload writes 0 there), so every word of the map is written."""
+        preload writes 0 there), so every word of the map is written. (Conv layers only in a
+        fixed engine: a loadable one refuses them, so its constants are all fc ones.)"""
         from images.conv import ConvGeom
 
-        img, L, rows_t, banks = self.img, self.num_layers, c.rows_t, c.banks
+        img, L, banks = self.img, self.num_layers, c.banks
         geoms = [ConvGeom(*g) if g else None for g in (img.geoms or [()] * L)]
         pool = any(g is not None and g.subs > 1 for g in geoms)
         conv = any(g is not None for g in geoms)
-        bias_base = Array(Const(int(v), unsigned(bits(len(img.bias) + 1)))
-                          for v in list(img.bias_base) + [0, 0, 0])
         d_valid = Signal(name="d_valid")
         c.d_pre = d_pre = Signal(name="d_pre")
         c.d_row = d_row = Signal(self.row_bits, name="d_row")
@@ -312,16 +356,16 @@ class PE(wiring.Component):
                 for sb in sorted(set(self._layer_sub_bits())):
                     with m.Case(sb):
                         m.d.comb += pl_row.eq(self.drain_row >> sb)
-            m.d.comb += bias.addr.eq(bias_base[self.preload_layer] + pl_row)
+            m.d.comb += bias.addr.eq(c.bias_base_of(self.preload_layer) + pl_row)
         else:
-            m.d.comb += bias.addr.eq(bias_base[self.preload_layer] + self.drain_row)
+            m.d.comb += bias.addr.eq(c.bias_base_of(self.preload_layer) + self.drain_row)
         m.d.sync += [d_valid.eq(self.drain_valid), d_pre.eq(self.preload_valid),
                      d_row.eq(self.drain_row), d_layer.eq(self.drain_layer),
                      d_pl_layer.eq(self.preload_layer), c.d_bank_r.eq(self.drain_bank)]
         d_acc = Signal(signed(self.acc_bits), name="d_acc")
         m.d.comb += d_acc.eq(Mux(c.d_bank_r, banks[1].read[0].data, banks[0].read[0].data))
         out_acc = d_acc
-        y_ok = d_valid & (d_row < rows_t[d_layer])
+        y_ok = d_valid & (d_row < c.rows_of(0, d_layer))
         if conv:
             out_rows = Array(Const(int(v), unsigned(self.row_bits + 1))
                              for v in list(img.out_rows) + [0, 0, 0])
@@ -346,10 +390,7 @@ class PE(wiring.Component):
                     m.d.sync += d_max.eq(out_acc)
             y_conv = d_valid & (d_s == subs_t[d_layer] - 1) & (d_r < out_rows[d_layer])
             y_ok = Mux(is_conv[d_layer], y_conv, y_ok)
-        with m.Switch(d_layer):
-            for i in range(L):
-                with m.Case(i):
-                    m.d.comb += self.y.eq(post_process(out_acc, img.shift[i], img.relu[i]))
+        m.d.comb += self.y.eq(c.out_rule(out_acc, d_layer))
         m.d.comb += [
             self.y_valid.eq(y_ok),
             self.y_row.eq(d_row),
@@ -364,13 +405,13 @@ class PE(wiring.Component):
                 for sb in sorted(set(self._layer_sub_bits())):
                     with m.Case(sb):
                         m.d.comb += pl_r.eq(d_row >> sb)
-            own = pl_r < rows_t[d_pl_layer]
+            own = pl_r < c.rows_of(1, d_pl_layer)
             m.d.comb += [c.d_bias.eq(Mux(own, bias.data.as_signed(), 0)),
                          c.d_pl_en.eq(Mux(is_conv[d_pl_layer], pl_r < out_rows[d_pl_layer],
-                                          d_row < rows_t[d_pl_layer]))]
+                                          d_row < c.rows_of(1, d_pl_layer)))]
         else:
             m.d.comb += [c.d_bias.eq(bias.data.as_signed()),
-                         c.d_pl_en.eq(d_row < rows_t[d_pl_layer])]
+                         c.d_pl_en.eq(d_row < c.rows_of(1, d_pl_layer))]
 
     def _banks(self, m, c):
         """Bank muxing: the engine never computes into the bank being drained."""

@@ -2,6 +2,8 @@
 // with `verilator --binary --timing` and reads what it writes; docs/verification.md).
 //
 // Plusargs: +inputs=FILE (hex int16 words, one a line, N vectors of IN words), +n=N,
+// +n_in=I +n_out=O (the words of an input and of an output vector, at most the parameters IN and
+// OUT, which are their defaults: a loadable engine's bench serves every network of its shape),
 // +out=FILE (per vector one line: cycles, LAYERS layer_cycles, OUT outputs, all decimal),
 // +stall_in=P +stall_out=P (per mille: chance that the driver holds i_act.valid low / the
 // monitor holds o_act.ready low in a cycle), +seed=S, +reset_mid=1 (vector 0 in, a few compute
@@ -42,12 +44,12 @@ module engine_tb #(parameter int IN = 1, parameter int OUT = 1, parameter int LA
   endfunction
 
   logic signed [15:0] vec [IN];
-  int fin, fout, n, stall_in, stall_out, seed, reset_mid, max_cycles;
+  int fin, fout, n, stall_in, stall_out, seed, reset_mid, max_cycles, n_in, n_out;
   string inputs_path, out_path;
 
   task automatic read_vector(int k);
     int w;
-    for (int j = 0; j < IN; j++) begin
+    for (int j = 0; j < n_in; j++) begin
       if ($fscanf(fin, "%h", w) != 1) $fatal(1, "inputs: vector %0d ends at word %0d", k, j);
       vec[j] = w[15:0];
     end
@@ -69,6 +71,10 @@ module engine_tb #(parameter int IN = 1, parameter int OUT = 1, parameter int LA
     if (!$value$plusargs("seed=%d", seed)) seed = 0;
     if (!$value$plusargs("reset_mid=%d", reset_mid)) reset_mid = 0;
     if (!$value$plusargs("max_cycles=%d", max_cycles)) max_cycles = 2000000;
+    if (!$value$plusargs("n_in=%d", n_in)) n_in = IN;
+    if (!$value$plusargs("n_out=%d", n_out)) n_out = OUT;
+    if (n_in < 1 || n_in > IN || n_out < 1 || n_out > OUT)
+      $fatal(1, "+n_in=%0d +n_out=%0d: the bench takes 1..%0d and 1..%0d", n_in, n_out, IN, OUT);
     rng = rng ^ seed;
     if (rng == 0) rng = 1;
     fin = $fopen(inputs_path, "r");
@@ -82,7 +88,7 @@ module engine_tb #(parameter int IN = 1, parameter int OUT = 1, parameter int LA
       read_vector(0);
       $rewind(fin);
       @(negedge clk);
-      for (int j = 0; j < IN; j++) begin
+      for (int j = 0; j < n_in; j++) begin
         i_valid = 1'b1;
         i_payload = vec[j];
         #1;
@@ -105,10 +111,10 @@ module engine_tb #(parameter int IN = 1, parameter int OUT = 1, parameter int LA
       i = 0; got = 0; budget = max_cycles; presenting = 1'b0;
       read_vector(k);
       @(negedge clk);
-      while (got < OUT) begin
+      while (got < n_out) begin
         bit take_in;
         if (--budget < 0) $fatal(1, "vector %0d: no result within %0d cycles", k, max_cycles);
-        if (i < IN) begin
+        if (i < n_in) begin
           if (!presenting && !draw(stall_in)) begin
             presenting = 1'b1;
             i_payload = vec[i];
@@ -130,7 +136,7 @@ module engine_tb #(parameter int IN = 1, parameter int OUT = 1, parameter int LA
       if (busy) $fatal(1, "vector %0d: busy after the last output word", k);
       $fwrite(fout, "%0d", cycles);
       for (int l = 0; l < LAYERS; l++) $fwrite(fout, " %0d", layer_cycles[32*l +: 32]);
-      for (int j = 0; j < OUT; j++) $fwrite(fout, " %0d", ys[j]);
+      for (int j = 0; j < n_out; j++) $fwrite(fout, " %0d", ys[j]);
       $fwrite(fout, "\n");
     end
     $fclose(fout);
