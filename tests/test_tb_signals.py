@@ -29,8 +29,9 @@ from .conftest import REPO
 def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("signals")
     save_qnet(random_qnet((64, 16, 10), seed=1, density=0.5, shift=6), d / "q.npz")
-    # ~200 cycles each: minutes of simulation, far longer than the test waits
-    np.save(d / "x.npy", random_inputs(4000, 64, seed=2, density=0.5))
+    # ~200 cycles each: many minutes of simulation, far longer than the test waits (4,000 were
+    # once simulated to the end before the signal came, on a fast machine)
+    np.save(d / "x.npy", random_inputs(20000, 64, seed=2, density=0.5))
     return d
 
 
