@@ -261,8 +261,9 @@ class _StreamOut:
                     else:
                         m.d.comb += [eng.o_act.payload[j].eq(self.act_r[k + j].data.as_signed())
                                      for j in range(w)]
-        # the last word is delivered when cnt has reached out_n and it is taken
-        return self.o_valid & eng.o_act.ready & (cnt >= out_n)
+        # the last word is delivered when cnt has reached out_n and it is taken (several words a
+        # beat can step past it; one a beat keeps the equality the bitstreams were built with)
+        return self.o_valid & eng.o_act.ready & ((cnt == out_n) if w == 1 else (cnt >= out_n))
 
 
 class ActIO(_StreamOut):
