@@ -15,13 +15,13 @@ from pathlib import Path
 from compress.errors import InputError, OneLineParser as _Parser, run_main
 from compress.progress import step
 from compress.shipped import BOARD_QNET, SHIPPED_QNET, SYNTHETIC, load_model, model_record
-from images import build_image, check_pes, get, names, registered
+from images import check_pes, get, names, registered
 
 from .boards import BOARDS, DEFAULT_BOARD, engine_params, get_board
 from .flow.build import (DEFAULT_CLOCK_MHZ, BuildError, build, clock_help, default_clock_mhz,
                          pll_range_mhz, table)
-from .flow.resources import (analyse, binding, fit_bound, fit_message, fits, format_analysis,
-                             what_fits)
+from .flow.resources import (analyse, binding, board_image, check_board_kinds, default_pes,
+                             fit_bound, fit_message, fits, format_analysis, what_fits)
 from .gateware.uart import DEFAULT_BAUD, baud_divisor
 from .host.runner import run_cli
 
@@ -35,18 +35,20 @@ def _for_board(args) -> bool:
 
 
 def _load_model(args):
-    """(qnet, name): the board's link, weight load and tops carry fully connected layers only,
-    whichever engine (a conv qnet: one line, exit 2)."""
+    """(qnet, name): a network whose layer kinds args.engine runs (a conv qnet on the lockstep
+    engine: one line, exit 2)."""
     qnet, name = load_model(args.model, board=_for_board(args))
-    return qnet.require_fc("the board"), name
+    check_board_kinds(qnet, args.engine)
+    return qnet, name
 
 
 def _image(args):
-    """(image for args.engine and args.pes, qnet, model name)."""
+    """(the board's image for args.engine and args.pes, qnet, model name)."""
     qnet, name = _load_model(args)
     check_pes(args.pes)
     with step(f"placing the rows of {name} over {args.pes} PEs ({args.engine} engine)"):
-        return build_image(qnet, args.engine, args.pes), qnet, name
+        return (board_image(qnet, args.engine, args.pes, spram=not args.no_spram,
+                            board=getattr(args, "board", DEFAULT_BOARD)), qnet, name)
 
 
 def _fit_first(args, qnet, name) -> dict:
@@ -194,19 +196,25 @@ def cmd_resources(args):
 
 
 def _board_defaults(args):
-    """--engine and --pes not given: the board's engine and its PEs there (8 when the
-    registry says 'as many as fit')."""
+    """--engine and --pes not given: the board's engine and its PEs there (when the registry
+    says 'as many as fit': the most of 8, 4, 2, 1 that fit the network)."""
     board = get_board(args.board)
     args.engine = args.engine or board.engine
     if getattr(args, "baud", 0) is None:
         args.baud = board.baud
-    if args.pes is None:
-        args.pes = get(args.engine).defaults_for(board.name, board.family).pes or 8
+    _default_pes(args)
 
 
 def cmd_run(args):
     _board_defaults(args)
     return run_cli(args)
+
+
+def _default_pes(args):
+    """--pes not given: the board's for the engine, or the most that fit this network."""
+    if args.pes is None:
+        qnet, _name = _load_model(args)
+        args.pes = default_pes(qnet, args.engine, args.board)
 
 
 def build_parser():

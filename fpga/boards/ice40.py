@@ -69,16 +69,78 @@ def loadable(spec: MemorySpec) -> bool:
             and spec.width <= SPRAM_WIDTH and spec.depth <= SPRAM_DEPTH)
 
 
-def load_plan(specs, *, count: int = SPRAM_COUNT) -> list[MemorySpec]:
-    """The ROMs to put in SPRAM, in load-id order (largest first, ties by name)."""
+def load_plan(specs, *, count: int = SPRAM_COUNT, kinds=None) -> "LoadPlan":
+    """The ROMs to put in SPRAM, in load-id order (largest first, ties by name), after the
+    activation maps a conv network keeps there (`act_plan`, from the layer kinds `kinds`)."""
+    acts = act_plan(specs, kinds) if kinds is not None else {}
     cands = sorted((s for s in specs if loadable(s)), key=lambda s: (-s.bits, s.name))
-    return cands[:count]
+    return LoadPlan(cands[:max(0, count - len(acts))], acts=acts)
 
 
-def load_plan_for(img) -> list[MemorySpec]:
+def load_plan_for(img) -> "LoadPlan":
     """The engine memories of `img` that go to SPRAM, in load-id order: read from the image's
-    memory map (ROMs only, which no engine parameter changes), no engine is made."""
-    return load_plan(memory_specs(img))
+    memory map (ROMs only, which no engine parameter changes), no engine is made; with the
+    activation banks a conv network keeps in SPRAM (`LoadPlan.acts`)."""
+    return load_plan(memory_specs(img), kinds=kinds_of(img))
+
+
+class LoadPlan(list):
+    """The ROMs loaded into SPRAM, in load-id order (a list of `MemorySpec`: what the host
+    loads), and `acts`: {activation RAM name: the bank of it in an SPRAM} (nothing to load)."""
+
+    def __init__(self, roms=(), *, acts: dict | None = None):
+        super().__init__(roms)
+        self.acts = dict(acts or {})
+
+
+# ---- activation maps in SPRAM (a conv network on the EIE engine) ----------------------------
+#
+# A CNN's feature maps outgrow the EBR (LeNet-5 on the EIE engine: 2 x 2,880 words a PE, 24
+# EBR). An SPRAM has room for a map but one port, and the EIE engine reads its activation RAM
+# (the source bank) while it writes it (the destination bank): so one bank of a PE's RAM goes to
+# an SPRAM, the other stays in EBR. The engine writes the SPRAM bank only while it reads the
+# other (a step's drain writes the destination bank while the next step reads the source; a
+# conv layer's first pass, and an fc layer after a conv one, wait for the previous drain),
+# except when an fc layer follows an fc layer: its front end reads the groups the previous
+# layer's drain has written while that drain writes the rest (the same bank). A bank such a
+# pair reads is never in SPRAM (`act_bank`). The one port: a write wins; a read of the SPRAM
+# bank in the same cycle is one the engine does not use.
+
+
+def kinds_of(img) -> list[str]:
+    """The layer kinds of an image ("fc", "conv"; an image without kinds: all fc)."""
+    return [getattr(rl, "kind", "fc") for rl in img.layers]
+
+
+def act_bank(kinds) -> int | None:
+    """The activation bank (0: a layer's input at an even layer) a network of these layer kinds
+    may keep in SPRAM: None for a network without conv layers (its memories as always) or when
+    fc-after-fc layers read both banks while they are written."""
+    kinds = list(kinds)
+    if "conv" not in kinds:
+        return None
+    busy = {(i + 1) % 2 for i in range(len(kinds) - 1) if kinds[i] == kinds[i + 1] == "fc"}
+    free = [b for b in (0, 1) if b not in busy]
+    return free[0] if free else None
+
+
+def act_plan(specs, kinds) -> dict[str, int]:
+    """{activation RAM name: its bank in an SPRAM}: every PE's (`pe<k>.act`, one SPRAM each)
+    for a conv network with a free bank (`act_bank`) when at least one SPRAM stays for the
+    ROMs and a bank fits an SPRAM; else none."""
+    bank = act_bank(kinds)
+    acts = [s for s in specs if s.name.endswith(".act") and s.kind == "ram"]
+    if (bank is None or not acts or len(acts) >= SPRAM_COUNT
+            or any(s.width > SPRAM_WIDTH or s.depth % 2 or s.depth // 2 > SPRAM_DEPTH
+                   or s.read_ports != 1 or s.write_ports != 1 for s in acts)):
+        return {}
+    return {s.name: bank for s in acts}
+
+
+def act_half(spec: MemorySpec) -> MemorySpec:
+    """The EBR half of an activation RAM split by `act_plan` (one bank: half the depth)."""
+    return MemorySpec(f"{spec.name}_ebr", spec.kind, spec.width, spec.depth // 2, (),
+                      read_ports=spec.read_ports, write_ports=spec.write_ports)
 
 
 @dataclass
@@ -108,9 +170,12 @@ class Memories(MemoryFactory):
     """
 
     def __init__(self, spram: list[MemorySpec], *, primitive: bool = False,
-                 no_rw_check: bool = False):
-        if len(spram) > SPRAM_COUNT:
-            raise ValueError(f"at most {SPRAM_COUNT} SPRAM memories, not {len(spram)}")
+                 no_rw_check: bool = False, acts: dict | None = None):
+        # acts: {activation RAM name: bank} kept in SPRAM (`act_plan`; default: the plan's)
+        self.acts = dict(getattr(spram, "acts", {}) if acts is None else acts)
+        if len(spram) + len(self.acts) > SPRAM_COUNT:
+            raise ValueError(f"at most {SPRAM_COUNT} SPRAM memories, not "
+                             f"{len(spram) + len(self.acts)}")
         for s in spram:
             if not loadable(s):
                 raise ValueError(f"memory {s.name} ({s.width} x {s.depth}, {s.kind}) cannot be "
@@ -125,6 +190,8 @@ class Memories(MemoryFactory):
         self._by_name = {lp.spec.name: lp for lp in self.loads}
 
     def __call__(self, m: Module, spec: MemorySpec) -> MemoryPorts:
+        if spec.name in self.acts:
+            return self._split_act(m, spec, self.acts[spec.name])
         lp = self._by_name.get(spec.name)
         if lp is None and self.no_rw_check and spec.kind == "ram":
             return no_rw_check_ram(m, spec)
@@ -156,6 +223,65 @@ class Memories(MemoryFactory):
                          w.addr.eq(addr), w.data.eq(lp.data), w.en.eq(lp.we)]
         m.d.comb += rp.data.eq(dout[: spec.width])
         return MemoryPorts(read=[rp], write=[])
+
+
+    def _split_act(self, m: Module, spec: MemorySpec, bank: int) -> MemoryPorts:
+        """An activation RAM (two banks of depth / 2 words) with bank `bank` in an SPRAM and
+        the other in EBR (`act_plan`): the same ports and read latency as one RAM. The SPRAM's
+        one port writes when the write port writes into its bank, else reads."""
+        half = spec.depth // 2
+        key = spec.name.replace(".", "_")
+        ebr = super().__call__(m, act_half(spec))
+        er, ew = ebr.read[0], ebr.write[0]
+        rp = _ReadPort(addr=Signal(spec.addr_width, name=f"{key}_raddr"),
+                       en=Signal(init=1, name=f"{key}_ren"),
+                       data=Signal(spec.width, name=f"{key}_rdata"))
+        wp = _ReadPort(addr=Signal(spec.addr_width, name=f"{key}_waddr"),
+                       en=Signal(name=f"{key}_wen"), data=Signal(spec.width, name=f"{key}_wdata"))
+
+        def in_spram(addr):
+            return addr < half if bank == 0 else addr >= half
+
+        def local(addr):
+            return addr if bank == 0 else addr - half
+
+        def other(addr):
+            return addr - half if bank == 0 else addr
+
+        r_s, w_s = Signal(name=f"{key}_r_s"), Signal(name=f"{key}_w_s")
+        r_was = Signal(name=f"{key}_r_was")  # the last read (en high) was of the SPRAM bank
+        addr = Signal(LOAD_ADDR_BITS, name=f"{key}_s_addr")
+        dout = Signal(16, name=f"{key}_s_dout")
+        m.d.comb += [r_s.eq(in_spram(rp.addr)), w_s.eq(wp.en & in_spram(wp.addr)),
+                     er.addr.eq(other(rp.addr)), er.en.eq(rp.en),
+                     ew.addr.eq(other(wp.addr)), ew.data.eq(wp.data),
+                     ew.en.eq(wp.en & ~in_spram(wp.addr)),
+                     addr.eq(Mux(w_s, local(wp.addr), local(rp.addr))),
+                     rp.data.eq(Mux(r_was, dout[: spec.width], er.data))]
+        with m.If(rp.en):
+            m.d.sync += r_was.eq(r_s)
+        if self.primitive:
+            m.submodules[f"{key}_spram"] = Instance(
+                "SB_SPRAM256KA",
+                i_ADDRESS=addr, i_DATAIN=wp.data, i_MASKWREN=0b1111, i_WREN=w_s,
+                i_CHIPSELECT=w_s | (rp.en & r_s), i_CLOCK=ClockSignal("sync"),
+                i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
+                o_DATAOUT=dout,
+            )
+        else:
+            # in simulation a read the write takes the port from gives a poison value, not
+            # the word: a read the engine used in such a cycle would show as a wrong result
+            mem = Memory(shape=16, depth=half, init=[])
+            m.submodules[f"{key}_spram"] = mem
+            r = mem.read_port(domain="sync")
+            w = mem.write_port()
+            clash = Signal(name=f"{key}_clash")
+            with m.If(rp.en):
+                m.d.sync += clash.eq(w_s & r_s)
+            m.d.comb += [r.addr.eq(addr), r.en.eq(rp.en & r_s & ~w_s),
+                         dout.eq(Mux(clash, 0x5A5A, r.data)),
+                         w.addr.eq(addr), w.data.eq(wp.data), w.en.eq(w_s)]
+        return MemoryPorts(read=[rp], write=[wp])
 
 
 def load_words(spec: MemorySpec) -> list[int]:

@@ -59,6 +59,7 @@ from images.params import EngineParams
 from tb.sim import SimulationStopped, run_in_group
 
 from ..boards import BOARDS, DEFAULT_BOARD, engine_params, family_of, get_board
+from .resources import board_image, check_board_kinds, default_pes
 
 REPO = Path(__file__).resolve().parents[2]
 TOPLEVEL = "gate"
@@ -407,9 +408,9 @@ def main(argv=None) -> int:
         a = p.parse_args(argv)
         board = get_board(a.board)
         a.engine = a.engine or board.engine
-        if a.pes is None:
-            a.pes = get(a.engine).defaults_for(board.name, board.family).pes or 8
-        check_pes(a.pes)
+        pes_given = a.pes is not None
+        if pes_given:
+            check_pes(a.pes)
         if a.count < 1:
             raise InputError(f"--count must be at least 1, not {a.count}")
         data_dir = a.data or os.environ.get("MNIST_DIR")
@@ -418,9 +419,11 @@ def main(argv=None) -> int:
         from compress.pattern import BOARDS as PRUNED_FOR
 
         qnet, name = load_model(a.model, board=a.board in PRUNED_FOR)
-        qnet.require_fc("the board")
+        check_board_kinds(qnet, a.engine)
+        if not pes_given:  # the board's PEs for its engine (as many as fit: for this network)
+            a.pes = default_pes(qnet, a.engine, a.board)
         x, labels = _digits(qnet, a.count, data_dir)
-        img = build_image(qnet, a.engine, a.pes)
+        img = board_image(qnet, a.engine, a.pes, board=a.board)
         print(f"{name}: {a.board}, {a.engine} engine, {a.pes} PEs, {a.count} digits, {a.sim}",
               flush=True)
         b = build(img, sim=a.sim, board=a.board)

@@ -26,7 +26,8 @@ import numpy as np
 from compress import limits
 from compress.errors import InputError
 from compress.qnet import Layer, QNet
-from images import MAX_PES, build_image, engine_of, get, memory_specs
+from images import MAX_PES, build_image, engine_of, get, memory_specs, registered
+from images.layers import kind_name
 
 from ..boards import DEFAULT_BOARD, get_board
 
@@ -37,20 +38,35 @@ def group_of(name: str) -> str:
     return name.split(".", 1)[1] if "." in name else re.sub(r"\d+$", "", name)
 
 
-def _tally(specs, *, spram: bool, board: str = DEFAULT_BOARD) -> dict:
+def _plan(fam, specs, kinds, count=None):
+    """The family's SPRAM plan for `specs` (with the activation banks a conv network of layer
+    kinds `kinds` keeps there, where the family does that)."""
+    kw = {} if count is None else {"count": count}
+    if kinds is not None and hasattr(fam, "act_plan"):
+        kw["kinds"] = kinds
+    return fam.load_plan(specs, **kw)
+
+
+def _tally(specs, *, spram: bool, board: str = DEFAULT_BOARD, kinds=None) -> dict:
     """Memories by kind with the EBR blocks the family gives each; with `spram`, the family's
-    load plan's ROMs (SPRAM) need none. `too_deep`: ROMs SPRAM would take but for their depth
-    (16,384 words)."""
+    load plan's ROMs (SPRAM) need none, and an activation RAM with a bank in SPRAM (a conv
+    network's, layer kinds `kinds`) needs the EBR of its other bank. `too_deep`: ROMs SPRAM
+    would take but for their depth (16,384 words)."""
     b = get_board(board)
     fam = b.fam
-    in_spram = {s.name for s in fam.load_plan(specs)} if spram else set()
+    plan = _plan(fam, specs, kinds) if spram else []
+    acts = getattr(plan, "acts", {})
+    in_spram = {s.name for s in plan} | set(acts)
     groups = defaultdict(lambda: {"count": 0, "bits": 0, "ebr": 0, "spram": 0, "logic": 0,
                                   "depths": []})
     for s in specs:
         g = groups[group_of(s.name)]
         g["count"] += 1
         g["bits"] += s.bits
-        if s.name in in_spram:
+        if s.name in acts:  # one bank in SPRAM, the other in EBR
+            g["spram"] += 1
+            g["ebr"] += fam.block_rams(fam.act_half(s))
+        elif s.name in in_spram:
             g["spram"] += 1
         else:
             blocks = fam.block_rams(s)
@@ -67,7 +83,7 @@ def _tally(specs, *, spram: bool, board: str = DEFAULT_BOARD) -> dict:
         # the ROMs the plan would take if SPRAM were deep enough: the largest of those that
         # fit its width and ports
         shallow = [replace(s, depth=min(s.depth, fam.LOADABLE_WORDS), init=()) for s in specs]
-        wanted = {s.name for s in fam.load_plan(shallow, count=fam.LOADS)}
+        wanted = {s.name for s in _plan(fam, shallow, kinds, count=fam.LOADS)}
         too_deep = [s for s in specs if s.name in wanted and not fam.loadable(s)
                     and s.depth > fam.LOADABLE_WORDS]
     return {
@@ -75,6 +91,7 @@ def _tally(specs, *, spram: bool, board: str = DEFAULT_BOARD) -> dict:
         "total_bits": sum(g["bits"] for g in groups.values()),
         "total_ebr": sum(g["ebr"] for g in groups.values()),
         "spram_used": len(in_spram),
+        "spram_acts": len(acts),
         "spram_names": sorted(in_spram),
         "too_deep": [(s.name, s.depth) for s in too_deep],
         "device": b.device,
@@ -90,7 +107,8 @@ def analyse(img, *, spram: bool = False, acc_bits: int = 32, board: str = DEFAUL
     """Memories by kind, EBR blocks each needs on `board`; with `spram`, the SPRAM plan's ROMs
     need none."""
     rec = engine_of(img)
-    a = _tally(memory_specs(img, rec.params(acc_bits=acc_bits)), spram=spram, board=board)
+    a = _tally(memory_specs(img, rec.params(acc_bits=acc_bits)), spram=spram, board=board,
+               kinds=[getattr(rl, "kind", "fc") for rl in img.layers])
     return {"engine": rec.name, "pes": img.pes, "bound": False, **a}
 
 
@@ -129,7 +147,8 @@ def fit_bound(qnet, engine: str, pes: int, *, spram: bool = True, acc_bits: int 
     specs = bound_specs(nz, shape, engine, pes, acc_bits=acc_bits, index_bits=index_bits,
                         rel_bits=rel_bits)
     return {"engine": engine, "pes": pes, "bound": True,
-            **_tally(specs, spram=spram, board=board)}
+            **_tally(specs, spram=spram, board=board,
+                     kinds=[kind_name(layer) for layer in qnet.layers])}
 
 
 def binding(a: dict) -> dict | None:
@@ -265,7 +284,10 @@ def format_analysis(a: dict) -> str:
     else:
         verdict = (f"{'fits' if fits(a) else 'does NOT fit'} in EBR ({what}{a['total_ebr']} of "
                    f"{a['ebr_available']} blocks"
-                   + (f", {a['spram_used']} ROMs in SPRAM" if a["spram_used"] else "") + ")")
+                   + (f", {a['spram_used'] - a.get('spram_acts', 0)} ROMs"
+                      + (f" and {a['spram_acts']} activation bank"
+                         + ("s" if a["spram_acts"] > 1 else "") if a.get("spram_acts") else "")
+                      + " in SPRAM" if a["spram_used"] else "") + ")")
     lines.append(f"{a['engine']} engine, {_pes(a['pes'])}: {verdict}")
     return "\n".join(lines)
 
@@ -285,3 +307,49 @@ def check_board_fit(qnet, engine: str, pes: int, *, spram: bool = True, img=None
         raise InputError(fit_message(qnet, a, what_fits(qnet, engine, pes, spram=spram,
                                                         quick=quick, board=board)))
     return a
+
+
+def check_board_kinds(qnet, engine: str) -> None:
+    """InputError (one line) unless `engine` runs every layer kind of `qnet` (a CNN runs on
+    the board through the EIE engine only)."""
+    from images.layers import check_kinds
+
+    try:
+        check_kinds(qnet, get(engine).layer_kinds, engine)
+    except InputError as e:
+        runs = [r.name for r in registered() if "conv" in r.layer_kinds]
+        raise InputError(f"{e} (on the board a network with conv layers runs on "
+                         f"--engine {'/'.join(runs)})") from None
+
+
+def board_image(qnet, engine: str, pes: int, *, spram: bool = True,
+                board: str = DEFAULT_BOARD):
+    """The image the board runs: the engine's own (`build_image`), except that when an EIE
+    entry ROM meant for SPRAM is deeper than an SPRAM (the relative index's fillers: LeNet-5 on
+    1 PE has 18,097 entries at rel_bits 5), the next wider relative index whose entries fit
+    (fewer fillers; 16,344 at rel_bits 6). The same rule on the build and on the host, so the
+    weights loaded are the bitstream's."""
+    img = build_image(qnet, engine, pes)
+    if not spram or not hasattr(img, "rel_bits") or engine_of(img).name != "eie":
+        return img
+    rb = img.rel_bits
+    while analyse(img, spram=True, board=board)["too_deep"] and rb < 12:
+        rb += 1
+        img = build_image(qnet, engine, pes, rel_bits=rb)
+    return img
+
+
+def default_pes(qnet, engine: str, board: str = DEFAULT_BOARD) -> int:
+    """The PEs of `engine` on `board` when not told: the registry's, else ("as many as fit")
+    the most of 8, 4, 2, 1 whose memories fit the device with the build's SPRAM plan (8 when
+    none does: the caller then refuses with what binds)."""
+    b = get_board(board)
+    pes = get(engine).defaults_for(b.name, b.family).pes
+    if pes is not None:
+        return pes
+    for n in (8, 4, 2, 1):
+        if fits(fit_bound(qnet, engine, n, board=board)) and \
+                fits(analyse(board_image(qnet, engine, n, board=board), spram=True,
+                             board=board)):
+            return n
+    return 8

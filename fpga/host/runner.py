@@ -26,7 +26,7 @@ from images import build_image, check_pes, engine_of
 from .. import protocol as P
 from ..flow.bench import simulated_board
 from ..flow.build import default_clock_mhz
-from ..flow.resources import check_board_fit
+from ..flow.resources import board_image, check_board_fit, check_board_kinds
 from ..gateware.uart import baud_divisor
 from .client import Board, SerialTransport
 
@@ -236,7 +236,8 @@ def run_cli(args) -> int:
 
     # what the bitstream is built for: the network pruned for this board where one is shipped
     qnet, name = load_model(args.model, board=args.board in PRUNED_FOR)
-    qnet.require_fc("the board")  # its link and weight load carry fc layers only
+    if args.sim:  # a conv network on an engine without conv layers: one line (a real board
+        check_board_kinds(qnet, args.engine)  # says its engine in PING, checked below)
     x, labels, noun, what = _inputs(args, qnet)
     print(f"model: {name}")
     print(what)
@@ -253,7 +254,7 @@ def run_cli(args) -> int:
         # SPRAM plan; --no-spram only preloads the simulation) is refused at once
         check_board_fit(qnet, args.engine, args.pes, board=args.board)
         with step(f"placing the rows over {args.pes} PEs ({args.engine} engine)"):
-            rom = build_image(qnet, args.engine, args.pes)
+            rom = board_image(qnet, args.engine, args.pes, board=args.board)
         check_board_fit(qnet, args.engine, args.pes, img=rom, board=args.board)
         print(f"simulated board: {args.board}, {args.engine} engine, {args.pes} PEs, UART at "
               f"{divisor} clocks a bit ({args.baud:,} baud at {mhz:g} MHz)")
@@ -275,7 +276,8 @@ def run_cli(args) -> int:
             board = Board(transport, timeout=args.timeout)
             # The ROM image for the weight load is cut for the board's own engine and PE count.
             info = board.ping()
-            rom = build_image(qnet, info.engine, info.pes)
+            check_board_kinds(qnet, info.engine)
+            rom = board_image(qnet, info.engine, info.pes, board=args.board)
             stats = run_inputs(board, qnet, x, labels, rom=rom, noun=noun)
             info = board.info
         finally:
