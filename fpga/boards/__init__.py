@@ -124,4 +124,9 @@ def engine_params(img, board: str = DEFAULT_BOARD, **values) -> EngineParams:
     """The parameters of the engine of `img` on `board`: its defaults there with `values` for
     the fields it has, fitted to the image's PEs."""
     b = get_board(board)
-    return engine_of(img).params_for(b.name, b.family, **values).fitted(img.pes)
+    rec = engine_of(img)
+    if any(getattr(rl, "kind", "fc") != "fc" for rl in getattr(img, "layers", ())):
+        # a conv network: the family's own values for it (iCE40: the EIE engine's queue depth
+        # 1, the logic cells bind), under the ones given
+        values = {**getattr(b.fam, "CONV_VALUES", {}).get(rec.name, {}), **values}
+    return rec.params_for(b.name, b.family, **values).fitted(img.pes)

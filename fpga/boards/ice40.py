@@ -74,7 +74,13 @@ def load_plan(specs, *, count: int = SPRAM_COUNT, kinds=None) -> "LoadPlan":
     activation maps a conv network keeps there (`act_plan`, from the layer kinds `kinds`)."""
     acts = act_plan(specs, kinds) if kinds is not None else {}
     cands = sorted((s for s in specs if loadable(s)), key=lambda s: (-s.bits, s.name))
-    return LoadPlan(cands[:max(0, count - len(acts))], acts=acts)
+    roms = cands[:max(0, count - len(acts))]
+    # with the maps in SPRAM the logic cells bind, not the EBR: a ROM yosys would leave to
+    # logic (LeNet-5's codebook, 64 LUTs) takes a block instead
+    taken = {s.name for s in roms}
+    blocks = ({s.name for s in specs if s.kind == "rom" and s.name not in taken
+               and s.bits >= EBR_BITS // 4 and block_rams(s) == 0} if acts else set())
+    return LoadPlan(roms, acts=acts, blocks=blocks)
 
 
 def load_plan_for(img) -> "LoadPlan":
@@ -86,11 +92,13 @@ def load_plan_for(img) -> "LoadPlan":
 
 class LoadPlan(list):
     """The ROMs loaded into SPRAM, in load-id order (a list of `MemorySpec`: what the host
-    loads), and `acts`: {activation RAM name: the bank of it in an SPRAM} (nothing to load)."""
+    loads), `acts`: {activation RAM name: the bank of it in an SPRAM} (nothing to load), and
+    `blocks`: the small ROMs put in EBR (yosys' `rom_style`) where it would use logic cells."""
 
-    def __init__(self, roms=(), *, acts: dict | None = None):
+    def __init__(self, roms=(), *, acts: dict | None = None, blocks=()):
         super().__init__(roms)
         self.acts = dict(acts or {})
+        self.blocks = set(blocks)  # ROMs put in EBR that yosys would leave to logic
 
 
 # ---- activation maps in SPRAM (a conv network on the EIE engine) ----------------------------
@@ -105,6 +113,12 @@ class LoadPlan(list):
 # layer's drain has written while that drain writes the rest (the same bank). A bank such a
 # pair reads is never in SPRAM (`act_bank`). The one port: a write wins; a read of the SPRAM
 # bank in the same cycle is one the engine does not use.
+
+
+# A conv network's engine parameters on the UP5K (fpga.boards.engine_params): LeNet-5's EIE
+# engine at 1 PE is 5,364 logic cells of 5,280 with queues of 4 columns (flip-flops), 5,082
+# with 1; a PE's work, not its queue, bounds a conv layer on 1 PE (93 % MAC utilisation).
+CONV_VALUES = {"eie": {"queue_depth": 1}}
 
 
 def kinds_of(img) -> list[str]:
@@ -173,6 +187,7 @@ class Memories(MemoryFactory):
                  no_rw_check: bool = False, acts: dict | None = None):
         # acts: {activation RAM name: bank} kept in SPRAM (`act_plan`; default: the plan's)
         self.acts = dict(getattr(spram, "acts", {}) if acts is None else acts)
+        self.blocks = set(getattr(spram, "blocks", ()))
         if len(spram) + len(self.acts) > SPRAM_COUNT:
             raise ValueError(f"at most {SPRAM_COUNT} SPRAM memories, not "
                              f"{len(spram) + len(self.acts)}")
@@ -192,6 +207,11 @@ class Memories(MemoryFactory):
     def __call__(self, m: Module, spec: MemorySpec) -> MemoryPorts:
         if spec.name in self.acts:
             return self._split_act(m, spec, self.acts[spec.name])
+        if spec.name in self.blocks:
+            mem = Memory(shape=spec.width, depth=max(2, spec.depth), init=list(spec.init),
+                         attrs={"rom_style": "block"})
+            m.submodules[spec.name.replace(".", "_")] = mem
+            return MemoryPorts(read=[mem.read_port(domain="sync")], write=[])
         lp = self._by_name.get(spec.name)
         if lp is None and self.no_rw_check and spec.kind == "ram":
             return no_rw_check_ram(m, spec)
@@ -400,6 +420,7 @@ def parse_report(report: dict, *, clock_hz: float) -> dict:
 # ---- the budget: what yosys makes of a memory in EBR ----------------------------------------
 
 EBR_SHAPES = ((16, 256), (8, 512), (4, 1024), (2, 2048))
+EBR_BITS = 4096
 # yosys memory_libmap (yosys 0.40+, synth_ice40): an EBR (SB_RAM40_4K, 2**11 addresses of 2
 # bits down to 2**8 of 16) costs 64, a read mux 0.5 a bit and bank; a memory left to logic costs
 # 1/16 a bit as a ROM and 1 a bit as a RAM, compared as a whole number. The memory goes to the

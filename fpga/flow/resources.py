@@ -68,6 +68,8 @@ def _tally(specs, *, spram: bool, board: str = DEFAULT_BOARD, kinds=None) -> dic
             g["ebr"] += fam.block_rams(fam.act_half(s))
         elif s.name in in_spram:
             g["spram"] += 1
+        elif s.name in getattr(plan, "blocks", ()):  # EBR by the plan (yosys' rom_style)
+            g["ebr"] += fam.ebr_blocks(s.width, s.depth)
         else:
             blocks = fam.block_rams(s)
             g["ebr"] += blocks
