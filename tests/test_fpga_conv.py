@@ -85,7 +85,16 @@ def test_lenet5_fits_one_pe():
     img = board_image(q, "eie", 1)
     assert img.rel_bits == 6 and max(len(e) for e in img.entries) <= ice40.SPRAM_DEPTH
     a = analyse(img, spram=True)
-    assert fits(a) and a["total_ebr"] == 26 and a["spram_used"] == 4 and a["spram_acts"] == 1
+    # bias 6, codebook 1 (in EBR: the logic cells bind), accumulators 8, activation bank 1: 12
+    assert fits(a) and a["total_ebr"] == 27 and a["spram_used"] == 4 and a["spram_acts"] == 1
+    assert ice40.load_plan_for(img).blocks == {"pe0.codebook"}
+
+
+@pytest.mark.skipif(not long_tests(), reason="LONG=1: places LeNet-5 again (about a minute)")
+def test_lenet5_default_pes():
+    from compress.shipped import load_model
+
+    q, _ = load_model("compress/models/lenet-5.qnet.npz")
     assert default_pes(q, "eie") == 1
 
 

@@ -210,6 +210,11 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = None,
         "model_sha256": (model or {}).get("model_sha256", ""),
         "baud": baud,
         "spram_roms": [lp.spec.name for lp in top.core.memories.loads] if spram else [],
+        # a conv network's activation RAMs with one bank in SPRAM ({name: bank}) and the small
+        # ROMs put in EBR instead of logic (fpga/boards/ice40.py, load_plan)
+        "spram_maps": dict(getattr(top.core.memories, "acts", {})) if spram else {},
+        "ebr_roms": sorted(getattr(top.core.memories, "blocks", ())) if spram else [],
+        "layers": [getattr(rl, "kind", "fc") for rl in img.layers],
         "build_seconds": round(total, 1),
         "attempts": attempts,
         "bitstream": f"top.{get_board(board).fam.BITSTREAM}",
