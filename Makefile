@@ -80,10 +80,12 @@ test: setup iverilog verilator
 test-long: setup iverilog verilator
 	LONG=1 $(PY) -m pytest -n $(call q,JOBS) -q tests
 
-# The lockstep engine with 8 PEs by default (ENGINE=eie: the queue engine, as many PEs as fit).
-# BUILD_DIR=DIR builds into DIR/$(BOARD)/ (default build/$(BOARD)/).
+# The lockstep engine with 8 PEs by default (ENGINE=eie: the queue engine, as many PEs as fit;
+# a CNN such as MODEL=compress/models/lenet-5.qnet.npz runs on ENGINE=eie only).
+# BUILD_DIR=DIR builds into DIR/$(BOARD)/ (default build/$(BOARD)/); CLOCK_MHZ=F and BAUD=B
+# the PLL clock and the UART rate (default: the board's, 33 MHz and 3 Mbaud on the iCEBreaker).
 bitstream: setup
-	$(PY) -m fpga build --board $(call q,BOARD) $(if $(value ENGINE),--engine $(call q,ENGINE)) $(if $(filter command line environment,$(origin PES)),--pes $(call q,PES)) $(if $(value MODEL),--model $(call q,MODEL)) $(if $(value BUILD_DIR),--build-dir $(call q,BUILD_DIR))
+	$(PY) -m fpga build --board $(call q,BOARD) $(if $(value ENGINE),--engine $(call q,ENGINE)) $(if $(filter command line environment,$(origin PES)),--pes $(call q,PES)) $(if $(value MODEL),--model $(call q,MODEL)) $(if $(value BUILD_DIR),--build-dir $(call q,BUILD_DIR)) $(if $(value CLOCK_MHZ),--clock-mhz $(call q,CLOCK_MHZ)) $(if $(value BAUD),--baud $(call q,BAUD))
 
 bench: setup iverilog verilator
 	$(PY) -m pip install -q -e '.[test,bench]'
