@@ -54,7 +54,7 @@ from compress.data import load_split
 from compress.errors import InputError, OneLineParser, run_main
 from compress.shipped import load_model
 from hw import make_engine
-from images import MAX_PES, build_image, check_pes, engine_of, get, image_digest, names
+from images import MAX_PES, check_pes, engine_of, image_digest, names
 from images.params import EngineParams
 from tb.sim import SimulationStopped, run_in_group
 

@@ -21,7 +21,7 @@ from compress.data import load_split
 from compress.progress import step
 from compress.qnet import load_inputs, load_labels
 from compress.shipped import load_model
-from images import build_image, check_pes, engine_of
+from images import check_pes, engine_of
 
 from .. import protocol as P
 from ..flow.bench import simulated_board
