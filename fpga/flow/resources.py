@@ -332,10 +332,15 @@ def board_image(qnet, engine: str, pes: int, *, spram: bool = True,
     (fewer fillers; 16,344 at rel_bits 6). The same rule on the build and on the host, so the
     weights loaded are the bitstream's."""
     img = build_image(qnet, engine, pes)
-    if not spram or not hasattr(img, "rel_bits") or engine_of(img).name != "eie":
+    if not spram or not hasattr(img, "rel_bits"):
         return img
+
+    def entries_too_deep(img):  # per-PE entry ROMs (`pe<k>.entries`), not a lockstep lane
+        deep = analyse(img, spram=True, board=board)["too_deep"]
+        return bool(deep) and all(group_of(name) == "entries" for name, _ in deep)
+
     rb = img.rel_bits
-    while analyse(img, spram=True, board=board)["too_deep"] and rb < 12:
+    while rb < 12 and entries_too_deep(img):
         rb += 1
         img = build_image(qnet, engine, pes, rel_bits=rb)
     return img
