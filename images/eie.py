@@ -393,9 +393,9 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
     """Compute cycles [batch, layers] of the EIE engine on int16 inputs x[batch, in_0], by a
     cycle model (no Verilog): every PE spends its entries (fillers included) on each non-zero
     column and the front end stalls while a PE that needs the column has `queue_depth` queued,
-    plus 6 fixed cycles a layer (pipeline, idle check, START) and the last layer's 6 of output
-    drain. At issue width 1 the front end broadcasts one non-zero column per cycle and an
-    all-zero group of N columns costs one (`images.lanes.simulate_layer`, one lane per PE); at
+    plus 6 fixed cycles a layer (pipeline, idle check, START) and the last layer's output drain
+    (its drain rows and 2: `drain_rows`). At issue width 1 the front end broadcasts one
+    non-zero column per cycle and an all-zero group of N columns costs one (`images.lanes.simulate_layer`, one lane per PE); at
     width 2 (`simulate_wide`) two a cycle, across group boundaries. issue_width None: the
     engine's default for the image's PEs (`default_issue_width`). docs/engine.md gives its
     agreement with the Verilog (within 0.2 points of MAC utilisation on three LeNet-300-100-shaped
@@ -424,9 +424,46 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
             c = simulate_wide(cost, nz, pes=rom.pes, depth=queue_depth)
             if i:  # the first groups come forwarded from the previous layer's drain
                 c = c - 2
-        # - 1: a PE is idle while its last hit is written (`hw.eie.mac.Mac.pending`)
-        out.append(c - 1 + (6 if i == rom.num_layers - 1 else 0))
+        # - 1: a PE is idle while its last hit is written (`hw.eie.mac.Mac.pending`); the last
+        # layer's drain is not overlapped: its rows (`drain_rows`) and 2 more
+        last = drain_rows(rom)[-1] + 2 if i == rom.num_layers - 1 else 0
+        out.append(c - 1 + last)
     return np.stack(out, axis=1)
+
+
+def drain_rows(rom: RomImage) -> list[int]:
+    """Rows the engine drains after each fully connected layer (every PE at once: the most a
+    PE holds of the layer's outputs or of layer i + 2's, which the drain preloads)."""
+    n = rom.pes
+    outs = [rl.out_features for rl in rom.layers] + [0, 0]
+    return [max(ceil_div(outs[i], n), ceil_div(outs[i + 2], n))
+            for i in range(rom.num_layers)]
+
+
+def io_cycles(rom: RomImage, compute: np.ndarray, params: "EieParams | None" = None) -> dict:
+    """The engine's cycles around the compute for one input, from its compute cycles
+    `compute` [batch] (the RTL's or `cycle_model`'s summed over layers), fully connected
+    networks (hw/eie/engine.py's sequencer):
+
+    * "load": input beats, ceil(in / lanes) (`io_lanes` words a beat);
+    * "output": output beats, ceil(out / lanes);
+    * "preload": PRELOAD0 and PRELOAD1 between inferences (the biases of layers 0 and 1 into
+      the two accumulator banks: a row per PE a cycle, and a cycle each to finish);
+    * "total" [batch]: the engine's `cycles`, first input word to last output word, with the
+      host at full speed: load + compute + output + 1;
+    * "period" [batch]: the cycles per input of a stream (inputs back to back, each offered as
+      the previous one's last output word is taken): total + preload.
+
+    These are exact in the Verilator bench (tests/test_loadable.py) when the host never stalls."""
+    n = rom.pes
+    lanes = io_lanes(rom, EieParams() if params is None else params)
+    outs = [rl.out_features for rl in rom.layers] + [0]
+    load = ceil_div(rom.layers[0].in_features, lanes)
+    output = ceil_div(rom.layers[-1].out_features, lanes)
+    preload = sum(max(1, ceil_div(outs[b], n)) + 1 for b in range(2))
+    total = np.asarray(compute, dtype=np.int64) + load + output + 1
+    return {"load": load, "output": output, "preload": preload, "total": total,
+            "period": total + preload}
 
 
 def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8) -> np.ndarray:
