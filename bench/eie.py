@@ -19,8 +19,8 @@ word to last output word; period: the cycles per input of a stream, the vectors 
 back, between one vector's last output word and the next one's, which is what an input costs
 when inputs stream: preload, load, compute and output), MAC utilisation over compute and over
 the period (useful MACs = non-zero weight x non-zero activation pairs, over PEs x cycles; the
-period's over vectors 2..count, the first has no predecessor), the dense engine's compute cycles (every weight, in x
-ceil(out / N)) and the speed-up over it, bit-exactness against the golden model, the cycle
+period's over vectors 2..count, the first has no predecessor), the dense engine's compute
+cycles (every weight, in x ceil(out / N)) and the speed-up over it, bit-exactness against the golden model, the cycle
 model's compute cycles (`images.eie.cycle_model`) and period (`images.eie.io_cycles`), the
 wall time and the peak resident memory
 (of the child and, separately, of its compilers and simulator). Results go to

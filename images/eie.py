@@ -394,8 +394,9 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
     cycle model (no Verilog): every PE spends its entries (fillers included) on each non-zero
     column and the front end stalls while a PE that needs the column has `queue_depth` queued,
     plus 6 fixed cycles a layer (pipeline, idle check, START) and the last layer's output drain
-    (its drain rows and 2: `drain_rows`). At issue width 1 the front end broadcasts one
-    non-zero column per cycle and an all-zero group of N columns costs one (`images.lanes.simulate_layer`, one lane per PE); at
+    (its drain rows and 2, at least 6: `drain_rows`). At issue width 1 the front end broadcasts one
+    non-zero column per cycle and an all-zero group of N columns costs one
+    (`images.lanes.simulate_layer`, one lane per PE); at
     width 2 (`simulate_wide`) two a cycle, across group boundaries. issue_width None: the
     engine's default for the image's PEs (`default_issue_width`). docs/engine.md gives its
     agreement with the Verilog (within 0.2 points of MAC utilisation on three LeNet-300-100-shaped
@@ -425,8 +426,8 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
             if i:  # the first groups come forwarded from the previous layer's drain
                 c = c - 2
         # - 1: a PE is idle while its last hit is written (`hw.eie.mac.Mac.pending`); the last
-        # layer's drain is not overlapped: its rows (`drain_rows`) and 2 more
-        last = drain_rows(rom)[-1] + 2 if i == rom.num_layers - 1 else 0
+        # layer's drain is not overlapped: its rows (`drain_rows`) and 2, at least 6 cycles
+        last = max(6, drain_rows(rom)[-1] + 2) if i == rom.num_layers - 1 else 0
         out.append(c - 1 + last)
     return np.stack(out, axis=1)
 
@@ -473,11 +474,14 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8)
     cost: [PEs, cols] entries per PE and column; nz: bool [batch, cols]. Group j (N columns) is
     loaded in cycle L_j = max(the cycle group j-1 sent its last column, L_{j-1} + 1) (one read
     a cycle); its columns go from L_j on, at most two a cycle shared with the group before, each
-    once every PE has a free queue slot (the engine's credit: a column a PE has no entry for
-    holds a slot while in its pointer stage). A column reaches a PE's sequencer a cycle after
-    it is sent when the PE has nothing queued (the queue's bypass), else when the sequencer
-    takes it from the queue; PEs skip columns with no entry. The front end is done in cycle L_groups; then as `simulate_layer` (3 cycles of
-    pipeline and idle check, START).
+    once every PE has a free slot (the engine's credit, `room`: queue depth less the columns
+    queued and those in the pointer stage). A column sent in cycle t holds a slot of every PE
+    from t (for a second column in the same cycle) to t + 1 (its pointer stage) when the PE has
+    no entry for it, else until the PE's sequencer starts on it (when it is popped from the
+    queue, or its bypass: it reaches the sequencer a cycle after it is sent when the PE has
+    nothing queued); PEs skip columns with no entry. Slots are counted, not taken in order: a
+    PE's empty columns free theirs while an earlier one still waits. The front end is done in
+    cycle L_groups; then as `simulate_layer` (3 cycles of pipeline and idle check, START).
     """
     if depth < 1:
         raise InputError(f"queue depth must be >= 1, not {depth!r}")
@@ -488,7 +492,12 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8)
     slot = np.zeros(batch, dtype=np.int64)  # columns sent in cycle t
     load = np.full(batch, -1, dtype=np.int64)  # L_j of the current group
     done = np.zeros((batch, lanes), dtype=np.int64)  # each PE's next free cycle
-    ring = np.full((batch, lanes, depth), never, dtype=np.int64)  # pop cycles of queued columns
+    # the last cycle each PE's last `depth` columns with entries hold their slot (in order: the
+    # sequencer takes them in order; older ones have left)
+    held = np.full((batch, lanes, depth), never, dtype=np.int64)
+    # the last 4 columns (two cycles of two): sent when, and empty for which PE
+    recent_t = np.full((batch, 4), never, dtype=np.int64)
+    recent_empty = np.zeros((batch, lanes, 4), dtype=bool)
     for g0 in range(0, cols, pes):
         last = np.full(batch, never, dtype=np.int64)  # this group's last column sent
         for c in range(g0, min(cols, g0 + pes)):
@@ -497,20 +506,29 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8)
                 continue
             u = cost[:, c]
             used = u > 0
-            # every PE must have room, also one the column has no entry for (it holds a slot
-            # while in the pointer stage): the oldest of its last `depth` columns has left
-            credit = ring[:, :, 0].max(axis=1) + 1
-            tn = np.maximum(np.maximum(load, np.where(slot >= 2, t + 1, t)), credit)
+            tn = np.maximum(load, np.where(slot >= 2, t + 1, t))
+            while True:  # the first cycle every PE has a free slot
+                busy = ((held >= tn[:, None, None]).sum(axis=2)
+                        + (recent_empty & (recent_t[:, None, :] + 1 >= tn[:, None, None]))
+                        .sum(axis=2))
+                wait = m & (busy >= depth).any(axis=1)
+                if not wait.any():
+                    break
+                tn = np.where(wait, tn + 1, tn)
             slot = np.where(m, np.where(tn == t, slot + 1, 1), slot)
             # into an empty queue a column goes straight on to the sequencer (its bypass)
             start = np.maximum(done, tn[:, None] + 1)
-            fin = start + u[None, :]
             upd = m[:, None] & used[None, :]
-            done = np.where(upd, fin, done)
-            # a queued column leaves when the sequencer takes it; an empty one after p_
-            leave = np.where(used[None, :], start - 1, tn[:, None])
-            shifted = np.concatenate([ring[:, :, 1:], leave[:, :, None]], axis=2)
-            ring = np.where(m[:, None, None], shifted, ring)
+            done = np.where(upd, start + u[None, :], done)
+            until = np.maximum(start, tn[:, None] + 1)
+            held = np.where(upd[:, :, None],
+                            np.concatenate([held[:, :, 1:], until[:, :, None]], axis=2), held)
+            recent_t = np.where(m[:, None], np.concatenate([recent_t[:, 1:], tn[:, None]], 1),
+                                recent_t)
+            empty = np.broadcast_to(~used[None, :, None], (batch, lanes, 1))
+            recent_empty = np.where(m[:, None, None],
+                                    np.concatenate([recent_empty[:, :, 1:], empty], axis=2),
+                                    recent_empty)
             t = np.where(m, tn, t)
             last = np.where(m, tn, last)
         load = np.maximum(last, load + 1)
