@@ -221,18 +221,18 @@ def _pct(v) -> str:
 
 
 def table(results: list[dict]) -> str:
-    head = ("| layer | PEs | lanes | bit-exact | compute cycles/input | total cycles/input "
+    head = ("| layer | PEs | rel bits | lanes | bit-exact | compute cycles/input | total cycles/input "
             "| period cycles/input | util. compute | util. total | util. period "
             "| model vs RTL: compute / period | dense cycles | speed-up | build s | wall s "
             "| peak MB (py / sim) |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
-            "| --- | --- | --- |\n")
+            "| --- | --- | --- | --- |\n")
     rows = []
     for r in results:
         mp = r.get("model_period_error")
         period = f"{np.mean(r['period_cycles']):,.0f}" if r.get("period_cycles") else "-"
         rows.append(
-            f"| {r['layer']} | {r['pes']} | {r.get('io_lanes', 1)} "
+            f"| {r['layer']} | {r['pes']} | {r['rel_bits']} | {r.get('io_lanes', 1)} "
             f"| {r['bit_exact']}/{r['count']} "
             f"| {np.mean(r['compute_cycles']):,.0f} | {np.mean(r['total_cycles']):,.0f} "
             f"| {period} | {_pct(r['util_compute'])} | {_pct(r['util_total'])} "
