@@ -53,8 +53,7 @@ def _net(seed, sizes, pes):
 
 # (sizes, pes, lanes): corners: one input word, one output, vectors shorter than a beat or
 # not a multiple of it, lanes = PEs
-PYSIM = [((1, 5), 4, 4), ((9, 1), 4, 2), ((23, 17, 6), 4, 4), ((23, 17, 6), 4, 2),
-         ((12, 8), 8, 8), ((30, 13), 2, 2)]
+PYSIM = [((1, 5), 4, 4), ((9, 1), 4, 2), ((23, 17, 6), 4, 4), ((30, 13), 2, 2)]
 
 
 @pytest.mark.parametrize("sizes,pes,lanes", PYSIM, ids=[f"{s}-{p}-{w}" for s, p, w in PYSIM])
