@@ -212,8 +212,12 @@ class WideFrontEnd(_GroupReader):
         n = self.pes
         cur_vals, cur_mask, cur_base, nxt_base, grp = self._groups()
         ok = Signal()  # rd_data holds group grp, read when it was available
+        # grp + 1 and grp < groups in flip-flops beside grp, as in `FrontEnd`: the read address
+        # is then a multiplexer of two registers chosen by logic of flip-flops only
+        grp_p1 = Signal.like(self.groups, init=1, name="grp_p1")
+        in_range = Signal(name="in_range")  # grp < groups
         more = Signal()  # group grp exists and is on rd_data now
-        m.d.comb += more.eq(self.busy & ok & (grp < self.groups))
+        m.d.comb += more.eq(self.busy & ok & in_range)
 
         nxt_mask = self._next_mask(m, nxt_base)
 
@@ -275,14 +279,25 @@ class WideFrontEnd(_GroupReader):
                              rem_nxt.eq(Mux(c_any1, nxt_mask,
                                             Mux(c_any0, nxt_mask & ~n_low, nxt_mask & ~n_two)))]
 
-        m.d.comb += self.rd_addr.eq(grp)
+        # "the current group runs out this cycle" (rem_cur == 0) from the mask's flip-flops and
+        # the credit alone: empty, or its one or two columns all go now. The same as rem_cur ==
+        # 0, which goes through rd_data (the lanes, `have`, `sent`); this decides the
+        # activation RAMs' read address, across every PE
+        c_none, c_one, c_two_only = _count_upto_two(cur_mask)
+        out = Signal(name="out")
+        m.d.comb += out.eq(~self.busy | c_none | (c_one & (self.room >= 1))
+                           | (c_two_only & (self.room >= 2)))
+        adv = Signal(name="adv")  # load the prefetched group now, present the one after it
+        m.d.comb += adv.eq(out & more)
+        # grp is 0 whenever the front end is idle, so the address presented at start is group 0
+        m.d.comb += self.rd_addr.eq(Mux(adv, grp_p1, grp))
         m.d.sync += ok.eq((self.rd_addr < self.avail) | self.fwd)
         with m.If(self.start & ~self.busy):
-            # present group 0 now; it is on rd_data in the next cycle (cur_mask is empty)
-            m.d.sync += [self.busy.eq(1), grp.eq(0), nxt_base.eq(0), cur_mask.eq(0)]
-            m.d.comb += self.rd_addr.eq(0)
+            # group 0 is presented now; it is on rd_data in the next cycle (cur_mask is empty)
+            m.d.sync += [self.busy.eq(1), grp.eq(0), grp_p1.eq(1), nxt_base.eq(0),
+                         cur_mask.eq(0), in_range.eq(self.groups != 0)]
         with m.Elif(self.busy):
-            with m.If(rem_cur == 0):
+            with m.If(out):
                 with m.If(more):
                     # load the prefetched group without what was sent from it this cycle
                     m.d.sync += [
@@ -290,13 +305,14 @@ class WideFrontEnd(_GroupReader):
                         cur_mask.eq(rem_nxt),
                         cur_base.eq(nxt_base),
                         nxt_base.eq(nxt_base + n),
-                        grp.eq(grp + 1),
+                        grp.eq(grp_p1),
+                        grp_p1.eq(grp_p1 + 1),
+                        in_range.eq(grp_p1 < self.groups),
                     ]
-                    m.d.comb += self.rd_addr.eq(grp + 1)
-                with m.Elif(grp < self.groups):
+                with m.Elif(in_range):
                     m.d.sync += cur_mask.eq(0)  # wait for the drain to write group grp
                 with m.Else():
-                    m.d.sync += [self.busy.eq(0), cur_mask.eq(0)]
+                    m.d.sync += [self.busy.eq(0), cur_mask.eq(0), grp.eq(0), grp_p1.eq(1)]
                     m.d.comb += self.done.eq(1)
             with m.Else():
                 m.d.sync += cur_mask.eq(rem_cur)
@@ -325,6 +341,20 @@ def _lowest(m, bits, n, name):
         m.d.comb += idx[b].eq(Cat(*terms).any() if terms else 0)
     return bits != 0, idx
 
+
+
+def _count_upto_two(bits):
+    """(none, exactly one, exactly two) of the bits of `bits` set: a tree of such triples."""
+    trip = [(~bits[k], bits[k], 0) for k in range(len(bits))]
+    while len(trip) > 1:
+        nxt = []
+        for i in range(0, len(trip) - 1, 2):
+            (z0, o0, t0), (z1, o1, t1) = trip[i], trip[i + 1]
+            nxt.append((z0 & z1, (o0 & z1) | (z0 & o1), (t0 & z1) | (o0 & o1) | (z0 & t1)))
+        if len(trip) % 2:
+            nxt.append(trip[-1])
+        trip = nxt
+    return trip[0]
 
 
 def _exactly_one(bits):

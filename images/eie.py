@@ -527,6 +527,16 @@ class EieParams(EngineParams):
     loadable: bool = False  # per-network constants in memories: logic by shape alone
     sizes: EieSizes | None = None  # a loadable engine's memory sizes (None: the image's)
     io_lanes: int | None = 1  # words a beat on i_act/o_act (None: one per PE)
+    # the two-wide front end pipelined for a fast clock (`hw.eie.Engine`): its lanes, the PEs'
+    # credit and the forwarded drain words registered; a few cycles a layer more
+    pipelined: bool = False
+
+    def fitted(self, pes: int):
+        """At issue width 1 (the default for fewer than 4 PEs) there is no pipelined front end:
+        the default's `pipelined` is dropped there."""
+        if self.pipelined and self.issue_width is None and default_issue_width(pes) == 1:
+            return replace(self, pipelined=False)
+        return self
 
 
 @dataclass

@@ -83,7 +83,7 @@ class Board:
 # The ULX3S's default clock and baud rate: the 16-PE EIE engine routes at about 20 MHz (its
 # front end and the broadcast to 16 PEs; docs/fpga.md section 7), so the PLL's 25 x 5 / 7 MHz
 # with 1 Mbaud (18 clocks a bit, 0.8 % fast), which the FT231X makes exactly.
-ULX3S_CLOCK_MHZ = 25 * 5 / 7
+ULX3S_CLOCK_MHZ = 50.0
 ULX3S_BAUD = 1_000_000
 
 BOARDS = {b.name: b for b in (
