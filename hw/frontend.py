@@ -40,6 +40,13 @@ drain's output stage (the engine muxes it in), so the front end need not wait th
 the write and the read. Flow control is by credit: `room` (0, 1 or 2) is how many columns every
 PE can take this cycle (`hw.eie.pe.PE.room`); `o_valid[j]` says column j of `o` is sent in this
 cycle (lane 1 only with lane 0). Nothing waits on the PEs: what is sent is taken.
+
+Timing of `WideFrontEnd`: as in `FrontEnd`, the read address is `grp` or a registered `grp + 1`,
+chosen by "the current group runs out this cycle" read off the mask's flip-flops and `room`
+(empty, or its one or two columns all go now), not through rd_data -> lanes -> sent -> remaining
+mask; `grp < groups` is registered. Same behaviour cycle for cycle. In the pipelined EIE engine
+(`hw.eie.Engine`, `pipelined`) `room` comes from registers too, so no path runs from the
+activation RAMs' outputs or the PEs to their read address in one cycle.
 """
 
 from __future__ import annotations

@@ -389,7 +389,7 @@ def default_issue_width(pes: int) -> int:
 
 
 def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits: int = 32,
-                 issue_width: int | None = None) -> np.ndarray:
+                 issue_width: int | None = None, pipelined: bool = False) -> np.ndarray:
     """Compute cycles [batch, layers] of the EIE engine on int16 inputs x[batch, in_0], by a
     cycle model (no Verilog): every PE spends its entries (fillers included) on each non-zero
     column and the front end stalls while a PE that needs the column has `queue_depth` queued,
@@ -397,7 +397,8 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
     drain. At issue width 1 the front end broadcasts one non-zero column per cycle and an
     all-zero group of N columns costs one (`images.lanes.simulate_layer`, one lane per PE); at
     width 2 (`simulate_wide`) two a cycle, across group boundaries. issue_width None: the
-    engine's default for the image's PEs (`default_issue_width`). docs/engine.md gives its
+    engine's default for the image's PEs (`default_issue_width`); `pipelined`, the pipelined
+    two-wide front end (`EieParams.pipelined`, `simulate_wide`). docs/engine.md gives its
     agreement with the Verilog (within 0.2 points of MAC utilisation on three LeNet-300-100-shaped
     networks)."""
     from compress.golden import run_layers as golden_layers  # torch: only when modelling
@@ -405,6 +406,8 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
     width = default_issue_width(rom.pes) if issue_width is None else issue_width
     if width not in (1, 2):
         raise InputError(f"issue width must be 1 or 2, not {issue_width!r}")
+    if pipelined and width != 2:
+        raise InputError(f"the pipelined front end is the two-wide one, not issue width {width}")
     if any(rl.geom for rl in rom.layers):
         # the walk of a conv layer is not modelled: tb.analysis counts its work, the RTL its
         # cycles
@@ -421,15 +424,21 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
             c = simulate_layer(cost, nz, pes=rom.pes, depth=queue_depth, rows=0,
                                drain_share=0, preload=False)
         else:
-            c = simulate_wide(cost, nz, pes=rom.pes, depth=queue_depth)
-            if i:  # the first groups come forwarded from the previous layer's drain
-                c = c - 2
+            c = simulate_wide(cost, nz, pes=rom.pes, depth=queue_depth, pipelined=pipelined)
+            if i:  # the first groups come forwarded from the previous layer's drain (a cycle
+                # later through the pipelined engine's register)
+                c = c - (1 if pipelined else 2)
         # - 1: a PE is idle while its last hit is written (`hw.eie.mac.Mac.pending`)
         out.append(c - 1 + (6 if i == rom.num_layers - 1 else 0))
     return np.stack(out, axis=1)
 
 
-def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8) -> np.ndarray:
+# queue slots a pipelined PE has beyond the engine's queue depth (`hw.eie.pe.EXTRA_SLOTS`)
+PIPELINED_EXTRA_SLOTS = 1
+
+
+def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8,
+                  pipelined: bool = False) -> np.ndarray:
     """Cycles of one layer for every input of a batch with the two-wide front end
     (`hw.eie.frontend.WideFrontEnd`), in the time base of `images.lanes.simulate_layer`.
 
@@ -439,11 +448,19 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8)
     once every PE has a free queue slot (the engine's credit: a column a PE has no entry for
     holds a slot while in its pointer stage). A column reaches a PE's sequencer a cycle after
     it is sent when the PE has nothing queued (the queue's bypass), else when the sequencer
-    takes it from the queue; PEs skip columns with no entry. The front end is done in cycle L_groups; then as `simulate_layer` (3 cycles of
-    pipeline and idle check, START).
+    takes it from the queue; PEs skip columns with no entry. The front end is done in cycle
+    L_groups; then as `simulate_layer` (3 cycles of pipeline and idle check, START).
+
+    pipelined (`EieParams.pipelined`): a column reaches the PEs a cycle after it is sent (the
+    broadcast register), and the credit is a cycle old: a column may go once the oldest of a
+    PE's last depth + PIPELINED_EXTRA_SLOTS columns left two cycles before (its slot counted
+    from the register on).
     """
     if depth < 1:
         raise InputError(f"queue depth must be >= 1, not {depth!r}")
+    lag = 1 if pipelined else 0  # cycles from the front end to the PEs beyond the plain engine
+    if pipelined:
+        depth += PIPELINED_EXTRA_SLOTS
     batch, cols = nz.shape
     lanes = cost.shape[0]
     never = np.iinfo(np.int64).min // 4
@@ -462,16 +479,16 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8)
             used = u > 0
             # every PE must have room, also one the column has no entry for (it holds a slot
             # while in the pointer stage): the oldest of its last `depth` columns has left
-            credit = ring[:, :, 0].max(axis=1) + 1
+            credit = ring[:, :, 0].max(axis=1) + 1 + lag
             tn = np.maximum(np.maximum(load, np.where(slot >= 2, t + 1, t)), credit)
             slot = np.where(m, np.where(tn == t, slot + 1, 1), slot)
             # into an empty queue a column goes straight on to the sequencer (its bypass)
-            start = np.maximum(done, tn[:, None] + 1)
+            start = np.maximum(done, tn[:, None] + 1 + lag)
             fin = start + u[None, :]
             upd = m[:, None] & used[None, :]
             done = np.where(upd, fin, done)
             # a queued column leaves when the sequencer takes it; an empty one after p_
-            leave = np.where(used[None, :], start - 1, tn[:, None])
+            leave = np.where(used[None, :], start - 1, tn[:, None] + lag)
             shifted = np.concatenate([ring[:, :, 1:], leave[:, :, None]], axis=2)
             ring = np.where(m[:, None, None], shifted, ring)
             t = np.where(m, tn, t)
@@ -843,7 +860,7 @@ def memory_bound(nonzeros: list[np.ndarray], shape: list[int], pes: int, *,
 def cycle_model(rom: RomImage, x: np.ndarray, params: EieParams = EieParams()) -> np.ndarray:
     """`model_cycles` with the engine's parameters: compute cycles [batch, layers]."""
     return model_cycles(rom, x, queue_depth=params.queue_depth, acc_bits=params.acc_bits,
-                        issue_width=params.issue_width)
+                        issue_width=params.issue_width, pipelined=params.pipelined)
 
 
 def logic_of(rom: RomImage) -> dict:

@@ -29,6 +29,16 @@ pooled row's sub-positions maximised) writes the output map (CHAN layout) into t
 activation bank while the next step computes. A layer's first pass waits for the previous
 layer's drain; an fc layer after a conv one reads nothing before that drain is done.
 
+The pipelined front end (`pipelined=True`, issue width 2; the ECP5 boards' engine,
+docs/fpga.md section 7) takes the cycle-long paths across every PE apart for a fast clock: the
+front end's two lanes go into a register (`bc_r`) the PEs read a cycle later; the credit is
+registered too ("every PE has k free slots" for k = 1..4, `room_ge`, taken a cycle late minus
+what the register holds, so each PE's `room` counts the columns in that register and its queue
+has `hw.eie.pe.EXTRA_SLOTS` more); the drain's forwarded word is registered beside each PE
+(`y_r`: a group is forwarded a cycle later); and the front end's read address is chosen from
+its flip-flops and that credit (`hw.frontend.WideFrontEnd`). About 2 cycles a layer more
+(`images.eie.simulate_wide`); the plain engine stays the default.
+
 A loadable engine (`loadable=True`, `images.eie.EieParams`) has memories of given sizes and
 reads every per-network constant (each layer's in_features, groups, drain and preload rows,
 out_features here; each PE's rows, bases, shift and ReLU) from table memories loaded with the
@@ -91,7 +101,7 @@ class Engine(wiring.Component):
     hold, checked up front; issue_width (1 or 2 columns a cycle); loadable, sizes (per-layer
     constants in table memories, memories of `sizes`: module docstring; fully connected
     networks only); io_lanes (words a beat on i_act and o_act, a divisor of the PEs; None: one
-    per PE; 1 with conv layers).
+    per PE; 1 with conv layers); pipelined (the pipelined two-wide front end: module docstring).
     """
 
     image_type = RomImage

@@ -46,7 +46,7 @@ from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from images.eie import EieSizes, PEImage, pe_memory_map, pe_table_fields
+from images.eie import PIPELINED_EXTRA_SLOTS, EieSizes, PEImage, pe_memory_map, pe_table_fields
 
 from ..blocks import bits, post_process, post_process_var, slot_sequencer
 from ..convfe import conv_bcast_layout
@@ -59,8 +59,9 @@ from .pointer import PointerRead, column_layout
 
 __all__ = ["PE", "PEImage"]
 
-# queue slots a pipelined PE has beyond the engine's queue_depth (`_pointer_stage2`)
-EXTRA_SLOTS = 1
+# queue slots a pipelined PE has beyond the engine's queue_depth (`_pointer_stage2`; the cycle
+# model's)
+EXTRA_SLOTS = PIPELINED_EXTRA_SLOTS
 
 
 class PE(wiring.Component):
