@@ -466,7 +466,9 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8,
     never = np.iinfo(np.int64).min // 4
     t = np.full(batch, never, dtype=np.int64)  # the last cycle a column was sent in
     slot = np.zeros(batch, dtype=np.int64)  # columns sent in cycle t
-    load = np.full(batch, -1, dtype=np.int64)  # L_j of the current group
+    # L_j of the current group; the pipelined front end reads its groups a cycle ahead into
+    # registers (`hw.frontend.WideFrontEnd`, staged), so the first comes a cycle later
+    load = np.full(batch, lag - 1, dtype=np.int64)
     done = np.zeros((batch, lanes), dtype=np.int64)  # each PE's next free cycle
     ring = np.full((batch, lanes, depth), never, dtype=np.int64)  # pop cycles of queued columns
     for g0 in range(0, cols, pes):

@@ -319,7 +319,7 @@ class Engine(wiring.Component):
         for kind in self.kinds:
             fe = front_end(kind, self.issue_width).make(
                 pes=n, col_bits=self.col_bits, group_bits=self.row_bits, sparse=self.sparse,
-                addr_bits=self.row_bits + 2, geoms=self.geoms)
+                addr_bits=self.row_bits + 2, geoms=self.geoms, pipelined=self.pipelined)
             m.submodules[f"fe_{kind}" if self.has_conv else "fe"] = fe
             fe.wire(m, ctx)
             fes.append(fe)
