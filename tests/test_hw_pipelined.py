@@ -94,7 +94,7 @@ CASES = [
     ("8pe-rows-fewer-than-pes-depth2", (33, 6, 5), 8, 0.2, {"shift": [7, 0]},
      {"queue_depth": 2}, 0.2),
     ("4pe-stalls", (20, 13, 7), 4, 0.3, {"shift": 8}, {}, 0.4),
-    ("16pe-sparse", (70, 40, 10), 16, 0.15, {"shift": [8, 0]}, {}, 0.0),
+    ("16pe-sparse", (50, 24, 10), 16, 0.15, {"shift": [8, 0]}, {}, 0.0),
     ("4pe-dense-baseline", (11, 9, 5), 4, 0.5, {"shift": 6}, {"sparse": False}, 0.0),
     ("4pe-loadable", (14, 9, 5), 4, 0.5, {"shift": 6}, {"loadable": True}, 0.0),
 ]
