@@ -389,7 +389,7 @@ def default_issue_width(pes: int) -> int:
 
 
 def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits: int = 32,
-                 issue_width: int | None = None) -> np.ndarray:
+                 issue_width: int | None = None, pipelined: bool = False) -> np.ndarray:
     """Compute cycles [batch, layers] of the EIE engine on int16 inputs x[batch, in_0], by a
     cycle model (no Verilog): every PE spends its entries (fillers included) on each non-zero
     column and the front end stalls while a PE that needs the column has `queue_depth` queued,
@@ -398,7 +398,8 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
     non-zero column per cycle and an all-zero group of N columns costs one
     (`images.lanes.simulate_layer`, one lane per PE); at
     width 2 (`simulate_wide`) two a cycle, across group boundaries. issue_width None: the
-    engine's default for the image's PEs (`default_issue_width`). docs/engine.md gives its
+    engine's default for the image's PEs (`default_issue_width`); `pipelined`, the pipelined
+    two-wide front end (`EieParams.pipelined`, `simulate_wide`). docs/engine.md gives its
     agreement with the Verilog (within 0.2 points of MAC utilisation on three LeNet-300-100-shaped
     networks)."""
     from compress.golden import run_layers as golden_layers  # torch: only when modelling
@@ -406,6 +407,8 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
     width = default_issue_width(rom.pes) if issue_width is None else issue_width
     if width not in (1, 2):
         raise InputError(f"issue width must be 1 or 2, not {issue_width!r}")
+    if pipelined and width != 2:
+        raise InputError(f"the pipelined front end is the two-wide one, not issue width {width}")
     if any(rl.geom for rl in rom.layers):
         # the walk of a conv layer is not modelled: tb.analysis counts its work, the RTL its
         # cycles
@@ -422,9 +425,10 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
             c = simulate_layer(cost, nz, pes=rom.pes, depth=queue_depth, rows=0,
                                drain_share=0, preload=False)
         else:
-            c = simulate_wide(cost, nz, pes=rom.pes, depth=queue_depth)
-            if i:  # the first groups come forwarded from the previous layer's drain
-                c = c - 2
+            c = simulate_wide(cost, nz, pes=rom.pes, depth=queue_depth, pipelined=pipelined)
+            if i:  # the first groups come forwarded from the previous layer's drain (a cycle
+                # later through the pipelined engine's register)
+                c = c - (1 if pipelined else 2)
         # - 1: a PE is idle while its last hit is written (`hw.eie.mac.Mac.pending`); the last
         # layer's drain is not overlapped: its rows (`drain_rows`) and 2, at least 6 cycles
         last = max(6, drain_rows(rom)[-1] + 2) if i == rom.num_layers - 1 else 0
@@ -467,7 +471,14 @@ def io_cycles(rom: RomImage, compute: np.ndarray, params: "EieParams | None" = N
             "period": total + preload}
 
 
-def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8) -> np.ndarray:
+
+
+# queue slots a pipelined PE has beyond the engine's queue depth (`hw.eie.pe.EXTRA_SLOTS`)
+PIPELINED_EXTRA_SLOTS = 1
+
+
+def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8,
+                  pipelined: bool = False) -> np.ndarray:
     """Cycles of one layer for every input of a batch with the two-wide front end
     (`hw.eie.frontend.WideFrontEnd`), in the time base of `images.lanes.simulate_layer`.
 
@@ -482,9 +493,15 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8)
     nothing queued); PEs skip columns with no entry. Slots are counted, not taken in order: a
     PE's empty columns free theirs while an earlier one still waits. The front end is done in
     cycle L_groups; then as `simulate_layer` (3 cycles of pipeline and idle check, START).
+
+    pipelined (`EieParams.pipelined`): `_simulate_wide_pipelined`: a column reaches the PEs a
+    cycle after it is sent (the broadcast register) and the credit is a cycle old.
     """
     if depth < 1:
         raise InputError(f"queue depth must be >= 1, not {depth!r}")
+    if pipelined:
+        return _simulate_wide_pipelined(cost, nz, pes=pes,
+                                        depth=depth + PIPELINED_EXTRA_SLOTS)
     batch, cols = nz.shape
     lanes = cost.shape[0]
     never = np.iinfo(np.int64).min // 4
@@ -529,6 +546,52 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8)
             recent_empty = np.where(m[:, None, None],
                                     np.concatenate([recent_empty[:, :, 1:], empty], axis=2),
                                     recent_empty)
+            t = np.where(m, tn, t)
+            last = np.where(m, tn, last)
+        load = np.maximum(last, load + 1)
+    end = np.maximum(done.max(axis=1), load + 2) + 3
+    return end + 3 + 1
+
+
+def _simulate_wide_pipelined(cost: np.ndarray, nz: np.ndarray, *, pes: int,
+                             depth: int) -> np.ndarray:
+    """`simulate_wide` for the pipelined front end (depth: its queue slots, the extra one
+    included): a column may go once the oldest of a PE's last `depth` columns left two cycles
+    before (the credit a cycle old, its slot counted from the broadcast register on); its
+    slots are taken in order (checked against the RTL at 16 PEs: docs/engine.md)."""
+    lag = 1  # cycles from the front end to the PEs beyond the plain engine
+    batch, cols = nz.shape
+    lanes = cost.shape[0]
+    never = np.iinfo(np.int64).min // 4
+    t = np.full(batch, never, dtype=np.int64)  # the last cycle a column was sent in
+    slot = np.zeros(batch, dtype=np.int64)  # columns sent in cycle t
+    # L_j of the current group; the pipelined front end reads its groups a cycle ahead into
+    # registers (`hw.frontend.WideFrontEnd`, staged), so the first comes a cycle later
+    load = np.full(batch, lag - 1, dtype=np.int64)
+    done = np.zeros((batch, lanes), dtype=np.int64)  # each PE's next free cycle
+    ring = np.full((batch, lanes, depth), never, dtype=np.int64)  # pop cycles of queued columns
+    for g0 in range(0, cols, pes):
+        last = np.full(batch, never, dtype=np.int64)  # this group's last column sent
+        for c in range(g0, min(cols, g0 + pes)):
+            m = nz[:, c]
+            if not m.any():
+                continue
+            u = cost[:, c]
+            used = u > 0
+            # every PE must have room, also one the column has no entry for (it holds a slot
+            # while in the pointer stage): the oldest of its last `depth` columns has left
+            credit = ring[:, :, 0].max(axis=1) + 1 + lag
+            tn = np.maximum(np.maximum(load, np.where(slot >= 2, t + 1, t)), credit)
+            slot = np.where(m, np.where(tn == t, slot + 1, 1), slot)
+            # into an empty queue a column goes straight on to the sequencer (its bypass)
+            start = np.maximum(done, tn[:, None] + 1 + lag)
+            fin = start + u[None, :]
+            upd = m[:, None] & used[None, :]
+            done = np.where(upd, fin, done)
+            # a queued column leaves when the sequencer takes it; an empty one after p_
+            leave = np.where(used[None, :], start - 1, tn[:, None] + lag)
+            shifted = np.concatenate([ring[:, :, 1:], leave[:, :, None]], axis=2)
+            ring = np.where(m[:, None, None], shifted, ring)
             t = np.where(m, tn, t)
             last = np.where(m, tn, last)
         load = np.maximum(last, load + 1)
@@ -582,6 +645,16 @@ class EieParams(EngineParams):
     loadable: bool = False  # per-network constants in memories: logic by shape alone
     sizes: EieSizes | None = None  # a loadable engine's memory sizes (None: the image's)
     io_lanes: int | None = 1  # words a beat on i_act/o_act (None: one per PE)
+    # the two-wide front end pipelined for a fast clock (`hw.eie.Engine`): its lanes, the PEs'
+    # credit and the forwarded drain words registered; a few cycles a layer more
+    pipelined: bool = False
+
+    def fitted(self, pes: int):
+        """At issue width 1 (the default for fewer than 4 PEs) there is no pipelined front end:
+        the default's `pipelined` is dropped there."""
+        if self.pipelined and self.issue_width is None and default_issue_width(pes) == 1:
+            return replace(self, pipelined=False)
+        return self
 
 
 @dataclass
@@ -888,7 +961,7 @@ def memory_bound(nonzeros: list[np.ndarray], shape: list[int], pes: int, *,
 def cycle_model(rom: RomImage, x: np.ndarray, params: EieParams = EieParams()) -> np.ndarray:
     """`model_cycles` with the engine's parameters: compute cycles [batch, layers]."""
     return model_cycles(rom, x, queue_depth=params.queue_depth, acc_bits=params.acc_bits,
-                        issue_width=params.issue_width)
+                        issue_width=params.issue_width, pipelined=params.pipelined)
 
 
 def logic_of(rom: RomImage) -> dict:
