@@ -1,23 +1,28 @@
 """`python -m bench.eie`: the nine benchmark layers of the EIE paper through the EIE engine's RTL.
 
     python -m bench.eie [--layers Alex-6,...] [--pes 8,16,64] [--count 4] [--seed 0]
-                        [--out build/bench-eie] [--markdown FILE]
+                        [--io-lanes pes|N] [--out build/bench-eie] [--markdown FILE]
 
 Each layer (sizes and densities of the EIE paper's benchmark table, `LAYERS`) is a one-layer
 qnet made deterministically from the seed: weights kept with the layer's weight density at
 random positions, 4-bit codebook indices, input vectors non-zero with its activation density.
 Each (layer, PEs) runs in a child process (so its wall time and peak memory are its own): the
 image (`images.eie.build_rom`, `REL_BITS`), a loadable engine (`EieParams(loadable=True)`:
-its Verilog depends on its shape alone, memories filled at run time by `$readmemh`), the
+its Verilog depends on its shape alone, memories filled at run time by `$readmemh`; `io_lanes`
+words a beat on its input and output streams, by default one per PE), the
 Verilator bench of `tb.fastbench` (built once per shape and cached), then the vectors. By
 default the layers of one PE count share one engine, its memories sized for all of them
 (`shape_sizes`): one Verilog and one compile per PE count, the first layer pays for it.
 
 Per configuration: cycles per input (compute: the engine's layer cycles; total: first input
-word to last output word), MAC utilisation over each (useful MACs = non-zero weight x non-zero
-activation pairs, over PEs x cycles), the dense engine's compute cycles (every weight, in x
-ceil(out / N)) and the speed-up over it, bit-exactness against the golden model, the cycle
-model's compute cycles (`images.eie.cycle_model`), the wall time and the peak resident memory
+word to last output word; period: the cycles per input of a stream, the vectors offered back to
+back, between one vector's last output word and the next one's, which is what an input costs
+when inputs stream: preload, load, compute and output), MAC utilisation over compute and over
+the period (useful MACs = non-zero weight x non-zero activation pairs, over PEs x cycles; the
+period's over vectors 2..count, the first has no predecessor), the dense engine's compute
+cycles (every weight, in x ceil(out / N)) and the speed-up over it, bit-exactness against the golden model, the cycle
+model's compute cycles (`images.eie.cycle_model`) and period (`images.eie.io_cycles`), the
+wall time and the peak resident memory
 (of the child and, separately, of its compilers and simulator). Results go to
 <out>/<layer>-<pes>.json and a Markdown table to stdout (and --markdown).
 """
@@ -117,11 +122,13 @@ def shape_sizes(pes: int, names: list[str], seed: int) -> dict:
     return bucketed(EieSizes(**most)).as_dict()
 
 
-def run_one(b: BenchLayer, pes: int, count: int, seed: int, sizes: dict | None = None) -> dict:
+def run_one(b: BenchLayer, pes: int, count: int, seed: int, sizes: dict | None = None,
+            lanes: int | None = None) -> dict:
     """One configuration, in this process (the child's body); `sizes`: the engine's memory
-    sizes (`shape_sizes`; None: this layer's own)."""
+    sizes (`shape_sizes`; None: this layer's own); `lanes`: words a beat on i_act and o_act
+    (None: one per PE)."""
     from compress.golden import golden
-    from images.eie import EieParams, EieSizes, build_rom, cycle_model
+    from images.eie import EieParams, EieSizes, build_rom, cycle_model, io_cycles
     from tb import fastbench
 
     t0 = time.monotonic()
@@ -130,7 +137,8 @@ def run_one(b: BenchLayer, pes: int, count: int, seed: int, sizes: dict | None =
     t_net = time.monotonic()
     rom = build_rom(qnet, pes=pes, rel_bits=REL_BITS)
     t_rom = time.monotonic()
-    params = EieParams(loadable=True, sizes=EieSizes(**sizes) if sizes else None)
+    params = EieParams(loadable=True, sizes=EieSizes(**sizes) if sizes else None,
+                       io_lanes=lanes)
     fb = fastbench.build(rom, params)
     t_build = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mems-", dir=fastbench._runs()) as td:
@@ -141,11 +149,13 @@ def run_one(b: BenchLayer, pes: int, count: int, seed: int, sizes: dict | None =
     want = golden(qnet, x)
     exact = int(np.sum(np.all(r.outputs == want, axis=1)))
     model = cycle_model(rom, x, params).sum(axis=1)
+    model_period = io_cycles(rom, model, params)["period"][1:]
     layer = qnet.layers[0]
     nnz_col = np.count_nonzero(layer.index, axis=0).astype(np.int64)  # per input column
     useful = (x != 0).astype(np.int64) @ nnz_col
     compute = r.layer_cycles.sum(axis=1)
     total = r.cycles
+    period = r.period  # vectors 2..count
     dense = b.in_features * -(-b.out_features // pes)
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -153,15 +163,20 @@ def run_one(b: BenchLayer, pes: int, count: int, seed: int, sizes: dict | None =
         "layer": b.name, "in": b.in_features, "out": b.out_features,
         "weight_density": b.weight_density, "act_density": b.act_density, "pes": pes,
         "count": count, "seed": seed, "rel_bits": rom.rel_bits, "shift": layer.shift,
+        "io_lanes": fb.lanes,
         "nonzero_weights": int(nnz_col.sum()),
         "entries_per_pe_max": int(max(len(e) for e in rom.entries)),
         "bit_exact": exact,
         "compute_cycles": compute.tolist(), "total_cycles": total.tolist(),
-        "model_compute_cycles": model.tolist(),
+        "period_cycles": period.tolist(),
+        "model_compute_cycles": model.tolist(), "model_period_cycles": model_period.tolist(),
         "model_error": float(np.mean(model) / np.mean(compute) - 1),
+        "model_period_error": float(np.mean(model_period) / np.mean(period) - 1)
+        if len(period) else None,
         "useful_macs": useful.tolist(),
         "util_compute": float(useful.sum() / (pes * compute.sum())),
         "util_total": float(useful.sum() / (pes * total.sum())),
+        "util_period": float(useful[1:].sum() / (pes * period.sum())) if len(period) else None,
         "dense_cycles": dense, "speedup_over_dense": float(dense / np.mean(compute)),
         "build_seconds": round(fb.build_seconds, 1), "binary": fb.dir.name,
         "seconds": {"network": round(t_net - t0, 1), "image": round(t_rom - t_net, 1),
@@ -201,19 +216,29 @@ def rel_bits_trade(names: list[str], pes_list: list[int], count: int, seed: int,
     return head + "\n".join(rows) + "\n"
 
 
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
 def table(results: list[dict]) -> str:
-    head = ("| layer | PEs | rel bits | bit-exact | compute cycles/input | total cycles/input "
-            "| util. compute | util. total | model vs RTL | dense cycles | speed-up | build s "
-            "| wall s | peak MB (py / sim) |\n"
+    head = ("| layer | PEs | rel bits | lanes | bit-exact | compute cycles/input | total cycles/input "
+            "| period cycles/input | util. compute | util. total | util. period "
+            "| model vs RTL: compute / period | dense cycles | speed-up | build s | wall s "
+            "| peak MB (py / sim) |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
-            "| --- |\n")
+            "| --- | --- | --- | --- |\n")
     rows = []
     for r in results:
+        mp = r.get("model_period_error")
+        period = f"{np.mean(r['period_cycles']):,.0f}" if r.get("period_cycles") else "-"
         rows.append(
-            f"| {r['layer']} | {r['pes']} | {r['rel_bits']} | {r['bit_exact']}/{r['count']} "
+            f"| {r['layer']} | {r['pes']} | {r['rel_bits']} | {r.get('io_lanes', 1)} "
+            f"| {r['bit_exact']}/{r['count']} "
             f"| {np.mean(r['compute_cycles']):,.0f} | {np.mean(r['total_cycles']):,.0f} "
-            f"| {100 * r['util_compute']:.1f}% | {100 * r['util_total']:.1f}% "
-            f"| {100 * r['model_error']:+.1f}% | {r['dense_cycles']:,} "
+            f"| {period} | {_pct(r['util_compute'])} | {_pct(r['util_total'])} "
+            f"| {_pct(r.get('util_period'))} "
+            f"| {100 * r['model_error']:+.1f}% / "
+            f"{'-' if mp is None else f'{100 * mp:+.1f}%'} | {r['dense_cycles']:,} "
             f"| {r['speedup_over_dense']:.1f}x | {r['build_seconds']:.0f} "
             f"| {r['wall_seconds']:.0f} | {r['peak_rss_mb']:,} / {r['peak_child_rss_mb']:,} |")
     return head + "\n".join(rows) + "\n"
@@ -225,6 +250,9 @@ def main(argv=None) -> int:
     p.add_argument("--pes", default=",".join(map(str, PES)))
     p.add_argument("--count", type=int, default=4, help="input vectors per layer (4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--io-lanes", default="pes",
+                   help="words a beat on the engine's input and output streams: a divisor of "
+                        "the PEs, or 'pes' for one per PE (default)")
     p.add_argument("--out", default=str(REPO / "build" / "bench-eie"))
     p.add_argument("--markdown", default=None, help="also write the table here")
     p.add_argument("--rel-bits-trade", action="store_true",
@@ -237,10 +265,20 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default=None, help=argparse.SUPPRESS)  # JSON EieSizes
     p.add_argument("--sizes-of", default=None, help=argparse.SUPPRESS)  # "pes": print sizes
     args = p.parse_args(argv)
+    lanes = None if args.io_lanes == "pes" else args.io_lanes
+    if lanes is not None:
+        try:
+            lanes = int(lanes)
+        except ValueError:
+            lanes = 0
+        if lanes < 1:
+            print(f"python -m bench.eie: --io-lanes must be 'pes' or a number >= 1, not "
+                  f"{args.io_lanes!r}", file=sys.stderr)
+            return 2
     if args.child:
         name, pes = args.child.split(",")
         res = run_one(BY_NAME[name], int(pes), args.count, args.seed,
-                      json.loads(args.sizes) if args.sizes else None)
+                      json.loads(args.sizes) if args.sizes else None, lanes)
         print(json.dumps(res))
         return 0
     if args.sizes_of:
@@ -256,6 +294,10 @@ def main(argv=None) -> int:
         pes_list = [int(s) for s in args.pes.split(",") if s]
     except ValueError:
         print(f"python -m bench.eie: --pes must be numbers, not {args.pes!r}", file=sys.stderr)
+        return 2
+    if lanes is not None and any(pes % lanes for pes in pes_list):
+        print(f"python -m bench.eie: --io-lanes {lanes} must divide every PE count "
+              f"({args.pes})", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -280,7 +322,8 @@ def main(argv=None) -> int:
         for name in names:
             t0 = time.monotonic()
             cmd = [sys.executable, "-m", "bench.eie", "--child", f"{name},{pes}",
-                   "--count", str(args.count), "--seed", str(args.seed)]
+                   "--count", str(args.count), "--seed", str(args.seed),
+                   "--io-lanes", args.io_lanes]
             if sizes:
                 cmd += ["--sizes", sizes]
             pr = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -295,8 +338,8 @@ def main(argv=None) -> int:
             print(f"{name} {pes} PEs: {res['bit_exact']}/{res['count']} bit-exact, compute "
                   f"{np.mean(res['compute_cycles']):,.0f}, total "
                   f"{np.mean(res['total_cycles']):,.0f} cycles, util {res['util_compute']:.3f}"
-                  f" / {res['util_total']:.3f}, model {res['model_error']:+.3f}, "
-                  f"{wall:.0f} s", flush=True)
+                  f" / {res['util_total']:.3f} / period {_pct(res['util_period'])}, model "
+                  f"{res['model_error']:+.3f}, {wall:.0f} s", flush=True)
     md = table(results)
     print(md)
     if args.markdown:

@@ -40,6 +40,13 @@ drain's output stage (the engine muxes it in), so the front end need not wait th
 the write and the read. Flow control is by credit: `room` (0, 1 or 2) is how many columns every
 PE can take this cycle (`hw.eie.pe.PE.room`); `o_valid[j]` says column j of `o` is sent in this
 cycle (lane 1 only with lane 0). Nothing waits on the PEs: what is sent is taken.
+
+Timing of `WideFrontEnd`: as in `FrontEnd`, the read address is `grp` or a registered `grp + 1`,
+chosen by "the current group runs out this cycle" read off the mask's flip-flops and `room`
+(empty, or its one or two columns all go now), not through rd_data -> lanes -> sent -> remaining
+mask; `grp < groups` is registered. Same behaviour cycle for cycle. In the pipelined EIE engine
+(`hw.eie.Engine`, `pipelined`) `room` comes from registers too, so no path runs from the
+activation RAMs' outputs or the PEs to their read address in one cycle.
 """
 
 from __future__ import annotations
@@ -196,7 +203,14 @@ class WideFrontEnd(_GroupReader):
     start: pulse with in_features/groups stable for the whole layer; done: pulse at the end.
     """
 
-    def __init__(self, *, pes: int, col_bits: int, group_bits: int, sparse: bool = True):
+    @classmethod
+    def make(cls, *, pes, col_bits, group_bits, sparse=True, pipelined=False, **_context):
+        return cls(pes=pes, col_bits=col_bits, group_bits=group_bits, sparse=sparse,
+                   pipelined=pipelined)
+
+    def __init__(self, *, pes: int, col_bits: int, group_bits: int, sparse: bool = True,
+                 pipelined: bool = False):
+        self.pipelined = pipelined
         super().__init__(pes=pes, col_bits=col_bits, group_bits=group_bits, sparse=sparse,
                          outputs={
                              "room": In(range(WIDTH + 1)),
@@ -208,12 +222,18 @@ class WideFrontEnd(_GroupReader):
                          })
 
     def elaborate(self, platform):
+        if self.pipelined:
+            return self._elaborate_staged()
         m = Module()
         n = self.pes
         cur_vals, cur_mask, cur_base, nxt_base, grp = self._groups()
         ok = Signal()  # rd_data holds group grp, read when it was available
+        # grp + 1 and grp < groups in flip-flops beside grp, as in `FrontEnd`: the read address
+        # is then a multiplexer of two registers chosen by logic of flip-flops only
+        grp_p1 = Signal.like(self.groups, init=1, name="grp_p1")
+        in_range = Signal(name="in_range")  # grp < groups
         more = Signal()  # group grp exists and is on rd_data now
-        m.d.comb += more.eq(self.busy & ok & (grp < self.groups))
+        m.d.comb += more.eq(self.busy & ok & in_range)
 
         nxt_mask = self._next_mask(m, nxt_base)
 
@@ -275,14 +295,25 @@ class WideFrontEnd(_GroupReader):
                              rem_nxt.eq(Mux(c_any1, nxt_mask,
                                             Mux(c_any0, nxt_mask & ~n_low, nxt_mask & ~n_two)))]
 
-        m.d.comb += self.rd_addr.eq(grp)
+        # "the current group runs out this cycle" (rem_cur == 0) from the mask's flip-flops and
+        # the credit alone: empty, or its one or two columns all go now. The same as rem_cur ==
+        # 0, which goes through rd_data (the lanes, `have`, `sent`); this decides the
+        # activation RAMs' read address, across every PE
+        c_none, c_one, c_two_only = _count_upto_two(cur_mask)
+        out = Signal(name="out")
+        m.d.comb += out.eq(~self.busy | c_none | (c_one & (self.room >= 1))
+                           | (c_two_only & (self.room >= 2)))
+        adv = Signal(name="adv")  # load the prefetched group now, present the one after it
+        m.d.comb += adv.eq(out & more)
+        # grp is 0 whenever the front end is idle, so the address presented at start is group 0
+        m.d.comb += self.rd_addr.eq(Mux(adv, grp_p1, grp))
         m.d.sync += ok.eq((self.rd_addr < self.avail) | self.fwd)
         with m.If(self.start & ~self.busy):
-            # present group 0 now; it is on rd_data in the next cycle (cur_mask is empty)
-            m.d.sync += [self.busy.eq(1), grp.eq(0), nxt_base.eq(0), cur_mask.eq(0)]
-            m.d.comb += self.rd_addr.eq(0)
+            # group 0 is presented now; it is on rd_data in the next cycle (cur_mask is empty)
+            m.d.sync += [self.busy.eq(1), grp.eq(0), grp_p1.eq(1), nxt_base.eq(0),
+                         cur_mask.eq(0), in_range.eq(self.groups != 0)]
         with m.Elif(self.busy):
-            with m.If(rem_cur == 0):
+            with m.If(out):
                 with m.If(more):
                     # load the prefetched group without what was sent from it this cycle
                     m.d.sync += [
@@ -290,17 +321,177 @@ class WideFrontEnd(_GroupReader):
                         cur_mask.eq(rem_nxt),
                         cur_base.eq(nxt_base),
                         nxt_base.eq(nxt_base + n),
-                        grp.eq(grp + 1),
+                        grp.eq(grp_p1),
+                        grp_p1.eq(grp_p1 + 1),
+                        in_range.eq(grp_p1 < self.groups),
                     ]
-                    m.d.comb += self.rd_addr.eq(grp + 1)
-                with m.Elif(grp < self.groups):
+                with m.Elif(in_range):
                     m.d.sync += cur_mask.eq(0)  # wait for the drain to write group grp
                 with m.Else():
-                    m.d.sync += [self.busy.eq(0), cur_mask.eq(0)]
+                    m.d.sync += [self.busy.eq(0), cur_mask.eq(0), grp.eq(0), grp_p1.eq(1)]
                     m.d.comb += self.done.eq(1)
             with m.Else():
                 m.d.sync += cur_mask.eq(rem_cur)
         return m
+
+    def _lanes(self, m, cur, cur_vals, cur_base, nxt, nxt_mask, nxt_vals, nxt_base):
+        """The two lanes from the current group's remaining mask `cur` and the next group's
+        `nxt` (its mask `nxt_mask` when it is there, else 0): `o`, `o_valid` within `room`;
+        returns (rem_cur, rem_nxt), what is left of each after this cycle."""
+        n = self.pes
+        c_low = Signal(n)
+        n_low = Signal(n)
+        m.d.comb += [c_low.eq(cur & (~cur + 1)), n_low.eq(nxt & (~nxt + 1))]
+        c_rest = Signal(n)
+        n_rest = Signal(n)
+        m.d.comb += [c_rest.eq(cur & ~c_low), n_rest.eq(nxt & ~n_low)]
+        c_two = Signal(n)
+        n_two = Signal(n)
+        m.d.comb += [c_two.eq(c_low | (c_rest & (~c_rest + 1))),
+                     n_two.eq(n_low | (n_rest & (~n_rest + 1)))]
+        c_any0, c_i0 = _lowest(m, cur, n, "c0")
+        c_any1, c_i1 = _lowest(m, c_rest, n, "c1")
+        n_any0, n_i0 = _lowest(m, nxt, n, "n0")
+        n_any1, n_i1 = _lowest(m, n_rest, n, "n1")
+        c_val = [Signal(signed(16), name=f"c_val{j}") for j in range(2)]
+        n_val = [Signal(signed(16), name=f"n_val{j}") for j in range(2)]
+        for j, (ci, ni) in enumerate(((c_i0, n_i0), (c_i1, n_i1))):
+            m.d.comb += [c_val[j].eq(cur_vals[ci]), n_val[j].eq(nxt_vals[ni])]
+        c_col = [cur_base + c_i0, cur_base + c_i1]
+        n_col = [nxt_base + n_i0, nxt_base + n_i1]
+        with m.If(c_any0):
+            m.d.comb += [self.o[0].value.eq(c_val[0]), self.o[0].col.eq(c_col[0])]
+        with m.Else():
+            m.d.comb += [self.o[0].value.eq(n_val[0]), self.o[0].col.eq(n_col[0])]
+        with m.If(c_any1):
+            m.d.comb += [self.o[1].value.eq(c_val[1]), self.o[1].col.eq(c_col[1])]
+        with m.Elif(c_any0):
+            m.d.comb += [self.o[1].value.eq(n_val[0]), self.o[1].col.eq(n_col[0])]
+        with m.Else():
+            m.d.comb += [self.o[1].value.eq(n_val[1]), self.o[1].col.eq(n_col[1])]
+        have = Signal(range(3))
+        m.d.comb += have.eq(Mux(c_any1, 2, Mux(c_any0, Mux(n_any0, 2, 1),
+                                             Mux(n_any1, 2, Mux(n_any0, 1, 0)))))
+        m.d.comb += [self.o_valid[0].eq((have >= 1) & (self.room >= 1)),
+                     self.o_valid[1].eq((have >= 2) & (self.room >= 2))]
+        sent = Signal(range(3))
+        m.d.comb += sent.eq(self.o_valid[0] + self.o_valid[1])
+        rem_cur = Signal(n)
+        rem_nxt = Signal(n)
+        with m.Switch(sent):
+            with m.Case(0):
+                m.d.comb += [rem_cur.eq(cur), rem_nxt.eq(nxt_mask)]
+            with m.Case(1):
+                m.d.comb += [rem_cur.eq(cur & ~c_low),
+                             rem_nxt.eq(Mux(c_any0, nxt_mask, nxt_mask & ~n_low))]
+            with m.Case(2):
+                m.d.comb += [rem_cur.eq(cur & ~c_two),
+                             rem_nxt.eq(Mux(c_any1, nxt_mask,
+                                            Mux(c_any0, nxt_mask & ~n_low, nxt_mask & ~n_two)))]
+        return rem_cur, rem_nxt
+
+    def _elaborate_staged(self):
+        """The pipelined front end: the groups read ahead into a two-entry queue of (values,
+        mask, first column) registers, so the lanes come from flip-flops only and the
+        activation RAMs' outputs go no further than that queue's mask in their cycle.
+
+        Reading: the address is always `fgrp` (a register); the read counts ("issue") when
+        group fgrp exists and is readable, and the queue will have a free entry when its word
+        arrives, two cycles on: queued + in flight - taken this cycle <= 1 (one group a cycle
+        when each is used up in a cycle). Sending: as the plain front end, the current group
+        `cur` and the queue's head as the next group. A group comes a cycle later than in the
+        plain front end (at a layer's start and behind the drain); then one a cycle as there."""
+        m = Module()
+        n = self.pes
+        vals_t = data.ArrayLayout(signed(16), n)
+        base_w = self.col_bits + 1 + n.bit_length()
+        cur_vals = Signal(vals_t, name="cur_vals")
+        cur_mask = Signal(n, name="cur_mask")
+        cur_base = Signal(base_w, name="cur_base")
+        q_vals = [Signal(vals_t, name=f"q{i}_vals") for i in range(2)]
+        q_mask = [Signal(n, name=f"q{i}_mask") for i in range(2)]
+        q_base = [Signal(base_w, name=f"q{i}_base") for i in range(2)]
+        occ = Signal(range(3), name="occ")  # groups queued
+        fgrp = Signal.like(self.groups, name="fgrp")  # the next group to read
+        f_range = Signal(name="f_range")  # fgrp < groups
+        f_base = Signal(base_w, name="f_base")  # its first column
+        inflight = Signal(name="inflight")  # a group read last cycle: its word is on rd_data
+        i_base = Signal(base_w, name="i_base")  # and its first column
+
+        # the group on rd_data: its columns to send (non-zero or all, in range)
+        rd_mask = Signal(n, name="rd_mask")
+        for k in range(n):
+            nz = (self.rd_data[k] != 0) if self.sparse else 1
+            m.d.comb += rd_mask[k].eq(nz & (i_base + k < self.in_features))
+
+        have_nxt = Signal(name="have_nxt")
+        m.d.comb += have_nxt.eq(self.busy & (occ != 0))
+        nxt = Signal(n, name="nxt")
+        m.d.comb += nxt.eq(Mux(have_nxt, q_mask[0], 0))
+        cur = Signal(n, name="cur")
+        m.d.comb += cur.eq(Mux(self.busy, cur_mask, 0))
+        rem_cur, rem_nxt = self._lanes(m, cur, cur_vals, cur_base, nxt, q_mask[0], q_vals[0],
+                                       q_base[0])
+        c_none, c_one, c_two_only = _count_upto_two(cur_mask)
+        out = Signal(name="out")  # the current group runs out this cycle (rem_cur == 0)
+        m.d.comb += out.eq(~self.busy | c_none | (c_one & (self.room >= 1))
+                           | (c_two_only & (self.room >= 2)))
+        pop = Signal(name="pop")  # the queue's head becomes the current group
+        m.d.comb += pop.eq(self.busy & out & (occ != 0))
+        running = Signal(name="running")
+        m.d.comb += running.eq(self.busy | self.start)
+        issue = Signal(name="issue")
+        m.d.comb += self.rd_addr.eq(fgrp)
+        # fgrp is 0 while idle, so group 0 may be read in the start cycle itself (the range
+        # flag then from `groups`)
+        f_ok = Signal(name="f_ok")
+        m.d.comb += f_ok.eq(Mux(self.busy, f_range, self.groups != 0))
+        m.d.comb += issue.eq(running & f_ok & ((fgrp < self.avail) | self.fwd)
+                             & (occ + inflight - pop <= 1))
+
+        # the queue: push the word on rd_data when it was read, pop into cur
+        push = inflight
+        new_vals, new_mask, new_base = self.rd_data, rd_mask, i_base
+        with m.If(pop):
+            m.d.sync += [cur_vals.eq(q_vals[0]), cur_mask.eq(rem_nxt), cur_base.eq(q_base[0])]
+        with m.Elif(self.busy):
+            m.d.sync += cur_mask.eq(Mux(out, 0, rem_cur))
+        with m.Switch(Cat(push, pop)):
+            with m.Case(0b01):  # push only
+                with m.If(occ == 0):
+                    m.d.sync += [q_vals[0].eq(new_vals), q_mask[0].eq(new_mask),
+                                 q_base[0].eq(new_base)]
+                with m.Else():
+                    m.d.sync += [q_vals[1].eq(new_vals), q_mask[1].eq(new_mask),
+                                 q_base[1].eq(new_base)]
+                m.d.sync += occ.eq(occ + 1)
+            with m.Case(0b10):  # pop only
+                m.d.sync += [q_vals[0].eq(q_vals[1]), q_mask[0].eq(q_mask[1]),
+                             q_base[0].eq(q_base[1]), occ.eq(occ - 1)]
+            with m.Case(0b11):  # both: the new word behind the one left, if any
+                with m.If(occ == 2):
+                    m.d.sync += [q_vals[0].eq(q_vals[1]), q_mask[0].eq(q_mask[1]),
+                                 q_base[0].eq(q_base[1]),
+                                 q_vals[1].eq(new_vals), q_mask[1].eq(new_mask),
+                                 q_base[1].eq(new_base)]
+                with m.Else():
+                    m.d.sync += [q_vals[0].eq(new_vals), q_mask[0].eq(new_mask),
+                                 q_base[0].eq(new_base)]
+        m.d.sync += inflight.eq(issue)
+        with m.If(issue):
+            m.d.sync += [fgrp.eq(fgrp + 1), f_base.eq(f_base + n), i_base.eq(f_base),
+                         f_range.eq(fgrp + 1 < self.groups)]
+        with m.If(self.start & ~self.busy):
+            m.d.sync += [self.busy.eq(1), cur_mask.eq(0)]
+            with m.If(~issue):
+                m.d.sync += f_range.eq(self.groups != 0)
+        with m.Elif(self.busy & out & (occ == 0) & ~inflight & ~f_range):
+            # nothing left to send, queued, on its way or to read
+            m.d.sync += [self.busy.eq(0), cur_mask.eq(0), fgrp.eq(0), f_base.eq(0),
+                         f_range.eq(0)]
+            m.d.comb += self.done.eq(1)
+        return m
+
 
 
 
@@ -325,6 +516,20 @@ def _lowest(m, bits, n, name):
         m.d.comb += idx[b].eq(Cat(*terms).any() if terms else 0)
     return bits != 0, idx
 
+
+
+def _count_upto_two(bits):
+    """(none, exactly one, exactly two) of the bits of `bits` set: a tree of such triples."""
+    trip = [(~bits[k], bits[k], 0) for k in range(len(bits))]
+    while len(trip) > 1:
+        nxt = []
+        for i in range(0, len(trip) - 1, 2):
+            (z0, o0, t0), (z1, o1, t1) = trip[i], trip[i + 1]
+            nxt.append((z0 & z1, (o0 & z1) | (z0 & o1), (t0 & z1) | (o0 & o1) | (z0 & t1)))
+        if len(trip) % 2:
+            nxt.append(trip[-1])
+        trip = nxt
+    return trip[0]
 
 
 def _exactly_one(bits):

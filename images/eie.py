@@ -389,15 +389,17 @@ def default_issue_width(pes: int) -> int:
 
 
 def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits: int = 32,
-                 issue_width: int | None = None) -> np.ndarray:
+                 issue_width: int | None = None, pipelined: bool = False) -> np.ndarray:
     """Compute cycles [batch, layers] of the EIE engine on int16 inputs x[batch, in_0], by a
     cycle model (no Verilog): every PE spends its entries (fillers included) on each non-zero
     column and the front end stalls while a PE that needs the column has `queue_depth` queued,
-    plus 6 fixed cycles a layer (pipeline, idle check, START) and the last layer's 6 of output
-    drain. At issue width 1 the front end broadcasts one non-zero column per cycle and an
-    all-zero group of N columns costs one (`images.lanes.simulate_layer`, one lane per PE); at
+    plus 6 fixed cycles a layer (pipeline, idle check, START) and the last layer's output drain
+    (its drain rows and 2, at least 6: `drain_rows`). At issue width 1 the front end broadcasts one
+    non-zero column per cycle and an all-zero group of N columns costs one
+    (`images.lanes.simulate_layer`, one lane per PE); at
     width 2 (`simulate_wide`) two a cycle, across group boundaries. issue_width None: the
-    engine's default for the image's PEs (`default_issue_width`). docs/engine.md gives its
+    engine's default for the image's PEs (`default_issue_width`); `pipelined`, the pipelined
+    two-wide front end (`EieParams.pipelined`, `simulate_wide`). docs/engine.md gives its
     agreement with the Verilog (within 0.2 points of MAC utilisation on three LeNet-300-100-shaped
     networks)."""
     from compress.golden import run_layers as golden_layers  # torch: only when modelling
@@ -405,6 +407,8 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
     width = default_issue_width(rom.pes) if issue_width is None else issue_width
     if width not in (1, 2):
         raise InputError(f"issue width must be 1 or 2, not {issue_width!r}")
+    if pipelined and width != 2:
+        raise InputError(f"the pipelined front end is the two-wide one, not issue width {width}")
     if any(rl.geom for rl in rom.layers):
         # the walk of a conv layer is not modelled: tb.analysis counts its work, the RTL its
         # cycles
@@ -421,35 +425,149 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
             c = simulate_layer(cost, nz, pes=rom.pes, depth=queue_depth, rows=0,
                                drain_share=0, preload=False)
         else:
-            c = simulate_wide(cost, nz, pes=rom.pes, depth=queue_depth)
-            if i:  # the first groups come forwarded from the previous layer's drain
-                c = c - 2
-        # - 1: a PE is idle while its last hit is written (`hw.eie.mac.Mac.pending`)
-        out.append(c - 1 + (6 if i == rom.num_layers - 1 else 0))
+            c = simulate_wide(cost, nz, pes=rom.pes, depth=queue_depth, pipelined=pipelined)
+            if i:  # the first groups come forwarded from the previous layer's drain (a cycle
+                # later through the pipelined engine's register)
+                c = c - (1 if pipelined else 2)
+        # - 1: a PE is idle while its last hit is written (`hw.eie.mac.Mac.pending`); the last
+        # layer's drain is not overlapped: its rows (`drain_rows`) and 2, at least 6 cycles
+        last = max(6, drain_rows(rom)[-1] + 2) if i == rom.num_layers - 1 else 0
+        out.append(c - 1 + last)
     return np.stack(out, axis=1)
 
 
-def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8) -> np.ndarray:
+def drain_rows(rom: RomImage) -> list[int]:
+    """Rows the engine drains after each fully connected layer (every PE at once: the most a
+    PE holds of the layer's outputs or of layer i + 2's, which the drain preloads)."""
+    n = rom.pes
+    outs = [rl.out_features for rl in rom.layers] + [0, 0]
+    return [max(ceil_div(outs[i], n), ceil_div(outs[i + 2], n))
+            for i in range(rom.num_layers)]
+
+
+def io_cycles(rom: RomImage, compute: np.ndarray, params: "EieParams | None" = None) -> dict:
+    """The engine's cycles around the compute for one input, from its compute cycles
+    `compute` [batch] (the RTL's or `cycle_model`'s summed over layers), fully connected
+    networks (hw/eie/engine.py's sequencer):
+
+    * "load": input beats, ceil(in / lanes) (`io_lanes` words a beat);
+    * "output": output beats, ceil(out / lanes);
+    * "preload": PRELOAD0 and PRELOAD1 between inferences (the biases of layers 0 and 1 into
+      the two accumulator banks: a row per PE a cycle, and a cycle each to finish);
+    * "total" [batch]: the engine's `cycles`, first input word to last output word, with the
+      host at full speed: load + compute + output + 1;
+    * "period" [batch]: the cycles per input of a stream (inputs back to back, each offered as
+      the previous one's last output word is taken): total + preload.
+
+    These are exact in the Verilator bench (tests/test_loadable.py) when the host never stalls."""
+    n = rom.pes
+    lanes = io_lanes(rom, EieParams() if params is None else params)
+    outs = [rl.out_features for rl in rom.layers] + [0]
+    load = ceil_div(rom.layers[0].in_features, lanes)
+    output = ceil_div(rom.layers[-1].out_features, lanes)
+    preload = sum(max(1, ceil_div(outs[b], n)) + 1 for b in range(2))
+    total = np.asarray(compute, dtype=np.int64) + load + output + 1
+    return {"load": load, "output": output, "preload": preload, "total": total,
+            "period": total + preload}
+
+
+
+
+# queue slots a pipelined PE has beyond the engine's queue depth (`hw.eie.pe.EXTRA_SLOTS`)
+PIPELINED_EXTRA_SLOTS = 1
+
+
+def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8,
+                  pipelined: bool = False) -> np.ndarray:
     """Cycles of one layer for every input of a batch with the two-wide front end
     (`hw.eie.frontend.WideFrontEnd`), in the time base of `images.lanes.simulate_layer`.
 
     cost: [PEs, cols] entries per PE and column; nz: bool [batch, cols]. Group j (N columns) is
     loaded in cycle L_j = max(the cycle group j-1 sent its last column, L_{j-1} + 1) (one read
     a cycle); its columns go from L_j on, at most two a cycle shared with the group before, each
-    once every PE has a free queue slot (the engine's credit: a column a PE has no entry for
-    holds a slot while in its pointer stage). A column reaches a PE's sequencer a cycle after
-    it is sent when the PE has nothing queued (the queue's bypass), else when the sequencer
-    takes it from the queue; PEs skip columns with no entry. The front end is done in cycle L_groups; then as `simulate_layer` (3 cycles of
-    pipeline and idle check, START).
+    once every PE has a free slot (the engine's credit, `room`: queue depth less the columns
+    queued and those in the pointer stage). A column sent in cycle t holds a slot of every PE
+    from t (for a second column in the same cycle) to t + 1 (its pointer stage) when the PE has
+    no entry for it, else until the PE's sequencer starts on it (when it is popped from the
+    queue, or its bypass: it reaches the sequencer a cycle after it is sent when the PE has
+    nothing queued); PEs skip columns with no entry. Slots are counted, not taken in order: a
+    PE's empty columns free theirs while an earlier one still waits. The front end is done in
+    cycle L_groups; then as `simulate_layer` (3 cycles of pipeline and idle check, START).
+
+    pipelined (`EieParams.pipelined`): `_simulate_wide_pipelined`: a column reaches the PEs a
+    cycle after it is sent (the broadcast register) and the credit is a cycle old.
     """
     if depth < 1:
         raise InputError(f"queue depth must be >= 1, not {depth!r}")
+    if pipelined:
+        return _simulate_wide_pipelined(cost, nz, pes=pes,
+                                        depth=depth + PIPELINED_EXTRA_SLOTS)
     batch, cols = nz.shape
     lanes = cost.shape[0]
     never = np.iinfo(np.int64).min // 4
     t = np.full(batch, never, dtype=np.int64)  # the last cycle a column was sent in
     slot = np.zeros(batch, dtype=np.int64)  # columns sent in cycle t
     load = np.full(batch, -1, dtype=np.int64)  # L_j of the current group
+    done = np.zeros((batch, lanes), dtype=np.int64)  # each PE's next free cycle
+    # the last cycle each PE's last `depth` columns with entries hold their slot (in order: the
+    # sequencer takes them in order; older ones have left)
+    held = np.full((batch, lanes, depth), never, dtype=np.int64)
+    # the last 4 columns (two cycles of two): sent when, and empty for which PE
+    recent_t = np.full((batch, 4), never, dtype=np.int64)
+    recent_empty = np.zeros((batch, lanes, 4), dtype=bool)
+    for g0 in range(0, cols, pes):
+        last = np.full(batch, never, dtype=np.int64)  # this group's last column sent
+        for c in range(g0, min(cols, g0 + pes)):
+            m = nz[:, c]
+            if not m.any():
+                continue
+            u = cost[:, c]
+            used = u > 0
+            tn = np.maximum(load, np.where(slot >= 2, t + 1, t))
+            while True:  # the first cycle every PE has a free slot
+                busy = ((held >= tn[:, None, None]).sum(axis=2)
+                        + (recent_empty & (recent_t[:, None, :] + 1 >= tn[:, None, None]))
+                        .sum(axis=2))
+                wait = m & (busy >= depth).any(axis=1)
+                if not wait.any():
+                    break
+                tn = np.where(wait, tn + 1, tn)
+            slot = np.where(m, np.where(tn == t, slot + 1, 1), slot)
+            # into an empty queue a column goes straight on to the sequencer (its bypass)
+            start = np.maximum(done, tn[:, None] + 1)
+            upd = m[:, None] & used[None, :]
+            done = np.where(upd, start + u[None, :], done)
+            until = np.maximum(start, tn[:, None] + 1)
+            held = np.where(upd[:, :, None],
+                            np.concatenate([held[:, :, 1:], until[:, :, None]], axis=2), held)
+            recent_t = np.where(m[:, None], np.concatenate([recent_t[:, 1:], tn[:, None]], 1),
+                                recent_t)
+            empty = np.broadcast_to(~used[None, :, None], (batch, lanes, 1))
+            recent_empty = np.where(m[:, None, None],
+                                    np.concatenate([recent_empty[:, :, 1:], empty], axis=2),
+                                    recent_empty)
+            t = np.where(m, tn, t)
+            last = np.where(m, tn, last)
+        load = np.maximum(last, load + 1)
+    end = np.maximum(done.max(axis=1), load + 2) + 3
+    return end + 3 + 1
+
+
+def _simulate_wide_pipelined(cost: np.ndarray, nz: np.ndarray, *, pes: int,
+                             depth: int) -> np.ndarray:
+    """`simulate_wide` for the pipelined front end (depth: its queue slots, the extra one
+    included): a column may go once the oldest of a PE's last `depth` columns left two cycles
+    before (the credit a cycle old, its slot counted from the broadcast register on); its
+    slots are taken in order (checked against the RTL at 16 PEs: docs/engine.md)."""
+    lag = 1  # cycles from the front end to the PEs beyond the plain engine
+    batch, cols = nz.shape
+    lanes = cost.shape[0]
+    never = np.iinfo(np.int64).min // 4
+    t = np.full(batch, never, dtype=np.int64)  # the last cycle a column was sent in
+    slot = np.zeros(batch, dtype=np.int64)  # columns sent in cycle t
+    # L_j of the current group; the pipelined front end reads its groups a cycle ahead into
+    # registers (`hw.frontend.WideFrontEnd`, staged), so the first comes a cycle later
+    load = np.full(batch, lag - 1, dtype=np.int64)
     done = np.zeros((batch, lanes), dtype=np.int64)  # each PE's next free cycle
     ring = np.full((batch, lanes, depth), never, dtype=np.int64)  # pop cycles of queued columns
     for g0 in range(0, cols, pes):
@@ -462,16 +580,16 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8)
             used = u > 0
             # every PE must have room, also one the column has no entry for (it holds a slot
             # while in the pointer stage): the oldest of its last `depth` columns has left
-            credit = ring[:, :, 0].max(axis=1) + 1
+            credit = ring[:, :, 0].max(axis=1) + 1 + lag
             tn = np.maximum(np.maximum(load, np.where(slot >= 2, t + 1, t)), credit)
             slot = np.where(m, np.where(tn == t, slot + 1, 1), slot)
             # into an empty queue a column goes straight on to the sequencer (its bypass)
-            start = np.maximum(done, tn[:, None] + 1)
+            start = np.maximum(done, tn[:, None] + 1 + lag)
             fin = start + u[None, :]
             upd = m[:, None] & used[None, :]
             done = np.where(upd, fin, done)
             # a queued column leaves when the sequencer takes it; an empty one after p_
-            leave = np.where(used[None, :], start - 1, tn[:, None])
+            leave = np.where(used[None, :], start - 1, tn[:, None] + lag)
             shifted = np.concatenate([ring[:, :, 1:], leave[:, :, None]], axis=2)
             ring = np.where(m[:, None, None], shifted, ring)
             t = np.where(m, tn, t)
@@ -527,6 +645,16 @@ class EieParams(EngineParams):
     loadable: bool = False  # per-network constants in memories: logic by shape alone
     sizes: EieSizes | None = None  # a loadable engine's memory sizes (None: the image's)
     io_lanes: int | None = 1  # words a beat on i_act/o_act (None: one per PE)
+    # the two-wide front end pipelined for a fast clock (`hw.eie.Engine`): its lanes, the PEs'
+    # credit and the forwarded drain words registered; a few cycles a layer more
+    pipelined: bool = False
+
+    def fitted(self, pes: int):
+        """At issue width 1 (the default for fewer than 4 PEs) there is no pipelined front end:
+        the default's `pipelined` is dropped there."""
+        if self.pipelined and self.issue_width is None and default_issue_width(pes) == 1:
+            return replace(self, pipelined=False)
+        return self
 
 
 @dataclass
@@ -833,7 +961,7 @@ def memory_bound(nonzeros: list[np.ndarray], shape: list[int], pes: int, *,
 def cycle_model(rom: RomImage, x: np.ndarray, params: EieParams = EieParams()) -> np.ndarray:
     """`model_cycles` with the engine's parameters: compute cycles [batch, layers]."""
     return model_cycles(rom, x, queue_depth=params.queue_depth, acc_bits=params.acc_bits,
-                        issue_width=params.issue_width)
+                        issue_width=params.issue_width, pipelined=params.pipelined)
 
 
 def logic_of(rom: RomImage) -> dict:

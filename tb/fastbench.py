@@ -59,6 +59,16 @@ FLAGS = ("--binary", "--timing", "--timescale", "1ns/1ps", "-O3", "--x-assign", 
          "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE", "-Wno-UNOPTFLAT")
 
 
+# The C++ optimisation of the model's hot code (Verilator's OPT_FAST; its other code is built
+# at -O0). Measured on Alex-6's 64-PE loadable engine (docs/RESULTS.md section 6): -Os compiles
+# in 195 s and simulates 4 vectors in 5.5 s, -O1 217 s / 4.8 s, -O0 116 s / 12.6 s. A network's
+# own binary (run for many vectors: make verify-mnist) keeps -Os; a loadable engine's shape
+# (a few vectors a network in bench.eie) gets -O0 unless FASTBENCH_OPT says otherwise.
+OPTS = ("-O0", "-O1", "-Os", "-O2")
+DEFAULT_OPT = "-Os"
+SHAPE_OPT = "-O0"
+
+
 def build_root() -> Path:
     return Path(os.environ.get("FASTBENCH_BUILD_DIR") or REPO / "build" / "fastbench")
 
@@ -128,6 +138,7 @@ class FastBuild:
     out_features: int
     layers: int
     mems: dict  # name -> {"width", "depth"}
+    lanes: int  # words a beat on i_act and o_act
     build_seconds: float  # 0 when the cached binary was used
 
 
@@ -140,23 +151,37 @@ def _bench_hash() -> str:
     return h.hexdigest()
 
 
+def _lanes(image, params: EngineParams | None = None) -> int:
+    """Words a beat on i_act and o_act (an EIE engine's `io_lanes`; 1 for every other)."""
+    from images.eie import EieParams, RomImage, io_lanes
+
+    if isinstance(image, RomImage) and isinstance(params, EieParams):
+        return io_lanes(image, params)
+    return 1
+
+
 def _shape(image, params: EngineParams | None = None):
-    """The bench's IN, OUT and LAYERS: the engine's vector sizes (`images.conv`), or for a
-    loadable engine (vector sizes given at run time) the most its activation buffers hold."""
+    """The bench's IN, OUT, LAYERS and LANES: the engine's vector sizes (`images.conv`), or for
+    a loadable engine (vector sizes given at run time) the most its activation buffers hold."""
+    lanes = _lanes(image, params)
     if loadable(image, params):
         from images.eie import sizes_of
 
         most = image.pes * sizes_of(image, params).act_words
-        return most, most, image.num_layers
-    return engine_in_features(image), engine_out_features(image), image.num_layers
+        return most, most, image.num_layers, lanes
+    return engine_in_features(image), engine_out_features(image), image.num_layers, lanes
 
 
 def compile_template(template: str, image, *, jobs: int = 1, mems: dict | None = None,
-                     params: EngineParams | None = None) -> FastBuild:
+                     params: EngineParams | None = None, opt: str = DEFAULT_OPT) -> FastBuild:
     """The binary of `template` (cached by its hash); `jobs` compiler processes; `mems` the
-    memories it loads (default: read from its `$readmemh` lines, `split_memories_decls`)."""
-    n_in, n_out, n_layers = _shape(image, params)
-    t = hashlib.sha256((template + _bench_hash() + f"{n_in},{n_out},{n_layers}").encode())
+    memories it loads (default: read from its `$readmemh` lines, `split_memories_decls`);
+    `opt` the C++ compiler's optimisation of the model's code (`OPTS`)."""
+    if opt not in OPTS:
+        raise ValueError(f"C++ optimisation {opt!r} is not one of {', '.join(OPTS)}")
+    n_in, n_out, n_layers, lanes = _shape(image, params)
+    t = hashlib.sha256((template + _bench_hash()
+                        + f"{n_in},{n_out},{n_layers},{lanes},{opt}").encode())
     d = check_build_dir(build_root() / "bin", "FASTBENCH_BUILD_DIR") / t.hexdigest()[:20]
     meta_path = d / "meta.json"
     t0 = time.monotonic()
@@ -168,8 +193,8 @@ def compile_template(template: str, image, *, jobs: int = 1, mems: dict | None =
             (d / "engine.sv").write_text(template)
             obj = d / "obj"
             cmd = [str(vl.require() / "verilator"), *FLAGS, f"-GIN={n_in}", f"-GOUT={n_out}",
-                   f"-GLAYERS={n_layers}", "--Mdir", str(obj), "-o", "Vtb",
-                   "--build-jobs", str(max(1, int(jobs))),
+                   f"-GLAYERS={n_layers}", f"-GLANES={lanes}", "--Mdir", str(obj), "-o", "Vtb",
+                   "--build-jobs", str(max(1, int(jobs))), "-MAKEFLAGS", f"OPT_FAST={opt}",
                    str(TB_SOURCE), str(d / "engine.sv"), str(CPU_TIME)]
             with open(d / "build.log", "w") as f:
                 rc = run_in_group(cmd, cwd=d, env=env, stdout=f)
@@ -182,7 +207,7 @@ def compile_template(template: str, image, *, jobs: int = 1, mems: dict | None =
                     for k, v in (mems or split_memories_decls(template)).items()}
             tmp = d / ".meta.json.tmp"
             tmp.write_text(json.dumps({"in": n_in, "out": n_out, "layers": n_layers,
-                                       "mems": mems}, indent=1, sort_keys=True))
+                                       "lanes": lanes, "mems": mems}, indent=1, sort_keys=True))
             os.replace(tmp, meta_path)
             seconds = time.monotonic() - t0
         else:
@@ -210,7 +235,8 @@ def _key_file(image, params: EngineParams | None, key: str | None) -> Path:
 def _load(d: Path, build_seconds: float = 0.0) -> FastBuild:
     meta = json.loads((d / "meta.json").read_text())
     return FastBuild(dir=d, binary=d / "Vtb", in_features=meta["in"], out_features=meta["out"],
-                     layers=meta["layers"], mems=meta["mems"], build_seconds=build_seconds)
+                     layers=meta["layers"], mems=meta["mems"], lanes=meta.get("lanes", 1),
+                     build_seconds=build_seconds)
 
 
 def lookup(image, params: EngineParams | None = None, *, key: str | None = None
@@ -243,16 +269,17 @@ def build(image, params: EngineParams | None = None, *, key: str | None = None
     else `tb.sim.build_key`, the image digest, parameters and sources)."""
     vl.require()
     shaped = key is None and loadable(image, params)
+    opt = os.environ.get("FASTBENCH_OPT") or SHAPE_OPT
     if shaped:
-        key = shape_key(image, params)
+        key = f"{shape_key(image, params)}{opt}"
     hit = lookup(image, params, key=key)
     if hit is not None:
         return hit
     t0 = time.monotonic()
     if shaped:
-        template, mems = shape_template(image, params)
+        template, mems = shape_template(image, params, share_pes=True)
         fb = compile_template(template, image, mems=mems, params=params,
-                              jobs=int(os.environ.get("FASTBENCH_JOBS", "1")))
+                              jobs=int(os.environ.get("FASTBENCH_JOBS", "1")), opt=opt)
     else:
         template, _mems = template_of(image, params)
         fb = compile_template(template, image)
@@ -277,6 +304,14 @@ class FastResult:
     seconds: float  # wall time of the simulator process
     sim_cycles: int  # clock cycles the bench simulated (resets and gaps included)
     cpu_seconds: float  # CPU time of the simulator process
+    last_word: np.ndarray  # int64[batch]: the clock cycle of each vector's last output word
+
+    @property
+    def period(self) -> np.ndarray:
+        """Cycles between consecutive vectors' last output words (int64[batch - 1]): the
+        engine's time per input in a stream (the bench offers each vector as soon as the
+        previous one's last output word is taken)."""
+        return np.diff(self.last_word)
 
 
 def write_inputs(x: np.ndarray, path: Path) -> None:
@@ -287,10 +322,11 @@ def write_inputs(x: np.ndarray, path: Path) -> None:
 
 
 def read_outputs(path: Path, n: int, layers: int, out: int) -> tuple:
+    """(outputs, cycles, layer_cycles, last-word cycle) of the bench's output file."""
     text = path.read_text().split()
-    a = np.array(text, dtype=np.int64).reshape(n, 1 + layers + out) if n else \
-        np.zeros((0, 1 + layers + out), np.int64)
-    return a[:, 1 + layers:].astype(np.int16), a[:, 0], a[:, 1:1 + layers]
+    w = 1 + layers + out + 1
+    a = np.array(text, dtype=np.int64).reshape(n, w) if n else np.zeros((0, w), np.int64)
+    return a[:, 1 + layers:-1].astype(np.int16), a[:, 0], a[:, 1:1 + layers], a[:, -1]
 
 
 def run(fb: FastBuild, mems: Path, x: np.ndarray, *, stall_in: float = 0.0,
@@ -326,7 +362,7 @@ def run(fb: FastBuild, mems: Path, x: np.ndarray, *, stall_in: float = 0.0,
             log = (wd / "sim.log").read_text(errors="replace")[-2000:]
             own = False  # keep it for inspection
             raise RuntimeError(f"bench failed (exit {rc}) in {wd}:\n{log}")
-        y, cycles, lc = read_outputs(wd / "outputs.txt", len(x), fb.layers, n_out)
+        y, cycles, lc, last_word = read_outputs(wd / "outputs.txt", len(x), fb.layers, n_out)
         if len(y) != len(x):
             own = False
             raise RuntimeError(f"bench wrote {len(y)} of {len(x)} vectors in {wd}")
@@ -334,7 +370,7 @@ def run(fb: FastBuild, mems: Path, x: np.ndarray, *, stall_in: float = 0.0,
                       (wd / "sim.log").read_text(errors="replace"))
         return FastResult(outputs=y, cycles=cycles, layer_cycles=lc, seconds=seconds,
                           sim_cycles=int(m.group(1)) if m else 0,
-                          cpu_seconds=float(m.group(2)) if m else seconds)
+                          cpu_seconds=float(m.group(2)) if m else seconds, last_word=last_word)
     finally:
         if own:
             shutil.rmtree(wd, ignore_errors=True)

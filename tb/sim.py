@@ -318,15 +318,18 @@ def loadable(image, params: EngineParams | None) -> bool:
     return bool(getattr(params, "loadable", False))
 
 
-def shape_template(image, params: EngineParams) -> tuple[str, dict]:
+def shape_template(image, params: EngineParams, *, share_pes: bool = False
+                   ) -> tuple[str, dict]:
     """(Verilog, memories {name: {"width", "depth"}}) of a loadable engine, converted with the
     simulators' memory factory (`hw.simmem`): no memory contents are ever in the Verilog, so the
     conversion takes seconds for any network, and the Verilog is that of every network of the
-    shape. Each memory loads `<dir>/<name>.hex` (`write_mem_files`), dir from `+mems=DIR`."""
+    shape. Each memory loads `<dir>/<name>.hex` (`write_mem_files`), dir from `+mems=DIR`.
+    share_pes: the PEs as one module instantiated N times (`hw.simmem.share_pe_modules`), what
+    Verilator compiles once rather than N times (the same files, the same behaviour)."""
     from amaranth.back import verilog
 
     from hw import EngineConfigError, make_engine
-    from hw.simmem import SimMemories
+    from hw.simmem import SimMemories, share_pe_modules
 
     mems = SimMemories()
     try:
@@ -334,6 +337,8 @@ def shape_template(image, params: EngineParams) -> tuple[str, dict]:
     except EngineConfigError as e:
         raise InputError(str(e)) from None
     text = verilog.convert(eng, name=TOPLEVEL, emit_src=False)
+    if share_pes:
+        text = share_pe_modules(text, TOPLEVEL)
     return text + mems.verilog_modules(), mems.mems
 
 

@@ -38,16 +38,28 @@ def test_layer_deterministic_at_its_densities():
 
 
 def test_table_row():
-    r = {"layer": "Alex-8", "pes": 8, "rel_bits": 5, "bit_exact": 4, "count": 4,
-         "compute_cycles": [100, 110], "total_cycles": [150, 160], "util_compute": 0.9,
-         "util_total": 0.6, "model_error": -0.01, "dense_cycles": 512000,
+    r = {"layer": "Alex-8", "pes": 8, "rel_bits": 5, "io_lanes": 8, "bit_exact": 4, "count": 4,
+         "compute_cycles": [100, 110], "total_cycles": [150, 160], "period_cycles": [170],
+         "util_compute": 0.9, "util_total": 0.6, "util_period": 0.55, "model_error": -0.01,
+         "model_period_error": 0.002, "dense_cycles": 512000,
          "speedup_over_dense": 9.5, "build_seconds": 80.0, "wall_seconds": 90.0,
          "peak_rss_mb": 300, "peak_child_rss_mb": 320}
     row = table([r]).splitlines()[-1]
-    assert row.startswith("| Alex-8 | 8 | 5 | 4/4 | 105 | 155 | 90.0% | 60.0% | -1.0% |")
+    assert row.startswith("| Alex-8 | 8 | 5 | 8 | 4/4 | 105 | 155 | 170 | 90.0% | 60.0% | 55.0% "
+                          "| -1.0% / +0.2% |")
+    # a result of one vector has no period
+    one = {**r, "period_cycles": [], "util_period": None, "model_period_error": None}
+    assert "| 155 | - | 90.0% | 60.0% | - | -1.0% / - |" in table([one])
 
 
 def test_unknown_layer_refused():
     p = subprocess.run([sys.executable, "-m", "bench.eie", "--layers", "Alex-9"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Alex-9" in p.stderr
+
+
+def test_bad_io_lanes_refused():
+    for bad, why in (("0", "--io-lanes"), ("three", "--io-lanes"), ("3", "divide")):
+        p = subprocess.run([sys.executable, "-m", "bench.eie", "--pes", "8", "--io-lanes", bad],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and why in p.stderr, p.stderr

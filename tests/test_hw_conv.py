@@ -53,6 +53,9 @@ CASES = [
      {"layer": 1, "out_ch": 0}, {"issue_width": 1}),
     ("2pe-dense-baseline", (1, 5, 5), [(3, 2, 1, 1, 2)], [4], 2, {"layer": 0, "out_ch": 2},
      {"sparse": False}),
+    # the pipelined front end (the ECP5 boards' engine) with the conv front end, queues of 2
+    ("4pe-pipelined-depth2", (2, 7, 7), [(5, (4, 3), 2, 1, (1, 2)), (6, 2, 1, 0, 1)], [3], 4,
+     {"layer": 0, "out_ch": 3}, {"issue_width": 2, "pipelined": True, "queue_depth": 2}),
 ]
 if long_tests():
     CASES += [

@@ -55,6 +55,16 @@ def test_conv_to_1x1_map_wide_issue():
     _check(qnet, 2, _inputs(10, 50, seed=2), EieParams(issue_width=2))
 
 
+def test_conv_pipelined_front_end_stalls():
+    """The pipelined engine (the ECP5 boards') with conv layers: the conv front end's lanes and
+    credit through the broadcast register, queues of 2, stalls."""
+    qnet = random_cnn((2, 7, 7), [(5, 3, 1, 1, 2), (6, 2, 1, 0, 1)], [4], seed=3,
+                      density=0.5, shift=9)
+    _check(qnet, 4, _inputs(8, 98, seed=3), EieParams(issue_width=2, pipelined=True,
+                                                      queue_depth=2),
+           stall_in=0.2, stall_out=0.3, seed=3)
+
+
 def _random_cnn(seed):
     """A random conv network in the issue's ranges whose maps stay at least 1x1."""
     rng = np.random.default_rng(2000 + seed)

@@ -48,6 +48,12 @@ CASES = [
      {"stall_out": 0.3}, 20),
     ("3pe-depth1-zero-columns", (26, 15, 6), 3, 0.15, {"shift": [8, 5]}, {"rel_bits": 3},
      {"queue_depth": 1}, {}, 40),
+    # the pipelined front end (the ECP5 boards' engine): small queues full under stalls, and
+    # fewer rows than PEs with all-zero columns
+    ("8pe-pipelined-depth2-stalls", (40, 23, 9), 8, 0.4, {"shift": [9, 6]}, {},
+     {"pipelined": True, "queue_depth": 2}, {"stall_in": 0.2, "stall_out": 0.3}, 40),
+    ("4pe-pipelined-rows-fewer-zero-columns", (30, 3, 5), 4, 0.1, {"shift": [8, 0]}, {},
+     {"pipelined": True}, {}, 40),
 ]
 
 
@@ -114,6 +120,22 @@ def test_engine_random_sweep_long(seed):
     runkw = {"stall_in": float(rng.choice([0, 0.3])), "stall_out": float(rng.choice([0, 0.5])),
              "reset_mid": bool(rng.random() < 0.3)}
     _check(sizes, pes, density, qkw, rkw, pkw, runkw, 60, seed)
+
+
+@pytest.mark.parametrize("seed", range(12 if long_tests() else 1))
+def test_pipelined_engine_random_nets(seed):
+    """The pipelined engine on random networks (shapes, PEs 4-16, densities, queue depths,
+    stalls) against the golden model; one network in `make test`, 12 in `make test-long`."""
+    rng = np.random.default_rng(2000 + seed)
+    layers = int(rng.integers(1, 4))
+    sizes = tuple(int(v) for v in rng.integers(2, 70, layers + 1))
+    pes = int(rng.choice([4, 8, 16]))
+    density = float(rng.choice([0.02, 0.1, 0.3, 0.7]))
+    qkw = {"shift": [int(v) for v in rng.integers(4, 12, layers)]}
+    pkw = {"pipelined": True, "queue_depth": int(rng.choice([1, 2, 4, 8])),
+           "sparse": bool(rng.random() < 0.8)}
+    runkw = {"stall_in": float(rng.choice([0, 0.3])), "stall_out": float(rng.choice([0, 0.5]))}
+    _check(sizes, pes, density, qkw, {}, pkw, runkw, 30, seed)
 
 
 @pytest.mark.skipif(not long_tests(), reason="LeNet-300-100 on 8 PEs: make test-long")

@@ -80,10 +80,10 @@ class Board:
         return FAMILIES[self.family]
 
 
-# The ULX3S's default clock and baud rate: the 16-PE EIE engine routes at about 20 MHz (its
-# front end and the broadcast to 16 PEs; docs/fpga.md section 7), so the PLL's 25 x 5 / 7 MHz
-# with 1 Mbaud (18 clocks a bit, 0.8 % fast), which the FT231X makes exactly.
-ULX3S_CLOCK_MHZ = 25 * 5 / 7
+# The ULX3S's default clock and baud rate: the 16-PE EIE engine with its pipelined front end
+# (the `ecp5` defaults, docs/fpga.md section 7) at the PLL's 25 x 2 = 50 MHz, with 1 Mbaud
+# (50 clocks a bit, exact), which the FT231X makes exactly.
+ULX3S_CLOCK_MHZ = 45.0
 ULX3S_BAUD = 1_000_000
 
 BOARDS = {b.name: b for b in (

@@ -29,6 +29,16 @@ pooled row's sub-positions maximised) writes the output map (CHAN layout) into t
 activation bank while the next step computes. A layer's first pass waits for the previous
 layer's drain; an fc layer after a conv one reads nothing before that drain is done.
 
+The pipelined front end (`pipelined=True`, issue width 2; the ECP5 boards' engine,
+docs/fpga.md section 7) takes the cycle-long paths across every PE apart for a fast clock: the
+front end's two lanes go into a register (`bc_r`) the PEs read a cycle later; the credit is
+registered too ("every PE has k free slots" for k = 1..4, `room_ge`, taken a cycle late minus
+what the register holds, so each PE's `room` counts the columns in that register and its queue
+has `hw.eie.pe.EXTRA_SLOTS` more); the drain's forwarded word is registered beside each PE
+(`y_r`: a group is forwarded a cycle later); and the front end's read address is chosen from
+its flip-flops and that credit (`hw.frontend.WideFrontEnd`). About 2 cycles a layer more
+(`images.eie.simulate_wide`); the plain engine stays the default.
+
 A loadable engine (`loadable=True`, `images.eie.EieParams`) has memories of given sizes and
 reads every per-network constant (each layer's in_features, groups, drain and preload rows,
 out_features here; each PE's rows, bases, shift and ReLU) from table memories loaded with the
@@ -56,7 +66,8 @@ from ..blocks import (ActIO, EngineConfigError, EngineSignature, bits, ceil_div,
                       check_queue_depth)
 from ..frontend import front_end
 from ..memory import MemoryFactory, MemorySpec
-from .pe import PE
+from ..queue import MAX_DEPTH
+from .pe import EXTRA_SLOTS, PE
 
 __all__ = ["Engine"]
 
@@ -90,7 +101,7 @@ class Engine(wiring.Component):
     hold, checked up front; issue_width (1 or 2 columns a cycle); loadable, sizes (per-layer
     constants in table memories, memories of `sizes`: module docstring; fully connected
     networks only); io_lanes (words a beat on i_act and o_act, a divisor of the PEs; None: one
-    per PE; 1 with conv layers).
+    per PE; 1 with conv layers); pipelined (the pipelined two-wide front end: module docstring).
     """
 
     image_type = RomImage
@@ -99,7 +110,7 @@ class Engine(wiring.Component):
     def check(cls, rom: RomImage, *, queue_depth=8, acc_bits=32, sparse=True,
               max_width: int | None = None, issue_width: int | None = None,
               loadable: bool = False, sizes: EieSizes | None = None,
-              io_lanes: int | None = 1) -> None:
+              io_lanes: int | None = 1, pipelined: bool = False) -> None:
         """EngineConfigError naming what does not fit, before anything is made."""
         if not isinstance(rom, RomImage):
             raise TypeError(f"the EIE engine is built from a RomImage, not "
@@ -108,6 +119,17 @@ class Engine(wiring.Component):
         check_fits(rom, acc_bits=acc_bits, max_width=max_width)
         if issue_width not in (None, 1, 2):
             raise EngineConfigError(f"issue width must be 1 or 2, not {issue_width!r}")
+        if not isinstance(pipelined, bool):
+            raise EngineConfigError(f"pipelined must be True or False, not {pipelined!r}")
+        width = _issue_width(rom, EieParams(issue_width=issue_width)) if issue_width in (
+            None, 1, 2) else issue_width
+        if pipelined and width != 2:
+            raise EngineConfigError(f"the pipelined front end is the two-wide one: issue width "
+                                    f"2, not {width}")
+        if pipelined and queue_depth + EXTRA_SLOTS > MAX_DEPTH:
+            raise EngineConfigError(f"a pipelined engine's queues have {EXTRA_SLOTS} slot(s) "
+                                    f"more: queue depth at most {MAX_DEPTH - EXTRA_SLOTS}, not "
+                                    f"{queue_depth}")
         if io_lanes is not None and (isinstance(io_lanes, bool) or not isinstance(io_lanes, int)
                                      or io_lanes < 1 or rom.pes % io_lanes):
             raise EngineConfigError(f"io_lanes must divide the {rom.pes} PEs, not {io_lanes!r}")
@@ -134,14 +156,16 @@ class Engine(wiring.Component):
     def __init__(self, rom: RomImage, *, queue_depth=8, acc_bits=32, sparse=True,
                  memories: "MemoryFactory | None" = None, max_width: int | None = None,
                  issue_width: int | None = None, loadable: bool = False,
-                 sizes: EieSizes | None = None, io_lanes: int | None = 1):
+                 sizes: EieSizes | None = None, io_lanes: int | None = 1,
+                 pipelined: bool = False):
         sizes = _sizes(sizes)
         self.check(rom, queue_depth=queue_depth, acc_bits=acc_bits, sparse=sparse,
                    max_width=max_width, issue_width=issue_width, loadable=loadable,
-                   sizes=sizes, io_lanes=io_lanes)
+                   sizes=sizes, io_lanes=io_lanes, pipelined=pipelined)
         params = EieParams(queue_depth=queue_depth, acc_bits=acc_bits, sparse=sparse,
                            max_width=max_width, issue_width=issue_width, loadable=loadable,
-                           sizes=sizes, io_lanes=io_lanes)
+                           sizes=sizes, io_lanes=io_lanes, pipelined=pipelined)
+        self.pipelined = pipelined
         self.issue_width = _issue_width(rom, params)
         self.lanes = _io_lanes(rom, params)
         self.sizes = sizes_of(rom, params)
@@ -186,7 +210,7 @@ class Engine(wiring.Component):
         return PE(img, col_bits=self.col_bits, row_bits=self.row_bits,
                   queue_depth=self.queue_depth, acc_bits=self.acc_bits, sparse=self.sparse,
                   memories=memories, issue_width=self.issue_width, sizes=self.sizes,
-                  sub_bits=self.sub_bits,
+                  sub_bits=self.sub_bits, pipelined=self.pipelined,
                   specs=[s for s in self._specs if s.name.split(".")[0] == f"pe{img.pe}"
                          and not s.name.endswith(".act")])
 
@@ -295,7 +319,7 @@ class Engine(wiring.Component):
         for kind in self.kinds:
             fe = front_end(kind, self.issue_width).make(
                 pes=n, col_bits=self.col_bits, group_bits=self.row_bits, sparse=self.sparse,
-                addr_bits=self.row_bits + 2, geoms=self.geoms)
+                addr_bits=self.row_bits + 2, geoms=self.geoms, pipelined=self.pipelined)
             m.submodules[f"fe_{kind}" if self.has_conv else "fe"] = fe
             fe.wire(m, ctx)
             fes.append(fe)
@@ -348,7 +372,7 @@ class Engine(wiring.Component):
                     for i, fe in enumerate(fes):
                         with m.Case(i):
                             payload_to(pe.bc.payload, fe.o.payload)
-        else:
+        elif not self.pipelined:
             # the room of the fullest PE: columns go to every PE, each takes what it needs
             room = Signal(range(3), name="room")
             one = two = 1
@@ -364,15 +388,25 @@ class Engine(wiring.Component):
                             for j in range(2):
                                 payload_to(pe.bcw[j], fe.o[j])
                             m.d.comb += pe.bcw_valid.eq(fe.o_valid)
+        else:
+            self._pipelined_broadcast(m, fes, kidx, payload_to)
         fwd_r = Signal(name="fwd_r")
         fc_fes = [fe for fe in fes if not fe.absolute]
+        ys = [pe.y for pe in pes]
         if self.issue_width == 2 and fc_fes:
             # the group the front end reads is the row the drain presents now: next cycle take
             # it from the output stage (y of every PE) instead of the buffer written a cycle late
-            # (a fully connected layer's drain only: a conv drain writes a map)
+            # (a fully connected layer's drain only: a conv drain writes a map). Pipelined: the
+            # output stage's word registered (y_r, beside each PE), so a cycle later, the row
+            # the drain presented a cycle before
             fe = fc_fes[0]
             fwd = Signal(name="fwd")
-            cond = c.d_active & (c.d_cnt == fe.rd_addr)
+            if self.pipelined:
+                ys = [Signal.like(pe.y, name=f"y_r{k}") for k, pe in enumerate(pes)]
+                m.d.sync += [y.eq(pe.y) for y, pe in zip(ys, pes)]
+                cond = c.d_active & (c.d_cnt == fe.rd_addr + 1)
+            else:
+                cond = c.d_active & (c.d_cnt == fe.rd_addr)
             if self.has_conv:
                 cond = cond & ~c.is_conv[c.d_layer]
             m.d.comb += [fwd.eq(cond), fe.fwd.eq(fwd)]
@@ -380,7 +414,7 @@ class Engine(wiring.Component):
         for k, pe in enumerate(pes):
             m.d.comb += [pe.layer.eq(layer), pe.bank.eq(c.bank)]
             for fe in fes:
-                m.d.comb += fe.rd_data[k].eq(Mux(fwd_r, pe.y, c.act_r[k].data.as_signed()))
+                m.d.comb += fe.rd_data[k].eq(Mux(fwd_r, ys[k], c.act_r[k].data.as_signed()))
         c.all_idle = Signal(name="all_idle")
         idle = pes[0].idle
         for pe in pes[1:]:
@@ -409,6 +443,45 @@ class Engine(wiring.Component):
             m.d.comb += ctx.avail.eq(avail)
         with m.Else():
             m.d.comb += ctx.avail.eq(big)
+
+    def _pipelined_broadcast(self, m, fes, kidx, payload_to):
+        """The pipelined engine's broadcast: the front end's lanes into a register (the PEs take
+        them a cycle later) and the credit from registers. Each PE's `room` (free slots, up to
+        4) counts the columns in that register; the engine keeps, for 1..4, "every PE has that
+        many" a cycle late, and takes off it what the front end sent in that cycle (the register
+        now): free slots only grow otherwise, so what is sent always finds its slot."""
+        pes = self.pe_blocks
+        n_ge = 2 * 2  # room up to the lanes plus what the last cycle may have sent
+        ge = Signal(n_ge, name="room_ge")  # bit k-1: every PE had room >= k last cycle
+        for k in range(1, n_ge + 1):
+            all_k = 1
+            for pe in pes:
+                all_k = all_k & (pe.room >= k)
+            m.d.sync += ge[k - 1].eq(all_k)
+        lanes = Signal.like(pes[0].bcw, name="bc_r")
+        valid = Signal(2, name="bc_valid_r")
+        lane_d = Signal.like(lanes, name="bc_d")
+        valid_d = Signal(2, name="bc_valid_d")
+        with m.Switch(kidx):
+            for i, fe in enumerate(fes):
+                with m.Case(i):
+                    for j in range(2):
+                        payload_to(lane_d[j], fe.o[j])
+                    m.d.comb += valid_d.eq(fe.o_valid)
+        m.d.sync += [lanes.eq(lane_d), valid.eq(valid_d)]
+        sent = Signal(range(3), name="bc_sent")  # columns sent last cycle (in the register)
+        m.d.comb += sent.eq(valid[0] + valid[1])
+        room = Signal(range(3), name="room")
+        with m.Switch(sent):
+            for s_ in range(3):
+                with m.Case(s_):
+                    m.d.comb += room.eq(Mux(ge[s_ + 1], 2, Mux(ge[s_], 1, 0)))
+        for fe in fes:
+            m.d.comb += fe.room.eq(room)
+        for pe in pes:
+            for j in range(2):
+                payload_to(pe.bcw[j], lanes[j])
+            m.d.comb += pe.bcw_valid.eq(valid)
 
     def _step_after(self, c, layer, p):
         """(layer, pass) of the step after (layer, pass p)."""

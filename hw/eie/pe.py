@@ -46,7 +46,7 @@ from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from images.eie import EieSizes, PEImage, pe_memory_map, pe_table_fields
+from images.eie import PIPELINED_EXTRA_SLOTS, EieSizes, PEImage, pe_memory_map, pe_table_fields
 
 from ..blocks import bits, post_process, post_process_var, slot_sequencer
 from ..convfe import conv_bcast_layout
@@ -58,6 +58,10 @@ from .mac import Mac
 from .pointer import PointerRead, column_layout
 
 __all__ = ["PE", "PEImage"]
+
+# queue slots a pipelined PE has beyond the engine's queue_depth (`_pointer_stage2`; the cycle
+# model's)
+EXTRA_SLOTS = PIPELINED_EXTRA_SLOTS
 
 
 class PE(wiring.Component):
@@ -78,9 +82,12 @@ class PE(wiring.Component):
     def __init__(self, img: PEImage, *, col_bits: int, row_bits: int, queue_depth: int = 8,
                  acc_bits: int = 32, sparse: bool = True, memories: MemoryFactory | None = None,
                  issue_width: int = 1, specs: list[MemorySpec] | None = None,
-                 sizes: EieSizes | None = None, sub_bits: int = 0):
+                 sizes: EieSizes | None = None, sub_bits: int = 0, pipelined: bool = False):
         if issue_width not in (1, 2):
             raise ValueError(f"issue_width must be 1 or 2, not {issue_width!r}")
+        if pipelined and issue_width != 2:
+            raise ValueError("a pipelined PE takes two columns a cycle (issue_width 2)")
+        self.pipelined = pipelined
         self.issue_width = issue_width
         self.img = img
         self.queue_depth = queue_depth
@@ -102,8 +109,10 @@ class PE(wiring.Component):
         if issue_width == 1:
             bcast = {"bc": In(stream.Signature(layout))}
         else:  # up to two columns a cycle, sent only within `room` (no back-pressure)
+            # pipelined: `room` counts up to 4 free slots (the engine registers the credit and
+            # takes a cycle's columns off it: `hw.eie.engine`)
             bcast = {"bcw": In(data.ArrayLayout(layout, 2)),
-                     "bcw_valid": In(2), "room": Out(range(3))}
+                     "bcw_valid": In(2), "room": Out(range(5 if pipelined else 3))}
         super().__init__({
             "layer": In(range(max(L, 2))),
             "bank": In(1),  # the accumulator bank computed into (the step's parity)
@@ -149,8 +158,10 @@ class PE(wiring.Component):
         self._banks(m, c)
         # idle while the last hit is written: the accumulator is next read (drain) or written
         # (other bank) a cycle later
-        m.d.comb += self.idle.eq(
-            (c.queue.level == 0) & ~c.pr_busy & ~c.s.valid & ~c.e_valid & ~c.mac.pending)
+        idle = (c.queue.level == 0) & ~c.pr_busy & ~c.s.valid & ~c.e_valid & ~c.mac.pending
+        if self.pipelined:  # and no column on its way in from the broadcast register
+            idle = idle & ~self.bcw_valid.any()
+        m.d.comb += self.idle.eq(idle)
         return m
 
     def _layer_constants(self, m, c, table):
@@ -201,7 +212,9 @@ class PE(wiring.Component):
         """p_ at issue width 2: two `PointerRead`s, one per broadcast lane, each on its own
         read port of the two pointer banks, into a queue written with up to two columns."""
         img, base = self.img, c.ptr_base_of(self.layer)
-        depth = self.queue_depth
+        # pipelined: EXTRA_SLOTS more, for the columns in the broadcast register and the credit
+        # known a cycle late
+        depth = self.queue_depth + (EXTRA_SLOTS if self.pipelined else 0)
         m.submodules.queue = c.queue = queue = PairQueue(column_layout(self.ptr_bits, self.sub_bits),
                                                          depth=depth)
         prs = []
@@ -243,9 +256,15 @@ class PE(wiring.Component):
         m.d.comb += [queue.i[j].valid.eq(prs[j].o.valid & ~by[j]) for j in range(2)]
         # free slots once the columns in the pointer stage are queued: every one sent now
         # finds its slot a cycle later whatever the sequencer does
-        free = Signal(range(-2, depth + 1), name="free")
-        m.d.comb += free.eq(depth - queue.level - prs[0].busy - prs[1].busy)
-        m.d.comb += self.room.eq(Mux(free >= 2, 2, Mux(free >= 1, 1, 0)))
+        free = Signal(range(-4, depth + 1), name="free")
+        if self.pipelined:
+            # the columns in the broadcast register (on bcw now) hold their slots too
+            m.d.comb += free.eq(depth - queue.level - prs[0].busy - prs[1].busy
+                                - self.bcw_valid[0] - self.bcw_valid[1])
+            m.d.comb += self.room.eq(Mux(free >= 4, 4, Mux(free >= 0, free, 0)))
+        else:
+            m.d.comb += free.eq(depth - queue.level - prs[0].busy - prs[1].busy)
+            m.d.comb += self.room.eq(Mux(free >= 2, 2, Mux(free >= 1, 1, 0)))
 
     def _pointer_stage(self, m, c, pev, pod):
         """p_: pointer read (hw/eie/pointer.py) into the column queue."""

@@ -4,24 +4,33 @@
 // Plusargs: +inputs=FILE (hex int16 words, one a line, N vectors of IN words), +n=N,
 // +n_in=I +n_out=O (the words of an input and of an output vector, at most the parameters IN and
 // OUT, which are their defaults: a loadable engine's bench serves every network of its shape),
-// +out=FILE (per vector one line: cycles, LAYERS layer_cycles, OUT outputs, all decimal),
+// +out=FILE (per vector one line: cycles, LAYERS layer_cycles, OUT outputs, then the clock cycle
+// of its last output word (counted from the end of the first reset), all decimal),
 // +stall_in=P +stall_out=P (per mille: chance that the driver holds i_act.valid low / the
 // monitor holds o_act.ready low in a cycle), +seed=S, +reset_mid=1 (vector 0 in, a few compute
 // cycles, reset, then every vector cleanly), +max_cycles=C (per vector, a hang guard).
 // The engine's memories load their contents from +mems=DIR (engine.sv, written by fastbench).
+//
+// LANES words move a beat on i_act and o_act (the engine's io_lanes; lane j in bits 16j..16j+15,
+// an input's last beat padded with zeros).
+// Each vector's first word is offered as soon as the previous vector's last output word is
+// taken (three cycles later): back to back, so the difference of two vectors' last-word cycles is
+// the engine's period per input in a stream.
 //
 // Timing as the cocotb bench (tb/cocotb_engine.py): 10 ns clock, stimuli set on the falling
 // edge and valid/ready sampled 1 ns later (what the next rising edge does: a word moves where
 // both are high); valid stays up until its word is taken. Exit: $finish after the last vector; $fatal (non-zero) on a hang or a bad
 // file.
 `timescale 1ns/1ps
-module engine_tb #(parameter int IN = 1, parameter int OUT = 1, parameter int LAYERS = 1);
+module engine_tb #(parameter int IN = 1, parameter int OUT = 1, parameter int LAYERS = 1,
+                   parameter int LANES = 1);
   logic clk = 1'b1;
   logic rst = 1'b1;
   logic i_valid = 1'b0, i_ready;
-  logic signed [15:0] i_payload = '0;
+  logic [16*LANES-1:0] i_payload = '0;
   logic o_valid, o_ready = 1'b0;
-  logic signed [15:0] o_payload;
+  logic [16*LANES-1:0] o_payload;
+  longint t0 = 0;  // the clock cycle the first reset ended
   logic [31:0] cycles;
   logic [32*LAYERS-1:0] layer_cycles;
   logic busy;
@@ -55,6 +64,14 @@ module engine_tb #(parameter int IN = 1, parameter int OUT = 1, parameter int LA
     end
   endtask
 
+  // beat i of the loaded vector (words i * LANES .. , zeros past n_in)
+  function automatic logic [16*LANES-1:0] beat(int i);
+    logic [16*LANES-1:0] b = '0;
+    for (int j = 0; j < LANES; j++)
+      if (i * LANES + j < n_in) b[16*j +: 16] = vec[i * LANES + j];
+    return b;
+  endfunction
+
   task automatic reset_engine(int n_cycles);
     rst = 1'b1;
     repeat (n_cycles) @(posedge clk);
@@ -82,15 +99,16 @@ module engine_tb #(parameter int IN = 1, parameter int OUT = 1, parameter int LA
     fout = $fopen(out_path, "w");
     if (fout == 0) $fatal(1, "cannot open %s", out_path);
     reset_engine(2);
+    t0 = $time / 10;
 
     if (reset_mid != 0 && n > 0) begin
       // an inference cut short by a reset: vector 0 in, a few compute cycles, reset
       read_vector(0);
       $rewind(fin);
       @(negedge clk);
-      for (int j = 0; j < n_in; j++) begin
+      for (int j = 0; j < (n_in + LANES - 1) / LANES; j++) begin
         i_valid = 1'b1;
-        i_payload = vec[j];
+        i_payload = beat(j);
         #1;
         while (!i_ready) begin
           @(negedge clk);
@@ -104,27 +122,33 @@ module engine_tb #(parameter int IN = 1, parameter int OUT = 1, parameter int LA
     end
 
     for (int k = 0; k < n; k++) begin
-      int i, got, budget;
+      int i, got, budget, beats;
+      longint t_last;
       bit presenting;
       logic signed [15:0] ys [OUT];
       // (declarations in a static block initialise once: assign per vector)
-      i = 0; got = 0; budget = max_cycles; presenting = 1'b0;
+      i = 0; got = 0; budget = max_cycles; presenting = 1'b0; t_last = 0;
+      beats = (n_in + LANES - 1) / LANES;
       read_vector(k);
       @(negedge clk);
       while (got < n_out) begin
         bit take_in;
         if (--budget < 0) $fatal(1, "vector %0d: no result within %0d cycles", k, max_cycles);
-        if (i < n_in) begin
+        if (i < beats) begin
           if (!presenting && !draw(stall_in)) begin
             presenting = 1'b1;
-            i_payload = vec[i];
+            i_payload = beat(i);
           end
           i_valid = presenting;
         end else i_valid = 1'b0;
         o_ready = !draw(stall_out);
         #1;  // settled: what the next rising edge does
         take_in = i_valid && i_ready;
-        if (o_valid && o_ready) ys[got++] = o_payload;
+        if (o_valid && o_ready) begin
+          for (int j = 0; j < LANES; j++)
+            if (got < n_out) ys[got++] = o_payload[16*j +: 16];
+          t_last = $time / 10 - t0;
+        end
         @(negedge clk);
         if (take_in) begin
           i++;
@@ -137,7 +161,7 @@ module engine_tb #(parameter int IN = 1, parameter int OUT = 1, parameter int LA
       $fwrite(fout, "%0d", cycles);
       for (int l = 0; l < LAYERS; l++) $fwrite(fout, " %0d", layer_cycles[32*l +: 32]);
       for (int j = 0; j < n_out; j++) $fwrite(fout, " %0d", ys[j]);
-      $fwrite(fout, "\n");
+      $fwrite(fout, " %0d\n", t_last);
     end
     $fclose(fout);
     $fclose(fin);

@@ -1,0 +1,150 @@
+# amaranth: UnusedElaboratable=no
+"""The EIE engine's pipelined front end (`EieParams.pipelined`, the ECP5 boards' engine): its
+parameters and refusals, a PE's credit counting the broadcast register, the whole engine in the
+Amaranth simulator against the golden model on the corners (queues of 1 and 2 slots full and
+throttling, fewer rows than PEs, all-zero columns and inputs, stalls, the dense baseline, a
+loadable engine) and the cycle model beside it. The cocotb bench on the generated Verilog is in
+tests/test_tb_engine.py (the `pipelined` cases) and tests/test_tb_conv.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from compress.golden import golden
+from compress.synthetic import random_qnet
+from hw import EngineConfigError
+from hw.eie import Engine
+from hw.eie.pe import EXTRA_SLOTS, PE
+from images import memory_specs
+from images.eie import EieParams, build_rom, model_cycles, pe_images
+from images.engines import EIE
+from tb.pysim import run_engine
+
+from .conftest import elaborate
+from .test_hw_engine import _inputs
+
+
+def test_parameters_and_refusals():
+    rom = build_rom(random_qnet((20, 9, 5), seed=0, density=0.5), pes=4)
+    eng = Engine(rom, pipelined=True)
+    elaborate(eng)
+    assert eng.pipelined and eng.issue_width == 2
+    # no memory more: the registers are logic
+    assert Engine(rom).memory_specs == eng.memory_specs
+    assert memory_specs(rom, EieParams(pipelined=True)) == memory_specs(rom)
+    with pytest.raises(EngineConfigError, match="two-wide"):
+        Engine(rom, pipelined=True, issue_width=1)
+    with pytest.raises(EngineConfigError, match="two-wide"):  # 2 PEs: width 1 by default
+        Engine(build_rom(random_qnet((9, 5), seed=0, density=0.5), pes=2), pipelined=True)
+    with pytest.raises(EngineConfigError, match="True or False"):
+        Engine(rom, pipelined=1)
+    with pytest.raises(EngineConfigError, match="queue depth at most"):
+        Engine(rom, pipelined=True, queue_depth=64)
+    Engine(rom, pipelined=True, queue_depth=64 - EXTRA_SLOTS)
+    with pytest.raises(ValueError, match="issue_width 2"):
+        PE(pe_images(rom)[0], col_bits=5, row_bits=3, pipelined=True)
+    # the ECP5 boards' default, dropped where the default width is 1
+    p = EIE.params_for("ulx3s", "ecp5")
+    assert p.pipelined and p.fitted(16).pipelined and p.fitted(4).pipelined
+    assert not p.fitted(2).pipelined and not p.fitted(1).pipelined
+    assert EieParams(pipelined=True, issue_width=2).fitted(2).pipelined  # asked for: kept
+    assert not EIE.params_for("icebreaker", "ice40").pipelined
+    assert not EIE.params().pipelined  # the benches' engine is the plain one
+    with pytest.raises(Exception, match="two-wide"):
+        model_cycles(rom, np.zeros((1, 20), np.int16), issue_width=1, pipelined=True)
+
+
+def test_pe_credit_counts_the_broadcast_register():
+    """A pipelined PE's `room` is its free slots (up to 4) after the columns on `bcw` now: those
+    are in the engine's register and hold their slots; idle is low while one is there."""
+    rom = build_rom(random_qnet((16, 8), seed=2, density=1.0), pes=4)
+    depth = 3
+    pe = PE(pe_images(rom)[0], col_bits=5, row_bits=3, queue_depth=depth, issue_width=2,
+            pipelined=True)
+    seen = []
+
+    async def bench(ctx):
+        ctx.set(pe.layer, 0)
+        await ctx.tick()
+        assert ctx.get(pe.room) == depth + EXTRA_SLOTS and ctx.get(pe.idle)
+        ctx.set(pe.bcw_valid, 0b11)
+        ctx.set(pe.bcw[0].value, 5)
+        ctx.set(pe.bcw[0].col, 0)
+        ctx.set(pe.bcw[1].value, 7)
+        ctx.set(pe.bcw[1].col, 4)  # column 4 is PE 0's too (dense weights: every column)
+        seen.append((ctx.get(pe.room), ctx.get(pe.idle)))
+        await ctx.tick()
+        ctx.set(pe.bcw_valid, 0)
+        # the two are in the pointer stage now
+        seen.append((ctx.get(pe.room), ctx.get(pe.idle)))
+
+    sim = Simulator(pe)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    free = depth + EXTRA_SLOTS - 2
+    assert seen == [(free, 0), (free, 0)]
+
+
+# id, sizes, pes, weight density, qnet kwargs, engine kwargs, stall
+CASES = [
+    ("4pe-depth1-heavy", (16, 40, 6), 4, 0.8, {"shift": [9, 0]}, {"queue_depth": 1}, 0.0),
+    ("8pe-rows-fewer-than-pes-depth2", (33, 6, 5), 8, 0.2, {"shift": [7, 0]},
+     {"queue_depth": 2}, 0.2),
+    ("4pe-stalls", (20, 13, 7), 4, 0.3, {"shift": 8}, {}, 0.4),
+    ("16pe-sparse", (50, 24, 10), 16, 0.15, {"shift": [8, 0]}, {}, 0.0),
+    ("4pe-dense-baseline", (11, 9, 5), 4, 0.5, {"shift": 6}, {"sparse": False}, 0.0),
+    ("4pe-loadable", (14, 9, 5), 4, 0.5, {"shift": 6}, {"loadable": True}, 0.0),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_pipelined_engine_bit_exact(case):
+    """Bit-exact against the golden model, an all-zero input and inputs with all-zero groups
+    among them; at most a few cycles a layer slower than the plain engine, never faster than
+    the plain one with queues of 8."""
+    _id, sizes, pes, density, qkw, ekw, stall = case
+    qnet = random_qnet(sizes, seed=pes + 3, density=density, **qkw)
+    x = _inputs(5, sizes[0], seed=pes)
+    x[2, : 2 * pes] = 0  # two all-zero groups first
+    rom = build_rom(qnet, pes=pes)
+    y, cycles, lcs = run_engine(Engine(rom, pipelined=True, **ekw), x, stall_in=stall,
+                                stall_out=stall, seed=pes)
+    np.testing.assert_array_equal(y, golden(qnet, x))
+    assert np.all(lcs > 0) and np.all(cycles > lcs.sum(axis=1))
+    if stall == 0 and not ekw.get("loadable"):
+        _, _, plain = run_engine(Engine(rom, **ekw), x)
+        # the broadcast register (+1 a layer with columns), the forwarding a cycle later (+1
+        # after the first), the credit a cycle old (a small queue waits on it; its extra slot
+        # may also win a cycle back)
+        if ekw.get("queue_depth", 8) >= 8:
+            assert np.all(lcs >= plain) and np.all(lcs <= plain + 4)
+
+
+def test_small_queues_throttle_and_stay_exact():
+    """Heavy columns into queues of 1 slot: the credit holds the front end back (the engine
+    is slower than with 8 slots) and nothing is lost or reordered (bit-exact)."""
+    qnet = random_qnet((24, 30, 6), seed=5, density=0.9, shift=[9, 0])
+    x = _inputs(4, 24, seed=5)
+    rom = build_rom(qnet, pes=4)
+    lc = {}
+    for depth in (1, 8):
+        y, _, lcs = run_engine(Engine(rom, pipelined=True, queue_depth=depth), x)
+        np.testing.assert_array_equal(y, golden(qnet, x))
+        lc[depth] = lcs
+    assert lc[1].sum() > lc[8].sum()
+
+
+def test_the_cycle_model_follows_the_pipelined_engine():
+    """The cycle model with `pipelined` tracks the engine as the plain one does (within 3 %),
+    and both put the pipelined engine a few cycles a layer behind the plain one."""
+    qnet = random_qnet((64, 32, 10), seed=11, density=0.12, shift=[8, 0])
+    x = _inputs(4, 64, seed=11)[1:]
+    rom = build_rom(qnet, pes=8)
+    _, _, lcs = run_engine(Engine(rom, pipelined=True), x)
+    mc = model_cycles(rom, x, pipelined=True)
+    assert abs(int(mc.sum()) - int(lcs.sum())) <= 0.03 * lcs.sum()
+    plain = model_cycles(rom, x)
+    assert np.all(mc >= plain) and np.all(mc <= plain + 4)
