@@ -36,8 +36,9 @@ def _export_args(p):
     p.add_argument("--force", action="store_true",
                    help="write into an existing non-empty --out: the files this command writes "
                         "are replaced, nothing else is touched")
-    add_image_args(p, rel_bits_help="relative row index bits 1..12, or auto (default): the width "
-                                    "that makes the entry memories smallest")
+    add_image_args(p, rel_bits_help="relative row index bits 1..12, auto (default): the width "
+                                    "that makes the entry memories smallest, or fast: the width "
+                                    "with the fewest cycles by entries")
 
 
 @command("export-rom", "write the EIE ROM images the engine is built from")(_export_args)

@@ -174,19 +174,21 @@ class RomImage:
         return self.codebook[i * k : i * k + self.layers[i].codebook_size]
 
 
-REL_BITS_AUTO = "auto"
+REL_BITS_AUTO = "auto"  # the width with the smallest entry memories
+REL_BITS_FAST = "fast"  # the width with the fewest cycles by entries (more memory allowed)
 
 
 def parse_rel_bits(value) -> int | str:
-    """A --rel-bits value: "auto" or an integer 1..12 (InputError otherwise)."""
-    if value == REL_BITS_AUTO:
+    """A --rel-bits value: "auto", "fast" or an integer 1..12 (InputError otherwise)."""
+    if value in (REL_BITS_AUTO, REL_BITS_FAST):
         return value
     try:
         rb = int(value)
     except (TypeError, ValueError):
-        raise InputError(f"--rel-bits must be 'auto' or an integer 1..12, not {value!r}") from None
+        raise InputError(f"--rel-bits must be 'auto', 'fast' or an integer 1..12, "
+                         f"not {value!r}") from None
     if not 1 <= rb <= 12 or str(value).strip() not in (str(rb), f"+{rb}"):
-        raise InputError(f"--rel-bits must be 'auto' or an integer 1..12, not {value!r}")
+        raise InputError(f"--rel-bits must be 'auto', 'fast' or an integer 1..12, not {value!r}")
     return rb
 
 
@@ -230,6 +232,38 @@ def choose_rel_bits(qnet: QNet, *, pes: int, index_bits: int = DEFAULT_INDEX_BIT
     return best
 
 
+def busiest_entries(rom: "RomImage") -> int:
+    """The sum over layers of the busiest PE's entries (fillers included): the cycles a layer
+    cannot go below when every activation is non-zero (a PE spends a cycle an entry)."""
+    total = 0
+    for rl in rom.layers:
+        total += max(int(rom.ptr[k][rl.ptr_base[k] + rl.in_features])
+                     - int(rom.ptr[k][rl.ptr_base[k]]) for k in range(rom.pes))
+    return total
+
+
+def choose_rel_bits_fast(qnet: QNet, *, pes: int, index_bits: int = DEFAULT_INDEX_BITS,
+                         balance: bool = True) -> RomImage:
+    """The ROM with the fewest busiest-PE entries (`busiest_entries`) over rel_bits from the
+    smallest-memory width (`choose_rel_bits`) up, a wider width taken only for at least 1%
+    fewer a bit it adds: a filler costs its PE a cycle, and the smallest memory can keep
+    fillers a wider index would not need (docs/RESULTS.md section 6 measures the trade).
+    Widths stop where fillers are gone."""
+    def build(rb):
+        return build_rom(qnet, pes=pes, index_bits=index_bits, rel_bits=rb, balance=balance)
+
+    best = choose_rel_bits(qnet, pes=pes, index_bits=index_bits, balance=balance)
+    cand, rb = best, best.rel_bits
+    while rb < 12 and sum(sum(layer.fillers) for layer in cand.layers):
+        rb += 1
+        cand = build(rb)
+        # a wider width must cut the busiest PE's entries by at least 1% a bit: past that a
+        # bit of every entry (10-15% of the memory) buys next to nothing
+        if busiest_entries(cand) * 100 <= busiest_entries(best) * (100 - (rb - best.rel_bits)):
+            best = cand
+    return best
+
+
 def build_rom(
     qnet: QNet,
     *,
@@ -240,8 +274,9 @@ def build_rom(
 ) -> RomImage:
     """Encode a qnet into ROM images for `pes` processing elements.
 
-    rel_bits: the relative row index width, 1..12, or "auto" (the default): the width with the
-    smallest entry memories (`choose_rel_bits`). balance=True permutes the rows of every layer
+    rel_bits: the relative row index width, 1..12, "auto" (the default): the width with the
+    smallest entry memories (`choose_rel_bits`), or "fast": the fewest cycles by entries
+    (`choose_rel_bits_fast`). balance=True permutes the rows of every layer
     but the last (`place_balanced`); False keeps plain interleaving (physical row = logical row).
     """
     if not isinstance(pes, int) or pes < 1:
@@ -251,6 +286,8 @@ def build_rom(
     rel_bits = parse_rel_bits(rel_bits)
     if rel_bits == REL_BITS_AUTO:
         return choose_rel_bits(qnet, pes=pes, index_bits=index_bits, balance=balance)
+    if rel_bits == REL_BITS_FAST:
+        return choose_rel_bits_fast(qnet, pes=pes, index_bits=index_bits, balance=balance)
     qnet.validate(index_bits=index_bits)
     L = qnet.num_layers
     perms = [place_balanced(layer_kind(layer).matrix(layer), pes, rel_bits=rel_bits)

@@ -186,6 +186,10 @@ def _build_lockstep(qnet, pes, *, index_bits=DEFAULT_INDEX_BITS, rel_bits=eie.RE
     """The lockstep image; rel_bits "auto" is its default (4). The rows of its hidden layers are
     placed by its own search (`placement`), which `balance` does not change."""
     rb = eie.parse_rel_bits(rel_bits)
+    if rb == eie.REL_BITS_FAST:
+        # its cycles are its slots (docs/lanes.md), not a PE's entries: no speed search here
+        raise InputError("--rel-bits fast is for the EIE engine; the lockstep engine takes auto "
+                         "(4) or an integer 1..12")
     return lockstep.build_lockstep(qnet, pes, index_bits=index_bits,
                                    rel_bits=DEFAULT_REL_BITS if rb == eie.REL_BITS_AUTO else rb,
                                    **options)

@@ -34,7 +34,7 @@ from compress.shipped import load_model
 from compress.synthetic import random_inputs
 from images import MAX_PES, SIM_ENGINE, build_image, check_pes, get, names, registered
 from images.cli import add_image_args
-from images.eie import REL_BITS_AUTO, has_conv, parse_rel_bits
+from images.eie import has_conv, parse_rel_bits
 from images.engines import dense_baseline
 from images.lockstep import DRAIN_SHARES
 
@@ -59,9 +59,10 @@ def _hw_args(p, *, pes_default=8, engine=True):
                    help="activation queue depth (default: the engine's, 8)")
     p.add_argument("--acc-bits", type=int, default=None,
                    help="accumulator width (default: the engine's, 32)")
-    add_image_args(p, rel_bits_help="relative row index bits 1..12, or auto (default: the EIE "
+    add_image_args(p, rel_bits_help="relative row index bits 1..12, auto (default: the EIE "
                                     "image's smallest entry memories; 4 for the lockstep "
-                                    "engine)")
+                                    "engine) or fast (EIE engine: the fewest cycles by "
+                                    "entries)")
     if engine:
         p.add_argument("--engine", choices=names(), default=SIM_ENGINE,
                        help="; ".join(f"{e.name}: {e.summary}" for e in registered())
@@ -461,10 +462,10 @@ def cmd_sweep(args):
         raise InputError(f"--count must be >= 1, not {args.count}")
     x = x[: args.count]
     rels = [parse_rel_bits(v) for v in args.rel_bits_list.split(",")]
-    if REL_BITS_AUTO in rels:
-        raise InputError("--rel-bits-list takes integers 1..12 (--rel-bits may be auto)")
+    if any(isinstance(rb, str) for rb in rels):
+        raise InputError("--rel-bits-list takes integers 1..12 (--rel-bits may be auto or fast)")
     rb0 = parse_rel_bits(args.rel_bits)  # the base of the sweep, resolved for the engine
-    if rb0 == REL_BITS_AUTO:
+    if isinstance(rb0, str):
         rb0 = _image(qnet, args, _rom(qnet, args)).rel_bits
     # (variant, queue depth, rel_bits, sparse, balanced rows)
     bal = args.balance

@@ -14,7 +14,8 @@ from compress.qnet import Layer, QNet, save_qnet
 from compress.golden import golden
 from images.placement import place_balanced
 from images.eie import (build_rom, choose_rel_bits, decode_csc, decode_rom, encode_csc,
-                        entries_bits, export_rom, parse_rel_bits, physical_qnet, read_rom)
+                        busiest_entries, entries_bits, export_rom, parse_rel_bits, physical_qnet,
+                        read_rom)
 from compress.synthetic import random_qnet
 
 
@@ -326,6 +327,52 @@ def test_auto_rel_bits_on_the_shipped_and_synthetic_networks():
     rom = build_rom(s, pes=8)
     assert rom.rel_bits == 5
     assert entries_bits(rom) < entries_bits(build_rom(s, pes=8, rel_bits=4))
+
+
+@pytest.mark.parametrize("sizes,density,pes", [
+    ((300, 200, 10), 0.03, 8),        # long gaps: fillers at the smallest memory's width
+    ((600, 300, 10), 0.05, 16),
+    ((200, 120, 10), 0.5, 4),         # dense: no fillers, fast is auto
+    ((1, 1), 1.0, 1),                 # a 1x1 network
+])
+def test_fast_rel_bits_takes_a_wider_index_only_for_cycles(sizes, density, pes):
+    """fast starts from auto's width and takes a wider one only for at least 1% fewer of the
+    busiest PE's entries a bit (checked against every width by hand); the image decodes to the
+    same network and is exactly that width's image."""
+    q = random_qnet(sizes, seed=4, density=density)
+    auto, fast = build_rom(q, pes=pes), build_rom(q, pes=pes, rel_bits="fast")
+    best = auto
+    for rb in range(auto.rel_bits + 1, 13):
+        cand = build_rom(q, pes=pes, rel_bits=rb)
+        if busiest_entries(cand) * 100 <= busiest_entries(best) * (100 - (rb - best.rel_bits)):
+            best = cand
+    assert fast.rel_bits == best.rel_bits >= auto.rel_bits
+    assert busiest_entries(fast) <= busiest_entries(auto)
+    if sum(sum(layer.fillers) for layer in auto.layers) == 0:
+        assert fast.rel_bits == auto.rel_bits  # nothing to gain
+    fixed = build_rom(q, pes=pes, rel_bits=fast.rel_bits)
+    assert all(np.array_equal(a, b) for a, b in zip(fast.entries, fixed.entries))
+    assert decode_rom(fast).equals(q)
+
+
+def test_fast_rel_bits_is_faster_by_the_cycle_model():
+    """On a layer with fillers at auto's width, fast's image takes fewer modelled cycles."""
+    from images.eie import model_cycles
+
+    q = random_qnet((400, 300, 10), seed=6, density=0.04)
+    x = np.random.default_rng(0).integers(0, 100, size=(4, 400)).astype(np.int16)
+    auto, fast = build_rom(q, pes=16), build_rom(q, pes=16, rel_bits="fast")
+    assert fast.rel_bits > auto.rel_bits
+    assert model_cycles(fast, x).sum() < model_cycles(auto, x).sum()
+
+
+def test_lockstep_refuses_fast_rel_bits():
+    from images.engines import build_image
+
+    q = random_qnet((40, 20, 4), seed=1, density=0.3)
+    with pytest.raises(InputError, match="fast is for the EIE engine"):
+        build_image(q, "lockstep", 4, rel_bits="fast")
+    assert parse_rel_bits("fast") == "fast"
 
 
 @pytest.mark.parametrize("bad", ["x", "0", "13", "4.5", "", True, None, "auto "])
