@@ -149,11 +149,11 @@ class LockstepEngine(wiring.Component):
         self._output_stages(m, c)
         self._sequencer(m, c)
         # drain writes: PE k's row j is column k + N*j of the next layer: its own RAM, word j
-        # of the bank being computed (the loader has the write ports the other cycles)
-        with m.If(c.d3_valid):
-            for k in range(self.pes):
+        # of the bank being computed (the loader has PE k's write port the other cycles)
+        for k in range(self.pes):
+            with m.If(c.y_en[k]):
                 m.d.comb += [c.act_w[k].addr.eq(c.io.addr(c.io.cb, c.d3_row)),
-                             c.act_w[k].data.eq(c.ys[k]), c.act_w[k].en.eq(c.y_en[k])]
+                             c.act_w[k].data.eq(c.ys[k]), c.act_w[k].en.eq(1)]
         return m
 
     def _memories(self, m, c):
@@ -342,8 +342,12 @@ class LockstepEngine(wiring.Component):
         d2_t, c.d3_t = Signal.like(drn_t, name="d2_t"), Signal.like(drn_t, name="d3_t")
         m.d.sync += [d2_valid.eq(y_valid), d2_row.eq(y_row), d2_t.eq(y_t),
                      c.d3_valid.eq(d2_valid), c.d3_row.eq(d2_row), c.d3_t.eq(d2_t)]
-        # the write port is the loader's unless the drain writes the next cycle
-        m.d.sync += c.io.wfree.eq(~d2_valid)
+        # PE k's write port is the loader's unless the drain writes PE k the next cycle (the
+        # members of an output stage's group go out one a cycle: with drain_share 2 the
+        # loader goes on in the drain, at most a cycle lost when it meets the member written)
+        share = self.drain_share
+        m.d.sync += c.io.wfree.eq(Cat(*(~(d2_valid & (d2_t == k % share))
+                                        for k in range(self.pes))))
         # the accumulator address of PRELOAD and DRAIN is the same in every PE (registers)
         c.ctl_valid = Signal(name="ctl_valid")
         c.ctl_addr = Signal(bits(self.max_rows + self.img.bias.shape[1]), name="ctl_addr")
