@@ -352,11 +352,10 @@ class BankedIO(_StreamOut):
     Built into the engine's module `m`. Every PE's activation RAM holds two banks, bank b at
     word b << `bank_bits` (`images.lockstep.act_depth`). A loader that runs beside the
     engine's FSM takes `i_act` words into bank `lb` whenever that bank is free (`full[lb]` low)
-    and the write port of the PE its next word goes to is not taken by the engine
-    (`wfree_next`, a bit per PE, which the engine drives a cycle ahead: a drain that writes
-    some PEs leaves the others' ports to the loader; the loader keeps its own PE's bit in a
-    flip-flop, so `i_act.ready` comes from flip-flops); the last word marks the bank full and
-    moves to the other bank. The
+    and the write port of the PE its next word goes to is not taken by the engine (`wfree`,
+    a bit per PE, which the engine drives one cycle ahead: a drain that writes some PEs leaves
+    the others' ports to the loader); the last word marks the bank full and moves to the
+    other bank. The
     engine computes in bank `cb` (`cb_full` says it may start), reads its outputs from it
     (`output`) and frees it with the last output word.
 
@@ -394,8 +393,8 @@ class BankedIO(_StreamOut):
         self.full = Signal(2, name="full")
         self.cb_full = Signal(name="cb_full")
         m.d.comb += self.cb_full.eq(self.full.bit_select(self.cb, 1))
-        # PE k's write port is the loader's in the next cycle (bit k; the engine drives it)
-        self.wfree_next = Signal(n, init=(1 << n) - 1, name="wfree_next")
+        # PE k's write port is the loader's this cycle (bit k)
+        self.wfree = Signal(n, init=(1 << n) - 1, name="wfree")
         self.run = Signal(name="run")
         self.cyc = Signal(32, name="cyc")
         self.lcn = [Signal(lc_bits, name=f"lcn{i}") for i in range(L)]
@@ -412,18 +411,9 @@ class BankedIO(_StreamOut):
         lcnt = Signal(range(max(eng.in_features, 2)), name="l_cnt")
         lsel = Signal(range(max(n, 2)), name="l_sel")
         lword = Signal.like(self.word, name="l_word")
-        # the write port of PE lsel is the loader's this cycle (set a cycle ahead)
-        l_free = Signal(init=1, name="l_free")
-        lsel_next = Signal.like(lsel, name="l_sel_next")
-        m.d.comb += eng.i_act.ready.eq(~self.full.bit_select(self.lb, 1) & l_free)
+        m.d.comb += eng.i_act.ready.eq(~self.full.bit_select(self.lb, 1)
+                                       & self.wfree.bit_select(lsel, 1))
         take = eng.i_act.valid & eng.i_act.ready
-        m.d.comb += lsel_next.eq(lsel)
-        with m.If(take):
-            with m.If((lsel == n - 1) | (lcnt == eng.in_features - 1)):
-                m.d.comb += lsel_next.eq(0)
-            with m.Else():
-                m.d.comb += lsel_next.eq(lsel + 1)
-        m.d.sync += [lsel.eq(lsel_next), l_free.eq(self.wfree_next.bit_select(lsel_next, 1))]
         for k in range(n):  # default use of the write ports (the engine's drain overrides)
             m.d.comb += [self.act_w[k].addr.eq(self.addr(self.lb, lword)),
                          self.act_w[k].data.eq(eng.i_act.payload),
@@ -436,9 +426,11 @@ class BankedIO(_StreamOut):
         with m.If(take):
             m.d.sync += lcnt.eq(lcnt + 1)
             with m.If(lsel == n - 1):
-                m.d.sync += lword.eq(lword + 1)
+                m.d.sync += [lsel.eq(0), lword.eq(lword + 1)]
+            with m.Else():
+                m.d.sync += lsel.eq(lsel + 1)
             with m.If(lcnt == eng.in_features - 1):
-                m.d.sync += [lcnt.eq(0), lword.eq(0), self.lb.eq(~self.lb)]
+                m.d.sync += [lcnt.eq(0), lsel.eq(0), lword.eq(0), self.lb.eq(~self.lb)]
                 with m.If(self.lb):
                     m.d.sync += self.full[1].eq(1)
                 with m.Else():

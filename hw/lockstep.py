@@ -346,8 +346,8 @@ class LockstepEngine(wiring.Component):
         # members of an output stage's group go out one a cycle: with drain_share 2 the
         # loader goes on in the drain, at most a cycle lost when it meets the member written)
         share = self.drain_share
-        m.d.comb += c.io.wfree_next.eq(Cat(*(~(d2_valid & (d2_t == k % share))
-                                             for k in range(self.pes))))
+        m.d.sync += c.io.wfree.eq(Cat(*(~(d2_valid & (d2_t == k % share))
+                                        for k in range(self.pes))))
         # the accumulator address of PRELOAD and DRAIN is the same in every PE (registers)
         c.ctl_valid = Signal(name="ctl_valid")
         c.ctl_addr = Signal(bits(self.max_rows + self.img.bias.shape[1]), name="ctl_addr")

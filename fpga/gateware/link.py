@@ -203,11 +203,6 @@ class Link(wiring.Component):
             self._receiver(m, s)
         with m.FSM(name="tx_fsm") as tx_fsm:
             self._sender(m, s)
-        # one flip-flop per state (yosys' fsm pass recodes them): the receiver's 25 states in
-        # 5 bits cost two LUT levels of decoding in front of every enable (the reset state
-        # comes from the domain's reset, as before)
-        for fsm in (rx_fsm, tx_fsm):
-            fsm.state.attrs["fsm_encoding"] = "one-hot"
         m.d.comb += self.active.eq(~rx_fsm.ongoing("IDLE") | ~tx_fsm.ongoing("REPLY"))
         return m
 
@@ -258,7 +253,6 @@ class Link(wiring.Component):
         s.crc = Signal(8, init=0xFF)
         s.left = Signal(16)  # payload bytes still to come (LEN, counted down)
         s.left0 = Signal()  # left == 0, kept beside it (a flip-flop, not a 16-bit compare)
-        s.left1 = Signal()  # left == 1, likewise (LOAD's last byte)
         s.lo_byte = Signal(8)
         s.have_lo = Signal()
         s.has_mask = Signal()  # PACKED format: groups with a mask byte
@@ -281,12 +275,8 @@ class Link(wiring.Component):
         # Inter-byte timer: runs inside a frame while no byte is waiting.
         timer = Signal(range(self.timeout + 1))
         # timed_out is a flip-flop (timer == timeout), set as the timer gets there: every
-        # state's way out reads it, so no wide compare sits in front of the FSM. The timer
-        # restarts a cycle after the receiver leaves a frame (in_frame registered: it is an OR
-        # over every state's conditions, which was in front of the timer's 16 enables).
-        in_frame_q = Signal()
-        m.d.sync += in_frame_q.eq(s.in_frame)
-        with m.If(~in_frame_q | self.rx.valid):
+        # state's way out reads it, so no wide compare sits in front of the FSM.
+        with m.If(~s.in_frame | self.rx.valid):
             m.d.sync += [timer.eq(0), s.timed_out.eq(0)]
         with m.Elif(~s.timed_out):
             m.d.sync += [timer.eq(timer + 1), s.timed_out.eq(timer == self.timeout - 1)]
@@ -308,7 +298,7 @@ class Link(wiring.Component):
 
         def count_down():
             """One payload byte fewer to come."""
-            m.d.sync += [s.left.eq(left_dec), s.left0.eq(s.left == 1), s.left1.eq(s.left == 2)]
+            m.d.sync += [s.left.eq(left_dec), s.left0.eq(s.left == 1)]
         s.count_down = count_down
 
         def crc_in():
@@ -394,69 +384,49 @@ class Link(wiring.Component):
                 s.reply(P.ERR_TIMEOUT)
 
     def _rx_length(self, m, s):
-        """LEN1: the whole header is in; LEN2: the command and its length decide the next
-        stage."""
+        """LEN1: the whole header is in; the command and its length decide the next stage."""
         n_in, loads = self.in_features, self.loads
         rx_byte, left, refuse = self.rx.payload, s.left, s.refuse
-        # LEN1 takes the length's high byte and registers what the checks need (`len_ok`,
-        # the length against the command); LEN2 decides from flip-flops (the 16-bit compares
-        # from the UART's byte were in front of the receiver's state and error registers)
-        len_ok = Signal()
         with m.State("LEN1"):
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             full = Cat(left[:8], rx_byte)
             with m.If(s.got):
-                m.d.sync += [left[8:].eq(rx_byte), s.left0.eq(full == 0), s.left1.eq(full == 1),
-                             len_ok.eq(0)]
+                m.d.sync += [left[8:].eq(rx_byte), s.left0.eq(full == 0)]
                 s.crc_in()
                 with m.Switch(s.cmd):
                     with m.Case(P.CMD_PING, P.CMD_COUNT, *((P.CMD_COMMIT,) if loads else ())):
-                        m.d.sync += len_ok.eq(full == 0)
+                        with m.If(full == 0):
+                            m.next = "CRC"
+                        with m.Else():
+                            refuse(P.ERR_LENGTH)
                     with m.Case(P.CMD_INFER):
-                        m.d.sync += len_ok.eq(full == 2 * n_in)
+                        with m.If(full != 2 * n_in):
+                            refuse(P.ERR_LENGTH)
+                        with m.Elif(~s.loaded):
+                            refuse(P.ERR_NOT_LOADED)
+                        with m.Else():
+                            # dense int16: every input has a value, no mask
+                            m.d.sync += [s.has_mask.eq(0), s.wide.eq(1), s.run.eq(1)]
+                            m.next = "INPUTS"
                     with m.Case(P.CMD_PACKED):
-                        m.d.sync += len_ok.eq(full >= 2)
+                        with m.If(full < 2):
+                            refuse(P.ERR_LENGTH)
+                        with m.Elif(~s.loaded):
+                            refuse(P.ERR_NOT_LOADED)
+                        with m.Else():
+                            m.next = "P_TAG"
                     if loads:
                         with m.Case(P.CMD_LOAD):
                             max_load = 3 + 2 * P.MAX_LOAD_WORDS
-                            m.d.sync += len_ok.eq(full[0] & (full >= 5) & (full <= max_load))
-                m.next = "LEN2"
+                            with m.If(full[0] & (full >= 5) & (full <= max_load)):
+                                m.d.sync += s.l_idx.eq(0)
+                                m.next = "LOAD"
+                            with m.Else():
+                                refuse(P.ERR_LENGTH)
+                    with m.Default():
+                        refuse(P.ERR_COMMAND)
             with m.Elif(s.timed_out):
                 s.reply(P.ERR_TIMEOUT)
-
-        with m.State("LEN2"):
-            m.d.comb += s.in_frame.eq(1)
-            with m.Switch(s.cmd):
-                with m.Case(P.CMD_PING, P.CMD_COUNT, *((P.CMD_COMMIT,) if loads else ())):
-                    with m.If(len_ok):
-                        m.next = "CRC"
-                    with m.Else():
-                        refuse(P.ERR_LENGTH)
-                with m.Case(P.CMD_INFER):
-                    with m.If(~len_ok):
-                        refuse(P.ERR_LENGTH)
-                    with m.Elif(~s.loaded):
-                        refuse(P.ERR_NOT_LOADED)
-                    with m.Else():
-                        # dense int16: every input has a value, no mask
-                        m.d.sync += [s.has_mask.eq(0), s.wide.eq(1), s.run.eq(1)]
-                        m.next = "INPUTS"
-                with m.Case(P.CMD_PACKED):
-                    with m.If(~len_ok):
-                        refuse(P.ERR_LENGTH)
-                    with m.Elif(~s.loaded):
-                        refuse(P.ERR_NOT_LOADED)
-                    with m.Else():
-                        m.next = "P_TAG"
-                if loads:
-                    with m.Case(P.CMD_LOAD):
-                        with m.If(len_ok):
-                            m.d.sync += s.l_idx.eq(0)
-                            m.next = "LOAD"
-                        with m.Else():
-                            refuse(P.ERR_LENGTH)
-                with m.Default():
-                    refuse(P.ERR_COMMAND)
 
     def _rx_skip(self, m, s):
         """SKIP (the rest of a refused frame), PAD (an abandoned input completed with zeros)
@@ -601,9 +571,8 @@ class Link(wiring.Component):
                                      m_need.eq(s.idx[:3] == 7), dec.eq(0)]
                 with m.Else():
                     m.d.comb += s.in_frame.eq(1)  # a byte may be waiting: the timer holds
-            # (a byte that arrives in the cycle the timer runs out is late: the timeout wins
-            # only when none is there, whatever the step)
-            with m.If(~s.got & s.timed_out & ~s.idx_end):
+            taking = s.got & dec & (a_mask | a_lo | (a_val & s.w_free))
+            with m.If(~taking & s.timed_out & ~s.idx_end):
                 m.d.sync += s.err.eq(P.ERR_TIMEOUT)
                 m.next = "PAD"
 
@@ -632,7 +601,7 @@ class Link(wiring.Component):
                             m.d.sync += [lo_byte.eq(rx_byte), have_lo.eq(1)]
                         with m.Else():
                             m.d.sync += [s.l_hi.eq(rx_byte), self.load_we.eq(1), have_lo.eq(0)]
-                        with m.If(s.left1):
+                        with m.If(left == 1):
                             m.next = "CRC"
             with m.Elif(s.timed_out):
                 s.reply(P.ERR_TIMEOUT)
