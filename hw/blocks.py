@@ -352,8 +352,10 @@ class BankedIO(_StreamOut):
     Built into the engine's module `m`. Every PE's activation RAM holds two banks, bank b at
     word b << `bank_bits` (`images.lockstep.act_depth`). A loader that runs beside the
     engine's FSM takes `i_act` words into bank `lb` whenever that bank is free (`full[lb]` low)
-    and the RAMs' write ports are not taken by the engine (`wfree`, which the engine drives
-    one cycle ahead); the last word marks the bank full and moves to the other bank. The
+    and the write port of the PE its next word goes to is not taken by the engine (`wfree`,
+    a bit per PE, which the engine drives one cycle ahead: a drain that writes some PEs leaves
+    the others' ports to the loader); the last word marks the bank full and moves to the
+    other bank. The
     engine computes in bank `cb` (`cb_full` says it may start), reads its outputs from it
     (`output`) and frees it with the last output word.
 
@@ -391,7 +393,8 @@ class BankedIO(_StreamOut):
         self.full = Signal(2, name="full")
         self.cb_full = Signal(name="cb_full")
         m.d.comb += self.cb_full.eq(self.full.bit_select(self.cb, 1))
-        self.wfree = Signal(name="wfree")  # the RAMs' write ports are the loader's this cycle
+        # PE k's write port is the loader's this cycle (bit k)
+        self.wfree = Signal(n, init=(1 << n) - 1, name="wfree")
         self.run = Signal(name="run")
         self.cyc = Signal(32, name="cyc")
         self.lcn = [Signal(lc_bits, name=f"lcn{i}") for i in range(L)]
@@ -408,7 +411,8 @@ class BankedIO(_StreamOut):
         lcnt = Signal(range(max(eng.in_features, 2)), name="l_cnt")
         lsel = Signal(range(max(n, 2)), name="l_sel")
         lword = Signal.like(self.word, name="l_word")
-        m.d.comb += eng.i_act.ready.eq(~self.full.bit_select(self.lb, 1) & self.wfree)
+        m.d.comb += eng.i_act.ready.eq(~self.full.bit_select(self.lb, 1)
+                                       & self.wfree.bit_select(lsel, 1))
         take = eng.i_act.valid & eng.i_act.ready
         for k in range(n):  # default use of the write ports (the engine's drain overrides)
             m.d.comb += [self.act_w[k].addr.eq(self.addr(self.lb, lword)),

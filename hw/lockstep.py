@@ -149,11 +149,11 @@ class LockstepEngine(wiring.Component):
         self._output_stages(m, c)
         self._sequencer(m, c)
         # drain writes: PE k's row j is column k + N*j of the next layer: its own RAM, word j
-        # of the bank being computed (the loader has the write ports the other cycles)
-        with m.If(c.d3_valid):
-            for k in range(self.pes):
+        # of the bank being computed (the loader has PE k's write port the other cycles)
+        for k in range(self.pes):
+            with m.If(c.y_en[k]):
                 m.d.comb += [c.act_w[k].addr.eq(c.io.addr(c.io.cb, c.d3_row)),
-                             c.act_w[k].data.eq(c.ys[k]), c.act_w[k].en.eq(c.y_en[k])]
+                             c.act_w[k].data.eq(c.ys[k]), c.act_w[k].en.eq(1)]
         return m
 
     def _memories(self, m, c):
@@ -195,6 +195,9 @@ class LockstepEngine(wiring.Component):
                         + [(w // n) * share + (w % n) % share + 4 - w
                            for w in range(last.out_features)]))
         c.drain_end_t = table(ends, bits(max(ends)))
+        # DRAIN reads rows while cnt < rows * share (row = cnt // share < rows)
+        c.drain_rows_t = table([ll.rows_per_pe * share for ll in img.layers],
+                               bits(max(ll.rows_per_pe * share for ll in img.layers)))
         # the PRELOAD count at which the layer's front end may start: its first accumulator
         # read comes at least six cycles later, so three before the last bias row's controls
         c.early_t = table([max(ll.rows_per_pe - 3, 0) for ll in img.layers], self.row_bits + 1)
@@ -316,6 +319,8 @@ class LockstepEngine(wiring.Component):
         c.pre_row = Signal(self.row_bits + 1, name="pre_row")
         c.drn_valid = Signal(name="drn_valid")  # DRAIN: read accumulator row drn_row
         c.drn_row = drn_row = Signal(self.row_bits + 1, name="drn_row")
+        c.drn_more = Signal(name="drn_more")  # DRAIN: cnt < rows * share (`_drain_state`)
+        c.drn_last = Signal(name="drn_last")  # DRAIN: cnt == the drain's end
         m.d.sync += [c.pre_valid.eq(0), c.drn_valid.eq(0)]  # unless the FSM sets them
         c.m_value = Signal(signed(16), name="m_value")
         with m.If(~hold):
@@ -337,8 +342,12 @@ class LockstepEngine(wiring.Component):
         d2_t, c.d3_t = Signal.like(drn_t, name="d2_t"), Signal.like(drn_t, name="d3_t")
         m.d.sync += [d2_valid.eq(y_valid), d2_row.eq(y_row), d2_t.eq(y_t),
                      c.d3_valid.eq(d2_valid), c.d3_row.eq(d2_row), c.d3_t.eq(d2_t)]
-        # the write port is the loader's unless the drain writes the next cycle
-        m.d.sync += c.io.wfree.eq(~d2_valid)
+        # PE k's write port is the loader's unless the drain writes PE k the next cycle (the
+        # members of an output stage's group go out one a cycle: with drain_share 2 the
+        # loader goes on in the drain, at most a cycle lost when it meets the member written)
+        share = self.drain_share
+        m.d.sync += c.io.wfree.eq(Cat(*(~(d2_valid & (d2_t == k % share))
+                                        for k in range(self.pes))))
         # the accumulator address of PRELOAD and DRAIN is the same in every PE (registers)
         c.ctl_valid = Signal(name="ctl_valid")
         c.ctl_addr = Signal(bits(self.max_rows + self.img.bias.shape[1]), name="ctl_addr")
@@ -454,6 +463,11 @@ class LockstepEngine(wiring.Component):
         # changes: the compare (layer -> table -> carry chain) was in front of the front end's
         # start and its mask enables, the 33 MHz critical path
         c.pre_go = Signal(name="pre_go")
+        # pcnt == the rows of the PRELOAD under way, a flip-flop set wherever pcnt changes:
+        # the end of COMPUTE (`last_writes`) and PRELOAD's step read it, not layer -> table ->
+        # compare (in front of the drain's first controls, the 30 MHz build's critical path)
+        c.pre_done = Signal(name="pre_done")
+        assert all(ll.rows_per_pe >= 1 for ll in self.img.layers)  # pcnt = 0: not done
         # nothing left before the m_ stage and no hold (in a hold the m_ slot writes in the
         # next cycle): the last write (if any) is at this clock edge, so the drain's first
         # accumulator read may come in the next cycle
@@ -461,7 +475,7 @@ class LockstepEngine(wiring.Component):
                        & ~c.hold)
         # ... and the layer's PRELOAD, which goes on under the front end's start, is done
         # (its last bias write is in the m_ stage at the latest)
-        last_writes &= (c.pcnt == rows_t[layer]) & ~c.pre_valid
+        last_writes &= c.pre_done & ~c.pre_valid
         # the drain's activation writes are still in the output stages
         out_busy = c.drn_valid | c.y_valid | c.d2_valid | c.d3_valid
 
@@ -472,10 +486,11 @@ class LockstepEngine(wiring.Component):
         pcnt = c.pcnt
 
         def preload(rows, bias_base):
-            with m.If(pcnt != rows):
+            with m.If(~c.pre_done):
                 m.d.sync += [c.pre_valid.eq(1), c.pre_row.eq(pcnt), c.ctl_valid.eq(1),
                              c.ctl_addr.eq(bias_base + pcnt), pcnt.eq(pcnt + 1),
-                             c.pre_go.eq(pcnt + 1 >= c.early_t[layer])]
+                             c.pre_go.eq(pcnt + 1 >= c.early_t[layer]),
+                             c.pre_done.eq(pcnt + 1 == rows)]
 
         rows0 = self.img.layers[0].rows_per_pe
         bias0 = self.max_rows + self.img.layers[0].bias_base
@@ -506,7 +521,8 @@ class LockstepEngine(wiring.Component):
                 preload(rows_t[layer], c.bias_t[layer])  # the last rows' controls
                 with m.If(last_writes):
                     self._drain_ctl(m, c, 0)
-                    m.d.sync += cnt.eq(1)
+                    m.d.sync += [cnt.eq(1), c.drn_more.eq(c.drain_rows_t[layer] > 1),
+                                 c.drn_last.eq(c.drain_end_t[layer] == 1)]
                     m.next = "DRAIN"
             with m.State("DRAIN"):
                 io.count_layer(layer)
@@ -524,9 +540,10 @@ class LockstepEngine(wiring.Component):
         # cnt = row * share + member, the controls registered (read in the next cycle);
         # o_layer: the layer the output stages apply, set with the controls
         sh = (self.drain_share - 1).bit_length()
-        cnt = Const(cnt, len(c.io.cnt)) if isinstance(cnt, int) else cnt
+        first = isinstance(cnt, int)  # COMPUTE's last cycle: row 0 (every layer has one)
+        cnt = Const(cnt, len(c.io.cnt)) if first else cnt
         row = cnt >> sh if sh else cnt
-        with m.If(row < c.rows_t[c.layer]):
+        with m.If(Const(1) if first else c.drn_more):
             m.d.sync += [c.drn_valid.eq(1), c.drn_row.eq(row), c.ctl_valid.eq(1),
                          c.ctl_addr.eq(row), c.drn_t.eq(cnt[:sh] if sh else 0),
                          c.o_layer.eq(c.layer)]
@@ -534,9 +551,14 @@ class LockstepEngine(wiring.Component):
     def _drain_state(self, m, c, io):
         cnt, layer = io.cnt, c.layer
         self._drain_ctl(m, c, cnt)
-        m.d.sync += cnt.eq(cnt + 1)
-        with m.If(cnt == c.drain_end_t[layer]):
-            m.d.sync += [cnt.eq(0), c.pcnt.eq(0)]  # the next PRELOAD (or layer 0's in OUTPUT)
+        # drn_more (cnt < rows * share) and drn_last (cnt == the drain's end) are flip-flops
+        # set a cycle ahead: the layer's tables and their compares sit before a register, not
+        # before the drain's controls and the state change
+        m.d.sync += [cnt.eq(cnt + 1), c.drn_more.eq(cnt + 1 < c.drain_rows_t[layer]),
+                     c.drn_last.eq(cnt + 1 == c.drain_end_t[layer])]
+        with m.If(c.drn_last):
+            # the next PRELOAD (or layer 0's in OUTPUT) starts from row 0: not done
+            m.d.sync += [cnt.eq(0), c.pcnt.eq(0), c.pre_done.eq(0)]
             with m.If(layer == self.num_layers - 1):
                 m.d.sync += [io.sel.eq(0), io.word.eq(0), io.o_valid.eq(0)]
                 m.next = "OUTPUT"
