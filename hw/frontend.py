@@ -242,58 +242,8 @@ class WideFrontEnd(_GroupReader):
         cur = Signal(n)
         nxt = Signal(n)
         m.d.comb += [cur.eq(Mux(self.busy, cur_mask, 0)), nxt.eq(Mux(more, nxt_mask, 0))]
-        c_low = Signal(n)
-        n_low = Signal(n)
-        m.d.comb += [c_low.eq(cur & (~cur + 1)), n_low.eq(nxt & (~nxt + 1))]
-        c_rest = Signal(n)
-        n_rest = Signal(n)
-        m.d.comb += [c_rest.eq(cur & ~c_low), n_rest.eq(nxt & ~n_low)]
-        c_two = Signal(n)  # the two lowest columns of each
-        n_two = Signal(n)
-        m.d.comb += [c_two.eq(c_low | (c_rest & (~c_rest + 1))),
-                     n_two.eq(n_low | (n_rest & (~n_rest + 1)))]
-        c_any0, c_i0 = _lowest(m, cur, n, "c0")
-        c_any1, c_i1 = _lowest(m, c_rest, n, "c1")
-        n_any0, n_i0 = _lowest(m, nxt, n, "n0")
-        n_any1, n_i1 = _lowest(m, n_rest, n, "n1")
-        c_val = [Signal(signed(16), name=f"c_val{j}") for j in range(2)]
-        n_val = [Signal(signed(16), name=f"n_val{j}") for j in range(2)]
-        for j, (ci, ni) in enumerate(((c_i0, n_i0), (c_i1, n_i1))):
-            m.d.comb += [c_val[j].eq(cur_vals[ci]), n_val[j].eq(self.rd_data[ni])]
-        c_col = [cur_base + c_i0, cur_base + c_i1]
-        n_col = [nxt_base + n_i0, nxt_base + n_i1]
-        # lane sources: 0 from cur (or nxt when cur is empty); 1 from cur's second, nxt's first
-        # (cur has one) or nxt's second (cur is empty)
-        with m.If(c_any0):
-            m.d.comb += [self.o[0].value.eq(c_val[0]), self.o[0].col.eq(c_col[0])]
-        with m.Else():
-            m.d.comb += [self.o[0].value.eq(n_val[0]), self.o[0].col.eq(n_col[0])]
-        with m.If(c_any1):
-            m.d.comb += [self.o[1].value.eq(c_val[1]), self.o[1].col.eq(c_col[1])]
-        with m.Elif(c_any0):
-            m.d.comb += [self.o[1].value.eq(n_val[0]), self.o[1].col.eq(n_col[0])]
-        with m.Else():
-            m.d.comb += [self.o[1].value.eq(n_val[1]), self.o[1].col.eq(n_col[1])]
-        have = Signal(range(3))  # columns that could go now (capped at 2)
-        m.d.comb += have.eq(Mux(c_any1, 2, Mux(c_any0, Mux(n_any0, 2, 1),
-                                             Mux(n_any1, 2, Mux(n_any0, 1, 0)))))
-        m.d.comb += [self.o_valid[0].eq((have >= 1) & (self.room >= 1)),
-                     self.o_valid[1].eq((have >= 2) & (self.room >= 2))]
-        sent = Signal(range(3))
-        m.d.comb += sent.eq(self.o_valid[0] + self.o_valid[1])
-        # what is left: cur loses its lowest `sent` columns, nxt what cur could not give
-        rem_cur = Signal(n)
-        rem_nxt = Signal(n)
-        with m.Switch(sent):
-            with m.Case(0):
-                m.d.comb += [rem_cur.eq(cur), rem_nxt.eq(nxt_mask)]
-            with m.Case(1):
-                m.d.comb += [rem_cur.eq(cur & ~c_low),
-                             rem_nxt.eq(Mux(c_any0, nxt_mask, nxt_mask & ~n_low))]
-            with m.Case(2):
-                m.d.comb += [rem_cur.eq(cur & ~c_two),
-                             rem_nxt.eq(Mux(c_any1, nxt_mask,
-                                            Mux(c_any0, nxt_mask & ~n_low, nxt_mask & ~n_two)))]
+        rem_cur, rem_nxt = self._lanes(m, cur, cur_vals, cur_base, nxt, nxt_mask,
+                                       self.rd_data, nxt_base)
 
         # "the current group runs out this cycle" (rem_cur == 0) from the mask's flip-flops and
         # the credit alone: empty, or its one or two columns all go now. The same as rem_cur ==
@@ -359,6 +309,8 @@ class WideFrontEnd(_GroupReader):
             m.d.comb += [c_val[j].eq(cur_vals[ci]), n_val[j].eq(nxt_vals[ni])]
         c_col = [cur_base + c_i0, cur_base + c_i1]
         n_col = [nxt_base + n_i0, nxt_base + n_i1]
+        # lane sources: 0 from cur (or nxt when cur is empty); 1 from cur's second, nxt's first
+        # (cur has one) or nxt's second (cur is empty)
         with m.If(c_any0):
             m.d.comb += [self.o[0].value.eq(c_val[0]), self.o[0].col.eq(c_col[0])]
         with m.Else():
