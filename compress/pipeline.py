@@ -122,7 +122,8 @@ def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
         nested = isinstance(v, dict) and isinstance(out.get(k), dict)
-        if nested and k not in ("levels", "layer_bits", "patterns"):
+        if nested and k not in ("levels", "layer_bits", "patterns",
+                                    "pattern_split_ends_layers"):
             out[k] = _merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)

@@ -116,6 +116,9 @@ class PruneConfig:
     pattern_rel_bits: int = 4
     pattern_bound_gaps: bool = True
     pattern_split_ends: bool | str = "auto"
+    # per layer, as pattern_split_ends (e.g. {"fc2": false}: "auto" measures only the
+    # magnitude a split costs, not the units it kills where a PE keeps 0 or >= 2 weights)
+    pattern_split_ends_layers: dict[str, bool | str] = field(default_factory=dict)
     pattern_hazard_window: int = HAZARD_WINDOW
     # in a chain of Linear layers, drop the incoming weights of units the next layer no
     # longer reads (their count goes to live units)
@@ -128,9 +131,11 @@ class PruneConfig:
         if not isinstance(self.pattern_hazard_window, int) or self.pattern_hazard_window < 0:
             raise InputError(f"pattern_hazard_window must be an integer >= 0, not "
                              f"{self.pattern_hazard_window!r}")
-        if self.pattern_split_ends not in (True, False, "auto"):
-            raise InputError(f"pattern_split_ends must be true, false or \"auto\", not "
-                             f"{self.pattern_split_ends!r}")
+        for where, v in [("", self.pattern_split_ends),
+                         *((f"[{k!r}]", v) for k, v in self.pattern_split_ends_layers.items())]:
+            if v not in (True, False, "auto"):
+                raise InputError(f"pattern_split_ends{where} must be true, false or \"auto\", "
+                                 f"not {v!r}")
         if self.schedule not in {s.value for s in Schedule}:
             names = ", ".join(s.value for s in Schedule)
             raise InputError(f"pruning schedule must be one of {names}, not {self.schedule!r}")
@@ -140,10 +145,12 @@ class PruneConfig:
         if unknown:
             raise InputError(f"pruning level for unknown layer {unknown[0]!r} "
                              f"(layers: {', '.join(layer_names)})")
-        unknown = sorted(set(self.patterns) - set(layer_names))
-        if unknown:
-            raise InputError(f"pruning pattern for unknown layer {unknown[0]!r} "
-                             f"(layers: {', '.join(layer_names)})")
+        for what, d in (("pruning pattern", self.patterns),
+                        ("pattern_split_ends", self.pattern_split_ends_layers)):
+            unknown = sorted(set(d) - set(layer_names))
+            if unknown:
+                raise InputError(f"{what} for unknown layer {unknown[0]!r} "
+                                 f"(layers: {', '.join(layer_names)})")
         for name in layer_names:
             lv = self.level_for(name)
             if self.method == "percentile" and not 0 < lv <= 1:
@@ -238,7 +245,9 @@ def _apply_patterns(model, layers, old, new, cfg: PruneConfig) -> dict[str, torc
             alive = alive & out[nxt].cpu().numpy().any(axis=0)[:, None]
         pat = lockstep_mask(w.cpu().numpy(), alive, int(new[name].sum()),
                             pes=cfg.pattern_pes, rel_bits=cfg.pattern_rel_bits,
-                            bound_gaps=cfg.pattern_bound_gaps, split_ends=cfg.pattern_split_ends,
+                            bound_gaps=cfg.pattern_bound_gaps,
+                            split_ends=cfg.pattern_split_ends_layers.get(
+                                name, cfg.pattern_split_ends),
                             hazard_window=cfg.pattern_hazard_window)
         out[name] = torch.from_numpy(pat).to(w.device)
     return out

@@ -196,6 +196,41 @@ def test_prune_config_applies_the_pattern_every_step():
         PruneConfig(pattern_split_ends="maybe").validate(["1"])
 
 
+def test_split_ends_per_layer_override_the_layers_setting():
+    from torch import nn
+
+    from compress.prune import PruneConfig, full_masks, update_masks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 40),
+                          nn.ReLU(), nn.Linear(40, 10))
+    w = {k: model[int(k)].weight.detach().numpy().copy() for k in ("1", "3")}
+    levels = {"1": 0.1, "3": 0.15, "5": 1.0}
+
+    def masks(**kw):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 40),
+                          nn.ReLU(), nn.Linear(40, 10))
+        cfg = PruneConfig(levels=levels, pattern="lockstep", pattern_drop_dead=False,
+                          pattern_split_ends=True, **kw)
+        return {k: v.numpy() for k, v in update_masks(m, full_masks(m), cfg, 1, 1).items()}
+
+    same = masks()
+    mixed = masks(pattern_split_ends_layers={"3": False})
+    np.testing.assert_array_equal(mixed["1"], same["1"])  # the other layers keep the setting
+    for name, split in (("1", True), ("3", False)):
+        want = lockstep_mask(w[name], np.ones(w[name].shape, dtype=bool),
+                             round(levels[name] * w[name].size), split_ends=split)
+        np.testing.assert_array_equal(mixed[name], want)
+    # with split ends a PE keeps 0 or >= 2 weights of a column; without, some keep one
+    per_pe = lambda m: np.stack([m[k::8].sum(axis=0) for k in range(8)])  # noqa: E731
+    assert not (per_pe(same["3"]) == 1).any() and (per_pe(mixed["3"]) == 1).any()
+    with pytest.raises(InputError, match="split_ends"):
+        PruneConfig(pattern_split_ends_layers={"1": "maybe"}).validate(["1"])
+    with pytest.raises(InputError, match="unknown layer"):
+        PruneConfig(pattern_split_ends_layers={"fc9": False}).validate(["1"])
+
+
 def test_the_image_keeps_the_logical_order_and_decodes_exactly():
     from compress.qnet import Layer, QNet
     from images.lockstep import build_lockstep, decode_lockstep, lockstep_cycles
