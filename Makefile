@@ -110,15 +110,19 @@ models: setup
 	$(MAKE) models-board
 
 # The board's network (compress/models/lenet-300-100-board.*, what `make bitstream` builds for):
-# the same recipe and dense model (seed 0), pruned in the iCEBreaker engine's pattern
-# (docs/board-pattern.md). The dense model is trained first when build/models has none.
+# the same dense model (seed 0) and densities, pruned in the iCEBreaker engine's pattern
+# (docs/board-pattern.md), retrained with random shifts of one pixel and a final retraining of
+# 15 epochs (chosen on the validation split: docs/lanes.md section 8). The dense model is
+# trained first when build/models has none.
+BOARD_RECIPE := --set prune.retrain.shift=1 --set prune.final_retrain.shift=1 \
+  --set prune.final_retrain.epochs=15 --set quantize.finetune.shift=1
 models-board: setup
 	@test -f build/models/lenet-300-100/dense.npz || $(PY) -m compress pipeline \
 	  --arch lenet-300-100 --data $(call q,MNIST_DIR) --seed 0 --stages train \
 	  --out build/models/lenet-300-100
 	$(PY) -m compress pipeline --arch lenet-300-100 --data $(call q,MNIST_DIR) --seed 0 \
 	  --baseline build/models/lenet-300-100/dense.npz --stages prune,quantize,fixedpoint \
-	  --for-board icebreaker --out build/models/lenet-300-100-board \
+	  --for-board icebreaker $(BOARD_RECIPE) --out build/models/lenet-300-100-board \
 	  --ship compress/models --ship-name lenet-300-100-board
 
 # The full runs whose figures the issue notes report (summary.json, report.txt, weights.png).
