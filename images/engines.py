@@ -226,5 +226,6 @@ LOCKSTEP = register(Engine(
               "ice40": Defaults(lockstep.LockstepParams(queue_depth=2, drain_share=2), pes=8)},
     cycle_model=lanes.lockstep_cycle_model, logic_of=lockstep.logic_of, padded=lockstep.padded,
     memory_bound=lockstep.memory_bound, unplaced={"placement": "interleave"}, overlap=True,
+    layer_kinds=("fc", "conv"),
     no_rw_check=True, codebook_in_logic=True,
     title=lambda p: f"lockstep engine (drain_share {p.drain_share})"))
