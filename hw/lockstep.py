@@ -525,12 +525,25 @@ class LockstepEngine(wiring.Component):
             # column a hit's row is above its predecessor's, so only the first slot of a
             # column, whose row is its z, can hit the row being written. Not during a hold
             # (nothing is written then).
-            hazards.append(c.e_valid & c.e_first & (ent[:ib] != 0) & m_hit & (m_row == e_addr0))
+            hazard = c.e_valid & c.e_first & (ent[:ib] != 0) & m_hit & (m_row == e_addr0)
             m_new = Signal(signed(A), name=f"m_new{k}")
-            m.d.comb += m_new.eq(acc_r.data.as_signed() + m_w * c.m_value)  # wraps at acc_bits
+            acc_in = acc_r.data.as_signed()
+            if self.has_conv:
+                # with conv layers a bypass instead of the hold: a conv layer's columns are
+                # short (about one slot each) and hit the same few rows again and again, so a
+                # hold would cost about a cycle a column (8,000 a LeNet-5 digit). The m_ slot
+                # whose row the previous m_ slot wrote takes that slot's sum, not the read
+                fwd = Signal(name=f"fwd{k}")
+                prev = Signal(signed(A), name=f"m_prev{k}")
+                m.d.sync += [fwd.eq(hazard), prev.eq(m_new)]
+                acc_in = Mux(fwd, prev, acc_in)
+            else:
+                hazards.append(hazard)
+            m.d.comb += m_new.eq(acc_in + m_w * c.m_value)  # wraps at acc_bits
             m.d.comb += [acc_w.addr.eq(m_row), acc_w.data.eq(m_new), acc_w.en.eq(m_hit & ~hold)]
         c.m_any = Signal(name="m_any")  # some PE has a write in the m_ stage (for the idle check)
-        m.d.comb += [c.m_any.eq(Cat(*m_hits).any()), c.hz.eq(Cat(*hazards).any())]
+        m.d.comb += [c.m_any.eq(Cat(*m_hits).any()), c.hz.eq(Cat(*hazards).any() if hazards
+                                                             else 0)]
 
     def _output_stages(self, m, c):
         """One output stage per `drain_share` PEs, member y_t of the group this cycle."""
