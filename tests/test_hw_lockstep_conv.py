@@ -18,7 +18,8 @@ from amaranth.sim import Simulator
 from compress.golden import golden, run_layers
 from compress.synthetic import random_cnn, random_inputs
 from hw.lockstep import LockstepEngine
-from images.lockstep import build_lockstep, lockstep_cycles
+from images.lanes import lockstep_cycle_model
+from images.lockstep import LockstepParams, build_lockstep, lockstep_cycles
 from tb.pysim import run_engine
 
 from .conftest import long_tests
@@ -79,6 +80,11 @@ def test_lockstep_conv_bit_exact(case):
     slots = lockstep_cycles(img, [x] + run_layers(qnet, x)[:-1])
     assert np.all(lcs >= slots)
     assert np.all(lcs[0, 0] < lcs[1:, 0])
+    # the cycle model (`images.lanes.lockstep_cycle_model`) within 5 % of the engine where it
+    # applies: no stalls, a queue that lets the front end run ahead of the slots
+    if not rkw and ekw.get("queue_depth", 8) >= 2:
+        model = lockstep_cycle_model(img, x, LockstepParams(**ekw))
+        np.testing.assert_allclose(model.sum(axis=1), lcs.sum(axis=1), rtol=0.05)
 
 
 def test_an_all_pruned_channel_comes_out_as_its_bias():
