@@ -43,6 +43,13 @@ Pipeline per slot (stage prefixes as in the signal names):
         written, the m_ slot's row is read again. One cycle per such hit instead of a 32-bit
         bypass register and multiplexer per PE (about 75 logic cells each on the iCE40)
 
+Conv layers (qnet version 2, docs/lockstep.md "Conv layers"): the conv front end
+(`hw.convfe.ConvFrontEnd`) beside the fc one, the sub-position of the pooling window in the low
+bits of the accumulator address, per pass PRELOAD -> COMPUTE -> a drain that keeps the maximum
+of a row's sub-positions (max pooling) and writes the pooled word into the map region the layer
+does not read, and a bypass instead of the hold. None of it is made for a network without conv
+layers (its RTLIL is what it was).
+
 Ports and counters are those of every engine (`hw.blocks.EngineSignature`: `i_act`, `o_act`,
 `cycles`, `layer_cycles`, `busy`); `layer_cycles[i]` counts layer i's PRELOAD (not layer 0's),
 COMPUTE and DRAIN cycles.

@@ -20,8 +20,9 @@ An `Engine` record holds everything the rest of the house needs to know about an
 * `cycle_model`: `cycle_model(image, x, params)`, its compute cycles [batch, layers] without
   Verilog;
 * what the rest of the house adapts to: `layer_kinds` (the layer kinds it runs,
-  `images.layers`; `board_layer_kinds`, those it runs on the boards when fewer), `overlap` (it takes the next input while computing), `no_rw_check` (it
-  never uses a read of the word written in the same cycle), `codebook_in_logic` (its codebooks
+  `images.layers`; `board_layer_kinds`, those it runs on the boards when fewer), `overlap` (it
+  takes the next input while computing), `no_rw_check` (it never uses a read of the word
+  written in the same cycle), `codebook_in_logic` (its codebooks
   are constants in logic), `logic_of`/`padded` (what of an image is logic, and the image padded
   to its shape's memory depths: networks of one shape share one compiled simulator).
 
