@@ -174,3 +174,16 @@ def test_back_to_back_conv_inputs(share):
     sim.add_testbench(bench)
     sim.run()
     np.testing.assert_array_equal(np.array(out).reshape(-1, 4), golden(qnet, x))
+
+
+def test_an_all_zero_intermediate_map():
+    """conv1's biases so negative that its ReLU output is all zero for every input: conv2 walks
+    an all-zero map (nothing sent, its outputs its biases), then the fc layer."""
+    qnet = random_cnn((1, 6, 6), [(3, 3, 1, 1, 2), (4, 2, 1, 0, 1)], [3], seed=7, density=0.5,
+                      shift=9)
+    qnet.layers[0].bias[:] = -(1 << 30)
+    x = _inputs(3, 36, seed=7)
+    y, _, lcs = run_engine(LockstepEngine(build_lockstep(qnet, 2)), x)
+    assert not np.any(run_layers(qnet, x)[0])
+    np.testing.assert_array_equal(y, golden(qnet, x))
+    assert len(set(lcs[:, 1].tolist())) == 1  # conv2's work does not depend on the digit
