@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """Conv layers in the lockstep image (`images.lockstep`), construction and validation: images
 of random CNNs decode to exactly their qnet, the slot count of a conv layer against a literal
 walk, the map regions, the memories the engine makes for LeNet-5, what is refused (the Amaranth
