@@ -137,7 +137,7 @@ class LockstepEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        c = SimpleNamespace()  # what the stages share
+        c = self.probe = SimpleNamespace()  # what the stages share (and `bench` probes)
         self._memories(m, c)
         self._tables(c)
         self._io(m, c)
@@ -174,8 +174,10 @@ class LockstepEngine(wiring.Component):
             vals = [int(v) for v in values]
             return Array(Const(v, unsigned(width)) for v in vals + [0] * (max(L, 2) - len(vals)))
 
-        c.in_t = table([ll.in_features for ll in img.layers], self.col_bits)
-        c.grp_t = table([ceil_div(ll.in_features, n) for ll in img.layers], self.row_bits + 1)
+        # the columns the front end reads: after a layer with dead units trimmed
+        # (`images.lockstep`), only its computed rows
+        c.in_t = table([ll.engine_in for ll in img.layers], self.col_bits)
+        c.grp_t = table([ceil_div(ll.engine_in, n) for ll in img.layers], self.row_bits + 1)
         c.rows_t = table([ll.rows_per_pe for ll in img.layers], self.row_bits + 1)
         c.col_base_t = table([ll.col_base for ll in img.layers], bits(len(img.col_ptr)))
         c.bias_t = table([R + ll.bias_base for ll in img.layers], bits(R + img.bias.shape[1]))
