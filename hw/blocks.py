@@ -376,16 +376,21 @@ class BankedIO(_StreamOut):
     cnt_limit: the largest count the engine's own states need from `cnt`.
     """
 
-    def __init__(self, m, eng, *, act_r, act_w, bank_bits: int, lc_bits: int, cnt_limit: int):
+    def __init__(self, m, eng, *, act_r, act_w, bank_bits: int, lc_bits: int, cnt_limit: int,
+                 out_base: int = 0):
         self.m = m
         self.eng = eng
         self.act_r = act_r
         self.act_w = act_w
         self.bank_bits = bank_bits
+        # > 0: the outputs are at that word of the bank, after the input's words, and the
+        # engine frees the bank (`free`) once it has read its inputs, not with the last
+        # output word: the loader refills the input's words while OUTPUT reads the outputs
+        self.out_base = out_base
         n, L = eng.pes, eng.num_layers
         self.cnt = Signal(range(max(eng.out_features, cnt_limit, 2) + 2), name="io_cnt")
         self.sel = Signal(range(max(n, 2)), name="io_sel")  # PE of the output word
-        self.word = Signal(range(max(eng.act_words, 2) + 1), name="io_word")
+        self.word = Signal(range(max(eng.act_words + out_base, 2) + 1), name="io_word")
         self.o_valid = Signal(name="io_o_valid")
         self.o_sel = Signal.like(self.sel, name="io_o_sel")
         self.cb = Signal(name="cb")  # the bank the engine computes in
@@ -440,6 +445,15 @@ class BankedIO(_StreamOut):
         """In the cycle the engine starts computing bank `cb` (its layer counters restart)."""
         self.m.d.sync += [c.eq(0) for c in self.lcn]
 
+    def free(self) -> None:
+        """With `out_base`: bank `cb`'s input words are read (the last layer's front end is
+        done): the loader may refill them."""
+        assert self.out_base
+        with self.m.If(self.cb):
+            self.m.d.sync += self.full[1].eq(0)
+        with self.m.Else():
+            self.m.d.sync += self.full[0].eq(0)
+
     def count_layer(self, layer) -> None:
         lcn = Array(self.lcn)
         self.m.d.sync += lcn[layer].eq(lcn[layer] + 1)
@@ -455,10 +469,11 @@ class BankedIO(_StreamOut):
             m.d.sync += [cnt.eq(0), self.o_valid.eq(0), self.sel.eq(0), self.word.eq(0),
                          self.cb.eq(~self.cb), eng.cycles.eq(self.cyc + 1)]
             m.d.sync += [eng.layer_cycles[i].eq(c) for i, c in enumerate(self.lcn)]
-            with m.If(self.cb):
-                m.d.sync += self.full[1].eq(0)
-            with m.Else():
-                m.d.sync += self.full[0].eq(0)
+            if not self.out_base:  # else freed already (`free`)
+                with m.If(self.cb):
+                    m.d.sync += self.full[1].eq(0)
+                with m.Else():
+                    m.d.sync += self.full[0].eq(0)
             # another input already (partly) in: its count starts with the next cycle
             other = self.full.bit_select(~self.cb, 1)
             with m.If(other | self.loading | self.first):

@@ -56,7 +56,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, wiring
 
 from images.lockstep import (DRAIN_SHARES, LockstepImage, LockstepParams, act_bank_bits,
-                             memory_map)
+                             memory_map, out_base)
 
 from .blocks import (BankedIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
                      check_queue_depth, round_shift, saturate, slot_sequencer)
@@ -152,7 +152,7 @@ class LockstepEngine(wiring.Component):
         # of the bank being computed (the loader has PE k's write port the other cycles)
         for k in range(self.pes):
             with m.If(c.y_en[k]):
-                m.d.comb += [c.act_w[k].addr.eq(c.io.addr(c.io.cb, c.d3_row)),
+                m.d.comb += [c.act_w[k].addr.eq(c.io.addr(c.io.cb, c.d3_word)),
                              c.act_w[k].data.eq(c.ys[k]), c.act_w[k].en.eq(1)]
         return m
 
@@ -220,7 +220,8 @@ class LockstepEngine(wiring.Component):
         c.io = BankedIO(m, self, act_r=c.act_r, act_w=c.act_w,
                         bank_bits=act_bank_bits(self.img),
                         lc_bits=self._layer_cycle_bits(),
-                        cnt_limit=(self.max_rows << self.drain_share.bit_length()) + 4)
+                        cnt_limit=(self.max_rows << self.drain_share.bit_length()) + 4,
+                        out_base=out_base(self.img))
 
     def _front_end(self, m, c):
         """Non-zero activations of the layer, one per cycle."""
@@ -228,8 +229,12 @@ class LockstepEngine(wiring.Component):
         fe_cls = front_end(self.img.layers[0].kind)
         m.submodules.fe = c.fe = fe = fe_cls(pes=self.pes, col_bits=self.col_bits,
                                              group_bits=self.row_bits, sparse=True)
+        # groups the front end may read: every one in layer 0 (the loaded input), else the
+        # rows the drain has written so far (`_output_stages`), so a layer's front end starts
+        # while the output stages still write the previous layer's last rows
+        c.avail = Signal(len(fe.avail), init=(1 << len(fe.avail)) - 1, name="fe_avail")
         m.d.comb += [fe.in_features.eq(c.in_t[c.layer]), fe.groups.eq(c.grp_t[c.layer]),
-                     fe.avail.eq((1 << len(fe.avail)) - 1)]
+                     fe.avail.eq(c.avail)]
         for k in range(self.pes):
             m.d.comb += fe.rd_data[k].eq(c.act_r[k].data.as_signed())
 
@@ -344,6 +349,14 @@ class LockstepEngine(wiring.Component):
         d2_t, c.d3_t = Signal.like(drn_t, name="d2_t"), Signal.like(drn_t, name="d3_t")
         m.d.sync += [d2_valid.eq(y_valid), d2_row.eq(y_row), d2_t.eq(y_t),
                      c.d3_valid.eq(d2_valid), c.d3_row.eq(d2_row), c.d3_t.eq(d2_t)]
+        # the activation word d3_row is written to: the last layer's after the input's words
+        # (`images.lockstep.out_base`; the loader may refill those meanwhile)
+        base = c.io.out_base
+        c.d3_word = Signal(range(max(self.act_words + base, 2) + 1), name="d3_word")
+        if base:
+            m.d.sync += c.d3_word.eq(d2_row + Mux(c.o_layer == self.num_layers - 1, base, 0))
+        else:
+            m.d.comb += c.d3_word.eq(c.d3_row)
         # PE k's write port is the loader's unless the drain writes PE k the next cycle (the
         # members of an output stage's group go out one a cycle: with drain_share 2 the
         # loader goes on in the drain, at most a cycle lost when it meets the member written)
@@ -448,6 +461,9 @@ class LockstepEngine(wiring.Component):
             for t, k in enumerate(members):
                 m.d.comb += c.ys[k].eq(y_reg)
                 m.d.comb += c.y_en[k].eq(c.d3_valid & (c.d3_t == t))
+        # the group (row) d3_row is written with its last member: readable from the next cycle
+        with m.If(c.d3_valid & (c.d3_t == share - 1)):
+            m.d.sync += c.avail.eq(c.d3_row + 1)
 
     def _sequencer(self, m, c):
         """The states PRE0 -> (wait for a full bank) COMPUTE -> DRAIN (-> PRELOAD -> COMPUTE
@@ -478,8 +494,6 @@ class LockstepEngine(wiring.Component):
         # ... and the layer's PRELOAD, which goes on under the front end's start, is done
         # (its last bias write is in the m_ stage at the latest)
         last_writes &= c.pre_done & ~c.pre_valid
-        # the drain's activation writes are still in the output stages
-        out_busy = c.drn_valid | c.y_valid | c.d2_valid | c.d3_valid
 
         # PRELOAD: bias row pcnt -> accumulator row pcnt, controls registered (read a cycle
         # later, written two cycles later: the writes end before the layer's first compute
@@ -511,18 +525,25 @@ class LockstepEngine(wiring.Component):
                 preload(rows0, bias0)
                 with m.If((pcnt >= max(rows0 - 3, 0)) & io.cb_full):
                     io.start()
+                    m.d.sync += c.avail.eq(-1)  # layer 0 reads the loaded input: all of it
                     start_layer()
             with m.State("PRELOAD"):
                 io.count_layer(layer)
                 preload(rows_t[layer], c.bias_t[layer])
-                # the front end may only read the layer's inputs once the drain wrote them
-                with m.If(c.pre_go & ~out_busy):
+                # the front end reads a group of the layer's inputs once the drain wrote it
+                # (`avail`), so it starts under the output stages' last rows
+                with m.If(c.pre_go):
                     start_layer()
             with m.State("COMPUTE"):
                 io.count_layer(layer)
                 preload(rows_t[layer], c.bias_t[layer])  # the last rows' controls
                 with m.If(last_writes):
                     self._drain_ctl(m, c, 0)
+                    m.d.sync += c.avail.eq(0)  # the next layer's groups: none written yet
+                    if io.out_base:
+                        # the last layer has read its inputs: the loader may refill the bank
+                        with m.If(layer == self.num_layers - 1):
+                            io.free()
                     m.d.sync += [cnt.eq(1), c.drn_more.eq(c.drain_rows_t[layer] > 1),
                                  c.drn_last.eq(c.drain_end_t[layer] == 1)]
                     m.next = "DRAIN"
@@ -562,7 +583,7 @@ class LockstepEngine(wiring.Component):
             # the next PRELOAD (or layer 0's in OUTPUT) starts from row 0: not done
             m.d.sync += [cnt.eq(0), c.pcnt.eq(0), c.pre_done.eq(0)]
             with m.If(layer == self.num_layers - 1):
-                m.d.sync += [io.sel.eq(0), io.word.eq(0), io.o_valid.eq(0)]
+                m.d.sync += [io.sel.eq(0), io.word.eq(io.out_base), io.o_valid.eq(0)]
                 m.next = "OUTPUT"
             with m.Else():
                 m.d.sync += [layer.eq(layer + 1), c.pre_go.eq(c.early_t[layer + 1] == 0)]
