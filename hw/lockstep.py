@@ -56,7 +56,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, wiring
 
 from images.lockstep import (DRAIN_SHARES, LockstepImage, LockstepParams, act_bank_bits,
-                             memory_map, out_base)
+                             low_words, memory_map)
 
 from .blocks import (BankedIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
                      check_queue_depth, round_shift, saturate, slot_sequencer)
@@ -221,7 +221,7 @@ class LockstepEngine(wiring.Component):
                         bank_bits=act_bank_bits(self.img),
                         lc_bits=self._layer_cycle_bits(),
                         cnt_limit=(self.max_rows << self.drain_share.bit_length()) + 4,
-                        out_base=out_base(self.img))
+                        low_words=low_words(self.img))
 
     def _front_end(self, m, c):
         """Non-zero activations of the layer, one per cycle."""
@@ -349,14 +349,10 @@ class LockstepEngine(wiring.Component):
         d2_t, c.d3_t = Signal.like(drn_t, name="d2_t"), Signal.like(drn_t, name="d3_t")
         m.d.sync += [d2_valid.eq(y_valid), d2_row.eq(y_row), d2_t.eq(y_t),
                      c.d3_valid.eq(d2_valid), c.d3_row.eq(d2_row), c.d3_t.eq(d2_t)]
-        # the activation word d3_row is written to: the last layer's after the input's words
-        # (`images.lockstep.out_base`; the loader may refill those meanwhile)
-        base = c.io.out_base
-        c.d3_word = Signal(range(max(self.act_words + base, 2) + 1), name="d3_word")
-        if base:
-            m.d.sync += c.d3_word.eq(d2_row + Mux(c.o_layer == self.num_layers - 1, base, 0))
-        else:
-            m.d.comb += c.d3_word.eq(c.d3_row)
+        # the activation word of row d3_row: layer outputs top down in the bank
+        # (`images.lockstep.low_words`: the loader refills the words below them early)
+        c.d3_word = Signal(c.io.bank_bits, name="d3_word")
+        m.d.comb += c.d3_word.eq(~c.d3_row[: c.io.bank_bits])
         # PE k's write port is the loader's unless the drain writes PE k the next cycle (the
         # members of an output stage's group go out one a cycle: with drain_share 2 the
         # loader goes on in the drain, at most a cycle lost when it meets the member written)
@@ -473,8 +469,14 @@ class LockstepEngine(wiring.Component):
         n, layer, rows_t = self.pes, c.layer, c.rows_t
         io = c.io
         cnt = io.cnt
-        for k in range(n):  # default: the front end reads the activations of bank cb
-            m.d.comb += [c.act_r[k].addr.eq(io.addr(io.cb, c.fe.rd_addr)), c.act_r[k].en.eq(1)]
+        # default: the front end reads the activations of bank cb: layer 0's input bottom up,
+        # the later layers' top down (`d3_word`); `rev` (layer != 0) is a flip-flop, so the
+        # inversion is in the LUT that chooses the address, not a level after it
+        c.rev = Signal(name="fe_rev")
+        bb = io.bank_bits
+        fe_word = c.fe.rd_addr[:bb] ^ c.rev.replicate(bb)
+        for k in range(n):
+            m.d.comb += [c.act_r[k].addr.eq(Cat(fe_word, io.cb)), c.act_r[k].en.eq(1)]
         s = c.s
         c.pcnt = Signal(range(self.max_rows + 1), name="pre_cnt")
         # pcnt >= early_t[layer] kept in a flip-flop beside pcnt, set wherever pcnt or layer
@@ -540,10 +542,10 @@ class LockstepEngine(wiring.Component):
                 with m.If(last_writes):
                     self._drain_ctl(m, c, 0)
                     m.d.sync += c.avail.eq(0)  # the next layer's groups: none written yet
-                    if io.out_base:
-                        # the last layer has read its inputs: the loader may refill the bank
-                        with m.If(layer == self.num_layers - 1):
-                            io.free()
+                    # layer 0 has read the input: the loader may refill the words below
+                    # the layers' outputs
+                    with m.If(layer == 0):
+                        io.free_low()
                     m.d.sync += [cnt.eq(1), c.drn_more.eq(c.drain_rows_t[layer] > 1),
                                  c.drn_last.eq(c.drain_end_t[layer] == 1)]
                     m.next = "DRAIN"
@@ -554,7 +556,7 @@ class LockstepEngine(wiring.Component):
                 preload(rows0, bias0)
 
                 def delivered():
-                    m.d.sync += [cnt.eq(0), layer.eq(0)]
+                    m.d.sync += [cnt.eq(0), layer.eq(0), c.rev.eq(0)]
                     m.next = "PRE0"
 
                 io.output(delivered)
@@ -583,8 +585,9 @@ class LockstepEngine(wiring.Component):
             # the next PRELOAD (or layer 0's in OUTPUT) starts from row 0: not done
             m.d.sync += [cnt.eq(0), c.pcnt.eq(0), c.pre_done.eq(0)]
             with m.If(layer == self.num_layers - 1):
-                m.d.sync += [io.sel.eq(0), io.word.eq(io.out_base), io.o_valid.eq(0)]
+                m.d.sync += [io.sel.eq(0), io.word.eq(0), io.o_valid.eq(0)]
                 m.next = "OUTPUT"
             with m.Else():
-                m.d.sync += [layer.eq(layer + 1), c.pre_go.eq(c.early_t[layer + 1] == 0)]
+                m.d.sync += [layer.eq(layer + 1), c.pre_go.eq(c.early_t[layer + 1] == 0),
+                             c.rev.eq(1)]
                 m.next = "PRELOAD"

@@ -446,21 +446,17 @@ def act_bank_bits(img) -> int:
     return bits(act_words(img) - 1)
 
 
-def out_base(img) -> int:
-    """Word of its bank where the engine writes the last layer's outputs: right after the
-    input's words when they fit in the bank (the loader may then refill the input's words as
-    soon as the last layer has read its inputs, while OUTPUT still reads the outputs), else 0
-    (the bank is refilled after the last output word)."""
-    in_words = ceil_div(img.in_features, img.pes)
-    rows = img.layers[-1].rows_per_pe
-    return in_words if in_words + rows <= 1 << act_bank_bits(img) else 0
+def low_words(img) -> int:
+    """Words of a bank below every layer's outputs: the engine writes layer outputs top down
+    (row r at word 2**act_bank_bits - 1 - r), the input goes bottom up, so once layer 0 has
+    read the input the loader may refill these words while the later layers still run."""
+    return max(0, (1 << act_bank_bits(img)) - max(ll.rows_per_pe for ll in img.layers))
 
 
 def act_depth(img) -> int:
-    """Two banks (the next input loads while the current one computes): bank 1 at
-    1 << act_bank_bits, act_words deep, or to the end of the outputs (`out_base`)."""
-    last = out_base(img) + img.layers[-1].rows_per_pe
-    return (1 << act_bank_bits(img)) + max(act_words(img), last)
+    """Two banks (the next input loads while the current one computes): bank b at
+    b << act_bank_bits, the outputs of layers at the top of each."""
+    return 2 << act_bank_bits(img)
 
 
 def memory_bound(nonzeros: list[np.ndarray], shape: list[int], pes: int, *,

@@ -3,9 +3,11 @@
 * A layer's front end starts under the output stages still writing the previous layer's last
   rows: it reads a group once the drain has written it (`avail`), where it used to wait for
   the output stages to empty.
-* The last layer's outputs go after the input's words in their bank (`images.lockstep.out_base`)
-  and the bank is freed for the loader once the last layer has read its inputs, not with the
-  last output word: input k + 2 starts loading before inference k's last output word.
+* Layer outputs go top down in their bank (row r at word 2**bank_bits - 1 - r), the input
+  bottom up, and the bank's words below every layer's outputs (`images.lockstep.low_words`)
+  go back to the loader once layer 0 has read the input, not with the last output word: input
+  k + 2 starts loading while inference k's later layers run; the loader waits at low_words
+  for the rest until k's last output word.
 
 Bit-exact against the golden model with stalls on both streams, the counters as one at a time.
 """
@@ -19,7 +21,7 @@ from amaranth.sim import Simulator
 from compress.golden import golden
 from compress.synthetic import random_qnet
 from hw.lockstep import LockstepEngine
-from images.lockstep import act_bank_bits, build_lockstep, out_base
+from images.lockstep import act_bank_bits, build_lockstep, low_words
 from tb.pysim import run_engine
 from tests.test_hw_engine import _inputs
 from tests.test_hw_lockstep import _run_back_to_back
@@ -80,13 +82,14 @@ def test_front_end_starts_under_the_last_writes(share):
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.3])
-def test_bank_refilled_before_the_last_output_word(stall):
-    # 56 inputs on 4 PEs: 14 words a bank of 16, the 2 output rows after them
+def test_bank_refilled_under_the_later_layers(stall):
+    # 56 inputs on 4 PEs: 14 words of a 16-word bank; the layers' outputs (4, 3, 2 rows) at
+    # its top: the loader may refill words 0..11 after layer 0, 12 and 13 after OUTPUT
     qnet = random_qnet((56, 16, 12, 6), seed=5, density=0.4, shift=[6, 5, 4])
     x = _inputs(7, 56, seed=5)
     x[2] = 0
     img = build_lockstep(qnet, 4)
-    assert out_base(img) == 14 and 1 << act_bank_bits(img) == 16
+    assert low_words(img) == 12 and 1 << act_bank_bits(img) == 16
     _, _, lc1 = run_engine(LockstepEngine(img, drain_share=2), x)
     y, cyc, lcs, first_in, last_out = _run_back_to_back(
         LockstepEngine(img, drain_share=2), x, stall_in=stall, stall_out=stall, seed=2)
@@ -94,16 +97,22 @@ def test_bank_refilled_before_the_last_output_word(stall):
     np.testing.assert_array_equal(lcs, lc1)
     np.testing.assert_array_equal(cyc[1:], np.diff(last_out))
     if stall == 0.0:
-        # input k + 2 goes into inference k's bank while k's outputs are still going out
+        # input k + 2 goes into inference k's bank while k's later layers run
         assert np.any(first_in[2:] < last_out[:-2]), (first_in, last_out)
 
 
-def test_outputs_at_word_0_when_they_do_not_fit_after_the_input():
-    # 64 inputs on 4 PEs fill a bank of 16 words: the outputs overwrite the input (word 0)
-    qnet = random_qnet((64, 16, 6), seed=6, density=0.4, shift=[6, 4])
-    x = _inputs(5, 64, seed=6)
-    img = build_lockstep(qnet, 4)
-    assert out_base(img) == 0
-    y, _, lcs, first_in, last_out = _run_back_to_back(LockstepEngine(img, drain_share=2), x)
+@pytest.mark.parametrize("sizes,pes,low", [((64, 16, 6), 4, 12), ((8, 20, 3), 2, 6),
+                                           ((4, 8, 1), 4, 0)])
+def test_input_fills_the_bank_or_layers_reach_the_bottom(sizes, pes, low):
+    """An input as wide as the bank (the loader waits at low_words for the rest), a hidden
+    layer wider than the input (its outputs over the whole input), a layer whose rows fill
+    the bank (nothing refilled early): bit-exact back to back, with output back pressure."""
+    qnet = random_qnet(sizes, seed=6, density=0.5, shift=4)
+    x = _inputs(5, sizes[0], seed=6)
+    img = build_lockstep(qnet, pes)
+    assert low_words(img) == low
+    y, _, lcs, first_in, last_out = _run_back_to_back(LockstepEngine(img, drain_share=2), x,
+                                                       stall_out=0.5, seed=1)
     np.testing.assert_array_equal(y, golden(qnet, x))
-    assert np.all(first_in[2:] > last_out[:-2])  # the bank is freed by the last output word
+    if low == 0:
+        assert np.all(first_in[2:] > last_out[:-2])  # the bank is freed by the last word
