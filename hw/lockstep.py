@@ -116,6 +116,12 @@ class LockstepEngine(wiring.Component):
         self.col_bits = bits(self.max_width)
         self.row_bits = bits(self.act_words)
         self.ptr_bits = bits(img.num_slots)
+        # layer 0's accumulator rows from keep0 up are no later layer's: with drain_share 2
+        # the next inference's biases go into them during layer 0's DRAIN, in the read port's
+        # cycles the second member of each output stage leaves free (`_output_stages`), so
+        # OUTPUT and PRE0 preload only rows 0..keep0-1
+        self.keep0 = max([1] + [ll.rows_per_pe for ll in img.layers[1:]])
+        self.early0 = drain_share == 2 and self.keep0 < img.layers[0].rows_per_pe
         self._make_specs()
         super().__init__(EngineSignature(L))
 
@@ -402,7 +408,10 @@ class LockstepEngine(wiring.Component):
             # (PRELOAD) or drained row (DRAIN)
             m.d.comb += acc_r.addr.eq(Mux(c.ctl_valid, c.ctl_addr, Mux(hold, m_row, e_row)))
             # DRAIN reads a row once; the read port holds it while the group's members go out
-            m.d.comb += acc_r.en.eq(~c.drn_valid | (c.drn_t == 0))
+            if self.early0:  # the second member's word is held in the output stage
+                m.d.comb += acc_r.en.eq(1)
+            else:
+                m.d.comb += acc_r.en.eq(~c.drn_valid | (c.drn_t == 0))
             with m.If(~hold):
                 m.d.sync += [m_hit.eq(e_hit | c.pre_valid),
                              m_row.eq(Mux(c.pre_valid, c.pre_row, e_row)),
@@ -439,6 +448,14 @@ class LockstepEngine(wiring.Component):
                 for t, k in enumerate(members):
                     with m.Case(t):
                         m.d.comb += acc_sel.eq(c.acc_r[k].data.as_signed())
+            if self.early0 and len(members) == 2:
+                # member 1's word, taken with member 0's: the read port reads a bias the
+                # cycle after (`_drain_ctl`), so it is gone from acc_r when member 1 goes out
+                held = Signal(signed(A), name=f"o_held{g}")
+                with m.If(c.y_valid & (c.y_t == 0)):
+                    m.d.sync += held.eq(c.acc_r[members[1]].data.as_signed())
+                with m.If(c.y_t == 1):
+                    m.d.comb += acc_sel.eq(held)
             acc = Signal(signed(A), name=f"o_acc{g}")
             m.d.sync += acc.eq(acc_sel)
             # the per-layer pieces of the output rule are selected by the layer register
@@ -510,8 +527,15 @@ class LockstepEngine(wiring.Component):
                              c.pre_go.eq(pcnt + 1 >= c.early_t[layer]),
                              c.pre_done.eq(pcnt + 1 == rows)]
 
+        rows0_all = self.img.layers[0].rows_per_pe
+
         rows0 = self.img.layers[0].rows_per_pe
         bias0 = self.max_rows + self.img.layers[0].bias_base
+        # layer 0's rows from keep0 up hold the biases (its last DRAIN put them there; not
+        # after a reset): OUTPUT and PRE0 then preload rows 0..keep0-1 only
+        c.l0_ready = Signal(name="l0_ready")
+        if self.early0:
+            rows0 = Mux(c.l0_ready, self.keep0, rows0)
 
         def start_layer():
             # the front end starts three cycles before the last bias row's controls (the
@@ -525,9 +549,10 @@ class LockstepEngine(wiring.Component):
             with m.State("PRE0"):
                 # waits for a full bank (and most of layer 0's biases)
                 preload(rows0, bias0)
-                with m.If((pcnt >= max(rows0 - 3, 0)) & io.cb_full):
+                with m.If((c.pre_done | (pcnt >= max(rows0_all - 3, 0))) & io.cb_full):
                     io.start()
-                    m.d.sync += c.avail.eq(-1)  # layer 0 reads the loaded input: all of it
+                    m.d.sync += [c.avail.eq(-1),  # layer 0 reads the loaded input: all of it
+                                 c.l0_ready.eq(0)]  # its rows are about to be summed into
                     start_layer()
             with m.State("PRELOAD"):
                 io.count_layer(layer)
@@ -572,6 +597,14 @@ class LockstepEngine(wiring.Component):
             m.d.sync += [c.drn_valid.eq(1), c.drn_row.eq(row), c.ctl_valid.eq(1),
                          c.ctl_addr.eq(row), c.drn_t.eq(cnt[:sh] if sh else 0),
                          c.o_layer.eq(c.layer)]
+            if self.early0 and not first:
+                # layer 0, member 1 of a row from keep0 up: the read port is free, the row
+                # read: copy the next inference's bias into it (through the m_ stage, which
+                # is idle in a DRAIN)
+                bias0 = self.max_rows + self.img.layers[0].bias_base
+                with m.If(cnt[0] & (c.layer == 0) & (row >= self.keep0)):
+                    m.d.sync += [c.pre_valid.eq(1), c.pre_row.eq(row),
+                                 c.ctl_addr.eq(bias0 + row)]
 
     def _drain_state(self, m, c, io):
         cnt, layer = io.cnt, c.layer
@@ -584,6 +617,9 @@ class LockstepEngine(wiring.Component):
         with m.If(c.drn_last):
             # the next PRELOAD (or layer 0's in OUTPUT) starts from row 0: not done
             m.d.sync += [cnt.eq(0), c.pcnt.eq(0), c.pre_done.eq(0)]
+            if self.early0:
+                with m.If(layer == 0):  # its rows from keep0 up have the next biases
+                    m.d.sync += c.l0_ready.eq(1)
             with m.If(layer == self.num_layers - 1):
                 m.d.sync += [io.sel.eq(0), io.word.eq(0), io.o_valid.eq(0)]
                 m.next = "OUTPUT"

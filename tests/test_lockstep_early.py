@@ -8,6 +8,9 @@
   go back to the loader once layer 0 has read the input, not with the last output word: input
   k + 2 starts loading while inference k's later layers run; the loader waits at low_words
   for the rest until k's last output word.
+* With drain_share 2 the output stage holds its second member's word, so the accumulator's
+  read port is free every other DRAIN cycle: layer 0's DRAIN copies the next inference's
+  biases into its rows that no later layer uses, and OUTPUT and PRE0 preload only the others.
 
 Bit-exact against the golden model with stalls on both streams, the counters as one at a time.
 """
@@ -116,3 +119,24 @@ def test_input_fills_the_bank_or_layers_reach_the_bottom(sizes, pes, low):
     np.testing.assert_array_equal(y, golden(qnet, x))
     if low == 0:
         assert np.all(first_in[2:] > last_out[:-2])  # the bank is freed by the last word
+
+
+def test_layer0_biases_go_in_during_its_drain():
+    """8 inputs (a short load), l0 of 20 rows a PE, l1 of 3: back to back the interval between
+    results is the compute, the output words and a few cycles with drain_share 2 (the next
+    inference's l0 biases in rows 3..19 went in during l0's DRAIN); with 1 and 4 (no free read
+    cycle) the 17 rows left after OUTPUT still cost their cycles. Bit-exact in all three."""
+    qnet = random_qnet((8, 40, 5), seed=3, density=0.5, shift=[6, 4])
+    x = _inputs(6, 8, seed=3)
+    x[2] = 0
+    img = build_lockstep(qnet, 2)
+    assert [ll.rows_per_pe for ll in img.layers] == [20, 3]
+    gaps = {}
+    for share in (1, 2, 4):
+        eng = LockstepEngine(img, drain_share=share)
+        assert eng.early0 == (share == 2) and eng.keep0 == 3
+        y, cyc, lcs, _, _ = _run_back_to_back(eng, x)
+        np.testing.assert_array_equal(y, golden(qnet, x))
+        gaps[share] = cyc[1:] - lcs[1:].sum(axis=1)
+    assert np.all(gaps[2] <= 5 + 3), gaps  # 5 output words
+    assert np.all(gaps[1] >= 5 + 20 - 5 - 3) and np.all(gaps[4] == gaps[1]), gaps
