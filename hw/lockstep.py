@@ -15,9 +15,9 @@ per PE for entries, pointers, biases, codebook, accumulators and activations: 13
 * Zero activations are skipped by the EIE front end (`hw.frontend.FrontEnd`, groups of N
   columns read from the PEs' activation RAMs, one non-zero broadcast per cycle).
 * Per PE one accumulator RAM (`pe{k}.acc`: rows 0..R-1 accumulate, the biases of every layer
-  after them) and one activation RAM (`pe{k}.act`, one bank: a layer's outputs overwrite its
-  inputs, the drain runs after the layer's compute has finished). Codebooks are constants in
-  logic.
+  after them) and one activation RAM (`pe{k}.act`, two banks: in each the input bottom up,
+  every layer's outputs top down over it, the drain runs after the layer's compute has
+  finished). Codebooks are constants in logic.
 
 Per inference: LOAD (in_0 words from `i_act` into the free one of two input banks, beside
 the rest: input k + 1 loads while inference k computes) -> per layer PRELOAD (biases copied
@@ -28,8 +28,11 @@ activation RAMs) -> OUTPUT (out_{L-1} words to `o_act` in row order, valid/ready
 overlap where the accumulator's one read port allows (docs/lockstep.md, "Phases"): the drain
 reads its first row in the cycle after the layer's last write, the next PRELOAD reads its first
 bias right after the last drained word (the output stages finish meanwhile, with the drained
-layer's rule), the front end starts three cycles before PRELOAD's last bias row, OUTPUT as
-soon as its first words are written.
+layer's rule), the front end starts three cycles before PRELOAD's last bias row and reads each
+group once the drain has written it, OUTPUT as soon as its first words are written; with
+drain_share 2 layer 0's DRAIN also puts the next inference's layer-0 biases into the rows no
+later layer uses. The loader refills a bank's input words below the layers' outputs once layer
+0 has read them.
 
 Pipeline per slot (stage prefixes as in the signal names):
 
