@@ -373,16 +373,19 @@ class BankedIO(_StreamOut):
 
     act_r/act_w: each PE's activation read/write port; bank_bits: word bits of a bank;
     lc_bits: width of the per-layer counters (enough for the engine's longest layer);
-    cnt_limit: the largest count the engine's own states need from `cnt`.
+    cnt_limit: the largest count the engine's own states need from `cnt`; out_base: the
+    output map's first word in the bank; out_block: the words of one channel of a conv last
+    layer's output (read in CHAN order), 0 for fc.
     """
 
     def __init__(self, m, eng, *, act_r, act_w, bank_bits: int, lc_bits: int, cnt_limit: int,
-                 low_words: int | None = None):
+                 out_base: int = 0, out_block: int = 0, low_words: int | None = None):
         self.m = m
         self.eng = eng
         self.act_r = act_r
         self.act_w = act_w
         self.bank_bits = bank_bits
+        self.out_base = out_base
         # not None: the engine writes layer outputs top down (row r at the bank's word
         # 2**bank_bits - 1 - r; `output` reads them so) and, once layer 0 has read the input,
         # gives the loader the bank's words below `low_words` (`free_low`); the rest with the
@@ -394,6 +397,7 @@ class BankedIO(_StreamOut):
         self.word = Signal(range(max(eng.act_words, 2) + 1), name="io_word")
         self.o_valid = Signal(name="io_o_valid")
         self.o_sel = Signal.like(self.sel, name="io_o_sel")
+        self._out_order(out_block)
         self.cb = Signal(name="cb")  # the bank the engine computes in
         self.lb = Signal(name="lb")  # the bank the loader fills
         self.full = Signal(2, name="full")
@@ -479,9 +483,13 @@ class BankedIO(_StreamOut):
         counters latched.
         """
         m, eng, cnt = self.m, self.eng, self.cnt
-        with m.If(self._send(self.out_addr)):
+        base = self.out_base
+        with m.If(self._send(self.out_addr if self.low_words is not None else
+                             lambda: self.addr(self.cb, self.word + base if base
+                                               else self.word))):
             m.d.sync += [cnt.eq(0), self.o_valid.eq(0), self.sel.eq(0), self.word.eq(0),
                          self.cb.eq(~self.cb), eng.cycles.eq(self.cyc + 1)]
+            m.d.sync += self.reset_out()
             m.d.sync += [eng.layer_cycles[i].eq(c) for i, c in enumerate(self.lcn)]
             # the bank is the loader's (with low_words: its input words are already)
             clear = self.full if self.low_words is None else self.part
