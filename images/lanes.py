@@ -287,8 +287,9 @@ def conv_layer_cycles(img, i: int, a: np.ndarray, params) -> np.ndarray:
     front end's cycles (a non-zero column a cycle, a word without one a cycle): the queue lets
     the front end run ahead of the slots. A pass adds PRELOAD (its
     accumulator rows), the drain (rows x subs x drain_share) and `CONV_PASS_CYCLES`. Within
-    2 % of the RTL with queues of 2 or more columns and no stalls; a queue of 1 column and
-    stalls on the streams are not modelled (up to 11 % off on small networks)."""
+    2 % of the RTL with queues of 2 or more columns and no stalls (up to 14 % on networks of
+    under 200 cycles); a queue of 1 column and stalls on the streams are not modelled (up to
+    11 % off on small networks)."""
     from . import conv
 
     ll = img.layers[i]
