@@ -7,6 +7,10 @@
         the board's engine (lockstep, 8 PEs, drain_share 2, queue depth 2) in RTL with
         Verilator: one digit at a time and back to back (the next input loading while one
         computes): bit-exact, compute cycles, MAC utilisation, cycles between results
+    python -m bench.board_pattern phases --model Q --data MNIST_DIR [--count 50]
+        the same engine in the Amaranth simulator, inputs back to back: where the cycles
+        between results go, per phase and layer (slot, hold and bubble cycles of COMPUTE,
+        PRELOAD, DRAIN; OUTPUT; PRE0 with or without the next input loaded)
     python -m bench.board_pattern user --out DIR [--seeds 0,1,2]
         a user's MLP on data that is not MNIST (seeded synthetic sensor features, 6 classes),
         trained here, compressed by `compress.compress_model` at the same densities with and
@@ -252,6 +256,101 @@ def cmd_rtl(args) -> int:
     return 0
 
 
+def phase_split(qnet, x: np.ndarray, *, pes: int = PES, drain_share: int = DRAIN_SHARE,
+                queue_depth: int = 2) -> tuple[dict, float, int]:
+    """({(layer or -1, phase): mean cycles per result}, mean cycles between results, bit-exact
+    results) of the lockstep engine on inputs x back to back (the next word offered every
+    cycle, outputs always taken), in the Amaranth simulator, from the first result on.
+
+    Each cycle counts once, by the state machine's state: COMPUTE split into slot (a slot
+    issued), hold (an accumulator hazard) and bubble (front end, pointer stage, pipeline);
+    PRELOAD, DRAIN; OUTPUT; PRE0 split by whether the next input is loaded ("bank full") or
+    not ("wait input"). Layer 0's bias preload runs in OUTPUT and PRE0 (and, with drain_share
+    2, in layer 0's DRAIN), the next layer's front end starts in PRELOAD: those cycles count
+    under the state they fall in."""
+    import collections
+
+    from amaranth.sim import Simulator
+
+    from compress.golden import golden
+    from hw.lockstep import LockstepEngine
+    from images.lockstep import build_lockstep
+
+    img = build_lockstep(qnet, pes, rel_bits=REL_BITS)
+    eng = LockstepEngine(img, drain_share=drain_share, queue_depth=queue_depth)
+    n_out = eng.out_features
+    words = [int(w) for v in x for w in v]
+    got: list[int] = []
+    marks: list[int] = []
+    tally: collections.Counter = collections.Counter()
+
+    async def bench(ctx):
+        i = cyc = 0
+        while len(got) < len(x) * n_out:
+            ctx.set(eng.i_act.valid, int(i < len(words)))
+            ctx.set(eng.i_act.payload, words[i] if i < len(words) else 0)
+            ctx.set(eng.o_act.ready, 1)
+            _, _, rdy, ov, op = await ctx.tick().sample(eng.i_act.ready, eng.o_act.valid,
+                                                        eng.o_act.payload)
+            cyc += 1
+            if i < len(words) and rdy:
+                i += 1
+            if ov:
+                got.append(op)
+                if len(got) % n_out == 0:
+                    marks.append(cyc)
+
+    async def probe(ctx):
+        c = eng.probe
+        fsm = c.fsm._data  # the state register and its encoding (amaranth.hdl.FSM)
+        names = {v: k for k, v in fsm["encoding"].items()}
+        async for _, _, st, layer, sv, hold, full in ctx.tick().sample(
+                fsm["signal"], c.layer, c.s.valid, c.hold, c.io.cb_full):
+            if not marks:
+                continue
+            st = names[st]
+            if st == "COMPUTE":
+                key = (layer, "compute: slot" if sv and not hold
+                       else "compute: hold" if hold else "compute: bubble")
+            elif st in ("PRELOAD", "DRAIN"):
+                key = (layer, st.lower())
+            elif st == "PRE0":
+                key = (-1, "pre0: bank full" if full else "pre0: wait input")
+            else:
+                key = (-1, st.lower())
+            tally[key] += 1
+
+    sim = Simulator(eng)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.add_process(probe)
+    sim.run()
+    y = np.array(got).reshape(len(x), n_out)
+    exact = int(np.all(y == golden(qnet, x), axis=1).sum())
+    k = len(marks) - 1
+    # the probe counted from the first result to the end of the run: the last result's cycle
+    return ({key: v / k for key, v in tally.items()}, (marks[-1] - marks[0]) / k, exact)
+
+
+def cmd_phases(args) -> int:
+    """Where the cycles between results go, per phase and layer (Amaranth simulator)."""
+    from compress.data import load_split
+    from compress.golden import mnist_to_input
+    from compress.shipped import load_model
+
+    qnet, name = load_model(args.model)
+    split = load_split("test", args.data)
+    x = mnist_to_input(split.images[args.start: args.start + args.count], qnet.input_frac)
+    split_, between, exact = phase_split(qnet, x)
+    rows = [[("-" if layer < 0 else f"l{layer}"), phase, f"{v:.1f}"]
+            for (layer, phase), v in sorted(split_.items())]
+    rows.append(["", "sum", f"{sum(split_.values()):.1f}"])
+    print(f"{name}: {len(x)} digits back to back, bit-exact {exact}/{len(x)}, "
+          f"{between:.1f} cycles between results (from the first result on)")
+    print(md_table(["layer", "phase", "cycles per result"], rows))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.board_pattern",
                                 description=__doc__.split("\n")[0])
@@ -274,8 +373,14 @@ def main(argv=None) -> int:
     r.add_argument("--start", type=int, default=0, help="first test digit (0)")
     r.add_argument("--clock-mhz", type=float, default=33.0)
     r.add_argument("--json", default=None)
+    ph = sub.add_parser("phases", help="where the cycles between results go (Amaranth sim)")
+    ph.add_argument("--model", required=True)
+    ph.add_argument("--data", required=True, help="MNIST directory")
+    ph.add_argument("--count", type=int, default=50)
+    ph.add_argument("--start", type=int, default=0, help="first test digit (0)")
     args = p.parse_args(argv)
-    return {"lenet": cmd_lenet, "user": cmd_user, "rtl": cmd_rtl}[args.cmd](args)
+    return {"lenet": cmd_lenet, "user": cmd_user, "rtl": cmd_rtl,
+            "phases": cmd_phases}[args.cmd](args)
 
 
 if __name__ == "__main__":

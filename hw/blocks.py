@@ -379,13 +379,18 @@ class BankedIO(_StreamOut):
     """
 
     def __init__(self, m, eng, *, act_r, act_w, bank_bits: int, lc_bits: int, cnt_limit: int,
-                 out_base: int = 0, out_block: int = 0):
+                 out_base: int = 0, out_block: int = 0, low_words: int | None = None):
         self.m = m
         self.eng = eng
         self.act_r = act_r
         self.act_w = act_w
         self.bank_bits = bank_bits
         self.out_base = out_base
+        # not None: the engine writes layer outputs top down (row r at the bank's word
+        # 2**bank_bits - 1 - r; `output` reads them so) and, once layer 0 has read the input,
+        # gives the loader the bank's words below `low_words` (`free_low`); the rest with the
+        # last output word
+        self.low_words = low_words
         n, L = eng.pes, eng.num_layers
         self.cnt = Signal(range(max(eng.out_features, cnt_limit, 2) + 2), name="io_cnt")
         self.sel = Signal(range(max(n, 2)), name="io_sel")  # PE of the output word
@@ -396,6 +401,8 @@ class BankedIO(_StreamOut):
         self.cb = Signal(name="cb")  # the bank the engine computes in
         self.lb = Signal(name="lb")  # the bank the loader fills
         self.full = Signal(2, name="full")
+        # bank b's words from low_words up are still the engine's (its input freed early)
+        self.part = Signal(2, name="part")
         self.cb_full = Signal(name="cb_full")
         m.d.comb += self.cb_full.eq(self.full.bit_select(self.cb, 1))
         # PE k's write port is the loader's this cycle (bit k)
@@ -416,8 +423,12 @@ class BankedIO(_StreamOut):
         lcnt = Signal(range(max(eng.in_features, 2)), name="l_cnt")
         lsel = Signal(range(max(n, 2)), name="l_sel")
         lword = Signal.like(self.word, name="l_word")
+        # lword < low_words, a flip-flop set where lword changes (not a compare on `ready`)
+        low_ok = Signal(init=1, name="l_low_ok")
+        lw = self.low_words if self.low_words is not None else 1 << len(lword)
         m.d.comb += eng.i_act.ready.eq(~self.full.bit_select(self.lb, 1)
-                                       & self.wfree.bit_select(lsel, 1))
+                                       & self.wfree.bit_select(lsel, 1)
+                                       & (~self.part.bit_select(self.lb, 1) | low_ok))
         take = eng.i_act.valid & eng.i_act.ready
         for k in range(n):  # default use of the write ports (the engine's drain overrides)
             m.d.comb += [self.act_w[k].addr.eq(self.addr(self.lb, lword)),
@@ -431,11 +442,12 @@ class BankedIO(_StreamOut):
         with m.If(take):
             m.d.sync += lcnt.eq(lcnt + 1)
             with m.If(lsel == n - 1):
-                m.d.sync += [lsel.eq(0), lword.eq(lword + 1)]
+                m.d.sync += [lsel.eq(0), lword.eq(lword + 1), low_ok.eq(lword + 1 < lw)]
             with m.Else():
                 m.d.sync += lsel.eq(lsel + 1)
             with m.If(lcnt == eng.in_features - 1):
-                m.d.sync += [lcnt.eq(0), lsel.eq(0), lword.eq(0), self.lb.eq(~self.lb)]
+                m.d.sync += [lcnt.eq(0), lsel.eq(0), lword.eq(0), self.lb.eq(~self.lb),
+                             low_ok.eq(lw > 0)]
                 with m.If(self.lb):
                     m.d.sync += self.full[1].eq(1)
                 with m.Else():
@@ -444,6 +456,21 @@ class BankedIO(_StreamOut):
     def start(self) -> None:
         """In the cycle the engine starts computing bank `cb` (its layer counters restart)."""
         self.m.d.sync += [c.eq(0) for c in self.lcn]
+
+    def free_low(self) -> None:
+        """With `low_words`: layer 0 has read bank `cb`'s input: the loader may refill the
+        words below `low_words` (the later layers' outputs are above them)."""
+        assert self.low_words is not None
+        with self.m.If(self.cb):
+            self.m.d.sync += [self.full[1].eq(0), self.part[1].eq(1)]
+        with self.m.Else():
+            self.m.d.sync += [self.full[0].eq(0), self.part[0].eq(1)]
+
+    def out_addr(self):
+        """The activation address of output word `word` (rows top down with `low_words`)."""
+        if self.low_words is None:
+            return self.addr(self.cb, self.word)
+        return Cat(~self.word[: self.bank_bits], self.cb)
 
     def count_layer(self, layer) -> None:
         lcn = Array(self.lcn)
@@ -457,16 +484,19 @@ class BankedIO(_StreamOut):
         """
         m, eng, cnt = self.m, self.eng, self.cnt
         base = self.out_base
-        with m.If(self._send(lambda: self.addr(self.cb, self.word + base if base
-                                                else self.word))):
+        with m.If(self._send(self.out_addr if self.low_words is not None else
+                             lambda: self.addr(self.cb, self.word + base if base
+                                               else self.word))):
             m.d.sync += [cnt.eq(0), self.o_valid.eq(0), self.sel.eq(0), self.word.eq(0),
                          self.cb.eq(~self.cb), eng.cycles.eq(self.cyc + 1)]
             m.d.sync += self.reset_out()
             m.d.sync += [eng.layer_cycles[i].eq(c) for i, c in enumerate(self.lcn)]
+            # the bank is the loader's (with low_words: its input words are already)
+            clear = self.full if self.low_words is None else self.part
             with m.If(self.cb):
-                m.d.sync += self.full[1].eq(0)
+                m.d.sync += clear[1].eq(0)
             with m.Else():
-                m.d.sync += self.full[0].eq(0)
+                m.d.sync += clear[0].eq(0)
             # another input already (partly) in: its count starts with the next cycle
             other = self.full.bit_select(~self.cb, 1)
             with m.If(other | self.loading | self.first):

@@ -15,9 +15,9 @@ per PE for entries, pointers, biases, codebook, accumulators and activations: 13
 * Zero activations are skipped by the EIE front end (`hw.frontend.FrontEnd`, groups of N
   columns read from the PEs' activation RAMs, one non-zero broadcast per cycle).
 * Per PE one accumulator RAM (`pe{k}.acc`: rows 0..R-1 accumulate, the biases of every layer
-  after them) and one activation RAM (`pe{k}.act`, one bank: a layer's outputs overwrite its
-  inputs, the drain runs after the layer's compute has finished). Codebooks are constants in
-  logic.
+  after them) and one activation RAM (`pe{k}.act`, two banks: in each the input bottom up,
+  every layer's outputs top down over it, the drain runs after the layer's compute has
+  finished). Codebooks are constants in logic.
 
 Per inference: LOAD (in_0 words from `i_act` into the free one of two input banks, beside
 the rest: input k + 1 loads while inference k computes) -> per layer PRELOAD (biases copied
@@ -28,8 +28,11 @@ activation RAMs) -> OUTPUT (out_{L-1} words to `o_act` in row order, valid/ready
 overlap where the accumulator's one read port allows (docs/lockstep.md, "Phases"): the drain
 reads its first row in the cycle after the layer's last write, the next PRELOAD reads its first
 bias right after the last drained word (the output stages finish meanwhile, with the drained
-layer's rule), the front end starts three cycles before PRELOAD's last bias row, OUTPUT as
-soon as its first words are written.
+layer's rule), the front end starts three cycles before PRELOAD's last bias row and reads each
+group once the drain has written it, OUTPUT as soon as its first words are written; with
+drain_share 2 layer 0's DRAIN also puts the next inference's layer-0 biases into the rows no
+later layer uses. The loader refills a bank's input words below the layers' outputs once layer
+0 has read them.
 
 Pipeline per slot (stage prefixes as in the signal names):
 
@@ -63,7 +66,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, wiring
 
 from images.lockstep import (DRAIN_SHARES, LockstepImage, LockstepParams, act_bank_bits,
-                             act_words, map_bases, memory_map)
+                             act_words, low_words, map_bases, memory_map)
 
 from .blocks import (BankedIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
                      check_queue_depth, round_shift, saturate, slot_sequencer)
@@ -132,6 +135,13 @@ class LockstepEngine(wiring.Component):
         self.row_bits = bits(max(self.act_words, self.max_rows) if self.has_conv
                              else self.act_words)
         self.ptr_bits = bits(img.num_slots)
+        # layer 0's accumulator rows from keep0 up are no later layer's: with drain_share 2
+        # the next inference's biases go into them during layer 0's DRAIN, in the read port's
+        # cycles the second member of each output stage leaves free (`_output_stages`), so
+        # OUTPUT and PRE0 preload only rows 0..keep0-1
+        self.keep0 = max([1] + [ll.rows_per_pe for ll in img.layers[1:]])
+        self.early0 = (not img.has_conv and drain_share == 2
+                       and self.keep0 < img.layers[0].rows_per_pe)
         self._make_specs()
         super().__init__(EngineSignature(L))
 
@@ -153,7 +163,7 @@ class LockstepEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        c = SimpleNamespace()  # what the stages share
+        c = self.probe = SimpleNamespace()  # what the stages share (and `bench` probes)
         self._memories(m, c)
         self._tables(c)
         self._io(m, c)
@@ -166,7 +176,7 @@ class LockstepEngine(wiring.Component):
         self._sequencer(m, c)
         # drain writes: PE k's row j is column k + N*j of the next layer: its own RAM, word j
         # of the bank being computed (the loader has PE k's write port the other cycles)
-        w_addr = c.d3_w if self.has_conv else c.d3_row
+        w_addr = c.d3_w if self.has_conv else c.d3_word  # fc: outputs top down
         for k in range(self.pes):
             with m.If(c.y_en[k]):
                 m.d.comb += [c.act_w[k].addr.eq(c.io.addr(c.io.cb, w_addr)),
@@ -191,8 +201,10 @@ class LockstepEngine(wiring.Component):
             vals = [int(v) for v in values]
             return Array(Const(v, unsigned(width)) for v in vals + [0] * (max(L, 2) - len(vals)))
 
-        c.in_t = table([ll.in_features for ll in img.layers], self.col_bits)
-        c.grp_t = table([ceil_div(ll.in_features, n) for ll in img.layers], self.row_bits + 1)
+        # the columns the front end reads: after a layer with dead units trimmed
+        # (`images.lockstep`), only its computed rows
+        c.in_t = table([ll.engine_in for ll in img.layers], self.col_bits)
+        c.grp_t = table([ceil_div(ll.engine_in, n) for ll in img.layers], self.row_bits + 1)
         # the accumulator rows PRELOAD fills (a conv layer's: every sub-position's block)
         c.rows_t = table([img.acc_rows(ll) for ll in img.layers], self.row_bits + 1)
         c.col_base_t = table([ll.col_base for ll in img.layers], bits(len(img.col_ptr)))
@@ -268,7 +280,8 @@ class LockstepEngine(wiring.Component):
                         lc_bits=self._layer_cycle_bits(),
                         cnt_limit=(self.max_rows << self.drain_share.bit_length()) + 4,
                         out_base=map_bases(self.img)[-1][1],
-                        out_block=last.hp * last.wp if last is not None else 0)
+                        out_block=last.hp * last.wp if last is not None else 0,
+                        low_words=low_words(self.img))
 
     def _front_end(self, m, c):
         """Non-zero activations of the layer, one per cycle."""
@@ -279,8 +292,12 @@ class LockstepEngine(wiring.Component):
         fe_cls = front_end(self.img.layers[0].kind)
         m.submodules.fe = c.fe = fe = fe_cls(pes=self.pes, col_bits=self.col_bits,
                                              group_bits=self.row_bits, sparse=True)
+        # groups the front end may read: every one in layer 0 (the loaded input), else the
+        # rows the drain has written so far (`_output_stages`), so a layer's front end starts
+        # while the output stages still write the previous layer's last rows
+        c.avail = Signal(len(fe.avail), init=(1 << len(fe.avail)) - 1, name="fe_avail")
         m.d.comb += [fe.in_features.eq(c.in_t[c.layer]), fe.groups.eq(c.grp_t[c.layer]),
-                     fe.avail.eq((1 << len(fe.avail)) - 1)]
+                     fe.avail.eq(c.avail)]
         for k in range(self.pes):
             m.d.comb += fe.rd_data[k].eq(c.act_r[k].data.as_signed())
 
@@ -456,6 +473,10 @@ class LockstepEngine(wiring.Component):
         m.d.sync += [d2_valid.eq(y_valid & c.y_lsub if self.has_conv else y_valid),
                      d2_row.eq(y_row), d2_t.eq(y_t),
                      c.d3_valid.eq(d2_valid), c.d3_row.eq(d2_row), c.d3_t.eq(d2_t)]
+        # the activation word of row d3_row: layer outputs top down in the bank
+        # (`images.lockstep.low_words`: the loader refills the words below them early)
+        c.d3_word = Signal(c.io.bank_bits, name="d3_word")
+        m.d.comb += c.d3_word.eq(~c.d3_row[: c.io.bank_bits])
         # PE k's write port is the loader's unless the drain writes PE k the next cycle (the
         # members of an output stage's group go out one a cycle: with drain_share 2 the
         # loader goes on in the drain, at most a cycle lost when it meets the member written)
@@ -514,8 +535,10 @@ class LockstepEngine(wiring.Component):
             # (PRELOAD) or drained row (DRAIN)
             m.d.comb += acc_r.addr.eq(Mux(c.ctl_valid, c.ctl_addr, Mux(hold, m_row, e_addr)))
             # DRAIN reads a row once; the read port holds it while the group's members go out
+            if self.early0:  # the second member's word is held in the output stage
+                m.d.comb += acc_r.en.eq(1)
             # (a conv drain reads a row's sub-positions for each member)
-            if self.has_conv:
+            elif self.has_conv:
                 m.d.comb += acc_r.en.eq(~c.drn_valid | (c.drn_t == 0) | c.drn_pool)
             else:
                 m.d.comb += acc_r.en.eq(~c.drn_valid | (c.drn_t == 0))
@@ -569,6 +592,14 @@ class LockstepEngine(wiring.Component):
                 for t, k in enumerate(members):
                     with m.Case(t):
                         m.d.comb += acc_sel.eq(c.acc_r[k].data.as_signed())
+            if self.early0 and len(members) == 2:
+                # member 1's word, taken with member 0's: the read port reads a bias the
+                # cycle after (`_drain_ctl`), so it is gone from acc_r when member 1 goes out
+                held = Signal(signed(A), name=f"o_held{g}")
+                with m.If(c.y_valid & (c.y_t == 0)):
+                    m.d.sync += held.eq(c.acc_r[members[1]].data.as_signed())
+                with m.If(c.y_t == 1):
+                    m.d.comb += acc_sel.eq(held)
             acc = Signal(signed(A), name=f"o_acc{g}")
             if self.has_conv:
                 # max pooling: the maximum of a word's sub-positions (the wrapped
@@ -593,6 +624,10 @@ class LockstepEngine(wiring.Component):
             for t, k in enumerate(members):
                 m.d.comb += c.ys[k].eq(y_reg)
                 m.d.comb += c.y_en[k].eq(c.d3_valid & (c.d3_t == t))
+        # the group (row) d3_row is written with its last member: readable from the next cycle
+        if not self.has_conv:
+            with m.If(c.d3_valid & (c.d3_t == share - 1)):
+                m.d.sync += c.avail.eq(c.d3_row + 1)
 
     def _sequencer(self, m, c):
         """The states PRE0 -> (wait for a full bank) COMPUTE -> DRAIN (-> PRELOAD -> COMPUTE
@@ -602,8 +637,15 @@ class LockstepEngine(wiring.Component):
         n, layer, rows_t = self.pes, c.layer, c.rows_t
         io = c.io
         cnt = io.cnt
-        for k in range(n):  # default: the front end reads the activations of bank cb
-            m.d.comb += [c.act_r[k].addr.eq(io.addr(io.cb, c.fe.rd_addr)), c.act_r[k].en.eq(1)]
+        # default: the front end reads the activations of bank cb: layer 0's input bottom up,
+        # the later layers' top down (`d3_word`); `rev` (layer != 0) is a flip-flop, so the
+        # inversion is in the LUT that chooses the address, not a level after it
+        # (with conv layers: as given, `map_bases`)
+        c.rev = Signal(name="fe_rev")
+        bb = io.bank_bits
+        fe_word = c.fe.rd_addr if self.has_conv else c.fe.rd_addr[:bb] ^ c.rev.replicate(bb)
+        for k in range(n):
+            m.d.comb += [c.act_r[k].addr.eq(io.addr(io.cb, fe_word)), c.act_r[k].en.eq(1)]
         s = c.s
         c.pcnt = Signal(range(self.max_rows + 1), name="pre_cnt")
         # pcnt >= early_t[layer] kept in a flip-flop beside pcnt, set wherever pcnt or layer
@@ -643,15 +685,23 @@ class LockstepEngine(wiring.Component):
                              c.pre_go.eq(pcnt + 1 >= c.early_t[layer]),
                              c.pre_done.eq(pcnt + 1 == rows)]
 
-        rows0 = self.img.acc_rows(self.img.layers[0])
+        rows0 = rows0_all = self.img.acc_rows(self.img.layers[0])
         bias0 = self.max_rows + self.img.layers[0].bias_base
         conv0 = self.geoms[0] is not None
         conv = c.conv_l if self.has_conv else False
-        # the front end may only read the layer's inputs once the drain wrote them; a conv
-        # layer's later passes read the region its drain does not write
-        fe_may = ~out_busy
+        # layer 0's rows from keep0 up hold the biases (its last DRAIN put them there; not
+        # after a reset): OUTPUT and PRE0 then preload rows 0..keep0-1 only
+        c.l0_ready = Signal(name="l0_ready")
+        if self.early0:
+            rows0 = Mux(c.l0_ready, self.keep0, rows0)
+        # the front end may only read the layer's inputs once the drain wrote them: fc-only
+        # networks read each group once it is written (`avail`), so the front end starts
+        # under the output stages' last rows; with conv layers once the output stages are
+        # empty, and a conv layer's later passes read the region its drain does not write
         if self.has_conv:
-            fe_may = fe_may | (c.conv_l & (c.pas != 0))
+            fe_may = ~out_busy | (c.conv_l & (c.pas != 0))
+        else:
+            fe_may = Const(1)
 
         def start_layer():
             # the front end starts three cycles before the last bias row's controls (the
@@ -665,8 +715,14 @@ class LockstepEngine(wiring.Component):
             with m.State("PRE0"):
                 # waits for a full bank (and most of layer 0's biases)
                 preload(rows0, bias0, conv0)
-                with m.If((pcnt >= max(rows0 - 3, 0)) & io.cb_full):
+                go0 = pcnt >= max(rows0_all - 3, 0)
+                if self.early0:
+                    go0 = go0 | c.pre_done  # fewer rows than rows0_all - 3, all in
+                with m.If(go0 & io.cb_full):
                     io.start()
+                    m.d.sync += c.l0_ready.eq(0)  # its rows are about to be summed into
+                    if not self.has_conv:  # layer 0 reads the loaded input: all of it
+                        m.d.sync += c.avail.eq(-1)
                     start_layer()
             with m.State("PRELOAD"):
                 io.count_layer(layer)
@@ -684,6 +740,11 @@ class LockstepEngine(wiring.Component):
                             self._fc_drain_start(m, c, cnt)
                     else:
                         self._fc_drain_start(m, c, cnt)
+                        m.d.sync += c.avail.eq(0)  # the next layer's groups: none written yet
+                        # layer 0 has read the input: the loader may refill the words below
+                        # the layers' outputs
+                        with m.If(layer == 0):
+                            io.free_low()
                     m.next = "DRAIN"
             with m.State("DRAIN"):
                 io.count_layer(layer)
@@ -705,7 +766,7 @@ class LockstepEngine(wiring.Component):
                 preload(rows0, bias0, conv0)
 
                 def delivered():
-                    m.d.sync += [cnt.eq(0), layer.eq(0)]
+                    m.d.sync += [cnt.eq(0), layer.eq(0), c.rev.eq(0)]
                     m.next = "PRE0"
 
                 io.output(delivered)
@@ -772,6 +833,14 @@ class LockstepEngine(wiring.Component):
             m.d.sync += [c.drn_valid.eq(1), c.drn_row.eq(row), c.ctl_valid.eq(1),
                          c.ctl_addr.eq(row), c.drn_t.eq(cnt[:sh] if sh else 0),
                          c.o_layer.eq(c.layer)]
+            if self.early0 and not first:
+                # layer 0, member 1 of a row from keep0 up: the read port is free, the row
+                # read: copy the next inference's bias into it (through the m_ stage, which
+                # is idle in a DRAIN)
+                bias0 = self.max_rows + self.img.layers[0].bias_base
+                with m.If(cnt[0] & (c.layer == 0) & (row >= self.keep0)):
+                    m.d.sync += [c.pre_valid.eq(1), c.pre_row.eq(row),
+                                 c.ctl_addr.eq(bias0 + row)]
             if self.has_conv:  # one word a row, written at the layer's destination + row
                 m.d.sync += [c.drn_first.eq(1), c.drn_lsub.eq(1),
                              c.drn_w.eq(c.dst_t[c.layer] + row)]
@@ -787,9 +856,13 @@ class LockstepEngine(wiring.Component):
         with m.If(c.drn_last):
             # the next PRELOAD (or layer 0's in OUTPUT) starts from row 0: not done
             m.d.sync += [cnt.eq(0), c.pcnt.eq(0), c.pre_done.eq(0)]
+            if self.early0:
+                with m.If(layer == 0):  # its rows from keep0 up have the next biases
+                    m.d.sync += c.l0_ready.eq(1)
             with m.If(layer == self.num_layers - 1):
                 m.d.sync += [io.sel.eq(0), io.word.eq(0), io.o_valid.eq(0)]
                 m.next = "OUTPUT"
             with m.Else():
-                m.d.sync += [layer.eq(layer + 1), c.pre_go.eq(c.early_t[layer + 1] == 0)]
+                m.d.sync += [layer.eq(layer + 1), c.pre_go.eq(c.early_t[layer + 1] == 0),
+                             c.rev.eq(1)]
                 m.next = "PRELOAD"

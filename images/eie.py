@@ -460,7 +460,7 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
         nz = np.asarray(acts[i]) != 0
         if width == 1:
             c = simulate_layer(cost, nz, pes=rom.pes, depth=queue_depth, rows=0,
-                               drain_share=0, preload=False)
+                               drain_share=0, preload=False, drain_tail=3)
         else:
             c = simulate_wide(cost, nz, pes=rom.pes, depth=queue_depth, pipelined=pipelined)
             if i:  # the first groups come forwarded from the previous layer's drain (a cycle

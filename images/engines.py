@@ -78,6 +78,9 @@ class Engine:
     padded: Callable
     memory_bound: Callable[..., list[MemorySpec]] | None = None
     unplaced: Mapping[str, object] = field(default_factory=dict)
+    # build options under which the engine's logic depends on the network's shape alone, not
+    # on its weights (`tb.randomnets`: one Verilog per shape)
+    fixed_shape: Mapping[str, object] = field(default_factory=dict)
     layer_kinds: tuple[str, ...] = ("fc",)
     board_layer_kinds: tuple[str, ...] | None = None  # on the boards (None: layer_kinds)
     overlap: bool = False
@@ -227,7 +230,8 @@ LOCKSTEP = register(Engine(
               # results back to back) and only ~11 LCs since the drain's rework
               "ice40": Defaults(lockstep.LockstepParams(queue_depth=2, drain_share=2), pes=8)},
     cycle_model=lanes.lockstep_cycle_model, logic_of=lockstep.logic_of, padded=lockstep.padded,
-    memory_bound=lockstep.memory_bound, unplaced={"placement": "interleave"}, overlap=True,
+    memory_bound=lockstep.memory_bound, unplaced={"placement": "interleave"},
+    fixed_shape={"trim": False}, overlap=True,
     # conv layers in RTL (docs/lockstep.md, "Conv layers"); the board's memory plan for them is
     # not made yet, so on the boards it runs fc layers
     layer_kinds=("fc", "conv"), board_layer_kinds=("fc",),

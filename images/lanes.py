@@ -149,7 +149,8 @@ def lane_costs(counts: np.ndarray, option: str, *, counts_rel3: np.ndarray | Non
 
 
 def simulate_layer(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 2, rows: int = 1,
-                   drain_share: int = 1, preload: bool = True) -> np.ndarray:
+                   drain_share: int = 1, preload: bool = True, drain_tail: int = 0
+                   ) -> np.ndarray:
     """Cycles of one layer for every input of a batch.
 
     cost: [lanes, cols] (`lane_costs`); nz: bool [batch, cols], the non-zero input columns in
@@ -157,8 +158,10 @@ def simulate_layer(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 2
     and one cycle per all-zero group; it stalls while a lane that needs the column has `depth`
     columns queued. A column reaches a lane's sequencer 2 cycles after it leaves the front end
     (pointer stage, queue) and leaves the queue in its last slot cycle; lanes skip columns
-    that cost them 0. Then 3 cycles of pipeline and idle check, the drain (rows x drain_share
-    + 3), PRELOAD (rows, unless the layer's biases came in before the input) and START.
+    that cost them 0. Then 3 cycles of pipeline and idle check, the drain (rows x drain_share,
+    + drain_tail where the next layer's front end waits for the output stages to empty: 3 in a
+    network with conv layers; an fc network's front end reads each group once it is written),
+    PRELOAD (rows, unless the layer's biases came in before the input) and START.
     """
     if depth < 1:
         raise InputError(f"queue depth must be >= 1, not {depth!r}")
@@ -186,7 +189,7 @@ def simulate_layer(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 2
             ring = np.where(upd[:, :, None], shifted, ring)
             t = np.where(m, tn, t)
     end = np.maximum(done.max(axis=1), t + 2) + 3
-    return end + rows * drain_share + 3 + (rows if preload else 0) + 1
+    return end + rows * drain_share + drain_tail + (rows if preload else 0) + 1
 
 
 def useful_macs(layers, acts: list[np.ndarray]) -> np.ndarray:
@@ -273,7 +276,7 @@ def _conv_net_cycles(img, acts, params) -> np.ndarray:
         phys = np.where(cols[i][None, :] >= 0, a[:, np.maximum(cols[i], 0)], 0)
         out.append(simulate_layer(lc[None, :], phys != 0, pes=img.pes, depth=params.queue_depth,
                                   rows=ll.rows_per_pe, drain_share=params.drain_share,
-                                  preload=i > 0))
+                                  preload=i > 0, drain_tail=3))
     return np.stack(out, axis=1)
 
 
@@ -284,8 +287,9 @@ def conv_layer_cycles(img, i: int, a: np.ndarray, params) -> np.ndarray:
     front end's cycles (a non-zero column a cycle, a word without one a cycle): the queue lets
     the front end run ahead of the slots. A pass adds PRELOAD (its
     accumulator rows), the drain (rows x subs x drain_share) and `CONV_PASS_CYCLES`. Within
-    2 % of the RTL with queues of 2 or more columns and no stalls; a queue of 1 column and
-    stalls on the streams are not modelled (up to 11 % off on small networks)."""
+    2 % of the RTL with queues of 2 or more columns and no stalls (up to 14 % on networks of
+    under 200 cycles); a queue of 1 column and stalls on the streams are not modelled (up to
+    11 % off on small networks)."""
     from . import conv
 
     ll = img.layers[i]

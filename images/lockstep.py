@@ -24,9 +24,16 @@ two PEs. Layout:
 * `slots[s, k]` is PE k's entry in slot s, `v | z << index_bits`; layers and columns are
   concatenated, `col_ptr[g]` is the first slot of global column g (layer i's column c is
   g = col_base[i] + c) and `col_ptr[-1]` the number of slots.
-* Biases: every PE holds rows_per_pe[i] = ceil(out_i / N) rows of layer i (absent rows have
-  bias 0), at bias_base[i] = sum of the previous layers' rows_per_pe: the same offsets in every
-  PE, so one address serves them all.
+* Dead units (`trim`, on by default): a hidden unit with no weight in, no bias and no weight
+  out (nobody reads it; a network pruned for the board has many, docs/board-pattern.md) is
+  always 0. Each PE's rows keep their PE but put such units after the others, in order, and
+  the layer's rows_per_pe is the most rows any PE has left: the engine preloads, computes and
+  drains only those, and the next layer's front end reads only N * rows_per_pe columns
+  (`in_used`; the columns after them hold no weights). The layer's logical size and the
+  network computed are unchanged (`decode_lockstep` gives the same qnet).
+* Biases: every PE holds rows_per_pe[i] (ceil(out_i / N) untrimmed) rows of layer i (absent
+  rows have bias 0), at bias_base[i] = sum of the previous layers' rows_per_pe: the same
+  offsets in every PE, so one address serves them all.
 
 * Conv layers (qnet version 2, `images.conv`): a conv layer's matrix is [out_ch, physical
   columns] with the columns in the order the conv front end reads them (`images.conv`: the
@@ -66,15 +73,22 @@ class LockstepLayer:
     codebook: np.ndarray  # int16[2**index_bits], zero padded
     codebook_size: int
     col_base: int  # first global column
-    rows_per_pe: int  # ceil(out / N)
+    rows_per_pe: int  # ceil(out / N), or fewer: the local rows the engine computes (`_trim`)
     bias_base: int  # first bias word (same in every PE)
     perm: np.ndarray  # int64[out]: physical row p holds logical row perm[p]
     kind: str = "fc"  # the layer's kind (`images.layers`)
     geom: tuple = ()  # conv: `images.conv.ConvGeom.as_tuple()` (empty for fc)
+    in_used: int | None = None  # the input columns the engine reads (None: in_features)
 
     @property
     def conv_geom(self) -> "conv.ConvGeom | None":
         return conv.ConvGeom(*self.geom) if self.geom else None
+
+    @property
+    def engine_in(self) -> int:
+        """Input columns the engine's front end reads: the previous layer's computed rows
+        (the columns after them are units nobody computes, with no weights here)."""
+        return self.in_features if self.in_used is None else self.in_used
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,14 +172,91 @@ def _lead_pad(v, z, p, lc) -> np.ndarray:
     return (cnt >= 1) & (cnt + 2 <= lc) & (v[first] != 0) & (z[first] >= 1)
 
 
+def dead_units(qnet: QNet) -> list[np.ndarray]:
+    """Per hidden layer, bool[out]: units with no weight in, bias 0 and no weight out (always
+    0, read by nobody); the last layer's outputs are never dead."""
+    mats = [layer_kind(ll).matrix(ll) for ll in qnet.layers]
+    out = []
+    for i, layer in enumerate(qnet.layers[:-1]):
+        out.append(~(mats[i] != 0).any(axis=1) & (np.asarray(layer.bias) == 0)
+                   & ~(mats[i + 1] != 0).any(axis=0))
+    return out
+
+
+def _trim(perm: np.ndarray, dead: np.ndarray, pes: int) -> tuple[np.ndarray, int]:
+    """(perm with each PE's dead units after its others, in their order; the most live units
+    of a PE, at least 1): physical rows p with p // pes >= that are all dead. A PE with fewer
+    live units than that keeps one dead unit first: its first weight in a column is then on a
+    row >= 1, which lets a padding slot go first (`_lead_pad`; a PE with one live row would
+    otherwise hold on every other column it has a weight in)."""
+    perm = perm.copy()
+    live = [~dead[perm[k::pes]] for k in range(pes)]
+    most = max([1] + [int(lv.sum()) for lv in live])
+    for k in range(pes):
+        units, lv = perm[k::pes], live[k]
+        lead = 1 if 0 < lv.sum() < most else 0  # (a PE with none has a dead unit then)
+        perm[k::pes] = np.concatenate([units[~lv][:lead], units[lv], units[~lv][lead:]])
+    return perm, most
+
+
+def _layer_block(idx: np.ndarray, pes: int, rel_bits: int, index_bits: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(slots uint32[S, pes], start int64[cols + 1]) of one layer's physical index matrix."""
+    cols = idx.shape[1]
+    per_pe = [encode_csc(idx[k::pes], rel_bits=rel_bits) for k in range(pes)]
+    counts = np.stack([np.diff(p) for (_, _, p) in per_pe])  # [pes, cols]
+    lc = counts.max(axis=0)
+    start = np.zeros(cols + 1, dtype=np.int64)
+    np.cumsum(lc, out=start[1:])
+    block = np.zeros((int(start[-1]), pes), dtype=np.uint32)
+    for k, (v, z, p) in enumerate(per_pe):
+        cnt = np.diff(p)
+        col = np.repeat(np.arange(cols), cnt)
+        z = z.astype(np.int64)
+        lead = _lead_pad(v, z, p, lc)
+        z[p[:-1][lead]] -= 1  # its row is now 1 + z after the leading (0, 0)
+        pos = start[col] + np.arange(len(v)) - p[col] + lead[col]
+        block[pos, k] = v.astype(np.uint32) | (z.astype(np.uint32) << index_bits)
+    return block, start
+
+
+def _adjacent_hits(idx: np.ndarray, pes: int, rel_bits: int, index_bits: int) -> int:
+    """Pairs of non-empty columns one or two apart (in the engine's order) whose first slot
+    in some PE is a weight on the row the earlier one's last slot writes: where a hold can
+    come when both are computed (`images.balance.holds` counts them for given inputs)."""
+    block, start = _layer_block(idx, pes, rel_bits, index_bits)
+    mask = (1 << index_bits) - 1
+    ent = block.astype(np.int64)
+    v, z = ent & mask, ent >> index_bits
+    lc = np.diff(start)
+    live = lc > 0
+    if live.sum() < 2:
+        return 0
+    step = np.cumsum(z + 1, axis=0)
+    before = np.vstack([np.zeros((1, pes), dtype=np.int64), step])[start[:-1][live]]
+    a, b = start[:-1][live], start[1:][live] - 1
+    first_w, first_r = v[a] != 0, z[a]
+    last_w, last_r = v[b] != 0, step[b] - 1 - before
+    hits = 0
+    for d in (1, 2):
+        hits += int(((last_w[:-d] & first_w[d:]) & (last_r[:-d] == first_r[d:]))
+                    .any(axis=1).sum())
+    return hits
+
+
 def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS,
                    rel_bits: int = DEFAULT_REL_BITS, placement: str = "search",
-                   perms: list[np.ndarray] | None = None, seed: int = 0) -> LockstepImage:
+                   perms: list[np.ndarray] | None = None, seed: int = 0,
+                   trim: bool | None = None) -> LockstepImage:
     """The lockstep image of a qnet for `pes` PEs.
 
     placement of the hidden layers' rows: "search" (`images.placement.place_search`,
     fewest slots; deterministic for a seed), "lpt" (`place_longest_first`, even work per PE) or
     "interleave" (no permutation); or `perms`, one permutation per hidden layer, given.
+    trim: dead units last in their PE and left out of the engine's rows (`dead_units`; the
+    placement's PE of every row is kept, so are the slots); False: every layer has
+    ceil(out / N) rows (a fixed shape for any network of the same sizes); None (default):
+    True unless `perms` are given (they are then kept as they are).
     """
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"pes must be a positive integer, not {pes!r}")
@@ -179,6 +270,7 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
 
     K = 1 << index_bits
     L = qnet.num_layers
+    given = perms
     if perms is not None:
         perms = [np.asarray(p, dtype=np.int64) for p in perms]
         if len(perms) != L - 1 or any(
@@ -211,6 +303,27 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
                     perm = ident  # a network pruned for this engine, a few slots off the bound
                 perms.append(perm)
 
+    rows_of = [ceil_div(layer.out_features, pes) for layer in qnet.layers]
+    has_conv = any(ll.is_conv for ll in qnet.layers)
+    if (trim or (trim is None and given is None)) and not has_conv:
+        mats = [layer_kind(ll).matrix(ll) for ll in qnet.layers]
+        dead = dead_units(qnet)
+        # from the last hidden layer back: layer i's trim reorders layer i + 1's columns (the
+        # engine takes them in physical order), which can put two columns that hit the same
+        # row in some PE next to each other (a hold each time both are computed; a network
+        # pruned for the board avoids them in its logical order). Trimmed where the pairs that
+        # hit do not grow by more than the rows saved (each saves a drain row, a bias row
+        # and a front-end group every inference)
+        for i in range(L - 2, -1, -1):
+            if not dead[i].any():
+                continue
+            perm, most = _trim(perms[i], dead[i], pes)
+            nxt = mats[i + 1][perms[i + 1]]
+            before = _adjacent_hits(nxt[:, perms[i]], pes, rel_bits, index_bits)
+            after = _adjacent_hits(nxt[:, perm], pes, rel_bits, index_bits)
+            if after - before <= rows_of[i] - most:
+                perms[i], rows_of[i] = perm, most
+
     # every layer's matrix, rows placed and columns in physical order (`images.conv`: the
     # previous layer's row order, and a conv map's channels by PE)
     mats, _cols = conv.physical_layers(qnet, perms, pes)
@@ -221,25 +334,13 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
         kind = layer_kind(layer)
         idx = mats[i]
         cols = idx.shape[1]
-        per_pe = [encode_csc(idx[k::pes], rel_bits=rel_bits) for k in range(pes)]
-        counts = np.stack([np.diff(p) for (_, _, p) in per_pe])  # [pes, cols]
-        lc = counts.max(axis=0)
-        start = np.zeros(cols + 1, dtype=np.int64)
-        np.cumsum(lc, out=start[1:])
-        block = np.zeros((int(start[-1]), pes), dtype=np.uint32)
-        for k, (v, z, p) in enumerate(per_pe):
-            cnt = np.diff(p)
-            col = np.repeat(np.arange(cols), cnt)
-            z = z.astype(np.int64)
-            lead = _lead_pad(v, z, p, lc)
-            z[p[:-1][lead]] -= 1  # its row is now 1 + z after the leading (0, 0)
-            pos = start[col] + np.arange(len(v)) - p[col] + lead[col]
-            block[pos, k] = v.astype(np.uint32) | (z.astype(np.uint32) << index_bits)
+        block, start = _layer_block(idx, pes, rel_bits, index_bits)
         slot_blocks.append(block)
         ptrs.append(slot_base + start[:-1])
-        rows = ceil_div(layer.out_features, pes)
+        rows = rows_of[i]
         b = np.zeros(rows * pes, dtype=np.int64)
-        b[: layer.out_features] = layer.bias[perms[i]]
+        kept = min(rows * pes, layer.out_features)  # the rows after them: dead, bias 0
+        b[:kept] = layer.bias[perms[i]][:kept]
         biases.append(b.reshape(rows, pes).T)  # [pes, rows]: PE k row j = physical k + pes*j
         cb = np.zeros(K, dtype=np.int16)
         cb[: len(layer.codebook)] = layer.codebook
@@ -247,7 +348,9 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
             in_features=cols, out_features=layer.out_features, shift=layer.shift,
             relu=layer.relu, codebook=cb, codebook_size=len(layer.codebook),
             col_base=col_base, rows_per_pe=rows, bias_base=bias_base, perm=perms[i],
-            kind=kind.name, geom=geoms[i].as_tuple() if geoms[i] is not None else ()))
+            kind=kind.name, geom=geoms[i].as_tuple() if geoms[i] is not None else (),
+            in_used=(None if i == 0 or has_conv or rows_of[i - 1] * pes >= cols
+                     else rows_of[i - 1] * pes)))
         col_base += cols
         bias_base += rows
         slot_base += int(start[-1])
@@ -294,8 +397,9 @@ def decode_lockstep(img: LockstepImage) -> QNet:
         except ValueError as e:
             raise InputError(f"lockstep layer l{i}: {e}") from None
         bias_phys = img.bias[:, ll.bias_base: ll.bias_base + ll.rows_per_pe].T.reshape(-1)
-        bias = np.empty(ll.out_features, dtype=np.int32)
-        bias[ll.perm] = bias_phys[: ll.out_features]
+        kept = min(len(bias_phys), ll.out_features)  # physical rows after them: dead, bias 0
+        bias = np.zeros(ll.out_features, dtype=np.int32)
+        bias[ll.perm[:kept]] = bias_phys[:kept]
         layers.append(LAYER_KINDS[ll.kind].make(
             codebook=ll.codebook[: ll.codebook_size].copy(), index=logical, bias=bias,
             shift=ll.shift, relu=ll.relu, geom=ll.conv_geom))
@@ -437,10 +541,24 @@ def act_bank_bits(img) -> int:
     return bits(act_words(img) - 1)
 
 
+def low_words(img) -> int | None:
+    """Words of a bank below every layer's outputs in a network of fc layers: the engine
+    writes layer outputs top down (row r at word 2**act_bank_bits - 1 - r), the input goes
+    bottom up, so once layer 0 has read the input the loader may refill these words while the
+    later layers still run. None with conv layers (their maps' regions, `map_bases`: the bank
+    is refilled after the last output word)."""
+    if img.has_conv:
+        return None
+    return max(0, (1 << act_bank_bits(img)) - max(ll.rows_per_pe for ll in img.layers))
+
+
 def act_depth(img) -> int:
-    """Two banks (the next input loads while the current one computes): bank 1 at
-    1 << act_bank_bits, act_words deep."""
-    return (1 << act_bank_bits(img)) + act_words(img)
+    """Two banks (the next input loads while the current one computes): bank b at
+    b << act_bank_bits; fc layers' outputs at the top of each (`low_words`), with conv
+    layers bank 1 act_words deep."""
+    if img.has_conv:
+        return (1 << act_bank_bits(img)) + act_words(img)
+    return 2 << act_bank_bits(img)
 
 
 def memory_bound(nonzeros: list[np.ndarray], shape: list[int], pes: int, *,
@@ -474,7 +592,8 @@ def logic_of(img: LockstepImage) -> dict:
     (the codebooks are constants in logic): two images with equal `logic_of` make the same
     Verilog but for what their memories hold."""
     return {"layers": [[ll.in_features, ll.out_features, ll.shift, bool(ll.relu),
-                        ll.codebook.tolist(), ll.col_base, ll.rows_per_pe, ll.bias_base, ll.kind]
+                        ll.codebook.tolist(), ll.col_base, ll.rows_per_pe, ll.bias_base, ll.kind,
+                        ll.engine_in]
                        + ([list(ll.geom)] if ll.geom else [])
                        for ll in img.layers],
             "mems": [int(img.num_slots), len(img.col_ptr), list(img.bias.shape)],

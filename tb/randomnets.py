@@ -158,8 +158,9 @@ def inputs(shape: Shape, seed: int, count: int) -> np.ndarray:
 def padded_image(shape: Shape, qnet: QNet):
     """The image of `qnet` for `shape`, its memories padded to the shape's depths (the
     engine's `padded`)."""
+    options = {**get(shape.engine).fixed_shape, **shape.image}  # the same logic per shape
     img = build_image(qnet, shape.engine, shape.pes, index_bits=INDEX_BITS,
-                      rel_bits=shape.rel_bits, **shape.image)
+                      rel_bits=shape.rel_bits, **options)
     return get(shape.engine).padded(img)
 
 

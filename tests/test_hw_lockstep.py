@@ -13,7 +13,7 @@ import pytest
 
 from compress.golden import golden, run_layers
 from images.placement import place_longest_first
-from images.lockstep import (build_lockstep, decode_lockstep,
+from images.lockstep import (build_lockstep, decode_lockstep, low_words,
                                lockstep_cycles)
 from images.eie import encode_csc
 from compress.synthetic import random_qnet
@@ -267,8 +267,10 @@ def test_lockstep_one_at_a_time_counters_hold():
 
 def test_lockstep_output_back_pressure_while_next_loads():
     """o_act held back (ready 1 cycle in 10) while the next inputs arrive at full speed: input
-    k + 1 fills the free bank, input k + 2 waits for k's bank (freed by k's last output word),
-    results stay bit-exact and the counters per inference."""
+    k + 1 fills the free bank, input k + 2 waits for k's bank, whose words below the layers'
+    outputs (`low_words`) are the loader's once layer 0 has read the input, the rest with
+    k's last output word: under the back pressure k + 2 starts loading while k's outputs go
+    out. Results stay bit-exact and the counters per inference."""
     qnet = random_qnet((24, 13, 6), seed=5, density=0.5, shift=[6, 4])
     x = _inputs(5, 24, seed=5)
     img = build_lockstep(qnet, 2)
@@ -278,5 +280,6 @@ def test_lockstep_output_back_pressure_while_next_loads():
     np.testing.assert_array_equal(y, golden(qnet, x))
     np.testing.assert_array_equal(lcs, lc1)
     assert np.all(first_in[1:] < last_out[:-1])  # k + 1 loads during k
-    assert np.all(first_in[2:] > last_out[:-2])  # k + 2 waits for k's bank
+    assert low_words(img) == 9  # 24 inputs on 2 PEs: 12 words of 16, the 7 rows of l0 on top
+    assert np.all(first_in[2:] < last_out[:-2])  # k + 2 starts loading during k
     np.testing.assert_array_equal(cyc[1:], np.diff(last_out))

