@@ -116,11 +116,11 @@ def test_pipelined_engine_bit_exact(case):
     assert np.all(lcs > 0) and np.all(cycles > lcs.sum(axis=1))
     if stall == 0 and not ekw.get("loadable"):
         _, _, plain = run_engine(Engine(rom, **ekw), x)
-        # the broadcast register (+1 a layer with columns), the forwarding a cycle later (+1
-        # after the first), the credit a cycle old (a small queue waits on it; its extra slot
-        # may also win a cycle back)
+        # the broadcast register and the pointer stage's second register (+2 a layer with
+        # columns), the forwarding later (after the first), the credit a cycle old (a small
+        # queue waits on it; its extra slot may also win a cycle back)
         if ekw.get("queue_depth", 8) >= 8:
-            assert np.all(lcs >= plain) and np.all(lcs <= plain + 4)
+            assert np.all(lcs >= plain) and np.all(lcs <= plain + 5)
 
 
 def test_small_queues_throttle_and_stay_exact():
@@ -138,13 +138,15 @@ def test_small_queues_throttle_and_stay_exact():
 
 
 def test_the_cycle_model_follows_the_pipelined_engine():
-    """The cycle model with `pipelined` tracks the engine as the plain one does (within 3 %),
-    and both put the pipelined engine a few cycles a layer behind the plain one."""
+    """The cycle model with `pipelined` gives the engine's cycles exactly, every layer of every
+    input (an all-zero one too), and puts the pipelined engine a few cycles a layer behind the
+    plain one."""
     qnet = random_qnet((64, 32, 10), seed=11, density=0.12, shift=[8, 0])
-    x = _inputs(4, 64, seed=11)[1:]
+    x = _inputs(4, 64, seed=11)
     rom = build_rom(qnet, pes=8)
     _, _, lcs = run_engine(Engine(rom, pipelined=True), x)
     mc = model_cycles(rom, x, pipelined=True)
-    assert abs(int(mc.sum()) - int(lcs.sum())) <= 0.03 * lcs.sum()
+    np.testing.assert_array_equal(mc, lcs)
     plain = model_cycles(rom, x)
-    assert np.all(mc >= plain) and np.all(mc <= plain + 4)
+    # (the all-zero input is quicker: the staged front end reads its groups ahead)
+    assert np.all(mc[1:] >= plain[1:]) and np.all(mc <= plain + 6)
