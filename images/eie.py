@@ -613,7 +613,8 @@ def _simulate_wide_pipelined(cost: np.ndarray, nz: np.ndarray, *, pes: int,
     # L_j of the current group; the pipelined front end reads its groups a cycle ahead into
     # registers (`hw.frontend.WideFrontEnd`, staged), so the first comes a cycle later
     load = np.full(batch, lag - 1, dtype=np.int64)
-    done = np.zeros((batch, lanes), dtype=np.int64)  # each PE's next free cycle
+    # each PE's next free cycle (none yet: a layer with no column is the front end's alone)
+    done = np.full((batch, lanes), never, dtype=np.int64)
     # the last cycle each PE counts its last `depth` columns with entries (the sequencer takes
     # them in order: older ones have left)
     held = np.full((batch, lanes, depth), never, dtype=np.int64)
