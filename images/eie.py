@@ -657,7 +657,9 @@ def _simulate_wide_pipelined(cost: np.ndarray, nz: np.ndarray, *, pes: int,
             last = np.where(m, tn, last)
         load = np.maximum(last, load + 1)
     # the staged front end is done with its last group sooner than the plain one (read ahead)
-    end = np.maximum(done.max(axis=1), load - 2) + 3
+    # and a column with no entries anywhere still passes the broadcast register and the pointer
+    # read before the PEs are idle
+    end = np.maximum(np.maximum(done.max(axis=1), load - 2), t) + 3
     return end + 3 + 1
 
 
