@@ -156,7 +156,7 @@ def test_board_top_elaborates_with_the_pll():
     board = get_board("ulx3s")
     top = BoardTop(img, clock_hz=75e6, board="ulx3s")
     assert top.clock_hz == 75e6
-    assert engine_params(img, "ulx3s").queue_depth == 16  # flip-flops are plentiful here
+    assert engine_params(img, "ulx3s").queue_depth == 8
     # the pipelined front end from 4 PEs (issue width 2), the plain one below
     assert engine_params(img, "ulx3s").pipelined
     assert not engine_params(build_image(qnet, "eie", 2), "ulx3s").pipelined

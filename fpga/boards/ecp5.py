@@ -39,12 +39,6 @@ from hw.memory import MemoryFactory, MemoryPorts, MemorySpec, no_rw_check_ram
 
 NAME = "ecp5"
 
-# The image options of an engine's board image (`fpga.flow.resources.board_image`): the EIE
-# engine's relative index by speed (`--rel-bits fast`: fewer filler entries, each a cycle of
-# the busiest PE; block RAM is plentiful here): LeNet-300-100 at 16 PEs takes rel_bits 4, not
-# 3, 19 cycles a digit fewer by the cycle model.
-IMAGE_OPTIONS = {"eie": {"rel_bits": "fast"}}
-
 LOADS = 0  # no memory is loaded over the UART: every ROM is initialised in the bitstream
 LOADABLE_WORDS = 0
 LOAD_ADDR_BITS = 14  # the link's (unused) load port width

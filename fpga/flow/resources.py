@@ -330,10 +330,8 @@ def board_image(qnet, engine: str, pes: int, *, spram: bool = True,
     entry ROM meant for SPRAM is deeper than an SPRAM (the relative index's fillers: LeNet-5 on
     1 PE has 18,097 entries at rel_bits 5), the next wider relative index whose entries fit
     (fewer fillers; 16,344 at rel_bits 6). The same rule on the build and on the host, so the
-    weights loaded are the bitstream's. The board's family may ask for image options of its
-    own (`IMAGE_OPTIONS`: ECP5's EIE images take the relative index by speed)."""
-    options = getattr(get_board(board).fam, "IMAGE_OPTIONS", {}).get(engine, {})
-    img = build_image(qnet, engine, pes, **options)
+    weights loaded are the bitstream's."""
+    img = build_image(qnet, engine, pes)
     if not spram or not hasattr(img, "rel_bits"):
         return img
 
