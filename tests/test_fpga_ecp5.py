@@ -117,6 +117,9 @@ def test_ulx3s_boards():
     p = ecp5.pll_config(b.clock_hz, b.clock_mhz * 1e6)
     assert p.fout == b.clock_mhz * 1e6
     assert abs(p.fout / baud_divisor(p.fout, b.baud) / b.baud - 1) < 0.02
+    # 50 MHz (25 x 2) and 2 Mbaud: 25 clocks a bit, exact
+    assert (b.clock_mhz, b.baud) == (50.0, 2_000_000)
+    assert baud_divisor(p.fout, b.baud) * b.baud == p.fout
     assert BOARDS["icebreaker"].baud == 3_000_000  # the iCEBreaker's default is unchanged
 
 
