@@ -247,7 +247,9 @@ def lenet5_engine(*, count: int = 20, pes: int = 8, dense_count: int = 1) -> tup
                  "-" if dense is None else f"{dense.sum():.0f}",
                  "-" if dense is None else f"**{dense.sum() / total:.1f}x**"])
     cyc = float(r.cycles.mean())
+    ls_md, ls_data = _lenet5_lockstep(qnet, x[:count], pes)
     data = {"pes": pes, "digits": count, "layers": br, "utilisation": util, "ideal": ideal,
+            "lockstep": ls_data,
             "conv_utilisation": conv_util, "cycles": cyc, "compute_cycles": total,
             "dense_layer_cycles": None if dense is None else dense.tolist(),
             "golden_cpu_seconds_per_image": golden_cpu,
@@ -261,8 +263,45 @@ def lenet5_engine(*, count: int = 20, pes: int = 8, dense_count: int = 1) -> tup
           f"{cyc:.0f} cycles per image in all (input and output words included): "
           f"{33e6 / cyc:,.0f} images/s at 33 MHz back to back. The golden model "
           f"(`compress.golden`, numpy) takes {1e3 * golden_cpu:.2f} CPU ms per image "
-          f"(batch of {len(x)}).")
+          f"(batch of {len(x)}).\n\n" + ls_md)
     return md, data
+
+
+def _lenet5_lockstep(qnet, x, pes: int) -> tuple[str, dict]:
+    """LeNet-5 on the lockstep engine (queue depth 8, drain_share 1: the RTL benches' defaults)
+    in cocotb + Verilator, bit-exact: cycles and MAC utilisation per layer, its slot cycles
+    and its cycle model (`images.lanes.lockstep_cycle_model`)."""
+    from compress.golden import golden, run_layers
+    from images.lanes import lockstep_cycle_model
+    from images.lockstep import LockstepParams, build_lockstep, lockstep_cycles
+    from tb.analysis import useful_macs
+    from tb.sim import build, simulate
+
+    params = LockstepParams(queue_depth=8)
+    img = build_lockstep(qnet, pes)
+    r = simulate(build(img, params, sim="verilator"), x)
+    np.testing.assert_array_equal(r.outputs, golden(qnet, x))
+    lc = r.layer_cycles.mean(axis=0)
+    useful = np.array([u.mean() for u in useful_macs(qnet, x)])
+    slots = lockstep_cycles(img, [x] + run_layers(qnet, x)[:-1]).mean(axis=0)
+    model = lockstep_cycle_model(img, x, params).mean(axis=0)
+    conv = np.array([ly.kind == "conv" for ly in qnet.layers])
+    conv_util = float(useful[conv].sum() / (pes * lc[conv].sum())) if conv.any() else 0.0
+    rows = [[f"l{i} {qnet.layers[i].kind}", f"{lc[i]:.0f}", f"{slots[i]:.0f}", f"{model[i]:.0f}",
+             f"{100 * useful[i] / (pes * lc[i]):.1f}%"] for i in range(len(lc))]
+    rows.append(["**all**", f"{lc.sum():.0f}", f"{slots.sum():.0f}", f"{model.sum():.0f}",
+                 f"**{100 * useful.sum() / (pes * lc.sum()):.1f}%**"])
+    cyc = float(r.cycles.mean())
+    md = (f"On the **lockstep engine** ({pes} PEs, queue depth 8, drain_share 1; "
+          f"docs/lockstep.md, \"Conv layers\"), the same {len(x)} digits, bit-exact:\n\n"
+          + md_table(["layer", "cycles (mean)", "slot cycles", "cycle model",
+                      "MAC utilisation"], rows)
+          + f"\n\nMAC utilisation on the conv layers: **{100 * conv_util:.1f}%** (its slots "
+          f"bind: a column costs its busiest PE's entries); {cyc:.0f} cycles per image: "
+          f"{33e6 / cyc:,.0f} images/s at 33 MHz back to back.")
+    return md, {"layer_cycles": lc.tolist(), "slot_cycles": slots.tolist(),
+                "model_cycles": model.tolist(), "conv_utilisation": conv_util,
+                "cycles": cyc}
 
 
 # ---------------------------------------------------------------------------------------------

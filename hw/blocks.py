@@ -373,21 +373,26 @@ class BankedIO(_StreamOut):
 
     act_r/act_w: each PE's activation read/write port; bank_bits: word bits of a bank;
     lc_bits: width of the per-layer counters (enough for the engine's longest layer);
-    cnt_limit: the largest count the engine's own states need from `cnt`.
+    cnt_limit: the largest count the engine's own states need from `cnt`; out_base: the
+    output map's first word in the bank; out_block: the words of one channel of a conv last
+    layer's output (read in CHAN order), 0 for fc.
     """
 
-    def __init__(self, m, eng, *, act_r, act_w, bank_bits: int, lc_bits: int, cnt_limit: int):
+    def __init__(self, m, eng, *, act_r, act_w, bank_bits: int, lc_bits: int, cnt_limit: int,
+                 out_base: int = 0, out_block: int = 0):
         self.m = m
         self.eng = eng
         self.act_r = act_r
         self.act_w = act_w
         self.bank_bits = bank_bits
+        self.out_base = out_base
         n, L = eng.pes, eng.num_layers
         self.cnt = Signal(range(max(eng.out_features, cnt_limit, 2) + 2), name="io_cnt")
         self.sel = Signal(range(max(n, 2)), name="io_sel")  # PE of the output word
         self.word = Signal(range(max(eng.act_words, 2) + 1), name="io_word")
         self.o_valid = Signal(name="io_o_valid")
         self.o_sel = Signal.like(self.sel, name="io_o_sel")
+        self._out_order(out_block)
         self.cb = Signal(name="cb")  # the bank the engine computes in
         self.lb = Signal(name="lb")  # the bank the loader fills
         self.full = Signal(2, name="full")
@@ -451,9 +456,12 @@ class BankedIO(_StreamOut):
         counters latched.
         """
         m, eng, cnt = self.m, self.eng, self.cnt
-        with m.If(self._send(lambda: self.addr(self.cb, self.word))):
+        base = self.out_base
+        with m.If(self._send(lambda: self.addr(self.cb, self.word + base if base
+                                                else self.word))):
             m.d.sync += [cnt.eq(0), self.o_valid.eq(0), self.sel.eq(0), self.word.eq(0),
                          self.cb.eq(~self.cb), eng.cycles.eq(self.cyc + 1)]
+            m.d.sync += self.reset_out()
             m.d.sync += [eng.layer_cycles[i].eq(c) for i, c in enumerate(self.lcn)]
             with m.If(self.cb):
                 m.d.sync += self.full[1].eq(0)

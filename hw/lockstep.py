@@ -43,6 +43,13 @@ Pipeline per slot (stage prefixes as in the signal names):
         written, the m_ slot's row is read again. One cycle per such hit instead of a 32-bit
         bypass register and multiplexer per PE (about 75 logic cells each on the iCE40)
 
+Conv layers (qnet version 2, docs/lockstep.md "Conv layers"): the conv front end
+(`hw.convfe.ConvFrontEnd`) beside the fc one, the sub-position of the pooling window in the low
+bits of the accumulator address, per pass PRELOAD -> COMPUTE -> a drain that keeps the maximum
+of a row's sub-positions (max pooling) and writes the pooled word into the map region the layer
+does not read, and a bypass instead of the hold. None of it is made for a network without conv
+layers (its RTLIL is what it was).
+
 Ports and counters are those of every engine (`hw.blocks.EngineSignature`: `i_act`, `o_act`,
 `cycles`, `layer_cycles`, `busy`); `layer_cycles[i]` counts layer i's PRELOAD (not layer 0's),
 COMPUTE and DRAIN cycles.
@@ -56,7 +63,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, wiring
 
 from images.lockstep import (DRAIN_SHARES, LockstepImage, LockstepParams, act_bank_bits,
-                             memory_map)
+                             act_words, map_bases, memory_map)
 
 from .blocks import (BankedIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
                      check_queue_depth, round_shift, saturate, slot_sequencer)
@@ -110,11 +117,20 @@ class LockstepEngine(wiring.Component):
         self.in_features = img.in_features
         self.out_features = img.out_features
         widths = [img.in_features] + [ll.out_features for ll in img.layers]
+        # conv layers (docs/lockstep.md, "Conv layers"): the conv front end, sub-positions in
+        # the accumulator address, the pooling drain and two map regions; none of it is made
+        # for a network without conv layers
+        self.has_conv = img.has_conv
+        self.geoms = [ll.conv_geom for ll in img.layers]
+        self.sub_bits = img.sub_bits
+        if self.has_conv:
+            widths += [ll.in_features for ll in img.layers]  # physical columns
         self.max_width = max(widths)
-        self.act_words = max(ceil_div(w, n) for w in widths)
-        self.max_rows = max(ll.rows_per_pe for ll in img.layers)
+        self.act_words = act_words(img) if self.has_conv else max(ceil_div(w, n) for w in widths)
+        self.max_rows = max(img.acc_rows(ll) for ll in img.layers)
         self.col_bits = bits(self.max_width)
-        self.row_bits = bits(self.act_words)
+        self.row_bits = bits(max(self.act_words, self.max_rows) if self.has_conv
+                             else self.act_words)
         self.ptr_bits = bits(img.num_slots)
         self._make_specs()
         super().__init__(EngineSignature(L))
@@ -150,9 +166,10 @@ class LockstepEngine(wiring.Component):
         self._sequencer(m, c)
         # drain writes: PE k's row j is column k + N*j of the next layer: its own RAM, word j
         # of the bank being computed (the loader has PE k's write port the other cycles)
+        w_addr = c.d3_w if self.has_conv else c.d3_row
         for k in range(self.pes):
             with m.If(c.y_en[k]):
-                m.d.comb += [c.act_w[k].addr.eq(c.io.addr(c.io.cb, c.d3_row)),
+                m.d.comb += [c.act_w[k].addr.eq(c.io.addr(c.io.cb, w_addr)),
                              c.act_w[k].data.eq(c.ys[k]), c.act_w[k].en.eq(1)]
         return m
 
@@ -176,7 +193,8 @@ class LockstepEngine(wiring.Component):
 
         c.in_t = table([ll.in_features for ll in img.layers], self.col_bits)
         c.grp_t = table([ceil_div(ll.in_features, n) for ll in img.layers], self.row_bits + 1)
-        c.rows_t = table([ll.rows_per_pe for ll in img.layers], self.row_bits + 1)
+        # the accumulator rows PRELOAD fills (a conv layer's: every sub-position's block)
+        c.rows_t = table([img.acc_rows(ll) for ll in img.layers], self.row_bits + 1)
         c.col_base_t = table([ll.col_base for ll in img.layers], bits(len(img.col_ptr)))
         c.bias_t = table([R + ll.bias_base for ll in img.layers], bits(R + img.bias.shape[1]))
         # the DRAIN count (cnt = row * share + member, controls set a cycle ahead; member j's
@@ -200,8 +218,29 @@ class LockstepEngine(wiring.Component):
                                bits(max(ll.rows_per_pe * share for ll in img.layers)))
         # the PRELOAD count at which the layer's front end may start: its first accumulator
         # read comes at least six cycles later, so three before the last bias row's controls
-        c.early_t = table([max(ll.rows_per_pe - 3, 0) for ll in img.layers], self.row_bits + 1)
+        c.early_t = table([max(img.acc_rows(ll) - 3, 0) for ll in img.layers],
+                          self.row_bits + 1)
         c.o_layer = Signal(range(max(L, 2)), name="o_layer")
+        if self.has_conv:
+            self._conv_tables(c, table)
+
+    def _conv_tables(self, c, table):
+        """Per-layer constants of conv layers (`images.conv.ConvGeom`; 0 or 1 for fc)."""
+        img, aw = self.img, bits(self.act_words)
+        gs = self.geoms
+        c.is_conv = table([g is not None for g in gs], 1)
+        bases = map_bases(img)
+        c.src_t = table([b[0] for b in bases], aw)
+        c.dst_t = table([b[1] for b in bases], aw)
+        c.passes_t = table([g.passes if g else 1 for g in gs], bits(max(g.passes if g else 1
+                                                                          for g in gs)))
+        c.subs_t = table([g.subs if g else 1 for g in gs], bits(max(g.subs if g else 1
+                                                                      for g in gs)))
+        # the output map's words a channel group (a conv drain's row step)
+        c.hw_t = table([g.hp * g.wp if g else 0 for g in gs], aw)
+        c.drows_t = table([ll.rows_per_pe for ll in img.layers], self.row_bits + 1)
+        c.conv_l = Signal(name="conv_l")  # the current layer is a conv layer
+        c.pas = Signal(range(max(max(g.passes if g else 1 for g in gs), 2)), name="pass")
 
     def _layer_cycle_bits(self) -> int:
         # the most cycles a layer can take: PRELOAD, every non-zero column once through the
@@ -210,19 +249,33 @@ class LockstepEngine(wiring.Component):
         most = 0
         for ll in img.layers:
             slots = int(img.col_ptr[ll.col_base + ll.in_features] - img.col_ptr[ll.col_base])
-            most = max(most, 2 * (ll.in_features + slots) + ll.rows_per_pe * (share + 2) + 64)
+            g = ll.conv_geom
+            if g is None:
+                most = max(most, 2 * (ll.in_features + slots) + ll.rows_per_pe * (share + 2)
+                           + 64)
+            else:  # per pass: every sub-position's patch (a word per column at most), PRELOAD
+                # and the pooling drain
+                per = (g.subs * (4 * ll.in_features + 2 * slots + 8)
+                       + img.acc_rows(ll) * (share * g.subs + 2) + 64)
+                most = max(most, g.passes * per)
         return bits(most)
 
     def _io(self, m, c):
         """Two input banks and the loader (`hw.blocks.BankedIO`); latched counters."""
+        last = self.geoms[-1]
         c.io = BankedIO(m, self, act_r=c.act_r, act_w=c.act_w,
                         bank_bits=act_bank_bits(self.img),
                         lc_bits=self._layer_cycle_bits(),
-                        cnt_limit=(self.max_rows << self.drain_share.bit_length()) + 4)
+                        cnt_limit=(self.max_rows << self.drain_share.bit_length()) + 4,
+                        out_base=map_bases(self.img)[-1][1],
+                        out_block=last.hp * last.wp if last is not None else 0)
 
     def _front_end(self, m, c):
         """Non-zero activations of the layer, one per cycle."""
-        # every layer is of a kind the engine runs (check_fits): fc, whose front end this is
+        if self.has_conv:
+            self._conv_front_ends(m, c)
+            return
+        # a network without conv layers: fc layers only, whose front end this is
         fe_cls = front_end(self.img.layers[0].kind)
         m.submodules.fe = c.fe = fe = fe_cls(pes=self.pes, col_bits=self.col_bits,
                                              group_bits=self.row_bits, sparse=True)
@@ -231,10 +284,49 @@ class LockstepEngine(wiring.Component):
         for k in range(self.pes):
             m.d.comb += fe.rd_data[k].eq(c.act_r[k].data.as_signed())
 
+    def _conv_front_ends(self, m, c):
+        """A network with conv layers: the fc front end (its groups read from the layer's
+        source region) and the conv front end (`hw.convfe.ConvFrontEnd`: a pass's patches),
+        the current layer's kind choosing; `c.fe` looks like one front end to the rest."""
+        n, layer = self.pes, c.layer
+        m.d.comb += c.conv_l.eq(c.is_conv[layer])
+        addr_bits = bits(self.act_words)
+        m.submodules.fe_fc = ffe = front_end("fc")(pes=n, col_bits=self.col_bits,
+                                                   group_bits=self.row_bits, sparse=True)
+        m.submodules.fe_conv = cfe = front_end("conv").make(
+            pes=n, col_bits=self.col_bits, addr_bits=addr_bits, geoms=self.geoms)
+        m.d.comb += [ffe.in_features.eq(c.in_t[layer]), ffe.groups.eq(c.grp_t[layer]),
+                     ffe.avail.eq((1 << len(ffe.avail)) - 1),
+                     cfe.layer.eq(layer), cfe.first.eq(c.pas == 0), cfe.base.eq(c.src_t[layer])]
+        for k in range(n):
+            m.d.comb += [ffe.rd_data[k].eq(c.act_r[k].data.as_signed()),
+                         cfe.rd_data[k].eq(c.act_r[k].data.as_signed())]
+        sb = max(1, self.sub_bits)
+        fe = c.fe = SimpleNamespace(
+            start=Signal(name="fe_start"), busy=Signal(name="fe_busy"),
+            rd_addr=Signal(addr_bits + 1, name="fe_rd_addr"),
+            o=SimpleNamespace(valid=Signal(name="fe_valid"), ready=Signal(name="fe_o_ready"),
+                              payload=SimpleNamespace(value=Signal(signed(16), name="fe_value"),
+                                                      col=Signal(self.col_bits + 1,
+                                                                 name="fe_col"),
+                                                      sub=Signal(sb, name="fe_sub"))))
+        conv = c.conv_l
+        m.d.comb += [ffe.start.eq(fe.start & ~conv), cfe.start.eq(fe.start & conv),
+                     fe.busy.eq(ffe.busy | cfe.busy),
+                     fe.rd_addr.eq(Mux(conv, cfe.rd_addr, ffe.rd_addr + c.src_t[layer])),
+                     ffe.o.ready.eq(fe.o.ready), cfe.o.ready.eq(fe.o.ready),
+                     fe.o.valid.eq(Mux(conv, cfe.o.valid, ffe.o.valid)),
+                     fe.o.payload.value.eq(Mux(conv, cfe.o.payload.value, ffe.o.payload.value)),
+                     fe.o.payload.col.eq(Mux(conv, cfe.o.payload.col, ffe.o.payload.col)),
+                     fe.o.payload.sub.eq(Mux(conv, cfe.o.payload.sub, 0))]
+
     def _pointer_stage(self, m, c):
         """ptr[g], ptr[g + 1] of global column g into the queue; empty columns dropped."""
         pb, depth, fe = self.ptr_bits, self.queue_depth, c.fe
-        layout = data.StructLayout({"value": signed(16), "start": pb, "end": pb})
+        fields = {"value": signed(16), "start": pb, "end": pb}
+        if self.sub_bits:
+            fields["sub"] = self.sub_bits  # a conv column's sub-position
+        layout = data.StructLayout(fields)
         m.submodules.queue = c.queue = queue = ActQueue(layout, depth=depth,
                                                             write_ahead=True)
         c.p_valid = p_valid = Signal(name="p_valid")
@@ -278,6 +370,11 @@ class LockstepEngine(wiring.Component):
         m.d.sync += p_valid.eq(take | p_wait)  # (no take while it waits: no credit left)
         with m.If(~p_full):
             m.d.sync += [p_odd.eq(p_g[0]), p_value.eq(fe.o.payload.value)]
+        if self.sub_bits:
+            p_sub = Signal(self.sub_bits, name="p_sub")
+            with m.If(~p_full):
+                m.d.sync += p_sub.eq(fe.o.payload.sub)
+            m.d.comb += queue.i.payload.sub.eq(p_sub)
         m.d.comb += [drop.eq(p_valid & (p_start == p_end)),
                      queue.i.valid.eq(p_valid & (p_start != p_end)),
                      queue.i.payload.value.eq(p_value),
@@ -295,7 +392,7 @@ class LockstepEngine(wiring.Component):
         c.hz = Signal(name="hz")  # the hazard, this cycle
         c.hold = hold = Signal(name="hold")
         m.d.sync += hold.eq(c.hz & ~hold)
-        c.s = s = slot_sequencer(m, c.queue, self.ptr_bits, hold=hold)
+        c.s = s = slot_sequencer(m, c.queue, self.ptr_bits, hold=hold, sub_bits=self.sub_bits)
         for lp in c.lanes:
             m.d.comb += [lp.addr.eq(s.addr), lp.en.eq(~hold)]
 
@@ -311,6 +408,10 @@ class LockstepEngine(wiring.Component):
             # (PRELOAD's weight): a synchronous reset, not a gate on every PE's entry
             with m.If(~s.valid):
                 m.d.sync += e_value.eq(0)
+        if self.sub_bits:
+            c.e_sub = Signal(self.sub_bits, name="e_sub")  # the slot's sub-position
+            with m.If(~hold):
+                m.d.sync += c.e_sub.eq(s.sub)
         # PRELOAD: copy bias row pre_row into accumulator row pre_row. These and the DRAIN
         # controls are registers the FSM sets a cycle ahead: the accumulator read address is
         # then a multiplexer from flip-flops, not the layer table and a compare (the board's
@@ -333,6 +434,17 @@ class LockstepEngine(wiring.Component):
         c.y_t = y_t = Signal.like(drn_t, name="y_t")
         c.y_en = [Signal(name=f"y_en{k}") for k in range(self.pes)]
         m.d.sync += [y_valid.eq(c.drn_valid), y_row.eq(drn_row), y_t.eq(drn_t)]
+        if self.has_conv:
+            # with conv layers every drained word also carries: the first and last of the
+            # sub-positions pooled into it (an fc layer's: both), and the word it is written to
+            aw = bits(self.act_words)
+            c.drn_first, c.drn_lsub = Signal(name="drn_first"), Signal(name="drn_lsub")
+            c.drn_pool = Signal(name="drn_pool")  # a conv drain: the read port reads each cycle
+            c.drn_w = Signal(aw, name="drn_w")
+            c.y_first, c.y_lsub = Signal(name="y_first"), Signal(name="y_lsub")
+            y_w, d2_w, c.d3_w = (Signal(aw, name=f"{p}_w") for p in ("y", "d2", "d3"))
+            m.d.sync += [c.y_first.eq(c.drn_first), c.y_lsub.eq(c.drn_lsub), y_w.eq(c.drn_w),
+                         d2_w.eq(y_w), c.d3_w.eq(d2_w), c.drn_pool.eq(0)]
         # the output stage is pipelined (d2_: the member's accumulator word registered, d3_:
         # its output registered), so the accumulator read, the output stage and the activation
         # write are three short paths, not one (the board's critical path: 46 ns)
@@ -340,7 +452,9 @@ class LockstepEngine(wiring.Component):
         c.d3_valid = Signal(name="d3_valid")
         d2_row, c.d3_row = Signal.like(drn_row, name="d2_row"), Signal.like(drn_row, name="d3_row")
         d2_t, c.d3_t = Signal.like(drn_t, name="d2_t"), Signal.like(drn_t, name="d3_t")
-        m.d.sync += [d2_valid.eq(y_valid), d2_row.eq(y_row), d2_t.eq(y_t),
+        # (a pooled word goes on after its last sub-position)
+        m.d.sync += [d2_valid.eq(y_valid & c.y_lsub if self.has_conv else y_valid),
+                     d2_row.eq(y_row), d2_t.eq(y_t),
                      c.d3_valid.eq(d2_valid), c.d3_row.eq(d2_row), c.d3_t.eq(d2_t)]
         # PE k's write port is the loader's unless the drain writes PE k the next cycle (the
         # members of an output stage's group go out one a cycle: with drain_share 2 the
@@ -366,6 +480,7 @@ class LockstepEngine(wiring.Component):
         row_w = bits(self.max_rows + (1 << img.rel_bits))
         m_hits = []
         hazards = []
+        self.bypass_flags, self.hold_flag = [], hold
         for k in range(self.pes):
             acc_r, acc_w = c.acc_r[k], c.acc_w[k]
             lane = c.lanes[k // 2].data
@@ -373,6 +488,14 @@ class LockstepEngine(wiring.Component):
             e_v = ent[:ib]  # any value outside a slot: the activation is 0 there
             e_z = ent[ib:]
             e_row = Signal(row_w, name=f"e_row{k}")
+            # the accumulator address: the row, and in a conv layer the sub-position in the
+            # low bits (`images.lockstep`: (row << sub_bits) | sub)
+            e_addr, e_addr0 = e_row, e_z  # e_addr0: a column's first slot's (row = z)
+            if self.sub_bits:
+                e_addr = Signal(row_w + self.sub_bits, name=f"e_addr{k}")
+                e_addr0 = Signal(row_w + self.sub_bits, name=f"e_addr0_{k}")
+                m.d.comb += [e_addr.eq(Mux(c.conv_l, Cat(c.e_sub, e_row), e_row)),
+                             e_addr0.eq(Mux(c.conv_l, Cat(c.e_sub, e_z), e_z))]
             # the previous slot's row + 1, registered (one adder after the lane data, not
             # two), or 0 when the next slot is a column's first (a synchronous reset: no gate
             # after the register; a column's slots follow each other without a gap)
@@ -385,16 +508,20 @@ class LockstepEngine(wiring.Component):
                     m.d.sync += row_next.eq(e_row + 1)
             e_hit = c.e_valid & (e_v != 0)
             m_hit = Signal(name=f"m_hit{k}")
-            m_row = Signal(row_w, name=f"m_row{k}")
+            m_row = Signal(len(e_addr), name=f"m_row{k}")
             m_w = Signal(signed(16), name=f"m_w{k}")
             # accumulator read: compute row (the m_ slot's again during a hold), bias row
             # (PRELOAD) or drained row (DRAIN)
-            m.d.comb += acc_r.addr.eq(Mux(c.ctl_valid, c.ctl_addr, Mux(hold, m_row, e_row)))
+            m.d.comb += acc_r.addr.eq(Mux(c.ctl_valid, c.ctl_addr, Mux(hold, m_row, e_addr)))
             # DRAIN reads a row once; the read port holds it while the group's members go out
-            m.d.comb += acc_r.en.eq(~c.drn_valid | (c.drn_t == 0))
+            # (a conv drain reads a row's sub-positions for each member)
+            if self.has_conv:
+                m.d.comb += acc_r.en.eq(~c.drn_valid | (c.drn_t == 0) | c.drn_pool)
+            else:
+                m.d.comb += acc_r.en.eq(~c.drn_valid | (c.drn_t == 0))
             with m.If(~hold):
                 m.d.sync += [m_hit.eq(e_hit | c.pre_valid),
-                             m_row.eq(Mux(c.pre_valid, c.pre_row, e_row)),
+                             m_row.eq(Mux(c.pre_valid, c.pre_row, e_addr)),
                              m_w.eq(cb_consts[Cat(e_v, layer)])]
                 # and the weight 0 outside a slot (a synchronous reset, as the activation's):
                 # the lane word there may be one never loaded, and a simulation's unknown
@@ -406,12 +533,26 @@ class LockstepEngine(wiring.Component):
             # column a hit's row is above its predecessor's, so only the first slot of a
             # column, whose row is its z, can hit the row being written. Not during a hold
             # (nothing is written then).
-            hazards.append(c.e_valid & c.e_first & (ent[:ib] != 0) & m_hit & (m_row == e_z))
+            hazard = c.e_valid & c.e_first & (ent[:ib] != 0) & m_hit & (m_row == e_addr0)
             m_new = Signal(signed(A), name=f"m_new{k}")
-            m.d.comb += m_new.eq(acc_r.data.as_signed() + m_w * c.m_value)  # wraps at acc_bits
+            acc_in = acc_r.data.as_signed()
+            if self.has_conv:
+                # with conv layers a bypass instead of the hold: a conv layer's columns are
+                # short (about one slot each) and hit the same few rows again and again, so a
+                # hold would cost about a cycle a column (8,000 a LeNet-5 digit). The m_ slot
+                # whose row the previous m_ slot wrote takes that slot's sum, not the read
+                fwd = Signal(name=f"fwd{k}")
+                prev = Signal(signed(A), name=f"m_prev{k}")
+                m.d.sync += [fwd.eq(hazard), prev.eq(m_new)]
+                self.bypass_flags.append(fwd)  # (the tests watch them)
+                acc_in = Mux(fwd, prev, acc_in)
+            else:
+                hazards.append(hazard)
+            m.d.comb += m_new.eq(acc_in + m_w * c.m_value)  # wraps at acc_bits
             m.d.comb += [acc_w.addr.eq(m_row), acc_w.data.eq(m_new), acc_w.en.eq(m_hit & ~hold)]
         c.m_any = Signal(name="m_any")  # some PE has a write in the m_ stage (for the idle check)
-        m.d.comb += [c.m_any.eq(Cat(*m_hits).any()), c.hz.eq(Cat(*hazards).any())]
+        m.d.comb += [c.m_any.eq(Cat(*m_hits).any()), c.hz.eq(Cat(*hazards).any() if hazards
+                                                             else 0)]
 
     def _output_stages(self, m, c):
         """One output stage per `drain_share` PEs, member y_t of the group this cycle."""
@@ -429,7 +570,13 @@ class LockstepEngine(wiring.Component):
                     with m.Case(t):
                         m.d.comb += acc_sel.eq(c.acc_r[k].data.as_signed())
             acc = Signal(signed(A), name=f"o_acc{g}")
-            m.d.sync += acc.eq(acc_sel)
+            if self.has_conv:
+                # max pooling: the maximum of a word's sub-positions (the wrapped
+                # accumulators; the output rule never decreases, so this is the rule's max)
+                with m.If(c.y_first | (acc_sel > acc)):
+                    m.d.sync += acc.eq(acc_sel)
+            else:
+                m.d.sync += acc.eq(acc_sel)
             # the per-layer pieces of the output rule are selected by the layer register
             q17 = Signal(signed(17), name=f"q{g}")
             rnd = Signal(name=f"rnd{g}")
@@ -485,15 +632,26 @@ class LockstepEngine(wiring.Component):
         # free then) and PRE0
         pcnt = c.pcnt
 
-        def preload(rows, bias_base):
+        sb = self.sub_bits
+
+        def preload(rows, bias_base, conv=False):
+            # a conv layer's accumulator row a takes the bias of its output row a >> sub_bits
+            brow = Mux(conv, pcnt >> sb, pcnt) if self.has_conv and sb else pcnt
             with m.If(~c.pre_done):
                 m.d.sync += [c.pre_valid.eq(1), c.pre_row.eq(pcnt), c.ctl_valid.eq(1),
-                             c.ctl_addr.eq(bias_base + pcnt), pcnt.eq(pcnt + 1),
+                             c.ctl_addr.eq(bias_base + brow), pcnt.eq(pcnt + 1),
                              c.pre_go.eq(pcnt + 1 >= c.early_t[layer]),
                              c.pre_done.eq(pcnt + 1 == rows)]
 
-        rows0 = self.img.layers[0].rows_per_pe
+        rows0 = self.img.acc_rows(self.img.layers[0])
         bias0 = self.max_rows + self.img.layers[0].bias_base
+        conv0 = self.geoms[0] is not None
+        conv = c.conv_l if self.has_conv else False
+        # the front end may only read the layer's inputs once the drain wrote them; a conv
+        # layer's later passes read the region its drain does not write
+        fe_may = ~out_busy
+        if self.has_conv:
+            fe_may = fe_may | (c.conv_l & (c.pas != 0))
 
         def start_layer():
             # the front end starts three cycles before the last bias row's controls (the
@@ -506,35 +664,102 @@ class LockstepEngine(wiring.Component):
         with m.FSM(name="seq") as c.fsm:
             with m.State("PRE0"):
                 # waits for a full bank (and most of layer 0's biases)
-                preload(rows0, bias0)
+                preload(rows0, bias0, conv0)
                 with m.If((pcnt >= max(rows0 - 3, 0)) & io.cb_full):
                     io.start()
                     start_layer()
             with m.State("PRELOAD"):
                 io.count_layer(layer)
-                preload(rows_t[layer], c.bias_t[layer])
-                # the front end may only read the layer's inputs once the drain wrote them
-                with m.If(c.pre_go & ~out_busy):
+                preload(rows_t[layer], c.bias_t[layer], conv)
+                with m.If(c.pre_go & fe_may):
                     start_layer()
             with m.State("COMPUTE"):
                 io.count_layer(layer)
-                preload(rows_t[layer], c.bias_t[layer])  # the last rows' controls
+                preload(rows_t[layer], c.bias_t[layer], conv)  # the last rows' controls
                 with m.If(last_writes):
-                    self._drain_ctl(m, c, 0)
-                    m.d.sync += [cnt.eq(1), c.drn_more.eq(c.drain_rows_t[layer] > 1),
-                                 c.drn_last.eq(c.drain_end_t[layer] == 1)]
+                    if self.has_conv:
+                        with m.If(c.conv_l):
+                            self._conv_drain_start(m, c)
+                        with m.Else():
+                            self._fc_drain_start(m, c, cnt)
+                    else:
+                        self._fc_drain_start(m, c, cnt)
                     m.next = "DRAIN"
             with m.State("DRAIN"):
                 io.count_layer(layer)
-                self._drain_state(m, c, io)
+                if self.has_conv:
+                    with m.If(c.conv_l):
+                        self._conv_drain_state(m, c, io)
+                    with m.Else():
+                        self._drain_state(m, c, io)
+                else:
+                    self._drain_state(m, c, io)
+            if self.geoms[-1] is not None:
+                with m.State("FLUSH"):
+                    # a conv last layer: OUTPUT once its last words are written
+                    io.count_layer(layer)
+                    with m.If(~out_busy):
+                        m.d.sync += [io.sel.eq(0), io.word.eq(0), io.o_valid.eq(0)]
+                        m.next = "OUTPUT"
             with m.State("OUTPUT"):
-                preload(rows0, bias0)
+                preload(rows0, bias0, conv0)
 
                 def delivered():
                     m.d.sync += [cnt.eq(0), layer.eq(0)]
                     m.next = "PRE0"
 
                 io.output(delivered)
+
+    def _fc_drain_start(self, m, c, cnt):
+        # COMPUTE's last cycle: the first drain controls (row 0)
+        self._drain_ctl(m, c, 0)
+        m.d.sync += [cnt.eq(1), c.drn_more.eq(c.drain_rows_t[c.layer] > 1),
+                     c.drn_last.eq(c.drain_end_t[c.layer] == 1)]
+
+    def _conv_drain_start(self, m, c):
+        # the pass's output words: channel group r of output (py, px) at word
+        # dst + r * hp * wp + pass (CHAN, `images.conv`)
+        c.cd_r = Signal(self.row_bits + 1, name="cd_row")
+        c.cd_t = Signal(range(max(self.drain_share, 2)), name="cd_member")
+        c.cd_s = Signal(range(max(max(g.subs for g in self.geoms if g), 2)), name="cd_sub")
+        c.cd_w = Signal(bits(self.act_words), name="cd_word")
+        m.d.sync += [c.cd_r.eq(0), c.cd_t.eq(0), c.cd_s.eq(0),
+                     c.cd_w.eq(c.dst_t[c.layer] + c.pas)]
+
+    def _conv_drain_state(self, m, c, io):
+        """DRAIN of a conv pass: per output row, per member of its output stage's group, the
+        row's sub-positions read one a cycle (their maximum kept in the output stage: the
+        pooling), the pooled word written at cd_w. The last controls hand over to the next
+        pass's PRELOAD (or the next layer's, or FLUSH before OUTPUT)."""
+        layer, sb, share = c.layer, self.sub_bits, self.drain_share
+        r, t, s_, w = c.cd_r, c.cd_t, c.cd_s, c.cd_w
+        last_s = s_ == c.subs_t[layer] - 1
+        last_t = (t == share - 1) if share > 1 else Const(1)
+        m.d.sync += [c.drn_valid.eq(1), c.drn_pool.eq(1), c.ctl_valid.eq(1),
+                     c.ctl_addr.eq(Cat(s_[:sb], r) if sb else r), c.drn_row.eq(r),
+                     c.drn_t.eq(t if share > 1 else 0), c.drn_first.eq(s_ == 0),
+                     c.drn_lsub.eq(last_s), c.drn_w.eq(w), c.o_layer.eq(layer)]
+        with m.If(~last_s):
+            m.d.sync += s_.eq(s_ + 1)
+        with m.Else():
+            m.d.sync += s_.eq(0)
+            with m.If(~last_t):
+                m.d.sync += t.eq(t + 1)
+            with m.Else():
+                m.d.sync += [t.eq(0), r.eq(r + 1), w.eq(w + c.hw_t[layer])]
+        with m.If(last_s & last_t & (r == c.drows_t[layer] - 1)):
+            m.d.sync += [c.pcnt.eq(0), c.pre_done.eq(0)]
+            with m.If(c.pas != c.passes_t[layer] - 1):
+                m.d.sync += [c.pas.eq(c.pas + 1), c.pre_go.eq(c.early_t[layer] == 0)]
+                m.next = "PRELOAD"
+            with m.Else():
+                m.d.sync += c.pas.eq(0)
+                with m.If(layer == self.num_layers - 1):
+                    if self.geoms[-1] is not None:
+                        m.next = "FLUSH"
+                with m.Else():
+                    m.d.sync += [layer.eq(layer + 1), c.pre_go.eq(c.early_t[layer + 1] == 0)]
+                    m.next = "PRELOAD"
 
     def _drain_ctl(self, m, c, cnt):
         # cnt = row * share + member, the controls registered (read in the next cycle);
@@ -547,6 +772,9 @@ class LockstepEngine(wiring.Component):
             m.d.sync += [c.drn_valid.eq(1), c.drn_row.eq(row), c.ctl_valid.eq(1),
                          c.ctl_addr.eq(row), c.drn_t.eq(cnt[:sh] if sh else 0),
                          c.o_layer.eq(c.layer)]
+            if self.has_conv:  # one word a row, written at the layer's destination + row
+                m.d.sync += [c.drn_first.eq(1), c.drn_lsub.eq(1),
+                             c.drn_w.eq(c.dst_t[c.layer] + row)]
 
     def _drain_state(self, m, c, io):
         cnt, layer = io.cnt, c.layer

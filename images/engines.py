@@ -20,8 +20,9 @@ An `Engine` record holds everything the rest of the house needs to know about an
 * `cycle_model`: `cycle_model(image, x, params)`, its compute cycles [batch, layers] without
   Verilog;
 * what the rest of the house adapts to: `layer_kinds` (the layer kinds it runs,
-  `images.layers`), `overlap` (it takes the next input while computing), `no_rw_check` (it
-  never uses a read of the word written in the same cycle), `codebook_in_logic` (its codebooks
+  `images.layers`; `board_layer_kinds`, those it runs on the boards when fewer), `overlap` (it
+  takes the next input while computing), `no_rw_check` (it never uses a read of the word
+  written in the same cycle), `codebook_in_logic` (its codebooks
   are constants in logic), `logic_of`/`padded` (what of an image is logic, and the image padded
   to its shape's memory depths: networks of one shape share one compiled simulator).
 
@@ -78,6 +79,7 @@ class Engine:
     memory_bound: Callable[..., list[MemorySpec]] | None = None
     unplaced: Mapping[str, object] = field(default_factory=dict)
     layer_kinds: tuple[str, ...] = ("fc",)
+    board_layer_kinds: tuple[str, ...] | None = None  # on the boards (None: layer_kinds)
     overlap: bool = False
     no_rw_check: bool = False
     codebook_in_logic: bool = False
@@ -227,5 +229,8 @@ LOCKSTEP = register(Engine(
               "ice40": Defaults(lockstep.LockstepParams(queue_depth=2, drain_share=2), pes=8)},
     cycle_model=lanes.lockstep_cycle_model, logic_of=lockstep.logic_of, padded=lockstep.padded,
     memory_bound=lockstep.memory_bound, unplaced={"placement": "interleave"}, overlap=True,
+    # conv layers in RTL (docs/lockstep.md, "Conv layers"); the board's memory plan for them is
+    # not made yet, so on the boards it runs fc layers
+    layer_kinds=("fc", "conv"), board_layer_kinds=("fc",),
     no_rw_check=True, codebook_in_logic=True,
     title=lambda p: f"lockstep engine (drain_share {p.drain_share})"))

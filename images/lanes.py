@@ -242,9 +242,82 @@ def lockstep_cycle_model(img, x: np.ndarray, params) -> np.ndarray:
     qnet = decode_lockstep(img)
     x = np.asarray(x)
     acts = [x] + run_layers(qnet, x, acc_bits=params.acc_bits)[:-1]
+    if img.has_conv:
+        return _conv_net_cycles(img, acts, params)
     return model(qnet.layers, [ll.perm for ll in img.layers], acts, "lockstep", pes=img.pes,
                  depth=params.queue_depth, drain_share=params.drain_share,
                  rel_bits=img.rel_bits)
+
+
+# per pass of a conv layer, the cycles the lockstep engine spends besides its walk, PRELOAD and
+# drain (the front end's and the pipeline's latency, the drain's hand-over): fitted to the RTL
+# on LeNet-5's first 300 MNIST test digits, where 6 a pass fits both conv layers (16 and 144
+# passes) to within 0.1 % (docs/lockstep.md, "Conv layers")
+CONV_PASS_CYCLES = 6
+
+
+def _conv_net_cycles(img, acts, params) -> np.ndarray:
+    """Compute cycles [batch, layers] of a network with conv layers on the lockstep engine:
+    a conv layer by `conv_layer_cycles`, an fc layer by `simulate_layer` on its physical
+    columns (the bypass replaces the hold there too)."""
+    from .lockstep import column_maps
+
+    cols, _ = column_maps(img)
+    out = []
+    for i, ll in enumerate(img.layers):
+        a = np.asarray(acts[i])
+        lc = np.diff(img.col_ptr[ll.col_base: ll.col_base + ll.in_features + 1])
+        if ll.geom:
+            out.append(conv_layer_cycles(img, i, a, params))
+            continue
+        phys = np.where(cols[i][None, :] >= 0, a[:, np.maximum(cols[i], 0)], 0)
+        out.append(simulate_layer(lc[None, :], phys != 0, pes=img.pes, depth=params.queue_depth,
+                                  rows=ll.rows_per_pe, drain_share=params.drain_share,
+                                  preload=i > 0))
+    return np.stack(out, axis=1)
+
+
+def conv_layer_cycles(img, i: int, a: np.ndarray, params) -> np.ndarray:
+    """Cycles [batch] of conv layer i of a lockstep image on its inputs a [batch, c * h * w]
+    (logical channel order): every pass walks its sub-positions' words (`images.conv.walk`);
+    a sub-position costs the larger of its slots (L(c) over the non-zero columns read) and the
+    front end's cycles (a non-zero column a cycle, a word without one a cycle): the queue lets
+    the front end run ahead of the slots. A pass adds PRELOAD (its
+    accumulator rows), the drain (rows x subs x drain_share) and `CONV_PASS_CYCLES`. Within
+    2 % of the RTL with queues of 2 or more columns and no stalls (up to 14 % on networks of
+    under 200 cycles); a queue of 1 column and stalls on the streams are not modelled (up to
+    11 % off on small networks)."""
+    from . import conv
+
+    ll = img.layers[i]
+    g = ll.conv_geom
+    n = img.pes
+    vals = np.asarray(a).reshape(len(a), g.c, g.h * g.w)
+    if g.src == conv.CHAN:
+        vals = vals[:, np.asarray(img.layers[i - 1].perm)]
+    words = np.stack([conv.map_to_words(v.reshape(-1), (g.c, g.h, g.w), g.src, n)
+                      for v in vals]) != 0  # [batch, W, N]
+    lc = np.diff(img.col_ptr[ll.col_base: ll.col_base + ll.in_features + 1])
+    cost = lc  # a column of no slots costs the front end only (dropped at the pointer stage)
+    desc = np.array([d for p in range(g.passes) for d in conv.walk(g, n, p)],
+                    dtype=np.int64).reshape(-1, 5)
+    lane = np.arange(n)
+    inwin = (lane[None, :] >= desc[:, 2:3]) & (lane[None, :] < desc[:, 3:4])  # [D, N]
+    col = np.clip(desc[:, 1:2] + lane[None, :], 0, len(cost) - 1)
+    ccost = np.where(inwin, cost[col], 0)  # [D, N]
+    nzw = words[:, desc[:, 0], :]  # [batch, D, N]: each word's lanes
+    slots = (nzw * ccost[None]).sum(axis=2)  # [batch, D]
+    sends = np.maximum((nzw & inwin[None]).sum(axis=2), 1)  # the front end's cycles
+    # the queue lets the front end run ahead of the slots within a sub-position: it costs the
+    # larger of the two
+    sub = np.concatenate([[0], np.flatnonzero(np.diff(desc[:, 4]) != 0) + 1]) if len(desc) else \
+        np.zeros(0, np.int64)
+    walk = np.maximum(np.add.reduceat(slots, sub, axis=1),
+                      np.add.reduceat(sends, sub, axis=1)).sum(axis=1) if len(desc) else \
+        np.zeros(len(a), np.int64)
+    share = params.drain_share
+    rows = img.acc_rows(ll)
+    return walk + g.passes * (rows + ll.rows_per_pe * g.subs * share + CONV_PASS_CYCLES)
 
 
 def work_bound(layers, perms, acts: list[np.ndarray], option: str, *, pes: int = 8,

@@ -28,6 +28,13 @@ two PEs. Layout:
   bias 0), at bias_base[i] = sum of the previous layers' rows_per_pe: the same offsets in every
   PE, so one address serves them all.
 
+* Conv layers (qnet version 2, `images.conv`): a conv layer's matrix is [out_ch, physical
+  columns] with the columns in the order the conv front end reads them (`images.conv`: the
+  qnet's (c, dy, dx) for the input map, (channel group, dy, dx, lane) for a map a conv layer
+  wrote, channel p in PE p % N), the layer keeps its `geom` (`ConvGeom.as_tuple()`), and the
+  image the qnet's `input_shape`. Output channel p lives in PE p % N as for an fc row; its
+  accumulator rows are one block per sub-position of the pooling window (`acc_rows`).
+
 `build_lockstep` makes the image from a qnet, `decode_lockstep` rebuilds the exact qnet, and
 `lockstep_cycles` counts the slot cycles an input costs (what the engine spends computing).
 """
@@ -42,6 +49,7 @@ from compress import limits
 from compress.errors import InputError
 from compress.qnet import DEFAULT_INDEX_BITS, QNet
 
+from . import conv
 from .csc import DEFAULT_REL_BITS, decode_csc, encode_csc
 from .layers import LAYER_KINDS, layer_kind
 from .memmap import MemorySpec, bits, ceil_div
@@ -62,6 +70,11 @@ class LockstepLayer:
     bias_base: int  # first bias word (same in every PE)
     perm: np.ndarray  # int64[out]: physical row p holds logical row perm[p]
     kind: str = "fc"  # the layer's kind (`images.layers`)
+    geom: tuple = ()  # conv: `images.conv.ConvGeom.as_tuple()` (empty for fc)
+
+    @property
+    def conv_geom(self) -> "conv.ConvGeom | None":
+        return conv.ConvGeom(*self.geom) if self.geom else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +87,7 @@ class LockstepImage:
     col_ptr: np.ndarray  # int64[sum(in) + 1]
     bias: np.ndarray  # int64[pes, sum(rows_per_pe)]
     input_frac: int = 8
+    input_shape: tuple | None = None  # the qnet's input_shape ((in_0,) or (C, H, W))
 
     @property
     def entry_bits(self) -> int:
@@ -89,11 +103,28 @@ class LockstepImage:
 
     @property
     def in_features(self) -> int:
-        return self.layers[0].in_features
+        """The engine's input words (the input map flattened for a CNN)."""
+        return conv.engine_in_features(self)
 
     @property
     def out_features(self) -> int:
-        return self.layers[-1].out_features
+        """The engine's output words (a conv last layer's pooled map flattened)."""
+        return conv.engine_out_features(self)
+
+    @property
+    def has_conv(self) -> bool:
+        return any(ll.geom for ll in self.layers)
+
+    @property
+    def sub_bits(self) -> int:
+        """Accumulator address bits of a sub-position (the most of any conv layer): a conv
+        layer's local row r, sub-position s is accumulator row (r << sub_bits) | s."""
+        return max([conv.ConvGeom(*ll.geom).sub_bits for ll in self.layers if ll.geom],
+                   default=0)
+
+    def acc_rows(self, ll: "LockstepLayer") -> int:
+        """Accumulator rows a layer uses in every PE."""
+        return ll.rows_per_pe << self.sub_bits if ll.geom else ll.rows_per_pe
 
     def lanes(self) -> list[np.ndarray]:
         """The slot words of each lane memory: PEs 2j (low bits) and 2j+1 (high bits)."""
@@ -136,10 +167,10 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
     fewest slots; deterministic for a seed), "lpt" (`place_longest_first`, even work per PE) or
     "interleave" (no permutation); or `perms`, one permutation per hidden layer, given.
     """
-    qnet.require_fc("the lockstep engine")
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"pes must be a positive integer, not {pes!r}")
     limits.check("max_pes", pes, "pes")
+    conv.check_pes(qnet, pes)
     if not 1 <= rel_bits <= 12:
         raise InputError(f"rel_bits must be 1..12, not {rel_bits!r}")
     if placement not in PLACEMENTS:
@@ -180,14 +211,16 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
                     perm = ident  # a network pruned for this engine, a few slots off the bound
                 perms.append(perm)
 
+    # every layer's matrix, rows placed and columns in physical order (`images.conv`: the
+    # previous layer's row order, and a conv map's channels by PE)
+    mats, _cols = conv.physical_layers(qnet, perms, pes)
+    geoms = conv.network_geometries(qnet)
     slot_blocks, ptrs, layers, biases = [], [], [], []
     col_base = bias_base = slot_base = 0
     for i, layer in enumerate(qnet.layers):
         kind = layer_kind(layer)
-        idx = kind.matrix(layer)[perms[i]]
-        if i > 0:
-            idx = idx[:, perms[i - 1]]
-        cols = layer.in_features
+        idx = mats[i]
+        cols = idx.shape[1]
         per_pe = [encode_csc(idx[k::pes], rel_bits=rel_bits) for k in range(pes)]
         counts = np.stack([np.diff(p) for (_, _, p) in per_pe])  # [pes, cols]
         lc = counts.max(axis=0)
@@ -214,20 +247,23 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
             in_features=cols, out_features=layer.out_features, shift=layer.shift,
             relu=layer.relu, codebook=cb, codebook_size=len(layer.codebook),
             col_base=col_base, rows_per_pe=rows, bias_base=bias_base, perm=perms[i],
-            kind=kind.name))
+            kind=kind.name, geom=geoms[i].as_tuple() if geoms[i] is not None else ()))
         col_base += cols
         bias_base += rows
         slot_base += int(start[-1])
     col_ptr = np.concatenate(ptrs + [np.array([slot_base], dtype=np.int64)])
     return LockstepImage(pes=pes, index_bits=index_bits, rel_bits=rel_bits, layers=layers,
                          slots=np.concatenate(slot_blocks), col_ptr=col_ptr,
-                         bias=np.concatenate(biases, axis=1), input_frac=qnet.input_frac)
+                         bias=np.concatenate(biases, axis=1), input_frac=qnet.input_frac,
+                         input_shape=(tuple(int(v) for v in qnet.input_shape)
+                                      if qnet.input_shape else None))
 
 
 def decode_lockstep(img: LockstepImage) -> QNet:
     """The logical qnet the image computes (undoes placement, padding and permutations)."""
     n = img.pes
     mask = (1 << img.index_bits) - 1
+    cmaps, in_logical = column_maps(img)
     layers = []
     for i, ll in enumerate(img.layers):
         cols = ll.in_features
@@ -249,35 +285,70 @@ def decode_lockstep(img: LockstepImage) -> QNet:
                 ptr.append(ptr[-1] + end - a)
             sub = decode_csc(v[keep], z[keep], np.array(ptr), rows_k)
             idx[k::n] = sub
-        # undo the permutations: rows by this layer's, columns by the previous layer's
+        # undo the permutations: rows by this layer's, columns by the column map (the
+        # previous layer's rows, and a conv map's channels by PE: `images.conv`)
         logical = np.empty_like(idx)
         logical[ll.perm] = idx
-        if i > 0:
-            prev = img.layers[i - 1].perm
-            tmp = np.empty_like(logical)
-            tmp[:, prev] = logical
-            logical = tmp
+        try:
+            logical = conv.logical_matrix(logical, cmaps[i], in_logical[i])
+        except ValueError as e:
+            raise InputError(f"lockstep layer l{i}: {e}") from None
         bias_phys = img.bias[:, ll.bias_base: ll.bias_base + ll.rows_per_pe].T.reshape(-1)
         bias = np.empty(ll.out_features, dtype=np.int32)
         bias[ll.perm] = bias_phys[: ll.out_features]
         layers.append(LAYER_KINDS[ll.kind].make(
             codebook=ll.codebook[: ll.codebook_size].copy(), index=logical, bias=bias,
-            shift=ll.shift, relu=ll.relu))
-    return QNet(layers=layers, input_frac=img.input_frac)
+            shift=ll.shift, relu=ll.relu, geom=ll.conv_geom))
+    return QNet(layers=layers, input_frac=img.input_frac, input_shape=img.input_shape)
+
+
+def column_maps(img: LockstepImage) -> tuple[list[np.ndarray], list[int]]:
+    """(column maps, logical column counts) of the image's layers: the logical column each
+    physical one reads, -1 for a padding channel's (`images.conv.column_maps`)."""
+    geoms = [ll.conv_geom for ll in img.layers]
+    kinds = [ll.kind for ll in img.layers]
+    logical = conv.logical_in_features(kinds, geoms, img.layers[0].in_features)
+    for i, n in enumerate(logical):
+        if n < 0:
+            logical[i] = img.layers[i - 1].out_features
+    perms = [np.asarray(ll.perm) for ll in img.layers]
+    return conv.column_maps(kinds, logical, geoms, perms, img.pes), logical
+
+
+def _patches(x: np.ndarray, g: "conv.ConvGeom") -> np.ndarray:
+    """bool[batch, positions, c * kh * kw]: the non-zeros of every computed position's patch
+    (the positions of whole pooling windows; zero padding is zero), columns (c, dy, dx)."""
+    b = x.shape[0]
+    m = np.asarray(x).reshape(b, g.c, g.h, g.w) != 0
+    m = np.pad(m, ((0, 0), (0, 0), (g.ph, g.ph), (g.pw, g.pw)))
+    win = np.lib.stride_tricks.sliding_window_view(m, (g.kh, g.kw), axis=(2, 3))
+    win = win[:, :, :: g.sh, :: g.sw][:, :, : g.hp * g.qh, : g.wp * g.qw]  # [b, c, y, x, kh, kw]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(b, -1, g.c * g.kh * g.kw)
 
 
 def lockstep_cycles(img: LockstepImage, acts: list[np.ndarray]) -> np.ndarray:
-    """Slot cycles per layer for a batch: sum of L(c) over the non-zero input columns.
+    """Slot cycles per layer for a batch: sum of L(c) over the non-zero input columns (a conv
+    layer: over every computed position's patch).
 
     acts[i] is layer i's input int16[batch, in_i] in logical column order (the golden model's
-    layer inputs); returns int64[batch, layers].
+    layer inputs, a map flattened (C, H, W)); returns int64[batch, layers].
     """
+    cols, logical = column_maps(img)
     out = []
     for i, ll in enumerate(img.layers):
         g0 = ll.col_base
         lc = np.diff(img.col_ptr[g0: g0 + ll.in_features + 1])
-        phys = acts[i] if i == 0 else acts[i][:, img.layers[i - 1].perm]
-        out.append((phys != 0).astype(np.int64) @ lc)
+        lc_log = np.zeros(logical[i], dtype=np.int64)  # L of each logical column
+        ok = cols[i] >= 0
+        lc_log[cols[i][ok]] = lc[ok]
+        a = np.asarray(acts[i])
+        g = ll.conv_geom
+        if g is None:
+            out.append((a != 0).astype(np.int64) @ lc_log)
+        else:  # in chunks: the patches of a batch are large
+            out.append(np.concatenate(
+                [(_patches(a[j: j + 64], g).astype(np.int32) @ lc_log).sum(axis=1)
+                 for j in range(0, len(a), 64)] or [np.zeros(0, np.int64)]))
     return np.stack(out, axis=1)
 
 
@@ -302,9 +373,32 @@ class LockstepParams(EngineParams):
 
 
 def act_words(img: LockstepImage) -> int:
-    """Words per PE of one activation bank: the widest layer input or output over N PEs."""
+    """Words per PE of one activation bank: the widest layer input or output over N PEs; with
+    conv layers two regions of the largest map (`map_region`), a conv layer reading one and
+    writing the other (its later passes still read its input)."""
+    if img.has_conv:
+        return 2 * map_region(img)
     widths = [img.in_features] + [ll.out_features for ll in img.layers]
     return max(ceil_div(w, img.pes) for w in widths)
+
+
+def map_region(img: LockstepImage) -> int:
+    """Words per PE of one map region of a CNN's bank: the largest map (the input, every
+    layer's output) in the layout it is kept in (`images.conv.act_words`)."""
+    return conv.act_words(img)
+
+
+def map_bases(img: LockstepImage) -> list[tuple[int, int]]:
+    """(source, destination) first word of each layer's maps in the bank: the input is at 0, a
+    conv layer writes the region it does not read, an fc layer overwrites its input (its drain
+    runs after its compute). All 0 for a network without conv layers."""
+    r = map_region(img) if img.has_conv else 0
+    out, src = [], 0
+    for ll in img.layers:
+        dst = (r - src) if ll.geom else src
+        out.append((src, dst))
+        src = dst
+    return out
 
 
 def memory_map(img: LockstepImage, params: LockstepParams = LockstepParams()
@@ -327,7 +421,7 @@ def memory_map(img: LockstepImage, params: LockstepParams = LockstepParams()
     ]
     acc_bits = params.acc_bits
     mask = (1 << acc_bits) - 1
-    rows = max(layer.rows_per_pe for layer in img.layers)
+    rows = max(img.acc_rows(layer) for layer in img.layers)
     bias = np.asarray(img.bias)
     specs += [MemorySpec(f"pe{k}.acc", "ram", acc_bits, rows + bias.shape[1],
                          tuple([0] * rows + [int(b) & mask for b in bias[k]]),
@@ -381,8 +475,10 @@ def logic_of(img: LockstepImage) -> dict:
     Verilog but for what their memories hold."""
     return {"layers": [[ll.in_features, ll.out_features, ll.shift, bool(ll.relu),
                         ll.codebook.tolist(), ll.col_base, ll.rows_per_pe, ll.bias_base, ll.kind]
+                       + ([list(ll.geom)] if ll.geom else [])
                        for ll in img.layers],
-            "mems": [int(img.num_slots), len(img.col_ptr), list(img.bias.shape)]}
+            "mems": [int(img.num_slots), len(img.col_ptr), list(img.bias.shape)],
+            **({"input_shape": list(img.input_shape)} if img.has_conv else {})}
 
 
 def padded(img: LockstepImage) -> LockstepImage:

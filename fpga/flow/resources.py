@@ -316,10 +316,13 @@ def check_board_kinds(qnet, engine: str) -> None:
     the board through the EIE engine only)."""
     from images.layers import check_kinds
 
+    def on_board(rec):
+        return rec.layer_kinds if rec.board_layer_kinds is None else rec.board_layer_kinds
+
     try:
-        check_kinds(qnet, get(engine).layer_kinds, engine)
+        check_kinds(qnet, on_board(get(engine)), engine)
     except InputError as e:
-        runs = [r.name for r in registered() if "conv" in r.layer_kinds]
+        runs = [r.name for r in registered() if "conv" in on_board(r)]
         raise InputError(f"{e} (on the board a network with conv layers runs on "
                          f"--engine {'/'.join(runs)})") from None
 
