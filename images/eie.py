@@ -463,12 +463,14 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
                                drain_share=0, preload=False, drain_tail=3)
         else:
             c = simulate_wide(cost, nz, pes=rom.pes, depth=queue_depth, pipelined=pipelined)
-            if i:  # the first groups come forwarded from the previous layer's drain (a cycle
-                # later through the pipelined engine's register)
-                c = c - (1 if pipelined else 2)
+            if i:  # the first groups come forwarded from the previous layer's drain (the
+                # pipelined engine: through its register and the staged front end, later)
+                c = c + (1 if pipelined else -2)
         # - 1: a PE is idle while its last hit is written (`hw.eie.mac.Mac.pending`); the last
         # layer's drain is not overlapped: its rows (`drain_rows`) and 2, at least 6 cycles
-        last = max(6, drain_rows(rom)[-1] + 2) if i == rom.num_layers - 1 else 0
+        # (pipelined: at least 3)
+        last = (max(3 if pipelined else 6, drain_rows(rom)[-1] + 2)
+                if i == rom.num_layers - 1 else 0)
         out.append(c - 1 + last)
     return np.stack(out, axis=1)
 
@@ -593,10 +595,16 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8,
 def _simulate_wide_pipelined(cost: np.ndarray, nz: np.ndarray, *, pes: int,
                              depth: int) -> np.ndarray:
     """`simulate_wide` for the pipelined front end (depth: its queue slots, the extra one
-    included): a column may go once the oldest of a PE's last `depth` columns left two cycles
-    before (the credit a cycle old, its slot counted from the broadcast register on); its
-    slots are taken in order (checked against the RTL at 16 PEs: docs/engine.md)."""
+    included). A PE counts a column's slot from the broadcast register on (a cycle after it is
+    sent) to its last cycle in the PE: an empty one two cycles on (the broadcast register, the
+    pointer read), one with entries the cycle its sequencer takes it. The front end sees a
+    PE's free slots a cycle late (`room_ge`), so a column may go in cycle X when every PE has
+    fewer than `depth` columns counted in cycle X - 1 or sent since. Slots are counted, not
+    taken in order, as in the RTL (`hw.eie.pe.PE`)."""
     lag = 1  # cycles from the front end to the PEs beyond the plain engine
+    # cycles a column spends in the PE's second pointer register (`hw.eie.pointer.PointerRead`
+    # `registered`) on its way to the queue; an empty column is dropped before it
+    plag = 1
     batch, cols = nz.shape
     lanes = cost.shape[0]
     never = np.iinfo(np.int64).min // 4
@@ -605,8 +613,15 @@ def _simulate_wide_pipelined(cost: np.ndarray, nz: np.ndarray, *, pes: int,
     # L_j of the current group; the pipelined front end reads its groups a cycle ahead into
     # registers (`hw.frontend.WideFrontEnd`, staged), so the first comes a cycle later
     load = np.full(batch, lag - 1, dtype=np.int64)
-    done = np.zeros((batch, lanes), dtype=np.int64)  # each PE's next free cycle
-    ring = np.full((batch, lanes, depth), never, dtype=np.int64)  # pop cycles of queued columns
+    # each PE's next free cycle (none yet: a layer with no column is the front end's alone)
+    done = np.full((batch, lanes), never, dtype=np.int64)
+    # the last cycle each PE counts its last `depth` columns with entries (the sequencer takes
+    # them in order: older ones have left)
+    held = np.full((batch, lanes, depth), never, dtype=np.int64)
+    # the last 8 columns sent (four cycles of two): when, and empty for which PE
+    recent = 8
+    recent_t = np.full((batch, recent), never, dtype=np.int64)
+    recent_empty = np.zeros((batch, lanes, recent), dtype=bool)
     for g0 in range(0, cols, pes):
         last = np.full(batch, never, dtype=np.int64)  # this group's last column sent
         for c in range(g0, min(cols, g0 + pes)):
@@ -615,24 +630,36 @@ def _simulate_wide_pipelined(cost: np.ndarray, nz: np.ndarray, *, pes: int,
                 continue
             u = cost[:, c]
             used = u > 0
-            # every PE must have room, also one the column has no entry for (it holds a slot
-            # while in the pointer stage): the oldest of its last `depth` columns has left
-            credit = ring[:, :, 0].max(axis=1) + 1 + lag
-            tn = np.maximum(np.maximum(load, np.where(slot >= 2, t + 1, t)), credit)
+            tn = np.maximum(load, np.where(slot >= 2, t + 1, t))
+            while True:  # the first cycle every PE has a free slot (also one the column has
+                # no entry for: it holds a slot while in the pointer stage)
+                seen = (tn - 1)[:, None, None]
+                busy = ((held >= seen).sum(axis=2)
+                        + (recent_empty & (recent_t[:, None, :] + 1 + lag >= seen)).sum(axis=2))
+                wait = m & (busy >= depth).any(axis=1)
+                if not wait.any():
+                    break
+                tn = np.where(wait, tn + 1, tn)
             slot = np.where(m, np.where(tn == t, slot + 1, 1), slot)
             # into an empty queue a column goes straight on to the sequencer (its bypass)
-            start = np.maximum(done, tn[:, None] + 1 + lag)
-            fin = start + u[None, :]
+            start = np.maximum(done, tn[:, None] + 1 + lag + plag)
             upd = m[:, None] & used[None, :]
-            done = np.where(upd, fin, done)
-            # a queued column leaves when the sequencer takes it; an empty one after p_
-            leave = np.where(used[None, :], start - 1, tn[:, None] + lag)
-            shifted = np.concatenate([ring[:, :, 1:], leave[:, :, None]], axis=2)
-            ring = np.where(m[:, None, None], shifted, ring)
+            done = np.where(upd, start + u[None, :], done)
+            held = np.where(upd[:, :, None],
+                            np.concatenate([held[:, :, 1:], start[:, :, None]], axis=2), held)
+            recent_t = np.where(m[:, None], np.concatenate([recent_t[:, 1:], tn[:, None]], 1),
+                                recent_t)
+            empty = np.broadcast_to(~used[None, :, None], (batch, lanes, 1))
+            recent_empty = np.where(m[:, None, None],
+                                    np.concatenate([recent_empty[:, :, 1:], empty], axis=2),
+                                    recent_empty)
             t = np.where(m, tn, t)
             last = np.where(m, tn, last)
         load = np.maximum(last, load + 1)
-    end = np.maximum(done.max(axis=1), load + 2) + 3
+    # the staged front end is done with its last group sooner than the plain one (read ahead)
+    # and a column with no entries anywhere still passes the broadcast register and the pointer
+    # read before the PEs are idle
+    end = np.maximum(np.maximum(done.max(axis=1), load - 2), t) + 3
     return end + 3 + 1
 
 

@@ -17,7 +17,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from fpga.boards import BOARDS, ULX3S_CLOCK_MHZ, ecp5, engine_params, get_board, ice40
+from fpga.boards import BOARDS, ULX3S_BAUD, ULX3S_CLOCK_MHZ, ecp5, engine_params, get_board, ice40
 from hw.memory import MemorySpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +117,9 @@ def test_ulx3s_boards():
     p = ecp5.pll_config(b.clock_hz, b.clock_mhz * 1e6)
     assert p.fout == b.clock_mhz * 1e6
     assert abs(p.fout / baud_divisor(p.fout, b.baud) / b.baud - 1) < 0.02
+    # 50 MHz (25 x 2) and 2 Mbaud: 25 clocks a bit, exact
+    assert (b.clock_mhz, b.baud) == (50.0, 2_000_000)
+    assert baud_divisor(p.fout, b.baud) * b.baud == p.fout
     assert BOARDS["icebreaker"].baud == 3_000_000  # the iCEBreaker's default is unchanged
 
 
@@ -340,4 +343,4 @@ def test_real_ecp5_build(tmp_path):
     assert 0 < on_disk["lc_used"] < 83640 and on_disk["dsp_used"] == 2
     assert on_disk["spram_used"] == 0 and on_disk["timing_met"]
     assert on_disk["fmax_mhz"] >= on_disk["clock_mhz"] == round(ULX3S_CLOCK_MHZ, 4)
-    assert on_disk["baud"] == 1_000_000
+    assert on_disk["baud"] == ULX3S_BAUD

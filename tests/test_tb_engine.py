@@ -15,7 +15,7 @@ import pytest
 from compress.golden import golden
 from images.eie import build_rom
 from compress.synthetic import random_inputs, random_qnet
-from images.eie import EieParams
+from images.eie import EieParams, model_cycles
 from tb.sim import build, simulate
 from tests.conftest import long_tests
 
@@ -54,6 +54,9 @@ CASES = [
      {"pipelined": True, "queue_depth": 2}, {"stall_in": 0.2, "stall_out": 0.3}, 40),
     ("4pe-pipelined-rows-fewer-zero-columns", (30, 3, 5), 4, 0.1, {"shift": [8, 0]}, {},
      {"pipelined": True}, {}, 40),
+    # the ULX3S's shape: 16 PEs, queues of 16, the relative index wider (fewer fillers)
+    ("16pe-pipelined-depth16", (70, 40, 10), 16, 0.25, {"shift": [9, 7]}, {"rel_bits": 4},
+     {"pipelined": True, "queue_depth": 16}, {}, 30),
 ]
 
 
@@ -68,6 +71,12 @@ def _check(sizes, pes, density, qkw, rkw, pkw, runkw, n, seed):
     assert len(bad) == 0, f"{len(bad)}/{n} vectors differ, first {bad[:5]}"
     assert np.all(r.layer_cycles > 0)
     assert np.all(r.cycles >= r.layer_cycles.sum(axis=1) + sizes[0] + sizes[-1] - 1)
+    if params.pipelined and params.queue_depth >= 2:
+        # the pipelined engine's cycle model is exact (tests/test_hw_pipelined.py), also on
+        # the Verilog
+        np.testing.assert_array_equal(
+            model_cycles(b.image, x, pipelined=True, queue_depth=params.queue_depth,
+                         acc_bits=params.acc_bits), r.layer_cycles)
     return qnet, x, r
 
 

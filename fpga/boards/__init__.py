@@ -81,10 +81,11 @@ class Board:
 
 
 # The ULX3S's default clock and baud rate: the 16-PE EIE engine with its pipelined front end
-# (the `ecp5` defaults, docs/fpga.md section 7) at the PLL's 25 x 2 = 50 MHz, with 1 Mbaud
-# (50 clocks a bit, exact), which the FT231X makes exactly.
-ULX3S_CLOCK_MHZ = 45.0
-ULX3S_BAUD = 1_000_000
+# (the `ecp5` defaults, docs/fpga.md section 7) at the PLL's 25 x 2 = 50 MHz, with 2 Mbaud
+# (25 clocks a bit, exact), which the FT231X makes exactly (3 MHz / 1.5; 3 Mbaud would need a
+# multiple of 3 MHz: 45, 60 or 75 MHz from 25 MHz).
+ULX3S_CLOCK_MHZ = 50.0
+ULX3S_BAUD = 2_000_000
 
 BOARDS = {b.name: b for b in (
     # UART through the FTDI on rx 6 / tx 9, the 12 MHz oscillator on pin 35

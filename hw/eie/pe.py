@@ -223,7 +223,8 @@ class PE(wiring.Component):
             pr = PointerRead(
                 col_bits=len(self.bcw[j].col), base_bits=bits(len(img.ptr) + 1),
                 ptr_bits=self.ptr_bits, even_addr_bits=len(pev.addr),
-                odd_addr_bits=len(pod.addr), sub_bits=self.sub_bits)
+                odd_addr_bits=len(pod.addr), sub_bits=self.sub_bits,
+                registered=self.pipelined)
             m.submodules[f"pointer{j}"] = pr
             m.d.comb += [
                 pr.i.valid.eq(self.bcw_valid[j]),
@@ -236,6 +237,8 @@ class PE(wiring.Component):
             ]
             prs.append(pr)
         c.pr_busy = prs[0].busy | prs[1].busy
+        if self.pipelined:  # and the columns in the pointer stage's second register
+            c.pr_busy = c.pr_busy | prs[0].held | prs[1].held
         # bypass: into an empty queue, the first column out of p_ goes straight to the
         # sequencer when it can take it (a cycle earlier); the other one is queued
         src = SimpleNamespace(o=SimpleNamespace(
@@ -256,10 +259,12 @@ class PE(wiring.Component):
         m.d.comb += [queue.i[j].valid.eq(prs[j].o.valid & ~by[j]) for j in range(2)]
         # free slots once the columns in the pointer stage are queued: every one sent now
         # finds its slot a cycle later whatever the sequencer does
-        free = Signal(range(-4, depth + 1), name="free")
+        free = Signal(range(-6 if self.pipelined else -4, depth + 1), name="free")
         if self.pipelined:
             # the columns in the broadcast register (on bcw now) hold their slots too
+            # and the columns in the pointer stage's second register (`PointerRead.held`)
             m.d.comb += free.eq(depth - queue.level - prs[0].busy - prs[1].busy
+                                - prs[0].held - prs[1].held
                                 - self.bcw_valid[0] - self.bcw_valid[1])
             m.d.comb += self.room.eq(Mux(free >= 4, 4, Mux(free >= 0, free, 0)))
         else:

@@ -12,6 +12,12 @@ Flow control is by credit, not back-pressure: `i.ready` is the `credit` input (t
 room for one more column beyond the one in this stage, see `busy`), so a column taken here is
 always taken by the consumer a cycle later and `o` is `always_ready`. `i.ready` never depends on
 `i.valid`.
+
+`registered` (the pipelined engine's PEs, `hw.eie.pe`): a second cycle, (value, start, end) and
+"the column has entries" into registers, so `o` comes from flip-flops and the block RAMs'
+outputs (their clock-to-out is most of an ECP5 cycle) go no further than those registers; the
+column in that register is `held` (the consumer's credit counts it too). Empty columns are
+dropped on the way into it, as before.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ class PointerRead(wiring.Component):
     """
 
     def __init__(self, *, col_bits: int, base_bits: int, ptr_bits: int, even_addr_bits: int,
-                 odd_addr_bits: int, sub_bits: int = 0):
+                 odd_addr_bits: int, sub_bits: int = 0, registered: bool = False):
         for name, v in (("col_bits", col_bits), ("base_bits", base_bits),
                         ("ptr_bits", ptr_bits), ("even_addr_bits", even_addr_bits),
                         ("odd_addr_bits", odd_addr_bits)):
@@ -49,6 +55,7 @@ class PointerRead(wiring.Component):
                 raise ValueError(f"{name} must be a positive integer, not {v!r}")
         self.base_bits = base_bits
         self.sub_bits = sub_bits
+        self.registered = registered
         layout = conv_bcast_layout(col_bits, sub_bits) if sub_bits else bcast_layout(col_bits)
         super().__init__({
             "base": In(base_bits),
@@ -58,6 +65,8 @@ class PointerRead(wiring.Component):
             "odd": In(memory.ReadPort.Signature(addr_width=odd_addr_bits, shape=ptr_bits)),
             "o": Out(stream.Signature(column_layout(ptr_bits, sub_bits), always_ready=True)),
             "busy": Out(1),  # a column is in this stage (the consumer's credit counts it)
+            # registered: a column (with entries) is in the second register, on `o`
+            **({"held": Out(1)} if registered else {}),
         })
 
     def elaborate(self, platform):
@@ -76,9 +85,23 @@ class PointerRead(wiring.Component):
         if self.sub_bits:
             p_sub = Signal(self.sub_bits)
             m.d.sync += p_sub.eq(self.i.payload.sub)
-            m.d.comb += self.o.payload.sub.eq(p_sub)
+            if not self.registered:
+                m.d.comb += self.o.payload.sub.eq(p_sub)
         p_start = Mux(p_odd, self.odd.data, self.even.data)
         p_end = Mux(p_odd, self.even.data, self.odd.data)
+        if self.registered:
+            r_value = Signal(signed(16), name="r_value")
+            r_start = Signal.like(self.o.payload.start, name="r_start")
+            r_end = Signal.like(self.o.payload.end, name="r_end")
+            m.d.sync += [self.held.eq(self.busy & (p_start != p_end)), r_value.eq(p_value),
+                         r_start.eq(p_start), r_end.eq(p_end)]
+            if self.sub_bits:
+                r_sub = Signal(self.sub_bits, name="r_sub")
+                m.d.sync += r_sub.eq(p_sub)
+                m.d.comb += self.o.payload.sub.eq(r_sub)
+            m.d.comb += [self.o.valid.eq(self.held), self.o.payload.value.eq(r_value),
+                         self.o.payload.start.eq(r_start), self.o.payload.end.eq(r_end)]
+            return m
         m.d.comb += [
             self.o.valid.eq(self.busy & (p_start != p_end)),
             self.o.payload.value.eq(p_value),
