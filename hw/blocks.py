@@ -509,21 +509,28 @@ class BankedIO(_StreamOut):
 # ---- slot sequencer ------------------------------------------------------------------------
 
 
-def slot_sequencer(m, queue, addr_bits: int, *, hold=None, sub_bits: int = 0
-                   ) -> SimpleNamespace:
+def slot_sequencer(m, queue, addr_bits: int, *, hold=None, sub_bits: int = 0,
+                   last_reg: bool = False) -> SimpleNamespace:
     """s_ stage: one entry address per cycle over the queue head's range start..end-1.
 
     The next column is popped in the cycle the current one issues its last slot (no bubble).
     hold: while set nothing moves (the lockstep engine's hazard stall). Returns the stage's
     registers valid, first (first slot of its column), value, addr, end and `last` (and sub,
-    the column's sub-position, with `sub_bits`: conv layers, `images.conv`).
+    the column's sub-position, with `sub_bits`: conv layers, `images.conv`). last_reg: `last`
+    from a flip-flop set a cycle ahead (start + 1 == end when a column is taken, addr + 2 ==
+    end when it steps), not the carry chain of addr + 1 == end in front of the pop (the
+    lockstep board's critical path at 92 % of its logic cells); the same cycle for cycle.
     """
     s = SimpleNamespace(valid=Signal(name="s_valid"), first=Signal(name="s_first"),
                         value=Signal(signed(16), name="s_value"),
                         addr=Signal(addr_bits, name="s_addr"),
                         end=Signal(addr_bits, name="s_end"), last=Signal(name="s_last"),
                         sub=Signal(max(1, sub_bits), name="s_sub"))
-    m.d.comb += s.last.eq(s.valid & (s.addr + 1 == s.end))
+    if last_reg:
+        last_r = Signal(name="s_last_r")  # == valid & (addr + 1 == end), kept so below
+        m.d.comb += s.last.eq(last_r)
+    else:
+        m.d.comb += s.last.eq(s.valid & (s.addr + 1 == s.end))
     ready = ~s.valid | s.last
     m.d.comb += queue.o.ready.eq(ready if hold is None else ready & ~hold)
     take = queue.o.valid & queue.o.ready
@@ -538,8 +545,14 @@ def slot_sequencer(m, queue, addr_bits: int, *, hold=None, sub_bits: int = 0
                      s.addr.eq(queue.o.payload.start), s.end.eq(queue.o.payload.end)]
         if sub_bits:
             m.d.sync += s.sub.eq(queue.o.payload.sub)
+        if last_reg:
+            m.d.sync += last_r.eq(queue.o.payload.start + 1 == queue.o.payload.end)
     with m.Elif(s.last):
         m.d.sync += s.valid.eq(0)
+        if last_reg:
+            m.d.sync += last_r.eq(0)
     with m.Elif(s.valid):
         m.d.sync += [s.addr.eq(s.addr + 1), s.first.eq(0)]
+        if last_reg:
+            m.d.sync += last_r.eq(s.addr + 2 == s.end)
     return s

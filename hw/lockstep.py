@@ -409,7 +409,8 @@ class LockstepEngine(wiring.Component):
         c.hz = Signal(name="hz")  # the hazard, this cycle
         c.hold = hold = Signal(name="hold")
         m.d.sync += hold.eq(c.hz & ~hold)
-        c.s = s = slot_sequencer(m, c.queue, self.ptr_bits, hold=hold, sub_bits=self.sub_bits)
+        c.s = s = slot_sequencer(m, c.queue, self.ptr_bits, hold=hold, sub_bits=self.sub_bits,
+                                 last_reg=True)
         for lp in c.lanes:
             m.d.comb += [lp.addr.eq(s.addr), lp.en.eq(~hold)]
 

@@ -124,8 +124,8 @@ BOARD = "compress/models/lenet-300-100-board.qnet.npz"
 
 
 def test_board_network_second_layer_trimmed_without_holds():
-    """The board network (pruned for the board: 23 of l1's 100 units live, 4 at most in a PE):
-    l1 computes 4 rows a PE, not 13, l2 reads 32 columns, not 100. Its l0 keeps 38 rows:
+    """The board network (pruned for the board: 40 of l1's 100 units live, 5 in a PE): l1
+    computes 5 rows a PE, not 13, l2 reads 40 columns, not 100. Its l0 keeps 38 rows:
     trimming its 47 dead units would put l1's columns in another order, where two columns
     that hit the same row in some PE come next to each other (the pattern avoids that in the
     logical order), costing more holds than the 2 rows save."""
@@ -133,8 +133,8 @@ def test_board_network_second_layer_trimmed_without_holds():
 
     q = load_qnet(BOARD)
     img, full = build_lockstep(q, 8), build_lockstep(q, 8, trim=False)
-    assert [ll.rows_per_pe for ll in img.layers] == [38, 4, 2]
-    assert [ll.engine_in for ll in img.layers] == [784, 300, 32]
+    assert [ll.rows_per_pe for ll in img.layers] == [38, 5, 2]
+    assert [ll.engine_in for ll in img.layers] == [784, 300, 40]
     d = np.load(SAMPLE_DIGITS, allow_pickle=False)
     x = mnist_to_input(d["images"][:50], q.input_frac)
     acts = [x] + run_layers(q, x)[:-1]
