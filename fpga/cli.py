@@ -235,7 +235,8 @@ def build_parser():
                    help="the engine's queue depth (default: the board's; eie 4: the queues are "
                         "flip-flops, and 8 of them do not leave room for 2 PEs on the UP5K)")
     b.add_argument("--no-retry", action="store_true",
-                   help="keep the first clock even when timing is not met (default: rebuild once "
+                   help="keep the first result even when timing is not met (default: a miss "
+                        "within 5%% is placed again at the next seed, then the design is rebuilt "
                         "at the fastest PLL clock under the fmax found)")
     b.add_argument("--no-spram", action="store_true",
                    help="every memory in EBR/logic with its initial contents (no weight load)")

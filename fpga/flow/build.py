@@ -113,6 +113,11 @@ def retry_clock(fmax_hz: float, baud: int, board: str = DEFAULT_BOARD):
     return None
 
 
+# A missed build whose fmax is at least this fraction of the clock is placed once more at the
+# next seed before the clock is lowered (retry_clock).
+SEED_RETRY = 0.95
+
+
 class BuildError(RuntimeError):
     """A tool failed; the message carries the lines of its log that say why."""
 
@@ -163,8 +168,9 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = None,
     """Build the bitstream; returns the report dict (also written to build/<board>/report.json).
 
     params: the engine's parameters (default: the board's, `fpga.boards.engine_params`). With
-    `retry`, a build whose fmax falls short of the clock is built once more with the PLL at the
-    fastest setting at or below that fmax, so the bitstream meets timing when it can.
+    `retry`, a build whose fmax falls short of the clock by less than 5 % (SEED_RETRY) is placed
+    again at the next seed, and one that still misses is built once more with the PLL at the
+    fastest setting at or below its fmax (first seed), so the bitstream meets timing when it can.
     """
     rec = engine_of(img)
     params = engine_params(img, board) if params is None else params
@@ -176,6 +182,7 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = None,
     target = (clock_mhz or default_clock_mhz(board)) * 1e6
     attempts = []
     total = 0.0
+    lowered = False
     while True:
         platform = board_platform(board)  # a platform object takes one design only
         top = BoardTop(img, clock_hz=target, baud=baud, board=board, spram=spram, params=params)
@@ -187,15 +194,22 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = None,
         fig = top.board.fam.parse_report(npr, clock_hz=top.clock_hz)
         met = fig["fmax_mhz"] is not None and fig["fmax_mhz"] >= fig["clock_mhz"]
         attempts.append({"clock_mhz": fig["clock_mhz"], "fmax_mhz": fig["fmax_mhz"],
-                         "seconds": round(secs, 1)})
-        if met or not retry or len(attempts) > 1 or not fig["fmax_mhz"]:
+                         "seed": seed, "seconds": round(secs, 1)})
+        if met or not retry or lowered or not fig["fmax_mhz"]:
             break
+        if len(attempts) == 1 and fig["fmax_mhz"] >= SEED_RETRY * fig["clock_mhz"]:
+            # within placement noise (a nearly full chip's fmax moves by a few % from seed to
+            # seed): the same clock once more at the next seed before giving up any clock
+            seed += 1
+            log(f"fmax {fig['fmax_mhz']} MHz < {fig['clock_mhz']:g} MHz: placing again with "
+                f"seed {seed}")
+            continue
         p = retry_clock(fig["fmax_mhz"] * 1e6, baud, board)
         if p is None:
             break
         log(f"fmax {fig['fmax_mhz']} MHz < {fig['clock_mhz']:g} MHz: rebuilding at "
             f"{p.fout / 1e6:g} MHz")
-        target = p.fout
+        target, seed, lowered = p.fout, attempts[0]["seed"], True
     report = {
         "board": board,
         "device": platform.device,
