@@ -16,32 +16,14 @@ import pytest
 from amaranth.sim import Simulator
 
 from compress.golden import golden, run_layers
-from compress.synthetic import random_cnn, random_inputs
+from compress.synthetic import random_cnn
 from hw.lockstep import LockstepEngine
 from images.lanes import lockstep_cycle_model
 from images.lockstep import LockstepParams, build_lockstep, lockstep_cycles
 from tb.pysim import run_engine
 
 from .conftest import long_tests
-
-
-def _inputs(n, width, seed):
-    """The first all zero, the rest of densities from 0.2 to 1."""
-    rng = np.random.default_rng(seed)
-    xs = [np.zeros((1, width), np.int16)]
-    for d in rng.uniform(0.2, 1, n - 1):
-        xs.append(random_inputs(1, width, seed=int(rng.integers(1 << 30)), density=float(d)))
-    return np.concatenate(xs)
-
-
-def _prune(qnet, layer: int, out_ch: int | None = None, in_ch: int | None = None):
-    ly = qnet.layers[layer]
-    kk = int(np.prod(ly.kernel))
-    if out_ch is not None:
-        ly.index[out_ch, :] = 0
-    if in_ch is not None:
-        ly.index[:, in_ch * kk:(in_ch + 1) * kk] = 0
-    return qnet
+from .test_hw_conv import _inputs, _prune  # the EIE engine's conv cases' helpers
 
 
 # id, input shape, convs (out_ch, kernel, stride, padding, pool), fc sizes, pes, prune,
