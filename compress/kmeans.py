@@ -273,5 +273,7 @@ def kmeans_1d(
         prev_b = counts
         if moved <= tol * span:
             break
+    # a mean from prefix-sum differences can round an ulp past the values' range
+    c = np.clip(c, lo, hi)
     return c, assign_1d(x, c)
 
