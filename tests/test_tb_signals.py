@@ -73,8 +73,12 @@ def test_signal_ends_simulators_and_leaves_nothing(work, tmp_path, cmd, sig, sta
     if cmd == "fpga run":
         args += ["--sim", "--out", out]
     env = dict(os.environ, TB_BUILD_DIR=str(build), FPGA_BUILD_DIR=str(build), TB_JOBS="2")
+    # SIGINT as an interactive shell leaves it: a command started from a background job (a CI
+    # wrapper's `cmd &`, an xdist worker under one) inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler, so the signal would rightly do nothing
     p = subprocess.Popen([sys.executable, "-m", *cmd.split(), *map(str, args)], cwd=REPO,
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # A guard against a hang, not a bound on time: the first case compiles the engine, and
         # a loaded machine may take many minutes for it.
