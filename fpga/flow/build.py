@@ -169,8 +169,9 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = None,
 
     params: the engine's parameters (default: the board's, `fpga.boards.engine_params`). With
     `retry`, a build whose fmax falls short of the clock by less than 5 % (SEED_RETRY) is placed
-    again at the next seed, and one that still misses is built once more with the PLL at the
-    fastest setting at or below its fmax (first seed), so the bitstream meets timing when it can.
+    again at the next seed, and one that still misses is built once more, at the first seed,
+    with the PLL at the fastest setting at or below the last fmax found, so the bitstream meets
+    timing when it can.
     """
     rec = engine_of(img)
     params = engine_params(img, board) if params is None else params
