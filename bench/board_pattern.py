@@ -263,11 +263,12 @@ def phase_split(qnet, x: np.ndarray, *, pes: int = PES, drain_share: int = DRAIN
     cycle, outputs always taken), in the Amaranth simulator, from the first result on.
 
     Each cycle counts once, by the state machine's state: COMPUTE split into slot (a slot
-    issued), hold (an accumulator hazard) and bubble (front end, pointer stage, pipeline);
+    issued), hold (an accumulator hazard), steal (a slot waiting while layer 0's drain reads
+    the accumulators under layer 1's COMPUTE) and bubble (front end, pointer stage, pipeline);
     PRELOAD, DRAIN; OUTPUT; PRE0 split by whether the next input is loaded ("bank full") or
-    not ("wait input"). Layer 0's bias preload runs in OUTPUT and PRE0 (and, with drain_share
-    2, in layer 0's DRAIN), the next layer's front end starts in PRELOAD: those cycles count
-    under the state they fall in."""
+    not ("wait input"). Layer 0's bias preload runs in OUTPUT and PRE0, the next layer's
+    front end starts in PRELOAD, and with drain_share 2 layer 0's DRAIN runs under layer 1's
+    PRELOAD and COMPUTE: those cycles count under the state they fall in."""
     import collections
 
     from amaranth.sim import Simulator
@@ -304,14 +305,16 @@ def phase_split(qnet, x: np.ndarray, *, pes: int = PES, drain_share: int = DRAIN
         c = eng.probe
         fsm = c.fsm._data  # the state register and its encoding (amaranth.hdl.FSM)
         names = {v: k for k, v in fsm["encoding"].items()}
-        async for _, _, st, layer, sv, hold, full in ctx.tick().sample(
-                fsm["signal"], c.layer, c.s.valid, c.hold, c.io.cb_full):
+        steal = getattr(c, "steal", c.hold)  # (no steal without the overlap: hold then)
+        async for _, _, st, layer, sv, hold, stl, full in ctx.tick().sample(
+                fsm["signal"], c.layer, c.s.valid, c.hold, steal, c.io.cb_full):
             if not marks:
                 continue
             st = names[st]
             if st == "COMPUTE":
-                key = (layer, "compute: slot" if sv and not hold
-                       else "compute: hold" if hold else "compute: bubble")
+                key = (layer, "compute: hold" if hold
+                       else "compute: steal" if stl and sv
+                       else "compute: slot" if sv else "compute: bubble")
             elif st in ("PRELOAD", "DRAIN"):
                 key = (layer, st.lower())
             elif st == "PRE0":

@@ -87,7 +87,8 @@ class LockstepEngine(wiring.Component):
     (17..64); queue_depth, columns queued between the pointer stage and the slot sequencer
     (1..64); drain_share, PEs per output stage (1, 2, 4, 8 or 16: fewer stages, longer drain);
     memories, the `MemoryFactory` that makes every memory (`memory_specs`); max_width, the
-    largest layer width the activation RAMs must hold, checked up front.
+    largest layer width the activation RAMs must hold, checked up front; overlap, layer 1's
+    PRELOAD and COMPUTE under layer 0's DRAIN (None: wherever it can be, `_bg_drain`).
     """
 
     image_type = LockstepImage
@@ -107,7 +108,7 @@ class LockstepEngine(wiring.Component):
 
     def __init__(self, img: LockstepImage, *, acc_bits: int = 32, queue_depth: int = 2,
                  drain_share: int = 1, memories: MemoryFactory | None = None,
-                 max_width: int | None = None):
+                 max_width: int | None = None, overlap: bool | None = None):
         self.check(img, acc_bits=acc_bits, queue_depth=queue_depth, drain_share=drain_share,
                    max_width=max_width)
         self.img = img
@@ -140,7 +141,17 @@ class LockstepEngine(wiring.Component):
         # cycles the second member of each output stage leaves free (`_output_stages`), so
         # OUTPUT and PRE0 preload only rows 0..keep0-1
         self.keep0 = max([1] + [ll.rows_per_pe for ll in img.layers[1:]])
-        self.early0 = (not img.has_conv and drain_share == 2
+        # with drain_share 2 and fc layers only, layer 1 computes under layer 0's DRAIN
+        # instead (`_bg_drain`): the drain reads a row every other cycle and layer 1's
+        # PRELOAD and COMPUTE take the read port in the cycles between (where layer 1 has no
+        # more rows than layer 0: its rows are drained before its biases go in)
+        rows = [ll.rows_per_pe for ll in img.layers]
+        can = not img.has_conv and drain_share == 2 and L >= 2 and rows[1] <= rows[0]
+        if overlap and not can:
+            raise EngineConfigError("overlap needs fc layers only, drain_share 2 and a second "
+                                    "layer with no more rows a PE than the first")
+        self.overlap = can if overlap is None else bool(overlap)
+        self.early0 = (not img.has_conv and drain_share == 2 and not self.overlap
                        and self.keep0 < img.layers[0].rows_per_pe)
         self._make_specs()
         super().__init__(EngineSignature(L))
@@ -230,8 +241,12 @@ class LockstepEngine(wiring.Component):
                                bits(max(ll.rows_per_pe * share for ll in img.layers)))
         # the PRELOAD count at which the layer's front end may start: its first accumulator
         # read comes at least six cycles later, so three before the last bias row's controls
-        c.early_t = table([max(img.acc_rows(ll) - 3, 0) for ll in img.layers],
-                          self.row_bits + 1)
+        # (layer 1 under layer 0's drain, `overlap`: a bias row every other cycle, so two
+        # before the last; its first slot's read still comes after the last bias write)
+        self.early = [max(img.acc_rows(ll) - 3, 0) for ll in img.layers]
+        if self.overlap:
+            self.early[1] = max(img.layers[1].rows_per_pe - 2, 0)
+        c.early_t = table(self.early, self.row_bits + 1)
         c.o_layer = Signal(range(max(L, 2)), name="o_layer")
         if self.has_conv:
             self._conv_tables(c, table)
@@ -408,11 +423,24 @@ class LockstepEngine(wiring.Component):
         # SPRAMs' chip selects) is driven from a flip-flop, not from the lane data.
         c.hz = Signal(name="hz")  # the hazard, this cycle
         c.hold = hold = Signal(name="hold")
-        m.d.sync += hold.eq(c.hz & ~hold)
-        c.s = s = slot_sequencer(m, c.queue, self.ptr_bits, hold=hold, sub_bits=self.sub_bits,
+        # steal (with `overlap`): layer 0's drain reads the accumulators this cycle, under
+        # layer 1's COMPUTE (`_bg_drain`, a register). The slots before the m_ stage stay
+        # where they are (the e_ slot reads its row again in the next cycle) and the m_ slot
+        # writes as usual, a bubble behind it: its write is then seen by the e_ slot's read,
+        # so no hazard needs a hold. A hold in a steal cycle (its read again taken by the
+        # drain) goes on for a cycle more
+        if self.overlap:
+            c.steal = steal = Signal(name="steal")
+            c.frz = frz = Signal(name="frz")  # the slots before the m_ stage stay
+            m.d.sync += [hold.eq((c.hz & ~hold & ~steal) | (hold & steal)), steal.eq(0)]
+            m.d.comb += frz.eq(hold | steal)
+        else:
+            c.frz = frz = hold
+            m.d.sync += hold.eq(c.hz & ~hold)
+        c.s = s = slot_sequencer(m, c.queue, self.ptr_bits, hold=frz, sub_bits=self.sub_bits,
                                  last_reg=True)
         for lp in c.lanes:
-            m.d.comb += [lp.addr.eq(s.addr), lp.en.eq(~hold)]
+            m.d.comb += [lp.addr.eq(s.addr), lp.en.eq(~frz)]
 
     def _control(self, m, c):
         """The e_/m_ control shared by every PE, PRELOAD/DRAIN addresses, drain pipeline."""
@@ -420,7 +448,7 @@ class LockstepEngine(wiring.Component):
         c.e_valid = Signal(name="e_valid")  # a slot's entries are on the lane outputs
         c.e_first = Signal(name="e_first")
         e_value = Signal(signed(16), name="e_value")
-        with m.If(~hold):
+        with m.If(~c.frz):
             m.d.sync += [c.e_valid.eq(s.valid), c.e_first.eq(s.first), e_value.eq(s.value)]
             # the activation is 0 outside a slot, so the product is 0 whatever the lane data
             # (PRELOAD's weight): a synchronous reset, not a gate on every PE's entry
@@ -523,7 +551,7 @@ class LockstepEngine(wiring.Component):
             # after the register; a column's slots follow each other without a gap)
             row_next = Signal(row_w, name=f"row_next{k}")
             m.d.comb += e_row.eq(row_next + e_z)
-            with m.If(~hold):
+            with m.If(~c.frz):
                 with m.If(s.first):
                     m.d.sync += row_next.eq(0)
                 with m.Else():
@@ -536,15 +564,17 @@ class LockstepEngine(wiring.Component):
             # (PRELOAD) or drained row (DRAIN)
             m.d.comb += acc_r.addr.eq(Mux(c.ctl_valid, c.ctl_addr, Mux(hold, m_row, e_addr)))
             # DRAIN reads a row once; the read port holds it while the group's members go out
-            if self.early0:  # the second member's word is held in the output stage
-                m.d.comb += acc_r.en.eq(1)
+            if self.early0 or self.overlap:  # the second member's word is held in the
+                m.d.comb += acc_r.en.eq(1)  # output stage
             # (a conv drain reads a row's sub-positions for each member)
             elif self.has_conv:
                 m.d.comb += acc_r.en.eq(~c.drn_valid | (c.drn_t == 0) | c.drn_pool)
             else:
                 m.d.comb += acc_r.en.eq(~c.drn_valid | (c.drn_t == 0))
             with m.If(~hold):
-                m.d.sync += [m_hit.eq(e_hit | c.pre_valid),
+                # (in a steal the e_ slot stays: a bubble into m_)
+                e_go = e_hit & ~c.steal if self.overlap else e_hit
+                m.d.sync += [m_hit.eq(e_go | c.pre_valid),
                              m_row.eq(Mux(c.pre_valid, c.pre_row, e_addr)),
                              m_w.eq(cb_consts[Cat(e_v, layer)])]
                 # and the weight 0 outside a slot (a synchronous reset, as the activation's):
@@ -593,7 +623,7 @@ class LockstepEngine(wiring.Component):
                 for t, k in enumerate(members):
                     with m.Case(t):
                         m.d.comb += acc_sel.eq(c.acc_r[k].data.as_signed())
-            if self.early0 and len(members) == 2:
+            if (self.early0 or self.overlap) and len(members) == 2:
                 # member 1's word, taken with member 0's: the read port reads a bias the
                 # cycle after (`_drain_ctl`), so it is gone from acc_r when member 1 goes out
                 held = Signal(signed(A), name=f"o_held{g}")
@@ -727,12 +757,14 @@ class LockstepEngine(wiring.Component):
                     start_layer()
             with m.State("PRELOAD"):
                 io.count_layer(layer)
-                preload(rows_t[layer], c.bias_t[layer], conv)
+                with m.If(self._bg_drain(m, c, io)):
+                    preload(rows_t[layer], c.bias_t[layer], conv)
                 with m.If(c.pre_go & fe_may):
                     start_layer()
             with m.State("COMPUTE"):
                 io.count_layer(layer)
-                preload(rows_t[layer], c.bias_t[layer], conv)  # the last rows' controls
+                with m.If(self._bg_drain(m, c, io)):
+                    preload(rows_t[layer], c.bias_t[layer], conv)  # the last rows' controls
                 with m.If(last_writes):
                     if self.has_conv:
                         with m.If(c.conv_l):
@@ -746,7 +778,16 @@ class LockstepEngine(wiring.Component):
                         # the layers' outputs
                         with m.If(layer == 0):
                             io.free_low()
-                    m.next = "DRAIN"
+                    if self.overlap:
+                        # layer 0's DRAIN goes on under layer 1's PRELOAD and COMPUTE
+                        with m.If(layer == 0):
+                            m.d.sync += [layer.eq(1), c.rev.eq(1), c.pcnt.eq(0),
+                                         c.pre_done.eq(0), c.pre_go.eq(self.early[1] == 0)]
+                            m.next = "PRELOAD"
+                        with m.Else():
+                            m.next = "DRAIN"
+                    else:
+                        m.next = "DRAIN"
             with m.State("DRAIN"):
                 io.count_layer(layer)
                 if self.has_conv:
@@ -771,6 +812,26 @@ class LockstepEngine(wiring.Component):
                     m.next = "PRE0"
 
                 io.output(delivered)
+
+    def _bg_drain(self, m, c, io):
+        """With `overlap`: layer 0's DRAIN under layer 1's PRELOAD and COMPUTE (its first
+        controls came from layer 0's last COMPUTE cycle, `_fc_drain_start`; `drn_more` is high
+        until its last). cnt = row * 2 + member: member 0 reads the row (a steal: the slots
+        before the m_ stage wait a cycle), member 1 goes out from the output stage's held word,
+        leaving the read port to layer 1. The output stages apply layer 0's rule (`o_layer`,
+        set with the first controls). Returns when layer 1's PRELOAD may read the port: a
+        member-1 cycle (row cnt >> 1 is then drained, so its bias may go in) or no drain."""
+        if not self.overlap:
+            return Const(1)
+        cnt = io.cnt
+        row = cnt >> 1
+        with m.If(c.drn_more):
+            m.d.sync += [c.drn_valid.eq(1), c.drn_row.eq(row), c.drn_t.eq(cnt[0]),
+                         cnt.eq(cnt + 1),
+                         c.drn_more.eq(cnt + 1 < 2 * self.img.layers[0].rows_per_pe)]
+            with m.If(~cnt[0]):
+                m.d.sync += [c.ctl_valid.eq(1), c.ctl_addr.eq(row), c.steal.eq(1)]
+        return ~c.drn_more | cnt[0]
 
     def _fc_drain_start(self, m, c, cnt):
         # COMPUTE's last cycle: the first drain controls (row 0)
