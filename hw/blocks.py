@@ -375,11 +375,14 @@ class BankedIO(_StreamOut):
     lc_bits: width of the per-layer counters (enough for the engine's longest layer);
     cnt_limit: the largest count the engine's own states need from `cnt`; out_base: the
     output map's first word in the bank; out_block: the words of one channel of a conv last
-    layer's output (read in CHAN order), 0 for fc.
+    layer's output (read in CHAN order), 0 for fc; nz_groups: the loader also keeps, per bank,
+    the first word (group) with a non-zero input and one past the last (`nz_first`,
+    `nz_end`: word 0 and 1 for an all-zero input), so layer 0's front end reads only those.
     """
 
     def __init__(self, m, eng, *, act_r, act_w, bank_bits: int, lc_bits: int, cnt_limit: int,
-                 out_base: int = 0, out_block: int = 0, low_words: int | None = None):
+                 out_base: int = 0, out_block: int = 0, low_words: int | None = None,
+                 nz_groups: bool = False):
         self.m = m
         self.eng = eng
         self.act_r = act_r
@@ -413,6 +416,7 @@ class BankedIO(_StreamOut):
         m.d.comb += eng.busy.eq(self.run)
         with m.If(self.run):
             m.d.sync += self.cyc.eq(self.cyc + 1)
+        self.nz_groups = nz_groups
         self._loader()
 
     def addr(self, bank, word):
@@ -439,6 +443,8 @@ class BankedIO(_StreamOut):
         self.loading = lcnt != 0
         with m.If(first & ~self.run):
             m.d.sync += [self.run.eq(1), self.cyc.eq(1)]
+        if self.nz_groups:
+            self._nz_groups(take, first, lword)
         with m.If(take):
             m.d.sync += lcnt.eq(lcnt + 1)
             with m.If(lsel == n - 1):
@@ -452,6 +458,25 @@ class BankedIO(_StreamOut):
                     m.d.sync += self.full[1].eq(1)
                 with m.Else():
                     m.d.sync += self.full[0].eq(1)
+
+    def _nz_groups(self, take, first, lword) -> None:
+        """Per bank: the first word with a non-zero input word and one past the last, kept as
+        the loader writes them (the words of bank `cb`: `nz_first`, `nz_end`)."""
+        m, eng = self.m, self.eng
+        f = [Signal.like(lword, name=f"nz_first{b}") for b in range(2)]
+        e = [Signal.like(lword, name=f"nz_end{b}") for b in range(2)]
+        seen = [Signal(name=f"nz_seen{b}") for b in range(2)]
+        nz = eng.i_act.payload != 0
+        for b in range(2):
+            with m.If(take & (self.lb == b)):
+                with m.If(first):  # word 0: the first group until a non-zero one comes
+                    m.d.sync += [seen[b].eq(nz), f[b].eq(0), e[b].eq(1)]
+                with m.Elif(nz):
+                    m.d.sync += e[b].eq(lword + 1)
+                    with m.If(~seen[b]):
+                        m.d.sync += [seen[b].eq(1), f[b].eq(lword)]
+        self.nz_first = Mux(self.cb, f[1], f[0])
+        self.nz_end = Mux(self.cb, e[1], e[0])
 
     def start(self) -> None:
         """In the cycle the engine starts computing bank `cb` (its layer counters restart)."""

@@ -123,11 +123,20 @@ class FrontEnd(_GroupReader):
     """One column a cycle: `o` is a stream of (value, col).
 
     start: pulse with in_features/groups stable for the whole layer; done: pulse at the end.
+    first_group: an input `first`, the group to start at (the groups below it are all zero;
+    the lockstep engine's loader finds it for layer 0's input), followed while idle, so the
+    group presented at `start` is the one it held the cycle before (any group up to the first
+    non-zero one is right).
     """
 
-    def __init__(self, *, pes: int, col_bits: int, group_bits: int, sparse: bool = True):
+    def __init__(self, *, pes: int, col_bits: int, group_bits: int, sparse: bool = True,
+                 first_group: bool = False):
+        self.first_group = first_group
+        outputs = {"o": Out(stream.Signature(bcast_layout(col_bits + 1)))}
+        if first_group:
+            outputs["first"] = In(group_bits + 1)
         super().__init__(pes=pes, col_bits=col_bits, group_bits=group_bits, sparse=sparse,
-                         outputs={"o": Out(stream.Signature(bcast_layout(col_bits + 1)))})
+                         outputs=outputs)
 
     def elaborate(self, platform):
         m = Module()
@@ -166,13 +175,20 @@ class FrontEnd(_GroupReader):
 
         nxt_mask = self._next_mask(m, nxt_base)
 
-        # grp is 0 whenever the front end is idle, so the address presented at start is group 0
+        # grp is 0 (or `first`, followed) whenever the front end is idle, so the address
+        # presented at start is that group
         m.d.comb += self.rd_addr.eq(Mux(adv, grp_p1, grp))
         m.d.sync += ok.eq(Mux(adv, grp_p1 < self.avail, grp < self.avail))
         with m.If(self.start & ~self.busy):
-            # present group 0 now; it is loaded in the next cycle (cur_mask is empty)
-            m.d.sync += [self.busy.eq(1), grp.eq(0), grp_p1.eq(1), nxt_base.eq(0),
-                         cur_mask.eq(0), in_range.eq(self.groups != 0)]
+            # present group grp now; it is loaded in the next cycle (cur_mask is empty)
+            m.d.sync += [self.busy.eq(1), cur_mask.eq(0), in_range.eq(self.groups != 0)]
+            if self.first_group:
+                m.d.sync += nxt_base.eq(grp * n)
+            else:
+                m.d.sync += [grp.eq(0), grp_p1.eq(1), nxt_base.eq(0)]
+        if self.first_group:
+            with m.Elif(~self.busy):
+                m.d.sync += [grp.eq(self.first), grp_p1.eq(self.first + 1)]
         with m.Elif(self.busy):
             with m.If(out):
                 with m.If(in_range & ~ok):

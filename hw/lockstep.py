@@ -296,7 +296,7 @@ class LockstepEngine(wiring.Component):
                         cnt_limit=(self.max_rows << self.drain_share.bit_length()) + 4,
                         out_base=map_bases(self.img)[-1][1],
                         out_block=last.hp * last.wp if last is not None else 0,
-                        low_words=low_words(self.img))
+                        low_words=low_words(self.img), nz_groups=not self.has_conv)
 
     def _front_end(self, m, c):
         """Non-zero activations of the layer, one per cycle."""
@@ -306,12 +306,19 @@ class LockstepEngine(wiring.Component):
         # a network without conv layers: fc layers only, whose front end this is
         fe_cls = front_end(self.img.layers[0].kind)
         m.submodules.fe = c.fe = fe = fe_cls(pes=self.pes, col_bits=self.col_bits,
-                                             group_bits=self.row_bits, sparse=True)
+                                             group_bits=self.row_bits, sparse=True,
+                                             first_group=True)
         # groups the front end may read: every one in layer 0 (the loaded input), else the
         # rows the drain has written so far (`_output_stages`), so a layer's front end starts
         # while the output stages still write the previous layer's last rows
         c.avail = Signal(len(fe.avail), init=(1 << len(fe.avail)) - 1, name="fe_avail")
-        m.d.comb += [fe.in_features.eq(c.in_t[c.layer]), fe.groups.eq(c.grp_t[c.layer]),
+        # layer 0 reads its input from the first group with a non-zero word to the last (the
+        # loader found them: `BankedIO.nz_first`, `nz_end`), not the all-zero groups around
+        # them (a digit's blank top and bottom rows: 30 of MNIST's 98 groups of 8 pixels)
+        # (the group to start at is followed while the front end is idle: the first in PRE0,
+        # where layer 0 starts, else 0, `_sequencer`)
+        grp_t = Array([c.io.nz_end] + list(c.grp_t)[1:])
+        m.d.comb += [fe.in_features.eq(c.in_t[c.layer]), fe.groups.eq(grp_t[c.layer]),
                      fe.avail.eq(c.avail)]
         for k in range(self.pes):
             m.d.comb += fe.rd_data[k].eq(c.act_r[k].data.as_signed())
@@ -742,6 +749,8 @@ class LockstepEngine(wiring.Component):
             m.d.comb += c.fe.start.eq(1)
             m.next = "COMPUTE"
 
+        c.fe_synced = Signal(name="fe_synced")
+        m.d.sync += c.fe_synced.eq(0)
         with m.FSM(name="seq") as c.fsm:
             with m.State("PRE0"):
                 # waits for a full bank (and most of layer 0's biases)
@@ -749,6 +758,11 @@ class LockstepEngine(wiring.Component):
                 go0 = pcnt >= max(rows0_all - 3, 0)
                 if self.early0:
                     go0 = go0 | c.pre_done  # fewer rows than rows0_all - 3, all in
+                if not self.has_conv:
+                    # the front end has followed the full bank's first group for a cycle
+                    # (`fe_first`): the bank was full in the last cycle of PRE0 already
+                    m.d.sync += c.fe_synced.eq(io.cb_full)
+                    go0 = go0 & c.fe_synced
                 with m.If(go0 & io.cb_full):
                     io.start()
                     m.d.sync += c.l0_ready.eq(0)  # its rows are about to be summed into
@@ -812,6 +826,11 @@ class LockstepEngine(wiring.Component):
                     m.next = "PRE0"
 
                 io.output(delivered)
+        if not self.has_conv:
+            # layer 0's front end starts at the input's first group with a non-zero word;
+            # every other layer's at group 0 (the front end follows this while idle, so it
+            # holds the full bank's first group once PRE0 has seen the bank full: `fe_synced`)
+            m.d.comb += c.fe.first.eq(Mux(c.fsm.ongoing("PRE0"), io.nz_first, 0))
 
     def _bg_drain(self, m, c, io):
         """With `overlap`: layer 0's DRAIN under layer 1's PRELOAD and COMPUTE (its first
