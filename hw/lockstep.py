@@ -823,6 +823,10 @@ class LockstepEngine(wiring.Component):
 
                 def delivered():
                     m.d.sync += [cnt.eq(0), layer.eq(0), c.rev.eq(0)]
+                    if not self.has_conv:
+                        # layer 0 reads the loaded input: all of it, from the group it starts
+                        # at (its front end checks that a cycle ahead)
+                        m.d.sync += c.avail.eq(-1)
                     m.next = "PRE0"
 
                 io.output(delivered)

@@ -8,6 +8,7 @@
   go back to the loader once layer 0 has read the input, not with the last output word: input
   k + 2 starts loading while inference k's later layers run; the loader waits at low_words
   for the rest until k's last output word.
+* Layer 0 reads its input from the first group with a non-zero word to the last.
 * With drain_share 2 the output stage holds its second member's word, so the accumulator's
   read port is free every other DRAIN cycle: without the overlap of layer 1 under layer 0's
   DRAIN (which takes those cycles, tests/test_lockstep_bg_drain.py) or in a one-layer
@@ -23,10 +24,10 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from compress.golden import golden
+from compress.golden import golden, run_layers
 from compress.synthetic import random_qnet
 from hw.lockstep import LockstepEngine
-from images.lockstep import act_bank_bits, build_lockstep, low_words
+from images.lockstep import act_bank_bits, build_lockstep, lockstep_cycles, low_words
 from tb.pysim import run_engine
 from tests.test_hw_engine import _inputs
 from tests.test_hw_lockstep import _run_back_to_back
@@ -144,3 +145,30 @@ def test_layer0_biases_go_in_during_its_drain():
         gaps[share] = cyc[1:] - lcs[1:].sum(axis=1)
     assert np.all(gaps[2] <= 5 + 3), gaps  # 5 output words
     assert np.all(gaps[1] >= 5 + 20 - 5 - 3) and np.all(gaps[4] == gaps[1]), gaps
+
+
+def test_layer0_reads_from_the_first_to_the_last_non_zero_group():
+    """The loader keeps, per bank, the first and last word with a non-zero input, and layer 0's
+    front end reads only the groups between (a digit's blank rows cost nothing): one non-zero
+    column costs layer 0 the same wherever it is, from group 0 to the last of 8 (it cost a
+    cycle more per group before it). Inputs whose ends move from one to the next (a bank's
+    values from two inputs ago), an all-zero input and one non-zero last word, back to back
+    with stalls and one at a time: bit-exact."""
+    qnet = random_qnet((32, 12, 5), seed=8, density=0.9, shift=[6, 4])
+    img = build_lockstep(qnet, 4)  # layer 0: 8 groups of 4 columns
+    x = np.zeros((8, 32), dtype=np.int16)
+    for k, col in enumerate([0, 6, 13, 31]):  # groups 0, 1, 3, 7
+        x[k, col] = 100 + k
+    x[4, 0] = x[4, 31] = 50
+    x[6, 31] = 7
+    x[7] = _inputs(1, 32, seed=8)[0]
+    y1, _, lc1 = run_engine(LockstepEngine(img, drain_share=2), x)
+    np.testing.assert_array_equal(y1, golden(qnet, x))
+    for share, stall in ((2, 0.3), (1, 0.0)):
+        y, _, _, _, _ = _run_back_to_back(LockstepEngine(img, drain_share=share), x,
+                                          stall_in=stall, stall_out=stall, seed=3)
+        np.testing.assert_array_equal(y, golden(qnet, x))
+    slots = lockstep_cycles(img, [x] + run_layers(qnet, x)[:-1])[:, 0]
+    fixed = lc1[:4, 0] - slots[:4]
+    assert np.all(fixed == fixed[0]), (lc1[:4, 0], slots[:4])
+    assert lc1[5, 0] <= fixed[0] and lc1[6, 0] - slots[6] == fixed[0]
