@@ -149,8 +149,8 @@ def lane_costs(counts: np.ndarray, option: str, *, counts_rel3: np.ndarray | Non
 
 
 def simulate_layer(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 2, rows: int = 1,
-                   drain_share: int = 1, preload: bool = True, drain_tail: int = 0
-                   ) -> np.ndarray:
+                   drain_share: int = 1, preload: bool = True, drain_tail: int = 0,
+                   skip_ends: bool = False) -> np.ndarray:
     """Cycles of one layer for every input of a batch.
 
     cost: [lanes, cols] (`lane_costs`); nz: bool [batch, cols], the non-zero input columns in
@@ -161,7 +161,9 @@ def simulate_layer(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 2
     that cost them 0. Then 3 cycles of pipeline and idle check, the drain (rows x drain_share,
     + drain_tail where the next layer's front end waits for the output stages to empty: 3 in a
     network with conv layers; an fc network's front end reads each group once it is written),
-    PRELOAD (rows, unless the layer's biases came in before the input) and START.
+    PRELOAD (rows, unless the layer's biases came in before the input) and START. skip_ends:
+    the front end reads only the groups from the first with a non-zero column to the last (the
+    lockstep engine's layer 0).
     """
     if depth < 1:
         raise InputError(f"queue depth must be >= 1, not {depth!r}")
@@ -171,8 +173,15 @@ def simulate_layer(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 2
     t = np.full(batch, -1, dtype=np.int64)  # the front end's last emission
     done = np.zeros((batch, lanes), dtype=np.int64)  # each lane's next free cycle
     ring = np.full((batch, lanes, depth), never, dtype=np.int64)  # pop cycles of queued columns
+    groups = np.stack([nz[:, g0:g0 + pes].any(axis=1) for g0 in range(0, cols, pes)], axis=1)
+    if skip_ends:  # (an all-zero input: group 0 only)
+        first = np.where(groups.any(axis=1), groups.argmax(axis=1), 0)
+        last = np.where(groups.any(axis=1), groups.shape[1] - 1 - groups[:, ::-1].argmax(axis=1),
+                        0)
     for g0 in range(0, cols, pes):
-        t = np.where(nz[:, g0:g0 + pes].any(axis=1), t, t + 1)
+        g = g0 // pes
+        no_cycle = groups[:, g] | ((g < first) | (g > last) if skip_ends else False)
+        t = np.where(no_cycle, t, t + 1)
         for c in range(g0, min(cols, g0 + pes)):
             m = nz[:, c]
             if not m.any():
@@ -247,9 +256,34 @@ def lockstep_cycle_model(img, x: np.ndarray, params) -> np.ndarray:
     acts = [x] + run_layers(qnet, x, acc_bits=params.acc_bits)[:-1]
     if img.has_conv:
         return _conv_net_cycles(img, acts, params)
-    return model(qnet.layers, [ll.perm for ll in img.layers], acts, "lockstep", pes=img.pes,
-                 depth=params.queue_depth, drain_share=params.drain_share,
-                 rel_bits=img.rel_bits)
+    return _fc_net_cycles(img, qnet, acts, params)
+
+
+def _fc_net_cycles(img, qnet, acts, params) -> np.ndarray:
+    """`model`'s option "lockstep" as the engine runs a network of fc layers: each layer's
+    computed rows (dead units trimmed, `images.lockstep`) and the columns its front end reads,
+    layer 0 from its input's first non-zero group to the last, and with drain_share 2 layer 1
+    under layer 0's DRAIN (`hw.lockstep`, `overlap`): layer 1's bias rows one every other
+    cycle after the drain reads each, then a cycle of its slots for each later row read; the
+    layer counts as the engine's (layer 0: its COMPUTE; layer 1: the rest)."""
+    pes, share = img.pes, params.drain_share
+    perms = [ll.perm for ll in img.layers]
+    counts = pe_counts(qnet.layers, perms, pes, rel_bits=img.rel_bits)
+    rows = [ll.rows_per_pe for ll in img.layers]
+    out = []
+    for i, layer in enumerate(qnet.layers):
+        a = np.asarray(acts[i])
+        phys = a if i == 0 else a[:, np.asarray(perms[i - 1])]
+        used = img.layers[i].engine_in
+        cost = lane_costs(counts[i], "lockstep")[:, :used]
+        out.append(simulate_layer(cost, phys[:, :used] != 0, pes=pes, depth=params.queue_depth,
+                                  rows=rows[i], drain_share=share, preload=i > 0,
+                                  skip_ends=i == 0))
+    cyc = np.stack(out, axis=1)
+    if share == 2 and len(rows) >= 2 and rows[1] <= rows[0]:
+        cyc[:, 0] -= rows[0] * share
+        cyc[:, 1] += rows[1] + (rows[0] - rows[1])
+    return cyc
 
 
 # per pass of a conv layer, the cycles the lockstep engine spends besides its walk, PRELOAD and
