@@ -30,9 +30,10 @@ reads its first row in the cycle after the layer's last write, the next PRELOAD 
 bias right after the last drained word (the output stages finish meanwhile, with the drained
 layer's rule), the front end starts three cycles before PRELOAD's last bias row and reads each
 group once the drain has written it, OUTPUT as soon as its first words are written; with
-drain_share 2 layer 0's DRAIN also puts the next inference's layer-0 biases into the rows no
-later layer uses. The loader refills a bank's input words below the layers' outputs once layer
-0 has read them.
+drain_share 2 layer 1's PRELOAD and COMPUTE run under layer 0's DRAIN (`_bg_drain`; in a
+one-layer network its DRAIN puts the next inference's biases into the rows instead). The
+loader refills a bank's input words below the layers' outputs once layer 0 has read them, and
+keeps the first and last group with a non-zero input word, between which layer 0 reads.
 
 Pipeline per slot (stage prefixes as in the signal names):
 
@@ -777,6 +778,11 @@ class LockstepEngine(wiring.Component):
                     start_layer()
             with m.State("COMPUTE"):
                 io.count_layer(layer)
+                if not self.has_conv:
+                    # the front end's next start is a later layer's (top down, from group 0:
+                    # `fe.first`); it has read the last group of this one
+                    with m.If(c.fe.done):
+                        m.d.sync += c.rev.eq(1)
                 with m.If(self._bg_drain(m, c, io)):
                     preload(rows_t[layer], c.bias_t[layer], conv)  # the last rows' controls
                 with m.If(last_writes):
@@ -833,8 +839,10 @@ class LockstepEngine(wiring.Component):
         if not self.has_conv:
             # layer 0's front end starts at the input's first group with a non-zero word;
             # every other layer's at group 0 (the front end follows this while idle, so it
-            # holds the full bank's first group once PRE0 has seen the bank full: `fe_synced`)
-            m.d.comb += c.fe.first.eq(Mux(c.fsm.ongoing("PRE0"), io.nz_first, 0))
+            # holds the full bank's first group once PRE0 has seen the bank full: `fe_synced`).
+            # `rev` is 0 from the last output word until layer 0's front end is done (its
+            # pipeline takes a few cycles more before the next front end can start)
+            m.d.comb += c.fe.first.eq(Mux(c.rev, 0, io.nz_first))
 
     def _bg_drain(self, m, c, io):
         """With `overlap`: layer 0's DRAIN under layer 1's PRELOAD and COMPUTE (its first
