@@ -111,7 +111,8 @@ def _run_engine(engine, img, x, shards, workdir: Path):
         # the key lookup and the conversion; the compiler runs outside the lock below
         key_hit = fastbench.lookup(img, params)
         template = None if key_hit else fastbench.template_of(img, params)[0]
-    fb = key_hit or fastbench.compile_template(template, img, jobs=shards)
+    fb = key_hit or fastbench.compile_template(template, img, jobs=shards,
+                                                  opt=fastbench.LONG_RUN_OPT)
     if template is not None:
         fastbench.remember(img, params, fb)
     build_s = time.monotonic() - t0 if template is not None else 0.0
