@@ -181,11 +181,12 @@ class FrontEnd(_GroupReader):
         m.d.sync += ok.eq(Mux(adv, grp_p1 < self.avail, grp < self.avail))
         with m.If(self.start & ~self.busy):
             # present group grp now; it is loaded in the next cycle (cur_mask is empty)
-            m.d.sync += [self.busy.eq(1), cur_mask.eq(0), in_range.eq(self.groups != 0)]
             if self.first_group:
-                m.d.sync += nxt_base.eq(grp * n)
+                m.d.sync += [self.busy.eq(1), cur_mask.eq(0), in_range.eq(self.groups != 0),
+                             nxt_base.eq(grp * n)]
             else:
-                m.d.sync += [grp.eq(0), grp_p1.eq(1), nxt_base.eq(0)]
+                m.d.sync += [self.busy.eq(1), grp.eq(0), grp_p1.eq(1), nxt_base.eq(0),
+                             cur_mask.eq(0), in_range.eq(self.groups != 0)]
         if self.first_group:
             with m.Elif(~self.busy):
                 m.d.sync += [grp.eq(self.first), grp_p1.eq(self.first + 1)]

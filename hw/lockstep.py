@@ -315,9 +315,8 @@ class LockstepEngine(wiring.Component):
         c.avail = Signal(len(fe.avail), init=(1 << len(fe.avail)) - 1, name="fe_avail")
         # layer 0 reads its input from the first group with a non-zero word to the last (the
         # loader found them: `BankedIO.nz_first`, `nz_end`), not the all-zero groups around
-        # them (a digit's blank top and bottom rows: 30 of MNIST's 98 groups of 8 pixels)
-        # (the group to start at is followed while the front end is idle: the first in PRE0,
-        # where layer 0 starts, else 0, `_sequencer`)
+        # them (a digit's blank top and bottom rows: 30 of MNIST's 98 groups of 8 pixels; the
+        # group to start at, `fe.first`: `_sequencer`)
         grp_t = Array([c.io.nz_end] + list(c.grp_t)[1:])
         m.d.comb += [fe.in_features.eq(c.in_t[c.layer]), fe.groups.eq(grp_t[c.layer]),
                      fe.avail.eq(c.avail)]
@@ -750,8 +749,9 @@ class LockstepEngine(wiring.Component):
             m.d.comb += c.fe.start.eq(1)
             m.next = "COMPUTE"
 
-        c.fe_synced = Signal(name="fe_synced")
-        m.d.sync += c.fe_synced.eq(0)
+        if not self.has_conv:
+            c.fe_synced = Signal(name="fe_synced")
+            m.d.sync += c.fe_synced.eq(0)
         with m.FSM(name="seq") as c.fsm:
             with m.State("PRE0"):
                 # waits for a full bank (and most of layer 0's biases)
@@ -761,7 +761,7 @@ class LockstepEngine(wiring.Component):
                     go0 = go0 | c.pre_done  # fewer rows than rows0_all - 3, all in
                 if not self.has_conv:
                     # the front end has followed the full bank's first group for a cycle
-                    # (`fe_first`): the bank was full in the last cycle of PRE0 already
+                    # (`fe.first`): the bank was full in the last cycle of PRE0 already
                     m.d.sync += c.fe_synced.eq(io.cb_full)
                     go0 = go0 & c.fe_synced
                 with m.If(go0 & io.cb_full):
@@ -772,8 +772,7 @@ class LockstepEngine(wiring.Component):
                     start_layer()
             with m.State("PRELOAD"):
                 io.count_layer(layer)
-                with m.If(self._bg_drain(m, c, io)):
-                    preload(rows_t[layer], c.bias_t[layer], conv)
+                self._bg_drain(m, c, io, lambda: preload(rows_t[layer], c.bias_t[layer], conv))
                 with m.If(c.pre_go & fe_may):
                     start_layer()
             with m.State("COMPUTE"):
@@ -783,8 +782,8 @@ class LockstepEngine(wiring.Component):
                     # `fe.first`); it has read the last group of this one
                     with m.If(c.fe.done):
                         m.d.sync += c.rev.eq(1)
-                with m.If(self._bg_drain(m, c, io)):
-                    preload(rows_t[layer], c.bias_t[layer], conv)  # the last rows' controls
+                # (the last rows' controls)
+                self._bg_drain(m, c, io, lambda: preload(rows_t[layer], c.bias_t[layer], conv))
                 with m.If(last_writes):
                     if self.has_conv:
                         with m.If(c.conv_l):
@@ -844,16 +843,18 @@ class LockstepEngine(wiring.Component):
             # pipeline takes a few cycles more before the next front end can start)
             m.d.comb += c.fe.first.eq(Mux(c.rev, 0, io.nz_first))
 
-    def _bg_drain(self, m, c, io):
+    def _bg_drain(self, m, c, io, step_preload):
         """With `overlap`: layer 0's DRAIN under layer 1's PRELOAD and COMPUTE (its first
         controls came from layer 0's last COMPUTE cycle, `_fc_drain_start`; `drn_more` is high
         until its last). cnt = row * 2 + member: member 0 reads the row (a steal: the slots
         before the m_ stage wait a cycle), member 1 goes out from the output stage's held word,
         leaving the read port to layer 1. The output stages apply layer 0's rule (`o_layer`,
-        set with the first controls). Returns when layer 1's PRELOAD may read the port: a
-        member-1 cycle (row cnt >> 1 is then drained, so its bias may go in) or no drain."""
+        set with the first controls). `step_preload()` (the PRELOAD's next bias row) runs
+        where layer 1's PRELOAD may read the port: a member-1 cycle (row cnt >> 1 is then
+        drained, so its bias may go in) or no drain; without `overlap`, always."""
         if not self.overlap:
-            return Const(1)
+            step_preload()
+            return
         cnt = io.cnt
         row = cnt >> 1
         with m.If(c.drn_more):
@@ -862,7 +863,8 @@ class LockstepEngine(wiring.Component):
                          c.drn_more.eq(cnt + 1 < 2 * self.img.layers[0].rows_per_pe)]
             with m.If(~cnt[0]):
                 m.d.sync += [c.ctl_valid.eq(1), c.ctl_addr.eq(row), c.steal.eq(1)]
-        return ~c.drn_more | cnt[0]
+        with m.If(~c.drn_more | cnt[0]):
+            step_preload()
 
     def _fc_drain_start(self, m, c, cnt):
         # COMPUTE's last cycle: the first drain controls (row 0)
