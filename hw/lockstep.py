@@ -88,11 +88,13 @@ class LockstepEngine(wiring.Component):
     (17..64); queue_depth, columns queued between the pointer stage and the slot sequencer
     (1..64); drain_share, PEs per output stage (1, 2, 4, 8 or 16: fewer stages, longer drain);
     memories, the `MemoryFactory` that makes every memory (`memory_specs`); max_width, the
-    largest layer width the activation RAMs must hold, checked up front; overlap, layer 1's
-    PRELOAD and COMPUTE under layer 0's DRAIN (None: wherever it can be, `_bg_drain`).
+    largest layer width the activation RAMs must hold, checked up front.
     """
 
     image_type = LockstepImage
+    # layer 1's PRELOAD and COMPUTE under layer 0's DRAIN wherever it can be (`_bg_drain`); a
+    # subclass with False is the engine without it (the tests compare the two)
+    bg_drain_allowed = True
 
     @classmethod
     def check(cls, img: LockstepImage, *, acc_bits: int = 32, queue_depth: int = 2,
@@ -109,7 +111,7 @@ class LockstepEngine(wiring.Component):
 
     def __init__(self, img: LockstepImage, *, acc_bits: int = 32, queue_depth: int = 2,
                  drain_share: int = 1, memories: MemoryFactory | None = None,
-                 max_width: int | None = None, overlap: bool | None = None):
+                 max_width: int | None = None):
         self.check(img, acc_bits=acc_bits, queue_depth=queue_depth, drain_share=drain_share,
                    max_width=max_width)
         self.img = img
@@ -147,12 +149,9 @@ class LockstepEngine(wiring.Component):
         # PRELOAD and COMPUTE take the read port in the cycles between (where layer 1 has no
         # more rows than layer 0: its rows are drained before its biases go in)
         rows = [ll.rows_per_pe for ll in img.layers]
-        can = not img.has_conv and drain_share == 2 and L >= 2 and rows[1] <= rows[0]
-        if overlap and not can:
-            raise EngineConfigError("overlap needs fc layers only, drain_share 2 and a second "
-                                    "layer with no more rows a PE than the first")
-        self.overlap = can if overlap is None else bool(overlap)
-        self.early0 = (not img.has_conv and drain_share == 2 and not self.overlap
+        self.bg_drain = (self.bg_drain_allowed and not img.has_conv and drain_share == 2
+                        and L >= 2 and rows[1] <= rows[0])
+        self.early0 = (not img.has_conv and drain_share == 2 and not self.bg_drain
                        and self.keep0 < img.layers[0].rows_per_pe)
         self._make_specs()
         super().__init__(EngineSignature(L))
@@ -242,10 +241,10 @@ class LockstepEngine(wiring.Component):
                                bits(max(ll.rows_per_pe * share for ll in img.layers)))
         # the PRELOAD count at which the layer's front end may start: its first accumulator
         # read comes at least six cycles later, so three before the last bias row's controls
-        # (layer 1 under layer 0's drain, `overlap`: a bias row every other cycle, so two
+        # (layer 1 under layer 0's drain, `bg_drain`: a bias row every other cycle, so two
         # before the last; its first slot's read still comes after the last bias write)
         self.early = [max(img.acc_rows(ll) - 3, 0) for ll in img.layers]
-        if self.overlap:
+        if self.bg_drain:
             self.early[1] = max(img.layers[1].rows_per_pe - 2, 0)
         c.early_t = table(self.early, self.row_bits + 1)
         c.o_layer = Signal(range(max(L, 2)), name="o_layer")
@@ -430,13 +429,13 @@ class LockstepEngine(wiring.Component):
         # SPRAMs' chip selects) is driven from a flip-flop, not from the lane data.
         c.hz = Signal(name="hz")  # the hazard, this cycle
         c.hold = hold = Signal(name="hold")
-        # steal (with `overlap`): layer 0's drain reads the accumulators this cycle, under
+        # steal (with `bg_drain`): layer 0's drain reads the accumulators this cycle, under
         # layer 1's COMPUTE (`_bg_drain`, a register). The slots before the m_ stage stay
         # where they are (the e_ slot reads its row again in the next cycle) and the m_ slot
         # writes as usual, a bubble behind it: its write is then seen by the e_ slot's read,
         # so no hazard needs a hold. A hold in a steal cycle (its read again taken by the
         # drain) goes on for a cycle more
-        if self.overlap:
+        if self.bg_drain:
             c.steal = steal = Signal(name="steal")
             c.frz = frz = Signal(name="frz")  # the slots before the m_ stage stay
             m.d.sync += [hold.eq((c.hz & ~hold & ~steal) | (hold & steal)), steal.eq(0)]
@@ -571,7 +570,7 @@ class LockstepEngine(wiring.Component):
             # (PRELOAD) or drained row (DRAIN)
             m.d.comb += acc_r.addr.eq(Mux(c.ctl_valid, c.ctl_addr, Mux(hold, m_row, e_addr)))
             # DRAIN reads a row once; the read port holds it while the group's members go out
-            if self.early0 or self.overlap:  # the second member's word is held in the
+            if self.early0 or self.bg_drain:  # the second member's word is held in the
                 m.d.comb += acc_r.en.eq(1)  # output stage
             # (a conv drain reads a row's sub-positions for each member)
             elif self.has_conv:
@@ -580,7 +579,7 @@ class LockstepEngine(wiring.Component):
                 m.d.comb += acc_r.en.eq(~c.drn_valid | (c.drn_t == 0))
             with m.If(~hold):
                 # (in a steal the e_ slot stays: a bubble into m_)
-                e_go = e_hit & ~c.steal if self.overlap else e_hit
+                e_go = e_hit & ~c.steal if self.bg_drain else e_hit
                 m.d.sync += [m_hit.eq(e_go | c.pre_valid),
                              m_row.eq(Mux(c.pre_valid, c.pre_row, e_addr)),
                              m_w.eq(cb_consts[Cat(e_v, layer)])]
@@ -630,7 +629,7 @@ class LockstepEngine(wiring.Component):
                 for t, k in enumerate(members):
                     with m.Case(t):
                         m.d.comb += acc_sel.eq(c.acc_r[k].data.as_signed())
-            if (self.early0 or self.overlap) and len(members) == 2:
+            if (self.early0 or self.bg_drain) and len(members) == 2:
                 # member 1's word, taken with member 0's: the read port reads a bias the
                 # cycle after (`_drain_ctl`), so it is gone from acc_r when member 1 goes out
                 held = Signal(signed(A), name=f"o_held{g}")
@@ -797,7 +796,7 @@ class LockstepEngine(wiring.Component):
                         # the layers' outputs
                         with m.If(layer == 0):
                             io.free_low()
-                    if self.overlap:
+                    if self.bg_drain:
                         # layer 0's DRAIN goes on under layer 1's PRELOAD and COMPUTE
                         with m.If(layer == 0):
                             m.d.sync += [layer.eq(1), c.rev.eq(1), c.pcnt.eq(0),
@@ -844,15 +843,15 @@ class LockstepEngine(wiring.Component):
             m.d.comb += c.fe.first.eq(Mux(c.rev, 0, io.nz_first))
 
     def _bg_drain(self, m, c, io, step_preload):
-        """With `overlap`: layer 0's DRAIN under layer 1's PRELOAD and COMPUTE (its first
+        """With `bg_drain`: layer 0's DRAIN under layer 1's PRELOAD and COMPUTE (its first
         controls came from layer 0's last COMPUTE cycle, `_fc_drain_start`; `drn_more` is high
         until its last). cnt = row * 2 + member: member 0 reads the row (a steal: the slots
         before the m_ stage wait a cycle), member 1 goes out from the output stage's held word,
         leaving the read port to layer 1. The output stages apply layer 0's rule (`o_layer`,
         set with the first controls). `step_preload()` (the PRELOAD's next bias row) runs
         where layer 1's PRELOAD may read the port: a member-1 cycle (row cnt >> 1 is then
-        drained, so its bias may go in) or no drain; without `overlap`, always."""
-        if not self.overlap:
+        drained, so its bias may go in) or no drain; without `bg_drain`, always."""
+        if not self.bg_drain:
             step_preload()
             return
         cnt = io.cnt

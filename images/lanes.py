@@ -263,7 +263,7 @@ def _fc_net_cycles(img, qnet, acts, params) -> np.ndarray:
     """`model`'s option "lockstep" as the engine runs a network of fc layers: each layer's
     computed rows (dead units trimmed, `images.lockstep`) and the columns its front end reads,
     layer 0 from its input's first non-zero group to the last, and with drain_share 2 layer 1
-    under layer 0's DRAIN (`hw.lockstep`, `overlap`): layer 1's bias rows one every other
+    under layer 0's DRAIN (`hw.lockstep`, `bg_drain`): layer 1's bias rows one every other
     cycle after the drain reads each, then a cycle of its slots for each later row read; the
     layer counts as the engine's (layer 0: its COMPUTE; layer 1: the rest)."""
     pes, share = img.pes, params.drain_share

@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""Layer 1 under layer 0's DRAIN (hw/lockstep.py `overlap`, drain_share 2), Amaranth simulator.
+"""Layer 1 under layer 0's DRAIN (hw/lockstep.py `bg_drain`, drain_share 2), Amaranth simulator.
 
 With drain_share 2 the output stage holds its second member's word, so layer 0's DRAIN reads
 the accumulators every other cycle. Layer 1's PRELOAD puts its bias of row r in the cycle
@@ -19,12 +19,12 @@ from amaranth.sim import Simulator
 
 from compress.golden import golden
 from compress.synthetic import random_qnet
-from hw.blocks import EngineConfigError
 from hw.lockstep import LockstepEngine
 from images.lockstep import build_lockstep
 from tb.pysim import run_engine
 from tests.test_hw_engine import _inputs
 from tests.test_hw_lockstep import _run_back_to_back
+from tests.test_lockstep_early import NoOverlap
 
 
 def _watch(engine, x):
@@ -86,7 +86,7 @@ def test_layer1_under_layer0_drain_bit_exact_and_shorter(case, stall):
     img = build_lockstep(qnet, pes)
     rows = [ll.rows_per_pe for ll in img.layers]
     on = LockstepEngine(img, drain_share=2)
-    assert on.overlap and not on.early0
+    assert on.bg_drain and not on.early0
     y, cyc, lcs, _, last_out = _run_back_to_back(on, x, stall_in=stall, stall_out=stall,
                                                  seed=seed)
     np.testing.assert_array_equal(y, golden(qnet, x))
@@ -98,7 +98,7 @@ def test_layer1_under_layer0_drain_bit_exact_and_shorter(case, stall):
     np.testing.assert_array_equal(y1, y)
     np.testing.assert_array_equal(lc1[:, 1:], lcs[:, 1:])
     assert np.all((lcs[:, 0] >= lc1[:, 0]) & (lcs[:, 0] <= lc1[:, 0] + 3)), (lc1, lcs)
-    off = LockstepEngine(img, drain_share=2, overlap=False)
+    off = NoOverlap(img, drain_share=2)
     _, _, lc0 = run_engine(off, x)
     # layer 0's DRAIN took 2 cycles a row and layer 1's PRELOAD its rows after it; now the
     # drain's reads (one a row after layer 1's bias rows) are the most layer 1 waits for
@@ -125,14 +125,12 @@ def test_no_hazard_under_the_drain_and_steals_without_a_slot():
         assert counts["steal"] > counts["steal+slot"] > 0, counts
 
 
-def test_overlap_only_where_it_can_be():
+def test_bg_drain_only_where_it_can_be():
     qnet = random_qnet((8, 8, 40, 5), seed=2, density=0.5, shift=4)  # layer 1 wider than 0
     img = build_lockstep(qnet, 2)
-    assert not LockstepEngine(img, drain_share=2).overlap
+    assert not LockstepEngine(img, drain_share=2).bg_drain
     for share in (1, 4):
-        assert not LockstepEngine(img, drain_share=share).overlap
-    with pytest.raises(EngineConfigError, match="overlap"):
-        LockstepEngine(img, drain_share=2, overlap=True)
+        assert not LockstepEngine(img, drain_share=share).bg_drain
     one = build_lockstep(random_qnet((8, 12), seed=2, density=0.5, shift=4), 2)
     eng = LockstepEngine(one, drain_share=2)
-    assert not eng.overlap and eng.early0  # one layer: its biases in its own DRAIN
+    assert not eng.bg_drain and eng.early0  # one layer: its biases in its own DRAIN

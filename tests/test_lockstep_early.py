@@ -33,6 +33,12 @@ from tests.test_hw_engine import _inputs
 from tests.test_hw_lockstep import _run_back_to_back
 
 
+class NoOverlap(LockstepEngine):
+    """The engine without layer 1 under layer 0's DRAIN (tests/test_lockstep_bg_drain.py)."""
+
+    bg_drain_allowed = False
+
+
 def _start_under_writes(engine, x):
     """Layer starts (front end `start`, layer > 0) in a cycle where an output stage still
     writes an activation (`d3_valid`) or has one on the way, over a run of x one at a time."""
@@ -138,7 +144,7 @@ def test_layer0_biases_go_in_during_its_drain():
     for share in (1, 2, 4):
         # (layer 1 under layer 0's DRAIN off: it takes the same free read cycles,
         # tests/test_lockstep_bg_drain.py)
-        eng = LockstepEngine(img, drain_share=share, overlap=False)
+        eng = NoOverlap(img, drain_share=share)
         assert eng.early0 == (share == 2) and eng.keep0 == 3
         y, cyc, lcs, _, _ = _run_back_to_back(eng, x)
         np.testing.assert_array_equal(y, golden(qnet, x))
