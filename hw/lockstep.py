@@ -68,6 +68,7 @@ from amaranth.lib import data, wiring
 from images.lockstep import (DRAIN_SHARES, LockstepImage, LockstepParams, act_bank_bits,
                              act_words, low_words, map_bases, memory_map)
 
+from .convfe import OneMapConvFrontEnd
 from .blocks import (BankedIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
                      check_queue_depth, round_shift, saturate, slot_sequencer)
 from .frontend import front_end
@@ -351,8 +352,12 @@ class LockstepEngine(wiring.Component):
         addr_bits = bits(self.act_words)
         m.submodules.fe_fc = ffe = front_end("fc")(pes=n, col_bits=self.col_bits,
                                                    group_bits=self.row_bits, sparse=True)
-        m.submodules.fe_conv = cfe = front_end("conv").make(
-            pes=n, col_bits=self.col_bits, addr_bits=addr_bits, geoms=self.geoms)
+        if self.one_map:  # one value a word: the one-map walk (`hw.convfe`)
+            m.submodules.fe_conv = cfe = OneMapConvFrontEnd(
+                geoms=self.geoms, addr_bits=addr_bits, col_bits=self.col_bits)
+        else:
+            m.submodules.fe_conv = cfe = front_end("conv").make(
+                pes=n, col_bits=self.col_bits, addr_bits=addr_bits, geoms=self.geoms)
         m.d.comb += [ffe.in_features.eq(c.in_t[layer]), ffe.groups.eq(c.grp_t[layer]),
                      ffe.avail.eq((1 << len(ffe.avail)) - 1),
                      cfe.layer.eq(layer), cfe.first.eq(c.pas == 0), cfe.base.eq(c.src_t[layer])]
@@ -605,8 +610,9 @@ class LockstepEngine(wiring.Component):
             hazard = c.e_valid & c.e_first & (ent[:ib] != 0) & m_hit & (m_row == e_addr0)
             m_new = Signal(signed(A), name=f"m_new{k}")
             acc_in = acc_r.data.as_signed()
-            if self.has_conv:
-                # with conv layers a bypass instead of the hold: a conv layer's columns are
+            if self.has_conv and not self.one_map:
+                # with conv layers a bypass instead of the hold (not in the board's one-map
+                # layout: 8 x 77 logic cells the UP5K does not have): a conv layer's columns are
                 # short (about one slot each) and hit the same few rows again and again, so a
                 # hold would cost about a cycle a column (8,000 a LeNet-5 digit). The m_ slot
                 # whose row the previous m_ slot wrote takes that slot's sum, not the read

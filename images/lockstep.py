@@ -614,26 +614,72 @@ def act_depth(img) -> int:
     return 2 << act_bank_bits(img)
 
 
+BOARD_LANES = 3  # lane words of a CNN on the board: three SPRAMs, the fourth holds the maps
+
+
+def board_rel_bits(pes: int, index_bits: int = DEFAULT_INDEX_BITS) -> int:
+    """The relative index of a CNN's image on the board: the widest up to the default whose
+    slot word (pes entries) fits `BOARD_LANES` 16-bit lanes (8 PEs: 6-bit entries, rel_bits 2);
+    1 when not even that does (more lanes than SPRAMs: the board's fit check says so)."""
+    return max(1, min(DEFAULT_REL_BITS, BOARD_LANES * LANE_BITS // pes - index_bits))
+
+
+def board_options(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS) -> dict:
+    """The image options on the boards: a CNN takes the one-map layout with the slot word in
+    `BOARD_LANES` lanes (`board_rel_bits`); a network of fc layers its usual image."""
+    if not any(ll.is_conv for ll in qnet.layers):
+        return {}
+    return {"one_map": True, "rel_bits": board_rel_bits(pes, index_bits)}
+
+
+def one_map_region(qnet: QNet, pes: int) -> int:
+    """`map_region` of a CNN's one-map image, from the qnet (ceil(out / N) rows a PE)."""
+    geoms = conv.network_geometries(qnet)
+    words = [int(qnet.in_features)]
+    for ll, g in zip(qnet.layers, geoms):
+        rows = ceil_div(g.out_ch if g is not None else ll.out_features, pes)
+        words.append(rows * pes * (g.hp * g.wp if g is not None else 1))
+    return max(words)
+
+
+def board_bound(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS) -> dict:
+    """`memory_bound`'s options matching `board_options`."""
+    if not any(ll.is_conv for ll in qnet.layers):
+        return {}
+    return {"rel_bits": board_rel_bits(pes, index_bits), "region": one_map_region(qnet, pes)}
+
+
 def memory_bound(nonzeros: list[np.ndarray], shape: list[int], pes: int, *,
                  acc_bits: int = 32, index_bits: int = DEFAULT_INDEX_BITS,
-                 rel_bits: int = DEFAULT_REL_BITS) -> list[MemorySpec]:
+                 rel_bits: int = DEFAULT_REL_BITS, region: int = 0) -> list[MemorySpec]:
     """The memories of the engine for a network of layer sizes `shape` (in_0, out_0, ...)
     whose layer i has nonzeros[i][c] non-zero weights in column c, every depth the row
     placement decides at its least: a lane ROM word per slot, and a column takes at least
     ceil(non-zeros / PEs) slots (fillers and the spread over PEs only add); the column
-    pointers, accumulators (rows and biases) and activations do not depend on the placement."""
+    pointers, accumulators (rows and biases) and activations do not depend on the placement.
+    region > 0: a CNN's one-map layout (`board_options`) with map regions of that many words."""
     e = index_bits + rel_bits
     outs = shape[1:]
     slots = max(1, sum(int(np.sum(-(-np.asarray(c, dtype=np.int64) // pes)))
                        for c in nonzeros))
-    specs = [MemorySpec(f"lane{j}", "rom", e * min(2, pes - 2 * j), slots)
-             for j in range(ceil_div(pes, 2))]
+    if region:
+        nl = ceil_div(pes * e, LANE_BITS)
+        specs = [MemorySpec(f"lane{j}", "rom", min(LANE_BITS, pes * e - LANE_BITS * j), slots)
+                 for j in range(nl)]
+    else:
+        specs = [MemorySpec(f"lane{j}", "rom", e * min(2, pes - 2 * j), slots)
+                 for j in range(ceil_div(pes, 2))]
     ptrs = sum(shape[:-1]) + 1
     specs += [MemorySpec("colptr_even", "rom", bits(slots), ceil_div(ptrs, 2)),
               MemorySpec("colptr_odd", "rom", bits(slots), max(1, ptrs // 2))]
     rows = [ceil_div(o, pes) for o in outs]
     specs += [MemorySpec(f"pe{k}.acc", "ram", acc_bits, max(rows) + sum(rows),
                          read_ports=1, write_ports=1) for k in range(pes)]
+    if region:
+        words = 2 * region
+        specs.append(MemorySpec("map", "ram", 16, (1 << bits(words - 1)) + words,
+                                read_ports=1, write_ports=1))
+        return specs
     words = max(ceil_div(w, pes) for w in shape)
     specs += [MemorySpec(f"pe{k}.act", "ram", 16, (1 << bits(words - 1)) + words,
                          read_ports=1, write_ports=1) for k in range(pes)]

@@ -63,9 +63,10 @@ def _tally(specs, *, spram: bool, board: str = DEFAULT_BOARD, kinds=None) -> dic
         g = groups[group_of(s.name)]
         g["count"] += 1
         g["bits"] += s.bits
-        if s.name in acts:  # one bank in SPRAM, the other in EBR
+        if s.name in acts:  # one bank in SPRAM, the other in EBR (or the whole RAM)
             g["spram"] += 1
-            g["ebr"] += fam.block_rams(fam.act_half(s))
+            if acts[s.name] != getattr(fam, "WHOLE", None):
+                g["ebr"] += fam.block_rams(fam.act_half(s))
         elif s.name in in_spram:
             g["spram"] += 1
         elif s.name in getattr(plan, "blocks", ()):  # EBR by the plan (yosys' rom_style)
@@ -146,8 +147,14 @@ def fit_bound(qnet, engine: str, pes: int, *, spram: bool = True, acc_bits: int 
     nz, shape = _counts(qnet)
     if keep != 1.0:
         nz = [np.floor(c * keep).astype(np.int64) for c in nz]
-    specs = bound_specs(nz, shape, engine, pes, acc_bits=acc_bits, index_bits=index_bits,
-                        rel_bits=rel_bits)
+    rec = get(engine)
+    extra = rec.board_bound(qnet, pes, index_bits=index_bits) if rec.board_bound else {}
+    if extra:  # the board's own layout of this network (`Engine.board_options`)
+        specs = rec.memory_bound(nz, shape, pes, acc_bits=acc_bits, index_bits=index_bits,
+                                 **extra)
+    else:
+        specs = bound_specs(nz, shape, engine, pes, acc_bits=acc_bits, index_bits=index_bits,
+                            rel_bits=rel_bits)
     return {"engine": engine, "pes": pes, "bound": True,
             **_tally(specs, spram=spram, board=board,
                      kinds=[kind_name(layer) for layer in qnet.layers])}
@@ -188,8 +195,9 @@ def _thin(qnet, keep: float, seed: int = 0):
 def _quick(qnet, engine: str, pes: int, *, spram: bool, board: str = DEFAULT_BOARD) -> dict:
     """The analysis of an image placed without search (the engine's `unplaced` image options:
     interleaved rows, rel_bits 4): about what the real placement needs, or a little more."""
-    return analyse(build_image(qnet, engine, pes, **get(engine).unplaced), spram=spram,
-                   board=board)
+    rec = get(engine)
+    opts = {**rec.unplaced, **(rec.board_options(qnet, pes) if rec.board_options else {})}
+    return analyse(build_image(qnet, engine, pes, **opts), spram=spram, board=board)
 
 
 def what_fits(qnet, engine: str, pes: int, *, spram: bool = True, quick: bool = True,
@@ -334,8 +342,10 @@ def board_image(qnet, engine: str, pes: int, *, spram: bool = True,
     1 PE has 18,097 entries at rel_bits 5), the next wider relative index whose entries fit
     (fewer fillers; 16,344 at rel_bits 6). The same rule on the build and on the host, so the
     weights loaded are the bitstream's."""
-    img = build_image(qnet, engine, pes)
-    if not spram or not hasattr(img, "rel_bits"):
+    rec = get(engine)
+    opts = rec.board_options(qnet, pes) if rec.board_options else {}
+    img = build_image(qnet, engine, pes, **opts)
+    if opts or not spram or not hasattr(img, "rel_bits"):  # (the board's own layout)
         return img
 
     def entries_too_deep(img):  # per-PE entry ROMs (`pe<k>.entries`), not a lockstep lane
