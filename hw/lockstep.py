@@ -171,13 +171,15 @@ class LockstepEngine(wiring.Component):
         self.ptr_specs = [s for s in specs if s.name.startswith("colptr_")]
         self.acc_specs = [s for s in specs if s.name.endswith(".acc")]
         self.act_specs = [s for s in specs if s.name.endswith(".act") or s.name == "map"]
+        self.cb_specs = [s for s in specs if s.name.endswith(".codebook")]  # (one_map)
         assert len(specs) == sum(map(len, (self.lane_specs, self.ptr_specs, self.acc_specs,
-                                           self.act_specs)))
+                                           self.act_specs, self.cb_specs)))
         assert [s.name for s in self.ptr_specs] == ["colptr_even", "colptr_odd"]
 
     @property
     def memory_specs(self) -> list[MemorySpec]:
-        return self.lane_specs + self.ptr_specs + self.acc_specs + self.act_specs
+        return (self.lane_specs + self.ptr_specs + self.acc_specs + self.act_specs
+                + self.cb_specs)
 
     def elaborate(self, platform):
         m = Module()
@@ -215,6 +217,7 @@ class LockstepEngine(wiring.Component):
         acts = [self.memories(m, s) for s in self.act_specs]
         c.act_r = [a.read[0] for a in acts]
         c.act_w = [a.write[0] for a in acts]
+        c.cb_r = [self.memories(m, s).read[0] for s in self.cb_specs]
 
     def _tables(self, c):
         img, n, L, R = self.img, self.pes, self.num_layers, self.max_rows
@@ -593,15 +596,25 @@ class LockstepEngine(wiring.Component):
                 m.d.comb += acc_r.en.eq(~c.drn_valid | (c.drn_t == 0) | c.drn_pool)
             else:
                 m.d.comb += acc_r.en.eq(~c.drn_valid | (c.drn_t == 0))
+            rom_cb = k < len(c.cb_r)
             with m.If(~hold):
                 m.d.sync += [m_hit.eq(e_hit | c.pre_valid),
-                             m_row.eq(Mux(c.pre_valid, c.pre_row, e_addr)),
-                             m_w.eq(cb_consts[Cat(e_v, layer)])]
-                # and the weight 0 outside a slot (a synchronous reset, as the activation's):
-                # the lane word there may be one never loaded, and a simulation's unknown
-                # weight times 0 is unknown, not 0 (the gate-level bench)
-                with m.If(~c.e_valid):
-                    m.d.sync += m_w.eq(0)
+                             m_row.eq(Mux(c.pre_valid, c.pre_row, e_addr))]
+                if not rom_cb:
+                    m.d.sync += m_w.eq(cb_consts[Cat(e_v, layer)])
+                    # and the weight 0 outside a slot (a synchronous reset, as the
+                    # activation's): the lane word there may be one never loaded, and a
+                    # simulation's unknown weight times 0 is unknown, not 0 (the gate-level
+                    # bench)
+                    with m.If(~c.e_valid):
+                        m.d.sync += m_w.eq(0)
+            if rom_cb:
+                # the codebook from a block RAM (`images.lockstep.codebook_roms`): read with
+                # the entry, its word the m_ stage's weight (held in a hold). Outside a slot the
+                # activation is 0, so the product is 0 whatever the word
+                cb = c.cb_r[k]
+                m.d.comb += [cb.addr.eq(Cat(e_v, layer)), cb.en.eq(~hold)]
+                m_w = cb.data.as_signed()
             m_hits.append(m_hit)
             # The hazard e_hit & m_hit & (e_row == m_row), without the row adder: inside a
             # column a hit's row is above its predecessor's, so only the first slot of a

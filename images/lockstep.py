@@ -106,6 +106,9 @@ class LockstepImage:
     # one value a word in plain (C, H, W) order (channels in the writing layer's row order),
     # and the slot words packed PE after PE into 16-bit lanes
     one_map: bool = False
+    # PEs whose codebook is a ROM (one block RAM each) instead of logic: the first ones; the
+    # board sets it to the block RAMs it has left (`fpga.flow.resources.board_image`)
+    codebook_roms: int = 0
 
     @property
     def map_lanes(self) -> int:
@@ -582,10 +585,23 @@ def memory_map(img: LockstepImage, params: LockstepParams = LockstepParams()
     if img.one_map:  # every map in one RAM (on the board: an SPRAM)
         specs.append(MemorySpec("map", "ram", 16, act_depth(img), (), read_ports=1,
                                 write_ports=1))
+        table = codebook_table(img)
+        specs += [MemorySpec(f"pe{k}.codebook", "rom", 16, len(table), tuple(table))
+                  for k in range(min(img.codebook_roms, n))]
         return specs
     specs += [MemorySpec(f"pe{k}.act", "ram", 16, act_depth(img), (), read_ports=1,
                          write_ports=1) for k in range(n)]
     return specs
+
+
+def codebook_table(img: LockstepImage) -> list[int]:
+    """Every layer's codebook, 2**index_bits words each (zero padded), for as many layers as
+    the engine's layer register counts (at least 2): word (layer << index_bits) | v is
+    codebook[layer][v] as 16-bit two's complement."""
+    K = 1 << img.index_bits
+    L = 1 << max(1, (img.num_layers - 1).bit_length())
+    vals = [int(ll.codebook[v]) for ll in img.layers for v in range(K)]
+    return [v & 0xFFFF for v in vals + [0] * (K * L - len(vals))]
 
 
 def act_bank_bits(img) -> int:
@@ -697,7 +713,7 @@ def logic_of(img: LockstepImage) -> dict:
                        for ll in img.layers],
             "mems": [int(img.num_slots), len(img.col_ptr), list(img.bias.shape)],
             **({"input_shape": list(img.input_shape)} if img.has_conv else {}),
-            **({"one_map": True} if img.one_map else {})}
+            **({"one_map": True, "codebook_roms": img.codebook_roms} if img.one_map else {})}
 
 
 def padded(img: LockstepImage) -> LockstepImage:

@@ -345,7 +345,13 @@ def board_image(qnet, engine: str, pes: int, *, spram: bool = True,
     rec = get(engine)
     opts = rec.board_options(qnet, pes) if rec.board_options else {}
     img = build_image(qnet, engine, pes, **opts)
-    if opts or not spram or not hasattr(img, "rel_bits"):  # (the board's own layout)
+    if opts and spram and hasattr(img, "codebook_roms"):
+        # the board's own layout: the block RAMs left give PEs their codebook as a ROM
+        a = analyse(img, spram=True, board=board)
+        free = a["ebr_available"] - a["total_ebr"]
+        if free > 0:
+            img = replace(img, codebook_roms=min(pes, free))
+    if opts or not spram or not hasattr(img, "rel_bits"):
         return img
 
     def entries_too_deep(img):  # per-PE entry ROMs (`pe<k>.entries`), not a lockstep lane
