@@ -65,6 +65,7 @@ from types import SimpleNamespace
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 
+from images.conv import ConvGeom
 from images.lockstep import (DRAIN_SHARES, LockstepImage, LockstepParams, act_bank_bits,
                              act_words, low_words, map_bases, memory_map)
 
@@ -353,14 +354,13 @@ class LockstepEngine(wiring.Component):
         n, layer = self.lanes_per_word, c.layer  # (one lane with one_map)
         m.d.comb += c.conv_l.eq(c.is_conv[layer])
         addr_bits = bits(self.act_words)
+        if self.one_map:
+            self._one_map_front_end(m, c, addr_bits)
+            return
         m.submodules.fe_fc = ffe = front_end("fc")(pes=n, col_bits=self.col_bits,
                                                    group_bits=self.row_bits, sparse=True)
-        if self.one_map:  # one value a word: the one-map walk (`hw.convfe`)
-            m.submodules.fe_conv = cfe = OneMapConvFrontEnd(
-                geoms=self.geoms, addr_bits=addr_bits, col_bits=self.col_bits)
-        else:
-            m.submodules.fe_conv = cfe = front_end("conv").make(
-                pes=n, col_bits=self.col_bits, addr_bits=addr_bits, geoms=self.geoms)
+        m.submodules.fe_conv = cfe = front_end("conv").make(
+            pes=n, col_bits=self.col_bits, addr_bits=addr_bits, geoms=self.geoms)
         m.d.comb += [ffe.in_features.eq(c.in_t[layer]), ffe.groups.eq(c.grp_t[layer]),
                      ffe.avail.eq((1 << len(ffe.avail)) - 1),
                      cfe.layer.eq(layer), cfe.first.eq(c.pas == 0), cfe.base.eq(c.src_t[layer])]
@@ -385,6 +385,21 @@ class LockstepEngine(wiring.Component):
                      fe.o.payload.value.eq(Mux(conv, cfe.o.payload.value, ffe.o.payload.value)),
                      fe.o.payload.col.eq(Mux(conv, cfe.o.payload.col, ffe.o.payload.col)),
                      fe.o.payload.sub.eq(Mux(conv, cfe.o.payload.sub, 0))]
+
+    def _one_map_front_end(self, m, c, addr_bits):
+        """`one_map`: every layer's columns through the one-map walk (`hw.convfe`); an fc
+        layer walks as a 1x1 kernel over a 1x1 map of its input columns as channels (column
+        c at word c, one pass, one sub-position): no fc front end beside it."""
+        geoms = [g if g is not None else
+                 ConvGeom(c=ll.engine_in, h=1, w=1, kh=1, kw=1, sh=1, sw=1, ph=0, pw=0, qh=1,
+                          qw=1, out_ch=ll.out_features)
+                 for g, ll in zip(self.geoms, self.img.layers)]
+        m.submodules.fe_conv = cfe = OneMapConvFrontEnd(geoms=geoms, addr_bits=addr_bits,
+                                                        col_bits=self.col_bits)
+        m.d.comb += [cfe.layer.eq(c.layer), cfe.first.eq(c.pas == 0),
+                     cfe.base.eq(c.src_t[c.layer]),
+                     cfe.rd_data[0].eq(c.act_r[0].data.as_signed())]
+        c.fe = SimpleNamespace(start=cfe.start, busy=cfe.busy, rd_addr=cfe.rd_addr, o=cfe.o)
 
     def _pointer_stage(self, m, c):
         """ptr[g], ptr[g + 1] of global column g into the queue; empty columns dropped."""
