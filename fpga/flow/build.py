@@ -227,7 +227,10 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = None,
         "spram_roms": [lp.spec.name for lp in top.core.memories.loads] if spram else [],
         # a conv network's activation RAMs with one bank in SPRAM ({name: bank}) and the small
         # ROMs put in EBR instead of logic (fpga/boards/ice40.py, load_plan)
-        "spram_maps": dict(getattr(top.core.memories, "acts", {})) if spram else {},
+        # ("all": the whole RAM, the lockstep engine's one map of a CNN)
+        "spram_maps": ({k: v if v >= 0 else "all"
+                        for k, v in getattr(top.core.memories, "acts", {}).items()}
+                       if spram else {}),
         "ebr_roms": sorted(getattr(top.core.memories, "blocks", ())) if spram else [],
         "layers": [getattr(rl, "kind", "fc") for rl in img.layers],
         "build_seconds": round(total, 1),
