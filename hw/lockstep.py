@@ -69,9 +69,9 @@ from images.conv import ConvGeom
 from images.lockstep import (DRAIN_SHARES, LockstepImage, LockstepParams, act_bank_bits,
                              act_words, low_words, map_bases, memory_map)
 
-from .convfe import OneMapConvFrontEnd
 from .blocks import (BankedIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
                      check_queue_depth, round_shift, saturate, slot_sequencer)
+from .convfe import OneMapConvFrontEnd
 from .frontend import front_end
 from .memory import MemoryFactory, MemorySpec
 from .queue import ActQueue

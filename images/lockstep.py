@@ -527,9 +527,9 @@ def act_words(img: LockstepImage) -> int:
 
 def map_region(img: LockstepImage) -> int:
     """Words per PE of one map region of a CNN's bank: the largest map (the input, every
-    layer's output) in the layout it is kept in (`images.conv.act_words`); with `one_map` in values: the input, a
-    conv layer's output channels rounded up to N (a PE's row beyond them drains a zero), an fc
-    layer's N x rows_per_pe outputs."""
+    layer's output) in the layout it is kept in (`images.conv.act_words`); with `one_map` in
+    values: the input, a conv layer's output channels rounded up to N (a PE's row beyond them
+    drains a zero), an fc layer's N x rows_per_pe outputs."""
     if img.one_map:
         n = img.pes
         words = [conv.engine_in_features(img)]

@@ -119,6 +119,10 @@ class LoadPlan(list):
 # engine at 1 PE is 5,364 logic cells of 5,280 with queues of 4 columns (flip-flops), 5,082
 # with 1; a PE's work, not its queue, bounds a conv layer on 1 PE (93 % MAC utilisation).
 CONV_VALUES = {"eie": {"queue_depth": 1}}
+# ... and the PLL clock `fpga build` targets for a conv network when not told
+# (`fpga.flow.build.default_clock_for`): the lockstep engine's one-map layout of LeNet-5 at 8
+# PEs routes at about 27 MHz (91 % of the logic cells), 24 MHz is 3 Mbaud at 8 clocks a bit
+CONV_CLOCK_MHZ = {"lockstep": 24.0}
 
 
 def kinds_of(img) -> list[str]:
