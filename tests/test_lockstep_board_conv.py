@@ -316,3 +316,11 @@ def test_board_cnn_lockstep_rtl():
 @pytest.mark.skipif(not long_tests(), reason="LONG=1: a CNN through the lockstep board's netlist")
 def test_board_cnn_lockstep_gate_level():
     _board_cnn_lockstep(8, gate_level=True, count=1)
+
+
+def test_cycle_model_refuses_the_one_map_layout():
+    from images.lanes import lockstep_cycle_model
+
+    img = build_lockstep(_case_net(CASES[0]), 2, one_map=True)
+    with pytest.raises(ValueError, match="one-map"):
+        lockstep_cycle_model(img, np.zeros((1, 36), np.int16), LockstepParams())
