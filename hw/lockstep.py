@@ -527,6 +527,15 @@ class LockstepEngine(wiring.Component):
             y_w, d2_w, c.d3_w = (Signal(aw, name=f"{p}_w") for p in ("y", "d2", "d3"))
             m.d.sync += [c.y_first.eq(c.drn_first), c.y_lsub.eq(c.drn_lsub), y_w.eq(c.drn_w),
                          d2_w.eq(y_w), c.d3_w.eq(d2_w), c.drn_pool.eq(0)]
+        if self.one_map:
+            # y1_: the member's accumulator word registered before the pooling compare (the
+            # read -> member multiplexer -> 32-bit compare was the board's critical path, 37 ns
+            # at 24 MHz); the words after it a cycle later
+            c.y1_valid, c.y1_first = Signal(name="y1_valid"), Signal(name="y1_first")
+            y1_lsub, y1_w = Signal(name="y1_lsub"), Signal(aw, name="y1_w")
+            y1_row, y1_t = Signal.like(drn_row, name="y1_row"), Signal.like(drn_t, name="y1_t")
+            m.d.sync += [c.y1_valid.eq(y_valid), c.y1_first.eq(c.y_first), y1_lsub.eq(c.y_lsub),
+                         y1_w.eq(y_w), y1_row.eq(y_row), y1_t.eq(y_t), d2_w.eq(y1_w)]
         # the output stage is pipelined (d2_: the member's accumulator word registered, d3_:
         # its output registered), so the accumulator read, the output stage and the activation
         # write are three short paths, not one (the board's critical path: 46 ns)
@@ -535,9 +544,12 @@ class LockstepEngine(wiring.Component):
         d2_row, c.d3_row = Signal.like(drn_row, name="d2_row"), Signal.like(drn_row, name="d3_row")
         d2_t, c.d3_t = Signal.like(drn_t, name="d2_t"), Signal.like(drn_t, name="d3_t")
         # (a pooled word goes on after its last sub-position)
-        m.d.sync += [d2_valid.eq(y_valid & c.y_lsub if self.has_conv else y_valid),
-                     d2_row.eq(y_row), d2_t.eq(y_t),
-                     c.d3_valid.eq(d2_valid), c.d3_row.eq(d2_row), c.d3_t.eq(d2_t)]
+        if self.one_map:
+            m.d.sync += [d2_valid.eq(c.y1_valid & y1_lsub), d2_row.eq(y1_row), d2_t.eq(y1_t)]
+        else:
+            m.d.sync += [d2_valid.eq(y_valid & c.y_lsub if self.has_conv else y_valid),
+                         d2_row.eq(y_row), d2_t.eq(y_t)]
+        m.d.sync += [c.d3_valid.eq(d2_valid), c.d3_row.eq(d2_row), c.d3_t.eq(d2_t)]
         # the activation word of row d3_row: layer outputs top down in the bank
         # (`images.lockstep.low_words`: the loader refills the words below them early)
         c.d3_word = Signal(c.io.bank_bits, name="d3_word")
@@ -683,8 +695,10 @@ class LockstepEngine(wiring.Component):
                     m.d.comb += acc_sel.eq(held)
             acc = Signal(signed(A), name=f"o_acc{g}")
             if self.one_map:  # (kept through the pad cycles: the read port reads others)
-                with m.If(c.y_valid & (c.y_first | (acc_sel > acc))):
-                    m.d.sync += acc.eq(acc_sel)
+                sel_r = Signal(signed(A), name=f"o_sel_r{g}")  # (`_control`: y1_)
+                m.d.sync += sel_r.eq(acc_sel)
+                with m.If(c.y1_valid & (c.y1_first | (sel_r > acc))):
+                    m.d.sync += acc.eq(sel_r)
             elif self.has_conv:
                 # max pooling: the maximum of a word's sub-positions (the wrapped
                 # accumulators; the output rule never decreases, so this is the rule's max)
@@ -777,7 +791,7 @@ class LockstepEngine(wiring.Component):
         # the drain's activation writes are still in the output stages
         out_busy = c.drn_valid | c.y_valid | c.d2_valid | c.d3_valid
         if self.one_map:
-            out_busy |= c.w_cnt != 0  # the output stages' words still to write
+            out_busy |= c.y1_valid | (c.w_cnt != 0)  # the output stages' words still to write
             # the map's one port (an SPRAM on the board) is the loader's only while the
             # engine waits in PRE0 for a bank that is not full yet, and not in the cycle after
             # the take that fills it (the front end may start then and read): the reads the
