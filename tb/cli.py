@@ -220,19 +220,21 @@ def _image(qnet, args, rom, rel_bits=None):
     """The image of args.engine: `rom` itself when it is one, else built from the qnet (same
     PEs and index_bits as `rom`; rel_bits: the given one, else --rel-bits, where auto is the
     engine's own choice)."""
-    if isinstance(rom, get(args.engine).image_type):
-        return rom
     rb = args.rel_bits if rel_bits is None else rel_bits
     extra = {}
     if getattr(args, "one_map", False):
-        from images.lockstep import board_rel_bits
-
-        if args.engine != "lockstep" or not any(ly.is_conv for ly in qnet.layers):
+        # the engine's own board layout (`Engine.board_options`): the lockstep engine's for a CNN
+        rec = get(args.engine)
+        opts = (rec.board_options(qnet, rom.pes, index_bits=rom.index_bits)
+                if rec.board_options else {})
+        if not opts.get("one_map"):
             raise InputError("--one-map is the lockstep engine's layout of a network with conv "
                              "layers")
         extra["one_map"] = True
         if parse_rel_bits(rb) == "auto":
-            rb = board_rel_bits(rom.pes, rom.index_bits)
+            rb = opts["rel_bits"]
+    if isinstance(rom, get(args.engine).image_type):
+        return rom
     with step(f"{args.engine} image: placing the rows over {rom.pes} PEs"):
         img = build_image(qnet, args.engine, rom.pes, index_bits=rom.index_bits, rel_bits=rb,
                           **extra)

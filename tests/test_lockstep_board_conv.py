@@ -324,3 +324,27 @@ def test_cycle_model_refuses_the_one_map_layout():
     img = build_lockstep(_case_net(CASES[0]), 2, one_map=True)
     with pytest.raises(ValueError, match="one-map"):
         lockstep_cycle_model(img, np.zeros((1, 36), np.int16), LockstepParams())
+
+
+def test_tb_run_one_map(tmp_path, capsys):
+    """`python -m tb run --one-map` runs the board's layout in the RTL bench; an MLP or the EIE
+    engine is refused with one line."""
+    from compress.qnet import save_qnet
+    from tb.cli import main
+
+    save_qnet(BOARD_CNN, tmp_path / "cnn.npz", index_bits=4)
+    mlp = random_qnet((64, 12, 10), density=[0.5, 0.5], seed=1)  # the CNN's input width
+    save_qnet(mlp, tmp_path / "mlp.npz", index_bits=4)
+    x = random_inputs(2, BOARD_CNN.in_features, seed=9, density=0.5)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", "--engine", "lockstep", "--one-map", "--pes", "8", "--model",
+                 str(tmp_path / "cnn.npz"), "--inputs", str(tmp_path / "x.npy"), "--out",
+                 str(tmp_path / "y.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), golden(BOARD_CNN, x))
+    for model, engine in (("mlp.npz", "lockstep"), ("cnn.npz", "eie")):
+        capsys.readouterr()
+        assert main(["run", "--engine", engine, "--one-map", "--pes", "2", "--model",
+                     str(tmp_path / model), "--inputs", str(tmp_path / "x.npy"), "--out",
+                     str(tmp_path / "z.npy")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "--one-map" in err
