@@ -10,6 +10,8 @@ written:
   lockstep engine's column queue and the one-wide EIE PE's.
 * `PairQueue`: two write lanes `i[0]`, `i[1]`, streams without back-pressure (the writer sends
   only what `level` leaves room for); lane 0 goes first. The two-wide EIE PE's column queue.
+* `LaneQueue`: `lanes` such write lanes (the four-wide pipelined EIE PE's column queue): each
+  valid lane's entry goes to `wr` plus the valid lanes before it.
 """
 
 from __future__ import annotations
@@ -122,6 +124,49 @@ class PairQueue(RegisterFIFO):
                 m.d.sync += wr.eq(wr1)
         with m.Elif(v1):
             m.d.sync += [store[wr].eq(self.i[1].payload), wr.eq(wr1)]
+        with m.If(pop):
+            m.d.sync += rd.eq(_next(rd, d))
+        m.d.sync += self.level.eq(self.level + pushes - pop)
+        return m
+
+
+class LaneQueue(RegisterFIFO):
+    """A FIFO of `depth` entries of `shape`, up to `lanes` writes and one read a cycle.
+
+    `i[0]` .. `i[lanes-1]`: write lanes as `PairQueue`'s (no back-pressure, lower lanes first,
+    any may be empty): lane j's entry goes to `wr` + the number of valid lanes below j.
+    Parameters: shape, depth (1..64), lanes (>= 1).
+    """
+
+    def __init__(self, shape, *, depth: int, lanes: int):
+        if not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
+        self.lanes = lanes
+        lane = stream.Signature(shape, always_ready=True)
+        super().__init__(shape, depth=depth, writes={"i": In(lane).array(lanes)})
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.depth
+        store, rd, wr = self._storage()
+        pop = Signal()
+        m.d.comb += [
+            self.o.valid.eq(self.level != 0),
+            self.o.payload.eq(store[rd]),
+            pop.eq(self.o.valid & self.o.ready),
+        ]
+        before = 0  # valid lanes below lane j
+        for j in range(self.lanes):
+            at = Signal(range(d), name=f"at{j}")
+            pos = wr + before
+            m.d.comb += at.eq(Mux(pos >= d, pos - d, pos))
+            with m.If(self.i[j].valid):
+                m.d.sync += store[at].eq(self.i[j].payload)
+            before = before + self.i[j].valid
+        pushes = Signal(range(self.lanes + 1))
+        m.d.comb += pushes.eq(before)
+        nwr = wr + pushes
+        m.d.sync += wr.eq(Mux(nwr >= d, nwr - d, nwr))
         with m.If(pop):
             m.d.sync += rd.eq(_next(rd, d))
         m.d.sync += self.level.eq(self.level + pushes - pop)

@@ -334,7 +334,9 @@ def board_image(qnet, engine: str, pes: int, *, spram: bool = True,
     1 PE has 18,097 entries at rel_bits 5), the next wider relative index whose entries fit
     (fewer fillers; 16,344 at rel_bits 6). The same rule on the build and on the host, so the
     weights loaded are the bitstream's."""
-    img = build_image(qnet, engine, pes)
+    # the family's own image options (ECP5: the EIE engine's relative index for speed)
+    opts = dict(getattr(get_board(board).fam, "IMAGE_OPTIONS", {}).get(engine, {}))
+    img = build_image(qnet, engine, pes, **opts)
     if not spram or not hasattr(img, "rel_bits"):
         return img
 
@@ -345,7 +347,7 @@ def board_image(qnet, engine: str, pes: int, *, spram: bool = True,
     rb = img.rel_bits
     while rb < 12 and entries_too_deep(img):
         rb += 1
-        img = build_image(qnet, engine, pes, rel_bits=rb)
+        img = build_image(qnet, engine, pes, **{**opts, "rel_bits": rb})
     return img
 
 
