@@ -149,6 +149,21 @@ def test_block_rams(width, depth, kind, rp, wp, want):
     assert ecp5.block_rams(spec) == want
 
 
+def test_board_image_takes_the_family_options():
+    """The ULX3S's image has the relative index chosen for speed (`IMAGE_OPTIONS`), the
+    iCEBreaker's the smallest memories' (the engine's own default)."""
+    from compress.shipped import load_model
+    from fpga.flow.resources import board_image
+    from images import build_image
+
+    qnet, _ = load_model("synthetic:64-32-10")
+    assert get_board("ulx3s").fam.IMAGE_OPTIONS["eie"] == {"rel_bits": "fast"}
+    fast = build_image(qnet, "eie", 4, rel_bits="fast")
+    assert board_image(qnet, "eie", 4, board="ulx3s").rel_bits == fast.rel_bits
+    assert board_image(qnet, "eie", 4, board="icebreaker").rel_bits == \
+        build_image(qnet, "eie", 4).rel_bits
+
+
 def test_board_top_elaborates_with_the_pll():
     from compress.shipped import load_model
     from fpga.gateware.top import BoardTop
@@ -159,11 +174,12 @@ def test_board_top_elaborates_with_the_pll():
     board = get_board("ulx3s")
     top = BoardTop(img, clock_hz=75e6, board="ulx3s")
     assert top.clock_hz == 75e6
-    assert engine_params(img, "ulx3s").queue_depth == 8
-    # the pipelined front end from 4 PEs (issue width 2), the plain one below
+    assert engine_params(img, "ulx3s").queue_depth == 20
+    # the pipelined front end, four columns a cycle, from 4 PEs; the plain one below
     assert engine_params(img, "ulx3s").pipelined
+    assert engine_params(img, "ulx3s").issue_width == 4
     assert not engine_params(build_image(qnet, "eie", 2), "ulx3s").pipelined
-    assert top.core.engine.pipelined
+    assert top.core.engine.pipelined and top.core.engine.issue_width == 4
     plat = board.make_platform()
     plan = plat.prepare(top, name="top")
     files = plan.files

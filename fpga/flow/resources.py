@@ -29,7 +29,7 @@ from compress.qnet import Layer, QNet
 from images import MAX_PES, build_image, engine_of, get, memory_specs, registered
 from images.layers import kind_name
 
-from ..boards import DEFAULT_BOARD, get_board
+from ..boards import DEFAULT_BOARD, engine_params, get_board
 
 PE_CHOICES = tuple(1 << i for i in range(MAX_PES.bit_length()) if 1 << i <= MAX_PES)
 
@@ -106,11 +106,12 @@ def _tally(specs, *, spram: bool, board: str = DEFAULT_BOARD, kinds=None) -> dic
 
 
 def analyse(img, *, spram: bool = False, acc_bits: int = 32, board: str = DEFAULT_BOARD) -> dict:
-    """Memories by kind, EBR blocks each needs on `board`; with `spram`, the SPRAM plan's ROMs
-    need none."""
+    """Memories by kind, EBR blocks each needs on `board` (with the board's engine parameters:
+    the ECP5's four columns a cycle read the pointer banks on four ports); with `spram`, the
+    SPRAM plan's ROMs need none."""
     rec = engine_of(img)
-    a = _tally(memory_specs(img, rec.params(acc_bits=acc_bits)), spram=spram, board=board,
-               kinds=[getattr(rl, "kind", "fc") for rl in img.layers])
+    a = _tally(memory_specs(img, engine_params(img, board, acc_bits=acc_bits)), spram=spram,
+               board=board, kinds=[getattr(rl, "kind", "fc") for rl in img.layers])
     return {"engine": rec.name, "pes": img.pes, "bound": False, **a}
 
 
