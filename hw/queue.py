@@ -136,6 +136,12 @@ class LaneQueue(RegisterFIFO):
     `i[0]` .. `i[lanes-1]`: write lanes as `PairQueue`'s (no back-pressure, lower lanes first,
     any may be empty): lane j's entry goes to `wr` + the number of valid lanes below j.
     Parameters: shape, depth (1..64), lanes (>= 1).
+
+    The entries are `lanes` memories written asynchronously-read (LUT RAM on an FPGA, not
+    flip-flops: a register file written from four lanes costs a 4-way multiplexer on every bit
+    of every entry), entry k in bank k % lanes at row k // lanes: the lanes' entries of a cycle
+    are consecutive, so each bank takes at most one of them. The ring holds `depth` rounded up
+    to a multiple of `lanes` (the writer's credit still counts `depth`).
     """
 
     def __init__(self, shape, *, depth: int, lanes: int):
@@ -146,28 +152,45 @@ class LaneQueue(RegisterFIFO):
         super().__init__(shape, depth=depth, writes={"i": In(lane).array(lanes)})
 
     def elaborate(self, platform):
+        from amaranth.lib.memory import Memory
+
         m = Module()
-        d = self.depth
-        store, rd, wr = self._storage()
+        w = self.lanes
+        rows = -(-self.depth // w)
+        ring = rows * w
+        rd = Signal(range(ring), name="rd")
+        wr = Signal(range(ring), name="wr")
         pop = Signal()
-        m.d.comb += [
-            self.o.valid.eq(self.level != 0),
-            self.o.payload.eq(store[rd]),
-            pop.eq(self.o.valid & self.o.ready),
-        ]
-        before = 0  # valid lanes below lane j
-        for j in range(self.lanes):
-            at = Signal(range(d), name=f"at{j}")
-            pos = wr + before
-            m.d.comb += at.eq(Mux(pos >= d, pos - d, pos))
-            with m.If(self.i[j].valid):
-                m.d.sync += store[at].eq(self.i[j].payload)
-            before = before + self.i[j].valid
-        pushes = Signal(range(self.lanes + 1))
-        m.d.comb += pushes.eq(before)
-        nwr = wr + pushes
-        m.d.sync += wr.eq(Mux(nwr >= d, nwr - d, nwr))
+        m.d.comb += [self.o.valid.eq(self.level != 0), pop.eq(self.o.valid & self.o.ready)]
+        # the valid lanes below each lane
+        before = [Signal(range(w + 1), name=f"before{j}") for j in range(w + 1)]
+        m.d.comb += before[0].eq(0)
+        for j in range(w):
+            m.d.comb += before[j + 1].eq(before[j] + self.i[j].valid)
+        reads = []
+        for b in range(w):
+            mem = Memory(shape=self._shape, depth=rows, init=[])
+            m.submodules[f"bank{b}"] = mem
+            wp = mem.write_port()
+            rp = mem.read_port(domain="comb")
+            # this bank's entry of the cycle: position wr + t with (wr + t) % w == b
+            t = Signal(range(w), name=f"t{b}")
+            m.d.comb += t.eq((b - wr) % w)
+            pos = Signal(range(ring + w), name=f"pos{b}")
+            m.d.comb += pos.eq(wr + t)
+            m.d.comb += wp.addr.eq(Mux(pos >= ring, pos - ring, pos) // w)
+            for j in range(w):
+                with m.If(self.i[j].valid & (before[j] == t)):
+                    m.d.comb += [wp.data.eq(self.i[j].payload), wp.en.eq(1)]
+            m.d.comb += rp.addr.eq(rd // w)
+            reads.append(rp.data)
+        with m.Switch(rd % w):
+            for b in range(w):
+                with m.Case(b):
+                    m.d.comb += self.o.payload.eq(reads[b])
+        nwr = wr + before[w]
+        m.d.sync += wr.eq(Mux(nwr >= ring, nwr - ring, nwr))
         with m.If(pop):
-            m.d.sync += rd.eq(_next(rd, d))
-        m.d.sync += self.level.eq(self.level + pushes - pop)
+            m.d.sync += rd.eq(Mux(rd == ring - 1, 0, rd + 1))
+        m.d.sync += self.level.eq(self.level + before[w] - pop)
         return m
