@@ -360,3 +360,25 @@ def test_real_ecp5_build(tmp_path):
     assert on_disk["spram_used"] == 0 and on_disk["timing_met"]
     assert on_disk["fmax_mhz"] >= on_disk["clock_mhz"] == round(ULX3S_CLOCK_MHZ, 4)
     assert on_disk["baud"] == ULX3S_BAUD
+
+
+def test_four_columns_fall_back_to_two_where_they_do_not_fit():
+    """The ULX3S's four columns a cycle read each pointer bank on four ports (two copies): a
+    network whose banks would then overflow the block RAMs where two ports fit (784-1024-512-10
+    at 16 PEs: 256 DP16KD against 192, of 208) gets two columns a cycle, as does one with conv
+    layers; asked for, four are kept; the resource check counts the ports the board uses."""
+    from compress.shipped import load_model
+    from compress.synthetic import random_cnn
+    from fpga.flow.resources import analyse
+    from images import build_image
+
+    qnet, _ = load_model("synthetic:784-1024-512-10")
+    img = build_image(qnet, "eie", 16)
+    p = engine_params(img, "ulx3s")
+    assert (p.issue_width, p.pipelined, p.queue_depth) == (2, True, 20)
+    assert engine_params(img, "ulx3s", issue_width=4).issue_width == 4
+    assert analyse(img, board="ulx3s")["total_ebr"] <= 208
+    small, _ = load_model("synthetic:64-32-10")
+    assert engine_params(build_image(small, "eie", 16), "ulx3s").issue_width == 4
+    cnn = random_cnn((1, 6, 6), [(3, 3, 1, 1, 2)], [5], seed=1, density=0.5, shift=9)
+    assert engine_params(build_image(cnn, "eie", 4), "ulx3s").issue_width == 2
