@@ -368,8 +368,8 @@ def test_default_width_and_refusals():
 
 
 def test_analysis_front_end_bound_follows_the_rule():
-    """tb.analysis.frontend_cycles at width 2: the cycle `_reference` finishes in, on random
-    masks; width 1: one cycle per non-zero and per all-zero group."""
+    """tb.analysis.frontend_cycles at widths 2 and 4: the cycle `_reference` finishes in, on
+    random masks; width 1: one cycle per non-zero and per all-zero group."""
     from tb.analysis import frontend_cycles
 
     rng = np.random.default_rng(0)
@@ -378,6 +378,8 @@ def test_analysis_front_end_bound_follows_the_rule():
         a = (rng.random(width) < d).astype(int)
         assert frontend_cycles(a[None] != 0, pes, 2)[0] == len(_reference(a, pes, True,
                                                                         [2] * 200)) - 1
+        assert frontend_cycles(a[None] != 0, pes, 4)[0] == len(
+            _reference(a, pes, True, [4] * 200, width=4)) - 1
         groups = a.reshape(-1) if pes == 1 else np.pad(a, (0, -width % pes)).reshape(-1, pes)
         want1 = int(np.maximum(groups.reshape(len(groups), -1).sum(axis=1), 1).sum())
         assert frontend_cycles(a[None] != 0, pes, 1)[0] == want1
