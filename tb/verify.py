@@ -16,9 +16,10 @@ layers), the build and simulation wall times and the simulated cycles per second
 gets summary.json; nothing else in --out is touched, and an --out that cannot take these files
 is refused before the run.
 
-The engines build and simulate side by side, one thread each, at most --jobs simulator and
-compiler processes at once (default 2); one engine splits its digits over the jobs. Builds are
-cached (`tb.fastbench`): a second run only simulates.
+The engines build side by side (the compilers share --jobs, default 2), then simulate their
+digits in chunks through one pool of --jobs simulator processes (with two engines, 4 chunks a
+process each, so the engine that finishes first leaves its process to the other's chunks). Builds
+are cached (`tb.fastbench`): a second run only simulates.
 
 Exit status: 0 when every output of every engine is bit-exact, 1 on any difference (the first
 differing digits are named) or failure, 2 with one line on stderr for bad input (a missing data
@@ -103,26 +104,33 @@ def _image(qnet, engine, pes):
 _convert_lock = threading.Lock()  # Amaranth's conversion: one at a time in this process
 
 
-def _run_engine(engine, img, x, shards, workdir: Path):
-    """Build (cached) and simulate `x` in `shards` processes; (FastResult parts, build s)."""
+def _run_engine(engine, img, x, chunks, slots, build_jobs, workdir: Path):
+    """Build (cached) and simulate `x` in `chunks` simulator runs, each holding one of the
+    shared `slots` while it runs, after a build in `build_jobs` compiler processes;
+    (FastResult parts, build s, binary, simulation wall s)."""
     params = default_params(img)
     t0 = time.monotonic()
     with _convert_lock:
         # the key lookup and the conversion; the compiler runs outside the lock below
         key_hit = fastbench.lookup(img, params)
         template = None if key_hit else fastbench.template_of(img, params)[0]
-    fb = key_hit or fastbench.compile_template(template, img, jobs=shards)
+    fb = key_hit or fastbench.compile_template(template, img, jobs=build_jobs,
+                                                  opt=fastbench.LONG_RUN_OPT)
     if template is not None:
         fastbench.remember(img, params, fb)
     build_s = time.monotonic() - t0 if template is not None else 0.0
     mems = workdir / f"mems-{engine}"
     fastbench.write_mems(fb, img, params, mems)
-    parts = [p for p in np.array_split(np.arange(len(x)), shards) if len(p)]
+    parts = [p for p in np.array_split(np.arange(len(x)), chunks) if len(p)]
+
+    def one(ip):
+        with slots:
+            return fastbench.run(fb, mems, x[ip[1]], workdir=workdir / f"{engine}-{ip[0]}")
+
+    t1 = time.monotonic()
     with sim_pool(len(parts)) as ex:
-        res = list(ex.map(lambda ip: fastbench.run(fb, mems, x[ip[1]],
-                                                   workdir=workdir / f"{engine}-{ip[0]}"),
-                          enumerate(parts)))
-    return res, build_s, fb
+        res = list(ex.map(one, enumerate(parts)))
+    return res, build_s, fb, time.monotonic() - t1
 
 
 def _stats(c: np.ndarray) -> dict:
@@ -197,14 +205,19 @@ def _body(argv):
         print(f"{e}: left out, it runs {', '.join(get(e).layer_kinds)} layers only "
               f"(--engine {e} says which layer it refuses)", flush=True)
 
-    shards = max(1, args.jobs // len(engines))
+    # Every engine's digits in chunks through one pool of --jobs simulator slots: an engine
+    # that finishes first leaves its slot to the other's chunks (4 chunks a slot: the last
+    # chunk to finish is short).
+    slots = threading.Semaphore(args.jobs)
+    chunks = 4 * args.jobs if len(engines) > 1 else args.jobs
     results, errors = {}, {}
     build_root_runs = Path(os.environ.get("FASTBENCH_BUILD_DIR") or REPO / "build" / "fastbench")
     check_build_dir(build_root_runs, "FASTBENCH_BUILD_DIR")
     with tempfile.TemporaryDirectory(prefix="verify-", dir=build_root_runs) as td:
         def work(e):
             try:
-                results[e] = _run_engine(e, imgs[e], x, shards, Path(td))
+                results[e] = _run_engine(e, imgs[e], x, chunks, slots,
+                                         max(1, args.jobs // len(engines)), Path(td))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
                 errors[e] = exc
 
@@ -228,11 +241,10 @@ def _body(argv):
     summary = {"digits": len(x), "model": name, "pes": args.pes, "golden_accuracy": gold_acc,
                "engines": {}, "left_out": left_out}
     for e in engines:
-        parts, build_s, fb = results[e]
+        parts, build_s, fb, sim_s = results[e]
         y = np.concatenate([p.outputs for p in parts])
         cycles = np.concatenate([p.cycles for p in parts])
         layer_cycles = np.concatenate([p.layer_cycles for p in parts])
-        sim_s = max(p.seconds for p in parts)
         sim_cycles = sum(p.sim_cycles for p in parts)
         cpu_s = sum(p.cpu_seconds for p in parts)
         cps = sim_cycles / cpu_s if cpu_s > 0 else 0.0
@@ -260,7 +272,8 @@ def _body(argv):
                                       enumerate(util["layers"])) + ")"
               + (f"; conv layers {100 * util['conv']:.1f}%" if "conv" in util else ""))
         print(f"  wall time: build {build_s:.1f} s{' (cached)' if build_s == 0 else ''}, "
-              f"simulation {sim_s:.1f} s ({len(parts)} process{'es' if len(parts) > 1 else ''}"
+              f"simulation {sim_s:.1f} s ({len(parts)} run{'s' if len(parts) > 1 else ''} "
+              f"in {min(args.jobs, len(parts))} slot{'s' if min(args.jobs, len(parts)) > 1 else ''}"
               f"; {sim_cycles} cycles in {cpu_s:.1f} CPU s: {cps / 1e6:.2f} M cycles/s)")
         summary["engines"][e] = {
             "bit_exact": exact, "different": bad[:100].tolist(), "accuracy": acc,
