@@ -12,7 +12,8 @@ Both front ends share these ports (`start`, `in_features`, `groups`, `avail`, `r
 * `FrontEnd`: one column a cycle, a stream `o`; ready (from the PEs' credit check) is the only
   stall; an all-zero group costs one cycle. The lockstep engine's, and the EIE engine's at
   issue width 1.
-* `WideFrontEnd`: up to two columns a cycle (the EIE engine's at issue width 2), below.
+* `WideFrontEnd`: up to two columns a cycle (the EIE engine's at issue width 2), below; the
+  pipelined one also with four (`width=4`, the EIE engine's at issue width 4: `_lanes_n`).
 
 Both read the activations of a fully connected layer (kind "fc"): a layer reads its whole
 input vector. `front_end(kind, width)` is what an engine asks for the front end of a layer's
