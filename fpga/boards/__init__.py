@@ -123,8 +123,9 @@ def family_of(board: str = DEFAULT_BOARD) -> ModuleType:
 
 def engine_params(img, board: str = DEFAULT_BOARD, **values) -> EngineParams:
     """The parameters of the engine of `img` on `board`: its defaults there with `values` for
-    the fields it has, fitted to the image's PEs. A default of four columns a cycle (ECP5) is
-    two for a network with conv layers (four take fully connected ones only) and for one
+    the fields it has, fitted to the image's PEs. A board default of four columns a cycle (the
+    ULX3S's four-wide option, `fpga.boards.ecp5.FOUR_WIDE`, made the default) is two for a
+    network with conv layers (four take fully connected ones only) and for one
     whose pointer banks, read on four ports (two copies of each), would not fit the device's
     block RAMs where two ports do (the 784-1024-512-10 MLP at 16 PEs: 240 DP16KD against 176,
     of 208)."""

@@ -38,10 +38,10 @@ has `hw.eie.pe.EXTRA_SLOTS` more); the drain's forwarded word is registered besi
 (`y_r`: a group is forwarded a cycle later); and the front end's read address is chosen from
 its flip-flops and that credit (`hw.frontend.WideFrontEnd`). About 2 cycles a layer more
 (`images.eie.simulate_wide`); the plain engine stays the default. With `issue_width=4`
-(pipelined only, fully connected layers only: the ECP5 boards' default) the front end sends
-four columns a cycle, the credit counts up to 8 ("every PE has k free" for k = 1..8) and each
-PE reads its pointer banks on four ports into a four-lane queue (`hw.eie.pe`,
-`hw.queue.LaneQueue`).
+(pipelined only, fully connected layers only: the ULX3S's four-wide option,
+`fpga.boards.ecp5.FOUR_WIDE`) the front end sends four columns a cycle, the credit counts up
+to 8 ("every PE has k free" for k = 1..8) and each PE reads its pointer banks on four ports
+into a four-lane queue (`hw.eie.pe`, `hw.queue.LaneQueue`).
 
 A loadable engine (`loadable=True`, `images.eie.EieParams`) has memories of given sizes and
 reads every per-network constant (each layer's in_features, groups, drain and preload rows,
