@@ -29,7 +29,7 @@ from compress.qnet import Layer, QNet
 from images import MAX_PES, build_image, engine_of, get, memory_specs, registered
 from images.layers import kind_name
 
-from ..boards import DEFAULT_BOARD, get_board
+from ..boards import DEFAULT_BOARD, engine_params, get_board
 
 PE_CHOICES = tuple(1 << i for i in range(MAX_PES.bit_length()) if 1 << i <= MAX_PES)
 
@@ -107,11 +107,12 @@ def _tally(specs, *, spram: bool, board: str = DEFAULT_BOARD, kinds=None) -> dic
 
 
 def analyse(img, *, spram: bool = False, acc_bits: int = 32, board: str = DEFAULT_BOARD) -> dict:
-    """Memories by kind, EBR blocks each needs on `board`; with `spram`, the SPRAM plan's ROMs
-    need none."""
+    """Memories by kind, EBR blocks each needs on `board` (with the board's engine parameters:
+    the ECP5's four columns a cycle read the pointer banks on four ports); with `spram`, the
+    SPRAM plan's ROMs need none."""
     rec = engine_of(img)
-    a = _tally(memory_specs(img, rec.params(acc_bits=acc_bits)), spram=spram, board=board,
-               kinds=[getattr(rl, "kind", "fc") for rl in img.layers])
+    a = _tally(memory_specs(img, engine_params(img, board, acc_bits=acc_bits)), spram=spram,
+               board=board, kinds=[getattr(rl, "kind", "fc") for rl in img.layers])
     return {"engine": rec.name, "pes": img.pes, "bound": False, **a}
 
 
@@ -343,15 +344,18 @@ def board_image(qnet, engine: str, pes: int, *, spram: bool = True,
     (fewer fillers; 16,344 at rel_bits 6). The same rule on the build and on the host, so the
     weights loaded are the bitstream's."""
     rec = get(engine)
-    opts = rec.board_options(qnet, pes) if rec.board_options else {}
+    own = rec.board_options(qnet, pes) if rec.board_options else {}
+    # the family's own image options (ECP5: the EIE engine's relative index for speed), under
+    # the engine's own board layout (the lockstep engine's one map for a CNN)
+    opts = {**dict(getattr(get_board(board).fam, "IMAGE_OPTIONS", {}).get(engine, {})), **own}
     img = build_image(qnet, engine, pes, **opts)
-    if opts and spram and hasattr(img, "codebook_roms"):
+    if own and spram and hasattr(img, "codebook_roms"):
         # the board's own layout: the block RAMs left give PEs their codebook as a ROM
         a = analyse(img, spram=True, board=board)
         free = a["ebr_available"] - a["total_ebr"]
         if free > 0:
             img = replace(img, codebook_roms=min(pes, free))
-    if opts or not spram or not hasattr(img, "rel_bits"):
+    if own or not spram or not hasattr(img, "rel_bits"):
         return img
 
     def entries_too_deep(img):  # per-PE entry ROMs (`pe<k>.entries`), not a lockstep lane
@@ -361,7 +365,7 @@ def board_image(qnet, engine: str, pes: int, *, spram: bool = True,
     rb = img.rel_bits
     while rb < 12 and entries_too_deep(img):
         rb += 1
-        img = build_image(qnet, engine, pes, rel_bits=rb)
+        img = build_image(qnet, engine, pes, **{**opts, "rel_bits": rb})
     return img
 
 
