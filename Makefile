@@ -81,7 +81,8 @@ test-long: setup iverilog verilator
 	LONG=1 $(PY) -m pytest -n $(call q,JOBS) -q tests
 
 # The lockstep engine with 8 PEs by default (ENGINE=eie: the queue engine, as many PEs as fit;
-# a CNN such as MODEL=compress/models/lenet-5.qnet.npz runs on ENGINE=eie only).
+# a CNN such as MODEL=compress/models/lenet-5.qnet.npz takes the lockstep engine's one-map
+# layout: docs/lockstep.md "On the board").
 # BUILD_DIR=DIR builds into DIR/$(BOARD)/ (default build/$(BOARD)/); CLOCK_MHZ=F and BAUD=B
 # the PLL clock and the UART rate (default: the board's, 33 MHz and 3 Mbaud on the iCEBreaker).
 bitstream: setup

@@ -18,8 +18,8 @@ from compress.shipped import BOARD_QNET, SHIPPED_QNET, SYNTHETIC, load_model, mo
 from images import check_pes, get, names, registered
 
 from .boards import BOARDS, DEFAULT_BOARD, engine_params, get_board
-from .flow.build import (DEFAULT_CLOCK_MHZ, BuildError, build, clock_help, default_clock_mhz,
-                         pll_range_mhz, table)
+from .flow.build import (DEFAULT_CLOCK_MHZ, BuildError, build, clock_help, default_clock_for,
+                         default_clock_mhz, pll_range_mhz, table)
 from .flow.resources import (analyse, binding, board_image, check_board_kinds, default_pes,
                              fit_bound, fit_message, fits, format_analysis, what_fits)
 from .gateware.uart import DEFAULT_BAUD, baud_divisor
@@ -117,6 +117,7 @@ def check_baud(clock_mhz: float, baud: int, board: str = DEFAULT_BOARD) -> int:
 
 def cmd_build(args):
     board = get_board(args.board)  # unknown board: one line, exit 2, before any work
+    clock_given = args.clock_mhz is not None
     if args.clock_mhz is None:
         args.clock_mhz = default_clock_mhz(board.name)
     check_clock(args.clock_mhz, board.name)
@@ -128,6 +129,9 @@ def cmd_build(args):
         args.pes = "auto" if pes is None else str(pes)
     spram = not args.no_spram
     qnet, name = _load_model(args)
+    if not clock_given:  # a CNN may have its own default clock on this engine
+        args.clock_mhz = default_clock_for(board.name, args.engine, qnet)
+        check_baud(args.clock_mhz, args.baud, board.name)
     img = a = None
     if args.pes == "auto":
         # The most PEs (8, 4, 2, 1) whose memories fit (the link and UART use no EBR): first

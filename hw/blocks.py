@@ -434,6 +434,7 @@ class BankedIO(_StreamOut):
                                        & self.wfree.bit_select(lsel, 1)
                                        & (~self.part.bit_select(self.lb, 1) | low_ok))
         take = eng.i_act.valid & eng.i_act.ready
+        self.take, self.lcnt = take, lcnt  # (the engine's: a take that fills the bank)
         for k in range(n):  # default use of the write ports (the engine's drain overrides)
             m.d.comb += [self.act_w[k].addr.eq(self.addr(self.lb, lword)),
                          self.act_w[k].data.eq(eng.i_act.payload),

@@ -471,4 +471,139 @@ class WideConvFrontEnd(_ConvReader):
         return m
 
 
+class OneMapConvFrontEnd(wiring.Component):
+    """A pass's patches from a map of one value a word (the lockstep engine's one-map layout on
+    the board, `images.lockstep`: plain (C, H, W) order), one kernel position a cycle.
+
+    Where `PassWalker` clips each sub-position's kernel rows to the map and reads N lanes a
+    word (about 1,000 logic cells on the iCE40), this walks every kernel position of every
+    sub-position in order (dx, dy, channel, then the pooling window, `images.conv.one_map_walk`)
+    with one word, row and column register each stepped by a per-layer constant chosen by the
+    innermost counter that does not wrap (`images.conv.one_map_steps`); a position in the
+    padding is read but not sent, so zero padding costs a cycle a position here. The column is
+    a counter (the physical column of a one-value map is (c * kh + dy) * kw + dx).
+
+    Two stages: W (the position whose word is read this cycle) and D (its value on `rd_data`,
+    sent when non-zero). While D holds a position and `o.ready` is low nothing moves and D's
+    word is read again (the map is not written during a pass), so `rd_addr` is a multiplexer
+    of two registers under a flip-flop's control.
+
+    Ports: `layer`, `start`, `first` (with start: the layer's first pass), `base` (the map's
+    first word), `rd_addr`, `rd_data`, `o` (value, col, sub), `busy`.
+    """
+
+    def __init__(self, *, geoms, addr_bits: int, col_bits: int):
+        if not any(g is not None for g in geoms):
+            raise ValueError("no conv layer to walk")
+        self.geoms = list(geoms)
+        self.addr_bits = addr_bits
+        self.col_bits = col_bits
+        self.sub_bits = max(g.sub_bits for g in geoms if g is not None)
+        super().__init__({
+            "layer": In(range(max(len(geoms), 2))),
+            "start": In(1),
+            "first": In(1),
+            "base": In(addr_bits),
+            "rd_addr": Out(addr_bits),
+            "rd_data": In(data.ArrayLayout(signed(16), 1)),
+            "o": Out(stream.Signature(conv_bcast_layout(col_bits + 1, self.sub_bits))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        from images.conv import ONE_MAP_LEVELS, one_map_steps
+
+        m = Module()
+        gs = self.geoms
+        none = {"x": [0] * ONE_MAP_LEVELS, "y": [0] * ONE_MAP_LEVELS,
+                "word": [0] * ONE_MAP_LEVELS}
+        steps = [one_map_steps(g) if g is not None else none for g in gs]
+
+        def table(vals):
+            vals = [int(v) for v in vals] + [0] * (max(len(vals), 2) - len(vals))
+            return Array(Const(v, signed(_signed_bits(*vals))) for v in vals)
+
+        def per_layer(f):
+            return table([f(g) if g is not None else 0 for g in gs])[self.layer]
+
+        def step(key):  # [level][layer]
+            return Array(table([st[key][lv] for st in steps])
+                         for lv in range(ONE_MAP_LEVELS))
+
+        live = [g for g in gs if g is not None]
+        yb = _signed_bits(*[max(g.h, g.w) + g.qh * g.sh * g.hp + g.qw * g.sw * g.wp + g.kh
+                            + g.kw + g.ph + g.pw for g in live])
+        addr = Signal(self.addr_bits, name="w_word")
+        yy, xx = Signal(signed(yb), name="w_y"), Signal(signed(yb), name="w_x")
+
+        def counter(name, most):
+            return Signal(range(max(most, 2)), name=name)
+
+        dx = counter("w_dx", max(g.kw for g in live))
+        dy = counter("w_dy", max(g.kh for g in live))
+        ch = counter("w_c", max(g.c for g in live))
+        bb = counter("w_b", max(g.qw for g in live))
+        aa = counter("w_a", max(g.qh for g in live))
+        px = counter("w_px", max(g.wp for g in live))
+        sc = Signal(max(1, self.sub_bits), name="w_sub")
+        col = Signal(self.col_bits + 1, name="w_col")
+        active = Signal(name="w_active")  # W holds a position of the pass
+        ends = [dx == per_layer(lambda g: g.kw - 1), dy == per_layer(lambda g: g.kh - 1),
+                ch == per_layer(lambda g: g.c - 1), bb == per_layer(lambda g: g.qw - 1),
+                aa == per_layer(lambda g: g.qh - 1), px == per_layer(lambda g: g.wp - 1)]
+        lvl = Signal(range(ONE_MAP_LEVELS), name="w_level")
+        m.d.comb += lvl.eq(ONE_MAP_LEVELS - 1)
+        for lv in reversed(range(len(ends))):
+            with m.If(~ends[lv]):
+                m.d.comb += lvl.eq(lv)
+        inside = Signal(name="w_inside")
+        m.d.comb += inside.eq((yy >= 0) & (yy < per_layer(lambda g: g.h))
+                              & (xx >= 0) & (xx < per_layer(lambda g: g.w)))
+        # D: the position whose word is on rd_data
+        d_ok = Signal(name="d_ok")  # a position in the map, its value on rd_data
+        d_col = Signal.like(col, name="d_col")
+        d_sub = Signal.like(sc, name="d_sub")
+        d_addr = Signal.like(addr, name="d_word")
+        hold = Signal(name="d_hold")
+        m.d.comb += [hold.eq(d_ok & ~self.o.ready),
+                     self.rd_addr.eq(Mux(hold, d_addr, addr)),
+                     self.o.valid.eq(d_ok & (self.rd_data[0] != 0)),
+                     self.o.payload.value.eq(self.rd_data[0]),
+                     self.o.payload.col.eq(d_col), self.o.payload.sub.eq(d_sub),
+                     self.busy.eq(active | d_ok)]
+        with m.If(~hold):
+            m.d.sync += [d_ok.eq(active & inside), d_col.eq(col), d_sub.eq(sc),
+                         d_addr.eq(addr)]
+            with m.If(active):
+                m.d.sync += [addr.eq(addr + step("word")[lvl][self.layer]),
+                             yy.eq(yy + step("y")[lvl][self.layer]),
+                             xx.eq(xx + step("x")[lvl][self.layer])]
+                with m.Switch(lvl):
+                    with m.Case(0):
+                        m.d.sync += [dx.eq(dx + 1), col.eq(col + 1)]
+                    with m.Case(1):
+                        m.d.sync += [dx.eq(0), dy.eq(dy + 1), col.eq(col + 1)]
+                    with m.Case(2):
+                        m.d.sync += [dx.eq(0), dy.eq(0), ch.eq(ch + 1), col.eq(col + 1)]
+                    with m.Case(3):
+                        m.d.sync += [dx.eq(0), dy.eq(0), ch.eq(0), bb.eq(bb + 1),
+                                     sc.eq(sc + 1), col.eq(0)]
+                    with m.Case(4):
+                        m.d.sync += [dx.eq(0), dy.eq(0), ch.eq(0), bb.eq(0), aa.eq(aa + 1),
+                                     sc.eq(sc + 1), col.eq(0)]
+                    with m.Default():  # the pass is walked: W holds the next pass's first
+                        m.d.sync += [dx.eq(0), dy.eq(0), ch.eq(0), bb.eq(0), aa.eq(0),
+                                     sc.eq(0), col.eq(0), active.eq(0),
+                                     px.eq(Mux(lvl == 5, px + 1, 0))]
+        with m.If(self.start):
+            m.d.sync += active.eq(1)
+            with m.If(self.first):
+                m.d.sync += [addr.eq(self.base + per_layer(lambda g: -g.ph * g.w - g.pw)),
+                             yy.eq(per_layer(lambda g: -g.ph)),
+                             xx.eq(per_layer(lambda g: -g.pw)),
+                             dx.eq(0), dy.eq(0), ch.eq(0), bb.eq(0), aa.eq(0), px.eq(0),
+                             sc.eq(0), col.eq(0)]
+        return m
+
+
 FRONT_ENDS["conv"] = (ConvFrontEnd, WideConvFrontEnd)

@@ -12,7 +12,8 @@ Both front ends share these ports (`start`, `in_features`, `groups`, `avail`, `r
 * `FrontEnd`: one column a cycle, a stream `o`; ready (from the PEs' credit check) is the only
   stall; an all-zero group costs one cycle. The lockstep engine's, and the EIE engine's at
   issue width 1.
-* `WideFrontEnd`: up to two columns a cycle (the EIE engine's at issue width 2), below.
+* `WideFrontEnd`: up to two columns a cycle (the EIE engine's at issue width 2), below; the
+  pipelined one also with four (`width=4`, the EIE engine's at issue width 4: `_lanes_n`).
 
 Both read the activations of a fully connected layer (kind "fc"): a layer reads its whole
 input vector. `front_end(kind, width)` is what an engine asks for the front end of a layer's
@@ -51,13 +52,14 @@ activation RAMs' outputs or the PEs to their read address in one cycle.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from images.engines import MAX_PES
 
 WIDTH = 2  # columns the wide front end sends per cycle
+WIDTH_PIPELINED = 4  # the pipelined one's other width (`WideFrontEnd.width`)
 
 
 def bcast_layout(col_bits: int) -> data.StructLayout:
@@ -221,21 +223,27 @@ class WideFrontEnd(_GroupReader):
     """
 
     @classmethod
-    def make(cls, *, pes, col_bits, group_bits, sparse=True, pipelined=False, **_context):
+    def make(cls, *, pes, col_bits, group_bits, sparse=True, pipelined=False, width=WIDTH,
+             **_context):
         return cls(pes=pes, col_bits=col_bits, group_bits=group_bits, sparse=sparse,
-                   pipelined=pipelined)
+                   pipelined=pipelined, width=width)
 
     def __init__(self, *, pes: int, col_bits: int, group_bits: int, sparse: bool = True,
-                 pipelined: bool = False):
+                 pipelined: bool = False, width: int = WIDTH):
+        if width not in (WIDTH, WIDTH_PIPELINED):
+            raise ValueError(f"width must be {WIDTH} or {WIDTH_PIPELINED}, not {width!r}")
+        if width != WIDTH and not pipelined:
+            raise ValueError(f"{width} columns a cycle is the pipelined front end's only")
         self.pipelined = pipelined
+        self.width = width
         super().__init__(pes=pes, col_bits=col_bits, group_bits=group_bits, sparse=sparse,
                          outputs={
-                             "room": In(range(WIDTH + 1)),
+                             "room": In(range(width + 1)),
                              # the word of group rd_addr comes on rd_data next cycle from the
                              # previous layer's output stage (forwarded), written or not
                              "fwd": In(1),
-                             "o": Out(data.ArrayLayout(bcast_layout(col_bits + 1), WIDTH)),
-                             "o_valid": Out(WIDTH),
+                             "o": Out(data.ArrayLayout(bcast_layout(col_bits + 1), width)),
+                             "o_valid": Out(width),
                          })
 
     def elaborate(self, platform):
@@ -359,6 +367,43 @@ class WideFrontEnd(_GroupReader):
                                             Mux(c_any0, nxt_mask & ~n_low, nxt_mask & ~n_two)))]
         return rem_cur, rem_nxt
 
+    def _lanes_n(self, m, cur, cur_vals, cur_base, nxt, nxt_vals, nxt_base):
+        """`width` lanes (the four-wide pipelined front end): lane j is the j-th lowest of the
+        current group's remaining columns `cur` followed by the next group's `nxt` (0 when there
+        is none), sent within `room`; returns (rem_cur, rem_nxt) as `_lanes`. The lanes are
+        found one after the other from the 2N-bit mask cur | nxt << N, each the lowest bit left
+        (a carry chain) with its index by OR trees, its value and column by the group bit."""
+        n, w = self.pes, self.width
+        rest = [Signal(2 * n, name=f"l{j}_rest") for j in range(w + 1)]
+        m.d.comb += rest[0].eq(Cat(cur, nxt))
+        for j in range(w):
+            low = Signal(2 * n, name=f"l{j}_low")
+            m.d.comb += [low.eq(rest[j] & (~rest[j] + 1)), rest[j + 1].eq(rest[j] & ~low)]
+            any_j = rest[j] != 0
+            # the column within its group (position mod N) and whether it is the next group's
+            k = Signal(range(max(n, 2)), name=f"l{j}_k")
+            in_nxt = Signal(name=f"l{j}_nxt")
+            for b in range(len(k)):
+                terms = [low[i] for i in range(2 * n) if ((i % n) >> b) & 1]
+                m.d.comb += k[b].eq(Cat(*terms).any() if terms else 0)
+            m.d.comb += in_nxt.eq(low[n:].any())
+            val = Signal(signed(16), name=f"l{j}_val")
+            m.d.comb += val.eq(Mux(in_nxt, nxt_vals[k], cur_vals[k]))
+            m.d.comb += [self.o[j].value.eq(val),
+                         self.o[j].col.eq(Mux(in_nxt, nxt_base, cur_base) + k),
+                         self.o_valid[j].eq(any_j & (self.room >= j + 1))]
+        sent = Signal(range(w + 1), name="sent")
+        m.d.comb += sent.eq(sum(self.o_valid[j] for j in range(w)))
+        rem = Signal(2 * n, name="rem")
+        with m.Switch(sent):
+            for j in range(w + 1):
+                with m.Case(j):
+                    m.d.comb += rem.eq(rest[j])
+        rem_cur = Signal(n, name="rem_cur")
+        rem_nxt = Signal(n, name="rem_nxt")
+        m.d.comb += [rem_cur.eq(rem[:n]), rem_nxt.eq(rem[n:])]
+        return rem_cur, rem_nxt
+
     def _elaborate_staged(self):
         """The pipelined front end: the groups read ahead into a two-entry queue of (values,
         mask, first column) registers, so the lanes come from flip-flops only and the
@@ -399,12 +444,22 @@ class WideFrontEnd(_GroupReader):
         m.d.comb += nxt.eq(Mux(have_nxt, q_mask[0], 0))
         cur = Signal(n, name="cur")
         m.d.comb += cur.eq(Mux(self.busy, cur_mask, 0))
-        rem_cur, rem_nxt = self._lanes(m, cur, cur_vals, cur_base, nxt, q_mask[0], q_vals[0],
-                                       q_base[0])
-        c_none, c_one, c_two_only = _count_upto_two(cur_mask)
-        out = Signal(name="out")  # the current group runs out this cycle (rem_cur == 0)
-        m.d.comb += out.eq(~self.busy | c_none | (c_one & (self.room >= 1))
-                           | (c_two_only & (self.room >= 2)))
+        if self.width == WIDTH:
+            rem_cur, rem_nxt = self._lanes(m, cur, cur_vals, cur_base, nxt, q_mask[0],
+                                           q_vals[0], q_base[0])
+            c_none, c_one, c_two_only = _count_upto_two(cur_mask)
+            out = Signal(name="out")  # the current group runs out this cycle (rem_cur == 0)
+            m.d.comb += out.eq(~self.busy | c_none | (c_one & (self.room >= 1))
+                               | (c_two_only & (self.room >= 2)))
+        else:
+            rem_cur, rem_nxt = self._lanes_n(m, cur, cur_vals, cur_base, nxt, q_vals[0],
+                                             q_base[0])
+            out = Signal(name="out")
+            exact = _count_upto(cur_mask, self.width)  # exactly k set, k = 0..width
+            runs_out = exact[0]
+            for k in range(1, self.width + 1):
+                runs_out = runs_out | (exact[k] & (self.room >= k))
+            m.d.comb += out.eq(~self.busy | runs_out)
         pop = Signal(name="pop")  # the queue's head becomes the current group
         m.d.comb += pop.eq(self.busy & out & (occ != 0))
         running = Signal(name="running")
@@ -469,8 +524,9 @@ FRONT_ENDS = {"fc": (FrontEnd, WideFrontEnd)}
 
 
 def front_end(kind: str, width: int = 1) -> type:
-    """The front end class for layers of `kind` (`images.layers`), `width` columns a cycle."""
-    return FRONT_ENDS[kind][width - 1]
+    """The front end class for layers of `kind` (`images.layers`), `width` columns a cycle
+    (the wide one's class for 2 and 4: `make(width=...)` sets its lanes)."""
+    return FRONT_ENDS[kind][min(width, 2) - 1]
 
 
 def _lowest(m, bits, n, name):
@@ -485,6 +541,26 @@ def _lowest(m, bits, n, name):
         m.d.comb += idx[b].eq(Cat(*terms).any() if terms else 0)
     return bits != 0, idx
 
+
+
+def _count_upto(bits, k):
+    """[exactly 0, exactly 1, ..., exactly k] of the bits of `bits` set: a tree of such
+    lists (None where a count cannot be; counts above k dropped)."""
+    tup = [[~bits[i], bits[i]] + [None] * (k - 1) for i in range(len(bits))]
+    while len(tup) > 1:
+        nxt = []
+        for i in range(0, len(tup) - 1, 2):
+            a, b = tup[i], tup[i + 1]
+            row = []
+            for c in range(k + 1):
+                terms = [a[x] & b[c - x] for x in range(c + 1)
+                         if a[x] is not None and b[c - x] is not None]
+                row.append(Cat(*terms).any() if terms else None)
+            nxt.append(row)
+        if len(tup) % 2:
+            nxt.append(tup[-1])
+        tup = nxt
+    return [Const(0, 1) if v is None else v for v in tup[0]]
 
 
 def _count_upto_two(bits):

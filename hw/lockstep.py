@@ -66,14 +66,29 @@ from types import SimpleNamespace
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 
+from images.conv import ConvGeom
 from images.lockstep import (DRAIN_SHARES, LockstepImage, LockstepParams, act_bank_bits,
                              act_words, low_words, map_bases, memory_map)
 
 from .blocks import (BankedIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
                      check_queue_depth, round_shift, saturate, slot_sequencer)
+from .convfe import OneMapConvFrontEnd
 from .frontend import front_end
 from .memory import MemoryFactory, MemorySpec
 from .queue import ActQueue
+
+
+class _OneLane:
+    """The engine as `hw.blocks.BankedIO` sees it with `one_map`: one activation RAM, one
+    value a word (the input loaded and the outputs read in order)."""
+
+    pes = 1
+
+    def __init__(self, eng):
+        self._eng = eng
+
+    def __getattr__(self, name):
+        return getattr(self._eng, name)
 
 
 class LockstepEngine(wiring.Component):
@@ -128,6 +143,10 @@ class LockstepEngine(wiring.Component):
         # the accumulator address, the pooling drain and two map regions; none of it is made
         # for a network without conv layers
         self.has_conv = img.has_conv
+        # the board's layout of a CNN (`images.lockstep`, docs/lockstep.md "On the board"):
+        # every map in one RAM, one value a word, the drain's words written one a cycle
+        self.one_map = img.one_map
+        self.lanes_per_word = img.map_lanes  # values one map read gives the front ends
         self.geoms = [ll.conv_geom for ll in img.layers]
         self.sub_bits = img.sub_bits
         if self.has_conv:
@@ -163,14 +182,16 @@ class LockstepEngine(wiring.Component):
         self.lane_specs = [s for s in specs if s.name.startswith("lane")]
         self.ptr_specs = [s for s in specs if s.name.startswith("colptr_")]
         self.acc_specs = [s for s in specs if s.name.endswith(".acc")]
-        self.act_specs = [s for s in specs if s.name.endswith(".act")]
+        self.act_specs = [s for s in specs if s.name.endswith(".act") or s.name == "map"]
+        self.cb_specs = [s for s in specs if s.name.endswith(".codebook")]  # (one_map)
         assert len(specs) == sum(map(len, (self.lane_specs, self.ptr_specs, self.acc_specs,
-                                           self.act_specs)))
+                                           self.act_specs, self.cb_specs)))
         assert [s.name for s in self.ptr_specs] == ["colptr_even", "colptr_odd"]
 
     @property
     def memory_specs(self) -> list[MemorySpec]:
-        return self.lane_specs + self.ptr_specs + self.acc_specs + self.act_specs
+        return (self.lane_specs + self.ptr_specs + self.acc_specs + self.act_specs
+                + self.cb_specs)
 
     def elaborate(self, platform):
         m = Module()
@@ -188,6 +209,11 @@ class LockstepEngine(wiring.Component):
         # drain writes: PE k's row j is column k + N*j of the next layer: its own RAM, word j
         # of the bank being computed (the loader has PE k's write port the other cycles)
         w_addr = c.d3_w if self.has_conv else c.d3_word  # fc: outputs top down
+        if self.one_map:  # one word a cycle (`_word_writer`)
+            with m.If(c.w_en):
+                m.d.comb += [c.act_w[0].addr.eq(c.io.addr(c.io.cb, c.w_word)),
+                             c.act_w[0].data.eq(c.w_data), c.act_w[0].en.eq(1)]
+            return m
         for k in range(self.pes):
             with m.If(c.y_en[k]):
                 m.d.comb += [c.act_w[k].addr.eq(c.io.addr(c.io.cb, w_addr)),
@@ -203,6 +229,7 @@ class LockstepEngine(wiring.Component):
         acts = [self.memories(m, s) for s in self.act_specs]
         c.act_r = [a.read[0] for a in acts]
         c.act_w = [a.write[0] for a in acts]
+        c.cb_r = [self.memories(m, s).read[0] for s in self.cb_specs]
 
     def _tables(self, c):
         img, n, L, R = self.img, self.pes, self.num_layers, self.max_rows
@@ -215,7 +242,8 @@ class LockstepEngine(wiring.Component):
         # the columns the front end reads: after a layer with dead units trimmed
         # (`images.lockstep`), only its computed rows
         c.in_t = table([ll.engine_in for ll in img.layers], self.col_bits)
-        c.grp_t = table([ceil_div(ll.engine_in, n) for ll in img.layers], self.row_bits + 1)
+        c.grp_t = table([ceil_div(ll.engine_in, self.lanes_per_word) for ll in img.layers],
+                        self.row_bits + 1)
         # the accumulator rows PRELOAD fills (a conv layer's: every sub-position's block)
         c.rows_t = table([img.acc_rows(ll) for ll in img.layers], self.row_bits + 1)
         c.col_base_t = table([ll.col_base for ll in img.layers], bits(len(img.col_ptr)))
@@ -266,6 +294,20 @@ class LockstepEngine(wiring.Component):
         # the output map's words a channel group (a conv drain's row step)
         c.hw_t = table([g.hp * g.wp if g else 0 for g in gs], aw)
         c.drows_t = table([ll.rows_per_pe for ll in img.layers], self.row_bits + 1)
+        if self.one_map:
+            # the drain of every layer, one map word a cycle (`_one_map_drain_state`): a
+            # channel's words apart (step: the output map's words a channel, 1 for fc), the
+            # next member's word one channel on, the next row's N - share + 1, the next output
+            # stage's share; a member takes max(sub-positions, output stages) cycles, so each
+            # output stage's word is written before its next one is ready
+            n, share = self.pes, self.drain_share
+            stages = ceil_div(n, share)
+            steps = [g.hp * g.wp if g else 1 for g in gs]
+            c.step_t = table(steps, aw)
+            c.rstep_t = table([st * (n - share + 1) for st in steps], aw)
+            c.gstep_t = table([st * share for st in steps], aw)
+            pers = [max(g.subs if g else 1, stages) for g in gs]
+            c.per_t = table(pers, bits(max(pers)))
         c.conv_l = Signal(name="conv_l")  # the current layer is a conv layer
         c.pas = Signal(range(max(max(g.passes if g else 1 for g in gs), 2)), name="pass")
 
@@ -285,17 +327,21 @@ class LockstepEngine(wiring.Component):
                 per = (g.subs * (4 * ll.in_features + 2 * slots + 8)
                        + img.acc_rows(ll) * (share * g.subs + 2) + 64)
                 most = max(most, g.passes * per)
+            if self.one_map:  # a drain of a word a cycle (`_one_map_drain_state`)
+                most += (g.passes if g else 1) * ll.rows_per_pe * self.pes * (
+                    max(g.subs if g else 1, self.pes) + 4)
         return bits(most)
 
     def _io(self, m, c):
         """Two input banks and the loader (`hw.blocks.BankedIO`); latched counters."""
         last = self.geoms[-1]
-        c.io = BankedIO(m, self, act_r=c.act_r, act_w=c.act_w,
-                        bank_bits=act_bank_bits(self.img),
+        c.io = BankedIO(m, _OneLane(self) if self.one_map else self, act_r=c.act_r,
+                        act_w=c.act_w, bank_bits=act_bank_bits(self.img),
                         lc_bits=self._layer_cycle_bits(),
                         cnt_limit=(self.max_rows << self.drain_share.bit_length()) + 4,
                         out_base=map_bases(self.img)[-1][1],
-                        out_block=last.hp * last.wp if last is not None else 0,
+                        out_block=(last.hp * last.wp if last is not None and not self.one_map
+                                   else 0),
                         low_words=low_words(self.img), nz_groups=not self.has_conv)
 
     def _front_end(self, m, c):
@@ -326,9 +372,12 @@ class LockstepEngine(wiring.Component):
         """A network with conv layers: the fc front end (its groups read from the layer's
         source region) and the conv front end (`hw.convfe.ConvFrontEnd`: a pass's patches),
         the current layer's kind choosing; `c.fe` looks like one front end to the rest."""
-        n, layer = self.pes, c.layer
+        n, layer = self.lanes_per_word, c.layer  # (one lane with one_map)
         m.d.comb += c.conv_l.eq(c.is_conv[layer])
         addr_bits = bits(self.act_words)
+        if self.one_map:
+            self._one_map_front_end(m, c, addr_bits)
+            return
         m.submodules.fe_fc = ffe = front_end("fc")(pes=n, col_bits=self.col_bits,
                                                    group_bits=self.row_bits, sparse=True)
         m.submodules.fe_conv = cfe = front_end("conv").make(
@@ -357,6 +406,21 @@ class LockstepEngine(wiring.Component):
                      fe.o.payload.value.eq(Mux(conv, cfe.o.payload.value, ffe.o.payload.value)),
                      fe.o.payload.col.eq(Mux(conv, cfe.o.payload.col, ffe.o.payload.col)),
                      fe.o.payload.sub.eq(Mux(conv, cfe.o.payload.sub, 0))]
+
+    def _one_map_front_end(self, m, c, addr_bits):
+        """`one_map`: every layer's columns through the one-map walk (`hw.convfe`); an fc
+        layer walks as a 1x1 kernel over a 1x1 map of its input columns as channels (column
+        c at word c, one pass, one sub-position): no fc front end beside it."""
+        geoms = [g if g is not None else
+                 ConvGeom(c=ll.engine_in, h=1, w=1, kh=1, kw=1, sh=1, sw=1, ph=0, pw=0, qh=1,
+                          qw=1, out_ch=ll.out_features)
+                 for g, ll in zip(self.geoms, self.img.layers)]
+        m.submodules.fe_conv = cfe = OneMapConvFrontEnd(geoms=geoms, addr_bits=addr_bits,
+                                                        col_bits=self.col_bits)
+        m.d.comb += [cfe.layer.eq(c.layer), cfe.first.eq(c.pas == 0),
+                     cfe.base.eq(c.src_t[c.layer]),
+                     cfe.rd_data[0].eq(c.act_r[0].data.as_signed())]
+        c.fe = SimpleNamespace(start=cfe.start, busy=cfe.busy, rd_addr=cfe.rd_addr, o=cfe.o)
 
     def _pointer_stage(self, m, c):
         """ptr[g], ptr[g + 1] of global column g into the queue; empty columns dropped."""
@@ -497,6 +561,15 @@ class LockstepEngine(wiring.Component):
             y_w, d2_w, c.d3_w = (Signal(aw, name=f"{p}_w") for p in ("y", "d2", "d3"))
             m.d.sync += [c.y_first.eq(c.drn_first), c.y_lsub.eq(c.drn_lsub), y_w.eq(c.drn_w),
                          d2_w.eq(y_w), c.d3_w.eq(d2_w), c.drn_pool.eq(0)]
+        if self.one_map:
+            # y1_: the member's accumulator word registered before the pooling compare (the
+            # read -> member multiplexer -> 32-bit compare was the board's critical path, 37 ns
+            # at 24 MHz); the words after it a cycle later
+            c.y1_valid, c.y1_first = Signal(name="y1_valid"), Signal(name="y1_first")
+            y1_lsub, y1_w = Signal(name="y1_lsub"), Signal(aw, name="y1_w")
+            y1_row, y1_t = Signal.like(drn_row, name="y1_row"), Signal.like(drn_t, name="y1_t")
+            m.d.sync += [c.y1_valid.eq(y_valid), c.y1_first.eq(c.y_first), y1_lsub.eq(c.y_lsub),
+                         y1_w.eq(y_w), y1_row.eq(y_row), y1_t.eq(y_t), d2_w.eq(y1_w)]
         # the output stage is pipelined (d2_: the member's accumulator word registered, d3_:
         # its output registered), so the accumulator read, the output stage and the activation
         # write are three short paths, not one (the board's critical path: 46 ns)
@@ -505,9 +578,12 @@ class LockstepEngine(wiring.Component):
         d2_row, c.d3_row = Signal.like(drn_row, name="d2_row"), Signal.like(drn_row, name="d3_row")
         d2_t, c.d3_t = Signal.like(drn_t, name="d2_t"), Signal.like(drn_t, name="d3_t")
         # (a pooled word goes on after its last sub-position)
-        m.d.sync += [d2_valid.eq(y_valid & c.y_lsub if self.has_conv else y_valid),
-                     d2_row.eq(y_row), d2_t.eq(y_t),
-                     c.d3_valid.eq(d2_valid), c.d3_row.eq(d2_row), c.d3_t.eq(d2_t)]
+        if self.one_map:
+            m.d.sync += [d2_valid.eq(c.y1_valid & y1_lsub), d2_row.eq(y1_row), d2_t.eq(y1_t)]
+        else:
+            m.d.sync += [d2_valid.eq(y_valid & c.y_lsub if self.has_conv else y_valid),
+                         d2_row.eq(y_row), d2_t.eq(y_t)]
+        m.d.sync += [c.d3_valid.eq(d2_valid), c.d3_row.eq(d2_row), c.d3_t.eq(d2_t)]
         # the activation word of row d3_row: layer outputs top down in the bank
         # (`images.lockstep.low_words`: the loader refills the words below them early)
         c.d3_word = Signal(c.io.bank_bits, name="d3_word")
@@ -516,8 +592,9 @@ class LockstepEngine(wiring.Component):
         # members of an output stage's group go out one a cycle: with drain_share 2 the
         # loader goes on in the drain, at most a cycle lost when it meets the member written)
         share = self.drain_share
-        m.d.sync += c.io.wfree.eq(Cat(*(~(d2_valid & (d2_t == k % share))
-                                        for k in range(self.pes))))
+        if not self.one_map:  # (one_map: the sequencer's)
+            m.d.sync += c.io.wfree.eq(Cat(*(~(d2_valid & (d2_t == k % share))
+                                            for k in range(self.pes))))
         # the accumulator address of PRELOAD and DRAIN is the same in every PE (registers)
         c.ctl_valid = Signal(name="ctl_valid")
         c.ctl_addr = Signal(bits(self.max_rows + self.img.bias.shape[1]), name="ctl_addr")
@@ -539,8 +616,11 @@ class LockstepEngine(wiring.Component):
         self.bypass_flags, self.hold_flag = [], hold
         for k in range(self.pes):
             acc_r, acc_w = c.acc_r[k], c.acc_w[k]
-            lane = c.lanes[k // 2].data
-            ent = lane[(k % 2) * e_bits: (k % 2 + 1) * e_bits]
+            if self.one_map:  # the slot word packed PE after PE over the lanes
+                ent = Cat(*(lp.data for lp in c.lanes))[k * e_bits: (k + 1) * e_bits]
+            else:
+                lane = c.lanes[k // 2].data
+                ent = lane[(k % 2) * e_bits: (k % 2 + 1) * e_bits]
             e_v = ent[:ib]  # any value outside a slot: the activation is 0 there
             e_z = ent[ib:]
             e_row = Signal(row_w, name=f"e_row{k}")
@@ -577,17 +657,27 @@ class LockstepEngine(wiring.Component):
                 m.d.comb += acc_r.en.eq(~c.drn_valid | (c.drn_t == 0) | c.drn_pool)
             else:
                 m.d.comb += acc_r.en.eq(~c.drn_valid | (c.drn_t == 0))
+            rom_cb = k < len(c.cb_r)
             with m.If(~hold):
                 # (in a steal the e_ slot stays: a bubble into m_)
                 e_go = e_hit & ~c.steal if self.bg_drain else e_hit
                 m.d.sync += [m_hit.eq(e_go | c.pre_valid),
-                             m_row.eq(Mux(c.pre_valid, c.pre_row, e_addr)),
-                             m_w.eq(cb_consts[Cat(e_v, layer)])]
-                # and the weight 0 outside a slot (a synchronous reset, as the activation's):
-                # the lane word there may be one never loaded, and a simulation's unknown
-                # weight times 0 is unknown, not 0 (the gate-level bench)
-                with m.If(~c.e_valid):
-                    m.d.sync += m_w.eq(0)
+                             m_row.eq(Mux(c.pre_valid, c.pre_row, e_addr))]
+                if not rom_cb:
+                    m.d.sync += m_w.eq(cb_consts[Cat(e_v, layer)])
+                    # and the weight 0 outside a slot (a synchronous reset, as the
+                    # activation's): the lane word there may be one never loaded, and a
+                    # simulation's unknown weight times 0 is unknown, not 0 (the gate-level
+                    # bench)
+                    with m.If(~c.e_valid):
+                        m.d.sync += m_w.eq(0)
+            if rom_cb:
+                # the codebook from a block RAM (`images.lockstep.codebook_roms`): read with
+                # the entry, its word the m_ stage's weight (held in a hold). Outside a slot the
+                # activation is 0, so the product is 0 whatever the word
+                cb = c.cb_r[k]
+                m.d.comb += [cb.addr.eq(Cat(e_v, layer)), cb.en.eq(~hold)]
+                m_w = cb.data.as_signed()
             m_hits.append(m_hit)
             # The hazard e_hit & m_hit & (e_row == m_row), without the row adder: inside a
             # column a hit's row is above its predecessor's, so only the first slot of a
@@ -596,8 +686,9 @@ class LockstepEngine(wiring.Component):
             hazard = c.e_valid & c.e_first & (ent[:ib] != 0) & m_hit & (m_row == e_addr0)
             m_new = Signal(signed(A), name=f"m_new{k}")
             acc_in = acc_r.data.as_signed()
-            if self.has_conv:
-                # with conv layers a bypass instead of the hold: a conv layer's columns are
+            if self.has_conv and not self.one_map:
+                # with conv layers a bypass instead of the hold (not in the board's one-map
+                # layout: 8 x 77 logic cells the UP5K does not have): a conv layer's columns are
                 # short (about one slot each) and hit the same few rows again and again, so a
                 # hold would cost about a cycle a column (8,000 a LeNet-5 digit). The m_ slot
                 # whose row the previous m_ slot wrote takes that slot's sum, not the read
@@ -622,6 +713,7 @@ class LockstepEngine(wiring.Component):
         layer = c.o_layer
         c.ys = [Signal(signed(16), name=f"y{k}") for k in range(n)]
         relu_t = Array(Const(int(ll.relu), 1) for ll in img.layers + [img.layers[-1]])
+        y_regs = []
         for g in range(ceil_div(n, share)):
             members = list(range(g * share, min(n, (g + 1) * share)))
             acc_sel = Signal(signed(A), name=f"o_sel{g}")
@@ -638,7 +730,12 @@ class LockstepEngine(wiring.Component):
                 with m.If(c.y_t == 1):
                     m.d.comb += acc_sel.eq(held)
             acc = Signal(signed(A), name=f"o_acc{g}")
-            if self.has_conv:
+            if self.one_map:  # (kept through the pad cycles: the read port reads others)
+                sel_r = Signal(signed(A), name=f"o_sel_r{g}")  # (`_control`: y1_)
+                m.d.sync += sel_r.eq(acc_sel)
+                with m.If(c.y1_valid & (c.y1_first | (sel_r > acc))):
+                    m.d.sync += acc.eq(sel_r)
+            elif self.has_conv:
                 # max pooling: the maximum of a word's sub-positions (the wrapped
                 # accumulators; the output rule never decreases, so this is the rule's max)
                 with m.If(c.y_first | (acc_sel > acc)):
@@ -658,13 +755,38 @@ class LockstepEngine(wiring.Component):
             m.d.comb += y.eq(saturate(q17, rnd, fits, acc[-1], relu_t[layer]))
             y_reg = Signal(signed(16), name=f"y_reg{g}")
             m.d.sync += y_reg.eq(y)
+            y_regs.append(y_reg)
             for t, k in enumerate(members):
                 m.d.comb += c.ys[k].eq(y_reg)
                 m.d.comb += c.y_en[k].eq(c.d3_valid & (c.d3_t == t))
+        if self.one_map:
+            self._word_writer(m, c, y_regs)
         # the group (row) d3_row is written with its last member: readable from the next cycle
         if not self.has_conv:
             with m.If(c.d3_valid & (c.d3_t == share - 1)):
                 m.d.sync += c.avail.eq(c.d3_row + 1)
+
+    def _word_writer(self, m, c, y_regs):
+        """`one_map`: the output stages' words of a member go to the map one a cycle: stage
+        0's with d3_valid (at d3_w), the others' from a shift register in the cycles after
+        (stage g's at d3_w + g * gstep); a member takes at least as many cycles as there are
+        stages (`per_t`), so the register is empty when the next member's words come."""
+        G = len(y_regs)
+        c.w_cnt = Signal(range(max(G, 2)), name="w_cnt")
+        c.w_buf = [Signal(signed(16), name=f"w_buf{g}") for g in range(G - 1)]
+        c.w_addr = Signal(bits(self.act_words), name="w_addr")
+        gstep = Signal.like(c.w_addr, name="w_gstep")  # the layer drained, a register
+        m.d.sync += gstep.eq(c.gstep_t[c.o_layer])
+        with m.If(c.d3_valid):
+            if G > 1:
+                m.d.sync += [c.w_cnt.eq(G - 1), c.w_addr.eq(c.d3_w + gstep)]
+                m.d.sync += [b.eq(y) for b, y in zip(c.w_buf, y_regs[1:])]
+        with m.Elif(c.w_cnt != 0):
+            m.d.sync += [c.w_cnt.eq(c.w_cnt - 1), c.w_addr.eq(c.w_addr + gstep)]
+            m.d.sync += [b.eq(nb) for b, nb in zip(c.w_buf, c.w_buf[1:])]
+        c.w_data = Mux(c.d3_valid, y_regs[0], c.w_buf[0] if G > 1 else y_regs[0])
+        c.w_word = Mux(c.d3_valid, c.d3_w, c.w_addr)
+        c.w_en = c.d3_valid | (c.w_cnt != 0)
 
     def _sequencer(self, m, c):
         """The states PRE0 -> (wait for a full bank) COMPUTE -> DRAIN (-> PRELOAD -> COMPUTE
@@ -681,7 +803,7 @@ class LockstepEngine(wiring.Component):
         c.rev = Signal(name="fe_rev")
         bb = io.bank_bits
         fe_word = c.fe.rd_addr if self.has_conv else c.fe.rd_addr[:bb] ^ c.rev.replicate(bb)
-        for k in range(n):
+        for k in range(len(c.act_r)):
             m.d.comb += [c.act_r[k].addr.eq(io.addr(io.cb, fe_word)), c.act_r[k].en.eq(1)]
         s = c.s
         c.pcnt = Signal(range(self.max_rows + 1), name="pre_cnt")
@@ -704,6 +826,13 @@ class LockstepEngine(wiring.Component):
         last_writes &= c.pre_done & ~c.pre_valid
         # the drain's activation writes are still in the output stages
         out_busy = c.drn_valid | c.y_valid | c.d2_valid | c.d3_valid
+        if self.one_map:
+            out_busy |= c.y1_valid | (c.w_cnt != 0)  # the output stages' words still to write
+            # the map's one port (an SPRAM on the board) is the loader's only while the
+            # engine waits in PRE0 for a bank that is not full yet, and not in the cycle after
+            # the take that fills it (the front end may start then and read): the reads the
+            # engine uses and the writes never meet (a flip-flop, set a cycle ahead)
+            m.d.sync += io.wfree.eq(0)
 
         # PRELOAD: bias row pcnt -> accumulator row pcnt, controls registered (read a cycle
         # later, written two cycles later: the writes end before the layer's first compute
@@ -735,7 +864,9 @@ class LockstepEngine(wiring.Component):
         # networks read each group once it is written (`avail`), so the front end starts
         # under the output stages' last rows; with conv layers once the output stages are
         # empty, and a conv layer's later passes read the region its drain does not write
-        if self.has_conv:
+        if self.one_map:  # the drain's writes take the map's port
+            fe_may = ~out_busy
+        elif self.has_conv:
             fe_may = ~out_busy | (c.conv_l & (c.pas != 0))
         else:
             fe_may = Const(1)
@@ -755,6 +886,9 @@ class LockstepEngine(wiring.Component):
             with m.State("PRE0"):
                 # waits for a full bank (and most of layer 0's biases)
                 preload(rows0, bias0, conv0)
+                if self.one_map:
+                    fills = io.take & (io.lcnt == self.in_features - 1)
+                    m.d.sync += io.wfree.eq(~io.cb_full & ~fills)
                 go0 = pcnt >= max(rows0_all - 3, 0)
                 if self.early0:
                     go0 = go0 | c.pre_done  # fewer rows than rows0_all - 3, all in
@@ -784,7 +918,9 @@ class LockstepEngine(wiring.Component):
                 # (the last rows' controls)
                 self._bg_drain(m, c, io, lambda: preload(rows_t[layer], c.bias_t[layer], conv))
                 with m.If(last_writes):
-                    if self.has_conv:
+                    if self.one_map:
+                        self._conv_drain_start(m, c)
+                    elif self.has_conv:
                         with m.If(c.conv_l):
                             self._conv_drain_start(m, c)
                         with m.Else():
@@ -808,14 +944,16 @@ class LockstepEngine(wiring.Component):
                         m.next = "DRAIN"
             with m.State("DRAIN"):
                 io.count_layer(layer)
-                if self.has_conv:
+                if self.one_map:
+                    self._one_map_drain_state(m, c)
+                elif self.has_conv:
                     with m.If(c.conv_l):
                         self._conv_drain_state(m, c, io)
                     with m.Else():
                         self._drain_state(m, c, io)
                 else:
                     self._drain_state(m, c, io)
-            if self.geoms[-1] is not None:
+            if self.geoms[-1] is not None or self.one_map:
                 with m.State("FLUSH"):
                     # a conv last layer: OUTPUT once its last words are written
                     io.count_layer(layer)
@@ -876,7 +1014,10 @@ class LockstepEngine(wiring.Component):
         # dst + r * hp * wp + pass (CHAN, `images.conv`)
         c.cd_r = Signal(self.row_bits + 1, name="cd_row")
         c.cd_t = Signal(range(max(self.drain_share, 2)), name="cd_member")
-        c.cd_s = Signal(range(max(max(g.subs for g in self.geoms if g), 2)), name="cd_sub")
+        most = max(g.subs for g in self.geoms if g)
+        if self.one_map:
+            most = max(most, ceil_div(self.pes, self.drain_share))  # (pad cycles)
+        c.cd_s = Signal(range(max(most, 2)), name="cd_sub")
         c.cd_w = Signal(bits(self.act_words), name="cd_word")
         m.d.sync += [c.cd_r.eq(0), c.cd_t.eq(0), c.cd_s.eq(0),
                      c.cd_w.eq(c.dst_t[c.layer] + c.pas)]
@@ -912,6 +1053,45 @@ class LockstepEngine(wiring.Component):
                 with m.If(layer == self.num_layers - 1):
                     if self.geoms[-1] is not None:
                         m.next = "FLUSH"
+                with m.Else():
+                    m.d.sync += [layer.eq(layer + 1), c.pre_go.eq(c.early_t[layer + 1] == 0)]
+                    m.next = "PRELOAD"
+
+    def _one_map_drain_state(self, m, c):
+        """DRAIN with `one_map`, every layer's (an fc layer: one sub-position, one pass): per
+        output row, per member of the output stages' groups, the row's sub-positions read one
+        a cycle (their maximum kept in each output stage), then pad cycles up to `per_t`; the
+        output stages' words go to the map one a cycle (`_output_stages`): member t of row r
+        in output stage g is channel r * N + g * share + t, word dst + pass + channel * step."""
+        layer, sb, share = c.layer, self.sub_bits, self.drain_share
+        r, t, s_, w = c.cd_r, c.cd_t, c.cd_s, c.cd_w
+        reads = s_ < c.subs_t[layer]
+        last_s = s_ == c.per_t[layer] - 1
+        last_t = (t == share - 1) if share > 1 else Const(1)
+        addr = Mux(c.conv_l, Cat(s_[:sb], r), r) if sb else r
+        with m.If(reads):
+            m.d.sync += [c.drn_valid.eq(1), c.drn_pool.eq(1), c.ctl_valid.eq(1),
+                         c.ctl_addr.eq(addr), c.drn_row.eq(r),
+                         c.drn_t.eq(t if share > 1 else 0), c.drn_first.eq(s_ == 0),
+                         c.drn_lsub.eq(s_ == c.subs_t[layer] - 1), c.drn_w.eq(w),
+                         c.o_layer.eq(layer)]
+        with m.If(~last_s):
+            m.d.sync += s_.eq(s_ + 1)
+        with m.Else():
+            m.d.sync += s_.eq(0)
+            with m.If(~last_t):
+                m.d.sync += [t.eq(t + 1), w.eq(w + c.step_t[layer])]
+            with m.Else():
+                m.d.sync += [t.eq(0), r.eq(r + 1), w.eq(w + c.rstep_t[layer])]
+        with m.If(last_s & last_t & (r == c.drows_t[layer] - 1)):
+            m.d.sync += [c.pcnt.eq(0), c.pre_done.eq(0)]
+            with m.If(c.pas != c.passes_t[layer] - 1):
+                m.d.sync += [c.pas.eq(c.pas + 1), c.pre_go.eq(c.early_t[layer] == 0)]
+                m.next = "PRELOAD"
+            with m.Else():
+                m.d.sync += c.pas.eq(0)
+                with m.If(layer == self.num_layers - 1):
+                    m.next = "FLUSH"
                 with m.Else():
                     m.d.sync += [layer.eq(layer + 1), c.pre_go.eq(c.early_t[layer + 1] == 0)]
                     m.next = "PRELOAD"

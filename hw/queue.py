@@ -10,6 +10,8 @@ written:
   lockstep engine's column queue and the one-wide EIE PE's.
 * `PairQueue`: two write lanes `i[0]`, `i[1]`, streams without back-pressure (the writer sends
   only what `level` leaves room for); lane 0 goes first. The two-wide EIE PE's column queue.
+* `LaneQueue`: `lanes` such write lanes (the four-wide pipelined EIE PE's column queue): each
+  valid lane's entry goes to `wr` plus the valid lanes before it.
 """
 
 from __future__ import annotations
@@ -125,4 +127,70 @@ class PairQueue(RegisterFIFO):
         with m.If(pop):
             m.d.sync += rd.eq(_next(rd, d))
         m.d.sync += self.level.eq(self.level + pushes - pop)
+        return m
+
+
+class LaneQueue(RegisterFIFO):
+    """A FIFO of `depth` entries of `shape`, up to `lanes` writes and one read a cycle.
+
+    `i[0]` .. `i[lanes-1]`: write lanes as `PairQueue`'s (no back-pressure, lower lanes first,
+    any may be empty): lane j's entry goes to `wr` + the number of valid lanes below j.
+    Parameters: shape, depth (1..64), lanes (>= 1).
+
+    The entries are `lanes` memories written asynchronously-read (LUT RAM on an FPGA, not
+    flip-flops: a register file written from four lanes costs a 4-way multiplexer on every bit
+    of every entry), entry k in bank k % lanes at row k // lanes: the lanes' entries of a cycle
+    are consecutive, so each bank takes at most one of them. The ring holds `depth` rounded up
+    to a multiple of `lanes` (the writer's credit still counts `depth`).
+    """
+
+    def __init__(self, shape, *, depth: int, lanes: int):
+        if not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
+        self.lanes = lanes
+        lane = stream.Signature(shape, always_ready=True)
+        super().__init__(shape, depth=depth, writes={"i": In(lane).array(lanes)})
+
+    def elaborate(self, platform):
+        from amaranth.lib.memory import Memory
+
+        m = Module()
+        w = self.lanes
+        rows = -(-self.depth // w)
+        ring = rows * w
+        rd = Signal(range(ring), name="rd")
+        wr = Signal(range(ring), name="wr")
+        pop = Signal()
+        m.d.comb += [self.o.valid.eq(self.level != 0), pop.eq(self.o.valid & self.o.ready)]
+        # the valid lanes below each lane
+        before = [Signal(range(w + 1), name=f"before{j}") for j in range(w + 1)]
+        m.d.comb += before[0].eq(0)
+        for j in range(w):
+            m.d.comb += before[j + 1].eq(before[j] + self.i[j].valid)
+        reads = []
+        for b in range(w):
+            mem = Memory(shape=self._shape, depth=rows, init=[])
+            m.submodules[f"bank{b}"] = mem
+            wp = mem.write_port()
+            rp = mem.read_port(domain="comb")
+            # this bank's entry of the cycle: position wr + t with (wr + t) % w == b
+            t = Signal(range(w), name=f"t{b}")
+            m.d.comb += t.eq((b - wr) % w)
+            pos = Signal(range(ring + w), name=f"pos{b}")
+            m.d.comb += pos.eq(wr + t)
+            m.d.comb += wp.addr.eq(Mux(pos >= ring, pos - ring, pos) // w)
+            for j in range(w):
+                with m.If(self.i[j].valid & (before[j] == t)):
+                    m.d.comb += [wp.data.eq(self.i[j].payload), wp.en.eq(1)]
+            m.d.comb += rp.addr.eq(rd // w)
+            reads.append(rp.data)
+        with m.Switch(rd % w):
+            for b in range(w):
+                with m.Case(b):
+                    m.d.comb += self.o.payload.eq(reads[b])
+        nwr = wr + before[w]
+        m.d.sync += wr.eq(Mux(nwr >= ring, nwr - ring, nwr))
+        with m.If(pop):
+            m.d.sync += rd.eq(Mux(rd == ring - 1, 0, rd + 1))
+        m.d.sync += self.level.eq(self.level + before[w] - pop)
         return m

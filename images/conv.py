@@ -377,3 +377,43 @@ def act_words(img) -> int:
         g = ConvGeom(*ll.geom) if getattr(ll, "geom", ()) else None
         words.append(out_map_words(g, ll.out_features, n))
     return max(words)
+
+
+# ---- the one-value walk (the lockstep engine's one-map layout on the board) -----------------
+
+ONE_MAP_LEVELS = 7  # what steps after a kernel position: dx, dy, channel, b, a, pass, pass row
+
+
+def one_map_steps(g: ConvGeom) -> dict[str, list[int]]:
+    """The changes of (word, y, x) from one kernel position to the next in
+    `hw.convfe.OneMapConvFrontEnd`'s walk of a map of one value a word (plain (C, H, W)), by
+    the innermost counter that does not wrap: dx, dy, channel, then the pooling window's b
+    and a, then the next pass (px + 1) or the next row of passes (py + 1, px = 0). Position
+    (pass, a, b, c, dy, dx) reads y = py * qh * sh - ph + a * sh + dy,
+    x = px * qw * sw - pw + b * sw + dx, word c * h * w + y * w + x."""
+    kw1, kh1, c1 = g.kw - 1, g.kh - 1, g.c - 1
+    dxp, dyp = g.qw * g.sw, g.qh * g.sh
+    dx = [1, -kw1, -kw1, g.sw - kw1, -(g.qw - 1) * g.sw - kw1,
+          dxp - (g.qw - 1) * g.sw - kw1, -(g.wp - 1) * dxp - (g.qw - 1) * g.sw - kw1]
+    dy = [0, 1, -kh1, -kh1, g.sh - kh1, -(g.qh - 1) * g.sh - kh1,
+          dyp - (g.qh - 1) * g.sh - kh1]
+    dc = [0, 0, 1, -c1, -c1, -c1, -c1]
+    return {"x": dx, "y": dy,
+            "word": [c * g.h * g.w + y * g.w + x for c, y, x in zip(dc, dy, dx)]}
+
+
+def one_map_walk(g: ConvGeom, pass_index: int) -> list[tuple[int, int, int, int]]:
+    """(word, column, sub-position, in the map) of every kernel position of a pass, in the
+    order `hw.convfe.OneMapConvFrontEnd` reads them (the reference its tests use)."""
+    py, px = divmod(pass_index, g.wp)
+    out = []
+    for s in range(g.subs):
+        a, b = divmod(s, g.qw)
+        for c in range(g.c):
+            for dy in range(g.kh):
+                for dx in range(g.kw):
+                    y = py * g.qh * g.sh - g.ph + a * g.sh + dy
+                    x = px * g.qw * g.sw - g.pw + b * g.sw + dx
+                    out.append((c * g.h * g.w + y * g.w + x, (c * g.kh + dy) * g.kw + dx, s,
+                                0 <= y < g.h and 0 <= x < g.w))
+    return out

@@ -442,10 +442,13 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
     from compress.golden import run_layers as golden_layers  # torch: only when modelling
 
     width = default_issue_width(rom.pes) if issue_width is None else issue_width
-    if width not in (1, 2):
-        raise InputError(f"issue width must be 1 or 2, not {issue_width!r}")
-    if pipelined and width != 2:
-        raise InputError(f"the pipelined front end is the two-wide one, not issue width {width}")
+    if width not in ISSUE_WIDTHS:
+        raise InputError(f"issue width must be 1, 2 or 4, not {issue_width!r}")
+    if pipelined and width not in PIPELINED_WIDTHS:
+        raise InputError(f"the pipelined front end is the two-wide or four-wide one, not issue "
+                         f"width {width}")
+    if width == 4 and not pipelined:
+        raise InputError("four columns a cycle is the pipelined front end's only (pipelined)")
     if any(rl.geom for rl in rom.layers):
         # the walk of a conv layer is not modelled: tb.analysis counts its work, the RTL its
         # cycles
@@ -462,7 +465,8 @@ def model_cycles(rom: RomImage, x: np.ndarray, *, queue_depth: int = 8, acc_bits
             c = simulate_layer(cost, nz, pes=rom.pes, depth=queue_depth, rows=0,
                                drain_share=0, preload=False, drain_tail=3)
         else:
-            c = simulate_wide(cost, nz, pes=rom.pes, depth=queue_depth, pipelined=pipelined)
+            c = simulate_wide(cost, nz, pes=rom.pes, depth=queue_depth, pipelined=pipelined,
+                              width=width)
             if i:  # the first groups come forwarded from the previous layer's drain (the
                 # pipelined engine: through its register and the staged front end, later)
                 c = c + (1 if pipelined else -2)
@@ -514,10 +518,13 @@ def io_cycles(rom: RomImage, compute: np.ndarray, params: "EieParams | None" = N
 
 # queue slots a pipelined PE has beyond the engine's queue depth (`hw.eie.pe.EXTRA_SLOTS`)
 PIPELINED_EXTRA_SLOTS = 1
+# columns a cycle the EIE engine's front ends send; four only pipelined (`hw.frontend`)
+ISSUE_WIDTHS = (1, 2, 4)
+PIPELINED_WIDTHS = (2, 4)
 
 
 def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8,
-                  pipelined: bool = False) -> np.ndarray:
+                  pipelined: bool = False, width: int = 2) -> np.ndarray:
     """Cycles of one layer for every input of a batch with the two-wide front end
     (`hw.eie.frontend.WideFrontEnd`), in the time base of `images.lanes.simulate_layer`.
 
@@ -534,13 +541,16 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8,
     cycle L_groups; then as `simulate_layer` (3 cycles of pipeline and idle check, START).
 
     pipelined (`EieParams.pipelined`): `_simulate_wide_pipelined`: a column reaches the PEs a
-    cycle after it is sent (the broadcast register) and the credit is a cycle old.
+    cycle after it is sent (the broadcast register) and the credit is a cycle old; `width` 2 or
+    4 columns a cycle (the plain front end: 2).
     """
     if depth < 1:
         raise InputError(f"queue depth must be >= 1, not {depth!r}")
     if pipelined:
         return _simulate_wide_pipelined(cost, nz, pes=pes,
-                                        depth=depth + PIPELINED_EXTRA_SLOTS)
+                                        depth=depth + PIPELINED_EXTRA_SLOTS, width=width)
+    if width != 2:
+        raise InputError(f"the plain wide front end sends 2 columns a cycle, not {width!r}")
     batch, cols = nz.shape
     lanes = cost.shape[0]
     never = np.iinfo(np.int64).min // 4
@@ -593,14 +603,15 @@ def simulate_wide(cost: np.ndarray, nz: np.ndarray, *, pes: int, depth: int = 8,
 
 
 def _simulate_wide_pipelined(cost: np.ndarray, nz: np.ndarray, *, pes: int,
-                             depth: int) -> np.ndarray:
+                             depth: int, width: int = 2) -> np.ndarray:
     """`simulate_wide` for the pipelined front end (depth: its queue slots, the extra one
     included). A PE counts a column's slot from the broadcast register on (a cycle after it is
     sent) to its last cycle in the PE: an empty one two cycles on (the broadcast register, the
     pointer read), one with entries the cycle its sequencer takes it. The front end sees a
     PE's free slots a cycle late (`room_ge`), so a column may go in cycle X when every PE has
     fewer than `depth` columns counted in cycle X - 1 or sent since. Slots are counted, not
-    taken in order, as in the RTL (`hw.eie.pe.PE`)."""
+    taken in order, as in the RTL (`hw.eie.pe.PE`). `width`: columns a cycle (2 or 4), the
+    same rules with that many lanes."""
     lag = 1  # cycles from the front end to the PEs beyond the plain engine
     # cycles a column spends in the PE's second pointer register (`hw.eie.pointer.PointerRead`
     # `registered`) on its way to the queue; an empty column is dropped before it
@@ -618,8 +629,8 @@ def _simulate_wide_pipelined(cost: np.ndarray, nz: np.ndarray, *, pes: int,
     # the last cycle each PE counts its last `depth` columns with entries (the sequencer takes
     # them in order: older ones have left)
     held = np.full((batch, lanes, depth), never, dtype=np.int64)
-    # the last 8 columns sent (four cycles of two): when, and empty for which PE
-    recent = 8
+    # the last columns sent (four cycles of `width`): when, and empty for which PE
+    recent = 4 * width
     recent_t = np.full((batch, recent), never, dtype=np.int64)
     recent_empty = np.zeros((batch, lanes, recent), dtype=bool)
     for g0 in range(0, cols, pes):
@@ -630,7 +641,7 @@ def _simulate_wide_pipelined(cost: np.ndarray, nz: np.ndarray, *, pes: int,
                 continue
             u = cost[:, c]
             used = u > 0
-            tn = np.maximum(load, np.where(slot >= 2, t + 1, t))
+            tn = np.maximum(load, np.where(slot >= width, t + 1, t))
             while True:  # the first cycle every PE has a free slot (also one the column has
                 # no entry for: it holds a slot while in the pointer stage)
                 seen = (tn - 1)[:, None, None]
@@ -705,7 +716,8 @@ class EieParams(EngineParams):
 
     queue_depth: int = 8  # columns queued per PE (1..64)
     sparse: bool = True  # False: the dense baseline (every weight an entry, every column sent)
-    issue_width: int | None = None  # columns the front end sends a cycle; None: the default
+    # columns the front end sends a cycle (1, 2; 4 pipelined only); None: the default
+    issue_width: int | None = None
     loadable: bool = False  # per-network constants in memories: logic by shape alone
     sizes: EieSizes | None = None  # a loadable engine's memory sizes (None: the image's)
     io_lanes: int | None = 1  # words a beat on i_act/o_act (None: one per PE)
@@ -715,9 +727,10 @@ class EieParams(EngineParams):
 
     def fitted(self, pes: int):
         """At issue width 1 (the default for fewer than 4 PEs) there is no pipelined front end:
-        the default's `pipelined` is dropped there."""
-        if self.pipelined and self.issue_width is None and default_issue_width(pes) == 1:
-            return replace(self, pipelined=False)
+        the default's `pipelined` is dropped there, and its four lanes (the ECP5 default's) with
+        it."""
+        if self.pipelined and self.issue_width in (None, 4) and default_issue_width(pes) == 1:
+            return replace(self, pipelined=False, issue_width=None)
         return self
 
 

@@ -87,6 +87,10 @@ class Engine:
     no_rw_check: bool = False
     codebook_in_logic: bool = False
     title: Callable[[EngineParams], str] = field(default=lambda p: "engine")
+    # the image options the boards build a network with (qnet, pes) -> dict (None: none), and
+    # the matching `memory_bound` options before any placement
+    board_options: Callable[..., dict] | None = None
+    board_bound: Callable[..., dict] | None = None
 
     def defaults_for(self, board: str = SIM, family: str | None = None) -> Defaults:
         """The parameters and PEs on `board` (else its `family`, else the RTL benches')."""
@@ -212,9 +216,11 @@ EIE = register(Engine(
     defaults={SIM: Defaults(eie.EieParams()),
               # the queues are flip-flops: at depth 8 two PEs do not fit the UP5K
               "ice40": Defaults(eie.EieParams(queue_depth=4), pes=None),
-              # ECP5 (ULX3S 85F): the engine at full size, queues of 8 as in the benches (the
-              # design built and timed; 16 by the cycle model: docs/fpga.md section 7), the
-              # front end pipelined for the clock
+              # ECP5 (ULX3S 85F): the engine at full size, queues of 8, the front end
+              # pipelined for the clock (the design built and timed at 50 MHz). Four columns a
+              # cycle with queues of 20 and the relative index `fast` (`FOUR_WIDE`) give
+              # LeNet-300-100 76 % MAC utilisation but routed at 34.7 MHz: docs/fpga.md
+              # section 7
               "ecp5": Defaults(eie.EieParams(pipelined=True), pes=16)},
     cycle_model=eie.cycle_model, logic_of=eie.logic_of, padded=eie.padded,
     memory_bound=eie.memory_bound, unplaced={"rel_bits": 4, "balance": False},
@@ -233,8 +239,9 @@ LOCKSTEP = register(Engine(
     cycle_model=lanes.lockstep_cycle_model, logic_of=lockstep.logic_of, padded=lockstep.padded,
     memory_bound=lockstep.memory_bound, unplaced={"placement": "interleave"},
     fixed_shape={"trim": False}, overlap=True,
-    # conv layers in RTL (docs/lockstep.md, "Conv layers"); the board's memory plan for them is
-    # not made yet, so on the boards it runs fc layers
-    layer_kinds=("fc", "conv"), board_layer_kinds=("fc",),
+    # conv layers in RTL (docs/lockstep.md, "Conv layers"); on the boards a CNN takes the
+    # one-map layout (docs/lockstep.md, "On the board")
+    layer_kinds=("fc", "conv"), board_options=lockstep.board_options,
+    board_bound=lockstep.board_bound,
     no_rw_check=True, codebook_in_logic=True,
     title=lambda p: f"lockstep engine (drain_share {p.drain_share})"))

@@ -251,6 +251,9 @@ def lockstep_cycle_model(img, x: np.ndarray, params) -> np.ndarray:
     the shipped network)."""
     from compress.golden import run_layers  # torch: only when modelling
 
+    if getattr(img, "one_map", False):  # (its walk, drain and hold are not modelled here)
+        raise ValueError("the lockstep cycle model does not cover the board's one-map layout "
+                         "of a CNN: measure it (python -m tb sim --one-map)")
     qnet = decode_lockstep(img)
     x = np.asarray(x)
     acts = [x] + run_layers(qnet, x, acc_bits=params.acc_bits)[:-1]

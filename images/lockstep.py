@@ -102,6 +102,18 @@ class LockstepImage:
     bias: np.ndarray  # int64[pes, sum(rows_per_pe)]
     input_frac: int = 8
     input_shape: tuple | None = None  # the qnet's input_shape ((in_0,) or (C, H, W))
+    # the board's layout for a CNN (docs/lockstep.md, "On the board"): every map in one memory,
+    # one value a word in plain (C, H, W) order (channels in the writing layer's row order),
+    # and the slot words packed PE after PE into 16-bit lanes
+    one_map: bool = False
+    # PEs whose codebook is a ROM (one block RAM each) instead of logic: the first ones; the
+    # board sets it to the block RAMs it has left (`fpga.flow.resources.board_image`)
+    codebook_roms: int = 0
+
+    @property
+    def map_lanes(self) -> int:
+        """Values a map word holds: one with `one_map`, else one per PE."""
+        return 1 if self.one_map else self.pes
 
     @property
     def entry_bits(self) -> int:
@@ -141,8 +153,12 @@ class LockstepImage:
         return ll.rows_per_pe << self.sub_bits if ll.geom else ll.rows_per_pe
 
     def lanes(self) -> list[np.ndarray]:
-        """The slot words of each lane memory: PEs 2j (low bits) and 2j+1 (high bits)."""
+        """The slot words of each lane memory: PEs 2j (low bits) and 2j+1 (high bits); with
+        `one_map` the slot's entries PE after PE (PE k at bits k * entry_bits) cut into
+        16-bit words."""
         e = self.entry_bits
+        if self.one_map:
+            return packed_lanes(self.slots, e)
         out = []
         for j in range(0, self.pes, 2):
             w = self.slots[:, j].astype(np.uint64)
@@ -153,6 +169,24 @@ class LockstepImage:
 
 
 PLACEMENTS = ("search", "lpt", "interleave")
+LANE_BITS = 16  # a packed lane word (`one_map`): an SPRAM's width
+
+
+def packed_lanes(slots: np.ndarray, e: int) -> list[np.ndarray]:
+    """The slot words (PE k's entry at bits k * e) cut into 16-bit lane words, lowest first."""
+    s = np.asarray(slots, dtype=np.uint64)
+    n = s.shape[1] if s.ndim == 2 else 0
+    out = []
+    for j in range(ceil_div(n * e, LANE_BITS)):
+        w = np.zeros(len(s), dtype=np.uint64)
+        for k in range(n):  # the bits of PE k's entry that fall in lane j
+            lo, hi = max(k * e, j * LANE_BITS), min((k + 1) * e, (j + 1) * LANE_BITS)
+            if lo >= hi:
+                continue
+            part = (s[:, k] >> np.uint64(lo - k * e)) & np.uint64((1 << (hi - lo)) - 1)
+            w |= part << np.uint64(lo - j * LANE_BITS)
+        out.append(w)
+    return out
 
 
 def _lead_pad(v, z, p, lc) -> np.ndarray:
@@ -247,7 +281,7 @@ def _adjacent_hits(idx: np.ndarray, pes: int, rel_bits: int, index_bits: int) ->
 def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS,
                    rel_bits: int = DEFAULT_REL_BITS, placement: str = "search",
                    perms: list[np.ndarray] | None = None, seed: int = 0,
-                   trim: bool | None = None) -> LockstepImage:
+                   trim: bool | None = None, one_map: bool = False) -> LockstepImage:
     """The lockstep image of a qnet for `pes` PEs.
 
     placement of the hidden layers' rows: "search" (`images.placement.place_search`,
@@ -257,11 +291,16 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
     placement's PE of every row is kept, so are the slots); False: every layer has
     ceil(out / N) rows (a fixed shape for any network of the same sizes); None (default):
     True unless `perms` are given (they are then kept as they are).
+    one_map: the board's layout for a CNN (`LockstepImage.one_map`; a network with conv
+    layers only).
     """
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"pes must be a positive integer, not {pes!r}")
     limits.check("max_pes", pes, "pes")
-    conv.check_pes(qnet, pes)
+    if one_map and not any(ll.is_conv for ll in qnet.layers):
+        raise InputError("one_map is the layout of a network with conv layers")
+    if not one_map:  # (one value a map word: any PE count walks a flat map)
+        conv.check_pes(qnet, pes)
     if not 1 <= rel_bits <= 12:
         raise InputError(f"rel_bits must be 1..12, not {rel_bits!r}")
     if placement not in PLACEMENTS:
@@ -326,7 +365,7 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
 
     # every layer's matrix, rows placed and columns in physical order (`images.conv`: the
     # previous layer's row order, and a conv map's channels by PE)
-    mats, _cols = conv.physical_layers(qnet, perms, pes)
+    mats, _cols = conv.physical_layers(qnet, perms, 1 if one_map else pes)
     geoms = conv.network_geometries(qnet)
     slot_blocks, ptrs, layers, biases = [], [], [], []
     col_base = bias_base = slot_base = 0
@@ -359,7 +398,7 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
                          slots=np.concatenate(slot_blocks), col_ptr=col_ptr,
                          bias=np.concatenate(biases, axis=1), input_frac=qnet.input_frac,
                          input_shape=(tuple(int(v) for v in qnet.input_shape)
-                                      if qnet.input_shape else None))
+                                      if qnet.input_shape else None), one_map=one_map)
 
 
 def decode_lockstep(img: LockstepImage) -> QNet:
@@ -416,7 +455,7 @@ def column_maps(img: LockstepImage) -> tuple[list[np.ndarray], list[int]]:
         if n < 0:
             logical[i] = img.layers[i - 1].out_features
     perms = [np.asarray(ll.perm) for ll in img.layers]
-    return conv.column_maps(kinds, logical, geoms, perms, img.pes), logical
+    return conv.column_maps(kinds, logical, geoms, perms, img.map_lanes), logical
 
 
 def _patches(x: np.ndarray, g: "conv.ConvGeom") -> np.ndarray:
@@ -488,7 +527,16 @@ def act_words(img: LockstepImage) -> int:
 
 def map_region(img: LockstepImage) -> int:
     """Words per PE of one map region of a CNN's bank: the largest map (the input, every
-    layer's output) in the layout it is kept in (`images.conv.act_words`)."""
+    layer's output) in the layout it is kept in (`images.conv.act_words`); with `one_map` in
+    values: the input, a conv layer's output channels rounded up to N (a PE's row beyond them
+    drains a zero), an fc layer's N x rows_per_pe outputs."""
+    if img.one_map:
+        n = img.pes
+        words = [conv.engine_in_features(img)]
+        for ll in img.layers:
+            g = ll.conv_geom
+            words.append(ll.rows_per_pe * n * (g.hp * g.wp if g else 1))
+        return max(words)
     return conv.act_words(img)
 
 
@@ -513,7 +561,11 @@ def memory_map(img: LockstepImage, params: LockstepParams = LockstepParams()
     n = img.pes
     e = img.entry_bits
     slots = max(1, img.num_slots)
-    specs = [MemorySpec(f"lane{j}", "rom", e * min(2, n - 2 * j), slots,
+    lane_w = [LANE_BITS if img.one_map else e * min(2, n - 2 * j)
+              for j in range(len(img.lanes()))]
+    if img.one_map:  # the last lane word holds what is left of the slot word
+        lane_w[-1] = n * e - LANE_BITS * (len(lane_w) - 1)
+    specs = [MemorySpec(f"lane{j}", "rom", lane_w[j], slots,
                         tuple(int(w) for w in words) or (0,))
              for j, words in enumerate(img.lanes())]
     ptr_bits = bits(img.num_slots)
@@ -530,9 +582,26 @@ def memory_map(img: LockstepImage, params: LockstepParams = LockstepParams()
     specs += [MemorySpec(f"pe{k}.acc", "ram", acc_bits, rows + bias.shape[1],
                          tuple([0] * rows + [int(b) & mask for b in bias[k]]),
                          read_ports=1, write_ports=1) for k in range(n)]
+    if img.one_map:  # every map in one RAM (on the board: an SPRAM)
+        specs.append(MemorySpec("map", "ram", 16, act_depth(img), (), read_ports=1,
+                                write_ports=1))
+        table = codebook_table(img)
+        specs += [MemorySpec(f"pe{k}.codebook", "rom", 16, len(table), tuple(table))
+                  for k in range(min(img.codebook_roms, n))]
+        return specs
     specs += [MemorySpec(f"pe{k}.act", "ram", 16, act_depth(img), (), read_ports=1,
                          write_ports=1) for k in range(n)]
     return specs
+
+
+def codebook_table(img: LockstepImage) -> list[int]:
+    """Every layer's codebook, 2**index_bits words each (zero padded), for as many layers as
+    the engine's layer register counts (at least 2): word (layer << index_bits) | v is
+    codebook[layer][v] as 16-bit two's complement."""
+    K = 1 << img.index_bits
+    L = 1 << max(1, (img.num_layers - 1).bit_length())
+    vals = [int(ll.codebook[v]) for ll in img.layers for v in range(K)]
+    return [v & 0xFFFF for v in vals + [0] * (K * L - len(vals))]
 
 
 def act_bank_bits(img) -> int:
@@ -561,26 +630,72 @@ def act_depth(img) -> int:
     return 2 << act_bank_bits(img)
 
 
+BOARD_LANES = 3  # lane words of a CNN on the board: three SPRAMs, the fourth holds the maps
+
+
+def board_rel_bits(pes: int, index_bits: int = DEFAULT_INDEX_BITS) -> int:
+    """The relative index of a CNN's image on the board: the widest up to the default whose
+    slot word (pes entries) fits `BOARD_LANES` 16-bit lanes (8 PEs: 6-bit entries, rel_bits 2);
+    1 when not even that does (more lanes than SPRAMs: the board's fit check says so)."""
+    return max(1, min(DEFAULT_REL_BITS, BOARD_LANES * LANE_BITS // pes - index_bits))
+
+
+def board_options(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS) -> dict:
+    """The image options on the boards: a CNN takes the one-map layout with the slot word in
+    `BOARD_LANES` lanes (`board_rel_bits`); a network of fc layers its usual image."""
+    if not any(ll.is_conv for ll in qnet.layers):
+        return {}
+    return {"one_map": True, "rel_bits": board_rel_bits(pes, index_bits)}
+
+
+def one_map_region(qnet: QNet, pes: int) -> int:
+    """`map_region` of a CNN's one-map image, from the qnet (ceil(out / N) rows a PE)."""
+    geoms = conv.network_geometries(qnet)
+    words = [int(qnet.in_features)]
+    for ll, g in zip(qnet.layers, geoms):
+        rows = ceil_div(g.out_ch if g is not None else ll.out_features, pes)
+        words.append(rows * pes * (g.hp * g.wp if g is not None else 1))
+    return max(words)
+
+
+def board_bound(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS) -> dict:
+    """`memory_bound`'s options matching `board_options`."""
+    if not any(ll.is_conv for ll in qnet.layers):
+        return {}
+    return {"rel_bits": board_rel_bits(pes, index_bits), "region": one_map_region(qnet, pes)}
+
+
 def memory_bound(nonzeros: list[np.ndarray], shape: list[int], pes: int, *,
                  acc_bits: int = 32, index_bits: int = DEFAULT_INDEX_BITS,
-                 rel_bits: int = DEFAULT_REL_BITS) -> list[MemorySpec]:
+                 rel_bits: int = DEFAULT_REL_BITS, region: int = 0) -> list[MemorySpec]:
     """The memories of the engine for a network of layer sizes `shape` (in_0, out_0, ...)
     whose layer i has nonzeros[i][c] non-zero weights in column c, every depth the row
     placement decides at its least: a lane ROM word per slot, and a column takes at least
     ceil(non-zeros / PEs) slots (fillers and the spread over PEs only add); the column
-    pointers, accumulators (rows and biases) and activations do not depend on the placement."""
+    pointers, accumulators (rows and biases) and activations do not depend on the placement.
+    region > 0: a CNN's one-map layout (`board_options`) with map regions of that many words."""
     e = index_bits + rel_bits
     outs = shape[1:]
     slots = max(1, sum(int(np.sum(-(-np.asarray(c, dtype=np.int64) // pes)))
                        for c in nonzeros))
-    specs = [MemorySpec(f"lane{j}", "rom", e * min(2, pes - 2 * j), slots)
-             for j in range(ceil_div(pes, 2))]
+    if region:
+        nl = ceil_div(pes * e, LANE_BITS)
+        specs = [MemorySpec(f"lane{j}", "rom", min(LANE_BITS, pes * e - LANE_BITS * j), slots)
+                 for j in range(nl)]
+    else:
+        specs = [MemorySpec(f"lane{j}", "rom", e * min(2, pes - 2 * j), slots)
+                 for j in range(ceil_div(pes, 2))]
     ptrs = sum(shape[:-1]) + 1
     specs += [MemorySpec("colptr_even", "rom", bits(slots), ceil_div(ptrs, 2)),
               MemorySpec("colptr_odd", "rom", bits(slots), max(1, ptrs // 2))]
     rows = [ceil_div(o, pes) for o in outs]
     specs += [MemorySpec(f"pe{k}.acc", "ram", acc_bits, max(rows) + sum(rows),
                          read_ports=1, write_ports=1) for k in range(pes)]
+    if region:
+        words = 2 * region
+        specs.append(MemorySpec("map", "ram", 16, (1 << bits(words - 1)) + words,
+                                read_ports=1, write_ports=1))
+        return specs
     words = max(ceil_div(w, pes) for w in shape)
     specs += [MemorySpec(f"pe{k}.act", "ram", 16, (1 << bits(words - 1)) + words,
                          read_ports=1, write_ports=1) for k in range(pes)]
@@ -597,7 +712,8 @@ def logic_of(img: LockstepImage) -> dict:
                        + ([list(ll.geom)] if ll.geom else [])
                        for ll in img.layers],
             "mems": [int(img.num_slots), len(img.col_ptr), list(img.bias.shape)],
-            **({"input_shape": list(img.input_shape)} if img.has_conv else {})}
+            **({"input_shape": list(img.input_shape)} if img.has_conv else {}),
+            **({"one_map": True, "codebook_roms": img.codebook_roms} if img.one_map else {})}
 
 
 def padded(img: LockstepImage) -> LockstepImage:

@@ -78,7 +78,8 @@ def frontend_cycles(nz: np.ndarray, pes: int, width: int = 1) -> np.ndarray:
     all-zero group of `pes` columns. Width 2 (`hw.eie.frontend.WideFrontEnd`): group j is
     loaded in L_j = max(the cycle group j-1 sent its last column, L_{j-1} + 1), its columns
     go two a cycle from L_j on (sharing a cycle with the group before), and the front end is
-    done in L_groups, L_0 = 0."""
+    done in L_groups, L_0 = 0. Width 4 (the pipelined front end's four lanes): the same with
+    four a cycle."""
     nz = np.asarray(nz, dtype=bool)
     batch, cols = nz.shape
     pad = (-cols) % pes
@@ -86,17 +87,17 @@ def frontend_cycles(nz: np.ndarray, pes: int, width: int = 1) -> np.ndarray:
     if width == 1:
         return np.maximum(counts, 1).sum(axis=1)
     never = -(1 << 40)
+    w = width
     t = np.full(batch, never)
     slot = np.zeros(batch, dtype=np.int64)  # columns sent in cycle t
     load = np.zeros(batch, dtype=np.int64)
     for k in counts.T:
         # the first column: in cycle t if a slot is left there and the group is loaded
-        first = np.maximum(load, np.where(slot >= 2, t + 1, t))
-        share = (first == t).astype(np.int64)  # it took t's second slot
-        rest = np.maximum(k - 1, 0)
-        last = np.where(share == 1, t + (rest + 1) // 2, first + rest // 2)
-        slot_end = np.where(share == 1, np.where(rest % 2 == 1, 1, 2),
-                            np.where(rest % 2 == 1, 2, 1))
+        first = np.maximum(load, np.where(slot >= w, t + 1, t))
+        free0 = np.where(first == t, w - slot, w)  # slots left in the first cycle
+        rest = np.maximum(k - free0, 0)  # columns after the first cycle
+        last = first + -(-rest // w)
+        slot_end = np.where(rest > 0, (rest - 1) % w + 1, w - free0 + k)
         has = k > 0
         t = np.where(has, last, t)
         slot = np.where(has, slot_end, slot)

@@ -72,6 +72,10 @@ def _hw_args(p, *, pes_default=8, engine=True):
                             "build, then several times faster; docs/simulators.md)")
     p.add_argument("--drain-share", type=int, default=None,
                    help="lockstep: PEs per output stage, 1/2/4/8/16 (default: the engine's, 1)")
+    p.add_argument("--one-map", action="store_true",
+                   help="lockstep, a network with conv layers: the board's layout (every map "
+                        "in one RAM read a value a cycle, the slot word in 16-bit lanes, "
+                        "rel_bits auto as on the board; docs/lockstep.md 'On the board')")
     p.add_argument("--max-width", type=int, default=MAX_WIDTH,
                    help=f"activation buffer limit: widest layer the engine accepts "
                         f"({MAX_WIDTH:,}: VGG-16's fc6 has 25,088 inputs)")
@@ -216,11 +220,24 @@ def _image(qnet, args, rom, rel_bits=None):
     """The image of args.engine: `rom` itself when it is one, else built from the qnet (same
     PEs and index_bits as `rom`; rel_bits: the given one, else --rel-bits, where auto is the
     engine's own choice)."""
+    rb = args.rel_bits if rel_bits is None else rel_bits
+    extra = {}
+    if getattr(args, "one_map", False):
+        # the engine's own board layout (`Engine.board_options`): the lockstep engine's for a CNN
+        rec = get(args.engine)
+        opts = (rec.board_options(qnet, rom.pes, index_bits=rom.index_bits)
+                if rec.board_options else {})
+        if not opts.get("one_map"):
+            raise InputError("--one-map is the lockstep engine's layout of a network with conv "
+                             "layers")
+        extra["one_map"] = True
+        if parse_rel_bits(rb) == "auto":
+            rb = opts["rel_bits"]
     if isinstance(rom, get(args.engine).image_type):
         return rom
     with step(f"{args.engine} image: placing the rows over {rom.pes} PEs"):
-        img = build_image(qnet, args.engine, rom.pes, index_bits=rom.index_bits,
-                          rel_bits=args.rel_bits if rel_bits is None else rel_bits)
+        img = build_image(qnet, args.engine, rom.pes, index_bits=rom.index_bits, rel_bits=rb,
+                          **extra)
     return _fits(img, args)
 
 

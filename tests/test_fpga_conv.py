@@ -1,5 +1,6 @@
-"""Conv networks on the board: the EIE engine runs them (one activation bank of each PE in an
-SPRAM, docs/conv.md "The board"); the lockstep engine is refused with one line.
+"""Conv networks on the board's EIE engine (one activation bank of each PE in an SPRAM,
+docs/conv.md "The board"; the lockstep engine's one-map layout is
+tests/test_lockstep_board_conv.py).
 
 Three depths: the SPRAM plan and the refusals (construction), the split activation RAM in the
 Amaranth simulator against a reference, and the board core in cocotb + Icarus driven through
@@ -106,20 +107,13 @@ def cnn_file(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("argv", [
-    ["build", "--engine", "lockstep"], ["resources"], ["run", "--sim"],
-    ["run", "--sim", "--engine", "lockstep", "--pes", "2"],
-], ids=["build", "resources", "run", "run-pes"])
-def test_lockstep_refuses_conv(cnn_file, capsys, argv):
+def test_resources_lockstep_conv(cnn_file, capsys):
+    """The board's default engine takes a CNN in its one-map layout: the map in an SPRAM."""
     from fpga.cli import main
 
-    extra = {"build": ["--build-dir", str(cnn_file / "b")],
-             "run": ["--inputs", str(cnn_file / "xi.npy"), "--out", str(cnn_file / "y.npy")]}
-    assert main([*argv, "--model", str(cnn_file / "cnn.npz"), *extra.get(argv[0], [])]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "l0: the lockstep engine runs fc layers" in err
-    assert "--engine eie" in err
-    assert not (cnn_file / "b").exists() and not (cnn_file / "y.npy").exists()
+    assert main(["resources", "--model", str(cnn_file / "cnn.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "lockstep engine, 8 PEs: fits in EBR" in out and "map " in out
 
 
 def test_resources_eie_conv(cnn_file, capsys):

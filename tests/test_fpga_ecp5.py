@@ -149,6 +149,25 @@ def test_block_rams(width, depth, kind, rp, wp, want):
     assert ecp5.block_rams(spec) == want
 
 
+def test_board_image_takes_the_family_options(monkeypatch):
+    """The board's image takes its family's `IMAGE_OPTIONS` (the ULX3S's four-wide option: the
+    relative index chosen for speed); none by default, the engine's own image."""
+    from compress.shipped import load_model
+    from fpga.flow.resources import board_image
+    from images import build_image
+
+    qnet, _ = load_model("synthetic:64-32-10")
+    fam = get_board("ulx3s").fam
+    assert fam.IMAGE_OPTIONS == {}
+    assert board_image(qnet, "eie", 4, board="ulx3s").rel_bits == \
+        build_image(qnet, "eie", 4).rel_bits
+    monkeypatch.setattr(fam, "IMAGE_OPTIONS", {"eie": fam.FOUR_WIDE["image"]})
+    fast = build_image(qnet, "eie", 4, rel_bits="fast")
+    assert board_image(qnet, "eie", 4, board="ulx3s").rel_bits == fast.rel_bits
+    assert board_image(qnet, "eie", 4, board="icebreaker").rel_bits == \
+        build_image(qnet, "eie", 4).rel_bits
+
+
 def test_board_top_elaborates_with_the_pll():
     from compress.shipped import load_model
     from fpga.gateware.top import BoardTop
@@ -163,7 +182,7 @@ def test_board_top_elaborates_with_the_pll():
     # the pipelined front end from 4 PEs (issue width 2), the plain one below
     assert engine_params(img, "ulx3s").pipelined
     assert not engine_params(build_image(qnet, "eie", 2), "ulx3s").pipelined
-    assert top.core.engine.pipelined
+    assert top.core.engine.pipelined and top.core.engine.issue_width == 2
     plat = board.make_platform()
     plan = plat.prepare(top, name="top")
     files = plan.files
@@ -344,3 +363,30 @@ def test_real_ecp5_build(tmp_path):
     assert on_disk["spram_used"] == 0 and on_disk["timing_met"]
     assert on_disk["fmax_mhz"] >= on_disk["clock_mhz"] == round(ULX3S_CLOCK_MHZ, 4)
     assert on_disk["baud"] == ULX3S_BAUD
+
+
+def test_four_columns_fall_back_to_two_where_they_do_not_fit(monkeypatch):
+    """With four columns a cycle as the board's default (the ULX3S's four-wide option) each
+    pointer bank is read on four ports (two copies): a network whose banks would then overflow
+    the block RAMs where two ports fit (784-1024-512-10 at 16 PEs: 256 DP16KD against 192, of
+    208) gets two columns a cycle, as does one with conv layers; asked for, four are kept; the
+    resource check counts the ports the board uses."""
+    from compress.shipped import load_model
+    from compress.synthetic import random_cnn
+    from fpga.flow.resources import analyse
+    from images import build_image
+    from images.eie import EieParams
+    from images.engines import EIE, Defaults
+
+    fw = get_board("ulx3s").fam.FOUR_WIDE["params"]
+    monkeypatch.setitem(EIE.defaults, "ecp5", Defaults(EieParams(**fw), pes=16))
+    qnet, _ = load_model("synthetic:784-1024-512-10")
+    img = build_image(qnet, "eie", 16)
+    p = engine_params(img, "ulx3s")
+    assert (p.issue_width, p.pipelined, p.queue_depth) == (2, True, 20)
+    assert engine_params(img, "ulx3s", issue_width=4).issue_width == 4
+    assert analyse(img, board="ulx3s")["total_ebr"] <= 208
+    small, _ = load_model("synthetic:64-32-10")
+    assert engine_params(build_image(small, "eie", 16), "ulx3s").issue_width == 4
+    cnn = random_cnn((1, 6, 6), [(3, 3, 1, 1, 2)], [5], seed=1, density=0.5, shift=9)
+    assert engine_params(build_image(cnn, "eie", 4), "ulx3s").issue_width == 2

@@ -58,6 +58,45 @@ def test_parameters_and_refusals():
         model_cycles(rom, np.zeros((1, 20), np.int16), issue_width=1, pipelined=True)
 
 
+def test_four_wide_parameters_and_refusals():
+    """Four columns a cycle: the pipelined engine's only (four read ports on each pointer bank,
+    no other memory), fully connected layers only; the ULX3S's four-wide option (queues of 20),
+    dropped with `pipelined` where the default width is 1."""
+    rom = build_rom(random_qnet((20, 9, 5), seed=0, density=0.5), pes=4)
+    eng = Engine(rom, pipelined=True, issue_width=4)
+    elaborate(eng)
+    assert eng.issue_width == 4 and len(eng.pe_blocks[0].bcw) == 4
+    specs = {s.name: s for s in eng.memory_specs}
+    two = {s.name: s for s in Engine(rom, pipelined=True).memory_specs}
+    assert specs["pe0.ptr_even"].read_ports == 4 and specs["pe0.ptr_odd"].read_ports == 4
+    assert {k: (v.width, v.depth, v.init) for k, v in specs.items()} == \
+        {k: (v.width, v.depth, v.init) for k, v in two.items()}
+    with pytest.raises(EngineConfigError, match="pipelined"):
+        Engine(rom, issue_width=4)
+    with pytest.raises(EngineConfigError, match="1, 2 or 4"):
+        Engine(rom, pipelined=True, issue_width=3)
+    with pytest.raises(ValueError, match="pipelined"):
+        PE(pe_images(rom)[0], col_bits=5, row_bits=3, issue_width=4)
+    with pytest.raises(Exception, match="pipelined"):
+        model_cycles(rom, np.zeros((1, 20), np.int16), issue_width=4)
+    from fpga.boards.ecp5 import FOUR_WIDE
+
+    p = EieParams(**FOUR_WIDE["params"])  # the ULX3S's four-wide option
+    assert (p.issue_width, p.queue_depth, p.pipelined) == (4, 20, True)
+    assert p.fitted(16) == p and p.fitted(4) == p
+    assert p.fitted(2).issue_width is None and not p.fitted(2).pipelined
+
+
+def test_conv_network_refuses_four_wide():
+    """A network with conv layers keeps two columns a cycle: four are refused up front."""
+    from compress.synthetic import random_cnn
+
+    qnet = random_cnn((1, 6, 6), [(3, 3, 1, 1, 2)], [5], seed=1, density=0.5, shift=9)
+    rom = build_rom(qnet, pes=4)
+    with pytest.raises(EngineConfigError, match="conv"):
+        Engine(rom, pipelined=True, issue_width=4)
+
+
 def test_registered_pointer_read_construction():
     """`registered` adds the second register (`held`) and nothing else; the plain one has no
     `held` and elaborates as before."""
@@ -124,6 +163,49 @@ def test_registered_pointer_read_two_cycles(sub_bits):
     assert got[0][0] == 1  # the next column is in the first stage meanwhile
 
 
+def test_lane_queue_against_a_reference():
+    """`LaneQueue`: random writes on up to four lanes a cycle (within the room `level` leaves)
+    and random reads come out in lane order, nothing lost; `level` counts them."""
+    from collections import deque
+
+    from hw.queue import LaneQueue
+
+    depth = 5
+    q = LaneQueue(8, depth=depth, lanes=4)
+    rng = np.random.default_rng(7)
+    ref = deque()
+    nxt = [1]
+
+    async def bench(ctx):
+        for _ in range(300):
+            level = ctx.get(q.level)
+            assert level == len(ref)
+            room = depth - level
+            valid = [bool(rng.random() < 0.5) for _ in range(4)]
+            while sum(valid) > room:
+                valid[valid.index(True)] = False
+            pop = bool(rng.random() < 0.6) and level > 0
+            if level:
+                assert ctx.get(q.o.valid) and ctx.get(q.o.payload) == ref[0]
+            ctx.set(q.o.ready, pop)
+            for j in range(4):
+                ctx.set(q.i[j].valid, valid[j])
+                ctx.set(q.i[j].payload, nxt[0] % 256)
+                if valid[j]:
+                    ref.append(nxt[0] % 256)
+                nxt[0] += 1
+            if pop:
+                ref.popleft()
+            await ctx.tick()
+
+    sim = Simulator(q)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    with pytest.raises(ValueError, match="lanes"):
+        LaneQueue(8, depth=4, lanes=0)
+
+
 def test_pe_credit_counts_the_broadcast_register():
     """A pipelined PE's `room` is its free slots (up to 4) after the columns on `bcw` now: those
     are in the engine's register and hold their slots, as they do in both pointer registers
@@ -172,6 +254,17 @@ CASES = [
     ("16pe-sparse", (50, 24, 10), 16, 0.15, {"shift": [8, 0]}, {}, 0.0),
     ("4pe-dense-baseline", (11, 9, 5), 4, 0.5, {"shift": 6}, {"sparse": False}, 0.0),
     ("4pe-loadable", (14, 9, 5), 4, 0.5, {"shift": 6}, {"loadable": True}, 0.0),
+    # four columns a cycle (the ECP5 boards' default): a queue of 2 slots against four lanes,
+    # stalls, the dense baseline (every column sent), a loadable engine, 16 PEs
+    ("4pe-4wide-depth1-heavy", (16, 40, 6), 4, 0.8, {"shift": [9, 0]},
+     {"queue_depth": 1, "issue_width": 4}, 0.0),
+    ("8pe-4wide-stalls", (33, 13, 5), 8, 0.3, {"shift": [8, 0]}, {"issue_width": 4}, 0.3),
+    ("4pe-4wide-dense-baseline", (11, 9, 5), 4, 0.5, {"shift": 6},
+     {"sparse": False, "issue_width": 4}, 0.0),
+    ("4pe-4wide-loadable", (14, 9, 5), 4, 0.5, {"shift": 6},
+     {"loadable": True, "issue_width": 4}, 0.0),
+    ("16pe-4wide-depth20", (70, 40, 10), 16, 0.25, {"shift": [9, 0]},
+     {"queue_depth": 20, "issue_width": 4}, 0.0),
 ]
 
 
@@ -190,12 +283,17 @@ def test_pipelined_engine_bit_exact(case):
     np.testing.assert_array_equal(y, golden(qnet, x))
     assert np.all(lcs > 0) and np.all(cycles > lcs.sum(axis=1))
     if stall == 0 and not ekw.get("loadable"):
-        _, _, plain = run_engine(Engine(rom, **ekw), x)
-        # the broadcast register and the pointer stage's second register (+2 a layer with
-        # columns), the forwarding later (after the first), the credit a cycle old (a small
-        # queue waits on it; its extra slot may also win a cycle back)
-        if ekw.get("queue_depth", 8) >= 8:
-            assert np.all(lcs >= plain) and np.all(lcs <= plain + 5)
+        if ekw.get("issue_width", 2) == 2:
+            _, _, plain = run_engine(Engine(rom, **ekw), x)
+            # the broadcast register and the pointer stage's second register (+2 a layer with
+            # columns), the forwarding later (after the first), the credit a cycle old (a
+            # small queue waits on it; its extra slot may also win a cycle back)
+            if ekw.get("queue_depth", 8) >= 8:
+                assert np.all(lcs >= plain) and np.all(lcs <= plain + 5)
+        if ekw.get("sparse", True):  # the cycle model is exact at both widths
+            np.testing.assert_array_equal(
+                model_cycles(rom, x, pipelined=True, queue_depth=ekw.get("queue_depth", 8),
+                             issue_width=ekw.get("issue_width", 2)), lcs)
 
 
 def test_small_queues_throttle_and_stay_exact():
@@ -246,6 +344,28 @@ def test_the_cycle_model_is_exact_on_random_networks(seed):
     np.testing.assert_array_equal(model_cycles(rom, x, pipelined=True, queue_depth=depth), lcs)
 
 
+@pytest.mark.parametrize("seed", range(24 if long_tests() else 4))
+def test_the_four_wide_cycle_model_is_exact_on_random_networks(seed):
+    """As above with four columns a cycle (queues of 1-20): bit-exact, and the cycle model
+    with `issue_width=4` gives every layer's cycles exactly; never slower than two a cycle
+    by the model."""
+    rng = np.random.default_rng(100 + seed)
+    layers = int(rng.integers(1, 4))
+    sizes = tuple(int(v) for v in rng.integers(3, 60, layers + 1))
+    pes = int(rng.choice([4, 8, 16]))
+    density = float(rng.choice([0.05, 0.15, 0.4, 0.9]))
+    depth = int(rng.choice([1, 2, 4, 8, 20]))
+    qnet = random_qnet(sizes, seed=seed, density=density, shift=[8] * layers)
+    x = _inputs(4, sizes[0], seed=seed)
+    rom = build_rom(qnet, pes=pes)
+    y, _, lcs = run_engine(Engine(rom, pipelined=True, queue_depth=depth, issue_width=4), x)
+    np.testing.assert_array_equal(y, golden(qnet, x))
+    mc = model_cycles(rom, x, pipelined=True, queue_depth=depth, issue_width=4)
+    np.testing.assert_array_equal(mc, lcs)
+    two = model_cycles(rom, x, pipelined=True, queue_depth=depth)
+    assert mc.sum() <= two.sum()
+
+
 def test_the_cycle_model_corners():
     """The corners of the model: queues of one column (two slots) throttling dense columns
     (one every 2.5 cycles in both), a layer whose only column has no entries in any PE (the
@@ -259,6 +379,9 @@ def test_the_cycle_model_corners():
         qnet = random_qnet(sizes, seed=i, density=density, shift=[8] * (len(sizes) - 1))
         x = _inputs(12, sizes[0], seed=i) if x is None else x
         rom = build_rom(qnet, pes=pes)
-        _, _, lcs = run_engine(Engine(rom, pipelined=True, queue_depth=depth), x)
-        np.testing.assert_array_equal(
-            model_cycles(rom, x, pipelined=True, queue_depth=depth), lcs, err_msg=str(sizes))
+        for width in (2, 4):
+            _, _, lcs = run_engine(Engine(rom, pipelined=True, queue_depth=depth,
+                                          issue_width=width), x)
+            np.testing.assert_array_equal(
+                model_cycles(rom, x, pipelined=True, queue_depth=depth, issue_width=width),
+                lcs, err_msg=f"{sizes} width {width}")

@@ -38,13 +38,14 @@ def _sim(dut, bench):
 class _Harness(wiring.Component):
     """The front end reading N per-PE activation memories (1-cycle read latency)."""
 
-    def __init__(self, acts: np.ndarray, pes: int, sparse: bool, pipelined: bool = False):
+    def __init__(self, acts: np.ndarray, pes: int, sparse: bool, pipelined: bool = False,
+                 width: int = 2):
         self.acts = acts
         self.pes = pes
         self.words = -(-len(acts) // pes)
         self.fe = WideFrontEnd(pes=pes, col_bits=max(1, len(acts).bit_length()),
                                group_bits=max(1, self.words.bit_length()), sparse=sparse,
-                               pipelined=pipelined)
+                               pipelined=pipelined, width=width)
         self.avail = Signal(16)
         super().__init__({})
 
@@ -64,7 +65,7 @@ class _Harness(wiring.Component):
         return m
 
 
-def _reference(acts, pes, sparse, rooms):
+def _reference(acts, pes, sparse, rooms, width=2):
     """What the two-wide front end sends each cycle (its documented rule, written out): the
     lowest remaining columns of the current group, then of the prefetched one, at most
     min(2, room); a group is loaded (one read a cycle) in the cycle the current one runs out.
@@ -76,7 +77,7 @@ def _reference(acts, pes, sparse, rooms):
     cur, grp, sent = [], 0, []
     for room in rooms:
         nxt = list(cols[grp]) if grp < groups else []
-        k = min(2, room, len(cur) + len(nxt))
+        k = min(width, room, len(cur) + len(nxt))
         take = (cur + nxt)[:k]
         sent.append(take)
         cur = [c for c in cur if c not in take]
@@ -193,6 +194,52 @@ def test_pipelined_front_end_sends_what_the_rule_says(pes, width, kind, sparse, 
         want = _reference(acts, pes, sparse, room_seq)
         assert [c for c in got if c] == [c for c in want if c]  # the same pairs
         assert len(want) <= len(got) <= len(want) + 1
+
+
+@pytest.mark.parametrize("pes,width,kind", [
+    (4, 37, "one-per-group"), (4, 45, "odd"), (8, 61, "odd"), (3, 20, "random"),
+    (8, 40, "dense"), (4, 33, "zero"), (1, 9, "random"), (16, 70, "random"), (4, 3, "random"),
+])
+@pytest.mark.parametrize("rooms", ["full", "random"])
+def test_four_wide_front_end_sends_what_the_rule_says(pes, width, kind, rooms):
+    """The pipelined front end with four lanes: the lowest remaining columns of the current
+    group then the next one's, lanes filled from 0 up, never more than `room` (0..4) a cycle,
+    its values; with full credit the rule's columns cycle for cycle, a cycle behind at most."""
+    rng = np.random.default_rng(pes * 1000 + width)
+    acts = _acts(kind, width, pes, rng)
+    h = _Harness(acts, pes, True, pipelined=True, width=4)
+    fe = h.fe
+    prng = random.Random(width)
+    room_seq = [4 if rooms == "full" else prng.choice([0, 1, 2, 3, 4, 4])
+                for _ in range(4 * width + 40)]
+    got = []
+
+    async def bench(ctx):
+        ctx.set(h.avail, h.words)
+        ctx.set(fe.start, 1)
+        await ctx.tick()
+        ctx.set(fe.start, 0)
+        for room in room_seq:
+            ctx.set(fe.room, room)
+            _, _, vld, o, done = await ctx.tick().sample(fe.o_valid, fe.o, fe.done)
+            assert vld in (0, 1, 3, 7, 15)  # lanes filled from 0 up
+            assert bin(vld).count("1") <= room
+            got.append([int(o[j]["col"]) for j in range(4) if vld >> j & 1])
+            for j in range(4):
+                if vld >> j & 1:
+                    assert int(o[j]["value"]) == acts[int(o[j]["col"])]
+            if done:
+                break
+
+    _sim(h, bench)
+    flat = [c for cyc in got for c in cyc]
+    assert flat == [c for c in range(width) if acts[c] != 0]
+    if rooms == "full":
+        want = _reference(acts, pes, True, room_seq, width=4)
+        assert [c for c in got if c] == [c for c in want if c]
+        assert len(want) <= len(got) <= len(want) + 1
+    with pytest.raises(ValueError, match="pipelined"):
+        WideFrontEnd(pes=4, col_bits=6, group_bits=4, width=4)
 
 
 @pytest.mark.parametrize("pipelined", [False, True])
@@ -321,8 +368,8 @@ def test_default_width_and_refusals():
 
 
 def test_analysis_front_end_bound_follows_the_rule():
-    """tb.analysis.frontend_cycles at width 2: the cycle `_reference` finishes in, on random
-    masks; width 1: one cycle per non-zero and per all-zero group."""
+    """tb.analysis.frontend_cycles at widths 2 and 4: the cycle `_reference` finishes in, on
+    random masks; width 1: one cycle per non-zero and per all-zero group."""
     from tb.analysis import frontend_cycles
 
     rng = np.random.default_rng(0)
@@ -331,6 +378,8 @@ def test_analysis_front_end_bound_follows_the_rule():
         a = (rng.random(width) < d).astype(int)
         assert frontend_cycles(a[None] != 0, pes, 2)[0] == len(_reference(a, pes, True,
                                                                         [2] * 200)) - 1
+        assert frontend_cycles(a[None] != 0, pes, 4)[0] == len(
+            _reference(a, pes, True, [4] * 200, width=4)) - 1
         groups = a.reshape(-1) if pes == 1 else np.pad(a, (0, -width % pes)).reshape(-1, pes)
         want1 = int(np.maximum(groups.reshape(len(groups), -1).sum(axis=1), 1).sum())
         assert frontend_cycles(a[None] != 0, pes, 1)[0] == want1

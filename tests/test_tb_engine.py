@@ -57,6 +57,12 @@ CASES = [
     # the ULX3S's shape: 16 PEs, queues of 16, the relative index wider (fewer fillers)
     ("16pe-pipelined-depth16", (70, 40, 10), 16, 0.25, {"shift": [9, 7]}, {"rel_bits": 4},
      {"pipelined": True, "queue_depth": 16}, {}, 30),
+    # four columns a cycle (the ULX3S's default: queues of 20), and queues of 2 under stalls
+    ("16pe-pipelined-4wide-depth20", (70, 40, 10), 16, 0.25, {"shift": [9, 7]}, {"rel_bits": 4},
+     {"pipelined": True, "issue_width": 4, "queue_depth": 20}, {}, 30),
+    ("8pe-pipelined-4wide-depth2-stalls", (40, 23, 9), 8, 0.4, {"shift": [9, 6]}, {},
+     {"pipelined": True, "issue_width": 4, "queue_depth": 2},
+     {"stall_in": 0.2, "stall_out": 0.3}, 40),
 ]
 
 
@@ -76,7 +82,8 @@ def _check(sizes, pes, density, qkw, rkw, pkw, runkw, n, seed):
         # the Verilog
         np.testing.assert_array_equal(
             model_cycles(b.image, x, pipelined=True, queue_depth=params.queue_depth,
-                         acc_bits=params.acc_bits), r.layer_cycles)
+                         acc_bits=params.acc_bits, issue_width=params.issue_width),
+            r.layer_cycles)
     return qnet, x, r
 
 
@@ -134,7 +141,8 @@ def test_engine_random_sweep_long(seed):
 @pytest.mark.parametrize("seed", range(12 if long_tests() else 1))
 def test_pipelined_engine_random_nets(seed):
     """The pipelined engine on random networks (shapes, PEs 4-16, densities, queue depths,
-    stalls) against the golden model; one network in `make test`, 12 in `make test-long`."""
+    stalls, two or four columns a cycle) against the golden model; one network in `make test`,
+    12 in `make test-long`."""
     rng = np.random.default_rng(2000 + seed)
     layers = int(rng.integers(1, 4))
     sizes = tuple(int(v) for v in rng.integers(2, 70, layers + 1))
@@ -144,6 +152,7 @@ def test_pipelined_engine_random_nets(seed):
     pkw = {"pipelined": True, "queue_depth": int(rng.choice([1, 2, 4, 8])),
            "sparse": bool(rng.random() < 0.8)}
     runkw = {"stall_in": float(rng.choice([0, 0.3])), "stall_out": float(rng.choice([0, 0.5]))}
+    pkw["issue_width"] = int(rng.choice([2, 4]))  # drawn last: the other draws as before
     _check(sizes, pes, density, qkw, {}, pkw, runkw, 30, seed)
 
 

@@ -14,7 +14,7 @@ defaults for the board (`images.engines`: by board name, else family) fitted to 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 
 from compress.errors import InputError
@@ -123,11 +123,29 @@ def family_of(board: str = DEFAULT_BOARD) -> ModuleType:
 
 def engine_params(img, board: str = DEFAULT_BOARD, **values) -> EngineParams:
     """The parameters of the engine of `img` on `board`: its defaults there with `values` for
-    the fields it has, fitted to the image's PEs."""
+    the fields it has, fitted to the image's PEs. A board default of four columns a cycle (the
+    ULX3S's four-wide option, `fpga.boards.ecp5.FOUR_WIDE`, made the default) is two for a
+    network with conv layers (four take fully connected ones only) and for one
+    whose pointer banks, read on four ports (two copies of each), would not fit the device's
+    block RAMs where two ports do (the 784-1024-512-10 MLP at 16 PEs: 240 DP16KD against 176,
+    of 208)."""
     b = get_board(board)
     rec = engine_of(img)
-    if any(getattr(rl, "kind", "fc") != "fc" for rl in getattr(img, "layers", ())):
+    conv = any(getattr(rl, "kind", "fc") != "fc" for rl in getattr(img, "layers", ()))
+    if conv:
         # a conv network: the family's own values for it (iCE40: the EIE engine's queue depth
         # 1, the logic cells bind), under the ones given
         values = {**getattr(b.fam, "CONV_VALUES", {}).get(rec.name, {}), **values}
-    return rec.params_for(b.name, b.family, **values).fitted(img.pes)
+    p = rec.params_for(b.name, b.family, **values).fitted(img.pes)
+    if getattr(p, "issue_width", None) == 4 and "issue_width" not in values and (
+            conv or _blocks(img, p, b) > b.budget.ebr >= _blocks(img, replace(p, issue_width=2),
+                                                                  b)):
+        p = replace(p, issue_width=2)
+    return p
+
+
+def _blocks(img, params, b: "Board") -> int:
+    """The block RAMs the engine's memories take on board `b` (its family's rule)."""
+    from images import memory_specs
+
+    return sum(b.fam.block_rams(s) for s in memory_specs(img, params) if s.kind != "table")

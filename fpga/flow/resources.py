@@ -29,7 +29,7 @@ from compress.qnet import Layer, QNet
 from images import MAX_PES, build_image, engine_of, get, memory_specs, registered
 from images.layers import kind_name
 
-from ..boards import DEFAULT_BOARD, get_board
+from ..boards import DEFAULT_BOARD, engine_params, get_board
 
 PE_CHOICES = tuple(1 << i for i in range(MAX_PES.bit_length()) if 1 << i <= MAX_PES)
 
@@ -63,9 +63,10 @@ def _tally(specs, *, spram: bool, board: str = DEFAULT_BOARD, kinds=None) -> dic
         g = groups[group_of(s.name)]
         g["count"] += 1
         g["bits"] += s.bits
-        if s.name in acts:  # one bank in SPRAM, the other in EBR
+        if s.name in acts:  # one bank in SPRAM, the other in EBR (or the whole RAM)
             g["spram"] += 1
-            g["ebr"] += fam.block_rams(fam.act_half(s))
+            if acts[s.name] != getattr(fam, "WHOLE", None):
+                g["ebr"] += fam.block_rams(fam.act_half(s))
         elif s.name in in_spram:
             g["spram"] += 1
         elif s.name in getattr(plan, "blocks", ()):  # EBR by the plan (yosys' rom_style)
@@ -106,11 +107,12 @@ def _tally(specs, *, spram: bool, board: str = DEFAULT_BOARD, kinds=None) -> dic
 
 
 def analyse(img, *, spram: bool = False, acc_bits: int = 32, board: str = DEFAULT_BOARD) -> dict:
-    """Memories by kind, EBR blocks each needs on `board`; with `spram`, the SPRAM plan's ROMs
-    need none."""
+    """Memories by kind, EBR blocks each needs on `board` (with the board's engine parameters:
+    the ECP5's four columns a cycle read the pointer banks on four ports); with `spram`, the
+    SPRAM plan's ROMs need none."""
     rec = engine_of(img)
-    a = _tally(memory_specs(img, rec.params(acc_bits=acc_bits)), spram=spram, board=board,
-               kinds=[getattr(rl, "kind", "fc") for rl in img.layers])
+    a = _tally(memory_specs(img, engine_params(img, board, acc_bits=acc_bits)), spram=spram,
+               board=board, kinds=[getattr(rl, "kind", "fc") for rl in img.layers])
     return {"engine": rec.name, "pes": img.pes, "bound": False, **a}
 
 
@@ -146,8 +148,14 @@ def fit_bound(qnet, engine: str, pes: int, *, spram: bool = True, acc_bits: int 
     nz, shape = _counts(qnet)
     if keep != 1.0:
         nz = [np.floor(c * keep).astype(np.int64) for c in nz]
-    specs = bound_specs(nz, shape, engine, pes, acc_bits=acc_bits, index_bits=index_bits,
-                        rel_bits=rel_bits)
+    rec = get(engine)
+    extra = rec.board_bound(qnet, pes, index_bits=index_bits) if rec.board_bound else {}
+    if extra:  # the board's own layout of this network (`Engine.board_options`)
+        specs = rec.memory_bound(nz, shape, pes, acc_bits=acc_bits, index_bits=index_bits,
+                                 **extra)
+    else:
+        specs = bound_specs(nz, shape, engine, pes, acc_bits=acc_bits, index_bits=index_bits,
+                            rel_bits=rel_bits)
     return {"engine": engine, "pes": pes, "bound": True,
             **_tally(specs, spram=spram, board=board,
                      kinds=[kind_name(layer) for layer in qnet.layers])}
@@ -188,8 +196,9 @@ def _thin(qnet, keep: float, seed: int = 0):
 def _quick(qnet, engine: str, pes: int, *, spram: bool, board: str = DEFAULT_BOARD) -> dict:
     """The analysis of an image placed without search (the engine's `unplaced` image options:
     interleaved rows, rel_bits 4): about what the real placement needs, or a little more."""
-    return analyse(build_image(qnet, engine, pes, **get(engine).unplaced), spram=spram,
-                   board=board)
+    rec = get(engine)
+    opts = {**rec.unplaced, **(rec.board_options(qnet, pes) if rec.board_options else {})}
+    return analyse(build_image(qnet, engine, pes, **opts), spram=spram, board=board)
 
 
 def what_fits(qnet, engine: str, pes: int, *, spram: bool = True, quick: bool = True,
@@ -334,8 +343,19 @@ def board_image(qnet, engine: str, pes: int, *, spram: bool = True,
     1 PE has 18,097 entries at rel_bits 5), the next wider relative index whose entries fit
     (fewer fillers; 16,344 at rel_bits 6). The same rule on the build and on the host, so the
     weights loaded are the bitstream's."""
-    img = build_image(qnet, engine, pes)
-    if not spram or not hasattr(img, "rel_bits"):
+    rec = get(engine)
+    own = rec.board_options(qnet, pes) if rec.board_options else {}
+    # the family's own image options (ECP5: the EIE engine's relative index for speed), under
+    # the engine's own board layout (the lockstep engine's one map for a CNN)
+    opts = {**dict(getattr(get_board(board).fam, "IMAGE_OPTIONS", {}).get(engine, {})), **own}
+    img = build_image(qnet, engine, pes, **opts)
+    if own and spram and hasattr(img, "codebook_roms"):
+        # the board's own layout: the block RAMs left give PEs their codebook as a ROM
+        a = analyse(img, spram=True, board=board)
+        free = a["ebr_available"] - a["total_ebr"]
+        if free > 0:
+            img = replace(img, codebook_roms=min(pes, free))
+    if own or not spram or not hasattr(img, "rel_bits"):
         return img
 
     def entries_too_deep(img):  # per-PE entry ROMs (`pe<k>.entries`), not a lockstep lane
@@ -345,7 +365,7 @@ def board_image(qnet, engine: str, pes: int, *, spram: bool = True,
     rb = img.rel_bits
     while rb < 12 and entries_too_deep(img):
         rb += 1
-        img = build_image(qnet, engine, pes, rel_bits=rb)
+        img = build_image(qnet, engine, pes, **{**opts, "rel_bits": rb})
     return img
 
 

@@ -25,7 +25,7 @@ from images import check_pes, engine_of
 
 from .. import protocol as P
 from ..flow.bench import simulated_board
-from ..flow.build import default_clock_mhz
+from ..flow.build import default_clock_for
 from ..flow.resources import board_image, check_board_fit, check_board_kinds
 from ..gateware.uart import baud_divisor
 from .client import Board, SerialTransport
@@ -245,7 +245,7 @@ def run_cli(args) -> int:
         check_pes(args.pes)
         # The bench clocks the simulation at 100 MHz, but counts in the board's cycles: the
         # UART runs at the divisor the bitstream has at the board's PLL clock.
-        mhz = args.clock_mhz or default_clock_mhz(args.board)
+        mhz = args.clock_mhz or default_clock_for(args.board, args.engine, qnet)
         try:
             divisor = baud_divisor(mhz * 1e6, args.baud)
         except ValueError as e:

@@ -37,7 +37,11 @@ what the register holds, so each PE's `room` counts the columns in that register
 has `hw.eie.pe.EXTRA_SLOTS` more); the drain's forwarded word is registered beside each PE
 (`y_r`: a group is forwarded a cycle later); and the front end's read address is chosen from
 its flip-flops and that credit (`hw.frontend.WideFrontEnd`). About 2 cycles a layer more
-(`images.eie.simulate_wide`); the plain engine stays the default.
+(`images.eie.simulate_wide`); the plain engine stays the default. With `issue_width=4`
+(pipelined only, fully connected layers only: the ULX3S's four-wide option,
+`fpga.boards.ecp5.FOUR_WIDE`) the front end sends four columns a cycle, the credit counts up
+to 8 ("every PE has k free" for k = 1..8) and each PE reads its pointer banks on four ports
+into a four-lane queue (`hw.eie.pe`, `hw.queue.LaneQueue`).
 
 A loadable engine (`loadable=True`, `images.eie.EieParams`) has memories of given sizes and
 reads every per-network constant (each layer's in_features, groups, drain and preload rows,
@@ -56,7 +60,8 @@ from amaranth.hdl import Array, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 
 from images.conv import acc_rows
-from images.eie import (EieParams, EieSizes, RomImage, act_words, engine_pe_images,
+from images.eie import (ISSUE_WIDTHS, PIPELINED_WIDTHS, EieParams, EieSizes, RomImage,
+                        act_words, engine_pe_images,
                         engine_table_fields, has_conv, image_sizes, memory_map, rom_geoms,
                         sizes_of)
 from images.eie import io_lanes as _io_lanes
@@ -117,15 +122,20 @@ class Engine(wiring.Component):
                             f"{type(rom).__name__}")
         check_queue_depth(queue_depth)
         check_fits(rom, acc_bits=acc_bits, max_width=max_width)
-        if issue_width not in (None, 1, 2):
-            raise EngineConfigError(f"issue width must be 1 or 2, not {issue_width!r}")
+        if issue_width not in (None, *ISSUE_WIDTHS):
+            raise EngineConfigError(f"issue width must be 1, 2 or 4, not {issue_width!r}")
         if not isinstance(pipelined, bool):
             raise EngineConfigError(f"pipelined must be True or False, not {pipelined!r}")
-        width = _issue_width(rom, EieParams(issue_width=issue_width)) if issue_width in (
-            None, 1, 2) else issue_width
-        if pipelined and width != 2:
-            raise EngineConfigError(f"the pipelined front end is the two-wide one: issue width "
-                                    f"2, not {width}")
+        width = _issue_width(rom, EieParams(issue_width=issue_width))
+        if pipelined and width not in PIPELINED_WIDTHS:
+            raise EngineConfigError(f"the pipelined front end is the two-wide or four-wide one: "
+                                    f"issue width 2 or 4, not {width}")
+        if width == 4 and not pipelined:
+            raise EngineConfigError("four columns a cycle is the pipelined front end's only "
+                                    "(pipelined=True)")
+        if width == 4 and has_conv(rom):
+            raise EngineConfigError("four columns a cycle takes fully connected layers only: "
+                                    "this network has conv layers (issue width 2)")
         if pipelined and queue_depth + EXTRA_SLOTS > MAX_DEPTH:
             raise EngineConfigError(f"a pipelined engine's queues have {EXTRA_SLOTS} slot(s) "
                                     f"more: queue depth at most {MAX_DEPTH - EXTRA_SLOTS}, not "
@@ -317,9 +327,11 @@ class Engine(wiring.Component):
         m.d.comb += ctx.base.eq(self._act_addr(layer[0], 0))
         fes = []
         for kind in self.kinds:
+            extra = {"width": self.issue_width} if self.issue_width > 2 else {}
             fe = front_end(kind, self.issue_width).make(
                 pes=n, col_bits=self.col_bits, group_bits=self.row_bits, sparse=self.sparse,
-                addr_bits=self.row_bits + 2, geoms=self.geoms, pipelined=self.pipelined)
+                addr_bits=self.row_bits + 2, geoms=self.geoms, pipelined=self.pipelined,
+                **extra)
             m.submodules[f"fe_{kind}" if self.has_conv else "fe"] = fe
             fe.wire(m, ctx)
             fes.append(fe)
@@ -393,7 +405,7 @@ class Engine(wiring.Component):
         fwd_r = Signal(name="fwd_r")
         fc_fes = [fe for fe in fes if not fe.absolute]
         ys = [pe.y for pe in pes]
-        if self.issue_width == 2 and fc_fes:
+        if self.issue_width >= 2 and fc_fes:
             # the group the front end reads is the row the drain presents now: next cycle take
             # it from the output stage (y of every PE) instead of the buffer written a cycle late
             # (a fully connected layer's drain only: a conv drain writes a map). Pipelined: the
@@ -447,11 +459,13 @@ class Engine(wiring.Component):
     def _pipelined_broadcast(self, m, fes, kidx, payload_to):
         """The pipelined engine's broadcast: the front end's lanes into a register (the PEs take
         them a cycle later) and the credit from registers. Each PE's `room` (free slots, up to
-        4) counts the columns in that register; the engine keeps, for 1..4, "every PE has that
-        many" a cycle late, and takes off it what the front end sent in that cycle (the register
-        now): free slots only grow otherwise, so what is sent always finds its slot."""
+        twice the lanes) counts the columns in that register; the engine keeps, for 1..2W (W
+        the lanes), "every PE has that many" a cycle late, and takes off it what the front end
+        sent in that cycle (the register now): free slots only grow otherwise, so what is sent
+        always finds its slot."""
         pes = self.pe_blocks
-        n_ge = 2 * 2  # room up to the lanes plus what the last cycle may have sent
+        w = self.issue_width
+        n_ge = 2 * w  # room up to the lanes plus what the last cycle may have sent
         ge = Signal(n_ge, name="room_ge")  # bit k-1: every PE had room >= k last cycle
         for k in range(1, n_ge + 1):
             all_k = 1
@@ -459,27 +473,34 @@ class Engine(wiring.Component):
                 all_k = all_k & (pe.room >= k)
             m.d.sync += ge[k - 1].eq(all_k)
         lanes = Signal.like(pes[0].bcw, name="bc_r")
-        valid = Signal(2, name="bc_valid_r")
+        valid = Signal(w, name="bc_valid_r")
         lane_d = Signal.like(lanes, name="bc_d")
-        valid_d = Signal(2, name="bc_valid_d")
+        valid_d = Signal(w, name="bc_valid_d")
         with m.Switch(kidx):
             for i, fe in enumerate(fes):
                 with m.Case(i):
-                    for j in range(2):
+                    for j in range(w):
                         payload_to(lane_d[j], fe.o[j])
                     m.d.comb += valid_d.eq(fe.o_valid)
         m.d.sync += [lanes.eq(lane_d), valid.eq(valid_d)]
-        sent = Signal(range(3), name="bc_sent")  # columns sent last cycle (in the register)
-        m.d.comb += sent.eq(valid[0] + valid[1])
-        room = Signal(range(3), name="room")
+        sent = Signal(range(w + 1), name="bc_sent")  # columns sent last cycle (in the register)
+        total = valid[0]
+        for j in range(1, w):
+            total = total + valid[j]
+        m.d.comb += sent.eq(total)
+        room = Signal(range(w + 1), name="room")
         with m.Switch(sent):
-            for s_ in range(3):
+            for s_ in range(w + 1):
                 with m.Case(s_):
-                    m.d.comb += room.eq(Mux(ge[s_ + 1], 2, Mux(ge[s_], 1, 0)))
+                    # the most r <= w with every PE's room >= sent + r a cycle ago
+                    r = Mux(ge[s_], 1, 0)
+                    for k in range(2, w + 1):
+                        r = Mux(ge[s_ + k - 1], k, r)
+                    m.d.comb += room.eq(r)
         for fe in fes:
             m.d.comb += fe.room.eq(room)
         for pe in pes:
-            for j in range(2):
+            for j in range(w):
                 payload_to(pe.bcw[j], lanes[j])
             m.d.comb += pe.bcw_valid.eq(valid)
 

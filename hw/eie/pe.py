@@ -52,7 +52,7 @@ from ..blocks import bits, post_process, post_process_var, slot_sequencer
 from ..convfe import conv_bcast_layout
 from ..frontend import bcast_layout
 from ..memory import MemoryFactory, MemorySpec
-from ..queue import ActQueue, PairQueue
+from ..queue import ActQueue, LaneQueue, PairQueue
 from .codebook import CodebookDecoder
 from .mac import Mac
 from .pointer import PointerRead, column_layout
@@ -83,10 +83,13 @@ class PE(wiring.Component):
                  acc_bits: int = 32, sparse: bool = True, memories: MemoryFactory | None = None,
                  issue_width: int = 1, specs: list[MemorySpec] | None = None,
                  sizes: EieSizes | None = None, sub_bits: int = 0, pipelined: bool = False):
-        if issue_width not in (1, 2):
-            raise ValueError(f"issue_width must be 1 or 2, not {issue_width!r}")
-        if pipelined and issue_width != 2:
-            raise ValueError("a pipelined PE takes two columns a cycle (issue_width 2)")
+        if issue_width not in (1, 2, 4):
+            raise ValueError(f"issue_width must be 1, 2 or 4, not {issue_width!r}")
+        if pipelined and issue_width not in (2, 4):
+            raise ValueError("a pipelined PE takes two or four columns a cycle (issue_width 2 "
+                             "or 4)")
+        if issue_width == 4 and not pipelined:
+            raise ValueError("four columns a cycle is the pipelined PE's only")
         self.pipelined = pipelined
         self.issue_width = issue_width
         self.img = img
@@ -108,11 +111,12 @@ class PE(wiring.Component):
                   else bcast_layout(col_bits + 1))
         if issue_width == 1:
             bcast = {"bc": In(stream.Signature(layout))}
-        else:  # up to two columns a cycle, sent only within `room` (no back-pressure)
-            # pipelined: `room` counts up to 4 free slots (the engine registers the credit and
-            # takes a cycle's columns off it: `hw.eie.engine`)
-            bcast = {"bcw": In(data.ArrayLayout(layout, 2)),
-                     "bcw_valid": In(2), "room": Out(range(5 if pipelined else 3))}
+        else:  # up to two (four) columns a cycle, sent only within `room` (no back-pressure)
+            # pipelined: `room` counts up to twice the lanes' free slots (the engine registers
+            # the credit and takes a cycle's columns off it: `hw.eie.engine`)
+            w = issue_width
+            bcast = {"bcw": In(data.ArrayLayout(layout, w)),
+                     "bcw_valid": In(w), "room": Out(range(2 * w + 1 if pipelined else 3))}
         super().__init__({
             "layer": In(range(max(L, 2))),
             "bank": In(1),  # the accumulator bank computed into (the step's parity)
@@ -209,8 +213,10 @@ class PE(wiring.Component):
         c.out_rule = lambda acc, i: post_process_var(acc, look(0, i).shift, look(0, i).relu)
 
     def _pointer_stage2(self, m, c, pevs, pods):
-        """p_ at issue width 2: two `PointerRead`s, one per broadcast lane, each on its own
-        read port of the two pointer banks, into a queue written with up to two columns."""
+        """p_ at issue width 2 (4): a `PointerRead` per broadcast lane, each on its own read
+        port of the two pointer banks, into a queue written with up to two (four) columns."""
+        if self.issue_width == 4:
+            return self._pointer_stage4(m, c, pevs, pods)
         img, base = self.img, c.ptr_base_of(self.layer)
         # pipelined: EXTRA_SLOTS more, for the columns in the broadcast register and the credit
         # known a cycle late
@@ -270,6 +276,71 @@ class PE(wiring.Component):
         else:
             m.d.comb += free.eq(depth - queue.level - prs[0].busy - prs[1].busy)
             m.d.comb += self.room.eq(Mux(free >= 2, 2, Mux(free >= 1, 1, 0)))
+
+    def _pointer_stage4(self, m, c, pevs, pods):
+        """p_ of the four-wide pipelined PE: as `_pointer_stage2`'s pipelined one with four
+        lanes (`LaneQueue`): a registered `PointerRead` per lane; into an empty queue the lowest
+        lane out of p_ goes straight to the sequencer when it can take it, the others are
+        queued in lane order; `room` is the free slots, up to 8."""
+        img, base = self.img, c.ptr_base_of(self.layer)
+        w = self.issue_width
+        depth = self.queue_depth + EXTRA_SLOTS
+        layout = column_layout(self.ptr_bits, self.sub_bits)
+        m.submodules.queue = c.queue = queue = LaneQueue(layout, depth=depth, lanes=w)
+        prs = []
+        for j in range(w):
+            pev, pod = pevs[j], pods[j]
+            pr = PointerRead(
+                col_bits=len(self.bcw[j].col), base_bits=bits(len(img.ptr) + 1),
+                ptr_bits=self.ptr_bits, even_addr_bits=len(pev.addr),
+                odd_addr_bits=len(pod.addr), sub_bits=self.sub_bits, registered=True)
+            m.submodules[f"pointer{j}"] = pr
+            m.d.comb += [
+                pr.i.valid.eq(self.bcw_valid[j]),
+                pr.i.payload.eq(self.bcw[j]),
+                pr.base.eq(base),
+                pr.credit.eq(1),  # `room` below is the credit, checked by the front end
+                pev.addr.eq(pr.even.addr), pr.even.data.eq(pev.data),
+                pod.addr.eq(pr.odd.addr), pr.odd.data.eq(pod.data),
+                queue.i[j].payload.eq(pr.o.payload),
+            ]
+            prs.append(pr)
+        busy = 0
+        for pr in prs:
+            busy = busy | pr.busy | pr.held
+        c.pr_busy = busy
+        src = SimpleNamespace(o=SimpleNamespace(
+            valid=Signal(name="src_valid"), ready=Signal(name="src_ready"),
+            payload=Signal(layout, name="src_payload")))
+        c.seq_src = src
+        empty = queue.level == 0
+        # the lowest lane with a column out of p_ (first: its one-hot)
+        first = Signal(w, name="first_lane")
+        seen = 0
+        for j in range(w):
+            m.d.comb += first[j].eq(prs[j].o.valid & ~seen)
+            seen = seen | prs[j].o.valid
+        head = Signal(layout, name="p_head")
+        with m.Switch(first):
+            for j in range(w):
+                with m.Case(1 << j):
+                    m.d.comb += head.eq(prs[j].o.payload)
+        by = Signal(w, name="bypass")  # the lane that goes to the sequencer directly
+        m.d.comb += by.eq(Mux(empty & src.o.ready, first, 0))
+        with m.If(empty):
+            m.d.comb += [src.o.valid.eq(seen), src.o.payload.eq(head), queue.o.ready.eq(0)]
+        with m.Else():
+            m.d.comb += [src.o.valid.eq(queue.o.valid), src.o.payload.eq(queue.o.payload),
+                         queue.o.ready.eq(src.o.ready)]
+        m.d.comb += [queue.i[j].valid.eq(prs[j].o.valid & ~by[j]) for j in range(w)]
+        # free slots once the columns in the broadcast register and both pointer registers are
+        # queued (`_pointer_stage2`)
+        free = Signal(range(-3 * w, depth + 1), name="free")
+        taken = 0
+        for j, pr in enumerate(prs):
+            taken = taken + pr.busy + pr.held + self.bcw_valid[j]
+        m.d.comb += free.eq(depth - queue.level - taken)
+        m.d.comb += self.room.eq(Mux(free >= 2 * w, 2 * w, Mux(free >= 0, free, 0)))
 
     def _pointer_stage(self, m, c, pev, pod):
         """p_: pointer read (hw/eie/pointer.py) into the column queue."""
