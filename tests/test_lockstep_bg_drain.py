@@ -24,7 +24,7 @@ from images.lockstep import build_lockstep
 from tb.pysim import run_engine
 from tests.test_hw_engine import _inputs
 from tests.test_hw_lockstep import _run_back_to_back
-from tests.test_lockstep_early import NoOverlap
+from tests.test_lockstep_early import NoOverlap, one_at_a_time
 
 
 def _watch(engine, x):
@@ -32,24 +32,7 @@ def _watch(engine, x):
     over x one at a time (outputs always taken)."""
     counts = {"steal": 0, "steal+hold": 0, "steal+slot": 0}
 
-    async def bench(ctx):
-        ctx.set(engine.o_act.ready, 1)
-        for vec in x:
-            got = 0
-            for w in (int(v) for v in vec):
-                ctx.set(engine.i_act.valid, 1)
-                ctx.set(engine.i_act.payload, w)
-                while True:
-                    _, _, rdy, ov = await ctx.tick().sample(engine.i_act.ready,
-                                                            engine.o_act.valid)
-                    got += ov
-                    if rdy:
-                        break
-            ctx.set(engine.i_act.valid, 0)
-            while got < engine.out_features:
-                _, _, ov = await ctx.tick().sample(engine.o_act.valid)
-                got += ov
-            await ctx.tick()
+    bench = one_at_a_time(engine, x)
 
     async def probe(ctx):
         c = engine.probe

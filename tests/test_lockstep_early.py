@@ -39,16 +39,14 @@ class NoOverlap(LockstepEngine):
     bg_drain_allowed = False
 
 
-def _start_under_writes(engine, x):
-    """Layer starts (front end `start`, layer > 0) in a cycle where an output stage still
-    writes an activation (`d3_valid`) or has one on the way, over a run of x one at a time."""
-    c = None
-    seen = []
+def one_at_a_time(engine, x):
+    """An Amaranth-simulator testbench: the vectors of x into `engine` one at a time, each
+    after the previous one's last output word (outputs always taken)."""
 
     async def bench(ctx):
+        ctx.set(engine.o_act.ready, 1)
         for vec in x:
             got = 0
-            ctx.set(engine.o_act.ready, 1)
             for w in (int(v) for v in vec):
                 ctx.set(engine.i_act.valid, 1)
                 ctx.set(engine.i_act.payload, w)
@@ -63,6 +61,17 @@ def _start_under_writes(engine, x):
                 _, _, ov = await ctx.tick().sample(engine.o_act.valid)
                 got += ov
             await ctx.tick()
+
+    return bench
+
+
+def _start_under_writes(engine, x):
+    """Layer starts (front end `start`, layer > 0) in a cycle where an output stage still
+    writes an activation (`d3_valid`) or has one on the way, over a run of x one at a time."""
+    c = None
+    seen = []
+
+    bench = one_at_a_time(engine, x)
 
     async def probe(ctx):
         nonlocal c
