@@ -485,9 +485,6 @@ def compress_model(model: nn.Module, train, val=None, seed: int = 0, max_drop: f
     notes: list[str] = []
 
     work, chain, layers = _network(model)
-    if opts.for_board is not None and chain.has_conv:
-        raise InputError(f"for_board={opts.for_board!r}: conv layers are not supported by the "
-                         "engine yet (the board's pruning pattern is for fully connected layers)")
     d = _data(work, chain, train, val, opts, seed, notes, model)
     if val is None:
         log(f"validation: {len(d.y_val)} examples held out of train (seed {seed}): pass val= "

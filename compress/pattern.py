@@ -46,8 +46,14 @@ PATTERNS = (UNSTRUCTURED, LOCKSTEP)
 
 # The boards a network can be pruned for, and what their engine needs. The iCEBreaker's
 # lockstep engine: 8 PEs, 8-bit entries (4-bit codebook index, 4-bit relative row), two
-# entries in a 16-bit SPRAM word (fpga.boards builds it; a test checks that they agree).
-BOARDS = {"icebreaker": {"pattern": LOCKSTEP, "pes": 8, "rel_bits": 4}}
+# entries in a 16-bit SPRAM word (fpga.boards builds it; a test checks that they agree). A
+# network with conv layers runs in the engine's one-map layout (the slot word of 8 entries in
+# three 16-bit lanes: 6-bit entries, a 2-bit relative row, `images.lockstep.board_rel_bits`):
+# `conv_rel_bits`, for every layer of such a network. Its walker reads a conv layer's columns
+# one a cycle into a queue of `walk_ahead` columns (the board's queue depth): the conv layers'
+# `lockstep_mask` walk_ahead.
+BOARDS = {"icebreaker": {"pattern": LOCKSTEP, "pes": 8, "rel_bits": 4, "conv_rel_bits": 2,
+                         "walk_ahead": 2}}
 
 # The dynamic program's work per pruning step (block x row x window x count elements) above
 # which larger counts take a block's largest weights without the gap bound.
@@ -62,7 +68,7 @@ CHUNK = 1 << 22
 
 
 def board_pattern(board: str) -> dict:
-    """The pattern settings {pattern, pes, rel_bits} for a board name."""
+    """The pattern settings {pattern, pes, rel_bits, conv_rel_bits, walk_ahead} of a board."""
     if board not in BOARDS:
         raise InputError(f"unknown board {board!r}: the boards are {', '.join(BOARDS)}")
     return dict(BOARDS[board])
@@ -73,7 +79,19 @@ def prune_settings(board: str | None) -> dict:
     if board is None:
         return {}
     b = board_pattern(board)
-    return {"pattern": b["pattern"], "pattern_pes": b["pes"], "pattern_rel_bits": b["rel_bits"]}
+    return {"pattern": b["pattern"], "pattern_pes": b["pes"], "pattern_rel_bits": b["rel_bits"],
+            "pattern_conv_rel_bits": b["conv_rel_bits"], "pattern_walk_ahead": b["walk_ahead"]}
+
+
+def as_matrix(weight: np.ndarray) -> np.ndarray:
+    """A layer's weight as the engine's [out, in] matrix: a conv kernel [out_ch, in_ch, kh, kw]
+    as [out_ch, in_ch * kh * kw], columns in (in_ch, ky, kx) order (the qnet's index, and the
+    order in which the board's one-map walker reads a patch)."""
+    w = np.asarray(weight)
+    if w.ndim not in (2, 4):
+        raise InputError(f"a pruning pattern needs a Linear [out, in] or Conv2d "
+                         f"[out, in, kh, kw] weight, not one of shape {w.shape}")
+    return w.reshape(w.shape[0], -1)
 
 
 def check_pattern(pattern: str, pes: int, rel_bits: int) -> None:
@@ -183,7 +201,8 @@ def _split(rows: int, window: int) -> int:
 
 def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
                   bound_gaps: bool = True, split_ends: bool | str = "auto",
-                  hazard_window: int = HAZARD_WINDOW, split: int | None = None) -> np.ndarray:
+                  hazard_window: int = HAZARD_WINDOW, split: int | None = None,
+                  walk_ahead: int | None = None) -> np.ndarray:
     """The balanced mask of one [out, in] layer: a subset of `alive` with about `keep` weights.
 
     Every column keeps the same number of weights in each PE's rows (row p in PE p % pes), as
@@ -195,13 +214,20 @@ def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
     `split_ends="auto"`: split ends where they keep at least 1 - SPLIT_COST of the magnitude
     the layer keeps without them (a layer with many rows per PE, where a column's entries in a
     PE rarely number one; elsewhere the holds are cheaper than the weights a split moves).
+    `walk_ahead` (a conv layer on the board's one-map walker): the columns are read in order,
+    one a cycle, every one of them (as a dense input map makes them), into a queue at most
+    `walk_ahead` columns ahead of the slots; the steps are also taken so that the slots never
+    fall more than that behind the reads (`walk_backlog`, over the column sequence read twice,
+    as the walker reads it again at every position), so a column costs the reader's cycle and
+    no more. Where the count cannot be reached so, the steps left out are taken after the
+    others, in their order.
     Deterministic: ties go to the lower row, column and count.
     """
     if split_ends == "auto" and split is None:
         a = lockstep_mask(weight, alive, keep, pes=pes, rel_bits=rel_bits, bound_gaps=bound_gaps,
-                          split_ends=True)
+                          split_ends=True, walk_ahead=walk_ahead)
         b = lockstep_mask(weight, alive, keep, pes=pes, rel_bits=rel_bits, bound_gaps=bound_gaps,
-                          split_ends=False, hazard_window=hazard_window)
+                          split_ends=False, hazard_window=hazard_window, walk_ahead=walk_ahead)
         w = np.abs(np.asarray(weight, dtype=np.float64))
         return a if w[a].sum() >= (1 - SPLIT_COST) * w[b].sum() else b
     w = np.abs(np.asarray(weight, dtype=np.float64))
@@ -263,6 +289,9 @@ def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
         prev = np.where(ok, t, prev)
     c_idx, t_idx = np.nonzero(key > -np.inf)
     order = np.lexsort((t_idx, c_idx, -key[c_idx, t_idx]))
+    if walk_ahead is not None:
+        order = _walk_order(c_idx[order], t_idx[order], dn[c_idx[order], t_idx[order]], keep,
+                            cols, walk_ahead, order)
     taken = np.cumsum(dn[c_idx[order], t_idx[order]])
     n = min(len(order), int(np.searchsorted(taken, keep)) + 1)
     if n > 1 and taken[n - 1] - keep > keep - taken[n - 2]:
@@ -278,6 +307,41 @@ def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
     else:
         picks = _spread_firsts(val, live, window, tb.reshape(pes, cols), m, hazard_window)
     return _unblocks(picks & live, pes, out)
+
+
+def walk_backlog(lc: np.ndarray) -> int:
+    """The most columns the slots fall behind a reader of one column a cycle over the columns
+    in order, read twice (slots lc[c] each, a column with none costing the read alone): the
+    largest B_k of B_k = max(0, B_(k-1) + lc[k] - 1), B_0 = 0."""
+    x = np.tile(np.asarray(lc, dtype=np.int64) - 1, 2)
+    s = np.cumsum(x)
+    return int(max(0, (s - np.minimum(np.minimum.accumulate(s), 0)).max(initial=0)))
+
+
+def _walk_order(c, t, d, keep: int, cols: int, ahead: int, order: np.ndarray) -> np.ndarray:
+    """`order` (steps by decreasing key: column c[i] to count t[i], adding d[i] weights) with
+    the steps that would let the slots fall more than `ahead` columns behind the reads
+    (`walk_backlog`) moved after the others, once the rest cannot reach `keep`. A column whose
+    step is moved has its later steps moved too (a column's counts are taken in order)."""
+    lc = np.zeros(cols, dtype=np.int64)
+    closed = np.zeros(cols, dtype=bool)
+    first, later = [], []
+    got = 0
+    for i in range(len(c)):
+        if got >= keep:
+            later.append(i)
+            continue
+        if not closed[c[i]]:
+            prev = lc[c[i]]
+            lc[c[i]] = t[i]
+            if walk_backlog(lc) <= ahead:
+                first.append(i)
+                got += int(d[i])
+                continue
+            lc[c[i]] = prev
+            closed[c[i]] = True
+        later.append(i)
+    return order[np.array(first + later, dtype=np.int64)]
 
 
 def _spread_firsts(val, live, window: int, t: np.ndarray, m: np.ndarray,

@@ -10,9 +10,9 @@ Thresholds (`PruneMethod`, built by `make_threshold`):
 * ``percentile``: keep exactly the top ``density`` fraction of the layer by magnitude.
 
 Patterns (`PruneConfig.pattern`): ``unstructured`` keeps what the threshold keeps; ``lockstep``
-(`compress.pattern`, the board's engine) keeps as many weights in every fully connected layer,
-chosen so that each column has the same count in every PE's rows (conv layers stay
-unstructured).
+(`compress.pattern`, the board's engine) keeps as many weights in every layer, chosen so that
+each column has the same count in every PE's rows (a conv layer's columns: its kernel taken as
+the engine's [out_ch, in_ch * kh * kw] matrix).
 
 Schedules:
 
@@ -36,7 +36,7 @@ from torch import nn
 from .data import Split
 from .errors import InputError
 from .models import compressible_layers
-from .pattern import HAZARD_WINDOW, UNSTRUCTURED, check_pattern, lockstep_mask
+from .pattern import HAZARD_WINDOW, UNSTRUCTURED, as_matrix, check_pattern, lockstep_mask
 from .train import TrainConfig, fit, teacher_logits, world
 
 
@@ -114,6 +114,12 @@ class PruneConfig:
     patterns: dict[str, str] = field(default_factory=dict)
     pattern_pes: int = 8
     pattern_rel_bits: int = 4
+    # the relative row bits for every layer of a network with conv layers (the board's CNN
+    # layout has narrower entries: `compress.pattern.BOARDS` conv_rel_bits); None: as above
+    pattern_conv_rel_bits: int | None = None
+    # conv layers: the walker reads every column in order, one a cycle, at most this many
+    # columns ahead of the slots (`lockstep_mask` walk_ahead); None: no such rule
+    pattern_walk_ahead: int | None = None
     pattern_bound_gaps: bool = True
     pattern_split_ends: bool | str = "auto"
     # per layer, as pattern_split_ends (e.g. {"fc2": false}: "auto" measures only the
@@ -128,6 +134,11 @@ class PruneConfig:
         make_threshold(self.method)
         for pat in [self.pattern, *self.patterns.values()]:
             check_pattern(pat, self.pattern_pes, self.pattern_rel_bits)
+            if self.pattern_conv_rel_bits is not None:
+                check_pattern(pat, self.pattern_pes, self.pattern_conv_rel_bits)
+        wa = self.pattern_walk_ahead
+        if wa is not None and (not isinstance(wa, int) or isinstance(wa, bool) or wa < 0):
+            raise InputError(f"pattern_walk_ahead must be an integer >= 0 or null, not {wa!r}")
         if not isinstance(self.pattern_hazard_window, int) or self.pattern_hazard_window < 0:
             raise InputError(f"pattern_hazard_window must be an integer >= 0, not "
                              f"{self.pattern_hazard_window!r}")
@@ -228,10 +239,12 @@ def _apply_patterns(model, layers, old, new, cfg: PruneConfig) -> dict[str, torc
     cost bytes and cycles for nothing; with a coarse pattern units die that magnitude alone
     would have kept alive), so the layer's count goes to live units.
     """
-    patterned = [k for k in new if cfg.patterns.get(k, cfg.pattern) != UNSTRUCTURED
-                 and layers[k].weight.ndim == 2]
+    patterned = [k for k in new if cfg.patterns.get(k, cfg.pattern) != UNSTRUCTURED]
     if not patterned:
         return new
+    has_conv = any(m.weight.ndim == 4 for m in layers.values())
+    rel_bits = (cfg.pattern_conv_rel_bits if has_conv and cfg.pattern_conv_rel_bits is not None
+                else cfg.pattern_rel_bits)
     chain = _chain_names(model, layers)
     order = list(reversed(chain)) if chain else list(new)
     out = dict(new)
@@ -239,17 +252,18 @@ def _apply_patterns(model, layers, old, new, cfg: PruneConfig) -> dict[str, torc
         if name not in patterned:
             continue
         w = layers[name].weight.detach()
-        alive = old[name].cpu().numpy()
+        alive = as_matrix(old[name].cpu().numpy())  # a conv kernel as [out_ch, in_ch*kh*kw]
         if cfg.pattern_drop_dead and chain and name != chain[-1]:
             nxt = chain[chain.index(name) + 1]
             alive = alive & out[nxt].cpu().numpy().any(axis=0)[:, None]
-        pat = lockstep_mask(w.cpu().numpy(), alive, int(new[name].sum()),
-                            pes=cfg.pattern_pes, rel_bits=cfg.pattern_rel_bits,
+        pat = lockstep_mask(as_matrix(w.cpu().numpy()), alive, int(new[name].sum()),
+                            pes=cfg.pattern_pes, rel_bits=rel_bits,
                             bound_gaps=cfg.pattern_bound_gaps,
                             split_ends=cfg.pattern_split_ends_layers.get(
                                 name, cfg.pattern_split_ends),
-                            hazard_window=cfg.pattern_hazard_window)
-        out[name] = torch.from_numpy(pat).to(w.device)
+                            hazard_window=cfg.pattern_hazard_window,
+                            walk_ahead=cfg.pattern_walk_ahead if w.ndim == 4 else None)
+        out[name] = torch.from_numpy(pat.reshape(w.shape)).to(w.device)
     return out
 
 
