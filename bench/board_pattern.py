@@ -354,6 +354,101 @@ def cmd_phases(args) -> int:
     return 0
 
 
+def walk_cycles(lc: np.ndarray, ahead: int) -> int:
+    """Cycles of one sub-position of a conv layer on the one-map walker, modelled: the walker
+    reads column c (in order, every one) in a cycle of its own, at most `ahead` columns before
+    the slots take it; a column takes lc[c] slot cycles, one after another (no holds, no
+    pipeline latency). Columns of zero activation: lc 0."""
+    t_read = end = 0
+    left: list[int] = []  # when each column read so far left the queue
+    for lcc in np.asarray(lc, dtype=np.int64).tolist():
+        r = t_read + 1
+        if len(left) > ahead:
+            r = max(r, left[-ahead - 1])
+        t_read = r
+        start = max(end, r)
+        end = start + lcc
+        left.append(start if lcc else r)
+    return max(end, t_read)
+
+
+def conv_figures(qnet, x: np.ndarray, *, pes: int = PES, ahead: int = 2) -> list[dict]:
+    """Where a CNN's conv cycles go on the board's one-map layout (the image the board builds:
+    `images.lockstep.board_options`), per conv layer, per input on average: the walker's reads
+    (every kernel position of every sub-position), the slot cycles sum L(c) over the non-zero
+    activations, the bound sum ceil(nnz_c / pes), the busiest PE's weights and the mean per
+    column, the fillers at the layout's relative index, columns without a weight, the zero
+    activations the walker reads, the accumulator hazards between consecutive columns of a
+    dense patch, and the cycles `walk_cycles` models (reads and slots through the queue)."""
+    from compress.golden import run_layers
+    from images.balance import _column_ends
+    from images.lockstep import _patches, board_options, build_lockstep, column_maps
+
+    img = build_lockstep(qnet, pes, **board_options(qnet, pes))
+    acts = [x] + run_layers(qnet, x)[:-1]
+    cols, logical = column_maps(img)
+    ptr = np.asarray(img.col_ptr, dtype=np.int64)
+    fw, fr, lw, lr = _column_ends(img)
+    out = []
+    for i, (layer, ll) in enumerate(zip(qnet.layers, img.layers)):
+        g = ll.conv_geom
+        if g is None:
+            continue
+        gc = ll.col_base + np.arange(ll.in_features)
+        lc = ptr[gc + 1] - ptr[gc]  # physical order: the walker's (c, dy, dx)
+        ok = cols[i] >= 0
+        lc_log = np.zeros(logical[i], dtype=np.int64)
+        lc_log[cols[i][ok]] = lc[ok]
+        nz = _patches(np.asarray(acts[i]), g)  # [batch, positions, logical columns]
+        mat = np.asarray(layer.index)[np.asarray(ll.perm)] != 0
+        cnt = np.stack([mat[k::pes].sum(axis=0) for k in range(pes)])
+        nnz = mat.sum(axis=0)
+        ne = np.flatnonzero(lc > 0)
+        hz = ((lw[gc][ne[:-1]] & fw[gc][ne[1:]]) & (lr[gc][ne[:-1]] == fr[gc][ne[1:]])).any(1)
+        pos = nz.shape[1]
+        modelled = np.mean([sum(walk_cycles(np.where(nz[b, p], lc_log, 0), ahead)
+                                for p in range(pos)) for b in range(min(len(x), 5))])
+        out.append({
+            "layer": f"l{i}", "columns": int(ll.in_features), "positions": int(pos),
+            "reads": int(pos * ll.in_features),
+            "zero_reads": float((~nz).sum(axis=(1, 2)).mean()),
+            "slots": float((nz.astype(np.int64) @ lc_log).sum(axis=1).mean()),
+            "slots_dense_position": int(lc.sum()),
+            "bound_dense_position": int((-(-nnz // pes)).sum()),
+            "busiest_pe": float(cnt.max(axis=0).mean()), "mean_pe": float(cnt.mean()),
+            "fillers": _fillers(img, ll),
+            "empty_columns": int((nnz == 0).sum()),
+            "hazards_dense_position": int(hz.sum()),
+            "modelled": float(modelled)})
+    return out
+
+
+def _fillers(img, ll) -> int:
+    """Filler entries (v = 0 before a weight) of a layer in its image."""
+    mask = (1 << img.index_bits) - 1
+    a, b = int(img.col_ptr[ll.col_base]), int(img.col_ptr[ll.col_base + ll.in_features])
+    ent = img.slots[a:b].astype(np.int64)
+    v, z = ent & mask, ent >> img.index_bits
+    return int(((v == 0) & (z == (1 << img.rel_bits) - 1)).sum())
+
+
+def cmd_conv(args) -> int:
+    """Where the conv layers' cycles go on the board's one-map layout (numpy, no RTL)."""
+    from compress.data import load_split
+    from compress.golden import mnist_to_input
+    from compress.shipped import load_model
+
+    qnet, name = load_model(args.model)
+    split = load_split("test", args.data)
+    x = mnist_to_input(split.images[args.start: args.start + args.count], qnet.input_frac)
+    rows = conv_figures(qnet, x)
+    keys = list(rows[0]) if rows else []
+    print(f"{name}: {len(x)} digits, the one-map layout at {PES} PEs (modelled: 5 digits)")
+    print(md_table(keys, [[r[k] if not isinstance(r[k], float) else f"{r[k]:.1f}" for k in keys]
+                          for r in rows]))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.board_pattern",
                                 description=__doc__.split("\n")[0])
@@ -381,9 +476,14 @@ def main(argv=None) -> int:
     ph.add_argument("--data", required=True, help="MNIST directory")
     ph.add_argument("--count", type=int, default=50)
     ph.add_argument("--start", type=int, default=0, help="first test digit (0)")
+    cv = sub.add_parser("conv", help="where a CNN's conv cycles go on the one-map layout")
+    cv.add_argument("--model", required=True)
+    cv.add_argument("--data", required=True, help="MNIST directory")
+    cv.add_argument("--count", type=int, default=20)
+    cv.add_argument("--start", type=int, default=0, help="first test digit (0)")
     args = p.parse_args(argv)
     return {"lenet": cmd_lenet, "user": cmd_user, "rtl": cmd_rtl,
-            "phases": cmd_phases}[args.cmd](args)
+            "phases": cmd_phases, "conv": cmd_conv}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,199 @@
+"""The board's pruning pattern on conv layers (compress.pattern, `for_board` on a CNN).
+
+A conv layer is pruned as the engine's [out_ch, in_ch * kh * kw] matrix: every column (one
+kernel position of one input channel) keeps the same count in every PE's rows (output channel
+p in PE p % 8), no gap needs a filler at the one-map layout's 2-bit relative rows, and the
+columns' slots never fall more than the walker's queue behind its reads (`walk_ahead`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import compress
+from compress.errors import InputError
+from compress.pattern import (BOARDS, as_matrix, board_pattern, lockstep_mask, prune_settings,
+                              walk_backlog)
+from compress.prune import PruneConfig, full_masks, update_masks
+from images.placement import layer_slots
+
+PES = 8
+REL = BOARDS["icebreaker"]["conv_rel_bits"]
+
+
+def _blocks_even(m: np.ndarray, pes: int = PES) -> bool:
+    """Every column: each PE keeps the column's count, or all its rows when it has fewer."""
+    rows = np.array([len(range(k, m.shape[0], pes)) for k in range(pes)])
+    cnt = np.stack([m[k::pes].sum(axis=0) for k in range(pes)])  # [pes, cols]
+    top = cnt.max(axis=0)
+    return bool(np.all((cnt == top[None, :]) | (cnt == rows[:, None])))
+
+
+def _walk_loop(lc) -> int:
+    """walk_backlog by its definition: the slots' lag behind one read a cycle, read twice."""
+    b = most = 0
+    for v in list(lc) * 2:
+        b = max(0, b + int(v) - 1)
+        most = max(most, b)
+    return most
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_walk_backlog_is_its_definition(seed):
+    rng = np.random.default_rng(seed)
+    lc = rng.integers(0, 4, rng.integers(1, 60)) * (rng.random(1) < 0.9)
+    assert walk_backlog(lc) == _walk_loop(lc)
+    assert walk_backlog(np.zeros(5, int)) == 0 and walk_backlog(np.ones(7, int)) == 0
+    assert walk_backlog([2, 0, 2, 0]) == 1 and walk_backlog([3, 3, 0]) == 7  # 2, 4, 3, then again
+
+
+@pytest.mark.parametrize("out, c, k, density, ahead", [
+    (50, 20, 5, 0.12, 2), (50, 20, 5, 0.12, 1), (20, 1, 5, 0.75, 2), (16, 6, 3, 0.2, 2),
+    (12, 3, 3, 0.3, 0), (10, 4, 1, 0.5, 2)])
+def test_conv_kernel_pattern(out, c, k, density, ahead):
+    """The conv kernel's matrix: even blocks, no fillers at 2 bits, the count kept, and the
+    walker's queue bound wherever the count allows it."""
+    rng = np.random.default_rng(out * c + k)
+    w = rng.normal(size=(out, c, k, k))
+    mat = as_matrix(w)
+    keep = int(round(density * mat.size))
+    m = lockstep_mask(mat, np.ones_like(mat, bool), keep, rel_bits=REL, walk_ahead=ahead)
+    assert m.shape == mat.shape and _blocks_even(m)
+    s = layer_slots(m.astype(np.uint8), PES, rel_bits=REL)
+    assert s["fillers"] == 0 and s["slots"] == s["bound"]
+    assert abs(int(m.sum()) - keep) <= 2 * PES  # the nearest whole step
+    lc = np.stack([m[j::PES].sum(axis=0) for j in range(PES)]).max(axis=0)
+    if keep <= mat.shape[1] * PES * 0.75:  # room for one slot a column, with empty ones
+        assert walk_backlog(lc) <= ahead
+    free = lockstep_mask(mat, np.ones_like(mat, bool), keep, rel_bits=REL)
+    assert np.abs(mat[free]).sum() >= np.abs(mat[m]).sum() - 1e-9  # the rule costs magnitude
+
+
+def test_walk_ahead_cannot_lower_the_count():
+    """Every column needs two slots (15 of 20 weights): the queue bound cannot hold; the count
+    is still the layer's, the steps the bound left out taken after the others."""
+    w = np.random.default_rng(1).normal(size=(20, 25))
+    m = lockstep_mask(w, np.ones_like(w, bool), 375, rel_bits=REL, walk_ahead=2)
+    assert abs(int(m.sum()) - 375) <= 2 * PES and _blocks_even(m)
+    assert np.array_equal(m, lockstep_mask(w, np.ones_like(w, bool), 375, rel_bits=REL,
+                                           walk_ahead=2))  # deterministic
+
+
+def test_refusals():
+    with pytest.raises(InputError, match="Conv2d"):
+        as_matrix(np.ones((2, 3, 4)))
+    with pytest.raises(InputError, match="pattern_walk_ahead"):
+        PruneConfig(pattern_walk_ahead=-1).validate([])
+    with pytest.raises(InputError, match="rel_bits"):
+        PruneConfig(pattern="lockstep", pattern_conv_rel_bits=0).validate([])
+    with pytest.raises(InputError, match="unknown board"):
+        prune_settings("ulx3s")
+
+
+def test_the_cnn_settings_are_the_boards_one_map_layout():
+    """conv_rel_bits is the relative row of the one-map layout at the board's PE count, and
+    walk_ahead the board's queue depth."""
+    from compress.synthetic import random_cnn
+    from fpga.boards import engine_params, get_board
+    from images import get
+    from images.lockstep import board_options, build_lockstep
+
+    b = board_pattern("icebreaker")
+    board = get_board("icebreaker")
+    pes = get(board.engine).defaults_for(board.name, board.family).pes
+    q = random_cnn(seed=0)
+    img = build_lockstep(q, pes, **board_options(q, pes))
+    assert img.one_map and img.rel_bits == b["conv_rel_bits"]
+    assert engine_params(img, "icebreaker").queue_depth == b["walk_ahead"]
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 12, 3, padding=1)
+        self.c2 = nn.Conv2d(12, 20, 3)
+        self.fc = nn.Linear(20 * 2 * 2, 3)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(self.c1(x), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.c2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+def test_prune_config_patterns_conv_layers_every_step():
+    torch.manual_seed(0)
+    model = SmallCNN()
+    cfg = PruneConfig(levels={"c1": 0.6, "c2": 0.15, "fc": 0.5},
+                      **prune_settings("icebreaker")).validate(["c1", "c2", "fc"])
+    masks = full_masks(model)
+    for s in range(1, 4):
+        old = masks
+        masks = update_masks(model, masks, cfg, s, 3)
+        for k in masks:
+            assert not (masks[k] & ~old[k]).any()  # a subset of the previous mask
+    for k in ("c1", "c2", "fc"):
+        m = masks[k].numpy().reshape(masks[k].shape[0], -1)
+        assert _blocks_even(m), k
+        s = layer_slots(m.astype(np.uint8), PES, rel_bits=REL)
+        assert s["fillers"] == 0 and s["slots"] == s["bound"], k
+    w2 = masks["c2"].numpy().reshape(20, -1)
+    lc = np.stack([w2[j::PES].sum(axis=0) for j in range(PES)]).max(axis=0)
+    assert walk_backlog(lc) <= BOARDS["icebreaker"]["walk_ahead"]
+    # the weights pruned stay 0 in the model
+    assert (model.c2.weight.detach()[~masks["c2"]] == 0).all()
+
+
+def _images(n, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.random((n, 1, 12, 12)).astype(np.float32) * 0.3
+    for c in range(3):
+        x[y == c, 0, 4 * c: 4 * c + 3, :] += 1.0
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def board_cnn():
+    x, y = _images(300, 0)
+    torch.manual_seed(0)
+    m = SmallCNN()
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    for _ in range(40):
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        opt.step()
+    return compress.compress_model(
+        m, train=(x, y), seed=0, progress=False, prune_rounds=2, round_steps=(40, 100),
+        attempts=1, densities={"c1": 0.6, "c2": 0.15, "fc": 0.5}, for_board="icebreaker"), x
+
+
+def test_for_board_cnn_end_to_end(board_cnn):
+    """compress_model(for_board=...) on a CNN: the qnet's conv layers in the pattern, the
+    board's image keeps their rows in logical order with no filler, and the board's engine
+    (one-map layout, Amaranth simulator) computes it exactly."""
+    from compress.golden import golden
+    from images.lockstep import board_options, build_lockstep
+    from tb.pysim import run_engine
+
+    from .test_lockstep_board_conv import _board_engine
+
+    result, x = board_cnn
+    q = result.qnet
+    assert [ly.kind for ly in q.layers] == ["conv", "conv", "fc"]
+    for ly in q.layers:
+        assert _blocks_even(np.asarray(ly.index) != 0)
+    opts = board_options(q, PES)
+    assert opts == {"one_map": True, "rel_bits": REL}
+    img = build_lockstep(q, PES, **opts)
+    for ll in img.layers:  # the pattern's placement kept: logical order
+        assert np.array_equal(ll.perm, np.arange(len(ll.perm)))
+    for ly in q.layers:
+        s = layer_slots(np.asarray(ly.index), PES, rel_bits=REL)
+        assert s["fillers"] == 0 and s["slots"] == s["bound"]
+    xi = compress.api.encode_inputs(x[:3], q)
+    y, cycles, lcs = run_engine(_board_engine(img), xi, seed=0, max_cycles=200_000)
+    np.testing.assert_array_equal(y, golden(q, xi))
+    assert np.all(lcs > 0)
