@@ -297,6 +297,9 @@ def build_parser():
                         "INFER frame takes minutes under load)")
     h.add_argument("--no-spram", action="store_true",
                    help="--sim: every memory initialised (no SPRAM, no weight load)")
+    h.add_argument("--no-overlap", action="store_true",
+                   help="--sim, lockstep engine: the engine `fpga build --no-overlap` builds "
+                        "(layer 1 not under layer 0's drain)")
     _common(h)
     h.set_defaults(run=cmd_run)
     return parser

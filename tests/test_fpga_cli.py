@@ -410,11 +410,15 @@ def test_build_drops_the_lockstep_overlap_before_seed_or_clock(tmp_path, monkeyp
 
 def test_build_flags_refused_in_one_line(tmp_path):
     """--time-budget below 0 and --no-overlap on an engine without it: exit 2 before any work."""
-    for extra, what in ((["--time-budget", "-1"], "--time-budget"),
-                        (["--engine", "eie", "--no-overlap"], "--no-overlap")):
-        res = subprocess.run([sys.executable, "-m", "fpga", "build", "--build-dir",
-                              str(tmp_path), *extra], capture_output=True, text=True, cwd=REPO)
-        assert res.returncode == 2 and res.stderr.count("\n") == 1 and what in res.stderr
+    for extra, what in ((["build", "--time-budget", "-1"], "--time-budget"),
+                        (["build", "--engine", "eie", "--no-overlap"], "--no-overlap"),
+                        (["run", "--sim", "--engine", "eie", "--no-overlap"], "--no-overlap"),
+                        (["run", "--port", "/dev/null", "--no-overlap"], "only with --sim")):
+        res = subprocess.run([sys.executable, "-m", "fpga", *extra,
+                              *(["--build-dir", str(tmp_path)] if extra[0] == "build" else [])],
+                             capture_output=True, text=True, cwd=REPO)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1 and what in res.stderr, \
+            res.stderr
     assert not any(tmp_path.iterdir())
 
 
