@@ -28,6 +28,15 @@ logical order (row p in PE p % N, what the image then keeps):
   and the steps are taken by decreasing magnitude per slot (each column's steps in order)
   until the layer holds its count. With N = 1 and no rules this is magnitude pruning.
 
+* Conv layers: the kernel as the engine's [out_ch, in_ch * kh * kw] matrix (`as_matrix`;
+  output channel p in PE p % N, a column one (in_ch, ky, kx)). In a network with conv layers
+  every layer takes the board's one-map layout's relative index (`conv_rel_bits`: 2 bits on
+  the iCEBreaker), and a conv layer's steps also keep `walk_ahead`: the board's walker reads
+  every column of a patch in order, one a cycle, into a queue of that many columns, so a
+  column's slots beyond its read cycle wait unless columns without weights follow; the steps
+  are taken so that the slots never fall further behind the reads than the queue holds
+  (`walk_backlog`): a conv layer with a dense input map then costs the walker's reads, no more.
+
 `lockstep_mask` is the pattern for one layer; `compress.prune` applies it in every pruning step
 (`PruneConfig.pattern`), with the same count the unstructured threshold keeps (so the densities
 are the same), and in a chain of Linear layers it drops the incoming weights of units the next

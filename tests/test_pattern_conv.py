@@ -158,6 +158,7 @@ def _images(n, seed):
 @pytest.fixture(scope="module")
 def board_cnn():
     x, y = _images(300, 0)
+    val = _images(500, 1)
     torch.manual_seed(0)
     m = SmallCNN()
     opt = torch.optim.Adam(m.parameters(), 1e-2)
@@ -166,8 +167,9 @@ def board_cnn():
         nn.functional.cross_entropy(m(torch.from_numpy(x)), torch.from_numpy(y)).backward()
         opt.step()
     return compress.compress_model(
-        m, train=(x, y), seed=0, progress=False, prune_rounds=2, round_steps=(40, 100),
-        attempts=1, densities={"c1": 0.6, "c2": 0.15, "fc": 0.5}, for_board="icebreaker"), x
+        m, train=(x, y), val=val, max_drop=2.0, seed=0, progress=False, prune_rounds=2,
+        round_steps=(40, 100), attempts=1, densities={"c1": 0.6, "c2": 0.15, "fc": 0.5},
+        for_board="icebreaker"), x
 
 
 def test_for_board_cnn_end_to_end(board_cnn):
@@ -193,7 +195,7 @@ def test_for_board_cnn_end_to_end(board_cnn):
     for ly in q.layers:
         s = layer_slots(np.asarray(ly.index), PES, rel_bits=REL)
         assert s["fillers"] == 0 and s["slots"] == s["bound"]
-    xi = compress.api.encode_inputs(x[:3], q)
+    xi = compress.api.encode_inputs(x[:2], q)
     y, cycles, lcs = run_engine(_board_engine(img), xi, seed=0, max_cycles=200_000)
     np.testing.assert_array_equal(y, golden(q, xi))
     assert np.all(lcs > 0)
