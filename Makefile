@@ -32,7 +32,7 @@ PES ?= 8
 BOARD ?= icebreaker
 JOBS ?= 2
 
-.PHONY: setup sim sim-sweep test test-long bitstream bench bench-scale clean iverilog models models-board compress-full verilator verify-mnist
+.PHONY: setup sim sim-sweep test test-long bitstream bench bench-scale clean iverilog models models-board models-board-lenet-5 compress-full verilator verify-mnist
 
 setup: $(STAMP)
 
@@ -125,6 +125,18 @@ models-board: setup
 	  --baseline build/models/lenet-300-100/dense.npz --stages prune,quantize,fixedpoint \
 	  --for-board icebreaker $(BOARD_RECIPE) --out build/models/lenet-300-100-board \
 	  --ship compress/models --ship-name lenet-300-100-board
+
+# LeNet-5 pruned in the board's pattern (compress/models/lenet-5-board.*, docs/board-pattern.md
+# "Conv layers"): the shipped LeNet-5's dense model (seed 0), recipe and densities, pruned for the
+# iCEBreaker's one-map layout. The dense model is trained first when build/models has none.
+models-board-lenet-5: setup
+	@test -f build/models/lenet-5/dense.npz || $(PY) -m compress pipeline \
+	  --arch lenet-5 --data $(call q,MNIST_DIR) --seed 0 --stages train \
+	  --out build/models/lenet-5
+	$(PY) -m compress pipeline --arch lenet-5 --data $(call q,MNIST_DIR) --seed 0 \
+	  --baseline build/models/lenet-5/dense.npz --stages prune,quantize,fixedpoint \
+	  --for-board icebreaker --out build/models/lenet-5-board \
+	  --ship compress/models --ship-name lenet-5-board
 
 # The full runs whose figures the issue notes report (summary.json, report.txt, weights.png).
 compress-full: setup

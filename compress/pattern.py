@@ -61,8 +61,12 @@ PATTERNS = (UNSTRUCTURED, LOCKSTEP)
 # `conv_rel_bits`, for every layer of such a network. Its walker reads a conv layer's columns
 # one a cycle into a queue of `walk_ahead` columns (the board's queue depth): the conv layers'
 # `lockstep_mask` walk_ahead.
+# `cnn_fc_pattern`: the fc layers of such a network stay unstructured: at 2-bit relative rows
+# the gap bound confines an fc layer's weights to the first rows of every PE (LeNet-5's fc1 of
+# 63 rows a PE then reads 233 of its 800 inputs, and the network's test error doubles:
+# docs/board-pattern.md "Conv layers"), and the conv layers are where the cycles are.
 BOARDS = {"icebreaker": {"pattern": LOCKSTEP, "pes": 8, "rel_bits": 4, "conv_rel_bits": 2,
-                         "walk_ahead": 2}}
+                         "walk_ahead": 2, "cnn_fc_pattern": UNSTRUCTURED}}
 
 # The dynamic program's work per pruning step (block x row x window x count elements) above
 # which larger counts take a block's largest weights without the gap bound.
@@ -77,7 +81,8 @@ CHUNK = 1 << 22
 
 
 def board_pattern(board: str) -> dict:
-    """The pattern settings {pattern, pes, rel_bits, conv_rel_bits, walk_ahead} of a board."""
+    """The pattern settings {pattern, pes, rel_bits, conv_rel_bits, walk_ahead,
+    cnn_fc_pattern} of a board."""
     if board not in BOARDS:
         raise InputError(f"unknown board {board!r}: the boards are {', '.join(BOARDS)}")
     return dict(BOARDS[board])
@@ -89,7 +94,8 @@ def prune_settings(board: str | None) -> dict:
         return {}
     b = board_pattern(board)
     return {"pattern": b["pattern"], "pattern_pes": b["pes"], "pattern_rel_bits": b["rel_bits"],
-            "pattern_conv_rel_bits": b["conv_rel_bits"], "pattern_walk_ahead": b["walk_ahead"]}
+            "pattern_conv_rel_bits": b["conv_rel_bits"], "pattern_walk_ahead": b["walk_ahead"],
+            "pattern_cnn_fc": b["cnn_fc_pattern"]}
 
 
 def as_matrix(weight: np.ndarray) -> np.ndarray:

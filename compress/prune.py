@@ -120,6 +120,9 @@ class PruneConfig:
     # conv layers: the walker reads every column in order, one a cycle, at most this many
     # columns ahead of the slots (`lockstep_mask` walk_ahead); None: no such rule
     pattern_walk_ahead: int | None = None
+    # the pattern of the fc layers of a network with conv layers (None: `pattern`); `patterns`
+    # names a layer's own
+    pattern_cnn_fc: str | None = None
     pattern_bound_gaps: bool = True
     pattern_split_ends: bool | str = "auto"
     # per layer, as pattern_split_ends (e.g. {"fc2": false}: "auto" measures only the
@@ -132,7 +135,8 @@ class PruneConfig:
 
     def validate(self, layer_names) -> "PruneConfig":
         make_threshold(self.method)
-        for pat in [self.pattern, *self.patterns.values()]:
+        for pat in [self.pattern, *self.patterns.values(),
+                    *([self.pattern_cnn_fc] if self.pattern_cnn_fc is not None else [])]:
             check_pattern(pat, self.pattern_pes, self.pattern_rel_bits)
             if self.pattern_conv_rel_bits is not None:
                 check_pattern(pat, self.pattern_pes, self.pattern_conv_rel_bits)
@@ -239,10 +243,18 @@ def _apply_patterns(model, layers, old, new, cfg: PruneConfig) -> dict[str, torc
     cost bytes and cycles for nothing; with a coarse pattern units die that magnitude alone
     would have kept alive), so the layer's count goes to live units.
     """
-    patterned = [k for k in new if cfg.patterns.get(k, cfg.pattern) != UNSTRUCTURED]
+    has_conv = any(m.weight.ndim == 4 for m in layers.values())
+
+    def pattern_of(k):
+        if k in cfg.patterns:
+            return cfg.patterns[k]
+        if has_conv and layers[k].weight.ndim == 2 and cfg.pattern_cnn_fc is not None:
+            return cfg.pattern_cnn_fc
+        return cfg.pattern
+
+    patterned = [k for k in new if pattern_of(k) != UNSTRUCTURED]
     if not patterned:
         return new
-    has_conv = any(m.weight.ndim == 4 for m in layers.values())
     rel_bits = (cfg.pattern_conv_rel_bits if has_conv and cfg.pattern_conv_rel_bits is not None
                 else cfg.pattern_rel_bits)
     chain = _chain_names(model, layers)

@@ -3,7 +3,8 @@
 compress/models/ holds the default network, LeNet-300-100 trained, pruned, quantized and packed
 from scratch (`make models`): its .dcz and the qnet that unpacking it gives, and 100 MNIST test
 digits; beside it the same network pruned in the board's pattern (lenet-300-100-board.*), the
-one the iCEBreaker's bitstream is built for. Here, not in `compress.models` (the PyTorch
+one the iCEBreaker's bitstream is built for, and LeNet-5 pruned in the board's pattern for its
+CNN layout (lenet-5-board.*). Here, not in `compress.models` (the PyTorch
 architectures), so that a path costs no torch import.
 """
 
@@ -21,6 +22,9 @@ SAMPLE_DIGITS = SHIPPED_DIR / "mnist-test-100.npz"
 # what the iCEBreaker's bitstream is built for by default.
 BOARD_QNET = SHIPPED_DIR / "lenet-300-100-board.qnet.npz"
 BOARD_DCZ = SHIPPED_DIR / "lenet-300-100-board.dcz"
+# LeNet-5 pruned in the board's pattern for its CNN layout (`make models-board-lenet-5`)
+BOARD_CNN_QNET = SHIPPED_DIR / "lenet-5-board.qnet.npz"
+BOARD_CNN_DCZ = SHIPPED_DIR / "lenet-5-board.dcz"
 
 LENET = (784, 300, 100, 10)
 SYNTHETIC = "synthetic"  # a model spec: the synthetic stand-in; "synthetic:784-32-10": other sizes

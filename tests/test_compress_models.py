@@ -8,7 +8,8 @@ from compress import dcz
 from compress.data import load_sample
 from compress.golden import golden, mnist_to_input, predict, run_layers
 from compress.qnet import load_qnet
-from compress.shipped import BOARD_DCZ, BOARD_QNET, SHIPPED_DCZ, SHIPPED_QNET
+from compress.shipped import (BOARD_CNN_DCZ, BOARD_CNN_QNET, BOARD_DCZ, BOARD_QNET, SHIPPED_DCZ,
+                              SHIPPED_QNET)
 
 DCZ, QNET = SHIPPED_DCZ, SHIPPED_QNET
 
@@ -103,3 +104,36 @@ def test_shipped_board_network_is_in_the_pattern_at_the_issue_27_budget(mnist_di
     test = load_split("test", mnist_dir)
     y = golden(q, mnist_to_input(test.images, q.input_frac))
     assert 100.0 * float(np.mean(predict(y) != test.labels)) <= 1.60
+
+
+@pytest.mark.skipif(not BOARD_CNN_DCZ.exists(), reason="the board's LeNet-5 is not shipped")
+def test_shipped_board_lenet5_is_in_the_pattern_and_near_the_default(mnist_dir):
+    """compress/models/lenet-5-board.*: the .dcz unpacks to the qnet (LeNet-5's shapes, 4-bit
+    codebooks); its conv layers are in the board's pattern for the one-map layout (every
+    column even over 8 PEs, no filler at 2-bit relative rows, conv2's slots never more than
+    the walker's queue behind its reads), its fc layers unstructured; the densities are the
+    default LeNet-5's to within a step of 8; and the integer network is within 0.1 points of
+    the default's test error (0.57 %) at a ratio at least the default's (94.2x)
+    (`make models-board-lenet-5`: 98.7x at 0.63 %)."""
+    from compress.data import load_split
+    from compress.pattern import BOARDS, walk_backlog
+    from images.balance import layer_slots
+
+    q = load_qnet(BOARD_CNN_QNET, index_bits=4)
+    blob = BOARD_CNN_DCZ.read_bytes()
+    assert blob[4] == 3 and dcz.unpack(blob).equals(q)
+    assert [ly.index.shape for ly in q.layers] == [(20, 25), (50, 500), (500, 800), (10, 500)]
+    default = load_qnet(DCZ.parent / "lenet-5.qnet.npz", index_bits=4)
+    for ly, d in zip(q.layers, default.layers):
+        assert abs(int((ly.index != 0).sum()) - int((d.index != 0).sum())) <= 8
+    b = BOARDS["icebreaker"]
+    for ly in q.layers[:2]:
+        s = layer_slots(ly.index, b["pes"], rel_bits=b["conv_rel_bits"])
+        assert s["fillers"] == 0 and s["slots"] == s["bound"], s
+    conv2 = q.layers[1].index != 0
+    lc = np.stack([conv2[k::8].sum(axis=0) for k in range(8)]).max(axis=0)
+    assert walk_backlog(lc) <= b["walk_ahead"]
+    assert 1_724_320 / len(blob) >= 94.2
+    test = load_split("test", mnist_dir)
+    y = golden(q, mnist_to_input(test.images, q.input_frac))
+    assert 100.0 * float(np.mean(predict(y) != test.labels)) <= 0.57 + 0.1

@@ -134,16 +134,44 @@ def test_prune_config_patterns_conv_layers_every_step():
         masks = update_masks(model, masks, cfg, s, 3)
         for k in masks:
             assert not (masks[k] & ~old[k]).any()  # a subset of the previous mask
-    for k in ("c1", "c2", "fc"):
+    for k in ("c1", "c2"):
         m = masks[k].numpy().reshape(masks[k].shape[0], -1)
         assert _blocks_even(m), k
         s = layer_slots(m.astype(np.uint8), PES, rel_bits=REL)
         assert s["fillers"] == 0 and s["slots"] == s["bound"], k
+    # the fc layer of a CNN: unstructured (the board's cnn_fc_pattern), the threshold's count
+    assert int(masks["fc"].sum()) == round(0.5 * masks["fc"].numel())
     w2 = masks["c2"].numpy().reshape(20, -1)
     lc = np.stack([w2[j::PES].sum(axis=0) for j in range(PES)]).max(axis=0)
     assert walk_backlog(lc) <= BOARDS["icebreaker"]["walk_ahead"]
     # the weights pruned stay 0 in the model
     assert (model.c2.weight.detach()[~masks["c2"]] == 0).all()
+
+
+def test_a_cnns_fc_layers_unstructured_unless_named():
+    """cnn_fc_pattern keeps a CNN's fc layers unstructured; `patterns` names a layer's own; an
+    MLP's fc layers take the pattern as before."""
+    torch.manual_seed(1)
+    model = SmallCNN()
+    names = ["c1", "c2", "fc"]
+    board = prune_settings("icebreaker")
+    assert board["pattern_cnn_fc"] == "unstructured"
+    ref = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def fc_mask(**kw):
+        model.load_state_dict(ref)
+        cfg = PruneConfig(levels={"c1": 0.6, "c2": 0.15, "fc": 0.3}, **{**board, **kw})
+        masks = update_masks(model, full_masks(model), cfg.validate(names), 1, 1)
+        return masks["fc"].numpy()
+
+    w = np.abs(ref["fc.weight"].numpy())
+    un = fc_mask()
+    assert un.sum() == round(0.3 * w.size) and w[un].min() >= w[~un].max()  # magnitude
+    pat = fc_mask(patterns={"fc": "lockstep"})
+    assert _blocks_even(pat) and not np.array_equal(pat, un)
+    assert np.array_equal(fc_mask(pattern_cnn_fc=None), pat)
+    with pytest.raises(InputError, match="pruning pattern"):
+        PruneConfig(pattern_cnn_fc="banded").validate(names)
 
 
 def _images(n, seed):
@@ -185,14 +213,14 @@ def test_for_board_cnn_end_to_end(board_cnn):
     result, x = board_cnn
     q = result.qnet
     assert [ly.kind for ly in q.layers] == ["conv", "conv", "fc"]
-    for ly in q.layers:
+    for ly in q.layers[:2]:  # the conv layers (the fc layer unstructured)
         assert _blocks_even(np.asarray(ly.index) != 0)
     opts = board_options(q, PES)
     assert opts == {"one_map": True, "rel_bits": REL}
     img = build_lockstep(q, PES, **opts)
-    for ll in img.layers:  # the pattern's placement kept: logical order
+    for ll in img.layers[:2]:  # the pattern's placement kept: logical order
         assert np.array_equal(ll.perm, np.arange(len(ll.perm)))
-    for ly in q.layers:
+    for ly in q.layers[:2]:
         s = layer_slots(np.asarray(ly.index), PES, rel_bits=REL)
         assert s["fillers"] == 0 and s["slots"] == s["bound"]
     xi = compress.api.encode_inputs(x[:2], q)

@@ -240,7 +240,8 @@ def _pipeline_args(p):
                         "(default 3)")
     p.add_argument("--for-board", default=None, metavar="BOARD",
                    help="prune in the pattern of BOARD's engine (icebreaker: every column even "
-                        "over the lockstep engine's 8 PEs; default: unstructured)")
+                        "over the lockstep engine's 8 PEs, a conv layer's kernel as its "
+                        "[out_ch, in_ch*kh*kw] matrix; default: unstructured)")
     p.add_argument("--baseline", default=None, help="start from this dense checkpoint")
     p.add_argument("--out", default=None, help="output directory (default build/compress; with "
                                               "--model: a new or empty directory, see --force)")
