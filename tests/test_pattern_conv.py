@@ -227,3 +227,34 @@ def test_for_board_cnn_end_to_end(board_cnn):
     y, cycles, lcs = run_engine(_board_engine(img), xi, seed=0, max_cycles=200_000)
     np.testing.assert_array_equal(y, golden(q, xi))
     assert np.all(lcs > 0)
+
+
+def test_walk_cycles_and_conv_figures():
+    """bench.board_pattern's conv measurement: the walker model's corners, and per conv layer
+    reads = positions x columns and the slot cycles `lockstep_cycles` counts."""
+    from bench.board_pattern import conv_figures, walk_cycles
+    from compress.synthetic import random_cnn, random_inputs
+    from images.lockstep import board_options, build_lockstep, lockstep_cycles
+
+    # a slot starts the cycle its column is read, so the last one ends a cycle after
+    assert walk_cycles([1] * 10, 2) == 11 and walk_cycles([0] * 7, 2) == 7
+    assert walk_cycles([2, 0] * 5, 2) == 11  # an empty column pays for a two-slot one
+    assert walk_cycles([2] * 10, 2) == 21  # the slots bind
+    # the queue lets the walker read on while a column's slots run: 11 cycles without, 10
+    late = [3, 1, 1, 1, 0, 0, 0, 0, 1]
+    assert (walk_cycles(late, 0), walk_cycles(late, 2)) == (11, 10)
+    q = random_cnn(seed=3)
+    x = random_inputs(4, q.in_features, seed=0)
+    rows = conv_figures(q, x)
+    img = build_lockstep(q, PES, **board_options(q, PES))
+    from compress.golden import run_layers
+
+    slots = lockstep_cycles(img, [x] + run_layers(q, x)[:-1]).mean(axis=0)
+    conv = [i for i, ly in enumerate(q.layers) if ly.is_conv]
+    assert [r["layer"] for r in rows] == [f"l{i}" for i in conv]
+    for r, i in zip(rows, conv):
+        g = img.layers[i].conv_geom
+        assert r["reads"] == g.passes * g.subs * img.layers[i].in_features
+        assert r["slots"] == pytest.approx(slots[i])
+        assert r["modelled"] >= r["reads"]  # every column read, one a cycle
+        assert r["fillers"] >= 0 and 0 <= r["empty_columns"] <= r["columns"]
