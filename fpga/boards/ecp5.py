@@ -80,17 +80,11 @@ class Memories(MemoryFactory):
         return super().__call__(m, spec)
 
 
-# The image options of the board's engines (`fpga.flow.resources.board_image`): none by
-# default (the engine's own image, as built and timed at 50 MHz).
-IMAGE_OPTIONS = {}
-
-# The four-wide option (docs/fpga.md section 7): the EIE engine's parameters and image options
-# that give LeNet-300-100 76 % MAC utilisation on the simulated board (four columns a cycle,
-# queues of 20, the relative index chosen for the fewest cycles: 4 bits there, 18 cycles a
-# digit fewer than the smallest memories' 3). Not the default: its front end's four lanes are
-# found one after the other (four carry chains) and it routed at 34.7 MHz against 50.
-FOUR_WIDE = {"params": {"pipelined": True, "issue_width": 4, "queue_depth": 20},
-             "image": {"rel_bits": "fast"}}
+# The image options of the board's engines (`fpga.flow.resources.board_image`): the EIE
+# engine's relative row index chosen for the fewest cycles (`images.eie.choose_rel_bits_fast`;
+# LeNet-300-100 at 16 PEs: 4 bits, 18 cycles a digit fewer than the smallest memories' 3). Block
+# RAM is plentiful here; the entries' wider words cost no more blocks.
+IMAGE_OPTIONS = {"eie": {"rel_bits": "fast"}}
 
 
 # ---- the clock: EHXPLLL on the board's oscillator -------------------------------------------
