@@ -60,7 +60,7 @@ def test_parameters_and_refusals():
 
 def test_four_wide_parameters_and_refusals():
     """Four columns a cycle: the pipelined engine's only (four read ports on each pointer bank,
-    no other memory), fully connected layers only; the ECP5 boards' default (queues of 20),
+    no other memory), fully connected layers only; the ULX3S's four-wide option (queues of 20),
     dropped with `pipelined` where the default width is 1."""
     rom = build_rom(random_qnet((20, 9, 5), seed=0, density=0.5), pes=4)
     eng = Engine(rom, pipelined=True, issue_width=4)
@@ -79,7 +79,9 @@ def test_four_wide_parameters_and_refusals():
         PE(pe_images(rom)[0], col_bits=5, row_bits=3, issue_width=4)
     with pytest.raises(Exception, match="pipelined"):
         model_cycles(rom, np.zeros((1, 20), np.int16), issue_width=4)
-    p = EIE.params_for("ulx3s", "ecp5")
+    from fpga.boards.ecp5 import FOUR_WIDE
+
+    p = EieParams(**FOUR_WIDE["params"])  # the ULX3S's four-wide option
     assert (p.issue_width, p.queue_depth, p.pipelined) == (4, 20, True)
     assert p.fitted(16) == p and p.fitted(4) == p
     assert p.fitted(2).issue_width is None and not p.fitted(2).pipelined
