@@ -78,6 +78,9 @@ def _hw_args(p, *, pes_default=8, engine=True):
     p.add_argument("--pipelined", action="store_true",
                    help="eie: the pipelined front end (the ULX3S's; two or four columns a "
                         "cycle: docs/engine.md 'The pipelined front end')")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="lockstep: the engine without layer 1 computing under layer 0's drain "
+                        "(drain_share 2; what `fpga build --no-overlap` builds)")
     p.add_argument("--one-map", action="store_true",
                    help="lockstep, a network with conv layers: the board's layout (every map "
                         "in one RAM read a value a cycle, the slot word in 16-bit lanes, "
@@ -279,9 +282,13 @@ def _params(args, *, sparse=True, queue_depth=None, loadable=False):
                              "only the pipelined one (--issue-width 4 --pipelined)")
         if sparse:  # the dense baseline keeps its own front end
             front = {"issue_width": width, "pipelined": pipelined}
+    if getattr(args, "no_overlap", False) and sparse and "overlap" not in rec.params.names():
+        raise InputError(f"--no-overlap: the {rec.name} engine has no overlap to switch off "
+                         f"(the lockstep engine's layer 1 under layer 0's drain)")
     return rec.params_for(queue_depth=args.queue_depth if queue_depth is None else queue_depth,
                           acc_bits=args.acc_bits, sparse=sparse, max_width=args.max_width,
-                          drain_share=args.drain_share, loadable=loadable, **front)
+                          drain_share=args.drain_share, loadable=loadable, **front,
+                          **({"overlap": False} if getattr(args, "no_overlap", False) else {}))
 
 
 def _sim(args) -> str:

@@ -66,6 +66,7 @@ def test_run_lockstep_engine(small):
     (["--issue-width", "4"], "--issue-width 4 --pipelined"),
     (["--issue-width", "1", "--pipelined"], "--issue-width 4 --pipelined"),
     (["--engine", "lockstep", "--pipelined"], "the EIE engine's, not the lockstep"),
+    (["--engine", "eie", "--no-overlap"], "--no-overlap: the eie engine has no overlap"),
 ])
 def test_run_refuses_what_does_not_fit(small, extra, expect):
     _qnet, _x, d = small
