@@ -331,7 +331,8 @@ def test_tools_past_their_budget_are_stopped(tmp_path):
     with pytest.raises(B.ToolTimeout) as e:
         B._run_tools(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], cwd=tmp_path,
                      env=dict(os.environ), budget=1.0)
-    assert time.monotonic() - t0 < 30 and e.value.seconds >= 1.0
+    assert time.monotonic() - t0 < 30, "the budget did not stop the tools (hang guard)"
+    assert e.value.seconds >= 1.0
     child = int(pidfile.read_text())
     for _ in range(50):  # the killed child is reaped by init shortly after
         try:
