@@ -146,8 +146,8 @@ def test_one_map_walk(geom):
                 assert (w - prev[0], y - prev[1], x - prev[2]) == tuple(
                     steps[k][lv] for k in ("word", "y", "x"))
             dx, dy, cc = rest % g.kw, rest // g.kw, c
-            ends = [dx == g.kw - 1, dy == g.kh - 1, cc == g.c - 1, b == g.qw - 1,
-                    a == g.qh - 1, px == g.wp - 1]
+            ends = [b == g.qw - 1, a == g.qh - 1, dx == g.kw - 1, dy == g.kh - 1,
+                    cc == g.c - 1, px == g.wp - 1]
             lv = next((k for k, e in enumerate(ends) if not e), len(ends))
             prev = (w, y, x, lv)
 
