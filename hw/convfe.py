@@ -510,10 +510,13 @@ class OneMapConvFrontEnd(wiring.Component):
             "rd_data": In(data.ArrayLayout(signed(16), 1)),
             "o": Out(stream.Signature(conv_bcast_layout(col_bits + 1, self.sub_bits))),
             "busy": Out(1),
+            "zero": In(1),
+            "py": Out(range(max(max(g.hp for g in geoms if g is not None), 2))),
+            "px": Out(range(max(max(g.wp for g in geoms if g is not None), 2))),
         })
 
     def elaborate(self, platform):
-        from images.conv import ONE_MAP_LEVELS, one_map_steps
+        from images.conv import ONE_MAP_LEVELS, one_map_pass_steps, one_map_steps
 
         m = Module()
         gs = self.geoms
@@ -532,6 +535,11 @@ class OneMapConvFrontEnd(wiring.Component):
             return Array(table([st[key][lv] for st in steps])
                          for lv in range(ONE_MAP_LEVELS))
 
+        psteps = [one_map_pass_steps(g) if g is not None else none for g in gs]
+
+        def pstep(key):  # [row of passes][layer]: a skipped pass's
+            return Array(table([st[key][r] for st in psteps]) for r in range(2))
+
         live = [g for g in gs if g is not None]
         yb = _signed_bits(*[max(g.h, g.w) + g.qh * g.sh * g.hp + g.qw * g.sw * g.wp + g.kh
                             + g.kw + g.ph + g.pw for g in live])
@@ -546,9 +554,12 @@ class OneMapConvFrontEnd(wiring.Component):
                  lambda g: g.c, lambda g: g.wp]
         cnts = [counter(f"w_{nm}", max(f(g) for g in live))
                 for nm, f in zip(("b", "a", "dx", "dy", "c", "px"), sizes)]
+        py = Signal.like(self.py, name="w_py")  # the pass row (for `zero`)
+        m.d.comb += [self.py.eq(py), self.px.eq(cnts[5])]
         sc = Signal(max(1, self.sub_bits), name="w_sub")
         col = Signal(self.col_bits + 1, name="w_col")
         active = Signal(name="w_active")  # W holds a position of the pass
+        skip = Signal(name="w_skip")  # the pass reads only zeros: W steps to the next one
         # end[l]: counter l is at its last value, a flip-flop set a cycle ahead (the counter
         # steps: its next value's compare; it wraps: its size is 1), and w_level, the step's
         # level (the innermost counter not at its end), a flip-flop from the next ends: the
@@ -586,7 +597,7 @@ class OneMapConvFrontEnd(wiring.Component):
                      self.o.valid.eq(d_ok & (self.rd_data[0] != 0)),
                      self.o.payload.value.eq(self.rd_data[0]),
                      self.o.payload.col.eq(d_col), self.o.payload.sub.eq(d_sub),
-                     self.busy.eq(active | d_ok)]
+                     self.busy.eq(active | d_ok | skip)]
         with m.If(~hold):
             m.d.sync += [d_ok.eq(active & inside), d_col.eq(col), d_sub.eq(sc),
                          d_addr.eq(addr)]
@@ -611,13 +622,29 @@ class OneMapConvFrontEnd(wiring.Component):
                     m.d.sync += col.eq(col + 1)
                 with m.Elif(lvl >= 5):  # the pass is walked: W holds the next pass's first
                     m.d.sync += [col.eq(0), active.eq(0)]
+                with m.If(lvl == 6):
+                    m.d.sync += py.eq(py + 1)
+        # a skipped pass (`zero` with start): from its first position to the next pass's, as
+        # its last step would (every counter but px at its start, so every end but px's at
+        # its size-1 value already)
+        row = ends[5]
+        with m.If(skip):
+            m.d.sync += [skip.eq(0), addr.eq(addr + pstep("word")[row][self.layer]),
+                         yy.eq(yy + pstep("y")[row][self.layer]),
+                         xx.eq(xx + pstep("x")[row][self.layer]),
+                         ends[5].eq(Mux(row, ones[5], pens[5])),
+                         lvl.eq(level_of(ends[:5] + [Mux(row, ones[5], pens[5])]))]
+            with m.If(row):
+                m.d.sync += [cnts[5].eq(0), py.eq(py + 1)]
+            with m.Else():
+                m.d.sync += cnts[5].eq(cnts[5] + 1)
         with m.If(self.start):
-            m.d.sync += active.eq(1)
+            m.d.sync += [active.eq(~self.zero), skip.eq(self.zero)]
             with m.If(self.first):
                 m.d.sync += [addr.eq(self.base + per_layer(lambda g: -g.ph * g.w - g.pw)),
                              yy.eq(per_layer(lambda g: -g.ph)),
                              xx.eq(per_layer(lambda g: -g.pw)),
-                             sc.eq(0), col.eq(0), lvl.eq(level_of(ones))]
+                             sc.eq(0), col.eq(0), lvl.eq(level_of(ones)), py.eq(0)]
                 m.d.sync += [cnt.eq(0) for cnt in cnts]
                 m.d.sync += [e.eq(o) for e, o in zip(ends, ones)]
         return m

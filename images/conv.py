@@ -406,6 +406,31 @@ def one_map_steps(g: ConvGeom) -> dict[str, list[int]]:
             "word": [c * g.h * g.w + y * g.w + x for c, y, x in zip(dc, dy, dx)]}
 
 
+def one_map_pass_steps(g: ConvGeom) -> dict[str, list[int]]:
+    """The changes of (word, y, x) from a pass's first kernel position to the next pass's
+    first: to the next pass of the row (px + 1), or the next row of passes (py + 1, px = 0).
+    What `hw.convfe.OneMapConvFrontEnd` steps by when it skips a pass whose every position
+    holds 0 (its result is the bias)."""
+    dxp, dyp = g.qw * g.sw, g.qh * g.sh
+    dx, dy = [dxp, -(g.wp - 1) * dxp], [0, dyp]
+    return {"x": dx, "y": dy, "word": [y * g.w + x for y, x in zip(dy, dx)]}
+
+
+def one_map_pass_rows(g: ConvGeom) -> list[tuple[int, int]]:
+    """The rows [lo, hi) of the map (of every channel) a pass row py reads, clipped to the map;
+    with `one_map_pass_cols`, a pass reads only zeros when either holds only zeros."""
+    span = (g.qh - 1) * g.sh + g.kh
+    return [(max(0, py * g.qh * g.sh - g.ph), min(g.h, py * g.qh * g.sh - g.ph + span))
+            for py in range(g.hp)]
+
+
+def one_map_pass_cols(g: ConvGeom) -> list[tuple[int, int]]:
+    """The columns [lo, hi) of the map a pass column px reads, clipped to the map."""
+    span = (g.qw - 1) * g.sw + g.kw
+    return [(max(0, px * g.qw * g.sw - g.pw), min(g.w, px * g.qw * g.sw - g.pw + span))
+            for px in range(g.wp)]
+
+
 def one_map_walk(g: ConvGeom, pass_index: int) -> list[tuple[int, int, int, int]]:
     """(word, column, sub-position, in the map) of every kernel position of a pass, in the
     order `hw.convfe.OneMapConvFrontEnd` reads them (the reference its tests use)."""
