@@ -150,6 +150,23 @@ def test_one_map_walk(geom):
                     cc == g.c - 1, px == g.wp - 1]
             lv = next((k for k, e in enumerate(ends) if not e), len(ends))
             prev = (w, y, x, lv)
+        # a skipped pass: its first position to the next pass's first (`one_map_pass_steps`);
+        # every position it reads inside the map is in its pass row's rows and pass column's
+        # columns (`one_map_pass_rows`, `_cols`)
+        if p + 1 < g.passes:
+            nxt = conv.one_map_walk(g, p + 1)[0][0]
+            r = int(px == g.wp - 1)
+            first_y = py * g.qh * g.sh - g.ph
+            first_x = px * g.qw * g.sw - g.pw
+            assert nxt - walk[0][0] == conv.one_map_pass_steps(g)["word"][r]
+            assert (first_y + conv.one_map_pass_steps(g)["y"][r],
+                    first_x + conv.one_map_pass_steps(g)["x"][r]) == (
+                ((p + 1) // g.wp) * g.qh * g.sh - g.ph, ((p + 1) % g.wp) * g.qw * g.sw - g.pw)
+        (ylo, yhi), (xlo, xhi) = conv.one_map_pass_rows(g)[py], conv.one_map_pass_cols(g)[px]
+        seen = {(w % (g.h * g.w)) // g.w for w, _, _, ok in walk if ok}
+        assert seen == set(range(ylo, yhi)) or not seen
+        seen = {w % g.w for w, _, _, ok in walk if ok}
+        assert seen == set(range(xlo, xhi)) or not seen
 
 
 def test_whole_map_ram_in_spram():
@@ -214,6 +231,55 @@ def test_one_map_engine_bit_exact(case):
     np.testing.assert_array_equal(y, golden(qnet, x))
     assert np.all(lcs > 0) and np.all(cycles > lcs.sum(axis=1))
     assert np.all(lcs[0, 0] < lcs[1:, 0])  # the all-zero input: its conv1 the fastest
+
+
+class _NoZeroSkip(LockstepEngine):
+    """Layer 0's all-zero passes walked in full (the skip left out, to compare)."""
+
+    def _zero_passes(self, m, c, cfe, g):
+        pass
+
+
+def _margin_inputs(shape, seed):
+    """Digit-like inputs: non-zero values inside a box, zero margins of random widths (one
+    all zero, one with a single non-zero value in a corner)."""
+    rng = np.random.default_rng(seed)
+    c, h, w = shape
+    xs = [np.zeros(shape, np.int16), np.zeros(shape, np.int16)]
+    xs[1][-1, -1, -1] = 77
+    for _ in range(3):
+        x = np.zeros(shape, np.int16)
+        y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        y1, x1 = rng.integers(y0 + 1, h + 1), rng.integers(x0 + 1, w + 1)
+        x[:, y0:y1, x0:x1] = rng.integers(-300, 300, (c, y1 - y0, x1 - x0)) * (
+            rng.random((c, y1 - y0, x1 - x0)) < 0.5)
+        xs.append(x)
+    return np.stack(xs).reshape(len(xs), -1)
+
+
+@pytest.mark.parametrize("case", [
+    ("8pe-pad2-pool2", (1, 12, 12), [(6, 5, 1, 2, 2)], [4], 8, None, {"drain_share": 2}, {}),
+    ("2pe-stride2-pool1x2", (2, 11, 9), [(3, (3, 2), 2, 1, (1, 2)), (4, 2, 1, 0, 1)], [3], 2,
+     None, {}, {"stall_out": 0.3}),
+], ids=lambda c: c[0])
+def test_one_map_zero_passes_skipped(case):
+    """Layer 0's passes that read only zeros (margins, an all-zero map, a lone value in a
+    corner) are skipped: bit-exact, and layer 0 takes fewer cycles than walking them, the
+    same where no pass is all zero."""
+    _id, shape, convs, fc, pes, prune, ekw, rkw = case
+    qnet = random_cnn(shape, convs, fc, seed=pes, density=0.5, shift=9)
+    x = _margin_inputs(shape, seed=pes)
+    img = build_lockstep(qnet, pes, one_map=True, rel_bits=2 if pes == 8 else 4)
+    want = golden(qnet, x)
+    y, _, lcs = run_engine(_board_engine(img, **ekw), x, seed=pes, max_cycles=200_000, **rkw)
+    np.testing.assert_array_equal(y, want)
+    y0, _, lcs0 = run_engine(_board_engine(img, _NoZeroSkip, **ekw), x, seed=pes,
+                             max_cycles=200_000, **rkw)
+    np.testing.assert_array_equal(y0, want)
+    assert np.all(lcs[:, 0] <= lcs0[:, 0]) and lcs[0, 0] < lcs0[0, 0] and lcs[1, 0] < lcs0[1, 0]
+    np.testing.assert_array_equal(lcs[:, 1:], lcs0[:, 1:])  # later layers as they were
+    g = conv.ConvGeom(*img.layers[0].geom)
+    assert lcs[0, 0] < lcs0[0, 0] - g.passes * g.subs  # every pass of the zero map skipped
 
 
 class _LoaderAnytime(LockstepEngine):
