@@ -679,6 +679,10 @@ class LockstepEngine(wiring.Component):
             with m.If(~c.frz):
                 with m.If(s.first):
                     m.d.sync += row_next.eq(0)
+                if img.long_fillers:
+                    # a long filler (`images.csc`, the one-map layout): 1 + z << rel_bits rows
+                    with m.Elif(e_v == 0):
+                        m.d.sync += row_next.eq(row_next + Cat(Const(1, img.rel_bits), e_z))
                 with m.Else():
                     m.d.sync += row_next.eq(e_row + 1)
             e_hit = c.e_valid & (e_v != 0)
