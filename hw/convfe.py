@@ -511,7 +511,6 @@ class OneMapConvFrontEnd(wiring.Component):
             "o": Out(stream.Signature(conv_bcast_layout(col_bits + 1, self.sub_bits))),
             "busy": Out(1),
             "zero": In(1),
-            "py": Out(range(max(max(g.hp for g in geoms if g is not None), 2))),
             "px": Out(range(max(max(g.wp for g in geoms if g is not None), 2))),
         })
 
@@ -554,8 +553,7 @@ class OneMapConvFrontEnd(wiring.Component):
                  lambda g: g.c, lambda g: g.wp]
         cnts = [counter(f"w_{nm}", max(f(g) for g in live))
                 for nm, f in zip(("b", "a", "dx", "dy", "c", "px"), sizes)]
-        py = Signal.like(self.py, name="w_py")  # the pass row (for `zero`)
-        m.d.comb += [self.py.eq(py), self.px.eq(cnts[5])]
+        m.d.comb += self.px.eq(cnts[5])  # the pass column (for `zero`)
         sc = Signal(max(1, self.sub_bits), name="w_sub")
         col = Signal(self.col_bits + 1, name="w_col")
         active = Signal(name="w_active")  # W holds a position of the pass
@@ -622,8 +620,6 @@ class OneMapConvFrontEnd(wiring.Component):
                     m.d.sync += col.eq(col + 1)
                 with m.Elif(lvl >= 5):  # the pass is walked: W holds the next pass's first
                     m.d.sync += [col.eq(0), active.eq(0)]
-                with m.If(lvl == 6):
-                    m.d.sync += py.eq(py + 1)
         # a skipped pass (`zero` with start): from its first position to the next pass's, as
         # its last step would (every counter but px at its start, so every end but px's at
         # its size-1 value already)
@@ -635,7 +631,7 @@ class OneMapConvFrontEnd(wiring.Component):
                          ends[5].eq(Mux(row, ones[5], pens[5])),
                          lvl.eq(level_of(ends[:5] + [Mux(row, ones[5], pens[5])]))]
             with m.If(row):
-                m.d.sync += [cnts[5].eq(0), py.eq(py + 1)]
+                m.d.sync += cnts[5].eq(0)
             with m.Else():
                 m.d.sync += cnts[5].eq(cnts[5] + 1)
         with m.If(self.start):
@@ -644,7 +640,7 @@ class OneMapConvFrontEnd(wiring.Component):
                 m.d.sync += [addr.eq(self.base + per_layer(lambda g: -g.ph * g.w - g.pw)),
                              yy.eq(per_layer(lambda g: -g.ph)),
                              xx.eq(per_layer(lambda g: -g.pw)),
-                             sc.eq(0), col.eq(0), lvl.eq(level_of(ones)), py.eq(0)]
+                             sc.eq(0), col.eq(0), lvl.eq(level_of(ones))]
                 m.d.sync += [cnt.eq(0) for cnt in cnts]
                 m.d.sync += [e.eq(o) for e, o in zip(ends, ones)]
         return m

@@ -78,9 +78,9 @@ from .memory import MemoryFactory, MemorySpec
 from .queue import ActQueue
 
 
-# the most pass-row and pass-column flags the loader keeps for skipping layer 0's all-zero
+# the most pass-column flags the loader keeps for skipping layer 0's all-zero
 # passes (`_zero_passes`; a larger first layer is walked in full)
-MAX_PASS_FLAGS = 64
+MAX_PASS_FLAGS = 32
 
 
 class _OneLane:
@@ -427,39 +427,30 @@ class LockstepEngine(wiring.Component):
                      cfe.rd_data[0].eq(c.act_r[0].data.as_signed())]
         c.fe = SimpleNamespace(start=cfe.start, busy=cfe.busy, rd_addr=cfe.rd_addr, o=cfe.o)
         g0 = self.geoms[0]
-        if g0 is not None and g0.hp + g0.wp <= MAX_PASS_FLAGS:
+        if g0 is not None and g0.wp <= MAX_PASS_FLAGS:
             self._zero_passes(m, c, cfe, g0)
 
     def _zero_passes(self, m, c, cfe, g):
-        """`one_map`, a conv first layer: the loader notes, per row of passes and per column of
-        passes, whether the rows (columns) it reads hold a non-zero input value (any
-        channel); a pass of layer 0 where either holds only zeros is skipped by the walker
-        (`zero`: a cycle, its accumulators keep the biases). MNIST's blank margins: about 29
-        of LeNet-5's 144 conv1 passes a digit."""
-        from images.conv import one_map_pass_cols, one_map_pass_rows
+        """`one_map`, a conv first layer: the loader notes, per column of passes, whether the
+        map columns its passes read hold a non-zero input value (any row, any channel); a
+        pass of layer 0 in a column that holds only zeros is skipped by the walker (`zero`:
+        a cycle, its accumulators keep the biases). Columns only: MNIST's digits are narrower
+        than tall (of LeNet-5's 144 conv1 passes, about 25 a digit have all-zero columns, 5
+        all-zero rows, 29 either), and rows too would cost about 100 more logic cells."""
+        from images.conv import one_map_pass_cols
 
         io = c.io
-        x = Signal(range(max(g.w, 2)), name="l_x")  # the loaded word's column and row
-        y = Signal(range(max(g.h, 2)), name="l_y")
+        x = Signal(range(max(g.w, 2)), name="l_x")  # the loaded word's map column
         with m.If(io.take):
-            with m.If(x == g.w - 1):
-                m.d.sync += [x.eq(0), y.eq(Mux(y == g.h - 1, 0, y + 1))]
-            with m.Else():
-                m.d.sync += x.eq(x + 1)
+            m.d.sync += x.eq(Mux(x == g.w - 1, 0, x + 1))
         nz = self.i_act.payload != 0
-        prow = Signal(g.hp, name="l_nz_prow")  # pass row py reads a non-zero value
-        pcol = Signal(g.wp, name="l_nz_pcol")
+        pcol = Signal(g.wp, name="l_nz_pcol")  # pass column px reads a non-zero value
         fresh = io.lcnt == 0  # an input's first word: the flags start again
         with m.If(io.take):
-            for flags, pos, spans in ((prow, y, one_map_pass_rows(g)),
-                                      (pcol, x, one_map_pass_cols(g))):
-                for i, (lo, hi) in enumerate(spans):
-                    m.d.sync += flags[i].eq((flags[i] & ~fresh) | (nz & (pos >= lo)
-                                                                    & (pos < hi)))
-        zrow = Array(~prow[i] for i in range(g.hp))
+            for i, (lo, hi) in enumerate(one_map_pass_cols(g)):
+                m.d.sync += pcol[i].eq((pcol[i] & ~fresh) | (nz & (x >= lo) & (x < hi)))
         zcol = Array(~pcol[i] for i in range(g.wp))
-        m.d.comb += cfe.zero.eq((c.layer == 0) & Mux(c.pas == 0, ~prow[0] | ~pcol[0],
-                                                     zrow[cfe.py] | zcol[cfe.px]))
+        m.d.comb += cfe.zero.eq((c.layer == 0) & Mux(c.pas == 0, ~pcol[0], zcol[cfe.px]))
 
     def _pointer_stage(self, m, c):
         """ptr[g], ptr[g + 1] of global column g into the queue; empty columns dropped."""

@@ -416,16 +416,9 @@ def one_map_pass_steps(g: ConvGeom) -> dict[str, list[int]]:
     return {"x": dx, "y": dy, "word": [y * g.w + x for y, x in zip(dy, dx)]}
 
 
-def one_map_pass_rows(g: ConvGeom) -> list[tuple[int, int]]:
-    """The rows [lo, hi) of the map (of every channel) a pass row py reads, clipped to the map;
-    with `one_map_pass_cols`, a pass reads only zeros when either holds only zeros."""
-    span = (g.qh - 1) * g.sh + g.kh
-    return [(max(0, py * g.qh * g.sh - g.ph), min(g.h, py * g.qh * g.sh - g.ph + span))
-            for py in range(g.hp)]
-
-
 def one_map_pass_cols(g: ConvGeom) -> list[tuple[int, int]]:
-    """The columns [lo, hi) of the map a pass column px reads, clipped to the map."""
+    """The columns [lo, hi) of the map (of every row and channel) a pass column px reads,
+    clipped to the map: a pass reads only zeros where they hold only zeros."""
     span = (g.qw - 1) * g.sw + g.kw
     return [(max(0, px * g.qw * g.sw - g.pw), min(g.w, px * g.qw * g.sw - g.pw + span))
             for px in range(g.wp)]
