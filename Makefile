@@ -68,7 +68,7 @@ sim: setup iverilog $(if $(filter verilator,$(SIM)),verilator)
 # All 10,000 MNIST test digits through the RTL engine (8 PEs), bit-exact against the golden model,
 # with Verilator and a testbench with no Python in the loop (docs/verification.md). ENGINE=NAME for one engine.
 verify-mnist: setup iverilog verilator
-	$(PY) -m tb verify-mnist --data $(call q,MNIST_DIR) --pes $(call q,PES) $(if $(value ENGINE),--engine $(call q,ENGINE)) $(if $(value MODEL),--model $(call q,MODEL))
+	$(PY) -m tb verify-mnist --data $(call q,MNIST_DIR) --pes $(call q,PES) $(if $(value ENGINE),--engine $(call q,ENGINE)) $(if $(value MODEL),--model $(call q,MODEL)) $(if $(value ONE_MAP),--one-map)
 
 # MAC utilisation vs queue depth 1..16 and rel_bits 4..8, and the dense speedup (a few minutes).
 sim-sweep: setup iverilog

@@ -19,7 +19,7 @@ from images import check_pes, get, names, registered
 
 from .boards import BOARDS, DEFAULT_BOARD, engine_params, get_board
 from .flow.build import (DEFAULT_CLOCK_MHZ, BuildError, build, clock_help, default_clock_for,
-                         default_clock_mhz, pll_range_mhz, table)
+                         default_clock_mhz, pll_range_mhz, table, time_budget_s)
 from .flow.resources import (analyse, binding, board_image, check_board_kinds, default_pes,
                              fit_bound, fit_message, fits, format_analysis, what_fits)
 from .gateware.uart import DEFAULT_BAUD, baud_divisor
@@ -124,6 +124,18 @@ def cmd_build(args):
     args.baud = args.baud or board.baud
     check_baud(args.clock_mhz, args.baud, board.name)  # before any work too
     args.engine = args.engine or board.engine
+    budget = time_budget_s(board.name)
+    if args.time_budget is not None:
+        if not math.isfinite(args.time_budget) or args.time_budget < 0:
+            raise InputError(f"--time-budget must be minutes >= 0 (0: no limit), not "
+                             f"{args.time_budget!r}")
+        budget = args.time_budget * 60 or None
+    values = {} if args.queue_depth is None else {"queue_depth": args.queue_depth}
+    if args.no_overlap:
+        if "overlap" not in get(args.engine).params.names():
+            raise InputError(f"--no-overlap: the {args.engine} engine has no overlap to switch "
+                             f"off (the lockstep engine's layer 1 under layer 0's drain)")
+        values["overlap"] = False
     if args.pes is None:  # the engine's PEs on this board (None: as many as fit)
         pes = get(args.engine).defaults_for(board.name, board.family).pes
         args.pes = "auto" if pes is None else str(pes)
@@ -167,13 +179,12 @@ def cmd_build(args):
         # placer's "design uses N RAM cells" error. Say so at once, with the figures.
         print(f"model: {name}\n{format_analysis(a)}")
         _refuse(args, qnet, a, force_hint=True)
-    values = {} if args.queue_depth is None else {"queue_depth": args.queue_depth}
     try:
         report = build(img, board=args.board, clock_mhz=args.clock_mhz, baud=args.baud,
                        build_root=args.build_dir, seed=args.seed,
                        model=model_record(args.model, qnet, board=_for_board(args)),
                        spram=spram, retry=not args.no_retry,
-                       params=engine_params(img, args.board, **values))
+                       params=engine_params(img, args.board, **values), time_budget=budget)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -244,6 +255,13 @@ def build_parser():
                         "at the fastest PLL clock under the fmax found)")
     b.add_argument("--no-spram", action="store_true",
                    help="every memory in EBR/logic with its initial contents (no weight load)")
+    b.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="minutes one attempt's tools may run before it is stopped and placed "
+                        "again at the next seed (default: the board's, 20 for iCE40, 60 for "
+                        "ECP5; 0: no limit)")
+    b.add_argument("--no-overlap", action="store_true",
+                   help="lockstep engine: build it without layer 1 computing under layer 0's "
+                        "drain (about 100 logic cells fewer, a few %% more cycles)")
     b.add_argument("--force", action="store_true",
                    help="run the tools even when the memories cannot fit the device")
     _common(b, pes=False)
@@ -279,6 +297,9 @@ def build_parser():
                         "INFER frame takes minutes under load)")
     h.add_argument("--no-spram", action="store_true",
                    help="--sim: every memory initialised (no SPRAM, no weight load)")
+    h.add_argument("--no-overlap", action="store_true",
+                   help="--sim, lockstep engine: the engine `fpga build --no-overlap` builds "
+                        "(layer 1 not under layer 0's drain)")
     _common(h)
     h.set_defaults(run=cmd_run)
     return parser

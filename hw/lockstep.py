@@ -68,7 +68,7 @@ from amaranth.lib import data, wiring
 
 from images.conv import ConvGeom
 from images.lockstep import (DRAIN_SHARES, LockstepImage, LockstepParams, act_bank_bits,
-                             act_words, low_words, map_bases, memory_map)
+                             act_words, layer1_under_drain, low_words, map_bases, memory_map)
 
 from .blocks import (BankedIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
                      check_queue_depth, round_shift, saturate, slot_sequencer)
@@ -108,17 +108,15 @@ class LockstepEngine(wiring.Component):
     (17..64); queue_depth, columns queued between the pointer stage and the slot sequencer
     (1..64); drain_share, PEs per output stage (1, 2, 4, 8 or 16: fewer stages, longer drain);
     memories, the `MemoryFactory` that makes every memory (`memory_specs`); max_width, the
-    largest layer width the activation RAMs must hold, checked up front.
+    largest layer width the activation RAMs must hold, checked up front; overlap, layer 1's
+    PRELOAD and COMPUTE under layer 0's DRAIN where the network allows it (`bg_drain`).
     """
 
     image_type = LockstepImage
-    # layer 1's PRELOAD and COMPUTE under layer 0's DRAIN wherever it can be (`_bg_drain`); a
-    # subclass with False is the engine without it (the tests compare the two)
-    bg_drain_allowed = True
 
     @classmethod
     def check(cls, img: LockstepImage, *, acc_bits: int = 32, queue_depth: int = 2,
-              drain_share: int = 1, max_width: int | None = None) -> None:
+              drain_share: int = 1, max_width: int | None = None, overlap: bool = True) -> None:
         """EngineConfigError naming what does not fit, before anything is made."""
         if not isinstance(img, LockstepImage):
             raise TypeError(f"the lockstep engine is built from a LockstepImage, not "
@@ -127,13 +125,15 @@ class LockstepEngine(wiring.Component):
             raise EngineConfigError(
                 f"drain_share must be 1, 2, 4, 8 or 16, not {drain_share!r}")
         check_queue_depth(queue_depth)
+        if not isinstance(overlap, bool):
+            raise EngineConfigError(f"overlap must be True or False, not {overlap!r}")
         check_fits(img, acc_bits=acc_bits, max_width=max_width)  # same limits as the EIE's
 
     def __init__(self, img: LockstepImage, *, acc_bits: int = 32, queue_depth: int = 2,
                  drain_share: int = 1, memories: MemoryFactory | None = None,
-                 max_width: int | None = None):
+                 max_width: int | None = None, overlap: bool = True):
         self.check(img, acc_bits=acc_bits, queue_depth=queue_depth, drain_share=drain_share,
-                   max_width=max_width)
+                   max_width=max_width, overlap=overlap)
         self.img = img
         self.acc_bits = acc_bits
         self.queue_depth = queue_depth
@@ -172,9 +172,9 @@ class LockstepEngine(wiring.Component):
         # instead (`_bg_drain`): the drain reads a row every other cycle and layer 1's
         # PRELOAD and COMPUTE take the read port in the cycles between (where layer 1 has no
         # more rows than layer 0: its rows are drained before its biases go in)
-        rows = [ll.rows_per_pe for ll in img.layers]
-        self.bg_drain = (self.bg_drain_allowed and not img.has_conv and drain_share == 2
-                        and L >= 2 and rows[1] <= rows[0])
+        # (`overlap` False: never, the engine as it was before, about 100 logic cells fewer)
+        self.overlap = overlap
+        self.bg_drain = layer1_under_drain(img, drain_share, overlap)
         self.early0 = (not img.has_conv and drain_share == 2 and not self.bg_drain
                        and self.keep0 < img.layers[0].rows_per_pe)
         self._make_specs()

@@ -42,7 +42,7 @@ import numpy as np
 from compress.errors import InputError
 
 from .csc import DEFAULT_REL_BITS, encode_csc
-from .lockstep import build_lockstep, decode_lockstep
+from .lockstep import build_lockstep, decode_lockstep, layer1_under_drain
 from .memmap import bits
 
 # option -> what it stores and where (docs/lanes.md section 2)
@@ -265,8 +265,8 @@ def lockstep_cycle_model(img, x: np.ndarray, params) -> np.ndarray:
 def _fc_net_cycles(img, qnet, acts, params) -> np.ndarray:
     """`model`'s option "lockstep" as the engine runs a network of fc layers: each layer's
     computed rows (dead units trimmed, `images.lockstep`) and the columns its front end reads,
-    layer 0 from its input's first non-zero group to the last, and with drain_share 2 layer 1
-    under layer 0's DRAIN (`hw.lockstep`, `bg_drain`): layer 1's bias rows one every other
+    layer 0 from its input's first non-zero group to the last, and with drain_share 2 (and
+    `overlap`) layer 1 under layer 0's DRAIN (`hw.lockstep`, `bg_drain`): layer 1's bias rows one every other
     cycle after the drain reads each, then a cycle of its slots for each later row read; the
     layer counts as the engine's (layer 0: its COMPUTE; layer 1: the rest)."""
     pes, share = img.pes, params.drain_share
@@ -283,7 +283,7 @@ def _fc_net_cycles(img, qnet, acts, params) -> np.ndarray:
                                   rows=rows[i], drain_share=share, preload=i > 0,
                                   skip_ends=i == 0))
     cyc = np.stack(out, axis=1)
-    if share == 2 and len(rows) >= 2 and rows[1] <= rows[0]:
+    if layer1_under_drain(img, share, getattr(params, "overlap", True)):
         cyc[:, 0] -= rows[0] * share
         cyc[:, 1] += rows[1] + (rows[0] - rows[1])
     return cyc

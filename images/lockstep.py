@@ -516,11 +516,25 @@ class LockstepParams(EngineParams):
 
     queue_depth: int = 2  # columns queued between the pointer stage and the slot sequencer
     drain_share: int = 1  # PEs per output stage: 1, 2, 4, 8 or 16 (fewer stages, longer drain)
+    # layer 1's PRELOAD and COMPUTE under layer 0's DRAIN where the network allows it
+    # (`hw.lockstep`, `bg_drain`: drain_share 2, fc layers, layer 1 no wider a PE than layer
+    # 0); False builds the engine without it (about 100 logic cells fewer, a few % more cycles)
+    overlap: bool = True
 
     def fitted(self, pes: int) -> "LockstepParams":
         """drain_share rounded down to a power of two <= pes (an output stage for at most the
         PEs there are)."""
         return replace(self, drain_share=1 << (min(self.drain_share, pes).bit_length() - 1))
+
+
+def layer1_under_drain(img: LockstepImage, drain_share: int, overlap: bool = True) -> bool:
+    """Whether the engine runs layer 1's PRELOAD and COMPUTE under layer 0's DRAIN
+    (`hw.lockstep`, `bg_drain`): with `overlap`, drain_share 2, fc layers only, at least two
+    layers and layer 1 no more rows a PE than layer 0 (its rows drained before its biases go
+    in)."""
+    rows = [ll.rows_per_pe for ll in img.layers]
+    return bool(overlap and not img.has_conv and drain_share == 2 and len(rows) >= 2
+                and rows[1] <= rows[0])
 
 
 def act_words(img: LockstepImage) -> int:

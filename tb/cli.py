@@ -72,6 +72,9 @@ def _hw_args(p, *, pes_default=8, engine=True):
                             "build, then several times faster; docs/simulators.md)")
     p.add_argument("--drain-share", type=int, default=None,
                    help="lockstep: PEs per output stage, 1/2/4/8/16 (default: the engine's, 1)")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="lockstep: the engine without layer 1 computing under layer 0's drain "
+                        "(drain_share 2; what `fpga build --no-overlap` builds)")
     p.add_argument("--one-map", action="store_true",
                    help="lockstep, a network with conv layers: the board's layout (every map "
                         "in one RAM read a value a cycle, the slot word in 16-bit lanes, "
@@ -260,9 +263,13 @@ def _params(args, *, sparse=True, queue_depth=None, loadable=False):
     rec = get(args.engine) if sparse else dense_baseline()
     if "drain_share" in rec.params.names() and args.drain_share not in DRAIN_SHARES:
         raise InputError(f"--drain-share must be 1, 2, 4, 8 or 16, not {args.drain_share!r}")
+    if getattr(args, "no_overlap", False) and sparse and "overlap" not in rec.params.names():
+        raise InputError(f"--no-overlap: the {rec.name} engine has no overlap to switch off "
+                         f"(the lockstep engine's layer 1 under layer 0's drain)")
     return rec.params_for(queue_depth=args.queue_depth if queue_depth is None else queue_depth,
                           acc_bits=args.acc_bits, sparse=sparse, max_width=args.max_width,
-                          drain_share=args.drain_share, loadable=loadable)
+                          drain_share=args.drain_share, loadable=loadable,
+                          **({"overlap": False} if getattr(args, "no_overlap", False) else {}))
 
 
 def _sim(args) -> str:

@@ -1,7 +1,7 @@
 """`python -m tb verify-mnist` (`make verify-mnist`): every MNIST test digit through the RTL.
 
     python -m tb verify-mnist --data DIR [--pes 8] [--engine NAME] [--model Q]
-                              [--count N] [--out DIR] [--jobs J]
+                              [--count N] [--out DIR] [--jobs J] [--one-map]
 
 The 10,000 test digits (IDX files in DIR, or $MNIST_DIR) become int16 input vectors by the
 input rule x = (pixel * 2**input_frac + 127) // 255 and run through each engine's RTL (default:
@@ -12,7 +12,9 @@ with the golden model (`compress.golden`). Printed per engine: `bit-exact: N/M`,
 the hardware measured, the cycles per digit (min / mean / p50 / p99 / max; a PNG histogram in
 --out, default build/verify-mnist/cycles-<engine>.png), the mean cycles per layer, the MAC
 utilisation (useful MACs over PEs x compute cycles, per layer, in all, and over the conv
-layers), the build and simulation wall times and the simulated cycles per second. --out also
+layers), the build and simulation wall times and the simulated cycles per second. --one-map
+runs the lockstep engine as the iCE40 board builds it for a CNN (the one-map layout and the
+board's parameters) instead of the engines' RTL-bench designs. --out also
 gets summary.json; nothing else in --out is touched, and an --out that cannot take these files
 is refused before the run.
 
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory for the histograms and summary.json (build/verify-mnist)")
     p.add_argument("--jobs", type=int, default=None,
                    help="simulator processes at once (default: $TB_JOBS, else 2)")
+    p.add_argument("--one-map", action="store_true",
+                   help="lockstep engine, a network with conv layers: the iCE40 board's design "
+                        "(the one-map layout, the board's queue depth 2 and drain_share 2)")
     return p
 
 
@@ -91,9 +96,14 @@ def _inputs(args):
     return qnet, name, x, test.labels[:n].astype(np.int64)
 
 
-def _image(qnet, engine, pes):
+# the iCE40 board's engine parameters (`images.engines`), what --one-map runs
+BOARD_FAMILY = "ice40"
+
+
+def _image(qnet, engine, pes, one_map=False):
     from hw import EngineConfigError, check_fits
-    img = build_image(qnet, engine, pes)
+    opts = get(engine).board_options(qnet, pes) if one_map else {}
+    img = build_image(qnet, engine, pes, **opts)
     try:
         check_fits(img)
     except EngineConfigError as e:
@@ -108,7 +118,8 @@ def _run_engine(engine, img, x, chunks, slots, build_jobs, workdir: Path):
     """Build (cached) and simulate `x` in `chunks` simulator runs, each holding one of the
     shared `slots` while it runs, after a build in `build_jobs` compiler processes;
     (FastResult parts, build s, binary, simulation wall s)."""
-    params = default_params(img)
+    params = (get(engine).params_for(family=BOARD_FAMILY) if getattr(img, "one_map", False)
+              else default_params(img))
     t0 = time.monotonic()
     with _convert_lock:
         # the key lookup and the conversion; the compiler runs outside the lock below
@@ -183,6 +194,14 @@ def _body(argv):
     args = build_parser().parse_args(argv)
     t_start = time.monotonic()
     qnet, name, x, labels = _inputs(args)
+    if args.one_map:
+        if args.engine not in (None, "lockstep"):
+            raise InputError("--one-map is the lockstep engine's board layout (--engine "
+                             "lockstep)")
+        if not any(getattr(ly, "kind", "fc") == "conv" for ly in qnet.layers):
+            raise InputError("--one-map is the lockstep engine's layout of a network with conv "
+                             "layers")
+        args.engine = "lockstep"
     engines = [args.engine] if args.engine else list(names())
     left_out = []
     if not args.engine:  # every engine that runs the network's layer kinds (--engine: refused)
@@ -195,12 +214,14 @@ def _body(argv):
     out_dir = Path(args.out)
     for f in ["summary.json", *(f"cycles-{e}.png" for e in engines)]:
         check_output(out_dir / f, what="--out")
-    imgs = {e: _image(qnet, e, args.pes) for e in engines}
+    imgs = {e: _image(qnet, e, args.pes, args.one_map) for e in engines}
     vl.require()
     want = golden(qnet, x)
     gold_acc = float((predict(want) == labels).mean())
     print(f"verify-mnist: {len(x)} MNIST test digits, model {name}, {args.pes} PEs, "
-          f"engines {', '.join(engines)} (Verilator testbench)", flush=True)
+          f"engines {', '.join(engines)}"
+          f"{' (the iCE40 board design: one map)' if args.one_map else ''} "
+          f"(Verilator testbench)", flush=True)
     for e in left_out:
         print(f"{e}: left out, it runs {', '.join(get(e).layer_kinds)} layers only "
               f"(--engine {e} says which layer it refuses)", flush=True)
@@ -239,7 +260,7 @@ def _body(argv):
 
     ok = True
     summary = {"digits": len(x), "model": name, "pes": args.pes, "golden_accuracy": gold_acc,
-               "engines": {}, "left_out": left_out}
+               "engines": {}, "left_out": left_out, "one_map": bool(args.one_map)}
     for e in engines:
         parts, build_s, fb, sim_s = results[e]
         y = np.concatenate([p.outputs for p in parts])

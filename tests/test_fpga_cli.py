@@ -1,7 +1,9 @@
 """`python -m fpga`: bad invocations (exit 2, one line), the resource analysis, PLL settings."""
 
 import json
+import os
 import shlex
+import time
 from pathlib import Path
 import tty
 import subprocess
@@ -204,7 +206,7 @@ def test_build_retry_logic(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_flow(platform, top, out, *, seed, name="top"):
+    def fake_flow(platform, top, out, *, seed, name="top", budget=None):
         calls.append((id(platform), top.clock_hz))
         elaborate(top, platform)  # the design the flow would build (no tools run)
         fmax = 25.91 if len(calls) == 1 else 26.3
@@ -233,7 +235,7 @@ def test_build_retry_next_seed_first(tmp_path, monkeypatch, second, third):
     calls = []
     fmaxes = [32.83, second, third]
 
-    def fake_flow(platform, top, out, *, seed, name="top"):
+    def fake_flow(platform, top, out, *, seed, name="top", budget=None):
         calls.append((seed, top.clock_hz))
         elaborate(top, platform)
         return ({"utilization": {"ICESTORM_LC": {"used": 5028, "available": 5280}},
@@ -279,7 +281,7 @@ def test_the_report_names_its_network(tmp_path, monkeypatch):
     save_qnet(load_model("synthetic:20-8-4")[0], tmp_path / "s.qnet.npz")
     assert syn == {"model": "synthetic:20-8-4", "model_sha256": sha(tmp_path / "s.qnet.npz")}
 
-    def fake_flow(platform, top, out, *, seed, name="top"):
+    def fake_flow(platform, top, out, *, seed, name="top", budget=None):
         elaborate(top, platform)  # the design the flow would build (no tools run)
         return ({"utilization": {"ICESTORM_LC": {"used": 4000, "available": 5280}},
                  "fmax": {"clk": {"achieved": 40.0, "constraint": top.clock_hz / 1e6}}}, 1.0)
@@ -293,19 +295,131 @@ def test_the_report_names_its_network(tmp_path, monkeypatch):
 
 def test_flow_passes_nextpnr_options(tmp_path, monkeypatch):
     """The build script runs nextpnr with the seed and the router's timing-driven rip-up."""
-    import subprocess
     import fpga.flow.build as B
     from fpga.gateware.top import BoardTop
     from images import build_image
 
-    monkeypatch.setattr(B.subprocess, "run",
-                        lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "no tools here"))
+    monkeypatch.setattr(B, "_run_tools", lambda *a, **k: (1, "no tools here"))
     img = build_image(random_qnet((20, 8, 4), density=0.5), "lockstep", 2)
     top = BoardTop(img, clock_hz=30e6, spram=True)
     with pytest.raises(B.BuildError):
         B._flow(B.board_platform("icebreaker"), top, tmp_path, seed=7)
     script = (tmp_path / "build_top.sh").read_text()
     assert "--seed 7 --tmg-ripup" in script and "--timing-allow-fail" in script
+
+
+def test_tools_past_their_budget_are_stopped(tmp_path):
+    """`_run_tools` past its budget kills the whole process group (the shell and what it
+    started) and raises ToolTimeout; within it, the return code and stderr."""
+    import fpga.flow.build as B
+
+    pidfile = tmp_path / "child"
+    t0 = time.monotonic()
+    with pytest.raises(B.ToolTimeout) as e:
+        B._run_tools(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], cwd=tmp_path,
+                     env=dict(os.environ), budget=1.0)
+    assert time.monotonic() - t0 < 30 and e.value.seconds >= 1.0
+    child = int(pidfile.read_text())
+    for _ in range(50):  # the killed child is reaped by init shortly after
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the tool's child process outlived the budget")
+    assert B._run_tools(["sh", "-c", "echo why >&2; exit 3"], cwd=tmp_path, env=dict(os.environ),
+                        budget=10) == (3, "why\n")
+
+
+@pytest.mark.parametrize("outcomes, met, seeds", [
+    (["timeout", 33.4], True, [1, 2]),  # a stuck router: the next seed
+    (["timeout", "timeout", 33.4], True, [1, 2, 3]),
+    (["timeout", "timeout", "timeout"], None, [1, 2, 3]),  # gives up: BuildError
+    ([32.83, "timeout", 33.1], True, [1, 2, 3]),  # a near miss, then a stuck seed
+])
+def test_build_moves_on_from_a_stuck_seed(tmp_path, monkeypatch, outcomes, met, seeds):
+    """An attempt stopped by the time budget is placed again at the next seed (at most
+    MAX_TIMEOUTS times); report.json records it with timed_out."""
+    import fpga.flow.build as B
+
+    calls = []
+
+    def fake_flow(platform, top, out, *, seed, name="top", budget=None):
+        calls.append(seed)
+        assert budget == 5.0
+        got = outcomes[len(calls) - 1]
+        elaborate(top, platform)  # the design the flow would build (no tools run)
+        if got == "timeout":
+            raise B.ToolTimeout(5.0)
+        return ({"utilization": {"ICESTORM_LC": {"used": 5028, "available": 5280}},
+                 "fmax": {"clk": {"achieved": got, "constraint": top.clock_hz / 1e6}}}, 1.0)
+
+    monkeypatch.setattr(B, "_flow", fake_flow)
+    rom = build_rom(random_qnet((20, 8, 4), density=0.5), pes=2)
+    if met is None:
+        with pytest.raises(B.BuildError, match="time budget of 5 s"):
+            B.build(rom, clock_mhz=33, build_root=tmp_path, log=lambda *a: None, time_budget=5.0)
+        assert calls == seeds
+        return
+    r = B.build(rom, clock_mhz=33, build_root=tmp_path, log=lambda *a: None, time_budget=5.0)
+    assert calls == seeds and r["timing_met"] is met
+    assert [a.get("timed_out", False) for a in r["attempts"]] == [o == "timeout" for o in outcomes]
+    with pytest.raises(B.BuildError, match="time budget"):  # no retry: the first stop is final
+        calls.clear()
+        outcomes[:] = ["timeout"]
+        B.build(rom, clock_mhz=33, build_root=tmp_path, log=lambda *a: None, time_budget=5.0,
+                retry=False)
+
+
+@pytest.mark.parametrize("outcomes, want", [
+    ([32.58, 33.44], [(1, True), (1, False)]),  # the easier design first, same seed
+    (["timeout", 33.2], [(1, True), (1, False)]),  # stuck: the easier design too
+    ([32.58, 32.9, 33.1], [(1, True), (1, False), (2, False)]),  # then the next seed
+    ([40.0], [(1, True)]),  # met: as asked
+])
+def test_build_drops_the_lockstep_overlap_before_seed_or_clock(tmp_path, monkeypatch, outcomes,
+                                                                want):
+    """A lockstep build that misses its clock (or is stopped) is rebuilt without layer 1 under
+    layer 0's drain before another seed or a lower clock; report.json says which design it is
+    (params.overlap) and what each attempt was."""
+    import fpga.flow.build as B
+    from fpga.boards import engine_params
+
+    calls = []
+
+    def fake_flow(platform, top, out, *, seed, name="top", budget=None):
+        calls.append((seed, top.core.engine.overlap))
+        elaborate(top, platform)
+        got = outcomes[len(calls) - 1]
+        if got == "timeout":
+            raise B.ToolTimeout(5.0)
+        return ({"utilization": {"ICESTORM_LC": {"used": 5124, "available": 5280}},
+                 "fmax": {"clk": {"achieved": got, "constraint": top.clock_hz / 1e6}}}, 1.0)
+
+    monkeypatch.setattr(B, "_flow", fake_flow)
+    img = build_lockstep(random_qnet((24, 16, 8, 4), density=0.5, seed=1), 2)
+    params = engine_params(img)
+    assert params.overlap and params.drain_share == 2
+    r = B.build(img, clock_mhz=33, build_root=tmp_path, log=lambda *a: None, params=params,
+                time_budget=5.0)
+    assert calls == want and r["timing_met"]
+    assert r["params"]["overlap"] is want[-1][1]
+    assert [(a["seed"], a["overlap"]) for a in r["attempts"]] == want
+
+
+def test_build_flags_refused_in_one_line(tmp_path):
+    """--time-budget below 0 and --no-overlap on an engine without it: exit 2 before any work."""
+    for extra, what in ((["build", "--time-budget", "-1"], "--time-budget"),
+                        (["build", "--engine", "eie", "--no-overlap"], "--no-overlap"),
+                        (["run", "--sim", "--engine", "eie", "--no-overlap"], "--no-overlap"),
+                        (["run", "--port", "/dev/null", "--no-overlap"], "only with --sim")):
+        res = subprocess.run([sys.executable, "-m", "fpga", *extra,
+                              *(["--build-dir", str(tmp_path)] if extra[0] == "build" else [])],
+                             capture_output=True, text=True, cwd=REPO)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1 and what in res.stderr, \
+            res.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_retry_prefers_exact_baud_divisor():

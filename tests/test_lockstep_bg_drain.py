@@ -117,3 +117,24 @@ def test_bg_drain_only_where_it_can_be():
     one = build_lockstep(random_qnet((8, 12), seed=2, density=0.5, shift=4), 2)
     eng = LockstepEngine(one, drain_share=2)
     assert not eng.bg_drain and eng.early0  # one layer: its biases in its own DRAIN
+
+
+def test_overlap_is_a_parameter():
+    """`LockstepParams.overlap` (the board build's --no-overlap) reaches the engine through
+    `hw.make_engine`: False builds the engine without layer 1 under layer 0's DRAIN (layer 0's
+    biases then go in under its own DRAIN instead); it is part of the engine's digest, and
+    anything but a bool is refused before anything is made."""
+    from hw import make_engine
+    from hw.blocks import EngineConfigError
+    from images import image_digest
+    from images.lockstep import LockstepParams
+
+    img = build_lockstep(random_qnet((12, 40, 8, 3), seed=3, density=0.5, shift=[6, 5, 4]), 2)
+    on = make_engine(img, LockstepParams(drain_share=2))
+    off = make_engine(img, LockstepParams(drain_share=2, overlap=False))
+    assert on.bg_drain and not on.early0
+    assert not off.bg_drain and off.early0 and not off.overlap
+    assert image_digest(img, LockstepParams(drain_share=2)) != image_digest(
+        img, LockstepParams(drain_share=2, overlap=False))
+    with pytest.raises(EngineConfigError, match="overlap"):
+        make_engine(img, LockstepParams(drain_share=2, overlap=1))

@@ -33,10 +33,9 @@ from tests.test_hw_engine import _inputs
 from tests.test_hw_lockstep import _run_back_to_back
 
 
-class NoOverlap(LockstepEngine):
+def NoOverlap(img, **kw):
     """The engine without layer 1 under layer 0's DRAIN (tests/test_lockstep_bg_drain.py)."""
-
-    bg_drain_allowed = False
+    return LockstepEngine(img, overlap=False, **kw)
 
 
 def one_at_a_time(engine, x):

@@ -58,7 +58,8 @@ def test_defaults_unchanged():
     words = _command("sim")
     assert "--model" not in words and _after(words, "--pes") == "8"
     words = _command("verify-mnist", MNIST_DIR="/data/mnist")
-    assert _after(words, "--data") == "/data/mnist"
+    assert _after(words, "--data") == "/data/mnist" and "--one-map" not in words
+    assert "--one-map" in _command("verify-mnist", ONE_MAP="1")
     assert "--build-dir" not in _command("bitstream")
 
 

@@ -62,6 +62,7 @@ def test_run_lockstep_engine(small):
     (["--pes", "65"], "--pes must be 1..64"),
     (["--acc-bits", "8"], "acc_bits must be 17..64"),
     (["--queue-depth", "0"], "--queue-depth must be 1..64"),
+    (["--engine", "eie", "--no-overlap"], "--no-overlap: the eie engine has no overlap"),
 ])
 def test_run_refuses_what_does_not_fit(small, extra, expect):
     _qnet, _x, d = small

@@ -69,6 +69,10 @@ def test_bad_inputs_exit_2_one_line(capsys, tmp_path, mnist_dir, monkeypatch):
     assert "q.npz" in _bad(capsys, o, "--data", mnist_dir, "--model", tmp_path / "q.npz")
     save_qnet(random_qnet((20, 10), seed=1), tmp_path / "small.npz")
     assert "784" in _bad(capsys, o, "--data", mnist_dir, "--model", tmp_path / "small.npz")
+    # --one-map: the lockstep engine's board layout of a CNN only
+    assert "conv layers" in _bad(capsys, o, "--data", mnist_dir, "--one-map")
+    assert "--engine lockstep" in _bad(capsys, o, "--data", mnist_dir, "--one-map", "--engine",
+                                       "eie", "--model", REPO / "compress/models/lenet-5.qnet.npz")
 
 
 def test_histogram_and_stats(tmp_path):

@@ -196,6 +196,9 @@ SYNTH_OPTS = "-noabc9"
 NEXTPNR_OPTS = "--router router2"
 BITSTREAM = "bit"  # the file the flow writes: <name>.bit (ecppack --compress, the platform's)
 TOOLS = "yosys, nextpnr-ecp5 and ecppack"
+# the wall-clock seconds one attempt's tools may take (`fpga.flow.build.time_budget_s`): the
+# 16-PE EIE engine builds in 7 minutes on free cores, 21 beside other work
+TOOL_BUDGET_S = 60 * 60
 
 # what `fpga build` prints beside the LUT4s: (label, report key, budget field)
 TABLE = (("DSP (MULT18X18D)", "dsp_used", "dsp"), ("EBR (DP16KD, 18 kbit)", "ebr_used", "ebr"))

@@ -438,6 +438,10 @@ SYNTH_OPTS = "-dsp -spram"  # SB_MAC16 for the multipliers, SB_SPRAM256KA for in
 NEXTPNR_OPTS = "--tmg-ripup"
 BITSTREAM = "bin"  # the file the flow writes: <name>.bin
 TOOLS = "yosys, nextpnr-ice40 and icepack"
+# the wall-clock seconds one attempt's tools may take (`fpga.flow.build.time_budget_s`): the
+# board's designs build in 4-6 minutes on a free core and about twice that beside other work;
+# a placement the router cannot close at the clock can loop in --tmg-ripup for over 30 minutes
+TOOL_BUDGET_S = 20 * 60
 
 
 # what `fpga build` prints beside logic cells: (label, report key, budget field)

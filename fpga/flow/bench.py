@@ -82,16 +82,16 @@ def _yosys_gate_level(rtl: Path, out: Path, log: Path, fam) -> None:
 
 def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
                 timeout_cycles: int | None = None, spram: bool = False,
-                board: str = DEFAULT_BOARD) -> BoardBuild:
-    """Generate (and for gate level, synthesise) the core of `board` (its engine parameters
-    and its family's memories) and compile it with Icarus."""
+                board: str = DEFAULT_BOARD, params=None) -> BoardBuild:
+    """Generate (and for gate level, synthesise) the core of `board` (its engine parameters,
+    or `params` when given, and its family's memories) and compile it with Icarus."""
     from cocotb_tools.runner import get_runner
 
     if timeout_cycles is None:
         timeout_cycles = sim_timeout(divisor)
     root = check_build_dir(build_root(), "FPGA_BUILD_DIR")
     key = hashlib.sha256(json.dumps({
-        "image": image_digest(img), "engine": engine_of(img).name, "gate": gate_level,
+        "image": image_digest(img, params), "engine": engine_of(img).name, "gate": gate_level,
         "divisor": divisor, "timeout": timeout_cycles, "spram": spram, "board": board,
         "src": _source_hash(),
     }, sort_keys=True).encode()).hexdigest()[:20]
@@ -102,7 +102,8 @@ def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
             d.mkdir(parents=True, exist_ok=True)
             fam = family_of(board)
             core = BoardCore(img, clock_hz=SIM_CLOCK_HZ, divisor=divisor,
-                             timeout_cycles=timeout_cycles, spram=spram, board=board)
+                             timeout_cycles=timeout_cycles, spram=spram, board=board,
+                             params=params)
             if spram and gate_level:
                 # The netlist simulates with the family's cell models, which model its loadable
                 # memories (SB_SPRAM256KA): use the primitive itself, as on the chip.
@@ -127,17 +128,18 @@ def build_board(img, *, gate_level: bool = False, divisor: int = SIM_DIVISOR,
 @contextlib.contextmanager
 def simulated_board(img=None, *, build: BoardBuild | None = None, gate_level: bool = False,
                     spram: bool = False, accept_timeout: float = 120.0,
-                    divisor: int = SIM_DIVISOR, board: str = DEFAULT_BOARD):
+                    divisor: int = SIM_DIVISOR, board: str = DEFAULT_BOARD, params=None):
     """Yield a transport to the board core running in cocotb; stops the simulation on exit.
 
     `divisor` is the UART's clock cycles per bit (the bench's clock cycles are the board's);
-    `board` the board whose core is simulated (its engine parameters and memories).
+    `board` the board whose core is simulated (its engine parameters, or `params`, and
+    memories).
     After the simulation the transport's `times` hold the cycle each host byte started on rx
     (`rx_start`) and each board byte ended on tx (`tx_end`), in order.
     The simulator runs in its own process group (`tb.sim.icarus_runner`), ended with this
     process; an interrupted run (SIGINT, SIGTERM) leaves no run directory."""
     b = build or build_board(img, gate_level=gate_level, spram=spram, divisor=divisor,
-                             board=board)
+                             board=board, params=params)
     runs = b.dir / "runs"
     runs.mkdir(exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))

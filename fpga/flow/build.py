@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from compress.atomic import write_bytes_atomic
 from compress.progress import step
 from images import engine_of
+from images.lockstep import layer1_under_drain
 from images.params import EngineParams
 
 from ..boards import BOARDS, DEFAULT_BOARD, engine_params, get_board
@@ -134,10 +137,55 @@ def retry_clock(fmax_hz: float, baud: int, board: str = DEFAULT_BOARD):
 # A missed build whose fmax is at least this fraction of the clock is placed once more at the
 # next seed before the clock is lowered (retry_clock).
 SEED_RETRY = 0.95
+# Attempts stopped by the time budget that are placed again at the next seed before the build
+# gives up.
+MAX_TIMEOUTS = 2
 
 
 class BuildError(RuntimeError):
     """A tool failed; the message carries the lines of its log that say why."""
+
+
+class ToolTimeout(BuildError):
+    """The tools ran past the build's time budget (and were stopped)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"the tools did not finish within {seconds:.0f} s")
+        self.seconds = seconds
+
+
+def time_budget_s(board: str = DEFAULT_BOARD) -> float | None:
+    """The wall-clock seconds one place-and-route attempt may take on `board` before it is
+    stopped and the next seed tried (the family's TOOL_BUDGET_S; None: no limit). nextpnr's
+    router can loop for over half an hour on a placement it cannot route at the clock asked
+    (docs/fpga.md section 0)."""
+    return getattr(get_board(board).fam, "TOOL_BUDGET_S", None)
+
+
+def _run_tools(cmd: list[str], *, cwd: Path, env: dict, budget: float | None):
+    """Run `cmd` in its own process group; (return code, stderr). Past `budget` seconds the
+    whole group (the shell, yosys, nextpnr) is killed and ToolTimeout raised; so is it when
+    the caller is interrupted."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _out, err = proc.communicate(timeout=budget)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise ToolTimeout(time.monotonic() - t0) from None
+    except BaseException:
+        _kill_group(proc)
+        raise
+    return proc.returncode, err
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
 
 
 def _why(log: Path) -> str:
@@ -148,9 +196,10 @@ def _why(log: Path) -> str:
     return "\n".join(keep[-8:]) or "\n".join(lines[-8:])
 
 
-def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[dict, float]:
+def _flow(platform, top, out: Path, *, seed: int, name: str = "top",
+          budget: float | None = None) -> tuple[dict, float]:
     """One run of the board family's tools in `out` (iCE40: yosys -> nextpnr -> icepack; ECP5:
-    yosys -> nextpnr-ecp5 -> ecppack);
+    yosys -> nextpnr-ecp5 -> ecppack), stopped after `budget` seconds (ToolTimeout);
     (nextpnr report, seconds)."""
     fam = top.board.fam
     env = {**os.environ, **fam.tool_env()}
@@ -167,30 +216,49 @@ def _flow(platform, top, out: Path, *, seed: int, name: str = "top") -> tuple[di
         os.environ.clear()
         os.environ.update(old_env)
     plan.extract(out)
-    res = subprocess.run(["sh", f"build_{name}.sh"], cwd=out, env=env, capture_output=True,
-                         text=True)
+    try:
+        code, err = _run_tools(["sh", f"build_{name}.sh"], cwd=out, env=env, budget=budget)
+    except BaseException:
+        (out / bitstream).unlink(missing_ok=True)
+        raise
     secs = time.monotonic() - t0
-    if res.returncode != 0:
+    if code != 0:
         (out / bitstream).unlink(missing_ok=True)
         why = _why(out / f"{name}.tim") if (out / f"{name}.json").exists() else _why(
             out / f"{name}.rpt")
         raise BuildError(f"the build failed after {secs:.0f} s:\n{why}\n"
-                         f"{res.stderr.strip()[-2000:]}")
+                         f"{err.strip()[-2000:]}")
     return json.loads((out / f"{name}.report.json").read_text()), secs
+
+
+def _easier(img, params: EngineParams) -> EngineParams | None:
+    """The engine's parameters a step easier to place and route, or None: the lockstep engine
+    without layer 1 under layer 0's drain where it has it (a few % more cycles, the engine
+    before that overlap; `images.lockstep.layer1_under_drain`)."""
+    if getattr(params, "overlap", False) and layer1_under_drain(img, params.drain_share):
+        return replace(params, overlap=False)
+    return None
 
 
 def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = None,
           baud: int = 3_000_000, build_root: str | Path = "build", seed: int = 1,
           model: dict | None = None, spram: bool = True, retry: bool = True,
-          params: EngineParams | None = None, log=print) -> dict:
+          params: EngineParams | None = None, log=print,
+          time_budget: float | None = -1.0) -> dict:
     """Build the bitstream; returns the report dict (also written to build/<board>/report.json).
 
     params: the engine's parameters (default: the board's, `fpga.boards.engine_params`). With
-    `retry`, a build whose fmax falls short of the clock by less than 5 % (SEED_RETRY) is placed
-    again at the next seed, and one that still misses is built once more, at the first seed,
-    with the PLL at the fastest setting at or below the last fmax found, so the bitstream meets
-    timing when it can.
+    `retry`, a build that misses the clock is first rebuilt a design step easier to place when
+    there is one (`_easier`: the lockstep engine without its overlap), then, when it falls short
+    by less than 5 % (SEED_RETRY), placed again at the next seed, and one that still misses is
+    built once more, at the first seed, with the PLL at the fastest setting at or below the
+    last fmax found, so the bitstream meets timing when it can. time_budget: seconds an
+    attempt's tools may run (default -1: the board's, `time_budget_s`; None: no limit); one
+    that runs past it is stopped and, with `retry`, rebuilt the easier design or placed again
+    at the next seed (at most MAX_TIMEOUTS times), else BuildError. report.json's `attempts`
+    lists every attempt (with `overlap` for the lockstep engine, `timed_out` when stopped).
     """
+    budget = time_budget_s(board) if time_budget == -1.0 else time_budget
     rec = engine_of(img)
     params = engine_params(img, board) if params is None else params
     what = f"{img.pes} PEs" + (f" (queue depth {params.queue_depth})"
@@ -202,24 +270,56 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = None,
     attempts = []
     total = 0.0
     lowered = False
+    first_seed, seed_moved = seed, False
     while True:
         platform = board_platform(board)  # a platform object takes one design only
         top = BoardTop(img, clock_hz=target, baud=baud, board=board, spram=spram, params=params)
-        log(f"building {board}: {rec.name} engine, {what}, PLL "
+        log(f"building {board}: {rec.name} engine, {what}"
+            f"{'' if getattr(params, 'overlap', True) else ' without the overlap'}, PLL "
             f"{top.clock_hz / 1e6:g} MHz, {baud} baud, in {out}/ ...")
-        with step(f"{top.board.fam.TOOLS} for {board}"):
-            npr, secs = _flow(platform, top, out, seed=seed)
+        design = {"overlap": params.overlap} if "overlap" in params.names() else {}
+        try:
+            with step(f"{top.board.fam.TOOLS} for {board}"):
+                npr, secs = _flow(platform, top, out, seed=seed, budget=budget)
+        except ToolTimeout as e:
+            total += e.seconds
+            attempts.append({"clock_mhz": round(top.clock_hz / 1e6, 3), "fmax_mhz": None,
+                             "seed": seed, **design, "seconds": round(e.seconds, 1),
+                             "timed_out": True})
+            if not retry or sum(a.get("timed_out", False) for a in attempts) > MAX_TIMEOUTS:
+                tried = ", ".join(str(a["seed"]) for a in attempts if a.get("timed_out"))
+                raise BuildError(f"the tools did not finish within the time budget of "
+                                 f"{budget:.0f} s (seed {tried}); --time-budget gives them "
+                                 f"longer") from None
+            easier = _easier(img, params)
+            if easier is not None:
+                params = easier
+                log(f"stopped after {e.seconds:.0f} s (the time budget): rebuilding without "
+                    f"layer 1 under layer 0's drain")
+            else:
+                seed += 1
+                log(f"stopped after {e.seconds:.0f} s (the time budget): placing again with "
+                    f"seed {seed}")
+            continue
         total += secs
         fig = top.board.fam.parse_report(npr, clock_hz=top.clock_hz)
         met = fig["fmax_mhz"] is not None and fig["fmax_mhz"] >= fig["clock_mhz"]
         attempts.append({"clock_mhz": fig["clock_mhz"], "fmax_mhz": fig["fmax_mhz"],
-                         "seed": seed, "seconds": round(secs, 1)})
+                         "seed": seed, **design, "seconds": round(secs, 1)})
         if met or not retry or lowered or not fig["fmax_mhz"]:
             break
-        if len(attempts) == 1 and fig["fmax_mhz"] >= SEED_RETRY * fig["clock_mhz"]:
+        easier = _easier(img, params)
+        if easier is not None:
+            # the design a step easier to place before any other seed or clock (the lockstep
+            # board's unstructured LeNet-300-100: 32.58 MHz at seed 1 with it, 33.44 without)
+            params = easier
+            log(f"fmax {fig['fmax_mhz']} MHz < {fig['clock_mhz']:g} MHz: rebuilding without "
+                f"layer 1 under layer 0's drain")
+            continue
+        if not seed_moved and fig["fmax_mhz"] >= SEED_RETRY * fig["clock_mhz"]:
             # within placement noise (a nearly full chip's fmax moves by a few % from seed to
             # seed): the same clock once more at the next seed before giving up any clock
-            seed += 1
+            seed, seed_moved = seed + 1, True
             log(f"fmax {fig['fmax_mhz']} MHz < {fig['clock_mhz']:g} MHz: placing again with "
                 f"seed {seed}")
             continue
@@ -228,7 +328,7 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = None,
             break
         log(f"fmax {fig['fmax_mhz']} MHz < {fig['clock_mhz']:g} MHz: rebuilding at "
             f"{p.fout / 1e6:g} MHz")
-        target, seed, lowered = p.fout, attempts[0]["seed"], True
+        target, seed, lowered = p.fout, first_seed, True
     report = {
         "board": board,
         "device": platform.device,

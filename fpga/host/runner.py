@@ -11,7 +11,7 @@ on it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -21,9 +21,10 @@ from compress.data import load_split
 from compress.progress import step
 from compress.qnet import load_inputs, load_labels
 from compress.shipped import load_model
-from images import check_pes, engine_of
+from images import check_pes, engine_of, get
 
 from .. import protocol as P
+from ..boards import engine_params
 from ..flow.bench import simulated_board
 from ..flow.build import default_clock_for
 from ..flow.resources import board_image, check_board_fit, check_board_kinds
@@ -228,6 +229,12 @@ def run_cli(args) -> int:
         raise InputError(f"--timeout must be a positive number of seconds, not {args.timeout!r}")
     if args.clock_mhz is not None and not 0 < args.clock_mhz <= 1000:
         raise InputError(f"--clock-mhz must be in (0, 1000], not {args.clock_mhz!r}")
+    if getattr(args, "no_overlap", False) and not args.sim:
+        raise InputError("--no-overlap: only with --sim (a board runs the engine it was "
+                         "built with)")
+    if getattr(args, "no_overlap", False) and "overlap" not in get(args.engine).params.names():
+        raise InputError(f"--no-overlap: the {args.engine} engine has no overlap to switch off "
+                         f"(the lockstep engine's layer 1 under layer 0's drain)")
     if args.out:
         refuse_same_path(args.out, args.model, args.inputs, args.labels)
         check_output(args.out)
@@ -258,8 +265,10 @@ def run_cli(args) -> int:
         check_board_fit(qnet, args.engine, args.pes, img=rom, board=args.board)
         print(f"simulated board: {args.board}, {args.engine} engine, {args.pes} PEs, UART at "
               f"{divisor} clocks a bit ({args.baud:,} baud at {mhz:g} MHz)")
+        params = (replace(engine_params(rom, args.board), overlap=False)
+                  if getattr(args, "no_overlap", False) else None)
         with simulated_board(rom, spram=not args.no_spram, divisor=divisor,
-                             board=args.board) as transport:
+                             board=args.board, params=params) as transport:
             board = Board(transport, timeout=args.timeout)
             stats = run_inputs(board, qnet, x, labels, rom=rom, noun=noun)
             info = board.info
