@@ -862,10 +862,12 @@ class LockstepEngine(wiring.Component):
         out_busy = c.drn_valid | c.y_valid | c.d2_valid | c.d3_valid
         if self.one_map:
             out_busy |= c.y1_valid | (c.w_cnt != 0)  # the output stages' words still to write
-            # the map's one port (an SPRAM on the board) is the loader's only while the
-            # engine waits in PRE0 for a bank that is not full yet, and not in the cycle after
-            # the take that fills it (the front end may start then and read): the reads the
-            # engine uses and the writes never meet (a flip-flop, set a cycle ahead)
+            # the map's one port (an SPRAM on the board) is the loader's while the engine
+            # waits in PRE0 for a bank that is not full yet, but not in the cycle after the take
+            # that fills it (the front end may start then and read), and, once layer 0 is done
+            # (the loader's pass flags are the input's until then: `_zero_passes`), in any
+            # cycle of a layer where neither the walker reads nor the drain writes (below): the
+            # reads the engine uses and the writes never meet (a flip-flop, set a cycle ahead)
             m.d.sync += io.wfree.eq(0)
 
         # PRELOAD: bias row pcnt -> accumulator row pcnt, controls registered (read a cycle
@@ -1013,6 +1015,19 @@ class LockstepEngine(wiring.Component):
             # `rev` is 0 from the last output word until layer 0's front end is done (its
             # pipeline takes a few cycles more before the next front end can start)
             m.d.comb += c.fe.first.eq(Mux(c.rev, 0, io.nz_first))
+        if self.one_map:
+            self._load_under_compute(m, c, io)
+
+    def _load_under_compute(self, m, c, io):
+        """`one_map`: the next input loads under the compute of layers 1.. (into the other
+        bank): the map's port is the loader's in the next cycle when the walker is idle and
+        does not start now, and no drain word is written then (d3_ and the writer's last word
+        are this cycle's)."""
+        fsm, layer = c.fsm, c.layer
+        with m.If((layer != 0) & (fsm.ongoing("PRELOAD") | fsm.ongoing("COMPUTE")
+                                  | fsm.ongoing("DRAIN"))
+                  & ~c.fe.busy & ~c.fe.start & ~c.d2_valid & ~c.d3_valid & (c.w_cnt <= 1)):
+            m.d.sync += io.wfree.eq(1)
 
     def _bg_drain(self, m, c, io, step_preload):
         """With `bg_drain`: layer 0's DRAIN under layer 1's PRELOAD and COMPUTE (its first
