@@ -422,6 +422,28 @@ def test_one_map_next_input_loads_under_layers_1_on():
     np.testing.assert_array_equal(saved, 65)
 
 
+@pytest.mark.skipif(not long_tests(), reason="LONG=1: LeNet-5 back to back (about 150 CPU s)")
+def test_lenet5_back_to_back_period():
+    """LeNet-5 on the board's engine, the first 3 sample digits offered back to back: bit-exact,
+    and a result follows the previous one by its compute and under 200 cycles (the input's 784
+    words loaded under layers 1..; docs/conv.md: 183)."""
+    from compress.data import load_sample
+    from compress.golden import mnist_to_input
+    from fpga.flow.resources import board_image
+
+    from compress.qnet import load_qnet
+    from compress.shipped import SHIPPED_DIR
+
+    qnet = load_qnet(SHIPPED_DIR / "lenet-5.qnet.npz")
+    img = board_image(qnet, "lockstep", 8)
+    x = mnist_to_input(load_sample().images[:3], qnet.input_frac).reshape(3, -1)
+    y, stamps, lcs = _stream_periods(_board_engine(img, drain_share=2, queue_depth=2), x,
+                                     max_cycles=400_000)
+    np.testing.assert_array_equal(y, golden(qnet, x))
+    extra = np.diff(stamps) - lcs.sum(axis=1)[1:]
+    assert np.all(extra < 200), extra
+
+
 def test_the_port_rule_is_what_keeps_it_exact():
     """Inputs back to back: exact as the engine is; with the loader writing the next input
     while a layer reads the map, the simulated SPRAM poisons reads and the results go wrong
