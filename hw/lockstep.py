@@ -436,7 +436,7 @@ class LockstepEngine(wiring.Component):
         pass of layer 0 in a column that holds only zeros is skipped by the walker (`zero`:
         a cycle, its accumulators keep the biases). Columns only: MNIST's digits are narrower
         than tall (of LeNet-5's 144 conv1 passes, about 25 a digit have all-zero columns, 5
-        all-zero rows, 29 either), and rows too would cost about 100 more logic cells."""
+        all-zero rows, 29 either), and the board has few logic cells left for row flags."""
         from images.conv import one_map_pass_cols
 
         io = c.io
