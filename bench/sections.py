@@ -248,8 +248,9 @@ def lenet5_engine(*, count: int = 20, pes: int = 8, dense_count: int = 1) -> tup
                  "-" if dense is None else f"**{dense.sum() / total:.1f}x**"])
     cyc = float(r.cycles.mean())
     ls_md, ls_data = _lenet5_lockstep(qnet, x[:count], pes)
+    board_md, board_data = _lenet5_board(qnet, x[:count], pes)
     data = {"pes": pes, "digits": count, "layers": br, "utilisation": util, "ideal": ideal,
-            "lockstep": ls_data,
+            "lockstep": ls_data, "board": board_data,
             "conv_utilisation": conv_util, "cycles": cyc, "compute_cycles": total,
             "dense_layer_cycles": None if dense is None else dense.tolist(),
             "golden_cpu_seconds_per_image": golden_cpu,
@@ -263,8 +264,47 @@ def lenet5_engine(*, count: int = 20, pes: int = 8, dense_count: int = 1) -> tup
           f"{cyc:.0f} cycles per image in all (input and output words included): "
           f"{33e6 / cyc:,.0f} images/s at 33 MHz back to back. The golden model "
           f"(`compress.golden`, numpy) takes {1e3 * golden_cpu:.2f} CPU ms per image "
-          f"(batch of {len(x)}).\n\n" + ls_md)
+          f"(batch of {len(x)}).\n\n" + ls_md + "\n\n" + board_md)
     return md, data
+
+
+def _lenet5_board(qnet, x, pes: int) -> tuple[str, dict]:
+    """LeNet-5 on the iCEBreaker's design: the lockstep engine's one-map layout
+    (`images.lockstep.board_options`) with the board's parameters (queue depth 2, drain_share
+    2), in cocotb + Verilator, bit-exact: cycles, slot cycles and MAC utilisation per layer,
+    images/s at the board's clock for a CNN (no cycle model of this layout yet)."""
+    from compress.golden import golden, run_layers
+    from fpga.flow.build import ice40_conv_clock
+    from images.lockstep import LockstepParams, board_options, build_lockstep, lockstep_cycles
+    from tb.analysis import useful_macs
+    from tb.sim import build, simulate
+
+    params = LockstepParams(queue_depth=2, drain_share=2)
+    img = build_lockstep(qnet, pes, **board_options(qnet, pes))
+    r = simulate(build(img, params, sim="verilator"), x)
+    np.testing.assert_array_equal(r.outputs, golden(qnet, x))
+    lc = r.layer_cycles.mean(axis=0)
+    useful = np.array([u.mean() for u in useful_macs(qnet, x)])
+    slots = lockstep_cycles(img, [x] + run_layers(qnet, x)[:-1]).mean(axis=0)
+    conv = np.array([ly.kind == "conv" for ly in qnet.layers])
+    conv_util = float(useful[conv].sum() / (pes * lc[conv].sum()))
+    rows = [[f"l{i} {qnet.layers[i].kind}", f"{lc[i]:.0f}", f"{slots[i]:.0f}",
+             f"{100 * useful[i] / (pes * lc[i]):.1f}%"] for i in range(len(lc))]
+    rows.append(["**all**", f"{lc.sum():.0f}", f"{slots.sum():.0f}",
+                 f"**{100 * useful.sum() / (pes * lc.sum()):.1f}%**"])
+    cyc = float(r.cycles.mean())
+    mhz = ice40_conv_clock()
+    md = (f"The **board's design** (the lockstep engine's one-map layout, {pes} PEs, queue depth "
+          f"2, drain_share 2: what `make bitstream BOARD=icebreaker MODEL=.../lenet-5.qnet.npz` "
+          f"builds; docs/lockstep.md, \"On the board\"), the same {len(x)} digits, bit-exact:\n\n"
+          + md_table(["layer", "cycles (mean)", "slot cycles", "MAC utilisation"], rows)
+          + f"\n\nMAC utilisation on the conv layers: **{100 * conv_util:.1f}%**; {cyc:.0f} "
+          f"cycles per image with its input and output words (the bench offers an input after "
+          f"the previous result): **{mhz * 1e6 / cyc:,.0f} images/s at the board's {mhz:g} "
+          f"MHz**.")
+    return md, {"layer_cycles": lc.tolist(), "slot_cycles": slots.tolist(),
+                "conv_utilisation": conv_util, "cycles": cyc, "clock_mhz": mhz,
+                "images_per_second": mhz * 1e6 / cyc}
 
 
 def _lenet5_lockstep(qnet, x, pes: int) -> tuple[str, dict]:

@@ -115,6 +115,39 @@ def check_baud(clock_mhz: float, baud: int, board: str = DEFAULT_BOARD) -> int:
         raise InputError(f"--baud: {e}") from None
 
 
+ISSUE_WIDTHS = (1, 2, 4)  # the EIE engine's front ends (images.eie.ISSUE_WIDTHS)
+
+
+def check_issue_width_arg(width: int | None, engine: str) -> None:
+    """InputError for an --issue-width the EIE engine has no front end for, or another engine."""
+    if width is None:
+        return
+    if engine != "eie":
+        raise InputError(f"--issue-width is the EIE engine's (--engine eie), not the {engine} "
+                         f"engine's")
+    if width not in ISSUE_WIDTHS:
+        raise InputError(f"--issue-width must be 1, 2 or 4, not {width}")
+
+
+def check_issue_width(img, params, board: str) -> None:
+    """InputError when the board's engine cannot take the width asked for: four columns a
+    cycle are the pipelined front end's (the ULX3S's) and read every pointer bank on four
+    ports, which must fit the device's block RAMs; the pipelined front end sends two or four."""
+    from .boards import _blocks
+
+    w, b = params.issue_width, get_board(board)
+    if w == 1 and params.pipelined:
+        raise InputError(f"--issue-width 1: the {board}'s EIE engine has the pipelined front "
+                         f"end, which sends 2 or 4 columns a cycle")
+    if w == 4 and not params.pipelined:
+        raise InputError(f"--issue-width 4 takes the pipelined front end (the ULX3S's, from 4 "
+                         f"PEs), not the {board}'s engine at {img.pes} PEs")
+    if w == 4 and _blocks(img, params, b) > b.budget.ebr:
+        raise InputError(f"--issue-width 4: the pointer banks read on four ports need "
+                         f"{_blocks(img, params, b)} block RAMs of the {b.device}'s "
+                         f"{b.budget.ebr} (--issue-width 2 fits)")
+
+
 def cmd_build(args):
     board = get_board(args.board)  # unknown board: one line, exit 2, before any work
     clock_given = args.clock_mhz is not None
@@ -124,6 +157,7 @@ def cmd_build(args):
     args.baud = args.baud or board.baud
     check_baud(args.clock_mhz, args.baud, board.name)  # before any work too
     args.engine = args.engine or board.engine
+    check_issue_width_arg(args.issue_width, args.engine)
     budget = time_budget_s(board.name)
     if args.time_budget is not None:
         if not math.isfinite(args.time_budget) or args.time_budget < 0:
@@ -179,12 +213,17 @@ def cmd_build(args):
         # placer's "design uses N RAM cells" error. Say so at once, with the figures.
         print(f"model: {name}\n{format_analysis(a)}")
         _refuse(args, qnet, a, force_hint=True)
+    if args.issue_width is not None:
+        values["issue_width"] = args.issue_width
+    params = engine_params(img, args.board, **values)
+    if args.issue_width is not None:
+        check_issue_width(img, params, board.name)
     try:
         report = build(img, board=args.board, clock_mhz=args.clock_mhz, baud=args.baud,
                        build_root=args.build_dir, seed=args.seed,
                        model=model_record(args.model, qnet, board=_for_board(args)),
-                       spram=spram, retry=not args.no_retry,
-                       params=engine_params(img, args.board, **values), time_budget=budget)
+                       spram=spram, retry=not args.no_retry, params=params,
+                       time_budget=budget)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -249,6 +288,11 @@ def build_parser():
     b.add_argument("--queue-depth", type=int, default=None,
                    help="the engine's queue depth (default: the board's; eie 4: the queues are "
                         "flip-flops, and 8 of them do not leave room for 2 PEs on the UP5K)")
+    b.add_argument("--issue-width", type=int, default=None,
+                   help="non-zero columns the EIE engine's front end sends a cycle: 1, 2, or 4 "
+                        "(the pipelined front end's: 2 or 4; default: the board's, two on the "
+                        "ULX3S; 4 with --queue-depth 20 is its four-wide option, docs/fpga.md "
+                        "section 7)")
     b.add_argument("--no-retry", action="store_true",
                    help="keep the first result even when timing is not met (default: a miss "
                         "within 5%% is placed again at the next seed, then the design is rebuilt "

@@ -477,9 +477,11 @@ class OneMapConvFrontEnd(wiring.Component):
 
     Where `PassWalker` clips each sub-position's kernel rows to the map and reads N lanes a
     word (about 1,000 logic cells on the iCE40), this walks every kernel position of every
-    sub-position in order (dx, dy, channel, then the pooling window, `images.conv.one_map_walk`)
-    with one word, row and column register each stepped by a per-layer constant chosen by the
-    innermost counter that does not wrap (`images.conv.one_map_steps`); a position in the
+    sub-position in order (the pooling window's sub-positions innermost, then dx, dy, channel:
+    `images.conv.one_map_walk`) with one word, row and column register each stepped by a
+    per-layer constant chosen by the innermost counter that does not wrap
+    (`images.conv.one_map_steps`; that level and every counter's end are flip-flops set a
+    cycle ahead, so only a table and the adders stand before the read address); a position in the
     padding is read but not sent, so zero padding costs a cycle a position here. The column is
     a counter (the physical column of a one-value map is (c * kh + dy) * kw + dx).
 
@@ -508,10 +510,12 @@ class OneMapConvFrontEnd(wiring.Component):
             "rd_data": In(data.ArrayLayout(signed(16), 1)),
             "o": Out(stream.Signature(conv_bcast_layout(col_bits + 1, self.sub_bits))),
             "busy": Out(1),
+            "zero": In(1),
+            "px": Out(range(max(max(g.wp for g in geoms if g is not None), 2))),
         })
 
     def elaborate(self, platform):
-        from images.conv import ONE_MAP_LEVELS, one_map_steps
+        from images.conv import ONE_MAP_LEVELS, one_map_pass_steps, one_map_steps
 
         m = Module()
         gs = self.geoms
@@ -530,6 +534,11 @@ class OneMapConvFrontEnd(wiring.Component):
             return Array(table([st[key][lv] for st in steps])
                          for lv in range(ONE_MAP_LEVELS))
 
+        psteps = [one_map_pass_steps(g) if g is not None else none for g in gs]
+
+        def pstep(key):  # [row of passes][layer]: a skipped pass's
+            return Array(table([st[key][r] for st in psteps]) for r in range(2))
+
         live = [g for g in gs if g is not None]
         yb = _signed_bits(*[max(g.h, g.w) + g.qh * g.sh * g.hp + g.qw * g.sw * g.wp + g.kh
                             + g.kw + g.ph + g.pw for g in live])
@@ -539,23 +548,39 @@ class OneMapConvFrontEnd(wiring.Component):
         def counter(name, most):
             return Signal(range(max(most, 2)), name=name)
 
-        dx = counter("w_dx", max(g.kw for g in live))
-        dy = counter("w_dy", max(g.kh for g in live))
-        ch = counter("w_c", max(g.c for g in live))
-        bb = counter("w_b", max(g.qw for g in live))
-        aa = counter("w_a", max(g.qh for g in live))
-        px = counter("w_px", max(g.wp for g in live))
+        # the counters, innermost first (`one_map_steps`), and each one's per-layer size
+        sizes = [lambda g: g.qw, lambda g: g.qh, lambda g: g.kw, lambda g: g.kh,
+                 lambda g: g.c, lambda g: g.wp]
+        cnts = [counter(f"w_{nm}", max(f(g) for g in live))
+                for nm, f in zip(("b", "a", "dx", "dy", "c", "px"), sizes)]
+        m.d.comb += self.px.eq(cnts[5])  # the pass column (for `zero`)
         sc = Signal(max(1, self.sub_bits), name="w_sub")
         col = Signal(self.col_bits + 1, name="w_col")
         active = Signal(name="w_active")  # W holds a position of the pass
-        ends = [dx == per_layer(lambda g: g.kw - 1), dy == per_layer(lambda g: g.kh - 1),
-                ch == per_layer(lambda g: g.c - 1), bb == per_layer(lambda g: g.qw - 1),
-                aa == per_layer(lambda g: g.qh - 1), px == per_layer(lambda g: g.wp - 1)]
+        skip = Signal(name="w_skip")  # the pass reads only zeros: W steps to the next one
+        # end[l]: counter l is at its last value, a flip-flop set a cycle ahead (the counter
+        # steps: its next value's compare; it wraps: its size is 1), and w_level, the step's
+        # level (the innermost counter not at its end), a flip-flop from the next ends: the
+        # compares and the priority were the board's critical path in front of the adders
+        ends = [Signal(name=f"w_end_{lv}") for lv in range(len(cnts))]
         lvl = Signal(range(ONE_MAP_LEVELS), name="w_level")
-        m.d.comb += lvl.eq(ONE_MAP_LEVELS - 1)
-        for lv in reversed(range(len(ends))):
-            with m.If(~ends[lv]):
-                m.d.comb += lvl.eq(lv)
+
+        def level_of(flags):  # the innermost level whose counter is not at its end
+            v = Const(ONE_MAP_LEVELS - 1, len(lvl))
+            for lv in reversed(range(len(flags))):
+                v = Mux(flags[lv], v, lv)
+            return v
+
+        def flag(f):  # a per-layer flag, one bit
+            vals = [int(f(g)) if g is not None else 1 for g in gs]
+            return Array(Const(v, 1) for v in vals + [1] * (max(len(vals), 2) - len(vals))
+                         )[self.layer]
+
+        ones = [flag(lambda g, f=f: f(g) == 1) for f in sizes]  # a counter of one value
+        pens = [cnt == per_layer(lambda g, f=f: max(f(g) - 2, 0))
+                for cnt, f in zip(cnts, sizes)]  # one before the end
+        nxt_ends = [Mux(lvl > lv, ones[lv], Mux(lvl == lv, pens[lv], ends[lv]))
+                    for lv in range(len(cnts))]
         inside = Signal(name="w_inside")
         m.d.comb += inside.eq((yy >= 0) & (yy < per_layer(lambda g: g.h))
                               & (xx >= 0) & (xx < per_layer(lambda g: g.w)))
@@ -570,39 +595,54 @@ class OneMapConvFrontEnd(wiring.Component):
                      self.o.valid.eq(d_ok & (self.rd_data[0] != 0)),
                      self.o.payload.value.eq(self.rd_data[0]),
                      self.o.payload.col.eq(d_col), self.o.payload.sub.eq(d_sub),
-                     self.busy.eq(active | d_ok)]
+                     self.busy.eq(active | d_ok | skip)]
         with m.If(~hold):
             m.d.sync += [d_ok.eq(active & inside), d_col.eq(col), d_sub.eq(sc),
                          d_addr.eq(addr)]
             with m.If(active):
                 m.d.sync += [addr.eq(addr + step("word")[lvl][self.layer]),
                              yy.eq(yy + step("y")[lvl][self.layer]),
-                             xx.eq(xx + step("x")[lvl][self.layer])]
-                with m.Switch(lvl):
-                    with m.Case(0):
-                        m.d.sync += [dx.eq(dx + 1), col.eq(col + 1)]
-                    with m.Case(1):
-                        m.d.sync += [dx.eq(0), dy.eq(dy + 1), col.eq(col + 1)]
-                    with m.Case(2):
-                        m.d.sync += [dx.eq(0), dy.eq(0), ch.eq(ch + 1), col.eq(col + 1)]
-                    with m.Case(3):
-                        m.d.sync += [dx.eq(0), dy.eq(0), ch.eq(0), bb.eq(bb + 1),
-                                     sc.eq(sc + 1), col.eq(0)]
-                    with m.Case(4):
-                        m.d.sync += [dx.eq(0), dy.eq(0), ch.eq(0), bb.eq(0), aa.eq(aa + 1),
-                                     sc.eq(sc + 1), col.eq(0)]
-                    with m.Default():  # the pass is walked: W holds the next pass's first
-                        m.d.sync += [dx.eq(0), dy.eq(0), ch.eq(0), bb.eq(0), aa.eq(0),
-                                     sc.eq(0), col.eq(0), active.eq(0),
-                                     px.eq(Mux(lvl == 5, px + 1, 0))]
+                             xx.eq(xx + step("x")[lvl][self.layer]),
+                             lvl.eq(level_of(nxt_ends))]
+                m.d.sync += [e.eq(n) for e, n in zip(ends, nxt_ends)]
+                for lv, cnt in enumerate(cnts):  # inner ones wrap, level lvl's steps
+                    with m.If(lvl == lv):
+                        m.d.sync += cnt.eq(cnt + 1)
+                    with m.Elif(lvl > lv):
+                        m.d.sync += cnt.eq(0)
+                # the sub-position a * qw + b steps with b and a; the column (c, dy, dx)
+                # with dx, dy and the channel
+                with m.If(lvl < 2):
+                    m.d.sync += sc.eq(sc + 1)
+                with m.Else():
+                    m.d.sync += sc.eq(0)
+                with m.If((lvl >= 2) & (lvl < 5)):
+                    m.d.sync += col.eq(col + 1)
+                with m.Elif(lvl >= 5):  # the pass is walked: W holds the next pass's first
+                    m.d.sync += [col.eq(0), active.eq(0)]
+        # a skipped pass (`zero` with start): from its first position to the next pass's, as
+        # its last step would (every counter but px at its start, so every end but px's at
+        # its size-1 value already)
+        row = ends[5]
+        with m.If(skip):
+            m.d.sync += [skip.eq(0), addr.eq(addr + pstep("word")[row][self.layer]),
+                         yy.eq(yy + pstep("y")[row][self.layer]),
+                         xx.eq(xx + pstep("x")[row][self.layer]),
+                         ends[5].eq(Mux(row, ones[5], pens[5])),
+                         lvl.eq(level_of(ends[:5] + [Mux(row, ones[5], pens[5])]))]
+            with m.If(row):
+                m.d.sync += cnts[5].eq(0)
+            with m.Else():
+                m.d.sync += cnts[5].eq(cnts[5] + 1)
         with m.If(self.start):
-            m.d.sync += active.eq(1)
+            m.d.sync += [active.eq(~self.zero), skip.eq(self.zero)]
             with m.If(self.first):
                 m.d.sync += [addr.eq(self.base + per_layer(lambda g: -g.ph * g.w - g.pw)),
                              yy.eq(per_layer(lambda g: -g.ph)),
                              xx.eq(per_layer(lambda g: -g.pw)),
-                             dx.eq(0), dy.eq(0), ch.eq(0), bb.eq(0), aa.eq(0), px.eq(0),
-                             sc.eq(0), col.eq(0)]
+                             sc.eq(0), col.eq(0), lvl.eq(level_of(ones))]
+                m.d.sync += [cnt.eq(0) for cnt in cnts]
+                m.d.sync += [e.eq(o) for e, o in zip(ends, ones)]
         return m
 
 

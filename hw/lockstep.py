@@ -78,6 +78,11 @@ from .memory import MemoryFactory, MemorySpec
 from .queue import ActQueue
 
 
+# the most pass-column flags the loader keeps for skipping layer 0's all-zero
+# passes (`_zero_passes`; a larger first layer is walked in full)
+MAX_PASS_FLAGS = 32
+
+
 class _OneLane:
     """The engine as `hw.blocks.BankedIO` sees it with `one_map`: one activation RAM, one
     value a word (the input loaded and the outputs read in order)."""
@@ -421,6 +426,31 @@ class LockstepEngine(wiring.Component):
                      cfe.base.eq(c.src_t[c.layer]),
                      cfe.rd_data[0].eq(c.act_r[0].data.as_signed())]
         c.fe = SimpleNamespace(start=cfe.start, busy=cfe.busy, rd_addr=cfe.rd_addr, o=cfe.o)
+        g0 = self.geoms[0]
+        if g0 is not None and g0.wp <= MAX_PASS_FLAGS:
+            self._zero_passes(m, c, cfe, g0)
+
+    def _zero_passes(self, m, c, cfe, g):
+        """`one_map`, a conv first layer: the loader notes, per column of passes, whether the
+        map columns its passes read hold a non-zero input value (any row, any channel); a
+        pass of layer 0 in a column that holds only zeros is skipped by the walker (`zero`:
+        a cycle, its accumulators keep the biases). Columns only: MNIST's digits are narrower
+        than tall (of LeNet-5's 144 conv1 passes, about 25 a digit have all-zero columns, 5
+        all-zero rows, 29 either), and the board has few logic cells left for row flags."""
+        from images.conv import one_map_pass_cols
+
+        io = c.io
+        x = Signal(range(max(g.w, 2)), name="l_x")  # the loaded word's map column
+        with m.If(io.take):
+            m.d.sync += x.eq(Mux(x == g.w - 1, 0, x + 1))
+        nz = self.i_act.payload != 0
+        pcol = Signal(g.wp, name="l_nz_pcol")  # pass column px reads a non-zero value
+        fresh = io.lcnt == 0  # an input's first word: the flags start again
+        with m.If(io.take):
+            for i, (lo, hi) in enumerate(one_map_pass_cols(g)):
+                m.d.sync += pcol[i].eq((pcol[i] & ~fresh) | (nz & (x >= lo) & (x < hi)))
+        zcol = Array(~pcol[i] for i in range(g.wp))
+        m.d.comb += cfe.zero.eq((c.layer == 0) & Mux(c.pas == 0, ~pcol[0], zcol[cfe.px]))
 
     def _pointer_stage(self, m, c):
         """ptr[g], ptr[g + 1] of global column g into the queue; empty columns dropped."""
@@ -640,6 +670,10 @@ class LockstepEngine(wiring.Component):
             with m.If(~c.frz):
                 with m.If(s.first):
                     m.d.sync += row_next.eq(0)
+                if img.long_fillers:
+                    # a long filler (`images.csc`, the one-map layout): 1 + z << rel_bits rows
+                    with m.Elif(e_v == 0):
+                        m.d.sync += row_next.eq(row_next + Cat(Const(1, img.rel_bits), e_z))
                 with m.Else():
                     m.d.sync += row_next.eq(e_row + 1)
             e_hit = c.e_valid & (e_v != 0)
@@ -828,10 +862,12 @@ class LockstepEngine(wiring.Component):
         out_busy = c.drn_valid | c.y_valid | c.d2_valid | c.d3_valid
         if self.one_map:
             out_busy |= c.y1_valid | (c.w_cnt != 0)  # the output stages' words still to write
-            # the map's one port (an SPRAM on the board) is the loader's only while the
-            # engine waits in PRE0 for a bank that is not full yet, and not in the cycle after
-            # the take that fills it (the front end may start then and read): the reads the
-            # engine uses and the writes never meet (a flip-flop, set a cycle ahead)
+            # the map's one port (an SPRAM on the board) is the loader's while the engine
+            # waits in PRE0 for a bank that is not full yet, but not in the cycle after the take
+            # that fills it (the front end may start then and read), and, once layer 0 is done
+            # (the loader's pass flags are the input's until then: `_zero_passes`), in any
+            # cycle of a layer where neither the walker reads nor the drain writes (below): the
+            # reads the engine uses and the writes never meet (a flip-flop, set a cycle ahead)
             m.d.sync += io.wfree.eq(0)
 
         # PRELOAD: bias row pcnt -> accumulator row pcnt, controls registered (read a cycle
@@ -979,6 +1015,19 @@ class LockstepEngine(wiring.Component):
             # `rev` is 0 from the last output word until layer 0's front end is done (its
             # pipeline takes a few cycles more before the next front end can start)
             m.d.comb += c.fe.first.eq(Mux(c.rev, 0, io.nz_first))
+        if self.one_map:
+            self._load_under_compute(m, c, io)
+
+    def _load_under_compute(self, m, c, io):
+        """`one_map`: the next input loads under the compute of layers 1.. (into the other
+        bank): the map's port is the loader's in the next cycle when the walker is idle and
+        does not start now, and no drain word is written then (d3_ and the writer's last word
+        are this cycle's)."""
+        fsm, layer = c.fsm, c.layer
+        with m.If((layer != 0) & (fsm.ongoing("PRELOAD") | fsm.ongoing("COMPUTE")
+                                  | fsm.ongoing("DRAIN"))
+                  & ~c.fe.busy & ~c.fe.start & ~c.d2_valid & ~c.d3_valid & (c.w_cnt <= 1)):
+            m.d.sync += io.wfree.eq(1)
 
     def _bg_drain(self, m, c, io, step_preload):
         """With `bg_drain`: layer 0's DRAIN under layer 1's PRELOAD and COMPUTE (its first

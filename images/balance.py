@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .csc import DEFAULT_REL_BITS
+from .csc import DEFAULT_REL_BITS, entry_steps
 from .placement import at_bound, layer_slots  # noqa: F401 (their home: the placement's)
 
 
@@ -38,8 +38,10 @@ def _column_ends(img):
     live = lc > 0
     if not live.any():
         return first_w, first_r, last_w, last_r
-    # row of every slot: the running sum of z + 1 inside its column, minus one
-    step = np.cumsum(z + 1, axis=0)
+    # row of every slot: the running sum of z + 1 (a long filler's 1 + z << rel_bits) inside
+    # its column, minus one
+    step = np.cumsum(entry_steps(v, z, img.rel_bits, getattr(img, "long_fillers", False)),
+                     axis=0)
     before = np.vstack([np.zeros((1, pes), dtype=np.int64), step])[ptr[:-1]]  # [cols, pes]
     row = step - 1 - np.repeat(before, lc, axis=0)
     a, b = ptr[:-1][live], ptr[1:][live] - 1

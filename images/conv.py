@@ -381,25 +381,47 @@ def act_words(img) -> int:
 
 # ---- the one-value walk (the lockstep engine's one-map layout on the board) -----------------
 
-ONE_MAP_LEVELS = 7  # what steps after a kernel position: dx, dy, channel, b, a, pass, pass row
+# what steps after a kernel position: the pooling window's b and a, dx, dy, channel, pass, pass row
+ONE_MAP_LEVELS = 7
 
 
 def one_map_steps(g: ConvGeom) -> dict[str, list[int]]:
     """The changes of (word, y, x) from one kernel position to the next in
     `hw.convfe.OneMapConvFrontEnd`'s walk of a map of one value a word (plain (C, H, W)), by
-    the innermost counter that does not wrap: dx, dy, channel, then the pooling window's b
-    and a, then the next pass (px + 1) or the next row of passes (py + 1, px = 0). Position
-    (pass, a, b, c, dy, dx) reads y = py * qh * sh - ph + a * sh + dy,
+    the innermost counter that does not wrap: the pooling window's b and a (sub-positions
+    innermost: one column's sub-positions follow each other, and as each has its own
+    accumulator word, a column's first slot never reads the word the previous column's last
+    slot writes unless sub-positions in between were zero), then dx, dy, channel, then the
+    next pass (px + 1) or the next row of passes (py + 1, px = 0). Position
+    (pass, c, dy, dx, a, b) reads y = py * qh * sh - ph + a * sh + dy,
     x = px * qw * sw - pw + b * sw + dx, word c * h * w + y * w + x."""
     kw1, kh1, c1 = g.kw - 1, g.kh - 1, g.c - 1
+    bw, ah = (g.qw - 1) * g.sw, (g.qh - 1) * g.sh  # back to b = 0, a = 0
     dxp, dyp = g.qw * g.sw, g.qh * g.sh
-    dx = [1, -kw1, -kw1, g.sw - kw1, -(g.qw - 1) * g.sw - kw1,
-          dxp - (g.qw - 1) * g.sw - kw1, -(g.wp - 1) * dxp - (g.qw - 1) * g.sw - kw1]
-    dy = [0, 1, -kh1, -kh1, g.sh - kh1, -(g.qh - 1) * g.sh - kh1,
-          dyp - (g.qh - 1) * g.sh - kh1]
-    dc = [0, 0, 1, -c1, -c1, -c1, -c1]
+    dx = [g.sw, -bw, 1 - bw, -kw1 - bw, -kw1 - bw, dxp - kw1 - bw,
+          -(g.wp - 1) * dxp - kw1 - bw]
+    dy = [0, g.sh, -ah, 1 - ah, -kh1 - ah, -kh1 - ah, dyp - kh1 - ah]
+    dc = [0, 0, 0, 0, 1, -c1, -c1]
     return {"x": dx, "y": dy,
             "word": [c * g.h * g.w + y * g.w + x for c, y, x in zip(dc, dy, dx)]}
+
+
+def one_map_pass_steps(g: ConvGeom) -> dict[str, list[int]]:
+    """The changes of (word, y, x) from a pass's first kernel position to the next pass's
+    first: to the next pass of the row (px + 1), or the next row of passes (py + 1, px = 0).
+    What `hw.convfe.OneMapConvFrontEnd` steps by when it skips a pass whose every position
+    holds 0 (its result is the bias)."""
+    dxp, dyp = g.qw * g.sw, g.qh * g.sh
+    dx, dy = [dxp, -(g.wp - 1) * dxp], [0, dyp]
+    return {"x": dx, "y": dy, "word": [y * g.w + x for y, x in zip(dy, dx)]}
+
+
+def one_map_pass_cols(g: ConvGeom) -> list[tuple[int, int]]:
+    """The columns [lo, hi) of the map (of every row and channel) a pass column px reads,
+    clipped to the map: a pass reads only zeros where they hold only zeros."""
+    span = (g.qw - 1) * g.sw + g.kw
+    return [(max(0, px * g.qw * g.sw - g.pw), min(g.w, px * g.qw * g.sw - g.pw + span))
+            for px in range(g.wp)]
 
 
 def one_map_walk(g: ConvGeom, pass_index: int) -> list[tuple[int, int, int, int]]:
@@ -407,11 +429,11 @@ def one_map_walk(g: ConvGeom, pass_index: int) -> list[tuple[int, int, int, int]
     order `hw.convfe.OneMapConvFrontEnd` reads them (the reference its tests use)."""
     py, px = divmod(pass_index, g.wp)
     out = []
-    for s in range(g.subs):
-        a, b = divmod(s, g.qw)
-        for c in range(g.c):
-            for dy in range(g.kh):
-                for dx in range(g.kw):
+    for c in range(g.c):
+        for dy in range(g.kh):
+            for dx in range(g.kw):
+                for s in range(g.subs):
+                    a, b = divmod(s, g.qw)
                     y = py * g.qh * g.sh - g.ph + a * g.sh + dy
                     x = px * g.qw * g.sw - g.pw + b * g.sw + dx
                     out.append((c * g.h * g.w + y * g.w + x, (c * g.kh + dy) * g.kw + dx, s,

@@ -4,6 +4,11 @@ A PE's slice of a layer is encoded column by column: an entry is (v, z), v the c
 (0 = filler) and z the number of zero rows before it in its column; a gap longer than
 2**rel_bits - 1 gets filler entries (v = 0, z = 2**rel_bits - 1). `ptr` holds cols + 1 column
 pointers. Physical row p of a layer lives in PE p % N as local row p // N (`pe_rows`).
+
+Long fillers (`long_fillers`, the lockstep engine's one-map layout on the board, where entries
+are 6 bits and rel_bits 2): a filler (v = 0, z) stands for 1 + z * 2**rel_bits rows instead of
+1 + z (1, 5, 9, 13 at rel_bits 2), so a long gap takes about a quarter of the fillers; a
+(0, 0) entry is still one row. A weight's z is as always.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import numpy as np
 DEFAULT_REL_BITS = 4
 
 
-def encode_csc(matrix: np.ndarray, *, rel_bits: int = DEFAULT_REL_BITS):
+def encode_csc(matrix: np.ndarray, *, rel_bits: int = DEFAULT_REL_BITS,
+               long_fillers: bool = False):
     """Encode a [rows, cols] matrix of codebook indices column by column.
 
     Returns (v, z, ptr): entry indices, zero counts (with fillers where a gap exceeds
-    2**rel_bits - 1) and cols + 1 column pointers starting at 0.
+    2**rel_bits - 1; `long_fillers`: see the module docstring) and cols + 1 column pointers
+    starting at 0.
     """
     matrix = np.asarray(matrix)
     rows, cols = matrix.shape
@@ -30,6 +37,8 @@ def encode_csc(matrix: np.ndarray, *, rel_bits: int = DEFAULT_REL_BITS):
     prev[first] = -1
     prev[~first] = r[:-1][~first[1:]]
     gap = r - prev - 1
+    if long_fillers:
+        return _encode_long(vals, gap, c, cols, rel_bits)
     fill = gap // (zmax + 1)
     n = len(r) + int(fill.sum())
     pos = np.arange(len(r)) + np.cumsum(fill)
@@ -43,7 +52,39 @@ def encode_csc(matrix: np.ndarray, *, rel_bits: int = DEFAULT_REL_BITS):
     return v, z, ptr
 
 
-def decode_csc(v: np.ndarray, z: np.ndarray, ptr: np.ndarray, rows: int) -> np.ndarray:
+def _encode_long(vals, gap, c, cols: int, rel_bits: int):
+    """`encode_csc` with long fillers: before a weight whose gap g exceeds 2**rel_bits - 1,
+    fillers of z = min(zmax, (g - 1) >> rel_bits) (each 1 + z << rel_bits rows) until it
+    does not."""
+    zmax = (1 << rel_bits) - 1
+    v_out, z_out, per_col = [], [], np.zeros(cols, dtype=np.int64)
+    for val, g, col in zip(vals.tolist(), gap.tolist(), c.tolist()):
+        while g > zmax:
+            zf = min(zmax, (g - 1) >> rel_bits)
+            v_out.append(0)
+            z_out.append(zf)
+            g -= 1 + (zf << rel_bits)
+            per_col[col] += 1
+        v_out.append(val)
+        z_out.append(g)
+        per_col[col] += 1
+    ptr = np.zeros(cols + 1, dtype=np.int64)
+    np.cumsum(per_col, out=ptr[1:])
+    return (np.array(v_out, dtype=np.uint8),
+            np.array(z_out, dtype=np.uint8 if rel_bits <= 8 else np.uint16), ptr)
+
+
+def entry_steps(v: np.ndarray, z: np.ndarray, rel_bits: int, long_fillers: bool) -> np.ndarray:
+    """The rows each entry moves a column's row on (its own included): z + 1, or for a long
+    filler 1 + z << rel_bits."""
+    z = np.asarray(z).astype(np.int64)
+    if not long_fillers:
+        return z + 1
+    return np.where(np.asarray(v) == 0, 1 + (z << rel_bits), z + 1)
+
+
+def decode_csc(v: np.ndarray, z: np.ndarray, ptr: np.ndarray, rows: int, *,
+               rel_bits: int = DEFAULT_REL_BITS, long_fillers: bool = False) -> np.ndarray:
     """Rebuild the [rows, cols] index matrix from (v, z, ptr); ValueError if it does not fit."""
     v = np.asarray(v)
     z = np.asarray(z).astype(np.int64)
@@ -55,7 +96,7 @@ def decode_csc(v: np.ndarray, z: np.ndarray, ptr: np.ndarray, rows: int) -> np.n
     if len(v) == 0:
         return out
     col = np.repeat(np.arange(cols), np.diff(ptr))
-    steps = np.cumsum(z + 1)
+    steps = np.cumsum(entry_steps(v, z, rel_bits, long_fillers))
     start = np.concatenate(([0], steps))[ptr[:-1]]  # running sum at each column's start
     row = steps - 1 - np.repeat(start, np.diff(ptr))
     if row.max() >= rows:

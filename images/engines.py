@@ -219,8 +219,8 @@ EIE = register(Engine(
               # ECP5 (ULX3S 85F): the engine at full size, queues of 8, the front end
               # pipelined for the clock (the design built and timed at 50 MHz). Four columns a
               # cycle with queues of 20 and the relative index `fast` (`FOUR_WIDE`) give
-              # LeNet-300-100 76 % MAC utilisation but routed at 34.7 MHz: docs/fpga.md
-              # section 7
+              # LeNet-300-100 76 % MAC utilisation but routed at 47.3 MHz at best (the lanes
+              # found at once; 34.7 MHz one after the other): docs/fpga.md section 7
               "ecp5": Defaults(eie.EieParams(pipelined=True), pes=16)},
     cycle_model=eie.cycle_model, logic_of=eie.logic_of, padded=eie.padded,
     memory_bound=eie.memory_bound, unplaced={"rel_bits": 4, "balance": False},

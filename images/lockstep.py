@@ -111,6 +111,12 @@ class LockstepImage:
     codebook_roms: int = 0
 
     @property
+    def long_fillers(self) -> bool:
+        """A filler (v = 0, z) stands for 1 + z << rel_bits rows (`images.csc`): the one-map
+        layout's, whose 6-bit entries at 8 PEs leave a 2-bit relative index."""
+        return self.one_map
+
+    @property
     def map_lanes(self) -> int:
         """Values a map word holds: one with `one_map`, else one per PE."""
         return 1 if self.one_map else self.pes
@@ -233,11 +239,12 @@ def _trim(perm: np.ndarray, dead: np.ndarray, pes: int) -> tuple[np.ndarray, int
     return perm, most
 
 
-def _layer_block(idx: np.ndarray, pes: int, rel_bits: int, index_bits: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _layer_block(idx: np.ndarray, pes: int, rel_bits: int, index_bits: int,
+                 long_fillers: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(slots uint32[S, pes], start int64[cols + 1]) of one layer's physical index matrix."""
     cols = idx.shape[1]
-    per_pe = [encode_csc(idx[k::pes], rel_bits=rel_bits) for k in range(pes)]
+    per_pe = [encode_csc(idx[k::pes], rel_bits=rel_bits, long_fillers=long_fillers)
+              for k in range(pes)]
     counts = np.stack([np.diff(p) for (_, _, p) in per_pe])  # [pes, cols]
     lc = counts.max(axis=0)
     start = np.zeros(cols + 1, dtype=np.int64)
@@ -373,7 +380,7 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
         kind = layer_kind(layer)
         idx = mats[i]
         cols = idx.shape[1]
-        block, start = _layer_block(idx, pes, rel_bits, index_bits)
+        block, start = _layer_block(idx, pes, rel_bits, index_bits, long_fillers=one_map)
         slot_blocks.append(block)
         ptrs.append(slot_base + start[:-1])
         rows = rows_of[i]
@@ -425,7 +432,8 @@ def decode_lockstep(img: LockstepImage) -> QNet:
                 end = a + (int(nz[-1]) + 1 if len(nz) else 0)
                 keep[a:end] = True
                 ptr.append(ptr[-1] + end - a)
-            sub = decode_csc(v[keep], z[keep], np.array(ptr), rows_k)
+            sub = decode_csc(v[keep], z[keep], np.array(ptr), rows_k, rel_bits=img.rel_bits,
+                             long_fillers=img.long_fillers)
             idx[k::n] = sub
         # undo the permutations: rows by this layer's, columns by the column map (the
         # previous layer's rows, and a conv map's channels by PE: `images.conv`)

@@ -215,7 +215,7 @@ def _report_any(qnet, rom, img, x, layer_cycles, acc_bits) -> list[str]:
     return [f"MAC utilisation: {100 * util:.1f}% of {img.pes} PEs x compute cycles"]
 
 
-def _report_eie(qnet, rom, img, x, layer_cycles, acc_bits) -> list[str]:
+def _report_eie(qnet, rom, img, x, layer_cycles, acc_bits, issue_width=None) -> list[str]:
     """Utilisation against its ideal, and where the cycles go (`breakdown`)."""
     util, ideal = utilisation(qnet, rom, x, layer_cycles, acc_bits)
     place = "balanced" if rom.balanced else "interleaved"
@@ -225,7 +225,7 @@ def _report_eie(qnet, rom, img, x, layer_cycles, acc_bits) -> list[str]:
              "where the cycles go, per layer (mean per inference; cycles = ideal + the rest):",
              "layer  cycles  useful-MACs  ideal  util   imbalance  fillers  front-end  output  "
              "other"]
-    for row in breakdown(qnet, rom, x, layer_cycles, acc_bits):
+    for row in breakdown(qnet, rom, x, layer_cycles, acc_bits, issue_width):
         lines.append(f"l{row['layer']:<4d} {row['cycles']:7.1f}  {row['useful_macs']:11.1f} "
                      f"{row['ideal']:6.1f}  {100 * row['utilisation']:5.1f}%  "
                      f"{row['imbalance']:9.1f}  {row['fillers']:7.1f}  {row['frontend']:9.1f}"
@@ -252,7 +252,10 @@ REPORTS = {RomImage: _report_eie, LockstepImage: _report_lockstep}
 
 
 def report(qnet: QNet, rom: RomImage, img, x: np.ndarray, layer_cycles: np.ndarray,
-           acc_bits: int = 32) -> list[str]:
+           acc_bits: int = 32, issue_width: int | None = None) -> list[str]:
     """The lines `tb sim` prints about a run of the engine of `img` (`rom`: the EIE image of
-    the same network and PEs, whose placement the utilisation's ideal is taken from)."""
+    the same network and PEs, whose placement the utilisation's ideal is taken from;
+    issue_width: the EIE engine's front end, None for its default)."""
+    if isinstance(img, RomImage):
+        return _report_eie(qnet, rom, img, x, layer_cycles, acc_bits, issue_width)
     return REPORTS.get(type(img), _report_any)(qnet, rom, img, x, layer_cycles, acc_bits)

@@ -34,7 +34,7 @@ from compress.shipped import load_model
 from compress.synthetic import random_inputs
 from images import MAX_PES, SIM_ENGINE, build_image, check_pes, get, names, registered
 from images.cli import add_image_args
-from images.eie import has_conv, parse_rel_bits
+from images.eie import ISSUE_WIDTHS, has_conv, parse_rel_bits
 from images.engines import dense_baseline
 from images.lockstep import DRAIN_SHARES
 
@@ -72,6 +72,12 @@ def _hw_args(p, *, pes_default=8, engine=True):
                             "build, then several times faster; docs/simulators.md)")
     p.add_argument("--drain-share", type=int, default=None,
                    help="lockstep: PEs per output stage, 1/2/4/8/16 (default: the engine's, 1)")
+    p.add_argument("--issue-width", type=int, default=None,
+                   help="eie: non-zero columns the front end sends a cycle, 1, 2 or 4 (default: "
+                        "the engine's, 2 from 4 PEs; 4 with --pipelined only)")
+    p.add_argument("--pipelined", action="store_true",
+                   help="eie: the pipelined front end (the ULX3S's; two or four columns a "
+                        "cycle: docs/engine.md 'The pipelined front end')")
     p.add_argument("--no-overlap", action="store_true",
                    help="lockstep: the engine without layer 1 computing under layer 0's drain "
                         "(drain_share 2; what `fpga build --no-overlap` builds)")
@@ -263,12 +269,25 @@ def _params(args, *, sparse=True, queue_depth=None, loadable=False):
     rec = get(args.engine) if sparse else dense_baseline()
     if "drain_share" in rec.params.names() and args.drain_share not in DRAIN_SHARES:
         raise InputError(f"--drain-share must be 1, 2, 4, 8 or 16, not {args.drain_share!r}")
+    width, pipelined = getattr(args, "issue_width", None), getattr(args, "pipelined", False)
+    front = {}
+    if width is not None or pipelined:
+        if "issue_width" not in rec.params.names():
+            raise InputError(f"--issue-width and --pipelined are the EIE engine's, not the "
+                             f"{rec.name} engine's")
+        if width is not None and width not in ISSUE_WIDTHS:
+            raise InputError(f"--issue-width must be 1, 2 or 4, not {width!r}")
+        if pipelined and width == 1 or width == 4 and not pipelined:
+            raise InputError("the pipelined front end sends 2 or 4 columns a cycle, and 4 "
+                             "only the pipelined one (--issue-width 4 --pipelined)")
+        if sparse:  # the dense baseline keeps its own front end
+            front = {"issue_width": width, "pipelined": pipelined}
     if getattr(args, "no_overlap", False) and sparse and "overlap" not in rec.params.names():
         raise InputError(f"--no-overlap: the {rec.name} engine has no overlap to switch off "
                          f"(the lockstep engine's layer 1 under layer 0's drain)")
     return rec.params_for(queue_depth=args.queue_depth if queue_depth is None else queue_depth,
                           acc_bits=args.acc_bits, sparse=sparse, max_width=args.max_width,
-                          drain_share=args.drain_share, loadable=loadable,
+                          drain_share=args.drain_share, loadable=loadable, **front,
                           **({"overlap": False} if getattr(args, "no_overlap", False) else {}))
 
 
@@ -453,7 +472,8 @@ def cmd_sim(args):
               f"{comp_d.mean():.0f} compute; speedup of sparsity "
               f"{comp_d.mean() / comp.mean():.2f}x on compute cycles, "
               f"{rd.cycles.mean() / r.cycles.mean():.2f}x per inference")
-    for line in report(qnet, rom, img, x, r.layer_cycles, args.acc_bits):
+    for line in report(qnet, rom, img, x, r.layer_cycles, args.acc_bits,
+                       getattr(p_sparse, "issue_width", None)):
         print(line)
     print()
     print(f"wall time {time.time() - t0:.1f} s (builds {t_build:.1f} s, simulation {t_sim:.1f} s; "

@@ -146,10 +146,68 @@ def test_one_map_walk(geom):
                 assert (w - prev[0], y - prev[1], x - prev[2]) == tuple(
                     steps[k][lv] for k in ("word", "y", "x"))
             dx, dy, cc = rest % g.kw, rest // g.kw, c
-            ends = [dx == g.kw - 1, dy == g.kh - 1, cc == g.c - 1, b == g.qw - 1,
-                    a == g.qh - 1, px == g.wp - 1]
+            ends = [b == g.qw - 1, a == g.qh - 1, dx == g.kw - 1, dy == g.kh - 1,
+                    cc == g.c - 1, px == g.wp - 1]
             lv = next((k for k, e in enumerate(ends) if not e), len(ends))
             prev = (w, y, x, lv)
+        # a skipped pass: its first position to the next pass's first (`one_map_pass_steps`);
+        # every position it reads inside the map is in its pass column's columns
+        # (`one_map_pass_cols`)
+        if p + 1 < g.passes:
+            nxt = conv.one_map_walk(g, p + 1)[0][0]
+            r = int(px == g.wp - 1)
+            first_y = py * g.qh * g.sh - g.ph
+            first_x = px * g.qw * g.sw - g.pw
+            assert nxt - walk[0][0] == conv.one_map_pass_steps(g)["word"][r]
+            assert (first_y + conv.one_map_pass_steps(g)["y"][r],
+                    first_x + conv.one_map_pass_steps(g)["x"][r]) == (
+                ((p + 1) // g.wp) * g.qh * g.sh - g.ph, ((p + 1) % g.wp) * g.qw * g.sw - g.pw)
+        xlo, xhi = conv.one_map_pass_cols(g)[px]
+        seen = {w % g.w for w, _, _, ok in walk if ok}
+        assert seen == set(range(xlo, xhi)) or not seen
+
+
+@pytest.mark.parametrize("rel_bits", [1, 2, 4])
+def test_long_fillers_round_trip(rel_bits):
+    """Long fillers (`images.csc`): random sparse columns with gaps far longer than
+    2**rel_bits - 1 (and none) decode exactly; each filler stands for 1 + z << rel_bits rows,
+    a weight's z is below 2**rel_bits, and no more fillers than the short kind need."""
+    from images.csc import decode_csc, encode_csc
+
+    rng = np.random.default_rng(rel_bits)
+    for density in (0.0, 0.02, 0.1, 0.6):
+        mat = ((rng.random((97, 40)) < density) * rng.integers(1, 16, (97, 40))).astype(np.uint8)
+        mat[:, 0] = 0
+        mat[96, 1] = 3  # a gap of 96 rows
+        v, z, ptr = encode_csc(mat, rel_bits=rel_bits, long_fillers=True)
+        assert np.all(z < (1 << rel_bits))
+        np.testing.assert_array_equal(
+            decode_csc(v, z, ptr, 97, rel_bits=rel_bits, long_fillers=True), mat)
+        short = encode_csc(mat, rel_bits=rel_bits)[0]
+        assert np.count_nonzero(v == 0) <= np.count_nonzero(short == 0)
+        if density < 0.1:
+            assert np.count_nonzero(v == 0) < np.count_nonzero(short == 0)
+        if np.any((v == 0) & (z > 0)):  # read as short fillers they mean something else
+            try:
+                assert not np.array_equal(decode_csc(v, z, ptr, 97), mat)
+            except ValueError:
+                pass
+
+
+def test_one_map_long_fillers_in_the_engine():
+    """An fc layer of 30 rows a PE at rel_bits 1 and 2 (most gaps need fillers): the one-map
+    image uses long fillers, decodes exactly and the engine is bit-exact."""
+    qnet = random_cnn((1, 6, 6), [(4, 3, 1, 1, 2)], [60, 5], seed=3, density=0.08, shift=9)
+    x = _inputs(3, 36, seed=3)
+    for rel_bits in (1, 2):
+        img = build_lockstep(qnet, 2, one_map=True, rel_bits=rel_bits)
+        assert img.long_fillers
+        ent = img.slots.astype(np.int64)
+        v, z = ent & ((1 << img.index_bits) - 1), ent >> img.index_bits
+        assert np.any((v == 0) & (z > 0))  # long fillers there
+        _same_qnet(decode_lockstep(img), qnet)
+        y, _, _ = run_engine(_board_engine(img), x, seed=3, max_cycles=200_000)
+        np.testing.assert_array_equal(y, golden(qnet, x))
 
 
 def test_whole_map_ram_in_spram():
@@ -216,6 +274,55 @@ def test_one_map_engine_bit_exact(case):
     assert np.all(lcs[0, 0] < lcs[1:, 0])  # the all-zero input: its conv1 the fastest
 
 
+class _NoZeroSkip(LockstepEngine):
+    """Layer 0's all-zero passes walked in full (the skip left out, to compare)."""
+
+    def _zero_passes(self, m, c, cfe, g):
+        pass
+
+
+def _margin_inputs(shape, seed):
+    """Digit-like inputs: non-zero values inside a box, zero margins of random widths (one
+    all zero, one with a single non-zero value in a corner)."""
+    rng = np.random.default_rng(seed)
+    c, h, w = shape
+    xs = [np.zeros(shape, np.int16), np.zeros(shape, np.int16)]
+    xs[1][-1, -1, -1] = 77
+    for _ in range(3):
+        x = np.zeros(shape, np.int16)
+        y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        y1, x1 = rng.integers(y0 + 1, h + 1), rng.integers(x0 + 1, w + 1)
+        x[:, y0:y1, x0:x1] = rng.integers(-300, 300, (c, y1 - y0, x1 - x0)) * (
+            rng.random((c, y1 - y0, x1 - x0)) < 0.5)
+        xs.append(x)
+    return np.stack(xs).reshape(len(xs), -1)
+
+
+@pytest.mark.parametrize("case", [
+    ("8pe-pad2-pool2", (1, 12, 12), [(6, 5, 1, 2, 2)], [4], 8, None, {"drain_share": 2}, {}),
+    ("2pe-stride2-pool1x2", (2, 11, 9), [(3, (3, 2), 2, 1, (1, 2)), (4, 2, 1, 0, 1)], [3], 2,
+     None, {}, {"stall_out": 0.3}),
+], ids=lambda c: c[0])
+def test_one_map_zero_passes_skipped(case):
+    """Layer 0's passes whose map columns hold only zeros (margins, an all-zero map, a lone
+    value in a corner) are skipped: bit-exact, and layer 0 takes fewer cycles than walking them, the
+    same where no pass is all zero."""
+    _id, shape, convs, fc, pes, prune, ekw, rkw = case
+    qnet = random_cnn(shape, convs, fc, seed=pes, density=0.5, shift=9)
+    x = _margin_inputs(shape, seed=pes)
+    img = build_lockstep(qnet, pes, one_map=True, rel_bits=2 if pes == 8 else 4)
+    want = golden(qnet, x)
+    y, _, lcs = run_engine(_board_engine(img, **ekw), x, seed=pes, max_cycles=200_000, **rkw)
+    np.testing.assert_array_equal(y, want)
+    y0, _, lcs0 = run_engine(_board_engine(img, _NoZeroSkip, **ekw), x, seed=pes,
+                             max_cycles=200_000, **rkw)
+    np.testing.assert_array_equal(y0, want)
+    assert np.all(lcs[:, 0] <= lcs0[:, 0]) and lcs[0, 0] < lcs0[0, 0] and lcs[1, 0] < lcs0[1, 0]
+    np.testing.assert_array_equal(lcs[:, 1:], lcs0[:, 1:])  # later layers as they were
+    g = conv.ConvGeom(*img.layers[0].geom)
+    assert lcs[0, 0] < lcs0[0, 0] - g.passes * g.subs  # every pass of the zero map skipped
+
+
 class _LoaderAnytime(LockstepEngine):
     """The map's port given to the loader in every cycle (the rule broken on purpose)."""
 
@@ -251,6 +358,90 @@ def _back_to_back(engine, x, max_cycles=100_000):
     sim.add_testbench(bench)
     sim.run()
     return np.array(got, dtype=np.int16).reshape(len(x), -1)
+
+
+class _LoadWhenIdle(LockstepEngine):
+    """The loader given the map's port only while the engine waits in PRE0 (as before)."""
+
+    def _load_under_compute(self, m, c, io):
+        pass
+
+
+def _stream_periods(engine, x, max_cycles=200_000):
+    """Inputs offered back to back (the next as soon as the engine takes it): (outputs, the
+    cycle of each result's last word, each result's layer_cycles)."""
+    words = [int(v) for v in np.asarray(x).reshape(-1)]
+    n_out, L = engine.out_features, engine.num_layers
+    got, stamps, lcs = [], [], []
+
+    async def bench(ctx):
+        i = 0
+        ctx.set(engine.o_act.ready, 1)
+        for t in range(max_cycles):
+            ctx.set(engine.i_act.valid, int(i < len(words)))
+            ctx.set(engine.i_act.payload, words[min(i, len(words) - 1)])
+            _, _, rdy, vld, pl = await ctx.tick().sample(engine.i_act.ready, engine.o_act.valid,
+                                                         engine.o_act.payload)
+            i += int(i < len(words) and rdy)
+            if vld:
+                got.append(pl)
+                if len(got) % n_out == 0:
+                    stamps.append(t)
+                    await ctx.tick()
+                    lcs.append([ctx.get(engine.layer_cycles[k]) for k in range(L)])
+            if len(got) >= n_out * len(x):
+                return
+        raise AssertionError("no result")
+
+    sim = Simulator(engine)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return (np.array(got, dtype=np.int16).reshape(len(x), -1), np.array(stamps),
+            np.array(lcs))
+
+
+def test_one_map_next_input_loads_under_layers_1_on():
+    """Inputs back to back: the next input is loaded while layers 1.. compute (the map's port
+    free: walker idle, no drain write), so a result follows the previous one by about the
+    compute alone, not compute + the input's words (and bit-exact: the poison shows any read
+    the loader spoils; test_the_port_rule_is_what_keeps_it_exact)."""
+    qnet = random_cnn((1, 8, 8), [(4, 3, 1, 1, 1), (4, 3, 1, 1, 2)], [5], seed=4, density=0.5,
+                      shift=9)
+    x = _margin_inputs((1, 8, 8), seed=4)
+    img = build_lockstep(qnet, 4, one_map=True)
+    want = golden(qnet, x)
+    y, stamps, lcs = _stream_periods(_board_engine(img, drain_share=2), x)
+    np.testing.assert_array_equal(y, want)
+    y0, stamps0, lcs0 = _stream_periods(_board_engine(img, _LoadWhenIdle, drain_share=2), x)
+    np.testing.assert_array_equal(y0, want)
+    np.testing.assert_array_equal(lcs, lcs0)  # the compute is the same
+    # each result sooner by the input's 64 words and PRE0's cycle after the take that fills
+    # the bank (the bank is full before PRE0 now)
+    saved = np.diff(stamps0) - np.diff(stamps)
+    np.testing.assert_array_equal(saved, 65)
+
+
+@pytest.mark.skipif(not long_tests(), reason="LONG=1: LeNet-5 back to back (about 150 CPU s)")
+def test_lenet5_back_to_back_period():
+    """LeNet-5 on the board's engine, the first 3 sample digits offered back to back: bit-exact,
+    and a result follows the previous one by its compute and under 200 cycles (the input's 784
+    words loaded under layers 1..; docs/conv.md: 183)."""
+    from compress.data import load_sample
+    from compress.golden import mnist_to_input
+    from fpga.flow.resources import board_image
+
+    from compress.qnet import load_qnet
+    from compress.shipped import SHIPPED_DIR
+
+    qnet = load_qnet(SHIPPED_DIR / "lenet-5.qnet.npz")
+    img = board_image(qnet, "lockstep", 8)
+    x = mnist_to_input(load_sample().images[:3], qnet.input_frac).reshape(3, -1)
+    y, stamps, lcs = _stream_periods(_board_engine(img, drain_share=2, queue_depth=2), x,
+                                     max_cycles=400_000)
+    np.testing.assert_array_equal(y, golden(qnet, x))
+    extra = np.diff(stamps) - lcs.sum(axis=1)[1:]
+    assert np.all(extra < 200), extra
 
 
 def test_the_port_rule_is_what_keeps_it_exact():

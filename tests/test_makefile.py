@@ -44,7 +44,7 @@ def _after(words, flag):
     ("sim-sweep", "MODEL", "--model"), ("sim-sweep", "INPUTS", "--inputs"),
     ("bitstream", "BOARD", "--board"), ("bitstream", "MODEL", "--model"),
     ("bitstream", "PES", "--pes"), ("bitstream", "ENGINE", "--engine"),
-    ("bitstream", "BUILD_DIR", "--build-dir"),
+    ("bitstream", "BUILD_DIR", "--build-dir"), ("bitstream", "ISSUE_WIDTH", "--issue-width"),
     ("models", "MNIST_DIR", "--data"), ("compress-full", "MNIST_DIR", "--data"),
     ("test", "JOBS", "-n"),
 ])

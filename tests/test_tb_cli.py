@@ -62,6 +62,10 @@ def test_run_lockstep_engine(small):
     (["--pes", "65"], "--pes must be 1..64"),
     (["--acc-bits", "8"], "acc_bits must be 17..64"),
     (["--queue-depth", "0"], "--queue-depth must be 1..64"),
+    (["--issue-width", "3"], "--issue-width must be 1, 2 or 4"),
+    (["--issue-width", "4"], "--issue-width 4 --pipelined"),
+    (["--issue-width", "1", "--pipelined"], "--issue-width 4 --pipelined"),
+    (["--engine", "lockstep", "--pipelined"], "the EIE engine's, not the lockstep"),
     (["--engine", "eie", "--no-overlap"], "--no-overlap: the eie engine has no overlap"),
 ])
 def test_run_refuses_what_does_not_fit(small, extra, expect):

@@ -87,8 +87,11 @@ IMAGE_OPTIONS = {}
 # The four-wide option (docs/fpga.md section 7): the EIE engine's parameters and image options
 # that give LeNet-300-100 76 % MAC utilisation on the simulated board (four columns a cycle,
 # queues of 20, the relative index chosen for the fewest cycles: 4 bits there, 18 cycles a
-# digit fewer than the smallest memories' 3). Not the default: its front end's four lanes are
-# found one after the other (four carry chains) and it routed at 34.7 MHz against 50.
+# digit fewer than the smallest memories' 3). Not the default: with its lanes found at once
+# (`hw.frontend._ranks`) it routed at 47.29 and 43.59 MHz against 50 (34.7 MHz with the lanes
+# one after the other), its critical paths now the front end's control (the credit, the
+# group queue's pop) across a spread placement. `fpga build --issue-width 4 --queue-depth 20`
+# builds its engine (with the image's own relative index).
 FOUR_WIDE = {"params": {"pipelined": True, "issue_width": 4, "queue_depth": 20},
              "image": {"rel_bits": "fast"}}
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from compress.atomic import write_bytes_atomic
 from compress.progress import step
 from images import engine_of
+from images.eie import issue_width as _issue_width
 from images.lockstep import layer1_under_drain
 from images.params import EngineParams
 
@@ -337,6 +338,8 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = None,
         "pes": img.pes,
         "queue_depth": params.queue_depth,
         "params": params.as_dict(),
+        # the EIE engine's front end: columns sent a cycle (the width the engine resolved)
+        **({"issue_width": _issue_width(img, params)} if hasattr(params, "issue_width") else {}),
         # the network: its path as named (or the default's, relative to the repository) and
         # the sha256 of its bytes (compress.shipped.model_record)
         "model": (model or {}).get("model", ""),
