@@ -122,7 +122,7 @@ def check_issue_width_arg(width: int | None, engine: str) -> None:
     """InputError for an --issue-width the EIE engine has no front end for, or another engine."""
     if width is None:
         return
-    if engine != "eie":
+    if "issue_width" not in get(engine).params.names():
         raise InputError(f"--issue-width is the EIE engine's (--engine eie), not the {engine} "
                          f"engine's")
     if width not in ISSUE_WIDTHS:
