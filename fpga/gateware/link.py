@@ -245,7 +245,6 @@ class Link(wiring.Component):
 
     def _rx_signals(self, m, s):
         """The receiver's registers, the inter-byte timer and its ways out of a state."""
-        rx_byte = self.rx.payload
         s.cmd = Signal(8)
         s.err = Signal(3)  # error code of the reply, 0 = none
         s.run = Signal()  # this frame's inputs went into the engine
@@ -260,23 +259,17 @@ class Link(wiring.Component):
         s.base = Signal(16)
         s.mask = Signal(8)  # the current group's mask, shifted as its inputs go
         s.m_need = Signal()  # the next payload byte is a group's mask
-        s.rx_take = Signal()  # a byte is transferred from rx this cycle
         s.rx_want = Signal()  # the state takes a byte this cycle if one is there
-        # What a state that wants a byte tests: rx.valid itself, not rx_take (which is
-        # rx.valid & rx_want, an OR over every state's conditions): where a state sets
-        # rx_want the two are equal, and rx.valid then meets the FSM in one gate, not after
-        # the whole receiver's decode (UART valid -> rx_want -> the input word's enable was
-        # the board's critical path)
-        s.got = self.rx.valid
         s.in_frame = Signal()  # the inter-byte timer runs
         s.timed_out = Signal()
-        m.d.comb += [s.rx_take.eq(self.rx.valid & s.rx_want), self.rx.ready.eq(s.rx_want)]
+        self._rx_byte(m, s)
+        rx_byte = s.rb
 
         # Inter-byte timer: runs inside a frame while no byte is waiting.
         timer = Signal(range(self.timeout + 1))
         # timed_out is a flip-flop (timer == timeout), set as the timer gets there: every
         # state's way out reads it, so no wide compare sits in front of the FSM.
-        with m.If(~s.in_frame | self.rx.valid):
+        with m.If(~s.in_frame | s.got | self.rx.valid):
             m.d.sync += [timer.eq(0), s.timed_out.eq(0)]
         with m.Elif(~s.timed_out):
             m.d.sync += [timer.eq(timer + 1), s.timed_out.eq(timer == self.timeout - 1)]
@@ -298,7 +291,7 @@ class Link(wiring.Component):
 
         def count_down():
             """One payload byte fewer to come."""
-            m.d.sync += [s.left.eq(left_dec), s.left0.eq(s.left == 1)]
+            m.d.sync += [s.left.eq(left_dec), s.left0.eq(s.left1), s.left1.eq(s.left == 2)]
         s.count_down = count_down
 
         def crc_in():
@@ -312,6 +305,56 @@ class Link(wiring.Component):
                 count_down()
 
         s.refuse, s.reply, s.crc_in, s.take = refuse, reply, crc_in, take
+
+    def _rx_byte(self, m, s):
+        """The received byte's register (`rb`, `got`) and what it says, decoded as it enters.
+
+        The receiver reads the byte from this register, not from the UART: every test of it
+        (SYNC, the command, the length's cases, the format, the address's range, the CRC) is a
+        flip-flop set as the byte comes in, so no compare sits between the byte and the FSM's
+        enables (a received byte -> the state and the error code's enable was the board's
+        critical path). What they compare with (`left`'s low byte, the CRC) changes only when
+        a byte is taken, and a byte comes in only while the register is empty, a cycle after
+        the last one was taken at the earliest. The byte waits a cycle more than it did; a
+        byte comes every 10 bit times (at least 80 cycles).
+        """
+        rx = self.rx
+        s.rb = Signal(8)  # the byte, while `got`
+        s.got = Signal()  # a byte is there: the state that wants one takes it (rx_want)
+        m.d.comb += rx.ready.eq(~s.got)
+        s.left1 = Signal()  # left == 1, beside left0
+        # the byte's tests (valid with `got`) and the command's (set in CMD)
+        s.b_sync, s.b_crc, s.b_fmt_bad, s.b_big = Signal(), Signal(), Signal(), Signal()
+        s.b_len0, s.b_len1, s.b_len_infer, s.b_len_packed, s.b_len_load = (
+            Signal(name=f"b_len_{n}") for n in ("0", "1", "infer", "packed", "load"))
+        kinds = ("short", "infer", "packed", "load", "commit")
+        b_cmd = {k: Signal(name=f"b_cmd_{k}") for k in kinds}
+        s.k = SimpleNamespace(**{k: Signal(name=f"k_{k}") for k in kinds})
+        s.b_cmd = b_cmd
+        byte = rx.payload
+        full = Cat(s.left[:8], byte)  # in LEN1: the payload's length
+        max_load = 3 + 2 * P.MAX_LOAD_WORDS
+        short = [P.CMD_PING, P.CMD_COUNT] + ([P.CMD_COMMIT] if self.loads else [])
+        with m.If(~s.got):
+            with m.If(rx.valid):
+                m.d.sync += [
+                    s.rb.eq(byte), s.got.eq(1),
+                    s.b_sync.eq(byte == P.SYNC_REQ), s.b_crc.eq(byte == s.crc),
+                    s.b_fmt_bad.eq(byte[2:] != 0),
+                    s.b_big.eq(byte[self.load_addr_bits - 8:] != 0),
+                    s.b_len0.eq(full == 0), s.b_len1.eq(full == 1),
+                    s.b_len_infer.eq(full == 2 * self.in_features),
+                    s.b_len_packed.eq(full >= 2),
+                    s.b_len_load.eq(full[0] & (full >= 5) & (full <= max_load)),
+                    b_cmd["short"].eq(Cat(*(byte == c for c in short)).any()),
+                    b_cmd["infer"].eq(byte == P.CMD_INFER),
+                    b_cmd["packed"].eq(byte == P.CMD_PACKED),
+                ]
+                if self.loads:  # else LOAD and COMMIT are unknown commands
+                    m.d.sync += [b_cmd["load"].eq(byte == P.CMD_LOAD),
+                                 b_cmd["commit"].eq(byte == P.CMD_COMMIT)]
+        with m.Elif(s.rx_want):
+            m.d.sync += s.got.eq(0)
 
     def _rx_words(self, m, s):
         """The input word register in front of the engine's `i_act`, and the input counter."""
@@ -356,19 +399,21 @@ class Link(wiring.Component):
 
     def _rx_header(self, m, s):
         """IDLE (hunt for SYNC), CMD and the low byte of LEN."""
-        rx_byte, timed_out = self.rx.payload, s.timed_out
+        rx_byte, timed_out = s.rb, s.timed_out
         with m.State("IDLE"):
             m.d.comb += s.rx_want.eq(1)
             m.d.sync += [s.crc.eq(0xFF), s.cmd.eq(0), s.err.eq(0), s.run.eq(0),
                          s.have_lo.eq(0), s.idx.eq(0), s.idx_end.eq(0),
-                         s.m_need.eq(1), s.in_dec.eq(0)]
-            with m.If(s.got & (rx_byte == P.SYNC_REQ)):
+                         s.m_need.eq(1), s.in_dec.eq(0),
+                         *(getattr(s.k, k).eq(0) for k in s.b_cmd)]
+            with m.If(s.got & s.b_sync):
                 m.next = "CMD"
 
         with m.State("CMD"):
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             with m.If(s.got):
-                m.d.sync += s.cmd.eq(rx_byte)
+                m.d.sync += [s.cmd.eq(rx_byte),
+                             *(getattr(s.k, k).eq(b) for k, b in s.b_cmd.items())]
                 s.crc_in()
                 m.next = "LEN0"
             with m.Elif(timed_out):
@@ -385,46 +430,44 @@ class Link(wiring.Component):
 
     def _rx_length(self, m, s):
         """LEN1: the whole header is in; the command and its length decide the next stage."""
-        n_in, loads = self.in_features, self.loads
-        rx_byte, left, refuse = self.rx.payload, s.left, s.refuse
+        loads, k = self.loads, s.k
+        rx_byte, left, refuse = s.rb, s.left, s.refuse
         with m.State("LEN1"):
+            # The command's kind and the length's cases are flip-flops (`_rx_byte`).
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
-            full = Cat(left[:8], rx_byte)
             with m.If(s.got):
-                m.d.sync += [left[8:].eq(rx_byte), s.left0.eq(full == 0)]
+                m.d.sync += [left[8:].eq(rx_byte), s.left0.eq(s.b_len0), s.left1.eq(s.b_len1)]
                 s.crc_in()
-                with m.Switch(s.cmd):
-                    with m.Case(P.CMD_PING, P.CMD_COUNT, *((P.CMD_COMMIT,) if loads else ())):
-                        with m.If(full == 0):
-                            m.next = "CRC"
+                with m.If(k.short):  # PING, COUNT, COMMIT: no payload
+                    with m.If(s.b_len0):
+                        m.next = "CRC"
+                    with m.Else():
+                        refuse(P.ERR_LENGTH)
+                with m.Elif(k.infer):
+                    with m.If(~s.b_len_infer):
+                        refuse(P.ERR_LENGTH)
+                    with m.Elif(~s.loaded):
+                        refuse(P.ERR_NOT_LOADED)
+                    with m.Else():
+                        # dense int16: every input has a value, no mask
+                        m.d.sync += [s.has_mask.eq(0), s.wide.eq(1), s.run.eq(1)]
+                        m.next = "INPUTS"
+                with m.Elif(k.packed):
+                    with m.If(~s.b_len_packed):
+                        refuse(P.ERR_LENGTH)
+                    with m.Elif(~s.loaded):
+                        refuse(P.ERR_NOT_LOADED)
+                    with m.Else():
+                        m.next = "P_TAG"
+                if loads:
+                    with m.Elif(k.load):
+                        with m.If(s.b_len_load):
+                            m.d.sync += s.l_idx.eq(0)
+                            m.next = "LOAD"
                         with m.Else():
                             refuse(P.ERR_LENGTH)
-                    with m.Case(P.CMD_INFER):
-                        with m.If(full != 2 * n_in):
-                            refuse(P.ERR_LENGTH)
-                        with m.Elif(~s.loaded):
-                            refuse(P.ERR_NOT_LOADED)
-                        with m.Else():
-                            # dense int16: every input has a value, no mask
-                            m.d.sync += [s.has_mask.eq(0), s.wide.eq(1), s.run.eq(1)]
-                            m.next = "INPUTS"
-                    with m.Case(P.CMD_PACKED):
-                        with m.If(full < 2):
-                            refuse(P.ERR_LENGTH)
-                        with m.Elif(~s.loaded):
-                            refuse(P.ERR_NOT_LOADED)
-                        with m.Else():
-                            m.next = "P_TAG"
-                    if loads:
-                        with m.Case(P.CMD_LOAD):
-                            max_load = 3 + 2 * P.MAX_LOAD_WORDS
-                            with m.If(full[0] & (full >= 5) & (full <= max_load)):
-                                m.d.sync += s.l_idx.eq(0)
-                                m.next = "LOAD"
-                            with m.Else():
-                                refuse(P.ERR_LENGTH)
-                    with m.Default():
-                        refuse(P.ERR_COMMAND)
+                with m.Else():
+                    refuse(P.ERR_COMMAND)
             with m.Elif(s.timed_out):
                 s.reply(P.ERR_TIMEOUT)
 
@@ -453,15 +496,15 @@ class Link(wiring.Component):
 
         with m.State("PUSH"):
             m.d.comb += [s.new.run.eq(s.run), s.new.err.eq(s.err), s.new.loaded.eq(s.loaded),
-                         s.new.packed.eq(s.cmd == P.CMD_PACKED),
-                         s.new.field.eq(Mux(s.cmd == P.CMD_PACKED, s.tag, s.cmd))]
+                         s.new.packed.eq(s.k.packed),
+                         s.new.field.eq(Mux(s.k.packed, s.tag, s.cmd))]
             with m.If(~s.full):
                 m.d.comb += s.push.eq(1)
                 m.next = "IDLE"
 
     def _rx_packed(self, m, s):
         """P_TAG, P_FMT, P_BASE0/1: a PACKED frame's header, before its inputs."""
-        rx_byte = self.rx.payload
+        rx_byte = s.rb
 
         def payload_byte(then):
             """Take the next payload byte; none left (the CRC comes): a length error."""
@@ -483,7 +526,7 @@ class Link(wiring.Component):
         with m.State("P_FMT"):
             def fmt():
                 m.d.sync += [s.has_mask.eq(rx_byte[0]), s.wide.eq(rx_byte[1])]
-                with m.If(rx_byte[2:] != 0):
+                with m.If(s.b_fmt_bad):
                     s.refuse(P.ERR_FORMAT)
                 with m.Elif(rx_byte[1]):
                     m.d.sync += s.run.eq(1)
@@ -514,7 +557,7 @@ class Link(wiring.Component):
         chain below behind the UART's valid (the board's critical path, 31.2-31.6 MHz). A
         byte comes every 10 bit times (at least 80 cycles), so the extra cycle costs nothing.
         """
-        rx_byte = self.rx.payload
+        rx_byte = s.rb
         mask, m_need = s.mask, s.m_need
         dec = s.in_dec  # the a_* flags hold the next step (IDLE clears it)
         a_end, a_short, a_mask, a_zero, a_lo, a_val = (
@@ -578,7 +621,7 @@ class Link(wiring.Component):
 
     def _rx_load(self, m, s):
         """LOAD (header bytes, then words written as they arrive) and LCHK (header checks)."""
-        rx_byte, left, lo_byte, have_lo = self.rx.payload, s.left, s.lo_byte, s.have_lo
+        rx_byte, lo_byte, have_lo = s.rb, s.lo_byte, s.have_lo
         l_idx, addr = s.l_idx, self.load_addr
         with m.State("LOAD"):
             # mem, address (then LCHK), then words written one by one as their high byte
@@ -594,14 +637,14 @@ class Link(wiring.Component):
                         m.d.sync += [addr[:8].eq(rx_byte), l_idx.eq(2)]
                     with m.Case(2):
                         m.d.sync += [addr[8:].eq(rx_byte), l_idx.eq(3), have_lo.eq(0),
-                                     s.l_big.eq(rx_byte[self.load_addr_bits - 8:] != 0)]
+                                     s.l_big.eq(s.b_big)]
                         m.next = "LCHK"
                     with m.Default():
                         with m.If(~have_lo):
                             m.d.sync += [lo_byte.eq(rx_byte), have_lo.eq(1)]
                         with m.Else():
                             m.d.sync += [s.l_hi.eq(rx_byte), self.load_we.eq(1), have_lo.eq(0)]
-                        with m.If(left == 1):
+                        with m.If(s.left1):
                             m.next = "CRC"
             with m.Elif(s.timed_out):
                 s.reply(P.ERR_TIMEOUT)
@@ -631,16 +674,15 @@ class Link(wiring.Component):
 
     def _rx_crc(self, m, s):
         """CRC: the verdict (which reply, and LOAD's cursor / COMMIT's flag)."""
-        loads, cmd, reply = self.loads, s.cmd, s.reply
+        loads, reply = self.loads, s.reply
         with m.State("CRC"):
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
-            ok = Signal()
-            m.d.comb += ok.eq(self.rx.payload == s.crc)
+            ok = s.b_crc
             with m.If(s.got):
                 with m.If(~ok):
                     reply(P.ERR_CRC)  # an INFER's inputs went in: the sender drains it
                 if loads:
-                    with m.Elif(cmd == P.CMD_LOAD):
+                    with m.Elif(s.k.load):
                         # A good LOAD moves the cursor past its words (the last write may
                         # be this cycle's).
                         with m.If(s.l_last):
@@ -648,9 +690,9 @@ class Link(wiring.Component):
                         with m.Else():
                             m.d.sync += s.cur_addr.eq(self.load_addr + self.load_we)
                         reply(0)
-                    with m.Elif((cmd == P.CMD_COMMIT) & (s.cur_mem != loads)):
+                    with m.Elif(s.k.commit & (s.cur_mem != loads)):
                         reply(P.ERR_NOT_LOADED)
-                    with m.Elif(cmd == P.CMD_COMMIT):
+                    with m.Elif(s.k.commit):
                         m.d.sync += s.loaded.eq(1)
                         reply(0)
                 with m.Else():
