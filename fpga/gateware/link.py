@@ -325,8 +325,9 @@ class Link(wiring.Component):
         s.left1 = Signal()  # left == 1, beside left0
         # the byte's tests (valid with `got`) and the command's (set in CMD)
         s.b_sync, s.b_crc, s.b_fmt_bad, s.b_big = Signal(), Signal(), Signal(), Signal()
-        s.b_len0, s.b_len1, s.b_len_infer, s.b_len_packed, s.b_len_load = (
-            Signal(name=f"b_len_{n}") for n in ("0", "1", "infer", "packed", "load"))
+        s.b_len0, s.b_len1 = Signal(), Signal()
+        # in LEN1: the header's verdict, the error code (0: accepted) and whether it is one
+        s.b_hdr_err, s.b_hdr_bad = Signal(3), Signal()
         kinds = ("short", "infer", "packed", "load", "commit")
         b_cmd = {k: Signal(name=f"b_cmd_{k}") for k in kinds}
         s.k = SimpleNamespace(**{k: Signal(name=f"k_{k}") for k in kinds})
@@ -335,6 +336,21 @@ class Link(wiring.Component):
         full = Cat(s.left[:8], byte)  # in LEN1: the payload's length
         max_load = 3 + 2 * P.MAX_LOAD_WORDS
         short = [P.CMD_PING, P.CMD_COUNT] + ([P.CMD_COMMIT] if self.loads else [])
+        # The header's verdict from the command's kind (set in CMD), the length and the
+        # loaded flag (neither changes while a frame's header comes in).
+        k = s.k
+        hdr_err = Signal(3)
+        with m.If(k.short):
+            m.d.comb += hdr_err.eq(Mux(full == 0, 0, P.ERR_LENGTH))
+        with m.Elif(k.infer | k.packed):
+            length_ok = Mux(k.infer, full == 2 * self.in_features, full >= 2)
+            m.d.comb += hdr_err.eq(Mux(~length_ok, P.ERR_LENGTH,
+                                       Mux(~s.loaded, P.ERR_NOT_LOADED, 0)))
+        with m.Elif(k.load):
+            ok = full[0] & (full >= 5) & (full <= max_load)
+            m.d.comb += hdr_err.eq(Mux(ok, 0, P.ERR_LENGTH))
+        with m.Else():
+            m.d.comb += hdr_err.eq(P.ERR_COMMAND)
         with m.If(~s.got):
             with m.If(rx.valid):
                 m.d.sync += [
@@ -343,9 +359,7 @@ class Link(wiring.Component):
                     s.b_fmt_bad.eq(byte[2:] != 0),
                     s.b_big.eq(byte[self.load_addr_bits - 8:] != 0),
                     s.b_len0.eq(full == 0), s.b_len1.eq(full == 1),
-                    s.b_len_infer.eq(full == 2 * self.in_features),
-                    s.b_len_packed.eq(full >= 2),
-                    s.b_len_load.eq(full[0] & (full >= 5) & (full <= max_load)),
+                    s.b_hdr_err.eq(hdr_err), s.b_hdr_bad.eq(hdr_err != 0),
                     b_cmd["short"].eq(Cat(*(byte == c for c in short)).any()),
                     b_cmd["infer"].eq(byte == P.CMD_INFER),
                     b_cmd["packed"].eq(byte == P.CMD_PACKED),
@@ -363,6 +377,8 @@ class Link(wiring.Component):
         s.idx = Signal(range(self.in_features + 1))  # input words produced so far
         s.idx_end = Signal()  # idx == in_features (a flip-flop beside idx)
         s.in_dec = Signal()  # INPUTS has decided its next step (`_rx_inputs`)
+        s.in_steps = tuple(Signal(name=f"a_{n}")
+                           for n in ("fin", "long", "short", "mask", "zero", "lo", "val"))
         s.w_free = ~s.w_valid
         m.d.comb += [self.act_out.valid.eq(s.w_valid), self.act_out.payload.eq(s.w_data)]
         with m.If(self.act_out.ready):
@@ -384,6 +400,16 @@ class Link(wiring.Component):
         s.l_hi = Signal(8)
         s.cur_mem = Signal(range(loads + 1))  # the load cursor (module docstring)
         s.cur_addr = Signal(self.load_addr_bits)
+        # A good LOAD's CRC sets cur_go; the cursor moves the cycle after, from registers (the
+        # cursor's enable behind the CRC state's decode limited the board's clock). Nothing
+        # reads the cursor that soon: the next frame's header or CRC is bytes away.
+        s.cur_go = Signal()
+        m.d.sync += s.cur_go.eq(0)  # CRC sets it (a later assignment wins)
+        with m.If(s.cur_go):
+            with m.If(s.l_last):
+                m.d.sync += [s.cur_mem.eq(s.cur_mem + 1), s.cur_addr.eq(0)]
+            with m.Else():
+                m.d.sync += s.cur_addr.eq(self.load_addr)
         # The word is written the cycle after its high byte came, from registers only; the
         # address moves on after the write.
         m.d.comb += self.load_data.eq(Cat(s.lo_byte, s.l_hi))
@@ -404,7 +430,7 @@ class Link(wiring.Component):
             m.d.comb += s.rx_want.eq(1)
             m.d.sync += [s.crc.eq(0xFF), s.cmd.eq(0), s.err.eq(0), s.run.eq(0),
                          s.have_lo.eq(0), s.idx.eq(0), s.idx_end.eq(0),
-                         s.m_need.eq(1), s.in_dec.eq(0),
+                         s.m_need.eq(1), s.in_dec.eq(0), *(f.eq(0) for f in s.in_steps),
                          *(getattr(s.k, k).eq(0) for k in s.b_cmd)]
             with m.If(s.got & s.b_sync):
                 m.next = "CMD"
@@ -430,44 +456,28 @@ class Link(wiring.Component):
 
     def _rx_length(self, m, s):
         """LEN1: the whole header is in; the command and its length decide the next stage."""
-        loads, k = self.loads, s.k
-        rx_byte, left, refuse = s.rb, s.left, s.refuse
+        k = s.k
+        rx_byte, left = s.rb, s.left
         with m.State("LEN1"):
-            # The command's kind and the length's cases are flip-flops (`_rx_byte`).
+            # The header's verdict is a flip-flop (`_rx_byte`): refused, or the command's kind.
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             with m.If(s.got):
                 m.d.sync += [left[8:].eq(rx_byte), s.left0.eq(s.b_len0), s.left1.eq(s.b_len1)]
                 s.crc_in()
-                with m.If(k.short):  # PING, COUNT, COMMIT: no payload
-                    with m.If(s.b_len0):
-                        m.next = "CRC"
-                    with m.Else():
-                        refuse(P.ERR_LENGTH)
+                with m.If(s.b_hdr_bad):
+                    s.refuse(s.b_hdr_err)
+                with m.Elif(k.short):  # PING, COUNT, COMMIT: no payload
+                    m.next = "CRC"
                 with m.Elif(k.infer):
-                    with m.If(~s.b_len_infer):
-                        refuse(P.ERR_LENGTH)
-                    with m.Elif(~s.loaded):
-                        refuse(P.ERR_NOT_LOADED)
-                    with m.Else():
-                        # dense int16: every input has a value, no mask
-                        m.d.sync += [s.has_mask.eq(0), s.wide.eq(1), s.run.eq(1)]
-                        m.next = "INPUTS"
+                    # dense int16: every input has a value, no mask
+                    m.d.sync += [s.has_mask.eq(0), s.wide.eq(1), s.run.eq(1)]
+                    m.next = "INPUTS"
                 with m.Elif(k.packed):
-                    with m.If(~s.b_len_packed):
-                        refuse(P.ERR_LENGTH)
-                    with m.Elif(~s.loaded):
-                        refuse(P.ERR_NOT_LOADED)
-                    with m.Else():
-                        m.next = "P_TAG"
-                if loads:
-                    with m.Elif(k.load):
-                        with m.If(s.b_len_load):
-                            m.d.sync += s.l_idx.eq(0)
-                            m.next = "LOAD"
-                        with m.Else():
-                            refuse(P.ERR_LENGTH)
-                with m.Else():
-                    refuse(P.ERR_COMMAND)
+                    m.next = "P_TAG"
+                if self.loads:
+                    with m.Elif(k.load):  # (any other command is refused)
+                        m.d.sync += s.l_idx.eq(0)
+                        m.next = "LOAD"
             with m.Elif(s.timed_out):
                 s.reply(P.ERR_TIMEOUT)
 
@@ -550,26 +560,26 @@ class Link(wiring.Component):
     def _rx_inputs(self, m, s):
         """INPUTS: the engine's input words from the payload (mask bytes, values, zeros).
 
-        Each step (a mask byte, a zero input, a low byte, a value, the end) is decided a cycle
-        before it is taken, into one-hot flip-flops (`a_*`, valid while `dec`): what decides
-        it (idx, the mask, left0, have_lo) changes only when a step is taken, which clears
-        `dec`. The input word's enable is then a flag, `w_free` and rx.valid, not the priority
-        chain below behind the UART's valid (the board's critical path, 31.2-31.6 MHz). A
+        Each step (a mask byte, a zero input, a low byte, a value, the end with or without
+        payload left, too little payload) is decided a cycle before it is taken, into one-hot
+        flip-flops (`a_*`, set with `dec`): what decides it (idx, the mask, left0, have_lo)
+        changes only when a step is taken, which clears `dec` and the step's flag (IDLE
+        clears them all). The input word's enable is then a flag, `w_free` and `got`, not the
+        priority chain below (the board's critical path, 31.2-31.6 MHz), and no flag is
+        ANDed with `dec` (the flags into the error code's enable limited the clock next). A
         byte comes every 10 bit times (at least 80 cycles), so the extra cycle costs nothing.
         """
         rx_byte = s.rb
         mask, m_need = s.mask, s.m_need
         dec = s.in_dec  # the a_* flags hold the next step (IDLE clears it)
-        a_end, a_short, a_mask, a_zero, a_lo, a_val = (
-            Signal(name=f"a_{n}") for n in ("end", "short", "mask", "zero", "lo", "val"))
-        flags = (a_end, a_short, a_mask, a_zero, a_lo, a_val)
+        a_fin, a_long, a_short, a_mask, a_zero, a_lo, a_val = flags = s.in_steps
         with m.State("INPUTS"):
             with m.If(~dec):
                 # decide: the step, in the order of priority
                 m.d.comb += s.in_frame.eq(1)
                 m.d.sync += [dec.eq(1), *(f.eq(0) for f in flags)]
-                with m.If(s.idx_end):
-                    m.d.sync += a_end.eq(1)
+                with m.If(s.idx_end):  # all inputs in: the CRC next, or too much payload
+                    m.d.sync += [a_fin.eq(s.left0), a_long.eq(~s.left0)]
                 with m.Elif(s.has_mask & (s.idx[:3] == 0) & m_need):
                     with m.If(s.left0):
                         m.d.sync += a_short.eq(1)
@@ -583,39 +593,40 @@ class Link(wiring.Component):
                     m.d.sync += a_lo.eq(1)
                 with m.Else():
                     m.d.sync += a_val.eq(1)
-            # take it (the flags are one-hot: no priority between them)
-            with m.If(dec & a_end):
-                with m.If(s.left0):
-                    m.d.comb += s.in_frame.eq(1)
-                    m.next = "CRC"
-                with m.Else():
-                    s.refuse(P.ERR_LENGTH)  # more payload than inputs: drop it, then ERROR
-            with m.If(dec & a_short):
+            # take it (the flags are one-hot, and clear while ~dec: no priority between them)
+            with m.If(a_fin):
+                m.d.comb += s.in_frame.eq(1)
+                m.next = "CRC"
+            with m.If(a_long):
+                s.refuse(P.ERR_LENGTH)  # more payload than inputs: drop it, then ERROR
+            with m.If(a_short):
                 m.d.sync += s.err.eq(P.ERR_LENGTH)
                 m.next = "PAD"
-            with m.If(dec & a_mask):
+            with m.If(a_mask):
                 s.take()
                 with m.If(s.got):
-                    m.d.sync += [mask.eq(rx_byte), m_need.eq(0), dec.eq(0)]
-            with m.If(dec & a_zero & s.w_free):  # a zero input: no byte
+                    m.d.sync += [mask.eq(rx_byte), m_need.eq(0), dec.eq(0), a_mask.eq(0)]
+            with m.If(a_zero & s.w_free):  # a zero input: no byte
                 s.produce(0)
-                m.d.sync += [mask.eq(mask >> 1), m_need.eq(s.idx[:3] == 7), dec.eq(0)]
-            with m.If(dec & a_lo):
+                m.d.sync += [mask.eq(mask >> 1), m_need.eq(s.idx[:3] == 7), dec.eq(0),
+                             a_zero.eq(0)]
+            with m.If(a_lo):
                 s.take()
                 with m.If(s.got):
-                    m.d.sync += [s.lo_byte.eq(rx_byte), s.have_lo.eq(1), dec.eq(0)]
-            with m.If(dec & a_val):
+                    m.d.sync += [s.lo_byte.eq(rx_byte), s.have_lo.eq(1), dec.eq(0), a_lo.eq(0)]
+            with m.If(a_val):
                 with m.If(s.w_free):
                     # A value: int16 (its high byte) or one byte + base.
                     s.take()
                     with m.If(s.got):
                         s.produce(Mux(s.wide, Cat(s.lo_byte, rx_byte), rx_byte + s.base))
                         m.d.sync += [s.have_lo.eq(0), mask.eq(mask >> 1),
-                                     m_need.eq(s.idx[:3] == 7), dec.eq(0)]
+                                     m_need.eq(s.idx[:3] == 7), dec.eq(0), a_val.eq(0)]
                 with m.Else():
                     m.d.comb += s.in_frame.eq(1)  # a byte may be waiting: the timer holds
-            taking = s.got & dec & (a_mask | a_lo | (a_val & s.w_free))
-            with m.If(~taking & s.timed_out & ~s.idx_end):
+            # The line went quiet while inputs were still to come (a byte that is there wins,
+            # as in every state; the timer stops while one waits).
+            with m.If(~s.got & s.timed_out & ~s.idx_end):
                 m.d.sync += s.err.eq(P.ERR_TIMEOUT)
                 m.next = "PAD"
 
@@ -683,12 +694,9 @@ class Link(wiring.Component):
                     reply(P.ERR_CRC)  # an INFER's inputs went in: the sender drains it
                 if loads:
                     with m.Elif(s.k.load):
-                        # A good LOAD moves the cursor past its words (the last write may
-                        # be this cycle's).
-                        with m.If(s.l_last):
-                            m.d.sync += [s.cur_mem.eq(s.cur_mem + 1), s.cur_addr.eq(0)]
-                        with m.Else():
-                            m.d.sync += s.cur_addr.eq(self.load_addr + self.load_we)
+                        # A good LOAD moves the cursor past its words (`cur_go`: its last
+                        # write was two cycles before at the latest, the address is past it).
+                        m.d.sync += s.cur_go.eq(1)
                         reply(0)
                     with m.Elif(s.k.commit & (s.cur_mem != loads)):
                         reply(P.ERR_NOT_LOADED)
