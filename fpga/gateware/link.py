@@ -274,13 +274,20 @@ class Link(wiring.Component):
         with m.Elif(~s.timed_out):
             m.d.sync += [timer.eq(timer + 1), s.timed_out.eq(timer == self.timeout - 1)]
 
-        def refuse(code):
-            """A refused frame: drop the rest of what it declared (`left` + CRC), then ERROR."""
+        # The error code is read only in SKIP, PAD and PUSH, which never write it: every other
+        # state writes it in every cycle (`err_code`), with the code it leaves with if it
+        # leaves now (a don't-care while it stays). Its enable is then the state alone, not
+        # every state's way out (each flag into that enable limited the board's clock).
+        def err_code(code):
             m.d.sync += s.err.eq(code)
+
+        def refuse(code):
+            """A refused frame: drop the rest of what it declared (`left` + CRC), then ERROR
+            (`code`, which the state's `err_code` writes)."""
             m.next = "SKIP"
 
         def reply(code):
-            m.d.sync += s.err.eq(code)
+            """The frame's job next, with `code` (written by the state's `err_code`)."""
             m.next = "PUSH"
 
         # One CRC step and one decrement of `left`, shared by every state (yosys would build
@@ -304,7 +311,7 @@ class Link(wiring.Component):
                 crc_in()
                 count_down()
 
-        s.refuse, s.reply, s.crc_in, s.take = refuse, reply, crc_in, take
+        s.refuse, s.reply, s.crc_in, s.take, s.err_code = refuse, reply, crc_in, take, err_code
 
     def _rx_byte(self, m, s):
         """The received byte's register (`rb`, `got`) and what it says, decoded as it enters.
@@ -437,6 +444,7 @@ class Link(wiring.Component):
 
         with m.State("CMD"):
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
+            s.err_code(P.ERR_TIMEOUT)
             with m.If(s.got):
                 m.d.sync += [s.cmd.eq(rx_byte),
                              *(getattr(s.k, k).eq(b) for k, b in s.b_cmd.items())]
@@ -447,6 +455,7 @@ class Link(wiring.Component):
 
         with m.State("LEN0"):
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
+            s.err_code(P.ERR_TIMEOUT)
             with m.If(s.got):
                 m.d.sync += s.left[:8].eq(rx_byte)
                 s.crc_in()
@@ -461,6 +470,7 @@ class Link(wiring.Component):
         with m.State("LEN1"):
             # The header's verdict is a flip-flop (`_rx_byte`): refused, or the command's kind.
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
+            s.err_code(Mux(s.got, s.b_hdr_err, P.ERR_TIMEOUT))
             with m.If(s.got):
                 m.d.sync += [left[8:].eq(rx_byte), s.left0.eq(s.b_len0), s.left1.eq(s.b_len1)]
                 s.crc_in()
@@ -516,8 +526,10 @@ class Link(wiring.Component):
         """P_TAG, P_FMT, P_BASE0/1: a PACKED frame's header, before its inputs."""
         rx_byte = s.rb
 
-        def payload_byte(then):
-            """Take the next payload byte; none left (the CRC comes): a length error."""
+        def payload_byte(then, code=P.ERR_TIMEOUT):
+            """Take the next payload byte; none left (the CRC comes): a length error. `code`:
+            the error code if `then` refuses the byte."""
+            s.err_code(Mux(s.left0, P.ERR_LENGTH, Mux(s.got, code, P.ERR_TIMEOUT)))
             with m.If(s.left0):
                 s.refuse(P.ERR_LENGTH)  # SKIP drops the CRC byte
             with m.Else():
@@ -543,7 +555,7 @@ class Link(wiring.Component):
                     m.next = "INPUTS"
                 with m.Else():
                     m.next = "P_BASE0"
-            payload_byte(fmt)
+            payload_byte(fmt, P.ERR_FORMAT)
 
         with m.State("P_BASE0"):
             def base0():
@@ -574,6 +586,8 @@ class Link(wiring.Component):
         dec = s.in_dec  # the a_* flags hold the next step (IDLE clears it)
         a_fin, a_long, a_short, a_mask, a_zero, a_lo, a_val = flags = s.in_steps
         with m.State("INPUTS"):
+            # too much or too little payload, or the line went quiet (below)
+            s.err_code(Mux(~s.got & s.timed_out & ~s.idx_end, P.ERR_TIMEOUT, P.ERR_LENGTH))
             with m.If(~dec):
                 # decide: the step, in the order of priority
                 m.d.comb += s.in_frame.eq(1)
@@ -600,8 +614,7 @@ class Link(wiring.Component):
             with m.If(a_long):
                 s.refuse(P.ERR_LENGTH)  # more payload than inputs: drop it, then ERROR
             with m.If(a_short):
-                m.d.sync += s.err.eq(P.ERR_LENGTH)
-                m.next = "PAD"
+                m.next = "PAD"  # ERR_LENGTH
             with m.If(a_mask):
                 s.take()
                 with m.If(s.got):
@@ -627,8 +640,7 @@ class Link(wiring.Component):
             # The line went quiet while inputs were still to come (a byte that is there wins,
             # as in every state; the timer stops while one waits).
             with m.If(~s.got & s.timed_out & ~s.idx_end):
-                m.d.sync += s.err.eq(P.ERR_TIMEOUT)
-                m.next = "PAD"
+                m.next = "PAD"  # ERR_TIMEOUT
 
     def _rx_load(self, m, s):
         """LOAD (header bytes, then words written as they arrive) and LCHK (header checks)."""
@@ -638,6 +650,7 @@ class Link(wiring.Component):
             # mem, address (then LCHK), then words written one by one as their high byte
             # arrives.
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
+            s.err_code(P.ERR_TIMEOUT)
             with m.If(s.got):
                 s.crc_in()
                 s.count_down()
@@ -666,6 +679,7 @@ class Link(wiring.Component):
         c_ok, c_end, c_depth, c_go = Signal(), Signal.like(s.end), Signal.like(s.end), Signal()
         with m.State("LCHK"):
             m.d.comb += s.in_frame.eq(1)
+            s.err_code(P.ERR_ADDRESS)
             restart = (self.load_mem == 0) & (addr == 0)
             at_cursor = (self.load_mem == s.cur_mem) & (addr == s.cur_addr)
             m.d.sync += [c_ok.eq((self.load_mem < self.loads) & ~s.l_big & (restart | at_cursor)),
@@ -673,10 +687,12 @@ class Link(wiring.Component):
             m.next = "LCHK_CMP"
         with m.State("LCHK_CMP"):
             m.d.comb += s.in_frame.eq(1)
+            s.err_code(P.ERR_ADDRESS)
             m.d.sync += [c_go.eq(c_ok & (c_end <= c_depth)), s.l_last.eq(c_end == c_depth)]
             m.next = "LCHK_GO"
         with m.State("LCHK_GO"):
             m.d.comb += s.in_frame.eq(1)
+            s.err_code(P.ERR_ADDRESS)
             with m.If(c_go):
                 m.d.sync += [s.loaded.eq(0), s.cur_mem.eq(self.load_mem), s.cur_addr.eq(addr)]
                 m.next = "LOAD"
@@ -689,6 +705,12 @@ class Link(wiring.Component):
         with m.State("CRC"):
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             ok = s.b_crc
+            if loads:
+                verdict = Mux(~ok, P.ERR_CRC,
+                              Mux(s.k.commit & (s.cur_mem != loads), P.ERR_NOT_LOADED, 0))
+            else:
+                verdict = Mux(ok, 0, P.ERR_CRC)
+            s.err_code(Mux(s.got, verdict, P.ERR_TIMEOUT))
             with m.If(s.got):
                 with m.If(~ok):
                     reply(P.ERR_CRC)  # an INFER's inputs went in: the sender drains it
