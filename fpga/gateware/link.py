@@ -290,28 +290,23 @@ class Link(wiring.Component):
             """The frame's job next, with `code` (written by the state's `err_code`)."""
             m.next = "PUSH"
 
-        # One CRC step and one decrement of `left`, shared by every state (yosys would build
-        # one per use otherwise).
-        crc_next = Signal(8)
+        # One decrement of `left`, shared by every state (yosys would build one per use
+        # otherwise).
         left_dec = Signal(16)
-        m.d.comb += [crc_next.eq(crc8_step(s.crc, rx_byte)), left_dec.eq(s.left - 1)]
+        m.d.comb += left_dec.eq(s.left - 1)
 
         def count_down():
             """One payload byte fewer to come."""
             m.d.sync += [s.left.eq(left_dec), s.left0.eq(s.left1), s.left1.eq(s.left == 2)]
         s.count_down = count_down
 
-        def crc_in():
-            m.d.sync += s.crc.eq(crc_next)
-
         def take():
             """Take a payload byte (if one is there): CRC and the count of bytes left."""
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             with m.If(s.got):
-                crc_in()
                 count_down()
 
-        s.refuse, s.reply, s.crc_in, s.take, s.err_code = refuse, reply, crc_in, take, err_code
+        s.refuse, s.reply, s.take, s.err_code = refuse, reply, take, err_code
 
     def _rx_byte(self, m, s):
         """The received byte's register (`rb`, `got`) and what it says, decoded as it enters.
@@ -324,6 +319,13 @@ class Link(wiring.Component):
         a byte is taken, and a byte comes in only while the register is empty, a cycle after
         the last one was taken at the earliest. The byte waits a cycle more than it did; a
         byte comes every 10 bit times (at least 80 cycles).
+
+        The CRC takes each byte as it comes in, too: IDLE sets it to its start while it looks
+        for SYNC (a byte that comes in meanwhile is taken by IDLE the next cycle, which sets it
+        again), and the frame's bytes come in in order after that, each once, whatever the
+        receiver then does with them. So its enable is the UART's valid and IDLE, not every
+        state's way of taking a byte; the CRC byte is compared as it comes in (`b_crc`), and
+        what it adds to the CRC is never used (the next frame starts in IDLE).
         """
         rx = self.rx
         s.rb = Signal(8)  # the byte, while `got`
@@ -361,7 +363,7 @@ class Link(wiring.Component):
         with m.If(~s.got):
             with m.If(rx.valid):
                 m.d.sync += [
-                    s.rb.eq(byte), s.got.eq(1),
+                    s.rb.eq(byte), s.got.eq(1), s.crc.eq(crc8_step(s.crc, byte)),
                     s.b_sync.eq(byte == P.SYNC_REQ), s.b_crc.eq(byte == s.crc),
                     s.b_fmt_bad.eq(byte[2:] != 0),
                     s.b_big.eq(byte[self.load_addr_bits - 8:] != 0),
@@ -448,7 +450,6 @@ class Link(wiring.Component):
             with m.If(s.got):
                 m.d.sync += [s.cmd.eq(rx_byte),
                              *(getattr(s.k, k).eq(b) for k, b in s.b_cmd.items())]
-                s.crc_in()
                 m.next = "LEN0"
             with m.Elif(timed_out):
                 s.reply(P.ERR_TIMEOUT)
@@ -458,7 +459,6 @@ class Link(wiring.Component):
             s.err_code(P.ERR_TIMEOUT)
             with m.If(s.got):
                 m.d.sync += s.left[:8].eq(rx_byte)
-                s.crc_in()
                 m.next = "LEN1"
             with m.Elif(timed_out):
                 s.reply(P.ERR_TIMEOUT)
@@ -473,7 +473,6 @@ class Link(wiring.Component):
             s.err_code(Mux(s.got, s.b_hdr_err, P.ERR_TIMEOUT))
             with m.If(s.got):
                 m.d.sync += [left[8:].eq(rx_byte), s.left0.eq(s.b_len0), s.left1.eq(s.b_len1)]
-                s.crc_in()
                 with m.If(s.b_hdr_bad):
                     s.refuse(s.b_hdr_err)
                 with m.Elif(k.short):  # PING, COUNT, COMMIT: no payload
@@ -652,7 +651,6 @@ class Link(wiring.Component):
             m.d.comb += [s.in_frame.eq(1), s.rx_want.eq(1)]
             s.err_code(P.ERR_TIMEOUT)
             with m.If(s.got):
-                s.crc_in()
                 s.count_down()
                 with m.Switch(l_idx):
                     with m.Case(0):
