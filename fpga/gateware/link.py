@@ -18,6 +18,9 @@ rest is kept shallow as well: the sender's byte, its CRC input and the reply tab
 are registers, the engine's `o_act.ready` comes from the sender's state alone, the LED argmax
 runs a cycle after the output word is taken, the LOAD header check takes three registered
 steps, and the receiver's `left == 0`, `idx == in_features` and timeout tests are flip-flops.
+The receiver reads each byte from a register of its own, with every test of it (SYNC, the
+command, the length, the format, the address, the CRC) decoded into flip-flops as it comes in
+(`_rx_byte`), and its error code's enable is the state alone (`err_code`).
 
 A bad frame cannot turn the link:
 
