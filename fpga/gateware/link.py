@@ -15,7 +15,7 @@ reports it): the receiver never has to wait for the sender while the host keeps 
 The words into the engine pass one register (`w_`), so nothing combinational runs from the
 engine's `i_act.ready` to the UART; the load port is registered too. For the board's clock the
 rest is kept shallow as well: the sender's byte, its CRC input and the reply table's word
-are registers, the engine's `o_act.ready` comes from the sender's state alone, the LED argmax
+are registers, the engine's `o_act.ready` is a flip-flop set for the sender's output states, the LED argmax
 runs a cycle after the output word is taken, the LOAD header check takes three registered
 steps, and the receiver's `left == 0`, `idx == in_features` and timeout tests are flip-flops.
 The receiver reads each byte from a register of its own, with every test of it (SYNC, the
@@ -786,6 +786,11 @@ class Link(wiring.Component):
         s.r_tag = Signal()  # the tag byte comes next
         s.o_idx = Signal(range(n_out + 1))  # output words taken (n_out: none to come)
         s.o_hi = Signal()  # the output word's high byte comes next
+        # o_act.ready, a flip-flop: set on the way into T_OUT and DISCARD, cleared on the way
+        # out (its decode from the sender's state, merged into the engine's output logic, led
+        # a path into the engine's cycle counter on the MLP board)
+        s.o_rdy = Signal()
+        m.d.comb += self.act_in.ready.eq(s.o_rdy)
         s.r_byte = Signal(8)  # the byte on tx (every state that sends loads it a state ahead)
         s.wreg = Signal(24)
         s.r_crc = Signal(8)
@@ -820,7 +825,7 @@ class Link(wiring.Component):
                 m.d.sync += [s.r_cmd.eq(P.CMD_ERROR), s.r_len.eq(2), s.r_w.eq(W_ERROR)]
                 m.d.sync += [self.errors.eq(self.errors + 1), self.error_flag.eq(1)]
                 with m.If(job.run):
-                    m.d.sync += s.o_idx.eq(0)
+                    m.d.sync += [s.o_idx.eq(0), s.o_rdy.eq(1)]
                     m.next = "DISCARD"
                 with m.Else():
                     m.next = "T_SYNC"
@@ -842,11 +847,11 @@ class Link(wiring.Component):
                             m.d.sync += s.r_len.eq(0)
                 m.next = "T_SYNC"
 
-        with m.State("DISCARD"):
-            m.d.comb += self.act_in.ready.eq(1)
+        with m.State("DISCARD"):  # o_act.ready (o_rdy) is set
             with m.If(self.act_in.valid):
                 m.d.sync += s.o_idx.eq(s.o_idx + 1)
                 with m.If(s.o_idx == n_out - 1):
+                    m.d.sync += s.o_rdy.eq(0)
                     m.next = "T_SYNC"
 
     def _tx_header(self, m, s):
@@ -888,6 +893,7 @@ class Link(wiring.Component):
                 m.d.sync += [r_byte.eq(s.head.field), s.r_tag.eq(0)]
                 m.next = "T_BODY"
             with m.Elif(is_out & ~s.o_hi):
+                m.d.sync += s.o_rdy.eq(1)
                 m.next = "T_OUT"
             with m.Elif(is_out):
                 m.d.sync += [r_byte.eq(wreg[:8]), s.o_hi.eq(0), o_idx.eq(o_idx + 1)]
@@ -900,11 +906,11 @@ class Link(wiring.Component):
                     m.d.sync += [r_byte.eq(wreg[:8]), wreg.eq(wreg >> 8)]
                 m.next = "T_BODY"
         with m.State("T_OUT"):
-            # An output word from the engine: ready comes from the state alone.
-            m.d.comb += self.act_in.ready.eq(1)
+            # An output word from the engine: ready is a flip-flop (o_rdy) set for this state.
             with m.If(self.act_in.valid):
                 y = self.act_in.payload
-                m.d.sync += [r_byte.eq(y[:8]), wreg.eq(y[8:]), s.o_hi.eq(1), am_go.eq(1)]
+                m.d.sync += [r_byte.eq(y[:8]), wreg.eq(y[8:]), s.o_hi.eq(1), am_go.eq(1),
+                             s.o_rdy.eq(0)]
                 m.next = "T_BODY"
         with m.State("T_BODY"):
             m.d.comb += self.tx.valid.eq(1)
