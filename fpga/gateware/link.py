@@ -15,9 +15,10 @@ reports it): the receiver never has to wait for the sender while the host keeps 
 The words into the engine pass one register (`w_`), so nothing combinational runs from the
 engine's `i_act.ready` to the UART; the load port is registered too. For the board's clock the
 rest is kept shallow as well: the sender's byte, its CRC input and the reply table's word
-are registers, the engine's `o_act.ready` is a flip-flop set for the sender's output states, the LED argmax
-runs a cycle after the output word is taken, the LOAD header check takes three registered
-steps, and the receiver's `left == 0`, `idx == in_features` and timeout tests are flip-flops.
+are registers, the engine's `o_act.ready` is a flip-flop set for the sender's output states,
+the LED argmax runs a cycle after the output word is taken, the LOAD header check takes three
+registered steps, and the receiver's `left == 0`, `idx == in_features` and timeout tests are
+flip-flops.
 The receiver reads each byte from a register of its own, with every test of it (SYNC, the
 command, the length, the format, the address, the CRC) decoded into flip-flops as it comes in
 (`_rx_byte`), and its error code's enable is the state alone (`err_code`).
