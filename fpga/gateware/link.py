@@ -267,7 +267,6 @@ class Link(wiring.Component):
         s.in_frame = Signal()  # the inter-byte timer runs
         s.timed_out = Signal()
         self._rx_byte(m, s)
-        rx_byte = s.rb
 
         # Inter-byte timer: runs inside a frame while no byte is waiting.
         timer = Signal(range(self.timeout + 1))
