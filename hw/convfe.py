@@ -494,14 +494,30 @@ class OneMapConvFrontEnd(wiring.Component):
     first word), `rd_addr`, `rd_data`, `o` (value, col, sub), `busy`.
     """
 
-    def __init__(self, *, geoms, addr_bits: int, col_bits: int):
+    def __init__(self, *, geoms, addr_bits: int, col_bits: int, lists=None,
+                 table=None):
         if not any(g is not None for g in geoms):
             raise ValueError("no conv layer to walk")
         self.geoms = list(geoms)
         self.addr_bits = addr_bits
         self.col_bits = col_bits
         self.sub_bits = max(g.sub_bits for g in geoms if g is not None)
+        # column lists (`images.lockstep.col_table`): per layer None or (K, first table word);
+        # table: (depth, y/x bits) of the column table read through `t_addr` / `t_data`
+        self.lists = list(lists) if lists is not None else [None] * len(self.geoms)
+        if any(li is not None for li in self.lists) != (table is not None):
+            raise ValueError("column lists need their table, and a table its lists")
+        if any(li is not None and (g is None or li[0] < 1)
+               for li, g in zip(self.lists, self.geoms)):
+            raise ValueError("a column list is a conv layer's, of one column at least")
+        self.table = table
+        tports = {}
+        if table is not None:
+            depth, yb = table
+            tports = {"t_addr": Out(range(max(depth, 2))),
+                      "t_data": In(addr_bits + 2 * yb)}
         super().__init__({
+            **tports,
             "layer": In(range(max(len(geoms), 2))),
             "start": In(1),
             "first": In(1),
@@ -548,11 +564,18 @@ class OneMapConvFrontEnd(wiring.Component):
         def counter(name, most):
             return Signal(range(max(most, 2)), name=name)
 
-        # the counters, innermost first (`one_map_steps`), and each one's per-layer size
+        # the counters, innermost first (`one_map_steps`), and each one's per-layer size; a
+        # listed layer's columns are one counter (dx's, its list's length K; dy and c of one
+        # value), its steps from the column table
+        lists = self.lists
         sizes = [lambda g: g.qw, lambda g: g.qh, lambda g: g.kw, lambda g: g.kh,
                  lambda g: g.c, lambda g: g.wp]
-        cnts = [counter(f"w_{nm}", max(f(g) for g in live))
-                for nm, f in zip(("b", "a", "dx", "dy", "c", "px"), sizes)]
+        lsize = {2: lambda li: li[0], 3: lambda li: 1, 4: lambda li: 1}
+        size_of = [[(lsize[lv](li) if li is not None and lv in lsize else f(g))
+                    if g is not None else None for g, li in zip(gs, lists)]
+                   for lv, f in enumerate(sizes)]
+        cnts = [counter(f"w_{nm}", max(v for v in vals if v is not None))
+                for nm, vals in zip(("b", "a", "dx", "dy", "c", "px"), size_of)]
         m.d.comb += self.px.eq(cnts[5])  # the pass column (for `zero`)
         sc = Signal(max(1, self.sub_bits), name="w_sub")
         col = Signal(self.col_bits + 1, name="w_col")
@@ -571,14 +594,18 @@ class OneMapConvFrontEnd(wiring.Component):
                 v = Mux(flags[lv], v, lv)
             return v
 
-        def flag(f):  # a per-layer flag, one bit
-            vals = [int(f(g)) if g is not None else 1 for g in gs]
+        def flag_of(vals):  # a per-layer flag, one bit (1 for a layer never walked)
+            vals = [int(v) if v is not None else 1 for v in vals]
             return Array(Const(v, 1) for v in vals + [1] * (max(len(vals), 2) - len(vals))
                          )[self.layer]
 
-        ones = [flag(lambda g, f=f: f(g) == 1) for f in sizes]  # a counter of one value
-        pens = [cnt == per_layer(lambda g, f=f: max(f(g) - 2, 0))
-                for cnt, f in zip(cnts, sizes)]  # one before the end
+        def table_of(vals):
+            return table([v if v is not None else 0 for v in vals])[self.layer]
+
+        ones = [flag_of([v == 1 if v is not None else None for v in vals])
+                for vals in size_of]  # a counter of one value
+        pens = [cnt == table_of([max(v - 2, 0) if v is not None else None for v in vals])
+                for cnt, vals in zip(cnts, size_of)]  # one before the end
         nxt_ends = [Mux(lvl > lv, ones[lv], Mux(lvl == lv, pens[lv], ends[lv]))
                     for lv in range(len(cnts))]
         inside = Signal(name="w_inside")
@@ -590,19 +617,59 @@ class OneMapConvFrontEnd(wiring.Component):
         d_sub = Signal.like(sc, name="d_sub")
         d_addr = Signal.like(addr, name="d_word")
         hold = Signal(name="d_hold")
+        busy = active | d_ok | skip
+        dword = step("word")[lvl][self.layer]
+        dyy, dxx = step("y")[lvl][self.layer], step("x")[lvl][self.layer]
+        if self.table is not None:
+            # a listed layer: its steps beyond the sub-positions (the next listed column, or
+            # back to the first one at the pass's end) are the table's word T on `t_data`,
+            # read a cycle ahead: `t_addr` is the next value of `ti`, so T is always word ti
+            _, tyb = self.table
+            aw = self.addr_bits
+            t_w = self.t_data[:aw]
+            t_y, t_x = self.t_data[aw: aw + tyb].as_signed(), self.t_data[aw + tyb:].as_signed()
+            lmode = flag_of([li is not None if g is not None else None
+                             for g, li in zip(gs, lists)])
+            first_t = table_of([li[1] if li is not None else None for li in lists])
+            next_t = table_of([li[1] + (2 if li[0] > 1 else 1) if li is not None else None
+                               for li in lists])  # after entry 0 (I) or 1 (W)
+            ti = Signal(range(max(self.table[0], 2)), name="t_index")
+            ti_next = Signal.like(ti, name="t_index_next")
+            init = Signal(name="w_init")  # a listed layer's first pass: W + entry I first
+            zinit = Signal(name="w_init_zero")  # ... and then the pass is skipped (`zero`)
+            fix = Signal(name="w_fix")  # after a pass's end: on to the next pass's origin
+            fix_row = Signal(name="w_fix_row")  # ... the next row of passes
+            tsel = Signal(name="w_tsel")  # this step is the table's
+            m.d.comb += [tsel.eq(lmode & (lvl >= 2)), self.t_addr.eq(ti_next),
+                         ti_next.eq(ti)]
+            m.d.sync += ti.eq(ti_next)
+            dword = Mux(tsel, t_w, dword)
+            dyy, dxx = Mux(tsel, t_y, dyy), Mux(tsel, t_x, dxx)
+            busy = busy | init | fix
+            with m.If(init):
+                m.d.sync += [init.eq(0), addr.eq(addr + t_w), yy.eq(yy + t_y),
+                             xx.eq(xx + t_x), active.eq(~zinit), skip.eq(zinit)]
+                m.d.comb += ti_next.eq(next_t)
+            with m.Elif(active & ~hold & tsel):
+                m.d.comb += ti_next.eq(Mux(lvl >= 5, next_t,
+                                           Mux(pens[2], first_t + 1, ti + 1)))
+                with m.If(lvl >= 5):
+                    m.d.sync += [fix.eq(1), fix_row.eq(lvl == 6)]
+            with m.If(fix):
+                m.d.sync += [fix.eq(0), addr.eq(addr + pstep("word")[fix_row][self.layer]),
+                             yy.eq(yy + pstep("y")[fix_row][self.layer]),
+                             xx.eq(xx + pstep("x")[fix_row][self.layer])]
         m.d.comb += [hold.eq(d_ok & ~self.o.ready),
                      self.rd_addr.eq(Mux(hold, d_addr, addr)),
                      self.o.valid.eq(d_ok & (self.rd_data[0] != 0)),
                      self.o.payload.value.eq(self.rd_data[0]),
                      self.o.payload.col.eq(d_col), self.o.payload.sub.eq(d_sub),
-                     self.busy.eq(active | d_ok | skip)]
+                     self.busy.eq(busy)]
         with m.If(~hold):
             m.d.sync += [d_ok.eq(active & inside), d_col.eq(col), d_sub.eq(sc),
                          d_addr.eq(addr)]
             with m.If(active):
-                m.d.sync += [addr.eq(addr + step("word")[lvl][self.layer]),
-                             yy.eq(yy + step("y")[lvl][self.layer]),
-                             xx.eq(xx + step("x")[lvl][self.layer]),
+                m.d.sync += [addr.eq(addr + dword), yy.eq(yy + dyy), xx.eq(xx + dxx),
                              lvl.eq(level_of(nxt_ends))]
                 m.d.sync += [e.eq(n) for e, n in zip(ends, nxt_ends)]
                 for lv, cnt in enumerate(cnts):  # inner ones wrap, level lvl's steps
@@ -636,6 +703,12 @@ class OneMapConvFrontEnd(wiring.Component):
                 m.d.sync += cnts[5].eq(cnts[5] + 1)
         with m.If(self.start):
             m.d.sync += [active.eq(~self.zero), skip.eq(self.zero)]
+            if self.table is not None:
+                with m.If(self.first):
+                    m.d.comb += ti_next.eq(first_t)
+                    with m.If(lmode):  # entry I before the first read (`init`)
+                        m.d.sync += [active.eq(0), skip.eq(0), init.eq(1),
+                                     zinit.eq(self.zero)]
             with m.If(self.first):
                 m.d.sync += [addr.eq(self.base + per_layer(lambda g: -g.ph * g.w - g.pw)),
                              yy.eq(per_layer(lambda g: -g.ph)),
