@@ -263,16 +263,24 @@ def col_table(img: "LockstepImage") -> tuple[list[int], list[int], int, int]:
     word_step | y_step << aw | x_step << (aw + yb), the word step modulo 2**aw (the walker's
     map address width, `act_words`), y and x in yb-bit two's complement."""
     aw = bits(act_words(img))
-    ents, firsts = [], []
-    for i, ll in enumerate(img.layers):
-        cols = img.col_lists[i] if img.col_lists is not None else None
-        firsts.append(len(ents) if cols is not None else 0)
-        if cols is not None:
-            ents += conv.one_map_list_entries(ll.conv_geom, cols)
-    yb = max([max(abs(e[1]), abs(e[2])).bit_length() + 1 for e in ents] + [2])
-    words = [(w % (1 << aw)) | ((y % (1 << yb)) << aw) | ((x % (1 << yb)) << (aw + yb))
-             for w, y, x in ents]
+    lists = img.col_lists or [None] * len(img.layers)
+    words, firsts, yb = pack_col_table(
+        [conv.one_map_list_entries(ll.conv_geom, cols) if cols is not None else None
+         for ll, cols in zip(img.layers, lists)], aw)
     return words, firsts, aw, yb
+
+
+def pack_col_table(entries, aw: int) -> tuple[list[int], list[int], int]:
+    """(words, each layer's first word, y/x bits) of per-layer (word, y, x) steps (None: a
+    layer without a list), packed as `col_table` says."""
+    flat, firsts = [], []
+    for ents in entries:
+        firsts.append(len(flat) if ents is not None else 0)
+        flat += list(ents or [])
+    yb = max([max(abs(e[1]), abs(e[2])).bit_length() + 1 for e in flat] + [2])
+    words = [(w % (1 << aw)) | ((y % (1 << yb)) << aw) | ((x % (1 << yb)) << (aw + yb))
+             for w, y, x in flat]
+    return words, firsts, yb
 
 
 PLACEMENTS = ("search", "lpt", "interleave")
