@@ -507,10 +507,15 @@ class OneMapConvFrontEnd(wiring.Component):
         self.lists = list(lists) if lists is not None else [None] * len(self.geoms)
         if any(li is not None for li in self.lists) != (table is not None):
             raise ValueError("column lists need their table, and a table its lists")
-        if any(li is not None and (g is None or li[0] < 1)
+        if any(li is not None and (g is None or li[0] < 2)
                for li, g in zip(self.lists, self.geoms)):
-            raise ValueError("a column list is a conv layer's, of one column at least")
+            raise ValueError("a column list is a conv layer's, of two columns at least")
         self.table = table
+        # some layer has padding: the walker keeps each position's (y, x) to test it
+        self.clip = any(g.ph or g.pw for g in self.geoms if g is not None)
+        if table is not None and self.clip != (table[1] > 0):
+            raise ValueError("the column table has y and x steps exactly when a layer is "
+                             "padded")
         tports = {}
         if table is not None:
             depth, yb = table
@@ -559,7 +564,13 @@ class OneMapConvFrontEnd(wiring.Component):
         yb = _signed_bits(*[max(g.h, g.w) + g.qh * g.sh * g.hp + g.qw * g.sw * g.wp + g.kh
                             + g.kw + g.ph + g.pw for g in live])
         addr = Signal(self.addr_bits, name="w_word")
+        # the position's (y, x) in the map, for the padding test: only when some layer has
+        # padding (without, every position a pass reads lies in the map: no registers)
+        clip = self.clip
         yy, xx = Signal(signed(yb), name="w_y"), Signal(signed(yb), name="w_x")
+
+        def yx(y, x):  # the (y, x) registers' assignments, where there are any
+            return [yy.eq(y), xx.eq(x)] if clip else []
 
         def counter(name, most):
             return Signal(range(max(most, 2)), name=name)
@@ -609,8 +620,11 @@ class OneMapConvFrontEnd(wiring.Component):
         nxt_ends = [Mux(lvl > lv, ones[lv], Mux(lvl == lv, pens[lv], ends[lv]))
                     for lv in range(len(cnts))]
         inside = Signal(name="w_inside")
-        m.d.comb += inside.eq((yy >= 0) & (yy < per_layer(lambda g: g.h))
-                              & (xx >= 0) & (xx < per_layer(lambda g: g.w)))
+        if clip:
+            m.d.comb += inside.eq((yy >= 0) & (yy < per_layer(lambda g: g.h))
+                                  & (xx >= 0) & (xx < per_layer(lambda g: g.w)))
+        else:
+            m.d.comb += inside.eq(1)
         # D: the position whose word is on rd_data
         d_ok = Signal(name="d_ok")  # a position in the map, its value on rd_data
         d_col = Signal.like(col, name="d_col")
@@ -620,45 +634,52 @@ class OneMapConvFrontEnd(wiring.Component):
         busy = active | d_ok | skip
         dword = step("word")[lvl][self.layer]
         dyy, dxx = step("y")[lvl][self.layer], step("x")[lvl][self.layer]
+        init = None
         if self.table is not None:
-            # a listed layer: its steps beyond the sub-positions (the next listed column, or
-            # back to the first one at the pass's end) are the table's word T on `t_data`,
-            # read a cycle ahead: `t_addr` is the next value of `ti`, so T is always word ti
+            # a listed layer (`images.conv.one_map_list_entries`): its steps beyond the
+            # sub-positions (to the next listed column; at a pass's end to the next pass's
+            # first position, W5 or W6 by the pass row's end) are the table's word T on
+            # `t_data`, read a cycle ahead (`t_addr` is the next value of `ti`: T is word ti)
             _, tyb = self.table
             aw = self.addr_bits
             t_w = self.t_data[:aw]
-            t_y, t_x = self.t_data[aw: aw + tyb].as_signed(), self.t_data[aw + tyb:].as_signed()
+            if clip:
+                t_y = self.t_data[aw: aw + tyb].as_signed()
+                t_x = self.t_data[aw + tyb:].as_signed()
             lmode = flag_of([li is not None if g is not None else None
                              for g, li in zip(gs, lists)])
-            first_t = table_of([li[1] if li is not None else None for li in lists])
-            next_t = table_of([li[1] + (2 if li[0] > 1 else 1) if li is not None else None
-                               for li in lists])  # after entry 0 (I) or 1 (W)
+
+            def at(off):  # a listed layer's table word `off`
+                return table_of([li[1] + off if li is not None else None for li in lists])
+
             ti = Signal(range(max(self.table[0], 2)), name="t_index")
             ti_next = Signal.like(ti, name="t_index_next")
-            init = Signal(name="w_init")  # a listed layer's first pass: W + entry I first
+            init = Signal(name="w_init")  # a listed layer's first pass: entry I first
             zinit = Signal(name="w_init_zero")  # ... and then the pass is skipped (`zero`)
-            fix = Signal(name="w_fix")  # after a pass's end: on to the next pass's origin
-            fix_row = Signal(name="w_fix_row")  # ... the next row of passes
             tsel = Signal(name="w_tsel")  # this step is the table's
-            m.d.comb += [tsel.eq(lmode & (lvl >= 2)), self.t_addr.eq(ti_next),
+            m.d.comb += [tsel.eq(lmode & ((lvl >= 2) | init)), self.t_addr.eq(ti_next),
                          ti_next.eq(ti)]
             m.d.sync += ti.eq(ti_next)
             dword = Mux(tsel, t_w, dword)
-            dyy, dxx = Mux(tsel, t_y, dyy), Mux(tsel, t_x, dxx)
-            busy = busy | init | fix
+            if clip:
+                dyy, dxx = Mux(tsel, t_y, dyy), Mux(tsel, t_x, dxx)
+            busy = busy | init
             with m.If(init):
-                m.d.sync += [init.eq(0), addr.eq(addr + t_w), yy.eq(yy + t_y),
-                             xx.eq(xx + t_x), active.eq(~zinit), skip.eq(zinit)]
-                m.d.comb += ti_next.eq(next_t)
-            with m.Elif(active & ~hold & tsel):
-                m.d.comb += ti_next.eq(Mux(lvl >= 5, next_t,
-                                           Mux(pens[2], first_t + 1, ti + 1)))
-                with m.If(lvl >= 5):
-                    m.d.sync += [fix.eq(1), fix_row.eq(lvl == 6)]
-            with m.If(fix):
-                m.d.sync += [fix.eq(0), addr.eq(addr + pstep("word")[fix_row][self.layer]),
-                             yy.eq(yy + pstep("y")[fix_row][self.layer]),
-                             xx.eq(xx + pstep("x")[fix_row][self.layer])]
+                m.d.sync += [init.eq(0), active.eq(~zinit), skip.eq(zinit)]
+                m.d.comb += ti_next.eq(at(3))  # column 1's step
+            with m.Elif(active & ~hold & tsel):  # into column k + 1 (k + 1 = K - 1: on to W)
+                m.d.comb += ti_next.eq(Mux(lvl >= 5, at(3), Mux(pens[2],
+                                                                  Mux(ends[5], at(2), at(1)),
+                                                                  ti + 1)))
+        # the step's sums (one adder each, for the walk and a listed layer's entry I)
+        s_addr = Signal.like(addr, name="w_word_next")
+        s_y, s_x = Signal.like(yy, name="w_y_next"), Signal.like(xx, name="w_x_next")
+        m.d.comb += [s_addr.eq(addr + dword)]
+        if clip:
+            m.d.comb += [s_y.eq(yy + dyy), s_x.eq(xx + dxx)]
+        if init is not None:
+            with m.If(init):
+                m.d.sync += [addr.eq(s_addr), *yx(s_y, s_x)]
         m.d.comb += [hold.eq(d_ok & ~self.o.ready),
                      self.rd_addr.eq(Mux(hold, d_addr, addr)),
                      self.o.valid.eq(d_ok & (self.rd_data[0] != 0)),
@@ -669,8 +690,7 @@ class OneMapConvFrontEnd(wiring.Component):
             m.d.sync += [d_ok.eq(active & inside), d_col.eq(col), d_sub.eq(sc),
                          d_addr.eq(addr)]
             with m.If(active):
-                m.d.sync += [addr.eq(addr + dword), yy.eq(yy + dyy), xx.eq(xx + dxx),
-                             lvl.eq(level_of(nxt_ends))]
+                m.d.sync += [addr.eq(s_addr), *yx(s_y, s_x), lvl.eq(level_of(nxt_ends))]
                 m.d.sync += [e.eq(n) for e, n in zip(ends, nxt_ends)]
                 for lv, cnt in enumerate(cnts):  # inner ones wrap, level lvl's steps
                     with m.If(lvl == lv):
@@ -693,8 +713,8 @@ class OneMapConvFrontEnd(wiring.Component):
         row = ends[5]
         with m.If(skip):
             m.d.sync += [skip.eq(0), addr.eq(addr + pstep("word")[row][self.layer]),
-                         yy.eq(yy + pstep("y")[row][self.layer]),
-                         xx.eq(xx + pstep("x")[row][self.layer]),
+                         *yx(yy + pstep("y")[row][self.layer],
+                             xx + pstep("x")[row][self.layer]),
                          ends[5].eq(Mux(row, ones[5], pens[5])),
                          lvl.eq(level_of(ends[:5] + [Mux(row, ones[5], pens[5])]))]
             with m.If(row):
@@ -705,14 +725,13 @@ class OneMapConvFrontEnd(wiring.Component):
             m.d.sync += [active.eq(~self.zero), skip.eq(self.zero)]
             if self.table is not None:
                 with m.If(self.first):
-                    m.d.comb += ti_next.eq(first_t)
+                    m.d.comb += ti_next.eq(at(0))
                     with m.If(lmode):  # entry I before the first read (`init`)
                         m.d.sync += [active.eq(0), skip.eq(0), init.eq(1),
                                      zinit.eq(self.zero)]
             with m.If(self.first):
                 m.d.sync += [addr.eq(self.base + per_layer(lambda g: -g.ph * g.w - g.pw)),
-                             yy.eq(per_layer(lambda g: -g.ph)),
-                             xx.eq(per_layer(lambda g: -g.pw)),
+                             *yx(per_layer(lambda g: -g.ph), per_layer(lambda g: -g.pw)),
                              sc.eq(0), col.eq(0), lvl.eq(level_of(ones))]
                 m.d.sync += [cnt.eq(0) for cnt in cnts]
                 m.d.sync += [e.eq(o) for e, o in zip(ends, ones)]

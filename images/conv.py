@@ -454,24 +454,28 @@ def one_map_col_offsets(g: ConvGeom, cols) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def one_map_list_entries(g: ConvGeom, cols) -> list[tuple[int, int, int]]:
-    """The column table of a listed layer (`images.lockstep`, `col_lists`): K + 1 steps
-    (word, y, x) for `hw.convfe.OneMapConvFrontEnd`, K = len(cols) >= 1:
+    """The column table of a listed layer (`images.lockstep`, `col_lists`): K + 2 steps
+    (word, y, x) for `hw.convfe.OneMapConvFrontEnd`, K = len(cols) >= 2:
 
     * entry 0 (I): from the pass origin to the first listed column (the layer's first pass);
-    * entry 1 (W): from the last listed column's last sub-position back to the first listed
-      column's first (a pass's end; the walker then steps on by `one_map_pass_steps`);
-    * entry 1 + j (j = 1..K-1): from column j - 1's last sub-position to column j's first.
+    * entries 1 and 2 (W5, W6): from the last listed column's last sub-position to the first
+      listed column of the next pass, in the same row of passes (px + 1) or the next
+      (py + 1, px = 0): a pass's end;
+    * entry 2 + j (j = 1..K-1): from column j - 1's last sub-position to column j's first.
     """
     word, dy, dx = one_map_col_offsets(g, cols)
-    if len(word) == 0:
-        raise ValueError("a column list needs at least one column")
+    if len(word) < 2:
+        raise ValueError("a column list needs two columns at least")
     ah, bw = (g.qh - 1) * g.sh, (g.qw - 1) * g.sw  # the last sub-position from the first
     back = ah * g.w + bw
 
     def step(a, b):
         return (int(word[b] - word[a] - back), int(dy[b] - dy[a] - ah), int(dx[b] - dx[a] - bw))
 
-    out = [(int(word[0]), int(dy[0]), int(dx[0])), step(-1, 0)]
+    ps = one_map_pass_steps(g)
+    w = step(-1, 0)
+    out = [(int(word[0]), int(dy[0]), int(dx[0]))]
+    out += [(w[0] + ps["word"][r], w[1] + ps["y"][r], w[2] + ps["x"][r]) for r in (0, 1)]
     out += [step(j - 1, j) for j in range(1, len(word))]
     return out
 

@@ -209,9 +209,9 @@ def check_col_lists(img: "LockstepImage") -> None:
         if not ll.geom:
             raise InputError(f"layer l{i}: a column list is for conv layers only")
         c = np.asarray(cols, dtype=np.int64)
-        if c.ndim != 1 or len(c) < 1 or c[0] < 0 or c[-1] >= ll.in_features or (
-                len(c) > 1 and np.any(np.diff(c) <= 0)):
-            raise InputError(f"layer l{i}: a column list must be 1..{ll.in_features} strictly "
+        if c.ndim != 1 or len(c) < 2 or c[0] < 0 or c[-1] >= ll.in_features or np.any(
+                np.diff(c) <= 0):
+            raise InputError(f"layer l{i}: a column list must be 2..{ll.in_features} strictly "
                              "increasing columns of the layer")
         lc = np.diff(np.asarray(img.col_ptr[ll.col_base: ll.col_base + ll.in_features + 1]))
         if np.any(np.delete(lc, c) != 0):
@@ -220,17 +220,21 @@ def check_col_lists(img: "LockstepImage") -> None:
 
 def choose_col_lists(qnet_layers, mats, how) -> tuple | None:
     """The column lists of `build_lockstep`: how None (auto: the conv layers with at least
-    COL_LIST_MIN_EMPTY of their columns empty), True (every conv layer), False (none)."""
+    COL_LIST_MIN_EMPTY of their columns empty), True (every conv layer of two columns or
+    more), False (none). A list holds the columns with a weight, and the first empty ones
+    where that makes fewer than two (the walker's least)."""
     if how is False:
         return None
     out = []
     for layer, idx in zip(qnet_layers, mats):
         full = np.flatnonzero((idx != 0).any(axis=0))
         empty = idx.shape[1] - len(full)
-        if not layer.is_conv or not (how is True or empty >= COL_LIST_MIN_EMPTY * idx.shape[1]):
+        if (not layer.is_conv or idx.shape[1] < 2
+                or not (how is True or empty >= COL_LIST_MIN_EMPTY * idx.shape[1])):
             out.append(None)
-        else:  # an all-empty layer walks one (empty) column
-            out.append(tuple(int(v) for v in full) if len(full) else (0,))
+        else:  # two columns at least (the walker's): empty ones first where fewer hold one
+            pad = np.setdiff1d(np.arange(idx.shape[1]), full)[: max(0, 2 - len(full))]
+            out.append(tuple(int(v) for v in np.union1d(full, pad)))
     return tuple(out) if any(c is not None for c in out) else None
 
 
@@ -261,23 +265,27 @@ def col_table(img: "LockstepImage") -> tuple[list[int], list[int], int, int]:
     """(words, each layer's first word (0 if not listed), address bits, y/x bits) of the
     `coltab` memory: every listed layer's `images.conv.one_map_list_entries`, a word
     word_step | y_step << aw | x_step << (aw + yb), the word step modulo 2**aw (the walker's
-    map address width, `act_words`), y and x in yb-bit two's complement."""
+    map address width, `act_words`), y and x in yb-bit two's complement; yb = 0 (the word
+    steps alone) when no conv layer of the image is padded (the walker tests no (y, x))."""
     aw = bits(act_words(img))
     lists = img.col_lists or [None] * len(img.layers)
+    geoms = [ll.conv_geom for ll in img.layers]
     words, firsts, yb = pack_col_table(
-        [conv.one_map_list_entries(ll.conv_geom, cols) if cols is not None else None
-         for ll, cols in zip(img.layers, lists)], aw)
+        [conv.one_map_list_entries(g, cols) if cols is not None else None
+         for g, cols in zip(geoms, lists)], aw,
+        yx=any(g.ph or g.pw for g in geoms if g is not None))
     return words, firsts, aw, yb
 
 
-def pack_col_table(entries, aw: int) -> tuple[list[int], list[int], int]:
+def pack_col_table(entries, aw: int, yx: bool = True) -> tuple[list[int], list[int], int]:
     """(words, each layer's first word, y/x bits) of per-layer (word, y, x) steps (None: a
-    layer without a list), packed as `col_table` says."""
+    layer without a list), packed as `col_table` says; yx False (no layer is padded, so the
+    walker keeps no (y, x)): the word steps alone, y/x bits 0."""
     flat, firsts = [], []
     for ents in entries:
         firsts.append(len(flat) if ents is not None else 0)
         flat += list(ents or [])
-    yb = max([max(abs(e[1]), abs(e[2])).bit_length() + 1 for e in flat] + [2])
+    yb = max([max(abs(e[1]), abs(e[2])).bit_length() + 1 for e in flat] + [2]) if yx else 0
     words = [(w % (1 << aw)) | ((y % (1 << yb)) << aw) | ((x % (1 << yb)) << (aw + yb))
              for w, y, x in flat]
     return words, firsts, yb

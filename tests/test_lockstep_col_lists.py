@@ -93,7 +93,7 @@ def test_lists_auto_true_false_and_the_pointers():
 def test_a_layer_with_no_weight_walks_one_column():
     q = _cnn_with_empty_columns((1, 6, 6), [(3, 3, 1, 1, 2)], [4], 2, {0: "all"})
     img = build_lockstep(q, 2, one_map=True)
-    assert img.col_lists[0] == (0,)
+    assert img.col_lists[0] == (0, 1)  # the walker's least: two columns
     _same_qnet(decode_lockstep(img), q)
 
 
@@ -105,7 +105,7 @@ def test_bad_lists_are_refused():
     bad = {
         "one entry per layer": (full,),
         "strictly increasing": (full[::-1],) + img.col_lists[1:],
-        "1..": ((),) + img.col_lists[1:],
+        "2..": ((full[0],),) + img.col_lists[1:],
         "slots is not in": (full[1:],) + img.col_lists[1:],
         "conv layers only": img.col_lists[:2] + ((0, 1),),
     }
@@ -129,15 +129,15 @@ GEOMS = [
 def _lists_of(g, rng):
     n = g.c * g.kh * g.kw
     some = np.flatnonzero(rng.random(n) < 0.5)
-    return [tuple(range(n)), (0,), (n - 1,), (n // 2,), tuple(range(1, n - 1)) or (0,),
-            tuple(int(v) for v in some) or (1 % n,)]
+    return [tuple(range(n)), (0, 1), (n - 2, n - 1), (0, n - 1), (n // 2 - 1, n // 2),
+            tuple(range(1, n - 1)), tuple(int(v) for v in some) if len(some) > 1 else (0, 2)]
 
 
 def _replay(g, cols, entries):
     """The walker's arithmetic (`hw.convfe`) in Python: from the pass origin, entry I, the
     sub-position steps (`one_map_steps` levels 0 and 1), the table's column steps, at a
-    pass's end entry W and then `one_map_pass_steps`: the (word, y, x) read, pass by pass."""
-    steps, psteps = conv.one_map_steps(g), conv.one_map_pass_steps(g)
+    pass's end entry W5 or W6 (the pass row's end): the (word, y, x) read, pass by pass."""
+    steps = conv.one_map_steps(g)
     word, y, x = -g.ph * g.w - g.pw, -g.ph, -g.pw
     word, y, x = word + entries[0][0], y + entries[0][1], x + entries[0][2]
     out = []
@@ -149,10 +149,9 @@ def _replay(g, cols, entries):
                 if s < g.subs - 1:  # b steps (level 0) unless b wraps (level 1)
                     lv = 0 if (s + 1) % g.qw else 1
                     word, y, x = word + steps["word"][lv], y + steps["y"][lv], x + steps["x"][lv]
-            e = entries[2 + k] if k < len(cols) - 1 else entries[1]
+            e = (entries[3 + k] if k < len(cols) - 1
+                 else entries[2 if p % g.wp == g.wp - 1 else 1])
             word, y, x = word + e[0], y + e[1], x + e[2]
-        r = 1 if p % g.wp == g.wp - 1 else 0
-        word, y, x = word + psteps["word"][r], y + psteps["y"][r], x + psteps["x"][r]
         out.append(seq)
     return out
 
@@ -164,7 +163,7 @@ def test_the_table_steps_walk_the_listed_columns(g):
     columns only (the corners: every column, the first, the last, one, all but the ends)."""
     for cols in _lists_of(g, np.random.default_rng(g.c)):
         ents = conv.one_map_list_entries(g, cols)
-        assert len(ents) == len(cols) + 1
+        assert len(ents) == len(cols) + 2
         got = _replay(g, cols, ents)
         for p in range(g.passes):
             ref = conv.one_map_list_walk(g, p, cols)
@@ -186,7 +185,7 @@ def _walker_run(geoms, lists, map_vals, seed, ready_p=0.7):
     aw = 10
     ents = [conv.one_map_list_entries(g, c) if c is not None else None
             for g, c in zip(geoms, lists)]
-    words, firsts, yb = pack_col_table(ents, aw)
+    words, firsts, yb = pack_col_table(ents, aw, yx=any(g.ph or g.pw for g in geoms))
     has = any(c is not None for c in lists)
     dut = OneMapConvFrontEnd(
         geoms=geoms, addr_bits=aw, col_bits=9,
@@ -248,10 +247,10 @@ def _walker_want(geoms, lists, map_vals):
     return out
 
 
-WALKER_CASES = [  # (geometries, each layer's list: None, "some", "first-last", "one", "none")
+WALKER_CASES = [  # (geometries, each layer's list: None, "some", "first-last", "two", "none")
     ("lenet-like", [GEOMS[0], GEOMS[1]], ["some", None]),
     ("first-last-empty", [GEOMS[1], GEOMS[0]], ["first-last", "first-last"]),
-    ("one-column", [GEOMS[0], GEOMS[3]], ["one", "one"]),
+    ("two-columns", [GEOMS[0], GEOMS[3]], ["two", "two"]),
     ("all-empty", [GEOMS[1], GEOMS[0]], ["none", "some"]),
     ("1x1-no-pool", [GEOMS[2], GEOMS[3]], ["some", "some"]),
 ]
@@ -267,13 +266,15 @@ def test_walker_reads_only_the_listed_columns(case):
         if kind is None:
             lists.append(None)
         elif kind == "some":
-            lists.append(tuple(int(v) for v in np.flatnonzero(rng.random(n) < 0.4)) or (0,))
+            some = tuple(int(v) for v in np.flatnonzero(rng.random(n) < 0.4))
+            lists.append(some if len(some) > 1 else (0, n - 1))
         elif kind == "first-last":
             lists.append(tuple(range(1, n - 1)))
-        elif kind == "one":
-            lists.append((int(rng.integers(n)),))
-        else:  # a layer with no weight: its list is column 0 (`choose_col_lists`)
-            lists.append((0,))
+        elif kind == "two":  # the least: two columns apart
+            a = int(rng.integers(n - 1))
+            lists.append((a, int(rng.integers(a + 1, n))))
+        else:  # a layer with no weight: its list is columns 0 and 1 (`choose_col_lists`)
+            lists.append((0, 1))
     vals = rng.integers(-500, 500, 1 << 10) * (rng.random(1 << 10) < 0.6)
     map_vals = [int(v) for v in vals]
     got = _walker_run(geoms, lists, map_vals, seed=len(_id))
