@@ -862,7 +862,7 @@ def logic_of(img: LockstepImage) -> dict:
             **({"input_shape": list(img.input_shape)} if img.has_conv else {}),
             **({"one_map": True, "codebook_roms": img.codebook_roms} if img.one_map else {}),
             **({"col_lists": [None if c is None else len(c) for c in img.col_lists],
-                "col_table": col_table(img)[1:]} if img.listed else {})}
+                "col_table": [COL_LIST_VERSION, *col_table(img)[1:]]} if img.listed else {})}
 
 
 def padded(img: LockstepImage) -> LockstepImage:
