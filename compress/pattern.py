@@ -232,16 +232,26 @@ def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
     `split_ends="auto"`: split ends where they keep at least 1 - SPLIT_COST of the magnitude
     the layer keeps without them (a layer with many rows per PE, where a column's entries in a
     PE rarely number one; elsewhere the holds are cheaper than the weights a split moves), and
-    where they keep the walk rule below if the layer without them keeps it.
+    where they keep the walk rule below if the layer without them keeps it; never where the
+    walk rule allows one slot a column at most (`walk_subs` > `walk_ahead`: in every pruning
+    round, also the early ones whose count no pattern can walk, as each round prunes within
+    the last one's mask).
     `walk_ahead` (a conv layer on the board's one-map walker): the columns are read in order,
     each `walk_subs` times in a row (the pooling window's sub-positions), one read a cycle,
     every one of them (as a dense input map makes them), into a queue at most `walk_ahead`
     reads ahead of the slots; the steps are also taken so that the slots never fall more than
     that behind the reads (`walk_backlog`), so a read costs the reader's cycle and no more.
     Where the count cannot be reached so, the steps left out are taken after the others, in
-    their order.
+    their order. With `walk_subs` > 1 there is no hazard window: consecutive slots of a dense
+    map write different sub-positions' accumulator words.
     Deterministic: ties go to the lower row, column and count.
     """
+    if split_ends == "auto" and walk_ahead is not None and walk_subs > walk_ahead:
+        split_ends = False  # 2 slots a column, subs times in a row: never within the walk rule
+    if walk_ahead is not None and walk_subs > 1:
+        # a column's reads write its sub-positions' accumulator words in turn, so consecutive
+        # slots of a dense map never hit one word: no hazard to spread the first rows for
+        hazard_window = 0
     if split_ends == "auto" and split is None:
         a = lockstep_mask(weight, alive, keep, pes=pes, rel_bits=rel_bits, bound_gaps=bound_gaps,
                           split_ends=True, walk_ahead=walk_ahead, walk_subs=walk_subs)

@@ -15,8 +15,8 @@ from torch import nn
 
 import compress
 from compress.errors import InputError
-from compress.pattern import (BOARDS, as_matrix, board_pattern, column_slots, lockstep_mask,
-                              prune_settings, walk_backlog)
+from compress.pattern import (BOARDS, HAZARD_WINDOW, as_matrix, board_pattern, column_slots,
+                              lockstep_mask, prune_settings, walk_backlog)
 from compress.prune import PruneConfig, full_masks, update_masks
 from images.placement import layer_slots
 
@@ -85,8 +85,27 @@ def test_conv_kernel_pattern(out, c, k, density, ahead, subs):
         assert walk_backlog(lc, subs) <= ahead
         if subs > ahead:
             assert lc.max() <= 1
-    free = lockstep_mask(mat, np.ones_like(mat, bool), keep, rel_bits=REL)
-    assert np.abs(mat[free]).sum() >= np.abs(mat[m]).sum() - 1e-9  # the rule costs magnitude
+    # the rule costs magnitude (against the same layer without it: with sub-positions no
+    # hazard window, and without split ends where the rule leaves them out)
+    free = lockstep_mask(mat, np.ones_like(mat, bool), keep, rel_bits=REL,
+                         hazard_window=0 if subs > 1 else HAZARD_WINDOW,
+                         split_ends=False if subs > ahead else "auto")
+    assert np.abs(mat[free]).sum() >= np.abs(mat[m]).sum() - 1e-9
+
+
+def test_walk_rule_over_pruning_rounds():
+    """LeNet-5's conv2 shape pruned in rounds (the cubic ramp's 49 -> 23 -> 13 -> 12 %), each
+    within the last one's mask, at the board's walk (4 sub-positions, queue 2): the early rounds
+    cannot walk (2-5 slots a column), the last two can, with the layer's count kept (no hazard
+    window with sub-positions innermost: it would leave a PE's one weight nowhere to go)."""
+    w = np.random.default_rng(7).normal(size=(50, 500))
+    alive = np.ones_like(w, bool)
+    for dens in (0.491, 0.23, 0.1337, 0.12):
+        keep = int(dens * w.size)
+        alive = lockstep_mask(w, alive, keep, rel_bits=REL, walk_ahead=2, walk_subs=4)
+        assert abs(int(alive.sum()) - keep) <= 2 * PES and _blocks_even(alive)
+    lc = column_slots(alive, PES)
+    assert walk_backlog(lc, 4) <= 2 and lc.max() == 1 and lc.sum() == 375
 
 
 def test_walk_ahead_cannot_lower_the_count():
