@@ -144,6 +144,11 @@ def finetune(model: nn.Module, codebooks, indices, data: Split, cfg: QuantConfig
     if run:
         params = [p for p in wrapped.parameters() if p.requires_grad]
         fit(wrapped, data, cfg.finetune, params=params, desc="centroids", teacher=teacher)
+    return _export(wrapped, model)
+
+
+def _export(wrapped: SharedWeights, model: nn.Module):
+    """The shared-weight layers written back into the model, its parameters trainable again."""
     out = wrapped.export()
     for m in compressible_layers(model).values():
         m.weight.requires_grad_(True)
@@ -158,11 +163,5 @@ def quantize(model: nn.Module, masks, data: Split | None, cfg: QuantConfig,
     `teacher`: logits to distill from when the fine-tuning has distill > 0."""
     codebooks, indices = cluster(model, masks, cfg)
     if data is None:
-        wrapped = SharedWeights(model, codebooks, indices, train_bias=False)
-        out = wrapped.export()
-        for m in compressible_layers(model).values():
-            m.weight.requires_grad_(True)
-            if m.bias is not None:
-                m.bias.requires_grad_(True)
-        return out
+        return _export(SharedWeights(model, codebooks, indices, train_bias=False), model)
     return finetune(model, codebooks, indices, data, cfg, teacher=teacher)

@@ -91,6 +91,11 @@ _DROPOUT_FUNCS = {torch.nn.functional.dropout, torch.nn.functional.dropout1d,
 # Shape arithmetic feeding a reshape: x.size(0), x.shape[0], -1 ... (not on the data path).
 _SHAPE_METHODS = {"size", "dim"}
 _SHAPE_FUNCS = {getattr, operator.getitem, operator.mul, operator.floordiv, operator.neg}
+# What a traced function or method call is, first match wins (torch.reshape is a flatten).
+_FUNCTION_KINDS = ((_RELU_FUNCS, "relu"), (_FLATTEN_FUNCS, "flatten"), (_POOL_FUNCS, "pool"),
+                   (_SOFTMAX_FUNCS, "softmax"), (_DROPOUT_FUNCS, "noop"), (_SHAPE_FUNCS, "shape"))
+_METHOD_KINDS = ((_RELU_METHODS, "relu"), (_FLATTEN_METHODS, "flatten"),
+                 (_SOFTMAX_METHODS, "softmax"), (_SHAPE_METHODS, "shape"))
 _NOOP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
 _BN_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
 _AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
@@ -405,31 +410,8 @@ def _classify(node, modules) -> str | None:
         if isinstance(m, _NOOP_MODULES):
             return "noop"
         return None
-    if node.op == "call_function":
-        if node.target in _RELU_FUNCS:
-            return "relu"
-        if node.target in _FLATTEN_FUNCS:
-            return "flatten"
-        if node.target in _POOL_FUNCS:
-            return "pool"
-        if node.target in _SOFTMAX_FUNCS:
-            return "softmax"
-        if node.target in _DROPOUT_FUNCS:
-            return "noop"
-        if node.target in _SHAPE_FUNCS:
-            return "shape"
-        return None
-    if node.op == "call_method":
-        if node.target in _RELU_METHODS:
-            return "relu"
-        if node.target in _FLATTEN_METHODS:
-            return "flatten"
-        if node.target in _SOFTMAX_METHODS:
-            return "softmax"
-        if node.target in _SHAPE_METHODS:
-            return "shape"
-        return None
-    return None
+    table = {"call_function": _FUNCTION_KINDS, "call_method": _METHOD_KINDS}.get(node.op, ())
+    return next((kind for targets, kind in table if node.target in targets), None)
 
 
 # ---------------------------------------------------------------------------------------------

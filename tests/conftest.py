@@ -19,6 +19,29 @@ def mnist_dir() -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def small_mnist_dir(mnist_dir, tmp_path_factory) -> Path:
+    """The first 6,000 training and 2,000 test images of MNIST as IDX files with their
+    SHA256SUMS: the full pipeline's tests at a fifth of the golden model's work."""
+    import gzip
+    import hashlib
+
+    from compress.data import read_idx
+
+    out = tmp_path_factory.mktemp("mnist-small")
+    sums = []
+    for stem, n in (("train-images-idx3-ubyte", 6000), ("train-labels-idx1-ubyte", 6000),
+                    ("t10k-images-idx3-ubyte", 2000), ("t10k-labels-idx1-ubyte", 2000)):
+        a = read_idx(mnist_dir / f"{stem}.gz")[:n]
+        code = 0x08  # unsigned bytes, as MNIST
+        head = bytes([0, 0, code, a.ndim]) + b"".join(d.to_bytes(4, "big") for d in a.shape)
+        raw = gzip.compress(head + a.astype("u1").tobytes(), mtime=0)
+        (out / f"{stem}.gz").write_bytes(raw)
+        sums.append(f"{hashlib.sha256(raw).hexdigest()}  {stem}.gz")
+    (out / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    return out
+
+
 def long_tests() -> bool:
     """`make test-long` sets LONG=1 for the longer sweeps."""
     return os.environ.get("LONG", "") not in ("", "0")

@@ -89,16 +89,16 @@ def test_bad_input_exit_2(tmp_path, monkeypatch, mnist_dir, capsys, argv, msg):
     assert not list(tmp_path.glob("build/compress/*.npz"))
 
 
-def test_lenet5_writes_a_version_2_qnet_and_its_dcz(tmp_path, mnist_dir):
+def test_lenet5_writes_a_version_2_qnet_and_its_dcz(tmp_path, small_mnist_dir):
     """LeNet-5 is an integer network: a version 2 qnet (conv layers with their pooling), the
     .dcz it unpacks from (version 3), and its integer error by the golden model."""
     from compress.dcz import unpack
     from compress.qnet import load_qnet
 
     out = tmp_path / "l5"
-    assert main(["pipeline", "--arch", "lenet-5", "--data", str(mnist_dir), "--out", str(out),
-                 "--max-steps", "20", "--val-size", "1000", "--no-progress", "--seed", "3",
-                 "--set", "prune.steps=1", "--set", "fixedpoint.calib_images=2000"]) == 0
+    assert main(["pipeline", "--arch", "lenet-5", "--data", str(small_mnist_dir), "--out", str(out),
+                 "--max-steps", "20", "--val-size", "500", "--no-progress", "--seed", "3",
+                 "--set", "prune.steps=1", "--set", "fixedpoint.calib_images=500"]) == 0
     data = (out / "model.dcz").read_bytes()
     s = json.loads((out / "summary.json").read_text())
     assert s["dcz_bytes"] == len(data) and data[4] == 3

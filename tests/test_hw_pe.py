@@ -15,6 +15,40 @@ from compress.synthetic import random_inputs, random_qnet
 from hw.eie.pe import PE
 
 
+async def _preload(ctx, dut, nrows: int) -> None:
+    """Bank 0 preloaded with layer 0's biases, one row a cycle."""
+    ctx.set(dut.layer, 0)
+    for r in range(nrows + 1):
+        ctx.set(dut.preload_valid, r < nrows)
+        ctx.set(dut.drain_layer, 0)
+        ctx.set(dut.preload_layer, 0)
+        ctx.set(dut.drain_row, min(r, nrows - 1))
+        await ctx.tick()
+    ctx.set(dut.preload_valid, 0)
+
+
+async def _drain(ctx, dut, nrows: int) -> list[int]:
+    """Once the PE is idle, its rows out: y one cycle after the row is presented."""
+    await ctx.tick().until(dut.idle)
+    got = []
+    for r in range(nrows + 1):
+        ctx.set(dut.drain_valid, r < nrows)
+        ctx.set(dut.drain_row, min(r, nrows - 1))
+        _, _, yv, y = await ctx.tick().sample(dut.y_valid, dut.y)
+        if r > 0:
+            assert yv
+            got.append(y)
+    ctx.set(dut.drain_valid, 0)
+    return got
+
+
+def _run(dut, bench) -> None:
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+
+
 @pytest.mark.parametrize("rows,pes,pe,density,rel_bits,depth,sparse,stall", [
     (1, 1, 0, 0.9, 4, 8, True, 0.0),     # every entry hits row 0: the bypass on every cycle
     (3, 1, 0, 0.8, 4, 2, True, 0.3),     # back-to-back hits across column boundaries
@@ -36,15 +70,7 @@ def test_pe_layer_matches_golden(rows, pes, pe, density, rel_bits, depth, sparse
     got = []
 
     async def bench(ctx):
-        ctx.set(dut.layer, 0)
-        # preload bank 0 with the biases of layer 0
-        for r in range(nrows + 1):
-            ctx.set(dut.preload_valid, r < nrows)
-            ctx.set(dut.drain_layer, 0)
-            ctx.set(dut.preload_layer, 0)
-            ctx.set(dut.drain_row, min(r, nrows - 1))
-            await ctx.tick()
-        ctx.set(dut.preload_valid, 0)
+        await _preload(ctx, dut, nrows)
         i = 0
         for _ in range(5000):  # broadcast with credit, random gaps
             if i == len(cols):
@@ -57,20 +83,9 @@ def test_pe_layer_matches_golden(rows, pes, pe, density, rel_bits, depth, sparse
             if send and rdy:
                 i += 1
         ctx.set(dut.bc.valid, 0)
-        await ctx.tick().until(dut.idle)
-        for r in range(nrows + 1):  # drain: y one cycle after the row is presented
-            ctx.set(dut.drain_valid, r < nrows)
-            ctx.set(dut.drain_row, min(r, nrows - 1))
-            _, _, yv, y = await ctx.tick().sample(dut.y_valid, dut.y)
-            if r > 0:
-                assert yv
-                got.append(y)
-        ctx.set(dut.drain_valid, 0)
+        got.extend(await _drain(ctx, dut, nrows))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    _run(dut, bench)
     np.testing.assert_array_equal(np.array(got, dtype=np.int16), want)
 
 
@@ -97,14 +112,7 @@ def test_pe_issue_width_2_matches_golden(rows, pes, pe, density, depth, stall):
     seen = {"pairs": 0}
 
     async def bench(ctx):
-        ctx.set(dut.layer, 0)
-        for r in range(nrows + 1):
-            ctx.set(dut.preload_valid, r < nrows)
-            ctx.set(dut.drain_layer, 0)
-            ctx.set(dut.preload_layer, 0)
-            ctx.set(dut.drain_row, min(r, nrows - 1))
-            await ctx.tick()
-        ctx.set(dut.preload_valid, 0)
+        await _preload(ctx, dut, nrows)
         i = 0
         for _ in range(5000):
             if i == len(cols):
@@ -121,19 +129,8 @@ def test_pe_issue_width_2_matches_golden(rows, pes, pe, density, depth, stall):
             i += k
             await ctx.tick()
         ctx.set(dut.bcw_valid, 0)
-        await ctx.tick().until(dut.idle)
-        for r in range(nrows + 1):
-            ctx.set(dut.drain_valid, r < nrows)
-            ctx.set(dut.drain_row, min(r, nrows - 1))
-            _, _, yv, y = await ctx.tick().sample(dut.y_valid, dut.y)
-            if r > 0:
-                assert yv
-                got.append(y)
-        ctx.set(dut.drain_valid, 0)
+        got.extend(await _drain(ctx, dut, nrows))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    _run(dut, bench)
     np.testing.assert_array_equal(np.array(got, dtype=np.int16), want)
     assert seen["pairs"] > 0 or depth == 1
