@@ -494,14 +494,35 @@ class OneMapConvFrontEnd(wiring.Component):
     first word), `rd_addr`, `rd_data`, `o` (value, col, sub), `busy`.
     """
 
-    def __init__(self, *, geoms, addr_bits: int, col_bits: int):
+    def __init__(self, *, geoms, addr_bits: int, col_bits: int, lists=None,
+                 table=None):
         if not any(g is not None for g in geoms):
             raise ValueError("no conv layer to walk")
         self.geoms = list(geoms)
         self.addr_bits = addr_bits
         self.col_bits = col_bits
         self.sub_bits = max(g.sub_bits for g in geoms if g is not None)
+        # column lists (`images.lockstep.col_table`): per layer None or (K, first table word);
+        # table: (depth, y/x bits) of the column table read through `t_addr` / `t_data`
+        self.lists = list(lists) if lists is not None else [None] * len(self.geoms)
+        if any(li is not None for li in self.lists) != (table is not None):
+            raise ValueError("column lists need their table, and a table its lists")
+        if any(li is not None and (g is None or li[0] < 2)
+               for li, g in zip(self.lists, self.geoms)):
+            raise ValueError("a column list is a conv layer's, of two columns at least")
+        self.table = table
+        # some layer has padding: the walker keeps each position's (y, x) to test it
+        self.clip = any(g.ph or g.pw for g in self.geoms if g is not None)
+        if table is not None and self.clip != (table[1] > 0):
+            raise ValueError("the column table has y and x steps exactly when a layer is "
+                             "padded")
+        tports = {}
+        if table is not None:
+            depth, yb = table
+            tports = {"t_addr": Out(range(max(depth, 2))),
+                      "t_data": In(addr_bits + 2 * yb)}
         super().__init__({
+            **tports,
             "layer": In(range(max(len(geoms), 2))),
             "start": In(1),
             "first": In(1),
@@ -543,16 +564,29 @@ class OneMapConvFrontEnd(wiring.Component):
         yb = _signed_bits(*[max(g.h, g.w) + g.qh * g.sh * g.hp + g.qw * g.sw * g.wp + g.kh
                             + g.kw + g.ph + g.pw for g in live])
         addr = Signal(self.addr_bits, name="w_word")
+        # the position's (y, x) in the map, for the padding test: only when some layer has
+        # padding (without, every position a pass reads lies in the map: no registers)
+        clip = self.clip
         yy, xx = Signal(signed(yb), name="w_y"), Signal(signed(yb), name="w_x")
+
+        def yx(y, x):  # the (y, x) registers' assignments, where there are any
+            return [yy.eq(y), xx.eq(x)] if clip else []
 
         def counter(name, most):
             return Signal(range(max(most, 2)), name=name)
 
-        # the counters, innermost first (`one_map_steps`), and each one's per-layer size
+        # the counters, innermost first (`one_map_steps`), and each one's per-layer size; a
+        # listed layer's columns are one counter (dx's, its list's length K; dy and c of one
+        # value), its steps from the column table
+        lists = self.lists
         sizes = [lambda g: g.qw, lambda g: g.qh, lambda g: g.kw, lambda g: g.kh,
                  lambda g: g.c, lambda g: g.wp]
-        cnts = [counter(f"w_{nm}", max(f(g) for g in live))
-                for nm, f in zip(("b", "a", "dx", "dy", "c", "px"), sizes)]
+        lsize = {2: lambda li: li[0], 3: lambda li: 1, 4: lambda li: 1}
+        size_of = [[(lsize[lv](li) if li is not None and lv in lsize else f(g))
+                    if g is not None else None for g, li in zip(gs, lists)]
+                   for lv, f in enumerate(sizes)]
+        cnts = [counter(f"w_{nm}", max(v for v in vals if v is not None))
+                for nm, vals in zip(("b", "a", "dx", "dy", "c", "px"), size_of)]
         m.d.comb += self.px.eq(cnts[5])  # the pass column (for `zero`)
         sc = Signal(max(1, self.sub_bits), name="w_sub")
         col = Signal(self.col_bits + 1, name="w_col")
@@ -571,39 +605,92 @@ class OneMapConvFrontEnd(wiring.Component):
                 v = Mux(flags[lv], v, lv)
             return v
 
-        def flag(f):  # a per-layer flag, one bit
-            vals = [int(f(g)) if g is not None else 1 for g in gs]
+        def flag_of(vals):  # a per-layer flag, one bit (1 for a layer never walked)
+            vals = [int(v) if v is not None else 1 for v in vals]
             return Array(Const(v, 1) for v in vals + [1] * (max(len(vals), 2) - len(vals))
                          )[self.layer]
 
-        ones = [flag(lambda g, f=f: f(g) == 1) for f in sizes]  # a counter of one value
-        pens = [cnt == per_layer(lambda g, f=f: max(f(g) - 2, 0))
-                for cnt, f in zip(cnts, sizes)]  # one before the end
+        def table_of(vals):
+            return table([v if v is not None else 0 for v in vals])[self.layer]
+
+        ones = [flag_of([v == 1 if v is not None else None for v in vals])
+                for vals in size_of]  # a counter of one value
+        pens = [cnt == table_of([max(v - 2, 0) if v is not None else None for v in vals])
+                for cnt, vals in zip(cnts, size_of)]  # one before the end
         nxt_ends = [Mux(lvl > lv, ones[lv], Mux(lvl == lv, pens[lv], ends[lv]))
                     for lv in range(len(cnts))]
         inside = Signal(name="w_inside")
-        m.d.comb += inside.eq((yy >= 0) & (yy < per_layer(lambda g: g.h))
-                              & (xx >= 0) & (xx < per_layer(lambda g: g.w)))
+        if clip:
+            m.d.comb += inside.eq((yy >= 0) & (yy < per_layer(lambda g: g.h))
+                                  & (xx >= 0) & (xx < per_layer(lambda g: g.w)))
+        else:
+            m.d.comb += inside.eq(1)
         # D: the position whose word is on rd_data
         d_ok = Signal(name="d_ok")  # a position in the map, its value on rd_data
         d_col = Signal.like(col, name="d_col")
         d_sub = Signal.like(sc, name="d_sub")
         d_addr = Signal.like(addr, name="d_word")
         hold = Signal(name="d_hold")
+        busy = active | d_ok | skip
+        dword = step("word")[lvl][self.layer]
+        dyy, dxx = step("y")[lvl][self.layer], step("x")[lvl][self.layer]
+        init = None
+        if self.table is not None:
+            # a listed layer (`images.conv.one_map_list_entries`): its steps beyond the
+            # sub-positions (to the next listed column; at a pass's end to the next pass's
+            # first position, W5 or W6 by the pass row's end) are the table's word T on
+            # `t_data`, read a cycle ahead (`t_addr` is the next value of `ti`: T is word ti)
+            _, tyb = self.table
+            aw = self.addr_bits
+            t_w = self.t_data[:aw]
+            if clip:
+                t_y = self.t_data[aw: aw + tyb].as_signed()
+                t_x = self.t_data[aw + tyb:].as_signed()
+            lmode = flag_of([li is not None if g is not None else None
+                             for g, li in zip(gs, lists)])
+
+            def at(off):  # a listed layer's table word `off`
+                return table_of([li[1] + off if li is not None else None for li in lists])
+
+            ti = Signal(range(max(self.table[0], 2)), name="t_index")
+            ti_next = Signal.like(ti, name="t_index_next")
+            init = Signal(name="w_init")  # a listed layer's first pass: entry I first
+            zinit = Signal(name="w_init_zero")  # ... and then the pass is skipped (`zero`)
+            tsel = Signal(name="w_tsel")  # this step is the table's
+            m.d.comb += [tsel.eq(lmode & ((lvl >= 2) | init)), self.t_addr.eq(ti_next),
+                         ti_next.eq(ti)]
+            m.d.sync += ti.eq(ti_next)
+            dword = Mux(tsel, t_w, dword)
+            if clip:
+                dyy, dxx = Mux(tsel, t_y, dyy), Mux(tsel, t_x, dxx)
+            busy = busy | init
+            with m.If(init):
+                m.d.sync += [init.eq(0), active.eq(~zinit), skip.eq(zinit)]
+                m.d.comb += ti_next.eq(at(3))  # column 1's step
+            with m.Elif(active & ~hold & tsel):  # into column k + 1 (k + 1 = K - 1: on to W)
+                m.d.comb += ti_next.eq(Mux(lvl >= 5, at(3), Mux(pens[2],
+                                                                  Mux(ends[5], at(2), at(1)),
+                                                                  ti + 1)))
+        # the step's sums (one adder each, for the walk and a listed layer's entry I)
+        s_addr = Signal.like(addr, name="w_word_next")
+        s_y, s_x = Signal.like(yy, name="w_y_next"), Signal.like(xx, name="w_x_next")
+        m.d.comb += [s_addr.eq(addr + dword)]
+        if clip:
+            m.d.comb += [s_y.eq(yy + dyy), s_x.eq(xx + dxx)]
+        if init is not None:
+            with m.If(init):
+                m.d.sync += [addr.eq(s_addr), *yx(s_y, s_x)]
         m.d.comb += [hold.eq(d_ok & ~self.o.ready),
                      self.rd_addr.eq(Mux(hold, d_addr, addr)),
                      self.o.valid.eq(d_ok & (self.rd_data[0] != 0)),
                      self.o.payload.value.eq(self.rd_data[0]),
                      self.o.payload.col.eq(d_col), self.o.payload.sub.eq(d_sub),
-                     self.busy.eq(active | d_ok | skip)]
+                     self.busy.eq(busy)]
         with m.If(~hold):
             m.d.sync += [d_ok.eq(active & inside), d_col.eq(col), d_sub.eq(sc),
                          d_addr.eq(addr)]
             with m.If(active):
-                m.d.sync += [addr.eq(addr + step("word")[lvl][self.layer]),
-                             yy.eq(yy + step("y")[lvl][self.layer]),
-                             xx.eq(xx + step("x")[lvl][self.layer]),
-                             lvl.eq(level_of(nxt_ends))]
+                m.d.sync += [addr.eq(s_addr), *yx(s_y, s_x), lvl.eq(level_of(nxt_ends))]
                 m.d.sync += [e.eq(n) for e, n in zip(ends, nxt_ends)]
                 for lv, cnt in enumerate(cnts):  # inner ones wrap, level lvl's steps
                     with m.If(lvl == lv):
@@ -626,8 +713,8 @@ class OneMapConvFrontEnd(wiring.Component):
         row = ends[5]
         with m.If(skip):
             m.d.sync += [skip.eq(0), addr.eq(addr + pstep("word")[row][self.layer]),
-                         yy.eq(yy + pstep("y")[row][self.layer]),
-                         xx.eq(xx + pstep("x")[row][self.layer]),
+                         *yx(yy + pstep("y")[row][self.layer],
+                             xx + pstep("x")[row][self.layer]),
                          ends[5].eq(Mux(row, ones[5], pens[5])),
                          lvl.eq(level_of(ends[:5] + [Mux(row, ones[5], pens[5])]))]
             with m.If(row):
@@ -636,10 +723,15 @@ class OneMapConvFrontEnd(wiring.Component):
                 m.d.sync += cnts[5].eq(cnts[5] + 1)
         with m.If(self.start):
             m.d.sync += [active.eq(~self.zero), skip.eq(self.zero)]
+            if self.table is not None:
+                with m.If(self.first):
+                    m.d.comb += ti_next.eq(at(0))
+                    with m.If(lmode):  # entry I before the first read (`init`)
+                        m.d.sync += [active.eq(0), skip.eq(0), init.eq(1),
+                                     zinit.eq(self.zero)]
             with m.If(self.first):
                 m.d.sync += [addr.eq(self.base + per_layer(lambda g: -g.ph * g.w - g.pw)),
-                             yy.eq(per_layer(lambda g: -g.ph)),
-                             xx.eq(per_layer(lambda g: -g.pw)),
+                             *yx(per_layer(lambda g: -g.ph), per_layer(lambda g: -g.pw)),
                              sc.eq(0), col.eq(0), lvl.eq(level_of(ones))]
                 m.d.sync += [cnt.eq(0) for cnt in cnts]
                 m.d.sync += [e.eq(o) for e, o in zip(ends, ones)]

@@ -370,7 +370,7 @@ class WideFrontEnd(_GroupReader):
                                             Mux(c_any0, nxt_mask & ~n_low, nxt_mask & ~n_two)))]
         return rem_cur, rem_nxt
 
-    def _lanes_n(self, m, cur, cur_vals, cur_base, nxt, have_nxt, nxt_vals, nxt_base):
+    def _lanes_n(self, m, cur, cur_vals, cur_base, nxt, have_nxt, nxt_vals, nxt_base, cur_cnt):
         """`width` lanes (the four-wide pipelined front end): lane j is the j-th lowest of the
         current group's remaining columns `cur` followed by the next group's `nxt` (its mask,
         there when `have_nxt`), sent within `room`; returns (rem_cur, rem_nxt) as `_lanes`.
@@ -381,9 +381,12 @@ class WideFrontEnd(_GroupReader):
         current group's j-th when it has more than j columns, else the next group's (j - c)-th,
         c the current group's count. A column stays when its rank (in the next group: plus c)
         is at least `room`. Same lanes and masks as finding the lowest four times over (four
-        carry chains in series, 34.7 MHz on the ULX3S)."""
+        carry chains in series, 34.7 MHz on the ULX3S). `cur_cnt` is the current group's count
+        (a register kept beside its mask): which lanes it fills comes from it, not from its
+        mask's count tree."""
         n, w = self.pes, self.width
-        c_hot, c_ge, c_rank = _ranks(m, cur, w, "c")
+        c_hot, _, c_rank = _ranks(m, cur, w, "c")
+        c_ge = [cur_cnt >= e for e in range(1, w + 1)]
         n_hot, n_ge, n_rank = _ranks(m, nxt, w, "n")
         n_ge = [g & have_nxt for g in n_ge]
         one = Const(1, 1)
@@ -482,14 +485,19 @@ class WideFrontEnd(_GroupReader):
                                | (c_two_only & (self.room >= 2)))
         else:
             # cur_mask itself: it is 0 whenever the front end is idle (cleared at start and
-            # done), so no gate on `busy` (the front end's widest fan-out) before the ranks
+            # done), so no gate on `busy` (the front end's widest fan-out) before the ranks.
+            # Its count is kept in a register beside it (`cur_cnt`): "runs out this cycle" and
+            # so the queue's pop come from that register and the credit alone, not from a
+            # count tree over the mask (the routed design's critical path ran mask -> count ->
+            # pop / done -> the mask's reset, 22.9 ns)
+            cur_cnt = Signal(range(n + 1), name="cur_cnt")
+            self.count_regs = (cur_mask, cur_cnt)  # for the tests: the count is the mask's
             rem_cur, rem_nxt = self._lanes_n(m, cur_mask, cur_vals, cur_base, q_mask[0],
-                                             have_nxt, q_vals[0], q_base[0])
+                                             have_nxt, q_vals[0], q_base[0], cur_cnt)
             out = Signal(name="out")
-            exact = _count_upto(cur_mask, self.width)  # exactly k set, k = 0..width
-            runs_out = exact[0]
+            runs_out = cur_cnt == 0
             for k in range(1, self.width + 1):
-                runs_out = runs_out | (exact[k] & (self.room >= k))
+                runs_out = runs_out | ((cur_cnt == k) & (self.room >= k))
             m.d.comb += out.eq(~self.busy | runs_out)
         pop = Signal(name="pop")  # the queue's head becomes the current group
         m.d.comb += pop.eq(self.busy & out & (occ != 0))
@@ -510,7 +518,20 @@ class WideFrontEnd(_GroupReader):
         with m.If(pop):
             m.d.sync += [cur_vals.eq(q_vals[0]), cur_mask.eq(rem_nxt), cur_base.eq(q_base[0])]
         with m.Elif(self.busy):
-            m.d.sync += cur_mask.eq(Mux(out, 0, rem_cur))
+            # four-wide: rem_cur is 0 when the group runs out, so no multiplexer on `out`
+            m.d.sync += cur_mask.eq(Mux(out, 0, rem_cur) if self.width == WIDTH else rem_cur)
+        if self.width != WIDTH:
+            # the count of the mask written above: the head's columns less those sent from it
+            # (room less the current group's, which all go when it pops), or the current
+            # group's less room
+            head = Signal(range(n + 1), name="q0_cnt")
+            m.d.comb += head.eq(_popcount(q_mask[0]))
+            take = Signal(range(2 * n + 2), name="pop_cnt")
+            m.d.comb += take.eq(head + cur_cnt)
+            with m.If(pop):
+                m.d.sync += cur_cnt.eq(Mux(take > self.room, take - self.room, 0))
+            with m.Elif(self.busy):
+                m.d.sync += cur_cnt.eq(Mux(out, 0, cur_cnt - self.room))
         with m.Switch(Cat(push, pop)):
             with m.Case(0b01):  # push only
                 with m.If(occ == 0):
@@ -536,14 +557,17 @@ class WideFrontEnd(_GroupReader):
         with m.If(issue):
             m.d.sync += [fgrp.eq(fgrp + 1), f_base.eq(f_base + n), i_base.eq(f_base),
                          f_range.eq(fgrp + 1 < self.groups)]
+        # four-wide: cur_mask (and cur_cnt) are 0 already at start and at done (the group
+        # runs out then, its rem_cur is 0): no reset of them (the mask's reset from `done` was
+        # on the routed design's critical path)
+        clear = [cur_mask.eq(0)] if self.width == WIDTH else []
         with m.If(self.start & ~self.busy):
-            m.d.sync += [self.busy.eq(1), cur_mask.eq(0)]
+            m.d.sync += [self.busy.eq(1), *clear]
             with m.If(~issue):
                 m.d.sync += f_range.eq(self.groups != 0)
         with m.Elif(self.busy & out & (occ == 0) & ~inflight & ~f_range):
             # nothing left to send, queued, on its way or to read
-            m.d.sync += [self.busy.eq(0), cur_mask.eq(0), fgrp.eq(0), f_base.eq(0),
-                         f_range.eq(0)]
+            m.d.sync += [self.busy.eq(0), *clear, fgrp.eq(0), f_base.eq(0), f_range.eq(0)]
             m.d.comb += self.done.eq(1)
         return m
 
@@ -610,30 +634,19 @@ def _ranks(m, x, w, name):
     return hot, list(pre[-1]), rank
 
 
+def _popcount(bits):
+    """The number of set bits of `bits`: a tree of adders."""
+    terms = [bits[i] for i in range(len(bits))]
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
 def _and_or(pairs):
     """The value of the pair whose select is set (selects one-hot or none: 0)."""
     return reduce(operator.or_, [Mux(sel, v, 0) for sel, v in pairs])
 
-
-
-def _count_upto(bits, k):
-    """[exactly 0, exactly 1, ..., exactly k] of the bits of `bits` set: a tree of such
-    lists (None where a count cannot be; counts above k dropped)."""
-    tup = [[~bits[i], bits[i]] + [None] * (k - 1) for i in range(len(bits))]
-    while len(tup) > 1:
-        nxt = []
-        for i in range(0, len(tup) - 1, 2):
-            a, b = tup[i], tup[i + 1]
-            row = []
-            for c in range(k + 1):
-                terms = [a[x] & b[c - x] for x in range(c + 1)
-                         if a[x] is not None and b[c - x] is not None]
-                row.append(Cat(*terms).any() if terms else None)
-            nxt.append(row)
-        if len(tup) % 2:
-            nxt.append(tup[-1])
-        tup = nxt
-    return [Const(0, 1) if v is None else v for v in tup[0]]
 
 
 def _count_upto_two(bits):

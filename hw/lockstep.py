@@ -68,7 +68,8 @@ from amaranth.lib import data, wiring
 
 from images.conv import ConvGeom
 from images.lockstep import (DRAIN_SHARES, LockstepImage, LockstepParams, act_bank_bits,
-                             act_words, layer1_under_drain, low_words, map_bases, memory_map)
+                             act_words, col_table, engine_col_ptr, layer1_under_drain,
+                             low_words, map_bases, memory_map)
 
 from .blocks import (BankedIO, EngineConfigError, EngineSignature, bits, ceil_div, check_fits,
                      check_queue_depth, round_shift, saturate, slot_sequencer)
@@ -189,14 +190,15 @@ class LockstepEngine(wiring.Component):
         self.acc_specs = [s for s in specs if s.name.endswith(".acc")]
         self.act_specs = [s for s in specs if s.name.endswith(".act") or s.name == "map"]
         self.cb_specs = [s for s in specs if s.name.endswith(".codebook")]  # (one_map)
+        self.ct_specs = [s for s in specs if s.name == "coltab"]  # (one_map, column lists)
         assert len(specs) == sum(map(len, (self.lane_specs, self.ptr_specs, self.acc_specs,
-                                           self.act_specs, self.cb_specs)))
+                                           self.act_specs, self.cb_specs, self.ct_specs)))
         assert [s.name for s in self.ptr_specs] == ["colptr_even", "colptr_odd"]
 
     @property
     def memory_specs(self) -> list[MemorySpec]:
         return (self.lane_specs + self.ptr_specs + self.acc_specs + self.act_specs
-                + self.cb_specs)
+                + self.cb_specs + self.ct_specs)
 
     def elaborate(self, platform):
         m = Module()
@@ -235,6 +237,8 @@ class LockstepEngine(wiring.Component):
         c.act_r = [a.read[0] for a in acts]
         c.act_w = [a.write[0] for a in acts]
         c.cb_r = [self.memories(m, s).read[0] for s in self.cb_specs]
+        c.ct = [self.memories(m, s).read[0] for s in self.ct_specs]
+        c.ct = c.ct[0] if c.ct else None
 
     def _tables(self, c):
         img, n, L, R = self.img, self.pes, self.num_layers, self.max_rows
@@ -251,7 +255,9 @@ class LockstepEngine(wiring.Component):
                         self.row_bits + 1)
         # the accumulator rows PRELOAD fills (a conv layer's: every sub-position's block)
         c.rows_t = table([img.acc_rows(ll) for ll in img.layers], self.row_bits + 1)
-        c.col_base_t = table([ll.col_base for ll in img.layers], bits(len(img.col_ptr)))
+        # (a listed layer's columns are its list's: `images.lockstep.engine_col_ptr`)
+        ptrs, bases = engine_col_ptr(img)
+        c.col_base_t = table(bases, bits(len(ptrs)))
         c.bias_t = table([R + ll.bias_base for ll in img.layers], bits(R + img.bias.shape[1]))
         # the DRAIN count (cnt = row * share + member, controls set a cycle ahead; member j's
         # word is taken from the accumulator read port when cnt == j + 2 and written to the
@@ -420,8 +426,17 @@ class LockstepEngine(wiring.Component):
                  ConvGeom(c=ll.engine_in, h=1, w=1, kh=1, kw=1, sh=1, sw=1, ph=0, pw=0, qh=1,
                           qw=1, out_ch=ll.out_features)
                  for g, ll in zip(self.geoms, self.img.layers)]
+        lists = table = None
+        if self.img.listed:  # the walker reads only the listed columns (`coltab`)
+            words, firsts, _, yb = col_table(self.img)
+            lists = [(len(cols), f) if cols is not None else None
+                     for cols, f in zip(self.img.col_lists, firsts)]
+            table = (len(words), yb)
         m.submodules.fe_conv = cfe = OneMapConvFrontEnd(geoms=geoms, addr_bits=addr_bits,
-                                                        col_bits=self.col_bits)
+                                                        col_bits=self.col_bits, lists=lists,
+                                                        table=table)
+        if table is not None:
+            m.d.comb += [c.ct.addr.eq(cfe.t_addr), c.ct.en.eq(1), cfe.t_data.eq(c.ct.data)]
         m.d.comb += [cfe.layer.eq(c.layer), cfe.first.eq(c.pas == 0),
                      cfe.base.eq(c.src_t[c.layer]),
                      cfe.rd_data[0].eq(c.act_r[0].data.as_signed())]
@@ -480,7 +495,7 @@ class LockstepEngine(wiring.Component):
         nxt = Signal.like(credits, name="credits_next")
         m.d.comb += [fe.o.ready.eq(ready), nxt.eq(credits + pop + drop - take)]
         m.d.sync += [credits.eq(nxt), ready.eq(nxt != 0)]
-        p_g = Signal(bits(len(self.img.col_ptr)) + 1, name="p_g")
+        p_g = Signal(bits(len(engine_col_ptr(self.img)[0])) + 1, name="p_g")
         # the layer's first global column, a register (the layer changes at least two cycles
         # before its front end starts): the table is not on the path to the pointer RAMs
         col_base = Signal.like(c.col_base_t[0], name="col_base")

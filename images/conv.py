@@ -439,3 +439,58 @@ def one_map_walk(g: ConvGeom, pass_index: int) -> list[tuple[int, int, int, int]
                     out.append((c * g.h * g.w + y * g.w + x, (c * g.kh + dy) * g.kw + dx, s,
                                 0 <= y < g.h and 0 <= x < g.w))
     return out
+
+
+# ---- column lists: the one-value walk over the columns that hold a weight -------------------
+
+
+def one_map_col_offsets(g: ConvGeom, cols) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(word, dy, dx) of physical columns `cols` ((c * kh + dy) * kw + dx) of a one-map conv
+    layer, the word relative to the pass's first position (c = dy = dx = 0, sub-position 0)."""
+    cols = np.asarray(cols, dtype=np.int64)
+    c, rest = np.divmod(cols, g.kh * g.kw)
+    dy, dx = np.divmod(rest, g.kw)
+    return c * g.h * g.w + dy * g.w + dx, dy, dx
+
+
+def one_map_list_entries(g: ConvGeom, cols) -> list[tuple[int, int, int]]:
+    """The column table of a listed layer (`images.lockstep`, `col_lists`): K + 2 steps
+    (word, y, x) for `hw.convfe.OneMapConvFrontEnd`, K = len(cols) >= 2:
+
+    * entry 0 (I): from the pass origin to the first listed column (the layer's first pass);
+    * entries 1 and 2 (W5, W6): from the last listed column's last sub-position to the first
+      listed column of the next pass, in the same row of passes (px + 1) or the next
+      (py + 1, px = 0): a pass's end;
+    * entry 2 + j (j = 1..K-1): from column j - 1's last sub-position to column j's first.
+    """
+    word, dy, dx = one_map_col_offsets(g, cols)
+    if len(word) < 2:
+        raise ValueError("a column list needs two columns at least")
+    ah, bw = (g.qh - 1) * g.sh, (g.qw - 1) * g.sw  # the last sub-position from the first
+    back = ah * g.w + bw
+
+    def step(a, b):
+        return (int(word[b] - word[a] - back), int(dy[b] - dy[a] - ah), int(dx[b] - dx[a] - bw))
+
+    ps = one_map_pass_steps(g)
+    w = step(-1, 0)
+    out = [(int(word[0]), int(dy[0]), int(dx[0]))]
+    out += [(w[0] + ps["word"][r], w[1] + ps["y"][r], w[2] + ps["x"][r]) for r in (0, 1)]
+    out += [step(j - 1, j) for j in range(1, len(word))]
+    return out
+
+
+def one_map_list_walk(g: ConvGeom, pass_index: int, cols) -> list[tuple[int, int, int, int]]:
+    """`one_map_walk` over the listed columns only: (word, list index, sub-position, in the
+    map) of every position the walker reads, in its order (the reference its tests use)."""
+    py, px = divmod(pass_index, g.wp)
+    word, dys, dxs = one_map_col_offsets(g, cols)
+    out = []
+    for k in range(len(word)):
+        for s in range(g.subs):
+            a, b = divmod(s, g.qw)
+            y = py * g.qh * g.sh - g.ph + a * g.sh + int(dys[k])
+            x = px * g.qw * g.sw - g.pw + b * g.sw + int(dxs[k])
+            c = (int(word[k]) - int(dys[k]) * g.w - int(dxs[k])) // (g.h * g.w)
+            out.append((c * g.h * g.w + y * g.w + x, k, s, 0 <= y < g.h and 0 <= x < g.w))
+    return out

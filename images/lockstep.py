@@ -109,6 +109,18 @@ class LockstepImage:
     # PEs whose codebook is a ROM (one block RAM each) instead of logic: the first ones; the
     # board sets it to the block RAMs it has left (`fpga.flow.resources.board_image`)
     codebook_roms: int = 0
+    # `one_map` only: per layer, the physical columns the walker reads (sorted; every column
+    # with a slot among them) or None (every column): a conv layer's columns with no weight
+    # are never read (`col_lists` of `build_lockstep`, docs/lockstep.md "Column lists")
+    col_lists: tuple | None = None
+
+    def __post_init__(self):
+        check_col_lists(self)
+
+    @property
+    def listed(self) -> bool:
+        """Some layer walks a column list (the engine then has the `coltab` memory)."""
+        return self.col_lists is not None and any(c is not None for c in self.col_lists)
 
     @property
     def long_fillers(self) -> bool:
@@ -172,6 +184,111 @@ class LockstepImage:
                 w = w | (self.slots[:, j + 1].astype(np.uint64) << np.uint64(e))
             out.append(w)
         return out
+
+
+COL_LIST_VERSION = 1  # the column lists' layout (`check_col_lists`, `col_table`)
+# `col_lists=None` (auto): a conv layer is listed when at least this share of its columns
+# holds no weight (the column table costs two block RAMs; the pointers it drops free some)
+COL_LIST_MIN_EMPTY = 1 / 8
+
+
+def check_col_lists(img: "LockstepImage") -> None:
+    """InputError unless `img.col_lists` is None or, per layer, None or a list the walker can
+    take: only with `one_map`, only for conv layers, strictly increasing physical columns,
+    at least one, and every column with a slot among them."""
+    lists = img.col_lists
+    if lists is None:
+        return
+    if not img.one_map:
+        raise InputError("column lists are the one-map layout's")
+    if len(lists) != len(img.layers):
+        raise InputError(f"col_lists must have one entry per layer ({len(img.layers)})")
+    for i, (ll, cols) in enumerate(zip(img.layers, lists)):
+        if cols is None:
+            continue
+        if not ll.geom:
+            raise InputError(f"layer l{i}: a column list is for conv layers only")
+        c = np.asarray(cols, dtype=np.int64)
+        if c.ndim != 1 or len(c) < 2 or c[0] < 0 or c[-1] >= ll.in_features or np.any(
+                np.diff(c) <= 0):
+            raise InputError(f"layer l{i}: a column list must be 2..{ll.in_features} strictly "
+                             "increasing columns of the layer")
+        lc = np.diff(np.asarray(img.col_ptr[ll.col_base: ll.col_base + ll.in_features + 1]))
+        if np.any(np.delete(lc, c) != 0):
+            raise InputError(f"layer l{i}: a column with slots is not in its column list")
+
+
+def choose_col_lists(qnet_layers, mats, how) -> tuple | None:
+    """The column lists of `build_lockstep`: how None (auto: the conv layers with at least
+    COL_LIST_MIN_EMPTY of their columns empty), True (every conv layer of two columns or
+    more), False (none). A list holds the columns with a weight, and the first empty ones
+    where that makes fewer than two (the walker's least)."""
+    if how is False:
+        return None
+    out = []
+    for layer, idx in zip(qnet_layers, mats):
+        full = np.flatnonzero((idx != 0).any(axis=0))
+        empty = idx.shape[1] - len(full)
+        if (not layer.is_conv or idx.shape[1] < 2
+                or not (how is True or empty >= COL_LIST_MIN_EMPTY * idx.shape[1])):
+            out.append(None)
+        else:  # two columns at least (the walker's): empty ones first where fewer hold one
+            pad = np.setdiff1d(np.arange(idx.shape[1]), full)[: max(0, 2 - len(full))]
+            out.append(tuple(int(v) for v in np.union1d(full, pad)))
+    return tuple(out) if any(c is not None for c in out) else None
+
+
+def engine_columns(img: "LockstepImage", i: int) -> np.ndarray:
+    """The physical columns of layer i the engine walks, in order (its list, or all)."""
+    ll = img.layers[i]
+    cols = img.col_lists[i] if img.col_lists is not None else None
+    return (np.arange(ll.in_features, dtype=np.int64) if cols is None
+            else np.asarray(cols, dtype=np.int64))
+
+
+def engine_col_ptr(img: "LockstepImage") -> tuple[np.ndarray, list[int]]:
+    """(the column pointers the engine's `colptr` memories hold, each layer's first engine
+    column): a listed layer's columns are its list's (the k-th listed column is engine column
+    base + k); without lists `img.col_ptr` and the layers' `col_base`."""
+    if not img.listed:
+        return img.col_ptr, [ll.col_base for ll in img.layers]
+    ptrs, bases, base = [], [], 0
+    for i, ll in enumerate(img.layers):
+        cols = engine_columns(img, i)
+        ptrs.append(np.asarray(img.col_ptr)[ll.col_base + cols])
+        bases.append(base)
+        base += len(cols)
+    return np.concatenate(ptrs + [np.asarray(img.col_ptr)[-1:]]).astype(np.int64), bases
+
+
+def col_table(img: "LockstepImage") -> tuple[list[int], list[int], int, int]:
+    """(words, each layer's first word (0 if not listed), address bits, y/x bits) of the
+    `coltab` memory: every listed layer's `images.conv.one_map_list_entries`, a word
+    word_step | y_step << aw | x_step << (aw + yb), the word step modulo 2**aw (the walker's
+    map address width, `act_words`), y and x in yb-bit two's complement; yb = 0 (the word
+    steps alone) when no conv layer of the image is padded (the walker tests no (y, x))."""
+    aw = bits(act_words(img))
+    lists = img.col_lists or [None] * len(img.layers)
+    geoms = [ll.conv_geom for ll in img.layers]
+    words, firsts, yb = pack_col_table(
+        [conv.one_map_list_entries(g, cols) if cols is not None else None
+         for g, cols in zip(geoms, lists)], aw,
+        yx=any(g.ph or g.pw for g in geoms if g is not None))
+    return words, firsts, aw, yb
+
+
+def pack_col_table(entries, aw: int, yx: bool = True) -> tuple[list[int], list[int], int]:
+    """(words, each layer's first word, y/x bits) of per-layer (word, y, x) steps (None: a
+    layer without a list), packed as `col_table` says; yx False (no layer is padded, so the
+    walker keeps no (y, x)): the word steps alone, y/x bits 0."""
+    flat, firsts = [], []
+    for ents in entries:
+        firsts.append(len(flat) if ents is not None else 0)
+        flat += list(ents or [])
+    yb = max([max(abs(e[1]), abs(e[2])).bit_length() + 1 for e in flat] + [2]) if yx else 0
+    words = [(w % (1 << aw)) | ((y % (1 << yb)) << aw) | ((x % (1 << yb)) << (aw + yb))
+             for w, y, x in flat]
+    return words, firsts, yb
 
 
 PLACEMENTS = ("search", "lpt", "interleave")
@@ -288,7 +405,8 @@ def _adjacent_hits(idx: np.ndarray, pes: int, rel_bits: int, index_bits: int) ->
 def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS,
                    rel_bits: int = DEFAULT_REL_BITS, placement: str = "search",
                    perms: list[np.ndarray] | None = None, seed: int = 0,
-                   trim: bool | None = None, one_map: bool = False) -> LockstepImage:
+                   trim: bool | None = None, one_map: bool = False,
+                   col_lists: bool | None = None) -> LockstepImage:
     """The lockstep image of a qnet for `pes` PEs.
 
     placement of the hidden layers' rows: "search" (`images.placement.place_search`,
@@ -300,6 +418,8 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
     True unless `perms` are given (they are then kept as they are).
     one_map: the board's layout for a CNN (`LockstepImage.one_map`; a network with conv
     layers only).
+    col_lists (with one_map): which conv layers walk only their columns with a weight
+    (`choose_col_lists`): None (auto), True (every conv layer), False (none).
     """
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"pes must be a positive integer, not {pes!r}")
@@ -405,7 +525,9 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
                          slots=np.concatenate(slot_blocks), col_ptr=col_ptr,
                          bias=np.concatenate(biases, axis=1), input_frac=qnet.input_frac,
                          input_shape=(tuple(int(v) for v in qnet.input_shape)
-                                      if qnet.input_shape else None), one_map=one_map)
+                                      if qnet.input_shape else None), one_map=one_map,
+                         col_lists=(choose_col_lists(qnet.layers, mats, col_lists)
+                                    if one_map else None))
 
 
 def decode_lockstep(img: LockstepImage) -> QNet:
@@ -591,7 +713,7 @@ def memory_map(img: LockstepImage, params: LockstepParams = LockstepParams()
                         tuple(int(w) for w in words) or (0,))
              for j, words in enumerate(img.lanes())]
     ptr_bits = bits(img.num_slots)
-    ptr = [int(p) for p in img.col_ptr]
+    ptr = [int(p) for p in engine_col_ptr(img)[0]]
     specs += [
         MemorySpec("colptr_even", "rom", ptr_bits, max(1, len(ptr[0::2])), tuple(ptr[0::2])),
         MemorySpec("colptr_odd", "rom", ptr_bits, max(1, len(ptr[1::2])),
@@ -610,6 +732,9 @@ def memory_map(img: LockstepImage, params: LockstepParams = LockstepParams()
         table = codebook_table(img)
         specs += [MemorySpec(f"pe{k}.codebook", "rom", 16, len(table), tuple(table))
                   for k in range(min(img.codebook_roms, n))]
+        if img.listed:  # the walker's column table (`col_table`)
+            words, _, aw, yb = col_table(img)
+            specs.append(MemorySpec("coltab", "rom", aw + 2 * yb, len(words), tuple(words)))
         return specs
     specs += [MemorySpec(f"pe{k}.act", "ram", 16, act_depth(img), (), read_ports=1,
                          write_ports=1) for k in range(n)]
@@ -735,7 +860,9 @@ def logic_of(img: LockstepImage) -> dict:
                        for ll in img.layers],
             "mems": [int(img.num_slots), len(img.col_ptr), list(img.bias.shape)],
             **({"input_shape": list(img.input_shape)} if img.has_conv else {}),
-            **({"one_map": True, "codebook_roms": img.codebook_roms} if img.one_map else {})}
+            **({"one_map": True, "codebook_roms": img.codebook_roms} if img.one_map else {}),
+            **({"col_lists": [None if c is None else len(c) for c in img.col_lists],
+                "col_table": [COL_LIST_VERSION, *col_table(img)[1:]]} if img.listed else {})}
 
 
 def padded(img: LockstepImage) -> LockstepImage:

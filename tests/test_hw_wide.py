@@ -222,6 +222,8 @@ def test_four_wide_front_end_sends_what_the_rule_says(pes, width, kind, rooms):
         for room in room_seq:
             ctx.set(fe.room, room)
             _, _, vld, o, done = await ctx.tick().sample(fe.o_valid, fe.o, fe.done)
+            mask, cnt = (ctx.get(s) for s in fe.count_regs)
+            assert cnt == bin(mask).count("1")  # the count register follows the mask
             assert vld in (0, 1, 3, 7, 15)  # lanes filled from 0 up
             assert bin(vld).count("1") <= room
             got.append([int(o[j]["col"]) for j in range(4) if vld >> j & 1])
