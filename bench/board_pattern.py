@@ -402,12 +402,14 @@ def conv_figures(qnet, x: np.ndarray, *, pes: int = PES, ahead: int = 2) -> list
     activations, the bound sum ceil(nnz_c / pes), the busiest PE's weights and the mean per
     column, the fillers at the layout's relative index, columns without a weight, the zero
     activations the walker reads, the accumulator hazards between consecutive columns of a
-    dense patch, and the cycles `walk_cycles` models (every pass walked, reads and slots
-    through the queue of depth `ahead`, without per-pass costs: the RTL adds those, and skips
-    layer 0's all-zero passes)."""
+    dense patch, and the cycles `walk_cycles` models (every pass walked, over the columns the
+    walker reads: its column list where the image has one, else all; reads and slots through
+    the queue of depth `ahead`, without per-pass costs: the RTL adds those, and skips layer
+    0's all-zero passes)."""
     from compress.golden import run_layers
     from images.balance import _column_ends
-    from images.lockstep import _patches, board_options, build_lockstep, column_maps
+    from images.lockstep import (_patches, board_options, build_lockstep, column_maps,
+                                 engine_columns)
 
     img = build_lockstep(qnet, pes, **board_options(qnet, pes))
     acts = [x] + run_layers(qnet, x)[:-1]
@@ -436,10 +438,11 @@ def conv_figures(qnet, x: np.ndarray, *, pes: int = PES, ahead: int = 2) -> list
         py, px = np.divmod(np.arange(g.hp * g.wp), g.wp)
         at = ((py[:, None] * g.qh + a[None, :]) * (g.wp * g.qw)
               + px[:, None] * g.qw + b[None, :])  # [pass, sub]: the patch's position
-        lg = np.where(ok, cols[i], 0)
-        reads = np.repeat(lc, g.subs)
+        wc = engine_columns(img, i)  # the columns the walker reads: its list, or all
+        lg, okw = np.where(ok, cols[i], 0)[wc], ok[wc]
+        reads = np.repeat(lc[wc], g.subs)
         modelled = np.mean([
-            sum(walk_cycles(reads, (nz[d][at[p]][:, lg] & ok[None, :]).T.ravel(), ahead)
+            sum(walk_cycles(reads, (nz[d][at[p]][:, lg] & okw[None, :]).T.ravel(), ahead)
                 for p in range(len(at))) for d in range(min(len(x), 5))])
         out.append({
             "layer": f"l{i}", "columns": int(ll.in_features), "positions": int(pos),
@@ -450,7 +453,7 @@ def conv_figures(qnet, x: np.ndarray, *, pes: int = PES, ahead: int = 2) -> list
             "bound_dense_position": int((-(-nnz // pes)).sum()),
             "busiest_pe": float(cnt.max(axis=0).mean()), "mean_pe": float(cnt.mean()),
             "fillers": _fillers(img, ll),
-            "empty_columns": int((nnz == 0).sum()),
+            "empty_columns": int((nnz == 0).sum()), "walked_columns": int(len(wc)),
             "hazards_dense_position": int(hz.sum()),
             "modelled": float(modelled)})
     return out
