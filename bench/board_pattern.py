@@ -354,22 +354,45 @@ def cmd_phases(args) -> int:
     return 0
 
 
-def walk_cycles(lc: np.ndarray, ahead: int) -> int:
-    """Cycles of one sub-position of a conv layer on the one-map walker, modelled: the walker
-    reads column c (in order, every one) in a cycle of its own, at most `ahead` columns before
-    the slots take it; a column takes lc[c] slot cycles, one after another (no holds, no
-    pipeline latency). Columns of zero activation: lc 0."""
-    t_read = end = 0
-    left: list[int] = []  # when each column read so far left the queue
-    for lcc in np.asarray(lc, dtype=np.int64).tolist():
-        r = t_read + 1
-        if len(left) > ahead:
-            r = max(r, left[-ahead - 1])
-        t_read = r
-        start = max(end, r)
-        end = start + lcc
-        left.append(start if lcc else r)
-    return max(end, t_read)
+def walk_cycles(slots, sent=None, depth: int = 2) -> int:
+    """Cycles of one pass of a conv layer on the one-map walker, modelled cycle by cycle after
+    the RTL (`hw.convfe.OneMapConvFrontEnd` -> pointer stage -> queue -> slot sequencer,
+    `hw.lockstep`), from its first read to its last slot: reads[k] in the walker's order
+    (every kernel position of every sub-position, sub-positions innermost) has `slots[k]`
+    slots (its column's L(c)) and is sent when `sent[k]` (a non-zero value; default all).
+    The walker reads one position a cycle while it holds a credit (depth + 1 of them: the
+    queue and the pointer stage); a sent read takes a credit, which comes back when the slot
+    sequencer takes the column (or a cycle later for a column without weights, dropped in
+    the pointer stage); a read not sent waits for a credit but takes none. The slot
+    sequencer issues a column's slots one a cycle and takes the next on its last. No holds
+    (with sub-positions innermost, a dense patch has none) and no per-pass costs (PRELOAD,
+    the drain: about 85 cycles a pass of LeNet-5's conv2 on the RTL)."""
+    slots = np.asarray(slots, dtype=np.int64).tolist()
+    n = len(slots)
+    sent = [True] * n if sent is None else np.asarray(sent, dtype=bool).tolist()
+    credits, ready = depth + 1, True
+    p = None  # the column in the pointer stage: its slots
+    q: list[int] = []
+    left = 0  # slots the sequencer has still to issue of its column
+    i = t = 0
+    while i < n or p is not None or q or left:
+        take = i < n and sent[i] and ready
+        hold = i < n and not ready
+        last = left == 1
+        pop = bool(q) and (left == 0 or last)
+        room = len(q) != depth
+        drop = p == 0
+        push = p is not None and p > 0 and room
+        credits += pop + drop - take
+        ready = credits != 0
+        head = q.pop(0) if pop else None
+        if push:
+            q.append(p)
+        p = slots[i] if take else (p if p is not None and p > 0 and not room else None)
+        left = head if pop else max(0, left - 1)
+        i += not hold
+        t += 1
+    return t
 
 
 def conv_figures(qnet, x: np.ndarray, *, pes: int = PES, ahead: int = 2) -> list[dict]:
@@ -379,10 +402,14 @@ def conv_figures(qnet, x: np.ndarray, *, pes: int = PES, ahead: int = 2) -> list
     activations, the bound sum ceil(nnz_c / pes), the busiest PE's weights and the mean per
     column, the fillers at the layout's relative index, columns without a weight, the zero
     activations the walker reads, the accumulator hazards between consecutive columns of a
-    dense patch, and the cycles `walk_cycles` models (reads and slots through the queue)."""
+    dense patch, and the cycles `walk_cycles` models (every pass walked, over the columns the
+    walker reads: its column list where the image has one, else all; reads and slots through
+    the queue of depth `ahead`, without per-pass costs: the RTL adds those, and skips layer
+    0's all-zero passes)."""
     from compress.golden import run_layers
     from images.balance import _column_ends
-    from images.lockstep import _patches, board_options, build_lockstep, column_maps
+    from images.lockstep import (_patches, board_options, build_lockstep, column_maps,
+                                 engine_columns)
 
     img = build_lockstep(qnet, pes, **board_options(qnet, pes))
     acts = [x] + run_layers(qnet, x)[:-1]
@@ -406,8 +433,17 @@ def conv_figures(qnet, x: np.ndarray, *, pes: int = PES, ahead: int = 2) -> list
         ne = np.flatnonzero(lc > 0)
         hz = ((lw[gc][ne[:-1]] & fw[gc][ne[1:]]) & (lr[gc][ne[:-1]] == fr[gc][ne[1:]])).any(1)
         pos = nz.shape[1]
-        modelled = np.mean([sum(walk_cycles(np.where(nz[b, p], lc_log, 0), ahead)
-                                for p in range(pos)) for b in range(min(len(x), 5))])
+        # every pass in the walker's order: column (c, dy, dx), then the sub-position
+        a, b = np.divmod(np.arange(g.subs), g.qw)
+        py, px = np.divmod(np.arange(g.hp * g.wp), g.wp)
+        at = ((py[:, None] * g.qh + a[None, :]) * (g.wp * g.qw)
+              + px[:, None] * g.qw + b[None, :])  # [pass, sub]: the patch's position
+        wc = engine_columns(img, i)  # the columns the walker reads: its list, or all
+        lg, okw = np.where(ok, cols[i], 0)[wc], ok[wc]
+        reads = np.repeat(lc[wc], g.subs)
+        modelled = np.mean([
+            sum(walk_cycles(reads, (nz[d][at[p]][:, lg] & okw[None, :]).T.ravel(), ahead)
+                for p in range(len(at))) for d in range(min(len(x), 5))])
         out.append({
             "layer": f"l{i}", "columns": int(ll.in_features), "positions": int(pos),
             "reads": int(pos * ll.in_features),
@@ -417,7 +453,7 @@ def conv_figures(qnet, x: np.ndarray, *, pes: int = PES, ahead: int = 2) -> list
             "bound_dense_position": int((-(-nnz // pes)).sum()),
             "busiest_pe": float(cnt.max(axis=0).mean()), "mean_pe": float(cnt.mean()),
             "fillers": _fillers(img, ll),
-            "empty_columns": int((nnz == 0).sum()),
+            "empty_columns": int((nnz == 0).sum()), "walked_columns": int(len(wc)),
             "hazards_dense_position": int(hz.sum()),
             "modelled": float(modelled)})
     return out

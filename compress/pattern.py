@@ -32,10 +32,12 @@ logical order (row p in PE p % N, what the image then keeps):
   output channel p in PE p % N, a column one (in_ch, ky, kx)). In a network with conv layers
   every layer takes the board's one-map layout's relative index (`conv_rel_bits`: 2 bits on
   the iCEBreaker), and a conv layer's steps also keep `walk_ahead`: the board's walker reads
-  every column of a patch in order, one a cycle, into a queue of that many columns, so a
-  column's slots beyond its read cycle wait unless columns without weights follow; the steps
-  are taken so that the slots never fall further behind the reads than the queue holds
+  every column of a patch in order, each `walk_subs` times in a row (once for every
+  sub-position of the pooling window), one read a cycle, into a queue of that many reads, so
+  a read's slots beyond its cycle wait unless reads without weights follow; the steps are
+  taken so that the slots never fall further behind the reads than the queue holds
   (`walk_backlog`): a conv layer with a dense input map then costs the walker's reads, no more.
+  With 4 sub-positions and a queue of 2 that is one slot a column at most.
 
 `lockstep_mask` is the pattern for one layer; `compress.prune` applies it in every pruning step
 (`PruneConfig.pattern`), with the same count the unstructured threshold keeps (so the densities
@@ -59,8 +61,9 @@ PATTERNS = (UNSTRUCTURED, LOCKSTEP)
 # network with conv layers runs in the engine's one-map layout (the slot word of 8 entries in
 # three 16-bit lanes: 6-bit entries, a 2-bit relative row, `images.lockstep.board_rel_bits`):
 # `conv_rel_bits`, for every layer of such a network. Its walker reads a conv layer's columns
-# one a cycle into a queue of `walk_ahead` columns (the board's queue depth): the conv layers'
-# `lockstep_mask` walk_ahead.
+# in order, each once for every sub-position of the pooling window in a row, one read a cycle,
+# into a queue of `walk_ahead` reads (the board's queue depth): the conv layers'
+# `lockstep_mask` walk_ahead (walk_subs: the layer's pooling window, `compress.prune`).
 # `cnn_fc_pattern`: the fc layers of such a network stay unstructured: at 2-bit relative rows
 # the gap bound confines an fc layer's weights to the first rows of every PE (LeNet-5's fc1 of
 # 63 rows a PE then reads 233 of its 800 inputs, and the network's test error doubles:
@@ -217,7 +220,7 @@ def _split(rows: int, window: int) -> int:
 def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
                   bound_gaps: bool = True, split_ends: bool | str = "auto",
                   hazard_window: int = HAZARD_WINDOW, split: int | None = None,
-                  walk_ahead: int | None = None) -> np.ndarray:
+                  walk_ahead: int | None = None, walk_subs: int = 1) -> np.ndarray:
     """The balanced mask of one [out, in] layer: a subset of `alive` with about `keep` weights.
 
     Every column keeps the same number of weights in each PE's rows (row p in PE p % pes), as
@@ -228,21 +231,37 @@ def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
     whole steps give (a step adds a weight in every PE, two from none with split ends).
     `split_ends="auto"`: split ends where they keep at least 1 - SPLIT_COST of the magnitude
     the layer keeps without them (a layer with many rows per PE, where a column's entries in a
-    PE rarely number one; elsewhere the holds are cheaper than the weights a split moves).
+    PE rarely number one; elsewhere the holds are cheaper than the weights a split moves), and
+    where they keep the walk rule below if the layer without them keeps it; never where the
+    walk rule allows one slot a column at most (`walk_subs` > `walk_ahead`: in every pruning
+    round, also the early ones whose count no pattern can walk, as each round prunes within
+    the last one's mask).
     `walk_ahead` (a conv layer on the board's one-map walker): the columns are read in order,
-    one a cycle, every one of them (as a dense input map makes them), into a queue at most
-    `walk_ahead` columns ahead of the slots; the steps are also taken so that the slots never
-    fall more than that behind the reads (`walk_backlog`, over the column sequence read twice,
-    as the walker reads it again at every position), so a column costs the reader's cycle and
-    no more. Where the count cannot be reached so, the steps left out are taken after the
-    others, in their order.
+    each `walk_subs` times in a row (the pooling window's sub-positions), one read a cycle,
+    every one of them (as a dense input map makes them), into a queue at most `walk_ahead`
+    reads ahead of the slots; the steps are also taken so that the slots never fall more than
+    that behind the reads (`walk_backlog`), so a read costs the reader's cycle and no more.
+    Where the count cannot be reached so, the steps left out are taken after the others, in
+    their order. With `walk_subs` > 1 there is no hazard window: consecutive slots of a dense
+    map write different sub-positions' accumulator words.
     Deterministic: ties go to the lower row, column and count.
     """
+    if split_ends == "auto" and walk_ahead is not None and walk_subs > walk_ahead:
+        split_ends = False  # 2 slots a column, subs times in a row: never within the walk rule
+    if walk_ahead is not None and walk_subs > 1:
+        # a column's reads write its sub-positions' accumulator words in turn, so consecutive
+        # slots of a dense map never hit one word: no hazard to spread the first rows for
+        hazard_window = 0
     if split_ends == "auto" and split is None:
         a = lockstep_mask(weight, alive, keep, pes=pes, rel_bits=rel_bits, bound_gaps=bound_gaps,
-                          split_ends=True, walk_ahead=walk_ahead)
+                          split_ends=True, walk_ahead=walk_ahead, walk_subs=walk_subs)
         b = lockstep_mask(weight, alive, keep, pes=pes, rel_bits=rel_bits, bound_gaps=bound_gaps,
-                          split_ends=False, hazard_window=hazard_window, walk_ahead=walk_ahead)
+                          split_ends=False, hazard_window=hazard_window, walk_ahead=walk_ahead,
+                          walk_subs=walk_subs)
+        if walk_ahead is not None:  # split ends (2 slots a column) must not break the walk
+            walked = [walk_backlog(column_slots(x, pes), walk_subs) <= walk_ahead for x in (a, b)]
+            if walked[1] and not walked[0]:
+                return b
         w = np.abs(np.asarray(weight, dtype=np.float64))
         return a if w[a].sum() >= (1 - SPLIT_COST) * w[b].sum() else b
     w = np.abs(np.asarray(weight, dtype=np.float64))
@@ -306,7 +325,7 @@ def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
     order = np.lexsort((t_idx, c_idx, -key[c_idx, t_idx]))
     if walk_ahead is not None:
         order = _walk_order(c_idx[order], t_idx[order], dn[c_idx[order], t_idx[order]], keep,
-                            cols, walk_ahead, order)
+                            cols, walk_ahead, order, walk_subs)
     taken = np.cumsum(dn[c_idx[order], t_idx[order]])
     n = min(len(order), int(np.searchsorted(taken, keep)) + 1)
     if n > 1 and taken[n - 1] - keep > keep - taken[n - 2]:
@@ -324,20 +343,30 @@ def lockstep_mask(weight, alive, keep: int, *, pes: int = 8, rel_bits: int = 4,
     return _unblocks(picks & live, pes, out)
 
 
-def walk_backlog(lc: np.ndarray) -> int:
-    """The most columns the slots fall behind a reader of one column a cycle over the columns
-    in order, read twice (slots lc[c] each, a column with none costing the read alone): the
-    largest B_k of B_k = max(0, B_(k-1) + lc[k] - 1), B_0 = 0."""
-    x = np.tile(np.asarray(lc, dtype=np.int64) - 1, 2)
+def column_slots(mask: np.ndarray, pes: int) -> np.ndarray:
+    """L(c) of an [out, in] mask: the most weights any PE (rows p % pes) keeps in column c."""
+    m = np.asarray(mask, dtype=bool)
+    return np.stack([m[k::pes].sum(axis=0) for k in range(pes)]).max(axis=0)
+
+
+def walk_backlog(lc: np.ndarray, subs: int = 1) -> int:
+    """The most reads the slots fall behind a reader of one read a cycle over the columns in
+    order, each read `subs` times in a row (slots lc[c] a read, a read without any costing its
+    cycle alone), over one pass (the walker's passes are apart: PRELOAD and the drain empty
+    the queue between them): the largest B_k of B_k = max(0, B_(k-1) + x_k - 1), B_0 = 0, x
+    the lc repeated."""
+    x = np.repeat(np.asarray(lc, dtype=np.int64) - 1, max(1, int(subs)))
     s = np.cumsum(x)
     return int(max(0, (s - np.minimum(np.minimum.accumulate(s), 0)).max(initial=0)))
 
 
-def _walk_order(c, t, d, keep: int, cols: int, ahead: int, order: np.ndarray) -> np.ndarray:
+def _walk_order(c, t, d, keep: int, cols: int, ahead: int, order: np.ndarray,
+                subs: int = 1) -> np.ndarray:
     """`order` (steps by decreasing key: column c[i] to count t[i], adding d[i] weights) with
-    the steps that would let the slots fall more than `ahead` columns behind the reads
-    (`walk_backlog`) moved after the others, once the rest cannot reach `keep`. A column whose
-    step is moved has its later steps moved too (a column's counts are taken in order)."""
+    the steps that would let the slots fall more than `ahead` reads behind the reads
+    (`walk_backlog`, each column read `subs` times) moved after the others, once the rest
+    cannot reach `keep`. A column whose step is moved has its later steps moved too (a
+    column's counts are taken in order)."""
     lc = np.zeros(cols, dtype=np.int64)
     closed = np.zeros(cols, dtype=bool)
     first, later = [], []
@@ -349,7 +378,7 @@ def _walk_order(c, t, d, keep: int, cols: int, ahead: int, order: np.ndarray) ->
         if not closed[c[i]]:
             prev = lc[c[i]]
             lc[c[i]] = t[i]
-            if walk_backlog(lc) <= ahead:
+            if walk_backlog(lc, subs) <= ahead:
                 first.append(i)
                 got += int(d[i])
                 continue

@@ -117,8 +117,9 @@ class PruneConfig:
     # the relative row bits for every layer of a network with conv layers (the board's CNN
     # layout has narrower entries: `compress.pattern.BOARDS` conv_rel_bits); None: as above
     pattern_conv_rel_bits: int | None = None
-    # conv layers: the walker reads every column in order, one a cycle, at most this many
-    # columns ahead of the slots (`lockstep_mask` walk_ahead); None: no such rule
+    # conv layers: the walker reads every column in order, each as many times in a row as the
+    # layer's pooling window has values, one read a cycle, at most this many reads ahead of
+    # the slots (`lockstep_mask` walk_ahead, walk_subs); None: no such rule
     pattern_walk_ahead: int | None = None
     # the pattern of the fc layers of a network with conv layers (None: `pattern`); `patterns`
     # names a layer's own
@@ -235,6 +236,20 @@ def _chain_names(model, layers) -> list[str] | None:
     return order if None not in order and sorted(order) == sorted(layers) else None
 
 
+def _conv_subs(model, layers) -> dict[str, int]:
+    """Each conv layer's pooling window in values (the board's walker reads a column that many
+    times in a row: `lockstep_mask` walk_subs); {} where the model's chain cannot be read."""
+    from .fixedpoint import model_chain
+
+    try:
+        chain, _shape = model_chain(model)
+    except InputError:
+        return {}
+    names = {id(m): k for k, m in layers.items()}
+    return {names[id(c.module)]: int(c.pool[0]) * int(c.pool[1]) for c in chain.layers
+            if c.kind == "conv" and id(c.module) in names}
+
+
 def _apply_patterns(model, layers, old, new, cfg: PruneConfig) -> dict[str, torch.Tensor]:
     """The threshold's masks `new` recut in each layer's pattern, as many weights each.
 
@@ -258,6 +273,7 @@ def _apply_patterns(model, layers, old, new, cfg: PruneConfig) -> dict[str, torc
     rel_bits = (cfg.pattern_conv_rel_bits if has_conv and cfg.pattern_conv_rel_bits is not None
                 else cfg.pattern_rel_bits)
     chain = _chain_names(model, layers)
+    subs = _conv_subs(model, layers) if has_conv and cfg.pattern_walk_ahead is not None else {}
     order = list(reversed(chain)) if chain else list(new)
     out = dict(new)
     for name in order:
@@ -274,7 +290,8 @@ def _apply_patterns(model, layers, old, new, cfg: PruneConfig) -> dict[str, torc
                             split_ends=cfg.pattern_split_ends_layers.get(
                                 name, cfg.pattern_split_ends),
                             hazard_window=cfg.pattern_hazard_window,
-                            walk_ahead=cfg.pattern_walk_ahead if w.ndim == 4 else None)
+                            walk_ahead=cfg.pattern_walk_ahead if w.ndim == 4 else None,
+                            walk_subs=subs.get(name, 1))
         out[name] = torch.from_numpy(pat.reshape(w.shape)).to(w.device)
     return out
 

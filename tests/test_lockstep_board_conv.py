@@ -536,3 +536,43 @@ def test_tb_run_one_map(tmp_path, capsys):
                      str(tmp_path / "z.npy")]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "--one-map" in err
+
+
+@pytest.mark.skipif(not long_tests(), reason="LONG=1: two CNNs in the engine (about 100 CPU s)")
+def test_walk_model_is_the_engines_conv_walk():
+    """bench.board_pattern's walk model (the one the board pattern's walk rule is checked
+    against) is the engine's walk cycle for cycle: on two networks of the same shapes, one
+    with conv2's columns at one slot, one at up to four, conv2's cycles in the Amaranth
+    engine less the model's are the same to a cycle a pass (PRELOAD and the drain, which the
+    model leaves out, and the pass's end: LeNet-5's conv2, 16 passes, 84.8 cycles a pass on
+    both shipped networks); and the one-slot columns walk at one read a cycle."""
+    from bench.board_pattern import conv_figures
+
+    x = None
+    extra = []
+    for dens in (0.12, 0.5):
+        q = random_cnn((1, 12, 12), [(6, 3, 1, 0, 2), (16, 3, 1, 0, 2)], [4], seed=3,
+                       density=0.5, shift=9)
+        # conv2's map dense, as LeNet-5's (no holds to model)
+        q = replace(q, layers=[replace(q.layers[0], relu=False), *q.layers[1:]])
+        idx = q.layers[1].index
+        rng = np.random.default_rng(0)
+        keep = np.zeros(idx.shape, bool)
+        if dens < 0.2:  # one weight a PE in every other column
+            for c in range(0, idx.shape[1], 2):
+                keep[rng.permutation(8) + 8 * rng.integers(0, 2, 8), c] = True
+        else:
+            keep = rng.random(idx.shape) < dens
+        q.layers[1].index[:] = np.where(keep, np.maximum(idx, 1), 0)
+        if x is None:
+            x = _inputs(3, 144, seed=1)
+        img = build_lockstep(q, 8, **board_options(q, 8))
+        _y, _cycles, lcs = run_engine(_board_engine(img, drain_share=2), x, seed=0,
+                                      max_cycles=200_000)
+        model = conv_figures(q, x)[1]
+        extra.append(lcs[:, 1].mean() - model["modelled"])
+        if dens < 0.2:
+            assert model["slots_dense_position"] == idx.shape[1] // 2
+            assert model["modelled"] <= model["reads"] + 4 * img.layers[1].conv_geom.passes
+    passes = img.layers[1].conv_geom.passes
+    assert abs(extra[0] - extra[1]) <= passes and extra[0] > 0

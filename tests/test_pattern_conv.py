@@ -15,8 +15,8 @@ from torch import nn
 
 import compress
 from compress.errors import InputError
-from compress.pattern import (BOARDS, as_matrix, board_pattern, lockstep_mask, prune_settings,
-                              walk_backlog)
+from compress.pattern import (BOARDS, HAZARD_WINDOW, as_matrix, board_pattern, column_slots,
+                              lockstep_mask, prune_settings, walk_backlog)
 from compress.prune import PruneConfig, full_masks, update_masks
 from images.placement import layer_slots
 
@@ -32,12 +32,14 @@ def _blocks_even(m: np.ndarray, pes: int = PES) -> bool:
     return bool(np.all((cnt == top[None, :]) | (cnt == rows[:, None])))
 
 
-def _walk_loop(lc) -> int:
-    """walk_backlog by its definition: the slots' lag behind one read a cycle, read twice."""
+def _walk_loop(lc, subs=1) -> int:
+    """walk_backlog by its definition: the slots' lag behind one read a cycle, each column read
+    subs times in a row, over one pass."""
     b = most = 0
-    for v in list(lc) * 2:
-        b = max(0, b + int(v) - 1)
-        most = max(most, b)
+    for v in lc:
+        for _ in range(subs):
+            b = max(0, b + int(v) - 1)
+            most = max(most, b)
     return most
 
 
@@ -45,31 +47,65 @@ def _walk_loop(lc) -> int:
 def test_walk_backlog_is_its_definition(seed):
     rng = np.random.default_rng(seed)
     lc = rng.integers(0, 4, rng.integers(1, 60)) * (rng.random(1) < 0.9)
-    assert walk_backlog(lc) == _walk_loop(lc)
-    assert walk_backlog(np.zeros(5, int)) == 0 and walk_backlog(np.ones(7, int)) == 0
-    assert walk_backlog([2, 0, 2, 0]) == 1 and walk_backlog([3, 3, 0]) == 7  # 2, 4, 3, then again
+    for subs in (1, 2, 4):
+        assert walk_backlog(lc, subs) == _walk_loop(lc, subs)
+    assert walk_backlog(np.zeros(5, int)) == 0 and walk_backlog(np.ones(7, int), 4) == 0
+    assert walk_backlog([2, 0, 2, 0]) == 1 and walk_backlog([3, 3, 0]) == 4  # 2, 4, 3
+    # sub-positions innermost: a column's slots come subs times in a row, so one column of
+    # two slots is subs reads behind, whatever empty columns follow
+    assert walk_backlog([2, 0, 0, 0], 4) == 4 and walk_backlog([1, 0, 1, 1], 4) == 0
 
 
-@pytest.mark.parametrize("out, c, k, density, ahead", [
-    (50, 20, 5, 0.12, 2), (50, 20, 5, 0.12, 1), (20, 1, 5, 0.75, 2), (16, 6, 3, 0.2, 2),
-    (12, 3, 3, 0.3, 0), (10, 4, 1, 0.5, 2)])
-def test_conv_kernel_pattern(out, c, k, density, ahead):
+def test_column_slots():
+    m = np.zeros((10, 3), bool)
+    m[[0, 8], 0] = True  # PE 0 twice
+    m[[1, 2, 3], 1] = True  # PEs 1-3 once
+    assert list(column_slots(m, 8)) == [2, 1, 0]
+
+
+@pytest.mark.parametrize("out, c, k, density, ahead, subs", [
+    (50, 20, 5, 0.12, 2, 4), (50, 20, 5, 0.12, 2, 1), (50, 20, 5, 0.12, 1, 4),
+    (20, 1, 5, 0.75, 2, 4), (16, 6, 3, 0.2, 2, 4), (12, 3, 3, 0.3, 0, 1), (10, 4, 1, 0.5, 2, 2)])
+def test_conv_kernel_pattern(out, c, k, density, ahead, subs):
     """The conv kernel's matrix: even blocks, no fillers at 2 bits, the count kept, and the
-    walker's queue bound wherever the count allows it."""
+    walker's queue bound wherever the count allows it (with sub-positions: one slot a column
+    at most, as `walk_backlog` allows nothing more there)."""
     rng = np.random.default_rng(out * c + k)
     w = rng.normal(size=(out, c, k, k))
     mat = as_matrix(w)
     keep = int(round(density * mat.size))
-    m = lockstep_mask(mat, np.ones_like(mat, bool), keep, rel_bits=REL, walk_ahead=ahead)
+    m = lockstep_mask(mat, np.ones_like(mat, bool), keep, rel_bits=REL, walk_ahead=ahead,
+                      walk_subs=subs)
     assert m.shape == mat.shape and _blocks_even(m)
     s = layer_slots(m.astype(np.uint8), PES, rel_bits=REL)
     assert s["fillers"] == 0 and s["slots"] == s["bound"]
     assert abs(int(m.sum()) - keep) <= 2 * PES  # the nearest whole step
-    lc = np.stack([m[j::PES].sum(axis=0) for j in range(PES)]).max(axis=0)
+    lc = column_slots(m, PES)
     if keep <= mat.shape[1] * PES * 0.75:  # room for one slot a column, with empty ones
-        assert walk_backlog(lc) <= ahead
-    free = lockstep_mask(mat, np.ones_like(mat, bool), keep, rel_bits=REL)
-    assert np.abs(mat[free]).sum() >= np.abs(mat[m]).sum() - 1e-9  # the rule costs magnitude
+        assert walk_backlog(lc, subs) <= ahead
+        if subs > ahead:
+            assert lc.max() <= 1
+    # the rule costs magnitude (against the same layer without it: with sub-positions no
+    # hazard window, and without split ends where the rule leaves them out)
+    free = lockstep_mask(mat, np.ones_like(mat, bool), keep, rel_bits=REL,
+                         hazard_window=0 if subs > 1 else HAZARD_WINDOW,
+                         split_ends=False if subs > ahead else "auto")
+    assert np.abs(mat[free]).sum() >= np.abs(mat[m]).sum() - 1e-9
+
+
+def test_walk_rule_over_pruning_rounds():
+    """LeNet-5's conv2 shape pruned in rounds (the cubic ramp's 49 -> 23 -> 13 -> 12 %), each
+    within the last one's mask, at the board's walk (4 sub-positions, queue 2): the early rounds
+    cannot walk (2-5 slots a column), the last two can, with the layer's count kept (no hazard
+    window with sub-positions innermost: it would leave a PE's one weight nowhere to go)."""
+    w = np.random.default_rng(7).normal(size=(50, 500))
+    alive = np.ones_like(w, bool)
+    for dens in (0.491, 0.23, 0.1337, 0.12):
+        keep = int(dens * w.size)
+        alive = lockstep_mask(w, alive, keep, rel_bits=REL, walk_ahead=2, walk_subs=4)
+        assert abs(int(alive.sum()) - keep) <= 2 * PES and _blocks_even(alive)
+    lc = column_slots(alive, PES)
+    assert walk_backlog(lc, 4) <= 2 and lc.max() == 1 and lc.sum() == 375
 
 
 def test_walk_ahead_cannot_lower_the_count():
@@ -141,9 +177,11 @@ def test_prune_config_patterns_conv_layers_every_step():
         assert s["fillers"] == 0 and s["slots"] == s["bound"], k
     # the fc layer of a CNN: unstructured (the board's cnn_fc_pattern), the threshold's count
     assert int(masks["fc"].sum()) == round(0.5 * masks["fc"].numel())
+    # c2's walk: each column read 4 times in a row (its 2x2 pooling, read from the model):
+    # one slot a column at most, split ends (two from none) left out where "auto" had them
     w2 = masks["c2"].numpy().reshape(20, -1)
-    lc = np.stack([w2[j::PES].sum(axis=0) for j in range(PES)]).max(axis=0)
-    assert walk_backlog(lc) <= BOARDS["icebreaker"]["walk_ahead"]
+    assert walk_backlog(column_slots(w2, PES), 4) <= BOARDS["icebreaker"]["walk_ahead"]
+    assert column_slots(w2, PES).max() == 1
     # the weights pruned stay 0 in the model
     assert (model.c2.weight.detach()[~masks["c2"]] == 0).all()
 
@@ -236,13 +274,17 @@ def test_walk_cycles_and_conv_figures():
     from compress.synthetic import random_cnn, random_inputs
     from images.lockstep import board_options, build_lockstep, lockstep_cycles
 
-    # a slot starts the cycle its column is read, so the last one ends a cycle after
-    assert walk_cycles([1] * 10, 2) == 11 and walk_cycles([0] * 7, 2) == 7
-    assert walk_cycles([2, 0] * 5, 2) == 11  # an empty column pays for a two-slot one
-    assert walk_cycles([2] * 10, 2) == 21  # the slots bind
-    # the queue lets the walker read on while a column's slots run: 11 cycles without, 10
-    late = [3, 1, 1, 1, 0, 0, 0, 0, 1]
-    assert (walk_cycles(late, 0), walk_cycles(late, 2)) == (11, 10)
+    # one read a cycle, the last slot 3 cycles after its read (pointer stage, queue, slot)
+    assert walk_cycles([1] * 10) == 13 and walk_cycles([1] * 10, [False] * 10) == 10
+    assert walk_cycles([0] * 7) == 8  # columns without weights: dropped in the pointer stage
+    assert walk_cycles([2] * 10) == 23  # the slots bind
+    assert walk_cycles([2, 0] * 5) == 13  # an empty column pays for a two-slot one
+    # empty reads help only after the slots: the queue holds 2 columns (3 credits)
+    assert (walk_cycles([2] * 4 + [0] * 6), walk_cycles([0] * 6 + [2] * 4)) == (13, 17)
+    # depth 1: 2 credits, which come back 3 cycles after they are spent
+    assert walk_cycles([1] * 10, depth=1) == 22
+    # the model is the RTL's, cycle for cycle, against the Amaranth engine: see
+    # tests/test_lockstep_board_conv.py
     q = random_cnn(seed=3)
     x = random_inputs(4, q.in_features, seed=0)
     rows = conv_figures(q, x)
