@@ -419,7 +419,8 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
     one_map: the board's layout for a CNN (`LockstepImage.one_map`; a network with conv
     layers only).
     col_lists (with one_map): which conv layers walk only their columns with a weight
-    (`choose_col_lists`): None (auto), True (every conv layer), False (none).
+    (`choose_col_lists`): None (auto, and only where the lists leave as many PE codebooks in
+    the board's block RAMs: `lists_keep_codebooks`), True (every conv layer), False (none).
     """
     if not isinstance(pes, int) or pes < 1:
         raise InputError(f"pes must be a positive integer, not {pes!r}")
@@ -521,13 +522,37 @@ def build_lockstep(qnet: QNet, pes: int, *, index_bits: int = DEFAULT_INDEX_BITS
         bias_base += rows
         slot_base += int(start[-1])
     col_ptr = np.concatenate(ptrs + [np.array([slot_base], dtype=np.int64)])
-    return LockstepImage(pes=pes, index_bits=index_bits, rel_bits=rel_bits, layers=layers,
-                         slots=np.concatenate(slot_blocks), col_ptr=col_ptr,
-                         bias=np.concatenate(biases, axis=1), input_frac=qnet.input_frac,
-                         input_shape=(tuple(int(v) for v in qnet.input_shape)
-                                      if qnet.input_shape else None), one_map=one_map,
-                         col_lists=(choose_col_lists(qnet.layers, mats, col_lists)
-                                    if one_map else None))
+    img = LockstepImage(pes=pes, index_bits=index_bits, rel_bits=rel_bits, layers=layers,
+                        slots=np.concatenate(slot_blocks), col_ptr=col_ptr,
+                        bias=np.concatenate(biases, axis=1), input_frac=qnet.input_frac,
+                        input_shape=(tuple(int(v) for v in qnet.input_shape)
+                                     if qnet.input_shape else None), one_map=one_map,
+                        col_lists=(choose_col_lists(qnet.layers, mats, col_lists)
+                                   if one_map else None))
+    if col_lists is None and img.listed and not lists_keep_codebooks(img):
+        img = replace(img, col_lists=None)
+    return img
+
+
+BOARD_EBR = 30  # the iCE40UP5K's block RAMs: the one-map layout is the iCEBreaker's
+_EBR_SHAPES = ((16, 256), (8, 512), (4, 1024), (2, 2048))  # an iCE40 block RAM's shapes
+
+
+def lists_keep_codebooks(img: "LockstepImage") -> bool:
+    """Whether `img`'s column lists (auto) leave as many PE codebooks in the board's block RAMs
+    as the walk without them. The lists' table and pointers can take a block RAM more than
+    the plain pointers, and a codebook pushed into logic costs cells the UP5K has none to
+    spare for (LeNet-5 retrained for the board: 375 listed conv2 columns, a table of 377 words
+    in 2 blocks, the pointers still 8: 4 codebooks in block RAM, 5,367 of 5,280 LCs). The
+    block RAMs are counted as the build maps them (every memory but the lane ROMs and the
+    map, which go to SPRAM; fpga.boards.ice40.ebr_blocks), accumulators of 32 bits."""
+    def codebooks(im) -> int:
+        used = sum(min(-(-m.width // w) * -(-m.depth // d) for w, d in _EBR_SHAPES)
+                   for m in memory_map(replace(im, codebook_roms=0))
+                   if not (m.name.startswith("lane") or m.name == "map"))
+        return min(im.pes, max(0, BOARD_EBR - used))
+
+    return codebooks(img) >= codebooks(replace(img, col_lists=None))
 
 
 def decode_lockstep(img: LockstepImage) -> QNet:

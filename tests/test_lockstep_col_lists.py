@@ -29,11 +29,11 @@ from compress.golden import golden
 from compress.synthetic import random_cnn
 from hw.convfe import OneMapConvFrontEnd
 from images import conv
-from images.lockstep import (COL_LIST_MIN_EMPTY, build_lockstep, col_table, decode_lockstep,
-                             engine_col_ptr, memory_map, pack_col_table)
+from images.lockstep import (COL_LIST_MIN_EMPTY, build_lockstep, choose_col_lists, col_table,
+                             decode_lockstep, engine_col_ptr, memory_map, pack_col_table)
 from tb.pysim import run_engine
 
-from .conftest import long_tests
+from .conftest import REPO, long_tests
 from .test_hw_conv import _inputs
 from .test_lockstep_board_conv import _board_engine, _same_qnet
 
@@ -356,3 +356,28 @@ def test_lists_verilog_icarus():
     r = simulate(build(img, LockstepParams(drain_share=2, queue_depth=2)), x, stall_in=0.2,
                  stall_out=0.3, seed=7, back_to_back=True)
     np.testing.assert_array_equal(r.outputs, golden(q, x))
+
+
+def test_auto_lists_only_where_they_keep_the_codebooks_in_block_ram():
+    """Auto lists (`build_lockstep(col_lists=None)`, what the board takes) are dropped where
+    their table and pointers would push PE codebooks out of the UP5K's 30 block RAMs: the
+    board-pruned LeNet-5 (375 listed conv2 columns: a table of 2 blocks, the pointers 8 either
+    way) walks without them and fits; asked for (True) it is listed and leaves 4 codebooks; a
+    small CNN with empty columns keeps its lists (block RAMs to spare)."""
+    from compress.qnet import load_qnet
+    from fpga.flow.resources import analyse, board_image
+    from images.lockstep import board_options, lists_keep_codebooks
+
+    shipped = load_qnet(REPO / "compress/models/lenet-5-board.qnet.npz")
+    img = board_image(shipped, "lockstep", 8)
+    assert not img.listed and img.codebook_roms == 6
+    assert analyse(img, spram=True)["total_ebr"] <= 30
+    forced = replace(img, col_lists=choose_col_lists(
+        shipped.layers, [ly.index for ly in shipped.layers], True))
+    assert forced.listed and not lists_keep_codebooks(forced)
+
+    q = random_cnn((1, 14, 14), [(20, 5, 1, 0, 2), (8, 5, 1, 0, 1)], [10], seed=5,
+                   density=0.5, shift=9)
+    q.layers[1].index[:, 100:] = 0
+    small = build_lockstep(q, 8, **board_options(q, 8))
+    assert small.listed and lists_keep_codebooks(small)
