@@ -85,7 +85,7 @@ test-long: setup iverilog verilator
 # layout: docs/lockstep.md "On the board").
 # BUILD_DIR=DIR builds into DIR/$(BOARD)/ (default build/$(BOARD)/); CLOCK_MHZ=F and BAUD=B
 # the PLL clock and the UART rate (default: the board's, 33 MHz and 3 Mbaud on the iCEBreaker).
-# ISSUE_WIDTH=W: the EIE engine's columns a cycle (default: the board's; two on the ULX3S).
+# ISSUE_WIDTH=W: the EIE engine's columns a cycle (default: the board's; four on the ULX3S).
 bitstream: setup
 	$(PY) -m fpga build --board $(call q,BOARD) $(if $(value ENGINE),--engine $(call q,ENGINE)) $(if $(filter command line environment,$(origin PES)),--pes $(call q,PES)) $(if $(value MODEL),--model $(call q,MODEL)) $(if $(value BUILD_DIR),--build-dir $(call q,BUILD_DIR)) $(if $(value CLOCK_MHZ),--clock-mhz $(call q,CLOCK_MHZ)) $(if $(value BAUD),--baud $(call q,BAUD)) $(if $(value ISSUE_WIDTH),--issue-width $(call q,ISSUE_WIDTH))
 

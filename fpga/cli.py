@@ -290,9 +290,8 @@ def build_parser():
                         "flip-flops, and 8 of them do not leave room for 2 PEs on the UP5K)")
     b.add_argument("--issue-width", type=int, default=None,
                    help="non-zero columns the EIE engine's front end sends a cycle: 1, 2, or 4 "
-                        "(the pipelined front end's: 2 or 4; default: the board's, two on the "
-                        "ULX3S; 4 with --queue-depth 20 is its four-wide option, docs/fpga.md "
-                        "section 7)")
+                        "(the pipelined front end's: 2 or 4; default: the board's, four on the "
+                        "ULX3S where the pointer banks' four read ports fit, else two)")
     b.add_argument("--no-retry", action="store_true",
                    help="keep the first result even when timing is not met (default: a miss "
                         "within 5%% is placed again at the next seed, then the design is rebuilt "

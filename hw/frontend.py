@@ -394,16 +394,20 @@ class WideFrontEnd(_GroupReader):
         tot = _therm_add(c_ge, n_ge, w)  # columns there, counted up to w
         room_ge = [self.room >= r for r in range(1, w + 1)]
 
-        def at_least_room(ge):
-            """the thermometer `ge` (count >= 1..w) is at least `room`"""
-            terms = [self.room == 0] + [(self.room == r) & ge[r - 1] for r in range(1, w + 1)]
+        def at_least(ge, k):
+            """the thermometer `ge` (count >= 1..w) is at least `k` (0..w)"""
+            terms = [k == 0] + [(k == r) & ge[r - 1] for r in range(1, w + 1)]
             return Cat(*terms).any()
 
+        # what room leaves for the next group once the current group's columns go: from
+        # registers only, beside the next group's rank tree (not a sum after it)
+        n_room = Signal(range(w + 1), name="n_room")
+        m.d.comb += n_room.eq(Mux(cur_cnt >= self.room, 0, self.room - cur_cnt))
         rem_cur = Signal(n, name="rem_cur")
         rem_nxt = Signal(n, name="rem_nxt")
         for i in range(n):
-            m.d.comb += [rem_cur[i].eq(cur[i] & at_least_room(c_rank[i])),
-                         rem_nxt[i].eq(nxt[i] & at_least_room(_therm_add(n_rank[i], c_ge, w)))]
+            m.d.comb += [rem_cur[i].eq(cur[i] & at_least(c_rank[i], self.room)),
+                         rem_nxt[i].eq(nxt[i] & at_least(n_rank[i], n_room))]
 
         def pick(hot, vals, name):
             """(value, index) of the one-hot `hot`'s column (0 when none): AND-OR, OR trees"""

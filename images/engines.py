@@ -216,12 +216,13 @@ EIE = register(Engine(
     defaults={SIM: Defaults(eie.EieParams()),
               # the queues are flip-flops: at depth 8 two PEs do not fit the UP5K
               "ice40": Defaults(eie.EieParams(queue_depth=4), pes=None),
-              # ECP5 (ULX3S 85F): the engine at full size, queues of 8, the front end
-              # pipelined for the clock (the design built and timed at 50 MHz). Four columns a
-              # cycle with queues of 20 and the relative index `fast` (`FOUR_WIDE`) give
-              # LeNet-300-100 76 % MAC utilisation but routed at 47.3 MHz at best (the lanes
-              # found at once; 34.7 MHz one after the other): docs/fpga.md section 7
-              "ecp5": Defaults(eie.EieParams(pipelined=True), pes=16)},
+              # ECP5 (ULX3S 85F): the engine at full size, the front end pipelined for the
+              # clock and four columns a cycle, queues of 20 (LeNet-300-100's layers 2 and 3
+              # were bound by two columns a cycle; 20 is where the cycle model stops gaining),
+              # the image's relative index `fast` (`fpga.boards.ecp5.FOUR_WIDE`): 76 % MAC
+              # utilisation at 50 MHz, docs/fpga.md section 7
+              "ecp5": Defaults(eie.EieParams(pipelined=True, issue_width=4, queue_depth=20),
+                               pes=16)},
     cycle_model=eie.cycle_model, logic_of=eie.logic_of, padded=eie.padded,
     memory_bound=eie.memory_bound, unplaced={"rel_bits": 4, "balance": False},
     layer_kinds=("fc", "conv"), title=lambda p: "EIE engine"))

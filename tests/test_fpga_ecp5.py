@@ -149,19 +149,20 @@ def test_block_rams(width, depth, kind, rp, wp, want):
     assert ecp5.block_rams(spec) == want
 
 
-def test_board_image_takes_the_family_options(monkeypatch):
-    """The board's image takes its family's `IMAGE_OPTIONS` (the ULX3S's four-wide option: the
-    relative index chosen for speed); none by default, the engine's own image."""
+def test_board_image_takes_the_family_options():
+    """The ULX3S's image has the relative index chosen for speed (`IMAGE_OPTIONS`, the
+    four-wide design's), the iCEBreaker's the smallest memories' (the engine's own default);
+    the ULX3S's engine defaults are the four-wide design's parameters."""
     from compress.shipped import load_model
     from fpga.flow.resources import board_image
     from images import build_image
+    from images.eie import EieParams
+    from images.engines import EIE
 
     qnet, _ = load_model("synthetic:64-32-10")
     fam = get_board("ulx3s").fam
-    assert fam.IMAGE_OPTIONS == {}
-    assert board_image(qnet, "eie", 4, board="ulx3s").rel_bits == \
-        build_image(qnet, "eie", 4).rel_bits
-    monkeypatch.setattr(fam, "IMAGE_OPTIONS", {"eie": fam.FOUR_WIDE["image"]})
+    assert fam.IMAGE_OPTIONS == {"eie": fam.FOUR_WIDE["image"]} == {"eie": {"rel_bits": "fast"}}
+    assert EIE.params_for("ulx3s", "ecp5") == EieParams(**fam.FOUR_WIDE["params"])
     fast = build_image(qnet, "eie", 4, rel_bits="fast")
     assert board_image(qnet, "eie", 4, board="ulx3s").rel_bits == fast.rel_bits
     assert board_image(qnet, "eie", 4, board="icebreaker").rel_bits == \
@@ -178,11 +179,12 @@ def test_board_top_elaborates_with_the_pll():
     board = get_board("ulx3s")
     top = BoardTop(img, clock_hz=75e6, board="ulx3s")
     assert top.clock_hz == 75e6
-    assert engine_params(img, "ulx3s").queue_depth == 8
-    # the pipelined front end from 4 PEs (issue width 2), the plain one below
+    assert engine_params(img, "ulx3s").queue_depth == 20
+    # the pipelined front end, four columns a cycle, from 4 PEs; the plain one below
     assert engine_params(img, "ulx3s").pipelined
+    assert engine_params(img, "ulx3s").issue_width == 4
     assert not engine_params(build_image(qnet, "eie", 2), "ulx3s").pipelined
-    assert top.core.engine.pipelined and top.core.engine.issue_width == 2
+    assert top.core.engine.pipelined and top.core.engine.issue_width == 4
     plat = board.make_platform()
     plan = plat.prepare(top, name="top")
     files = plan.files
@@ -365,8 +367,8 @@ def test_real_ecp5_build(tmp_path):
     assert on_disk["baud"] == ULX3S_BAUD
 
 
-def test_four_columns_fall_back_to_two_where_they_do_not_fit(monkeypatch):
-    """With four columns a cycle as the board's default (the ULX3S's four-wide option) each
+def test_four_columns_fall_back_to_two_where_they_do_not_fit():
+    """With four columns a cycle as the board's default (the ULX3S's four-wide design) each
     pointer bank is read on four ports (two copies): a network whose banks would then overflow
     the block RAMs where two ports fit (784-1024-512-10 at 16 PEs: 256 DP16KD against 192, of
     208) gets two columns a cycle, as does one with conv layers; asked for, four are kept; the
@@ -375,11 +377,7 @@ def test_four_columns_fall_back_to_two_where_they_do_not_fit(monkeypatch):
     from compress.synthetic import random_cnn
     from fpga.flow.resources import analyse
     from images import build_image
-    from images.eie import EieParams
-    from images.engines import EIE, Defaults
 
-    fw = get_board("ulx3s").fam.FOUR_WIDE["params"]
-    monkeypatch.setitem(EIE.defaults, "ecp5", Defaults(EieParams(**fw), pes=16))
     qnet, _ = load_model("synthetic:784-1024-512-10")
     img = build_image(qnet, "eie", 16)
     p = engine_params(img, "ulx3s")

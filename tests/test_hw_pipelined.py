@@ -60,7 +60,7 @@ def test_parameters_and_refusals():
 
 def test_four_wide_parameters_and_refusals():
     """Four columns a cycle: the pipelined engine's only (four read ports on each pointer bank,
-    no other memory), fully connected layers only; the ULX3S's four-wide option (queues of 20),
+    no other memory), fully connected layers only; the ULX3S's default (queues of 20),
     dropped with `pipelined` where the default width is 1."""
     rom = build_rom(random_qnet((20, 9, 5), seed=0, density=0.5), pes=4)
     eng = Engine(rom, pipelined=True, issue_width=4)
@@ -81,7 +81,7 @@ def test_four_wide_parameters_and_refusals():
         model_cycles(rom, np.zeros((1, 20), np.int16), issue_width=4)
     from fpga.boards.ecp5 import FOUR_WIDE
 
-    p = EieParams(**FOUR_WIDE["params"])  # the ULX3S's four-wide option
+    p = EieParams(**FOUR_WIDE["params"])  # the ULX3S's default (four-wide)
     assert (p.issue_width, p.queue_depth, p.pipelined) == (4, 20, True)
     assert p.fitted(16) == p and p.fitted(4) == p
     assert p.fitted(2).issue_width is None and not p.fitted(2).pipelined
@@ -364,6 +364,29 @@ def test_the_four_wide_cycle_model_is_exact_on_random_networks(seed):
     np.testing.assert_array_equal(mc, lcs)
     two = model_cycles(rom, x, pipelined=True, queue_depth=depth)
     assert mc.sum() <= two.sum()
+
+
+def test_four_lanes_into_deep_queues_take_the_credit_from_registers(monkeypatch):
+    """Four lanes into queues of 16 or more: the credit counts the last cycle as four columns
+    whatever it sent (`images.eie.full_credit`). On a long sparse layer with uneven PEs that
+    holds columns back (a few cycles more by the model than with the credit of what was sent),
+    and the engine takes exactly the model's cycles, bit-exact; at queues of 8 the credit of
+    what was sent stays."""
+    import images.eie as eie_model
+
+    assert eie_model.full_credit(4, 16) and eie_model.full_credit(4, 20)
+    assert not eie_model.full_credit(4, 8) and not eie_model.full_credit(2, 20)
+    rng = np.random.default_rng(12)
+    qnet = random_qnet((346, 37), seed=12, density=0.1, shift=[8])
+    x = (rng.integers(-60, 60, (3, 346)) * (rng.random((3, 346)) < 0.6)).astype(np.int16)
+    rom = build_rom(qnet, pes=4)
+    y, _, lcs = run_engine(Engine(rom, pipelined=True, queue_depth=16, issue_width=4), x)
+    np.testing.assert_array_equal(y, golden(qnet, x))
+    mc = model_cycles(rom, x, pipelined=True, queue_depth=16, issue_width=4)
+    np.testing.assert_array_equal(mc, lcs)
+    monkeypatch.setattr(eie_model, "full_credit", lambda width, depth: False)
+    sent_only = model_cycles(rom, x, pipelined=True, queue_depth=16, issue_width=4)
+    assert mc.sum() > sent_only.sum()
 
 
 def test_the_cycle_model_corners():

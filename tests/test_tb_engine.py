@@ -57,7 +57,7 @@ CASES = [
     # the ULX3S's shape: 16 PEs, queues of 16, the relative index wider (fewer fillers)
     ("16pe-pipelined-depth16", (70, 40, 10), 16, 0.25, {"shift": [9, 7]}, {"rel_bits": 4},
      {"pipelined": True, "queue_depth": 16}, {}, 30),
-    # four columns a cycle (the ULX3S's four-wide option, queues of 20); queues of 2 under stalls
+    # four columns a cycle (the ULX3S's default, queues of 20); queues of 2 under stalls
     ("16pe-pipelined-4wide-depth20", (70, 40, 10), 16, 0.25, {"shift": [9, 7]}, {"rel_bits": 4},
      {"pipelined": True, "issue_width": 4, "queue_depth": 20}, {}, 30),
     ("8pe-pipelined-4wide-depth2-stalls", (40, 23, 9), 8, 0.4, {"shift": [9, 6]}, {},

@@ -80,20 +80,18 @@ class Memories(MemoryFactory):
         return super().__call__(m, spec)
 
 
-# The image options of the board's engines (`fpga.flow.resources.board_image`): none by
-# default (the engine's own image, as built and timed at 50 MHz).
-IMAGE_OPTIONS = {}
-
-# The four-wide option (docs/fpga.md section 7): the EIE engine's parameters and image options
-# that give LeNet-300-100 76 % MAC utilisation on the simulated board (four columns a cycle,
-# queues of 20, the relative index chosen for the fewest cycles: 4 bits there, 18 cycles a
-# digit fewer than the smallest memories' 3). Not the default: with its lanes found at once
-# (`hw.frontend._ranks`) it routed at 47.29 and 43.59 MHz against 50 (34.7 MHz with the lanes
-# one after the other), its critical paths now the front end's control (the credit, the
-# group queue's pop) across a spread placement. `fpga build --issue-width 4 --queue-depth 20`
-# builds its engine (with the image's own relative index).
+# The four-wide design (docs/fpga.md section 7), the board's default: the EIE engine's
+# parameters and image options that give LeNet-300-100 76 % MAC utilisation (four columns a
+# cycle, queues of 20, the relative index chosen for the fewest cycles: 4 bits there, 18 cycles
+# a digit fewer than the smallest memories' 3). Its engine parameters are the `ecp5` defaults
+# in `images.engines` (tests/test_fpga_ecp5.py checks they agree); a network whose pointer
+# banks do not fit four read ports gets two columns a cycle (`fpga.boards.engine_params`).
 FOUR_WIDE = {"params": {"pipelined": True, "issue_width": 4, "queue_depth": 20},
              "image": {"rel_bits": "fast"}}
+
+# The image options of the board's engines (`fpga.flow.resources.board_image`): the four-wide
+# design's (block RAM is plentiful here; the entries' wider words cost no more blocks).
+IMAGE_OPTIONS = {"eie": FOUR_WIDE["image"]}
 
 
 # ---- the clock: EHXPLLL on the board's oscillator -------------------------------------------

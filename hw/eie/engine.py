@@ -60,8 +60,8 @@ from amaranth.hdl import Array, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 
 from images.conv import acc_rows
-from images.eie import (ISSUE_WIDTHS, PIPELINED_WIDTHS, EieParams, EieSizes, RomImage,
-                        act_words, engine_pe_images,
+from images.eie import (ISSUE_WIDTHS, PIPELINED_WIDTHS, EieParams,
+                        EieSizes, RomImage, act_words, engine_pe_images, full_credit,
                         engine_table_fields, has_conv, image_sizes, memory_map, rom_geoms,
                         sizes_of)
 from images.eie import io_lanes as _io_lanes
@@ -483,32 +483,32 @@ class Engine(wiring.Component):
                         payload_to(lane_d[j], fe.o[j])
                     m.d.comb += valid_d.eq(fe.o_valid)
         m.d.sync += [lanes.eq(lane_d), valid.eq(valid_d)]
-        sent = Signal(range(w + 1), name="bc_sent")  # columns sent last cycle (in the register)
-        if w == 4:
-            # counted into a register of its own beside the front end: `bc_valid_r` drives
-            # every PE and sits among them, and the routed four-wide design's critical path ran
-            # from it across the chip (its count, `room`, the front end's pop) to the front
-            # end's queue (21.1 ns, 18.1 of routing); the same count, a cycle's columns
-            sent_r = Signal(range(w + 1), name="bc_sent_r")
-            total_d = valid_d[0]
-            for j in range(1, w):
-                total_d = total_d + valid_d[j]
-            m.d.sync += sent_r.eq(total_d)
-            m.d.comb += sent.eq(sent_r)
+        room = Signal(range(w + 1), name="room")
+        if full_credit(w, self.queue_depth):
+            # four lanes into deep queues: the credit from the registers alone, as though the
+            # last cycle sent all four ("every PE had room >= 4 + r"), not what it did send:
+            # the count of the last cycle's lanes and the choice by it were the first half of
+            # the routed four-wide design's critical loop (lanes -> count -> room -> the front
+            # end's masks, 20.4 ns across the chip). It holds a column back only when a PE is
+            # within four slots of full (`images.eie.full_credit`)
+            r = Const(0, range(w + 1))
+            for k in range(1, w + 1):
+                r = Mux(ge[w + k - 1], k, r)
+            m.d.comb += room.eq(r)
         else:
+            sent = Signal(range(w + 1), name="bc_sent")  # columns sent last cycle (the register)
             total = valid[0]
             for j in range(1, w):
                 total = total + valid[j]
             m.d.comb += sent.eq(total)
-        room = Signal(range(w + 1), name="room")
-        with m.Switch(sent):
-            for s_ in range(w + 1):
-                with m.Case(s_):
-                    # the most r <= w with every PE's room >= sent + r a cycle ago
-                    r = Mux(ge[s_], 1, 0)
-                    for k in range(2, w + 1):
-                        r = Mux(ge[s_ + k - 1], k, r)
-                    m.d.comb += room.eq(r)
+            with m.Switch(sent):
+                for s_ in range(w + 1):
+                    with m.Case(s_):
+                        # the most r <= w with every PE's room >= sent + r a cycle ago
+                        r = Mux(ge[s_], 1, 0)
+                        for k in range(2, w + 1):
+                            r = Mux(ge[s_ + k - 1], k, r)
+                        m.d.comb += room.eq(r)
         for fe in fes:
             m.d.comb += fe.room.eq(room)
         for pe in pes:
