@@ -38,10 +38,11 @@ has `hw.eie.pe.EXTRA_SLOTS` more); the drain's forwarded word is registered besi
 (`y_r`: a group is forwarded a cycle later); and the front end's read address is chosen from
 its flip-flops and that credit (`hw.frontend.WideFrontEnd`). About 2 cycles a layer more
 (`images.eie.simulate_wide`); the plain engine stays the default. With `issue_width=4`
-(pipelined only, fully connected layers only: the ULX3S's four-wide option,
+(pipelined only, fully connected layers only: the ULX3S's default,
 `fpga.boards.ecp5.FOUR_WIDE`) the front end sends four columns a cycle, the credit counts up
-to 8 ("every PE has k free" for k = 1..8) and each PE reads its pointer banks on four ports
-into a four-lane queue (`hw.eie.pe`, `hw.queue.LaneQueue`).
+to 8 ("every PE has k free" for k = 1..8; with queues of 16 or more it assumes the last cycle
+sent four, `images.eie.full_credit`, so it comes from registers alone) and each PE reads its
+pointer banks on four ports into a four-lane queue (`hw.eie.pe`, `hw.queue.LaneQueue`).
 
 A loadable engine (`loadable=True`, `images.eie.EieParams`) has memories of given sizes and
 reads every per-network constant (each layer's in_features, groups, drain and preload rows,
@@ -462,7 +463,8 @@ class Engine(wiring.Component):
         twice the lanes) counts the columns in that register; the engine keeps, for 1..2W (W
         the lanes), "every PE has that many" a cycle late, and takes off it what the front end
         sent in that cycle (the register now): free slots only grow otherwise, so what is sent
-        always finds its slot."""
+        always finds its slot. Four lanes into queues of 16 or more (`full_credit`) take off
+        four whatever was sent: the credit is then the registers' alone."""
         pes = self.pe_blocks
         w = self.issue_width
         n_ge = 2 * w  # room up to the lanes plus what the last cycle may have sent
