@@ -193,8 +193,11 @@ def clock_domain(m, platform, board, pll: PllConfig, clock_hz: float) -> None:
 # 29,089) and none of abc9 -dff's 18,602 "used but has no driver" wires; timing still met.
 SYNTH_OPTS = "-noabc9"
 # router2: on the 16-PE engine (about 34k LUT4s) router1 still had 134,800 arcs to route after
-# 8 minutes (docs/fpga.md section 7)
-NEXTPNR_OPTS = "--router router2"
+# 8 minutes (docs/fpga.md section 7). The placer's timing weight 25 (nextpnr's default 10) and
+# the router's timing-driven rip-up: the four-wide 16-PE design routed at 54.52 / 55.67 MHz at
+# seeds 1 / 2 with them, 51.14 / 49.53 without (the same netlist; placement and routing took
+# about as long)
+NEXTPNR_OPTS = "--router router2 --placer-heap-timingweight 25 --tmg-ripup"
 BITSTREAM = "bit"  # the file the flow writes: <name>.bit (ecppack --compress, the platform's)
 TOOLS = "yosys, nextpnr-ecp5 and ecppack"
 # the wall-clock seconds one attempt's tools may take (`fpga.flow.build.time_budget_s`): the
